@@ -1,0 +1,1 @@
+"""Plumbing every service shares: configuration, logs, database, migrations, auth, gRPC bootstrap."""

@@ -1,0 +1,101 @@
+"""Configuration from environment variables, read once at start-up.
+
+Every variable has a default that suits `make up` except the ones a production deployment must
+choose on purpose (the database and the tokens); those fail fast with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    # bearer token -> tenant id
+    auth_tokens: Mapping[str, str] = field(default_factory=dict)
+    tagging_address: str = "127.0.0.1:50051"
+    audience_address: str = "127.0.0.1:50052"
+    tasks_address: str = "127.0.0.1:50053"
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "memberops"
+    log_level: str = "info"
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    shutdown_grace_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL", defaults.database_url),
+            auth_tokens=parse_tokens(env.get("MEMBEROPS_AUTH_TOKENS", "")),
+            tagging_address=env.get("MEMBEROPS_TAGGING_ADDRESS", defaults.tagging_address),
+            audience_address=env.get("MEMBEROPS_AUDIENCE_ADDRESS", defaults.audience_address),
+            tasks_address=env.get("MEMBEROPS_TASKS_ADDRESS", defaults.tasks_address),
+            temporal_address=env.get("TEMPORAL_ADDRESS", defaults.temporal_address),
+            temporal_namespace=env.get("TEMPORAL_NAMESPACE", defaults.temporal_namespace),
+            temporal_task_queue=env.get("MEMBEROPS_TASK_QUEUE", defaults.temporal_task_queue),
+            log_level=env.get("MEMBEROPS_LOG_LEVEL", defaults.log_level).lower(),
+            db_pool_min=_int(env, "MEMBEROPS_DB_POOL_MIN", defaults.db_pool_min),
+            db_pool_max=_int(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max),
+            shutdown_grace_seconds=float(
+                env.get("MEMBEROPS_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds)
+            ),
+        )
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set (e.g. postgresql://user:pass@host/db)")
+        return self.database_url
+
+    def require_tokens(self) -> Mapping[str, str]:
+        if not self.auth_tokens:
+            raise ConfigError(
+                "MEMBEROPS_AUTH_TOKENS is empty, so no caller could authenticate "
+                "(format: token=tenant[,token=tenant...])"
+            )
+        return self.auth_tokens
+
+    def token_for_tenant(self, tenant_id: str) -> str:
+        """The bearer token the worker presents when it acts for `tenant_id`."""
+        for token, tenant in self.auth_tokens.items():
+            if tenant == tenant_id:
+                return token
+        raise ConfigError(f"MEMBEROPS_AUTH_TOKENS has no token for tenant {tenant_id!r}")
+
+
+def parse_tokens(raw: str) -> dict[str, str]:
+    """Parses `token=tenant,token=tenant`; tokens must be at least 16 characters."""
+    tokens: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        token, sep, tenant = item.partition("=")
+        if not sep or not token or not tenant:
+            raise ConfigError("MEMBEROPS_AUTH_TOKENS: each entry must be token=tenant")
+        if len(token) < 16:
+            raise ConfigError("MEMBEROPS_AUTH_TOKENS: tokens must be at least 16 characters")
+        if not TENANT_ID.match(tenant):
+            raise ConfigError(f"MEMBEROPS_AUTH_TOKENS: tenant {tenant!r} must match {TENANT_ID.pattern}")
+        tokens[token] = tenant
+    return tokens
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None

@@ -1,0 +1,210 @@
+"""The gRPC server every service runs: grpc.aio, health, reflection, auth, logs, error mapping.
+
+A service contributes `ServiceBinding`s; this module adds the standard health service (SERVING
+once started, NOT_SERVING as soon as shutdown begins), server reflection, and one interceptor that
+authenticates the caller, binds request id and tenant to the logs, writes one access-log line per
+call and turns domain errors into status codes with `google.rpc` details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import auth, errors, status
+from services.common.logs import get_logger
+
+log = get_logger("memberops.grpc")
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Services a caller may use without a token: probes and tooling (buf curl, grpcurl).
+PUBLIC_SERVICES = frozenset({HEALTH_SERVICE, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One protobuf service and the function that adds its servicer to a server."""
+
+    full_name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: auth.TokenAuthenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.split("/")[1] in PUBLIC_SERVICES:
+            return handler
+        return _wrap_handler(handler, lambda context: self._rpc(method, context))
+
+    @asynccontextmanager
+    async def _rpc(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        request_id = str(metadata.get(REQUEST_ID_HEADER) or "")[:_MAX_REQUEST_ID] or uuid.uuid4().hex
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        with structlog.contextvars.bound_contextvars(method=method, request_id=request_id):
+            try:
+                tenant = self._auth.tenant_for(_text(metadata.get("authorization")))
+            except errors.Unauthenticated as error:
+                log.info("rpc", code="UNAUTHENTICATED", reason=error.message)
+                await context.abort_with_status(status.to_status(error))
+            token = auth.bind_tenant(tenant)
+            try:
+                with structlog.contextvars.bound_contextvars(tenant=tenant):
+                    try:
+                        yield
+                    except errors.DomainError as error:
+                        code = status.code_for(error)
+                        await context.abort_with_status(status.to_status(error))
+                    except (grpc.aio.AbortError, asyncio.CancelledError):
+                        code = context.code() or grpc.StatusCode.CANCELLED
+                        raise
+                    except Exception:
+                        code = grpc.StatusCode.INTERNAL
+                        log.exception("rpc failed")
+                        await context.abort_with_status(status.internal_status())
+                    finally:
+                        log.info(
+                            "rpc",
+                            code=code.name,
+                            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                        )
+            finally:
+                auth.unbind_tenant(token)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    scope: Callable[[grpc.aio.ServicerContext[Any, Any]], Any],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Runs the handler inside `scope(context)`, keeping its streaming shape."""
+    # The stubs type handler behaviours as synchronous; under grpc.aio they are coroutines and
+    # async generators, so they are handled as Any here.
+    h: Any = handler
+    if h.unary_unary:
+        inner_uu = h.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            async with scope(context):
+                return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if h.unary_stream:
+        inner_us = h.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async with scope(context):
+                async for item in inner_us(request, context):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if h.stream_unary:
+        inner_su = h.stream_unary
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            async with scope(context):
+                return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = h.stream_stream
+
+    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        async with scope(context):
+            async for item in inner_ss(requests, context):
+                yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )
+
+
+class GrpcServer:
+    """A started grpc.aio server with health and reflection; `stop` drains it gracefully."""
+
+    def __init__(self, bindings: Sequence[ServiceBinding], authenticator: auth.TokenAuthenticator) -> None:
+        self._bindings = list(bindings)
+        self._server = grpc.aio.server(
+            interceptors=[RpcInterceptor(authenticator)],
+            options=[
+                # Fail loudly when the port is taken instead of silently sharing it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        for binding in self._bindings:
+            binding.register(self._server)
+        names = [b.full_name for b in self._bindings]
+        reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], self._server)
+        self.port = 0
+
+    async def start(self, address: str) -> int:
+        """Binds `address` (port 0 picks a free one), starts serving, returns the bound port."""
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await self._server.start()
+        for name in ["", *(b.full_name for b in self._bindings)]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING at once, then lets calls in flight finish for up to `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signal(server: GrpcServer, address: str, grace: float) -> None:
+    """Runs `server` on `address` until SIGTERM or SIGINT, then shuts it down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = await server.start(address)
+    log.info("serving", address=address, port=port)
+    await stop.wait()
+    log.info("shutting down", grace_seconds=grace)
+    await server.stop(grace)
+    log.info("stopped")

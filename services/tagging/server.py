@@ -1,0 +1,39 @@
+"""Wires the tagging service: `python -m services.tagging.server`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
+
+from services.common import app
+from services.common.db import Database
+from services.common.grpc_server import ServiceBinding
+from services.tagging.api import TaggingApi
+from services.tagging.members import Members
+
+SERVICE_NAME = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
+
+
+def bindings(db: Database | None) -> Sequence[ServiceBinding]:
+    assert db is not None, "tagging owns a schema, so it always has a database"
+    servicer = TaggingApi(Members(db))
+    return [
+        ServiceBinding(
+            SERVICE_NAME,
+            lambda server: tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, server),
+        )
+    ]
+
+
+DEFINITION = app.ServiceDefinition(
+    name="tagging",
+    schema="tagging",
+    migrations_dir=Path(__file__).parent / "migrations",
+    bindings=bindings,
+    address=lambda settings: settings.tagging_address,
+)
+
+if __name__ == "__main__":
+    app.main(DEFINITION)

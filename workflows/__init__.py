@@ -1,0 +1,1 @@
+"""The MemberOps Temporal worker: journeys and every long-running or periodic process."""
