@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
-from google.protobuf import any_pb2
 import google.rpc.code_pb2 as code_pb2
 import google.rpc.error_details_pb2 as error_details_pb2
 import google.rpc.status_pb2 as status_pb2
+import grpc
+from google.protobuf import any_pb2
 from grpc_status import rpc_status
 
 from services.common import errors

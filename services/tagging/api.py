@@ -9,8 +9,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 import google.type.date_pb2 as date_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
 from services.common.auth import current_tenant
