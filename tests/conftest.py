@@ -1,0 +1,98 @@
+"""Real servers for the whole suite: one embedded PostgreSQL, the services in-process on free ports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from memberops.tagging.v1 import tagging_service_pb2_grpc
+
+from deploy import localpg
+from services.audience import server as audience_server
+from services.common import app
+from services.common.config import Settings
+from services.common.db import Database
+from services.tagging import server as tagging_server
+from services.tasks import server as tasks_server
+
+TOKEN_ACME = "test-token-acme-0123456789"
+TOKEN_GLOBEX = "test-token-globex-0123456789"
+TENANT_ACME = "acme"
+TENANT_GLOBEX = "globex"
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+ACME = bearer(TOKEN_ACME)
+GLOBEX = bearer(TOKEN_GLOBEX)
+
+
+def unique(prefix: str = "m") -> str:
+    """A fresh id per test, so tests sharing the session database never see each other's rows."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    dsn = localpg.start(pgdata, durable=False)
+    yield dsn
+    localpg.stop(pgdata)
+
+
+@pytest.fixture(scope="session")
+def settings(pg_dsn: str) -> Settings:
+    return Settings(
+        database_url=pg_dsn,
+        auth_tokens={TOKEN_ACME: TENANT_ACME, TOKEN_GLOBEX: TENANT_GLOBEX},
+        db_pool_min=1,
+        db_pool_max=8,
+    )
+
+
+@pytest.fixture(scope="session")
+async def tagging(settings: Settings) -> AsyncIterator[app.RunningService]:
+    running = await app.start(tagging_server.DEFINITION, settings, "127.0.0.1:0")
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def audience(settings: Settings) -> AsyncIterator[app.RunningService]:
+    running = await app.start(audience_server.DEFINITION, settings, "127.0.0.1:0")
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def tasks(settings: Settings) -> AsyncIterator[app.RunningService]:
+    running = await app.start(tasks_server.DEFINITION, settings, "127.0.0.1:0")
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def tagging_channel(tagging: app.RunningService) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tagging.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def tagging_stub(tagging_channel: grpc.aio.Channel) -> tagging_service_pb2_grpc.TaggingServiceAsyncStub:
+    return tagging_service_pb2_grpc.TaggingServiceStub(tagging_channel)
+
+
+@pytest.fixture(scope="session")
+async def db(pg_dsn: str, tagging: app.RunningService) -> AsyncIterator[Database]:
+    """A pool of the tests' own, for checking what the services wrote (after they migrated)."""
+    database = await Database.connect(pg_dsn, min_size=1, max_size=4)
+    yield database
+    await database.close()
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,211 @@
+"""UpsertMember and GetMember end to end over gRPC against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.type import date_pb2
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2
+
+from services.common.db import Database
+from tests.conftest import ACME, TENANT_ACME, unique
+from tests.grpc_helpers import field_violations
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
+
+
+def a_member(member_id: str, **profile: Any) -> member_pb2.Member:
+    attributes = struct_pb2.Struct()
+    attributes.update({"vip": True, "source": "campaign-42", "children": 2})
+    register_time = timestamp_pb2.Timestamp()
+    register_time.FromDatetime(dt.datetime(2024, 3, 1, 8, 30, tzinfo=dt.UTC))
+    fields: dict[str, Any] = {
+        "gender": member_pb2.GENDER_FEMALE,
+        "birthday": date_pb2.Date(year=1992, month=5, day=17),
+        "city": "Hangzhou",
+        "city_tier": member_pb2.CITY_TIER_NEW_1,
+        "register_time": register_time,
+        "register_channel": "mini_program",
+    }
+    fields.update(profile)
+    return member_pb2.Member(member_id=member_id, profile=member_pb2.Profile(**fields), attributes=attributes)
+
+
+async def upsert(stub: Stub, member: member_pb2.Member) -> member_pb2.Member:
+    return await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+
+
+async def get(stub: Stub, member_id: str) -> member_pb2.Member:
+    return await stub.GetMember(
+        tagging_service_pb2.GetMemberRequest(name=f"members/{member_id}"), metadata=ACME
+    )
+
+
+async def test_upsert_then_get_returns_what_was_stored(tagging_stub: Stub) -> None:
+    member_id = unique()
+    created = await upsert(tagging_stub, a_member(member_id))
+    fetched = await get(tagging_stub, member_id)
+
+    assert fetched == created
+    assert fetched.name == f"members/{member_id}"
+    assert fetched.profile.city == "Hangzhou"
+    assert fetched.profile.city_tier == member_pb2.CITY_TIER_NEW_1
+    assert fetched.profile.birthday == date_pb2.Date(year=1992, month=5, day=17)
+    assert fetched.profile.register_time.ToDatetime(dt.UTC) == dt.datetime(2024, 3, 1, 8, 30, tzinfo=dt.UTC)
+    assert dict(fetched.attributes) == {"vip": True, "source": "campaign-42", "children": 2.0}
+    assert fetched.revision == 1
+    assert fetched.create_time.seconds > 0
+
+
+async def test_upsert_replaces_profile_and_counts_revisions(tagging_stub: Stub) -> None:
+    member_id = unique()
+    await upsert(tagging_stub, a_member(member_id))
+    changed = await upsert(tagging_stub, a_member(member_id, city="Chengdu"))
+
+    assert changed.profile.city == "Chengdu"
+    assert changed.revision == 2
+    assert (await get(tagging_stub, member_id)).profile.city == "Chengdu"
+
+
+async def test_identical_upsert_changes_nothing(tagging_stub: Stub) -> None:
+    member_id = unique()
+    first = await upsert(tagging_stub, a_member(member_id))
+    again = await upsert(tagging_stub, a_member(member_id))
+
+    assert again.revision == first.revision == 1
+    assert again.update_time == first.update_time
+
+
+async def test_concurrent_duplicate_upserts_take_effect_once(tagging_stub: Stub, db: Database) -> None:
+    member_id = unique()
+    results = await asyncio.gather(*(upsert(tagging_stub, a_member(member_id)) for _ in range(32)))
+
+    assert {r.revision for r in results} == {1}
+    async with db.transaction(TENANT_ACME) as conn:
+        rows = await conn.fetchval("SELECT count(*) FROM tagging.members WHERE member_id = $1", member_id)
+    assert rows == 1
+
+
+async def test_get_unknown_member_is_not_found(tagging_stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await get(tagging_stub, unique())
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "m-1", "members/", "users/m-1", "members/has space", "members/" + "x" * 65],
+)
+async def test_get_with_bad_name_is_invalid_argument(tagging_stub: Stub, name: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await tagging_stub.GetMember(tagging_service_pb2.GetMemberRequest(name=name), metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in field_violations(caught.value)
+
+
+def _future(days: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=days))
+    return stamp
+
+
+def _many_attributes(count: int) -> struct_pb2.Struct:
+    attributes = struct_pb2.Struct()
+    attributes.update({f"k{i}": i for i in range(count)})
+    return attributes
+
+
+def _attribute(key: str, value: Any) -> struct_pb2.Struct:
+    attributes = struct_pb2.Struct()
+    attributes.update({key: value})
+    return attributes
+
+
+BAD_MEMBERS: list[tuple[str, dict[str, Any], str]] = [
+    ("empty id", {"member_id": ""}, "member.member_id"),
+    ("id with space", {"member_id": "bad id"}, "member.member_id"),
+    ("id too long", {"member_id": "x" * 65}, "member.member_id"),
+    ("unknown gender", {"profile": {"gender": 9}}, "member.profile.gender"),
+    ("unknown city tier", {"profile": {"city_tier": 42}}, "member.profile.city_tier"),
+    (
+        "month 13",
+        {"profile": {"birthday": date_pb2.Date(year=1990, month=13, day=1)}},
+        "member.profile.birthday",
+    ),
+    (
+        "year-less birthday",
+        {"profile": {"birthday": date_pb2.Date(month=5, day=1)}},
+        "member.profile.birthday",
+    ),
+    (
+        "born in 1850",
+        {"profile": {"birthday": date_pb2.Date(year=1850, month=1, day=1)}},
+        "member.profile.birthday",
+    ),
+    (
+        "born tomorrow",
+        {"profile": {"birthday": date_pb2.Date(year=2999, month=1, day=1)}},
+        "member.profile.birthday",
+    ),
+    ("registered next week", {"profile": {"register_time": _future(7)}}, "member.profile.register_time"),
+    ("city too long", {"profile": {"city": "c" * 65}}, "member.profile.city"),
+    ("channel too long", {"profile": {"register_channel": "c" * 65}}, "member.profile.register_channel"),
+    ("too many attributes", {"attributes": _many_attributes(65)}, "member.attributes"),
+    ("attribute key", {"attributes": _attribute("bad key!", 1)}, "member.attributes.bad key!"),
+    ("attributes too big", {"attributes": _attribute("blob", "x" * 9000)}, "member.attributes"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), BAD_MEMBERS, ids=[c[0] for c in BAD_MEMBERS])
+async def test_bad_member_is_rejected_naming_the_field_and_writes_nothing(
+    tagging_stub: Stub, db: Database, case: str, change: dict[str, Any], field: str
+) -> None:
+    member = a_member(unique())
+    if "member_id" in change:
+        member.member_id = change["member_id"]
+    for name, value in change.get("profile", {}).items():
+        target = getattr(member.profile, name)
+        if hasattr(target, "CopyFrom"):
+            target.CopyFrom(value)
+        else:
+            setattr(member.profile, name, value)
+    if "attributes" in change:
+        member.attributes.Clear()
+        member.attributes.CopyFrom(change["attributes"])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upsert(tagging_stub, member)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(caught.value)
+    assert field in violations, violations
+    assert field in (caught.value.details() or "")
+    async with db.transaction(TENANT_ACME) as conn:
+        written = await conn.fetchval(
+            "SELECT count(*) FROM tagging.members WHERE member_id = $1", member.member_id
+        )
+    assert written == 0
+
+
+async def test_every_violation_is_reported_at_once(tagging_stub: Stub) -> None:
+    member = a_member("bad id", gender=7, city="c" * 80)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upsert(tagging_stub, member)
+    assert set(field_violations(caught.value)) == {
+        "member.member_id",
+        "member.profile.gender",
+        "member.profile.city",
+    }
+
+
+async def test_missing_member_is_invalid_argument(tagging_stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(), metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == {"member": "is required"}
