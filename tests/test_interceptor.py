@@ -1,0 +1,141 @@
+"""The shared interceptor on every call shape: auth, tenant binding, and error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from services.common import auth
+from services.common.errors import InvalidArgument, NotFound
+from services.common.grpc_server import GrpcServer, ServiceBinding
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, TOKEN_ACME, TOKEN_GLOBEX
+from tests.grpc_helpers import field_violations
+
+SERVICE = "memberops.test.v1.Probe"
+
+
+async def whoami(request: bytes, context: Any) -> bytes:
+    return auth.current_tenant().encode()
+
+
+async def crash(request: bytes, context: Any) -> bytes:
+    raise RuntimeError("secret internal detail")
+
+
+async def missing(request: bytes, context: Any) -> bytes:
+    raise NotFound("widgets/w-1 not found")
+
+
+async def refuse(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+    raise AssertionError("abort returns never")
+
+
+async def count_to_three(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    for i in range(3):
+        yield f"{auth.current_tenant()}:{i}".encode()
+
+
+async def fail_midway(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    raise InvalidArgument.field("page_token", "is not one we issued")
+
+
+async def concatenate(requests: AsyncIterator[bytes], context: Any) -> bytes:
+    return b"+".join([r async for r in requests]) + b"@" + auth.current_tenant().encode()
+
+
+async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request + b"@" + auth.current_tenant().encode()
+
+
+def register(server: grpc.aio.Server) -> None:
+    handlers = {
+        "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
+        "Crash": grpc.unary_unary_rpc_method_handler(crash),
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
+        "Count": grpc.unary_stream_rpc_method_handler(count_to_three),
+        "FailMidway": grpc.unary_stream_rpc_method_handler(fail_midway),
+        "Concatenate": grpc.stream_unary_rpc_method_handler(concatenate),
+        "Echo": grpc.stream_stream_rpc_method_handler(echo),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+@pytest.fixture(scope="module")
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    server = GrpcServer(
+        [ServiceBinding(SERVICE, register)],
+        auth.TokenAuthenticator({TOKEN_ACME: "acme", TOKEN_GLOBEX: "globex"}),
+    )
+    port = await server.start("127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+        yield chan
+    await server.stop(0)
+
+
+def rpc(channel: grpc.aio.Channel, shape: str, name: str) -> Any:
+    """A raw-bytes callable for one probe method (the stubs cannot type serializer-less calls)."""
+    return getattr(channel, shape)(f"/{SERVICE}/{name}")
+
+
+async def test_each_call_sees_its_own_tenant(channel: grpc.aio.Channel) -> None:
+    call = rpc(channel, "unary_unary", "WhoAmI")
+    assert await call(b"", metadata=ACME) == b"acme"
+    assert await call(b"", metadata=GLOBEX) == b"globex"
+
+
+async def test_unexpected_errors_are_internal_without_details(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "Crash")(b"", metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+
+
+async def test_domain_errors_map_to_their_codes(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "Missing")(b"", metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details() == "widgets/w-1 not found"
+
+
+async def test_a_handler_may_abort_with_its_own_code(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "Refuse")(b"", metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_server_streaming_is_authenticated_and_bound(channel: grpc.aio.Channel) -> None:
+    replies = [r async for r in rpc(channel, "unary_stream", "Count")(b"", metadata=GLOBEX)]
+    assert replies == [b"globex:0", b"globex:1", b"globex:2"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        _ = [r async for r in rpc(channel, "unary_stream", "Count")(b"")]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_error_midway_through_a_stream_keeps_its_details(channel: grpc.aio.Channel) -> None:
+    received: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for reply in rpc(channel, "unary_stream", "FailMidway")(b"", metadata=ACME):
+            received.append(reply)
+    assert received == [b"first"]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == {"page_token": "is not one we issued"}
+
+
+async def test_client_streaming_and_bidi_are_bound(channel: grpc.aio.Channel) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"a", b"b", b"c"):
+            yield part
+
+    assert (
+        await rpc(channel, "stream_unary", "Concatenate")(parts(), metadata=ACME)
+        == b"a+b+c@" + TENANT_ACME.encode()
+    )
+    echoed = [r async for r in rpc(channel, "stream_stream", "Echo")(parts(), metadata=GLOBEX)]
+    assert echoed == [b"a@globex", b"b@globex", b"c@globex"]
