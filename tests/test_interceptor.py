@@ -54,7 +54,7 @@ async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[by
 
 
 def register(server: grpc.aio.Server) -> None:
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
         "Crash": grpc.unary_unary_rpc_method_handler(crash),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
