@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +35,18 @@ async def refuse(request: bytes, context: Any) -> bytes:
     raise AssertionError("abort returns never")
 
 
+slow_call_cancelled = asyncio.Event()
+
+
+async def slow(request: bytes, context: Any) -> bytes:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        slow_call_cancelled.set()
+        raise
+    return b"too late"
+
+
 async def count_to_three(request: bytes, context: Any) -> AsyncIterator[bytes]:
     for i in range(3):
         yield f"{auth.current_tenant()}:{i}".encode()
@@ -59,6 +72,7 @@ def register(server: grpc.aio.Server) -> None:
         "Crash": grpc.unary_unary_rpc_method_handler(crash),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
         "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Count": grpc.unary_stream_rpc_method_handler(count_to_three),
         "FailMidway": grpc.unary_stream_rpc_method_handler(fail_midway),
         "Concatenate": grpc.stream_unary_rpc_method_handler(concatenate),
@@ -139,3 +153,10 @@ async def test_client_streaming_and_bidi_are_bound(channel: grpc.aio.Channel) ->
     )
     echoed = [r async for r in rpc(channel, "stream_stream", "Echo")(parts(), metadata=GLOBEX)]
     assert echoed == [b"a@globex", b"b@globex", b"c@globex"]
+
+
+async def test_the_server_stops_work_when_the_deadline_passes(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "Slow")(b"", metadata=ACME, timeout=0.2)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(slow_call_cancelled.wait(), timeout=5)
