@@ -14,16 +14,13 @@ from services.common import app
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 
-SERVICE_NAME = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"].full_name
+SERVICE = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"]
 
 
 def bindings(db: Database | None) -> Sequence[ServiceBinding]:
     servicer = audience_service_pb2_grpc.AudienceServiceServicer()
     return [
-        ServiceBinding(
-            SERVICE_NAME,
-            lambda server: audience_service_pb2_grpc.add_AudienceServiceServicer_to_server(servicer, server),
-        )
+        ServiceBinding.of(SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer)
     ]
 
 

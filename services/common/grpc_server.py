@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -44,6 +45,16 @@ class ServiceBinding:
 
     full_name: str
     register: Callable[[grpc.aio.Server], None]
+
+    @classmethod
+    def of(
+        cls,
+        descriptor: ServiceDescriptor,
+        add_to_server: Callable[[Any, grpc.aio.Server], None],
+        servicer: object,
+    ) -> ServiceBinding:
+        """Binds `servicer` with the generated `add_XServicer_to_server` of `descriptor`'s service."""
+        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server))
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):

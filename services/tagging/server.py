@@ -13,17 +13,14 @@ from services.common.grpc_server import ServiceBinding
 from services.tagging.api import TaggingApi
 from services.tagging.members import Members
 
-SERVICE_NAME = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
+SERVICE = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"]
 
 
 def bindings(db: Database | None) -> Sequence[ServiceBinding]:
     assert db is not None, "tagging owns a schema, so it always has a database"
     servicer = TaggingApi(Members(db))
     return [
-        ServiceBinding(
-            SERVICE_NAME,
-            lambda server: tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, server),
-        )
+        ServiceBinding.of(SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer)
     ]
 
 

@@ -14,17 +14,12 @@ from services.common import app
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 
-SERVICE_NAME = tasks_service_pb2.DESCRIPTOR.services_by_name["TasksService"].full_name
+SERVICE = tasks_service_pb2.DESCRIPTOR.services_by_name["TasksService"]
 
 
 def bindings(db: Database | None) -> Sequence[ServiceBinding]:
     servicer = tasks_service_pb2_grpc.TasksServiceServicer()
-    return [
-        ServiceBinding(
-            SERVICE_NAME,
-            lambda server: tasks_service_pb2_grpc.add_TasksServiceServicer_to_server(servicer, server),
-        )
-    ]
+    return [ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)]
 
 
 DEFINITION = app.ServiceDefinition(
