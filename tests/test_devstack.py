@@ -1,0 +1,84 @@
+"""`make up` / `make status` / `make down` for real, on free ports and a run folder of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def devstack(command: str, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.devstack", command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"devstack {command} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def recorded_pids(run_dir: Path) -> list[int]:
+    """Every process the stack recorded: the components' pid files and PostgreSQL's postmaster."""
+    pids = [json.loads(f.read_text())["pid"] for f in run_dir.glob("*.pid")]
+    pids.append(int((run_dir / "pgdata" / "postmaster.pid").read_text().split()[0]))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MEMBEROPS_", "DATABASE_URL", "TEMPORAL_"))
+    }
+    env.update(
+        MEMBEROPS_RUN_DIR=str(run_dir),
+        MEMBEROPS_TEMPORAL_PORT=str(free_port()),
+        MEMBEROPS_TEMPORAL_UI_PORT=str(free_port()),
+        MEMBEROPS_TAGGING_ADDRESS=f"127.0.0.1:{free_port()}",
+        MEMBEROPS_AUDIENCE_ADDRESS=f"127.0.0.1:{free_port()}",
+        MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    try:
+        started = devstack("up", env)
+        assert "MemberOps is up." in started
+        assert "read it back: MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
+        for name in ("temporal", "tagging", "audience", "tasks", "worker"):
+            assert f"{name:<10} started" in started
+
+        again = devstack("up", env)
+        for name in ("temporal", "tagging", "audience", "tasks", "worker"):
+            assert f"{name:<10} running" in again
+
+        status = devstack("status", env)
+        assert "stopped" not in status
+        assert "NOT READY" not in status
+        assert status.count("running") == 6
+        pids = recorded_pids(run_dir)
+        assert len(pids) == 6 and all(alive(pid) for pid in pids)
+    finally:
+        stopped = devstack("down", env)
+    assert "postgres   stopped" in stopped
+    assert [pid for pid in pids if alive(pid)] == []
+    assert "running" not in devstack("status", env)
