@@ -51,3 +51,5 @@ def test_missing_required_settings_name_the_variable() -> None:
         settings.require_tokens()
     with pytest.raises(ConfigError, match="MEMBEROPS_DB_POOL_MAX"):
         Settings.from_env({"MEMBEROPS_DB_POOL_MAX": "many"})
+    with pytest.raises(ConfigError, match="MEMBEROPS_SHUTDOWN_GRACE_SECONDS"):
+        Settings.from_env({"MEMBEROPS_SHUTDOWN_GRACE_SECONDS": "-1"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from services.common.errors import Unauthenticated
 
@@ -44,10 +44,10 @@ def current_tenant() -> str:
     return tenant
 
 
-def bind_tenant(tenant_id: str) -> object:
+def bind_tenant(tenant_id: str) -> Token[str | None]:
     """Binds the tenant for the rest of the current task; returns a token for `unbind_tenant`."""
     return _tenant.set(tenant_id)
 
 
-def unbind_tenant(token: object) -> None:
-    _tenant.reset(token)  # type: ignore[arg-type]
+def unbind_tenant(token: Token[str | None]) -> None:
+    _tenant.reset(token)

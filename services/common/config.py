@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -48,10 +51,10 @@ class Settings:
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", defaults.temporal_namespace),
             temporal_task_queue=env.get("MEMBEROPS_TASK_QUEUE", defaults.temporal_task_queue),
             log_level=env.get("MEMBEROPS_LOG_LEVEL", defaults.log_level).lower(),
-            db_pool_min=_int(env, "MEMBEROPS_DB_POOL_MIN", defaults.db_pool_min),
-            db_pool_max=_int(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max),
-            shutdown_grace_seconds=float(
-                env.get("MEMBEROPS_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds)
+            db_pool_min=_number(env, "MEMBEROPS_DB_POOL_MIN", defaults.db_pool_min, int),
+            db_pool_max=_number(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max, int),
+            shutdown_grace_seconds=_number(
+                env, "MEMBEROPS_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds, float
             ),
         )
 
@@ -91,11 +94,14 @@ def parse_tokens(raw: str) -> dict[str, str]:
     return tokens
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: _N, kind: Callable[[str], _N]) -> _N:
     raw = env.get(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {raw!r}")
+    return value
