@@ -55,25 +55,28 @@ def settings(pg_dsn: str) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-async def tagging(settings: Settings) -> AsyncIterator[app.RunningService]:
-    running = await app.start(tagging_server.DEFINITION, settings, "127.0.0.1:0")
+async def _serve(definition: app.ServiceDefinition, settings: Settings) -> AsyncIterator[app.RunningService]:
+    running = await app.start(definition, settings, "127.0.0.1:0")
     yield running
     await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def tagging(settings: Settings) -> AsyncIterator[app.RunningService]:
+    async for running in _serve(tagging_server.DEFINITION, settings):
+        yield running
 
 
 @pytest.fixture(scope="session")
 async def audience(settings: Settings) -> AsyncIterator[app.RunningService]:
-    running = await app.start(audience_server.DEFINITION, settings, "127.0.0.1:0")
-    yield running
-    await running.stop()
+    async for running in _serve(audience_server.DEFINITION, settings):
+        yield running
 
 
 @pytest.fixture(scope="session")
 async def tasks(settings: Settings) -> AsyncIterator[app.RunningService]:
-    running = await app.start(tasks_server.DEFINITION, settings, "127.0.0.1:0")
-    yield running
-    await running.stop()
+    async for running in _serve(tasks_server.DEFINITION, settings):
+        yield running
 
 
 @pytest.fixture(scope="session")
