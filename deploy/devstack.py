@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,10 @@ class Layout:
             temporal_port=int(env.get("MEMBEROPS_TEMPORAL_PORT", "7233")),
             temporal_ui_port=int(env.get("MEMBEROPS_TEMPORAL_UI_PORT", "8233")),
         )
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.temporal_ui_port}"
 
     @property
     def logs(self) -> Path:
@@ -188,12 +193,21 @@ async def grpc_serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def temporal_reachable(address: str) -> bool:
+async def temporal_reachable(address: str, ui_url: str) -> bool:
+    """The frontend accepts a client and the web UI answers."""
     try:
         await Client.connect(address)
     except RuntimeError:
         return False
-    return True
+    return await asyncio.to_thread(http_ok, ui_url)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 async def worker_polling(settings: Settings) -> bool:
@@ -264,8 +278,8 @@ def components(layout: Layout, settings: Settings) -> list[Component]:
             "warn",
             *(arg for attribute in SEARCH_ATTRIBUTES for arg in ("--search-attribute", attribute)),
         ],
-        address=temporal_address,
-        ready=lambda: temporal_reachable(temporal_address),
+        address=f"{temporal_address}, UI {layout.ui_url}",
+        ready=lambda: temporal_reachable(temporal_address, layout.ui_url),
     )
     services = [
         Component(
@@ -355,7 +369,7 @@ MemberOps is up.
   tasks         {settings.tasks_address}
   temporal      {settings.temporal_address}   (namespace {settings.temporal_namespace}, \
 task queue {settings.temporal_task_queue})
-  temporal UI   http://127.0.0.1:{layout.temporal_ui_port}
+  temporal UI   {layout.ui_url}
   token         {token}{f"  (tenant {DEV_TENANT})" if dev_token else ""}
   DATABASE_URL  {dsn}
   logs          {layout.logs}/

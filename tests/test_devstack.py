@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
@@ -70,6 +71,10 @@ def test_up_status_down(tmp_path: Path) -> None:
         again = devstack("up", env)
         for name in ("temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} running" in again
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:
+            assert ui.status == 200
+            assert b"<html" in ui.read().lower()
 
         status = devstack("status", env)
         assert "stopped" not in status
