@@ -11,12 +11,33 @@ from typing import Any
 
 import google.type.date_pb2 as date_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
+from memberops.tagging.v1 import (
+    facts_pb2,
+    feed_pb2,
+    member_pb2,
+    tagging_service_pb2,
+    tagging_service_pb2_grpc,
+)
 
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
+from services.tagging.facts import Facts
+from services.tagging.feed import Feed
 from services.tagging.members import Members
-from services.tagging.model import Member, MemberInput, Profile
+from services.tagging.model import (
+    BehaviorEvent,
+    Contact,
+    FeedEntry,
+    Member,
+    MemberInput,
+    Order,
+    OrderInput,
+    OrderLine,
+    Profile,
+    Refund,
+    RefundInput,
+    RefundLine,
+)
 
 MEMBER_NAME_PREFIX = "members/"
 
@@ -26,8 +47,12 @@ def utc_now() -> dt.datetime:
 
 
 class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
-    def __init__(self, members: Members, clock: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(
+        self, members: Members, facts: Facts, feed: Feed, clock: Callable[[], dt.datetime] = utc_now
+    ) -> None:
         self._members = members
+        self._facts = facts
+        self._feed = feed
         self._clock = clock
 
     async def UpsertMember(
@@ -45,6 +70,41 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     ) -> member_pb2.Member:
         found = await self._members.get(current_tenant(), member_id_from_name(request.name, "name"))
         return member_to_proto(found)
+
+    async def RecordOrder(
+        self, request: tagging_service_pb2.RecordOrderRequest, context: Any
+    ) -> facts_pb2.Order:
+        if not request.HasField("order"):
+            raise InvalidArgument.field("order", "is required")
+        stored = await self._facts.record_order(
+            current_tenant(), order_from_proto(request.order), self._clock()
+        )
+        return order_to_proto(stored)
+
+    async def RecordRefund(
+        self, request: tagging_service_pb2.RecordRefundRequest, context: Any
+    ) -> facts_pb2.Refund:
+        if not request.HasField("refund"):
+            raise InvalidArgument.field("refund", "is required")
+        stored = await self._facts.record_refund(
+            current_tenant(), refund_from_proto(request.refund), self._clock()
+        )
+        return refund_to_proto(stored)
+
+    async def RecordEvents(
+        self, request: tagging_service_pb2.RecordEventsRequest, context: Any
+    ) -> tagging_service_pb2.RecordEventsResponse:
+        events = [event_from_proto(e, i) for i, e in enumerate(request.events)]
+        recorded, duplicates = await self._facts.record_events(current_tenant(), events, self._clock())
+        return tagging_service_pb2.RecordEventsResponse(recorded_count=recorded, duplicate_count=duplicates)
+
+    async def ReadFeed(
+        self, request: tagging_service_pb2.ReadFeedRequest, context: Any
+    ) -> tagging_service_pb2.ReadFeedResponse:
+        entries, next_cursor = await self._feed.read(current_tenant(), request.after_cursor, request.limit)
+        return tagging_service_pb2.ReadFeedResponse(
+            entries=[feed_entry_to_proto(e) for e in entries], next_cursor=next_cursor
+        )
 
 
 def member_id_from_name(name: str, field: str) -> str:
@@ -72,8 +132,17 @@ def member_from_proto(message: member_pb2.Member) -> MemberInput:
             city_tier=p.city_tier,
             register_time=register_time,
             register_channel=p.register_channel,
+            nickname=p.nickname,
+            level=p.level,
         ),
         attributes=json_format.MessageToDict(message.attributes),
+        contact=Contact(
+            phone=message.contact.phone,
+            email=message.contact.email,
+            preferred_channel=message.contact.preferred_channel,
+            opted_out_channels=tuple(message.contact.opted_out_channels),
+            time_zone=message.contact.time_zone,
+        ),
     )
 
 
@@ -84,6 +153,8 @@ def member_to_proto(member: Member) -> member_pb2.Member:
         city=p.city,
         city_tier=p.city_tier,  # type: ignore[arg-type]
         register_channel=p.register_channel,
+        nickname=p.nickname,
+        level=p.level,
     )
     if p.birthday is not None:
         profile.birthday.CopyFrom(
@@ -99,6 +170,13 @@ def member_to_proto(member: Member) -> member_pb2.Member:
         profile=profile,
         attributes=attributes,
         revision=member.revision,
+        contact=member_pb2.Contact(
+            phone=member.contact.phone,
+            email=member.contact.email,
+            preferred_channel=member.contact.preferred_channel,  # type: ignore[arg-type]
+            opted_out_channels=member.contact.opted_out_channels,  # type: ignore[arg-type]
+            time_zone=member.contact.time_zone,
+        ),
     )
     result.create_time.FromDatetime(member.create_time)
     result.update_time.FromDatetime(member.update_time)
@@ -119,3 +197,113 @@ def _timestamp(value: timestamp_pb2.Timestamp, violations: Violations, field: st
     except (ValueError, OverflowError):
         violations.add(field, "is not a valid timestamp")
         return None
+
+
+def _optional_time(message: Any, name: str, violations: Violations, path: str) -> dt.datetime | None:
+    return _timestamp(getattr(message, name), violations, path) if message.HasField(name) else None
+
+
+def order_from_proto(message: facts_pb2.Order) -> OrderInput:
+    violations = Violations()
+    paid_time = _optional_time(message, "paid_time", violations, "order.paid_time")
+    violations.raise_if_any()
+    return OrderInput(
+        order_id=message.order_id,
+        member_id=message.member_id,
+        paid_time=paid_time,
+        amount_minor=message.amount_minor,
+        store=message.store,
+        payment_method=message.payment_method,
+        lines=tuple(
+            OrderLine(
+                line_id=line.line_id,
+                sku=line.sku,
+                category=line.category,
+                brand=line.brand,
+                quantity=line.quantity,
+                unit_price_minor=line.unit_price_minor,
+            )
+            for line in message.lines
+        ),
+    )
+
+
+def order_to_proto(order: Order) -> facts_pb2.Order:
+    message = facts_pb2.Order(
+        name=f"orders/{order.order_id}",
+        order_id=order.order_id,
+        member_id=order.member_id,
+        amount_minor=order.amount_minor,
+        store=order.store,
+        payment_method=order.payment_method,
+        refunded_amount_minor=order.refunded_amount_minor,
+        lines=[
+            facts_pb2.OrderLine(
+                line_id=line.line_id,
+                sku=line.sku,
+                category=line.category,
+                brand=line.brand,
+                quantity=line.quantity,
+                unit_price_minor=line.unit_price_minor,
+            )
+            for line in order.lines
+        ],
+    )
+    message.paid_time.FromDatetime(order.paid_time)
+    message.record_time.FromDatetime(order.record_time)
+    return message
+
+
+def refund_from_proto(message: facts_pb2.Refund) -> RefundInput:
+    violations = Violations()
+    refund_time = _optional_time(message, "refund_time", violations, "refund.refund_time")
+    violations.raise_if_any()
+    return RefundInput(
+        refund_id=message.refund_id,
+        order_id=message.order_id,
+        refund_time=refund_time,
+        amount_minor=message.amount_minor,
+        lines=tuple(RefundLine(line.line_id, line.quantity) for line in message.lines),
+    )
+
+
+def refund_to_proto(refund: Refund) -> facts_pb2.Refund:
+    message = facts_pb2.Refund(
+        name=f"refunds/{refund.refund_id}",
+        refund_id=refund.refund_id,
+        order_id=refund.order_id,
+        member_id=refund.member_id,
+        amount_minor=refund.amount_minor,
+        lines=[facts_pb2.RefundLine(line_id=line.line_id, quantity=line.quantity) for line in refund.lines],
+    )
+    message.refund_time.FromDatetime(refund.refund_time)
+    return message
+
+
+def event_from_proto(message: facts_pb2.BehaviorEvent, index: int) -> BehaviorEvent:
+    violations = Violations()
+    occur_time = _optional_time(message, "occur_time", violations, f"events[{index}].occur_time")
+    violations.raise_if_any()
+    return BehaviorEvent(
+        event_id=message.event_id,
+        member_id=message.member_id,
+        kind=message.kind,
+        occur_time=occur_time,
+        sku=message.sku,
+        category=message.category,
+        brand=message.brand,
+        query=message.query,
+        channel=message.channel,
+    )
+
+
+def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
+    message = feed_pb2.FeedEntry(
+        cursor=entry.cursor,
+        kind=int(entry.kind),  # type: ignore[arg-type]
+        member_id=entry.member_id,
+        subject_id=entry.subject_id,
+    )
+    message.payload.update(entry.payload)
+    message.create_time.FromDatetime(entry.create_time)
+    return message

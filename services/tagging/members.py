@@ -5,32 +5,29 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import zoneinfo
 from typing import Any
 
 from services.common.db import Database
 from services.common.errors import NotFound, Violations
-from services.tagging import store
-from services.tagging.model import CityTier, Gender, Member, MemberInput
+from services.tagging import checks, store
+from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput
 
-MEMBER_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_TEXT = 64
+MAX_LEVEL = 32
 EARLIEST_BIRTHDAY = dt.date(1900, 1, 1)
-# Clocks differ between the caller and us; a registration a few minutes ahead is not an error.
-CLOCK_SKEW = dt.timedelta(minutes=5)
-
-
-def validate_member_id(member_id: str, violations: Violations, path: str) -> None:
-    if not MEMBER_ID.match(member_id):
-        violations.add(path, "must be 1-64 characters from A-Z a-z 0-9 _ . : @ -")
+PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_EMAIL = 254
 
 
 def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> None:
     """Raises InvalidArgument naming every bad field of `member`."""
     violations = Violations()
-    validate_member_id(member.member_id, violations, f"{path}.member_id")
+    checks.natural_id(member.member_id, violations, f"{path}.member_id")
     profile, p = member.profile, f"{path}.profile"
     if profile.gender not in Gender.__members__.values():
         violations.add(f"{p}.gender", f"unknown value {profile.gender}")
@@ -38,13 +35,32 @@ def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> Non
         violations.add(f"{p}.city_tier", f"unknown value {profile.city_tier}")
     if profile.birthday is not None and not EARLIEST_BIRTHDAY <= profile.birthday <= now.date():
         violations.add(f"{p}.birthday", f"must lie between {EARLIEST_BIRTHDAY} and today")
-    if profile.register_time is not None and profile.register_time > now + CLOCK_SKEW:
+    if profile.register_time is not None and profile.register_time > now + checks.CLOCK_SKEW:
         violations.add(f"{p}.register_time", "must not be in the future")
-    for name in ("city", "register_channel"):
-        if len(getattr(profile, name)) > MAX_TEXT:
-            violations.add(f"{p}.{name}", f"must be at most {MAX_TEXT} characters")
+    for name in ("city", "register_channel", "nickname"):
+        checks.text(getattr(profile, name), MAX_TEXT, violations, f"{p}.{name}")
+    checks.text(profile.level, MAX_LEVEL, violations, f"{p}.level")
     _validate_attributes(member.attributes, violations, f"{path}.attributes")
+    _validate_contact(member.contact, violations, f"{path}.contact")
     violations.raise_if_any()
+
+
+def _validate_contact(contact: Contact, violations: Violations, path: str) -> None:
+    if contact.phone and not PHONE.match(contact.phone):
+        violations.add(f"{path}.phone", "must be an E.164 number such as +8613800000000")
+    if contact.email and (len(contact.email) > MAX_EMAIL or not EMAIL.match(contact.email)):
+        violations.add(f"{path}.email", "must be an e-mail address")
+    channels = set(Channel.__members__.values())
+    if contact.preferred_channel not in channels:
+        violations.add(f"{path}.preferred_channel", f"unknown value {contact.preferred_channel}")
+    for i, channel in enumerate(contact.opted_out_channels):
+        if channel not in channels or channel == Channel.UNSPECIFIED:
+            violations.add(f"{path}.opted_out_channels[{i}]", f"unknown value {channel}")
+    if contact.time_zone:
+        try:
+            zoneinfo.ZoneInfo(contact.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            violations.add(f"{path}.time_zone", "must be an IANA time zone such as Asia/Shanghai")
 
 
 def _validate_attributes(attributes: dict[str, Any], violations: Violations, path: str) -> None:
@@ -66,11 +82,21 @@ class Members:
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
         async with self._db.transaction(tenant_id) as conn:
-            return await store.upsert_member(conn, tenant_id, member)
+            stored, changed = await store.upsert_member(conn, tenant_id, member)
+            if changed:
+                await store.append_feed(
+                    conn,
+                    tenant_id,
+                    FeedKind.MEMBER_CHANGED,
+                    stored.member_id,
+                    "",
+                    {"revision": stored.revision},
+                )
+        return stored
 
     async def get(self, tenant_id: str, member_id: str) -> Member:
         violations = Violations()
-        validate_member_id(member_id, violations, "name")
+        checks.natural_id(member_id, violations, "name")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             found = await store.get_member(conn, member_id)

@@ -1,4 +1,4 @@
-"""The tagging service's domain types: what a member is, independent of wire and storage."""
+"""The tagging service's domain types: members and their facts, independent of wire and storage."""
 
 from __future__ import annotations
 
@@ -25,6 +25,33 @@ class CityTier(enum.IntEnum):
     TIER_5 = 6
 
 
+class Channel(enum.IntEnum):
+    UNSPECIFIED = 0
+    SMS = 1
+    EMAIL = 2
+    APP_PUSH = 3
+    WECOM = 4
+
+
+class EventKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    VIEW = 1
+    CART = 2
+    FAVOURITE = 3
+    SEARCH = 4
+    CLICK = 5
+    SHARE = 6
+    SIGN_IN = 7
+
+
+class FeedKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    MEMBER_CHANGED = 1
+    ORDER_RECORDED = 2
+    REFUND_RECORDED = 3
+    EVENT_RECORDED = 4
+
+
 @dataclass(frozen=True)
 class Profile:
     gender: int = Gender.UNSPECIFIED
@@ -33,6 +60,17 @@ class Profile:
     city_tier: int = CityTier.UNSPECIFIED
     register_time: dt.datetime | None = None
     register_channel: str = ""
+    nickname: str = ""
+    level: str = ""
+
+
+@dataclass(frozen=True)
+class Contact:
+    phone: str = ""
+    email: str = ""
+    preferred_channel: int = Channel.UNSPECIFIED
+    opted_out_channels: tuple[int, ...] = ()
+    time_zone: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +80,7 @@ class MemberInput:
     member_id: str
     profile: Profile = field(default_factory=Profile)
     attributes: dict[str, Any] = field(default_factory=dict)
+    contact: Contact = field(default_factory=Contact)
 
 
 @dataclass(frozen=True)
@@ -49,6 +88,103 @@ class Member:
     member_id: str
     profile: Profile
     attributes: dict[str, Any]
+    contact: Contact
     revision: int
     create_time: dt.datetime
     update_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    line_id: str
+    sku: str = ""
+    category: str = ""
+    brand: str = ""
+    quantity: int = 1
+    unit_price_minor: int = 0
+
+
+@dataclass(frozen=True)
+class OrderInput:
+    order_id: str
+    member_id: str
+    paid_time: dt.datetime | None
+    amount_minor: int
+    lines: tuple[OrderLine, ...]
+    store: str = ""
+    payment_method: str = ""
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    member_id: str
+    paid_time: dt.datetime
+    amount_minor: int
+    lines: tuple[OrderLine, ...]
+    store: str
+    payment_method: str
+    refunded_amount_minor: int
+    record_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class RefundLine:
+    line_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class RefundInput:
+    refund_id: str
+    order_id: str
+    refund_time: dt.datetime | None
+    amount_minor: int
+    # Empty: the whole order, every unit not refunded before.
+    lines: tuple[RefundLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str
+    order_id: str
+    member_id: str
+    refund_time: dt.datetime
+    amount_minor: int
+    lines: tuple[RefundLine, ...]
+
+
+@dataclass(frozen=True)
+class OrderState:
+    """An order as a refund sees it: what was bought and what is already refunded, per line."""
+
+    order_id: str
+    member_id: str
+    paid_time: dt.datetime
+    amount_minor: int
+    refunded_amount_minor: int
+    bought: dict[str, int]
+    refunded: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BehaviorEvent:
+    event_id: str
+    member_id: str
+    kind: int
+    occur_time: dt.datetime | None
+    sku: str = ""
+    category: str = ""
+    brand: str = ""
+    query: str = ""
+    channel: str = ""
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    cursor: str
+    kind: FeedKind
+    member_id: str
+    subject_id: str
+    payload: dict[str, Any]
+    create_time: dt.datetime

@@ -3,42 +3,57 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
 
 from services.common.db import Connection
-from services.tagging.model import Member, MemberInput, Profile
+from services.common.errors import AlreadyExists, NotFound
+from services.tagging.model import (
+    BehaviorEvent,
+    Contact,
+    FeedEntry,
+    FeedKind,
+    Member,
+    MemberInput,
+    Order,
+    OrderInput,
+    OrderLine,
+    OrderState,
+    Profile,
+    Refund,
+    RefundLine,
+)
+
+# --- members -----------------------------------------------------------------------------------
 
 _MEMBER_COLUMNS = """member_id, gender, birthday, city, city_tier, register_time, register_channel,
+    nickname, level, phone, email, preferred_channel, opted_out_channels, time_zone,
     attributes::text AS attributes, revision, create_time, update_time"""
+
+_MEMBER_FIELDS = """gender, birthday, city, city_tier, register_time, register_channel, nickname, level,
+    phone, email, preferred_channel, opted_out_channels, time_zone, attributes"""
 
 # An upsert whose content equals the stored row updates nothing, so a retried or duplicated call
 # leaves revision and update_time alone; RETURNING is then empty and the row is read afterwards.
 _UPSERT = f"""
-INSERT INTO tagging.members AS m
-    (tenant_id, member_id, gender, birthday, city, city_tier, register_time, register_channel, attributes)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb)
 ON CONFLICT (tenant_id, member_id) DO UPDATE SET
-    gender = EXCLUDED.gender,
-    birthday = EXCLUDED.birthday,
-    city = EXCLUDED.city,
-    city_tier = EXCLUDED.city_tier,
-    register_time = EXCLUDED.register_time,
-    register_channel = EXCLUDED.register_channel,
-    attributes = EXCLUDED.attributes,
+    ({_MEMBER_FIELDS}) = ROW({", ".join(f"EXCLUDED.{f.strip()}" for f in _MEMBER_FIELDS.split(","))}),
     revision = m.revision + 1,
     update_time = now()
-WHERE (m.gender, m.birthday, m.city, m.city_tier, m.register_time, m.register_channel, m.attributes)
-    IS DISTINCT FROM (EXCLUDED.gender, EXCLUDED.birthday, EXCLUDED.city, EXCLUDED.city_tier,
-                      EXCLUDED.register_time, EXCLUDED.register_channel, EXCLUDED.attributes)
+WHERE ({", ".join(f"m.{f.strip()}" for f in _MEMBER_FIELDS.split(","))})
+    IS DISTINCT FROM ({", ".join(f"EXCLUDED.{f.strip()}" for f in _MEMBER_FIELDS.split(","))})
 RETURNING {_MEMBER_COLUMNS}
 """
 
-_GET = f"SELECT {_MEMBER_COLUMNS} FROM tagging.members WHERE member_id = $1"
+_GET_MEMBER = f"SELECT {_MEMBER_COLUMNS} FROM tagging.members WHERE member_id = $1"
 
 
-async def upsert_member(conn: Connection, tenant_id: str, member: MemberInput) -> Member:
-    p = member.profile
+async def upsert_member(conn: Connection, tenant_id: str, member: MemberInput) -> tuple[Member, bool]:
+    """Stores the member; returns it and whether anything changed."""
+    p, c = member.profile, member.contact
     row = await conn.fetchrow(
         _UPSERT,
         tenant_id,
@@ -49,17 +64,32 @@ async def upsert_member(conn: Connection, tenant_id: str, member: MemberInput) -
         int(p.city_tier),
         p.register_time,
         p.register_channel,
+        p.nickname,
+        p.level,
+        c.phone,
+        c.email,
+        int(c.preferred_channel),
+        [int(ch) for ch in c.opted_out_channels],
+        c.time_zone,
         json.dumps(member.attributes, separators=(",", ":"), sort_keys=True),
     )
+    changed = row is not None
     if row is None:
-        row = await conn.fetchrow(_GET, member.member_id)
+        row = await conn.fetchrow(_GET_MEMBER, member.member_id)
     assert row is not None, "upsert left no row"
-    return _member(row)
+    return _member(row), changed
 
 
 async def get_member(conn: Connection, member_id: str) -> Member | None:
-    row = await conn.fetchrow(_GET, member_id)
+    row = await conn.fetchrow(_GET_MEMBER, member_id)
     return None if row is None else _member(row)
+
+
+async def missing_members(conn: Connection, member_ids: list[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT member_id FROM tagging.members WHERE member_id = ANY($1::text[])", member_ids
+    )
+    return set(member_ids) - {r["member_id"] for r in rows}
 
 
 def _member(row: asyncpg.Record) -> Member:
@@ -72,9 +102,276 @@ def _member(row: asyncpg.Record) -> Member:
             city_tier=row["city_tier"],
             register_time=row["register_time"],
             register_channel=row["register_channel"],
+            nickname=row["nickname"],
+            level=row["level"],
         ),
         attributes=json.loads(row["attributes"]),
+        contact=Contact(
+            phone=row["phone"],
+            email=row["email"],
+            preferred_channel=row["preferred_channel"],
+            opted_out_channels=tuple(row["opted_out_channels"]),
+            time_zone=row["time_zone"],
+        ),
         revision=row["revision"],
         create_time=row["create_time"],
         update_time=row["update_time"],
     )
+
+
+# --- orders and refunds ------------------------------------------------------------------------
+
+
+async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, digest: str) -> bool:
+    """Inserts the order and its lines; False when an order with that id exists already."""
+    try:
+        inserted = await conn.fetchval(
+            """INSERT INTO tagging.orders
+                   (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method,
+                    content_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (tenant_id, order_id) DO NOTHING
+               RETURNING true""",
+            tenant_id,
+            order.order_id,
+            order.member_id,
+            order.paid_time,
+            order.amount_minor,
+            order.store,
+            order.payment_method,
+            digest,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound(
+            f"order.member_id: members/{order.member_id} not found; upsert the member first"
+        ) from None
+    if not inserted:
+        return False
+    await conn.executemany(
+        """INSERT INTO tagging.order_lines
+               (tenant_id, order_id, line_id, member_id, paid_time, sku, category, brand, quantity,
+                unit_price_minor)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+        [
+            (
+                tenant_id,
+                order.order_id,
+                line.line_id,
+                order.member_id,
+                order.paid_time,
+                line.sku,
+                line.category,
+                line.brand,
+                line.quantity,
+                line.unit_price_minor,
+            )
+            for line in order.lines
+        ],
+    )
+    return True
+
+
+async def order_hash(conn: Connection, order_id: str) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT content_hash FROM tagging.orders WHERE order_id = $1", order_id
+    )
+    return value
+
+
+async def get_order(conn: Connection, order_id: str) -> Order | None:
+    row = await conn.fetchrow(
+        """SELECT order_id, member_id, paid_time, amount_minor, store, payment_method,
+                  refunded_amount_minor, record_time
+           FROM tagging.orders WHERE order_id = $1""",
+        order_id,
+    )
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        """SELECT line_id, sku, category, brand, quantity, unit_price_minor
+           FROM tagging.order_lines WHERE order_id = $1 ORDER BY line_id""",
+        order_id,
+    )
+    return Order(
+        order_id=row["order_id"],
+        member_id=row["member_id"],
+        paid_time=row["paid_time"],
+        amount_minor=row["amount_minor"],
+        lines=tuple(OrderLine(**dict(line)) for line in lines),
+        store=row["store"],
+        payment_method=row["payment_method"],
+        refunded_amount_minor=row["refunded_amount_minor"],
+        record_time=row["record_time"],
+    )
+
+
+async def lock_order_state(conn: Connection, order_id: str) -> OrderState | None:
+    row = await conn.fetchrow(
+        """SELECT order_id, member_id, paid_time, amount_minor, refunded_amount_minor
+           FROM tagging.orders WHERE order_id = $1 FOR UPDATE""",
+        order_id,
+    )
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        "SELECT line_id, quantity, refunded_quantity FROM tagging.order_lines WHERE order_id = $1", order_id
+    )
+    return OrderState(
+        order_id=row["order_id"],
+        member_id=row["member_id"],
+        paid_time=row["paid_time"],
+        amount_minor=row["amount_minor"],
+        refunded_amount_minor=row["refunded_amount_minor"],
+        bought={line["line_id"]: line["quantity"] for line in lines},
+        refunded={line["line_id"]: line["refunded_quantity"] for line in lines},
+    )
+
+
+async def refund_hash(conn: Connection, refund_id: str) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT content_hash FROM tagging.refunds WHERE refund_id = $1", refund_id
+    )
+    return value
+
+
+async def insert_refund(conn: Connection, tenant_id: str, refund: Refund, digest: str) -> None:
+    """Records the refund and takes its lines and amount off the order."""
+    try:
+        await conn.execute(
+            """INSERT INTO tagging.refunds
+                   (tenant_id, refund_id, order_id, member_id, refund_time, amount_minor, content_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            tenant_id,
+            refund.refund_id,
+            refund.order_id,
+            refund.member_id,
+            refund.refund_time,
+            refund.amount_minor,
+            digest,
+        )
+    except asyncpg.UniqueViolationError:
+        # The same refund id arrived at the same moment for another order.
+        raise AlreadyExists(
+            f"refunds/{refund.refund_id} was recorded before with different content"
+        ) from None
+    lines = [(tenant_id, refund.refund_id, line.line_id, line.quantity) for line in refund.lines]
+    await conn.executemany(
+        "INSERT INTO tagging.refund_lines (tenant_id, refund_id, line_id, quantity) VALUES ($1, $2, $3, $4)",
+        lines,
+    )
+    await conn.execute(
+        """UPDATE tagging.order_lines AS l SET refunded_quantity = l.refunded_quantity + r.quantity
+           FROM unnest($2::text[], $3::int[]) AS r(line_id, quantity)
+           WHERE l.order_id = $1 AND l.line_id = r.line_id""",
+        refund.order_id,
+        [line.line_id for line in refund.lines],
+        [line.quantity for line in refund.lines],
+    )
+    await conn.execute(
+        "UPDATE tagging.orders SET refunded_amount_minor = refunded_amount_minor + $2 WHERE order_id = $1",
+        refund.order_id,
+        refund.amount_minor,
+    )
+
+
+async def get_refund(conn: Connection, refund_id: str) -> Refund | None:
+    row = await conn.fetchrow(
+        """SELECT refund_id, order_id, member_id, refund_time, amount_minor
+           FROM tagging.refunds WHERE refund_id = $1""",
+        refund_id,
+    )
+    if row is None:
+        return None
+    lines = await conn.fetch(
+        "SELECT line_id, quantity FROM tagging.refund_lines WHERE refund_id = $1 ORDER BY line_id", refund_id
+    )
+    return Refund(**dict(row), lines=tuple(RefundLine(**dict(line)) for line in lines))
+
+
+# --- events --------------------------------------------------------------------------------------
+
+_INSERT_EVENTS = """
+WITH recorded AS (
+    INSERT INTO tagging.events
+        (tenant_id, event_id, member_id, kind, occur_time, sku, category, brand, query, channel)
+    SELECT $1, * FROM unnest($2::text[], $3::text[], $4::smallint[], $5::timestamptz[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING *
+)
+INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+SELECT tenant_id, $11, member_id, event_id,
+       jsonb_build_object('event_id', event_id, 'member_id', member_id, 'kind', kind,
+                          'occur_time', occur_time, 'sku', sku, 'category', category,
+                          'brand', brand, 'query', query, 'channel', channel)
+FROM recorded
+ORDER BY occur_time, event_id
+"""
+
+
+async def insert_events(conn: Connection, tenant_id: str, events: list[BehaviorEvent]) -> int:
+    """Inserts the events not seen before, each with its feed entry; returns how many were new."""
+    status = await conn.execute(
+        _INSERT_EVENTS,
+        tenant_id,
+        [e.event_id for e in events],
+        [e.member_id for e in events],
+        [int(e.kind) for e in events],
+        [e.occur_time for e in events],
+        [e.sku for e in events],
+        [e.category for e in events],
+        [e.brand for e in events],
+        [e.query for e in events],
+        [e.channel for e in events],
+        int(FeedKind.EVENT_RECORDED),
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# --- feed ----------------------------------------------------------------------------------------
+
+
+async def append_feed(
+    conn: Connection, tenant_id: str, kind: FeedKind, member_id: str, subject_id: str, payload: dict[str, Any]
+) -> None:
+    await conn.execute(
+        """INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+           VALUES ($1, $2, $3, $4, $5::jsonb)""",
+        tenant_id,
+        int(kind),
+        member_id,
+        subject_id,
+        json.dumps(payload, separators=(",", ":"), default=str),
+    )
+
+
+_FEED_COLUMNS = "txid::text AS txid, seq, kind, member_id, subject_id, payload::text AS payload, create_time"
+# Only entries of transactions older than every running one: nothing can still commit before them.
+_SETTLED = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+async def read_feed(conn: Connection, after: tuple[int, int] | None, limit: int) -> list[FeedEntry]:
+    if after is None:
+        rows = await conn.fetch(
+            f"SELECT {_FEED_COLUMNS} FROM tagging.feed WHERE {_SETTLED} ORDER BY txid, seq LIMIT $1", limit
+        )
+    else:
+        rows = await conn.fetch(
+            f"""SELECT {_FEED_COLUMNS} FROM tagging.feed
+                WHERE {_SETTLED} AND (txid, seq) > ($1::text::xid8, $2::bigint)
+                ORDER BY txid, seq LIMIT $3""",
+            str(after[0]),
+            after[1],
+            limit,
+        )
+    return [
+        FeedEntry(
+            cursor=f"{row['txid']}-{row['seq']}",
+            kind=FeedKind(row["kind"]),
+            member_id=row["member_id"],
+            subject_id=row["subject_id"],
+            payload=json.loads(row["payload"]),
+            create_time=row["create_time"],
+        )
+        for row in rows
+    ]

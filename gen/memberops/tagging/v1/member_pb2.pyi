@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import date_pb2 as _date_pb2
 import builtins as _builtins
@@ -19,6 +21,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Channel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANNEL_UNSPECIFIED: _Channel.ValueType  # 0
+    CHANNEL_SMS: _Channel.ValueType  # 1
+    CHANNEL_EMAIL: _Channel.ValueType  # 2
+    CHANNEL_APP_PUSH: _Channel.ValueType  # 3
+    CHANNEL_WECOM: _Channel.ValueType  # 4
+
+class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper): ...
+
+CHANNEL_UNSPECIFIED: Channel.ValueType  # 0
+CHANNEL_SMS: Channel.ValueType  # 1
+CHANNEL_EMAIL: Channel.ValueType  # 2
+CHANNEL_APP_PUSH: Channel.ValueType  # 3
+CHANNEL_WECOM: Channel.ValueType  # 4
+Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 class _Gender:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -78,6 +101,7 @@ class Member(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `members/{member_id}`. Output only."""
     member_id: _builtins.str
@@ -102,6 +126,10 @@ class Member(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the member's data last changed. Output only."""
 
+    @_builtins.property
+    def contact(self) -> Global___Contact:
+        """How and when the member may be reached; journeys read it at send time."""
+
     def __init__(
         self,
         *,
@@ -112,14 +140,55 @@ class Member(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        contact: Global___Contact | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "create_time", b"create_time", "profile", b"profile", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "contact", b"contact", "create_time", b"create_time", "profile", b"profile", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "create_time", b"create_time", "member_id", b"member_id", "name", b"name", "profile", b"profile", "revision", b"revision", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "contact", b"contact", "create_time", b"create_time", "member_id", b"member_id", "name", b"name", "profile", b"profile", "revision", b"revision", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class Contact(_message.Message):
+    """Reach data and consent. Phone and e-mail are personal data: never logged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PREFERRED_CHANNEL_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_CHANNELS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    phone: _builtins.str
+    """E.164 phone number (`+8613800000000`), or empty."""
+    email: _builtins.str
+    """E-mail address, or empty."""
+    preferred_channel: Global___Channel.ValueType
+    """The channel the member prefers; journeys fall back to others when it is unavailable."""
+    time_zone: _builtins.str
+    """IANA time zone (`Asia/Shanghai`) for quiet hours and member-local send times; empty means the tenant's."""
+    @_builtins.property
+    def opted_out_channels(self) -> _containers.RepeatedScalarFieldContainer[Global___Channel.ValueType]:
+        """Channels the member opted out of; nothing is sent on them."""
+
+    def __init__(
+        self,
+        *,
+        phone: _builtins.str = ...,
+        email: _builtins.str = ...,
+        preferred_channel: Global___Channel.ValueType = ...,
+        opted_out_channels: _abc.Iterable[Global___Channel.ValueType] | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "opted_out_channels", b"opted_out_channels", "phone", b"phone", "preferred_channel", b"preferred_channel", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contact: _TypeAlias = Contact  # noqa: Y015
 
 @_typing.final
 class Profile(_message.Message):
@@ -133,12 +202,18 @@ class Profile(_message.Message):
     CITY_TIER_FIELD_NUMBER: _builtins.int
     REGISTER_TIME_FIELD_NUMBER: _builtins.int
     REGISTER_CHANNEL_FIELD_NUMBER: _builtins.int
+    NICKNAME_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
     gender: Global___Gender.ValueType
     city: _builtins.str
     """City name as the shop records it, at most 64 characters."""
     city_tier: Global___CityTier.ValueType
     register_channel: _builtins.str
     """Where the member registered (e.g. `app`, `mini_program`, `store:shanghai-01`), at most 64 characters."""
+    nickname: _builtins.str
+    """Display name used in messages (`{nickname}`), at most 64 characters."""
+    level: _builtins.str
+    """Membership level code as the shop or the tasks service assigns it (`bronze`, `silver`, `gold`), at most 32 characters."""
     @_builtins.property
     def birthday(self) -> _date_pb2.Date:
         """Date of birth; unset when unknown. Year 1900 or later, not in the future."""
@@ -156,10 +231,12 @@ class Profile(_message.Message):
         city_tier: Global___CityTier.ValueType = ...,
         register_time: _timestamp_pb2.Timestamp | None = ...,
         register_channel: _builtins.str = ...,
+        nickname: _builtins.str = ...,
+        level: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "register_time", b"register_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "city", b"city", "city_tier", b"city_tier", "gender", b"gender", "register_channel", b"register_channel", "register_time", b"register_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "city", b"city", "city_tier", b"city_tier", "gender", b"gender", "level", b"level", "nickname", b"nickname", "register_channel", b"register_channel", "register_time", b"register_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,20 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
+from memberops.tagging.v1 import feed_pb2 as memberops_dot_tagging_dot_v1_dot_feed__pb2
 from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_member__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a!memberops/tagging/v1/member.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xbc\x01\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Memberb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"6\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t2\xad\x04\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.tagging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSERTMEMBERREQUEST']._serialized_start=103
-  _globals['_UPSERTMEMBERREQUEST']._serialized_end=170
-  _globals['_GETMEMBERREQUEST']._serialized_start=172
-  _globals['_GETMEMBERREQUEST']._serialized_end=204
-  _globals['_TAGGINGSERVICE']._serialized_start=207
-  _globals['_TAGGINGSERVICE']._serialized_end=395
+  _globals['_UPSERTMEMBERREQUEST']._serialized_start=170
+  _globals['_UPSERTMEMBERREQUEST']._serialized_end=237
+  _globals['_GETMEMBERREQUEST']._serialized_start=239
+  _globals['_GETMEMBERREQUEST']._serialized_end=271
+  _globals['_RECORDORDERREQUEST']._serialized_start=273
+  _globals['_RECORDORDERREQUEST']._serialized_end=337
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=339
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=406
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=408
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=482
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=484
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=555
+  _globals['_READFEEDREQUEST']._serialized_start=557
+  _globals['_READFEEDREQUEST']._serialized_end=611
+  _globals['_READFEEDRESPONSE']._serialized_start=613
+  _globals['_READFEEDRESPONSE']._serialized_end=702
+  _globals['_TAGGINGSERVICE']._serialized_start=705
+  _globals['_TAGGINGSERVICE']._serialized_end=1262
 # @@protoc_insertion_point(module_scope)

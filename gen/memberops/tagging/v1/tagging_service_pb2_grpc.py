@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
 from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_member__pb2
 from memberops.tagging.v1 import tagging_service_pb2 as memberops_dot_tagging_dot_v1_dot_tagging__service__pb2
 
@@ -47,6 +48,26 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
                 _registered_method=True)
+        self.RecordOrder = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RecordOrder',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_facts__pb2.Order.FromString,
+                _registered_method=True)
+        self.RecordRefund = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RecordRefund',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordRefundRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_facts__pb2.Refund.FromString,
+                _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RecordEvents',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
+        self.ReadFeed = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/ReadFeed',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
+                _registered_method=True)
 
 
 class TaggingServiceServicer:
@@ -70,6 +91,38 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOrder(self, request, context):
+        """Records a paid order once. The order id is the natural key: a retry with the same content
+        returns the stored order; the same id with different content is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRefund(self, request, context):
+        """Records a refund of a recorded order once (refund id is the natural key, as for orders).
+        A refund whose order is unknown is FAILED_PRECONDITION: send the order first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvents(self, request, context):
+        """Records up to 1000 behaviour events; events whose id was seen before are dropped, so a
+        retried batch records nothing twice. A batch with any invalid event is rejected whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFeed(self, request, context):
+        """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
+        could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaggingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +135,26 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.GetMember,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.SerializeToString,
+            ),
+            'RecordOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOrder,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_facts__pb2.Order.SerializeToString,
+            ),
+            'RecordRefund': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRefund,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordRefundRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_facts__pb2.Refund.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'ReadFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadFeed,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +213,114 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/GetMember',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RecordOrder',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_facts__pb2.Order.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRefund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RecordRefund',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordRefundRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_facts__pb2.Refund.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RecordEvents',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/ReadFeed',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.tagging.v1 import facts_pb2 as _facts_pb2
 from memberops.tagging.v1 import member_pb2 as _member_pb2
 from memberops.tagging.v1 import tagging_service_pb2 as _tagging_service_pb2
 import abc as _abc_1
@@ -43,6 +44,22 @@ class TaggingServiceStub:
     """
     GetMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+    RecordOrder: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]
+    """Records a paid order once. The order id is the natural key: a retry with the same content
+    returns the stored order; the same id with different content is ALREADY_EXISTS.
+    """
+    RecordRefund: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordRefundRequest, _facts_pb2.Refund]
+    """Records a refund of a recorded order once (refund id is the natural key, as for orders).
+    A refund whose order is unknown is FAILED_PRECONDITION: send the order first.
+    """
+    RecordEvents: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordEventsRequest, _tagging_service_pb2.RecordEventsResponse]
+    """Records up to 1000 behaviour events; events whose id was seen before are dropped, so a
+    retried batch records nothing twice. A batch with any invalid event is rejected whole.
+    """
+    ReadFeed: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ReadFeedRequest, _tagging_service_pb2.ReadFeedResponse]
+    """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
+    could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+    """
 
 @_typing.type_check_only
 class TaggingServiceAsyncStub(TaggingServiceStub):
@@ -58,6 +75,22 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """
     GetMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+    RecordOrder: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]  # type: ignore[assignment]
+    """Records a paid order once. The order id is the natural key: a retry with the same content
+    returns the stored order; the same id with different content is ALREADY_EXISTS.
+    """
+    RecordRefund: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordRefundRequest, _facts_pb2.Refund]  # type: ignore[assignment]
+    """Records a refund of a recorded order once (refund id is the natural key, as for orders).
+    A refund whose order is unknown is FAILED_PRECONDITION: send the order first.
+    """
+    RecordEvents: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordEventsRequest, _tagging_service_pb2.RecordEventsResponse]  # type: ignore[assignment]
+    """Records up to 1000 behaviour events; events whose id was seen before are dropped, so a
+    retried batch records nothing twice. A batch with any invalid event is rejected whole.
+    """
+    ReadFeed: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ReadFeedRequest, _tagging_service_pb2.ReadFeedResponse]  # type: ignore[assignment]
+    """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
+    could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+    """
 
 class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member facts and the tags derived from them. Every call needs `authorization: Bearer <token>`;
@@ -82,5 +115,45 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_member_pb2.Member, _abc.Awaitable[_member_pb2.Member]]:
         """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+
+    @_abc_1.abstractmethod
+    def RecordOrder(
+        self,
+        request: _tagging_service_pb2.RecordOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facts_pb2.Order, _abc.Awaitable[_facts_pb2.Order]]:
+        """Records a paid order once. The order id is the natural key: a retry with the same content
+        returns the stored order; the same id with different content is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordRefund(
+        self,
+        request: _tagging_service_pb2.RecordRefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facts_pb2.Refund, _abc.Awaitable[_facts_pb2.Refund]]:
+        """Records a refund of a recorded order once (refund id is the natural key, as for orders).
+        A refund whose order is unknown is FAILED_PRECONDITION: send the order first.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordEvents(
+        self,
+        request: _tagging_service_pb2.RecordEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.RecordEventsResponse, _abc.Awaitable[_tagging_service_pb2.RecordEventsResponse]]:
+        """Records up to 1000 behaviour events; events whose id was seen before are dropped, so a
+        retried batch records nothing twice. A batch with any invalid event is rejected whole.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFeed(
+        self,
+        request: _tagging_service_pb2.ReadFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ReadFeedResponse, _abc.Awaitable[_tagging_service_pb2.ReadFeedResponse]]:
+        """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
+        could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+        """
 
 def add_TaggingServiceServicer_to_server(servicer: TaggingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,241 @@
+"""Orders, refunds and behaviour events: each recorded once, each appended to the feed with it.
+
+Retries are safe by natural key: an order or refund id seen before with the same content returns
+the stored fact; with different content it is ALREADY_EXISTS (the caller reused an id). Event ids
+seen before are dropped and counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from services.common.db import Database
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
+from services.tagging import checks, store
+from services.tagging.model import (
+    BehaviorEvent,
+    EventKind,
+    FeedKind,
+    Order,
+    OrderInput,
+    OrderState,
+    Refund,
+    RefundInput,
+    RefundLine,
+)
+
+MAX_LINES = 500
+MAX_QUANTITY = 100_000
+# 10^12 minor units (ten billion yuan or euros): larger is a unit mistake, not an order.
+MAX_AMOUNT = 10**12
+MAX_EVENTS = 1000
+MAX_TEXT = 64
+MAX_QUERY = 256
+MAX_PAYMENT_METHOD = 32
+
+
+def content_hash(fact: object) -> str:
+    """A stable digest of a dataclass input: what a retry must repeat exactly."""
+    canonical = json.dumps(dataclasses.asdict(fact), sort_keys=True, default=str, separators=(",", ":"))  # type: ignore[call-overload]
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _amount(value: int, violations: Violations, path: str) -> None:
+    if not 0 <= value <= MAX_AMOUNT:
+        violations.add(path, f"must be between 0 and {MAX_AMOUNT}")
+
+
+def validate_order(order: OrderInput, now: dt.datetime) -> None:
+    v, p = Violations(), "order"
+    checks.natural_id(order.order_id, v, f"{p}.order_id")
+    checks.natural_id(order.member_id, v, f"{p}.member_id")
+    checks.past_time(order.paid_time, now, v, f"{p}.paid_time")
+    _amount(order.amount_minor, v, f"{p}.amount_minor")
+    checks.text(order.store, MAX_TEXT, v, f"{p}.store")
+    checks.text(order.payment_method, MAX_PAYMENT_METHOD, v, f"{p}.payment_method")
+    if not 1 <= len(order.lines) <= MAX_LINES:
+        v.add(f"{p}.lines", f"must hold 1-{MAX_LINES} lines")
+    seen: set[str] = set()
+    for i, line in enumerate(order.lines[:MAX_LINES]):
+        lp = f"{p}.lines[{i}]"
+        if not 1 <= len(line.line_id) <= MAX_TEXT:
+            v.add(f"{lp}.line_id", f"must be 1-{MAX_TEXT} characters")
+        elif line.line_id in seen:
+            v.add(f"{lp}.line_id", "appears twice in the order")
+        seen.add(line.line_id)
+        for name in ("sku", "category", "brand"):
+            checks.text(getattr(line, name), MAX_TEXT, v, f"{lp}.{name}")
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            v.add(f"{lp}.quantity", f"must be between 1 and {MAX_QUANTITY}")
+        _amount(line.unit_price_minor, v, f"{lp}.unit_price_minor")
+    v.raise_if_any()
+
+
+def validate_refund(refund: RefundInput, now: dt.datetime) -> None:
+    """What can be checked without the order: shape, ids, amounts."""
+    v, p = Violations(), "refund"
+    checks.natural_id(refund.refund_id, v, f"{p}.refund_id")
+    checks.natural_id(refund.order_id, v, f"{p}.order_id")
+    checks.past_time(refund.refund_time, now, v, f"{p}.refund_time")
+    _amount(refund.amount_minor, v, f"{p}.amount_minor")
+    if len(refund.lines) > MAX_LINES:
+        v.add(f"{p}.lines", f"must hold at most {MAX_LINES} lines")
+    seen: set[str] = set()
+    for i, line in enumerate(refund.lines[:MAX_LINES]):
+        if line.line_id in seen:
+            v.add(f"{p}.lines[{i}].line_id", "appears twice in the refund")
+        seen.add(line.line_id)
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            v.add(f"{p}.lines[{i}].quantity", f"must be between 1 and {MAX_QUANTITY}")
+    v.raise_if_any()
+
+
+def plan_refund(refund: RefundInput, order: OrderState) -> tuple[tuple[RefundLine, ...], int]:
+    """The lines and amount this refund takes off `order`; refuses to refund more than is left."""
+    assert refund.refund_time is not None
+    v = Violations()
+    if refund.refund_time < order.paid_time:
+        v.add("refund.refund_time", "must not be before the order was paid")
+    left = {line_id: order.bought[line_id] - order.refunded.get(line_id, 0) for line_id in order.bought}
+    if refund.lines:
+        lines = refund.lines
+        for i, line in enumerate(lines):
+            if line.line_id not in left:
+                v.add(f"refund.lines[{i}].line_id", f"order {order.order_id} has no line {line.line_id!r}")
+            elif line.quantity > left[line.line_id]:
+                v.add(f"refund.lines[{i}].quantity", f"only {left[line.line_id]} left to refund on this line")
+    else:
+        lines = tuple(RefundLine(line_id, quantity) for line_id, quantity in sorted(left.items()) if quantity)
+    amount_left = order.amount_minor - order.refunded_amount_minor
+    amount = refund.amount_minor if refund.lines or refund.amount_minor else amount_left
+    if amount > amount_left:
+        v.add("refund.amount_minor", f"only {amount_left} left to refund on order {order.order_id}")
+    if not lines and not amount:
+        v.add("refund", f"order {order.order_id} is already refunded in full")
+    v.raise_if_any()
+    return lines, amount
+
+
+def validate_events(events: list[BehaviorEvent], now: dt.datetime) -> None:
+    v = Violations()
+    if not 1 <= len(events) <= MAX_EVENTS:
+        raise InvalidArgument.field("events", f"must hold 1-{MAX_EVENTS} events")
+    kinds = {k.value for k in EventKind if k != EventKind.UNSPECIFIED}
+    for i, event in enumerate(events):
+        p = f"events[{i}]"
+        checks.natural_id(event.event_id, v, f"{p}.event_id")
+        checks.natural_id(event.member_id, v, f"{p}.member_id")
+        if event.kind not in kinds:
+            v.add(f"{p}.kind", f"must be one of {', '.join(EventKind(k).name for k in sorted(kinds))}")
+        checks.past_time(event.occur_time, now, v, f"{p}.occur_time")
+        for name in ("sku", "category", "brand", "channel"):
+            checks.text(getattr(event, name), MAX_TEXT, v, f"{p}.{name}")
+        checks.text(event.query, MAX_QUERY, v, f"{p}.query")
+    v.raise_if_any()
+
+
+def order_payload(order: OrderInput) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "member_id": order.member_id,
+        "paid_time": order.paid_time.isoformat() if order.paid_time else None,
+        "amount_minor": order.amount_minor,
+        "store": order.store,
+        "payment_method": order.payment_method,
+        "lines": [dataclasses.asdict(line) for line in order.lines],
+    }
+
+
+def refund_payload(refund: Refund) -> dict[str, Any]:
+    return {
+        "refund_id": refund.refund_id,
+        "order_id": refund.order_id,
+        "member_id": refund.member_id,
+        "refund_time": refund.refund_time.isoformat(),
+        "amount_minor": refund.amount_minor,
+        "lines": [dataclasses.asdict(line) for line in refund.lines],
+    }
+
+
+class Facts:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record_order(self, tenant_id: str, order: OrderInput, now: dt.datetime) -> Order:
+        validate_order(order, now)
+        digest = content_hash(order)
+        async with self._db.transaction(tenant_id) as conn:
+            if await store.insert_order(conn, tenant_id, order, digest):
+                await store.append_feed(
+                    conn,
+                    tenant_id,
+                    FeedKind.ORDER_RECORDED,
+                    order.member_id,
+                    order.order_id,
+                    order_payload(order),
+                )
+            elif await store.order_hash(conn, order.order_id) != digest:
+                raise AlreadyExists(f"orders/{order.order_id} was recorded before with different content")
+            stored = await store.get_order(conn, order.order_id)
+        assert stored is not None
+        return stored
+
+    async def record_refund(self, tenant_id: str, refund: RefundInput, now: dt.datetime) -> Refund:
+        validate_refund(refund, now)
+        assert refund.refund_time is not None
+        digest = content_hash(refund)
+        async with self._db.transaction(tenant_id) as conn:
+            # Locking the order serialises refunds of one order, so "what is left" cannot race.
+            order = await store.lock_order_state(conn, refund.order_id)
+            if order is None:
+                raise FailedPrecondition(
+                    f"refund.order_id: orders/{refund.order_id} has not been recorded; "
+                    "record an order before its refunds"
+                )
+            previous = await store.refund_hash(conn, refund.refund_id)
+            if previous is not None:
+                if previous != digest:
+                    raise AlreadyExists(
+                        f"refunds/{refund.refund_id} was recorded before with different content"
+                    )
+                stored = await store.get_refund(conn, refund.refund_id)
+                assert stored is not None
+                return stored
+            lines, amount = plan_refund(refund, order)
+            recorded = Refund(
+                refund.refund_id, order.order_id, order.member_id, refund.refund_time, amount, lines
+            )
+            await store.insert_refund(conn, tenant_id, recorded, digest)
+            await store.append_feed(
+                conn,
+                tenant_id,
+                FeedKind.REFUND_RECORDED,
+                order.member_id,
+                refund.refund_id,
+                refund_payload(recorded),
+            )
+        return recorded
+
+    async def record_events(
+        self, tenant_id: str, events: list[BehaviorEvent], now: dt.datetime
+    ) -> tuple[int, int]:
+        """Returns (recorded, duplicates)."""
+        validate_events(events, now)
+        first_of_id: dict[str, BehaviorEvent] = {}
+        for event in events:
+            first_of_id.setdefault(event.event_id, event)
+        unique = list(first_of_id.values())
+        async with self._db.transaction(tenant_id) as conn:
+            missing = await store.missing_members(conn, sorted({e.member_id for e in unique}))
+            if missing:
+                first = next(i for i, e in enumerate(events) if e.member_id in missing)
+                raise InvalidArgument.field(
+                    f"events[{first}].member_id",
+                    f"unknown member(s) {', '.join(sorted(missing)[:5])}: upsert members before their events",
+                )
+            recorded = await store.insert_events(conn, tenant_id, unique)
+        return recorded, len(events) - recorded
