@@ -63,6 +63,24 @@ async def test_upsert_then_get_returns_what_was_stored(tagging_stub: Stub) -> No
     assert fetched.create_time.seconds > 0
 
 
+async def test_reach_data_round_trips(tagging_stub: Stub) -> None:
+    member = a_member(unique(), nickname="Lin", level="gold")
+    member.contact.CopyFrom(
+        member_pb2.Contact(
+            phone="+8613800000000",
+            email="lin@example.com",
+            preferred_channel=member_pb2.CHANNEL_WECOM,
+            opted_out_channels=[member_pb2.CHANNEL_SMS, member_pb2.CHANNEL_EMAIL],
+            time_zone="Asia/Shanghai",
+        )
+    )
+    stored = await upsert(tagging_stub, member)
+    fetched = await get(tagging_stub, member.member_id)
+    assert fetched == stored
+    assert fetched.contact == member.contact
+    assert (fetched.profile.nickname, fetched.profile.level) == ("Lin", "gold")
+
+
 async def test_upsert_replaces_profile_and_counts_revisions(tagging_stub: Stub) -> None:
     member_id = unique()
     await upsert(tagging_stub, a_member(member_id))
@@ -159,6 +177,13 @@ BAD_MEMBERS: list[tuple[str, dict[str, Any], str]] = [
     ("too many attributes", {"attributes": _many_attributes(65)}, "member.attributes"),
     ("attribute key", {"attributes": _attribute("bad key!", 1)}, "member.attributes.bad key!"),
     ("attributes too big", {"attributes": _attribute("blob", "x" * 9000)}, "member.attributes"),
+    ("nickname too long", {"profile": {"nickname": "n" * 65}}, "member.profile.nickname"),
+    ("level too long", {"profile": {"level": "l" * 33}}, "member.profile.level"),
+    ("phone not E.164", {"contact": {"phone": "13800000000"}}, "member.contact.phone"),
+    ("email without domain", {"contact": {"email": "someone@"}}, "member.contact.email"),
+    ("unknown time zone", {"contact": {"time_zone": "Mars/Olympus"}}, "member.contact.time_zone"),
+    ("unknown channel", {"contact": {"preferred_channel": 9}}, "member.contact.preferred_channel"),
+    ("opt out of nothing", {"contact": {"opted_out_channels": [0]}}, "member.contact.opted_out_channels[0]"),
 ]
 
 
@@ -175,6 +200,11 @@ async def test_bad_member_is_rejected_naming_the_field_and_writes_nothing(
             target.CopyFrom(value)
         else:
             setattr(member.profile, name, value)
+    for name, value in change.get("contact", {}).items():
+        if isinstance(value, list):
+            getattr(member.contact, name).extend(value)
+        else:
+            setattr(member.contact, name, value)
     if "attributes" in change:
         member.attributes.Clear()
         member.attributes.CopyFrom(change["attributes"])

@@ -1,0 +1,117 @@
+"""ReadFeed: every fact once, in order, per tenant, and nothing skipped behind a held cursor."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from memberops.tagging.v1 import feed_pb2, member_pb2, tagging_service_pb2
+
+from services.common.db import Database
+from services.tagging import store
+from services.tagging.model import FeedKind
+from tests.conftest import ACME, GLOBEX, TENANT_ACME
+from tests.grpc_helpers import field_violations
+from tests.tagging.facts_helpers import (
+    a_refund,
+    an_event,
+    an_order,
+    new_member,
+    record_events,
+    record_order,
+    record_refund,
+)
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
+
+
+async def read_all(
+    stub: Stub, after: str = "", metadata: Any = ACME, limit: int = 7
+) -> tuple[list[Any], str]:
+    """Pages through the feed from `after` to its current end; returns the entries and the end cursor."""
+    entries: list[feed_pb2.FeedEntry] = []
+    cursor = after
+    while True:
+        page = await stub.ReadFeed(
+            tagging_service_pb2.ReadFeedRequest(after_cursor=cursor, limit=limit), metadata=metadata
+        )
+        entries.extend(page.entries)
+        if not page.entries:
+            return entries, page.next_cursor
+        cursor = page.next_cursor
+
+
+async def test_every_fact_appears_once_in_order(tagging_stub: Stub) -> None:
+    _, start = await read_all(tagging_stub)
+    member_id = await new_member(tagging_stub)
+    order = await record_order(tagging_stub, an_order(member_id))
+    refund = await record_refund(tagging_stub, a_refund(order.order_id))
+    events = [an_event(member_id), an_event(member_id)]
+    await record_events(tagging_stub, events)
+    await record_events(tagging_stub, events)  # duplicates add nothing
+    await record_order(tagging_stub, an_order(member_id, order.order_id))  # nor does a retried order
+
+    entries, _ = await read_all(tagging_stub, start, limit=2)
+    mine = [(e.kind, e.subject_id) for e in entries if e.member_id == member_id]
+    assert mine[:3] == [
+        (feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, ""),
+        (feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED, order.order_id),
+        (feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED, refund.refund_id),
+    ]
+    assert sorted(mine[3:]) == sorted((feed_pb2.FEED_ENTRY_KIND_EVENT_RECORDED, e.event_id) for e in events)
+    assert len({e.cursor for e in entries}) == len(entries)
+    order_entry = next(e for e in entries if e.subject_id == order.order_id)
+    assert order_entry.payload["amount_minor"] == 25_800
+    assert [line["category"] for line in order_entry.payload["lines"]] == ["skincare", "makeup"]
+
+
+async def test_an_unchanged_member_adds_no_entry(tagging_stub: Stub) -> None:
+    member = member_pb2.Member(member_id=await new_member(tagging_stub))
+    _, start = await read_all(tagging_stub)
+    await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    assert (await read_all(tagging_stub, start))[0] == []
+    member.profile.city = "Ningbo"
+    await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    (entry,) = (await read_all(tagging_stub, start))[0]
+    assert entry.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED
+    assert entry.payload["revision"] == 2
+
+
+async def test_tenants_read_only_their_own_feed(tagging_stub: Stub) -> None:
+    acme_member = await new_member(tagging_stub)
+    entries, _ = await read_all(tagging_stub, metadata=GLOBEX, limit=1000)
+    assert acme_member not in {e.member_id for e in entries}
+
+
+async def test_an_entry_committed_late_is_not_skipped(tagging_stub: Stub, db: Database) -> None:
+    """A transaction that started writing first but commits last must not fall behind the cursor."""
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    async with db.transaction(TENANT_ACME) as slow:
+        await store.append_feed(slow, TENANT_ACME, FeedKind.MEMBER_CHANGED, member_id, "slow", {})
+        order = await record_order(tagging_stub, an_order(member_id))  # commits while `slow` is open
+        held_back, cursor = await read_all(tagging_stub, start)
+        assert held_back == []
+        assert cursor == start
+    entries, _ = await read_all(tagging_stub, start)
+    assert [e.subject_id for e in entries if e.member_id == member_id] == ["slow", order.order_id]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"after_cursor": "not-a-cursor"}, "after_cursor"),
+        ({"after_cursor": "12"}, "after_cursor"),
+        ({"limit": -1}, "limit"),
+        ({"limit": 1001}, "limit"),
+    ],
+)
+async def test_bad_cursor_or_limit_is_invalid_argument(
+    tagging_stub: Stub, request_fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await tagging_stub.ReadFeed(tagging_service_pb2.ReadFeedRequest(**request_fields), metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(caught.value)
