@@ -52,6 +52,10 @@ class FailedPrecondition(DomainError):
     """The request is well formed but the system is not in a state to accept it."""
 
 
+class Aborted(DomainError):
+    """A concurrent change won: the caller's expected version is no longer current."""
+
+
 class Unauthenticated(DomainError):
     """The caller did not prove who it is."""
 

@@ -17,10 +17,13 @@ from memberops.tagging.v1 import (
     member_pb2,
     tagging_service_pb2,
     tagging_service_pb2_grpc,
+    tags_pb2,
 )
 
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
+from services.tagging import catalog
+from services.tagging.catalog import Catalog
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.members import Members
@@ -48,11 +51,17 @@ def utc_now() -> dt.datetime:
 
 class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     def __init__(
-        self, members: Members, facts: Facts, feed: Feed, clock: Callable[[], dt.datetime] = utc_now
+        self,
+        members: Members,
+        facts: Facts,
+        feed: Feed,
+        tag_catalog: Catalog,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._members = members
         self._facts = facts
         self._feed = feed
+        self._catalog = tag_catalog
         self._clock = clock
 
     async def UpsertMember(
@@ -105,6 +114,64 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         return tagging_service_pb2.ReadFeedResponse(
             entries=[feed_entry_to_proto(e) for e in entries], next_cursor=next_cursor
         )
+
+    async def CreateTagDefinition(
+        self, request: tagging_service_pb2.CreateTagDefinitionRequest, context: Any
+    ) -> tags_pb2.TagDefinition:
+        if not request.HasField("tag_definition"):
+            raise InvalidArgument.field("tag_definition", "is required")
+        created = await self._catalog.create(current_tenant(), definition_from_proto(request.tag_definition))
+        return definition_to_proto(created)
+
+    async def UpdateTagDefinition(
+        self, request: tagging_service_pb2.UpdateTagDefinitionRequest, context: Any
+    ) -> tags_pb2.TagDefinition:
+        if not request.HasField("tag_definition"):
+            raise InvalidArgument.field("tag_definition", "is required")
+        message = request.tag_definition
+        if message.name and not message.dimension:
+            message.dimension = catalog.dimension_from_name(message.name, "tag_definition.name")
+        updated = await self._catalog.update(
+            current_tenant(), definition_from_proto(message), request.expected_version
+        )
+        return definition_to_proto(updated)
+
+    async def GetTagDefinition(
+        self, request: tagging_service_pb2.GetTagDefinitionRequest, context: Any
+    ) -> tags_pb2.TagDefinition:
+        dimension = catalog.dimension_from_name(request.name, "name")
+        return definition_to_proto(await self._catalog.get(current_tenant(), dimension, request.version))
+
+    async def ListTagDefinitions(
+        self, request: tagging_service_pb2.ListTagDefinitionsRequest, context: Any
+    ) -> tagging_service_pb2.ListTagDefinitionsResponse:
+        page, token = await self._catalog.list_page(
+            current_tenant(), request.page_size, request.page_token, request.include_retired
+        )
+        return tagging_service_pb2.ListTagDefinitionsResponse(
+            tag_definitions=[definition_to_proto(d) for d in page], next_page_token=token
+        )
+
+    async def RetireTagDefinition(
+        self, request: tagging_service_pb2.RetireTagDefinitionRequest, context: Any
+    ) -> tags_pb2.TagDefinition:
+        dimension = catalog.dimension_from_name(request.name, "name")
+        return definition_to_proto(await self._catalog.retire(current_tenant(), dimension))
+
+    async def ExplainTags(
+        self, request: tagging_service_pb2.ExplainTagsRequest, context: Any
+    ) -> tagging_service_pb2.ExplainTagsResponse:
+        member_id = member_id_from_name(request.member, "member")
+        explanations = await self._catalog.explain(
+            current_tenant(), member_id, list(request.dimensions), self._clock()
+        )
+        response = tagging_service_pb2.ExplainTagsResponse()
+        for explanation in explanations:
+            item = response.explanations.add(
+                dimension=explanation.dimension, version=explanation.version, values=explanation.values
+            )
+            item.figures.update(explanation.figures)
+        return response
 
 
 def member_id_from_name(name: str, field: str) -> str:
@@ -306,4 +373,47 @@ def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
     )
     message.payload.update(entry.payload)
     message.create_time.FromDatetime(entry.create_time)
+    return message
+
+
+def definition_from_proto(message: tags_pb2.TagDefinition) -> catalog.DefinitionInput:
+    return catalog.DefinitionInput(
+        dimension=message.dimension,
+        display_name=message.display_name,
+        description=message.description,
+        category=message.category,
+        kind=message.kind,
+        refresh_policy=message.refresh_policy,
+        cardinality=message.cardinality,
+        values=tuple(
+            catalog.TagValue(
+                value=value.value,
+                display_name=value.display_name,
+                rule=value.rule if value.HasField("rule") else None,
+            )
+            for value in message.values
+        ),
+    )
+
+
+def definition_to_proto(definition: catalog.Definition) -> tags_pb2.TagDefinition:
+    spec = definition.spec
+    message = tags_pb2.TagDefinition(
+        name=f"tagDefinitions/{spec.dimension}",
+        dimension=spec.dimension,
+        display_name=spec.display_name,
+        description=spec.description,
+        category=spec.category,  # type: ignore[arg-type]
+        kind=spec.kind,  # type: ignore[arg-type]
+        refresh_policy=spec.refresh_policy,  # type: ignore[arg-type]
+        cardinality=spec.cardinality,  # type: ignore[arg-type]
+        values=[
+            tags_pb2.TagValue(value=value.value, display_name=value.display_name, rule=value.rule)
+            for value in spec.values
+        ],
+        version=definition.version,
+        state=int(definition.state),  # type: ignore[arg-type]
+    )
+    message.create_time.FromDatetime(definition.create_time)
+    message.update_time.FromDatetime(definition.update_time)
     return message

@@ -10,6 +10,7 @@ from google.protobuf.internal import containers as _containers
 from memberops.tagging.v1 import facts_pb2 as _facts_pb2
 from memberops.tagging.v1 import feed_pb2 as _feed_pb2
 from memberops.tagging.v1 import member_pb2 as _member_pb2
+from memberops.tagging.v1 import tags_pb2 as _tags_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -196,3 +197,187 @@ class ReadFeedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadFeedResponse: _TypeAlias = ReadFeedResponse  # noqa: Y015
+
+@_typing.final
+class CreateTagDefinitionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_DEFINITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tag_definition(self) -> _tags_pb2.TagDefinition: ...
+    def __init__(
+        self,
+        *,
+        tag_definition: _tags_pb2.TagDefinition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tag_definition", b"tag_definition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tag_definition", b"tag_definition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTagDefinitionRequest: _TypeAlias = CreateTagDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTagDefinitionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_DEFINITION_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    expected_version: _builtins.int
+    """When set, the update applies only if this is still the current version."""
+    @_builtins.property
+    def tag_definition(self) -> _tags_pb2.TagDefinition:
+        """`name` or `dimension` names the definition to update."""
+
+    def __init__(
+        self,
+        *,
+        tag_definition: _tags_pb2.TagDefinition | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tag_definition", b"tag_definition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "tag_definition", b"tag_definition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTagDefinitionRequest: _TypeAlias = UpdateTagDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class GetTagDefinitionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tagDefinitions/{dimension}`."""
+    version: _builtins.int
+    """0 for the current version."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTagDefinitionRequest: _TypeAlias = GetTagDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class ListTagDefinitionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_RETIRED_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    include_retired: _builtins.bool
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_retired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_retired", b"include_retired", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagDefinitionsRequest: _TypeAlias = ListTagDefinitionsRequest  # noqa: Y015
+
+@_typing.final
+class ListTagDefinitionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_DEFINITIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def tag_definitions(self) -> _containers.RepeatedCompositeFieldContainer[_tags_pb2.TagDefinition]: ...
+    def __init__(
+        self,
+        *,
+        tag_definitions: _abc.Iterable[_tags_pb2.TagDefinition] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tag_definitions", b"tag_definitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagDefinitionsResponse: _TypeAlias = ListTagDefinitionsResponse  # noqa: Y015
+
+@_typing.final
+class RetireTagDefinitionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireTagDefinitionRequest: _TypeAlias = RetireTagDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class ExplainTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """`members/{member_id}`."""
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions to explain; empty means every active FACT and RULE dimension."""
+
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        dimensions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainTagsRequest: _TypeAlias = ExplainTagsRequest  # noqa: Y015
+
+@_typing.final
+class ExplainTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[_tags_pb2.TagExplanation]: ...
+    def __init__(
+        self,
+        *,
+        explanations: _abc.Iterable[_tags_pb2.TagExplanation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainTagsResponse: _TypeAlias = ExplainTagsResponse  # noqa: Y015

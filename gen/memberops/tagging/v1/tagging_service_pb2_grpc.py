@@ -6,6 +6,7 @@ import warnings
 from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
 from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_member__pb2
 from memberops.tagging.v1 import tagging_service_pb2 as memberops_dot_tagging_dot_v1_dot_tagging__service__pb2
+from memberops.tagging.v1 import tags_pb2 as memberops_dot_tagging_dot_v1_dot_tags__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -68,6 +69,36 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
                 _registered_method=True)
+        self.CreateTagDefinition = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/CreateTagDefinition',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+                _registered_method=True)
+        self.UpdateTagDefinition = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/UpdateTagDefinition',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateTagDefinitionRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+                _registered_method=True)
+        self.GetTagDefinition = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/GetTagDefinition',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagDefinitionRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+                _registered_method=True)
+        self.ListTagDefinitions = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/ListTagDefinitions',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsResponse.FromString,
+                _registered_method=True)
+        self.RetireTagDefinition = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RetireTagDefinition',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RetireTagDefinitionRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+                _registered_method=True)
+        self.ExplainTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/ExplainTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.FromString,
+                _registered_method=True)
 
 
 class TaggingServiceServicer:
@@ -123,6 +154,51 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTagDefinition(self, request, context):
+        """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
+        an existing dimension with other content is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTagDefinition(self, request, context):
+        """Stores a new version of a dimension (earlier versions are kept). Content equal to the current
+        version changes nothing. With `expected_version` set, a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTagDefinition(self, request, context):
+        """Returns the current version, or the one asked for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTagDefinitions(self, request, context):
+        """Lists dimensions (current versions) by dimension name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireTagDefinition(self, request, context):
+        """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainTags(self, request, context):
+        """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+        its rules saw.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaggingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +231,36 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.ReadFeed,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.SerializeToString,
+            ),
+            'CreateTagDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTagDefinition,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.SerializeToString,
+            ),
+            'UpdateTagDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTagDefinition,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateTagDefinitionRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.SerializeToString,
+            ),
+            'GetTagDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTagDefinition,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagDefinitionRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.SerializeToString,
+            ),
+            'ListTagDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTagDefinitions,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsResponse.SerializeToString,
+            ),
+            'RetireTagDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireTagDefinition,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RetireTagDefinitionRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.SerializeToString,
+            ),
+            'ExplainTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +427,168 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/ReadFeed',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTagDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/CreateTagDefinition',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTagDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/UpdateTagDefinition',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateTagDefinitionRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTagDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/GetTagDefinition',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagDefinitionRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTagDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/ListTagDefinitions',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagDefinitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireTagDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RetireTagDefinition',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RetireTagDefinitionRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tags__pb2.TagDefinition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/ExplainTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

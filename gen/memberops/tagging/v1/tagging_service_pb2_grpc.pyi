@@ -8,6 +8,7 @@ from grpc import aio as _aio
 from memberops.tagging.v1 import facts_pb2 as _facts_pb2
 from memberops.tagging.v1 import member_pb2 as _member_pb2
 from memberops.tagging.v1 import tagging_service_pb2 as _tagging_service_pb2
+from memberops.tagging.v1 import tags_pb2 as _tags_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -60,6 +61,24 @@ class TaggingServiceStub:
     """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
     could still come before them has finished, so a consumer that keeps its cursor misses nothing.
     """
+    CreateTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]
+    """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
+    an existing dimension with other content is ALREADY_EXISTS.
+    """
+    UpdateTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateTagDefinitionRequest, _tags_pb2.TagDefinition]
+    """Stores a new version of a dimension (earlier versions are kept). Content equal to the current
+    version changes nothing. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagDefinitionRequest, _tags_pb2.TagDefinition]
+    """Returns the current version, or the one asked for."""
+    ListTagDefinitions: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagDefinitionsRequest, _tagging_service_pb2.ListTagDefinitionsResponse]
+    """Lists dimensions (current versions) by dimension name."""
+    RetireTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RetireTagDefinitionRequest, _tags_pb2.TagDefinition]
+    """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless."""
+    ExplainTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ExplainTagsRequest, _tagging_service_pb2.ExplainTagsResponse]
+    """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+    its rules saw.
+    """
 
 @_typing.type_check_only
 class TaggingServiceAsyncStub(TaggingServiceStub):
@@ -90,6 +109,24 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     ReadFeed: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ReadFeedRequest, _tagging_service_pb2.ReadFeedResponse]  # type: ignore[assignment]
     """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
     could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+    """
+    CreateTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
+    """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
+    an existing dimension with other content is ALREADY_EXISTS.
+    """
+    UpdateTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
+    """Stores a new version of a dimension (earlier versions are kept). Content equal to the current
+    version changes nothing. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
+    """Returns the current version, or the one asked for."""
+    ListTagDefinitions: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagDefinitionsRequest, _tagging_service_pb2.ListTagDefinitionsResponse]  # type: ignore[assignment]
+    """Lists dimensions (current versions) by dimension name."""
+    RetireTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RetireTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
+    """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless."""
+    ExplainTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ExplainTagsRequest, _tagging_service_pb2.ExplainTagsResponse]  # type: ignore[assignment]
+    """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+    its rules saw.
     """
 
 class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -154,6 +191,60 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tagging_service_pb2.ReadFeedResponse, _abc.Awaitable[_tagging_service_pb2.ReadFeedResponse]]:
         """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
         could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTagDefinition(
+        self,
+        request: _tagging_service_pb2.CreateTagDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tags_pb2.TagDefinition, _abc.Awaitable[_tags_pb2.TagDefinition]]:
+        """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
+        an existing dimension with other content is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTagDefinition(
+        self,
+        request: _tagging_service_pb2.UpdateTagDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tags_pb2.TagDefinition, _abc.Awaitable[_tags_pb2.TagDefinition]]:
+        """Stores a new version of a dimension (earlier versions are kept). Content equal to the current
+        version changes nothing. With `expected_version` set, a different current version is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTagDefinition(
+        self,
+        request: _tagging_service_pb2.GetTagDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tags_pb2.TagDefinition, _abc.Awaitable[_tags_pb2.TagDefinition]]:
+        """Returns the current version, or the one asked for."""
+
+    @_abc_1.abstractmethod
+    def ListTagDefinitions(
+        self,
+        request: _tagging_service_pb2.ListTagDefinitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ListTagDefinitionsResponse, _abc.Awaitable[_tagging_service_pb2.ListTagDefinitionsResponse]]:
+        """Lists dimensions (current versions) by dimension name."""
+
+    @_abc_1.abstractmethod
+    def RetireTagDefinition(
+        self,
+        request: _tagging_service_pb2.RetireTagDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tags_pb2.TagDefinition, _abc.Awaitable[_tags_pb2.TagDefinition]]:
+        """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless."""
+
+    @_abc_1.abstractmethod
+    def ExplainTags(
+        self,
+        request: _tagging_service_pb2.ExplainTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ExplainTagsResponse, _abc.Awaitable[_tagging_service_pb2.ExplainTagsResponse]]:
+        """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+        its rules saw.
         """
 
 def add_TaggingServiceServicer_to_server(servicer: TaggingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,375 @@
+"""The tag catalog: versioned dimension definitions, and explaining rule dimensions for a member.
+
+A definition is validated whole (every bad field named), stored with a content hash, and changed
+only by adding a version; a create or update whose content equals the current version changes
+nothing, so retries are harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from google.protobuf import json_format
+from memberops.tagging.v1 import rules_pb2
+
+from services.common.db import Database
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Violations,
+)
+from services.tagging import checks, rules, store
+
+DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MAX_VALUES = 100
+MAX_VALUE = 64
+MAX_DISPLAY_NAME = 64
+MAX_DESCRIPTION = 1024
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class Category(enum.IntEnum):
+    UNSPECIFIED = 0
+    CROWD = 1
+    MEMBER = 2
+    BEHAVIOUR = 3
+    TRANSACTION = 4
+    CONSUMPTION = 5
+    MARKETING = 6
+
+
+class Kind(enum.IntEnum):
+    UNSPECIFIED = 0
+    FACT = 1
+    RULE = 2
+    MODEL = 3
+    MANUAL = 4
+    STRATEGY = 5
+
+
+class Refresh(enum.IntEnum):
+    UNSPECIFIED = 0
+    REAL_TIME = 1
+    SCHEDULED = 2
+
+
+class Cardinality(enum.IntEnum):
+    UNSPECIFIED = 0
+    SINGLE = 1
+    MULTI = 2
+
+
+class State(enum.IntEnum):
+    UNSPECIFIED = 0
+    ACTIVE = 1
+    RETIRED = 2
+
+
+EVALUATED_KINDS = {Kind.FACT, Kind.RULE}
+
+
+@dataclass(frozen=True)
+class TagValue:
+    value: str
+    display_name: str = ""
+    rule: rules_pb2.Rule | None = None
+
+
+@dataclass(frozen=True)
+class DefinitionInput:
+    dimension: str
+    category: int
+    kind: int
+    refresh_policy: int
+    cardinality: int
+    values: tuple[TagValue, ...]
+    display_name: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Definition:
+    spec: DefinitionInput
+    version: int
+    state: State
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class Explanation:
+    dimension: str
+    version: int
+    values: tuple[str, ...]
+    figures: dict[str, Any]
+
+
+def _enum_field(value: int, kind: type[enum.IntEnum], v: Violations, path: str) -> None:
+    if value == 0 or value not in kind.__members__.values():
+        v.add(path, f"is required: one of {', '.join(m.name for m in kind if m.value)}")
+
+
+def validate(spec: DefinitionInput, path: str = "tag_definition") -> None:
+    v = Violations()
+    if not DIMENSION.match(spec.dimension):
+        v.add(f"{path}.dimension", "must be 1-63 characters: a lower-case letter, then a-z, 0-9 or _")
+    checks.text(spec.display_name, MAX_DISPLAY_NAME, v, f"{path}.display_name")
+    checks.text(spec.description, MAX_DESCRIPTION, v, f"{path}.description")
+    _enum_field(spec.category, Category, v, f"{path}.category")
+    _enum_field(spec.kind, Kind, v, f"{path}.kind")
+    _enum_field(spec.refresh_policy, Refresh, v, f"{path}.refresh_policy")
+    _enum_field(spec.cardinality, Cardinality, v, f"{path}.cardinality")
+    if spec.kind == Kind.MODEL:
+        v.add(
+            f"{path}.kind", "MODEL dimensions are built in and parameterised; define FACT or RULE dimensions"
+        )
+    if not 1 <= len(spec.values) <= MAX_VALUES:
+        v.add(f"{path}.values", f"must hold 1-{MAX_VALUES} values")
+    seen: set[str] = set()
+    for i, value in enumerate(spec.values[:MAX_VALUES]):
+        vp = f"{path}.values[{i}]"
+        if not 1 <= len(value.value) <= MAX_VALUE:
+            v.add(f"{vp}.value", f"must be 1-{MAX_VALUE} characters")
+        elif value.value in seen:
+            v.add(f"{vp}.value", "appears twice in the dimension")
+        seen.add(value.value)
+        checks.text(value.display_name, MAX_DISPLAY_NAME, v, f"{vp}.display_name")
+        if spec.kind in EVALUATED_KINDS:
+            if value.rule is None:
+                v.add(f"{vp}.rule", "is required for FACT and RULE dimensions")
+            else:
+                rules.validate(value.rule, v, f"{vp}.rule")
+        elif value.rule is not None and spec.kind in (Kind.MANUAL, Kind.STRATEGY):
+            v.add(f"{vp}.rule", "MANUAL and STRATEGY values are set by operators and take no rule")
+    v.raise_if_any()
+
+
+def to_body(spec: DefinitionInput) -> dict[str, Any]:
+    """The stored form: plain JSON, rules in protobuf JSON form."""
+    return {
+        "dimension": spec.dimension,
+        "display_name": spec.display_name,
+        "description": spec.description,
+        "category": int(spec.category),
+        "kind": int(spec.kind),
+        "refresh_policy": int(spec.refresh_policy),
+        "cardinality": int(spec.cardinality),
+        "values": [
+            {
+                "value": value.value,
+                "display_name": value.display_name,
+                "rule": json_format.MessageToDict(value.rule) if value.rule is not None else None,
+            }
+            for value in spec.values
+        ],
+    }
+
+
+def from_body(body: dict[str, Any]) -> DefinitionInput:
+    return DefinitionInput(
+        dimension=body["dimension"],
+        display_name=body["display_name"],
+        description=body["description"],
+        category=body["category"],
+        kind=body["kind"],
+        refresh_policy=body["refresh_policy"],
+        cardinality=body["cardinality"],
+        values=tuple(
+            TagValue(
+                value=value["value"],
+                display_name=value["display_name"],
+                rule=json_format.ParseDict(value["rule"], rules_pb2.Rule())
+                if value["rule"] is not None
+                else None,
+            )
+            for value in body["values"]
+        ),
+    )
+
+
+def content_hash(spec: DefinitionInput) -> str:
+    """Equal for equal definitions; rules are hashed by their deterministic wire form."""
+    body = to_body(spec)
+    for value, stored in zip(spec.values, body["values"], strict=True):
+        stored["rule"] = (
+            base64.b64encode(value.rule.SerializeToString(deterministic=True)).decode()
+            if value.rule
+            else None
+        )
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def dimension_from_name(name: str, field: str) -> str:
+    prefix = "tagDefinitions/"
+    dimension = name.removeprefix(prefix)
+    if not name.startswith(prefix) or not DIMENSION.match(dimension):
+        raise InvalidArgument.field(field, "must be a resource name of the form tagDefinitions/{dimension}")
+    return dimension
+
+
+def _page_token(dimension: str) -> str:
+    return base64.urlsafe_b64encode(dimension.encode()).decode()
+
+
+def _after_dimension(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        dimension = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        dimension = ""
+    if not DIMENSION.match(dimension):
+        raise InvalidArgument.field("page_token", "is not a token this list returned")
+    return dimension
+
+
+class Catalog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, tenant_id: str, spec: DefinitionInput) -> Definition:
+        validate(spec)
+        digest = content_hash(spec)
+        async with self._db.transaction(tenant_id) as conn:
+            if await store.insert_definition(conn, tenant_id, spec.dimension, to_body(spec), digest):
+                found = await store.get_definition(conn, spec.dimension, None)
+            else:
+                found = await store.get_definition(conn, spec.dimension, None)
+                if found is None or found[1] != digest:
+                    raise AlreadyExists(
+                        f"tagDefinitions/{spec.dimension} exists with other content; update it"
+                    )
+        assert found is not None
+        return _definition(found[0])
+
+    async def update(self, tenant_id: str, spec: DefinitionInput, expected_version: int) -> Definition:
+        validate(spec)
+        digest = content_hash(spec)
+        async with self._db.transaction(tenant_id) as conn:
+            current = await store.lock_definition(conn, spec.dimension)
+            if current is None:
+                raise NotFound(f"tagDefinitions/{spec.dimension} not found")
+            row, current_digest = current
+            if expected_version and expected_version != row["version"]:
+                raise Aborted(
+                    f"tagDefinitions/{spec.dimension} is at version {row['version']}, not {expected_version}"
+                )
+            if row["state"] == State.RETIRED:
+                raise FailedPrecondition(f"tagDefinitions/{spec.dimension} is retired")
+            stored = from_body(row["body"])
+            if (stored.kind, stored.cardinality) != (spec.kind, spec.cardinality):
+                raise InvalidArgument.field(
+                    "tag_definition.kind", "kind and cardinality cannot change; define a new dimension"
+                )
+            if current_digest != digest:
+                await store.add_definition_version(
+                    conn, tenant_id, spec.dimension, row["version"] + 1, to_body(spec), digest
+                )
+            found = await store.get_definition(conn, spec.dimension, None)
+        assert found is not None
+        return _definition(found[0])
+
+    async def get(self, tenant_id: str, dimension: str, version: int) -> Definition:
+        if version < 0:
+            raise InvalidArgument.field("version", "must be 0 (current) or a version number")
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            found = await store.get_definition(conn, dimension, version or None)
+        if found is None:
+            raise NotFound(
+                f"tagDefinitions/{dimension}" + (f" version {version}" if version else "") + " not found"
+            )
+        return _definition(found[0])
+
+    async def list_page(
+        self, tenant_id: str, page_size: int, page_token: str, include_retired: bool
+    ) -> tuple[list[Definition], str]:
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field(
+                "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+            )
+        size = page_size or DEFAULT_PAGE_SIZE
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await store.list_definitions(conn, _after_dimension(page_token), size + 1, include_retired)
+        page = [_definition(row) for row in rows[:size]]
+        return page, _page_token(page[-1].spec.dimension) if len(rows) > size else ""
+
+    async def retire(self, tenant_id: str, dimension: str) -> Definition:
+        async with self._db.transaction(tenant_id) as conn:
+            if not await store.retire_definition(conn, dimension):
+                raise NotFound(f"tagDefinitions/{dimension} not found")
+            found = await store.get_definition(conn, dimension, None)
+        assert found is not None
+        return _definition(found[0])
+
+    async def explain(
+        self, tenant_id: str, member_id: str, dimensions: Sequence[str], now: dt.datetime
+    ) -> list[Explanation]:
+        violations = Violations()
+        checks.natural_id(member_id, violations, "member")
+        for i, dimension in enumerate(dimensions):
+            if not DIMENSION.match(dimension):
+                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        violations.raise_if_any()
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if await store.get_member(conn, member_id) is None:
+                raise NotFound(f"members/{member_id} not found")
+            definitions = [_definition(row) for row in await store.list_definitions(conn, "", 10_000, False)]
+            by_dimension = {d.spec.dimension: d for d in definitions}
+            chosen = [by_dimension.get(name) for name in dimensions] if dimensions else definitions
+            explanations = []
+            for i, definition in enumerate(chosen):
+                if definition is None:
+                    raise NotFound(f"dimensions[{i}]: tagDefinitions/{dimensions[i]} not found or retired")
+                if definition.spec.kind not in EVALUATED_KINDS:
+                    if dimensions:
+                        raise InvalidArgument.field(
+                            f"dimensions[{i}]",
+                            f"{definition.spec.dimension} is set by operators, not by rules",
+                        )
+                    continue
+                explanations.append(await self._explain_one(conn, definition, member_id, now))
+        return explanations
+
+    @staticmethod
+    async def _explain_one(
+        conn: Any, definition: Definition, member_id: str, now: dt.datetime
+    ) -> Explanation:
+        spec = definition.spec
+        compiled = rules.compile_dimension(
+            [value.rule for value in spec.values],
+            single=spec.cardinality == Cardinality.SINGLE,
+            member_ids=[member_id],
+        )
+        row = await store.evaluate(conn, compiled.sql, compiled.args(now))
+        figures = {label: _plain(row[column]) for column, label in compiled.figures.items()}
+        values = tuple(spec.values[i].value for i in row["value_indexes"])
+        return Explanation(spec.dimension, definition.version, values, figures)
+
+
+def _plain(value: Any) -> Any:
+    """Figures as JSON-friendly numbers, text and booleans."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    return float(value)
+
+
+def _definition(row: Any) -> Definition:
+    return Definition(
+        spec=replace(from_body(row["body"])),
+        version=row["version"],
+        state=State(row["state"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )

@@ -1,0 +1,454 @@
+"""The rule language: validation against a whitelist, and compilation to parameterised SQL.
+
+A rule is a protobuf tree (`memberops.tagging.v1.Rule`). `validate` checks every node against the
+fields, functions and operators below and names the path of each mistake. `compile_dimension`
+turns the rules of one dimension into one set-based query: every aggregate a rule mentions becomes
+a grouped subquery over orders, order lines or events joined to the members, and the values become
+one CASE expression, so a full recompute is one statement and an incremental one is the same
+statement with a member filter. Caller text only ever reaches PostgreSQL as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memberops.tagging.v1 import facts_pb2, member_pb2, rules_pb2
+
+from services.common.errors import Violations
+
+MAX_DEPTH = 10
+MAX_NODES = 200
+MAX_LIST = 1000
+MAX_FILTER = 100
+MAX_WINDOW_DAYS = 3650
+ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+Op = rules_pb2.Operator
+Fn = rules_pb2.AggregateFunction
+Field = rules_pb2.ProfileField
+
+
+class Type(enum.Enum):
+    NUMBER = "number"
+    TEXT = "text"
+    FLAG = "flag"
+
+
+# Enum-valued profile fields are compared by the enum value's name.
+_GENDERS: dict[str, int] = {name: int(number) for name, number in member_pb2.Gender.items()}
+_CITY_TIERS: dict[str, int] = {name: int(number) for name, number in member_pb2.CityTier.items()}
+_ENUM_FIELDS: dict[int, tuple[str, dict[str, int]]] = {
+    Field.PROFILE_FIELD_GENDER: ("m.gender", _GENDERS),
+    Field.PROFILE_FIELD_CITY_TIER: ("m.city_tier", _CITY_TIERS),
+}
+_PROFILE_FIELDS: dict[int, tuple[str, Type]] = {
+    Field.PROFILE_FIELD_GENDER: ("m.gender", Type.TEXT),
+    Field.PROFILE_FIELD_AGE: ("date_part('year', age({now}::date, m.birthday))", Type.NUMBER),
+    Field.PROFILE_FIELD_CITY: ("m.city", Type.TEXT),
+    Field.PROFILE_FIELD_CITY_TIER: ("m.city_tier", Type.TEXT),
+    Field.PROFILE_FIELD_DAYS_SINCE_REGISTRATION: (
+        "floor(extract(epoch FROM {now} - m.register_time) / 86400)",
+        Type.NUMBER,
+    ),
+    Field.PROFILE_FIELD_REGISTER_CHANNEL: ("m.register_channel", Type.TEXT),
+    Field.PROFILE_FIELD_LEVEL: ("m.level", Type.TEXT),
+}
+_ORDER_FUNCTIONS = {
+    Fn.AGGREGATE_FUNCTION_ORDER_COUNT,
+    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM,
+    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_AVG,
+    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_MAX,
+    Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER,
+    Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH,
+}
+_LINE_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_ITEM_COUNT, Fn.AGGREGATE_FUNCTION_DISTINCT_CATEGORIES}
+_EVENT_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_EVENT_COUNT, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
+# Counts and sums are 0 for a member with no facts; the others are unset.
+_ZERO_WHEN_EMPTY = {
+    Fn.AGGREGATE_FUNCTION_ORDER_COUNT,
+    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM,
+    Fn.AGGREGATE_FUNCTION_ITEM_COUNT,
+    Fn.AGGREGATE_FUNCTION_DISTINCT_CATEGORIES,
+    Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH,
+    Fn.AGGREGATE_FUNCTION_EVENT_COUNT,
+}
+_COMPARISONS = {Op.OPERATOR_EQ: "=", Op.OPERATOR_NE: "<>", Op.OPERATOR_LT: "<", Op.OPERATOR_LE: "<=",
+                Op.OPERATOR_GT: ">", Op.OPERATOR_GE: ">="}  # fmt: skip
+_ORDERING = {Op.OPERATOR_LT, Op.OPERATOR_LE, Op.OPERATOR_GT, Op.OPERATOR_GE, Op.OPERATOR_BETWEEN}
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validate(rule: rules_pb2.Rule, violations: Violations, path: str) -> None:
+    """Adds a violation for every node of `rule` outside the language, named by its path."""
+    counter = [0]
+    _validate(rule, violations, path, 1, counter)
+    if counter[0] > MAX_NODES:
+        violations.add(path, f"has {counter[0]} nodes; at most {MAX_NODES}")
+
+
+def _validate(rule: rules_pb2.Rule, v: Violations, path: str, depth: int, counter: list[int]) -> None:
+    counter[0] += 1
+    if depth > MAX_DEPTH:
+        v.add(path, f"nests deeper than {MAX_DEPTH} levels")
+        return
+    node = rule.WhichOneof("node")
+    if node is None:
+        v.add(path, "is empty: set one of all, any, not, condition, always")
+    elif node in ("all", "any"):
+        for i, child in enumerate(getattr(rule, node).rules):
+            _validate(child, v, f"{path}.{node}.rules[{i}]", depth + 1, counter)
+    elif node == "not":
+        _validate(getattr(rule, "not"), v, f"{path}.not", depth + 1, counter)
+    elif node == "condition":
+        _validate_condition(rule.condition, v, f"{path}.condition")
+    elif node == "always" and not rule.always:
+        v.add(f"{path}.always", "must be true when set")
+
+
+def operand_type(operand: rules_pb2.Operand, values: Sequence[rules_pb2.Value]) -> Type | None:
+    source = operand.WhichOneof("source")
+    if source == "field":
+        known = _PROFILE_FIELDS.get(operand.field)
+        return known[1] if known else None
+    if source == "aggregate":
+        return Type.NUMBER
+    if source == "attribute":
+        kinds = {value.WhichOneof("kind") or "" for value in values}
+        return (
+            {"number": Type.NUMBER, "text": Type.TEXT, "flag": Type.FLAG}.get(kinds.pop())
+            if len(kinds) == 1
+            else None
+        )
+    return None
+
+
+def _validate_condition(condition: rules_pb2.Condition, v: Violations, path: str) -> None:
+    operand, op, values = condition.operand, condition.operator, condition.values
+    source = operand.WhichOneof("source")
+    if source is None:
+        v.add(f"{path}.operand", "is required: a profile field, an attribute or an aggregate")
+        return
+    if source == "field" and operand.field not in _PROFILE_FIELDS:
+        v.add(f"{path}.operand.field", f"unknown profile field {operand.field}")
+        return
+    if source == "attribute" and not ATTRIBUTE_KEY.match(operand.attribute):
+        v.add(f"{path}.operand.attribute", "keys are 1-64 characters from A-Z a-z 0-9 _ . -")
+    if source == "aggregate":
+        _validate_aggregate(operand.aggregate, v, f"{path}.operand.aggregate")
+    if op == Op.OPERATOR_UNSPECIFIED or op not in Op.values():
+        v.add(f"{path}.operator", "is required and must be a known operator")
+        return
+    expected = {Op.OPERATOR_IS_SET: (0, 0), Op.OPERATOR_IS_NOT_SET: (0, 0), Op.OPERATOR_BETWEEN: (2, 2),
+                Op.OPERATOR_IN: (1, MAX_LIST), Op.OPERATOR_NOT_IN: (1, MAX_LIST)}.get(op, (1, 1))  # fmt: skip
+    if not expected[0] <= len(values) <= expected[1]:
+        v.add(f"{path}.values", f"{Op.Name(op)} takes {_count_text(expected)} value(s), got {len(values)}")
+        return
+    if not values:
+        return
+    kind = operand_type(operand, values)
+    if kind is None:
+        v.add(f"{path}.values", "values of one condition must all have the same type")
+        return
+    for i, value in enumerate(values):
+        _validate_value(value, kind, operand, v, f"{path}.values[{i}]")
+    if op in _ORDERING and kind is not Type.NUMBER:
+        v.add(f"{path}.operator", f"{Op.Name(op)} compares numbers; the operand is {kind.value}")
+    if op == Op.OPERATOR_BETWEEN and kind is Type.NUMBER and values[0].number > values[1].number:
+        v.add(f"{path}.values", "BETWEEN needs the lower bound first")
+
+
+def _count_text(bounds: tuple[int, int]) -> str:
+    return str(bounds[0]) if bounds[0] == bounds[1] else f"{bounds[0]}-{bounds[1]}"
+
+
+def _validate_value(
+    value: rules_pb2.Value, kind: Type, operand: rules_pb2.Operand, v: Violations, path: str
+) -> None:
+    actual = {"number": Type.NUMBER, "text": Type.TEXT, "flag": Type.FLAG}.get(value.WhichOneof("kind") or "")
+    if actual is not kind:
+        v.add(path, f"must be a {kind.value}")
+    elif kind is Type.NUMBER and not math.isfinite(value.number):
+        v.add(path, "must be a finite number")
+    elif kind is Type.TEXT and len(value.text) > 256:
+        v.add(path, "must be at most 256 characters")
+    elif operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
+        names = _ENUM_FIELDS[operand.field][1]
+        if value.text not in names:
+            v.add(path, f"must be one of {', '.join(names)}")
+
+
+def _validate_aggregate(aggregate: rules_pb2.Aggregate, v: Violations, path: str) -> None:
+    fn, window, f = aggregate.function, aggregate.window_days, aggregate.filter
+    if fn not in _ORDER_FUNCTIONS | _LINE_FUNCTIONS | _EVENT_FUNCTIONS:
+        v.add(f"{path}.function", "is required and must be a known aggregate function")
+    if not 0 <= window <= MAX_WINDOW_DAYS:
+        v.add(f"{path}.window_days", f"must be between 1 and {MAX_WINDOW_DAYS} days, or 0 for all history")
+    if fn == Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH and window == 0:
+        v.add(f"{path}.window_days", "ORDERS_PER_MONTH needs a window")
+    for name in ("categories", "brands", "skus", "event_kinds"):
+        items = getattr(f, name)
+        if len(items) > MAX_FILTER:
+            v.add(f"{path}.filter.{name}", f"at most {MAX_FILTER} entries")
+        if name != "event_kinds" and any(not 1 <= len(item) <= 64 for item in items):
+            v.add(f"{path}.filter.{name}", "entries are 1-64 characters")
+    if f.event_kinds and fn not in _EVENT_FUNCTIONS:
+        v.add(f"{path}.filter.event_kinds", "only event aggregates filter by event kind")
+    valid_kinds = set(facts_pb2.EventKind.values()) - {facts_pb2.EVENT_KIND_UNSPECIFIED}
+    if any(kind not in valid_kinds for kind in f.event_kinds):
+        v.add(f"{path}.filter.event_kinds", "unknown event kind")
+
+
+# --- compilation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AggregateKey:
+    function: int
+    window_days: int
+    categories: tuple[str, ...]
+    brands: tuple[str, ...]
+    skus: tuple[str, ...]
+    event_kinds: tuple[int, ...]
+
+    @classmethod
+    def of(cls, aggregate: rules_pb2.Aggregate) -> AggregateKey:
+        f = aggregate.filter
+        return cls(
+            aggregate.function,
+            aggregate.window_days,
+            tuple(sorted(set(f.categories))),
+            tuple(sorted(set(f.brands))),
+            tuple(sorted(set(f.skus))),
+            tuple(sorted(set(f.event_kinds))),
+        )
+
+    @property
+    def label(self) -> str:
+        """A readable name for explanations, e.g. `order_count(window_days=30, categories=[a])`."""
+        name = Fn.Name(Fn.ValueType(self.function)).removeprefix("AGGREGATE_FUNCTION_").lower()
+        parts = [f"window_days={self.window_days}"] if self.window_days else []
+        for attr in ("categories", "brands", "skus"):
+            if getattr(self, attr):
+                parts.append(f"{attr}=[{', '.join(getattr(self, attr))}]")
+        if self.event_kinds:
+            kinds = ", ".join(
+                facts_pb2.EventKind.Name(facts_pb2.EventKind.ValueType(k)).removeprefix("EVENT_KIND_").lower()
+                for k in self.event_kinds
+            )
+            parts.append(f"event_kinds=[{kinds}]")
+        return f"{name}({', '.join(parts)})"
+
+    @property
+    def has_line_filter(self) -> bool:
+        return bool(self.categories or self.brands or self.skus)
+
+
+@dataclass(frozen=True)
+class CompiledDimension:
+    """One query: `SELECT member_id, value_indexes int[], fig_0, fig_1, ... FROM ...`."""
+
+    sql: str
+    params: tuple[Any, ...]
+    # Column name -> readable label of each figure the rules look at, in rule order.
+    figures: dict[str, str]
+
+    def args(self, now: dt.datetime) -> list[Any]:
+        """The query's arguments for an evaluation at `now` ($1)."""
+        return [now, *self.params[1:]]
+
+
+@dataclass
+class _Builder:
+    params: list[Any] = field(default_factory=list)
+    aggregates: dict[AggregateKey, str] = field(default_factory=dict)
+    # label -> (column, expression)
+    figures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    member_filter: str = ""
+
+    def param(self, value: Any, cast: str) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}::{cast}"
+
+    def figure(self, label: str, expr: str) -> None:
+        self.figures.setdefault(label, (f"fig_{len(self.figures)}", expr))
+
+
+def compile_dimension(
+    value_rules: Sequence[rules_pb2.Rule | None], *, single: bool, member_ids: Sequence[str] | None = None
+) -> CompiledDimension:
+    """Compiles the rules of a dimension's values (in order) into one query.
+
+    `$1` is the evaluation time. With `member_ids`, only those members are evaluated.
+    """
+    b = _Builder()
+    now = b.param(None, "timestamptz")
+    if member_ids is not None:
+        b.member_filter = b.param(list(member_ids), "text[]")
+    predicates = [
+        f"COALESCE({_predicate(rule, b, now)}, false)" if rule is not None else "false"
+        for rule in value_rules
+    ]
+    if single:
+        cases = " ".join(f"WHEN {p} THEN {i}" for i, p in enumerate(predicates))
+        value = f"array_remove(ARRAY[CASE {cases} END], NULL)" if predicates else "ARRAY[]::int[]"
+    else:
+        value = "array_remove(ARRAY[{}], NULL)".format(
+            ", ".join(f"CASE WHEN {p} THEN {i} END" for i, p in enumerate(predicates))
+        ) if predicates else "ARRAY[]::int[]"  # fmt: skip
+    joins = "\n".join(
+        f"LEFT JOIN ({_aggregate_sql(key, b, now)}) AS {alias} ON {alias}.member_id = m.member_id"
+        for key, alias in b.aggregates.items()
+    )
+    figure_columns = "".join(f", {expr} AS {column}" for column, expr in b.figures.values())
+    where = f"WHERE m.member_id = ANY({b.member_filter})" if b.member_filter else ""
+    sql = (
+        f"SELECT m.member_id, {value} AS value_indexes{figure_columns}\n"
+        f"FROM tagging.members m\n{joins}\n{where}"
+    )
+    return CompiledDimension(
+        sql, tuple(b.params), {column: label for label, (column, _) in b.figures.items()}
+    )
+
+
+def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:
+    node = rule.WhichOneof("node")
+    if node == "all":
+        parts = [f"COALESCE({_predicate(r, b, now)}, false)" for r in rule.all.rules]
+        return "(" + " AND ".join(parts) + ")" if parts else "true"
+    if node == "any":
+        parts = [f"COALESCE({_predicate(r, b, now)}, false)" for r in rule.any.rules]
+        return "(" + " OR ".join(parts) + ")" if parts else "false"
+    if node == "not":
+        return f"(NOT COALESCE({_predicate(getattr(rule, 'not'), b, now)}, false))"
+    if node == "always":
+        return "true"
+    assert node == "condition", "validate() runs before compile"
+    return _condition(rule.condition, b, now)
+
+
+def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: _Builder, now: str) -> tuple[str, str]:
+    """The SQL of an operand and its readable label."""
+    source = operand.WhichOneof("source")
+    if source == "field":
+        expr, _ = _PROFILE_FIELDS[operand.field]
+        return expr.format(now=now), Field.Name(operand.field).removeprefix("PROFILE_FIELD_").lower()
+    if source == "attribute":
+        name = b.param(operand.attribute, "text")
+        label = f"attributes.{operand.attribute}"
+        if kind is Type.NUMBER:
+            return (f"(CASE WHEN jsonb_typeof(m.attributes -> {name}) = 'number' "
+                    f"THEN (m.attributes ->> {name})::numeric END)", label)  # fmt: skip
+        if kind is Type.FLAG:
+            return (f"(CASE WHEN jsonb_typeof(m.attributes -> {name}) = 'boolean' "
+                    f"THEN (m.attributes ->> {name})::boolean END)", label)  # fmt: skip
+        return f"(m.attributes ->> {name})", label
+    aggregate = AggregateKey.of(operand.aggregate)
+    alias = b.aggregates.setdefault(aggregate, f"agg_{len(b.aggregates)}")
+    empty = "0" if aggregate.function in _ZERO_WHEN_EMPTY else "NULL"
+    return f"COALESCE({alias}.value, {empty})", aggregate.label
+
+
+def _condition(condition: rules_pb2.Condition, b: _Builder, now: str) -> str:
+    op, values, operand = condition.operator, list(condition.values), condition.operand
+    kind = operand_type(operand, values) or Type.TEXT
+    if op in (Op.OPERATOR_IS_SET, Op.OPERATOR_IS_NOT_SET) and operand.WhichOneof("source") == "attribute":
+        # Presence, whatever the type: the raw JSON value.
+        expr, label = (
+            f"(m.attributes -> {b.param(operand.attribute, 'text')})",
+            f"attributes.{operand.attribute}",
+        )
+    else:
+        expr, label = _operand_sql(operand, kind, b, now)
+    b.figure(label, expr)
+    if op in (Op.OPERATOR_IS_SET, Op.OPERATOR_IS_NOT_SET):
+        return f"({expr} IS {'NOT ' if op == Op.OPERATOR_IS_SET else ''}NULL)"
+    literals = [_literal(value, operand) for value in values]
+    cast = {Type.NUMBER: "numeric", Type.TEXT: "text", Type.FLAG: "boolean"}[kind]
+    if operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
+        cast = "smallint"
+    if op == Op.OPERATOR_BETWEEN:
+        return f"({expr} BETWEEN {b.param(literals[0], cast)} AND {b.param(literals[1], cast)})"
+    if op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN):
+        test = f"{expr} = ANY({b.param(literals, cast + '[]')})"
+        return f"({test})" if op == Op.OPERATOR_IN else f"(NOT ({test}))"
+    return f"({expr} {_COMPARISONS[op]} {b.param(literals[0], cast)})"
+
+
+def _literal(value: rules_pb2.Value, operand: rules_pb2.Operand) -> Any:
+    kind = value.WhichOneof("kind")
+    if operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
+        return _ENUM_FIELDS[operand.field][1][value.text]
+    return getattr(value, kind) if kind else None
+
+
+def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
+    """A grouped subquery `(member_id, value)` for one aggregate."""
+    fn = key.function
+    member = f" AND {{t}}.member_id = ANY({b.member_filter})" if b.member_filter else ""
+    if fn in _EVENT_FUNCTIONS:
+        where = [f"e.occur_time <= {now}"]
+        if key.window_days:
+            where.append(f"e.occur_time > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
+        if key.event_kinds:
+            where.append(f"e.kind = ANY({b.param(list(key.event_kinds), 'smallint[]')})")
+        where += _line_filters(key, b, "e")
+        value = ("count(*)" if fn == Fn.AGGREGATE_FUNCTION_EVENT_COUNT
+                 else f"floor(extract(epoch FROM {now} - max(e.occur_time)) / 86400)")  # fmt: skip
+        return (f"SELECT e.member_id, {value} AS value FROM tagging.events e "
+                f"WHERE {' AND '.join(where)}{member.format(t='e')} GROUP BY e.member_id")  # fmt: skip
+    window = [f"{{t}}.paid_time <= {now}"]
+    if key.window_days:
+        window.append(f"{{t}}.paid_time > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
+    if fn in _LINE_FUNCTIONS:
+        where = (
+            [w.format(t="l") for w in window]
+            + _line_filters(key, b, "l")
+            + ["l.quantity > l.refunded_quantity"]
+        )
+        value = ("sum(l.quantity - l.refunded_quantity)" if fn == Fn.AGGREGATE_FUNCTION_ITEM_COUNT
+                 else "count(DISTINCT l.category) FILTER (WHERE l.category <> '')")  # fmt: skip
+        return (f"SELECT l.member_id, {value} AS value FROM tagging.order_lines l "
+                f"WHERE {' AND '.join(where)}{member.format(t='l')} GROUP BY l.member_id")  # fmt: skip
+    # Order functions see one row per counted order: (member_id, paid_time, net amount).
+    if key.has_line_filter:
+        where = [w.format(t="l") for w in window] + _line_filters(key, b, "l")
+        orders = (f"SELECT l.member_id, l.order_id, max(l.paid_time) AS paid_time, "
+                  f"sum((l.quantity - l.refunded_quantity) * l.unit_price_minor) AS net "
+                  f"FROM tagging.order_lines l WHERE {' AND '.join(where)}{member.format(t='l')} "
+                  f"GROUP BY l.member_id, l.order_id "
+                  f"HAVING sum(l.quantity - l.refunded_quantity) > 0")  # fmt: skip
+    else:
+        where = [w.format(t="o") for w in window] + [
+            "NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"
+        ]
+        orders = (f"SELECT o.member_id, o.order_id, o.paid_time, "
+                  f"o.amount_minor - o.refunded_amount_minor AS net "
+                  f"FROM tagging.orders o WHERE {' AND '.join(where)}{member.format(t='o')}")  # fmt: skip
+    functions: dict[int, str] = {
+        Fn.AGGREGATE_FUNCTION_ORDER_COUNT: "count(*)",
+        Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM: "sum(c.net)",
+        Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_AVG: "avg(c.net)",
+        Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_MAX: "max(c.net)",
+        Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER: (
+            f"floor(extract(epoch FROM {now} - max(c.paid_time)) / 86400)"
+        ),
+        Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH: f"count(*) * 30.0 / {max(key.window_days, 1)}",
+    }
+    value = functions[fn]
+    return f"SELECT c.member_id, {value} AS value FROM ({orders}) AS c GROUP BY c.member_id"
+
+
+def _line_filters(key: AggregateKey, b: _Builder, table: str) -> list[str]:
+    return [
+        f"{table}.{column} = ANY({b.param(list(wanted), 'text[]')})"
+        for column, wanted in (("category", key.categories), ("brand", key.brands), ("sku", key.skus))
+        if wanted
+    ]
