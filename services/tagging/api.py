@@ -24,6 +24,7 @@ from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
 from services.tagging import catalog
 from services.tagging.catalog import Catalog
+from services.tagging.evaluation import MemberTag, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.members import Members
@@ -56,12 +57,14 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         facts: Facts,
         feed: Feed,
         tag_catalog: Catalog,
+        tagger: Tagger,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._members = members
         self._facts = facts
         self._feed = feed
         self._catalog = tag_catalog
+        self._tagger = tagger
         self._clock = clock
 
     async def UpsertMember(
@@ -172,6 +175,43 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             )
             item.figures.update(explanation.figures)
         return response
+
+    async def GetMemberTags(
+        self, request: tagging_service_pb2.GetMemberTagsRequest, context: Any
+    ) -> tagging_service_pb2.GetMemberTagsResponse:
+        member_id = member_id_from_name(request.member, "member")
+        violations = Violations()
+        as_of = _optional_time(request, "as_of", violations, "as_of") or self._clock()
+        violations.raise_if_any()
+        tags = await self._tagger.member_tags(current_tenant(), member_id, as_of)
+        return tagging_service_pb2.GetMemberTagsResponse(tags=[member_tag_to_proto(t) for t in tags])
+
+    async def ListTagChanges(
+        self, request: tagging_service_pb2.ListTagChangesRequest, context: Any
+    ) -> tagging_service_pb2.ListTagChangesResponse:
+        member_id = member_id_from_name(request.member, "member") if request.member else ""
+        changes, token = await self._tagger.changes(
+            current_tenant(), member_id, request.dimension, request.page_size, request.page_token
+        )
+        return tagging_service_pb2.ListTagChangesResponse(
+            changes=[member_tag_to_proto(t) for t in changes], next_page_token=token
+        )
+
+    async def RecomputeTags(
+        self, request: tagging_service_pb2.RecomputeTagsRequest, context: Any
+    ) -> tagging_service_pb2.RecomputeTagsResponse:
+        results = await self._tagger.recompute(current_tenant(), list(request.dimensions), self._clock())
+        return tagging_service_pb2.RecomputeTagsResponse(
+            results=[
+                tags_pb2.RecomputeResult(
+                    dimension=r.dimension,
+                    definition_version=r.definition_version,
+                    added_count=r.added,
+                    removed_count=r.removed,
+                )
+                for r in results
+            ]
+        )
 
 
 def member_id_from_name(name: str, field: str) -> str:
@@ -416,4 +456,20 @@ def definition_to_proto(definition: catalog.Definition) -> tags_pb2.TagDefinitio
     )
     message.create_time.FromDatetime(definition.create_time)
     message.update_time.FromDatetime(definition.update_time)
+    return message
+
+
+def member_tag_to_proto(tag: MemberTag) -> tags_pb2.MemberTag:
+    message = tags_pb2.MemberTag(
+        member_id=tag.member_id,
+        dimension=tag.dimension,
+        value=tag.value,
+        definition_version=tag.definition_version,
+        source=tag.source,  # type: ignore[arg-type]
+        set_by=tag.set_by,
+        reason=tag.reason,
+    )
+    message.valid_from.FromDatetime(tag.valid_from)
+    if tag.valid_to is not None:
+        message.valid_to.FromDatetime(tag.valid_to)
     return message

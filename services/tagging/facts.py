@@ -16,6 +16,7 @@ from typing import Any
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
 from services.tagging import checks, store
+from services.tagging.evaluation import Tagger
 from services.tagging.model import (
     BehaviorEvent,
     EventKind,
@@ -162,8 +163,9 @@ def refund_payload(refund: Refund) -> dict[str, Any]:
 
 
 class Facts:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tagger: Tagger) -> None:
         self._db = db
+        self._tagger = tagger
 
     async def record_order(self, tenant_id: str, order: OrderInput, now: dt.datetime) -> Order:
         validate_order(order, now)
@@ -178,6 +180,7 @@ class Facts:
                     order.order_id,
                     order_payload(order),
                 )
+                await self._tagger.refresh(conn, tenant_id, [order.member_id], now)
             elif await store.order_hash(conn, order.order_id) != digest:
                 raise AlreadyExists(f"orders/{order.order_id} was recorded before with different content")
             stored = await store.get_order(conn, order.order_id)
@@ -218,6 +221,7 @@ class Facts:
                 refund.refund_id,
                 refund_payload(recorded),
             )
+            await self._tagger.refresh(conn, tenant_id, [order.member_id], now)
         return recorded
 
     async def record_events(
@@ -238,4 +242,6 @@ class Facts:
                     f"unknown member(s) {', '.join(sorted(missing)[:5])}: upsert members before their events",
                 )
             recorded = await store.insert_events(conn, tenant_id, unique)
+            if recorded:
+                await self._tagger.refresh(conn, tenant_id, [e.member_id for e in unique], now)
         return recorded, len(events) - recorded

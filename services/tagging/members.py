@@ -11,6 +11,7 @@ from typing import Any
 from services.common.db import Database
 from services.common.errors import NotFound, Violations
 from services.tagging import checks, store
+from services.tagging.evaluation import Tagger
 from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput
 
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -76,8 +77,9 @@ def _validate_attributes(attributes: dict[str, Any], violations: Violations, pat
 class Members:
     """Stores and reads members for one tenant at a time."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tagger: Tagger) -> None:
         self._db = db
+        self._tagger = tagger
 
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
@@ -92,6 +94,7 @@ class Members:
                     "",
                     {"revision": stored.revision},
                 )
+                await self._tagger.refresh(conn, tenant_id, [stored.member_id], now)
         return stored
 
     async def get(self, tenant_id: str, member_id: str) -> Member:

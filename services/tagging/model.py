@@ -50,6 +50,7 @@ class FeedKind(enum.IntEnum):
     ORDER_RECORDED = 2
     REFUND_RECORDED = 3
     EVENT_RECORDED = 4
+    TAG_CHANGED = 5
 
 
 @dataclass(frozen=True)

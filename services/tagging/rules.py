@@ -259,10 +259,16 @@ class CompiledDimension:
     params: tuple[Any, ...]
     # Column name -> readable label of each figure the rules look at, in rule order.
     figures: dict[str, str]
+    # The placeholder of the member filter (`$2::text[]`), or "" when every member is evaluated.
+    member_filter: str = ""
 
-    def args(self, now: dt.datetime) -> list[Any]:
-        """The query's arguments for an evaluation at `now` ($1)."""
-        return [now, *self.params[1:]]
+    def args(self, now: dt.datetime, member_ids: Sequence[str] | None = None) -> list[Any]:
+        """The query's arguments for an evaluation at `now` ($1), for other members if given ($2)."""
+        args = [now, *self.params[1:]]
+        if member_ids is not None:
+            assert self.member_filter, "compiled without a member filter"
+            args[1] = list(member_ids)
+        return args
 
 
 @dataclass
@@ -313,9 +319,8 @@ def compile_dimension(
         f"SELECT m.member_id, {value} AS value_indexes{figure_columns}\n"
         f"FROM tagging.members m\n{joins}\n{where}"
     )
-    return CompiledDimension(
-        sql, tuple(b.params), {column: label for label, (column, _) in b.figures.items()}
-    )
+    figures = {column: label for label, (column, _) in b.figures.items()}
+    return CompiledDimension(sql, tuple(b.params), figures, b.member_filter)
 
 
 def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:

@@ -12,6 +12,7 @@ from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 from services.tagging.api import TaggingApi
 from services.tagging.catalog import Catalog
+from services.tagging.evaluation import Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.members import Members
@@ -21,7 +22,8 @@ SERVICE = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"]
 
 def bindings(db: Database | None) -> Sequence[ServiceBinding]:
     assert db is not None, "tagging owns a schema, so it always has a database"
-    servicer = TaggingApi(Members(db), Facts(db), Feed(db), Catalog(db))
+    tagger = Tagger(db)
+    servicer = TaggingApi(Members(db, tagger), Facts(db, tagger), Feed(db), Catalog(db), tagger)
     return [
         ServiceBinding.of(SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer)
     ]

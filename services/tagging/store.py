@@ -478,3 +478,131 @@ async def evaluate(conn: Connection, sql: str, args: list[Any]) -> asyncpg.Recor
     row = await conn.fetchrow(sql, *args)
     assert row is not None, "the compiled query returns a row per member"
     return row
+
+
+# --- member tags ---------------------------------------------------------------------------------
+
+_RULE_SOURCE = 1
+_OPERATOR_SOURCE = 2
+
+
+async def apply_dimension(
+    conn: Connection,
+    tenant_id: str,
+    compiled: Any,
+    now: Any,
+    dimension: str,
+    version: int,
+    values: list[str],
+    exclusive: bool,
+    member_ids: list[str] | None = None,
+) -> tuple[int, int]:
+    """Makes the stored tags of one rule dimension match its compiled rules; returns (added, removed).
+
+    One statement: the desired member-values are computed, held values no longer desired are
+    closed, new ones opened, and each change is written to the feed. Rows another transaction
+    changed meanwhile are skipped (`valid_to IS NULL` is re-checked, inserts do nothing on conflict).
+    """
+    n = len(compiled.params)
+    t, d, ver, vals, excl = (
+        f"${n + 1}::text",
+        f"${n + 2}::text",
+        f"${n + 3}::int",
+        f"${n + 4}::text[]",
+        f"${n + 5}::boolean",
+    )
+    members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
+    sql = f"""
+WITH computed AS ({compiled.sql}),
+desired AS (
+    SELECT c.member_id, ({vals})[i + 1] AS value FROM computed c, unnest(c.value_indexes) AS i
+),
+held AS (
+    SELECT t.id, t.member_id, t.value FROM tagging.member_tags t
+    WHERE t.dimension = {d} AND t.valid_to IS NULL AND t.source = {_RULE_SOURCE} {members}
+),
+closed AS (
+    UPDATE tagging.member_tags t SET valid_to = $1::timestamptz
+    FROM held h
+    WHERE t.id = h.id AND t.valid_to IS NULL
+      AND NOT EXISTS (SELECT 1 FROM desired w WHERE w.member_id = h.member_id AND w.value = h.value)
+    RETURNING t.member_id, t.value
+),
+opened AS (
+    INSERT INTO tagging.member_tags
+        (tenant_id, member_id, dimension, value, definition_version, source, exclusive, valid_from)
+    SELECT {t}, w.member_id, {d}, w.value, {ver}, {_RULE_SOURCE}, {excl}, $1::timestamptz FROM desired w
+    -- Reading `closed` makes the closing UPDATE finish first (data-modifying CTEs otherwise run in
+    -- no set order), so a member's old exclusive value is gone before its new one arrives.
+    WHERE (SELECT count(*) FROM closed) >= 0
+      AND NOT EXISTS (SELECT 1 FROM held h WHERE h.member_id = w.member_id AND h.value = w.value)
+    ON CONFLICT DO NOTHING
+    RETURNING member_id, value
+),
+changes AS (
+    SELECT member_id, value, 'added' AS change FROM opened
+    UNION ALL SELECT member_id, value, 'removed' FROM closed
+),
+logged AS (
+    INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+    SELECT {t}, {int(FeedKind.TAG_CHANGED)}, member_id, {d},
+           jsonb_build_object('dimension', {d}, 'value', value, 'change', change, 'definition_version', {ver})
+    FROM changes ORDER BY member_id, change DESC
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
+       (SELECT count(*) FROM logged) AS logged
+"""
+    row = await conn.fetchrow(
+        sql, *compiled.args(now, member_ids), tenant_id, dimension, version, values, exclusive
+    )
+    assert row is not None
+    return int(row["added"]), int(row["removed"])
+
+
+async def lock_members(conn: Connection, member_ids: list[str]) -> None:
+    """Serialises tag evaluation per member: a second writer re-reads facts after the first commits."""
+    await conn.execute(
+        """SELECT 1 FROM tagging.members WHERE member_id = ANY($1::text[])
+           ORDER BY member_id FOR NO KEY UPDATE""",
+        member_ids,
+    )
+
+
+_MEMBER_TAG_COLUMNS = """id, member_id, dimension, value, definition_version, source, valid_from, valid_to,
+    set_by, reason"""
+
+
+async def member_tags_at(conn: Connection, member_id: str, as_of: Any) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            f"""SELECT {_MEMBER_TAG_COLUMNS} FROM tagging.member_tags
+                WHERE member_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2)
+                ORDER BY dimension, value""",
+            member_id,
+            as_of,
+        )
+    )
+
+
+async def tag_changes(
+    conn: Connection, member_id: str, dimension: str, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            f"""SELECT {_MEMBER_TAG_COLUMNS} FROM tagging.member_tags
+                WHERE ($1 = '' OR member_id = $1) AND ($2 = '' OR dimension = $2)
+                  AND ($3::bigint IS NULL OR id < $3)
+                ORDER BY id DESC LIMIT $4""",
+            member_id,
+            dimension,
+            before_id,
+            limit,
+        )
+    )
+
+
+async def active_definition_versions(conn: Connection) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch("SELECT dimension, current_version FROM tagging.tag_definitions WHERE state = 1")
+    )

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/feed.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\tFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc1\x01\n\rFeedEntryKind\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_MEMBER_CHANGED\x10\x01\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_ORDER_RECORDED\x10\x02\x12#\n\x1f\x46\x45\x45\x44_ENTRY_KIND_REFUND_RECORDED\x10\x03\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_EVENT_RECORDED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/feed.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\tFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\rFeedEntryKind\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_MEMBER_CHANGED\x10\x01\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_ORDER_RECORDED\x10\x02\x12#\n\x1f\x46\x45\x45\x44_ENTRY_KIND_REFUND_RECORDED\x10\x03\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_EVENT_RECORDED\x10\x04\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_TAG_CHANGED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.feed_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEEDENTRYKIND']._serialized_start=332
-  _globals['_FEEDENTRYKIND']._serialized_end=525
+  _globals['_FEEDENTRYKIND']._serialized_end=558
   _globals['_FEEDENTRY']._serialized_start=121
   _globals['_FEEDENTRY']._serialized_end=329
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,8 @@ class _FeedEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedEnt
     FEED_ENTRY_KIND_ORDER_RECORDED: _FeedEntryKind.ValueType  # 2
     FEED_ENTRY_KIND_REFUND_RECORDED: _FeedEntryKind.ValueType  # 3
     FEED_ENTRY_KIND_EVENT_RECORDED: _FeedEntryKind.ValueType  # 4
+    FEED_ENTRY_KIND_TAG_CHANGED: _FeedEntryKind.ValueType  # 5
+    """A member gained or lost a tag value; the payload names dimension, value and `change` (added/removed)."""
 
 class FeedEntryKind(_FeedEntryKind, metaclass=_FeedEntryKindEnumTypeWrapper): ...
 
@@ -40,6 +42,8 @@ FEED_ENTRY_KIND_MEMBER_CHANGED: FeedEntryKind.ValueType  # 1
 FEED_ENTRY_KIND_ORDER_RECORDED: FeedEntryKind.ValueType  # 2
 FEED_ENTRY_KIND_REFUND_RECORDED: FeedEntryKind.ValueType  # 3
 FEED_ENTRY_KIND_EVENT_RECORDED: FeedEntryKind.ValueType  # 4
+FEED_ENTRY_KIND_TAG_CHANGED: FeedEntryKind.ValueType  # 5
+"""A member gained or lost a tag value; the payload names dimension, value and `change` (added/removed)."""
 Global___FeedEntryKind: _TypeAlias = FeedEntryKind  # noqa: Y015
 
 @_typing.final

@@ -22,51 +22,64 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
 from memberops.tagging.v1 import feed_pb2 as memberops_dot_tagging_dot_v1_dot_feed__pb2
 from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_member__pb2
 from memberops.tagging.v1 import tags_pb2 as memberops_dot_tagging_dot_v1_dot_tags__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"6\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation2\xbc\t\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"6\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"Q\n\x14GetMemberTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15GetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"a\n\x15ListTagChangesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x16ListTagChangesResponse\x12\x30\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14RecomputeTagsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"O\n\x15RecomputeTagsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memberops.tagging.v1.RecomputeResult\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation2\xfd\x0b\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponse\x12h\n\rGetMemberTags\x12*.memberops.tagging.v1.GetMemberTagsRequest\x1a+.memberops.tagging.v1.GetMemberTagsResponse\x12k\n\x0eListTagChanges\x12+.memberops.tagging.v1.ListTagChangesRequest\x1a,.memberops.tagging.v1.ListTagChangesResponse\x12h\n\rRecomputeTags\x12*.memberops.tagging.v1.RecomputeTagsRequest\x1a+.memberops.tagging.v1.RecomputeTagsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.tagging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSERTMEMBERREQUEST']._serialized_start=203
-  _globals['_UPSERTMEMBERREQUEST']._serialized_end=270
-  _globals['_GETMEMBERREQUEST']._serialized_start=272
-  _globals['_GETMEMBERREQUEST']._serialized_end=304
-  _globals['_RECORDORDERREQUEST']._serialized_start=306
-  _globals['_RECORDORDERREQUEST']._serialized_end=370
-  _globals['_RECORDREFUNDREQUEST']._serialized_start=372
-  _globals['_RECORDREFUNDREQUEST']._serialized_end=439
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=441
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=515
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=517
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=588
-  _globals['_READFEEDREQUEST']._serialized_start=590
-  _globals['_READFEEDREQUEST']._serialized_end=644
-  _globals['_READFEEDRESPONSE']._serialized_start=646
-  _globals['_READFEEDRESPONSE']._serialized_end=735
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=737
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=826
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=828
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=943
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=945
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1001
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1003
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1094
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1096
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1211
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1213
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1255
-  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1257
-  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1313
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=1315
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=1396
-  _globals['_TAGGINGSERVICE']._serialized_start=1399
-  _globals['_TAGGINGSERVICE']._serialized_end=2611
+  _globals['_UPSERTMEMBERREQUEST']._serialized_start=236
+  _globals['_UPSERTMEMBERREQUEST']._serialized_end=303
+  _globals['_GETMEMBERREQUEST']._serialized_start=305
+  _globals['_GETMEMBERREQUEST']._serialized_end=337
+  _globals['_RECORDORDERREQUEST']._serialized_start=339
+  _globals['_RECORDORDERREQUEST']._serialized_end=403
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=405
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=472
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=474
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=548
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=550
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=621
+  _globals['_READFEEDREQUEST']._serialized_start=623
+  _globals['_READFEEDREQUEST']._serialized_end=677
+  _globals['_READFEEDRESPONSE']._serialized_start=679
+  _globals['_READFEEDRESPONSE']._serialized_end=768
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=770
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=859
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=861
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=976
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=978
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1034
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1036
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1127
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1129
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1244
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1246
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1288
+  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1290
+  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1346
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_start=1348
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_end=1429
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_start=1431
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_end=1501
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_start=1503
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_end=1600
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_start=1602
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_end=1701
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_start=1703
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_end=1745
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_start=1747
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_end=1826
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=1828
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=1909
+  _globals['_TAGGINGSERVICE']._serialized_start=1912
+  _globals['_TAGGINGSERVICE']._serialized_end=3445
 # @@protoc_insertion_point(module_scope)

@@ -99,6 +99,21 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.FromString,
                 _registered_method=True)
+        self.GetMemberTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/GetMemberTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.FromString,
+                _registered_method=True)
+        self.ListTagChanges = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/ListTagChanges',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesResponse.FromString,
+                _registered_method=True)
+        self.RecomputeTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RecomputeTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
+                _registered_method=True)
 
 
 class TaggingServiceServicer:
@@ -199,6 +214,28 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMemberTags(self, request, context):
+        """The tags a member has now, or had at `as_of`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTagChanges(self, request, context):
+        """Pages through tag changes (each value's holding period), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecomputeTags(self, request, context):
+        """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+        values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaggingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +298,21 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.ExplainTags,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.SerializeToString,
+            ),
+            'GetMemberTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemberTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.SerializeToString,
+            ),
+            'ListTagChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTagChanges,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesResponse.SerializeToString,
+            ),
+            'RecomputeTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecomputeTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +641,87 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/ExplainTags',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ExplainTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemberTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/GetMemberTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTagChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/ListTagChanges',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecomputeTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RecomputeTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

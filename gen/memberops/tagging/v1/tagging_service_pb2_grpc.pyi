@@ -79,6 +79,14 @@ class TaggingServiceStub:
     """Evaluates rule dimensions for one member now and shows the value each chose and the figures
     its rules saw.
     """
+    GetMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]
+    """The tags a member has now, or had at `as_of`."""
+    ListTagChanges: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]
+    """Pages through tag changes (each value's holding period), newest first."""
+    RecomputeTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]
+    """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+    values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
+    """
 
 @_typing.type_check_only
 class TaggingServiceAsyncStub(TaggingServiceStub):
@@ -127,6 +135,14 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     ExplainTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ExplainTagsRequest, _tagging_service_pb2.ExplainTagsResponse]  # type: ignore[assignment]
     """Evaluates rule dimensions for one member now and shows the value each chose and the figures
     its rules saw.
+    """
+    GetMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]  # type: ignore[assignment]
+    """The tags a member has now, or had at `as_of`."""
+    ListTagChanges: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]  # type: ignore[assignment]
+    """Pages through tag changes (each value's holding period), newest first."""
+    RecomputeTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]  # type: ignore[assignment]
+    """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+    values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
 
 class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -245,6 +261,32 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tagging_service_pb2.ExplainTagsResponse, _abc.Awaitable[_tagging_service_pb2.ExplainTagsResponse]]:
         """Evaluates rule dimensions for one member now and shows the value each chose and the figures
         its rules saw.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMemberTags(
+        self,
+        request: _tagging_service_pb2.GetMemberTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.GetMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.GetMemberTagsResponse]]:
+        """The tags a member has now, or had at `as_of`."""
+
+    @_abc_1.abstractmethod
+    def ListTagChanges(
+        self,
+        request: _tagging_service_pb2.ListTagChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ListTagChangesResponse, _abc.Awaitable[_tagging_service_pb2.ListTagChangesResponse]]:
+        """Pages through tag changes (each value's holding period), newest first."""
+
+    @_abc_1.abstractmethod
+    def RecomputeTags(
+        self,
+        request: _tagging_service_pb2.RecomputeTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.RecomputeTagsResponse, _abc.Awaitable[_tagging_service_pb2.RecomputeTagsResponse]]:
+        """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+        values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
         """
 
 def add_TaggingServiceServicer_to_server(servicer: TaggingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -140,6 +140,27 @@ TAG_DEFINITION_STATE_ACTIVE: TagDefinitionState.ValueType  # 1
 TAG_DEFINITION_STATE_RETIRED: TagDefinitionState.ValueType  # 2
 Global___TagDefinitionState: _TypeAlias = TagDefinitionState  # noqa: Y015
 
+class _TagSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TagSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TagSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAG_SOURCE_UNSPECIFIED: _TagSource.ValueType  # 0
+    TAG_SOURCE_RULE: _TagSource.ValueType  # 1
+    """Decided by the dimension's rules."""
+    TAG_SOURCE_OPERATOR: _TagSource.ValueType  # 2
+    """Set by an operator."""
+
+class TagSource(_TagSource, metaclass=_TagSourceEnumTypeWrapper): ...
+
+TAG_SOURCE_UNSPECIFIED: TagSource.ValueType  # 0
+TAG_SOURCE_RULE: TagSource.ValueType  # 1
+"""Decided by the dimension's rules."""
+TAG_SOURCE_OPERATOR: TagSource.ValueType  # 2
+"""Set by an operator."""
+Global___TagSource: _TypeAlias = TagSource  # noqa: Y015
+
 @_typing.final
 class TagDefinition(_message.Message):
     """A tag dimension in the catalog, e.g. `purchase_frequency` with the values `<1/month`,
@@ -275,3 +296,85 @@ class TagExplanation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TagExplanation: _TypeAlias = TagExplanation  # noqa: Y015
+
+@_typing.final
+class MemberTag(_message.Message):
+    """One value of one dimension on one member, over the time it held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    dimension: _builtins.str
+    value: _builtins.str
+    definition_version: _builtins.int
+    """The definition version that decided it (rule dimensions) or was current when it was set."""
+    source: Global___TagSource.ValueType
+    set_by: _builtins.str
+    """For manual and strategy tags: who set it and why."""
+    reason: _builtins.str
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp:
+        """Unset while the member still has the value."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        dimension: _builtins.str = ...,
+        value: _builtins.str = ...,
+        definition_version: _builtins.int = ...,
+        source: Global___TagSource.ValueType = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        set_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "dimension", b"dimension", "member_id", b"member_id", "reason", b"reason", "set_by", b"set_by", "source", b"source", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberTag: _TypeAlias = MemberTag  # noqa: Y015
+
+@_typing.final
+class RecomputeResult(_message.Message):
+    """What a recompute changed in one dimension."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    ADDED_COUNT_FIELD_NUMBER: _builtins.int
+    REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    definition_version: _builtins.int
+    added_count: _builtins.int
+    """Member-values that started and ended holding."""
+    removed_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        definition_version: _builtins.int = ...,
+        added_count: _builtins.int = ...,
+        removed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_count", b"added_count", "definition_version", b"definition_version", "dimension", b"dimension", "removed_count", b"removed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecomputeResult: _TypeAlias = RecomputeResult  # noqa: Y015

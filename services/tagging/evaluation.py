@@ -1,0 +1,203 @@
+"""Tag evaluation: the full set-based recompute, the real-time refresh of a member, and history.
+
+Both paths run one compiled statement per dimension that writes only what changed; the refresh
+runs inside the transaction that recorded the fact, after locking the members, so `GetMemberTags`
+reflects an order as soon as `RecordOrder` returns and two facts of one member never race.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.db import Connection, Database
+from services.common.errors import InvalidArgument, NotFound, Violations
+from services.tagging import catalog, checks, rules, store
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class MemberTag:
+    member_id: str
+    dimension: str
+    value: str
+    definition_version: int
+    source: int
+    valid_from: dt.datetime
+    valid_to: dt.datetime | None
+    set_by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    dimension: str
+    definition_version: int
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    spec: catalog.DefinitionInput
+    version: int
+    compiled: rules.CompiledDimension
+
+    @property
+    def values(self) -> list[str]:
+        return [value.value for value in self.spec.values]
+
+    @property
+    def exclusive(self) -> bool:
+        return self.spec.cardinality == catalog.Cardinality.SINGLE
+
+
+class Tagger:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # Compiling is pure, so a (tenant, dimension, version, filtered) compiles once per process.
+        self._prepared: dict[tuple[str, str, int, bool], _Prepared] = {}
+
+    async def _prepare(
+        self, conn: Connection, tenant_id: str, dimension: str, version: int, *, filtered: bool
+    ) -> _Prepared | None:
+        key = (tenant_id, dimension, version, filtered)
+        if key not in self._prepared:
+            found = await store.get_definition(conn, dimension, version)
+            if found is None:
+                return None
+            spec = catalog.from_body(found[0]["body"])
+            compiled = rules.compile_dimension(
+                [value.rule for value in spec.values],
+                single=spec.cardinality == catalog.Cardinality.SINGLE,
+                member_ids=[] if filtered else None,
+            )
+            self._prepared[key] = _Prepared(spec, version, compiled)
+        return self._prepared[key]
+
+    async def refresh(
+        self, conn: Connection, tenant_id: str, member_ids: Sequence[str], now: dt.datetime
+    ) -> None:
+        """Re-evaluates the active real-time rule dimensions for these members, in the same transaction."""
+        ids = sorted(set(member_ids))
+        await store.lock_members(conn, ids)
+        for row in await store.active_definition_versions(conn):
+            prepared = await self._prepare(
+                conn, tenant_id, row["dimension"], row["current_version"], filtered=True
+            )
+            if (
+                prepared is None
+                or prepared.spec.kind not in catalog.EVALUATED_KINDS
+                or prepared.spec.refresh_policy != catalog.Refresh.REAL_TIME
+            ):
+                continue
+            await store.apply_dimension(
+                conn,
+                tenant_id,
+                prepared.compiled,
+                now,
+                prepared.spec.dimension,
+                prepared.version,
+                prepared.values,
+                prepared.exclusive,
+                ids,
+            )
+
+    async def recompute(
+        self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime
+    ) -> list[RecomputeResult]:
+        """Full recompute of the chosen (or all) rule dimensions, one transaction per dimension."""
+        violations = Violations()
+        for i, name in enumerate(dimensions):
+            if not catalog.DIMENSION.match(name):
+                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        violations.raise_if_any()
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            current = {
+                row["dimension"]: row["current_version"]
+                for row in await store.active_definition_versions(conn)
+            }
+            chosen = list(dimensions) or sorted(current)
+            prepared: list[_Prepared] = []
+            for i, name in enumerate(chosen):
+                if name not in current:
+                    raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
+                item = await self._prepare(conn, tenant_id, name, current[name], filtered=False)
+                assert item is not None
+                if item.spec.kind in catalog.EVALUATED_KINDS:
+                    prepared.append(item)
+                elif dimensions:
+                    raise InvalidArgument.field(
+                        f"dimensions[{i}]", f"{name} is set by operators, not by rules"
+                    )
+        results = []
+        for item in prepared:
+            async with self._db.transaction(tenant_id) as conn:
+                added, removed = await store.apply_dimension(
+                    conn,
+                    tenant_id,
+                    item.compiled,
+                    now,
+                    item.spec.dimension,
+                    item.version,
+                    item.values,
+                    item.exclusive,
+                )
+            results.append(RecomputeResult(item.spec.dimension, item.version, added, removed))
+        return results
+
+    async def member_tags(self, tenant_id: str, member_id: str, as_of: dt.datetime) -> list[MemberTag]:
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if await store.get_member(conn, member_id) is None:
+                raise NotFound(f"members/{member_id} not found")
+            return [_member_tag(row) for row in await store.member_tags_at(conn, member_id, as_of)]
+
+    async def changes(
+        self, tenant_id: str, member_id: str, dimension: str, page_size: int, page_token: str
+    ) -> tuple[list[MemberTag], str]:
+        violations = Violations()
+        if member_id:
+            checks.natural_id(member_id, violations, "member")
+        if dimension and not catalog.DIMENSION.match(dimension):
+            violations.add("dimension", "is not a dimension name")
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            violations.add(
+                "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+            )
+        before = _before_id(page_token, violations)
+        violations.raise_if_any()
+        size = page_size or DEFAULT_PAGE_SIZE
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await store.tag_changes(conn, member_id, dimension, before, size + 1)
+        page = rows[:size]
+        token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode() if len(rows) > size else ""
+        return [_member_tag(row) for row in page], token
+
+
+def _before_id(token: str, violations: Violations) -> int | None:
+    if not token:
+        return None
+    try:
+        return int(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        violations.add("page_token", "is not a token this list returned")
+        return None
+
+
+def _member_tag(row: Any) -> MemberTag:
+    return MemberTag(
+        member_id=row["member_id"],
+        dimension=row["dimension"],
+        value=row["value"],
+        definition_version=row["definition_version"],
+        source=row["source"],
+        valid_from=row["valid_from"],
+        valid_to=row["valid_to"],
+        set_by=row["set_by"],
+        reason=row["reason"],
+    )
