@@ -24,7 +24,7 @@ from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
 from services.tagging import catalog
 from services.tagging.catalog import Catalog
-from services.tagging.evaluation import MemberTag, Tagger
+from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.members import Members
@@ -196,6 +196,22 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         return tagging_service_pb2.ListTagChangesResponse(
             changes=[member_tag_to_proto(t) for t in changes], next_page_token=token
         )
+
+    async def AddMemberTags(
+        self, request: tagging_service_pb2.AddMemberTagsRequest, context: Any
+    ) -> tagging_service_pb2.ChangeMemberTagsResponse:
+        changed = await self._tagger.change_operator_tags(
+            current_tenant(), operator_change(request), add=True, now=self._clock()
+        )
+        return tagging_service_pb2.ChangeMemberTagsResponse(changed_count=changed)
+
+    async def RemoveMemberTags(
+        self, request: tagging_service_pb2.RemoveMemberTagsRequest, context: Any
+    ) -> tagging_service_pb2.ChangeMemberTagsResponse:
+        changed = await self._tagger.change_operator_tags(
+            current_tenant(), operator_change(request), add=False, now=self._clock()
+        )
+        return tagging_service_pb2.ChangeMemberTagsResponse(changed_count=changed)
 
     async def RecomputeTags(
         self, request: tagging_service_pb2.RecomputeTagsRequest, context: Any
@@ -468,8 +484,22 @@ def member_tag_to_proto(tag: MemberTag) -> tags_pb2.MemberTag:
         source=tag.source,  # type: ignore[arg-type]
         set_by=tag.set_by,
         reason=tag.reason,
+        removed_by=tag.removed_by,
+        removed_reason=tag.removed_reason,
     )
     message.valid_from.FromDatetime(tag.valid_from)
     if tag.valid_to is not None:
         message.valid_to.FromDatetime(tag.valid_to)
     return message
+
+
+def operator_change(
+    request: tagging_service_pb2.AddMemberTagsRequest | tagging_service_pb2.RemoveMemberTagsRequest,
+) -> OperatorChange:
+    return OperatorChange(
+        dimension=request.dimension,
+        value=request.value,
+        member_ids=tuple(request.member_ids),
+        operator=request.operator,
+        reason=request.reason,
+    )

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.db import Connection, Database
-from services.common.errors import InvalidArgument, NotFound, Violations
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tagging import catalog, checks, rules, store
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_CHANGE_MEMBERS = 10_000
+MAX_OPERATOR = 64
+MAX_REASON = 256
+OPERATOR_KINDS = {catalog.Kind.MANUAL, catalog.Kind.STRATEGY}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,19 @@ class MemberTag:
     valid_from: dt.datetime
     valid_to: dt.datetime | None
     set_by: str
+    reason: str
+    removed_by: str = ""
+    removed_reason: str = ""
+
+
+@dataclass(frozen=True)
+class OperatorChange:
+    """An operator giving or taking one MANUAL or STRATEGY value to or from members."""
+
+    dimension: str
+    value: str
+    member_ids: tuple[str, ...]
+    operator: str
     reason: str
 
 
@@ -151,6 +168,60 @@ class Tagger:
             results.append(RecomputeResult(item.spec.dimension, item.version, added, removed))
         return results
 
+    async def change_operator_tags(
+        self, tenant_id: str, change: OperatorChange, *, add: bool, now: dt.datetime
+    ) -> int:
+        """Adds or removes an operator's value on members; returns how many members changed."""
+        _validate_change(change)
+        ids = sorted(set(change.member_ids))
+        async with self._db.transaction(tenant_id) as conn:
+            found = await store.get_definition(conn, change.dimension, None)
+            if found is None:
+                raise NotFound(f"dimension: tagDefinitions/{change.dimension} not found")
+            row = found[0]
+            spec = catalog.from_body(row["body"])
+            if row["state"] != catalog.State.ACTIVE:
+                raise FailedPrecondition(f"dimension: tagDefinitions/{change.dimension} is retired")
+            if spec.kind not in OPERATOR_KINDS:
+                raise InvalidArgument.field(
+                    "dimension", "is decided by rules; operators set MANUAL and STRATEGY ones"
+                )
+            if change.value not in {v.value for v in spec.values}:
+                raise InvalidArgument.field(
+                    "value", f"is not a value of {change.dimension}; add it to the definition"
+                )
+            missing = await store.missing_members(conn, ids)
+            if missing:
+                first = next(i for i, m in enumerate(change.member_ids) if m in missing)
+                raise InvalidArgument.field(
+                    f"member_ids[{first}]", f"unknown member(s) {', '.join(sorted(missing)[:5])}"
+                )
+            await store.lock_members(conn, ids)
+            if add:
+                return await store.add_operator_tags(
+                    conn,
+                    tenant_id,
+                    change.dimension,
+                    change.value,
+                    row["version"],
+                    spec.cardinality == catalog.Cardinality.SINGLE,
+                    ids,
+                    change.operator,
+                    change.reason,
+                    now,
+                )
+            return await store.remove_operator_tags(
+                conn,
+                tenant_id,
+                change.dimension,
+                change.value,
+                row["version"],
+                ids,
+                change.operator,
+                change.reason,
+                now,
+            )
+
     async def member_tags(self, tenant_id: str, member_id: str, as_of: dt.datetime) -> list[MemberTag]:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             if await store.get_member(conn, member_id) is None:
@@ -179,6 +250,25 @@ class Tagger:
         return [_member_tag(row) for row in page], token
 
 
+def _validate_change(change: OperatorChange) -> None:
+    v = Violations()
+    if not catalog.DIMENSION.match(change.dimension):
+        v.add("dimension", "is not a dimension name")
+    if not 1 <= len(change.value) <= catalog.MAX_VALUE:
+        v.add("value", f"must be 1-{catalog.MAX_VALUE} characters")
+    if not 1 <= len(change.member_ids) <= MAX_CHANGE_MEMBERS:
+        v.add("member_ids", f"must name 1-{MAX_CHANGE_MEMBERS} members")
+    for i, member_id in enumerate(change.member_ids[:MAX_CHANGE_MEMBERS]):
+        if not checks.NATURAL_ID.match(member_id):
+            v.add(f"member_ids[{i}]", checks.NATURAL_ID_RULE)
+            break
+    if not 1 <= len(change.operator) <= MAX_OPERATOR:
+        v.add("operator", f"is required: who makes the change, 1-{MAX_OPERATOR} characters")
+    if not 1 <= len(change.reason) <= MAX_REASON:
+        v.add("reason", f"is required: why, 1-{MAX_REASON} characters")
+    v.raise_if_any()
+
+
 def _before_id(token: str, violations: Violations) -> int | None:
     if not token:
         return None
@@ -200,4 +290,6 @@ def _member_tag(row: Any) -> MemberTag:
         valid_to=row["valid_to"],
         set_by=row["set_by"],
         reason=row["reason"],
+        removed_by=row["removed_by"],
+        removed_reason=row["removed_reason"],
     )

@@ -570,7 +570,7 @@ async def lock_members(conn: Connection, member_ids: list[str]) -> None:
 
 
 _MEMBER_TAG_COLUMNS = """id, member_id, dimension, value, definition_version, source, valid_from, valid_to,
-    set_by, reason"""
+    set_by, reason, removed_by, removed_reason"""
 
 
 async def member_tags_at(conn: Connection, member_id: str, as_of: Any) -> list[asyncpg.Record]:
@@ -606,3 +606,106 @@ async def active_definition_versions(conn: Connection) -> list[asyncpg.Record]:
     return list(
         await conn.fetch("SELECT dimension, current_version FROM tagging.tag_definitions WHERE state = 1")
     )
+
+
+_OPERATOR_CHANGE_LOG = f"""
+changes AS (
+    SELECT member_id, value, 'added' AS change FROM opened
+    UNION ALL SELECT member_id, value, 'removed' FROM closed
+),
+logged AS (
+    INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+    SELECT $1::text, {int(FeedKind.TAG_CHANGED)}, member_id, $2::text,
+           jsonb_build_object('dimension', $2::text, 'value', value, 'change', change,
+                              'definition_version', $4::int, 'operator', $7::text, 'reason', $8::text)
+    FROM changes ORDER BY member_id, change DESC
+    RETURNING 1
+)
+SELECT count(DISTINCT member_id) AS changed FROM changes
+"""
+
+
+async def add_operator_tags(
+    conn: Connection,
+    tenant_id: str,
+    dimension: str,
+    value: str,
+    version: int,
+    exclusive: bool,
+    member_ids: list[str],
+    operator: str,
+    reason: str,
+    now: Any,
+) -> int:
+    """Gives `value` to members lacking it (ending their other one if exclusive); returns how many changed."""
+    changed = await conn.fetchval(
+        f"""
+WITH targets AS (SELECT unnest($5::text[]) AS member_id),
+closed AS (
+    UPDATE tagging.member_tags t
+    SET valid_to = $6::timestamptz, removed_by = $7::text, removed_reason = $8::text
+    FROM targets g
+    WHERE $9::boolean AND t.member_id = g.member_id AND t.dimension = $2::text
+      AND t.valid_to IS NULL AND t.value <> $3::text
+    RETURNING t.member_id, t.value
+),
+opened AS (
+    INSERT INTO tagging.member_tags (tenant_id, member_id, dimension, value, definition_version, source,
+                                     exclusive, valid_from, set_by, reason)
+    SELECT $1::text, g.member_id, $2::text, $3::text, $4::int, {_OPERATOR_SOURCE}, $9::boolean,
+           $6::timestamptz, $7::text, $8::text
+    FROM targets g
+    -- Reading `closed` makes the UPDATE finish first (see apply_dimension).
+    WHERE (SELECT count(*) FROM closed) >= 0
+      AND NOT EXISTS (SELECT 1 FROM tagging.member_tags h WHERE h.member_id = g.member_id
+                      AND h.dimension = $2::text AND h.value = $3::text AND h.valid_to IS NULL)
+    ON CONFLICT DO NOTHING
+    RETURNING member_id, value
+),
+{_OPERATOR_CHANGE_LOG}""",
+        tenant_id,
+        dimension,
+        value,
+        version,
+        member_ids,
+        now,
+        operator,
+        reason,
+        exclusive,
+    )
+    return int(changed)
+
+
+async def remove_operator_tags(
+    conn: Connection,
+    tenant_id: str,
+    dimension: str,
+    value: str,
+    version: int,
+    member_ids: list[str],
+    operator: str,
+    reason: str,
+    now: Any,
+) -> int:
+    """Ends `value` for the members who hold it; returns how many changed."""
+    changed = await conn.fetchval(
+        f"""
+WITH closed AS (
+    UPDATE tagging.member_tags t
+    SET valid_to = $6::timestamptz, removed_by = $7::text, removed_reason = $8::text
+    WHERE t.member_id = ANY($5::text[]) AND t.dimension = $2::text AND t.value = $3::text
+      AND t.valid_to IS NULL
+    RETURNING t.member_id, t.value
+),
+opened AS (SELECT member_id, value FROM closed WHERE false),
+{_OPERATOR_CHANGE_LOG}""",
+        tenant_id,
+        dimension,
+        value,
+        version,
+        member_ids,
+        now,
+        operator,
+        reason,
+    )
+    return int(changed)

@@ -463,6 +463,100 @@ class ListTagChangesResponse(_message.Message):
 Global___ListTagChangesResponse: _TypeAlias = ListTagChangesResponse  # noqa: Y015
 
 @_typing.final
+class AddMemberTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    """A MANUAL or STRATEGY dimension and one of its values."""
+    value: _builtins.str
+    operator: _builtins.str
+    """Who (1-64 characters) and why (1-256 characters); kept with the tag."""
+    reason: _builtins.str
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-10000 member ids; all must exist."""
+
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        value: _builtins.str = ...,
+        member_ids: _abc.Iterable[_builtins.str] | None = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "member_ids", b"member_ids", "operator", b"operator", "reason", b"reason", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMemberTagsRequest: _TypeAlias = AddMemberTagsRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMemberTagsRequest(_message.Message):
+    """The same fields as AddMemberTagsRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    """A MANUAL or STRATEGY dimension and one of its values."""
+    value: _builtins.str
+    operator: _builtins.str
+    """Who (1-64 characters) and why (1-256 characters); kept with the tag."""
+    reason: _builtins.str
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-10000 member ids; all must exist."""
+
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        value: _builtins.str = ...,
+        member_ids: _abc.Iterable[_builtins.str] | None = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "member_ids", b"member_ids", "operator", b"operator", "reason", b"reason", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberTagsRequest: _TypeAlias = RemoveMemberTagsRequest  # noqa: Y015
+
+@_typing.final
+class ChangeMemberTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    changed_count: _builtins.int
+    """Members whose tags changed (the others already were as asked)."""
+    def __init__(
+        self,
+        *,
+        changed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_count", b"changed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeMemberTagsResponse: _TypeAlias = ChangeMemberTagsResponse  # noqa: Y015
+
+@_typing.final
 class RecomputeTagsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -114,6 +114,16 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
                 _registered_method=True)
+        self.AddMemberTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/AddMemberTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.AddMemberTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
+                _registered_method=True)
+        self.RemoveMemberTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RemoveMemberTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
+                _registered_method=True)
 
 
 class TaggingServiceServicer:
@@ -236,6 +246,22 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMemberTags(self, request, context):
+        """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
+        hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
+        the member's other one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMemberTags(self, request, context):
+        """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaggingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +339,16 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.RecomputeTags,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.SerializeToString,
+            ),
+            'AddMemberTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMemberTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.AddMemberTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.SerializeToString,
+            ),
+            'RemoveMemberTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMemberTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -722,6 +758,60 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/RecomputeTags',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMemberTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/AddMemberTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.AddMemberTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMemberTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RemoveMemberTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,13 @@ class TaggingServiceStub:
     """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    AddMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
+    """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
+    hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
+    the member's other one.
+    """
+    RemoveMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RemoveMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
+    """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
 
 @_typing.type_check_only
 class TaggingServiceAsyncStub(TaggingServiceStub):
@@ -144,6 +151,13 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    AddMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
+    """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
+    hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
+    the member's other one.
+    """
+    RemoveMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RemoveMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
+    """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
 
 class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member facts and the tags derived from them. Every call needs `authorization: Bearer <token>`;
@@ -288,5 +302,24 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
         values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
         """
+
+    @_abc_1.abstractmethod
+    def AddMemberTags(
+        self,
+        request: _tagging_service_pb2.AddMemberTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ChangeMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.ChangeMemberTagsResponse]]:
+        """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
+        hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
+        the member's other one.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveMemberTags(
+        self,
+        request: _tagging_service_pb2.RemoveMemberTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ChangeMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.ChangeMemberTagsResponse]]:
+        """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
 
 def add_TaggingServiceServicer_to_server(servicer: TaggingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -312,6 +312,8 @@ class MemberTag(_message.Message):
     VALID_TO_FIELD_NUMBER: _builtins.int
     SET_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REMOVED_BY_FIELD_NUMBER: _builtins.int
+    REMOVED_REASON_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     dimension: _builtins.str
     value: _builtins.str
@@ -319,8 +321,10 @@ class MemberTag(_message.Message):
     """The definition version that decided it (rule dimensions) or was current when it was set."""
     source: Global___TagSource.ValueType
     set_by: _builtins.str
-    """For manual and strategy tags: who set it and why."""
+    """For manual and strategy tags: who set it and why, and who ended it and why."""
     reason: _builtins.str
+    removed_by: _builtins.str
+    removed_reason: _builtins.str
     @_builtins.property
     def valid_from(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -339,10 +343,12 @@ class MemberTag(_message.Message):
         valid_to: _timestamp_pb2.Timestamp | None = ...,
         set_by: _builtins.str = ...,
         reason: _builtins.str = ...,
+        removed_by: _builtins.str = ...,
+        removed_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "dimension", b"dimension", "member_id", b"member_id", "reason", b"reason", "set_by", b"set_by", "source", b"source", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "dimension", b"dimension", "member_id", b"member_id", "reason", b"reason", "removed_by", b"removed_by", "removed_reason", b"removed_reason", "set_by", b"set_by", "source", b"source", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
