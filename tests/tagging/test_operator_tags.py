@@ -122,7 +122,7 @@ async def test_bad_changes_name_the_field_and_change_nothing(tagging_stub: Stub)
         "operator": "alice@ops",
         "reason": "why not",
     }
-    for change, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"operator": ""}, "operator"),
         ({"reason": ""}, "reason"),
         ({"member_ids": []}, "member_ids"),
@@ -131,7 +131,8 @@ async def test_bad_changes_name_the_field_and_change_nothing(tagging_stub: Stub)
         ({"value": "not_declared"}, "value"),
         ({"dimension": rule_name, "value": "heavy"}, "dimension"),
         ({"dimension": "Bad Name"}, "dimension"),
-    ]:
+    ]
+    for change, field in cases:
         error = await bad_add(tagging_stub, **(ok | change))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, change
         assert field in field_violations(error), (change, field_violations(error))
