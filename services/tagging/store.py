@@ -482,6 +482,24 @@ async def evaluate(conn: Connection, sql: str, args: list[Any]) -> asyncpg.Recor
 
 # --- member tags ---------------------------------------------------------------------------------
 
+
+def _log_tag_changes(tenant: str, dimension: str, version: str, extra_payload: str = "") -> str:
+    """CTEs `changes` and `logged`: every row of the `opened` and `closed` CTEs as a feed entry."""
+    extra = f", {extra_payload}" if extra_payload else ""
+    return f"""changes AS (
+    SELECT member_id, value, 'added' AS change FROM opened
+    UNION ALL SELECT member_id, value, 'removed' FROM closed
+),
+logged AS (
+    INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+    SELECT {tenant}, {int(FeedKind.TAG_CHANGED)}, member_id, {dimension},
+           jsonb_build_object('dimension', {dimension}, 'value', value, 'change', change,
+                              'definition_version', {version}{extra})
+    FROM changes ORDER BY member_id, change DESC
+    RETURNING 1
+)"""
+
+
 _RULE_SOURCE = 1
 _OPERATOR_SOURCE = 2
 
@@ -539,17 +557,7 @@ opened AS (
     ON CONFLICT DO NOTHING
     RETURNING member_id, value
 ),
-changes AS (
-    SELECT member_id, value, 'added' AS change FROM opened
-    UNION ALL SELECT member_id, value, 'removed' FROM closed
-),
-logged AS (
-    INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-    SELECT {t}, {int(FeedKind.TAG_CHANGED)}, member_id, {d},
-           jsonb_build_object('dimension', {d}, 'value', value, 'change', change, 'definition_version', {ver})
-    FROM changes ORDER BY member_id, change DESC
-    RETURNING 1
-)
+{_log_tag_changes(t, d, ver)}
 SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
        (SELECT count(*) FROM logged) AS logged
 """
@@ -608,21 +616,10 @@ async def active_definition_versions(conn: Connection) -> list[asyncpg.Record]:
     )
 
 
-_OPERATOR_CHANGE_LOG = f"""
-changes AS (
-    SELECT member_id, value, 'added' AS change FROM opened
-    UNION ALL SELECT member_id, value, 'removed' FROM closed
-),
-logged AS (
-    INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-    SELECT $1::text, {int(FeedKind.TAG_CHANGED)}, member_id, $2::text,
-           jsonb_build_object('dimension', $2::text, 'value', value, 'change', change,
-                              'definition_version', $4::int, 'operator', $7::text, 'reason', $8::text)
-    FROM changes ORDER BY member_id, change DESC
-    RETURNING 1
+_OPERATOR_CHANGE_LOG = (
+    _log_tag_changes("$1::text", "$2::text", "$4::int", "'operator', $7::text, 'reason', $8::text")
+    + "\nSELECT count(DISTINCT member_id) AS changed FROM changes"
 )
-SELECT count(DISTINCT member_id) AS changed FROM changes
-"""
 
 
 async def add_operator_tags(
