@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
@@ -243,14 +243,10 @@ class Catalog:
         validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
-            if await store.insert_definition(conn, tenant_id, spec.dimension, to_body(spec), digest):
-                found = await store.get_definition(conn, spec.dimension, None)
-            else:
-                found = await store.get_definition(conn, spec.dimension, None)
-                if found is None or found[1] != digest:
-                    raise AlreadyExists(
-                        f"tagDefinitions/{spec.dimension} exists with other content; update it"
-                    )
+            created = await store.insert_definition(conn, tenant_id, spec.dimension, to_body(spec), digest)
+            found = await store.get_definition(conn, spec.dimension, None)
+            if not created and (found is None or found[1] != digest):
+                raise AlreadyExists(f"tagDefinitions/{spec.dimension} exists with other content; update it")
         assert found is not None
         return _definition(found[0])
 
@@ -367,7 +363,7 @@ def _plain(value: Any) -> Any:
 
 def _definition(row: Any) -> Definition:
     return Definition(
-        spec=replace(from_body(row["body"])),
+        spec=from_body(row["body"]),
         version=row["version"],
         state=State(row["state"]),
         create_time=row["create_time"],
