@@ -6,6 +6,7 @@ Latencies are kept per call so p50 and p99 come from the whole run, not from ave
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ class Result:
         return self.calls / self.seconds
 
     def percentile(self, p: float) -> float:
+        """Nearest-rank percentile of the successful calls; NaN when none succeeded."""
+        if not self.latencies_ms:
+            return math.nan
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
@@ -70,6 +74,8 @@ def median_round(results: list[Result]) -> Result:
 
 
 def ratio_line(subject: Result, baseline: Result) -> str:
+    if not baseline.calls or not subject.calls:
+        return f"ratio {subject.name}/{baseline.name}  n/a (a side had no successful calls)"
     return (
         f"ratio {subject.name}/{baseline.name}  throughput {subject.throughput / baseline.throughput:.2f}x  "
         f"p99 {subject.percentile(99) / baseline.percentile(99):.2f}x"

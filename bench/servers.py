@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from deploy import localpg
-from deploy.devstack import ROOT, grpc_serving
+from deploy.devstack import ROOT, grpc_health
 
 BENCH_TOKEN = "bench-token-0123456789abcdef"
 BENCH_TENANT = "bench"
@@ -59,7 +59,7 @@ async def service(name: str, dsn: str, extra_env: Mapping[str, str] | None = Non
     )
     try:
         deadline = time.monotonic() + 60
-        while not await grpc_serving(address):
+        while not (await grpc_health(address)).ready:
             if process.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start (exit code {process.returncode})")
             await asyncio.sleep(0.2)
@@ -67,4 +67,8 @@ async def service(name: str, dsn: str, extra_env: Mapping[str, str] | None = Non
     finally:
         if process.returncode is None:
             process.terminate()
-        await asyncio.wait_for(process.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

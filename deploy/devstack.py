@@ -1,9 +1,11 @@
 """The local stack behind `make up`, `make down` and `make status`.
 
-Every component runs as a detached local process in its own session, with its log under the run
-folder (`.run/` unless MEMBEROPS_RUN_DIR says otherwise) and its pid in a file there. `up` starts
-what is not already running and waits until it is ready; `down` stops exactly what `up` started,
-checking that a recorded pid still runs the recorded command before signalling it.
+Every component runs as a detached local process in its own session (so it outlives `make up` and
+one signal to its process group stops it), with its log under the run folder (`.run/` unless
+MEMBEROPS_RUN_DIR says otherwise) and its pid file there. `up` starts what is not already running
+and waits until each part is really usable before starting the parts that depend on it; `down`
+stops exactly what `up` started, checking that a recorded pid still runs the recorded command
+before signalling it, because pids get recycled.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,29 +31,35 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_servic
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 
 from deploy import binaries, localpg
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_TOKEN = "dev-token-0123456789abcdef"
 DEV_TENANT = "dev"
-READY_TIMEOUT_SECONDS = 90.0
+DEMO_MEMBER = "demo-1"
+READY_TIMEOUT_SECONDS = 60.0
+PROBE_TIMEOUT_SECONDS = 5.0
+DEMO_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
+LOG_TAIL_LINES = 30
 SEARCH_ATTRIBUTES = ("MemberOpsTenant=Keyword", "MemberOpsMember=Keyword", "MemberOpsJourney=Keyword")
+BUF = "npx --yes @bufbuild/buf@1.75.0"  # the pin the Makefile lints with; no separate install needed
 
 
 class StackError(RuntimeError):
-    pass
+    """Something the user has to act on; `main` prints it without a traceback and exits 1."""
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the stack keeps its state, and on which ports it listens."""
+    """Where the stack keeps its state, and the Temporal ports (the services' come from Settings)."""
 
     run_dir: Path
     temporal_port: int
@@ -58,12 +67,16 @@ class Layout:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Layout:
-        run_dir = Path(env.get("MEMBEROPS_RUN_DIR", ".run"))
+        run_dir = Path(env.get("MEMBEROPS_RUN_DIR") or ".run")
         return cls(
             run_dir=run_dir if run_dir.is_absolute() else ROOT / run_dir,
-            temporal_port=int(env.get("MEMBEROPS_TEMPORAL_PORT", "7233")),
-            temporal_ui_port=int(env.get("MEMBEROPS_TEMPORAL_UI_PORT", "8233")),
+            temporal_port=_port(env, "MEMBEROPS_TEMPORAL_PORT", 7233),
+            temporal_ui_port=_port(env, "MEMBEROPS_TEMPORAL_UI_PORT", 8233),
         )
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
 
     @property
     def ui_url(self) -> str:
@@ -79,7 +92,7 @@ class Layout:
 
     @property
     def postgres_marker(self) -> Path:
-        """Exists while PostgreSQL is one of ours (not a DATABASE_URL given from outside)."""
+        """Exists while PostgreSQL is one `up` started (not a DATABASE_URL given from outside)."""
         return self.run_dir / "postgres.started"
 
     def pidfile(self, name: str) -> Path:
@@ -89,14 +102,33 @@ class Layout:
         return self.logs / f"{name}.log"
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise StackError(f"{name} must be a TCP port number, got {raw!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The answer of a readiness check: whether the component is usable, and what it said."""
+
+    ready: bool
+    detail: str
+
+
 @dataclass(frozen=True)
 class Component:
-    """One process of the stack and how to tell that it is ready."""
+    """One process of the stack: how to run it, what it binds, how to tell that it is ready."""
 
     name: str
     argv: list[str]
+    env: Mapping[str, str] = field(repr=False)
+    # What `up` and `status` show, and the host:port pairs that must be free before it starts.
     address: str
-    ready: Callable[[], Awaitable[bool]] = field(compare=False)
+    binds: tuple[str, ...]
+    # Called with the component's pid, so a check cannot be fooled by someone else's process.
+    probe: Callable[[int], Awaitable[Probe]] = field(compare=False, repr=False)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -110,69 +142,103 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def running_pid(layout: Layout, component: Component) -> int | None:
-    """The recorded pid if it still runs this component's command (pids get recycled)."""
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        recorded = json.loads(layout.pidfile(component.name).read_text())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.rpartition(") ")[2].startswith("Z")
+
+
+def running_pid(layout: Layout, name: str) -> int | None:
+    """The recorded pid if it still runs the recorded command line (a recycled pid does not)."""
+    try:
+        recorded = json.loads(layout.pidfile(name).read_text())
         pid = int(recorded["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid if _cmdline(pid) == recorded.get("argv") else None
+    return pid if _alive(pid) and _cmdline(pid) == recorded.get("argv") else None
 
 
-def spawn(layout: Layout, component: Component, env: Mapping[str, str]) -> int:
+def port_taken(address: str) -> bool:
+    """Whether something already listens on `host:port`, found by trying to bind it ourselves."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM
+        )[0]
+    except (OSError, ValueError):
+        return False  # let the component itself report an address it cannot use
+    with socket.socket(family, kind, proto) as sock:
+        # Like the servers themselves: a recently closed port (TIME_WAIT) is free, a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError:
+            return True
+    return False
+
+
+def spawn(layout: Layout, component: Component) -> int:
+    """Starts the component detached, appending to its log, and records its pid and command line."""
+    taken = [address for address in component.binds if port_taken(address)]
+    if taken:
+        raise StackError(
+            f"cannot start {component.name}: {', '.join(taken)} is already in use by a process "
+            f"this stack did not start (see `ss -ltnp`), or set another port through the environment"
+        )
     layout.logs.mkdir(parents=True, exist_ok=True)
     with layout.logfile(component.name).open("ab") as log:
+        log.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} make up: {' '.join(component.argv)}\n".encode()
+        )
+        log.flush()
         process = subprocess.Popen(
             component.argv,
             cwd=ROOT,
-            env=dict(env),
+            env=dict(component.env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    # Record the command line as the kernel reports it, to recognise the process later.
-    argv: list[str] = []
-    for _ in range(50):
-        argv = _cmdline(process.pid)
-        if argv:
-            break
-        time.sleep(0.01)
-    layout.pidfile(component.name).write_text(json.dumps({"pid": process.pid, "argv": argv}))
+    # Popen returns once exec succeeded, so /proc/<pid>/cmdline is already the component's argv.
+    record = {"pid": process.pid, "argv": component.argv}
+    layout.pidfile(component.name).write_text(json.dumps(record) + "\n")
     return process.pid
 
 
-def terminate(layout: Layout, component: Component) -> bool:
-    """Stops the component's process group: SIGTERM, then SIGKILL after a grace period."""
-    pid = running_pid(layout, component)
-    layout.pidfile(component.name).unlink(missing_ok=True)
+def terminate(layout: Layout, name: str) -> bool:
+    """Stops the recorded process group: SIGTERM, then SIGKILL after a grace period."""
+    pid = running_pid(layout, name)
+    layout.pidfile(name).unlink(missing_ok=True)
     if pid is None:
         return False
+    _signal_group(pid, signal.SIGTERM)
+    if not _wait_gone(pid, STOP_TIMEOUT_SECONDS):
+        print(f"{name:<10} did not stop within {STOP_TIMEOUT_SECONDS:.0f} s; killing it")
+        _signal_group(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # The component leads its own session and process group (start_new_session), so its pid is the pgid.
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    return True
+        os.killpg(pid, sig)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        # A zombie (exited, not yet reaped by its parent) counts as gone.
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() >= deadline:
             return False
+        time.sleep(0.1)
     return True
 
 
-def tail(path: Path, lines: int = 30) -> str:
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -182,27 +248,31 @@ def tail(path: Path, lines: int = 30) -> str:
 # --- readiness ---------------------------------------------------------------------------------
 
 
-async def grpc_serving(address: str) -> bool:
+async def grpc_health(address: str) -> Probe:
+    """The standard gRPC health check for the whole server (service "")."""
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             # The health stubs' type hints describe only the synchronous stub; this one is async.
             stub: Any = health_pb2_grpc.HealthStub(channel)
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+    except grpc.aio.AioRpcError as error:
+        return Probe(False, f"health check failed: {error.code().name}")
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return Probe(reply.status == health_pb2.HealthCheckResponse.SERVING, f"health {state}")
 
 
-async def temporal_reachable(address: str, ui_url: str) -> bool:
-    """The frontend accepts a client and the web UI answers."""
+async def temporal_health(address: str, ui_url: str) -> Probe:
+    """Ready when the frontend accepts a client (what the worker needs) and the web UI answers."""
     try:
         await Client.connect(address)
     except RuntimeError:
-        return False
-    return await asyncio.to_thread(http_ok, ui_url)
+        return Probe(False, "frontend not accepting clients")
+    if not await asyncio.to_thread(_http_ok, ui_url):
+        return Probe(False, "web UI not answering")
+    return Probe(True, "frontend and web UI answer")
 
 
-def http_ok(url: str) -> bool:
+def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
@@ -210,136 +280,185 @@ def http_ok(url: str) -> bool:
         return False
 
 
-async def worker_polling(settings: Settings) -> bool:
+async def worker_polling(settings: Settings, pid: int) -> Probe:
+    """Ready when this very worker polls the workflow task queue.
+
+    Temporal lists a poller for minutes after it is gone, so a worker from a previous `up` would
+    look ready; the SDK's default identity is `<pid>@<host>`, which tells this one apart.
+    """
+    queue = settings.temporal_task_queue
     try:
         client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
         described = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=settings.temporal_namespace,
-                task_queue=TaskQueue(name=settings.temporal_task_queue),
+                task_queue=TaskQueue(name=queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
             )
         )
-    except RuntimeError:
-        return False
-    return len(described.pollers) > 0
+    except (RuntimeError, RPCError) as error:
+        return Probe(False, f"cannot ask Temporal about task queue {queue}: {error}")
+    if any(poller.identity.startswith(f"{pid}@") for poller in described.pollers):
+        return Probe(True, f"polling task queue {queue}")
+    return Probe(False, f"not polling task queue {queue} yet")
 
 
-async def wait_ready(layout: Layout, component: Component, pid: int) -> None:
+async def probe(component: Component, pid: int) -> Probe:
+    """Runs the component's check with a bound, so a hung connection cannot stall `up` or `status`."""
+    try:
+        return await asyncio.wait_for(component.probe(pid), PROBE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return Probe(False, f"no answer within {PROBE_TIMEOUT_SECONDS:.0f} s")
+
+
+async def wait_ready(layout: Layout, component: Component, pid: int) -> Probe:
+    """Waits for the component's check; fails with the end of its log if it exits or never gets ready."""
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if await component.ready():
-            return
+    while True:
+        result = await probe(component, pid)
+        # Checked after the probe as well: ready-looking answers from a process that just died
+        # (say, on a port someone else holds) must not count.
         if not _alive(pid):
-            raise StackError(
-                f"{component.name} exited while starting; last lines of "
-                f"{layout.logfile(component.name)}:\n{tail(layout.logfile(component.name))}"
+            raise _failure(layout, component, "exited while starting")
+        if result.ready:
+            return result
+        if time.monotonic() >= deadline:
+            raise _failure(
+                layout, component, f"was not ready within {READY_TIMEOUT_SECONDS:.0f} s ({result.detail})"
             )
         await asyncio.sleep(0.3)
-    raise StackError(
-        f"{component.name} was not ready within {READY_TIMEOUT_SECONDS:.0f} s; last lines of "
-        f"{layout.logfile(component.name)}:\n{tail(layout.logfile(component.name))}"
+
+
+def _failure(layout: Layout, component: Component, what: str) -> StackError:
+    log = layout.logfile(component.name)
+    return StackError(
+        f"{component.name} {what}; last {LOG_TAIL_LINES} lines of {log}:\n{tail(log)}\n\n"
+        "What started is still running: fix the cause and run `make up` again, or `make down`."
     )
 
 
 # --- the stack ---------------------------------------------------------------------------------
 
 
-def service_env(layout: Layout, env: Mapping[str, str], database_url: str) -> dict[str, str]:
-    """The environment of the services and the worker: the caller's, plus what `make up` decides."""
+def uses_dev_token(env: Mapping[str, str]) -> bool:
+    return not env.get("MEMBEROPS_AUTH_TOKENS")
+
+
+def child_env(layout: Layout, env: Mapping[str, str], database_url: str) -> dict[str, str]:
+    """The environment of the services and the worker: the caller's, plus what the stack decides."""
     merged = dict(env)
-    merged.setdefault("MEMBEROPS_AUTH_TOKENS", f"{DEV_TOKEN}={DEV_TENANT}")
+    if uses_dev_token(env):
+        merged["MEMBEROPS_AUTH_TOKENS"] = f"{DEV_TOKEN}={DEV_TENANT}"
     merged["DATABASE_URL"] = database_url
-    merged.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{layout.temporal_port}")
+    # Always the Temporal this stack runs, whatever TEMPORAL_ADDRESS the shell happens to have.
+    merged["TEMPORAL_ADDRESS"] = layout.temporal_address
     merged.setdefault("PYTHONUNBUFFERED", "1")
     return merged
 
 
-def components(layout: Layout, settings: Settings) -> list[Component]:
-    """Every process `make up` runs after PostgreSQL, in start order."""
+def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> list[Component]:
+    """Every process `up` runs after PostgreSQL, in start order (`down` stops them in reverse)."""
     python = sys.executable
-    temporal_address = f"127.0.0.1:{layout.temporal_port}"
     temporal = Component(
         name="temporal",
         argv=[
             str(binaries.temporal_cli()),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(layout.temporal_port),
-            "--ui-port",
-            str(layout.temporal_ui_port),
-            "--db-filename",
-            str(layout.run_dir / "temporal.db"),
-            "--ui-disable-news-fetch",
-            "--log-level",
-            "warn",
+            *("server", "start-dev", "--ip", "127.0.0.1"),
+            *("--port", str(layout.temporal_port), "--ui-port", str(layout.temporal_ui_port)),
+            *("--db-filename", str(layout.run_dir / "temporal.db"), "--ui-disable-news-fetch"),
+            *("--log-level", "warn"),
             *(arg for attribute in SEARCH_ATTRIBUTES for arg in ("--search-attribute", attribute)),
         ],
-        address=f"{temporal_address}, UI {layout.ui_url}",
-        ready=lambda: temporal_reachable(temporal_address, layout.ui_url),
+        env=env,
+        address=f"{layout.temporal_address}, UI {layout.ui_url}",
+        binds=(layout.temporal_address, f"127.0.0.1:{layout.temporal_ui_port}"),
+        probe=lambda _pid: temporal_health(layout.temporal_address, layout.ui_url),
     )
-    services = [
-        Component(
-            name=name,
-            argv=[python, "-m", f"services.{name}.server"],
-            address=address,
-            ready=lambda address=address: grpc_serving(address),  # type: ignore[misc]
-        )
-        for name, address in (
-            ("tagging", settings.tagging_address),
-            ("audience", settings.audience_address),
-            ("tasks", settings.tasks_address),
-        )
-    ]
+    services = [_service(name, address, env) for name, address in service_addresses(settings)]
     worker = Component(
         name="worker",
         argv=[python, "-m", "workflows.worker"],
+        env=env,
         address=f"task queue {settings.temporal_task_queue}",
-        ready=lambda: worker_polling(settings),
+        binds=(),
+        probe=lambda pid: worker_polling(settings, pid),
     )
     return [temporal, *services, worker]
 
 
-def database_url(layout: Layout, env: Mapping[str, str]) -> str:
+def service_addresses(settings: Settings) -> list[tuple[str, str]]:
+    return [
+        ("tagging", settings.tagging_address),
+        ("audience", settings.audience_address),
+        ("tasks", settings.tasks_address),
+    ]
+
+
+def _service(name: str, address: str, env: Mapping[str, str]) -> Component:
+    return Component(
+        name=name,
+        argv=[sys.executable, "-m", f"services.{name}.server"],
+        env=env,
+        address=address,
+        binds=(address,),
+        probe=lambda _pid: grpc_health(address),
+    )
+
+
+def start_postgres(layout: Layout, env: Mapping[str, str]) -> str:
+    """Returns the DATABASE_URL: the caller's if set, else the embedded cluster's (started if needed)."""
     if env.get("DATABASE_URL"):
+        print(f"{'postgres':<10} {'external':<16} DATABASE_URL from the environment")
         return env["DATABASE_URL"]
-    return localpg.start(layout.pgdata)
+    state = "already running" if localpg.pid(layout.pgdata) else "started"
+    dsn = localpg.start(layout.pgdata)
+    layout.postgres_marker.write_text(f"{layout.pgdata}\n")
+    print(f"{'postgres':<10} {state:<16} {layout.pgdata}  (pid {localpg.pid(layout.pgdata)})")
+    return dsn
 
 
 async def up(env: Mapping[str, str]) -> None:
     layout = Layout.from_env(env)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    own_postgres = not env.get("DATABASE_URL")
-    dsn = database_url(layout, env)
-    if own_postgres:
-        layout.postgres_marker.write_text(str(layout.pgdata))
-    print(f"postgres   ready      {dsn if own_postgres else '(DATABASE_URL)'}")
-    child_env = service_env(layout, env, dsn)
-    settings = Settings.from_env(child_env)
-    for component in components(layout, settings):
-        pid = running_pid(layout, component)
-        state = "running"
+    dsn = start_postgres(layout, env)
+    service_env = child_env(layout, env, dsn)
+    settings = Settings.from_env(service_env)
+    settings.require_tokens()
+    for component in components(layout, service_env, settings):
+        pid = running_pid(layout, component.name)
+        state = "already running"
         if pid is None:
-            pid = spawn(layout, component, child_env)
+            pid = spawn(layout, component)
             state = "started"
-        await wait_ready(layout, component, pid)
-        print(f"{component.name:<10} {state:<10} {component.address}  (pid {pid})")
-    if "MEMBEROPS_AUTH_TOKENS" not in env:
-        await demo(settings)
-    print_summary(layout, settings, dsn, dev_token="MEMBEROPS_AUTH_TOKENS" not in env)
+        result = await wait_ready(layout, component, pid)
+        print(f"{component.name:<10} {state:<16} {component.address}  (pid {pid}, {result.detail})")
+    if uses_dev_token(env):
+        await demo(layout, settings)
+    print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
 
 
-async def demo(settings: Settings) -> None:
-    """Shows the stack working: stores a member, then a workflow reads it back through tagging."""
+async def demo(layout: Layout, settings: Settings) -> None:
+    """Shows the stack working end to end: a member stored over gRPC, read back by a workflow."""
+    try:
+        summary = await asyncio.wait_for(_demo(settings), DEMO_TIMEOUT_SECONDS)
+    except (grpc.aio.AioRpcError, RPCError, WorkflowFailureError, RuntimeError, TimeoutError) as error:
+        raise StackError(
+            f"the stack started but the demo call failed: {error!r}\n"
+            f"Look at the logs under {layout.logs}/ (tagging.log, worker.log)."
+        ) from error
+    print(
+        f"\ndemo: UpsertMember stored {DEMO_MEMBER}; workflow member-lookup-{DEMO_MEMBER} read it back:\n"
+        f"      {summary}"
+    )
+
+
+async def _demo(settings: Settings) -> MemberSummary:
     async with grpc.aio.insecure_channel(settings.tagging_address) as channel:
         stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
         await stub.UpsertMember(
             tagging_service_pb2.UpsertMemberRequest(
                 member=member_pb2.Member(
-                    member_id="demo-1",
+                    member_id=DEMO_MEMBER,
                     profile=member_pb2.Profile(
                         city="Hangzhou", city_tier=member_pb2.CITY_TIER_NEW_1, register_channel="app"
                     ),
@@ -349,44 +468,47 @@ async def demo(settings: Settings) -> None:
             timeout=10,
         )
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-    summary: MemberSummary = await client.execute_workflow(
+    # TERMINATE_EXISTING: a run left over from an earlier `up` (say, still retrying) never blocks this one.
+    return await client.execute_workflow(
         MemberLookupWorkflow.run,
-        MemberLookupInput(tenant_id=DEV_TENANT, member_id="demo-1"),
-        id="member-lookup-demo-1",
+        MemberLookupInput(tenant_id=DEV_TENANT, member_id=DEMO_MEMBER),
+        id=f"member-lookup-{DEMO_MEMBER}",
         task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
     )
-    print(f"\ndemo: stored member demo-1; workflow member-lookup-demo-1 read it back: {summary}")
 
 
 def print_summary(layout: Layout, settings: Settings, dsn: str, *, dev_token: bool) -> None:
     token = DEV_TOKEN if dev_token else "<a token from MEMBEROPS_AUTH_TOKENS>"
+    tenant = f"  (tenant {DEV_TENANT})" if dev_token else ""
+    member = DEMO_MEMBER if dev_token else "m-1"
     print(
         f"""
 MemberOps is up.
   tagging       {settings.tagging_address}
   audience      {settings.audience_address}
   tasks         {settings.tasks_address}
-  temporal      {settings.temporal_address}   (namespace {settings.temporal_namespace}, \
+  temporal      {settings.temporal_address}  (namespace {settings.temporal_namespace}, \
 task queue {settings.temporal_task_queue})
   temporal UI   {layout.ui_url}
-  token         {token}{f"  (tenant {DEV_TENANT})" if dev_token else ""}
+  token         {token}{tenant}
   DATABASE_URL  {dsn}
   logs          {layout.logs}/
 
 Try:
   .venv/bin/temporal workflow list --address {settings.temporal_address}
-  npx @bufbuild/buf curl --protocol grpc --http2-prior-knowledge -H 'authorization: Bearer {token}' \\
-      -d '{{"name": "members/demo-1"}}' http://{settings.tagging_address}/memberops.tagging.v1.TaggingService/GetMember
+  {BUF} curl --protocol grpc --http2-prior-knowledge -H 'authorization: Bearer {token}' \\
+      -d '{{"name":"members/{member}"}}' \\
+      http://{settings.tagging_address}/memberops.tagging.v1.TaggingService/GetMember
 Stop with: make down"""
     )
 
 
 def down(env: Mapping[str, str]) -> None:
     layout = Layout.from_env(env)
-    settings = Settings.from_env(service_env(layout, env, ""))
-    for component in reversed(components(layout, settings)):
-        stopped = terminate(layout, component)
+    settings = Settings.from_env(child_env(layout, env, ""))
+    for component in reversed(components(layout, env, settings)):
+        stopped = terminate(layout, component.name)
         print(f"{component.name:<10} {'stopped' if stopped else 'not running'}")
     if layout.postgres_marker.exists():
         stopped = localpg.stop(layout.pgdata)
@@ -394,27 +516,30 @@ def down(env: Mapping[str, str]) -> None:
         print(f"{'postgres':<10} {'stopped' if stopped else 'not running'}")
 
 
-async def status(env: Mapping[str, str]) -> int:
-    """Prints one line per component; returns how many of them are not running."""
+async def status(env: Mapping[str, str]) -> None:
+    """Prints one line per component: running (pid, address, what its check says) or stopped."""
     layout = Layout.from_env(env)
-    settings = Settings.from_env(service_env(layout, env, ""))
-    down_count = 0
-    if layout.postgres_marker.exists() or not env.get("DATABASE_URL"):
-        pid = localpg.pid(layout.pgdata)
-        print(
-            f"{'postgres':<10} {'running' if pid else 'stopped':<10} {layout.pgdata}"
-            + (f"  (pid {pid})" if pid else "")
-        )
-        down_count += pid is None
-    for component in components(layout, settings):
-        pid = running_pid(layout, component)
+    service_env = child_env(layout, env, "")
+    settings = Settings.from_env(service_env)
+    print_postgres_status(layout, env)
+    for component in components(layout, service_env, settings):
+        pid = running_pid(layout, component.name)
         if pid is None:
             print(f"{component.name:<10} stopped")
-            down_count += 1
             continue
-        readiness = "" if await component.ready() else ", NOT READY"
-        print(f"{component.name:<10} {'running':<10} {component.address}  (pid {pid}{readiness})")
-    return down_count
+        result = await probe(component, pid)
+        print(f"{component.name:<10} {'running':<16} {component.address}  (pid {pid}, {result.detail})")
+
+
+def print_postgres_status(layout: Layout, env: Mapping[str, str]) -> None:
+    if env.get("DATABASE_URL") and not layout.postgres_marker.exists():
+        print(f"{'postgres':<10} {'external':<16} DATABASE_URL from the environment")
+        return
+    pid = localpg.pid(layout.pgdata)
+    if pid is None:
+        print(f"{'postgres':<10} stopped")
+    else:
+        print(f"{'postgres':<10} {'running':<16} {layout.pgdata}  (pid {pid})")
 
 
 def main(argv: list[str]) -> int:
@@ -430,7 +555,7 @@ def main(argv: list[str]) -> int:
         else:
             print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
             return 2
-    except StackError as error:
+    except (StackError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

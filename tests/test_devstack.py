@@ -64,13 +64,14 @@ def test_up_status_down(tmp_path: Path) -> None:
     try:
         started = devstack("up", env)
         assert "MemberOps is up." in started
-        assert "read it back: MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
-        for name in ("temporal", "tagging", "audience", "tasks", "worker"):
+        assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} started" in started
+        assert started.count("health SERVING") == 3
 
         again = devstack("up", env)
-        for name in ("temporal", "tagging", "audience", "tasks", "worker"):
-            assert f"{name:<10} running" in again
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
+            assert f"{name:<10} already running" in again
 
         with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:
             assert ui.status == 200
@@ -78,8 +79,9 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         status = devstack("status", env)
         assert "stopped" not in status
-        assert "NOT READY" not in status
         assert status.count("running") == 6
+        assert status.count("health SERVING") == 3
+        assert "polling task queue memberops" in status
         pids = recorded_pids(run_dir)
         assert len(pids) == 6 and all(alive(pid) for pid in pids)
     finally:
