@@ -80,3 +80,99 @@ def ratio_line(subject: Result, baseline: Result) -> str:
         f"ratio {subject.name}/{baseline.name}  throughput {subject.throughput / baseline.throughput:.2f}x  "
         f"p99 {subject.percentile(99) / baseline.percentile(99):.2f}x"
     )
+
+
+@dataclass(frozen=True)
+class OpenLoopResult:
+    """Calls started at a fixed rate whatever the earlier ones did; latency counts from the moment
+    a call was due, so a stalled client or server shows up as latency, not as a lower rate. Failed
+    calls count as slower than every successful one in the percentiles."""
+
+    name: str
+    rate: float
+    sent: int
+    seconds: float
+    latencies_ms: tuple[float, ...]
+    # What each failed call raised: the gRPC status code name or the exception type.
+    failures: tuple[str, ...]
+    # How late the worst call started compared with its schedule (client overload shows here).
+    max_start_lag_ms: float
+
+    @property
+    def achieved_rate(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Nearest rank over all calls, failures as +inf; NaN when nothing was sent."""
+        ordered = sorted(self.latencies_ms) + [math.inf] * len(self.failures)
+        if not ordered:
+            return math.nan
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+    def failure_text(self) -> str:
+        kinds: dict[str, int] = {}
+        for kind in self.failures:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+
+    def line(self) -> str:
+        def ms(value: float) -> str:
+            return f"{value:8.2f} ms" if math.isfinite(value) else "  failed   "
+
+        return (
+            f"{self.name:<12} open loop {self.rate:.0f}/s  achieved {self.achieved_rate:6.1f}/s  "
+            f"p50 {ms(self.percentile(50))}  p99 {ms(self.percentile(99))}  "
+            f"max ok {max(self.latencies_ms, default=math.nan):8.2f} ms  ({self.sent} calls, "
+            f"start lag <= {self.max_start_lag_ms:.1f} ms)"
+            + (f"  FAILED {len(self.failures)}: {self.failure_text()}" if self.failures else "")
+        )
+
+
+def _failure_kind(error: Exception) -> str:
+    code = getattr(error, "code", None)
+    if callable(code):
+        try:
+            return str(code().name)
+        except Exception:
+            pass
+    return type(error).__name__
+
+
+async def open_loop(
+    name: str, call: Callable[[int], Awaitable[object]], *, rate: float, seconds: float
+) -> OpenLoopResult:
+    """Starts `call(i)` every 1/rate seconds for `seconds`, then waits for the calls to end."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    lag = 0.0
+    count = int(rate * seconds)
+    start = time.perf_counter() + 0.01
+
+    async def one(i: int, due: float) -> None:
+        try:
+            await call(i)
+        except Exception as error:
+            failures.append(_failure_kind(error))
+            return
+        latencies.append((time.perf_counter() - due) * 1000)
+
+    tasks = []
+    for i in range(count):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag = max(lag, time.perf_counter() - due)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    return OpenLoopResult(
+        name, rate, count, time.perf_counter() - start, tuple(latencies), tuple(failures), lag * 1000
+    )
+
+
+def open_loop_ratio_line(subject: OpenLoopResult, baseline: OpenLoopResult) -> str:
+    ratios = []
+    for p in (50, 99):
+        s, b = subject.percentile(p), baseline.percentile(p)
+        ratios.append(f"p{p} {s / b:.1f}x" if math.isfinite(s) and math.isfinite(b) and b else f"p{p} n/a")
+    return f"ratio {subject.name}/{baseline.name}  " + "  ".join(ratios)

@@ -21,6 +21,8 @@ from deploy.devstack import ROOT, grpc_health
 BENCH_TOKEN = "bench-token-0123456789abcdef"
 BENCH_TENANT = "bench"
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+# Read by bench/clocked.py in the service's process.
+CLOCK_ENV = "MEMBEROPS_BENCH_CLOCK"
 
 
 def free_port() -> int:
@@ -31,10 +33,11 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def postgres() -> AsyncIterator[str]:
+async def postgres(*, durable: bool = False) -> AsyncIterator[str]:
+    """A throw-away cluster; fsync and synchronous commit off unless `durable`."""
     with tempfile.TemporaryDirectory(prefix="memberops-bench-") as tmp:
         pgdata = Path(tmp) / "pgdata"
-        dsn = localpg.start(pgdata, durable=False)
+        dsn = localpg.start(pgdata, durable=durable)
         try:
             yield dsn
         finally:
@@ -42,8 +45,16 @@ async def postgres() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def service(name: str, dsn: str, extra_env: Mapping[str, str] | None = None) -> AsyncIterator[str]:
-    """Runs `services.<name>.server` on a free port with access logs off; yields its address."""
+async def service(
+    name: str, dsn: str, extra_env: Mapping[str, str] | None = None, *, clock: str | None = None
+) -> AsyncIterator[str]:
+    """Runs `services.<name>.server` on a free port with access logs off; yields its address.
+
+    `clock` (tagging only) sets the service's clock: `frozen:<ISO time>` or `from:<ISO time>`
+    (see bench/clocked.py); unset, the service runs on the wall clock.
+    """
+    if clock is not None and name != "tagging":
+        raise ValueError("only the tagging service runs with a bench clock")
     address = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -53,12 +64,12 @@ async def service(name: str, dsn: str, extra_env: Mapping[str, str] | None = Non
         "MEMBEROPS_LOG_LEVEL": "warning",
         "MEMBEROPS_SHUTDOWN_GRACE_SECONDS": "0",
         **(extra_env or {}),
+        **({CLOCK_ENV: clock} if clock is not None else {}),
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"services.{name}.server", cwd=ROOT, env=env
-    )
+    module = "bench.clocked" if clock is not None else f"services.{name}.server"
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, cwd=ROOT, env=env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # seeding the catalog may take a moment on big data
         while not (await grpc_health(address)).ready:
             if process.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start (exit code {process.returncode})")

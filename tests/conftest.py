@@ -20,8 +20,11 @@ from services.tasks import server as tasks_server
 
 TOKEN_ACME = "test-token-acme-0123456789"
 TOKEN_GLOBEX = "test-token-globex-0123456789"
+# A tenant for tests that need a population of their own (RFM compares members with each other).
+TOKEN_INITECH = "test-token-initech-0123456789"
 TENANT_ACME = "acme"
 TENANT_GLOBEX = "globex"
+TENANT_INITECH = "initech"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -30,6 +33,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 ACME = bearer(TOKEN_ACME)
 GLOBEX = bearer(TOKEN_GLOBEX)
+INITECH = bearer(TOKEN_INITECH)
 
 
 def unique(prefix: str = "m") -> str:
@@ -49,7 +53,7 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(pg_dsn: str) -> Settings:
     return Settings(
         database_url=pg_dsn,
-        auth_tokens={TOKEN_ACME: TENANT_ACME, TOKEN_GLOBEX: TENANT_GLOBEX},
+        auth_tokens={TOKEN_ACME: TENANT_ACME, TOKEN_GLOBEX: TENANT_GLOBEX, TOKEN_INITECH: TENANT_INITECH},
         db_pool_min=1,
         db_pool_max=8,
     )

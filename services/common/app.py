@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ class ServiceDefinition:
     migrations_dir: Path | None
     bindings: Callable[[Database | None], Sequence[ServiceBinding]]
     address: Callable[[Settings], str]
+    # Runs once after migrations with the database and every configured tenant (e.g. seeding).
+    prepare: Callable[[Database, frozenset[str]], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -63,6 +65,8 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
         dsn = settings.require_database()
         await migrate(dsn, definition)
         db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        if definition.prepare is not None:
+            await definition.prepare(db, frozenset(tokens.values()))
     server = GrpcServer(definition.bindings(db), TokenAuthenticator(tokens))
     return RunningService(server, db)
 

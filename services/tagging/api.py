@@ -6,7 +6,7 @@ Domain errors propagate to the shared interceptor, which turns them into status 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import google.type.date_pb2 as date_pb2
@@ -21,13 +21,13 @@ from memberops.tagging.v1 import (
 )
 
 from services.common.auth import current_tenant
-from services.common.errors import InvalidArgument, Violations
+from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog
 from services.tagging.catalog import Catalog
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
-from services.tagging.members import Members
+from services.tagging.members import Members, bounded
 from services.tagging.model import (
     BehaviorEvent,
     Contact,
@@ -42,6 +42,7 @@ from services.tagging.model import (
     RefundInput,
     RefundLine,
 )
+from services.tagging.stats import Stats, TagStats
 
 MEMBER_NAME_PREFIX = "members/"
 
@@ -58,6 +59,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         feed: Feed,
         tag_catalog: Catalog,
         tagger: Tagger,
+        tag_stats: Stats,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._members = members
@@ -65,6 +67,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         self._feed = feed
         self._catalog = tag_catalog
         self._tagger = tagger
+        self._stats = tag_stats
         self._clock = clock
 
     async def UpsertMember(
@@ -229,6 +232,34 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             ]
         )
 
+    async def StreamFeed(
+        self, request: tagging_service_pb2.StreamFeedRequest, context: Any
+    ) -> AsyncIterator[tagging_service_pb2.StreamFeedResponse]:
+        """Runs until the caller cancels or its deadline passes; gRPC then cancels this generator."""
+        async for entries in self._feed.follow(current_tenant(), request.after_cursor, request.batch_size):
+            yield tagging_service_pb2.StreamFeedResponse(
+                entries=[feed_entry_to_proto(e) for e in entries], next_cursor=entries[-1].cursor
+            )
+
+    async def ImportMembers(
+        self, request_iterator: AsyncIterator[tagging_service_pb2.ImportMembersRequest], context: Any
+    ) -> tagging_service_pb2.ImportMembersResponse:
+        """Each request message is stored (committed) before the next is read."""
+        tenant_id = current_tenant()
+        received = changed = batch = 0
+        async for request in request_iterator:
+            path = f"requests[{batch}].members"
+            members = members_from_proto(request.members, path)
+            changed += await self._members.import_batch(tenant_id, members, self._clock(), path)
+            received += len(members)
+            batch += 1
+        return tagging_service_pb2.ImportMembersResponse(received_count=received, changed_count=changed)
+
+    async def GetTagStats(
+        self, request: tagging_service_pb2.GetTagStatsRequest, context: Any
+    ) -> tagging_service_pb2.GetTagStatsResponse:
+        return tag_stats_to_proto(await self._stats.get(current_tenant(), list(request.dimensions)))
+
 
 def member_id_from_name(name: str, field: str) -> str:
     if not name.startswith(MEMBER_NAME_PREFIX) or len(name) == len(MEMBER_NAME_PREFIX):
@@ -236,12 +267,12 @@ def member_id_from_name(name: str, field: str) -> str:
     return name.removeprefix(MEMBER_NAME_PREFIX)
 
 
-def member_from_proto(message: member_pb2.Member) -> MemberInput:
+def member_from_proto(message: member_pb2.Member, path: str = "member") -> MemberInput:
     violations = Violations()
     p = message.profile
-    birthday = _date(p.birthday, violations, "member.profile.birthday") if p.HasField("birthday") else None
+    birthday = _date(p.birthday, violations, f"{path}.profile.birthday") if p.HasField("birthday") else None
     register_time = (
-        _timestamp(p.register_time, violations, "member.profile.register_time")
+        _timestamp(p.register_time, violations, f"{path}.profile.register_time")
         if p.HasField("register_time")
         else None
     )
@@ -267,6 +298,20 @@ def member_from_proto(message: member_pb2.Member) -> MemberInput:
             time_zone=message.contact.time_zone,
         ),
     )
+
+
+def members_from_proto(messages: Sequence[member_pb2.Member], path: str) -> list[MemberInput]:
+    """Every member of a batch converted, or InvalidArgument naming the bad fields of all of them."""
+    members: list[MemberInput] = []
+    found: list[FieldViolation] = []
+    for i, message in enumerate(messages):
+        try:
+            members.append(member_from_proto(message, f"{path}[{i}]"))
+        except InvalidArgument as error:
+            found.extend(error.violations)
+    if found:
+        raise bounded(found, path)
+    return members
 
 
 def member_to_proto(member: Member) -> member_pb2.Member:
@@ -449,6 +494,7 @@ def definition_from_proto(message: tags_pb2.TagDefinition) -> catalog.Definition
             )
             for value in message.values
         ),
+        model=message.model if message.HasField("model") else None,
     )
 
 
@@ -469,6 +515,7 @@ def definition_to_proto(definition: catalog.Definition) -> tags_pb2.TagDefinitio
         ],
         version=definition.version,
         state=int(definition.state),  # type: ignore[arg-type]
+        model=spec.model,
     )
     message.create_time.FromDatetime(definition.create_time)
     message.update_time.FromDatetime(definition.update_time)
@@ -502,4 +549,22 @@ def operator_change(
         member_ids=tuple(request.member_ids),
         operator=request.operator,
         reason=request.reason,
+    )
+
+
+def tag_stats_to_proto(stats: TagStats) -> tagging_service_pb2.GetTagStatsResponse:
+    return tagging_service_pb2.GetTagStatsResponse(
+        member_count=stats.member_count,
+        dimensions=[
+            tags_pb2.DimensionStats(
+                dimension=d.dimension,
+                covered_count=d.covered_count,
+                coverage=d.coverage,
+                values=[
+                    tags_pb2.ValueCount(value=v.value, member_count=v.member_count, share=v.share)
+                    for v in d.values
+                ],
+            )
+            for d in stats.dimensions
+        ],
     )

@@ -8,6 +8,7 @@ nothing, so retries are harmless.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import enum
 import hashlib
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from memberops.tagging.v1 import rules_pb2
+from memberops.tagging.v1 import models_pb2, rules_pb2
 
 from services.common.db import Database
 from services.common.errors import (
@@ -29,7 +30,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tagging import checks, rules, store
+from services.tagging import checks, models, rules, store
 
 DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_VALUES = 100
@@ -77,7 +78,9 @@ class State(enum.IntEnum):
     RETIRED = 2
 
 
-EVALUATED_KINDS = {Kind.FACT, Kind.RULE}
+# Kinds whose values are computed from facts (by rules or a model), not set by operators.
+EVALUATED_KINDS = {Kind.FACT, Kind.RULE, Kind.MODEL}
+RULE_KINDS = {Kind.FACT, Kind.RULE}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class DefinitionInput:
     values: tuple[TagValue, ...]
     display_name: str = ""
     description: str = ""
+    model: models_pb2.Model | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,8 @@ def _enum_field(value: int, kind: type[enum.IntEnum], v: Violations, path: str) 
         v.add(path, f"is required: one of {', '.join(m.name for m in kind if m.value)}")
 
 
-def validate(spec: DefinitionInput, path: str = "tag_definition") -> None:
+def validate(spec: DefinitionInput, path: str = "tag_definition") -> DefinitionInput:
+    """Raises InvalidArgument naming every bad field; returns the spec with a model's values filled in."""
     v = Violations()
     if not DIMENSION.match(spec.dimension):
         v.add(f"{path}.dimension", "must be 1-63 characters: a lower-case letter, then a-z, 0-9 or _")
@@ -132,11 +137,18 @@ def validate(spec: DefinitionInput, path: str = "tag_definition") -> None:
     _enum_field(spec.refresh_policy, Refresh, v, f"{path}.refresh_policy")
     _enum_field(spec.cardinality, Cardinality, v, f"{path}.cardinality")
     if spec.kind == Kind.MODEL:
-        v.add(
-            f"{path}.kind", "MODEL dimensions are built in and parameterised; define FACT or RULE dimensions"
-        )
-    if not 1 <= len(spec.values) <= MAX_VALUES:
-        v.add(f"{path}.values", f"must hold 1-{MAX_VALUES} values")
+        spec = _validate_model(spec, v, path)
+    else:
+        if spec.model is not None:
+            v.add(f"{path}.model", "only MODEL dimensions take a model")
+        if not 1 <= len(spec.values) <= MAX_VALUES:
+            v.add(f"{path}.values", f"must hold 1-{MAX_VALUES} values")
+    _validate_values(spec, v, path)
+    v.raise_if_any()
+    return spec
+
+
+def _validate_values(spec: DefinitionInput, v: Violations, path: str) -> None:
     seen: set[str] = set()
     for i, value in enumerate(spec.values[:MAX_VALUES]):
         vp = f"{path}.values[{i}]"
@@ -146,14 +158,39 @@ def validate(spec: DefinitionInput, path: str = "tag_definition") -> None:
             v.add(f"{vp}.value", "appears twice in the dimension")
         seen.add(value.value)
         checks.text(value.display_name, MAX_DISPLAY_NAME, v, f"{vp}.display_name")
-        if spec.kind in EVALUATED_KINDS:
+        if spec.kind == Kind.MODEL and value.rule is not None:
+            v.add(f"{vp}.rule", "MODEL values are decided by the model and take no rule")
+        if spec.kind in RULE_KINDS:
             if value.rule is None:
                 v.add(f"{vp}.rule", "is required for FACT and RULE dimensions")
             else:
                 rules.validate(value.rule, v, f"{vp}.rule")
         elif value.rule is not None and spec.kind in (Kind.MANUAL, Kind.STRATEGY):
             v.add(f"{vp}.rule", "MANUAL and STRATEGY values are set by operators and take no rule")
-    v.raise_if_any()
+
+
+def _validate_model(spec: DefinitionInput, v: Violations, path: str) -> DefinitionInput:
+    """Checks a MODEL dimension against its model; fills in the model's values when none are given."""
+    if spec.model is None:
+        models.validate(models_pb2.Model(), v, f"{path}.model")
+        return spec
+    models.validate(spec.model, v, f"{path}.model")
+    info = models.info(spec.model)
+    if info is None:
+        return spec
+    if spec.cardinality and spec.cardinality != info.cardinality:
+        v.add(f"{path}.cardinality", f"this model gives {Cardinality(info.cardinality).name} values")
+    if info.population and spec.refresh_policy == Refresh.REAL_TIME:
+        v.add(f"{path}.refresh_policy", "RFM models compare every member with all members: use SCHEDULED")
+    if info.values is None:
+        if spec.values:
+            v.add(f"{path}.values", "this model takes its values from the data (categories); list none")
+        return spec
+    if not spec.values:
+        return dataclasses.replace(spec, values=tuple(TagValue(value) for value in info.values))
+    if tuple(value.value for value in spec.values) != info.values:
+        v.add(f"{path}.values", f"must be empty or exactly the model's values: {', '.join(info.values)}")
+    return spec
 
 
 def to_body(spec: DefinitionInput) -> dict[str, Any]:
@@ -174,6 +211,7 @@ def to_body(spec: DefinitionInput) -> dict[str, Any]:
             }
             for value in spec.values
         ],
+        "model": json_format.MessageToDict(spec.model) if spec.model is not None else None,
     }
 
 
@@ -196,6 +234,7 @@ def from_body(body: dict[str, Any]) -> DefinitionInput:
             )
             for value in body["values"]
         ),
+        model=json_format.ParseDict(body["model"], models_pb2.Model()) if body.get("model") else None,
     )
 
 
@@ -208,6 +247,8 @@ def content_hash(spec: DefinitionInput) -> str:
             if value.rule
             else None
         )
+    if spec.model is not None:
+        body["model"] = base64.b64encode(spec.model.SerializeToString(deterministic=True)).decode()
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -240,7 +281,7 @@ class Catalog:
         self._db = db
 
     async def create(self, tenant_id: str, spec: DefinitionInput) -> Definition:
-        validate(spec)
+        spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
             created = await store.insert_definition(conn, tenant_id, spec.dimension, to_body(spec), digest)
@@ -250,8 +291,20 @@ class Catalog:
         assert found is not None
         return _definition(found[0])
 
+    async def seed(self, tenant_id: str, specs: Sequence[DefinitionInput]) -> int:
+        """Creates the dimensions the tenant does not have yet; never touches existing ones, so a
+        tenant's own version of a built-in (or its retirement) survives restarts. Returns how many."""
+        created = 0
+        async with self._db.transaction(tenant_id) as conn:
+            for spec in map(validate, specs):
+                body = to_body(spec)
+                created += await store.insert_definition(
+                    conn, tenant_id, spec.dimension, body, content_hash(spec)
+                )
+        return created
+
     async def update(self, tenant_id: str, spec: DefinitionInput, expected_version: int) -> Definition:
-        validate(spec)
+        spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
             current = await store.lock_definition(conn, spec.dimension)
@@ -268,6 +321,11 @@ class Catalog:
             if (stored.kind, stored.cardinality) != (spec.kind, spec.cardinality):
                 raise InvalidArgument.field(
                     "tag_definition.kind", "kind and cardinality cannot change; define a new dimension"
+                )
+            if _model_name(stored) != _model_name(spec):
+                raise InvalidArgument.field(
+                    "tag_definition.model",
+                    "the model cannot change (its parameters can); define a new dimension",
                 )
             if current_digest != digest:
                 await store.add_definition_version(
@@ -324,6 +382,7 @@ class Catalog:
             definitions = [_definition(row) for row in await store.list_definitions(conn, "", 10_000, False)]
             by_dimension = {d.spec.dimension: d for d in definitions}
             chosen = [by_dimension.get(name) for name in dimensions] if dimensions else definitions
+            await store.plan_each_evaluation(conn)
             explanations = []
             for i, definition in enumerate(chosen):
                 if definition is None:
@@ -343,15 +402,26 @@ class Catalog:
         conn: Any, definition: Definition, member_id: str, now: dt.datetime
     ) -> Explanation:
         spec = definition.spec
-        compiled = rules.compile_dimension(
-            [value.rule for value in spec.values],
-            single=spec.cardinality == Cardinality.SINGLE,
-            member_ids=[member_id],
-        )
-        row = await store.evaluate(conn, compiled.sql, compiled.args(now))
+        compiled = compile_definition(spec, filtered=True)
+        row = await store.evaluate(conn, compiled.sql, compiled.args(now, [member_id]))
         figures = {label: _plain(row[column]) for column, label in compiled.figures.items()}
-        values = tuple(spec.values[i].value for i in row["value_indexes"])
-        return Explanation(spec.dimension, definition.version, values, figures)
+        return Explanation(spec.dimension, definition.version, tuple(row["tag_values"]), figures)
+
+
+def compile_definition(spec: DefinitionInput, *, filtered: bool) -> rules.CompiledDimension:
+    """The one query of an evaluated dimension, from its rules or its model."""
+    if spec.kind == Kind.MODEL:
+        assert spec.model is not None, "validate() requires a model"
+        return models.compile_model(spec.model, filtered=filtered)
+    return rules.compile_dimension(
+        [(value.value, value.rule) for value in spec.values],
+        single=spec.cardinality == Cardinality.SINGLE,
+        filtered=filtered,
+    )
+
+
+def _model_name(spec: DefinitionInput) -> str | None:
+    return spec.model.WhichOneof("model") if spec.model is not None else None
 
 
 def _plain(value: Any) -> Any:

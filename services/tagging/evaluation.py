@@ -7,6 +7,7 @@ reflects an order as soon as `RecordOrder` returns and two facts of one member n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 from collections.abc import Sequence
@@ -17,6 +18,9 @@ from services.common.db import Connection, Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tagging import catalog, checks, rules, store
 
+# Dimensions recomputed at once, each in its own transaction on its own connection: they touch
+# disjoint rows, and two let PostgreSQL use both cores of a small machine.
+RECOMPUTE_PARALLELISM = 2
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_CHANGE_MEMBERS = 10_000
@@ -66,10 +70,6 @@ class _Prepared:
     compiled: rules.CompiledDimension
 
     @property
-    def values(self) -> list[str]:
-        return [value.value for value in self.spec.values]
-
-    @property
     def exclusive(self) -> bool:
         return self.spec.cardinality == catalog.Cardinality.SINGLE
 
@@ -89,20 +89,24 @@ class Tagger:
             if found is None:
                 return None
             spec = catalog.from_body(found[0]["body"])
-            compiled = rules.compile_dimension(
-                [value.rule for value in spec.values],
-                single=spec.cardinality == catalog.Cardinality.SINGLE,
-                member_ids=[] if filtered else None,
-            )
+            compiled = catalog.compile_definition(spec, filtered=filtered)
             self._prepared[key] = _Prepared(spec, version, compiled)
         return self._prepared[key]
 
     async def refresh(
-        self, conn: Connection, tenant_id: str, member_ids: Sequence[str], now: dt.datetime
+        self,
+        conn: Connection,
+        tenant_id: str,
+        member_ids: Sequence[str],
+        now: dt.datetime,
+        *,
+        changed: rules.Input | None,
     ) -> None:
-        """Re-evaluates the active real-time rule dimensions for these members, in the same transaction."""
+        """Re-evaluates, in the writing transaction, the active real-time dimensions that read the
+        kind of fact that `changed` for these members (all of them for None: new members)."""
         ids = sorted(set(member_ids))
         await store.lock_members(conn, ids)
+        await store.plan_each_evaluation(conn)
         for row in await store.active_definition_versions(conn):
             prepared = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
@@ -111,6 +115,7 @@ class Tagger:
                 prepared is None
                 or prepared.spec.kind not in catalog.EVALUATED_KINDS
                 or prepared.spec.refresh_policy != catalog.Refresh.REAL_TIME
+                or (changed is not None and changed not in prepared.compiled.inputs)
             ):
                 continue
             await store.apply_dimension(
@@ -120,7 +125,6 @@ class Tagger:
                 now,
                 prepared.spec.dimension,
                 prepared.version,
-                prepared.values,
                 prepared.exclusive,
                 ids,
             )
@@ -152,21 +156,17 @@ class Tagger:
                     raise InvalidArgument.field(
                         f"dimensions[{i}]", f"{name} is set by operators, not by rules"
                     )
-        results = []
-        for item in prepared:
-            async with self._db.transaction(tenant_id) as conn:
+        slots = asyncio.Semaphore(RECOMPUTE_PARALLELISM)
+
+        async def apply(item: _Prepared) -> RecomputeResult:
+            async with slots, self._db.transaction(tenant_id) as conn:
+                await store.plan_each_evaluation(conn)
                 added, removed = await store.apply_dimension(
-                    conn,
-                    tenant_id,
-                    item.compiled,
-                    now,
-                    item.spec.dimension,
-                    item.version,
-                    item.values,
-                    item.exclusive,
+                    conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive
                 )
-            results.append(RecomputeResult(item.spec.dimension, item.version, added, removed))
-        return results
+            return RecomputeResult(item.spec.dimension, item.version, added, removed)
+
+        return list(await asyncio.gather(*(apply(item) for item in prepared)))
 
     async def change_operator_tags(
         self, tenant_id: str, change: OperatorChange, *, add: bool, now: dt.datetime

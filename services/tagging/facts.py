@@ -28,6 +28,7 @@ from services.tagging.model import (
     RefundInput,
     RefundLine,
 )
+from services.tagging.rules import Input
 
 MAX_LINES = 500
 MAX_QUANTITY = 100_000
@@ -180,7 +181,7 @@ class Facts:
                     order.order_id,
                     order_payload(order),
                 )
-                await self._tagger.refresh(conn, tenant_id, [order.member_id], now)
+                await self._tagger.refresh(conn, tenant_id, [order.member_id], now, changed=Input.ORDERS)
             elif await store.order_hash(conn, order.order_id) != digest:
                 raise AlreadyExists(f"orders/{order.order_id} was recorded before with different content")
             stored = await store.get_order(conn, order.order_id)
@@ -221,7 +222,7 @@ class Facts:
                 refund.refund_id,
                 refund_payload(recorded),
             )
-            await self._tagger.refresh(conn, tenant_id, [order.member_id], now)
+            await self._tagger.refresh(conn, tenant_id, [order.member_id], now, changed=Input.ORDERS)
         return recorded
 
     async def record_events(
@@ -243,5 +244,7 @@ class Facts:
                 )
             recorded = await store.insert_events(conn, tenant_id, unique)
             if recorded:
-                await self._tagger.refresh(conn, tenant_id, [e.member_id for e in unique], now)
+                await self._tagger.refresh(
+                    conn, tenant_id, [e.member_id for e in unique], now, changed=Input.EVENTS
+                )
         return recorded, len(events) - recorded

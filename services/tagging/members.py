@@ -6,13 +6,15 @@ import datetime as dt
 import json
 import re
 import zoneinfo
+from collections.abc import Sequence
 from typing import Any
 
 from services.common.db import Database
-from services.common.errors import NotFound, Violations
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import checks, store
 from services.tagging.evaluation import Tagger
 from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput
+from services.tagging.rules import Input
 
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ATTRIBUTES = 64
@@ -23,6 +25,11 @@ EARLIEST_BIRTHDAY = dt.date(1900, 1, 1)
 PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL = 254
+MAX_IMPORT_BATCH = 10_000
+# A rejected batch lists violations up to about this many characters: they travel twice (message
+# and details, base64) in the call's trailers, which gRPC clients cap at 8 KiB by default; beyond
+# that the caller would get RESOURCE_EXHAUSTED instead of the list.
+MAX_REPORTED_CHARS = 1_500
 
 
 def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> None:
@@ -44,6 +51,43 @@ def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> Non
     _validate_attributes(member.attributes, violations, f"{path}.attributes")
     _validate_contact(member.contact, violations, f"{path}.contact")
     violations.raise_if_any()
+
+
+def validate_batch(members: Sequence[MemberInput], now: dt.datetime, path: str) -> None:
+    """Raises InvalidArgument for a batch of the wrong size, bad members or a member id given twice."""
+    if not 1 <= len(members) <= MAX_IMPORT_BATCH:
+        raise InvalidArgument.field(path, f"must hold 1-{MAX_IMPORT_BATCH} members")
+    found: list[FieldViolation] = []
+    first_index: dict[str, int] = {}
+    for i, member in enumerate(members):
+        try:
+            validate(member, now, f"{path}[{i}]")
+        except InvalidArgument as error:
+            found.extend(error.violations)
+        first = first_index.setdefault(member.member_id, i)
+        if first != i:
+            found.append(
+                FieldViolation(
+                    f"{path}[{i}].member_id",
+                    f"repeats {path}[{first}].member_id: a batch holds a member once",
+                )
+            )
+    if found:
+        raise bounded(found, path)
+
+
+def bounded(found: list[FieldViolation], path: str) -> InvalidArgument:
+    """The first violations within MAX_REPORTED_CHARS, and a note on `path` of how many were left out."""
+    shown: list[FieldViolation] = []
+    size = 0
+    for violation in found:
+        size += len(violation.field) + len(violation.description)
+        if shown and size > MAX_REPORTED_CHARS:
+            break
+        shown.append(violation)
+    if len(shown) < len(found):
+        shown.append(FieldViolation(path, f"{len(found) - len(shown)} more violations not listed"))
+    return InvalidArgument(shown)
 
 
 def _validate_contact(contact: Contact, violations: Violations, path: str) -> None:
@@ -94,8 +138,38 @@ class Members:
                     "",
                     {"revision": stored.revision},
                 )
-                await self._tagger.refresh(conn, tenant_id, [stored.member_id], now)
+                # A new member's every real-time value is new; a changed one's profile values may be.
+                facts = Input.PROFILE if stored.revision > 1 else None
+                await self._tagger.refresh(conn, tenant_id, [stored.member_id], now, changed=facts)
         return stored
+
+    async def import_batch(
+        self, tenant_id: str, members: Sequence[MemberInput], now: dt.datetime, path: str = "members"
+    ) -> int:
+        """Stores one batch in one transaction with upsert's rules; returns how many members changed.
+
+        Set-based (COPY and one statement) so large loads are fast; otherwise the same as upserting
+        each member: unchanged ones are left alone, changed ones get a feed entry and their
+        real-time tags refreshed in the same transaction. `path` names the batch in errors.
+        """
+        validate_batch(members, now, path)
+        async with self._db.transaction(tenant_id) as conn:
+            changed = await store.import_members(conn, tenant_id, members)
+            if changed:
+                await store.append_feed_many(
+                    conn,
+                    tenant_id,
+                    FeedKind.MEMBER_CHANGED,
+                    [(member_id, "", {"revision": revision}) for member_id, revision in changed],
+                )
+                # As upsert: a new member's real-time values are all new; a changed one's profile ones may be.
+                created = [member_id for member_id, revision in changed if revision == 1]
+                updated = [member_id for member_id, revision in changed if revision > 1]
+                if created:
+                    await self._tagger.refresh(conn, tenant_id, created, now, changed=None)
+                if updated:
+                    await self._tagger.refresh(conn, tenant_id, updated, now, changed=Input.PROFILE)
+        return len(changed)
 
     async def get(self, tenant_id: str, member_id: str) -> Member:
         violations = Violations()

@@ -251,9 +251,21 @@ class AggregateKey:
         return bool(self.categories or self.brands or self.skus)
 
 
+class Input(enum.Enum):
+    """The facts a dimension reads: a write of one of them makes its real-time values stale."""
+
+    PROFILE = "profile"
+    ORDERS = "orders"
+    EVENTS = "events"
+
+
 @dataclass(frozen=True)
 class CompiledDimension:
-    """One query: `SELECT member_id, value_indexes int[], fig_0, fig_1, ... FROM ...`."""
+    """One query: `SELECT member_id, tag_values text[], fig_0, fig_1, ... FROM ...`, a row per member.
+
+    Rule dimensions and built-in models compile to this one shape, so recompute, the real-time
+    refresh and explanations treat them alike.
+    """
 
     sql: str
     params: tuple[Any, ...]
@@ -261,6 +273,7 @@ class CompiledDimension:
     figures: dict[str, str]
     # The placeholder of the member filter (`$2::text[]`), or "" when every member is evaluated.
     member_filter: str = ""
+    inputs: frozenset[Input] = frozenset()
 
     def args(self, now: dt.datetime, member_ids: Sequence[str] | None = None) -> list[Any]:
         """The query's arguments for an evaluation at `now` ($1), for other members if given ($2)."""
@@ -278,6 +291,7 @@ class _Builder:
     # label -> (column, expression)
     figures: dict[str, tuple[str, str]] = field(default_factory=dict)
     member_filter: str = ""
+    inputs: set[Input] = field(default_factory=set)
 
     def param(self, value: Any, cast: str) -> str:
         self.params.append(value)
@@ -288,27 +302,30 @@ class _Builder:
 
 
 def compile_dimension(
-    value_rules: Sequence[rules_pb2.Rule | None], *, single: bool, member_ids: Sequence[str] | None = None
+    values: Sequence[tuple[str, rules_pb2.Rule | None]], *, single: bool, filtered: bool
 ) -> CompiledDimension:
-    """Compiles the rules of a dimension's values (in order) into one query.
+    """Compiles the rules of a dimension's (value, rule) pairs, in order, into one query.
 
-    `$1` is the evaluation time. With `member_ids`, only those members are evaluated.
+    `$1` is the evaluation time; when `filtered`, `$2` lists the only members to evaluate.
     """
     b = _Builder()
     now = b.param(None, "timestamptz")
-    if member_ids is not None:
-        b.member_filter = b.param(list(member_ids), "text[]")
-    predicates = [
-        f"COALESCE({_predicate(rule, b, now)}, false)" if rule is not None else "false"
-        for rule in value_rules
+    if filtered:
+        b.member_filter = b.param([], "text[]")
+    cases = [
+        (
+            f"COALESCE({_predicate(rule, b, now)}, false)" if rule is not None else "false",
+            b.param(name, "text"),
+        )
+        for name, rule in values
     ]
     if single:
-        cases = " ".join(f"WHEN {p} THEN {i}" for i, p in enumerate(predicates))
-        value = f"array_remove(ARRAY[CASE {cases} END], NULL)" if predicates else "ARRAY[]::int[]"
+        whens = " ".join(f"WHEN {p} THEN {name}" for p, name in cases)
+        value = f"array_remove(ARRAY[CASE {whens} END], NULL)" if cases else "ARRAY[]::text[]"
     else:
         value = "array_remove(ARRAY[{}], NULL)".format(
-            ", ".join(f"CASE WHEN {p} THEN {i} END" for i, p in enumerate(predicates))
-        ) if predicates else "ARRAY[]::int[]"  # fmt: skip
+            ", ".join(f"CASE WHEN {p} THEN {name} END" for p, name in cases)
+        ) if cases else "ARRAY[]::text[]"  # fmt: skip
     joins = "\n".join(
         f"LEFT JOIN ({_aggregate_sql(key, b, now)}) AS {alias} ON {alias}.member_id = m.member_id"
         for key, alias in b.aggregates.items()
@@ -316,11 +333,12 @@ def compile_dimension(
     figure_columns = "".join(f", {expr} AS {column}" for column, expr in b.figures.values())
     where = f"WHERE m.member_id = ANY({b.member_filter})" if b.member_filter else ""
     sql = (
-        f"SELECT m.member_id, {value} AS value_indexes{figure_columns}\n"
-        f"FROM tagging.members m\n{joins}\n{where}"
+        f"SELECT m.member_id, {value} AS tag_values{figure_columns}\nFROM tagging.members m\n{joins}\n{where}"
     )
     figures = {column: label for label, (column, _) in b.figures.items()}
-    return CompiledDimension(sql, tuple(b.params), figures, b.member_filter)
+    # Rules that read no fact at all (`always`) hold whatever changed.
+    inputs = frozenset(b.inputs) or frozenset(Input)
+    return CompiledDimension(sql, tuple(b.params), figures, b.member_filter, inputs)
 
 
 def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:
@@ -342,6 +360,8 @@ def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:
 def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: _Builder, now: str) -> tuple[str, str]:
     """The SQL of an operand and its readable label."""
     source = operand.WhichOneof("source")
+    if source != "aggregate":
+        b.inputs.add(Input.PROFILE)
     if source == "field":
         expr, _ = _PROFILE_FIELDS[operand.field]
         return expr.format(now=now), Field.Name(operand.field).removeprefix("PROFILE_FIELD_").lower()
@@ -356,6 +376,7 @@ def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: _Builder, now: str) 
                     f"THEN (m.attributes ->> {name})::boolean END)", label)  # fmt: skip
         return f"(m.attributes ->> {name})", label
     aggregate = AggregateKey.of(operand.aggregate)
+    b.inputs.add(Input.EVENTS if aggregate.function in _EVENT_FUNCTIONS else Input.ORDERS)
     alias = b.aggregates.setdefault(aggregate, f"agg_{len(b.aggregates)}")
     empty = "0" if aggregate.function in _ZERO_WHEN_EMPTY else "NULL"
     return f"COALESCE({alias}.value, {empty})", aggregate.label
@@ -366,6 +387,7 @@ def _condition(condition: rules_pb2.Condition, b: _Builder, now: str) -> str:
     kind = operand_type(operand, values) or Type.TEXT
     if op in (Op.OPERATOR_IS_SET, Op.OPERATOR_IS_NOT_SET) and operand.WhichOneof("source") == "attribute":
         # Presence, whatever the type: the raw JSON value.
+        b.inputs.add(Input.PROFILE)
         expr, label = (
             f"(m.attributes -> {b.param(operand.attribute, 'text')})",
             f"attributes.{operand.attribute}",

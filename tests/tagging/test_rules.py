@@ -51,10 +51,13 @@ async def evaluate(
         if rule is not None:
             rules.validate(rule, violations, f"values[{i}].rule")
         violations.raise_if_any()
-    compiled = rules.compile_dimension(value_rules, single=single, member_ids=members)
+    # Values named by their index, so tests compare positions.
+    compiled = rules.compile_dimension(
+        [(str(i), rule) for i, rule in enumerate(value_rules)], single=single, filtered=True
+    )
     async with db.transaction(TENANT_ACME, readonly=True) as conn:
-        rows = await conn.fetch(compiled.sql, *compiled.args(NOW))
-    return {row["member_id"]: list(row["value_indexes"]) for row in rows}
+        rows = await conn.fetch(compiled.sql, *compiled.args(NOW, members))
+    return {row["member_id"]: [int(value) for value in row["tag_values"]] for row in rows}
 
 
 async def member(stub: Stub, **profile: Any) -> str:
@@ -257,11 +260,12 @@ def test_caller_text_is_bound_never_spliced() -> None:
     evil = "x'); DROP TABLE tagging.members; --"
     compiled = rules.compile_dimension(
         [
-            cond(field(Field.PROFILE_FIELD_CITY), Op.OPERATOR_EQ, evil),
-            cond(attribute("a.b"), Op.OPERATOR_EQ, evil),
+            ("v1", cond(field(Field.PROFILE_FIELD_CITY), Op.OPERATOR_EQ, evil)),
+            (evil, cond(attribute("a.b"), Op.OPERATOR_EQ, evil)),
         ],
         single=True,
+        filtered=False,
     )
     assert evil not in compiled.sql
     assert "a.b" not in compiled.sql
-    assert compiled.params.count(evil) == 2
+    assert compiled.params.count(evil) == 3

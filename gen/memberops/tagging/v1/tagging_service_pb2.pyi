@@ -347,7 +347,7 @@ class ExplainTagsRequest(_message.Message):
     """`members/{member_id}`."""
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Dimensions to explain; empty means every active FACT and RULE dimension."""
+        """Dimensions to explain; empty means every active FACT, RULE and MODEL dimension."""
 
     def __init__(
         self,
@@ -563,7 +563,7 @@ class RecomputeTagsRequest(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Dimensions to recompute; empty means every active FACT and RULE dimension."""
+        """Dimensions to recompute; empty means every active FACT, RULE and MODEL dimension."""
 
     def __init__(
         self,
@@ -617,3 +617,144 @@ class ExplainTagsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainTagsResponse: _TypeAlias = ExplainTagsResponse  # noqa: Y015
+
+@_typing.final
+class StreamFeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """As for ReadFeed."""
+    batch_size: _builtins.int
+    """Most entries per response, 1-1000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "batch_size", b"batch_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFeedRequest: _TypeAlias = StreamFeedRequest  # noqa: Y015
+
+@_typing.final
+class StreamFeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """The last entry's cursor."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_feed_pb2.FeedEntry]:
+        """1 to batch_size entries, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_feed_pb2.FeedEntry] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFeedResponse: _TypeAlias = StreamFeedResponse  # noqa: Y015
+
+@_typing.final
+class ImportMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_member_pb2.Member]:
+        """1-10000 members, each as for UpsertMember."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_member_pb2.Member] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMembersRequest: _TypeAlias = ImportMembersRequest  # noqa: Y015
+
+@_typing.final
+class ImportMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_COUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    received_count: _builtins.int
+    """Members received, and those created or changed (the others were already stored as sent)."""
+    changed_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        received_count: _builtins.int = ...,
+        changed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_count", b"changed_count", "received_count", b"received_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMembersResponse: _TypeAlias = ImportMembersResponse  # noqa: Y015
+
+@_typing.final
+class GetTagStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions to count; empty means every active dimension."""
+
+    def __init__(
+        self,
+        *,
+        dimensions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTagStatsRequest: _TypeAlias = GetTagStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetTagStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    member_count: _builtins.int
+    """All the tenant's members."""
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedCompositeFieldContainer[_tags_pb2.DimensionStats]: ...
+    def __init__(
+        self,
+        *,
+        member_count: _builtins.int = ...,
+        dimensions: _abc.Iterable[_tags_pb2.DimensionStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "member_count", b"member_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTagStatsResponse: _TypeAlias = GetTagStatsResponse  # noqa: Y015

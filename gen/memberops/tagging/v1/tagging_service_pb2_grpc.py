@@ -69,6 +69,16 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
                 _registered_method=True)
+        self.StreamFeed = channel.unary_stream(
+                '/memberops.tagging.v1.TaggingService/StreamFeed',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedResponse.FromString,
+                _registered_method=True)
+        self.ImportMembers = channel.stream_unary(
+                '/memberops.tagging.v1.TaggingService/ImportMembers',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersResponse.FromString,
+                _registered_method=True)
         self.CreateTagDefinition = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/CreateTagDefinition',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.SerializeToString,
@@ -113,6 +123,11 @@ class TaggingServiceStub:
                 '/memberops.tagging.v1.TaggingService/RecomputeTags',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
+                _registered_method=True)
+        self.GetTagStats = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/GetTagStats',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsResponse.FromString,
                 _registered_method=True)
         self.AddMemberTags = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/AddMemberTags',
@@ -179,6 +194,24 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamFeed(self, request, context):
+        """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
+        batches, until the caller cancels or its deadline passes. Same order and guarantee as ReadFeed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMembers(self, request_iterator, context):
+        """Bulk-loads members: each request message is one batch of up to 10000, stored in one
+        transaction (COPY-backed) with the same upsert rules as UpsertMember, so re-sending a batch
+        changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
+        `requests[k].members[i]...`); batches before it stay stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateTagDefinition(self, request, context):
         """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
         an existing dimension with other content is ALREADY_EXISTS.
@@ -217,7 +250,7 @@ class TaggingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExplainTags(self, request, context):
-        """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+        """Evaluates rule and model dimensions for one member now and shows the values chosen and the figures
         its rules saw.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -239,8 +272,15 @@ class TaggingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecomputeTags(self, request, context):
-        """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+        """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
         values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTagStats(self, request, context):
+        """Member counts per value of each dimension (coverage and distribution).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,6 +335,16 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.SerializeToString,
             ),
+            'StreamFeed': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamFeed,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedResponse.SerializeToString,
+            ),
+            'ImportMembers': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportMembers,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersResponse.SerializeToString,
+            ),
             'CreateTagDefinition': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTagDefinition,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.FromString,
@@ -339,6 +389,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.RecomputeTags,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.SerializeToString,
+            ),
+            'GetTagStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTagStats,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsResponse.SerializeToString,
             ),
             'AddMemberTags': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMemberTags,
@@ -515,6 +570,60 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/ReadFeed',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ReadFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/StreamFeed',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.StreamFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMembers(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/memberops.tagging.v1.TaggingService/ImportMembers',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -758,6 +867,33 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/RecomputeTags',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTagStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/GetTagStats',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

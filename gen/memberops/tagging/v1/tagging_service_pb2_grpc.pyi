@@ -61,6 +61,16 @@ class TaggingServiceStub:
     """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
     could still come before them has finished, so a consumer that keeps its cursor misses nothing.
     """
+    StreamFeed: _grpc.UnaryStreamMultiCallable[_tagging_service_pb2.StreamFeedRequest, _tagging_service_pb2.StreamFeedResponse]
+    """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
+    batches, until the caller cancels or its deadline passes. Same order and guarantee as ReadFeed.
+    """
+    ImportMembers: _grpc.StreamUnaryMultiCallable[_tagging_service_pb2.ImportMembersRequest, _tagging_service_pb2.ImportMembersResponse]
+    """Bulk-loads members: each request message is one batch of up to 10000, stored in one
+    transaction (COPY-backed) with the same upsert rules as UpsertMember, so re-sending a batch
+    changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
+    `requests[k].members[i]...`); batches before it stay stored.
+    """
     CreateTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]
     """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
     an existing dimension with other content is ALREADY_EXISTS.
@@ -76,7 +86,7 @@ class TaggingServiceStub:
     RetireTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RetireTagDefinitionRequest, _tags_pb2.TagDefinition]
     """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless."""
     ExplainTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ExplainTagsRequest, _tagging_service_pb2.ExplainTagsResponse]
-    """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+    """Evaluates rule and model dimensions for one member now and shows the values chosen and the figures
     its rules saw.
     """
     GetMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]
@@ -84,9 +94,11 @@ class TaggingServiceStub:
     ListTagChanges: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]
     """Pages through tag changes (each value's holding period), newest first."""
     RecomputeTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]
-    """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+    """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    GetTagStats: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]
+    """Member counts per value of each dimension (coverage and distribution)."""
     AddMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
     """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
     hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
@@ -125,6 +137,16 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
     could still come before them has finished, so a consumer that keeps its cursor misses nothing.
     """
+    StreamFeed: _aio.UnaryStreamMultiCallable[_tagging_service_pb2.StreamFeedRequest, _tagging_service_pb2.StreamFeedResponse]  # type: ignore[assignment]
+    """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
+    batches, until the caller cancels or its deadline passes. Same order and guarantee as ReadFeed.
+    """
+    ImportMembers: _aio.StreamUnaryMultiCallable[_tagging_service_pb2.ImportMembersRequest, _tagging_service_pb2.ImportMembersResponse]  # type: ignore[assignment]
+    """Bulk-loads members: each request message is one batch of up to 10000, stored in one
+    transaction (COPY-backed) with the same upsert rules as UpsertMember, so re-sending a batch
+    changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
+    `requests[k].members[i]...`); batches before it stay stored.
+    """
     CreateTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
     """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
     an existing dimension with other content is ALREADY_EXISTS.
@@ -140,7 +162,7 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     RetireTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RetireTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
     """Retires a dimension: it is no longer evaluated; its history stays. Retiring twice is harmless."""
     ExplainTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ExplainTagsRequest, _tagging_service_pb2.ExplainTagsResponse]  # type: ignore[assignment]
-    """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+    """Evaluates rule and model dimensions for one member now and shows the values chosen and the figures
     its rules saw.
     """
     GetMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]  # type: ignore[assignment]
@@ -148,9 +170,11 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     ListTagChanges: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]  # type: ignore[assignment]
     """Pages through tag changes (each value's holding period), newest first."""
     RecomputeTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]  # type: ignore[assignment]
-    """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+    """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    GetTagStats: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]  # type: ignore[assignment]
+    """Member counts per value of each dimension (coverage and distribution)."""
     AddMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
     """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
     hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
@@ -224,6 +248,28 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def StreamFeed(
+        self,
+        request: _tagging_service_pb2.StreamFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tagging_service_pb2.StreamFeedResponse], _abc.AsyncIterator[_tagging_service_pb2.StreamFeedResponse]]:
+        """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
+        batches, until the caller cancels or its deadline passes. Same order and guarantee as ReadFeed.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportMembers(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tagging_service_pb2.ImportMembersRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ImportMembersResponse, _abc.Awaitable[_tagging_service_pb2.ImportMembersResponse]]:
+        """Bulk-loads members: each request message is one batch of up to 10000, stored in one
+        transaction (COPY-backed) with the same upsert rules as UpsertMember, so re-sending a batch
+        changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
+        `requests[k].members[i]...`); batches before it stay stored.
+        """
+
+    @_abc_1.abstractmethod
     def CreateTagDefinition(
         self,
         request: _tagging_service_pb2.CreateTagDefinitionRequest,
@@ -273,7 +319,7 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tagging_service_pb2.ExplainTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.ExplainTagsResponse, _abc.Awaitable[_tagging_service_pb2.ExplainTagsResponse]]:
-        """Evaluates rule dimensions for one member now and shows the value each chose and the figures
+        """Evaluates rule and model dimensions for one member now and shows the values chosen and the figures
         its rules saw.
         """
 
@@ -299,9 +345,17 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tagging_service_pb2.RecomputeTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.RecomputeTagsResponse, _abc.Awaitable[_tagging_service_pb2.RecomputeTagsResponse]]:
-        """Re-evaluates rule dimensions for every member, set-based inside PostgreSQL, writing only the
+        """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
         values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
         """
+
+    @_abc_1.abstractmethod
+    def GetTagStats(
+        self,
+        request: _tagging_service_pb2.GetTagStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.GetTagStatsResponse, _abc.Awaitable[_tagging_service_pb2.GetTagStatsResponse]]:
+        """Member counts per value of each dimension (coverage and distribution)."""
 
     @_abc_1.abstractmethod
     def AddMemberTags(

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from memberops.tagging.v1 import models_pb2 as _models_pb2
 from memberops.tagging.v1 import rules_pb2 as _rules_pb2
 import builtins as _builtins
 import sys
@@ -60,7 +61,7 @@ class _TagKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TagKind.Value
     TAG_KIND_RULE: _TagKind.ValueType  # 2
     """Conditions over facts and time windows."""
     TAG_KIND_MODEL: _TagKind.ValueType  # 3
-    """Statistical models (RFM, lifecycle); built in and parameterised, not defined by callers."""
+    """Statistical models (RFM, lifecycle, preferences): built-in models with parameters (`model`)."""
     TAG_KIND_MANUAL: _TagKind.ValueType  # 4
     """Set by an operator on a member, with who and why."""
     TAG_KIND_STRATEGY: _TagKind.ValueType  # 5
@@ -74,7 +75,7 @@ TAG_KIND_FACT: TagKind.ValueType  # 1
 TAG_KIND_RULE: TagKind.ValueType  # 2
 """Conditions over facts and time windows."""
 TAG_KIND_MODEL: TagKind.ValueType  # 3
-"""Statistical models (RFM, lifecycle); built in and parameterised, not defined by callers."""
+"""Statistical models (RFM, lifecycle, preferences): built-in models with parameters (`model`)."""
 TAG_KIND_MANUAL: TagKind.ValueType  # 4
 """Set by an operator on a member, with who and why."""
 TAG_KIND_STRATEGY: TagKind.ValueType  # 5
@@ -182,6 +183,7 @@ class TagDefinition(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name `tagDefinitions/{dimension}`. Output only."""
     dimension: _builtins.str
@@ -201,13 +203,19 @@ class TagDefinition(_message.Message):
         """1-100 values, each at most 64 characters, unique within the dimension. For SINGLE
         cardinality the first value whose rule holds is the member's (so order is meaning); for MULTI,
         every value whose rule holds. FACT and RULE kinds need a rule on every value; MANUAL and
-        STRATEGY values have none (operators set them).
+        STRATEGY values have none (operators set them). MODEL dimensions with fixed values may leave
+        this empty (the model's values are filled in) or list exactly the model's values in its order,
+        to give them display names; models whose values come from the data (categories) take none.
         """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def model(self) -> _models_pb2.Model:
+        """Required for MODEL dimensions, unset for the others: which model decides the values and how."""
+
     def __init__(
         self,
         *,
@@ -224,10 +232,11 @@ class TagDefinition(_message.Message):
         state: Global___TagDefinitionState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        model: _models_pb2.Model | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cardinality", b"cardinality", "category", b"category", "create_time", b"create_time", "description", b"description", "dimension", b"dimension", "display_name", b"display_name", "kind", b"kind", "name", b"name", "refresh_policy", b"refresh_policy", "state", b"state", "update_time", b"update_time", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cardinality", b"cardinality", "category", b"category", "create_time", b"create_time", "description", b"description", "dimension", b"dimension", "display_name", b"display_name", "kind", b"kind", "model", b"model", "name", b"name", "refresh_policy", b"refresh_policy", "state", b"state", "update_time", b"update_time", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -384,3 +393,65 @@ class RecomputeResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecomputeResult: _TypeAlias = RecomputeResult  # noqa: Y015
+
+@_typing.final
+class DimensionStats(_message.Message):
+    """How many members hold each value of a dimension now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    COVERED_COUNT_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    covered_count: _builtins.int
+    """Members holding any value of the dimension, and that share of all the tenant's members (0-1)."""
+    coverage: _builtins.float
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueCount]:
+        """The definition's values in its order (zero counts included), then values from the data
+        (categories) by count, most first.
+        """
+
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        covered_count: _builtins.int = ...,
+        coverage: _builtins.float = ...,
+        values: _abc.Iterable[Global___ValueCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "covered_count", b"covered_count", "dimension", b"dimension", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DimensionStats: _TypeAlias = DimensionStats  # noqa: Y015
+
+@_typing.final
+class ValueCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    member_count: _builtins.int
+    share: _builtins.float
+    """Of the covered members (0-1); MULTI shares can sum to more than 1."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        member_count: _builtins.int = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "share", b"share", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueCount: _TypeAlias = ValueCount  # noqa: Y015

@@ -1,0 +1,387 @@
+"""Built-in models (RFM, lifecycle, preferences): parameter checks and compilation to one query.
+
+A model compiles to the same shape as a rule dimension (`rules.CompiledDimension`: a row per
+member with its `tag_values` and figures), so the full recompute, the real-time refresh and
+`ExplainTags` need nothing model-specific. Models that compare a member with the population
+(RFM) compute the population's statistics in the same statement, before any member filter, so
+explaining one member sees the same means and quintiles as the full recompute. Parameters reach
+PostgreSQL only as bound parameters.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memberops.tagging.v1 import facts_pb2, models_pb2
+
+from services.common.errors import Violations
+from services.tagging.rules import MAX_WINDOW_DAYS, CompiledDimension, Input
+
+SINGLE = 1
+MULTI = 2
+MAX_TOP_N = 10
+MAX_INTEREST_DAYS = 365
+MAX_VALUE = 64
+
+# Bit pattern (R high = 4, F high = 2, M high = 1) -> segment of the mean-split RFM model.
+_MEAN_SPLIT = {
+    0b111: "important_value",
+    0b101: "important_development",
+    0b011: "important_retention",
+    0b001: "important_win_back",
+    0b110: "general_value",
+    0b100: "general_development",
+    0b010: "general_retention",
+    0b000: "general_win_back",
+}
+# (R score, F score) cells of the quintile RFM model; together they cover the 5 x 5 grid once.
+_QUINTILE_CELLS = {
+    "champions": ((5,), (4, 5)),
+    "loyal": ((3, 4), (4, 5)),
+    "potential_loyalists": ((4, 5), (2, 3)),
+    "new": ((5,), (1,)),
+    "promising": ((4,), (1,)),
+    "need_attention": ((3,), (3,)),
+    "about_to_sleep": ((3,), (1, 2)),
+    "at_risk": ((1, 2), (3, 4)),
+    "cant_lose": ((1, 2), (5,)),
+    "hibernating": ((1, 2), (1, 2)),
+}
+_HOURS = tuple(f"{hour:02d}" for hour in range(24))
+
+
+def quintile_segment(r_score: int, f_score: int) -> str:
+    """The segment of one R x F cell."""
+    for name, (rs, fs) in _QUINTILE_CELLS.items():
+        if r_score in rs and f_score in fs:
+            return name
+    raise ValueError(f"no segment for R{r_score} F{f_score}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model decides: its values (None when they come from the data) and their shape."""
+
+    values: tuple[str, ...] | None
+    cardinality: int
+    # Compares a member with all members, so one member cannot be re-evaluated alone cheaply.
+    population: bool = False
+
+
+INFO: dict[str, ModelInfo] = {
+    "rfm_mean_split": ModelInfo(tuple(_MEAN_SPLIT.values()), SINGLE, True),
+    "rfm_quintiles": ModelInfo(tuple(_QUINTILE_CELLS), SINGLE, True),
+    "lifecycle": ModelInfo(("new", "active", "silent", "churned"), SINGLE),
+    "categories_bought": ModelInfo(None, MULTI),
+    "category_preference": ModelInfo(None, MULTI),
+    "interest": ModelInfo(None, MULTI),
+    "repurchase_due": ModelInfo(("due", "not_due"), SINGLE),
+    "preferred_send_hour": ModelInfo(_HOURS, SINGLE),
+}
+
+
+def info(model: models_pb2.Model) -> ModelInfo | None:
+    which = model.WhichOneof("model")
+    return INFO[which] if which else None
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validate(model: models_pb2.Model, v: Violations, path: str) -> None:
+    """Adds a violation for every parameter out of range, named by its path."""
+    which = model.WhichOneof("model")
+    if which is None:
+        v.add(path, f"is required for MODEL dimensions: one of {', '.join(INFO)}")
+        return
+    params = getattr(model, which)
+    p = f"{path}.{which}"
+    if hasattr(params, "window_days"):
+        low, high = (1, MAX_INTEREST_DAYS) if which == "interest" else (0, MAX_WINDOW_DAYS)
+        if not low <= params.window_days <= high:
+            v.add(
+                f"{p}.window_days", f"must be between {low} and {high}" + ("" if low else " (0: all history)")
+            )
+    check = _CHECKS.get(which)
+    if check is not None:
+        check(params, v, p)
+
+
+def _check_lifecycle(params: models_pb2.Lifecycle, v: Violations, p: str) -> None:
+    if not 1 <= params.new_days <= params.active_days < params.churn_days <= MAX_WINDOW_DAYS:
+        v.add(p, f"needs 1 <= new_days <= active_days < churn_days <= {MAX_WINDOW_DAYS}")
+
+
+def _check_preference(params: models_pb2.CategoryPreference, v: Violations, p: str) -> None:
+    if not 1 <= params.top_n <= MAX_TOP_N:
+        v.add(f"{p}.top_n", f"must be between 1 and {MAX_TOP_N}")
+
+
+def _check_interest(params: models_pb2.Interest, v: Violations, p: str) -> None:
+    kinds = set(facts_pb2.EventKind.values()) - {facts_pb2.EVENT_KIND_UNSPECIFIED}
+    if not 1 <= len(params.event_kinds) <= len(kinds) or any(k not in kinds for k in params.event_kinds):
+        v.add(f"{p}.event_kinds", f"must list 1-{len(kinds)} known event kinds")
+
+
+def _check_repurchase(params: models_pb2.RepurchaseDue, v: Violations, p: str) -> None:
+    if not 2 <= params.min_orders <= 100:
+        v.add(f"{p}.min_orders", "must be between 2 and 100")
+    if not 50 <= params.tolerance_percent <= 500:
+        v.add(f"{p}.tolerance_percent", "must be between 50 and 500")
+
+
+def _check_send_hour(params: models_pb2.PreferredSendHour, v: Violations, p: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(params.default_time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        v.add(f"{p}.default_time_zone", "must be an IANA time zone such as Asia/Shanghai")
+
+
+_CHECKS: dict[str, Callable[[Any, Violations, str], None]] = {
+    "lifecycle": _check_lifecycle,
+    "category_preference": _check_preference,
+    "interest": _check_interest,
+    "repurchase_due": _check_repurchase,
+    "preferred_send_hour": _check_send_hour,
+}
+
+
+# --- compilation -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Query:
+    params: list[Any] = field(default_factory=list)
+    member_filter: str = ""
+
+    def param(self, value: Any, cast: str) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}::{cast}"
+
+    def only_members(self, column: str) -> str:
+        """` AND column = ANY($2)` when evaluating chosen members, else nothing."""
+        return f" AND {column} = ANY({self.member_filter})" if self.member_filter else ""
+
+    def since(self, column: str, window_days: int, now: str) -> str:
+        """` AND column > now - window` for a window, nothing for all history."""
+        if not window_days:
+            return ""
+        return f" AND {column} > {now} - make_interval(days => {self.param(window_days, 'int')})"
+
+
+# Orders that count: paid by `now` and not fully refunded; `net` is what was kept.
+_COUNTED = """SELECT o.member_id, o.paid_time, o.amount_minor - o.refunded_amount_minor AS net
+    FROM tagging.orders o
+    WHERE o.paid_time <= {now} AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"""
+_DAYS = "floor(extract(epoch FROM {now} - {t}) / 86400)"
+
+
+@dataclass(frozen=True)
+class _Body:
+    # A subquery with `member_id`, `tag_values` and the figure columns, at most one row per member.
+    sql: str
+    figures: dict[str, str]
+    inputs: frozenset[Input]
+
+
+def compile_model(model: models_pb2.Model, *, filtered: bool) -> CompiledDimension:
+    """Compiles a model into one query; `$1` is the evaluation time, `$2` the members when `filtered`."""
+    q = _Query()
+    now = q.param(None, "timestamptz")
+    if filtered:
+        q.member_filter = q.param([], "text[]")
+    which = model.WhichOneof("model")
+    assert which is not None, "validate() runs before compile"
+    body = _COMPILERS[which](getattr(model, which), q, now)
+    figures = "".join(f", x.{column}" for column in body.figures)
+    where = f"WHERE m.member_id = ANY({q.member_filter})" if q.member_filter else ""
+    sql = (
+        f"SELECT m.member_id, COALESCE(x.tag_values, ARRAY[]::text[]) AS tag_values{figures}\n"
+        f"FROM tagging.members m\nLEFT JOIN ({body.sql}) AS x ON x.member_id = m.member_id\n{where}"
+    )
+    return CompiledDimension(sql, tuple(q.params), body.figures, q.member_filter, body.inputs)
+
+
+def _rfm_base(params: Any, q: _Query, now: str) -> str:
+    """R, F and M of every member with a counted order; the whole population, never filtered."""
+    window = q.since("c.paid_time", params.window_days, now).removeprefix(" AND ") or "true"
+    return f"""SELECT c.member_id, {_DAYS.format(now=now, t="max(c.paid_time)")} AS r,
+            count(*) FILTER (WHERE {window}) AS f,
+            COALESCE(sum(c.net) FILTER (WHERE {window}), 0) AS m
+        FROM ({_COUNTED.format(now=now)}) AS c GROUP BY c.member_id"""
+
+
+def _rfm_mean_split(params: models_pb2.RfmMeanSplit, q: _Query, now: str) -> _Body:
+    segments = q.param([_MEAN_SPLIT[bits] for bits in range(8)], "text[]")
+    sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
+        means AS (SELECT avg(r) AS r_mean, avg(f) AS f_mean, avg(m) AS m_mean FROM base)
+        SELECT b.member_id,
+            ARRAY[({segments})[1 + 4 * (b.r < s.r_mean)::int + 2 * (b.f > s.f_mean)::int
+                                  + (b.m > s.m_mean)::int]] AS tag_values,
+            b.r AS recency_days, b.f AS frequency, b.m AS monetary_minor,
+            s.r_mean AS recency_mean, s.f_mean AS frequency_mean, s.m_mean AS monetary_mean
+        FROM base b CROSS JOIN means s
+        WHERE true{q.only_members("b.member_id")}"""
+    figures = [
+        "recency_days",
+        "frequency",
+        "monetary_minor",
+        "recency_mean",
+        "frequency_mean",
+        "monetary_mean",
+    ]
+    return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
+
+
+def _rfm_quintiles(params: models_pb2.RfmQuintiles, q: _Query, now: str) -> _Body:
+    cells = q.param([quintile_segment(r, f) for r in range(1, 6) for f in range(1, 6)], "text[]")
+    sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
+        -- score = ceil(5 * cume_dist) in exact integer arithmetic: with c members at or below this
+        -- one (peers included) of n, (5c + n - 1) / n. Ties share a score.
+        scored AS (
+            SELECT b.*, ((5 * count(*) OVER (ORDER BY b.r DESC) + t.n - 1) / t.n)::int AS r_score,
+                   ((5 * count(*) OVER (ORDER BY b.f) + t.n - 1) / t.n)::int AS f_score,
+                   ((5 * count(*) OVER (ORDER BY b.m) + t.n - 1) / t.n)::int AS m_score
+            FROM base b CROSS JOIN (SELECT count(*) AS n FROM base) AS t)
+        SELECT s.member_id, ARRAY[({cells})[(s.r_score - 1) * 5 + s.f_score]] AS tag_values,
+            s.r AS recency_days, s.f AS frequency, s.m AS monetary_minor,
+            s.r_score, s.f_score, s.m_score
+        FROM scored s
+        WHERE true{q.only_members("s.member_id")}"""
+    figures = ["recency_days", "frequency", "monetary_minor", "r_score", "f_score", "m_score"]
+    return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
+
+
+def _lifecycle(params: models_pb2.Lifecycle, q: _Query, now: str) -> _Body:
+    new, active, churn = (
+        q.param(days, "int") for days in (params.new_days, params.active_days, params.churn_days)
+    )
+
+    def within(column: str, days: str) -> str:
+        return f"{column} > {now} - make_interval(days => {days})"
+
+    sql = f"""SELECT m.member_id, array_remove(ARRAY[CASE
+                WHEN a.n = 1 AND {within("a.last_paid", new)} THEN 'new'
+                WHEN a.n IS NULL AND {within("m.register_time", new)} THEN 'new'
+                WHEN {within("a.last_paid", active)} THEN 'active'
+                WHEN {within("a.last_paid", churn)} THEN 'silent'
+                WHEN a.n > 0 THEN 'churned' END], NULL) AS tag_values,
+            COALESCE(a.n, 0) AS order_count,
+            {_DAYS.format(now=now, t="a.last_paid")} AS days_since_last_order,
+            {_DAYS.format(now=now, t="m.register_time")} AS days_since_registration
+        FROM tagging.members m
+        LEFT JOIN (SELECT c.member_id, count(*) AS n, max(c.paid_time) AS last_paid
+                   FROM ({_COUNTED.format(now=now)}{q.only_members("o.member_id")}) AS c
+                   GROUP BY c.member_id) AS a ON a.member_id = m.member_id
+        WHERE true{q.only_members("m.member_id")}"""
+    figures = ["order_count", "days_since_last_order", "days_since_registration"]
+    return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS, Input.PROFILE}))
+
+
+def _kept_lines(params: Any, q: _Query, now: str) -> str:
+    """Order lines bought and not (wholly) returned, in the window, with a category."""
+    return f"""SELECT l.member_id, left(l.category, {MAX_VALUE}) AS category,
+            (l.quantity - l.refunded_quantity) * l.unit_price_minor AS spend
+        FROM tagging.order_lines l
+        WHERE l.paid_time <= {now}{q.since("l.paid_time", params.window_days, now)}
+          AND l.quantity > l.refunded_quantity AND l.category <> ''{q.only_members("l.member_id")}"""
+
+
+def _categories_bought(params: models_pb2.CategoriesBought, q: _Query, now: str) -> _Body:
+    sql = f"""SELECT k.member_id, array_agg(DISTINCT k.category ORDER BY k.category) AS tag_values,
+            count(DISTINCT k.category) AS category_count
+        FROM ({_kept_lines(params, q, now)}) AS k GROUP BY k.member_id"""
+    return _Body(sql, {"category_count": "category_count"}, frozenset({Input.ORDERS}))
+
+
+def _category_preference(params: models_pb2.CategoryPreference, q: _Query, now: str) -> _Body:
+    top = q.param(params.top_n, "int")
+    sql = f"""SELECT r.member_id, array_agg(r.category ORDER BY r.rank) AS tag_values,
+            sum(r.spend) AS top_spend_minor
+        FROM (SELECT s.member_id, s.category, s.spend,
+                     row_number() OVER (PARTITION BY s.member_id ORDER BY s.spend DESC, s.category) AS rank
+              FROM (SELECT k.member_id, k.category, sum(k.spend) AS spend
+                    FROM ({_kept_lines(params, q, now)}) AS k GROUP BY k.member_id, k.category) AS s
+              WHERE s.spend > 0) AS r
+        WHERE r.rank <= {top}
+        GROUP BY r.member_id"""
+    return _Body(sql, {"top_spend_minor": "top_spend_minor"}, frozenset({Input.ORDERS}))
+
+
+def _interest(params: models_pb2.Interest, q: _Query, now: str) -> _Body:
+    kinds = q.param(sorted(set(params.event_kinds)), "smallint[]")
+    event_window = q.since("e.occur_time", params.window_days, now)
+    line_window = q.since("l.paid_time", params.window_days, now)
+    sql = f"""SELECT e.member_id, array_agg(DISTINCT left(e.category, {MAX_VALUE})) AS tag_values,
+            count(*) AS interest_events
+        FROM tagging.events e
+        WHERE e.kind = ANY({kinds}) AND e.category <> '' AND e.occur_time <= {now}{event_window}
+          {q.only_members("e.member_id")}
+          AND NOT EXISTS (
+              SELECT 1 FROM tagging.order_lines l
+              WHERE l.member_id = e.member_id AND l.category = e.category AND l.paid_time <= {now}
+                {line_window} AND l.quantity > l.refunded_quantity)
+        GROUP BY e.member_id"""
+    return _Body(sql, {"interest_events": "interest_events"}, frozenset({Input.EVENTS, Input.ORDERS}))
+
+
+def _repurchase_due(params: models_pb2.RepurchaseDue, q: _Query, now: str) -> _Body:
+    minimum, tolerance = q.param(params.min_orders, "int"), q.param(params.tolerance_percent, "numeric")
+    window = q.since("o.paid_time", params.window_days, now)
+    sql = f"""SELECT a.member_id,
+            ARRAY[CASE WHEN a.since_days >= a.cycle_days * {tolerance} / 100 THEN 'due' ELSE 'not_due' END]
+                AS tag_values,
+            a.n AS order_count, round(a.cycle_days, 1) AS cycle_days,
+            floor(a.since_days) AS days_since_last_order
+        FROM (SELECT c.member_id, count(*) AS n,
+                     extract(epoch FROM max(c.paid_time) - min(c.paid_time)) / 86400 / (count(*) - 1)
+                         AS cycle_days,
+                     extract(epoch FROM {now} - max(c.paid_time)) / 86400 AS since_days
+              FROM ({_COUNTED.format(now=now)}{window}{q.only_members("o.member_id")}) AS c
+              GROUP BY c.member_id
+              HAVING count(*) >= {minimum}) AS a"""
+    figures = ["order_count", "cycle_days", "days_since_last_order"]
+    return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
+
+
+def _preferred_send_hour(params: models_pb2.PreferredSendHour, q: _Query, now: str) -> _Body:
+    fallback = q.param(params.default_time_zone, "text")
+    order_window = q.since("o.paid_time", params.window_days, now)
+    click_window = q.since("e.occur_time", params.window_days, now)
+    click = int(facts_pb2.EVENT_KIND_CLICK)
+    # Zones are looked up in PostgreSQL's own list once, so a zone Python knows and PostgreSQL does
+    # not falls back instead of failing the statement.
+    sql = f"""WITH zones AS MATERIALIZED (SELECT name FROM pg_timezone_names),
+        moments AS (
+            SELECT o.member_id, o.paid_time AS t FROM ({_COUNTED.format(now=now)}{order_window}
+                {q.only_members("o.member_id")}) AS o
+            UNION ALL
+            SELECT e.member_id, e.occur_time FROM tagging.events e
+            WHERE e.kind = {click} AND e.occur_time <= {now}{click_window}{q.only_members("e.member_id")}),
+        hours AS (
+            SELECT t.member_id,
+                   extract(hour FROM t.t AT TIME ZONE COALESCE(z.name, {fallback}))::int AS hour,
+                   count(*) AS n
+            FROM moments t
+            JOIN tagging.members mm ON mm.member_id = t.member_id
+            LEFT JOIN zones z ON z.name = mm.time_zone
+            GROUP BY 1, 2)
+        SELECT DISTINCT ON (h.member_id) h.member_id, ARRAY[lpad(h.hour::text, 2, '0')] AS tag_values,
+            h.n AS moments_at_hour
+        FROM hours h ORDER BY h.member_id, h.n DESC, h.hour"""
+    return _Body(sql, {"moments_at_hour": "moments_at_hour"}, frozenset({Input.ORDERS, Input.EVENTS}))
+
+
+_COMPILERS: dict[str, Callable[[Any, _Query, str], _Body]] = {
+    "rfm_mean_split": _rfm_mean_split,
+    "rfm_quintiles": _rfm_quintiles,
+    "lifecycle": _lifecycle,
+    "categories_bought": _categories_bought,
+    "category_preference": _category_preference,
+    "interest": _interest,
+    "repurchase_due": _repurchase_due,
+    "preferred_send_hour": _preferred_send_hour,
+}
