@@ -28,22 +28,42 @@ def code_for(error: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+# Status trailers must stay under gRPC's default 8 KiB metadata limit, or the client sees
+# RESOURCE_EXHAUSTED instead of the error (1,000 bad events would otherwise overflow it).
+MAX_MESSAGE = 1024
+MAX_VIOLATION_BYTES = 4096
+
+
 def to_status(error: errors.DomainError) -> grpc.Status:
     """A grpc.Status whose trailers carry a `google.rpc.Status`, with BadRequest for bad input."""
     code = code_for(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    message = error.message if len(error.message) <= MAX_MESSAGE else error.message[: MAX_MESSAGE - 1] + "…"
+    status = status_pb2.Status(code=code.value[0], message=message)
     if isinstance(error, errors.InvalidArgument):
         detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
-                ]
-            )
-        )
+        detail.Pack(error_details_pb2.BadRequest(field_violations=_bounded(error.violations)))
         status.details.append(detail)
     return rpc_status.to_status(status)
+
+
+def _bounded(
+    violations: tuple[errors.FieldViolation, ...],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The violations that fit the trailer budget, then one saying how many were left out."""
+    shown: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for v in violations:
+        size += len(v.field) + len(v.description) + 8
+        if size > MAX_VIOLATION_BYTES:
+            left = len(violations) - len(shown)
+            shown.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=f"{left} more violations not listed"
+                )
+            )
+            break
+        shown.append(error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description))
+    return shown
 
 
 def internal_status(message: str = "internal error") -> grpc.Status:

@@ -116,3 +116,14 @@ async def test_empty_and_oversized_batches_are_rejected(tagging_stub: Stub, size
         await record_events(tagging_stub, [an_event(member_id) for _ in range(size)])
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events" in field_violations(caught.value)
+
+
+async def test_a_thousand_bad_events_still_get_invalid_argument(tagging_stub: Stub) -> None:
+    """The violations are cut to fit the status trailers; unbounded, the client saw RESOURCE_EXHAUSTED."""
+    events = [an_event("no-such-member", kind=facts_pb2.EVENT_KIND_UNSPECIFIED) for _ in range(1000)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record_events(tagging_stub, events)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(caught.value)
+    assert "events[0].kind" in violations
+    assert any("more violations not listed" in text for text in violations.values())
