@@ -2,22 +2,22 @@
 
 MEMBEROPS_BENCH_CLOCK is `frozen:<ISO time>` (the clock stands still there: a recompute repeated
 on unchanged data must change nothing, and windows end where the generated data ends) or
-`from:<ISO time>` (the clock starts there when the process starts and runs). The service itself
-is untouched: every `TaggingApi` it builds gets this clock instead of the wall clock.
+`from:<ISO time>` (the clock starts there when the process starts and runs). The service's
+wiring takes the clock, so the API and the real-time sweeper both run on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import inspect
+import functools
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 from bench.servers import CLOCK_ENV
 from services.common import app
-from services.tagging import api, server
+from services.tagging import server
 
 
 def parse(spec: str) -> Callable[[], dt.datetime]:
@@ -35,16 +35,8 @@ def parse(spec: str) -> Callable[[], dt.datetime]:
 
 def main() -> None:
     clock = parse(os.environ[CLOCK_ENV])
-    if "clock" not in inspect.signature(api.TaggingApi.__init__).parameters:
-        raise SystemExit("TaggingApi no longer takes a clock: bench/clocked.py needs updating")
-    original = api.TaggingApi.__init__
-
-    def with_clock(self: api.TaggingApi, *args: Any, **kwargs: Any) -> None:
-        kwargs["clock"] = clock
-        original(self, *args, **kwargs)
-
-    setattr(api.TaggingApi, "__init__", with_clock)  # noqa: B010 (mypy forbids assigning a method)
-    app.main(server.DEFINITION)
+    wire = functools.partial(server.wire, clock=clock)
+    app.main(dataclasses.replace(server.DEFINITION, wire=wire))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DEFINITION = app.ServiceDefinition(
     name="audience",
     schema=None,
     migrations_dir=None,
-    bindings=bindings,
+    wire=lambda db, _tenants: app.Wiring(bindings(db)),
     address=lambda settings: settings.audience_address,
 )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +17,18 @@ from services.common.auth import TokenAuthenticator
 from services.common.config import Settings
 from services.common.db import Database
 from services.common.grpc_server import GrpcServer, ServiceBinding, serve_until_signal
+from services.common.logs import get_logger
+
+log = get_logger("memberops.app")
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a service builds from its database and tenants: its gRPC services and background loops."""
+
+    bindings: Sequence[ServiceBinding]
+    # Run from start to stop beside the server (e.g. a sweeper); cancelled when it stops.
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
 
 
 @dataclass(frozen=True)
@@ -25,7 +37,8 @@ class ServiceDefinition:
     # The PostgreSQL schema the service owns and the folder of its migrations; None if it has no tables.
     schema: str | None
     migrations_dir: Path | None
-    bindings: Callable[[Database | None], Sequence[ServiceBinding]]
+    # Builds the service from its pool (None without a schema) and every configured tenant.
+    wire: Callable[[Database | None, frozenset[str]], Wiring]
     address: Callable[[Settings], str]
     # Runs once after migrations with the database and every configured tenant (e.g. seeding).
     prepare: Callable[[Database, frozenset[str]], Awaitable[None]] | None = None
@@ -35,15 +48,35 @@ class ServiceDefinition:
 class RunningService:
     server: GrpcServer
     db: Database | None
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.server.port
 
+    async def start(self, address: str) -> int:
+        port = await self.server.start(address)
+        self._tasks = [asyncio.create_task(_logged(loop)) for loop in self.background]
+        return port
+
     async def stop(self, grace: float = 0) -> None:
         await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.db is not None:
             await self.db.close()
+
+
+async def _logged(loop: Callable[[], Awaitable[None]]) -> None:
+    """A background loop that dies is logged (and the service keeps serving), never silently lost."""
+    try:
+        await loop()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background loop failed", loop=getattr(loop, "__qualname__", repr(loop)))
 
 
 async def migrate(dsn: str, definition: ServiceDefinition) -> list[int]:
@@ -65,27 +98,23 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
         dsn = settings.require_database()
         await migrate(dsn, definition)
         db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-        if definition.prepare is not None:
-            await definition.prepare(db, frozenset(tokens.values()))
-    server = GrpcServer(definition.bindings(db), TokenAuthenticator(tokens))
-    return RunningService(server, db)
+    tenants = frozenset(tokens.values())
+    if db is not None and definition.prepare is not None:
+        await definition.prepare(db, tenants)
+    wiring = definition.wire(db, tenants)
+    server = GrpcServer(wiring.bindings, TokenAuthenticator(tokens))
+    return RunningService(server, db, wiring.background)
 
 
 async def start(definition: ServiceDefinition, settings: Settings, address: str) -> RunningService:
     running = await build(definition, settings)
-    await running.server.start(address)
+    await running.start(address)
     return running
 
 
 async def _serve(definition: ServiceDefinition, settings: Settings) -> None:
     running = await build(definition, settings)
-    try:
-        await serve_until_signal(
-            running.server, definition.address(settings), settings.shutdown_grace_seconds
-        )
-    finally:
-        if running.db is not None:
-            await running.db.close()
+    await serve_until_signal(running, definition.address(settings), settings.shutdown_grace_seconds)
 
 
 def main(definition: ServiceDefinition) -> None:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -207,7 +207,13 @@ class GrpcServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signal(server: GrpcServer, address: str, grace: float) -> None:
+class Servable(Protocol):
+    async def start(self, address: str) -> int: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+async def serve_until_signal(server: Servable, address: str, grace: float) -> None:
     """Runs `server` on `address` until SIGTERM or SIGINT, then shuts it down gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,8 +1,8 @@
-"""Tag evaluation: the full set-based recompute, the real-time refresh of a member, and history.
+"""Tag evaluation: the full set-based recompute, the real-time refresh of members, and history.
 
-Both paths run one compiled statement per dimension that writes only what changed; the refresh
-runs inside the transaction that recorded the fact, after locking the members, so `GetMemberTags`
-reflects an order as soon as `RecordOrder` returns and two facts of one member never race.
+Both paths run one compiled statement per dimension that writes only what changed. The refresh
+runs right after the fact's transaction (see realtime.py), locks its members first so two
+refreshes of one member never race, and re-reads the facts committed before it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,10 @@ from services.tagging import catalog, checks, rules, store
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch
 # disjoint rows, and two let PostgreSQL use both cores of a small machine.
 RECOMPUTE_PARALLELISM = 2
+# Bits of the refresh queue's `inputs` (migration 0006): which kinds of fact changed; a new
+# member's every real-time value is new, whatever it reads.
+INPUT_BITS = {rules.Input.PROFILE: 1, rules.Input.ORDERS: 2, rules.Input.EVENTS: 4}
+NEW_MEMBER = 8
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_CHANGE_MEMBERS = 10_000
@@ -93,19 +97,18 @@ class Tagger:
             self._prepared[key] = _Prepared(spec, version, compiled)
         return self._prepared[key]
 
-    async def refresh(
-        self,
-        conn: Connection,
-        tenant_id: str,
-        member_ids: Sequence[str],
-        now: dt.datetime,
-        *,
-        changed: rules.Input | None,
+    async def refresh_owed(
+        self, conn: Connection, tenant_id: str, changes: Mapping[str, int], now: dt.datetime
     ) -> None:
-        """Re-evaluates, in the writing transaction, the active real-time dimensions that read the
-        kind of fact that `changed` for these members (all of them for None: new members)."""
-        ids = sorted(set(member_ids))
+        """Re-evaluates the active real-time dimensions these members' changed facts feed, then
+        settles their queue rows. `changes` maps a member to the input bits its callers changed;
+        the bits its queue row still owes (e.g. a crashed request's) are added."""
+        ids = sorted(changes)
         await store.lock_members(conn, ids)
+        owed = await store.owed_refreshes(conn, ids)
+        bits = dict(changes)
+        for row in owed:
+            bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
         await store.plan_each_evaluation(conn)
         for row in await store.active_definition_versions(conn):
             prepared = await self._prepare(
@@ -115,19 +118,22 @@ class Tagger:
                 prepared is None
                 or prepared.spec.kind not in catalog.EVALUATED_KINDS
                 or prepared.spec.refresh_policy != catalog.Refresh.REAL_TIME
-                or (changed is not None and changed not in prepared.compiled.inputs)
             ):
                 continue
-            await store.apply_dimension(
-                conn,
-                tenant_id,
-                prepared.compiled,
-                now,
-                prepared.spec.dimension,
-                prepared.version,
-                prepared.exclusive,
-                ids,
-            )
+            reads = NEW_MEMBER | sum(INPUT_BITS[i] for i in prepared.compiled.inputs)
+            stale = [member_id for member_id in ids if bits[member_id] & reads]
+            if stale:
+                await store.apply_dimension(
+                    conn,
+                    tenant_id,
+                    prepared.compiled,
+                    now,
+                    prepared.spec.dimension,
+                    prepared.version,
+                    prepared.exclusive,
+                    stale,
+                )
+        await store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 
     async def recompute(
         self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime

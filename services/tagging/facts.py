@@ -16,7 +16,6 @@ from typing import Any
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
 from services.tagging import checks, store
-from services.tagging.evaluation import Tagger
 from services.tagging.model import (
     BehaviorEvent,
     EventKind,
@@ -28,6 +27,7 @@ from services.tagging.model import (
     RefundInput,
     RefundLine,
 )
+from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
 
 MAX_LINES = 500
@@ -164,9 +164,9 @@ def refund_payload(refund: Refund) -> dict[str, Any]:
 
 
 class Facts:
-    def __init__(self, db: Database, tagger: Tagger) -> None:
+    def __init__(self, db: Database, realtime: RealTimeTags) -> None:
         self._db = db
-        self._tagger = tagger
+        self._realtime = realtime
 
     async def record_order(self, tenant_id: str, order: OrderInput, now: dt.datetime) -> Order:
         validate_order(order, now)
@@ -181,11 +181,16 @@ class Facts:
                     order.order_id,
                     order_payload(order),
                 )
-                await self._tagger.refresh(conn, tenant_id, [order.member_id], now, changed=Input.ORDERS)
+                await store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
+                recorded = True
             elif await store.order_hash(conn, order.order_id) != digest:
                 raise AlreadyExists(f"orders/{order.order_id} was recorded before with different content")
+            else:
+                recorded = False
             stored = await store.get_order(conn, order.order_id)
         assert stored is not None
+        if recorded:
+            await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)
         return stored
 
     async def record_refund(self, tenant_id: str, refund: RefundInput, now: dt.datetime) -> Refund:
@@ -222,7 +227,8 @@ class Facts:
                 refund.refund_id,
                 refund_payload(recorded),
             )
-            await self._tagger.refresh(conn, tenant_id, [order.member_id], now, changed=Input.ORDERS)
+            await store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
+        await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)
         return recorded
 
     async def record_events(
@@ -243,8 +249,9 @@ class Facts:
                     f"unknown member(s) {', '.join(sorted(missing)[:5])}: upsert members before their events",
                 )
             recorded = await store.insert_events(conn, tenant_id, unique)
+            members = sorted({e.member_id for e in unique})
             if recorded:
-                await self._tagger.refresh(
-                    conn, tenant_id, [e.member_id for e in unique], now, changed=Input.EVENTS
-                )
+                await store.queue_refresh(conn, tenant_id, members, input_bits(Input.EVENTS))
+        if recorded:
+            await self._realtime.refreshed(tenant_id, members, Input.EVENTS, now)
         return recorded, len(events) - recorded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -12,8 +13,8 @@ from typing import Any
 from services.common.db import Database
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import checks, store
-from services.tagging.evaluation import Tagger
 from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput
+from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
 
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -121,14 +122,16 @@ def _validate_attributes(attributes: dict[str, Any], violations: Violations, pat
 class Members:
     """Stores and reads members for one tenant at a time."""
 
-    def __init__(self, db: Database, tagger: Tagger) -> None:
+    def __init__(self, db: Database, realtime: RealTimeTags) -> None:
         self._db = db
-        self._tagger = tagger
+        self._realtime = realtime
 
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
         async with self._db.transaction(tenant_id) as conn:
             stored, changed = await store.upsert_member(conn, tenant_id, member)
+            # A new member's every real-time value is new; a changed one's profile values may be.
+            facts = Input.PROFILE if stored.revision > 1 else None
             if changed:
                 await store.append_feed(
                     conn,
@@ -138,9 +141,9 @@ class Members:
                     "",
                     {"revision": stored.revision},
                 )
-                # A new member's every real-time value is new; a changed one's profile values may be.
-                facts = Input.PROFILE if stored.revision > 1 else None
-                await self._tagger.refresh(conn, tenant_id, [stored.member_id], now, changed=facts)
+                await store.queue_refresh(conn, tenant_id, [stored.member_id], input_bits(facts))
+        if changed:
+            await self._realtime.refreshed(tenant_id, [stored.member_id], facts, now)
         return stored
 
     async def import_batch(
@@ -150,7 +153,7 @@ class Members:
 
         Set-based (COPY and one statement) so large loads are fast; otherwise the same as upserting
         each member: unchanged ones are left alone, changed ones get a feed entry and their
-        real-time tags refreshed in the same transaction. `path` names the batch in errors.
+        real-time tags refreshed once it commits. `path` names the batch in errors.
         """
         validate_batch(members, now, path)
         async with self._db.transaction(tenant_id) as conn:
@@ -165,10 +168,13 @@ class Members:
                 # As upsert: a new member's real-time values are all new; a changed one's profile ones may be.
                 created = [member_id for member_id, revision in changed if revision == 1]
                 updated = [member_id for member_id, revision in changed if revision > 1]
-                if created:
-                    await self._tagger.refresh(conn, tenant_id, created, now, changed=None)
-                if updated:
-                    await self._tagger.refresh(conn, tenant_id, updated, now, changed=Input.PROFILE)
+                await store.queue_refresh(conn, tenant_id, created, input_bits(None))
+                await store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE))
+        if changed:
+            await asyncio.gather(
+                self._realtime.refreshed(tenant_id, created, None, now),
+                self._realtime.refreshed(tenant_id, updated, Input.PROFILE, now),
+            )
         return len(changed)
 
     async def get(self, tenant_id: str, member_id: str) -> Member:

@@ -26,7 +26,7 @@ DEFINITION = app.ServiceDefinition(
     name="tasks",
     schema=None,
     migrations_dir=None,
-    bindings=bindings,
+    wire=lambda db, _tenants: app.Wiring(bindings(db)),
     address=lambda settings: settings.tasks_address,
 )
 
