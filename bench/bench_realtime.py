@@ -5,9 +5,9 @@ generated members, each to a member with no order in flight. Right after RecordO
 member's tags are read; RecordOrder returns only after a refresh of the member's real-time tags
 that started after the order committed (batched with the other orders in flight), so the first
 read should already show the new value of `bench_orders_30d` (a REAL_TIME rule dimension on the
-member's order count over 30 days); reads that do not are counted and repeated until it shows. Latency runs from the moment the order was due to be sent (open loop: a stall
-counts). Every other active real-time dimension (the built-in catalog) is refreshed on each order
-too, as in production.
+member's order count over 30 days); reads that do not are counted and repeated until it shows.
+Latency runs from the moment the order was due to be sent (open loop: a stall counts). Every other
+active real-time dimension (the built-in catalog) is refreshed on each order too, as in production.
 
 The baseline is the standard health Check at the same open-loop rate: what a call costs through
 gRPC, the client and the scheduler on this machine with no database in the path.

@@ -539,11 +539,16 @@ async def apply_dimension(
     n = len(compiled.params)
     t, d, ver, excl = (f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::boolean")
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
+    # A single-value dimension's array holds at most one value; reading it directly (not through
+    # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
+    desired = (
+        "SELECT c.member_id, c.tag_values[1] AS value FROM computed c WHERE cardinality(c.tag_values) > 0"
+        if exclusive
+        else "SELECT c.member_id, v.value FROM computed c, unnest(c.tag_values) AS v(value)"
+    )
     sql = f"""
 WITH computed AS ({compiled.sql}),
-desired AS (
-    SELECT c.member_id, v.value FROM computed c, unnest(c.tag_values) AS v(value)
-),
+desired AS ({desired}),
 held AS (
     SELECT t.id, t.member_id, t.value FROM tagging.member_tags t
     WHERE t.dimension = {d} AND t.valid_to IS NULL AND t.source = {_RULE_SOURCE} {members}
@@ -825,7 +830,7 @@ class HeldCounts:
 
 
 # One statement, so the member count and the tag counts come from one snapshot. A member holds a
-# value at most once at a time (index member_tags_current), so per value the distinct count is
+# value at most once at a time (index member_tags_holders), so per value the distinct count is
 # the row count; per dimension (the grouping set without value) it counts each member once.
 _HELD_COUNTS = """
 SELECT NULL::text AS dimension, NULL::text AS value, count(*) AS members FROM tagging.members
