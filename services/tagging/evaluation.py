@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ class Tagger:
         self._db = db
         # Compiling is pure, so a (tenant, dimension, version, filtered) compiles once per process.
         self._prepared: dict[tuple[str, str, int, bool], _Prepared] = {}
+        # Seconds the last full recompute of each (tenant, dimension) took: the next one's order.
+        self._took: dict[tuple[str, str], float] = {}
 
     async def _prepare(
         self, conn: Connection, tenant_id: str, dimension: str, version: int, *, filtered: bool
@@ -166,13 +169,27 @@ class Tagger:
 
         async def apply(item: _Prepared) -> RecomputeResult:
             async with slots, self._db.transaction(tenant_id) as conn:
+                started = time.monotonic()
                 await store.plan_each_evaluation(conn)
                 added, removed = await store.apply_dimension(
                     conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive
                 )
+            self._took[(tenant_id, item.spec.dimension)] = time.monotonic() - started
             return RecomputeResult(item.spec.dimension, item.version, added, removed)
 
-        return list(await asyncio.gather(*(apply(item) for item in prepared)))
+        # Longest first (the semaphore admits in call order), so the lanes end together rather than
+        # one running a long dimension alone at the end.
+        order = sorted(prepared, key=lambda item: self._expected_seconds(tenant_id, item), reverse=True)
+        done = {r.dimension: r for r in await asyncio.gather(*(apply(item) for item in order))}
+        return [done[item.spec.dimension] for item in prepared]
+
+    def _expected_seconds(self, tenant_id: str, item: _Prepared) -> float:
+        """How long the last recompute of the dimension took; before one, a guess that ranks models
+        and dimensions reading more kinds of fact first."""
+        took = self._took.get((tenant_id, item.spec.dimension))
+        if took is not None:
+            return took
+        return len(item.compiled.inputs) + (1.0 if item.spec.kind == catalog.Kind.MODEL else 0.0)
 
     async def change_operator_tags(
         self, tenant_id: str, change: OperatorChange, *, add: bool, now: dt.datetime
