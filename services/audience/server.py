@@ -1,15 +1,21 @@
 """Wires the audience service: `python -m services.audience.server`.
 
-The service has no RPCs and no tables yet; it runs so deployments, health checks and clients can be
-wired up now, and its issue fills it in.
+The service owns the `audience` schema (definitions and their versions) and reads tagging's data
+only through tagging's published read-only views (`tagging_read.*`, tagging migration 0009).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
 
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 
+from services.audience.api import AudienceApi, utc_now
+from services.audience.definitions import Definitions
+from services.audience.evaluation import Evaluator
+from services.audience.snapshots import Snapshots
 from services.common import app
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
@@ -17,18 +23,23 @@ from services.common.grpc_server import ServiceBinding
 SERVICE = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"]
 
 
-def bindings(db: Database | None) -> Sequence[ServiceBinding]:
-    servicer = audience_service_pb2_grpc.AudienceServiceServicer()
-    return [
-        ServiceBinding.of(SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer)
-    ]
+def wire(
+    db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
+) -> app.Wiring:
+    assert db is not None, "audience owns a schema, so it always has a database"
+    evaluator = Evaluator(db)
+    servicer = AudienceApi(Definitions(db), evaluator, Snapshots(db, evaluator), clock=clock)
+    binding = ServiceBinding.of(
+        SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
+    )
+    return app.Wiring([binding])
 
 
 DEFINITION = app.ServiceDefinition(
     name="audience",
-    schema=None,
-    migrations_dir=None,
-    wire=lambda db, _tenants: app.Wiring(bindings(db)),
+    schema="audience",
+    migrations_dir=Path(__file__).parent / "migrations",
+    wire=wire,
     address=lambda settings: settings.audience_address,
 )
 

@@ -284,8 +284,29 @@ class CompiledDimension:
         return args
 
 
+@dataclass(frozen=True)
+class Relations:
+    """The relations compiled SQL reads, each with the columns of tagging's table of that name.
+
+    Tagging evaluates over its own tables; the audience service compiles the same conditions over
+    the published read-only views (`tagging_read.*`, migration 0009), so each operand has one
+    implementation whichever side reads it.
+    """
+
+    members: str = "tagging.members"
+    orders: str = "tagging.orders"
+    order_lines: str = "tagging.order_lines"
+    events: str = "tagging.events"
+
+
+TAGGING_TABLES = Relations()
+
+
 @dataclass
-class _Builder:
+class Builder:
+    """The state of one compilation: bound parameters, the aggregates met so far, figures."""
+
+    relations: Relations = TAGGING_TABLES
     params: list[Any] = field(default_factory=list)
     aggregates: dict[AggregateKey, str] = field(default_factory=dict)
     # label -> (column, expression)
@@ -308,7 +329,7 @@ def compile_dimension(
 
     `$1` is the evaluation time; when `filtered`, `$2` lists the only members to evaluate.
     """
-    b = _Builder()
+    b = Builder()
     now = b.param(None, "timestamptz")
     if filtered:
         b.member_filter = b.param([], "text[]")
@@ -326,14 +347,12 @@ def compile_dimension(
         value = "array_remove(ARRAY[{}], NULL)".format(
             ", ".join(f"CASE WHEN {p} THEN {name} END" for p, name in cases)
         ) if cases else "ARRAY[]::text[]"  # fmt: skip
-    joins = "\n".join(
-        f"LEFT JOIN ({_aggregate_sql(key, b, now)}) AS {alias} ON {alias}.member_id = m.member_id"
-        for key, alias in b.aggregates.items()
-    )
+    joins = aggregate_joins(b, now)
     figure_columns = "".join(f", {expr} AS {column}" for column, expr in b.figures.values())
     where = f"WHERE m.member_id = ANY({b.member_filter})" if b.member_filter else ""
     sql = (
-        f"SELECT m.member_id, {value} AS tag_values{figure_columns}\nFROM tagging.members m\n{joins}\n{where}"
+        f"SELECT m.member_id, {value} AS tag_values{figure_columns}\n"
+        f"FROM {b.relations.members} m\n{joins}\n{where}"
     )
     figures = {column: label for label, (column, _) in b.figures.items()}
     # Rules that read no fact at all (`always`) hold whatever changed.
@@ -341,7 +360,27 @@ def compile_dimension(
     return CompiledDimension(sql, tuple(b.params), figures, b.member_filter, inputs)
 
 
-def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:
+def aggregate_joins(b: Builder, now: str) -> str:
+    """`LEFT JOIN (grouped subquery) AS agg_N ON agg_N.member_id = m.member_id` for every aggregate
+    the conditions compiled so far with `b` mention; call it after them."""
+    return "\n".join(
+        f"LEFT JOIN ({_aggregate_sql(key, b, now)}) AS {alias} ON {alias}.member_id = m.member_id"
+        for key, alias in b.aggregates.items()
+    )
+
+
+def condition_predicate(condition: rules_pb2.Condition, b: Builder, now: str) -> str:
+    """The SQL of one validated condition over the member row `m` (and `aggregate_joins`); NULL
+    when its operand is unset, so callers combine it under COALESCE as the rule compiler does."""
+    return _condition(condition, b, now)
+
+
+def validate_condition(condition: rules_pb2.Condition, violations: Violations, path: str) -> None:
+    """Adds a violation for every part of one condition outside the language, named by its path."""
+    _validate_condition(condition, violations, path)
+
+
+def _predicate(rule: rules_pb2.Rule, b: Builder, now: str) -> str:
     node = rule.WhichOneof("node")
     if node == "all":
         parts = [f"COALESCE({_predicate(r, b, now)}, false)" for r in rule.all.rules]
@@ -357,7 +396,7 @@ def _predicate(rule: rules_pb2.Rule, b: _Builder, now: str) -> str:
     return _condition(rule.condition, b, now)
 
 
-def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: _Builder, now: str) -> tuple[str, str]:
+def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: Builder, now: str) -> tuple[str, str]:
     """The SQL of an operand and its readable label."""
     source = operand.WhichOneof("source")
     if source != "aggregate":
@@ -382,7 +421,7 @@ def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: _Builder, now: str) 
     return f"COALESCE({alias}.value, {empty})", aggregate.label
 
 
-def _condition(condition: rules_pb2.Condition, b: _Builder, now: str) -> str:
+def _condition(condition: rules_pb2.Condition, b: Builder, now: str) -> str:
     op, values, operand = condition.operator, list(condition.values), condition.operand
     kind = operand_type(operand, values) or Type.TEXT
     if op in (Op.OPERATOR_IS_SET, Op.OPERATOR_IS_NOT_SET) and operand.WhichOneof("source") == "attribute":
@@ -416,7 +455,7 @@ def _literal(value: rules_pb2.Value, operand: rules_pb2.Operand) -> Any:
     return getattr(value, kind) if kind else None
 
 
-def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
+def _aggregate_sql(key: AggregateKey, b: Builder, now: str) -> str:
     """A grouped subquery `(member_id, value)` for one aggregate."""
     fn = key.function
     member = f" AND {{t}}.member_id = ANY({b.member_filter})" if b.member_filter else ""
@@ -429,7 +468,7 @@ def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
         where += _line_filters(key, b, "e")
         value = ("count(*)" if fn == Fn.AGGREGATE_FUNCTION_EVENT_COUNT
                  else f"floor(extract(epoch FROM {now} - max(e.occur_time)) / 86400)")  # fmt: skip
-        return (f"SELECT e.member_id, {value} AS value FROM tagging.events e "
+        return (f"SELECT e.member_id, {value} AS value FROM {b.relations.events} e "
                 f"WHERE {' AND '.join(where)}{member.format(t='e')} GROUP BY e.member_id")  # fmt: skip
     window = [f"{{t}}.paid_time <= {now}"]
     if key.window_days:
@@ -442,14 +481,14 @@ def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
         )
         value = ("sum(l.quantity - l.refunded_quantity)" if fn == Fn.AGGREGATE_FUNCTION_ITEM_COUNT
                  else "count(DISTINCT l.category) FILTER (WHERE l.category <> '')")  # fmt: skip
-        return (f"SELECT l.member_id, {value} AS value FROM tagging.order_lines l "
+        return (f"SELECT l.member_id, {value} AS value FROM {b.relations.order_lines} l "
                 f"WHERE {' AND '.join(where)}{member.format(t='l')} GROUP BY l.member_id")  # fmt: skip
     # Order functions see one row per counted order: (member_id, paid_time, net amount).
     if key.has_line_filter:
         where = [w.format(t="l") for w in window] + _line_filters(key, b, "l")
         orders = (f"SELECT l.member_id, l.order_id, max(l.paid_time) AS paid_time, "
                   f"sum((l.quantity - l.refunded_quantity) * l.unit_price_minor) AS net "
-                  f"FROM tagging.order_lines l WHERE {' AND '.join(where)}{member.format(t='l')} "
+                  f"FROM {b.relations.order_lines} l WHERE {' AND '.join(where)}{member.format(t='l')} "
                   f"GROUP BY l.member_id, l.order_id "
                   f"HAVING sum(l.quantity - l.refunded_quantity) > 0")  # fmt: skip
     else:
@@ -457,8 +496,8 @@ def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
             "NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"
         ]
         orders = (f"SELECT o.member_id, o.order_id, o.paid_time, "
-                  f"o.amount_minor - o.refunded_amount_minor AS net "
-                  f"FROM tagging.orders o WHERE {' AND '.join(where)}{member.format(t='o')}")  # fmt: skip
+                  f"o.amount_minor - o.refunded_amount_minor AS net FROM {b.relations.orders} o "
+                  f"WHERE {' AND '.join(where)}{member.format(t='o')}")  # fmt: skip
     functions: dict[int, str] = {
         Fn.AGGREGATE_FUNCTION_ORDER_COUNT: "count(*)",
         Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM: "sum(c.net)",
@@ -473,7 +512,7 @@ def _aggregate_sql(key: AggregateKey, b: _Builder, now: str) -> str:
     return f"SELECT c.member_id, {value} AS value FROM ({orders}) AS c GROUP BY c.member_id"
 
 
-def _line_filters(key: AggregateKey, b: _Builder, table: str) -> list[str]:
+def _line_filters(key: AggregateKey, b: Builder, table: str) -> list[str]:
     return [
         f"{table}.{column} = ANY({b.param(list(wanted), 'text[]')})"
         for column, wanted in (("category", key.categories), ("brand", key.brands), ("sku", key.skus))

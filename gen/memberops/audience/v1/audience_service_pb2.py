@@ -22,15 +22,56 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from memberops.audience.v1 import audience_pb2 as memberops_dot_audience_dot_v1_dot_audience__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/audience/v1/audience_service.proto\x12\x15memberops.audience.v12\x11\n\x0f\x41udienceServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/audience/v1/audience_service.proto\x12\x15memberops.audience.v1\x1a$memberops/audience/v1/audience.proto\"^\n\x15\x43reateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"d\n\x15UpdateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"3\n\x12GetAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"=\n\x14ListAudiencesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListAudiencesResponse\x12\x32\n\taudiences\x18\x01 \x03(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x43ountAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15\x43ountAudienceResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\";\n\x16PreviewAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsample_size\x18\x02 \x01(\x05\"a\n\x17PreviewAudienceResponse\x12\x35\n\x07members\x18\x01 \x03(\x0b\x32$.memberops.audience.v1.PreviewMember\x12\x0f\n\x07version\x18\x02 \x01(\x05\"Q\n\x1aListAudienceMembersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x1bListAudienceMembersResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"9\n\x15\x45xportAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"=\n\x16\x45xportAudienceResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\":\n\x16\x43heckMembershipRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"=\n\x17\x43heckMembershipResponse\x12\x11\n\tis_member\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x05\"n\n\x15\x43reateSnapshotRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12/\n\x06splits\x18\x02 \x03(\x0b\x32\x1f.memberops.audience.v1.SplitArm\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x12GetSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x14GetAssignmentRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"9\n\x15GetAssignmentResponse\x12\x13\n\x0bin_snapshot\x18\x01 \x01(\x08\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t2\xe2\n\n\x0f\x41udienceService\x12_\n\x0e\x43reateAudience\x12,.memberops.audience.v1.CreateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12_\n\x0eUpdateAudience\x12,.memberops.audience.v1.UpdateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12Y\n\x0bGetAudience\x12).memberops.audience.v1.GetAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rListAudiences\x12+.memberops.audience.v1.ListAudiencesRequest\x1a,.memberops.audience.v1.ListAudiencesResponse\x12_\n\x0e\x44\x65leteAudience\x12,.memberops.audience.v1.DeleteAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rCountAudience\x12+.memberops.audience.v1.CountAudienceRequest\x1a,.memberops.audience.v1.CountAudienceResponse\x12p\n\x0fPreviewAudience\x12-.memberops.audience.v1.PreviewAudienceRequest\x1a..memberops.audience.v1.PreviewAudienceResponse\x12|\n\x13ListAudienceMembers\x12\x31.memberops.audience.v1.ListAudienceMembersRequest\x1a\x32.memberops.audience.v1.ListAudienceMembersResponse\x12o\n\x0e\x45xportAudience\x12,.memberops.audience.v1.ExportAudienceRequest\x1a-.memberops.audience.v1.ExportAudienceResponse0\x01\x12p\n\x0f\x43heckMembership\x12-.memberops.audience.v1.CheckMembershipRequest\x1a..memberops.audience.v1.CheckMembershipResponse\x12_\n\x0e\x43reateSnapshot\x12,.memberops.audience.v1.CreateSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12Y\n\x0bGetSnapshot\x12).memberops.audience.v1.GetSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12j\n\rGetAssignment\x12+.memberops.audience.v1.GetAssignmentRequest\x1a,.memberops.audience.v1.GetAssignmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.audience.v1.audience_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIENCESERVICE']._serialized_start=71
-  _globals['_AUDIENCESERVICE']._serialized_end=88
+  _globals['_CREATEAUDIENCEREQUEST']._serialized_start=109
+  _globals['_CREATEAUDIENCEREQUEST']._serialized_end=203
+  _globals['_UPDATEAUDIENCEREQUEST']._serialized_start=205
+  _globals['_UPDATEAUDIENCEREQUEST']._serialized_end=305
+  _globals['_GETAUDIENCEREQUEST']._serialized_start=307
+  _globals['_GETAUDIENCEREQUEST']._serialized_end=358
+  _globals['_LISTAUDIENCESREQUEST']._serialized_start=360
+  _globals['_LISTAUDIENCESREQUEST']._serialized_end=421
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=423
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=523
+  _globals['_DELETEAUDIENCEREQUEST']._serialized_start=525
+  _globals['_DELETEAUDIENCEREQUEST']._serialized_end=562
+  _globals['_COUNTAUDIENCEREQUEST']._serialized_start=564
+  _globals['_COUNTAUDIENCEREQUEST']._serialized_end=600
+  _globals['_COUNTAUDIENCERESPONSE']._serialized_start=602
+  _globals['_COUNTAUDIENCERESPONSE']._serialized_end=664
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=666
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=725
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_start=727
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_end=824
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_start=826
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_end=907
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_start=909
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_end=1000
+  _globals['_EXPORTAUDIENCEREQUEST']._serialized_start=1002
+  _globals['_EXPORTAUDIENCEREQUEST']._serialized_end=1059
+  _globals['_EXPORTAUDIENCERESPONSE']._serialized_start=1061
+  _globals['_EXPORTAUDIENCERESPONSE']._serialized_end=1122
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_start=1124
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_end=1182
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_start=1184
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_end=1245
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=1247
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=1357
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1359
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1393
+  _globals['_GETASSIGNMENTREQUEST']._serialized_start=1395
+  _globals['_GETASSIGNMENTREQUEST']._serialized_end=1451
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_start=1453
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_end=1510
+  _globals['_AUDIENCESERVICE']._serialized_start=1513
+  _globals['_AUDIENCESERVICE']._serialized_end=2891
 # @@protoc_insertion_point(module_scope)

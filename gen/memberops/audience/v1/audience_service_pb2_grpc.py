@@ -3,6 +3,8 @@
 import grpc
 import warnings
 
+from memberops.audience.v1 import audience_pb2 as memberops_dot_audience_dot_v1_dot_audience__pb2
+from memberops.audience.v1 import audience_service_pb2 as memberops_dot_audience_dot_v1_dot_audience__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,9 +27,9 @@ if _version_not_supported:
 
 
 class AudienceServiceStub:
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
 
     def __init__(self, channel):
@@ -36,17 +38,245 @@ class AudienceServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/CreateAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+                _registered_method=True)
+        self.UpdateAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/UpdateAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.UpdateAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+                _registered_method=True)
+        self.GetAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/GetAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+                _registered_method=True)
+        self.ListAudiences = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/ListAudiences',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesResponse.FromString,
+                _registered_method=True)
+        self.DeleteAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/DeleteAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.DeleteAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+                _registered_method=True)
+        self.CountAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/CountAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceResponse.FromString,
+                _registered_method=True)
+        self.PreviewAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/PreviewAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceResponse.FromString,
+                _registered_method=True)
+        self.ListAudienceMembers = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/ListAudienceMembers',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersResponse.FromString,
+                _registered_method=True)
+        self.ExportAudience = channel.unary_stream(
+                '/memberops.audience.v1.AudienceService/ExportAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceResponse.FromString,
+                _registered_method=True)
+        self.CheckMembership = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/CheckMembership',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.FromString,
+                _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/CreateSnapshot',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/GetSnapshot',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.GetAssignment = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/GetAssignment',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.FromString,
+                _registered_method=True)
 
 
 class AudienceServiceServicer:
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
+
+    def CreateAudience(self, request, context):
+        """Creates an audience at version 1. The audience id is the natural key: an existing (or deleted)
+        audience of that id is ALREADY_EXISTS, unless the call repeats the creating call's `request_id`
+        with the same content, which returns the audience as created.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAudience(self, request, context):
+        """Stores a new version (earlier versions are kept); content equal to the current version changes
+        nothing. With `expected_version` set, a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAudience(self, request, context):
+        """Returns the current version, or the one asked for; NOT_FOUND for unknown or deleted audiences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudiences(self, request, context):
+        """Lists the audiences that are not deleted (current versions) by audience id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAudience(self, request, context):
+        """Deletes an audience softly (its versions are kept, its id is not reused). Refused with
+        FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountAudience(self, request, context):
+        """The exact number of members in the audience now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewAudience(self, request, context):
+        """A repeatable sample of members with the tags that put them in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudienceMembers(self, request, context):
+        """Pages through the members by member id. A page token keeps the version of the first page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAudience(self, request, context):
+        """Streams every member id of the audience in chunks, from one consistent snapshot of the data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckMembership(self, request, context):
+        """Whether one member is in the audience now; evaluates that member's rows only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSnapshot(self, request, context):
+        """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
+        10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
+        Idempotent by `request_id`: a retry returns the first snapshot; the same id with other content
+        is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """Returns a snapshot with its arm sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAssignment(self, request, context):
+        """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_AudienceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.SerializeToString,
+            ),
+            'UpdateAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.UpdateAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.SerializeToString,
+            ),
+            'GetAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.SerializeToString,
+            ),
+            'ListAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudiences,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesResponse.SerializeToString,
+            ),
+            'DeleteAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.DeleteAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.SerializeToString,
+            ),
+            'CountAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceResponse.SerializeToString,
+            ),
+            'PreviewAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceResponse.SerializeToString,
+            ),
+            'ListAudienceMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudienceMembers,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersResponse.SerializeToString,
+            ),
+            'ExportAudience': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceResponse.SerializeToString,
+            ),
+            'CheckMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckMembership,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.SerializeToString,
+            ),
+            'GetAssignment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAssignment,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'memberops.audience.v1.AudienceService', rpc_method_handlers)
@@ -56,7 +286,358 @@ def add_AudienceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AudienceService:
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
+
+    @staticmethod
+    def CreateAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/CreateAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/UpdateAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.UpdateAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/GetAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ListAudiences',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/DeleteAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.DeleteAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/CountAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CountAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/PreviewAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.PreviewAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudienceMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ListAudienceMembers',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListAudienceMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ExportAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ExportAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/CheckMembership',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/CreateSnapshot',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateSnapshotRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/GetSnapshot',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetSnapshotRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAssignment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/GetAssignment',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -5,6 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.audience.v1 import audience_pb2 as _audience_pb2
+from memberops.audience.v1 import audience_service_pb2 as _audience_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -26,31 +28,218 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AudienceServiceStub:
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AudienceServiceAsyncStub: ...
+    CreateAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateAudienceRequest, _audience_pb2.Audience]
+    """Creates an audience at version 1. The audience id is the natural key: an existing (or deleted)
+    audience of that id is ALREADY_EXISTS, unless the call repeats the creating call's `request_id`
+    with the same content, which returns the audience as created.
+    """
+    UpdateAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateAudienceRequest, _audience_pb2.Audience]
+    """Stores a new version (earlier versions are kept); content equal to the current version changes
+    nothing. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetAudienceRequest, _audience_pb2.Audience]
+    """Returns the current version, or the one asked for; NOT_FOUND for unknown or deleted audiences."""
+    ListAudiences: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudiencesRequest, _audience_service_pb2.ListAudiencesResponse]
+    """Lists the audiences that are not deleted (current versions) by audience id."""
+    DeleteAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteAudienceRequest, _audience_pb2.Audience]
+    """Deletes an audience softly (its versions are kept, its id is not reused). Refused with
+    FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
+    """
+    CountAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CountAudienceRequest, _audience_service_pb2.CountAudienceResponse]
+    """The exact number of members in the audience now."""
+    PreviewAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.PreviewAudienceRequest, _audience_service_pb2.PreviewAudienceResponse]
+    """A repeatable sample of members with the tags that put them in."""
+    ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]
+    """Pages through the members by member id. A page token keeps the version of the first page."""
+    ExportAudience: _grpc.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]
+    """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+    CheckMembership: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]
+    """Whether one member is in the audience now; evaluates that member's rows only."""
+    CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]
+    """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
+    10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
+    Idempotent by `request_id`: a retry returns the first snapshot; the same id with other content
+    is ALREADY_EXISTS.
+    """
+    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetSnapshotRequest, _audience_pb2.Snapshot]
+    """Returns a snapshot with its arm sizes."""
+    GetAssignment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetAssignmentRequest, _audience_service_pb2.GetAssignmentResponse]
+    """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
 
 @_typing.type_check_only
 class AudienceServiceAsyncStub(AudienceServiceStub):
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateAudienceRequest, _audience_pb2.Audience]  # type: ignore[assignment]
+    """Creates an audience at version 1. The audience id is the natural key: an existing (or deleted)
+    audience of that id is ALREADY_EXISTS, unless the call repeats the creating call's `request_id`
+    with the same content, which returns the audience as created.
+    """
+    UpdateAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.UpdateAudienceRequest, _audience_pb2.Audience]  # type: ignore[assignment]
+    """Stores a new version (earlier versions are kept); content equal to the current version changes
+    nothing. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetAudienceRequest, _audience_pb2.Audience]  # type: ignore[assignment]
+    """Returns the current version, or the one asked for; NOT_FOUND for unknown or deleted audiences."""
+    ListAudiences: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudiencesRequest, _audience_service_pb2.ListAudiencesResponse]  # type: ignore[assignment]
+    """Lists the audiences that are not deleted (current versions) by audience id."""
+    DeleteAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.DeleteAudienceRequest, _audience_pb2.Audience]  # type: ignore[assignment]
+    """Deletes an audience softly (its versions are kept, its id is not reused). Refused with
+    FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
+    """
+    CountAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CountAudienceRequest, _audience_service_pb2.CountAudienceResponse]  # type: ignore[assignment]
+    """The exact number of members in the audience now."""
+    PreviewAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.PreviewAudienceRequest, _audience_service_pb2.PreviewAudienceResponse]  # type: ignore[assignment]
+    """A repeatable sample of members with the tags that put them in."""
+    ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
+    """Pages through the members by member id. A page token keeps the version of the first page."""
+    ExportAudience: _aio.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]  # type: ignore[assignment]
+    """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+    CheckMembership: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]  # type: ignore[assignment]
+    """Whether one member is in the audience now; evaluates that member's rows only."""
+    CreateSnapshot: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]  # type: ignore[assignment]
+    """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
+    10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
+    Idempotent by `request_id`: a retry returns the first snapshot; the same id with other content
+    is ALREADY_EXISTS.
+    """
+    GetSnapshot: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetSnapshotRequest, _audience_pb2.Snapshot]  # type: ignore[assignment]
+    """Returns a snapshot with its arm sizes."""
+    GetAssignment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetAssignmentRequest, _audience_service_pb2.GetAssignmentResponse]  # type: ignore[assignment]
+    """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
 
 class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Audiences over tags and facts: counts, lists, splits and membership checks.
-    The RPCs arrive with the audience issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Audiences read
+    tagging's published read-only views (`tagging_read.*`), never its tables.
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def CreateAudience(
+        self,
+        request: _audience_service_pb2.CreateAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Audience, _abc.Awaitable[_audience_pb2.Audience]]:
+        """Creates an audience at version 1. The audience id is the natural key: an existing (or deleted)
+        audience of that id is ALREADY_EXISTS, unless the call repeats the creating call's `request_id`
+        with the same content, which returns the audience as created.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateAudience(
+        self,
+        request: _audience_service_pb2.UpdateAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Audience, _abc.Awaitable[_audience_pb2.Audience]]:
+        """Stores a new version (earlier versions are kept); content equal to the current version changes
+        nothing. With `expected_version` set, a different current version is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAudience(
+        self,
+        request: _audience_service_pb2.GetAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Audience, _abc.Awaitable[_audience_pb2.Audience]]:
+        """Returns the current version, or the one asked for; NOT_FOUND for unknown or deleted audiences."""
+
+    @_abc_1.abstractmethod
+    def ListAudiences(
+        self,
+        request: _audience_service_pb2.ListAudiencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListAudiencesResponse, _abc.Awaitable[_audience_service_pb2.ListAudiencesResponse]]:
+        """Lists the audiences that are not deleted (current versions) by audience id."""
+
+    @_abc_1.abstractmethod
+    def DeleteAudience(
+        self,
+        request: _audience_service_pb2.DeleteAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Audience, _abc.Awaitable[_audience_pb2.Audience]]:
+        """Deletes an audience softly (its versions are kept, its id is not reused). Refused with
+        FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def CountAudience(
+        self,
+        request: _audience_service_pb2.CountAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CountAudienceResponse, _abc.Awaitable[_audience_service_pb2.CountAudienceResponse]]:
+        """The exact number of members in the audience now."""
+
+    @_abc_1.abstractmethod
+    def PreviewAudience(
+        self,
+        request: _audience_service_pb2.PreviewAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.PreviewAudienceResponse, _abc.Awaitable[_audience_service_pb2.PreviewAudienceResponse]]:
+        """A repeatable sample of members with the tags that put them in."""
+
+    @_abc_1.abstractmethod
+    def ListAudienceMembers(
+        self,
+        request: _audience_service_pb2.ListAudienceMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListAudienceMembersResponse, _abc.Awaitable[_audience_service_pb2.ListAudienceMembersResponse]]:
+        """Pages through the members by member id. A page token keeps the version of the first page."""
+
+    @_abc_1.abstractmethod
+    def ExportAudience(
+        self,
+        request: _audience_service_pb2.ExportAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audience_service_pb2.ExportAudienceResponse], _abc.AsyncIterator[_audience_service_pb2.ExportAudienceResponse]]:
+        """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+
+    @_abc_1.abstractmethod
+    def CheckMembership(
+        self,
+        request: _audience_service_pb2.CheckMembershipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.CheckMembershipResponse, _abc.Awaitable[_audience_service_pb2.CheckMembershipResponse]]:
+        """Whether one member is in the audience now; evaluates that member's rows only."""
+
+    @_abc_1.abstractmethod
+    def CreateSnapshot(
+        self,
+        request: _audience_service_pb2.CreateSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Snapshot, _abc.Awaitable[_audience_pb2.Snapshot]]:
+        """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
+        10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
+        Idempotent by `request_id`: a retry returns the first snapshot; the same id with other content
+        is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSnapshot(
+        self,
+        request: _audience_service_pb2.GetSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_pb2.Snapshot, _abc.Awaitable[_audience_pb2.Snapshot]]:
+        """Returns a snapshot with its arm sizes."""
+
+    @_abc_1.abstractmethod
+    def GetAssignment(
+        self,
+        request: _audience_service_pb2.GetAssignmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.GetAssignmentResponse, _abc.Awaitable[_audience_service_pb2.GetAssignmentResponse]]:
+        """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
 
 def add_AudienceServiceServicer_to_server(servicer: AudienceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

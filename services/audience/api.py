@@ -1,0 +1,207 @@
+"""AudienceService over gRPC: protobuf in, domain calls, protobuf out.
+
+Domain errors propagate to the shared interceptor, which turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
+
+from services.audience import definitions
+from services.audience.definitions import Audience, AudienceInput, Definitions
+from services.audience.evaluation import Evaluator, member_id_from_name
+from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
+from services.common.auth import current_tenant
+from services.common.errors import InvalidArgument
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
+    def __init__(
+        self,
+        audiences: Definitions,
+        evaluator: Evaluator,
+        snapshots: Snapshots,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._audiences = audiences
+        self._evaluator = evaluator
+        self._snapshots = snapshots
+        self._clock = clock
+
+    async def CreateAudience(
+        self, request: audience_service_pb2.CreateAudienceRequest, context: Any
+    ) -> audience_pb2.Audience:
+        if not request.HasField("audience"):
+            raise InvalidArgument.field("audience", "is required")
+        created = await self._audiences.create(
+            current_tenant(), audience_from_proto(request.audience), request.request_id
+        )
+        return audience_to_proto(created)
+
+    async def UpdateAudience(
+        self, request: audience_service_pb2.UpdateAudienceRequest, context: Any
+    ) -> audience_pb2.Audience:
+        if not request.HasField("audience"):
+            raise InvalidArgument.field("audience", "is required")
+        message = request.audience
+        if message.name and not message.audience_id:
+            message.audience_id = definitions.audience_id_from_name(message.name, "audience.name")
+        updated = await self._audiences.update(
+            current_tenant(), audience_from_proto(message), request.expected_version
+        )
+        return audience_to_proto(updated)
+
+    async def GetAudience(
+        self, request: audience_service_pb2.GetAudienceRequest, context: Any
+    ) -> audience_pb2.Audience:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        return audience_to_proto(await self._audiences.get(current_tenant(), audience_id, request.version))
+
+    async def ListAudiences(
+        self, request: audience_service_pb2.ListAudiencesRequest, context: Any
+    ) -> audience_service_pb2.ListAudiencesResponse:
+        page, token = await self._audiences.list_page(current_tenant(), request.page_size, request.page_token)
+        return audience_service_pb2.ListAudiencesResponse(
+            audiences=[audience_to_proto(a) for a in page], next_page_token=token
+        )
+
+    async def DeleteAudience(
+        self, request: audience_service_pb2.DeleteAudienceRequest, context: Any
+    ) -> audience_pb2.Audience:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        return audience_to_proto(await self._audiences.delete(current_tenant(), audience_id))
+
+    async def CountAudience(
+        self, request: audience_service_pb2.CountAudienceRequest, context: Any
+    ) -> audience_service_pb2.CountAudienceResponse:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        count, version = await self._evaluator.count(current_tenant(), audience_id, self._clock())
+        return audience_service_pb2.CountAudienceResponse(member_count=count, version=version)
+
+    async def PreviewAudience(
+        self, request: audience_service_pb2.PreviewAudienceRequest, context: Any
+    ) -> audience_service_pb2.PreviewAudienceResponse:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        sample, version = await self._evaluator.preview(
+            current_tenant(), audience_id, request.sample_size, self._clock()
+        )
+        members = [
+            audience_pb2.PreviewMember(
+                member_id=item.member_id,
+                tags=[audience_pb2.MatchedTag(dimension=d, value=v) for d, v in item.tags],
+            )
+            for item in sample
+        ]
+        return audience_service_pb2.PreviewAudienceResponse(members=members, version=version)
+
+    async def ListAudienceMembers(
+        self, request: audience_service_pb2.ListAudienceMembersRequest, context: Any
+    ) -> audience_service_pb2.ListAudienceMembersResponse:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        page, token, version = await self._evaluator.list_members(
+            current_tenant(), audience_id, request.page_size, request.page_token, self._clock()
+        )
+        return audience_service_pb2.ListAudienceMembersResponse(
+            member_ids=page, next_page_token=token, version=version
+        )
+
+    async def ExportAudience(
+        self, request: audience_service_pb2.ExportAudienceRequest, context: Any
+    ) -> AsyncIterator[audience_service_pb2.ExportAudienceResponse]:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        chunks = self._evaluator.export(current_tenant(), audience_id, request.chunk_size, self._clock())
+        async for member_ids, version in chunks:
+            yield audience_service_pb2.ExportAudienceResponse(member_ids=member_ids, version=version)
+
+    async def CheckMembership(
+        self, request: audience_service_pb2.CheckMembershipRequest, context: Any
+    ) -> audience_service_pb2.CheckMembershipResponse:
+        audience_id = definitions.audience_id_from_name(request.audience, "audience")
+        member_id = member_id_from_name(request.member, "member")
+        is_member, version = await self._evaluator.check(
+            current_tenant(), audience_id, member_id, self._clock()
+        )
+        return audience_service_pb2.CheckMembershipResponse(is_member=is_member, version=version)
+
+    async def CreateSnapshot(
+        self, request: audience_service_pb2.CreateSnapshotRequest, context: Any
+    ) -> audience_pb2.Snapshot:
+        audience_id = definitions.audience_id_from_name(request.audience, "audience")
+        arms = [(arm.name, arm.share_percent) for arm in request.splits]
+        created = await self._snapshots.create(
+            current_tenant(), audience_id, arms, request.request_id, self._clock()
+        )
+        return snapshot_to_proto(created)
+
+    async def GetSnapshot(
+        self, request: audience_service_pb2.GetSnapshotRequest, context: Any
+    ) -> audience_pb2.Snapshot:
+        snapshot_id = snapshot_id_from_name(request.name, "name")
+        return snapshot_to_proto(await self._snapshots.get(current_tenant(), snapshot_id))
+
+    async def GetAssignment(
+        self, request: audience_service_pb2.GetAssignmentRequest, context: Any
+    ) -> audience_service_pb2.GetAssignmentResponse:
+        snapshot_id = snapshot_id_from_name(request.snapshot, "snapshot")
+        member_id = member_id_from_name(request.member, "member")
+        arm = await self._snapshots.assignment(current_tenant(), snapshot_id, member_id)
+        return audience_service_pb2.GetAssignmentResponse(in_snapshot=arm is not None, arm=arm or "")
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> audience_pb2.Snapshot:
+    return audience_pb2.Snapshot(
+        name=f"snapshots/{snapshot.snapshot_id}",
+        audience=f"{definitions.NAME_PREFIX}{snapshot.audience_id}",
+        audience_version=snapshot.audience_version,
+        arms=[
+            audience_pb2.SplitArm(
+                name=arm.name, share_percent=arm.share_percent, member_count=arm.member_count
+            )
+            for arm in snapshot.arms
+        ],
+        salt=snapshot.salt,
+        member_count=snapshot.member_count,
+        request_id=snapshot.request_id,
+        create_time=_stamp(snapshot.create_time),
+    )
+
+
+def audience_from_proto(message: audience_pb2.Audience) -> AudienceInput:
+    return AudienceInput(
+        audience_id=message.audience_id,
+        rule=message.rule if message.HasField("rule") else None,
+        display_name=message.display_name,
+        description=message.description,
+    )
+
+
+def _stamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    value = timestamp_pb2.Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def audience_to_proto(audience: Audience) -> audience_pb2.Audience:
+    spec = audience.spec
+    message = audience_pb2.Audience(
+        name=f"{definitions.NAME_PREFIX}{spec.audience_id}",
+        audience_id=spec.audience_id,
+        display_name=spec.display_name,
+        description=spec.description,
+        rule=spec.rule,
+        version=audience.version,
+        create_time=_stamp(audience.create_time),
+        update_time=_stamp(audience.update_time),
+    )
+    if audience.delete_time is not None:
+        message.delete_time.CopyFrom(_stamp(audience.delete_time))
+    return message

@@ -1,0 +1,197 @@
+"""Audience evaluation: count, preview, paged list, streamed export and one member's membership.
+
+Each call loads the audience (and every audience it references, at their current versions),
+compiles it (cached: compiling is pure) and runs one statement in a read-only tenant transaction
+over tagging's published views, at the evaluation time the call passes in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from services.audience import compiler, definitions, store
+from services.common.db import Connection, Database
+from services.common.errors import InvalidArgument, NotFound, Violations
+from services.tagging import checks
+
+DEFAULT_SAMPLE = 10
+MAX_SAMPLE = 100
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+MAX_CHUNK = 10_000
+_CACHE_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Preview:
+    member_id: str
+    tags: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: int
+    compiled: compiler.Compiled
+
+
+class Evaluator:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._compiled: dict[tuple[Any, ...], compiler.Compiled] = {}
+
+    async def load(
+        self, conn: Connection, tenant_id: str, audience_id: str, version: int | None, *, filtered: bool
+    ) -> Loaded:
+        row = await store.get_audience(conn, audience_id, version)
+        if row is None:
+            raise NotFound(
+                f"audiences/{audience_id}" + (f" version {version}" if version else "") + " not found"
+            )
+        rule = definitions.rule_from_json(row["rule"])
+        references: dict[str, dict[str, Any]] = {}
+        frontier = set(definitions.referenced_ids(rule))
+        while frontier:
+            found = await store.current_rules(conn, sorted(frontier))
+            references.update(found)
+            seen = references.keys() | frontier
+            frontier = {ref for item in found.values() for ref in item["referenced"]} - seen
+        key = (
+            tenant_id,
+            audience_id,
+            row["version"],
+            tuple(sorted((ref, item["version"]) for ref, item in references.items())),
+            filtered,
+        )
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            rules = {ref: definitions.rule_from_json(item["rule"]) for ref, item in references.items()}
+            compiled = compiler.compile_audience(rule, rules, filtered=filtered)
+            if len(self._compiled) >= _CACHE_LIMIT:
+                self._compiled.clear()
+            self._compiled[key] = compiled
+        await store.plan_each_evaluation(conn)
+        return Loaded(row["version"], compiled)
+
+    async def count(self, tenant_id: str, audience_id: str, now: dt.datetime) -> tuple[int, int]:
+        """(members, version evaluated)."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            sql = f"SELECT count(*) FROM ({loaded.compiled.members_sql()}) AS selected"
+            count = await conn.fetchval(sql, *loaded.compiled.args(now))
+        return int(count), loaded.version
+
+    async def preview(
+        self, tenant_id: str, audience_id: str, sample_size: int, now: dt.datetime
+    ) -> tuple[list[Preview], int]:
+        """A repeatable sample (ordered by a hash of the member id, so spread over the id space) with
+        each member's current tags in the dimensions the tag conditions name."""
+        if not 0 <= sample_size <= MAX_SAMPLE:
+            raise InvalidArgument.field(
+                "sample_size", f"must be between 1 and {MAX_SAMPLE} (0 means {DEFAULT_SAMPLE})"
+            )
+        size = sample_size or DEFAULT_SAMPLE
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            c = loaded.compiled
+            sql = (
+                f"SELECT s.member_id FROM ({c.members_sql()}) AS s "
+                f"ORDER BY hashtextextended(s.member_id, 0), s.member_id LIMIT {c.next_param()}::int"
+            )
+            ids = [row["member_id"] for row in await conn.fetch(sql, *c.args(now), size)]
+            dimensions = sorted({dimension for dimension, _ in c.tag_matches})
+            held = await store.current_tags(conn, ids, dimensions) if ids and dimensions else []
+        wanted: dict[str, set[str] | None] = {}
+        for dimension, values in c.tag_matches:
+            current = wanted.get(dimension, set())
+            wanted[dimension] = None if values is None or current is None else current | set(values)
+        tags: dict[str, list[tuple[str, str]]] = {member_id: [] for member_id in ids}
+        for row in held:
+            allowed = wanted.get(row["dimension"])
+            if allowed is None or row["value"] in allowed:
+                tags[row["member_id"]].append((row["dimension"], row["value"]))
+        return [Preview(member_id, tuple(tags[member_id])) for member_id in ids], loaded.version
+
+    async def list_members(
+        self, tenant_id: str, audience_id: str, page_size: int, page_token: str, now: dt.datetime
+    ) -> tuple[list[str], str, int]:
+        """A page of member ids in id order, the next page's token and the version evaluated."""
+        v = Violations()
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            v.add("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
+        position = _decode_token(page_token, v)
+        v.raise_if_any()
+        size = page_size or DEFAULT_PAGE_SIZE
+        version, after = position if position else (None, "")
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False)
+            c = loaded.compiled
+            sql = (
+                f"{c.members_sql()} AND m.member_id > {c.next_param(1)}::text "
+                f"ORDER BY m.member_id LIMIT {c.next_param(2)}::int"
+            )
+            rows = await conn.fetch(sql, *c.args(now), after, size + 1)
+        page = [row["member_id"] for row in rows[:size]]
+        token = _encode_token(loaded.version, page[-1]) if len(rows) > size else ""
+        return page, token, loaded.version
+
+    async def export(
+        self, tenant_id: str, audience_id: str, chunk_size: int, now: dt.datetime
+    ) -> AsyncIterator[tuple[list[str], int]]:
+        """Every member id in chunks, read through one server-side cursor of one read-only transaction."""
+        if not 0 <= chunk_size <= MAX_CHUNK:
+            raise InvalidArgument.field(
+                "chunk_size", f"must be between 1 and {MAX_CHUNK} (0 means {MAX_CHUNK})"
+            )
+        size = chunk_size or MAX_CHUNK
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            cursor = await conn.cursor(loaded.compiled.members_sql(), *loaded.compiled.args(now))
+            while rows := await cursor.fetch(size):
+                yield [row["member_id"] for row in rows], loaded.version
+
+    async def check(
+        self, tenant_id: str, audience_id: str, member_id: str, now: dt.datetime
+    ) -> tuple[bool, int]:
+        """Whether the member is in the audience; the statement reads only that member's rows."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True)
+            row = await conn.fetchrow(loaded.compiled.check_sql(), *loaded.compiled.args(now, [member_id]))
+        if row is None:
+            raise NotFound(f"members/{member_id} not found")
+        return bool(row["is_member"]), loaded.version
+
+
+def member_id_from_name(name: str, path: str) -> str:
+    member_id = name.removeprefix("members/")
+    if not name.startswith("members/") or not checks.NATURAL_ID.match(member_id):
+        raise InvalidArgument.field(path, "must be a resource name of the form members/{member_id}")
+    return member_id
+
+
+def _encode_token(version: int, after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"v": version, "a": after}).encode()).decode()
+
+
+def _decode_token(token: str, v: Violations) -> tuple[int, str] | None:
+    if not token:
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        body = None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("v"), int)
+        or body["v"] < 1
+        or not isinstance(body.get("a"), str)
+        or not checks.NATURAL_ID.match(body["a"])
+    ):
+        v.add("page_token", "is not a token this list returned")
+        return None
+    return body["v"], body["a"]

@@ -1,0 +1,181 @@
+"""Snapshots and splits: an audience's members frozen for a campaign, each in a named arm.
+
+A snapshot is one set-based statement: the compiled audience, evaluated now, inserted with each
+member's arm. The arm comes from md5(salt:member_id) modulo 10000 against the arms' cumulative
+shares, so it is deterministic, reproducible outside the database, and fixed once stored. The
+request id is the idempotency key (a unique constraint): a retry returns the first snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.audience import store
+from services.audience.evaluation import Evaluator
+from services.common.db import Database
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
+
+ARM_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}$")
+NAME_PREFIX = "snapshots/"
+MAX_ARMS = 20
+MAX_REQUEST_ID = 128
+BUCKETS = 10_000
+DEFAULT_ARMS = (("all", 100),)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    share_percent: int
+    member_count: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    request_id: str
+    audience_id: str
+    audience_version: int
+    salt: str
+    arms: tuple[Arm, ...]
+    member_count: int
+    create_time: dt.datetime
+
+
+def bucket(salt: str, member_id: str) -> int:
+    """The member's bucket, 0-9999: what the SQL below computes, for callers and tests."""
+    return int(hashlib.md5(f"{salt}:{member_id}".encode()).hexdigest()[:8], 16) % BUCKETS
+
+
+def snapshot_id_from_name(name: str, path: str) -> str:
+    snapshot_id = name.removeprefix(NAME_PREFIX)
+    if not name.startswith(NAME_PREFIX) or not SNAPSHOT_ID.match(snapshot_id):
+        raise InvalidArgument.field(path, "must be a resource name of the form snapshots/{snapshot_id}")
+    return snapshot_id
+
+
+def validate_arms(arms: Sequence[tuple[str, int]], request_id: str) -> tuple[tuple[str, int], ...]:
+    v = Violations()
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
+        v.add("request_id", f"is required: 1-{MAX_REQUEST_ID} characters, the idempotency key")
+    if len(arms) > MAX_ARMS:
+        v.add("splits", f"at most {MAX_ARMS} arms")
+    seen: set[str] = set()
+    for i, (name, share) in enumerate(arms[:MAX_ARMS]):
+        if not ARM_NAME.match(name):
+            v.add(f"splits[{i}].name", "must be 1-32 characters: a lower-case letter, then a-z, 0-9, _ or -")
+        elif name in seen:
+            v.add(f"splits[{i}].name", "appears twice")
+        seen.add(name)
+        if not 1 <= share <= 100:
+            v.add(f"splits[{i}].share_percent", "must be between 1 and 100")
+    if arms and not v and sum(share for _, share in arms) != 100:
+        v.add("splits", f"shares must sum to 100 %, not {sum(share for _, share in arms)} %")
+    v.raise_if_any()
+    return tuple(arms) or DEFAULT_ARMS
+
+
+def _content_hash(audience_id: str, arms: Sequence[tuple[str, int]]) -> str:
+    body = json.dumps({"audience": audience_id, "arms": [list(arm) for arm in arms]}, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _snapshot(row: Any) -> Snapshot:
+    arms = tuple(
+        Arm(a["name"], a["share_percent"], a.get("member_count", 0)) for a in json.loads(row["arms"])
+    )
+    return Snapshot(
+        snapshot_id=row["snapshot_id"],
+        request_id=row["request_id"],
+        audience_id=row["audience_id"],
+        audience_version=row["audience_version"],
+        salt=row["salt"],
+        arms=arms,
+        member_count=row["member_count"],
+        create_time=row["create_time"],
+    )
+
+
+class Snapshots:
+    def __init__(self, db: Database, evaluator: Evaluator) -> None:
+        self._db = db
+        self._evaluator = evaluator
+
+    async def create(
+        self,
+        tenant_id: str,
+        audience_id: str,
+        arms: Sequence[tuple[str, int]],
+        request_id: str,
+        now: dt.datetime,
+    ) -> Snapshot:
+        chosen = validate_arms(arms, request_id)
+        digest = _content_hash(audience_id, chosen)
+        snapshot_id, salt = uuid.uuid4().hex, secrets.token_hex(8)
+        async with self._db.transaction(tenant_id) as conn:
+            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False)
+            body = json.dumps([{"name": name, "share_percent": share} for name, share in chosen])
+            inserted = await store.insert_snapshot(
+                conn, tenant_id, snapshot_id, request_id, audience_id, loaded.version, salt, body, digest
+            )
+            if not inserted:
+                first = await store.snapshot_by_request(conn, request_id)
+                assert first is not None
+                if first["content_hash"] != digest:
+                    raise AlreadyExists(f"request_id {request_id!r} made another snapshot (other content)")
+                return _snapshot(first)
+            c = loaded.compiled
+            # Each arm's lowest bucket: width_bucket() numbers the arm a bucket falls in from 1.
+            lower, total = [], 0
+            for _, share in chosen:
+                lower.append(total)
+                total += share * BUCKETS // 100
+            b = c.next_param
+            hashed = f"('x' || substr(md5({b(3)}::text || ':' || s.member_id), 1, 8))::bit(32)::bigint"
+            arm_sql = f"width_bucket({hashed} % {BUCKETS}, {b(4)}::bigint[]) - 1"
+            await conn.execute(
+                f"""INSERT INTO audience.snapshot_members (tenant_id, snapshot_id, member_id, arm)
+                    SELECT {b(1)}::text, {b(2)}::text, s.member_id, {arm_sql}
+                    FROM ({c.members_sql()}) AS s""",
+                *c.args(now),
+                tenant_id,
+                snapshot_id,
+                salt,
+                lower,
+            )
+            counts = await store.arm_counts(conn, snapshot_id)
+            sized = [
+                {"name": name, "share_percent": share, "member_count": counts.get(i, 0)}
+                for i, (name, share) in enumerate(chosen)
+            ]
+            await store.size_snapshot(conn, snapshot_id, json.dumps(sized), sum(counts.values()))
+            row = await store.get_snapshot(conn, snapshot_id)
+        assert row is not None
+        return _snapshot(row)
+
+    async def get(self, tenant_id: str, snapshot_id: str) -> Snapshot:
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            row = await store.get_snapshot(conn, snapshot_id)
+        if row is None:
+            raise NotFound(f"snapshots/{snapshot_id} not found")
+        return _snapshot(row)
+
+    async def assignment(self, tenant_id: str, snapshot_id: str, member_id: str) -> str | None:
+        """The member's arm, or None when the member is not in the snapshot."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            row = await store.get_snapshot(conn, snapshot_id)
+            if row is None:
+                raise NotFound(f"snapshots/{snapshot_id} not found")
+            arm = await store.member_arm(conn, snapshot_id, member_id)
+        if arm is None:
+            return None
+        return str(json.loads(row["arms"])[arm]["name"])

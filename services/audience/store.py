@@ -1,0 +1,255 @@
+"""SQL of the audience schema, and the reads of tagging's published views (`tagging_read.*`).
+
+Every function runs on a connection already inside a tenant transaction. Nothing here names a
+table of the tagging schema: the published views are the whole contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.common.db import Connection
+
+# --- definitions ---------------------------------------------------------------------------------
+
+_AUDIENCE = """
+SELECT a.audience_id, v.version, v.display_name, v.description, v.rule::text AS rule, v.content_hash,
+       a.create_request_id, a.create_time, a.update_time, a.delete_time
+FROM audience.audiences a
+JOIN audience.audience_versions v ON v.audience_id = a.audience_id"""
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    audience_id: str
+    display_name: str
+    description: str
+    rule: dict[str, Any]
+    content_hash: str
+    referenced: Sequence[str]
+
+
+def _row(row: asyncpg.Record) -> dict[str, Any]:
+    return {**dict(row), "rule": json.loads(row["rule"])}
+
+
+async def lock_writes(conn: Connection, tenant_id: str) -> None:
+    """Serialises the tenant's definition writes, so two writes can never close a reference cycle
+    between them, and a delete never misses a reference being created."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('memberops.audience:' || $1, 0))", tenant_id
+    )
+
+
+async def insert_audience(conn: Connection, tenant_id: str, version: StoredVersion, request_id: str) -> bool:
+    """Creates the audience at version 1; False when the id is taken (deleted ones included)."""
+    created = await conn.fetchval(
+        """INSERT INTO audience.audiences (tenant_id, audience_id, current_version, create_request_id)
+           VALUES ($1, $2, 1, $3) ON CONFLICT (tenant_id, audience_id) DO NOTHING RETURNING true""",
+        tenant_id,
+        version.audience_id,
+        request_id,
+    )
+    if created:
+        await _insert_version(conn, tenant_id, 1, version)
+    return bool(created)
+
+
+async def _insert_version(conn: Connection, tenant_id: str, number: int, version: StoredVersion) -> None:
+    await conn.execute(
+        """INSERT INTO audience.audience_versions
+               (tenant_id, audience_id, version, display_name, description, rule, referenced, content_hash)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::text[], $8)""",
+        tenant_id,
+        version.audience_id,
+        number,
+        version.display_name,
+        version.description,
+        json.dumps(version.rule, separators=(",", ":")),
+        list(version.referenced),
+        version.content_hash,
+    )
+
+
+async def add_version(conn: Connection, tenant_id: str, number: int, version: StoredVersion) -> None:
+    await _insert_version(conn, tenant_id, number, version)
+    await conn.execute(
+        """UPDATE audience.audiences SET current_version = $2, update_time = now()
+           WHERE audience_id = $1""",
+        version.audience_id,
+        number,
+    )
+
+
+async def get_audience(
+    conn: Connection, audience_id: str, version: int | None, *, include_deleted: bool = False
+) -> dict[str, Any] | None:
+    """The audience at `version` (the current one when None)."""
+    row = await conn.fetchrow(
+        f"""{_AUDIENCE} AND v.version = COALESCE($2, a.current_version)
+            WHERE a.audience_id = $1 AND ($3 OR a.delete_time IS NULL)""",
+        audience_id,
+        version,
+        include_deleted,
+    )
+    return None if row is None else _row(row)
+
+
+async def lock_audience(conn: Connection, audience_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"""{_AUDIENCE} AND v.version = a.current_version WHERE a.audience_id = $1
+            FOR UPDATE OF a""",
+        audience_id,
+    )
+    return None if row is None else _row(row)
+
+
+async def list_audiences(conn: Connection, after_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""{_AUDIENCE} AND v.version = a.current_version
+            WHERE a.audience_id > $1 AND a.delete_time IS NULL
+            ORDER BY a.audience_id LIMIT $2""",
+        after_id,
+        limit,
+    )
+    return [_row(row) for row in rows]
+
+
+async def mark_deleted(conn: Connection, audience_id: str) -> None:
+    await conn.execute(
+        """UPDATE audience.audiences SET delete_time = COALESCE(delete_time, now())
+           WHERE audience_id = $1""",
+        audience_id,
+    )
+
+
+async def referencing(conn: Connection, audience_id: str) -> list[str]:
+    """The audiences (not deleted) whose current version references `audience_id` directly."""
+    rows = await conn.fetch(
+        """SELECT a.audience_id FROM audience.audiences a
+           JOIN audience.audience_versions v
+             ON v.audience_id = a.audience_id AND v.version = a.current_version
+           WHERE a.delete_time IS NULL AND $1 = ANY(v.referenced)
+           ORDER BY a.audience_id""",
+        audience_id,
+    )
+    return [row["audience_id"] for row in rows]
+
+
+async def current_rules(conn: Connection, audience_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The current rule, version and direct references of each audience named that is not deleted."""
+    rows = await conn.fetch(
+        """SELECT a.audience_id, v.version, v.rule::text AS rule, v.referenced
+           FROM audience.audiences a
+           JOIN audience.audience_versions v
+             ON v.audience_id = a.audience_id AND v.version = a.current_version
+           WHERE a.delete_time IS NULL AND a.audience_id = ANY($1::text[])""",
+        list(audience_ids),
+    )
+    return {row["audience_id"]: _row(row) for row in rows}
+
+
+# --- tagging's published views -------------------------------------------------------------------
+
+
+async def tag_dimensions(conn: Connection, dimensions: Sequence[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """SELECT dimension, state, tag_values FROM tagging_read.tag_dimensions
+           WHERE dimension = ANY($1::text[])""",
+        list(dimensions),
+    )
+    return {row["dimension"]: row for row in rows}
+
+
+async def current_tags(
+    conn: Connection, member_ids: Sequence[str], dimensions: Sequence[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT member_id, dimension, value FROM tagging_read.current_member_tags
+           WHERE member_id = ANY($1::text[]) AND dimension = ANY($2::text[])
+           ORDER BY member_id, dimension, value""",
+        list(member_ids),
+        list(dimensions),
+    )
+
+
+async def plan_each_evaluation(conn: Connection) -> None:
+    """Plan each compiled statement with its actual arguments: a generic plan for a member filter or
+    a window of unknown size picks whole-table scans (see tagging's store for the measurements)."""
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+
+_SNAPSHOT = """SELECT snapshot_id, request_id, audience_id, audience_version, salt, arms::text AS arms,
+       member_count, content_hash, create_time FROM audience.snapshots"""
+
+
+async def insert_snapshot(
+    conn: Connection,
+    tenant_id: str,
+    snapshot_id: str,
+    request_id: str,
+    audience_id: str,
+    audience_version: int,
+    salt: str,
+    arms: str,
+    digest: str,
+) -> bool:
+    """Records the snapshot; False when the request id made one already (the unique constraint
+    decides, so concurrent retries wait for the first and then see it)."""
+    inserted = await conn.fetchval(
+        """INSERT INTO audience.snapshots
+               (tenant_id, snapshot_id, request_id, audience_id, audience_version, salt, arms, content_hash)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+           ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING true""",
+        tenant_id,
+        snapshot_id,
+        request_id,
+        audience_id,
+        audience_version,
+        salt,
+        arms,
+        digest,
+    )
+    return bool(inserted)
+
+
+async def snapshot_by_request(conn: Connection, request_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"{_SNAPSHOT} WHERE request_id = $1", request_id)
+
+
+async def get_snapshot(conn: Connection, snapshot_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"{_SNAPSHOT} WHERE snapshot_id = $1", snapshot_id)
+
+
+async def arm_counts(conn: Connection, snapshot_id: str) -> dict[int, int]:
+    rows = await conn.fetch(
+        """SELECT arm, count(*) AS members FROM audience.snapshot_members
+           WHERE snapshot_id = $1 GROUP BY arm""",
+        snapshot_id,
+    )
+    return {row["arm"]: row["members"] for row in rows}
+
+
+async def size_snapshot(conn: Connection, snapshot_id: str, arms: str, member_count: int) -> None:
+    await conn.execute(
+        "UPDATE audience.snapshots SET arms = $2::jsonb, member_count = $3 WHERE snapshot_id = $1",
+        snapshot_id,
+        arms,
+        member_count,
+    )
+
+
+async def member_arm(conn: Connection, snapshot_id: str, member_id: str) -> int | None:
+    arm = await conn.fetchval(
+        "SELECT arm FROM audience.snapshot_members WHERE snapshot_id = $1 AND member_id = $2",
+        snapshot_id,
+        member_id,
+    )
+    return None if arm is None else int(arm)
