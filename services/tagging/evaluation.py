@@ -171,6 +171,7 @@ class Tagger:
             async with slots, self._db.transaction(tenant_id) as conn:
                 started = time.monotonic()
                 await store.plan_each_evaluation(conn)
+                await store.plan_full_recompute(conn)
                 added, removed = await store.apply_dimension(
                     conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive
                 )
