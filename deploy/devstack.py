@@ -27,23 +27,20 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from deploy import binaries, localpg
+from deploy import demo as demo_calls
+from deploy.demo import DEMO_MEMBER
 from services.common.config import ConfigError, Settings
-from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
-from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_TOKEN = "dev-token-0123456789abcdef"
 DEV_TENANT = "dev"
-DEMO_MEMBER = "demo-1"
 READY_TIMEOUT_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 5.0
 DEMO_TIMEOUT_SECONDS = 30.0
@@ -438,44 +435,15 @@ async def up(env: Mapping[str, str]) -> None:
 
 
 async def demo(layout: Layout, settings: Settings) -> None:
-    """Shows the stack working end to end: a member stored over gRPC, read back by a workflow."""
+    """Shows the stack working end to end (see deploy/demo.py)."""
     try:
-        summary = await asyncio.wait_for(_demo(settings), DEMO_TIMEOUT_SECONDS)
+        result = await asyncio.wait_for(demo_calls.run(settings, DEV_TENANT, DEV_TOKEN), DEMO_TIMEOUT_SECONDS)
     except (grpc.aio.AioRpcError, RPCError, WorkflowFailureError, RuntimeError, TimeoutError) as error:
         raise StackError(
             f"the stack started but the demo call failed: {error!r}\n"
             f"Look at the logs under {layout.logs}/ (tagging.log, worker.log)."
         ) from error
-    print(
-        f"\ndemo: UpsertMember stored {DEMO_MEMBER}; workflow member-lookup-{DEMO_MEMBER} read it back:\n"
-        f"      {summary}"
-    )
-
-
-async def _demo(settings: Settings) -> MemberSummary:
-    async with grpc.aio.insecure_channel(settings.tagging_address) as channel:
-        stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
-        await stub.UpsertMember(
-            tagging_service_pb2.UpsertMemberRequest(
-                member=member_pb2.Member(
-                    member_id=DEMO_MEMBER,
-                    profile=member_pb2.Profile(
-                        city="Hangzhou", city_tier=member_pb2.CITY_TIER_NEW_1, register_channel="app"
-                    ),
-                )
-            ),
-            metadata=(("authorization", f"Bearer {DEV_TOKEN}"),),
-            timeout=10,
-        )
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-    # TERMINATE_EXISTING: a run left over from an earlier `up` (say, still retrying) never blocks this one.
-    return await client.execute_workflow(
-        MemberLookupWorkflow.run,
-        MemberLookupInput(tenant_id=DEV_TENANT, member_id=DEMO_MEMBER),
-        id=f"member-lookup-{DEMO_MEMBER}",
-        task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
-    )
+    print("\n" + demo_calls.describe(result))
 
 
 def print_summary(layout: Layout, settings: Settings, dsn: str, *, dev_token: bool) -> None:

@@ -65,6 +65,8 @@ def test_up_status_down(tmp_path: Path) -> None:
         started = devstack("up", env)
         assert "MemberOps is up." in started
         assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
+        # The order's real-time tags were visible right after RecordOrder returned.
+        assert "categories_bought=tea" in started and "lifecycle=new" in started
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 3
