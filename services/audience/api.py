@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.type import date_pb2
 from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
 
-from services.audience import definitions
+from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
 from services.audience.evaluation import Evaluator, member_id_from_name
 from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
@@ -30,11 +31,13 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         audiences: Definitions,
         evaluator: Evaluator,
         snapshots: Snapshots,
+        breakdowns: breakdowns.Breakdowns,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._audiences = audiences
         self._evaluator = evaluator
         self._snapshots = snapshots
+        self._breakdowns = breakdowns
         self._clock = clock
 
     async def CreateAudience(
@@ -132,6 +135,15 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         )
         return audience_service_pb2.CheckMembershipResponse(is_member=is_member, version=version)
 
+    async def BreakdownAudience(
+        self, request: audience_service_pb2.BreakdownAudienceRequest, context: Any
+    ) -> audience_service_pb2.BreakdownAudienceResponse:
+        audience_id = definitions.audience_id_from_name(request.name, "name")
+        result = await self._breakdowns.breakdown(
+            current_tenant(), audience_id, breakdown_from_proto(request), self._clock()
+        )
+        return breakdown_to_proto(result)
+
     async def CreateSnapshot(
         self, request: audience_service_pb2.CreateSnapshotRequest, context: Any
     ) -> audience_pb2.Snapshot:
@@ -205,3 +217,52 @@ def audience_to_proto(audience: Audience) -> audience_pb2.Audience:
     if audience.delete_time is not None:
         message.delete_time.CopyFrom(_stamp(audience.delete_time))
     return message
+
+
+def breakdown_from_proto(
+    request: audience_service_pb2.BreakdownAudienceRequest,
+) -> breakdowns.Breakdown | None:
+    which = request.WhichOneof("by")
+    if which == "tag":
+        return breakdowns.ByTag(request.tag.dimension)
+    if which == "order_time":
+        return breakdowns.ByOrderTime(request.order_time.time_zone, request.order_time.window_days)
+    if which == "weekly":
+        weekly = request.weekly
+        return breakdowns.Weekly(
+            _date(weekly.start_date) if weekly.HasField("start_date") else None,
+            _date(weekly.end_date) if weekly.HasField("end_date") else None,
+            weekly.time_zone,
+            weekly.dimension,
+            weekly.value,
+        )
+    return None
+
+
+def _date(value: date_pb2.Date) -> dt.date | None:
+    """A full calendar date, or None (year-less or invalid dates are not dates a range can use)."""
+    try:
+        return dt.date(value.year, value.month, value.day)
+    except ValueError:
+        return None
+
+
+def breakdown_to_proto(result: breakdowns.Result) -> audience_service_pb2.BreakdownAudienceResponse:
+    reply = audience_service_pb2.BreakdownAudienceResponse(
+        member_count=result.member_count, version=result.version
+    )
+    if result.tags is not None:
+        reply.members_without_value = result.tags.without_value
+        reply.tag_values.extend(
+            audience_service_pb2.TagValueCount(value=value, member_count=n) for value, n in result.tags.values
+        )
+    for cell in result.order_times or []:
+        reply.order_times.add(
+            weekday=cell.weekday, hour=cell.hour, order_count=cell.orders, member_count=cell.members
+        )
+    for week in result.weeks or []:
+        start = date_pb2.Date(year=week.week_start.year, month=week.week_start.month, day=week.week_start.day)
+        reply.weeks.add(
+            week_start=start, buyer_count=week.buyers, order_count=week.orders, gmv_minor=week.gmv_minor
+        )
+    return reply

@@ -13,6 +13,7 @@ from pathlib import Path
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 
 from services.audience.api import AudienceApi, utc_now
+from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
 from services.audience.evaluation import Evaluator
 from services.audience.snapshots import Snapshots
@@ -28,7 +29,9 @@ def wire(
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
     evaluator = Evaluator(db)
-    servicer = AudienceApi(Definitions(db), evaluator, Snapshots(db, evaluator), clock=clock)
+    servicer = AudienceApi(
+        Definitions(db), evaluator, Snapshots(db, evaluator), Breakdowns(db, evaluator), clock=clock
+    )
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
     )

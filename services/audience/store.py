@@ -6,6 +6,7 @@ table of the tagging schema: the published views are the whole contract.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -253,3 +254,106 @@ async def member_arm(conn: Connection, snapshot_id: str, member_id: str) -> int 
         member_id,
     )
     return None if arm is None else int(arm)
+
+
+# --- breakdowns ----------------------------------------------------------------------------------
+# Each takes the audience's compiled `SELECT member_id …` and its arguments, appends its own
+# parameters after them, and reads one statement, so every figure comes from one snapshot of data.
+
+# Orders that count, as in tagging's aggregates: paid by the evaluation time, not wholly refunded.
+_COUNTED_ORDER = (
+    "o.paid_time <= $1::timestamptz"
+    " AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"
+)
+
+
+async def tag_breakdown(
+    conn: Connection, members_sql: str, args: list[Any], dimension: str
+) -> list[asyncpg.Record]:
+    """Rows (`part`, `value`, `n`): part 0 the audience size, 1 members without a value, 2 per value."""
+    d = f"${len(args) + 1}::text"
+    return await conn.fetch(
+        f"""WITH s AS MATERIALIZED ({members_sql})
+            SELECT 0 AS part, NULL::text AS value, count(*) AS n FROM s
+            UNION ALL
+            SELECT 1, NULL, count(*) FROM s WHERE NOT EXISTS (
+                SELECT 1 FROM tagging_read.current_member_tags t
+                WHERE t.member_id = s.member_id AND t.dimension = {d})
+            UNION ALL
+            SELECT 2, t.value, count(*) FROM s
+            JOIN tagging_read.current_member_tags t ON t.member_id = s.member_id AND t.dimension = {d}
+            GROUP BY t.value""",
+        *args,
+        dimension,
+    )
+
+
+async def order_time_breakdown(
+    conn: Connection, members_sql: str, args: list[Any], time_zone: str, window_days: int
+) -> tuple[int, list[asyncpg.Record]]:
+    """(audience size, rows of `weekday`, `hour`, `orders`, `members` in no order)."""
+    zone, window = f"${len(args) + 1}::text", f"${len(args) + 2}::int"
+    local = f"o.paid_time AT TIME ZONE {zone}"
+    rows = await conn.fetch(
+        f"""WITH s AS MATERIALIZED ({members_sql}),
+            cells AS (
+                SELECT extract(isodow FROM {local})::int AS weekday, extract(hour FROM {local})::int AS hour,
+                       count(*) AS orders, count(DISTINCT o.member_id) AS members
+                FROM s JOIN tagging_read.orders o ON o.member_id = s.member_id
+                WHERE {_COUNTED_ORDER}
+                  AND ({window} = 0 OR o.paid_time > $1::timestamptz - make_interval(days => {window}))
+                GROUP BY 1, 2)
+            SELECT NULL::int AS weekday, NULL::int AS hour, NULL::bigint AS orders, count(*) AS members
+            FROM s
+            UNION ALL SELECT * FROM cells""",
+        *args,
+        time_zone,
+        window_days,
+    )
+    size = next(row["members"] for row in rows if row["weekday"] is None)
+    return int(size), [row for row in rows if row["weekday"] is not None]
+
+
+async def weekly_breakdown(
+    conn: Connection,
+    members_sql: str,
+    args: list[Any],
+    first_monday: dt.date,
+    last_monday: dt.date,
+    time_zone: str,
+    tag: tuple[str, str] | None,
+) -> tuple[int, list[asyncpg.Record]]:
+    """(members counted, rows of `week`, `buyers`, `orders`, `gmv` for every week, in no order)."""
+    n = len(args)
+    first, last, zone = f"${n + 1}::date", f"${n + 2}::date", f"${n + 3}::text"
+    holding = ""
+    extra: list[Any] = []
+    if tag is not None:
+        holding = f""" AND EXISTS (SELECT 1 FROM tagging_read.current_member_tags t
+            WHERE t.member_id = a.member_id AND t.dimension = ${n + 4}::text AND t.value = ${n + 5}::text)"""
+        extra = list(tag)
+    rows = await conn.fetch(
+        f"""WITH s AS MATERIALIZED (SELECT a.member_id FROM ({members_sql}) AS a WHERE true{holding}),
+            weeks AS (SELECT generate_series({first}, {last}, interval '7 days')::date AS week),
+            bought AS (
+                SELECT date_trunc('week', o.paid_time AT TIME ZONE {zone})::date AS week, o.member_id,
+                       o.net_amount_minor
+                FROM s JOIN tagging_read.orders o ON o.member_id = s.member_id
+                WHERE {_COUNTED_ORDER}
+                  AND o.paid_time >= {first}::timestamp AT TIME ZONE {zone}
+                  AND o.paid_time < ({last} + 7)::timestamp AT TIME ZONE {zone}),
+            figures AS (
+                SELECT w.week, count(DISTINCT b.member_id) AS buyers, count(b.member_id) AS orders,
+                       COALESCE(sum(b.net_amount_minor), 0)::bigint AS gmv
+                FROM weeks w LEFT JOIN bought b ON b.week = w.week
+                GROUP BY w.week)
+            SELECT NULL::date AS week, count(*) AS buyers, NULL::bigint AS orders, NULL::bigint AS gmv FROM s
+            UNION ALL SELECT * FROM figures""",
+        *args,
+        first_monday,
+        last_monday,
+        time_zone,
+        *extra,
+    )
+    size = next(row["buyers"] for row in rows if row["week"] is None)
+    return int(size), [row for row in rows if row["week"] is not None]

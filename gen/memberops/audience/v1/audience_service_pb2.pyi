@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 from memberops.audience.v1 import audience_pb2 as _audience_pb2
 import builtins as _builtins
 import sys
@@ -397,6 +398,264 @@ class CheckMembershipResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckMembershipResponse: _TypeAlias = CheckMembershipResponse  # noqa: Y015
+
+@_typing.final
+class BreakdownAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    ORDER_TIME_FIELD_NUMBER: _builtins.int
+    WEEKLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`audiences/{audience_id}`."""
+    @_builtins.property
+    def tag(self) -> Global___TagBreakdown: ...
+    @_builtins.property
+    def order_time(self) -> Global___OrderTimeBreakdown: ...
+    @_builtins.property
+    def weekly(self) -> Global___WeeklyBreakdown: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        tag: Global___TagBreakdown | None = ...,
+        order_time: Global___OrderTimeBreakdown | None = ...,
+        weekly: Global___WeeklyBreakdown | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "order_time", b"order_time", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "name", b"name", "order_time", b"order_time", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["tag", "order_time", "weekly"]  # noqa: Y015
+    _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
+
+Global___BreakdownAudienceRequest: _TypeAlias = BreakdownAudienceRequest  # noqa: Y015
+
+@_typing.final
+class TagBreakdown(_message.Message):
+    """Members per value of one dimension. In a multi-value dimension a member counts under each value
+    it holds, so the counts may add up to more than the audience.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    """An active dimension of the tag catalog."""
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagBreakdown: _TypeAlias = TagBreakdown  # noqa: Y015
+
+@_typing.final
+class OrderTimeBreakdown(_message.Message):
+    """Orders (not wholly refunded) of the audience's members by local weekday and hour."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone the weekday and hour are taken in; empty means UTC."""
+    window_days: _builtins.int
+    """Orders paid in the last N days, 1-3650; 0 means all history."""
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        window_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_zone", b"time_zone", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderTimeBreakdown: _TypeAlias = OrderTimeBreakdown  # noqa: Y015
+
+@_typing.final
+class WeeklyBreakdown(_message.Message):
+    """Week by week (weeks start on Monday in `time_zone`): how many of the audience's members bought,
+    their orders and their GMV net of refunds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone; empty means UTC."""
+    dimension: _builtins.str
+    """Optional: only the audience's members who hold `value` in `dimension` now."""
+    value: _builtins.str
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """The weeks holding these dates and every week between; at most 520 weeks."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        time_zone: _builtins.str = ...,
+        dimension: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "end_date", b"end_date", "start_date", b"start_date", "time_zone", b"time_zone", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WeeklyBreakdown: _TypeAlias = WeeklyBreakdown  # noqa: Y015
+
+@_typing.final
+class BreakdownAudienceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TAG_VALUES_FIELD_NUMBER: _builtins.int
+    MEMBERS_WITHOUT_VALUE_FIELD_NUMBER: _builtins.int
+    ORDER_TIMES_FIELD_NUMBER: _builtins.int
+    WEEKS_FIELD_NUMBER: _builtins.int
+    member_count: _builtins.int
+    """Members in the audience (or, for a weekly breakdown restricted to a tag value, those of them
+    holding it).
+    """
+    version: _builtins.int
+    members_without_value: _builtins.int
+    """For `tag`: members holding no value in the dimension."""
+    @_builtins.property
+    def tag_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagValueCount]:
+        """For `tag`: each value held by at least one member, most members first."""
+
+    @_builtins.property
+    def order_times(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderTimeCell]:
+        """For `order_time`: every (weekday, hour) with at least one order, in weekday and hour order."""
+
+    @_builtins.property
+    def weeks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeekFigures]:
+        """For `weekly`: every week of the range, in order, weeks without orders included."""
+
+    def __init__(
+        self,
+        *,
+        member_count: _builtins.int = ...,
+        version: _builtins.int = ...,
+        tag_values: _abc.Iterable[Global___TagValueCount] | None = ...,
+        members_without_value: _builtins.int = ...,
+        order_times: _abc.Iterable[Global___OrderTimeCell] | None = ...,
+        weeks: _abc.Iterable[Global___WeekFigures] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "members_without_value", b"members_without_value", "order_times", b"order_times", "tag_values", b"tag_values", "version", b"version", "weeks", b"weeks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakdownAudienceResponse: _TypeAlias = BreakdownAudienceResponse  # noqa: Y015
+
+@_typing.final
+class TagValueCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    member_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        member_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_count", b"member_count", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagValueCount: _TypeAlias = TagValueCount  # noqa: Y015
+
+@_typing.final
+class OrderTimeCell(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKDAY_FIELD_NUMBER: _builtins.int
+    HOUR_FIELD_NUMBER: _builtins.int
+    ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    weekday: _builtins.int
+    """ISO weekday: 1 Monday … 7 Sunday."""
+    hour: _builtins.int
+    """0-23."""
+    order_count: _builtins.int
+    member_count: _builtins.int
+    """Distinct members with an order in this cell."""
+    def __init__(
+        self,
+        *,
+        weekday: _builtins.int = ...,
+        hour: _builtins.int = ...,
+        order_count: _builtins.int = ...,
+        member_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hour", b"hour", "member_count", b"member_count", "order_count", b"order_count", "weekday", b"weekday"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderTimeCell: _TypeAlias = OrderTimeCell  # noqa: Y015
+
+@_typing.final
+class WeekFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEK_START_FIELD_NUMBER: _builtins.int
+    BUYER_COUNT_FIELD_NUMBER: _builtins.int
+    ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    GMV_MINOR_FIELD_NUMBER: _builtins.int
+    buyer_count: _builtins.int
+    """Distinct members who ordered in the week."""
+    order_count: _builtins.int
+    gmv_minor: _builtins.int
+    """Sum of the orders' amounts net of refunds, in the currency's smallest unit."""
+    @_builtins.property
+    def week_start(self) -> _date_pb2.Date:
+        """The Monday that starts the week."""
+
+    def __init__(
+        self,
+        *,
+        week_start: _date_pb2.Date | None = ...,
+        buyer_count: _builtins.int = ...,
+        order_count: _builtins.int = ...,
+        gmv_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["week_start", b"week_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_count", b"buyer_count", "gmv_minor", b"gmv_minor", "order_count", b"order_count", "week_start", b"week_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WeekFigures: _TypeAlias = WeekFigures  # noqa: Y015
 
 @_typing.final
 class CreateSnapshotRequest(_message.Message):

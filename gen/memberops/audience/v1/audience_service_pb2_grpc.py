@@ -88,6 +88,11 @@ class AudienceServiceStub:
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.SerializeToString,
                 response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.FromString,
                 _registered_method=True)
+        self.BreakdownAudience = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/BreakdownAudience',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.FromString,
+                _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
                 '/memberops.audience.v1.AudienceService/CreateSnapshot',
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateSnapshotRequest.SerializeToString,
@@ -185,6 +190,15 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BreakdownAudience(self, request, context):
+        """The audience's members now, broken down one way: by the values they hold in a tag dimension,
+        by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
+        GMV), optionally only for the members holding one tag value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSnapshot(self, request, context):
         """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
         10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
@@ -261,6 +275,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.CheckMembership,
                     request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.FromString,
                     response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.SerializeToString,
+            ),
+            'BreakdownAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.BreakdownAudience,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.SerializeToString,
             ),
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
@@ -551,6 +570,33 @@ class AudienceService:
             '/memberops.audience.v1.AudienceService/CheckMembership',
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipRequest.SerializeToString,
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.CheckMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BreakdownAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/BreakdownAudience',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,11 @@ class AudienceServiceStub:
     """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
     CheckMembership: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]
     """Whether one member is in the audience now; evaluates that member's rows only."""
+    BreakdownAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.BreakdownAudienceRequest, _audience_service_pb2.BreakdownAudienceResponse]
+    """The audience's members now, broken down one way: by the values they hold in a tag dimension,
+    by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
+    GMV), optionally only for the members holding one tag value.
+    """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]
     """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
     10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
@@ -110,6 +115,11 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
     CheckMembership: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]  # type: ignore[assignment]
     """Whether one member is in the audience now; evaluates that member's rows only."""
+    BreakdownAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.BreakdownAudienceRequest, _audience_service_pb2.BreakdownAudienceResponse]  # type: ignore[assignment]
+    """The audience's members now, broken down one way: by the values they hold in a tag dimension,
+    by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
+    GMV), optionally only for the members holding one tag value.
+    """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]  # type: ignore[assignment]
     """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
     10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
@@ -213,6 +223,17 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.CheckMembershipResponse, _abc.Awaitable[_audience_service_pb2.CheckMembershipResponse]]:
         """Whether one member is in the audience now; evaluates that member's rows only."""
+
+    @_abc_1.abstractmethod
+    def BreakdownAudience(
+        self,
+        request: _audience_service_pb2.BreakdownAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.BreakdownAudienceResponse, _abc.Awaitable[_audience_service_pb2.BreakdownAudienceResponse]]:
+        """The audience's members now, broken down one way: by the values they hold in a tag dimension,
+        by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
+        GMV), optionally only for the members holding one tag value.
+        """
 
     @_abc_1.abstractmethod
     def CreateSnapshot(
