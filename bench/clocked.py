@@ -1,9 +1,9 @@
-"""Runs the tagging service with its clock set by the bench: `python -m bench.clocked`.
+"""Runs a service with its clock set by the bench: `python -m bench.clocked <service>`.
 
 MEMBEROPS_BENCH_CLOCK is `frozen:<ISO time>` (the clock stands still there: a recompute repeated
 on unchanged data must change nothing, and windows end where the generated data ends) or
 `from:<ISO time>` (the clock starts there when the process starts and runs). The service's
-wiring takes the clock, so the API and the real-time sweeper both run on it.
+wiring takes the clock (tagging's and audience's do), so the API and background loops run on it.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import importlib
 import os
+import sys
 import time
 from collections.abc import Callable
 
 from bench.servers import CLOCK_ENV
 from services.common import app
-from services.tagging import server
 
 
 def parse(spec: str) -> Callable[[], dt.datetime]:
@@ -34,6 +35,7 @@ def parse(spec: str) -> Callable[[], dt.datetime]:
 
 
 def main() -> None:
+    server = importlib.import_module(f"services.{sys.argv[1]}.server")
     clock = parse(os.environ[CLOCK_ENV])
     wire = functools.partial(server.wire, clock=clock)
     app.main(dataclasses.replace(server.DEFINITION, wire=wire))

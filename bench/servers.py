@@ -23,6 +23,7 @@ BENCH_TENANT = "bench"
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 # Read by bench/clocked.py in the service's process.
 CLOCK_ENV = "MEMBEROPS_BENCH_CLOCK"
+CLOCKED_SERVICES = ("tagging", "audience")
 
 
 def free_port() -> int:
@@ -50,11 +51,11 @@ async def service(
 ) -> AsyncIterator[str]:
     """Runs `services.<name>.server` on a free port with access logs off; yields its address.
 
-    `clock` (tagging only) sets the service's clock: `frozen:<ISO time>` or `from:<ISO time>`
-    (see bench/clocked.py); unset, the service runs on the wall clock.
+    `clock` (tagging and audience) sets the service's clock: `frozen:<ISO time>` or
+    `from:<ISO time>` (see bench/clocked.py); unset, the service runs on the wall clock.
     """
-    if clock is not None and name != "tagging":
-        raise ValueError("only the tagging service runs with a bench clock")
+    if clock is not None and name not in CLOCKED_SERVICES:
+        raise ValueError(f"only {', '.join(CLOCKED_SERVICES)} run with a bench clock")
     address = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -66,8 +67,8 @@ async def service(
         **(extra_env or {}),
         **({CLOCK_ENV: clock} if clock is not None else {}),
     }
-    module = "bench.clocked" if clock is not None else f"services.{name}.server"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, cwd=ROOT, env=env)
+    command = ("bench.clocked", name) if clock is not None else (f"services.{name}.server",)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", *command, cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120  # seeding the catalog may take a moment on big data
         while not (await grpc_health(address)).ready:
