@@ -90,32 +90,66 @@ def compile_audience(
     filtered: bool = False,
 ) -> Compiled:
     """Compiles a validated rule; `references` holds the current rule of every audience it reaches."""
-    b = rules.Builder(relations=VIEWS)
+    b = rules.Builder(relations=VIEWS, correlated=True)
     now = b.param(None, "timestamptz")
     if filtered:
         b.member_filter = b.param([], "text[]")
     state = _State(references)
-    predicate = f"COALESCE({_predicate(rule, b, now, state, ())}, false)"
+    predicate = _predicate(rule, b, now, state, ()).boolean()
     joins = rules.aggregate_joins(b, now)
     matches = tuple(dict.fromkeys(state.tag_matches))
     return Compiled(predicate, joins, tuple(b.params), b.member_filter, matches)
 
 
+@dataclass(frozen=True)
+class _Sql:
+    text: str
+    # False when the expression is never NULL (EXISTS tests and their combinations): left without a
+    # COALESCE, a top-level (NOT) EXISTS stays one the planner can turn into a (anti-)join and start
+    # from, e.g. the few members who carted a category this week.
+    nullable: bool
+
+    def boolean(self) -> str:
+        return f"COALESCE({self.text}, false)" if self.nullable else self.text
+
+
+def _cost(rule: audience_pb2.AudienceRule) -> int:
+    """A rough rank of what a condition costs per member, so AND/OR test the cheap ones first and
+    stop early: tags and profile fields, then existence tests, then aggregates and references."""
+    node = rule.WhichOneof("node")
+    if node == "tag":
+        return 0
+    if node == "condition":
+        if rule.condition.operand.WhichOneof("source") != "aggregate":
+            return 0
+        return 1 if rules.existence(rule.condition) is not None else 2
+    if node == "not":
+        return _cost(getattr(rule, "not"))
+    if node in ("all", "any"):
+        return max((_cost(r) for r in getattr(rule, node).rules), default=0)
+    return 3
+
+
 def _predicate(
     rule: audience_pb2.AudienceRule, b: rules.Builder, now: str, state: _State, stack: tuple[str, ...]
-) -> str:
+) -> _Sql:
     node = rule.WhichOneof("node")
     if node in ("all", "any"):
-        parts = [f"COALESCE({_predicate(r, b, now, state, stack)}, false)" for r in getattr(rule, node).rules]
+        # AND and OR of conditions without side effects commute: cheapest first.
+        children = sorted(getattr(rule, node).rules, key=_cost)
+        parts = [_predicate(r, b, now, state, stack).boolean() for r in children]
         if not parts:
-            return "true" if node == "all" else "false"
-        return "(" + f" {'AND' if node == 'all' else 'OR'} ".join(parts) + ")"
+            return _Sql("true" if node == "all" else "false", nullable=False)
+        return _Sql("(" + f" {'AND' if node == 'all' else 'OR'} ".join(parts) + ")", nullable=False)
     if node == "not":
-        return f"(NOT COALESCE({_predicate(getattr(rule, 'not'), b, now, state, stack)}, false))"
+        return _Sql(
+            f"(NOT {_predicate(getattr(rule, 'not'), b, now, state, stack).boolean()})", nullable=False
+        )
     if node == "condition":
-        return rules.condition_predicate(rule.condition, b, now)
+        never_null = rules.existence(rule.condition) is not None
+        return _Sql(rules.condition_predicate(rule.condition, b, now), nullable=not never_null)
     if node == "tag":
-        return _tag(rule.tag, b, state)
+        return _Sql(_tag(rule.tag, b, state), nullable=False)
     assert node == "audience", "validate() runs before compile"
     referenced = rule.audience.removeprefix(NAME_PREFIX)
     if referenced in stack:

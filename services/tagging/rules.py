@@ -313,6 +313,10 @@ class Builder:
     figures: dict[str, tuple[str, str]] = field(default_factory=dict)
     member_filter: str = ""
     inputs: set[Input] = field(default_factory=set)
+    # Aggregates as subqueries correlated with the member row `m` (and existence tests as EXISTS)
+    # rather than grouped over every member and joined: what a selection wants, where the planner
+    # then evaluates an aggregate only for the members the cheaper conditions let through.
+    correlated: bool = False
 
     def param(self, value: Any, cast: str) -> str:
         self.params.append(value)
@@ -416,13 +420,21 @@ def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: Builder, now: str) -
         return f"(m.attributes ->> {name})", label
     aggregate = AggregateKey.of(operand.aggregate)
     b.inputs.add(Input.EVENTS if aggregate.function in _EVENT_FUNCTIONS else Input.ORDERS)
-    alias = b.aggregates.setdefault(aggregate, f"agg_{len(b.aggregates)}")
     empty = "0" if aggregate.function in _ZERO_WHEN_EMPTY else "NULL"
+    if b.correlated:
+        return f"COALESCE(({_aggregate_sql(aggregate, b, now)}), {empty})", aggregate.label
+    alias = b.aggregates.setdefault(aggregate, f"agg_{len(b.aggregates)}")
     return f"COALESCE({alias}.value, {empty})", aggregate.label
 
 
 def _condition(condition: rules_pb2.Condition, b: Builder, now: str) -> str:
     op, values, operand = condition.operator, list(condition.values), condition.operand
+    exists = existence(condition) if b.correlated else None
+    if exists is not None:
+        key = AggregateKey.of(operand.aggregate)
+        b.inputs.add(Input.EVENTS if key.function in _EVENT_FUNCTIONS else Input.ORDERS)
+        test = f"EXISTS ({_existence_sql(key, b, now)})"
+        return test if exists else f"(NOT {test})"
     kind = operand_type(operand, values) or Type.TEXT
     if op in (Op.OPERATOR_IS_SET, Op.OPERATOR_IS_NOT_SET) and operand.WhichOneof("source") == "attribute":
         # Presence, whatever the type: the raw JSON value.
@@ -455,49 +467,66 @@ def _literal(value: rules_pb2.Value, operand: rules_pb2.Operand) -> Any:
     return getattr(value, kind) if kind else None
 
 
+def _member_clause(b: Builder, table: str) -> str:
+    """Restricts a fact table to the member row `m` (correlated) or to the member filter, if any."""
+    if b.correlated:
+        return f" AND {table}.member_id = m.member_id"
+    return f" AND {table}.member_id = ANY({b.member_filter})" if b.member_filter else ""
+
+
+def _window(key: AggregateKey, b: Builder, now: str, column: str) -> list[str]:
+    where = [f"{column} <= {now}"]
+    if key.window_days:
+        where.append(f"{column} > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
+    return where
+
+
+def _event_where(key: AggregateKey, b: Builder, now: str) -> list[str]:
+    where = _window(key, b, now, "e.occur_time")
+    if key.event_kinds:
+        where.append(f"e.kind = ANY({b.param(list(key.event_kinds), 'smallint[]')})")
+    return where + _line_filters(key, b, "e")
+
+
+def _kept_line_where(key: AggregateKey, b: Builder, now: str) -> list[str]:
+    """Lines in the window matching the filters with something not returned."""
+    return (
+        _window(key, b, now, "l.paid_time")
+        + _line_filters(key, b, "l")
+        + ["l.quantity > l.refunded_quantity"]
+    )
+
+
+_COUNTED_ORDER = "NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"
+
+
 def _aggregate_sql(key: AggregateKey, b: Builder, now: str) -> str:
-    """A grouped subquery `(member_id, value)` for one aggregate."""
+    """One aggregate: grouped `(member_id, value)` over every (filtered) member, or, correlated, the
+    value of the member row `m` alone."""
     fn = key.function
-    member = f" AND {{t}}.member_id = ANY({b.member_filter})" if b.member_filter else ""
     if fn in _EVENT_FUNCTIONS:
-        where = [f"e.occur_time <= {now}"]
-        if key.window_days:
-            where.append(f"e.occur_time > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
-        if key.event_kinds:
-            where.append(f"e.kind = ANY({b.param(list(key.event_kinds), 'smallint[]')})")
-        where += _line_filters(key, b, "e")
         value = ("count(*)" if fn == Fn.AGGREGATE_FUNCTION_EVENT_COUNT
                  else f"floor(extract(epoch FROM {now} - max(e.occur_time)) / 86400)")  # fmt: skip
-        return (f"SELECT e.member_id, {value} AS value FROM {b.relations.events} e "
-                f"WHERE {' AND '.join(where)}{member.format(t='e')} GROUP BY e.member_id")  # fmt: skip
-    window = [f"{{t}}.paid_time <= {now}"]
-    if key.window_days:
-        window.append(f"{{t}}.paid_time > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
+        source = f"FROM {b.relations.events} e WHERE {' AND '.join(_event_where(key, b, now))}"
+        return _shaped(b, "e", value, source + _member_clause(b, "e"))
     if fn in _LINE_FUNCTIONS:
-        where = (
-            [w.format(t="l") for w in window]
-            + _line_filters(key, b, "l")
-            + ["l.quantity > l.refunded_quantity"]
-        )
         value = ("sum(l.quantity - l.refunded_quantity)" if fn == Fn.AGGREGATE_FUNCTION_ITEM_COUNT
                  else "count(DISTINCT l.category) FILTER (WHERE l.category <> '')")  # fmt: skip
-        return (f"SELECT l.member_id, {value} AS value FROM {b.relations.order_lines} l "
-                f"WHERE {' AND '.join(where)}{member.format(t='l')} GROUP BY l.member_id")  # fmt: skip
+        source = f"FROM {b.relations.order_lines} l WHERE {' AND '.join(_kept_line_where(key, b, now))}"
+        return _shaped(b, "l", value, source + _member_clause(b, "l"))
     # Order functions see one row per counted order: (member_id, paid_time, net amount).
     if key.has_line_filter:
-        where = [w.format(t="l") for w in window] + _line_filters(key, b, "l")
+        where = _window(key, b, now, "l.paid_time") + _line_filters(key, b, "l")
         orders = (f"SELECT l.member_id, l.order_id, max(l.paid_time) AS paid_time, "
                   f"sum((l.quantity - l.refunded_quantity) * l.unit_price_minor) AS net "
-                  f"FROM {b.relations.order_lines} l WHERE {' AND '.join(where)}{member.format(t='l')} "
+                  f"FROM {b.relations.order_lines} l WHERE {' AND '.join(where)}{_member_clause(b, 'l')} "
                   f"GROUP BY l.member_id, l.order_id "
                   f"HAVING sum(l.quantity - l.refunded_quantity) > 0")  # fmt: skip
     else:
-        where = [w.format(t="o") for w in window] + [
-            "NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"
-        ]
+        where = [*_window(key, b, now, "o.paid_time"), _COUNTED_ORDER]
         orders = (f"SELECT o.member_id, o.order_id, o.paid_time, "
                   f"o.amount_minor - o.refunded_amount_minor AS net FROM {b.relations.orders} o "
-                  f"WHERE {' AND '.join(where)}{member.format(t='o')}")  # fmt: skip
+                  f"WHERE {' AND '.join(where)}{_member_clause(b, 'o')}")  # fmt: skip
     functions: dict[int, str] = {
         Fn.AGGREGATE_FUNCTION_ORDER_COUNT: "count(*)",
         Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM: "sum(c.net)",
@@ -508,8 +537,55 @@ def _aggregate_sql(key: AggregateKey, b: Builder, now: str) -> str:
         ),
         Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH: f"count(*) * 30.0 / {max(key.window_days, 1)}",
     }
-    value = functions[fn]
-    return f"SELECT c.member_id, {value} AS value FROM ({orders}) AS c GROUP BY c.member_id"
+    return _shaped(b, "c", functions[fn], f"FROM ({orders}) AS c")
+
+
+def _shaped(b: Builder, table: str, value: str, source: str) -> str:
+    if b.correlated:
+        return f"SELECT {value} {source}"
+    return f"SELECT {table}.member_id, {value} AS value {source} GROUP BY {table}.member_id"
+
+
+_COUNT_FUNCTIONS = {
+    Fn.AGGREGATE_FUNCTION_EVENT_COUNT,
+    Fn.AGGREGATE_FUNCTION_ORDER_COUNT,
+    Fn.AGGREGATE_FUNCTION_ITEM_COUNT,
+}
+
+
+def existence(condition: rules_pb2.Condition) -> bool | None:
+    """True when a validated condition says "at least one" of a count (`count >= 1`, `> 0`), False
+    when it says "none" (`< 1`, `= 0`), None otherwise. Counts are whole numbers, so those are
+    exactly the conditions an (NOT) EXISTS answers."""
+    operand, values = condition.operand, condition.values
+    if operand.WhichOneof("source") != "aggregate" or operand.aggregate.function not in _COUNT_FUNCTIONS:
+        return None
+    if len(values) != 1 or values[0].WhichOneof("kind") != "number":
+        return None
+    v, op = values[0].number, condition.operator
+    if (op == Op.OPERATOR_GE and 0 < v <= 1) or (op == Op.OPERATOR_GT and 0 <= v < 1):
+        return True
+    if op == Op.OPERATOR_NE and v == 0:
+        return True
+    if (op == Op.OPERATOR_LT and 0 < v <= 1) or (op == Op.OPERATOR_LE and 0 <= v < 1):
+        return False
+    if op == Op.OPERATOR_EQ and v == 0:
+        return False
+    return None
+
+
+def _existence_sql(key: AggregateKey, b: Builder, now: str) -> str:
+    """`SELECT 1` of the member row `m`'s facts that make a count at least one. An order counts when
+    a matching line of it is not wholly returned (its net quantity, a sum of non-negative terms, is
+    then positive); an item count is at least one exactly then too."""
+    if key.function in _EVENT_FUNCTIONS:
+        where = _event_where(key, b, now)
+        return f"SELECT 1 FROM {b.relations.events} e WHERE {' AND '.join(where)}{_member_clause(b, 'e')}"
+    if key.function == Fn.AGGREGATE_FUNCTION_ORDER_COUNT and not key.has_line_filter:
+        where = [*_window(key, b, now, "o.paid_time"), _COUNTED_ORDER]
+        return f"SELECT 1 FROM {b.relations.orders} o WHERE {' AND '.join(where)}{_member_clause(b, 'o')}"
+    where = _kept_line_where(key, b, now)
+    return f"SELECT 1 FROM {b.relations.order_lines} l WHERE {' AND '.join(where)}{_member_clause(b, 'l')}"
 
 
 def _line_filters(key: AggregateKey, b: Builder, table: str) -> list[str]:
