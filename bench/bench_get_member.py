@@ -55,19 +55,10 @@ async def main() -> None:
         async def health_check(_: int) -> object:
             return await health.Check(check)
 
-        for warm in (health_check, get_member):
-            await harness.measure("warmup", warm, concurrency=CONCURRENCY, seconds=1)
-        rounds: dict[str, list[harness.Result]] = {"health": [], "get_member": []}
-        for _ in range(ROUNDS):  # interleaved, so drift on a noisy machine hits both alike
-            rounds["health"].append(
-                await harness.measure("health", health_check, concurrency=CONCURRENCY, seconds=seconds)
-            )
-            rounds["get_member"].append(
-                await harness.measure("get_member", get_member, concurrency=CONCURRENCY, seconds=seconds)
-            )
-    subject, baseline = harness.median_round(rounds["get_member"]), harness.median_round(rounds["health"])
-    print(subject.line())
-    print(baseline.line())
-    print(harness.ratio_line(subject, baseline))
-    if subject.errors or baseline.errors:
-        raise SystemExit("benchmark calls failed")
+        await harness.against_baseline(
+            ("get_member", get_member),
+            ("health", health_check),
+            concurrency=CONCURRENCY,
+            seconds=seconds,
+            rounds=ROUNDS,
+        )

@@ -176,3 +176,27 @@ def open_loop_ratio_line(subject: OpenLoopResult, baseline: OpenLoopResult) -> s
         s, b = subject.percentile(p), baseline.percentile(p)
         ratios.append(f"p{p} {s / b:.1f}x" if math.isfinite(s) and math.isfinite(b) and b else f"p{p} n/a")
     return f"ratio {subject.name}/{baseline.name}  " + "  ".join(ratios)
+
+
+async def against_baseline(
+    subject: tuple[str, Callable[[int], Awaitable[object]]],
+    baseline: tuple[str, Callable[[int], Awaitable[object]]],
+    *,
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+) -> None:
+    """Warms both calls up, measures them in interleaved rounds (so drift on a noisy machine hits
+    both alike), prints each median round and their ratio; exits non-zero when any call failed."""
+    for _, warm in (baseline, subject):
+        await measure("warmup", warm, concurrency=concurrency, seconds=1)
+    results: dict[str, list[Result]] = {subject[0]: [], baseline[0]: []}
+    for _ in range(rounds):
+        for name, call in (baseline, subject):
+            results[name].append(await measure(name, call, concurrency=concurrency, seconds=seconds))
+    measured, base = median_round(results[subject[0]]), median_round(results[baseline[0]])
+    print(measured.line())
+    print(base.line())
+    print(ratio_line(measured, base))
+    if measured.errors or base.errors:
+        raise SystemExit("benchmark calls failed")

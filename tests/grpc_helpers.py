@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
@@ -31,3 +33,19 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
         if detail.Unpack(bad_request):
             violations.update({v.field: v.description for v in bad_request.field_violations})
     return violations
+
+
+async def failure(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error a call fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def bad(call: Awaitable[Any], path: str, words: str = "") -> None:
+    """The call is INVALID_ARGUMENT with a violation of field `path` whose description has `words`."""
+    error = await failure(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    violations = field_violations(error)
+    assert path in violations, violations
+    assert words in violations[path]

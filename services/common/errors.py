@@ -52,6 +52,10 @@ class FailedPrecondition(DomainError):
     """The request is well formed but the system is not in a state to accept it."""
 
 
+class ResourceExhausted(DomainError):
+    """What the request needs has run out (e.g. a reward's stock); retrying later may succeed."""
+
+
 class Aborted(DomainError):
     """A concurrent change won: the caller's expected version is no longer current."""
 

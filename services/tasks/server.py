@@ -1,32 +1,42 @@
 """Wires the tasks service: `python -m services.tasks.server`.
 
-The service has no RPCs and no tables yet; it runs so deployments, health checks and clients can be
-wired up now, and its issue fills it in.
+The service owns the `tasks` schema: the points ledger (accounts, entries, lots), the rewards
+catalog and redemptions. Members are the
+caller's ids; tasks neither owns them nor asks tagging about them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
 
 from memberops.tasks.v1 import tasks_service_pb2, tasks_service_pb2_grpc
 
 from services.common import app
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
+from services.tasks.api import TasksApi, utc_now
+from services.tasks.ledger import Ledger
+from services.tasks.rewards import Rewards
 
 SERVICE = tasks_service_pb2.DESCRIPTOR.services_by_name["TasksService"]
 
 
-def bindings(db: Database | None) -> Sequence[ServiceBinding]:
-    servicer = tasks_service_pb2_grpc.TasksServiceServicer()
-    return [ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)]
+def wire(
+    db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
+) -> app.Wiring:
+    assert db is not None, "tasks owns a schema, so it always has a database"
+    servicer = TasksApi(Ledger(db), Rewards(db), clock=clock)
+    binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
+    return app.Wiring([binding])
 
 
 DEFINITION = app.ServiceDefinition(
     name="tasks",
-    schema=None,
-    migrations_dir=None,
-    wire=lambda db, _tenants: app.Wiring(bindings(db)),
+    schema="tasks",
+    migrations_dir=Path(__file__).parent / "migrations",
+    wire=wire,
     address=lambda settings: settings.tasks_address,
 )
 

@@ -22,15 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
+from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v12\x0e\n\x0cTasksServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmemberops/tasks/v1/points.proto\x1a memberops/tasks/v1/rewards.proto\"\xf3\x01\n\x11\x45\x61rnPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"^\n\x12SpendPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x11\n\treference\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb9\x01\n\x13\x41\x64justPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"@\n\x19ReverseOrderPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"D\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpiring_within_days\x18\x02 \x01(\x05\"T\n\x18ListLedgerEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tasks.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13\x45xpirePointsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x14\x45xpirePointsResponse\x12\x14\n\x0c\x65xpired_lots\x18\x01 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x02 \x01(\x03\"A\n\x13\x43reateRewardRequest\x12*\n\x06reward\x18\x01 \x01(\x0b\x32\x1a.memberops.tasks.v1.Reward\";\n\x12ListRewardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListRewardsResponse\x12+\n\x07rewards\x18\x01 \x03(\x0b\x32\x1a.memberops.tasks.v1.Reward\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\rRedeemRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\xa5\x07\n\x0cTasksService\x12T\n\nEarnPoints\x12%.memberops.tasks.v1.EarnPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12V\n\x0bSpendPoints\x12&.memberops.tasks.v1.SpendPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12X\n\x0c\x41\x64justPoints\x12\'.memberops.tasks.v1.AdjustPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12\x64\n\x12ReverseOrderPoints\x12-.memberops.tasks.v1.ReverseOrderPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12P\n\nGetBalance\x12%.memberops.tasks.v1.GetBalanceRequest\x1a\x1b.memberops.tasks.v1.Balance\x12p\n\x11ListLedgerEntries\x12,.memberops.tasks.v1.ListLedgerEntriesRequest\x1a-.memberops.tasks.v1.ListLedgerEntriesResponse\x12\x61\n\x0c\x45xpirePoints\x12\'.memberops.tasks.v1.ExpirePointsRequest\x1a(.memberops.tasks.v1.ExpirePointsResponse\x12S\n\x0c\x43reateReward\x12\'.memberops.tasks.v1.CreateRewardRequest\x1a\x1a.memberops.tasks.v1.Reward\x12^\n\x0bListRewards\x12&.memberops.tasks.v1.ListRewardsRequest\x1a\'.memberops.tasks.v1.ListRewardsResponse\x12K\n\x06Redeem\x12!.memberops.tasks.v1.RedeemRequest\x1a\x1e.memberops.tasks.v1.Redemptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.tasks_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSSERVICE']._serialized_start=62
-  _globals['_TASKSSERVICE']._serialized_end=76
+  _globals['_EARNPOINTSREQUEST']._serialized_start=163
+  _globals['_EARNPOINTSREQUEST']._serialized_end=406
+  _globals['_SPENDPOINTSREQUEST']._serialized_start=408
+  _globals['_SPENDPOINTSREQUEST']._serialized_end=502
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=505
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=690
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_start=692
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_end=756
+  _globals['_GETBALANCEREQUEST']._serialized_start=758
+  _globals['_GETBALANCEREQUEST']._serialized_end=826
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=828
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=912
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=914
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1016
+  _globals['_EXPIREPOINTSREQUEST']._serialized_start=1018
+  _globals['_EXPIREPOINTSREQUEST']._serialized_end=1082
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=1084
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=1152
+  _globals['_CREATEREWARDREQUEST']._serialized_start=1154
+  _globals['_CREATEREWARDREQUEST']._serialized_end=1219
+  _globals['_LISTREWARDSREQUEST']._serialized_start=1221
+  _globals['_LISTREWARDSREQUEST']._serialized_end=1280
+  _globals['_LISTREWARDSRESPONSE']._serialized_start=1282
+  _globals['_LISTREWARDSRESPONSE']._serialized_end=1373
+  _globals['_REDEEMREQUEST']._serialized_start=1375
+  _globals['_REDEEMREQUEST']._serialized_end=1448
+  _globals['_TASKSSERVICE']._serialized_start=1451
+  _globals['_TASKSSERVICE']._serialized_end=2384
 # @@protoc_insertion_point(module_scope)

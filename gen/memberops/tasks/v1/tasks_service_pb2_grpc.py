@@ -3,6 +3,9 @@
 import grpc
 import warnings
 
+from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
+from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
+from memberops.tasks.v1 import tasks_service_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,8 +29,13 @@ if _version_not_supported:
 
 class TasksServiceStub:
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
 
     def __init__(self, channel):
@@ -36,17 +44,199 @@ class TasksServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.EarnPoints = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EarnPoints',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EarnPointsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+                _registered_method=True)
+        self.SpendPoints = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/SpendPoints',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SpendPointsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+                _registered_method=True)
+        self.AdjustPoints = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/AdjustPoints',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.AdjustPointsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+                _registered_method=True)
+        self.ReverseOrderPoints = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ReverseOrderPoints',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReverseOrderPointsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+                _registered_method=True)
+        self.GetBalance = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetBalance',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetBalanceRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.Balance.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListLedgerEntries',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
+        self.ExpirePoints = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ExpirePoints',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsResponse.FromString,
+                _registered_method=True)
+        self.CreateReward = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/CreateReward',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateRewardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
+                _registered_method=True)
+        self.ListRewards = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListRewards',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsResponse.FromString,
+                _registered_method=True)
+        self.Redeem = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/Redeem',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
+                _registered_method=True)
 
 
 class TasksServiceServicer:
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
+
+    def EarnPoints(self, request, context):
+        """Adds points for a task or an order. Order points may be held for a return window (pending).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendPoints(self, request, context):
+        """Spends available points, soonest-expiring first; FAILED_PRECONDITION when they do not suffice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustPoints(self, request, context):
+        """An operator's correction, up or down (down draws like a spend and cannot go below zero).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverseOrderPoints(self, request, context):
+        """Takes back what an order earned: what is left of its lots; what was already spent or expired
+        is recorded as the entry's `shortfall`, never as a negative balance. Once per order: a second
+        call returns the first reversal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBalance(self, request, context):
+        """Available, pending and soon-expiring points.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """A member's entries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpirePoints(self, request, context):
+        """Expires every lot whose expiry time is at or before `as_of`, one entry per lot. Safe to run
+        twice or concurrently: an expired lot is empty and is not expired again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateReward(self, request, context):
+        """Adds a reward to the catalog. The reward id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRewards(self, request, context):
+        """The catalog by reward id, with the stock left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeem(self, request, context):
+        """Spends the reward's price and takes one unit in one transaction, or does neither. No stock left
+        is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
+        records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
+        same outcome); the same id for another member or reward is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_TasksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'EarnPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.EarnPoints,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EarnPointsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.SerializeToString,
+            ),
+            'SpendPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendPoints,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SpendPointsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.SerializeToString,
+            ),
+            'AdjustPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustPoints,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.AdjustPointsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.SerializeToString,
+            ),
+            'ReverseOrderPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseOrderPoints,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReverseOrderPointsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.SerializeToString,
+            ),
+            'GetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalance,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetBalanceRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.Balance.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'ExpirePoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpirePoints,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsResponse.SerializeToString,
+            ),
+            'CreateReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateReward,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateRewardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.SerializeToString,
+            ),
+            'ListRewards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRewards,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsResponse.SerializeToString,
+            ),
+            'Redeem': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeem,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'memberops.tasks.v1.TasksService', rpc_method_handlers)
@@ -57,6 +247,281 @@ def add_TasksServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TasksService:
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
+
+    @staticmethod
+    def EarnPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EarnPoints',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EarnPointsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/SpendPoints',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SpendPointsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/AdjustPoints',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.AdjustPointsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseOrderPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ReverseOrderPoints',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReverseOrderPointsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetBalance',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetBalanceRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.Balance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListLedgerEntries',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpirePoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ExpirePoints',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ExpirePointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/CreateReward',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateRewardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRewards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListRewards',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListRewardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/Redeem',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

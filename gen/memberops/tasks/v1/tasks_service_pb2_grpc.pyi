@@ -5,6 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.tasks.v1 import points_pb2 as _points_pb2
+from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
+from memberops.tasks.v1 import tasks_service_pb2 as _tasks_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -27,30 +30,196 @@ GRPC_VERSION: str
 
 class TasksServiceStub:
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TasksServiceAsyncStub: ...
+    EarnPoints: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EarnPointsRequest, _points_pb2.LedgerEntry]
+    """Adds points for a task or an order. Order points may be held for a return window (pending)."""
+    SpendPoints: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.SpendPointsRequest, _points_pb2.LedgerEntry]
+    """Spends available points, soonest-expiring first; FAILED_PRECONDITION when they do not suffice."""
+    AdjustPoints: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.AdjustPointsRequest, _points_pb2.LedgerEntry]
+    """An operator's correction, up or down (down draws like a spend and cannot go below zero)."""
+    ReverseOrderPoints: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ReverseOrderPointsRequest, _points_pb2.LedgerEntry]
+    """Takes back what an order earned: what is left of its lots; what was already spent or expired
+    is recorded as the entry's `shortfall`, never as a negative balance. Once per order: a second
+    call returns the first reversal.
+    """
+    GetBalance: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetBalanceRequest, _points_pb2.Balance]
+    """Available, pending and soon-expiring points."""
+    ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListLedgerEntriesRequest, _tasks_service_pb2.ListLedgerEntriesResponse]
+    """A member's entries, newest first."""
+    ExpirePoints: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ExpirePointsRequest, _tasks_service_pb2.ExpirePointsResponse]
+    """Expires every lot whose expiry time is at or before `as_of`, one entry per lot. Safe to run
+    twice or concurrently: an expired lot is empty and is not expired again.
+    """
+    CreateReward: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateRewardRequest, _rewards_pb2.Reward]
+    """Adds a reward to the catalog. The reward id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS.
+    """
+    ListRewards: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListRewardsRequest, _tasks_service_pb2.ListRewardsResponse]
+    """The catalog by reward id, with the stock left."""
+    Redeem: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RedeemRequest, _rewards_pb2.Redemption]
+    """Spends the reward's price and takes one unit in one transaction, or does neither. No stock left
+    is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
+    records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
+    same outcome); the same id for another member or reward is ALREADY_EXISTS.
+    """
 
 @_typing.type_check_only
 class TasksServiceAsyncStub(TasksServiceStub):
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    EarnPoints: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EarnPointsRequest, _points_pb2.LedgerEntry]  # type: ignore[assignment]
+    """Adds points for a task or an order. Order points may be held for a return window (pending)."""
+    SpendPoints: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.SpendPointsRequest, _points_pb2.LedgerEntry]  # type: ignore[assignment]
+    """Spends available points, soonest-expiring first; FAILED_PRECONDITION when they do not suffice."""
+    AdjustPoints: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.AdjustPointsRequest, _points_pb2.LedgerEntry]  # type: ignore[assignment]
+    """An operator's correction, up or down (down draws like a spend and cannot go below zero)."""
+    ReverseOrderPoints: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ReverseOrderPointsRequest, _points_pb2.LedgerEntry]  # type: ignore[assignment]
+    """Takes back what an order earned: what is left of its lots; what was already spent or expired
+    is recorded as the entry's `shortfall`, never as a negative balance. Once per order: a second
+    call returns the first reversal.
+    """
+    GetBalance: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetBalanceRequest, _points_pb2.Balance]  # type: ignore[assignment]
+    """Available, pending and soon-expiring points."""
+    ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListLedgerEntriesRequest, _tasks_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    """A member's entries, newest first."""
+    ExpirePoints: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ExpirePointsRequest, _tasks_service_pb2.ExpirePointsResponse]  # type: ignore[assignment]
+    """Expires every lot whose expiry time is at or before `as_of`, one entry per lot. Safe to run
+    twice or concurrently: an expired lot is empty and is not expired again.
+    """
+    CreateReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateRewardRequest, _rewards_pb2.Reward]  # type: ignore[assignment]
+    """Adds a reward to the catalog. The reward id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS.
+    """
+    ListRewards: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListRewardsRequest, _tasks_service_pb2.ListRewardsResponse]  # type: ignore[assignment]
+    """The catalog by reward id, with the stock left."""
+    Redeem: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RedeemRequest, _rewards_pb2.Redemption]  # type: ignore[assignment]
+    """Spends the reward's price and takes one unit in one transaction, or does neither. No stock left
+    is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
+    records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
+    same outcome); the same id for another member or reward is ALREADY_EXISTS.
+    """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member tasks, the points ledger, rewards and levels.
-    The RPCs arrive with the tasks issue; the service already runs, with health and reflection,
-    so deployments and clients can be wired up now.
+    Every call needs `authorization: Bearer <token>`; the token decides the tenant. Members are named
+    by the caller's member id; tasks does not own members.
+
+    Ledger rules: points live in lots, each with an expiry time; balances are derived from the lots
+    under a per-member lock; spending draws from the soonest-expiring lot first; a balance never
+    goes negative. Every write carries a `request_id` (1-128 characters): a retry returns the first
+    result, the same id with different content is ALREADY_EXISTS.
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def EarnPoints(
+        self,
+        request: _tasks_service_pb2.EarnPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.LedgerEntry, _abc.Awaitable[_points_pb2.LedgerEntry]]:
+        """Adds points for a task or an order. Order points may be held for a return window (pending)."""
+
+    @_abc_1.abstractmethod
+    def SpendPoints(
+        self,
+        request: _tasks_service_pb2.SpendPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.LedgerEntry, _abc.Awaitable[_points_pb2.LedgerEntry]]:
+        """Spends available points, soonest-expiring first; FAILED_PRECONDITION when they do not suffice."""
+
+    @_abc_1.abstractmethod
+    def AdjustPoints(
+        self,
+        request: _tasks_service_pb2.AdjustPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.LedgerEntry, _abc.Awaitable[_points_pb2.LedgerEntry]]:
+        """An operator's correction, up or down (down draws like a spend and cannot go below zero)."""
+
+    @_abc_1.abstractmethod
+    def ReverseOrderPoints(
+        self,
+        request: _tasks_service_pb2.ReverseOrderPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.LedgerEntry, _abc.Awaitable[_points_pb2.LedgerEntry]]:
+        """Takes back what an order earned: what is left of its lots; what was already spent or expired
+        is recorded as the entry's `shortfall`, never as a negative balance. Once per order: a second
+        call returns the first reversal.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBalance(
+        self,
+        request: _tasks_service_pb2.GetBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.Balance, _abc.Awaitable[_points_pb2.Balance]]:
+        """Available, pending and soon-expiring points."""
+
+    @_abc_1.abstractmethod
+    def ListLedgerEntries(
+        self,
+        request: _tasks_service_pb2.ListLedgerEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_tasks_service_pb2.ListLedgerEntriesResponse]]:
+        """A member's entries, newest first."""
+
+    @_abc_1.abstractmethod
+    def ExpirePoints(
+        self,
+        request: _tasks_service_pb2.ExpirePointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ExpirePointsResponse, _abc.Awaitable[_tasks_service_pb2.ExpirePointsResponse]]:
+        """Expires every lot whose expiry time is at or before `as_of`, one entry per lot. Safe to run
+        twice or concurrently: an expired lot is empty and is not expired again.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateReward(
+        self,
+        request: _tasks_service_pb2.CreateRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rewards_pb2.Reward, _abc.Awaitable[_rewards_pb2.Reward]]:
+        """Adds a reward to the catalog. The reward id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRewards(
+        self,
+        request: _tasks_service_pb2.ListRewardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListRewardsResponse, _abc.Awaitable[_tasks_service_pb2.ListRewardsResponse]]:
+        """The catalog by reward id, with the stock left."""
+
+    @_abc_1.abstractmethod
+    def Redeem(
+        self,
+        request: _tasks_service_pb2.RedeemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rewards_pb2.Redemption, _abc.Awaitable[_rewards_pb2.Redemption]]:
+        """Spends the reward's price and takes one unit in one transaction, or does neither. No stock left
+        is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
+        records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
+        same outcome); the same id for another member or reward is ALREADY_EXISTS.
+        """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

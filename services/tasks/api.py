@@ -1,0 +1,200 @@
+"""TasksService over gRPC: protobuf in, domain calls, protobuf out.
+
+Domain errors propagate to the shared interceptor, which turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from memberops.tasks.v1 import points_pb2, rewards_pb2, tasks_service_pb2, tasks_service_pb2_grpc
+
+from services.common.auth import current_tenant
+from services.common.errors import InvalidArgument, Violations
+from services.tasks import ledger
+from services.tasks.ledger import Ledger
+from services.tasks.rewards import Rewards
+from services.tasks.store import Entry, NewReward, Redemption, Reward
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
+    def __init__(self, points: Ledger, rewards: Rewards, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self._points = points
+        self._rewards = rewards
+        self._clock = clock
+
+    async def EarnPoints(
+        self, request: tasks_service_pb2.EarnPointsRequest, context: Any
+    ) -> points_pb2.LedgerEntry:
+        v = Violations()
+        reason = ledger.earn_reason(v, request.reason)
+        expiry = ledger.expiry(v, request.expiry_policy, request.expiry_days)
+        v.raise_if_any()
+        earn = ledger.Earn(
+            member_id=request.member_id,
+            amount=request.amount,
+            reason=reason,
+            reference=request.reference,
+            expiry=expiry,
+            return_window_days=request.return_window_days,
+            request_id=request.request_id,
+        )
+        return entry_to_proto(await self._points.earn(current_tenant(), earn, self._clock()))
+
+    async def SpendPoints(
+        self, request: tasks_service_pb2.SpendPointsRequest, context: Any
+    ) -> points_pb2.LedgerEntry:
+        spend = ledger.Spend(request.member_id, request.amount, request.reference, request.request_id)
+        return entry_to_proto(await self._points.spend(current_tenant(), spend, self._clock()))
+
+    async def AdjustPoints(
+        self, request: tasks_service_pb2.AdjustPointsRequest, context: Any
+    ) -> points_pb2.LedgerEntry:
+        v = Violations()
+        expiry = ledger.expiry(
+            v, request.expiry_policy, request.expiry_days, default=ledger.ExpiryPolicy.NEVER
+        )
+        v.raise_if_any()
+        adjust = ledger.Adjust(
+            member_id=request.member_id,
+            delta=request.delta,
+            operator=request.operator,
+            note=request.note,
+            expiry=expiry,
+            request_id=request.request_id,
+        )
+        return entry_to_proto(await self._points.adjust(current_tenant(), adjust, self._clock()))
+
+    async def ReverseOrderPoints(
+        self, request: tasks_service_pb2.ReverseOrderPointsRequest, context: Any
+    ) -> points_pb2.LedgerEntry:
+        return entry_to_proto(
+            await self._points.reverse_order(current_tenant(), request.member_id, request.order_id)
+        )
+
+    async def GetBalance(
+        self, request: tasks_service_pb2.GetBalanceRequest, context: Any
+    ) -> points_pb2.Balance:
+        balance = await self._points.balance(
+            current_tenant(), request.member_id, request.expiring_within_days, self._clock()
+        )
+        message = points_pb2.Balance(
+            member_id=balance.member_id,
+            available=balance.available,
+            pending=balance.pending,
+            expiring=balance.expiring,
+        )
+        if balance.next_expire_time is not None:
+            message.next_expire_time.CopyFrom(stamp(balance.next_expire_time))
+        return message
+
+    async def ListLedgerEntries(
+        self, request: tasks_service_pb2.ListLedgerEntriesRequest, context: Any
+    ) -> tasks_service_pb2.ListLedgerEntriesResponse:
+        page, token = await self._points.entries(
+            current_tenant(), request.member_id, request.page_size, request.page_token
+        )
+        return tasks_service_pb2.ListLedgerEntriesResponse(
+            entries=[entry_to_proto(e) for e in page], next_page_token=token
+        )
+
+    async def ExpirePoints(
+        self, request: tasks_service_pb2.ExpirePointsRequest, context: Any
+    ) -> tasks_service_pb2.ExpirePointsResponse:
+        as_of = request.as_of.ToDatetime(dt.UTC) if request.HasField("as_of") else self._clock()
+        run = await self._points.expire(current_tenant(), as_of)
+        return tasks_service_pb2.ExpirePointsResponse(expired_lots=run.lots, expired_points=run.points)
+
+    async def CreateReward(
+        self, request: tasks_service_pb2.CreateRewardRequest, context: Any
+    ) -> rewards_pb2.Reward:
+        if not request.HasField("reward"):
+            raise InvalidArgument.field("reward", "is required")
+        return reward_to_proto(
+            await self._rewards.create(current_tenant(), reward_from_proto(request.reward))
+        )
+
+    async def ListRewards(
+        self, request: tasks_service_pb2.ListRewardsRequest, context: Any
+    ) -> tasks_service_pb2.ListRewardsResponse:
+        page, token = await self._rewards.list_page(current_tenant(), request.page_size, request.page_token)
+        return tasks_service_pb2.ListRewardsResponse(
+            rewards=[reward_to_proto(r) for r in page], next_page_token=token
+        )
+
+    async def Redeem(self, request: tasks_service_pb2.RedeemRequest, context: Any) -> rewards_pb2.Redemption:
+        redemption = await self._rewards.redeem(
+            current_tenant(), request.member_id, request.reward_id, request.request_id, self._clock()
+        )
+        return redemption_to_proto(redemption)
+
+
+def stamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def entry_to_proto(entry: Entry) -> points_pb2.LedgerEntry:
+    message = points_pb2.LedgerEntry(
+        entry_id=entry.entry_id,
+        member_id=entry.member_id,
+        delta=entry.delta,
+        reason=entry.reason,  # type: ignore[arg-type]
+        reference=entry.reference,
+        operator=entry.operator,
+        note=entry.note,
+        request_id=entry.request_id,
+        shortfall=entry.shortfall,
+        create_time=stamp(entry.create_time),
+    )
+    if entry.available_time is not None:
+        message.available_time.CopyFrom(stamp(entry.available_time))
+    if entry.expire_time is not None:
+        message.expire_time.CopyFrom(stamp(entry.expire_time))
+    return message
+
+
+def reward_from_proto(message: rewards_pb2.Reward) -> NewReward:
+    return NewReward(
+        reward_id=message.reward_id,
+        kind=message.kind,
+        display_name=message.display_name,
+        price=message.price,
+        initial_stock=message.initial_stock,
+        win_odds_bp=message.win_odds_bp,
+    )
+
+
+def reward_to_proto(reward: Reward) -> rewards_pb2.Reward:
+    return rewards_pb2.Reward(
+        reward_id=reward.reward_id,
+        kind=reward.kind,  # type: ignore[arg-type]
+        display_name=reward.display_name,
+        price=reward.price,
+        initial_stock=reward.initial_stock or 0,
+        stock=reward.stock or 0,
+        unlimited=reward.stock is None,
+        win_odds_bp=reward.win_odds_bp,
+        create_time=stamp(reward.create_time),
+    )
+
+
+def redemption_to_proto(redemption: Redemption) -> rewards_pb2.Redemption:
+    return rewards_pb2.Redemption(
+        redemption_id=redemption.redemption_id,
+        member_id=redemption.member_id,
+        reward_id=redemption.reward_id,
+        points=redemption.points,
+        outcome=redemption.outcome,  # type: ignore[arg-type]
+        entry_id=redemption.entry_id,
+        request_id=redemption.request_id,
+        create_time=stamp(redemption.create_time),
+    )

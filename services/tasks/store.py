@@ -1,0 +1,424 @@
+"""SQL of the tasks schema. Every function runs on a connection inside a tenant transaction.
+
+Lock order: a write of a member first locks that member's `accounts` row (`lock_account`, or
+`lock_accounts` sorted by member id for many), and only then reads or changes its lots, so writes of
+one member serialise and two writers never wait on each other's lots in opposite orders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.common.db import Connection
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_id: int
+    member_id: str
+    delta: int
+    reason: int
+    reference: str
+    operator: str
+    note: str
+    request_id: str
+    content_hash: str
+    shortfall: int
+    available_time: dt.datetime | None
+    expire_time: dt.datetime | None
+    create_time: dt.datetime
+
+
+Write = Callable[[], Awaitable[Entry]]
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    member_id: str
+    delta: int
+    reason: int
+    reference: str = ""
+    operator: str = ""
+    note: str = ""
+    request_id: str = ""
+    content_hash: str = ""
+    shortfall: int = 0
+    available_time: dt.datetime | None = None
+    expire_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class OpenLot:
+    lot_id: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    available: int
+    pending: int
+    expiring: int
+    next_expire_time: dt.datetime | None
+
+
+_ENTRY_COLUMNS = """entry_id, member_id, delta, reason, reference, operator, note, request_id, content_hash,
+    shortfall, available_time, expire_time, create_time"""
+
+
+def _entry(row: asyncpg.Record) -> Entry:
+    return Entry(**dict(row))
+
+
+async def lock_account(conn: Connection, tenant_id: str, member_id: str) -> None:
+    """Creates the member's account on first use and locks it until the transaction ends."""
+    await conn.execute(
+        """INSERT INTO tasks.accounts (tenant_id, member_id) VALUES ($1, $2)
+           ON CONFLICT (tenant_id, member_id) DO UPDATE SET member_id = excluded.member_id""",
+        tenant_id,
+        member_id,
+    )
+
+
+async def lock_accounts(conn: Connection, tenant_id: str, member_ids: Sequence[str]) -> None:
+    """Locks existing accounts in member-id order, the order every multi-member write uses."""
+    await conn.execute(
+        """SELECT 1 FROM tasks.accounts WHERE tenant_id = $1 AND member_id = ANY($2::text[])
+           ORDER BY member_id FOR UPDATE""",
+        tenant_id,
+        list(member_ids),
+    )
+
+
+async def entry_by_request(conn: Connection, tenant_id: str, request_id: str) -> Entry | None:
+    row = await conn.fetchrow(
+        f"SELECT {_ENTRY_COLUMNS} FROM tasks.ledger_entries WHERE tenant_id = $1 AND request_id = $2"
+        " AND request_id <> ''",
+        tenant_id,
+        request_id,
+    )
+    return None if row is None else _entry(row)
+
+
+async def reversal(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> Entry | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_ENTRY_COLUMNS} FROM tasks.ledger_entries
+            WHERE tenant_id = $1 AND member_id = $2 AND reference = $3 AND reason = 6""",
+        tenant_id,
+        member_id,
+        order_id,
+    )
+    return None if row is None else _entry(row)
+
+
+_INSERT_ENTRY = f"""
+INSERT INTO tasks.ledger_entries (tenant_id, member_id, delta, reason, reference, operator, note,
+    request_id, content_hash, shortfall, available_time, expire_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING {_ENTRY_COLUMNS}"""
+
+
+def _entry_args(tenant_id: str, e: NewEntry) -> tuple[object, ...]:
+    return (
+        tenant_id,
+        e.member_id,
+        e.delta,
+        e.reason,
+        e.reference,
+        e.operator,
+        e.note,
+        e.request_id,
+        e.content_hash,
+        e.shortfall,
+        e.available_time,
+        e.expire_time,
+    )
+
+
+async def insert_entry(conn: Connection, tenant_id: str, entry: NewEntry) -> Entry:
+    row = await conn.fetchrow(_INSERT_ENTRY, *_entry_args(tenant_id, entry))
+    assert row is not None
+    return _entry(row)
+
+
+async def add_earning(
+    pool: asyncpg.Pool, tenant_id: str, entry: NewEntry, order_id: str | None
+) -> Entry | None:
+    """Locks the account and writes the earning and its lot (migration 0003's function) in one round
+    trip. Returns the entry written, or the first entry of the same request id; None when the
+    earning is for an order already reversed. Runs on the pool, as one autocommitted statement: the
+    function enters the tenant (role and setting) itself."""
+    row = await pool.fetchrow(
+        f"""SELECT {_ENTRY_COLUMNS}
+            FROM tasks.add_earning($1, $2, $3, $4::smallint, $5, $6, $7, $8, $9, $10, $11, $12)""",
+        tenant_id,
+        entry.member_id,
+        entry.delta,
+        entry.reason,
+        entry.reference,
+        entry.operator,
+        entry.note,
+        entry.request_id,
+        entry.content_hash,
+        entry.available_time,
+        entry.expire_time,
+        order_id,
+    )
+    return None if row is None else _entry(row)
+
+
+async def spendable_lots(conn: Connection, tenant_id: str, member_id: str, now: dt.datetime) -> list[OpenLot]:
+    """Available lots with points left, soonest expiry first (never-expiring last, oldest first)."""
+    rows = await conn.fetch(
+        """SELECT lot_id, remaining FROM tasks.lots
+           WHERE tenant_id = $1 AND member_id = $2 AND remaining > 0 AND available_time <= $3
+             AND (expire_time IS NULL OR expire_time > $3)
+           ORDER BY expire_time NULLS LAST, lot_id""",
+        tenant_id,
+        member_id,
+        now,
+    )
+    return [OpenLot(r["lot_id"], r["remaining"]) for r in rows]
+
+
+async def insert_draw(
+    conn: Connection, tenant_id: str, entry: NewEntry, taken: Sequence[tuple[int, int]]
+) -> Entry:
+    """The spending entry, the lots it drew from reduced, and one draw row per lot."""
+    row = await conn.fetchrow(
+        f"""WITH e AS ({_INSERT_ENTRY}),
+            d AS (SELECT * FROM unnest($13::bigint[], $14::bigint[]) AS d(lot_id, amount)),
+            u AS (UPDATE tasks.lots l SET remaining = l.remaining - d.amount FROM d
+                  WHERE l.tenant_id = $1 AND l.lot_id = d.lot_id),
+            w AS (INSERT INTO tasks.lot_draws (tenant_id, entry_id, lot_id, amount)
+                  SELECT $1, e.entry_id, d.lot_id, d.amount FROM e, d)
+            SELECT * FROM e""",
+        *_entry_args(tenant_id, entry),
+        [lot for lot, _ in taken],
+        [amount for _, amount in taken],
+    )
+    assert row is not None
+    return _entry(row)
+
+
+async def take_order_lots(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> tuple[int, int]:
+    """Empties the order's lots; returns (points the order earned, points that were left)."""
+    row = await conn.fetchrow(
+        """WITH o AS (SELECT lot_id, amount, remaining FROM tasks.lots
+                      WHERE tenant_id = $1 AND member_id = $2 AND order_id = $3),
+                u AS (UPDATE tasks.lots l SET remaining = 0 FROM o
+                      WHERE l.tenant_id = $1 AND l.lot_id = o.lot_id AND o.remaining > 0)
+           SELECT coalesce(sum(amount), 0)::bigint AS earned, coalesce(sum(remaining), 0)::bigint AS left
+           FROM o""",
+        tenant_id,
+        member_id,
+        order_id,
+    )
+    assert row is not None
+    return row["earned"], row["left"]
+
+
+async def balance(
+    conn: Connection, tenant_id: str, member_id: str, now: dt.datetime, horizon: dt.datetime
+) -> BalanceRow:
+    row = await conn.fetchrow(
+        """SELECT
+             coalesce(sum(remaining) FILTER (WHERE available_time <= $3), 0)::bigint AS available,
+             coalesce(sum(remaining) FILTER (WHERE available_time > $3), 0)::bigint AS pending,
+             coalesce(sum(remaining) FILTER (WHERE available_time <= $3 AND expire_time <= $4), 0)::bigint
+               AS expiring,
+             min(expire_time) FILTER (WHERE available_time <= $3) AS next_expire_time
+           FROM tasks.lots
+           WHERE tenant_id = $1 AND member_id = $2 AND remaining > 0
+             AND (expire_time IS NULL OR expire_time > $3)""",
+        tenant_id,
+        member_id,
+        now,
+        horizon,
+    )
+    assert row is not None
+    return BalanceRow(row["available"], row["pending"], row["expiring"], row["next_expire_time"])
+
+
+async def entries(
+    conn: Connection, tenant_id: str, member_id: str, before: int | None, limit: int
+) -> list[Entry]:
+    rows = await conn.fetch(
+        f"""SELECT {_ENTRY_COLUMNS} FROM tasks.ledger_entries
+            WHERE tenant_id = $1 AND member_id = $2 AND ($3::bigint IS NULL OR entry_id < $3)
+            ORDER BY entry_id DESC LIMIT $4""",
+        tenant_id,
+        member_id,
+        before,
+        limit,
+    )
+    return [_entry(r) for r in rows]
+
+
+async def members_with_expired_lots(
+    conn: Connection, tenant_id: str, as_of: dt.datetime, limit: int
+) -> list[str]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT member_id FROM tasks.lots
+           WHERE tenant_id = $1 AND remaining > 0 AND expire_time <= $2
+           ORDER BY member_id LIMIT $3""",
+        tenant_id,
+        as_of,
+        limit,
+    )
+    return [r["member_id"] for r in rows]
+
+
+async def expire_lots(
+    conn: Connection, tenant_id: str, member_ids: Sequence[str], as_of: dt.datetime
+) -> list[int]:
+    """Empties the members' lots due at `as_of` (accounts already locked), one expiry entry each
+    naming its lot; returns the points expired per lot."""
+    rows = await conn.fetch(
+        """WITH o AS (SELECT lot_id, member_id, remaining FROM tasks.lots
+                      WHERE tenant_id = $1 AND member_id = ANY($2::text[]) AND remaining > 0
+                        AND expire_time <= $3),
+                u AS (UPDATE tasks.lots l SET remaining = 0 FROM o
+                      WHERE l.tenant_id = $1 AND l.lot_id = o.lot_id)
+           INSERT INTO tasks.ledger_entries (tenant_id, member_id, delta, reason, reference)
+           SELECT $1, member_id, -remaining, 5, 'lots/' || lot_id FROM o
+           RETURNING -delta AS points""",
+        tenant_id,
+        list(member_ids),
+        as_of,
+    )
+    return [r["points"] for r in rows]
+
+
+# --- rewards -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reward:
+    reward_id: str
+    kind: int
+    display_name: str
+    price: int
+    initial_stock: int | None
+    stock: int | None
+    win_odds_bp: int
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class Redemption:
+    redemption_id: int
+    request_id: str
+    member_id: str
+    reward_id: str
+    points: int
+    outcome: int
+    entry_id: int
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class NewReward:
+    reward_id: str
+    kind: int
+    display_name: str
+    price: int
+    # 0: unlimited.
+    initial_stock: int
+    win_odds_bp: int
+
+
+_REWARD_COLUMNS = "reward_id, kind, display_name, price, initial_stock, stock, win_odds_bp, create_time"
+_REDEMPTION_COLUMNS = (
+    "redemption_id, request_id, member_id, reward_id, points, outcome, entry_id, create_time"
+)
+
+
+async def insert_reward(conn: Connection, tenant_id: str, reward: NewReward) -> Reward | None:
+    """The new reward, or None when the id is taken."""
+    stock = reward.initial_stock or None
+    row = await conn.fetchrow(
+        f"""INSERT INTO tasks.rewards (tenant_id, reward_id, kind, display_name, price, initial_stock, stock,
+                                       win_odds_bp)
+            VALUES ($1, $2, $3, $4, $5, $6, $6, $7) ON CONFLICT (tenant_id, reward_id) DO NOTHING
+            RETURNING {_REWARD_COLUMNS}""",
+        tenant_id,
+        reward.reward_id,
+        reward.kind,
+        reward.display_name,
+        reward.price,
+        stock,
+        reward.win_odds_bp,
+    )
+    return None if row is None else Reward(**dict(row))
+
+
+async def reward(conn: Connection, tenant_id: str, reward_id: str) -> Reward | None:
+    row = await conn.fetchrow(
+        f"SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id = $2",
+        tenant_id,
+        reward_id,
+    )
+    return None if row is None else Reward(**dict(row))
+
+
+async def rewards(conn: Connection, tenant_id: str, after: str, limit: int) -> list[Reward]:
+    rows = await conn.fetch(
+        f"""SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id > $2
+            ORDER BY reward_id LIMIT $3""",
+        tenant_id,
+        after,
+        limit,
+    )
+    return [Reward(**dict(r)) for r in rows]
+
+
+async def take_unit(conn: Connection, tenant_id: str, reward_id: str, *, take: bool) -> bool:
+    """Takes one unit (or, for a lost draw, only checks one is left) and locks the reward's row;
+    False when none is left."""
+    taken = await conn.fetchval(
+        """UPDATE tasks.rewards SET stock = stock - $3::int
+           WHERE tenant_id = $1 AND reward_id = $2 AND stock > 0 RETURNING true""",
+        tenant_id,
+        reward_id,
+        1 if take else 0,
+    )
+    return bool(taken)
+
+
+async def redemption_by_request(conn: Connection, tenant_id: str, request_id: str) -> Redemption | None:
+    row = await conn.fetchrow(
+        f"SELECT {_REDEMPTION_COLUMNS} FROM tasks.redemptions WHERE tenant_id = $1 AND request_id = $2",
+        tenant_id,
+        request_id,
+    )
+    return None if row is None else Redemption(**dict(row))
+
+
+async def insert_redemption(
+    conn: Connection,
+    tenant_id: str,
+    request_id: str,
+    member_id: str,
+    reward_id: str,
+    points: int,
+    outcome: int,
+    entry_id: int,
+) -> Redemption:
+    row = await conn.fetchrow(
+        f"""INSERT INTO tasks.redemptions (tenant_id, request_id, member_id, reward_id, points, outcome,
+                                           entry_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_REDEMPTION_COLUMNS}""",
+        tenant_id,
+        request_id,
+        member_id,
+        reward_id,
+        points,
+        outcome,
+        entry_id,
+    )
+    assert row is not None
+    return Redemption(**dict(row))

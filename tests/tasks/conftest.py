@@ -1,0 +1,58 @@
+"""The tasks service over real gRPC against the session's PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from memberops.tasks.v1 import tasks_service_pb2_grpc
+
+from services.common import app
+from services.common.config import Settings
+from services.tasks import server as tasks_server
+
+
+@pytest.fixture(scope="session")
+async def tasks_channel(tasks: app.RunningService) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tasks.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def tasks_stub(tasks_channel: grpc.aio.Channel) -> tasks_service_pb2_grpc.TasksServiceAsyncStub:
+    return tasks_service_pb2_grpc.TasksServiceStub(tasks_channel)
+
+
+class Clock:
+    """The time a second tasks server reads, moved by tests (return windows, expiry)."""
+
+    def __init__(self) -> None:
+        self.time = dt.datetime.now(dt.UTC)
+
+    def now(self) -> dt.datetime:
+        return self.time
+
+    def advance(self, **delta: float) -> None:
+        self.time += dt.timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="session")
+async def clocked_stub(
+    settings: Settings, tasks: app.RunningService, clock: Clock
+) -> AsyncIterator[tasks_service_pb2_grpc.TasksServiceAsyncStub]:
+    """A second tasks server on the same database whose clock the tests move."""
+    definition = dataclasses.replace(
+        tasks_server.DEFINITION, wire=lambda db, tenants: tasks_server.wire(db, tenants, clock=clock.now)
+    )
+    running = await app.start(definition, settings, "127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield tasks_service_pb2_grpc.TasksServiceStub(channel)
+    await running.stop()
