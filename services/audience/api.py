@@ -15,6 +15,7 @@ from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_s
 
 from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
+from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator, member_id_from_name
 from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
 from services.common.auth import current_tenant
@@ -32,12 +33,14 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         evaluator: Evaluator,
         snapshots: Snapshots,
         breakdowns: breakdowns.Breakdowns,
+        memberships: Memberships,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._audiences = audiences
         self._evaluator = evaluator
         self._snapshots = snapshots
         self._breakdowns = breakdowns
+        self._memberships = memberships
         self._clock = clock
 
     async def CreateAudience(
@@ -144,6 +147,31 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         )
         return breakdown_to_proto(result)
 
+    async def ReadAudienceFeed(
+        self, request: audience_service_pb2.ReadAudienceFeedRequest, context: Any
+    ) -> audience_service_pb2.ReadAudienceFeedResponse:
+        audience_id = (
+            definitions.audience_id_from_name(request.audience, "audience") if request.audience else None
+        )
+        entries, cursor = await self._memberships.read_feed(
+            current_tenant(), request.after_cursor, request.limit, audience_id
+        )
+        change = audience_service_pb2.AudienceChange
+        return audience_service_pb2.ReadAudienceFeedResponse(
+            entries=[
+                audience_service_pb2.AudienceFeedEntry(
+                    cursor=e.cursor,
+                    change=change.AUDIENCE_CHANGE_ENTERED if e.entered else change.AUDIENCE_CHANGE_EXITED,
+                    audience=f"{definitions.NAME_PREFIX}{e.audience_id}",
+                    member_id=e.member_id,
+                    version=e.version,
+                    create_time=_stamp(e.create_time),
+                )
+                for e in entries
+            ],
+            next_cursor=cursor,
+        )
+
     async def CreateSnapshot(
         self, request: audience_service_pb2.CreateSnapshotRequest, context: Any
     ) -> audience_pb2.Snapshot:
@@ -193,6 +221,7 @@ def audience_from_proto(message: audience_pb2.Audience) -> AudienceInput:
         rule=message.rule if message.HasField("rule") else None,
         display_name=message.display_name,
         description=message.description,
+        dynamic=message.dynamic,
     )
 
 
@@ -210,6 +239,7 @@ def audience_to_proto(audience: Audience) -> audience_pb2.Audience:
         display_name=spec.display_name,
         description=spec.description,
         rule=spec.rule,
+        dynamic=spec.dynamic,
         version=audience.version,
         create_time=_stamp(audience.create_time),
         update_time=_stamp(audience.update_time),

@@ -57,6 +57,7 @@ class AudienceInput:
     rule: audience_pb2.AudienceRule | None
     display_name: str = ""
     description: str = ""
+    dynamic: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,8 @@ def content_hash(spec: AudienceInput) -> str:
         digest.update(part.encode())
         digest.update(b"\0")
     digest.update(spec.rule.SerializeToString(deterministic=True))
+    if spec.dynamic:  # only then, so hashes of versions stored before the flag existed still match
+        digest.update(b"\0dynamic")
     return digest.hexdigest()
 
 
@@ -265,6 +268,7 @@ def _stored(spec: AudienceInput) -> store.StoredVersion:
         rule=json_format.MessageToDict(spec.rule),
         content_hash=content_hash(spec),
         referenced=referenced_ids(spec.rule),
+        dynamic=spec.dynamic,
     )
 
 
@@ -278,6 +282,7 @@ def _audience(row: dict[str, Any]) -> Audience:
         rule=rule_from_json(row["rule"]),
         display_name=row["display_name"],
         description=row["description"],
+        dynamic=row["dynamic"],
     )
     return Audience(spec, row["version"], row["create_time"], row["update_time"], row["delete_time"])
 

@@ -15,6 +15,7 @@ from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grp
 from services.audience.api import AudienceApi, utc_now
 from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
+from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator
 from services.audience.snapshots import Snapshots
 from services.common import app
@@ -29,13 +30,19 @@ def wire(
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
     evaluator = Evaluator(db)
+    memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(
-        Definitions(db), evaluator, Snapshots(db, evaluator), Breakdowns(db, evaluator), clock=clock
+        Definitions(db),
+        evaluator,
+        Snapshots(db, evaluator),
+        Breakdowns(db, evaluator),
+        memberships,
+        clock=clock,
     )
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding])
+    return app.Wiring([binding], background=[memberships.run])
 
 
 DEFINITION = app.ServiceDefinition(

@@ -14,13 +14,14 @@ from typing import Any
 
 import asyncpg
 
+from services.common import outbox
 from services.common.db import Connection
 
 # --- definitions ---------------------------------------------------------------------------------
 
 _AUDIENCE = """
 SELECT a.audience_id, v.version, v.display_name, v.description, v.rule::text AS rule, v.content_hash,
-       a.create_request_id, a.create_time, a.update_time, a.delete_time
+       v.dynamic, a.create_request_id, a.create_time, a.update_time, a.delete_time
 FROM audience.audiences a
 JOIN audience.audience_versions v ON v.audience_id = a.audience_id"""
 
@@ -33,6 +34,7 @@ class StoredVersion:
     rule: dict[str, Any]
     content_hash: str
     referenced: Sequence[str]
+    dynamic: bool = False
 
 
 def _row(row: asyncpg.Record) -> dict[str, Any]:
@@ -64,8 +66,9 @@ async def insert_audience(conn: Connection, tenant_id: str, version: StoredVersi
 async def _insert_version(conn: Connection, tenant_id: str, number: int, version: StoredVersion) -> None:
     await conn.execute(
         """INSERT INTO audience.audience_versions
-               (tenant_id, audience_id, version, display_name, description, rule, referenced, content_hash)
-           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::text[], $8)""",
+               (tenant_id, audience_id, version, display_name, description, rule, referenced, content_hash,
+                dynamic)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::text[], $8, $9)""",
         tenant_id,
         version.audience_id,
         number,
@@ -74,6 +77,7 @@ async def _insert_version(conn: Connection, tenant_id: str, number: int, version
         json.dumps(version.rule, separators=(",", ":")),
         list(version.referenced),
         version.content_hash,
+        version.dynamic,
     )
 
 
@@ -357,3 +361,148 @@ async def weekly_breakdown(
     )
     size = next(row["buyers"] for row in rows if row["week"] is None)
     return int(size), [row for row in rows if row["week"] is not None]
+
+
+# --- dynamic audiences ---------------------------------------------------------------------------
+
+ENTERED, EXITED = 1, 2
+
+
+async def try_lock_maintenance(conn: Connection, tenant_id: str) -> bool:
+    """One maintainer per tenant at a time, whichever replica: others skip the round."""
+    return bool(
+        await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('memberops.audience.dynamic:' || $1, 0))",
+            tenant_id,
+        )
+    )
+
+
+async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
+    """Every audience whose membership is kept or was: current version, flags and last evaluation."""
+    return list(
+        await conn.fetch(
+            """SELECT a.audience_id, a.current_version, v.dynamic, a.delete_time IS NOT NULL AS deleted,
+                      a.membership_version, a.membership_time
+               FROM audience.audiences a
+               JOIN audience.audience_versions v
+                 ON v.audience_id = a.audience_id AND v.version = a.current_version
+               WHERE (v.dynamic AND a.delete_time IS NULL) OR a.membership_version IS NOT NULL
+               ORDER BY a.audience_id"""
+        )
+    )
+
+
+async def apply_membership(
+    conn: Connection,
+    members_sql: str,
+    args: list[Any],
+    tenant_id: str,
+    audience_id: str,
+    version: int,
+    only: Sequence[str] | None,
+) -> tuple[int, int]:
+    """Makes the stored membership equal `members_sql` (for the members in `only`, or all) and writes
+    each entry and exit to the feed; returns (entered, exited)."""
+    n = len(args)
+    t, a, v, scope = f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::text[]"
+    row = await conn.fetchrow(
+        f"""WITH now_in AS MATERIALIZED ({members_sql}),
+            held AS (SELECT d.member_id FROM audience.dynamic_members d
+                     WHERE d.audience_id = {a} AND ({scope} IS NULL OR d.member_id = ANY({scope}))),
+            entered AS (
+                INSERT INTO audience.dynamic_members (tenant_id, audience_id, member_id, version)
+                SELECT {t}, {a}, n.member_id, {v} FROM now_in n
+                WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.member_id = n.member_id)
+                ON CONFLICT DO NOTHING
+                RETURNING member_id),
+            exited AS (
+                DELETE FROM audience.dynamic_members d
+                WHERE d.audience_id = {a} AND d.member_id IN (
+                    SELECT h.member_id FROM held h
+                    WHERE NOT EXISTS (SELECT 1 FROM now_in n WHERE n.member_id = h.member_id))
+                RETURNING d.member_id),
+            logged AS (
+                INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version)
+                SELECT {t}, k.kind, {a}, k.member_id, {v} FROM (
+                    SELECT {ENTERED} AS kind, member_id FROM entered
+                    UNION ALL SELECT {EXITED}, member_id FROM exited) AS k
+                ORDER BY k.member_id
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited,
+                   (SELECT count(*) FROM logged) AS logged""",
+        *args,
+        tenant_id,
+        audience_id,
+        version,
+        None if only is None else list(only),
+    )
+    assert row is not None
+    return int(row["entered"]), int(row["exited"])
+
+
+async def clear_membership(conn: Connection, tenant_id: str, audience_id: str, version: int) -> int:
+    """Every member leaves (the audience was deleted or is no longer dynamic); returns how many."""
+    left = await conn.fetchval(
+        f"""WITH exited AS (DELETE FROM audience.dynamic_members WHERE audience_id = $2 RETURNING member_id),
+               logged AS (INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version)
+                          SELECT $1, {EXITED}, $2, member_id, $3 FROM exited ORDER BY member_id RETURNING 1)
+            SELECT count(*) FROM logged""",
+        tenant_id,
+        audience_id,
+        version,
+    )
+    await conn.execute(
+        """UPDATE audience.audiences SET membership_version = NULL, membership_time = NULL
+           WHERE audience_id = $1""",
+        audience_id,
+    )
+    return int(left)
+
+
+async def mark_evaluated(conn: Connection, audience_id: str, version: int, moment: dt.datetime) -> None:
+    await conn.execute(
+        """UPDATE audience.audiences SET membership_version = $2, membership_time = $3
+           WHERE audience_id = $1""",
+        audience_id,
+        version,
+        moment,
+    )
+
+
+async def tagging_cursor(conn: Connection, tenant_id: str) -> str:
+    """The cursor over tagging's feed, locked until the transaction ends (created on first use)."""
+    cursor = await conn.fetchval(
+        """INSERT INTO audience.followers (tenant_id) VALUES ($1)
+           ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
+           RETURNING tagging_cursor""",
+        tenant_id,
+    )
+    return str(cursor)
+
+
+async def save_tagging_cursor(conn: Connection, tenant_id: str, cursor: str) -> None:
+    await conn.execute(
+        "UPDATE audience.followers SET tagging_cursor = $2 WHERE tenant_id = $1", tenant_id, cursor
+    )
+
+
+async def changed_members(
+    conn: Connection, after: outbox.Position | None, limit: int
+) -> list[asyncpg.Record]:
+    """Settled entries of tagging's feed (through its published view): whose facts or tags changed."""
+    return await outbox.read_settled(conn, "tagging_read.feed", "member_id", after, limit)
+
+
+async def read_audience_feed(
+    conn: Connection, after: outbox.Position | None, limit: int, audience_id: str | None
+) -> list[asyncpg.Record]:
+    return await outbox.read_settled(
+        conn,
+        "audience.feed",
+        "kind, audience_id, member_id, version, create_time",
+        after,
+        limit,
+        "($4::text IS NULL OR audience_id = $4::text)",
+        [audience_id],
+    )

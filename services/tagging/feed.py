@@ -8,28 +8,15 @@ appear behind a cursor a consumer already holds.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 from services.common.db import Database
-from services.common.errors import InvalidArgument
+from services.common.outbox import page_size, parse_cursor
 from services.tagging import store
 from services.tagging.model import FeedEntry
 
-CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,19})$")
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 # How long a follower waits before asking again once it has caught up: the lag a follower adds.
 POLL_INTERVAL_SECONDS = 0.2
-
-
-def parse_cursor(cursor: str, field: str = "after_cursor") -> tuple[int, int] | None:
-    if not cursor:
-        return None
-    match = CURSOR.match(cursor)
-    if not match:
-        raise InvalidArgument.field(field, "is not a cursor this feed returned")
-    return int(match[1]), int(match[2])
 
 
 class Feed:
@@ -39,7 +26,7 @@ class Feed:
     async def read(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
         """Returns the entries after `after_cursor` and the cursor to continue from."""
         position = parse_cursor(after_cursor)
-        limit = _size(limit, "limit")
+        limit = page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             entries = await store.read_feed(conn, position, limit)
         return entries, entries[-1].cursor if entries else after_cursor
@@ -54,7 +41,7 @@ class Feed:
         costs no connection and delays no one. The caller ends it by closing or cancelling it.
         """
         position = parse_cursor(after_cursor)
-        size = _size(batch_size, "batch_size")
+        size = page_size(batch_size, "batch_size")
         while True:
             async with self._db.transaction(tenant_id, readonly=True) as conn:
                 entries = await store.read_feed(conn, position, size)
@@ -63,12 +50,3 @@ class Feed:
                 yield entries
             if len(entries) < size:
                 await asyncio.sleep(POLL_INTERVAL_SECONDS)
-
-
-def _size(value: int, field: str) -> int:
-    """A page or batch size: 0 means the default, else 1 to MAX_LIMIT."""
-    if value == 0:
-        return DEFAULT_LIMIT
-    if not 1 <= value <= MAX_LIMIT:
-        raise InvalidArgument.field(field, f"must be between 1 and {MAX_LIMIT} (0 means {DEFAULT_LIMIT})")
-    return value

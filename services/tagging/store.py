@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from services.common import outbox
 from services.common.db import Connection
 from services.common.errors import AlreadyExists, NotFound
 from services.tagging.model import (
@@ -354,28 +355,14 @@ async def append_feed(
     )
 
 
-_FEED_COLUMNS = "txid::text AS txid, seq, kind, member_id, subject_id, payload::text AS payload, create_time"
-# Only entries of transactions older than every running one: nothing can still commit before them.
-_SETTLED = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+_FEED_COLUMNS = "kind, member_id, subject_id, payload::text AS payload, create_time"
 
 
-async def read_feed(conn: Connection, after: tuple[int, int] | None, limit: int) -> list[FeedEntry]:
-    if after is None:
-        rows = await conn.fetch(
-            f"SELECT {_FEED_COLUMNS} FROM tagging.feed WHERE {_SETTLED} ORDER BY txid, seq LIMIT $1", limit
-        )
-    else:
-        rows = await conn.fetch(
-            f"""SELECT {_FEED_COLUMNS} FROM tagging.feed
-                WHERE {_SETTLED} AND (txid, seq) > ($1::text::xid8, $2::bigint)
-                ORDER BY txid, seq LIMIT $3""",
-            str(after[0]),
-            after[1],
-            limit,
-        )
+async def read_feed(conn: Connection, after: outbox.Position | None, limit: int) -> list[FeedEntry]:
+    rows = await outbox.read_settled(conn, "tagging.feed", _FEED_COLUMNS, after, limit)
     return [
         FeedEntry(
-            cursor=f"{row['txid']}-{row['seq']}",
+            cursor=outbox.cursor_of(row),
             kind=FeedKind(row["kind"]),
             member_id=row["member_id"],
             subject_id=row["subject_id"],

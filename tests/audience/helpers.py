@@ -148,10 +148,11 @@ async def order(
     days_ago: float,
     lines: Sequence[tuple[str, int]],
     metadata: Any = ACME,
+    order_id: str | None = None,
 ) -> None:
     """An order paid `days_ago`, with one line per (category, unit price in minor units)."""
     message = facts_pb2.Order(
-        order_id=unique("o"),
+        order_id=order_id or unique("o"),
         member_id=member_id,
         paid_time=stamp(now() - dt.timedelta(days=days_ago)),
         amount_minor=sum(price for _, price in lines),

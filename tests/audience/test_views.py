@@ -36,7 +36,7 @@ from tests.tagging.rule_builders import Field, Fn, Op, agg, field
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
-VIEWS = ("members", "orders", "order_lines", "events", "current_member_tags", "tag_dimensions")
+VIEWS = ("members", "orders", "order_lines", "events", "current_member_tags", "tag_dimensions", "feed")
 # Any table of the tagging schema (`tagging_read.*` and the module `services.tagging.rules` are fine).
 TAGGING_TABLE = re.compile(
     r"\btagging\.(members|orders|order_lines|refunds|refund_lines|events|feed|member_tags|tag_definitions"

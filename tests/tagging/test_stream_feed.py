@@ -12,6 +12,7 @@ import grpc
 import pytest
 from memberops.tagging.v1 import feed_pb2, tagging_service_pb2
 
+from services.common import outbox
 from services.common.db import Database
 from services.tagging import feed
 from tests.conftest import ACME
@@ -30,7 +31,7 @@ Response = tagging_service_pb2.StreamFeedResponse
 
 
 def position(cursor: str) -> tuple[int, int]:
-    parsed = feed.parse_cursor(cursor)
+    parsed = outbox.parse_cursor(cursor)
     assert parsed is not None
     return parsed
 

@@ -26,29 +26,29 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memberops.tagging.v1 import rules_pb2 as memberops_dot_tagging_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$memberops/audience/v1/audience.proto\x12\x15memberops.audience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/rules.proto\"\xaf\x02\n\x08\x41udience\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x31\n\x04rule\x18\x05 \x01(\x0b\x32#.memberops.audience.v1.AudienceRule\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x02\n\x0c\x41udienceRule\x12\x36\n\x03\x61ll\x18\x01 \x01(\x0b\x32\'.memberops.audience.v1.AudienceRuleListH\x00\x12\x36\n\x03\x61ny\x18\x02 \x01(\x0b\x32\'.memberops.audience.v1.AudienceRuleListH\x00\x12\x32\n\x03not\x18\x03 \x01(\x0b\x32#.memberops.audience.v1.AudienceRuleH\x00\x12\x32\n\x03tag\x18\x04 \x01(\x0b\x32#.memberops.audience.v1.TagConditionH\x00\x12\x34\n\tcondition\x18\x05 \x01(\x0b\x32\x1f.memberops.tagging.v1.ConditionH\x00\x12\x12\n\x08\x61udience\x18\x06 \x01(\tH\x00\x42\x06\n\x04node\"F\n\x10\x41udienceRuleList\x12\x32\n\x05rules\x18\x01 \x03(\x0b\x32#.memberops.audience.v1.AudienceRule\"a\n\x0cTagCondition\x12\x11\n\tdimension\x18\x01 \x01(\t\x12.\n\x05match\x18\x02 \x01(\x0e\x32\x1f.memberops.audience.v1.TagMatch\x12\x0e\n\x06values\x18\x03 \x03(\t\"S\n\rPreviewMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12/\n\x04tags\x18\x02 \x03(\x0b\x32!.memberops.audience.v1.MatchedTag\".\n\nMatchedTag\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xdc\x01\n\x08Snapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x18\n\x10\x61udience_version\x18\x03 \x01(\x05\x12-\n\x04\x61rms\x18\x04 \x03(\x0b\x32\x1f.memberops.audience.v1.SplitArm\x12\x0c\n\x04salt\x18\x05 \x01(\t\x12\x14\n\x0cmember_count\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x08SplitArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rshare_percent\x18\x02 \x01(\x05\x12\x14\n\x0cmember_count\x18\x03 \x01(\x03*\x88\x01\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x17\n\x13TAG_MATCH_HAS_VALUE\x10\x01\x12\x14\n\x10TAG_MATCH_ANY_OF\x10\x02\x12\x15\n\x11TAG_MATCH_NONE_OF\x10\x03\x12\x1b\n\x17TAG_MATCH_HAS_ANY_VALUE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$memberops/audience/v1/audience.proto\x12\x15memberops.audience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/rules.proto\"\xc0\x02\n\x08\x41udience\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61udience_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x31\n\x04rule\x18\x05 \x01(\x0b\x32#.memberops.audience.v1.AudienceRule\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64ynamic\x18\n \x01(\x08\"\xb8\x02\n\x0c\x41udienceRule\x12\x36\n\x03\x61ll\x18\x01 \x01(\x0b\x32\'.memberops.audience.v1.AudienceRuleListH\x00\x12\x36\n\x03\x61ny\x18\x02 \x01(\x0b\x32\'.memberops.audience.v1.AudienceRuleListH\x00\x12\x32\n\x03not\x18\x03 \x01(\x0b\x32#.memberops.audience.v1.AudienceRuleH\x00\x12\x32\n\x03tag\x18\x04 \x01(\x0b\x32#.memberops.audience.v1.TagConditionH\x00\x12\x34\n\tcondition\x18\x05 \x01(\x0b\x32\x1f.memberops.tagging.v1.ConditionH\x00\x12\x12\n\x08\x61udience\x18\x06 \x01(\tH\x00\x42\x06\n\x04node\"F\n\x10\x41udienceRuleList\x12\x32\n\x05rules\x18\x01 \x03(\x0b\x32#.memberops.audience.v1.AudienceRule\"a\n\x0cTagCondition\x12\x11\n\tdimension\x18\x01 \x01(\t\x12.\n\x05match\x18\x02 \x01(\x0e\x32\x1f.memberops.audience.v1.TagMatch\x12\x0e\n\x06values\x18\x03 \x03(\t\"S\n\rPreviewMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12/\n\x04tags\x18\x02 \x03(\x0b\x32!.memberops.audience.v1.MatchedTag\".\n\nMatchedTag\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xdc\x01\n\x08Snapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x18\n\x10\x61udience_version\x18\x03 \x01(\x05\x12-\n\x04\x61rms\x18\x04 \x03(\x0b\x32\x1f.memberops.audience.v1.SplitArm\x12\x0c\n\x04salt\x18\x05 \x01(\t\x12\x14\n\x0cmember_count\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x08SplitArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rshare_percent\x18\x02 \x01(\x05\x12\x14\n\x0cmember_count\x18\x03 \x01(\x03*\x88\x01\n\x08TagMatch\x12\x19\n\x15TAG_MATCH_UNSPECIFIED\x10\x00\x12\x17\n\x13TAG_MATCH_HAS_VALUE\x10\x01\x12\x14\n\x10TAG_MATCH_ANY_OF\x10\x02\x12\x15\n\x11TAG_MATCH_NONE_OF\x10\x03\x12\x1b\n\x17TAG_MATCH_HAS_ANY_VALUE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.audience.v1.audience_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAGMATCH']._serialized_start=1350
-  _globals['_TAGMATCH']._serialized_end=1486
+  _globals['_TAGMATCH']._serialized_start=1367
+  _globals['_TAGMATCH']._serialized_end=1503
   _globals['_AUDIENCE']._serialized_start=131
-  _globals['_AUDIENCE']._serialized_end=434
-  _globals['_AUDIENCERULE']._serialized_start=437
-  _globals['_AUDIENCERULE']._serialized_end=749
-  _globals['_AUDIENCERULELIST']._serialized_start=751
-  _globals['_AUDIENCERULELIST']._serialized_end=821
-  _globals['_TAGCONDITION']._serialized_start=823
-  _globals['_TAGCONDITION']._serialized_end=920
-  _globals['_PREVIEWMEMBER']._serialized_start=922
-  _globals['_PREVIEWMEMBER']._serialized_end=1005
-  _globals['_MATCHEDTAG']._serialized_start=1007
-  _globals['_MATCHEDTAG']._serialized_end=1053
-  _globals['_SNAPSHOT']._serialized_start=1056
-  _globals['_SNAPSHOT']._serialized_end=1276
-  _globals['_SPLITARM']._serialized_start=1278
-  _globals['_SPLITARM']._serialized_end=1347
+  _globals['_AUDIENCE']._serialized_end=451
+  _globals['_AUDIENCERULE']._serialized_start=454
+  _globals['_AUDIENCERULE']._serialized_end=766
+  _globals['_AUDIENCERULELIST']._serialized_start=768
+  _globals['_AUDIENCERULELIST']._serialized_end=838
+  _globals['_TAGCONDITION']._serialized_start=840
+  _globals['_TAGCONDITION']._serialized_end=937
+  _globals['_PREVIEWMEMBER']._serialized_start=939
+  _globals['_PREVIEWMEMBER']._serialized_end=1022
+  _globals['_MATCHEDTAG']._serialized_start=1024
+  _globals['_MATCHEDTAG']._serialized_end=1070
+  _globals['_SNAPSHOT']._serialized_start=1073
+  _globals['_SNAPSHOT']._serialized_end=1293
+  _globals['_SPLITARM']._serialized_start=1295
+  _globals['_SPLITARM']._serialized_end=1364
 # @@protoc_insertion_point(module_scope)

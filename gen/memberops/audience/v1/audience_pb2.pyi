@@ -67,6 +67,7 @@ class Audience(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
+    DYNAMIC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name `audiences/{audience_id}`. Output only."""
     audience_id: _builtins.str
@@ -76,6 +77,10 @@ class Audience(_message.Message):
     description: _builtins.str
     version: _builtins.int
     """Output only."""
+    dynamic: _builtins.bool
+    """Keep the membership current as facts and tags change, and publish every entry and exit on the
+    audience feed (ReadAudienceFeed). Part of each version.
+    """
     @_builtins.property
     def rule(self) -> Global___AudienceRule:
         """Who is in the audience. Required."""
@@ -100,10 +105,11 @@ class Audience(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
+        dynamic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "rule", b"rule", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "display_name", b"display_name", "name", b"name", "rule", b"rule", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "display_name", b"display_name", "dynamic", b"dynamic", "name", b"name", "rule", b"rule", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

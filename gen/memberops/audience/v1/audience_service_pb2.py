@@ -22,73 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from memberops.audience.v1 import audience_pb2 as memberops_dot_audience_dot_v1_dot_audience__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/audience/v1/audience_service.proto\x12\x15memberops.audience.v1\x1a\x16google/type/date.proto\x1a$memberops/audience/v1/audience.proto\"^\n\x15\x43reateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"d\n\x15UpdateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"3\n\x12GetAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"=\n\x14ListAudiencesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListAudiencesResponse\x12\x32\n\taudiences\x18\x01 \x03(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x43ountAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15\x43ountAudienceResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\";\n\x16PreviewAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsample_size\x18\x02 \x01(\x05\"a\n\x17PreviewAudienceResponse\x12\x35\n\x07members\x18\x01 \x03(\x0b\x32$.memberops.audience.v1.PreviewMember\x12\x0f\n\x07version\x18\x02 \x01(\x05\"Q\n\x1aListAudienceMembersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x1bListAudienceMembersResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"9\n\x15\x45xportAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"=\n\x16\x45xportAudienceResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\":\n\x16\x43heckMembershipRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"=\n\x17\x43heckMembershipResponse\x12\x11\n\tis_member\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xdd\x01\n\x18\x42reakdownAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x03tag\x18\x02 \x01(\x0b\x32#.memberops.audience.v1.TagBreakdownH\x00\x12?\n\norder_time\x18\x03 \x01(\x0b\x32).memberops.audience.v1.OrderTimeBreakdownH\x00\x12\x38\n\x06weekly\x18\x04 \x01(\x0b\x32&.memberops.audience.v1.WeeklyBreakdownH\x00\x42\x04\n\x02\x62y\"!\n\x0cTagBreakdown\x12\x11\n\tdimension\x18\x01 \x01(\t\"<\n\x12OrderTimeBreakdown\x12\x11\n\ttime_zone\x18\x01 \x01(\t\x12\x13\n\x0bwindow_days\x18\x02 \x01(\x05\"\x92\x01\n\x0fWeeklyBreakdown\x12%\n\nstart_date\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\"\x89\x02\n\x19\x42reakdownAudienceResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x38\n\ntag_values\x18\x03 \x03(\x0b\x32$.memberops.audience.v1.TagValueCount\x12\x1d\n\x15members_without_value\x18\x04 \x01(\x03\x12\x39\n\x0border_times\x18\x05 \x03(\x0b\x32$.memberops.audience.v1.OrderTimeCell\x12\x31\n\x05weeks\x18\x06 \x03(\x0b\x32\".memberops.audience.v1.WeekFigures\"4\n\rTagValueCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\"Y\n\rOrderTimeCell\x12\x0f\n\x07weekday\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12\x14\n\x0cmember_count\x18\x04 \x01(\x03\"q\n\x0bWeekFigures\x12%\n\nweek_start\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x13\n\x0b\x62uyer_count\x18\x02 \x01(\x03\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12\x11\n\tgmv_minor\x18\x04 \x01(\x03\"n\n\x15\x43reateSnapshotRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12/\n\x06splits\x18\x02 \x03(\x0b\x32\x1f.memberops.audience.v1.SplitArm\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x12GetSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x14GetAssignmentRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"9\n\x15GetAssignmentResponse\x12\x13\n\x0bin_snapshot\x18\x01 \x01(\x08\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t2\xda\x0b\n\x0f\x41udienceService\x12_\n\x0e\x43reateAudience\x12,.memberops.audience.v1.CreateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12_\n\x0eUpdateAudience\x12,.memberops.audience.v1.UpdateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12Y\n\x0bGetAudience\x12).memberops.audience.v1.GetAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rListAudiences\x12+.memberops.audience.v1.ListAudiencesRequest\x1a,.memberops.audience.v1.ListAudiencesResponse\x12_\n\x0e\x44\x65leteAudience\x12,.memberops.audience.v1.DeleteAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rCountAudience\x12+.memberops.audience.v1.CountAudienceRequest\x1a,.memberops.audience.v1.CountAudienceResponse\x12p\n\x0fPreviewAudience\x12-.memberops.audience.v1.PreviewAudienceRequest\x1a..memberops.audience.v1.PreviewAudienceResponse\x12|\n\x13ListAudienceMembers\x12\x31.memberops.audience.v1.ListAudienceMembersRequest\x1a\x32.memberops.audience.v1.ListAudienceMembersResponse\x12o\n\x0e\x45xportAudience\x12,.memberops.audience.v1.ExportAudienceRequest\x1a-.memberops.audience.v1.ExportAudienceResponse0\x01\x12p\n\x0f\x43heckMembership\x12-.memberops.audience.v1.CheckMembershipRequest\x1a..memberops.audience.v1.CheckMembershipResponse\x12v\n\x11\x42reakdownAudience\x12/.memberops.audience.v1.BreakdownAudienceRequest\x1a\x30.memberops.audience.v1.BreakdownAudienceResponse\x12_\n\x0e\x43reateSnapshot\x12,.memberops.audience.v1.CreateSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12Y\n\x0bGetSnapshot\x12).memberops.audience.v1.GetSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12j\n\rGetAssignment\x12+.memberops.audience.v1.GetAssignmentRequest\x1a,.memberops.audience.v1.GetAssignmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/audience/v1/audience_service.proto\x12\x15memberops.audience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a$memberops/audience/v1/audience.proto\"^\n\x15\x43reateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"d\n\x15UpdateAudienceRequest\x12\x31\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"3\n\x12GetAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"=\n\x14ListAudiencesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListAudiencesResponse\x12\x32\n\taudiences\x18\x01 \x03(\x0b\x32\x1f.memberops.audience.v1.Audience\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x43ountAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15\x43ountAudienceResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\";\n\x16PreviewAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsample_size\x18\x02 \x01(\x05\"a\n\x17PreviewAudienceResponse\x12\x35\n\x07members\x18\x01 \x03(\x0b\x32$.memberops.audience.v1.PreviewMember\x12\x0f\n\x07version\x18\x02 \x01(\x05\"Q\n\x1aListAudienceMembersRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x1bListAudienceMembersResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"9\n\x15\x45xportAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"=\n\x16\x45xportAudienceResponse\x12\x12\n\nmember_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\":\n\x16\x43heckMembershipRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"=\n\x17\x43heckMembershipResponse\x12\x11\n\tis_member\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xdd\x01\n\x18\x42reakdownAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x03tag\x18\x02 \x01(\x0b\x32#.memberops.audience.v1.TagBreakdownH\x00\x12?\n\norder_time\x18\x03 \x01(\x0b\x32).memberops.audience.v1.OrderTimeBreakdownH\x00\x12\x38\n\x06weekly\x18\x04 \x01(\x0b\x32&.memberops.audience.v1.WeeklyBreakdownH\x00\x42\x04\n\x02\x62y\"!\n\x0cTagBreakdown\x12\x11\n\tdimension\x18\x01 \x01(\t\"<\n\x12OrderTimeBreakdown\x12\x11\n\ttime_zone\x18\x01 \x01(\t\x12\x13\n\x0bwindow_days\x18\x02 \x01(\x05\"\x92\x01\n\x0fWeeklyBreakdown\x12%\n\nstart_date\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\"\x89\x02\n\x19\x42reakdownAudienceResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x38\n\ntag_values\x18\x03 \x03(\x0b\x32$.memberops.audience.v1.TagValueCount\x12\x1d\n\x15members_without_value\x18\x04 \x01(\x03\x12\x39\n\x0border_times\x18\x05 \x03(\x0b\x32$.memberops.audience.v1.OrderTimeCell\x12\x31\n\x05weeks\x18\x06 \x03(\x0b\x32\".memberops.audience.v1.WeekFigures\"4\n\rTagValueCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\"Y\n\rOrderTimeCell\x12\x0f\n\x07weekday\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12\x14\n\x0cmember_count\x18\x04 \x01(\x03\"q\n\x0bWeekFigures\x12%\n\nweek_start\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x13\n\x0b\x62uyer_count\x18\x02 \x01(\x03\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12\x11\n\tgmv_minor\x18\x04 \x01(\x03\"P\n\x17ReadAudienceFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\"j\n\x18ReadAudienceFeedResponse\x12\x39\n\x07\x65ntries\x18\x01 \x03(\x0b\x32(.memberops.audience.v1.AudienceFeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xc1\x01\n\x11\x41udienceFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x35\n\x06\x63hange\x18\x02 \x01(\x0e\x32%.memberops.audience.v1.AudienceChange\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x15\x43reateSnapshotRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12/\n\x06splits\x18\x02 \x03(\x0b\x32\x1f.memberops.audience.v1.SplitArm\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x12GetSnapshotRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x14GetAssignmentRequest\x12\x10\n\x08snapshot\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\"9\n\x15GetAssignmentResponse\x12\x13\n\x0bin_snapshot\x18\x01 \x01(\x08\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t*j\n\x0e\x41udienceChange\x12\x1f\n\x1b\x41UDIENCE_CHANGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIENCE_CHANGE_ENTERED\x10\x01\x12\x1a\n\x16\x41UDIENCE_CHANGE_EXITED\x10\x02\x32\xcf\x0c\n\x0f\x41udienceService\x12_\n\x0e\x43reateAudience\x12,.memberops.audience.v1.CreateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12_\n\x0eUpdateAudience\x12,.memberops.audience.v1.UpdateAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12Y\n\x0bGetAudience\x12).memberops.audience.v1.GetAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rListAudiences\x12+.memberops.audience.v1.ListAudiencesRequest\x1a,.memberops.audience.v1.ListAudiencesResponse\x12_\n\x0e\x44\x65leteAudience\x12,.memberops.audience.v1.DeleteAudienceRequest\x1a\x1f.memberops.audience.v1.Audience\x12j\n\rCountAudience\x12+.memberops.audience.v1.CountAudienceRequest\x1a,.memberops.audience.v1.CountAudienceResponse\x12p\n\x0fPreviewAudience\x12-.memberops.audience.v1.PreviewAudienceRequest\x1a..memberops.audience.v1.PreviewAudienceResponse\x12|\n\x13ListAudienceMembers\x12\x31.memberops.audience.v1.ListAudienceMembersRequest\x1a\x32.memberops.audience.v1.ListAudienceMembersResponse\x12o\n\x0e\x45xportAudience\x12,.memberops.audience.v1.ExportAudienceRequest\x1a-.memberops.audience.v1.ExportAudienceResponse0\x01\x12p\n\x0f\x43heckMembership\x12-.memberops.audience.v1.CheckMembershipRequest\x1a..memberops.audience.v1.CheckMembershipResponse\x12v\n\x11\x42reakdownAudience\x12/.memberops.audience.v1.BreakdownAudienceRequest\x1a\x30.memberops.audience.v1.BreakdownAudienceResponse\x12s\n\x10ReadAudienceFeed\x12..memberops.audience.v1.ReadAudienceFeedRequest\x1a/.memberops.audience.v1.ReadAudienceFeedResponse\x12_\n\x0e\x43reateSnapshot\x12,.memberops.audience.v1.CreateSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12Y\n\x0bGetSnapshot\x12).memberops.audience.v1.GetSnapshotRequest\x1a\x1f.memberops.audience.v1.Snapshot\x12j\n\rGetAssignment\x12+.memberops.audience.v1.GetAssignmentRequest\x1a,.memberops.audience.v1.GetAssignmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.audience.v1.audience_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEAUDIENCEREQUEST']._serialized_start=133
-  _globals['_CREATEAUDIENCEREQUEST']._serialized_end=227
-  _globals['_UPDATEAUDIENCEREQUEST']._serialized_start=229
-  _globals['_UPDATEAUDIENCEREQUEST']._serialized_end=329
-  _globals['_GETAUDIENCEREQUEST']._serialized_start=331
-  _globals['_GETAUDIENCEREQUEST']._serialized_end=382
-  _globals['_LISTAUDIENCESREQUEST']._serialized_start=384
-  _globals['_LISTAUDIENCESREQUEST']._serialized_end=445
-  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=447
-  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=547
-  _globals['_DELETEAUDIENCEREQUEST']._serialized_start=549
-  _globals['_DELETEAUDIENCEREQUEST']._serialized_end=586
-  _globals['_COUNTAUDIENCEREQUEST']._serialized_start=588
-  _globals['_COUNTAUDIENCEREQUEST']._serialized_end=624
-  _globals['_COUNTAUDIENCERESPONSE']._serialized_start=626
-  _globals['_COUNTAUDIENCERESPONSE']._serialized_end=688
-  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=690
-  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=749
-  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_start=751
-  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_end=848
-  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_start=850
-  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_end=931
-  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_start=933
-  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_end=1024
-  _globals['_EXPORTAUDIENCEREQUEST']._serialized_start=1026
-  _globals['_EXPORTAUDIENCEREQUEST']._serialized_end=1083
-  _globals['_EXPORTAUDIENCERESPONSE']._serialized_start=1085
-  _globals['_EXPORTAUDIENCERESPONSE']._serialized_end=1146
-  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_start=1148
-  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_end=1206
-  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_start=1208
-  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_end=1269
-  _globals['_BREAKDOWNAUDIENCEREQUEST']._serialized_start=1272
-  _globals['_BREAKDOWNAUDIENCEREQUEST']._serialized_end=1493
-  _globals['_TAGBREAKDOWN']._serialized_start=1495
-  _globals['_TAGBREAKDOWN']._serialized_end=1528
-  _globals['_ORDERTIMEBREAKDOWN']._serialized_start=1530
-  _globals['_ORDERTIMEBREAKDOWN']._serialized_end=1590
-  _globals['_WEEKLYBREAKDOWN']._serialized_start=1593
-  _globals['_WEEKLYBREAKDOWN']._serialized_end=1739
-  _globals['_BREAKDOWNAUDIENCERESPONSE']._serialized_start=1742
-  _globals['_BREAKDOWNAUDIENCERESPONSE']._serialized_end=2007
-  _globals['_TAGVALUECOUNT']._serialized_start=2009
-  _globals['_TAGVALUECOUNT']._serialized_end=2061
-  _globals['_ORDERTIMECELL']._serialized_start=2063
-  _globals['_ORDERTIMECELL']._serialized_end=2152
-  _globals['_WEEKFIGURES']._serialized_start=2154
-  _globals['_WEEKFIGURES']._serialized_end=2267
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=2269
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=2379
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2381
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2415
-  _globals['_GETASSIGNMENTREQUEST']._serialized_start=2417
-  _globals['_GETASSIGNMENTREQUEST']._serialized_end=2473
-  _globals['_GETASSIGNMENTRESPONSE']._serialized_start=2475
-  _globals['_GETASSIGNMENTRESPONSE']._serialized_end=2532
-  _globals['_AUDIENCESERVICE']._serialized_start=2535
-  _globals['_AUDIENCESERVICE']._serialized_end=4033
+  _globals['_AUDIENCECHANGE']._serialized_start=2953
+  _globals['_AUDIENCECHANGE']._serialized_end=3059
+  _globals['_CREATEAUDIENCEREQUEST']._serialized_start=166
+  _globals['_CREATEAUDIENCEREQUEST']._serialized_end=260
+  _globals['_UPDATEAUDIENCEREQUEST']._serialized_start=262
+  _globals['_UPDATEAUDIENCEREQUEST']._serialized_end=362
+  _globals['_GETAUDIENCEREQUEST']._serialized_start=364
+  _globals['_GETAUDIENCEREQUEST']._serialized_end=415
+  _globals['_LISTAUDIENCESREQUEST']._serialized_start=417
+  _globals['_LISTAUDIENCESREQUEST']._serialized_end=478
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=480
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=580
+  _globals['_DELETEAUDIENCEREQUEST']._serialized_start=582
+  _globals['_DELETEAUDIENCEREQUEST']._serialized_end=619
+  _globals['_COUNTAUDIENCEREQUEST']._serialized_start=621
+  _globals['_COUNTAUDIENCEREQUEST']._serialized_end=657
+  _globals['_COUNTAUDIENCERESPONSE']._serialized_start=659
+  _globals['_COUNTAUDIENCERESPONSE']._serialized_end=721
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=723
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=782
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_start=784
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_end=881
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_start=883
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_end=964
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_start=966
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_end=1057
+  _globals['_EXPORTAUDIENCEREQUEST']._serialized_start=1059
+  _globals['_EXPORTAUDIENCEREQUEST']._serialized_end=1116
+  _globals['_EXPORTAUDIENCERESPONSE']._serialized_start=1118
+  _globals['_EXPORTAUDIENCERESPONSE']._serialized_end=1179
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_start=1181
+  _globals['_CHECKMEMBERSHIPREQUEST']._serialized_end=1239
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_start=1241
+  _globals['_CHECKMEMBERSHIPRESPONSE']._serialized_end=1302
+  _globals['_BREAKDOWNAUDIENCEREQUEST']._serialized_start=1305
+  _globals['_BREAKDOWNAUDIENCEREQUEST']._serialized_end=1526
+  _globals['_TAGBREAKDOWN']._serialized_start=1528
+  _globals['_TAGBREAKDOWN']._serialized_end=1561
+  _globals['_ORDERTIMEBREAKDOWN']._serialized_start=1563
+  _globals['_ORDERTIMEBREAKDOWN']._serialized_end=1623
+  _globals['_WEEKLYBREAKDOWN']._serialized_start=1626
+  _globals['_WEEKLYBREAKDOWN']._serialized_end=1772
+  _globals['_BREAKDOWNAUDIENCERESPONSE']._serialized_start=1775
+  _globals['_BREAKDOWNAUDIENCERESPONSE']._serialized_end=2040
+  _globals['_TAGVALUECOUNT']._serialized_start=2042
+  _globals['_TAGVALUECOUNT']._serialized_end=2094
+  _globals['_ORDERTIMECELL']._serialized_start=2096
+  _globals['_ORDERTIMECELL']._serialized_end=2185
+  _globals['_WEEKFIGURES']._serialized_start=2187
+  _globals['_WEEKFIGURES']._serialized_end=2300
+  _globals['_READAUDIENCEFEEDREQUEST']._serialized_start=2302
+  _globals['_READAUDIENCEFEEDREQUEST']._serialized_end=2382
+  _globals['_READAUDIENCEFEEDRESPONSE']._serialized_start=2384
+  _globals['_READAUDIENCEFEEDRESPONSE']._serialized_end=2490
+  _globals['_AUDIENCEFEEDENTRY']._serialized_start=2493
+  _globals['_AUDIENCEFEEDENTRY']._serialized_end=2686
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=2688
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=2798
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2800
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2834
+  _globals['_GETASSIGNMENTREQUEST']._serialized_start=2836
+  _globals['_GETASSIGNMENTREQUEST']._serialized_end=2892
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_start=2894
+  _globals['_GETASSIGNMENTRESPONSE']._serialized_end=2951
+  _globals['_AUDIENCESERVICE']._serialized_start=3062
+  _globals['_AUDIENCESERVICE']._serialized_end=4677
 # @@protoc_insertion_point(module_scope)

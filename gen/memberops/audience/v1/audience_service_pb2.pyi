@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import date_pb2 as _date_pb2
 from memberops.audience.v1 import audience_pb2 as _audience_pb2
 import builtins as _builtins
@@ -19,6 +21,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AudienceChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AudienceChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudienceChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIENCE_CHANGE_UNSPECIFIED: _AudienceChange.ValueType  # 0
+    AUDIENCE_CHANGE_ENTERED: _AudienceChange.ValueType  # 1
+    AUDIENCE_CHANGE_EXITED: _AudienceChange.ValueType  # 2
+
+class AudienceChange(_AudienceChange, metaclass=_AudienceChangeEnumTypeWrapper): ...
+
+AUDIENCE_CHANGE_UNSPECIFIED: AudienceChange.ValueType  # 0
+AUDIENCE_CHANGE_ENTERED: AudienceChange.ValueType  # 1
+AUDIENCE_CHANGE_EXITED: AudienceChange.ValueType  # 2
+Global___AudienceChange: _TypeAlias = AudienceChange  # noqa: Y015
 
 @_typing.final
 class CreateAudienceRequest(_message.Message):
@@ -656,6 +675,95 @@ class WeekFigures(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WeekFigures: _TypeAlias = WeekFigures  # noqa: Y015
+
+@_typing.final
+class ReadAudienceFeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """Empty to start from the beginning; otherwise `next_cursor` of an earlier response."""
+    limit: _builtins.int
+    """1-1000; 0 means 100."""
+    audience: _builtins.str
+    """Optional `audiences/{audience_id}`: only that audience's entries."""
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "audience", b"audience", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAudienceFeedRequest: _TypeAlias = ReadAudienceFeedRequest  # noqa: Y015
+
+@_typing.final
+class ReadAudienceFeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Where to continue from (the request's cursor when there was nothing new)."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudienceFeedEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AudienceFeedEntry] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAudienceFeedResponse: _TypeAlias = ReadAudienceFeedResponse  # noqa: Y015
+
+@_typing.final
+class AudienceFeedEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    change: Global___AudienceChange.ValueType
+    audience: _builtins.str
+    """`audiences/{audience_id}`."""
+    member_id: _builtins.str
+    version: _builtins.int
+    """The audience version under which the member entered or left."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        change: Global___AudienceChange.ValueType = ...,
+        audience: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "change", b"change", "create_time", b"create_time", "cursor", b"cursor", "member_id", b"member_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceFeedEntry: _TypeAlias = AudienceFeedEntry  # noqa: Y015
 
 @_typing.final
 class CreateSnapshotRequest(_message.Message):

@@ -93,6 +93,11 @@ class AudienceServiceStub:
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.SerializeToString,
                 response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.FromString,
                 _registered_method=True)
+        self.ReadAudienceFeed = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/ReadAudienceFeed',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedResponse.FromString,
+                _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
                 '/memberops.audience.v1.AudienceService/CreateSnapshot',
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.CreateSnapshotRequest.SerializeToString,
@@ -199,6 +204,15 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAudienceFeed(self, request, context):
+        """Members entering and leaving dynamic audiences, after `after_cursor`, in order. Same contract
+        as tagging's ReadFeed: an entry is handed out only when nothing can still commit before it,
+        so a consumer that keeps its cursor loses nothing across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSnapshot(self, request, context):
         """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
         10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
@@ -280,6 +294,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.BreakdownAudience,
                     request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.FromString,
                     response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.SerializeToString,
+            ),
+            'ReadAudienceFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAudienceFeed,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedResponse.SerializeToString,
             ),
             'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSnapshot,
@@ -597,6 +616,33 @@ class AudienceService:
             '/memberops.audience.v1.AudienceService/BreakdownAudience',
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceRequest.SerializeToString,
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.BreakdownAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAudienceFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ReadAudienceFeed',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ReadAudienceFeedResponse.FromString,
             options,
             channel_credentials,
             insecure,

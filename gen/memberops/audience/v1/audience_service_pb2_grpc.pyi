@@ -69,6 +69,11 @@ class AudienceServiceStub:
     by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
     GMV), optionally only for the members holding one tag value.
     """
+    ReadAudienceFeed: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ReadAudienceFeedRequest, _audience_service_pb2.ReadAudienceFeedResponse]
+    """Members entering and leaving dynamic audiences, after `after_cursor`, in order. Same contract
+    as tagging's ReadFeed: an entry is handed out only when nothing can still commit before it,
+    so a consumer that keeps its cursor loses nothing across restarts.
+    """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]
     """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
     10 %), each member's arm decided by its id and the snapshot's salt, so it never changes.
@@ -119,6 +124,11 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """The audience's members now, broken down one way: by the values they hold in a tag dimension,
     by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
     GMV), optionally only for the members holding one tag value.
+    """
+    ReadAudienceFeed: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ReadAudienceFeedRequest, _audience_service_pb2.ReadAudienceFeedResponse]  # type: ignore[assignment]
+    """Members entering and leaving dynamic audiences, after `after_cursor`, in order. Same contract
+    as tagging's ReadFeed: an entry is handed out only when nothing can still commit before it,
+    so a consumer that keeps its cursor loses nothing across restarts.
     """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CreateSnapshotRequest, _audience_pb2.Snapshot]  # type: ignore[assignment]
     """Freezes the audience's members now and splits them into arms (e.g. A 45 %, B 45 %, holdout
@@ -233,6 +243,17 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         """The audience's members now, broken down one way: by the values they hold in a tag dimension,
         by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
         GMV), optionally only for the members holding one tag value.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadAudienceFeed(
+        self,
+        request: _audience_service_pb2.ReadAudienceFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ReadAudienceFeedResponse, _abc.Awaitable[_audience_service_pb2.ReadAudienceFeedResponse]]:
+        """Members entering and leaving dynamic audiences, after `after_cursor`, in order. Same contract
+        as tagging's ReadFeed: an entry is handed out only when nothing can still commit before it,
+        so a consumer that keeps its cursor loses nothing across restarts.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,146 @@
+"""Dynamic audiences: membership kept current, every entry and exit published on the audience feed.
+
+A maintainer loop runs beside the service. Each round, per tenant, in one transaction:
+
+1. audiences created, changed, deleted or made (non-)dynamic since the last round, and every
+   dynamic audience not fully evaluated for FULL_EVERY (time alone moves members across windows:
+   "no order in 30 days"), are evaluated whole and the stored membership is made equal to it;
+2. tagging's feed (through its published view) is followed from the stored cursor: the members
+   whose facts or tags changed are re-evaluated in every dynamic audience;
+3. the cursor advances in the same transaction as the changes it caused, so a crash or restart
+   neither loses nor repeats an entry, and a per-tenant advisory lock lets any number of replicas
+   run the loop.
+
+Changes are differences: evaluating again what is already stored writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.audience import store
+from services.audience.evaluation import Evaluator
+from services.common import outbox
+from services.common.db import Connection, Database
+from services.common.errors import NotFound
+from services.common.logs import get_logger
+
+log = get_logger("memberops.audience.dynamic")
+
+POLL_SECONDS = 0.5
+FULL_EVERY = dt.timedelta(minutes=15)
+FEED_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    cursor: str
+    entered: bool
+    audience_id: str
+    member_id: str
+    version: int
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class Round:
+    entered: int = 0
+    exited: int = 0
+    followed: int = 0  # tagging feed entries read
+
+
+class Memberships:
+    def __init__(
+        self, db: Database, evaluator: Evaluator, tenants: frozenset[str], clock: Callable[[], dt.datetime]
+    ) -> None:
+        self._db = db
+        self._evaluator = evaluator
+        self._tenants = tenants
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Maintains every tenant's dynamic audiences until cancelled; a failed round is logged and
+        retried, never the end of the loop."""
+        while True:
+            busy = False
+            for tenant_id in sorted(self._tenants):
+                try:
+                    done = await self.maintain(tenant_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("dynamic audience round failed", tenant=tenant_id)
+                    continue
+                busy = busy or done.followed == FEED_BATCH
+            if not busy:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def maintain(self, tenant_id: str) -> Round:
+        """One round for one tenant (see the module docstring); nothing when another replica holds it."""
+        now = self._clock()
+        entered = exited = 0
+        async with self._db.transaction(tenant_id) as conn:
+            if not await store.try_lock_maintenance(conn, tenant_id):
+                return Round()
+            current: list[str] = []
+            for row in await store.dynamic_audiences(conn):
+                audience_id, version = row["audience_id"], row["current_version"]
+                if not row["dynamic"] or row["deleted"]:
+                    exited += await store.clear_membership(conn, tenant_id, audience_id, version)
+                    continue
+                stale = row["membership_time"] is None or row["membership_time"] < now - FULL_EVERY
+                if row["membership_version"] != version or stale:
+                    e, x = await self._apply(conn, tenant_id, audience_id, now, None)
+                    await store.mark_evaluated(conn, audience_id, version, now)
+                    entered, exited = entered + e, exited + x
+                # Even just evaluated whole: a fact committed after that statement's snapshot may be
+                # among the feed entries read below.
+                current.append(audience_id)
+            cursor = await store.tagging_cursor(conn, tenant_id)
+            changes = await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH)
+            members = sorted({row["member_id"] for row in changes})
+            if members:
+                for audience_id in current:
+                    e, x = await self._apply(conn, tenant_id, audience_id, now, members)
+                    entered, exited = entered + e, exited + x
+                await store.save_tagging_cursor(conn, tenant_id, outbox.cursor_of(changes[-1]))
+        if entered or exited:
+            log.info("dynamic audiences updated", tenant=tenant_id, entered=entered, exited=exited)
+        return Round(entered, exited, len(changes))
+
+    async def _apply(
+        self, conn: Connection, tenant_id: str, audience_id: str, now: dt.datetime, members: list[str] | None
+    ) -> tuple[int, int]:
+        try:
+            loaded = await self._evaluator.load(
+                conn, tenant_id, audience_id, None, filtered=members is not None
+            )
+        except NotFound:  # deleted since the list was read: the next round clears it
+            return 0, 0
+        c = loaded.compiled
+        return await store.apply_membership(
+            conn, c.members_sql(), c.args(now, members), tenant_id, audience_id, loaded.version, members
+        )
+
+    async def read_feed(
+        self, tenant_id: str, after_cursor: str, limit: int, audience_id: str | None
+    ) -> tuple[list[FeedEntry], str]:
+        position = outbox.parse_cursor(after_cursor)
+        size = outbox.page_size(limit, "limit")
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await store.read_audience_feed(conn, position, size, audience_id)
+        entries = [
+            FeedEntry(
+                cursor=outbox.cursor_of(row),
+                entered=row["kind"] == store.ENTERED,
+                audience_id=row["audience_id"],
+                member_id=row["member_id"],
+                version=row["version"],
+                create_time=row["create_time"],
+            )
+            for row in rows
+        ]
+        return entries, entries[-1].cursor if entries else after_cursor

@@ -1,0 +1,177 @@
+"""Dynamic audiences: membership follows facts and definition changes; the audience feed has each
+entry and exit exactly once, in order, across maintainers.
+
+The service's maintainer loop runs in the background; the tests wait for the feed to show what
+they expect (a deadline, not a timing threshold), then let a few more rounds pass and check that
+nothing else appeared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from memberops.audience.v1 import audience_pb2, audience_service_pb2
+
+from services.audience import dynamic
+from services.audience.evaluation import Evaluator
+from services.common.db import Database
+from tests.audience.helpers import all_of, fact, in_batch, member, now, order, order_count
+from tests.conftest import ACME, TENANT_ACME, unique
+from tests.grpc_helpers import bad
+from tests.tagging.facts_helpers import a_refund, record_refund, stamp
+from tests.tagging.rule_builders import Op
+
+if TYPE_CHECKING:
+    from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+
+ENTERED = audience_service_pb2.AUDIENCE_CHANGE_ENTERED
+EXITED = audience_service_pb2.AUDIENCE_CHANGE_EXITED
+WAIT_SECONDS = 30.0
+QUIET_ROUNDS = 4
+
+
+def bought(times: int = 1) -> audience_pb2.AudienceRule:
+    return fact(order_count(), Op.OPERATOR_GE, times)
+
+
+async def feed(stub: AudienceStub, audience_id: str) -> list[tuple[str, int]]:
+    """Every (member, change) of one audience's feed, in feed order, paging with cursors."""
+    changes: list[tuple[str, int]] = []
+    cursor = ""
+    while True:
+        request = audience_service_pb2.ReadAudienceFeedRequest(
+            after_cursor=cursor, limit=2, audience=f"audiences/{audience_id}"
+        )
+        page = await stub.ReadAudienceFeed(request, metadata=ACME)
+        changes += [(e.member_id, e.change) for e in page.entries]
+        if not page.entries:
+            return changes
+        cursor = page.next_cursor
+
+
+async def settled_feed(
+    stub: AudienceStub, audience_id: str, expected: Sequence[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """The feed once it holds as many entries as expected and a few more rounds added nothing."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(await feed(stub, audience_id)) < len(expected) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(QUIET_ROUNDS * dynamic.POLL_SECONDS)
+    return await feed(stub, audience_id)
+
+
+async def create_dynamic(stub: AudienceStub, rule: audience_pb2.AudienceRule) -> str:
+    audience = audience_pb2.Audience(audience_id=unique("dyn"), rule=rule, dynamic=True)
+    created = await stub.CreateAudience(
+        audience_service_pb2.CreateAudienceRequest(audience=audience), metadata=ACME
+    )
+    assert created.dynamic
+    return created.audience_id
+
+
+async def test_members_enter_and_exit_as_their_facts_change(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    batch = unique("batch")
+    first, second = await member(tagging_stub, batch), await member(tagging_stub, batch)
+    order_id = unique("o")
+    await order(tagging_stub, first, 3, [("tea", 1_000)], order_id=order_id)
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    assert await settled_feed(audience_stub, audience_id, [(first, ENTERED)]) == [(first, ENTERED)]
+
+    await order(tagging_stub, second, 1, [("tea", 2_000)])
+    await record_refund(tagging_stub, a_refund(order_id, refund_time=stamp(now())))
+    expected = [(first, ENTERED), (second, ENTERED), (first, EXITED)]
+    got = await settled_feed(audience_stub, audience_id, expected)
+    assert sorted(got[1:]) == sorted(expected[1:]) and got[0] == expected[0]
+
+
+async def test_a_new_definition_or_a_delete_moves_members_once(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    batch = unique("batch")
+    once, twice = await member(tagging_stub, batch), await member(tagging_stub, batch)
+    await order(tagging_stub, once, 5, [("tea", 1_000)])
+    for days in (5, 6):
+        await order(tagging_stub, twice, days, [("tea", 1_000)])
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    assert sorted(await settled_feed(audience_stub, audience_id, [("", 0)] * 2)) == sorted(
+        [(once, ENTERED), (twice, ENTERED)]
+    )
+
+    stricter = audience_pb2.Audience(
+        audience_id=audience_id, rule=all_of(in_batch(batch), bought(2)), dynamic=True
+    )
+    await audience_stub.UpdateAudience(
+        audience_service_pb2.UpdateAudienceRequest(audience=stricter), metadata=ACME
+    )
+    after_update = await settled_feed(audience_stub, audience_id, [("", 0)] * 3)
+    assert after_update[2:] == [(once, EXITED)]
+
+    await audience_stub.DeleteAudience(
+        audience_service_pb2.DeleteAudienceRequest(name=f"audiences/{audience_id}"), metadata=ACME
+    )
+    after_delete = await settled_feed(audience_stub, audience_id, [("", 0)] * 4)
+    assert after_delete[3:] == [(twice, EXITED)]
+
+
+async def test_a_second_maintainer_continues_without_repeating(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """As after a restart, or with another replica: the stored cursor and the per-tenant lock keep
+    every change exactly once while both run."""
+    batch = unique("batch")
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    other = dynamic.Memberships(db, Evaluator(db), frozenset({TENANT_ACME}), now)
+    members = [await member(tagging_stub, batch) for _ in range(6)]
+
+    async def rounds() -> None:
+        for _ in range(20):
+            await other.maintain(TENANT_ACME)
+            await asyncio.sleep(0.05)
+
+    async def shopping() -> None:
+        for member_id in members:
+            await order(tagging_stub, member_id, 1, [("tea", 500)])
+
+    await asyncio.gather(rounds(), shopping())
+    got = await settled_feed(audience_stub, audience_id, [("", 0)] * len(members))
+    assert sorted(got) == sorted((m, ENTERED) for m in members)
+
+
+async def test_dynamic_is_part_of_the_definition(audience_stub: AudienceStub) -> None:
+    audience_id = await create_dynamic(audience_stub, in_batch(unique("batch")))
+    got = await audience_stub.GetAudience(
+        audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}"), metadata=ACME
+    )
+    assert got.dynamic and got.version == 1
+    static = audience_pb2.Audience(audience_id=audience_id, rule=got.rule, dynamic=False)
+    updated = await audience_stub.UpdateAudience(
+        audience_service_pb2.UpdateAudienceRequest(audience=static), metadata=ACME
+    )
+    assert not updated.dynamic and updated.version == 2
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"after_cursor": "not-a-cursor"}, "after_cursor"),
+        ({"limit": 5000}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"audience": "segments/x"}, "audience"),
+    ],
+)
+async def test_bad_feed_reads_name_the_field(
+    audience_stub: AudienceStub, request_fields: dict[str, Any], field: str
+) -> None:
+    await bad(
+        audience_stub.ReadAudienceFeed(
+            audience_service_pb2.ReadAudienceFeedRequest(**request_fields), metadata=ACME
+        ),
+        field,
+    )
