@@ -29,6 +29,15 @@ else:
     Connection = asyncpg.pool.PoolConnectionProxy
 
 
+async def _reset_if_left_in_transaction(conn: asyncpg.Connection) -> None:
+    """Everything the services set is local to a transaction (`set_config(..., true)`, `SET LOCAL`,
+    transaction advisory locks, cursors), so a connection returned after its transaction ended holds
+    no state and skips asyncpg's reset query, a round trip on every request; one returned inside a
+    transaction (a cancelled call) is reset in full."""
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
 class Database:
     """A pool plus the one way the services use it: a transaction under one tenant."""
 
@@ -38,7 +47,11 @@ class Database:
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings={"application_name": "memberops"}
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={"application_name": "memberops"},
+            reset=_reset_if_left_in_transaction,
         )
         return cls(pool)
 
