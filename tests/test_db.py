@@ -1,6 +1,6 @@
-"""The pool hands out connections without state (the `tagging` fixture has created the app role):
-what a transaction set ends with it, and a
-connection given back inside a transaction (a cancelled call) is reset before reuse."""
+"""The pool hands out connections without state: what a transaction set ends with it, and a
+connection given back inside a transaction (a cancelled call) is reset before reuse. (The `tagging`
+fixture is there for its migrations, which create the app role.)"""
 
 from __future__ import annotations
 
