@@ -9,7 +9,7 @@ A maintainer loop runs beside the service. Each round, per tenant, in one transa
    whose facts or tags changed are re-evaluated in every dynamic audience;
 3. the cursor advances in the same transaction as the changes it caused, so a crash or restart
    neither loses nor repeats an entry, and a per-tenant advisory lock lets any number of replicas
-   run the loop.
+   run the loop. A tenant without dynamic audiences only moves its cursor to the feed's end.
 
 Changes are differences: evaluating again what is already stored writes nothing.
 """
@@ -100,6 +100,13 @@ class Memberships:
                 # among the feed entries read below.
                 current.append(audience_id)
             cursor = await store.tagging_cursor(conn, tenant_id)
+            if not current:
+                # Nothing to keep current: skip to the end, as a dynamic audience created later starts
+                # with a whole evaluation, which sees everything up to then.
+                last = await store.last_tagging_cursor(conn)
+                if last is not None and last != cursor:
+                    await store.save_tagging_cursor(conn, tenant_id, last)
+                return Round(entered, exited, 0)
             changes = await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH)
             members = sorted({row["member_id"] for row in changes})
             if members:

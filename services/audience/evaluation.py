@@ -53,9 +53,8 @@ class Evaluator:
             raise NotFound(
                 f"audiences/{audience_id}" + (f" version {version}" if version else "") + " not found"
             )
-        rule = definitions.rule_from_json(row["rule"])
         references: dict[str, dict[str, Any]] = {}
-        frontier = set(definitions.referenced_ids(rule))
+        frontier = set(row["referenced"])
         while frontier:
             found = await store.current_rules(conn, sorted(frontier))
             references.update(found)
@@ -69,7 +68,8 @@ class Evaluator:
             filtered,
         )
         compiled = self._compiled.get(key)
-        if compiled is None:
+        if compiled is None:  # parsing the stored rules is the costly part: only on a miss
+            rule = definitions.rule_from_json(row["rule"])
             rules = {ref: definitions.rule_from_json(item["rule"]) for ref, item in references.items()}
             compiled = compiler.compile_audience(rule, rules, filtered=filtered)
             if len(self._compiled) >= _CACHE_LIMIT:

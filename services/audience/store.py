@@ -21,7 +21,7 @@ from services.common.db import Connection
 
 _AUDIENCE = """
 SELECT a.audience_id, v.version, v.display_name, v.description, v.rule::text AS rule, v.content_hash,
-       v.dynamic, a.create_request_id, a.create_time, a.update_time, a.delete_time
+       v.dynamic, v.referenced, a.create_request_id, a.create_time, a.update_time, a.delete_time
 FROM audience.audiences a
 JOIN audience.audience_versions v ON v.audience_id = a.audience_id"""
 
@@ -485,6 +485,10 @@ async def save_tagging_cursor(conn: Connection, tenant_id: str, cursor: str) -> 
     await conn.execute(
         "UPDATE audience.followers SET tagging_cursor = $2 WHERE tenant_id = $1", tenant_id, cursor
     )
+
+
+async def last_tagging_cursor(conn: Connection) -> str | None:
+    return await outbox.last_settled(conn, "tagging_read.feed")
 
 
 async def changed_members(

@@ -49,6 +49,14 @@ def page_size(value: int, field: str) -> int:
     return value
 
 
+async def last_settled(conn: Connection, relation: str) -> str | None:
+    """The cursor of the newest settled entry of `relation`, None when it has none."""
+    row = await conn.fetchrow(
+        f"SELECT txid::text AS txid, seq FROM {relation} WHERE {SETTLED} ORDER BY txid DESC, seq DESC LIMIT 1"
+    )
+    return None if row is None else cursor_of(row)
+
+
 async def read_settled(
     conn: Connection,
     relation: str,
