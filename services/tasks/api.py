@@ -15,6 +15,7 @@ from memberops.tasks.v1 import points_pb2, rewards_pb2, tasks_service_pb2, tasks
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
 from services.tasks import ledger
+from services.tasks.leaderboards import Leaderboards, Place
 from services.tasks.ledger import Ledger
 from services.tasks.rewards import Rewards
 from services.tasks.store import Entry, NewReward, Redemption, Reward
@@ -25,7 +26,14 @@ def utc_now() -> dt.datetime:
 
 
 class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
-    def __init__(self, points: Ledger, rewards: Rewards, clock: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        points: Ledger,
+        rewards: Rewards,
+        leaderboards: Leaderboards,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._leaderboards = leaderboards
         self._points = points
         self._rewards = rewards
         self._clock = clock
@@ -134,6 +142,26 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), request.member_id, request.reward_id, request.request_id, self._clock()
         )
         return redemption_to_proto(redemption)
+
+    async def GetLeaderboard(
+        self, request: tasks_service_pb2.GetLeaderboardRequest, context: Any
+    ) -> tasks_service_pb2.Leaderboard:
+        at = request.at.ToDatetime(dt.UTC) if request.HasField("at") else self._clock()
+        board = await self._leaderboards.board(
+            current_tenant(), request.period, at, request.time_zone, request.top_n, request.member_id
+        )
+        reply = tasks_service_pb2.Leaderboard(
+            start_time=stamp(board.start),
+            end_time=stamp(board.end),
+            top=[_place(p) for p in board.top],
+        )
+        if board.member is not None:
+            reply.member.CopyFrom(_place(board.member))
+        return reply
+
+
+def _place(place: Place) -> tasks_service_pb2.LeaderboardPlace:
+    return tasks_service_pb2.LeaderboardPlace(member_id=place.member_id, points=place.points, rank=place.rank)
 
 
 def stamp(value: dt.datetime) -> timestamp_pb2.Timestamp:

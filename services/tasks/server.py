@@ -17,6 +17,7 @@ from services.common import app
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 from services.tasks.api import TasksApi, utc_now
+from services.tasks.leaderboards import Leaderboards
 from services.tasks.ledger import Ledger
 from services.tasks.rewards import Rewards
 
@@ -27,7 +28,7 @@ def wire(
     db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
 ) -> app.Wiring:
     assert db is not None, "tasks owns a schema, so it always has a database"
-    servicer = TasksApi(Ledger(db), Rewards(db), clock=clock)
+    servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), clock=clock)
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding])
 

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
 import builtins as _builtins
@@ -20,6 +21,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LeaderboardPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaderboardPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaderboardPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEADERBOARD_PERIOD_UNSPECIFIED: _LeaderboardPeriod.ValueType  # 0
+    LEADERBOARD_PERIOD_WEEK: _LeaderboardPeriod.ValueType  # 1
+    LEADERBOARD_PERIOD_MONTH: _LeaderboardPeriod.ValueType  # 2
+
+class LeaderboardPeriod(_LeaderboardPeriod, metaclass=_LeaderboardPeriodEnumTypeWrapper): ...
+
+LEADERBOARD_PERIOD_UNSPECIFIED: LeaderboardPeriod.ValueType  # 0
+LEADERBOARD_PERIOD_WEEK: LeaderboardPeriod.ValueType  # 1
+LEADERBOARD_PERIOD_MONTH: LeaderboardPeriod.ValueType  # 2
+Global___LeaderboardPeriod: _TypeAlias = LeaderboardPeriod  # noqa: Y015
 
 @_typing.final
 class EarnPointsRequest(_message.Message):
@@ -365,3 +383,99 @@ class RedeemRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemRequest: _TypeAlias = RedeemRequest  # noqa: Y015
+
+@_typing.final
+class GetLeaderboardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    TOP_N_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    period: Global___LeaderboardPeriod.ValueType
+    time_zone: _builtins.str
+    """IANA zone the week (from Monday) or month is taken in; empty means UTC."""
+    top_n: _builtins.int
+    """1-100; 0 means 10. Members tied at the last place shown are all listed."""
+    member_id: _builtins.str
+    """Optional: also this member's own place."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """A moment inside the period wanted; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        period: Global___LeaderboardPeriod.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        top_n: _builtins.int = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "member_id", b"member_id", "period", b"period", "time_zone", b"time_zone", "top_n", b"top_n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderboardRequest: _TypeAlias = GetLeaderboardRequest  # noqa: Y015
+
+@_typing.final
+class Leaderboard(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaderboardPlace]: ...
+    @_builtins.property
+    def member(self) -> Global___LeaderboardPlace:
+        """The asked member's place; `rank` 0 when they earned nothing in the period."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        top: _abc.Iterable[Global___LeaderboardPlace] | None = ...,
+        member: Global___LeaderboardPlace | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "member", b"member", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "member", b"member", "start_time", b"start_time", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Leaderboard: _TypeAlias = Leaderboard  # noqa: Y015
+
+@_typing.final
+class LeaderboardPlace(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    points: _builtins.int
+    rank: _builtins.int
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "points", b"points", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderboardPlace: _TypeAlias = LeaderboardPlace  # noqa: Y015

@@ -94,6 +94,11 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
                 _registered_method=True)
+        self.GetLeaderboard = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetLeaderboard',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
+                _registered_method=True)
 
 
 class TasksServiceServicer:
@@ -184,6 +189,15 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLeaderboard(self, request, context):
+        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
+        member's own place too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +250,11 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.Redeem,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.SerializeToString,
+            ),
+            'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeaderboard,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +535,33 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/Redeem',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetLeaderboard',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
             options,
             channel_credentials,
             insecure,

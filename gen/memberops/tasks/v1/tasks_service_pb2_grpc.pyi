@@ -74,6 +74,11 @@ class TasksServiceStub:
     records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
+    GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]
+    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
+    member's own place too.
+    """
 
 @_typing.type_check_only
 class TasksServiceAsyncStub(TasksServiceStub):
@@ -118,6 +123,11 @@ class TasksServiceAsyncStub(TasksServiceStub):
     is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
     records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
+    """
+    GetLeaderboard: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]  # type: ignore[assignment]
+    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
+    member's own place too.
     """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -220,6 +230,17 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
         records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
         same outcome); the same id for another member or reward is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLeaderboard(
+        self,
+        request: _tasks_service_pb2.GetLeaderboardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.Leaderboard, _abc.Awaitable[_tasks_service_pb2.Leaderboard]]:
+        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
+        member's own place too.
         """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
