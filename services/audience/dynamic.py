@@ -100,23 +100,23 @@ class Memberships:
                 # among the feed entries read below.
                 current.append(audience_id)
             cursor = await store.tagging_cursor(conn, tenant_id)
+            followed = 0
             if not current:
                 # Nothing to keep current: skip to the end, as a dynamic audience created later starts
                 # with a whole evaluation, which sees everything up to then.
                 last = await store.last_tagging_cursor(conn)
                 if last is not None and last != cursor:
                     await store.save_tagging_cursor(conn, tenant_id, last)
-                return Round(entered, exited, 0)
-            changes = await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH)
-            members = sorted({row["member_id"] for row in changes})
-            if members:
+            elif changes := await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH):
+                followed = len(changes)
+                members = sorted({row["member_id"] for row in changes})
                 for audience_id in current:
                     e, x = await self._apply(conn, tenant_id, audience_id, now, members)
                     entered, exited = entered + e, exited + x
                 await store.save_tagging_cursor(conn, tenant_id, outbox.cursor_of(changes[-1]))
         if entered or exited:
             log.info("dynamic audiences updated", tenant=tenant_id, entered=entered, exited=exited)
-        return Round(entered, exited, len(changes))
+        return Round(entered, exited, followed)
 
     async def _apply(
         self, conn: Connection, tenant_id: str, audience_id: str, now: dt.datetime, members: list[str] | None

@@ -471,19 +471,20 @@ async def mark_evaluated(conn: Connection, audience_id: str, version: int, momen
 
 
 async def tagging_cursor(conn: Connection, tenant_id: str) -> str:
-    """The cursor over tagging's feed, locked until the transaction ends (created on first use)."""
+    """The cursor over tagging's feed ('' before the first round). Read under the maintenance lock,
+    so an idle round writes nothing."""
     cursor = await conn.fetchval(
-        """INSERT INTO audience.followers (tenant_id) VALUES ($1)
-           ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id
-           RETURNING tagging_cursor""",
-        tenant_id,
+        "SELECT tagging_cursor FROM audience.followers WHERE tenant_id = $1", tenant_id
     )
-    return str(cursor)
+    return "" if cursor is None else str(cursor)
 
 
 async def save_tagging_cursor(conn: Connection, tenant_id: str, cursor: str) -> None:
     await conn.execute(
-        "UPDATE audience.followers SET tagging_cursor = $2 WHERE tenant_id = $1", tenant_id, cursor
+        """INSERT INTO audience.followers (tenant_id, tagging_cursor) VALUES ($1, $2)
+           ON CONFLICT (tenant_id) DO UPDATE SET tagging_cursor = excluded.tagging_cursor""",
+        tenant_id,
+        cursor,
     )
 
 
