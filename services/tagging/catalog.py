@@ -376,13 +376,12 @@ class Catalog:
             if not DIMENSION.match(dimension):
                 violations.add(f"dimensions[{i}]", "is not a dimension name")
         violations.raise_if_any()
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
             if await store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
             definitions = [_definition(row) for row in await store.list_definitions(conn, "", 10_000, False)]
             by_dimension = {d.spec.dimension: d for d in definitions}
             chosen = [by_dimension.get(name) for name in dimensions] if dimensions else definitions
-            await store.plan_each_evaluation(conn)
             explanations = []
             for i, definition in enumerate(chosen):
                 if definition is None:

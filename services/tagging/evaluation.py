@@ -105,14 +105,14 @@ class Tagger:
     ) -> None:
         """Re-evaluates the active real-time dimensions these members' changed facts feed, then
         settles their queue rows. `changes` maps a member to the input bits its callers changed;
-        the bits its queue row still owes (e.g. a crashed request's) are added."""
+        the bits its queue row still owes (e.g. a crashed request's) are added. `conn` must be in a
+        transaction with custom plans (`Database.transaction(plans="custom")`)."""
         ids = sorted(changes)
         await store.lock_members(conn, ids)
         owed = await store.owed_refreshes(conn, ids)
         bits = dict(changes)
         for row in owed:
             bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
-        await store.plan_each_evaluation(conn)
         for row in await store.active_definition_versions(conn):
             prepared = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
@@ -168,9 +168,8 @@ class Tagger:
         slots = asyncio.Semaphore(RECOMPUTE_PARALLELISM)
 
         async def apply(item: _Prepared) -> RecomputeResult:
-            async with slots, self._db.transaction(tenant_id) as conn:
+            async with slots, self._db.transaction(tenant_id, plans="custom") as conn:
                 started = time.monotonic()
-                await store.plan_each_evaluation(conn)
                 await store.plan_full_recompute(conn)
                 added, removed = await store.apply_dimension(
                     conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive

@@ -117,7 +117,7 @@ class RealTimeTags:
     async def _run(self, batch: _Batch) -> None:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self._db.transaction(batch.tenant_id) as conn:
+                async with self._db.transaction(batch.tenant_id, plans="custom") as conn:
                     await self._tagger.refresh_owed(conn, batch.tenant_id, batch.changes, batch.now)
                 return
             except asyncpg.DeadlockDetectedError:

@@ -469,13 +469,6 @@ async def retire_definition(conn: Connection, dimension: str) -> bool:
     return status != "UPDATE 0"
 
 
-async def plan_each_evaluation(conn: Connection) -> None:
-    """Compiled dimensions must be planned with their actual members and time: after five runs
-    PostgreSQL would otherwise switch a prepared statement to a generic plan, which for a member
-    filter of unknown size picks whole-table scans (2 s instead of 15 ms for 600 members)."""
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-
-
 async def evaluate(conn: Connection, sql: str, args: list[Any]) -> asyncpg.Record:
     """Runs a compiled dimension for one member; the member exists, so there is one row."""
     row = await conn.fetchrow(sql, *args)
