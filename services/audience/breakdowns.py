@@ -86,7 +86,7 @@ class Breakdowns:
         if by is None:
             raise InvalidArgument.field("by", "is required: one of tag, order_time, weekly")
         validate(by)
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self._evaluator.transaction(tenant_id) as conn:
             dimension = by.dimension if isinstance(by, ByTag | Weekly) else ""
             if dimension:
                 known = await store.tag_dimensions(conn, [dimension])

@@ -6,6 +6,13 @@ implementation: every aggregate becomes one grouped subquery left-joined to the 
 conditions become (NOT) EXISTS over the members' current tags; a reference to another audience is
 that audience's current rule, inlined. Caller text only ever reaches PostgreSQL as a bound parameter.
 
+The top-level conjunction is split in two. Tag conditions, existence tests and plain column tests
+form the *selection*: (NOT) EXISTS the planner can turn into (anti-)joins and start from, e.g. the
+few members who carted a category this week. Everything else (aggregates, ORs of subqueries) is the
+*residual*, a per-member filter applied outside an optimisation fence, to the members the
+selection let through: left in one WHERE, PostgreSQL evaluates such filters at the member scan,
+before any join, i.e. for every member the cheapest join would already have ruled out.
+
 The statement is the same for a whole population and for one member (`filtered`): then every
 subquery is restricted to that member's rows, which is what makes CheckMembership fast.
 """
@@ -36,13 +43,14 @@ Match = audience_pb2.TagMatch
 
 @dataclass(frozen=True)
 class Compiled:
-    """`predicate` over the member row `m` of `VIEWS.members`, with `joins` for its aggregates.
+    """`selection` and `residual` over the member row `m` of `VIEWS.members` (see the module doc).
 
     `$1` is the evaluation time; when compiled `filtered`, `$2` lists the only members evaluated.
     """
 
-    predicate: str
-    joins: str
+    selection: str
+    # "" when every condition is part of the selection.
+    residual: str
     params: tuple[Any, ...]
     member_filter: str
     # (dimension, values or None for any value) of each tag condition that can put a member in.
@@ -60,21 +68,34 @@ class Compiled:
         return f"${len(self.params) + offset}"
 
     @property
-    def _from(self) -> str:
+    def predicate(self) -> str:
+        """The whole rule as one boolean expression over `m`."""
+        return f"({self.selection} AND {self.residual})" if self.residual else self.selection
+
+    def _from(self, condition: str) -> str:
         # The evaluation time is named even when no condition reads it, so its type is always known
         # (a one-time filter for the planner).
-        where = "\nWHERE $1::timestamptz IS NOT NULL"
+        where = "WHERE $1::timestamptz IS NOT NULL"
         if self.member_filter:
             where += f" AND m.member_id = ANY({self.member_filter})"
-        return f"FROM {VIEWS.members} m\n{self.joins}{where}"
+        return f"FROM {VIEWS.members} m\n{where} AND {condition}"
 
-    def members_sql(self) -> str:
-        """`SELECT member_id` of every member in the audience, in no particular order."""
-        return f"SELECT m.member_id {self._from} AND {self.predicate}"
+    def members_sql(self, also: str = "") -> str:
+        """`SELECT member_id` of every member in the audience, in no particular order. `also`, a
+        further condition on `m` (a page's key range), is applied with the selection."""
+        selection = f"{self.selection} AND {also}" if also else self.selection
+        if not self.residual:
+            return f"SELECT m.member_id {self._from(selection)}"
+        # OFFSET 0 keeps the planner from pulling the residual down into the member scan.
+        return (
+            f"SELECT m.member_id FROM (SELECT m.* {self._from(selection)} OFFSET 0) AS m\n"
+            f"WHERE {self.residual}"
+        )
 
-    def check_sql(self) -> str:
-        """A row per (filtered) member that exists, saying whether it is in the audience."""
-        return f"SELECT m.member_id, {self.predicate} AS is_member {self._from}"
+    def check_sql(self, also: str = "true") -> str:
+        """A row per (filtered) member that exists (and for which `also` holds), saying whether it is
+        in the audience."""
+        return f"SELECT m.member_id, {self.predicate} AS is_member {self._from(also)}"
 
 
 @dataclass
@@ -95,10 +116,64 @@ def compile_audience(
     if filtered:
         b.member_filter = b.param([], "text[]")
     state = _State(references)
-    predicate = _predicate(rule, b, now, state, ()).boolean()
-    joins = rules.aggregate_joins(b, now)
+    selected: list[str] = []
+    residual: list[str] = []
+    for conjunct, stack in sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0])):
+        sql = _predicate(conjunct, b, now, state, stack).boolean()
+        (selected if _joinable(conjunct) else residual).append(sql)
+    assert not b.aggregates, "correlated aggregates are subqueries, never joins"
     matches = tuple(dict.fromkeys(state.tag_matches))
-    return Compiled(predicate, joins, tuple(b.params), b.member_filter, matches)
+    return Compiled(
+        " AND ".join(selected) or "true",
+        " AND ".join(residual),
+        tuple(b.params),
+        b.member_filter,
+        matches,
+    )
+
+
+def _conjuncts(
+    rule: audience_pb2.AudienceRule, state: _State, stack: tuple[str, ...]
+) -> list[tuple[audience_pb2.AudienceRule, tuple[str, ...]]]:
+    """The rule as a flat AND: nested `all`s and referenced audiences opened up, each conjunct with
+    the references it was reached through (for the cycle check)."""
+    node = rule.WhichOneof("node")
+    if node == "all":
+        return [item for child in rule.all.rules for item in _conjuncts(child, state, stack)]
+    if node == "audience":
+        referenced, found = _referenced(rule.audience, state, stack)
+        return _conjuncts(found, state, (*stack, referenced))
+    return [(rule, stack)]
+
+
+def _joinable(rule: audience_pb2.AudienceRule) -> bool:
+    """Whether a conjunct compiles to a (NOT) EXISTS the planner can join on, or to a test of the
+    member row's own columns: what belongs in the selection."""
+    node = rule.WhichOneof("node")
+    if node == "not":
+        return _joinable(getattr(rule, "not"))
+    if node == "tag":
+        return True
+    if node == "condition":
+        return (
+            rule.condition.operand.WhichOneof("source") != "aggregate"
+            or rules.existence(rule.condition) is not None
+        )
+    if node == "any":
+        return all(_plain(r) for r in rule.any.rules)
+    return False
+
+
+def _plain(rule: audience_pb2.AudienceRule) -> bool:
+    """A test of the member row's own columns only, with no subquery at all."""
+    node = rule.WhichOneof("node")
+    if node == "condition":
+        return rule.condition.operand.WhichOneof("source") != "aggregate"
+    if node == "not":
+        return _plain(getattr(rule, "not"))
+    if node in ("all", "any"):
+        return all(_plain(r) for r in getattr(rule, node).rules)
+    return False
 
 
 @dataclass(frozen=True)
@@ -151,13 +226,19 @@ def _predicate(
     if node == "tag":
         return _Sql(_tag(rule.tag, b, state), nullable=False)
     assert node == "audience", "validate() runs before compile"
-    referenced = rule.audience.removeprefix(NAME_PREFIX)
+    referenced, found = _referenced(rule.audience, state, stack)
+    return _predicate(found, b, now, state, (*stack, referenced))
+
+
+def _referenced(name: str, state: _State, stack: tuple[str, ...]) -> tuple[str, audience_pb2.AudienceRule]:
+    """The id and current rule of a referenced audience, refusing a cycle or a missing one."""
+    referenced = name.removeprefix(NAME_PREFIX)
     if referenced in stack:
         raise FailedPrecondition(f"audiences/{referenced} references itself through {', '.join(stack)}")
     found = state.references.get(referenced)
     if found is None:
         raise FailedPrecondition(f"audiences/{referenced}, which the audience references, no longer exists")
-    return _predicate(found, b, now, state, (*stack, referenced))
+    return referenced, found
 
 
 def _tag(tag: audience_pb2.TagCondition, b: rules.Builder, state: _State) -> str:

@@ -82,7 +82,7 @@ class Memberships:
         """One round for one tenant (see the module docstring); nothing when another replica holds it."""
         now = self._clock()
         entered = exited = 0
-        async with self._db.transaction(tenant_id) as conn:
+        async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
             if not await store.try_lock_maintenance(conn, tenant_id):
                 return Round()
             current: list[str] = []

@@ -3,6 +3,10 @@
 Each call loads the audience (and every audience it references, at their current versions),
 compiles it (cached: compiling is pure) and runs one statement in a read-only tenant transaction
 over tagging's published views, at the evaluation time the call passes in.
+
+CheckMembership, on the hot path of coupon claims and group entry, skips the load: it runs the
+statement compiled for the versions it last saw, guarded by a test that those are still the
+current ones, and loads only when the guard fails (or the member is unknown).
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from services.audience import compiler, definitions, store
-from services.common.db import Connection, Database
+from services.common.db import Connection, Database, Plans
 from services.common.errors import InvalidArgument, NotFound, Violations
 from services.tagging import checks
 
@@ -38,12 +43,23 @@ class Preview:
 class Loaded:
     version: int
     compiled: compiler.Compiled
+    # (audience id, version) of the audience and of every audience it references, as compiled.
+    versions: tuple[tuple[str, int], ...] = ()
 
 
 class Evaluator:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._compiled: dict[tuple[Any, ...], compiler.Compiled] = {}
+        # (tenant, audience) -> what CheckMembership last loaded for it.
+        self._checked: dict[tuple[str, str], Loaded] = {}
+
+    def transaction(
+        self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
+    ) -> AbstractAsyncContextManager[Connection]:
+        """A tenant transaction that plans every statement with its actual arguments, as evaluating
+        a compiled audience over many members needs (see `db.Plans`); `load` runs in one."""
+        return self._db.transaction(tenant_id, readonly=readonly, plans=plans)
 
     async def load(
         self, conn: Connection, tenant_id: str, audience_id: str, version: int | None, *, filtered: bool
@@ -75,12 +91,15 @@ class Evaluator:
             if len(self._compiled) >= _CACHE_LIMIT:
                 self._compiled.clear()
             self._compiled[key] = compiled
-        await store.plan_each_evaluation(conn)
-        return Loaded(row["version"], compiled)
+        versions = (
+            (audience_id, row["version"]),
+            *((ref, item["version"]) for ref, item in references.items()),
+        )
+        return Loaded(row["version"], compiled, tuple(sorted(versions)))
 
     async def count(self, tenant_id: str, audience_id: str, now: dt.datetime) -> tuple[int, int]:
         """(members, version evaluated)."""
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self.transaction(tenant_id) as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
             sql = f"SELECT count(*) FROM ({loaded.compiled.members_sql()}) AS selected"
             count = await conn.fetchval(sql, *loaded.compiled.args(now))
@@ -96,7 +115,7 @@ class Evaluator:
                 "sample_size", f"must be between 1 and {MAX_SAMPLE} (0 means {DEFAULT_SAMPLE})"
             )
         size = sample_size or DEFAULT_SAMPLE
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self.transaction(tenant_id) as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
             c = loaded.compiled
             sql = (
@@ -128,11 +147,11 @@ class Evaluator:
         v.raise_if_any()
         size = page_size or DEFAULT_PAGE_SIZE
         version, after = position if position else (None, "")
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self.transaction(tenant_id) as conn:
             loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False)
             c = loaded.compiled
             sql = (
-                f"{c.members_sql()} AND m.member_id > {c.next_param(1)}::text "
+                f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "
                 f"ORDER BY m.member_id LIMIT {c.next_param(2)}::int"
             )
             rows = await conn.fetch(sql, *c.args(now), after, size + 1)
@@ -149,7 +168,7 @@ class Evaluator:
                 "chunk_size", f"must be between 1 and {MAX_CHUNK} (0 means {MAX_CHUNK})"
             )
         size = chunk_size or MAX_CHUNK
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        async with self.transaction(tenant_id) as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
             cursor = await conn.cursor(loaded.compiled.members_sql(), *loaded.compiled.args(now))
             while rows := await cursor.fetch(size):
@@ -158,13 +177,32 @@ class Evaluator:
     async def check(
         self, tenant_id: str, audience_id: str, member_id: str, now: dt.datetime
     ) -> tuple[bool, int]:
-        """Whether the member is in the audience; the statement reads only that member's rows."""
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
+        """Whether the member is in the audience. The statement reads only that member's rows, by
+        member id in every subquery, so one generic plan per connection serves every member: planning
+        it each time would cost four times what running it does (0.4 ms against 0.1 ms)."""
+        async with self.transaction(tenant_id, plans="generic") as conn:
+            seen = self._checked.get((tenant_id, audience_id))
+            if seen is not None:
+                row = await self._run_check(conn, seen, member_id, now)
+                if row is not None:
+                    return bool(row["is_member"]), seen.version
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True)
-            row = await conn.fetchrow(loaded.compiled.check_sql(), *loaded.compiled.args(now, [member_id]))
+            row = await self._run_check(conn, loaded, member_id, now)
         if row is None:
             raise NotFound(f"members/{member_id} not found")
+        if len(self._checked) >= _CACHE_LIMIT:
+            self._checked.clear()
+        self._checked[(tenant_id, audience_id)] = loaded
         return bool(row["is_member"]), loaded.version
+
+    @staticmethod
+    async def _run_check(conn: Connection, loaded: Loaded, member_id: str, now: dt.datetime) -> Any:
+        """The member's row with `is_member`, or None when the member is unknown or `loaded` is no
+        longer the current definition of every audience involved."""
+        c = loaded.compiled
+        ids, versions = zip(*loaded.versions, strict=True)
+        current = store.versions_current(c.next_param(1), c.next_param(2))
+        return await conn.fetchrow(c.check_sql(also=current), *c.args(now, [member_id]), ids, versions)
 
 
 def member_id_from_name(name: str, path: str) -> str:

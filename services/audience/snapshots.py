@@ -121,7 +121,7 @@ class Snapshots:
         chosen = validate_arms(arms, request_id)
         digest = _content_hash(audience_id, chosen)
         snapshot_id, salt = uuid.uuid4().hex, secrets.token_hex(8)
-        async with self._db.transaction(tenant_id) as conn:
+        async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
             loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False)
             body = json.dumps([{"name": name, "share_percent": share} for name, share in chosen])
             inserted = await store.insert_snapshot(

@@ -183,10 +183,13 @@ async def current_tags(
     )
 
 
-async def plan_each_evaluation(conn: Connection) -> None:
-    """Plan each compiled statement with its actual arguments: a generic plan for a member filter or
-    a window of unknown size picks whole-table scans (see tagging's store for the measurements)."""
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+def versions_current(ids: str, versions: str) -> str:
+    """A condition that holds while the audiences in the array `ids` all exist, undeleted, at the
+    matching `versions` (placeholders of text[] and int[] arguments)."""
+    return f"""(SELECT count(*) FROM audience.audiences a
+                JOIN unnest({ids}::text[], {versions}::int[]) AS w (audience_id, version)
+                  ON a.audience_id = w.audience_id AND a.current_version = w.version
+                WHERE a.delete_time IS NULL) = cardinality({ids}::text[])"""
 
 
 # --- snapshots -----------------------------------------------------------------------------------

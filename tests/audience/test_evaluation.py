@@ -207,6 +207,70 @@ async def test_paging_is_stable_and_complete(tagging_stub: TaggingStub, audience
     assert await list_all(audience_stub, audience.audience_id) == []  # a new listing sees version 2
 
 
+async def test_paging_through_a_per_member_filter(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    """An aggregate is a residual, applied outside the selection's fence, while a page's key range
+    joins the selection: pages still partition the audience, alone and through references."""
+    batch = unique("batch")
+    ids = sorted([await member(tagging_stub, batch) for _ in range(7)])
+    big_spenders = ids[1::2]
+    for member_id in ids:
+        await order(tagging_stub, member_id, 3, [("tea", 20_000 if member_id in big_spenders else 500)])
+    spent = fact(amount_sum(30), Op.OPERATOR_GE, 10_000)
+    audience = await create(audience_stub, all_of(in_batch(batch), spent))
+    assert await list_all(audience_stub, audience.audience_id, page_size=2) == big_spenders
+    assert await count(audience_stub, audience.audience_id) == len(big_spenders)
+    # The same through a reference: the referenced rule's conjuncts join the referring one's.
+    small = await create(audience_stub, all_of(in_batch(batch), not_(spent)))
+    either = await create(
+        audience_stub, any_of(member_of(audience.audience_id), member_of(small.audience_id))
+    )
+    assert await list_all(audience_stub, either.audience_id, page_size=3) == ids
+    narrowed = await create(audience_stub, all_of(member_of(small.audience_id), spent))
+    assert await list_all(audience_stub, narrowed.audience_id, page_size=3) == []
+    for member_id in ids:
+        assert await check(audience_stub, audience.audience_id, member_id) == (member_id in big_spenders)
+
+
+async def test_membership_checks_follow_every_definition_change_at_once(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    """CheckMembership reuses what it compiled while the audience and every audience it references
+    keep their versions; an update of either, or a delete, is seen by the very next check."""
+    batch = unique("batch")
+    gold = await member(tagging_stub, batch, level="gold")
+    silver = await member(tagging_stub, batch, level="silver")
+    level = fact(field(Field.PROFILE_FIELD_LEVEL), Op.OPERATOR_EQ, "gold")
+    inner = await create(audience_stub, all_of(in_batch(batch), level))
+    outer = await create(audience_stub, all_of(member_of(inner.audience_id)))
+
+    async def members(name: str) -> list[str]:
+        return [m for m in (gold, silver) if await check(audience_stub, name, m)]
+
+    async def update(name: str, rule: audience_pb2.AudienceRule) -> None:
+        request = audience_service_pb2.UpdateAudienceRequest(
+            audience=audience_pb2.Audience(audience_id=name, rule=rule)
+        )
+        await audience_stub.UpdateAudience(request, metadata=ACME)
+
+    assert await members(outer.audience_id) == [gold]
+    assert await members(outer.audience_id) == [gold]  # the second time from what the first compiled
+    await update(inner.audience_id, all_of(in_batch(batch), not_(level)))
+    assert await members(outer.audience_id) == [silver]
+    await update(outer.audience_id, all_of(in_batch(batch)))
+    assert await members(outer.audience_id) == [gold, silver]
+    await audience_stub.DeleteAudience(
+        audience_service_pb2.DeleteAudienceRequest(name=f"audiences/{outer.audience_id}"), metadata=ACME
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check(audience_stub, outer.audience_id, gold)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # an unknown member after a cached check
+        await check(audience_stub, inner.audience_id, unique())
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_tenants_never_meet(tagging_stub: TaggingStub, audience_stub: AudienceStub) -> None:
     batch = unique("batch")
     acme = await member(tagging_stub, batch, metadata=ACME)
