@@ -60,6 +60,8 @@ class ServiceBinding:
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: auth.TokenAuthenticator) -> None:
         self._auth = authenticator
+        # method -> its wrapped handler: a method's handler never changes, so it is wrapped once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -68,11 +70,15 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or method.split("/")[1] in PUBLIC_SERVICES:
             return handler
-        return _wrap_handler(handler, lambda context: self._rpc(method, context))
+        wrapped = self._wrapped[method] = _wrap_handler(handler, lambda context: self._rpc(method, context))
+        return wrapped
 
     @asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
