@@ -11,6 +11,7 @@ from services.common import app
 from services.common.db import Database
 from services.tagging import server as tagging_server
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
+from workflows.journeys import store as journeys_store
 
 
 async def test_a_member_of_one_tenant_is_invisible_to_another(tagging_channel: grpc.aio.Channel) -> None:
@@ -75,6 +76,7 @@ async def test_every_service_table_has_tenant_id_and_forced_row_level_security(
     db: Database, pg_dsn: str
 ) -> None:
     await app.migrate(pg_dsn, tagging_server.DEFINITION)
+    await journeys_store.migrate(pg_dsn)
     conn = await asyncpg.connect(pg_dsn)
     try:
         tables = await conn.fetch(
@@ -84,7 +86,7 @@ async def test_every_service_table_has_tenant_id_and_forced_row_level_security(
                               AND a.attname = 'tenant_id' AND NOT a.attisdropped) AS has_tenant,
                       EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) AS has_policy
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('tagging', 'audience', 'tasks')
+               WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('tagging', 'audience', 'tasks', 'journeys')
                  AND c.relname <> 'schema_migrations'"""
         )
     finally:

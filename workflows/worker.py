@@ -4,39 +4,70 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from memberops.audience.v1 import audience_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2_grpc
+from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.common import logs
 from services.common.config import Settings
+from services.common.db import Database
+from workflows.journeys import store as journeys_store
+from workflows.journeys.activities import JourneyActivities
+from workflows.journeys.channels import registry
+from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.sending import Sender
+from workflows.journeys.shipped import SHIPPED
+from workflows.journeys.workflow import JourneyWorkflow
 from workflows.member_lookup.activities import TaggingActivities
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 log = logs.get_logger("memberops.worker")
 
-WORKFLOWS: Sequence[type] = (MemberLookupWorkflow,)
+WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow)
 
 
-def activities(tagging_channel: grpc.aio.Channel, settings: Settings) -> list[Any]:
-    """Every activity the worker runs, bound to channels opened once for this event loop."""
-    tagging = TaggingActivities(
-        tagging_service_pb2_grpc.TaggingServiceStub(tagging_channel),
+@dataclass(frozen=True)
+class Resources:
+    """What the activities use, opened once per process and event loop: the pool over the
+    worker's schema, one gRPC channel per service, and the delivery channels' configuration."""
+
+    db: Database
+    tagging: grpc.aio.Channel
+    audience: grpc.aio.Channel
+    tasks: grpc.aio.Channel
+    channels: ChannelSettings
+
+
+def activities(resources: Resources, settings: Settings) -> list[Any]:
+    """Every activity the worker runs, bound to the resources of this event loop."""
+    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
+    lookup = TaggingActivities(tagging, settings.token_for_tenant)
+    journeys = JourneyActivities(
+        resources.db,
+        tagging,
+        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
+        tasks_service_pb2_grpc.TasksServiceStub(resources.tasks),
         settings.token_for_tenant,
+        Sender(resources.db, registry.build(resources.channels), resources.channels),
+        resources.channels,
     )
-    return [tagging.get_member]
+    return [lookup.get_member, *journeys.all()]
 
 
-def build_worker(client: Client, settings: Settings, tagging_channel: grpc.aio.Channel) -> Worker:
+def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(tagging_channel, settings),
+        activities=activities(resources, settings),
     )
 
 
@@ -53,11 +84,34 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
     raise AssertionError("unreachable")
 
 
-async def run(settings: Settings) -> None:
+async def prepare_database(settings: Settings) -> Database:
+    """Migrates the worker's own schema `journeys` and stores the shipped journeys for every tenant."""
+    dsn = settings.require_database()
+    await journeys_store.migrate(dsn)
+    db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    await journeys_store.seed_definitions(db, frozenset(settings.require_tokens().values()), SHIPPED)
+    return db
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, channels: ChannelSettings) -> AsyncIterator[Resources]:
+    db = await prepare_database(settings)
+    try:
+        async with (
+            grpc.aio.insecure_channel(settings.tagging_address) as tagging,
+            grpc.aio.insecure_channel(settings.audience_address) as audience,
+            grpc.aio.insecure_channel(settings.tasks_address) as tasks,
+        ):
+            yield Resources(db, tagging, audience, tasks, channels)
+    finally:
+        await db.close()
+
+
+async def run(settings: Settings, channels: ChannelSettings) -> None:
     settings.require_tokens()
     client = await connect(settings)
-    async with grpc.aio.insecure_channel(settings.tagging_address) as tagging_channel:
-        worker = build_worker(client, settings, tagging_channel)
+    async with open_resources(settings, channels) as resources:
+        worker = build_worker(client, settings, resources)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,7 +125,7 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = Settings.from_env()
     logs.configure(settings.log_level, service="worker")
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, ChannelSettings.from_env()))
 
 
 if __name__ == "__main__":

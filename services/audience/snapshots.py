@@ -20,6 +20,7 @@ from typing import Any
 
 from services.audience import store
 from services.audience.evaluation import Evaluator
+from services.common.buckets import BUCKETS
 from services.common.db import Database
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 
@@ -28,7 +29,6 @@ SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}$")
 NAME_PREFIX = "snapshots/"
 MAX_ARMS = 20
 MAX_REQUEST_ID = 128
-BUCKETS = 10_000
 DEFAULT_ARMS = (("all", 100),)
 
 
@@ -49,11 +49,6 @@ class Snapshot:
     arms: tuple[Arm, ...]
     member_count: int
     create_time: dt.datetime
-
-
-def bucket(salt: str, member_id: str) -> int:
-    """The member's bucket, 0-9999: what the SQL below computes, for callers and tests."""
-    return int(hashlib.md5(f"{salt}:{member_id}".encode()).hexdigest()[:8], 16) % BUCKETS
 
 
 def snapshot_id_from_name(name: str, path: str) -> str:

@@ -51,9 +51,9 @@ class Settings:
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", defaults.temporal_namespace),
             temporal_task_queue=env.get("MEMBEROPS_TASK_QUEUE", defaults.temporal_task_queue),
             log_level=env.get("MEMBEROPS_LOG_LEVEL", defaults.log_level).lower(),
-            db_pool_min=_number(env, "MEMBEROPS_DB_POOL_MIN", defaults.db_pool_min, int),
-            db_pool_max=_number(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max, int),
-            shutdown_grace_seconds=_number(
+            db_pool_min=env_number(env, "MEMBEROPS_DB_POOL_MIN", defaults.db_pool_min, int),
+            db_pool_max=env_number(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max, int),
+            shutdown_grace_seconds=env_number(
                 env, "MEMBEROPS_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds, float
             ),
         )
@@ -94,7 +94,8 @@ def parse_tokens(raw: str) -> dict[str, str]:
     return tokens
 
 
-def _number(env: Mapping[str, str], name: str, default: _N, kind: Callable[[str], _N]) -> _N:
+def env_number(env: Mapping[str, str], name: str, default: _N, kind: Callable[[str], _N]) -> _N:
+    """The non-negative number in variable `name`, or `default` when it is unset."""
     raw = env.get(name)
     if raw is None:
         return default

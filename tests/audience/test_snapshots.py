@@ -12,7 +12,7 @@ import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
-from services.audience.snapshots import bucket
+from services.common.buckets import bucket
 from tests.audience.helpers import create, in_batch, member
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import field_violations

@@ -1,17 +1,43 @@
-"""Temporal for the workflow tests: the time-skipping test server and the dev server, from wheels."""
+"""Temporal for the workflow tests: the time-skipping test server and the dev server, from wheels;
+the worker's resources over the suite's services and database; the fake SMTP server and HTTP
+provider (the journeys' external parties)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from deploy import binaries
+from deploy.devstack import SEARCH_ATTRIBUTES
 from services.common import app
 from services.common.config import Settings
+from services.common.db import Database
+from tests.workflows import fakes
+from workflows.journeys import store as journeys_store
+from workflows.journeys.channels.config import ChannelSettings, HttpProviderSettings, SmtpSettings
+from workflows.worker import Resources
+
+PROVIDER_KEY = "provider-key-0123456789"
+
+
+async def register_search_attributes(client: Client) -> None:
+    """What `make up` passes to the dev server as --search-attribute, for the test server."""
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={
+                spec.partition("=")[0]: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                for spec in SEARCH_ATTRIBUTES
+            },
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +45,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(binaries.temporal_test_server())
     )
+    await register_search_attributes(env.client)
     yield env
     await env.shutdown()
 
@@ -28,7 +55,10 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binaries.temporal_cli()),
         ui=False,
-        dev_server_extra_args=["--headless"],
+        dev_server_extra_args=[
+            "--headless",
+            *(arg for attribute in SEARCH_ATTRIBUTES for arg in ("--search-attribute", attribute)),
+        ],
     )
     yield env
     await env.shutdown()
@@ -36,17 +66,69 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture
 def worker_settings(
-    settings: Settings, tagging: app.RunningService, request: pytest.FixtureRequest
+    settings: Settings,
+    tagging: app.RunningService,
+    audience: app.RunningService,
+    tasks: app.RunningService,
+    request: pytest.FixtureRequest,
 ) -> Settings:
-    """The suite's settings pointed at the in-process tagging service, with a queue per test."""
+    """The suite's settings pointed at the in-process services, with a task queue per test."""
     return dataclasses.replace(
         settings,
         tagging_address=f"127.0.0.1:{tagging.port}",
+        audience_address=f"127.0.0.1:{audience.port}",
+        tasks_address=f"127.0.0.1:{tasks.port}",
         temporal_task_queue=f"test-{request.node.name}"[:200],
     )
 
 
+@pytest.fixture(scope="session")
+async def journeys_db(pg_dsn: str) -> AsyncIterator[Database]:
+    """The worker's schema, migrated as the worker does at start, and a pool over it."""
+    await journeys_store.migrate(pg_dsn)
+    database = await Database.connect(pg_dsn, min_size=1, max_size=4)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[fakes.MailBox]:
+    with fakes.smtp_server() as box:
+        yield box
+
+
+@pytest.fixture(scope="session")
+def provider() -> Iterator[fakes.Provider]:
+    with fakes.http_provider() as running:
+        yield running
+
+
 @pytest.fixture
-async def worker_tagging_channel(worker_settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(worker_settings.tagging_address) as channel:
-        yield channel
+def channel_settings(mailbox: fakes.MailBox, provider: fakes.Provider) -> ChannelSettings:
+    """Every channel configured: e-mail to the SMTP server, the rest to the HTTP provider."""
+    return ChannelSettings(
+        smtp=SmtpSettings(host=mailbox.host, port=mailbox.port, sender="journeys@shop.test"),
+        providers={
+            name: HttpProviderSettings(url=f"{provider.url}?channel={name}", api_key=PROVIDER_KEY)
+            for name in ("sms", "app_push", "wecom")
+        },
+        timeout_seconds=10,
+        default_time_zone="Asia/Shanghai",
+    )
+
+
+@pytest.fixture
+async def resources(
+    worker_settings: Settings, journeys_db: Database, channel_settings: ChannelSettings
+) -> AsyncIterator[Resources]:
+    async with (
+        grpc.aio.insecure_channel(worker_settings.tagging_address) as tagging,
+        grpc.aio.insecure_channel(worker_settings.audience_address) as audience,
+        grpc.aio.insecure_channel(worker_settings.tasks_address) as tasks,
+    ):
+        yield Resources(journeys_db, tagging, audience, tasks, channel_settings)
+
+
+@pytest.fixture
+async def worker_tagging_channel(resources: Resources) -> grpc.aio.Channel:
+    return resources.tagging

@@ -15,7 +15,7 @@ from services.common.config import Settings
 from tests.conftest import ACME, TENANT_ACME, unique
 from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow
-from workflows.worker import build_worker
+from workflows.worker import Resources, build_worker
 
 
 async def seed_member(channel: grpc.aio.Channel, member_id: str) -> None:
@@ -34,9 +34,9 @@ async def seed_member(channel: grpc.aio.Channel, member_id: str) -> None:
 
 
 async def run_lookup(
-    env: WorkflowEnvironment, settings: Settings, channel: grpc.aio.Channel, member_id: str
+    env: WorkflowEnvironment, settings: Settings, resources: Resources, member_id: str
 ) -> MemberSummary:
-    async with build_worker(env.client, settings, channel):
+    async with build_worker(env.client, settings, resources):
         return await env.client.execute_workflow(
             MemberLookupWorkflow.run,
             MemberLookupInput(tenant_id=TENANT_ACME, member_id=member_id),
@@ -49,10 +49,11 @@ async def test_lookup_reads_the_member_from_tagging(
     time_skipping_env: WorkflowEnvironment,
     worker_settings: Settings,
     worker_tagging_channel: grpc.aio.Channel,
+    resources: Resources,
 ) -> None:
     member_id = unique()
     await seed_member(worker_tagging_channel, member_id)
-    summary = await run_lookup(time_skipping_env, worker_settings, worker_tagging_channel, member_id)
+    summary = await run_lookup(time_skipping_env, worker_settings, resources, member_id)
     assert summary == MemberSummary(
         member_id=member_id,
         found=True,
@@ -67,9 +68,10 @@ async def test_lookup_of_an_unknown_member_says_not_found(
     time_skipping_env: WorkflowEnvironment,
     worker_settings: Settings,
     worker_tagging_channel: grpc.aio.Channel,
+    resources: Resources,
 ) -> None:
     member_id = unique()
-    summary = await run_lookup(time_skipping_env, worker_settings, worker_tagging_channel, member_id)
+    summary = await run_lookup(time_skipping_env, worker_settings, resources, member_id)
     assert summary == MemberSummary(member_id=member_id, found=False)
 
 
@@ -77,9 +79,10 @@ async def test_invalid_member_id_fails_without_retrying(
     time_skipping_env: WorkflowEnvironment,
     worker_settings: Settings,
     worker_tagging_channel: grpc.aio.Channel,
+    resources: Resources,
 ) -> None:
     with pytest.raises(WorkflowFailureError) as caught:
-        await run_lookup(time_skipping_env, worker_settings, worker_tagging_channel, "not a valid id")
+        await run_lookup(time_skipping_env, worker_settings, resources, "not a valid id")
     activity_error = caught.value.cause
     assert isinstance(activity_error, ActivityError)
     assert isinstance(activity_error.cause, ApplicationError)
@@ -88,9 +91,12 @@ async def test_invalid_member_id_fails_without_retrying(
 
 
 async def test_lookup_runs_on_the_dev_server_too(
-    dev_server_env: WorkflowEnvironment, worker_settings: Settings, worker_tagging_channel: grpc.aio.Channel
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    worker_tagging_channel: grpc.aio.Channel,
+    resources: Resources,
 ) -> None:
     member_id = unique()
     await seed_member(worker_tagging_channel, member_id)
-    summary = await run_lookup(dev_server_env, worker_settings, worker_tagging_channel, member_id)
+    summary = await run_lookup(dev_server_env, worker_settings, resources, member_id)
     assert summary.found and summary.city == "Suzhou"

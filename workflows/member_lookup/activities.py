@@ -2,54 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from workflows import service_calls
 from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
-
-# Codes that retrying cannot fix; anything else (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is retried.
-_PERMANENT = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
-CALL_TIMEOUT_SECONDS = 5.0
 
 
 class TaggingActivities:
     def __init__(
-        self, stub: tagging_service_pb2_grpc.TaggingServiceAsyncStub, token_for_tenant: Callable[[str], str]
+        self,
+        stub: tagging_service_pb2_grpc.TaggingServiceAsyncStub,
+        token_for_tenant: service_calls.TokenForTenant,
     ) -> None:
         self._stub = stub
         self._token_for_tenant = token_for_tenant
 
     @activity.defn(name="tagging.get_member")
     async def get_member(self, request: MemberLookupInput) -> MemberSummary:
-        metadata = (
-            ("authorization", f"Bearer {self._token_for_tenant(request.tenant_id)}"),
-            ("x-request-id", f"{activity.info().workflow_id}/{activity.info().activity_id}"),
-        )
         try:
             member = await self._stub.GetMember(
                 tagging_service_pb2.GetMemberRequest(name=f"members/{request.member_id}"),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT_SECONDS,
+                metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return MemberSummary(member_id=request.member_id, found=False)
-            if error.code() in _PERMANENT:
-                raise ApplicationError(
-                    f"GetMember: {error.code().name}: {error.details()}",
-                    type=error.code().name,
-                    non_retryable=True,
-                ) from error
-            raise
+            raise service_calls.permanent("GetMember", error) from error
         return MemberSummary(
             member_id=member.member_id,
             found=True,

@@ -1,0 +1,113 @@
+"""Building blocks of the journey tests: members in tagging, definitions in the store, runs on a worker."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import grpc
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from services.common.buckets import bucket
+from services.common.config import Settings
+from services.common.db import Database
+from tests.conftest import ACME, unique
+from workflows.journeys import client, store
+from workflows.journeys.activities import holdout_salt
+from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Step, Template
+from workflows.journeys.shared import Funnel, JourneyInput
+from workflows.journeys.workflow import JourneyWorkflow
+from workflows.worker import Resources, build_worker
+
+CHANNEL = {
+    "sms": member_pb2.CHANNEL_SMS,
+    "email": member_pb2.CHANNEL_EMAIL,
+    "app_push": member_pb2.CHANNEL_APP_PUSH,
+    "wecom": member_pb2.CHANNEL_WECOM,
+}
+
+
+def phone_of(member_id: str) -> str:
+    """A distinct E.164 number per member, so the provider's records tell members apart."""
+    return "+86138" + str(int(member_id.encode().hex(), 16) % 10**8).zfill(8)
+
+
+async def seed_member(
+    channel: grpc.aio.Channel,
+    member_id: str,
+    *,
+    preferred: str = "sms",
+    opted_out: Sequence[str] = (),
+    time_zone: str = "Asia/Shanghai",
+    nickname: str = "Lin",
+    metadata: tuple[tuple[str, str], ...] = ACME,
+) -> None:
+    stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
+    await stub.UpsertMember(
+        tagging_service_pb2.UpsertMemberRequest(
+            member=member_pb2.Member(
+                member_id=member_id,
+                profile=member_pb2.Profile(nickname=nickname, city="Hangzhou"),
+                contact=member_pb2.Contact(
+                    phone=phone_of(member_id),
+                    email=f"{member_id}@mail.test",
+                    preferred_channel=CHANNEL[preferred],
+                    opted_out_channels=[CHANNEL[c] for c in opted_out],
+                    time_zone=time_zone,
+                ),
+            )
+        ),
+        metadata=metadata,
+    )
+
+
+def journey(*steps: Step, **changes: object) -> JourneyDefinition:
+    """A definition with a fresh key (tests share the database) and a `hello` template."""
+    base = JourneyDefinition(
+        key=unique("t"),
+        name="test journey",
+        entry=Entry(event=EventMatch(kind="registered")),
+        steps=steps,
+        templates={"hello": Template(subject="Hello {nickname}", body="Hi {nickname}, welcome.")},
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def member_in(definition: JourneyDefinition, *, holdout: bool) -> str:
+    """A fresh member id that the journey's holdout split puts where asked."""
+    while True:
+        member_id = unique("m")
+        in_holdout = bucket(holdout_salt(definition.key), member_id) < definition.holdout_percent * 100
+        if in_holdout == holdout:
+            return member_id
+
+
+@asynccontextmanager
+async def running(env: WorkflowEnvironment, settings: Settings, resources: Resources) -> AsyncIterator[None]:
+    async with build_worker(env.client, settings, resources):
+        yield
+
+
+async def start(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    db: Database,
+    definition: JourneyDefinition,
+    member_id: str,
+    tenant_id: str = "acme",
+) -> WorkflowHandle[JourneyWorkflow, Funnel]:
+    await store.put_definition(db, tenant_id, definition)
+    return await client.start_member_journey(
+        env.client,
+        settings.temporal_task_queue,
+        definition,
+        JourneyInput(tenant_id=tenant_id, journey_key=definition.key, member_id=member_id),
+    )
+
+
+def figures(funnel: Funnel, step_id: str) -> dict[str, object]:
+    (step,) = [s for s in funnel.steps if s.step_id == step_id]
+    return {k: v for k, v in dataclasses.asdict(step).items() if v and k != "step_id"}

@@ -1,0 +1,1 @@
+"""Journeys: data-defined multi-step member journeys interpreted by a Temporal workflow."""

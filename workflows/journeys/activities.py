@@ -1,0 +1,274 @@
+"""The journey workflow's activities: the journeys schema, the three services over gRPC, the channels.
+
+One instance per worker process, built on the gRPC channels the worker opened once for its event
+loop; every call acts as the workflow's tenant with that tenant's token. The time an activity acts
+at is the Temporal server's start time of the attempt (`activity.info().started_time`): the clock
+the workflow's timers run on, so quiet hours and caps agree with the workflow's waits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
+from memberops.tasks.v1 import points_pb2, tasks_service_pb2, tasks_service_pb2_grpc
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from services.common.buckets import bucket
+from services.common.db import Database
+from services.common.errors import NotFound
+from workflows import service_calls
+from workflows.journeys import schedule, store, templates
+from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.definition import PROFILE_FIELDS
+from workflows.journeys.sending import Recipient, Sender, SendNotTaken
+from workflows.journeys.shared import (
+    AwardRequest,
+    ConditionRequest,
+    Enrolment,
+    EnrolRequest,
+    FinishRequest,
+    LoadedDefinition,
+    LoadRequest,
+    LocalTimeRequest,
+    SendOutcome,
+    SendRequest,
+    TagRequest,
+)
+
+CHANNEL_NAMES = {
+    member_pb2.CHANNEL_SMS: "sms",
+    member_pb2.CHANNEL_EMAIL: "email",
+    member_pb2.CHANNEL_APP_PUSH: "app_push",
+    member_pb2.CHANNEL_WECOM: "wecom",
+}
+
+
+def now() -> dt.datetime:
+    """The Temporal server's time at the start of this attempt."""
+    return activity.info().started_time
+
+
+def holdout_salt(journey_key: str) -> str:
+    """Holdout buckets are per journey: a member is in the holdout of a journey on every entry."""
+    return f"journey:{journey_key}"
+
+
+class JourneyActivities:
+    def __init__(
+        self,
+        db: Database,
+        tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub,
+        audience: audience_service_pb2_grpc.AudienceServiceAsyncStub,
+        tasks: tasks_service_pb2_grpc.TasksServiceAsyncStub,
+        token_for_tenant: service_calls.TokenForTenant,
+        sender: Sender,
+        channel_settings: ChannelSettings,
+    ) -> None:
+        self._db = db
+        self._tagging = tagging
+        self._audience = audience
+        self._tasks = tasks
+        self._token_for_tenant = token_for_tenant
+        self._sender = sender
+        self._settings = channel_settings
+
+    def all(self) -> list[object]:
+        """Every activity of this class, for the worker's registration."""
+        return [
+            self.load_definition,
+            self.enrol,
+            self.local_time,
+            self.check_condition,
+            self.send,
+            self.award,
+            self.add_tag,
+            self.finish,
+        ]
+
+    def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
+        return service_calls.metadata(self._token_for_tenant, tenant_id)
+
+    @activity.defn(name="journeys.load_definition")
+    async def load_definition(self, request: LoadRequest) -> LoadedDefinition:
+        try:
+            stored = await store.get_definition(
+                self._db, request.tenant_id, request.journey_key, request.version
+            )
+        except NotFound as error:
+            raise ApplicationError(error.message, type="NOT_FOUND", non_retryable=True) from error
+        return LoadedDefinition(stored.version, stored.definition)
+
+    @activity.defn(name="journeys.enrol")
+    async def enrol(self, request: EnrolRequest) -> Enrolment:
+        stored = await store.get_definition(self._db, request.tenant_id, request.journey_key, request.version)
+        holdout = bucket(holdout_salt(request.journey_key), request.member_id) < request.holdout_percent * 100
+        result = await store.enrol(
+            self._db,
+            request.tenant_id,
+            stored.definition,
+            request.version,
+            request.member_id,
+            request.workflow_id,
+            request.run_id,
+            "holdout" if holdout else "treated",
+            now(),
+        )
+        if isinstance(result, store.Refusal):
+            return Enrolment(accepted=False, reason=result.reason)
+        return Enrolment(
+            accepted=True,
+            enrolment_id=result.enrolment_id,
+            entry_number=result.entry_number,
+            holdout=result.arm == "holdout",
+        )
+
+    async def _member(self, tenant_id: str, member_id: str) -> member_pb2.Member | None:
+        try:
+            return await self._tagging.GetMember(
+                tagging_service_pb2.GetMemberRequest(name=f"members/{member_id}"),
+                metadata=self._auth(tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise service_calls.permanent("GetMember", error) from error
+
+    async def _tags(self, tenant_id: str, member_id: str) -> dict[str, list[str]]:
+        try:
+            reply = await self._tagging.GetMemberTags(
+                tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}"),
+                metadata=self._auth(tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise service_calls.permanent("GetMemberTags", error) from error
+        held: dict[str, list[str]] = {}
+        for tag in reply.tags:
+            held.setdefault(tag.dimension, []).append(tag.value)
+        return held
+
+    @activity.defn(name="journeys.local_time")
+    async def local_time(self, request: LocalTimeRequest) -> dt.datetime:
+        """The next instant at which the member's local clock shows hour:minute."""
+        member = await self._member(request.tenant_id, request.member_id)
+        zone_name = member.contact.time_zone if member is not None else ""
+        tz = schedule.zone(zone_name, self._settings.default_time_zone)
+        return schedule.next_local_time(now(), tz, request.hour, request.minute)
+
+    @activity.defn(name="journeys.check_condition")
+    async def check_condition(self, request: ConditionRequest) -> bool:
+        condition = request.condition
+        if condition.tag is not None:
+            held = (await self._tags(request.tenant_id, request.member_id)).get(condition.tag.dimension, [])
+            return bool(held) and (not condition.tag.values or any(v in condition.tag.values for v in held))
+        try:
+            reply = await self._audience.CheckMembership(
+                audience_service_pb2.CheckMembershipRequest(
+                    audience=f"audiences/{condition.audience}", member=f"members/{request.member_id}"
+                ),
+                metadata=self._auth(request.tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise service_calls.permanent("CheckMembership", error) from error
+        return bool(reply.is_member)
+
+    async def _recipient(self, request: SendRequest) -> Recipient:
+        member = await self._member(request.tenant_id, request.member_id)
+        if member is None:
+            return Recipient(member_id=request.member_id, found=False)
+        fields = dict(
+            zip(
+                PROFILE_FIELDS,
+                (member.profile.nickname, member.profile.city, member.profile.level, member.member_id),
+                strict=True,
+            )
+        )
+        if request.template.tag_fields:
+            tags = await self._tags(request.tenant_id, request.member_id)
+            fields |= templates.tag_field_values(request.template, tags)
+        return Recipient(
+            member_id=member.member_id,
+            found=True,
+            phone=member.contact.phone,
+            email=member.contact.email,
+            preferred_channel=CHANNEL_NAMES.get(member.contact.preferred_channel, ""),
+            opted_out=frozenset(
+                CHANNEL_NAMES[c] for c in member.contact.opted_out_channels if c in CHANNEL_NAMES
+            ),
+            time_zone=member.contact.time_zone,
+            fields=fields,
+        )
+
+    @activity.defn(name="journeys.send")
+    async def send(self, request: SendRequest) -> SendOutcome:
+        recipient = await self._recipient(request)
+        try:
+            return await self._sender.send(request, recipient, now())
+        except SendNotTaken as error:
+            # Retried by Temporal's policy; the message log row says `retry`, so this is safe.
+            raise ApplicationError(str(error), type="SendNotTaken") from error
+
+    @activity.defn(name="journeys.award")
+    async def award(self, request: AwardRequest) -> int:
+        """Earns the points once: the request id is the enrolment and step."""
+        expiry = (
+            points_pb2.EXPIRY_POLICY_ROLLING_DAYS
+            if request.award.expiry_days
+            else points_pb2.EXPIRY_POLICY_NEVER
+        )
+        try:
+            entry = await self._tasks.EarnPoints(
+                tasks_service_pb2.EarnPointsRequest(
+                    member_id=request.member_id,
+                    amount=request.award.points,
+                    reason=points_pb2.REASON_TASK,
+                    reference=f"journey:{request.journey_key}/{request.step_id}"[:128],
+                    expiry_policy=expiry,
+                    expiry_days=request.award.expiry_days,
+                    request_id=f"journey:{request.enrolment_id}:{request.step_id}",
+                ),
+                metadata=self._auth(request.tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise service_calls.permanent("EarnPoints", error) from error
+        return int(entry.entry_id)
+
+    @activity.defn(name="journeys.add_tag")
+    async def add_tag(self, request: TagRequest) -> int:
+        """Sets a strategy tag value; a member already holding it is left alone."""
+        try:
+            reply = await self._tagging.AddMemberTags(
+                tagging_service_pb2.AddMemberTagsRequest(
+                    dimension=request.add_tag.dimension,
+                    value=request.add_tag.value,
+                    member_ids=[request.member_id],
+                    operator=f"journey:{request.journey_key}"[:128],
+                    reason=f"journey step {request.step_id}",
+                ),
+                metadata=self._auth(request.tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise service_calls.permanent("AddMemberTags", error) from error
+        return int(reply.changed_count)
+
+    @activity.defn(name="journeys.finish")
+    async def finish(self, request: FinishRequest) -> None:
+        await store.finish(
+            self._db,
+            request.tenant_id,
+            request.enrolment_id,
+            request.state,
+            now(),
+            request.convert_time,
+            request.gmv_minor,
+        )

@@ -1,0 +1,19 @@
+"""The channel implementations for a configuration: SMTP for e-mail, the HTTP adapter for the rest."""
+
+from __future__ import annotations
+
+from workflows.journeys.channels.base import Channel
+from workflows.journeys.channels.config import HTTP_CHANNELS, ChannelSettings
+from workflows.journeys.channels.provider import HttpProviderChannel
+from workflows.journeys.channels.smtp import SmtpChannel
+
+
+def build(settings: ChannelSettings) -> dict[str, Channel]:
+    """Every configured channel (an unconfigured one is absent, so sends fall back past it)."""
+    built: dict[str, Channel] = {}
+    if settings.configured("email"):
+        built["email"] = SmtpChannel(settings.smtp, settings.timeout_seconds)
+    for name in HTTP_CHANNELS:
+        if settings.configured(name):
+            built[name] = HttpProviderChannel(settings.providers[name], settings.timeout_seconds)
+    return built

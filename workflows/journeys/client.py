@@ -1,0 +1,38 @@
+"""Starting a member's journey from code (the dispatcher, tests, scripts); operators use the
+`temporal` CLI with the same id and input (see the README)."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from workflows.journeys.definition import JourneyDefinition
+from workflows.journeys.shared import Funnel, JourneyInput
+from workflows.journeys.workflow import JourneyWorkflow
+
+
+def workflow_id(journey_key: str, member_id: str) -> str:
+    return f"journey/{journey_key}/member/{member_id}"
+
+
+def reuse_policy(definition: JourneyDefinition) -> WorkflowIDReusePolicy:
+    """`never` re-entry rejects any second run of the id; `after_exit` allows one after the last
+    ended (the enrolment row still enforces the cooldown)."""
+    if definition.reentry.policy == "never":
+        return WorkflowIDReusePolicy.REJECT_DUPLICATE
+    return WorkflowIDReusePolicy.ALLOW_DUPLICATE
+
+
+async def start_member_journey(
+    client: Client, task_queue: str, definition: JourneyDefinition, request: JourneyInput
+) -> WorkflowHandle[JourneyWorkflow, Funnel]:
+    """Starts the member's run; raises WorkflowAlreadyStartedError while one runs (or ever ran,
+    under `never`)."""
+    return await client.start_workflow(
+        JourneyWorkflow.run,
+        request,
+        id=workflow_id(request.journey_key, request.member_id),
+        task_queue=task_queue,
+        id_reuse_policy=reuse_policy(definition),
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )

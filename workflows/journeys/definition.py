@@ -1,0 +1,540 @@
+"""A journey definition: data that the generic interpreter workflow runs, validated before it is stored.
+
+Everything is a frozen dataclass of strings, numbers, tuples and dicts, so the Temporal data
+converter carries a definition as it is, and a definition written as JSON (see `loading.py`) has
+the same shape. A step is a protobuf-style oneof: exactly one of its kind fields is set, so an error
+names its path the way the services' BadRequest details do (`steps[3].send.template`).
+
+Steps run in list order; a step may jump only to a *later* step (branch arms, split arms, the
+outcome of a wait for an event), so every journey is acyclic and ends: a member can neither loop
+forever nor meet the same step twice, which is what lets the message log key a send by its step.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+
+from services.common.errors import Violations
+
+CHANNELS = ("sms", "email", "app_push", "wecom")
+# A send step's channel: one of CHANNELS, the member's (or the journey's) preferred one, or the
+# first fallback that is not the preferred one.
+CHANNEL_CHOICES = (*CHANNELS, "preferred", "fallback")
+EVENT_KINDS = (
+    "order",  # any order
+    "first_order",  # the member's first order
+    "registered",  # the member was created
+    "tag_added",  # the member gained one of `values` in `dimension`
+    "tag_removed",
+    "audience_entered",  # the member entered dynamic audience `audience`
+    "audience_exited",
+)
+# Personal fields every template may use, read from the member's profile at send time.
+STEP_KINDS = (
+    "wait",
+    "wait_until_hour",
+    "wait_for_event",
+    "branch",
+    "split",
+    "send",
+    "award",
+    "add_tag",
+    "exit",
+)
+PROFILE_FIELDS = ("nickname", "city", "level", "member_id")
+
+KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
+
+MAX_STEPS = 100
+MAX_WAIT = timedelta(days=365)
+MAX_ATTRIBUTION = timedelta(days=90)
+MAX_HOLDOUT_PERCENT = 50
+MAX_POINTS = 100_000_000
+MAX_TEXT = 4000
+
+# Checks that a jump (field path, step id) goes to a later step; built per step in `_steps`.
+_Target = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class EventMatch:
+    """An event of the member: a fact or change from tagging's or audience's feed."""
+
+    kind: str
+    # tag_added / tag_removed: the dimension and the values that count (empty: any value).
+    dimension: str = ""
+    values: tuple[str, ...] = ()
+    # audience_entered / audience_exited: the audience id.
+    audience: str = ""
+    # order / first_order: only orders of at least this amount count.
+    min_amount_minor: int = 0
+
+
+@dataclass(frozen=True)
+class AudienceEntry:
+    """Members entering this dynamic audience are enrolled."""
+
+    audience: str
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Every member of a snapshot (frozen audience) at once, optionally again on a schedule."""
+
+    # `snapshots/{id}` to send to an existing snapshot, or an audience id to snapshot at each run.
+    snapshot: str = ""
+    audience: str = ""
+    # Five-field cron expression (UTC); empty means once.
+    schedule: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How members enter: exactly one of the three."""
+
+    event: EventMatch | None = None
+    audience: AudienceEntry | None = None
+    broadcast: Broadcast | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    duration: str  # `3d`, `12h`, `1d12h`, `30m`, `45s`
+
+
+@dataclass(frozen=True)
+class WaitUntilHour:
+    """Until the next member-local `hour:minute` (the member's time zone from tagging)."""
+
+    hour: int
+    minute: int = 0
+
+
+@dataclass(frozen=True)
+class WaitForEvent:
+    event: EventMatch
+    timeout: str
+    # Step ids to go to; empty means the next step.
+    on_event: str = ""
+    on_timeout: str = ""
+
+
+@dataclass(frozen=True)
+class TagCondition:
+    dimension: str
+    # The member holds one of these values (empty: any value of the dimension).
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Exactly one: membership of an audience (now) or holding a tag value (now)."""
+
+    audience: str = ""
+    tag: TagCondition | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    condition: Condition
+    # Step ids; empty means the next step.
+    if_true: str = ""
+    if_false: str = ""
+
+
+@dataclass(frozen=True)
+class SplitArm:
+    name: str
+    percent: int
+    next: str = ""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A random split (the workflow's deterministic randomness); percents add up to 100."""
+
+    arms: tuple[SplitArm, ...]
+
+
+@dataclass(frozen=True)
+class Send:
+    template: str
+    channel: str = "preferred"
+
+
+@dataclass(frozen=True)
+class Award:
+    """Points through the tasks service (a task earning, never expiring unless `expiry_days`)."""
+
+    points: int
+    expiry_days: int = 0
+
+
+@dataclass(frozen=True)
+class AddTag:
+    """A strategy (or manual) tag value through tagging; the dimension must exist in the catalog."""
+
+    dimension: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    wait: Wait | None = None
+    wait_until_hour: WaitUntilHour | None = None
+    wait_for_event: WaitForEvent | None = None
+    branch: Branch | None = None
+    split: Split | None = None
+    send: Send | None = None
+    award: Award | None = None
+    add_tag: AddTag | None = None
+    exit: Exit | None = None
+
+    @property
+    def kind(self) -> str:
+        """The name of the one kind field that is set ('' when none or several are)."""
+        set_ = [f.name for f in fields(self) if f.name != "id" and getattr(self, f.name) is not None]
+        return set_[0] if len(set_) == 1 else ""
+
+
+@dataclass(frozen=True)
+class TagField:
+    """A personal field computed from one of the member's tags: `{coupon_threshold}` from
+    `average_order_amount`, say. `texts` maps a tag value to the text; members holding none of them
+    get `default`."""
+
+    name: str
+    dimension: str
+    texts: dict[str, str] = field(default_factory=dict)
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class Template:
+    """`{nickname}`-style placeholders: the profile fields above and the template's tag fields."""
+
+    body: str
+    subject: str = ""
+    tag_fields: tuple[TagField, ...] = ()
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Reaching it exits the member as converted, if it happens within `attribution` of entry."""
+
+    event: EventMatch
+    attribution: str = "14d"
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """`never`: one enrolment per member, ever. `after_exit`: again once the last one ended, at
+    least `cooldown` after it."""
+
+    policy: str = "never"
+    cooldown: str = ""
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Member-local `HH:MM` window in which nothing is sent (sends wait until it ends)."""
+
+    start: str
+    end: str
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    """`preferred` is a channel or `member` (the member's own preference from tagging); sends fall
+    back through `fallback` in order when a channel is opted out, unreachable or not configured."""
+
+    preferred: str = "member"
+    fallback: tuple[str, ...] = ("app_push", "sms", "email", "wecom")
+
+
+@dataclass(frozen=True)
+class JourneyDefinition:
+    key: str
+    name: str
+    entry: Entry
+    steps: tuple[Step, ...]
+    templates: dict[str, Template] = field(default_factory=dict)
+    goal: Goal | None = None
+    exit_on: tuple[EventMatch, ...] = ()
+    holdout_percent: int = 0
+    reentry: Reentry = field(default_factory=Reentry)
+    # Messages to one member per member-local day across all journeys, checked when this one sends.
+    frequency_cap: int = 2
+    quiet_hours: QuietHours | None = None
+    channels: ChannelPolicy = field(default_factory=ChannelPolicy)
+
+    def step_index(self) -> dict[str, int]:
+        return {step.id: i for i, step in enumerate(self.steps)}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`1d12h` -> 36 hours; None when malformed or empty."""
+    match = DURATION.match(text)
+    if not text or not match:
+        return None
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def duration(text: str) -> timedelta:
+    """The duration of a validated definition (empty means zero)."""
+    return parse_duration(text) or timedelta()
+
+
+def validate(definition: JourneyDefinition) -> None:
+    """Raises InvalidArgument naming every bad field, or returns when the definition can run."""
+    v = Violations()
+    if not KEY.match(definition.key):
+        v.add("key", f"must match {KEY.pattern} (it is part of workflow ids)")
+    if not definition.name.strip() or len(definition.name) > 200:
+        v.add("name", "must be 1-200 characters")
+    _entry(definition.entry, v)
+    _steps(definition, v)
+    _templates(definition.templates, v)
+    if definition.goal is not None:
+        _event(definition.goal.event, "goal.event", v)
+        _duration(definition.goal.attribution, "goal.attribution", v, MAX_ATTRIBUTION)
+    for i, match in enumerate(definition.exit_on):
+        _event(match, f"exit_on[{i}]", v)
+    if not 0 <= definition.holdout_percent <= MAX_HOLDOUT_PERCENT:
+        v.add("holdout_percent", f"must be 0-{MAX_HOLDOUT_PERCENT}")
+    if definition.holdout_percent and definition.goal is None:
+        v.add("holdout_percent", "a holdout measures a goal: set `goal` too")
+    _reentry(definition.reentry, v)
+    if not 1 <= definition.frequency_cap <= 20:
+        v.add("frequency_cap", "must be 1-20 messages per member per day")
+    if definition.quiet_hours is not None:
+        _quiet_hours(definition.quiet_hours, v)
+    _channels(definition.channels, v)
+    v.raise_if_any()
+
+
+def _entry(entry: Entry, v: Violations) -> None:
+    kinds = [name for name in ("event", "audience", "broadcast") if getattr(entry, name) is not None]
+    if len(kinds) != 1:
+        v.add("entry", "set exactly one of event, audience, broadcast")
+        return
+    if entry.event is not None:
+        _event(entry.event, "entry.event", v)
+    if entry.audience is not None and not RESOURCE_ID.match(entry.audience.audience):
+        v.add("entry.audience.audience", "must be an audience id")
+    if entry.broadcast is not None:
+        b = entry.broadcast
+        if bool(b.snapshot) == bool(b.audience):
+            v.add("entry.broadcast", "set exactly one of snapshot, audience")
+        if b.snapshot and not (
+            b.snapshot.startswith("snapshots/") and RESOURCE_ID.match(b.snapshot.removeprefix("snapshots/"))
+        ):
+            v.add("entry.broadcast.snapshot", "must be snapshots/{snapshot_id}")
+        if b.audience and not RESOURCE_ID.match(b.audience):
+            v.add("entry.broadcast.audience", "must be an audience id")
+        if b.schedule and not _cron(b.schedule):
+            v.add("entry.broadcast.schedule", "must be a five-field cron expression")
+        if b.schedule and b.snapshot:
+            v.add("entry.broadcast.schedule", "a scheduled broadcast snapshots an audience each time")
+
+
+def _cron(text: str) -> bool:
+    parts = text.split()
+    return len(parts) == 5 and all(CRON_FIELD.match(part) for part in parts)
+
+
+def _event(match: EventMatch, path: str, v: Violations) -> None:
+    if match.kind not in EVENT_KINDS:
+        v.add(f"{path}.kind", f"must be one of {', '.join(EVENT_KINDS)}")
+        return
+    if match.kind.startswith("tag_") and not NAME.match(match.dimension):
+        v.add(f"{path}.dimension", "a tag event names a tag dimension")
+    if match.kind.startswith("audience_") and not RESOURCE_ID.match(match.audience):
+        v.add(f"{path}.audience", "an audience event names an audience id")
+    if match.min_amount_minor < 0 or (match.min_amount_minor and not match.kind.endswith("order")):
+        v.add(f"{path}.min_amount_minor", "only orders have an amount, and it is not negative")
+    if match.values and not match.kind.startswith("tag_"):
+        v.add(f"{path}.values", "only tag events have values")
+
+
+def _duration(text: str, path: str, v: Violations, longest: timedelta) -> None:
+    value = parse_duration(text)
+    if value is None or value <= timedelta():
+        v.add(path, "must be a positive duration such as 3d, 12h, 1d12h, 30m or 45s")
+    elif value > longest:
+        v.add(path, f"must be at most {longest.days} days")
+
+
+def _steps(definition: JourneyDefinition, v: Violations) -> None:
+    steps = definition.steps
+    if not 1 <= len(steps) <= MAX_STEPS:
+        v.add("steps", f"must have 1-{MAX_STEPS} steps")
+    index: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if not STEP_ID.match(step.id):
+            v.add(f"steps[{i}].id", f"must match {STEP_ID.pattern}")
+        elif step.id in index:
+            v.add(f"steps[{i}].id", f"repeats the id of steps[{index[step.id]}]")
+        else:
+            index[step.id] = i
+    for i, step in enumerate(steps):
+        path = f"steps[{i}]"
+        if not step.kind:
+            v.add(path, f"set exactly one of {', '.join(STEP_KINDS)}")
+            continue
+
+        def target(name: str, step_id: str, here: int = i) -> None:
+            if step_id and index.get(step_id, -1) <= here:
+                v.add(name, f"must name a later step ({step_id!r} is unknown or not after this one)")
+
+        _step(step, path, definition, target, v)
+
+
+def _step(step: Step, path: str, definition: JourneyDefinition, target: _Target, v: Violations) -> None:
+    _wait_step(step, path, target, v)
+    if step.branch is not None:
+        _condition(step.branch.condition, f"{path}.branch.condition", v)
+        target(f"{path}.branch.if_true", step.branch.if_true)
+        target(f"{path}.branch.if_false", step.branch.if_false)
+    if step.split is not None:
+        _split(step.split, f"{path}.split", target, v)
+    if step.send is not None:
+        if step.send.template not in definition.templates:
+            v.add(f"{path}.send.template", f"names no template of this journey ({step.send.template!r})")
+        if step.send.channel not in CHANNEL_CHOICES:
+            v.add(f"{path}.send.channel", f"must be one of {', '.join(CHANNEL_CHOICES)}")
+    if step.award is not None:
+        if not 1 <= step.award.points <= MAX_POINTS:
+            v.add(f"{path}.award.points", f"must be 1-{MAX_POINTS}")
+        if not 0 <= step.award.expiry_days <= 3650:
+            v.add(f"{path}.award.expiry_days", "must be 0 (never) to 3650")
+    if step.add_tag is not None:
+        if not NAME.match(step.add_tag.dimension):
+            v.add(f"{path}.add_tag.dimension", "must be a tag dimension name")
+        if not step.add_tag.value or len(step.add_tag.value) > 64:
+            v.add(f"{path}.add_tag.value", "must be 1-64 characters")
+
+
+def _wait_step(step: Step, path: str, target: _Target, v: Violations) -> None:
+    if step.wait is not None:
+        _duration(step.wait.duration, f"{path}.wait.duration", v, MAX_WAIT)
+    if step.wait_until_hour is not None:
+        if not 0 <= step.wait_until_hour.hour <= 23:
+            v.add(f"{path}.wait_until_hour.hour", "must be 0-23")
+        if not 0 <= step.wait_until_hour.minute <= 59:
+            v.add(f"{path}.wait_until_hour.minute", "must be 0-59")
+    if step.wait_for_event is not None:
+        w = step.wait_for_event
+        _event(w.event, f"{path}.wait_for_event.event", v)
+        _duration(w.timeout, f"{path}.wait_for_event.timeout", v, MAX_WAIT)
+        target(f"{path}.wait_for_event.on_event", w.on_event)
+        target(f"{path}.wait_for_event.on_timeout", w.on_timeout)
+
+
+def _condition(condition: Condition, path: str, v: Violations) -> None:
+    if bool(condition.audience) == (condition.tag is not None):
+        v.add(path, "set exactly one of audience, tag")
+    elif condition.audience and not RESOURCE_ID.match(condition.audience):
+        v.add(f"{path}.audience", "must be an audience id")
+    elif condition.tag is not None and not NAME.match(condition.tag.dimension):
+        v.add(f"{path}.tag.dimension", "must be a tag dimension name")
+
+
+def _split(split: Split, path: str, target: _Target, v: Violations) -> None:
+    if len(split.arms) < 2:
+        v.add(f"{path}.arms", "a split has at least two arms")
+    names: set[str] = set()
+    for j, arm in enumerate(split.arms):
+        if not NAME.match(arm.name) or arm.name in names:
+            v.add(f"{path}.arms[{j}].name", "must be a unique name such as a or reminder_first")
+        names.add(arm.name)
+        if not 1 <= arm.percent <= 99:
+            v.add(f"{path}.arms[{j}].percent", "must be 1-99")
+        target(f"{path}.arms[{j}].next", arm.next)
+    if split.arms and sum(arm.percent for arm in split.arms) != 100:
+        v.add(f"{path}.arms", "percents must add up to 100")
+
+
+def _templates(templates: Mapping[str, Template], v: Violations) -> None:
+    for name, template in templates.items():
+        path = f"templates[{name!r}]"
+        if not NAME.match(name):
+            v.add(path, f"template names must match {NAME.pattern}")
+        if not template.body or len(template.body) > MAX_TEXT:
+            v.add(f"{path}.body", f"must be 1-{MAX_TEXT} characters")
+        if len(template.subject) > 200:
+            v.add(f"{path}.subject", "must be at most 200 characters")
+        known = set(PROFILE_FIELDS)
+        for j, tag_field in enumerate(template.tag_fields):
+            if not NAME.match(tag_field.name) or tag_field.name in known:
+                v.add(f"{path}.tag_fields[{j}].name", "must be a new field name")
+            if not NAME.match(tag_field.dimension):
+                v.add(f"{path}.tag_fields[{j}].dimension", "must be a tag dimension name")
+            known.add(tag_field.name)
+        for part in ("subject", "body"):
+            bad = _unknown_placeholders(getattr(template, part), known)
+            if bad is not None:
+                v.add(f"{path}.{part}", bad)
+
+
+def placeholders(text: str) -> Iterable[str]:
+    """The `{name}` fields of a template text (raises ValueError on unbalanced braces)."""
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is not None:
+            yield name
+
+
+def _unknown_placeholders(text: str, known: set[str]) -> str | None:
+    try:
+        names = list(placeholders(text))
+    except ValueError as error:
+        return f"is not a valid template ({error}); write {{{{ and }}}} for braces"
+    unknown = sorted({name for name in names if name not in known})
+    if unknown:
+        return f"uses unknown fields {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+    return None
+
+
+def _reentry(reentry: Reentry, v: Violations) -> None:
+    if reentry.policy not in ("never", "after_exit"):
+        v.add("reentry.policy", "must be never or after_exit")
+    if reentry.cooldown:
+        if reentry.policy == "never":
+            v.add("reentry.cooldown", "only after_exit re-entry has a cooldown")
+        else:
+            _duration(reentry.cooldown, "reentry.cooldown", v, MAX_WAIT)
+
+
+def _quiet_hours(quiet: QuietHours, v: Violations) -> None:
+    for name in ("start", "end"):
+        if not CLOCK.match(getattr(quiet, name)):
+            v.add(f"quiet_hours.{name}", "must be a member-local time HH:MM")
+    if quiet.start == quiet.end:
+        v.add("quiet_hours", "start and end must differ")
+
+
+def _channels(policy: ChannelPolicy, v: Violations) -> None:
+    if policy.preferred != "member" and policy.preferred not in CHANNELS:
+        v.add("channels.preferred", f"must be member or one of {', '.join(CHANNELS)}")
+    seen: set[str] = set()
+    for i, channel in enumerate(policy.fallback):
+        if channel not in CHANNELS or channel in seen:
+            v.add(f"channels.fallback[{i}]", f"must be one of {', '.join(CHANNELS)}, each once")
+        seen.add(channel)

@@ -1,0 +1,127 @@
+"""Journey definitions from JSON (files, the stored rows, an operator's input), shape-checked first.
+
+The Temporal data converter would build the dataclasses too, but it reports a wrong shape as a
+Python type error without saying where; this reader names the path (`steps[2].wait.duration`) of
+every unknown key, missing field and wrong type, then `definition.validate` checks the meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from services.common.errors import InvalidArgument, Violations
+from workflows.journeys.definition import JourneyDefinition, validate
+
+_MISSING = object()
+
+
+def from_json(text: str) -> JourneyDefinition:
+    """Parses, shape-checks and validates one definition; InvalidArgument names what is wrong."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidArgument.field("", f"is not JSON: {error}") from None
+    return from_data(data)
+
+
+def from_data(data: object) -> JourneyDefinition:
+    v = Violations()
+    definition = _build(JourneyDefinition, data, "", v)
+    v.raise_if_any()
+    assert isinstance(definition, JourneyDefinition)
+    validate(definition)
+    return definition
+
+
+def to_data(definition: JourneyDefinition) -> dict[str, Any]:
+    """The JSON-ready form (tuples as lists); `from_data(to_data(d)) == d`."""
+    data: dict[str, Any] = json.loads(to_json(definition))
+    return data
+
+
+def to_json(definition: JourneyDefinition) -> str:
+    return json.dumps(
+        dataclasses.asdict(definition), ensure_ascii=False, sort_keys=True, separators=(",", ":")
+    )
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _build(kind: Any, data: object, path: str, v: Violations) -> object:
+    """`data` as an instance of the type `kind`, or _MISSING after recording why it is not one."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        return _dataclass(kind, data, path, v)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return None if data is None else _build(inner, data, path, v)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        if not isinstance(data, list | tuple):
+            v.add(path, "must be a list")
+            return _MISSING
+        built = [_build(item, element, f"{path}[{i}]", v) for i, element in enumerate(data)]
+        return tuple(built)
+    if origin is dict:
+        value_kind = typing.get_args(kind)[1]
+        if not isinstance(data, dict):
+            v.add(path, "must be an object")
+            return _MISSING
+        return {str(k): _build(value_kind, element, f"{path}[{k!r}]", v) for k, element in data.items()}
+    return _scalar(kind, data, path, v)
+
+
+def _scalar(kind: Any, data: object, path: str, v: Violations) -> object:
+    # bool is an int in Python, not in a definition.
+    ok = isinstance(data, kind) and not (kind is int and isinstance(data, bool))
+    if not ok:
+        v.add(path, f"must be a {'number' if kind is int else 'string' if kind is str else kind.__name__}")
+        return _MISSING
+    return data
+
+
+def _dataclass(cls: Any, data: object, path: str, v: Violations) -> object:
+    if not isinstance(data, Mapping):
+        v.add(path, "must be an object")
+        return _MISSING
+    hints = _hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in known:
+            v.add(_join(path, str(name)), "is not a field of this object")
+    values: dict[str, object] = {}
+    complete = True
+    for name, spec in known.items():
+        if name not in data:
+            has_default = (
+                spec.default is not dataclasses.MISSING or spec.default_factory is not dataclasses.MISSING
+            )
+            if not has_default:
+                v.add(_join(path, name), "is required")
+                complete = False
+            continue
+        value = _build(hints[name], data[name], _join(path, name), v)
+        complete = complete and value is not _MISSING and not _holds_missing(value)
+        values[name] = value
+    return cls(**values) if complete else _MISSING
+
+
+def _holds_missing(value: object) -> bool:
+    if isinstance(value, tuple):
+        return any(element is _MISSING for element in value)
+    if isinstance(value, dict):
+        return any(element is _MISSING for element in value.values())
+    return False

@@ -1,0 +1,185 @@
+"""One send of one journey step to one member: the checks made at send time, then the message log,
+then the provider.
+
+In order: a final row in the message log answers at once (a retry of a send that already ended);
+quiet hours in the member's zone defer the send to their end; the channel is the first of the
+step's choice and the journey's fallback order that the member has not opted out of, has an address
+for and that is configured; the member's daily cap (their local day, across all journeys) defers to
+their next local midnight; the channel's per-minute window defers to the next minute. Deferred
+sends are never dropped: the workflow sleeps until the time given and asks again. Only then is the
+row claimed and committed, and the provider called.
+
+`now` is the Temporal server's start time of the activity attempt, the clock the workflow's timers
+run on (under the time-skipping test server too), not this machine's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from services.common import logs
+from services.common.db import Connection, Database
+from workflows.journeys import message_log, schedule, templates
+from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
+from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.definition import CHANNELS
+from workflows.journeys.message_log import Key
+from workflows.journeys.shared import SendOutcome, SendRequest
+
+log = logs.get_logger("memberops.journeys.sending")
+
+
+class SendNotTaken(Exception):
+    """The provider certainly did not take the message; the row says `retry` and the activity is
+    retried (Temporal's backoff) without any risk of a second delivery."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What tagging says about the member at send time (never logged: it holds contact data)."""
+
+    member_id: str
+    found: bool
+    phone: str = field(default="", repr=False)
+    email: str = field(default="", repr=False)
+    preferred_channel: str = ""
+    opted_out: frozenset[str] = frozenset()
+    time_zone: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def address(self, channel: str) -> str:
+        if channel == "sms":
+            return self.phone
+        if channel == "email":
+            return self.email
+        return self.member_id  # app push and WeCom: the provider maps member ids to devices and users
+
+
+def candidates(request: SendRequest, recipient: Recipient) -> list[str]:
+    """The channels to try, best first: the step's choice, then the journey's fallback order."""
+    policy = request.channels
+    preferred = recipient.preferred_channel if policy.preferred == "member" else policy.preferred
+    if preferred not in CHANNELS:
+        preferred = policy.fallback[0] if policy.fallback else ""
+    if request.channel == "preferred":
+        order = [preferred, *policy.fallback]
+    elif request.channel == "fallback":
+        order = [c for c in policy.fallback if c != preferred]
+    else:
+        order = [request.channel, *policy.fallback]
+    return list(dict.fromkeys(c for c in order if c))
+
+
+class Sender:
+    def __init__(self, db: Database, channels: Mapping[str, Channel], settings: ChannelSettings) -> None:
+        self._db = db
+        self._channels = channels
+        self._settings = settings
+
+    def usable(self, channel: str, recipient: Recipient) -> bool:
+        return (
+            channel in self._channels
+            and self._settings.configured(channel)
+            and channel not in recipient.opted_out
+            and bool(recipient.address(channel))
+        )
+
+    async def send(self, request: SendRequest, recipient: Recipient, now: dt.datetime) -> SendOutcome:
+        key = Key(request.tenant_id, request.journey_run, request.member_id, request.step_id)
+        tz = schedule.zone(recipient.time_zone, self._settings.default_time_zone)
+        day = schedule.local_day(now, tz)
+        async with self._db.transaction(request.tenant_id) as conn:
+            await message_log.lock_member(conn, key)
+            existing = await message_log.find(conn, key)
+            if existing is not None and existing.status in message_log.FINAL:
+                return SendOutcome(existing.status, existing.channel, existing.detail)
+            if existing is not None and existing.status == "sending":
+                detail = "an earlier attempt ended while the provider had the message; not sent again"
+                await message_log.record(conn, key, "unknown", now, detail=detail)
+                return SendOutcome("unknown", existing.channel, detail)
+            outcome, channel = await self._check(conn, request, recipient, now, tz, day)
+            if outcome is not None:
+                if outcome.status == "skipped":
+                    await message_log.record(
+                        conn,
+                        key,
+                        "skipped",
+                        now,
+                        detail=outcome.detail,
+                        journey_key=request.journey_key,
+                        day=day,
+                    )
+                return outcome
+            await message_log.claim(conn, key, request.journey_key, channel, day, now)
+        # Committed: from here on a crash leaves the row in `sending`, never a second delivery.
+        return await self._deliver(request, recipient, key, channel, now)
+
+    async def _check(
+        self,
+        conn: Connection,
+        request: SendRequest,
+        recipient: Recipient,
+        now: dt.datetime,
+        tz: ZoneInfo,
+        day: dt.date,
+    ) -> tuple[SendOutcome | None, str]:
+        """A deferral or skip decided before any claim, or the channel to send on."""
+        if not recipient.found:
+            return SendOutcome("skipped", detail="member not found in tagging"), ""
+        quiet_end = schedule.quiet_until(now, tz, request.quiet_hours)
+        if quiet_end is not None:
+            return SendOutcome("deferred", detail="quiet_hours", until=quiet_end), ""
+        usable = [c for c in candidates(request, recipient) if self.usable(c, recipient)]
+        if not usable:
+            return SendOutcome("skipped", detail="no channel: opted out, no address or not configured"), ""
+        channel = usable[0]
+        if (
+            await message_log.sent_on(conn, request.tenant_id, request.member_id, day)
+            >= request.frequency_cap
+        ):
+            return SendOutcome(
+                "deferred", channel, "frequency_cap", until=schedule.next_local_midnight(now, tz)
+            ), ""
+        limit = self._settings.rate(channel)
+        if not await message_log.take_window_slot(conn, request.tenant_id, channel, now, limit):
+            return SendOutcome(
+                "deferred", channel, "rate_limit", until=message_log.window_of(now) + message_log.WINDOW
+            ), ""
+        return None, channel
+
+    async def _deliver(
+        self, request: SendRequest, recipient: Recipient, key: Key, channel: str, now: dt.datetime
+    ) -> SendOutcome:
+        subject, body = templates.render(request.template, recipient.fields)
+        message = Outgoing(
+            message_id=f"{request.journey_run}/{request.step_id}",
+            channel=channel,
+            to=recipient.address(channel),
+            subject=subject,
+            body=body,
+        )
+        try:
+            provider_id = await self._channels[channel].deliver(message)
+        except NotDelivered as error:
+            await self._record(key, "retry", now, str(error))
+            raise SendNotTaken(f"{channel}: {error}") from error
+        except Rejected as error:
+            await self._record(key, "failed", now, str(error))
+            return SendOutcome("failed", channel, str(error))
+        except OutcomeUnknown as error:
+            await self._record(key, "unknown", now, str(error))
+            return SendOutcome("unknown", channel, str(error))
+        # A cancelled attempt (timed out, worker stopping) is not caught: its row stays `sending`,
+        # and the next attempt records it as unknown.
+        await self._record(key, "sent", now, "", provider_id)
+        log.info("message sent", journey=request.journey_key, step=request.step_id, channel=channel)
+        return SendOutcome("sent", channel)
+
+    async def _record(
+        self, key: Key, status: str, now: dt.datetime, detail: str, provider_id: str = ""
+    ) -> None:
+        async with self._db.transaction(key.tenant_id) as conn:
+            await message_log.record(conn, key, status, now, detail=detail, provider_id=provider_id)

@@ -1,0 +1,187 @@
+"""Inputs and results of the journey workflow and its activities (Temporal-serialisable dataclasses)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from workflows.journeys.definition import (
+    AddTag,
+    Award,
+    ChannelPolicy,
+    Condition,
+    JourneyDefinition,
+    QuietHours,
+    Template,
+)
+
+
+@dataclass(frozen=True)
+class JourneyInput:
+    """What starts one member's journey: `temporal workflow start --input` takes this as JSON."""
+
+    tenant_id: str
+    journey_key: str
+    member_id: str
+    # 0: the latest version when the workflow starts (the version it read is kept for the run).
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    tenant_id: str
+    journey_key: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LoadedDefinition:
+    version: int
+    definition: JourneyDefinition
+
+
+@dataclass(frozen=True)
+class EnrolRequest:
+    tenant_id: str
+    journey_key: str
+    version: int
+    member_id: str
+    workflow_id: str
+    run_id: str
+    holdout_percent: int
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    accepted: bool
+    enrolment_id: int = 0
+    entry_number: int = 0
+    holdout: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    tenant_id: str
+    member_id: str
+
+
+@dataclass(frozen=True)
+class LocalTimeRequest:
+    tenant_id: str
+    member_id: str
+    hour: int
+    minute: int
+
+
+@dataclass(frozen=True)
+class ConditionRequest:
+    tenant_id: str
+    member_id: str
+    condition: Condition
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    tenant_id: str
+    journey_key: str
+    # `{workflow id}#{entry number}`: with member and step, the message log's key.
+    journey_run: str
+    member_id: str
+    step_id: str
+    template: Template
+    channel: str
+    channels: ChannelPolicy
+    frequency_cap: int
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """sent | skipped (opted out, unreachable, no channel configured) | deferred (until `until`:
+    quiet hours, frequency cap, rate limit) | failed (rejected for good) | unknown (the provider may
+    have it; never sent again)."""
+
+    status: str
+    channel: str = ""
+    detail: str = ""
+    until: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class AwardRequest:
+    tenant_id: str
+    journey_key: str
+    enrolment_id: int
+    member_id: str
+    step_id: str
+    award: Award
+
+
+@dataclass(frozen=True)
+class TagRequest:
+    tenant_id: str
+    journey_key: str
+    member_id: str
+    step_id: str
+    add_tag: AddTag
+
+
+@dataclass(frozen=True)
+class FinishRequest:
+    tenant_id: str
+    enrolment_id: int
+    state: str
+    convert_time: dt.datetime | None
+    gmv_minor: int
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    """An event of the member, signalled to their journey (by the dispatcher, or by an operator)."""
+
+    kind: str
+    subject_id: str = ""
+    dimension: str = ""
+    value: str = ""
+    audience: str = ""
+    amount_minor: int = 0
+    occur_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    step_id: str
+    entered: int = 0
+    sent: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    failed: int = 0
+    # The provider may have it (see the message log); never sent again.
+    unknown: int = 0
+    # Send, award or tag steps a holdout member passed without being treated.
+    held_out: int = 0
+    # Awards and tags made.
+    done: int = 0
+    # The arm a split step sent the member down.
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """What the `funnel` query and the workflow's result report for one member."""
+
+    journey_key: str
+    version: int
+    member_id: str
+    # enrolling | not_enrolled | active | paused | completed | converted | exited | stopped
+    state: str
+    arm: str = ""
+    current_step: str = ""
+    steps: tuple[StepFigures, ...] = ()
+    converted: bool = False
+    gmv_minor: int = 0
+    enter_time: dt.datetime | None = None
+    convert_time: dt.datetime | None = None
+    detail: str = ""
+    deferrals: dict[str, int] = field(default_factory=dict)

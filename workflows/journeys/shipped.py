@@ -1,0 +1,102 @@
+"""The journeys MemberOps ships, as plain definitions (no code of their own): the worker stores them
+for every configured tenant that has no version of them yet, and a tenant changes one by storing a
+new version.
+
+Coupon thresholds follow the seeds' subsidy rule: a member's threshold sits at their own spending
+power (the `average_order_amount` band), so each band is asked for an order it can reach.
+"""
+
+from __future__ import annotations
+
+from workflows.journeys.definition import (
+    AudienceEntry,
+    ChannelPolicy,
+    Entry,
+    EventMatch,
+    Goal,
+    JourneyDefinition,
+    QuietHours,
+    Send,
+    Step,
+    TagField,
+    Template,
+    Wait,
+    WaitUntilHour,
+)
+
+# Threshold (in yuan, as the message shows it) per average-order-amount band.
+COUPON_THRESHOLD = TagField(
+    name="coupon_threshold",
+    dimension="average_order_amount",
+    texts={"lt_100": "50", "100_200": "100", "200_500": "200", "500_plus": "500"},
+    default="100",
+)
+
+NEW_CUSTOMER = JourneyDefinition(
+    key="new-customer",
+    name="New-customer nurturing",
+    entry=Entry(event=EventMatch(kind="first_order")),
+    steps=(
+        Step(id="welcome", send=Send(template="welcome")),
+        Step(id="wait-3d", wait=Wait(duration="3d")),
+        # A second order before now has already ended the journey (the goal).
+        Step(id="coupon", send=Send(template="coupon")),
+        Step(id="wait-7d", wait=Wait(duration="7d")),
+        Step(id="reminder-hour", wait_until_hour=WaitUntilHour(hour=10)),
+        Step(id="reminder", send=Send(template="reminder", channel="fallback")),
+    ),
+    templates={
+        "welcome": Template(
+            subject="Welcome, {nickname}",
+            body="Hi {nickname}, thank you for your first order. Your member benefits start today.",
+        ),
+        "coupon": Template(
+            subject="A coupon for your next order",
+            body="Hi {nickname}, take 20 off your next order of {coupon_threshold} or more, this week only.",
+            tag_fields=(COUPON_THRESHOLD,),
+        ),
+        "reminder": Template(
+            subject="Your coupon is waiting",
+            body="Hi {nickname}, your coupon for orders of {coupon_threshold} or more expires soon.",
+            tag_fields=(COUPON_THRESHOLD,),
+        ),
+    },
+    goal=Goal(event=EventMatch(kind="order"), attribution="14d"),
+    holdout_percent=5,
+    quiet_hours=QuietHours(start="21:00", end="09:00"),
+    channels=ChannelPolicy(preferred="member", fallback=("app_push", "sms", "email", "wecom")),
+)
+
+# Members enter the dynamic audience `win-back` (created by the operator: RFM `important_win_back`
+# or `important_retention`, or lifecycle `silent`; see the README).
+WIN_BACK = JourneyDefinition(
+    key="win-back",
+    name="Win-back",
+    entry=Entry(audience=AudienceEntry(audience="win-back")),
+    steps=(
+        Step(id="offer-hour", wait_until_hour=WaitUntilHour(hour=10)),
+        Step(id="offer", send=Send(template="offer", channel="preferred")),
+        Step(id="wait-5d", wait=Wait(duration="5d")),
+        # Escalate: the next channel of the fallback order, SMS before e-mail.
+        Step(id="escalate", send=Send(template="last_call", channel="fallback")),
+        Step(id="wait-7d", wait=Wait(duration="7d")),
+    ),
+    templates={
+        "offer": Template(
+            subject="We miss you, {nickname}",
+            body="Hi {nickname}, come back for 30 off any order of {coupon_threshold} or more.",
+            tag_fields=(COUPON_THRESHOLD,),
+        ),
+        "last_call": Template(
+            subject="Last days for your 30 off",
+            body="Hi {nickname}, your 30 off orders of {coupon_threshold} or more ends this week.",
+            tag_fields=(COUPON_THRESHOLD,),
+        ),
+    },
+    goal=Goal(event=EventMatch(kind="order"), attribution="21d"),
+    holdout_percent=10,
+    quiet_hours=QuietHours(start="21:00", end="09:00"),
+    channels=ChannelPolicy(preferred="app_push", fallback=("sms", "email", "wecom")),
+)
+
+SHIPPED: tuple[JourneyDefinition, ...] = (NEW_CUSTOMER, WIN_BACK)

@@ -1,0 +1,216 @@
+"""Journey definitions and enrolments in the worker's schema `journeys` (SQL only, no Temporal).
+
+Definitions are immutable versions: storing a definition whose content equals the latest version
+returns that version, anything else adds the next one, so a running journey's version never changes
+under it. An enrolment is one member's entry into a journey; the unique indexes of migration 0001
+make "at most one running enrolment per member and journey" and the re-entry policy hold whoever
+starts the workflow and however often.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from services.common import migrations
+from services.common.db import Connection, Database
+from services.common.errors import NotFound
+from workflows.journeys import loading
+from workflows.journeys.definition import JourneyDefinition, duration, validate
+
+SCHEMA = "journeys"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Applies the schema's migrations on a connection of its own, as the services do at start."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrations.migrate(conn, SCHEMA, migrations.load(MIGRATIONS))
+    finally:
+        await conn.close()
+
+
+async def _lock(conn: Connection, *parts: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "\x1f".join(parts))
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    version: int
+    definition: JourneyDefinition
+
+
+async def put_definition(db: Database, tenant_id: str, definition: JourneyDefinition) -> StoredDefinition:
+    """Validates and stores `definition`: the latest version when its content is unchanged, else a new one."""
+    validate(definition)
+    content = loading.to_json(definition)
+    content_hash = hashlib.sha256(content.encode()).hexdigest()
+    async with db.transaction(tenant_id) as conn:
+        await _lock(conn, "journey-definition", definition.key)
+        latest = await conn.fetchrow(
+            """SELECT version, content_hash FROM journeys.definitions
+               WHERE tenant_id = $1 AND journey_key = $2 ORDER BY version DESC LIMIT 1""",
+            tenant_id,
+            definition.key,
+        )
+        if latest is not None and latest["content_hash"] == content_hash:
+            return StoredDefinition(latest["version"], definition)
+        version = 1 if latest is None else latest["version"] + 1
+        await conn.execute(
+            """INSERT INTO journeys.definitions (tenant_id, journey_key, version, content, content_hash)
+               VALUES ($1, $2, $3, $4::jsonb, $5)""",
+            tenant_id,
+            definition.key,
+            version,
+            content,
+            content_hash,
+        )
+    return StoredDefinition(version, definition)
+
+
+async def get_definition(db: Database, tenant_id: str, key: str, version: int = 0) -> StoredDefinition:
+    """One version (0: the latest); NotFound when the journey or version does not exist."""
+    async with db.transaction(tenant_id, readonly=True) as conn:
+        row = await conn.fetchrow(
+            """SELECT version, content::text AS content FROM journeys.definitions
+               WHERE tenant_id = $1 AND journey_key = $2 AND ($3 = 0 OR version = $3)
+               ORDER BY version DESC LIMIT 1""",
+            tenant_id,
+            key,
+            version,
+        )
+    if row is None:
+        raise NotFound(f"journey {key!r}" + (f" version {version}" if version else "") + " does not exist")
+    return StoredDefinition(row["version"], loading.from_json(row["content"]))
+
+
+async def seed_definitions(
+    db: Database, tenants: frozenset[str], definitions: tuple[JourneyDefinition, ...]
+) -> None:
+    """Stores each shipped definition for each tenant that has no version of it yet, so an
+    operator's own version of a shipped journey survives restarts and upgrades."""
+    for tenant_id in sorted(tenants):
+        for definition in definitions:
+            async with db.transaction(tenant_id, readonly=True) as conn:
+                exists = await conn.fetchval(
+                    "SELECT true FROM journeys.definitions WHERE tenant_id = $1 AND journey_key = $2 LIMIT 1",
+                    tenant_id,
+                    definition.key,
+                )
+            if not exists:
+                await put_definition(db, tenant_id, definition)
+
+
+# --- enrolments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrolmentRow:
+    enrolment_id: int
+    entry_number: int
+    arm: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+
+
+async def enrol(
+    db: Database,
+    tenant_id: str,
+    definition: JourneyDefinition,
+    version: int,
+    member_id: str,
+    workflow_id: str,
+    run_id: str,
+    arm: str,
+    now: dt.datetime,
+) -> EnrolmentRow | Refusal:
+    """Enrols the member for this workflow run, or says why the re-entry policy refuses it.
+    Repeating the call for the same run returns the same row."""
+    async with db.transaction(tenant_id) as conn:
+        await _lock(conn, "journey-enrolment", definition.key, member_id)
+        mine = await conn.fetchrow(
+            """SELECT enrolment_id, entry_number, arm, run_id FROM journeys.enrolments
+               WHERE tenant_id = $1 AND run_id = $2""",
+            tenant_id,
+            run_id,
+        )
+        if mine is not None:
+            return EnrolmentRow(**dict(mine))
+        last = await conn.fetchrow(
+            """SELECT entry_number, state, finish_time FROM journeys.enrolments
+               WHERE tenant_id = $1 AND journey_key = $2 AND member_id = $3
+               ORDER BY entry_number DESC LIMIT 1""",
+            tenant_id,
+            definition.key,
+            member_id,
+        )
+        refusal = _refusal(definition, last, now)
+        if refusal is not None:
+            return refusal
+        entry_number = 1 if last is None else last["entry_number"] + 1
+        row = await conn.fetchrow(
+            """INSERT INTO journeys.enrolments (tenant_id, journey_key, version, member_id, entry_number,
+                                                workflow_id, run_id, arm, enter_time)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               RETURNING enrolment_id, entry_number, arm, run_id""",
+            tenant_id,
+            definition.key,
+            version,
+            member_id,
+            entry_number,
+            workflow_id,
+            run_id,
+            arm,
+            now,
+        )
+    assert row is not None
+    return EnrolmentRow(**dict(row))
+
+
+def _refusal(definition: JourneyDefinition, last: asyncpg.Record | None, now: dt.datetime) -> Refusal | None:
+    if last is None:
+        return None
+    if last["state"] == "active":
+        return Refusal("already in this journey")
+    if definition.reentry.policy == "never":
+        return Refusal("was in this journey before and it allows no re-entry")
+    cooldown = duration(definition.reentry.cooldown)
+    if last["finish_time"] is not None and now < last["finish_time"] + cooldown:
+        return Refusal(f"left this journey less than {definition.reentry.cooldown} ago")
+    return None
+
+
+async def finish(
+    db: Database,
+    tenant_id: str,
+    enrolment_id: int,
+    state: str,
+    now: dt.datetime,
+    convert_time: dt.datetime | None,
+    gmv_minor: int,
+) -> None:
+    """Records how the enrolment ended; repeating it changes nothing further."""
+    async with db.transaction(tenant_id) as conn:
+        await conn.execute(
+            """UPDATE journeys.enrolments
+               SET state = $3, finish_time = $4, convert_time = $5, gmv_minor = $6
+               WHERE tenant_id = $1 AND enrolment_id = $2 AND state = 'active'""",
+            tenant_id,
+            enrolment_id,
+            state,
+            now,
+            convert_time,
+            gmv_minor,
+        )

@@ -1,0 +1,380 @@
+"""The per-member journey workflow: a generic interpreter of a stored journey definition.
+
+One run per member and entry, id `journey/{key}/member/{member_id}` (see `client.py`). It loads
+its definition version (recorded in history, so a newer version never changes a running member),
+enrols the member through a unique row, then walks the steps. Everything that decides is
+deterministic: time is `workflow.now()`, random splits draw on `workflow.random()`, and everything
+else (membership, tags, local time, sends) is an activity whose result history records.
+
+Signals: `event` (an event of the member: a goal, an exit criterion, what a wait waits for),
+`pause`/`resume` (a paused member stays before its next step; waits keep their deadlines).
+Cancelling the workflow stops the member: it records `stopped` and returns its funnel. After the
+last step a member with a goal stays until the attribution window ends, so conversions of treated
+and holdout members are counted alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.journeys.activities import JourneyActivities
+    from workflows.journeys.definition import EventMatch, JourneyDefinition, Step, duration
+    from workflows.journeys.shared import (
+        AwardRequest,
+        ConditionRequest,
+        Enrolment,
+        EnrolRequest,
+        FinishRequest,
+        Funnel,
+        JourneyInput,
+        LoadRequest,
+        LocalTimeRequest,
+        MemberEvent,
+        SendRequest,
+        StepFigures,
+        TagRequest,
+    )
+
+TENANT = SearchAttributeKey.for_keyword("MemberOpsTenant")
+MEMBER = SearchAttributeKey.for_keyword("MemberOpsMember")
+JOURNEY = SearchAttributeKey.for_keyword("MemberOpsJourney")
+
+# Service calls retry for a day at most; a step whose call still fails is recorded as failed.
+ATTEMPT_TIMEOUT = timedelta(seconds=30)
+CALL_TIMEOUT = timedelta(days=1)
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
+
+_I = TypeVar("_I")
+_O = TypeVar("_O")
+
+
+def matches(match: EventMatch, event: MemberEvent) -> bool:
+    """Whether `event` is one `match` describes (a first order is an order too)."""
+    kinds = {match.kind} | ({"first_order"} if match.kind == "order" else set())
+    if event.kind not in kinds or event.amount_minor < match.min_amount_minor:
+        return False
+    if match.kind.startswith("tag_"):
+        return event.dimension == match.dimension and (not match.values or event.value in match.values)
+    if match.kind.startswith("audience_"):
+        return event.audience == match.audience
+    return True
+
+
+@workflow.defn(name="Journey")
+class JourneyWorkflow:
+    def __init__(self) -> None:
+        self._input: JourneyInput | None = None
+        self._definition: JourneyDefinition | None = None
+        self._version = 0
+        self._enrolment = Enrolment(accepted=False)
+        self._state = "enrolling"
+        self._paused = False
+        self._events: list[MemberEvent] = []
+        self._absorbed = 0
+        # Why the member left before the end of the steps: converted (the goal) or exited.
+        self._ended = ""
+        self._converted = False
+        self._gmv_minor = 0
+        self._enter_time: dt.datetime | None = None
+        self._convert_time: dt.datetime | None = None
+        self._current = ""
+        self._figures: dict[str, dict[str, int]] = {}
+        self._deferrals: dict[str, int] = {}
+        self._detail = ""
+
+    # --- the run ------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: JourneyInput) -> Funnel:
+        self._input = request
+        workflow.upsert_search_attributes(
+            [
+                TENANT.value_set(request.tenant_id),
+                MEMBER.value_set(request.member_id),
+                JOURNEY.value_set(request.journey_key),
+            ]
+        )
+        loaded = await self._call(
+            JourneyActivities.load_definition,
+            LoadRequest(request.tenant_id, request.journey_key, request.version),
+        )
+        definition, self._version = loaded.definition, loaded.version
+        info = workflow.info()
+        self._enrolment = await self._call(
+            JourneyActivities.enrol,
+            EnrolRequest(
+                request.tenant_id,
+                request.journey_key,
+                self._version,
+                request.member_id,
+                info.workflow_id,
+                info.run_id,
+                definition.holdout_percent,
+            ),
+        )
+        if not self._enrolment.accepted:
+            self._state, self._detail = "not_enrolled", self._enrolment.reason
+            return self.funnel()
+        self._definition = definition
+        self._enter_time = workflow.now()
+        self._state = "active"
+        self._absorb()
+        try:
+            await self._walk(definition)
+            await self._measure(definition)
+            self._state = "converted" if self._converted else "exited" if self._ended else "completed"
+        except asyncio.CancelledError:
+            self._state = "stopped"
+        await self._finish(request)
+        return self.funnel()
+
+    async def _finish(self, request: JourneyInput) -> None:
+        await self._call(
+            JourneyActivities.finish,
+            FinishRequest(
+                request.tenant_id,
+                self._enrolment.enrolment_id,
+                self._state,
+                self._convert_time,
+                self._gmv_minor,
+            ),
+        )
+
+    async def _walk(self, definition: JourneyDefinition) -> None:
+        index = definition.step_index()
+        position = 0
+        while position < len(definition.steps) and not self._ended:
+            await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
+            if self._ended:
+                return
+            step = definition.steps[position]
+            self._current = step.id
+            self._count(step.id, "entered")
+            if step.exit is not None:
+                self._detail = step.exit.reason
+                return
+            target = await self._step(definition, step)
+            position = index[target] if target else position + 1
+        self._current = ""
+
+    async def _measure(self, definition: JourneyDefinition) -> None:
+        """Waits for the goal until the attribution window ends (treated and holdout alike)."""
+        if definition.goal is None or self._ended or self._enter_time is None:
+            return
+        self._state = "measuring"
+        end = self._enter_time + duration(definition.goal.attribution)
+        await self._sleep_until(end)
+
+    # --- steps --------------------------------------------------------------------------------
+
+    async def _step(self, definition: JourneyDefinition, step: Step) -> str:
+        """Runs one step; returns the id of the step to go to, or '' for the next one."""
+        if step.wait is not None:
+            await self._sleep_until(workflow.now() + duration(step.wait.duration))
+        elif step.wait_until_hour is not None:
+            until = await self._call(
+                JourneyActivities.local_time,
+                LocalTimeRequest(
+                    self._tenant, self._member, step.wait_until_hour.hour, step.wait_until_hour.minute
+                ),
+            )
+            await self._sleep_until(until)
+        elif step.wait_for_event is not None:
+            wait = step.wait_for_event
+            seen = len(self._events)
+            happened = await self._wait_for(
+                lambda: any(matches(wait.event, e) for e in self._events[seen:]),
+                workflow.now() + duration(wait.timeout),
+            )
+            return wait.on_event if happened else wait.on_timeout
+        elif step.branch is not None:
+            holds = await self._call(
+                JourneyActivities.check_condition,
+                ConditionRequest(self._tenant, self._member, step.branch.condition),
+            )
+            return step.branch.if_true if holds else step.branch.if_false
+        elif step.split is not None:
+            draw = workflow.random().randint(1, 100)
+            for arm in step.split.arms:
+                draw -= arm.percent
+                if draw <= 0:
+                    self._count(step.id, f"arm:{arm.name}")
+                    return arm.next
+        elif self._enrolment.holdout:
+            self._count(step.id, "held_out")  # holdout members get no send, award or tag
+        elif step.send is not None:
+            await self._send(definition, step)
+        elif step.award is not None:
+            await self._treat(
+                step,
+                JourneyActivities.award,
+                AwardRequest(
+                    self._tenant,
+                    definition.key,
+                    self._enrolment.enrolment_id,
+                    self._member,
+                    step.id,
+                    step.award,
+                ),
+            )
+        elif step.add_tag is not None:
+            await self._treat(
+                step,
+                JourneyActivities.add_tag,
+                TagRequest(self._tenant, definition.key, self._member, step.id, step.add_tag),
+            )
+        return ""
+
+    async def _send(self, definition: JourneyDefinition, step: Step) -> None:
+        assert step.send is not None
+        request = SendRequest(
+            tenant_id=self._tenant,
+            journey_key=definition.key,
+            journey_run=f"{workflow.info().workflow_id}#{self._enrolment.entry_number}",
+            member_id=self._member,
+            step_id=step.id,
+            template=definition.templates[step.send.template],
+            channel=step.send.channel,
+            channels=definition.channels,
+            frequency_cap=definition.frequency_cap,
+            quiet_hours=definition.quiet_hours,
+        )
+        while not self._ended:
+            try:
+                outcome = await self._call(JourneyActivities.send, request)
+            except ActivityError:
+                self._count(step.id, "failed")
+                return
+            if outcome.status != "deferred" or outcome.until is None:
+                self._count(step.id, outcome.status)
+                return
+            # Deferred, never dropped: wait for the end of the quiet hours, the next local day or
+            # the next rate window, then ask again (a pause holds the member there too).
+            self._count(step.id, "deferred")
+            self._deferrals[outcome.detail] = self._deferrals.get(outcome.detail, 0) + 1
+            await self._sleep_until(outcome.until)
+            await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
+
+    async def _treat(self, step: Step, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> None:
+        try:
+            await self._call(method, request)
+        except ActivityError:
+            self._count(step.id, "failed")
+            return
+        self._count(step.id, "done")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _tenant(self) -> str:
+        assert self._input is not None
+        return self._input.tenant_id
+
+    @property
+    def _member(self) -> str:
+        assert self._input is not None
+        return self._input.member_id
+
+    async def _call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O:
+        return await workflow.execute_activity_method(
+            method,
+            request,
+            start_to_close_timeout=ATTEMPT_TIMEOUT,
+            schedule_to_close_timeout=CALL_TIMEOUT,
+            retry_policy=RETRY,
+        )
+
+    async def _wait_for(self, condition: Callable[[], bool], until: dt.datetime) -> bool:
+        """Until `condition()` holds (True), the member leaves, or `until` passes (False)."""
+        remaining = until - workflow.now()
+        if remaining <= timedelta():
+            return bool(condition())
+        try:
+            await workflow.wait_condition(lambda: bool(condition()) or bool(self._ended), timeout=remaining)
+        except TimeoutError:
+            return False
+        return bool(condition())
+
+    async def _sleep_until(self, until: dt.datetime) -> None:
+        """Sleeps until `until`, woken early when the member converts or exits."""
+        await self._wait_for(lambda: False, until)
+
+    def _count(self, step_id: str, what: str) -> None:
+        figures = self._figures.setdefault(step_id, {})
+        figures[what] = figures.get(what, 0) + 1
+
+    def _absorb(self) -> None:
+        """Applies the goal and the exit criteria to events not yet looked at."""
+        definition = self._definition
+        if definition is None or self._enter_time is None:
+            return
+        for event in self._events[self._absorbed :]:
+            if self._ended:
+                break
+            goal = definition.goal
+            window_end = self._enter_time + duration(goal.attribution) if goal else self._enter_time
+            if goal is not None and matches(goal.event, event) and workflow.now() <= window_end:
+                self._converted, self._ended = True, "converted"
+                self._gmv_minor += event.amount_minor
+                self._convert_time = workflow.now()
+            elif any(matches(criterion, event) for criterion in definition.exit_on):
+                self._ended, self._detail = "exited", f"exit criterion {event.kind}"
+        self._absorbed = len(self._events)
+
+    # --- signals and the query ----------------------------------------------------------------
+
+    @workflow.signal
+    def event(self, event: MemberEvent) -> None:
+        self._events.append(event)
+        self._absorb()
+
+    @workflow.signal
+    def pause(self) -> None:
+        self._paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._paused = False
+
+    @workflow.query
+    def funnel(self) -> Funnel:
+        assert self._input is not None
+        state = "paused" if self._paused and self._state == "active" else self._state
+        return Funnel(
+            journey_key=self._input.journey_key,
+            version=self._version,
+            member_id=self._input.member_id,
+            state=state,
+            arm="" if not self._enrolment.accepted else "holdout" if self._enrolment.holdout else "treated",
+            current_step=self._current,
+            steps=tuple(
+                StepFigures(
+                    step_id=step_id,
+                    entered=f.get("entered", 0),
+                    sent=f.get("sent", 0),
+                    skipped=f.get("skipped", 0),
+                    deferred=f.get("deferred", 0),
+                    failed=f.get("failed", 0),
+                    unknown=f.get("unknown", 0),
+                    held_out=f.get("held_out", 0),
+                    done=f.get("done", 0),
+                    arm=next((k.removeprefix("arm:") for k in f if k.startswith("arm:")), ""),
+                )
+                for step_id, f in self._figures.items()
+            ),
+            converted=self._converted,
+            gmv_minor=self._gmv_minor,
+            enter_time=self._enter_time,
+            convert_time=self._convert_time,
+            detail=self._detail,
+            deferrals=dict(self._deferrals),
+        )
