@@ -37,6 +37,7 @@ from deploy import binaries, localpg
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
 from services.common.config import ConfigError, Settings
+from workflows.periodic import schedules
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_TOKEN = "dev-token-0123456789abcdef"
@@ -429,9 +430,20 @@ async def up(env: Mapping[str, str]) -> None:
             state = "started"
         result = await wait_ready(layout, component, pid)
         print(f"{component.name:<10} {state:<16} {component.address}  (pid {pid}, {result.detail})")
+    await ensure_schedules(settings, service_env)
     if uses_dev_token(env):
         await demo(layout, settings)
     print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
+
+
+async def ensure_schedules(settings: Settings, env: Mapping[str, str]) -> None:
+    """The periodic jobs' Temporal Schedules, made or brought up to date (workflows/periodic)."""
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    plan = schedules.Plan.from_env(env)
+    for sid, what in await schedules.ensure(
+        client, settings.auth_tokens.values(), plan, settings.temporal_task_queue
+    ):
+        print(f"{'schedule':<10} {what:<16} {sid}")
 
 
 async def demo(layout: Layout, settings: Settings) -> None:

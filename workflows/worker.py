@@ -28,10 +28,12 @@ from workflows.journeys.shipped import SHIPPED
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.member_lookup.activities import TaggingActivities
 from workflows.member_lookup.workflow import MemberLookupWorkflow
+from workflows.periodic.activities import PeriodicActivities
+from workflows.periodic.workflow import PeriodicJobWorkflow
 
 log = logs.get_logger("memberops.worker")
 
-WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow)
+WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow, PeriodicJobWorkflow)
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,19 @@ class Resources:
 def activities(resources: Resources, settings: Settings) -> list[Any]:
     """Every activity the worker runs, bound to the resources of this event loop."""
     tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
+    tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
     journeys = JourneyActivities(
         resources.db,
         tagging,
         audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
-        tasks_service_pb2_grpc.TasksServiceStub(resources.tasks),
+        tasks,
         settings.token_for_tenant,
         Sender(resources.db, registry.build(resources.channels), resources.channels),
         resources.channels,
     )
-    return [lookup.get_member, *journeys.all()]
+    periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
+    return [lookup.get_member, *journeys.all(), *periodic.all()]
 
 
 def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:

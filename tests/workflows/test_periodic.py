@@ -1,0 +1,145 @@
+"""Periodic jobs: the workflow each schedule starts calls the real services; the schedules are
+created once, follow their configuration, and start the job when triggered."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from zoneinfo import ZoneInfo
+
+import pytest
+from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
+from memberops.tasks.v1 import points_pb2, tasks_service_pb2_grpc
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from services.common.config import ConfigError, Settings
+from tests.audience.helpers import member, order
+from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
+from tests.tasks.helpers import ROLLING, all_entries, earn
+from workflows.periodic import schedules
+from workflows.periodic.shared import EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
+from workflows.periodic.workflow import PeriodicJobWorkflow
+from workflows.worker import Resources, build_worker
+
+WAIT_SECONDS = 60.0
+
+
+async def run_job(
+    env: WorkflowEnvironment, settings: Settings, resources: Resources, job: JobInput
+) -> JobResult:
+    async with build_worker(env.client, settings, resources):
+        return await env.client.execute_workflow(
+            PeriodicJobWorkflow.run,
+            job,
+            id=f"periodic-test-{uuid.uuid4()}",
+            task_queue=settings.temporal_task_queue,
+        )
+
+
+async def test_the_expiry_job_expires_what_is_due_and_a_rerun_changes_nothing(
+    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
+    member_id = unique()
+    await earn(tasks, member_id, 300, policy=ROLLING, days=1)
+    await time_skipping_env.sleep(dt.timedelta(days=2))  # the job acts for the workflow's time
+    job = JobInput(TENANT_ACME, EXPIRE_POINTS)
+    first = await run_job(time_skipping_env, worker_settings, resources, job)
+    second = await run_job(time_skipping_env, worker_settings, resources, job)
+    assert first.job == EXPIRE_POINTS and second.summary == "0 lots, 0 points expired"
+    expiries = [e for e in await all_entries(tasks, member_id) if e.reason == points_pb2.REASON_EXPIRY]
+    assert [e.delta for e in expiries] == [-300]
+
+
+async def test_the_recompute_job_evaluates_scheduled_dimensions(
+    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    """rfm_segment is scheduled only: a member's order gives it no value until a recompute."""
+    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
+    member_id = await member(tagging, unique("batch"), metadata=GLOBEX)
+    await order(tagging, member_id, 2, [("tea", 5_000)], metadata=GLOBEX)
+
+    async def rfm() -> list[str]:
+        request = tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}")
+        held = await tagging.GetMemberTags(request, metadata=GLOBEX)
+        return [t.value for t in held.tags if t.dimension == "rfm_segment"]
+
+    assert await rfm() == []
+    result = await run_job(
+        time_skipping_env, worker_settings, resources, JobInput(TENANT_GLOBEX, RECOMPUTE_TAGS)
+    )
+    assert result.job == RECOMPUTE_TAGS and result.summary.endswith(" tags")
+    assert len(await rfm()) == 1
+
+
+async def test_an_unknown_job_fails_at_once(
+    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run_job(time_skipping_env, worker_settings, resources, JobInput(TENANT_ACME, "polish_tags"))
+    assert isinstance(caught.value.cause, ApplicationError)
+    assert "unknown job 'polish_tags'" in str(caught.value.cause)
+
+
+async def finished_runs(client: Client, schedule_id: str) -> list[WorkflowExecutionStatus | None]:
+    query = f"WorkflowType = 'PeriodicJob' AND WorkflowId STARTS_WITH '{schedule_id}'"
+    return [
+        w.status async for w in client.list_workflows(query) if w.status != WorkflowExecutionStatus.RUNNING
+    ]
+
+
+async def test_schedules_are_made_once_follow_the_configuration_and_start_the_job(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    tenant = f"t{uuid.uuid4().hex[:8]}"  # schedules of its own in the shared dev server
+    plan = schedules.Plan.from_env({"MEMBEROPS_SCHEDULE_TIME_ZONE": "Europe/Madrid"})
+    made = await schedules.ensure(client, [tenant], plan, queue)
+    assert made == [
+        (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "created"),
+        (f"periodic/{tenant}/{EXPIRE_POINTS}", "created"),
+    ]
+    again = await schedules.ensure(client, [tenant, tenant], plan, queue)
+    assert [what for _, what in again] == ["updated", "updated"]
+    described = await client.get_schedule_handle(f"periodic/{tenant}/{EXPIRE_POINTS}").describe()
+    upcoming = [t.astimezone(ZoneInfo("Europe/Madrid")) for t in described.info.next_action_times]
+    assert upcoming and all((t.hour, t.minute) == (0, 30) for t in upcoming)  # "30 0 * * *" there
+
+    off = schedules.Plan.from_env({"MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off"})
+    assert await schedules.ensure(client, [tenant], off, queue) == [
+        (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "removed"),
+        (f"periodic/{tenant}/{EXPIRE_POINTS}", "updated"),
+    ]
+    listed = [s.id async for s in await client.list_schedules() if s.id.startswith(f"periodic/{tenant}/")]
+    assert listed == [f"periodic/{tenant}/{EXPIRE_POINTS}"]
+
+    # Triggered now, a schedule starts the job on the worker (which has tokens for the suite's
+    # tenants only, hence acme's schedule).
+    await schedules.ensure(client, [TENANT_ACME], off, queue)
+    sid = schedules.schedule_id(TENANT_ACME, EXPIRE_POINTS)
+    async with build_worker(client, worker_settings, resources):
+        await client.get_schedule_handle(sid).trigger()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not await finished_runs(client, sid) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    runs = await finished_runs(client, sid)
+    assert runs and set(runs) == {WorkflowExecutionStatus.COMPLETED}
+    for handle_id in (sid, f"periodic/{tenant}/{EXPIRE_POINTS}"):
+        await client.get_schedule_handle(handle_id).delete()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"MEMBEROPS_SCHEDULE_TIME_ZONE": "Mars/Olympus"}, "MEMBEROPS_SCHEDULE_TIME_ZONE"),
+        ({"MEMBEROPS_SCHEDULE_EXPIRE_POINTS": "every day"}, "MEMBEROPS_SCHEDULE_EXPIRE_POINTS"),
+        ({"MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "0 3 * *"}, "MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS"),
+    ],
+)
+def test_a_bad_schedule_setting_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        schedules.Plan.from_env(env)

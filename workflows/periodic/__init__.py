@@ -1,0 +1,1 @@
+"""Periodic jobs (tag recompute, points expiry) as Temporal Schedules that start one workflow each."""
