@@ -51,8 +51,11 @@ def page_size(value: int, field: str) -> int:
 
 async def last_settled(conn: Connection, relation: str) -> str | None:
     """The cursor of the newest settled entry of `relation`, None when it has none."""
+    # The order names the relation's columns: a bare `txid` would be the output column, the text
+    # cast, and "999" sorts after "1000" (so would the whole index go unused).
     row = await conn.fetchrow(
-        f"SELECT txid::text AS txid, seq FROM {relation} WHERE {SETTLED} ORDER BY txid DESC, seq DESC LIMIT 1"
+        f"""SELECT f.txid::text AS txid, f.seq FROM {relation} f WHERE {SETTLED}
+            ORDER BY f.txid DESC, f.seq DESC LIMIT 1"""
     )
     return None if row is None else cursor_of(row)
 
@@ -76,9 +79,9 @@ async def read_settled(
     )
     return list(
         await conn.fetch(
-            f"""SELECT {columns}, txid::text AS txid, seq FROM {relation}
+            f"""SELECT {columns}, f.txid::text AS txid, f.seq FROM {relation} f
                 WHERE {SETTLED} AND {position} AND {where}
-                ORDER BY txid, seq LIMIT $1""",
+                ORDER BY f.txid, f.seq LIMIT $1""",
             limit,
             None if after is None else str(after[0]),
             0 if after is None else after[1],
