@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,8 +79,19 @@ async def audience(settings: Settings) -> AsyncIterator[app.RunningService]:
 
 
 @pytest.fixture(scope="session")
-async def tasks(settings: Settings) -> AsyncIterator[app.RunningService]:
-    async for running in _serve(tasks_server.DEFINITION, settings):
+def tasks_settings(settings: Settings, tagging: app.RunningService, audience: app.RunningService) -> Settings:
+    """The suite's settings pointed at the in-process tagging and audience services, which the
+    tasks service calls (members, audiences, tagging's feed)."""
+    return dataclasses.replace(
+        settings,
+        tagging_address=f"127.0.0.1:{tagging.port}",
+        audience_address=f"127.0.0.1:{audience.port}",
+    )
+
+
+@pytest.fixture(scope="session")
+async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
+    async for running in _serve(tasks_server.DEFINITION, tasks_settings):
         yield running
 
 

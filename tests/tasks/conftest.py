@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +14,9 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from services.common import app
 from services.common.config import Settings
 from services.tasks import server as tasks_server
+
+# The audience service's client, for tasks with an eligibility audience.
+from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,10 @@ class Clock:
     def advance(self, **delta: float) -> None:
         self.time += dt.timedelta(**delta)
 
+    def set(self, at: dt.datetime) -> None:
+        """Moves the clock to `at` (sign-in tests walk chosen calendar days)."""
+        self.time = at
+
 
 @pytest.fixture(scope="session")
 def clock() -> Clock:
@@ -46,13 +54,13 @@ def clock() -> Clock:
 
 @pytest.fixture(scope="session")
 async def clocked_stub(
-    settings: Settings, tasks: app.RunningService, clock: Clock
+    tasks_settings: Settings, tasks: app.RunningService, clock: Clock
 ) -> AsyncIterator[tasks_service_pb2_grpc.TasksServiceAsyncStub]:
     """A second tasks server on the same database whose clock the tests move."""
     definition = dataclasses.replace(
-        tasks_server.DEFINITION, wire=lambda db, tenants: tasks_server.wire(db, tenants, clock=clock.now)
+        tasks_server.DEFINITION, wire=functools.partial(tasks_server.wire, clock=clock.now)
     )
-    running = await app.start(definition, settings, "127.0.0.1:0")
+    running = await app.start(definition, tasks_settings, "127.0.0.1:0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield tasks_service_pb2_grpc.TasksServiceStub(channel)
     await running.stop()

@@ -23,51 +23,79 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
+from memberops.tasks.v1 import tasks_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmemberops/tasks/v1/points.proto\x1a memberops/tasks/v1/rewards.proto\"\xf3\x01\n\x11\x45\x61rnPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"^\n\x12SpendPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x11\n\treference\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb9\x01\n\x13\x41\x64justPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"@\n\x19ReverseOrderPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"D\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpiring_within_days\x18\x02 \x01(\x05\"T\n\x18ListLedgerEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tasks.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13\x45xpirePointsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x14\x45xpirePointsResponse\x12\x14\n\x0c\x65xpired_lots\x18\x01 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x02 \x01(\x03\"A\n\x13\x43reateRewardRequest\x12*\n\x06reward\x18\x01 \x01(\x0b\x32\x1a.memberops.tasks.v1.Reward\";\n\x12ListRewardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListRewardsResponse\x12+\n\x07rewards\x18\x01 \x03(\x0b\x32\x1a.memberops.tasks.v1.Reward\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\rRedeemRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xab\x01\n\x15GetLeaderboardRequest\x12\x35\n\x06period\x18\x01 \x01(\x0e\x32%.memberops.tasks.v1.LeaderboardPeriod\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\x05\x12\x11\n\tmember_id\x18\x05 \x01(\t\"\xd4\x01\n\x0bLeaderboard\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x03top\x18\x03 \x03(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\x12\x34\n\x06member\x18\x04 \x01(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\"C\n\x10LeaderboardPlace\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\x05*r\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x32\x83\x08\n\x0cTasksService\x12T\n\nEarnPoints\x12%.memberops.tasks.v1.EarnPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12V\n\x0bSpendPoints\x12&.memberops.tasks.v1.SpendPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12X\n\x0c\x41\x64justPoints\x12\'.memberops.tasks.v1.AdjustPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12\x64\n\x12ReverseOrderPoints\x12-.memberops.tasks.v1.ReverseOrderPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12P\n\nGetBalance\x12%.memberops.tasks.v1.GetBalanceRequest\x1a\x1b.memberops.tasks.v1.Balance\x12p\n\x11ListLedgerEntries\x12,.memberops.tasks.v1.ListLedgerEntriesRequest\x1a-.memberops.tasks.v1.ListLedgerEntriesResponse\x12\x61\n\x0c\x45xpirePoints\x12\'.memberops.tasks.v1.ExpirePointsRequest\x1a(.memberops.tasks.v1.ExpirePointsResponse\x12S\n\x0c\x43reateReward\x12\'.memberops.tasks.v1.CreateRewardRequest\x1a\x1a.memberops.tasks.v1.Reward\x12^\n\x0bListRewards\x12&.memberops.tasks.v1.ListRewardsRequest\x1a\'.memberops.tasks.v1.ListRewardsResponse\x12K\n\x06Redeem\x12!.memberops.tasks.v1.RedeemRequest\x1a\x1e.memberops.tasks.v1.Redemption\x12\\\n\x0eGetLeaderboard\x12).memberops.tasks.v1.GetLeaderboardRequest\x1a\x1f.memberops.tasks.v1.Leaderboardb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1fmemberops/tasks/v1/points.proto\x1a memberops/tasks/v1/rewards.proto\x1a\x1ememberops/tasks/v1/tasks.proto\"\xf3\x01\n\x11\x45\x61rnPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"^\n\x12SpendPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x11\n\treference\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb9\x01\n\x13\x41\x64justPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"@\n\x19ReverseOrderPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"D\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpiring_within_days\x18\x02 \x01(\x05\"T\n\x18ListLedgerEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tasks.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13\x45xpirePointsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x14\x45xpirePointsResponse\x12\x14\n\x0c\x65xpired_lots\x18\x01 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x02 \x01(\x03\"A\n\x13\x43reateRewardRequest\x12*\n\x06reward\x18\x01 \x01(\x0b\x32\x1a.memberops.tasks.v1.Reward\";\n\x12ListRewardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListRewardsResponse\x12+\n\x07rewards\x18\x01 \x03(\x0b\x32\x1a.memberops.tasks.v1.Reward\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\rRedeemRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xab\x01\n\x15GetLeaderboardRequest\x12\x35\n\x06period\x18\x01 \x01(\x0e\x32%.memberops.tasks.v1.LeaderboardPeriod\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\x05\x12\x11\n\tmember_id\x18\x05 \x01(\t\"\xd4\x01\n\x0bLeaderboard\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x03top\x18\x03 \x03(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\x12\x34\n\x06member\x18\x04 \x01(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\"C\n\x10LeaderboardPlace\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\x05\";\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.memberops.tasks.v1.Task\"U\n\x11UpdateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.memberops.tasks.v1.Task\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_retired\x18\x03 \x01(\x08\"U\n\x11ListTasksResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.memberops.tasks.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11RetireTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x16ListMemberTasksRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListMemberTasksResponse\x12\x34\n\x0cmember_tasks\x18\x01 \x03(\x0b\x32\x1e.memberops.tasks.v1.MemberTask\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\rSignInRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12%\n\nmakeup_day\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"3\n\x10GetStreakRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"Y\n\x12RecordShareRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"3\n\x10\x45nrolTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"M\n\x16\x43laimTaskRewardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t*r\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x32\xa6\x0f\n\x0cTasksService\x12T\n\nEarnPoints\x12%.memberops.tasks.v1.EarnPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12V\n\x0bSpendPoints\x12&.memberops.tasks.v1.SpendPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12X\n\x0c\x41\x64justPoints\x12\'.memberops.tasks.v1.AdjustPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12\x64\n\x12ReverseOrderPoints\x12-.memberops.tasks.v1.ReverseOrderPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12P\n\nGetBalance\x12%.memberops.tasks.v1.GetBalanceRequest\x1a\x1b.memberops.tasks.v1.Balance\x12p\n\x11ListLedgerEntries\x12,.memberops.tasks.v1.ListLedgerEntriesRequest\x1a-.memberops.tasks.v1.ListLedgerEntriesResponse\x12\x61\n\x0c\x45xpirePoints\x12\'.memberops.tasks.v1.ExpirePointsRequest\x1a(.memberops.tasks.v1.ExpirePointsResponse\x12S\n\x0c\x43reateReward\x12\'.memberops.tasks.v1.CreateRewardRequest\x1a\x1a.memberops.tasks.v1.Reward\x12^\n\x0bListRewards\x12&.memberops.tasks.v1.ListRewardsRequest\x1a\'.memberops.tasks.v1.ListRewardsResponse\x12K\n\x06Redeem\x12!.memberops.tasks.v1.RedeemRequest\x1a\x1e.memberops.tasks.v1.Redemption\x12\\\n\x0eGetLeaderboard\x12).memberops.tasks.v1.GetLeaderboardRequest\x1a\x1f.memberops.tasks.v1.Leaderboard\x12M\n\nCreateTask\x12%.memberops.tasks.v1.CreateTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12M\n\nUpdateTask\x12%.memberops.tasks.v1.UpdateTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12G\n\x07GetTask\x12\".memberops.tasks.v1.GetTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12X\n\tListTasks\x12$.memberops.tasks.v1.ListTasksRequest\x1a%.memberops.tasks.v1.ListTasksResponse\x12M\n\nRetireTask\x12%.memberops.tasks.v1.RetireTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12j\n\x0fListMemberTasks\x12*.memberops.tasks.v1.ListMemberTasksRequest\x1a+.memberops.tasks.v1.ListMemberTasksResponse\x12M\n\x06SignIn\x12!.memberops.tasks.v1.SignInRequest\x1a .memberops.tasks.v1.SignInRecord\x12M\n\tGetStreak\x12$.memberops.tasks.v1.GetStreakRequest\x1a\x1a.memberops.tasks.v1.Streak\x12V\n\x0bRecordShare\x12&.memberops.tasks.v1.RecordShareRequest\x1a\x1f.memberops.tasks.v1.ShareRecord\x12P\n\tEnrolTask\x12$.memberops.tasks.v1.EnrolTaskRequest\x1a\x1d.memberops.tasks.v1.Enrolment\x12]\n\x0f\x43laimTaskReward\x12*.memberops.tasks.v1.ClaimTaskRewardRequest\x1a\x1e.memberops.tasks.v1.Completionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.tasks_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEADERBOARDPERIOD']._serialized_start=1908
-  _globals['_LEADERBOARDPERIOD']._serialized_end=2022
-  _globals['_EARNPOINTSREQUEST']._serialized_start=163
-  _globals['_EARNPOINTSREQUEST']._serialized_end=406
-  _globals['_SPENDPOINTSREQUEST']._serialized_start=408
-  _globals['_SPENDPOINTSREQUEST']._serialized_end=502
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=505
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=690
-  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_start=692
-  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_end=756
-  _globals['_GETBALANCEREQUEST']._serialized_start=758
-  _globals['_GETBALANCEREQUEST']._serialized_end=826
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=828
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=912
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=914
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1016
-  _globals['_EXPIREPOINTSREQUEST']._serialized_start=1018
-  _globals['_EXPIREPOINTSREQUEST']._serialized_end=1082
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=1084
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=1152
-  _globals['_CREATEREWARDREQUEST']._serialized_start=1154
-  _globals['_CREATEREWARDREQUEST']._serialized_end=1219
-  _globals['_LISTREWARDSREQUEST']._serialized_start=1221
-  _globals['_LISTREWARDSREQUEST']._serialized_end=1280
-  _globals['_LISTREWARDSRESPONSE']._serialized_start=1282
-  _globals['_LISTREWARDSRESPONSE']._serialized_end=1373
-  _globals['_REDEEMREQUEST']._serialized_start=1375
-  _globals['_REDEEMREQUEST']._serialized_end=1448
-  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1451
-  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1622
-  _globals['_LEADERBOARD']._serialized_start=1625
-  _globals['_LEADERBOARD']._serialized_end=1837
-  _globals['_LEADERBOARDPLACE']._serialized_start=1839
-  _globals['_LEADERBOARDPLACE']._serialized_end=1906
-  _globals['_TASKSSERVICE']._serialized_start=2025
-  _globals['_TASKSSERVICE']._serialized_end=3052
+  _globals['_LEADERBOARDPERIOD']._serialized_start=2922
+  _globals['_LEADERBOARDPERIOD']._serialized_end=3036
+  _globals['_EARNPOINTSREQUEST']._serialized_start=219
+  _globals['_EARNPOINTSREQUEST']._serialized_end=462
+  _globals['_SPENDPOINTSREQUEST']._serialized_start=464
+  _globals['_SPENDPOINTSREQUEST']._serialized_end=558
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=561
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=746
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_start=748
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_end=812
+  _globals['_GETBALANCEREQUEST']._serialized_start=814
+  _globals['_GETBALANCEREQUEST']._serialized_end=882
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=884
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=968
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=970
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1072
+  _globals['_EXPIREPOINTSREQUEST']._serialized_start=1074
+  _globals['_EXPIREPOINTSREQUEST']._serialized_end=1138
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=1140
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=1208
+  _globals['_CREATEREWARDREQUEST']._serialized_start=1210
+  _globals['_CREATEREWARDREQUEST']._serialized_end=1275
+  _globals['_LISTREWARDSREQUEST']._serialized_start=1277
+  _globals['_LISTREWARDSREQUEST']._serialized_end=1336
+  _globals['_LISTREWARDSRESPONSE']._serialized_start=1338
+  _globals['_LISTREWARDSRESPONSE']._serialized_end=1429
+  _globals['_REDEEMREQUEST']._serialized_start=1431
+  _globals['_REDEEMREQUEST']._serialized_end=1504
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1507
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1678
+  _globals['_LEADERBOARD']._serialized_start=1681
+  _globals['_LEADERBOARD']._serialized_end=1893
+  _globals['_LEADERBOARDPLACE']._serialized_start=1895
+  _globals['_LEADERBOARDPLACE']._serialized_end=1962
+  _globals['_CREATETASKREQUEST']._serialized_start=1964
+  _globals['_CREATETASKREQUEST']._serialized_end=2023
+  _globals['_UPDATETASKREQUEST']._serialized_start=2025
+  _globals['_UPDATETASKREQUEST']._serialized_end=2110
+  _globals['_GETTASKREQUEST']._serialized_start=2112
+  _globals['_GETTASKREQUEST']._serialized_end=2142
+  _globals['_LISTTASKSREQUEST']._serialized_start=2144
+  _globals['_LISTTASKSREQUEST']._serialized_end=2223
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2225
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2310
+  _globals['_RETIRETASKREQUEST']._serialized_start=2312
+  _globals['_RETIRETASKREQUEST']._serialized_end=2345
+  _globals['_LISTMEMBERTASKSREQUEST']._serialized_start=2347
+  _globals['_LISTMEMBERTASKSREQUEST']._serialized_end=2429
+  _globals['_LISTMEMBERTASKSRESPONSE']._serialized_start=2431
+  _globals['_LISTMEMBERTASKSRESPONSE']._serialized_end=2535
+  _globals['_SIGNINREQUEST']._serialized_start=2537
+  _globals['_SIGNINREQUEST']._serialized_end=2644
+  _globals['_GETSTREAKREQUEST']._serialized_start=2646
+  _globals['_GETSTREAKREQUEST']._serialized_end=2697
+  _globals['_RECORDSHAREREQUEST']._serialized_start=2699
+  _globals['_RECORDSHAREREQUEST']._serialized_end=2788
+  _globals['_ENROLTASKREQUEST']._serialized_start=2790
+  _globals['_ENROLTASKREQUEST']._serialized_end=2841
+  _globals['_CLAIMTASKREWARDREQUEST']._serialized_start=2843
+  _globals['_CLAIMTASKREWARDREQUEST']._serialized_end=2920
+  _globals['_TASKSSERVICE']._serialized_start=3039
+  _globals['_TASKSSERVICE']._serialized_end=4997
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import warnings
 
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
+from memberops.tasks.v1 import tasks_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__pb2
 from memberops.tasks.v1 import tasks_service_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -98,6 +99,61 @@ class TasksServiceStub:
                 '/memberops.tasks.v1.TasksService/GetLeaderboard',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
+                _registered_method=True)
+        self.CreateTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/CreateTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.UpdateTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListTasks',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.RetireTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RetireTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListMemberTasks = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListMemberTasks',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.FromString,
+                _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/SignIn',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.FromString,
+                _registered_method=True)
+        self.GetStreak = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetStreak',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.FromString,
+                _registered_method=True)
+        self.RecordShare = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RecordShare',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
+                _registered_method=True)
+        self.EnrolTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EnrolTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.FromString,
+                _registered_method=True)
+        self.ClaimTaskReward = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ClaimTaskReward',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
                 _registered_method=True)
 
 
@@ -198,6 +254,88 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTask(self, request, context):
+        """Adds a task at version 1. The task id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTask(self, request, context):
+        """Stores a new version of a task (its kind cannot change). Content equal to the current version
+        changes nothing, so a retry is harmless; with `expected_version` set, a different current
+        version is ABORTED. The budget cannot drop below what was already paid or reserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Tasks by task id, retired ones only when asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireTask(self, request, context):
+        """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberTasks(self, request, context):
+        """The active tasks within their validity period, each with the member's progress and state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+        day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStreak(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordShare(self, request, context):
+        """Records a share of `target`; each distinct target earns once, up to the daily cap
+        (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrolTask(self, request, context):
+        """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+        first enrolment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimTaskReward(self, request, context):
+        """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +393,61 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.GetLeaderboard,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.SerializeToString,
+            ),
+            'CreateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'UpdateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'RetireTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'ListMemberTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberTasks,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.SerializeToString,
+            ),
+            'GetStreak': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStreak,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.SerializeToString,
+            ),
+            'RecordShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordShare,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.SerializeToString,
+            ),
+            'EnrolTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.SerializeToString,
+            ),
+            'ClaimTaskReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimTaskReward,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +755,303 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/GetLeaderboard',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/CreateTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListTasks',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RetireTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListMemberTasks',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/SignIn',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStreak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetStreak',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RecordShare',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrolTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EnrolTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimTaskReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ClaimTaskReward',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
+from memberops.tasks.v1 import tasks_pb2 as _tasks_pb2
 from memberops.tasks.v1 import tasks_service_pb2 as _tasks_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -79,6 +80,39 @@ class TasksServiceStub:
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
     """
+    CreateTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateTaskRequest, _tasks_pb2.Task]
+    """Adds a task at version 1. The task id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+    """
+    UpdateTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateTaskRequest, _tasks_pb2.Task]
+    """Stores a new version of a task (its kind cannot change). Content equal to the current version
+    changes nothing, so a retry is harmless; with `expected_version` set, a different current
+    version is ABORTED. The budget cannot drop below what was already paid or reserved.
+    """
+    GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetTaskRequest, _tasks_pb2.Task]
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListTasksRequest, _tasks_service_pb2.ListTasksResponse]
+    """Tasks by task id, retired ones only when asked."""
+    RetireTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireTaskRequest, _tasks_pb2.Task]
+    """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+    ListMemberTasks: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberTasksRequest, _tasks_service_pb2.ListMemberTasksResponse]
+    """The active tasks within their validity period, each with the member's progress and state."""
+    SignIn: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.SignInRequest, _tasks_pb2.SignInRecord]
+    """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+    day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+    """
+    GetStreak: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetStreakRequest, _tasks_pb2.Streak]
+    RecordShare: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]
+    """Records a share of `target`; each distinct target earns once, up to the daily cap
+    (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    EnrolTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]
+    """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+    first enrolment.
+    """
+    ClaimTaskReward: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimTaskRewardRequest, _tasks_pb2.Completion]
+    """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+    FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class TasksServiceAsyncStub(TasksServiceStub):
@@ -128,6 +162,39 @@ class TasksServiceAsyncStub(TasksServiceStub):
     """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
+    """
+    CreateTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Adds a task at version 1. The task id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+    """
+    UpdateTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Stores a new version of a task (its kind cannot change). Content equal to the current version
+    changes nothing, so a retry is harmless; with `expected_version` set, a different current
+    version is ABORTED. The budget cannot drop below what was already paid or reserved.
+    """
+    GetTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    ListTasks: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListTasksRequest, _tasks_service_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Tasks by task id, retired ones only when asked."""
+    RetireTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+    ListMemberTasks: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberTasksRequest, _tasks_service_pb2.ListMemberTasksResponse]  # type: ignore[assignment]
+    """The active tasks within their validity period, each with the member's progress and state."""
+    SignIn: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.SignInRequest, _tasks_pb2.SignInRecord]  # type: ignore[assignment]
+    """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+    day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+    """
+    GetStreak: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetStreakRequest, _tasks_pb2.Streak]  # type: ignore[assignment]
+    RecordShare: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]  # type: ignore[assignment]
+    """Records a share of `target`; each distinct target earns once, up to the daily cap
+    (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    EnrolTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]  # type: ignore[assignment]
+    """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+    first enrolment.
+    """
+    ClaimTaskReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimTaskRewardRequest, _tasks_pb2.Completion]  # type: ignore[assignment]
+    """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+    FAILED_PRECONDITION.
     """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -241,6 +308,105 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
         week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
         member's own place too.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTask(
+        self,
+        request: _tasks_service_pb2.CreateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Adds a task at version 1. The task id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTask(
+        self,
+        request: _tasks_service_pb2.UpdateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Stores a new version of a task (its kind cannot change). Content equal to the current version
+        changes nothing, so a retry is harmless; with `expected_version` set, a different current
+        version is ABORTED. The budget cannot drop below what was already paid or reserved.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _tasks_service_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _tasks_service_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListTasksResponse, _abc.Awaitable[_tasks_service_pb2.ListTasksResponse]]:
+        """Tasks by task id, retired ones only when asked."""
+
+    @_abc_1.abstractmethod
+    def RetireTask(
+        self,
+        request: _tasks_service_pb2.RetireTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+
+    @_abc_1.abstractmethod
+    def ListMemberTasks(
+        self,
+        request: _tasks_service_pb2.ListMemberTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListMemberTasksResponse, _abc.Awaitable[_tasks_service_pb2.ListMemberTasksResponse]]:
+        """The active tasks within their validity period, each with the member's progress and state."""
+
+    @_abc_1.abstractmethod
+    def SignIn(
+        self,
+        request: _tasks_service_pb2.SignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.SignInRecord, _abc.Awaitable[_tasks_pb2.SignInRecord]]:
+        """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+        day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStreak(
+        self,
+        request: _tasks_service_pb2.GetStreakRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Streak, _abc.Awaitable[_tasks_pb2.Streak]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordShare(
+        self,
+        request: _tasks_service_pb2.RecordShareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ShareRecord, _abc.Awaitable[_tasks_pb2.ShareRecord]]:
+        """Records a share of `target`; each distinct target earns once, up to the daily cap
+        (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def EnrolTask(
+        self,
+        request: _tasks_service_pb2.EnrolTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Enrolment, _abc.Awaitable[_tasks_pb2.Enrolment]]:
+        """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+        first enrolment.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimTaskReward(
+        self,
+        request: _tasks_service_pb2.ClaimTaskRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Completion, _abc.Awaitable[_tasks_pb2.Completion]]:
+        """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+        FAILED_PRECONDITION.
         """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

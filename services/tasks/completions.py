@@ -1,0 +1,127 @@
+"""Completions: reserving a task's budget, paying into the ledger, claiming.
+
+Every function runs inside the caller's tenant transaction, after the member's account is locked
+(the ledger's lock order), so a completion, its budget reservation and its ledger entry commit
+together or not at all. The budget is a conditional update of the task's row
+(`budget_used + points <= budget_points`), held until commit: concurrent completions queue on it
+and can never overspend, and a CHECK constraint backs the rule in the table itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from services.common.db import Connection
+from services.common.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from services.tasks import ledger, task_store
+from services.tasks.definitions import Task
+from services.tasks.task_store import CompletionRow
+
+_T = TypeVar("_T")
+
+
+class State(enum.IntEnum):
+    """The numbers of memberops.tasks.v1.CompletionState."""
+
+    PAID = 1
+    CLAIMABLE = 2
+    REVERSED = 3
+
+
+class StaleTask(Exception):
+    """The task changed (a new version, or retired) after it was read in this transaction."""
+
+
+async def retry_if_stale(attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """Runs `attempt` (a whole transaction) again once when the task changed under it; the second
+    run reads the current definition."""
+    try:
+        return await attempt()
+    except StaleTask:
+        return await attempt()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A completion to record: `points` for `member_id`, on the task's `day`, because of `source`."""
+
+    member_id: str
+    points: int
+    source: str
+    day: dt.date
+
+
+async def grant(conn: Connection, tenant_id: str, task: Task, g: Grant, now: dt.datetime) -> CompletionRow:
+    """Records the completion, reserving its points from the budget, and pays it unless the task
+    wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it (nothing is written)."""
+    reserved = await task_store.reserve_budget(conn, task.task_id, task.version, g.points)
+    if reserved is None:
+        raise StaleTask(task.task_id)
+    if not reserved:
+        left = task.definition.budget_points - task.budget_used
+        raise ResourceExhausted(
+            f"tasks/{task.task_id} has no budget left for {g.points} points (about {max(left, 0)} left)"
+        )
+    state = State.CLAIMABLE if task.definition.claim_required else State.PAID
+    completion = await task_store.insert_completion(
+        conn, tenant_id, task.task_id, g.member_id, g.day, g.points, state, g.source
+    )
+    if state is State.PAID:
+        return await _pay(conn, tenant_id, task, completion, None, now)
+    return completion
+
+
+async def _pay(
+    conn: Connection,
+    tenant_id: str,
+    task: Task,
+    completion: CompletionRow,
+    claim_request_id: str | None,
+    now: dt.datetime,
+) -> CompletionRow:
+    entry = ledger.task_earning(
+        completion.member_id,
+        completion.points,
+        task.task_id,
+        f"completion {completion.completion_id}: {completion.source}",
+        task.definition.expiry,
+        now,
+    )
+    written = await ledger.earn_within(conn, tenant_id, entry)
+    return await task_store.set_paid(conn, completion.completion_id, written.entry_id, claim_request_id)
+
+
+async def claim(
+    conn: Connection, tenant_id: str, task: Task, member_id: str, request_id: str, now: dt.datetime
+) -> CompletionRow:
+    """Pays the member's oldest claimable completion (account locked by the caller); a retry of
+    `request_id` returns the completion it paid."""
+    first = await task_store.completion_by_claim(conn, request_id)
+    if first is not None:
+        if (first.task_id, first.member_id) != (task.task_id, member_id):
+            raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
+        return first
+    waiting = await task_store.oldest_claimable(conn, task.task_id, member_id)
+    if waiting is None:
+        raise FailedPrecondition(
+            f"members/{member_id} has no reward of tasks/{task.task_id} waiting to be claimed "
+            "(already claimed, or nothing completed yet)"
+        )
+    return await _pay(conn, tenant_id, task, waiting, request_id, now)
+
+
+async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.date) -> task_store.Counts:
+    """RESOURCE_EXHAUSTED when the member used the task's daily or total completions."""
+    counts = await task_store.counts(conn, task.task_id, member_id, day)
+    per_day, total = task.definition.limits.per_day, task.definition.total_limit()
+    if per_day and counts.today >= per_day:
+        raise ResourceExhausted(
+            f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
+        )
+    if total and counts.total >= total:
+        raise ResourceExhausted(f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}")
+    return counts

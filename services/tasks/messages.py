@@ -1,0 +1,200 @@
+"""Task definitions and member-task results between protobuf and the domain (used by api.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+from memberops.tasks.v1 import tasks_pb2
+
+from services.common.errors import Violations
+from services.tasks import definitions, ledger
+from services.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
+from services.tasks.member_tasks import MemberTask
+from services.tasks.shares import ShareRecord
+from services.tasks.signin import SignInRecord, Streak
+from services.tasks.task_store import CompletionRow, EnrolmentRow
+
+
+def stamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def date_to_proto(day: dt.date) -> date_pb2.Date:
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def date_from_proto(message: date_pb2.Date, path: str) -> dt.date:
+    try:
+        return dt.date(message.year, message.month, message.day)
+    except ValueError:
+        v = Violations()
+        v.add(path, "must be a full calendar date (year, month and day)")
+        v.raise_if_any()
+        raise
+
+
+def _time(message: tasks_pb2.Task, name: str) -> dt.datetime | None:
+    return getattr(message, name).ToDatetime(dt.UTC) if message.HasField(name) else None  # type: ignore[arg-type]
+
+
+def _spec(message: tasks_pb2.Task) -> Spec | None:
+    """The spec set in the `spec` oneof; the spec dataclasses name their fields as the messages do."""
+    which = message.WhichOneof("spec")
+    if which is None:
+        return None
+    kind = next(k for k, name in SPEC_FIELD.items() if name == which)
+    spec_type, sub = SPEC_OF[kind], getattr(message, which)
+    values = {f.name: getattr(sub, f.name) for f in dataclasses.fields(spec_type)}
+    return spec_type(**{k: tuple(v) if not isinstance(v, int | str) else v for k, v in values.items()})  # type: ignore[no-any-return]
+
+
+def definition_from_proto(message: tasks_pb2.Task) -> Definition:
+    """The definition a request asks for; INVALID_ARGUMENT naming every bad field."""
+    v = Violations()
+    expiry = ledger.expiry(
+        v, message.expiry_policy, message.expiry_days, default=ledger.ExpiryPolicy.NEVER, prefix="task."
+    )
+    audience = message.eligibility_audience
+    if audience and not audience.startswith("audiences/"):
+        v.add("task.eligibility_audience", "must be a resource name of the form audiences/{audience_id}")
+    d = Definition(
+        task_id=message.task_id,
+        spec=_spec(message),
+        start_time=_time(message, "start_time"),
+        end_time=_time(message, "end_time"),
+        display_name=message.display_name,
+        time_zone=message.time_zone,
+        reward_points=message.reward_points,
+        expiry=expiry,
+        limits=Limits(message.limits.per_day, message.limits.total),
+        audience_id=audience.removeprefix("audiences/"),
+        budget_points=message.budget_points,
+        claim_required=message.claim_required,
+    )
+    definitions.validate(d, v)
+    return d
+
+
+def _spec_to_proto(spec: Spec, message: tasks_pb2.Task) -> None:
+    sub: Any = getattr(message, SPEC_FIELD[KIND_OF[type(spec)]])
+    sub.CopyFrom(type(sub)(**dataclasses.asdict(spec)))
+
+
+def task_to_proto(task: Task) -> tasks_pb2.Task:
+    d = task.definition
+    assert d.spec is not None and d.start_time is not None and d.end_time is not None
+    message = tasks_pb2.Task(
+        name=f"tasks/{d.task_id}",
+        task_id=d.task_id,
+        display_name=d.display_name,
+        kind=d.kind,  # type: ignore[arg-type]
+        start_time=stamp(d.start_time),
+        end_time=stamp(d.end_time),
+        time_zone=d.time_zone,
+        reward_points=d.reward_points,
+        expiry_policy=d.expiry.policy,  # type: ignore[arg-type]
+        expiry_days=d.expiry.days,
+        limits=tasks_pb2.TaskLimits(per_day=d.limits.per_day, total=d.limits.total),
+        eligibility_audience=f"audiences/{d.audience_id}" if d.audience_id else "",
+        budget_points=d.budget_points,
+        claim_required=d.claim_required,
+        state=task.state,  # type: ignore[arg-type]
+        version=task.version,
+        budget_used=task.budget_used,
+        create_time=stamp(task.create_time),
+        update_time=stamp(task.update_time),
+    )
+    _spec_to_proto(d.spec, message)
+    assert SPEC_FIELD[d.kind] == message.WhichOneof("spec")
+    return message
+
+
+def completion_to_proto(row: CompletionRow) -> tasks_pb2.Completion:
+    return tasks_pb2.Completion(
+        name=f"tasks/{row.task_id}/members/{row.member_id}/completions/{row.completion_id}",
+        completion_id=row.completion_id,
+        task_id=row.task_id,
+        member_id=row.member_id,
+        points=row.points,
+        state=row.state,  # type: ignore[arg-type]
+        source=row.source,
+        entry_id=row.entry_id or 0,
+        reversal_entry_id=row.reversal_entry_id or 0,
+        day=date_to_proto(row.day),
+        create_time=stamp(row.create_time),
+    )
+
+
+def sign_in_to_proto(record: SignInRecord) -> tasks_pb2.SignInRecord:
+    row = record.sign_in
+    message = tasks_pb2.SignInRecord(
+        task_id=row.task_id,
+        member_id=row.member_id,
+        day=date_to_proto(row.day),
+        makeup=row.makeup,
+        streak_day=row.streak,
+        request_id=row.request_id,
+        create_time=stamp(row.create_time),
+    )
+    if record.completion is not None:
+        message.completion.CopyFrom(completion_to_proto(record.completion))
+    return message
+
+
+def streak_to_proto(streak: Streak) -> tasks_pb2.Streak:
+    message = tasks_pb2.Streak(
+        task_id=streak.task_id,
+        member_id=streak.member_id,
+        current=streak.current,
+        longest=streak.longest,
+        signed_today=streak.signed_today,
+        makeups_left=streak.makeups_left,
+        next_points=streak.next_points,
+    )
+    if streak.last_day is not None:
+        message.last_day.CopyFrom(date_to_proto(streak.last_day))
+    return message
+
+
+def share_to_proto(record: ShareRecord) -> tasks_pb2.ShareRecord:
+    row = record.share
+    return tasks_pb2.ShareRecord(
+        task_id=row.task_id,
+        member_id=row.member_id,
+        target=row.target,
+        completion=completion_to_proto(record.completion),
+        request_id=row.request_id,
+        create_time=stamp(row.create_time),
+    )
+
+
+def enrolment_to_proto(row: EnrolmentRow) -> tasks_pb2.Enrolment:
+    return tasks_pb2.Enrolment(
+        task_id=row.task_id,
+        member_id=row.member_id,
+        enrol_time=stamp(row.enrol_time),
+        window_end_time=stamp(row.window_end_time),
+    )
+
+
+def member_task_to_proto(item: MemberTask) -> tasks_pb2.MemberTask:
+    message = tasks_pb2.MemberTask(
+        task=task_to_proto(item.task),
+        state=item.state,  # type: ignore[arg-type]
+        progress=item.progress,
+        target=item.target,
+        completions=item.counts.total,
+        completions_today=item.counts.today,
+        claimable=item.counts.claimable,
+    )
+    if item.streak is not None:
+        message.streak.CopyFrom(streak_to_proto(item.streak))
+    if item.enrolment is not None:
+        message.enrolment.CopyFrom(enrolment_to_proto(item.enrolment))
+    return message
