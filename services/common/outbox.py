@@ -49,10 +49,16 @@ def page_size(value: int, field: str) -> int:
     return value
 
 
+# Rows are ordered by the relation's own columns, qualified: `ORDER BY txid` would name the output
+# column `txid::text AS txid` and sort as text, where "10" comes before "9".
+_ROWS = "feed_rows"
+
+
 async def last_settled(conn: Connection, relation: str) -> str | None:
     """The cursor of the newest settled entry of `relation`, None when it has none."""
     row = await conn.fetchrow(
-        f"SELECT txid::text AS txid, seq FROM {relation} WHERE {SETTLED} ORDER BY txid DESC, seq DESC LIMIT 1"
+        f"""SELECT txid::text AS txid, seq FROM {relation} AS {_ROWS} WHERE {SETTLED}
+            ORDER BY {_ROWS}.txid DESC, {_ROWS}.seq DESC LIMIT 1"""
     )
     return None if row is None else cursor_of(row)
 
@@ -76,9 +82,9 @@ async def read_settled(
     )
     return list(
         await conn.fetch(
-            f"""SELECT {columns}, txid::text AS txid, seq FROM {relation}
+            f"""SELECT {columns}, txid::text AS txid, seq FROM {relation} AS {_ROWS}
                 WHERE {SETTLED} AND {position} AND {where}
-                ORDER BY txid, seq LIMIT $1""",
+                ORDER BY {_ROWS}.txid, {_ROWS}.seq LIMIT $1""",
             limit,
             None if after is None else str(after[0]),
             0 if after is None else after[1],
