@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -89,9 +90,23 @@ def tasks_settings(settings: Settings, tagging: app.RunningService, audience: ap
     )
 
 
+def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.ServiceDefinition:
+    """The tasks service for the suite. Its feed follower leaves initech alone: tests of the
+    follower drive initech's rounds themselves, one call at a time (tests/tasks/test_feed_tasks.py).
+    A server on a test's `clock` follows no feed at all: it would pay what it learns at its own,
+    moved, time."""
+
+    def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
+        if clock is None:
+            return tasks_server.wire(db, tenants - {TENANT_INITECH}, settings)
+        return tasks_server.wire(db, frozenset(), settings, clock=clock)
+
+    return dataclasses.replace(tasks_server.DEFINITION, wire=wire)
+
+
 @pytest.fixture(scope="session")
 async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
-    async for running in _serve(tasks_server.DEFINITION, tasks_settings):
+    async for running in _serve(tasks_definition(), tasks_settings):
         yield running
 
 

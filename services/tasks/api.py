@@ -16,6 +16,7 @@ from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
 from services.tasks import ledger, messages
 from services.tasks.definitions import TaskDefinitions, task_id_from_name
+from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards, Place
 from services.tasks.ledger import Ledger
 from services.tasks.member_tasks import MemberTasks
@@ -34,6 +35,7 @@ class TaskServices:
     member_tasks: MemberTasks
     sign_ins: SignIns
     shares: Shares
+    invites: Invites
 
 
 def utc_now() -> dt.datetime:
@@ -244,6 +246,20 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), task_id, request.member_id, request.target, request.request_id, self._clock()
         )
         return messages.share_to_proto(record)
+
+    async def RecordInvite(
+        self, request: tasks_service_pb2.RecordInviteRequest, context: Any
+    ) -> tasks_pb2.Invite:
+        task_id = task_id_from_name(request.task, "task")
+        invite = await self._tasks.invites.record(
+            current_tenant(),
+            task_id,
+            request.inviter_member_id,
+            request.invitee_member_id,
+            request.request_id,
+            self._clock(),
+        )
+        return messages.invite_to_proto(invite)
 
     async def EnrolTask(
         self, request: tasks_service_pb2.EnrolTaskRequest, context: Any

@@ -1,4 +1,4 @@
-"""Completions: reserving a task's budget, paying into the ledger, claiming.
+"""Completions: reserving a task's budget, paying into the ledger, claiming, taking back.
 
 Every function runs inside the caller's tenant transaction, after the member's account is locked
 (the ledger's lock order), so a completion, its budget reservation and its ledger entry commit
@@ -17,8 +17,9 @@ from typing import TypeVar
 
 from services.common.db import Connection
 from services.common.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
-from services.tasks import ledger, task_store
+from services.tasks import ledger, store, task_store
 from services.tasks.definitions import Task
+from services.tasks.ledger import Reason
 from services.tasks.task_store import CompletionRow
 
 _T = TypeVar("_T")
@@ -125,3 +126,29 @@ async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.dat
     if total and counts.total >= total:
         raise ResourceExhausted(f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}")
     return counts
+
+
+async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, why: str) -> CompletionRow:
+    """Takes a completion back (the member's account locked by the caller). A claimable one is
+    cancelled; a paid one gives back what is left of the points it paid, the rest recorded as the
+    reversal's shortfall, never as a negative balance (the ledger's reversal rule). What comes back
+    returns to the task's budget."""
+    if completion.state == State.CLAIMABLE:
+        await task_store.release_budget(conn, completion.task_id, completion.points)
+        return await task_store.set_reversed(conn, completion.completion_id, None)
+    assert completion.state == State.PAID and completion.entry_id is not None
+    earned, left = await store.take_entry_lots(conn, tenant_id, completion.entry_id)
+    entry = await store.insert_entry(
+        conn,
+        tenant_id,
+        store.NewEntry(
+            member_id=completion.member_id,
+            delta=-left,
+            reason=Reason.TASK_REVERSAL,
+            reference=completion.task_id,
+            note=f"completion {completion.completion_id} reversed: {why}",
+            shortfall=earned - left,
+        ),
+    )
+    await task_store.release_budget(conn, completion.task_id, left)
+    return await task_store.set_reversed(conn, completion.completion_id, entry.entry_id)

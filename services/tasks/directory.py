@@ -44,8 +44,14 @@ class FeedEntry:
 MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED = 1, 2, 3, 4
 
 
+FACT_KINDS = (MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED)
+
+
 class FeedSource(Protocol):
-    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> list[FeedEntry]: ...
+    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
+        """The next fact entries (FACT_KINDS: tag changes are none of tasks' business) and the cursor
+        to continue from, which may be past the last entry returned."""
+        ...
 
 
 class Participation:
@@ -72,6 +78,12 @@ class Participation:
             return member
         await self.require_member(tenant_id, member_id)
         return True
+
+    async def in_audience(self, tenant_id: str, task: Task, member_id: str) -> bool:
+        """For members tagging's feed named (so known): whether they are in the task's audience,
+        True when it has none."""
+        audience_id = task.definition.audience_id
+        return not audience_id or bool(await self._directory.in_audience(tenant_id, audience_id, member_id))
 
     async def require_member(self, tenant_id: str, member_id: str) -> None:
         if not await self._directory.member_exists(tenant_id, member_id):

@@ -1,6 +1,6 @@
 """Leaderboards: members ranked by the points they earned in a week or a month.
 
-Earned means tasks and orders, net of order reversals; spending, expiry and operator corrections
+Earned means tasks and orders, net of their reversals; spending, expiry and operator corrections
 do not move anyone on a board. Ranks are competition ranks (1, 1, 3): equal points share a place.
 Periods are calendar weeks (from Monday) or months in the asked time zone.
 """

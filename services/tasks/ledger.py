@@ -49,6 +49,7 @@ class Reason(enum.IntEnum):
     REDEMPTION = 4
     EXPIRY = 5
     ORDER_REVERSAL = 6
+    TASK_REVERSAL = 7
 
 
 class ExpiryPolicy(enum.IntEnum):

@@ -12,9 +12,9 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from services.common.db import Database
 from services.common.errors import FailedPrecondition, Violations
 from services.tasks import completions, ledger, store, task_store
+from services.tasks.calls import MemberCalls
 from services.tasks.definitions import (
     COUNTED,
     InviteSpec,
@@ -23,10 +23,8 @@ from services.tasks.definitions import (
     SignInSpec,
     State,
     Task,
-    TaskDefinitions,
     task_from_row,
 )
-from services.tasks.directory import Participation
 from services.tasks.signin import Streak, month_start, streak_of
 from services.tasks.task_store import CompletionRow, Counts, EnrolmentRow
 
@@ -112,12 +110,7 @@ def progress_of(task: Task, counts: Counts, streak: Streak | None, measure: int)
     return counts.today, d.limits.per_day
 
 
-class MemberTasks:
-    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
-        self._db = db
-        self._definitions = definitions
-        self._participation = participation
-
+class MemberTasks(MemberCalls):
     async def list_page(
         self, tenant_id: str, member_id: str, size: int, token: str, now: dt.datetime
     ) -> tuple[list[MemberTask], str]:

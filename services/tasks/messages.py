@@ -13,6 +13,7 @@ from memberops.tasks.v1 import tasks_pb2
 from services.common.errors import Violations
 from services.tasks import definitions, ledger
 from services.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
+from services.tasks.invites import Invite
 from services.tasks.member_tasks import MemberTask
 from services.tasks.shares import ShareRecord
 from services.tasks.signin import SignInRecord, Streak
@@ -172,6 +173,25 @@ def share_to_proto(record: ShareRecord) -> tasks_pb2.ShareRecord:
         request_id=row.request_id,
         create_time=stamp(row.create_time),
     )
+
+
+def invite_to_proto(record: Invite) -> tasks_pb2.Invite:
+    row = record.invite
+    message = tasks_pb2.Invite(
+        task_id=row.task_id,
+        inviter_member_id=row.inviter_member_id,
+        invitee_member_id=row.invitee_member_id,
+        state=row.state,  # type: ignore[arg-type]
+        request_id=row.request_id,
+        create_time=stamp(row.create_time),
+    )
+    if record.inviter_completion is not None:
+        message.inviter_completion.CopyFrom(completion_to_proto(record.inviter_completion))
+    if record.invitee_completion is not None:
+        message.invitee_completion.CopyFrom(completion_to_proto(record.invitee_completion))
+    if row.complete_time is not None:
+        message.complete_time.CopyFrom(stamp(row.complete_time))
+    return message
 
 
 def enrolment_to_proto(row: EnrolmentRow) -> tasks_pb2.Enrolment:

@@ -20,7 +20,7 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_servic
 from services.common.config import Settings
 from services.common.errors import Unavailable
 from services.tasks.definitions import ProfileField
-from services.tasks.directory import FeedEntry
+from services.tasks.directory import FACT_KINDS, FeedEntry
 
 CALL_TIMEOUT_SECONDS = 5.0
 KNOWN_MEMBERS = 100_000
@@ -117,13 +117,14 @@ class Peers:
         self._remember(tenant_id, member_id)
         return reply.is_member
 
-    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> list[FeedEntry]:
-        request = tagging_service_pb2.ReadFeedRequest(after_cursor=after_cursor, limit=limit)
+    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
+        kinds: Any = FACT_KINDS
+        request = tagging_service_pb2.ReadFeedRequest(after_cursor=after_cursor, limit=limit, kinds=kinds)
         call = self._tagging.ReadFeed(request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS)
         reply = await self._call("tagging", call)
         if reply is None:
             raise Unavailable("tagging answered ReadFeed with NOT_FOUND")
-        return [
+        entries = [
             FeedEntry(
                 cursor=entry.cursor,
                 kind=entry.kind,
@@ -134,6 +135,7 @@ class Peers:
             )
             for entry in reply.entries
         ]
+        return entries, reply.next_cursor
 
 
 def _payload(payload: Any) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from services.common.grpc_server import ServiceBinding
 from services.tasks.api import TasksApi, TaskServices, utc_now
 from services.tasks.definitions import TaskDefinitions
 from services.tasks.directory import Participation
+from services.tasks.feed_follower import FeedFollower
+from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards
 from services.tasks.ledger import Ledger
 from services.tasks.member_tasks import MemberTasks
@@ -47,10 +49,12 @@ def wire(
         member_tasks=MemberTasks(db, definitions, participation),
         sign_ins=SignIns(db, definitions, participation),
         shares=Shares(db, definitions, participation),
+        invites=Invites(db, definitions, participation),
     )
+    follower = FeedFollower(db, peers, peers, tenants, clock)
     servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), tasks, clock=clock)
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
-    return app.Wiring([binding], closers=[peers.close])
+    return app.Wiring([binding], background=[follower.run], closers=[peers.close])
 
 
 DEFINITION = app.ServiceDefinition(

@@ -11,14 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import asyncpg
-
-from services.common.db import Database
 from services.common.errors import AlreadyExists, Violations
 from services.tasks import completions, ledger, store, task_store
+from services.tasks.calls import MemberCalls
 from services.tasks.completions import Grant
-from services.tasks.definitions import Kind, Task, TaskDefinitions
-from services.tasks.directory import Participation
+from services.tasks.definitions import Kind, Task
 from services.tasks.task_store import CompletionRow, ShareRow
 
 
@@ -28,12 +25,7 @@ class ShareRecord:
     completion: CompletionRow
 
 
-class Shares:
-    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
-        self._db = db
-        self._definitions = definitions
-        self._participation = participation
-
+class Shares(MemberCalls):
     async def record(
         self, tenant_id: str, task_id: str, member_id: str, target: str, request_id: str, now: dt.datetime
     ) -> ShareRecord:
@@ -44,15 +36,14 @@ class Shares:
         v.raise_if_any()
         digest = ledger.content_hash("share", task_id, member_id, target)
 
-        async def attempt() -> ShareRecord:
-            task = await self._definitions.open_for(tenant_id, task_id, Kind.SHARE, now)
-            await self._participation.require(tenant_id, task, member_id)
-            try:
-                return await self._write(tenant_id, task, member_id, target, request_id, digest, now)
-            except asyncpg.UniqueViolationError:
-                return await self._write(tenant_id, task, member_id, target, request_id, digest, now)
-
-        return await completions.retry_if_stale(attempt)
+        return await self._act(
+            tenant_id,
+            task_id,
+            Kind.SHARE,
+            member_id,
+            now,
+            lambda task: self._write(tenant_id, task, member_id, target, request_id, digest, now),
+        )
 
     async def _write(
         self,

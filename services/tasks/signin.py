@@ -15,9 +15,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import asyncpg
-
-from services.common.db import Connection, Database
+from services.common.db import Connection
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,9 +24,9 @@ from services.common.errors import (
     Violations,
 )
 from services.tasks import completions, ledger, store, task_store
+from services.tasks.calls import MemberCalls
 from services.tasks.completions import Grant
-from services.tasks.definitions import Kind, SignInSpec, Task, TaskDefinitions
-from services.tasks.directory import Participation
+from services.tasks.definitions import Kind, SignInSpec, Task
 from services.tasks.task_store import CompletionRow, SignInRow, StreakRow
 
 ONE_DAY = dt.timedelta(days=1)
@@ -102,12 +100,7 @@ def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
         raise InvalidArgument.field("makeup_day", "must not be before the task started")
 
 
-class SignIns:
-    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
-        self._db = db
-        self._definitions = definitions
-        self._participation = participation
-
+class SignIns(MemberCalls):
     async def sign_in(
         self,
         tenant_id: str,
@@ -123,23 +116,14 @@ class SignIns:
         v.raise_if_any()
         digest = ledger.content_hash("sign-in", task_id, member_id, makeup_day or "")
 
-        async def attempt() -> SignInRecord:
-            task = await self._definitions.open_for(tenant_id, task_id, Kind.SIGN_IN, now)
-            await self._participation.require(tenant_id, task, member_id)
-            today = task.definition.day(now)
-            if makeup_day is not None:
-                check_makeup_day(task, makeup_day, today)
-            try:
-                return await self._write(
-                    tenant_id, task, member_id, makeup_day, request_id, digest, today, now
-                )
-            except asyncpg.UniqueViolationError:
-                # Another member's sign-in took the request id first: the retry finds it.
-                return await self._write(
-                    tenant_id, task, member_id, makeup_day, request_id, digest, today, now
-                )
-
-        return await completions.retry_if_stale(attempt)
+        return await self._act(
+            tenant_id,
+            task_id,
+            Kind.SIGN_IN,
+            member_id,
+            now,
+            lambda task: self._write(tenant_id, task, member_id, makeup_day, request_id, digest, now),
+        )
 
     async def _write(
         self,
@@ -149,9 +133,11 @@ class SignIns:
         makeup_day: dt.date | None,
         request_id: str,
         digest: str,
-        today: dt.date,
         now: dt.datetime,
     ) -> SignInRecord:
+        today = task.definition.day(now)
+        if makeup_day is not None:
+            check_makeup_day(task, makeup_day, today)
         async with self._db.transaction(tenant_id) as conn:
             await store.lock_account(conn, tenant_id, member_id)
             first = await task_store.sign_in_by_request(conn, request_id)

@@ -517,13 +517,21 @@ async def enrol(
 
 
 async def enrolments(conn: Connection, member_id: str, task_ids: Sequence[str]) -> dict[str, EnrolmentRow]:
+    found = await enrolments_of(conn, [member_id], task_ids)
+    return {task_id: row for (task_id, _), row in found.items()}
+
+
+async def enrolments_of(
+    conn: Connection, member_ids: Sequence[str], task_ids: Sequence[str]
+) -> dict[tuple[str, str], EnrolmentRow]:
+    """The enrolments of these members in these tasks, by (task id, member id)."""
     rows = await conn.fetch(
         """SELECT task_id, member_id, enrol_time, window_end_time FROM tasks.enrolments
-           WHERE member_id = $1 AND task_id = ANY($2::text[])""",
-        member_id,
+           WHERE task_id = ANY($2::text[]) AND member_id = ANY($1::text[])""",
+        list(member_ids),
         list(task_ids),
     )
-    return {r["task_id"]: EnrolmentRow(**dict(r)) for r in rows}
+    return {(r["task_id"], r["member_id"]): EnrolmentRow(**dict(r)) for r in rows}
 
 
 # --- progress of counted tasks -------------------------------------------------------------------

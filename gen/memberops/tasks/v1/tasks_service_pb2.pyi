@@ -750,6 +750,34 @@ class RecordShareRequest(_message.Message):
 Global___RecordShareRequest: _TypeAlias = RecordShareRequest  # noqa: Y015
 
 @_typing.final
+class RecordInviteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    INVITER_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    INVITEE_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    inviter_member_id: _builtins.str
+    invitee_member_id: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        inviter_member_id: _builtins.str = ...,
+        invitee_member_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitee_member_id", b"invitee_member_id", "inviter_member_id", b"inviter_member_id", "request_id", b"request_id", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInviteRequest: _TypeAlias = RecordInviteRequest  # noqa: Y015
+
+@_typing.final
 class EnrolTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -145,6 +145,11 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
                 _registered_method=True)
+        self.RecordInvite = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RecordInvite',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.FromString,
+                _registered_method=True)
         self.EnrolTask = channel.unary_unary(
                 '/memberops.tasks.v1.TasksService/EnrolTask',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.SerializeToString,
@@ -246,7 +251,7 @@ class TasksServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLeaderboard(self, request, context):
-        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
         week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
         member's own place too.
         """
@@ -315,6 +320,15 @@ class TasksServiceServicer:
     def RecordShare(self, request, context):
         """Records a share of `target`; each distinct target earns once, up to the daily cap
         (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordInvite(self, request, context):
+        """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+        by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+        earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -438,6 +452,11 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.RecordShare,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.SerializeToString,
+            ),
+            'RecordInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInvite,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.SerializeToString,
             ),
             'EnrolTask': grpc.unary_unary_rpc_method_handler(
                     servicer.EnrolTask,
@@ -998,6 +1017,33 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/RecordShare',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RecordInvite',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,7 +76,7 @@ class TasksServiceStub:
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
     GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]
-    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
     """
@@ -104,6 +104,11 @@ class TasksServiceStub:
     RecordShare: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]
     """Records a share of `target`; each distinct target earns once, up to the daily cap
     (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    RecordInvite: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordInviteRequest, _tasks_pb2.Invite]
+    """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+    by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+    earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
     """
     EnrolTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]
     """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
@@ -159,7 +164,7 @@ class TasksServiceAsyncStub(TasksServiceStub):
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
     GetLeaderboard: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]  # type: ignore[assignment]
-    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
     """
@@ -187,6 +192,11 @@ class TasksServiceAsyncStub(TasksServiceStub):
     RecordShare: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]  # type: ignore[assignment]
     """Records a share of `target`; each distinct target earns once, up to the daily cap
     (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    RecordInvite: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordInviteRequest, _tasks_pb2.Invite]  # type: ignore[assignment]
+    """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+    by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+    earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
     """
     EnrolTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]  # type: ignore[assignment]
     """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
@@ -305,7 +315,7 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_service_pb2.GetLeaderboardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_service_pb2.Leaderboard, _abc.Awaitable[_tasks_service_pb2.Leaderboard]]:
-        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
         week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
         member's own place too.
         """
@@ -387,6 +397,17 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_pb2.ShareRecord, _abc.Awaitable[_tasks_pb2.ShareRecord]]:
         """Records a share of `target`; each distinct target earns once, up to the daily cap
         (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordInvite(
+        self,
+        request: _tasks_service_pb2.RecordInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Invite, _abc.Awaitable[_tasks_pb2.Invite]]:
+        """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+        by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+        earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
         """
 
     @_abc_1.abstractmethod
