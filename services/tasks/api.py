@@ -10,7 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from memberops.tasks.v1 import points_pb2, rewards_pb2, tasks_pb2, tasks_service_pb2, tasks_service_pb2_grpc
+from memberops.tasks.v1 import (
+    levels_pb2,
+    points_pb2,
+    rewards_pb2,
+    tasks_pb2,
+    tasks_service_pb2,
+    tasks_service_pb2_grpc,
+)
 
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
@@ -19,6 +26,7 @@ from services.tasks.definitions import TaskDefinitions, task_id_from_name
 from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards, Place
 from services.tasks.ledger import Ledger
+from services.tasks.levels import Levels
 from services.tasks.member_tasks import MemberTasks
 from services.tasks.messages import stamp
 from services.tasks.rewards import Rewards
@@ -36,6 +44,7 @@ class TaskServices:
     sign_ins: SignIns
     shares: Shares
     invites: Invites
+    levels: Levels
 
 
 def utc_now() -> dt.datetime:
@@ -278,6 +287,48 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), task_id, request.member_id, request.request_id, self._clock()
         )
         return messages.completion_to_proto(claimed)
+
+    # --- levels ----------------------------------------------------------------------------------
+
+    async def GetLevelPolicy(
+        self, request: tasks_service_pb2.GetLevelPolicyRequest, context: Any
+    ) -> levels_pb2.LevelPolicy:
+        return messages.policy_to_proto(await self._tasks.levels.policy(current_tenant()))
+
+    async def UpdateLevelPolicy(
+        self, request: tasks_service_pb2.UpdateLevelPolicyRequest, context: Any
+    ) -> levels_pb2.LevelPolicy:
+        policy = messages.policy_from_proto(request.policy)
+        updated = await self._tasks.levels.update_policy(current_tenant(), policy, request.expected_version)
+        return messages.policy_to_proto(updated)
+
+    async def GetMemberLevel(
+        self, request: tasks_service_pb2.GetMemberLevelRequest, context: Any
+    ) -> levels_pb2.MemberLevel:
+        level = await self._tasks.levels.member_level(current_tenant(), request.member_id, self._clock())
+        return messages.member_level_to_proto(level)
+
+    async def EvaluateLevels(
+        self, request: tasks_service_pb2.EvaluateLevelsRequest, context: Any
+    ) -> tasks_service_pb2.EvaluateLevelsResponse:
+        as_of = request.as_of.ToDatetime(dt.UTC) if request.HasField("as_of") else self._clock()
+        run = await self._tasks.levels.evaluate(current_tenant(), as_of)
+        return tasks_service_pb2.EvaluateLevelsResponse(
+            period_end_time=stamp(run.period_end),
+            members_evaluated=run.evaluated,
+            upgraded=run.upgraded,
+            downgraded=run.downgraded,
+        )
+
+    async def ReadTasksFeed(
+        self, request: tasks_service_pb2.ReadTasksFeedRequest, context: Any
+    ) -> tasks_service_pb2.ReadTasksFeedResponse:
+        entries, cursor = await self._tasks.levels.read_feed(
+            current_tenant(), request.after_cursor, request.limit
+        )
+        return tasks_service_pb2.ReadTasksFeedResponse(
+            entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
+        )
 
 
 def _place(place: Place) -> tasks_service_pb2.LeaderboardPlace:

@@ -183,6 +183,14 @@ class FeedFollower:
         # lock invites share with the follower.
         triggering = [e.member_id for e in facts if e.kind in (MEMBER_CHANGED, ORDER_RECORDED)]
         await feed_store.lock_member_facts(conn, tenant_id, triggering)
+        registered: dict[str, dt.datetime] = {}
+        first_orders: dict[str, dt.datetime] = {}
+        for e in facts:
+            if e.kind == MEMBER_CHANGED and int(e.payload.get("revision", 0)) == 1:
+                registered.setdefault(e.member_id, e.create_time)
+            elif e.kind == ORDER_RECORDED:
+                first_orders.setdefault(e.member_id, e.create_time)
+        await feed_store.record_facts(conn, registered, first_orders)
         pending = await feed_store.pending_invites(conn, triggering)
         refunded_orders = [str(e.payload.get("order_id", "")) for e in facts if e.kind == REFUND_RECORDED]
         counted = await feed_store.counted_orders(conn, refunded_orders)
@@ -227,7 +235,6 @@ class FeedFollower:
         waiting: dict[str, feed_store.InviteRow],
     ) -> None:
         if int(entry.payload.get("revision", 0)) == 1:
-            await feed_store.record_registered(conn, entry.member_id, entry.create_time)
             await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
         filled = batch.profiles.get(entry.member_id)
         if filled is None:
@@ -248,7 +255,6 @@ class FeedFollower:
         batch: _Batch,
         waiting: dict[str, feed_store.InviteRow],
     ) -> None:
-        await feed_store.record_first_order(conn, entry.member_id, entry.create_time)
         await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
         order = entry.payload
         paid = _time(order["paid_time"])

@@ -77,21 +77,20 @@ async def lock_member_facts(
     return {r["member_id"]: MemberFacts(**dict(r)) for r in rows}
 
 
-async def record_registered(conn: Connection, member_id: str, at: dt.datetime) -> None:
-    await conn.execute(
-        "UPDATE tasks.member_facts SET register_time = $2 WHERE member_id = $1 AND register_time IS NULL",
-        member_id,
-        at,
-    )
-
-
-async def record_first_order(conn: Connection, member_id: str, at: dt.datetime) -> None:
-    await conn.execute(
-        """UPDATE tasks.member_facts SET first_order_time = $2
-           WHERE member_id = $1 AND first_order_time IS NULL""",
-        member_id,
-        at,
-    )
+async def record_facts(
+    conn: Connection, registered: dict[str, dt.datetime], first_orders: dict[str, dt.datetime]
+) -> None:
+    """Notes registrations and first orders (rows locked by lock_member_facts); a time already
+    noted stays. One statement each, however many members the batch names."""
+    for column, times in (("register_time", registered), ("first_order_time", first_orders)):
+        if times:
+            await conn.execute(
+                f"""UPDATE tasks.member_facts f SET {column} = t.at
+                    FROM unnest($1::text[], $2::timestamptz[]) AS t(member_id, at)
+                    WHERE f.member_id = t.member_id AND f.{column} IS NULL""",
+                list(times),
+                list(times.values()),
+            )
 
 
 # --- invites -------------------------------------------------------------------------------------

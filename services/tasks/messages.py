@@ -8,12 +8,13 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
-from memberops.tasks.v1 import tasks_pb2
+from memberops.tasks.v1 import levels_pb2, tasks_pb2
 
 from services.common.errors import Violations
 from services.tasks import definitions, ledger
 from services.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
 from services.tasks.invites import Invite
+from services.tasks.levels import FeedEntry, MemberLevel, Policy, Tier
 from services.tasks.member_tasks import MemberTask
 from services.tasks.shares import ShareRecord
 from services.tasks.signin import SignInRecord, Streak
@@ -218,3 +219,61 @@ def member_task_to_proto(item: MemberTask) -> tasks_pb2.MemberTask:
     if item.enrolment is not None:
         message.enrolment.CopyFrom(enrolment_to_proto(item.enrolment))
     return message
+
+
+# --- levels --------------------------------------------------------------------------------------
+
+
+def policy_from_proto(message: levels_pb2.LevelPolicy) -> Policy:
+    return Policy(
+        tiers=tuple(Tier(t.code, t.display_name, t.min_growth) for t in message.tiers),
+        window_days=message.window_days,
+        period_months=message.evaluation_period_months,
+        grace_days=message.grace_days,
+        time_zone=message.time_zone,
+    )
+
+
+def policy_to_proto(policy: Policy) -> levels_pb2.LevelPolicy:
+    message = levels_pb2.LevelPolicy(
+        tiers=[
+            levels_pb2.LevelTier(code=t.code, display_name=t.display_name, min_growth=t.min_growth)
+            for t in policy.tiers
+        ],
+        window_days=policy.window_days,
+        evaluation_period_months=policy.period_months,
+        grace_days=policy.grace_days,
+        time_zone=policy.time_zone,
+        version=policy.version,
+    )
+    if policy.update_time is not None:
+        message.update_time.CopyFrom(stamp(policy.update_time))
+    return message
+
+
+def member_level_to_proto(level: MemberLevel) -> levels_pb2.MemberLevel:
+    message = levels_pb2.MemberLevel(
+        member_id=level.member_id,
+        level=level.level,
+        growth=level.growth,
+        next_level=level.next_level,
+        growth_to_next=level.growth_to_next,
+        qualified_level=level.qualified_level,
+    )
+    if level.since is not None:
+        message.since_time.CopyFrom(stamp(level.since))
+    if level.review_time is not None:
+        message.review_time.CopyFrom(stamp(level.review_time))
+    return message
+
+
+def tasks_feed_entry_to_proto(entry: FeedEntry) -> levels_pb2.TasksFeedEntry:
+    return levels_pb2.TasksFeedEntry(
+        cursor=entry.cursor,
+        kind=levels_pb2.TASKS_FEED_ENTRY_KIND_LEVEL_CHANGED,
+        member_id=entry.member_id,
+        level_change=levels_pb2.LevelChange(
+            from_level=entry.from_level, to_level=entry.to_level, upgrade=entry.upgrade, growth=entry.growth
+        ),
+        create_time=stamp(entry.create_time),
+    )

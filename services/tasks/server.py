@@ -25,6 +25,7 @@ from services.tasks.feed_follower import FeedFollower
 from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards
 from services.tasks.ledger import Ledger
+from services.tasks.levels import Levels, seed
 from services.tasks.member_tasks import MemberTasks
 from services.tasks.peers import Peers
 from services.tasks.rewards import Rewards
@@ -50,6 +51,7 @@ def wire(
         sign_ins=SignIns(db, definitions, participation),
         shares=Shares(db, definitions, participation),
         invites=Invites(db, definitions, participation),
+        levels=Levels(db),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), tasks, clock=clock)
@@ -63,6 +65,7 @@ DEFINITION = app.ServiceDefinition(
     migrations_dir=Path(__file__).parent / "migrations",
     wire=wire,
     address=lambda settings: settings.tasks_address,
+    prepare=seed,
 )
 
 if __name__ == "__main__":

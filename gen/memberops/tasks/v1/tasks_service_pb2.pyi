@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import date_pb2 as _date_pb2
+from memberops.tasks.v1 import levels_pb2 as _levels_pb2
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
 from memberops.tasks.v1 import tasks_pb2 as _tasks_pb2
@@ -823,3 +824,162 @@ class ClaimTaskRewardRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimTaskRewardRequest: _TypeAlias = ClaimTaskRewardRequest  # noqa: Y015
+
+@_typing.final
+class GetLevelPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLevelPolicyRequest: _TypeAlias = GetLevelPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateLevelPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    expected_version: _builtins.int
+    """0: any current version."""
+    @_builtins.property
+    def policy(self) -> _levels_pb2.LevelPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: _levels_pb2.LevelPolicy | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateLevelPolicyRequest: _TypeAlias = UpdateLevelPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetMemberLevelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemberLevelRequest: _TypeAlias = GetMemberLevelRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateLevelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The evaluation time; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateLevelsRequest: _TypeAlias = EvaluateLevelsRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateLevelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    MEMBERS_EVALUATED_FIELD_NUMBER: _builtins.int
+    UPGRADED_FIELD_NUMBER: _builtins.int
+    DOWNGRADED_FIELD_NUMBER: _builtins.int
+    members_evaluated: _builtins.int
+    upgraded: _builtins.int
+    downgraded: _builtins.int
+    @_builtins.property
+    def period_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The latest period end whose grace period has passed at `as_of`: the downgrades applied."""
+
+    def __init__(
+        self,
+        *,
+        period_end_time: _timestamp_pb2.Timestamp | None = ...,
+        members_evaluated: _builtins.int = ...,
+        upgraded: _builtins.int = ...,
+        downgraded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end_time", b"period_end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downgraded", b"downgraded", "members_evaluated", b"members_evaluated", "period_end_time", b"period_end_time", "upgraded", b"upgraded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateLevelsResponse: _TypeAlias = EvaluateLevelsResponse  # noqa: Y015
+
+@_typing.final
+class ReadTasksFeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """The cursor of the last entry handled; empty to start at the beginning."""
+    limit: _builtins.int
+    """1-1000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadTasksFeedRequest: _TypeAlias = ReadTasksFeedRequest  # noqa: Y015
+
+@_typing.final
+class ReadTasksFeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """The last entry's cursor, or `after_cursor` when there were none."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_levels_pb2.TasksFeedEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_levels_pb2.TasksFeedEntry] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadTasksFeedResponse: _TypeAlias = ReadTasksFeedResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from memberops.tasks.v1 import levels_pb2 as memberops_dot_tasks_dot_v1_dot_levels__pb2
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
 from memberops.tasks.v1 import tasks_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__pb2
@@ -159,6 +160,31 @@ class TasksServiceStub:
                 '/memberops.tasks.v1.TasksService/ClaimTaskReward',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
+                _registered_method=True)
+        self.GetLevelPolicy = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetLevelPolicy',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+                _registered_method=True)
+        self.UpdateLevelPolicy = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateLevelPolicy',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+                _registered_method=True)
+        self.GetMemberLevel = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetMemberLevel',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.FromString,
+                _registered_method=True)
+        self.EvaluateLevels = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EvaluateLevels',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.FromString,
+                _registered_method=True)
+        self.ReadTasksFeed = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ReadTasksFeed',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
                 _registered_method=True)
 
 
@@ -350,6 +376,44 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLevelPolicy(self, request, context):
+        """The level policy (the default one until it is first updated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateLevelPolicy(self, request, context):
+        """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+        stay, in their order. With `expected_version` set, a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemberLevel(self, request, context):
+        """A member's level, growth and what the next level needs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateLevels(self, request, context):
+        """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+        the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadTasksFeed(self, request, context):
+        """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+        entry is handed out only when nothing can still commit before it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -467,6 +531,31 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.ClaimTaskReward,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.SerializeToString,
+            ),
+            'GetLevelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLevelPolicy,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.SerializeToString,
+            ),
+            'UpdateLevelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLevelPolicy,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.SerializeToString,
+            ),
+            'GetMemberLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemberLevel,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.SerializeToString,
+            ),
+            'EvaluateLevels': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateLevels,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.SerializeToString,
+            ),
+            'ReadTasksFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadTasksFeed,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1098,6 +1187,141 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/ClaimTaskReward',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLevelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetLevelPolicy',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLevelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateLevelPolicy',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemberLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetMemberLevel',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateLevels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EvaluateLevels',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTasksFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ReadTasksFeed',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
             options,
             channel_credentials,
             insecure,

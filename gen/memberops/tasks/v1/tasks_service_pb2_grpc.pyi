@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.tasks.v1 import levels_pb2 as _levels_pb2
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
 from memberops.tasks.v1 import tasks_pb2 as _tasks_pb2
@@ -118,6 +119,22 @@ class TasksServiceStub:
     """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
     FAILED_PRECONDITION.
     """
+    GetLevelPolicy: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLevelPolicyRequest, _levels_pb2.LevelPolicy]
+    """The level policy (the default one until it is first updated)."""
+    UpdateLevelPolicy: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateLevelPolicyRequest, _levels_pb2.LevelPolicy]
+    """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+    stay, in their order. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetMemberLevel: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetMemberLevelRequest, _levels_pb2.MemberLevel]
+    """A member's level, growth and what the next level needs."""
+    EvaluateLevels: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EvaluateLevelsRequest, _tasks_service_pb2.EvaluateLevelsResponse]
+    """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+    the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+    """
+    ReadTasksFeed: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]
+    """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+    entry is handed out only when nothing can still commit before it.
+    """
 
 @_typing.type_check_only
 class TasksServiceAsyncStub(TasksServiceStub):
@@ -205,6 +222,22 @@ class TasksServiceAsyncStub(TasksServiceStub):
     ClaimTaskReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimTaskRewardRequest, _tasks_pb2.Completion]  # type: ignore[assignment]
     """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
     FAILED_PRECONDITION.
+    """
+    GetLevelPolicy: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLevelPolicyRequest, _levels_pb2.LevelPolicy]  # type: ignore[assignment]
+    """The level policy (the default one until it is first updated)."""
+    UpdateLevelPolicy: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateLevelPolicyRequest, _levels_pb2.LevelPolicy]  # type: ignore[assignment]
+    """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+    stay, in their order. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetMemberLevel: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetMemberLevelRequest, _levels_pb2.MemberLevel]  # type: ignore[assignment]
+    """A member's level, growth and what the next level needs."""
+    EvaluateLevels: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EvaluateLevelsRequest, _tasks_service_pb2.EvaluateLevelsResponse]  # type: ignore[assignment]
+    """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+    the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+    """
+    ReadTasksFeed: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]  # type: ignore[assignment]
+    """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+    entry is handed out only when nothing can still commit before it.
     """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -428,6 +461,52 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_pb2.Completion, _abc.Awaitable[_tasks_pb2.Completion]]:
         """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
         FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLevelPolicy(
+        self,
+        request: _tasks_service_pb2.GetLevelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.LevelPolicy, _abc.Awaitable[_levels_pb2.LevelPolicy]]:
+        """The level policy (the default one until it is first updated)."""
+
+    @_abc_1.abstractmethod
+    def UpdateLevelPolicy(
+        self,
+        request: _tasks_service_pb2.UpdateLevelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.LevelPolicy, _abc.Awaitable[_levels_pb2.LevelPolicy]]:
+        """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+        stay, in their order. With `expected_version` set, a different current version is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMemberLevel(
+        self,
+        request: _tasks_service_pb2.GetMemberLevelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.MemberLevel, _abc.Awaitable[_levels_pb2.MemberLevel]]:
+        """A member's level, growth and what the next level needs."""
+
+    @_abc_1.abstractmethod
+    def EvaluateLevels(
+        self,
+        request: _tasks_service_pb2.EvaluateLevelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.EvaluateLevelsResponse, _abc.Awaitable[_tasks_service_pb2.EvaluateLevelsResponse]]:
+        """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+        the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadTasksFeed(
+        self,
+        request: _tasks_service_pb2.ReadTasksFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ReadTasksFeedResponse, _abc.Awaitable[_tasks_service_pb2.ReadTasksFeedResponse]]:
+        """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+        entry is handed out only when nothing can still commit before it.
         """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
