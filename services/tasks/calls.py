@@ -39,8 +39,8 @@ class MemberCalls:
         now: dt.datetime,
         write: Callable[[Task], Awaitable[_T]],
     ) -> _T:
-        async def attempt() -> _T:
-            task = await self._definitions.open_for(tenant_id, task_id, kind, now)
+        async def attempt(fresh: bool) -> _T:
+            task = await self._definitions.open_for(tenant_id, task_id, kind, now, fresh=fresh)
             await self._participation.require(tenant_id, task, member_id)
             try:
                 return await write(task)

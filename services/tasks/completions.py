@@ -37,13 +37,13 @@ class StaleTask(Exception):
     """The task changed (a new version, or retired) after it was read in this transaction."""
 
 
-async def retry_if_stale(attempt: Callable[[], Awaitable[_T]]) -> _T:
-    """Runs `attempt` (a whole transaction) again once when the task changed under it; the second
-    run reads the current definition."""
+async def retry_if_stale(attempt: Callable[[bool], Awaitable[_T]]) -> _T:
+    """Runs `attempt(fresh)` (a whole transaction) again once when the task changed under it; the
+    second run, `fresh`, reads the current definition."""
     try:
-        return await attempt()
+        return await attempt(False)
     except StaleTask:
-        return await attempt()
+        return await attempt(True)
 
 
 @dataclass(frozen=True)
@@ -58,22 +58,54 @@ class Grant:
 
 async def grant(conn: Connection, tenant_id: str, task: Task, g: Grant, now: dt.datetime) -> CompletionRow:
     """Records the completion, reserving its points from the budget, and pays it unless the task
-    wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it (nothing is written)."""
-    reserved = await task_store.reserve_budget(conn, task.task_id, task.version, g.points)
-    if reserved is None:
-        raise StaleTask(task.task_id)
-    if not reserved:
+    wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it, after writing: the
+    caller's transaction (or a savepoint around the call) must then roll back, as it does when the
+    error ends the request."""
+    completion_id = await task_store.next_completion_id(conn)
+    state = State.CLAIMABLE if task.definition.claim_required else State.PAID
+    entry_id = None
+    if state is State.PAID:
+        entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
+    # Last: from here to commit the task's row is locked, and every completion of the task queues
+    # on it. Refused, the transaction rolls back what was written above.
+    completion = await task_store.insert_within_budget(
+        conn,
+        tenant_id,
+        completion_id,
+        task.task_id,
+        task.version,
+        g.member_id,
+        g.day,
+        g.points,
+        state,
+        g.source,
+        entry_id,
+    )
+    if completion is None:
+        if await task_store.task_version(conn, task.task_id) != (1, task.version):
+            raise StaleTask(task.task_id)
         left = task.definition.budget_points - task.budget_used
         raise ResourceExhausted(
             f"tasks/{task.task_id} has no budget left for {g.points} points (about {max(left, 0)} left)"
         )
-    state = State.CLAIMABLE if task.definition.claim_required else State.PAID
-    completion = await task_store.insert_completion(
-        conn, tenant_id, task.task_id, g.member_id, g.day, g.points, state, g.source
-    )
-    if state is State.PAID:
-        return await _pay(conn, tenant_id, task, completion, None, now)
     return completion
+
+
+async def _earn(
+    conn: Connection,
+    tenant_id: str,
+    task: Task,
+    member_id: str,
+    points: int,
+    completion_id: int,
+    source: str,
+    now: dt.datetime,
+) -> int:
+    """Pays a completion into the ledger; the entry's note names the completion."""
+    entry = ledger.task_earning(
+        member_id, points, task.task_id, f"completion {completion_id}: {source}", task.definition.expiry, now
+    )
+    return (await ledger.earn_within(conn, tenant_id, entry)).entry_id
 
 
 async def _pay(
@@ -84,16 +116,9 @@ async def _pay(
     claim_request_id: str | None,
     now: dt.datetime,
 ) -> CompletionRow:
-    entry = ledger.task_earning(
-        completion.member_id,
-        completion.points,
-        task.task_id,
-        f"completion {completion.completion_id}: {completion.source}",
-        task.definition.expiry,
-        now,
-    )
-    written = await ledger.earn_within(conn, tenant_id, entry)
-    return await task_store.set_paid(conn, completion.completion_id, written.entry_id, claim_request_id)
+    c = completion
+    entry_id = await _earn(conn, tenant_id, task, c.member_id, c.points, c.completion_id, c.source, now)
+    return await task_store.set_paid(conn, c.completion_id, entry_id, claim_request_id)
 
 
 async def claim(
@@ -115,17 +140,18 @@ async def claim(
     return await _pay(conn, tenant_id, task, waiting, request_id, now)
 
 
-async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.date) -> task_store.Counts:
+async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.date) -> None:
     """RESOURCE_EXHAUSTED when the member used the task's daily or total completions."""
-    counts = await task_store.counts(conn, task.task_id, member_id, day)
     per_day, total = task.definition.limits.per_day, task.definition.total_limit()
+    if not per_day and not total:
+        return
+    counts = await task_store.counts(conn, task.task_id, member_id, day)
     if per_day and counts.today >= per_day:
         raise ResourceExhausted(
             f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
         )
     if total and counts.total >= total:
         raise ResourceExhausted(f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}")
-    return counts
 
 
 async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, why: str) -> CompletionRow:

@@ -15,6 +15,7 @@ import enum
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ MAX_WINDOW_DAYS = 3650
 MAX_TIMES = 10_000
 MAX_BUDGET = 10**15
 DEFAULT_PAGE_SIZE = 100
+CACHE_SECONDS = 2.0
 MAX_PAGE_SIZE = 1000
 
 
@@ -457,6 +459,9 @@ class TaskDefinitions:
     def __init__(self, db: Database, audiences: Audiences) -> None:
         self._db = db
         self._audiences = audiences
+        # Definitions member calls read, for a moment: a completion still checks the version and
+        # state it was decided on when it reserves the budget (StaleTask otherwise).
+        self._recent: dict[tuple[str, str], tuple[float, Task]] = {}
 
     async def _check_audience(self, tenant_id: str, d: Definition) -> None:
         if d.audience_id and not await self._audiences.audience_exists(tenant_id, d.audience_id):
@@ -507,6 +512,7 @@ class TaskDefinitions:
                     )
                 await task_store.add_version(conn, tenant_id, d.task_id, row.version + 1, body, digest)
             row = await task_store.task(conn, d.task_id)
+        self._recent.pop((tenant_id, d.task_id), None)
         assert row is not None
         return task_from_row(row)
 
@@ -517,10 +523,22 @@ class TaskDefinitions:
             raise NotFound(f"tasks/{task_id} not found")
         return task_from_row(row)
 
-    async def open_for(self, tenant_id: str, task_id: str, kind: Kind, now: dt.datetime) -> Task:
+    async def current(self, tenant_id: str, task_id: str, *, fresh: bool = False) -> Task:
+        """The task as read at most CACHE_SECONDS ago (now, when `fresh`)."""
+        key = (tenant_id, task_id)
+        hit = self._recent.get(key)
+        if hit is not None and not fresh and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        task = await self.get(tenant_id, task_id)
+        self._recent[key] = (time.monotonic(), task)
+        return task
+
+    async def open_for(
+        self, tenant_id: str, task_id: str, kind: Kind, now: dt.datetime, *, fresh: bool = False
+    ) -> Task:
         """The task a member acts in now: NOT_FOUND, INVALID_ARGUMENT (`task` is of another kind) or
         FAILED_PRECONDITION (retired, or outside its validity period)."""
-        task = await self.get(tenant_id, task_id)
+        task = await self.current(tenant_id, task_id, fresh=fresh)
         d = task.definition
         if d.kind is not kind:
             raise InvalidArgument.field(
@@ -550,6 +568,7 @@ class TaskDefinitions:
         async with self._db.transaction(tenant_id) as conn:
             await task_store.retire_task(conn, task_id)
             row = await task_store.task(conn, task_id)
+        self._recent.pop((tenant_id, task_id), None)
         if row is None:
             raise NotFound(f"tasks/{task_id} not found")
         return task_from_row(row)

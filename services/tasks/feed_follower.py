@@ -387,9 +387,10 @@ class FeedFollower:
             return
         for _ in range(change):
             try:
-                await completions.grant(
-                    conn, tenant_id, task, Grant(member_id, d.reward_points, source, day), self._clock()
-                )
+                async with conn.transaction():  # a refused grant leaves nothing behind
+                    await completions.grant(
+                        conn, tenant_id, task, Grant(member_id, d.reward_points, source, day), self._clock()
+                    )
             except ResourceExhausted:
                 return
             done.granted += 1

@@ -140,7 +140,9 @@ class SignIns(MemberCalls):
             check_makeup_day(task, makeup_day, today)
         async with self._db.transaction(tenant_id) as conn:
             await store.lock_account(conn, tenant_id, member_id)
-            first = await task_store.sign_in_by_request(conn, request_id)
+            first, recent = await task_store.sign_ins_or_request(
+                conn, request_id, task.task_id, member_id, today - ONE_DAY, today
+            )
             if first is not None:
                 if first.content_hash != digest:
                     raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
@@ -154,12 +156,7 @@ class SignIns(MemberCalls):
                 return await self._makeup(
                     conn, tenant_id, task, member_id, makeup_day, request_id, digest, today
                 )
-            days = {
-                d.day: d
-                for d in await task_store.sign_ins_between(
-                    conn, task.task_id, member_id, today - ONE_DAY, today
-                )
-            }
+            days = {d.day: d for d in recent}
             if today in days:
                 raise AlreadyExists(
                     f"members/{member_id} already signed in to tasks/{task.task_id} on {today}"

@@ -118,26 +118,20 @@ async def retire_task(conn: Connection, task_id: str) -> None:
 # --- budget and completions ----------------------------------------------------------------------
 
 
-async def reserve_budget(conn: Connection, task_id: str, version: int, points: int) -> bool | None:
-    """Adds `points` to what the task used, unless that overspends its budget (False) or the task
-    is no longer active at `version` (None). Holds the task's row lock until commit."""
-    row = await conn.fetchrow(
-        """UPDATE tasks.task_definitions SET budget_used = budget_used + $2
-           WHERE task_id = $1 AND state = 1 AND current_version = $3
-             AND (budget_points = 0 OR budget_used + $2 <= budget_points)
-           RETURNING true AS ok""",
-        task_id,
-        points,
-        version,
+async def next_completion_id(conn: Connection) -> int:
+    """The id of a completion about to be written (its ledger entry, written first, names it)."""
+    value = await conn.fetchval(
+        "SELECT nextval(pg_get_serial_sequence('tasks.completions', 'completion_id'))"
     )
-    if row is not None:
-        return True
-    current = await conn.fetchrow(
+    return int(value)
+
+
+async def task_version(conn: Connection, task_id: str) -> tuple[int, int] | None:
+    """(state, current version) of the task."""
+    row = await conn.fetchrow(
         "SELECT state, current_version FROM tasks.task_definitions WHERE task_id = $1", task_id
     )
-    if current is None or current["state"] != 1 or current["current_version"] != version:
-        return None
-    return False
+    return None if row is None else (row["state"], row["current_version"])
 
 
 async def release_budget(conn: Connection, task_id: str, points: int) -> None:
@@ -170,29 +164,46 @@ def _completion(row: asyncpg.Record) -> CompletionRow:
     return CompletionRow(**dict(row))
 
 
-async def insert_completion(
+async def insert_within_budget(
     conn: Connection,
     tenant_id: str,
+    completion_id: int,
     task_id: str,
+    version: int,
     member_id: str,
     day: dt.date,
     points: int,
     state: int,
     source: str,
-) -> CompletionRow:
+    entry_id: int | None,
+) -> CompletionRow | None:
+    """Adds `points` to what the task used and writes the completion (under the id
+    `next_completion_id` drew, with the entry that paid it if any), unless that overspends the
+    budget or the task is no longer active at `version` (None: `task_version` tells which). From
+    here to commit the task's row is locked, so callers do it last."""
     row = await conn.fetchrow(
-        f"""INSERT INTO tasks.completions (tenant_id, task_id, member_id, day, points, state, source)
-            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COMPLETION_COLUMNS}""",
+        f"""WITH reserved AS (
+                UPDATE tasks.task_definitions SET budget_used = budget_used + $6
+                WHERE task_id = $3 AND state = 1 AND current_version = $4
+                  AND (budget_points = 0 OR budget_used + $6 <= budget_points)
+                RETURNING task_id)
+            INSERT INTO tasks.completions (tenant_id, completion_id, task_id, member_id, day, points, state,
+                                           source, entry_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT $1, $2, task_id, $5, $7, $6, $8, $9, $10 FROM reserved
+            RETURNING {_COMPLETION_COLUMNS}""",
         tenant_id,
+        completion_id,
         task_id,
+        version,
         member_id,
-        day,
         points,
+        day,
         state,
         source,
+        entry_id,
     )
-    assert row is not None
-    return _completion(row)
+    return None if row is None else _completion(row)
 
 
 async def set_paid(
@@ -319,11 +330,24 @@ _SIGN_IN_COLUMNS = (
 )
 
 
-async def sign_in_by_request(conn: Connection, request_id: str) -> SignInRow | None:
-    row = await conn.fetchrow(
-        f"SELECT {_SIGN_IN_COLUMNS} FROM tasks.sign_ins WHERE request_id = $1", request_id
+async def sign_ins_or_request(
+    conn: Connection, request_id: str, task_id: str, member_id: str, first: dt.date, last: dt.date
+) -> tuple[SignInRow | None, list[SignInRow]]:
+    """In one read: the sign-in of `request_id` if any, and the member's sign-ins between the days."""
+    rows = await conn.fetch(
+        f"""SELECT {_SIGN_IN_COLUMNS}, true AS asked FROM tasks.sign_ins WHERE request_id = $1
+            UNION ALL
+            SELECT {_SIGN_IN_COLUMNS}, false FROM tasks.sign_ins
+            WHERE task_id = $2 AND member_id = $3 AND day BETWEEN $4 AND $5""",
+        request_id,
+        task_id,
+        member_id,
+        first,
+        last,
     )
-    return None if row is None else SignInRow(**dict(row))
+    found = [(r["asked"], SignInRow(**{k: v for k, v in dict(r).items() if k != "asked"})) for r in rows]
+    asked = next((row for is_asked, row in found if is_asked), None)
+    return asked, [row for is_asked, row in found if not is_asked]
 
 
 async def sign_ins_between(

@@ -347,3 +347,20 @@ async def test_concurrent_invites_of_one_member_record_one(
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     empty = tasks_service_pb2.RecordInviteRequest(task=f"tasks/{definition.task_id}", request_id="r")
     await bad(tasks_stub.RecordInvite(empty, metadata=INITECH), "inviter_member_id", "required")
+
+
+async def test_a_feed_completion_the_budget_cannot_pay_leaves_nothing(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, follower: FeedFollower, db: Database
+) -> None:
+    definition = purchase(ORDERS, 1, reward_points=40, budget_points=60)
+    await create(tasks_stub, definition, metadata=INITECH)
+    first, second = await member(tagging_stub, metadata=INITECH), await member(tagging_stub, metadata=INITECH)
+    await order(tagging_stub, first, [("s", "c", "b", 1, 100)])
+    await order(tagging_stub, second, [("s", "c", "b", 1, 100)])
+    await followed(follower, lambda: _progress_is(tasks_stub, second, definition.task_id, 1))
+    assert await completions_of(db, definition.task_id, first) == [(40, PAID)]
+    assert await completions_of(db, definition.task_id, second) == []
+    entries = await all_entries(tasks_stub, second, metadata=INITECH)
+    assert [e for e in entries if e.reference == definition.task_id] == []
+    listed = await mine(tasks_stub, second, definition.task_id)
+    assert (listed.state, listed.task.budget_used) == (tasks_pb2.MEMBER_TASK_STATE_BUDGET_EXHAUSTED, 40)
