@@ -142,15 +142,23 @@ async def pending_invites(conn: Connection, invitees: Sequence[str]) -> list[Inv
 
 async def invites_by(conn: Connection, task_id: str, inviter: str, day: dt.date) -> tuple[int, int]:
     """(invites the inviter recorded in the task in all, on `day`)."""
-    row = await conn.fetchrow(
-        """SELECT count(*) AS total, count(*) FILTER (WHERE day = $3) AS today FROM tasks.invites
-           WHERE task_id = $1 AND inviter_member_id = $2""",
-        task_id,
+    return (await invite_counts(conn, inviter, {task_id: day})).get(task_id, (0, 0))
+
+
+async def invite_counts(
+    conn: Connection, inviter: str, days: dict[str, dt.date]
+) -> dict[str, tuple[int, int]]:
+    """`invites_by` for many tasks: `days` maps task ids to their calendar day today."""
+    rows = await conn.fetch(
+        """SELECT i.task_id, count(*) AS total, count(*) FILTER (WHERE i.day = d.day) AS today
+           FROM tasks.invites i
+           JOIN unnest($2::text[], $3::date[]) AS d(task_id, day) ON d.task_id = i.task_id
+           WHERE i.inviter_member_id = $1 GROUP BY i.task_id""",
         inviter,
-        day,
+        list(days),
+        list(days.values()),
     )
-    assert row is not None
-    return row["total"], row["today"]
+    return {r["task_id"]: (r["total"], r["today"]) for r in rows}
 
 
 async def insert_invite(

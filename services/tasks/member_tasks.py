@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, Violations
-from services.tasks import completions, ledger, store, task_store
+from services.tasks import completions, feed_store, ledger, store, task_store
 from services.tasks.calls import MemberCalls
 from services.tasks.definitions import (
     COUNTED,
@@ -127,6 +127,11 @@ class MemberTasks(MemberCalls):
             open_now = [t for t in (task_from_row(r) for r in rows[:limit]) if t.definition.valid_at(now)]
             days = {t.task_id: t.definition.day(now) for t in open_now}
             counts = await task_store.member_counts(conn, member_id, days)
+            # An invite task's limits count the invites an inviter records, paid or not yet.
+            invited = {t.task_id: days[t.task_id] for t in open_now if t.definition.kind is Kind.INVITE}
+            for task_id, (total, today) in (await feed_store.invite_counts(conn, member_id, invited)).items():
+                claimable = counts.get(task_id, NO_COUNTS).claimable
+                counts[task_id] = Counts(total, today, claimable)
             sign_in = {
                 t.task_id: (month_start(days[t.task_id]), days[t.task_id])
                 for t in open_now

@@ -200,6 +200,7 @@ async def test_invites_pay_both_sides_when_the_invitee_registers_or_first_buys(
     assert capped.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     again = await failure(_invite(tasks_stub, on_order.task_id, inviter, newcomer))
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "invited once" in (again.details() or "")
     await bad(_invite(tasks_stub, on_order.task_id, inviter, inviter), "invitee_member_id", "themselves")
 
     # First order: pending until the invitee buys.
@@ -301,14 +302,18 @@ async def test_a_task_defined_later_counts_only_later_orders_in_its_period(
     assert (await mine(tasks_stub, m, definition.task_id)).completions == 1
 
 
+# The request id each invitee was invited under (first successful invite), so a test can retry it.
+_requests: dict[str, str] = {}
+
+
 async def _invite(stub: TasksStub, task_id: str, inviter: str, invitee: str) -> tasks_pb2.Invite:
+    request_id = unique("req")
     request = tasks_service_pb2.RecordInviteRequest(
-        task=f"tasks/{task_id}",
-        inviter_member_id=inviter,
-        invitee_member_id=invitee,
-        request_id=unique("req"),
+        task=f"tasks/{task_id}", inviter_member_id=inviter, invitee_member_id=invitee, request_id=request_id
     )
-    return await stub.RecordInvite(request, metadata=INITECH)
+    invite = await stub.RecordInvite(request, metadata=INITECH)
+    _requests.setdefault(invitee, request_id)
+    return invite
 
 
 async def _progress_is(stub: TasksStub, member_id: str, task_id: str, value: int) -> bool:
@@ -364,3 +369,43 @@ async def test_a_feed_completion_the_budget_cannot_pay_leaves_nothing(
     assert [e for e in entries if e.reference == definition.task_id] == []
     listed = await mine(tasks_stub, second, definition.task_id)
     assert (listed.state, listed.task.budget_used) == (tasks_pb2.MEMBER_TASK_STATE_BUDGET_EXHAUSTED, 40)
+
+
+async def test_an_invite_the_budget_cannot_pay_both_sides_of_is_unpaid(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, follower: FeedFollower
+) -> None:
+    definition = task(
+        "invite",
+        tasks_pb2.InviteSpec(trigger=REGISTER, invitee_points=30),
+        reward_points=50,
+        budget_points=60,
+        limits=tasks_pb2.TaskLimits(per_day=1),
+    )
+    await create(tasks_stub, definition, metadata=INITECH)
+    inviter = await member(tagging_stub, metadata=INITECH)
+    newcomer = unique()
+    await _invite(tasks_stub, definition.task_id, inviter, newcomer)
+    listed = await mine(tasks_stub, inviter, definition.task_id)
+    assert (listed.state, listed.completions_today) == (tasks_pb2.MEMBER_TASK_STATE_DONE_TODAY, 1)
+    upsert = tagging_service_pb2.UpsertMemberRequest(member=member_pb2.Member(member_id=newcomer))
+    await tagging_stub.UpsertMember(upsert, metadata=INITECH)
+
+    async def unpaid() -> bool:
+        return (
+            await _invite_state(tasks_stub, definition.task_id, inviter, newcomer)
+        ) == tasks_pb2.INVITE_STATE_UNPAID
+
+    await followed(follower, unpaid)
+    assert (await balance(tasks_stub, inviter, metadata=INITECH)).available == 0
+    assert (await balance(tasks_stub, newcomer, metadata=INITECH)).available == 0
+
+
+async def _invite_state(stub: TasksStub, task_id: str, inviter: str, invitee: str) -> int:
+    """The invite's state, read back by retrying the request that recorded it."""
+    request = tasks_service_pb2.RecordInviteRequest(
+        task=f"tasks/{task_id}",
+        inviter_member_id=inviter,
+        invitee_member_id=invitee,
+        request_id=_requests[invitee],
+    )
+    return (await stub.RecordInvite(request, metadata=INITECH)).state
