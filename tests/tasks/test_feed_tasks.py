@@ -196,8 +196,16 @@ async def test_invites_pay_both_sides_when_the_invitee_registers_or_first_buys(
     assert (at_once.inviter_completion.points, at_once.invitee_completion.points) == (20, 5)
 
     # The inviter's daily cap, re-invites and self-invites.
-    capped = await failure(_invite(tasks_stub, on_register.task_id, inviter, unique()))
+    refused = unique()
+    capped = await failure(_invite(tasks_stub, on_register.task_id, inviter, refused))
     assert capped.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    async with db.transaction(TENANT_INITECH) as conn:
+        kept = await conn.fetchval(
+            """SELECT (SELECT count(*) FROM tasks.invites WHERE invitee_member_id = $1)
+                    + (SELECT count(*) FROM tasks.member_facts WHERE member_id = $1)""",
+            refused,
+        )
+    assert kept == 0  # nothing written for a refused invite
     again = await failure(_invite(tasks_stub, on_order.task_id, inviter, newcomer))
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "invited once" in (again.details() or "")

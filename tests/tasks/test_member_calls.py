@@ -182,7 +182,9 @@ async def test_member_tasks_show_progress_and_state(tasks_stub: TasksStub, taggi
     assert listed[capped.task_id].state == MemberTaskState.MEMBER_TASK_STATE_COMPLETED
     assert listed[enrolling.task_id].state == MemberTaskState.MEMBER_TASK_STATE_NOT_ENROLLED
     request = tasks_service_pb2.EnrolTaskRequest(task=f"tasks/{enrolling.task_id}", member_id=m)
-    enrolment = await tasks_stub.EnrolTask(request, metadata=ACME)
+    enrolments = await asyncio.gather(*(tasks_stub.EnrolTask(request, metadata=ACME) for _ in range(8)))
+    enrolment = enrolments[0]
+    assert all(e == enrolment for e in enrolments)  # concurrent enrolments are one
     assert enrolment.window_end_time.ToDatetime() - enrolment.enrol_time.ToDatetime() == 30 * DAY
     assert await tasks_stub.EnrolTask(request, metadata=ACME) == enrolment
     after = (await member_tasks(tasks_stub, m))[enrolling.task_id]
