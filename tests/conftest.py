@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -78,8 +80,33 @@ async def audience(settings: Settings) -> AsyncIterator[app.RunningService]:
 
 
 @pytest.fixture(scope="session")
-async def tasks(settings: Settings) -> AsyncIterator[app.RunningService]:
-    async for running in _serve(tasks_server.DEFINITION, settings):
+def tasks_settings(settings: Settings, tagging: app.RunningService, audience: app.RunningService) -> Settings:
+    """The suite's settings pointed at the in-process tagging and audience services, which the
+    tasks service calls (members, audiences, tagging's feed)."""
+    return dataclasses.replace(
+        settings,
+        tagging_address=f"127.0.0.1:{tagging.port}",
+        audience_address=f"127.0.0.1:{audience.port}",
+    )
+
+
+def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.ServiceDefinition:
+    """The tasks service for the suite. Its feed follower leaves initech alone: tests of the
+    follower drive initech's rounds themselves, one call at a time (tests/tasks/test_feed_tasks.py).
+    A server on a test's `clock` follows no feed at all: it would pay what it learns at its own,
+    moved, time."""
+
+    def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
+        if clock is None:
+            return tasks_server.wire(db, tenants - {TENANT_INITECH}, settings)
+        return tasks_server.wire(db, frozenset(), settings, clock=clock)
+
+    return dataclasses.replace(tasks_server.DEFINITION, wire=wire)
+
+
+@pytest.fixture(scope="session")
+async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
+    async for running in _serve(tasks_definition(), tasks_settings):
         yield running
 
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from services.common import app
-from services.common.db import Database
+from services.common.db import Database, savepoint
 from tests.conftest import unique
 
 INSERT = "INSERT INTO tagging.members (tenant_id, member_id) VALUES ('acme', $1)"
@@ -89,3 +89,23 @@ async def test_a_tenant_id_outside_the_pattern_never_reaches_the_server(db: Data
         with pytest.raises(ValueError, match="not a tenant id"):
             async with db.transaction(bad):
                 pass
+
+
+async def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(one_connection: Database) -> None:
+    kept, undone, inner = unique(), unique(), unique()
+    async with one_connection.transaction("acme") as conn:
+        await conn.execute(INSERT, kept)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with savepoint(conn):
+                await conn.execute(INSERT, undone)
+                await conn.execute(INSERT, kept)  # fails: the block's first insert goes too
+        async with savepoint(conn):
+            with pytest.raises(RuntimeError):
+                async with savepoint(conn):  # nested: only the inner block is undone
+                    await conn.execute(INSERT, inner)
+                    raise RuntimeError("inner")
+    async with one_connection.transaction("acme", readonly=True) as conn:
+        found = await conn.fetch(
+            "SELECT member_id FROM tagging.members WHERE member_id = ANY($1::text[])", [kept, undone, inner]
+        )
+    assert [r["member_id"] for r in found] == [kept]

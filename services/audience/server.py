@@ -19,6 +19,7 @@ from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator
 from services.audience.snapshots import Snapshots
 from services.common import app
+from services.common.config import Settings
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 
@@ -26,7 +27,10 @@ SERVICE = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"]
 
 
 def wire(
-    db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
+    db: Database | None,
+    tenants: frozenset[str],
+    settings: Settings,
+    clock: Callable[[], dt.datetime] = utc_now,
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
     evaluator = Evaluator(db)

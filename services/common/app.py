@@ -29,6 +29,8 @@ class Wiring:
     bindings: Sequence[ServiceBinding]
     # Run from start to stop beside the server (e.g. a sweeper); cancelled when it stops.
     background: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Run once the server and the background loops have stopped (e.g. closing channels to peers).
+    closers: Sequence[Callable[[], Awaitable[None]]] = ()
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,9 @@ class ServiceDefinition:
     # The PostgreSQL schema the service owns and the folder of its migrations; None if it has no tables.
     schema: str | None
     migrations_dir: Path | None
-    # Builds the service from its pool (None without a schema) and every configured tenant.
-    wire: Callable[[Database | None, frozenset[str]], Wiring]
+    # Builds the service from its pool (None without a schema), every configured tenant and the
+    # settings (a service calling its peers finds their addresses and the tenants' tokens there).
+    wire: Callable[[Database | None, frozenset[str], Settings], Wiring]
     address: Callable[[Settings], str]
     # Runs once after migrations with the database and every configured tenant (e.g. seeding).
     prepare: Callable[[Database, frozenset[str]], Awaitable[None]] | None = None
@@ -49,6 +52,7 @@ class RunningService:
     server: GrpcServer
     db: Database | None
     background: Sequence[Callable[[], Awaitable[None]]] = ()
+    closers: Sequence[Callable[[], Awaitable[None]]] = ()
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -65,6 +69,8 @@ class RunningService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in self.closers:
+            await close()
         if self.db is not None:
             await self.db.close()
 
@@ -101,9 +107,9 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
     tenants = frozenset(tokens.values())
     if db is not None and definition.prepare is not None:
         await definition.prepare(db, tenants)
-    wiring = definition.wire(db, tenants)
+    wiring = definition.wire(db, tenants, settings)
     server = GrpcServer(wiring.bindings, TokenAuthenticator(tokens))
-    return RunningService(server, db, wiring.background)
+    return RunningService(server, db, wiring.background, wiring.closers)
 
 
 async def start(definition: ServiceDefinition, settings: Settings, address: str) -> RunningService:

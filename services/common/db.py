@@ -110,3 +110,19 @@ async def _rollback(conn: Connection) -> None:
         return
     with contextlib.suppress(Exception):
         await conn.execute("ROLLBACK")
+
+
+@asynccontextmanager
+async def savepoint(conn: Connection) -> AsyncIterator[None]:
+    """A block inside a tenant transaction whose writes are undone if it raises, while the
+    transaction goes on. (asyncpg's own nested `conn.transaction()` refuses a transaction it did
+    not start itself, as `Database.transaction` starts them.) Blocks may nest: each ROLLBACK TO or
+    RELEASE names the innermost savepoint of the name."""
+    await conn.execute("SAVEPOINT memberops_block")
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed() and conn.is_in_transaction():
+            await conn.execute("ROLLBACK TO SAVEPOINT memberops_block; RELEASE SAVEPOINT memberops_block")
+        raise
+    await conn.execute("RELEASE SAVEPOINT memberops_block")

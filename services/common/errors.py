@@ -60,6 +60,10 @@ class Aborted(DomainError):
     """A concurrent change won: the caller's expected version is no longer current."""
 
 
+class Unavailable(DomainError):
+    """A service this one depends on did not answer; retrying later may succeed."""
+
+
 class Unauthenticated(DomainError):
     """The caller did not prove who it is."""
 

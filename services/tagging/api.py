@@ -32,6 +32,7 @@ from services.tagging.model import (
     BehaviorEvent,
     Contact,
     FeedEntry,
+    FeedKind,
     Member,
     MemberInput,
     Order,
@@ -45,6 +46,7 @@ from services.tagging.model import (
 from services.tagging.stats import Stats, TagStats
 
 MEMBER_NAME_PREFIX = "members/"
+FEED_KINDS = frozenset(k.value for k in FeedKind if k is not FeedKind.UNSPECIFIED)
 
 
 def utc_now() -> dt.datetime:
@@ -116,7 +118,12 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def ReadFeed(
         self, request: tagging_service_pb2.ReadFeedRequest, context: Any
     ) -> tagging_service_pb2.ReadFeedResponse:
-        entries, next_cursor = await self._feed.read(current_tenant(), request.after_cursor, request.limit)
+        kinds = [FeedKind(k) for k in request.kinds if k in FEED_KINDS]
+        if len(kinds) != len(request.kinds):
+            raise InvalidArgument.field("kinds", "must be FeedEntryKind values other than UNSPECIFIED")
+        entries, next_cursor = await self._feed.read(
+            current_tenant(), request.after_cursor, request.limit, kinds
+        )
         return tagging_service_pb2.ReadFeedResponse(
             entries=[feed_entry_to_proto(e) for e in entries], next_cursor=next_cursor
         )

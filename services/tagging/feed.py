@@ -8,12 +8,12 @@ appear behind a cursor a consumer already holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from services.common.db import Database
-from services.common.outbox import page_size, parse_cursor
+from services.common.outbox import last_settled, page_size, parse_cursor
 from services.tagging import store
-from services.tagging.model import FeedEntry
+from services.tagging.model import FeedEntry, FeedKind
 
 # How long a follower waits before asking again once it has caught up: the lag a follower adds.
 POLL_INTERVAL_SECONDS = 0.2
@@ -23,13 +23,29 @@ class Feed:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def read(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
-        """Returns the entries after `after_cursor` and the cursor to continue from."""
+    async def read(
+        self, tenant_id: str, after_cursor: str, limit: int, kinds: Sequence[FeedKind] = ()
+    ) -> tuple[list[FeedEntry], str]:
+        """Returns the entries after `after_cursor` and the cursor to continue from.
+
+        With `kinds`, the read stops at the newest entry settled when it began: every entry up to
+        there is settled, so when fewer than `limit` match, the rest up to there are of other kinds
+        and the cursor can move past them."""
         position = parse_cursor(after_cursor)
         limit = page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            entries = await store.read_feed(conn, position, limit)
-        return entries, entries[-1].cursor if entries else after_cursor
+            if not kinds:
+                entries = await store.read_feed(conn, position, limit)
+                return entries, entries[-1].cursor if entries else after_cursor
+            horizon = await last_settled(conn, "tagging.feed")
+            if horizon is None:
+                return [], after_cursor
+            entries = await store.read_feed(conn, position, limit, kinds, parse_cursor(horizon))
+        if len(entries) == limit:
+            return entries, entries[-1].cursor
+        end = parse_cursor(horizon)
+        assert end is not None
+        return entries, horizon if position is None or end > position else after_cursor
 
     async def follow(
         self, tenant_id: str, after_cursor: str, batch_size: int

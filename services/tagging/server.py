@@ -10,6 +10,7 @@ from pathlib import Path
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
 from services.common import app
+from services.common.config import Settings
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 from services.tagging import builtins
@@ -26,7 +27,10 @@ SERVICE = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"]
 
 
 def wire(
-    db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
+    db: Database | None,
+    tenants: frozenset[str],
+    settings: Settings,
+    clock: Callable[[], dt.datetime] = utc_now,
 ) -> app.Wiring:
     assert db is not None, "tagging owns a schema, so it always has a database"
     tagger = Tagger(db)

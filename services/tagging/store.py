@@ -358,8 +358,27 @@ async def append_feed(
 _FEED_COLUMNS = "kind, member_id, subject_id, payload::text AS payload, create_time"
 
 
-async def read_feed(conn: Connection, after: outbox.Position | None, limit: int) -> list[FeedEntry]:
-    rows = await outbox.read_settled(conn, "tagging.feed", _FEED_COLUMNS, after, limit)
+async def read_feed(
+    conn: Connection,
+    after: outbox.Position | None,
+    limit: int,
+    kinds: Sequence[FeedKind] = (),
+    upto: outbox.Position | None = None,
+) -> list[FeedEntry]:
+    """Settled entries after `after`; with `kinds`, only those kinds and none after `upto`."""
+    if kinds:
+        assert upto is not None
+        rows = await outbox.read_settled(
+            conn,
+            "tagging.feed",
+            _FEED_COLUMNS,
+            after,
+            limit,
+            "kind = ANY($4::smallint[]) AND (txid, seq) <= ($5::text::xid8, $6::bigint)",
+            [[int(k) for k in kinds], str(upto[0]), upto[1]],
+        )
+    else:
+        rows = await outbox.read_settled(conn, "tagging.feed", _FEED_COLUMNS, after, limit)
     return [
         FeedEntry(
             cursor=outbox.cursor_of(row),

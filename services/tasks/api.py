@@ -7,18 +7,44 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-from memberops.tasks.v1 import points_pb2, rewards_pb2, tasks_service_pb2, tasks_service_pb2_grpc
+from memberops.tasks.v1 import (
+    levels_pb2,
+    points_pb2,
+    rewards_pb2,
+    tasks_pb2,
+    tasks_service_pb2,
+    tasks_service_pb2_grpc,
+)
 
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
-from services.tasks import ledger
+from services.tasks import ledger, messages
+from services.tasks.definitions import TaskDefinitions, task_id_from_name
+from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards, Place
 from services.tasks.ledger import Ledger
+from services.tasks.levels import Levels
+from services.tasks.member_tasks import MemberTasks
+from services.tasks.messages import stamp
 from services.tasks.rewards import Rewards
+from services.tasks.shares import Shares
+from services.tasks.signin import SignIns
 from services.tasks.store import Entry, NewReward, Redemption, Reward
+
+
+@dataclass(frozen=True)
+class TaskServices:
+    """The task side of the API: definitions and what members do."""
+
+    definitions: TaskDefinitions
+    member_tasks: MemberTasks
+    sign_ins: SignIns
+    shares: Shares
+    invites: Invites
+    levels: Levels
 
 
 def utc_now() -> dt.datetime:
@@ -31,9 +57,11 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         points: Ledger,
         rewards: Rewards,
         leaderboards: Leaderboards,
+        tasks: TaskServices,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self._leaderboards = leaderboards
+        self._tasks = tasks
         self._points = points
         self._rewards = rewards
         self._clock = clock
@@ -159,15 +187,152 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             reply.member.CopyFrom(_place(board.member))
         return reply
 
+    # --- task definitions ------------------------------------------------------------------------
+
+    async def CreateTask(self, request: tasks_service_pb2.CreateTaskRequest, context: Any) -> tasks_pb2.Task:
+        definition = messages.definition_from_proto(request.task)
+        return messages.task_to_proto(await self._tasks.definitions.create(current_tenant(), definition))
+
+    async def UpdateTask(self, request: tasks_service_pb2.UpdateTaskRequest, context: Any) -> tasks_pb2.Task:
+        definition = messages.definition_from_proto(request.task)
+        task = await self._tasks.definitions.update(current_tenant(), definition, request.expected_version)
+        return messages.task_to_proto(task)
+
+    async def GetTask(self, request: tasks_service_pb2.GetTaskRequest, context: Any) -> tasks_pb2.Task:
+        task_id = task_id_from_name(request.name, "name")
+        return messages.task_to_proto(await self._tasks.definitions.get(current_tenant(), task_id))
+
+    async def ListTasks(
+        self, request: tasks_service_pb2.ListTasksRequest, context: Any
+    ) -> tasks_service_pb2.ListTasksResponse:
+        page, token = await self._tasks.definitions.list_page(
+            current_tenant(), request.page_size, request.page_token, request.show_retired
+        )
+        return tasks_service_pb2.ListTasksResponse(
+            tasks=[messages.task_to_proto(t) for t in page], next_page_token=token
+        )
+
+    async def RetireTask(self, request: tasks_service_pb2.RetireTaskRequest, context: Any) -> tasks_pb2.Task:
+        task_id = task_id_from_name(request.name, "name")
+        return messages.task_to_proto(await self._tasks.definitions.retire(current_tenant(), task_id))
+
+    # --- what members do -------------------------------------------------------------------------
+
+    async def ListMemberTasks(
+        self, request: tasks_service_pb2.ListMemberTasksRequest, context: Any
+    ) -> tasks_service_pb2.ListMemberTasksResponse:
+        page, token = await self._tasks.member_tasks.list_page(
+            current_tenant(), request.member_id, request.page_size, request.page_token, self._clock()
+        )
+        return tasks_service_pb2.ListMemberTasksResponse(
+            member_tasks=[messages.member_task_to_proto(t) for t in page], next_page_token=token
+        )
+
+    async def SignIn(self, request: tasks_service_pb2.SignInRequest, context: Any) -> tasks_pb2.SignInRecord:
+        task_id = task_id_from_name(request.task, "task")
+        makeup = (
+            messages.date_from_proto(request.makeup_day, "makeup_day")
+            if request.HasField("makeup_day")
+            else None
+        )
+        record = await self._tasks.sign_ins.sign_in(
+            current_tenant(), task_id, request.member_id, makeup, request.request_id, self._clock()
+        )
+        return messages.sign_in_to_proto(record)
+
+    async def GetStreak(self, request: tasks_service_pb2.GetStreakRequest, context: Any) -> tasks_pb2.Streak:
+        task_id = task_id_from_name(request.task, "task")
+        streak = await self._tasks.sign_ins.streak(
+            current_tenant(), task_id, request.member_id, self._clock()
+        )
+        return messages.streak_to_proto(streak)
+
+    async def RecordShare(
+        self, request: tasks_service_pb2.RecordShareRequest, context: Any
+    ) -> tasks_pb2.ShareRecord:
+        task_id = task_id_from_name(request.task, "task")
+        record = await self._tasks.shares.record(
+            current_tenant(), task_id, request.member_id, request.target, request.request_id, self._clock()
+        )
+        return messages.share_to_proto(record)
+
+    async def RecordInvite(
+        self, request: tasks_service_pb2.RecordInviteRequest, context: Any
+    ) -> tasks_pb2.Invite:
+        task_id = task_id_from_name(request.task, "task")
+        invite = await self._tasks.invites.record(
+            current_tenant(),
+            task_id,
+            request.inviter_member_id,
+            request.invitee_member_id,
+            request.request_id,
+            self._clock(),
+        )
+        return messages.invite_to_proto(invite)
+
+    async def EnrolTask(
+        self, request: tasks_service_pb2.EnrolTaskRequest, context: Any
+    ) -> tasks_pb2.Enrolment:
+        task_id = task_id_from_name(request.task, "task")
+        enrolment = await self._tasks.member_tasks.enrol(
+            current_tenant(), task_id, request.member_id, self._clock()
+        )
+        return messages.enrolment_to_proto(enrolment)
+
+    async def ClaimTaskReward(
+        self, request: tasks_service_pb2.ClaimTaskRewardRequest, context: Any
+    ) -> tasks_pb2.Completion:
+        task_id = task_id_from_name(request.task, "task")
+        claimed = await self._tasks.member_tasks.claim(
+            current_tenant(), task_id, request.member_id, request.request_id, self._clock()
+        )
+        return messages.completion_to_proto(claimed)
+
+    # --- levels ----------------------------------------------------------------------------------
+
+    async def GetLevelPolicy(
+        self, request: tasks_service_pb2.GetLevelPolicyRequest, context: Any
+    ) -> levels_pb2.LevelPolicy:
+        return messages.policy_to_proto(await self._tasks.levels.policy(current_tenant()))
+
+    async def UpdateLevelPolicy(
+        self, request: tasks_service_pb2.UpdateLevelPolicyRequest, context: Any
+    ) -> levels_pb2.LevelPolicy:
+        policy = messages.policy_from_proto(request.policy)
+        updated = await self._tasks.levels.update_policy(current_tenant(), policy, request.expected_version)
+        return messages.policy_to_proto(updated)
+
+    async def GetMemberLevel(
+        self, request: tasks_service_pb2.GetMemberLevelRequest, context: Any
+    ) -> levels_pb2.MemberLevel:
+        level = await self._tasks.levels.member_level(current_tenant(), request.member_id, self._clock())
+        return messages.member_level_to_proto(level)
+
+    async def EvaluateLevels(
+        self, request: tasks_service_pb2.EvaluateLevelsRequest, context: Any
+    ) -> tasks_service_pb2.EvaluateLevelsResponse:
+        as_of = request.as_of.ToDatetime(dt.UTC) if request.HasField("as_of") else self._clock()
+        run = await self._tasks.levels.evaluate(current_tenant(), as_of)
+        return tasks_service_pb2.EvaluateLevelsResponse(
+            period_end_time=stamp(run.period_end),
+            members_evaluated=run.evaluated,
+            upgraded=run.upgraded,
+            downgraded=run.downgraded,
+        )
+
+    async def ReadTasksFeed(
+        self, request: tasks_service_pb2.ReadTasksFeedRequest, context: Any
+    ) -> tasks_service_pb2.ReadTasksFeedResponse:
+        entries, cursor = await self._tasks.levels.read_feed(
+            current_tenant(), request.after_cursor, request.limit
+        )
+        return tasks_service_pb2.ReadTasksFeedResponse(
+            entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
+        )
+
 
 def _place(place: Place) -> tasks_service_pb2.LeaderboardPlace:
     return tasks_service_pb2.LeaderboardPlace(member_id=place.member_id, points=place.points, rank=place.rank)
-
-
-def stamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
-    return message
 
 
 def entry_to_proto(entry: Entry) -> points_pb2.LedgerEntry:

@@ -1,6 +1,6 @@
 """Leaderboards: members ranked by the points they earned in a week or a month.
 
-Earned means tasks and orders, net of order reversals; spending, expiry and operator corrections
+Earned means tasks and orders, net of their reversals; spending, expiry and operator corrections
 do not move anyone on a board. Ranks are competition ranks (1, 1, 3): equal points share a place.
 Periods are calendar weeks (from Monday) or months in the asked time zone.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import zoneinfo
 from dataclasses import dataclass
 
+from services.common import zones
 from services.common.db import Database
 from services.common.errors import Violations
 from services.tasks import store
@@ -52,10 +52,7 @@ def period_bounds(period: Period, at: dt.datetime, zone: dt.tzinfo) -> tuple[dt.
     else:
         first = local.replace(day=1)
         after = (first + dt.timedelta(days=32)).replace(day=1)
-    return (
-        dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC),
-        dt.datetime.combine(after, dt.time(), zone).astimezone(dt.UTC),
-    )
+    return zones.day_start(first, zone), zones.day_start(after, zone)
 
 
 class Leaderboards:
@@ -72,12 +69,7 @@ class Leaderboards:
             v.add("top_n", f"must be between 1 and {MAX_TOP} (0 means {DEFAULT_TOP})")
         if len(member_id) > MAX_MEMBER_ID:
             v.add("member_id", f"must be at most {MAX_MEMBER_ID} characters")
-        zone: dt.tzinfo = dt.UTC
-        if time_zone:
-            try:
-                zone = zoneinfo.ZoneInfo(time_zone)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                v.add("time_zone", f"unknown time zone {time_zone!r}")
+        zone = zones.zone(time_zone, v, "time_zone")
         v.raise_if_any()
         start, end = period_bounds(Period(period), at, zone)
         size = top_n or DEFAULT_TOP

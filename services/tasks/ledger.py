@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from services.common.db import Database
+from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tasks import store
 from services.tasks.store import Entry, OpenLot
@@ -49,6 +49,7 @@ class Reason(enum.IntEnum):
     REDEMPTION = 4
     EXPIRY = 5
     ORDER_REVERSAL = 6
+    TASK_REVERSAL = 7
 
 
 class ExpiryPolicy(enum.IntEnum):
@@ -143,19 +144,22 @@ def check_amount(v: Violations, field: str, amount: int) -> None:
         v.add(field, f"must be at most {MAX_AMOUNT:,}")
 
 
-def expiry(v: Violations, policy: int, days: int, *, default: ExpiryPolicy | None = None) -> Expiry:
-    """The expiry of a request's `expiry_policy`/`expiry_days`; violations name those fields."""
+def expiry(
+    v: Violations, policy: int, days: int, *, default: ExpiryPolicy | None = None, prefix: str = ""
+) -> Expiry:
+    """The expiry of a request's `expiry_policy`/`expiry_days`; violations name those fields (after
+    `prefix`, e.g. `task.`)."""
     if policy == 0 and default is not None:
         policy = default
     if policy not in ExpiryPolicy.__members__.values():
-        v.add("expiry_policy", "must be NEVER, ROLLING_DAYS, END_OF_MONTH or END_OF_YEAR")
+        v.add(f"{prefix}expiry_policy", "must be NEVER, ROLLING_DAYS, END_OF_MONTH or END_OF_YEAR")
         return Expiry(ExpiryPolicy.NEVER)
     chosen = ExpiryPolicy(policy)
     if chosen is ExpiryPolicy.ROLLING_DAYS:
         if not 1 <= days <= MAX_EXPIRY_DAYS:
-            v.add("expiry_days", f"must be 1-{MAX_EXPIRY_DAYS} for ROLLING_DAYS")
+            v.add(f"{prefix}expiry_days", f"must be 1-{MAX_EXPIRY_DAYS} for ROLLING_DAYS")
     elif days != 0:
-        v.add("expiry_days", "is only for ROLLING_DAYS")
+        v.add(f"{prefix}expiry_days", "is only for ROLLING_DAYS")
     return Expiry(chosen, days)
 
 
@@ -260,6 +264,34 @@ def decode_token(token: str, scope: str, key: type[K]) -> K | None:
     except (ValueError, KeyError, TypeError):
         raise InvalidArgument.field("page_token", "is not a token this list returned") from None
     return after
+
+
+# --- earnings written with other changes ---------------------------------------------------------
+
+
+def task_earning(
+    member_id: str, points: int, task_id: str, note: str, expiry: Expiry, now: dt.datetime
+) -> store.NewEntry:
+    """The entry paying a task completion: reason TASK, the task id as reference and the completion
+    in the note. It carries no request id: the completion row, written in the same transaction,
+    is what makes it happen once."""
+    return store.NewEntry(
+        member_id=member_id,
+        delta=points,
+        reason=Reason.TASK,
+        reference=task_id,
+        note=note,
+        available_time=now,
+        expire_time=expiry.expire_time(now),
+    )
+
+
+async def earn_within(conn: Connection, tenant_id: str, entry: store.NewEntry) -> Entry:
+    """Writes an earning and its lot inside the caller's transaction, through the same function
+    EarnPoints uses (which locks the member's account first)."""
+    written = await store.add_earning(conn, tenant_id, entry, None)
+    assert written is not None, "an earning that is not for an order is never refused"
+    return written
 
 
 # --- the ledger ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Wires the tasks service: `python -m services.tasks.server`.
 
 The service owns the `tasks` schema: the points ledger (accounts, entries, lots), the rewards
-catalog and redemptions. Members are the
-caller's ids; tasks neither owns them nor asks tagging about them.
+catalog and redemptions, task definitions and what members did towards them. Members are the
+caller's ids: tasks does not own them; it asks tagging whether one exists and the audience service
+whether one is in a task's audience, over gRPC with each tenant's token.
 """
 
 from __future__ import annotations
@@ -14,23 +15,48 @@ from pathlib import Path
 from memberops.tasks.v1 import tasks_service_pb2, tasks_service_pb2_grpc
 
 from services.common import app
+from services.common.config import Settings
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
-from services.tasks.api import TasksApi, utc_now
+from services.tasks.api import TasksApi, TaskServices, utc_now
+from services.tasks.definitions import TaskDefinitions
+from services.tasks.directory import Participation
+from services.tasks.feed_follower import FeedFollower
+from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards
 from services.tasks.ledger import Ledger
+from services.tasks.levels import Levels, seed
+from services.tasks.member_tasks import MemberTasks
+from services.tasks.peers import Peers
 from services.tasks.rewards import Rewards
+from services.tasks.shares import Shares
+from services.tasks.signin import SignIns
 
 SERVICE = tasks_service_pb2.DESCRIPTOR.services_by_name["TasksService"]
 
 
 def wire(
-    db: Database | None, tenants: frozenset[str], clock: Callable[[], dt.datetime] = utc_now
+    db: Database | None,
+    tenants: frozenset[str],
+    settings: Settings,
+    clock: Callable[[], dt.datetime] = utc_now,
 ) -> app.Wiring:
     assert db is not None, "tasks owns a schema, so it always has a database"
-    servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), clock=clock)
+    peers = Peers(settings)
+    participation = Participation(peers)
+    definitions = TaskDefinitions(db, peers)
+    tasks = TaskServices(
+        definitions=definitions,
+        member_tasks=MemberTasks(db, definitions, participation),
+        sign_ins=SignIns(db, definitions, participation),
+        shares=Shares(db, definitions, participation),
+        invites=Invites(db, definitions, participation),
+        levels=Levels(db),
+    )
+    follower = FeedFollower(db, peers, peers, tenants, clock)
+    servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), tasks, clock=clock)
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
-    return app.Wiring([binding])
+    return app.Wiring([binding], background=[follower.run], closers=[peers.close])
 
 
 DEFINITION = app.ServiceDefinition(
@@ -39,6 +65,7 @@ DEFINITION = app.ServiceDefinition(
     migrations_dir=Path(__file__).parent / "migrations",
     wire=wire,
     address=lambda settings: settings.tasks_address,
+    prepare=seed,
 )
 
 if __name__ == "__main__":

@@ -83,6 +83,17 @@ async def lock_account(conn: Connection, tenant_id: str, member_id: str) -> None
     )
 
 
+async def lock_accounts_creating(conn: Connection, tenant_id: str, member_ids: Sequence[str]) -> None:
+    """Creates the accounts missing and locks all of them in member-id order."""
+    await conn.execute(
+        """INSERT INTO tasks.accounts (tenant_id, member_id)
+           SELECT $1, m FROM unnest($2::text[]) AS m ORDER BY m
+           ON CONFLICT (tenant_id, member_id) DO UPDATE SET member_id = excluded.member_id""",
+        tenant_id,
+        sorted(set(member_ids)),
+    )
+
+
 async def lock_accounts(conn: Connection, tenant_id: str, member_ids: Sequence[str]) -> None:
     """Locks existing accounts in member-id order, the order every multi-member write uses."""
     await conn.execute(
@@ -145,13 +156,14 @@ async def insert_entry(conn: Connection, tenant_id: str, entry: NewEntry) -> Ent
 
 
 async def add_earning(
-    pool: asyncpg.Pool, tenant_id: str, entry: NewEntry, order_id: str | None
+    on: asyncpg.Pool | Connection, tenant_id: str, entry: NewEntry, order_id: str | None
 ) -> Entry | None:
     """Locks the account and writes the earning and its lot (migration 0003's function) in one round
     trip. Returns the entry written, or the first entry of the same request id; None when the
-    earning is for an order already reversed. Runs on the pool, as one autocommitted statement: the
-    function enters the tenant (role and setting) itself."""
-    row = await pool.fetchrow(
+    earning is for an order already reversed. Runs on the pool, as one autocommitted statement (the
+    function enters the tenant, role and setting, itself), or inside a caller's tenant transaction
+    when the earning must commit with other writes (a task completion)."""
+    row = await on.fetchrow(
         f"""SELECT {_ENTRY_COLUMNS}
             FROM tasks.add_earning($1, $2, $3, $4::smallint, $5, $6, $7, $8, $9, $10, $11, $12)""",
         tenant_id,
@@ -204,21 +216,30 @@ async def insert_draw(
     return _entry(row)
 
 
-async def take_order_lots(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> tuple[int, int]:
-    """Empties the order's lots; returns (points the order earned, points that were left)."""
+async def _take_lots(conn: Connection, tenant_id: str, which: str, *args: object) -> tuple[int, int]:
+    """Empties the lots `which` selects (a condition on $2…); returns (points they earned, points
+    that were left)."""
     row = await conn.fetchrow(
-        """WITH o AS (SELECT lot_id, amount, remaining FROM tasks.lots
-                      WHERE tenant_id = $1 AND member_id = $2 AND order_id = $3),
-                u AS (UPDATE tasks.lots l SET remaining = 0 FROM o
-                      WHERE l.tenant_id = $1 AND l.lot_id = o.lot_id AND o.remaining > 0)
-           SELECT coalesce(sum(amount), 0)::bigint AS earned, coalesce(sum(remaining), 0)::bigint AS left
-           FROM o""",
+        f"""WITH o AS (SELECT lot_id, amount, remaining FROM tasks.lots WHERE tenant_id = $1 AND {which}),
+                 u AS (UPDATE tasks.lots l SET remaining = 0 FROM o
+                       WHERE l.tenant_id = $1 AND l.lot_id = o.lot_id AND o.remaining > 0)
+            SELECT coalesce(sum(amount), 0)::bigint AS earned, coalesce(sum(remaining), 0)::bigint AS left
+            FROM o""",
         tenant_id,
-        member_id,
-        order_id,
+        *args,
     )
     assert row is not None
     return row["earned"], row["left"]
+
+
+async def take_order_lots(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> tuple[int, int]:
+    """Empties the order's lots; returns (points the order earned, points that were left)."""
+    return await _take_lots(conn, tenant_id, "member_id = $2 AND order_id = $3", member_id, order_id)
+
+
+async def take_entry_lots(conn: Connection, tenant_id: str, entry_id: int) -> tuple[int, int]:
+    """Empties the lot an earning made; returns (points it earned, points that were left)."""
+    return await _take_lots(conn, tenant_id, "entry_id = $2", entry_id)
 
 
 async def balance(
@@ -426,8 +447,9 @@ async def insert_redemption(
 
 # --- leaderboards --------------------------------------------------------------------------------
 
-# Reasons whose entries count as earned: tasks, orders, and order reversals (which take it back).
-_EARNED_REASONS = "(1, 2, 6)"
+# Reasons whose entries count as earned: tasks, orders, and the reversals of either (which take
+# it back). Matches the partial index ledger_entries_earned.
+EARNED_REASONS = "(1, 2, 6, 7)"
 
 
 async def leaderboard(
@@ -439,7 +461,7 @@ async def leaderboard(
         await conn.fetch(
             f"""WITH earned AS (
                     SELECT member_id, sum(delta) AS points FROM tasks.ledger_entries
-                    WHERE reason IN {_EARNED_REASONS} AND create_time >= $1 AND create_time < $2
+                    WHERE reason IN {EARNED_REASONS} AND create_time >= $1 AND create_time < $2
                     GROUP BY member_id HAVING sum(delta) > 0),
                 ranked AS (SELECT member_id, points, rank() OVER (ORDER BY points DESC) AS rank FROM earned)
                 SELECT member_id, points, rank FROM ranked WHERE rank <= $3 OR member_id = $4

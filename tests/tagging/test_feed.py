@@ -8,11 +8,12 @@ import grpc
 import pytest
 from memberops.tagging.v1 import feed_pb2, member_pb2, tagging_service_pb2
 
+from services.common import outbox
 from services.common.db import Database
 from services.tagging import store
 from services.tagging.model import FeedKind
 from tests.conftest import ACME, GLOBEX, TENANT_ACME
-from tests.grpc_helpers import field_violations
+from tests.grpc_helpers import bad, field_violations
 from tests.tagging.facts_helpers import (
     a_refund,
     an_event,
@@ -129,3 +130,30 @@ async def test_bad_cursor_or_limit_is_invalid_argument(
         await tagging_stub.ReadFeed(tagging_service_pb2.ReadFeedRequest(**request_fields), metadata=ACME)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(caught.value)
+
+
+async def test_a_kinds_filter_reads_those_kinds_and_moves_past_the_rest(tagging_stub: Stub) -> None:
+    _, start = await read_all(tagging_stub)
+    member_id = await new_member(tagging_stub)
+    order = await record_order(tagging_stub, an_order(member_id))
+    await record_events(tagging_stub, [an_event(member_id)])
+    await record_refund(tagging_stub, a_refund(order.order_id))
+    await record_events(tagging_stub, [an_event(member_id)])
+    everything, end = await read_all(tagging_stub, start)
+    wanted = [feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED, feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED]
+
+    filtered: list[feed_pb2.FeedEntry] = []
+    cursor = start
+    while True:
+        request = tagging_service_pb2.ReadFeedRequest(after_cursor=cursor, limit=1, kinds=wanted)
+        page = await tagging_stub.ReadFeed(request, metadata=ACME)
+        filtered.extend(page.entries)
+        if page.next_cursor == cursor:
+            break
+        cursor = page.next_cursor
+    assert [e.cursor for e in filtered] == [e.cursor for e in everything if e.kind in wanted]
+    assert {e.subject_id for e in filtered} >= {order.order_id}
+    # Past the last match the cursor moved on to the end, over the entries of other kinds.
+    assert outbox.parse_cursor(cursor) >= outbox.parse_cursor(end) > outbox.parse_cursor(filtered[-1].cursor)  # type: ignore[operator]
+    unspecified = tagging_service_pb2.ReadFeedRequest(kinds=[feed_pb2.FEED_ENTRY_KIND_UNSPECIFIED])
+    await bad(tagging_stub.ReadFeed(unspecified, metadata=ACME), "kinds", "FeedEntryKind")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -12,7 +11,13 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 
 from services.common import app
 from services.common.config import Settings
-from services.tasks import server as tasks_server
+from services.common.db import Database
+from services.tasks.feed_follower import FeedFollower
+from services.tasks.peers import Peers
+
+# The audience service's client, for tasks with an eligibility audience.
+from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
+from tests.conftest import TENANT_INITECH, tasks_definition
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +43,10 @@ class Clock:
     def advance(self, **delta: float) -> None:
         self.time += dt.timedelta(**delta)
 
+    def set(self, at: dt.datetime) -> None:
+        """Moves the clock to `at` (sign-in tests walk chosen calendar days)."""
+        self.time = at
+
 
 @pytest.fixture(scope="session")
 def clock() -> Clock:
@@ -46,13 +55,24 @@ def clock() -> Clock:
 
 @pytest.fixture(scope="session")
 async def clocked_stub(
-    settings: Settings, tasks: app.RunningService, clock: Clock
+    tasks_settings: Settings, tasks: app.RunningService, clock: Clock
 ) -> AsyncIterator[tasks_service_pb2_grpc.TasksServiceAsyncStub]:
     """A second tasks server on the same database whose clock the tests move."""
-    definition = dataclasses.replace(
-        tasks_server.DEFINITION, wire=lambda db, tenants: tasks_server.wire(db, tenants, clock=clock.now)
-    )
-    running = await app.start(definition, settings, "127.0.0.1:0")
+    running = await app.start(tasks_definition(clock.now), tasks_settings, "127.0.0.1:0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield tasks_service_pb2_grpc.TasksServiceStub(channel)
     await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def peers(tasks_settings: Settings) -> AsyncIterator[Peers]:
+    made = Peers(tasks_settings)
+    yield made
+    await made.close()
+
+
+@pytest.fixture(scope="session")
+def follower(db: Database, peers: Peers, tasks: app.RunningService) -> FeedFollower:
+    """A follower of initech's feed that the tests run round by round (no background loop
+    follows initech, see tests.conftest.tasks_definition)."""
+    return FeedFollower(db, peers, peers, frozenset({TENANT_INITECH}), lambda: dt.datetime.now(dt.UTC))

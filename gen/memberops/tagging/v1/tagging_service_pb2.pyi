@@ -157,19 +157,28 @@ class ReadFeedRequest(_message.Message):
 
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """The cursor of the last entry the consumer handled; empty to start at the beginning."""
     limit: _builtins.int
     """1-1000; 0 means 100."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_feed_pb2.FeedEntryKind.ValueType]:
+        """Only entries of these kinds; empty means every kind. With kinds, `next_cursor` also moves past
+        the settled entries of other kinds read over, so a consumer of facts skips a burst of tag
+        changes in the database instead of receiving it.
+        """
+
     def __init__(
         self,
         *,
         after_cursor: _builtins.str = ...,
         limit: _builtins.int = ...,
+        kinds: _abc.Iterable[_feed_pb2.FeedEntryKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "kinds", b"kinds", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,7 +191,9 @@ class ReadFeedResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
-    """The cursor to pass next time: the last entry's, or `after_cursor` when there were none."""
+    """The cursor to pass next time: the last entry's, or `after_cursor` when there were none (with
+    `kinds`: the newest settled entry's when fewer than `limit` matched).
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[_feed_pb2.FeedEntry]: ...
     def __init__(

@@ -37,6 +37,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Points whose lot passed its expiry time."""
     REASON_ORDER_REVERSAL: _Reason.ValueType  # 6
     """An order's points taken back (refund or cancellation); `reference` is the order id."""
+    REASON_TASK_REVERSAL: _Reason.ValueType  # 7
+    """A task completion's points taken back (a refund undid the purchase it stood on); `reference`
+    is the task id, `note` names the completion. What was already spent is `shortfall`.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why points moved. Every ledger entry names one."""
@@ -54,6 +58,10 @@ REASON_EXPIRY: Reason.ValueType  # 5
 """Points whose lot passed its expiry time."""
 REASON_ORDER_REVERSAL: Reason.ValueType  # 6
 """An order's points taken back (refund or cancellation); `reference` is the order id."""
+REASON_TASK_REVERSAL: Reason.ValueType  # 7
+"""A task completion's points taken back (a refund undid the purchase it stood on); `reference`
+is the task id, `note` names the completion. What was already spent is `shortfall`.
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _ExpiryPolicy:

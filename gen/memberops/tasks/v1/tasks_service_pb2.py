@@ -23,51 +23,96 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
+from memberops.tasks.v1 import levels_pb2 as memberops_dot_tasks_dot_v1_dot_levels__pb2
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
+from memberops.tasks.v1 import tasks_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmemberops/tasks/v1/points.proto\x1a memberops/tasks/v1/rewards.proto\"\xf3\x01\n\x11\x45\x61rnPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"^\n\x12SpendPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x11\n\treference\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb9\x01\n\x13\x41\x64justPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"@\n\x19ReverseOrderPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"D\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpiring_within_days\x18\x02 \x01(\x05\"T\n\x18ListLedgerEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tasks.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13\x45xpirePointsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x14\x45xpirePointsResponse\x12\x14\n\x0c\x65xpired_lots\x18\x01 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x02 \x01(\x03\"A\n\x13\x43reateRewardRequest\x12*\n\x06reward\x18\x01 \x01(\x0b\x32\x1a.memberops.tasks.v1.Reward\";\n\x12ListRewardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListRewardsResponse\x12+\n\x07rewards\x18\x01 \x03(\x0b\x32\x1a.memberops.tasks.v1.Reward\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\rRedeemRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xab\x01\n\x15GetLeaderboardRequest\x12\x35\n\x06period\x18\x01 \x01(\x0e\x32%.memberops.tasks.v1.LeaderboardPeriod\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\x05\x12\x11\n\tmember_id\x18\x05 \x01(\t\"\xd4\x01\n\x0bLeaderboard\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x03top\x18\x03 \x03(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\x12\x34\n\x06member\x18\x04 \x01(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\"C\n\x10LeaderboardPlace\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\x05*r\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x32\x83\x08\n\x0cTasksService\x12T\n\nEarnPoints\x12%.memberops.tasks.v1.EarnPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12V\n\x0bSpendPoints\x12&.memberops.tasks.v1.SpendPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12X\n\x0c\x41\x64justPoints\x12\'.memberops.tasks.v1.AdjustPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12\x64\n\x12ReverseOrderPoints\x12-.memberops.tasks.v1.ReverseOrderPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12P\n\nGetBalance\x12%.memberops.tasks.v1.GetBalanceRequest\x1a\x1b.memberops.tasks.v1.Balance\x12p\n\x11ListLedgerEntries\x12,.memberops.tasks.v1.ListLedgerEntriesRequest\x1a-.memberops.tasks.v1.ListLedgerEntriesResponse\x12\x61\n\x0c\x45xpirePoints\x12\'.memberops.tasks.v1.ExpirePointsRequest\x1a(.memberops.tasks.v1.ExpirePointsResponse\x12S\n\x0c\x43reateReward\x12\'.memberops.tasks.v1.CreateRewardRequest\x1a\x1a.memberops.tasks.v1.Reward\x12^\n\x0bListRewards\x12&.memberops.tasks.v1.ListRewardsRequest\x1a\'.memberops.tasks.v1.ListRewardsResponse\x12K\n\x06Redeem\x12!.memberops.tasks.v1.RedeemRequest\x1a\x1e.memberops.tasks.v1.Redemption\x12\\\n\x0eGetLeaderboard\x12).memberops.tasks.v1.GetLeaderboardRequest\x1a\x1f.memberops.tasks.v1.Leaderboardb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&memberops/tasks/v1/tasks_service.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1fmemberops/tasks/v1/levels.proto\x1a\x1fmemberops/tasks/v1/points.proto\x1a memberops/tasks/v1/rewards.proto\x1a\x1ememberops/tasks/v1/tasks.proto\"\xf3\x01\n\x11\x45\x61rnPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"^\n\x12SpendPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x11\n\treference\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xb9\x01\n\x13\x41\x64justPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x37\n\rexpiry_policy\x18\x05 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"@\n\x19ReverseOrderPointsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\"D\n\x11GetBalanceRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65xpiring_within_days\x18\x02 \x01(\x05\"T\n\x18ListLedgerEntriesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x19ListLedgerEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tasks.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13\x45xpirePointsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x14\x45xpirePointsResponse\x12\x14\n\x0c\x65xpired_lots\x18\x01 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x02 \x01(\x03\"A\n\x13\x43reateRewardRequest\x12*\n\x06reward\x18\x01 \x01(\x0b\x32\x1a.memberops.tasks.v1.Reward\";\n\x12ListRewardsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListRewardsResponse\x12+\n\x07rewards\x18\x01 \x03(\x0b\x32\x1a.memberops.tasks.v1.Reward\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\rRedeemRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xab\x01\n\x15GetLeaderboardRequest\x12\x35\n\x06period\x18\x01 \x01(\x0e\x32%.memberops.tasks.v1.LeaderboardPeriod\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\x05\x12\x11\n\tmember_id\x18\x05 \x01(\t\"\xd4\x01\n\x0bLeaderboard\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x03top\x18\x03 \x03(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\x12\x34\n\x06member\x18\x04 \x01(\x0b\x32$.memberops.tasks.v1.LeaderboardPlace\"C\n\x10LeaderboardPlace\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06points\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\x05\";\n\x11\x43reateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.memberops.tasks.v1.Task\"U\n\x11UpdateTaskRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.memberops.tasks.v1.Task\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_retired\x18\x03 \x01(\x08\"U\n\x11ListTasksResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.memberops.tasks.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11RetireTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x16ListMemberTasksRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListMemberTasksResponse\x12\x34\n\x0cmember_tasks\x18\x01 \x03(\x0b\x32\x1e.memberops.tasks.v1.MemberTask\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\rSignInRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12%\n\nmakeup_day\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"3\n\x10GetStreakRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"Y\n\x12RecordShareRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"m\n\x13RecordInviteRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x19\n\x11inviter_member_id\x18\x02 \x01(\t\x12\x19\n\x11invitee_member_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"3\n\x10\x45nrolTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"M\n\x16\x43laimTaskRewardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x17\n\x15GetLevelPolicyRequest\"e\n\x18UpdateLevelPolicyRequest\x12/\n\x06policy\x18\x01 \x01(\x0b\x32\x1f.memberops.tasks.v1.LevelPolicy\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"*\n\x15GetMemberLevelRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"B\n\x15\x45valuateLevelsRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x01\n\x16\x45valuateLevelsResponse\x12\x33\n\x0fperiod_end_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11members_evaluated\x18\x02 \x01(\x03\x12\x10\n\x08upgraded\x18\x03 \x01(\x03\x12\x12\n\ndowngraded\x18\x04 \x01(\x03\";\n\x14ReadTasksFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"a\n\x15ReadTasksFeedResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\".memberops.tasks.v1.TasksFeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t*r\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x32\xea\x13\n\x0cTasksService\x12T\n\nEarnPoints\x12%.memberops.tasks.v1.EarnPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12V\n\x0bSpendPoints\x12&.memberops.tasks.v1.SpendPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12X\n\x0c\x41\x64justPoints\x12\'.memberops.tasks.v1.AdjustPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12\x64\n\x12ReverseOrderPoints\x12-.memberops.tasks.v1.ReverseOrderPointsRequest\x1a\x1f.memberops.tasks.v1.LedgerEntry\x12P\n\nGetBalance\x12%.memberops.tasks.v1.GetBalanceRequest\x1a\x1b.memberops.tasks.v1.Balance\x12p\n\x11ListLedgerEntries\x12,.memberops.tasks.v1.ListLedgerEntriesRequest\x1a-.memberops.tasks.v1.ListLedgerEntriesResponse\x12\x61\n\x0c\x45xpirePoints\x12\'.memberops.tasks.v1.ExpirePointsRequest\x1a(.memberops.tasks.v1.ExpirePointsResponse\x12S\n\x0c\x43reateReward\x12\'.memberops.tasks.v1.CreateRewardRequest\x1a\x1a.memberops.tasks.v1.Reward\x12^\n\x0bListRewards\x12&.memberops.tasks.v1.ListRewardsRequest\x1a\'.memberops.tasks.v1.ListRewardsResponse\x12K\n\x06Redeem\x12!.memberops.tasks.v1.RedeemRequest\x1a\x1e.memberops.tasks.v1.Redemption\x12\\\n\x0eGetLeaderboard\x12).memberops.tasks.v1.GetLeaderboardRequest\x1a\x1f.memberops.tasks.v1.Leaderboard\x12M\n\nCreateTask\x12%.memberops.tasks.v1.CreateTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12M\n\nUpdateTask\x12%.memberops.tasks.v1.UpdateTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12G\n\x07GetTask\x12\".memberops.tasks.v1.GetTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12X\n\tListTasks\x12$.memberops.tasks.v1.ListTasksRequest\x1a%.memberops.tasks.v1.ListTasksResponse\x12M\n\nRetireTask\x12%.memberops.tasks.v1.RetireTaskRequest\x1a\x18.memberops.tasks.v1.Task\x12j\n\x0fListMemberTasks\x12*.memberops.tasks.v1.ListMemberTasksRequest\x1a+.memberops.tasks.v1.ListMemberTasksResponse\x12M\n\x06SignIn\x12!.memberops.tasks.v1.SignInRequest\x1a .memberops.tasks.v1.SignInRecord\x12M\n\tGetStreak\x12$.memberops.tasks.v1.GetStreakRequest\x1a\x1a.memberops.tasks.v1.Streak\x12V\n\x0bRecordShare\x12&.memberops.tasks.v1.RecordShareRequest\x1a\x1f.memberops.tasks.v1.ShareRecord\x12S\n\x0cRecordInvite\x12\'.memberops.tasks.v1.RecordInviteRequest\x1a\x1a.memberops.tasks.v1.Invite\x12P\n\tEnrolTask\x12$.memberops.tasks.v1.EnrolTaskRequest\x1a\x1d.memberops.tasks.v1.Enrolment\x12]\n\x0f\x43laimTaskReward\x12*.memberops.tasks.v1.ClaimTaskRewardRequest\x1a\x1e.memberops.tasks.v1.Completion\x12\\\n\x0eGetLevelPolicy\x12).memberops.tasks.v1.GetLevelPolicyRequest\x1a\x1f.memberops.tasks.v1.LevelPolicy\x12\x62\n\x11UpdateLevelPolicy\x12,.memberops.tasks.v1.UpdateLevelPolicyRequest\x1a\x1f.memberops.tasks.v1.LevelPolicy\x12\\\n\x0eGetMemberLevel\x12).memberops.tasks.v1.GetMemberLevelRequest\x1a\x1f.memberops.tasks.v1.MemberLevel\x12g\n\x0e\x45valuateLevels\x12).memberops.tasks.v1.EvaluateLevelsRequest\x1a*.memberops.tasks.v1.EvaluateLevelsResponse\x12\x64\n\rReadTasksFeed\x12(.memberops.tasks.v1.ReadTasksFeedRequest\x1a).memberops.tasks.v1.ReadTasksFeedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.tasks_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEADERBOARDPERIOD']._serialized_start=1908
-  _globals['_LEADERBOARDPERIOD']._serialized_end=2022
-  _globals['_EARNPOINTSREQUEST']._serialized_start=163
-  _globals['_EARNPOINTSREQUEST']._serialized_end=406
-  _globals['_SPENDPOINTSREQUEST']._serialized_start=408
-  _globals['_SPENDPOINTSREQUEST']._serialized_end=502
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=505
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=690
-  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_start=692
-  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_end=756
-  _globals['_GETBALANCEREQUEST']._serialized_start=758
-  _globals['_GETBALANCEREQUEST']._serialized_end=826
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=828
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=912
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=914
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1016
-  _globals['_EXPIREPOINTSREQUEST']._serialized_start=1018
-  _globals['_EXPIREPOINTSREQUEST']._serialized_end=1082
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=1084
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=1152
-  _globals['_CREATEREWARDREQUEST']._serialized_start=1154
-  _globals['_CREATEREWARDREQUEST']._serialized_end=1219
-  _globals['_LISTREWARDSREQUEST']._serialized_start=1221
-  _globals['_LISTREWARDSREQUEST']._serialized_end=1280
-  _globals['_LISTREWARDSRESPONSE']._serialized_start=1282
-  _globals['_LISTREWARDSRESPONSE']._serialized_end=1373
-  _globals['_REDEEMREQUEST']._serialized_start=1375
-  _globals['_REDEEMREQUEST']._serialized_end=1448
-  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1451
-  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1622
-  _globals['_LEADERBOARD']._serialized_start=1625
-  _globals['_LEADERBOARD']._serialized_end=1837
-  _globals['_LEADERBOARDPLACE']._serialized_start=1839
-  _globals['_LEADERBOARDPLACE']._serialized_end=1906
-  _globals['_TASKSSERVICE']._serialized_start=2025
-  _globals['_TASKSSERVICE']._serialized_end=3052
+  _globals['_LEADERBOARDPERIOD']._serialized_start=3611
+  _globals['_LEADERBOARDPERIOD']._serialized_end=3725
+  _globals['_EARNPOINTSREQUEST']._serialized_start=252
+  _globals['_EARNPOINTSREQUEST']._serialized_end=495
+  _globals['_SPENDPOINTSREQUEST']._serialized_start=497
+  _globals['_SPENDPOINTSREQUEST']._serialized_end=591
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=594
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=779
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_start=781
+  _globals['_REVERSEORDERPOINTSREQUEST']._serialized_end=845
+  _globals['_GETBALANCEREQUEST']._serialized_start=847
+  _globals['_GETBALANCEREQUEST']._serialized_end=915
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=917
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1001
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1003
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1105
+  _globals['_EXPIREPOINTSREQUEST']._serialized_start=1107
+  _globals['_EXPIREPOINTSREQUEST']._serialized_end=1171
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=1173
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=1241
+  _globals['_CREATEREWARDREQUEST']._serialized_start=1243
+  _globals['_CREATEREWARDREQUEST']._serialized_end=1308
+  _globals['_LISTREWARDSREQUEST']._serialized_start=1310
+  _globals['_LISTREWARDSREQUEST']._serialized_end=1369
+  _globals['_LISTREWARDSRESPONSE']._serialized_start=1371
+  _globals['_LISTREWARDSRESPONSE']._serialized_end=1462
+  _globals['_REDEEMREQUEST']._serialized_start=1464
+  _globals['_REDEEMREQUEST']._serialized_end=1537
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1540
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1711
+  _globals['_LEADERBOARD']._serialized_start=1714
+  _globals['_LEADERBOARD']._serialized_end=1926
+  _globals['_LEADERBOARDPLACE']._serialized_start=1928
+  _globals['_LEADERBOARDPLACE']._serialized_end=1995
+  _globals['_CREATETASKREQUEST']._serialized_start=1997
+  _globals['_CREATETASKREQUEST']._serialized_end=2056
+  _globals['_UPDATETASKREQUEST']._serialized_start=2058
+  _globals['_UPDATETASKREQUEST']._serialized_end=2143
+  _globals['_GETTASKREQUEST']._serialized_start=2145
+  _globals['_GETTASKREQUEST']._serialized_end=2175
+  _globals['_LISTTASKSREQUEST']._serialized_start=2177
+  _globals['_LISTTASKSREQUEST']._serialized_end=2256
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2258
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2343
+  _globals['_RETIRETASKREQUEST']._serialized_start=2345
+  _globals['_RETIRETASKREQUEST']._serialized_end=2378
+  _globals['_LISTMEMBERTASKSREQUEST']._serialized_start=2380
+  _globals['_LISTMEMBERTASKSREQUEST']._serialized_end=2462
+  _globals['_LISTMEMBERTASKSRESPONSE']._serialized_start=2464
+  _globals['_LISTMEMBERTASKSRESPONSE']._serialized_end=2568
+  _globals['_SIGNINREQUEST']._serialized_start=2570
+  _globals['_SIGNINREQUEST']._serialized_end=2677
+  _globals['_GETSTREAKREQUEST']._serialized_start=2679
+  _globals['_GETSTREAKREQUEST']._serialized_end=2730
+  _globals['_RECORDSHAREREQUEST']._serialized_start=2732
+  _globals['_RECORDSHAREREQUEST']._serialized_end=2821
+  _globals['_RECORDINVITEREQUEST']._serialized_start=2823
+  _globals['_RECORDINVITEREQUEST']._serialized_end=2932
+  _globals['_ENROLTASKREQUEST']._serialized_start=2934
+  _globals['_ENROLTASKREQUEST']._serialized_end=2985
+  _globals['_CLAIMTASKREWARDREQUEST']._serialized_start=2987
+  _globals['_CLAIMTASKREWARDREQUEST']._serialized_end=3064
+  _globals['_GETLEVELPOLICYREQUEST']._serialized_start=3066
+  _globals['_GETLEVELPOLICYREQUEST']._serialized_end=3089
+  _globals['_UPDATELEVELPOLICYREQUEST']._serialized_start=3091
+  _globals['_UPDATELEVELPOLICYREQUEST']._serialized_end=3192
+  _globals['_GETMEMBERLEVELREQUEST']._serialized_start=3194
+  _globals['_GETMEMBERLEVELREQUEST']._serialized_end=3236
+  _globals['_EVALUATELEVELSREQUEST']._serialized_start=3238
+  _globals['_EVALUATELEVELSREQUEST']._serialized_end=3304
+  _globals['_EVALUATELEVELSRESPONSE']._serialized_start=3307
+  _globals['_EVALUATELEVELSRESPONSE']._serialized_end=3449
+  _globals['_READTASKSFEEDREQUEST']._serialized_start=3451
+  _globals['_READTASKSFEEDREQUEST']._serialized_end=3510
+  _globals['_READTASKSFEEDRESPONSE']._serialized_start=3512
+  _globals['_READTASKSFEEDRESPONSE']._serialized_end=3609
+  _globals['_TASKSSERVICE']._serialized_start=3728
+  _globals['_TASKSSERVICE']._serialized_end=6266
 # @@protoc_insertion_point(module_scope)

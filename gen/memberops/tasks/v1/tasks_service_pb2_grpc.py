@@ -3,8 +3,10 @@
 import grpc
 import warnings
 
+from memberops.tasks.v1 import levels_pb2 as memberops_dot_tasks_dot_v1_dot_levels__pb2
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
+from memberops.tasks.v1 import tasks_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__pb2
 from memberops.tasks.v1 import tasks_service_pb2 as memberops_dot_tasks_dot_v1_dot_tasks__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -99,6 +101,91 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
                 _registered_method=True)
+        self.CreateTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/CreateTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.UpdateTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListTasks',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.RetireTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RetireTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListMemberTasks = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListMemberTasks',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.FromString,
+                _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/SignIn',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.FromString,
+                _registered_method=True)
+        self.GetStreak = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetStreak',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.FromString,
+                _registered_method=True)
+        self.RecordShare = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RecordShare',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
+                _registered_method=True)
+        self.RecordInvite = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RecordInvite',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.FromString,
+                _registered_method=True)
+        self.EnrolTask = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EnrolTask',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.FromString,
+                _registered_method=True)
+        self.ClaimTaskReward = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ClaimTaskReward',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
+                _registered_method=True)
+        self.GetLevelPolicy = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetLevelPolicy',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+                _registered_method=True)
+        self.UpdateLevelPolicy = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateLevelPolicy',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+                _registered_method=True)
+        self.GetMemberLevel = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetMemberLevel',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.FromString,
+                _registered_method=True)
+        self.EvaluateLevels = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EvaluateLevels',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.FromString,
+                _registered_method=True)
+        self.ReadTasksFeed = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ReadTasksFeed',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
+                _registered_method=True)
 
 
 class TasksServiceServicer:
@@ -190,9 +277,138 @@ class TasksServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLeaderboard(self, request, context):
-        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
         week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
         member's own place too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTask(self, request, context):
+        """Adds a task at version 1. The task id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTask(self, request, context):
+        """Stores a new version of a task (its kind cannot change). Content equal to the current version
+        changes nothing, so a retry is harmless; with `expected_version` set, a different current
+        version is ABORTED. The budget cannot drop below what was already paid or reserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Tasks by task id, retired ones only when asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireTask(self, request, context):
+        """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberTasks(self, request, context):
+        """The active tasks within their validity period, each with the member's progress and state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+        day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStreak(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordShare(self, request, context):
+        """Records a share of `target`; each distinct target earns once, up to the daily cap
+        (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordInvite(self, request, context):
+        """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+        by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+        earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrolTask(self, request, context):
+        """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+        first enrolment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimTaskReward(self, request, context):
+        """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLevelPolicy(self, request, context):
+        """The level policy (the default one until it is first updated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateLevelPolicy(self, request, context):
+        """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+        stay, in their order. With `expected_version` set, a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemberLevel(self, request, context):
+        """A member's level, growth and what the next level needs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateLevels(self, request, context):
+        """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+        the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadTasksFeed(self, request, context):
+        """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+        entry is handed out only when nothing can still commit before it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +471,91 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.GetLeaderboard,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.SerializeToString,
+            ),
+            'CreateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'UpdateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'RetireTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.SerializeToString,
+            ),
+            'ListMemberTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberTasks,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.SerializeToString,
+            ),
+            'GetStreak': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStreak,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.SerializeToString,
+            ),
+            'RecordShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordShare,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.SerializeToString,
+            ),
+            'RecordInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInvite,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.SerializeToString,
+            ),
+            'EnrolTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolTask,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.SerializeToString,
+            ),
+            'ClaimTaskReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimTaskReward,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.SerializeToString,
+            ),
+            'GetLevelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLevelPolicy,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.SerializeToString,
+            ),
+            'UpdateLevelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLevelPolicy,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.SerializeToString,
+            ),
+            'GetMemberLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemberLevel,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.SerializeToString,
+            ),
+            'EvaluateLevels': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateLevels,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.SerializeToString,
+            ),
+            'ReadTasksFeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadTasksFeed,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +863,465 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/GetLeaderboard',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.Leaderboard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/CreateTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListTasks',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RetireTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListMemberTasks',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/SignIn',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.SignInRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.SignInRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStreak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetStreak',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetStreakRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Streak.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RecordShare',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordShareRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.ShareRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RecordInvite',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RecordInviteRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Invite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrolTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EnrolTask',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EnrolTaskRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Enrolment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimTaskReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ClaimTaskReward',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimTaskRewardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLevelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetLevelPolicy',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLevelPolicyRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLevelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateLevelPolicy',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateLevelPolicyRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.LevelPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemberLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetMemberLevel',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetMemberLevelRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_levels__pb2.MemberLevel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateLevels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EvaluateLevels',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EvaluateLevelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTasksFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ReadTasksFeed',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,8 +5,10 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.tasks.v1 import levels_pb2 as _levels_pb2
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
+from memberops.tasks.v1 import tasks_pb2 as _tasks_pb2
 from memberops.tasks.v1 import tasks_service_pb2 as _tasks_service_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -75,9 +77,63 @@ class TasksServiceStub:
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
     GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]
-    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
+    """
+    CreateTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateTaskRequest, _tasks_pb2.Task]
+    """Adds a task at version 1. The task id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+    """
+    UpdateTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateTaskRequest, _tasks_pb2.Task]
+    """Stores a new version of a task (its kind cannot change). Content equal to the current version
+    changes nothing, so a retry is harmless; with `expected_version` set, a different current
+    version is ABORTED. The budget cannot drop below what was already paid or reserved.
+    """
+    GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetTaskRequest, _tasks_pb2.Task]
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListTasksRequest, _tasks_service_pb2.ListTasksResponse]
+    """Tasks by task id, retired ones only when asked."""
+    RetireTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireTaskRequest, _tasks_pb2.Task]
+    """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+    ListMemberTasks: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberTasksRequest, _tasks_service_pb2.ListMemberTasksResponse]
+    """The active tasks within their validity period, each with the member's progress and state."""
+    SignIn: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.SignInRequest, _tasks_pb2.SignInRecord]
+    """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+    day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+    """
+    GetStreak: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetStreakRequest, _tasks_pb2.Streak]
+    RecordShare: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]
+    """Records a share of `target`; each distinct target earns once, up to the daily cap
+    (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    RecordInvite: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordInviteRequest, _tasks_pb2.Invite]
+    """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+    by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+    earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
+    """
+    EnrolTask: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]
+    """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+    first enrolment.
+    """
+    ClaimTaskReward: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimTaskRewardRequest, _tasks_pb2.Completion]
+    """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+    FAILED_PRECONDITION.
+    """
+    GetLevelPolicy: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLevelPolicyRequest, _levels_pb2.LevelPolicy]
+    """The level policy (the default one until it is first updated)."""
+    UpdateLevelPolicy: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateLevelPolicyRequest, _levels_pb2.LevelPolicy]
+    """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+    stay, in their order. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetMemberLevel: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetMemberLevelRequest, _levels_pb2.MemberLevel]
+    """A member's level, growth and what the next level needs."""
+    EvaluateLevels: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EvaluateLevelsRequest, _tasks_service_pb2.EvaluateLevelsResponse]
+    """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+    the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+    """
+    ReadTasksFeed: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]
+    """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+    entry is handed out only when nothing can still commit before it.
     """
 
 @_typing.type_check_only
@@ -125,9 +181,63 @@ class TasksServiceAsyncStub(TasksServiceStub):
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
     GetLeaderboard: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]  # type: ignore[assignment]
-    """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+    """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
     member's own place too.
+    """
+    CreateTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Adds a task at version 1. The task id is the natural key: creating it again with the same
+    content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+    """
+    UpdateTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Stores a new version of a task (its kind cannot change). Content equal to the current version
+    changes nothing, so a retry is harmless; with `expected_version` set, a different current
+    version is ABORTED. The budget cannot drop below what was already paid or reserved.
+    """
+    GetTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    ListTasks: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListTasksRequest, _tasks_service_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Tasks by task id, retired ones only when asked."""
+    RetireTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+    ListMemberTasks: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberTasksRequest, _tasks_service_pb2.ListMemberTasksResponse]  # type: ignore[assignment]
+    """The active tasks within their validity period, each with the member's progress and state."""
+    SignIn: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.SignInRequest, _tasks_pb2.SignInRecord]  # type: ignore[assignment]
+    """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+    day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+    """
+    GetStreak: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetStreakRequest, _tasks_pb2.Streak]  # type: ignore[assignment]
+    RecordShare: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordShareRequest, _tasks_pb2.ShareRecord]  # type: ignore[assignment]
+    """Records a share of `target`; each distinct target earns once, up to the daily cap
+    (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+    """
+    RecordInvite: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RecordInviteRequest, _tasks_pb2.Invite]  # type: ignore[assignment]
+    """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+    by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+    earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
+    """
+    EnrolTask: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EnrolTaskRequest, _tasks_pb2.Enrolment]  # type: ignore[assignment]
+    """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+    first enrolment.
+    """
+    ClaimTaskReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimTaskRewardRequest, _tasks_pb2.Completion]  # type: ignore[assignment]
+    """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+    FAILED_PRECONDITION.
+    """
+    GetLevelPolicy: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLevelPolicyRequest, _levels_pb2.LevelPolicy]  # type: ignore[assignment]
+    """The level policy (the default one until it is first updated)."""
+    UpdateLevelPolicy: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateLevelPolicyRequest, _levels_pb2.LevelPolicy]  # type: ignore[assignment]
+    """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+    stay, in their order. With `expected_version` set, a different current version is ABORTED.
+    """
+    GetMemberLevel: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetMemberLevelRequest, _levels_pb2.MemberLevel]  # type: ignore[assignment]
+    """A member's level, growth and what the next level needs."""
+    EvaluateLevels: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EvaluateLevelsRequest, _tasks_service_pb2.EvaluateLevelsResponse]  # type: ignore[assignment]
+    """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+    the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+    """
+    ReadTasksFeed: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]  # type: ignore[assignment]
+    """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+    entry is handed out only when nothing can still commit before it.
     """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -238,9 +348,165 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_service_pb2.GetLeaderboardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_service_pb2.Leaderboard, _abc.Awaitable[_tasks_service_pb2.Leaderboard]]:
-        """Members ranked by the points they earned (tasks and orders, net of order reversals) in one
+        """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
         week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
         member's own place too.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTask(
+        self,
+        request: _tasks_service_pb2.CreateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Adds a task at version 1. The task id is the natural key: creating it again with the same
+        content returns it; other content is ALREADY_EXISTS. An eligibility audience must exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTask(
+        self,
+        request: _tasks_service_pb2.UpdateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Stores a new version of a task (its kind cannot change). Content equal to the current version
+        changes nothing, so a retry is harmless; with `expected_version` set, a different current
+        version is ABORTED. The budget cannot drop below what was already paid or reserved.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _tasks_service_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _tasks_service_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListTasksResponse, _abc.Awaitable[_tasks_service_pb2.ListTasksResponse]]:
+        """Tasks by task id, retired ones only when asked."""
+
+    @_abc_1.abstractmethod
+    def RetireTask(
+        self,
+        request: _tasks_service_pb2.RetireTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """Ends a task for good: no more progress, completions or enrolments. Retiring twice is harmless."""
+
+    @_abc_1.abstractmethod
+    def ListMemberTasks(
+        self,
+        request: _tasks_service_pb2.ListMemberTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListMemberTasksResponse, _abc.Awaitable[_tasks_service_pb2.ListMemberTasksResponse]]:
+        """The active tasks within their validity period, each with the member's progress and state."""
+
+    @_abc_1.abstractmethod
+    def SignIn(
+        self,
+        request: _tasks_service_pb2.SignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.SignInRecord, _abc.Awaitable[_tasks_pb2.SignInRecord]]:
+        """Signs the member in for today (the task's calendar day), or with `makeup_day` fills a missed
+        day of this month. Once per day: another request for a day already signed is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStreak(
+        self,
+        request: _tasks_service_pb2.GetStreakRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Streak, _abc.Awaitable[_tasks_pb2.Streak]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordShare(
+        self,
+        request: _tasks_service_pb2.RecordShareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.ShareRecord, _abc.Awaitable[_tasks_pb2.ShareRecord]]:
+        """Records a share of `target`; each distinct target earns once, up to the daily cap
+        (RESOURCE_EXHAUSTED beyond it). Sharing a target again is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordInvite(
+        self,
+        request: _tasks_service_pb2.RecordInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Invite, _abc.Awaitable[_tasks_pb2.Invite]]:
+        """Records that the inviter invited the invitee. A member is invited once (ALREADY_EXISTS), never
+        by themselves, and only while new (not registered, or registered in the last 24 hours). Both
+        earn when the invitee registers or first buys (as the task says), learned from tagging's feed.
+        """
+
+    @_abc_1.abstractmethod
+    def EnrolTask(
+        self,
+        request: _tasks_service_pb2.EnrolTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Enrolment, _abc.Awaitable[_tasks_pb2.Enrolment]]:
+        """Enrols the member in a purchase task counted from enrolment; enrolling again returns the
+        first enrolment.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimTaskReward(
+        self,
+        request: _tasks_service_pb2.ClaimTaskRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.Completion, _abc.Awaitable[_tasks_pb2.Completion]]:
+        """Pays the member's oldest completion waiting to be claimed. Nothing left to claim is
+        FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLevelPolicy(
+        self,
+        request: _tasks_service_pb2.GetLevelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.LevelPolicy, _abc.Awaitable[_levels_pb2.LevelPolicy]]:
+        """The level policy (the default one until it is first updated)."""
+
+    @_abc_1.abstractmethod
+    def UpdateLevelPolicy(
+        self,
+        request: _tasks_service_pb2.UpdateLevelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.LevelPolicy, _abc.Awaitable[_levels_pb2.LevelPolicy]]:
+        """Replaces the policy. Tier codes can be added and thresholds changed, but the current codes
+        stay, in their order. With `expected_version` set, a different current version is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMemberLevel(
+        self,
+        request: _tasks_service_pb2.GetMemberLevelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_levels_pb2.MemberLevel, _abc.Awaitable[_levels_pb2.MemberLevel]]:
+        """A member's level, growth and what the next level needs."""
+
+    @_abc_1.abstractmethod
+    def EvaluateLevels(
+        self,
+        request: _tasks_service_pb2.EvaluateLevelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.EvaluateLevelsResponse, _abc.Awaitable[_tasks_service_pb2.EvaluateLevelsResponse]]:
+        """Applies the downgrades due at `as_of` (periods ended at least a grace period before it) and
+        the upgrades growth supports. Safe to run twice: a period is applied to a member once.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadTasksFeed(
+        self,
+        request: _tasks_service_pb2.ReadTasksFeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ReadTasksFeedResponse, _abc.Awaitable[_tasks_service_pb2.ReadTasksFeedResponse]]:
+        """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
+        entry is handed out only when nothing can still commit before it.
         """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

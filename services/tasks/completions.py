@@ -1,0 +1,180 @@
+"""Completions: reserving a task's budget, paying into the ledger, claiming, taking back.
+
+Every function runs inside the caller's tenant transaction, after the member's account is locked
+(the ledger's lock order), so a completion, its budget reservation and its ledger entry commit
+together or not at all. The budget is a conditional update of the task's row
+(`budget_used + points <= budget_points`), held until commit: concurrent completions queue on it
+and can never overspend, and a CHECK constraint backs the rule in the table itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from services.common.db import Connection
+from services.common.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from services.tasks import ledger, store, task_store
+from services.tasks.definitions import Task
+from services.tasks.ledger import Reason
+from services.tasks.task_store import CompletionRow
+
+_T = TypeVar("_T")
+
+
+class State(enum.IntEnum):
+    """The numbers of memberops.tasks.v1.CompletionState."""
+
+    PAID = 1
+    CLAIMABLE = 2
+    REVERSED = 3
+
+
+class StaleTask(Exception):
+    """The task changed (a new version, or retired) after it was read in this transaction."""
+
+
+async def retry_if_stale(attempt: Callable[[bool], Awaitable[_T]]) -> _T:
+    """Runs `attempt(fresh)` (a whole transaction) again once when the task changed under it; the
+    second run, `fresh`, reads the current definition."""
+    try:
+        return await attempt(False)
+    except StaleTask:
+        return await attempt(True)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A completion to record: `points` for `member_id`, on the task's `day`, because of `source`."""
+
+    member_id: str
+    points: int
+    source: str
+    day: dt.date
+
+
+async def grant(conn: Connection, tenant_id: str, task: Task, g: Grant, now: dt.datetime) -> CompletionRow:
+    """Records the completion, reserving its points from the budget, and pays it unless the task
+    wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it, after writing: the
+    caller's transaction (or a savepoint around the call) must then roll back, as it does when the
+    error ends the request."""
+    completion_id = await task_store.next_completion_id(conn)
+    state = State.CLAIMABLE if task.definition.claim_required else State.PAID
+    entry_id = None
+    if state is State.PAID:
+        entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
+    # Last: from here to commit the task's row is locked, and every completion of the task queues
+    # on it. Refused, the transaction rolls back what was written above.
+    completion = await task_store.insert_within_budget(
+        conn,
+        tenant_id,
+        completion_id,
+        task.task_id,
+        task.version,
+        g.member_id,
+        g.day,
+        g.points,
+        state,
+        g.source,
+        entry_id,
+    )
+    if completion is None:
+        if await task_store.task_version(conn, task.task_id) != (1, task.version):
+            raise StaleTask(task.task_id)
+        left = task.definition.budget_points - task.budget_used
+        raise ResourceExhausted(
+            f"tasks/{task.task_id} has no budget left for {g.points} points (about {max(left, 0)} left)"
+        )
+    return completion
+
+
+async def _earn(
+    conn: Connection,
+    tenant_id: str,
+    task: Task,
+    member_id: str,
+    points: int,
+    completion_id: int,
+    source: str,
+    now: dt.datetime,
+) -> int:
+    """Pays a completion into the ledger; the entry's note names the completion."""
+    entry = ledger.task_earning(
+        member_id, points, task.task_id, f"completion {completion_id}: {source}", task.definition.expiry, now
+    )
+    return (await ledger.earn_within(conn, tenant_id, entry)).entry_id
+
+
+async def _pay(
+    conn: Connection,
+    tenant_id: str,
+    task: Task,
+    completion: CompletionRow,
+    claim_request_id: str | None,
+    now: dt.datetime,
+) -> CompletionRow:
+    c = completion
+    entry_id = await _earn(conn, tenant_id, task, c.member_id, c.points, c.completion_id, c.source, now)
+    return await task_store.set_paid(conn, c.completion_id, entry_id, claim_request_id)
+
+
+async def claim(
+    conn: Connection, tenant_id: str, task: Task, member_id: str, request_id: str, now: dt.datetime
+) -> CompletionRow:
+    """Pays the member's oldest claimable completion (account locked by the caller); a retry of
+    `request_id` returns the completion it paid."""
+    first = await task_store.completion_by_claim(conn, request_id)
+    if first is not None:
+        if (first.task_id, first.member_id) != (task.task_id, member_id):
+            raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
+        return first
+    waiting = await task_store.oldest_claimable(conn, task.task_id, member_id)
+    if waiting is None:
+        raise FailedPrecondition(
+            f"members/{member_id} has no reward of tasks/{task.task_id} waiting to be claimed "
+            "(already claimed, or nothing completed yet)"
+        )
+    return await _pay(conn, tenant_id, task, waiting, request_id, now)
+
+
+async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.date) -> None:
+    """RESOURCE_EXHAUSTED when the member used the task's daily or total completions."""
+    per_day, total = task.definition.limits.per_day, task.definition.total_limit()
+    if not per_day and not total:
+        return
+    counts = await task_store.counts(conn, task.task_id, member_id, day)
+    if per_day and counts.today >= per_day:
+        raise ResourceExhausted(
+            f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
+        )
+    if total and counts.total >= total:
+        raise ResourceExhausted(f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}")
+
+
+async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, why: str) -> CompletionRow:
+    """Takes a completion back (the member's account locked by the caller). A claimable one is
+    cancelled; a paid one gives back what is left of the points it paid, the rest recorded as the
+    reversal's shortfall, never as a negative balance (the ledger's reversal rule). What comes back
+    returns to the task's budget."""
+    if completion.state == State.CLAIMABLE:
+        await task_store.release_budget(conn, completion.task_id, completion.points)
+        return await task_store.set_reversed(conn, completion.completion_id, None)
+    assert completion.state == State.PAID and completion.entry_id is not None
+    earned, left = await store.take_entry_lots(conn, tenant_id, completion.entry_id)
+    entry = await store.insert_entry(
+        conn,
+        tenant_id,
+        store.NewEntry(
+            member_id=completion.member_id,
+            delta=-left,
+            reason=Reason.TASK_REVERSAL,
+            reference=completion.task_id,
+            note=f"completion {completion.completion_id} reversed: {why}",
+            shortfall=earned - left,
+        ),
+    )
+    await task_store.release_budget(conn, completion.task_id, left)
+    return await task_store.set_reversed(conn, completion.completion_id, entry.entry_id)

@@ -1,0 +1,426 @@
+"""Purchase, event, visit and profile tasks, and invite triggers, learn from tagging's feed.
+
+The backend reports an order once, to tagging; tasks follows tagging's feed through tagging's own
+ReadFeed RPC with the tenant's token, like any consumer, rather than reading tagging's tables or a
+published view: the feed's payloads (order lines with category, brand and sku; refund lines) are
+what purchase tasks count, and only ReadFeed carries them. It asks for fact entries only, so
+bursts of tag changes (millions after a first recompute) are skipped in tagging's database.
+
+Each round, per tenant: read the next batch after the stored cursor (outside any transaction),
+then in one transaction lock the cursor row, check no other replica moved it meanwhile, apply
+every entry and store the cursor ReadFeed gave to continue from. Effects and cursor commit
+together, so after a crash the batch is read again and applied once; any number of replicas can
+run the loop.
+
+Locks are taken in one order for the whole batch before anything is paid: member_facts rows of
+the batch's members, pending invites, then the accounts of every member who may be paid (sorted),
+the ledger's rule, and only then progress, completions and task rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.db import Connection, Database, savepoint
+from services.common.errors import ResourceExhausted
+from services.common.logs import get_logger
+from services.tasks import completions, feed_store, invites, store, task_store
+from services.tasks.completions import Grant
+from services.tasks.definitions import (
+    EventSpec,
+    InviteSpec,
+    InviteTrigger,
+    Kind,
+    ProfileField,
+    ProfileSpec,
+    PurchaseSpec,
+    State,
+    Task,
+    VisitSpec,
+    task_from_row,
+)
+from services.tasks.directory import (
+    FACT_KINDS,
+    MEMBER_CHANGED,
+    ORDER_RECORDED,
+    REFUND_RECORDED,
+    Directory,
+    FeedEntry,
+    FeedSource,
+    Participation,
+)
+from services.tasks.progress import (
+    CountedOrder,
+    completions_change,
+    event_counts,
+    matching_lines,
+    order_measure,
+    profile_complete,
+    refunded,
+    visits,
+)
+
+log = get_logger("memberops.tasks.feed")
+
+POLL_SECONDS = 0.5
+BATCH = 1000
+FED_KINDS = (Kind.PURCHASE, Kind.PROFILE, Kind.VISIT, Kind.EVENT)
+
+
+@dataclass
+class Round:
+    entries: int = 0
+    granted: int = 0
+    reversed: int = 0
+
+
+@dataclass
+class _Batch:
+    """What one transaction applies: the tasks as of now and what was read for the batch."""
+
+    tasks: list[Task]
+    profiles: Mapping[str, frozenset[ProfileField]]
+    enrolled: dict[tuple[str, str], task_store.EnrolmentRow] = field(default_factory=dict)
+    done: Round = field(default_factory=Round)
+
+    def of(self, kind: Kind) -> list[Task]:
+        return [t for t in self.tasks if t.definition.kind is kind]
+
+
+def _windowed(task: Task) -> bool:
+    """A purchase task counted from each member's enrolment."""
+    spec = task.definition.spec
+    return isinstance(spec, PurchaseSpec) and spec.window_days > 0
+
+
+def _time(value: Any) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class FeedFollower:
+    def __init__(
+        self,
+        db: Database,
+        feed: FeedSource,
+        directory: Directory,
+        tenants: frozenset[str],
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._db = db
+        self._feed = feed
+        self._directory = directory
+        self._participation = Participation(directory)
+        self._tenants = tenants
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Follows every tenant's feed until cancelled; a failed round (a peer down, a task changed
+        mid-round) is logged and tried again, never the end of the loop."""
+        while True:
+            busy = False
+            for tenant_id in sorted(self._tenants):
+                try:
+                    done = await self.follow_once(tenant_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("tasks feed round failed", tenant=tenant_id)
+                    continue
+                busy = busy or done.entries == BATCH
+            if not busy:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def follow_once(self, tenant_id: str) -> Round:
+        """Reads and applies the next batch of the tenant's feed; an empty Round when there is none
+        or another replica applied it first."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            cursor = await feed_store.cursor(conn)
+            rows = await task_store.active_tasks(conn, FED_KINDS)
+        entries, next_cursor = await self._feed.read_feed(tenant_id, cursor, BATCH)
+        if next_cursor == cursor:
+            return Round()
+        tasks = [task_from_row(r) for r in rows]
+        profiles = await self._profiles(tenant_id, tasks, entries)
+        async with self._db.transaction(tenant_id) as conn:
+            if await feed_store.lock_cursor(conn, tenant_id) != cursor:
+                return Round()
+            # The definitions as they are now that the cursor is ours (one may have changed).
+            batch = _Batch(
+                [task_from_row(r) for r in await task_store.active_tasks(conn, FED_KINDS)], profiles
+            )
+            await self._apply(conn, tenant_id, entries, batch)
+            await feed_store.save_cursor(conn, next_cursor)
+        batch.done.entries = len(entries)
+        if batch.done.granted or batch.done.reversed:
+            log.info(
+                "tasks feed applied",
+                tenant=tenant_id,
+                granted=batch.done.granted,
+                reversed=batch.done.reversed,
+            )
+        return batch.done
+
+    async def _profiles(
+        self, tenant_id: str, tasks: Sequence[Task], entries: Sequence[FeedEntry]
+    ) -> dict[str, frozenset[ProfileField]]:
+        """The filled-in profile fields of members whose data changed, when a profile task is open."""
+        if not any(t.definition.kind is Kind.PROFILE for t in tasks):
+            return {}
+        members = sorted({e.member_id for e in entries if e.kind == MEMBER_CHANGED})
+        found = await asyncio.gather(*(self._directory.profile_fields(tenant_id, m) for m in members))
+        return {m: fields for m, fields in zip(members, found, strict=True) if fields is not None}
+
+    async def _apply(
+        self, conn: Connection, tenant_id: str, entries: Sequence[FeedEntry], batch: _Batch
+    ) -> None:
+        facts = [e for e in entries if e.kind in FACT_KINDS]
+        # Members whose registration or first order the batch may hold: their facts rows are the
+        # lock invites share with the follower.
+        triggering = [e.member_id for e in facts if e.kind in (MEMBER_CHANGED, ORDER_RECORDED)]
+        await feed_store.lock_member_facts(conn, tenant_id, triggering)
+        registered: dict[str, dt.datetime] = {}
+        first_orders: dict[str, dt.datetime] = {}
+        for e in facts:
+            if e.kind == MEMBER_CHANGED and int(e.payload.get("revision", 0)) == 1:
+                registered.setdefault(e.member_id, e.create_time)
+            elif e.kind == ORDER_RECORDED:
+                first_orders.setdefault(e.member_id, e.create_time)
+        await feed_store.record_facts(conn, registered, first_orders)
+        pending = await feed_store.pending_invites(conn, triggering)
+        refunded_orders = [str(e.payload.get("order_id", "")) for e in facts if e.kind == REFUND_RECORDED]
+        counted = await feed_store.counted_orders(conn, refunded_orders)
+        payable = {
+            *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
+            *(member for i in pending for member in (i.inviter_member_id, i.invitee_member_id)),
+        }
+        if payable:
+            await store.lock_accounts_creating(conn, tenant_id, sorted(payable))
+        windowed = [t.task_id for t in batch.of(Kind.PURCHASE) if _windowed(t)]
+        if windowed:
+            batch.enrolled = await task_store.enrolments_of(conn, sorted(payable), windowed)
+        waiting = {i.invitee_member_id: i for i in pending}
+        for entry in facts:
+            if entry.kind == MEMBER_CHANGED:
+                await self._member_changed(conn, tenant_id, entry, batch, waiting)
+            elif entry.kind == ORDER_RECORDED:
+                await self._order(conn, tenant_id, entry, batch, waiting)
+            elif entry.kind == REFUND_RECORDED:
+                await self._refund(conn, tenant_id, entry, batch)
+            else:
+                await self._event(conn, tenant_id, entry, batch)
+
+    def _may_pay(self, entry: FeedEntry, batch: _Batch, counted_orders: set[str]) -> bool:
+        """Whether the entry can move a counted task (so its member's account is locked first)."""
+        if entry.kind == MEMBER_CHANGED:
+            return entry.member_id in batch.profiles
+        if entry.kind == ORDER_RECORDED:
+            return bool(batch.of(Kind.PURCHASE))
+        if entry.kind == REFUND_RECORDED:
+            return str(entry.payload.get("order_id", "")) in counted_orders
+        return bool(batch.of(Kind.VISIT) or batch.of(Kind.EVENT))
+
+    # --- entries -------------------------------------------------------------------------------
+
+    async def _member_changed(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        entry: FeedEntry,
+        batch: _Batch,
+        waiting: dict[str, feed_store.InviteRow],
+    ) -> None:
+        if int(entry.payload.get("revision", 0)) == 1:
+            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
+        filled = batch.profiles.get(entry.member_id)
+        if filled is None:
+            return
+        for task in batch.of(Kind.PROFILE):
+            spec = task.definition.spec
+            assert isinstance(spec, ProfileSpec)
+            if task.definition.valid_at(entry.create_time) and profile_complete(spec, filled):
+                await self._count(
+                    conn, tenant_id, task, entry.member_id, None, 1, entry, "profile complete", batch.done
+                )
+
+    async def _order(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        entry: FeedEntry,
+        batch: _Batch,
+        waiting: dict[str, feed_store.InviteRow],
+    ) -> None:
+        await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
+        order = entry.payload
+        paid = _time(order["paid_time"])
+        for task in batch.of(Kind.PURCHASE):
+            spec = task.definition.spec
+            assert isinstance(spec, PurchaseSpec)
+            if not self._in_window(task, spec, entry.member_id, paid, batch):
+                continue
+            lines = matching_lines(spec, order.get("lines", []))
+            if not lines:
+                continue
+            amount = int(order.get("amount_minor", 0))
+            if not await feed_store.insert_purchase(
+                conn, tenant_id, task.task_id, entry.member_id, entry.subject_id, paid, amount, lines
+            ):
+                continue
+            added = order_measure(spec, CountedOrder(amount, 0, lines))
+            await self._count(
+                conn,
+                tenant_id,
+                task,
+                entry.member_id,
+                added,
+                None,
+                entry,
+                f"order {entry.subject_id}",
+                batch.done,
+            )
+
+    def _in_window(
+        self, task: Task, spec: PurchaseSpec, member_id: str, paid: dt.datetime, batch: _Batch
+    ) -> bool:
+        if not task.definition.valid_at(paid):
+            return False
+        if not spec.window_days:
+            return True
+        enrolment = batch.enrolled.get((task.task_id, member_id))
+        return enrolment is not None and enrolment.enrol_time <= paid < enrolment.window_end_time
+
+    async def _refund(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
+        refund = entry.payload
+        order_id = str(refund["order_id"])
+        lines = {str(line["line_id"]): int(line["quantity"]) for line in refund.get("lines", [])}
+        amount = int(refund.get("amount_minor", 0))
+        for purchase in await feed_store.purchases_of(conn, order_id):
+            row = await task_store.task(conn, purchase.task_id)
+            assert row is not None
+            task = task_from_row(row)
+            spec = task.definition.spec
+            assert isinstance(spec, PurchaseSpec)
+            after = refunded(purchase.order, lines, amount)
+            await feed_store.save_refunded(conn, purchase.task_id, order_id, after)
+            taken = order_measure(spec, purchase.order) - order_measure(spec, after)
+            if taken:
+                await self._count(
+                    conn,
+                    tenant_id,
+                    task,
+                    purchase.member_id,
+                    -taken,
+                    None,
+                    entry,
+                    f"refund {entry.subject_id}",
+                    batch.done,
+                )
+
+    async def _event(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
+        event = entry.payload
+        occurred = _time(event.get("occur_time", entry.create_time.isoformat()))
+        for task in batch.tasks:
+            spec = task.definition.spec
+            if not task.definition.valid_at(occurred):
+                continue
+            if isinstance(spec, VisitSpec) and visits(spec, event):
+                await self._count(
+                    conn, tenant_id, task, entry.member_id, None, 1, entry, f"visit {spec.page}", batch.done
+                )
+            elif isinstance(spec, EventSpec) and event_counts(spec, event):
+                await self._count(
+                    conn,
+                    tenant_id,
+                    task,
+                    entry.member_id,
+                    1,
+                    None,
+                    entry,
+                    f"event {entry.subject_id}",
+                    batch.done,
+                )
+
+    # --- effects -------------------------------------------------------------------------------
+
+    async def _count(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        task: Task,
+        member_id: str,
+        add: int | None,
+        at_least: int | None,
+        entry: FeedEntry,
+        source: str,
+        done: Round,
+    ) -> None:
+        """Moves the member's measure (by `add`, or up to `at_least`) and grants or takes back the
+        completions the new measure supports. Refunds only take back."""
+        if add is not None:
+            measure = await feed_store.add_measure(conn, tenant_id, task.task_id, member_id, add)
+        else:
+            assert at_least is not None
+            measure = await feed_store.raise_measure(conn, tenant_id, task.task_id, member_id, at_least)
+        d = task.definition
+        day = d.day(entry.create_time)
+        counts = await task_store.counts(conn, task.task_id, member_id, day)
+        change = completions_change(
+            measure, d.target(), d.total_limit(), d.limits.per_day, counts.total, counts.today
+        )
+        if add is not None and add < 0:
+            change = min(change, 0)
+        if change < 0:
+            for completion in await task_store.latest_live_completions(
+                conn, task.task_id, member_id, -change
+            ):
+                await completions.reverse(conn, tenant_id, completion, source)
+                done.reversed += 1
+            return
+        if change == 0 or task.state is not State.ACTIVE:
+            return
+        if not await self._participation.in_audience(tenant_id, task, member_id):
+            return
+        for _ in range(change):
+            try:
+                async with savepoint(conn):  # a refused grant leaves nothing behind
+                    await completions.grant(
+                        conn, tenant_id, task, Grant(member_id, d.reward_points, source, day), self._clock()
+                    )
+            except ResourceExhausted:
+                return
+            done.granted += 1
+
+    async def _trigger_invite(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        entry: FeedEntry,
+        waiting: dict[str, feed_store.InviteRow],
+        trigger: int,
+    ) -> None:
+        invite = waiting.get(entry.member_id)
+        if invite is None:
+            return
+        row = await task_store.task(conn, invite.task_id)
+        assert row is not None
+        task = task_from_row(row)
+        spec = task.definition.spec
+        assert isinstance(spec, InviteSpec)
+        if spec.trigger != trigger:
+            return
+        del waiting[entry.member_id]
+        open_then = task.state is State.ACTIVE and task.definition.valid_at(entry.create_time)
+        if not open_then or not await self._participation.in_audience(
+            tenant_id, task, invite.inviter_member_id
+        ):
+            await invites.unpaid(conn, invite)
+            return
+        try:
+            await invites.complete(conn, tenant_id, task, invite, entry.create_time, self._clock())
+        except ResourceExhausted:
+            await invites.unpaid(conn, invite)

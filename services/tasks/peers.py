@@ -1,0 +1,145 @@
+"""The tasks service's calls to tagging and audience over gRPC, acting for a tenant with that
+tenant's token (`Settings.token_for_tenant`). One channel per peer for the process.
+
+Members are never deleted in tagging, so a member seen once is remembered (a bounded set per
+process): a member call pays for GetMember only the first time this process sees the member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
+
+from services.common.config import Settings
+from services.common.errors import Unavailable
+from services.tasks.definitions import ProfileField
+from services.tasks.directory import FACT_KINDS, FeedEntry
+
+CALL_TIMEOUT_SECONDS = 5.0
+KNOWN_MEMBERS = 100_000
+
+_T = TypeVar("_T")
+
+
+def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
+    """The profile fields a member has filled in."""
+    profile, contact = member.profile, member.contact
+    present = {
+        ProfileField.GENDER: profile.gender != 0,
+        ProfileField.BIRTHDAY: profile.HasField("birthday"),
+        ProfileField.CITY: bool(profile.city),
+        ProfileField.NICKNAME: bool(profile.nickname),
+        ProfileField.PHONE: bool(contact.phone),
+        ProfileField.EMAIL: bool(contact.email),
+    }
+    return frozenset(name for name, filled in present.items() if filled)
+
+
+class Peers:
+    """Implements `directory.Directory` and `directory.FeedSource` over the peers' gRPC APIs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._token_for_tenant = settings.token_for_tenant
+        self._tagging_channel = grpc.aio.insecure_channel(settings.tagging_address)
+        self._audience_channel = grpc.aio.insecure_channel(settings.audience_address)
+        self._tagging = tagging_service_pb2_grpc.TaggingServiceStub(self._tagging_channel)
+        self._audience = audience_service_pb2_grpc.AudienceServiceStub(self._audience_channel)
+        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    async def close(self) -> None:
+        await self._tagging_channel.close()
+        await self._audience_channel.close()
+
+    def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token_for_tenant(tenant_id)}"),)
+
+    async def _call(self, peer: str, call: Awaitable[_T]) -> _T | None:
+        """The reply, None for NOT_FOUND; UNAVAILABLE (retry later) when the peer fails otherwise."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise Unavailable(f"{peer} did not answer: {error.code().name}") from error
+
+    async def _member(self, tenant_id: str, member_id: str) -> member_pb2.Member | None:
+        request = tagging_service_pb2.GetMemberRequest(name=f"members/{member_id}")
+        call = self._tagging.GetMember(request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS)
+        member = await self._call("tagging", call)
+        if member is not None:
+            self._remember(tenant_id, member_id)
+        return member
+
+    def _remember(self, tenant_id: str, member_id: str) -> None:
+        self._known[(tenant_id, member_id)] = None
+        self._known.move_to_end((tenant_id, member_id))
+        if len(self._known) > KNOWN_MEMBERS:
+            self._known.popitem(last=False)
+
+    async def member_exists(self, tenant_id: str, member_id: str) -> bool:
+        if (tenant_id, member_id) in self._known:
+            return True
+        return await self._member(tenant_id, member_id) is not None
+
+    async def profile_fields(self, tenant_id: str, member_id: str) -> frozenset[ProfileField] | None:
+        member = await self._member(tenant_id, member_id)
+        return None if member is None else fields_of(member)
+
+    async def audience_exists(self, tenant_id: str, audience_id: str) -> bool:
+        request = audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}")
+        call = self._audience.GetAudience(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        return await self._call("audience", call) is not None
+
+    async def in_audience(self, tenant_id: str, audience_id: str, member_id: str) -> bool | None:
+        request = audience_service_pb2.CheckMembershipRequest(
+            audience=f"audiences/{audience_id}", member=f"members/{member_id}"
+        )
+        call = self._audience.CheckMembership(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise Unavailable(f"audience did not answer: {error.code().name}") from error
+            # NOT_FOUND names the member, or the audience (deleted since the task was defined:
+            # then nobody is in it).
+            return None if f"members/{member_id}" in (error.details() or "") else False
+        self._remember(tenant_id, member_id)
+        return reply.is_member
+
+    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
+        kinds: Any = FACT_KINDS
+        request = tagging_service_pb2.ReadFeedRequest(after_cursor=after_cursor, limit=limit, kinds=kinds)
+        call = self._tagging.ReadFeed(request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS)
+        reply = await self._call("tagging", call)
+        if reply is None:
+            raise Unavailable("tagging answered ReadFeed with NOT_FOUND")
+        entries = [
+            FeedEntry(
+                cursor=entry.cursor,
+                kind=entry.kind,
+                member_id=entry.member_id,
+                subject_id=entry.subject_id,
+                payload=_payload(entry.payload),
+                create_time=entry.create_time.ToDatetime(dt.UTC),
+            )
+            for entry in reply.entries
+        ]
+        return entries, reply.next_cursor
+
+
+def _payload(payload: Any) -> dict[str, Any]:
+    """A feed payload (google.protobuf.Struct) as plain JSON values; numbers come back as floats."""
+    value = json_format.MessageToDict(payload)
+    assert isinstance(value, dict)
+    return value

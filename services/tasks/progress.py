@@ -1,0 +1,122 @@
+"""Counted tasks (purchase, event, visit, profile): what a fact adds to a member's measure, and
+how many completions a measure supports.
+
+A member's completions of a counted task follow from the measure alone: floor(measure / target),
+at most the task's total limit. When a fact raises the measure, the missing completions are
+granted (at most the daily limit's remainder on the fact's day; the rest wait for the next fact);
+when a refund lowers it, the newest completions beyond what it supports are taken back. The
+measure of a purchase is recomputed from the lines the task counted, so a refund takes back
+exactly what its order added and nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.tasks.definitions import (
+    EVENT_VIEW,
+    EventSpec,
+    Measure,
+    ProfileField,
+    ProfileSpec,
+    PurchaseSpec,
+    VisitSpec,
+)
+
+
+@dataclass(frozen=True)
+class CountedLine:
+    line_id: str
+    quantity: int
+    refunded: int
+    unit_price_minor: int
+
+    @property
+    def net(self) -> int:
+        return self.quantity - self.refunded
+
+
+@dataclass(frozen=True)
+class CountedOrder:
+    """An order as one purchase task counts it: its amounts and the lines matching the filters."""
+
+    amount_minor: int
+    refunded_minor: int
+    lines: tuple[CountedLine, ...]
+
+
+def order_measure(spec: PurchaseSpec, order: CountedOrder) -> int:
+    """What the order adds: its matching items net of returns, 1 while one of them is not wholly
+    returned, or the amount net of refunds (the matching lines' value when filtered)."""
+    items = sum(line.net for line in order.lines)
+    if spec.measure == Measure.ITEMS:
+        return items
+    if spec.measure == Measure.ORDERS:
+        return 1 if items > 0 else 0
+    if spec.filtered:
+        return sum(line.net * line.unit_price_minor for line in order.lines)
+    return max(order.amount_minor - order.refunded_minor, 0)
+
+
+def matching_lines(spec: PurchaseSpec, lines: Sequence[Mapping[str, Any]]) -> tuple[CountedLine, ...]:
+    """The lines of an order as tagging's feed gives them that the task counts."""
+    return tuple(
+        CountedLine(str(line["line_id"]), int(line["quantity"]), 0, int(line["unit_price_minor"]))
+        for line in lines
+        if spec.matches(str(line.get("category", "")), str(line.get("brand", "")), str(line.get("sku", "")))
+    )
+
+
+def refunded(order: CountedOrder, refund_lines: Mapping[str, int], amount_minor: int) -> CountedOrder:
+    """The order after a refund of `refund_lines` (line id to quantity) and `amount_minor`; lines
+    the task did not count are ignored, and nothing is refunded beyond what was bought."""
+    lines = tuple(
+        CountedLine(
+            line.line_id,
+            line.quantity,
+            min(line.quantity, line.refunded + refund_lines.get(line.line_id, 0)),
+            line.unit_price_minor,
+        )
+        for line in order.lines
+    )
+    return CountedOrder(
+        order.amount_minor, min(order.amount_minor, order.refunded_minor + amount_minor), lines
+    )
+
+
+def event_counts(spec: EventSpec, event: Mapping[str, Any]) -> bool:
+    """Whether a behaviour event (as in tagging's feed payload) counts for an event task."""
+    return int(event.get("kind", 0)) == spec.event_kind and all(
+        not wanted or str(event.get(name, "")) == wanted
+        for name, wanted in (
+            ("sku", spec.sku),
+            ("category", spec.category),
+            ("brand", spec.brand),
+            ("channel", spec.channel),
+        )
+    )
+
+
+def visits(spec: VisitSpec, event: Mapping[str, Any]) -> bool:
+    """A visit is a VIEW event whose channel is the page."""
+    return int(event.get("kind", 0)) == EVENT_VIEW and str(event.get("channel", "")) == spec.page
+
+
+def profile_complete(spec: ProfileSpec, filled: frozenset[ProfileField]) -> bool:
+    return all(field in filled for field in spec.required_fields)
+
+
+def completions_change(
+    measure: int, target: int, total_limit: int, per_day: int, granted: int, granted_today: int
+) -> int:
+    """Completions to grant (positive) or take back (negative) for `measure`, given those granted
+    (in all and on the fact's day) and the limits (0: none)."""
+    due = measure // target
+    if total_limit:
+        due = min(due, total_limit)
+    change = due - granted
+    if change > 0 and per_day:
+        change = min(change, max(per_day - granted_today, 0))
+    return change

@@ -1,0 +1,230 @@
+"""Daily sign-in: one sign-in per task-calendar day, streaks, the streak reward table, make-ups.
+
+A day is a calendar day in the task's time zone, the same for every member, so a member cannot
+sign in twice in one day by claiming another zone (the request carries no zone). Each sign-in row
+keeps the streak's length on its day: the previous day's plus one, or 1 after a missed day, and
+the day's points are the reward table's entry for that length (later days earn its last entry).
+A make-up fills a missed earlier day of the current month, up to the task's monthly allowance:
+it earns nothing itself but joins the runs around it, whose later days' lengths are rewritten
+(points already paid for them stay as they were).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.db import Connection
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Violations,
+)
+from services.tasks import completions, ledger, store, task_store
+from services.tasks.calls import MemberCalls
+from services.tasks.completions import Grant
+from services.tasks.definitions import Kind, SignInSpec, Task
+from services.tasks.task_store import CompletionRow, SignInRow, StreakRow
+
+ONE_DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class SignInRecord:
+    sign_in: SignInRow
+    completion: CompletionRow | None
+
+
+@dataclass(frozen=True)
+class Streak:
+    task_id: str
+    member_id: str
+    current: int
+    longest: int
+    signed_today: bool
+    last_day: dt.date | None
+    makeups_left: int
+    next_points: int
+
+
+def month_start(day: dt.date) -> dt.date:
+    return day.replace(day=1)
+
+
+def streak_of(task: Task, member_id: str, row: StreakRow | None, today: dt.date) -> Streak:
+    """The member's streak as of `today` from their last sign-in up to today (`row`)."""
+    spec = task.definition.spec
+    assert isinstance(spec, SignInSpec)
+    last_day = row.last_day if row else None
+    signed_today = last_day == today
+    alive = last_day is not None and last_day >= today - ONE_DAY
+    current = row.last_streak if row and alive else 0
+    return Streak(
+        task_id=task.task_id,
+        member_id=member_id,
+        current=current,
+        longest=row.longest if row else 0,
+        signed_today=signed_today,
+        last_day=last_day,
+        makeups_left=max(spec.makeups_per_month - (row.makeups if row else 0), 0),
+        next_points=spec.points_for(current + 1),
+    )
+
+
+def rejoined(by_day: Mapping[dt.date, SignInRow], day: dt.date, streak: int) -> list[tuple[dt.date, int]]:
+    """The new streak lengths of the consecutive days after `day` once `day` has length `streak`."""
+    later: list[tuple[dt.date, int]] = []
+    following, length = day + ONE_DAY, streak + 1
+    while following in by_day:
+        later.append((following, length))
+        following, length = following + ONE_DAY, length + 1
+    return later
+
+
+def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
+    """A make-up fills a day before today in the current month, not before the task began."""
+    spec = task.definition.spec
+    assert isinstance(spec, SignInSpec) and task.definition.start_time is not None
+    if spec.makeups_per_month == 0:
+        raise FailedPrecondition(f"tasks/{task.task_id} allows no make-up sign-ins")
+    if day >= today:
+        raise InvalidArgument.field("makeup_day", f"must be a day before today ({today})")
+    if month_start(day) != month_start(today):
+        raise InvalidArgument.field(
+            "makeup_day", f"must be earlier in the current month (from {month_start(today)})"
+        )
+    if day < task.definition.day(task.definition.start_time):
+        raise InvalidArgument.field("makeup_day", "must not be before the task started")
+
+
+class SignIns(MemberCalls):
+    async def sign_in(
+        self,
+        tenant_id: str,
+        task_id: str,
+        member_id: str,
+        makeup_day: dt.date | None,
+        request_id: str,
+        now: dt.datetime,
+    ) -> SignInRecord:
+        v = Violations()
+        ledger.check_id(v, "member_id", member_id)
+        ledger.check_id(v, "request_id", request_id)
+        v.raise_if_any()
+        digest = ledger.content_hash("sign-in", task_id, member_id, makeup_day or "")
+
+        return await self._act(
+            tenant_id,
+            task_id,
+            Kind.SIGN_IN,
+            member_id,
+            now,
+            lambda task: self._write(tenant_id, task, member_id, makeup_day, request_id, digest, now),
+        )
+
+    async def _write(
+        self,
+        tenant_id: str,
+        task: Task,
+        member_id: str,
+        makeup_day: dt.date | None,
+        request_id: str,
+        digest: str,
+        now: dt.datetime,
+    ) -> SignInRecord:
+        today = task.definition.day(now)
+        if makeup_day is not None:
+            check_makeup_day(task, makeup_day, today)
+        async with self._db.transaction(tenant_id) as conn:
+            await store.lock_account(conn, tenant_id, member_id)
+            first, recent = await task_store.sign_ins_or_request(
+                conn, request_id, task.task_id, member_id, today - ONE_DAY, today
+            )
+            if first is not None:
+                if first.content_hash != digest:
+                    raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
+                paid = (
+                    None
+                    if first.completion_id is None
+                    else await task_store.completion(conn, first.completion_id)
+                )
+                return SignInRecord(first, paid)
+            if makeup_day is not None:
+                return await self._makeup(
+                    conn, tenant_id, task, member_id, makeup_day, request_id, digest, today
+                )
+            days = {d.day: d for d in recent}
+            if today in days:
+                raise AlreadyExists(
+                    f"members/{member_id} already signed in to tasks/{task.task_id} on {today}"
+                )
+            await completions.check_limits(conn, task, member_id, today)
+            previous = days.get(today - ONE_DAY)
+            streak = previous.streak + 1 if previous else 1
+            spec = task.definition.spec
+            assert isinstance(spec, SignInSpec)
+            grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
+            completion = await completions.grant(conn, tenant_id, task, grant, now)
+            row = await task_store.insert_sign_in(
+                conn,
+                tenant_id,
+                task.task_id,
+                member_id,
+                today,
+                streak,
+                False,
+                completion.completion_id,
+                request_id,
+                digest,
+            )
+            return SignInRecord(row, completion)
+
+    async def _makeup(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        task: Task,
+        member_id: str,
+        day: dt.date,
+        request_id: str,
+        digest: str,
+        today: dt.date,
+    ) -> SignInRecord:
+        spec = task.definition.spec
+        assert isinstance(spec, SignInSpec)
+        first_of_month = month_start(today)
+        rows = await task_store.sign_ins_between(
+            conn, task.task_id, member_id, first_of_month - ONE_DAY, today
+        )
+        by_day = {r.day: r for r in rows}
+        if day in by_day:
+            raise AlreadyExists(f"members/{member_id} already signed in to tasks/{task.task_id} on {day}")
+        used = sum(1 for r in rows if r.makeup and r.day >= first_of_month)
+        if used >= spec.makeups_per_month:
+            raise ResourceExhausted(
+                f"members/{member_id} used this month's {spec.makeups_per_month} make-up sign-ins "
+                f"of tasks/{task.task_id}"
+            )
+        previous = by_day.get(day - ONE_DAY)
+        streak = previous.streak + 1 if previous else 1
+        row = await task_store.insert_sign_in(
+            conn, tenant_id, task.task_id, member_id, day, streak, True, None, request_id, digest
+        )
+        await task_store.restreak(conn, task.task_id, member_id, rejoined(by_day, day, streak))
+        return SignInRecord(row, None)
+
+    async def streak(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> Streak:
+        v = Violations()
+        ledger.check_id(v, "member_id", member_id)
+        v.raise_if_any()
+        task = await self._definitions.get(tenant_id, task_id)
+        if task.definition.kind is not Kind.SIGN_IN:
+            raise InvalidArgument.field("task", f"tasks/{task_id} is not a sign-in task")
+        await self._participation.require_member(tenant_id, member_id)
+        today = task.definition.day(now)
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await task_store.streaks(conn, member_id, {task_id: (month_start(today), today)})
+        return streak_of(task, member_id, rows.get(task_id), today)

@@ -1,0 +1,188 @@
+"""Daily sign-in through gRPC: streaks across month and time-zone boundaries, resets, make-ups,
+one sign-in per day even under concurrent duplicates.
+
+Sign-ins run on the clocked server, whose clock each test sets to the calendar days it walks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import grpc
+from memberops.tasks.v1 import points_pb2, tasks_pb2
+
+from services.common.db import Database
+from tests.conftest import TENANT_ACME, unique
+from tests.grpc_helpers import bad, failure
+from tests.tasks.conftest import Clock
+from tests.tasks.helpers import all_entries, balance
+from tests.tasks.task_helpers import DAY, claim, create, member, sign_in, sign_in_task, streak
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+    from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
+
+UTC = dt.UTC
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(UTC)
+
+
+async def sign_in_task_from(stub: TasksStub, start: dt.datetime, **fields: object) -> str:
+    definition = sign_in_task(start=start - DAY, end=start + 120 * DAY, **fields)  # type: ignore[arg-type]
+    await create(stub, definition)
+    return definition.task_id
+
+
+async def test_a_streak_runs_across_a_month_and_a_year_boundary(
+    clocked_stub: TasksStub, tagging_stub: TaggingStub, clock: Clock
+) -> None:
+    clock.set(at("2026-12-30T09:00:00+00:00"))
+    task_id = await sign_in_task_from(clocked_stub, clock.now(), rewards=(1, 2, 3, 4))
+    m = await member(tagging_stub)
+    streaks, points = [], []
+    for _ in range(4):  # Dec 30, Dec 31, Jan 1, Jan 2
+        record = await sign_in(clocked_stub, task_id, m)
+        streaks.append(record.streak_day)
+        points.append(record.completion.points)
+        clock.advance(days=1)
+    assert streaks == [1, 2, 3, 4]
+    assert points == [1, 2, 3, 4]
+    clock.advance(days=1)  # Jan 4: Jan 3 was missed
+    record = await sign_in(clocked_stub, task_id, m)
+    assert (record.streak_day, record.completion.points) == (1, 1)
+    assert (record.day.year, record.day.month, record.day.day) == (2027, 1, 4)
+    current = await streak(clocked_stub, task_id, m)
+    assert (current.current, current.longest, current.signed_today, current.next_points) == (1, 4, True, 2)
+    assert (await balance(clocked_stub, m)).available == 11
+
+
+async def test_days_are_the_task_zones_calendar_days(
+    clocked_stub: TasksStub, tagging_stub: TaggingStub, clock: Clock
+) -> None:
+    # Asia/Shanghai is UTC+8: 15:30 UTC on Jan 31 is 23:30 there, 16:30 UTC is 00:30 on Feb 1.
+    clock.set(at("2027-01-31T15:30:00+00:00"))
+    task_id = await sign_in_task_from(
+        clocked_stub, clock.now(), rewards=(10, 20, 30), time_zone="Asia/Shanghai"
+    )
+    m = await member(tagging_stub)
+    first = await sign_in(clocked_stub, task_id, m)
+    assert (first.day.month, first.day.day, first.streak_day) == (1, 31, 1)
+    clock.advance(hours=1)  # the same UTC day, the next day (and month) in Shanghai
+    second = await sign_in(clocked_stub, task_id, m)
+    assert (second.day.month, second.day.day, second.streak_day, second.completion.points) == (2, 1, 2, 20)
+    clock.advance(hours=22, minutes=59)  # 15:29 UTC on Feb 1: still Feb 1 in Shanghai
+    again = await failure(sign_in(clocked_stub, task_id, m))
+    assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already signed in" in (again.details() or "")
+    clock.advance(minutes=32)  # 16:01 UTC on Feb 1: Feb 2 in Shanghai, though still Feb 1 in UTC
+    third = await sign_in(clocked_stub, task_id, m)
+    assert (third.day.day, third.streak_day, third.completion.points) == (2, 3, 30)
+    clock.advance(days=2)  # Feb 4 in Shanghai: Feb 3 missed
+    assert (await sign_in(clocked_stub, task_id, m)).streak_day == 1
+
+
+async def test_make_ups_fill_a_missed_day_of_this_month_within_the_allowance(
+    clocked_stub: TasksStub, tagging_stub: TaggingStub, clock: Clock
+) -> None:
+    clock.set(at("2027-03-01T08:00:00+00:00"))
+    task_id = await sign_in_task_from(clocked_stub, clock.now(), rewards=(1, 2, 3, 4, 5, 6, 7), makeups=1)
+    m = await member(tagging_stub)
+    await sign_in(clocked_stub, task_id, m)  # Mar 1
+    clock.advance(days=1)
+    await sign_in(clocked_stub, task_id, m)  # Mar 2
+    clock.advance(days=2)
+    assert (await sign_in(clocked_stub, task_id, m)).streak_day == 1  # Mar 4, Mar 3 missed
+    filled = await sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 3, 3))
+    assert (filled.makeup, filled.streak_day, filled.HasField("completion")) == (True, 3, False)
+    current = await streak(clocked_stub, task_id, m)
+    assert (current.current, current.makeups_left, current.next_points) == (4, 0, 5)
+    clock.advance(days=1)
+    fifth = await sign_in(clocked_stub, task_id, m)  # Mar 5: the joined run goes on
+    assert (fifth.streak_day, fifth.completion.points) == (5, 5)
+    # The allowance is used; a day signed, today, a future day or last month cannot be made up.
+    clock.advance(days=2)  # Mar 7, Mar 6 missed
+    used = await failure(sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 3, 6)))
+    assert used.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    signed = await failure(sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 3, 2)))
+    assert signed.code() == grpc.StatusCode.ALREADY_EXISTS
+    await bad(sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 3, 7)), "makeup_day", "before today")
+    await bad(sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 2, 27)), "makeup_day", "current month")
+    # Paid: days 1, 2, 1 and 5; the make-up itself earned nothing.
+    assert [e.delta for e in await all_entries(clocked_stub, m)] == [5, 1, 2, 1]
+
+
+async def test_a_task_without_make_ups_refuses_them(
+    clocked_stub: TasksStub, tagging_stub: TaggingStub, clock: Clock
+) -> None:
+    clock.set(at("2027-04-10T08:00:00+00:00"))
+    task_id = await sign_in_task_from(clocked_stub, clock.now())
+    m = await member(tagging_stub)
+    error = await failure(sign_in(clocked_stub, task_id, m, makeup=dt.date(2027, 4, 9)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_concurrent_duplicate_sign_ins_sign_in_once(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, db: Database
+) -> None:
+    definition = sign_in_task(rewards=(7,), expiry_policy=points_pb2.EXPIRY_POLICY_END_OF_YEAR)
+    await create(tasks_stub, definition)
+    m = await member(tagging_stub)
+    request_id = unique("req")
+    same = await asyncio.gather(
+        *(sign_in(tasks_stub, definition.task_id, m, request_id=request_id) for _ in range(24))
+    )
+    assert len({r.completion.completion_id for r in same}) == 1
+    assert all(r == same[0] for r in same)
+
+    async def other_request() -> grpc.StatusCode:
+        try:
+            await sign_in(tasks_stub, definition.task_id, m)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(other_request() for _ in range(16)))
+    assert set(codes) == {grpc.StatusCode.ALREADY_EXISTS}
+    entries = await all_entries(tasks_stub, m)
+    assert [(e.delta, e.reason, e.reference) for e in entries] == [
+        (7, points_pb2.REASON_TASK, definition.task_id)
+    ]
+    assert f"completion {same[0].completion.completion_id}" in entries[0].note
+    async with db.transaction(TENANT_ACME) as conn:
+        rows = await conn.fetchval(
+            "SELECT count(*) FROM tasks.sign_ins WHERE task_id = $1 AND member_id = $2", definition.task_id, m
+        )
+        used = await conn.fetchval(
+            "SELECT budget_used FROM tasks.task_definitions WHERE task_id = $1", definition.task_id
+        )
+    assert (rows, used) == (1, 7)
+    # The same request id with other content (another member) is ALREADY_EXISTS.
+    other = await member(tagging_stub)
+    reused = await failure(sign_in(tasks_stub, definition.task_id, other, request_id=request_id))
+    assert reused.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_claimed_sign_in_waits_for_its_claim(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub
+) -> None:
+    definition = sign_in_task(rewards=(3,), claim_required=True)
+    await create(tasks_stub, definition)
+    m = await member(tagging_stub)
+    record = await sign_in(tasks_stub, definition.task_id, m)
+    assert record.completion.state == tasks_pb2.COMPLETION_STATE_CLAIMABLE
+    assert (await balance(tasks_stub, m)).available == 0
+    request_id = unique("req")
+    claimed = await claim(tasks_stub, definition.task_id, m, request_id=request_id)
+    assert (claimed.state, claimed.points, claimed.completion_id) == (
+        tasks_pb2.COMPLETION_STATE_PAID,
+        3,
+        record.completion.completion_id,
+    )
+    assert await claim(tasks_stub, definition.task_id, m, request_id=request_id) == claimed
+    twice = await failure(claim(tasks_stub, definition.task_id, m))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await balance(tasks_stub, m)).available == 3
