@@ -70,13 +70,13 @@ def test_up_status_down(tmp_path: Path) -> None:
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 3
-        for job in ("recompute_tags", "expire_points"):
+        for job in ("recompute_tags", "expire_points", "evaluate_levels"):
             assert f"schedule   created          periodic/dev/{job}" in started
 
         again = devstack("up", env)
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} already running" in again
-        assert again.count("schedule   updated") == 2
+        assert again.count("schedule   updated") == 3
 
         with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:
             assert ui.status == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 import uuid
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ from tests.audience.helpers import member, order
 from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.tasks.helpers import ROLLING, all_entries, earn
 from workflows.periodic import schedules
-from workflows.periodic.shared import EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
+from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.worker import Resources, build_worker
 
@@ -76,6 +77,16 @@ async def test_the_recompute_job_evaluates_scheduled_dimensions(
     assert len(await rfm()) == 1
 
 
+async def test_the_level_job_reports_what_it_evaluated_and_a_rerun_downgrades_nobody(
+    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    job = JobInput(TENANT_ACME, EVALUATE_LEVELS)
+    first = await run_job(time_skipping_env, worker_settings, resources, job)
+    second = await run_job(time_skipping_env, worker_settings, resources, job)
+    assert re.fullmatch(r"\d+ members, \d+ up, \d+ down", first.summary)
+    assert second.job == EVALUATE_LEVELS and second.summary.endswith(", 0 down")
+
+
 async def test_an_unknown_job_fails_at_once(
     time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
 ) -> None:
@@ -102,17 +113,21 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
     assert made == [
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "created"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "created"),
+        (f"periodic/{tenant}/{EVALUATE_LEVELS}", "created"),
     ]
     again = await schedules.ensure(client, [tenant, tenant], plan, queue)
-    assert [what for _, what in again] == ["updated", "updated"]
+    assert [what for _, what in again] == ["updated", "updated", "updated"]
     described = await client.get_schedule_handle(f"periodic/{tenant}/{EXPIRE_POINTS}").describe()
     upcoming = [t.astimezone(ZoneInfo("Europe/Madrid")) for t in described.info.next_action_times]
     assert upcoming and all((t.hour, t.minute) == (0, 30) for t in upcoming)  # "30 0 * * *" there
 
-    off = schedules.Plan.from_env({"MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off"})
+    off = schedules.Plan.from_env(
+        {"MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off", "MEMBEROPS_SCHEDULE_EVALUATE_LEVELS": "off"}
+    )
     assert await schedules.ensure(client, [tenant], off, queue) == [
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "removed"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "updated"),
+        (f"periodic/{tenant}/{EVALUATE_LEVELS}", "removed"),
     ]
     listed = [s.id async for s in await client.list_schedules() if s.id.startswith(f"periodic/{tenant}/")]
     assert listed == [f"periodic/{tenant}/{EXPIRE_POINTS}"]

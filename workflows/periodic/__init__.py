@@ -1,1 +1,2 @@
-"""Periodic jobs (tag recompute, points expiry) as Temporal Schedules that start one workflow each."""
+"""Periodic jobs (tag recompute, points expiry, level evaluation) as Temporal Schedules, each
+starting one small workflow."""

@@ -18,7 +18,7 @@ from memberops.tasks.v1 import tasks_service_pb2
 from temporalio import activity
 
 from workflows import service_calls
-from workflows.periodic.shared import EXPIRE_POINTS, RECOMPUTE_TAGS, JobRequest, JobResult
+from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobRequest, JobResult
 
 HEARTBEAT_SECONDS = 10.0
 # A recompute of 1M members takes about a minute; the first one of a tenant about four.
@@ -52,7 +52,7 @@ class PeriodicActivities:
         self._token_for_tenant = token_for_tenant
 
     def all(self) -> list[object]:
-        return [self.recompute_tags, self.expire_points]
+        return [self.recompute_tags, self.expire_points, self.evaluate_levels]
 
     @activity.defn(name=RECOMPUTE_TAGS)
     async def recompute_tags(self, request: JobRequest) -> JobResult:
@@ -70,12 +70,31 @@ class PeriodicActivities:
     @activity.defn(name=EXPIRE_POINTS)
     async def expire_points(self, request: JobRequest) -> JobResult:
         """Empties the lots expired by `as_of`; a lot is expired once, so a rerun changes nothing."""
-        as_of = Timestamp()
-        as_of.FromDatetime(request.as_of)
         call = self._tasks.ExpirePoints(
-            tasks_service_pb2.ExpirePointsRequest(as_of=as_of),
+            tasks_service_pb2.ExpirePointsRequest(as_of=_timestamp(request)),
             metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
             timeout=LONG_CALL_SECONDS,
         )
         reply = await _completed("ExpirePoints", call)
         return JobResult(EXPIRE_POINTS, f"{reply.expired_lots} lots, {reply.expired_points} points expired")
+
+    @activity.defn(name=EVALUATE_LEVELS)
+    async def evaluate_levels(self, request: JobRequest) -> JobResult:
+        """Applies the downgrades of the last evaluation period whose grace has passed by `as_of`;
+        a rerun finds them applied and changes nothing."""
+        call = self._tasks.EvaluateLevels(
+            tasks_service_pb2.EvaluateLevelsRequest(as_of=_timestamp(request)),
+            metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
+            timeout=LONG_CALL_SECONDS,
+        )
+        reply = await _completed("EvaluateLevels", call)
+        return JobResult(
+            EVALUATE_LEVELS,
+            f"{reply.members_evaluated} members, {reply.upgraded} up, {reply.downgraded} down",
+        )
+
+
+def _timestamp(request: JobRequest) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(request.as_of)
+    return stamp

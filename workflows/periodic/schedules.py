@@ -8,7 +8,8 @@ hour, not later.
 
 Times are cron expressions in MEMBEROPS_SCHEDULE_TIME_ZONE (default Asia/Shanghai), one variable a
 job: MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS (default `0 3 * * *`), MEMBEROPS_SCHEDULE_EXPIRE_POINTS
-(default `30 0 * * *`); `off` removes the job's schedule.
+(default `30 0 * * *`), MEMBEROPS_SCHEDULE_EVALUATE_LEVELS (default `0 4 * * *`); `off` removes the
+job's schedule.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.common.config import ConfigError, Settings
-from workflows.periodic.shared import EXPIRE_POINTS, JOBS, RECOMPUTE_TAGS, JobInput
+from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, JOBS, RECOMPUTE_TAGS, JobInput
 from workflows.periodic.workflow import PeriodicJobWorkflow
 
 DEFAULT_TIME_ZONE = "Asia/Shanghai"
-DEFAULT_CRON = {RECOMPUTE_TAGS: "0 3 * * *", EXPIRE_POINTS: "30 0 * * *"}
+DEFAULT_CRON = {RECOMPUTE_TAGS: "0 3 * * *", EXPIRE_POINTS: "30 0 * * *", EVALUATE_LEVELS: "0 4 * * *"}
 OFF = "off"
 CATCHUP_WINDOW = timedelta(hours=1)
 

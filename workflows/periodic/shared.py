@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 RECOMPUTE_TAGS = "recompute_tags"
 EXPIRE_POINTS = "expire_points"
-JOBS = (RECOMPUTE_TAGS, EXPIRE_POINTS)
+EVALUATE_LEVELS = "evaluate_levels"
+JOBS = (RECOMPUTE_TAGS, EXPIRE_POINTS, EVALUATE_LEVELS)
 
 
 @dataclass(frozen=True)
