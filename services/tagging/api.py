@@ -86,6 +86,19 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         found = await self._members.get(current_tenant(), member_id_from_name(request.name, "name"))
         return member_to_proto(found)
 
+    async def BatchGetMembers(
+        self, request: tagging_service_pb2.BatchGetMembersRequest, context: Any
+    ) -> tagging_service_pb2.BatchGetMembersResponse:
+        violations = Violations()
+        member_ids = []
+        for i, name in enumerate(request.names):
+            if not name.startswith(MEMBER_NAME_PREFIX):
+                violations.add(f"names[{i}]", "must be a resource name of the form members/{member_id}")
+            member_ids.append(name.removeprefix(MEMBER_NAME_PREFIX))
+        violations.raise_if_any()
+        found = await self._members.get_many(current_tenant(), member_ids, request.allow_missing)
+        return tagging_service_pb2.BatchGetMembersResponse(members=[member_to_proto(m) for m in found])
+
     async def RecordOrder(
         self, request: tagging_service_pb2.RecordOrderRequest, context: Any
     ) -> facts_pb2.Order:
