@@ -23,6 +23,8 @@ from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import JourneyActivities
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.cohort.activities import CohortActivities
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.sending import Sender
 from workflows.journeys.shipped import SHIPPED
 from workflows.journeys.workflow import JourneyWorkflow
@@ -31,7 +33,7 @@ from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 log = logs.get_logger("memberops.worker")
 
-WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow)
+WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow, CohortJourneyWorkflow)
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,21 @@ def activities(resources: Resources, settings: Settings) -> list[Any]:
     """Every activity the worker runs, bound to the resources of this event loop."""
     tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
+    audience = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
+    sender = Sender(resources.db, registry.build(resources.channels), resources.channels)
     journeys = JourneyActivities(
         resources.db,
         tagging,
-        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
+        audience,
         tasks_service_pb2_grpc.TasksServiceStub(resources.tasks),
         settings.token_for_tenant,
-        Sender(resources.db, registry.build(resources.channels), resources.channels),
+        sender,
         resources.channels,
     )
-    return [lookup.get_member, *journeys.all()]
+    cohorts = CohortActivities(
+        resources.db, tagging, audience, settings.token_for_tenant, sender, resources.channels
+    )
+    return [lookup.get_member, *journeys.all(), *cohorts.all()]
 
 
 def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:
