@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
@@ -280,3 +280,40 @@ async def test_batch_get_names_each_bad_name(tagging_stub: Stub) -> None:
             await batch_get(tagging_stub, names)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert path in field_violations(caught.value), (names[:3], field_violations(caught.value))
+
+
+async def test_batch_get_returns_only_the_masked_fields(tagging_stub: Stub) -> None:
+    member_id = unique()
+    message = a_member(member_id, nickname="Mei", level="gold")
+    message.contact.CopyFrom(
+        member_pb2.Contact(
+            phone="+8613800000001", preferred_channel=member_pb2.CHANNEL_SMS, time_zone="Asia/Shanghai"
+        )
+    )
+    stored = await upsert(tagging_stub, message)
+
+    async def masked(*paths: str) -> member_pb2.Member:
+        request = tagging_service_pb2.BatchGetMembersRequest(
+            names=[f"members/{member_id}"], read_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        (found,) = (await tagging_stub.BatchGetMembers(request, metadata=ACME)).members
+        return found
+
+    lean = await masked("contact", "profile.nickname", "profile.level")
+    assert lean == member_pb2.Member(
+        name=stored.name,
+        member_id=member_id,
+        profile=member_pb2.Profile(nickname="Mei", level="gold"),
+        contact=stored.contact,
+    )
+    full = await masked("profile", "create_time", "revision")
+    assert (full.profile, full.create_time, full.revision) == (
+        stored.profile,
+        stored.create_time,
+        stored.revision,
+    )
+    assert not full.HasField("contact") and not full.HasField("attributes")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await masked("contact", "profile.shoe_size")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "read_mask.paths[1]" in field_violations(caught.value)

@@ -24,7 +24,7 @@ from services.common.db import Connection
 FINAL = ("sent", "failed", "unknown", "skipped")
 # What counts against the daily cap: everything that may have reached the member, or will.
 COUNTED = ("queued", "sending", "sent", "unknown")
-# The same as SQL text (the partial index messages_member_day is only usable with it as a literal).
+# The same as SQL text, for the statements that count a member's day.
 _COUNTED_SQL = ", ".join(f"'{status}'" for status in COUNTED)
 WINDOW = dt.timedelta(minutes=1)
 # Windows older than this are deleted by the claims that pass by.

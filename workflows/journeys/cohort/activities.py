@@ -16,6 +16,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import grpc
+from google.protobuf import field_mask_pb2
 from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from temporalio import activity
@@ -38,12 +39,22 @@ from workflows.journeys.cohort.shared import (
     OpenRequest,
     cohort_workflow_id,
 )
-from workflows.journeys.definition import JourneyDefinition, Step, duration, validate_broadcast
+from workflows.journeys.definition import (
+    PROFILE_FIELDS,
+    JourneyDefinition,
+    Step,
+    duration,
+    validate_broadcast,
+)
 from workflows.journeys.sending import Recipient, Sender
 from workflows.journeys.shared import matches
 
 _T = TypeVar("_T")
 
+# What a batch reads of a member: contact data, consent, and the profile fields templates use.
+READ_MASK = field_mask_pb2.FieldMask(
+    paths=["contact", *(f"profile.{name}" for name in PROFILE_FIELDS if name != "member_id")]
+)
 # Members per BatchGetMembers call (a reply stays well under gRPC's 4 MiB).
 MEMBERS_PER_CALL = 2000
 # Members per AddMemberTags call.
@@ -371,7 +382,7 @@ class CohortActivities:
             try:
                 return await self._tagging.BatchGetMembers(
                     tagging_service_pb2.BatchGetMembersRequest(
-                        names=[f"members/{m}" for m in chunk], allow_missing=True
+                        names=[f"members/{m}" for m in chunk], allow_missing=True, read_mask=READ_MASK
                     ),
                     metadata=self._auth(tenant_id),
                     timeout=60,
