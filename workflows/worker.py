@@ -23,6 +23,8 @@ from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import JourneyActivities
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.cohort.activities import CohortActivities
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.sending import Sender
 from workflows.journeys.shipped import SHIPPED
 from workflows.journeys.workflow import JourneyWorkflow
@@ -33,7 +35,12 @@ from workflows.periodic.workflow import PeriodicJobWorkflow
 
 log = logs.get_logger("memberops.worker")
 
-WORKFLOWS: Sequence[type] = (MemberLookupWorkflow, JourneyWorkflow, PeriodicJobWorkflow)
+WORKFLOWS: Sequence[type] = (
+    MemberLookupWorkflow,
+    JourneyWorkflow,
+    CohortJourneyWorkflow,
+    PeriodicJobWorkflow,
+)
 
 
 @dataclass(frozen=True)
@@ -53,17 +60,22 @@ def activities(resources: Resources, settings: Settings) -> list[Any]:
     tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
     tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
+    audience = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
+    sender = Sender(resources.db, registry.build(resources.channels), resources.channels)
     journeys = JourneyActivities(
         resources.db,
         tagging,
-        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
+        audience,
         tasks,
         settings.token_for_tenant,
-        Sender(resources.db, registry.build(resources.channels), resources.channels),
+        sender,
         resources.channels,
     )
+    cohorts = CohortActivities(
+        resources.db, tagging, audience, settings.token_for_tenant, sender, resources.channels
+    )
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
-    return [lookup.get_member, *journeys.all(), *periodic.all()]
+    return [lookup.get_member, *journeys.all(), *cohorts.all(), *periodic.all()]
 
 
 def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:

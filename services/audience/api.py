@@ -196,6 +196,17 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         arm = await self._snapshots.assignment(current_tenant(), snapshot_id, member_id)
         return audience_service_pb2.GetAssignmentResponse(in_snapshot=arm is not None, arm=arm or "")
 
+    async def ListSnapshotMembers(
+        self, request: audience_service_pb2.ListSnapshotMembersRequest, context: Any
+    ) -> audience_service_pb2.ListSnapshotMembersResponse:
+        snapshot_id = snapshot_id_from_name(request.parent, "parent")
+        page = await self._snapshots.members_page(
+            current_tenant(), snapshot_id, request.page_size, request.page_token
+        )
+        return audience_service_pb2.ListSnapshotMembersResponse(
+            member_ids=page.member_ids, arms=page.arms, next_page_token=page.next_page_token
+        )
+
 
 def snapshot_to_proto(snapshot: Snapshot) -> audience_pb2.Snapshot:
     return audience_pb2.Snapshot(

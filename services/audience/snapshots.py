@@ -8,6 +8,8 @@ request id is the idempotency key (a unique constraint): a retry returns the fir
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import json
@@ -20,7 +22,7 @@ from typing import Any
 
 from services.audience import store
 from services.audience.evaluation import Evaluator
-from services.common.buckets import BUCKETS
+from services.common.buckets import BUCKETS, bucket_sql
 from services.common.db import Database
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 
@@ -30,6 +32,8 @@ NAME_PREFIX = "snapshots/"
 MAX_ARMS = 20
 MAX_REQUEST_ID = 128
 DEFAULT_ARMS = (("all", 100),)
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,15 @@ class Arm:
     name: str
     share_percent: int
     member_count: int = 0
+
+
+@dataclass(frozen=True)
+class MembersPage:
+    """Member ids in id order with the name of each one's arm, and the next page's token."""
+
+    member_ids: list[str]
+    arms: list[str]
+    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -135,8 +148,7 @@ class Snapshots:
                 lower.append(total)
                 total += share * BUCKETS // 100
             b = c.next_param
-            hashed = f"('x' || substr(md5({b(3)}::text || ':' || s.member_id), 1, 8))::bit(32)::bigint"
-            arm_sql = f"width_bucket({hashed} % {BUCKETS}, {b(4)}::bigint[]) - 1"
+            arm_sql = f"width_bucket({bucket_sql(f'{b(3)}::text', 's.member_id')}, {b(4)}::bigint[]) - 1"
             await conn.execute(
                 f"""INSERT INTO audience.snapshot_members (tenant_id, snapshot_id, member_id, arm)
                     SELECT {b(1)}::text, {b(2)}::text, s.member_id, {arm_sql}
@@ -174,3 +186,42 @@ class Snapshots:
         if arm is None:
             return None
         return str(json.loads(row["arms"])[arm]["name"])
+
+    async def members_page(
+        self, tenant_id: str, snapshot_id: str, page_size: int, page_token: str
+    ) -> MembersPage:
+        """One page of the snapshot's members by member id. The token names the snapshot it pages
+        through, so a token of another snapshot is refused rather than silently misread."""
+        v = Violations()
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            v.add("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
+        after = _decode_page_token(page_token, snapshot_id, v)
+        v.raise_if_any()
+        size = page_size or DEFAULT_PAGE_SIZE
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            row = await store.get_snapshot(conn, snapshot_id)
+            if row is None:
+                raise NotFound(f"snapshots/{snapshot_id} not found")
+            rows = await store.snapshot_members_after(conn, snapshot_id, after, size + 1)
+        names = [arm["name"] for arm in json.loads(row["arms"])]
+        page = rows[:size]
+        token = _encode_page_token(snapshot_id, page[-1]["member_id"]) if len(rows) > size else ""
+        return MembersPage([r["member_id"] for r in page], [names[r["arm"]] for r in page], token)
+
+
+def _encode_page_token(snapshot_id: str, after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": snapshot_id, "a": after}).encode()).decode()
+
+
+def _decode_page_token(token: str, snapshot_id: str, v: Violations) -> str:
+    """The member id a page starts after ('' for the first page)."""
+    if not token:
+        return ""
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        body = None
+    if not isinstance(body, dict) or body.get("s") != snapshot_id or not isinstance(body.get("a"), str):
+        v.add("page_token", "is not a token this list returned for this snapshot")
+        return ""
+    return str(body["a"])

@@ -263,6 +263,20 @@ async def member_arm(conn: Connection, snapshot_id: str, member_id: str) -> int 
     return None if arm is None else int(arm)
 
 
+async def snapshot_members_after(
+    conn: Connection, snapshot_id: str, after: str, limit: int
+) -> list[asyncpg.Record]:
+    """Up to `limit` members of the snapshot after member id `after`, in member id order, with the
+    index of their arm (the primary key's order, so a page is one index range)."""
+    return await conn.fetch(
+        """SELECT member_id, arm FROM audience.snapshot_members
+           WHERE snapshot_id = $1 AND member_id > $2 ORDER BY member_id LIMIT $3""",
+        snapshot_id,
+        after,
+        limit,
+    )
+
+
 # --- breakdowns ----------------------------------------------------------------------------------
 # Each takes the audience's compiled `SELECT member_id …` and its arguments, appends its own
 # parameters after them, and reads one statement, so every figure comes from one snapshot of data.

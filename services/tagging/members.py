@@ -27,6 +27,7 @@ PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL = 254
 MAX_IMPORT_BATCH = 10_000
+MAX_BATCH_GET = 10_000
 # A rejected batch lists violations up to about this many characters: they travel twice (message
 # and details, base64) in the call's trailers, which gRPC clients cap at 8 KiB by default; beyond
 # that the caller would get RESOURCE_EXHAUSTED instead of the list.
@@ -176,6 +177,27 @@ class Members:
                 self._realtime.refreshed(tenant_id, updated, Input.PROFILE, now),
             )
         return len(changed)
+
+    async def get_many(self, tenant_id: str, member_ids: Sequence[str], allow_missing: bool) -> list[Member]:
+        """The members in the order asked; NotFound names the first unknown one unless `allow_missing`
+        (then unknown ones are left out)."""
+        violations = Violations()
+        if not 1 <= len(member_ids) <= MAX_BATCH_GET:
+            violations.add("names", f"must name 1-{MAX_BATCH_GET} members")
+        seen: set[str] = set()
+        for i, member_id in enumerate(member_ids[:MAX_BATCH_GET]):
+            checks.natural_id(member_id, violations, f"names[{i}]")
+            if member_id in seen:
+                violations.add(f"names[{i}]", "names a member given before")
+            seen.add(member_id)
+        violations.raise_if_any()
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            found = {member.member_id: member for member in await store.get_members(conn, member_ids)}
+        if not allow_missing:
+            missing = next((m for m in member_ids if m not in found), None)
+            if missing is not None:
+                raise NotFound(f"members/{missing} not found")
+        return [found[m] for m in member_ids if m in found]
 
     async def get(self, tenant_id: str, member_id: str) -> Member:
         violations = Violations()

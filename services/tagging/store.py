@@ -95,6 +95,14 @@ async def get_member(conn: Connection, member_id: str) -> Member | None:
     return None if row is None else _member(row)
 
 
+async def get_members(conn: Connection, member_ids: Sequence[str]) -> list[Member]:
+    """The members of these ids that exist, in no particular order."""
+    rows = await conn.fetch(
+        f"SELECT {_MEMBER_COLUMNS} FROM tagging.members WHERE member_id = ANY($1::text[])", member_ids
+    )
+    return [_member(row) for row in rows]
+
+
 async def missing_members(conn: Connection, member_ids: list[str]) -> set[str]:
     rows = await conn.fetch(
         "SELECT member_id FROM tagging.members WHERE member_id = ANY($1::text[])", member_ids

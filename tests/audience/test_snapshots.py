@@ -166,3 +166,46 @@ async def test_bad_splits_name_the_field(audience_stub: AudienceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await assignment(audience_stub, f"snapshots/{'0' * 32}", "m-1")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def list_members(
+    stub: AudienceStub, parent: str, page_size: int = 0, page_token: str = "", metadata: Any = ACME
+) -> audience_service_pb2.ListSnapshotMembersResponse:
+    request = audience_service_pb2.ListSnapshotMembersRequest(
+        parent=parent, page_size=page_size, page_token=page_token
+    )
+    return await stub.ListSnapshotMembers(request, metadata=metadata)
+
+
+async def test_a_snapshots_members_page_in_id_order_with_their_arms(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    batch = unique("batch")
+    ids = await import_batch(tagging_stub, batch, 1_500)
+    audience = await create(audience_stub, in_batch(batch))
+    frozen = await snapshot(audience_stub, audience.audience_id)
+    await member(tagging_stub, batch)  # joins the audience later: not in the frozen pages
+
+    seen: list[tuple[str, str]] = []
+    pages, token = 0, ""
+    while True:
+        page = await list_members(audience_stub, frozen.name, page_size=600, page_token=token)
+        assert len(page.member_ids) == len(page.arms) <= 600
+        seen += zip(page.member_ids, page.arms, strict=True)
+        pages, token = pages + 1, page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert [member_id for member_id, _ in seen] == sorted(ids)
+    assert all(arm == expected_arm(frozen.salt, member_id) for member_id, arm in seen)
+    default = await list_members(audience_stub, frozen.name)
+    assert len(default.member_ids) == 1_000 and default.next_page_token
+
+    other = await snapshot(audience_stub, audience.audience_id)
+    await bad(list_members(audience_stub, other.name, page_token=default.next_page_token), "page_token")
+    await bad(list_members(audience_stub, frozen.name, page_token="not-a-token"), "page_token")
+    await bad(list_members(audience_stub, frozen.name, page_size=10_001), "page_size")
+    await bad(list_members(audience_stub, audience.name), "parent")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await list_members(audience_stub, frozen.name, metadata=GLOBEX)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

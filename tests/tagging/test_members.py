@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
 from services.common.db import Database
-from tests.conftest import ACME, TENANT_ACME, unique
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 from tests.grpc_helpers import field_violations
 
 if TYPE_CHECKING:
@@ -239,3 +239,81 @@ async def test_missing_member_is_invalid_argument(tagging_stub: Stub) -> None:
         await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(), metadata=ACME)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == {"member": "is required"}
+
+
+async def batch_get(
+    stub: Stub, names: list[str], allow_missing: bool = False, metadata: Any = ACME
+) -> list[member_pb2.Member]:
+    request = tagging_service_pb2.BatchGetMembersRequest(names=names, allow_missing=allow_missing)
+    return list((await stub.BatchGetMembers(request, metadata=metadata)).members)
+
+
+async def test_batch_get_returns_members_in_the_order_asked(tagging_stub: Stub) -> None:
+    ids = [unique() for _ in range(5)]
+    stored = {member_id: await upsert(tagging_stub, a_member(member_id)) for member_id in ids}
+    asked = [ids[3], ids[0], ids[4], ids[1], ids[2]]
+    got = await batch_get(tagging_stub, [f"members/{m}" for m in asked])
+    assert got == [stored[m] for m in asked]
+
+    missing = unique()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await batch_get(tagging_stub, [f"members/{ids[0]}", f"members/{missing}"])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND and missing in str(caught.value.details())
+    lenient = await batch_get(tagging_stub, [f"members/{missing}", f"members/{ids[1]}"], allow_missing=True)
+    assert lenient == [stored[ids[1]]]
+    # Another tenant's members are unknown here.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await batch_get(tagging_stub, [f"members/{ids[0]}"], metadata=GLOBEX)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_batch_get_names_each_bad_name(tagging_stub: Stub) -> None:
+    member_id = unique()
+    for names, path in (
+        ([], "names"),
+        ([f"members/{member_id}", f"members/{member_id}"], "names[1]"),
+        ([f"members/{member_id}", "member_id"], "names[1]"),
+        ([f"members/{member_id}", "members/bad id"], "names[1]"),
+        ([f"members/{n}" for n in range(10_001)], "names"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await batch_get(tagging_stub, names)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert path in field_violations(caught.value), (names[:3], field_violations(caught.value))
+
+
+async def test_batch_get_returns_only_the_masked_fields(tagging_stub: Stub) -> None:
+    member_id = unique()
+    message = a_member(member_id, nickname="Mei", level="gold")
+    message.contact.CopyFrom(
+        member_pb2.Contact(
+            phone="+8613800000001", preferred_channel=member_pb2.CHANNEL_SMS, time_zone="Asia/Shanghai"
+        )
+    )
+    stored = await upsert(tagging_stub, message)
+
+    async def masked(*paths: str) -> member_pb2.Member:
+        request = tagging_service_pb2.BatchGetMembersRequest(
+            names=[f"members/{member_id}"], read_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        (found,) = (await tagging_stub.BatchGetMembers(request, metadata=ACME)).members
+        return found
+
+    lean = await masked("contact", "profile.nickname", "profile.level")
+    assert lean == member_pb2.Member(
+        name=stored.name,
+        member_id=member_id,
+        profile=member_pb2.Profile(nickname="Mei", level="gold"),
+        contact=stored.contact,
+    )
+    full = await masked("profile", "create_time", "revision")
+    assert (full.profile, full.create_time, full.revision) == (
+        stored.profile,
+        stored.create_time,
+        stored.revision,
+    )
+    assert not full.HasField("contact") and not full.HasField("attributes")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await masked("contact", "profile.shoe_size")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "read_mask.paths[1]" in field_violations(caught.value)

@@ -105,11 +105,16 @@ def provider() -> Iterator[fakes.Provider]:
 
 @pytest.fixture
 def channel_settings(mailbox: fakes.MailBox, provider: fakes.Provider) -> ChannelSettings:
-    """Every channel configured: e-mail to the SMTP server, the rest to the HTTP provider."""
+    """Every channel configured: e-mail to the SMTP server, the rest to the HTTP provider (with its
+    batch endpoint, which broadcasts use)."""
     return ChannelSettings(
         smtp=SmtpSettings(host=mailbox.host, port=mailbox.port, sender="journeys@shop.test"),
         providers={
-            name: HttpProviderSettings(url=f"{provider.url}?channel={name}", api_key=PROVIDER_KEY)
+            name: HttpProviderSettings(
+                url=f"{provider.url}?channel={name}",
+                api_key=PROVIDER_KEY,
+                batch_url=f"{provider.batch_url}?channel={name}",
+            )
             for name in ("sms", "app_push", "wecom")
         },
         timeout_seconds=10,

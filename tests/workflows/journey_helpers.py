@@ -35,6 +35,28 @@ def phone_of(member_id: str) -> str:
     return "+86138" + str(int(member_id.encode().hex(), 16) % 10**8).zfill(8)
 
 
+def member_message(
+    member_id: str,
+    *,
+    preferred: str = "sms",
+    opted_out: Sequence[str] = (),
+    time_zone: str = "Asia/Shanghai",
+    nickname: str = "Lin",
+) -> member_pb2.Member:
+    """A member reachable by SMS at phone_of(member_id) and by e-mail at {member_id}@mail.test."""
+    return member_pb2.Member(
+        member_id=member_id,
+        profile=member_pb2.Profile(nickname=nickname, city="Hangzhou"),
+        contact=member_pb2.Contact(
+            phone=phone_of(member_id),
+            email=f"{member_id}@mail.test",
+            preferred_channel=CHANNEL[preferred],
+            opted_out_channels=[CHANNEL[c] for c in opted_out],
+            time_zone=time_zone,
+        ),
+    )
+
+
 async def seed_member(
     channel: grpc.aio.Channel,
     member_id: str,
@@ -46,22 +68,10 @@ async def seed_member(
     metadata: tuple[tuple[str, str], ...] = ACME,
 ) -> None:
     stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
-    await stub.UpsertMember(
-        tagging_service_pb2.UpsertMemberRequest(
-            member=member_pb2.Member(
-                member_id=member_id,
-                profile=member_pb2.Profile(nickname=nickname, city="Hangzhou"),
-                contact=member_pb2.Contact(
-                    phone=phone_of(member_id),
-                    email=f"{member_id}@mail.test",
-                    preferred_channel=CHANNEL[preferred],
-                    opted_out_channels=[CHANNEL[c] for c in opted_out],
-                    time_zone=time_zone,
-                ),
-            )
-        ),
-        metadata=metadata,
+    member = member_message(
+        member_id, preferred=preferred, opted_out=opted_out, time_zone=time_zone, nickname=nickname
     )
+    await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=metadata)
 
 
 def journey(*steps: Step, **changes: object) -> JourneyDefinition:

@@ -15,18 +15,25 @@ from services.common.errors import InvalidArgument, NotFound
 from tests.conftest import TENANT_ACME, TENANT_GLOBEX, unique
 from workflows.journeys import loading, store
 from workflows.journeys.definition import (
+    AddTag,
+    Award,
     Branch,
+    Broadcast,
     Condition,
     Entry,
     EventMatch,
+    Exit,
     JourneyDefinition,
     Send,
     Split,
     SplitArm,
     Step,
+    TagField,
     Template,
     Wait,
+    WaitForEvent,
     validate,
+    validate_broadcast,
 )
 from workflows.journeys.shipped import NEW_CUSTOMER, SHIPPED, WIN_BACK
 
@@ -183,3 +190,36 @@ async def test_seeding_stores_shipped_journeys_once_and_keeps_a_tenants_own_vers
     await store.seed_definitions(journeys_db, tenants, (shipped,))
     assert (await store.get_definition(journeys_db, TENANT_ACME, shipped.key)).definition == own
     assert (await store.get_definition(journeys_db, TENANT_GLOBEX, shipped.key)).version == 1
+
+
+def test_a_broadcast_takes_only_the_steps_a_cohort_runs_in_batches() -> None:
+    entry = Entry(broadcast=Broadcast(audience="vip"))
+    steps = (
+        Step(id="split", split=Split(arms=(SplitArm("a", 50), SplitArm("b", 50)))),
+        Step(id="hello", send=Send(template="hello")),
+        Step(id="mark", add_tag=AddTag(dimension="campaign", value="spring")),
+        Step(id="wait-1d", wait=Wait(duration="1d")),
+        Step(id="done", exit=Exit()),
+    )
+    validate(minimal(entry=entry, steps=steps))
+    unsupported = (
+        Step(id="hello", send=Send(template="coupon")),
+        Step(id="order", wait_for_event=WaitForEvent(event=EventMatch(kind="order"), timeout="3d")),
+        Step(id="vip", branch=Branch(condition=Condition(audience="vip"))),
+        Step(id="points", award=Award(points=10)),
+    )
+    coupon = Template(body="{threshold}", tag_fields=(TagField(name="threshold", dimension="spend"),))
+    with pytest.raises(InvalidArgument) as caught:
+        validate(minimal(entry=entry, steps=unsupported, templates={"coupon": coupon}))
+    assert fields_of(caught.value) == [
+        "steps[1].wait_for_event",
+        "steps[2].branch",
+        "steps[3].award",
+        "templates['coupon'].tag_fields",
+    ]
+    # The same steps are fine for a triggered journey; a cohort needs a broadcast entry.
+    triggered = minimal(steps=unsupported, templates={"coupon": coupon})
+    validate(triggered)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_broadcast(triggered)
+    assert fields_of(caught.value) == ["entry"]

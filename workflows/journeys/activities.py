@@ -52,6 +52,29 @@ def now() -> dt.datetime:
     return activity.info().started_time
 
 
+def recipient_of(member: member_pb2.Member, extra_fields: dict[str, str] | None = None) -> Recipient:
+    """What a send needs of a member from tagging: contact data, consent and personal fields."""
+    profile, contact, member_id = member.profile, member.contact, member.member_id
+    fields = dict(
+        zip(PROFILE_FIELDS, (profile.nickname, profile.city, profile.level, member_id), strict=True)
+    )
+    if extra_fields:
+        fields |= extra_fields
+    opted_out = contact.opted_out_channels
+    return Recipient(
+        member_id=member_id,
+        found=True,
+        phone=contact.phone,
+        email=contact.email,
+        preferred_channel=CHANNEL_NAMES.get(contact.preferred_channel, ""),
+        opted_out=frozenset(CHANNEL_NAMES[c] for c in opted_out if c in CHANNEL_NAMES)
+        if opted_out
+        else frozenset(),
+        time_zone=contact.time_zone,
+        fields=fields,
+    )
+
+
 def holdout_salt(journey_key: str) -> str:
     """Holdout buckets are per journey: a member is in the holdout of a journey on every entry."""
     return f"journey:{journey_key}"
@@ -184,28 +207,11 @@ class JourneyActivities:
         member = await self._member(request.tenant_id, request.member_id)
         if member is None:
             return Recipient(member_id=request.member_id, found=False)
-        fields = dict(
-            zip(
-                PROFILE_FIELDS,
-                (member.profile.nickname, member.profile.city, member.profile.level, member.member_id),
-                strict=True,
-            )
-        )
+        extra: dict[str, str] = {}
         if request.template.tag_fields:
             tags = await self._tags(request.tenant_id, request.member_id)
-            fields |= templates.tag_field_values(request.template, tags)
-        return Recipient(
-            member_id=member.member_id,
-            found=True,
-            phone=member.contact.phone,
-            email=member.contact.email,
-            preferred_channel=CHANNEL_NAMES.get(member.contact.preferred_channel, ""),
-            opted_out=frozenset(
-                CHANNEL_NAMES[c] for c in member.contact.opted_out_channels if c in CHANNEL_NAMES
-            ),
-            time_zone=member.contact.time_zone,
-            fields=fields,
-        )
+            extra = templates.tag_field_values(request.template, tags)
+        return recipient_of(member, extra)
 
     @activity.defn(name="journeys.send")
     async def send(self, request: SendRequest) -> SendOutcome:

@@ -1,11 +1,13 @@
-"""Starting a member's journey from code (the dispatcher, tests, scripts); operators use the
-`temporal` CLI with the same id and input (see the README)."""
+"""Starting a member's journey or a broadcast from code (the dispatcher, tests, scripts); operators
+use the `temporal` CLI with the same id and input (see the README)."""
 
 from __future__ import annotations
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+from workflows.journeys.cohort.shared import CohortFunnel, CohortInput, cohort_workflow_id
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import JourneyDefinition
 from workflows.journeys.shared import Funnel, JourneyInput
 from workflows.journeys.workflow import JourneyWorkflow
@@ -34,5 +36,23 @@ async def start_member_journey(
         id=workflow_id(request.journey_key, request.member_id),
         task_queue=task_queue,
         id_reuse_policy=reuse_policy(definition),
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+
+
+async def start_broadcast(
+    client: Client, task_queue: str, request: CohortInput
+) -> WorkflowHandle[CohortJourneyWorkflow, CohortFunnel]:
+    """Starts the cohort of (journey, snapshot); raises WorkflowAlreadyStartedError when it runs or
+    ran (a broadcast goes to a snapshot once; the cohort's row refuses it too)."""
+    snapshot_id = request.snapshot.removeprefix("snapshots/")
+    if not request.snapshot.startswith("snapshots/") or not snapshot_id:
+        raise ValueError("a broadcast started from code names its snapshot: snapshots/{snapshot_id}")
+    return await client.start_workflow(
+        CohortJourneyWorkflow.run,
+        request,
+        id=cohort_workflow_id(request.journey_key, snapshot_id),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
     )

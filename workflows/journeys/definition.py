@@ -46,6 +46,12 @@ STEP_KINDS = (
     "exit",
 )
 PROFILE_FIELDS = ("nickname", "city", "level", "member_id")
+# What a broadcast (one cohort workflow for a whole snapshot, in batches) can run set-based: waits
+# for the cohort (member-local hours per member), hash-based splits, sends, strategy tags (one
+# tagging call per batch) and exits. Per-member work that has no batch form is left to triggered
+# journeys: waiting for a member's own event, branching on a member's audience or tags, awarding
+# points one EarnPoints call at a time (see docs/decisions.md).
+BROADCAST_STEP_KINDS = ("wait", "wait_until_hour", "split", "send", "add_tag", "exit")
 
 KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -327,7 +333,29 @@ def validate(definition: JourneyDefinition) -> None:
     if definition.quiet_hours is not None:
         _quiet_hours(definition.quiet_hours, v)
     _channels(definition.channels, v)
+    if definition.entry.broadcast is not None:
+        _broadcast(definition, v)
     v.raise_if_any()
+
+
+def validate_broadcast(definition: JourneyDefinition) -> None:
+    """Raises InvalidArgument unless the (valid) definition can run as a cohort."""
+    v = Violations()
+    if definition.entry.broadcast is None:
+        v.add("entry", "a cohort runs a broadcast journey: set entry.broadcast")
+    v.raise_if_any()
+
+
+def _broadcast(definition: JourneyDefinition, v: Violations) -> None:
+    for i, step in enumerate(definition.steps):
+        if step.kind and step.kind not in BROADCAST_STEP_KINDS:
+            v.add(
+                f"steps[{i}].{step.kind}",
+                f"a broadcast runs its cohort in batches and supports {', '.join(BROADCAST_STEP_KINDS)}",
+            )
+    for name, template in definition.templates.items():
+        if template.tag_fields:
+            v.add(f"templates[{name!r}].tag_fields", "a broadcast renders profile fields only")
 
 
 def _entry(entry: Entry, v: Violations) -> None:

@@ -25,7 +25,7 @@ from services.common.db import Connection, Database
 from workflows.journeys import message_log, schedule, templates
 from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
 from workflows.journeys.channels.config import ChannelSettings
-from workflows.journeys.definition import CHANNELS
+from workflows.journeys.definition import CHANNELS, ChannelPolicy, QuietHours, Template
 from workflows.journeys.message_log import Key
 from workflows.journeys.shared import SendOutcome, SendRequest
 
@@ -60,17 +60,29 @@ class Recipient:
 
 def candidates(request: SendRequest, recipient: Recipient) -> list[str]:
     """The channels to try, best first: the step's choice, then the journey's fallback order."""
-    policy = request.channels
+    return channel_order(request.channel, request.channels, recipient)
+
+
+def channel_order(choice: str, policy: ChannelPolicy, recipient: Recipient) -> list[str]:
+    """The channels a send step's `choice` means for this member, best first."""
     preferred = recipient.preferred_channel if policy.preferred == "member" else policy.preferred
     if preferred not in CHANNELS:
         preferred = policy.fallback[0] if policy.fallback else ""
-    if request.channel == "preferred":
+    if choice == "preferred":
         order = [preferred, *policy.fallback]
-    elif request.channel == "fallback":
+    elif choice == "fallback":
         order = [c for c in policy.fallback if c != preferred]
     else:
-        order = [request.channel, *policy.fallback]
+        order = [choice, *policy.fallback]
     return list(dict.fromkeys(c for c in order if c))
+
+
+def outgoing(template: Template, recipient: Recipient, channel: str, message_id: str) -> Outgoing:
+    """The rendered message for the member on the channel."""
+    subject, body = templates.render(template, recipient.fields)
+    return Outgoing(
+        message_id=message_id, channel=channel, to=recipient.address(channel), subject=subject, body=body
+    )
 
 
 class Sender:
@@ -78,13 +90,15 @@ class Sender:
         self._db = db
         self._channels = channels
         self._settings = settings
+        # Channels with an implementation and their configuration (both fixed for the process).
+        self._ready = frozenset(c for c in channels if settings.configured(c))
+
+    def channel(self, name: str) -> Channel:
+        return self._channels[name]
 
     def usable(self, channel: str, recipient: Recipient) -> bool:
         return (
-            channel in self._channels
-            and self._settings.configured(channel)
-            and channel not in recipient.opted_out
-            and bool(recipient.address(channel))
+            channel in self._ready and channel not in recipient.opted_out and bool(recipient.address(channel))
         )
 
     async def send(self, request: SendRequest, recipient: Recipient, now: dt.datetime) -> SendOutcome:
@@ -117,6 +131,26 @@ class Sender:
         # Committed: from here on a crash leaves the row in `sending`, never a second delivery.
         return await self._deliver(request, recipient, key, channel, now)
 
+    def route(
+        self,
+        choice: str,
+        policy: ChannelPolicy,
+        quiet_hours: QuietHours | None,
+        recipient: Recipient,
+        now: dt.datetime,
+        tz: ZoneInfo,
+    ) -> SendOutcome | str:
+        """What the member alone decides: a skip, a deferral for quiet hours, or the channel."""
+        if not recipient.found:
+            return SendOutcome("skipped", detail="member not found in tagging")
+        quiet_end = schedule.quiet_until(now, tz, quiet_hours)
+        if quiet_end is not None:
+            return SendOutcome("deferred", detail="quiet_hours", until=quiet_end)
+        usable = [c for c in channel_order(choice, policy, recipient) if self.usable(c, recipient)]
+        if not usable:
+            return SendOutcome("skipped", detail="no channel: opted out, no address or not configured")
+        return usable[0]
+
     async def _check(
         self,
         conn: Connection,
@@ -127,15 +161,10 @@ class Sender:
         day: dt.date,
     ) -> tuple[SendOutcome | None, str]:
         """A deferral or skip decided before any claim, or the channel to send on."""
-        if not recipient.found:
-            return SendOutcome("skipped", detail="member not found in tagging"), ""
-        quiet_end = schedule.quiet_until(now, tz, request.quiet_hours)
-        if quiet_end is not None:
-            return SendOutcome("deferred", detail="quiet_hours", until=quiet_end), ""
-        usable = [c for c in candidates(request, recipient) if self.usable(c, recipient)]
-        if not usable:
-            return SendOutcome("skipped", detail="no channel: opted out, no address or not configured"), ""
-        channel = usable[0]
+        routed = self.route(request.channel, request.channels, request.quiet_hours, recipient, now, tz)
+        if isinstance(routed, SendOutcome):
+            return routed, ""
+        channel = routed
         if (
             await message_log.sent_on(conn, request.tenant_id, request.member_id, day)
             >= request.frequency_cap
@@ -153,14 +182,7 @@ class Sender:
     async def _deliver(
         self, request: SendRequest, recipient: Recipient, key: Key, channel: str, now: dt.datetime
     ) -> SendOutcome:
-        subject, body = templates.render(request.template, recipient.fields)
-        message = Outgoing(
-            message_id=f"{request.journey_run}/{request.step_id}",
-            channel=channel,
-            to=recipient.address(channel),
-            subject=subject,
-            body=body,
-        )
+        message = outgoing(request.template, recipient, channel, f"{request.journey_run}/{request.step_id}")
         try:
             provider_id = await self._channels[channel].deliver(message)
         except NotDelivered as error:

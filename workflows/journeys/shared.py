@@ -10,6 +10,7 @@ from workflows.journeys.definition import (
     Award,
     ChannelPolicy,
     Condition,
+    EventMatch,
     JourneyDefinition,
     QuietHours,
     Template,
@@ -185,3 +186,15 @@ class Funnel:
     convert_time: dt.datetime | None = None
     detail: str = ""
     deferrals: dict[str, int] = field(default_factory=dict)
+
+
+def matches(match: EventMatch, event: MemberEvent) -> bool:
+    """Whether `event` is one `match` describes (a first order is an order too)."""
+    kinds = {match.kind} | ({"first_order"} if match.kind == "order" else set())
+    if event.kind not in kinds or event.amount_minor < match.min_amount_minor:
+        return False
+    if match.kind.startswith("tag_"):
+        return event.dimension == match.dimension and (not match.values or event.value in match.values)
+    if match.kind.startswith("audience_"):
+        return event.audience == match.audience
+    return True

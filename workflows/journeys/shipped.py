@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from workflows.journeys.definition import (
     AudienceEntry,
+    Broadcast,
     ChannelPolicy,
     Entry,
     EventMatch,
@@ -99,4 +100,28 @@ WIN_BACK = JourneyDefinition(
     channels=ChannelPolicy(preferred="app_push", fallback=("sms", "email", "wecom")),
 )
 
-SHIPPED: tuple[JourneyDefinition, ...] = (NEW_CUSTOMER, WIN_BACK)
+# A broadcast: every member of a snapshot of the audience `announcement` (created by the operator,
+# see the README), in one cohort workflow. Quiet hours defer each member to 09:00 in their zone.
+ANNOUNCEMENT = JourneyDefinition(
+    key="announcement",
+    name="Announcement",
+    entry=Entry(broadcast=Broadcast(audience="announcement")),
+    steps=(
+        Step(id="announce", send=Send(template="announce", channel="preferred")),
+        Step(id="wait-2d", wait=Wait(duration="2d")),
+        Step(id="reminder", send=Send(template="reminder", channel="fallback")),
+    ),
+    templates={
+        "announce": Template(
+            subject="News for you, {nickname}", body="Hi {nickname}, our spring sale starts today."
+        ),
+        "reminder": Template(
+            subject="Two days left", body="Hi {nickname}, the spring sale ends in two days."
+        ),
+    },
+    goal=Goal(event=EventMatch(kind="order"), attribution="7d"),
+    holdout_percent=5,
+    quiet_hours=QuietHours(start="21:00", end="09:00"),
+)
+
+SHIPPED: tuple[JourneyDefinition, ...] = (NEW_CUSTOMER, WIN_BACK, ANNOUNCEMENT)

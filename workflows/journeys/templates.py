@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from workflows.journeys.definition import Template, placeholders
@@ -23,5 +24,11 @@ def render(template: Template, fields: Mapping[str, str]) -> tuple[str, str]:
     return template.subject.format_map(complete), template.body.format_map(complete)
 
 
-def _names(template: Template) -> set[str]:
-    return {*placeholders(template.subject), *placeholders(template.body)}
+def _names(template: Template) -> frozenset[str]:
+    return _placeholders_of(template.subject, template.body)
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders_of(subject: str, body: str) -> frozenset[str]:
+    """Parsed once per text: a broadcast renders the same template for every member."""
+    return frozenset({*placeholders(subject), *placeholders(body)})

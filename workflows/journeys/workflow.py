@@ -27,7 +27,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.journeys.activities import JourneyActivities
-    from workflows.journeys.definition import EventMatch, JourneyDefinition, Step, duration
+    from workflows.journeys.definition import JourneyDefinition, Step, duration
     from workflows.journeys.shared import (
         AwardRequest,
         ConditionRequest,
@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         SendRequest,
         StepFigures,
         TagRequest,
+        matches,
     )
 
 TENANT = SearchAttributeKey.for_keyword("MemberOpsTenant")
@@ -55,18 +56,6 @@ RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=time
 
 _I = TypeVar("_I")
 _O = TypeVar("_O")
-
-
-def matches(match: EventMatch, event: MemberEvent) -> bool:
-    """Whether `event` is one `match` describes (a first order is an order too)."""
-    kinds = {match.kind} | ({"first_order"} if match.kind == "order" else set())
-    if event.kind not in kinds or event.amount_minor < match.min_amount_minor:
-        return False
-    if match.kind.startswith("tag_"):
-        return event.dimension == match.dimension and (not match.values or event.value in match.values)
-    if match.kind.startswith("audience_"):
-        return event.audience == match.audience
-    return True
 
 
 @workflow.defn(name="Journey")

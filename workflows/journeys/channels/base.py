@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,41 @@ class OutcomeUnknown(Exception):
     the request went out): it must not be sent again, or the member might get it twice."""
 
 
-class Channel(Protocol):
+class Session(Protocol):
     async def deliver(self, message: Outgoing) -> str:
         """Hands the message to the provider; returns the provider's id for it."""
+        ...
+
+
+class Channel(Session, Protocol):
+    def session(self) -> AbstractAsyncContextManager[Session]:
+        """A connection for many messages one after another (one SMTP connection for a batch)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch endpoint said about one message: `sent` (with the provider's id), `failed`
+    (rejected for good), `retry` (not taken, send again) or `unknown` (no answer for it)."""
+
+    message_id: str
+    status: str
+    provider_id: str = ""
+    detail: str = ""
+
+
+@runtime_checkable
+class BatchChannel(Protocol):
+    """A provider endpoint taking many messages in one request, each under its own idempotency key:
+    a message sent again under a key it has seen is not delivered again (the provider answers the
+    first result), so a batch whose outcome is unknown may be sent again whole."""
+
+    @property
+    def batch_limit(self) -> int:
+        """Messages per request at most."""
+        ...
+
+    async def deliver_batch(self, messages: Sequence[Outgoing]) -> list[BatchResult]:
+        """One result per message, in order; raises NotDelivered, Rejected or OutcomeUnknown when
+        the request as a whole failed that way."""
         ...

@@ -33,6 +33,9 @@ class SmtpSettings:
 class HttpProviderSettings:
     url: str = ""
     api_key: str = field(default="", repr=False)
+    # The provider's batch endpoint (many messages per request, idempotent per message id), which
+    # broadcasts use; without one they send one request per message.
+    batch_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ChannelSettings:
             channel: HttpProviderSettings(
                 url=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_URL", ""),
                 api_key=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_KEY", ""),
+                batch_url=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_BATCH_URL", ""),
             )
             for channel in HTTP_CHANNELS
         }

@@ -1,10 +1,16 @@
 """SMS, app push and WeCom through one HTTP provider adapter: a JSON POST with a bearer key.
 
-The request body is `{"message_id", "channel", "to", "subject", "body"}` and carries an
-`Idempotency-Key` header equal to the message id; a 2xx reply may name the provider's id as `id`.
+One message: the request body is `{"message_id", "channel", "to", "subject", "body"}` and carries
+an `Idempotency-Key` header equal to the message id; a 2xx reply may name the provider's id as `id`.
 A refused connection, 429 or 503 means the provider did not take the message (send again later);
 other 4xx replies are permanent rejections; a timeout, a dropped connection or another 5xx leaves
 the outcome unknown.
+
+A batch (the provider's batch endpoint, for broadcasts): `{"messages": [...]}` of up to
+`BATCH_LIMIT` messages of the same shape, each with its `idempotency_key` (the message id); a 2xx
+reply is `{"results": [{"message_id", "status", "id"}]}` with an HTTP-like status per message
+(2xx taken, 429/503 not taken, other 4xx rejected, anything else unknown). The endpoint is
+idempotent per key, which is what lets a batch whose reply was lost be sent again whole.
 """
 
 from __future__ import annotations
@@ -14,11 +20,32 @@ import http.client
 import json
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
-from workflows.journeys.channels.base import NotDelivered, OutcomeUnknown, Outgoing, Rejected
+from workflows.journeys.channels.base import (
+    BatchResult,
+    NotDelivered,
+    OutcomeUnknown,
+    Outgoing,
+    Rejected,
+    Session,
+)
 from workflows.journeys.channels.config import HttpProviderSettings
 
 _NOT_TAKEN = {429, 503}
+BATCH_LIMIT = 1000
+
+
+def _fields(message: Outgoing) -> dict[str, str]:
+    return {
+        "message_id": message.message_id,
+        "channel": message.channel,
+        "to": message.to,
+        "subject": message.subject,
+        "body": message.body,
+    }
 
 
 class HttpProviderChannel:
@@ -29,29 +56,29 @@ class HttpProviderChannel:
     async def deliver(self, message: Outgoing) -> str:
         return await asyncio.to_thread(self._deliver, message)
 
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """Each message is a request of its own; nothing to keep open."""
+        yield self
+
     def _deliver(self, message: Outgoing) -> str:
-        body = json.dumps(
-            {
-                "message_id": message.message_id,
-                "channel": message.channel,
-                "to": message.to,
-                "subject": message.subject,
-                "body": message.body,
-            }
-        ).encode()
+        reply = self._post(self._settings.url, _fields(message), message.message_id)
+        return _provider_id(reply)
+
+    def _post(self, url: str, payload: dict[str, Any], idempotency_key: str = "") -> bytes:
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self._settings.api_key}",
+        }
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
         request = urllib.request.Request(
-            self._settings.url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._settings.api_key}",
-                "Idempotency-Key": message.message_id,
-            },
+            url, data=json.dumps(payload).encode(), method="POST", headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                reply = response.read()
+                reply: bytes = response.read()
+                return reply
         except urllib.error.HTTPError as error:
             if error.code in _NOT_TAKEN:
                 raise NotDelivered(f"provider answered {error.code}") from error
@@ -64,7 +91,45 @@ class HttpProviderChannel:
             raise OutcomeUnknown(f"provider unreachable mid-request: {error.reason}") from error
         except (TimeoutError, http.client.HTTPException, OSError) as error:
             raise OutcomeUnknown(f"provider connection failed: {error}") from error
-        return _provider_id(reply)
+
+
+class HttpBatchProviderChannel(HttpProviderChannel):
+    """The adapter of a provider that has a batch endpoint (`batch_url`)."""
+
+    @property
+    def batch_limit(self) -> int:
+        return BATCH_LIMIT
+
+    async def deliver_batch(self, messages: Sequence[Outgoing]) -> list[BatchResult]:
+        return await asyncio.to_thread(self._deliver_batch, list(messages))
+
+    def _deliver_batch(self, messages: list[Outgoing]) -> list[BatchResult]:
+        if len(messages) > BATCH_LIMIT:
+            raise ValueError(f"at most {BATCH_LIMIT} messages per batch request")
+        payload = {"messages": [{**_fields(m), "idempotency_key": m.message_id} for m in messages]}
+        reply = self._post(self._settings.batch_url, payload)
+        answered: dict[str, dict[str, Any]] = {}
+        try:
+            parsed = json.loads(reply or b"{}")
+            results = parsed.get("results", []) if isinstance(parsed, dict) else []
+            answered = {str(r.get("message_id")): r for r in results if isinstance(r, dict)}
+        except json.JSONDecodeError:
+            pass
+        return [_batch_result(m.message_id, answered.get(m.message_id)) for m in messages]
+
+
+def _batch_result(message_id: str, answer: dict[str, Any] | None) -> BatchResult:
+    if answer is None:
+        return BatchResult(message_id, "unknown", detail="the provider's reply did not name it")
+    status = answer.get("status")
+    code = status if isinstance(status, int) else 0
+    if 200 <= code < 300:
+        return BatchResult(message_id, "sent", str(answer.get("id", "")))
+    if code in _NOT_TAKEN:
+        return BatchResult(message_id, "retry", detail=f"provider answered {code}")
+    if 400 <= code < 500:
+        return BatchResult(message_id, "failed", detail=f"provider answered {code}")
+    return BatchResult(message_id, "unknown", detail=f"provider answered {status!r}")
 
 
 def _provider_id(reply: bytes) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workflows.journeys.channels.base import Channel
 from workflows.journeys.channels.config import HTTP_CHANNELS, ChannelSettings
-from workflows.journeys.channels.provider import HttpProviderChannel
+from workflows.journeys.channels.provider import HttpBatchProviderChannel, HttpProviderChannel
 from workflows.journeys.channels.smtp import SmtpChannel
 
 
@@ -15,5 +15,7 @@ def build(settings: ChannelSettings) -> dict[str, Channel]:
         built["email"] = SmtpChannel(settings.smtp, settings.timeout_seconds)
     for name in HTTP_CHANNELS:
         if settings.configured(name):
-            built[name] = HttpProviderChannel(settings.providers[name], settings.timeout_seconds)
+            provider = settings.providers[name]
+            kind = HttpBatchProviderChannel if provider.batch_url else HttpProviderChannel
+            built[name] = kind(provider, settings.timeout_seconds)
     return built

@@ -113,6 +113,11 @@ class AudienceServiceStub:
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.SerializeToString,
                 response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.FromString,
                 _registered_method=True)
+        self.ListSnapshotMembers = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/ListSnapshotMembers',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
+                _registered_method=True)
 
 
 class AudienceServiceServicer:
@@ -237,6 +242,14 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSnapshotMembers(self, request, context):
+        """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
+        reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudienceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +327,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.GetAssignment,
                     request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.FromString,
                     response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.SerializeToString,
+            ),
+            'ListSnapshotMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshotMembers,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -724,6 +742,33 @@ class AudienceService:
             '/memberops.audience.v1.AudienceService/GetAssignment',
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentRequest.SerializeToString,
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.GetAssignmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshotMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ListSnapshotMembers',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,10 @@ class AudienceServiceStub:
     """Returns a snapshot with its arm sizes."""
     GetAssignment: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.GetAssignmentRequest, _audience_service_pb2.GetAssignmentResponse]
     """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
+    ListSnapshotMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotMembersRequest, _audience_service_pb2.ListSnapshotMembersResponse]
+    """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
+    reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+    """
 
 @_typing.type_check_only
 class AudienceServiceAsyncStub(AudienceServiceStub):
@@ -140,6 +144,10 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     """Returns a snapshot with its arm sizes."""
     GetAssignment: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.GetAssignmentRequest, _audience_service_pb2.GetAssignmentResponse]  # type: ignore[assignment]
     """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
+    ListSnapshotMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotMembersRequest, _audience_service_pb2.ListSnapshotMembersResponse]  # type: ignore[assignment]
+    """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
+    reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+    """
 
 class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Audiences over tags and facts: definitions, counts, lists, exports and membership checks.
@@ -283,5 +291,15 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.GetAssignmentResponse, _abc.Awaitable[_audience_service_pb2.GetAssignmentResponse]]:
         """The arm of one member in a snapshot (`in_snapshot` false when the member was not in the audience)."""
+
+    @_abc_1.abstractmethod
+    def ListSnapshotMembers(
+        self,
+        request: _audience_service_pb2.ListSnapshotMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSnapshotMembersResponse, _abc.Awaitable[_audience_service_pb2.ListSnapshotMembersResponse]]:
+        """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
+        reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+        """
 
 def add_AudienceServiceServicer_to_server(servicer: AudienceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
 from memberops.tagging.v1 import feed_pb2 as memberops_dot_tagging_dot_v1_dot_feed__pb2
@@ -29,75 +30,79 @@ from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_
 from memberops.tagging.v1 import tags_pb2 as memberops_dot_tagging_dot_v1_dot_tags__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"j\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x32\n\x05kinds\x18\x03 \x03(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"Q\n\x14GetMemberTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15GetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"a\n\x15ListTagChangesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x16ListTagChangesResponse\x12\x30\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x14\x41\x64\x64MemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"q\n\x17RemoveMemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x18\x43hangeMemberTagsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"*\n\x14RecomputeTagsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"O\n\x15RecomputeTagsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memberops.tagging.v1.RecomputeResult\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation\"=\n\x11StreamFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\"[\n\x12StreamFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x14ImportMembersRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"F\n\x15ImportMembersResponse\x12\x16\n\x0ereceived_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\"(\n\x12GetTagStatsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"e\n\x13GetTagStatsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x38\n\ndimensions\x18\x02 \x03(\x0b\x32$.memberops.tagging.v1.DimensionStats2\x90\x10\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12\x61\n\nStreamFeed\x12\'.memberops.tagging.v1.StreamFeedRequest\x1a(.memberops.tagging.v1.StreamFeedResponse0\x01\x12j\n\rImportMembers\x12*.memberops.tagging.v1.ImportMembersRequest\x1a+.memberops.tagging.v1.ImportMembersResponse(\x01\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponse\x12h\n\rGetMemberTags\x12*.memberops.tagging.v1.GetMemberTagsRequest\x1a+.memberops.tagging.v1.GetMemberTagsResponse\x12k\n\x0eListTagChanges\x12+.memberops.tagging.v1.ListTagChangesRequest\x1a,.memberops.tagging.v1.ListTagChangesResponse\x12h\n\rRecomputeTags\x12*.memberops.tagging.v1.RecomputeTagsRequest\x1a+.memberops.tagging.v1.RecomputeTagsResponse\x12\x62\n\x0bGetTagStats\x12(.memberops.tagging.v1.GetTagStatsRequest\x1a).memberops.tagging.v1.GetTagStatsResponse\x12k\n\rAddMemberTags\x12*.memberops.tagging.v1.AddMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponse\x12q\n\x10RemoveMemberTags\x12-.memberops.tagging.v1.RemoveMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"m\n\x16\x42\x61tchGetMembersRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12-\n\tread_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x17\x42\x61tchGetMembersResponse\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"j\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x32\n\x05kinds\x18\x03 \x03(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"Q\n\x14GetMemberTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15GetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"a\n\x15ListTagChangesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x16ListTagChangesResponse\x12\x30\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x14\x41\x64\x64MemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"q\n\x17RemoveMemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x18\x43hangeMemberTagsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"*\n\x14RecomputeTagsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"O\n\x15RecomputeTagsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memberops.tagging.v1.RecomputeResult\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation\"=\n\x11StreamFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\"[\n\x12StreamFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x14ImportMembersRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"F\n\x15ImportMembersResponse\x12\x16\n\x0ereceived_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\"(\n\x12GetTagStatsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"e\n\x13GetTagStatsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x38\n\ndimensions\x18\x02 \x03(\x0b\x32$.memberops.tagging.v1.DimensionStats2\x80\x11\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12n\n\x0f\x42\x61tchGetMembers\x12,.memberops.tagging.v1.BatchGetMembersRequest\x1a-.memberops.tagging.v1.BatchGetMembersResponse\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12\x61\n\nStreamFeed\x12\'.memberops.tagging.v1.StreamFeedRequest\x1a(.memberops.tagging.v1.StreamFeedResponse0\x01\x12j\n\rImportMembers\x12*.memberops.tagging.v1.ImportMembersRequest\x1a+.memberops.tagging.v1.ImportMembersResponse(\x01\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponse\x12h\n\rGetMemberTags\x12*.memberops.tagging.v1.GetMemberTagsRequest\x1a+.memberops.tagging.v1.GetMemberTagsResponse\x12k\n\x0eListTagChanges\x12+.memberops.tagging.v1.ListTagChangesRequest\x1a,.memberops.tagging.v1.ListTagChangesResponse\x12h\n\rRecomputeTags\x12*.memberops.tagging.v1.RecomputeTagsRequest\x1a+.memberops.tagging.v1.RecomputeTagsResponse\x12\x62\n\x0bGetTagStats\x12(.memberops.tagging.v1.GetTagStatsRequest\x1a).memberops.tagging.v1.GetTagStatsResponse\x12k\n\rAddMemberTags\x12*.memberops.tagging.v1.AddMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponse\x12q\n\x10RemoveMemberTags\x12-.memberops.tagging.v1.RemoveMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.tagging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSERTMEMBERREQUEST']._serialized_start=236
-  _globals['_UPSERTMEMBERREQUEST']._serialized_end=303
-  _globals['_GETMEMBERREQUEST']._serialized_start=305
-  _globals['_GETMEMBERREQUEST']._serialized_end=337
-  _globals['_RECORDORDERREQUEST']._serialized_start=339
-  _globals['_RECORDORDERREQUEST']._serialized_end=403
-  _globals['_RECORDREFUNDREQUEST']._serialized_start=405
-  _globals['_RECORDREFUNDREQUEST']._serialized_end=472
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=474
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=548
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=550
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=621
-  _globals['_READFEEDREQUEST']._serialized_start=623
-  _globals['_READFEEDREQUEST']._serialized_end=729
-  _globals['_READFEEDRESPONSE']._serialized_start=731
-  _globals['_READFEEDRESPONSE']._serialized_end=820
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=822
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=911
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=913
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=1028
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=1030
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1086
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1088
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1179
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1181
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1296
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1298
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1340
-  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1342
-  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1398
-  _globals['_GETMEMBERTAGSREQUEST']._serialized_start=1400
-  _globals['_GETMEMBERTAGSREQUEST']._serialized_end=1481
-  _globals['_GETMEMBERTAGSRESPONSE']._serialized_start=1483
-  _globals['_GETMEMBERTAGSRESPONSE']._serialized_end=1553
-  _globals['_LISTTAGCHANGESREQUEST']._serialized_start=1555
-  _globals['_LISTTAGCHANGESREQUEST']._serialized_end=1652
-  _globals['_LISTTAGCHANGESRESPONSE']._serialized_start=1654
-  _globals['_LISTTAGCHANGESRESPONSE']._serialized_end=1753
-  _globals['_ADDMEMBERTAGSREQUEST']._serialized_start=1755
-  _globals['_ADDMEMBERTAGSREQUEST']._serialized_end=1865
-  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_start=1867
-  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_end=1980
-  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_start=1982
-  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_end=2031
-  _globals['_RECOMPUTETAGSREQUEST']._serialized_start=2033
-  _globals['_RECOMPUTETAGSREQUEST']._serialized_end=2075
-  _globals['_RECOMPUTETAGSRESPONSE']._serialized_start=2077
-  _globals['_RECOMPUTETAGSRESPONSE']._serialized_end=2156
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=2158
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=2239
-  _globals['_STREAMFEEDREQUEST']._serialized_start=2241
-  _globals['_STREAMFEEDREQUEST']._serialized_end=2302
-  _globals['_STREAMFEEDRESPONSE']._serialized_start=2304
-  _globals['_STREAMFEEDRESPONSE']._serialized_end=2395
-  _globals['_IMPORTMEMBERSREQUEST']._serialized_start=2397
-  _globals['_IMPORTMEMBERSREQUEST']._serialized_end=2466
-  _globals['_IMPORTMEMBERSRESPONSE']._serialized_start=2468
-  _globals['_IMPORTMEMBERSRESPONSE']._serialized_end=2538
-  _globals['_GETTAGSTATSREQUEST']._serialized_start=2540
-  _globals['_GETTAGSTATSREQUEST']._serialized_end=2580
-  _globals['_GETTAGSTATSRESPONSE']._serialized_start=2582
-  _globals['_GETTAGSTATSRESPONSE']._serialized_end=2683
-  _globals['_TAGGINGSERVICE']._serialized_start=2686
-  _globals['_TAGGINGSERVICE']._serialized_end=4750
+  _globals['_UPSERTMEMBERREQUEST']._serialized_start=270
+  _globals['_UPSERTMEMBERREQUEST']._serialized_end=337
+  _globals['_GETMEMBERREQUEST']._serialized_start=339
+  _globals['_GETMEMBERREQUEST']._serialized_end=371
+  _globals['_BATCHGETMEMBERSREQUEST']._serialized_start=373
+  _globals['_BATCHGETMEMBERSREQUEST']._serialized_end=482
+  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_start=484
+  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_end=556
+  _globals['_RECORDORDERREQUEST']._serialized_start=558
+  _globals['_RECORDORDERREQUEST']._serialized_end=622
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=624
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=691
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=693
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=767
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=769
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=840
+  _globals['_READFEEDREQUEST']._serialized_start=842
+  _globals['_READFEEDREQUEST']._serialized_end=948
+  _globals['_READFEEDRESPONSE']._serialized_start=950
+  _globals['_READFEEDRESPONSE']._serialized_end=1039
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=1041
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=1130
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=1132
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=1247
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=1249
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1305
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1307
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1398
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1400
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1515
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1517
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1559
+  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1561
+  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1617
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_start=1619
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_end=1700
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_start=1702
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_end=1772
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_start=1774
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_end=1871
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_start=1873
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_end=1972
+  _globals['_ADDMEMBERTAGSREQUEST']._serialized_start=1974
+  _globals['_ADDMEMBERTAGSREQUEST']._serialized_end=2084
+  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_start=2086
+  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_end=2199
+  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_start=2201
+  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_end=2250
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_start=2252
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_end=2294
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_start=2296
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_end=2375
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=2377
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=2458
+  _globals['_STREAMFEEDREQUEST']._serialized_start=2460
+  _globals['_STREAMFEEDREQUEST']._serialized_end=2521
+  _globals['_STREAMFEEDRESPONSE']._serialized_start=2523
+  _globals['_STREAMFEEDRESPONSE']._serialized_end=2614
+  _globals['_IMPORTMEMBERSREQUEST']._serialized_start=2616
+  _globals['_IMPORTMEMBERSREQUEST']._serialized_end=2685
+  _globals['_IMPORTMEMBERSRESPONSE']._serialized_start=2687
+  _globals['_IMPORTMEMBERSRESPONSE']._serialized_end=2757
+  _globals['_GETTAGSTATSREQUEST']._serialized_start=2759
+  _globals['_GETTAGSTATSREQUEST']._serialized_end=2799
+  _globals['_GETTAGSTATSRESPONSE']._serialized_start=2801
+  _globals['_GETTAGSTATSRESPONSE']._serialized_end=2902
+  _globals['_TAGGINGSERVICE']._serialized_start=2905
+  _globals['_TAGGINGSERVICE']._serialized_end=5081
 # @@protoc_insertion_point(module_scope)

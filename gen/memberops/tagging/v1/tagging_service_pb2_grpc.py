@@ -49,6 +49,11 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
                 _registered_method=True)
+        self.BatchGetMembers = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/BatchGetMembers',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.FromString,
+                _registered_method=True)
         self.RecordOrder = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/RecordOrder',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.SerializeToString,
@@ -157,6 +162,14 @@ class TaggingServiceServicer:
 
     def GetMember(self, request, context):
         """Returns one member; NOT_FOUND when the tenant has no member with that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetMembers(self, request, context):
+        """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
+        batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +328,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.SerializeToString,
             ),
+            'BatchGetMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetMembers,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.SerializeToString,
+            ),
             'RecordOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOrder,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.FromString,
@@ -462,6 +480,33 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/GetMember',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/BatchGetMembers',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class TaggingServiceStub:
     """
     GetMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+    BatchGetMembers: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMembersRequest, _tagging_service_pb2.BatchGetMembersResponse]
+    """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
+    batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+    """
     RecordOrder: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]
     """Records a paid order once. The order id is the natural key: a retry with the same content
     returns the stored order; the same id with different content is ALREADY_EXISTS.
@@ -121,6 +125,10 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """
     GetMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+    BatchGetMembers: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMembersRequest, _tagging_service_pb2.BatchGetMembersResponse]  # type: ignore[assignment]
+    """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
+    batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+    """
     RecordOrder: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]  # type: ignore[assignment]
     """Records a paid order once. The order id is the natural key: a retry with the same content
     returns the stored order; the same id with different content is ALREADY_EXISTS.
@@ -206,6 +214,16 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_member_pb2.Member, _abc.Awaitable[_member_pb2.Member]]:
         """Returns one member; NOT_FOUND when the tenant has no member with that id."""
+
+    @_abc_1.abstractmethod
+    def BatchGetMembers(
+        self,
+        request: _tagging_service_pb2.BatchGetMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.BatchGetMembersResponse, _abc.Awaitable[_tagging_service_pb2.BatchGetMembersResponse]]:
+        """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
+        batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+        """
 
     @_abc_1.abstractmethod
     def RecordOrder(
