@@ -51,8 +51,10 @@ def page_size(value: int, field: str) -> int:
 
 async def last_settled(conn: Connection, relation: str) -> str | None:
     """The cursor of the newest settled entry of `relation`, None when it has none."""
+    # Ordered by the row's xid8, not by the text of the output column of the same name.
     row = await conn.fetchrow(
-        f"SELECT txid::text AS txid, seq FROM {relation} WHERE {SETTLED} ORDER BY txid DESC, seq DESC LIMIT 1"
+        f"""SELECT f.txid::text AS txid, f.seq FROM {relation} f WHERE {SETTLED}
+            ORDER BY f.txid DESC, f.seq DESC LIMIT 1"""
     )
     return None if row is None else cursor_of(row)
 

@@ -116,7 +116,9 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def ReadFeed(
         self, request: tagging_service_pb2.ReadFeedRequest, context: Any
     ) -> tagging_service_pb2.ReadFeedResponse:
-        entries, next_cursor = await self._feed.read(current_tenant(), request.after_cursor, request.limit)
+        entries, next_cursor = await self._feed.read(
+            current_tenant(), request.after_cursor, request.limit, request.skip_to_end
+        )
         return tagging_service_pb2.ReadFeedResponse(
             entries=[feed_entry_to_proto(e) for e in entries], next_cursor=next_cursor
         )

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from services.common.db import Database
-from services.common.outbox import page_size, parse_cursor
+from services.common.outbox import last_settled, page_size, parse_cursor
 from services.tagging import store
 from services.tagging.model import FeedEntry
 
@@ -23,11 +23,16 @@ class Feed:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def read(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
-        """Returns the entries after `after_cursor` and the cursor to continue from."""
+    async def read(
+        self, tenant_id: str, after_cursor: str, limit: int, skip_to_end: bool = False
+    ) -> tuple[list[FeedEntry], str]:
+        """Returns the entries after `after_cursor` and the cursor to continue from; with
+        `skip_to_end`, no entries and the newest settled entry's cursor."""
         position = parse_cursor(after_cursor)
         limit = page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if skip_to_end:
+                return [], await last_settled(conn, "tagging.feed") or ""
             entries = await store.read_feed(conn, position, limit)
         return entries, entries[-1].cursor if entries else after_cursor
 
