@@ -37,6 +37,7 @@ from deploy import binaries, localpg
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
 from services.common.config import ConfigError, Settings
+from workflows.dispatcher.__main__ import ensure_all as ensure_dispatchers
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_TOKEN = "dev-token-0123456789abcdef"
@@ -429,9 +430,25 @@ async def up(env: Mapping[str, str]) -> None:
             state = "started"
         result = await wait_ready(layout, component, pid)
         print(f"{component.name:<10} {state:<16} {component.address}  (pid {pid}, {result.detail})")
+    await dispatchers(layout, settings)
     if uses_dev_token(env):
         await demo(layout, settings)
     print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
+
+
+async def dispatchers(layout: Layout, settings: Settings) -> None:
+    """One journey dispatcher per configured tenant (see workflows/dispatcher), started once."""
+    try:
+        started = await asyncio.wait_for(ensure_dispatchers(settings), DEMO_TIMEOUT_SECONDS)
+    except (grpc.aio.AioRpcError, RPCError, RuntimeError, TimeoutError) as error:
+        raise StackError(
+            f"the stack started but its journey dispatchers did not: {error!r}\n"
+            f"Look at {layout.logs}/worker.log."
+        ) from error
+    for each in started:
+        state = "started" if each.started else "already running"
+        created = f", created audience {', '.join(each.created)}" if each.created else ""
+        print(f"{'dispatcher':<10} {state:<16} {each.workflow_id}  (following the feeds{created})")
 
 
 async def demo(layout: Layout, settings: Settings) -> None:
