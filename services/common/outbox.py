@@ -78,9 +78,11 @@ async def read_settled(
     )
     return list(
         await conn.fetch(
-            f"""SELECT {columns}, txid::text AS txid, seq FROM {relation}
+            # ORDER BY names the row's xid8: a bare `txid` would be the text output column, which
+            # sorts 1000 before 999, so a page could end past entries it never returned.
+            f"""SELECT {columns}, f.txid::text AS txid, f.seq FROM {relation} f
                 WHERE {SETTLED} AND {position} AND {where}
-                ORDER BY txid, seq LIMIT $1""",
+                ORDER BY f.txid, f.seq LIMIT $1""",
             limit,
             None if after is None else str(after[0]),
             0 if after is None else after[1],
