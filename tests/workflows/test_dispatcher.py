@@ -154,12 +154,12 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
             JourneyWorkflow.run, client.workflow_id(NEW_CUSTOMER.key, member_id)
         )
         # The order it entered on is no goal: the member stays in the journey.
-        funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
-        assert funnel.state == "active" and not funnel.converted
+        funnel = await eventually("the member active", lambda: _state(handle, "active"))
+        assert not funnel.converted
         await record_order(resources, member_id, 12_345)
         result = await handle.result()
         await keep_history(handle, "dispatched_new_customer")
-        status: DispatcherStatus = await d.query(DispatcherWorkflow.status)
+        status = await eventually("the signal in the dispatcher's totals", lambda: _totals(d, "signalled", 1))
 
         async def reported() -> DispatcherFunnel | None:
             shown: DispatcherFunnel = await d.query(DispatcherWorkflow.funnel)
@@ -171,7 +171,7 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
     assert entered["entry_event_id"].startswith("tagging:")
     (row,) = await enrolments(journeys_db, NEW_CUSTOMER.key, member_id)
     assert (row["state"], row["gmv_minor"], row["run_id"]) == ("converted", 12_345, entered["run_id"])
-    assert status.totals.started >= 1 and status.totals.signalled >= 1
+    assert status.totals.started >= 1
     assert [r.journey_key for r in shown.journeys] == [NEW_CUSTOMER.key]
 
 
@@ -219,6 +219,20 @@ async def test_entering_a_dynamic_audience_enrols_into_win_back(
 async def _step(handle: WorkflowHandle[JourneyWorkflow, Funnel], step_id: str) -> Funnel | None:
     funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
     return funnel if funnel.current_step == step_id else None
+
+
+async def _state(handle: WorkflowHandle[JourneyWorkflow, Funnel], state: str) -> Funnel | None:
+    funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
+    return funnel if funnel.state == state else None
+
+
+async def _totals(
+    handle: WorkflowHandle[DispatcherWorkflow, None], field: str, at_least: int
+) -> DispatcherStatus | None:
+    """The dispatcher's status once its totals count `at_least` of `field` (a round's counts are
+    added when the round returns, which may be after its effects are visible)."""
+    status: DispatcherStatus = await handle.query(DispatcherWorkflow.status)
+    return status if getattr(status.totals, field) >= at_least else None
 
 
 async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice(
@@ -270,7 +284,8 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
         async with running(dev_server_env, worker_settings, resources):
             await enrolled(journeys_db, stays.key, later)
             await enrolled(journeys_db, again.key, later, "completed")
-            status: DispatcherStatus = await d.query(DispatcherWorkflow.status)
+            # Both replayed orders skipped for both journeys, in the round that started `later`'s.
+            await eventually("the replay's skips", lambda: _totals(d, "skipped", 4))
             histories = {
                 member_id: [
                     execution.run_id
@@ -287,7 +302,6 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
         assert (stayed["state"], entered["state"]) == ("active", "completed")
     # The replayed orders were recognised without asking Temporal for a run.
     assert all(len(ids) == 1 for ids in histories.values()), histories
-    assert status.totals.skipped >= 4
     assert [len(await enrolments(journeys_db, key, later)) for key in (stays.key, again.key)] == [1, 1]
 
 

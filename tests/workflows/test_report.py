@@ -4,6 +4,7 @@ enrolments and the message log hold, treated against holdout, with the uplift.""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -64,8 +65,9 @@ async def test_the_report_gives_what_the_enrolments_and_the_message_log_hold(
         }
         for member_id, amount in orders.items():
             handle = handles[member_id]
+            deadline = time.monotonic() + 60
             while (await handle.query(JourneyWorkflow.funnel)).current_step != "wait-1d":
-                pass
+                assert time.monotonic() < deadline, f"{member_id} never got to wait-1d"
             await handle.signal(JourneyWorkflow.event, MemberEvent(kind="order", amount_minor=amount))
         funnels = {member_id: await handle.result() for member_id, handle in handles.items()}
 

@@ -11,6 +11,7 @@ and by the enrolment row (one per journey and entry event), and a run takes an e
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -117,11 +118,14 @@ class DispatcherActivities:
         }
         definitions = await self._definitions(request.tenant_id, request.journey_keys)
         wanted = events.kinds([d for d, _ in definitions])
-        found = [
-            *(e for e in (events.tagging_event(t, wanted) for t in tagging_entries) if e is not None),
-            *(e for e in map(events.audience_event, audience_entries) if e is not None),
-        ]
-        found.sort(key=lambda e: (e.time, e.feed != "tagging"))  # stable: feed order within a feed
+        # The two feeds interleaved by write time, each one's own order kept.
+        found = list(
+            heapq.merge(
+                (e for e in (events.tagging_event(t, wanted) for t in tagging_entries) if e is not None),
+                (e for e in map(events.audience_event, audience_entries) if e is not None),
+                key=lambda e: e.time,
+            )
+        )
         relevant = [
             e
             for e in found
