@@ -15,16 +15,22 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 
 from services.common.config import Settings
+from workflows.journeys.client import workflow_id
+from workflows.journeys.shipped import NEW_CUSTOMER
+from workflows.journeys.workflow import JourneyWorkflow
 from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 DEMO_MEMBER = "demo-1"
 # A real-time tag is visible within about a tenth of a second of RecordOrder returning.
 TAGS_VISIBLE_WITHIN_SECONDS = 5.0
+# The dispatcher starts a journey within about a second of the order.
+JOURNEY_WITHIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class DemoResult:
     order_id: str
     tags: list[str]  # `dimension=value`, sorted
     summary: MemberSummary
+    # The member's new-customer run, started by the dispatcher on their first order ('' if none).
+    journey: str = ""
 
 
 async def run(settings: Settings, tenant_id: str, token: str) -> DemoResult:
@@ -53,7 +61,22 @@ async def run(settings: Settings, tenant_id: str, token: str) -> DemoResult:
         task_queue=settings.temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
     )
-    return DemoResult(order.order_id, tags, summary)
+    return DemoResult(order.order_id, tags, summary, await _journey(client))
+
+
+async def _journey(client: Client) -> str:
+    """The state of the demo member's new-customer run, which the tenant's dispatcher starts on
+    their first order; '' when there is none (their first order came before the dispatcher did)."""
+    handle = client.get_workflow_handle_for(JourneyWorkflow.run, workflow_id(NEW_CUSTOMER.key, DEMO_MEMBER))
+    deadline = asyncio.get_running_loop().time() + JOURNEY_WITHIN_SECONDS
+    while True:
+        try:
+            funnel = await handle.query(JourneyWorkflow.funnel)
+            return f"{handle.id}: {funnel.state}, arm {funnel.arm}, step {funnel.current_step or '-'}"
+        except (RPCError, WorkflowQueryFailedError):
+            if asyncio.get_running_loop().time() > deadline:
+                return ""
+        await asyncio.sleep(0.2)
 
 
 def _member() -> member_pb2.Member:
@@ -106,5 +129,10 @@ def describe(result: DemoResult) -> str:
         " GetMemberTags right after:\n"
         f"      {', '.join(result.tags)}\n"
         f"      workflow member-lookup-{DEMO_MEMBER} read the member back:\n"
-        f"      {result.summary}"
+        f"      {result.summary}\n"
+        + (
+            f"      the dispatcher enrolled {DEMO_MEMBER} on their first order: {result.journey}"
+            if result.journey
+            else f"      {DEMO_MEMBER} is in no new-customer run (first order before the dispatcher)"
+        )
     )

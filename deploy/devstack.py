@@ -37,6 +37,7 @@ from deploy import binaries, localpg
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
 from services.common.config import ConfigError, Settings
+from workflows.dispatcher.__main__ import ensure_all as ensure_dispatchers
 from workflows.periodic import schedules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -431,6 +432,7 @@ async def up(env: Mapping[str, str]) -> None:
         result = await wait_ready(layout, component, pid)
         print(f"{component.name:<10} {state:<16} {component.address}  (pid {pid}, {result.detail})")
     await ensure_schedules(settings, service_env)
+    await dispatchers(layout, settings)
     if uses_dev_token(env):
         await demo(layout, settings)
     print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
@@ -444,6 +446,21 @@ async def ensure_schedules(settings: Settings, env: Mapping[str, str]) -> None:
         client, settings.auth_tokens.values(), plan, settings.temporal_task_queue
     ):
         print(f"{'schedule':<10} {what:<16} {sid}")
+
+
+async def dispatchers(layout: Layout, settings: Settings) -> None:
+    """One journey dispatcher per configured tenant (see workflows/dispatcher), started once."""
+    try:
+        started = await asyncio.wait_for(ensure_dispatchers(settings), DEMO_TIMEOUT_SECONDS)
+    except (grpc.aio.AioRpcError, RPCError, RuntimeError, TimeoutError) as error:
+        raise StackError(
+            f"the stack started but its journey dispatchers did not: {error!r}\n"
+            f"Look at {layout.logs}/worker.log."
+        ) from error
+    for each in started:
+        state = "started" if each.started else "already running"
+        created = f", created audience {', '.join(each.created)}" if each.created else ""
+        print(f"{'dispatcher':<10} {state:<16} {each.workflow_id}  (following the feeds{created})")
 
 
 async def demo(layout: Layout, settings: Settings) -> None:

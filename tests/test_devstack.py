@@ -72,11 +72,18 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert started.count("health SERVING") == 3
         for job in ("recompute_tags", "expire_points", "evaluate_levels"):
             assert f"schedule   created          periodic/dev/{job}" in started
+        # One journey dispatcher per tenant, and the demo member's first order enrolled them.
+        assert (
+            "dispatcher started          dispatcher/dev  (following the feeds, created audience win-back)"
+            in started
+        )
+        assert "enrolled demo-1 on their first order: journey/new-customer/member/demo-1: active" in started
 
         again = devstack("up", env)
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
             assert f"{name:<10} already running" in again
         assert again.count("schedule   updated") == 3
+        assert "dispatcher already running  dispatcher/dev  (following the feeds)" in again
 
         with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:
             assert ui.status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -17,8 +18,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.common import logs
-from services.common.config import Settings
+from services.common.config import Settings, env_number
 from services.common.db import Database
+from workflows.dispatcher.activities import DispatcherActivities
+from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import JourneyActivities
 from workflows.journeys.channels import registry
@@ -26,7 +29,7 @@ from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort.activities import CohortActivities
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.sending import Sender
-from workflows.journeys.shipped import SHIPPED
+from workflows.journeys.shipped import SHIPPED, scaled
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.member_lookup.activities import TaggingActivities
 from workflows.member_lookup.workflow import MemberLookupWorkflow
@@ -39,6 +42,7 @@ WORKFLOWS: Sequence[type] = (
     MemberLookupWorkflow,
     JourneyWorkflow,
     CohortJourneyWorkflow,
+    DispatcherWorkflow,
     PeriodicJobWorkflow,
 )
 
@@ -55,8 +59,9 @@ class Resources:
     channels: ChannelSettings
 
 
-def activities(resources: Resources, settings: Settings) -> list[Any]:
-    """Every activity the worker runs, bound to the resources of this event loop."""
+def activities(resources: Resources, settings: Settings, client: Client) -> list[Any]:
+    """Every activity the worker runs, bound to the resources of this event loop (the dispatcher's
+    start and signal journeys through `client`)."""
     tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
     tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
@@ -74,8 +79,9 @@ def activities(resources: Resources, settings: Settings) -> list[Any]:
     cohorts = CohortActivities(
         resources.db, tagging, audience, settings.token_for_tenant, sender, resources.channels
     )
+    dispatcher = DispatcherActivities(resources.db, tagging, audience, client, settings.token_for_tenant)
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
-    return [lookup.get_member, *journeys.all(), *cohorts.all(), *periodic.all()]
+    return [lookup.get_member, *journeys.all(), *cohorts.all(), *dispatcher.all(), *periodic.all()]
 
 
 def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:
@@ -83,7 +89,7 @@ def build_worker(client: Client, settings: Settings, resources: Resources) -> Wo
         client,
         task_queue=settings.temporal_task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(resources, settings),
+        activities=activities(resources, settings, client),
     )
 
 
@@ -100,18 +106,28 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
     raise AssertionError("unreachable")
 
 
-async def prepare_database(settings: Settings) -> Database:
-    """Migrates the worker's own schema `journeys` and stores the shipped journeys for every tenant."""
+async def prepare_database(settings: Settings, time_scale: int = 0) -> Database:
+    """Migrates the worker's own schema `journeys` and stores the shipped journeys for every tenant:
+    once, when the tenant has no version of them; with a `time_scale` (MEMBEROPS_JOURNEY_TIME_SCALE),
+    as their latest version at that scale (see `shipped.scaled`; 1 stores them as shipped)."""
     dsn = settings.require_database()
     await journeys_store.migrate(dsn)
     db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-    await journeys_store.seed_definitions(db, frozenset(settings.require_tokens().values()), SHIPPED)
+    tenants = frozenset(settings.require_tokens().values())
+    if time_scale:
+        for tenant_id in sorted(tenants):
+            for definition in SHIPPED:
+                await journeys_store.put_definition(db, tenant_id, scaled(definition, time_scale))
+    else:
+        await journeys_store.seed_definitions(db, tenants, SHIPPED)
     return db
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings, channels: ChannelSettings) -> AsyncIterator[Resources]:
-    db = await prepare_database(settings)
+async def open_resources(
+    settings: Settings, channels: ChannelSettings, time_scale: int = 0
+) -> AsyncIterator[Resources]:
+    db = await prepare_database(settings, time_scale)
     try:
         async with (
             grpc.aio.insecure_channel(settings.tagging_address) as tagging,
@@ -123,10 +139,10 @@ async def open_resources(settings: Settings, channels: ChannelSettings) -> Async
         await db.close()
 
 
-async def run(settings: Settings, channels: ChannelSettings) -> None:
+async def run(settings: Settings, channels: ChannelSettings, time_scale: int = 0) -> None:
     settings.require_tokens()
     client = await connect(settings)
-    async with open_resources(settings, channels) as resources:
+    async with open_resources(settings, channels, time_scale) as resources:
         worker = build_worker(client, settings, resources)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -141,7 +157,8 @@ async def run(settings: Settings, channels: ChannelSettings) -> None:
 def main() -> None:
     settings = Settings.from_env()
     logs.configure(settings.log_level, service="worker")
-    asyncio.run(run(settings, ChannelSettings.from_env()))
+    time_scale = env_number(os.environ, "MEMBEROPS_JOURNEY_TIME_SCALE", 0, int)
+    asyncio.run(run(settings, ChannelSettings.from_env(), time_scale))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
             definitions.audience_id_from_name(request.audience, "audience") if request.audience else None
         )
         entries, cursor = await self._memberships.read_feed(
-            current_tenant(), request.after_cursor, request.limit, audience_id
+            current_tenant(), request.after_cursor, request.limit, audience_id, request.skip_to_end
         )
         change = audience_service_pb2.AudienceChange
         return audience_service_pb2.ReadAudienceFeedResponse(

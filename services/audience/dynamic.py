@@ -133,11 +133,18 @@ class Memberships:
         )
 
     async def read_feed(
-        self, tenant_id: str, after_cursor: str, limit: int, audience_id: str | None
+        self,
+        tenant_id: str,
+        after_cursor: str,
+        limit: int,
+        audience_id: str | None,
+        skip_to_end: bool = False,
     ) -> tuple[list[FeedEntry], str]:
         position = outbox.parse_cursor(after_cursor)
         size = outbox.page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if skip_to_end:
+                return [], await outbox.last_settled(conn, "audience.feed") or ""
             rows = await store.read_audience_feed(conn, position, size, audience_id)
         entries = [
             FeedEntry(

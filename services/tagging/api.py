@@ -140,7 +140,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         if len(kinds) != len(request.kinds):
             raise InvalidArgument.field("kinds", "must be FeedEntryKind values other than UNSPECIFIED")
         entries, next_cursor = await self._feed.read(
-            current_tenant(), request.after_cursor, request.limit, kinds
+            current_tenant(), request.after_cursor, request.limit, kinds, skip_to_end=request.skip_to_end
         )
         return tagging_service_pb2.ReadFeedResponse(
             entries=[feed_entry_to_proto(e) for e in entries], next_cursor=next_cursor

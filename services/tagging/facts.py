@@ -140,9 +140,11 @@ def validate_events(events: list[BehaviorEvent], now: dt.datetime) -> None:
     v.raise_if_any()
 
 
-def order_payload(order: OrderInput) -> dict[str, Any]:
+def order_payload(order: OrderInput, member_order_number: int) -> dict[str, Any]:
+    """The feed entry of an order; `member_order_number` is 1 for the member's first order."""
     return {
         "order_id": order.order_id,
+        "member_order_number": member_order_number,
         "member_id": order.member_id,
         "paid_time": order.paid_time.isoformat() if order.paid_time else None,
         "amount_minor": order.amount_minor,
@@ -172,14 +174,15 @@ class Facts:
         validate_order(order, now)
         digest = content_hash(order)
         async with self._db.transaction(tenant_id) as conn:
-            if await store.insert_order(conn, tenant_id, order, digest):
+            number = await store.insert_order(conn, tenant_id, order, digest)
+            if number is not None:
                 await store.append_feed(
                     conn,
                     tenant_id,
                     FeedKind.ORDER_RECORDED,
                     order.member_id,
                     order.order_id,
-                    order_payload(order),
+                    order_payload(order, number),
                 )
                 await store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
                 recorded = True

@@ -24,9 +24,16 @@ class Feed:
         self._db = db
 
     async def read(
-        self, tenant_id: str, after_cursor: str, limit: int, kinds: Sequence[FeedKind] = ()
+        self,
+        tenant_id: str,
+        after_cursor: str,
+        limit: int,
+        kinds: Sequence[FeedKind] = (),
+        *,
+        skip_to_end: bool = False,
     ) -> tuple[list[FeedEntry], str]:
-        """Returns the entries after `after_cursor` and the cursor to continue from.
+        """Returns the entries after `after_cursor` and the cursor to continue from; with
+        `skip_to_end`, no entries and the newest settled entry's cursor.
 
         With `kinds`, the read stops at the newest entry settled when it began: every entry up to
         there is settled, so when fewer than `limit` match, the rest up to there are of other kinds
@@ -34,6 +41,8 @@ class Feed:
         position = parse_cursor(after_cursor)
         limit = page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if skip_to_end:
+                return [], await last_settled(conn, "tagging.feed") or ""
             if not kinds:
                 entries = await store.read_feed(conn, position, limit)
                 return entries, entries[-1].cursor if entries else after_cursor

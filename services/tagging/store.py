@@ -140,16 +140,21 @@ def _member(row: asyncpg.Record) -> Member:
 # --- orders and refunds ------------------------------------------------------------------------
 
 
-async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, digest: str) -> bool:
-    """Inserts the order and its lines; False when an order with that id exists already."""
+async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, digest: str) -> int | None:
+    """Inserts the order and its lines; returns its number among the member's orders (1 for the
+    first one recorded), or None when an order with that id exists already.
+
+    The count is of the orders the statement's snapshot sees (RETURNING does not see the row it
+    inserts): two first orders of one member committing concurrently may both be number 1."""
     try:
-        inserted = await conn.fetchval(
+        number: int | None = await conn.fetchval(
             """INSERT INTO tagging.orders
                    (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method,
                     content_hash)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                ON CONFLICT (tenant_id, order_id) DO NOTHING
-               RETURNING true""",
+               RETURNING (SELECT count(*) + 1 FROM tagging.orders o
+                          WHERE o.tenant_id = $1 AND o.member_id = $3)""",
             tenant_id,
             order.order_id,
             order.member_id,
@@ -163,8 +168,8 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
         raise NotFound(
             f"order.member_id: members/{order.member_id} not found; upsert the member first"
         ) from None
-    if not inserted:
-        return False
+    if number is None:
+        return None
     await conn.executemany(
         """INSERT INTO tagging.order_lines
                (tenant_id, order_id, line_id, member_id, paid_time, sku, category, brand, quantity,
@@ -186,7 +191,7 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
             for line in order.lines
         ],
     )
-    return True
+    return number
 
 
 async def order_hash(conn: Connection, order_id: str) -> str | None:

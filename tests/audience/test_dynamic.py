@@ -18,6 +18,7 @@ from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
 from services.audience import dynamic
 from services.audience.evaluation import Evaluator
+from services.common import outbox
 from services.common.db import Database
 from tests.audience.helpers import all_of, fact, in_batch, member, now, order, order_count
 from tests.conftest import ACME, TENANT_ACME, unique
@@ -155,6 +156,36 @@ async def test_dynamic_is_part_of_the_definition(audience_stub: AudienceStub) ->
         audience_service_pb2.UpdateAudienceRequest(audience=static), metadata=ACME
     )
     assert not updated.dynamic and updated.version == 2
+
+
+async def test_skip_to_end_starts_a_consumer_now_without_losing_what_follows(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    cursor = ""
+    while True:  # the whole feed of the tenant, to its current end
+        page = await audience_stub.ReadAudienceFeed(
+            audience_service_pb2.ReadAudienceFeedRequest(after_cursor=cursor, limit=1000), metadata=ACME
+        )
+        if not page.entries:
+            break
+        cursor = page.next_cursor
+    skipped = await audience_stub.ReadAudienceFeed(
+        audience_service_pb2.ReadAudienceFeedRequest(skip_to_end=True, audience="audiences/x"), metadata=ACME
+    )
+    assert list(skipped.entries) == []
+    end, skip = outbox.parse_cursor(cursor), outbox.parse_cursor(skipped.next_cursor)
+    assert end is None or (skip is not None and skip >= end)
+    batch = unique("batch")
+    joiner = await member(tagging_stub, batch)
+    audience_id = await create_dynamic(audience_stub, in_batch(batch))
+    await settled_feed(audience_stub, audience_id, [(joiner, ENTERED)])
+    page = await audience_stub.ReadAudienceFeed(
+        audience_service_pb2.ReadAudienceFeedRequest(
+            after_cursor=skipped.next_cursor, limit=1000, audience=f"audiences/{audience_id}"
+        ),
+        metadata=ACME,
+    )
+    assert [(e.member_id, e.change) for e in page.entries] == [(joiner, ENTERED)]
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,35 @@ async def test_an_entry_committed_late_is_not_skipped(tagging_stub: Stub, db: Da
     assert ours == ["slow", order.order_id]
 
 
+async def test_an_order_entry_numbers_the_members_orders(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    first = await record_order(tagging_stub, an_order(member_id))
+    await record_order(tagging_stub, an_order(member_id, first.order_id))  # a retry adds no entry
+    second = await record_order(tagging_stub, an_order(member_id))
+    other = await record_order(tagging_stub, an_order(await new_member(tagging_stub)))
+    entries, _ = await read_all(tagging_stub, start)
+    numbers = {
+        e.subject_id: e.payload["member_order_number"]
+        for e in entries
+        if e.kind == feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED
+    }
+    assert numbers == {first.order_id: 1, second.order_id: 2, other.order_id: 1}
+
+
+async def test_skip_to_end_gives_the_newest_cursor_and_loses_nothing_after_it(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    _, end = await read_all(tagging_stub)
+    skipped = await tagging_stub.ReadFeed(
+        tagging_service_pb2.ReadFeedRequest(after_cursor="", skip_to_end=True), metadata=ACME
+    )
+    assert (list(skipped.entries), skipped.next_cursor) == ([], end)
+    order = await record_order(tagging_stub, an_order(member_id))
+    entries, _ = await read_all(tagging_stub, skipped.next_cursor)
+    assert order.order_id in [e.subject_id for e in entries if e.member_id == member_id]
+    assert all(e.cursor != end for e in entries)
+
+
 @pytest.mark.parametrize(
     ("request_fields", "field"),
     [

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
@@ -66,11 +69,13 @@ async def seed_member(
     time_zone: str = "Asia/Shanghai",
     nickname: str = "Lin",
     metadata: tuple[tuple[str, str], ...] = ACME,
+    attributes: Mapping[str, str] | None = None,
 ) -> None:
     stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
     member = member_message(
         member_id, preferred=preferred, opted_out=opted_out, time_zone=time_zone, nickname=nickname
     )
+    member.attributes.update(attributes or {})
     await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=metadata)
 
 
@@ -116,6 +121,16 @@ async def start(
         definition,
         JourneyInput(tenant_id=tenant_id, journey_key=definition.key, member_id=member_id),
     )
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With MEMBEROPS_RECORD_HISTORIES=1, stores the run's history for the replay test
+    (tests/workflows/test_replay.py); the committed ones were recorded this way."""
+    if os.environ.get("MEMBEROPS_RECORD_HISTORIES"):
+        (HISTORIES / f"{name}.json").write_text((await handle.fetch_history()).to_json())
 
 
 def figures(funnel: Funnel, step_id: str) -> dict[str, object]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +22,16 @@ from services.common.config import Settings
 from services.common.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.workflows import fakes
-from tests.workflows.journey_helpers import figures, journey, member_in, phone_of, running, seed_member, start
+from tests.workflows.journey_helpers import (
+    figures,
+    journey,
+    keep_history,
+    member_in,
+    phone_of,
+    running,
+    seed_member,
+    start,
+)
 from workflows.journeys.definition import (
     AddTag,
     Award,
@@ -39,8 +46,6 @@ from workflows.journeys.definition import (
 from workflows.journeys.shared import Funnel, JourneyInput, MemberEvent
 from workflows.journeys.workflow import JOURNEY, MEMBER, TENANT, JourneyWorkflow
 from workflows.worker import Resources
-
-HISTORIES = Path(__file__).parent / "histories"
 
 
 async def messages(db: Database, member_id: str) -> list[dict[str, object]]:
@@ -62,13 +67,6 @@ async def enrolment_state(db: Database, member_id: str) -> list[tuple[str, str, 
             member_id,
         )
     return [(row["state"], row["arm"], row["gmv_minor"]) for row in rows]
-
-
-async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
-    """With MEMBEROPS_RECORD_HISTORIES=1, stores the run's history for the replay test
-    (tests/workflows/test_replay.py); the committed ones were recorded this way."""
-    if os.environ.get("MEMBEROPS_RECORD_HISTORIES"):
-        (HISTORIES / f"{name}.json").write_text((await handle.fetch_history()).to_json())
 
 
 async def strategy_dimension(resources: Resources) -> str:

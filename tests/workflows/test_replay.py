@@ -28,6 +28,8 @@ def test_there_are_recorded_histories() -> None:
         "quiet_hours_deferral",
         "holdout_converts",
         "pause_and_resume",
+        # Entered through the dispatcher: one `journeys.enter` activity, signals with event ids.
+        "dispatched_new_customer",
     }
 
 

@@ -30,6 +30,8 @@ from workflows.journeys.shared import (
     ConditionRequest,
     Enrolment,
     EnrolRequest,
+    Entered,
+    EnterRequest,
     FinishRequest,
     LoadedDefinition,
     LoadRequest,
@@ -102,6 +104,7 @@ class JourneyActivities:
     def all(self) -> list[object]:
         """Every activity of this class, for the worker's registration."""
         return [
+            self.enter,
             self.load_definition,
             self.enrol,
             self.local_time,
@@ -125,20 +128,57 @@ class JourneyActivities:
             raise ApplicationError(error.message, type="NOT_FOUND", non_retryable=True) from error
         return LoadedDefinition(stored.version, stored.definition)
 
-    @activity.defn(name="journeys.enrol")
-    async def enrol(self, request: EnrolRequest) -> Enrolment:
-        stored = await store.get_definition(self._db, request.tenant_id, request.journey_key, request.version)
-        holdout = bucket(holdout_salt(request.journey_key), request.member_id) < request.holdout_percent * 100
-        result = await store.enrol(
-            self._db,
+    @activity.defn(name="journeys.enter")
+    async def enter(self, request: EnterRequest) -> Entered:
+        """The definition version (0: the latest) and the member's enrolment, in one activity."""
+        loaded = await self.load_definition(
+            LoadRequest(request.tenant_id, request.journey_key, request.version)
+        )
+        enrolment = await self._enrol(
             request.tenant_id,
-            stored.definition,
-            request.version,
+            store.StoredDefinition(loaded.version, loaded.definition),
             request.member_id,
             request.workflow_id,
             request.run_id,
+            request.entry_event_id,
+        )
+        return Entered(loaded.version, loaded.definition, enrolment)
+
+    @activity.defn(name="journeys.enrol")
+    async def enrol(self, request: EnrolRequest) -> Enrolment:
+        """The enrolment of runs started before `journeys.enter` existed."""
+        stored = await store.get_definition(self._db, request.tenant_id, request.journey_key, request.version)
+        return await self._enrol(
+            request.tenant_id,
+            stored,
+            request.member_id,
+            request.workflow_id,
+            request.run_id,
+            request.entry_event_id,
+        )
+
+    async def _enrol(
+        self,
+        tenant_id: str,
+        stored: store.StoredDefinition,
+        member_id: str,
+        workflow_id: str,
+        run_id: str,
+        entry_event_id: str,
+    ) -> Enrolment:
+        key = stored.definition.key
+        holdout = bucket(holdout_salt(key), member_id) < stored.definition.holdout_percent * 100
+        result = await store.enrol(
+            self._db,
+            tenant_id,
+            stored.definition,
+            stored.version,
+            member_id,
+            workflow_id,
+            run_id,
             "holdout" if holdout else "treated",
             now(),
+            entry_event_id,
         )
         if isinstance(result, store.Refusal):
             return Enrolment(accepted=False, reason=result.reason)

@@ -26,6 +26,9 @@ class JourneyInput:
     member_id: str
     # 0: the latest version when the workflow starts (the version it read is kept for the run).
     version: int = 0
+    # The event that enrolled the member (`MemberEvent.event_id`, set by the dispatcher): it
+    # enrols the member once, and signalled again it is not an event of this run.
+    entry_event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class EnrolRequest:
     workflow_id: str
     run_id: str
     holdout_percent: int
+    entry_event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,26 @@ class Enrolment:
     entry_number: int = 0
     holdout: bool = False
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class EnterRequest:
+    """Loads the definition version and enrols the member, in one activity."""
+
+    tenant_id: str
+    journey_key: str
+    version: int
+    member_id: str
+    workflow_id: str
+    run_id: str
+    entry_event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Entered:
+    version: int
+    definition: JourneyDefinition
+    enrolment: Enrolment
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,21 @@ class MemberEvent:
     audience: str = ""
     amount_minor: int = 0
     occur_time: dt.datetime | None = None
+    # Unique per event (the dispatcher uses the feed entry: `tagging:{cursor}`): a run takes an
+    # event id once, so a replayed feed entry changes nothing. Empty: no deduplication.
+    event_id: str = ""
+
+
+def matches(match: EventMatch, event: MemberEvent) -> bool:
+    """Whether `event` is one `match` describes (a first order is an order too)."""
+    kinds = {match.kind} | ({"first_order"} if match.kind == "order" else set())
+    if event.kind not in kinds or event.amount_minor < match.min_amount_minor:
+        return False
+    if match.kind.startswith("tag_"):
+        return event.dimension == match.dimension and (not match.values or event.value in match.values)
+    if match.kind.startswith("audience_"):
+        return event.audience == match.audience
+    return True
 
 
 @dataclass(frozen=True)
@@ -186,15 +225,3 @@ class Funnel:
     convert_time: dt.datetime | None = None
     detail: str = ""
     deferrals: dict[str, int] = field(default_factory=dict)
-
-
-def matches(match: EventMatch, event: MemberEvent) -> bool:
-    """Whether `event` is one `match` describes (a first order is an order too)."""
-    kinds = {match.kind} | ({"first_order"} if match.kind == "order" else set())
-    if event.kind not in kinds or event.amount_minor < match.min_amount_minor:
-        return False
-    if match.kind.startswith("tag_"):
-        return event.dimension == match.dimension and (not match.values or event.value in match.values)
-    if match.kind.startswith("audience_"):
-        return event.audience == match.audience
-    return True

@@ -8,6 +8,10 @@ power (the `average_order_amount` band), so each band is asked for an order it c
 
 from __future__ import annotations
 
+import dataclasses
+
+from memberops.audience.v1 import audience_pb2
+
 from workflows.journeys.definition import (
     AudienceEntry,
     Broadcast,
@@ -23,6 +27,7 @@ from workflows.journeys.definition import (
     Template,
     Wait,
     WaitUntilHour,
+    duration,
 )
 
 # Threshold (in yuan, as the message shows it) per average-order-amount band.
@@ -68,8 +73,8 @@ NEW_CUSTOMER = JourneyDefinition(
     channels=ChannelPolicy(preferred="member", fallback=("app_push", "sms", "email", "wecom")),
 )
 
-# Members enter the dynamic audience `win-back` (created by the operator: RFM `important_win_back`
-# or `important_retention`, or lifecycle `silent`; see the README).
+# Members enter the dynamic audience `win-back`: RFM `important_win_back` or `important_retention`,
+# or lifecycle `silent` (WIN_BACK_AUDIENCE below; `make up` creates it for each tenant lacking it).
 WIN_BACK = JourneyDefinition(
     key="win-back",
     name="Win-back",
@@ -125,3 +130,57 @@ ANNOUNCEMENT = JourneyDefinition(
 )
 
 SHIPPED: tuple[JourneyDefinition, ...] = (NEW_CUSTOMER, WIN_BACK, ANNOUNCEMENT)
+
+
+def _tag(dimension: str, *values: str) -> audience_pb2.AudienceRule:
+    return audience_pb2.AudienceRule(
+        tag=audience_pb2.TagCondition(dimension=dimension, match=audience_pb2.TAG_MATCH_ANY_OF, values=values)
+    )
+
+
+# The audience win-back enters from (dynamic: members enter and leave as their tags change).
+WIN_BACK_AUDIENCE = audience_pb2.Audience(
+    audience_id="win-back",
+    display_name="Win-back",
+    description="RFM important win-back or important retention, or lifecycle silent (shipped).",
+    dynamic=True,
+    rule=audience_pb2.AudienceRule(
+        any=audience_pb2.AudienceRuleList(
+            rules=[
+                _tag("rfm_segment", "important_win_back", "important_retention"),
+                _tag("lifecycle", "silent"),
+            ]
+        )
+    ),
+)
+
+
+def scaled(definition: JourneyDefinition, factor: int) -> JourneyDefinition:
+    """The journey with every duration (waits, timeouts, the attribution window, the re-entry
+    cooldown) divided by `factor` (at least one second each), for trying journeys end to end: with
+    `factor` 1440 a day lasts a minute. Member-local clock times mean nothing at such a scale, so a
+    wait until a local hour becomes a wait of one scaled hour and quiet hours are dropped."""
+    if factor <= 1:
+        return definition
+
+    def shorter(text: str) -> str:
+        return f"{max(1, int(duration(text).total_seconds()) // factor)}s" if text else text
+
+    def step(s: Step) -> Step:
+        if s.wait is not None:
+            return dataclasses.replace(s, wait=Wait(duration=shorter(s.wait.duration)))
+        if s.wait_until_hour is not None:
+            return dataclasses.replace(s, wait_until_hour=None, wait=Wait(duration=shorter("1h")))
+        if s.wait_for_event is not None:
+            wait = dataclasses.replace(s.wait_for_event, timeout=shorter(s.wait_for_event.timeout))
+            return dataclasses.replace(s, wait_for_event=wait)
+        return s
+
+    goal = definition.goal
+    return dataclasses.replace(
+        definition,
+        steps=tuple(step(s) for s in definition.steps),
+        goal=None if goal is None else dataclasses.replace(goal, attribution=shorter(goal.attribution)),
+        reentry=dataclasses.replace(definition.reentry, cooldown=shorter(definition.reentry.cooldown)),
+        quiet_hours=None,
+    )

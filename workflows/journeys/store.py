@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -92,6 +94,22 @@ async def get_definition(db: Database, tenant_id: str, key: str, version: int = 
     return StoredDefinition(row["version"], loading.from_json(row["content"]))
 
 
+async def latest_definitions(
+    db: Database, tenant_id: str, keys: Sequence[str] = ()
+) -> list[StoredDefinition]:
+    """The latest version of every journey of the tenant (or of those `keys`), by key."""
+    async with db.transaction(tenant_id, readonly=True) as conn:
+        rows = await conn.fetch(
+            """SELECT DISTINCT ON (journey_key) version, content::text AS content
+               FROM journeys.definitions
+               WHERE tenant_id = $1 AND (cardinality($2::text[]) = 0 OR journey_key = ANY($2::text[]))
+               ORDER BY journey_key, version DESC""",
+            tenant_id,
+            list(keys),
+        )
+    return [StoredDefinition(row["version"], loading.from_json(row["content"])) for row in rows]
+
+
 async def seed_definitions(
     db: Database, tenants: frozenset[str], definitions: tuple[JourneyDefinition, ...]
 ) -> None:
@@ -135,9 +153,11 @@ async def enrol(
     run_id: str,
     arm: str,
     now: dt.datetime,
+    entry_event_id: str = "",
 ) -> EnrolmentRow | Refusal:
     """Enrols the member for this workflow run, or says why the re-entry policy refuses it.
-    Repeating the call for the same run returns the same row."""
+    Repeating the call for the same run returns the same row; an entry event (a feed entry, see
+    the dispatcher) enrols a member into a journey once, even where the journey allows re-entry."""
     async with db.transaction(tenant_id) as conn:
         await _lock(conn, "journey-enrolment", definition.key, member_id)
         mine = await conn.fetchrow(
@@ -156,14 +176,23 @@ async def enrol(
             definition.key,
             member_id,
         )
-        refusal = _refusal(definition, last, now)
-        if refusal is not None:
-            return refusal
+        reason = refusal(definition, last, now)
+        if reason is None and entry_event_id:
+            seen = await conn.fetchval(
+                """SELECT true FROM journeys.enrolments
+                   WHERE tenant_id = $1 AND journey_key = $2 AND entry_event_id = $3""",
+                tenant_id,
+                definition.key,
+                entry_event_id,
+            )
+            reason = Refusal("entered this journey on this event already") if seen else None
+        if reason is not None:
+            return reason
         entry_number = 1 if last is None else last["entry_number"] + 1
         row = await conn.fetchrow(
             """INSERT INTO journeys.enrolments (tenant_id, journey_key, version, member_id, entry_number,
-                                                workflow_id, run_id, arm, enter_time)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                                workflow_id, run_id, arm, enter_time, entry_event_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                RETURNING enrolment_id, entry_number, arm, run_id""",
             tenant_id,
             definition.key,
@@ -174,12 +203,17 @@ async def enrol(
             run_id,
             arm,
             now,
+            entry_event_id,
         )
     assert row is not None
     return EnrolmentRow(**dict(row))
 
 
-def _refusal(definition: JourneyDefinition, last: asyncpg.Record | None, now: dt.datetime) -> Refusal | None:
+def refusal(
+    definition: JourneyDefinition, last: asyncpg.Record | Mapping[str, Any] | None, now: dt.datetime
+) -> Refusal | None:
+    """Why the re-entry policy refuses a new entry, given the member's last enrolment (its
+    `state` and `finish_time`), or None."""
     if last is None:
         return None
     if last["state"] == "active":

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ConditionRequest,
         Enrolment,
         EnrolRequest,
+        EnterRequest,
         FinishRequest,
         Funnel,
         JourneyInput,
@@ -58,10 +59,20 @@ _I = TypeVar("_I")
 _O = TypeVar("_O")
 
 
+# Patches (see `workflow.patched`): runs recorded before them replay the older path.
+# One activity loads the definition and enrols (before: two).
+ENTER_ONCE = "enter-in-one-activity"
+# Events with an id are taken once, and the run's own entry event not at all.
+EVENT_IDS = "event-ids"
+
+
 @workflow.defn(name="Journey")
 class JourneyWorkflow:
-    def __init__(self) -> None:
-        self._input: JourneyInput | None = None
+    @workflow.init
+    def __init__(self, request: JourneyInput) -> None:
+        # The input is known before any signal handler runs (signals can come in the first task).
+        self._input = request
+        self._event_ids: set[str] = set()
         self._definition: JourneyDefinition | None = None
         self._version = 0
         self._enrolment = Enrolment(accepted=False)
@@ -92,24 +103,7 @@ class JourneyWorkflow:
                 JOURNEY.value_set(request.journey_key),
             ]
         )
-        loaded = await self._call(
-            JourneyActivities.load_definition,
-            LoadRequest(request.tenant_id, request.journey_key, request.version),
-        )
-        definition, self._version = loaded.definition, loaded.version
-        info = workflow.info()
-        self._enrolment = await self._call(
-            JourneyActivities.enrol,
-            EnrolRequest(
-                request.tenant_id,
-                request.journey_key,
-                self._version,
-                request.member_id,
-                info.workflow_id,
-                info.run_id,
-                definition.holdout_percent,
-            ),
-        )
+        definition = await self._enter(request)
         if not self._enrolment.accepted:
             self._state, self._detail = "not_enrolled", self._enrolment.reason
             return self.funnel()
@@ -125,6 +119,44 @@ class JourneyWorkflow:
             self._state = "stopped"
         await self._finish(request)
         return self.funnel()
+
+    async def _enter(self, request: JourneyInput) -> JourneyDefinition:
+        """Reads the definition version (kept in history for the run) and enrols the member."""
+        info = workflow.info()
+        if workflow.patched(ENTER_ONCE):
+            entered = await self._call(
+                JourneyActivities.enter,
+                EnterRequest(
+                    request.tenant_id,
+                    request.journey_key,
+                    request.version,
+                    request.member_id,
+                    info.workflow_id,
+                    info.run_id,
+                    request.entry_event_id,
+                ),
+            )
+            self._version, self._enrolment = entered.version, entered.enrolment
+            return entered.definition
+        loaded = await self._call(
+            JourneyActivities.load_definition,
+            LoadRequest(request.tenant_id, request.journey_key, request.version),
+        )
+        self._version = loaded.version
+        self._enrolment = await self._call(
+            JourneyActivities.enrol,
+            EnrolRequest(
+                request.tenant_id,
+                request.journey_key,
+                self._version,
+                request.member_id,
+                info.workflow_id,
+                info.run_id,
+                loaded.definition.holdout_percent,
+                request.entry_event_id,
+            ),
+        )
+        return loaded.definition
 
     async def _finish(self, request: JourneyInput) -> None:
         await self._call(
@@ -265,12 +297,10 @@ class JourneyWorkflow:
 
     @property
     def _tenant(self) -> str:
-        assert self._input is not None
         return self._input.tenant_id
 
     @property
     def _member(self) -> str:
-        assert self._input is not None
         return self._input.member_id
 
     async def _call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O:
@@ -323,6 +353,10 @@ class JourneyWorkflow:
 
     @workflow.signal
     def event(self, event: MemberEvent) -> None:
+        if event.event_id and workflow.patched(EVENT_IDS):
+            if event.event_id in self._event_ids or event.event_id == self._input.entry_event_id:
+                return  # a replayed feed entry, or the event this run entered on
+            self._event_ids.add(event.event_id)
         self._events.append(event)
         self._absorb()
 
@@ -336,7 +370,6 @@ class JourneyWorkflow:
 
     @workflow.query
     def funnel(self) -> Funnel:
-        assert self._input is not None
         state = "paused" if self._paused and self._state == "active" else self._state
         return Funnel(
             journey_key=self._input.journey_key,

@@ -683,22 +683,28 @@ class ReadAudienceFeedRequest(_message.Message):
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    SKIP_TO_END_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """Empty to start from the beginning; otherwise `next_cursor` of an earlier response."""
     limit: _builtins.int
     """1-1000; 0 means 100."""
     audience: _builtins.str
     """Optional `audiences/{audience_id}`: only that audience's entries."""
+    skip_to_end: _builtins.bool
+    """When true, returns no entries and, as `next_cursor`, the newest settled entry's cursor (empty
+    when the feed is empty; `audience` is ignored): for a consumer that starts now.
+    """
     def __init__(
         self,
         *,
         after_cursor: _builtins.str = ...,
         limit: _builtins.int = ...,
         audience: _builtins.str = ...,
+        skip_to_end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "audience", b"audience", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "audience", b"audience", "limit", b"limit", "skip_to_end", b"skip_to_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -216,10 +216,16 @@ class ReadFeedRequest(_message.Message):
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
+    SKIP_TO_END_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.str
     """The cursor of the last entry the consumer handled; empty to start at the beginning."""
     limit: _builtins.int
     """1-1000; 0 means 100."""
+    skip_to_end: _builtins.bool
+    """When true, returns no entries and, as `next_cursor`, the newest settled entry's cursor (empty
+    when the feed is empty), whatever `after_cursor` says: for a consumer that starts now and
+    does not want the history. Nothing after that cursor is lost.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_feed_pb2.FeedEntryKind.ValueType]:
         """Only entries of these kinds; empty means every kind. With kinds, `next_cursor` also moves past
@@ -233,10 +239,11 @@ class ReadFeedRequest(_message.Message):
         after_cursor: _builtins.str = ...,
         limit: _builtins.int = ...,
         kinds: _abc.Iterable[_feed_pb2.FeedEntryKind.ValueType] | None = ...,
+        skip_to_end: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "kinds", b"kinds", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "kinds", b"kinds", "limit", b"limit", "skip_to_end", b"skip_to_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

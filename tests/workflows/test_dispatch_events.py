@@ -1,0 +1,93 @@
+"""Feed entries as member events, and the order in which a round takes the two feeds (no servers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from memberops.audience.v1 import audience_service_pb2
+from memberops.tagging.v1 import feed_pb2
+
+from workflows.dispatcher import events
+from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
+
+T0 = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: int) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def stamp(moment: dt.datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def order_entry(cursor: str, number: int | None, amount: int = 9_800) -> feed_pb2.FeedEntry:
+    entry = feed_pb2.FeedEntry(
+        cursor=cursor,
+        kind=feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED,
+        member_id="m-1",
+        subject_id=f"o-{cursor}",
+        create_time=stamp(T0),
+    )
+    entry.payload.update({"amount_minor": amount, **({"member_order_number": number} if number else {})})
+    return entry
+
+
+def test_orders_are_first_orders_by_their_number_and_carry_their_entry_as_id() -> None:
+    first = events.tagging_event(order_entry("10-1", 1))
+    second = events.tagging_event(order_entry("11-1", 2, 12_345))
+    unnumbered = events.tagging_event(order_entry("12-1", None))
+    assert first is not None and second is not None and unnumbered is not None
+    assert (first.event.kind, first.event.event_id, first.event.subject_id) == (
+        "first_order",
+        "tagging:10-1",
+        "o-10-1",
+    )
+    assert (second.event.kind, second.event.amount_minor) == ("order", 12_345)
+    assert unnumbered.event.kind == "order"
+    assert events.enters(NEW_CUSTOMER, first.event) and not events.enters(NEW_CUSTOMER, second.event)
+    # Either order is new-customer's goal (a first order is an order too).
+    assert events.wakes(NEW_CUSTOMER, first.event) and events.wakes(NEW_CUSTOMER, second.event)
+
+
+def test_registrations_tag_changes_and_audience_changes() -> None:
+    registered = feed_pb2.FeedEntry(
+        cursor="1-1", kind=feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, member_id="m-1"
+    )
+    registered.payload.update({"revision": 1})
+    changed = feed_pb2.FeedEntry(cursor="1-2", kind=feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, member_id="m-1")
+    changed.payload.update({"revision": 2})
+    tag = feed_pb2.FeedEntry(cursor="1-3", kind=feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED, member_id="m-1")
+    tag.payload.update({"dimension": "lifecycle", "value": "silent", "change": "added"})
+    refund = feed_pb2.FeedEntry(cursor="1-4", kind=feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED, member_id="m-1")
+    found = [events.tagging_event(e) for e in (registered, changed, tag, refund)]
+    assert [None if f is None else f.event.kind for f in found] == ["registered", None, "tag_added", None]
+    assert found[2] is not None and (found[2].event.dimension, found[2].event.value) == (
+        "lifecycle",
+        "silent",
+    )
+    entered = events.audience_event(
+        audience_service_pb2.AudienceFeedEntry(
+            cursor="7-1",
+            change=audience_service_pb2.AUDIENCE_CHANGE_ENTERED,
+            audience="audiences/win-back",
+            member_id="m-1",
+        )
+    )
+    assert entered is not None and entered.event.event_id == "audience:7-1"
+    assert events.enters(WIN_BACK, entered.event) and not events.wakes(WIN_BACK, entered.event)
+
+
+def test_a_full_page_holds_back_the_other_feeds_later_entries() -> None:
+    # Tagging came full up to t=5: audience entries after t=5 wait for the next round.
+    assert events.merge([at(1), at(3), at(5)], True, [at(2), at(6), at(7)], False) == (3, 1)
+    # Neither page full: both are taken whole.
+    assert events.merge([at(1), at(9)], False, [at(2), at(6)], False) == (2, 2)
+    # Both full: the page that ends first sets the limit and is taken whole.
+    assert events.merge([at(1), at(9)], True, [at(2), at(6)], True) == (1, 2)
+    # A page whose times are not monotonic still makes progress when it sets the limit.
+    assert events.merge([at(5), at(4)], True, [at(1)], False) == (2, 1)
+    assert events.merge([], False, [at(1)], True) == (0, 1)

@@ -1,0 +1,324 @@
+"""The dispatcher on the dev server, against the real services and database: an order recorded through
+tagging enrols the member into new-customer and a second order is its goal; entering a dynamic
+audience enrols into win-back; a worker restarted mid-feed, with the round it lost dispatched
+again, enrols nobody twice.
+
+The dispatcher follows the feeds in wall-clock time (tagging's outbox, audience's maintainer), so
+these tests wait for a state with a deadline; none of them compares a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
+from memberops.tagging.v1 import facts_pb2, tagging_service_pb2, tagging_service_pb2_grpc
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from services.common.config import Settings
+from services.common.db import Database
+from tests.audience.helpers import in_batch
+from tests.conftest import ACME, TENANT_ACME, unique
+from tests.tagging.facts_helpers import stamp
+from tests.workflows.journey_helpers import journey, keep_history, running, seed_member
+from workflows.dispatcher import store as dispatch_store
+from workflows.dispatcher.shared import DispatcherFunnel, DispatcherInput, DispatcherStatus
+from workflows.dispatcher.workflow import DispatcherWorkflow
+from workflows.journeys import client, store
+from workflows.journeys.definition import AudienceEntry, Entry, EventMatch, Reentry, Send, Step, Wait
+from workflows.journeys.shared import Funnel
+from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
+from workflows.journeys.workflow import JourneyWorkflow
+from workflows.worker import Resources
+
+WAIT_SECONDS = 60.0
+T = TypeVar("T")
+
+
+async def eventually(what: str, probe: Callable[[], Awaitable[T | None]]) -> T:
+    """Polls `probe` until it returns something (not None); fails after WAIT_SECONDS."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        found = await probe()
+        if found is not None:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never saw {what}")
+
+
+async def enrolments(db: Database, journey_key: str, member_id: str) -> list[dict[str, Any]]:
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        rows = await conn.fetch(
+            """SELECT state, arm, gmv_minor, run_id, entry_event_id FROM journeys.enrolments
+               WHERE tenant_id = $1 AND journey_key = $2 AND member_id = $3 ORDER BY entry_number""",
+            TENANT_ACME,
+            journey_key,
+            member_id,
+        )
+    return [dict(row) for row in rows]
+
+
+async def enrolled(db: Database, journey_key: str, member_id: str, state: str = "") -> list[dict[str, Any]]:
+    """The member's enrolments once there is one (in `state`, when given)."""
+
+    async def probe() -> list[dict[str, Any]] | None:
+        rows = await enrolments(db, journey_key, member_id)
+        return rows if rows and (not state or rows[-1]["state"] == state) else None
+
+    return await eventually(f"{member_id} in {journey_key} {state}", probe)
+
+
+@asynccontextmanager
+async def dispatcher(
+    env: WorkflowEnvironment, settings: Settings, db: Database, *keys: str, report_every_seconds: int = 0
+) -> AsyncIterator[WorkflowHandle[DispatcherWorkflow, None]]:
+    """A dispatcher of its own (own id, so own cursors) for the test's journeys, following the
+    feeds from their end once a worker runs its first round; terminated afterwards."""
+    dispatcher_id = unique("dispatcher")
+    handle = await env.client.start_workflow(
+        DispatcherWorkflow.run,
+        DispatcherInput(
+            tenant_id=TENANT_ACME,
+            journey_keys=keys,
+            idle_seconds=2,
+            report_every_seconds=report_every_seconds,
+        ),
+        id=dispatcher_id,
+        task_queue=settings.temporal_task_queue,
+    )
+
+    try:
+        yield handle
+    finally:
+        await handle.terminate()
+
+
+async def following(db: Database, dispatcher_id: str) -> dict[str, str]:
+    """The dispatcher's cursors once its first round stored them (entries after them are its)."""
+
+    async def stored() -> dict[str, str] | None:
+        found = await dispatch_store.cursors(db, TENANT_ACME, dispatcher_id)
+        return found if len(found) == 2 else None
+
+    return await eventually("the dispatcher's cursors", stored)
+
+
+def tagging_stub(resources: Resources) -> tagging_service_pb2_grpc.TaggingServiceAsyncStub:
+    return tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
+
+
+async def record_order(resources: Resources, member_id: str, amount_minor: int) -> str:
+    order_id = unique("o")
+    line = facts_pb2.OrderLine(
+        line_id="1", sku="tea-1", category="tea", quantity=1, unit_price_minor=amount_minor
+    )
+    order = facts_pb2.Order(
+        order_id=order_id,
+        member_id=member_id,
+        paid_time=stamp(dt.datetime.now(dt.UTC)),
+        amount_minor=amount_minor,
+        lines=[line],
+    )
+    await tagging_stub(resources).RecordOrder(
+        tagging_service_pb2.RecordOrderRequest(order=order), metadata=ACME
+    )
+    return order_id
+
+
+async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_goal(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    await store.put_definition(journeys_db, TENANT_ACME, NEW_CUSTOMER)
+    member_id = unique()
+    await seed_member(resources.tagging, member_id)
+    async with (
+        running(dev_server_env, worker_settings, resources),
+        dispatcher(
+            dev_server_env, worker_settings, journeys_db, NEW_CUSTOMER.key, report_every_seconds=1
+        ) as d,
+    ):
+        await following(journeys_db, d.id)
+        await record_order(resources, member_id, 9_800)
+        (entered,) = await enrolled(journeys_db, NEW_CUSTOMER.key, member_id)
+        handle = dev_server_env.client.get_workflow_handle_for(
+            JourneyWorkflow.run, client.workflow_id(NEW_CUSTOMER.key, member_id)
+        )
+        # The order it entered on is no goal: the member stays in the journey.
+        funnel = await eventually("the member active", lambda: _state(handle, "active"))
+        assert not funnel.converted
+        await record_order(resources, member_id, 12_345)
+        result = await handle.result()
+        await keep_history(handle, "dispatched_new_customer")
+        status = await eventually("the signal in the dispatcher's totals", lambda: _totals(d, "signalled", 1))
+
+        async def reported() -> DispatcherFunnel | None:
+            shown: DispatcherFunnel = await d.query(DispatcherWorkflow.funnel)
+            figures = {r.journey_key: r for r in shown.journeys}.get(NEW_CUSTOMER.key)
+            return shown if figures and figures.treated.converted + figures.holdout.converted else None
+
+        shown = await eventually("the conversion in the dispatcher's funnel", reported)
+    assert (result.state, result.converted, result.gmv_minor) == ("converted", True, 12_345)
+    assert entered["entry_event_id"].startswith("tagging:")
+    (row,) = await enrolments(journeys_db, NEW_CUSTOMER.key, member_id)
+    assert (row["state"], row["gmv_minor"], row["run_id"]) == ("converted", 12_345, entered["run_id"])
+    assert status.totals.started >= 1
+    assert [r.journey_key for r in shown.journeys] == [NEW_CUSTOMER.key]
+
+
+async def test_entering_a_dynamic_audience_enrols_into_win_back(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    batch = unique("batch")
+    audiences = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
+    created = await audiences.CreateAudience(
+        audience_service_pb2.CreateAudienceRequest(
+            audience=audience_pb2.Audience(audience_id=unique("win-back"), rule=in_batch(batch), dynamic=True)
+        ),
+        metadata=ACME,
+    )
+    # The shipped win-back, watching this test's audience.
+    win_back = dataclasses.replace(
+        WIN_BACK, key=unique("win-back"), entry=Entry(audience=AudienceEntry(audience=created.audience_id))
+    )
+    await store.put_definition(journeys_db, TENANT_ACME, win_back)
+    member_id, outsider = unique(), unique()
+    async with (
+        running(dev_server_env, worker_settings, resources),
+        dispatcher(dev_server_env, worker_settings, journeys_db, win_back.key) as d,
+    ):
+        await following(journeys_db, d.id)
+        await seed_member(resources.tagging, outsider, attributes={"batch": unique("batch")})
+        await seed_member(resources.tagging, member_id, attributes={"batch": batch})
+        (row,) = await enrolled(journeys_db, win_back.key, member_id)
+        handle = dev_server_env.client.get_workflow_handle_for(
+            JourneyWorkflow.run, client.workflow_id(win_back.key, member_id)
+        )
+        # Its first step waits for 10:00 member-local.
+        funnel = await eventually(
+            "the offer's hour",
+            lambda: _step(handle, "offer-hour"),
+        )
+    assert row["entry_event_id"].startswith("audience:") and row["state"] == "active"
+    assert funnel.arm == row["arm"]
+    assert await enrolments(journeys_db, win_back.key, outsider) == []
+
+
+async def _step(handle: WorkflowHandle[JourneyWorkflow, Funnel], step_id: str) -> Funnel | None:
+    funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
+    return funnel if funnel.current_step == step_id else None
+
+
+async def _state(handle: WorkflowHandle[JourneyWorkflow, Funnel], state: str) -> Funnel | None:
+    funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
+    return funnel if funnel.state == state else None
+
+
+async def _totals(
+    handle: WorkflowHandle[DispatcherWorkflow, None], field: str, at_least: int
+) -> DispatcherStatus | None:
+    """The dispatcher's status once its totals count `at_least` of `field` (a round's counts are
+    added when the round returns, which may be after its effects are visible)."""
+    status: DispatcherStatus = await handle.query(DispatcherWorkflow.status)
+    return status if getattr(status.totals, field) >= at_least else None
+
+
+async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    order_entry = Entry(event=EventMatch(kind="order"))
+    stays = journey(Step(id="wait-1d", wait=Wait(duration="1d")), entry=order_entry)
+    # Allows re-entry at once: only the entry event's own enrolment keeps a replay from entering again.
+    again = journey(
+        Step(id="hello", send=Send(template="hello")), entry=order_entry, reentry=Reentry("after_exit")
+    )
+    for definition in (stays, again):
+        await store.put_definition(journeys_db, TENANT_ACME, definition)
+    first, second, later = unique(), unique(), unique()
+    for member_id in (first, second, later):
+        await seed_member(resources.tagging, member_id)
+    async with dispatcher(dev_server_env, worker_settings, journeys_db, stays.key, again.key) as d:
+        dispatcher_id = d.id
+        async with running(dev_server_env, worker_settings, resources):
+            before = await following(journeys_db, dispatcher_id)
+            for member_id in (first, second):
+                await record_order(resources, member_id, 5_000)
+            runs = {
+                member_id: (
+                    (await enrolled(journeys_db, stays.key, member_id))[0]["run_id"],
+                    (await enrolled(journeys_db, again.key, member_id, "completed"))[0]["run_id"],
+                )
+                for member_id in (first, second)
+            }
+        # The worker is gone. What a crash before the round's commit leaves: the cursors where they
+        # were before those orders, and no record of the runs the round started.
+        async with journeys_db.transaction(TENANT_ACME) as conn:
+            await conn.execute(
+                """UPDATE journeys.dispatch_cursors SET cursor = $3
+                   WHERE tenant_id = $1 AND dispatcher = $2 AND feed = 'tagging'""",
+                TENANT_ACME,
+                dispatcher_id,
+                before["tagging"],
+            )
+            await conn.execute(
+                "DELETE FROM journeys.dispatches WHERE tenant_id = $1 AND journey_key = ANY($2::text[])",
+                TENANT_ACME,
+                [stays.key, again.key],
+            )
+        await record_order(resources, later, 7_000)
+        async with running(dev_server_env, worker_settings, resources):
+            await enrolled(journeys_db, stays.key, later)
+            await enrolled(journeys_db, again.key, later, "completed")
+            # Both replayed orders skipped for both journeys, in the round that started `later`'s.
+            await eventually("the replay's skips", lambda: _totals(d, "skipped", 4))
+            histories = {
+                member_id: [
+                    execution.run_id
+                    async for execution in dev_server_env.client.list_workflows(
+                        f'WorkflowId="{client.workflow_id(again.key, member_id)}"'
+                    )
+                ]
+                for member_id in (first, second)
+            }
+    for member_id in (first, second):
+        (stayed,) = await enrolments(journeys_db, stays.key, member_id)
+        (entered,) = await enrolments(journeys_db, again.key, member_id)
+        assert (stayed["run_id"], entered["run_id"]) == runs[member_id]
+        assert (stayed["state"], entered["state"]) == ("active", "completed")
+    # The replayed orders were recognised without asking Temporal for a run.
+    assert all(len(ids) == 1 for ids in histories.values()), histories
+    assert [len(await enrolments(journeys_db, key, later)) for key in (stays.key, again.key)] == [1, 1]
+
+
+async def test_an_entry_event_enrols_once_even_where_re_entry_is_allowed(journeys_db: Database) -> None:
+    definition = journey(Step(id="hello", send=Send(template="hello")), reentry=Reentry("after_exit"))
+    await store.put_definition(journeys_db, TENANT_ACME, definition)
+    member_id, now = unique(), dt.datetime.now(dt.UTC)
+
+    async def enrol(run_id: str, event_id: str) -> store.EnrolmentRow | store.Refusal:
+        workflow_id = client.workflow_id(definition.key, member_id)
+        return await store.enrol(
+            journeys_db, TENANT_ACME, definition, 1, member_id, workflow_id, run_id, "treated", now, event_id
+        )
+
+    first = await enrol("run-1", "tagging:1-1")
+    assert isinstance(first, store.EnrolmentRow)
+    await store.finish(journeys_db, TENANT_ACME, first.enrolment_id, "completed", now, None, 0)
+    assert await enrol("run-2", "tagging:1-1") == store.Refusal("entered this journey on this event already")
+    again = await enrol("run-3", "tagging:1-2")
+    assert isinstance(again, store.EnrolmentRow) and again.entry_number == 2

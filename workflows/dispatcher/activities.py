@@ -1,0 +1,303 @@
+"""The dispatcher's activities: one round reads the next entries of tagging's and audience's feeds,
+enrols members into the journeys their events enter, signals the running journeys the events wake,
+and then moves the dispatcher's cursors (stored in the worker's schema) past them.
+
+A round is at least once: a worker that dies mid-round leaves the cursors where they were, and the
+retried round dispatches the same entries again. That changes nothing: an entry event already
+dispatched is skipped (`journeys.dispatches`), a start is refused by the workflow id's reuse policy
+and by the enrolment row (one per journey and entry event), and a run takes an event id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from services.common.db import Database
+from workflows import service_calls
+from workflows.dispatcher import events
+from workflows.dispatcher import store as dispatch_store
+from workflows.dispatcher.shared import DispatchCounts, DispatchRequest, DispatchResult, ReportRequest
+from workflows.journeys import client as journeys_client
+from workflows.journeys import report, store
+from workflows.journeys.activities import now
+from workflows.journeys.definition import JourneyDefinition
+from workflows.journeys.report import JourneyReport
+from workflows.journeys.shared import JourneyInput, MemberEvent
+from workflows.journeys.workflow import JourneyWorkflow
+
+# How often an idle round asks the feeds again: the latency the dispatcher adds at most.
+POLL_SECONDS = 0.25
+# Temporal calls (starts, signals) one round has in flight at once.
+IN_FLIGHT = 64
+
+
+@dataclass
+class _Round:
+    """What a round did, filled in by the members' walks."""
+
+    started: int = 0
+    skipped: int = 0
+    signalled: int = 0
+    dispatches: list[dispatch_store.Dispatch] = field(default_factory=list)
+
+
+class DispatcherActivities:
+    def __init__(
+        self,
+        db: Database,
+        tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub,
+        audience: audience_service_pb2_grpc.AudienceServiceAsyncStub,
+        client: Client,
+        token_for_tenant: service_calls.TokenForTenant,
+        in_flight: int = IN_FLIGHT,
+    ) -> None:
+        self._db = db
+        self._tagging = tagging
+        self._audience = audience
+        self._client = client
+        self._token_for_tenant = token_for_tenant
+        self._in_flight = asyncio.Semaphore(in_flight)
+
+    def all(self) -> list[object]:
+        return [self.dispatch, self.report]
+
+    def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
+        return service_calls.metadata(self._token_for_tenant, tenant_id)
+
+    @activity.defn(name="dispatcher.dispatch")
+    async def dispatch(self, request: DispatchRequest) -> DispatchResult:
+        try:
+            return await self._round(request)
+        except asyncio.CancelledError:
+            if activity.is_worker_shutdown():
+                # Not a cancellation of the dispatcher: fail the attempt so it is retried soon.
+                raise ApplicationError("the worker shut down mid-round", type="WorkerShutdown") from None
+            raise
+
+    @activity.defn(name="dispatcher.report")
+    async def report(self, request: ReportRequest) -> tuple[JourneyReport, ...]:
+        """The figures of every journey the dispatcher follows (see workflows/journeys/report.py)."""
+        definitions = await self._definitions(request.tenant_id, request.journey_keys)
+        return tuple(
+            [await report.journey_report(self._db, request.tenant_id, d.key) for d, _ in definitions]
+        )
+
+    async def _definitions(self, tenant_id: str, keys: Sequence[str]) -> list[tuple[JourneyDefinition, int]]:
+        """The latest version of each journey followed, with its version number."""
+        stored = await store.latest_definitions(self._db, tenant_id, keys)
+        return [(s.definition, s.version) for s in stored if events.follows(s.definition)]
+
+    # --- one round ----------------------------------------------------------------------------
+
+    async def _round(self, request: DispatchRequest) -> DispatchResult:
+        before = await self._cursors(request)
+        tagging, audience = await self._read(request, before)
+        tagging_times = [events.entry_time(e) for e in tagging.entries]
+        audience_times = [events.entry_time(e) for e in audience.entries]
+        take_tagging, take_audience = events.merge(
+            tagging_times,
+            len(tagging.entries) == request.batch_size,
+            audience_times,
+            len(audience.entries) == request.batch_size,
+        )
+        tagging_entries = tagging.entries[:take_tagging]
+        audience_entries = audience.entries[:take_audience]
+        after = {
+            "tagging": tagging_entries[-1].cursor if tagging_entries else before["tagging"],
+            "audience": audience_entries[-1].cursor if audience_entries else before["audience"],
+        }
+        definitions = await self._definitions(request.tenant_id, request.journey_keys)
+        wanted = events.kinds([d for d, _ in definitions])
+        # The two feeds interleaved by write time, each one's own order kept.
+        found = list(
+            heapq.merge(
+                (e for e in (events.tagging_event(t, wanted) for t in tagging_entries) if e is not None),
+                (e for e in map(events.audience_event, audience_entries) if e is not None),
+                key=lambda e: e.time,
+            )
+        )
+        relevant = [
+            e
+            for e in found
+            if any(events.enters(d, e.event) or events.wakes(d, e.event) for d, _ in definitions)
+        ]
+        done = _Round()
+        if relevant:
+            await self._dispatch(request.tenant_id, relevant, definitions, done)
+        await dispatch_store.record_round(
+            self._db, request.tenant_id, request.dispatcher, before, after, done.dispatches, now()
+        )
+        counts = DispatchCounts(
+            entries=len(tagging_entries) + len(audience_entries),
+            events=len(relevant),
+            started=done.started,
+            skipped=done.skipped,
+            signalled=done.signalled,
+        )
+        return DispatchResult(after["tagging"], after["audience"], counts)
+
+    async def _cursors(self, request: DispatchRequest) -> dict[str, str]:
+        stored = await dispatch_store.cursors(self._db, request.tenant_id, request.dispatcher)
+        missing = [feed for feed in dispatch_store.FEEDS if feed not in stored]
+        if not missing:
+            return stored
+        start = {
+            feed: "" if request.start_at == "beginning" else await self._end(request, feed)
+            for feed in missing
+        }
+        return await dispatch_store.start_cursors(
+            self._db, request.tenant_id, request.dispatcher, start, now()
+        )
+
+    async def _end(self, request: DispatchRequest, feed: str) -> str:
+        auth = self._auth(request.tenant_id)
+        timeout = service_calls.CALL_TIMEOUT_SECONDS
+        if feed == "tagging":
+            reply = await self._tagging.ReadFeed(
+                tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=auth, timeout=timeout
+            )
+            return reply.next_cursor
+        answer = await self._audience.ReadAudienceFeed(
+            audience_service_pb2.ReadAudienceFeedRequest(skip_to_end=True), metadata=auth, timeout=timeout
+        )
+        return answer.next_cursor
+
+    async def _read(
+        self, request: DispatchRequest, cursors: dict[str, str]
+    ) -> tuple[tagging_service_pb2.ReadFeedResponse, audience_service_pb2.ReadAudienceFeedResponse]:
+        """The next page of each feed, waiting up to `idle_seconds` for anything to be there."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.idle_seconds
+        auth = self._auth(request.tenant_id)
+        timeout = service_calls.CALL_TIMEOUT_SECONDS
+        while True:
+            tagging, audience = await asyncio.gather(
+                self._tagging.ReadFeed(
+                    tagging_service_pb2.ReadFeedRequest(
+                        after_cursor=cursors["tagging"], limit=request.batch_size
+                    ),
+                    metadata=auth,
+                    timeout=timeout,
+                ),
+                self._audience.ReadAudienceFeed(
+                    audience_service_pb2.ReadAudienceFeedRequest(
+                        after_cursor=cursors["audience"], limit=request.batch_size
+                    ),
+                    metadata=auth,
+                    timeout=timeout,
+                ),
+            )
+            if (
+                tagging.entries
+                or audience.entries
+                or loop.time() >= deadline
+                or activity.is_worker_shutdown()
+            ):
+                return tagging, audience
+            activity.heartbeat()
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _dispatch(
+        self,
+        tenant_id: str,
+        found: list[events.FeedEvent],
+        definitions: list[tuple[JourneyDefinition, int]],
+        done: _Round,
+    ) -> None:
+        """Walks each member's events in order (members concurrently): first the signals to the
+        journeys the member runs, then the starts of the journeys the event enters."""
+        by_member: dict[str, list[events.FeedEvent]] = {}
+        for e in found:
+            by_member.setdefault(e.member_id, []).append(e)
+        known = await dispatch_store.members(
+            self._db, tenant_id, list(by_member), [e.event.event_id for e in found], now()
+        )
+        await asyncio.gather(
+            *(
+                self._walk(tenant_id, member_id, walk, definitions, known, done)
+                for member_id, walk in by_member.items()
+            )
+        )
+
+    async def _walk(
+        self,
+        tenant_id: str,
+        member_id: str,
+        walk: list[events.FeedEvent],
+        definitions: list[tuple[JourneyDefinition, int]],
+        known: dispatch_store.Members,
+        done: _Round,
+    ) -> None:
+        for found in walk:
+            event = found.event
+            for definition, _ in definitions:
+                if (definition.key, member_id) in known.running and events.wakes(definition, event):
+                    done.signalled += await self._signal(definition.key, member_id, event)
+            for definition, version in definitions:
+                if not events.enters(definition, event):
+                    continue
+                pair = (definition.key, member_id)
+                if (
+                    pair in known.running
+                    or (definition.key, event.event_id) in known.entered
+                    or store.refusal(definition, known.last.get(pair), now()) is not None
+                ):
+                    done.skipped += 1
+                    continue
+                run_id, started = await self._start(tenant_id, definition, version, member_id, event)
+                done.started += started
+                done.skipped += not started
+                known.running.add(pair)
+                known.entered.add((definition.key, event.event_id))
+                done.dispatches.append(
+                    dispatch_store.Dispatch(
+                        definition.key,
+                        event.event_id,
+                        member_id,
+                        journeys_client.workflow_id(definition.key, member_id),
+                        run_id,
+                    )
+                )
+        activity.heartbeat()
+
+    async def _start(
+        self,
+        tenant_id: str,
+        definition: JourneyDefinition,
+        version: int,
+        member_id: str,
+        event: MemberEvent,
+    ) -> tuple[str, bool]:
+        """Starts the member's run of `version`; returns its run id and whether this call started
+        it (False: a run of that id was there already)."""
+        request = JourneyInput(tenant_id, definition.key, member_id, version, entry_event_id=event.event_id)
+        async with self._in_flight:
+            try:
+                handle = await journeys_client.start_member_journey(
+                    self._client, activity.info().task_queue, definition, request
+                )
+            except WorkflowAlreadyStartedError as error:
+                return error.run_id or "", False
+        return handle.result_run_id or "", True
+
+    async def _signal(self, journey_key: str, member_id: str, event: MemberEvent) -> bool:
+        """Signals the member's current run; False when there is none (it ended meanwhile)."""
+        handle = self._client.get_workflow_handle(journeys_client.workflow_id(journey_key, member_id))
+        async with self._in_flight:
+            try:
+                await handle.signal(JourneyWorkflow.event, event)
+            except RPCError as error:
+                if error.status == RPCStatusCode.NOT_FOUND:
+                    return False
+                raise
+        return True
