@@ -14,7 +14,7 @@ from memberops.tagging.v1 import tagging_service_pb2_grpc
 
 from deploy import localpg
 from services.audience import server as audience_server
-from services.common import app
+from services.common import app, logs
 from services.common.config import Settings
 from services.common.db import Database
 from services.tagging import server as tagging_server
@@ -41,6 +41,13 @@ INITECH = bearer(TOKEN_INITECH)
 def unique(prefix: str = "m") -> str:
     """A fresh id per test, so tests sharing the session database never see each other's rows."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_to_stderr() -> None:
+    """The in-process servers log as they do in production: JSON lines on standard error, so a late
+    access-log line never lands in a command's captured standard output."""
+    logs.configure("info", service="tests")
 
 
 @pytest.fixture(scope="session")

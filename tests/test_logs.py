@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,8 +22,8 @@ def captured() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     logs.configure("info", service="test", stream=stream)
     yield stream
-    structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    logs.configure("info", service="tests")
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -37,7 +39,12 @@ async def test_access_log_binds_request_id_and_tenant(
             tagging_service_pb2.GetMemberRequest(name="members/nobody-here"),
             metadata=(*ACME, ("x-request-id", "req-abc-123")),
         )
-    entries = [e for e in lines(captured) if e.get("request_id") == "req-abc-123"]
+    # grpc.aio sends an aborted call's status before the handler unwinds, so the access-log line
+    # may be written just after the client has its answer.
+    deadline = time.monotonic() + 5
+    while not (entries := [e for e in lines(captured) if e.get("request_id") == "req-abc-123"]):
+        assert time.monotonic() < deadline, "no access-log line for the call"
+        await asyncio.sleep(0.01)
     assert len(entries) == 1
     entry = entries[0]
     assert entry["event"] == "rpc"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -19,12 +19,23 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, so a command's stdout holds only its output
+    and a capture installed later (pytest's) still sees the lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", *, service: str, stream: TextIO | None = None) -> None:
-    """Configures structlog (and stdlib logging, for libraries) to write JSON lines to `stream`.
+    """Configures structlog (and stdlib logging, for libraries) to write JSON lines to `stream`,
+    standard error by default.
 
     Loggers are not cached, so a later `configure` (a test capturing output) takes effect everywhere.
     """
-    stream = sys.stderr if stream is None else stream
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
     structlog.configure(
@@ -37,7 +48,9 @@ def configure(level: str = "info", *, service: str, stream: TextIO | None = None
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(
+            file=cast(TextIO, _Stderr()) if stream is None else stream
+        ),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
