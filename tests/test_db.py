@@ -109,3 +109,27 @@ async def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(one_conn
             "SELECT member_id FROM tagging.members WHERE member_id = ANY($1::text[])", [kept, undone, inner]
         )
     assert [r["member_id"] for r in found] == [kept]
+
+
+async def test_a_reading_connection_stays_its_tenants_and_only_reads(one_connection: Database) -> None:
+    member_id = unique()
+    async with one_connection.transaction("acme") as conn:
+        await conn.execute(INSERT, member_id)
+    seen = "SELECT count(*) FROM tagging.members WHERE member_id = $1"
+    for _ in range(2):  # the second call gets the same connection, still bound after the error
+        async with one_connection.reading("acme") as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT current_setting('memberops.tenant_id')") == "acme"
+            assert await conn.fetchval("SELECT current_user") == "memberops_app"
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert await conn.fetchval(seen, member_id) == 1
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await conn.execute(INSERT, unique())
+    async with one_connection.reading("globex") as conn:  # another tenant, another connection
+        assert await conn.fetchval(seen, member_id) == 0
+    # The transactions' pool is untouched by either.
+    assert await tenant_and_role(one_connection) == ("", "postgres")
+    for bad in ["acme'; --", "Acme"]:
+        with pytest.raises(ValueError, match="not a tenant id"):
+            async with one_connection.reading(bad):
+                pass

@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,8 +307,10 @@ def _after_id(token: str) -> str:
 
 
 class Definitions:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, changed: Callable[[str, str], None] | None = None) -> None:
         self._db = db
+        # Told (tenant, audience id) after an update or delete commits: what caches a definition.
+        self._changed = changed or (lambda tenant_id, audience_id: None)
 
     async def _check(self, conn: Connection, spec: AudienceInput, facts: RuleFacts) -> None:
         v = Violations()
@@ -363,6 +365,7 @@ class Definitions:
                 await store.add_version(conn, tenant_id, current["version"] + 1, version)
             updated = await store.get_audience(conn, spec.audience_id, None)
         assert updated is not None
+        self._changed(tenant_id, spec.audience_id)
         return _audience(updated)
 
     async def get(self, tenant_id: str, audience_id: str, version: int) -> Audience:
@@ -402,4 +405,5 @@ class Definitions:
                 await store.mark_deleted(conn, audience_id)
             deleted = await store.get_audience(conn, audience_id, None, include_deleted=True)
         assert deleted is not None
+        self._changed(tenant_id, audience_id)
         return _audience(deleted)

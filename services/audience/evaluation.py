@@ -4,9 +4,10 @@ Each call loads the audience (and every audience it references, at their current
 compiles it (cached: compiling is pure) and runs one statement in a read-only tenant transaction
 over tagging's published views, at the evaluation time the call passes in.
 
-CheckMembership, on the hot path of coupon claims and group entry, skips the load: it runs the
-statement compiled for the versions it last saw, guarded by a test that those are still the
-current ones, and loads only when the guard fails (or the member is unknown).
+CheckMembership, on the hot path of coupon claims and group entry, answers a dynamic audience from
+the membership index, without a statement. Otherwise it skips the load: it runs the statement
+compiled for the versions it last saw, guarded by a test that those are still the current ones, and
+loads only when the guard fails (or the member is unknown).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.audience import compiler, definitions, store
+from services.audience.membership_index import MembershipIndex
 from services.common.db import Connection, Database, Plans
 from services.common.errors import InvalidArgument, NotFound, Violations
 from services.tagging import checks
@@ -48,8 +50,9 @@ class Loaded:
 
 
 class Evaluator:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, index: MembershipIndex | None = None) -> None:
         self._db = db
+        self._index = index
         self._compiled: dict[tuple[Any, ...], compiler.Compiled] = {}
         # (tenant, audience) -> what CheckMembership last loaded for it.
         self._checked: dict[tuple[str, str], Loaded] = {}
@@ -179,13 +182,19 @@ class Evaluator:
     ) -> tuple[bool, int]:
         """Whether the member is in the audience. The statement reads only that member's rows, by
         member id in every subquery, so one generic plan per connection serves every member: planning
-        it each time would cost four times what running it does (0.4 ms against 0.1 ms)."""
-        async with self.transaction(tenant_id, plans="generic") as conn:
-            seen = self._checked.get((tenant_id, audience_id))
-            if seen is not None:
+        it each time would cost four times what running it does (0.4 ms against 0.1 ms). While the
+        definitions it was compiled from are current, a check is that one statement on one of the
+        tenant's bound connections: one round trip. A dynamic audience the index holds is answered
+        from its stored membership, without a statement (see `membership_index`)."""
+        if self._index is not None and (held := self._index.answer(tenant_id, audience_id, member_id)):
+            return held
+        seen = self._checked.get((tenant_id, audience_id))
+        if seen is not None:
+            async with self._db.reading(tenant_id) as conn:
                 row = await self._run_check(conn, seen, member_id, now)
-                if row is not None:
-                    return bool(row["is_member"]), seen.version
+            if row is not None:
+                return bool(row["is_member"]), seen.version
+        async with self.transaction(tenant_id, plans="generic") as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True)
             row = await self._run_check(conn, loaded, member_id, now)
         if row is None:

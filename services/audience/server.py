@@ -17,6 +17,7 @@ from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
 from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator
+from services.audience.membership_index import MembershipIndex
 from services.audience.snapshots import Snapshots
 from services.common import app
 from services.common.config import Settings
@@ -33,10 +34,11 @@ def wire(
     clock: Callable[[], dt.datetime] = utc_now,
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
-    evaluator = Evaluator(db)
+    index = MembershipIndex(db, tenants)
+    evaluator = Evaluator(db, index)
     memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(
-        Definitions(db),
+        Definitions(db, changed=index.forget),
         evaluator,
         Snapshots(db, evaluator),
         Breakdowns(db, evaluator),
@@ -46,7 +48,7 @@ def wire(
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding], background=[memberships.run])
+    return app.Wiring([binding], background=[memberships.run, index.run])
 
 
 DEFINITION = app.ServiceDefinition(

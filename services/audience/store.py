@@ -470,7 +470,8 @@ async def clear_membership(conn: Connection, tenant_id: str, audience_id: str, v
         version,
     )
     await conn.execute(
-        """UPDATE audience.audiences SET membership_version = NULL, membership_time = NULL
+        """UPDATE audience.audiences SET membership_version = NULL, membership_time = NULL,
+                                         membership_txid = NULL
            WHERE audience_id = $1""",
         audience_id,
     )
@@ -479,7 +480,8 @@ async def clear_membership(conn: Connection, tenant_id: str, audience_id: str, v
 
 async def mark_evaluated(conn: Connection, audience_id: str, version: int, moment: dt.datetime) -> None:
     await conn.execute(
-        """UPDATE audience.audiences SET membership_version = $2, membership_time = $3
+        """UPDATE audience.audiences
+           SET membership_version = $2, membership_time = $3, membership_txid = pg_current_xact_id()
            WHERE audience_id = $1""",
         audience_id,
         version,
@@ -514,6 +516,28 @@ async def changed_members(
 ) -> list[asyncpg.Record]:
     """Settled entries of tagging's feed (through its published view): whose facts or tags changed."""
     return await outbox.read_settled(conn, "tagging_read.feed", "member_id", after, limit)
+
+
+async def indexable_audiences(conn: Connection) -> dict[str, int]:
+    """audience id -> version of each dynamic audience whose stored membership is its current
+    definition's, evaluated by a settled transaction (see migration 0004)."""
+    rows = await conn.fetch(
+        """SELECT a.audience_id, a.current_version FROM audience.audiences a
+            JOIN audience.audience_versions v
+              ON v.audience_id = a.audience_id AND v.version = a.current_version
+            WHERE v.dynamic AND a.delete_time IS NULL AND a.membership_version = a.current_version
+              AND a.membership_txid < pg_snapshot_xmin(pg_current_snapshot())"""
+    )
+    return {row["audience_id"]: row["current_version"] for row in rows}
+
+
+async def dynamic_members(conn: Connection) -> list[asyncpg.Record]:
+    """(audience_id, member_id) of every stored membership."""
+    return list(await conn.fetch("SELECT audience_id, member_id FROM audience.dynamic_members"))
+
+
+async def last_audience_cursor(conn: Connection) -> str | None:
+    return await outbox.last_settled(conn, "audience.feed")
 
 
 async def read_audience_feed(

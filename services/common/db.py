@@ -8,6 +8,7 @@ its tenant filter still sees only its own tenant's rows, even when the pool logs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,11 +49,19 @@ async def _reset_if_left_in_transaction(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
-class Database:
-    """A pool plus the one way the services use it: a transaction under one tenant."""
+# Connections of each tenant's read-only pool (`Database.reading`), opened on demand.
+READING_POOL_SIZE = 4
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+
+class Database:
+    """A pool plus the two ways the services use it: a transaction under one tenant, and one
+    read-only statement under one tenant on a connection that stays that tenant's."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
         self.pool = pool
+        self._dsn = dsn
+        self._reading: dict[str, asyncpg.Pool] = {}
+        self._reading_lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
@@ -63,19 +72,54 @@ class Database:
             server_settings={"application_name": "memberops"},
             reset=_reset_if_left_in_transaction,
         )
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
-        await self.pool.close()
+        pools = [self.pool, *self._reading.values()]
+        self._reading.clear()
+        await asyncio.gather(*(pool.close() for pool in pools))
+
+    @asynccontextmanager
+    async def reading(self, tenant_id: str) -> AsyncIterator[Connection]:
+        """A connection bound to `tenant_id` for its whole life, for one read-only statement per
+        call on a hot path: the statement runs in its own implicit transaction, so the call pays one
+        round trip, not the three of `transaction`. The connections come from a small pool of the
+        tenant's own, whose sessions carry the role, the tenant, read-only transactions and generic
+        plans (see `Plans`: statements that probe one member's rows) and are never handed to another
+        tenant or to `transaction`."""
+        pool = self._reading.get(tenant_id) or await self._reading_pool(tenant_id)
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def _reading_pool(self, tenant_id: str) -> asyncpg.Pool:
+        if self._dsn is None:
+            raise RuntimeError("a Database made from a pool has no DSN to open reading pools with")
+        session = _session(tenant_id)
+        async with self._reading_lock:
+            if tenant_id not in self._reading:
+
+                async def bind(conn: asyncpg.Connection) -> None:
+                    await conn.execute(session)
+
+                self._reading[tenant_id] = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=0,
+                    max_size=READING_POOL_SIZE,
+                    server_settings={"application_name": "memberops-reading"},
+                    init=bind,
+                    reset=_rollback_if_left_in_transaction,
+                )
+            return self._reading[tenant_id]
 
     @asynccontextmanager
     async def transaction(
-        self, tenant_id: str, *, readonly: bool = False, plans: Plans = "auto"
+        self, tenant_id: str, *, readonly: bool = False, plans: Plans = "auto", snapshot: bool = False
     ) -> AsyncIterator[Connection]:
         """A transaction under `tenant_id`, opened in one round trip: BEGIN, the role, the tenant and
         the plan mode go to the server as one simple query, so a request that reads once pays three
-        round trips, not four or five."""
-        opening = _opening(tenant_id, readonly=readonly, plans=plans)
+        round trips, not four or five. `snapshot`: every statement sees the same data (REPEATABLE
+        READ), for reads that must agree with each other."""
+        opening = _opening(tenant_id, readonly=readonly, plans=plans, snapshot=snapshot)
         async with self.pool.acquire() as conn:
             try:
                 await conn.execute(opening)
@@ -86,15 +130,39 @@ class Database:
             await conn.execute("COMMIT")
 
 
-def _opening(tenant_id: str, *, readonly: bool, plans: Plans) -> str:
+def _session(tenant_id: str) -> str:
+    """The session settings of a connection bound to one tenant for good (`Database.reading`)."""
+    _check_tenant(tenant_id)
+    return (
+        f"SET ROLE {APP_ROLE};\n"
+        f"SELECT set_config('{TENANT_SETTING}', '{tenant_id}', false);\n"
+        "SET default_transaction_read_only = on;\n"
+        f"SET plan_cache_mode = {_PLAN_MODES['generic']}"
+    )
+
+
+async def _rollback_if_left_in_transaction(conn: asyncpg.Connection) -> None:
+    """A bound connection holds its tenant in the session, which asyncpg's reset would clear, so
+    it is only rolled back, should a caller have left a transaction open; a ROLLBACK leaves the
+    session settings made outside any transaction as they are."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def _check_tenant(tenant_id: str) -> None:
+    if tenant_id and not TENANT_ID.fullmatch(tenant_id):
+        raise ValueError(f"not a tenant id: {tenant_id!r}")
+
+
+def _opening(tenant_id: str, *, readonly: bool, plans: Plans, snapshot: bool = False) -> str:
     """The statements that open a tenant transaction. A simple query carries no parameters, so the
     tenant is a literal; tenant ids are configuration and match `config.TENANT_ID` (letters, digits,
     `_` and `-`), which is checked here so nothing else can reach the text. '' binds no tenant, so
     row-level security shows nothing."""
-    if tenant_id and not TENANT_ID.fullmatch(tenant_id):
-        raise ValueError(f"not a tenant id: {tenant_id!r}")
+    _check_tenant(tenant_id)
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN"
     statements = [
-        "BEGIN READ ONLY" if readonly else "BEGIN",
+        f"{begin} READ ONLY" if readonly else begin,
         f"SELECT set_config('role', '{APP_ROLE}', true), set_config('{TENANT_SETTING}', '{tenant_id}', true)",
     ]
     if plans in _PLAN_MODES:

@@ -1,0 +1,163 @@
+"""The membership index: CheckMembership of a dynamic audience answered from its stored membership,
+only while that membership is the current definition's and everything it wrote has been read.
+
+The service's maintainer runs in the background; the tests drive an index of their own over the
+same database (refreshed by hand) beside the service's, and wait with deadlines, never timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from memberops.audience.v1 import audience_pb2, audience_service_pb2
+
+from services.audience import membership_index
+from services.audience.definitions import AudienceInput, Definitions
+from services.audience.membership_index import MembershipIndex
+from services.common.db import Database
+from tests.audience.helpers import all_of, check, fact, in_batch, member, order, order_count
+from tests.conftest import ACME, TENANT_ACME, unique
+from tests.tagging.rule_builders import Op
+
+if TYPE_CHECKING:
+    from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+
+WAIT_SECONDS = 30.0
+
+
+async def until(what: str, holds: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not await holds():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+def bought(times: int = 1) -> audience_pb2.AudienceRule:
+    return fact(order_count(), Op.OPERATOR_GE, times)
+
+
+async def create_dynamic(stub: AudienceStub, rule: audience_pb2.AudienceRule) -> str:
+    audience = audience_pb2.Audience(audience_id=unique("idx"), rule=rule, dynamic=True)
+    await stub.CreateAudience(audience_service_pb2.CreateAudienceRequest(audience=audience), metadata=ACME)
+    return audience.audience_id
+
+
+async def evaluated_version(db: Database, audience_id: str) -> int | None:
+    """The version the maintainer last evaluated the audience whole at."""
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        version: int | None = await conn.fetchval(
+            "SELECT membership_version FROM audience.audiences WHERE audience_id = $1", audience_id
+        )
+        return version
+
+
+def answered(index: MembershipIndex, audience_id: str) -> Callable[[str], Awaitable[tuple[bool, int] | None]]:
+    async def answer(member_id: str) -> tuple[bool, int] | None:
+        await index.refresh(TENANT_ACME)
+        return index.answer(TENANT_ACME, audience_id, member_id)
+
+    return answer
+
+
+async def test_a_dynamic_audience_is_answered_from_its_stored_membership_as_it_changes(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    batch = unique("batch")
+    buyer, browser = await member(tagging_stub, batch), await member(tagging_stub, batch)
+    await order(tagging_stub, buyer, 2, [("tea", 1_000)])
+    index = MembershipIndex(db, frozenset({TENANT_ACME}))
+    await index.refresh(TENANT_ACME)  # loaded before the audience exists: it follows from the feed
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    answer = answered(index, audience_id)
+
+    await until("the index answers for the audience", lambda: _is(answer(buyer), (True, 1)))
+    assert await answer(browser) == (False, 1)
+    assert await check(audience_stub, audience_id, buyer) and not await check(
+        audience_stub, audience_id, browser
+    )
+
+    await order(tagging_stub, browser, 1, [("tea", 2_000)])
+    await until("the new buyer is in", lambda: _is(answer(browser), (True, 1)))
+    await until("the service's check agrees", lambda: check(audience_stub, audience_id, browser))
+    # A fresh index loads the same membership in one go.
+    fresh = answered(MembershipIndex(db, frozenset({TENANT_ACME})), audience_id)
+    assert (await fresh(buyer), await fresh(browser)) == ((True, 1), (True, 1))
+
+
+async def test_an_evaluation_is_answered_for_only_once_settled(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """While an older transaction runs, the feed holds back the evaluation's entries; were the index
+    to trust the evaluated version already, it would answer "not a member" for a member."""
+    batch = unique("batch")
+    buyer = await member(tagging_stub, batch)
+    await order(tagging_stub, buyer, 2, [("tea", 1_000)])
+    index = MembershipIndex(db, frozenset({TENANT_ACME}))
+    await index.refresh(TENANT_ACME)
+    answer = answered(index, "")
+    older = await db.pool.acquire()
+    try:
+        await older.execute("BEGIN")
+        await older.fetchval("SELECT pg_current_xact_id()")
+        audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+        answer = answered(index, audience_id)
+        await until("the maintainer evaluated it", lambda: _is(evaluated_version(db, audience_id), 1))
+        assert await answer(buyer) is None
+        # The service itself evaluates instead, and is right.
+        assert await check(audience_stub, audience_id, buyer)
+    finally:
+        await older.execute("ROLLBACK")
+        await db.pool.release(older)
+    assert await answer(buyer) == (True, 1)
+
+
+async def test_an_update_stops_the_answers_until_the_new_version_is_evaluated(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    batch = unique("batch")
+    once, twice = await member(tagging_stub, batch), await member(tagging_stub, batch)
+    await order(tagging_stub, once, 3, [("tea", 1_000)])
+    for days in (3, 4):
+        await order(tagging_stub, twice, days, [("tea", 1_000)])
+    index = MembershipIndex(db, frozenset({TENANT_ACME}))
+    await index.refresh(TENANT_ACME)
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    answer = answered(index, audience_id)
+    await until("version 1 is answered for", lambda: _is(answer(once), (True, 1)))
+
+    definitions = Definitions(db, changed=index.forget)
+    stricter = AudienceInput(audience_id, all_of(in_batch(batch), bought(2)), dynamic=True)
+    await definitions.update(TENANT_ACME, stricter, 0)
+    assert index.answer(TENANT_ACME, audience_id, once) is None  # at once, before any refresh
+    await until("version 2 is answered for", lambda: _is(answer(twice), (True, 2)))
+    assert await answer(once) == (False, 2)
+
+    await definitions.delete(TENANT_ACME, audience_id)
+    assert index.answer(TENANT_ACME, audience_id, twice) is None
+    await index.refresh(TENANT_ACME)
+    assert index.answer(TENANT_ACME, audience_id, twice) is None
+
+
+async def test_an_index_not_refreshed_for_a_while_answers_nothing(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    moment = [time.monotonic()]
+    index = MembershipIndex(db, frozenset({TENANT_ACME}), clock=lambda: moment[0])
+    batch = unique("batch")
+    buyer = await member(tagging_stub, batch)
+    await order(tagging_stub, buyer, 1, [("tea", 1_000)])
+    await index.refresh(TENANT_ACME)
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    await until("the index answers", lambda: _is(answered(index, audience_id)(buyer), (True, 1)))
+    moment[0] += membership_index.MAX_AGE_SECONDS + 1
+    assert index.answer(TENANT_ACME, audience_id, buyer) is None
+    await index.refresh(TENANT_ACME)
+    assert index.answer(TENANT_ACME, audience_id, buyer) == (True, 1)
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
