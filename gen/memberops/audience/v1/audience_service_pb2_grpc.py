@@ -194,7 +194,9 @@ class AudienceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckMembership(self, request, context):
-        """Whether one member is in the audience now; evaluates that member's rows only.
+        """Whether one member is in the audience now. A dynamic audience is answered from its maintained
+        membership, held in memory (as current as its feed; a member it never held is not in it);
+        any other by evaluating that member's rows only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

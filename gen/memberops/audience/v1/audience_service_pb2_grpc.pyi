@@ -63,7 +63,10 @@ class AudienceServiceStub:
     ExportAudience: _grpc.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]
     """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
     CheckMembership: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]
-    """Whether one member is in the audience now; evaluates that member's rows only."""
+    """Whether one member is in the audience now. A dynamic audience is answered from its maintained
+    membership, held in memory (as current as its feed; a member it never held is not in it);
+    any other by evaluating that member's rows only.
+    """
     BreakdownAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.BreakdownAudienceRequest, _audience_service_pb2.BreakdownAudienceResponse]
     """The audience's members now, broken down one way: by the values they hold in a tag dimension,
     by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
@@ -123,7 +126,10 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     ExportAudience: _aio.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]  # type: ignore[assignment]
     """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
     CheckMembership: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]  # type: ignore[assignment]
-    """Whether one member is in the audience now; evaluates that member's rows only."""
+    """Whether one member is in the audience now. A dynamic audience is answered from its maintained
+    membership, held in memory (as current as its feed; a member it never held is not in it);
+    any other by evaluating that member's rows only.
+    """
     BreakdownAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.BreakdownAudienceRequest, _audience_service_pb2.BreakdownAudienceResponse]  # type: ignore[assignment]
     """The audience's members now, broken down one way: by the values they hold in a tag dimension,
     by the local weekday and hour of their orders, or by week over a date range (buyers, orders,
@@ -240,7 +246,10 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audience_service_pb2.CheckMembershipRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.CheckMembershipResponse, _abc.Awaitable[_audience_service_pb2.CheckMembershipResponse]]:
-        """Whether one member is in the audience now; evaluates that member's rows only."""
+        """Whether one member is in the audience now. A dynamic audience is answered from its maintained
+        membership, held in memory (as current as its feed; a member it never held is not in it);
+        any other by evaluating that member's rows only.
+        """
 
     @_abc_1.abstractmethod
     def BreakdownAudience(
