@@ -3,6 +3,7 @@ broadcast definition stored and started, and what the database says the cohort d
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import Counter
@@ -136,6 +137,50 @@ async def until(
         if holds(funnel):
             return funnel
     raise AssertionError(f"the cohort never got to {what}")
+
+
+# The history events that close an activity call or a timer.
+_ACTIVITY_CLOSED = (
+    "activity_task_completed_event_attributes",
+    "activity_task_failed_event_attributes",
+    "activity_task_timed_out_event_attributes",
+    "activity_task_canceled_event_attributes",
+)
+_TIMER_CLOSED = ("timer_fired_event_attributes", "timer_canceled_event_attributes")
+
+
+async def asleep(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the run (the one the handle names) waits on a timer with no activity call open:
+    nothing happens in it then until the timer fires, a signal comes or it is cancelled."""
+    calls: set[int] = set()
+    timers: set[str] = set()
+    for event in (await handle.fetch_history()).events:
+        kind = event.WhichOneof("attributes")
+        if kind == "activity_task_scheduled_event_attributes":
+            calls.add(event.event_id)
+        elif kind in _ACTIVITY_CLOSED:
+            calls.discard(getattr(event, kind).scheduled_event_id)
+        elif kind == "timer_started_event_attributes":
+            timers.add(event.timer_started_event_attributes.timer_id)
+        elif kind in _TIMER_CLOSED:
+            timers.discard(getattr(event, kind).timer_id)
+    return bool(timers) and not calls
+
+
+async def until_asleep(handle: WorkflowHandle[Any, Any], what: str) -> None:
+    """Waits (bounded) until the run is `asleep`. Cancel a broadcast on the time-skipping test
+    server only then: that server mishandles a cancellation that meets a running activity call.
+    When the call completes while the workflow task that cancels it is out, the server refuses the
+    task's completion (ACTIVITY_UNKNOWN) and the run stays stuck with the task open, holding its
+    time-skipping lock; when the call was scheduled but not yet taken, the server drops it without
+    releasing the call's lock. Either way time stops skipping for every later test of the session.
+    (A real server takes both; see test_cancelling_during_a_batch_waits_for_it_on_a_real_server.)"""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if await asleep(handle):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the cohort never fell asleep in {what}")
 
 
 def step(funnel: CohortFunnel, step_id: str) -> dict[str, Any]:

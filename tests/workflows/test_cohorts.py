@@ -6,12 +6,15 @@ pause/resume, stop."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import time
 from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -31,6 +34,7 @@ from tests.workflows.cohort_helpers import (
     statuses,
     step,
     until,
+    until_asleep,
 )
 from tests.workflows.journey_helpers import phone_of, running
 from workflows.journeys.activities import holdout_salt
@@ -338,9 +342,58 @@ async def test_cancelling_stops_the_broadcast_and_records_it(
             time_skipping_env, worker_settings, journeys_db, definition, frozen.name
         )
         await until(handle, "the wait", lambda f: step(f, "wait-9d").get("entered", 0) == 100)
+        # The batch that starts the members' nine days has ended too: no call is cancelled.
+        await until_asleep(handle, "the wait")
         await handle.cancel()
         funnel = await handle.result()
     assert funnel.state == "stopped" and step(funnel, "again") == {}
     assert set(delivered(provider, ids).values()) == {1} and len(delivered(provider, ids)) == 100
+    states = await members(journeys_db, funnel.cohort_id)
+    assert Counter(s["state"] for s in states.values()) == {"stopped": 100}
+
+
+async def test_cancelling_during_a_batch_waits_for_it_on_a_real_server(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+    provider: fakes.Provider,
+) -> None:
+    """A cancellation while a batch is at the provider: the batch's messages go out once, then the
+    rest stops. On the dev server, since the time-skipping one cannot take it (see until_asleep)."""
+    ids, audience_id, frozen = await snapshot_population(unlimited, 100)
+    definition = broadcast(
+        audience_id,
+        Step(id="hello", send=Send(template="hello")),
+        Step(id="wait-9d", wait=Wait(duration="9d")),
+        Step(id="again", send=Send(template="hello")),
+    )
+    requests = provider.batch_requests
+    gate = provider.hold_batches()
+    try:
+        async with running(dev_server_env, worker_settings, unlimited):
+            handle = await start(dev_server_env, worker_settings, journeys_db, definition, frozen.name)
+            assert await asyncio.to_thread(provider.wait_for_batches, requests + 1, 30)
+            await handle.cancel()
+            # The workflow asked the running call to stop before the provider answers.
+            deadline = time.monotonic() + 30
+            while not any(
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+                for e in (await handle.fetch_history()).events
+            ):
+                assert time.monotonic() < deadline, "the workflow never cancelled the running batch"
+                await asyncio.sleep(0.05)
+            gate.set()
+            funnel = await handle.result()
+    finally:
+        gate.set()
+        provider.batch_gate = None
+    assert funnel.state == "stopped" and step(funnel, "again") == {}
+    assert set(delivered(provider, ids).values()) == {1} and len(delivered(provider, ids)) == 100
+    # Every message is settled: `sent`, or `unknown` when the cancellation reached the batch (at
+    # its heartbeat) after the provider answered and before the answers were written.
+    hello = statuses(await messages(journeys_db, funnel.cohort_id), "hello")
+    assert set(hello) <= {"sent", "unknown"} and hello.total() == 100
+    assert step(funnel, "hello") == {"entered": 100, **hello}
     states = await members(journeys_db, funnel.cohort_id)
     assert Counter(s["state"] for s in states.values()) == {"stopped": 100}
