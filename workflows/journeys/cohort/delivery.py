@@ -16,9 +16,10 @@ parts never written are still due for the next batch.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -354,14 +355,22 @@ class Delivery:
                 (batched if self._batched(c.channel) else single)[c.channel].append(c)
         context = _Context(tenant_id, cohort, definition, seq, part, now, rows, recipients, fresh)
         outcomes: list[_Outcome] = []
-        for channel_name, pending in sorted(batched.items()):
-            channel = self._sender.channel(channel_name)
-            assert isinstance(channel, BatchChannel)
-            for i in range(0, len(pending), channel.batch_limit):
-                outcomes += await self._send_batch(context, channel, pending[i : i + channel.batch_limit])
-                activity.heartbeat()
+        try:
+            for channel_name, pending in sorted(batched.items()):
+                channel = self._sender.channel(channel_name)
+                assert isinstance(channel, BatchChannel)
+                for i in range(0, len(pending), channel.batch_limit):
+                    outcomes += await self._send_batch(context, channel, pending[i : i + channel.batch_limit])
+                    activity.heartbeat()
+        except asyncio.CancelledError:
+            # Stopped (at a heartbeat) after some requests were answered: what the providers said
+            # is recorded before the call ends, or those messages would be settled as unknown.
+            await _to_completion(self._record(context, outcomes))
+            raise
         # The batch endpoints' outcomes in one transaction; it closes the part when nothing is left.
-        await self._record(context, outcomes, done=fresh and not single and not context.unsettled)
+        await _to_completion(
+            self._record(context, outcomes, done=fresh and not single and not context.unsettled)
+        )
         for channel_name, pending in sorted(single.items()):
             async with self._sender.channel(channel_name).session() as session:
                 for claim in pending:
@@ -457,7 +466,7 @@ class Delivery:
         except OutcomeUnknown as error:
             await self._record(context, [(claim, "unknown", str(error), "", False)])
             return
-        await self._record(context, [(claim, "sent", "", str(provider_id), False)])
+        await _to_completion(self._record(context, [(claim, "sent", "", str(provider_id), False)]))
 
     async def _record(self, context: _Context, outcomes: Sequence[_Outcome], *, done: bool = False) -> None:
         """Writes the outcomes and adds the settled ones to the part's figures (closing it when
@@ -575,3 +584,14 @@ class _Context:
 
     def attempts(self, claim: Claim) -> int:
         return self.rows[(claim.member_id, self.definition.steps[claim.position].id)][2]
+
+
+async def _to_completion(work: Awaitable[None]) -> None:
+    """Runs `work` to its end even when the caller is cancelled meanwhile, then passes the
+    cancellation on: a transaction recording what a provider already answered must commit."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
