@@ -2,9 +2,10 @@
 
 A maintainer loop runs beside the service. Each round, per tenant, in one transaction:
 
-1. audiences created, changed, deleted or made (non-)dynamic since the last round, and every
-   dynamic audience not fully evaluated for FULL_EVERY (time alone moves members across windows:
-   "no order in 30 days"), are evaluated whole and the stored membership is made equal to it;
+1. audiences created, changed, deleted or made (non-)dynamic since the last round, those whose
+   referenced audiences changed, and every dynamic audience not fully evaluated for FULL_EVERY
+   (time alone moves members across windows: "no order in 30 days"), are evaluated whole and the
+   stored membership is made equal to it;
 2. tagging's feed (through its published view) is followed from the stored cursor: the members
    whose facts or tags changed are re-evaluated in every dynamic audience;
 3. the cursor advances in the same transaction as the changes it caused, so a crash or restart
@@ -92,9 +93,10 @@ class Memberships:
                     exited += await store.clear_membership(conn, tenant_id, audience_id, version)
                     continue
                 stale = row["membership_time"] is None or row["membership_time"] < now - FULL_EVERY
-                if row["membership_version"] != version or stale:
-                    e, x = await self._apply(conn, tenant_id, audience_id, now, None)
-                    await store.mark_evaluated(conn, audience_id, version, now)
+                if row["membership_version"] != version or stale or row["references_changed"]:
+                    e, x, read = await self._apply(conn, tenant_id, audience_id, now, None)
+                    references = {ref: v for ref, v in read if ref != audience_id}
+                    await store.mark_evaluated(conn, audience_id, version, now, references)
                     entered, exited = entered + e, exited + x
                 # Even just evaluated whole: a fact committed after that statement's snapshot may be
                 # among the feed entries read below.
@@ -111,7 +113,7 @@ class Memberships:
                 followed = len(changes)
                 members = sorted({row["member_id"] for row in changes})
                 for audience_id in current:
-                    e, x = await self._apply(conn, tenant_id, audience_id, now, members)
+                    e, x, _ = await self._apply(conn, tenant_id, audience_id, now, members)
                     entered, exited = entered + e, exited + x
                 await store.save_tagging_cursor(conn, tenant_id, outbox.cursor_of(changes[-1]))
         if entered or exited:
@@ -120,17 +122,19 @@ class Memberships:
 
     async def _apply(
         self, conn: Connection, tenant_id: str, audience_id: str, now: dt.datetime, members: list[str] | None
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, tuple[tuple[str, int], ...]]:
+        """(entered, exited, the (audience, version) pairs evaluated: it and what it references)."""
         try:
             loaded = await self._evaluator.load(
                 conn, tenant_id, audience_id, None, filtered=members is not None
             )
         except NotFound:  # deleted since the list was read: the next round clears it
-            return 0, 0
+            return 0, 0, ()
         c = loaded.compiled
-        return await store.apply_membership(
+        entered, exited = await store.apply_membership(
             conn, c.members_sql(), c.args(now, members), tenant_id, audience_id, loaded.version, members
         )
+        return entered, exited, loaded.versions
 
     async def read_feed(
         self,

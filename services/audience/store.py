@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -385,6 +385,14 @@ async def weekly_breakdown(
 ENTERED, EXITED = 1, 2
 
 
+# Whether an audience the last whole evaluation of `a` read through references is at another
+# version now (or gone): its stored membership is then stale (migration 0005).
+REFERENCES_CHANGED = """EXISTS (
+    SELECT 1 FROM jsonb_each_text(a.membership_references) AS r (audience_id, version)
+    LEFT JOIN audience.audiences ra ON ra.audience_id = r.audience_id AND ra.delete_time IS NULL
+    WHERE ra.current_version IS DISTINCT FROM r.version::int)"""
+
+
 async def try_lock_maintenance(conn: Connection, tenant_id: str) -> bool:
     """One maintainer per tenant at a time, whichever replica: others skip the round."""
     return bool(
@@ -399,8 +407,8 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
     """Every audience whose membership is kept or was: current version, flags and last evaluation."""
     return list(
         await conn.fetch(
-            """SELECT a.audience_id, a.current_version, v.dynamic, a.delete_time IS NOT NULL AS deleted,
-                      a.membership_version, a.membership_time
+            f"""SELECT a.audience_id, a.current_version, v.dynamic, a.delete_time IS NOT NULL AS deleted,
+                      a.membership_version, a.membership_time, {REFERENCES_CHANGED} AS references_changed
                FROM audience.audiences a
                JOIN audience.audience_versions v
                  ON v.audience_id = a.audience_id AND v.version = a.current_version
@@ -478,14 +486,19 @@ async def clear_membership(conn: Connection, tenant_id: str, audience_id: str, v
     return int(left)
 
 
-async def mark_evaluated(conn: Connection, audience_id: str, version: int, moment: dt.datetime) -> None:
+async def mark_evaluated(
+    conn: Connection, audience_id: str, version: int, moment: dt.datetime, references: Mapping[str, int]
+) -> None:
+    """Records a whole evaluation at `version`, which read the `references` (id -> version)."""
     await conn.execute(
         """UPDATE audience.audiences
-           SET membership_version = $2, membership_time = $3, membership_txid = pg_current_xact_id()
+           SET membership_version = $2, membership_time = $3, membership_txid = pg_current_xact_id(),
+               membership_references = $4::text::jsonb
            WHERE audience_id = $1""",
         audience_id,
         version,
         moment,
+        json.dumps(dict(references)),
     )
 
 
@@ -522,11 +535,11 @@ async def indexable_audiences(conn: Connection) -> dict[str, int]:
     """audience id -> version of each dynamic audience whose stored membership is its current
     definition's, evaluated by a settled transaction (see migration 0004)."""
     rows = await conn.fetch(
-        """SELECT a.audience_id, a.current_version FROM audience.audiences a
+        f"""SELECT a.audience_id, a.current_version FROM audience.audiences a
             JOIN audience.audience_versions v
               ON v.audience_id = a.audience_id AND v.version = a.current_version
             WHERE v.dynamic AND a.delete_time IS NULL AND a.membership_version = a.current_version
-              AND a.membership_txid < pg_snapshot_xmin(pg_current_snapshot())"""
+              AND a.membership_txid < pg_snapshot_xmin(pg_current_snapshot()) AND NOT {REFERENCES_CHANGED}"""
     )
     return {row["audience_id"]: row["current_version"] for row in rows}
 

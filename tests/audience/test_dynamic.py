@@ -20,7 +20,7 @@ from services.audience import dynamic
 from services.audience.evaluation import Evaluator
 from services.common import outbox
 from services.common.db import Database
-from tests.audience.helpers import all_of, fact, in_batch, member, now, order, order_count
+from tests.audience.helpers import all_of, fact, in_batch, member, member_of, now, order, order_count
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad
 from tests.tagging.facts_helpers import a_refund, record_refund, stamp
@@ -119,6 +119,36 @@ async def test_a_new_definition_or_a_delete_moves_members_once(
     )
     after_delete = await settled_feed(audience_stub, audience_id, [("", 0)] * 4)
     assert after_delete[3:] == [(twice, EXITED)]
+
+
+async def test_a_change_to_a_referenced_audience_moves_the_members_at_once(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub
+) -> None:
+    """A dynamic audience's stored membership was evaluated with the audiences it references as they
+    were; one of them changing makes it stale, as a change of its own would (not 15 minutes later)."""
+    batch = unique("batch")
+    once, twice = await member(tagging_stub, batch), await member(tagging_stub, batch)
+    await order(tagging_stub, once, 5, [("tea", 1_000)])
+    for days in (5, 6):
+        await order(tagging_stub, twice, days, [("tea", 1_000)])
+    buyers = unique("buyers")
+    await audience_stub.CreateAudience(
+        audience_service_pb2.CreateAudienceRequest(
+            audience=audience_pb2.Audience(audience_id=buyers, rule=bought())
+        ),
+        metadata=ACME,
+    )
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), member_of(buyers)))
+    assert sorted(await settled_feed(audience_stub, audience_id, [("", 0)] * 2)) == sorted(
+        [(once, ENTERED), (twice, ENTERED)]
+    )
+    await audience_stub.UpdateAudience(
+        audience_service_pb2.UpdateAudienceRequest(
+            audience=audience_pb2.Audience(audience_id=buyers, rule=bought(2))
+        ),
+        metadata=ACME,
+    )
+    assert (await settled_feed(audience_stub, audience_id, [("", 0)] * 3))[2:] == [(once, EXITED)]
 
 
 async def test_a_second_maintainer_continues_without_repeating(
