@@ -191,7 +191,7 @@ async def main() -> None:
             async with (
                 servers.service("tagging", dsn) as tagging,
                 servers.service("audience", dsn, clock=CLOCK) as audience,
-                process("bench.provider", str(provider_port), env=dict(os.environ)),
+                process("deploy.outbox", str(provider_port), env=dict(os.environ)),
             ):
                 frozen = await snapshot_everyone(audience)
                 worker_env = worker_environment(dsn, tagging, audience, env.client, provider_url)

@@ -84,7 +84,7 @@ def _member() -> member_pb2.Member:
     return member_pb2.Member(
         member_id=DEMO_MEMBER,
         profile=member_pb2.Profile(
-            city="Hangzhou", city_tier=member_pb2.CITY_TIER_NEW_1, register_channel="app"
+            city="Hangzhou", city_tier=member_pb2.CITY_TIER_NEW_1, register_channel="app", nickname="Xiao Li"
         ),
     )
 

@@ -38,6 +38,7 @@ from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
 from services.common.config import ConfigError, Settings
 from workflows.dispatcher.__main__ import ensure_all as ensure_dispatchers
+from workflows.journeys.channels.config import ENV_PREFIX, HTTP_CHANNELS
 from workflows.periodic import schedules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,7 @@ class Layout:
     run_dir: Path
     temporal_port: int
     temporal_ui_port: int
+    outbox_port: int = 8095
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Layout:
@@ -71,7 +73,17 @@ class Layout:
             run_dir=run_dir if run_dir.is_absolute() else ROOT / run_dir,
             temporal_port=_port(env, "MEMBEROPS_TEMPORAL_PORT", 7233),
             temporal_ui_port=_port(env, "MEMBEROPS_TEMPORAL_UI_PORT", 8233),
+            outbox_port=_port(env, "MEMBEROPS_OUTBOX_PORT", 8095),
         )
+
+    @property
+    def outbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.outbox_port}/v1/messages"
+
+    @property
+    def outbox_file(self) -> Path:
+        """Every message the local outbox took, one JSON line each."""
+        return self.run_dir / "outbox.jsonl"
 
     @property
     def temporal_address(self) -> str:
@@ -374,15 +386,46 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
         probe=lambda _pid: temporal_health(layout.temporal_address, layout.ui_url),
     )
     services = [_service(name, address, env) for name, address in service_addresses(settings)]
+    outbox = Component(
+        name="outbox",
+        argv=[python, "-m", "deploy.outbox", str(layout.outbox_port), str(layout.outbox_file)],
+        env=env,
+        address=f"{layout.outbox_url}, messages in {layout.outbox_file}",
+        binds=(f"127.0.0.1:{layout.outbox_port}",),
+        probe=lambda _pid: outbox_health(layout.outbox_url),
+    )
     worker = Component(
         name="worker",
         argv=[python, "-m", "workflows.worker"],
-        env=env,
+        env={**env, **outbox_channels(layout, env)},
         address=f"task queue {settings.temporal_task_queue}",
         binds=(),
         probe=lambda pid: worker_polling(settings, pid),
     )
-    return [temporal, *services, worker]
+    return [temporal, *services, outbox, worker]
+
+
+def outbox_channels(layout: Layout, env: Mapping[str, str]) -> dict[str, str]:
+    """The worker's provider for each HTTP channel the environment names none for: the local
+    outbox, so journeys under `make up` deliver to `outbox.jsonl` instead of skipping their sends."""
+    chosen: dict[str, str] = {}
+    for channel in HTTP_CHANNELS:
+        prefix = f"MEMBEROPS_{ENV_PREFIX[channel]}"
+        if not env.get(f"{prefix}_URL"):
+            chosen[f"{prefix}_URL"] = f"{layout.outbox_url}?channel={channel}"
+            chosen[f"{prefix}_BATCH_URL"] = f"{layout.outbox_url}:batch?channel={channel}"
+    return chosen
+
+
+async def outbox_health(url: str) -> Probe:
+    def stats() -> str:
+        with urllib.request.urlopen(url.replace("/v1/messages", "/stats"), timeout=1) as reply:
+            return json.dumps(json.loads(reply.read()))
+
+    try:
+        return Probe(True, f"taken {await asyncio.to_thread(stats)}")
+    except OSError as error:
+        return Probe(False, f"not answering: {error}")
 
 
 def service_addresses(settings: Settings) -> list[tuple[str, str]]:
@@ -491,6 +534,7 @@ task queue {settings.temporal_task_queue})
   token         {token}{tenant}
   DATABASE_URL  {dsn}
   logs          {layout.logs}/
+  messages      {layout.outbox_file}  (SMS, app push and WeCom sends, from the local outbox)
 
 Try:
   .venv/bin/temporal workflow list --address {settings.temporal_address}

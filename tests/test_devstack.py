@@ -60,6 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         MEMBEROPS_TAGGING_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_AUDIENCE_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{free_port()}",
+        MEMBEROPS_OUTBOX_PORT=str(free_port()),
     )
     try:
         started = devstack("up", env)
@@ -67,7 +68,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
         # The order's real-time tags were visible right after RecordOrder returned.
         assert "categories_bought=tea" in started and "lifecycle=new" in started
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "outbox", "worker"):
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 3
         for job in ("recompute_tags", "expire_points", "evaluate_levels"):
@@ -80,7 +81,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "enrolled demo-1 on their first order: journey/new-customer/member/demo-1: active" in started
 
         again = devstack("up", env)
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "worker"):
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "outbox", "worker"):
             assert f"{name:<10} already running" in again
         assert again.count("schedule   updated") == 3
         assert "dispatcher already running  dispatcher/dev  (following the feeds)" in again
@@ -91,11 +92,12 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         status = devstack("status", env)
         assert "stopped" not in status
-        assert status.count("running") == 6
+        assert status.count("running") == 7
         assert status.count("health SERVING") == 3
         assert "polling task queue memberops" in status
+        assert 'taken {"requests": ' in status  # the local outbox, the worker's SMS/push/WeCom provider
         pids = recorded_pids(run_dir)
-        assert len(pids) == 6 and all(alive(pid) for pid in pids)
+        assert len(pids) == 7 and all(alive(pid) for pid in pids)
     finally:
         stopped = devstack("down", env)
     assert "postgres   stopped" in stopped

@@ -16,7 +16,7 @@ from workflows.journeys.definition import CHANNELS
 
 HTTP_CHANNELS = ("sms", "app_push", "wecom")
 DEFAULT_PER_MINUTE = 600
-_ENV_PREFIX = {"sms": "SMS", "app_push": "PUSH", "wecom": "WECOM", "email": "EMAIL"}
+ENV_PREFIX = {"sms": "SMS", "app_push": "PUSH", "wecom": "WECOM", "email": "EMAIL"}
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,14 @@ class ChannelSettings:
         )
         providers = {
             channel: HttpProviderSettings(
-                url=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_URL", ""),
-                api_key=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_KEY", ""),
-                batch_url=env.get(f"MEMBEROPS_{_ENV_PREFIX[channel]}_BATCH_URL", ""),
+                url=env.get(f"MEMBEROPS_{ENV_PREFIX[channel]}_URL", ""),
+                api_key=env.get(f"MEMBEROPS_{ENV_PREFIX[channel]}_KEY", ""),
+                batch_url=env.get(f"MEMBEROPS_{ENV_PREFIX[channel]}_BATCH_URL", ""),
             )
             for channel in HTTP_CHANNELS
         }
         per_minute = {
-            channel: env_number(env, f"MEMBEROPS_{_ENV_PREFIX[channel]}_PER_MINUTE", DEFAULT_PER_MINUTE, int)
+            channel: env_number(env, f"MEMBEROPS_{ENV_PREFIX[channel]}_PER_MINUTE", DEFAULT_PER_MINUTE, int)
             for channel in CHANNELS
         }
         return cls(
