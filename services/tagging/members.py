@@ -172,6 +172,7 @@ class Members:
                 await store.queue_refresh(conn, tenant_id, created, input_bits(None))
                 await store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE))
         if changed:
+            await store.analyze_members_if_grown(self._db.pool, len(created))
             await asyncio.gather(
                 self._realtime.refreshed(tenant_id, created, None, now),
                 self._realtime.refreshed(tenant_id, updated, Input.PROFILE, now),

@@ -606,6 +606,28 @@ SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS 
     return int(row["added"]), int(row["removed"])
 
 
+# A batch that adds at least this many members, and a tenth of the table, has the members table
+# analysed before its real-time refresh (see `analyze_members_if_grown`).
+ANALYZE_AFTER_ROWS = 1000
+
+
+async def analyze_members_if_grown(pool: asyncpg.Pool, added: int) -> bool:
+    """Refreshes the members table's statistics when `added` new rows are a tenth of it or more.
+
+    The real-time refresh that follows an import at once is planned on the statistics of before
+    it: for a table that just grew several-fold they say "a few rows", and a refresh planned on
+    them ran for minutes (a nested loop over a scan). Autovacuum analyses at the same 10 % growth,
+    but a minute later. Runs outside any tenant transaction, as the login role, which owns the table.
+    """
+    if added < ANALYZE_AFTER_ROWS:
+        return False
+    known = await pool.fetchval("SELECT reltuples FROM pg_class WHERE oid = 'tagging.members'::regclass")
+    if known is not None and known >= 0 and added < 0.1 * known:
+        return False
+    await pool.execute("ANALYZE tagging.members")
+    return True
+
+
 async def queue_refresh(conn: Connection, tenant_id: str, member_ids: Sequence[str], inputs: int) -> None:
     """Owes these members a real-time refresh of `inputs` (bits); merged into a row already owed."""
     if not member_ids:

@@ -12,6 +12,7 @@ from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tags_pb2
 
 from services.common.db import Database
+from services.tagging import store
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.grpc_helpers import field_violations
 from tests.tagging.rule_builders import ALWAYS, Field, Op, cond, field
@@ -244,3 +245,19 @@ async def test_two_identical_imports_at_once_store_each_member_once(tagging_stub
     assert len(rows) == 4_000
     assert {revision for revision, _ in rows.values()} == {1}
     assert sorted(await member_changes(db, TENANT_ACME, prefix)) == sorted((m, 1) for m in rows)
+
+
+async def test_a_batch_that_grows_the_members_table_has_it_analysed_first(db: Database) -> None:
+    """The real-time refresh after a large import is planned on fresh statistics, not on those of
+    the table before it grew."""
+
+    async def analysed() -> object:
+        return await db.pool.fetchval(
+            "SELECT last_analyze FROM pg_stat_user_tables WHERE relid = 'tagging.members'::regclass"
+        )
+
+    before = await analysed()
+    assert not await store.analyze_members_if_grown(db.pool, store.ANALYZE_AFTER_ROWS - 1)
+    assert await analysed() == before
+    assert await store.analyze_members_if_grown(db.pool, 10**9)
+    assert await analysed() not in (None, before)
