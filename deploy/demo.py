@@ -70,13 +70,18 @@ async def _journey(client: Client) -> str:
     their first order; '' when there is none (their first order came before the dispatcher did)."""
     handle = client.get_workflow_handle_for(JourneyWorkflow.run, workflow_id(NEW_CUSTOMER.key, DEMO_MEMBER))
     deadline = asyncio.get_running_loop().time() + JOURNEY_WITHIN_SECONDS
+    shown = ""
     while True:
         try:
             funnel = await handle.query(JourneyWorkflow.funnel)
-            return f"{handle.id}: {funnel.state}, arm {funnel.arm}, step {funnel.current_step or '-'}"
+            shown = f"{handle.id}: {funnel.state}, arm {funnel.arm}, step {funnel.current_step or '-'}"
+            # Just started, the run has not taken its arm and first step yet: show it once it has.
+            if funnel.state != "enrolling":
+                return shown
         except (RPCError, WorkflowQueryFailedError):
-            if asyncio.get_running_loop().time() > deadline:
-                return ""
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            return shown
         await asyncio.sleep(0.2)
 
 
