@@ -182,6 +182,46 @@ async def add_earning(
     return None if row is None else _entry(row)
 
 
+async def add_earnings(
+    pool: asyncpg.Pool, tenant_id: str, earnings: Sequence[tuple[NewEntry, str | None]]
+) -> list[Entry | None]:
+    """`add_earning` for many earnings in one autocommitted statement, in the order given, which
+    must be member-id order (the account locks are taken one by one, so two batches never wait on
+    each other in opposite orders). One outcome per earning, as `add_earning` answers it. An error
+    in any earning (a request id taken by a concurrent call of another member) fails them all."""
+    rows = await pool.fetch(
+        f"""SELECT i.n, e.*
+            FROM unnest($2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], $7::text[],
+                        $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::text[])
+                 WITH ORDINALITY AS i(member_id, delta, reason, reference, operator, note, request_id,
+                                      content_hash, available_time, expire_time, order_id, n)
+            LEFT JOIN LATERAL (
+                SELECT {_ENTRY_COLUMNS}
+                FROM tasks.add_earning($1, i.member_id, i.delta, i.reason, i.reference, i.operator, i.note,
+                                       i.request_id, i.content_hash, i.available_time, i.expire_time,
+                                       i.order_id)
+            ) AS e ON true
+            ORDER BY i.n""",
+        tenant_id,
+        [e.member_id for e, _ in earnings],
+        [e.delta for e, _ in earnings],
+        [e.reason for e, _ in earnings],
+        [e.reference for e, _ in earnings],
+        [e.operator for e, _ in earnings],
+        [e.note for e, _ in earnings],
+        [e.request_id for e, _ in earnings],
+        [e.content_hash for e, _ in earnings],
+        [e.available_time for e, _ in earnings],
+        [e.expire_time for e, _ in earnings],
+        [order_id for _, order_id in earnings],
+    )
+    return [None if row["entry_id"] is None else _entry_from(row) for row in rows]
+
+
+def _entry_from(row: asyncpg.Record) -> Entry:
+    return Entry(**{name: row[name] for name in Entry.__dataclass_fields__})
+
+
 async def spendable_lots(conn: Connection, tenant_id: str, member_id: str, now: dt.datetime) -> list[OpenLot]:
     """Available lots with points left, soonest expiry first (never-expiring last, oldest first)."""
     rows = await conn.fetch(
