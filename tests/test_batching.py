@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.common.batching import Batcher
+from services.common.batching import Batcher, KeyedBatcher
 
 
 class Recorder:
@@ -120,3 +120,22 @@ async def test_a_run_answering_the_wrong_number_of_outcomes_is_an_error_for_its_
     batcher: Batcher[int, int] = Batcher(short, in_flight=1)
     with pytest.raises(RuntimeError, match="gave 0 outcomes"):
         await batcher.submit(1)
+
+
+async def test_items_of_different_keys_never_share_a_batch() -> None:
+    batches: list[tuple[str, list[int]]] = []
+    gate = asyncio.Event()
+
+    async def run(key: str, items: Sequence[int]) -> Sequence[int]:
+        batches.append((key, list(items)))
+        await gate.wait()
+        return [len(key) * item for item in items]
+
+    batcher: KeyedBatcher[str, int, int] = KeyedBatcher(run, in_flight=1)
+    plugs = [asyncio.create_task(batcher.submit(key, 0)) for key in ("a", "bb")]
+    rest = [asyncio.create_task(batcher.submit(key, i)) for i, key in enumerate(["a", "bb", "a", "bb"], 1)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*plugs, *rest) == [0, 0, 1, 4, 3, 8]
+    assert sorted(batches) == [("a", [0]), ("a", [1, 3]), ("bb", [0]), ("bb", [2, 4])]

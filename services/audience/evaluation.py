@@ -7,7 +7,8 @@ over tagging's published views, at the evaluation time the call passes in.
 CheckMembership, on the hot path of coupon claims and group entry, answers a dynamic audience from
 the membership index, without a statement. Otherwise it skips the load: it runs the statement
 compiled for the versions it last saw, guarded by a test that those are still the current ones, and
-loads only when the guard fails (or the member is unknown).
+loads only when the guard fails (or the member is unknown). Checks that arrive while one runs are
+answered together by the next statement (`services.common.batching`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from services.audience import compiler, definitions, store
 from services.audience.membership_index import MembershipIndex
+from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database, Plans
 from services.common.errors import InvalidArgument, NotFound, Violations
 from services.tagging import checks
@@ -33,6 +35,10 @@ DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 MAX_CHUNK = 10_000
 _CACHE_LIMIT = 1000
+# Concurrent CheckMembership statements of one tenant: at most this many at once (its reading pool
+# holds four connections), each for up to this many checks.
+CHECK_BATCHES_IN_FLIGHT = 2
+MAX_CHECK_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,13 @@ class Loaded:
     versions: tuple[tuple[str, int], ...] = ()
 
 
+@dataclass(frozen=True)
+class _Check:
+    loaded: Loaded
+    member_id: str
+    now: dt.datetime
+
+
 class Evaluator:
     def __init__(self, db: Database, index: MembershipIndex | None = None) -> None:
         self._db = db
@@ -56,6 +69,9 @@ class Evaluator:
         self._compiled: dict[tuple[Any, ...], compiler.Compiled] = {}
         # (tenant, audience) -> what CheckMembership last loaded for it.
         self._checked: dict[tuple[str, str], Loaded] = {}
+        self._checks = KeyedBatcher(
+            self._run_checks, in_flight=CHECK_BATCHES_IN_FLIGHT, max_size=MAX_CHECK_BATCH
+        )
 
     def transaction(
         self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
@@ -190,28 +206,45 @@ class Evaluator:
             return held
         seen = self._checked.get((tenant_id, audience_id))
         if seen is not None:
-            async with self._db.reading(tenant_id) as conn:
-                row = await self._run_check(conn, seen, member_id, now)
-            if row is not None:
-                return bool(row["is_member"]), seen.version
+            answer = await self._checks.submit(tenant_id, _Check(seen, member_id, now))
+            if answer is not None:
+                return answer, seen.version
         async with self.transaction(tenant_id, plans="generic") as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True)
-            row = await self._run_check(conn, loaded, member_id, now)
-        if row is None:
+            rows = await self._run_check(conn, loaded, [member_id], now)
+        if not rows:
             raise NotFound(f"members/{member_id} not found")
         if len(self._checked) >= _CACHE_LIMIT:
             self._checked.clear()
         self._checked[(tenant_id, audience_id)] = loaded
-        return bool(row["is_member"]), loaded.version
+        return bool(rows[0]["is_member"]), loaded.version
+
+    async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | None]:
+        """Answers a batch of checks on one of the tenant's bound connections: one statement per
+        compiled definition among them (almost always one), evaluated at the latest time any of its
+        calls asked for, since they arrived within one statement's time of each other. None for a
+        member the statement did not answer: unknown, or the definition is no longer current."""
+        groups: dict[int, list[_Check]] = {}
+        for check in checks:
+            groups.setdefault(id(check.loaded), []).append(check)
+        answers: dict[tuple[int, str], bool] = {}
+        async with self._db.reading(tenant_id) as conn:
+            for key, group in groups.items():
+                members = sorted({c.member_id for c in group})
+                rows = await self._run_check(conn, group[0].loaded, members, max(c.now for c in group))
+                answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
+        return [answers.get((id(c.loaded), c.member_id)) for c in checks]
 
     @staticmethod
-    async def _run_check(conn: Connection, loaded: Loaded, member_id: str, now: dt.datetime) -> Any:
-        """The member's row with `is_member`, or None when the member is unknown or `loaded` is no
-        longer the current definition of every audience involved."""
+    async def _run_check(
+        conn: Connection, loaded: Loaded, member_ids: Sequence[str], now: dt.datetime
+    ) -> list[Any]:
+        """A row per member with `is_member`, for the members known, while `loaded` is the current
+        definition of every audience involved (no row at all otherwise)."""
         c = loaded.compiled
         ids, versions = zip(*loaded.versions, strict=True)
         current = store.versions_current(c.next_param(1), c.next_param(2))
-        return await conn.fetchrow(c.check_sql(also=current), *c.args(now, [member_id]), ids, versions)
+        return list(await conn.fetch(c.check_sql(also=current), *c.args(now, member_ids), ids, versions))
 
 
 def member_id_from_name(name: str, path: str) -> str:

@@ -9,16 +9,19 @@ batches grow by themselves, and each costs one round trip instead of one per ite
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # Runs a batch; one outcome per item, in the items' order: its result, or the exception its caller
 # gets. An exception raised by the run itself goes to every caller of the batch.
 Run = Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]]
+KeyedRun = Callable[[Key, Sequence[Item]], Awaitable[Sequence[Result | BaseException]]]
 
 
 class Batcher(Generic[Item, Result]):
@@ -73,3 +76,22 @@ class Batcher(Generic[Item, Result]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+class KeyedBatcher(Generic[Key, Item, Result]):
+    """A `Batcher` per key, made on first use: items of different keys (tenants, whose statements
+    run under different settings) never share a batch."""
+
+    def __init__(self, run: KeyedRun[Key, Item, Result], *, in_flight: int = 2, max_size: int = 64) -> None:
+        self._run = run
+        self._in_flight = in_flight
+        self._max_size = max_size
+        self._batchers: dict[Key, Batcher[Item, Result]] = {}
+
+    async def submit(self, key: Key, item: Item) -> Result:
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            run = functools.partial(self._run, key)
+            batcher = Batcher(run, in_flight=self._in_flight, max_size=self._max_size)
+            self._batchers[key] = batcher
+        return await batcher.submit(item)

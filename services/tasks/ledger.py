@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from services.common.batching import Batcher
+from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tasks import store
@@ -309,7 +309,9 @@ Earning = tuple[store.NewEntry, str | None]  # the entry, and the order it is fo
 class Ledger:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._earnings: dict[str, Batcher[Earning, Entry | None]] = {}
+        self._earnings = KeyedBatcher(
+            self._write_earnings, in_flight=EARNING_BATCHES_IN_FLIGHT, max_size=MAX_EARNING_BATCH
+        )
 
     async def earn(self, tenant_id: str, earn: Earn, now: dt.datetime) -> Entry:
         validate_earn(earn)
@@ -372,21 +374,10 @@ class Ledger:
 
     async def _add(self, tenant_id: str, entry: store.NewEntry, order_id: str | None) -> Entry:
         """Writes an earning and its lot, unless its request id was seen or its order reversed."""
-        written = await self._earning_batches(tenant_id).submit((entry, order_id))
+        written = await self._earnings.submit(tenant_id, (entry, order_id))
         if written is None:
             raise FailedPrecondition(f"order {order_id!r} was reversed; it earns no more points")
         return _first_result(written, entry.content_hash, entry.request_id)
-
-    def _earning_batches(self, tenant_id: str) -> Batcher[Earning, Entry | None]:
-        batches = self._earnings.get(tenant_id)
-        if batches is None:
-
-            async def write(earnings: Sequence[Earning]) -> Sequence[Entry | None]:
-                return await self._write_earnings(tenant_id, earnings)
-
-            batches = Batcher(write, in_flight=EARNING_BATCHES_IN_FLIGHT, max_size=MAX_EARNING_BATCH)
-            self._earnings[tenant_id] = batches
-        return batches
 
     async def _write_earnings(self, tenant_id: str, earnings: Sequence[Earning]) -> Sequence[Entry | None]:
         """Writes a batch in member-id order (the lock order). When the statement fails, every

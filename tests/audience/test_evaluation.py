@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -10,6 +12,8 @@ import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
+from services.audience import evaluation
+from services.common.db import Connection, Database
 from tests.audience.helpers import (
     CART,
     FAVOURITE,
@@ -269,6 +273,49 @@ async def test_membership_checks_follow_every_definition_change_at_once(
     with pytest.raises(grpc.aio.AioRpcError) as caught:  # an unknown member after a cached check
         await check(audience_stub, inner.audience_id, unique())
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_concurrent_checks_are_answered_together_each_with_its_own_answer(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """While the tenant's check statements are held up (a lock on the audiences table, which each
+    reads to see its definition is current), no more of them than the in-flight bound reach the
+    database: the other checks wait and go as one statement. Every caller still gets its answer,
+    and an unknown member its NOT_FOUND."""
+    batch = unique("batch")
+    levels = ["gold", "silver"] * 6
+    members = [await member(tagging_stub, batch, level=level) for level in levels]
+    gold = fact(field(Field.PROFILE_FIELD_LEVEL), Op.OPERATOR_EQ, "gold")
+    audience = await create(audience_stub, all_of(in_batch(batch), gold))
+    assert await check(audience_stub, audience.audience_id, members[0])  # compiled and remembered
+    unknown = unique()
+
+    async def held_up(conn: Connection) -> int:
+        # Within a transaction the activity view keeps the snapshot its first read took.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(
+            await conn.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE application_name = 'memberops-reading'
+                     AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"""
+            )
+        )
+
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE audience.audiences IN ACCESS EXCLUSIVE MODE")
+        calls = [
+            asyncio.create_task(check(audience_stub, audience.audience_id, m)) for m in [*members, unknown]
+        ]
+        deadline = time.monotonic() + 30
+        while await held_up(conn) < evaluation.CHECK_BATCHES_IN_FLIGHT:
+            assert time.monotonic() < deadline, "the checks never reached the database"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # time for any further statement to arrive, if one were sent
+        assert await held_up(conn) == evaluation.CHECK_BATCHES_IN_FLIGHT
+    *answers, for_unknown = await asyncio.gather(*calls, return_exceptions=True)
+    assert answers == [level == "gold" for level in levels]
+    assert isinstance(for_unknown, grpc.aio.AioRpcError)
+    assert for_unknown.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_tenants_never_meet(tagging_stub: TaggingStub, audience_stub: AudienceStub) -> None:
