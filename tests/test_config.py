@@ -12,6 +12,7 @@ def test_defaults_need_no_environment() -> None:
     assert settings.tagging_address == "127.0.0.1:50051"
     assert settings.temporal_address == "127.0.0.1:7233"
     assert settings.auth_tokens == {}
+    assert settings.membership_index_limit == 5_000_000
 
 
 def test_reads_tokens_and_addresses() -> None:
@@ -20,11 +21,13 @@ def test_reads_tokens_and_addresses() -> None:
             "MEMBEROPS_AUTH_TOKENS": "token-for-acme-000001=acme, token-for-globex-0002=globex",
             "MEMBEROPS_TAGGING_ADDRESS": "0.0.0.0:9000",
             "MEMBEROPS_DB_POOL_MAX": "32",
+            "MEMBEROPS_MEMBERSHIP_INDEX_LIMIT": "0",
         }
     )
     assert settings.auth_tokens == {"token-for-acme-000001": "acme", "token-for-globex-0002": "globex"}
     assert settings.tagging_address == "0.0.0.0:9000"
     assert settings.db_pool_max == 32
+    assert settings.membership_index_limit == 0
     assert settings.token_for_tenant("globex") == "token-for-globex-0002"
 
 

@@ -34,7 +34,7 @@ def wire(
     clock: Callable[[], dt.datetime] = utc_now,
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
-    index = MembershipIndex(db, tenants)
+    index = MembershipIndex(db, tenants, limit=settings.membership_index_limit)
     evaluator = Evaluator(db, index)
     memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(

@@ -36,6 +36,8 @@ class Settings:
     db_pool_min: int = 2
     db_pool_max: int = 10
     shutdown_grace_seconds: float = 5.0
+    # Dynamic-audience memberships the audience service holds in memory (~100 bytes each).
+    membership_index_limit: int = 5_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +57,9 @@ class Settings:
             db_pool_max=env_number(env, "MEMBEROPS_DB_POOL_MAX", defaults.db_pool_max, int),
             shutdown_grace_seconds=env_number(
                 env, "MEMBEROPS_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds, float
+            ),
+            membership_index_limit=env_number(
+                env, "MEMBEROPS_MEMBERSHIP_INDEX_LIMIT", defaults.membership_index_limit, int
             ),
         )
 

@@ -8,6 +8,7 @@ same database (refreshed by hand) beside the service's, and wait with deadlines,
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from services.audience.definitions import AudienceInput, Definitions
 from services.audience.membership_index import MembershipIndex
 from services.common.db import Database
 from tests.audience.helpers import all_of, check, fact, in_batch, member, order, order_count
-from tests.conftest import ACME, TENANT_ACME, unique
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.tagging.rule_builders import Op
 
 if TYPE_CHECKING:
@@ -161,3 +162,63 @@ async def test_an_index_not_refreshed_for_a_while_answers_nothing(
 
 async def _is(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+def test_the_smallest_audiences_are_held_first_as_many_as_fit() -> None:
+    sizes = {"b": 3, "a": 3, "c": 1, "d": 10}
+    assert membership_index.fitting(sizes, 7) == {"c", "a", "b"}
+    assert membership_index.fitting(sizes, 4) == {"c", "a"}  # ties by id
+    assert membership_index.fitting(sizes, 0) == set()
+    assert membership_index.fitting({}, 5) == set()
+
+
+async def test_the_index_holds_no_more_than_its_limit_and_lets_the_largest_go(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """On its own tenant (no other test makes dynamic audiences there): a limit of 2 holds the
+    two buyers' audience and leaves the three-member one to evaluated checks; once a third member
+    buys, the buyers' audience outgrows the limit and is let go as well. The service, with its own
+    index, answers every check all along."""
+    batch = unique("batch")
+    members = [await member(tagging_stub, batch, metadata=GLOBEX) for _ in range(3)]
+    for buyer in members[:2]:
+        await order(tagging_stub, buyer, 2, [("tea", 1_000)], metadata=GLOBEX)
+    buyers, everyone = unique("idx"), unique("idx")
+    for audience_id, rule in ((buyers, all_of(in_batch(batch), bought())), (everyone, in_batch(batch))):
+        audience = audience_pb2.Audience(audience_id=audience_id, rule=rule, dynamic=True)
+        request = audience_service_pb2.CreateAudienceRequest(audience=audience)
+        await audience_stub.CreateAudience(request, metadata=GLOBEX)
+
+    async def evaluated(audience_id: str) -> bool:
+        async with db.transaction(TENANT_GLOBEX, readonly=True) as conn:
+            return bool(
+                await conn.fetchval(
+                    """SELECT membership_version = current_version
+                              AND membership_txid < pg_snapshot_xmin(pg_current_snapshot())
+                       FROM audience.audiences WHERE audience_id = $1""",
+                    audience_id,
+                )
+            )
+
+    for audience_id in (buyers, everyone):
+        await until(f"{audience_id} is evaluated", functools.partial(evaluated, audience_id))
+    index = MembershipIndex(db, frozenset({TENANT_GLOBEX}), limit=2)
+
+    async def answer(audience_id: str, member_id: str) -> tuple[bool, int] | None:
+        await index.refresh(TENANT_GLOBEX)
+        return index.answer(TENANT_GLOBEX, audience_id, member_id)
+
+    assert await answer(buyers, members[0]) == (True, 1)
+    assert await answer(buyers, members[2]) == (False, 1)
+    assert await answer(everyone, members[0]) is None
+    assert index.held() == 2
+
+    await order(tagging_stub, members[2], 1, [("tea", 1_000)], metadata=GLOBEX)
+    await until("the buyers' audience is let go", lambda: _is(answer(buyers, members[0]), None))
+    assert index.held() == 0
+    for audience_id in (buyers, everyone):  # both hold all three now, as the service says
+        for member_id in members:
+            await until(
+                f"the service has {member_id} in {audience_id}",
+                functools.partial(check, audience_stub, audience_id, member_id, metadata=GLOBEX),
+            )
