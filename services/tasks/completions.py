@@ -56,12 +56,15 @@ class Grant:
     day: dt.date
 
 
-async def grant(conn: Connection, tenant_id: str, task: Task, g: Grant, now: dt.datetime) -> CompletionRow:
+async def grant(
+    conn: Connection, tenant_id: str, task: Task, g: Grant, now: dt.datetime, completion_id: int | None = None
+) -> CompletionRow:
     """Records the completion, reserving its points from the budget, and pays it unless the task
     wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it, after writing: the
     caller's transaction (or a savepoint around the call) must then roll back, as it does when the
     error ends the request."""
-    completion_id = await task_store.next_completion_id(conn)
+    if completion_id is None:
+        completion_id = await task_store.next_completion_id(conn)
     state = State.CLAIMABLE if task.definition.claim_required else State.PAID
     entry_id = None
     if state is State.PAID:

@@ -167,7 +167,9 @@ class SignIns(MemberCalls):
             spec = task.definition.spec
             assert isinstance(spec, SignInSpec)
             grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
-            completion = await completions.grant(conn, tenant_id, task, grant, now)
+            # The sign-in row first, naming the completion about to be written (the key is checked
+            # at commit): the completion, which takes the task's budget row, is the last write.
+            completion_id = await task_store.next_completion_id(conn)
             row = await task_store.insert_sign_in(
                 conn,
                 tenant_id,
@@ -176,10 +178,11 @@ class SignIns(MemberCalls):
                 today,
                 streak,
                 False,
-                completion.completion_id,
+                completion_id,
                 request_id,
                 digest,
             )
+            completion = await completions.grant(conn, tenant_id, task, grant, now, completion_id)
             return SignInRecord(row, completion)
 
     async def _makeup(

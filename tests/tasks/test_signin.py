@@ -166,6 +166,40 @@ async def test_concurrent_duplicate_sign_ins_sign_in_once(
     assert reused.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_sign_ins_past_the_budget_are_refused_and_leave_nothing(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, db: Database
+) -> None:
+    """Twelve members sign in at once to a task whose budget pays five: five are paid, seven get
+    RESOURCE_EXHAUSTED, and those seven have no sign-in, no completion and no points (the sign-in
+    row is written before the budget is taken, and goes when that fails)."""
+    definition = sign_in_task(rewards=(10,), budget_points=50)
+    await create(tasks_stub, definition)
+    members = [await member(tagging_stub) for _ in range(12)]
+
+    async def code(m: str) -> grpc.StatusCode:
+        try:
+            await sign_in(tasks_stub, definition.task_id, m)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = dict(zip(members, await asyncio.gather(*(code(m) for m in members)), strict=True))
+    paid = {m for m, c in codes.items() if c == grpc.StatusCode.OK}
+    assert len(paid) == 5
+    assert set(codes.values()) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    async with db.transaction(TENANT_ACME) as conn:
+        signed = await conn.fetch(
+            "SELECT member_id FROM tasks.sign_ins WHERE task_id = $1", definition.task_id
+        )
+        completed = await conn.fetch(
+            "SELECT member_id FROM tasks.completions WHERE task_id = $1", definition.task_id
+        )
+    assert {r["member_id"] for r in signed} == {r["member_id"] for r in completed} == paid
+    for m in members:
+        assert (await balance(tasks_stub, m)).available == (10 if m in paid else 0)
+        assert (await streak(tasks_stub, definition.task_id, m)).current == (1 if m in paid else 0)
+
+
 async def test_a_claimed_sign_in_waits_for_its_claim(
     tasks_stub: TasksStub, tagging_stub: TaggingStub
 ) -> None:
