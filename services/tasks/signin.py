@@ -169,20 +169,11 @@ class SignIns(MemberCalls):
             grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
             # The sign-in row first, naming the completion about to be written (the key is checked
             # at commit): the completion, which takes the task's budget row, is the last write.
-            completion_id = await task_store.next_completion_id(conn)
             row = await task_store.insert_sign_in(
-                conn,
-                tenant_id,
-                task.task_id,
-                member_id,
-                today,
-                streak,
-                False,
-                completion_id,
-                request_id,
-                digest,
+                conn, tenant_id, task.task_id, member_id, today, streak, False, request_id, digest, paid=True
             )
-            completion = await completions.grant(conn, tenant_id, task, grant, now, completion_id)
+            assert row.completion_id is not None
+            completion = await completions.grant(conn, tenant_id, task, grant, now, row.completion_id)
             return SignInRecord(row, completion)
 
     async def _makeup(
@@ -214,7 +205,7 @@ class SignIns(MemberCalls):
         previous = by_day.get(day - ONE_DAY)
         streak = previous.streak + 1 if previous else 1
         row = await task_store.insert_sign_in(
-            conn, tenant_id, task.task_id, member_id, day, streak, True, None, request_id, digest
+            conn, tenant_id, task.task_id, member_id, day, streak, True, request_id, digest, paid=False
         )
         await task_store.restreak(conn, task.task_id, member_id, rejoined(by_day, day, streak))
         return SignInRecord(row, None)

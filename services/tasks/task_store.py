@@ -384,21 +384,28 @@ async def insert_sign_in(
     day: dt.date,
     streak: int,
     makeup: bool,
-    completion_id: int | None,
     request_id: str,
     digest: str,
+    *,
+    paid: bool,
 ) -> SignInRow:
+    """The sign-in row; when `paid`, naming a completion id drawn for it here, which the caller
+    then writes (the key is checked at commit, migration 0008)."""
     row = await conn.fetchrow(
         f"""INSERT INTO tasks.sign_ins (tenant_id, task_id, member_id, day, streak, makeup, completion_id,
                                         request_id, content_hash)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_SIGN_IN_COLUMNS}""",
+            VALUES ($1, $2, $3, $4, $5, $6,
+                    CASE WHEN $7 THEN nextval(pg_get_serial_sequence('tasks.completions', 'completion_id'))
+                    END,
+                    $8, $9)
+            RETURNING {_SIGN_IN_COLUMNS}""",
         tenant_id,
         task_id,
         member_id,
         day,
         streak,
         makeup,
-        completion_id,
+        paid,
         request_id,
         digest,
     )
