@@ -139,3 +139,29 @@ async def test_items_of_different_keys_never_share_a_batch() -> None:
     gate.set()
     assert await asyncio.gather(*plugs, *rest) == [0, 0, 1, 4, 3, 8]
     assert sorted(batches) == [("a", [0]), ("a", [1, 3]), ("bb", [0]), ("bb", [2, 4])]
+
+
+async def test_the_next_batch_starts_before_the_finished_batchs_callers_resume() -> None:
+    """So the next statement is at the database while the callers of the last one reply."""
+    events: list[str] = []
+    gate = asyncio.Event()
+
+    async def run(items: Sequence[int]) -> Sequence[int]:
+        events.append(f"run {list(items)}")
+        await gate.wait()
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(run, in_flight=1)
+
+    async def call(item: int) -> None:
+        await batcher.submit(item)
+        events.append(f"answered {item}")
+
+    first = asyncio.create_task(call(0))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    rest = [asyncio.create_task(call(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, *rest)
+    assert events == ["run [0]", "run [1, 2]", "answered 0", "answered 1", "answered 2"]

@@ -55,6 +55,13 @@ class Batcher(Generic[Item, Result]):
         while self._queue and len(self._running) < self._in_flight:
             self._start()
 
+    def _next(self) -> None:
+        """Frees the running batch's place and starts the next batch, before the finished batch's
+        callers are answered: the next statement is on its way while they write their replies."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._finished(task)
+
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             outcomes = await self._run([item for item, _ in batch])
@@ -65,10 +72,12 @@ class Batcher(Generic[Item, Result]):
                 future.cancel()
             raise
         except Exception as error:
+            self._next()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
+        self._next()
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
