@@ -356,12 +356,14 @@ class Definitions:
             current = await store.lock_audience(conn, spec.audience_id)
             if current is None or current["delete_time"] is not None:
                 raise NotFound(f"audiences/{spec.audience_id} not found")
-            if expected_version and expected_version != current["version"]:
-                raise Aborted(
-                    f"audiences/{spec.audience_id} is at version {current['version']}, not {expected_version}"
-                )
-            await self._check(conn, spec, facts)
+            # The current content again is a retry of the update that made it: nothing changes.
             if current["content_hash"] != version.content_hash:
+                if expected_version and expected_version != current["version"]:
+                    raise Aborted(
+                        f"audiences/{spec.audience_id} is at version {current['version']}, "
+                        f"not {expected_version}"
+                    )
+                await self._check(conn, spec, facts)
                 await store.add_version(conn, tenant_id, current["version"] + 1, version)
             updated = await store.get_audience(conn, spec.audience_id, None)
         assert updated is not None

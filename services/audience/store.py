@@ -106,12 +106,14 @@ async def get_audience(
 
 
 async def lock_audience(conn: Connection, audience_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(
-        f"""{_AUDIENCE} AND v.version = a.current_version WHERE a.audience_id = $1
-            FOR UPDATE OF a""",
-        audience_id,
-    )
-    return None if row is None else _row(row)
+    """Locks the audience (deleted or not), then reads its current version: locked in the same
+    statement as the join, a lock that waited for a concurrent update would recheck the join
+    against the old version row and find nothing."""
+    if not await conn.fetchval(
+        "SELECT true FROM audience.audiences WHERE audience_id = $1 FOR UPDATE", audience_id
+    ):
+        return None
+    return await get_audience(conn, audience_id, None, include_deleted=True)
 
 
 async def list_audiences(conn: Connection, after_id: str, limit: int) -> list[dict[str, Any]]:

@@ -311,23 +311,16 @@ class Catalog:
             if current is None:
                 raise NotFound(f"tagDefinitions/{spec.dimension} not found")
             row, current_digest = current
-            if expected_version and expected_version != row["version"]:
-                raise Aborted(
-                    f"tagDefinitions/{spec.dimension} is at version {row['version']}, not {expected_version}"
-                )
             if row["state"] == State.RETIRED:
                 raise FailedPrecondition(f"tagDefinitions/{spec.dimension} is retired")
-            stored = from_body(row["body"])
-            if (stored.kind, stored.cardinality) != (spec.kind, spec.cardinality):
-                raise InvalidArgument.field(
-                    "tag_definition.kind", "kind and cardinality cannot change; define a new dimension"
-                )
-            if _model_name(stored) != _model_name(spec):
-                raise InvalidArgument.field(
-                    "tag_definition.model",
-                    "the model cannot change (its parameters can); define a new dimension",
-                )
+            # The current content again is a retry of the update that made it: nothing changes.
             if current_digest != digest:
+                if expected_version and expected_version != row["version"]:
+                    raise Aborted(
+                        f"tagDefinitions/{spec.dimension} is at version {row['version']}, "
+                        f"not {expected_version}"
+                    )
+                _check_unchanged_shape(from_body(row["body"]), spec)
                 await store.add_definition_version(
                     conn, tenant_id, spec.dimension, row["version"] + 1, to_body(spec), digest
                 )
@@ -417,6 +410,19 @@ def compile_definition(spec: DefinitionInput, *, filtered: bool) -> rules.Compil
         single=spec.cardinality == Cardinality.SINGLE,
         filtered=filtered,
     )
+
+
+def _check_unchanged_shape(stored: DefinitionInput, spec: DefinitionInput) -> None:
+    """What an update may not change: kind, cardinality and the model (its parameters it may)."""
+    if (stored.kind, stored.cardinality) != (spec.kind, spec.cardinality):
+        raise InvalidArgument.field(
+            "tag_definition.kind", "kind and cardinality cannot change; define a new dimension"
+        )
+    if _model_name(stored) != _model_name(spec):
+        raise InvalidArgument.field(
+            "tag_definition.model",
+            "the model cannot change (its parameters can); define a new dimension",
+        )
 
 
 def _model_name(spec: DefinitionInput) -> str | None:

@@ -471,10 +471,14 @@ async def get_definition(
 
 
 async def lock_definition(conn: Connection, dimension: str) -> tuple[dict[str, Any], str] | None:
-    row = await conn.fetchrow(
-        f"{_DEFINITION} AND v.version = d.current_version WHERE d.dimension = $1 FOR UPDATE OF d", dimension
-    )
-    return None if row is None else (_definition_row(row), row["content_hash"])
+    """Locks the definition, then reads its current version: locked in the same statement as the
+    join, a lock that waited for a concurrent update would recheck the join against the old version
+    row and find nothing."""
+    if not await conn.fetchval(
+        "SELECT true FROM tagging.tag_definitions WHERE dimension = $1 FOR UPDATE", dimension
+    ):
+        return None
+    return await get_definition(conn, dimension, None)
 
 
 async def list_definitions(

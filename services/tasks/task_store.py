@@ -69,8 +69,14 @@ async def task(conn: Connection, task_id: str) -> TaskRow | None:
 
 
 async def lock_task(conn: Connection, task_id: str) -> TaskRow | None:
-    row = await conn.fetchrow(f"{_TASK} WHERE d.task_id = $1 FOR UPDATE OF d", task_id)
-    return None if row is None else _task(row)
+    """Locks the task, then reads it as it stands. In one statement a lock that waited for a
+    concurrent update would recheck the join against the version row it read before the wait,
+    which is no longer the current one, and find no task at all."""
+    if not await conn.fetchval(
+        "SELECT true FROM tasks.task_definitions WHERE task_id = $1 FOR UPDATE", task_id
+    ):
+        return None
+    return await task(conn, task_id)
 
 
 async def tasks(conn: Connection, after: str, limit: int, state: int | None) -> list[TaskRow]:

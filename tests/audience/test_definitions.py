@@ -72,6 +72,16 @@ async def test_updates_add_versions_and_keep_the_old_ones(
     )
 
 
+async def test_concurrent_duplicate_updates_add_one_version(audience_stub: AudienceStub) -> None:
+    """Copies of one update against version 1: one makes version 2, the others find it current."""
+    name = (await create(audience_stub, in_batch(unique("batch")))).audience_id
+    rule = in_batch(unique("batch"))
+    copies = await asyncio.gather(*(update(audience_stub, name, rule, expected=1) for _ in range(16)))
+    assert {copy.version for copy in copies} == {2}
+    assert (await get(audience_stub, name)).version == 2
+    assert await code_of(get(audience_stub, name, version=3)) == grpc.StatusCode.NOT_FOUND
+
+
 async def test_list_pages_through_audiences_by_id(audience_stub: AudienceStub) -> None:
     prefix = unique("list")
     names = [f"{prefix}-{n}" for n in range(5)]

@@ -100,6 +100,20 @@ async def test_updates_add_versions_and_keep_the_old_ones(tagging_stub: Stub) ->
     assert (await get(tagging_stub, name)).values[0].rule.condition.values[0].number == 5
 
 
+async def test_concurrent_duplicate_updates_add_one_version(tagging_stub: Stub) -> None:
+    """Copies of one update against version 1: one makes version 2, the others find it current."""
+    name = dimension()
+    await create(tagging_stub, frequency(name))
+    copies = await asyncio.gather(
+        *(update(tagging_stub, frequency(name, heavy_from=5), expected=1) for _ in range(16))
+    )
+    assert {copy.version for copy in copies} == {2}
+    assert (await get(tagging_stub, name)).version == 2
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await get(tagging_stub, name, version=3)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_a_stale_expected_version_is_aborted(tagging_stub: Stub) -> None:
     name = dimension()
     await create(tagging_stub, frequency(name))

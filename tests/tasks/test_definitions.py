@@ -98,8 +98,9 @@ async def test_updates_are_versioned_and_guarded(tasks_stub: TasksStub) -> None:
     changed.CopyFrom(definition)
     changed.reward_points = 25
     request = tasks_service_pb2.UpdateTaskRequest(task=changed, expected_version=1)
-    updated = await tasks_stub.UpdateTask(request, metadata=ACME)
-    assert (updated.version, updated.reward_points) == (2, 25)
+    # Copies of one update racing: one makes version 2, the others find it current.
+    copies = await asyncio.gather(*(tasks_stub.UpdateTask(request, metadata=ACME) for _ in range(16)))
+    assert {(copy.version, copy.reward_points) for copy in copies} == {(2, 25)}
     # A retry of the same update is harmless: the content is current, nothing changes.
     assert (await tasks_stub.UpdateTask(request, metadata=ACME)).version == 2
     # Another change against version 1 lost the race.
@@ -126,7 +127,10 @@ async def test_retire_is_final_and_listing_hides_retired(tasks_stub: TasksStub) 
     definition = share_task()
     await create(tasks_stub, definition)
     name = f"tasks/{definition.task_id}"
-    retired = await tasks_stub.RetireTask(tasks_service_pb2.RetireTaskRequest(name=name), metadata=ACME)
+    request = tasks_service_pb2.RetireTaskRequest(name=name)
+    copies = await asyncio.gather(*(tasks_stub.RetireTask(request, metadata=ACME) for _ in range(16)))
+    retired = copies[0]
+    assert all(copy == retired for copy in copies)
     assert retired.state == tasks_pb2.TASK_STATE_RETIRED
     again = await tasks_stub.RetireTask(tasks_service_pb2.RetireTaskRequest(name=name), metadata=ACME)
     assert again == retired

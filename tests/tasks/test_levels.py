@@ -138,10 +138,11 @@ async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(t
 
     # The grace has passed: the member held silver through the period's end and growth a week
     # after it supports bronze.
+    # Evaluations racing each other (a job started twice) apply it once, as the feed shows below.
     late = next_month + dt.timedelta(days=8)
-    run = await evaluate(tasks_stub, late)
-    assert run.period_end_time.ToDatetime(UTC) == next_month
-    assert run.downgraded >= 1
+    runs = await asyncio.gather(*(evaluate(tasks_stub, late) for _ in range(8)))
+    assert {run.period_end_time.ToDatetime(UTC) for run in runs} == {next_month}
+    assert sum(run.downgraded for run in runs) >= 1
     assert (await level(tasks_stub, m)).level == "bronze"
     again = await evaluate(tasks_stub, late)
     assert (again.upgraded, again.downgraded) == (0, 0)
@@ -169,7 +170,9 @@ async def test_policy_updates_keep_codes_and_are_versioned(tasks_stub: TasksStub
     richer = policy(
         tiers=[tier("bronze", 0), tier("silver", 1000), tier("gold", 5000), tier("platinum", 20_000)]
     )
-    grown = await set_policy(tasks_stub, richer)
+    copies = await asyncio.gather(*(set_policy(tasks_stub, richer) for _ in range(8)))
+    grown = copies[0]
+    assert all(copy == grown for copy in copies)
     assert (grown.version, [t.code for t in grown.tiers][-1]) == (base.version + 1, "platinum")
     stale = tasks_service_pb2.UpdateLevelPolicyRequest(policy=policy(), expected_version=base.version)
     assert (
