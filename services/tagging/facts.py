@@ -154,7 +154,14 @@ def order_payload(order: OrderInput, member_order_number: int) -> dict[str, Any]
     }
 
 
-def refund_payload(refund: Refund) -> dict[str, Any]:
+def refund_payload(refund: Refund, order: OrderState) -> dict[str, Any]:
+    """The feed entry of a refund, with where the order stands after it (`order` as before it), so
+    a consumer can take back its share of what the order earned without reading the order."""
+    refunded_amount = order.refunded_amount_minor + refund.amount_minor
+    returned = dict(order.refunded)
+    for line in refund.lines:
+        returned[line.line_id] = returned.get(line.line_id, 0) + line.quantity
+    all_returned = all(returned.get(line_id, 0) >= q for line_id, q in order.bought.items())
     return {
         "refund_id": refund.refund_id,
         "order_id": refund.order_id,
@@ -162,6 +169,13 @@ def refund_payload(refund: Refund) -> dict[str, Any]:
         "refund_time": refund.refund_time.isoformat(),
         "amount_minor": refund.amount_minor,
         "lines": [dataclasses.asdict(line) for line in refund.lines],
+        "order_amount_minor": order.amount_minor,
+        "order_refunded_amount_minor": refunded_amount,
+        # As the tag rules count orders: one of some amount is gone when its amount is refunded;
+        # one of no amount when every item came back.
+        "order_refunded_in_full": (
+            refunded_amount >= order.amount_minor if order.amount_minor > 0 else all_returned
+        ),
     }
 
 
@@ -228,7 +242,7 @@ class Facts:
                 FeedKind.REFUND_RECORDED,
                 order.member_id,
                 refund.refund_id,
-                refund_payload(recorded),
+                refund_payload(recorded, order),
             )
             await store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
         await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)

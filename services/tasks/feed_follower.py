@@ -1,4 +1,5 @@
-"""Purchase, event, visit and profile tasks, and invite triggers, learn from tagging's feed.
+"""Purchase, event, visit and profile tasks, invite triggers and refunds of orders that earned
+points learn from tagging's feed.
 
 The backend reports an order once, to tagging; tasks follows tagging's feed through tagging's own
 ReadFeed RPC with the tenant's token, like any consumer, rather than reading tagging's tables or a
@@ -28,7 +29,7 @@ from typing import Any
 from services.common.db import Connection, Database, savepoint
 from services.common.errors import ResourceExhausted
 from services.common.logs import get_logger
-from services.tasks import completions, feed_store, invites, store, task_store
+from services.tasks import completions, feed_store, invites, ledger, store, task_store
 from services.tasks.completions import Grant
 from services.tasks.definitions import (
     EventSpec,
@@ -85,6 +86,8 @@ class _Batch:
     tasks: list[Task]
     profiles: Mapping[str, frozenset[ProfileField]]
     enrolled: dict[tuple[str, str], task_store.EnrolmentRow] = field(default_factory=dict)
+    # (member, order) of the batch's refunds whose order earned points.
+    earned_points: set[tuple[str, str]] = field(default_factory=set)
     done: Round = field(default_factory=Round)
 
     def of(self, kind: Kind) -> list[Task]:
@@ -95,6 +98,21 @@ def _windowed(task: Task) -> bool:
     """A purchase task counted from each member's enrolment."""
     spec = task.definition.spec
     return isinstance(spec, PurchaseSpec) and spec.window_days > 0
+
+
+def _refunded(entry: FeedEntry) -> ledger.Refunded | None:
+    """The refund with its order's standing; None for entries written before tagging reported it."""
+    refund = entry.payload
+    if "order_refunded_in_full" not in refund:
+        return None
+    return ledger.Refunded(
+        member_id=entry.member_id,
+        order_id=str(refund["order_id"]),
+        refund_id=entry.subject_id,
+        order_amount=int(refund["order_amount_minor"]),
+        refunded_amount=int(refund["order_refunded_amount_minor"]),
+        in_full=bool(refund["order_refunded_in_full"]),
+    )
 
 
 def _time(value: Any) -> dt.datetime:
@@ -192,11 +210,16 @@ class FeedFollower:
                 first_orders.setdefault(e.member_id, e.create_time)
         await feed_store.record_facts(conn, registered, first_orders)
         pending = await feed_store.pending_invites(conn, triggering)
-        refunded_orders = [str(e.payload.get("order_id", "")) for e in facts if e.kind == REFUND_RECORDED]
+        refunds = [e for e in facts if e.kind == REFUND_RECORDED]
+        refunded_orders = [str(e.payload.get("order_id", "")) for e in refunds]
         counted = await feed_store.counted_orders(conn, refunded_orders)
+        batch.earned_points = await store.orders_with_points(
+            conn, tenant_id, [(e.member_id, o) for e, o in zip(refunds, refunded_orders, strict=True)]
+        )
         payable = {
             *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
             *(member for i in pending for member in (i.inviter_member_id, i.invitee_member_id)),
+            *(member for member, _ in batch.earned_points),
         }
         if payable:
             await store.lock_accounts_creating(conn, tenant_id, sorted(payable))
@@ -297,6 +320,10 @@ class FeedFollower:
     async def _refund(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
         refund = entry.payload
         order_id = str(refund["order_id"])
+        share = _refunded(entry)
+        earned = (entry.member_id, order_id) in batch.earned_points
+        if earned and share is not None and await ledger.reverse_refund(conn, tenant_id, share):
+            batch.done.reversed += 1
         lines = {str(line["line_id"]): int(line["quantity"]) for line in refund.get("lines", [])}
         amount = int(refund.get("amount_minor", 0))
         for purchase in await feed_store.purchases_of(conn, order_id):

@@ -306,6 +306,58 @@ async def earn_within(conn: Connection, tenant_id: str, entry: store.NewEntry) -
 Earning = tuple[store.NewEntry, str | None]  # the entry, and the order it is for
 
 
+@dataclass(frozen=True)
+class Refunded:
+    """A refund as tagging's feed reports it, with where its order stands after it."""
+
+    member_id: str
+    order_id: str
+    refund_id: str
+    order_amount: int
+    refunded_amount: int
+    in_full: bool
+
+
+def refunds_claim(earned: int, refunded: Refunded) -> int:
+    """The points an order's refunds so far take back of the `earned`: all of them once the order
+    is refunded in full, else the refunded share of its amount, rounded down (so several partial
+    refunds add up to what one refund of their sum would take)."""
+    if refunded.in_full:
+        return earned
+    if refunded.order_amount <= 0:
+        return 0
+    return earned * min(refunded.refunded_amount, refunded.order_amount) // refunded.order_amount
+
+
+async def reverse_refund(conn: Connection, tenant_id: str, refunded: Refunded) -> Entry | None:
+    """Takes back the refund's share of what its order earned the member, in the caller's
+    transaction, which holds the member's account lock. Nothing when the order earned nothing,
+    was reversed whole, or this refund was applied already; what is spent or expired is shortfall."""
+    member_id, order_id = refunded.member_id, refunded.order_id
+    note = f"refund {refunded.refund_id}"
+    if await store.reversal(conn, tenant_id, member_id, order_id) is not None:
+        return None
+    if await store.reversal(conn, tenant_id, member_id, order_id, note) is not None:
+        return None
+    points = await store.order_points(conn, tenant_id, member_id, order_id)
+    claim = refunds_claim(points.earned, refunded) - points.claimed
+    if claim <= 0:
+        return None
+    taken = await store.take_from_order_lots(conn, tenant_id, member_id, order_id, claim)
+    return await store.insert_entry(
+        conn,
+        tenant_id,
+        store.NewEntry(
+            member_id=member_id,
+            delta=-taken,
+            reason=Reason.ORDER_REVERSAL,
+            reference=order_id,
+            note=note,
+            shortfall=claim - taken,
+        ),
+    )
+
+
 class Ledger:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -413,9 +465,10 @@ class Ledger:
             first = await store.reversal(conn, tenant_id, member_id, order_id)
             if first is not None:
                 return first
-            earned, left = await store.take_order_lots(conn, tenant_id, member_id, order_id)
-            if earned == 0:
+            points = await store.order_points(conn, tenant_id, member_id, order_id)
+            if points.earned == 0:
                 raise NotFound(f"order {order_id!r} earned member {member_id!r} no points")
+            _, left = await store.take_order_lots(conn, tenant_id, member_id, order_id)
             return await store.insert_entry(
                 conn,
                 tenant_id,
@@ -424,7 +477,8 @@ class Ledger:
                     delta=-left,
                     reason=Reason.ORDER_REVERSAL,
                     reference=order_id,
-                    shortfall=earned - left,
+                    # What refunds took back before is not missing.
+                    shortfall=max(points.earned - points.claimed - left, 0),
                 ),
             )
 

@@ -114,15 +114,57 @@ async def entry_by_request(conn: Connection, tenant_id: str, request_id: str) ->
     return None if row is None else _entry(row)
 
 
-async def reversal(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> Entry | None:
+async def reversal(
+    conn: Connection, tenant_id: str, member_id: str, order_id: str, note: str = ""
+) -> Entry | None:
+    """The order's reversal with this note: '' for the whole order's, 'refund <id>' for a refund's."""
     row = await conn.fetchrow(
         f"""SELECT {_ENTRY_COLUMNS} FROM tasks.ledger_entries
-            WHERE tenant_id = $1 AND member_id = $2 AND reference = $3 AND reason = 6""",
+            WHERE tenant_id = $1 AND member_id = $2 AND reference = $3 AND reason = 6 AND note = $4""",
+        tenant_id,
+        member_id,
+        order_id,
+        note,
+    )
+    return None if row is None else _entry(row)
+
+
+@dataclass(frozen=True)
+class OrderPoints:
+    # What the order's earnings added, and what its reversals so far meant to take back of it
+    # (taken, plus the shortfall of points already gone).
+    earned: int
+    claimed: int
+
+
+async def order_points(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> OrderPoints:
+    row = await conn.fetchrow(
+        """SELECT (SELECT coalesce(sum(amount), 0) FROM tasks.lots
+                   WHERE tenant_id = $1 AND member_id = $2 AND order_id = $3)::bigint AS earned,
+                  (SELECT coalesce(sum(shortfall - delta), 0) FROM tasks.ledger_entries
+                   WHERE tenant_id = $1 AND member_id = $2 AND reference = $3 AND reason = 6)::bigint
+                    AS claimed""",
         tenant_id,
         member_id,
         order_id,
     )
-    return None if row is None else _entry(row)
+    assert row is not None
+    return OrderPoints(row["earned"], row["claimed"])
+
+
+async def orders_with_points(
+    conn: Connection, tenant_id: str, orders: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these (member, order) pairs earned points."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT o.member_id, o.order_id
+           FROM unnest($2::text[], $3::text[]) AS o (member_id, order_id)
+           JOIN tasks.lots l ON l.tenant_id = $1 AND l.member_id = o.member_id AND l.order_id = o.order_id""",
+        tenant_id,
+        [member for member, _ in orders],
+        [order for _, order in orders],
+    )
+    return {(r["member_id"], r["order_id"]) for r in rows}
 
 
 _INSERT_ENTRY = f"""
@@ -275,6 +317,28 @@ async def _take_lots(conn: Connection, tenant_id: str, which: str, *args: object
 async def take_order_lots(conn: Connection, tenant_id: str, member_id: str, order_id: str) -> tuple[int, int]:
     """Empties the order's lots; returns (points the order earned, points that were left)."""
     return await _take_lots(conn, tenant_id, "member_id = $2 AND order_id = $3", member_id, order_id)
+
+
+async def take_from_order_lots(
+    conn: Connection, tenant_id: str, member_id: str, order_id: str, points: int
+) -> int:
+    """Takes up to `points` from what is left of the order's lots, oldest lot first; returns how
+    many it took."""
+    taken = await conn.fetchval(
+        """WITH o AS (SELECT lot_id, remaining,
+                             sum(remaining) OVER (ORDER BY lot_id) - remaining AS before
+                      FROM tasks.lots
+                      WHERE tenant_id = $1 AND member_id = $2 AND order_id = $3 AND remaining > 0),
+                t AS (SELECT lot_id, least(remaining, $4 - before) AS take FROM o WHERE before < $4),
+                u AS (UPDATE tasks.lots l SET remaining = l.remaining - t.take FROM t
+                      WHERE l.tenant_id = $1 AND l.lot_id = t.lot_id)
+           SELECT coalesce(sum(take), 0)::bigint FROM t""",
+        tenant_id,
+        member_id,
+        order_id,
+        points,
+    )
+    return int(taken)
 
 
 async def take_entry_lots(conn: Connection, tenant_id: str, entry_id: int) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from memberops.tagging.v1 import feed_pb2, member_pb2, tagging_service_pb2
+from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
 
 from services.common import outbox
 from services.common.db import Database
@@ -71,6 +71,39 @@ async def test_every_fact_appears_once_in_order(tagging_stub: Stub) -> None:
     order_entry = next(e for e in entries if e.subject_id == order.order_id)
     assert order_entry.payload["amount_minor"] == 25_800
     assert [line["category"] for line in order_entry.payload["lines"]] == ["skincare", "makeup"]
+
+
+async def test_refund_entries_say_where_their_order_stands(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    paid = await record_order(tagging_stub, an_order(member_id))
+    line = facts_pb2.RefundLine
+    partial = a_refund(paid.order_id, lines=[line(line_id="1", quantity=1)], amount_minor=9_900)
+    refunds = [partial, a_refund(paid.order_id)]  # then the rest
+    # An order of no amount is refunded in full once every item is back.
+    free = await record_order(tagging_stub, an_order(member_id, amount_minor=0))
+    refunds += [
+        a_refund(free.order_id, lines=[line(line_id="1", quantity=2), line(line_id="2", quantity=2)]),
+        a_refund(free.order_id, lines=[line(line_id="2", quantity=1)]),
+    ]
+    for refund in refunds:
+        await record_refund(tagging_stub, refund)
+    entries, _ = await read_all(tagging_stub, start)
+    standing = {
+        e.subject_id: (
+            e.payload["order_amount_minor"],
+            e.payload["order_refunded_amount_minor"],
+            e.payload["order_refunded_in_full"],
+        )
+        for e in entries
+        if e.kind == feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED
+    }
+    assert [standing[r.refund_id] for r in refunds] == [
+        (25_800, 9_900, False),
+        (25_800, 25_800, True),
+        (0, 0, False),
+        (0, 0, True),
+    ]
 
 
 async def test_an_unchanged_member_adds_no_entry(tagging_stub: Stub) -> None:

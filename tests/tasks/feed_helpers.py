@@ -53,7 +53,8 @@ async def order(
 
 async def refund(
     tagging: TaggingStub, order_id: str, lines: dict[str, int], amount: int, metadata: Any = INITECH
-) -> None:
+) -> str:
+    """Records a refund of `lines` (line id: quantity) and `amount`; returns its id."""
     message = facts_pb2.Refund(
         refund_id=unique("r"),
         order_id=order_id,
@@ -62,6 +63,7 @@ async def refund(
         lines=[facts_pb2.RefundLine(line_id=line_id, quantity=q) for line_id, q in lines.items()],
     )
     await tagging.RecordRefund(tagging_service_pb2.RecordRefundRequest(refund=message), metadata=metadata)
+    return message.refund_id
 
 
 async def event(
