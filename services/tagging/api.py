@@ -27,7 +27,7 @@ from services.tagging.catalog import Catalog
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
-from services.tagging.members import Members, bounded
+from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.model import (
     BehaviorEvent,
     Contact,
@@ -79,6 +79,18 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             raise InvalidArgument.field("member", "is required")
         stored = await self._members.upsert(
             current_tenant(), member_from_proto(request.member), self._clock()
+        )
+        return member_to_proto(stored)
+
+    async def UpdateMember(
+        self, request: tagging_service_pb2.UpdateMemberRequest, context: Any
+    ) -> member_pb2.Member:
+        if not request.HasField("member"):
+            raise InvalidArgument.field("member", "is required")
+        paths = list(request.update_mask.paths)
+        check_update_paths(paths)
+        stored = await self._members.update(
+            current_tenant(), member_from_proto(request.member), paths, self._clock()
         )
         return member_to_proto(stored)
 

@@ -7,6 +7,7 @@ only creates dimensions that do not exist yet. Amounts are in minor units (100 =
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from memberops.tagging.v1 import facts_pb2, member_pb2, models_pb2, rules_pb2
@@ -118,6 +119,21 @@ def _city_tier() -> DefinitionInput:
         rule = _field(Field.PROFILE_FIELD_CITY_TIER, Op.OPERATOR_EQ, rules_pb2.Value(text=name))
         values.append(TagValue(code, code.replace("_", " ").title(), rule))
     return _fact("city_tier", "City tier", values)
+
+
+# The tasks service's default level tiers; a tenant whose level policy names other codes updates
+# this dimension to them (the tasks service writes each member's level to `profile.level`).
+LEVEL_CODES = ("bronze", "silver", "gold")
+
+
+def _level() -> DefinitionInput:
+    values = [
+        TagValue(
+            code, code.title(), _field(Field.PROFILE_FIELD_LEVEL, Op.OPERATOR_EQ, rules_pb2.Value(text=code))
+        )
+        for code in LEVEL_CODES
+    ]
+    return dataclasses.replace(_fact("level", "Membership level", values), category=Category.MEMBER)
 
 
 def _purchase_frequency() -> DefinitionInput:
@@ -232,6 +248,7 @@ def definitions() -> list[DefinitionInput]:
         _gender(),
         _age_band(),
         _city_tier(),
+        _level(),
         _purchase_frequency(),
         _average_order_amount(),
         _loyalty(),

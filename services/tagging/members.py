@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -10,10 +11,10 @@ import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
-from services.common.db import Database
+from services.common.db import Connection, Database
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import checks, store
-from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput
+from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
 from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
 
@@ -120,6 +121,56 @@ def _validate_attributes(attributes: dict[str, Any], violations: Violations, pat
         violations.add(path, f"at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
 
 
+# What UpdateMember's mask may name: a part of the member whole, or one field of its profile or
+# contact (the dataclass fields, named as in the protobuf messages).
+UPDATE_PARTS = ("profile", "contact", "attributes")
+UPDATABLE_FIELDS = {
+    "profile": frozenset(f.name for f in dataclasses.fields(Profile)),
+    "contact": frozenset(f.name for f in dataclasses.fields(Contact)),
+}
+
+
+def check_update_paths(paths: Sequence[str]) -> None:
+    violations = Violations()
+    if not paths:
+        violations.add("update_mask.paths", "name at least one field to change")
+    for i, path in enumerate(paths):
+        part, _, name = path.partition(".")
+        if part not in UPDATE_PARTS or (name and name not in UPDATABLE_FIELDS.get(part, ())):
+            violations.add(
+                f"update_mask.paths[{i}]",
+                "must be profile, contact, attributes or a field of the profile or the contact",
+            )
+    violations.raise_if_any()
+
+
+def merged(current: Member, given: MemberInput, paths: Sequence[str]) -> MemberInput:
+    """`current` with the fields `paths` name taken from `given`."""
+    profile, contact, attributes = current.profile, current.contact, current.attributes
+    for path in paths:
+        part, _, name = path.partition(".")
+        if part == "profile":
+            profile = (
+                dataclasses.replace(profile, **{name: getattr(given.profile, name)})
+                if name
+                else given.profile
+            )
+        elif part == "contact":
+            contact = (
+                dataclasses.replace(contact, **{name: getattr(given.contact, name)})
+                if name
+                else given.contact
+            )
+        else:
+            attributes = given.attributes
+    return MemberInput(current.member_id, profile, attributes, contact)
+
+
+def _changed_inputs(stored: Member) -> Input | None:
+    """A new member's every real-time value is new; a changed one's profile values may be."""
+    return Input.PROFILE if stored.revision > 1 else None
+
+
 class Members:
     """Stores and reads members for one tenant at a time."""
 
@@ -130,22 +181,37 @@ class Members:
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
         async with self._db.transaction(tenant_id) as conn:
-            stored, changed = await store.upsert_member(conn, tenant_id, member)
-            # A new member's every real-time value is new; a changed one's profile values may be.
-            facts = Input.PROFILE if stored.revision > 1 else None
-            if changed:
-                await store.append_feed(
-                    conn,
-                    tenant_id,
-                    FeedKind.MEMBER_CHANGED,
-                    stored.member_id,
-                    "",
-                    {"revision": stored.revision},
-                )
-                await store.queue_refresh(conn, tenant_id, [stored.member_id], input_bits(facts))
+            stored, changed = await self._store(conn, tenant_id, member)
         if changed:
-            await self._realtime.refreshed(tenant_id, [stored.member_id], facts, now)
+            await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
         return stored
+
+    async def update(
+        self, tenant_id: str, given: MemberInput, paths: Sequence[str], now: dt.datetime
+    ) -> Member:
+        """Changes the fields `paths` name (validated by `check_update_paths`) to `given`'s."""
+        validate(given, now)
+        async with self._db.transaction(tenant_id) as conn:
+            current = await store.lock_member(conn, given.member_id)
+            if current is None:
+                raise NotFound(f"members/{given.member_id} not found")
+            stored, changed = await self._store(conn, tenant_id, merged(current, given, paths))
+        if changed:
+            await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
+        return stored
+
+    @staticmethod
+    async def _store(conn: Connection, tenant_id: str, member: MemberInput) -> tuple[Member, bool]:
+        """Stores the member; when that changed it, with its feed entry and queued refresh."""
+        stored, changed = await store.upsert_member(conn, tenant_id, member)
+        if changed:
+            await store.append_feed(
+                conn, tenant_id, FeedKind.MEMBER_CHANGED, stored.member_id, "", {"revision": stored.revision}
+            )
+            await store.queue_refresh(
+                conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored))
+            )
+        return stored, changed
 
     async def import_batch(
         self, tenant_id: str, members: Sequence[MemberInput], now: dt.datetime, path: str = "members"

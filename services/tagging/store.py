@@ -95,6 +95,11 @@ async def get_member(conn: Connection, member_id: str) -> Member | None:
     return None if row is None else _member(row)
 
 
+async def lock_member(conn: Connection, member_id: str) -> Member | None:
+    row = await conn.fetchrow(f"{_GET_MEMBER} FOR UPDATE", member_id)
+    return None if row is None else _member(row)
+
+
 async def get_members(conn: Connection, member_ids: Sequence[str]) -> list[Member]:
     """The members of these ids that exist, in no particular order."""
     rows = await conn.fetch(

@@ -110,6 +110,59 @@ async def test_concurrent_duplicate_upserts_take_effect_once(tagging_stub: Stub,
     assert rows == 1
 
 
+async def update(stub: Stub, member: member_pb2.Member, *paths: str) -> member_pb2.Member:
+    request = tagging_service_pb2.UpdateMemberRequest(
+        member=member, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    return await stub.UpdateMember(request, metadata=ACME)
+
+
+async def test_update_changes_only_the_masked_fields(tagging_stub: Stub) -> None:
+    member_id = unique()
+    await upsert(tagging_stub, a_member(member_id, level="bronze"))
+    # The message's other fields (an empty city, no attributes) are not the mask's and stay.
+    only_level = member_pb2.Member(member_id=member_id, profile=member_pb2.Profile(level="silver"))
+    changed = await update(tagging_stub, only_level, "profile.level")
+    assert (changed.profile.level, changed.profile.city, changed.revision) == ("silver", "Hangzhou", 2)
+    tags = await tagging_stub.GetMemberTags(
+        tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}"), metadata=ACME
+    )
+    assert [t.value for t in tags.tags if t.dimension == "level"] == ["silver"]  # built in, real time
+    assert dict(changed.attributes) == {"vip": True, "source": "campaign-42", "children": 2.0}
+    # Copies of one update racing: one revision.
+    copies = await asyncio.gather(*(update(tagging_stub, only_level, "profile.level") for _ in range(16)))
+    assert {copy.revision for copy in copies} == {2}
+    moved = member_pb2.Member(member_id=member_id, contact=member_pb2.Contact(email="lin@example.com"))
+    moved.attributes.update({"vip": False})
+    both = await update(tagging_stub, moved, "contact", "attributes")
+    assert (both.contact.email, dict(both.attributes), both.profile.level) == (
+        "lin@example.com",
+        {"vip": False},
+        "silver",
+    )
+    assert await get(tagging_stub, member_id) == both
+
+
+async def test_update_refuses_bad_masks_and_unknown_members(tagging_stub: Stub) -> None:
+    member_id = unique()
+    await upsert(tagging_stub, a_member(member_id))
+    member = member_pb2.Member(member_id=member_id, profile=member_pb2.Profile(level="x" * 40))
+    for paths, field in [
+        ((), "update_mask.paths"),
+        (("profile.shoe_size",), "update_mask.paths[0]"),
+        (("profile.level", "revision"), "update_mask.paths[1]"),
+        (("profile.level",), "member.profile.level"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await update(tagging_stub, member, *paths)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in field_violations(caught.value)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await update(tagging_stub, member_pb2.Member(member_id=unique()), "profile.level")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await get(tagging_stub, member_id)).revision == 1
+
+
 async def test_get_unknown_member_is_not_found(tagging_stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await get(tagging_stub, unique())

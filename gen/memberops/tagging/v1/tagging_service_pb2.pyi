@@ -47,6 +47,36 @@ class UpsertMemberRequest(_message.Message):
 Global___UpsertMemberRequest: _TypeAlias = UpsertMemberRequest  # noqa: Y015
 
 @_typing.final
+class UpdateMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> _member_pb2.Member:
+        """The member (`member_id` required) holding the new values of the fields named below."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """1 or more of `profile`, `contact`, `attributes` (each whole) or a field of the profile or the
+        contact (`profile.level`, `contact.email`, ...).
+        """
+
+    def __init__(
+        self,
+        *,
+        member: _member_pb2.Member | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMemberRequest: _TypeAlias = UpdateMemberRequest  # noqa: Y015
+
+@_typing.final
 class GetMemberRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpsertMemberRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
                 _registered_method=True)
+        self.UpdateMember = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/UpdateMember',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateMemberRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
+                _registered_method=True)
         self.GetMember = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/GetMember',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.SerializeToString,
@@ -155,6 +160,15 @@ class TaggingServiceServicer:
         """Creates the member or replaces its profile and attributes. The member id is the natural key,
         so a retry has no further effect: an upsert whose content equals what is stored changes nothing
         (revision and update_time stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMember(self, request, context):
+        """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
+        writer that owns one field (the tasks service's levels: `profile.level`) never overwrites the
+        others. The same rules as UpsertMember otherwise: equal content changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -323,6 +337,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpsertMemberRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.SerializeToString,
             ),
+            'UpdateMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMember,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateMemberRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_member__pb2.Member.SerializeToString,
+            ),
             'GetMember': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMember,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberRequest.FromString,
@@ -452,6 +471,33 @@ class TaggingService:
             target,
             '/memberops.tagging.v1.TaggingService/UpsertMember',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpsertMemberRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/UpdateMember',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.UpdateMemberRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_member__pb2.Member.FromString,
             options,
             channel_credentials,

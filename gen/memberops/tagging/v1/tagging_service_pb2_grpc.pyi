@@ -43,6 +43,11 @@ class TaggingServiceStub:
     so a retry has no further effect: an upsert whose content equals what is stored changes nothing
     (revision and update_time stay).
     """
+    UpdateMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateMemberRequest, _member_pb2.Member]
+    """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
+    writer that owns one field (the tasks service's levels: `profile.level`) never overwrites the
+    others. The same rules as UpsertMember otherwise: equal content changes nothing.
+    """
     GetMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
     BatchGetMembers: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMembersRequest, _tagging_service_pb2.BatchGetMembersResponse]
@@ -122,6 +127,11 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """Creates the member or replaces its profile and attributes. The member id is the natural key,
     so a retry has no further effect: an upsert whose content equals what is stored changes nothing
     (revision and update_time stay).
+    """
+    UpdateMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
+    """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
+    writer that owns one field (the tasks service's levels: `profile.level`) never overwrites the
+    others. The same rules as UpsertMember otherwise: equal content changes nothing.
     """
     GetMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
     """Returns one member; NOT_FOUND when the tenant has no member with that id."""
@@ -205,6 +215,17 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates the member or replaces its profile and attributes. The member id is the natural key,
         so a retry has no further effect: an upsert whose content equals what is stored changes nothing
         (revision and update_time stay).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateMember(
+        self,
+        request: _tagging_service_pb2.UpdateMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_pb2.Member, _abc.Awaitable[_member_pb2.Member]]:
+        """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
+        writer that owns one field (the tasks service's levels: `profile.level`) never overwrites the
+        others. The same rules as UpsertMember otherwise: equal content changes nothing.
         """
 
     @_abc_1.abstractmethod
