@@ -352,17 +352,25 @@ class Levels:
         position = outbox.parse_cursor(after_cursor)
         size = outbox.page_size(limit, "limit")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await level_store.read_feed(conn, position, size)
-        entries = [
-            FeedEntry(
-                cursor=row["cursor"],
-                member_id=row["member_id"],
-                from_level=row["payload"]["from_level"],
-                to_level=row["payload"]["to_level"],
-                upgrade=row["payload"]["upgrade"],
-                growth=row["payload"]["growth"],
-                create_time=row["create_time"],
-            )
-            for row in rows
-        ]
-        return entries, entries[-1].cursor if entries else after_cursor
+            return await feed_page(conn, position, size, after_cursor)
+
+
+async def feed_page(
+    conn: Connection, position: outbox.Position | None, size: int, after_cursor: str
+) -> tuple[list[FeedEntry], str]:
+    """The settled tasks feed entries after `position` (`after_cursor` parsed), and the cursor to
+    continue from."""
+    rows = await level_store.read_feed(conn, position, size)
+    entries = [
+        FeedEntry(
+            cursor=row["cursor"],
+            member_id=row["member_id"],
+            from_level=row["payload"]["from_level"],
+            to_level=row["payload"]["to_level"],
+            upgrade=row["payload"]["upgrade"],
+            growth=row["payload"]["growth"],
+            create_time=row["create_time"],
+        )
+        for row in rows
+    ]
+    return entries, entries[-1].cursor if entries else after_cursor

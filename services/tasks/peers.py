@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
@@ -43,7 +43,8 @@ def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
 
 
 class Peers:
-    """Implements `directory.Directory` and `directory.FeedSource` over the peers' gRPC APIs."""
+    """Implements `directory.Directory`, `directory.FeedSource` and `level_publisher.LevelWriter`
+    over the peers' gRPC APIs."""
 
     def __init__(self, settings: Settings) -> None:
         self._token_for_tenant = settings.token_for_tenant
@@ -91,6 +92,16 @@ class Peers:
     async def profile_fields(self, tenant_id: str, member_id: str) -> frozenset[ProfileField] | None:
         member = await self._member(tenant_id, member_id)
         return None if member is None else fields_of(member)
+
+    async def set_level(self, tenant_id: str, member_id: str, level: str) -> bool:
+        member = member_pb2.Member(member_id=member_id, profile=member_pb2.Profile(level=level))
+        request = tagging_service_pb2.UpdateMemberRequest(
+            member=member, update_mask=field_mask_pb2.FieldMask(paths=["profile.level"])
+        )
+        call = self._tagging.UpdateMember(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        return await self._call("tagging", call) is not None
 
     async def audience_exists(self, tenant_id: str, audience_id: str) -> bool:
         request = audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}")

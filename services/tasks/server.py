@@ -25,6 +25,7 @@ from services.tasks.feed_follower import FeedFollower
 from services.tasks.invites import Invites
 from services.tasks.leaderboards import Leaderboards
 from services.tasks.ledger import Ledger
+from services.tasks.level_publisher import LevelPublisher
 from services.tasks.levels import Levels, seed
 from services.tasks.member_tasks import MemberTasks
 from services.tasks.peers import Peers
@@ -54,9 +55,10 @@ def wire(
         levels=Levels(db),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
+    publisher = LevelPublisher(db, peers, tenants)
     servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), tasks, clock=clock)
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
-    return app.Wiring([binding], background=[follower.run], closers=[peers.close])
+    return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
 
 
 DEFINITION = app.ServiceDefinition(

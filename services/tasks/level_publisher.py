@@ -1,0 +1,87 @@
+"""Level changes reach tagging: each member's level is written to tagging's `profile.level`.
+
+Tags (the built-in `level` dimension), audience conditions on the level and the journeys that
+enrol from those read levels where they read every other member fact, in tagging, and learn of a
+change from tagging's feed. The tasks feed is the outbox; this loop is its relay.
+
+Per tenant, each round: lock this relay's cursor row (so one replica writes at a time, in feed
+order), read the settled entries after it, write each member's latest level with `UpdateMember`
+(mask `profile.level`, so nothing else of the member changes), then store the cursor with the
+lock released at commit. Writing a level is idempotent, so a round repeated after a crash writes
+the same values again, and the last value written for a member is their latest level. A member
+tagging does not know (the ledger takes any member id) is skipped. When tagging is down, the round
+fails, nothing is stored, and the next round tries the same entries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from services.common import outbox
+from services.common.db import Database
+from services.common.logs import get_logger
+from services.tasks import feed_store, levels
+
+log = get_logger("memberops.tasks.levels")
+
+SOURCE = "levels"
+BATCH = 500
+# Writes to tagging in flight at once in a round.
+PARALLEL = 8
+POLL_SECONDS = 0.5
+
+
+class LevelWriter(Protocol):
+    async def set_level(self, tenant_id: str, member_id: str, level: str) -> bool:
+        """Writes the member's level; False when tagging has no such member."""
+        ...
+
+
+class LevelPublisher:
+    def __init__(self, db: Database, writer: LevelWriter, tenants: frozenset[str]) -> None:
+        self._db = db
+        self._writer = writer
+        self._tenants = tenants
+
+    async def run(self) -> None:
+        """Publishes every tenant's level changes until cancelled; a failed round is logged and
+        tried again, never the end of the loop."""
+        while True:
+            busy = False
+            for tenant_id in sorted(self._tenants):
+                try:
+                    busy = await self.publish_once(tenant_id) == BATCH or busy
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("level publishing round failed", tenant=tenant_id)
+            if not busy:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def publish_once(self, tenant_id: str) -> int:
+        """Writes the next batch of the tenant's level changes to tagging; returns how many
+        entries it covered (0 when there were none)."""
+        async with self._db.transaction(tenant_id) as conn:
+            cursor = await feed_store.lock_cursor(conn, tenant_id, SOURCE)
+            entries, next_cursor = await levels.feed_page(
+                conn, outbox.parse_cursor(cursor, "cursor"), BATCH, cursor
+            )
+            if not entries:
+                return 0
+            latest = {entry.member_id: entry.to_level for entry in entries}
+            gate = asyncio.Semaphore(PARALLEL)
+
+            async def write(member_id: str, level: str) -> bool:
+                async with gate:
+                    return await self._writer.set_level(tenant_id, member_id, level)
+
+            written = await asyncio.gather(*(write(m, level) for m, level in latest.items()))
+            await feed_store.save_cursor(conn, next_cursor, SOURCE)
+        if not all(written):
+            log.info(
+                "level changes of members tagging does not know were skipped",
+                tenant=tenant_id,
+                skipped=written.count(False),
+            )
+        return len(entries)

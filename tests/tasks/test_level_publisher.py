@@ -1,0 +1,100 @@
+"""Level changes reach tagging (`profile.level`, the built-in `level` tag), through gRPC against
+real PostgreSQL: the service's own loop for globex, and round by round for initech, which the
+suite's tasks service leaves alone (tests.conftest.tasks_definition)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from memberops.tagging.v1 import tagging_service_pb2
+from memberops.tasks.v1 import tasks_service_pb2
+
+from services.common.db import Database
+from services.tasks.level_publisher import LevelPublisher
+from services.tasks.peers import Peers
+from tests.conftest import GLOBEX, INITECH, TENANT_INITECH, unique
+from tests.tasks.helpers import earn
+from tests.tasks.task_helpers import member
+from tests.tasks.test_levels import policy, set_policy
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+    from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
+
+WAIT_SECONDS = 15.0
+
+
+async def level_in_tagging(tagging: TaggingStub, member_id: str, metadata: Any) -> tuple[str, list[str]]:
+    """The member's `profile.level` and `level` tag values, as tagging has them."""
+    found = await tagging.GetMember(
+        tagging_service_pb2.GetMemberRequest(name=f"members/{member_id}"), metadata=metadata
+    )
+    tags = await tagging.GetMemberTags(
+        tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}"), metadata=metadata
+    )
+    return found.profile.level, [t.value for t in tags.tags if t.dimension == "level"]
+
+
+async def settled(stub: TasksStub, changes: set[tuple[str, str]]) -> None:
+    """Waits for these (member, new level) entries on initech's tasks feed, so one round sees them."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        seen, cursor = set(), ""
+        while True:
+            page = await stub.ReadTasksFeed(
+                tasks_service_pb2.ReadTasksFeedRequest(after_cursor=cursor, limit=1000), metadata=INITECH
+            )
+            seen |= {(e.member_id, e.level_change.to_level) for e in page.entries}
+            if page.next_cursor == cursor:
+                break
+            cursor = page.next_cursor
+        if changes <= seen:
+            return
+        assert time.monotonic() < deadline, "the level changes never settled"
+        await asyncio.sleep(0.05)
+
+
+async def publish_all(publisher: LevelPublisher) -> None:
+    while await publisher.publish_once(TENANT_INITECH):
+        pass
+
+
+async def test_the_services_loop_writes_upgrades_to_tagging(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub
+) -> None:
+    await set_policy(tasks_stub, policy())
+    m = await member(tagging_stub, metadata=GLOBEX, city="Hangzhou")
+    await earn(tasks_stub, m, 1200, metadata=GLOBEX)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while await level_in_tagging(tagging_stub, m, GLOBEX) != ("silver", ["silver"]):
+        assert time.monotonic() < deadline, "the level never reached tagging"
+        await asyncio.sleep(0.05)
+    member_now = await tagging_stub.GetMember(
+        tagging_service_pb2.GetMemberRequest(name=f"members/{m}"), metadata=GLOBEX
+    )
+    assert (member_now.profile.city, member_now.revision) == ("Hangzhou", 2)  # nothing else changed
+
+
+async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_members(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, db: Database, peers: Peers
+) -> None:
+    publisher = LevelPublisher(db, peers, frozenset({TENANT_INITECH}))
+    await publish_all(publisher)
+    known, unknown = await member(tagging_stub, metadata=INITECH), unique()
+    # Two changes of one member in one round (silver, then gold): the latest is what tagging gets.
+    await earn(tasks_stub, known, 1500, metadata=INITECH)
+    await earn(tasks_stub, known, 4000, metadata=INITECH)
+    await earn(tasks_stub, unknown, 1500, metadata=INITECH)  # the ledger takes any member id
+    await settled(tasks_stub, {(known, "gold"), (unknown, "silver")})
+    # Replicas racing: one takes the round, the other finds nothing after it.
+    await asyncio.gather(publish_all(publisher), publish_all(publisher))
+    assert await level_in_tagging(tagging_stub, known, INITECH) == ("gold", ["gold"])
+    revision = (
+        await tagging_stub.GetMember(
+            tagging_service_pb2.GetMemberRequest(name=f"members/{known}"), metadata=INITECH
+        )
+    ).revision
+    assert revision == 2  # created, then one level written
+    assert await publisher.publish_once(TENANT_INITECH) == 0
