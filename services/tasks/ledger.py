@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 
@@ -358,15 +358,25 @@ async def reverse_refund(conn: Connection, tenant_id: str, refunded: Refunded) -
     )
 
 
+class Members(Protocol):
+    async def require_member(self, tenant_id: str, member_id: str) -> None:
+        """NOT_FOUND unless tagging knows the member."""
+        ...
+
+
 class Ledger:
-    def __init__(self, db: Database) -> None:
+    """Points of members tagging knows: a write for an unknown member is NOT_FOUND, not an account."""
+
+    def __init__(self, db: Database, members: Members) -> None:
         self._db = db
+        self._members = members
         self._earnings = KeyedBatcher(
             self._write_earnings, in_flight=EARNING_BATCHES_IN_FLIGHT, max_size=MAX_EARNING_BATCH
         )
 
     async def earn(self, tenant_id: str, earn: Earn, now: dt.datetime) -> Entry:
         validate_earn(earn)
+        await self._members.require_member(tenant_id, earn.member_id)
         digest = content_hash(
             "earn",
             earn.member_id,
@@ -393,6 +403,7 @@ class Ledger:
 
     async def spend(self, tenant_id: str, spend: Spend, now: dt.datetime) -> Entry:
         validate_spend(spend)
+        await self._members.require_member(tenant_id, spend.member_id)
         digest = content_hash("spend", spend.member_id, spend.amount, spend.reference)
         entry = store.NewEntry(
             member_id=spend.member_id,
@@ -406,6 +417,7 @@ class Ledger:
 
     async def adjust(self, tenant_id: str, adjust: Adjust, now: dt.datetime) -> Entry:
         validate_adjust(adjust)
+        await self._members.require_member(tenant_id, adjust.member_id)
         digest = content_hash(
             "adjust", adjust.member_id, adjust.delta, adjust.operator, adjust.note, adjust.expiry
         )

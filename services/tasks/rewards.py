@@ -67,8 +67,9 @@ def wins(odds_bp: int) -> bool:
 
 
 class Rewards:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, members: ledger.Members) -> None:
         self._db = db
+        self._members = members
 
     async def create(self, tenant_id: str, reward: NewReward) -> Reward:
         validate_reward(reward)
@@ -106,6 +107,7 @@ class Rewards:
             v.add("reward_id", "is not a reward id")
         ledger.check_id(v, "request_id", request_id)
         v.raise_if_any()
+        await self._members.require_member(tenant_id, member_id)
         try:
             return await self._redeem(tenant_id, member_id, reward_id, request_id, now)
         except asyncpg.UniqueViolationError:

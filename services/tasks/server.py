@@ -56,7 +56,9 @@ def wire(
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)
-    servicer = TasksApi(Ledger(db), Rewards(db), Leaderboards(db), tasks, clock=clock)
+    servicer = TasksApi(
+        Ledger(db, participation), Rewards(db, participation), Leaderboards(db), tasks, clock=clock
+    )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
 

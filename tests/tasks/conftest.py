@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2_grpc
 
 from services.common import app
@@ -17,13 +19,52 @@ from services.tasks.peers import Peers
 
 # The audience service's client, for tasks with an eligibility audience.
 from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
-from tests.conftest import TENANT_INITECH, tasks_definition
+from tests.conftest import ACME, TENANT_INITECH, tasks_definition, unique
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
 
 @pytest.fixture(scope="session")
 async def tasks_channel(tasks: app.RunningService) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{tasks.port}") as channel:
         yield channel
+
+
+class Members:
+    """New members known to tagging, which the ledger and the member calls require."""
+
+    def __init__(self, tagging: TaggingStub) -> None:
+        self._tagging = tagging
+
+    async def new(self, metadata: Any = ACME, prefix: str = "m") -> str:
+        member_id = unique(prefix)
+        message = member_pb2.Member(member_id=member_id)
+        await self._tagging.UpsertMember(
+            tagging_service_pb2.UpsertMemberRequest(member=message), metadata=metadata
+        )
+        return member_id
+
+    async def many(self, count: int, metadata: Any = ACME) -> list[str]:
+        """`count` new members, imported in one call."""
+        return await self.known([unique() for _ in range(count)], metadata)
+
+    async def known(self, ids: list[str], metadata: Any = ACME) -> list[str]:
+        """Makes these member ids known to tagging, in one call; returns them."""
+        count = len(ids)
+
+        async def batches() -> AsyncIterator[tagging_service_pb2.ImportMembersRequest]:
+            for i in range(0, count, 1000):
+                chunk = [member_pb2.Member(member_id=m) for m in ids[i : i + 1000]]
+                yield tagging_service_pb2.ImportMembersRequest(members=chunk)
+
+        await self._tagging.ImportMembers(batches(), metadata=metadata)
+        return ids
+
+
+@pytest.fixture(scope="session")
+def members(tagging_stub: TaggingStub) -> Members:
+    return Members(tagging_stub)
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+import grpc
 import pytest
-from memberops.tasks.v1 import tasks_service_pb2
+from memberops.tasks.v1 import rewards_pb2, tasks_service_pb2
 
 from services.common.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
-from tests.grpc_helpers import bad
+from tests.grpc_helpers import bad, failure
 from tests.tasks.helpers import NEVER, ORDER, ROLLING, TASK
 
 if TYPE_CHECKING:
@@ -91,3 +93,50 @@ async def test_bad_spend_adjust_and_reads(tasks_stub: TasksStub, db: Database) -
     await bad(tasks_stub.ListLedgerEntries(listing, metadata=ACME), "page_token", "token")
     await bad(tasks_stub.GetBalance(tasks_service_pb2.GetBalanceRequest(), metadata=ACME), "member_id")
     assert await written(db, member) == 0
+
+
+async def test_absurd_amounts_are_refused(tasks_stub: TasksStub, db: Database) -> None:
+    member = unique()
+    spend = tasks_service_pb2.SpendPointsRequest(
+        member_id=member, amount=10**8 + 1, reference="r", request_id="q"
+    )
+    await bad(tasks_stub.SpendPoints(spend, metadata=ACME), "amount", "at most")
+    for delta in (10**8 + 1, -(10**8) - 1):
+        adjust = tasks_service_pb2.AdjustPointsRequest(
+            member_id=member, delta=delta, operator="ops", note="typo", request_id=unique("req")
+        )
+        await bad(tasks_stub.AdjustPoints(adjust, metadata=ACME), "delta", "at most")
+    reward = rewards_pb2.Reward(reward_id=unique("rw"), kind=rewards_pb2.REWARD_KIND_COUPON, price=10**8 + 1)
+    await bad(
+        tasks_stub.CreateReward(tasks_service_pb2.CreateRewardRequest(reward=reward), metadata=ACME),
+        "reward.price",
+        "at most",
+    )
+    assert await written(db, member) == 0
+
+
+async def test_ledger_writes_for_members_tagging_does_not_know_are_not_found(
+    tasks_stub: TasksStub, db: Database
+) -> None:
+    stranger = unique()
+    calls: list[Awaitable[object]] = [
+        tasks_stub.EarnPoints(earn_request(stranger), metadata=ACME),
+        tasks_stub.SpendPoints(
+            tasks_service_pb2.SpendPointsRequest(member_id=stranger, amount=1, reference="r", request_id="q"),
+            metadata=ACME,
+        ),
+        tasks_stub.AdjustPoints(
+            tasks_service_pb2.AdjustPointsRequest(
+                member_id=stranger, delta=5, operator="ops", note="goodwill", request_id=unique("req")
+            ),
+            metadata=ACME,
+        ),
+        tasks_stub.Redeem(
+            tasks_service_pb2.RedeemRequest(member_id=stranger, reward_id="rw-1", request_id="q"),
+            metadata=ACME,
+        ),
+    ]
+    for call in calls:
+        error = await failure(call)
+        assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, f"members/{stranger} not found")
+    assert await written(db, stranger) == 0

@@ -20,11 +20,13 @@ from tests.tasks.test_rewards import redeem
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
+    from tests.tasks.conftest import Members
+
 COPIES = 16
 
 
-async def test_duplicate_spends_spend_once(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_duplicate_spends_spend_once(tasks_stub: TasksStub, members: Members) -> None:
+    member = await members.new()
     await earn(tasks_stub, member, 100)
     request_id = unique("req")
     spent = await asyncio.gather(*(spend(tasks_stub, member, 30, request_id) for _ in range(COPIES)))
@@ -33,8 +35,8 @@ async def test_duplicate_spends_spend_once(tasks_stub: TasksStub) -> None:
     assert sorted(e.delta for e in await all_entries(tasks_stub, member)) == [-30, 100]
 
 
-async def test_duplicate_adjustments_adjust_once(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_duplicate_adjustments_adjust_once(tasks_stub: TasksStub, members: Members) -> None:
+    member = await members.new()
 
     async def adjust(delta: int, request_id: str) -> int:
         request = tasks_service_pb2.AdjustPointsRequest(
@@ -49,7 +51,9 @@ async def test_duplicate_adjustments_adjust_once(tasks_stub: TasksStub) -> None:
     assert sorted(e.delta for e in await all_entries(tasks_stub, member)) == [-20, 50]
 
 
-async def test_duplicate_redemptions_take_one_unit_and_one_price(tasks_stub: TasksStub) -> None:
+async def test_duplicate_redemptions_take_one_unit_and_one_price(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     prize = await create_reward(
         tasks_stub,
         reward_id=unique("rw"),
@@ -57,7 +61,7 @@ async def test_duplicate_redemptions_take_one_unit_and_one_price(tasks_stub: Tas
         price=100,
         initial_stock=2,
     )
-    member = unique()
+    member = await members.new()
     await earn(tasks_stub, member, 1000)
     request_id = unique("req")
     copies = await asyncio.gather(
@@ -72,8 +76,8 @@ async def test_duplicate_redemptions_take_one_unit_and_one_price(tasks_stub: Tas
     assert (await balance(tasks_stub, member)).available == 800
 
 
-async def test_duplicate_reversals_of_one_order_reverse_once(tasks_stub: TasksStub) -> None:
-    member, order = unique(), unique("o")
+async def test_duplicate_reversals_of_one_order_reverse_once(tasks_stub: TasksStub, members: Members) -> None:
+    member, order = await members.new(), unique("o")
     await earn(tasks_stub, member, 100, reason=ORDER, reference=order)
     await earn(tasks_stub, member, 40)
     request = tasks_service_pb2.ReverseOrderPointsRequest(member_id=member, order_id=order)

@@ -20,9 +20,12 @@ from services.common import app
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition
 from services.tasks import store
+from services.tasks.directory import Participation
 from services.tasks.ledger import Earn, Expiry, ExpiryPolicy, Ledger, Reason
+from services.tasks.peers import Peers
 from services.tasks.store import Entry
 from tests.conftest import TENANT_ACME, unique
+from tests.tasks.conftest import Members
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 NEVER = Expiry(ExpiryPolicy.NEVER)
@@ -63,6 +66,16 @@ async def wait_until_blocked(conn: Connection, *, by: int | None = None, not_by:
         await asyncio.sleep(0.02)
 
 
+async def ledger_for(db: Database, peers: Peers, members: Members, ids: list[str]) -> Ledger:
+    """A ledger of this process, which knows these members already (as one that ran a while does),
+    so no earning waits on tagging before it queues."""
+    await members.known(ids)
+    participation = Participation(peers)
+    for member_id in ids:
+        await participation.require_member(TENANT_ACME, member_id)
+    return Ledger(db, participation)
+
+
 async def entries_of(db: Database, *member_ids: str) -> list[Entry]:
     async with db.transaction(TENANT_ACME) as conn:
         rows = await conn.fetch(
@@ -83,11 +96,11 @@ async def _entry(conn: Connection, entry_id: int) -> Entry | None:
 
 
 async def test_a_batch_answers_each_earning_as_if_it_ran_alone(
-    db: Database,
+    db: Database, peers: Peers, members: Members
 ) -> None:
-    ledger = Ledger(db)
     base = unique()
-    a, b, c, d, plug = (f"{base}-{name}" for name in ("a", "b", "c", "d", "plug"))
+    a, b, c, d, plug = ids = [f"{base}-{name}" for name in ("a", "b", "c", "d", "plug")]
+    ledger = await ledger_for(db, peers, members, ids)
     await ledger.earn(TENANT_ACME, earning(d, 30, f"{base}-order", order=f"{base}-o1"), NOW)
     await ledger.reverse_order(TENANT_ACME, d, f"{base}-o1")
     async with AsyncExitStack() as stack, db.pool.acquire() as watcher:
@@ -116,24 +129,22 @@ async def test_a_batch_answers_each_earning_as_if_it_ran_alone(
 
 
 async def test_a_batch_that_loses_a_request_id_race_is_written_again(
-    db: Database,
+    db: Database, peers: Peers, members: Members
 ) -> None:
     """Two processes (two ledgers) take one request id for different members at once: the batch
     whose statement fails on it is written again, so only the loser of the race is refused and
     the earning beside it is written."""
-    first, second = Ledger(db), Ledger(db)
     base = unique()
-    a1, z, b1, b2 = (f"{base}-{name}" for name in ("a1", "z", "b1", "b2"))
+    a1, z, b1, b2, p1, p2 = ids = [f"{base}-{name}" for name in ("a1", "z", "b1", "b2", "p1", "p2")]
+    first, second = await ledger_for(db, peers, members, ids), await ledger_for(db, peers, members, [])
     taken = f"{base}-taken"
     async with AsyncExitStack() as stack, db.pool.acquire() as watcher:
-        plug_first = await stack.enter_async_context(locked(db, f"{base}-p1"))
-        plugs = [asyncio.create_task(first.earn(TENANT_ACME, earning(f"{base}-p1", 1, f"{base}-q1"), NOW))]
+        plug_first = await stack.enter_async_context(locked(db, p1))
+        plugs = [asyncio.create_task(first.earn(TENANT_ACME, earning(p1, 1, f"{base}-q1"), NOW))]
         await wait_until_blocked(watcher, by=plug_first)
         async with AsyncExitStack() as second_plug, AsyncExitStack() as last:
-            plug_second = await second_plug.enter_async_context(locked(db, f"{base}-p2"))
-            plugs.append(
-                asyncio.create_task(second.earn(TENANT_ACME, earning(f"{base}-p2", 1, f"{base}-q2"), NOW))
-            )
+            plug_second = await second_plug.enter_async_context(locked(db, p2))
+            plugs.append(asyncio.create_task(second.earn(TENANT_ACME, earning(p2, 1, f"{base}-q2"), NOW)))
             await wait_until_blocked(watcher, by=plug_second)
             z_holder = await last.enter_async_context(locked(db, z))
             wins = asyncio.create_task(first.earn(TENANT_ACME, earning(a1, 10, taken), NOW))
@@ -156,15 +167,17 @@ async def test_a_batch_that_loses_a_request_id_race_is_written_again(
 
 
 @pytest.mark.parametrize("size", [1, 2])
-async def test_an_earning_for_a_new_member_creates_the_account(db: Database, size: int) -> None:
-    ledger = Ledger(db)
-    members = [unique() for _ in range(size)]
+async def test_an_earning_for_a_new_member_creates_the_account(
+    db: Database, peers: Peers, members: Members, size: int
+) -> None:
+    new = await members.many(size)
+    ledger = await ledger_for(db, peers, members, new)
     written = await asyncio.gather(
-        *(ledger.earn(TENANT_ACME, earning(m, 3, unique("req")), NOW) for m in members)
+        *(ledger.earn(TENANT_ACME, earning(m, 3, unique("req")), NOW) for m in new)
     )
-    assert [e.member_id for e in written] == members
+    assert [e.member_id for e in written] == new
     async with db.transaction(TENANT_ACME) as conn:
         accounts = await conn.fetchval(
-            "SELECT count(*) FROM tasks.accounts WHERE member_id = ANY($1::text[])", members
+            "SELECT count(*) FROM tasks.accounts WHERE member_id = ANY($1::text[])", new
         )
     assert accounts == size

@@ -14,12 +14,14 @@ import pytest
 from memberops.tasks.v1 import tasks_service_pb2
 
 from services.tasks.leaderboards import Period, period_bounds
-from tests.conftest import ACME, unique
+from tests.conftest import ACME
 from tests.grpc_helpers import bad
 from tests.tasks.helpers import ORDER, earn, spend
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
+
+    from tests.tasks.conftest import Members
 
 WEEK = tasks_service_pb2.LEADERBOARD_PERIOD_WEEK
 MONTH = tasks_service_pb2.LEADERBOARD_PERIOD_MONTH
@@ -30,8 +32,8 @@ async def board(stub: TasksStub, **fields: Any) -> tasks_service_pb2.Leaderboard
     return await stub.GetLeaderboard(tasks_service_pb2.GetLeaderboardRequest(**fields), metadata=ACME)
 
 
-async def test_ties_share_a_rank_and_spending_moves_nobody(tasks_stub: TasksStub) -> None:
-    first, tied, third, reversed_, outsider = (unique("lb") for _ in range(5))
+async def test_ties_share_a_rank_and_spending_moves_nobody(tasks_stub: TasksStub, members: Members) -> None:
+    first, tied, third, reversed_, outsider = [await members.new(prefix="lb") for _ in range(5)]
     for member_id, earnings in ((first, 9), (tied, 9), (third, 8), (reversed_, 10)):
         for _ in range(earnings):
             await earn(tasks_stub, member_id, BIG)
@@ -54,8 +56,8 @@ async def test_ties_share_a_rank_and_spending_moves_nobody(tasks_stub: TasksStub
     assert nobody.top[0].member_id == reversed_
 
 
-async def test_a_past_period_has_none_of_this_weeks_points(tasks_stub: TasksStub) -> None:
-    member_id = unique("lb")
+async def test_a_past_period_has_none_of_this_weeks_points(tasks_stub: TasksStub, members: Members) -> None:
+    member_id = await members.new(prefix="lb")
     await earn(tasks_stub, member_id, 7)
     last_month = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     stamp = tasks_service_pb2.GetLeaderboardRequest().at

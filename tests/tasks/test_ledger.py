@@ -9,15 +9,17 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import failure
-from tests.tasks.conftest import Clock
+from tests.tasks.conftest import Clock, Members
 from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
 
-async def test_earn_then_spend_draws_the_soonest_expiring_lot_first(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_earn_then_spend_draws_the_soonest_expiring_lot_first(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     never = await earn(tasks_stub, member, 100)
     late = await earn(tasks_stub, member, 50, policy=ROLLING, days=300)
     soon = await earn(tasks_stub, member, 30, policy=ROLLING, days=10)
@@ -35,8 +37,10 @@ async def test_earn_then_spend_draws_the_soonest_expiring_lot_first(tasks_stub: 
     assert within_year.expiring == 20
 
 
-async def test_spending_more_than_available_fails_and_writes_nothing(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_spending_more_than_available_fails_and_writes_nothing(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     await earn(tasks_stub, member, 10)
     error = await failure(spend(tasks_stub, member, 11))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -46,8 +50,9 @@ async def test_spending_more_than_available_fails_and_writes_nothing(tasks_stub:
 
 async def test_retry_returns_the_first_result_and_other_content_is_already_exists(
     tasks_stub: TasksStub,
+    members: Members,
 ) -> None:
-    member = unique()
+    member = await members.new()
     request_id = unique("req")
     first = await earn(tasks_stub, member, 40, request_id=request_id)
     again = await earn(tasks_stub, member, 40, request_id=request_id)
@@ -59,15 +64,17 @@ async def test_retry_returns_the_first_result_and_other_content_is_already_exist
     spent = await spend(tasks_stub, member, 40, request_id=spend_id)
     # The balance is gone now, but the retry still answers with the first result.
     assert await spend(tasks_stub, member, 40, request_id=spend_id) == spent
-    other_member = await failure(spend(tasks_stub, unique(), 40, request_id=spend_id))
+    other_member = await failure(spend(tasks_stub, await members.new(), 40, request_id=spend_id))
     assert other_member.code() == grpc.StatusCode.ALREADY_EXISTS
     assert (await balance(tasks_stub, member)).available == 0
 
 
 async def test_order_points_stay_pending_until_the_return_window_passes(
-    clocked_stub: TasksStub, clock: Clock
+    clocked_stub: TasksStub,
+    clock: Clock,
+    members: Members,
 ) -> None:
-    member = unique()
+    member = await members.new()
     entry = await earn(clocked_stub, member, 70, reason=ORDER, reference=unique("o"), window=7)
     assert entry.available_time.ToDatetime() > entry.create_time.ToDatetime()
     held = await balance(clocked_stub, member)
@@ -81,9 +88,11 @@ async def test_order_points_stay_pending_until_the_return_window_passes(
 
 
 async def test_expired_points_cannot_be_spent_and_expiry_entries_name_the_lot(
-    clocked_stub: TasksStub, clock: Clock
+    clocked_stub: TasksStub,
+    clock: Clock,
+    members: Members,
 ) -> None:
-    member = unique()
+    member = await members.new(GLOBEX)
     await earn(clocked_stub, member, 25, policy=ROLLING, days=3, metadata=GLOBEX)
     await earn(clocked_stub, member, 5, metadata=GLOBEX)
     clock.advance(days=4)
@@ -95,8 +104,10 @@ async def test_expired_points_cannot_be_spent_and_expiry_entries_name_the_lot(
     assert entries[0].reference.startswith("lots/")
 
 
-async def test_operator_adjustments_up_and_down_say_who_and_why(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_operator_adjustments_up_and_down_say_who_and_why(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     up = await tasks_stub.AdjustPoints(
         tasks_service_pb2.AdjustPointsRequest(
             member_id=member, delta=500, operator="ops@shop", note="goodwill", request_id=unique("req")
@@ -117,8 +128,10 @@ async def test_operator_adjustments_up_and_down_say_who_and_why(tasks_stub: Task
     assert (await balance(tasks_stub, member)).available == 300
 
 
-async def test_entries_page_newest_first_and_tenants_never_meet(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_entries_page_newest_first_and_tenants_never_meet(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     for amount in range(1, 16):
         await earn(tasks_stub, member, amount)
     entries = await all_entries(tasks_stub, member)

@@ -12,16 +12,18 @@ from memberops.tagging.v1 import tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2
 
 from services.common.db import Database
+from services.tasks import level_store
 from services.tasks.level_publisher import LevelPublisher
 from services.tasks.peers import Peers
 from tests.conftest import GLOBEX, INITECH, TENANT_INITECH, unique
 from tests.tasks.helpers import earn
 from tests.tasks.task_helpers import member
-from tests.tasks.test_levels import policy, set_policy
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
+
+    from tests.tasks.conftest import Members
 
 WAIT_SECONDS = 15.0
 
@@ -64,11 +66,13 @@ async def publish_all(publisher: LevelPublisher) -> None:
 async def test_the_services_loop_writes_upgrades_to_tagging(
     tasks_stub: TasksStub, tagging_stub: TaggingStub
 ) -> None:
-    await set_policy(tasks_stub, policy())
+    # Whatever policy the level tests left globex with: its second tier is the upgrade.
+    current = await tasks_stub.GetLevelPolicy(tasks_service_pb2.GetLevelPolicyRequest(), metadata=GLOBEX)
+    second = current.tiers[1]
     m = await member(tagging_stub, metadata=GLOBEX, city="Hangzhou")
-    await earn(tasks_stub, m, 1200, metadata=GLOBEX)
+    await earn(tasks_stub, m, second.min_growth, metadata=GLOBEX)
     deadline = time.monotonic() + WAIT_SECONDS
-    while await level_in_tagging(tagging_stub, m, GLOBEX) != ("silver", ["silver"]):
+    while await level_in_tagging(tagging_stub, m, GLOBEX) != (second.code, [second.code]):
         assert time.monotonic() < deadline, "the level never reached tagging"
         await asyncio.sleep(0.05)
     member_now = await tagging_stub.GetMember(
@@ -77,8 +81,12 @@ async def test_the_services_loop_writes_upgrades_to_tagging(
     assert (member_now.profile.city, member_now.revision) == ("Hangzhou", 2)  # nothing else changed
 
 
-async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_members(
-    tasks_stub: TasksStub, tagging_stub: TaggingStub, db: Database, peers: Peers
+async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_ones(
+    tasks_stub: TasksStub,
+    tagging_stub: TaggingStub,
+    db: Database,
+    peers: Peers,
+    members: Members,
 ) -> None:
     publisher = LevelPublisher(db, peers, frozenset({TENANT_INITECH}))
     await publish_all(publisher)
@@ -86,7 +94,10 @@ async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_memb
     # Two changes of one member in one round (silver, then gold): the latest is what tagging gets.
     await earn(tasks_stub, known, 1500, metadata=INITECH)
     await earn(tasks_stub, known, 4000, metadata=INITECH)
-    await earn(tasks_stub, unknown, 1500, metadata=INITECH)  # the ledger takes any member id
+    # A change of a member tagging does not know, as the ledger wrote before it required members.
+    async with db.transaction(TENANT_INITECH) as conn:
+        change = {"from_level": "bronze", "to_level": "silver", "upgrade": True, "growth": 1500}
+        await level_store.append_change(conn, TENANT_INITECH, unknown, change)
     await settled(tasks_stub, {(known, "gold"), (unknown, "silver")})
     # Replicas racing: one takes the round, the other finds nothing after it.
     await asyncio.gather(publish_all(publisher), publish_all(publisher))

@@ -23,6 +23,8 @@ from tests.tasks.task_helpers import stamp
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
+    from tests.tasks.conftest import Members
+
 UTC = dt.UTC
 WAIT_SECONDS = 15.0
 
@@ -72,11 +74,11 @@ async def feed(stub: TasksStub) -> list[tuple[str, Change]]:
         cursor = page.next_cursor
 
 
-async def changes(stub: TasksStub, member_id: str) -> list[Change]:
+async def changes(stub: TasksStub, members: Members, member_id: str) -> list[Change]:
     """The member's level changes on the tasks feed, once every change committed so far is on it:
     a marker member's upgrade, committed after them, has to appear first (entries settle only
     when no older transaction still runs)."""
-    marker = unique("marker")
+    marker = await members.new(GLOBEX, prefix="marker")
     await earn(stub, marker, 10_000, metadata=GLOBEX)
     deadline = time.monotonic() + WAIT_SECONDS
     entries = await feed(stub)
@@ -93,9 +95,11 @@ def month_after(at: dt.datetime) -> dt.datetime:
     return (first + dt.timedelta(days=32)).replace(day=1)
 
 
-async def test_growth_not_the_balance_decides_and_upgrades_are_at_once(tasks_stub: TasksStub) -> None:
+async def test_growth_not_the_balance_decides_and_upgrades_are_at_once(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     await set_policy(tasks_stub, policy())
-    m = unique()
+    m = await members.new(GLOBEX)
     assert (await level(tasks_stub, m)).level == "bronze"
     await earn(tasks_stub, m, 600, metadata=GLOBEX)
     before = await level(tasks_stub, m)
@@ -109,7 +113,7 @@ async def test_growth_not_the_balance_decides_and_upgrades_are_at_once(tasks_stu
     now = await level(tasks_stub, m)
     assert (now.level, now.growth, now.next_level) == ("silver", 1100, "gold")
     assert now.HasField("since_time")
-    assert await changes(tasks_stub, m) == [("bronze", "silver", True, 1100)]
+    assert await changes(tasks_stub, members, m) == [("bronze", "silver", True, 1100)]
     # Spending leaves growth and level alone; so does an operator's correction.
     await spend(tasks_stub, m, 1000, metadata=GLOBEX)
     adjust = tasks_service_pb2.AdjustPointsRequest(
@@ -118,13 +122,15 @@ async def test_growth_not_the_balance_decides_and_upgrades_are_at_once(tasks_stu
     await tasks_stub.AdjustPoints(adjust, metadata=GLOBEX)
     after = await level(tasks_stub, m)
     assert (after.level, after.growth) == ("silver", 1100)
-    assert await changes(tasks_stub, m) == [("bronze", "silver", True, 1100)]
+    assert await changes(tasks_stub, members, m) == [("bronze", "silver", True, 1100)]
 
 
-async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(tasks_stub: TasksStub) -> None:
+async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     # A one-day window: growth earned now is gone from it by the next period's end.
     await set_policy(tasks_stub, policy(window_days=1, grace_days=7))
-    m = unique()
+    m = await members.new(GLOBEX)
     earned_at = dt.datetime.now(UTC)
     await earn(tasks_stub, m, 1200, metadata=GLOBEX)
     assert (await level(tasks_stub, m)).level == "silver"
@@ -146,12 +152,17 @@ async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(t
     assert (await level(tasks_stub, m)).level == "bronze"
     again = await evaluate(tasks_stub, late)
     assert (again.upgraded, again.downgraded) == (0, 0)
-    assert await changes(tasks_stub, m) == [("bronze", "silver", True, 1200), ("silver", "bronze", False, 0)]
+    assert await changes(tasks_stub, members, m) == [
+        ("bronze", "silver", True, 1200),
+        ("silver", "bronze", False, 0),
+    ]
 
 
-async def test_a_member_below_their_level_sees_when_it_would_drop(tasks_stub: TasksStub) -> None:
+async def test_a_member_below_their_level_sees_when_it_would_drop(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     await set_policy(tasks_stub, policy(tiers=[tier("bronze", 0), tier("silver", 100), tier("gold", 5000)]))
-    m = unique()
+    m = await members.new(GLOBEX)
     await earn(tasks_stub, m, 150, metadata=GLOBEX)
     assert (await level(tasks_stub, m)).level == "silver"
     # Raising the threshold leaves the member at silver until a review, with a date for it.

@@ -11,7 +11,7 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 from services.common.db import Database
 from tests.conftest import ACME, INITECH, TENANT_ACME, unique
 from tests.grpc_helpers import failure
-from tests.tasks.conftest import Clock
+from tests.tasks.conftest import Clock, Members
 from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
 
 if TYPE_CHECKING:
@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 
 async def test_64_concurrent_earns_with_one_request_id_write_one_entry(
-    tasks_stub: TasksStub, db: Database
+    tasks_stub: TasksStub,
+    db: Database,
+    members: Members,
 ) -> None:
-    member = unique()
+    member = await members.new()
     request_id = unique("req")
     results = await asyncio.gather(*(earn(tasks_stub, member, 10, request_id=request_id) for _ in range(64)))
     assert len({r.entry_id for r in results}) == 1
@@ -32,8 +34,8 @@ async def test_64_concurrent_earns_with_one_request_id_write_one_entry(
     assert (await balance(tasks_stub, member)).available == 10
 
 
-async def test_concurrent_spends_never_overdraw(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_concurrent_spends_never_overdraw(tasks_stub: TasksStub, members: Members) -> None:
+    member = await members.new()
     await earn(tasks_stub, member, 500, policy=ROLLING, days=30)
     await earn(tasks_stub, member, 500)
     amounts = [30, 70, 110, 45] * 12  # 2,940 asked of 1,000
@@ -55,8 +57,10 @@ async def test_concurrent_spends_never_overdraw(tasks_stub: TasksStub) -> None:
     assert sum(e.delta for e in await all_entries(tasks_stub, member)) == left
 
 
-async def test_reversal_after_partial_spending_takes_back_what_remains(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_reversal_after_partial_spending_takes_back_what_remains(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     order = unique("o")
     await earn(tasks_stub, member, 300, reason=ORDER, reference=order, policy=ROLLING, days=5)
     await earn(tasks_stub, member, 100)
@@ -76,8 +80,10 @@ async def test_reversal_after_partial_spending_takes_back_what_remains(tasks_stu
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_concurrent_reversals_and_spends_keep_the_ledger_consistent(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_concurrent_reversals_and_spends_keep_the_ledger_consistent(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    member = await members.new()
     orders = [unique("o") for _ in range(8)]
     for order in orders:
         await earn(tasks_stub, member, 100, reason=ORDER, reference=order, window=0)
@@ -102,8 +108,8 @@ async def test_concurrent_reversals_and_spends_keep_the_ledger_consistent(tasks_
     assert all(-e.delta + e.shortfall == 100 for e in reversals)
 
 
-async def test_pending_order_points_are_reversed_in_full(tasks_stub: TasksStub) -> None:
-    member = unique()
+async def test_pending_order_points_are_reversed_in_full(tasks_stub: TasksStub, members: Members) -> None:
+    member = await members.new()
     order = unique("o")
     await earn(tasks_stub, member, 80, reason=ORDER, reference=order, window=14)
     reverse = tasks_service_pb2.ReverseOrderPointsRequest(member_id=member, order_id=order)
@@ -113,10 +119,10 @@ async def test_pending_order_points_are_reversed_in_full(tasks_stub: TasksStub) 
     assert (after.available, after.pending) == (0, 0)
 
 
-async def test_expiry_run_twice_expires_once(clocked_stub: TasksStub, clock: Clock) -> None:
+async def test_expiry_run_twice_expires_once(clocked_stub: TasksStub, clock: Clock, members: Members) -> None:
     # A tenant of its own: a run expires every due lot of the tenant.
-    members = [unique() for _ in range(3)]
-    for member in members:
+    known = [await members.new(INITECH) for _ in range(3)]
+    for member in known:
         await earn(clocked_stub, member, 40, policy=ROLLING, days=1, metadata=INITECH)
         await earn(clocked_stub, member, 9, metadata=INITECH)
     clock.advance(days=2)
@@ -128,7 +134,7 @@ async def test_expiry_run_twice_expires_once(clocked_stub: TasksStub, clock: Clo
     third = await clocked_stub.ExpirePoints(request, metadata=INITECH)
     assert first.expired_points + second.expired_points >= 120
     assert third.expired_points == 0 and third.expired_lots == 0
-    for member in members:
+    for member in known:
         entries = await all_entries(clocked_stub, member, metadata=INITECH)
         assert [e.delta for e in entries if e.reason == points_pb2.REASON_EXPIRY] == [-40]
         assert (

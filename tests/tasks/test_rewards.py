@@ -16,6 +16,8 @@ from tests.tasks.helpers import balance, earn
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
+    from tests.tasks.conftest import Members
+
 Kind = rewards_pb2.RewardKind
 
 
@@ -37,7 +39,9 @@ async def redeem(
     return await stub.Redeem(request, metadata=ACME)
 
 
-async def test_redeem_spends_points_takes_stock_and_a_retry_returns_the_first(tasks_stub: TasksStub) -> None:
+async def test_redeem_spends_points_takes_stock_and_a_retry_returns_the_first(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     prize = await create(
         tasks_stub, reward_id=reward_id(), kind=Kind.REWARD_KIND_PHYSICAL, price=300, initial_stock=2
     )
@@ -55,17 +59,17 @@ async def test_redeem_spends_points_takes_stock_and_a_retry_returns_the_first(ta
     )
     assert other.code() == grpc.StatusCode.ALREADY_EXISTS
 
-    member = unique()
+    member = await members.new()
     await earn(tasks_stub, member, 1000)
     request_id = unique("req")
     first = await redeem(tasks_stub, member, prize.reward_id, request_id)
     assert (first.points, first.outcome) == (300, rewards_pb2.REDEMPTION_OUTCOME_FULFILLED)
     assert await redeem(tasks_stub, member, prize.reward_id, request_id) == first
     assert (await balance(tasks_stub, member)).available == 700
-    reused = await failure(redeem(tasks_stub, unique(), prize.reward_id, request_id))
+    reused = await failure(redeem(tasks_stub, await members.new(), prize.reward_id, request_id))
     assert reused.code() == grpc.StatusCode.ALREADY_EXISTS
 
-    poor = unique()
+    poor = await members.new()
     await earn(tasks_stub, poor, 299)
     short = await failure(redeem(tasks_stub, poor, prize.reward_id))
     assert short.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -76,12 +80,14 @@ async def test_redeem_spends_points_takes_stock_and_a_retry_returns_the_first(ta
     assert (await balance(tasks_stub, poor)).available == 299
 
 
-async def test_1000_concurrent_redemptions_of_a_100_unit_prize(tasks_stub: TasksStub) -> None:
+async def test_1000_concurrent_redemptions_of_a_100_unit_prize(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     prize = await create(
         tasks_stub, reward_id=reward_id(), kind=Kind.REWARD_KIND_PHYSICAL, price=50, initial_stock=100
     )
-    members = [unique() for _ in range(1000)]
-    await asyncio.gather(*(earn(tasks_stub, m, 80) for m in members))
+    buyers = await members.many(1000)
+    await asyncio.gather(*(earn(tasks_stub, m, 80) for m in buyers))
 
     async def attempt(member: str) -> grpc.StatusCode:
         try:
@@ -90,20 +96,22 @@ async def test_1000_concurrent_redemptions_of_a_100_unit_prize(tasks_stub: Tasks
             return error.code()
         return grpc.StatusCode.OK
 
-    codes = Counter(await asyncio.gather(*(attempt(m) for m in members)))
+    codes = Counter(await asyncio.gather(*(attempt(m) for m in buyers)))
     assert codes[grpc.StatusCode.OK] == 100
     assert set(codes) <= {
         grpc.StatusCode.OK,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
     }
-    balances = Counter([(await balance(tasks_stub, m)).available for m in members])
+    balances = Counter([(await balance(tasks_stub, m)).available for m in buyers])
     assert balances == {30: 100, 80: 900}
     listed = await tasks_stub.ListRewards(tasks_service_pb2.ListRewardsRequest(page_size=1000), metadata=ACME)
     assert [r.stock for r in listed.rewards if r.reward_id == prize.reward_id] == [0]
 
 
-async def test_lottery_records_the_draw_and_a_retry_returns_the_same_outcome(tasks_stub: TasksStub) -> None:
+async def test_lottery_records_the_draw_and_a_retry_returns_the_same_outcome(
+    tasks_stub: TasksStub, members: Members
+) -> None:
     lottery = await create(
         tasks_stub,
         reward_id=reward_id(),
@@ -112,7 +120,7 @@ async def test_lottery_records_the_draw_and_a_retry_returns_the_same_outcome(tas
         initial_stock=3,
         win_odds_bp=5000,
     )
-    member = unique()
+    member = await members.new()
     await earn(tasks_stub, member, 10_000)
     draws: list[rewards_pb2.Redemption] = []
     for i in range(40):
@@ -134,7 +142,7 @@ async def test_lottery_records_the_draw_and_a_retry_returns_the_same_outcome(tas
     assert (await balance(tasks_stub, member)).available == 10_000 - paid
 
 
-async def test_bad_rewards(tasks_stub: TasksStub) -> None:
+async def test_bad_rewards(tasks_stub: TasksStub, members: Members) -> None:
     await bad(
         create(tasks_stub, reward_id="Bad Id", kind=Kind.REWARD_KIND_COUPON, price=1), "reward.reward_id"
     )
@@ -150,6 +158,10 @@ async def test_bad_rewards(tasks_stub: TasksStub) -> None:
         create(tasks_stub, reward_id=reward_id(), kind=Kind.REWARD_KIND_LOTTERY, price=5, initial_stock=1),
         "reward.win_odds_bp",
     )
-    missing = await failure(redeem(tasks_stub, unique(), reward_id()))
+    missing = await failure(redeem(tasks_stub, await members.new(), reward_id()))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert "reward " in (missing.details() or "")
+    stranger = unique()
+    unknown = await failure(redeem(tasks_stub, stranger, reward_id()))
+    assert (unknown.code(), unknown.details()) == (grpc.StatusCode.NOT_FOUND, f"members/{stranger} not found")
     await bad(redeem(tasks_stub, "", "x"), "member_id")

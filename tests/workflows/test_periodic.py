@@ -45,7 +45,8 @@ async def test_the_expiry_job_expires_what_is_due_and_a_rerun_changes_nothing(
     time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
 ) -> None:
     tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
-    member_id = unique()
+    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
+    member_id = await member(tagging, unique("batch"))
     await earn(tasks, member_id, 300, policy=ROLLING, days=1)
     await time_skipping_env.sleep(dt.timedelta(days=2))  # the job acts for the workflow's time
     job = JobInput(TENANT_ACME, EXPIRE_POINTS)
