@@ -16,7 +16,7 @@ import asyncpg
 
 from services.common import outbox
 from services.common.db import Connection
-from services.tasks.store import EARNED_REASONS
+from services.tasks.store import EARNED, EARNED_REASONS
 
 
 async def ensure_policy(conn: Connection, tenant_id: str, content: dict[str, Any], digest: str) -> None:
@@ -96,8 +96,8 @@ async def growths(
     """Per member, the growth in each window (start, end]: earned entries (tasks, orders, net of
     their reversals) created in it."""
     sums = ", ".join(
-        f"coalesce(sum(delta) FILTER (WHERE create_time > ${2 * i + 2} AND create_time <= ${2 * i + 3}), 0)"
-        f"::bigint AS g{i}"
+        f"coalesce(sum({EARNED}) FILTER (WHERE create_time > ${2 * i + 2}"
+        f" AND create_time <= ${2 * i + 3}), 0)::bigint AS g{i}"
         for i in range(len(windows))
     )
     bounds = [moment for window in windows for moment in window]
@@ -135,7 +135,7 @@ async def upgrade_due(
     """Members whose growth in (start, as_of] reaches a tier above the one they hold, by member id."""
     rows = await conn.fetch(
         f"""WITH growth AS (
-                SELECT member_id, sum(delta) AS g FROM tasks.ledger_entries
+                SELECT member_id, sum({EARNED}) AS g FROM tasks.ledger_entries
                 WHERE reason IN {EARNED_REASONS} AND create_time > $1 AND create_time <= $2 AND member_id > $3
                 GROUP BY member_id)
             SELECT g.member_id FROM growth g

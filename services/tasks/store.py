@@ -554,6 +554,9 @@ async def insert_redemption(
 # Reasons whose entries count as earned: tasks, orders, and the reversals of either (which take
 # it back). Matches the partial index ledger_entries_earned.
 EARNED_REASONS = "(1, 2, 6, 7)"
+# What an earned entry counts for: a reversal takes back all it claims, the points already spent
+# (its shortfall) too, so spending before a refund never keeps the order's growth or rank.
+EARNED = "(delta - shortfall)"
 
 
 async def leaderboard(
@@ -564,9 +567,9 @@ async def leaderboard(
     return list(
         await conn.fetch(
             f"""WITH earned AS (
-                    SELECT member_id, sum(delta) AS points FROM tasks.ledger_entries
+                    SELECT member_id, sum({EARNED}) AS points FROM tasks.ledger_entries
                     WHERE reason IN {EARNED_REASONS} AND create_time >= $1 AND create_time < $2
-                    GROUP BY member_id HAVING sum(delta) > 0),
+                    GROUP BY member_id HAVING sum({EARNED}) > 0),
                 ranked AS (SELECT member_id, points, rank() OVER (ORDER BY points DESC) AS rank FROM earned)
                 SELECT member_id, points, rank FROM ranked WHERE rank <= $3 OR member_id = $4
                 ORDER BY rank, member_id""",

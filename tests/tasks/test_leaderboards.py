@@ -67,17 +67,30 @@ async def test_a_past_period_has_none_of_this_weeks_points(tasks_stub: TasksStub
     assert reply.end_time.ToDatetime(dt.UTC) <= dt.datetime.now(dt.UTC) - dt.timedelta(days=33)
 
 
-@pytest.mark.parametrize(
-    ("at", "zone", "period", "start", "end"),
-    [
-        # Sunday 20:00 UTC is Monday 04:00 in Shanghai: already the next week there.
-        ("2026-11-22T20:00Z", "Asia/Shanghai", Period.WEEK, "2026-11-22T16:00Z", "2026-11-29T16:00Z"),
-        ("2026-11-22T20:00Z", "UTC", Period.WEEK, "2026-11-16T00:00Z", "2026-11-23T00:00Z"),
-        ("2026-12-31T23:30Z", "UTC", Period.MONTH, "2026-12-01T00:00Z", "2027-01-01T00:00Z"),
-        # New York moves from EST to EDT on 8 March: the month starts at 05:00 UTC, ends at 04:00.
-        ("2026-03-08T12:00Z", "America/New_York", Period.MONTH, "2026-03-01T05:00Z", "2026-04-01T04:00Z"),
-    ],
-)  # fmt: skip
+PERIODS = [
+    # Sunday 20:00 UTC is Monday 04:00 in Shanghai: already the next week there.
+    ("2026-11-22T20:00Z", "Asia/Shanghai", Period.WEEK, "2026-11-22T16:00Z", "2026-11-29T16:00Z"),
+    ("2026-11-22T20:00Z", "UTC", Period.WEEK, "2026-11-16T00:00Z", "2026-11-23T00:00Z"),
+    ("2026-12-31T23:30Z", "UTC", Period.MONTH, "2026-12-01T00:00Z", "2027-01-01T00:00Z"),
+    # New York moves from EST to EDT on 8 March: the month starts at 05:00 UTC, ends at 04:00.
+    ("2026-03-08T12:00Z", "America/New_York", Period.MONTH, "2026-03-01T05:00Z", "2026-04-01T04:00Z"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("at", "zone", "period", "start", "end"), PERIODS)
+async def test_a_boards_period_is_taken_in_the_zone_asked(
+    tasks_stub: TasksStub, at: str, zone: str, period: Period, start: str, end: str
+) -> None:
+    moment = tasks_service_pb2.GetLeaderboardRequest().at
+    moment.FromDatetime(dt.datetime.fromisoformat(at))
+    reply = await board(tasks_stub, period=int(period), at=moment, time_zone=zone)
+    assert (reply.start_time.ToDatetime(dt.UTC), reply.end_time.ToDatetime(dt.UTC)) == (
+        dt.datetime.fromisoformat(start),
+        dt.datetime.fromisoformat(end),
+    )
+
+
+@pytest.mark.parametrize(("at", "zone", "period", "start", "end"), PERIODS)
 def test_periods_are_calendar_weeks_and_months_in_the_zone(
     at: str, zone: str, period: Period, start: str, end: str
 ) -> None:
