@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import grpc
 import pytest
@@ -87,3 +88,14 @@ async def test_shutdown_reports_not_serving_before_the_server_stops(settings: Se
         statuses.append((await watch.read()).status)
         await stopping
     assert statuses == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+def test_serving_freezes_what_start_up_built_and_collects_less_often() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        app.tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == app.GC_GEN0_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,24 @@ async def start(definition: ServiceDefinition, settings: Settings, address: str)
     return running
 
 
+# Allocations between gen-0 collections (CPython's default is 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Moves what start-up built out of the collector's sight and collects the young generation
+    less often. A call allocates a few hundred tracked objects (futures, tasks, frames), so at the
+    default threshold a busy server collects many times a second, each time walking the modules
+    and the wiring too; in `bench_points` this gave 3-10 % more EarnPoints a second and a lower
+    p99. Cycles are still collected, a little later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+
+
 async def _serve(definition: ServiceDefinition, settings: Settings) -> None:
     running = await build(definition, settings)
+    tune_gc()
     await serve_until_signal(running, definition.address(settings), settings.shutdown_grace_seconds)
 
 
