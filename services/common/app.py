@@ -128,10 +128,11 @@ def tune_gc() -> None:
     less often. A call allocates a few hundred tracked objects (futures, tasks, frames), so at the
     default threshold a busy server collects many times a second, each time walking the modules
     and the wiring too; in `bench_points` this gave 3-10 % more EarnPoints a second and a lower
-    p99. Cycles are still collected, a little later."""
+    p99. The older generations keep CPython's ratios (10, 10), so cycles (the tracebacks of failed
+    calls) are still collected, a little later."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 
 async def _serve(definition: ServiceDefinition, settings: Settings) -> None:

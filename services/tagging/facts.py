@@ -171,8 +171,8 @@ def refund_payload(refund: Refund, order: OrderState) -> dict[str, Any]:
         "lines": [dataclasses.asdict(line) for line in refund.lines],
         "order_amount_minor": order.amount_minor,
         "order_refunded_amount_minor": refunded_amount,
-        # As the tag rules count orders: one of some amount is gone when its amount is refunded;
-        # one of no amount when every item came back.
+        # An order of some amount is refunded in full when its amount is (as the tag rules count
+        # orders); one of no amount, when every item came back.
         "order_refunded_in_full": (
             refunded_amount >= order.amount_minor if order.amount_minor > 0 else all_returned
         ),

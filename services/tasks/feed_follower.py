@@ -213,16 +213,18 @@ class FeedFollower:
         refunds = [e for e in facts if e.kind == REFUND_RECORDED]
         refunded_orders = [str(e.payload.get("order_id", "")) for e in refunds]
         counted = await feed_store.counted_orders(conn, refunded_orders)
-        batch.earned_points = await store.orders_with_points(
-            conn, tenant_id, [(e.member_id, o) for e, o in zip(refunds, refunded_orders, strict=True)]
-        )
         payable = {
             *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
             *(member for i in pending for member in (i.inviter_member_id, i.invitee_member_id)),
-            *(member for member, _ in batch.earned_points),
+            # A refund may take back order points: whether the order earned any is read once the
+            # account is locked, so an earning committing meanwhile is not missed.
+            *(e.member_id for e in refunds),
         }
         if payable:
             await store.lock_accounts_creating(conn, tenant_id, sorted(payable))
+        batch.earned_points = await store.orders_with_points(
+            conn, tenant_id, [(e.member_id, o) for e, o in zip(refunds, refunded_orders, strict=True)]
+        )
         windowed = [t.task_id for t in batch.of(Kind.PURCHASE) if _windowed(t)]
         if windowed:
             batch.enrolled = await task_store.enrolments_of(conn, sorted(payable), windowed)

@@ -38,6 +38,17 @@ async def lock_cursor(conn: Connection, tenant_id: str, source: str = TAGGING) -
     return str(stored)
 
 
+async def lock_source(conn: Connection, tenant_id: str, source: str) -> None:
+    """Serialises the readers of one source of one tenant until the transaction ends, with no
+    transaction id taken: an id held while the reader calls a peer would keep every outbox feed
+    in the database from settling for that long."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('memberops.tasks.cursor:' || $1 || ':' || $2, 0))",
+        tenant_id,
+        source,
+    )
+
+
 async def save_cursor(conn: Connection, value: str, source: str = TAGGING) -> None:
     await conn.execute(
         "UPDATE tasks.feed_cursors SET cursor = $2, update_time = now() WHERE source = $1", source, value

@@ -4,13 +4,13 @@ Tags (the built-in `level` dimension), audience conditions on the level and the 
 enrol from those read levels where they read every other member fact, in tagging, and learn of a
 change from tagging's feed. The tasks feed is the outbox; this loop is its relay.
 
-Per tenant, each round: lock this relay's cursor row (so one replica writes at a time, in feed
-order), read the settled entries after it, write each member's latest level with `UpdateMember`
-(mask `profile.level`, so nothing else of the member changes), then store the cursor with the
-lock released at commit. Writing a level is idempotent, so a round repeated after a crash writes
-the same values again, and the last value written for a member is their latest level. A member
-tagging does not know (the ledger takes any member id) is skipped. When tagging is down, the round
-fails, nothing is stored, and the next round tries the same entries again.
+Per tenant, each round: take the relay's lock (so one replica writes at a time; an advisory lock,
+so no transaction id is held open while tagging is called), read the settled entries after the
+stored cursor, write the level each member they name holds now with `UpdateMember` (mask
+`profile.level`, so nothing else of the member changes), then store the cursor. Writing a level is
+idempotent, so a round repeated after a crash writes the same values again. A member tagging does
+not know is skipped. When tagging is down, the round fails, its writes still queued are cancelled,
+nothing is stored, and the next round tries the same entries again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Protocol
 from services.common import outbox
 from services.common.db import Database
 from services.common.logs import get_logger
-from services.tasks import feed_store, levels
+from services.tasks import feed_store, level_store, levels
 
 log = get_logger("memberops.tasks.levels")
 
@@ -60,28 +60,35 @@ class LevelPublisher:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def publish_once(self, tenant_id: str) -> int:
-        """Writes the next batch of the tenant's level changes to tagging; returns how many
-        entries it covered (0 when there were none)."""
+        """Writes the levels of the members the next batch of the tenant's level changes names to
+        tagging; returns how many entries it covered (0 when there were none)."""
         async with self._db.transaction(tenant_id) as conn:
-            cursor = await feed_store.lock_cursor(conn, tenant_id, SOURCE)
+            await feed_store.lock_source(conn, tenant_id, SOURCE)
+            cursor = await feed_store.cursor(conn, SOURCE)
             entries, next_cursor = await levels.feed_page(
                 conn, outbox.parse_cursor(cursor, "cursor"), BATCH, cursor
             )
             if not entries:
                 return 0
-            latest = {entry.member_id: entry.to_level for entry in entries}
+            # The level each holds now, not the batch's last entry: feed order is commit-id order,
+            # and a change that took its id first can commit after a later one.
+            held = await level_store.held_codes(conn, sorted({entry.member_id for entry in entries}))
             gate = asyncio.Semaphore(PARALLEL)
 
             async def write(member_id: str, level: str) -> bool:
                 async with gate:
                     return await self._writer.set_level(tenant_id, member_id, level)
 
-            written = await asyncio.gather(*(write(m, level) for m, level in latest.items()))
+            # A failed write cancels the rest, so none outlives the round that failed.
+            async with asyncio.TaskGroup() as group:
+                writes = [group.create_task(write(m, code)) for m, code in held.items()]
+            await feed_store.lock_cursor(conn, tenant_id, SOURCE)
             await feed_store.save_cursor(conn, next_cursor, SOURCE)
-        if not all(written):
+        skipped = sum(not w.result() for w in writes)
+        if skipped:
             log.info(
                 "level changes of members tagging does not know were skipped",
                 tenant=tenant_id,
-                skipped=written.count(False),
+                skipped=skipped,
             )
         return len(entries)

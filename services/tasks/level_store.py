@@ -90,6 +90,14 @@ async def held(conn: Connection, member_id: str) -> tuple[str, dt.datetime] | No
     return None if row is None else (row["code"], row["since"])
 
 
+async def held_codes(conn: Connection, member_ids: Sequence[str]) -> dict[str, str]:
+    """The level code each of these members holds now (members never raised have none)."""
+    rows = await conn.fetch(
+        "SELECT member_id, code FROM tasks.member_levels WHERE member_id = ANY($1::text[])", list(member_ids)
+    )
+    return {r["member_id"]: r["code"] for r in rows}
+
+
 async def growths(
     conn: Connection, member_ids: Sequence[str], windows: Sequence[tuple[dt.datetime, dt.datetime]]
 ) -> dict[str, tuple[int, ...]]:

@@ -94,14 +94,29 @@ async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_ones
     # Two changes of one member in one round (silver, then gold): the latest is what tagging gets.
     await earn(tasks_stub, known, 1500, metadata=INITECH)
     await earn(tasks_stub, known, 4000, metadata=INITECH)
-    # A change of a member tagging does not know, as the ledger wrote before it required members.
+    # Feed order is commit-id order, not the order of the changes: a member raised to gold by a
+    # transaction that took its id first and committed last has that change before the one to
+    # silver. Tagging gets the level the member holds, gold.
+    reordered = await member(tagging_stub, metadata=INITECH)
+    await earn(tasks_stub, reordered, 5000, metadata=INITECH)
     async with db.transaction(TENANT_INITECH) as conn:
+        for to_level in ("gold", "silver"):
+            change = {"from_level": "bronze", "to_level": to_level, "upgrade": True, "growth": 5000}
+            await level_store.append_change(conn, TENANT_INITECH, reordered, change)
+        # A member tagging does not know, as the ledger wrote them before it required members.
         change = {"from_level": "bronze", "to_level": "silver", "upgrade": True, "growth": 1500}
         await level_store.append_change(conn, TENANT_INITECH, unknown, change)
-    await settled(tasks_stub, {(known, "gold"), (unknown, "silver")})
+        await conn.execute(
+            """INSERT INTO tasks.member_levels (tenant_id, member_id, code, since)
+               VALUES ($1, $2, 'silver', now())""",
+            TENANT_INITECH,
+            unknown,
+        )
+    await settled(tasks_stub, {(known, "gold"), (reordered, "silver"), (unknown, "silver")})
     # Replicas racing: one takes the round, the other finds nothing after it.
     await asyncio.gather(publish_all(publisher), publish_all(publisher))
     assert await level_in_tagging(tagging_stub, known, INITECH) == ("gold", ["gold"])
+    assert await level_in_tagging(tagging_stub, reordered, INITECH) == ("gold", ["gold"])
     revision = (
         await tagging_stub.GetMember(
             tagging_service_pb2.GetMemberRequest(name=f"members/{known}"), metadata=INITECH

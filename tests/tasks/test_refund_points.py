@@ -96,6 +96,24 @@ async def test_a_whole_order_reversal_after_a_refund_takes_what_remains(
     await consistent(tasks_stub, m)
 
 
+async def test_an_order_with_a_refund_still_earns_and_later_refunds_count_it(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, follower: FeedFollower
+) -> None:
+    """A refund's reversal leaves the order open (only a whole-order reversal closes it): points
+    earned for it later count in what the next refund takes a share of."""
+    m = await member(tagging_stub, metadata=INITECH)
+    o = await order(tagging_stub, m, [("s1", "milk", "b", 4, 1000)])
+    await earn(tasks_stub, m, 100, reason=ORDER, reference=o, metadata=INITECH)
+    first = await refund(tagging_stub, o, {"0": 1}, 1000)
+    await followed(follower, lambda: _has_reversals(tasks_stub, m, o, 1))
+    await earn(tasks_stub, m, 60, reason=ORDER, reference=o, metadata=INITECH)  # e.g. a bonus
+    # Half refunded in all: half of the 160 earned, less the 25 taken before.
+    second = await refund(tagging_stub, o, {"0": 1}, 1000)
+    await followed(follower, lambda: _has_reversals(tasks_stub, m, o, 2))
+    assert await reversals(tasks_stub, m, o) == [(f"refund {first}", -25, 0), (f"refund {second}", -55, 0)]
+    await consistent(tasks_stub, m)
+
+
 async def test_refunds_of_orders_that_earned_no_points_write_nothing(
     tasks_stub: TasksStub, tagging_stub: TaggingStub, follower: FeedFollower
 ) -> None:
