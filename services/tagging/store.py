@@ -37,16 +37,27 @@ _MEMBER_COLUMNS = """member_id, gender, birthday, city, city_tier, register_time
 _MEMBER_FIELDS = """gender, birthday, city, city_tier, register_time, register_channel, nickname, level,
     phone, email, preferred_channel, opted_out_channels, time_zone, attributes"""
 
+
+def _incoming(field: str) -> str:
+    """The value an upsert stores in `field`. An empty level keeps the stored one: the level may be
+    the tasks service's to write (UpdateMember), and a backend replacing the rest of the member
+    without it must not clear it."""
+    if field == "level":
+        return "COALESCE(NULLIF(EXCLUDED.level, ''), m.level)"
+    return f"EXCLUDED.{field}"
+
+
+_FIELD_NAMES = [f.strip() for f in _MEMBER_FIELDS.split(",")]
 # An upsert whose content equals the stored row updates nothing, so a retried or duplicated call
 # leaves revision and update_time alone; RETURNING is then empty and the row is read afterwards.
 # UpsertMember and ImportMembers share this clause, so both follow exactly the same rules.
 _UPSERT_ON_CONFLICT = f"""
 ON CONFLICT (tenant_id, member_id) DO UPDATE SET
-    ({_MEMBER_FIELDS}) = ROW({", ".join(f"EXCLUDED.{f.strip()}" for f in _MEMBER_FIELDS.split(","))}),
+    ({_MEMBER_FIELDS}) = ROW({", ".join(_incoming(f) for f in _FIELD_NAMES)}),
     revision = m.revision + 1,
     update_time = now()
-WHERE ({", ".join(f"m.{f.strip()}" for f in _MEMBER_FIELDS.split(","))})
-    IS DISTINCT FROM ({", ".join(f"EXCLUDED.{f.strip()}" for f in _MEMBER_FIELDS.split(","))})"""
+WHERE ({", ".join(f"m.{f}" for f in _FIELD_NAMES)})
+    IS DISTINCT FROM ({", ".join(_incoming(f) for f in _FIELD_NAMES)})"""
 
 _UPSERT = f"""
 INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS})

@@ -143,6 +143,25 @@ async def test_update_changes_only_the_masked_fields(tagging_stub: Stub) -> None
     assert await get(tagging_stub, member_id) == both
 
 
+async def test_an_upsert_without_a_level_keeps_the_stored_one(tagging_stub: Stub) -> None:
+    """The level may be the tasks service's (written with UpdateMember): a backend replacing the
+    rest of the member without it leaves it, by UpsertMember and by ImportMembers."""
+    member_id = unique()
+    await upsert(tagging_stub, a_member(member_id, level="gold"))
+    same = await upsert(tagging_stub, a_member(member_id))
+    assert (same.profile.level, same.revision) == ("gold", 1)  # nothing else changed either
+    moved = await upsert(tagging_stub, a_member(member_id, city="Ningbo"))
+    assert (moved.profile.level, moved.profile.city, moved.revision) == ("gold", "Ningbo", 2)
+
+    async def batches() -> Any:
+        yield tagging_service_pb2.ImportMembersRequest(members=[a_member(member_id, city="Suzhou")])
+
+    await tagging_stub.ImportMembers(batches(), metadata=ACME)
+    imported = await get(tagging_stub, member_id)
+    assert (imported.profile.level, imported.profile.city, imported.revision) == ("gold", "Suzhou", 3)
+    assert (await upsert(tagging_stub, a_member(member_id, level="silver"))).profile.level == "silver"
+
+
 async def test_update_refuses_bad_masks_and_unknown_members(tagging_stub: Stub) -> None:
     member_id = unique()
     await upsert(tagging_stub, a_member(member_id))

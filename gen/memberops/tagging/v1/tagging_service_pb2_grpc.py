@@ -159,7 +159,8 @@ class TaggingServiceServicer:
     def UpsertMember(self, request, context):
         """Creates the member or replaces its profile and attributes. The member id is the natural key,
         so a retry has no further effect: an upsert whose content equals what is stored changes nothing
-        (revision and update_time stay).
+        (revision and update_time stay). An empty `profile.level` keeps the stored level (the tasks
+        service may be the one writing it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

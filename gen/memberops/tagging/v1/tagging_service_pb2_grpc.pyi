@@ -41,7 +41,8 @@ class TaggingServiceStub:
     UpsertMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.UpsertMemberRequest, _member_pb2.Member]
     """Creates the member or replaces its profile and attributes. The member id is the natural key,
     so a retry has no further effect: an upsert whose content equals what is stored changes nothing
-    (revision and update_time stay).
+    (revision and update_time stay). An empty `profile.level` keeps the stored level (the tasks
+    service may be the one writing it).
     """
     UpdateMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateMemberRequest, _member_pb2.Member]
     """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
@@ -126,7 +127,8 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     UpsertMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.UpsertMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
     """Creates the member or replaces its profile and attributes. The member id is the natural key,
     so a retry has no further effect: an upsert whose content equals what is stored changes nothing
-    (revision and update_time stay).
+    (revision and update_time stay). An empty `profile.level` keeps the stored level (the tasks
+    service may be the one writing it).
     """
     UpdateMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.UpdateMemberRequest, _member_pb2.Member]  # type: ignore[assignment]
     """Changes only the fields `update_mask` names of an existing member (NOT_FOUND otherwise), so a
@@ -214,7 +216,8 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_member_pb2.Member, _abc.Awaitable[_member_pb2.Member]]:
         """Creates the member or replaces its profile and attributes. The member id is the natural key,
         so a retry has no further effect: an upsert whose content equals what is stored changes nothing
-        (revision and update_time stay).
+        (revision and update_time stay). An empty `profile.level` keeps the stored level (the tasks
+        service may be the one writing it).
         """
 
     @_abc_1.abstractmethod
