@@ -34,6 +34,8 @@ VIEWS = rules.Relations(
     orders="tagging_read.orders",
     order_lines="tagging_read.order_lines",
     events="tagging_read.events",
+    event_recency="tagging_read.event_recency",
+    purchase_recency="tagging_read.purchase_recency",
 )
 CURRENT_TAGS = "tagging_read.current_member_tags"
 NAME_PREFIX = "audiences/"
@@ -116,11 +118,27 @@ def compile_audience(
     if filtered:
         b.member_filter = b.param([], "text[]")
     state = _State(references)
+    conjuncts = sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0]))
+    driver = None if filtered else _driver([conjunct for conjunct, _ in conjuncts])
     selected: list[str] = []
     residual: list[str] = []
-    for conjunct, stack in sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0])):
+    # Summary tests of the driver's members, applied to them before anything else.
+    on_driver: list[str] = []
+    for conjunct, stack in conjuncts:
+        summary = _summary_test(conjunct)
+        if driver is not None and summary is not None:
+            key, positive = summary
+            if conjunct is not driver:
+                recency = rules.recency_of(key, b, now)
+                assert recency is not None, "_summary_test admits only summarised keys"
+                on_driver.append(
+                    f"EXISTS ({recency.exists('m.member_id')})" if positive else recency.none("m.member_id")
+                )
+            continue
         sql = _predicate(conjunct, b, now, state, stack).boolean()
         (selected if _joinable(conjunct) else residual).append(sql)
+    if driver is not None:
+        selected.insert(0, _driven(driver, on_driver, b, now))
     assert not b.aggregates, "correlated aggregates are subqueries, never joins"
     matches = tuple(dict.fromkeys(state.tag_matches))
     return Compiled(
@@ -130,6 +148,48 @@ def compile_audience(
         b.member_filter,
         matches,
     )
+
+
+def _summary_test(rule: audience_pb2.AudienceRule) -> tuple[rules.AggregateKey, bool] | None:
+    """(the aggregate, whether it must exist) of a conjunct that a recency summary answers: a
+    count compared with "at least one" or "none", under any number of NOTs."""
+    positive = True
+    while rule.WhichOneof("node") == "not":
+        rule, positive = getattr(rule, "not"), not positive
+    if rule.WhichOneof("node") != "condition":
+        return None
+    exists = rules.existence(rule.condition)
+    if exists is None:
+        return None
+    key = rules.AggregateKey.of(rule.condition.operand.aggregate)
+    return (key, exists == positive) if rules.summarised(key) else None
+
+
+def _driver(conjuncts: Sequence[audience_pb2.AudienceRule]) -> audience_pb2.AudienceRule | None:
+    """The conjunct the whole selection starts from: the summary test "has done X in the last N
+    days" with the shortest window (all history counting as the longest), since a recent window is
+    the narrowest set a summary index hands out. None when there is no such conjunct."""
+    best: tuple[int, audience_pb2.AudienceRule] | None = None
+    for conjunct in conjuncts:
+        summary = _summary_test(conjunct)
+        if summary is None or not summary[1]:
+            continue
+        span = summary[0].window_days or rules.MAX_WINDOW_DAYS + 1
+        if best is None or span < best[0]:
+            best = (span, conjunct)
+    return best[1] if best else None
+
+
+def _driven(driver: audience_pb2.AudienceRule, tests: list[str], b: rules.Builder, now: str) -> str:
+    """`m.member_id IN (...)`: the driver's members, filtered by the other summary tests behind an
+    optimisation fence, so the planner joins tags and the member row to a few thousand members
+    instead of hashing all members first (0.55 s against 0.15 s on the 1M-member bench)."""
+    summary = _summary_test(driver)
+    assert summary is not None
+    recency = rules.recency_of(summary[0], b, now)
+    assert recency is not None
+    where = " AND ".join(tests) or "true"
+    return f"m.member_id IN (SELECT m.member_id FROM ({recency.members()}) AS m WHERE {where} OFFSET 0)"
 
 
 def _conjuncts(

@@ -297,6 +297,10 @@ class Relations:
     orders: str = "tagging.orders"
     order_lines: str = "tagging.order_lines"
     events: str = "tagging.events"
+    # The recency summaries (migration 0012): last time per (member, event kind, category), and
+    # last purchase per (member, category).
+    event_recency: str = "tagging.event_recency"
+    purchase_recency: str = "tagging.purchase_recency"
 
 
 TAGGING_TABLES = Relations()
@@ -578,6 +582,9 @@ def _existence_sql(key: AggregateKey, b: Builder, now: str) -> str:
     """`SELECT 1` of the member row `m`'s facts that make a count at least one. An order counts when
     a matching line of it is not wholly returned (its net quantity, a sum of non-negative terms, is
     then positive); an item count is at least one exactly then too."""
+    recency = recency_of(key, b, now)
+    if recency is not None:
+        return recency.exists("m.member_id")
     if key.function in _EVENT_FUNCTIONS:
         where = _event_where(key, b, now)
         return f"SELECT 1 FROM {b.relations.events} e WHERE {' AND '.join(where)}{_member_clause(b, 'e')}"
@@ -594,3 +601,77 @@ def _line_filters(key: AggregateKey, b: Builder, table: str) -> list[str]:
         for column, wanted in (("category", key.categories), ("brand", key.brands), ("sku", key.skus))
         if wanted
     ]
+
+
+# --- recency summaries ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recency:
+    """An existence test answered from a recency summary row `r` (one per member, kind and
+    category): there is a fact in the window exactly when a matching row's last time is in it, or,
+    for a row whose last time is after the evaluation time (a fact dated in the future hides those
+    before it), when the raw facts say so."""
+
+    # `FROM <summary> r WHERE <kind and category filters>`
+    source: str
+    # The row's last time is in the window and not after the evaluation time.
+    recent: str
+    # The row's last time is after the evaluation time and a raw fact of it is in the window.
+    future: str
+
+    def exists(self, member: str) -> str:
+        """`SELECT 1` of the rows that put `member` in."""
+        return f"SELECT 1 {self.source} AND r.member_id = {member} AND (({self.recent}) OR ({self.future}))"
+
+    def members(self) -> str:
+        """`SELECT member_id` of every member it puts in (a member may come more than once)."""
+        return (
+            f"SELECT r.member_id {self.source} AND {self.recent} "
+            f"UNION ALL SELECT r.member_id {self.source} AND {self.future}"
+        )
+
+    def none(self, member: str) -> str:
+        """That nothing puts `member` in, as two NOT EXISTS: one over the recent rows the planner can
+        estimate and anti-join, one over the (normally no) rows dated after the evaluation time."""
+        return (
+            f"(NOT EXISTS (SELECT 1 {self.source} AND r.member_id = {member} AND {self.recent}) "
+            f"AND NOT EXISTS (SELECT 1 {self.source} AND r.member_id = {member} AND {self.future}))"
+        )
+
+
+def summarised(key: AggregateKey) -> bool:
+    """Whether a summary holds what an existence test of `key` asks: events by kind and category,
+    kept order lines by category; not brands or skus, and not orders as a whole (an order without
+    lines, or refunded by amount, counts differently there)."""
+    if key.brands or key.skus:
+        return False
+    return key.function in _EVENT_FUNCTIONS | _LINE_FUNCTIONS or key.has_line_filter
+
+
+def recency_of(key: AggregateKey, b: Builder, now: str) -> Recency | None:
+    """The summary form of an existence test of `key`, or None when no summary holds it."""
+    if not summarised(key):
+        return None
+    if key.function in _EVENT_FUNCTIONS:
+        table, last = b.relations.event_recency, "r.last_time"
+        raw_from, raw_time = f"{b.relations.events} e", "e.occur_time"
+        raw_match = ["e.member_id = r.member_id", "e.kind = r.kind", "e.category = r.category"]
+        filters = [f"r.kind = ANY({b.param(list(key.event_kinds), 'smallint[]')})"] if key.event_kinds else []
+    else:
+        table, last = b.relations.purchase_recency, "r.last_paid_time"
+        raw_from, raw_time = f"{b.relations.order_lines} l", "l.paid_time"
+        raw_match = [
+            "l.member_id = r.member_id",
+            "l.category = r.category",
+            "l.quantity > l.refunded_quantity",
+        ]
+        filters = []
+    if key.categories:
+        filters.append(f"r.category = ANY({b.param(list(key.categories), 'text[]')})")
+    raw = f"SELECT 1 FROM {raw_from} WHERE {' AND '.join(raw_match + _window(key, b, now, raw_time))}"
+    return Recency(
+        source=f"FROM {table} r WHERE {' AND '.join(filters) or 'true'}",
+        recent=" AND ".join(_window(key, b, now, last)),
+        future=f"{last} > {now} AND EXISTS ({raw})",
+    )

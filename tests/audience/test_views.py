@@ -36,11 +36,21 @@ from tests.tagging.rule_builders import Field, Fn, Op, agg, field
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
-VIEWS = ("members", "orders", "order_lines", "events", "current_member_tags", "tag_dimensions", "feed")
+VIEWS = (
+    "members",
+    "orders",
+    "order_lines",
+    "events",
+    "current_member_tags",
+    "tag_dimensions",
+    "feed",
+    "event_recency",
+    "purchase_recency",
+)
 # Any table of the tagging schema (`tagging_read.*` and the module `services.tagging.rules` are fine).
 TAGGING_TABLE = re.compile(
     r"\btagging\.(members|orders|order_lines|refunds|refund_lines|events|feed|member_tags|tag_definitions"
-    r"|tag_definition_versions|refresh_queue)\b"
+    r"|tag_definition_versions|refresh_queue|event_recency|purchase_recency)\b"
 )
 
 
