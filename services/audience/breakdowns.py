@@ -93,7 +93,7 @@ class Breakdowns:
                 if dimension not in known or known[dimension]["state"] != definitions.ACTIVE:
                     path = "tag.dimension" if isinstance(by, ByTag) else "weekly.dimension"
                     raise InvalidArgument.field(path, f"unknown or retired tag dimension {dimension!r}")
-            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False)
+            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
             members_sql, args = loaded.compiled.members_sql(), loaded.compiled.args(now)
             if isinstance(by, ByTag):
                 rows = await store.tag_breakdown(conn, members_sql, args, by.dimension)

@@ -111,24 +111,28 @@ def compile_audience(
     references: Mapping[str, audience_pb2.AudienceRule],
     *,
     filtered: bool = False,
+    driver: int | None = None,
 ) -> Compiled:
-    """Compiles a validated rule; `references` holds the current rule of every audience it reaches."""
+    """Compiles a validated rule; `references` holds the current rule of every audience it reaches.
+
+    `driver`, the `Start.driver` of one of `starts(...)`, makes the selection start from that
+    summary test's members (see `_driven`); None leaves the order to the planner."""
     b = rules.Builder(relations=VIEWS, correlated=True)
     now = b.param(None, "timestamptz")
     if filtered:
         b.member_filter = b.param([], "text[]")
     state = _State(references)
-    conjuncts = sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0]))
-    driver = None if filtered else _driver([conjunct for conjunct, _ in conjuncts])
+    conjuncts = _sorted_conjuncts(rule, state)
+    assert driver is None or not filtered, "a filtered statement probes its members: nothing drives it"
     selected: list[str] = []
     residual: list[str] = []
     # Summary tests of the driver's members, applied to them before anything else.
     on_driver: list[str] = []
-    for conjunct, stack in conjuncts:
+    for index, (conjunct, stack) in enumerate(conjuncts):
         summary = _summary_test(conjunct)
         if driver is not None and summary is not None:
             key, positive = summary
-            if conjunct is not driver:
+            if index != driver:
                 recency = rules.recency_of(key, b, now)
                 assert recency is not None, "_summary_test admits only summarised keys"
                 on_driver.append(
@@ -138,7 +142,7 @@ def compile_audience(
         sql = _predicate(conjunct, b, now, state, stack).boolean()
         (selected if _joinable(conjunct) else residual).append(sql)
     if driver is not None:
-        selected.insert(0, _driven(driver, on_driver, b, now))
+        selected.insert(0, _driven(conjuncts[driver][0], on_driver, b, now))
     assert not b.aggregates, "correlated aggregates are subqueries, never joins"
     matches = tuple(dict.fromkeys(state.tag_matches))
     return Compiled(
@@ -165,19 +169,52 @@ def _summary_test(rule: audience_pb2.AudienceRule) -> tuple[rules.AggregateKey, 
     return (key, exists == positive) if rules.summarised(key) else None
 
 
-def _driver(conjuncts: Sequence[audience_pb2.AudienceRule]) -> audience_pb2.AudienceRule | None:
-    """The conjunct the whole selection starts from: the summary test "has done X in the last N
-    days" with the shortest window (all history counting as the longest), since a recent window is
-    the narrowest set a summary index hands out. None when there is no such conjunct."""
-    best: tuple[int, audience_pb2.AudienceRule] | None = None
-    for conjunct in conjuncts:
+@dataclass(frozen=True)
+class Start:
+    """A set of members an unfiltered evaluation could start from, with a statement (`$1` the
+    evaluation time) whose row estimate says how big it is: a positive summary test, which the
+    selection can be driven from (`driver`, for `compile_audience`), or a positive tag condition,
+    which the planner starts from well by itself (`driver` None)."""
+
+    driver: int | None
+    sql: str
+    params: tuple[Any, ...]
+
+    def args(self, now: dt.datetime) -> list[Any]:
+        return [now, *self.params[1:]]
+
+
+def starts(
+    rule: audience_pb2.AudienceRule, references: Mapping[str, audience_pb2.AudienceRule]
+) -> tuple[Start, ...]:
+    """The sets the top-level conjunction could start from; empty when no summary test is among
+    them, since then there is nothing to choose."""
+    found: list[Start] = []
+    for index, (conjunct, _) in enumerate(_sorted_conjuncts(rule, _State(references))):
+        b = rules.Builder(relations=VIEWS, correlated=True)
+        now = b.param(None, "timestamptz")
         summary = _summary_test(conjunct)
-        if summary is None or not summary[1]:
-            continue
-        span = summary[0].window_days or rules.MAX_WINDOW_DAYS + 1
-        if best is None or span < best[0]:
-            best = (span, conjunct)
-    return best[1] if best else None
+        if summary is not None and summary[1]:
+            recency = rules.recency_of(summary[0], b, now)
+            assert recency is not None
+            found.append(Start(index, recency.members(), tuple(b.params)))
+        elif conjunct.WhichOneof("node") == "tag" and conjunct.tag.match != Match.TAG_MATCH_NONE_OF:
+            # The evaluation time is named so its type is known, as in every compiled statement.
+            held = _held(conjunct.tag, b)
+            found.append(
+                Start(
+                    None,
+                    f"SELECT t.member_id FROM {CURRENT_TAGS} t WHERE {now} IS NOT NULL AND {held}",
+                    tuple(b.params),
+                )
+            )
+    return tuple(found) if any(start.driver is not None for start in found) else ()
+
+
+def _sorted_conjuncts(
+    rule: audience_pb2.AudienceRule, state: _State
+) -> list[tuple[audience_pb2.AudienceRule, tuple[str, ...]]]:
+    return sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0]))
 
 
 def _driven(driver: audience_pb2.AudienceRule, tests: list[str], b: rules.Builder, now: str) -> str:
@@ -301,15 +338,19 @@ def _referenced(name: str, state: _State, stack: tuple[str, ...]) -> tuple[str, 
     return referenced, found
 
 
+def _held(tag: audience_pb2.TagCondition, b: rules.Builder) -> str:
+    """The condition on a current tag `t` of holding what `tag` names (for NONE_OF: any of its values)."""
+    held = f"t.dimension = {b.param(tag.dimension, 'text')}"
+    if tag.match != Match.TAG_MATCH_HAS_ANY_VALUE:
+        held += f" AND t.value = ANY({b.param(list(tag.values), 'text[]')})"
+    return held
+
+
 def _tag(tag: audience_pb2.TagCondition, b: rules.Builder, state: _State) -> str:
-    dimension = b.param(tag.dimension, "text")
-    held = f"SELECT 1 FROM {CURRENT_TAGS} t WHERE t.member_id = m.member_id AND t.dimension = {dimension}"
-    if tag.match == Match.TAG_MATCH_HAS_ANY_VALUE:
-        state.tag_matches.append((tag.dimension, None))
-        return f"EXISTS ({held})"
-    values = tuple(tag.values)
-    test = f"EXISTS ({held} AND t.value = ANY({b.param(list(values), 'text[]')}))"
+    test = f"EXISTS (SELECT 1 FROM {CURRENT_TAGS} t WHERE t.member_id = m.member_id AND {_held(tag, b)})"
     if tag.match == Match.TAG_MATCH_NONE_OF:
         return f"(NOT {test})"
-    state.tag_matches.append((tag.dimension, values))
+    state.tag_matches.append(
+        (tag.dimension, None if tag.match == Match.TAG_MATCH_HAS_ANY_VALUE else tuple(tag.values))
+    )
     return test

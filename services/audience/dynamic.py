@@ -126,7 +126,7 @@ class Memberships:
         """(entered, exited, the (audience, version) pairs evaluated: it and what it references)."""
         try:
             loaded = await self._evaluator.load(
-                conn, tenant_id, audience_id, None, filtered=members is not None
+                conn, tenant_id, audience_id, None, filtered=members is not None, now=now
             )
         except NotFound:  # deleted since the list was read: the next round clears it
             return 0, 0, ()

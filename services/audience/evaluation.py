@@ -22,6 +22,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from memberops.audience.v1 import audience_pb2
+
 from services.audience import compiler, definitions, store
 from services.audience.membership_index import MembershipIndex
 from services.common.batching import KeyedBatcher
@@ -55,6 +57,36 @@ class Loaded:
     versions: tuple[tuple[str, int], ...] = ()
 
 
+class _Compilations:
+    """One definition's compiled statements: the planner's own order, and one per summary test the
+    selection can start from, compiled when first asked for."""
+
+    def __init__(
+        self,
+        rule: audience_pb2.AudienceRule,
+        references: dict[str, audience_pb2.AudienceRule],
+        filtered: bool,
+    ) -> None:
+        self._rule, self._references, self._filtered = rule, references, filtered
+        self.starts = () if filtered else compiler.starts(rule, references)
+        self._by_driver: dict[int | None, compiler.Compiled] = {}
+
+    def compiled(self, driver: int | None) -> compiler.Compiled:
+        found = self._by_driver.get(driver)
+        if found is None:
+            found = compiler.compile_audience(
+                self._rule, self._references, filtered=self._filtered, driver=driver
+            )
+            self._by_driver[driver] = found
+        return found
+
+
+async def _smallest(conn: Connection, starts: Sequence[compiler.Start], now: dt.datetime) -> int | None:
+    """The `driver` of the start the planner estimates smallest."""
+    sizes = [(await store.estimated_rows(conn, start.sql, start.args(now)), start.driver) for start in starts]
+    return min(sizes, key=lambda size: size[0])[1]
+
+
 @dataclass(frozen=True)
 class _Check:
     loaded: Loaded
@@ -66,7 +98,7 @@ class Evaluator:
     def __init__(self, db: Database, index: MembershipIndex | None = None) -> None:
         self._db = db
         self._index = index
-        self._compiled: dict[tuple[Any, ...], compiler.Compiled] = {}
+        self._compiled: dict[tuple[Any, ...], _Compilations] = {}
         # (tenant, audience) -> what CheckMembership last loaded for it.
         self._checked: dict[tuple[str, str], Loaded] = {}
         self._checks = KeyedBatcher(
@@ -81,8 +113,21 @@ class Evaluator:
         return self._db.transaction(tenant_id, readonly=readonly, plans=plans)
 
     async def load(
-        self, conn: Connection, tenant_id: str, audience_id: str, version: int | None, *, filtered: bool
+        self,
+        conn: Connection,
+        tenant_id: str,
+        audience_id: str,
+        version: int | None,
+        *,
+        filtered: bool,
+        now: dt.datetime | None = None,
     ) -> Loaded:
+        """The audience at `version` (None: the current one), compiled. Unfiltered and given the
+        evaluation time, the statement starts from the smallest set the planner estimates among
+        the audience's summary tests and tag conditions (`compiler.starts`): forced to start from
+        a broad behaviour window, "a small tag and viewed anything this year" took 3.8 s instead
+        of 56 ms; left to the planner, "carted skincare this fortnight and bought none" hashed all
+        members first (0.55 s instead of 0.15 s)."""
         row = await store.get_audience(conn, audience_id, version)
         if row is None:
             raise NotFound(
@@ -102,14 +147,18 @@ class Evaluator:
             tuple(sorted((ref, item["version"]) for ref, item in references.items())),
             filtered,
         )
-        compiled = self._compiled.get(key)
-        if compiled is None:  # parsing the stored rules is the costly part: only on a miss
+        compilations = self._compiled.get(key)
+        if compilations is None:  # parsing the stored rules is the costly part: only on a miss
             rule = definitions.rule_from_json(row["rule"])
             rules = {ref: definitions.rule_from_json(item["rule"]) for ref, item in references.items()}
-            compiled = compiler.compile_audience(rule, rules, filtered=filtered)
+            compilations = _Compilations(rule, rules, filtered)
             if len(self._compiled) >= _CACHE_LIMIT:
                 self._compiled.clear()
-            self._compiled[key] = compiled
+            self._compiled[key] = compilations
+        driver = None
+        if now is not None and compilations.starts:
+            driver = await _smallest(conn, compilations.starts, now)
+        compiled = compilations.compiled(driver)
         versions = (
             (audience_id, row["version"]),
             *((ref, item["version"]) for ref, item in references.items()),
@@ -119,7 +168,7 @@ class Evaluator:
     async def count(self, tenant_id: str, audience_id: str, now: dt.datetime) -> tuple[int, int]:
         """(members, version evaluated)."""
         async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
             sql = f"SELECT count(*) FROM ({loaded.compiled.members_sql()}) AS selected"
             count = await conn.fetchval(sql, *loaded.compiled.args(now))
         return int(count), loaded.version
@@ -135,7 +184,7 @@ class Evaluator:
             )
         size = sample_size or DEFAULT_SAMPLE
         async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
             c = loaded.compiled
             sql = (
                 f"SELECT s.member_id FROM ({c.members_sql()}) AS s "
@@ -167,7 +216,7 @@ class Evaluator:
         size = page_size or DEFAULT_PAGE_SIZE
         version, after = position if position else (None, "")
         async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False)
+            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False, now=now)
             c = loaded.compiled
             sql = (
                 f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "
@@ -188,7 +237,7 @@ class Evaluator:
             )
         size = chunk_size or MAX_CHUNK
         async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
             cursor = await conn.cursor(loaded.compiled.members_sql(), *loaded.compiled.args(now))
             while rows := await cursor.fetch(size):
                 yield [row["member_id"] for row in rows], loaded.version

@@ -130,7 +130,7 @@ class Snapshots:
         digest = _content_hash(audience_id, chosen)
         snapshot_id, salt = uuid.uuid4().hex, secrets.token_hex(8)
         async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
-            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False)
+            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
             body = json.dumps([{"name": name, "share_percent": share} for name, share in chosen])
             inserted = await store.insert_snapshot(
                 conn, tenant_id, snapshot_id, request_id, audience_id, loaded.version, salt, body, digest

@@ -185,6 +185,12 @@ async def current_tags(
     )
 
 
+async def estimated_rows(conn: Connection, sql: str, args: Sequence[Any]) -> float:
+    """The planner's estimate of the rows `sql` returns, from a plan alone (nothing runs)."""
+    plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+    return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
 def versions_current(ids: str, versions: str) -> str:
     """A condition that holds while the audiences in the array `ids` all exist, undeleted, at the
     matching `versions` (placeholders of text[] and int[] arguments)."""

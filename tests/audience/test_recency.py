@@ -9,11 +9,14 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 import pytest
+from memberops.audience.v1 import audience_pb2
 from memberops.tagging.v1 import facts_pb2
 
+from services.audience import compiler
 from tests.audience.helpers import (
     CART,
     FAVOURITE,
+    Match,
     Rule,
     all_of,
     any_of,
@@ -31,13 +34,15 @@ from tests.audience.helpers import (
     order,
     order_count,
 )
-from tests.conftest import unique
+from tests.conftest import TENANT_ACME, unique
 from tests.tagging.facts_helpers import a_refund, an_order, record_order, record_refund, stamp
 from tests.tagging.rule_builders import Op
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+
+    from services.common.db import Database
 
 # Four minutes ahead, in days: within the clock skew tagging accepts, and still ahead while the test runs.
 AHEAD = 4 / 1440
@@ -130,3 +135,33 @@ async def test_summaries_select_what_the_raw_facts_say(
     assert await count(audience_stub, audience) == len(expected), label
     checked = {name for name, member_id in who.items() if await check(audience_stub, audience, member_id)}
     assert checked == expected, label
+
+
+@pytest.mark.parametrize(("label", "rule", "expected"), CASES, ids=[c[0] for c in CASES])
+async def test_every_start_selects_the_same_members(
+    db: Database, browsers: tuple[str, dict[str, str]], label: str, rule: Rule, expected: set[str]
+) -> None:
+    """The service starts from whichever set the planner estimates smallest; each choice must give
+    the same members: the planner's own order and every summary test the selection can be driven from."""
+    batch, who = browsers
+    whole = all_of(in_batch(batch), rule)
+    drivers = {start.driver for start in compiler.starts(whole, {})}
+    names = {member_id: name for name, member_id in who.items()}
+    for driver in drivers | {None}:
+        compiled = compiler.compile_audience(whole, {}, driver=driver)
+        async with db.transaction(TENANT_ACME, readonly=True) as conn:
+            rows = await conn.fetch(compiled.members_sql(), *compiled.args(now()))
+        assert {names[row["member_id"]] for row in rows} == expected, (label, driver)
+
+
+def test_starts_name_the_summary_tests_and_tags_a_count_could_begin_with() -> None:
+    tagged = Rule(
+        tag=audience_pb2.TagCondition(dimension="lifecycle", match=Match.TAG_MATCH_ANY_OF, values=["active"])
+    )
+    starts = compiler.starts(all_of(tagged, CARTED_14, NONE_BOUGHT_90, not_(tagged)), {})
+    assert sorted(start.driver is None for start in starts) == [False, True]  # the cart window, the tag
+    # Nothing to choose without a summary test to drive from, or when the only one is negative.
+    assert compiler.starts(all_of(tagged, NONE_BOUGHT_90), {}) == ()
+    # Filtered statements (CheckMembership) probe their members; nothing drives them.
+    with pytest.raises(AssertionError):
+        compiler.compile_audience(CARTED_14, {}, filtered=True, driver=0)
