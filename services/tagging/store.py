@@ -602,8 +602,10 @@ diff AS (
 ),
 -- The closed ids as an array: a join here, planned on stale statistics of a table just filled
 -- (one row guessed for thousands), ran as a nested loop of every held tag against every change.
+-- A concurrent refresh with a later clock reading may have opened the tag after this statement's
+-- evaluation time: it closes at its opening then, never before it.
 closed AS (
-    UPDATE tagging.member_tags t SET valid_to = $1::timestamptz
+    UPDATE tagging.member_tags t SET valid_to = greatest($1::timestamptz, t.valid_from)
     WHERE t.id = ANY(ARRAY(SELECT x.id FROM diff x WHERE x.member_id IS NULL)) AND t.valid_to IS NULL
     RETURNING t.member_id, t.value
 ),
@@ -769,7 +771,7 @@ async def add_operator_tags(
 WITH targets AS (SELECT unnest($5::text[]) AS member_id),
 closed AS (
     UPDATE tagging.member_tags t
-    SET valid_to = $6::timestamptz, removed_by = $7::text, removed_reason = $8::text
+    SET valid_to = greatest($6::timestamptz, t.valid_from), removed_by = $7::text, removed_reason = $8::text
     FROM targets g
     WHERE $9::boolean AND t.member_id = g.member_id AND t.dimension = $2::text
       AND t.valid_to IS NULL AND t.value <> $3::text
@@ -818,7 +820,7 @@ async def remove_operator_tags(
         f"""
 WITH closed AS (
     UPDATE tagging.member_tags t
-    SET valid_to = $6::timestamptz, removed_by = $7::text, removed_reason = $8::text
+    SET valid_to = greatest($6::timestamptz, t.valid_from), removed_by = $7::text, removed_reason = $8::text
     WHERE t.member_id = ANY($5::text[]) AND t.dimension = $2::text AND t.value = $3::text
       AND t.valid_to IS NULL
     RETURNING t.member_id, t.value

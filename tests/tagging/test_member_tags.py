@@ -63,6 +63,32 @@ async def test_a_real_time_tag_follows_an_order_at_once_and_keeps_its_history(ta
     assert (none.value, none.valid_to) == ("none", light.valid_from)
 
 
+async def test_a_tag_opened_by_a_later_clock_closes_at_its_opening(tagging_stub: Stub, db: Database) -> None:
+    """Concurrent refreshes read the clock apart: one evaluated at t1 may close a tag another opened
+    at t2 > t1. It closes at t2, a moment with no length, never before it opened."""
+    name = dimension()
+    await create(tagging_stub, frequency(name))
+    member_id = await new_member(tagging_stub)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    async with db.transaction(TENANT_ACME) as conn:
+        opened = await conn.execute(
+            """UPDATE tagging.member_tags SET valid_from = $3
+               WHERE member_id = $1 AND dimension = $2 AND valid_to IS NULL""",
+            member_id,
+            name,
+            later,
+        )
+    assert opened == "UPDATE 1"
+    await order_now(tagging_stub, member_id)  # refreshed at once: "none" gives way to "light"
+    assert await tags_of(tagging_stub, member_id, name) == ["light"]
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        closed = await conn.fetchrow(
+            "SELECT valid_from, valid_to FROM tagging.member_tags WHERE member_id = $1 AND value = 'none'",
+            member_id,
+        )
+    assert closed is not None and closed["valid_to"] == closed["valid_from"] == later
+
+
 async def test_full_recompute_writes_only_changes_and_is_idempotent(tagging_stub: Stub) -> None:
     name = dimension()
     scheduled = frequency(name)
