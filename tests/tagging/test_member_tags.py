@@ -71,20 +71,19 @@ async def test_a_tag_opened_by_a_later_clock_closes_at_its_opening(tagging_stub:
     member_id = await new_member(tagging_stub)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     async with db.transaction(TENANT_ACME) as conn:
-        opened = await conn.execute(
+        opened = await conn.fetch(
             """UPDATE tagging.member_tags SET valid_from = $3
-               WHERE member_id = $1 AND dimension = $2 AND valid_to IS NULL""",
+               WHERE member_id = $1 AND dimension = $2 AND valid_to IS NULL RETURNING id, value""",
             member_id,
             name,
             later,
         )
-    assert opened == "UPDATE 1"
+    assert [row["value"] for row in opened] == ["none"]
     await order_now(tagging_stub, member_id)  # refreshed at once: "none" gives way to "light"
     assert await tags_of(tagging_stub, member_id, name) == ["light"]
     async with db.transaction(TENANT_ACME, readonly=True) as conn:
         closed = await conn.fetchrow(
-            "SELECT valid_from, valid_to FROM tagging.member_tags WHERE member_id = $1 AND value = 'none'",
-            member_id,
+            "SELECT valid_from, valid_to FROM tagging.member_tags WHERE id = $1", opened[0]["id"]
         )
     assert closed is not None and closed["valid_to"] == closed["valid_from"] == later
 
