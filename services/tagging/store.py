@@ -186,26 +186,25 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
         ) from None
     if number is None:
         return None
-    await conn.executemany(
+    # One statement, so the purchase-recency trigger fires once and upserts the member's categories
+    # in key order: line by line, two orders listing categories in opposite order would deadlock.
+    await conn.execute(
         """INSERT INTO tagging.order_lines
                (tenant_id, order_id, line_id, member_id, paid_time, sku, category, brand, quantity,
                 unit_price_minor)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        [
-            (
-                tenant_id,
-                order.order_id,
-                line.line_id,
-                order.member_id,
-                order.paid_time,
-                line.sku,
-                line.category,
-                line.brand,
-                line.quantity,
-                line.unit_price_minor,
-            )
-            for line in order.lines
-        ],
+           SELECT $1, $2, l.line_id, $3, $4, l.sku, l.category, l.brand, l.quantity, l.unit_price_minor
+           FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[])
+                AS l(line_id, sku, category, brand, quantity, unit_price_minor)""",
+        tenant_id,
+        order.order_id,
+        order.member_id,
+        order.paid_time,
+        [line.line_id for line in order.lines],
+        [line.sku for line in order.lines],
+        [line.category for line in order.lines],
+        [line.brand for line in order.lines],
+        [line.quantity for line in order.lines],
+        [line.unit_price_minor for line in order.lines],
     )
     return number
 

@@ -129,3 +129,32 @@ async def test_a_wholly_returned_purchase_leaves_the_summary(tagging_stub: Taggi
         ),
     )
     assert await _rows(db, SUMMARY["purchase_recency"], [member_id]) == set()
+
+
+async def test_concurrent_orders_listing_categories_in_opposite_order_both_land(
+    tagging_stub: TaggingStub, db: Database
+) -> None:
+    """Each order's lines reach the summary in one upsert, in key order; written line by line, two
+    orders of one member naming the same categories in opposite order lock them in opposite order."""
+    categories = ("a", "b", "c", "d", "e", "f")
+
+    def order(member_id: str, listed: tuple[str, ...]) -> facts_pb2.Order:
+        lines = [
+            facts_pb2.OrderLine(line_id=str(i), sku=f"s{i}", category=c, quantity=1, unit_price_minor=100)
+            for i, c in enumerate(listed)
+        ]
+        return an_order(member_id, amount_minor=100 * len(lines), lines=lines)
+
+    members = [await new_member(tagging_stub) for _ in range(20)]
+    await asyncio.gather(
+        *(
+            record_order(tagging_stub, order(member_id, listed))
+            for member_id in members
+            for listed in (categories, categories[::-1])
+        )
+    )
+    held = await _rows(db, SUMMARY["purchase_recency"], members)
+    assert held == await _rows(db, FROM_FACTS["purchase_recency"], members)
+    assert {(member, category) for member, category, _ in held} == {
+        (member, category) for member in members for category in categories
+    }
