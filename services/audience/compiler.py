@@ -188,16 +188,20 @@ def starts(
     rule: audience_pb2.AudienceRule, references: Mapping[str, audience_pb2.AudienceRule]
 ) -> tuple[Start, ...]:
     """The sets the top-level conjunction could start from; empty when no summary test is among
-    them, since then there is nothing to choose."""
+    them, since then there is nothing to choose. The member row's own tests are always one of them
+    (all members when there are none): a broad summary test must not drive a selection that a
+    profile field narrows to a few members (0.8 s instead of 30 ms)."""
     found: list[Start] = []
-    for index, (conjunct, _) in enumerate(_sorted_conjuncts(rule, _State(references))):
+    state = _State(references)
+    member_tests: list[audience_pb2.AudienceRule] = []
+    for index, (conjunct, _) in enumerate(_sorted_conjuncts(rule, state)):
         b = rules.Builder(relations=VIEWS, correlated=True)
         now = b.param(None, "timestamptz")
         summary = _summary_test(conjunct)
         if summary is not None and summary[1]:
             recency = rules.recency_of(summary[0], b, now)
             assert recency is not None
-            found.append(Start(index, recency.members(), tuple(b.params)))
+            found.append(Start(index, recency.distinct_members(), tuple(b.params)))
         elif conjunct.WhichOneof("node") == "tag" and conjunct.tag.match != Match.TAG_MATCH_NONE_OF:
             # The evaluation time is named so its type is known, as in every compiled statement.
             held = _held(conjunct.tag, b)
@@ -208,7 +212,21 @@ def starts(
                     tuple(b.params),
                 )
             )
-    return tuple(found) if any(start.driver is not None for start in found) else ()
+        elif _plain(conjunct):
+            member_tests.append(conjunct)
+    if not any(start.driver is not None for start in found):
+        return ()
+    b = rules.Builder(relations=VIEWS, correlated=True)
+    now = b.param(None, "timestamptz")
+    # Uncoalesced: a NULL test drops the row either way, and the planner estimates a comparison
+    # where it takes COALESCE(...) for half the rows.
+    tests = "".join(f" AND {_predicate(t, b, now, state, ()).text}" for t in member_tests)
+    found.append(
+        Start(
+            None, f"SELECT m.member_id FROM {VIEWS.members} m WHERE {now} IS NOT NULL{tests}", tuple(b.params)
+        )
+    )
+    return tuple(found)
 
 
 def _sorted_conjuncts(

@@ -216,7 +216,9 @@ class Evaluator:
         size = page_size or DEFAULT_PAGE_SIZE
         version, after = position if position else (None, "")
         async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False, now=now)
+            # Not driven: a page reads members in id order and stops at its size, where a driven
+            # statement would build the whole driver set for every page (334 ms against 0.6 ms).
+            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False)
             c = loaded.compiled
             sql = (
                 f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "

@@ -479,9 +479,13 @@ def _member_clause(b: Builder, table: str) -> str:
 
 
 def _window(key: AggregateKey, b: Builder, now: str, column: str) -> list[str]:
+    return _window_of(column, now, b.param(key.window_days, "int") if key.window_days else None)
+
+
+def _window_of(column: str, now: str, days: str | None) -> list[str]:
     where = [f"{column} <= {now}"]
-    if key.window_days:
-        where.append(f"{column} > {now} - make_interval(days => {b.param(key.window_days, 'int')})")
+    if days is not None:
+        where.append(f"{column} > {now} - make_interval(days => {days})")
     return where
 
 
@@ -631,6 +635,11 @@ class Recency:
             f"UNION ALL SELECT r.member_id {self.source} AND {self.future}"
         )
 
+    def distinct_members(self) -> str:
+        """The members of its recent rows, once each: a statement to estimate how many members it
+        puts in (a member has a row per kind and category; rows dated ahead are normally none)."""
+        return f"SELECT DISTINCT r.member_id {self.source} AND {self.recent}"
+
     def none(self, member: str) -> str:
         """That nothing puts `member` in, as two NOT EXISTS: one over the recent rows the planner can
         estimate and anti-join, one over the (normally no) rows dated after the evaluation time."""
@@ -669,9 +678,11 @@ def recency_of(key: AggregateKey, b: Builder, now: str) -> Recency | None:
         filters = []
     if key.categories:
         filters.append(f"r.category = ANY({b.param(list(key.categories), 'text[]')})")
-    raw = f"SELECT 1 FROM {raw_from} WHERE {' AND '.join(raw_match + _window(key, b, now, raw_time))}"
+    # One parameter for both windows, so the recent part alone is a statement with no unused one.
+    days = b.param(key.window_days, "int") if key.window_days else None
+    raw = f"SELECT 1 FROM {raw_from} WHERE {' AND '.join(raw_match + _window_of(raw_time, now, days))}"
     return Recency(
         source=f"FROM {table} r WHERE {' AND '.join(filters) or 'true'}",
-        recent=" AND ".join(_window(key, b, now, last)),
+        recent=" AND ".join(_window_of(last, now, days)),
         future=f"{last} > {now} AND EXISTS ({raw})",
     )

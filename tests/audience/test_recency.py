@@ -12,7 +12,7 @@ import pytest
 from memberops.audience.v1 import audience_pb2
 from memberops.tagging.v1 import facts_pb2
 
-from services.audience import compiler
+from services.audience import compiler, store
 from tests.audience.helpers import (
     CART,
     FAVOURITE,
@@ -145,8 +145,16 @@ async def test_every_start_selects_the_same_members(
     the same members: the planner's own order and every summary test the selection can be driven from."""
     batch, who = browsers
     whole = all_of(in_batch(batch), rule)
-    drivers = {start.driver for start in compiler.starts(whole, {})}
+    starts = compiler.starts(whole, {})
+    drivers = {start.driver for start in starts}
     names = {member_id: name for name, member_id in who.items()}
+    # Every start, estimated to choose among them, holds every member of the audience (but those
+    # with facts dated ahead, which a summary start's estimate leaves out as normally none).
+    for start in starts:
+        async with db.transaction(TENANT_ACME, readonly=True) as conn:
+            assert await store.estimated_rows(conn, start.sql, start.args(now())) >= 1
+            started = {row["member_id"] for row in await conn.fetch(start.sql, *start.args(now()))}
+        assert {who[name] for name in expected - {"future_too"}} <= started, (label, start.sql)
     for driver in drivers | {None}:
         compiled = compiler.compile_audience(whole, {}, driver=driver)
         async with db.transaction(TENANT_ACME, readonly=True) as conn:
@@ -159,7 +167,8 @@ def test_starts_name_the_summary_tests_and_tags_a_count_could_begin_with() -> No
         tag=audience_pb2.TagCondition(dimension="lifecycle", match=Match.TAG_MATCH_ANY_OF, values=["active"])
     )
     starts = compiler.starts(all_of(tagged, CARTED_14, NONE_BOUGHT_90, not_(tagged)), {})
-    assert sorted(start.driver is None for start in starts) == [False, True]  # the cart window, the tag
+    # The cart window, the tag, and the member row's own tests (none here: every member).
+    assert sorted(start.driver is None for start in starts) == [False, True, True]
     # Nothing to choose without a summary test to drive from, or when the only one is negative.
     assert compiler.starts(all_of(tagged, NONE_BOUGHT_90), {}) == ()
     # Filtered statements (CheckMembership) probe their members; nothing drives them.
