@@ -9,7 +9,6 @@ a reference dangling.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import re
@@ -21,6 +20,7 @@ from google.protobuf import json_format
 from memberops.audience.v1 import audience_pb2
 
 from services.audience import store
+from services.common import page_tokens
 from services.common.db import Connection, Database
 from services.common.errors import (
     Aborted,
@@ -288,16 +288,13 @@ def _audience(row: dict[str, Any]) -> Audience:
 
 
 def _page_token(audience_id: str) -> str:
-    return base64.urlsafe_b64encode(audience_id.encode()).decode()
+    return page_tokens.encode("audiences", audience_id)
 
 
 def _after_id(token: str) -> str:
-    if not token:
+    audience_id = page_tokens.decode_one(token, "audiences", str)
+    if audience_id is None:
         return ""
-    try:
-        audience_id = base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        audience_id = ""
     if not AUDIENCE_ID.match(audience_id):
         raise InvalidArgument.field("page_token", "is not a token this list returned")
     return audience_id

@@ -13,10 +13,7 @@ answered together by the next statement (`services.common.batching`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -26,10 +23,10 @@ from memberops.audience.v1 import audience_pb2
 
 from services.audience import compiler, definitions, store
 from services.audience.membership_index import MembershipIndex
+from services.common import checks, page_tokens
 from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database, Plans
 from services.common.errors import InvalidArgument, NotFound, Violations
-from services.tagging import checks
 
 DEFAULT_SAMPLE = 10
 MAX_SAMPLE = 100
@@ -41,6 +38,9 @@ _CACHE_LIMIT = 1000
 # holds four connections), each for up to this many checks.
 CHECK_BATCHES_IN_FLIGHT = 2
 MAX_CHECK_BATCH = 256
+
+# Versions are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -306,23 +306,20 @@ def member_id_from_name(name: str, path: str) -> str:
 
 
 def _encode_token(version: int, after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"v": version, "a": after}).encode()).decode()
+    return page_tokens.encode("audienceMembers", version, after)
 
 
 def _decode_token(token: str, v: Violations) -> tuple[int, str] | None:
-    if not token:
-        return None
     try:
-        body = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        body = None
-    if (
-        not isinstance(body, dict)
-        or not isinstance(body.get("v"), int)
-        or body["v"] < 1
-        or not isinstance(body.get("a"), str)
-        or not checks.NATURAL_ID.match(body["a"])
-    ):
+        keys = page_tokens.decode(token, "audienceMembers", (int, str))
+    except InvalidArgument as error:
+        v.add("page_token", error.violations[0].description)
+        return None
+    if keys is None:
+        return None
+    version, after = keys
+    assert isinstance(version, int) and isinstance(after, str)
+    if not 1 <= version <= MAX_VERSION or not checks.NATURAL_ID.match(after):
         v.add("page_token", "is not a token this list returned")
         return None
-    return body["v"], body["a"]
+    return version, after

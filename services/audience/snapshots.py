@@ -8,8 +8,6 @@ request id is the idempotency key (a unique constraint): a retry returns the fir
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
@@ -22,6 +20,7 @@ from typing import Any
 
 from services.audience import store
 from services.audience.evaluation import Evaluator
+from services.common import page_tokens
 from services.common.buckets import BUCKETS, bucket_sql
 from services.common.db import Database
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
@@ -210,18 +209,13 @@ class Snapshots:
 
 
 def _encode_page_token(snapshot_id: str, after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"s": snapshot_id, "a": after}).encode()).decode()
+    return page_tokens.encode(f"snapshots/{snapshot_id}/members", after)
 
 
 def _decode_page_token(token: str, snapshot_id: str, v: Violations) -> str:
     """The member id a page starts after ('' for the first page)."""
-    if not token:
-        return ""
     try:
-        body = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        body = None
-    if not isinstance(body, dict) or body.get("s") != snapshot_id or not isinstance(body.get("a"), str):
+        return page_tokens.decode_one(token, f"snapshots/{snapshot_id}/members", str) or ""
+    except InvalidArgument:
         v.add("page_token", "is not a token this list returned for this snapshot")
         return ""
-    return str(body["a"])

@@ -24,13 +24,16 @@ MAX_LIMIT = 1000
 SETTLED = "txid < pg_snapshot_xmin(pg_current_snapshot())"
 
 Position = tuple[int, int]
+MAX_TXID = 2**64 - 1
+MAX_SEQ = 2**63 - 1
 
 
 def parse_cursor(cursor: str, field: str = "after_cursor") -> Position | None:
     if not cursor:
         return None
     match = CURSOR.match(cursor)
-    if not match:
+    # The pattern bounds the digits; the values must also fit xid8 (unsigned 64 bits) and bigint.
+    if not match or int(match[1]) > MAX_TXID or int(match[2]) > MAX_SEQ:
         raise InvalidArgument.field(field, "is not a cursor this feed returned")
     return int(match[1]), int(match[2])
 

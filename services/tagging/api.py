@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import google.type.date_pb2 as date_pb2
-from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from memberops.tagging.v1 import (
     facts_pb2,
     feed_pb2,
@@ -20,6 +20,7 @@ from memberops.tagging.v1 import (
     tags_pb2,
 )
 
+from services.common import checks
 from services.common.auth import current_tenant
 from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog
@@ -309,7 +310,7 @@ def member_from_proto(message: member_pb2.Member, path: str = "member") -> Membe
     p = message.profile
     birthday = _date(p.birthday, violations, f"{path}.profile.birthday") if p.HasField("birthday") else None
     register_time = (
-        _timestamp(p.register_time, violations, f"{path}.profile.register_time")
+        checks.timestamp(p.register_time, violations, f"{path}.profile.register_time")
         if p.HasField("register_time")
         else None
     )
@@ -442,16 +443,8 @@ def _date(value: date_pb2.Date, violations: Violations, field: str) -> dt.date |
         return None
 
 
-def _timestamp(value: timestamp_pb2.Timestamp, violations: Violations, field: str) -> dt.datetime | None:
-    try:
-        return value.ToDatetime(tzinfo=dt.UTC)
-    except (ValueError, OverflowError):
-        violations.add(field, "is not a valid timestamp")
-        return None
-
-
 def _optional_time(message: Any, name: str, violations: Violations, path: str) -> dt.datetime | None:
-    return _timestamp(getattr(message, name), violations, path) if message.HasField(name) else None
+    return checks.timestamp(getattr(message, name), violations, path) if message.HasField(name) else None
 
 
 def order_from_proto(message: facts_pb2.Order) -> OrderInput:

@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from memberops.tagging.v1 import models_pb2, rules_pb2
 
+from services.common import checks, page_tokens
 from services.common.db import Database
 from services.common.errors import (
     Aborted,
@@ -30,7 +31,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tagging import checks, models, rules, store
+from services.tagging import models, rules, store
 
 DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_VALUES = 100
@@ -261,16 +262,13 @@ def dimension_from_name(name: str, field: str) -> str:
 
 
 def _page_token(dimension: str) -> str:
-    return base64.urlsafe_b64encode(dimension.encode()).decode()
+    return page_tokens.encode("tagDefinitions", dimension)
 
 
 def _after_dimension(token: str) -> str:
-    if not token:
+    dimension = page_tokens.decode_one(token, "tagDefinitions", str)
+    if dimension is None:
         return ""
-    try:
-        dimension = base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        dimension = ""
     if not DIMENSION.match(dimension):
         raise InvalidArgument.field("page_token", "is not a token this list returned")
     return dimension

@@ -8,16 +8,16 @@ refreshes of one member never race, and re-reads the facts committed before it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import checks, page_tokens
 from services.common.db import Connection, Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tagging import catalog, checks, rules, store
+from services.tagging import catalog, rules, store
 
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch
 # disjoint rows, and two let PostgreSQL use both cores of a small machine.
@@ -269,7 +269,7 @@ class Tagger:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             rows = await store.tag_changes(conn, member_id, dimension, before, size + 1)
         page = rows[:size]
-        token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode() if len(rows) > size else ""
+        token = page_tokens.encode("tagChanges", page[-1]["id"]) if len(rows) > size else ""
         return [_member_tag(row) for row in page], token
 
 
@@ -293,12 +293,10 @@ def _validate_change(change: OperatorChange) -> None:
 
 
 def _before_id(token: str, violations: Violations) -> int | None:
-    if not token:
-        return None
     try:
-        return int(base64.urlsafe_b64decode(token.encode()).decode())
-    except (ValueError, UnicodeDecodeError):
-        violations.add("page_token", "is not a token this list returned")
+        return page_tokens.decode_one(token, "tagChanges", int)
+    except InvalidArgument as error:
+        violations.add("page_token", error.violations[0].description)
         return None
 
 

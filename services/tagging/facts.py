@@ -13,9 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+from services.common import checks
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
-from services.tagging import checks, store
+from services.tagging import store
 from services.tagging.model import (
     BehaviorEvent,
     EventKind,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.common import zones
+from services.common import page_tokens, zones
 from services.common.db import Database
 from services.common.errors import (
     Aborted,
@@ -558,11 +558,11 @@ class TaskDefinitions:
     ) -> tuple[list[Task], str]:
         limit = ledger.page_size(size)
         scope = "tasks/all" if show_retired else "tasks/active"
-        after = ledger.decode_token(token, scope, str) or ""
+        after = page_tokens.decode_one(token, scope, str) or ""
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             rows = await task_store.tasks(conn, after, limit + 1, None if show_retired else State.ACTIVE)
         page = [task_from_row(r) for r in rows[:limit]]
-        return page, ledger.encode_token(scope, page[-1].task_id) if len(rows) > limit else ""
+        return page, page_tokens.encode(scope, page[-1].task_id) if len(rows) > limit else ""
 
     async def retire(self, tenant_id: str, task_id: str) -> Task:
         async with self._db.transaction(tenant_id) as conn:

@@ -10,7 +10,6 @@ serialise and a balance can never be overdrawn.
 
 from __future__ import annotations
 
-import base64
 import calendar
 import datetime as dt
 import enum
@@ -18,10 +17,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import asyncpg
 
+from services.common import page_tokens
 from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
@@ -42,8 +42,6 @@ EXPIRY_BATCH = 500
 # cores: the batches are larger, and fewer backends contend for the same index pages (docs/decisions.md).
 EARNING_BATCHES_IN_FLIGHT = 1
 MAX_EARNING_BATCH = 64
-
-K = TypeVar("K", int, str)
 
 
 class Reason(enum.IntEnum):
@@ -251,25 +249,6 @@ def page_size(value: int) -> int:
     if not 1 <= value <= MAX_PAGE_SIZE:
         raise InvalidArgument.field("page_size", f"must be 1-{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
     return value
-
-
-def encode_token(scope: str, after: int | str) -> str:
-    """A page token: the list it belongs to (`scope`) and the key of the last item handed out."""
-    return base64.urlsafe_b64encode(json.dumps({"s": scope, "a": after}).encode()).decode()
-
-
-def decode_token(token: str, scope: str, key: type[K]) -> K | None:
-    """The key a page token carries, None for the first page; INVALID_ARGUMENT for any other token."""
-    if not token:
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        after = body["a"]
-        if body["s"] != scope or type(after) is not key:
-            raise ValueError(token)
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument.field("page_token", "is not a token this list returned") from None
-    return after
 
 
 # --- earnings written with other changes ---------------------------------------------------------
@@ -510,11 +489,11 @@ class Ledger:
         check_id(v, "member_id", member_id)
         v.raise_if_any()
         limit = page_size(size)
-        before = decode_token(token, f"entries/{member_id}", int)
+        before = page_tokens.decode_one(token, f"entries/{member_id}", int)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             page = await store.entries(conn, tenant_id, member_id, before, limit + 1)
         if len(page) > limit:
-            return page[:limit], encode_token(f"entries/{member_id}", page[limit - 1].entry_id)
+            return page[:limit], page_tokens.encode(f"entries/{member_id}", page[limit - 1].entry_id)
         return page, ""
 
     async def expire(self, tenant_id: str, as_of: dt.datetime) -> ExpiryRun:

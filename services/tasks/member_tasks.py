@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
+from services.common import page_tokens
 from services.common.errors import FailedPrecondition, Violations
 from services.tasks import completions, feed_store, ledger, store, task_store
 from services.tasks.calls import MemberCalls
@@ -119,7 +120,7 @@ class MemberTasks(MemberCalls):
         v.raise_if_any()
         limit = ledger.page_size(size)
         scope = f"member-tasks/{member_id}"
-        after = ledger.decode_token(token, scope, str) or ""
+        after = page_tokens.decode_one(token, scope, str) or ""
         await self._participation.require_member(tenant_id, member_id)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             rows = await task_store.tasks(conn, after, limit + 1, State.ACTIVE)
@@ -155,7 +156,7 @@ class MemberTasks(MemberCalls):
             progress, target = progress_of(task, c, streak, measures.get(task.task_id, 0))
             state = state_of(task, ok, c, streak, enrolment, now)
             listed.append(MemberTask(task, state, progress, target, c, streak, enrolment))
-        token_out = ledger.encode_token(scope, rows[limit - 1].task_id) if more else ""
+        token_out = page_tokens.encode(scope, rows[limit - 1].task_id) if more else ""
         return listed, token_out
 
     async def claim(

@@ -15,6 +15,7 @@ import secrets
 
 import asyncpg
 
+from services.common import page_tokens
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
 from services.tasks import ledger, store
@@ -91,11 +92,11 @@ class Rewards:
 
     async def list_page(self, tenant_id: str, size: int, token: str) -> tuple[list[Reward], str]:
         limit = ledger.page_size(size)
-        after = ledger.decode_token(token, "rewards", str)
+        after = page_tokens.decode_one(token, "rewards", str)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             page = await store.rewards(conn, tenant_id, after or "", limit + 1)
         if len(page) > limit:
-            return page[:limit], ledger.encode_token("rewards", page[limit - 1].reward_id)
+            return page[:limit], page_tokens.encode("rewards", page[limit - 1].reward_id)
         return page, ""
 
     async def redeem(

@@ -1,9 +1,11 @@
-"""Field checks shared by every tagging write, so the same mistake reads the same everywhere."""
+"""Field checks shared by every service, so the same mistake reads the same everywhere."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+
+from google.protobuf import timestamp_pb2
 
 from services.common.errors import Violations
 
@@ -32,3 +34,13 @@ def past_time(value: dt.datetime | None, now: dt.datetime, violations: Violation
         violations.add(path, "must not be in the future")
     elif value < EARLIEST:
         violations.add(path, f"must not be before {EARLIEST.date()}")
+
+
+def timestamp(value: timestamp_pb2.Timestamp, violations: Violations, path: str) -> dt.datetime | None:
+    """A protobuf Timestamp as an aware UTC datetime, or a violation when Python cannot hold it
+    (nanos outside 0-999,999,999, seconds before year 1 or after 9999)."""
+    try:
+        return value.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        violations.add(path, "is not a valid timestamp")
+        return None
