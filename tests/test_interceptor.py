@@ -160,3 +160,20 @@ async def test_the_server_stops_work_when_the_deadline_passes(channel: grpc.aio.
         await rpc(channel, "unary_unary", "Slow")(b"", metadata=ACME, timeout=0.2)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.wait_for(slow_call_cancelled.wait(), timeout=5)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN_ACME}")],
+        [("authorization", f"Bearer {TOKEN_ACME}"), ("authorization", f"Bearer {TOKEN_GLOBEX}")],
+        [("authorization", f"Bearer {TOKEN_ACME}"), ("authorization", f"Bearer {TOKEN_ACME}")],
+    ],
+)
+async def test_two_authorization_headers_are_unauthenticated(
+    channel: grpc.aio.Channel, headers: list[tuple[str, str]]
+) -> None:
+    """Whichever header a proxy or library keeps would pick the tenant: the request is ambiguous."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "WhoAmI")(b"", metadata=tuple(headers))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import auth, errors, status
+from services.common import auth, errors, inbound, status
 from services.common.logs import get_logger
 
 log = get_logger("memberops.grpc")
@@ -83,7 +83,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     @asynccontextmanager
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        pairs = context.invocation_metadata() or ()
+        metadata = {key: value for key, value in pairs}
         request_id = str(metadata.get(REQUEST_ID_HEADER) or "")[:_MAX_REQUEST_ID] or _new_request_id()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -91,6 +92,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         bound = structlog.contextvars.bind_contextvars(method=method, request_id=request_id)
         try:
             try:
+                # Two headers would leave the tenant to whichever a proxy or library keeps.
+                if sum(1 for key, _ in pairs if key == "authorization") > 1:
+                    raise errors.Unauthenticated("send exactly one authorization header")
                 tenant = self._auth.tenant_for(_text(metadata.get("authorization")))
             except errors.Unauthenticated as error:
                 log.info("rpc", code="UNAUTHENTICATED", reason=error.message)
@@ -138,51 +142,53 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     scope: Callable[[grpc.aio.ServicerContext[Any, Any]], Any],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Runs the handler inside `scope(context)`, keeping its streaming shape."""
+    """Runs the handler inside `scope(context)`, keeping its streaming shape, and refuses there
+    requests that `inbound` would not admit (so the refusal is mapped like any domain error)."""
     # The stubs type handler behaviours as synchronous; under grpc.aio they are coroutines and
     # async generators, so they are handled as Any here.
     h: Any = handler
+    decode = inbound.guarded(handler.request_deserializer)
     if h.unary_unary:
         inner_uu = h.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
             async with scope(context):
-                return await inner_uu(request, context)
+                return await inner_uu(inbound.admit(request), context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, decode, handler.response_serializer)
     if h.unary_stream:
         inner_us = h.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             async with scope(context):
-                async for item in inner_us(request, context):
+                async for item in inner_us(inbound.admit(request), context):
                     yield item
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(unary_stream, decode, handler.response_serializer)
     if h.stream_unary:
         inner_su = h.stream_unary
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             async with scope(context):
-                return await inner_su(requests, context)
+                return await inner_su(_admitted(requests), context)
 
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.stream_unary_rpc_method_handler(stream_unary, decode, handler.response_serializer)
     inner_ss = h.stream_stream
 
     async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
         async with scope(context):
-            async for item in inner_ss(requests, context):
+            async for item in inner_ss(_admitted(requests), context):
                 yield item
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )
+    return grpc.stream_stream_rpc_method_handler(stream_stream, decode, handler.response_serializer)
+
+
+async def _admitted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream's requests; a refused one ends it, its fields named `requests[k].…`."""
+    k = 0
+    async for request in requests:
+        yield inbound.admit(request, f"requests[{k}]")
+        k += 1
 
 
 class GrpcServer:
