@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from google.protobuf import message as protobuf_message
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from services.common.errors import FieldViolation, InvalidArgument
 
@@ -53,10 +53,8 @@ def guarded(deserializer: Deserializer | None) -> Deserializer | None:
             )
         # A NUL in a string and a non-finite double each leave a zero byte in the encoding, so a
         # request without one needs no walk (most requests: proto3 omits zero values).
-        if b"\x00" in data and isinstance(request, protobuf_message.Message):
-            violations = _first(_violations(request, ""), _MAX_LISTED)
-            if violations:
-                return Refused(InvalidArgument(violations))
+        if b"\x00" in data and isinstance(request, protobuf_message.Message) and not _clean(request):
+            return Refused(InvalidArgument(_first(_violations(request, ""), _MAX_LISTED)))
         return request
 
     return decode
@@ -73,6 +71,96 @@ def admit(request: Any, prefix: str = "") -> Any:
         FieldViolation(prefix if v.field == "request" else f"{prefix}.{v.field}", v.description)
         for v in request.error.violations
     )
+
+
+# One field's part in the fast check: its name, what it holds, whether it repeats; for a message,
+# whether it is a map of messages.
+_TEXT, _NUMBER, _MESSAGE, _MAP_OF_MESSAGES, _MAP_OF_TEXT = range(5)
+_Plan = tuple[tuple[str, int, bool], ...]
+_plans: dict[str, _Plan] = {}
+_planning: set[str] = set()
+
+
+def _plan(descriptor: Descriptor) -> _Plan:
+    """The fields of a message type that can hold text or a double, directly or below."""
+    plan = _plans.get(descriptor.full_name)
+    if plan is None:
+        _planning.add(descriptor.full_name)
+        steps: list[tuple[str, int, bool]] = []
+        for field in descriptor.fields:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                value = entry.fields_by_name["value"]
+                if value.message_type is None:
+                    steps.append((field.name, _MAP_OF_TEXT, True))
+                elif _holds_text_or_numbers(value.message_type):
+                    steps.append((field.name, _MAP_OF_MESSAGES, True))
+            elif entry is not None:
+                if _holds_text_or_numbers(entry):
+                    steps.append((field.name, _MESSAGE, field.is_repeated))
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                steps.append((field.name, _TEXT, field.is_repeated))
+            elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+                steps.append((field.name, _NUMBER, field.is_repeated))
+        plan = _plans[descriptor.full_name] = tuple(steps)
+        _planning.discard(descriptor.full_name)
+    return plan
+
+
+def _holds_text_or_numbers(descriptor: Descriptor) -> bool:
+    """Timestamps, dates and the like are skipped whole; a type still being planned (one that
+    refers to itself) counts as holding."""
+    name = descriptor.full_name
+    return name in _STRUCT_TYPES or name in _planning or bool(_plan(descriptor))
+
+
+def _clean(message: protobuf_message.Message) -> bool:
+    """Whether no text below `message` has a NUL and no number is NaN or infinite: the common
+    case, answered without building a path per field (`_violations` names what is wrong)."""
+    kind_name = message.DESCRIPTOR.full_name
+    if kind_name == "google.protobuf.Struct":
+        return _clean_struct(message)
+    if kind_name == "google.protobuf.Value":
+        return _clean_value(message)
+    plan = _plan(message.DESCRIPTOR)  # type: ignore[arg-type]
+    return all(_clean_field(message, name, kind, repeated) for name, kind, repeated in plan)
+
+
+def _clean_field(message: Any, name: str, kind: int, repeated: bool) -> bool:
+    if kind == _MESSAGE:
+        if repeated:
+            return all(_clean(item) for item in getattr(message, name))
+        return not message.HasField(name) or _clean(getattr(message, name))
+    if kind == _TEXT:
+        if repeated:
+            return not any("\x00" in item for item in getattr(message, name))
+        return "\x00" not in getattr(message, name)
+    if kind == _NUMBER:
+        return all(map(math.isfinite, getattr(message, name) if repeated else (getattr(message, name),)))
+    entries = getattr(message, name)
+    if any("\x00" in key for key in entries if isinstance(key, str)):
+        return False
+    if kind == _MAP_OF_MESSAGES:
+        return all(_clean(v) for v in entries.values())
+    return not any(isinstance(v, str) and "\x00" in v for v in entries.values())
+
+
+def _clean_struct(struct: Any) -> bool:
+    fields = struct.fields
+    return not any("\x00" in key for key in fields) and all(_clean_value(v) for v in fields.values())
+
+
+def _clean_value(value: Any) -> bool:
+    which = value.WhichOneof("kind")
+    if which == "number_value":
+        return math.isfinite(value.number_value)
+    if which == "string_value":
+        return "\x00" not in value.string_value
+    if which == "struct_value":
+        return _clean_struct(value.struct_value)
+    if which == "list_value":
+        return all(_clean_value(item) for item in value.list_value.values)
+    return True
 
 
 def _first(violations: Iterator[FieldViolation], limit: int) -> list[FieldViolation]:
