@@ -40,6 +40,8 @@ MAX_DISPLAY_NAME = 64
 MAX_DESCRIPTION = 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Dimensions one request may name (ExplainTags, RecomputeTags, GetTagStats): each costs a statement.
+MAX_NAMED_DIMENSIONS = 1000
 
 
 class Category(enum.IntEnum):
@@ -253,6 +255,20 @@ def content_hash(spec: DefinitionInput) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def named_dimensions(names: Sequence[str], violations: Violations, path: str) -> dict[str, int]:
+    """Each dimension `names` lists, once, with the index it first has: a name listed twice is
+    worked on once. More than MAX_NAMED_DIMENSIONS names is a violation of `path`, since every
+    name costs a statement and a long list would run past any deadline."""
+    if len(names) > MAX_NAMED_DIMENSIONS:
+        violations.add(path, f"at most {MAX_NAMED_DIMENSIONS} dimensions")
+    chosen: dict[str, int] = {}
+    for i, name in enumerate(names[:MAX_NAMED_DIMENSIONS]):
+        if not DIMENSION.match(name):
+            violations.add(f"{path}[{i}]", "is not a dimension name")
+        chosen.setdefault(name, i)
+    return chosen
+
+
 def dimension_from_name(name: str, field: str) -> str:
     prefix = "tagDefinitions/"
     dimension = name.removeprefix(prefix)
@@ -363,22 +379,24 @@ class Catalog:
     ) -> list[Explanation]:
         violations = Violations()
         checks.natural_id(member_id, violations, "member")
-        for i, dimension in enumerate(dimensions):
-            if not DIMENSION.match(dimension):
-                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        named = named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
             if await store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
             definitions = [_definition(row) for row in await store.list_definitions(conn, "", 10_000, False)]
             by_dimension = {d.spec.dimension: d for d in definitions}
-            chosen = [by_dimension.get(name) for name in dimensions] if dimensions else definitions
+            chosen = (
+                [(i, name, by_dimension.get(name)) for name, i in named.items()]
+                if named
+                else [(i, d.spec.dimension, d) for i, d in enumerate(definitions)]
+            )
             explanations = []
-            for i, definition in enumerate(chosen):
+            for i, name, definition in chosen:
                 if definition is None:
-                    raise NotFound(f"dimensions[{i}]: tagDefinitions/{dimensions[i]} not found or retired")
+                    raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
                 if definition.spec.kind not in EVALUATED_KINDS:
-                    if dimensions:
+                    if named:
                         raise InvalidArgument.field(
                             f"dimensions[{i}]",
                             f"{definition.spec.dimension} is set by operators, not by rules",

@@ -143,25 +143,23 @@ class Tagger:
     ) -> list[RecomputeResult]:
         """Full recompute of the chosen (or all) rule dimensions, one transaction per dimension."""
         violations = Violations()
-        for i, name in enumerate(dimensions):
-            if not catalog.DIMENSION.match(name):
-                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        named = catalog.named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             current = {
                 row["dimension"]: row["current_version"]
                 for row in await store.active_definition_versions(conn)
             }
-            chosen = list(dimensions) or sorted(current)
+            chosen = named or {name: i for i, name in enumerate(sorted(current))}
             prepared: list[_Prepared] = []
-            for i, name in enumerate(chosen):
+            for name, i in chosen.items():
                 if name not in current:
                     raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
                 item = await self._prepare(conn, tenant_id, name, current[name], filtered=False)
                 assert item is not None
                 if item.spec.kind in catalog.EVALUATED_KINDS:
                     prepared.append(item)
-                elif dimensions:
+                elif named:
                     raise InvalidArgument.field(
                         f"dimensions[{i}]", f"{name} is set by operators, not by rules"
                     )

@@ -199,7 +199,8 @@ def compile_model(model: models_pb2.Model, *, filtered: bool) -> CompiledDimensi
     figures = "".join(f", x.{column}" for column in body.figures)
     where = f"WHERE m.member_id = ANY({q.member_filter})" if q.member_filter else ""
     sql = (
-        f"SELECT m.member_id, COALESCE(x.tag_values, ARRAY[]::text[]) AS tag_values{figures}\n"
+        f"SELECT m.member_id, COALESCE(x.tag_values, ARRAY[]::text[]) AS tag_values, "
+        f"{now} AS evaluated_at{figures}\n"
         f"FROM tagging.members m\nLEFT JOIN ({body.sql}) AS x ON x.member_id = m.member_id\n{where}"
     )
     return CompiledDimension(sql, tuple(q.params), body.figures, q.member_filter, body.inputs)

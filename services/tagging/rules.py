@@ -28,6 +28,7 @@ MAX_LIST = 1000
 MAX_FILTER = 100
 MAX_WINDOW_DAYS = 3650
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TYPED_PLACEHOLDER = re.compile(r"\$([0-9]+)::")
 
 Op = rules_pb2.Operator
 Fn = rules_pb2.AggregateFunction
@@ -275,6 +276,10 @@ class CompiledDimension:
     member_filter: str = ""
     inputs: frozenset[Input] = frozenset()
 
+    def __post_init__(self) -> None:
+        untyped = untyped_parameters(self.sql, len(self.params))
+        assert not untyped, f"parameters {untyped} are never named with a type in the statement"
+
     def args(self, now: dt.datetime, member_ids: Sequence[str] | None = None) -> list[Any]:
         """The query's arguments for an evaluation at `now` ($1), for other members if given ($2)."""
         args = [now, *self.params[1:]]
@@ -282,6 +287,14 @@ class CompiledDimension:
             assert self.member_filter, "compiled without a member filter"
             args[1] = list(member_ids)
         return args
+
+
+def untyped_parameters(sql: str, count: int) -> list[int]:
+    """The parameters of 1..`count` that `sql` never names as `$n::type`. PostgreSQL infers the
+    type of a parameter from where it is used, so it cannot prepare a statement given one it does
+    not use (`could not determine data type of parameter`)."""
+    typed = {int(number) for number in _TYPED_PLACEHOLDER.findall(sql)}
+    return [n for n in range(1, count + 1) if n not in typed]
 
 
 @dataclass(frozen=True)
@@ -358,8 +371,10 @@ def compile_dimension(
     joins = aggregate_joins(b, now)
     figure_columns = "".join(f", {expr} AS {column}" for column, expr in b.figures.values())
     where = f"WHERE m.member_id = ANY({b.member_filter})" if b.member_filter else ""
+    # The evaluation time as a column too: rules of the profile alone never read it, and the
+    # statement must still type it to be prepared with it.
     sql = (
-        f"SELECT m.member_id, {value} AS tag_values{figure_columns}\n"
+        f"SELECT m.member_id, {value} AS tag_values, {now} AS evaluated_at{figure_columns}\n"
         f"FROM {b.relations.members} m\n{joins}\n{where}"
     )
     figures = {column: label for label, (column, _) in b.figures.items()}

@@ -13,7 +13,6 @@ from services.common.db import Connection, Database
 from services.common.errors import NotFound, Violations
 from services.tagging import catalog, store
 
-MAX_DIMENSIONS = 1000
 _DEFINITION_PAGE = 1000
 
 
@@ -81,18 +80,14 @@ class Stats:
     async def get(self, tenant_id: str, dimensions: Sequence[str]) -> TagStats:
         """Counts for the named dimensions in the order named, or for every active one."""
         violations = Violations()
-        if len(dimensions) > MAX_DIMENSIONS:
-            violations.add("dimensions", f"at most {MAX_DIMENSIONS} dimensions")
-        for i, name in enumerate(dimensions[:MAX_DIMENSIONS]):
-            if not catalog.DIMENSION.match(name):
-                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        named = catalog.named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             active = await _active_definitions(conn)
-            for i, name in enumerate(dimensions):
+            for name, i in named.items():
                 if name not in active:
                     raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
-            chosen = [active[name] for name in dimensions] if dimensions else list(active.values())
+            chosen = [active[name] for name in named] if named else list(active.values())
             counts = await store.held_counts(conn, sorted({spec.dimension for spec in chosen}))
         return TagStats(
             member_count=counts.member_count,
