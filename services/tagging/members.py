@@ -47,8 +47,10 @@ def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> Non
         violations.add(f"{p}.city_tier", f"unknown value {profile.city_tier}")
     if profile.birthday is not None and not EARLIEST_BIRTHDAY <= profile.birthday <= now.date():
         violations.add(f"{p}.birthday", f"must lie between {EARLIEST_BIRTHDAY} and today")
-    if profile.register_time is not None and profile.register_time > now + checks.CLOCK_SKEW:
-        violations.add(f"{p}.register_time", "must not be in the future")
+    if profile.register_time is not None:
+        # Not before the earliest time the services accept: year 1 fits Python and PostgreSQL but
+        # is no registration, and figures such as days since registration would be nonsense.
+        checks.past_time(profile.register_time, now, violations, f"{p}.register_time")
     for name in ("city", "register_channel", "nickname"):
         checks.text(getattr(profile, name), MAX_TEXT, violations, f"{p}.{name}")
     checks.text(profile.level, MAX_LEVEL, violations, f"{p}.level")

@@ -14,7 +14,7 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
 from services.common.db import Database
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
-from tests.grpc_helpers import field_violations
+from tests.grpc_helpers import failure, field_violations
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
@@ -205,6 +205,12 @@ def _future(days: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _at(year: int, month: int, day: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(dt.datetime(year, month, day, tzinfo=dt.UTC))
+    return stamp
+
+
 def _many_attributes(count: int) -> struct_pb2.Struct:
     attributes = struct_pb2.Struct()
     attributes.update({f"k{i}": i for i in range(count)})
@@ -256,6 +262,13 @@ BAD_MEMBERS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown time zone", {"contact": {"time_zone": "Mars/Olympus"}}, "member.contact.time_zone"),
     ("unknown channel", {"contact": {"preferred_channel": 9}}, "member.contact.preferred_channel"),
     ("opt out of nothing", {"contact": {"opted_out_channels": [0]}}, "member.contact.opted_out_channels[0]"),
+    (
+        "opt out of no channel there is",
+        {"contact": {"opted_out_channels": [1, 999]}},
+        "member.contact.opted_out_channels[1]",
+    ),
+    ("registered in year 1", {"profile": {"register_time": _at(1, 1, 1)}}, "member.profile.register_time"),
+    ("registered in 1999", {"profile": {"register_time": _at(1999, 12, 31)}}, "member.profile.register_time"),
 ]
 
 
@@ -389,3 +402,40 @@ async def test_batch_get_returns_only_the_masked_fields(tagging_stub: Stub) -> N
         await masked("contact", "profile.shoe_size")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "read_mask.paths[1]" in field_violations(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("contact", "register_time", "field"),
+    [
+        (member_pb2.Contact(opted_out_channels=[999]), None, "contact.opted_out_channels[0]"),  # type: ignore[list-item]
+        (None, _at(1, 1, 1), "profile.register_time"),
+    ],
+    ids=["channel 999", "year 1"],
+)
+async def test_update_and_import_refuse_what_upsert_refuses(
+    tagging_stub: Stub,
+    contact: member_pb2.Contact | None,
+    register_time: timestamp_pb2.Timestamp | None,
+    field: str,
+) -> None:
+    member = a_member(unique())
+    await upsert(tagging_stub, member)
+    if contact is not None:
+        member.contact.CopyFrom(contact)
+    if register_time is not None:
+        member.profile.register_time.CopyFrom(register_time)
+    mask = field_mask_pb2.FieldMask(paths=[field.partition("[")[0]])
+    updated = await failure(
+        tagging_stub.UpdateMember(
+            tagging_service_pb2.UpdateMemberRequest(member=member, update_mask=mask), metadata=ACME
+        )
+    )
+    assert updated.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"member.{field}" in field_violations(updated)
+    imported = await failure(
+        tagging_stub.ImportMembers(
+            iter([tagging_service_pb2.ImportMembersRequest(members=[member])]), metadata=ACME
+        )
+    )
+    assert imported.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"requests[0].members[0].{field}" in field_violations(imported)
