@@ -144,8 +144,10 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
     async def ExpirePoints(
         self, request: tasks_service_pb2.ExpirePointsRequest, context: Any
     ) -> tasks_service_pb2.ExpirePointsResponse:
-        as_of = request.as_of.ToDatetime(dt.UTC) if request.HasField("as_of") else self._clock()
-        run = await self._points.expire(current_tenant(), as_of)
+        v = Violations()
+        as_of = messages.time_field(request, "as_of", v, "as_of")
+        v.raise_if_any()
+        run = await self._points.expire(current_tenant(), as_of, self._clock())
         return tasks_service_pb2.ExpirePointsResponse(expired_lots=run.lots, expired_points=run.points)
 
     async def CreateReward(
@@ -174,9 +176,16 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
     async def GetLeaderboard(
         self, request: tasks_service_pb2.GetLeaderboardRequest, context: Any
     ) -> tasks_service_pb2.Leaderboard:
-        at = request.at.ToDatetime(dt.UTC) if request.HasField("at") else self._clock()
+        v = Violations()
+        at = messages.time_field(request, "at", v, "at")
+        v.raise_if_any()
         board = await self._leaderboards.board(
-            current_tenant(), request.period, at, request.time_zone, request.top_n, request.member_id
+            current_tenant(),
+            request.period,
+            at or self._clock(),
+            request.time_zone,
+            request.top_n,
+            request.member_id,
         )
         reply = tasks_service_pb2.Leaderboard(
             start_time=stamp(board.start),
@@ -311,8 +320,10 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
     async def EvaluateLevels(
         self, request: tasks_service_pb2.EvaluateLevelsRequest, context: Any
     ) -> tasks_service_pb2.EvaluateLevelsResponse:
-        as_of = request.as_of.ToDatetime(dt.UTC) if request.HasField("as_of") else self._clock()
-        run = await self._tasks.levels.evaluate(current_tenant(), as_of)
+        v = Violations()
+        as_of = messages.time_field(request, "as_of", v, "as_of")
+        v.raise_if_any()
+        run = await self._tasks.levels.evaluate(current_tenant(), as_of, self._clock())
         return tasks_service_pb2.EvaluateLevelsResponse(
             period_end_time=stamp(run.period_end),
             members_evaluated=run.evaluated,

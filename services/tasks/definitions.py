@@ -30,7 +30,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tasks import ledger, task_store
+from services.tasks import ledger, task_store, times
 from services.tasks.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
 
 TASK_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -292,11 +292,15 @@ def validate(d: Definition, v: Violations | None = None) -> None:
 
 
 def _validity(d: Definition, v: Violations) -> None:
-    if d.start_time is None:
-        v.add("task.start_time", "is required")
-    if d.end_time is None:
-        v.add("task.end_time", "is required")
-    if d.start_time is not None and d.end_time is not None:
+    """Set, in order, at most MAX_VALIDITY long, and inside `times`' span (days, zones and windows
+    are computed from these, and must not overflow)."""
+    in_span = True
+    for name, value in (("start_time", d.start_time), ("end_time", d.end_time)):
+        if value is None:
+            v.add(f"task.{name}", "is required")
+        elif not times.within(value, v, f"task.{name}"):
+            in_span = False
+    if in_span and d.start_time is not None and d.end_time is not None:
         if d.end_time <= d.start_time:
             v.add("task.end_time", "must be after start_time")
         elif d.end_time - d.start_time > MAX_VALIDITY:

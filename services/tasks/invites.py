@@ -94,8 +94,8 @@ class Invites(MemberCalls):
         self, tenant_id: str, task_id: str, inviter: str, invitee: str, request_id: str, now: dt.datetime
     ) -> Invite:
         v = Violations()
-        ledger.check_id(v, "inviter_member_id", inviter)
-        ledger.check_id(v, "invitee_member_id", invitee)
+        ledger.check_member_id(v, "inviter_member_id", inviter)
+        ledger.check_member_id(v, "invitee_member_id", invitee)
         if inviter and inviter == invitee:
             v.add("invitee_member_id", "must not be the inviter: members cannot invite themselves")
         ledger.check_id(v, "request_id", request_id)

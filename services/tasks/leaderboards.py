@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from services.common import zones
 from services.common.db import Database
 from services.common.errors import Violations
-from services.tasks import store
+from services.tasks import ledger, store, times
 
 DEFAULT_TOP = 10
 MAX_TOP = 100
-MAX_MEMBER_ID = 128
 
 
 class Period(enum.IntEnum):
@@ -67,8 +66,8 @@ class Leaderboards:
             v.add("period", "must be LEADERBOARD_PERIOD_WEEK or LEADERBOARD_PERIOD_MONTH")
         if not 0 <= top_n <= MAX_TOP:
             v.add("top_n", f"must be between 1 and {MAX_TOP} (0 means {DEFAULT_TOP})")
-        if len(member_id) > MAX_MEMBER_ID:
-            v.add("member_id", f"must be at most {MAX_MEMBER_ID} characters")
+        ledger.check_member_id(v, "member_id", member_id, required=False)
+        times.within(at, v, "at")
         zone = zones.zone(time_zone, v, "time_zone")
         v.raise_if_any()
         start, end = period_bounds(Period(period), at, zone)

@@ -21,11 +21,11 @@ from typing import Protocol
 
 import asyncpg
 
-from services.common import page_tokens
+from services.common import checks, page_tokens
 from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tasks import store
+from services.tasks import store, times
 from services.tasks.store import Entry, OpenLot
 
 MAX_AMOUNT = 100_000_000
@@ -141,6 +141,16 @@ def check_id(v: Violations, field: str, value: str, *, required: bool = True) ->
         v.add(field, "must be printable text")
 
 
+def check_member_id(v: Violations, field: str, value: str, *, required: bool = True) -> None:
+    """A member id by tagging's rule (`checks.natural_id`): an id tagging refuses names no member,
+    and asking tagging about it would only fail."""
+    if not value:
+        if required:
+            v.add(field, "is required")
+    else:
+        checks.natural_id(value, v, field)
+
+
 def check_amount(v: Violations, field: str, amount: int) -> None:
     if amount <= 0:
         v.add(field, "must be positive")
@@ -169,7 +179,7 @@ def expiry(
 
 def validate_earn(earn: Earn) -> None:
     v = Violations()
-    check_id(v, "member_id", earn.member_id)
+    check_member_id(v, "member_id", earn.member_id)
     check_amount(v, "amount", earn.amount)
     check_id(v, "reference", earn.reference)
     if earn.return_window_days and earn.reason is not Reason.ORDER:
@@ -190,7 +200,7 @@ def earn_reason(v: Violations, value: int) -> Reason:
 
 def validate_spend(spend: Spend) -> None:
     v = Violations()
-    check_id(v, "member_id", spend.member_id)
+    check_member_id(v, "member_id", spend.member_id)
     check_amount(v, "amount", spend.amount)
     check_id(v, "reference", spend.reference)
     check_id(v, "request_id", spend.request_id)
@@ -199,7 +209,7 @@ def validate_spend(spend: Spend) -> None:
 
 def validate_adjust(adjust: Adjust) -> None:
     v = Violations()
-    check_id(v, "member_id", adjust.member_id)
+    check_member_id(v, "member_id", adjust.member_id)
     if adjust.delta == 0:
         v.add("delta", "must not be zero")
     elif abs(adjust.delta) > MAX_AMOUNT:
@@ -448,7 +458,7 @@ class Ledger:
 
     async def reverse_order(self, tenant_id: str, member_id: str, order_id: str) -> Entry:
         v = Violations()
-        check_id(v, "member_id", member_id)
+        check_member_id(v, "member_id", member_id)
         check_id(v, "order_id", order_id)
         v.raise_if_any()
         async with self._db.transaction(tenant_id) as conn:
@@ -475,7 +485,7 @@ class Ledger:
 
     async def balance(self, tenant_id: str, member_id: str, within_days: int, now: dt.datetime) -> Balance:
         v = Violations()
-        check_id(v, "member_id", member_id)
+        check_member_id(v, "member_id", member_id)
         if not 0 <= within_days <= MAX_EXPIRY_DAYS:
             v.add("expiring_within_days", f"must be 0-{MAX_EXPIRY_DAYS}")
         v.raise_if_any()
@@ -486,7 +496,7 @@ class Ledger:
 
     async def entries(self, tenant_id: str, member_id: str, size: int, token: str) -> tuple[list[Entry], str]:
         v = Violations()
-        check_id(v, "member_id", member_id)
+        check_member_id(v, "member_id", member_id)
         v.raise_if_any()
         limit = page_size(size)
         before = page_tokens.decode_one(token, f"entries/{member_id}", int)
@@ -496,8 +506,12 @@ class Ledger:
             return page[:limit], page_tokens.encode(f"entries/{member_id}", page[limit - 1].entry_id)
         return page, ""
 
-    async def expire(self, tenant_id: str, as_of: dt.datetime) -> ExpiryRun:
-        """Expires every lot due at `as_of`, a batch of members per transaction, each member locked."""
+    async def expire(self, tenant_id: str, asked: dt.datetime | None, now: dt.datetime) -> ExpiryRun:
+        """Expires every lot due at `asked` (default `now`, never ahead of it: expiry cannot be
+        undone), a batch of members per transaction, each member locked."""
+        v = Violations()
+        as_of = times.as_of(asked, now, v)
+        v.raise_if_any()
         lots = points = 0
         while True:
             async with self._db.transaction(tenant_id) as conn:

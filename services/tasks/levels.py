@@ -25,7 +25,7 @@ from typing import Any
 from services.common import outbox, zones
 from services.common.db import Connection, Database
 from services.common.errors import Aborted, InvalidArgument, Violations
-from services.tasks import ledger, level_store
+from services.tasks import ledger, level_store, times
 
 CODE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MIN_TIERS, MAX_TIERS = 2, 10
@@ -265,7 +265,7 @@ class Levels:
 
     async def member_level(self, tenant_id: str, member_id: str, now: dt.datetime) -> MemberLevel:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         v.raise_if_any()
         async with self._db.transaction(tenant_id) as conn:
             policy = await self._policy(conn, tenant_id)
@@ -289,9 +289,13 @@ class Levels:
             review_time=review_time(policy, since, now) if at_risk else None,
         )
 
-    async def evaluate(self, tenant_id: str, as_of: dt.datetime) -> Evaluation:
+    async def evaluate(self, tenant_id: str, asked: dt.datetime | None, now: dt.datetime) -> Evaluation:
         """Reviews the members due for the latest period end, then raises those whose growth at
-        `as_of` supports more, BATCH members a transaction."""
+        `as_of` (`asked`, default `now`; never ahead of it: a downgrade is published at once)
+        supports more, BATCH members a transaction."""
+        v = Violations()
+        as_of = times.as_of(asked, now, v)
+        v.raise_if_any()
         async with self._db.transaction(tenant_id) as conn:
             policy = await self._policy(conn, tenant_id)
         boundary = review_boundary(policy, as_of)

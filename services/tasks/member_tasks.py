@@ -116,7 +116,7 @@ class MemberTasks(MemberCalls):
         self, tenant_id: str, member_id: str, size: int, token: str, now: dt.datetime
     ) -> tuple[list[MemberTask], str]:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         v.raise_if_any()
         limit = ledger.page_size(size)
         scope = f"member-tasks/{member_id}"
@@ -163,7 +163,7 @@ class MemberTasks(MemberCalls):
         self, tenant_id: str, task_id: str, member_id: str, request_id: str, now: dt.datetime
     ) -> CompletionRow:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         ledger.check_id(v, "request_id", request_id)
         v.raise_if_any()
         task = await self._definitions.get(tenant_id, task_id)
@@ -174,7 +174,7 @@ class MemberTasks(MemberCalls):
 
     async def enrol(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> EnrolmentRow:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         v.raise_if_any()
         task = await self._definitions.open_for(tenant_id, task_id, Kind.PURCHASE, now)
         d = task.definition

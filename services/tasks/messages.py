@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 from memberops.tasks.v1 import levels_pb2, tasks_pb2
 
+from services.common import checks
 from services.common.errors import Violations
 from services.tasks import definitions, ledger
 from services.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
@@ -41,8 +42,12 @@ def date_from_proto(message: date_pb2.Date, path: str) -> dt.date:
         raise
 
 
-def _time(message: tasks_pb2.Task, name: str) -> dt.datetime | None:
-    return getattr(message, name).ToDatetime(dt.UTC) if message.HasField(name) else None  # type: ignore[arg-type]
+def time_field(message: Any, name: str, v: Violations, path: str) -> dt.datetime | None:
+    """An optional Timestamp field: None when unset, or when Python cannot hold it (then with a
+    violation of `path`)."""
+    if not message.HasField(name):
+        return None
+    return checks.timestamp(getattr(message, name), v, path)
 
 
 def _spec(message: tasks_pb2.Task) -> Spec | None:
@@ -65,11 +70,15 @@ def definition_from_proto(message: tasks_pb2.Task) -> Definition:
     audience = message.eligibility_audience
     if audience and not audience.startswith("audiences/"):
         v.add("task.eligibility_audience", "must be a resource name of the form audiences/{audience_id}")
+    start = time_field(message, "start_time", v, "task.start_time")
+    end = time_field(message, "end_time", v, "task.end_time")
+    if (start is None and message.HasField("start_time")) or (end is None and message.HasField("end_time")):
+        v.raise_if_any()  # a time Python cannot hold is not also "required": say what is wrong
     d = Definition(
         task_id=message.task_id,
         spec=_spec(message),
-        start_time=_time(message, "start_time"),
-        end_time=_time(message, "end_time"),
+        start_time=start,
+        end_time=end,
         display_name=message.display_name,
         time_zone=message.time_zone,
         reward_points=message.reward_points,

@@ -27,6 +27,36 @@ KNOWN_MEMBERS = 100_000
 
 _T = TypeVar("_T")
 
+# A peer answered that what was asked names nothing: NOT_FOUND, or INVALID_ARGUMENT for an id by
+# a rule this service checks its callers' ids by too (services.common.checks), so one no caller
+# of ours can send, and one that can never exist.
+ABSENT = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
+# The peer did not answer in time: down, restarting or overloaded. Retrying later may succeed.
+NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class PeerFailed(Exception):
+    """A peer answered with an error our caller's request cannot explain (INTERNAL, refused our
+    credentials, …): our fault, so INTERNAL, not UNAVAILABLE, which tells callers to retry."""
+
+
+def failure(peer: str, error: grpc.aio.AioRpcError) -> Exception:
+    """What a failed call to a peer is, as the domain sees it."""
+    code = error.code()
+    if code in NO_ANSWER:
+        return Unavailable(f"{peer} did not answer: {code.name}")
+    return PeerFailed(f"{peer} answered {code.name}: {error.details()}")
+
+
+async def answer(peer: str, call: Awaitable[_T]) -> _T | None:
+    """The reply; None when the peer answered that what was asked names nothing (ABSENT)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() in ABSENT:
+            return None
+        raise failure(peer, error) from error
+
 
 def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
     """The profile fields a member has filled in."""
@@ -61,19 +91,10 @@ class Peers:
     def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token_for_tenant(tenant_id)}"),)
 
-    async def _call(self, peer: str, call: Awaitable[_T]) -> _T | None:
-        """The reply, None for NOT_FOUND; UNAVAILABLE (retry later) when the peer fails otherwise."""
-        try:
-            return await call
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise Unavailable(f"{peer} did not answer: {error.code().name}") from error
-
     async def _member(self, tenant_id: str, member_id: str) -> member_pb2.Member | None:
         request = tagging_service_pb2.GetMemberRequest(name=f"members/{member_id}")
         call = self._tagging.GetMember(request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS)
-        member = await self._call("tagging", call)
+        member = await answer("tagging", call)
         if member is not None:
             self._remember(tenant_id, member_id)
         return member
@@ -101,14 +122,14 @@ class Peers:
         call = self._tagging.UpdateMember(
             request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
         )
-        return await self._call("tagging", call) is not None
+        return await answer("tagging", call) is not None
 
     async def audience_exists(self, tenant_id: str, audience_id: str) -> bool:
         request = audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}")
         call = self._audience.GetAudience(
             request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
         )
-        return await self._call("audience", call) is not None
+        return await answer("audience", call) is not None
 
     async def in_audience(self, tenant_id: str, audience_id: str, member_id: str) -> bool | None:
         request = audience_service_pb2.CheckMembershipRequest(
@@ -120,11 +141,13 @@ class Peers:
         try:
             reply = await call
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise Unavailable(f"audience did not answer: {error.code().name}") from error
+            if error.code() not in ABSENT:
+                raise failure("audience", error) from error
             # NOT_FOUND names the member, or the audience (deleted since the task was defined:
-            # then nobody is in it).
-            return None if f"members/{member_id}" in (error.details() or "") else False
+            # then nobody is in it); INVALID_ARGUMENT, an id audience refuses, names no member
+            # (the audience id is one a definition checked).
+            named = f"members/{member_id}" in (error.details() or "")
+            return False if error.code() == grpc.StatusCode.NOT_FOUND and not named else None
         self._remember(tenant_id, member_id)
         return reply.is_member
 
@@ -132,9 +155,9 @@ class Peers:
         kinds: Any = FACT_KINDS
         request = tagging_service_pb2.ReadFeedRequest(after_cursor=after_cursor, limit=limit, kinds=kinds)
         call = self._tagging.ReadFeed(request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS)
-        reply = await self._call("tagging", call)
+        reply = await answer("tagging", call)
         if reply is None:
-            raise Unavailable("tagging answered ReadFeed with NOT_FOUND")
+            raise PeerFailed(f"tagging refused to read its feed after {after_cursor!r}")
         entries = [
             FeedEntry(
                 cursor=entry.cursor,

@@ -103,7 +103,7 @@ class Rewards:
         self, tenant_id: str, member_id: str, reward_id: str, request_id: str, now: dt.datetime
     ) -> Redemption:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         if not REWARD_ID.match(reward_id):
             v.add("reward_id", "is not a reward id")
         ledger.check_id(v, "request_id", request_id)

@@ -30,7 +30,7 @@ class Shares(MemberCalls):
         self, tenant_id: str, task_id: str, member_id: str, target: str, request_id: str, now: dt.datetime
     ) -> ShareRecord:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         ledger.check_id(v, "target", target)
         ledger.check_id(v, "request_id", request_id)
         v.raise_if_any()

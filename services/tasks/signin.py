@@ -111,7 +111,7 @@ class SignIns(MemberCalls):
         now: dt.datetime,
     ) -> SignInRecord:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         ledger.check_id(v, "request_id", request_id)
         v.raise_if_any()
         digest = ledger.content_hash("sign-in", task_id, member_id, makeup_day or "")
@@ -212,7 +212,7 @@ class SignIns(MemberCalls):
 
     async def streak(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> Streak:
         v = Violations()
-        ledger.check_id(v, "member_id", member_id)
+        ledger.check_member_id(v, "member_id", member_id)
         v.raise_if_any()
         task = await self._definitions.get(tenant_id, task_id)
         if task.definition.kind is not Kind.SIGN_IN:

@@ -49,7 +49,7 @@ def earn_request(member: str, **changes: object) -> tasks_service_pb2.EarnPoints
         ({"amount": -5}, "amount", "positive"),
         ({"amount": 10**12}, "amount", "at most"),
         ({"member_id": ""}, "member_id", "required"),
-        ({"member_id": "x" * 129}, "member_id", "at most"),
+        ({"member_id": "x" * 65}, "member_id", "1-64 characters"),
         ({"request_id": ""}, "request_id", "required"),
         ({"reference": ""}, "reference", "required"),
         ({"reason": 0}, "reason", "REASON_TASK"),

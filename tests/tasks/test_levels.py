@@ -23,7 +23,7 @@ from tests.tasks.task_helpers import stamp
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
-    from tests.tasks.conftest import Members
+    from tests.tasks.conftest import Clock, Members
 
 UTC = dt.UTC
 WAIT_SECONDS = 15.0
@@ -52,6 +52,7 @@ async def level(stub: TasksStub, member_id: str) -> levels_pb2.MemberLevel:
 
 
 async def evaluate(stub: TasksStub, as_of: dt.datetime) -> tasks_service_pb2.EvaluateLevelsResponse:
+    """An evaluation as of a time `stub`'s clock has reached (an evaluation never runs ahead)."""
     request = tasks_service_pb2.EvaluateLevelsRequest(as_of=stamp(as_of))
     return await stub.EvaluateLevels(request, metadata=GLOBEX)
 
@@ -126,7 +127,7 @@ async def test_growth_not_the_balance_decides_and_upgrades_are_at_once(
 
 
 async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(
-    tasks_stub: TasksStub, members: Members
+    tasks_stub: TasksStub, clocked_stub: TasksStub, clock: Clock, members: Members
 ) -> None:
     # A one-day window: growth earned now is gone from it by the next period's end.
     await set_policy(tasks_stub, policy(window_days=1, grace_days=7))
@@ -138,7 +139,8 @@ async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(
 
     # Inside the grace after the next period's end, and before it: no downgrade yet.
     for as_of in (next_month - dt.timedelta(hours=1), next_month + dt.timedelta(days=3)):
-        early = await evaluate(tasks_stub, as_of)
+        clock.set(as_of)
+        early = await evaluate(clocked_stub, as_of)
         assert early.downgraded == 0
         assert (await level(tasks_stub, m)).level == "silver"
 
@@ -146,11 +148,12 @@ async def test_downgrades_wait_for_the_period_end_and_its_grace_and_apply_once(
     # after it supports bronze.
     # Evaluations racing each other (a job started twice) apply it once, as the feed shows below.
     late = next_month + dt.timedelta(days=8)
-    runs = await asyncio.gather(*(evaluate(tasks_stub, late) for _ in range(8)))
+    clock.set(late)
+    runs = await asyncio.gather(*(evaluate(clocked_stub, late) for _ in range(8)))
     assert {run.period_end_time.ToDatetime(UTC) for run in runs} == {next_month}
     assert sum(run.downgraded for run in runs) >= 1
     assert (await level(tasks_stub, m)).level == "bronze"
-    again = await evaluate(tasks_stub, late)
+    again = await evaluate(clocked_stub, late)
     assert (again.upgraded, again.downgraded) == (0, 0)
     assert await changes(tasks_stub, members, m) == [
         ("bronze", "silver", True, 1200),
