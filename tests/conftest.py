@@ -27,6 +27,10 @@ TOKEN_INITECH = "test-token-initech-0123456789"
 TENANT_ACME = "acme"
 TENANT_GLOBEX = "globex"
 TENANT_INITECH = "initech"
+# The fuzzer's tenant (tests/fuzz): no background consumer of the tasks service writes in it, so a
+# failed call can be checked to have written nothing.
+TOKEN_FUZZ = "test-token-fuzz-0123456789"
+TENANT_FUZZ = "fuzz"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -36,6 +40,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 ACME = bearer(TOKEN_ACME)
 GLOBEX = bearer(TOKEN_GLOBEX)
 INITECH = bearer(TOKEN_INITECH)
+FUZZ = bearer(TOKEN_FUZZ)
 
 
 def unique(prefix: str = "m") -> str:
@@ -62,7 +67,12 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(pg_dsn: str) -> Settings:
     return Settings(
         database_url=pg_dsn,
-        auth_tokens={TOKEN_ACME: TENANT_ACME, TOKEN_GLOBEX: TENANT_GLOBEX, TOKEN_INITECH: TENANT_INITECH},
+        auth_tokens={
+            TOKEN_ACME: TENANT_ACME,
+            TOKEN_GLOBEX: TENANT_GLOBEX,
+            TOKEN_INITECH: TENANT_INITECH,
+            TOKEN_FUZZ: TENANT_FUZZ,
+        },
         db_pool_min=1,
         db_pool_max=8,
     )
@@ -99,13 +109,14 @@ def tasks_settings(settings: Settings, tagging: app.RunningService, audience: ap
 
 def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.ServiceDefinition:
     """The tasks service for the suite. Its feed follower leaves initech alone: tests of the
-    follower drive initech's rounds themselves, one call at a time (tests/tasks/test_feed_tasks.py).
+    follower drive initech's rounds themselves, one call at a time (tests/tasks/test_feed_tasks.py);
+    and the fuzzer's tenant, where a failed call must be seen to have written nothing.
     A server on a test's `clock` follows no feed at all: it would pay what it learns at its own,
     moved, time."""
 
     def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
         if clock is None:
-            return tasks_server.wire(db, tenants - {TENANT_INITECH}, settings)
+            return tasks_server.wire(db, tenants - {TENANT_INITECH, TENANT_FUZZ}, settings)
         return tasks_server.wire(db, frozenset(), settings, clock=clock)
 
     return dataclasses.replace(tasks_server.DEFINITION, wire=wire)
