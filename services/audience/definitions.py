@@ -191,7 +191,6 @@ async def check_references(conn: Connection, audience_id: str, facts: RuleFacts,
         for ref in frontier - found.keys():
             graph.setdefault(ref, {})
         frontier = {r for row in found.values() for r in row["referenced"]} - graph.keys() - {audience_id}
-    sizes: dict[str, int] = {}
 
     def reaches_self(ref: str) -> bool:
         stack, seen = [ref], {ref}
@@ -204,17 +203,7 @@ async def check_references(conn: Connection, audience_id: str, facts: RuleFacts,
                     stack.append(following)
         return False
 
-    def inlined(ref: str, stack: frozenset[str]) -> int:
-        if ref in sizes:
-            return sizes[ref]
-        row = graph.get(ref)
-        if not row or ref in stack:
-            return 1
-        rule = json_format.ParseDict(row["rule"], audience_pb2.AudienceRule())
-        total = sum(1 + (inlined(r, stack | {ref}) if r else 0) for r in _walk(rule))
-        sizes[ref] = total
-        return total
-
+    sizes: dict[str, int] = {}
     total = facts.nodes
     for path, ref in facts.references:
         if ref == audience_id:
@@ -224,8 +213,67 @@ async def check_references(conn: Connection, audience_id: str, facts: RuleFacts,
         elif reaches_self(ref):
             v.add(path, f"audiences/{ref} references this audience (directly or through others): a cycle")
         else:
-            total += inlined(ref, frozenset())
+            total += _inlined(ref, graph, sizes)
     return total
+
+
+async def check_referencing(conn: Connection, audience_id: str, inlined: int, v: Violations) -> None:
+    """Every audience that references `audience_id`, directly or through others, stays within
+    `MAX_INLINED_NODES` with the new rule (of `inlined` nodes) in place. Each was checked when it
+    was saved, but against the rule `audience_id` had then: a chain of audiences each referencing
+    the previous one three times was accepted, and an update of its root to 151 nodes then made the
+    last one 12,000 nodes (issue 17)."""
+    graph: dict[str, dict[str, Any]] = {}
+    frontier = {audience_id}
+    while frontier:  # up: the audiences whose current version references the frontier
+        found = await store.referencing_rules(conn, sorted(frontier))
+        frontier = found.keys() - graph.keys() - {audience_id}
+        graph.update(found)
+    users = sorted(graph.keys() - {audience_id})
+    graph.pop(audience_id, None)
+    frontier = {r for row in graph.values() for r in row["referenced"]} - graph.keys() - {audience_id}
+    while frontier:  # down: what else they reference, to size them
+        found = await store.current_rules(conn, sorted(frontier))
+        graph.update(found)
+        for ref in frontier - found.keys():
+            graph.setdefault(ref, {})
+        frontier = {r for row in found.values() for r in row["referenced"]} - graph.keys() - {audience_id}
+    sizes = {audience_id: inlined}
+    for user in users:
+        size = _inlined(user, graph, sizes)
+        if size > MAX_INLINED_NODES:
+            v.add(
+                "audience.rule",
+                f"would make audiences/{user}, which references this audience, {size} nodes with its "
+                f"audiences inlined; at most {MAX_INLINED_NODES}",
+            )
+            return
+
+
+def _inlined(root: str, graph: dict[str, dict[str, Any]], sizes: dict[str, int]) -> int:
+    """Nodes of `root`'s stored rule with every audience it references inlined, each counted at
+    every place it is used; `sizes` keeps what is known (and may hold the size of an audience being
+    saved, in place of its stored rule). An audience missing from `graph` or met again on its own
+    path counts one node. Iterative: a chain of audiences may be longer than Python recurses."""
+    walked: dict[str, list[str]] = {}
+    stack, on_path = [root], {root}
+    while stack:
+        ref = stack[-1]
+        row = graph.get(ref)
+        if ref in sizes or not row:
+            sizes.setdefault(ref, 1)
+            on_path.discard(stack.pop())
+            continue
+        if ref not in walked:
+            walked[ref] = list(_walk(json_format.ParseDict(row["rule"], audience_pb2.AudienceRule())))
+        pending = [r for r in walked[ref] if r and r not in sizes and r not in on_path]
+        if pending:
+            stack.append(pending[0])
+            on_path.add(pending[0])
+            continue
+        sizes[ref] = sum(1 + (sizes.get(r, 1) if r else 0) for r in walked[ref])
+        on_path.discard(stack.pop())
+    return sizes[root]
 
 
 def _walk(rule: audience_pb2.AudienceRule) -> Iterator[str]:
@@ -318,6 +366,8 @@ class Definitions:
                 "audience.rule",
                 f"has {inlined} nodes with its audiences inlined; at most {MAX_INLINED_NODES}",
             )
+        if not v:
+            await check_referencing(conn, spec.audience_id, inlined, v)
         v.raise_if_any()
 
     async def create(self, tenant_id: str, spec: AudienceInput, request_id: str) -> Audience:

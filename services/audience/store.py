@@ -148,16 +148,22 @@ async def referencing(conn: Connection, audience_id: str) -> list[str]:
     return [row["audience_id"] for row in rows]
 
 
+_CURRENT_RULES = """SELECT a.audience_id, v.version, v.rule::text AS rule, v.referenced
+   FROM audience.audiences a
+   JOIN audience.audience_versions v ON v.audience_id = a.audience_id AND v.version = a.current_version
+   WHERE a.delete_time IS NULL AND """
+
+
 async def current_rules(conn: Connection, audience_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The current rule, version and direct references of each audience named that is not deleted."""
-    rows = await conn.fetch(
-        """SELECT a.audience_id, v.version, v.rule::text AS rule, v.referenced
-           FROM audience.audiences a
-           JOIN audience.audience_versions v
-             ON v.audience_id = a.audience_id AND v.version = a.current_version
-           WHERE a.delete_time IS NULL AND a.audience_id = ANY($1::text[])""",
-        list(audience_ids),
-    )
+    rows = await conn.fetch(_CURRENT_RULES + "a.audience_id = ANY($1::text[])", list(audience_ids))
+    return {row["audience_id"]: _row(row) for row in rows}
+
+
+async def referencing_rules(conn: Connection, audience_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """As `current_rules`, for the audiences (not deleted) whose current version references any of
+    `audience_ids` directly."""
+    rows = await conn.fetch(_CURRENT_RULES + "v.referenced && $1::text[]", list(audience_ids))
     return {row["audience_id"]: _row(row) for row in rows}
 
 
