@@ -11,7 +11,9 @@ Modes, from the environment:
   under a minute;
 - `MEMBEROPS_FUZZ=long` (nightly): every mutation of every field of every RPC, and 16 payloads of
   random bytes per RPC instead of one;
-- `MEMBEROPS_FUZZ_SEED=<n>`: another sample (and other random bytes) for either mode.
+- `MEMBEROPS_FUZZ_SEED=<n>`: another sample (and other random bytes) for either mode;
+- `MEMBEROPS_FUZZ_LOG=<file>`: one line per call (RPC, field, mutation, code), to see what was
+  accepted as well as what failed (run pytest with -p no:cacheprovider tests/fuzz).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -33,8 +36,11 @@ from tests.fuzz.discovery import Rpc
 
 LONG = os.environ.get("MEMBEROPS_FUZZ", "") == "long"
 SEED = int(os.environ.get("MEMBEROPS_FUZZ_SEED", "17"))
+LOG = os.environ.get("MEMBEROPS_FUZZ_LOG", "")
 SAMPLE = 24
 NOISE = 16 if LONG else 1
+# An RPC that hung this many times is not called further (each hang costs a deadline).
+MAX_HANGS = 2
 # RPCs that change, delete or retire what the others refer to go last, in this order.
 _LAST = ("Update", "Delete", "Retire")
 
@@ -69,6 +75,10 @@ async def channels(
         await channel.close()
 
 
+def write_log(lines: list[str]) -> None:
+    Path(LOG).write_text("\n".join(lines) + "\n")
+
+
 def chosen(rpc: Rpc, all_mutations: list[mutations.Mutation]) -> list[mutations.Mutation]:
     """Every mutation in the long mode; otherwise a seeded sample of the field mutations (the same
     for an RPC whatever else changes) and every whole-request one."""
@@ -89,6 +99,8 @@ class Fuzzer:
         self.rejected: list[str] = []
         self.calls = 0
         self.codes: Counter[str] = Counter()
+        self.log: list[str] = []
+        self.hangs: Counter[str] = Counter()
 
     def channel(self, rpc: Rpc) -> grpc.aio.Channel:
         return self.channels[rpc.service]
@@ -112,49 +124,56 @@ class Fuzzer:
 
     async def fuzz(self, rpc: Rpc) -> None:
         base = bases.base(rpc, self.world)
-        error = await calls.call(
-            self.channel(rpc), rpc, bases.refreshed(base.message, base.fresh).SerializeToString()
-        )
-        self.calls += 1
+        payload = bases.refreshed(base.message, base.fresh).SerializeToString()
+        error = await self.one(rpc, "(base)", "none", payload)
         if error is not None:
             self.rejected.append(f"{rpc.name}: {error.code().name} {(error.details() or '')[:160]}")
-            self.check(rpc, "(base)", "none", error)
-        for mutation in chosen(rpc, mutations.mutations(base.message, SEED, NOISE)):
+        todo = chosen(rpc, mutations.mutations(base.message, SEED, NOISE))
+        for done, mutation in enumerate(todo):
+            if self.hangs[rpc.name] >= MAX_HANGS:
+                skipped = f"{len(todo) - done} more mutations skipped after {MAX_HANGS} hangs"
+                self.findings.append(Finding(rpc.name, "(rest)", "skipped", "DEADLINE_EXCEEDED", skipped))
+                return
             skip = tuple(name for name in mutation.path.replace("[0]", "").split("."))
             request = bases.refreshed(base.message, base.fresh, skip)
-            await self.one(rpc, mutation, mutation.build(request))
+            await self.one(rpc, mutation.path, mutation.kind, mutation.build(request))
 
-    async def one(self, rpc: Rpc, mutation: mutations.Mutation, payload: bytes) -> None:
+    async def one(self, rpc: Rpc, path: str, kind: str, payload: bytes) -> grpc.aio.AioRpcError | None:
+        """Makes one call and checks its answer; the error it failed with, if any."""
         before = await self.fingerprint.take() if rpc.writes else {}
         error = await calls.call(self.channel(rpc), rpc, payload)
         self.calls += 1
-        self.check(rpc, mutation.path, mutation.kind, error)
+        self.check(rpc, path, kind, error)
         if error is None or not rpc.writes:
-            return
+            return error
         if not calls.changed(before, await self.fingerprint.take()):
-            return
+            return error
         # Background consumers write in the tenant too (tagging's refresh queue, the audience
         # index, after the setup's and earlier successful calls): let them finish, and try again,
         # comparing what the rows hold.
         await self.fingerprint.settle()
         before = await self.fingerprint.contents()
-        error = await calls.call(self.channel(rpc), rpc, payload)
+        again = await calls.call(self.channel(rpc), rpc, payload)
         tables = calls.changed(before, await self.fingerprint.contents())
-        if error is not None and tables:
-            self.findings.append(
-                Finding(
-                    rpc.name, mutation.path, mutation.kind, error.code().name, f"failed but wrote {tables}"
-                )
-            )
+        if again is not None and tables:
+            code = again.code().name
+            self.findings.append(Finding(rpc.name, path, kind, code, f"failed but wrote {tables}"))
+        return error
 
     def check(self, rpc: Rpc, path: str, kind: str, error: grpc.aio.AioRpcError | None) -> None:
-        self.codes["OK" if error is None else error.code().name] += 1
+        code = "OK" if error is None else error.code().name
+        self.codes[code] += 1
+        if LOG:
+            self.log.append(f"{rpc.name}\t{path}\t{kind}\t{code}\t{'' if error is None else error.details()}")
         problem = calls.judge(error)
         if problem is not None:
             self.findings.append(Finding(rpc.name, path, kind, problem.code, problem.text))
+            if error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.hangs[rpc.name] += 1
 
 
-@pytest.mark.timeout(0 if LONG else 120)
+# Long enough for a few hangs to be reported rather than the test killed.
+@pytest.mark.timeout(0 if LONG else 300)
 async def test_every_rpc_survives_its_mutations(channels: dict[str, grpc.aio.Channel], db: Database) -> None:
     rpcs = discovery.rpcs()
     fuzzer = Fuzzer(channels, db)
@@ -162,11 +181,14 @@ async def test_every_rpc_survives_its_mutations(channels: dict[str, grpc.aio.Cha
     await fuzzer.fingerprint.settle()
     for rpc in sorted(rpcs, key=order):
         await fuzzer.fuzz(rpc)
+    if LOG:
+        write_log(fuzzer.log)
     report = "\n".join(finding.line() for finding in fuzzer.findings)
     rejected = "\n".join(fuzzer.rejected)
     codes = ", ".join(f"{code} {n}" for code, n in fuzzer.codes.most_common())
-    print(f"fuzz: {len(rpcs)} RPCs, {fuzzer.calls} calls ({codes}), seed {SEED}; bases rejected:\n{rejected}")
-    assert not fuzzer.findings, f"{len(fuzzer.findings)} findings in {fuzzer.calls} calls:\n{report}"
+    summary = f"{len(rpcs)} RPCs, {fuzzer.calls} calls ({codes}), seed {SEED}; bases refused:\n{rejected}"
+    print(f"fuzz: {summary}")
+    assert not fuzzer.findings, f"{len(fuzzer.findings)} findings:\n{report}\n\n{summary}"
 
 
 @pytest.mark.parametrize(
