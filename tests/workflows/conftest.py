@@ -40,8 +40,15 @@ async def register_search_attributes(client: Client) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server of the test's own (it starts in about 0.15 s). Its clock and
+    its time-skipping lock are global to the server, so when it was shared, what one test left
+    behind reached every later one: a run left holding a lock froze time (see `until_asleep`), a
+    lock left released let timers fire at once (a quiet-hours deferral then sent at once), and a
+    clock skipped days ahead by earlier tests moved the next test into another day, zone offset
+    or season, and ahead of the services' real clocks. Each test now starts at the real time
+    with nothing running, and a failed test takes its leftovers with it."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(binaries.temporal_test_server())
     )

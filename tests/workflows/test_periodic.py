@@ -4,12 +4,16 @@ created once, follow their configuration, and start the job when triggered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from memberops.tasks.v1 import points_pb2, tasks_service_pb2_grpc
@@ -17,9 +21,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from services.common import app
 from services.common.config import ConfigError, Settings
 from tests.audience.helpers import member, order
-from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
+from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition, unique
 from tests.tasks.helpers import ROLLING, all_entries, earn
 from workflows.periodic import schedules
 from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
@@ -32,28 +37,61 @@ WAIT_SECONDS = 60.0
 async def run_job(
     env: WorkflowEnvironment, settings: Settings, resources: Resources, job: JobInput
 ) -> JobResult:
-    async with build_worker(env.client, settings, resources):
-        return await env.client.execute_workflow(
-            PeriodicJobWorkflow.run,
-            job,
-            id=f"periodic-test-{uuid.uuid4()}",
-            task_queue=settings.temporal_task_queue,
-        )
+    """Runs one job to its end at the environment's time. A job does not wait on any timer of its
+    own, so time is not skipped while it runs: skipping would race to the next timer of the test
+    server (a run's ten-year execution timeout), and the job would act ten years ahead."""
+    with env.auto_time_skipping_disabled():
+        async with build_worker(env.client, settings, resources):
+            return await env.client.execute_workflow(
+                PeriodicJobWorkflow.run,
+                job,
+                id=f"periodic-test-{uuid.uuid4()}",
+                task_queue=settings.temporal_task_queue,
+            )
+
+
+class SkippedClock:
+    """Real time plus what a test skipped on the time-skipping server: the clock of a tasks server
+    that must see the workflow's time as now, as it does in production (it refuses an `as_of`
+    in its future)."""
+
+    def __init__(self) -> None:
+        self.skipped = dt.timedelta()
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.skipped
+
+
+@contextlib.asynccontextmanager
+async def tasks_on(clock: SkippedClock, settings: Settings, resources: Resources) -> AsyncIterator[Resources]:
+    """`resources` with a tasks server of their own, on `clock`."""
+    running = await app.start(tasks_definition(clock.now), settings, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield dataclasses.replace(resources, tasks=channel)
+    finally:
+        await running.stop()
 
 
 async def test_the_expiry_job_expires_what_is_due_and_a_rerun_changes_nothing(
-    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    tasks_settings: Settings,
 ) -> None:
-    tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
-    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
-    member_id = await member(tagging, unique("batch"))
-    await earn(tasks, member_id, 300, policy=ROLLING, days=1)
-    await time_skipping_env.sleep(dt.timedelta(days=2))  # the job acts for the workflow's time
-    job = JobInput(TENANT_ACME, EXPIRE_POINTS)
-    first = await run_job(time_skipping_env, worker_settings, resources, job)
-    second = await run_job(time_skipping_env, worker_settings, resources, job)
+    clock = SkippedClock()
+    async with tasks_on(clock, tasks_settings, resources) as clocked:
+        tasks = tasks_service_pb2_grpc.TasksServiceStub(clocked.tasks)
+        tagging = tagging_service_pb2_grpc.TaggingServiceStub(clocked.tagging)
+        member_id = await member(tagging, unique("batch"))
+        await earn(tasks, member_id, 300, policy=ROLLING, days=1)
+        clock.skipped = dt.timedelta(days=2)
+        await time_skipping_env.sleep(clock.skipped)  # the job acts for the workflow's time
+        job = JobInput(TENANT_ACME, EXPIRE_POINTS)
+        first = await run_job(time_skipping_env, worker_settings, clocked, job)
+        second = await run_job(time_skipping_env, worker_settings, clocked, job)
+        expiries = [e for e in await all_entries(tasks, member_id) if e.reason == points_pb2.REASON_EXPIRY]
     assert first.job == EXPIRE_POINTS and second.summary == "0 lots, 0 points expired"
-    expiries = [e for e in await all_entries(tasks, member_id) if e.reason == points_pb2.REASON_EXPIRY]
     assert [e.delta for e in expiries] == [-300]
 
 
