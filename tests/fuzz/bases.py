@@ -141,7 +141,7 @@ def fresh_id(name: str) -> str:
     return unique(name.split("_", maxsplit=1)[0])
 
 
-def _int_value(name: str, f: FieldDescriptor) -> int:
+def _int_value(name: str) -> int:
     if "version" in name or name == "revision":
         return 0
     if name in {"page_size", "limit", "batch_size", "chunk_size", "sample_size", "top_n"}:
@@ -199,8 +199,9 @@ def _well_known(msg: Message) -> bool:
 
 
 def fill(msg: Message, rpc: Rpc, world: World, depth: int = 0, stack: tuple[str, ...] = ()) -> None:
-    """Fills every field of `msg` with a plausible value; one member per oneof (a scalar one if
-    there is, so recursive rules end in a leaf)."""
+    """Fills every field of `msg` with a plausible value, one member per oneof: a flag
+    (`Rule.always`) or a message that cannot contain itself (`AudienceRule.tag`) if there is one,
+    so recursive rules end in a leaf."""
     descriptor = wire.descriptor(msg)
     if _well_known(msg) or depth > MAX_DEPTH:
         return
@@ -229,7 +230,7 @@ def _scalar(f: FieldDescriptor, rpc: Rpc, owner: Descriptor, world: World, depth
         return f.name in {"always"}
     if f.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return 1.5
-    return _int_value(f.name, f)
+    return _int_value(f.name)
 
 
 def _fill_field(
