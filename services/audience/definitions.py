@@ -32,9 +32,9 @@ from services.common.errors import (
 )
 from services.tagging import rules
 
-AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 NAME_PREFIX = "audiences/"
-DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_DISPLAY_NAME = 64
 MAX_DESCRIPTION = 1024
 MAX_REQUEST_ID = 128

@@ -25,8 +25,8 @@ from services.common.buckets import BUCKETS, bucket_sql
 from services.common.db import Database
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 
-ARM_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}$")
+ARM_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}\Z")
 NAME_PREFIX = "snapshots/"
 MAX_ARMS = 20
 MAX_REQUEST_ID = 128

@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from services.common.errors import Violations
 
-NATURAL_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+NATURAL_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}\Z")
 NATURAL_ID_RULE = "must be 1-64 characters from A-Z a-z 0-9 _ . : @ -"
 # Clocks differ between the caller and us; a time a few minutes ahead is not an error.
 CLOCK_SKEW = dt.timedelta(minutes=5)

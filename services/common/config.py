@@ -14,7 +14,7 @@ from typing import TypeVar
 
 _N = TypeVar("_N", int, float)
 
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 
 
 class ConfigError(ValueError):

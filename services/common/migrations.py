@@ -18,8 +18,8 @@ import asyncpg
 
 from services.common.db import APP_ROLE
 
-_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql\Z")
+_SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 # pg_advisory_xact_lock key shared by every MemberOps migration run (roles are cluster-wide).
 _LOCK_KEY = 0x4D454D42  # "MEMB"
 

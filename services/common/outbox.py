@@ -17,7 +17,7 @@ import asyncpg
 from services.common.db import Connection
 from services.common.errors import InvalidArgument
 
-CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,19})$")
+CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,19})\Z")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 # Only entries of transactions older than every running one: nothing can still commit before them.

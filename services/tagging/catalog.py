@@ -33,7 +33,7 @@ from services.common.errors import (
 )
 from services.tagging import models, rules, store
 
-DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_VALUES = 100
 MAX_VALUE = 64
 MAX_DISPLAY_NAME = 64

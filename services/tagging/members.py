@@ -19,14 +19,14 @@ from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender,
 from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
 
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_TEXT = 64
 MAX_LEVEL = 32
 EARLIEST_BIRTHDAY = dt.date(1900, 1, 1)
-PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+PHONE = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+\Z")
 MAX_EMAIL = 254
 MAX_IMPORT_BATCH = 10_000
 MAX_BATCH_GET = 10_000

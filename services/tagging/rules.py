@@ -27,7 +27,7 @@ MAX_NODES = 200
 MAX_LIST = 1000
 MAX_FILTER = 100
 MAX_WINDOW_DAYS = 3650
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _TYPED_PLACEHOLDER = re.compile(r"\$([0-9]+)::")
 
 Op = rules_pb2.Operator

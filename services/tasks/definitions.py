@@ -33,8 +33,8 @@ from services.common.errors import (
 from services.tasks import ledger, task_store, times
 from services.tasks.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
 
-TASK_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+TASK_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
+AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 MAX_DISPLAY_NAME = 128
 MAX_VALIDITY = dt.timedelta(days=3650)
 MAX_STREAK_TABLE = 31

@@ -27,7 +27,7 @@ from services.common.db import Connection, Database
 from services.common.errors import Aborted, InvalidArgument, Violations
 from services.tasks import ledger, level_store, times
 
-CODE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+CODE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 MIN_TIERS, MAX_TIERS = 2, 10
 MAX_GROWTH = 10**12
 MAX_DISPLAY_NAME = 64

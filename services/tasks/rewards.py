@@ -22,7 +22,7 @@ from services.tasks import ledger, store
 from services.tasks.ledger import MAX_AMOUNT, Reason
 from services.tasks.store import NewReward, Redemption, Reward
 
-REWARD_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+REWARD_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 MAX_DISPLAY_NAME = 128
 ODDS_SCALE = 10_000
 
