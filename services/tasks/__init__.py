@@ -1,1 +1,2 @@
-"""The tasks service: its RPCs arrive with the tasks issue; it already serves health and reflection."""
+"""The tasks service: task definitions and members' progress in them, the points ledger, rewards and
+redemption, leaderboards, levels and the tasks feed (see docs/tasks.md)."""

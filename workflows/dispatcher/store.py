@@ -1,5 +1,5 @@
-"""The dispatcher's rows in the worker's schema (migration 0003): its cursors over the two feeds and
-the journey runs it started for entry events; and what it reads of the enrolments (SQL only)."""
+"""The dispatcher's rows in the worker's schema (journeys migration 0004): its cursors over the two
+feeds and the journey runs it started for entry events; and what it reads of the enrolments (SQL only)."""
 
 from __future__ import annotations
 
