@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
 from services.common import logs
 from tests.conftest import ACME, TOKEN_ACME
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -41,10 +41,11 @@ async def test_access_log_binds_request_id_and_tenant(
         )
     # grpc.aio sends an aborted call's status before the handler unwinds, so the access-log line
     # may be written just after the client has its answer.
-    deadline = time.monotonic() + 5
-    while not (entries := [e for e in lines(captured) if e.get("request_id") == "req-abc-123"]):
-        assert time.monotonic() < deadline, "no access-log line for the call"
-        await asyncio.sleep(0.01)
+
+    async def logged() -> list[dict[str, Any]]:
+        return [e for e in lines(captured) if e.get("request_id") == "req-abc-123"]
+
+    entries = await eventually(logged, "was an access-log line written for the call", interval=0.01)
     assert len(entries) == 1
     entry = entries[0]
     assert entry["event"] == "rpc"

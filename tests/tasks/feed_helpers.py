@@ -3,9 +3,7 @@ for the tasks follower to apply them."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +13,11 @@ from services.common.db import Database
 from services.tasks.feed_follower import FeedFollower
 from tests.conftest import INITECH, TENANT_INITECH, unique
 from tests.tasks.task_helpers import stamp
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
-WAIT_SECONDS = 15.0
 
 # (sku, category, brand, quantity, unit price in minor units)
 Line = tuple[str, str, str, int, int]
@@ -80,12 +78,15 @@ async def event(
 
 
 async def until(check: Callable[[], Awaitable[bool]], step: Callable[[], Awaitable[object]]) -> None:
-    """Runs `step` until `check` holds: a deadline for the feed to settle, not a timing threshold."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not await check():
-        assert time.monotonic() < deadline, "the tasks feed follower did not apply the facts in time"
+    """Runs `step` until `check` holds."""
+
+    async def stepped() -> bool:
+        if await check():
+            return True
         await step()
-        await asyncio.sleep(0.05)
+        return False
+
+    await eventually(stepped, "did the tasks feed follower apply the facts")
 
 
 async def drain(follower: FeedFollower) -> None:

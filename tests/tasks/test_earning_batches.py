@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -26,6 +25,7 @@ from services.tasks.peers import Peers
 from services.tasks.store import Entry
 from tests.conftest import INITECH, TENANT_INITECH, unique
 from tests.tasks.conftest import Members
+from tests.waiting import eventually
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 # Initech: the suite's tasks service follows no feed for it, so its follower never takes the
@@ -57,16 +57,20 @@ async def locked(db: Database, member_id: str) -> AsyncIterator[int]:
 
 async def wait_until_blocked(conn: Connection, *, by: int | None = None, not_by: int | None = None) -> None:
     """Until some backend waits on a lock held by backend `by` (or by any backend but `not_by`)."""
-    deadline = time.monotonic() + 30
-    while not await conn.fetchval(
-        """SELECT count(*) > 0 FROM pg_stat_activity a, LATERAL pg_blocking_pids(a.pid) AS b(pids)
-           WHERE cardinality(b.pids) > 0
-             AND ($1::int IS NULL OR $1 = ANY(b.pids)) AND ($2::int IS NULL OR NOT $2 = ANY(b.pids))""",
-        by,
-        not_by,
-    ):
-        assert time.monotonic() < deadline, "no earning came to wait on the lock"
-        await asyncio.sleep(0.02)
+
+    async def blocked() -> bool:
+        return bool(
+            await conn.fetchval(
+                """SELECT count(*) > 0 FROM pg_stat_activity a, LATERAL pg_blocking_pids(a.pid) AS b(pids)
+                   WHERE cardinality(b.pids) > 0
+                     AND ($1::int IS NULL OR $1 = ANY(b.pids))
+                     AND ($2::int IS NULL OR NOT $2 = ANY(b.pids))""",
+                by,
+                not_by,
+            )
+        )
+
+    await eventually(blocked, "did an earning come to wait on the lock", interval=0.02)
 
 
 async def ledger_for(db: Database, peers: Peers, members: Members, ids: list[str]) -> Ledger:

@@ -5,7 +5,6 @@ suite's tasks service leaves alone (tests.conftest.tasks_definition)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 from memberops.tagging.v1 import tagging_service_pb2
@@ -18,6 +17,7 @@ from services.tasks.peers import Peers
 from tests.conftest import GLOBEX, INITECH, TENANT_INITECH, unique
 from tests.tasks.helpers import earn
 from tests.tasks.task_helpers import member
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from tests.tasks.conftest import Members
 
-WAIT_SECONDS = 15.0
 
 
 async def level_in_tagging(tagging: TaggingStub, member_id: str, metadata: Any) -> tuple[str, list[str]]:
@@ -41,21 +40,20 @@ async def level_in_tagging(tagging: TaggingStub, member_id: str, metadata: Any) 
 
 async def settled(stub: TasksStub, changes: set[tuple[str, str]]) -> None:
     """Waits for these (member, new level) entries on initech's tasks feed, so one round sees them."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        seen, cursor = set(), ""
+
+    async def all_seen() -> bool:
+        seen: set[tuple[str, str]] = set()
+        cursor = ""
         while True:
             page = await stub.ReadTasksFeed(
                 tasks_service_pb2.ReadTasksFeedRequest(after_cursor=cursor, limit=1000), metadata=INITECH
             )
             seen |= {(e.member_id, e.level_change.to_level) for e in page.entries}
             if page.next_cursor == cursor:
-                break
+                return changes <= seen
             cursor = page.next_cursor
-        if changes <= seen:
-            return
-        assert time.monotonic() < deadline, "the level changes never settled"
-        await asyncio.sleep(0.05)
+
+    await eventually(all_seen, "did the level changes settle")
 
 
 async def publish_all(publisher: LevelPublisher) -> None:
@@ -71,10 +69,11 @@ async def test_the_services_loop_writes_upgrades_to_tagging(
     second = current.tiers[1]
     m = await member(tagging_stub, metadata=GLOBEX, city="Hangzhou")
     await earn(tasks_stub, m, second.min_growth, metadata=GLOBEX)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while await level_in_tagging(tagging_stub, m, GLOBEX) != (second.code, [second.code]):
-        assert time.monotonic() < deadline, "the level never reached tagging"
-        await asyncio.sleep(0.05)
+
+    async def in_tagging() -> bool:
+        return await level_in_tagging(tagging_stub, m, GLOBEX) == (second.code, [second.code])
+
+    await eventually(in_tagging, "did the level reach tagging")
     member_now = await tagging_stub.GetMember(
         tagging_service_pb2.GetMemberRequest(name=f"members/{m}"), metadata=GLOBEX
     )

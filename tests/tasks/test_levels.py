@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,6 +18,7 @@ from tests.conftest import GLOBEX, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import stamp
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from tests.tasks.conftest import Clock, Members
 
 UTC = dt.UTC
-WAIT_SECONDS = 15.0
 
 
 def tier(code: str, min_growth: int) -> levels_pb2.LevelTier:
@@ -81,12 +80,12 @@ async def changes(stub: TasksStub, members: Members, member_id: str) -> list[Cha
     when no older transaction still runs)."""
     marker = await members.new(GLOBEX, prefix="marker")
     await earn(stub, marker, 10_000, metadata=GLOBEX)
-    deadline = time.monotonic() + WAIT_SECONDS
-    entries = await feed(stub)
-    while marker not in {m for m, _ in entries}:
-        assert time.monotonic() < deadline, "the tasks feed did not settle in time"
-        await asyncio.sleep(0.05)
+
+    async def settled() -> list[tuple[str, Any]]:
         entries = await feed(stub)
+        return entries if marker in {m for m, _ in entries} else []
+
+    entries = await eventually(settled, "did the tasks feed settle")
     return [change for m, change in entries if m == member_id]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from services.common.config import Settings
 from services.common.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
+from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import (
     figures,
@@ -172,12 +172,14 @@ async def test_the_goal_exits_the_member_as_converted_and_nothing_more_is_sent(
 async def _until(handle: WorkflowHandle[Any, Any], what: str, holds: Callable[[Funnel], bool]) -> Funnel:
     """Queries the funnel until `holds` (a bounded wait for the worker's progress, no clock read
     by the assertions)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    async def reached() -> Funnel | None:
         funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
-        if holds(funnel):
-            return funnel
-    raise AssertionError(f"the member never got to {what}")
+        return funnel if holds(funnel) else None
+
+    found = await eventually(reached, f"did the member get to {what}")
+    assert found is not None
+    return found
 
 
 async def _until_step(handle: WorkflowHandle[Any, Any], step_id: str) -> Funnel:

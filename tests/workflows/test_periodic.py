@@ -3,12 +3,10 @@ created once, follow their configuration, and start the job when triggered."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
@@ -26,12 +24,12 @@ from services.common.config import ConfigError, Settings
 from tests.audience.helpers import member, order
 from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition, unique
 from tests.tasks.helpers import ROLLING, all_entries, earn
+from tests.waiting import eventually
 from workflows.periodic import schedules
 from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.worker import Resources, build_worker
 
-WAIT_SECONDS = 60.0
 
 
 async def run_job(
@@ -173,12 +171,12 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
         (f"periodic/{tenant}/{EVALUATE_LEVELS}", "removed"),
     ]
     # Schedule listings come from the visibility store, which catches up with a removal shortly after.
-    deadline = time.monotonic() + 30
-    while (listed := await listed_schedules(client, f"periodic/{tenant}/")) != [
-        f"periodic/{tenant}/{EXPIRE_POINTS}"
-    ]:
-        assert time.monotonic() < deadline, f"the schedules listed are still {listed}"
-        await asyncio.sleep(0.2)
+
+    async def only_expiry_listed() -> bool:
+        listed = await listed_schedules(client, f"periodic/{tenant}/")
+        return listed == [f"periodic/{tenant}/{EXPIRE_POINTS}"]
+
+    await eventually(only_expiry_listed, "did the listing drop the removed schedule", interval=0.2)
 
     # Triggered now, a schedule starts the job on the worker (which has tokens for the suite's
     # tenants only, hence acme's schedule).
@@ -186,10 +184,11 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
     sid = schedules.schedule_id(TENANT_ACME, EXPIRE_POINTS)
     async with build_worker(client, worker_settings, resources):
         await client.get_schedule_handle(sid).trigger()
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not await finished_runs(client, sid) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-    runs = await finished_runs(client, sid)
+
+        async def finished() -> list[WorkflowExecutionStatus | None]:
+            return list(await finished_runs(client, sid))
+
+        runs = await eventually(finished, "did the triggered job finish", interval=0.2)
     assert runs and set(runs) == {WorkflowExecutionStatus.COMPLETED}
     for handle_id in (sid, f"periodic/{tenant}/{EXPIRE_POINTS}"):
         await client.get_schedule_handle(handle_id).delete()

@@ -4,7 +4,7 @@ enrolments and the message log hold, treated against holdout, with the uplift.""
 from __future__ import annotations
 
 import json
-import time
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -12,6 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 from services.common.config import Settings
 from services.common.db import Database
 from tests.conftest import TENANT_ACME
+from tests.waiting import eventually
 from tests.workflows.journey_helpers import journey, member_in, running, seed_member, start
 from workflows.journeys import report
 from workflows.journeys.definition import EventMatch, Goal, Send, Step, Template, Wait
@@ -65,9 +66,11 @@ async def test_the_report_gives_what_the_enrolments_and_the_message_log_hold(
         }
         for member_id, amount in orders.items():
             handle = handles[member_id]
-            deadline = time.monotonic() + 60
-            while (await handle.query(JourneyWorkflow.funnel)).current_step != "wait-1d":
-                assert time.monotonic() < deadline, f"{member_id} never got to wait-1d"
+
+            async def waiting(handle: Any = handle) -> bool:
+                return bool((await handle.query(JourneyWorkflow.funnel)).current_step == "wait-1d")
+
+            await eventually(waiting, f"did {member_id} get to wait-1d")
             await handle.signal(JourneyWorkflow.event, MemberEvent(kind="order", amount_minor=amount))
         funnels = {member_id: await handle.result() for member_id, handle in handles.items()}
 
