@@ -31,7 +31,6 @@ from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.worker import Resources, build_worker
 
 
-
 async def run_job(
     env: WorkflowEnvironment, settings: Settings, resources: Resources, job: JobInput
 ) -> JobResult:
