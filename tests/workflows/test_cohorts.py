@@ -36,7 +36,7 @@ from tests.workflows.cohort_helpers import (
     until,
     until_asleep,
 )
-from tests.workflows.journey_helpers import phone_of, running
+from tests.workflows.journey_helpers import keep_history, phone_of, running
 from workflows.journeys.activities import holdout_salt
 from workflows.journeys.cohort.delivery import split_arm
 from workflows.journeys.cohort.shared import CohortEvent, CohortFunnel, CohortInput, cohort_workflow_id
@@ -89,6 +89,12 @@ async def test_a_broadcast_messages_each_treated_member_once_and_no_holdout_memb
         )
         funnel = await handle.result()
         description = await handle.describe()
+        # The first run, which ends by continuing as new, and the last, which began from its state.
+        first_run = time_skipping_env.client.get_workflow_handle(
+            handle.id, run_id=handle.first_execution_run_id
+        )
+        await keep_history(first_run, "cohort_continued_as_new")
+        await keep_history(handle, "cohort_last_run_after_continue_as_new")
     held = {m for m in ids if bucket(holdout_salt(definition.key), m) < 1000}
     got = delivered(provider, ids)
     assert set(got) == set(ids) - held and set(got.values()) == {1}
@@ -162,6 +168,7 @@ async def test_quiet_hours_defer_the_cohort_in_each_members_zone(
             deferred = await until(handle, "the deferral", lambda f: f.deferrals.get("quiet_hours", 0) == 300)
         assert delivered(provider, ids) == Counter()
         funnel = await handle.result()
+        await keep_history(handle, "cohort_quiet_hours_deferral")
     assert step(deferred, "hello") == {"entered": 300, "deferred": 300}
     assert step(funnel, "hello") == {"entered": 300, "deferred": 300, "sent": 300}
     assert set(delivered(provider, ids).values()) == {1} and len(delivered(provider, ids)) == 300
@@ -210,6 +217,7 @@ async def test_splits_waits_and_the_funnel_agree_with_the_database(
             await handle.signal(CohortJourneyWorkflow.event, CohortEvent(member_id, event))
         await handle.signal(CohortJourneyWorkflow.event, CohortEvent(unique(), MemberEvent(kind="order")))
         funnel = await handle.result()
+        await keep_history(handle, "cohort_split_wait_and_goal")
     rows = await messages(journeys_db, funnel.cohort_id)
     states = await members(journeys_db, funnel.cohort_id)
     treated = [m for m in ids if not states[m]["holdout"]]
@@ -318,6 +326,7 @@ async def test_pause_holds_the_broadcast_and_resume_goes_on(
         assert delivered(provider, ids) == Counter()
         await handle.signal(CohortJourneyWorkflow.resume)
         funnel = await handle.result()
+        await keep_history(handle, "cohort_pause_and_resume")
     assert paused.state == "paused" and step(paused, "hello") == {}
     assert step(funnel, "hello") == {"entered": 200, "sent": 200}
     assert set(delivered(provider, ids).values()) == {1} and len(delivered(provider, ids)) == 200

@@ -167,6 +167,8 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
             return shown if figures and figures.treated.converted + figures.holdout.converted else None
 
         shown = await eventually("the conversion in the dispatcher's funnel", reported)
+    # Terminated by now: rounds that enrolled and signalled, reports of the journeys' figures.
+    await keep_history(d, "dispatcher_enrols_and_signals")
     assert (result.state, result.converted, result.gmv_minor) == ("converted", True, 12_345)
     assert entered["entry_event_id"].startswith("tagging:")
     (row,) = await enrolments(journeys_db, NEW_CUSTOMER.key, member_id)
@@ -295,6 +297,8 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
                 ]
                 for member_id in (first, second)
             }
+    # One run across two workers, the second redoing a lost round.
+    await keep_history(d, "dispatcher_round_lost_and_redone")
     for member_id in (first, second):
         (stayed,) = await enrolments(journeys_db, stays.key, member_id)
         (entered,) = await enrolments(journeys_db, again.key, member_id)

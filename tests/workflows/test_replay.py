@@ -1,9 +1,11 @@
-"""Replaying recorded journey histories with today's code: a change to the interpreter that would
-make a running journey take another path fails here (add `workflow.patched` for it instead).
+"""Replaying recorded histories with today's code: a change to a workflow that would make a running
+journey, broadcast or dispatcher take another path fails here (add `workflow.patched` for it instead).
 
-The histories under `histories/` were recorded from the journey tests with
-`MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py`;
-re-record only when a change is meant to be incompatible and no journey of the old code runs."""
+The histories under `histories/` were recorded from the workflow tests with
+`MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
+tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py` (see `keep_history`); re-record
+only when a change is meant to be incompatible and no run of the old code is left. Each history is
+one run: one that continued as new is replayed up to its continue-as-new, the next run on its own."""
 
 from __future__ import annotations
 
@@ -14,11 +16,31 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.dispatcher.workflow import DispatcherWorkflow
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.workflow import JourneyWorkflow
 
 HISTORIES = {
     path.stem: path.read_text() for path in sorted((Path(__file__).parent / "histories").glob("*.json"))
 }
+# The workflow class of each recorded workflow type (the name its `workflow.defn` registers).
+WORKFLOWS: dict[str, type] = {
+    "Journey": JourneyWorkflow,
+    "CohortJourney": CohortJourneyWorkflow,
+    "Dispatcher": DispatcherWorkflow,
+}
+
+
+def started(text: str) -> dict[str, object]:
+    """The attributes of the history's first event, which names the workflow type."""
+    attributes: dict[str, object] = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"]
+    return attributes
+
+
+def workflow_type(text: str) -> str:
+    kind = started(text)["workflowType"]
+    assert isinstance(kind, dict)
+    return str(kind["name"])
 
 
 def test_there_are_recorded_histories() -> None:
@@ -30,15 +52,32 @@ def test_there_are_recorded_histories() -> None:
         "pause_and_resume",
         # Entered through the dispatcher: one `journeys.enter` activity, signals with event ids.
         "dispatched_new_customer",
+        # Broadcasts: a split, a two-day wait and goal events signalled to the cohort; a deferral
+        # to the end of quiet hours; a pause and a resume; a run that continued as new, and the run
+        # after it, which begins from the state it carried.
+        "cohort_split_wait_and_goal",
+        "cohort_quiet_hours_deferral",
+        "cohort_pause_and_resume",
+        "cohort_continued_as_new",
+        "cohort_last_run_after_continue_as_new",
+        # The dispatcher, terminated as its tests leave it: rounds with a report of the journeys'
+        # figures; a round lost with its worker and done again by the next one.
+        "dispatcher_enrols_and_signals",
+        "dispatcher_round_lost_and_redone",
     }
+    by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
+    assert set(by_type.values()) == set(WORKFLOWS)
+    assert by_type["cohort_continued_as_new"] == by_type["cohort_last_run_after_continue_as_new"]
+    assert "continuedExecutionRunId" in started(HISTORIES["cohort_last_run_after_continue_as_new"])
+    last = json.loads(HISTORIES["cohort_continued_as_new"])["events"][-1]
+    assert last["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_a_recorded_history_replays_deterministically(name: str) -> None:
     text = HISTORIES[name]
-    events = json.loads(text)["events"]
-    assert events[0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"] == "Journey"
-    result = await Replayer(workflows=[JourneyWorkflow]).replay_workflow(
+    workflow_class = WORKFLOWS[workflow_type(text)]
+    result = await Replayer(workflows=[workflow_class]).replay_workflow(
         WorkflowHistory.from_json(name, text), raise_on_replay_failure=False
     )
     assert result.replay_failure is None
