@@ -17,7 +17,9 @@ from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
 from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator, member_id_from_name
+from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits, ExportSlots
 from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
+from services.audience.stream_budget import within_idle_budget
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument
 
@@ -35,7 +37,10 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         breakdowns: breakdowns.Breakdowns,
         memberships: Memberships,
         clock: Callable[[], dt.datetime] = utc_now,
+        exports: ExportLimits = DEFAULT_EXPORT_LIMITS,
     ) -> None:
+        self._export_limits = exports
+        self._export_slots = ExportSlots(exports.per_tenant)
         self._audiences = audiences
         self._evaluator = evaluator
         self._snapshots = snapshots
@@ -123,10 +128,19 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
     async def ExportAudience(
         self, request: audience_service_pb2.ExportAudienceRequest, context: Any
     ) -> AsyncIterator[audience_service_pb2.ExportAudienceResponse]:
+        """One of the tenant's export slots for the call's whole life (given back when it ends,
+        however it ends), and an end to the stream once a chunk waits too long to be read."""
         audience_id = definitions.audience_id_from_name(request.name, "name")
-        chunks = self._evaluator.export(current_tenant(), audience_id, request.chunk_size, self._clock())
-        async for member_ids, version in chunks:
-            yield audience_service_pb2.ExportAudienceResponse(member_ids=member_ids, version=version)
+        tenant_id = current_tenant()
+        give_back = self._export_slots.take(tenant_id)
+        context.add_done_callback(lambda _: give_back())
+        try:
+            chunks = self._evaluator.export(tenant_id, audience_id, request.chunk_size, self._clock())
+            idle = self._export_limits.idle_seconds
+            async for member_ids, version in within_idle_budget(chunks, context, idle, "the export"):
+                yield audience_service_pb2.ExportAudienceResponse(member_ids=member_ids, version=version)
+        finally:
+            give_back()
 
     async def CheckMembership(
         self, request: audience_service_pb2.CheckMembershipRequest, context: Any

@@ -2,7 +2,8 @@
 
 Each call loads the audience (and every audience it references, at their current versions),
 compiles it (cached: compiling is pure) and runs one statement in a read-only tenant transaction
-over tagging's published views, at the evaluation time the call passes in.
+over tagging's published views, at the evaluation time the call passes in. An export runs its
+statement a page at a time, each page in a short transaction of its own (see `Evaluator.export`).
 
 CheckMembership, on the hot path of coupon claims and group entry, answers a dynamic audience from
 the membership index, without a statement. Otherwise it skips the load: it runs the statement
@@ -13,8 +14,9 @@ answered together by the next statement (`services.common.batching`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from memberops.audience.v1 import audience_pb2
 
 from services.audience import compiler, definitions, store
+from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
 from services.common import checks, page_tokens
 from services.common.batching import KeyedBatcher
@@ -33,6 +36,8 @@ MAX_SAMPLE = 100
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 MAX_CHUNK = 10_000
+# Ids an export reads at least per statement, whatever its chunks (see `Evaluator.export`).
+MIN_EXPORT_PAGE = 1000
 _CACHE_LIMIT = 1000
 # Concurrent CheckMembership statements of one tenant: at most this many at once (its reading pool
 # holds four connections), each for up to this many checks.
@@ -95,9 +100,15 @@ class _Check:
 
 
 class Evaluator:
-    def __init__(self, db: Database, index: MembershipIndex | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        index: MembershipIndex | None = None,
+        exports: ExportLimits = DEFAULT_EXPORT_LIMITS,
+    ) -> None:
         self._db = db
         self._index = index
+        self._export_reads = asyncio.Semaphore(exports.reads_in_flight)
         self._compiled: dict[tuple[Any, ...], _Compilations] = {}
         # (tenant, audience) -> what CheckMembership last loaded for it.
         self._checked: dict[tuple[str, str], Loaded] = {}
@@ -231,18 +242,43 @@ class Evaluator:
 
     async def export(
         self, tenant_id: str, audience_id: str, chunk_size: int, now: dt.datetime
-    ) -> AsyncIterator[tuple[list[str], int]]:
-        """Every member id in chunks, read through one server-side cursor of one read-only transaction."""
+    ) -> AsyncGenerator[tuple[list[str], int], None]:
+        """Every member id once, in id order and in chunks, for the audience's version at the start.
+
+        The ids are read in keyset pages, each in a short transaction of its own, and no connection
+        is held while a chunk waits for the client: a reader that stops reading costs only its own
+        stream (issue 17). The first transaction loads and compiles the definition (and every
+        audience it references) once; every later page runs that same statement at the same `now`,
+        so the export stays one version even if the audience is updated meanwhile. Pages hold at
+        least `MIN_EXPORT_PAGE` ids, so a client asking for chunks of one costs a statement per
+        thousand ids, not per id; what is buffered is at most one page. Page reads of all exports
+        together take at most `ExportLimits.reads_in_flight` connections, so a burst of exports
+        leaves the rest of the pool to other calls. Not one snapshot of the data: a member who
+        joins or leaves during the export is in it if they were in when their page was read."""
         if not 0 <= chunk_size <= MAX_CHUNK:
             raise InvalidArgument.field(
                 "chunk_size", f"must be between 1 and {MAX_CHUNK} (0 means {MAX_CHUNK})"
             )
         size = chunk_size or MAX_CHUNK
-        async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
-            cursor = await conn.cursor(loaded.compiled.members_sql(), *loaded.compiled.args(now))
-            while rows := await cursor.fetch(size):
-                yield [row["member_id"] for row in rows], loaded.version
+        page_size = max(size, MIN_EXPORT_PAGE)
+        loaded: Loaded | None = None
+        after = ""
+        while True:
+            async with self._export_reads, self.transaction(tenant_id) as conn:
+                if loaded is None:
+                    # Not driven, as a page of `list_members`: each page stops at its size.
+                    loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
+                c = loaded.compiled
+                sql = (
+                    f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "
+                    f"ORDER BY m.member_id LIMIT {c.next_param(2)}::int"
+                )
+                page = [row["member_id"] for row in await conn.fetch(sql, *c.args(now), after, page_size)]
+            for start in range(0, len(page), size):
+                yield page[start : start + size], loaded.version
+            if len(page) < page_size:
+                return
+            after = page[-1]
 
     async def check(
         self, tenant_id: str, audience_id: str, member_id: str, now: dt.datetime

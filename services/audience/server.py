@@ -17,6 +17,7 @@ from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
 from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator
+from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
 from services.audience.snapshots import Snapshots
 from services.common import app
@@ -32,10 +33,11 @@ def wire(
     tenants: frozenset[str],
     settings: Settings,
     clock: Callable[[], dt.datetime] = utc_now,
+    exports: ExportLimits = DEFAULT_EXPORT_LIMITS,
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
     index = MembershipIndex(db, tenants, limit=settings.membership_index_limit)
-    evaluator = Evaluator(db, index)
+    evaluator = Evaluator(db, index, exports)
     memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(
         Definitions(db, changed=index.forget),
@@ -44,6 +46,7 @@ def wire(
         Breakdowns(db, evaluator),
         memberships,
         clock=clock,
+        exports=exports,
     )
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer

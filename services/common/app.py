@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from grpc_health.v1 import health, health_pb2
 
 from services.common import logs, migrations
 from services.common.auth import TokenAuthenticator
 from services.common.config import Settings
-from services.common.db import Database
+from services.common.db import STARVED_AFTER_SECONDS, Database
 from services.common.grpc_server import GrpcServer, ServiceBinding, serve_until_signal
 from services.common.logs import get_logger
 
@@ -54,6 +55,8 @@ class RunningService:
     db: Database | None
     background: Sequence[Callable[[], Awaitable[None]]] = ()
     closers: Sequence[Callable[[], Awaitable[None]]] = ()
+    # The health service names a starved pool is reported on ("" and each service's).
+    health_names: Sequence[str] = ("",)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -62,7 +65,11 @@ class RunningService:
 
     async def start(self, address: str) -> int:
         port = await self.server.start(address)
-        self._tasks = [asyncio.create_task(_logged(loop)) for loop in self.background]
+        loops = list(self.background)
+        if self.db is not None:
+            db, servicer, names = self.db, self.server.health, self.health_names
+            loops.append(lambda: watch_pool(db, servicer, names))
+        self._tasks = [asyncio.create_task(_logged(loop)) for loop in loops]
         return port
 
     async def stop(self, grace: float = 0) -> None:
@@ -84,6 +91,39 @@ async def _logged(loop: Callable[[], Awaitable[None]]) -> None:
         raise
     except Exception:
         log.exception("background loop failed", loop=getattr(loop, "__qualname__", repr(loop)))
+
+
+# How often a service with a database checks that its pool hands out connections.
+POOL_WATCH_SECONDS = 1.0
+
+
+async def watch_pool(
+    db: Database,
+    servicer: health.aio.HealthServicer,
+    names: Sequence[str],
+    *,
+    every: float = POOL_WATCH_SECONDS,
+    starved_after: float = STARVED_AFTER_SECONDS,
+) -> None:
+    """Health says NOT_SERVING while the pool cannot hand out a connection within `starved_after`,
+    and SERVING again once it can: a server whose every call would wait on the pool is not serving,
+    whatever its gRPC port says, and a load balancer should send the calls elsewhere (issue 17: ten
+    unread exports held every connection while health said SERVING). After shutdown begins the
+    health servicer ignores both."""
+    serving = True
+    while True:
+        starved = await db.starved(starved_after)
+        if starved == serving:
+            serving = not starved
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            log.warning("database pool", serving=serving, starved_after_seconds=starved_after)
+            for name in names:
+                await servicer.set(name, status)
+        await asyncio.sleep(every)
 
 
 async def migrate(dsn: str, definition: ServiceDefinition) -> list[int]:
@@ -110,7 +150,8 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
         await definition.prepare(db, tenants)
     wiring = definition.wire(db, tenants, settings)
     server = GrpcServer(wiring.bindings, TokenAuthenticator(tokens))
-    return RunningService(server, db, wiring.background, wiring.closers)
+    names = ("", *(binding.full_name for binding in wiring.bindings))
+    return RunningService(server, db, wiring.background, wiring.closers, health_names=names)
 
 
 async def start(definition: ServiceDefinition, settings: Settings, address: str) -> RunningService:

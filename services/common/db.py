@@ -51,6 +51,8 @@ async def _reset_if_left_in_transaction(conn: asyncpg.Connection) -> None:
 
 # Connections of each tenant's read-only pool (`Database.reading`), opened on demand.
 READING_POOL_SIZE = 4
+# How long a trivial acquire may wait before the pool counts as starved (`Database.starved`).
+STARVED_AFTER_SECONDS = 2.0
 
 
 class Database:
@@ -73,6 +75,16 @@ class Database:
             reset=_reset_if_left_in_transaction,
         )
         return cls(pool, dsn)
+
+    async def starved(self, within: float = STARVED_AFTER_SECONDS) -> bool:
+        """Whether the pool could not hand out a connection `within` seconds (or not at all: the
+        database is gone), which is what the next request would meet; health reports it (see
+        `app.watch_pool`). The connection is given straight back, unused."""
+        try:
+            async with self.pool.acquire(timeout=within):
+                return False
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return True
 
     async def close(self) -> None:
         pools = [self.pool, *self._reading.values()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
@@ -140,6 +140,22 @@ async def member(
     message.attributes.update({"batch": batch})
     await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=message), metadata=metadata)
     return message.member_id
+
+
+async def import_batch(stub: TaggingStub, batch: str, count: int, metadata: Any = ACME) -> list[str]:
+    """`count` members of `batch` (ids `{batch}-00000` on), in one ImportMembers call."""
+    members = []
+    for n in range(count):
+        message = member_pb2.Member(member_id=f"{batch}-{n:05d}")
+        message.attributes.update({"batch": batch})
+        members.append(message)
+
+    async def requests() -> AsyncIterator[tagging_service_pb2.ImportMembersRequest]:
+        yield tagging_service_pb2.ImportMembersRequest(members=members)
+
+    imported = await stub.ImportMembers(requests(), metadata=metadata, timeout=60)
+    assert imported.received_count == count
+    return [m.member_id for m in members]
 
 
 async def order(

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
-from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
 from services.common.buckets import bucket
-from tests.audience.helpers import create, in_batch, member
+from tests.audience.helpers import create, import_batch, in_batch, member
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import field_violations
 
@@ -53,20 +52,6 @@ def expected_arm(salt: str, member_id: str, splits: Any = SPLIT) -> str:
         if point < low:
             return str(name)
     raise AssertionError("shares sum to 100")
-
-
-async def import_batch(stub: TaggingStub, batch: str, count: int) -> list[str]:
-    members = []
-    for n in range(count):
-        message = member_pb2.Member(member_id=f"{batch}-{n:05d}")
-        message.attributes.update({"batch": batch})
-        members.append(message)
-
-    async def requests() -> AsyncIterator[tagging_service_pb2.ImportMembersRequest]:
-        yield tagging_service_pb2.ImportMembersRequest(members=members)
-
-    await stub.ImportMembers(requests(), metadata=ACME, timeout=60)
-    return [m.member_id for m in members]
 
 
 async def test_arms_are_deterministic_sized_and_frozen(
