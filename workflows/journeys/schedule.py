@@ -2,7 +2,8 @@
 
 Pure functions of an instant and a zone, so the send activity and its tests agree on what "21:00
 for this member" is across zones and daylight-saving changes (a local time that does not exist on
-a given day, skipped by a DST jump, lands on the instant the zone's rules map it to).
+a given day, skipped by a DST jump, lands on the instant the zone's rules map it to; one that the
+clock shows twice, in the hour a fall-back repeats, is either instant, whichever comes next).
 """
 
 from __future__ import annotations
@@ -26,8 +27,18 @@ def _clock(text: str) -> dt.time:
     return dt.time(int(hour), int(minute))
 
 
-def _at(day: dt.date, time: dt.time, tz: ZoneInfo) -> dt.datetime:
-    return dt.datetime.combine(day, time, tzinfo=tz).astimezone(dt.UTC)
+def _at(day: dt.date, time: dt.time, tz: ZoneInfo, fold: int = 0) -> dt.datetime:
+    return dt.datetime.combine(day, time, tzinfo=tz).replace(fold=fold).astimezone(dt.UTC)
+
+
+def _instants(day: dt.date, time: dt.time, tz: ZoneInfo) -> list[dt.datetime]:
+    """The instants of `day` at which the local clock shows `time`: two in the hour a fall-back
+    repeats (during the second, the first has passed: a deferral to it would end before it began),
+    the zone's mapping of it when a DST jump skips it, else one."""
+    first = _at(day, time, tz)
+    if first.astimezone(tz).time() != time:
+        return [first]
+    return sorted({first, _at(day, time, tz, fold=1)})
 
 
 def local_day(now: dt.datetime, tz: ZoneInfo) -> dt.date:
@@ -40,9 +51,9 @@ def next_local_midnight(now: dt.datetime, tz: ZoneInfo) -> dt.datetime:
 
 def next_local_time(now: dt.datetime, tz: ZoneInfo, hour: int, minute: int) -> dt.datetime:
     """The first instant at or after `now` whose local time is hour:minute."""
-    today = local_day(now, tz)
-    target = _at(today, dt.time(hour, minute), tz)
-    return target if target >= now else _at(today + dt.timedelta(days=1), dt.time(hour, minute), tz)
+    today, time = local_day(now, tz), dt.time(hour, minute)
+    days = (today + dt.timedelta(days=n) for n in range(3))
+    return min(at for day in days for at in _instants(day, time, tz) if at >= now)
 
 
 def quiet_until(now: dt.datetime, tz: ZoneInfo, quiet: QuietHours | None) -> dt.datetime | None:
@@ -50,13 +61,8 @@ def quiet_until(now: dt.datetime, tz: ZoneInfo, quiet: QuietHours | None) -> dt.
     if quiet is None:
         return None
     start, end = _clock(quiet.start), _clock(quiet.end)
-    local = now.astimezone(tz)
-    today, clock = local.date(), local.time()
-    if start < end:
-        return _at(today, end, tz) if start <= clock < end else None
-    # The window wraps midnight (21:00-09:00).
-    if clock >= start:
-        return _at(today + dt.timedelta(days=1), end, tz)
-    if clock < end:
-        return _at(today, end, tz)
-    return None
+    clock = now.astimezone(tz).time()
+    # A window that wraps midnight (21:00-09:00) holds the clock times after its start or before its end.
+    inside = start <= clock < end if start < end else clock >= start or clock < end
+    # It ends when the clock next shows its end (in a repeated hour, that may be the second time).
+    return next_local_time(now, tz, end.hour, end.minute) if inside else None
