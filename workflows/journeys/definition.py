@@ -53,13 +53,13 @@ PROFILE_FIELDS = ("nickname", "city", "level", "member_id")
 # points one EarnPoints call at a time (see docs/decisions.md).
 BROADCAST_STEP_KINDS = ("wait", "wait_until_hour", "split", "send", "add_tag", "exit")
 
-KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
+KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
+CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
+CRON_FIELD = re.compile(r"^[0-9*/,\-]+\Z")
 
 MAX_STEPS = 100
 MAX_WAIT = timedelta(days=365)
