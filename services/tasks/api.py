@@ -21,18 +21,18 @@ from memberops.tasks.v1 import (
 
 from services.common.auth import current_tenant
 from services.common.errors import InvalidArgument, Violations
-from services.tasks import ledger, messages
-from services.tasks.definitions import TaskDefinitions, task_id_from_name
-from services.tasks.invites import Invites
-from services.tasks.leaderboards import Leaderboards, Place
-from services.tasks.ledger import Ledger
-from services.tasks.levels import Levels
-from services.tasks.member_tasks import MemberTasks
+from services.tasks import messages
+from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
-from services.tasks.rewards import Rewards
-from services.tasks.shares import Shares
-from services.tasks.signin import SignIns
-from services.tasks.store import Entry, NewReward, Redemption, Reward
+from services.tasks.points import ledger
+from services.tasks.points.leaderboards import Leaderboards
+from services.tasks.points.ledger import Ledger
+from services.tasks.points.rewards import Rewards
+from services.tasks.tasks.definitions import TaskDefinitions, task_id_from_name
+from services.tasks.tasks.invites import Invites
+from services.tasks.tasks.member_tasks import MemberTasks
+from services.tasks.tasks.shares import Shares
+from services.tasks.tasks.signin import SignIns
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,13 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             return_window_days=request.return_window_days,
             request_id=request.request_id,
         )
-        return entry_to_proto(await self._points.earn(current_tenant(), earn, self._clock()))
+        return messages.entry_to_proto(await self._points.earn(current_tenant(), earn, self._clock()))
 
     async def SpendPoints(
         self, request: tasks_service_pb2.SpendPointsRequest, context: Any
     ) -> points_pb2.LedgerEntry:
         spend = ledger.Spend(request.member_id, request.amount, request.reference, request.request_id)
-        return entry_to_proto(await self._points.spend(current_tenant(), spend, self._clock()))
+        return messages.entry_to_proto(await self._points.spend(current_tenant(), spend, self._clock()))
 
     async def AdjustPoints(
         self, request: tasks_service_pb2.AdjustPointsRequest, context: Any
@@ -106,12 +106,12 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             expiry=expiry,
             request_id=request.request_id,
         )
-        return entry_to_proto(await self._points.adjust(current_tenant(), adjust, self._clock()))
+        return messages.entry_to_proto(await self._points.adjust(current_tenant(), adjust, self._clock()))
 
     async def ReverseOrderPoints(
         self, request: tasks_service_pb2.ReverseOrderPointsRequest, context: Any
     ) -> points_pb2.LedgerEntry:
-        return entry_to_proto(
+        return messages.entry_to_proto(
             await self._points.reverse_order(current_tenant(), request.member_id, request.order_id)
         )
 
@@ -138,7 +138,7 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), request.member_id, request.page_size, request.page_token
         )
         return tasks_service_pb2.ListLedgerEntriesResponse(
-            entries=[entry_to_proto(e) for e in page], next_page_token=token
+            entries=[messages.entry_to_proto(e) for e in page], next_page_token=token
         )
 
     async def ExpirePoints(
@@ -155,8 +155,8 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
     ) -> rewards_pb2.Reward:
         if not request.HasField("reward"):
             raise InvalidArgument.field("reward", "is required")
-        return reward_to_proto(
-            await self._rewards.create(current_tenant(), reward_from_proto(request.reward))
+        return messages.reward_to_proto(
+            await self._rewards.create(current_tenant(), messages.reward_from_proto(request.reward))
         )
 
     async def ListRewards(
@@ -164,14 +164,14 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
     ) -> tasks_service_pb2.ListRewardsResponse:
         page, token = await self._rewards.list_page(current_tenant(), request.page_size, request.page_token)
         return tasks_service_pb2.ListRewardsResponse(
-            rewards=[reward_to_proto(r) for r in page], next_page_token=token
+            rewards=[messages.reward_to_proto(r) for r in page], next_page_token=token
         )
 
     async def Redeem(self, request: tasks_service_pb2.RedeemRequest, context: Any) -> rewards_pb2.Redemption:
         redemption = await self._rewards.redeem(
             current_tenant(), request.member_id, request.reward_id, request.request_id, self._clock()
         )
-        return redemption_to_proto(redemption)
+        return messages.redemption_to_proto(redemption)
 
     async def GetLeaderboard(
         self, request: tasks_service_pb2.GetLeaderboardRequest, context: Any
@@ -190,10 +190,10 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         reply = tasks_service_pb2.Leaderboard(
             start_time=stamp(board.start),
             end_time=stamp(board.end),
-            top=[_place(p) for p in board.top],
+            top=[messages.place_to_proto(p) for p in board.top],
         )
         if board.member is not None:
-            reply.member.CopyFrom(_place(board.member))
+            reply.member.CopyFrom(messages.place_to_proto(board.member))
         return reply
 
     # --- task definitions ------------------------------------------------------------------------
@@ -340,65 +340,3 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         return tasks_service_pb2.ReadTasksFeedResponse(
             entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
         )
-
-
-def _place(place: Place) -> tasks_service_pb2.LeaderboardPlace:
-    return tasks_service_pb2.LeaderboardPlace(member_id=place.member_id, points=place.points, rank=place.rank)
-
-
-def entry_to_proto(entry: Entry) -> points_pb2.LedgerEntry:
-    message = points_pb2.LedgerEntry(
-        entry_id=entry.entry_id,
-        member_id=entry.member_id,
-        delta=entry.delta,
-        reason=entry.reason,  # type: ignore[arg-type]
-        reference=entry.reference,
-        operator=entry.operator,
-        note=entry.note,
-        request_id=entry.request_id,
-        shortfall=entry.shortfall,
-        create_time=stamp(entry.create_time),
-    )
-    if entry.available_time is not None:
-        message.available_time.CopyFrom(stamp(entry.available_time))
-    if entry.expire_time is not None:
-        message.expire_time.CopyFrom(stamp(entry.expire_time))
-    return message
-
-
-def reward_from_proto(message: rewards_pb2.Reward) -> NewReward:
-    return NewReward(
-        reward_id=message.reward_id,
-        kind=message.kind,
-        display_name=message.display_name,
-        price=message.price,
-        initial_stock=message.initial_stock,
-        win_odds_bp=message.win_odds_bp,
-    )
-
-
-def reward_to_proto(reward: Reward) -> rewards_pb2.Reward:
-    return rewards_pb2.Reward(
-        reward_id=reward.reward_id,
-        kind=reward.kind,  # type: ignore[arg-type]
-        display_name=reward.display_name,
-        price=reward.price,
-        initial_stock=reward.initial_stock or 0,
-        stock=reward.stock or 0,
-        unlimited=reward.stock is None,
-        win_odds_bp=reward.win_odds_bp,
-        create_time=stamp(reward.create_time),
-    )
-
-
-def redemption_to_proto(redemption: Redemption) -> rewards_pb2.Redemption:
-    return rewards_pb2.Redemption(
-        redemption_id=redemption.redemption_id,
-        member_id=redemption.member_id,
-        reward_id=redemption.reward_id,
-        points=redemption.points,
-        outcome=redemption.outcome,  # type: ignore[arg-type]
-        entry_id=redemption.entry_id,
-        request_id=redemption.request_id,
-        create_time=stamp(redemption.create_time),
-    )

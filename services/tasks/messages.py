@@ -1,4 +1,5 @@
-"""Task definitions and member-task results between protobuf and the domain (used by api.py)."""
+"""Ledger entries, rewards, leaderboard places, task definitions, member-task results and levels
+between protobuf and the domain (used by api.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
-from memberops.tasks.v1 import levels_pb2, tasks_pb2
+from memberops.tasks.v1 import levels_pb2, points_pb2, rewards_pb2, tasks_pb2, tasks_service_pb2
 
 from services.common import checks
 from services.common.errors import Violations
-from services.tasks import definitions, ledger
-from services.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
-from services.tasks.invites import Invite
-from services.tasks.levels import FeedEntry, MemberLevel, Policy, Tier
-from services.tasks.member_tasks import MemberTask
-from services.tasks.shares import ShareRecord
-from services.tasks.signin import SignInRecord, Streak
-from services.tasks.task_store import CompletionRow, EnrolmentRow
+from services.tasks.levels.levels import FeedEntry, MemberLevel, Policy, Tier
+from services.tasks.points import ledger
+from services.tasks.points.leaderboards import Place
+from services.tasks.points.ledger_store import Entry
+from services.tasks.points.rewards_store import NewReward, Redemption, Reward
+from services.tasks.tasks import definitions
+from services.tasks.tasks.completion_store import CompletionRow
+from services.tasks.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
+from services.tasks.tasks.enrolment_store import EnrolmentRow
+from services.tasks.tasks.invites import Invite
+from services.tasks.tasks.member_tasks import MemberTask
+from services.tasks.tasks.shares import ShareRecord
+from services.tasks.tasks.signin import SignInRecord, Streak
 
 
 def stamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -285,4 +291,66 @@ def tasks_feed_entry_to_proto(entry: FeedEntry) -> levels_pb2.TasksFeedEntry:
             from_level=entry.from_level, to_level=entry.to_level, upgrade=entry.upgrade, growth=entry.growth
         ),
         create_time=stamp(entry.create_time),
+    )
+
+
+def place_to_proto(place: Place) -> tasks_service_pb2.LeaderboardPlace:
+    return tasks_service_pb2.LeaderboardPlace(member_id=place.member_id, points=place.points, rank=place.rank)
+
+
+def entry_to_proto(entry: Entry) -> points_pb2.LedgerEntry:
+    message = points_pb2.LedgerEntry(
+        entry_id=entry.entry_id,
+        member_id=entry.member_id,
+        delta=entry.delta,
+        reason=entry.reason,  # type: ignore[arg-type]
+        reference=entry.reference,
+        operator=entry.operator,
+        note=entry.note,
+        request_id=entry.request_id,
+        shortfall=entry.shortfall,
+        create_time=stamp(entry.create_time),
+    )
+    if entry.available_time is not None:
+        message.available_time.CopyFrom(stamp(entry.available_time))
+    if entry.expire_time is not None:
+        message.expire_time.CopyFrom(stamp(entry.expire_time))
+    return message
+
+
+def reward_from_proto(message: rewards_pb2.Reward) -> NewReward:
+    return NewReward(
+        reward_id=message.reward_id,
+        kind=message.kind,
+        display_name=message.display_name,
+        price=message.price,
+        initial_stock=message.initial_stock,
+        win_odds_bp=message.win_odds_bp,
+    )
+
+
+def reward_to_proto(reward: Reward) -> rewards_pb2.Reward:
+    return rewards_pb2.Reward(
+        reward_id=reward.reward_id,
+        kind=reward.kind,  # type: ignore[arg-type]
+        display_name=reward.display_name,
+        price=reward.price,
+        initial_stock=reward.initial_stock or 0,
+        stock=reward.stock or 0,
+        unlimited=reward.stock is None,
+        win_odds_bp=reward.win_odds_bp,
+        create_time=stamp(reward.create_time),
+    )
+
+
+def redemption_to_proto(redemption: Redemption) -> rewards_pb2.Redemption:
+    return rewards_pb2.Redemption(
+        redemption_id=redemption.redemption_id,
+        member_id=redemption.member_id,
+        reward_id=redemption.reward_id,
+        points=redemption.points,
+        outcome=redemption.outcome,  # type: ignore[arg-type]
+        entry_id=redemption.entry_id,
+        request_id=redemption.request_id,
+        create_time=stamp(redemption.create_time),
     )

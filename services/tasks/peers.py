@@ -19,8 +19,8 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_servic
 
 from services.common.config import Settings
 from services.common.errors import Unavailable
-from services.tasks.definitions import ProfileField
-from services.tasks.directory import FACT_KINDS, FeedEntry
+from services.tasks.feed.source import FACT_KINDS, FeedEntry
+from services.tasks.tasks.definitions import ProfileField
 
 CALL_TIMEOUT_SECONDS = 5.0
 KNOWN_MEMBERS = 100_000
@@ -73,7 +73,7 @@ def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
 
 
 class Peers:
-    """Implements `directory.Directory`, `directory.FeedSource` and `level_publisher.LevelWriter`
+    """Implements `tasks.participation.Directory`, `feed.source.FeedSource` and `levels.publisher.LevelWriter`
     over the peers' gRPC APIs."""
 
     def __init__(self, settings: Settings) -> None:

@@ -19,19 +19,19 @@ from services.common.config import Settings
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 from services.tasks.api import TasksApi, TaskServices, utc_now
-from services.tasks.definitions import TaskDefinitions
-from services.tasks.directory import Participation
-from services.tasks.feed_follower import FeedFollower
-from services.tasks.invites import Invites
-from services.tasks.leaderboards import Leaderboards
-from services.tasks.ledger import Ledger
-from services.tasks.level_publisher import LevelPublisher
-from services.tasks.levels import Levels, seed
-from services.tasks.member_tasks import MemberTasks
+from services.tasks.feed.follower import FeedFollower
+from services.tasks.levels.levels import Levels, seed
+from services.tasks.levels.publisher import LevelPublisher
 from services.tasks.peers import Peers
-from services.tasks.rewards import Rewards
-from services.tasks.shares import Shares
-from services.tasks.signin import SignIns
+from services.tasks.points.leaderboards import Leaderboards
+from services.tasks.points.ledger import Ledger
+from services.tasks.points.rewards import Rewards
+from services.tasks.tasks.definitions import TaskDefinitions
+from services.tasks.tasks.invites import Invites
+from services.tasks.tasks.member_tasks import MemberTasks
+from services.tasks.tasks.participation import Participation
+from services.tasks.tasks.shares import Shares
+from services.tasks.tasks.signin import SignIns
 
 SERVICE = tasks_service_pb2.DESCRIPTOR.services_by_name["TasksService"]
 

@@ -14,7 +14,7 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from services.common import app
 from services.common.config import Settings
 from services.common.db import Database
-from services.tasks.feed_follower import FeedFollower
+from services.tasks.feed.follower import FeedFollower
 from services.tasks.peers import Peers
 
 # The audience service's client, for tasks with an eligibility audience.

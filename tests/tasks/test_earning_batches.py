@@ -18,11 +18,11 @@ import pytest
 from services.common import app
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition
-from services.tasks import store
-from services.tasks.directory import Participation
-from services.tasks.ledger import Earn, Expiry, ExpiryPolicy, Ledger, Reason
 from services.tasks.peers import Peers
-from services.tasks.store import Entry
+from services.tasks.points import ledger_store
+from services.tasks.points.ledger import Earn, Expiry, ExpiryPolicy, Ledger, Reason
+from services.tasks.points.ledger_store import Entry
+from services.tasks.tasks.participation import Participation
 from tests.conftest import INITECH, TENANT_INITECH, unique
 from tests.tasks.conftest import Members
 from tests.waiting import eventually
@@ -51,7 +51,7 @@ def earning(member_id: str, amount: int, request_id: str, *, order: str = "") ->
 async def locked(db: Database, member_id: str) -> AsyncIterator[int]:
     """Holds the member's account lock until the block ends; yields the holder's backend pid."""
     async with db.transaction(TENANT) as conn:
-        await store.lock_accounts_creating(conn, TENANT, [member_id])
+        await ledger_store.lock_accounts_creating(conn, TENANT, [member_id])
         yield await conn.fetchval("SELECT pg_backend_pid()")
 
 

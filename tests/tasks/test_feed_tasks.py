@@ -19,7 +19,7 @@ from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 from services.common.config import Settings
 from services.common.db import Database
 from services.common.errors import Unavailable
-from services.tasks.feed_follower import FeedFollower
+from services.tasks.feed.follower import FeedFollower
 from services.tasks.peers import Peers
 from tests.audience import helpers as audience
 from tests.conftest import ACME, INITECH, TENANT_INITECH, unique

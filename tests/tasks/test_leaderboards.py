@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from memberops.tasks.v1 import tasks_service_pb2
 
-from services.tasks.leaderboards import Period, period_bounds
+from services.tasks.points.leaderboards import Period, period_bounds
 from tests.conftest import ACME
 from tests.grpc_helpers import bad
 from tests.tasks.helpers import ORDER, earn, spend

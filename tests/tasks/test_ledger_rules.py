@@ -109,7 +109,7 @@ async def test_month_and_year_ends_are_the_first_utc_instant_after_the_month_of_
     year_end: dt.datetime,
 ) -> None:
     """An END_OF_MONTH or END_OF_YEAR entry expires at the first instant of the UTC month (year)
-    after the one in which its points become available (services/tasks/ledger.py Expiry), so they
+    after the one in which its points become available (services/tasks/points/ledger.py Expiry), so they
     count through the month's last microsecond; order points held for a return window take the
     month in which the window ends, not the one they were earned in."""
     moved.set(now)

@@ -11,8 +11,8 @@ from memberops.tagging.v1 import tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2
 
 from services.common.db import Database
-from services.tasks import level_store
-from services.tasks.level_publisher import LevelPublisher
+from services.tasks.levels import tasks_feed_store
+from services.tasks.levels.publisher import LevelPublisher
 from services.tasks.peers import Peers
 from tests.conftest import GLOBEX, INITECH, TENANT_INITECH, unique
 from tests.tasks.helpers import earn
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
     from tests.tasks.conftest import Members
-
 
 
 async def level_in_tagging(tagging: TaggingStub, member_id: str, metadata: Any) -> tuple[str, list[str]]:
@@ -101,10 +100,10 @@ async def test_rounds_write_each_members_latest_level_once_and_skip_unknown_ones
     async with db.transaction(TENANT_INITECH) as conn:
         for to_level in ("gold", "silver"):
             change = {"from_level": "bronze", "to_level": to_level, "upgrade": True, "growth": 5000}
-            await level_store.append_change(conn, TENANT_INITECH, reordered, change)
+            await tasks_feed_store.append_change(conn, TENANT_INITECH, reordered, change)
         # A member tagging does not know, as the ledger wrote them before it required members.
         change = {"from_level": "bronze", "to_level": "silver", "upgrade": True, "growth": 1500}
-        await level_store.append_change(conn, TENANT_INITECH, unknown, change)
+        await tasks_feed_store.append_change(conn, TENANT_INITECH, unknown, change)
         await conn.execute(
             """INSERT INTO tasks.member_levels (tenant_id, member_id, code, since)
                VALUES ($1, $2, 'silver', now())""",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from memberops.tasks.v1 import levels_pb2, tasks_service_pb2
 
-from services.tasks import levels
+from services.tasks.levels import levels
 from tests.conftest import GLOBEX, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.helpers import ORDER, earn, spend

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 
 from services.common.db import Database
-from services.tasks import ledger, store
-from services.tasks.feed_follower import FeedFollower
+from services.tasks.feed.follower import FeedFollower
+from services.tasks.points import ledger, ledger_store
 from tests.conftest import INITECH, TENANT_INITECH
 from tests.tasks.feed_helpers import drain, followed, order, refund
 from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
@@ -73,7 +73,7 @@ async def test_each_refund_takes_back_its_share_and_the_last_one_the_rest(
     # Applying a refund again (a replayed feed entry) takes nothing more.
     again = ledger.Refunded(m, o, second, 2000, 1500, False)
     async with db.transaction(TENANT_INITECH) as conn:
-        await store.lock_account(conn, TENANT_INITECH, m)
+        await ledger_store.lock_account(conn, TENANT_INITECH, m)
         assert await ledger.reverse_refund(conn, TENANT_INITECH, again) is None
     assert len(await reversals(tasks_stub, m, o)) == 3
 

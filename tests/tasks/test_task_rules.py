@@ -16,7 +16,7 @@ import grpc
 from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
 from services.common.db import Database
-from services.tasks.feed_follower import FeedFollower
+from services.tasks.feed.follower import FeedFollower
 from tests.audience import helpers as audience
 from tests.conftest import ACME, INITECH, TENANT_ACME, TENANT_INITECH, unique
 from tests.grpc_helpers import failure

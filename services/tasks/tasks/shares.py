@@ -12,11 +12,13 @@ import datetime as dt
 from dataclasses import dataclass
 
 from services.common.errors import AlreadyExists, Violations
-from services.tasks import completions, ledger, store, task_store
-from services.tasks.calls import MemberCalls
-from services.tasks.completions import Grant
-from services.tasks.definitions import Kind, Task
-from services.tasks.task_store import CompletionRow, ShareRow
+from services.tasks.points import ledger, ledger_store
+from services.tasks.tasks import completion_store, completions, share_store
+from services.tasks.tasks.completion_store import CompletionRow
+from services.tasks.tasks.completions import Grant
+from services.tasks.tasks.definitions import Kind, Task
+from services.tasks.tasks.member_calls import MemberCalls
+from services.tasks.tasks.share_store import ShareRow
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,10 @@ class Shares(MemberCalls):
     ) -> ShareRecord:
         day = task.definition.day(now)
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, member_id)
-            first = await task_store.share_by_request(conn, request_id)
+            await ledger_store.lock_account(conn, tenant_id, member_id)
+            first = await share_store.share_by_request(conn, request_id)
             if first is None:
-                first = await task_store.share(conn, task.task_id, member_id, target)
+                first = await share_store.share(conn, task.task_id, member_id, target)
                 if first is not None:
                     raise AlreadyExists(
                         f"members/{member_id} already shared {target!r} in tasks/{task.task_id}"
@@ -68,13 +70,13 @@ class Shares(MemberCalls):
             elif first.content_hash != digest:
                 raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
             if first is not None:
-                paid = await task_store.completion(conn, first.completion_id)
+                paid = await completion_store.completion(conn, first.completion_id)
                 assert paid is not None
                 return ShareRecord(first, paid)
             await completions.check_limits(conn, task, member_id, day)
             grant = Grant(member_id, task.definition.reward_points, f"share {target}", day)
             completion = await completions.grant(conn, tenant_id, task, grant, now)
-            row = await task_store.insert_share(
+            row = await share_store.insert_share(
                 conn, tenant_id, task.task_id, member_id, target, completion.completion_id, request_id, digest
             )
             return ShareRecord(row, completion)

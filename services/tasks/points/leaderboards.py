@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from services.common import zones
 from services.common.db import Database
 from services.common.errors import Violations
-from services.tasks import ledger, store, times
+from services.tasks import time_span
+from services.tasks.points import leaderboard_store, ledger
 
 DEFAULT_TOP = 10
 MAX_TOP = 100
@@ -67,13 +68,13 @@ class Leaderboards:
         if not 0 <= top_n <= MAX_TOP:
             v.add("top_n", f"must be between 1 and {MAX_TOP} (0 means {DEFAULT_TOP})")
         ledger.check_member_id(v, "member_id", member_id, required=False)
-        times.within(at, v, "at")
+        time_span.within(at, v, "at")
         zone = zones.zone(time_zone, v, "time_zone")
         v.raise_if_any()
         start, end = period_bounds(Period(period), at, zone)
         size = top_n or DEFAULT_TOP
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await store.leaderboard(conn, start, end, size, member_id)
+            rows = await leaderboard_store.leaderboard(conn, start, end, size, member_id)
         places = [Place(row["member_id"], int(row["points"]), int(row["rank"])) for row in rows]
         own = None
         if member_id:

@@ -25,8 +25,9 @@ from services.common import checks, page_tokens
 from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tasks import store, times
-from services.tasks.store import Entry, OpenLot
+from services.tasks import time_span
+from services.tasks.points import ledger_store
+from services.tasks.points.ledger_store import Entry, OpenLot
 
 MAX_AMOUNT = 100_000_000
 MAX_ID = 128
@@ -266,11 +267,11 @@ def page_size(value: int) -> int:
 
 def task_earning(
     member_id: str, points: int, task_id: str, note: str, expiry: Expiry, now: dt.datetime
-) -> store.NewEntry:
+) -> ledger_store.NewEntry:
     """The entry paying a task completion: reason TASK, the task id as reference and the completion
     in the note. It carries no request id: the completion row, written in the same transaction,
     is what makes it happen once."""
-    return store.NewEntry(
+    return ledger_store.NewEntry(
         member_id=member_id,
         delta=points,
         reason=Reason.TASK,
@@ -281,10 +282,10 @@ def task_earning(
     )
 
 
-async def earn_within(conn: Connection, tenant_id: str, entry: store.NewEntry) -> Entry:
+async def earn_within(conn: Connection, tenant_id: str, entry: ledger_store.NewEntry) -> Entry:
     """Writes an earning and its lot inside the caller's transaction, through the same function
     EarnPoints uses (which locks the member's account first)."""
-    written = await store.add_earning(conn, tenant_id, entry, None)
+    written = await ledger_store.add_earning(conn, tenant_id, entry, None)
     assert written is not None, "an earning that is not for an order is never refused"
     return written
 
@@ -292,7 +293,7 @@ async def earn_within(conn: Connection, tenant_id: str, entry: store.NewEntry) -
 # --- the ledger ----------------------------------------------------------------------------------
 
 
-Earning = tuple[store.NewEntry, str | None]  # the entry, and the order it is for
+Earning = tuple[ledger_store.NewEntry, str | None]  # the entry, and the order it is for
 
 
 @dataclass(frozen=True)
@@ -324,19 +325,19 @@ async def reverse_refund(conn: Connection, tenant_id: str, refunded: Refunded) -
     was reversed whole, or this refund was applied already; what is spent or expired is shortfall."""
     member_id, order_id = refunded.member_id, refunded.order_id
     note = f"refund {refunded.refund_id}"
-    if await store.reversal(conn, tenant_id, member_id, order_id) is not None:
+    if await ledger_store.reversal(conn, tenant_id, member_id, order_id) is not None:
         return None
-    if await store.reversal(conn, tenant_id, member_id, order_id, note) is not None:
+    if await ledger_store.reversal(conn, tenant_id, member_id, order_id, note) is not None:
         return None
-    points = await store.order_points(conn, tenant_id, member_id, order_id)
+    points = await ledger_store.order_points(conn, tenant_id, member_id, order_id)
     claim = refunds_claim(points.earned, refunded) - points.claimed
     if claim <= 0:
         return None
-    taken = await store.take_from_order_lots(conn, tenant_id, member_id, order_id, claim)
-    return await store.insert_entry(
+    taken = await ledger_store.take_from_order_lots(conn, tenant_id, member_id, order_id, claim)
+    return await ledger_store.insert_entry(
         conn,
         tenant_id,
-        store.NewEntry(
+        ledger_store.NewEntry(
             member_id=member_id,
             delta=-taken,
             reason=Reason.ORDER_REVERSAL,
@@ -378,7 +379,7 @@ class Ledger:
         available = now + dt.timedelta(days=earn.return_window_days)
         order_id = earn.reference if earn.reason is Reason.ORDER else None
 
-        entry = store.NewEntry(
+        entry = ledger_store.NewEntry(
             member_id=earn.member_id,
             delta=earn.amount,
             reason=earn.reason,
@@ -394,7 +395,7 @@ class Ledger:
         validate_spend(spend)
         await self._members.require_member(tenant_id, spend.member_id)
         digest = content_hash("spend", spend.member_id, spend.amount, spend.reference)
-        entry = store.NewEntry(
+        entry = ledger_store.NewEntry(
             member_id=spend.member_id,
             delta=-spend.amount,
             reason=spend.reason,
@@ -410,7 +411,7 @@ class Ledger:
         digest = content_hash(
             "adjust", adjust.member_id, adjust.delta, adjust.operator, adjust.note, adjust.expiry
         )
-        entry = store.NewEntry(
+        entry = ledger_store.NewEntry(
             member_id=adjust.member_id,
             delta=adjust.delta,
             reason=Reason.OPERATOR,
@@ -425,7 +426,7 @@ class Ledger:
             return await _once(lambda: self._draw(tenant_id, entry, now))
         return await _once(lambda: self._add(tenant_id, entry, None))
 
-    async def _add(self, tenant_id: str, entry: store.NewEntry, order_id: str | None) -> Entry:
+    async def _add(self, tenant_id: str, entry: ledger_store.NewEntry, order_id: str | None) -> Entry:
         """Writes an earning and its lot, unless its request id was seen or its order reversed."""
         written = await self._earnings.submit(tenant_id, (entry, order_id))
         if written is None:
@@ -437,24 +438,24 @@ class Ledger:
         earning in it fails with that error; on a request id another process took first (a unique
         violation), `_once` writes each again, which then finds the entry that won."""
         if len(earnings) == 1:
-            return [await store.add_earning(self._db.pool, tenant_id, *earnings[0])]
+            return [await ledger_store.add_earning(self._db.pool, tenant_id, *earnings[0])]
         order = sorted(range(len(earnings)), key=lambda i: earnings[i][0].member_id)
-        written = await store.add_earnings(self._db.pool, tenant_id, [earnings[i] for i in order])
+        written = await ledger_store.add_earnings(self._db.pool, tenant_id, [earnings[i] for i in order])
         outcomes: list[Entry | None] = [None] * len(earnings)
         for i, outcome in zip(order, written, strict=True):
             outcomes[i] = outcome
         return outcomes
 
-    async def _draw(self, tenant_id: str, entry: store.NewEntry, now: dt.datetime) -> Entry:
+    async def _draw(self, tenant_id: str, entry: ledger_store.NewEntry, now: dt.datetime) -> Entry:
         """Spends `-entry.delta` points from the soonest-expiring available lots."""
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, entry.member_id)
-            first = await store.entry_by_request(conn, tenant_id, entry.request_id)
+            await ledger_store.lock_account(conn, tenant_id, entry.member_id)
+            first = await ledger_store.entry_by_request(conn, tenant_id, entry.request_id)
             if first is not None:
                 return _first_result(first, entry.content_hash, entry.request_id)
-            lots = await store.spendable_lots(conn, tenant_id, entry.member_id, now)
+            lots = await ledger_store.spendable_lots(conn, tenant_id, entry.member_id, now)
             taken = draw(lots, -entry.delta)
-            return await store.insert_draw(conn, tenant_id, entry, taken)
+            return await ledger_store.insert_draw(conn, tenant_id, entry, taken)
 
     async def reverse_order(self, tenant_id: str, member_id: str, order_id: str) -> Entry:
         v = Violations()
@@ -462,18 +463,18 @@ class Ledger:
         check_id(v, "order_id", order_id)
         v.raise_if_any()
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, member_id)
-            first = await store.reversal(conn, tenant_id, member_id, order_id)
+            await ledger_store.lock_account(conn, tenant_id, member_id)
+            first = await ledger_store.reversal(conn, tenant_id, member_id, order_id)
             if first is not None:
                 return first
-            points = await store.order_points(conn, tenant_id, member_id, order_id)
+            points = await ledger_store.order_points(conn, tenant_id, member_id, order_id)
             if points.earned == 0:
                 raise NotFound(f"order {order_id!r} earned member {member_id!r} no points")
-            _, left = await store.take_order_lots(conn, tenant_id, member_id, order_id)
-            return await store.insert_entry(
+            _, left = await ledger_store.take_order_lots(conn, tenant_id, member_id, order_id)
+            return await ledger_store.insert_entry(
                 conn,
                 tenant_id,
-                store.NewEntry(
+                ledger_store.NewEntry(
                     member_id=member_id,
                     delta=-left,
                     reason=Reason.ORDER_REVERSAL,
@@ -491,7 +492,7 @@ class Ledger:
         v.raise_if_any()
         horizon = now + dt.timedelta(days=within_days or DEFAULT_EXPIRING_DAYS)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            row = await store.balance(conn, tenant_id, member_id, now, horizon)
+            row = await ledger_store.balance(conn, tenant_id, member_id, now, horizon)
         return Balance(member_id, row.available, row.pending, row.expiring, row.next_expire_time)
 
     async def entries(self, tenant_id: str, member_id: str, size: int, token: str) -> tuple[list[Entry], str]:
@@ -501,7 +502,7 @@ class Ledger:
         limit = page_size(size)
         before = page_tokens.decode_one(token, f"entries/{member_id}", int)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            page = await store.entries(conn, tenant_id, member_id, before, limit + 1)
+            page = await ledger_store.entries(conn, tenant_id, member_id, before, limit + 1)
         if len(page) > limit:
             return page[:limit], page_tokens.encode(f"entries/{member_id}", page[limit - 1].entry_id)
         return page, ""
@@ -510,16 +511,16 @@ class Ledger:
         """Expires every lot due at `asked` (default `now`, never ahead of it: expiry cannot be
         undone), a batch of members per transaction, each member locked."""
         v = Violations()
-        as_of = times.as_of(asked, now, v)
+        as_of = time_span.as_of(asked, now, v)
         v.raise_if_any()
         lots = points = 0
         while True:
             async with self._db.transaction(tenant_id) as conn:
-                members = await store.members_with_expired_lots(conn, tenant_id, as_of, EXPIRY_BATCH)
+                members = await ledger_store.members_with_expired_lots(conn, tenant_id, as_of, EXPIRY_BATCH)
                 if not members:
                     return ExpiryRun(lots, points)
-                await store.lock_accounts(conn, tenant_id, members)
-                expired = await store.expire_lots(conn, tenant_id, members, as_of)
+                await ledger_store.lock_accounts(conn, tenant_id, members)
+                expired = await ledger_store.expire_lots(conn, tenant_id, members, as_of)
             lots += len(expired)
             points += sum(expired)
 
@@ -530,7 +531,7 @@ def _first_result(entry: Entry, digest: str, request_id: str) -> Entry:
     return entry
 
 
-async def _once(write: store.Write) -> Entry:
+async def _once(write: ledger_store.Write) -> Entry:
     """Runs a write; when another member's write took the same request id first, runs it again,
     which then finds that entry and answers ALREADY_EXISTS (or its result, if the content agrees)."""
     try:

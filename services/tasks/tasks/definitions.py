@@ -30,8 +30,10 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tasks import ledger, task_store, times
-from services.tasks.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
+from services.tasks import time_span
+from services.tasks.points import ledger
+from services.tasks.points.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
+from services.tasks.tasks import definition_store
 
 TASK_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
@@ -292,13 +294,13 @@ def validate(d: Definition, v: Violations | None = None) -> None:
 
 
 def _validity(d: Definition, v: Violations) -> None:
-    """Set, in order, at most MAX_VALIDITY long, and inside `times`' span (days, zones and windows
+    """Set, in order, at most MAX_VALIDITY long, and inside `time_span`'s span (days, zones and windows
     are computed from these, and must not overflow)."""
     in_span = True
     for name, value in (("start_time", d.start_time), ("end_time", d.end_time)):
         if value is None:
             v.add(f"task.{name}", "is required")
-        elif not times.within(value, v, f"task.{name}"):
+        elif not time_span.within(value, v, f"task.{name}"):
             in_span = False
     if in_span and d.start_time is not None and d.end_time is not None:
         if d.end_time <= d.start_time:
@@ -438,7 +440,7 @@ def content_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def task_from_row(row: task_store.TaskRow) -> Task:
+def task_from_row(row: definition_store.TaskRow) -> Task:
     return Task(
         definition=from_body(row.task_id, row.body),
         state=State(row.state),
@@ -479,12 +481,12 @@ class TaskDefinitions:
         body = to_body(d)
         digest = content_hash(body)
         async with self._db.transaction(tenant_id) as conn:
-            if not await task_store.insert_task(conn, tenant_id, d.task_id, d.kind, body, digest):
-                row = await task_store.task(conn, d.task_id)
+            if not await definition_store.insert_task(conn, tenant_id, d.task_id, d.kind, body, digest):
+                row = await definition_store.task(conn, d.task_id)
                 assert row is not None
                 if row.version != 1 or row.content_hash != digest:
                     raise AlreadyExists(f"tasks/{d.task_id} exists with other content")
-            row = await task_store.task(conn, d.task_id)
+            row = await definition_store.task(conn, d.task_id)
         assert row is not None
         return task_from_row(row)
 
@@ -496,7 +498,7 @@ class TaskDefinitions:
         body = to_body(d)
         digest = content_hash(body)
         async with self._db.transaction(tenant_id) as conn:
-            row = await task_store.lock_task(conn, d.task_id)
+            row = await definition_store.lock_task(conn, d.task_id)
             if row is None:
                 raise NotFound(f"tasks/{d.task_id} not found")
             if row.content_hash != digest:
@@ -514,15 +516,15 @@ class TaskDefinitions:
                         f"budget_points {d.budget_points} is below the {row.budget_used} points "
                         "already paid or reserved"
                     )
-                await task_store.add_version(conn, tenant_id, d.task_id, row.version + 1, body, digest)
-            row = await task_store.task(conn, d.task_id)
+                await definition_store.add_version(conn, tenant_id, d.task_id, row.version + 1, body, digest)
+            row = await definition_store.task(conn, d.task_id)
         self._recent.pop((tenant_id, d.task_id), None)
         assert row is not None
         return task_from_row(row)
 
     async def get(self, tenant_id: str, task_id: str) -> Task:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            row = await task_store.task(conn, task_id)
+            row = await definition_store.task(conn, task_id)
         if row is None:
             raise NotFound(f"tasks/{task_id} not found")
         return task_from_row(row)
@@ -564,14 +566,16 @@ class TaskDefinitions:
         scope = "tasks/all" if show_retired else "tasks/active"
         after = page_tokens.decode_one(token, scope, str) or ""
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await task_store.tasks(conn, after, limit + 1, None if show_retired else State.ACTIVE)
+            rows = await definition_store.tasks(
+                conn, after, limit + 1, None if show_retired else State.ACTIVE
+            )
         page = [task_from_row(r) for r in rows[:limit]]
         return page, page_tokens.encode(scope, page[-1].task_id) if len(rows) > limit else ""
 
     async def retire(self, tenant_id: str, task_id: str) -> Task:
         async with self._db.transaction(tenant_id) as conn:
-            await task_store.retire_task(conn, task_id)
-            row = await task_store.task(conn, task_id)
+            await definition_store.retire_task(conn, task_id)
+            row = await definition_store.task(conn, task_id)
         self._recent.pop((tenant_id, task_id), None)
         if row is None:
             raise NotFound(f"tasks/{task_id} not found")

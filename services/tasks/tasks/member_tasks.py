@@ -14,9 +14,18 @@ from dataclasses import dataclass
 
 from services.common import page_tokens
 from services.common.errors import FailedPrecondition, Violations
-from services.tasks import completions, feed_store, ledger, store, task_store
-from services.tasks.calls import MemberCalls
-from services.tasks.definitions import (
+from services.tasks.points import ledger, ledger_store
+from services.tasks.tasks import (
+    completion_store,
+    completions,
+    definition_store,
+    enrolment_store,
+    invite_store,
+    progress_store,
+    signin_store,
+)
+from services.tasks.tasks.completion_store import CompletionRow, Counts
+from services.tasks.tasks.definitions import (
     COUNTED,
     InviteSpec,
     Kind,
@@ -26,8 +35,9 @@ from services.tasks.definitions import (
     Task,
     task_from_row,
 )
-from services.tasks.signin import Streak, month_start, streak_of
-from services.tasks.task_store import CompletionRow, Counts, EnrolmentRow
+from services.tasks.tasks.enrolment_store import EnrolmentRow
+from services.tasks.tasks.member_calls import MemberCalls
+from services.tasks.tasks.signin import Streak, month_start, streak_of
 
 NO_COUNTS = Counts(0, 0, 0)
 
@@ -123,14 +133,16 @@ class MemberTasks(MemberCalls):
         after = page_tokens.decode_one(token, scope, str) or ""
         await self._participation.require_member(tenant_id, member_id)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await task_store.tasks(conn, after, limit + 1, State.ACTIVE)
+            rows = await definition_store.tasks(conn, after, limit + 1, State.ACTIVE)
             more = len(rows) > limit
             open_now = [t for t in (task_from_row(r) for r in rows[:limit]) if t.definition.valid_at(now)]
             days = {t.task_id: t.definition.day(now) for t in open_now}
-            counts = await task_store.member_counts(conn, member_id, days)
+            counts = await completion_store.member_counts(conn, member_id, days)
             # An invite task's limits count the invites an inviter records, paid or not yet.
             invited = {t.task_id: days[t.task_id] for t in open_now if t.definition.kind is Kind.INVITE}
-            for task_id, (total, today) in (await feed_store.invite_counts(conn, member_id, invited)).items():
+            for task_id, (total, today) in (
+                await invite_store.invite_counts(conn, member_id, invited)
+            ).items():
                 claimable = counts.get(task_id, NO_COUNTS).claimable
                 counts[task_id] = Counts(total, today, claimable)
             sign_in = {
@@ -138,9 +150,9 @@ class MemberTasks(MemberCalls):
                 for t in open_now
                 if t.definition.kind is Kind.SIGN_IN
             }
-            streak_rows = await task_store.streaks(conn, member_id, sign_in)
-            enrolments = await task_store.enrolments(conn, member_id, [t.task_id for t in open_now])
-            measures = await task_store.measures(
+            streak_rows = await signin_store.streaks(conn, member_id, sign_in)
+            enrolments = await enrolment_store.enrolments(conn, member_id, [t.task_id for t in open_now])
+            measures = await progress_store.measures(
                 conn, member_id, [t.task_id for t in open_now if t.definition.kind in COUNTED]
             )
         eligible = await asyncio.gather(
@@ -169,7 +181,7 @@ class MemberTasks(MemberCalls):
         task = await self._definitions.get(tenant_id, task_id)
         await self._participation.require_member(tenant_id, member_id)
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, member_id)
+            await ledger_store.lock_account(conn, tenant_id, member_id)
             return await completions.claim(conn, tenant_id, task, member_id, request_id, now)
 
     async def enrol(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> EnrolmentRow:
@@ -186,4 +198,4 @@ class MemberTasks(MemberCalls):
         await self._participation.require(tenant_id, task, member_id)
         window_end = min(now + dt.timedelta(days=d.spec.window_days), d.end_time)
         async with self._db.transaction(tenant_id) as conn:
-            return await task_store.enrol(conn, tenant_id, task_id, member_id, now, window_end)
+            return await enrolment_store.enrol(conn, tenant_id, task_id, member_id, now, window_end)

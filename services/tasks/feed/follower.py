@@ -29,9 +29,27 @@ from typing import Any
 from services.common.db import Connection, Database, savepoint
 from services.common.errors import ResourceExhausted
 from services.common.logs import get_logger
-from services.tasks import completions, feed_store, invites, ledger, store, task_store
-from services.tasks.completions import Grant
-from services.tasks.definitions import (
+from services.tasks.feed import cursor_store
+from services.tasks.feed.source import (
+    FACT_KINDS,
+    MEMBER_CHANGED,
+    ORDER_RECORDED,
+    REFUND_RECORDED,
+    FeedEntry,
+    FeedSource,
+)
+from services.tasks.points import ledger, ledger_store
+from services.tasks.tasks import (
+    completion_store,
+    completions,
+    definition_store,
+    enrolment_store,
+    invite_store,
+    invites,
+    progress_store,
+)
+from services.tasks.tasks.completions import Grant
+from services.tasks.tasks.definitions import (
     EventSpec,
     InviteSpec,
     InviteTrigger,
@@ -44,17 +62,8 @@ from services.tasks.definitions import (
     VisitSpec,
     task_from_row,
 )
-from services.tasks.directory import (
-    FACT_KINDS,
-    MEMBER_CHANGED,
-    ORDER_RECORDED,
-    REFUND_RECORDED,
-    Directory,
-    FeedEntry,
-    FeedSource,
-    Participation,
-)
-from services.tasks.progress import (
+from services.tasks.tasks.participation import Directory, Participation
+from services.tasks.tasks.progress import (
     CountedOrder,
     completions_change,
     event_counts,
@@ -85,7 +94,7 @@ class _Batch:
 
     tasks: list[Task]
     profiles: Mapping[str, frozenset[ProfileField]]
-    enrolled: dict[tuple[str, str], task_store.EnrolmentRow] = field(default_factory=dict)
+    enrolled: dict[tuple[str, str], enrolment_store.EnrolmentRow] = field(default_factory=dict)
     # (member, order) of the batch's refunds whose order earned points.
     earned_points: set[tuple[str, str]] = field(default_factory=set)
     done: Round = field(default_factory=Round)
@@ -157,22 +166,22 @@ class FeedFollower:
         """Reads and applies the next batch of the tenant's feed; an empty Round when there is none
         or another replica applied it first."""
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            cursor = await feed_store.cursor(conn)
-            rows = await task_store.active_tasks(conn, FED_KINDS)
+            cursor = await cursor_store.cursor(conn)
+            rows = await definition_store.active_tasks(conn, FED_KINDS)
         entries, next_cursor = await self._feed.read_feed(tenant_id, cursor, BATCH)
         if next_cursor == cursor:
             return Round()
         tasks = [task_from_row(r) for r in rows]
         profiles = await self._profiles(tenant_id, tasks, entries)
         async with self._db.transaction(tenant_id) as conn:
-            if await feed_store.lock_cursor(conn, tenant_id) != cursor:
+            if await cursor_store.lock_cursor(conn, tenant_id) != cursor:
                 return Round()
             # The definitions as they are now that the cursor is ours (one may have changed).
             batch = _Batch(
-                [task_from_row(r) for r in await task_store.active_tasks(conn, FED_KINDS)], profiles
+                [task_from_row(r) for r in await definition_store.active_tasks(conn, FED_KINDS)], profiles
             )
             await self._apply(conn, tenant_id, entries, batch)
-            await feed_store.save_cursor(conn, next_cursor)
+            await cursor_store.save_cursor(conn, next_cursor)
         batch.done.entries = len(entries)
         if batch.done.granted or batch.done.reversed:
             log.info(
@@ -200,7 +209,7 @@ class FeedFollower:
         # Members whose registration or first order the batch may hold: their facts rows are the
         # lock invites share with the follower.
         triggering = [e.member_id for e in facts if e.kind in (MEMBER_CHANGED, ORDER_RECORDED)]
-        await feed_store.lock_member_facts(conn, tenant_id, triggering)
+        await invite_store.lock_member_facts(conn, tenant_id, triggering)
         registered: dict[str, dt.datetime] = {}
         first_orders: dict[str, dt.datetime] = {}
         for e in facts:
@@ -208,11 +217,11 @@ class FeedFollower:
                 registered.setdefault(e.member_id, e.create_time)
             elif e.kind == ORDER_RECORDED:
                 first_orders.setdefault(e.member_id, e.create_time)
-        await feed_store.record_facts(conn, registered, first_orders)
-        pending = await feed_store.pending_invites(conn, triggering)
+        await invite_store.record_facts(conn, registered, first_orders)
+        pending = await invite_store.pending_invites(conn, triggering)
         refunds = [e for e in facts if e.kind == REFUND_RECORDED]
         refunded_orders = [str(e.payload.get("order_id", "")) for e in refunds]
-        counted = await feed_store.counted_orders(conn, refunded_orders)
+        counted = await progress_store.counted_orders(conn, refunded_orders)
         payable = {
             *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
             *(member for i in pending for member in (i.inviter_member_id, i.invitee_member_id)),
@@ -221,13 +230,13 @@ class FeedFollower:
             *(e.member_id for e in refunds),
         }
         if payable:
-            await store.lock_accounts_creating(conn, tenant_id, sorted(payable))
-        batch.earned_points = await store.orders_with_points(
+            await ledger_store.lock_accounts_creating(conn, tenant_id, sorted(payable))
+        batch.earned_points = await ledger_store.orders_with_points(
             conn, tenant_id, [(e.member_id, o) for e, o in zip(refunds, refunded_orders, strict=True)]
         )
         windowed = [t.task_id for t in batch.of(Kind.PURCHASE) if _windowed(t)]
         if windowed:
-            batch.enrolled = await task_store.enrolments_of(conn, sorted(payable), windowed)
+            batch.enrolled = await enrolment_store.enrolments_of(conn, sorted(payable), windowed)
         waiting = {i.invitee_member_id: i for i in pending}
         for entry in facts:
             if entry.kind == MEMBER_CHANGED:
@@ -257,7 +266,7 @@ class FeedFollower:
         tenant_id: str,
         entry: FeedEntry,
         batch: _Batch,
-        waiting: dict[str, feed_store.InviteRow],
+        waiting: dict[str, invite_store.InviteRow],
     ) -> None:
         if int(entry.payload.get("revision", 0)) == 1:
             await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
@@ -278,7 +287,7 @@ class FeedFollower:
         tenant_id: str,
         entry: FeedEntry,
         batch: _Batch,
-        waiting: dict[str, feed_store.InviteRow],
+        waiting: dict[str, invite_store.InviteRow],
     ) -> None:
         await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
         order = entry.payload
@@ -292,7 +301,7 @@ class FeedFollower:
             if not lines:
                 continue
             amount = int(order.get("amount_minor", 0))
-            if not await feed_store.insert_purchase(
+            if not await progress_store.insert_purchase(
                 conn, tenant_id, task.task_id, entry.member_id, entry.subject_id, paid, amount, lines
             ):
                 continue
@@ -328,14 +337,14 @@ class FeedFollower:
             batch.done.reversed += 1
         lines = {str(line["line_id"]): int(line["quantity"]) for line in refund.get("lines", [])}
         amount = int(refund.get("amount_minor", 0))
-        for purchase in await feed_store.purchases_of(conn, order_id):
-            row = await task_store.task(conn, purchase.task_id)
+        for purchase in await progress_store.purchases_of(conn, order_id):
+            row = await definition_store.task(conn, purchase.task_id)
             assert row is not None
             task = task_from_row(row)
             spec = task.definition.spec
             assert isinstance(spec, PurchaseSpec)
             after = refunded(purchase.order, lines, amount)
-            await feed_store.save_refunded(conn, purchase.task_id, order_id, after)
+            await progress_store.save_refunded(conn, purchase.task_id, order_id, after)
             taken = order_measure(spec, purchase.order) - order_measure(spec, after)
             if taken:
                 await self._count(
@@ -391,20 +400,20 @@ class FeedFollower:
         """Moves the member's measure (by `add`, or up to `at_least`) and grants or takes back the
         completions the new measure supports. Refunds only take back."""
         if add is not None:
-            measure = await feed_store.add_measure(conn, tenant_id, task.task_id, member_id, add)
+            measure = await progress_store.add_measure(conn, tenant_id, task.task_id, member_id, add)
         else:
             assert at_least is not None
-            measure = await feed_store.raise_measure(conn, tenant_id, task.task_id, member_id, at_least)
+            measure = await progress_store.raise_measure(conn, tenant_id, task.task_id, member_id, at_least)
         d = task.definition
         day = d.day(entry.create_time)
-        counts = await task_store.counts(conn, task.task_id, member_id, day)
+        counts = await completion_store.counts(conn, task.task_id, member_id, day)
         change = completions_change(
             measure, d.target(), d.total_limit(), d.limits.per_day, counts.total, counts.today
         )
         if add is not None and add < 0:
             change = min(change, 0)
         if change < 0:
-            for completion in await task_store.latest_live_completions(
+            for completion in await completion_store.latest_live_completions(
                 conn, task.task_id, member_id, -change
             ):
                 await completions.reverse(conn, tenant_id, completion, source)
@@ -429,13 +438,13 @@ class FeedFollower:
         conn: Connection,
         tenant_id: str,
         entry: FeedEntry,
-        waiting: dict[str, feed_store.InviteRow],
+        waiting: dict[str, invite_store.InviteRow],
         trigger: int,
     ) -> None:
         invite = waiting.get(entry.member_id)
         if invite is None:
             return
-        row = await task_store.task(conn, invite.task_id)
+        row = await definition_store.task(conn, invite.task_id)
         assert row is not None
         task = task_from_row(row)
         spec = task.definition.spec

@@ -21,7 +21,8 @@ from typing import Protocol
 from services.common import outbox
 from services.common.db import Database
 from services.common.logs import get_logger
-from services.tasks import feed_store, level_store, levels
+from services.tasks.feed import cursor_store
+from services.tasks.levels import level_store, levels
 
 log = get_logger("memberops.tasks.levels")
 
@@ -63,8 +64,8 @@ class LevelPublisher:
         """Writes the levels of the members the next batch of the tenant's level changes names to
         tagging; returns how many entries it covered (0 when there were none)."""
         async with self._db.transaction(tenant_id) as conn:
-            await feed_store.lock_source(conn, tenant_id, SOURCE)
-            cursor = await feed_store.cursor(conn, SOURCE)
+            await cursor_store.lock_source(conn, tenant_id, SOURCE)
+            cursor = await cursor_store.cursor(conn, SOURCE)
             entries, next_cursor = await levels.feed_page(
                 conn, outbox.parse_cursor(cursor, "cursor"), BATCH, cursor
             )
@@ -82,8 +83,8 @@ class LevelPublisher:
             # A failed write cancels the rest, so none outlives the round that failed.
             async with asyncio.TaskGroup() as group:
                 writes = [group.create_task(write(m, code)) for m, code in held.items()]
-            await feed_store.lock_cursor(conn, tenant_id, SOURCE)
-            await feed_store.save_cursor(conn, next_cursor, SOURCE)
+            await cursor_store.lock_cursor(conn, tenant_id, SOURCE)
+            await cursor_store.save_cursor(conn, next_cursor, SOURCE)
         skipped = sum(not w.result() for w in writes)
         if skipped:
             log.info(

@@ -17,9 +17,9 @@ from typing import TypeVar
 import asyncpg
 
 from services.common.db import Database
-from services.tasks import completions
-from services.tasks.definitions import Kind, Task, TaskDefinitions
-from services.tasks.directory import Participation
+from services.tasks.tasks import completions
+from services.tasks.tasks.definitions import Kind, Task, TaskDefinitions
+from services.tasks.tasks.participation import Participation
 
 _T = TypeVar("_T")
 

@@ -17,10 +17,11 @@ from typing import TypeVar
 
 from services.common.db import Connection
 from services.common.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
-from services.tasks import ledger, store, task_store
-from services.tasks.definitions import Task
-from services.tasks.ledger import Reason
-from services.tasks.task_store import CompletionRow
+from services.tasks.points import ledger, ledger_store
+from services.tasks.points.ledger import Reason
+from services.tasks.tasks import completion_store
+from services.tasks.tasks.completion_store import CompletionRow
+from services.tasks.tasks.definitions import Task
 
 _T = TypeVar("_T")
 
@@ -64,14 +65,14 @@ async def grant(
     caller's transaction (or a savepoint around the call) must then roll back, as it does when the
     error ends the request."""
     if completion_id is None:
-        completion_id = await task_store.next_completion_id(conn)
+        completion_id = await completion_store.next_completion_id(conn)
     state = State.CLAIMABLE if task.definition.claim_required else State.PAID
     entry_id = None
     if state is State.PAID:
         entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
     # Last: from here to commit the task's row is locked, and every completion of the task queues
     # on it. Refused, the transaction rolls back what was written above.
-    completion = await task_store.insert_within_budget(
+    completion = await completion_store.insert_within_budget(
         conn,
         tenant_id,
         completion_id,
@@ -85,7 +86,7 @@ async def grant(
         entry_id,
     )
     if completion is None:
-        if await task_store.task_version(conn, task.task_id) != (1, task.version):
+        if await completion_store.task_version(conn, task.task_id) != (1, task.version):
             raise StaleTask(task.task_id)
         left = task.definition.budget_points - task.budget_used
         raise ResourceExhausted(
@@ -121,7 +122,7 @@ async def _pay(
 ) -> CompletionRow:
     c = completion
     entry_id = await _earn(conn, tenant_id, task, c.member_id, c.points, c.completion_id, c.source, now)
-    return await task_store.set_paid(conn, c.completion_id, entry_id, claim_request_id)
+    return await completion_store.set_paid(conn, c.completion_id, entry_id, claim_request_id)
 
 
 async def claim(
@@ -129,12 +130,12 @@ async def claim(
 ) -> CompletionRow:
     """Pays the member's oldest claimable completion (account locked by the caller); a retry of
     `request_id` returns the completion it paid."""
-    first = await task_store.completion_by_claim(conn, request_id)
+    first = await completion_store.completion_by_claim(conn, request_id)
     if first is not None:
         if (first.task_id, first.member_id) != (task.task_id, member_id):
             raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
         return first
-    waiting = await task_store.oldest_claimable(conn, task.task_id, member_id)
+    waiting = await completion_store.oldest_claimable(conn, task.task_id, member_id)
     if waiting is None:
         raise FailedPrecondition(
             f"members/{member_id} has no reward of tasks/{task.task_id} waiting to be claimed "
@@ -148,7 +149,7 @@ async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.dat
     per_day, total = task.definition.limits.per_day, task.definition.total_limit()
     if not per_day and not total:
         return
-    counts = await task_store.counts(conn, task.task_id, member_id, day)
+    counts = await completion_store.counts(conn, task.task_id, member_id, day)
     if per_day and counts.today >= per_day:
         raise ResourceExhausted(
             f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
@@ -163,14 +164,14 @@ async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, w
     reversal's shortfall, never as a negative balance (the ledger's reversal rule). What comes back
     returns to the task's budget."""
     if completion.state == State.CLAIMABLE:
-        await task_store.release_budget(conn, completion.task_id, completion.points)
-        return await task_store.set_reversed(conn, completion.completion_id, None)
+        await completion_store.release_budget(conn, completion.task_id, completion.points)
+        return await completion_store.set_reversed(conn, completion.completion_id, None)
     assert completion.state == State.PAID and completion.entry_id is not None
-    earned, left = await store.take_entry_lots(conn, tenant_id, completion.entry_id)
-    entry = await store.insert_entry(
+    earned, left = await ledger_store.take_entry_lots(conn, tenant_id, completion.entry_id)
+    entry = await ledger_store.insert_entry(
         conn,
         tenant_id,
-        store.NewEntry(
+        ledger_store.NewEntry(
             member_id=completion.member_id,
             delta=-left,
             reason=Reason.TASK_REVERSAL,
@@ -179,5 +180,5 @@ async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, w
             shortfall=earned - left,
         ),
     )
-    await task_store.release_budget(conn, completion.task_id, left)
-    return await task_store.set_reversed(conn, completion.completion_id, entry.entry_id)
+    await completion_store.release_budget(conn, completion.task_id, left)
+    return await completion_store.set_reversed(conn, completion.completion_id, entry.entry_id)

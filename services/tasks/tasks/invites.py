@@ -23,12 +23,13 @@ from services.common.errors import (
     ResourceExhausted,
     Violations,
 )
-from services.tasks import completions, feed_store, ledger, store, task_store
-from services.tasks.calls import MemberCalls
-from services.tasks.completions import Grant
-from services.tasks.definitions import InviteSpec, InviteTrigger, Kind, Task
-from services.tasks.feed_store import InviteRow, MemberFacts
-from services.tasks.task_store import CompletionRow
+from services.tasks.points import ledger, ledger_store
+from services.tasks.tasks import completion_store, completions, invite_store
+from services.tasks.tasks.completion_store import CompletionRow
+from services.tasks.tasks.completions import Grant
+from services.tasks.tasks.definitions import InviteSpec, InviteTrigger, Kind, Task
+from services.tasks.tasks.invite_store import InviteRow, MemberFacts
+from services.tasks.tasks.member_calls import MemberCalls
 
 NEW_MEMBER_WINDOW = dt.timedelta(hours=24)
 
@@ -76,7 +77,7 @@ async def complete(
         if spec.invitee_points:
             grant = Grant(invitee, spec.invitee_points, f"invited by {inviter}", day)
             second = await completions.grant(conn, tenant_id, task, grant, now)
-    return await feed_store.finish_invite(
+    return await invite_store.finish_invite(
         conn,
         invitee,
         InviteState.COMPLETED,
@@ -86,7 +87,7 @@ async def complete(
 
 
 async def unpaid(conn: Connection, invite: InviteRow) -> InviteRow:
-    return await feed_store.finish_invite(conn, invite.invitee_member_id, InviteState.UNPAID, None, None)
+    return await invite_store.finish_invite(conn, invite.invitee_member_id, InviteState.UNPAID, None, None)
 
 
 class Invites(MemberCalls):
@@ -125,21 +126,21 @@ class Invites(MemberCalls):
         assert isinstance(spec, InviteSpec)
         day = task.definition.day(now)
         async with self._db.transaction(tenant_id) as conn:
-            facts = (await feed_store.lock_member_facts(conn, tenant_id, [invitee]))[invitee]
-            await store.lock_accounts_creating(conn, tenant_id, [inviter, invitee])
-            first = await feed_store.invite_by_request(conn, request_id)
+            facts = (await invite_store.lock_member_facts(conn, tenant_id, [invitee]))[invitee]
+            await ledger_store.lock_accounts_creating(conn, tenant_id, [inviter, invitee])
+            first = await invite_store.invite_by_request(conn, request_id)
             if first is not None:
                 if first.content_hash != digest:
                     raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
                 return await self._loaded(conn, first)
-            if await feed_store.invite_of(conn, invitee) is not None:
+            if await invite_store.invite_of(conn, invitee) is not None:
                 raise AlreadyExists(f"members/{invitee} was already invited; a member is invited once")
             if facts.register_time is not None and facts.register_time < now - NEW_MEMBER_WINDOW:
                 raise FailedPrecondition(
                     f"members/{invitee} joined on {facts.register_time.date()}; "
                     "only new members can be invited"
                 )
-            total, today = await feed_store.invites_by(conn, task.task_id, inviter, day)
+            total, today = await invite_store.invites_by(conn, task.task_id, inviter, day)
             limits = task.definition.limits
             if limits.per_day and today >= limits.per_day:
                 raise ResourceExhausted(
@@ -147,7 +148,7 @@ class Invites(MemberCalls):
                 )
             if limits.total and total >= limits.total:
                 raise ResourceExhausted(f"members/{inviter} reached the limit of {limits.total} invites")
-            invite = await feed_store.insert_invite(
+            invite = await invite_store.insert_invite(
                 conn, tenant_id, task.task_id, inviter, invitee, day, request_id, digest
             )
             at = triggered_at(spec, facts)
@@ -157,7 +158,7 @@ class Invites(MemberCalls):
 
     async def _loaded(self, conn: Connection, invite: InviteRow) -> Invite:
         async def get(completion_id: int | None) -> CompletionRow | None:
-            return None if completion_id is None else await task_store.completion(conn, completion_id)
+            return None if completion_id is None else await completion_store.completion(conn, completion_id)
 
         return Invite(
             invite, await get(invite.inviter_completion_id), await get(invite.invitee_completion_id)

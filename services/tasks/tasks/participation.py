@@ -1,4 +1,5 @@
-"""What the tasks service asks its peers, as the domain sees it (the gRPC side is `peers.py`).
+"""Who may take part in a task (`Participation`), and what the tasks service asks its peers to tell,
+as the domain sees it (`Directory`; the gRPC side is `services/tasks/peers.py`).
 
 Tasks owns no members. Whether a member exists and what their profile holds is tagging's answer;
 whether they are in an audience is audience's (CheckMembership), never a read of its tables.
@@ -7,12 +8,10 @@ Keeping these as a protocol leaves the domain modules free of gRPC.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.errors import FailedPrecondition, NotFound
-from services.tasks.definitions import ProfileField, Task
+from services.tasks.tasks.definitions import ProfileField, Task
 
 
 class Directory(Protocol):
@@ -26,31 +25,6 @@ class Directory(Protocol):
 
     async def in_audience(self, tenant_id: str, audience_id: str, member_id: str) -> bool | None:
         """Whether the member is in the audience now; None for an unknown member."""
-        ...
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    """One entry of tagging's feed (kinds as memberops.tagging.v1.FeedEntryKind)."""
-
-    cursor: str
-    kind: int
-    member_id: str
-    subject_id: str
-    payload: dict[str, Any]
-    create_time: dt.datetime
-
-
-MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED = 1, 2, 3, 4
-
-
-FACT_KINDS = (MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED)
-
-
-class FeedSource(Protocol):
-    async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
-        """The next fact entries (FACT_KINDS: tag changes are none of tasks' business) and the cursor
-        to continue from, which may be past the last entry returned."""
         ...
 
 

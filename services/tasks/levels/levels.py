@@ -25,7 +25,9 @@ from typing import Any
 from services.common import outbox, zones
 from services.common.db import Connection, Database
 from services.common.errors import Aborted, InvalidArgument, Violations
-from services.tasks import ledger, level_store, times
+from services.tasks import time_span
+from services.tasks.levels import level_store, tasks_feed_store
+from services.tasks.points import ledger
 
 CODE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 MIN_TIERS, MAX_TIERS = 2, 10
@@ -294,7 +296,7 @@ class Levels:
         `as_of` (`asked`, default `now`; never ahead of it: a downgrade is published at once)
         supports more, BATCH members a transaction."""
         v = Violations()
-        as_of = times.as_of(asked, now, v)
+        as_of = time_span.as_of(asked, now, v)
         v.raise_if_any()
         async with self._db.transaction(tenant_id) as conn:
             policy = await self._policy(conn, tenant_id)
@@ -338,7 +340,7 @@ class Levels:
                 await level_store.set_level(
                     conn, tenant_id, member_id, policy.tiers[new].code, as_of, boundary
                 )
-                await level_store.append_change(
+                await tasks_feed_store.append_change(
                     conn,
                     tenant_id,
                     member_id,
@@ -364,7 +366,7 @@ async def feed_page(
 ) -> tuple[list[FeedEntry], str]:
     """The settled tasks feed entries after `position` (`after_cursor` parsed), and the cursor to
     continue from."""
-    rows = await level_store.read_feed(conn, position, size)
+    rows = await tasks_feed_store.read_feed(conn, position, size)
     entries = [
         FeedEntry(
             cursor=row["cursor"],

@@ -1,4 +1,5 @@
-"""SQL of the tasks schema. Every function runs on a connection inside a tenant transaction.
+"""SQL of the points ledger: accounts, entries and lots. Every function runs on a connection inside a
+tenant transaction.
 
 Lock order: a write of a member first locks that member's `accounts` row (`lock_account`, or
 `lock_accounts` sorted by member id for many), and only then reads or changes its lots, so writes of
@@ -418,138 +419,7 @@ async def expire_lots(
     return [r["points"] for r in rows]
 
 
-# --- rewards -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reward:
-    reward_id: str
-    kind: int
-    display_name: str
-    price: int
-    initial_stock: int | None
-    stock: int | None
-    win_odds_bp: int
-    create_time: dt.datetime
-
-
-@dataclass(frozen=True)
-class Redemption:
-    redemption_id: int
-    request_id: str
-    member_id: str
-    reward_id: str
-    points: int
-    outcome: int
-    entry_id: int
-    create_time: dt.datetime
-
-
-@dataclass(frozen=True)
-class NewReward:
-    reward_id: str
-    kind: int
-    display_name: str
-    price: int
-    # 0: unlimited.
-    initial_stock: int
-    win_odds_bp: int
-
-
-_REWARD_COLUMNS = "reward_id, kind, display_name, price, initial_stock, stock, win_odds_bp, create_time"
-_REDEMPTION_COLUMNS = (
-    "redemption_id, request_id, member_id, reward_id, points, outcome, entry_id, create_time"
-)
-
-
-async def insert_reward(conn: Connection, tenant_id: str, reward: NewReward) -> Reward | None:
-    """The new reward, or None when the id is taken."""
-    stock = reward.initial_stock or None
-    row = await conn.fetchrow(
-        f"""INSERT INTO tasks.rewards (tenant_id, reward_id, kind, display_name, price, initial_stock, stock,
-                                       win_odds_bp)
-            VALUES ($1, $2, $3, $4, $5, $6, $6, $7) ON CONFLICT (tenant_id, reward_id) DO NOTHING
-            RETURNING {_REWARD_COLUMNS}""",
-        tenant_id,
-        reward.reward_id,
-        reward.kind,
-        reward.display_name,
-        reward.price,
-        stock,
-        reward.win_odds_bp,
-    )
-    return None if row is None else Reward(**dict(row))
-
-
-async def reward(conn: Connection, tenant_id: str, reward_id: str) -> Reward | None:
-    row = await conn.fetchrow(
-        f"SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id = $2",
-        tenant_id,
-        reward_id,
-    )
-    return None if row is None else Reward(**dict(row))
-
-
-async def rewards(conn: Connection, tenant_id: str, after: str, limit: int) -> list[Reward]:
-    rows = await conn.fetch(
-        f"""SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id > $2
-            ORDER BY reward_id LIMIT $3""",
-        tenant_id,
-        after,
-        limit,
-    )
-    return [Reward(**dict(r)) for r in rows]
-
-
-async def take_unit(conn: Connection, tenant_id: str, reward_id: str, *, take: bool) -> bool:
-    """Takes one unit (or, for a lost draw, only checks one is left) and locks the reward's row;
-    False when none is left."""
-    taken = await conn.fetchval(
-        """UPDATE tasks.rewards SET stock = stock - $3::int
-           WHERE tenant_id = $1 AND reward_id = $2 AND stock > 0 RETURNING true""",
-        tenant_id,
-        reward_id,
-        1 if take else 0,
-    )
-    return bool(taken)
-
-
-async def redemption_by_request(conn: Connection, tenant_id: str, request_id: str) -> Redemption | None:
-    row = await conn.fetchrow(
-        f"SELECT {_REDEMPTION_COLUMNS} FROM tasks.redemptions WHERE tenant_id = $1 AND request_id = $2",
-        tenant_id,
-        request_id,
-    )
-    return None if row is None else Redemption(**dict(row))
-
-
-async def insert_redemption(
-    conn: Connection,
-    tenant_id: str,
-    request_id: str,
-    member_id: str,
-    reward_id: str,
-    points: int,
-    outcome: int,
-    entry_id: int,
-) -> Redemption:
-    row = await conn.fetchrow(
-        f"""INSERT INTO tasks.redemptions (tenant_id, request_id, member_id, reward_id, points, outcome,
-                                           entry_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_REDEMPTION_COLUMNS}""",
-        tenant_id,
-        request_id,
-        member_id,
-        reward_id,
-        points,
-        outcome,
-        entry_id,
-    )
-    assert row is not None
-    return Redemption(**dict(row))
-
-
-# --- leaderboards --------------------------------------------------------------------------------
+# --- what counts as earned (leaderboards, levels) -------------------------------------------------
 
 # Reasons whose entries count as earned: tasks, orders, and the reversals of either (which take
 # it back). Matches the partial index ledger_entries_earned.
@@ -557,25 +427,3 @@ EARNED_REASONS = "(1, 2, 6, 7)"
 # What an earned entry counts for: a reversal takes back all it claims, the points already spent
 # (its shortfall) too, so spending before a refund never keeps the order's growth or rank.
 EARNED = "(delta - shortfall)"
-
-
-async def leaderboard(
-    conn: Connection, start: dt.datetime, end: dt.datetime, top_n: int, member_id: str
-) -> list[asyncpg.Record]:
-    """Rows `member_id, points, rank` of the top `top_n` ranks (ties all included) and of
-    `member_id` if it earned anything, by rank then member id."""
-    return list(
-        await conn.fetch(
-            f"""WITH earned AS (
-                    SELECT member_id, sum({EARNED}) AS points FROM tasks.ledger_entries
-                    WHERE reason IN {EARNED_REASONS} AND create_time >= $1 AND create_time < $2
-                    GROUP BY member_id HAVING sum({EARNED}) > 0),
-                ranked AS (SELECT member_id, points, rank() OVER (ORDER BY points DESC) AS rank FROM earned)
-                SELECT member_id, points, rank FROM ranked WHERE rank <= $3 OR member_id = $4
-                ORDER BY rank, member_id""",
-            start,
-            end,
-            top_n,
-            member_id,
-        )
-    )

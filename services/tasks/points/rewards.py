@@ -18,9 +18,9 @@ import asyncpg
 from services.common import page_tokens
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
-from services.tasks import ledger, store
-from services.tasks.ledger import MAX_AMOUNT, Reason
-from services.tasks.store import NewReward, Redemption, Reward
+from services.tasks.points import ledger, ledger_store, rewards_store
+from services.tasks.points.ledger import MAX_AMOUNT, Reason
+from services.tasks.points.rewards_store import NewReward, Redemption, Reward
 
 REWARD_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 MAX_DISPLAY_NAME = 128
@@ -75,10 +75,10 @@ class Rewards:
     async def create(self, tenant_id: str, reward: NewReward) -> Reward:
         validate_reward(reward)
         async with self._db.transaction(tenant_id) as conn:
-            created = await store.insert_reward(conn, tenant_id, reward)
+            created = await rewards_store.insert_reward(conn, tenant_id, reward)
             if created is not None:
                 return created
-            existing = await store.reward(conn, tenant_id, reward.reward_id)
+            existing = await rewards_store.reward(conn, tenant_id, reward.reward_id)
         assert existing is not None
         same = (existing.kind, existing.display_name, existing.price, existing.initial_stock or 0) == (
             reward.kind,
@@ -94,7 +94,7 @@ class Rewards:
         limit = ledger.page_size(size)
         after = page_tokens.decode_one(token, "rewards", str)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            page = await store.rewards(conn, tenant_id, after or "", limit + 1)
+            page = await rewards_store.rewards(conn, tenant_id, after or "", limit + 1)
         if len(page) > limit:
             return page[:limit], page_tokens.encode("rewards", page[limit - 1].reward_id)
         return page, ""
@@ -119,29 +119,31 @@ class Rewards:
         self, tenant_id: str, member_id: str, reward_id: str, request_id: str, now: dt.datetime
     ) -> Redemption:
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, member_id)
-            first = await store.redemption_by_request(conn, tenant_id, request_id)
+            await ledger_store.lock_account(conn, tenant_id, member_id)
+            first = await rewards_store.redemption_by_request(conn, tenant_id, request_id)
             if first is not None:
                 if (first.member_id, first.reward_id) != (member_id, reward_id):
                     raise AlreadyExists(f"request_id {request_id!r} was used for a different redemption")
                 return first
-            reward = await store.reward(conn, tenant_id, reward_id)
+            reward = await rewards_store.reward(conn, tenant_id, reward_id)
             if reward is None:
                 raise NotFound(f"reward {reward_id!r} does not exist")
             won = reward.kind != Kind.LOTTERY or wins(reward.win_odds_bp)
-            if reward.stock is not None and not await store.take_unit(conn, tenant_id, reward_id, take=won):
+            if reward.stock is not None and not await rewards_store.take_unit(
+                conn, tenant_id, reward_id, take=won
+            ):
                 raise ResourceExhausted(f"reward {reward_id!r} is out of stock")
-            lots = await store.spendable_lots(conn, tenant_id, member_id, now)
+            lots = await ledger_store.spendable_lots(conn, tenant_id, member_id, now)
             try:
                 taken = ledger.draw(lots, reward.price)
             except FailedPrecondition:
                 raise FailedPrecondition(
                     f"reward {reward_id!r} costs {reward.price} points; too few available"
                 ) from None
-            entry = await store.insert_draw(
+            entry = await ledger_store.insert_draw(
                 conn,
                 tenant_id,
-                store.NewEntry(
+                ledger_store.NewEntry(
                     member_id=member_id,
                     delta=-reward.price,
                     reason=Reason.REDEMPTION,
@@ -150,6 +152,6 @@ class Rewards:
                 taken,
             )
             outcome = Outcome.FULFILLED if won else Outcome.LOST
-            return await store.insert_redemption(
+            return await rewards_store.insert_redemption(
                 conn, tenant_id, request_id, member_id, reward_id, reward.price, outcome, entry.entry_id
             )

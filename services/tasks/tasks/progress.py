@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.tasks.definitions import (
+from services.tasks.tasks.definitions import (
     EVENT_VIEW,
     EventSpec,
     Measure,

@@ -23,11 +23,13 @@ from services.common.errors import (
     ResourceExhausted,
     Violations,
 )
-from services.tasks import completions, ledger, store, task_store
-from services.tasks.calls import MemberCalls
-from services.tasks.completions import Grant
-from services.tasks.definitions import Kind, SignInSpec, Task
-from services.tasks.task_store import CompletionRow, SignInRow, StreakRow
+from services.tasks.points import ledger, ledger_store
+from services.tasks.tasks import completion_store, completions, signin_store
+from services.tasks.tasks.completion_store import CompletionRow
+from services.tasks.tasks.completions import Grant
+from services.tasks.tasks.definitions import Kind, SignInSpec, Task
+from services.tasks.tasks.member_calls import MemberCalls
+from services.tasks.tasks.signin_store import SignInRow, StreakRow
 
 ONE_DAY = dt.timedelta(days=1)
 
@@ -139,8 +141,8 @@ class SignIns(MemberCalls):
         if makeup_day is not None:
             check_makeup_day(task, makeup_day, today)
         async with self._db.transaction(tenant_id) as conn:
-            await store.lock_account(conn, tenant_id, member_id)
-            first, recent = await task_store.sign_ins_or_request(
+            await ledger_store.lock_account(conn, tenant_id, member_id)
+            first, recent = await signin_store.sign_ins_or_request(
                 conn, request_id, task.task_id, member_id, today - ONE_DAY, today
             )
             if first is not None:
@@ -149,7 +151,7 @@ class SignIns(MemberCalls):
                 paid = (
                     None
                     if first.completion_id is None
-                    else await task_store.completion(conn, first.completion_id)
+                    else await completion_store.completion(conn, first.completion_id)
                 )
                 return SignInRecord(first, paid)
             if makeup_day is not None:
@@ -169,7 +171,7 @@ class SignIns(MemberCalls):
             grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
             # The sign-in row first, naming the completion about to be written (the key is checked
             # at commit): the completion, which takes the task's budget row, is the last write.
-            row = await task_store.insert_sign_in(
+            row = await signin_store.insert_sign_in(
                 conn, tenant_id, task.task_id, member_id, today, streak, False, request_id, digest, paid=True
             )
             assert row.completion_id is not None
@@ -190,7 +192,7 @@ class SignIns(MemberCalls):
         spec = task.definition.spec
         assert isinstance(spec, SignInSpec)
         first_of_month = month_start(today)
-        rows = await task_store.sign_ins_between(
+        rows = await signin_store.sign_ins_between(
             conn, task.task_id, member_id, first_of_month - ONE_DAY, today
         )
         by_day = {r.day: r for r in rows}
@@ -204,10 +206,10 @@ class SignIns(MemberCalls):
             )
         previous = by_day.get(day - ONE_DAY)
         streak = previous.streak + 1 if previous else 1
-        row = await task_store.insert_sign_in(
+        row = await signin_store.insert_sign_in(
             conn, tenant_id, task.task_id, member_id, day, streak, True, request_id, digest, paid=False
         )
-        await task_store.restreak(conn, task.task_id, member_id, rejoined(by_day, day, streak))
+        await signin_store.restreak(conn, task.task_id, member_id, rejoined(by_day, day, streak))
         return SignInRecord(row, None)
 
     async def streak(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> Streak:
@@ -220,5 +222,5 @@ class SignIns(MemberCalls):
         await self._participation.require_member(tenant_id, member_id)
         today = task.definition.day(now)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await task_store.streaks(conn, member_id, {task_id: (month_start(today), today)})
+            rows = await signin_store.streaks(conn, member_id, {task_id: (month_start(today), today)})
         return streak_of(task, member_id, rows.get(task_id), today)

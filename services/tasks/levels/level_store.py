@@ -1,4 +1,5 @@
-"""SQL of levels: the policy and its tiers, members' levels, growth sums, the tasks feed.
+"""SQL of levels: the policy and its tiers, members' levels, growth sums (the tasks feed of level
+changes is tasks_feed_store.py).
 
 Lock order: `member_levels` rows only (sorted by member id). The ledger's earning function locks
 the member's account first and then their `member_levels` row; the evaluation never takes an
@@ -8,15 +9,13 @@ account, so the two never wait on each other in opposite orders.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from services.common import outbox
 from services.common.db import Connection
-from services.tasks.store import EARNED, EARNED_REASONS
+from services.tasks.points.ledger_store import EARNED, EARNED_REASONS
 
 
 async def ensure_policy(conn: Connection, tenant_id: str, content: dict[str, Any], digest: str) -> None:
@@ -193,28 +192,3 @@ async def mark_reviewed(conn: Connection, member_ids: Sequence[str], boundary: d
         list(member_ids),
         boundary,
     )
-
-
-async def append_change(conn: Connection, tenant_id: str, member_id: str, payload: dict[str, Any]) -> None:
-    await conn.execute(
-        "INSERT INTO tasks.feed (tenant_id, kind, member_id, payload) VALUES ($1, 1, $2, $3::jsonb)",
-        tenant_id,
-        member_id,
-        json.dumps(payload),
-    )
-
-
-async def read_feed(conn: Connection, after: outbox.Position | None, limit: int) -> list[dict[str, Any]]:
-    """Settled feed entries after `after`: cursor, member_id, payload (parsed), create_time."""
-    rows = await outbox.read_settled(
-        conn, "tasks.feed", "member_id, payload::text AS payload, create_time", after, limit
-    )
-    return [
-        {
-            "cursor": outbox.cursor_of(r),
-            "member_id": r["member_id"],
-            "payload": json.loads(r["payload"]),
-            "create_time": r["create_time"],
-        }
-        for r in rows
-    ]

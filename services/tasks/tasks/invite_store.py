@@ -1,0 +1,173 @@
+"""SQL of invites and of the member facts that trigger them (registration and first order, as
+tagging's feed told them; the follower keeps them). Runs inside tenant transactions.
+
+Lock order (the start of the service's, see services/tasks/README.md): the invitee's
+`member_facts` row first (sorted, for many; the lock an invite and the follower share), then
+invites, then the members' `accounts` (sorted), then completions and task rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.db import Connection
+
+# --- member facts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberFacts:
+    member_id: str
+    register_time: dt.datetime | None
+    first_order_time: dt.datetime | None
+
+
+async def lock_member_facts(
+    conn: Connection, tenant_id: str, member_ids: Sequence[str]
+) -> dict[str, MemberFacts]:
+    """Locks the members' facts rows in member-id order (creating empty ones, rewriting none:
+    ON CONFLICT DO UPDATE locks the rows its WHERE leaves alone) and returns them."""
+    ids = sorted(set(member_ids))
+    if not ids:
+        return {}
+    await conn.execute(
+        """INSERT INTO tasks.member_facts (tenant_id, member_id)
+           SELECT $1, m FROM unnest($2::text[]) AS m ORDER BY m
+           ON CONFLICT (tenant_id, member_id) DO UPDATE SET member_id = excluded.member_id WHERE false""",
+        tenant_id,
+        ids,
+    )
+    rows = await conn.fetch(
+        """SELECT member_id, register_time, first_order_time FROM tasks.member_facts
+           WHERE member_id = ANY($1::text[])""",
+        ids,
+    )
+    return {r["member_id"]: MemberFacts(**dict(r)) for r in rows}
+
+
+async def record_facts(
+    conn: Connection, registered: dict[str, dt.datetime], first_orders: dict[str, dt.datetime]
+) -> None:
+    """Notes registrations and first orders (rows locked by lock_member_facts); a time already
+    noted stays. One statement each, however many members the batch names."""
+    for column, times in (("register_time", registered), ("first_order_time", first_orders)):
+        if times:
+            await conn.execute(
+                f"""UPDATE tasks.member_facts f SET {column} = t.at
+                    FROM unnest($1::text[], $2::timestamptz[]) AS t(member_id, at)
+                    WHERE f.member_id = t.member_id AND f.{column} IS NULL""",
+                list(times),
+                list(times.values()),
+            )
+
+
+# --- invites -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InviteRow:
+    task_id: str
+    inviter_member_id: str
+    invitee_member_id: str
+    day: dt.date
+    state: int
+    inviter_completion_id: int | None
+    invitee_completion_id: int | None
+    request_id: str
+    content_hash: str
+    create_time: dt.datetime
+    complete_time: dt.datetime | None
+
+
+_INVITE_COLUMNS = """task_id, inviter_member_id, invitee_member_id, day, state, inviter_completion_id,
+    invitee_completion_id, request_id, content_hash, create_time, complete_time"""
+
+
+async def invite_by_request(conn: Connection, request_id: str) -> InviteRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {_INVITE_COLUMNS} FROM tasks.invites WHERE request_id = $1", request_id
+    )
+    return None if row is None else InviteRow(**dict(row))
+
+
+async def invite_of(conn: Connection, invitee: str) -> InviteRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {_INVITE_COLUMNS} FROM tasks.invites WHERE invitee_member_id = $1", invitee
+    )
+    return None if row is None else InviteRow(**dict(row))
+
+
+async def pending_invites(conn: Connection, invitees: Sequence[str]) -> list[InviteRow]:
+    """Pending invites of these invitees, locked, by invitee."""
+    rows = await conn.fetch(
+        f"""SELECT {_INVITE_COLUMNS} FROM tasks.invites
+            WHERE invitee_member_id = ANY($1::text[]) AND state = 1
+            ORDER BY invitee_member_id FOR UPDATE""",
+        list(invitees),
+    )
+    return [InviteRow(**dict(r)) for r in rows]
+
+
+async def invites_by(conn: Connection, task_id: str, inviter: str, day: dt.date) -> tuple[int, int]:
+    """(invites the inviter recorded in the task in all, on `day`)."""
+    return (await invite_counts(conn, inviter, {task_id: day})).get(task_id, (0, 0))
+
+
+async def invite_counts(
+    conn: Connection, inviter: str, days: dict[str, dt.date]
+) -> dict[str, tuple[int, int]]:
+    """`invites_by` for many tasks: `days` maps task ids to their calendar day today."""
+    rows = await conn.fetch(
+        """SELECT i.task_id, count(*) AS total, count(*) FILTER (WHERE i.day = d.day) AS today
+           FROM tasks.invites i
+           JOIN unnest($2::text[], $3::date[]) AS d(task_id, day) ON d.task_id = i.task_id
+           WHERE i.inviter_member_id = $1 GROUP BY i.task_id""",
+        inviter,
+        list(days),
+        list(days.values()),
+    )
+    return {r["task_id"]: (r["total"], r["today"]) for r in rows}
+
+
+async def insert_invite(
+    conn: Connection,
+    tenant_id: str,
+    task_id: str,
+    inviter: str,
+    invitee: str,
+    day: dt.date,
+    request_id: str,
+    digest: str,
+) -> InviteRow:
+    row = await conn.fetchrow(
+        f"""INSERT INTO tasks.invites (tenant_id, task_id, inviter_member_id, invitee_member_id, day,
+                                       request_id, content_hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_INVITE_COLUMNS}""",
+        tenant_id,
+        task_id,
+        inviter,
+        invitee,
+        day,
+        request_id,
+        digest,
+    )
+    assert row is not None
+    return InviteRow(**dict(row))
+
+
+async def finish_invite(
+    conn: Connection, invitee: str, state: int, inviter_completion: int | None, invitee_completion: int | None
+) -> InviteRow:
+    row = await conn.fetchrow(
+        f"""UPDATE tasks.invites SET state = $2, inviter_completion_id = $3, invitee_completion_id = $4,
+                                     complete_time = now()
+            WHERE invitee_member_id = $1 RETURNING {_INVITE_COLUMNS}""",
+        invitee,
+        state,
+        inviter_completion,
+        invitee_completion,
+    )
+    assert row is not None
+    return InviteRow(**dict(row))
