@@ -2,13 +2,13 @@
 orders, net of their reversals; never the balance, so spending does not cost a level).
 
 Upgrades happen at once: the ledger's earning function raises the level in the earning's own
-transaction (migration 0007, `tasks.raise_level`). Downgrades happen only at the end of an
-evaluation period, after a grace period: `EvaluateLevels(as_of)` takes the latest period end E
-whose grace has passed at `as_of`, and every member who held a level above the base through E is
-set to the tier their growth supports at E + grace (the moment the downgrade takes effect, so a
-late run decides as an on-time one would), unless growth at `as_of` supports more. Each member
-records the period end they were reviewed for, so a second run changes nothing. Every change is
-an entry of the tasks feed, written in the same transaction.
+transaction (`tasks.raise_level`, see services/tasks/migrations/README.md). Downgrades happen only
+at the end of an evaluation period, after a grace period: `EvaluateLevels(as_of)` takes the latest
+period end E whose grace has passed at `as_of`, and every member who held a level above the base
+through E is set to the tier their growth supports at E + grace (the moment the downgrade takes
+effect, so a late run decides as an on-time one would), unless growth at `as_of` supports more. Each
+member records the period end they were reviewed for, so a second run changes nothing. Every change
+is an entry of the tasks feed, written in the same transaction.
 """
 
 from __future__ import annotations

@@ -201,11 +201,12 @@ async def insert_entry(conn: Connection, tenant_id: str, entry: NewEntry) -> Ent
 async def add_earning(
     on: asyncpg.Pool | Connection, tenant_id: str, entry: NewEntry, order_id: str | None
 ) -> Entry | None:
-    """Locks the account and writes the earning and its lot (migration 0003's function) in one round
-    trip. Returns the entry written, or the first entry of the same request id; None when the
-    earning is for an order already reversed. Runs on the pool, as one autocommitted statement (the
-    function enters the tenant, role and setting, itself), or inside a caller's tenant transaction
-    when the earning must commit with other writes (a task completion)."""
+    """Locks the account and writes the earning and its lot in one round trip (`tasks.add_earning`,
+    see services/tasks/migrations/README.md). Returns the entry written, or the first entry of the
+    same request id; None when the earning is for an order already reversed. Runs on the pool, as
+    one autocommitted statement (the function enters the tenant, role and setting, itself), or
+    inside a caller's tenant transaction when the earning must commit with other writes (a task
+    completion)."""
     row = await on.fetchrow(
         f"""SELECT {_ENTRY_COLUMNS}
             FROM tasks.add_earning($1, $2, $3, $4::smallint, $5, $6, $7, $8, $9, $10, $11, $12)""",
