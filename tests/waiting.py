@@ -20,14 +20,14 @@ WAIT_SECONDS = 60.0
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     what: str,
     *,
     within: float = WAIT_SECONDS,
     interval: float = 0.05,
 ) -> T:
-    """Calls `probe` until it returns something true (a non-empty list, a found row, True) and
-    returns that; fails naming `what` once `within` seconds pass without it."""
+    """Calls `probe` until it returns something true (a non-empty list, a found row, True; not
+    None, False or empty) and returns that; fails naming `what` once `within` seconds pass without it."""
     deadline = time.monotonic() + within
     while True:
         found = await probe()

@@ -3,9 +3,7 @@ broadcast definition stored and started, and what the database says the cohort d
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,6 +18,7 @@ from services.common.config import Settings
 from services.common.db import Database
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
+from tests.waiting import eventually
 from tests.workflows.journey_helpers import member_message
 from workflows.journeys import client, store
 from workflows.journeys.cohort.shared import CohortFunnel, CohortInput
@@ -131,12 +130,12 @@ async def until(
     handle: WorkflowHandle[Any, Any], what: str, holds: Callable[[CohortFunnel], bool]
 ) -> CohortFunnel:
     """Queries the funnel until `holds` (a bounded wait for the worker, no clock in the assertions)."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    async def reached() -> CohortFunnel | None:
         funnel: CohortFunnel = await handle.query(CohortJourneyWorkflow.funnel)
-        if holds(funnel):
-            return funnel
-    raise AssertionError(f"the cohort never got to {what}")
+        return funnel if holds(funnel) else None
+
+    return await eventually(reached, f"did the cohort get to {what}")
 
 
 # The history events that close an activity call or a timer.
@@ -173,14 +172,10 @@ async def until_asleep(handle: WorkflowHandle[Any, Any], what: str) -> None:
     When the call completes while the workflow task that cancels it is out, the server refuses the
     task's completion (ACTIVITY_UNKNOWN) and the run stays stuck with the task open, holding its
     time-skipping lock; when the call was scheduled but not yet taken, the server drops it without
-    releasing the call's lock. Either way time stops skipping for every later test of the session.
-    (A real server takes both; see test_cancelling_during_a_batch_waits_for_it_on_a_real_server.)"""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if await asleep(handle):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the cohort never fell asleep in {what}")
+    releasing the call's lock. Either way time stops skipping for the rest of the test (each test
+    has a test server of its own). (A real server takes both; see
+    test_cancelling_during_a_batch_waits_for_it_on_a_real_server.)"""
+    await eventually(lambda: asleep(handle), f"did the cohort fall asleep in {what}")
 
 
 def step(funnel: CohortFunnel, step_id: str) -> dict[str, Any]:

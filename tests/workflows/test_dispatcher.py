@@ -9,13 +9,11 @@ these tests wait for a state with a deadline; none of them compares a duration.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import facts_pb2, tagging_service_pb2, tagging_service_pb2_grpc
@@ -27,6 +25,7 @@ from services.common.db import Database
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import stamp
+from tests.waiting import eventually
 from tests.workflows.journey_helpers import journey, keep_history, running, seed_member
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.shared import DispatcherFunnel, DispatcherInput, DispatcherStatus
@@ -37,20 +36,6 @@ from workflows.journeys.shared import Funnel
 from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources
-
-WAIT_SECONDS = 60.0
-T = TypeVar("T")
-
-
-async def eventually(what: str, probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Polls `probe` until it returns something (not None); fails after WAIT_SECONDS."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        found = await probe()
-        if found is not None:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never saw {what}")
 
 
 async def enrolments(db: Database, journey_key: str, member_id: str) -> list[dict[str, Any]]:
@@ -72,7 +57,7 @@ async def enrolled(db: Database, journey_key: str, member_id: str, state: str = 
         rows = await enrolments(db, journey_key, member_id)
         return rows if rows and (not state or rows[-1]["state"] == state) else None
 
-    return await eventually(f"{member_id} in {journey_key} {state}", probe)
+    return await eventually(probe, f"{member_id} in {journey_key} {state}")
 
 
 @asynccontextmanager
@@ -107,7 +92,7 @@ async def following(db: Database, dispatcher_id: str) -> dict[str, str]:
         found = await dispatch_store.cursors(db, TENANT_ACME, dispatcher_id)
         return found if len(found) == 2 else None
 
-    return await eventually("the dispatcher's cursors", stored)
+    return await eventually(stored, "the dispatcher's cursors")
 
 
 def tagging_stub(resources: Resources) -> tagging_service_pb2_grpc.TaggingServiceAsyncStub:
@@ -154,19 +139,19 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
             JourneyWorkflow.run, client.workflow_id(NEW_CUSTOMER.key, member_id)
         )
         # The order it entered on is no goal: the member stays in the journey.
-        funnel = await eventually("the member active", lambda: _state(handle, "active"))
+        funnel = await eventually(lambda: _state(handle, "active"), "the member active")
         assert not funnel.converted
         await record_order(resources, member_id, 12_345)
         result = await handle.result()
         await keep_history(handle, "dispatched_new_customer")
-        status = await eventually("the signal in the dispatcher's totals", lambda: _totals(d, "signalled", 1))
+        status = await eventually(lambda: _totals(d, "signalled", 1), "the signal in the dispatcher's totals")
 
         async def reported() -> DispatcherFunnel | None:
             shown: DispatcherFunnel = await d.query(DispatcherWorkflow.funnel)
             figures = {r.journey_key: r for r in shown.journeys}.get(NEW_CUSTOMER.key)
             return shown if figures and figures.treated.converted + figures.holdout.converted else None
 
-        shown = await eventually("the conversion in the dispatcher's funnel", reported)
+        shown = await eventually(reported, "the conversion in the dispatcher's funnel")
     # Terminated by now: rounds that enrolled and signalled, reports of the journeys' figures.
     await keep_history(d, "dispatcher_enrols_and_signals")
     assert (result.state, result.converted, result.gmv_minor) == ("converted", True, 12_345)
@@ -209,10 +194,7 @@ async def test_entering_a_dynamic_audience_enrols_into_win_back(
             JourneyWorkflow.run, client.workflow_id(win_back.key, member_id)
         )
         # Its first step waits for 10:00 member-local.
-        funnel = await eventually(
-            "the offer's hour",
-            lambda: _step(handle, "offer-hour"),
-        )
+        funnel = await eventually(lambda: _step(handle, "offer-hour"), "the offer's hour")
     assert row["entry_event_id"].startswith("audience:") and row["state"] == "active"
     assert funnel.arm == row["arm"]
     assert await enrolments(journeys_db, win_back.key, outsider) == []
@@ -287,7 +269,7 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
             await enrolled(journeys_db, stays.key, later)
             await enrolled(journeys_db, again.key, later, "completed")
             # Both replayed orders skipped for both journeys, in the round that started `later`'s.
-            await eventually("the replay's skips", lambda: _totals(d, "skipped", 4))
+            await eventually(lambda: _totals(d, "skipped", 4), "the replay's skips")
             histories = {
                 member_id: [
                     execution.run_id

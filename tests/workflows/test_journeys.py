@@ -177,9 +177,7 @@ async def _until(handle: WorkflowHandle[Any, Any], what: str, holds: Callable[[F
         funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
         return funnel if holds(funnel) else None
 
-    found = await eventually(reached, f"did the member get to {what}")
-    assert found is not None
-    return found
+    return await eventually(reached, f"did the member get to {what}")
 
 
 async def _until_step(handle: WorkflowHandle[Any, Any], step_id: str) -> Funnel:
