@@ -5,6 +5,7 @@ Domain errors propagate to the shared interceptor, which turns them into status 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -273,11 +274,16 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def StreamFeed(
         self, request: tagging_service_pb2.StreamFeedRequest, context: Any
     ) -> AsyncIterator[tagging_service_pb2.StreamFeedResponse]:
-        """Runs until the caller cancels or its deadline passes; gRPC then cancels this generator."""
-        async for entries in self._feed.follow(current_tenant(), request.after_cursor, request.batch_size):
-            yield tagging_service_pb2.StreamFeedResponse(
-                entries=[feed_entry_to_proto(e) for e in entries], next_cursor=entries[-1].cursor
-            )
+        """Runs until the caller cancels or its deadline passes; gRPC then cancels this generator.
+
+        Closing the follower when this generator ends, rather than when it is collected, frees its
+        slot and its message as soon as the call is over."""
+        follower = self._feed.follow(
+            current_tenant(), request.after_cursor, request.batch_size, feed_response
+        )
+        async with contextlib.aclosing(follower):
+            async for response in follower:
+                yield response
 
     async def ImportMembers(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportMembersRequest], context: Any
@@ -538,6 +544,12 @@ def event_from_proto(message: facts_pb2.BehaviorEvent, index: int) -> BehaviorEv
         brand=message.brand,
         query=message.query,
         channel=message.channel,
+    )
+
+
+def feed_response(entries: list[FeedEntry]) -> tagging_service_pb2.StreamFeedResponse:
+    return tagging_service_pb2.StreamFeedResponse(
+        entries=[feed_entry_to_proto(e) for e in entries], next_cursor=entries[-1].cursor
     )
 
 

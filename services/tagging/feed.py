@@ -8,20 +8,42 @@ appear behind a cursor a consumer already holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 from services.common.db import Database
+from services.common.errors import ResourceExhausted
 from services.common.outbox import last_settled, page_size, parse_cursor
 from services.tagging import store
 from services.tagging.model import FeedEntry, FeedKind
 
 # How long a follower waits before asking again once it has caught up: the lag a follower adds.
 POLL_INTERVAL_SECONDS = 0.2
+# Followers one tenant may have open at once in a process. Each costs a task, the one message it
+# holds for a client that does not read, and a poll every POLL_INTERVAL_SECONDS once caught up.
+MAX_STREAMS_PER_TENANT = 100
+# Entries a follower reads at a time, whatever batch size it asked for (responses carry 1 to
+# batch_size entries): what a stream holds while its client does not read is one message of at
+# most this many entries.
+STREAM_READ_ROWS = 100
+# Follower reads running at once in the process: followers share at most this many of the pool's
+# connections, so however many there are, a GetMember never queues behind more than these.
+STREAM_READERS = 2
+
+Message = TypeVar("Message")
 
 
 class Feed:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_streams_per_tenant: int = MAX_STREAMS_PER_TENANT) -> None:
         self._db = db
+        self._max_streams = max_streams_per_tenant
+        self._streams: dict[str, int] = {}
+        self._readers = asyncio.Semaphore(STREAM_READERS)
+
+    def open_streams(self, tenant_id: str) -> int:
+        """How many followers of the tenant are open now."""
+        return self._streams.get(tenant_id, 0)
 
     async def read(
         self,
@@ -57,21 +79,52 @@ class Feed:
         return entries, horizon if position is None or end > position else after_cursor
 
     async def follow(
-        self, tenant_id: str, after_cursor: str, batch_size: int
-    ) -> AsyncIterator[list[FeedEntry]]:
-        """Yields the entries after `after_cursor` in batches of 1 to `batch_size`, without end.
+        self,
+        tenant_id: str,
+        after_cursor: str,
+        batch_size: int,
+        shape: Callable[[list[FeedEntry]], Message],
+    ) -> AsyncGenerator[Message, None]:
+        """Yields the entries after `after_cursor`, `shape`d into what the caller sends, in batches
+        of 1 to `batch_size` (at most STREAM_READ_ROWS), without end.
 
         Reads back to back while batches come full, then polls every POLL_INTERVAL_SECONDS. Each
-        read is its own short transaction: nothing is held open while waiting, so an idle follower
-        costs no connection and delays no one. The caller ends it by closing or cancelling it.
+        read is its own short transaction, taken in turn with the other followers' (STREAM_READERS):
+        nothing is held open while waiting, so an idle follower costs no connection and delays no
+        one. A batch is shaped and dropped before the yield, so a follower whose client does not
+        read holds one shaped message and reads nothing more until it is taken. More than
+        `max_streams_per_tenant` open followers of one tenant is ResourceExhausted. The caller ends
+        it by closing or cancelling it.
         """
         position = parse_cursor(after_cursor)
-        size = page_size(batch_size, "batch_size")
-        while True:
-            async with self._db.transaction(tenant_id, readonly=True) as conn:
-                entries = await store.read_feed(conn, position, size)
-            if entries:
-                position = parse_cursor(entries[-1].cursor)
-                yield entries
-            if len(entries) < size:
-                await asyncio.sleep(POLL_INTERVAL_SECONDS)
+        size = min(page_size(batch_size, "batch_size"), STREAM_READ_ROWS)
+        with self._stream_slot(tenant_id):
+            while True:
+                async with self._readers, self._db.transaction(tenant_id, readonly=True) as conn:
+                    entries = await store.read_feed(conn, position, size)
+                caught_up = len(entries) < size
+                if entries:
+                    position = parse_cursor(entries[-1].cursor)
+                    message = shape(entries)
+                    del entries
+                    yield message
+                    del message
+                if caught_up:
+                    await asyncio.sleep(POLL_INTERVAL_SECONDS)
+
+    @contextmanager
+    def _stream_slot(self, tenant_id: str) -> Iterator[None]:
+        """Counts an open follower of the tenant while it runs; refuses one past the cap."""
+        if self.open_streams(tenant_id) >= self._max_streams:
+            raise ResourceExhausted(
+                f"{self._max_streams} feed streams of this tenant are open; close one, or page with ReadFeed"
+            )
+        self._streams[tenant_id] = self.open_streams(tenant_id) + 1
+        try:
+            yield
+        finally:
+            left = self._streams[tenant_id] - 1
+            if left:
+                self._streams[tenant_id] = left
+            else:
+                del self._streams[tenant_id]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
 from services.common import app
-from services.common.config import Settings
+from services.common.config import Settings, env_number
 from services.common.db import Database
 from services.common.grpc_server import ServiceBinding
 from services.tagging import builtins
@@ -18,12 +19,14 @@ from services.tagging.api import TaggingApi, utc_now
 from services.tagging.catalog import Catalog
 from services.tagging.evaluation import Tagger
 from services.tagging.facts import Facts
-from services.tagging.feed import Feed
+from services.tagging.feed import MAX_STREAMS_PER_TENANT, Feed
 from services.tagging.members import Members
 from services.tagging.realtime import RealTimeTags
 from services.tagging.stats import Stats
 
 SERVICE = tagging_service_pb2.DESCRIPTOR.services_by_name["TaggingService"]
+# Open StreamFeed calls one tenant may have (default feed.MAX_STREAMS_PER_TENANT).
+FEED_STREAMS_ENV = "MEMBEROPS_TAGGING_FEED_STREAMS_PER_TENANT"
 
 
 def wire(
@@ -34,9 +37,11 @@ def wire(
 ) -> app.Wiring:
     assert db is not None, "tagging owns a schema, so it always has a database"
     tagger = Tagger(db)
+    streams = env_number(os.environ, FEED_STREAMS_ENV, MAX_STREAMS_PER_TENANT, int)
     realtime = RealTimeTags(db, tagger)
+    feed = Feed(db, streams)
     servicer = TaggingApi(
-        Members(db, realtime), Facts(db, realtime), Feed(db), Catalog(db), tagger, Stats(db), clock=clock
+        Members(db, realtime), Facts(db, realtime), feed, Catalog(db), tagger, Stats(db), clock=clock
     )
     binding = ServiceBinding.of(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer
