@@ -2,8 +2,8 @@
 
 Each call loads the audience (and every audience it references, at their current versions),
 compiles it (cached: compiling is pure) and runs one statement in a read-only tenant transaction
-over tagging's published views, at the evaluation time the call passes in. An export runs its
-statement a page at a time, each page in a short transaction of its own (see `Evaluator.export`).
+over tagging's published views, at the evaluation time the call passes in (an export through a
+cursor that gives its connection back while its client is slow: `Evaluator.export`).
 
 CheckMembership, on the hot path of coupon claims and group entry, answers a dynamic audience from
 the membership index, without a statement. Otherwise it skips the load: it runs the statement
@@ -14,22 +14,25 @@ answered together by the next statement (`services.common.batching`).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memberops.audience.v1 import audience_pb2
 
 from services.audience import compiler, definitions, store
+from services.audience.export_reader import ExportReader, ReadSlots
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
 from services.common import checks, page_tokens
 from services.common.batching import KeyedBatcher
 from services.common.db import Connection, Database, Plans
 from services.common.errors import InvalidArgument, NotFound, Violations
+
+if TYPE_CHECKING:
+    from asyncpg.cursor import Cursor
 
 DEFAULT_SAMPLE = 10
 MAX_SAMPLE = 100
@@ -108,7 +111,7 @@ class Evaluator:
     ) -> None:
         self._db = db
         self._index = index
-        self._export_reads = asyncio.Semaphore(exports.reads_in_flight)
+        self._export_reads = ReadSlots(exports.reads_in_flight)
         self._compiled: dict[tuple[Any, ...], _Compilations] = {}
         # (tenant, audience) -> what CheckMembership last loaded for it.
         self._checked: dict[tuple[str, str], Loaded] = {}
@@ -245,16 +248,15 @@ class Evaluator:
     ) -> AsyncGenerator[tuple[list[str], int], None]:
         """Every member id once, in id order and in chunks, for the audience's version at the start.
 
-        The ids are read in keyset pages, each in a short transaction of its own, and no connection
-        is held while a chunk waits for the client: a reader that stops reading costs only its own
-        stream (issue 17). The first transaction loads and compiles the definition (and every
-        audience it references) once; every later page runs that same statement at the same `now`,
-        so the export stays one version even if the audience is updated meanwhile. Pages hold at
-        least `MIN_EXPORT_PAGE` ids, so a client asking for chunks of one costs a statement per
-        thousand ids, not per id; what is buffered is at most one page. Page reads of all exports
-        together take at most `ExportLimits.reads_in_flight` connections, so a burst of exports
-        leaves the rest of the pool to other calls. Not one snapshot of the data: a member who
-        joins or leaves during the export is in it if they were in when their page was read."""
+        The ids come from a cursor ordered by member id (`export_reader`), whose transaction is
+        closed, so its connection given back, whenever the client keeps the export waiting long or
+        another export wants a connection; a slow reader costs only its own stream (issue 17). The
+        definition (and every audience it references) is loaded and compiled once, and every cursor
+        runs that statement at the same `now`, so the export stays one version even if the audience
+        is updated meanwhile; not one snapshot of the data, though, once a cursor was reopened: a
+        member who joins or leaves meanwhile is in it if they were in when their page was read.
+        Pages hold at least `MIN_EXPORT_PAGE` ids, so chunks of one cost a fetch per thousand ids;
+        what is buffered is at most one page."""
         if not 0 <= chunk_size <= MAX_CHUNK:
             raise InvalidArgument.field(
                 "chunk_size", f"must be between 1 and {MAX_CHUNK} (0 means {MAX_CHUNK})"
@@ -262,23 +264,27 @@ class Evaluator:
         size = chunk_size or MAX_CHUNK
         page_size = max(size, MIN_EXPORT_PAGE)
         loaded: Loaded | None = None
-        after = ""
-        while True:
-            async with self._export_reads, self.transaction(tenant_id) as conn:
-                if loaded is None:
-                    # Not driven, as a page of `list_members`: each page stops at its size.
-                    loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False)
-                c = loaded.compiled
-                sql = (
-                    f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "
-                    f"ORDER BY m.member_id LIMIT {c.next_param(2)}::int"
-                )
-                page = [row["member_id"] for row in await conn.fetch(sql, *c.args(now), after, page_size)]
-            for start in range(0, len(page), size):
-                yield page[start : start + size], loaded.version
-            if len(page) < page_size:
-                return
-            after = page[-1]
+
+        async def declare(conn: Connection, after: str) -> Cursor[Any]:
+            nonlocal loaded
+            if loaded is None:
+                loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+            c = loaded.compiled
+            sql = f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} ORDER BY m.member_id"
+            return await conn.cursor(sql, *c.args(now), after)
+
+        reader = ExportReader(self._export_reads, lambda: self.transaction(tenant_id), declare, page_size)
+        try:
+            while page := await reader.page():
+                assert loaded is not None
+                for start in range(0, len(page), size):
+                    await reader.before_waiting()
+                    yield page[start : start + size], loaded.version
+                    reader.after_waiting()
+                if len(page) < page_size:
+                    return
+        finally:
+            await reader.close()
 
     async def check(
         self, tenant_id: str, audience_id: str, member_id: str, now: dt.datetime

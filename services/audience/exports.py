@@ -1,8 +1,8 @@
 """Limits on `ExportAudience` streams, so that slow or abandoned readers cost only themselves.
 
-An export reads its ids in short keyset-paged transactions (`Evaluator.export`) and holds no
-connection while a chunk waits for the client; what an open stream still holds is its buffered
-page and its place among the tenant's open exports, both bounded here.
+An export reads its ids through a cursor that gives its connection back whenever its client keeps
+it waiting (`export_reader`); what an open stream still holds is its buffered page and its place
+among the tenant's open exports, both bounded here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from services.common.errors import ResourceExhausted
 class ExportLimits:
     # Open exports of one tenant; one more is RESOURCE_EXHAUSTED until one of them ends.
     per_tenant: int = 16
-    # Page reads of all exports at once: the connections exports may take from the pool (10 by
-    # default), so a burst of exports cannot queue ahead of every other call.
+    # Open export cursors of the process: the connections exports may hold (of the pool's 10 by
+    # default), so a burst of exports cannot take the pool from every other call.
     reads_in_flight: int = 2
     # An export whose client has not taken a chunk for this long ends with DEADLINE_EXCEEDED.
     idle_seconds: float = 60.0
