@@ -40,7 +40,7 @@ from deploy.devstack import ROOT, SEARCH_ATTRIBUTES
 from services.common.config import Settings
 from services.common.db import Database
 from workflows.journeys import store as journeys_store
-from workflows.journeys.cohort.shared import CohortFunnel, CohortInput
+from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import (
     Broadcast,

@@ -42,13 +42,13 @@ from services.common.config import Settings
 from services.common.db import Database
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.activities import IN_FLIGHT
-from workflows.dispatcher.shared import DispatcherInput
+from workflows.dispatcher.payloads import DispatcherInput
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import client as journeys_client
 from workflows.journeys import store
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Step, Wait
-from workflows.journeys.shared import JourneyInput
+from workflows.journeys.payloads import JourneyInput
 from workflows.worker import WORKFLOWS, Resources, activities
 
 QUEUE = "bench-enrolment"

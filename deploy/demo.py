@@ -23,7 +23,7 @@ from services.common.config import Settings
 from workflows.journeys.client import workflow_id
 from workflows.journeys.shipped import NEW_CUSTOMER
 from workflows.journeys.workflow import JourneyWorkflow
-from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
+from workflows.member_lookup.payloads import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 
 DEMO_MEMBER = "demo-1"

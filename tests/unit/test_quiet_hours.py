@@ -1,4 +1,4 @@
-"""Member-local time (workflows/journeys/schedule.py) against an oracle that only reads clocks.
+"""Member-local time (workflows/journeys/local_time.py) against an oracle that only reads clocks.
 
 The oracle asks "is this instant inside the window, by the member's wall clock?" and scans forward
 in UTC; it never builds a local time and converts it, which is what the code under test does. The
@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from workflows.journeys import schedule
+from workflows.journeys import local_time
 from workflows.journeys.definition import QuietHours
 
 UTC = dt.UTC
@@ -102,7 +102,7 @@ def test_quiet_until_is_when_the_members_clock_next_shows_the_windows_end(tz: Zo
     for quiet in WINDOWS:
         end = clock(quiet.end)
         for now in nows(tz):
-            got = schedule.quiet_until(now, tz, quiet)
+            got = local_time.quiet_until(now, tz, quiet)
             if not quiet_at(now, tz, quiet):
                 assert got is None, (now, quiet)
                 continue
@@ -146,7 +146,7 @@ def test_next_local_time_is_the_first_instant_at_or_after_now_showing_that_time(
                 if instant.astimezone(UTC).astimezone(tz).time() == target:
                     candidates.append(instant.astimezone(UTC))
         expected = min(c for c in candidates if c >= now)
-        got = schedule.next_local_time(now, tz, hour, minute)
+        got = local_time.next_local_time(now, tz, hour, minute)
         assert got == expected, (now, target)
         assert got.utcoffset() == dt.timedelta(0)
 
@@ -157,12 +157,12 @@ def test_next_local_midnight_is_the_first_instant_of_the_next_local_day(tz: Zone
     instant before it still on today, whatever the day's length (23, 24 or 25 hours)."""
     lengths = set()
     for now in nows(tz):
-        got = schedule.next_local_midnight(now, tz)
+        got = local_time.next_local_midnight(now, tz)
         today = now.astimezone(tz).date()
         assert got > now
         assert got.astimezone(tz).date() == today + dt.timedelta(days=1)
         assert (got - dt.timedelta(microseconds=1)).astimezone(tz).date() == today
-        lengths.add(schedule.next_local_midnight(got, tz) - got)
+        lengths.add(local_time.next_local_midnight(got, tz) - got)
     hours = {24} if tz is SHANGHAI else {23, 24, 25}
     assert lengths == {dt.timedelta(hours=h) for h in hours}
 
@@ -203,22 +203,22 @@ def utc(month: int, day: int, hour: int, minute: int = 0) -> dt.datetime:
 def test_quiet_hours_across_dst_changes(
     now: dt.datetime, tz: ZoneInfo, quiet: QuietHours, expected: dt.datetime
 ) -> None:
-    assert schedule.quiet_until(now, tz, quiet) == expected
+    assert local_time.quiet_until(now, tz, quiet) == expected
 
 
 def test_next_local_time_in_a_repeated_hour_is_the_next_time_the_clock_shows_it() -> None:
     # 01:10 EST on 2026-11-01, the second 01:10 of the day: 01:20 comes again in ten minutes.
-    assert schedule.next_local_time(utc(11, 1, 6, 10), NEW_YORK, 1, 20) == utc(11, 1, 6, 20)
+    assert local_time.next_local_time(utc(11, 1, 6, 10), NEW_YORK, 1, 20) == utc(11, 1, 6, 20)
     # 01:10 EDT, the first: 01:20 EDT.
-    assert schedule.next_local_time(utc(11, 1, 5, 10), NEW_YORK, 1, 20) == utc(11, 1, 5, 20)
+    assert local_time.next_local_time(utc(11, 1, 5, 10), NEW_YORK, 1, 20) == utc(11, 1, 5, 20)
     # 02:30 is skipped on 2026-03-08: the documented mapping, 03:30 EDT.
-    assert schedule.next_local_time(utc(3, 8, 6), NEW_YORK, 2, 30) == utc(3, 8, 7, 30)
+    assert local_time.next_local_time(utc(3, 8, 6), NEW_YORK, 2, 30) == utc(3, 8, 7, 30)
 
 
 def test_no_quiet_hours_defer_nothing_and_an_unknown_zone_falls_back() -> None:
     for hour in range(24):
-        assert schedule.quiet_until(utc(3, 8, hour), NEW_YORK, None) is None
-    assert schedule.zone("Not/AZone", "Asia/Shanghai") == SHANGHAI
-    assert schedule.zone("", "Europe/Berlin") == BERLIN
-    assert schedule.zone("../etc/passwd", "Asia/Shanghai") == SHANGHAI
-    assert schedule.zone("America/New_York", "Asia/Shanghai") == NEW_YORK
+        assert local_time.quiet_until(utc(3, 8, hour), NEW_YORK, None) is None
+    assert local_time.zone("Not/AZone", "Asia/Shanghai") == SHANGHAI
+    assert local_time.zone("", "Europe/Berlin") == BERLIN
+    assert local_time.zone("../etc/passwd", "Asia/Shanghai") == SHANGHAI
+    assert local_time.zone("America/New_York", "Asia/Shanghai") == NEW_YORK

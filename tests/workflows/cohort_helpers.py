@@ -21,7 +21,7 @@ from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import member_message
 from workflows.journeys import client, store
-from workflows.journeys.cohort.shared import CohortFunnel, CohortInput
+from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import Broadcast, Entry, JourneyDefinition, Step, Template
 from workflows.worker import Resources

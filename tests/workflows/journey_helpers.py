@@ -21,7 +21,7 @@ from tests.conftest import ACME, unique
 from workflows.journeys import client, store
 from workflows.journeys.activities import holdout_salt
 from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Step, Template
-from workflows.journeys.shared import Funnel, JourneyInput
+from workflows.journeys.payloads import Funnel, JourneyInput
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources, build_worker
 

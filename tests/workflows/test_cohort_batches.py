@@ -26,7 +26,7 @@ from workflows.journeys import store
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort.activities import CohortActivities
-from workflows.journeys.cohort.shared import BatchRequest, OpenRequest, cohort_workflow_id
+from workflows.journeys.cohort.payloads import BatchRequest, OpenRequest, cohort_workflow_id
 from workflows.journeys.definition import JourneyDefinition, Send, Step
 from workflows.journeys.sending import Sender
 from workflows.worker import Resources

@@ -28,11 +28,11 @@ from tests.tagging.facts_helpers import stamp
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import journey, keep_history, running, seed_member
 from workflows.dispatcher import store as dispatch_store
-from workflows.dispatcher.shared import DispatcherFunnel, DispatcherInput, DispatcherStatus
+from workflows.dispatcher.payloads import DispatcherFunnel, DispatcherInput, DispatcherStatus
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import client, store
 from workflows.journeys.definition import AudienceEntry, Entry, EventMatch, Reentry, Send, Step, Wait
-from workflows.journeys.shared import Funnel
+from workflows.journeys.payloads import Funnel
 from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources

@@ -43,7 +43,7 @@ from workflows.journeys.definition import (
     Wait,
     WaitForEvent,
 )
-from workflows.journeys.shared import Funnel, JourneyInput, MemberEvent
+from workflows.journeys.payloads import Funnel, JourneyInput, MemberEvent
 from workflows.journeys.workflow import JOURNEY, MEMBER, TENANT, JourneyWorkflow
 from workflows.worker import Resources
 

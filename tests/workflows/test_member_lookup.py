@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from services.common.config import Settings
 from tests.conftest import ACME, TENANT_ACME, unique
-from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
+from workflows.member_lookup.payloads import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 from workflows.worker import Resources, build_worker
 

@@ -26,7 +26,7 @@ from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition,
 from tests.tasks.helpers import ROLLING, all_entries, earn
 from tests.waiting import eventually
 from workflows.periodic import schedules
-from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
+from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.worker import Resources, build_worker
 

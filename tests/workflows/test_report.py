@@ -16,7 +16,7 @@ from tests.waiting import eventually
 from tests.workflows.journey_helpers import journey, member_in, running, seed_member, start
 from workflows.journeys import report
 from workflows.journeys.definition import EventMatch, Goal, Send, Step, Template, Wait
-from workflows.journeys.shared import MemberEvent
+from workflows.journeys.payloads import MemberEvent
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources
 

@@ -20,13 +20,13 @@ from services.common.db import Database
 from tests.conftest import TENANT_ACME, unique
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import phone_of, seed_member
-from workflows.journeys import schedule
+from workflows.journeys import local_time
 from workflows.journeys.activities import JourneyActivities
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import ChannelPolicy, QuietHours, Template
+from workflows.journeys.payloads import SendOutcome, SendRequest
 from workflows.journeys.sending import Sender
-from workflows.journeys.shared import SendOutcome, SendRequest
 from workflows.worker import Resources
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -152,16 +152,16 @@ def utc(year: int, month: int, day: int, hour: int, minute: int) -> dt.datetime:
 def test_quiet_hours_end_in_the_members_zone(
     now: dt.datetime, quiet: QuietHours, expected: dt.datetime | None
 ) -> None:
-    assert schedule.quiet_until(now, SHANGHAI, quiet) == expected
+    assert local_time.quiet_until(now, SHANGHAI, quiet) == expected
 
 
 def test_local_times_follow_daylight_saving() -> None:
     new_york = ZoneInfo("America/New_York")
     # 2026-03-08 is the spring-forward day: 10:00 local is 14:00 UTC after it, 15:00 before it.
-    assert schedule.next_local_time(utc(2026, 3, 7, 16, 0), new_york, 10, 0) == utc(2026, 3, 8, 14, 0)
-    assert schedule.next_local_time(utc(2026, 3, 7, 14, 0), new_york, 10, 0) == utc(2026, 3, 7, 15, 0)
-    assert schedule.next_local_midnight(utc(2026, 3, 7, 16, 0), new_york) == utc(2026, 3, 8, 5, 0)
-    assert schedule.zone("Not/AZone", "Asia/Shanghai") == SHANGHAI
+    assert local_time.next_local_time(utc(2026, 3, 7, 16, 0), new_york, 10, 0) == utc(2026, 3, 8, 14, 0)
+    assert local_time.next_local_time(utc(2026, 3, 7, 14, 0), new_york, 10, 0) == utc(2026, 3, 7, 15, 0)
+    assert local_time.next_local_midnight(utc(2026, 3, 7, 16, 0), new_york) == utc(2026, 3, 8, 5, 0)
+    assert local_time.zone("Not/AZone", "Asia/Shanghai") == SHANGHAI
 
 
 def test_channel_configuration_from_the_environment() -> None:

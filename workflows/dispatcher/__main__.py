@@ -20,7 +20,7 @@ from services.common.config import Settings
 from services.common.db import Database
 from workflows.dispatcher import store
 from workflows.dispatcher.client import dispatcher_id, ensure_dispatcher
-from workflows.dispatcher.shared import DispatcherInput
+from workflows.dispatcher.payloads import DispatcherInput
 from workflows.journeys.shipped import WIN_BACK_AUDIENCE
 
 SHIPPED_AUDIENCES = (WIN_BACK_AUDIENCE,)

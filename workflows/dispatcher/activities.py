@@ -26,13 +26,13 @@ from services.common.db import Database
 from workflows import service_calls
 from workflows.dispatcher import events
 from workflows.dispatcher import store as dispatch_store
-from workflows.dispatcher.shared import DispatchCounts, DispatchRequest, DispatchResult, ReportRequest
+from workflows.dispatcher.payloads import DispatchCounts, DispatchRequest, DispatchResult, ReportRequest
 from workflows.journeys import client as journeys_client
 from workflows.journeys import report, store
 from workflows.journeys.activities import now
 from workflows.journeys.definition import JourneyDefinition
+from workflows.journeys.payloads import JourneyInput, MemberEvent
 from workflows.journeys.report import JourneyReport
-from workflows.journeys.shared import JourneyInput, MemberEvent
 from workflows.journeys.workflow import JourneyWorkflow
 
 # How often an idle round asks the feeds again: the latency the dispatcher adds at most.

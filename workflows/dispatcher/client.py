@@ -7,7 +7,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.dispatcher.shared import DispatcherInput
+from workflows.dispatcher.payloads import DispatcherInput
 from workflows.dispatcher.workflow import DispatcherWorkflow
 
 

@@ -15,7 +15,7 @@ from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
 from workflows.journeys.definition import EventMatch, JourneyDefinition
-from workflows.journeys.shared import MemberEvent, matches
+from workflows.journeys.payloads import MemberEvent, matches
 
 AUDIENCE_PREFIX = "audiences/"
 

@@ -25,7 +25,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.dispatcher.activities import DispatcherActivities
-    from workflows.dispatcher.shared import (
+    from workflows.dispatcher.payloads import (
         DispatcherFunnel,
         DispatcherInput,
         DispatcherStatus,

@@ -21,11 +21,10 @@ from services.common.buckets import bucket
 from services.common.db import Database
 from services.common.errors import NotFound
 from workflows import service_calls
-from workflows.journeys import schedule, store, templates
+from workflows.journeys import local_time, store, templates
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import PROFILE_FIELDS
-from workflows.journeys.sending import Recipient, Sender, SendNotTaken
-from workflows.journeys.shared import (
+from workflows.journeys.payloads import (
     AwardRequest,
     ConditionRequest,
     Enrolment,
@@ -40,6 +39,7 @@ from workflows.journeys.shared import (
     SendRequest,
     TagRequest,
 )
+from workflows.journeys.sending import Recipient, Sender, SendNotTaken
 
 CHANNEL_NAMES = {
     member_pb2.CHANNEL_SMS: "sms",
@@ -222,8 +222,8 @@ class JourneyActivities:
         """The next instant at which the member's local clock shows hour:minute."""
         member = await self._member(request.tenant_id, request.member_id)
         zone_name = member.contact.time_zone if member is not None else ""
-        tz = schedule.zone(zone_name, self._settings.default_time_zone)
-        return schedule.next_local_time(now(), tz, request.hour, request.minute)
+        tz = local_time.zone(zone_name, self._settings.default_time_zone)
+        return local_time.next_local_time(now(), tz, request.hour, request.minute)
 
     @activity.defn(name="journeys.check_condition")
     async def check_condition(self, request: ConditionRequest) -> bool:

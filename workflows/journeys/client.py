@@ -6,10 +6,10 @@ from __future__ import annotations
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from workflows.journeys.cohort.shared import CohortFunnel, CohortInput, cohort_workflow_id
+from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput, cohort_workflow_id
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import JourneyDefinition
-from workflows.journeys.shared import Funnel, JourneyInput
+from workflows.journeys.payloads import Funnel, JourneyInput
 from workflows.journeys.workflow import JourneyWorkflow
 
 

@@ -22,12 +22,12 @@ from zoneinfo import ZoneInfo
 
 from services.common import logs
 from services.common.db import Connection, Database
-from workflows.journeys import message_log, schedule, templates
+from workflows.journeys import local_time, message_log, templates
 from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import CHANNELS, ChannelPolicy, QuietHours, Template
 from workflows.journeys.message_log import Key
-from workflows.journeys.shared import SendOutcome, SendRequest
+from workflows.journeys.payloads import SendOutcome, SendRequest
 
 log = logs.get_logger("memberops.journeys.sending")
 
@@ -103,8 +103,8 @@ class Sender:
 
     async def send(self, request: SendRequest, recipient: Recipient, now: dt.datetime) -> SendOutcome:
         key = Key(request.tenant_id, request.journey_run, request.member_id, request.step_id)
-        tz = schedule.zone(recipient.time_zone, self._settings.default_time_zone)
-        day = schedule.local_day(now, tz)
+        tz = local_time.zone(recipient.time_zone, self._settings.default_time_zone)
+        day = local_time.local_day(now, tz)
         async with self._db.transaction(request.tenant_id) as conn:
             await message_log.lock_member(conn, key)
             existing = await message_log.find(conn, key)
@@ -143,7 +143,7 @@ class Sender:
         """What the member alone decides: a skip, a deferral for quiet hours, or the channel."""
         if not recipient.found:
             return SendOutcome("skipped", detail="member not found in tagging")
-        quiet_end = schedule.quiet_until(now, tz, quiet_hours)
+        quiet_end = local_time.quiet_until(now, tz, quiet_hours)
         if quiet_end is not None:
             return SendOutcome("deferred", detail="quiet_hours", until=quiet_end)
         usable = [c for c in channel_order(choice, policy, recipient) if self.usable(c, recipient)]
@@ -170,7 +170,7 @@ class Sender:
             >= request.frequency_cap
         ):
             return SendOutcome(
-                "deferred", channel, "frequency_cap", until=schedule.next_local_midnight(now, tz)
+                "deferred", channel, "frequency_cap", until=local_time.next_local_midnight(now, tz)
             ), ""
         limit = self._settings.rate(channel)
         if not await message_log.take_window_slot(conn, request.tenant_id, channel, now, limit):

@@ -28,7 +28,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from workflows.journeys.activities import JourneyActivities
     from workflows.journeys.definition import JourneyDefinition, Step, duration
-    from workflows.journeys.shared import (
+    from workflows.journeys.payloads import (
         AwardRequest,
         ConditionRequest,
         Enrolment,

@@ -7,7 +7,7 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_servic
 from temporalio import activity
 
 from workflows import service_calls
-from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
+from workflows.member_lookup.payloads import MemberLookupInput, MemberSummary
 
 
 class TaggingActivities:

@@ -9,7 +9,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from workflows.member_lookup.activities import TaggingActivities
-    from workflows.member_lookup.shared import MemberLookupInput, MemberSummary
+    from workflows.member_lookup.payloads import MemberLookupInput, MemberSummary
 
 
 @workflow.defn(name="MemberLookup")

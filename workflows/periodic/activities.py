@@ -18,7 +18,7 @@ from memberops.tasks.v1 import tasks_service_pb2
 from temporalio import activity
 
 from workflows import service_calls
-from workflows.periodic.shared import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobRequest, JobResult
+from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobRequest, JobResult
 
 HEARTBEAT_SECONDS = 10.0
 # A recompute of 1M members takes about a minute; the first one of a tenant about four.

@@ -9,7 +9,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.periodic.shared import JOBS, JobInput, JobRequest, JobResult
+    from workflows.periodic.payloads import JOBS, JobInput, JobRequest, JobResult
 
 # Generous: the first recompute of a 1M-member tenant takes minutes; the activity heartbeats.
 START_TO_CLOSE = timedelta(hours=3)

@@ -26,13 +26,13 @@ from services.common.buckets import BUCKETS
 from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound
 from workflows import service_calls
-from workflows.journeys import schedule
+from workflows.journeys import local_time
 from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import holdout_salt, now, recipient_of
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort import delivery, store
 from workflows.journeys.cohort.delivery import Claim
-from workflows.journeys.cohort.shared import (
+from workflows.journeys.cohort.payloads import (
     BatchOutcome,
     BatchRequest,
     Opened,
@@ -46,8 +46,8 @@ from workflows.journeys.definition import (
     duration,
     validate_broadcast,
 )
+from workflows.journeys.payloads import matches
 from workflows.journeys.sending import Recipient, Sender
-from workflows.journeys.shared import matches
 
 _T = TypeVar("_T")
 
@@ -371,7 +371,7 @@ class CohortActivities:
         return batch.figures
 
     def _zone(self, recipient: Recipient | None) -> ZoneInfo:
-        return schedule.zone(recipient.time_zone if recipient else "", self._settings.default_time_zone)
+        return local_time.zone(recipient.time_zone if recipient else "", self._settings.default_time_zone)
 
     async def _recipients(self, tenant_id: str, member_ids: Sequence[str]) -> dict[str, Recipient]:
         """Contact data, consent and personal fields of these members, read from tagging in a few

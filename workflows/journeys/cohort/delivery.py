@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 from services.common.buckets import BUCKETS, bucket
 from services.common.db import Connection, Database
-from workflows.journeys import message_log, schedule
+from workflows.journeys import local_time, message_log
 from workflows.journeys.channels.base import (
     BatchChannel,
     BatchResult,
@@ -40,8 +40,8 @@ from workflows.journeys.channels.base import (
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort import store
 from workflows.journeys.definition import JourneyDefinition, Step, duration
+from workflows.journeys.payloads import SendOutcome
 from workflows.journeys.sending import Recipient, Sender, outgoing
-from workflows.journeys.shared import SendOutcome
 
 # Members of one part of a batch (one claim transaction, holding their send locks) at most.
 PART_SIZE = 1000
@@ -109,7 +109,7 @@ class Plan:
             self.go(member, p + 1, due.due_time + duration(step.wait.duration))
         elif step.wait_until_hour is not None:
             hour, minute = step.wait_until_hour.hour, step.wait_until_hour.minute
-            self.go(member, p + 1, schedule.next_local_time(due.due_time, tz, hour, minute))
+            self.go(member, p + 1, local_time.next_local_time(due.due_time, tz, hour, minute))
         elif step.split is not None:
             name, target = split_arm(self.cohort_id, step, member)
             self.figures[f"step:{step.id}:arm:{name}"] += 1
@@ -129,7 +129,7 @@ class Plan:
         assert step.send is not None
         d = self.definition
         routed = self.sender.route(step.send.channel, d.channels, d.quiet_hours, recipient, self.now, tz)
-        day = schedule.local_day(self.now, tz)
+        day = local_time.local_day(self.now, tz)
         if isinstance(routed, SendOutcome):
             if routed.status == "skipped":
                 self.skips.append((due.member_id, due.position, routed.detail, day))
@@ -275,7 +275,9 @@ class Delivery:
         by_channel: dict[str, list[Candidate]] = defaultdict(list)
         for c in chunk:
             if counted.get(c.member_id, 0) >= definition.frequency_cap:
-                plan.defer(c.member_id, c.position, schedule.next_local_midnight(now, c.tz), "frequency_cap")
+                plan.defer(
+                    c.member_id, c.position, local_time.next_local_midnight(now, c.tz), "frequency_cap"
+                )
             else:
                 by_channel[c.channel].append(c)
         claims: list[Candidate] = []

@@ -34,9 +34,9 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     # The member event inside CohortEvent: its module must be known inside the sandbox too, where
     # the data converter resolves the nested dataclass's annotations.
-    import workflows.journeys.shared  # noqa: F401
+    import workflows.journeys.payloads  # noqa: F401
     from workflows.journeys.cohort.activities import CohortActivities
-    from workflows.journeys.cohort.shared import (
+    from workflows.journeys.cohort.payloads import (
         ArmFigures,
         BatchOutcome,
         BatchRequest,

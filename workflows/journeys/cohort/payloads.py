@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from workflows.journeys.shared import MemberEvent, StepFigures
+from workflows.journeys.payloads import MemberEvent, StepFigures
 
 # Members per batch activity and per snapshot page.
 DEFAULT_BATCH_SIZE = 5000
