@@ -12,7 +12,7 @@ from memberops.tasks.v1 import rewards_pb2, tasks_service_pb2
 from services.common.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
-from tests.tasks.helpers import NEVER, ORDER, ROLLING, TASK
+from tests.tasks.points_helpers import NEVER, ORDER, ROLLING, TASK
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub

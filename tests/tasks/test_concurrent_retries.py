@@ -13,7 +13,7 @@ from memberops.tasks.v1 import rewards_pb2, tasks_service_pb2
 
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import failure
-from tests.tasks.helpers import ORDER, all_entries, balance, earn, spend
+from tests.tasks.points_helpers import ORDER, all_entries, balance, earn, spend
 from tests.tasks.test_rewards import create as create_reward
 from tests.tasks.test_rewards import redeem
 

@@ -26,7 +26,7 @@ from tests.conftest import ACME, INITECH, TENANT_INITECH, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.conftest import Clock
 from tests.tasks.feed_helpers import drain, event, followed, order, refund, registered, until
-from tests.tasks.helpers import all_entries, balance, spend
+from tests.tasks.points_helpers import all_entries, balance, spend
 from tests.tasks.task_helpers import DAY, create, member, member_tasks, task
 
 if TYPE_CHECKING:

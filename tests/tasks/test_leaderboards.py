@@ -16,7 +16,7 @@ from memberops.tasks.v1 import tasks_service_pb2
 from services.tasks.points.leaderboards import Period, period_bounds
 from tests.conftest import ACME
 from tests.grpc_helpers import bad
-from tests.tasks.helpers import ORDER, earn, spend
+from tests.tasks.points_helpers import ORDER, earn, spend
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub

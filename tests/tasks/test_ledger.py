@@ -10,7 +10,7 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import failure
 from tests.tasks.conftest import Clock, Members
-from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
+from tests.tasks.points_helpers import ORDER, ROLLING, all_entries, balance, earn, spend
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub

@@ -21,7 +21,7 @@ from memberops.tasks.v1 import levels_pb2, points_pb2, rewards_pb2, tasks_servic
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import failure
 from tests.tasks.conftest import Clock
-from tests.tasks.helpers import ORDER, TASK, all_entries, balance, earn, spend
+from tests.tasks.points_helpers import ORDER, TASK, all_entries, balance, earn, spend
 from tests.tasks.test_levels import level
 from tests.tasks.test_rewards import Kind, create, redeem, reward_id
 

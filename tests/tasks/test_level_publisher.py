@@ -15,7 +15,7 @@ from services.tasks.levels import tasks_feed_store
 from services.tasks.levels.publisher import LevelPublisher
 from services.tasks.peers import Peers
 from tests.conftest import GLOBEX, INITECH, TENANT_INITECH, unique
-from tests.tasks.helpers import earn
+from tests.tasks.points_helpers import earn
 from tests.tasks.task_helpers import member
 from tests.waiting import eventually
 

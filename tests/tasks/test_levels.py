@@ -16,7 +16,7 @@ from memberops.tasks.v1 import levels_pb2, tasks_service_pb2
 from services.tasks.levels import levels
 from tests.conftest import GLOBEX, unique
 from tests.grpc_helpers import bad, failure
-from tests.tasks.helpers import ORDER, earn, spend
+from tests.tasks.points_helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import stamp
 from tests.waiting import eventually
 

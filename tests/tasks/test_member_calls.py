@@ -15,7 +15,7 @@ from services.common.db import Database
 from tests.audience import helpers as audience
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
-from tests.tasks.helpers import all_entries, balance
+from tests.tasks.points_helpers import all_entries, balance
 from tests.tasks.task_helpers import (
     DAY,
     claim,

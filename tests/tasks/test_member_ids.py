@@ -17,7 +17,7 @@ from services.tasks import peers
 from services.tasks.peers import PeerFailed, Peers
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad
-from tests.tasks.helpers import TASK
+from tests.tasks.points_helpers import TASK
 from tests.tasks.test_bad_input import earn_request, written
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from services.tasks.feed.follower import FeedFollower
 from services.tasks.points import ledger, ledger_store
 from tests.conftest import INITECH, TENANT_INITECH
 from tests.tasks.feed_helpers import drain, followed, order, refund
-from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
+from tests.tasks.points_helpers import ORDER, ROLLING, all_entries, balance, earn, spend
 from tests.tasks.task_helpers import member
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from services.common.db import Database
 from tests.conftest import ACME, INITECH, TENANT_ACME, unique
 from tests.grpc_helpers import failure
 from tests.tasks.conftest import Clock, Members
-from tests.tasks.helpers import ORDER, ROLLING, all_entries, balance, earn, spend
+from tests.tasks.points_helpers import ORDER, ROLLING, all_entries, balance, earn, spend
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub

@@ -15,7 +15,7 @@ from memberops.tasks.v1 import tasks_service_pb2 as pb
 
 from tests.conftest import ACME, GLOBEX
 from tests.grpc_helpers import bad
-from tests.tasks.helpers import ROLLING, balance, earn
+from tests.tasks.points_helpers import ROLLING, balance, earn
 from tests.tasks.task_helpers import DAY, share_task, stamp
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from memberops.tasks.v1 import rewards_pb2, tasks_service_pb2
 
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import bad, failure
-from tests.tasks.helpers import balance, earn
+from tests.tasks.points_helpers import balance, earn
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub

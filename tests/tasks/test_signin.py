@@ -17,7 +17,7 @@ from services.common.db import Database
 from tests.conftest import TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.conftest import Clock
-from tests.tasks.helpers import all_entries, balance
+from tests.tasks.points_helpers import all_entries, balance
 from tests.tasks.task_helpers import DAY, claim, create, member, sign_in, sign_in_task, streak
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from tests.conftest import ACME, INITECH, TENANT_ACME, TENANT_INITECH, unique
 from tests.grpc_helpers import failure
 from tests.tasks.conftest import Clock
 from tests.tasks.feed_helpers import followed, order, refund
-from tests.tasks.helpers import all_entries, balance
+from tests.tasks.points_helpers import all_entries, balance
 from tests.tasks.task_helpers import (
     DAY,
     claim,

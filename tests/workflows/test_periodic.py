@@ -23,7 +23,7 @@ from services.common import app
 from services.common.config import ConfigError, Settings
 from tests.audience.helpers import member, order
 from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition, unique
-from tests.tasks.helpers import ROLLING, all_entries, earn
+from tests.tasks.points_helpers import ROLLING, all_entries, earn
 from tests.waiting import eventually
 from workflows.periodic import schedules
 from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult

@@ -1,4 +1,4 @@
-"""Calls of the tasks service the tests share."""
+"""Points calls of the tasks service the tests share (earn, spend, balances, the ledger)."""
 
 from __future__ import annotations
 
