@@ -16,6 +16,7 @@ from services.common.db import Database
 from services.common.errors import ResourceExhausted
 from services.common.outbox import last_settled, page_size, parse_cursor
 from services.tagging import store
+from services.tagging.feed_head import FeedHeads
 from services.tagging.model import FeedEntry, FeedKind
 
 # How long a follower waits before asking again once it has caught up: the lag a follower adds.
@@ -40,6 +41,7 @@ class Feed:
         self._max_streams = max_streams_per_tenant
         self._streams: dict[str, int] = {}
         self._readers = asyncio.Semaphore(STREAM_READERS)
+        self._heads = FeedHeads(db, self._readers, POLL_INTERVAL_SECONDS)
 
     def open_streams(self, tenant_id: str) -> int:
         """How many followers of the tenant are open now."""
@@ -88,13 +90,14 @@ class Feed:
         """Yields the entries after `after_cursor`, `shape`d into what the caller sends, in batches
         of 1 to `batch_size` (at most STREAM_READ_ROWS), without end.
 
-        Reads back to back while batches come full, then polls every POLL_INTERVAL_SECONDS. Each
-        read is its own short transaction, taken in turn with the other followers' (STREAM_READERS):
-        nothing is held open while waiting, so an idle follower costs no connection and delays no
-        one. A batch is shaped and dropped before the yield, so a follower whose client does not
-        read holds one shaped message and reads nothing more until it is taken. More than
-        `max_streams_per_tenant` open followers of one tenant is ResourceExhausted. The caller ends
-        it by closing or cancelling it.
+        Reads back to back while batches come full, then waits for the feed to move past what it
+        read (polled every POLL_INTERVAL_SECONDS, once for all the tenant's followers: feed_head).
+        Each read is its own short transaction, taken in turn with the other followers'
+        (STREAM_READERS): nothing is held open while waiting, so an idle follower costs no
+        connection and delays no one. A batch is shaped and dropped before the yield, so a
+        follower whose client does not read holds one shaped message and reads nothing more until
+        it is taken. More than `max_streams_per_tenant` open followers of one tenant is
+        ResourceExhausted. The caller ends it by closing or cancelling it.
         """
         position = parse_cursor(after_cursor)
         size = min(page_size(batch_size, "batch_size"), STREAM_READ_ROWS)
@@ -110,7 +113,7 @@ class Feed:
                     yield message
                     del message
                 if caught_up:
-                    await asyncio.sleep(POLL_INTERVAL_SECONDS)
+                    await self._heads.wait_past(tenant_id, position)
 
     @contextmanager
     def _stream_slot(self, tenant_id: str) -> Iterator[None]:

@@ -115,11 +115,12 @@ class CountingDatabase:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self.open = self.most = 0
+        self.open = self.most = self.total = 0
 
     @contextlib.asynccontextmanager
     async def transaction(self, tenant_id: str, **options: Any) -> AsyncIterator[Any]:
         self.open += 1
+        self.total += 1
         self.most = max(self.most, self.open)
         try:
             async with self._db.transaction(tenant_id, **options) as conn:
@@ -141,6 +142,26 @@ async def test_followers_share_a_few_connections_however_many_there_are(
     assert all(1 <= size <= 10 for size in sizes)
     assert counting.most == feed.STREAM_READERS
     assert followers.open_streams(TENANT_ACME) == 20
+    for stream in streams:
+        await stream.aclose()
+    assert followers.open_streams(TENANT_ACME) == 0
+
+
+async def test_caught_up_followers_of_a_tenant_share_one_poll(tagging_stub: Stub, db: Database) -> None:
+    end = await tagging_stub.ReadFeed(tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=ACME)
+    counting = CountingDatabase(db)
+    followers = feed.Feed(cast(Database, counting))
+    streams = [followers.follow(TENANT_ACME, end.next_cursor, 10, len) for _ in range(20)]
+    waiting = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    await asyncio.sleep(feed.POLL_INTERVAL_SECONDS * 5)
+    # Each follower read once and found nothing; since then, one poll an interval for all of them
+    # (about five), not one each (a hundred).
+    assert not any(w.done() for w in waiting)
+    assert counting.total - len(streams) < len(streams)
+    await new_member(tagging_stub)
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        sizes = await asyncio.gather(*waiting)
+    assert all(size >= 1 for size in sizes)
     for stream in streams:
         await stream.aclose()
     assert followers.open_streams(TENANT_ACME) == 0
