@@ -274,6 +274,7 @@ class Evaluator:
             return await conn.cursor(sql, *c.args(now), after)
 
         reader = ExportReader(self._export_reads, lambda: self.transaction(tenant_id), declare, page_size)
+        ended: BaseException | None = None
         try:
             while page := await reader.page():
                 assert loaded is not None
@@ -283,8 +284,11 @@ class Evaluator:
                     reader.after_waiting()
                 if len(page) < page_size:
                     return
+        except BaseException as error:  # cancelled, closed at a `yield`, or failed
+            ended = error
+            raise
         finally:
-            await reader.close()
+            await reader.close(ended)
 
     async def check(
         self, tenant_id: str, audience_id: str, member_id: str, now: dt.datetime

@@ -98,12 +98,17 @@ class ExportReader:
             self._timer.cancel()
             self._timer = None
 
-    async def close(self) -> None:
-        """Ends the transaction, gives the connection and the slot back; harmless when closed."""
+    async def close(self, error: BaseException | None = None) -> None:
+        """Ends the transaction, gives the connection and the slot back; harmless when closed.
+        `error`: what ends the export, if anything did, so a transaction cut off in the middle of a
+        fetch (a cancelled call) is rolled back and its connection reset, not committed."""
         self.after_waiting()
         opened, self._open, self._cursor = self._open, None, None
         if opened is not None:
-            await opened.aclose()
+            if error is None:
+                await opened.aclose()
+            else:
+                await opened.__aexit__(type(error), error, error.__traceback__)
         await self._closed_meanwhile()
 
     def _close_soon(self) -> None:

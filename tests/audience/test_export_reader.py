@@ -33,6 +33,7 @@ async def test_a_reopened_cursor_reads_on_after_the_last_id(db: Database) -> Non
         assert await pages.page() == ["a", "b"]
         await pages.close()
         assert await pages.page() == ["c", "d"]
+        await pages.close(RuntimeError("the call was cancelled"))  # rolled back, slot given back
         assert await pages.page() == ["e"]
         assert await pages.page() == []
     finally:
