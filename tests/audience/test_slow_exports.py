@@ -217,3 +217,42 @@ async def test_health_says_not_serving_while_the_pool_is_starved(audience: app.R
                 await pool.release(conn)
         await until(SERVING)
         watch.cancel()
+
+
+async def test_a_cancelled_export_gives_its_slot_back(
+    settings: Settings, audience: app.RunningService, tagging_stub: TaggingStub
+) -> None:
+    """With a cap of one, a second export is RESOURCE_EXHAUSTED while the first is open, and runs
+    once the first was cancelled: the server learns of the cancel over the wire, so the test waits
+    for that (refusals meanwhile are RESOURCE_EXHAUSTED, nothing else)."""
+    big_batch, small_batch = unique("batch"), unique("batch")
+    await import_batch(tagging_stub, big_batch, BIG, ACME)
+    await import_batch(tagging_stub, small_batch, 2, ACME)
+    async with (
+        audience_with(settings, ExportLimits(per_tenant=1)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=SLOW_READER) as slow_channel,
+    ):
+        stub: AudienceStub = audience_service_pb2_grpc.AudienceServiceStub(channel)
+        slow: AudienceStub = audience_service_pb2_grpc.AudienceServiceStub(slow_channel)
+        big = await create(stub, in_batch(big_batch))
+        small = await create(stub, in_batch(small_batch))
+        unread = slow.ExportAudience(export_request(big.audience_id, 1), metadata=ACME)
+        await asyncio.wait_for(unread.read(), HANG)
+
+        async def small_export() -> list[str]:
+            call = stub.ExportAudience(export_request(small.audience_id), metadata=ACME, timeout=HANG)
+            return await read_all(call)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await small_export()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+        unread.cancel()
+        async with asyncio.timeout(HANG):
+            while True:
+                try:
+                    assert await small_export() == [f"{small_batch}-00000", f"{small_batch}-00001"]
+                    break
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+                    await asyncio.sleep(0.05)
