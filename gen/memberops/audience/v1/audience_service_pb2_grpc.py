@@ -187,7 +187,9 @@ class AudienceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportAudience(self, request, context):
-        """Streams every member id of the audience in chunks, from one consistent snapshot of the data.
+        """Streams every member id of the audience in chunks, in member id order, for the one version
+        current when it starts. A reader that stops reading costs only itself: the stream ends
+        DEADLINE_EXCEEDED after 60 s without taking a chunk, and a tenant has at most 16 open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

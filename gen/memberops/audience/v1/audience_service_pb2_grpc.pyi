@@ -61,7 +61,10 @@ class AudienceServiceStub:
     ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]
     """Pages through the members by member id. A page token keeps the version of the first page."""
     ExportAudience: _grpc.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]
-    """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+    """Streams every member id of the audience in chunks, in member id order, for the one version
+    current when it starts. A reader that stops reading costs only itself: the stream ends
+    DEADLINE_EXCEEDED after 60 s without taking a chunk, and a tenant has at most 16 open.
+    """
     CheckMembership: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]
     """Whether one member is in the audience now. A dynamic audience is answered from its maintained
     membership, held in memory (as current as its feed; a member it never held is not in it);
@@ -124,7 +127,10 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
     """Pages through the members by member id. A page token keeps the version of the first page."""
     ExportAudience: _aio.UnaryStreamMultiCallable[_audience_service_pb2.ExportAudienceRequest, _audience_service_pb2.ExportAudienceResponse]  # type: ignore[assignment]
-    """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+    """Streams every member id of the audience in chunks, in member id order, for the one version
+    current when it starts. A reader that stops reading costs only itself: the stream ends
+    DEADLINE_EXCEEDED after 60 s without taking a chunk, and a tenant has at most 16 open.
+    """
     CheckMembership: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CheckMembershipRequest, _audience_service_pb2.CheckMembershipResponse]  # type: ignore[assignment]
     """Whether one member is in the audience now. A dynamic audience is answered from its maintained
     membership, held in memory (as current as its feed; a member it never held is not in it);
@@ -238,7 +244,10 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audience_service_pb2.ExportAudienceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audience_service_pb2.ExportAudienceResponse], _abc.AsyncIterator[_audience_service_pb2.ExportAudienceResponse]]:
-        """Streams every member id of the audience in chunks, from one consistent snapshot of the data."""
+        """Streams every member id of the audience in chunks, in member id order, for the one version
+        current when it starts. A reader that stops reading costs only itself: the stream ends
+        DEADLINE_EXCEEDED after 60 s without taking a chunk, and a tenant has at most 16 open.
+        """
 
     @_abc_1.abstractmethod
     def CheckMembership(
