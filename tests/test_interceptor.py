@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,6 +53,17 @@ async def count_to_three(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield f"{auth.current_tenant()}:{i}".encode()
 
 
+forever_closed = asyncio.Event()
+
+
+async def forever(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            yield b"tick"
+    finally:
+        forever_closed.set()
+
+
 async def fail_midway(request: bytes, context: Any) -> AsyncIterator[bytes]:
     yield b"first"
     raise InvalidArgument.field("page_token", "is not one we issued")
@@ -75,6 +87,7 @@ def register(server: grpc.aio.Server) -> None:
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Count": grpc.unary_stream_rpc_method_handler(count_to_three),
         "FailMidway": grpc.unary_stream_rpc_method_handler(fail_midway),
+        "Forever": grpc.unary_stream_rpc_method_handler(forever),
         "Concatenate": grpc.stream_unary_rpc_method_handler(concatenate),
         "Echo": grpc.stream_stream_rpc_method_handler(echo),
     }
@@ -177,3 +190,22 @@ async def test_two_authorization_headers_are_unauthenticated(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await rpc(channel, "unary_unary", "WhoAmI")(b"", metadata=tuple(headers))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_stream_the_client_cancels_unwinds_without_errors(channel: grpc.aio.Channel) -> None:
+    """The handler of a cancelled stream is closed by the event loop from another context; undoing
+    the call's bindings there must not raise (it logged a traceback per cancelled stream)."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    try:
+        call = rpc(channel, "unary_stream", "Forever")(b"", metadata=ACME)
+        assert await call.read() == b"tick"
+        call.cancel()
+        await asyncio.wait_for(forever_closed.wait(), timeout=10)
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("exception") for c in unhandled] == []

@@ -9,6 +9,7 @@ call and turns domain errors into status codes with `google.rpc` details.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 import time
@@ -107,7 +108,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 except errors.DomainError as error:
                     code = status.code_for(error)
                     await context.abort_with_status(status.to_status(error))
-                except (grpc.aio.AbortError, asyncio.CancelledError):
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                    # GeneratorExit: a stream the client cancelled while the handler waited on it.
                     code = context.code() or grpc.StatusCode.CANCELLED
                     raise
                 except Exception:
@@ -118,10 +120,18 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     took = round((time.perf_counter() - started) * 1000, 2)
                     log.info("rpc", code=code.name, duration_ms=took)
             finally:
-                structlog.contextvars.reset_contextvars(**tenant_bound)
-                auth.unbind_tenant(token)
+                _undo(lambda: structlog.contextvars.reset_contextvars(**tenant_bound))
+                _undo(lambda: auth.unbind_tenant(token))
         finally:
-            structlog.contextvars.reset_contextvars(**bound)
+            _undo(lambda: structlog.contextvars.reset_contextvars(**bound))
+
+
+def _undo(reset: Callable[[], None]) -> None:
+    """Resets a context variable bound for the call. A stream the client cancelled is closed by the
+    event loop from another context, where the call's tokens are unknown (ValueError); that
+    context is dropped afterwards, so there is nothing to undo there."""
+    with contextlib.suppress(ValueError):
+        reset()
 
 
 # A call without an x-request-id gets one unique to this process's run and the call: a random
