@@ -75,17 +75,17 @@ class Memberships:
                 except Exception:
                     log.exception("dynamic audience round failed", tenant=tenant_id)
                     continue
-                busy = busy or done.followed == FEED_BATCH
+                busy = busy or (done is not None and done.followed == FEED_BATCH)
             if not busy:
                 await asyncio.sleep(POLL_SECONDS)
 
-    async def maintain(self, tenant_id: str) -> Round:
-        """One round for one tenant (see the module docstring); nothing when another replica holds it."""
+    async def maintain(self, tenant_id: str) -> Round | None:
+        """One round for one tenant (see the module docstring); None when another replica holds it."""
         now = self._clock()
         entered = exited = 0
         async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
             if not await store.try_lock_maintenance(conn, tenant_id):
-                return Round()
+                return None
             current: list[str] = []
             for row in await store.dynamic_audiences(conn):
                 audience_id, version = row["audience_id"], row["current_version"]

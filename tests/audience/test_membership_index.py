@@ -7,7 +7,6 @@ same database (refreshed by hand) beside the service's, and wait with deadlines,
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -22,19 +21,11 @@ from services.common.db import Database
 from tests.audience.helpers import all_of, check, fact, in_batch, member, order, order_count
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.tagging.rule_builders import Op
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
-
-WAIT_SECONDS = 30.0
-
-
-async def until(what: str, holds: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not await holds():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
 
 
 def bought(times: int = 1) -> audience_pb2.AudienceRule:
@@ -75,15 +66,15 @@ async def test_a_dynamic_audience_is_answered_from_its_stored_membership_as_it_c
     audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
     answer = answered(index, audience_id)
 
-    await until("the index answers for the audience", lambda: _is(answer(buyer), (True, 1)))
+    await eventually(lambda: _is(answer(buyer), (True, 1)), "the index answers for the audience")
     assert await answer(browser) == (False, 1)
     assert await check(audience_stub, audience_id, buyer) and not await check(
         audience_stub, audience_id, browser
     )
 
     await order(tagging_stub, browser, 1, [("tea", 2_000)])
-    await until("the new buyer is in", lambda: _is(answer(browser), (True, 1)))
-    await until("the service's check agrees", lambda: check(audience_stub, audience_id, browser))
+    await eventually(lambda: _is(answer(browser), (True, 1)), "the new buyer is in")
+    await eventually(lambda: check(audience_stub, audience_id, browser), "the service's check agrees")
     # A fresh index loads the same membership in one go.
     fresh = answered(MembershipIndex(db, frozenset({TENANT_ACME})), audience_id)
     assert (await fresh(buyer), await fresh(browser)) == ((True, 1), (True, 1))
@@ -106,7 +97,7 @@ async def test_an_evaluation_is_answered_for_only_once_settled(
         await older.fetchval("SELECT pg_current_xact_id()")
         audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
         answer = answered(index, audience_id)
-        await until("the maintainer evaluated it", lambda: _is(evaluated_version(db, audience_id), 1))
+        await eventually(lambda: _is(evaluated_version(db, audience_id), 1), "the maintainer evaluated it")
         assert await answer(buyer) is None
         # The service itself evaluates instead, and is right.
         assert await check(audience_stub, audience_id, buyer)
@@ -128,13 +119,13 @@ async def test_an_update_stops_the_answers_until_the_new_version_is_evaluated(
     await index.refresh(TENANT_ACME)
     audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
     answer = answered(index, audience_id)
-    await until("version 1 is answered for", lambda: _is(answer(once), (True, 1)))
+    await eventually(lambda: _is(answer(once), (True, 1)), "version 1 is answered for")
 
     definitions = Definitions(db, changed=index.forget)
     stricter = AudienceInput(audience_id, all_of(in_batch(batch), bought(2)), dynamic=True)
     await definitions.update(TENANT_ACME, stricter, 0)
     assert index.answer(TENANT_ACME, audience_id, once) is None  # at once, before any refresh
-    await until("version 2 is answered for", lambda: _is(answer(twice), (True, 2)))
+    await eventually(lambda: _is(answer(twice), (True, 2)), "version 2 is answered for")
     assert await answer(once) == (False, 2)
 
     await definitions.delete(TENANT_ACME, audience_id)
@@ -153,7 +144,7 @@ async def test_an_index_not_refreshed_for_a_while_answers_nothing(
     await order(tagging_stub, buyer, 1, [("tea", 1_000)])
     await index.refresh(TENANT_ACME)
     audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
-    await until("the index answers", lambda: _is(answered(index, audience_id)(buyer), (True, 1)))
+    await eventually(lambda: _is(answered(index, audience_id)(buyer), (True, 1)), "the index answers")
     moment[0] += membership_index.MAX_AGE_SECONDS + 1
     assert index.answer(TENANT_ACME, audience_id, buyer) is None
     await index.refresh(TENANT_ACME)
@@ -201,7 +192,7 @@ async def test_the_index_holds_no_more_than_its_limit_and_lets_the_largest_go(
             )
 
     for audience_id in (buyers, everyone):
-        await until(f"{audience_id} is evaluated", functools.partial(evaluated, audience_id))
+        await eventually(functools.partial(evaluated, audience_id), f"{audience_id} is evaluated")
     index = MembershipIndex(db, frozenset({TENANT_GLOBEX}), limit=2)
 
     async def answer(audience_id: str, member_id: str) -> tuple[bool, int] | None:
@@ -214,11 +205,11 @@ async def test_the_index_holds_no_more_than_its_limit_and_lets_the_largest_go(
     assert index.held() == 2
 
     await order(tagging_stub, members[2], 1, [("tea", 1_000)], metadata=GLOBEX)
-    await until("the buyers' audience is let go", lambda: _is(answer(buyers, members[0]), None))
+    await eventually(lambda: _is(answer(buyers, members[0]), None), "the buyers' audience is let go")
     assert index.held() == 0
     for audience_id in (buyers, everyone):  # both hold all three now, as the service says
         for member_id in members:
-            await until(
-                f"the service has {member_id} in {audience_id}",
+            await eventually(
                 functools.partial(check, audience_stub, audience_id, member_id, metadata=GLOBEX),
+                f"the service has {member_id} in {audience_id}",
             )
