@@ -26,11 +26,7 @@ from services.common.auth import current_tenant
 from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog
 from services.tagging.catalog import Catalog
-from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
-from services.tagging.facts import Facts
-from services.tagging.feed import Feed
-from services.tagging.members import Members, bounded, check_update_paths
-from services.tagging.model import (
+from services.tagging.domain import (
     BehaviorEvent,
     Contact,
     FeedEntry,
@@ -45,6 +41,10 @@ from services.tagging.model import (
     RefundInput,
     RefundLine,
 )
+from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
+from services.tagging.facts import Facts
+from services.tagging.feed import Feed
+from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.stats import Stats, TagStats
 
 MEMBER_NAME_PREFIX = "members/"

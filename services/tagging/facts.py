@@ -17,7 +17,7 @@ from services.common import checks
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
 from services.tagging import store
-from services.tagging.model import (
+from services.tagging.domain import (
     BehaviorEvent,
     EventKind,
     FeedKind,

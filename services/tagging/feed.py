@@ -16,8 +16,8 @@ from services.common.db import Database
 from services.common.errors import ResourceExhausted
 from services.common.outbox import last_settled, page_size, parse_cursor
 from services.tagging import store
+from services.tagging.domain import FeedEntry, FeedKind
 from services.tagging.feed_head import FeedHeads
-from services.tagging.model import FeedEntry, FeedKind
 
 # How long a follower waits before asking again once it has caught up: the lag a follower adds.
 POLL_INTERVAL_SECONDS = 0.2

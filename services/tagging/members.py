@@ -15,7 +15,7 @@ from services.common import checks
 from services.common.db import Connection, Database
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import store
-from services.tagging.model import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
+from services.tagging.domain import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
 from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
 

@@ -12,7 +12,7 @@ import asyncpg
 from services.common import outbox
 from services.common.db import Connection
 from services.common.errors import AlreadyExists, NotFound
-from services.tagging.model import (
+from services.tagging.domain import (
     BehaviorEvent,
     Contact,
     FeedEntry,

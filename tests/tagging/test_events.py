@@ -11,7 +11,7 @@ import pytest
 from memberops.tagging.v1 import facts_pb2
 
 from services.common.db import Database
-from services.tagging.model import FeedKind
+from services.tagging.domain import FeedKind
 from tests.conftest import TENANT_ACME, unique
 from tests.grpc_helpers import field_violations
 from tests.tagging.facts_helpers import an_event, new_member, record_events, stamp

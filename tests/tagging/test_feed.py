@@ -11,7 +11,7 @@ from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_servic
 from services.common import outbox
 from services.common.db import Database
 from services.tagging import store
-from services.tagging.model import FeedKind
+from services.tagging.domain import FeedKind
 from tests.conftest import ACME, GLOBEX, TENANT_ACME
 from tests.grpc_helpers import bad, field_violations
 from tests.tagging.facts_helpers import (
