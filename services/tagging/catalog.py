@@ -31,7 +31,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tagging import models, rules, store
+from services.tagging import member_tag_store, models, rules
 
 DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_VALUES = 100
@@ -298,8 +298,10 @@ class Catalog:
         spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
-            created = await store.insert_definition(conn, tenant_id, spec.dimension, to_body(spec), digest)
-            found = await store.get_definition(conn, spec.dimension, None)
+            created = await member_tag_store.insert_definition(
+                conn, tenant_id, spec.dimension, to_body(spec), digest
+            )
+            found = await member_tag_store.get_definition(conn, spec.dimension, None)
             if not created and (found is None or found[1] != digest):
                 raise AlreadyExists(f"tagDefinitions/{spec.dimension} exists with other content; update it")
         assert found is not None
@@ -312,7 +314,7 @@ class Catalog:
         async with self._db.transaction(tenant_id) as conn:
             for spec in map(validate, specs):
                 body = to_body(spec)
-                created += await store.insert_definition(
+                created += await member_tag_store.insert_definition(
                     conn, tenant_id, spec.dimension, body, content_hash(spec)
                 )
         return created
@@ -321,7 +323,7 @@ class Catalog:
         spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
-            current = await store.lock_definition(conn, spec.dimension)
+            current = await member_tag_store.lock_definition(conn, spec.dimension)
             if current is None:
                 raise NotFound(f"tagDefinitions/{spec.dimension} not found")
             row, current_digest = current
@@ -335,10 +337,10 @@ class Catalog:
                         f"not {expected_version}"
                     )
                 _check_unchanged_shape(from_body(row["body"]), spec)
-                await store.add_definition_version(
+                await member_tag_store.add_definition_version(
                     conn, tenant_id, spec.dimension, row["version"] + 1, to_body(spec), digest
                 )
-            found = await store.get_definition(conn, spec.dimension, None)
+            found = await member_tag_store.get_definition(conn, spec.dimension, None)
         assert found is not None
         return _definition(found[0])
 
@@ -346,7 +348,7 @@ class Catalog:
         if version < 0:
             raise InvalidArgument.field("version", "must be 0 (current) or a version number")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            found = await store.get_definition(conn, dimension, version or None)
+            found = await member_tag_store.get_definition(conn, dimension, version or None)
         if found is None:
             raise NotFound(
                 f"tagDefinitions/{dimension}" + (f" version {version}" if version else "") + " not found"
@@ -362,15 +364,17 @@ class Catalog:
             )
         size = page_size or DEFAULT_PAGE_SIZE
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await store.list_definitions(conn, _after_dimension(page_token), size + 1, include_retired)
+            rows = await member_tag_store.list_definitions(
+                conn, _after_dimension(page_token), size + 1, include_retired
+            )
         page = [_definition(row) for row in rows[:size]]
         return page, _page_token(page[-1].spec.dimension) if len(rows) > size else ""
 
     async def retire(self, tenant_id: str, dimension: str) -> Definition:
         async with self._db.transaction(tenant_id) as conn:
-            if not await store.retire_definition(conn, dimension):
+            if not await member_tag_store.retire_definition(conn, dimension):
                 raise NotFound(f"tagDefinitions/{dimension} not found")
-            found = await store.get_definition(conn, dimension, None)
+            found = await member_tag_store.get_definition(conn, dimension, None)
         assert found is not None
         return _definition(found[0])
 
@@ -382,9 +386,11 @@ class Catalog:
         named = named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
-            if await store.get_member(conn, member_id) is None:
+            if await member_tag_store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
-            definitions = [_definition(row) for row in await store.list_definitions(conn, "", 10_000, False)]
+            definitions = [
+                _definition(row) for row in await member_tag_store.list_definitions(conn, "", 10_000, False)
+            ]
             by_dimension = {d.spec.dimension: d for d in definitions}
             chosen = (
                 [(i, name, by_dimension.get(name)) for name, i in named.items()]
@@ -411,7 +417,7 @@ class Catalog:
     ) -> Explanation:
         spec = definition.spec
         compiled = compile_definition(spec, filtered=True)
-        row = await store.evaluate(conn, compiled.sql, compiled.args(now, [member_id]))
+        row = await member_tag_store.evaluate(conn, compiled.sql, compiled.args(now, [member_id]))
         figures = {label: _plain(row[column]) for column, label in compiled.figures.items()}
         return Explanation(spec.dimension, definition.version, tuple(row["tag_values"]), figures)
 

@@ -17,7 +17,7 @@ from typing import Any
 from services.common import checks, page_tokens
 from services.common.db import Connection, Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tagging import catalog, rules, store
+from services.tagging import catalog, member_tag_store, rules
 
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch
 # disjoint rows, and two let PostgreSQL use both cores of a small machine.
@@ -92,7 +92,7 @@ class Tagger:
     ) -> _Prepared | None:
         key = (tenant_id, dimension, version, filtered)
         if key not in self._prepared:
-            found = await store.get_definition(conn, dimension, version)
+            found = await member_tag_store.get_definition(conn, dimension, version)
             if found is None:
                 return None
             spec = catalog.from_body(found[0]["body"])
@@ -108,12 +108,12 @@ class Tagger:
         the bits its queue row still owes (e.g. a crashed request's) are added. `conn` must be in a
         transaction with custom plans (`Database.transaction(plans="custom")`)."""
         ids = sorted(changes)
-        await store.lock_members(conn, ids)
-        owed = await store.owed_refreshes(conn, ids)
+        await member_tag_store.lock_members(conn, ids)
+        owed = await member_tag_store.owed_refreshes(conn, ids)
         bits = dict(changes)
         for row in owed:
             bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
-        for row in await store.active_definition_versions(conn):
+        for row in await member_tag_store.active_definition_versions(conn):
             prepared = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
             )
@@ -126,7 +126,7 @@ class Tagger:
             reads = NEW_MEMBER | sum(INPUT_BITS[i] for i in prepared.compiled.inputs)
             stale = [member_id for member_id in ids if bits[member_id] & reads]
             if stale:
-                await store.apply_dimension(
+                await member_tag_store.apply_dimension(
                     conn,
                     tenant_id,
                     prepared.compiled,
@@ -136,7 +136,7 @@ class Tagger:
                     prepared.exclusive,
                     stale,
                 )
-        await store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
+        await member_tag_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 
     async def recompute(
         self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime
@@ -148,7 +148,7 @@ class Tagger:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             current = {
                 row["dimension"]: row["current_version"]
-                for row in await store.active_definition_versions(conn)
+                for row in await member_tag_store.active_definition_versions(conn)
             }
             chosen = named or {name: i for i, name in enumerate(sorted(current))}
             prepared: list[_Prepared] = []
@@ -168,8 +168,8 @@ class Tagger:
         async def apply(item: _Prepared) -> RecomputeResult:
             async with slots, self._db.transaction(tenant_id, plans="custom") as conn:
                 started = time.monotonic()
-                await store.plan_full_recompute(conn)
-                added, removed = await store.apply_dimension(
+                await member_tag_store.plan_full_recompute(conn)
+                added, removed = await member_tag_store.apply_dimension(
                     conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive
                 )
             self._took[(tenant_id, item.spec.dimension)] = time.monotonic() - started
@@ -196,7 +196,7 @@ class Tagger:
         _validate_change(change)
         ids = sorted(set(change.member_ids))
         async with self._db.transaction(tenant_id) as conn:
-            found = await store.get_definition(conn, change.dimension, None)
+            found = await member_tag_store.get_definition(conn, change.dimension, None)
             if found is None:
                 raise NotFound(f"dimension: tagDefinitions/{change.dimension} not found")
             row = found[0]
@@ -211,15 +211,15 @@ class Tagger:
                 raise InvalidArgument.field(
                     "value", f"is not a value of {change.dimension}; add it to the definition"
                 )
-            missing = await store.missing_members(conn, ids)
+            missing = await member_tag_store.missing_members(conn, ids)
             if missing:
                 first = next(i for i, m in enumerate(change.member_ids) if m in missing)
                 raise InvalidArgument.field(
                     f"member_ids[{first}]", f"unknown member(s) {', '.join(sorted(missing)[:5])}"
                 )
-            await store.lock_members(conn, ids)
+            await member_tag_store.lock_members(conn, ids)
             if add:
-                return await store.add_operator_tags(
+                return await member_tag_store.add_operator_tags(
                     conn,
                     tenant_id,
                     change.dimension,
@@ -231,7 +231,7 @@ class Tagger:
                     change.reason,
                     now,
                 )
-            return await store.remove_operator_tags(
+            return await member_tag_store.remove_operator_tags(
                 conn,
                 tenant_id,
                 change.dimension,
@@ -245,9 +245,9 @@ class Tagger:
 
     async def member_tags(self, tenant_id: str, member_id: str, as_of: dt.datetime) -> list[MemberTag]:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            if await store.get_member(conn, member_id) is None:
+            if await member_tag_store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
-            return [_member_tag(row) for row in await store.member_tags_at(conn, member_id, as_of)]
+            return [_member_tag(row) for row in await member_tag_store.member_tags_at(conn, member_id, as_of)]
 
     async def changes(
         self, tenant_id: str, member_id: str, dimension: str, page_size: int, page_token: str
@@ -265,7 +265,7 @@ class Tagger:
         violations.raise_if_any()
         size = page_size or DEFAULT_PAGE_SIZE
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await store.tag_changes(conn, member_id, dimension, before, size + 1)
+            rows = await member_tag_store.tag_changes(conn, member_id, dimension, before, size + 1)
         page = rows[:size]
         token = page_tokens.encode("tagChanges", page[-1]["id"]) if len(rows) > size else ""
         return [_member_tag(row) for row in page], token
