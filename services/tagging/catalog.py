@@ -31,7 +31,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.tagging import member_tag_store, models, rules
+from services.tagging import definition_store, member_store, member_tag_store, models, rules
 
 DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 MAX_VALUES = 100
@@ -298,10 +298,10 @@ class Catalog:
         spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
-            created = await member_tag_store.insert_definition(
+            created = await definition_store.insert_definition(
                 conn, tenant_id, spec.dimension, to_body(spec), digest
             )
-            found = await member_tag_store.get_definition(conn, spec.dimension, None)
+            found = await definition_store.get_definition(conn, spec.dimension, None)
             if not created and (found is None or found[1] != digest):
                 raise AlreadyExists(f"tagDefinitions/{spec.dimension} exists with other content; update it")
         assert found is not None
@@ -314,7 +314,7 @@ class Catalog:
         async with self._db.transaction(tenant_id) as conn:
             for spec in map(validate, specs):
                 body = to_body(spec)
-                created += await member_tag_store.insert_definition(
+                created += await definition_store.insert_definition(
                     conn, tenant_id, spec.dimension, body, content_hash(spec)
                 )
         return created
@@ -323,7 +323,7 @@ class Catalog:
         spec = validate(spec)
         digest = content_hash(spec)
         async with self._db.transaction(tenant_id) as conn:
-            current = await member_tag_store.lock_definition(conn, spec.dimension)
+            current = await definition_store.lock_definition(conn, spec.dimension)
             if current is None:
                 raise NotFound(f"tagDefinitions/{spec.dimension} not found")
             row, current_digest = current
@@ -337,10 +337,10 @@ class Catalog:
                         f"not {expected_version}"
                     )
                 _check_unchanged_shape(from_body(row["body"]), spec)
-                await member_tag_store.add_definition_version(
+                await definition_store.add_definition_version(
                     conn, tenant_id, spec.dimension, row["version"] + 1, to_body(spec), digest
                 )
-            found = await member_tag_store.get_definition(conn, spec.dimension, None)
+            found = await definition_store.get_definition(conn, spec.dimension, None)
         assert found is not None
         return _definition(found[0])
 
@@ -348,7 +348,7 @@ class Catalog:
         if version < 0:
             raise InvalidArgument.field("version", "must be 0 (current) or a version number")
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            found = await member_tag_store.get_definition(conn, dimension, version or None)
+            found = await definition_store.get_definition(conn, dimension, version or None)
         if found is None:
             raise NotFound(
                 f"tagDefinitions/{dimension}" + (f" version {version}" if version else "") + " not found"
@@ -364,7 +364,7 @@ class Catalog:
             )
         size = page_size or DEFAULT_PAGE_SIZE
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await member_tag_store.list_definitions(
+            rows = await definition_store.list_definitions(
                 conn, _after_dimension(page_token), size + 1, include_retired
             )
         page = [_definition(row) for row in rows[:size]]
@@ -372,9 +372,9 @@ class Catalog:
 
     async def retire(self, tenant_id: str, dimension: str) -> Definition:
         async with self._db.transaction(tenant_id) as conn:
-            if not await member_tag_store.retire_definition(conn, dimension):
+            if not await definition_store.retire_definition(conn, dimension):
                 raise NotFound(f"tagDefinitions/{dimension} not found")
-            found = await member_tag_store.get_definition(conn, dimension, None)
+            found = await definition_store.get_definition(conn, dimension, None)
         assert found is not None
         return _definition(found[0])
 
@@ -386,10 +386,10 @@ class Catalog:
         named = named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
-            if await member_tag_store.get_member(conn, member_id) is None:
+            if await member_store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
             definitions = [
-                _definition(row) for row in await member_tag_store.list_definitions(conn, "", 10_000, False)
+                _definition(row) for row in await definition_store.list_definitions(conn, "", 10_000, False)
             ]
             by_dimension = {d.spec.dimension: d for d in definitions}
             chosen = (

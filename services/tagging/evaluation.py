@@ -17,7 +17,7 @@ from typing import Any
 from services.common import checks, page_tokens
 from services.common.db import Connection, Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tagging import catalog, member_tag_store, rules
+from services.tagging import catalog, definition_store, member_store, member_tag_store, refresh_store, rules
 
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch
 # disjoint rows, and two let PostgreSQL use both cores of a small machine.
@@ -92,7 +92,7 @@ class Tagger:
     ) -> _Prepared | None:
         key = (tenant_id, dimension, version, filtered)
         if key not in self._prepared:
-            found = await member_tag_store.get_definition(conn, dimension, version)
+            found = await definition_store.get_definition(conn, dimension, version)
             if found is None:
                 return None
             spec = catalog.from_body(found[0]["body"])
@@ -109,11 +109,11 @@ class Tagger:
         transaction with custom plans (`Database.transaction(plans="custom")`)."""
         ids = sorted(changes)
         await member_tag_store.lock_members(conn, ids)
-        owed = await member_tag_store.owed_refreshes(conn, ids)
+        owed = await refresh_store.owed_refreshes(conn, ids)
         bits = dict(changes)
         for row in owed:
             bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
-        for row in await member_tag_store.active_definition_versions(conn):
+        for row in await definition_store.active_definition_versions(conn):
             prepared = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
             )
@@ -136,7 +136,7 @@ class Tagger:
                     prepared.exclusive,
                     stale,
                 )
-        await member_tag_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
+        await refresh_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 
     async def recompute(
         self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime
@@ -148,7 +148,7 @@ class Tagger:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             current = {
                 row["dimension"]: row["current_version"]
-                for row in await member_tag_store.active_definition_versions(conn)
+                for row in await definition_store.active_definition_versions(conn)
             }
             chosen = named or {name: i for i, name in enumerate(sorted(current))}
             prepared: list[_Prepared] = []
@@ -196,7 +196,7 @@ class Tagger:
         _validate_change(change)
         ids = sorted(set(change.member_ids))
         async with self._db.transaction(tenant_id) as conn:
-            found = await member_tag_store.get_definition(conn, change.dimension, None)
+            found = await definition_store.get_definition(conn, change.dimension, None)
             if found is None:
                 raise NotFound(f"dimension: tagDefinitions/{change.dimension} not found")
             row = found[0]
@@ -211,7 +211,7 @@ class Tagger:
                 raise InvalidArgument.field(
                     "value", f"is not a value of {change.dimension}; add it to the definition"
                 )
-            missing = await member_tag_store.missing_members(conn, ids)
+            missing = await member_store.missing_members(conn, ids)
             if missing:
                 first = next(i for i, m in enumerate(change.member_ids) if m in missing)
                 raise InvalidArgument.field(
@@ -245,7 +245,7 @@ class Tagger:
 
     async def member_tags(self, tenant_id: str, member_id: str, as_of: dt.datetime) -> list[MemberTag]:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            if await member_tag_store.get_member(conn, member_id) is None:
+            if await member_store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
             return [_member_tag(row) for row in await member_tag_store.member_tags_at(conn, member_id, as_of)]
 

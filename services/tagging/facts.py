@@ -16,7 +16,7 @@ from typing import Any
 from services.common import checks
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
-from services.tagging import member_tag_store
+from services.tagging import event_store, feed_store, member_store, order_store, refresh_store
 from services.tagging.domain import (
     BehaviorEvent,
     EventKind,
@@ -189,9 +189,9 @@ class Facts:
         validate_order(order, now)
         digest = content_hash(order)
         async with self._db.transaction(tenant_id) as conn:
-            number = await member_tag_store.insert_order(conn, tenant_id, order, digest)
+            number = await order_store.insert_order(conn, tenant_id, order, digest)
             if number is not None:
-                await member_tag_store.append_feed(
+                await feed_store.append_feed(
                     conn,
                     tenant_id,
                     FeedKind.ORDER_RECORDED,
@@ -199,15 +199,15 @@ class Facts:
                     order.order_id,
                     order_payload(order, number),
                 )
-                await member_tag_store.queue_refresh(
+                await refresh_store.queue_refresh(
                     conn, tenant_id, [order.member_id], input_bits(Input.ORDERS)
                 )
                 recorded = True
-            elif await member_tag_store.order_hash(conn, order.order_id) != digest:
+            elif await order_store.order_hash(conn, order.order_id) != digest:
                 raise AlreadyExists(f"orders/{order.order_id} was recorded before with different content")
             else:
                 recorded = False
-            stored = await member_tag_store.get_order(conn, order.order_id)
+            stored = await order_store.get_order(conn, order.order_id)
         assert stored is not None
         if recorded:
             await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)
@@ -219,27 +219,27 @@ class Facts:
         digest = content_hash(refund)
         async with self._db.transaction(tenant_id) as conn:
             # Locking the order serialises refunds of one order, so "what is left" cannot race.
-            order = await member_tag_store.lock_order_state(conn, refund.order_id)
+            order = await order_store.lock_order_state(conn, refund.order_id)
             if order is None:
                 raise FailedPrecondition(
                     f"refund.order_id: orders/{refund.order_id} has not been recorded; "
                     "record an order before its refunds"
                 )
-            previous = await member_tag_store.refund_hash(conn, refund.refund_id)
+            previous = await order_store.refund_hash(conn, refund.refund_id)
             if previous is not None:
                 if previous != digest:
                     raise AlreadyExists(
                         f"refunds/{refund.refund_id} was recorded before with different content"
                     )
-                stored = await member_tag_store.get_refund(conn, refund.refund_id)
+                stored = await order_store.get_refund(conn, refund.refund_id)
                 assert stored is not None
                 return stored
             lines, amount = plan_refund(refund, order)
             recorded = Refund(
                 refund.refund_id, order.order_id, order.member_id, refund.refund_time, amount, lines
             )
-            await member_tag_store.insert_refund(conn, tenant_id, recorded, digest)
-            await member_tag_store.append_feed(
+            await order_store.insert_refund(conn, tenant_id, recorded, digest)
+            await feed_store.append_feed(
                 conn,
                 tenant_id,
                 FeedKind.REFUND_RECORDED,
@@ -247,7 +247,7 @@ class Facts:
                 refund.refund_id,
                 refund_payload(recorded, order),
             )
-            await member_tag_store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
+            await refresh_store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
         await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)
         return recorded
 
@@ -261,17 +261,17 @@ class Facts:
             first_of_id.setdefault(event.event_id, event)
         unique = list(first_of_id.values())
         async with self._db.transaction(tenant_id) as conn:
-            missing = await member_tag_store.missing_members(conn, sorted({e.member_id for e in unique}))
+            missing = await member_store.missing_members(conn, sorted({e.member_id for e in unique}))
             if missing:
                 first = next(i for i, e in enumerate(events) if e.member_id in missing)
                 raise InvalidArgument.field(
                     f"events[{first}].member_id",
                     f"unknown member(s) {', '.join(sorted(missing)[:5])}: upsert members before their events",
                 )
-            recorded = await member_tag_store.insert_events(conn, tenant_id, unique)
+            recorded = await event_store.insert_events(conn, tenant_id, unique)
             members = sorted({e.member_id for e in unique})
             if recorded:
-                await member_tag_store.queue_refresh(conn, tenant_id, members, input_bits(Input.EVENTS))
+                await refresh_store.queue_refresh(conn, tenant_id, members, input_bits(Input.EVENTS))
         if recorded:
             await self._realtime.refreshed(tenant_id, members, Input.EVENTS, now)
         return recorded, len(events) - recorded

@@ -15,7 +15,7 @@ from typing import TypeVar
 from services.common.db import Database
 from services.common.errors import ResourceExhausted
 from services.common.outbox import last_settled, page_size, parse_cursor
-from services.tagging import member_tag_store
+from services.tagging import feed_store
 from services.tagging.domain import FeedEntry, FeedKind
 from services.tagging.feed_head import FeedHeads
 
@@ -68,12 +68,12 @@ class Feed:
             if skip_to_end:
                 return [], await last_settled(conn, "tagging.feed") or ""
             if not kinds:
-                entries = await member_tag_store.read_feed(conn, position, limit)
+                entries = await feed_store.read_feed(conn, position, limit)
                 return entries, entries[-1].cursor if entries else after_cursor
             horizon = await last_settled(conn, "tagging.feed")
             if horizon is None:
                 return [], after_cursor
-            entries = await member_tag_store.read_feed(conn, position, limit, kinds, parse_cursor(horizon))
+            entries = await feed_store.read_feed(conn, position, limit, kinds, parse_cursor(horizon))
         if len(entries) == limit:
             return entries, entries[-1].cursor
         end = parse_cursor(horizon)
@@ -104,7 +104,7 @@ class Feed:
         with self._stream_slot(tenant_id):
             while True:
                 async with self._readers, self._db.transaction(tenant_id, readonly=True) as conn:
-                    entries = await member_tag_store.read_feed(conn, position, size)
+                    entries = await feed_store.read_feed(conn, position, size)
                 caught_up = len(entries) < size
                 if entries:
                     position = parse_cursor(entries[-1].cursor)

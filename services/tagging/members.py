@@ -14,7 +14,7 @@ from typing import Any
 from services.common import checks
 from services.common.db import Connection, Database
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
-from services.tagging import member_tag_store
+from services.tagging import feed_store, member_store, refresh_store
 from services.tagging.domain import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
 from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
@@ -195,7 +195,7 @@ class Members:
         """Changes the fields `paths` name (validated by `check_update_paths`) to `given`'s."""
         validate(given, now)
         async with self._db.transaction(tenant_id) as conn:
-            current = await member_tag_store.lock_member(conn, given.member_id)
+            current = await member_store.lock_member(conn, given.member_id)
             if current is None:
                 raise NotFound(f"members/{given.member_id} not found")
             stored, changed = await self._store(conn, tenant_id, merged(current, given, paths))
@@ -206,12 +206,12 @@ class Members:
     @staticmethod
     async def _store(conn: Connection, tenant_id: str, member: MemberInput) -> tuple[Member, bool]:
         """Stores the member; when that changed it, with its feed entry and queued refresh."""
-        stored, changed = await member_tag_store.upsert_member(conn, tenant_id, member)
+        stored, changed = await member_store.upsert_member(conn, tenant_id, member)
         if changed:
-            await member_tag_store.append_feed(
+            await feed_store.append_feed(
                 conn, tenant_id, FeedKind.MEMBER_CHANGED, stored.member_id, "", {"revision": stored.revision}
             )
-            await member_tag_store.queue_refresh(
+            await refresh_store.queue_refresh(
                 conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored))
             )
         return stored, changed
@@ -227,9 +227,9 @@ class Members:
         """
         validate_batch(members, now, path)
         async with self._db.transaction(tenant_id) as conn:
-            changed = await member_tag_store.import_members(conn, tenant_id, members)
+            changed = await member_store.import_members(conn, tenant_id, members)
             if changed:
-                await member_tag_store.append_feed_many(
+                await feed_store.append_feed_many(
                     conn,
                     tenant_id,
                     FeedKind.MEMBER_CHANGED,
@@ -238,10 +238,10 @@ class Members:
                 # As upsert: a new member's real-time values are all new; a changed one's profile ones may be.
                 created = [member_id for member_id, revision in changed if revision == 1]
                 updated = [member_id for member_id, revision in changed if revision > 1]
-                await member_tag_store.queue_refresh(conn, tenant_id, created, input_bits(None))
-                await member_tag_store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE))
+                await refresh_store.queue_refresh(conn, tenant_id, created, input_bits(None))
+                await refresh_store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE))
         if changed:
-            await member_tag_store.analyze_members_if_grown(self._db.pool, len(created))
+            await member_store.analyze_members_if_grown(self._db.pool, len(created))
             await asyncio.gather(
                 self._realtime.refreshed(tenant_id, created, None, now),
                 self._realtime.refreshed(tenant_id, updated, Input.PROFILE, now),
@@ -262,9 +262,7 @@ class Members:
             seen.add(member_id)
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            found = {
-                member.member_id: member for member in await member_tag_store.get_members(conn, member_ids)
-            }
+            found = {member.member_id: member for member in await member_store.get_members(conn, member_ids)}
         if not allow_missing:
             missing = next((m for m in member_ids if m not in found), None)
             if missing is not None:
@@ -276,7 +274,7 @@ class Members:
         checks.natural_id(member_id, violations, "name")
         violations.raise_if_any()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            found = await member_tag_store.get_member(conn, member_id)
+            found = await member_store.get_member(conn, member_id)
         if found is None:
             raise NotFound(f"members/{member_id} not found")
         return found

@@ -1,6 +1,6 @@
 """Real-time tags: refreshed right after each fact commits, in batches shared by concurrent requests.
 
-A fact's transaction queues its members (`member_tag_store.queue_refresh`) and commits; the request then
+A fact's transaction queues its members (`refresh_store.queue_refresh`) and commits; the request then
 waits for a refresh of those members that starts after its commit, so `GetMemberTags` shows the
 new values as soon as the write returns. A few lanes run refreshes; each takes the members every
 request has handed in meanwhile, so under load one statement per dimension serves many facts (on
@@ -24,7 +24,7 @@ import asyncpg
 
 from services.common.db import Database
 from services.common.logs import get_logger
-from services.tagging import member_tag_store
+from services.tagging import refresh_store
 from services.tagging.evaluation import INPUT_BITS, NEW_MEMBER, Tagger
 from services.tagging.rules import Input
 
@@ -137,7 +137,7 @@ class RealTimeTags:
     async def sweep_once(self, tenant_id: str, now: dt.datetime, older_than: float) -> int:
         """Refreshes up to SWEEP_MEMBERS members owed a refresh for `older_than` seconds; returns how many."""
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            stale = await member_tag_store.stale_refreshes(conn, older_than, SWEEP_MEMBERS)
+            stale = await refresh_store.stale_refreshes(conn, older_than, SWEEP_MEMBERS)
         if stale:
             # No bits of our own: the refresh runs what their queue rows owe.
             await asyncio.shield(self._submit(tenant_id, dict.fromkeys(stale, 0), now))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from services.common.db import Connection, Database
 from services.common.errors import NotFound, Violations
-from services.tagging import catalog, member_tag_store
+from services.tagging import catalog, definition_store, stats_store
 
 _DEFINITION_PAGE = 1000
 
@@ -66,7 +66,7 @@ async def _active_definitions(conn: Connection) -> dict[str, catalog.DefinitionI
     found: dict[str, catalog.DefinitionInput] = {}
     after = ""
     while True:
-        rows = await member_tag_store.list_definitions(conn, after, _DEFINITION_PAGE, False)
+        rows = await definition_store.list_definitions(conn, after, _DEFINITION_PAGE, False)
         found.update((row["dimension"], catalog.from_body(row["body"])) for row in rows)
         if len(rows) < _DEFINITION_PAGE:
             return found
@@ -88,7 +88,7 @@ class Stats:
                 if name not in active:
                     raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
             chosen = [active[name] for name in named] if named else list(active.values())
-            counts = await member_tag_store.held_counts(conn, sorted({spec.dimension for spec in chosen}))
+            counts = await stats_store.held_counts(conn, sorted({spec.dimension for spec in chosen}))
         return TagStats(
             member_count=counts.member_count,
             dimensions=tuple(

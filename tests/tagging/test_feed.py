@@ -10,7 +10,7 @@ from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_servic
 
 from services.common import outbox
 from services.common.db import Database
-from services.tagging import member_tag_store
+from services.tagging import feed_store
 from services.tagging.domain import FeedKind
 from tests.conftest import ACME, GLOBEX, TENANT_ACME
 from tests.grpc_helpers import bad, field_violations
@@ -133,7 +133,7 @@ async def test_an_entry_committed_late_is_not_skipped(tagging_stub: Stub, db: Da
     member_id = await new_member(tagging_stub)
     _, start = await read_all(tagging_stub)
     async with db.transaction(TENANT_ACME) as slow:
-        await member_tag_store.append_feed(slow, TENANT_ACME, FeedKind.MEMBER_CHANGED, member_id, "slow", {})
+        await feed_store.append_feed(slow, TENANT_ACME, FeedKind.MEMBER_CHANGED, member_id, "slow", {})
         order = await record_order(tagging_stub, an_order(member_id))  # commits while `slow` is open
         held_back, cursor = await read_all(tagging_stub, start)
         assert held_back == []

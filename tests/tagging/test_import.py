@@ -12,7 +12,7 @@ from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tags_pb2
 
 from services.common.db import Database
-from services.tagging import member_tag_store
+from services.tagging import member_store
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.grpc_helpers import field_violations
 from tests.tagging.rule_builders import ALWAYS, Field, Op, cond, field
@@ -257,9 +257,7 @@ async def test_a_batch_that_grows_the_members_table_has_it_analysed_first(db: Da
         )
 
     before = await analysed()
-    assert not await member_tag_store.analyze_members_if_grown(
-        db.pool, member_tag_store.ANALYZE_AFTER_ROWS - 1
-    )
+    assert not await member_store.analyze_members_if_grown(db.pool, member_store.ANALYZE_AFTER_ROWS - 1)
     assert await analysed() == before
-    assert await member_tag_store.analyze_members_if_grown(db.pool, 10**9)
+    assert await member_store.analyze_members_if_grown(db.pool, 10**9)
     assert await analysed() not in (None, before)

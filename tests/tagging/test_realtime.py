@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from services.common.db import Database
-from services.tagging import member_tag_store
+from services.tagging import order_store, refresh_store
 from services.tagging.api import order_from_proto
 from services.tagging.evaluation import Tagger
 from services.tagging.facts import content_hash
@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 
 async def owed(db: Database, member_id: str) -> list[tuple[int, int]]:
     async with db.transaction(TENANT_ACME, readonly=True) as conn:
-        return [
-            (row["inputs"], row["seq"]) for row in await member_tag_store.owed_refreshes(conn, [member_id])
-        ]
+        return [(row["inputs"], row["seq"]) for row in await refresh_store.owed_refreshes(conn, [member_id])]
 
 
 @contextlib.asynccontextmanager
@@ -68,8 +66,8 @@ async def test_a_fact_whose_refresh_never_ran_is_refreshed_by_the_sweep(
     order = order_from_proto(an_order(member_id, paid_time=stamp(paid)))
     # What a process that died right after the fact's commit leaves: the order and its queue row.
     async with db.transaction(TENANT_ACME) as conn:
-        assert await member_tag_store.insert_order(conn, TENANT_ACME, order, content_hash(order))
-        await member_tag_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.ORDERS))
+        assert await order_store.insert_order(conn, TENANT_ACME, order, content_hash(order))
+        await refresh_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.ORDERS))
     assert await tags_of(tagging_stub, member_id, name) == ["none"]
     assert [bits for bits, _ in await owed(db, member_id)] == [input_bits(Input.ORDERS)]
 
@@ -85,16 +83,16 @@ async def test_a_fact_whose_refresh_never_ran_is_refreshed_by_the_sweep(
 async def test_a_fact_queued_during_a_refresh_stays_owed(tagging_stub: Stub, db: Database) -> None:
     member_id = await new_member(tagging_stub)
     async with db.transaction(TENANT_ACME) as conn:
-        await member_tag_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.PROFILE))
+        await refresh_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.PROFILE))
     [(_, seen)] = await owed(db, member_id)
     # A second fact commits after the refresh read the queue, before it settles what it saw.
     async with db.transaction(TENANT_ACME) as conn:
-        await member_tag_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.EVENTS))
+        await refresh_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.EVENTS))
     async with db.transaction(TENANT_ACME) as conn:
-        await member_tag_store.settle_refreshes(conn, [(member_id, seen)])
+        await refresh_store.settle_refreshes(conn, [(member_id, seen)])
     [(bits, seq)] = await owed(db, member_id)
     assert bits == input_bits(Input.PROFILE) | input_bits(Input.EVENTS)
     assert seq > seen
     async with db.transaction(TENANT_ACME) as conn:
-        await member_tag_store.settle_refreshes(conn, [(member_id, seq)])
+        await refresh_store.settle_refreshes(conn, [(member_id, seq)])
     assert await owed(db, member_id) == []

@@ -1,0 +1,59 @@
+"""SQL of tagging.refresh_queue: the members owed a real-time refresh, and of which inputs.
+Every function runs on a connection already inside a tenant transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.common.db import Connection
+
+
+async def queue_refresh(conn: Connection, tenant_id: str, member_ids: Sequence[str], inputs: int) -> None:
+    """Owes these members a real-time refresh of `inputs` (bits); merged into a row already owed."""
+    if not member_ids:
+        return
+    await conn.execute(
+        """INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs)
+           SELECT $1, m.member_id, $3 FROM (SELECT DISTINCT unnest($2::text[]) AS member_id) m
+           ORDER BY m.member_id
+           ON CONFLICT (tenant_id, member_id)
+           DO UPDATE SET inputs = q.inputs | excluded.inputs, seq = nextval('tagging.refresh_queue_seq')""",
+        tenant_id,
+        list(member_ids),
+        inputs,
+    )
+
+
+async def owed_refreshes(conn: Connection, member_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """The queue rows of these members: `member_id, inputs, seq`."""
+    return list(
+        await conn.fetch(
+            "SELECT member_id, inputs, seq FROM tagging.refresh_queue WHERE member_id = ANY($1::text[])",
+            list(member_ids),
+        )
+    )
+
+
+async def settle_refreshes(conn: Connection, seen: Sequence[tuple[str, int]]) -> None:
+    """Deletes the queue rows a refresh saw; a row a later fact bumped (a higher seq) stays owed."""
+    await conn.execute(
+        """DELETE FROM tagging.refresh_queue q
+           USING unnest($1::text[], $2::bigint[]) AS s(member_id, seq)
+           WHERE q.member_id = s.member_id AND q.seq <= s.seq""",
+        [member_id for member_id, _ in seen],
+        [seq for _, seq in seen],
+    )
+
+
+async def stale_refreshes(conn: Connection, older_than: float, limit: int) -> list[str]:
+    """Members owed a refresh for longer than `older_than` seconds: their request's refresh failed
+    or its process died."""
+    rows = await conn.fetch(
+        """SELECT member_id FROM tagging.refresh_queue
+           WHERE queued_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT $2""",
+        older_than,
+        limit,
+    )
+    return [row["member_id"] for row in rows]
