@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import struct_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tags_pb2
 
-from services.tagging import rules
 from services.tagging.builtins import definitions
 from services.tagging.catalog import compile_definition
+from services.tagging.rules._compiler import untyped_parameters
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import failure, field_violations
 from tests.tagging.rule_builders import ALWAYS, Field, Op, all_of, attribute, cond, field
@@ -96,7 +96,7 @@ def test_every_compiled_statement_types_every_parameter() -> None:
     for spec in definitions():
         for filtered in (False, True):
             compiled = compile_definition(spec, filtered=filtered)
-            assert rules.untyped_parameters(compiled.sql, len(compiled.params)) == [], spec.dimension
+            assert untyped_parameters(compiled.sql, len(compiled.params)) == [], spec.dimension
 
 
 @pytest.mark.parametrize("method", ["ExplainTags", "RecomputeTags"])

@@ -1,213 +1,33 @@
-"""The rule language: validation against a whitelist, and compilation to parameterised SQL.
-
-A rule is a protobuf tree (`memberops.tagging.v1.Rule`). `validate` checks every node against the
-fields, functions and operators below and names the path of each mistake. `compile_dimension`
-turns the rules of one dimension into one set-based query: every aggregate a rule mentions becomes
-a grouped subquery over orders, order lines or events joined to the members, and the values become
-one CASE expression, so a full recompute is one statement and an incremental one is the same
-statement with a member filter. Caller text only ever reaches PostgreSQL as a bound parameter.
-"""
+"""Compilation of validated rules to parameterised SQL: a dimension's rules to one set-based query
+over every member (or a member filter), or one condition to a predicate over any `Relations`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memberops.tagging.v1 import facts_pb2, member_pb2, rules_pb2
+from memberops.tagging.v1 import facts_pb2, rules_pb2
 
-from services.common.errors import Violations
+from services.tagging.rules._language import (
+    COMPARISONS,
+    ENUM_FIELDS,
+    EVENT_FUNCTIONS,
+    LINE_FUNCTIONS,
+    PROFILE_FIELDS,
+    ZERO_WHEN_EMPTY,
+    Field,
+    Fn,
+    Op,
+    Type,
+    operand_type,
+)
+from services.tagging.rules._recency import recency_of, window_of
 
-MAX_DEPTH = 10
-MAX_NODES = 200
-MAX_LIST = 1000
-MAX_FILTER = 100
-MAX_WINDOW_DAYS = 3650
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _TYPED_PLACEHOLDER = re.compile(r"\$([0-9]+)::")
-
-Op = rules_pb2.Operator
-Fn = rules_pb2.AggregateFunction
-Field = rules_pb2.ProfileField
-
-
-class Type(enum.Enum):
-    NUMBER = "number"
-    TEXT = "text"
-    FLAG = "flag"
-
-
-# Enum-valued profile fields are compared by the enum value's name.
-_GENDERS: dict[str, int] = {name: int(number) for name, number in member_pb2.Gender.items()}
-_CITY_TIERS: dict[str, int] = {name: int(number) for name, number in member_pb2.CityTier.items()}
-_ENUM_FIELDS: dict[int, tuple[str, dict[str, int]]] = {
-    Field.PROFILE_FIELD_GENDER: ("m.gender", _GENDERS),
-    Field.PROFILE_FIELD_CITY_TIER: ("m.city_tier", _CITY_TIERS),
-}
-_PROFILE_FIELDS: dict[int, tuple[str, Type]] = {
-    Field.PROFILE_FIELD_GENDER: ("m.gender", Type.TEXT),
-    Field.PROFILE_FIELD_AGE: ("date_part('year', age({now}::date, m.birthday))", Type.NUMBER),
-    Field.PROFILE_FIELD_CITY: ("m.city", Type.TEXT),
-    Field.PROFILE_FIELD_CITY_TIER: ("m.city_tier", Type.TEXT),
-    Field.PROFILE_FIELD_DAYS_SINCE_REGISTRATION: (
-        "floor(extract(epoch FROM {now} - m.register_time) / 86400)",
-        Type.NUMBER,
-    ),
-    Field.PROFILE_FIELD_REGISTER_CHANNEL: ("m.register_channel", Type.TEXT),
-    Field.PROFILE_FIELD_LEVEL: ("m.level", Type.TEXT),
-}
-_ORDER_FUNCTIONS = {
-    Fn.AGGREGATE_FUNCTION_ORDER_COUNT,
-    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM,
-    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_AVG,
-    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_MAX,
-    Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER,
-    Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH,
-}
-_LINE_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_ITEM_COUNT, Fn.AGGREGATE_FUNCTION_DISTINCT_CATEGORIES}
-_EVENT_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_EVENT_COUNT, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
-# Counts and sums are 0 for a member with no facts; the others are unset.
-_ZERO_WHEN_EMPTY = {
-    Fn.AGGREGATE_FUNCTION_ORDER_COUNT,
-    Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM,
-    Fn.AGGREGATE_FUNCTION_ITEM_COUNT,
-    Fn.AGGREGATE_FUNCTION_DISTINCT_CATEGORIES,
-    Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH,
-    Fn.AGGREGATE_FUNCTION_EVENT_COUNT,
-}
-_COMPARISONS = {Op.OPERATOR_EQ: "=", Op.OPERATOR_NE: "<>", Op.OPERATOR_LT: "<", Op.OPERATOR_LE: "<=",
-                Op.OPERATOR_GT: ">", Op.OPERATOR_GE: ">="}  # fmt: skip
-_ORDERING = {Op.OPERATOR_LT, Op.OPERATOR_LE, Op.OPERATOR_GT, Op.OPERATOR_GE, Op.OPERATOR_BETWEEN}
-
-
-# --- validation --------------------------------------------------------------------------------
-
-
-def validate(rule: rules_pb2.Rule, violations: Violations, path: str) -> None:
-    """Adds a violation for every node of `rule` outside the language, named by its path."""
-    counter = [0]
-    _validate(rule, violations, path, 1, counter)
-    if counter[0] > MAX_NODES:
-        violations.add(path, f"has {counter[0]} nodes; at most {MAX_NODES}")
-
-
-def _validate(rule: rules_pb2.Rule, v: Violations, path: str, depth: int, counter: list[int]) -> None:
-    counter[0] += 1
-    if depth > MAX_DEPTH:
-        v.add(path, f"nests deeper than {MAX_DEPTH} levels")
-        return
-    node = rule.WhichOneof("node")
-    if node is None:
-        v.add(path, "is empty: set one of all, any, not, condition, always")
-    elif node in ("all", "any"):
-        for i, child in enumerate(getattr(rule, node).rules):
-            _validate(child, v, f"{path}.{node}.rules[{i}]", depth + 1, counter)
-    elif node == "not":
-        _validate(getattr(rule, "not"), v, f"{path}.not", depth + 1, counter)
-    elif node == "condition":
-        _validate_condition(rule.condition, v, f"{path}.condition")
-    elif node == "always" and not rule.always:
-        v.add(f"{path}.always", "must be true when set")
-
-
-def operand_type(operand: rules_pb2.Operand, values: Sequence[rules_pb2.Value]) -> Type | None:
-    source = operand.WhichOneof("source")
-    if source == "field":
-        known = _PROFILE_FIELDS.get(operand.field)
-        return known[1] if known else None
-    if source == "aggregate":
-        return Type.NUMBER
-    if source == "attribute":
-        kinds = {value.WhichOneof("kind") or "" for value in values}
-        return (
-            {"number": Type.NUMBER, "text": Type.TEXT, "flag": Type.FLAG}.get(kinds.pop())
-            if len(kinds) == 1
-            else None
-        )
-    return None
-
-
-def _validate_condition(condition: rules_pb2.Condition, v: Violations, path: str) -> None:
-    operand, op, values = condition.operand, condition.operator, condition.values
-    source = operand.WhichOneof("source")
-    if source is None:
-        v.add(f"{path}.operand", "is required: a profile field, an attribute or an aggregate")
-        return
-    if source == "field" and operand.field not in _PROFILE_FIELDS:
-        v.add(f"{path}.operand.field", f"unknown profile field {operand.field}")
-        return
-    if source == "attribute" and not ATTRIBUTE_KEY.match(operand.attribute):
-        v.add(f"{path}.operand.attribute", "keys are 1-64 characters from A-Z a-z 0-9 _ . -")
-    if source == "aggregate":
-        _validate_aggregate(operand.aggregate, v, f"{path}.operand.aggregate")
-    if op == Op.OPERATOR_UNSPECIFIED or op not in Op.values():
-        v.add(f"{path}.operator", "is required and must be a known operator")
-        return
-    expected = {Op.OPERATOR_IS_SET: (0, 0), Op.OPERATOR_IS_NOT_SET: (0, 0), Op.OPERATOR_BETWEEN: (2, 2),
-                Op.OPERATOR_IN: (1, MAX_LIST), Op.OPERATOR_NOT_IN: (1, MAX_LIST)}.get(op, (1, 1))  # fmt: skip
-    if not expected[0] <= len(values) <= expected[1]:
-        v.add(f"{path}.values", f"{Op.Name(op)} takes {_count_text(expected)} value(s), got {len(values)}")
-        return
-    if not values:
-        return
-    kind = operand_type(operand, values)
-    if kind is None:
-        v.add(f"{path}.values", "values of one condition must all have the same type")
-        return
-    for i, value in enumerate(values):
-        _validate_value(value, kind, operand, v, f"{path}.values[{i}]")
-    if op in _ORDERING and kind is not Type.NUMBER:
-        v.add(f"{path}.operator", f"{Op.Name(op)} compares numbers; the operand is {kind.value}")
-    if op == Op.OPERATOR_BETWEEN and kind is Type.NUMBER and values[0].number > values[1].number:
-        v.add(f"{path}.values", "BETWEEN needs the lower bound first")
-
-
-def _count_text(bounds: tuple[int, int]) -> str:
-    return str(bounds[0]) if bounds[0] == bounds[1] else f"{bounds[0]}-{bounds[1]}"
-
-
-def _validate_value(
-    value: rules_pb2.Value, kind: Type, operand: rules_pb2.Operand, v: Violations, path: str
-) -> None:
-    actual = {"number": Type.NUMBER, "text": Type.TEXT, "flag": Type.FLAG}.get(value.WhichOneof("kind") or "")
-    if actual is not kind:
-        v.add(path, f"must be a {kind.value}")
-    elif kind is Type.NUMBER and not math.isfinite(value.number):
-        v.add(path, "must be a finite number")
-    elif kind is Type.TEXT and len(value.text) > 256:
-        v.add(path, "must be at most 256 characters")
-    elif operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
-        names = _ENUM_FIELDS[operand.field][1]
-        if value.text not in names:
-            v.add(path, f"must be one of {', '.join(names)}")
-
-
-def _validate_aggregate(aggregate: rules_pb2.Aggregate, v: Violations, path: str) -> None:
-    fn, window, f = aggregate.function, aggregate.window_days, aggregate.filter
-    if fn not in _ORDER_FUNCTIONS | _LINE_FUNCTIONS | _EVENT_FUNCTIONS:
-        v.add(f"{path}.function", "is required and must be a known aggregate function")
-    if not 0 <= window <= MAX_WINDOW_DAYS:
-        v.add(f"{path}.window_days", f"must be between 1 and {MAX_WINDOW_DAYS} days, or 0 for all history")
-    if fn == Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH and window == 0:
-        v.add(f"{path}.window_days", "ORDERS_PER_MONTH needs a window")
-    for name in ("categories", "brands", "skus", "event_kinds"):
-        items = getattr(f, name)
-        if len(items) > MAX_FILTER:
-            v.add(f"{path}.filter.{name}", f"at most {MAX_FILTER} entries")
-        if name != "event_kinds" and any(not 1 <= len(item) <= 64 for item in items):
-            v.add(f"{path}.filter.{name}", "entries are 1-64 characters")
-    if f.event_kinds and fn not in _EVENT_FUNCTIONS:
-        v.add(f"{path}.filter.event_kinds", "only event aggregates filter by event kind")
-    valid_kinds = set(facts_pb2.EventKind.values()) - {facts_pb2.EVENT_KIND_UNSPECIFIED}
-    if any(kind not in valid_kinds for kind in f.event_kinds):
-        v.add(f"{path}.filter.event_kinds", "unknown event kind")
-
-
-# --- compilation -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -398,11 +218,6 @@ def condition_predicate(condition: rules_pb2.Condition, b: Builder, now: str) ->
     return _condition(condition, b, now)
 
 
-def validate_condition(condition: rules_pb2.Condition, violations: Violations, path: str) -> None:
-    """Adds a violation for every part of one condition outside the language, named by its path."""
-    _validate_condition(condition, violations, path)
-
-
 def _predicate(rule: rules_pb2.Rule, b: Builder, now: str) -> str:
     node = rule.WhichOneof("node")
     if node == "all":
@@ -425,7 +240,7 @@ def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: Builder, now: str) -
     if source != "aggregate":
         b.inputs.add(Input.PROFILE)
     if source == "field":
-        expr, _ = _PROFILE_FIELDS[operand.field]
+        expr, _ = PROFILE_FIELDS[operand.field]
         return expr.format(now=now), Field.Name(operand.field).removeprefix("PROFILE_FIELD_").lower()
     if source == "attribute":
         name = b.param(operand.attribute, "text")
@@ -438,8 +253,8 @@ def _operand_sql(operand: rules_pb2.Operand, kind: Type, b: Builder, now: str) -
                     f"THEN (m.attributes ->> {name})::boolean END)", label)  # fmt: skip
         return f"(m.attributes ->> {name})", label
     aggregate = AggregateKey.of(operand.aggregate)
-    b.inputs.add(Input.EVENTS if aggregate.function in _EVENT_FUNCTIONS else Input.ORDERS)
-    empty = "0" if aggregate.function in _ZERO_WHEN_EMPTY else "NULL"
+    b.inputs.add(Input.EVENTS if aggregate.function in EVENT_FUNCTIONS else Input.ORDERS)
+    empty = "0" if aggregate.function in ZERO_WHEN_EMPTY else "NULL"
     if b.correlated:
         return f"COALESCE(({_aggregate_sql(aggregate, b, now)}), {empty})", aggregate.label
     alias = b.aggregates.setdefault(aggregate, f"agg_{len(b.aggregates)}")
@@ -451,7 +266,7 @@ def _condition(condition: rules_pb2.Condition, b: Builder, now: str) -> str:
     exists = existence(condition) if b.correlated else None
     if exists is not None:
         key = AggregateKey.of(operand.aggregate)
-        b.inputs.add(Input.EVENTS if key.function in _EVENT_FUNCTIONS else Input.ORDERS)
+        b.inputs.add(Input.EVENTS if key.function in EVENT_FUNCTIONS else Input.ORDERS)
         test = f"EXISTS ({_existence_sql(key, b, now)})"
         return test if exists else f"(NOT {test})"
     kind = operand_type(operand, values) or Type.TEXT
@@ -469,20 +284,20 @@ def _condition(condition: rules_pb2.Condition, b: Builder, now: str) -> str:
         return f"({expr} IS {'NOT ' if op == Op.OPERATOR_IS_SET else ''}NULL)"
     literals = [_literal(value, operand) for value in values]
     cast = {Type.NUMBER: "numeric", Type.TEXT: "text", Type.FLAG: "boolean"}[kind]
-    if operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
+    if operand.WhichOneof("source") == "field" and operand.field in ENUM_FIELDS:
         cast = "smallint"
     if op == Op.OPERATOR_BETWEEN:
         return f"({expr} BETWEEN {b.param(literals[0], cast)} AND {b.param(literals[1], cast)})"
     if op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN):
         test = f"{expr} = ANY({b.param(literals, cast + '[]')})"
         return f"({test})" if op == Op.OPERATOR_IN else f"(NOT ({test}))"
-    return f"({expr} {_COMPARISONS[op]} {b.param(literals[0], cast)})"
+    return f"({expr} {COMPARISONS[op]} {b.param(literals[0], cast)})"
 
 
 def _literal(value: rules_pb2.Value, operand: rules_pb2.Operand) -> Any:
     kind = value.WhichOneof("kind")
-    if operand.WhichOneof("source") == "field" and operand.field in _ENUM_FIELDS:
-        return _ENUM_FIELDS[operand.field][1][value.text]
+    if operand.WhichOneof("source") == "field" and operand.field in ENUM_FIELDS:
+        return ENUM_FIELDS[operand.field][1][value.text]
     return getattr(value, kind) if kind else None
 
 
@@ -494,14 +309,7 @@ def _member_clause(b: Builder, table: str) -> str:
 
 
 def _window(key: AggregateKey, b: Builder, now: str, column: str) -> list[str]:
-    return _window_of(column, now, b.param(key.window_days, "int") if key.window_days else None)
-
-
-def _window_of(column: str, now: str, days: str | None) -> list[str]:
-    where = [f"{column} <= {now}"]
-    if days is not None:
-        where.append(f"{column} > {now} - make_interval(days => {days})")
-    return where
+    return window_of(column, now, b.param(key.window_days, "int") if key.window_days else None)
 
 
 def _event_where(key: AggregateKey, b: Builder, now: str) -> list[str]:
@@ -527,12 +335,12 @@ def _aggregate_sql(key: AggregateKey, b: Builder, now: str) -> str:
     """One aggregate: grouped `(member_id, value)` over every (filtered) member, or, correlated, the
     value of the member row `m` alone."""
     fn = key.function
-    if fn in _EVENT_FUNCTIONS:
+    if fn in EVENT_FUNCTIONS:
         value = ("count(*)" if fn == Fn.AGGREGATE_FUNCTION_EVENT_COUNT
                  else f"floor(extract(epoch FROM {now} - max(e.occur_time)) / 86400)")  # fmt: skip
         source = f"FROM {b.relations.events} e WHERE {' AND '.join(_event_where(key, b, now))}"
         return _shaped(b, "e", value, source + _member_clause(b, "e"))
-    if fn in _LINE_FUNCTIONS:
+    if fn in LINE_FUNCTIONS:
         value = ("sum(l.quantity - l.refunded_quantity)" if fn == Fn.AGGREGATE_FUNCTION_ITEM_COUNT
                  else "count(DISTINCT l.category) FILTER (WHERE l.category <> '')")  # fmt: skip
         source = f"FROM {b.relations.order_lines} l WHERE {' AND '.join(_kept_line_where(key, b, now))}"
@@ -604,7 +412,7 @@ def _existence_sql(key: AggregateKey, b: Builder, now: str) -> str:
     recency = recency_of(key, b, now)
     if recency is not None:
         return recency.exists("m.member_id")
-    if key.function in _EVENT_FUNCTIONS:
+    if key.function in EVENT_FUNCTIONS:
         where = _event_where(key, b, now)
         return f"SELECT 1 FROM {b.relations.events} e WHERE {' AND '.join(where)}{_member_clause(b, 'e')}"
     if key.function == Fn.AGGREGATE_FUNCTION_ORDER_COUNT and not key.has_line_filter:
@@ -620,84 +428,3 @@ def _line_filters(key: AggregateKey, b: Builder, table: str) -> list[str]:
         for column, wanted in (("category", key.categories), ("brand", key.brands), ("sku", key.skus))
         if wanted
     ]
-
-
-# --- recency summaries ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recency:
-    """An existence test answered from a recency summary row `r` (one per member, kind and
-    category): there is a fact in the window exactly when a matching row's last time is in it, or,
-    for a row whose last time is after the evaluation time (a fact dated in the future hides those
-    before it), when the raw facts say so."""
-
-    # `FROM <summary> r WHERE <kind and category filters>`
-    source: str
-    # The row's last time is in the window and not after the evaluation time.
-    recent: str
-    # The row's last time is after the evaluation time and a raw fact of it is in the window.
-    future: str
-
-    def exists(self, member: str) -> str:
-        """`SELECT 1` of the rows that put `member` in."""
-        return f"SELECT 1 {self.source} AND r.member_id = {member} AND (({self.recent}) OR ({self.future}))"
-
-    def members(self) -> str:
-        """`SELECT member_id` of every member it puts in (a member may come more than once)."""
-        return (
-            f"SELECT r.member_id {self.source} AND {self.recent} "
-            f"UNION ALL SELECT r.member_id {self.source} AND {self.future}"
-        )
-
-    def distinct_members(self) -> str:
-        """The members of its recent rows, once each: a statement to estimate how many members it
-        puts in (a member has a row per kind and category; rows dated ahead are normally none)."""
-        return f"SELECT DISTINCT r.member_id {self.source} AND {self.recent}"
-
-    def none(self, member: str) -> str:
-        """That nothing puts `member` in, as two NOT EXISTS: one over the recent rows the planner can
-        estimate and anti-join, one over the (normally no) rows dated after the evaluation time."""
-        return (
-            f"(NOT EXISTS (SELECT 1 {self.source} AND r.member_id = {member} AND {self.recent}) "
-            f"AND NOT EXISTS (SELECT 1 {self.source} AND r.member_id = {member} AND {self.future}))"
-        )
-
-
-def summarised(key: AggregateKey) -> bool:
-    """Whether a summary holds what an existence test of `key` asks: events by kind and category,
-    kept order lines by category; not brands or skus, and not orders as a whole (an order without
-    lines, or refunded by amount, counts differently there)."""
-    if key.brands or key.skus:
-        return False
-    return key.function in _EVENT_FUNCTIONS | _LINE_FUNCTIONS or key.has_line_filter
-
-
-def recency_of(key: AggregateKey, b: Builder, now: str) -> Recency | None:
-    """The summary form of an existence test of `key`, or None when no summary holds it."""
-    if not summarised(key):
-        return None
-    if key.function in _EVENT_FUNCTIONS:
-        table, last = b.relations.event_recency, "r.last_time"
-        raw_from, raw_time = f"{b.relations.events} e", "e.occur_time"
-        raw_match = ["e.member_id = r.member_id", "e.kind = r.kind", "e.category = r.category"]
-        filters = [f"r.kind = ANY({b.param(list(key.event_kinds), 'smallint[]')})"] if key.event_kinds else []
-    else:
-        table, last = b.relations.purchase_recency, "r.last_paid_time"
-        raw_from, raw_time = f"{b.relations.order_lines} l", "l.paid_time"
-        raw_match = [
-            "l.member_id = r.member_id",
-            "l.category = r.category",
-            "l.quantity > l.refunded_quantity",
-        ]
-        filters = []
-    if key.categories:
-        filters.append(f"r.category = ANY({b.param(list(key.categories), 'text[]')})")
-    # One parameter for both windows, so the recent part alone is a statement with no unused one.
-    days = b.param(key.window_days, "int") if key.window_days else None
-    raw = f"SELECT 1 FROM {raw_from} WHERE {' AND '.join(raw_match + _window_of(raw_time, now, days))}"
-    return Recency(
-        source=f"FROM {table} r WHERE {' AND '.join(filters) or 'true'}",
-        recent=" AND ".join(_window_of(last, now, days)),
-        future=f"{last} > {now} AND EXISTS ({raw})",
-    )
