@@ -4,15 +4,15 @@ took to its file, where a developer reads what the journeys sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 from tests.test_devstack import free_port
+from tests.waiting import eventually
 
 
 def post(url: str, body: dict[str, object]) -> dict[str, object]:
@@ -24,21 +24,29 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
         return answer
 
 
-def test_the_outbox_takes_each_message_once_and_writes_it_down(tmp_path: Path) -> None:
+def stats(base: str) -> dict[str, object] | None:
+    """The outbox's counters, None while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"{base}/stats", timeout=1) as reply:
+            answer: dict[str, object] = json.loads(reply.read())
+            return answer
+    except OSError:
+        return None
+
+
+async def test_the_outbox_takes_each_message_once_and_writes_it_down(tmp_path: Path) -> None:
     port, file = free_port(), tmp_path / "outbox.jsonl"
-    server = subprocess.Popen([sys.executable, "-m", "deploy.outbox", str(port), str(file)], cwd=REPO_ROOT)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "deploy.outbox", str(port), str(file), cwd=REPO_ROOT
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/stats", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the outbox never answered"
-                time.sleep(0.1)
-        single = post(f"{base}/v1/messages?channel=sms", {"message_id": "k1", "to": "+86 138", "body": "Hi"})
-        batch = post(
+        await eventually(lambda: asyncio.to_thread(stats, base), "did the outbox answer", interval=0.1)
+        single = await asyncio.to_thread(
+            post, f"{base}/v1/messages?channel=sms", {"message_id": "k1", "to": "+86 138", "body": "Hi"}
+        )
+        batch = await asyncio.to_thread(
+            post,
             f"{base}/v1/messages:batch?channel=app_push",
             {
                 "messages": [
@@ -47,18 +55,17 @@ def test_the_outbox_takes_each_message_once_and_writes_it_down(tmp_path: Path) -
                 ]
             },
         )
-        with urllib.request.urlopen(f"{base}/stats", timeout=5) as reply:
-            stats = json.loads(reply.read())
+        counters = await asyncio.to_thread(stats, base)
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        await asyncio.wait_for(server.wait(), timeout=10)
     assert batch == {
         "results": [
             {"message_id": "k1", "status": 200, "id": single["id"]},
             {"message_id": "k2", "status": 200, "id": "p-2"},
         ]
     }
-    assert stats == {"requests": 2, "messages": 2, "repeats": 1}
+    assert counters == {"requests": 2, "messages": 2, "repeats": 1}
     lines = [json.loads(line) for line in file.read_text().splitlines()]
     assert [(line["channel"], line["message_id"], line["id"]) for line in lines] == [
         ("sms", "k1", "p-1"),
