@@ -101,28 +101,24 @@ def validate(spec: AudienceInput, path: str = "audience") -> RuleFacts:
     if spec.rule is None:
         v.add(f"{path}.rule", "is required")
     else:
-        _validate_rule(spec.rule, v, f"{path}.rule", 1, facts)
-        if facts.nodes > MAX_NODES:
-            v.add(f"{path}.rule", f"has {facts.nodes} nodes; at most {MAX_NODES}")
+        facts.nodes = rules.validate_tree(
+            spec.rule,
+            v,
+            f"{path}.rule",
+            lambda rule, node, v, path: _validate_leaf(rule, node, v, path, facts),
+            MAX_DEPTH,
+            MAX_NODES,
+        )
     v.raise_if_any()
     return facts
 
 
-def _validate_rule(
-    rule: audience_pb2.AudienceRule, v: Violations, path: str, depth: int, facts: RuleFacts
+def _validate_leaf(
+    rule: audience_pb2.AudienceRule, node: str | None, v: Violations, path: str, facts: RuleFacts
 ) -> None:
-    facts.nodes += 1
-    if depth > MAX_DEPTH:
-        v.add(path, f"nests deeper than {MAX_DEPTH} levels")
-        return
-    node = rule.WhichOneof("node")
+    """The nodes only audience rules have (the combinators are `rules.validate_tree`'s)."""
     if node is None:
         v.add(path, "is empty: set one of all, any, not, tag, condition, audience")
-    elif node in ("all", "any"):
-        for i, child in enumerate(getattr(rule, node).rules):
-            _validate_rule(child, v, f"{path}.{node}.rules[{i}]", depth + 1, facts)
-    elif node == "not":
-        _validate_rule(getattr(rule, "not"), v, f"{path}.not", depth + 1, facts)
     elif node == "condition":
         rules.validate_condition(rule.condition, v, f"{path}.condition")
     elif node == "tag":

@@ -10,9 +10,10 @@ parameter.
 
 A library with two users, and `__all__` is all either may import (the `_` modules are internals
 that may change with no caller noticing): tagging compiles whole dimensions; the audience service
-compiles single conditions over its read-only views (a `Builder` over its `Relations`,
-`condition_predicate`) and answers existence tests from the recency summaries (`existence`,
-`summarised`, `recency_of`), so each operand has one implementation whichever side reads it.
+checks its own rules' all/any/not nesting with the same walk (`validate_tree`), compiles single
+conditions over its read-only views (a `Builder` over its `Relations`, `condition_predicate`) and
+answers existence tests from the recency summaries (`existence`, `summarised`, `recency_of`), so
+each operand has one implementation whichever side reads it.
 """
 
 from services.tagging.rules._compiler import (
@@ -27,7 +28,7 @@ from services.tagging.rules._compiler import (
 )
 from services.tagging.rules._language import MAX_WINDOW_DAYS
 from services.tagging.rules._recency import Recency, recency_of, summarised
-from services.tagging.rules._validation import validate, validate_condition
+from services.tagging.rules._validation import validate, validate_condition, validate_tree
 
 __all__ = [
     "MAX_WINDOW_DAYS",
@@ -44,4 +45,5 @@ __all__ = [
     "summarised",
     "validate",
     "validate_condition",
+    "validate_tree",
 ]

@@ -4,7 +4,10 @@ rule or condition is compiled."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
+from google.protobuf.message import Message
 from memberops.tagging.v1 import facts_pb2, rules_pb2
 
 from services.common.errors import Violations
@@ -27,28 +30,55 @@ from services.tagging.rules._language import (
     operand_type,
 )
 
+_Tree = TypeVar("_Tree", bound=Message)
+# Checks one node that is not a combinator: (node, the name of its set `node` field or None when
+# none is set, violations, path).
+Leaf = Callable[[_Tree, str | None, Violations, str], None]
+
 
 def validate(rule: rules_pb2.Rule, violations: Violations, path: str) -> None:
     """Adds a violation for every node of `rule` outside the language, named by its path."""
+    validate_tree(rule, violations, path, _validate_leaf)
+
+
+def validate_tree(
+    rule: _Tree,
+    violations: Violations,
+    path: str,
+    leaf: Leaf[_Tree],
+    max_depth: int = MAX_DEPTH,
+    max_nodes: int = MAX_NODES,
+) -> int:
+    """Walks the all/any/not combinators that tagging rules and audience rules share, so both
+    languages nest, count and name paths alike; `leaf` checks every other node. Returns the number
+    of nodes."""
     counter = [0]
-    _validate(rule, violations, path, 1, counter)
-    if counter[0] > MAX_NODES:
-        violations.add(path, f"has {counter[0]} nodes; at most {MAX_NODES}")
+    _walk(rule, violations, path, 1, counter, leaf, max_depth)
+    if counter[0] > max_nodes:
+        violations.add(path, f"has {counter[0]} nodes; at most {max_nodes}")
+    return counter[0]
 
 
-def _validate(rule: rules_pb2.Rule, v: Violations, path: str, depth: int, counter: list[int]) -> None:
+def _walk(
+    rule: _Tree, v: Violations, path: str, depth: int, counter: list[int], leaf: Leaf[_Tree], max_depth: int
+) -> None:
     counter[0] += 1
-    if depth > MAX_DEPTH:
-        v.add(path, f"nests deeper than {MAX_DEPTH} levels")
+    if depth > max_depth:
+        v.add(path, f"nests deeper than {max_depth} levels")
         return
     node = rule.WhichOneof("node")
+    if node in ("all", "any"):
+        for i, child in enumerate(getattr(rule, node).rules):
+            _walk(child, v, f"{path}.{node}.rules[{i}]", depth + 1, counter, leaf, max_depth)
+    elif node == "not":
+        _walk(getattr(rule, "not"), v, f"{path}.not", depth + 1, counter, leaf, max_depth)
+    else:
+        leaf(rule, node, v, path)
+
+
+def _validate_leaf(rule: rules_pb2.Rule, node: str | None, v: Violations, path: str) -> None:
     if node is None:
         v.add(path, "is empty: set one of all, any, not, condition, always")
-    elif node in ("all", "any"):
-        for i, child in enumerate(getattr(rule, node).rules):
-            _validate(child, v, f"{path}.{node}.rules[{i}]", depth + 1, counter)
-    elif node == "not":
-        _validate(getattr(rule, "not"), v, f"{path}.not", depth + 1, counter)
     elif node == "condition":
         _validate_condition(rule.condition, v, f"{path}.condition")
     elif node == "always" and not rule.always:
