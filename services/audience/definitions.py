@@ -331,19 +331,6 @@ def _audience(row: dict[str, Any]) -> Audience:
     return Audience(spec, row["version"], row["create_time"], row["update_time"], row["delete_time"])
 
 
-def _page_token(audience_id: str) -> str:
-    return page_tokens.encode("audiences", audience_id)
-
-
-def _after_id(token: str) -> str:
-    audience_id = page_tokens.decode_one(token, "audiences", str)
-    if audience_id is None:
-        return ""
-    if not AUDIENCE_ID.match(audience_id):
-        raise InvalidArgument.field("page_token", "is not a token this list returned")
-    return audience_id
-
-
 # --- the service ---------------------------------------------------------------------------------
 
 
@@ -425,16 +412,12 @@ class Definitions:
         return _audience(found)
 
     async def list_page(self, tenant_id: str, page_size: int, page_token: str) -> tuple[list[Audience], str]:
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument.field(
-                "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
-            )
-        size = page_size or DEFAULT_PAGE_SIZE
-        after = _after_id(page_token)
+        size = page_tokens.page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = page_tokens.decode_matching(page_token, "audiences", AUDIENCE_ID)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             rows = await store.list_audiences(conn, after, size + 1)
         page = [_audience(row) for row in rows[:size]]
-        return page, _page_token(page[-1].spec.audience_id) if len(rows) > size else ""
+        return page, page_tokens.encode("audiences", page[-1].spec.audience_id) if len(rows) > size else ""
 
     async def delete(self, tenant_id: str, audience_id: str) -> Audience:
         async with self._db.transaction(tenant_id) as conn:

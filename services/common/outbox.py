@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from services.common import page_tokens
 from services.common.db import Connection
 from services.common.errors import InvalidArgument
 
@@ -45,11 +46,7 @@ def cursor_of(row: asyncpg.Record) -> str:
 
 def page_size(value: int, field: str) -> int:
     """A page or batch size: 0 means the default, else 1 to MAX_LIMIT."""
-    if value == 0:
-        return DEFAULT_LIMIT
-    if not 1 <= value <= MAX_LIMIT:
-        raise InvalidArgument.field(field, f"must be between 1 and {MAX_LIMIT} (0 means {DEFAULT_LIMIT})")
-    return value
+    return page_tokens.page_size(value, DEFAULT_LIMIT, MAX_LIMIT, field)
 
 
 async def last_settled(conn: Connection, relation: str) -> str | None:

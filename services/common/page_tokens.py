@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import TypeVar
 
 from services.common.errors import InvalidArgument
@@ -55,6 +56,24 @@ def decode_one(token: str, scope: str, kind: type[K], field: str = "page_token")
     key = keys[0]
     assert isinstance(key, kind)
     return key
+
+
+def decode_matching(token: str, scope: str, pattern: re.Pattern[str], field: str = "page_token") -> str:
+    """The one text key of a token ('' for a first page), refused unless `pattern` matches it: the
+    lists keyed by an id accept only a key that could be one of their ids."""
+    key = decode_one(token, scope, str, field)
+    if key is None:
+        return ""
+    if not pattern.match(key):
+        raise _invalid(field)
+    return key
+
+
+def page_size(value: int, default: int, maximum: int, field: str = "page_size") -> int:
+    """The size of a page asked for: 0 means `default`, else 1 to `maximum`."""
+    if not 0 <= value <= maximum:
+        raise InvalidArgument.field(field, f"must be between 1 and {maximum} (0 means {default})")
+    return value or default
 
 
 def _body(token: str, field: str) -> object:

@@ -277,19 +277,6 @@ def dimension_from_name(name: str, field: str) -> str:
     return dimension
 
 
-def _page_token(dimension: str) -> str:
-    return page_tokens.encode("tagDefinitions", dimension)
-
-
-def _after_dimension(token: str) -> str:
-    dimension = page_tokens.decode_one(token, "tagDefinitions", str)
-    if dimension is None:
-        return ""
-    if not DIMENSION.match(dimension):
-        raise InvalidArgument.field("page_token", "is not a token this list returned")
-    return dimension
-
-
 class Catalog:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -358,17 +345,12 @@ class Catalog:
     async def list_page(
         self, tenant_id: str, page_size: int, page_token: str, include_retired: bool
     ) -> tuple[list[Definition], str]:
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument.field(
-                "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
-            )
-        size = page_size or DEFAULT_PAGE_SIZE
+        size = page_tokens.page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = page_tokens.decode_matching(page_token, "tagDefinitions", DIMENSION)
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            rows = await definition_store.list_definitions(
-                conn, _after_dimension(page_token), size + 1, include_retired
-            )
+            rows = await definition_store.list_definitions(conn, after, size + 1, include_retired)
         page = [_definition(row) for row in rows[:size]]
-        return page, _page_token(page[-1].spec.dimension) if len(rows) > size else ""
+        return page, page_tokens.encode("tagDefinitions", page[-1].spec.dimension) if len(rows) > size else ""
 
     async def retire(self, tenant_id: str, dimension: str) -> Definition:
         async with self._db.transaction(tenant_id) as conn:
