@@ -15,7 +15,7 @@ median round is reported):
 tagging and audience run in processes of their own, the worker (journeys, the dispatcher, the bare
 workflow) in this one, against a throw-away PostgreSQL and `temporal server start-dev`.
 `BENCH_MEMBERS` sets N (default 2,000), `BENCH_ROUNDS` the rounds (default 1: on the 2-core machine
-three rounds of 2,000 took 10-13 minutes; the README reports the median of three).
+three rounds of 2,000 took 10-13 minutes; bench/RESULTS.md reports the median of three).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Starting a member's journey or a broadcast from code (the dispatcher, tests, scripts); operators
-use the `temporal` CLI with the same id and input (see the README)."""
+use the `temporal` CLI with the same id and input (see the README and docs/journeys.md)."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ WIN_BACK = JourneyDefinition(
 )
 
 # A broadcast: every member of a snapshot of the audience `announcement` (created by the operator,
-# see the README), in one cohort workflow. Quiet hours defer each member to 09:00 in their zone.
+# see docs/journeys.md), in one cohort workflow. Quiet hours defer each member to 09:00 in their zone.
 ANNOUNCEMENT = JourneyDefinition(
     key="announcement",
     name="Announcement",
