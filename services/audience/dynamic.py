@@ -17,14 +17,13 @@ Changes are differences: evaluating again what is already stored writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.audience import store
 from services.audience.evaluation import Evaluator
-from services.common import outbox
+from services.common import outbox, rounds
 from services.common.db import Connection, Database
 from services.common.errors import NotFound
 from services.common.logs import get_logger
@@ -63,21 +62,15 @@ class Memberships:
         self._clock = clock
 
     async def run(self) -> None:
-        """Maintains every tenant's dynamic audiences until cancelled; a failed round is logged and
-        retried, never the end of the loop."""
-        while True:
-            busy = False
-            for tenant_id in sorted(self._tenants):
-                try:
-                    done = await self.maintain(tenant_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("dynamic audience round failed", tenant=tenant_id)
-                    continue
-                busy = busy or (done is not None and done.followed == FEED_BATCH)
-            if not busy:
-                await asyncio.sleep(POLL_SECONDS)
+        """Maintains every tenant's dynamic audiences until cancelled (a failed round is retried)."""
+        await rounds.every_tenant(
+            self._tenants, self._more, POLL_SECONDS, log, "dynamic audience round failed"
+        )
+
+    async def _more(self, tenant_id: str) -> bool:
+        """One round; True when it read a whole batch of the feed, so more may be waiting."""
+        done = await self.maintain(tenant_id)
+        return done is not None and done.followed == FEED_BATCH
 
     async def maintain(self, tenant_id: str) -> Round | None:
         """One round for one tenant (see the module docstring); None when another replica holds it."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.common import outbox
+from services.common import outbox, rounds
 from services.common.db import Database
 from services.common.logs import get_logger
 from services.tasks.feed import cursor_store
@@ -46,19 +46,14 @@ class LevelPublisher:
         self._tenants = tenants
 
     async def run(self) -> None:
-        """Publishes every tenant's level changes until cancelled; a failed round is logged and
-        tried again, never the end of the loop."""
-        while True:
-            busy = False
-            for tenant_id in sorted(self._tenants):
-                try:
-                    busy = await self.publish_once(tenant_id) == BATCH or busy
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("level publishing round failed", tenant=tenant_id)
-            if not busy:
-                await asyncio.sleep(POLL_SECONDS)
+        """Publishes every tenant's level changes until cancelled (a failed round is retried)."""
+        await rounds.every_tenant(
+            self._tenants, self._more, POLL_SECONDS, log, "level publishing round failed"
+        )
+
+    async def _more(self, tenant_id: str) -> bool:
+        """One round; True when it covered a whole batch, so more may be waiting."""
+        return await self.publish_once(tenant_id) == BATCH
 
     async def publish_once(self, tenant_id: str) -> int:
         """Writes the levels of the members the next batch of the tenant's level changes names to
