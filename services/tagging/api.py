@@ -14,7 +14,6 @@ import google.type.date_pb2 as date_pb2
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from memberops.tagging.v1 import (
     facts_pb2,
-    feed_pb2,
     member_pb2,
     tagging_service_pb2,
     tagging_service_pb2_grpc,
@@ -44,6 +43,7 @@ from services.tagging.domain import (
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
+from services.tagging.feed_messages import feed_entry_to_proto
 from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.stats import Stats, TagStats
 
@@ -551,18 +551,6 @@ def feed_response(entries: list[FeedEntry]) -> tagging_service_pb2.StreamFeedRes
     return tagging_service_pb2.StreamFeedResponse(
         entries=[feed_entry_to_proto(e) for e in entries], next_cursor=entries[-1].cursor
     )
-
-
-def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
-    message = feed_pb2.FeedEntry(
-        cursor=entry.cursor,
-        kind=int(entry.kind),  # type: ignore[arg-type]
-        member_id=entry.member_id,
-        subject_id=entry.subject_id,
-    )
-    message.payload.update(entry.payload)
-    message.create_time.FromDatetime(entry.create_time)
-    return message
 
 
 def definition_from_proto(message: tags_pb2.TagDefinition) -> catalog.DefinitionInput:

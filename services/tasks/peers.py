@@ -7,18 +7,18 @@ process): a member call pays for GetMember only the first time this process sees
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import field_mask_pb2
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import Unavailable
+from services.common.tagging_feed import read_entry
 from services.tasks.feed.source import FACT_KINDS, FeedEntry
 from services.tasks.tasks.definitions import ProfileField
 
@@ -158,22 +158,5 @@ class Peers:
         reply = await answer("tagging", call)
         if reply is None:
             raise PeerFailed(f"tagging refused to read its feed after {after_cursor!r}")
-        entries = [
-            FeedEntry(
-                cursor=entry.cursor,
-                kind=entry.kind,
-                member_id=entry.member_id,
-                subject_id=entry.subject_id,
-                payload=_payload(entry.payload),
-                create_time=entry.create_time.ToDatetime(dt.UTC),
-            )
-            for entry in reply.entries
-        ]
+        entries = [read_entry(entry) for entry in reply.entries]
         return entries, reply.next_cursor
-
-
-def _payload(payload: Any) -> dict[str, Any]:
-    """A feed payload (google.protobuf.Struct) as plain JSON values; numbers come back as floats."""
-    value = json_format.MessageToDict(payload)
-    assert isinstance(value, dict)
-    return value

@@ -69,8 +69,8 @@ async def test_every_fact_appears_once_in_order(tagging_stub: Stub) -> None:
     assert sorted(mine[3:]) == sorted((feed_pb2.FEED_ENTRY_KIND_EVENT_RECORDED, e.event_id) for e in events)
     assert len({e.cursor for e in entries}) == len(entries)
     order_entry = next(e for e in entries if e.subject_id == order.order_id)
-    assert order_entry.payload["amount_minor"] == 25_800
-    assert [line["category"] for line in order_entry.payload["lines"]] == ["skincare", "makeup"]
+    assert order_entry.order_recorded.order.amount_minor == 25_800
+    assert [line.category for line in order_entry.order_recorded.order.lines] == ["skincare", "makeup"]
 
 
 async def test_refund_entries_say_where_their_order_stands(tagging_stub: Stub) -> None:
@@ -91,9 +91,9 @@ async def test_refund_entries_say_where_their_order_stands(tagging_stub: Stub) -
     entries, _ = await read_all(tagging_stub, start)
     standing = {
         e.subject_id: (
-            e.payload["order_amount_minor"],
-            e.payload["order_refunded_amount_minor"],
-            e.payload["order_refunded_in_full"],
+            e.refund_recorded.order_standing.amount_minor,
+            e.refund_recorded.order_standing.refunded_amount_minor,
+            e.refund_recorded.order_standing.refunded_in_full,
         )
         for e in entries
         if e.kind == feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED
@@ -119,7 +119,7 @@ async def test_an_unchanged_member_adds_no_entry(tagging_stub: Stub) -> None:
         if e.member_id == member.member_id and e.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED
     ]
     assert entry.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED
-    assert entry.payload["revision"] == 2
+    assert entry.member_changed.revision == 2
 
 
 async def test_tenants_read_only_their_own_feed(tagging_stub: Stub) -> None:
@@ -156,7 +156,7 @@ async def test_an_order_entry_numbers_the_members_orders(tagging_stub: Stub) -> 
     other = await record_order(tagging_stub, an_order(await new_member(tagging_stub)))
     entries, _ = await read_all(tagging_stub, start)
     numbers = {
-        e.subject_id: e.payload["member_order_number"]
+        e.subject_id: e.order_recorded.member_order_number
         for e in entries
         if e.kind == feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED
     }

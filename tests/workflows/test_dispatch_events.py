@@ -32,7 +32,9 @@ def order_entry(cursor: str, number: int | None, amount: int = 9_800) -> feed_pb
         subject_id=f"o-{cursor}",
         create_time=stamp(T0),
     )
-    entry.payload.update({"amount_minor": amount, **({"member_order_number": number} if number else {})})
+    entry.order_recorded.order.amount_minor = amount
+    if number:
+        entry.order_recorded.member_order_number = number
     return entry
 
 
@@ -57,11 +59,13 @@ def test_registrations_tag_changes_and_audience_changes() -> None:
     registered = feed_pb2.FeedEntry(
         cursor="1-1", kind=feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, member_id="m-1"
     )
-    registered.payload.update({"revision": 1})
+    registered.member_changed.revision = 1
     changed = feed_pb2.FeedEntry(cursor="1-2", kind=feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, member_id="m-1")
-    changed.payload.update({"revision": 2})
+    changed.member_changed.revision = 2
     tag = feed_pb2.FeedEntry(cursor="1-3", kind=feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED, member_id="m-1")
-    tag.payload.update({"dimension": "lifecycle", "value": "silent", "change": "added"})
+    tag.tag_changed.MergeFrom(
+        feed_pb2.TagChanged(dimension="lifecycle", value="silent", change=feed_pb2.TAG_CHANGE_ADDED)
+    )
     refund = feed_pb2.FeedEntry(cursor="1-4", kind=feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED, member_id="m-1")
     found = [events.tagging_event(e) for e in (registered, changed, tag, refund)]
     assert [None if f is None else f.event.kind for f in found] == ["registered", None, "tag_added", None]

@@ -10,10 +10,16 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import json_format
 from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
+from services.common.tagging_feed import (
+    MemberChanged,
+    OrderRecorded,
+    TagChange,
+    TagChanged,
+    read_payload,
+)
 from workflows.journeys.definition import EventMatch, JourneyDefinition
 from workflows.journeys.payloads import MemberEvent, matches
 
@@ -43,6 +49,8 @@ ENTRY_EVENTS = {
     feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED: frozenset({"tag_added", "tag_removed"}),
 }
 
+_TAG_EVENTS = {TagChange.ADDED: "tag_added", TagChange.REMOVED: "tag_removed"}
+
 
 def kinds(definitions: Sequence[JourneyDefinition]) -> frozenset[str]:
     """Every event kind the journeys enter on or wait for (an order wait takes first orders too)."""
@@ -63,29 +71,27 @@ def tagging_event(entry: feed_pb2.FeedEntry, wanted: frozenset[str] | None = Non
     that can be none of those kinds are not even parsed."""
     if wanted is not None and not ENTRY_EVENTS.get(entry.kind, frozenset()) & wanted:
         return None
-    payload = json_format.MessageToDict(entry.payload)
+    payload = read_payload(entry)
     event_id = f"tagging:{entry.cursor}"
     time = _time(entry.create_time)
     event: MemberEvent | None = None
-    if entry.kind == feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED:
+    if isinstance(payload, OrderRecorded):
         # Entries written before tagging numbered orders have no number: they count as orders.
-        first = int(payload.get("member_order_number", 0)) == 1
-        paid = payload.get("paid_time")
         event = MemberEvent(
-            kind="first_order" if first else "order",
+            kind="first_order" if payload.member_order_number == 1 else "order",
             subject_id=entry.subject_id,
-            amount_minor=int(payload.get("amount_minor", 0)),
-            occur_time=dt.datetime.fromisoformat(paid) if isinstance(paid, str) else time,
+            amount_minor=payload.amount_minor,
+            occur_time=payload.paid_time or time,
             event_id=event_id,
         )
-    elif entry.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED and int(payload.get("revision", 0)) == 1:
+    elif isinstance(payload, MemberChanged) and payload.registered:
         event = MemberEvent(kind="registered", occur_time=time, event_id=event_id)
-    elif entry.kind == feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED and payload.get("change") in ("added", "removed"):
+    elif isinstance(payload, TagChanged) and payload.change in _TAG_EVENTS:
         event = MemberEvent(
-            kind=f"tag_{payload['change']}",
-            subject_id=str(payload.get("dimension", "")),
-            dimension=str(payload.get("dimension", "")),
-            value=str(payload.get("value", "")),
+            kind=_TAG_EVENTS[payload.change],
+            subject_id=payload.dimension,
+            dimension=payload.dimension,
+            value=payload.value,
             occur_time=time,
             event_id=event_id,
         )

@@ -24,20 +24,19 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.common.db import Connection, Database, savepoint
 from services.common.errors import ResourceExhausted
 from services.common.logs import get_logger
-from services.tasks.feed import cursor_store
-from services.tasks.feed.source import (
-    FACT_KINDS,
-    MEMBER_CHANGED,
-    ORDER_RECORDED,
-    REFUND_RECORDED,
-    FeedEntry,
-    FeedSource,
+from services.common.tagging_feed import (
+    EventRecorded,
+    FeedKind,
+    MemberChanged,
+    OrderRecorded,
+    RefundRecorded,
 )
+from services.tasks.feed import cursor_store
+from services.tasks.feed.source import FACT_KINDS, FeedEntry, FeedSource
 from services.tasks.points import ledger, ledger_store
 from services.tasks.tasks import (
     completion_store,
@@ -109,24 +108,28 @@ def _windowed(task: Task) -> bool:
     return isinstance(spec, PurchaseSpec) and spec.window_days > 0
 
 
-def _refunded(entry: FeedEntry) -> ledger.Refunded | None:
+def _refunded(entry: FeedEntry, refund: RefundRecorded) -> ledger.Refunded | None:
     """The refund with its order's standing; None for entries written before tagging reported it."""
-    refund = entry.payload
-    if "order_refunded_in_full" not in refund:
+    standing = refund.order_standing
+    if standing is None:
         return None
     return ledger.Refunded(
         member_id=entry.member_id,
-        order_id=str(refund["order_id"]),
+        order_id=refund.order_id,
         refund_id=entry.subject_id,
-        order_amount=int(refund["order_amount_minor"]),
-        refunded_amount=int(refund["order_refunded_amount_minor"]),
-        in_full=bool(refund["order_refunded_in_full"]),
+        order_amount=standing.amount_minor,
+        refunded_amount=standing.refunded_amount_minor,
+        in_full=standing.refunded_in_full,
     )
 
 
-def _time(value: Any) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+def _registered(entry: FeedEntry) -> bool:
+    """Whether the entry is a member's first stored revision: its registration."""
+    return isinstance(entry.payload, MemberChanged) and entry.payload.registered
+
+
+def _refunded_order(entry: FeedEntry) -> str:
+    return entry.payload.order_id if isinstance(entry.payload, RefundRecorded) else ""
 
 
 class FeedFollower:
@@ -198,7 +201,7 @@ class FeedFollower:
         """The filled-in profile fields of members whose data changed, when a profile task is open."""
         if not any(t.definition.kind is Kind.PROFILE for t in tasks):
             return {}
-        members = sorted({e.member_id for e in entries if e.kind == MEMBER_CHANGED})
+        members = sorted({e.member_id for e in entries if e.kind == FeedKind.MEMBER_CHANGED})
         found = await asyncio.gather(*(self._directory.profile_fields(tenant_id, m) for m in members))
         return {m: fields for m, fields in zip(members, found, strict=True) if fields is not None}
 
@@ -208,19 +211,21 @@ class FeedFollower:
         facts = [e for e in entries if e.kind in FACT_KINDS]
         # Members whose registration or first order the batch may hold: their facts rows are the
         # lock invites share with the follower.
-        triggering = [e.member_id for e in facts if e.kind in (MEMBER_CHANGED, ORDER_RECORDED)]
+        triggering = [
+            e.member_id for e in facts if e.kind in (FeedKind.MEMBER_CHANGED, FeedKind.ORDER_RECORDED)
+        ]
         await invite_store.lock_member_facts(conn, tenant_id, triggering)
         registered: dict[str, dt.datetime] = {}
         first_orders: dict[str, dt.datetime] = {}
         for e in facts:
-            if e.kind == MEMBER_CHANGED and int(e.payload.get("revision", 0)) == 1:
+            if e.kind == FeedKind.MEMBER_CHANGED and _registered(e):
                 registered.setdefault(e.member_id, e.create_time)
-            elif e.kind == ORDER_RECORDED:
+            elif e.kind == FeedKind.ORDER_RECORDED:
                 first_orders.setdefault(e.member_id, e.create_time)
         await invite_store.record_facts(conn, registered, first_orders)
         pending = await invite_store.pending_invites(conn, triggering)
-        refunds = [e for e in facts if e.kind == REFUND_RECORDED]
-        refunded_orders = [str(e.payload.get("order_id", "")) for e in refunds]
+        refunds = [e for e in facts if e.kind == FeedKind.REFUND_RECORDED]
+        refunded_orders = [_refunded_order(e) for e in refunds]
         counted = await progress_store.counted_orders(conn, refunded_orders)
         payable = {
             *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
@@ -239,23 +244,23 @@ class FeedFollower:
             batch.enrolled = await enrolment_store.enrolments_of(conn, sorted(payable), windowed)
         waiting = {i.invitee_member_id: i for i in pending}
         for entry in facts:
-            if entry.kind == MEMBER_CHANGED:
+            if entry.kind == FeedKind.MEMBER_CHANGED:
                 await self._member_changed(conn, tenant_id, entry, batch, waiting)
-            elif entry.kind == ORDER_RECORDED:
+            elif entry.kind == FeedKind.ORDER_RECORDED:
                 await self._order(conn, tenant_id, entry, batch, waiting)
-            elif entry.kind == REFUND_RECORDED:
+            elif entry.kind == FeedKind.REFUND_RECORDED:
                 await self._refund(conn, tenant_id, entry, batch)
             else:
                 await self._event(conn, tenant_id, entry, batch)
 
     def _may_pay(self, entry: FeedEntry, batch: _Batch, counted_orders: set[str]) -> bool:
         """Whether the entry can move a counted task (so its member's account is locked first)."""
-        if entry.kind == MEMBER_CHANGED:
+        if entry.kind == FeedKind.MEMBER_CHANGED:
             return entry.member_id in batch.profiles
-        if entry.kind == ORDER_RECORDED:
+        if entry.kind == FeedKind.ORDER_RECORDED:
             return bool(batch.of(Kind.PURCHASE))
-        if entry.kind == REFUND_RECORDED:
-            return str(entry.payload.get("order_id", "")) in counted_orders
+        if entry.kind == FeedKind.REFUND_RECORDED:
+            return _refunded_order(entry) in counted_orders
         return bool(batch.of(Kind.VISIT) or batch.of(Kind.EVENT))
 
     # --- entries -------------------------------------------------------------------------------
@@ -268,7 +273,7 @@ class FeedFollower:
         batch: _Batch,
         waiting: dict[str, invite_store.InviteRow],
     ) -> None:
-        if int(entry.payload.get("revision", 0)) == 1:
+        if _registered(entry):
             await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
         filled = batch.profiles.get(entry.member_id)
         if filled is None:
@@ -291,16 +296,18 @@ class FeedFollower:
     ) -> None:
         await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
         order = entry.payload
-        paid = _time(order["paid_time"])
+        if not isinstance(order, OrderRecorded):
+            return
+        paid = order.paid_time or entry.create_time
         for task in batch.of(Kind.PURCHASE):
             spec = task.definition.spec
             assert isinstance(spec, PurchaseSpec)
             if not self._in_window(task, spec, entry.member_id, paid, batch):
                 continue
-            lines = matching_lines(spec, order.get("lines", []))
+            lines = matching_lines(spec, order.lines)
             if not lines:
                 continue
-            amount = int(order.get("amount_minor", 0))
+            amount = order.amount_minor
             if not await progress_store.insert_purchase(
                 conn, tenant_id, task.task_id, entry.member_id, entry.subject_id, paid, amount, lines
             ):
@@ -330,13 +337,15 @@ class FeedFollower:
 
     async def _refund(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
         refund = entry.payload
-        order_id = str(refund["order_id"])
-        share = _refunded(entry)
+        if not isinstance(refund, RefundRecorded):
+            return
+        order_id = refund.order_id
+        share = _refunded(entry, refund)
         earned = (entry.member_id, order_id) in batch.earned_points
         if earned and share is not None and await ledger.reverse_refund(conn, tenant_id, share):
             batch.done.reversed += 1
-        lines = {str(line["line_id"]): int(line["quantity"]) for line in refund.get("lines", [])}
-        amount = int(refund.get("amount_minor", 0))
+        lines = {line.line_id: line.quantity for line in refund.lines}
+        amount = refund.amount_minor
         for purchase in await progress_store.purchases_of(conn, order_id):
             row = await definition_store.task(conn, purchase.task_id)
             assert row is not None
@@ -361,7 +370,9 @@ class FeedFollower:
 
     async def _event(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
         event = entry.payload
-        occurred = _time(event.get("occur_time", entry.create_time.isoformat()))
+        if not isinstance(event, EventRecorded):
+            return
+        occurred = event.occur_time or entry.create_time
         for task in batch.tasks:
             spec = task.definition.spec
             if not task.definition.valid_at(occurred):

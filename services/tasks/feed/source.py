@@ -1,28 +1,20 @@
-"""Tagging's feed as the follower reads it (the gRPC side is `services/tasks/peers.py`)."""
+"""Tagging's feed as the follower reads it (the gRPC side is `services/tasks/peers.py`; entries
+are read into typed values by `services.common.tagging_feed`)."""
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from services.common.tagging_feed import FeedEntry, FeedKind
 
-@dataclass(frozen=True)
-class FeedEntry:
-    """One entry of tagging's feed (kinds as memberops.tagging.v1.FeedEntryKind)."""
+__all__ = ["FACT_KINDS", "FeedEntry", "FeedSource"]
 
-    cursor: str
-    kind: int
-    member_id: str
-    subject_id: str
-    payload: dict[str, Any]
-    create_time: dt.datetime
-
-
-MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED = 1, 2, 3, 4
-
-
-FACT_KINDS = (MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED)
+FACT_KINDS = (
+    FeedKind.MEMBER_CHANGED,
+    FeedKind.ORDER_RECORDED,
+    FeedKind.REFUND_RECORDED,
+    FeedKind.EVENT_RECORDED,
+)
 
 
 class FeedSource(Protocol):

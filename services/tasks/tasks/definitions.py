@@ -30,6 +30,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
+from services.common.tagging_feed import EVENT_KINDS
 from services.tasks import time_span
 from services.tasks.points import ledger
 from services.tasks.points.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
@@ -88,11 +89,6 @@ class ProfileField(enum.IntEnum):
     NICKNAME = 4
     PHONE = 5
     EMAIL = 6
-
-
-# tagging's EventKind numbers: VIEW is what a page visit is.
-EVENT_KINDS = range(1, 8)
-EVENT_VIEW = 1
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from services.common.tagging_feed import EventKind, EventRecorded, OrderLine
 from services.tasks.tasks.definitions import (
-    EVENT_VIEW,
     EventSpec,
     Measure,
     ProfileField,
@@ -60,12 +59,12 @@ def order_measure(spec: PurchaseSpec, order: CountedOrder) -> int:
     return max(order.amount_minor - order.refunded_minor, 0)
 
 
-def matching_lines(spec: PurchaseSpec, lines: Sequence[Mapping[str, Any]]) -> tuple[CountedLine, ...]:
+def matching_lines(spec: PurchaseSpec, lines: Sequence[OrderLine]) -> tuple[CountedLine, ...]:
     """The lines of an order as tagging's feed gives them that the task counts."""
     return tuple(
-        CountedLine(str(line["line_id"]), int(line["quantity"]), 0, int(line["unit_price_minor"]))
+        CountedLine(line.line_id, line.quantity, 0, line.unit_price_minor)
         for line in lines
-        if spec.matches(str(line.get("category", "")), str(line.get("brand", "")), str(line.get("sku", "")))
+        if spec.matches(line.category, line.brand, line.sku)
     )
 
 
@@ -86,22 +85,22 @@ def refunded(order: CountedOrder, refund_lines: Mapping[str, int], amount_minor:
     )
 
 
-def event_counts(spec: EventSpec, event: Mapping[str, Any]) -> bool:
-    """Whether a behaviour event (as in tagging's feed payload) counts for an event task."""
-    return int(event.get("kind", 0)) == spec.event_kind and all(
-        not wanted or str(event.get(name, "")) == wanted
-        for name, wanted in (
-            ("sku", spec.sku),
-            ("category", spec.category),
-            ("brand", spec.brand),
-            ("channel", spec.channel),
+def event_counts(spec: EventSpec, event: EventRecorded) -> bool:
+    """Whether a behaviour event (as in tagging's feed) counts for an event task."""
+    return event.kind == spec.event_kind and all(
+        not wanted or got == wanted
+        for got, wanted in (
+            (event.sku, spec.sku),
+            (event.category, spec.category),
+            (event.brand, spec.brand),
+            (event.channel, spec.channel),
         )
     )
 
 
-def visits(spec: VisitSpec, event: Mapping[str, Any]) -> bool:
+def visits(spec: VisitSpec, event: EventRecorded) -> bool:
     """A visit is a VIEW event whose channel is the page."""
-    return int(event.get("kind", 0)) == EVENT_VIEW and str(event.get("channel", "")) == spec.page
+    return event.kind == EventKind.VIEW and event.channel == spec.page
 
 
 def profile_complete(spec: ProfileSpec, filled: frozenset[ProfileField]) -> bool:

@@ -5,9 +5,9 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from memberops.tagging.v1 import facts_pb2 as _facts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,7 +32,7 @@ class _FeedEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedEnt
     FEED_ENTRY_KIND_REFUND_RECORDED: _FeedEntryKind.ValueType  # 3
     FEED_ENTRY_KIND_EVENT_RECORDED: _FeedEntryKind.ValueType  # 4
     FEED_ENTRY_KIND_TAG_CHANGED: _FeedEntryKind.ValueType  # 5
-    """A member gained or lost a tag value; the payload names dimension, value and `change` (added/removed)."""
+    """A member gained or lost a tag value."""
 
 class FeedEntryKind(_FeedEntryKind, metaclass=_FeedEntryKindEnumTypeWrapper): ...
 
@@ -43,8 +43,25 @@ FEED_ENTRY_KIND_ORDER_RECORDED: FeedEntryKind.ValueType  # 2
 FEED_ENTRY_KIND_REFUND_RECORDED: FeedEntryKind.ValueType  # 3
 FEED_ENTRY_KIND_EVENT_RECORDED: FeedEntryKind.ValueType  # 4
 FEED_ENTRY_KIND_TAG_CHANGED: FeedEntryKind.ValueType  # 5
-"""A member gained or lost a tag value; the payload names dimension, value and `change` (added/removed)."""
+"""A member gained or lost a tag value."""
 Global___FeedEntryKind: _TypeAlias = FeedEntryKind  # noqa: Y015
+
+class _TagChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TagChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TagChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAG_CHANGE_UNSPECIFIED: _TagChange.ValueType  # 0
+    TAG_CHANGE_ADDED: _TagChange.ValueType  # 1
+    TAG_CHANGE_REMOVED: _TagChange.ValueType  # 2
+
+class TagChange(_TagChange, metaclass=_TagChangeEnumTypeWrapper): ...
+
+TAG_CHANGE_UNSPECIFIED: TagChange.ValueType  # 0
+TAG_CHANGE_ADDED: TagChange.ValueType  # 1
+TAG_CHANGE_REMOVED: TagChange.ValueType  # 2
+Global___TagChange: _TypeAlias = TagChange  # noqa: Y015
 
 @_typing.final
 class FeedEntry(_message.Message):
@@ -56,20 +73,32 @@ class FeedEntry(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
-    PAYLOAD_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MEMBER_CHANGED_FIELD_NUMBER: _builtins.int
+    ORDER_RECORDED_FIELD_NUMBER: _builtins.int
+    REFUND_RECORDED_FIELD_NUMBER: _builtins.int
+    EVENT_RECORDED_FIELD_NUMBER: _builtins.int
+    TAG_CHANGED_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque position of this entry; pass it as `after_cursor` to read what follows."""
     kind: Global___FeedEntryKind.ValueType
     member_id: _builtins.str
     subject_id: _builtins.str
-    """The id of the fact (order id, refund id, event id) or empty for member changes."""
-    @_builtins.property
-    def payload(self) -> _struct_pb2.Struct:
-        """The fact as JSON (field names as in the protobuf messages)."""
-
+    """The id of the fact (order id, refund id, event id), the dimension of a tag change, or empty
+    for member changes.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def member_changed(self) -> Global___MemberChanged: ...
+    @_builtins.property
+    def order_recorded(self) -> Global___OrderRecorded: ...
+    @_builtins.property
+    def refund_recorded(self) -> Global___RefundRecorded: ...
+    @_builtins.property
+    def event_recorded(self) -> _facts_pb2.BehaviorEvent: ...
+    @_builtins.property
+    def tag_changed(self) -> Global___TagChanged: ...
     def __init__(
         self,
         *,
@@ -77,13 +106,172 @@ class FeedEntry(_message.Message):
         kind: Global___FeedEntryKind.ValueType = ...,
         member_id: _builtins.str = ...,
         subject_id: _builtins.str = ...,
-        payload: _struct_pb2.Struct | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        member_changed: Global___MemberChanged | None = ...,
+        order_recorded: Global___OrderRecorded | None = ...,
+        refund_recorded: Global___RefundRecorded | None = ...,
+        event_recorded: _facts_pb2.BehaviorEvent | None = ...,
+        tag_changed: Global___TagChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_recorded", b"event_recorded", "member_changed", b"member_changed", "order_recorded", b"order_recorded", "payload", b"payload", "refund_recorded", b"refund_recorded", "tag_changed", b"tag_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "kind", b"kind", "member_id", b"member_id", "payload", b"payload", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "event_recorded", b"event_recorded", "kind", b"kind", "member_changed", b"member_changed", "member_id", b"member_id", "order_recorded", b"order_recorded", "payload", b"payload", "refund_recorded", b"refund_recorded", "subject_id", b"subject_id", "tag_changed", b"tag_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["member_changed", "order_recorded", "refund_recorded", "event_recorded", "tag_changed"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___FeedEntry: _TypeAlias = FeedEntry  # noqa: Y015
+
+@_typing.final
+class MemberChanged(_message.Message):
+    """A member was created (revision 1) or its stored data changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The member's revision after the change; 1 is its registration."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___FeedEntry: _TypeAlias = FeedEntry  # noqa: Y015
+Global___MemberChanged: _TypeAlias = MemberChanged  # noqa: Y015
+
+@_typing.final
+class OrderRecorded(_message.Message):
+    """An order as recorded, with its place among the member's orders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    MEMBER_ORDER_NUMBER_FIELD_NUMBER: _builtins.int
+    member_order_number: _builtins.int
+    """1 for the member's first order; 0 in entries written before tagging numbered orders."""
+    @_builtins.property
+    def order(self) -> _facts_pb2.Order:
+        """The order as the backend reported it; `name`, `refunded_amount_minor` and `record_time` are
+        not set (the entry's `create_time` is when it was recorded).
+        """
+
+    def __init__(
+        self,
+        *,
+        order: _facts_pb2.Order | None = ...,
+        member_order_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_order_number", b"member_order_number", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderRecorded: _TypeAlias = OrderRecorded  # noqa: Y015
+
+@_typing.final
+class RefundRecorded(_message.Message):
+    """A refund as recorded, with where its order stands after it, so a consumer can take back its
+    share of what the order earned without reading the order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    ORDER_STANDING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refund(self) -> _facts_pb2.Refund:
+        """The refund as recorded: `lines` are the lines and quantities it returned; `name` is not set."""
+
+    @_builtins.property
+    def order_standing(self) -> Global___OrderStanding:
+        """Unset in entries written before tagging reported it."""
+
+    def __init__(
+        self,
+        *,
+        refund: _facts_pb2.Refund | None = ...,
+        order_standing: Global___OrderStanding | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order_standing", b"order_standing", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_standing", b"order_standing", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundRecorded: _TypeAlias = RefundRecorded  # noqa: Y015
+
+@_typing.final
+class OrderStanding(_message.Message):
+    """Where an order stands after a refund."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    REFUNDED_AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    REFUNDED_IN_FULL_FIELD_NUMBER: _builtins.int
+    amount_minor: _builtins.int
+    refunded_amount_minor: _builtins.int
+    """Refunded so far, this refund included."""
+    refunded_in_full: _builtins.bool
+    """An order of some amount is refunded in full when its amount is; one of no amount, when every
+    item came back.
+    """
+    def __init__(
+        self,
+        *,
+        amount_minor: _builtins.int = ...,
+        refunded_amount_minor: _builtins.int = ...,
+        refunded_in_full: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "refunded_amount_minor", b"refunded_amount_minor", "refunded_in_full", b"refunded_in_full"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderStanding: _TypeAlias = OrderStanding  # noqa: Y015
+
+@_typing.final
+class TagChanged(_message.Message):
+    """A member gained or lost a tag value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    value: _builtins.str
+    change: Global___TagChange.ValueType
+    definition_version: _builtins.int
+    """The version of the dimension's definition that made the change."""
+    operator: _builtins.str
+    """Who made the change and why, for operator tags; empty for rule tags."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        value: _builtins.str = ...,
+        change: Global___TagChange.ValueType = ...,
+        definition_version: _builtins.int = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "definition_version", b"definition_version", "dimension", b"dimension", "operator", b"operator", "reason", b"reason", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagChanged: _TypeAlias = TagChanged  # noqa: Y015

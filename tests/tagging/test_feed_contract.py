@@ -1,0 +1,215 @@
+"""The feed's contract: each payload kind tagging writes comes back from ReadFeed as the typed
+message of its kind with the fields that were recorded, and the consumers' reader
+(services.common.tagging_feed) turns it into the matching value."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
+
+from services.common import tagging_feed
+from services.common.db import Database
+from services.tagging import feed_store
+from services.tagging.domain import FeedKind
+from tests.conftest import ACME, TENANT_ACME
+from tests.tagging.facts_helpers import (
+    PAID,
+    a_refund,
+    an_event,
+    an_order,
+    new_member,
+    record_events,
+    record_order,
+    record_refund,
+)
+from tests.tagging.test_catalog import create, dimension
+from tests.tagging.test_feed import read_all
+from tests.tagging.test_operator_tags import add, operator_dimension, remove
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
+
+
+def of(entries: list[feed_pb2.FeedEntry], member_id: str, kind: int) -> list[feed_pb2.FeedEntry]:
+    return [e for e in entries if e.member_id == member_id and e.kind == kind]
+
+
+async def test_member_changes_carry_the_revision(tagging_stub: Stub) -> None:
+    _, start = await read_all(tagging_stub)
+    member_id = await new_member(tagging_stub)
+    member = member_pb2.Member(member_id=member_id)
+    member.profile.city = "Ningbo"
+    await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    entries = of((await read_all(tagging_stub, start))[0], member_id, feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED)
+    assert [e.WhichOneof("payload") for e in entries] == ["member_changed", "member_changed"]
+    assert [e.member_changed.revision for e in entries] == [1, 2]
+    read = [tagging_feed.read_entry(e) for e in entries]
+    assert [r.payload for r in read] == [tagging_feed.MemberChanged(1), tagging_feed.MemberChanged(2)]
+    assert [r.kind for r in read] == [tagging_feed.FeedKind.MEMBER_CHANGED] * 2
+    assert [isinstance(r.payload, tagging_feed.MemberChanged) and r.payload.registered for r in read] == [
+        True,
+        False,
+    ]
+
+
+async def test_orders_carry_the_order_with_its_lines_and_number(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    sent = an_order(member_id)
+    await record_order(tagging_stub, sent)
+    (entry,) = of(
+        (await read_all(tagging_stub, start))[0], member_id, feed_pb2.FEED_ENTRY_KIND_ORDER_RECORDED
+    )
+    assert entry.WhichOneof("payload") == "order_recorded"
+    assert entry.order_recorded.order == sent
+    assert entry.order_recorded.member_order_number == 1
+    assert tagging_feed.read_entry(entry).payload == tagging_feed.OrderRecorded(
+        order_id=sent.order_id,
+        member_order_number=1,
+        paid_time=PAID,
+        amount_minor=25_800,
+        store="tmall",
+        payment_method="alipay",
+        lines=(
+            tagging_feed.OrderLine("1", "sku-1", "skincare", "acme", 2, 9_900),
+            tagging_feed.OrderLine("2", "sku-2", "makeup", "acme", 3, 2_000),
+        ),
+    )
+
+
+async def test_refunds_carry_the_refund_and_where_its_order_stands(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    order = await record_order(tagging_stub, an_order(member_id))
+    _, start = await read_all(tagging_stub)
+    sent = a_refund(order.order_id, lines=[facts_pb2.RefundLine(line_id="1", quantity=1)], amount_minor=9_900)
+    await record_refund(tagging_stub, sent)
+    (entry,) = of(
+        (await read_all(tagging_stub, start))[0], member_id, feed_pb2.FEED_ENTRY_KIND_REFUND_RECORDED
+    )
+    assert entry.WhichOneof("payload") == "refund_recorded"
+    refund = entry.refund_recorded.refund
+    assert (refund.refund_id, refund.order_id, refund.member_id, refund.amount_minor) == (
+        sent.refund_id,
+        order.order_id,
+        member_id,
+        9_900,
+    )
+    assert refund.refund_time == sent.refund_time
+    assert list(refund.lines) == list(sent.lines)
+    assert entry.refund_recorded.order_standing == feed_pb2.OrderStanding(
+        amount_minor=25_800, refunded_amount_minor=9_900, refunded_in_full=False
+    )
+    assert tagging_feed.read_entry(entry).payload == tagging_feed.RefundRecorded(
+        refund_id=sent.refund_id,
+        order_id=order.order_id,
+        refund_time=PAID + dt.timedelta(days=2),
+        amount_minor=9_900,
+        lines=(tagging_feed.RefundLine("1", 1),),
+        order_standing=tagging_feed.OrderStanding(25_800, 9_900, False),
+    )
+
+
+async def test_events_carry_the_behaviour_event(tagging_stub: Stub) -> None:
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    sent = [
+        an_event(member_id),
+        an_event(member_id, kind=facts_pb2.EVENT_KIND_SEARCH, query="sun cream", brand="acme", sku=""),
+    ]
+    await record_events(tagging_stub, sent)
+    entries = of((await read_all(tagging_stub, start))[0], member_id, feed_pb2.FEED_ENTRY_KIND_EVENT_RECORDED)
+    assert [e.WhichOneof("payload") for e in entries] == ["event_recorded", "event_recorded"]
+    assert sorted((e.event_recorded for e in entries), key=lambda e: e.event_id) == sorted(
+        sent, key=lambda e: e.event_id
+    )
+    read = {r.subject_id: r.payload for r in map(tagging_feed.read_entry, entries)}
+    assert read[sent[1].event_id] == tagging_feed.EventRecorded(
+        event_id=sent[1].event_id,
+        kind=tagging_feed.EventKind.SEARCH,
+        occur_time=PAID - dt.timedelta(hours=3),
+        sku="",
+        category="skincare",
+        brand="acme",
+        query="sun cream",
+        channel="app",
+    )
+
+
+async def test_tag_changes_carry_dimension_value_change_and_who(tagging_stub: Stub) -> None:
+    name = dimension()
+    version = (await create(tagging_stub, operator_dimension(name))).version
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    await add(tagging_stub, name, "vip_hotline", [member_id])
+    await remove(tagging_stub, name, "vip_hotline", [member_id])
+    # Real-time dimensions other tests defined may tag the member too: not this test's subject.
+    entries = [
+        e
+        for e in of((await read_all(tagging_stub, start))[0], member_id, feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED)
+        if e.subject_id == name
+    ]
+    assert [e.WhichOneof("payload") for e in entries] == ["tag_changed", "tag_changed"]
+    assert [e.tag_changed for e in entries] == [
+        feed_pb2.TagChanged(
+            dimension=name,
+            value="vip_hotline",
+            change=feed_pb2.TAG_CHANGE_ADDED,
+            definition_version=version,
+            operator="alice@ops",
+            reason="called the hotline",
+        ),
+        feed_pb2.TagChanged(
+            dimension=name,
+            value="vip_hotline",
+            change=feed_pb2.TAG_CHANGE_REMOVED,
+            definition_version=version,
+            operator="bob@ops",
+            reason="resolved",
+        ),
+    ]
+    assert [tagging_feed.read_entry(e).payload for e in entries] == [
+        tagging_feed.TagChanged(
+            name, "vip_hotline", tagging_feed.TagChange.ADDED, version, "alice@ops", "called the hotline"
+        ),
+        tagging_feed.TagChanged(
+            name, "vip_hotline", tagging_feed.TagChange.REMOVED, version, "bob@ops", "resolved"
+        ),
+    ]
+
+
+async def test_entries_written_before_a_field_existed_read_as_unset(tagging_stub: Stub, db: Database) -> None:
+    """Orders before tagging numbered them and refunds before it reported the order's standing."""
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    async with db.transaction(TENANT_ACME) as conn:
+        await feed_store.append_feed(
+            conn,
+            TENANT_ACME,
+            FeedKind.ORDER_RECORDED,
+            member_id,
+            "o-old",
+            {"order_id": "o-old", "amount_minor": 5},
+        )
+        await feed_store.append_feed(
+            conn,
+            TENANT_ACME,
+            FeedKind.REFUND_RECORDED,
+            member_id,
+            "r-old",
+            {"order_id": "o-old", "amount_minor": 5},
+        )
+    order, refund = [
+        tagging_feed.read_entry(e).payload
+        for e in (await read_all(tagging_stub, start))[0]
+        if e.member_id == member_id and e.subject_id in ("o-old", "r-old")
+    ]
+    assert isinstance(order, tagging_feed.OrderRecorded) and isinstance(refund, tagging_feed.RefundRecorded)
+    assert (order.order_id, order.amount_minor, order.member_order_number, order.paid_time) == (
+        "o-old",
+        5,
+        0,
+        None,
+    )
+    assert (refund.order_id, refund.amount_minor, refund.order_standing) == ("o-old", 5, None)
