@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 
@@ -58,3 +59,28 @@ def test_feed_cursors_out_of_xid8_or_bigint_range_are_refused(cursor: str) -> No
 
 def test_the_largest_cursor_that_fits_is_read() -> None:
     assert outbox.parse_cursor(f"{2**64 - 1}-{2**63 - 1}") == (2**64 - 1, 2**63 - 1)
+
+
+def test_an_id_keyed_list_takes_only_a_key_its_id_pattern_matches() -> None:
+    ids = re.compile(r"^[a-z]+\Z")
+    assert page_tokens.decode_matching("", "s", ids) == ""
+    assert page_tokens.decode_matching(page_tokens.encode("s", "abc"), "s", ids) == "abc"
+    with pytest.raises(InvalidArgument) as caught:
+        page_tokens.decode_matching(page_tokens.encode("s", "ABC"), "s", ids)
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("page_token", "is not a token this list returned")
+    ]
+
+
+@pytest.mark.parametrize(("asked", "size"), [(0, 100), (1, 1), (1000, 1000)])
+def test_a_page_size_of_zero_is_the_default_and_the_rest_is_taken_as_asked(asked: int, size: int) -> None:
+    assert page_tokens.page_size(asked, 100, 1000) == size
+
+
+@pytest.mark.parametrize("asked", [-1, 1001])
+def test_a_page_size_out_of_range_is_invalid_argument_saying_the_range(asked: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        page_tokens.page_size(asked, 100, 1000)
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("page_size", "must be between 1 and 1000 (0 means 100)")
+    ]
