@@ -37,8 +37,8 @@ from temporalio.testing import WorkflowEnvironment
 from bench import dataset, servers
 from deploy import binaries, devstack
 from deploy.devstack import ROOT, SEARCH_ATTRIBUTES
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from workflows.journeys import store as journeys_store
 from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow

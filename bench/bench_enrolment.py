@@ -38,8 +38,8 @@ from bench import servers
 from bench.bare_workflow import BareActivities, BareWorkflow
 from deploy import binaries
 from deploy.devstack import SEARCH_ATTRIBUTES
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.activities import IN_FLIGHT
 from workflows.dispatcher.payloads import DispatcherInput

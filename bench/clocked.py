@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from bench.servers import CLOCK_ENV
-from services.common import app
+from runtime import app
 
 
 def parse(spec: str) -> Callable[[], dt.datetime]:

@@ -52,7 +52,7 @@ import asyncpg
 from bench import servers
 from deploy import localpg
 from deploy.devstack import ROOT
-from services.common import app, migrations
+from runtime import app, migrations
 from services.tagging import server as tagging_server
 
 # Bump whenever the generated rows change, so caches of the old data are not reused.

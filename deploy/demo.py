@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from services.common.config import Settings
+from runtime.config import Settings
 from workflows.journeys.client import workflow_id
 from workflows.journeys.shipped import NEW_CUSTOMER
 from workflows.journeys.workflow import JourneyWorkflow

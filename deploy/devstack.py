@@ -36,7 +36,7 @@ from temporalio.service import RPCError
 from deploy import binaries, localpg
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
-from services.common.config import ConfigError, Settings
+from runtime.config import ConfigError, Settings
 from workflows.dispatcher.__main__ import ensure_all as ensure_dispatchers
 from workflows.journeys.channels.config import ENV_PREFIX, HTTP_CHANNELS
 from workflows.periodic import schedules

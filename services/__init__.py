@@ -1,1 +1,1 @@
-"""MemberOps gRPC services: tagging, audience and tasks, on shared plumbing in `services.common`."""
+"""MemberOps gRPC services: tagging, audience and tasks, on shared plumbing in `runtime`."""

@@ -13,10 +13,10 @@ import pytest
 from memberops.tagging.v1 import tagging_service_pb2_grpc
 
 from deploy import localpg
+from runtime import app, logs
+from runtime.config import Settings
+from runtime.db import Database
 from services.audience import server as audience_server
-from services.common import app, logs
-from services.common.config import Settings
-from services.common.db import Database
 from services.tagging import server as tagging_server
 from services.tasks import server as tasks_server
 

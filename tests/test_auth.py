@@ -7,8 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common.auth import TokenAuthenticator
-from services.common.errors import Unauthenticated
+from runtime.auth import TokenAuthenticator
+from runtime.errors import Unauthenticated
 from tests.conftest import TOKEN_ACME
 from tests.grpc_helpers import health_stub
 

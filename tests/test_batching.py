@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.common.batching import Batcher, KeyedBatcher
+from runtime.batching import Batcher, KeyedBatcher
 
 
 class Recorder:

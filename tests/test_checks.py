@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common import checks
-from services.common.errors import Violations
+from runtime import checks
+from runtime.errors import Violations
 
 
 @pytest.mark.parametrize("value", ["m-1\n", "m-1\r\n", "\nm-1", "m 1", "", "x" * 65])

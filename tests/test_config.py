@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import ConfigError, Settings, parse_tokens
+from runtime.config import ConfigError, Settings, parse_tokens
 
 
 def test_defaults_need_no_environment() -> None:

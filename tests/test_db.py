@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.common import app
-from services.common.db import Database, savepoint
+from runtime import app
+from runtime.db import Database, savepoint
 from tests.conftest import unique
 
 INSERT = "INSERT INTO tagging.members (tenant_id, member_id) VALUES ('acme', $1)"

@@ -13,8 +13,8 @@ import pytest
 from google.protobuf import struct_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
-from services.common import inbound
-from services.common.errors import InvalidArgument
+from runtime import inbound
+from runtime.errors import InvalidArgument
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import failure, field_violations
 

@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from services.common import auth
-from services.common.errors import InvalidArgument, NotFound
-from services.common.grpc_server import GrpcServer, ServiceBinding
+from runtime import auth
+from runtime.errors import InvalidArgument, NotFound
+from runtime.grpc_server import GrpcServer, ServiceBinding
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TOKEN_ACME, TOKEN_GLOBEX
 from tests.grpc_helpers import field_violations
 

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common import logs
+from runtime import logs
 from tests.conftest import ACME, TOKEN_ACME
 from tests.waiting import eventually
 

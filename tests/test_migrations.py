@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common import app, migrations
+from runtime import app, migrations
 from services.tagging import server as tagging_server
 from tests.conftest import unique
 

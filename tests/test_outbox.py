@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.common import app, outbox
-from services.common.db import APP_ROLE, Database
+from runtime import app, outbox
+from runtime.db import APP_ROLE, Database
 
 RELATION = "outbox_test.feed"
 

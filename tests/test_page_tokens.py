@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from services.common import outbox, page_tokens
-from services.common.errors import InvalidArgument
+from runtime import outbox, page_tokens
+from runtime.errors import InvalidArgument
 
 
 def _raw(body: object) -> str:

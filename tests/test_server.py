@@ -11,8 +11,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from services.common import app
-from services.common.config import Settings
+from runtime import app
+from runtime.config import Settings
 from services.tagging import server as tagging_server
 from tests.grpc_helpers import health_stub, reflection_stub
 

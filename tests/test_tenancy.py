@@ -7,8 +7,8 @@ import grpc
 import pytest
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common import app
-from services.common.db import Database
+from runtime import app
+from runtime.db import Database
 from services.tagging import server as tagging_server
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from workflows.journeys import store as journeys_store

@@ -17,9 +17,9 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from services.common import logs
-from services.common.config import Settings, env_number
-from services.common.db import Database
+from runtime import logs
+from runtime.config import Settings, env_number
+from runtime.db import Database
 from workflows.dispatcher.activities import DispatcherActivities
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store

@@ -13,6 +13,8 @@ from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
 
+from runtime.auth import current_tenant
+from runtime.errors import InvalidArgument
 from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
 from services.audience.dynamic import Memberships
@@ -20,8 +22,6 @@ from services.audience.evaluation import Evaluator, member_id_from_name
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits, ExportSlots
 from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
 from services.audience.stream_budget import within_idle_budget
-from services.common.auth import current_tenant
-from services.common.errors import InvalidArgument
 
 
 def utc_now() -> dt.datetime:

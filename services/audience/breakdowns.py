@@ -12,10 +12,10 @@ import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
 
+from runtime.db import Database
+from runtime.errors import InvalidArgument, Violations
 from services.audience import definitions, store
 from services.audience.evaluation import Evaluator
-from services.common.db import Database
-from services.common.errors import InvalidArgument, Violations
 
 MAX_WEEKS = 520
 MAX_WINDOW_DAYS = 3650

@@ -26,7 +26,7 @@ from typing import Any
 
 from memberops.audience.v1 import audience_pb2
 
-from services.common.errors import FailedPrecondition
+from runtime.errors import FailedPrecondition
 from services.tagging import rules
 
 VIEWS = rules.Relations(

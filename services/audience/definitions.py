@@ -19,10 +19,9 @@ from typing import Any
 from google.protobuf import json_format
 from memberops.audience.v1 import audience_pb2
 
-from services.audience import store
-from services.common import page_tokens
-from services.common.db import Connection, Database
-from services.common.errors import (
+from runtime import page_tokens
+from runtime.db import Connection, Database
+from runtime.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
@@ -30,6 +29,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
+from services.audience import store
 from services.tagging import rules
 
 AUDIENCE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")

@@ -21,12 +21,12 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime import outbox, rounds
+from runtime.db import Connection, Database
+from runtime.errors import NotFound
+from runtime.logs import get_logger
 from services.audience import store
 from services.audience.evaluation import Evaluator
-from services.common import outbox, rounds
-from services.common.db import Connection, Database
-from services.common.errors import NotFound
-from services.common.logs import get_logger
 
 log = get_logger("memberops.audience.dynamic")
 

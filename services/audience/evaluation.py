@@ -9,7 +9,7 @@ CheckMembership, on the hot path of coupon claims and group entry, answers a dyn
 the membership index, without a statement. Otherwise it skips the load: it runs the statement
 compiled for the versions it last saw, guarded by a test that those are still the current ones, and
 loads only when the guard fails (or the member is unknown). Checks that arrive while one runs are
-answered together by the next statement (`services.common.batching`).
+answered together by the next statement (`runtime.batching`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from memberops.audience.v1 import audience_pb2
 
+from runtime import checks, page_tokens
+from runtime.batching import KeyedBatcher
+from runtime.db import Connection, Database, Plans
+from runtime.errors import InvalidArgument, NotFound, Violations
 from services.audience import compiler, definitions, store
 from services.audience.export_reader import ExportReader, ReadSlots
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
-from services.common import checks, page_tokens
-from services.common.batching import KeyedBatcher
-from services.common.db import Connection, Database, Plans
-from services.common.errors import InvalidArgument, NotFound, Violations
 
 if TYPE_CHECKING:
     from asyncpg.cursor import Cursor

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 if TYPE_CHECKING:
     from asyncpg.cursor import Cursor

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.errors import ResourceExhausted
+from runtime.errors import ResourceExhausted
 
 
 @dataclass(frozen=True)

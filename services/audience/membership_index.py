@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from runtime import outbox
+from runtime.db import Database
+from runtime.logs import get_logger
 from services.audience import store
-from services.common import outbox
-from services.common.db import Database
-from services.common.logs import get_logger
 
 log = get_logger("memberops.audience.index")
 

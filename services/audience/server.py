@@ -12,6 +12,10 @@ from pathlib import Path
 
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.grpc_server import ServiceBinding
 from services.audience.api import AudienceApi, utc_now
 from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
@@ -20,10 +24,6 @@ from services.audience.evaluation import Evaluator
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
 from services.audience.snapshots import Snapshots
-from services.common import app
-from services.common.config import Settings
-from services.common.db import Database
-from services.common.grpc_server import ServiceBinding
 
 SERVICE = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"]
 

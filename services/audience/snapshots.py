@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runtime import page_tokens
+from runtime.buckets import BUCKETS, bucket_sql
+from runtime.db import Database
+from runtime.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from services.audience import store
 from services.audience.evaluation import Evaluator
-from services.common import page_tokens
-from services.common.buckets import BUCKETS, bucket_sql
-from services.common.db import Database
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 
 ARM_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}\Z")

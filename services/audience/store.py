@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from services.common import outbox
-from services.common.db import Connection
+from runtime import outbox
+from runtime.db import Connection
 
 # --- definitions ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common.logs import get_logger
+from runtime.logs import get_logger
 
 log = get_logger("memberops.audience.streams")
 

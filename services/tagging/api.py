@@ -20,9 +20,9 @@ from memberops.tagging.v1 import (
     tags_pb2,
 )
 
-from services.common import checks
-from services.common.auth import current_tenant
-from services.common.errors import FieldViolation, InvalidArgument, Violations
+from runtime import checks
+from runtime.auth import current_tenant
+from runtime.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog
 from services.tagging.catalog import Catalog
 from services.tagging.domain import (

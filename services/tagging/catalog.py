@@ -21,9 +21,9 @@ from typing import Any
 from google.protobuf import json_format
 from memberops.tagging.v1 import models_pb2, rules_pb2
 
-from services.common import checks, page_tokens
-from services.common.db import Database
-from services.common.errors import (
+from runtime import checks, page_tokens
+from runtime.db import Database
+from runtime.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 _DEFINITION = """
 SELECT d.dimension, v.version, d.state, v.body::text AS body, v.content_hash, d.create_time,

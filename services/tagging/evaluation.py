@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import checks, page_tokens
-from services.common.db import Connection, Database
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from runtime import checks, page_tokens
+from runtime.db import Connection, Database
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tagging import catalog, definition_store, member_store, member_tag_store, refresh_store, rules
 
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch

@@ -3,7 +3,7 @@ Every function runs on a connection already inside a tenant transaction."""
 
 from __future__ import annotations
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tagging.domain import BehaviorEvent, FeedKind
 
 _INSERT_EVENTS = """

@@ -13,9 +13,9 @@ import hashlib
 import json
 from typing import Any
 
-from services.common import checks
-from services.common.db import Database
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
+from runtime import checks
+from runtime.db import Database
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Violations
 from services.tagging import event_store, feed_store, member_store, order_store, refresh_store
 from services.tagging.domain import (
     BehaviorEvent,

@@ -12,9 +12,9 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
-from services.common.db import Database
-from services.common.errors import ResourceExhausted
-from services.common.outbox import last_settled, page_size, parse_cursor
+from runtime.db import Database
+from runtime.errors import ResourceExhausted
+from runtime.outbox import last_settled, page_size, parse_cursor
 from services.tagging import feed_store
 from services.tagging.domain import FeedEntry, FeedKind
 from services.tagging.feed_head import FeedHeads

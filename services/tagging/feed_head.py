@@ -12,8 +12,8 @@ import asyncio
 import contextvars
 from dataclasses import dataclass, field
 
-from services.common.db import Database
-from services.common.outbox import Position, last_settled, parse_cursor
+from runtime.db import Database
+from runtime.outbox import Position, last_settled, parse_cursor
 
 
 @dataclass

@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from services.common import outbox
-from services.common.db import Connection
+from runtime import outbox
+from runtime.db import Connection
 from services.tagging.domain import FeedEntry, FeedKind
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tagging.domain import Contact, Member, MemberInput, Profile
 
 _MEMBER_COLUMNS = """member_id, gender, birthday, city, city_tier, register_time, register_channel,

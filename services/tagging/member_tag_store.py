@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tagging.domain import FeedKind
 
 

@@ -11,9 +11,9 @@ import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
-from services.common import checks
-from services.common.db import Connection, Database
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from runtime import checks
+from runtime.db import Connection, Database
+from runtime.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import feed_store, member_store, refresh_store
 from services.tagging.domain import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
 from services.tagging.realtime import RealTimeTags, input_bits

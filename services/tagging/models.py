@@ -17,7 +17,7 @@ from typing import Any
 
 from memberops.tagging.v1 import facts_pb2, models_pb2
 
-from services.common.errors import Violations
+from runtime.errors import Violations
 from services.tagging.rules import MAX_WINDOW_DAYS, CompiledDimension, Input
 
 SINGLE = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.common.db import Connection
-from services.common.errors import AlreadyExists, NotFound
+from runtime.db import Connection
+from runtime.errors import AlreadyExists, NotFound
 from services.tagging.domain import Order, OrderInput, OrderLine, OrderState, Refund, RefundLine
 
 

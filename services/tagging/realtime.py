@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from services.common.db import Database
-from services.common.logs import get_logger
+from runtime.db import Database
+from runtime.logs import get_logger
 from services.tagging import refresh_store
 from services.tagging.evaluation import INPUT_BITS, NEW_MEMBER, Tagger
 from services.tagging.rules import Input

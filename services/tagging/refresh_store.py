@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 async def queue_refresh(conn: Connection, tenant_id: str, member_ids: Sequence[str], inputs: int) -> None:

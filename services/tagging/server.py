@@ -10,10 +10,10 @@ from pathlib import Path
 
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common import app
-from services.common.config import Settings, env_number
-from services.common.db import Database
-from services.common.grpc_server import ServiceBinding
+from runtime import app
+from runtime.config import Settings, env_number
+from runtime.db import Database
+from runtime.grpc_server import ServiceBinding
 from services.tagging import builtins
 from services.tagging.api import TaggingApi, utc_now
 from services.tagging.catalog import Catalog

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.db import Connection, Database
-from services.common.errors import NotFound, Violations
+from runtime.db import Connection, Database
+from runtime.errors import NotFound, Violations
 from services.tagging import catalog, definition_store, stats_store
 
 _DEFINITION_PAGE = 1000

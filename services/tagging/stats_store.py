@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from memberops.tasks.v1 import (
     tasks_service_pb2_grpc,
 )
 
-from services.common.auth import current_tenant
-from services.common.errors import InvalidArgument, Violations
+from runtime.auth import current_tenant
+from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp

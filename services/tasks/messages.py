@@ -11,8 +11,8 @@ from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 from memberops.tasks.v1 import levels_pb2, points_pb2, rewards_pb2, tasks_pb2, tasks_service_pb2
 
-from services.common import checks
-from services.common.errors import Violations
+from runtime import checks
+from runtime.errors import Violations
 from services.tasks.levels.levels import FeedEntry, MemberLevel, Policy, Tier
 from services.tasks.points import ledger
 from services.tasks.points.leaderboards import Place

@@ -16,9 +16,9 @@ from google.protobuf import field_mask_pb2
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common.config import Settings
-from services.common.errors import Unavailable
-from services.common.tagging_feed import read_entry
+from runtime.config import Settings
+from runtime.errors import Unavailable
+from runtime.tagging_feed import read_entry
 from services.tasks.feed.source import FACT_KINDS, FeedEntry
 from services.tasks.tasks.definitions import ProfileField
 
@@ -28,7 +28,7 @@ KNOWN_MEMBERS = 100_000
 _T = TypeVar("_T")
 
 # A peer answered that what was asked names nothing: NOT_FOUND, or INVALID_ARGUMENT for an id by
-# a rule this service checks its callers' ids by too (services.common.checks), so one no caller
+# a rule this service checks its callers' ids by too (runtime.checks), so one no caller
 # of ours can send, and one that can never exist.
 ABSENT = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
 # The peer did not answer in time: down, restarting or overloaded. Retrying later may succeed.

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from memberops.tasks.v1 import tasks_service_pb2, tasks_service_pb2_grpc
 
-from services.common import app
-from services.common.config import Settings
-from services.common.db import Database
-from services.common.grpc_server import ServiceBinding
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.grpc_server import ServiceBinding
 from services.tasks.api import TasksApi, TaskServices, utc_now
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed

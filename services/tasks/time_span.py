@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from services.common import checks
-from services.common.errors import Violations
+from runtime import checks
+from runtime.errors import Violations
 
 EARLIEST = checks.EARLIEST
 LATEST = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from memberops.audience.v1 import audience_service_pb2_grpc
 
-from services.common import app
+from runtime import app
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.audience.helpers import Match, all_of, audience_id, count, create, in_batch, member, member_of, tag
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
+from runtime import outbox
+from runtime.db import Database
 from services.audience import dynamic
 from services.audience.evaluation import Evaluator
-from services.common import outbox
-from services.common.db import Database
 from tests.audience.helpers import all_of, fact, in_batch, member, member_of, now, order, order_count
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad

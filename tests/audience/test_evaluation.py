@@ -11,8 +11,8 @@ import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
+from runtime.db import Connection, Database
 from services.audience import evaluation
-from services.common.db import Connection, Database
 from tests.audience.helpers import (
     CART,
     FAVOURITE,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from runtime.db import Connection, Database
 from services.audience import export_reader
 from services.audience.export_reader import ExportReader, ReadSlots
-from services.common.db import Connection, Database
 from tests.conftest import TENANT_ACME
 
 HANG = 10

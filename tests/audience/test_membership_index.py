@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
+from runtime.db import Database
 from services.audience import membership_index
 from services.audience.definitions import AudienceInput, Definitions
 from services.audience.membership_index import MembershipIndex
-from services.common.db import Database
 from tests.audience.helpers import all_of, check, fact, in_batch, member, order, order_count
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.tagging.rule_builders import Op

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
-    from services.common.db import Database
+    from runtime.db import Database
 
 # Four minutes ahead, in days: within the clock skew tagging accepts, and still ahead while the test runs.
 AHEAD = 4 / 1440

@@ -18,13 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.errors import ResourceExhausted
 from services.audience import server as audience_server
 from services.audience.exports import ExportLimits, ExportSlots
 from services.audience.stream_budget import within_idle_budget
-from services.common import app
-from services.common.config import Settings
-from services.common.db import Database
-from services.common.errors import ResourceExhausted
 from tests.audience.helpers import create, import_batch, in_batch
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import health_stub

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
-from services.common.buckets import bucket
+from runtime.buckets import bucket
 from tests.audience.helpers import create, import_batch, in_batch, member
 from tests.conftest import ACME, GLOBEX, unique
 from tests.grpc_helpers import field_violations

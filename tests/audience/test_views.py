@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
+from runtime.db import Database
 from services.audience import compiler
-from services.common.db import Database
 from tests.audience.helpers import (
     CART,
     Match,

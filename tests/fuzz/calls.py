@@ -9,7 +9,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import FUZZ, TENANT_FUZZ
 from tests.fuzz.discovery import Rpc
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common import app
-from services.common.db import Database
+from runtime import app
+from runtime.db import Database
 from tests.conftest import TOKEN_ACME, TOKEN_FUZZ
 from tests.fuzz import bases, calls, discovery, mutations
 from tests.fuzz.discovery import Rpc

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
 
-from services.common import outbox
-from services.common.db import Database
+from runtime import outbox
+from runtime.db import Database
 from services.tagging import feed_store
 from services.tagging.domain import FeedKind
 from tests.conftest import ACME, GLOBEX, TENANT_ACME

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
-from services.common import app
-from services.common.db import Database
+from runtime import app
+from runtime.db import Database
 from services.tagging import feed
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 from tests.tagging.facts_helpers import new_member

@@ -1,6 +1,6 @@
 """The feed's contract: each payload kind tagging writes comes back from ReadFeed as the typed
 message of its kind with the fields that were recorded, and the consumers' reader
-(services.common.tagging_feed) turns it into the matching value."""
+(runtime.tagging_feed) turns it into the matching value."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
 
-from services.common import tagging_feed
-from services.common.db import Database
+from runtime import tagging_feed
+from runtime.db import Database
 from services.tagging import feed_store
 from services.tagging.domain import FeedKind
 from tests.conftest import ACME, TENANT_ACME

@@ -11,7 +11,7 @@ import pytest
 from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tags_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tagging import member_store
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.grpc_helpers import field_violations

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from memberops.tagging.v1 import tagging_service_pb2, tags_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import ACME, TENANT_ACME
 from tests.tagging.facts_helpers import an_order, new_member, record_order, stamp
 from tests.tagging.test_catalog import create, dimension, frequency, update

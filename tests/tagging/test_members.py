@@ -12,7 +12,7 @@ from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.type import date_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 from tests.grpc_helpers import failure, field_violations
 

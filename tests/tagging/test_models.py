@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import json_format
 from memberops.tagging.v1 import facts_pb2, member_pb2, models_pb2, rules_pb2, tagging_service_pb2, tags_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tagging import builtins, server
 from tests.conftest import ACME, INITECH, TENANT_ACME, unique
 from tests.grpc_helpers import field_violations

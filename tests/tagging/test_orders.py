@@ -10,7 +10,7 @@ import grpc
 import pytest
 from memberops.tagging.v1 import facts_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import GLOBEX, TENANT_ACME, unique
 from tests.grpc_helpers import field_violations
 from tests.tagging.facts_helpers import (

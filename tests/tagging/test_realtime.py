@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tagging import order_store, refresh_store
 from services.tagging.api import order_from_proto
 from services.tagging.evaluation import Tagger

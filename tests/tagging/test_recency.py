@@ -25,7 +25,7 @@ from tests.tagging.facts_helpers import (
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
 
-    from services.common.db import Database
+    from runtime.db import Database
 
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 CATEGORIES = ("skincare", "makeup", "")

@@ -10,8 +10,8 @@ import pytest
 from google.type import date_pb2
 from memberops.tagging.v1 import facts_pb2, member_pb2, rules_pb2, tagging_service_pb2
 
-from services.common.db import Database
-from services.common.errors import InvalidArgument, Violations
+from runtime.db import Database
+from runtime.errors import InvalidArgument, Violations
 from services.tagging import rules
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import (

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from memberops.tagging.v1 import tagging_service_pb2, tags_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import ACME, GLOBEX, TENANT_ACME
 from tests.grpc_helpers import field_violations
 from tests.tagging.facts_helpers import new_member

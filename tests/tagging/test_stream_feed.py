@@ -12,8 +12,8 @@ import grpc
 import pytest
 from memberops.tagging.v1 import feed_pb2, tagging_service_pb2
 
-from services.common import outbox
-from services.common.db import Database
+from runtime import outbox
+from runtime.db import Database
 from services.tagging import feed
 from tests.conftest import ACME
 from tests.grpc_helpers import field_violations

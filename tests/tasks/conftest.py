@@ -11,9 +11,9 @@ import pytest
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2_grpc
 
-from services.common import app
-from services.common.config import Settings
-from services.common.db import Database
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.peers import Peers
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from memberops.tagging.v1 import facts_pb2, tagging_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tasks.feed.follower import FeedFollower
 from tests.conftest import INITECH, TENANT_INITECH, unique
 from tests.tasks.task_helpers import stamp

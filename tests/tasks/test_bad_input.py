@@ -9,7 +9,7 @@ import grpc
 import pytest
 from memberops.tasks.v1 import rewards_pb2, tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.points_helpers import NEVER, ORDER, ROLLING, TASK

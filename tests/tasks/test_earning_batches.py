@@ -15,9 +15,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
-from services.common import app
-from services.common.db import Connection, Database
-from services.common.errors import AlreadyExists, FailedPrecondition
+from runtime import app
+from runtime.db import Connection, Database
+from runtime.errors import AlreadyExists, FailedPrecondition
 from services.tasks.peers import Peers
 from services.tasks.points import ledger_store
 from services.tasks.points.ledger import Earn, Expiry, ExpiryPolicy, Ledger, Reason

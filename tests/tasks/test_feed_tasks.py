@@ -16,9 +16,9 @@ import grpc
 from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
 from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
-from services.common.config import Settings
-from services.common.db import Database
-from services.common.errors import Unavailable
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.errors import Unavailable
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.peers import Peers
 from tests.audience import helpers as audience

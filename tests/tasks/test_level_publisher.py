@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from memberops.tagging.v1 import tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tasks.levels import tasks_feed_store
 from services.tasks.levels.publisher import LevelPublisher
 from services.tasks.peers import Peers

@@ -11,7 +11,7 @@ import pytest
 from google.type import date_pb2
 from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.audience import helpers as audience
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure

@@ -12,7 +12,7 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from memberops.tasks.v1 import tasks_service_pb2 as pb
 
-from services.common.errors import Unavailable
+from runtime.errors import Unavailable
 from services.tasks import peers
 from services.tasks.peers import PeerFailed, Peers
 from tests.conftest import ACME, TENANT_ACME, unique
@@ -23,8 +23,8 @@ from tests.tasks.test_bad_input import earn_request, written
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
-    from services.common.config import Settings
-    from services.common.db import Database
+    from runtime.config import Settings
+    from runtime.db import Database
 
 BAD_IDS = ["a b", "x" * 65, "m-😀", "' OR 1=1;--"]
 TASK_NAME = "tasks/no-such-task"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.points import ledger, ledger_store
 from tests.conftest import INITECH, TENANT_INITECH

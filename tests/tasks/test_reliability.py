@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import grpc
 from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import ACME, INITECH, TENANT_ACME, unique
 from tests.grpc_helpers import failure
 from tests.tasks.conftest import Clock, Members

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 from memberops.tasks.v1 import points_pb2, tasks_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from tests.conftest import TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.conftest import Clock

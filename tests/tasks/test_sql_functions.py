@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.common import migrations
+from runtime import migrations
 from services.tasks.server import DEFINITION
 
 CREATE = re.compile(r"^CREATE (?:OR REPLACE )?FUNCTION (?:tasks\.)?(\w+)\(", re.MULTILINE)

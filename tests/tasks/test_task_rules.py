@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tasks.feed.follower import FeedFollower
 from tests.audience import helpers as audience
 from tests.conftest import ACME, INITECH, TENANT_ACME, TENANT_INITECH, unique

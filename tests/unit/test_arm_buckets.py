@@ -14,9 +14,9 @@ import random
 import string
 from collections import Counter
 
+from runtime.buckets import BUCKETS, bucket
+from runtime.errors import InvalidArgument
 from services.audience.snapshots import DEFAULT_ARMS, MAX_ARMS, validate_arms
-from services.common.buckets import BUCKETS, bucket
-from services.common.errors import InvalidArgument
 from workflows.journeys.cohort.delivery import split_arm
 from workflows.journeys.definition import Split, SplitArm, Step
 

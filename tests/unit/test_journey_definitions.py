@@ -16,7 +16,7 @@ import string
 
 import pytest
 
-from services.common.errors import InvalidArgument
+from runtime.errors import InvalidArgument
 from workflows.journeys.definition import (
     BROADCAST_STEP_KINDS,
     STEP_KINDS,

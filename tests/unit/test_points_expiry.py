@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
-from services.common.errors import InvalidArgument, Violations
+from runtime.errors import InvalidArgument, Violations
 from services.tasks.points.ledger import MAX_EXPIRY_DAYS, Expiry, ExpiryPolicy, expiry
 
 UTC = dt.UTC

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from runtime.errors import FailedPrecondition, InvalidArgument
 from services.tasks.tasks.definitions import Definition, SignInSpec, State, Task
 from services.tasks.tasks.signin import ONE_DAY, check_makeup_day, rejoined, streak_of
 from services.tasks.tasks.signin_store import SignInRow, StreakRow

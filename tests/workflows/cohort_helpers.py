@@ -14,8 +14,8 @@ from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually

@@ -16,9 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from deploy import binaries
 from deploy.devstack import SEARCH_ATTRIBUTES
-from services.common import app
-from services.common.config import Settings
-from services.common.db import Database
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
 from tests.workflows import fakes
 from workflows.journeys import store as journeys_store
 from workflows.journeys.channels.config import ChannelSettings, HttpProviderSettings, SmtpSettings

@@ -14,9 +14,9 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_servic
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.buckets import bucket
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.buckets import bucket
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import ACME, unique
 from workflows.journeys import client, store
 from workflows.journeys.activities import holdout_salt

@@ -16,8 +16,8 @@ from memberops.tagging.v1 import tagging_service_pb2_grpc
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import TENANT_ACME
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, messages, snapshot_population

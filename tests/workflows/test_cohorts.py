@@ -19,9 +19,9 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.buckets import bucket
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.buckets import bucket
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import TENANT_ACME, unique
 from tests.waiting import eventually
 from tests.workflows import fakes

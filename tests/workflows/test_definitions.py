@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from temporalio.converter import DataConverter
 
-from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound
+from runtime.db import Database
+from runtime.errors import InvalidArgument, NotFound
 from tests.conftest import TENANT_ACME, TENANT_GLOBEX, unique
 from workflows.journeys import loading, store
 from workflows.journeys.definition import (

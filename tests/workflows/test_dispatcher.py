@@ -20,8 +20,8 @@ from memberops.tagging.v1 import facts_pb2, tagging_service_pb2, tagging_service
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import stamp

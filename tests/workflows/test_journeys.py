@@ -17,8 +17,8 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, Wor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually
 from tests.workflows import fakes

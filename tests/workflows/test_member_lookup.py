@@ -11,7 +11,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.config import Settings
+from runtime.config import Settings
 from tests.conftest import ACME, TENANT_ACME, unique
 from workflows.member_lookup.payloads import MemberLookupInput, MemberSummary
 from workflows.member_lookup.workflow import MemberLookupWorkflow

@@ -19,8 +19,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from services.common import app
-from services.common.config import ConfigError, Settings
+from runtime import app
+from runtime.config import ConfigError, Settings
 from tests.audience.helpers import member, order
 from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition, unique
 from tests.tasks.points_helpers import ROLLING, all_entries, earn

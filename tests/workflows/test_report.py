@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from services.common.config import Settings
-from services.common.db import Database
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import TENANT_ACME
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import journey, member_in, running, seed_member, start

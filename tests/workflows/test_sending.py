@@ -15,8 +15,8 @@ from memberops.tagging.v1 import tagging_service_pb2_grpc
 from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.testing import ActivityEnvironment
 
-from services.common.config import ConfigError, Settings
-from services.common.db import Database
+from runtime.config import ConfigError, Settings
+from runtime.db import Database
 from tests.conftest import TENANT_ACME, unique
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import phone_of, seed_member

@@ -15,9 +15,9 @@ import grpc
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from temporalio.client import Client
 
-from services.common import logs
-from services.common.config import Settings
-from services.common.db import Database
+from runtime import logs
+from runtime.config import Settings
+from runtime.db import Database
 from workflows.dispatcher import store
 from workflows.dispatcher.client import dispatcher_id, ensure_dispatcher
 from workflows.dispatcher.payloads import DispatcherInput

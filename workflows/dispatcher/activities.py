@@ -22,7 +22,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from services.common.db import Database
+from runtime.db import Database
 from workflows import service_calls
 from workflows.dispatcher import events
 from workflows.dispatcher import store as dispatch_store

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
-from services.common.tagging_feed import (
+from runtime.tagging_feed import (
     MemberChanged,
     OrderRecorded,
     TagChange,

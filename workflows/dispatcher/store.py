@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.db import Database
+from runtime.db import Database
 
 FEEDS = ("tagging", "audience")
 # A run started for an entry event but not enrolled yet (its first activity has not run) still

@@ -17,9 +17,9 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2, tasks_service_pb2_
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from services.common.buckets import bucket
-from services.common.db import Database
-from services.common.errors import NotFound
+from runtime.buckets import bucket
+from runtime.db import Database
+from runtime.errors import NotFound
 from workflows import service_calls
 from workflows.journeys import local_time, store, templates
 from workflows.journeys.channels.config import ChannelSettings

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 
-from services.common.errors import Violations
+from runtime.errors import Violations
 
 CHANNELS = ("sms", "email", "app_push", "wecom")
 # A send step's channel: one of CHANNELS, the member's (or the journey's) preferred one, or the

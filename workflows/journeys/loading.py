@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from services.common.errors import InvalidArgument, Violations
+from runtime.errors import InvalidArgument, Violations
 from workflows.journeys.definition import JourneyDefinition, validate
 
 _MISSING = object()

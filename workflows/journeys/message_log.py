@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 FINAL = ("sent", "failed", "unknown", "skipped")
 # What counts against the daily cap: everything that may have reached the member, or will.

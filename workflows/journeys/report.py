@@ -19,9 +19,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.common.config import Settings
-from services.common.db import Database
-from services.common.errors import NotFound
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.errors import NotFound
 from workflows.journeys import store
 
 ARMS = ("treated", "holdout")

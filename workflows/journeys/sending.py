@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from services.common import logs
-from services.common.db import Connection, Database
+from runtime import logs
+from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log, templates
 from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
 from workflows.journeys.channels.config import ChannelSettings

@@ -18,9 +18,9 @@ from typing import Any
 
 import asyncpg
 
-from services.common import migrations
-from services.common.db import Connection, Database
-from services.common.errors import NotFound
+from runtime import migrations
+from runtime.db import Connection, Database
+from runtime.errors import NotFound
 from workflows.journeys import loading
 from workflows.journeys.definition import JourneyDefinition, duration, validate
 

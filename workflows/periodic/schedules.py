@@ -34,7 +34,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from services.common.config import ConfigError, Settings
+from runtime.config import ConfigError, Settings
 from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, JOBS, RECOMPUTE_TAGS, JobInput
 from workflows.periodic.workflow import PeriodicJobWorkflow
 

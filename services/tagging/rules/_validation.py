@@ -10,7 +10,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from memberops.tagging.v1 import facts_pb2, rules_pb2
 
-from services.common.errors import Violations
+from runtime.errors import Violations
 from services.tagging.rules._language import (
     ATTRIBUTE_KEY,
     ENUM_FIELDS,

@@ -5,7 +5,7 @@ takes.
 
 from __future__ import annotations
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 TAGGING = "tagging"
 

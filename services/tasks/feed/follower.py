@@ -25,10 +25,10 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.common.db import Connection, Database, savepoint
-from services.common.errors import ResourceExhausted
-from services.common.logs import get_logger
-from services.common.tagging_feed import (
+from runtime.db import Connection, Database, savepoint
+from runtime.errors import ResourceExhausted
+from runtime.logs import get_logger
+from runtime.tagging_feed import (
     EventRecorded,
     FeedKind,
     MemberChanged,

@@ -1,11 +1,11 @@
 """Tagging's feed as the follower reads it (the gRPC side is `services/tasks/peers.py`; entries
-are read into typed values by `services.common.tagging_feed`)."""
+are read into typed values by `runtime.tagging_feed`)."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from services.common.tagging_feed import FeedEntry, FeedKind
+from runtime.tagging_feed import FeedEntry, FeedKind
 
 __all__ = ["FACT_KINDS", "FeedEntry", "FeedSource"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tasks.points.ledger_store import EARNED, EARNED_REASONS
 
 

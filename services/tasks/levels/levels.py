@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import outbox, zones
-from services.common.db import Connection, Database
-from services.common.errors import Aborted, InvalidArgument, Violations
+from runtime import outbox, zones
+from runtime.db import Connection, Database
+from runtime.errors import Aborted, InvalidArgument, Violations
 from services.tasks import time_span
 from services.tasks.levels import level_store, tasks_feed_store
 from services.tasks.points import ledger

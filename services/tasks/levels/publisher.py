@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.common import outbox, rounds
-from services.common.db import Database
-from services.common.logs import get_logger
+from runtime import outbox, rounds
+from runtime.db import Database
+from runtime.logs import get_logger
 from services.tasks.feed import cursor_store
 from services.tasks.levels import level_store, levels
 

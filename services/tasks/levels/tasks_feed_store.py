@@ -1,5 +1,5 @@
 """SQL of the tasks feed (`tasks.feed`), the outbox of level changes: an entry is written in the
-transaction that changes the level, and read once settled (services/common/outbox.py), by
+transaction that changes the level, and read once settled (runtime/outbox.py), by
 ReadTasksFeed and by the level publisher's relay to tagging.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.common import outbox
-from services.common.db import Connection
+from runtime import outbox
+from runtime.db import Connection
 
 
 async def append_change(conn: Connection, tenant_id: str, member_id: str, payload: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import datetime as dt
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tasks.points.ledger_store import EARNED, EARNED_REASONS
 
 

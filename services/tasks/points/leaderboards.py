@@ -11,9 +11,9 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from services.common import zones
-from services.common.db import Database
-from services.common.errors import Violations
+from runtime import zones
+from runtime.db import Database
+from runtime.errors import Violations
 from services.tasks import time_span
 from services.tasks.points import leaderboard_store, ledger
 

@@ -21,10 +21,10 @@ from typing import Protocol
 
 import asyncpg
 
-from services.common import checks, page_tokens
-from services.common.batching import KeyedBatcher
-from services.common.db import Connection, Database
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
+from runtime import checks, page_tokens
+from runtime.batching import KeyedBatcher
+from runtime.db import Connection, Database
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violations
 from services.tasks import time_span
 from services.tasks.points import ledger_store
 from services.tasks.points.ledger_store import Entry, OpenLot
@@ -38,7 +38,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_EXPIRING_DAYS = 30
 EXPIRY_BATCH = 500
-# Earnings of concurrent calls are written together (services/common/batching.py): at most this
+# Earnings of concurrent calls are written together (runtime/batching.py): at most this
 # many statements at once, each with up to this many earnings. One at a time measured best on two
 # cores: the batches are larger, and fewer backends contend for the same index pages (docs/decisions.md).
 EARNING_BATCHES_IN_FLIGHT = 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import secrets
 
 import asyncpg
 
-from services.common import page_tokens
-from services.common.db import Database
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
+from runtime import page_tokens
+from runtime.db import Database
+from runtime.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
 from services.tasks.points import ledger, ledger_store, rewards_store
 from services.tasks.points.ledger import MAX_AMOUNT, Reason
 from services.tasks.points.rewards_store import NewReward, Redemption, Reward

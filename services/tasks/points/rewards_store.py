@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 @dataclass(frozen=True)

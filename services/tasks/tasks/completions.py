@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from services.common.db import Connection
-from services.common.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from runtime.db import Connection
+from runtime.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from services.tasks.points import ledger, ledger_store
 from services.tasks.points.ledger import Reason
 from services.tasks.tasks import completion_store

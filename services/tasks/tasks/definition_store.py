@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.common import page_tokens, zones
-from services.common.db import Database
-from services.common.errors import (
+from runtime import page_tokens, zones
+from runtime.db import Database
+from runtime.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
@@ -30,7 +30,7 @@ from services.common.errors import (
     NotFound,
     Violations,
 )
-from services.common.tagging_feed import EVENT_KINDS
+from runtime.tagging_feed import EVENT_KINDS
 from services.tasks import time_span
 from services.tasks.points import ledger
 from services.tasks.points.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy

@@ -16,8 +16,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from services.common.db import Connection, savepoint
-from services.common.errors import (
+from runtime.db import Connection, savepoint
+from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     ResourceExhausted,

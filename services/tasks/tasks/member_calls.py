@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from services.common.db import Database
+from runtime.db import Database
 from services.tasks.tasks import completions
 from services.tasks.tasks.definitions import Kind, Task, TaskDefinitions
 from services.tasks.tasks.participation import Participation

@@ -12,8 +12,8 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from services.common import page_tokens
-from services.common.errors import FailedPrecondition, Violations
+from runtime import page_tokens
+from runtime.errors import FailedPrecondition, Violations
 from services.tasks.points import ledger, ledger_store
 from services.tasks.tasks import (
     completion_store,

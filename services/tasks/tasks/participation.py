@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from services.common.errors import FailedPrecondition, NotFound
+from runtime.errors import FailedPrecondition, NotFound
 from services.tasks.tasks.definitions import ProfileField, Task
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.tagging_feed import EventKind, EventRecorded, OrderLine
+from runtime.tagging_feed import EventKind, EventRecorded, OrderLine
 from services.tasks.tasks.definitions import (
     EventSpec,
     Measure,

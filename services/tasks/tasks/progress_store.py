@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.db import Connection
+from runtime.db import Connection
 from services.tasks.tasks.progress import CountedLine, CountedOrder
 
 # --- measures ------------------------------------------------------------------------------------

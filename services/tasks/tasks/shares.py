@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from services.common.errors import AlreadyExists, Violations
+from runtime.errors import AlreadyExists, Violations
 from services.tasks.points import ledger, ledger_store
 from services.tasks.tasks import completion_store, completions, share_store
 from services.tasks.tasks.completion_store import CompletionRow

@@ -15,8 +15,8 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.db import Connection
-from services.common.errors import (
+from runtime.db import Connection
+from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.db import Connection
+from runtime.db import Connection
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.common.config import ConfigError, env_number
+from runtime.config import ConfigError, env_number
 from workflows.journeys.definition import CHANNELS
 
 HTTP_CHANNELS = ("sms", "app_push", "wecom")

@@ -22,9 +22,9 @@ from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from services.common.buckets import BUCKETS
-from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound
+from runtime.buckets import BUCKETS
+from runtime.db import Database
+from runtime.errors import InvalidArgument, NotFound
 from workflows import service_calls
 from workflows.journeys import local_time
 from workflows.journeys import store as journeys_store

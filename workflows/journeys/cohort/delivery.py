@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from services.common.buckets import BUCKETS, bucket
-from services.common.db import Connection, Database
+from runtime.buckets import BUCKETS, bucket
+from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log
 from workflows.journeys.channels.base import (
     BatchChannel,

@@ -17,8 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from services.common.buckets import bucket_sql
-from services.common.db import Connection, Database
+from runtime.buckets import bucket_sql
+from runtime.db import Connection, Database
 
 
 def transaction(

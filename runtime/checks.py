@@ -7,7 +7,7 @@ import re
 
 from google.protobuf import timestamp_pb2
 
-from services.common.errors import Violations
+from runtime.errors import Violations
 
 NATURAL_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}\Z")
 NATURAL_ID_RULE = "must be 1-64 characters from A-Z a-z 0-9 _ . : @ -"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.common.db import APP_ROLE
+from runtime.db import APP_ROLE
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql\Z")
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from services.common.errors import Violations
+from runtime.errors import Violations
 
 
 def zone(name: str, v: Violations, path: str) -> dt.tzinfo:

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf import any_pb2
 from grpc_status import rpc_status
 
-from services.common import errors
+from runtime import errors
 
 _CODES: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),

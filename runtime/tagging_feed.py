@@ -1,7 +1,7 @@
 """Tagging's feed as its consumers read it: each FeedEntry message becomes one typed value, once,
 so no consumer picks fields out of a payload by name.
 
-Shared by the tasks follower and the journeys dispatcher (the worker imports services.common too);
+Shared by the tasks follower and the journeys dispatcher (the worker imports runtime too);
 the message is memberops.tagging.v1.FeedEntry, whose `payload` oneof follows `kind`.
 """
 

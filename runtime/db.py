@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import asyncpg
 
-from services.common.config import TENANT_ID
+from runtime.config import TENANT_ID
 
 APP_ROLE = "memberops_app"
 TENANT_SETTING = "memberops.tenant_id"

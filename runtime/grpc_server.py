@@ -25,8 +25,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import auth, errors, inbound, status
-from services.common.logs import get_logger
+from runtime import auth, errors, inbound, status
+from runtime.logs import get_logger
 
 log = get_logger("memberops.grpc")
 

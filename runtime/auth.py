@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 
-from services.common.errors import Unauthenticated
+from runtime.errors import Unauthenticated
 
 _tenant: ContextVar[str | None] = ContextVar("memberops_tenant", default=None)
 

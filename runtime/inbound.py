@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import message as protobuf_message
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from services.common.errors import FieldViolation, InvalidArgument
+from runtime.errors import FieldViolation, InvalidArgument
 
 Deserializer = Callable[[bytes], Any]
 # Enough to tell the caller what to fix; a request with more is not worth listing in full.

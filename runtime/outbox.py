@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from services.common import page_tokens
-from services.common.db import Connection
-from services.common.errors import InvalidArgument
+from runtime import page_tokens
+from runtime.db import Connection
+from runtime.errors import InvalidArgument
 
 CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,19})\Z")
 DEFAULT_LIMIT = 100

@@ -16,7 +16,7 @@ import json
 import re
 from typing import TypeVar
 
-from services.common.errors import InvalidArgument
+from runtime.errors import InvalidArgument
 
 Key = int | str
 K = TypeVar("K", int, str)

@@ -1,6 +1,6 @@
 """Domain errors: what went wrong in words the caller can act on, free of any transport.
 
-The gRPC layer maps each class to one status code (see `services.common.status`), so domain code
+The gRPC layer maps each class to one status code (see `runtime.status`), so domain code
 never imports grpc and every service answers the same way for the same kind of mistake.
 """
 

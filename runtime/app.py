@@ -14,12 +14,12 @@ from pathlib import Path
 import asyncpg
 from grpc_health.v1 import health, health_pb2
 
-from services.common import logs, migrations
-from services.common.auth import TokenAuthenticator
-from services.common.config import Settings
-from services.common.db import STARVED_AFTER_SECONDS, Database
-from services.common.grpc_server import GrpcServer, ServiceBinding, serve_until_signal
-from services.common.logs import get_logger
+from runtime import logs, migrations
+from runtime.auth import TokenAuthenticator
+from runtime.config import Settings
+from runtime.db import STARVED_AFTER_SECONDS, Database
+from runtime.grpc_server import GrpcServer, ServiceBinding, serve_until_signal
+from runtime.logs import get_logger
 
 log = get_logger("memberops.app")
 

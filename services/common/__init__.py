@@ -1,1 +1,0 @@
-"""Plumbing every service shares: configuration, logs, database, migrations, auth, gRPC bootstrap."""
