@@ -17,10 +17,12 @@ async def every_tenant(
     poll_seconds: float,
     log: Any,
     failure: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """Runs `one_round` for each tenant in turn until cancelled: at once again while any round
     says more is waiting (it returned True), else after `poll_seconds`. A failed round is logged
-    as `failure` and tried again next time, never the end of the loop."""
+    as `failure` and tried again next time, never the end of the loop. `sleep` is for tests: the
+    event loop's `asyncio.sleep` is everyone's, not one loop's to replace."""
     while True:
         busy = False
         for tenant_id in sorted(tenants):
@@ -33,4 +35,4 @@ async def every_tenant(
                 continue
             busy = busy or more
         if not busy:
-            await asyncio.sleep(poll_seconds)
+            await sleep(poll_seconds)

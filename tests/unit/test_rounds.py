@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.common import rounds
+from runtime import rounds
 
 
 class _Log:
@@ -19,9 +19,7 @@ class _Log:
         self.failures.append((event, fields["tenant"]))
 
 
-async def test_rounds_go_on_after_a_failure_and_sleep_only_when_no_tenant_has_more(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_rounds_go_on_after_a_failure_and_sleep_only_when_no_tenant_has_more() -> None:
     # Per tenant, what each pass's round does: True (more waiting), False (done) or fail.
     script: dict[str, list[bool | None]] = {"a": [None, True, False], "b": [False, False, False]}
     seen: list[str] = []
@@ -39,10 +37,9 @@ async def test_rounds_go_on_after_a_failure_and_sleep_only_when_no_tenant_has_mo
         if len(sleeps) == 2:
             raise asyncio.CancelledError
 
-    monkeypatch.setattr(asyncio, "sleep", sleep)  # what rounds.every_tenant awaits when idle
     log = _Log()
     with pytest.raises(asyncio.CancelledError):
-        await rounds.every_tenant(frozenset({"b", "a"}), one_round, 0.5, log, "round failed")
+        await rounds.every_tenant(frozenset({"b", "a"}), one_round, 0.5, log, "round failed", sleep)
     # Pass 1: a fails, b is done -> sleep. Pass 2: a has more -> no sleep. Pass 3: done -> sleep.
     assert seen == ["a", "b", "a", "b", "a", "b"]
     assert sleeps == [0.5, 0.5]
