@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from runtime import logs
 from runtime.config import Settings, env_number
 from runtime.db import Database
+from workflows import service_calls
 from workflows.dispatcher.activities import DispatcherActivities
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store
@@ -59,26 +60,25 @@ class Resources:
     channels: ChannelSettings
 
 
+def services_of(resources: Resources, settings: Settings) -> service_calls.Services:
+    """Stubs of the three services over the worker's channels, with each tenant's token."""
+    return service_calls.Services(
+        tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging),
+        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
+        tasks_service_pb2_grpc.TasksServiceStub(resources.tasks),
+        settings.token_for_tenant,
+    )
+
+
 def activities(resources: Resources, settings: Settings, client: Client) -> list[Any]:
     """Every activity the worker runs, bound to the resources of this event loop (the dispatcher's
     start and signal journeys through `client`)."""
-    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
-    tasks = tasks_service_pb2_grpc.TasksServiceStub(resources.tasks)
+    services = services_of(resources, settings)
+    tagging, audience, tasks = services.tagging, services.audience, services.tasks
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
-    audience = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
     sender = Sender(resources.db, registry.build(resources.channels), resources.channels)
-    journeys = JourneyActivities(
-        resources.db,
-        tagging,
-        audience,
-        tasks,
-        settings.token_for_tenant,
-        sender,
-        resources.channels,
-    )
-    cohorts = CohortActivities(
-        resources.db, tagging, audience, settings.token_for_tenant, sender, resources.channels
-    )
+    journeys = JourneyActivities(resources.db, services, sender, resources.channels)
+    cohorts = CohortActivities(resources.db, services, sender, resources.channels)
     dispatcher = DispatcherActivities(resources.db, tagging, audience, client, settings.token_for_tenant)
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
     return [lookup.get_member, *journeys.all(), *cohorts.all(), *dispatcher.all(), *periodic.all()]

@@ -11,8 +11,6 @@ import datetime as dt
 from collections import Counter
 
 import pytest
-from memberops.audience.v1 import audience_service_pb2_grpc
-from memberops.tagging.v1 import tagging_service_pb2_grpc
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -29,7 +27,7 @@ from workflows.journeys.cohort.activities import CohortActivities
 from workflows.journeys.cohort.payloads import BatchRequest, OpenRequest, cohort_workflow_id
 from workflows.journeys.definition import JourneyDefinition, Send, Step
 from workflows.journeys.sending import Sender
-from workflows.worker import Resources
+from workflows.worker import Resources, services_of
 
 
 def cohort_activities(
@@ -37,9 +35,7 @@ def cohort_activities(
 ) -> CohortActivities:
     return CohortActivities(
         resources.db,
-        tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging),
-        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
-        settings.token_for_tenant,
+        services_of(resources, settings),
         Sender(resources.db, registry.build(channels), channels),
         channels,
     )

@@ -10,9 +10,6 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-from memberops.audience.v1 import audience_service_pb2_grpc
-from memberops.tagging.v1 import tagging_service_pb2_grpc
-from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.testing import ActivityEnvironment
 
 from runtime.config import ConfigError, Settings
@@ -27,7 +24,7 @@ from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import ChannelPolicy, QuietHours, Template
 from workflows.journeys.payloads import SendOutcome, SendRequest
 from workflows.journeys.sending import Sender
-from workflows.worker import Resources
+from workflows.worker import Resources, services_of
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -39,10 +36,7 @@ def journey_activities(
     channels = channels or resources.channels
     return JourneyActivities(
         resources.db,
-        tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging),
-        audience_service_pb2_grpc.AudienceServiceStub(resources.audience),
-        tasks_service_pb2_grpc.TasksServiceStub(resources.tasks),
-        settings.token_for_tenant,
+        services_of(resources, settings),
         Sender(resources.db, registry.build(channels), channels),
         channels,
     )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 
 import grpc
-from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
-from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
-from memberops.tasks.v1 import points_pb2, tasks_service_pb2, tasks_service_pb2_grpc
+from memberops.audience.v1 import audience_service_pb2
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2
+from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -82,22 +82,15 @@ def holdout_salt(journey_key: str) -> str:
     return f"journey:{journey_key}"
 
 
-class JourneyActivities:
+class JourneyActivities(service_calls.ServiceActivities):
     def __init__(
         self,
         db: Database,
-        tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub,
-        audience: audience_service_pb2_grpc.AudienceServiceAsyncStub,
-        tasks: tasks_service_pb2_grpc.TasksServiceAsyncStub,
-        token_for_tenant: service_calls.TokenForTenant,
+        services: service_calls.Services,
         sender: Sender,
         channel_settings: ChannelSettings,
     ) -> None:
-        self._db = db
-        self._tagging = tagging
-        self._audience = audience
-        self._tasks = tasks
-        self._token_for_tenant = token_for_tenant
+        super().__init__(db, services)
         self._sender = sender
         self._settings = channel_settings
 

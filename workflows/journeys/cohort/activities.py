@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf import field_mask_pb2
-from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
-from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
+from memberops.audience.v1 import audience_pb2, audience_service_pb2
+from memberops.tagging.v1 import tagging_service_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -88,20 +88,15 @@ def invalid(error: InvalidArgument) -> ApplicationError:
     )
 
 
-class CohortActivities:
+class CohortActivities(service_calls.ServiceActivities):
     def __init__(
         self,
         db: Database,
-        tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub,
-        audience: audience_service_pb2_grpc.AudienceServiceAsyncStub,
-        token_for_tenant: service_calls.TokenForTenant,
+        services: service_calls.Services,
         sender: Sender,
         channel_settings: ChannelSettings,
     ) -> None:
-        self._db = db
-        self._tagging = tagging
-        self._audience = audience
-        self._token_for_tenant = token_for_tenant
+        super().__init__(db, services)
         self._delivery = delivery.Delivery(db, sender, channel_settings)
         self._sender = sender
         self._settings = channel_settings
