@@ -15,6 +15,7 @@ from runtime.db import Database
 from services.tagging import feed
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 from tests.tagging.facts_helpers import new_member
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
@@ -82,14 +83,14 @@ async def test_unread_streams_leave_get_member_answering_and_the_tenant_cap_refu
             call.cancel()
 
         # Cancelled streams give their slots back: the tenant can open as many again.
-        async with asyncio.timeout(DEADLINE_SECONDS):
-            while True:
-                again, codes = await open_unread(stub, opened)
-                for call in again:
-                    call.cancel()
-                if codes.count(grpc.StatusCode.OK) == opened:
-                    break
-                await asyncio.sleep(0.1)
+
+        async def all_open_again() -> bool:
+            again, codes = await open_unread(stub, opened)
+            for call in again:
+                call.cancel()
+            return codes.count(grpc.StatusCode.OK) == opened
+
+        await eventually(all_open_again, "did the cancelled streams give their slots back", interval=0.1)
 
 
 async def feed_of_at_least(stub: Stub, count: int) -> None:
@@ -153,9 +154,13 @@ async def test_caught_up_followers_of_a_tenant_share_one_poll(tagging_stub: Stub
     followers = feed.Feed(cast(Database, counting))
     streams = [followers.follow(TENANT_ACME, end.next_cursor, 10, len) for _ in range(20)]
     waiting = [asyncio.ensure_future(anext(stream)) for stream in streams]
-    await asyncio.sleep(feed.POLL_INTERVAL_SECONDS * 5)
+
+    async def five_more_transactions() -> bool:
+        return counting.total >= len(streams) + 5
+
+    await eventually(five_more_transactions, "did the followers poll again")
     # Each follower read once and found nothing; since then, one poll an interval for all of them
-    # (about five), not one each (a hundred).
+    # (five so far), not one each (twenty an interval).
     assert not any(w.done() for w in waiting)
     assert counting.total - len(streams) < len(streams)
     await new_member(tagging_stub)
