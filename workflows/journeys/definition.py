@@ -64,6 +64,7 @@ CRON_FIELD = re.compile(r"^[0-9*/,\-]+\Z")
 MAX_STEPS = 100
 MAX_WAIT = timedelta(days=365)
 MAX_ATTRIBUTION = timedelta(days=90)
+MAX_ENTRY_DELAY = timedelta(days=30)
 MAX_HOLDOUT_PERCENT = 50
 MAX_POINTS = 100_000_000
 MAX_TEXT = 4000
@@ -120,10 +121,13 @@ class Wait:
 
 @dataclass(frozen=True)
 class WaitUntilHour:
-    """Until the next member-local `hour:minute` (the member's time zone from tagging)."""
+    """Until the next member-local `hour:minute` (the member's time zone from tagging). With
+    `preferred`, the hour is the member's own `preferred_send_hour` tag (minute `minute`), and
+    `hour` is the fallback for members who have none."""
 
     hour: int
     minute: int = 0
+    preferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,9 @@ class JourneyDefinition:
     frequency_cap: int = 2
     quiet_hours: QuietHours | None = None
     channels: ChannelPolicy = field(default_factory=ChannelPolicy)
+    # An entry event (or audience entry) whose fact happened longer ago than this enrols nobody:
+    # history loaded late is not a customer acting now.
+    max_entry_delay: str = "1d"
 
     def step_index(self) -> dict[str, int]:
         return {step.id: i for i, step in enumerate(self.steps)}
@@ -333,6 +340,7 @@ def validate(definition: JourneyDefinition) -> None:
     if definition.quiet_hours is not None:
         _quiet_hours(definition.quiet_hours, v)
     _channels(definition.channels, v)
+    _duration(definition.max_entry_delay, "max_entry_delay", v, MAX_ENTRY_DELAY)
     if definition.entry.broadcast is not None:
         _broadcast(definition, v)
     v.raise_if_any()
