@@ -12,7 +12,7 @@ def test_generated_code_is_fresh() -> None:
 
 def test_every_proto_package_is_generated() -> None:
     generated = protogen.generated_files(protogen.GEN_ROOT)
-    for service in ("tagging", "audience", "tasks"):
+    for service in ("tagging", "audience", "tasks", "journeys"):
         assert any(
             name.startswith(f"memberops/{service}/v1/") and name.endswith("_pb2_grpc.pyi")
             for name in generated
