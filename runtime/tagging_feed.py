@@ -127,6 +127,9 @@ class TagChanged:
     definition_version: int
     operator: str  # empty for rule tags
     reason: str
+    # When the change happened (the fact that caused it, a recompute's as_of, an operator's
+    # setting); None in entries written before tagging dated changes (read create_time then).
+    occur_time: dt.datetime | None = None
 
 
 Payload = MemberChanged | OrderRecorded | RefundRecorded | EventRecorded | TagChanged
@@ -230,11 +233,12 @@ def _tag_change(message: feed_pb2.TagChanged) -> TagChanged:
         definition_version=message.definition_version,
         operator=message.operator,
         reason=message.reason,
+        occur_time=_time(message, "occur_time", message.occur_time),
     )
 
 
 def _time(
-    message: facts_pb2.Order | facts_pb2.Refund | facts_pb2.BehaviorEvent,
+    message: facts_pb2.Order | facts_pb2.Refund | facts_pb2.BehaviorEvent | feed_pb2.TagChanged,
     field: str,
     stamp: timestamp_pb2.Timestamp,
 ) -> dt.datetime | None:

@@ -111,6 +111,8 @@ class Tagger:
         await member_tag_store.lock_members(conn, ids)
         owed = await refresh_store.owed_refreshes(conn, ids)
         bits = dict(changes)
+        # When the facts owed happened: the changes this refresh makes are dated by it.
+        fact_times = {row["member_id"]: row["fact_time"] for row in owed if row["fact_time"] is not None}
         for row in owed:
             bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
         for row in await definition_store.active_definition_versions(conn):
@@ -135,6 +137,7 @@ class Tagger:
                     prepared.version,
                     prepared.exclusive,
                     stale,
+                    fact_times,
                 )
         await refresh_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 

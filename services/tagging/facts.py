@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from runtime import checks
@@ -180,6 +181,15 @@ def refund_payload(refund: Refund, order: OrderState) -> dict[str, Any]:
     }
 
 
+def _latest_times(events: Sequence[BehaviorEvent], now: dt.datetime) -> dict[str, dt.datetime]:
+    """Each member's latest event time: what the tag changes their refresh makes are dated by."""
+    latest: dict[str, dt.datetime] = {}
+    for event in events:
+        time = event.occur_time or now
+        latest[event.member_id] = max(latest.get(event.member_id, time), time)
+    return latest
+
+
 class Facts:
     def __init__(self, db: Database, realtime: RealTimeTags) -> None:
         self._db = db
@@ -200,7 +210,7 @@ class Facts:
                     order_payload(order, number),
                 )
                 await refresh_store.queue_refresh(
-                    conn, tenant_id, [order.member_id], input_bits(Input.ORDERS)
+                    conn, tenant_id, [order.member_id], input_bits(Input.ORDERS), order.paid_time or now
                 )
                 recorded = True
             elif await order_store.order_hash(conn, order.order_id) != digest:
@@ -247,7 +257,9 @@ class Facts:
                 refund.refund_id,
                 refund_payload(recorded, order),
             )
-            await refresh_store.queue_refresh(conn, tenant_id, [order.member_id], input_bits(Input.ORDERS))
+            await refresh_store.queue_refresh(
+                conn, tenant_id, [order.member_id], input_bits(Input.ORDERS), refund.refund_time
+            )
         await self._realtime.refreshed(tenant_id, [order.member_id], Input.ORDERS, now)
         return recorded
 
@@ -271,7 +283,9 @@ class Facts:
             recorded = await event_store.insert_events(conn, tenant_id, unique)
             members = sorted({e.member_id for e in unique})
             if recorded:
-                await refresh_store.queue_refresh(conn, tenant_id, members, input_bits(Input.EVENTS))
+                await refresh_store.queue_refresh(
+                    conn, tenant_id, members, input_bits(Input.EVENTS), _latest_times(unique, now)
+                )
         if recorded:
             await self._realtime.refreshed(tenant_id, members, Input.EVENTS, now)
         return recorded, len(events) - recorded

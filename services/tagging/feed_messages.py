@@ -93,6 +93,7 @@ def _tag_change(payload: Mapping[str, Any], message: feed_pb2.TagChanged) -> Non
     message.definition_version = int(payload.get("definition_version") or 0)
     message.operator = _text(payload, "operator")
     message.reason = _text(payload, "reason")
+    _time(payload, "occur_time", message.occur_time)
 
 
 def _text(payload: Mapping[str, Any], key: str) -> str:

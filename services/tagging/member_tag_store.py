@@ -4,6 +4,8 @@ Every function runs on a connection already inside a tenant transaction."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -12,8 +14,11 @@ from runtime.db import Connection
 from services.tagging.domain import FeedKind
 
 
-def _log_tag_changes(tenant: str, dimension: str, version: str, extra_payload: str = "") -> str:
-    """CTEs `changes` and `logged`: every row of the `opened` and `closed` CTEs as a feed entry."""
+def _log_tag_changes(
+    tenant: str, dimension: str, version: str, occur_time: str, extra_payload: str = "", join: str = ""
+) -> str:
+    """CTEs `changes` and `logged`: every row of the `opened` and `closed` CTEs as a feed entry,
+    dated `occur_time` (an SQL expression over `c`, the change, and what `join` joins)."""
     extra = f", {extra_payload}" if extra_payload else ""
     return f"""changes AS (
     SELECT member_id, value, 'added' AS change FROM opened
@@ -21,10 +26,10 @@ def _log_tag_changes(tenant: str, dimension: str, version: str, extra_payload: s
 ),
 logged AS (
     INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-    SELECT {tenant}, {int(FeedKind.TAG_CHANGED)}, member_id, {dimension},
-           jsonb_build_object('dimension', {dimension}, 'value', value, 'change', change,
-                              'definition_version', {version}{extra})
-    FROM changes ORDER BY member_id, change DESC
+    SELECT {tenant}, {int(FeedKind.TAG_CHANGED)}, c.member_id, {dimension},
+           jsonb_build_object('dimension', {dimension}, 'value', c.value, 'change', c.change,
+                              'definition_version', {version}, 'occur_time', {occur_time}{extra})
+    FROM changes c {join} ORDER BY c.member_id, c.change DESC
     RETURNING 1
 )"""
 
@@ -42,8 +47,12 @@ async def apply_dimension(
     version: int,
     exclusive: bool,
     member_ids: list[str] | None = None,
+    fact_times: Mapping[str, dt.datetime] | None = None,
 ) -> tuple[int, int]:
     """Makes the stored tags of one rule dimension match its compiled rules; returns (added, removed).
+
+    Each change is dated by its member's entry in `fact_times` (when the facts that made the
+    refresh happened), else by `now` (a scheduled recompute's as_of).
 
     One statement: the desired member-values are computed, held values no longer desired are
     closed, new ones opened, and each change is written to the feed. Rows another transaction
@@ -51,6 +60,10 @@ async def apply_dimension(
     """
     n = len(compiled.params)
     t, d, ver, excl = (f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::boolean")
+    timed = (
+        f"LEFT JOIN unnest(${n + 5}::text[], ${n + 6}::timestamptz[]) AS ft(member_id, fact_time)"
+        " USING (member_id)"
+    )
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
     # A single-value dimension's array holds at most one value; reading it directly (not through
     # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
@@ -92,11 +105,21 @@ opened AS (
     ON CONFLICT DO NOTHING
     RETURNING member_id, value
 ),
-{_log_tag_changes(t, d, ver)}
+{_log_tag_changes(t, d, ver, "coalesce(ft.fact_time, $1::timestamptz)", join=timed)}
 SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
        (SELECT count(*) FROM logged) AS logged
 """
-    row = await conn.fetchrow(sql, *compiled.args(now, member_ids), tenant_id, dimension, version, exclusive)
+    times = dict(fact_times or {})
+    row = await conn.fetchrow(
+        sql,
+        *compiled.args(now, member_ids),
+        tenant_id,
+        dimension,
+        version,
+        exclusive,
+        list(times),
+        list(times.values()),
+    )
     assert row is not None
     return int(row["added"]), int(row["removed"])
 
@@ -159,7 +182,9 @@ async def tag_changes(
 
 
 _OPERATOR_CHANGE_LOG = (
-    _log_tag_changes("$1::text", "$2::text", "$4::int", "'operator', $7::text, 'reason', $8::text")
+    _log_tag_changes(
+        "$1::text", "$2::text", "$4::int", "$6::timestamptz", "'operator', $7::text, 'reason', $8::text"
+    )
     + "\nSELECT count(DISTINCT member_id) AS changed FROM changes"
 )
 

@@ -184,7 +184,7 @@ class Members:
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
         async with self._db.transaction(tenant_id) as conn:
-            stored, changed = await self._store(conn, tenant_id, member)
+            stored, changed = await self._store(conn, tenant_id, member, now)
         if changed:
             await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
         return stored
@@ -198,13 +198,15 @@ class Members:
             current = await member_store.lock_member(conn, given.member_id)
             if current is None:
                 raise NotFound(f"members/{given.member_id} not found")
-            stored, changed = await self._store(conn, tenant_id, merged(current, given, paths))
+            stored, changed = await self._store(conn, tenant_id, merged(current, given, paths), now)
         if changed:
             await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
         return stored
 
     @staticmethod
-    async def _store(conn: Connection, tenant_id: str, member: MemberInput) -> tuple[Member, bool]:
+    async def _store(
+        conn: Connection, tenant_id: str, member: MemberInput, now: dt.datetime
+    ) -> tuple[Member, bool]:
         """Stores the member; when that changed it, with its feed entry and queued refresh."""
         stored, changed = await member_store.upsert_member(conn, tenant_id, member)
         if changed:
@@ -212,7 +214,7 @@ class Members:
                 conn, tenant_id, FeedKind.MEMBER_CHANGED, stored.member_id, "", {"revision": stored.revision}
             )
             await refresh_store.queue_refresh(
-                conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored))
+                conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored)), now
             )
         return stored, changed
 
@@ -238,8 +240,8 @@ class Members:
                 # As upsert: a new member's real-time values are all new; a changed one's profile ones may be.
                 created = [member_id for member_id, revision in changed if revision == 1]
                 updated = [member_id for member_id, revision in changed if revision > 1]
-                await refresh_store.queue_refresh(conn, tenant_id, created, input_bits(None))
-                await refresh_store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE))
+                await refresh_store.queue_refresh(conn, tenant_id, created, input_bits(None), now)
+                await refresh_store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE), now)
         if changed:
             await member_store.analyze_members_if_grown(self._db.pool, len(created))
             await asyncio.gather(

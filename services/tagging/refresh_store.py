@@ -3,34 +3,51 @@ Every function runs on a connection already inside a tenant transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
 from runtime.db import Connection
 
 
-async def queue_refresh(conn: Connection, tenant_id: str, member_ids: Sequence[str], inputs: int) -> None:
-    """Owes these members a real-time refresh of `inputs` (bits); merged into a row already owed."""
+async def queue_refresh(
+    conn: Connection,
+    tenant_id: str,
+    member_ids: Sequence[str],
+    inputs: int,
+    fact_time: dt.datetime | Mapping[str, dt.datetime] | None = None,
+) -> None:
+    """Owes these members a real-time refresh of `inputs` (bits) for facts that happened at
+    `fact_time` (one time, or each member's); merged into a row already owed, which keeps the
+    latest time (the changes the refresh makes are dated by it). None: unknown, the refresh's own
+    clock dates them."""
     if not member_ids:
         return
+    times = [fact_time.get(m) if isinstance(fact_time, Mapping) else fact_time for m in member_ids]
     await conn.execute(
-        """INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs)
-           SELECT $1, m.member_id, $3 FROM (SELECT DISTINCT unnest($2::text[]) AS member_id) m
+        """INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs, fact_time)
+           SELECT $1, m.member_id, $3, m.fact_time
+           FROM (SELECT u.member_id, max(u.fact_time) AS fact_time
+                 FROM unnest($2::text[], $4::timestamptz[]) AS u(member_id, fact_time)
+                 GROUP BY u.member_id) m
            ORDER BY m.member_id
            ON CONFLICT (tenant_id, member_id)
-           DO UPDATE SET inputs = q.inputs | excluded.inputs, seq = nextval('tagging.refresh_queue_seq')""",
+           DO UPDATE SET inputs = q.inputs | excluded.inputs, seq = nextval('tagging.refresh_queue_seq'),
+                         fact_time = greatest(q.fact_time, excluded.fact_time)""",
         tenant_id,
         list(member_ids),
         inputs,
+        times,
     )
 
 
 async def owed_refreshes(conn: Connection, member_ids: Sequence[str]) -> list[asyncpg.Record]:
-    """The queue rows of these members: `member_id, inputs, seq`."""
+    """The queue rows of these members: `member_id, inputs, seq, fact_time`."""
     return list(
         await conn.fetch(
-            "SELECT member_id, inputs, seq FROM tagging.refresh_queue WHERE member_id = ANY($1::text[])",
+            """SELECT member_id, inputs, seq, fact_time FROM tagging.refresh_queue
+               WHERE member_id = ANY($1::text[])""",
             list(member_ids),
         )
     )

@@ -23,13 +23,18 @@ from tests.tagging.facts_helpers import (
     record_events,
     record_order,
     record_refund,
+    stamp,
 )
-from tests.tagging.test_catalog import create, dimension
+from tests.tagging.test_catalog import create, dimension, frequency
 from tests.tagging.test_feed import read_all
 from tests.tagging.test_operator_tags import add, operator_dimension, remove
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
+
+
+def tag_changes(entries: list[feed_pb2.FeedEntry], member_id: str, name: str) -> list[feed_pb2.FeedEntry]:
+    return [e for e in of(entries, member_id, feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED) if e.subject_id == name]
 
 
 def of(entries: list[feed_pb2.FeedEntry], member_id: str, kind: int) -> list[feed_pb2.FeedEntry]:
@@ -151,6 +156,10 @@ async def test_tag_changes_carry_dimension_value_change_and_who(tagging_stub: St
         if e.subject_id == name
     ]
     assert [e.WhichOneof("payload") for e in entries] == ["tag_changed", "tag_changed"]
+    # An operator's change happened when it was set (checked in the next test); the rest as sent.
+    assert all(e.tag_changed.HasField("occur_time") for e in entries)
+    for e in entries:
+        e.tag_changed.ClearField("occur_time")
     assert [e.tag_changed for e in entries] == [
         feed_pb2.TagChanged(
             dimension=name,
@@ -213,3 +222,39 @@ async def test_entries_written_before_a_field_existed_read_as_unset(tagging_stub
         None,
     )
     assert (refund.order_id, refund.amount_minor, refund.order_standing) == ("o-old", 5, None)
+
+
+async def test_a_tag_change_is_dated_by_the_fact_that_made_it(tagging_stub: Stub, db: Database) -> None:
+    """An order paid a month ago, recorded now, changes a real-time tag "a month ago"; an
+    operator's tag happened when it was set. Consumers judge news by this time (issue 19)."""
+    name = dimension()
+    await create(tagging_stub, frequency(name))  # real-time: heavy / light / none
+    member_id = await new_member(tagging_stub)
+    _, start = await read_all(tagging_stub)
+    paid = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).replace(microsecond=0)
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(paid)))
+    entries = tag_changes((await read_all(tagging_stub, start))[0], member_id, name)
+    assert [(e.tag_changed.value, e.tag_changed.change) for e in entries] == [
+        ("none", feed_pb2.TAG_CHANGE_REMOVED),
+        ("light", feed_pb2.TAG_CHANGE_ADDED),
+    ]
+    assert [e.tag_changed.occur_time.ToDatetime(tzinfo=dt.UTC) for e in entries] == [paid, paid]
+    payloads = [tagging_feed.read_entry(e).payload for e in entries]
+    assert [p.occur_time for p in payloads if isinstance(p, tagging_feed.TagChanged)] == [paid, paid]
+    # The published view audience follows carries the same time.
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        times = await conn.fetch(
+            """SELECT occur_time FROM tagging_read.feed WHERE member_id = $1 AND kind = $2""",
+            member_id,
+            int(FeedKind.TAG_CHANGED),
+        )
+    assert paid in [row["occur_time"] for row in times]
+
+    operator = dimension()
+    await create(tagging_stub, operator_dimension(operator))
+    before = dt.datetime.now(dt.UTC)
+    _, start = await read_all(tagging_stub)
+    await add(tagging_stub, operator, "vip_hotline", [member_id])
+    after = dt.datetime.now(dt.UTC)
+    (entry,) = tag_changes((await read_all(tagging_stub, start))[0], member_id, operator)
+    assert before <= entry.tag_changed.occur_time.ToDatetime(tzinfo=dt.UTC) <= after

@@ -744,6 +744,7 @@ class AudienceFeedEntry(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     change: Global___AudienceChange.ValueType
     audience: _builtins.str
@@ -752,7 +753,16 @@ class AudienceFeedEntry(_message.Message):
     version: _builtins.int
     """The audience version under which the member entered or left."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was written to the feed."""
+
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened: the latest time of the tagging facts and tag changes that moved the
+        member, or the `as_of` of a whole re-evaluation (time alone moved the member, or the audience
+        changed). Unset in entries written before audience dated them: read `create_time` then.
+        """
+
     def __init__(
         self,
         *,
@@ -762,10 +772,11 @@ class AudienceFeedEntry(_message.Message):
         member_id: _builtins.str = ...,
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "change", b"change", "create_time", b"create_time", "cursor", b"cursor", "member_id", b"member_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "change", b"change", "create_time", b"create_time", "cursor", b"cursor", "member_id", b"member_id", "occur_time", b"occur_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -250,6 +250,7 @@ class TagChanged(_message.Message):
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
     dimension: _builtins.str
     value: _builtins.str
     change: Global___TagChange.ValueType
@@ -258,6 +259,14 @@ class TagChanged(_message.Message):
     operator: _builtins.str
     """Who made the change and why, for operator tags; empty for rule tags."""
     reason: _builtins.str
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened: the time of the fact whose real-time refresh made it (an order's
+        `paid_time`, an event's `occur_time`, a refund's `refund_time`; the latest when a refresh took
+        several), the `as_of` of a scheduled recompute, or when an operator set it. Unset in entries
+        written before tagging dated changes: read the entry's `create_time` then.
+        """
+
     def __init__(
         self,
         *,
@@ -267,10 +276,11 @@ class TagChanged(_message.Message):
         definition_version: _builtins.int = ...,
         operator: _builtins.str = ...,
         reason: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "definition_version", b"definition_version", "dimension", b"dimension", "operator", b"operator", "reason", b"reason", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "definition_version", b"definition_version", "dimension", b"dimension", "occur_time", b"occur_time", "operator", b"operator", "reason", b"reason", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
