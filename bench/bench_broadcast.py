@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ from deploy import binaries, devstack
 from deploy.devstack import ROOT, SEARCH_ATTRIBUTES
 from runtime.config import Settings
 from runtime.db import Database
+from workflows.journeys import states
 from workflows.journeys import store as journeys_store
 from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
@@ -134,7 +136,11 @@ async def snapshot_everyone(address: str) -> audience_pb2.Snapshot:
 async def store_definition(dsn: str) -> None:
     db = await Database.connect(dsn, min_size=1, max_size=1)
     try:
-        await journeys_store.put_definition(db, servers.BENCH_TENANT, DEFINITION)
+        stored = await journeys_store.put_definition(db, servers.BENCH_TENANT, DEFINITION)
+        # Only an active journey opens a cohort.
+        await states.transition(
+            db, servers.BENCH_TENANT, DEFINITION.key, "active", stored.version, dt.datetime.now(dt.UTC)
+        )
     finally:
         await db.close()
 

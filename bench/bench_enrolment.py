@@ -45,7 +45,7 @@ from workflows.dispatcher.activities import IN_FLIGHT
 from workflows.dispatcher.payloads import DispatcherInput
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import client as journeys_client
-from workflows.journeys import store
+from workflows.journeys import states, store
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Step, Wait
 from workflows.journeys.payloads import JourneyInput
@@ -124,9 +124,16 @@ async def _at_least(value: int, wanted: int) -> bool:
     return value >= wanted
 
 
+async def activate(db: Database, definition: JourneyDefinition) -> None:
+    """Stores the journey and makes it live: only an active journey enrols."""
+    stored = await store.put_definition(db, servers.BENCH_TENANT, definition)
+    now = dt.datetime.now(dt.UTC)
+    await states.transition(db, servers.BENCH_TENANT, definition.key, "active", stored.version, now)
+
+
 async def started(client: Client, db: Database, members: list[str], key: str) -> Rate:
     definition = journey(key)
-    await store.put_definition(db, servers.BENCH_TENANT, definition)
+    await activate(db, definition)
     began = time.perf_counter()
     await start_all(
         members,
@@ -151,7 +158,7 @@ async def dispatched(
 ) -> Rate:
     """Records the members and their first orders, then lets a new dispatcher (from the cursor
     before them, stored as a dispatcher's first round would) enrol them."""
-    await store.put_definition(db, servers.BENCH_TENANT, journey(key))
+    await activate(db, journey(key))
     dispatcher = f"dispatcher/{key}"
     end = await tagging.ReadFeed(tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=servers.AUTH)
     # The audience feed stays empty: the benchmark's tenant has no dynamic audience.

@@ -19,7 +19,7 @@ from runtime.db import Database
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually
-from tests.workflows.journey_helpers import member_message
+from tests.workflows.journey_helpers import activate, member_message
 from workflows.journeys import client, store
 from workflows.journeys.cohort.payloads import CohortFunnel, CohortInput
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
@@ -118,7 +118,8 @@ async def start(
     snapshot: str,
     **tuning: Any,
 ) -> WorkflowHandle[CohortJourneyWorkflow, CohortFunnel]:
-    await store.put_definition(db, TENANT_ACME, definition)
+    stored = await store.put_definition(db, TENANT_ACME, definition)
+    await activate(db, TENANT_ACME, definition.key, stored.version)
     return await client.start_broadcast(
         env.client,
         settings.temporal_task_queue,

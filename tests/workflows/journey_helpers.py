@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from runtime.buckets import bucket
 from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import ACME, unique
-from workflows.journeys import client, store
+from workflows.journeys import client, states, store
 from workflows.journeys.activities import holdout_salt
 from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Step, Template
 from workflows.journeys.payloads import Funnel, JourneyInput
@@ -112,6 +113,11 @@ async def running(env: WorkflowEnvironment, settings: Settings, resources: Resou
         yield
 
 
+async def activate(db: Database, tenant_id: str, key: str, version: int = 0) -> states.JourneyState:
+    """Makes `version` (0: the latest) of a stored journey live: only an active journey enrols."""
+    return await states.transition(db, tenant_id, key, "active", version, dt.datetime.now(dt.UTC))
+
+
 async def start(
     env: WorkflowEnvironment,
     settings: Settings,
@@ -120,7 +126,8 @@ async def start(
     member_id: str,
     tenant_id: str = "acme",
 ) -> WorkflowHandle[JourneyWorkflow, Funnel]:
-    await store.put_definition(db, tenant_id, definition)
+    stored = await store.put_definition(db, tenant_id, definition)
+    await activate(db, tenant_id, definition.key, stored.version)
     return await client.start_member_journey(
         env.client,
         settings.temporal_task_queue,

@@ -19,7 +19,7 @@ from runtime.db import Database
 from tests.conftest import TENANT_ACME
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, messages, snapshot_population
-from tests.workflows.journey_helpers import phone_of
+from tests.workflows.journey_helpers import activate, phone_of
 from workflows.journeys import store
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
@@ -54,6 +54,7 @@ async def opened(
 ) -> int:
     """The cohort opened and its one snapshot page enrolled, as the workflow's first calls do."""
     await store.put_definition(db, TENANT_ACME, definition)
+    await activate(db, TENANT_ACME, definition.key)
     workflow_id = cohort_workflow_id(definition.key, snapshot.removeprefix("snapshots/"))
     env = attempt(workflow_id, now, 1)
     cohort = await env.run(

@@ -26,7 +26,7 @@ from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import stamp
 from tests.waiting import eventually
-from tests.workflows.journey_helpers import journey, keep_history, running, seed_member
+from tests.workflows.journey_helpers import activate, journey, keep_history, running, seed_member
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.payloads import DispatcherFunnel, DispatcherInput, DispatcherStatus
 from workflows.dispatcher.workflow import DispatcherWorkflow
@@ -124,6 +124,7 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
     journeys_db: Database,
 ) -> None:
     await store.put_definition(journeys_db, TENANT_ACME, NEW_CUSTOMER)
+    await activate(journeys_db, TENANT_ACME, NEW_CUSTOMER.key)
     member_id = unique()
     await seed_member(resources.tagging, member_id)
     async with (
@@ -181,6 +182,7 @@ async def test_entering_a_dynamic_audience_enrols_into_win_back(
         WIN_BACK, key=unique("win-back"), entry=Entry(audience=AudienceEntry(audience=created.audience_id))
     )
     await store.put_definition(journeys_db, TENANT_ACME, win_back)
+    await activate(journeys_db, TENANT_ACME, win_back.key)
     member_id, outsider = unique(), unique()
     async with (
         running(dev_server_env, worker_settings, resources),
@@ -233,6 +235,7 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
     )
     for definition in (stays, again):
         await store.put_definition(journeys_db, TENANT_ACME, definition)
+        await activate(journeys_db, TENANT_ACME, definition.key)
     first, second, later = unique(), unique(), unique()
     for member_id in (first, second, later):
         await seed_member(resources.tagging, member_id)
@@ -294,6 +297,7 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
 async def test_an_entry_event_enrols_once_even_where_re_entry_is_allowed(journeys_db: Database) -> None:
     definition = journey(Step(id="hello", send=Send(template="hello")), reentry=Reentry("after_exit"))
     await store.put_definition(journeys_db, TENANT_ACME, definition)
+    await activate(journeys_db, TENANT_ACME, definition.key)
     member_id, now = unique(), dt.datetime.now(dt.UTC)
 
     async def enrol(run_id: str, event_id: str) -> store.EnrolmentRow | store.Refusal:

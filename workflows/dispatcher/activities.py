@@ -28,7 +28,7 @@ from workflows.dispatcher import events
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.payloads import DispatchCounts, DispatchRequest, DispatchResult, ReportRequest
 from workflows.journeys import client as journeys_client
-from workflows.journeys import report, store
+from workflows.journeys import report, states, store
 from workflows.journeys.activities import now
 from workflows.journeys.definition import JourneyDefinition
 from workflows.journeys.payloads import JourneyInput, MemberEvent
@@ -39,6 +39,8 @@ from workflows.journeys.workflow import JourneyWorkflow
 POLL_SECONDS = 0.25
 # Temporal calls (starts, signals) one round has in flight at once.
 IN_FLIGHT = 64
+# Journeys whose running members the dispatcher signals (only active ones enrol).
+FOLLOWED = ("active", "paused", "archived")
 
 
 @dataclass
@@ -93,9 +95,15 @@ class DispatcherActivities:
         )
 
     async def _definitions(self, tenant_id: str, keys: Sequence[str]) -> list[tuple[JourneyDefinition, int]]:
-        """The latest version of each journey followed, with its version number."""
-        stored = await store.latest_definitions(self._db, tenant_id, keys)
-        return [(s.definition, s.version) for s in stored if events.follows(s.definition)]
+        """The live version of each journey followed, with the version a new entry runs: the live
+        one for an active journey, 0 (enrols nobody) for a paused or archived one, whose running
+        members still get their events (goals, exit criteria, waits). Drafts are not followed."""
+        live = await states.live_definitions(self._db, tenant_id, keys, FOLLOWED)
+        return [
+            (s.definition, s.version if state.state == "active" else 0)
+            for s, state in live
+            if events.follows(s.definition)
+        ]
 
     # --- one round ----------------------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class DispatcherActivities:
                 if (definition.key, member_id) in known.running and events.wakes(definition, event):
                     done.signalled += await self._signal(definition.key, member_id, event)
             for definition, version in definitions:
-                if not events.enters(definition, event):
+                if not version or not events.enters(definition, event):
                     continue
                 pair = (definition.key, member_id)
                 if (

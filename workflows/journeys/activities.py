@@ -21,7 +21,7 @@ from runtime.buckets import bucket
 from runtime.db import Database
 from runtime.errors import NotFound
 from workflows import service_calls
-from workflows.journeys import local_time, store, templates
+from workflows.journeys import local_time, states, store, templates
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import PROFILE_FIELDS
 from workflows.journeys.payloads import (
@@ -113,17 +113,22 @@ class JourneyActivities(service_calls.ServiceActivities):
 
     @activity.defn(name="journeys.load_definition")
     async def load_definition(self, request: LoadRequest) -> LoadedDefinition:
+        """The version asked for; 0: the journey's live version (see `states.live_definition`)."""
         try:
-            stored = await store.get_definition(
-                self._db, request.tenant_id, request.journey_key, request.version
-            )
+            if request.version:
+                stored = await store.get_definition(
+                    self._db, request.tenant_id, request.journey_key, request.version
+                )
+            else:
+                stored = await states.live_definition(self._db, request.tenant_id, request.journey_key)
         except NotFound as error:
             raise ApplicationError(error.message, type="NOT_FOUND", non_retryable=True) from error
         return LoadedDefinition(stored.version, stored.definition)
 
     @activity.defn(name="journeys.enter")
     async def enter(self, request: EnterRequest) -> Entered:
-        """The definition version (0: the latest) and the member's enrolment, in one activity."""
+        """The definition version (0: the live one) and the member's enrolment, in one activity;
+        only an active journey enrols (`store.enrol`)."""
         loaded = await self.load_definition(
             LoadRequest(request.tenant_id, request.journey_key, request.version)
         )

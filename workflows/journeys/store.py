@@ -157,7 +157,8 @@ async def enrol(
 ) -> EnrolmentRow | Refusal:
     """Enrols the member for this workflow run, or says why the re-entry policy refuses it.
     Repeating the call for the same run returns the same row; an entry event (a feed entry, see
-    the dispatcher) enrols a member into a journey once, even where the journey allows re-entry."""
+    the dispatcher) enrols a member into a journey once, even where the journey allows re-entry.
+    Only an active journey enrols (see `workflows/journeys/states.py`)."""
     async with db.transaction(tenant_id) as conn:
         await _lock(conn, "journey-enrolment", definition.key, member_id)
         mine = await conn.fetchrow(
@@ -168,6 +169,8 @@ async def enrol(
         )
         if mine is not None:
             return EnrolmentRow(**dict(mine))
+        if not await _active_for_entry(conn, tenant_id, definition.key):
+            return Refusal("journey is not active")
         last = await conn.fetchrow(
             """SELECT entry_number, state, finish_time FROM journeys.enrolments
                WHERE tenant_id = $1 AND journey_key = $2 AND member_id = $3
@@ -207,6 +210,18 @@ async def enrol(
         )
     assert row is not None
     return EnrolmentRow(**dict(row))
+
+
+async def _active_for_entry(conn: Connection, tenant_id: str, key: str) -> bool:
+    """Whether the journey is active, holding its state row FOR SHARE until the enrolment commits:
+    a pause (which updates the row) waits for this enrolment, so the pause's signals find it, or
+    this enrolment waits for the pause and sees it. A journey without a row is a draft."""
+    state = await conn.fetchval(
+        "SELECT state FROM journeys.journey_states WHERE tenant_id = $1 AND journey_key = $2 FOR SHARE",
+        tenant_id,
+        key,
+    )
+    return bool(state == "active")
 
 
 def refusal(

@@ -26,7 +26,7 @@ from runtime.buckets import BUCKETS
 from runtime.db import Database
 from runtime.errors import InvalidArgument, NotFound
 from workflows import service_calls
-from workflows.journeys import local_time
+from workflows.journeys import local_time, states
 from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import holdout_salt, now, recipient_of
 from workflows.journeys.channels.config import ChannelSettings
@@ -129,9 +129,12 @@ class CohortActivities(service_calls.ServiceActivities):
     async def open(self, request: OpenRequest) -> Opened:
         """Checks the definition and the snapshot, then takes the cohort's row for this workflow."""
         try:
-            stored = await journeys_store.get_definition(
-                self._db, request.tenant_id, request.journey_key, request.version
-            )
+            if request.version:
+                stored = await journeys_store.get_definition(
+                    self._db, request.tenant_id, request.journey_key, request.version
+                )
+            else:
+                stored = await states.live_definition(self._db, request.tenant_id, request.journey_key)
             validate_broadcast(stored.definition)
         except NotFound as error:
             raise ApplicationError(error.message, type="NOT_FOUND", non_retryable=True) from error
@@ -160,7 +163,7 @@ class CohortActivities(service_calls.ServiceActivities):
             return Opened(
                 accepted=False, reason=f"a broadcast of this journey and snapshot runs as {expected}"
             )
-        cohort, mine = await store.open_cohort(
+        opened = await store.open_cohort(
             self._db,
             request.tenant_id,
             definition.key,
@@ -170,6 +173,9 @@ class CohortActivities(service_calls.ServiceActivities):
             request.first_run_id,
             now(),
         )
+        if opened is None:
+            return Opened(accepted=False, reason="journey is not active")
+        cohort, mine = opened
         if not mine:
             return Opened(
                 accepted=False, reason=f"this snapshot was broadcast already (run {cohort.first_run_id})"

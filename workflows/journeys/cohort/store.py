@@ -19,6 +19,7 @@ import asyncpg
 
 from runtime.buckets import bucket_sql
 from runtime.db import Connection, Database
+from workflows.journeys import states
 
 
 def transaction(
@@ -64,10 +65,21 @@ async def open_cohort(
     workflow_id: str,
     first_run_id: str,
     now: dt.datetime,
-) -> tuple[Cohort, bool]:
+) -> tuple[Cohort, bool] | None:
     """The cohort of (journey, snapshot), created for this workflow if there is none; True when it
-    is this workflow's (created now, or by an earlier attempt of the same workflow run)."""
+    is this workflow's (created now, or by an earlier attempt of the same workflow run). None when
+    there is none and the journey is not active: only an active journey opens a cohort, and its
+    state row is held FOR SHARE until the cohort's row commits, so a pause finds the cohort."""
     async with transaction(db, tenant_id) as conn:
+        state = await states.read_state(conn, tenant_id, journey_key, lock="SHARE")
+        if state.state != "active":
+            row = await conn.fetchrow(
+                f"{_COHORT} WHERE journey_key = $1 AND snapshot_id = $2", journey_key, snapshot_id
+            )
+            if row is None:
+                return None
+            cohort = Cohort(**dict(row))
+            return cohort, (cohort.workflow_id, cohort.first_run_id) == (workflow_id, first_run_id)
         await conn.execute(
             """INSERT INTO journeys.cohorts (tenant_id, journey_key, version, snapshot_id, workflow_id,
                                              first_run_id, start_time)
@@ -368,18 +380,23 @@ async def move(
     positions: Sequence[int],
     due_times: Sequence[dt.datetime],
     arrived: Sequence[bool],
+    split_arms: Sequence[str] | None = None,
 ) -> None:
-    """Puts active members at a step (the number of steps: past the last) due from a time. Members
+    """Puts active members at a step (the number of steps: past the last) due from a time, adding
+    the split arm each took (`{step id}:{arm}`, '' for none) to its `split_arms` once. Members
     going to the same step at the same time (most of a batch) go as one array of ids."""
-    groups: dict[tuple[int, dt.datetime, bool], list[str]] = {}
-    for member, position, due, here in zip(member_ids, positions, due_times, arrived, strict=True):
-        groups.setdefault((position, due, here), []).append(member)
+    arms = list(split_arms) if split_arms is not None else [""] * len(member_ids)
+    groups: dict[tuple[int, dt.datetime, bool, str], list[str]] = {}
+    for member, position, due, here, arm in zip(member_ids, positions, due_times, arrived, arms, strict=True):
+        groups.setdefault((position, due, here, arm), []).append(member)
     if len(groups) > _MOVE_GROUPS:
         await conn.execute(
             """UPDATE journeys.cohort_members AS c
-               SET position = m.position, due_time = m.due_time, arrived = m.arrived
-               FROM unnest($2::text[], $3::smallint[], $4::timestamptz[], $5::bool[])
-                    AS m(member_id, position, due_time, arrived)
+               SET position = m.position, due_time = m.due_time, arrived = m.arrived,
+                   split_arms = CASE WHEN m.arm = '' OR m.arm = ANY(c.split_arms) THEN c.split_arms
+                                     ELSE c.split_arms || m.arm END
+               FROM unnest($2::text[], $3::smallint[], $4::timestamptz[], $5::bool[], $6::text[])
+                    AS m(member_id, position, due_time, arrived, arm)
                WHERE c.cohort_id = $1 AND c.member_id = m.member_id AND c.state = 'active'
                  -- The members once more as an array, so the rows are found through the primary key
                  -- (see message_log.record_many).
@@ -389,17 +406,22 @@ async def move(
             list(positions),
             list(due_times),
             list(arrived),
+            arms,
         )
         return
-    for (position, due, here), members in groups.items():
+    for (position, due, here, arm), members in groups.items():
         await conn.execute(
-            """UPDATE journeys.cohort_members SET position = $2, due_time = $3, arrived = $4
+            """UPDATE journeys.cohort_members
+               SET position = $2, due_time = $3, arrived = $4,
+                   split_arms = CASE WHEN $6 = '' OR $6 = ANY(split_arms) THEN split_arms
+                                     ELSE split_arms || $6::text END
                WHERE cohort_id = $1 AND member_id = ANY($5::text[]) AND state = 'active'""",
             cohort_id,
             position,
             due,
             here,
             members,
+            arm,
         )
 
 
