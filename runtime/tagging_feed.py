@@ -54,6 +54,8 @@ class TagChange(enum.IntEnum):
 @dataclass(frozen=True)
 class MemberChanged:
     revision: int  # 1: the member's registration
+    # When it happened (a registration's register_time); None in entries written before.
+    occur_time: dt.datetime | None = None
 
     @property
     def registered(self) -> bool:
@@ -162,7 +164,10 @@ def read_payload(message: feed_pb2.FeedEntry) -> Payload | None:
     """The entry's payload as a typed value; None when it carries none."""
     which = message.WhichOneof("payload")
     if which == "member_changed":
-        return MemberChanged(revision=message.member_changed.revision)
+        changed = message.member_changed
+        return MemberChanged(
+            revision=changed.revision, occur_time=_time(changed, "occur_time", changed.occur_time)
+        )
     if which == "order_recorded":
         return _order(message.order_recorded)
     if which == "refund_recorded":
@@ -238,7 +243,13 @@ def _tag_change(message: feed_pb2.TagChanged) -> TagChanged:
 
 
 def _time(
-    message: facts_pb2.Order | facts_pb2.Refund | facts_pb2.BehaviorEvent | feed_pb2.TagChanged,
+    message: (
+        facts_pb2.Order
+        | facts_pb2.Refund
+        | facts_pb2.BehaviorEvent
+        | feed_pb2.TagChanged
+        | feed_pb2.MemberChanged
+    ),
     field: str,
     stamp: timestamp_pb2.Timestamp,
 ) -> dt.datetime | None:

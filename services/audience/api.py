@@ -180,6 +180,7 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
                     member_id=e.member_id,
                     version=e.version,
                     create_time=_stamp(e.create_time),
+                    occur_time=_stamp(e.occur_time),
                 )
                 for e in entries
             ],

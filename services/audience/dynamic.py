@@ -18,8 +18,10 @@ Changes are differences: evaluating again what is already stored writes nothing.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import asyncpg
 
 from runtime import outbox, rounds
 from runtime.db import Connection, Database
@@ -43,6 +45,7 @@ class FeedEntry:
     member_id: str
     version: int
     create_time: dt.datetime
+    occur_time: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class Round:
     entered: int = 0
     exited: int = 0
     followed: int = 0  # tagging feed entries read
+
+
+def fact_times(changes: Sequence[asyncpg.Record]) -> dict[str, dt.datetime]:
+    """Each member's latest fact time among tagging feed entries (`member_id, occur_time`)."""
+    latest: dict[str, dt.datetime] = {}
+    for row in changes:
+        member_id, time = row["member_id"], row["occur_time"]
+        latest[member_id] = max(latest.get(member_id, time), time)
+    return latest
 
 
 class Memberships:
@@ -79,22 +91,30 @@ class Memberships:
         async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
             if not await store.try_lock_maintenance(conn, tenant_id):
                 return None
+            audiences = await store.dynamic_audiences(conn)
+            cursor = await store.tagging_cursor(conn, tenant_id)
+            live = any(row["dynamic"] and not row["deleted"] for row in audiences)
+            changes = (
+                await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH) if live else []
+            )
+            # When each member's facts happened: the entries and exits they cause are dated by it,
+            # here and in a whole evaluation that meets them first. Other moves happen `now`.
+            times = fact_times(changes)
             current: list[str] = []
-            for row in await store.dynamic_audiences(conn):
+            for row in audiences:
                 audience_id, version = row["audience_id"], row["current_version"]
                 if not row["dynamic"] or row["deleted"]:
-                    exited += await store.clear_membership(conn, tenant_id, audience_id, version)
+                    exited += await store.clear_membership(conn, tenant_id, audience_id, version, now)
                     continue
                 stale = row["membership_time"] is None or row["membership_time"] < now - FULL_EVERY
                 if row["membership_version"] != version or stale or row["references_changed"]:
-                    e, x, read = await self._apply(conn, tenant_id, audience_id, now, None)
+                    e, x, read = await self._apply(conn, tenant_id, audience_id, now, None, times)
                     references = {ref: v for ref, v in read if ref != audience_id}
                     await store.mark_evaluated(conn, audience_id, version, now, references)
                     entered, exited = entered + e, exited + x
                 # Even just evaluated whole: a fact committed after that statement's snapshot may be
                 # among the feed entries read below.
                 current.append(audience_id)
-            cursor = await store.tagging_cursor(conn, tenant_id)
             followed = 0
             if not current:
                 # Nothing to keep current: skip to the end, as a dynamic audience created later starts
@@ -102,11 +122,11 @@ class Memberships:
                 last = await store.last_tagging_cursor(conn)
                 if last is not None and last != cursor:
                     await store.save_tagging_cursor(conn, tenant_id, last)
-            elif changes := await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH):
+            elif changes:
                 followed = len(changes)
-                members = sorted({row["member_id"] for row in changes})
+                members = sorted(times)
                 for audience_id in current:
-                    e, x, _ = await self._apply(conn, tenant_id, audience_id, now, members)
+                    e, x, _ = await self._apply(conn, tenant_id, audience_id, now, members, times)
                     entered, exited = entered + e, exited + x
                 await store.save_tagging_cursor(conn, tenant_id, outbox.cursor_of(changes[-1]))
         if entered or exited:
@@ -114,7 +134,13 @@ class Memberships:
         return Round(entered, exited, followed)
 
     async def _apply(
-        self, conn: Connection, tenant_id: str, audience_id: str, now: dt.datetime, members: list[str] | None
+        self,
+        conn: Connection,
+        tenant_id: str,
+        audience_id: str,
+        now: dt.datetime,
+        members: list[str] | None,
+        times: Mapping[str, dt.datetime],
     ) -> tuple[int, int, tuple[tuple[str, int], ...]]:
         """(entered, exited, the (audience, version) pairs evaluated: it and what it references)."""
         try:
@@ -125,7 +151,15 @@ class Memberships:
             return 0, 0, ()
         c = loaded.compiled
         entered, exited = await store.apply_membership(
-            conn, c.members_sql(), c.args(now, members), tenant_id, audience_id, loaded.version, members
+            conn,
+            c.members_sql(),
+            c.args(now, members),
+            tenant_id,
+            audience_id,
+            loaded.version,
+            members,
+            now,
+            times,
         )
         return entered, exited, loaded.versions
 
@@ -151,6 +185,7 @@ class Memberships:
                 member_id=row["member_id"],
                 version=row["version"],
                 create_time=row["create_time"],
+                occur_time=row["occur_time"],
             )
             for row in rows
         ]

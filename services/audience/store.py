@@ -440,11 +440,15 @@ async def apply_membership(
     audience_id: str,
     version: int,
     only: Sequence[str] | None,
+    as_of: dt.datetime,
+    fact_times: Mapping[str, dt.datetime],
 ) -> tuple[int, int]:
     """Makes the stored membership equal `members_sql` (for the members in `only`, or all) and writes
-    each entry and exit to the feed; returns (entered, exited)."""
+    each entry and exit to the feed, dated by the member's time in `fact_times` (when the facts
+    that moved it happened) or else `as_of`; returns (entered, exited)."""
     n = len(args)
     t, a, v, scope = f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::text[]"
+    as_of_, ids, times = f"${n + 5}::timestamptz", f"${n + 6}::text[]", f"${n + 7}::timestamptz[]"
     row = await conn.fetchrow(
         f"""WITH now_in AS MATERIALIZED ({members_sql}),
             held AS (SELECT d.member_id FROM audience.dynamic_members d
@@ -462,10 +466,11 @@ async def apply_membership(
                     WHERE NOT EXISTS (SELECT 1 FROM now_in n WHERE n.member_id = h.member_id))
                 RETURNING d.member_id),
             logged AS (
-                INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version)
-                SELECT {t}, k.kind, {a}, k.member_id, {v} FROM (
+                INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version, occur_time)
+                SELECT {t}, k.kind, {a}, k.member_id, {v}, coalesce(ft.fact_time, {as_of_}) FROM (
                     SELECT {ENTERED} AS kind, member_id FROM entered
                     UNION ALL SELECT {EXITED}, member_id FROM exited) AS k
+                LEFT JOIN unnest({ids}, {times}) AS ft(member_id, fact_time) USING (member_id)
                 ORDER BY k.member_id
                 RETURNING 1)
             SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited,
@@ -475,21 +480,30 @@ async def apply_membership(
         audience_id,
         version,
         None if only is None else list(only),
+        as_of,
+        list(fact_times),
+        list(fact_times.values()),
     )
     assert row is not None
     return int(row["entered"]), int(row["exited"])
 
 
-async def clear_membership(conn: Connection, tenant_id: str, audience_id: str, version: int) -> int:
-    """Every member leaves (the audience was deleted or is no longer dynamic); returns how many."""
+async def clear_membership(
+    conn: Connection, tenant_id: str, audience_id: str, version: int, as_of: dt.datetime
+) -> int:
+    """Every member leaves (the audience was deleted or is no longer dynamic) at `as_of`; returns
+    how many."""
     left = await conn.fetchval(
         f"""WITH exited AS (DELETE FROM audience.dynamic_members WHERE audience_id = $2 RETURNING member_id),
-               logged AS (INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version)
-                          SELECT $1, {EXITED}, $2, member_id, $3 FROM exited ORDER BY member_id RETURNING 1)
+               logged AS (INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version,
+                                                     occur_time)
+                          SELECT $1, {EXITED}, $2, member_id, $3, $4 FROM exited ORDER BY member_id
+                          RETURNING 1)
             SELECT count(*) FROM logged""",
         tenant_id,
         audience_id,
         version,
+        as_of,
     )
     await conn.execute(
         """UPDATE audience.audiences SET membership_version = NULL, membership_time = NULL,
@@ -541,8 +555,9 @@ async def last_tagging_cursor(conn: Connection) -> str | None:
 async def changed_members(
     conn: Connection, after: outbox.Position | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Settled entries of tagging's feed (through its published view): whose facts or tags changed."""
-    return await outbox.read_settled(conn, "tagging_read.feed", "member_id", after, limit)
+    """Settled entries of tagging's feed (through its published view): whose facts or tags changed,
+    and when that happened (`member_id, occur_time`)."""
+    return await outbox.read_settled(conn, "tagging_read.feed", "member_id, occur_time", after, limit)
 
 
 async def indexable_audiences(conn: Connection) -> dict[str, int]:
@@ -573,7 +588,7 @@ async def read_audience_feed(
     return await outbox.read_settled(
         conn,
         "audience.feed",
-        "kind, audience_id, member_id, version, create_time",
+        "kind, audience_id, member_id, version, create_time, coalesce(occur_time, create_time) AS occur_time",
         after,
         limit,
         "($4::text IS NULL OR audience_id = $4::text)",

@@ -31,6 +31,7 @@ def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
     payload = entry.payload
     if entry.kind == FeedKind.MEMBER_CHANGED:
         message.member_changed.revision = int(payload.get("revision", 0))
+        _time(payload, "occur_time", message.member_changed.occur_time)
     elif entry.kind == FeedKind.ORDER_RECORDED:
         _order(payload, message.order_recorded)
     elif entry.kind == FeedKind.REFUND_RECORDED:

@@ -169,6 +169,13 @@ def merged(current: Member, given: MemberInput, paths: Sequence[str]) -> MemberI
     return MemberInput(current.member_id, profile, attributes, contact)
 
 
+def change_time(revision: int, member: MemberInput, now: dt.datetime) -> dt.datetime:
+    """When a member change happened: a registration at the member's `register_time` (a member
+    loaded with its history registered then, so it is no news), any other change now."""
+    registered = member.profile.register_time
+    return registered if revision == 1 and registered is not None and registered <= now else now
+
+
 def _changed_inputs(stored: Member) -> Input | None:
     """A new member's every real-time value is new; a changed one's profile values may be."""
     return Input.PROFILE if stored.revision > 1 else None
@@ -210,11 +217,17 @@ class Members:
         """Stores the member; when that changed it, with its feed entry and queued refresh."""
         stored, changed = await member_store.upsert_member(conn, tenant_id, member)
         if changed:
+            happened = change_time(stored.revision, member, now)
             await feed_store.append_feed(
-                conn, tenant_id, FeedKind.MEMBER_CHANGED, stored.member_id, "", {"revision": stored.revision}
+                conn,
+                tenant_id,
+                FeedKind.MEMBER_CHANGED,
+                stored.member_id,
+                "",
+                {"revision": stored.revision, "occur_time": happened.isoformat()},
             )
             await refresh_store.queue_refresh(
-                conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored)), now
+                conn, tenant_id, [stored.member_id], input_bits(_changed_inputs(stored)), happened
             )
         return stored, changed
 
@@ -231,17 +244,24 @@ class Members:
         async with self._db.transaction(tenant_id) as conn:
             changed = await member_store.import_members(conn, tenant_id, members)
             if changed:
+                given = {m.member_id: m for m in members}
+                happened = {m: change_time(revision, given[m], now) for m, revision in changed}
                 await feed_store.append_feed_many(
                     conn,
                     tenant_id,
                     FeedKind.MEMBER_CHANGED,
-                    [(member_id, "", {"revision": revision}) for member_id, revision in changed],
+                    [
+                        (m, "", {"revision": revision, "occur_time": happened[m].isoformat()})
+                        for m, revision in changed
+                    ],
                 )
                 # As upsert: a new member's real-time values are all new; a changed one's profile ones may be.
                 created = [member_id for member_id, revision in changed if revision == 1]
                 updated = [member_id for member_id, revision in changed if revision > 1]
-                await refresh_store.queue_refresh(conn, tenant_id, created, input_bits(None), now)
-                await refresh_store.queue_refresh(conn, tenant_id, updated, input_bits(Input.PROFILE), now)
+                await refresh_store.queue_refresh(conn, tenant_id, created, input_bits(None), happened)
+                await refresh_store.queue_refresh(
+                    conn, tenant_id, updated, input_bits(Input.PROFILE), happened
+                )
         if changed:
             await member_store.analyze_members_if_grown(self._db.pool, len(created))
             await asyncio.gather(

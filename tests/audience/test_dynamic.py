@@ -9,6 +9,7 @@ nothing else appeared.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -247,3 +248,27 @@ async def test_bad_feed_reads_name_the_field(
         ),
         field,
     )
+
+
+async def test_an_entry_happened_when_the_facts_that_moved_the_member_did(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """A member moved by an order paid months ago entered months ago (history, no news to a
+    journey); one moved by an order paid now entered now (issue 19)."""
+    batch = unique("batch")
+    joined = stamp(now() - dt.timedelta(days=400))
+    old, fresh = [await member(tagging_stub, batch, register_time=joined) for _ in range(2)]
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought()))
+    assert await settled_feed(audience_stub, db, audience_id, []) == []
+    await order(tagging_stub, old, 200, [("tea", 1_000)])
+    before = now()
+    await order(tagging_stub, fresh, 0, [("tea", 1_000)])
+    await settled_feed(audience_stub, db, audience_id, [("", 0)] * 2)
+    page = await audience_stub.ReadAudienceFeed(
+        audience_service_pb2.ReadAudienceFeedRequest(audience=f"audiences/{audience_id}", limit=10),
+        metadata=ACME,
+    )
+    happened = {e.member_id: e.occur_time.ToDatetime(tzinfo=dt.UTC) for e in page.entries}
+    assert happened.keys() == {old, fresh}
+    assert happened[old] < before - dt.timedelta(days=199)
+    assert happened[fresh] >= before

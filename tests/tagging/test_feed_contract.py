@@ -13,7 +13,7 @@ from runtime import tagging_feed
 from runtime.db import Database
 from services.tagging import feed_store
 from services.tagging.domain import FeedKind
-from tests.conftest import ACME, TENANT_ACME
+from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import (
     PAID,
     a_refund,
@@ -51,7 +51,8 @@ async def test_member_changes_carry_the_revision(tagging_stub: Stub) -> None:
     assert [e.WhichOneof("payload") for e in entries] == ["member_changed", "member_changed"]
     assert [e.member_changed.revision for e in entries] == [1, 2]
     read = [tagging_feed.read_entry(e) for e in entries]
-    assert [r.payload for r in read] == [tagging_feed.MemberChanged(1), tagging_feed.MemberChanged(2)]
+    changes = [r.payload for r in read if isinstance(r.payload, tagging_feed.MemberChanged)]
+    assert [(c.revision, c.occur_time is not None) for c in changes] == [(1, True), (2, True)]
     assert [r.kind for r in read] == [tagging_feed.FeedKind.MEMBER_CHANGED] * 2
     assert [isinstance(r.payload, tagging_feed.MemberChanged) and r.payload.registered for r in read] == [
         True,
@@ -258,3 +259,23 @@ async def test_a_tag_change_is_dated_by_the_fact_that_made_it(tagging_stub: Stub
     after = dt.datetime.now(dt.UTC)
     (entry,) = tag_changes((await read_all(tagging_stub, start))[0], member_id, operator)
     assert before <= entry.tag_changed.occur_time.ToDatetime(tzinfo=dt.UTC) <= after
+
+
+async def test_a_registration_happened_at_the_members_register_time(tagging_stub: Stub) -> None:
+    """A member loaded with its history registered when it says it did; a later change is now."""
+    registered = dt.datetime(2025, 3, 1, 8, 30, tzinfo=dt.UTC)
+    member = member_pb2.Member(member_id=unique())
+    member.profile.register_time.FromDatetime(registered)
+    _, start = await read_all(tagging_stub)
+    await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    member.profile.city = "Ningbo"
+    before = dt.datetime.now(dt.UTC)
+    await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    entries = of(
+        (await read_all(tagging_stub, start))[0], member.member_id, feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED
+    )
+    read = [tagging_feed.read_entry(e).payload for e in entries]
+    assert next(p.occur_time for p in read if isinstance(p, tagging_feed.MemberChanged)) == registered
+    second = read[1]
+    assert isinstance(second, tagging_feed.MemberChanged) and second.occur_time is not None
+    assert second.occur_time >= before
