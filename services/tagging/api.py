@@ -48,6 +48,8 @@ from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.stats import Stats, TagStats
 
 MEMBER_NAME_PREFIX = "members/"
+# Members per BatchGetMemberTags call (as BatchGetMembers).
+MAX_BATCH_MEMBER_TAGS = 10_000
 FEED_KINDS = frozenset(k.value for k in FeedKind if k is not FeedKind.UNSPECIFIED)
 
 
@@ -227,6 +229,26 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         violations.raise_if_any()
         tags = await self._tagger.member_tags(current_tenant(), member_id, as_of)
         return tagging_service_pb2.GetMemberTagsResponse(tags=[member_tag_to_proto(t) for t in tags])
+
+    async def BatchGetMemberTags(
+        self, request: tagging_service_pb2.BatchGetMemberTagsRequest, context: Any
+    ) -> tagging_service_pb2.BatchGetMemberTagsResponse:
+        violations = Violations()
+        if not 1 <= len(request.members) <= MAX_BATCH_MEMBER_TAGS:
+            violations.add("members", f"must name 1-{MAX_BATCH_MEMBER_TAGS} members")
+        member_ids: list[str] = []
+        for i, name in enumerate(request.members):
+            if not name.startswith(MEMBER_NAME_PREFIX):
+                violations.add(f"members[{i}]", "must be a resource name of the form members/{member_id}")
+            member_ids.append(name.removeprefix(MEMBER_NAME_PREFIX))
+        if len(set(member_ids)) != len(member_ids):
+            violations.add("members", "must name each member at most once")
+        for i, dimension in enumerate(request.dimensions):
+            if not catalog.DIMENSION.match(dimension):
+                violations.add(f"dimensions[{i}]", "is not a dimension name")
+        violations.raise_if_any()
+        tags = await self._tagger.members_tags(current_tenant(), member_ids, list(request.dimensions))
+        return tagging_service_pb2.BatchGetMemberTagsResponse(tags=[member_tag_to_proto(t) for t in tags])
 
     async def ListTagChanges(
         self, request: tagging_service_pb2.ListTagChangesRequest, context: Any

@@ -252,6 +252,14 @@ class Tagger:
                 raise NotFound(f"members/{member_id} not found")
             return [_member_tag(row) for row in await member_tag_store.member_tags_at(conn, member_id, as_of)]
 
+    async def members_tags(
+        self, tenant_id: str, member_ids: Sequence[str], dimensions: Sequence[str]
+    ) -> list[MemberTag]:
+        """The tags the members hold now (members tagging does not know hold none)."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await member_tag_store.members_tags_now(conn, member_ids, dimensions)
+        return [_member_tag(row) for row in rows]
+
     async def changes(
         self, tenant_id: str, member_id: str, dimension: str, page_size: int, page_token: str
     ) -> tuple[list[MemberTag], str]:

@@ -5,7 +5,7 @@ Every function runs on a connection already inside a tenant transaction."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -160,6 +160,22 @@ async def member_tags_at(conn: Connection, member_id: str, as_of: Any) -> list[a
                 ORDER BY dimension, value""",
             member_id,
             as_of,
+        )
+    )
+
+
+async def members_tags_now(
+    conn: Connection, member_ids: Sequence[str], dimensions: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The tags the members hold now (of `dimensions`, or all when empty), in one statement."""
+    return list(
+        await conn.fetch(
+            f"""SELECT {_MEMBER_TAG_COLUMNS} FROM tagging.member_tags
+                WHERE member_id = ANY($1::text[]) AND valid_to IS NULL
+                  AND (cardinality($2::text[]) = 0 OR dimension = ANY($2::text[]))
+                ORDER BY member_id, dimension, value""",
+            list(member_ids),
+            list(dimensions),
         )
     )
 

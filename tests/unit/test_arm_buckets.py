@@ -17,7 +17,7 @@ from collections import Counter
 from runtime.buckets import BUCKETS, bucket
 from runtime.errors import InvalidArgument
 from services.audience.snapshots import DEFAULT_ARMS, MAX_ARMS, validate_arms
-from workflows.journeys.cohort.delivery import split_arm
+from workflows.journeys.steps.split import split_arm, split_salt
 from workflows.journeys.definition import Split, SplitArm, Step
 
 MEMBERS = [f"m-{i:06d}" for i in range(20_000)]
@@ -60,8 +60,8 @@ def representatives(salt: str) -> list[str]:
     raise AssertionError("unreachable")
 
 
-COHORT, STEP_ID = 42, "split-1"
-EVERY_BUCKET = representatives(f"split:{COHORT}:{STEP_ID}")
+JOURNEY, STEP_ID = "spring-sale", "split-1"
+EVERY_BUCKET = representatives(split_salt(JOURNEY, STEP_ID))
 
 
 def split_step(*percents: int) -> Step:
@@ -72,9 +72,9 @@ def split_step(*percents: int) -> Step:
 def arms_of_every_bucket(step: Step) -> list[str]:
     out = []
     for member_id in EVERY_BUCKET:
-        name, following = split_arm(COHORT, step, member_id)
-        assert following == f"after-{name.removeprefix('arm_')}"
-        out.append(name)
+        arm = split_arm(JOURNEY, step, member_id)
+        assert arm.next == f"after-{arm.name.removeprefix('arm_')}"
+        out.append(arm.name)
     return out
 
 
@@ -107,15 +107,16 @@ def test_every_two_arm_split_owns_its_share_and_growing_an_arm_only_moves_member
         before = after
 
 
-def test_a_cohorts_split_draws_per_cohort_and_step() -> None:
-    """The same member lands in the same arm on a retried batch, but another cohort or another
-    step draws again (about half of the members change arm in a 50/50 split)."""
+def test_a_split_draws_per_journey_and_step() -> None:
+    """The same member lands in the same arm on a retried batch, in a member journey and in any
+    cohort of the journey, but another journey or another step draws again (about half of the
+    members change arm in a 50/50 split)."""
     step = split_step(50, 50)
     other_step = Step(id="split-2", split=step.split)
-    here = [split_arm(COHORT, step, m)[0] for m in MEMBERS[:4000]]
-    assert here == [split_arm(COHORT, step, m)[0] for m in MEMBERS[:4000]]
-    for changed in ([split_arm(COHORT + 1, step, m)[0] for m in MEMBERS[:4000]],
-                    [split_arm(COHORT, other_step, m)[0] for m in MEMBERS[:4000]]):  # fmt: skip
+    here = [split_arm(JOURNEY, step, m).name for m in MEMBERS[:4000]]
+    assert here == [split_arm(JOURNEY, step, m).name for m in MEMBERS[:4000]]
+    for changed in ([split_arm("autumn-sale", step, m).name for m in MEMBERS[:4000]],
+                    [split_arm(JOURNEY, other_step, m).name for m in MEMBERS[:4000]]):  # fmt: skip
         differ = sum(a != b for a, b in zip(here, changed, strict=True))
         assert 0.45 < differ / 4000 < 0.55
 

@@ -38,7 +38,7 @@ from tests.workflows.cohort_helpers import (
 )
 from tests.workflows.journey_helpers import keep_history, phone_of, running
 from workflows.journeys.activities import holdout_salt
-from workflows.journeys.cohort.delivery import split_arm
+from workflows.journeys.steps.split import split_arm
 from workflows.journeys.cohort.payloads import CohortEvent, CohortFunnel, CohortInput, cohort_workflow_id
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import EventMatch, Goal, QuietHours, Send, Split, SplitArm, Step, Wait
@@ -224,7 +224,7 @@ async def test_splits_waits_and_the_funnel_agree_with_the_database(
     arms = step(funnel, "split")["arms"]
     assert isinstance(arms, dict) and sum(arms.values()) == 600 and 0.6 < arms["mail"] / 600 < 0.8
     # Members of the `mail` arm get the e-mail, wait two days and get the text; the others only the text.
-    in_mail_arm = {m for m in ids if split_arm(funnel.cohort_id, definition.steps[0], m)[0] == "mail"}
+    in_mail_arm = {m for m in ids if split_arm(definition.key, definition.steps[0], m).name == "mail"}
     mailed = {r["member_id"] for r in rows if r["step_id"] == "by-mail"}
     assert mailed == in_mail_arm & set(treated) and len(in_mail_arm) == arms["mail"]
     texted = {r["member_id"]: r["update_time"] for r in rows if r["step_id"] == "by-sms"}

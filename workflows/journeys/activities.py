@@ -37,6 +37,7 @@ from workflows.journeys.payloads import (
     LocalTimeRequest,
     SendOutcome,
     SendRequest,
+    SplitRequest,
     TagRequest,
 )
 from workflows.journeys.sending import Recipient, Sender, SendNotTaken
@@ -105,6 +106,7 @@ class JourneyActivities(service_calls.ServiceActivities):
             self.send,
             self.award,
             self.add_tag,
+            self.record_split,
             self.finish,
         ]
 
@@ -217,11 +219,17 @@ class JourneyActivities(service_calls.ServiceActivities):
 
     @activity.defn(name="journeys.local_time")
     async def local_time(self, request: LocalTimeRequest) -> dt.datetime:
-        """The next instant at which the member's local clock shows hour:minute."""
+        """The next instant at which the member's local clock shows hour:minute (with `preferred`,
+        the hour of their `preferred_send_hour` tag when they have one)."""
         member = await self._member(request.tenant_id, request.member_id)
         zone_name = member.contact.time_zone if member is not None else ""
         tz = local_time.zone(zone_name, self._settings.default_time_zone)
-        return local_time.next_local_time(now(), tz, request.hour, request.minute)
+        hour = request.hour
+        if request.preferred and member is not None:
+            held = await self._tags(request.tenant_id, request.member_id)
+            own = local_time.preferred_hour(held.get(local_time.PREFERRED_SEND_HOUR, []))
+            hour = local_time.hour_for(request.hour, own)
+        return local_time.next_local_time(now(), tz, hour, request.minute)
 
     @activity.defn(name="journeys.check_condition")
     async def check_condition(self, request: ConditionRequest) -> bool:
@@ -305,6 +313,11 @@ class JourneyActivities(service_calls.ServiceActivities):
             raise service_calls.permanent("AddMemberTags", error) from error
         return int(reply.changed_count)
 
+    @activity.defn(name="journeys.record_split")
+    async def record_split(self, request: SplitRequest) -> None:
+        """Adds the arm to the enrolment's split arms (once however often it is retried)."""
+        await store.record_split(self._db, request.tenant_id, request.enrolment_id, request.split_arm)
+
     @activity.defn(name="journeys.finish")
     async def finish(self, request: FinishRequest) -> None:
         await store.finish(
@@ -315,4 +328,5 @@ class JourneyActivities(service_calls.ServiceActivities):
             now(),
             request.convert_time,
             request.gmv_minor,
+            store.Report(request.split_arms, request.step_figures),
         )

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from types import ModuleType
 
 from runtime.errors import Violations
 
@@ -50,7 +51,8 @@ PROFILE_FIELDS = ("nickname", "city", "level", "member_id")
 # for the cohort (member-local hours per member), hash-based splits, sends, strategy tags (one
 # tagging call per batch) and exits. Per-member work that has no batch form is left to triggered
 # journeys: waiting for a member's own event, branching on a member's audience or tags, awarding
-# points one EarnPoints call at a time (see docs/decisions.md).
+# points one EarnPoints call at a time (see docs/decisions.md). Each kind (workflows/journeys/steps)
+# is defined there once, with its `broadcast` flag; these names are what a unit test holds it to.
 BROADCAST_STEP_KINDS = ("wait", "wait_until_hour", "split", "send", "add_tag", "exit")
 
 KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -68,9 +70,6 @@ MAX_ENTRY_DELAY = timedelta(days=30)
 MAX_HOLDOUT_PERCENT = 50
 MAX_POINTS = 100_000_000
 MAX_TEXT = 4000
-
-# Checks that a jump (field path, step id) goes to a later step; built per step in `_steps`.
-_Target = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -326,10 +325,10 @@ def validate(definition: JourneyDefinition) -> None:
     _steps(definition, v)
     _templates(definition.templates, v)
     if definition.goal is not None:
-        _event(definition.goal.event, "goal.event", v)
-        _duration(definition.goal.attribution, "goal.attribution", v, MAX_ATTRIBUTION)
+        check_event(definition.goal.event, "goal.event", v)
+        check_duration(definition.goal.attribution, "goal.attribution", v, MAX_ATTRIBUTION)
     for i, match in enumerate(definition.exit_on):
-        _event(match, f"exit_on[{i}]", v)
+        check_event(match, f"exit_on[{i}]", v)
     if not 0 <= definition.holdout_percent <= MAX_HOLDOUT_PERCENT:
         v.add("holdout_percent", f"must be 0-{MAX_HOLDOUT_PERCENT}")
     if definition.holdout_percent and definition.goal is None:
@@ -340,7 +339,7 @@ def validate(definition: JourneyDefinition) -> None:
     if definition.quiet_hours is not None:
         _quiet_hours(definition.quiet_hours, v)
     _channels(definition.channels, v)
-    _duration(definition.max_entry_delay, "max_entry_delay", v, MAX_ENTRY_DELAY)
+    check_duration(definition.max_entry_delay, "max_entry_delay", v, MAX_ENTRY_DELAY)
     if definition.entry.broadcast is not None:
         _broadcast(definition, v)
     v.raise_if_any()
@@ -354,9 +353,18 @@ def validate_broadcast(definition: JourneyDefinition) -> None:
     v.raise_if_any()
 
 
+def _kinds() -> ModuleType:
+    """The step kinds (workflows/journeys/steps), each validating its own field. Imported when
+    first needed: they build on this module's dataclasses, so this module cannot import them first."""
+    from workflows.journeys import steps  # noqa: PLC0415 (see above)
+
+    return steps
+
+
 def _broadcast(definition: JourneyDefinition, v: Violations) -> None:
+    kinds = _kinds()
     for i, step in enumerate(definition.steps):
-        if step.kind and step.kind not in BROADCAST_STEP_KINDS:
+        if step.kind and not kinds.of(step).broadcast:
             v.add(
                 f"steps[{i}].{step.kind}",
                 f"a broadcast runs its cohort in batches and supports {', '.join(BROADCAST_STEP_KINDS)}",
@@ -372,7 +380,7 @@ def _entry(entry: Entry, v: Violations) -> None:
         v.add("entry", "set exactly one of event, audience, broadcast")
         return
     if entry.event is not None:
-        _event(entry.event, "entry.event", v)
+        check_event(entry.event, "entry.event", v)
     if entry.audience is not None and not RESOURCE_ID.match(entry.audience.audience):
         v.add("entry.audience.audience", "must be an audience id")
     if entry.broadcast is not None:
@@ -396,7 +404,7 @@ def _cron(text: str) -> bool:
     return len(parts) == 5 and all(CRON_FIELD.match(part) for part in parts)
 
 
-def _event(match: EventMatch, path: str, v: Violations) -> None:
+def check_event(match: EventMatch, path: str, v: Violations) -> None:
     if match.kind not in EVENT_KINDS:
         v.add(f"{path}.kind", f"must be one of {', '.join(EVENT_KINDS)}")
         return
@@ -410,7 +418,7 @@ def _event(match: EventMatch, path: str, v: Violations) -> None:
         v.add(f"{path}.values", "only tag events have values")
 
 
-def _duration(text: str, path: str, v: Violations, longest: timedelta) -> None:
+def check_duration(text: str, path: str, v: Violations, longest: timedelta) -> None:
     value = parse_duration(text)
     if value is None or value <= timedelta():
         v.add(path, "must be a positive duration such as 3d, 12h, 1d12h, 30m or 45s")
@@ -430,6 +438,7 @@ def _steps(definition: JourneyDefinition, v: Violations) -> None:
             v.add(f"steps[{i}].id", f"repeats the id of steps[{index[step.id]}]")
         else:
             index[step.id] = i
+    kinds = _kinds()
     for i, step in enumerate(steps):
         path = f"steps[{i}]"
         if not step.kind:
@@ -440,72 +449,7 @@ def _steps(definition: JourneyDefinition, v: Violations) -> None:
             if step_id and index.get(step_id, -1) <= here:
                 v.add(name, f"must name a later step ({step_id!r} is unknown or not after this one)")
 
-        _step(step, path, definition, target, v)
-
-
-def _step(step: Step, path: str, definition: JourneyDefinition, target: _Target, v: Violations) -> None:
-    _wait_step(step, path, target, v)
-    if step.branch is not None:
-        _condition(step.branch.condition, f"{path}.branch.condition", v)
-        target(f"{path}.branch.if_true", step.branch.if_true)
-        target(f"{path}.branch.if_false", step.branch.if_false)
-    if step.split is not None:
-        _split(step.split, f"{path}.split", target, v)
-    if step.send is not None:
-        if step.send.template not in definition.templates:
-            v.add(f"{path}.send.template", f"names no template of this journey ({step.send.template!r})")
-        if step.send.channel not in CHANNEL_CHOICES:
-            v.add(f"{path}.send.channel", f"must be one of {', '.join(CHANNEL_CHOICES)}")
-    if step.award is not None:
-        if not 1 <= step.award.points <= MAX_POINTS:
-            v.add(f"{path}.award.points", f"must be 1-{MAX_POINTS}")
-        if not 0 <= step.award.expiry_days <= 3650:
-            v.add(f"{path}.award.expiry_days", "must be 0 (never) to 3650")
-    if step.add_tag is not None:
-        if not NAME.match(step.add_tag.dimension):
-            v.add(f"{path}.add_tag.dimension", "must be a tag dimension name")
-        if not step.add_tag.value or len(step.add_tag.value) > 64:
-            v.add(f"{path}.add_tag.value", "must be 1-64 characters")
-
-
-def _wait_step(step: Step, path: str, target: _Target, v: Violations) -> None:
-    if step.wait is not None:
-        _duration(step.wait.duration, f"{path}.wait.duration", v, MAX_WAIT)
-    if step.wait_until_hour is not None:
-        if not 0 <= step.wait_until_hour.hour <= 23:
-            v.add(f"{path}.wait_until_hour.hour", "must be 0-23")
-        if not 0 <= step.wait_until_hour.minute <= 59:
-            v.add(f"{path}.wait_until_hour.minute", "must be 0-59")
-    if step.wait_for_event is not None:
-        w = step.wait_for_event
-        _event(w.event, f"{path}.wait_for_event.event", v)
-        _duration(w.timeout, f"{path}.wait_for_event.timeout", v, MAX_WAIT)
-        target(f"{path}.wait_for_event.on_event", w.on_event)
-        target(f"{path}.wait_for_event.on_timeout", w.on_timeout)
-
-
-def _condition(condition: Condition, path: str, v: Violations) -> None:
-    if bool(condition.audience) == (condition.tag is not None):
-        v.add(path, "set exactly one of audience, tag")
-    elif condition.audience and not RESOURCE_ID.match(condition.audience):
-        v.add(f"{path}.audience", "must be an audience id")
-    elif condition.tag is not None and not NAME.match(condition.tag.dimension):
-        v.add(f"{path}.tag.dimension", "must be a tag dimension name")
-
-
-def _split(split: Split, path: str, target: _Target, v: Violations) -> None:
-    if len(split.arms) < 2:
-        v.add(f"{path}.arms", "a split has at least two arms")
-    names: set[str] = set()
-    for j, arm in enumerate(split.arms):
-        if not NAME.match(arm.name) or arm.name in names:
-            v.add(f"{path}.arms[{j}].name", "must be a unique name such as a or reminder_first")
-        names.add(arm.name)
-        if not 1 <= arm.percent <= 99:
-            v.add(f"{path}.arms[{j}].percent", "must be 1-99")
-        target(f"{path}.arms[{j}].next", arm.next)
-    if split.arms and sum(arm.percent for arm in split.arms) != 100:
-        v.add(f"{path}.arms", "percents must add up to 100")
+        kinds.of(step).validate(step, path, kinds.Checks(definition, v, target))
 
 
 def _templates(templates: Mapping[str, Template], v: Violations) -> None:
@@ -555,7 +499,7 @@ def _reentry(reentry: Reentry, v: Violations) -> None:
         if reentry.policy == "never":
             v.add("reentry.cooldown", "only after_exit re-entry has a cooldown")
         else:
-            _duration(reentry.cooldown, "reentry.cooldown", v, MAX_WAIT)
+            check_duration(reentry.cooldown, "reentry.cooldown", v, MAX_WAIT)
 
 
 def _quiet_hours(quiet: QuietHours, v: Violations) -> None:

@@ -13,6 +13,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from workflows.journeys.definition import QuietHours
 
+# The tag dimension a member's own send hour is read from (a model tag every tenant has, "00".."23").
+PREFERRED_SEND_HOUR = "preferred_send_hour"
+
 
 def zone(name: str, default: str) -> ZoneInfo:
     """The member's zone, or `default` when they named none or one this machine does not know."""
@@ -66,3 +69,17 @@ def quiet_until(now: dt.datetime, tz: ZoneInfo, quiet: QuietHours | None) -> dt.
     inside = start <= clock < end if start < end else clock >= start or clock < end
     # It ends when the clock next shows its end (in a repeated hour, that may be the second time).
     return next_local_time(now, tz, end.hour, end.minute) if inside else None
+
+
+def preferred_hour(values: list[str] | tuple[str, ...]) -> int | None:
+    """The hour a member's `preferred_send_hour` tag values name, or None when they name none."""
+    for value in values:
+        if len(value) == 2 and value.isdigit() and int(value) <= 23:
+            return int(value)
+    return None
+
+
+def hour_for(fallback: int, own: int | None) -> int:
+    """The hour a `preferred` wait_until_hour waits for: the member's own (their tag), else the
+    step's fallback hour."""
+    return fallback if own is None else own

@@ -97,6 +97,17 @@ class LocalTimeRequest:
     member_id: str
     hour: int
     minute: int
+    # The member's `preferred_send_hour` tag decides the hour; `hour` for members without one.
+    preferred: bool = False
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """Records the arm a split gave the member (`{step id}:{arm}`) on its enrolment, once."""
+
+    tenant_id: str
+    enrolment_id: int
+    split_arm: str
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,10 @@ class FinishRequest:
     state: str
     convert_time: dt.datetime | None
     gmv_minor: int
+    # For the journey report: the arms the member's splits gave it (`{step id}:{arm}`) and its
+    # funnel per step ({"welcome": {"entered": 1, "sent": 1}}, counters that are not zero).
+    split_arms: tuple[str, ...] = ()
+    step_figures: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,28 +54,60 @@ class StoredDefinition:
 async def put_definition(db: Database, tenant_id: str, definition: JourneyDefinition) -> StoredDefinition:
     """Validates and stores `definition`: the latest version when its content is unchanged, else a new one."""
     validate(definition)
-    content = loading.to_json(definition)
-    content_hash = hashlib.sha256(content.encode()).hexdigest()
     async with db.transaction(tenant_id) as conn:
-        await _lock(conn, "journey-definition", definition.key)
-        latest = await conn.fetchrow(
-            """SELECT version, content_hash FROM journeys.definitions
-               WHERE tenant_id = $1 AND journey_key = $2 ORDER BY version DESC LIMIT 1""",
-            tenant_id,
-            definition.key,
+        await lock_journey(conn, definition.key)
+        return await add_version(
+            conn, tenant_id, definition, await latest_version(conn, tenant_id, definition.key)
         )
-        if latest is not None and latest["content_hash"] == content_hash:
-            return StoredDefinition(latest["version"], definition)
-        version = 1 if latest is None else latest["version"] + 1
-        await conn.execute(
-            """INSERT INTO journeys.definitions (tenant_id, journey_key, version, content, content_hash)
-               VALUES ($1, $2, $3, $4::jsonb, $5)""",
-            tenant_id,
-            definition.key,
-            version,
-            content,
-            content_hash,
-        )
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: int
+    content_hash: str
+
+
+def content_of(definition: JourneyDefinition) -> tuple[str, str]:
+    """The stored content (current format) and its hash."""
+    content = loading.to_json(definition)
+    return content, hashlib.sha256(content.encode()).hexdigest()
+
+
+async def lock_journey(conn: Connection, key: str) -> None:
+    """Serialises the writes of one journey's versions until the transaction ends."""
+    await _lock(conn, "journey-definition", key)
+
+
+async def latest_version(conn: Connection, tenant_id: str, key: str) -> VersionRow | None:
+    row = await conn.fetchrow(
+        """SELECT version, content_hash FROM journeys.definitions
+           WHERE tenant_id = $1 AND journey_key = $2 ORDER BY version DESC LIMIT 1""",
+        tenant_id,
+        key,
+    )
+    return None if row is None else VersionRow(row["version"], row["content_hash"])
+
+
+async def add_version(
+    conn: Connection, tenant_id: str, definition: JourneyDefinition, latest: VersionRow | None
+) -> StoredDefinition:
+    """Stores a validated definition after `latest` (read under `lock_journey`), unless its content
+    equals the latest's. Written in the current format (`loading.FORMAT_VERSION`)."""
+    content, content_hash = content_of(definition)
+    if latest is not None and latest.content_hash == content_hash:
+        return StoredDefinition(latest.version, definition)
+    version = 1 if latest is None else latest.version + 1
+    await conn.execute(
+        """INSERT INTO journeys.definitions (tenant_id, journey_key, version, content, content_hash,
+                                             format_version)
+           VALUES ($1, $2, $3, $4::jsonb, $5, $6)""",
+        tenant_id,
+        definition.key,
+        version,
+        content,
+        content_hash,
+        loading.FORMAT_VERSION,
+    )
     return StoredDefinition(version, definition)
 
 
@@ -82,7 +115,7 @@ async def get_definition(db: Database, tenant_id: str, key: str, version: int = 
     """One version (0: the latest); NotFound when the journey or version does not exist."""
     async with db.transaction(tenant_id, readonly=True) as conn:
         row = await conn.fetchrow(
-            """SELECT version, content::text AS content FROM journeys.definitions
+            """SELECT version, content::text AS content, format_version FROM journeys.definitions
                WHERE tenant_id = $1 AND journey_key = $2 AND ($3 = 0 OR version = $3)
                ORDER BY version DESC LIMIT 1""",
             tenant_id,
@@ -91,7 +124,13 @@ async def get_definition(db: Database, tenant_id: str, key: str, version: int = 
         )
     if row is None:
         raise NotFound(f"journey {key!r}" + (f" version {version}" if version else "") + " does not exist")
-    return StoredDefinition(row["version"], loading.from_json(row["content"]))
+    return stored(row)
+
+
+def stored(row: asyncpg.Record | Mapping[str, Any]) -> StoredDefinition:
+    """A definitions row (`version`, `content` as text, `format_version`) as the worker runs it:
+    upgraded to the current format, never re-validated (see `loading.from_stored`)."""
+    return StoredDefinition(row["version"], loading.from_stored(row["content"], row["format_version"]))
 
 
 async def latest_definitions(
@@ -100,14 +139,14 @@ async def latest_definitions(
     """The latest version of every journey of the tenant (or of those `keys`), by key."""
     async with db.transaction(tenant_id, readonly=True) as conn:
         rows = await conn.fetch(
-            """SELECT DISTINCT ON (journey_key) version, content::text AS content
+            """SELECT DISTINCT ON (journey_key) version, content::text AS content, format_version
                FROM journeys.definitions
                WHERE tenant_id = $1 AND (cardinality($2::text[]) = 0 OR journey_key = ANY($2::text[]))
                ORDER BY journey_key, version DESC""",
             tenant_id,
             list(keys),
         )
-    return [StoredDefinition(row["version"], loading.from_json(row["content"])) for row in rows]
+    return [stored(row) for row in rows]
 
 
 async def seed_definitions(
@@ -241,6 +280,15 @@ def refusal(
     return None
 
 
+@dataclass(frozen=True)
+class Report:
+    """What the journey report reads of a finished enrolment: the arms its splits gave the member
+    (`{step id}:{arm}`) and its funnel per step ({"welcome": {"entered": 1, "sent": 1}})."""
+
+    split_arms: Sequence[str] = ()
+    step_figures: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
 async def finish(
     db: Database,
     tenant_id: str,
@@ -249,12 +297,18 @@ async def finish(
     now: dt.datetime,
     convert_time: dt.datetime | None,
     gmv_minor: int,
+    report: Report | None = None,
 ) -> None:
-    """Records how the enrolment ended; repeating it changes nothing further."""
+    """Records how the enrolment ended (with what the report reads of it); repeating it changes
+    nothing further. The split arms are added to those recorded as the member took them."""
+    report = report or Report()
     async with db.transaction(tenant_id) as conn:
         await conn.execute(
             """UPDATE journeys.enrolments
-               SET state = $3, finish_time = $4, convert_time = $5, gmv_minor = $6
+               SET state = $3, finish_time = $4, convert_time = $5, gmv_minor = $6,
+                   split_arms = split_arms || ARRAY(SELECT a FROM unnest($7::text[]) AS a
+                                                    WHERE a <> ALL(split_arms)),
+                   step_figures = $8::jsonb
                WHERE tenant_id = $1 AND enrolment_id = $2 AND state = 'active'""",
             tenant_id,
             enrolment_id,
@@ -262,4 +316,18 @@ async def finish(
             now,
             convert_time,
             gmv_minor,
+            list(report.split_arms),
+            json.dumps({k: dict(v) for k, v in report.step_figures.items()}, sort_keys=True),
+        )
+
+
+async def record_split(db: Database, tenant_id: str, enrolment_id: int, split_arm: str) -> None:
+    """Adds `{step id}:{arm}` to the enrolment's split arms unless it is there (retries add nothing)."""
+    async with db.transaction(tenant_id) as conn:
+        await conn.execute(
+            """UPDATE journeys.enrolments SET split_arms = split_arms || $3::text
+               WHERE tenant_id = $1 AND enrolment_id = $2 AND $3 <> ALL(split_arms)""",
+            tenant_id,
+            enrolment_id,
+            split_arm,
         )

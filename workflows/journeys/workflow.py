@@ -3,8 +3,10 @@
 One run per member and entry, id `journey/{key}/member/{member_id}` (see `client.py`). It loads
 its definition version (recorded in history, so a newer version never changes a running member),
 enrols the member through a unique row, then walks the steps. Everything that decides is
-deterministic: time is `workflow.now()`, random splits draw on `workflow.random()`, and everything
-else (membership, tags, local time, sends) is an activity whose result history records.
+deterministic: time is `workflow.now()`, a split takes the member's bucket of (journey, step) as
+a cohort does (runs recorded before the `split-by-bucket` patch drew `workflow.random()`), and
+everything else (membership, tags, local time, sends) is an activity whose result history records.
+What each kind of step does is defined once, for member journeys and cohorts, in `steps/`.
 
 Signals: `event` (an event of the member: a goal, an exit criterion, what a wait waits for),
 `pause`/`resume` (a paused member stays before its next step; waits keep their deadlines).
@@ -23,14 +25,12 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.journeys import steps
     from workflows.journeys.activities import JourneyActivities
-    from workflows.journeys.definition import JourneyDefinition, Step, duration
+    from workflows.journeys.definition import EventMatch, JourneyDefinition, Step, duration
     from workflows.journeys.payloads import (
-        AwardRequest,
-        ConditionRequest,
         Enrolment,
         EnrolRequest,
         EnterRequest,
@@ -38,11 +38,8 @@ with workflow.unsafe.imports_passed_through():
         Funnel,
         JourneyInput,
         LoadRequest,
-        LocalTimeRequest,
         MemberEvent,
-        SendRequest,
         StepFigures,
-        TagRequest,
         matches,
     )
 
@@ -64,6 +61,8 @@ _O = TypeVar("_O")
 ENTER_ONCE = "enter-in-one-activity"
 # Events with an id are taken once, and the run's own entry event not at all.
 EVENT_IDS = "event-ids"
+# Goals judged by when their fact happened, not when its signal arrived (issue 19).
+EVENT_TIME_GOALS = "event-time-goals"
 
 
 @workflow.defn(name="Journey")
@@ -90,6 +89,8 @@ class JourneyWorkflow:
         self._figures: dict[str, dict[str, int]] = {}
         self._deferrals: dict[str, int] = {}
         self._detail = ""
+        # An exit step ended the walk.
+        self._left = False
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -167,6 +168,16 @@ class JourneyWorkflow:
                 self._state,
                 self._convert_time,
                 self._gmv_minor,
+                split_arms=tuple(
+                    f"{step_id}:{what.removeprefix('arm:')}"
+                    for step_id, figures in self._figures.items()
+                    for what in figures
+                    if what.startswith("arm:")
+                ),
+                step_figures={
+                    step_id: {what: n for what, n in figures.items() if n and not what.startswith("arm:")}
+                    for step_id, figures in self._figures.items()
+                },
             ),
         )
 
@@ -180,10 +191,9 @@ class JourneyWorkflow:
             step = definition.steps[position]
             self._current = step.id
             self._count(step.id, "entered")
-            if step.exit is not None:
-                self._detail = step.exit.reason
+            target = await self._step(step)
+            if self._left:
                 return
-            target = await self._step(definition, step)
             position = index[target] if target else position + 1
         self._current = ""
 
@@ -195,113 +205,66 @@ class JourneyWorkflow:
         end = self._enter_time + duration(definition.goal.attribution)
         await self._sleep_until(end)
 
-    # --- steps --------------------------------------------------------------------------------
+    # --- steps (each kind is defined in workflows/journeys/steps) ----------------------------
 
-    async def _step(self, definition: JourneyDefinition, step: Step) -> str:
+    async def _step(self, step: Step) -> str:
         """Runs one step; returns the id of the step to go to, or '' for the next one."""
-        if step.wait is not None:
-            await self._sleep_until(workflow.now() + duration(step.wait.duration))
-        elif step.wait_until_hour is not None:
-            until = await self._call(
-                JourneyActivities.local_time,
-                LocalTimeRequest(
-                    self._tenant, self._member, step.wait_until_hour.hour, step.wait_until_hour.minute
-                ),
-            )
-            await self._sleep_until(until)
-        elif step.wait_for_event is not None:
-            wait = step.wait_for_event
-            seen = len(self._events)
-            happened = await self._wait_for(
-                lambda: any(matches(wait.event, e) for e in self._events[seen:]),
-                workflow.now() + duration(wait.timeout),
-            )
-            return wait.on_event if happened else wait.on_timeout
-        elif step.branch is not None:
-            holds = await self._call(
-                JourneyActivities.check_condition,
-                ConditionRequest(self._tenant, self._member, step.branch.condition),
-            )
-            return step.branch.if_true if holds else step.branch.if_false
-        elif step.split is not None:
-            draw = workflow.random().randint(1, 100)
-            for arm in step.split.arms:
-                draw -= arm.percent
-                if draw <= 0:
-                    self._count(step.id, f"arm:{arm.name}")
-                    return arm.next
-        elif self._enrolment.holdout:
+        kind = steps.of(step)
+        if kind.treats and self._enrolment.holdout:
             self._count(step.id, "held_out")  # holdout members get no send, award or tag
-        elif step.send is not None:
-            await self._send(definition, step)
-        elif step.award is not None:
-            await self._treat(
-                step,
-                JourneyActivities.award,
-                AwardRequest(
-                    self._tenant,
-                    definition.key,
-                    self._enrolment.enrolment_id,
-                    self._member,
-                    step.id,
-                    step.award,
-                ),
-            )
-        elif step.add_tag is not None:
-            await self._treat(
-                step,
-                JourneyActivities.add_tag,
-                TagRequest(self._tenant, definition.key, self._member, step.id, step.add_tag),
-            )
-        return ""
+            return ""
+        return await kind.run(step, self)
 
-    async def _send(self, definition: JourneyDefinition, step: Step) -> None:
-        assert step.send is not None
-        request = SendRequest(
-            tenant_id=self._tenant,
-            journey_key=definition.key,
-            journey_run=f"{workflow.info().workflow_id}#{self._enrolment.entry_number}",
-            member_id=self._member,
-            step_id=step.id,
-            template=definition.templates[step.send.template],
-            channel=step.send.channel,
-            channels=definition.channels,
-            frequency_cap=definition.frequency_cap,
-            quiet_hours=definition.quiet_hours,
-        )
-        while not self._ended:
-            try:
-                outcome = await self._call(JourneyActivities.send, request)
-            except ActivityError:
-                self._count(step.id, "failed")
-                return
-            if outcome.status != "deferred" or outcome.until is None:
-                self._count(step.id, outcome.status)
-                return
-            # Deferred, never dropped: wait for the end of the quiet hours, the next local day or
-            # the next rate window, then ask again (a pause holds the member there too).
-            self._count(step.id, "deferred")
-            self._deferrals[outcome.detail] = self._deferrals.get(outcome.detail, 0) + 1
-            await self._sleep_until(outcome.until)
-            await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
-
-    async def _treat(self, step: Step, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> None:
-        try:
-            await self._call(method, request)
-        except ActivityError:
-            self._count(step.id, "failed")
-            return
-        self._count(step.id, "done")
-
-    # --- helpers ------------------------------------------------------------------------------
+    # What a step sees of the member (steps.MemberRun).
 
     @property
-    def _tenant(self) -> str:
+    def tenant_id(self) -> str:
         return self._input.tenant_id
 
     @property
-    def _member(self) -> str:
+    def member_id(self) -> str:
         return self._input.member_id
+
+    @property
+    def definition(self) -> JourneyDefinition:
+        assert self._definition is not None
+        return self._definition
+
+    @property
+    def ended(self) -> bool:
+        return bool(self._ended)
+
+    @property
+    def enrolment_id(self) -> int:
+        return self._enrolment.enrolment_id
+
+    @property
+    def entry_number(self) -> int:
+        return self._enrolment.entry_number
+
+    async def call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O:
+        return await self._call(method, request)
+
+    def count(self, step_id: str, what: str) -> None:
+        self._count(step_id, what)
+
+    async def sleep_until(self, until: dt.datetime) -> None:
+        await self._sleep_until(until)
+
+    async def event_until(self, match: EventMatch, until: dt.datetime) -> bool:
+        seen = len(self._events)
+        return await self._wait_for(lambda: any(matches(match, e) for e in self._events[seen:]), until)
+
+    async def unpaused(self) -> None:
+        await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
+
+    def deferred(self, reason: str) -> None:
+        self._deferrals[reason] = self._deferrals.get(reason, 0) + 1
+
+    def leave(self, detail: str) -> None:
+        self._left, self._detail = True, detail
+
+    # --- helpers ------------------------------------------------------------------------------
 
     async def _call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O:
         return await workflow.execute_activity_method(
@@ -341,13 +304,29 @@ class JourneyWorkflow:
                 break
             goal = definition.goal
             window_end = self._enter_time + duration(goal.attribution) if goal else self._enter_time
-            if goal is not None and matches(goal.event, event) and workflow.now() <= window_end:
+            if goal is not None and matches(goal.event, event) and self._attributed(event, window_end):
                 self._converted, self._ended = True, "converted"
                 self._gmv_minor += event.amount_minor
-                self._convert_time = workflow.now()
+                self._convert_time = self._happened(event)
             elif any(matches(criterion, event) for criterion in definition.exit_on):
                 self._ended, self._detail = "exited", f"exit criterion {event.kind}"
         self._absorbed = len(self._events)
+
+    def _attributed(self, event: MemberEvent, window_end: dt.datetime) -> bool:
+        """Whether a goal event counts: its fact happened inside [enrolment, enrolment +
+        attribution] (an order paid before the member entered, or long after, converts nobody).
+        Runs recorded before this judged by when the event arrived."""
+        assert self._enter_time is not None
+        if not workflow.patched(EVENT_TIME_GOALS):
+            return workflow.now() <= window_end
+        return self._enter_time <= self._happened(event) <= window_end
+
+    def _happened(self, event: MemberEvent) -> dt.datetime:
+        """When the event's fact happened (an operator's event without a time: when it arrived)."""
+        if event.occur_time is not None and workflow.patched(EVENT_TIME_GOALS):
+            time = event.occur_time
+            return time if time.tzinfo is not None else time.replace(tzinfo=dt.UTC)
+        return workflow.now()
 
     # --- signals and the query ----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from runtime.db import Database
 from runtime.errors import InvalidArgument, NotFound
 from workflows import service_calls
 from workflows.journeys import local_time, states
+from workflows.journeys import steps as step_kinds
 from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import holdout_salt, now, recipient_of
 from workflows.journeys.channels.config import ChannelSettings
@@ -320,16 +321,20 @@ class CohortActivities(service_calls.ServiceActivities):
         at: dt.datetime,
     ) -> dict[str, int]:
         steps = definition.steps
-        wanted = sorted(
-            {
-                d.member_id
-                for d in due
-                if steps[d.position].wait_until_hour is not None
-                or (not d.holdout and steps[d.position].send is not None)
-            }
+        wanted: set[str] = set()
+        preferring: set[str] = set()
+        for d in due:
+            step = steps[d.position]
+            kind = step_kinds.of(step)
+            if kind.needs_recipient and not (kind.treats and d.holdout):
+                wanted.add(d.member_id)
+            if step.wait_until_hour is not None and step.wait_until_hour.preferred:
+                preferring.add(d.member_id)
+        recipients, hours = await asyncio.gather(
+            self._recipients(request.tenant_id, sorted(wanted)),
+            self._preferred_hours(request.tenant_id, sorted(preferring)),
         )
-        recipients = await self._recipients(request.tenant_id, wanted)
-        plan = delivery.Plan(definition, cohort.cohort_id, at, self._sender)
+        plan = delivery.Plan(definition, cohort.cohort_id, at, self._sender, hours)
         for d in due:
             plan.add(d, recipients.get(d.member_id), self._zone(recipients.get(d.member_id)))
         for position, members in plan.tags.items():
@@ -397,6 +402,28 @@ class CohortActivities(service_calls.ServiceActivities):
                 found[member.member_id] = recipient_of(member)
         return {m: found.get(m) or Recipient(member_id=m, found=False) for m in member_ids}
 
+    async def _preferred_hours(self, tenant_id: str, member_ids: Sequence[str]) -> dict[str, int]:
+        """The members' own send hours (their `preferred_send_hour` tag), in one tagging call per
+        part; members without one are left out (they get the step's fallback hour)."""
+        if not member_ids:
+            return {}
+        try:
+            reply = await self._tagging.BatchGetMemberTags(
+                tagging_service_pb2.BatchGetMemberTagsRequest(
+                    members=[f"members/{m}" for m in member_ids],
+                    dimensions=[local_time.PREFERRED_SEND_HOUR],
+                ),
+                metadata=self._auth(tenant_id),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise service_calls.permanent("BatchGetMemberTags", error) from error
+        held: dict[str, list[str]] = {}
+        for tag in reply.tags:
+            held.setdefault(tag.member_id, []).append(tag.value)
+        hours = {m: local_time.preferred_hour(values) for m, values in held.items()}
+        return {m: hour for m, hour in hours.items() if hour is not None}
+
     async def _add_tags(
         self,
         tenant_id: str,
@@ -438,11 +465,12 @@ class CohortActivities(service_calls.ServiceActivities):
         cohort, definition = await self._cohort(request.tenant_id, request.cohort_id)
         at = now()
         goal = definition.goal
-        first_goal: dict[str, int] = {}
+        # (member, amount, when it happened): a goal counts when its fact is inside the window.
+        goals: list[tuple[str, int, dt.datetime]] = []
         exits: list[str] = []
         for item in request.events:
             if goal is not None and matches(goal.event, item.event):
-                first_goal.setdefault(item.member_id, item.event.amount_minor)
+                goals.append((item.member_id, item.event.amount_minor, item.event.occur_time or at))
             elif any(matches(criterion, item.event) for criterion in definition.exit_on):
                 exits.append(item.member_id)
         async with store.transaction(self._db, request.tenant_id) as conn:
@@ -451,15 +479,8 @@ class CohortActivities(service_calls.ServiceActivities):
             if found is not None:
                 return BatchOutcome(figures=found.figures)
             figures: Counter[str] = Counter()
-            if first_goal and goal is not None:
-                for row in await store.convert(
-                    conn,
-                    cohort.cohort_id,
-                    list(first_goal),
-                    list(first_goal.values()),
-                    duration(goal.attribution),
-                    at,
-                ):
+            if goals and goal is not None:
+                for row in await store.convert(conn, cohort.cohort_id, goals, duration(goal.attribution), at):
                     arm = "holdout" if row["holdout"] else "treated"
                     figures[f"converted:{arm}"] += row["n"]
                     figures[f"gmv:{arm}"] += int(row["gmv"])

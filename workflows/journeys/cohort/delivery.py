@@ -26,9 +26,8 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from runtime.buckets import BUCKETS, bucket
 from runtime.db import Connection, Database
-from workflows.journeys import local_time, message_log
+from workflows.journeys import local_time, message_log, steps
 from workflows.journeys.channels.base import (
     BatchChannel,
     BatchResult,
@@ -39,7 +38,7 @@ from workflows.journeys.channels.base import (
 )
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort import store
-from workflows.journeys.definition import JourneyDefinition, Step, duration
+from workflows.journeys.definition import JourneyDefinition, Step
 from workflows.journeys.payloads import SendOutcome
 from workflows.journeys.sending import Recipient, Sender, outgoing
 
@@ -61,6 +60,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Move:
+    """A member going on: to `position` (the number of steps: past the last), due at `due_time`;
+    `arrived`: counted as entered there already; `split_arm`: a split's arm to record, or ''."""
+
+    member_id: str
+    position: int
+    due_time: dt.datetime
+    arrived: bool
+    split_arm: str = ""
+
+
+@dataclass(frozen=True)
 class Candidate:
     member_id: str
     position: int
@@ -69,30 +80,22 @@ class Candidate:
     tz: ZoneInfo
 
 
-def split_arm(cohort_id: int, step: Step, member_id: str) -> tuple[str, str]:
-    """(arm name, next step id) of a split for a member: a bucket of the cohort, step and member,
-    so a retried batch draws the same and the shares follow the arms' percents."""
-    assert step.split is not None
-    point, low = bucket(f"split:{cohort_id}:{step.id}", member_id), 0
-    for arm in step.split.arms:
-        low += arm.percent * BUCKETS // 100
-        if point < low:
-            return arm.name, arm.next
-    last = step.split.arms[-1]
-    return last.name, last.next
-
-
 @dataclass
 class Plan:
-    """What a batch does to its due members, step by step, before anything is written."""
+    """What a batch does to its due members, step by step, before anything is written. Each step
+    kind decides for one member (`steps.StepKind.plan`, the same kinds member journeys run); the
+    plan is what they see of the batch (`steps.BatchRun`)."""
 
     definition: JourneyDefinition
     cohort_id: int
     now: dt.datetime
     sender: Sender
+    # The batch's members' own send hours (their `preferred_send_hour` tag), for wait_until_hour
+    # steps that ask for it; members without one are absent.
+    preferred_hours: Mapping[str, int] = field(default_factory=dict)
     figures: Counter[str] = field(default_factory=Counter)
-    # (member, position, due time, arrived): members going on (the number of steps: past the last).
-    moves: list[tuple[str, int, dt.datetime, bool]] = field(default_factory=list)
+    # Members going on (position: the number of steps when past the last).
+    moves: list[Move] = field(default_factory=list)
     exits: list[str] = field(default_factory=list)
     # (member, position, detail, local day): sends skipped for good (a `skipped` row each).
     skips: list[tuple[str, int, str, dt.date]] = field(default_factory=list)
@@ -101,31 +104,33 @@ class Plan:
     tags: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, due: store.Due, recipient: Recipient | None, tz: ZoneInfo) -> None:
-        p, member = due.position, due.member_id
-        step = self.definition.steps[p]
+        step = self.definition.steps[due.position]
         if not due.arrived:  # got here after a wait: it enters the step now
-            self.figures[f"step:{step.id}:entered"] += 1
-        if step.wait is not None:
-            self.go(member, p + 1, due.due_time + duration(step.wait.duration))
-        elif step.wait_until_hour is not None:
-            hour, minute = step.wait_until_hour.hour, step.wait_until_hour.minute
-            self.go(member, p + 1, local_time.next_local_time(due.due_time, tz, hour, minute))
-        elif step.split is not None:
-            name, target = split_arm(self.cohort_id, step, member)
-            self.figures[f"step:{step.id}:arm:{name}"] += 1
-            self.go(member, self.index(target, p), due.due_time)
-        elif step.exit is not None:
-            self.exits.append(member)
-            self.figures["exited"] += 1
-        elif due.holdout:
-            self.figures[f"step:{step.id}:held_out"] += 1  # no send or tag for the holdout
-            self.go(member, p + 1, due.due_time)
-        elif step.send is not None:
-            self._route(due, step, recipient or Recipient(member_id=member, found=False), tz)
-        elif step.add_tag is not None:
-            self.tags[p].append(member)
+            self.count(step.id, "entered")
+        kind = steps.of(step)
+        if kind.treats and due.holdout:
+            self.count(step.id, "held_out")  # no send or tag for the holdout
+            self.go(due.member_id, due.position + 1, due.due_time)
+            return
+        kind.plan(step, self, due, recipient or Recipient(member_id=due.member_id, found=False), tz)
 
-    def _route(self, due: store.Due, step: Step, recipient: Recipient, tz: ZoneInfo) -> None:
+    # What a step sees of the batch (steps.BatchRun).
+
+    def count(self, step_id: str, what: str, n: int = 1) -> None:
+        self.figures[f"step:{step_id}:{what}"] += n
+
+    def exit(self, member: str) -> None:
+        self.exits.append(member)
+        self.figures["exited"] += 1
+
+    def tag(self, position: int, member: str) -> None:
+        self.tags[position].append(member)
+
+    def preferred_hour(self, member: str) -> int | None:
+        return self.preferred_hours.get(member)
+
+    def route(self, due: store.Due, step: Step, recipient: Recipient, tz: ZoneInfo) -> None:
+        """A send: skipped for good, deferred, or a candidate for the part's claim."""
         assert step.send is not None
         d = self.definition
         routed = self.sender.route(step.send.channel, d.channels, d.quiet_hours, recipient, self.now, tz)
@@ -133,7 +138,7 @@ class Plan:
         if isinstance(routed, SendOutcome):
             if routed.status == "skipped":
                 self.skips.append((due.member_id, due.position, routed.detail, day))
-                self.figures[f"step:{step.id}:skipped"] += 1
+                self.count(step.id, "skipped")
                 self.go(due.member_id, due.position + 1, self.now)
             else:
                 assert routed.until is not None
@@ -143,42 +148,48 @@ class Plan:
 
     def tagged(self, step: Step, member_ids: Sequence[str], failed: str) -> None:
         p = self.definition.step_index()[step.id]
-        self.figures[f"step:{step.id}:{'failed' if failed else 'done'}"] += len(member_ids)
+        self.count(step.id, "failed" if failed else "done", len(member_ids))
         for member in member_ids:
             self.go(member, p + 1, self.now)
 
     def defer(self, member: str, position: int, until: dt.datetime, reason: str) -> None:
         """Not dropped: the member stays at the step, due again at `until`."""
         step = self.definition.steps[position]
-        self.figures[f"step:{step.id}:deferred"] += 1
+        self.count(step.id, "deferred")
         self.figures[f"deferral:{reason}"] += 1
-        self.moves.append((member, position, until, True))
+        self.moves.append(Move(member, position, until, True))
 
-    def go(self, member: str, position: int, due: dt.datetime) -> None:
-        """On to a step, due at `due`: it enters the step now, or when it gets there after a wait."""
+    def go(self, member: str, position: int, due: dt.datetime, split_arm: str = "") -> None:
+        """On to a step, due at `due`: it enters the step now, or when it gets there after a wait.
+        `split_arm` (`{step id}:{arm}`) is recorded on the member by the same write."""
         steps = self.definition.steps
         if position >= len(steps):
-            self.moves.append((member, len(steps), store.WALKED, True))
+            self.moves.append(Move(member, len(steps), store.WALKED, True, split_arm))
             return
         arrived = due <= self.now
         if arrived:
-            self.figures[f"step:{steps[position].id}:entered"] += 1
-        self.moves.append((member, position, due, arrived))
+            self.count(steps[position].id, "entered")
+        self.moves.append(Move(member, position, due, arrived, split_arm))
 
     def index(self, target: str, position: int) -> int:
         return self.definition.step_index()[target] if target else position + 1
 
-    def take_moves(self) -> list[tuple[str, int, dt.datetime, bool]]:
+    def take_moves(self) -> list[Move]:
         moves, self.moves = self.moves, []
         return moves
 
 
-async def apply_moves(
-    conn: Connection, cohort_id: int, moves: Sequence[tuple[str, int, dt.datetime, bool]]
-) -> None:
+async def apply_moves(conn: Connection, cohort_id: int, moves: Sequence[Move]) -> None:
     if moves:
-        members, positions, dues, arrived = zip(*moves, strict=True)
-        await store.move(conn, cohort_id, members, positions, dues, arrived)
+        await store.move(
+            conn,
+            cohort_id,
+            [m.member_id for m in moves],
+            [m.position for m in moves],
+            [m.due_time for m in moves],
+            [m.arrived for m in moves],
+            [m.split_arm for m in moves],
+        )
 
 
 async def claimed_rows(

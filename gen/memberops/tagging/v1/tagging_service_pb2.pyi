@@ -516,6 +516,58 @@ class GetMemberTagsResponse(_message.Message):
 Global___GetMemberTagsResponse: _TypeAlias = GetMemberTagsResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetMemberTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-10000 resource names `members/{member_id}`, each at most once; members that do not exist
+        have no tags.
+        """
+
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these dimensions (empty: every dimension)."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        dimensions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetMemberTagsRequest: _TypeAlias = BatchGetMemberTagsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetMemberTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_tags_pb2.MemberTag]:
+        """The current tags of the members, by member id, dimension and value."""
+
+    def __init__(
+        self,
+        *,
+        tags: _abc.Iterable[_tags_pb2.MemberTag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetMemberTagsResponse: _TypeAlias = BatchGetMemberTagsResponse  # noqa: Y015
+
+@_typing.final
 class ListTagChangesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

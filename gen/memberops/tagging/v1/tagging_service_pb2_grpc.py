@@ -124,6 +124,11 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetMemberTags = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/BatchGetMemberTags',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsResponse.FromString,
+                _registered_method=True)
         self.ListTagChanges = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/ListTagChanges',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListTagChangesRequest.SerializeToString,
@@ -292,6 +297,13 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetMemberTags(self, request, context):
+        """The tags many members have now, in one call (a journey batch reads its members' send hours).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTagChanges(self, request, context):
         """Pages through tag changes (each value's holding period), newest first.
         """
@@ -417,6 +429,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.GetMemberTags,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.SerializeToString,
+            ),
+            'BatchGetMemberTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetMemberTags,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsResponse.SerializeToString,
             ),
             'ListTagChanges': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTagChanges,
@@ -905,6 +922,33 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/GetMemberTags',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetMemberTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetMemberTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/BatchGetMemberTags',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMemberTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

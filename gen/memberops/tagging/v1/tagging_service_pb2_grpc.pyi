@@ -101,6 +101,8 @@ class TaggingServiceStub:
     """
     GetMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]
     """The tags a member has now, or had at `as_of`."""
+    BatchGetMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMemberTagsRequest, _tagging_service_pb2.BatchGetMemberTagsResponse]
+    """The tags many members have now, in one call (a journey batch reads its members' send hours)."""
     ListTagChanges: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]
     """Pages through tag changes (each value's holding period), newest first."""
     RecomputeTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]
@@ -187,6 +189,8 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """
     GetMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetMemberTagsRequest, _tagging_service_pb2.GetMemberTagsResponse]  # type: ignore[assignment]
     """The tags a member has now, or had at `as_of`."""
+    BatchGetMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMemberTagsRequest, _tagging_service_pb2.BatchGetMemberTagsResponse]  # type: ignore[assignment]
+    """The tags many members have now, in one call (a journey batch reads its members' send hours)."""
     ListTagChanges: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ListTagChangesRequest, _tagging_service_pb2.ListTagChangesResponse]  # type: ignore[assignment]
     """Pages through tag changes (each value's holding period), newest first."""
     RecomputeTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecomputeTagsRequest, _tagging_service_pb2.RecomputeTagsResponse]  # type: ignore[assignment]
@@ -372,6 +376,14 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.GetMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.GetMemberTagsResponse]]:
         """The tags a member has now, or had at `as_of`."""
+
+    @_abc_1.abstractmethod
+    def BatchGetMemberTags(
+        self,
+        request: _tagging_service_pb2.BatchGetMemberTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.BatchGetMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.BatchGetMemberTagsResponse]]:
+        """The tags many members have now, in one call (a journey batch reads its members' send hours)."""
 
     @_abc_1.abstractmethod
     def ListTagChanges(
