@@ -150,7 +150,7 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
         async def reported() -> DispatcherFunnel | None:
             shown: DispatcherFunnel = await d.query(DispatcherWorkflow.funnel)
             figures = {r.journey_key: r for r in shown.journeys}.get(NEW_CUSTOMER.key)
-            return shown if figures and figures.treated.converted + figures.holdout.converted else None
+            return shown if figures and figures.treated.conversions + figures.holdout.conversions else None
 
         shown = await eventually(reported, "the conversion in the dispatcher's funnel")
     # Terminated by now: rounds that enrolled and signalled, reports of the journeys' figures.

@@ -1,207 +1,375 @@
-"""What a journey did, treated against holdout: `python -m workflows.journeys.report`.
+"""What a journey did: `journey_report` computes the figures JourneyService.GetJourneyReport
+answers; `python -m workflows.journeys.report` asks the service for them and prints them.
 
     .venv/bin/python -m workflows.journeys.report --tenant dev --journey new-customer [--version 2] [--json]
 
-Read from the worker's schema (needs DATABASE_URL), not from Temporal's history: the enrolments
-(one row per member and entry: arm, state, conversion, GMV) and the message log (one row per
-journey run, member and step). A member converts when the journey's goal happens within its
-attribution window from entry (the workflow records it so); GMV is the converting order's amount.
-Members still in the journey count as entered and not (yet) converted, in both arms alike.
+The figures come from the worker's schema, not from Temporal's history, and cover both shapes of a
+journey together: member journeys (`enrolments`, one row per member and entry, and the message log)
+and the cohorts of its broadcasts (`cohort_members`, and what each finished batch counted).
+
+- Arms: treated, holdout, and each split arm (`{step id}:{arm name}`), with members, those still
+  in the journey, conversions (the goal within the attribution window from entry; members still in
+  the journey count as not converted yet), GMV of the converting orders. A split arm counts treated
+  members only: the holdout walks the same paths but is sent nothing on any of them.
+- Comparisons: every arm against the holdout, and each split arm against the arms of its split
+  listed before it, with the statistics of `stats`.
+- Steps: a member journey's figures per step are written when the member leaves
+  (`enrolments.step_figures`); for members still in it (and runs that ended before those figures
+  were kept) the message log's outcomes count, so their entered and deferred are not counted yet.
+  Cohorts add what their finished batches counted (`cohort_batches.figures`), while they run too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
+import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from runtime.config import Settings
-from runtime.db import Database
-from runtime.errors import NotFound
-from workflows.journeys import store
+import grpc
+from google.protobuf import json_format
+from memberops.journeys.v1 import report_pb2
 
-ARMS = ("treated", "holdout")
+from runtime.config import ConfigError, Settings
+from runtime.db import Connection, Database
+from workflows.journeys import stats, store
+from workflows.journeys.definition import JourneyDefinition
+from workflows.journeys.report_table import render
+
+TREATED, HOLDOUT = "treated", "holdout"
+STEP_COUNTERS = ("entered", "sent", "skipped", "deferred", "failed", "unknown", "held_out", "done")
+# Message statuses that are outcomes (queued, sending and retry are still under way).
+LOGGED_OUTCOMES = ("sent", "skipped", "failed", "unknown")
+GET_JOURNEY_REPORT = "/memberops.journeys.v1.JourneyService/GetJourneyReport"
+DEFAULT_ADDRESS = "127.0.0.1:50054"
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    step_id: str
+    entered: int = 0
+    sent: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    failed: int = 0
+    unknown: int = 0
+    held_out: int = 0
+    done: int = 0
 
 
 @dataclass(frozen=True)
 class ArmFigures:
+    # treated, holdout or `{step id}:{arm name}`.
     arm: str
-    entered: int = 0
-    # Of those entered, still walking or measuring.
+    members: int = 0
+    # Of those, still in the journey.
     active: int = 0
-    converted: int = 0
+    conversions: int = 0
+    rate: float = 0.0
+    # The rate's 95 % Wilson interval.
+    ci_low: float = 0.0
+    ci_high: float = 1.0
     gmv_minor: int = 0
-    # Step id -> message status (sent, skipped, failed, unknown, sending, retry) -> messages.
-    messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    gmv_per_member_minor: int = 0
 
-    @property
-    def conversion_rate(self) -> float:
-        return self.converted / self.entered if self.entered else 0.0
 
-    def sent(self, step_id: str) -> int:
-        return self.messages.get(step_id, {}).get("sent", 0)
+@dataclass(frozen=True)
+class Comparison:
+    """The arm's conversion rate minus the baseline's (see stats.compare)."""
 
-    def not_sent(self) -> int:
-        """Messages skipped (opted out, no channel), failed or of unknown outcome, all steps."""
-        return sum(
-            n for statuses in self.messages.values() for status, n in statuses.items() if status != "sent"
-        )
+    arm: str
+    baseline: str
+    difference: float = 0.0
+    ci_low: float = -1.0
+    ci_high: float = 1.0
+    p_value: float = 1.0
+    too_small: bool = True
 
 
 @dataclass(frozen=True)
 class JourneyReport:
+    """Every field but the key has a default: the dispatcher's recorded histories hold reports of an
+    older shape, which decode into this one (unknown fields are dropped) when they replay."""
+
     journey_key: str
     # 0: every version.
-    version: int
-    attribution: str
-    # The definition's send steps in order (then any other step the log names).
-    send_steps: tuple[str, ...]
-    treated: ArmFigures
-    holdout: ArmFigures
-    # Treated conversion rate minus the holdout's, in percentage points.
-    uplift_points: float
-    # Treated rate over holdout rate, minus one; None when no holdout member converted.
-    uplift_relative: float | None
+    version: int = 0
+    attribution: str = ""
+    steps: tuple[StepFigures, ...] = ()
+    arms: tuple[ArmFigures, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
+    # Member journey runs (one per member and entry) and broadcast cohorts counted.
+    member_runs: int = 0
+    cohorts: int = 0
+
+    def arm(self, name: str) -> ArmFigures:
+        """The arm's figures (empty ones for an arm nobody is in)."""
+        return next((a for a in self.arms if a.arm == name), ArmFigures(name))
+
+    @property
+    def treated(self) -> ArmFigures:
+        return self.arm(TREATED)
+
+    @property
+    def holdout(self) -> ArmFigures:
+        return self.arm(HOLDOUT)
+
+
+@dataclass
+class _Tally:
+    members: int = 0
+    active: int = 0
+    conversions: int = 0
+    gmv_minor: int = 0
+
+
+class _Counts:
+    """What the queries found, added up per arm and per step."""
+
+    def __init__(self) -> None:
+        self.arms: defaultdict[str, _Tally] = defaultdict(_Tally)
+        self.steps: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add_members(self, treated: bool, split_arms: Iterable[str], row: dict[str, int]) -> None:
+        for arm in [TREATED if treated else HOLDOUT, *(split_arms if treated else ())]:
+            tally = self.arms[arm]
+            tally.members += row["members"]
+            tally.active += row["active"]
+            tally.conversions += row["conversions"]
+            tally.gmv_minor += row["gmv_minor"]
+
+    def add_step(self, step_id: str, counter: str, n: int) -> None:
+        if counter in STEP_COUNTERS:
+            self.steps[step_id][counter] += n
 
 
 async def journey_report(db: Database, tenant_id: str, journey_key: str, version: int = 0) -> JourneyReport:
-    """The figures of one journey (all versions, or one); NotFound for an unknown journey."""
+    """The figures of one journey (all versions, or one); NotFound for an unknown journey or version."""
     definition = (await store.get_definition(db, tenant_id, journey_key, version)).definition
+    counts = _Counts()
     async with db.transaction(tenant_id, readonly=True) as conn:
-        enrolled = await conn.fetch(
-            """SELECT arm, count(*) AS entered,
-                      count(*) FILTER (WHERE state = 'active') AS active,
-                      count(*) FILTER (WHERE state = 'converted') AS converted,
-                      coalesce(sum(gmv_minor) FILTER (WHERE state = 'converted'), 0)::bigint AS gmv_minor
-               FROM journeys.enrolments
-               WHERE tenant_id = $1 AND journey_key = $2 AND ($3 = 0 OR version = $3)
-               GROUP BY arm""",
-            tenant_id,
-            journey_key,
-            version,
-        )
-        logged = await conn.fetch(
-            """SELECT e.arm, m.step_id, m.status, count(*) AS messages
-               FROM journeys.messages m
-               JOIN journeys.enrolments e
-                 ON e.tenant_id = m.tenant_id AND e.journey_key = m.journey_key
-                AND e.member_id = m.member_id AND m.journey_run = e.workflow_id || '#' || e.entry_number
-               WHERE m.tenant_id = $1 AND m.journey_key = $2 AND ($3 = 0 OR e.version = $3)
-               GROUP BY 1, 2, 3""",
-            tenant_id,
-            journey_key,
-            version,
-        )
-    messages: dict[str, dict[str, dict[str, int]]] = {arm: {} for arm in ARMS}
-    for row in logged:
-        messages[row["arm"]].setdefault(row["step_id"], {})[row["status"]] = row["messages"]
-    counts = {row["arm"]: row for row in enrolled}
-    arms = {
-        arm: ArmFigures(
-            arm=arm,
-            entered=counts[arm]["entered"] if arm in counts else 0,
-            active=counts[arm]["active"] if arm in counts else 0,
-            converted=counts[arm]["converted"] if arm in counts else 0,
-            gmv_minor=counts[arm]["gmv_minor"] if arm in counts else 0,
-            messages=messages[arm],
-        )
-        for arm in ARMS
-    }
-    sends = [step.id for step in definition.steps if step.send is not None]
-    sends += sorted({step for arm in ARMS for step in messages[arm]} - set(sends))
-    treated, holdout = arms["treated"], arms["holdout"]
+        member_runs = await _member_journeys(conn, counts, tenant_id, journey_key, version)
+        cohorts = await _cohorts(conn, counts, tenant_id, journey_key, version)
     return JourneyReport(
         journey_key=journey_key,
         version=version,
         attribution=definition.goal.attribution if definition.goal is not None else "",
-        send_steps=tuple(sends),
-        treated=treated,
-        holdout=holdout,
-        uplift_points=100 * (treated.conversion_rate - holdout.conversion_rate),
-        uplift_relative=(
-            treated.conversion_rate / holdout.conversion_rate - 1 if holdout.conversion_rate else None
-        ),
+        steps=tuple(_steps(definition, counts)),
+        arms=(arms := tuple(_arms(definition, counts))),
+        comparisons=tuple(_comparisons(arms)),
+        member_runs=member_runs,
+        cohorts=cohorts,
     )
 
 
-async def journey_keys(db: Database, tenant_id: str) -> list[str]:
-    async with db.transaction(tenant_id, readonly=True) as conn:
-        rows = await conn.fetch(
-            "SELECT DISTINCT journey_key FROM journeys.definitions WHERE tenant_id = $1 ORDER BY 1", tenant_id
+# One row per arm and combination of split arms: a few rows whatever the number of members.
+_ARM_FIGURES = """count(*) AS members,
+       count(*) FILTER (WHERE state = 'active') AS active,
+       count(*) FILTER (WHERE state = 'converted') AS conversions,
+       coalesce(sum(gmv_minor) FILTER (WHERE state = 'converted'), 0)::bigint AS gmv_minor"""
+
+
+async def _member_journeys(conn: Connection, counts: _Counts, tenant_id: str, key: str, version: int) -> int:
+    """Adds the member journeys' arms and steps; the number of runs."""
+    where = "e.tenant_id = $1 AND e.journey_key = $2 AND ($3 = 0 OR e.version = $3)"
+    runs = 0
+    for row in await conn.fetch(
+        f"""SELECT arm = 'treated' AS treated, split_arms, {_ARM_FIGURES}
+            FROM journeys.enrolments e WHERE {where} GROUP BY 1, 2""",
+        tenant_id,
+        key,
+        version,
+    ):
+        counts.add_members(row["treated"], row["split_arms"], dict(row))
+        runs += row["members"]
+    # Members who left: the figures their run wrote.
+    for row in await conn.fetch(
+        f"""SELECT s.key AS step_id, c.key AS counter, sum(c.value::bigint)::bigint AS n
+            FROM journeys.enrolments e
+            CROSS JOIN LATERAL jsonb_each(e.step_figures) s
+            CROSS JOIN LATERAL jsonb_each_text(s.value) c
+            WHERE {where} AND e.state <> 'active' AND e.step_figures <> '{{}}'::jsonb
+            GROUP BY 1, 2""",
+        tenant_id,
+        key,
+        version,
+    ):
+        counts.add_step(row["step_id"], row["counter"], row["n"])
+    # Members still in the journey, and runs that ended before step figures were kept: the log.
+    for row in await conn.fetch(
+        f"""SELECT m.step_id, m.status, count(*) AS n
+            FROM journeys.enrolments e
+            JOIN journeys.messages m
+              ON m.tenant_id = e.tenant_id AND m.journey_run = e.workflow_id || '#' || e.entry_number
+             AND m.member_id = e.member_id
+            WHERE {where} AND (e.state = 'active' OR e.step_figures = '{{}}'::jsonb)
+              AND m.status = ANY($4::text[])
+            GROUP BY 1, 2""",
+        tenant_id,
+        key,
+        version,
+        list(LOGGED_OUTCOMES),
+    ):
+        counts.add_step(row["step_id"], row["status"], row["n"])
+    return runs
+
+
+async def _cohorts(conn: Connection, counts: _Counts, tenant_id: str, key: str, version: int) -> int:
+    """Adds the broadcasts' cohorts' arms and steps; the number of cohorts."""
+    cohort_ids = [
+        row["cohort_id"]
+        for row in await conn.fetch(
+            """SELECT cohort_id FROM journeys.cohorts
+               WHERE tenant_id = $1 AND journey_key = $2 AND ($3 = 0 OR version = $3)""",
+            tenant_id,
+            key,
+            version,
         )
-    return [row["journey_key"] for row in rows]
-
-
-def _money(minor: int) -> str:
-    return f"{minor / 100:,.2f}"
-
-
-def render(report: JourneyReport) -> str:
-    """The report as a table, treated beside holdout."""
-    t, h = report.treated, report.holdout
-    version = f"version {report.version}" if report.version else "all versions"
-    window = f", goal within {report.attribution} of entry" if report.attribution else ", no goal"
-    rows: list[tuple[str, str, str]] = [
-        ("entered", f"{t.entered:,}", f"{h.entered:,}"),
-        ("  still in the journey", f"{t.active:,}", f"{h.active:,}"),
-        *((f"sent {step}", f"{t.sent(step):,}", f"{h.sent(step):,}") for step in report.send_steps),
-        ("  not sent (skipped, failed, unknown)", f"{t.not_sent():,}", f"{h.not_sent():,}"),
-        ("converted", f"{t.converted:,}", f"{h.converted:,}"),
-        ("conversion rate", f"{100 * t.conversion_rate:.2f}%", f"{100 * h.conversion_rate:.2f}%"),
-        ("GMV (attributed)", _money(t.gmv_minor), _money(h.gmv_minor)),
     ]
-    width = max(len(label) for label, _, _ in rows)
-    lines = [
-        f"journey {report.journey_key} ({version}{window})",
-        f"{'':<{width}}  {'treated':>12}  {'holdout':>12}",
-        *(f"{label:<{width}}  {a:>12}  {b:>12}" for label, a, b in rows),
+    if not cohort_ids:
+        return 0
+    for row in await conn.fetch(
+        f"""SELECT NOT holdout AS treated, split_arms, {_ARM_FIGURES}
+            FROM journeys.cohort_members WHERE tenant_id = $1 AND cohort_id = ANY($2::bigint[])
+            GROUP BY 1, 2""",
+        tenant_id,
+        cohort_ids,
+    ):
+        counts.add_members(row["treated"], row["split_arms"], dict(row))
+    # Finished batches' counters, {"step:hello:sent": 4980, "step:split-1:arm:a": 2500, ...}.
+    for row in await conn.fetch(
+        """SELECT f.key, sum(f.value::bigint)::bigint AS n
+           FROM journeys.cohort_batches b CROSS JOIN LATERAL jsonb_each_text(b.figures) f
+           WHERE b.tenant_id = $1 AND b.cohort_id = ANY($2::bigint[]) AND b.state = 'done'
+             AND f.key LIKE 'step:%'
+           GROUP BY 1""",
+        tenant_id,
+        cohort_ids,
+    ):
+        step_id, _, counter = row["key"].removeprefix("step:").partition(":")
+        counts.add_step(step_id, counter, row["n"])
+    return len(cohort_ids)
+
+
+def _steps(definition: JourneyDefinition, counts: _Counts) -> Iterable[StepFigures]:
+    """The definition's steps in order, then steps of other versions the figures name, by id."""
+    ids = [step.id for step in definition.steps]
+    for step_id in ids + sorted(counts.steps.keys() - set(ids)):
+        figures: Mapping[str, int] = counts.steps.get(step_id, {})
+        yield StepFigures(step_id, **{name: figures.get(name, 0) for name in STEP_COUNTERS})
+
+
+def _arms(definition: JourneyDefinition, counts: _Counts) -> Iterable[ArmFigures]:
+    """treated, holdout, the definition's split arms in order, then any other split arm, by name."""
+    names = [TREATED, HOLDOUT] + [
+        f"{step.id}:{arm.name}"
+        for step in definition.steps
+        if step.split is not None
+        for arm in step.split.arms
     ]
-    relative = (
-        f"{100 * report.uplift_relative:+.1f}%"
-        if report.uplift_relative is not None
-        else "n/a (no holdout conversion)"
-    )
-    lines.append(f"uplift: {report.uplift_points:+.2f} percentage points; relative {relative}")
-    return "\n".join(lines)
+    for name in names + sorted(counts.arms.keys() - set(names)):
+        t = counts.arms.get(name, _Tally())
+        low, high = stats.wilson(t.conversions, t.members)
+        yield ArmFigures(
+            arm=name,
+            members=t.members,
+            active=t.active,
+            conversions=t.conversions,
+            rate=stats.rate(t.conversions, t.members),
+            ci_low=low,
+            ci_high=high,
+            gmv_minor=t.gmv_minor,
+            # Rounded half up, in integers (money stays integral).
+            gmv_per_member_minor=(2 * t.gmv_minor + t.members) // (2 * t.members) if t.members else 0,
+        )
 
 
-def to_json(report: JourneyReport) -> str:
-    data = dataclasses.asdict(report)
-    for arm in ARMS:
-        data[arm]["conversion_rate"] = getattr(report, arm).conversion_rate
-    return json.dumps(data, indent=2, sort_keys=True)
+def _comparisons(arms: Sequence[ArmFigures]) -> Iterable[Comparison]:
+    """Each arm against the holdout; each split arm against the earlier arms of its split."""
+    by_name = {a.arm: a for a in arms}
+    holdout = by_name[HOLDOUT]
+    for arm in arms:
+        if arm.arm != HOLDOUT:
+            yield _compare(arm, holdout)
+    splits: defaultdict[str, list[ArmFigures]] = defaultdict(list)
+    for arm in arms:
+        if ":" in arm.arm:
+            splits[arm.arm.partition(":")[0]].append(arm)
+    for split_arms in splits.values():
+        for i, baseline in enumerate(split_arms):
+            for arm in split_arms[i + 1 :]:
+                yield _compare(arm, baseline)
+
+
+def _compare(arm: ArmFigures, baseline: ArmFigures) -> Comparison:
+    d = stats.compare(arm.conversions, arm.members, baseline.conversions, baseline.members)
+    return Comparison(arm.arm, baseline.arm, d.difference, d.ci_low, d.ci_high, d.p_value, d.too_small)
+
+
+# --- the command: a client of JourneyService.GetJourneyReport --------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m workflows.journeys.report",
-        description="Treated against holdout for a journey: entered, sent per step, converted, GMV, uplift.",
+        description="What a journey did, from JourneyService.GetJourneyReport: per step, per arm "
+        "(treated, holdout, split arms) with 95 %% intervals, and uplift with p-values.",
     )
-    parser.add_argument("--tenant", required=True)
-    parser.add_argument("--journey", default="", help="a journey key (default: every journey of the tenant)")
+    parser.add_argument(
+        "--tenant", required=True, help="the tenant; its token is taken from MEMBEROPS_AUTH_TOKENS"
+    )
+    parser.add_argument("--journey", required=True, help="the journey's key")
     parser.add_argument("--version", type=int, default=0, help="one version only (default: all)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("MEMBEROPS_JOURNEYS_ADDRESS", DEFAULT_ADDRESS),
+        help=f"the journey service (default: $MEMBEROPS_JOURNEYS_ADDRESS or {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON instead of tables")
     return parser
 
 
+async def fetch(
+    address: str, token: str, request: report_pb2.GetJourneyReportRequest
+) -> report_pb2.JourneyReport:
+    """One GetJourneyReport call (by its method name: this module needs no service stub)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            GET_JOURNEY_REPORT,
+            request_serializer=report_pb2.GetJourneyReportRequest.SerializeToString,
+            response_deserializer=report_pb2.JourneyReport.FromString,
+        )
+        answer: report_pb2.JourneyReport = await call(
+            request, metadata=(("authorization", f"Bearer {token}"),), timeout=60
+        )
+        return answer
+
+
 async def run(argv: Sequence[str], settings: Settings) -> int:
-    """The command: prints each report; 1 with a message when the journey does not exist."""
+    """The command: prints the report; 1 with the service's message when it refuses."""
     args = parser().parse_args(argv)
-    db = await Database.connect(settings.require_database(), min_size=1, max_size=2)
     try:
-        keys = [args.journey] if args.journey else await journey_keys(db, args.tenant)
-        reports = [await journey_report(db, args.tenant, key, args.version) for key in keys]
-    except NotFound as error:
-        print(f"error: {error.message}", file=sys.stderr)
+        token = settings.token_for_tenant(args.tenant)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    finally:
-        await db.close()
-    for report in reports:
-        print(to_json(report) if args.json else render(report) + "\n")
+    request = report_pb2.GetJourneyReportRequest(journey_key=args.journey, version=args.version)
+    try:
+        answer = await fetch(args.address, token, request)
+    except grpc.aio.AioRpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json_format.MessageToJson(
+                answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+    else:
+        print(render(answer))
     return 0
 
 
