@@ -29,6 +29,7 @@ class Settings:
     tagging_address: str = "127.0.0.1:50051"
     audience_address: str = "127.0.0.1:50052"
     tasks_address: str = "127.0.0.1:50053"
+    journeys_address: str = "127.0.0.1:50054"
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "memberops"
@@ -49,6 +50,7 @@ class Settings:
             tagging_address=env.get("MEMBEROPS_TAGGING_ADDRESS", defaults.tagging_address),
             audience_address=env.get("MEMBEROPS_AUDIENCE_ADDRESS", defaults.audience_address),
             tasks_address=env.get("MEMBEROPS_TASKS_ADDRESS", defaults.tasks_address),
+            journeys_address=env.get("MEMBEROPS_JOURNEYS_ADDRESS", defaults.journeys_address),
             temporal_address=env.get("TEMPORAL_ADDRESS", defaults.temporal_address),
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", defaults.temporal_namespace),
             temporal_task_queue=env.get("MEMBEROPS_TASK_QUEUE", defaults.temporal_task_queue),

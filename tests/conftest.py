@@ -17,6 +17,7 @@ from runtime import app, logs
 from runtime.config import Settings
 from runtime.db import Database
 from services.audience import server as audience_server
+from services.journeys import server as journeys_server
 from services.tagging import server as tagging_server
 from services.tasks import server as tasks_server
 
@@ -125,6 +126,14 @@ def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.Serv
 @pytest.fixture(scope="session")
 async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
     async for running in _serve(tasks_definition(), tasks_settings):
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def journeys(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
+    """The journeys service over the worker's schema, asking the in-process tagging and audience
+    services about what definitions name."""
+    async for running in _serve(journeys_server.DEFINITION, tasks_settings):
         yield running
 
 

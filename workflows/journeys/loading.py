@@ -1,8 +1,12 @@
-"""Journey definitions from JSON (files, the stored rows, an operator's input), shape-checked first.
+"""Journey definitions from JSON (files, an operator's input, the stored rows), shape-checked first.
 
 The Temporal data converter would build the dataclasses too, but it reports a wrong shape as a
 Python type error without saying where; this reader names the path (`steps[2].wait.duration`) of
 every unknown key, missing field and wrong type, then `definition.validate` checks the meaning.
+
+Stored rows are read differently (`from_stored`): each says which format its content is in, is
+upgraded to the current format and shape-checked, but never validated again. Validation happens
+once, on write; a rule tightened since must not make a version a member is running unloadable.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from runtime.errors import InvalidArgument, Violations
 from workflows.journeys.definition import JourneyDefinition, validate
 
 _MISSING = object()
+
+# The format `to_json` writes. 1: before formats existed (no `max_entry_delay`, no
+# `wait_until_hour.preferred`); 2: with both.
+FORMAT_VERSION = 2
+
+
+class UnreadableDefinition(RuntimeError):
+    """A stored definition this code cannot read (a newer format, or content that lost its shape):
+    a fault of the deployment or the data, not of the caller."""
 
 
 def from_json(text: str) -> JourneyDefinition:
@@ -37,6 +50,42 @@ def from_data(data: object) -> JourneyDefinition:
     assert isinstance(definition, JourneyDefinition)
     validate(definition)
     return definition
+
+
+def from_stored(text: str, format_version: int = 1) -> JourneyDefinition:
+    """A stored version: upgraded from its format to the current one and shape-checked, not
+    validated (it was, when it was written). `format_version` 1 also reads a current row the same,
+    since every upgrade only adds what is absent."""
+    if format_version > FORMAT_VERSION:
+        raise UnreadableDefinition(
+            f"stored definition is format {format_version}; this code reads up to {FORMAT_VERSION}"
+        )
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise UnreadableDefinition("stored definition is not a JSON object")
+    for version in range(format_version, FORMAT_VERSION):
+        data = _UPGRADES[version](data)
+    v = Violations()
+    definition = _build(JourneyDefinition, data, "", v)
+    try:
+        v.raise_if_any()
+    except InvalidArgument as error:
+        raise UnreadableDefinition(f"stored definition has lost its shape: {error.message}") from None
+    assert isinstance(definition, JourneyDefinition)
+    return definition
+
+
+def _from_format_1(data: Any) -> Any:
+    """Format 1 -> 2: the entry delay and the preferred-hour flag, at their defaults."""
+    data.setdefault("max_entry_delay", "1d")
+    for step in data.get("steps", ()):
+        if isinstance(step, dict) and isinstance(step.get("wait_until_hour"), dict):
+            step["wait_until_hour"].setdefault("preferred", False)
+    return data
+
+
+# format N -> the upgrade to N + 1.
+_UPGRADES = {1: _from_format_1}
 
 
 def to_data(definition: JourneyDefinition) -> dict[str, Any]:

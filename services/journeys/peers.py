@@ -1,0 +1,86 @@
+"""The journeys service's reads of audience and tagging over gRPC (`references.Catalog`), acting for
+a tenant with that tenant's token. One channel per peer for the process."""
+
+from __future__ import annotations
+
+import grpc
+from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
+from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
+
+from runtime.config import Settings
+from services.journeys.references import AudienceInfo, DimensionInfo, SampleMember
+
+# The tasks service's reading of a peer's answer: NOT_FOUND (or an id that could never name
+# anything) is None, no answer is UNAVAILABLE, anything else our fault (INTERNAL).
+from services.tasks.peers import answer as _answer
+
+CALL_TIMEOUT_SECONDS = 5.0
+
+
+class Peers:
+    def __init__(self, settings: Settings) -> None:
+        self._token_for_tenant = settings.token_for_tenant
+        self._tagging_channel = grpc.aio.insecure_channel(settings.tagging_address)
+        self._audience_channel = grpc.aio.insecure_channel(settings.audience_address)
+        self._tagging = tagging_service_pb2_grpc.TaggingServiceStub(self._tagging_channel)
+        self._audience = audience_service_pb2_grpc.AudienceServiceStub(self._audience_channel)
+
+    async def close(self) -> None:
+        await self._tagging_channel.close()
+        await self._audience_channel.close()
+
+    def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token_for_tenant(tenant_id)}"),)
+
+    async def audience(self, tenant_id: str, audience_id: str) -> AudienceInfo | None:
+        request = audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}")
+        call = self._audience.GetAudience(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        found = await _answer("audience", call)
+        return None if found is None else AudienceInfo(dynamic=found.dynamic)
+
+    async def dimension(self, tenant_id: str, dimension: str) -> DimensionInfo | None:
+        request = tagging_service_pb2.GetTagDefinitionRequest(name=f"tagDefinitions/{dimension}")
+        call = self._tagging.GetTagDefinition(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        found = await _answer("tagging", call)
+        if found is None:
+            return None
+        return DimensionInfo(
+            kind=tags_pb2.TagKind.Name(found.kind).removeprefix("TAG_KIND_").lower(),
+            active=found.state == tags_pb2.TAG_DEFINITION_STATE_ACTIVE,
+            values=tuple(value.value for value in found.values),
+        )
+
+    async def member(self, tenant_id: str, member_id: str) -> SampleMember | None:
+        auth = self._auth(tenant_id)
+        name = f"members/{member_id}"
+        member = await _answer(
+            "tagging",
+            self._tagging.GetMember(
+                tagging_service_pb2.GetMemberRequest(name=name), metadata=auth, timeout=CALL_TIMEOUT_SECONDS
+            ),
+        )
+        if member is None:
+            return None
+        held = await _answer(
+            "tagging",
+            self._tagging.GetMemberTags(
+                tagging_service_pb2.GetMemberTagsRequest(member=name),
+                metadata=auth,
+                timeout=CALL_TIMEOUT_SECONDS,
+            ),
+        )
+        tags: dict[str, list[str]] = {}
+        for tag in held.tags if held is not None else ():
+            tags.setdefault(tag.dimension, []).append(tag.value)
+        profile = member.profile
+        fields = {
+            "nickname": profile.nickname,
+            "city": profile.city,
+            "level": profile.level,
+            "member_id": member.member_id,
+        }
+        return SampleMember(fields=fields, tags=tags)

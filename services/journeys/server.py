@@ -1,0 +1,44 @@
+"""Wires the journeys service: `python -m services.journeys.server`.
+
+A gRPC front door beside the worker over the worker's schema `journeys`: journey definitions and
+their states, broadcasts and reports. It migrates the schema at start as the worker does (the same
+migrations, `workflows/journeys/migrations`); it asks audience and tagging about what definitions
+name, with each tenant's token.
+"""
+
+from __future__ import annotations
+
+from memberops.journeys.v1 import journeys_service_pb2, journeys_service_pb2_grpc
+
+from runtime import app
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.grpc_server import ServiceBinding
+from services.journeys.api import JourneyApi
+from services.journeys.journeys import Journeys
+from services.journeys.peers import Peers
+from workflows.journeys import store
+
+SERVICE = journeys_service_pb2.DESCRIPTOR.services_by_name["JourneyService"]
+
+
+def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
+    assert db is not None, "journeys owns a schema, so it always has a database"
+    peers = Peers(settings)
+    servicer = JourneyApi(Journeys(db, peers))
+    binding = ServiceBinding.of(
+        SERVICE, journeys_service_pb2_grpc.add_JourneyServiceServicer_to_server, servicer
+    )
+    return app.Wiring([binding], closers=[peers.close])
+
+
+DEFINITION = app.ServiceDefinition(
+    name="journeys",
+    schema=store.SCHEMA,
+    migrations_dir=store.MIGRATIONS,
+    wire=wire,
+    address=lambda settings: settings.journeys_address,
+)
+
+if __name__ == "__main__":
+    app.main(DEFINITION)
