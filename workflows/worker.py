@@ -29,6 +29,8 @@ from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort.activities import CohortActivities
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
+from workflows.journeys.control.activities import ControlActivities
+from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.sending import Sender
 from workflows.journeys.shipped import SHIPPED, scaled
 from workflows.journeys.workflow import JourneyWorkflow
@@ -43,6 +45,7 @@ WORKFLOWS: Sequence[type] = (
     MemberLookupWorkflow,
     JourneyWorkflow,
     CohortJourneyWorkflow,
+    JourneyControlWorkflow,
     DispatcherWorkflow,
     PeriodicJobWorkflow,
 )
@@ -81,7 +84,15 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
     cohorts = CohortActivities(resources.db, services, sender, resources.channels)
     dispatcher = DispatcherActivities(resources.db, tagging, audience, client, settings.token_for_tenant)
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
-    return [lookup.get_member, *journeys.all(), *cohorts.all(), *dispatcher.all(), *periodic.all()]
+    control = ControlActivities(resources.db, client)
+    return [
+        lookup.get_member,
+        *journeys.all(),
+        *cohorts.all(),
+        *dispatcher.all(),
+        *periodic.all(),
+        *control.all(),
+    ]
 
 
 def build_worker(client: Client, settings: Settings, resources: Resources) -> Worker:
@@ -109,7 +120,9 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
 async def prepare_database(settings: Settings, time_scale: int = 0) -> Database:
     """Migrates the worker's own schema `journeys` and stores the shipped journeys for every tenant:
     once, when the tenant has no version of them; with a `time_scale` (MEMBEROPS_JOURNEY_TIME_SCALE),
-    as their latest version at that scale (see `shipped.scaled`; 1 stores them as shipped)."""
+    as their latest version at that scale (see `shipped.scaled`; 1 stores them as shipped). Either
+    way they are stored as drafts, or left in the state an operator put them in: nothing here
+    activates a journey (see `workflows/journeys/states.py`)."""
     dsn = settings.require_database()
     await journeys_store.migrate(dsn)
     db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)

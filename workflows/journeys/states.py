@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from runtime.db import Connection, Database
 from runtime.errors import FailedPrecondition, NotFound
-from workflows.journeys import loading
+from workflows.journeys import store
 from workflows.journeys.store import StoredDefinition
 
 STATES = ("draft", "active", "paused", "archived")
@@ -166,7 +166,7 @@ async def live_definitions(
     async with db.transaction(tenant_id, readonly=True) as conn:
         rows = await conn.fetch(
             """SELECT s.journey_key, s.state, s.live_version, s.revision, s.update_time,
-                      d.content::text AS content
+                      d.version, d.content::text AS content, d.format_version
                FROM journeys.journey_states s
                JOIN journeys.definitions d
                  ON d.tenant_id = s.tenant_id AND d.journey_key = s.journey_key AND d.version = s.live_version
@@ -179,7 +179,7 @@ async def live_definitions(
         )
     return [
         (
-            StoredDefinition(row["live_version"], loading.from_json(row["content"])),
+            store.stored(row),
             JourneyState(
                 row["journey_key"], row["state"], row["live_version"], row["revision"], row["update_time"]
             ),
@@ -194,7 +194,7 @@ async def live_definition(db: Database, tenant_id: str, key: str) -> StoredDefin
     on every member's entry."""
     async with db.transaction(tenant_id, readonly=True) as conn:
         row = await conn.fetchrow(
-            """SELECT d.version, d.content::text AS content
+            """SELECT d.version, d.content::text AS content, d.format_version
                FROM journeys.definitions d
                LEFT JOIN journeys.journey_states s
                  ON s.tenant_id = d.tenant_id AND s.journey_key = d.journey_key
@@ -206,4 +206,4 @@ async def live_definition(db: Database, tenant_id: str, key: str) -> StoredDefin
         )
     if row is None:
         raise NotFound(f"journey {key!r} does not exist")
-    return StoredDefinition(row["version"], loading.from_json(row["content"]))
+    return store.stored(row)

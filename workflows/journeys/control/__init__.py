@@ -1,0 +1,1 @@
+"""Carrying a journey's state change (pause, resume, archive) to its running members and cohorts."""
