@@ -9,14 +9,16 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, journeys_service_pb2_grpc
+from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, journeys_service_pb2_grpc, report_pb2
 
 from runtime.auth import current_tenant
+from runtime.db import Database
 from runtime.errors import FieldViolation, InvalidArgument
 from services.audience.evaluation import member_id_from_name
-from services.journeys import convert
+from services.journeys import convert, report_messages
 from services.journeys.journey_store import JourneyRow
 from services.journeys.journeys import FIELD, Journeys, key_from_name
+from services.journeys.operations import Operations
 
 State = journey_pb2.JourneyState
 _STATES = {
@@ -75,8 +77,10 @@ def _findings(
 
 
 class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
-    def __init__(self, journeys: Journeys) -> None:
+    def __init__(self, db: Database, journeys: Journeys, operations: Operations) -> None:
+        self._db = db
         self._journeys = journeys
+        self._operations = operations
 
     async def ValidateJourney(
         self, request: journeys_service_pb2.ValidateJourneyRequest, context: Any
@@ -131,3 +135,39 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
         return journeys_service_pb2.ListJourneysResponse(
             journeys=[journey_to_proto(row) for row in page], next_page_token=token
         )
+
+    async def ActivateJourney(
+        self, request: journeys_service_pb2.ActivateJourneyRequest, context: Any
+    ) -> journey_pb2.Journey:
+        key = key_from_name(request.name)
+        return journey_to_proto(await self._operations.activate(current_tenant(), key, request.version))
+
+    async def PauseJourney(
+        self, request: journeys_service_pb2.PauseJourneyRequest, context: Any
+    ) -> journey_pb2.Journey:
+        return journey_to_proto(await self._operations.pause(current_tenant(), key_from_name(request.name)))
+
+    async def ResumeJourney(
+        self, request: journeys_service_pb2.ResumeJourneyRequest, context: Any
+    ) -> journey_pb2.Journey:
+        return journey_to_proto(await self._operations.resume(current_tenant(), key_from_name(request.name)))
+
+    async def ArchiveJourney(
+        self, request: journeys_service_pb2.ArchiveJourneyRequest, context: Any
+    ) -> journey_pb2.Journey:
+        key = key_from_name(request.name)
+        return journey_to_proto(await self._operations.archive(current_tenant(), key, request.stop_running))
+
+    async def StartBroadcast(
+        self, request: journeys_service_pb2.StartBroadcastRequest, context: Any
+    ) -> journeys_service_pb2.StartBroadcastResponse:
+        key = key_from_name(request.name)
+        started, version = await self._operations.start_broadcast(current_tenant(), key, request.request_id)
+        return journeys_service_pb2.StartBroadcastResponse(
+            workflow_id=started.workflow_id, run_id=started.run_id, version=version
+        )
+
+    async def GetJourneyReport(
+        self, request: report_pb2.GetJourneyReportRequest, context: Any
+    ) -> report_pb2.JourneyReport:
+        return await report_messages.answer(self._db, current_tenant(), request)

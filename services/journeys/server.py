@@ -3,7 +3,8 @@
 A gRPC front door beside the worker over the worker's schema `journeys`: journey definitions and
 their states, broadcasts and reports. It migrates the schema at start as the worker does (the same
 migrations, `workflows/journeys/migrations`); it asks audience and tagging about what definitions
-name, with each tenant's token.
+name, with each tenant's token; and it starts in Temporal what state changes and broadcasts set
+off (connecting on first use, so it serves definitions while Temporal is down).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
 from services.journeys.api import JourneyApi
 from services.journeys.journeys import Journeys
+from services.journeys.operations import Operations
 from services.journeys.peers import Peers
+from services.journeys.temporal import LazyClient
 from workflows.journeys import store
 
 SERVICE = journeys_service_pb2.DESCRIPTOR.services_by_name["JourneyService"]
@@ -25,7 +28,9 @@ SERVICE = journeys_service_pb2.DESCRIPTOR.services_by_name["JourneyService"]
 def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
     assert db is not None, "journeys owns a schema, so it always has a database"
     peers = Peers(settings)
-    servicer = JourneyApi(Journeys(db, peers))
+    journeys = Journeys(db, peers)
+    operations = Operations(db, journeys, LazyClient(settings), settings.temporal_task_queue)
+    servicer = JourneyApi(db, journeys, operations)
     binding = ServiceBinding.of(
         SERVICE, journeys_service_pb2_grpc.add_JourneyServiceServicer_to_server, servicer
     )

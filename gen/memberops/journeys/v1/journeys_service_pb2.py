@@ -23,35 +23,48 @@ _sym_db = _symbol_database.Default()
 
 
 from memberops.journeys.v1 import journey_pb2 as memberops_dot_journeys_dot_v1_dot_journey__pb2
+from memberops.journeys.v1 import report_pb2 as memberops_dot_journeys_dot_v1_dot_report__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/journeys/v1/journeys_service.proto\x12\x15memberops.journeys.v1\x1a#memberops/journeys/v1/journey.proto\"j\n\x16ValidateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x15\n\rsample_member\x18\x02 \x01(\t\"\x95\x01\n\x17ValidateJourneyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.memberops.journeys.v1.Finding\x12\x39\n\x08rendered\x18\x03 \x03(\x0b\x32\'.memberops.journeys.v1.RenderedTemplate\"_\n\x07\x46inding\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".memberops.journeys.v1.FindingKind\"C\n\x10RenderedTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"e\n\x14\x43reateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x7f\n\x14UpdateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"p\n\x13ListJourneysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.memberops.journeys.v1.JourneyState\"a\n\x14ListJourneysResponse\x12\x30\n\x08journeys\x18\x01 \x03(\x0b\x32\x1e.memberops.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*_\n\x0b\x46indingKind\x12\x1c\n\x18\x46INDING_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INDING_KIND_SHAPE\x10\x01\x12\x1a\n\x16\x46INDING_KIND_REFERENCE\x10\x02\x32\xff\x03\n\x0eJourneyService\x12p\n\x0fValidateJourney\x12-.memberops.journeys.v1.ValidateJourneyRequest\x1a..memberops.journeys.v1.ValidateJourneyResponse\x12\\\n\rCreateJourney\x12+.memberops.journeys.v1.CreateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rUpdateJourney\x12+.memberops.journeys.v1.UpdateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12V\n\nGetJourney\x12(.memberops.journeys.v1.GetJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12g\n\x0cListJourneys\x12*.memberops.journeys.v1.ListJourneysRequest\x1a+.memberops.journeys.v1.ListJourneysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/journeys/v1/journeys_service.proto\x12\x15memberops.journeys.v1\x1a#memberops/journeys/v1/journey.proto\x1a\"memberops/journeys/v1/report.proto\"j\n\x16ValidateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x15\n\rsample_member\x18\x02 \x01(\t\"\x95\x01\n\x17ValidateJourneyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.memberops.journeys.v1.Finding\x12\x39\n\x08rendered\x18\x03 \x03(\x0b\x32\'.memberops.journeys.v1.RenderedTemplate\"_\n\x07\x46inding\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".memberops.journeys.v1.FindingKind\"C\n\x10RenderedTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"e\n\x14\x43reateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x7f\n\x14UpdateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"p\n\x13ListJourneysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.memberops.journeys.v1.JourneyState\"a\n\x14ListJourneysResponse\x12\x30\n\x08journeys\x18\x01 \x03(\x0b\x32\x1e.memberops.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x16\x41\x63tivateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"#\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstop_running\x18\x02 \x01(\x08\"9\n\x15StartBroadcastRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"N\n\x16StartBroadcastResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05*_\n\x0b\x46indingKind\x12\x1c\n\x18\x46INDING_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INDING_KIND_SHAPE\x10\x01\x12\x1a\n\x16\x46INDING_KIND_REFERENCE\x10\x02\x32\xd4\x08\n\x0eJourneyService\x12p\n\x0fValidateJourney\x12-.memberops.journeys.v1.ValidateJourneyRequest\x1a..memberops.journeys.v1.ValidateJourneyResponse\x12\\\n\rCreateJourney\x12+.memberops.journeys.v1.CreateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rUpdateJourney\x12+.memberops.journeys.v1.UpdateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12V\n\nGetJourney\x12(.memberops.journeys.v1.GetJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12g\n\x0cListJourneys\x12*.memberops.journeys.v1.ListJourneysRequest\x1a+.memberops.journeys.v1.ListJourneysResponse\x12`\n\x0f\x41\x63tivateJourney\x12-.memberops.journeys.v1.ActivateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12Z\n\x0cPauseJourney\x12*.memberops.journeys.v1.PauseJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rResumeJourney\x12+.memberops.journeys.v1.ResumeJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12^\n\x0e\x41rchiveJourney\x12,.memberops.journeys.v1.ArchiveJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12m\n\x0eStartBroadcast\x12,.memberops.journeys.v1.StartBroadcastRequest\x1a-.memberops.journeys.v1.StartBroadcastResponse\x12h\n\x10GetJourneyReport\x12..memberops.journeys.v1.GetJourneyReportRequest\x1a$.memberops.journeys.v1.JourneyReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.journeys.v1.journeys_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINDINGKIND']._serialized_start=1031
-  _globals['_FINDINGKIND']._serialized_end=1126
-  _globals['_VALIDATEJOURNEYREQUEST']._serialized_start=108
-  _globals['_VALIDATEJOURNEYREQUEST']._serialized_end=214
-  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_start=217
-  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_end=366
-  _globals['_FINDING']._serialized_start=368
-  _globals['_FINDING']._serialized_end=463
-  _globals['_RENDEREDTEMPLATE']._serialized_start=465
-  _globals['_RENDEREDTEMPLATE']._serialized_end=532
-  _globals['_CREATEJOURNEYREQUEST']._serialized_start=534
-  _globals['_CREATEJOURNEYREQUEST']._serialized_end=635
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=637
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=764
-  _globals['_GETJOURNEYREQUEST']._serialized_start=766
-  _globals['_GETJOURNEYREQUEST']._serialized_end=816
-  _globals['_LISTJOURNEYSREQUEST']._serialized_start=818
-  _globals['_LISTJOURNEYSREQUEST']._serialized_end=930
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=932
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=1029
-  _globals['_JOURNEYSERVICE']._serialized_start=1129
-  _globals['_JOURNEYSERVICE']._serialized_end=1640
+  _globals['_FINDINGKIND']._serialized_start=1399
+  _globals['_FINDINGKIND']._serialized_end=1494
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_start=144
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_end=250
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_start=253
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_end=402
+  _globals['_FINDING']._serialized_start=404
+  _globals['_FINDING']._serialized_end=499
+  _globals['_RENDEREDTEMPLATE']._serialized_start=501
+  _globals['_RENDEREDTEMPLATE']._serialized_end=568
+  _globals['_CREATEJOURNEYREQUEST']._serialized_start=570
+  _globals['_CREATEJOURNEYREQUEST']._serialized_end=671
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=673
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=800
+  _globals['_GETJOURNEYREQUEST']._serialized_start=802
+  _globals['_GETJOURNEYREQUEST']._serialized_end=852
+  _globals['_LISTJOURNEYSREQUEST']._serialized_start=854
+  _globals['_LISTJOURNEYSREQUEST']._serialized_end=966
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=968
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=1065
+  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_start=1067
+  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_end=1122
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1124
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1159
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1161
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1197
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1199
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1258
+  _globals['_STARTBROADCASTREQUEST']._serialized_start=1260
+  _globals['_STARTBROADCASTREQUEST']._serialized_end=1317
+  _globals['_STARTBROADCASTRESPONSE']._serialized_start=1319
+  _globals['_STARTBROADCASTRESPONSE']._serialized_end=1397
+  _globals['_JOURNEYSERVICE']._serialized_start=1497
+  _globals['_JOURNEYSERVICE']._serialized_end=2605
 # @@protoc_insertion_point(module_scope)

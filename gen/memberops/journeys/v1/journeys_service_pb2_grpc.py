@@ -5,6 +5,7 @@ import warnings
 
 from memberops.journeys.v1 import journey_pb2 as memberops_dot_journeys_dot_v1_dot_journey__pb2
 from memberops.journeys.v1 import journeys_service_pb2 as memberops_dot_journeys_dot_v1_dot_journeys__service__pb2
+from memberops.journeys.v1 import report_pb2 as memberops_dot_journeys_dot_v1_dot_report__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -63,6 +64,36 @@ class JourneyServiceStub:
                 request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysRequest.SerializeToString,
                 response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysResponse.FromString,
                 _registered_method=True)
+        self.ActivateJourney = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ActivateJourney',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ActivateJourneyRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+                _registered_method=True)
+        self.PauseJourney = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/PauseJourney',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.PauseJourneyRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+                _registered_method=True)
+        self.ResumeJourney = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ResumeJourney',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ResumeJourneyRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+                _registered_method=True)
+        self.ArchiveJourney = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ArchiveJourney',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ArchiveJourneyRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+                _registered_method=True)
+        self.StartBroadcast = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/StartBroadcast',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastResponse.FromString,
+                _registered_method=True)
+        self.GetJourneyReport = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/GetJourneyReport',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
+                _registered_method=True)
 
 
 class JourneyServiceServicer:
@@ -116,6 +147,54 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ActivateJourney(self, request, context):
+        """Makes a version live (0: the latest; for a paused journey, its live one): from then on the
+        journey enrols with it; members already running keep the version they entered with.
+        FAILED_PRECONDITION for an archived journey, and for a version whose references are broken
+        (an audience deleted since it was stored, say). Repeating it changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJourney(self, request, context):
+        """The whole journey: no new entries; running members (and cohorts) hold before their next step.
+        Only an active journey can be paused (FAILED_PRECONDITION otherwise); repeating it is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJourney(self, request, context):
+        """A paused journey goes on with its live version; held members continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveJourney(self, request, context):
+        """No new entries, ever: running members finish, or are stopped with `stop_running`. An archived
+        journey stays archived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBroadcast(self, request, context):
+        """Snapshots the broadcast's audience and starts its cohort, once per `request_id` (a retry gets
+        the same run). FAILED_PRECONDITION unless the journey is an active broadcast journey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJourneyReport(self, request, context):
+        """What a journey did: per step, per arm, conversions with intervals, uplift with p-values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +222,36 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.ListJourneys,
                     request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysRequest.FromString,
                     response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysResponse.SerializeToString,
+            ),
+            'ActivateJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateJourney,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ActivateJourneyRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.SerializeToString,
+            ),
+            'PauseJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJourney,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.PauseJourneyRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.SerializeToString,
+            ),
+            'ResumeJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJourney,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ResumeJourneyRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.SerializeToString,
+            ),
+            'ArchiveJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveJourney,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ArchiveJourneyRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.SerializeToString,
+            ),
+            'StartBroadcast': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBroadcast,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastResponse.SerializeToString,
+            ),
+            'GetJourneyReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyReport,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -283,6 +392,168 @@ class JourneyService:
             '/memberops.journeys.v1.JourneyService/ListJourneys',
             memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysRequest.SerializeToString,
             memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListJourneysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ActivateJourney',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ActivateJourneyRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/PauseJourney',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.PauseJourneyRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ResumeJourney',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ResumeJourneyRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ArchiveJourney',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ArchiveJourneyRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journey__pb2.Journey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBroadcast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/StartBroadcast',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.StartBroadcastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/GetJourneyReport',
+            memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from memberops.journeys.v1 import journey_pb2 as _journey_pb2
 from memberops.journeys.v1 import journeys_service_pb2 as _journeys_service_pb2
+from memberops.journeys.v1 import report_pb2 as _report_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -60,6 +61,28 @@ class JourneyServiceStub:
     """One version of a journey (the latest unless asked), with the journey's state."""
     ListJourneys: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ListJourneysRequest, _journeys_service_pb2.ListJourneysResponse]
     """The tenant's journeys (latest versions) by key, optionally only those in one state."""
+    ActivateJourney: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ActivateJourneyRequest, _journey_pb2.Journey]
+    """Makes a version live (0: the latest; for a paused journey, its live one): from then on the
+    journey enrols with it; members already running keep the version they entered with.
+    FAILED_PRECONDITION for an archived journey, and for a version whose references are broken
+    (an audience deleted since it was stored, say). Repeating it changes nothing.
+    """
+    PauseJourney: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.PauseJourneyRequest, _journey_pb2.Journey]
+    """The whole journey: no new entries; running members (and cohorts) hold before their next step.
+    Only an active journey can be paused (FAILED_PRECONDITION otherwise); repeating it is harmless.
+    """
+    ResumeJourney: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ResumeJourneyRequest, _journey_pb2.Journey]
+    """A paused journey goes on with its live version; held members continue."""
+    ArchiveJourney: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ArchiveJourneyRequest, _journey_pb2.Journey]
+    """No new entries, ever: running members finish, or are stopped with `stop_running`. An archived
+    journey stays archived.
+    """
+    StartBroadcast: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.StartBroadcastRequest, _journeys_service_pb2.StartBroadcastResponse]
+    """Snapshots the broadcast's audience and starts its cohort, once per `request_id` (a retry gets
+    the same run). FAILED_PRECONDITION unless the journey is an active broadcast journey.
+    """
+    GetJourneyReport: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]
+    """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
 
 @_typing.type_check_only
 class JourneyServiceAsyncStub(JourneyServiceStub):
@@ -92,6 +115,28 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """One version of a journey (the latest unless asked), with the journey's state."""
     ListJourneys: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ListJourneysRequest, _journeys_service_pb2.ListJourneysResponse]  # type: ignore[assignment]
     """The tenant's journeys (latest versions) by key, optionally only those in one state."""
+    ActivateJourney: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ActivateJourneyRequest, _journey_pb2.Journey]  # type: ignore[assignment]
+    """Makes a version live (0: the latest; for a paused journey, its live one): from then on the
+    journey enrols with it; members already running keep the version they entered with.
+    FAILED_PRECONDITION for an archived journey, and for a version whose references are broken
+    (an audience deleted since it was stored, say). Repeating it changes nothing.
+    """
+    PauseJourney: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.PauseJourneyRequest, _journey_pb2.Journey]  # type: ignore[assignment]
+    """The whole journey: no new entries; running members (and cohorts) hold before their next step.
+    Only an active journey can be paused (FAILED_PRECONDITION otherwise); repeating it is harmless.
+    """
+    ResumeJourney: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ResumeJourneyRequest, _journey_pb2.Journey]  # type: ignore[assignment]
+    """A paused journey goes on with its live version; held members continue."""
+    ArchiveJourney: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ArchiveJourneyRequest, _journey_pb2.Journey]  # type: ignore[assignment]
+    """No new entries, ever: running members finish, or are stopped with `stop_running`. An archived
+    journey stays archived.
+    """
+    StartBroadcast: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.StartBroadcastRequest, _journeys_service_pb2.StartBroadcastResponse]  # type: ignore[assignment]
+    """Snapshots the broadcast's audience and starts its cohort, once per `request_id` (a retry gets
+    the same run). FAILED_PRECONDITION unless the journey is an active broadcast journey.
+    """
+    GetJourneyReport: _aio.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]  # type: ignore[assignment]
+    """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
 
 class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Journeys: definitions (validated, versioned), their states (draft -> active -> paused ->
@@ -151,5 +196,63 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_journeys_service_pb2.ListJourneysResponse, _abc.Awaitable[_journeys_service_pb2.ListJourneysResponse]]:
         """The tenant's journeys (latest versions) by key, optionally only those in one state."""
+
+    @_abc_1.abstractmethod
+    def ActivateJourney(
+        self,
+        request: _journeys_service_pb2.ActivateJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_pb2.Journey, _abc.Awaitable[_journey_pb2.Journey]]:
+        """Makes a version live (0: the latest; for a paused journey, its live one): from then on the
+        journey enrols with it; members already running keep the version they entered with.
+        FAILED_PRECONDITION for an archived journey, and for a version whose references are broken
+        (an audience deleted since it was stored, say). Repeating it changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseJourney(
+        self,
+        request: _journeys_service_pb2.PauseJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_pb2.Journey, _abc.Awaitable[_journey_pb2.Journey]]:
+        """The whole journey: no new entries; running members (and cohorts) hold before their next step.
+        Only an active journey can be paused (FAILED_PRECONDITION otherwise); repeating it is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeJourney(
+        self,
+        request: _journeys_service_pb2.ResumeJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_pb2.Journey, _abc.Awaitable[_journey_pb2.Journey]]:
+        """A paused journey goes on with its live version; held members continue."""
+
+    @_abc_1.abstractmethod
+    def ArchiveJourney(
+        self,
+        request: _journeys_service_pb2.ArchiveJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journey_pb2.Journey, _abc.Awaitable[_journey_pb2.Journey]]:
+        """No new entries, ever: running members finish, or are stopped with `stop_running`. An archived
+        journey stays archived.
+        """
+
+    @_abc_1.abstractmethod
+    def StartBroadcast(
+        self,
+        request: _journeys_service_pb2.StartBroadcastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_service_pb2.StartBroadcastResponse, _abc.Awaitable[_journeys_service_pb2.StartBroadcastResponse]]:
+        """Snapshots the broadcast's audience and starts its cohort, once per `request_id` (a retry gets
+        the same run). FAILED_PRECONDITION unless the journey is an active broadcast journey.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJourneyReport(
+        self,
+        request: _report_pb2.GetJourneyReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.JourneyReport, _abc.Awaitable[_report_pb2.JourneyReport]]:
+        """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
 
 def add_JourneyServiceServicer_to_server(servicer: JourneyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
