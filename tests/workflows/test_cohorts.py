@@ -38,11 +38,11 @@ from tests.workflows.cohort_helpers import (
 )
 from tests.workflows.journey_helpers import keep_history, phone_of, running
 from workflows.journeys.activities import holdout_salt
-from workflows.journeys.steps.split import split_arm
 from workflows.journeys.cohort.payloads import CohortEvent, CohortFunnel, CohortInput, cohort_workflow_id
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import EventMatch, Goal, QuietHours, Send, Split, SplitArm, Step, Wait
 from workflows.journeys.payloads import MemberEvent
+from workflows.journeys.steps.split import split_arm
 from workflows.journeys.workflow import JOURNEY, TENANT
 from workflows.worker import Resources
 
