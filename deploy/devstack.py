@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, journeys_service_pb2_grpc
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -50,6 +51,9 @@ DEMO_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_LINES = 30
 SEARCH_ATTRIBUTES = ("MemberOpsTenant=Keyword", "MemberOpsMember=Keyword", "MemberOpsJourney=Keyword")
+# The shipped journeys `make up` makes live for its dev tenant, so the demo runs; everywhere else
+# every journey, the shipped ones too, is a draft until an operator activates it.
+DEV_LIVE_JOURNEYS = ("new-customer", "win-back")
 BUF = "npx --yes @bufbuild/buf@1.75.0"  # the pin the Makefile lints with; no separate install needed
 
 
@@ -433,6 +437,7 @@ def service_addresses(settings: Settings) -> list[tuple[str, str]]:
         ("tagging", settings.tagging_address),
         ("audience", settings.audience_address),
         ("tasks", settings.tasks_address),
+        ("journeys", settings.journeys_address),
     ]
 
 
@@ -477,7 +482,12 @@ async def up(env: Mapping[str, str]) -> None:
     await ensure_schedules(settings, service_env)
     await dispatchers(layout, settings)
     if uses_dev_token(env):
+        await activate_shipped(layout, settings)
         await demo(layout, settings)
+    else:
+        print(
+            f"{'journeys':<10} {'drafts':<16} shipped journeys stay drafts until activated (ActivateJourney)"
+        )
     print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
 
 
@@ -506,6 +516,40 @@ async def dispatchers(layout: Layout, settings: Settings) -> None:
         print(f"{'dispatcher':<10} {state:<16} {each.workflow_id}  (following the feeds{created})")
 
 
+async def activate_shipped(layout: Layout, settings: Settings) -> None:
+    """Makes the dev tenant's shipped triggered journeys live through ActivateJourney, as an operator
+    would; a journey an operator has activated, paused or archived before is left as it is."""
+    auth = (("authorization", f"Bearer {DEV_TOKEN}"),)
+    try:
+        async with grpc.aio.insecure_channel(settings.journeys_address) as channel:
+            stub = journeys_service_pb2_grpc.JourneyServiceStub(channel)
+            for key in DEV_LIVE_JOURNEYS:
+                name = f"journeys/{key}"
+                journey = await stub.GetJourney(
+                    journeys_service_pb2.GetJourneyRequest(name=name),
+                    metadata=auth,
+                    timeout=DEMO_TIMEOUT_SECONDS,
+                )
+                state = journey_pb2.JourneyState.Name(journey.state).removeprefix("JOURNEY_STATE_")
+                what = f"already {state.lower()}"
+                if journey.state == journey_pb2.JOURNEY_STATE_DRAFT and not journey.live_version:
+                    journey = await stub.ActivateJourney(
+                        journeys_service_pb2.ActivateJourneyRequest(name=name),
+                        metadata=auth,
+                        timeout=DEMO_TIMEOUT_SECONDS,
+                    )
+                    what = "activated"
+                print(
+                    f"{'journey':<10} {what:<16} {name} version {journey.live_version}  (tenant {DEV_TENANT})"
+                )
+    except grpc.aio.AioRpcError as error:
+        raise StackError(
+            f"the stack started but activating the shipped journeys failed: {error.code().name}: "
+            f"{error.details()}\nLook at {layout.logs}/journeys.log."
+        ) from error
+    print(f"{'':<10} {'':<16} only for the dev tenant: elsewhere shipped journeys are drafts until activated")
+
+
 async def demo(layout: Layout, settings: Settings) -> None:
     """Shows the stack working end to end (see deploy/demo.py)."""
     try:
@@ -528,6 +572,7 @@ MemberOps is up.
   tagging       {settings.tagging_address}
   audience      {settings.audience_address}
   tasks         {settings.tasks_address}
+  journeys      {settings.journeys_address}
   temporal      {settings.temporal_address}  (namespace {settings.temporal_namespace}, \
 task queue {settings.temporal_task_queue})
   temporal UI   {layout.ui_url}
@@ -541,6 +586,8 @@ Try:
   {BUF} curl --protocol grpc --http2-prior-knowledge -H 'authorization: Bearer {token}' \\
       -d '{{"name":"members/{member}"}}' \\
       http://{settings.tagging_address}/memberops.tagging.v1.TaggingService/GetMember
+  {BUF} curl --protocol grpc --http2-prior-knowledge -H 'authorization: Bearer {token}' \\
+      -d '{{}}' http://{settings.journeys_address}/memberops.journeys.v1.JourneyService/ListJourneys
 Stop with: make down"""
     )
 

@@ -60,6 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         MEMBEROPS_TAGGING_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_AUDIENCE_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{free_port()}",
+        MEMBEROPS_JOURNEYS_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_OUTBOX_PORT=str(free_port()),
     )
     try:
@@ -68,9 +69,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
         # The order's real-time tags were visible right after RecordOrder returned.
         assert "categories_bought=tea" in started and "lifecycle=new" in started
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "outbox", "worker"):
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):
             assert f"{name:<10} started" in started
-        assert started.count("health SERVING") == 3
+        assert started.count("health SERVING") == 4
         for job in ("recompute_tags", "expire_points", "evaluate_levels"):
             assert f"schedule   created          periodic/dev/{job}" in started
         # One journey dispatcher per tenant, and the demo member's first order enrolled them.
@@ -78,11 +79,16 @@ def test_up_status_down(tmp_path: Path) -> None:
             "dispatcher started          dispatcher/dev  (following the feeds, created audience win-back)"
             in started
         )
+        # The shipped triggered journeys went live through ActivateJourney, for the dev tenant only.
+        assert "journey    activated        journeys/new-customer version 1  (tenant dev)" in started
+        assert "journey    activated        journeys/win-back version 1  (tenant dev)" in started
+        assert "elsewhere shipped journeys are drafts until activated" in started
         assert "enrolled demo-1 on their first order: journey/new-customer/member/demo-1: active" in started
 
         again = devstack("up", env)
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "outbox", "worker"):
+        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):
             assert f"{name:<10} already running" in again
+        assert "journey    already active   journeys/new-customer version 1" in again
         assert again.count("schedule   updated") == 3
         assert "dispatcher already running  dispatcher/dev  (following the feeds)" in again
 
@@ -92,12 +98,12 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         status = devstack("status", env)
         assert "stopped" not in status
-        assert status.count("running") == 7
-        assert status.count("health SERVING") == 3
+        assert status.count("running") == 8
+        assert status.count("health SERVING") == 4
         assert "polling task queue memberops" in status
         assert 'taken {"requests": ' in status  # the local outbox, the worker's SMS/push/WeCom provider
         pids = recorded_pids(run_dir)
-        assert len(pids) == 7 and all(alive(pid) for pid in pids)
+        assert len(pids) == 8 and all(alive(pid) for pid in pids)
     finally:
         stopped = devstack("down", env)
     assert "postgres   stopped" in stopped
