@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -9,7 +10,8 @@ from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
 from workflows.dispatcher import events
-from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
+from workflows.journeys.payloads import MemberEvent
+from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK, scaled
 
 T0 = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
 
@@ -95,3 +97,66 @@ def test_a_full_page_holds_back_the_other_feeds_later_entries() -> None:
     # A page whose times are not monotonic still makes progress when it sets the limit.
     assert events.merge([at(5), at(4)], True, [at(1)], False) == (2, 1)
     assert events.merge([], False, [at(1)], True) == (0, 1)
+
+
+def test_an_event_happened_when_its_fact_did_else_when_its_entry_was_written() -> None:
+    """Orders at their paid time; tag changes, registrations and audience changes at the time their
+    feed gives them; entries written before the feeds dated them, at their write time."""
+    paid = order_entry("1-1", 1)
+    paid.order_recorded.order.paid_time.CopyFrom(stamp(at(-86_400 * 200)))
+    tag = feed_pb2.FeedEntry(
+        cursor="2-1", kind=feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED, member_id="m-1", create_time=stamp(T0)
+    )
+    tag.tag_changed.dimension, tag.tag_changed.value = "lifecycle", "silent"
+    tag.tag_changed.change = feed_pb2.TAG_CHANGE_ADDED
+    undated_tag = feed_pb2.FeedEntry()
+    undated_tag.CopyFrom(tag)
+    tag.tag_changed.occur_time.CopyFrom(stamp(at(-3_600)))
+    registered = feed_pb2.FeedEntry(
+        cursor="3-1", kind=feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED, member_id="m-1", create_time=stamp(T0)
+    )
+    registered.member_changed.revision = 1
+    undated_registration = feed_pb2.FeedEntry()
+    undated_registration.CopyFrom(registered)
+    registered.member_changed.occur_time.CopyFrom(stamp(at(-86_400 * 400)))
+    happened = [
+        found.event.occur_time if (found := events.tagging_event(entry)) is not None else None
+        for entry in (paid, tag, undated_tag, registered, undated_registration)
+    ]
+    assert happened == [at(-86_400 * 200), at(-3_600), T0, at(-86_400 * 400), T0]
+
+    entered = audience_service_pb2.AudienceFeedEntry(
+        cursor="4-1",
+        change=audience_service_pb2.AUDIENCE_CHANGE_ENTERED,
+        audience="audiences/win-back",
+        member_id="m-1",
+        create_time=stamp(T0),
+    )
+    undated = events.audience_event(entered)
+    entered.occur_time.CopyFrom(stamp(at(-60)))
+    dated = events.audience_event(entered)
+    assert undated is not None and dated is not None
+    assert (undated.event.occur_time, dated.event.occur_time) == (T0, at(-60))
+    # The feeds are merged by write time, whatever the facts' own times.
+    assert dated.time == T0
+
+
+def test_an_event_older_than_the_max_entry_delay_is_history() -> None:
+    """New-customer's max_entry_delay is a day: an order paid two days ago enrols nobody, one paid
+    an hour ago does; an event without a time of its own is news."""
+    assert NEW_CUSTOMER.max_entry_delay == "1d"
+
+    def order(paid: dt.datetime | None) -> MemberEvent:
+        return MemberEvent(kind="first_order", occur_time=paid, event_id="tagging:1-1")
+
+    assert events.too_old(NEW_CUSTOMER, order(at(-2 * 86_400)), T0)
+    assert not events.too_old(NEW_CUSTOMER, order(at(-3_600)), T0)
+    assert not events.too_old(NEW_CUSTOMER, order(at(-86_400)), T0)  # exactly the delay: still news
+    assert not events.too_old(NEW_CUSTOMER, order(None), T0)
+    strict = dataclasses.replace(NEW_CUSTOMER, max_entry_delay="10m")
+    assert events.too_old(strict, order(at(-3_600)), T0)
+
+
+def test_scaled_journeys_scale_the_max_entry_delay() -> None:
+    assert scaled(NEW_CUSTOMER, 1440).max_entry_delay == "60s"
+    assert scaled(WIN_BACK, 1).max_entry_delay == WIN_BACK.max_entry_delay

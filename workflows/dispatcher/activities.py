@@ -50,6 +50,7 @@ class _Round:
     started: int = 0
     skipped: int = 0
     signalled: int = 0
+    too_old: int = 0
     dispatches: list[dispatch_store.Dispatch] = field(default_factory=list)
 
 
@@ -151,6 +152,7 @@ class DispatcherActivities:
             started=done.started,
             skipped=done.skipped,
             signalled=done.signalled,
+            too_old=done.too_old,
         )
         return DispatchResult(after["tagging"], after["audience"], counts)
 
@@ -253,6 +255,11 @@ class DispatcherActivities:
                     done.signalled += await self._signal(definition.key, member_id, event)
             for definition, version in definitions:
                 if not version or not events.enters(definition, event):
+                    continue
+                if events.too_old(definition, event, now()):
+                    # History, not news: its fact happened before the journey's max_entry_delay.
+                    done.skipped += 1
+                    done.too_old += 1
                     continue
                 pair = (definition.key, member_id)
                 if (

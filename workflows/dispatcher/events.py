@@ -2,6 +2,10 @@
 
 Every event's id is its feed entry (`tagging:{cursor}`, `audience:{cursor}`): unique, and the same
 each time the entry is read again, so a replayed entry enrols nobody twice and a run takes it once.
+
+An event happened at its fact's own time (`occur_time`: an order's paid time, a tag change's or an
+audience entry's time as its feed dates it), not when its entry was written: an event older than a
+journey's `max_entry_delay` is history and enrols nobody (`too_old`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from runtime.tagging_feed import (
     TagChanged,
     read_payload,
 )
-from workflows.journeys.definition import EventMatch, JourneyDefinition
+from workflows.journeys.definition import EventMatch, JourneyDefinition, duration
 from workflows.journeys.payloads import MemberEvent, matches
 
 AUDIENCE_PREFIX = "audiences/"
@@ -85,14 +89,15 @@ def tagging_event(entry: feed_pb2.FeedEntry, wanted: frozenset[str] | None = Non
             event_id=event_id,
         )
     elif isinstance(payload, MemberChanged) and payload.registered:
-        event = MemberEvent(kind="registered", occur_time=time, event_id=event_id)
+        event = MemberEvent(kind="registered", occur_time=payload.occur_time or time, event_id=event_id)
     elif isinstance(payload, TagChanged) and payload.change in _TAG_EVENTS:
+        # Entries written before tagging dated its changes happened when they were written.
         event = MemberEvent(
             kind=_TAG_EVENTS[payload.change],
             subject_id=payload.dimension,
             dimension=payload.dimension,
             value=payload.value,
-            occur_time=time,
+            occur_time=payload.occur_time or time,
             event_id=event_id,
         )
     return None if event is None else FeedEvent(entry.member_id, event, "tagging", time)
@@ -111,7 +116,8 @@ def audience_event(entry: audience_service_pb2.AudienceFeedEntry) -> FeedEvent |
         kind=kind,
         subject_id=audience,
         audience=audience,
-        occur_time=time,
+        # Entries written before audience dated them happened when they were written.
+        occur_time=_time(entry.occur_time) if entry.HasField("occur_time") else time,
         event_id=f"audience:{entry.cursor}",
     )
     return FeedEvent(entry.member_id, event, "audience", time)
@@ -125,6 +131,13 @@ def enters(definition: JourneyDefinition, event: MemberEvent) -> bool:
     if entry.audience is not None:
         return event.kind == "audience_entered" and event.audience == entry.audience.audience
     return False
+
+
+def too_old(definition: JourneyDefinition, event: MemberEvent, now: dt.datetime) -> bool:
+    """Whether the event happened longer than the journey's `max_entry_delay` before `now`: it is
+    history (an order loaded from last year, a tag change such an order made) and enrols nobody.
+    An event without a time of its own is news."""
+    return event.occur_time is not None and event.occur_time < now - duration(definition.max_entry_delay)
 
 
 def wakes(definition: JourneyDefinition, event: MemberEvent) -> bool:

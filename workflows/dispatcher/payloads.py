@@ -16,13 +16,15 @@ class DispatchCounts:
     """What rounds did: feed entries read and dispatched (of both feeds); those that are events a
     followed journey enters on or waits for; journey runs started;
     entries that would have started one but did not (re-entry policy, already running, a replayed
-    entry); `event` signals delivered to running journeys."""
+    entry, or too old); `event` signals delivered to running journeys; of the skipped, those whose
+    fact happened before the journey's `max_entry_delay` (history: it enrols nobody)."""
 
     entries: int = 0
     events: int = 0
     started: int = 0
     skipped: int = 0
     signalled: int = 0
+    too_old: int = 0
 
     def plus(self, other: DispatchCounts) -> DispatchCounts:
         return DispatchCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))

@@ -157,9 +157,10 @@ WIN_BACK_AUDIENCE = audience_pb2.Audience(
 
 def scaled(definition: JourneyDefinition, factor: int) -> JourneyDefinition:
     """The journey with every duration (waits, timeouts, the attribution window, the re-entry
-    cooldown) divided by `factor` (at least one second each), for trying journeys end to end: with
-    `factor` 1440 a day lasts a minute. Member-local clock times mean nothing at such a scale, so a
-    wait until a local hour becomes a wait of one scaled hour and quiet hours are dropped."""
+    cooldown, the max entry delay) divided by `factor` (at least one second each), for trying
+    journeys end to end: with `factor` 1440 a day lasts a minute. Member-local clock times mean
+    nothing at such a scale, so a wait until a local hour becomes a wait of one scaled hour and
+    quiet hours are dropped."""
     if factor <= 1:
         return definition
 
@@ -182,5 +183,6 @@ def scaled(definition: JourneyDefinition, factor: int) -> JourneyDefinition:
         steps=tuple(step(s) for s in definition.steps),
         goal=None if goal is None else dataclasses.replace(goal, attribution=shorter(goal.attribution)),
         reentry=dataclasses.replace(definition.reentry, cooldown=shorter(definition.reentry.cooldown)),
+        max_entry_delay=shorter(definition.max_entry_delay),
         quiet_hours=None,
     )

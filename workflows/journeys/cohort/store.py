@@ -451,28 +451,35 @@ async def next_due(conn: Connection, cohort_id: int) -> dt.datetime | None:
 async def convert(
     conn: Connection,
     cohort_id: int,
-    member_ids: Sequence[str],
-    amounts: Sequence[int],
+    goals: Sequence[tuple[str, int, dt.datetime]],
     attribution: dt.timedelta,
     now: dt.datetime,
 ) -> list[asyncpg.Record]:
-    """Members reaching the goal within their attribution window leave as converted, with the
-    amount as GMV; returns (holdout, count, gmv) of those converted now."""
+    """Members reaching the goal leave as converted, with the amount as GMV: of each member's goal
+    events (member, amount, when its fact happened), the earliest that happened inside
+    [enter_time, enter_time + attribution] counts; returns (holdout, count, gmv) of those
+    converted now."""
     return await conn.fetch(
-        """WITH converted AS (
+        """WITH goal AS (
+               SELECT DISTINCT ON (u.member_id) u.member_id, u.amount, u.occur_time
+               FROM unnest($2::text[], $3::bigint[], $4::timestamptz[]) AS u(member_id, amount, occur_time)
+               JOIN journeys.cohort_members c
+                 ON c.cohort_id = $1 AND c.member_id = u.member_id AND c.state = 'active'
+               WHERE u.occur_time BETWEEN c.enter_time AND c.enter_time + $5::interval
+               ORDER BY u.member_id, u.occur_time),
+           converted AS (
                UPDATE journeys.cohort_members AS c
-               SET state = 'converted', convert_time = $4, finish_time = $4, gmv_minor = e.amount
-               FROM (SELECT DISTINCT ON (member_id) member_id, amount
-                     FROM unnest($2::text[], $3::bigint[]) AS u(member_id, amount)) AS e
-               WHERE c.cohort_id = $1 AND c.member_id = e.member_id AND c.state = 'active'
-                 AND $4 <= c.enter_time + $5::interval AND c.member_id = ANY($2::text[])
+               SET state = 'converted', convert_time = g.occur_time, finish_time = $6, gmv_minor = g.amount
+               FROM goal g
+               WHERE c.cohort_id = $1 AND c.member_id = g.member_id AND c.state = 'active'
                RETURNING c.holdout, c.gmv_minor)
            SELECT holdout, count(*) AS n, sum(gmv_minor) AS gmv FROM converted GROUP BY holdout""",
         cohort_id,
-        list(member_ids),
-        list(amounts),
-        now,
+        [member_id for member_id, _, _ in goals],
+        [amount for _, amount, _ in goals],
+        [occur_time for _, _, occur_time in goals],
         attribution,
+        now,
     )
 
 
