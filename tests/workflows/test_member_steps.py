@@ -16,7 +16,7 @@ from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import unique
 from tests.waiting import eventually
-from tests.workflows.journey_helpers import figures, journey, running, seed_member, start
+from tests.workflows.journey_helpers import figures, journey, keep_history, running, seed_member, start
 from tests.workflows.step_helpers import add_tag, audience_of, give_send_hours, recorded, send_hours
 from tests.workflows.test_journeys import messages, strategy_dimension
 from workflows.journeys.definition import (
@@ -134,7 +134,12 @@ async def test_a_split_sends_each_member_down_the_arm_of_its_bucket_and_records_
     members = [unique("m") for _ in range(10)]
     for member_id in members:
         await seed_member(resources.tagging, member_id)
-    funnels = await run_all(time_skipping_env, worker_settings, resources, journeys_db, definition, *members)
+    async with running(time_skipping_env, worker_settings, resources):
+        handles = [
+            await start(time_skipping_env, worker_settings, journeys_db, definition, m) for m in members
+        ]
+        funnels = [await h.result() for h in handles]
+        await keep_history(handles[0], "member_split_by_bucket")
     arms = {m: split_arm(definition.key, definition.steps[0], m).name for m in members}
     assert set(arms.values()) == {"a", "b"}  # ten members: both arms (a fixed draw: the ids are new each run)
     for member_id, funnel in zip(members, funnels, strict=True):

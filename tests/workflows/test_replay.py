@@ -3,7 +3,8 @@ journey, broadcast or dispatcher take another path fails here (add `workflow.pat
 
 The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
-tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py` (see `keep_history`); re-record
+tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py`
+(see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
 one run: one that continued as new is replayed up to its continue-as-new, the next run on its own."""
 
@@ -52,6 +53,10 @@ def test_there_are_recorded_histories() -> None:
         "pause_and_resume",
         # Entered through the dispatcher: one `journeys.enter` activity, signals with event ids.
         "dispatched_new_customer",
+        # A split by the member's bucket, its arm recorded (the `split-by-bucket` patch), and one
+        # recorded before that patch, which drew `workflow.random()`.
+        "member_split_by_bucket",
+        "member_split_by_random",
         # Broadcasts: a split, a two-day wait and goal events signalled to the cohort; a deferral
         # to the end of quiet hours; a pause and a resume; a run that continued as new, and the run
         # after it, which begins from the state it carried.
