@@ -1,6 +1,6 @@
 """The journey control activity: signals (or cancels) every running member and cohort of a journey.
 
-Runs of one journey are serialised by a PostgreSQL session lock, and each checks before every page
+Runs of one journey are serialised by a PostgreSQL lock, and each checks before every page
 that its state revision is still the journey's current one: two quick changes (pause, then resume)
 can therefore never deliver their signals out of order, as the older run stops before the newer
 one starts signalling. Progress (the last member signalled) is heartbeated, so a retry goes on
@@ -63,15 +63,15 @@ class ControlActivities:
 
     @contextlib.asynccontextmanager
     async def _serialised(self, request: ControlInput) -> AsyncIterator[None]:
-        """Holds the journey's control lock (a session lock on a connection of its own, released
-        when this attempt ends or its connection dies) while the run signals."""
-        key = "\x1f".join(("journey-control", request.tenant_id, request.journey_key))
-        async with self._db.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        """Holds the journey's control lock while the run signals: a transaction lock in a
+        transaction kept open meanwhile (it writes nothing), so however the attempt ends (done,
+        failed, cancelled, its worker gone) the lock goes with the transaction."""
+        async with self._db.transaction(request.tenant_id) as conn:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                "\x1f".join(("journey-control", request.tenant_id, request.journey_key)),
+            )
+            yield
 
     async def _current(self, request: ControlInput) -> bool:
         found = await states.get_states(self._db, request.tenant_id, [request.journey_key])
