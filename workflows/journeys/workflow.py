@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         StepFigures,
         matches,
     )
+    from workflows.journeys.steps.split import recorded as split_recorded
 
 TENANT = SearchAttributeKey.for_keyword("MemberOpsTenant")
 MEMBER = SearchAttributeKey.for_keyword("MemberOpsMember")
@@ -169,7 +170,7 @@ class JourneyWorkflow:
                 self._convert_time,
                 self._gmv_minor,
                 split_arms=tuple(
-                    f"{step_id}:{what.removeprefix('arm:')}"
+                    split_recorded(step_id, what.removeprefix("arm:"))
                     for step_id, figures in self._figures.items()
                     for what in figures
                     if what.startswith("arm:")
