@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from memberops.tagging.v1 import tagging_service_pb2_grpc
+from temporalio.testing import WorkflowEnvironment
 
 from deploy import localpg
 from runtime import app, logs
@@ -20,6 +21,9 @@ from services.audience import server as audience_server
 from services.journeys import server as journeys_server
 from services.tagging import server as tagging_server
 from services.tasks import server as tasks_server
+
+# The Temporal dev server (from wheels), which the journeys service needs too.
+from tests.workflows.conftest import dev_server_env  # noqa: F401
 
 TOKEN_ACME = "test-token-acme-0123456789"
 TOKEN_GLOBEX = "test-token-globex-0123456789"
@@ -129,11 +133,24 @@ async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
         yield running
 
 
+# What the journeys service starts (state changes, broadcasts) goes to a task queue of its own on
+# the dev server: no worker polls it, the workflows' own tests run those workflows.
+JOURNEYS_TASK_QUEUE = "journeys-service-tests"
+
+
 @pytest.fixture(scope="session")
-async def journeys(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
+async def journeys(
+    tasks_settings: Settings,
+    dev_server_env: WorkflowEnvironment,  # noqa: F811
+) -> AsyncIterator[app.RunningService]:
     """The journeys service over the worker's schema, asking the in-process tagging and audience
-    services about what definitions name."""
-    async for running in _serve(journeys_server.DEFINITION, tasks_settings):
+    services about what definitions name, and starting workflows on the Temporal dev server."""
+    settings = dataclasses.replace(
+        tasks_settings,
+        temporal_address=dev_server_env.client.service_client.config.target_host,
+        temporal_task_queue=JOURNEYS_TASK_QUEUE,
+    )
+    async for running in _serve(journeys_server.DEFINITION, settings):
         yield running
 
 

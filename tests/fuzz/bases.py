@@ -22,9 +22,11 @@ from google.protobuf.message import Message
 from memberops.tagging.v1 import tags_pb2
 from memberops.tasks.v1 import points_pb2, rewards_pb2, tasks_pb2
 
+from services.journeys import convert
 from tests.conftest import unique
 from tests.fuzz import wire
 from tests.fuzz.discovery import Rpc
+from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Send, Step, Template
 
 # How deep the generator fills nested messages: recursive rule trees stop here.
 MAX_DEPTH = 6
@@ -36,6 +38,7 @@ SETUP = (
     ("RecordOrder", ""),
     ("CreateTagDefinition", ""),
     ("CreateAudience", ""),
+    ("CreateJourney", ""),
     ("CreateSnapshot", ""),
     ("CreateTask", "sign_in"),
     ("CreateTask", "share"),
@@ -64,6 +67,7 @@ class World:
     task: str = field(default_factory=lambda: unique("fz-t"))
     reward: str = field(default_factory=lambda: unique("fz-r"))
     line: str = field(default_factory=lambda: unique("fz-l"))
+    journey: str = field(default_factory=lambda: unique("fz-j"))
     # task kind (the Task.spec oneof field) -> id of a task of that kind; `task` is the sign-in one
     tasks: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +87,7 @@ class World:
             "reward_id": self.reward,
             "dimension": self.dimension,
             "line_id": self.line,
+            "journey_key": self.journey,
         }
 
     def names(self) -> dict[str, str]:
@@ -94,6 +99,7 @@ class World:
             "Audience": f"audiences/{self.audience}",
             "Snapshot": f"snapshots/{self.snapshot}",
             "Task": f"tasks/{self.task}",
+            "Journey": f"journeys/{self.journey}",
         }
 
 
@@ -107,7 +113,7 @@ _REFERENCES = {
     "task": "Task",
 }
 # Resource types in the order an RPC's name is searched for the type its `name` field names.
-_RPC_NOUNS = ("Snapshot", "Audience", "TagDefinition", "Task", "Member")
+_RPC_NOUNS = ("Snapshot", "Audience", "TagDefinition", "Task", "Journey", "Member")
 
 _STRINGS = {
     "time_zone": "Asia/Shanghai",
@@ -280,6 +286,8 @@ def _own_id(descriptor: Descriptor) -> str:
     """The field holding a resource's own id: `Audience.audience_id`, `TagDefinition.dimension`."""
     if descriptor.name == "TagDefinition":
         return "dimension"
+    if descriptor.name == "JourneyDefinition":
+        return "key"
     return re.sub(r"(?<!^)(?=[A-Z])", "_", descriptor.name).lower() + "_id"
 
 
@@ -381,6 +389,24 @@ def _level_policy(request: Any, world: World) -> None:
     policy.grace_days = 7
 
 
+def _journey(request: Any, world: World) -> None:
+    """The world's journey: entered on registration, one message (naming nothing elsewhere)."""
+    definition = JourneyDefinition(
+        key=world.journey,
+        name="Fuzz",
+        entry=Entry(event=EventMatch(kind="registered")),
+        steps=(Step(id="hello", send=Send(template="hello")),),
+        templates={"hello": Template(body="Hi {nickname}")},
+    )
+    request.journey.CopyFrom(convert.to_proto(definition))
+    if hasattr(request, "sample_member"):
+        request.sample_member = f"members/{world.member}"
+
+
+def _journey_name(request: Any, world: World) -> None:
+    request.name = f"journeys/{world.journey}"
+
+
 # RPC -> a patch applied to its generated base, for the bases the generator cannot guess.
 HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "CreateTagDefinition": _tag_definition,
@@ -398,6 +424,10 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "RecordShare": _task_of("share"),
     "RecordInvite": _task_of("invite"),
     "EnrolTask": _task_of("purchase"),
+    "CreateJourney": _journey,
+    "UpdateJourney": _journey,
+    "ValidateJourney": _journey,
+    "StartBroadcast": _journey_name,
 }
 
 

@@ -20,7 +20,7 @@ DEADLINE = 10.0
 # awaited this long only; any other stream (an export) must end or send within the deadline.
 STREAM_MESSAGES = 3
 LIVE_WAIT = 0.5
-SCHEMAS = ("tagging", "audience", "tasks")
+SCHEMAS = ("tagging", "audience", "tasks", "journeys")
 # Codes that are never a valid answer to a request that is only malformed.
 BROKEN = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
 

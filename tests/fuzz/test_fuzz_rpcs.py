@@ -65,10 +65,18 @@ class Finding:
 
 @pytest.fixture(scope="module")
 async def channels(
-    tagging: app.RunningService, audience: app.RunningService, tasks: app.RunningService
+    tagging: app.RunningService,
+    audience: app.RunningService,
+    tasks: app.RunningService,
+    journeys: app.RunningService,
 ) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """service (tagging, audience, tasks) -> a channel to its in-process server."""
-    ports = {"tagging": tagging.port, "audience": audience.port, "tasks": tasks.port}
+    """service (tagging, audience, tasks, journeys) -> a channel to its in-process server."""
+    ports = {
+        "tagging": tagging.port,
+        "audience": audience.port,
+        "tasks": tasks.port,
+        "journeys": journeys.port,
+    }
     opened: dict[str, grpc.aio.Channel] = {}
     for service, port in ports.items():
         opened[service] = calls.open_channel(port)

@@ -12,9 +12,8 @@ from memberops.audience.v1 import audience_service_pb2
 from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, report_pb2
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import ACME, GLOBEX, unique
+from tests.conftest import ACME, GLOBEX, JOURNEYS_TASK_QUEUE, unique
 from tests.grpc_helpers import bad, failure
-from tests.journeys.conftest import TASK_QUEUE
 from tests.journeys.helpers import create, get, named, simple, update
 from workflows.journeys.definition import AudienceEntry, Broadcast, Entry, JourneyDefinition
 from workflows.journeys.shipped import ANNOUNCEMENT
@@ -159,7 +158,7 @@ async def test_a_broadcast_starts_once_per_request_id_and_only_while_active(
     description = await dev_server_env.client.get_workflow_handle(
         first.workflow_id, run_id=first.run_id
     ).describe()
-    assert description.task_queue == TASK_QUEUE
+    assert description.task_queue == JOURNEYS_TASK_QUEUE
     second = await journeys_stub.StartBroadcast(
         S.StartBroadcastRequest(name=f"journeys/{key}", request_id=unique("req")), metadata=ACME
     )
