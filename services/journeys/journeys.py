@@ -88,9 +88,12 @@ class Journeys:
         rendered, unrenderable = references.render(definition, sample, FIELD)
         return Validation([], broken + unrenderable, rendered)
 
-    async def check_references(self, tenant_id: str, definition: JourneyDefinition, prefix: str) -> None:
-        """InvalidArgument naming every broken reference of the definition."""
-        broken = await references.check(self._catalog, tenant_id, definition, prefix)
+    async def check_writable(self, tenant_id: str, definition: JourneyDefinition) -> None:
+        """InvalidArgument naming every broken reference of the definition, and every template that
+        parses but cannot be formatted (`{nickname:d}`), which would fail only at send time."""
+        broken = await references.check(self._catalog, tenant_id, definition, FIELD)
+        sample = references.SampleMember(references.SAMPLE_PROFILE)
+        broken += references.render(definition, sample, FIELD)[1]
         if broken:
             raise InvalidArgument(broken)
 
@@ -148,7 +151,7 @@ class Journeys:
                 first = await request_store.find(conn, tenant_id, request_id)
             if first is not None:
                 return await self._repeat(tenant_id, request_id, first, method, request_hash)
-        await self.check_references(tenant_id, definition, FIELD)
+        await self.check_writable(tenant_id, definition)
         async with self._db.transaction(tenant_id) as conn:
             if request_id:
                 await request_store.lock(conn, request_id)
