@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 from google.protobuf import json_format
 from memberops.journeys.v1 import report_pb2
@@ -133,13 +134,18 @@ class _Counts:
         self.arms: defaultdict[str, _Tally] = defaultdict(_Tally)
         self.steps: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    def add_members(self, treated: bool, split_arms: Iterable[str], row: dict[str, int]) -> None:
-        for arm in [TREATED if treated else HOLDOUT, *(split_arms if treated else ())]:
+    def add_members(self, row: asyncpg.Record) -> None:
+        """A row of members of one arm, state and split arms (joined by commas): count, GMV."""
+        treated = row["treated"]
+        split_arms = row["split_arms"].split(",") if treated and row["split_arms"] else []
+        for arm in [TREATED if treated else HOLDOUT, *split_arms]:
             tally = self.arms[arm]
             tally.members += row["members"]
-            tally.active += row["active"]
-            tally.conversions += row["conversions"]
-            tally.gmv_minor += row["gmv_minor"]
+            if row["state"] == "active":
+                tally.active += row["members"]
+            elif row["state"] == "converted":
+                tally.conversions += row["members"]
+                tally.gmv_minor += row["gmv_minor"]
 
     def add_step(self, step_id: str, counter: str, n: int) -> None:
         if counter in STEP_COUNTERS:
@@ -165,11 +171,11 @@ async def journey_report(db: Database, tenant_id: str, journey_key: str, version
     )
 
 
-# One row per arm and combination of split arms: a few rows whatever the number of members.
-_ARM_FIGURES = """count(*) AS members,
-       count(*) FILTER (WHERE state = 'active') AS active,
-       count(*) FILTER (WHERE state = 'converted') AS conversions,
-       coalesce(sum(gmv_minor) FILTER (WHERE state = 'converted'), 0)::bigint AS gmv_minor"""
+# One row per arm, state and combination of split arms: a few rows whatever the number of members.
+# The split arms are grouped as text (elements never hold a comma): hashing text[] itself took twice
+# as long over a million members.
+_ARM_FIGURES = """array_to_string(split_arms, ',') AS split_arms, state,
+       count(*) AS members, sum(gmv_minor)::bigint AS gmv_minor"""
 
 
 async def _member_journeys(conn: Connection, counts: _Counts, tenant_id: str, key: str, version: int) -> int:
@@ -177,13 +183,13 @@ async def _member_journeys(conn: Connection, counts: _Counts, tenant_id: str, ke
     where = "e.tenant_id = $1 AND e.journey_key = $2 AND ($3 = 0 OR e.version = $3)"
     runs = 0
     for row in await conn.fetch(
-        f"""SELECT arm = 'treated' AS treated, split_arms, {_ARM_FIGURES}
-            FROM journeys.enrolments e WHERE {where} GROUP BY 1, 2""",
+        f"""SELECT arm = 'treated' AS treated, {_ARM_FIGURES}
+            FROM journeys.enrolments e WHERE {where} GROUP BY 1, 2, 3""",
         tenant_id,
         key,
         version,
     ):
-        counts.add_members(row["treated"], row["split_arms"], dict(row))
+        counts.add_members(row)
         runs += row["members"]
     # Members who left: the figures their run wrote.
     for row in await conn.fetch(
@@ -232,13 +238,13 @@ async def _cohorts(conn: Connection, counts: _Counts, tenant_id: str, key: str, 
     if not cohort_ids:
         return 0
     for row in await conn.fetch(
-        f"""SELECT NOT holdout AS treated, split_arms, {_ARM_FIGURES}
+        f"""SELECT NOT holdout AS treated, {_ARM_FIGURES}
             FROM journeys.cohort_members WHERE tenant_id = $1 AND cohort_id = ANY($2::bigint[])
-            GROUP BY 1, 2""",
+            GROUP BY 1, 2, 3""",
         tenant_id,
         cohort_ids,
     ):
-        counts.add_members(row["treated"], row["split_arms"], dict(row))
+        counts.add_members(row)
     # Finished batches' counters, {"step:hello:sent": 4980, "step:split-1:arm:a": 2500, ...}.
     for row in await conn.fetch(
         """SELECT f.key, sum(f.value::bigint)::bigint AS n
