@@ -407,6 +407,10 @@ def _journey_name(request: Any, world: World) -> None:
     request.name = f"journeys/{world.journey}"
 
 
+def _member_names(request: Any, world: World) -> None:
+    request.members[:] = [f"members/{world.member}"]
+
+
 # RPC -> a patch applied to its generated base, for the bases the generator cannot guess.
 HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "CreateTagDefinition": _tag_definition,
@@ -428,6 +432,7 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "UpdateJourney": _journey,
     "ValidateJourney": _journey,
     "StartBroadcast": _journey_name,
+    "BatchGetMemberTags": _member_names,
 }
 
 
