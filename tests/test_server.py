@@ -20,6 +20,7 @@ SERVICES = {
     "tagging": "memberops.tagging.v1.TaggingService",
     "audience": "memberops.audience.v1.AudienceService",
     "tasks": "memberops.tasks.v1.TasksService",
+    "journeys": "memberops.journeys.v1.JourneyService",
 }
 
 
@@ -29,8 +30,9 @@ def running(
     tagging: app.RunningService,
     audience: app.RunningService,
     tasks: app.RunningService,
+    journeys: app.RunningService,
 ) -> dict[str, app.RunningService]:
-    return {"tagging": tagging, "audience": audience, "tasks": tasks}
+    return {"tagging": tagging, "audience": audience, "tasks": tasks, "journeys": journeys}
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
