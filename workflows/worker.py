@@ -25,6 +25,8 @@ from workflows.dispatcher.activities import DispatcherActivities
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store
 from workflows.journeys.activities import JourneyActivities
+from workflows.journeys.broadcast_run.activities import BroadcastActivities
+from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.cohort.activities import CohortActivities
@@ -46,6 +48,7 @@ WORKFLOWS: Sequence[type] = (
     JourneyWorkflow,
     CohortJourneyWorkflow,
     JourneyControlWorkflow,
+    BroadcastRunWorkflow,
     DispatcherWorkflow,
     PeriodicJobWorkflow,
 )
@@ -82,6 +85,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
     sender = Sender(resources.db, registry.build(resources.channels), resources.channels)
     journeys = JourneyActivities(resources.db, services, sender, resources.channels)
     cohorts = CohortActivities(resources.db, services, sender, resources.channels)
+    broadcasts = BroadcastActivities(resources.db, services)
     dispatcher = DispatcherActivities(resources.db, tagging, audience, client, settings.token_for_tenant)
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
     control = ControlActivities(resources.db, client)
@@ -89,6 +93,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         lookup.get_member,
         *journeys.all(),
         *cohorts.all(),
+        *broadcasts.all(),
         *dispatcher.all(),
         *periodic.all(),
         *control.all(),

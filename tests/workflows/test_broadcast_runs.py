@@ -1,0 +1,351 @@
+"""Broadcast runs on the dev server (the time-skipping test server has no schedules), against the
+real services and database: the journey's Temporal Schedule follows its state and live version;
+a triggered schedule snapshots the audience and runs the cohort to its members, and skips while the
+last broadcast still runs; StartBroadcast's core starts one run and one snapshot per request id,
+also when called concurrently; a fixed snapshot is broadcast once; a journey that is not active
+takes no snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import pytest
+from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    ScheduleDescription,
+    ScheduleOverlapPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from runtime.config import Settings
+from runtime.db import Database
+from runtime.errors import AlreadyExists, InvalidArgument
+from services.journeys import broadcasts
+from tests.audience.helpers import in_batch
+from tests.conftest import ACME, TENANT_ACME, unique
+from tests.waiting import eventually
+from tests.workflows import fakes
+from tests.workflows.cohort_helpers import broadcast, population, snapshot_population, until_asleep
+from tests.workflows.journey_helpers import activate, phone_of, running
+from workflows.journeys import states, store
+from workflows.journeys.broadcast_run.payloads import (
+    BroadcastInput,
+    BroadcastOutcome,
+    schedule_id,
+    snapshot_request_id,
+)
+from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
+from workflows.journeys.definition import Broadcast, Entry, JourneyDefinition, Send, Step, Wait
+from workflows.worker import Resources
+
+HELLO = Step(id="hello", send=Send(template="hello"))
+# Between two sends, keeps the cohort running (for a day) after its members got the first.
+LINGER = Step(id="linger", wait=Wait(duration="1d"))
+BYE = Step(id="bye", send=Send(template="hello"))
+
+
+@pytest.fixture
+def unlimited(resources: Resources) -> Resources:
+    """No practical per-minute limit (the tests share the tenant's windows)."""
+    rates = {channel: 10**9 for channel in ("sms", "email", "app_push", "wecom")}
+    return dataclasses.replace(resources, channels=dataclasses.replace(resources.channels, per_minute=rates))
+
+
+def delivered(provider: fakes.Provider, ids: list[str]) -> Counter[str]:
+    phones = {phone_of(member_id): member_id for member_id in ids}
+    with provider.lock:
+        return Counter(phones[d.body["to"]] for d in provider.deliveries if d.body.get("to") in phones)
+
+
+async def audience_of(resources: Resources, count: int) -> tuple[list[str], str]:
+    """`count` new members and an audience of them, not snapshotted: (member ids, audience id)."""
+    batch, ids = await population(resources.tagging, count)
+    audience_id = unique("aud")
+    await audience_service_pb2_grpc.AudienceServiceStub(resources.audience).CreateAudience(
+        audience_service_pb2.CreateAudienceRequest(
+            audience=audience_pb2.Audience(audience_id=audience_id, rule=in_batch(batch))
+        ),
+        metadata=ACME,
+    )
+    return ids, audience_id
+
+
+def scheduled(audience_id: str, cron: str, *steps: Step) -> JourneyDefinition:
+    return broadcast(
+        audience_id, *steps, entry=Entry(broadcast=Broadcast(audience=audience_id, schedule=cron))
+    )
+
+
+async def stored_active(db: Database, definition: JourneyDefinition) -> int:
+    version = (await store.put_definition(db, TENANT_ACME, definition)).version
+    await activate(db, TENANT_ACME, definition.key, version)
+    return version
+
+
+async def move(db: Database, key: str, to_state: str) -> None:
+    await states.transition(db, TENANT_ACME, key, to_state, 0, dt.datetime.now(dt.UTC))
+
+
+async def described(client: Client, key: str) -> ScheduleDescription | None:
+    try:
+        return await client.get_schedule_handle(schedule_id(TENANT_ACME, key)).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def action_input(client: Client, description: ScheduleDescription) -> tuple[str, str, BroadcastInput]:
+    action = description.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    payload: Any = action.args[0]
+    return (
+        action.workflow,
+        action.id,
+        client.data_converter.payload_converter.from_payload(payload, BroadcastInput),
+    )
+
+
+async def snapshots_of(db: Database, audience_id: str) -> list[dict[str, Any]]:
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        rows = await conn.fetch(
+            "SELECT snapshot_id, request_id, member_count FROM audience.snapshots WHERE audience_id = $1",
+            audience_id,
+        )
+    return [dict(row) for row in rows]
+
+
+async def cohorts_of(db: Database, key: str) -> list[dict[str, Any]]:
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        rows = await conn.fetch(
+            "SELECT cohort_id, snapshot_id, workflow_id FROM journeys.cohorts WHERE journey_key = $1", key
+        )
+    return [dict(row) for row in rows]
+
+
+async def test_the_schedule_follows_the_journeys_state_and_live_version(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings, journeys_db: Database
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    definition = scheduled(unique("aud"), "0 9 * * 1", HELLO)
+    key = definition.key
+
+    async def sync(version: int, d: JourneyDefinition, state: str) -> None:
+        await broadcasts.sync_schedule(client, queue, TENANT_ACME, key, version, d, state)
+
+    await sync(1, definition, "draft")
+    assert await described(client, key) is None  # a draft has no schedule
+
+    await sync(1, definition, "active")
+    first = await described(client, key)
+    assert first is not None
+    assert action_input(client, first) == (
+        "BroadcastRun",
+        f"broadcast/{TENANT_ACME}/{key}/scheduled",
+        BroadcastInput(TENANT_ACME, key, 1),
+    )
+    assert first.schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
+    assert not first.schedule.state.paused
+    upcoming = first.info.next_action_times
+    assert upcoming and {(t.astimezone(dt.UTC).weekday(), t.hour, t.minute) for t in upcoming} == {(0, 9, 0)}
+
+    await sync(1, definition, "active")  # unchanged: not even updated
+    again = await described(client, key)
+    assert again is not None and again.info.last_updated_at == first.info.last_updated_at
+
+    # A new live version with another time.
+    newer = dataclasses.replace(
+        definition, entry=Entry(broadcast=Broadcast(audience="x", schedule="30 8 * * *"))
+    )
+    await sync(2, newer, "active")
+    updated = await described(client, key)
+    assert updated is not None and action_input(client, updated)[2] == BroadcastInput(TENANT_ACME, key, 2)
+    assert {(t.astimezone(dt.UTC).hour, t.minute) for t in updated.info.next_action_times} == {(8, 30)}
+
+    await sync(2, newer, "paused")
+    paused = await described(client, key)
+    assert paused is not None and paused.schedule.state.paused
+    await sync(2, newer, "paused")
+    still = await described(client, key)
+    assert still is not None and still.info.last_updated_at == paused.info.last_updated_at
+
+    await sync(2, newer, "active")
+    resumed = await described(client, key)
+    assert resumed is not None and not resumed.schedule.state.paused
+
+    # A version without a schedule has none; neither has an archived journey (twice is harmless).
+    once = dataclasses.replace(newer, entry=Entry(broadcast=Broadcast(audience="x")))
+    await sync(3, once, "active")
+    assert await described(client, key) is None
+    await sync(2, newer, "active")
+    assert await described(client, key) is not None
+    await sync(2, newer, "archived")
+    await sync(2, newer, "archived")
+    assert await described(client, key) is None
+
+
+async def test_a_triggered_schedule_broadcasts_to_a_new_snapshot_and_skips_while_it_runs(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+    provider: fakes.Provider,
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    ids, audience_id = await audience_of(unlimited, 40)
+    definition = scheduled(audience_id, "0 9 1 1 *", HELLO, LINGER, BYE)
+    version = await stored_active(journeys_db, definition)
+    await broadcasts.sync_schedule(client, queue, TENANT_ACME, definition.key, version, definition, "active")
+    handle = client.get_schedule_handle(schedule_id(TENANT_ACME, definition.key))
+    try:
+        async with running(dev_server_env, worker_settings, unlimited):
+            await handle.trigger()
+
+            async def everyone_messaged() -> bool:
+                return set(delivered(provider, ids)) == set(ids)
+
+            await eventually(everyone_messaged, "did the scheduled broadcast reach every member")
+            # The cohort lingers, so the broadcast still runs: the next trigger is skipped.
+            await handle.trigger()
+
+            async def skipped() -> ScheduleDescription | None:
+                description = await handle.describe()
+                return description if description.info.num_actions_skipped_overlap else None
+
+            description = await eventually(skipped, "did the schedule skip the overlapping run")
+            assert description.info.num_actions == 1 and description.info.num_actions_skipped_overlap == 1
+            (running_run,) = description.info.running_actions
+            assert isinstance(running_run, ScheduleActionExecutionStartWorkflow)
+            run = client.get_workflow_handle_for(
+                BroadcastRunWorkflow.run, running_run.workflow_id, run_id=running_run.first_execution_run_id
+            )
+            (cohort,) = await cohorts_of(journeys_db, definition.key)
+            # Stopping the cohort (once it waits for its members' day to pass) ends the run.
+            cohort_run = client.get_workflow_handle(cohort["workflow_id"])
+            await until_asleep(cohort_run, "the lingering step")
+            await cohort_run.cancel()
+            outcome = await run.result()
+    finally:
+        await broadcasts.sync_schedule(
+            client, queue, TENANT_ACME, definition.key, version, definition, "archived"
+        )
+    assert running_run.workflow_id.startswith(f"broadcast/{TENANT_ACME}/{definition.key}/scheduled-")
+    (snapshot,) = await snapshots_of(journeys_db, audience_id)
+    assert snapshot["member_count"] == 40 and snapshot["request_id"] == snapshot_request_id(
+        running_run.workflow_id
+    )
+    assert outcome == BroadcastOutcome(
+        definition.key,
+        version,
+        snapshot=f"snapshots/{snapshot['snapshot_id']}",
+        cohort_workflow_id=f"journey/{definition.key}/snapshot/{snapshot['snapshot_id']}",
+        state="stopped",
+        cohort_id=cohort["cohort_id"],
+    )
+    assert cohort["workflow_id"] == outcome.cohort_workflow_id
+    assert set(delivered(provider, ids).values()) == {1}
+
+
+async def test_start_broadcast_starts_one_run_and_one_snapshot_per_request_id(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+    provider: fakes.Provider,
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    ids, audience_id = await audience_of(unlimited, 30)
+    definition = broadcast(audience_id, HELLO)
+    version = await stored_active(journeys_db, definition)
+    request_id = unique("req")
+
+    async def start(for_version: int = version) -> broadcasts.StartedBroadcast:
+        return await broadcasts.start_broadcast(
+            client, queue, TENANT_ACME, definition.key, for_version, request_id
+        )
+
+    async with running(dev_server_env, worker_settings, unlimited):
+        started = await asyncio.gather(*(start() for _ in range(4)))
+        assert len(set(started)) == 1
+        (one,) = set(started)
+        outcome = await client.get_workflow_handle_for(
+            BroadcastRunWorkflow.run, one.workflow_id, run_id=one.run_id
+        ).result()
+        # Once the run ended, the request id still names it.
+        assert await start() == one
+        with pytest.raises(AlreadyExists, match="version"):
+            await start(version + 1)
+    assert one.workflow_id == f"broadcast/{TENANT_ACME}/{definition.key}/request/{request_id}"
+    (snapshot,) = await snapshots_of(journeys_db, audience_id)
+    assert (outcome.state, outcome.snapshot) == ("completed", f"snapshots/{snapshot['snapshot_id']}")
+    assert delivered(provider, ids) == Counter({member_id: 1 for member_id in ids})
+    assert len(await cohorts_of(journeys_db, definition.key)) == 1
+    with pytest.raises(InvalidArgument, match="request_id"):
+        await broadcasts.start_broadcast(client, queue, TENANT_ACME, definition.key, version, "")
+
+
+async def test_a_fixed_snapshot_is_broadcast_once(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+    provider: fakes.Provider,
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    ids, audience_id, frozen = await snapshot_population(unlimited, 25)
+    definition = broadcast(audience_id, HELLO, entry=Entry(broadcast=Broadcast(snapshot=frozen.name)))
+    version = await stored_active(journeys_db, definition)
+
+    async def run_for(request_id: str) -> BroadcastOutcome:
+        started = await broadcasts.start_broadcast(
+            client, queue, TENANT_ACME, definition.key, version, request_id
+        )
+        return await client.get_workflow_handle_for(BroadcastRunWorkflow.run, started.workflow_id).result()
+
+    async with running(dev_server_env, worker_settings, unlimited):
+        first = await run_for(unique("req"))
+        second = await run_for(unique("req"))
+    cohort_id = f"journey/{definition.key}/snapshot/{frozen.name.removeprefix('snapshots/')}"
+    assert (first.state, first.snapshot, first.cohort_workflow_id) == ("completed", frozen.name, cohort_id)
+    assert (second.state, second.cohort_workflow_id) == ("not_started", cohort_id)
+    assert "broadcast already" in second.detail
+    assert delivered(provider, ids) == Counter({member_id: 1 for member_id in ids})
+    assert await snapshots_of(journeys_db, audience_id) == [
+        {
+            "snapshot_id": frozen.name.removeprefix("snapshots/"),
+            "request_id": frozen.request_id,
+            "member_count": 25,
+        }
+    ]
+
+
+async def test_a_journey_that_is_not_active_takes_no_snapshot(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    _, audience_id = await audience_of(unlimited, 5)
+    definition = broadcast(audience_id, HELLO)
+    version = await stored_active(journeys_db, definition)
+    await move(journeys_db, definition.key, "paused")
+    async with running(dev_server_env, worker_settings, unlimited):
+        started = await broadcasts.start_broadcast(
+            client, queue, TENANT_ACME, definition.key, version, unique("r")
+        )
+        outcome = await client.get_workflow_handle_for(BroadcastRunWorkflow.run, started.workflow_id).result()
+    assert (outcome.state, outcome.snapshot, outcome.detail) == (
+        "not_started",
+        "",
+        f"journey {definition.key!r} is paused, not active",
+    )
+    assert await snapshots_of(journeys_db, audience_id) == []
