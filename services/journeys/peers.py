@@ -40,6 +40,13 @@ class Peers:
         found = await _answer("audience", call)
         return None if found is None else AudienceInfo(dynamic=found.dynamic)
 
+    async def snapshot_exists(self, tenant_id: str, snapshot_id: str) -> bool:
+        request = audience_service_pb2.GetSnapshotRequest(name=f"snapshots/{snapshot_id}")
+        call = self._audience.GetSnapshot(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        return await _answer("audience", call) is not None
+
     async def dimension(self, tenant_id: str, dimension: str) -> DimensionInfo | None:
         request = tagging_service_pb2.GetTagDefinitionRequest(name=f"tagDefinitions/{dimension}")
         call = self._tagging.GetTagDefinition(

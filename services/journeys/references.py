@@ -52,6 +52,8 @@ class Catalog(Protocol):
 
     async def member(self, tenant_id: str, member_id: str) -> SampleMember | None: ...
 
+    async def snapshot_exists(self, tenant_id: str, snapshot_id: str) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -65,6 +67,12 @@ class _Audience:
     path: str
     audience_id: str
     dynamic: bool
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    path: str
+    snapshot_id: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def _event(match: EventMatch, path: str) -> Iterator[_Audience | _Tags]:
         yield _Audience(f"{path}.audience", match.audience, dynamic=True)
 
 
-def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Tags]:
+def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Snapshot | _Tags]:
     """Every reference of a (shape-valid) definition with its path in the definition."""
     entry = definition.entry
     if entry.event is not None:
@@ -93,6 +101,8 @@ def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Tags]:
         yield _Audience("entry.audience.audience", entry.audience.audience, dynamic=True)
     if entry.broadcast is not None and entry.broadcast.audience:
         yield _Audience("entry.broadcast.audience", entry.broadcast.audience, dynamic=False)
+    if entry.broadcast is not None and entry.broadcast.snapshot:
+        yield _Snapshot("entry.broadcast.snapshot", entry.broadcast.snapshot.removeprefix("snapshots/"))
     for i, step in enumerate(definition.steps):
         yield from _step(step, f"steps[{i}]")
     for name, template in definition.templates.items():
@@ -132,6 +142,12 @@ async def check(
     dimensions: dict[str, DimensionInfo | None] = {}
     for ref in _named(definition):
         path = f"{prefix}.{ref.path}"
+        if isinstance(ref, _Snapshot):
+            if not await catalog.snapshot_exists(tenant_id, ref.snapshot_id):
+                v.append(
+                    FieldViolation(path, f"names no snapshot: snapshots/{ref.snapshot_id} does not exist")
+                )
+            continue
         if isinstance(ref, _Audience):
             if ref.audience_id not in audiences:
                 audiences[ref.audience_id] = await catalog.audience(tenant_id, ref.audience_id)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from memberops.journeys.v1 import journey_pb2, journeys_service_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 
@@ -19,6 +20,7 @@ from tests.journeys.helpers import Named, create, every_field, get, named, simpl
 from workflows.journeys.definition import (
     AddTag,
     AudienceEntry,
+    Broadcast,
     Entry,
     EventMatch,
     Send,
@@ -26,6 +28,7 @@ from workflows.journeys.definition import (
     TagField,
     Template,
 )
+from workflows.journeys.shipped import ANNOUNCEMENT
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub
@@ -272,3 +275,27 @@ async def test_list_pages_by_key_and_filters_by_state(journeys_stub: Stub) -> No
         (journeys_service_pb2.ListJourneysRequest(state=99), "state"),  # type: ignore[arg-type]
     ):
         await bad(journeys_stub.ListJourneys(request, metadata=ACME), path)
+
+
+async def test_a_broadcast_to_a_snapshot_names_one_that_exists(
+    journeys_stub: Stub, names: Named, audience_stub: AudienceServiceAsyncStub
+) -> None:
+    snapshot = await audience_stub.CreateSnapshot(
+        audience_service_pb2.CreateSnapshotRequest(
+            audience=f"audiences/{names.static_audience}",
+            splits=[audience_pb2.SplitArm(name="all", share_percent=100)],
+            request_id=unique("req"),
+        ),
+        metadata=ACME,
+    )
+    for name, findings in (
+        (snapshot.name, []),
+        (f"snapshots/{unique('none')}", ["journey.entry.broadcast.snapshot"]),
+    ):
+        definition = dataclasses.replace(
+            ANNOUNCEMENT, key=unique("bc"), entry=Entry(broadcast=Broadcast(snapshot=name))
+        )
+        reply = await journeys_stub.ValidateJourney(
+            journeys_service_pb2.ValidateJourneyRequest(journey=convert.to_proto(definition)), metadata=ACME
+        )
+        assert [f.field for f in reply.findings] == findings
