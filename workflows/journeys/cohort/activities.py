@@ -321,11 +321,11 @@ class CohortActivities(service_calls.ServiceActivities):
         at: dt.datetime,
     ) -> dict[str, int]:
         steps = definition.steps
+        kinds = [step_kinds.of(step) for step in steps]
         wanted: set[str] = set()
         preferring: set[str] = set()
         for d in due:
-            step = steps[d.position]
-            kind = step_kinds.of(step)
+            step, kind = steps[d.position], kinds[d.position]
             if kind.needs_recipient and not (kind.treats and d.holdout):
                 wanted.add(d.member_id)
             if step.wait_until_hour is not None and step.wait_until_hour.preferred:

@@ -102,12 +102,17 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     # Position of an add_tag step -> its treated members.
     tags: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # The kind of each step, by position (asked for once per member of a batch).
+    kinds: list[steps.StepKind] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kinds = [steps.of(step) for step in self.definition.steps]
 
     def add(self, due: store.Due, recipient: Recipient | None, tz: ZoneInfo) -> None:
         step = self.definition.steps[due.position]
         if not due.arrived:  # got here after a wait: it enters the step now
             self.count(step.id, "entered")
-        kind = steps.of(step)
+        kind = self.kinds[due.position]
         if kind.treats and due.holdout:
             self.count(step.id, "held_out")  # no send or tag for the holdout
             self.go(due.member_id, due.position + 1, due.due_time)
