@@ -34,7 +34,7 @@ from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, population, snapshot_population, until_asleep
-from tests.workflows.journey_helpers import activate, phone_of, running
+from tests.workflows.journey_helpers import activate, keep_history, phone_of, running
 from workflows.journeys import states, store
 from workflows.journeys.broadcast_run.payloads import (
     BroadcastInput,
@@ -233,6 +233,7 @@ async def test_a_triggered_schedule_broadcasts_to_a_new_snapshot_and_skips_while
             await until_asleep(cohort_run, "the lingering step")
             await cohort_run.cancel()
             outcome = await run.result()
+            await keep_history(run, "broadcast_run_scheduled_and_stopped")
     finally:
         await broadcasts.sync_schedule(
             client, queue, TENANT_ACME, definition.key, version, definition, "archived"
@@ -276,9 +277,9 @@ async def test_start_broadcast_starts_one_run_and_one_snapshot_per_request_id(
         started = await asyncio.gather(*(start() for _ in range(4)))
         assert len(set(started)) == 1
         (one,) = set(started)
-        outcome = await client.get_workflow_handle_for(
-            BroadcastRunWorkflow.run, one.workflow_id, run_id=one.run_id
-        ).result()
+        handle = client.get_workflow_handle_for(BroadcastRunWorkflow.run, one.workflow_id, run_id=one.run_id)
+        outcome = await handle.result()
+        await keep_history(handle, "broadcast_run_to_a_new_snapshot")
         # Once the run ended, the request id still names it.
         assert await start() == one
         with pytest.raises(AlreadyExists, match="version"):
@@ -304,15 +305,19 @@ async def test_a_fixed_snapshot_is_broadcast_once(
     definition = broadcast(audience_id, HELLO, entry=Entry(broadcast=Broadcast(snapshot=frozen.name)))
     version = await stored_active(journeys_db, definition)
 
-    async def run_for(request_id: str) -> BroadcastOutcome:
+    async def run_for(request_id: str, history: str = "") -> BroadcastOutcome:
         started = await broadcasts.start_broadcast(
             client, queue, TENANT_ACME, definition.key, version, request_id
         )
-        return await client.get_workflow_handle_for(BroadcastRunWorkflow.run, started.workflow_id).result()
+        handle = client.get_workflow_handle_for(BroadcastRunWorkflow.run, started.workflow_id)
+        outcome = await handle.result()
+        if history:
+            await keep_history(handle, history)
+        return outcome
 
     async with running(dev_server_env, worker_settings, unlimited):
         first = await run_for(unique("req"))
-        second = await run_for(unique("req"))
+        second = await run_for(unique("req"), "broadcast_run_snapshot_broadcast_already")
     cohort_id = f"journey/{definition.key}/snapshot/{frozen.name.removeprefix('snapshots/')}"
     assert (first.state, first.snapshot, first.cohort_workflow_id) == ("completed", frozen.name, cohort_id)
     assert (second.state, second.cohort_workflow_id) == ("not_started", cohort_id)

@@ -3,7 +3,8 @@ journey, broadcast or dispatcher take another path fails here (add `workflow.pat
 
 The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
-tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py`
+tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py
+tests/workflows/test_broadcast_runs.py`
 (see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
 one run: one that continued as new is replayed up to its continue-as-new, the next run on its own."""
@@ -18,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from workflows.dispatcher.workflow import DispatcherWorkflow
+from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.workflow import JourneyWorkflow
 
@@ -29,6 +31,7 @@ WORKFLOWS: dict[str, type] = {
     "Journey": JourneyWorkflow,
     "CohortJourney": CohortJourneyWorkflow,
     "Dispatcher": DispatcherWorkflow,
+    "BroadcastRun": BroadcastRunWorkflow,
 }
 
 
@@ -69,6 +72,11 @@ def test_there_are_recorded_histories() -> None:
         # figures; a round lost with its worker and done again by the next one.
         "dispatcher_enrols_and_signals",
         "dispatcher_round_lost_and_redone",
+        # Broadcast runs: a scheduled one whose cohort was stopped, one that snapshotted its
+        # audience and ran the cohort to its end, one whose fixed snapshot was broadcast already.
+        "broadcast_run_scheduled_and_stopped",
+        "broadcast_run_to_a_new_snapshot",
+        "broadcast_run_snapshot_broadcast_already",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
