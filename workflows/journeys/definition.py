@@ -170,7 +170,8 @@ class SplitArm:
 
 @dataclass(frozen=True)
 class Split:
-    """A random split (the workflow's deterministic randomness); percents add up to 100."""
+    """Arms by percent (adding up to 100), drawn from the member's bucket of (journey, step): the
+    same arm in a member journey and in a cohort (see workflows/journeys/steps/split.py)."""
 
     arms: tuple[SplitArm, ...]
 
