@@ -29,6 +29,7 @@ from runtime.config import Settings
 from runtime.db import Database
 from runtime.errors import AlreadyExists, InvalidArgument
 from services.journeys import broadcasts
+from services.journeys.lifecycle import Lifecycle
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.waiting import eventually
@@ -189,6 +190,41 @@ async def test_the_schedule_follows_the_journeys_state_and_live_version(
     assert await described(client, key) is not None
     await sync(2, newer, "archived")
     await sync(2, newer, "archived")
+    assert await described(client, key) is None
+
+
+async def test_the_lifecycles_transitions_sync_the_schedule(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings, journeys_db: Database
+) -> None:
+    """What the JourneyService's state changes do to a scheduled broadcast's schedule."""
+    client = dev_server_env.client
+    journeys = Lifecycle(journeys_db, client, worker_settings.temporal_task_queue)
+    definition = scheduled(unique("aud"), "0 9 * * 1", HELLO)
+    key = definition.key
+    await store.put_definition(journeys_db, TENANT_ACME, definition)
+    assert await described(client, key) is None  # a draft has none
+
+    async def schedule() -> tuple[int, bool, list[tuple[int, int]]]:
+        description = await described(client, key)
+        assert description is not None
+        times = [(t.astimezone(dt.UTC).hour, t.minute) for t in description.info.next_action_times]
+        return action_input(client, description)[2].version, description.schedule.state.paused, times
+
+    await journeys.activate(TENANT_ACME, key)
+    version, paused, times = await schedule()
+    assert (version, paused) == (1, False) and times and set(times) == {(9, 0)}
+    await journeys.pause(TENANT_ACME, key)
+    assert (await schedule())[:2] == (1, True)
+    await journeys.resume(TENANT_ACME, key)
+    assert (await schedule())[:2] == (1, False)
+    newer = dataclasses.replace(
+        definition, entry=Entry(broadcast=Broadcast(audience="x", schedule="30 8 * * *"))
+    )
+    await store.put_definition(journeys_db, TENANT_ACME, newer)
+    await journeys.activate(TENANT_ACME, key, 2)
+    version, paused, times = await schedule()
+    assert (version, paused) == (2, False) and times and set(times) == {(8, 30)}
+    await journeys.archive(TENANT_ACME, key)
     assert await described(client, key) is None
 
 
