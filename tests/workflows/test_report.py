@@ -7,20 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from memberops.journeys.v1 import report_pb2
 from temporalio.testing import WorkflowEnvironment
 
-from runtime import auth
-from runtime.auth import TokenAuthenticator
+from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from runtime.errors import NotFound
-from runtime.grpc_server import GrpcServer, ServiceBinding
 from services.journeys import report_messages
 from tests.conftest import TENANT_ACME, unique
 from tests.waiting import eventually
@@ -35,32 +30,9 @@ NOW = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-async def report_address(settings: Settings, journeys_db: Database) -> AsyncIterator[str]:
-    """A gRPC server answering JourneyService.GetJourneyReport as the journey service does
-    (report_messages.answer behind the services' interceptor: tokens, tenants, error codes)."""
-
-    async def get_journey_report(
-        request: report_pb2.GetJourneyReportRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> report_pb2.JourneyReport:
-        return await report_messages.answer(journeys_db, auth.current_tenant(), request)
-
-    handler = grpc.method_handlers_generic_handler(
-        "memberops.journeys.v1.JourneyService",
-        {
-            "GetJourneyReport": grpc.unary_unary_rpc_method_handler(
-                get_journey_report,
-                request_deserializer=report_pb2.GetJourneyReportRequest.FromString,
-                response_serializer=report_pb2.JourneyReport.SerializeToString,
-            )
-        },
-    )
-    binding = ServiceBinding(
-        "memberops.journeys.v1.JourneyService", lambda server: server.add_generic_rpc_handlers([handler])
-    )
-    server = GrpcServer([binding], TokenAuthenticator(settings.auth_tokens))
-    port = await server.start("127.0.0.1:0")
-    yield f"127.0.0.1:{port}"
-    await server.stop(0)
+def report_address(journeys: app.RunningService) -> str:
+    """The journey service the report command asks."""
+    return f"127.0.0.1:{journeys.port}"
 
 
 async def logged(db: Database, journey_key: str) -> dict[str, int]:
