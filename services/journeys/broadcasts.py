@@ -127,8 +127,9 @@ async def sync_schedule(
             return None
         return ScheduleUpdate(schedule=wanted)
 
-    # A schedule deleted between the create and the update (a concurrent archive) is made again
-    # once; the state read after that archive deletes it again.
+    # A schedule deleted between the create and the update is made again (once). Calls for one
+    # journey are meant to come in the order of its state changes: a sync that lost a race with
+    # an archive's delete leaves a schedule the next sync of that journey removes.
     for _ in range(2):
         try:
             await client.create_schedule(sid, wanted)
