@@ -29,8 +29,8 @@ from tests.tagging.test_catalog import create, dimension
 from tests.waiting import eventually
 from tests.workflows.cohort_helpers import broadcast, snapshot_population, until_asleep
 from tests.workflows.cohort_helpers import start as start_cohort
-from tests.workflows.journey_helpers import activate, journey, member_message, running, start
-from tests.workflows.test_dispatcher import dispatcher, enrolled, following
+from tests.workflows.journey_helpers import activate, journey, member_message, running, seed_member, start
+from tests.workflows.test_dispatcher import _state, dispatcher, enrolled, following
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.payloads import DispatcherStatus
 from workflows.dispatcher.workflow import DispatcherWorkflow
@@ -142,11 +142,6 @@ async def rows_of(db: Database, sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(row) for row in await conn.fetch(sql, *args)]
 
 
-async def _state(handle: WorkflowHandle[JourneyWorkflow, Funnel], state: str) -> Funnel | None:
-    funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
-    return funnel if funnel.state == state else None
-
-
 async def test_loaded_history_enrols_and_converts_nobody_and_a_fresh_first_order_enrols(
     dev_server_env: WorkflowEnvironment,
     worker_settings: Settings,
@@ -235,10 +230,7 @@ async def test_a_member_goal_counts_only_when_its_fact_happened_inside_the_windo
     journeys_db: Database,
 ) -> None:
     member_id = unique()
-    tagging = tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
-    await tagging.UpsertMember(
-        tagging_service_pb2.UpsertMemberRequest(member=member_message(member_id)), metadata=ACME
-    )
+    await seed_member(resources.tagging, member_id)
     definition = journey(
         Step(id="wait-30d", wait=Wait(duration="30d")),
         goal=Goal(event=EventMatch(kind="order"), attribution="14d"),
