@@ -7,11 +7,10 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
-from runtime import checks
+from runtime import checks, zones
 from runtime.db import Connection, Database
 from runtime.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import feed_store, member_store, refresh_store
@@ -107,11 +106,8 @@ def _validate_contact(contact: Contact, violations: Violations, path: str) -> No
     for i, channel in enumerate(contact.opted_out_channels):
         if channel not in channels or channel == Channel.UNSPECIFIED:
             violations.add(f"{path}.opted_out_channels[{i}]", f"unknown value {channel}")
-    if contact.time_zone:
-        try:
-            zoneinfo.ZoneInfo(contact.time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            violations.add(f"{path}.time_zone", "must be an IANA time zone such as Asia/Shanghai")
+    if contact.time_zone and zones.find(contact.time_zone) is None:
+        violations.add(f"{path}.time_zone", "must be an IANA time zone such as Asia/Shanghai")
 
 
 def _validate_attributes(attributes: dict[str, Any], violations: Violations, path: str) -> None:

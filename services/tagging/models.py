@@ -10,13 +10,13 @@ PostgreSQL only as bound parameters.
 
 from __future__ import annotations
 
-import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from memberops.tagging.v1 import facts_pb2, models_pb2
 
+from runtime import zones
 from runtime.errors import Violations
 from services.tagging.rules import MAX_WINDOW_DAYS, CompiledDimension, Input
 
@@ -134,9 +134,7 @@ def _check_repurchase(params: models_pb2.RepurchaseDue, v: Violations, p: str) -
 
 
 def _check_send_hour(params: models_pb2.PreferredSendHour, v: Violations, p: str) -> None:
-    try:
-        zoneinfo.ZoneInfo(params.default_time_zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    if zones.find(params.default_time_zone) is None:
         v.add(f"{p}.default_time_zone", "must be an IANA time zone such as Asia/Shanghai")
 
 

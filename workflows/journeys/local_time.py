@@ -9,8 +9,9 @@ clock shows twice, in the hour a fall-back repeats, is either instant, whichever
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from runtime import zones
 from workflows.journeys.definition import QuietHours
 
 # The tag dimension a member's own send hour is read from (a model tag every tenant has, "00".."23").
@@ -19,10 +20,10 @@ PREFERRED_SEND_HOUR = "preferred_send_hour"
 
 def zone(name: str, default: str) -> ZoneInfo:
     """The member's zone, or `default` when they named none or one this machine does not know."""
-    try:
-        return ZoneInfo(name or default)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(default)
+    found = zones.find(name) or zones.find(default)
+    if found is None:
+        raise ValueError(f"the default time zone {default!r} is not an IANA zone")
+    return found
 
 
 def _clock(text: str) -> dt.time:

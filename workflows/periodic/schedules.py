@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from temporalio.client import (
     Client,
@@ -34,6 +33,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from runtime import zones
 from runtime.config import ConfigError, Settings
 from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, JOBS, RECOMPUTE_TAGS, JobInput
 from workflows.periodic.workflow import PeriodicJobWorkflow
@@ -55,10 +55,8 @@ class Plan:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Plan:
         env = os.environ if env is None else env
         time_zone = env.get("MEMBEROPS_SCHEDULE_TIME_ZONE", DEFAULT_TIME_ZONE)
-        try:
-            ZoneInfo(time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"MEMBEROPS_SCHEDULE_TIME_ZONE: unknown time zone {time_zone!r}") from None
+        if zones.find(time_zone) is None:
+            raise ConfigError(f"MEMBEROPS_SCHEDULE_TIME_ZONE: unknown time zone {time_zone!r}")
         cron: dict[str, str | None] = {}
         for job in JOBS:
             name = f"MEMBEROPS_SCHEDULE_{job.upper()}"

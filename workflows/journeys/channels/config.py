@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from runtime import zones
 from runtime.config import ConfigError, env_number
 from workflows.journeys.definition import CHANNELS
 
@@ -89,10 +89,8 @@ class ChannelSettings:
 
 
 def _zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"MEMBEROPS_DEFAULT_TIME_ZONE: {name!r} is not an IANA time zone") from None
+    if zones.find(name) is None:
+        raise ConfigError(f"MEMBEROPS_DEFAULT_TIME_ZONE: {name!r} is not an IANA time zone")
     return name
 
 
