@@ -13,7 +13,8 @@ import pytest
 from memberops.tagging.v1 import tagging_service_pb2_grpc
 from temporalio.testing import WorkflowEnvironment
 
-from deploy import localpg
+from deploy import binaries, localpg
+from deploy.devstack import SEARCH_ATTRIBUTES
 from runtime import app, logs
 from runtime.config import Settings
 from runtime.db import Database
@@ -21,9 +22,6 @@ from services.audience import server as audience_server
 from services.journeys import server as journeys_server
 from services.tagging import server as tagging_server
 from services.tasks import server as tasks_server
-
-# The Temporal dev server (from wheels), which the journeys service needs too.
-from tests.workflows.conftest import dev_server_env  # noqa: F401
 
 TOKEN_ACME = "test-token-acme-0123456789"
 TOKEN_GLOBEX = "test-token-globex-0123456789"
@@ -133,6 +131,23 @@ async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
         yield running
 
 
+@pytest.fixture(scope="session")
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server (from wheels), one for the session: the journeys service starts its
+    state changes and broadcasts there, and workflow tests that need schedules or visibility run
+    their workers against it. Defined here only, so there is one server, not one per conftest."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binaries.temporal_cli()),
+        ui=False,
+        dev_server_extra_args=[
+            "--headless",
+            *(arg for attribute in SEARCH_ATTRIBUTES for arg in ("--search-attribute", attribute)),
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
 # What the journeys service starts (state changes, broadcasts) goes to a task queue of its own on
 # the dev server: no worker polls it, the workflows' own tests run those workflows.
 JOURNEYS_TASK_QUEUE = "journeys-service-tests"
@@ -141,7 +156,7 @@ JOURNEYS_TASK_QUEUE = "journeys-service-tests"
 @pytest.fixture(scope="session")
 async def journeys(
     tasks_settings: Settings,
-    dev_server_env: WorkflowEnvironment,  # noqa: F811
+    dev_server_env: WorkflowEnvironment,
 ) -> AsyncIterator[app.RunningService]:
     """The journeys service over the worker's schema, asking the in-process tagging and audience
     services about what definitions name, and starting workflows on the Temporal dev server."""

@@ -57,20 +57,6 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binaries.temporal_cli()),
-        ui=False,
-        dev_server_extra_args=[
-            "--headless",
-            *(arg for attribute in SEARCH_ATTRIBUTES for arg in ("--search-attribute", attribute)),
-        ],
-    )
-    yield env
-    await env.shutdown()
-
-
 @pytest.fixture
 def worker_settings(
     settings: Settings,
