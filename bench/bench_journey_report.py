@@ -163,7 +163,7 @@ async def main() -> None:
                 grpc.aio.insecure_channel(address) as channel,
             ):
                 stub = journeys_service_pb2_grpc.JourneyServiceStub(channel)
-                request = report_pb2.GetJourneyReportRequest(journey_key=DEFINITION.key)
+                request = report_pb2.GetJourneyReportRequest(name=f"journeys/{DEFINITION.key}")
 
                 async def rpc() -> report_pb2.JourneyReport:
                     return await stub.GetJourneyReport(request, metadata=servers.AUTH, timeout=60)

@@ -16,13 +16,14 @@ from workflows.journeys.definition import KEY
 def checked(request: pb.GetJourneyReportRequest) -> tuple[str, int]:
     """(journey key, version), or InvalidArgument naming each bad field."""
     violations = []
-    if not KEY.match(request.journey_key):
-        violations.append(FieldViolation("journey_key", f"must match {KEY.pattern}"))
+    key = request.name.removeprefix("journeys/")
+    if not request.name.startswith("journeys/") or not KEY.match(key):
+        violations.append(FieldViolation("name", "must be a resource name of the form journeys/{key}"))
     if request.version < 0:
         violations.append(FieldViolation("version", "must be 0 (every version) or a version number"))
     if violations:
         raise InvalidArgument(violations)
-    return request.journey_key, request.version
+    return key, request.version
 
 
 def to_message(figures: report.JourneyReport) -> pb.JourneyReport:

@@ -46,7 +46,7 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
     ("CreateJourney", {"journey": DEFINITION, "request_id": "create-welcome-back-1"}),
     ("ActivateJourney", {"name": f"journeys/{KEY}"}),
     ("PauseJourney", {"name": f"journeys/{KEY}"}),
-    ("GetJourneyReport", {"journey_key": KEY}),
+    ("GetJourneyReport", {"name": f"journeys/{KEY}"}),
 ]
 
 

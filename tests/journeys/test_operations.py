@@ -185,7 +185,7 @@ async def test_the_report_of_a_journey_nobody_entered(journeys_stub: Stub) -> No
     definition = simple()
     await create(journeys_stub, definition)
     report = await journeys_stub.GetJourneyReport(
-        report_pb2.GetJourneyReportRequest(journey_key=definition.key), metadata=ACME
+        report_pb2.GetJourneyReportRequest(name=f"journeys/{definition.key}"), metadata=ACME
     )
     assert report.journey_key == definition.key
     assert [s.step_id for s in report.steps] == ["hello"]
@@ -193,13 +193,13 @@ async def test_the_report_of_a_journey_nobody_entered(journeys_stub: Stub) -> No
     assert report.member_runs == 0
     missing = await failure(
         journeys_stub.GetJourneyReport(
-            report_pb2.GetJourneyReportRequest(journey_key=definition.key), metadata=GLOBEX
+            report_pb2.GetJourneyReportRequest(name=f"journeys/{definition.key}"), metadata=GLOBEX
         )
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     await bad(
         journeys_stub.GetJourneyReport(
-            report_pb2.GetJourneyReportRequest(journey_key="Bad Key"), metadata=ACME
+            report_pb2.GetJourneyReportRequest(name="journeys/Bad Key"), metadata=ACME
         ),
-        "journey_key",
+        "name",
     )

@@ -139,7 +139,7 @@ async def test_the_command_says_what_the_service_refused(
     assert await report.run([*args, "no-such-journey"], settings) == 1
     assert "NOT_FOUND: journey 'no-such-journey' does not exist" in capsys.readouterr().err
     assert await report.run([*args, "Not A Key"], settings) == 1
-    assert "INVALID_ARGUMENT: journey_key: must match" in capsys.readouterr().err
+    assert "INVALID_ARGUMENT: name: must be a resource name" in capsys.readouterr().err
     assert (
         await report.run(["--tenant", "nobody", "--journey", "x", "--address", report_address], settings) == 1
     )

@@ -354,7 +354,7 @@ async def run(argv: Sequence[str], settings: Settings) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    request = report_pb2.GetJourneyReportRequest(journey_key=args.journey, version=args.version)
+    request = report_pb2.GetJourneyReportRequest(name=f"journeys/{args.journey}", version=args.version)
     try:
         answer = await fetch(args.address or settings.journeys_address, token, request)
     except grpc.aio.AioRpcError as error:

@@ -24,21 +24,21 @@ class GetJourneyReportRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    JOURNEY_KEY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    journey_key: _builtins.str
-    """The journey's key (1-63 characters: a lower-case letter or digit, then those or -)."""
+    name: _builtins.str
+    """The journey, `journeys/{key}` (as every other JourneyService request names it)."""
     version: _builtins.int
     """One version only; 0 for every version."""
     def __init__(
         self,
         *,
-        journey_key: _builtins.str = ...,
+        name: _builtins.str = ...,
         version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journey_key", b"journey_key", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
