@@ -17,8 +17,8 @@ from collections import Counter
 from runtime.buckets import BUCKETS, bucket
 from runtime.errors import InvalidArgument
 from services.audience.snapshots import DEFAULT_ARMS, MAX_ARMS, validate_arms
-from workflows.journeys.steps.split import split_arm, split_salt
 from workflows.journeys.definition import Split, SplitArm, Step
+from workflows.journeys.steps.split import split_arm, split_salt
 
 MEMBERS = [f"m-{i:06d}" for i in range(20_000)]
 
