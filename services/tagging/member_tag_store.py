@@ -34,6 +34,22 @@ logged AS (
 )"""
 
 
+# When a change a whole recompute finds happened. Time alone moves members across windows ("no
+# order in 90 days"): such a change happened at the recompute's as_of ($1). But when tagging learned
+# orders of the member since its previous value was set (or the member has no previous value), the
+# change is theirs: it happened when the latest of them was paid (capped at as_of), so a history
+# load's orders stay history when the nightly recompute first segments their members; a member
+# without orders and without a previous value changed at its registration. Only orders are looked
+# at (few per member, by index); multi-valued dimensions see a previous value only when one closes.
+_LEARNED_JOIN = """
+    LEFT JOIN (SELECT member_id, max(valid_from) AS since FROM closed GROUP BY member_id) p USING (member_id)
+    LEFT JOIN tagging.members m USING (member_id)"""
+_LEARNED_TIME = """least($1::timestamptz, coalesce(
+        (SELECT max(o.paid_time) FROM tagging.orders o
+         WHERE o.member_id = c.member_id AND o.record_time > coalesce(p.since, '-infinity'::timestamptz)),
+        CASE WHEN p.since IS NULL THEN coalesce(m.register_time, m.create_time) END,
+        $1::timestamptz))"""
+
 _RULE_SOURCE = 1
 _OPERATOR_SOURCE = 2
 
@@ -64,6 +80,10 @@ async def apply_dimension(
         f"LEFT JOIN unnest(${n + 5}::text[], ${n + 6}::timestamptz[]) AS ft(member_id, fact_time)"
         " USING (member_id)"
     )
+    occur = "coalesce(ft.fact_time, $1::timestamptz)"
+    if member_ids is None:
+        timed += _LEARNED_JOIN
+        occur = _LEARNED_TIME
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
     # A single-value dimension's array holds at most one value; reading it directly (not through
     # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
@@ -93,7 +113,7 @@ diff AS (
 closed AS (
     UPDATE tagging.member_tags t SET valid_to = greatest($1::timestamptz, t.valid_from)
     WHERE t.id = ANY(ARRAY(SELECT x.id FROM diff x WHERE x.member_id IS NULL)) AND t.valid_to IS NULL
-    RETURNING t.member_id, t.value
+    RETURNING t.member_id, t.value, t.valid_from
 ),
 opened AS (
     INSERT INTO tagging.member_tags
@@ -105,7 +125,7 @@ opened AS (
     ON CONFLICT DO NOTHING
     RETURNING member_id, value
 ),
-{_log_tag_changes(t, d, ver, "coalesce(ft.fact_time, $1::timestamptz)", join=timed)}
+{_log_tag_changes(t, d, ver, occur, join=timed)}
 SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
        (SELECT count(*) FROM logged) AS logged
 """

@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
+from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2, tags_pb2
 
 from runtime import tagging_feed
 from runtime.db import Database
 from services.tagging import feed_store
 from services.tagging.domain import FeedKind
+from services.tagging.evaluation import Tagger
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import (
     PAID,
@@ -25,6 +26,7 @@ from tests.tagging.facts_helpers import (
     record_refund,
     stamp,
 )
+from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
 from tests.tagging.test_catalog import create, dimension, frequency
 from tests.tagging.test_feed import read_all
 from tests.tagging.test_operator_tags import add, operator_dimension, remove
@@ -279,3 +281,71 @@ async def test_a_registration_happened_at_the_members_register_time(tagging_stub
     second = read[1]
     assert isinstance(second, tagging_feed.MemberChanged) and second.occur_time is not None
     assert second.occur_time >= before
+
+
+def recency(name: str) -> tags_pb2.TagDefinition:
+    """A scheduled tag: `recent` (an order in 30 days), `buyer` (an order ever), `none`."""
+    count = Fn.AGGREGATE_FUNCTION_ORDER_COUNT
+    return tags_pb2.TagDefinition(
+        dimension=name,
+        display_name="Recency",
+        category=tags_pb2.TAG_CATEGORY_TRANSACTION,
+        kind=tags_pb2.TAG_KIND_RULE,
+        refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
+        cardinality=tags_pb2.CARDINALITY_SINGLE,
+        values=[
+            tags_pb2.TagValue(value="recent", rule=cond(agg(count, window_days=30), Op.OPERATOR_GE, 1)),
+            tags_pb2.TagValue(value="buyer", rule=cond(agg(count), Op.OPERATOR_GE, 1)),
+            tags_pb2.TagValue(value="none", rule=ALWAYS),
+        ],
+    )
+
+
+async def test_a_recompute_dates_a_change_by_the_orders_it_learned_else_by_its_as_of(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """A scheduled tag's change happened when the orders tagging learned since the member's
+    previous value were paid (history stays history), or at the recompute's as_of when time alone
+    moved the member; a first value without orders, at the member's registration."""
+    name = dimension()
+    await create(tagging_stub, recency(name))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    registered = now - dt.timedelta(days=730)
+    history, silent, recent = (unique() for _ in range(3))
+    for member_id in (history, silent, recent):
+        member = member_pb2.Member(member_id=member_id)
+        member.profile.register_time.FromDatetime(registered)
+        await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    await record_order(tagging_stub, an_order(history, paid_time=stamp(now - dt.timedelta(days=200))))
+    await record_order(tagging_stub, an_order(recent, paid_time=stamp(now - dt.timedelta(days=20))))
+    tagger = Tagger(db)
+    members = {history, silent, recent}
+
+    async def changes_after(as_of: dt.datetime) -> dict[tuple[str, str, int], dt.datetime]:
+        _, start = await read_all(tagging_stub)
+        await tagger.recompute(TENANT_ACME, [name], as_of)
+        return {
+            (e.member_id, e.tag_changed.value, e.tag_changed.change): e.tag_changed.occur_time.ToDatetime(
+                tzinfo=dt.UTC
+            )
+            for e in (await read_all(tagging_stub, start))[0]
+            if e.member_id in members and e.subject_id == name
+        }
+
+    added, removed = feed_pb2.TAG_CHANGE_ADDED, feed_pb2.TAG_CHANGE_REMOVED
+    # As of after the orders were recorded, as a recompute runs after what it reads.
+    first = dt.datetime.now(dt.UTC)
+    assert await changes_after(first) == {
+        (history, "buyer", added): now - dt.timedelta(days=200),
+        (silent, "none", added): registered,
+        (recent, "recent", added): now - dt.timedelta(days=20),
+    }
+    # An order of last year loaded since; and fifteen days later, time alone ages `recent`.
+    await record_order(tagging_stub, an_order(silent, paid_time=stamp(now - dt.timedelta(days=300))))
+    later = first + dt.timedelta(days=15)
+    assert await changes_after(later) == {
+        (silent, "none", removed): now - dt.timedelta(days=300),
+        (silent, "buyer", added): now - dt.timedelta(days=300),
+        (recent, "recent", removed): later,
+        (recent, "buyer", added): later,
+    }
