@@ -426,9 +426,14 @@ async def test_a_member_is_enrolled_once_and_found_by_search_attributes(
             task_queue=worker_settings.temporal_task_queue,
         )
         assert (await handle.result()).state == "completed"
-        with pytest.raises(WorkflowAlreadyStartedError):
-            await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        # Once it ended, a new run of the id may start; the enrolment row refuses it (no re-entry).
+        again = await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        refused = await again.result()
     assert (other.state, other.detail) == ("not_enrolled", "already in this journey")
+    assert (refused.state, refused.detail) == (
+        "not_enrolled",
+        "was in this journey before and it allows no re-entry",
+    )
     assert attributes.get(TENANT) == TENANT_ACME
     assert attributes.get(MEMBER) == member_id and attributes.get(JOURNEY) == definition.key
     assert await enrolment_state(journeys_db, member_id) == [("completed", "treated", 0)]

@@ -185,12 +185,15 @@ async def test_a_draft_enrols_nobody_and_activation_enrols(
     journeys_db: Database,
 ) -> None:
     definition = await stored(journeys_db)
-    # A refused run takes its member id (the journey allows no re-entry): another member then.
-    member_id, early = unique(), unique()
+    # The same member once the journey is active: a run refused on the draft enrolled nobody, so it
+    # keeps nobody out (the journey allows no re-entry, and the enrolment row is what holds that).
+    member_id = unique()
     await seed_member(resources.tagging, member_id)
     journeys = lifecycle(time_skipping_env, worker_settings, journeys_db)
     async with running(time_skipping_env, worker_settings, resources):
-        refused = await (await start_member(time_skipping_env, worker_settings, definition, early)).result()
+        refused = await (
+            await start_member(time_skipping_env, worker_settings, definition, member_id)
+        ).result()
         active = await journeys.activate(TENANT_ACME, definition.key)
         assert await journeys.activate(TENANT_ACME, definition.key) == active
         handle = await start_member(time_skipping_env, worker_settings, definition, member_id)

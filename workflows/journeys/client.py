@@ -18,18 +18,18 @@ def workflow_id(journey_key: str, member_id: str) -> str:
 
 
 def reuse_policy(definition: JourneyDefinition) -> WorkflowIDReusePolicy:
-    """`never` re-entry rejects any second run of the id; `after_exit` allows one after the last
-    ended (the enrolment row still enforces the cooldown)."""
-    if definition.reentry.policy == "never":
-        return WorkflowIDReusePolicy.REJECT_DUPLICATE
+    """A new run of the id may start once the last one ended, whatever the re-entry policy: the
+    enrolment row decides whether it enrols (never, after_exit, the cooldown). Rejecting
+    duplicates under `never` let a run that enrolled nobody (started on a draft, or losing a race
+    with a pause) keep its member out of the journey for good."""
+    del definition  # one policy for every journey; the enrolment row holds the re-entry policy
     return WorkflowIDReusePolicy.ALLOW_DUPLICATE
 
 
 async def start_member_journey(
     client: Client, task_queue: str, definition: JourneyDefinition, request: JourneyInput
 ) -> WorkflowHandle[JourneyWorkflow, Funnel]:
-    """Starts the member's run; raises WorkflowAlreadyStartedError while one runs (or ever ran,
-    under `never`)."""
+    """Starts the member's run; raises WorkflowAlreadyStartedError while one runs."""
     return await client.start_workflow(
         JourneyWorkflow.run,
         request,
