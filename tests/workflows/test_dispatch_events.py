@@ -10,6 +10,7 @@ from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
 from workflows.dispatcher import events
+from workflows.journeys.definition import EventMatch, Goal
 from workflows.journeys.payloads import MemberEvent
 from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK, scaled
 
@@ -157,6 +158,7 @@ def test_an_event_older_than_the_max_entry_delay_is_history() -> None:
     assert events.too_old(strict, order(at(-3_600)), T0)
 
 
-def test_scaled_journeys_scale_the_max_entry_delay() -> None:
-    assert scaled(NEW_CUSTOMER, 1440).max_entry_delay == "60s"
-    assert scaled(WIN_BACK, 1).max_entry_delay == WIN_BACK.max_entry_delay
+def test_scaled_journeys_keep_the_max_entry_delay() -> None:
+    """How late a fact may arrive is real time, not journey time: scaling leaves it."""
+    assert scaled(NEW_CUSTOMER, 1440).max_entry_delay == NEW_CUSTOMER.max_entry_delay == "1d"
+    assert scaled(NEW_CUSTOMER, 1440).goal == Goal(event=EventMatch(kind="order"), attribution="840s")
