@@ -62,13 +62,15 @@ async def run(settings: Settings, tenant_id: str, token: str) -> DemoResult:
         task_queue=settings.temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
     )
-    return DemoResult(order.order_id, tags, summary, await _journey(client))
+    return DemoResult(order.order_id, tags, summary, await _journey(client, tenant_id))
 
 
-async def _journey(client: Client) -> str:
+async def _journey(client: Client, tenant_id: str) -> str:
     """The state of the demo member's new-customer run, which the tenant's dispatcher starts on
     their first order; '' when there is none (their first order came before the dispatcher did)."""
-    handle = client.get_workflow_handle_for(JourneyWorkflow.run, workflow_id(NEW_CUSTOMER.key, DEMO_MEMBER))
+    handle = client.get_workflow_handle_for(
+        JourneyWorkflow.run, workflow_id(tenant_id, NEW_CUSTOMER.key, DEMO_MEMBER)
+    )
     deadline = asyncio.get_running_loop().time() + JOURNEY_WITHIN_SECONDS
     shown = ""
     while True:

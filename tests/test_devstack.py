@@ -83,7 +83,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "journey    activated        journeys/new-customer version 1  (tenant dev)" in started
         assert "journey    activated        journeys/win-back version 1  (tenant dev)" in started
         assert "elsewhere shipped journeys are drafts until activated" in started
-        assert "enrolled demo-1 on their first order: journey/new-customer/member/demo-1: active" in started
+        assert "enrolled demo-1 on their first order: journey/dev/new-customer/member/demo-1: active" in started
 
         again = devstack("up", env)
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):

@@ -137,7 +137,7 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
         await record_order(resources, member_id, 9_800)
         (entered,) = await enrolled(journeys_db, NEW_CUSTOMER.key, member_id)
         handle = dev_server_env.client.get_workflow_handle_for(
-            JourneyWorkflow.run, client.workflow_id(NEW_CUSTOMER.key, member_id)
+            JourneyWorkflow.run, client.workflow_id(TENANT_ACME, NEW_CUSTOMER.key, member_id)
         )
         # The order it entered on is no goal: the member stays in the journey.
         funnel = await eventually(lambda: _state(handle, "active"), "the member active")
@@ -193,7 +193,7 @@ async def test_entering_a_dynamic_audience_enrols_into_win_back(
         await seed_member(resources.tagging, member_id, attributes={"batch": batch})
         (row,) = await enrolled(journeys_db, win_back.key, member_id)
         handle = dev_server_env.client.get_workflow_handle_for(
-            JourneyWorkflow.run, client.workflow_id(win_back.key, member_id)
+            JourneyWorkflow.run, client.workflow_id(TENANT_ACME, win_back.key, member_id)
         )
         # Its first step waits for 10:00 member-local.
         funnel = await eventually(lambda: _step(handle, "offer-hour"), "the offer's hour")
@@ -277,7 +277,7 @@ async def test_a_lost_round_dispatched_again_after_a_restart_enrols_nobody_twice
                 member_id: [
                     execution.run_id
                     async for execution in dev_server_env.client.list_workflows(
-                        f'WorkflowId="{client.workflow_id(again.key, member_id)}"'
+                        f'WorkflowId="{client.workflow_id(TENANT_ACME, again.key, member_id)}"'
                     )
                 ]
                 for member_id in (first, second)
@@ -301,7 +301,7 @@ async def test_an_entry_event_enrols_once_even_where_re_entry_is_allowed(journey
     member_id, now = unique(), dt.datetime.now(dt.UTC)
 
     async def enrol(run_id: str, event_id: str) -> store.EnrolmentRow | store.Refusal:
-        workflow_id = client.workflow_id(definition.key, member_id)
+        workflow_id = client.workflow_id(TENANT_ACME, definition.key, member_id)
         return await store.enrol(
             journeys_db, TENANT_ACME, definition, 1, member_id, workflow_id, run_id, "treated", now, event_id
         )

@@ -190,7 +190,7 @@ async def test_loaded_history_enrols_and_converts_nobody_and_a_fresh_first_order
         for definition in journeys:
             await enrolled(journeys_db, definition.key, fresh)
         handle = dev_server_env.client.get_workflow_handle_for(
-            JourneyWorkflow.run, client.workflow_id(new_customer.key, fresh)
+            JourneyWorkflow.run, client.workflow_id(TENANT_ACME, new_customer.key, fresh)
         )
         await eventually(lambda: _state(handle, "active"), "the new customer active")
         # An order of the fresh member's history arrives after it entered: no conversion.

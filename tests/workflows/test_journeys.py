@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
 from runtime.db import Database
-from tests.conftest import ACME, TENANT_ACME, unique
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import (
@@ -121,7 +121,7 @@ async def test_a_thirty_day_journey_runs_in_seconds_and_sends_each_message_once(
     assert (mail.subject, mail.body) == ("Hello Mei", "Hi Mei, welcome.")
     (sms,) = provider.to(phone_of(member_id))
     assert sms.body["body"] == "Hi Mei, welcome." and sms.authorization == "Bearer provider-key-0123456789"
-    assert sms.idempotency_key == f"journey/{definition.key}/member/{member_id}#1/nudge"
+    assert sms.idempotency_key == f"journey/{TENANT_ACME}/{definition.key}/member/{member_id}#1/nudge"
     assert [(m["step_id"], m["channel"], m["status"]) for m in await messages(journeys_db, member_id)] == [
         ("welcome", "email", "sent"),
         ("nudge", "sms", "sent"),
@@ -437,6 +437,29 @@ async def test_a_member_is_enrolled_once_and_found_by_search_attributes(
     assert attributes.get(TENANT) == TENANT_ACME
     assert attributes.get(MEMBER) == member_id and attributes.get(JOURNEY) == definition.key
     assert await enrolment_state(journeys_db, member_id) == [("completed", "treated", 0)]
+
+
+async def test_two_shops_with_the_same_member_id_each_run_their_own_journey(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """One Temporal namespace serves every tenant: the run's id names its tenant, so acme's member
+    `m` in a journey does not keep globex's member `m` out of globex's journey of the same key (nor
+    take its events)."""
+    member_id = unique()
+    await seed_member(resources.tagging, member_id)
+    await seed_member(resources.tagging, member_id, metadata=GLOBEX)
+    definition = journey(Step(id="hello", send=Send(template="hello")))
+    async with running(time_skipping_env, worker_settings, resources):
+        acme = await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        globex = await start(
+            time_skipping_env, worker_settings, journeys_db, definition, member_id, tenant_id=TENANT_GLOBEX
+        )
+        funnels = [await acme.result(), await globex.result()]
+    assert acme.id != globex.id
+    assert [(f.state, figures(f, "hello")["sent"]) for f in funnels] == [("completed", 1), ("completed", 1)]
 
 
 async def test_an_unknown_journey_fails_the_start_without_retrying(

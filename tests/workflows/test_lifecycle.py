@@ -425,7 +425,9 @@ async def test_the_dispatcher_enrols_into_active_journeys_only(
         await enrolled(journeys_db, live.key, member_id)
         # The round that started it is committed with everything it dispatched.
         dispatched = await eventually(lambda: dispatched_keys(journeys_db, member_id), "the round's record")
-        handle = dev_server_env.client.get_workflow_handle(client.workflow_id(live.key, member_id))
+        handle = dev_server_env.client.get_workflow_handle(
+            client.workflow_id(TENANT_ACME, live.key, member_id)
+        )
         await handle.cancel()
     assert dispatched == [live.key]
     for definition in (drafted, paused):

@@ -251,8 +251,9 @@ class DispatcherActivities:
         for found in walk:
             event = found.event
             for definition, _ in definitions:
-                if (definition.key, member_id) in known.running and events.wakes(definition, event):
-                    done.signalled += await self._signal(definition.key, member_id, event)
+                running = known.running.get((definition.key, member_id))
+                if running is not None and events.wakes(definition, event):
+                    done.signalled += await self._signal(running, event)
             for definition, version in definitions:
                 if not version or not events.enters(definition, event):
                     continue
@@ -272,16 +273,11 @@ class DispatcherActivities:
                 run_id, started = await self._start(tenant_id, definition, version, member_id, event)
                 done.started += started
                 done.skipped += not started
-                known.running.add(pair)
+                workflow_id = journeys_client.workflow_id(tenant_id, definition.key, member_id)
+                known.running[pair] = workflow_id
                 known.entered.add((definition.key, event.event_id))
                 done.dispatches.append(
-                    dispatch_store.Dispatch(
-                        definition.key,
-                        event.event_id,
-                        member_id,
-                        journeys_client.workflow_id(definition.key, member_id),
-                        run_id,
-                    )
+                    dispatch_store.Dispatch(definition.key, event.event_id, member_id, workflow_id, run_id)
                 )
         activity.heartbeat()
 
@@ -305,9 +301,10 @@ class DispatcherActivities:
                 return error.run_id or "", False
         return handle.result_run_id or "", True
 
-    async def _signal(self, journey_key: str, member_id: str, event: MemberEvent) -> bool:
-        """Signals the member's current run; False when there is none (it ended meanwhile)."""
-        handle = self._client.get_workflow_handle(journeys_client.workflow_id(journey_key, member_id))
+    async def _signal(self, workflow_id: str, event: MemberEvent) -> bool:
+        """Signals the member's current run of `workflow_id` (the id its enrolment or dispatch
+        recorded); False when there is none (it ended meanwhile)."""
+        handle = self._client.get_workflow_handle(workflow_id)
         async with self._in_flight:
             try:
                 await handle.signal(JourneyWorkflow.event, event)

@@ -53,8 +53,9 @@ async def start_cursors(
 class Members:
     """What the dispatcher knows of some members before it dispatches their events."""
 
-    # (journey, member) pairs with a run going: enrolled and active, or started and not enrolled yet.
-    running: set[tuple[str, str]] = field(default_factory=set)
+    # (journey, member) pairs with a run going (enrolled and active, or started and not enrolled
+    # yet) -> the run's workflow id, as recorded: signals go to it.
+    running: dict[tuple[str, str], str] = field(default_factory=dict)
     # (journey, member) -> the member's last enrolment in the journey (`state`, `finish_time`).
     last: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     # (journey, entry event) pairs that already started a run or enrolled a member.
@@ -69,7 +70,8 @@ async def members(
         return found
     async with db.transaction(tenant_id, readonly=True) as conn:
         for row in await conn.fetch(
-            """SELECT DISTINCT ON (journey_key, member_id) journey_key, member_id, state, finish_time
+            """SELECT DISTINCT ON (journey_key, member_id) journey_key, member_id, state, finish_time,
+                      workflow_id
                FROM journeys.enrolments WHERE tenant_id = $1 AND member_id = ANY($2::text[])
                ORDER BY journey_key, member_id, entry_number DESC""",
             tenant_id,
@@ -78,17 +80,18 @@ async def members(
             pair = (row["journey_key"], row["member_id"])
             found.last[pair] = {"state": row["state"], "finish_time": row["finish_time"]}
             if row["state"] == "active":
-                found.running.add(pair)
+                found.running[pair] = row["workflow_id"]
         for row in await conn.fetch(
-            """SELECT d.journey_key, d.member_id FROM journeys.dispatches d
+            """SELECT d.journey_key, d.member_id, d.workflow_id FROM journeys.dispatches d
                WHERE d.tenant_id = $1 AND d.member_id = ANY($2::text[]) AND d.dispatch_time > $3
                  AND NOT EXISTS (SELECT 1 FROM journeys.enrolments e
-                                 WHERE e.tenant_id = d.tenant_id AND e.run_id = d.run_id)""",
+                                 WHERE e.tenant_id = d.tenant_id AND e.run_id = d.run_id)
+               ORDER BY d.dispatch_time""",
             tenant_id,
             list(member_ids),
             now - PENDING,
         ):
-            found.running.add((row["journey_key"], row["member_id"]))
+            found.running[(row["journey_key"], row["member_id"])] = row["workflow_id"]
         for row in await conn.fetch(
             """SELECT journey_key, entry_event_id FROM journeys.dispatches
                WHERE tenant_id = $1 AND entry_event_id = ANY($2::text[])

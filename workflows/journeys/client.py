@@ -13,8 +13,12 @@ from workflows.journeys.payloads import Funnel, JourneyInput
 from workflows.journeys.workflow import JourneyWorkflow
 
 
-def workflow_id(journey_key: str, member_id: str) -> str:
-    return f"journey/{journey_key}/member/{member_id}"
+def workflow_id(tenant_id: str, journey_key: str, member_id: str) -> str:
+    """`journey/{tenant}/{key}/member/{member}`: one namespace holds every tenant, and two shops
+    may both have a member `m-1` in a journey `new-customer` (runs started before the tenant was
+    part of the id keep theirs, `journey/{key}/member/{member}`; the dispatcher signals the id the
+    enrolment recorded)."""
+    return f"journey/{tenant_id}/{journey_key}/member/{member_id}"
 
 
 def reuse_policy(definition: JourneyDefinition) -> WorkflowIDReusePolicy:
@@ -33,7 +37,7 @@ async def start_member_journey(
     return await client.start_workflow(
         JourneyWorkflow.run,
         request,
-        id=workflow_id(request.journey_key, request.member_id),
+        id=workflow_id(request.tenant_id, request.journey_key, request.member_id),
         task_queue=task_queue,
         id_reuse_policy=reuse_policy(definition),
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

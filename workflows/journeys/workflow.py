@@ -1,6 +1,6 @@
 """The per-member journey workflow: a generic interpreter of a stored journey definition.
 
-One run per member and entry, id `journey/{key}/member/{member_id}` (see `client.py`). It loads
+One run per member and entry, id `journey/{tenant}/{key}/member/{member_id}` (see `client.py`). It loads
 its definition version (recorded in history, so a newer version never changes a running member),
 enrols the member through a unique row, then walks the steps. Everything that decides is
 deterministic: time is `workflow.now()`, a split takes the member's bucket of (journey, step) as
