@@ -482,7 +482,7 @@ async def up(env: Mapping[str, str]) -> None:
     await ensure_schedules(settings, service_env)
     await dispatchers(layout, settings)
     if uses_dev_token(env):
-        await activate_shipped(layout, settings)
+        await activate_shipped(layout, settings, scaled="MEMBEROPS_JOURNEY_TIME_SCALE" in env)
         await demo(layout, settings)
     else:
         print(
@@ -516,9 +516,24 @@ async def dispatchers(layout: Layout, settings: Settings) -> None:
         print(f"{'dispatcher':<10} {state:<16} {each.workflow_id}  (following the feeds{created})")
 
 
-async def activate_shipped(layout: Layout, settings: Settings) -> None:
+def version_to_activate(journey: journey_pb2.Journey, *, scaled: bool) -> int:
+    """The version of a shipped dev journey `make up` makes live, or 0 for none: the latest of a
+    journey never activated; under a time scale, also the latest (scaled) of an active journey
+    whose live version is another. Paused and archived journeys are the operator's."""
+    if journey.state == journey_pb2.JOURNEY_STATE_DRAFT and not journey.live_version:
+        return journey.latest_version
+    active = journey.state == journey_pb2.JOURNEY_STATE_ACTIVE
+    if scaled and active and journey.live_version != journey.latest_version:
+        return journey.latest_version
+    return 0
+
+
+async def activate_shipped(layout: Layout, settings: Settings, *, scaled: bool = False) -> None:
     """Makes the dev tenant's shipped triggered journeys live through ActivateJourney, as an operator
-    would; a journey an operator has activated, paused or archived before is left as it is."""
+    would; a journey an operator has paused or archived before is left as it is. With a time scale
+    (`scaled`), the worker stored the journeys at that scale as their latest version, and an active
+    journey's latest version goes live (activating a running journey's new version), so that a
+    second `make up` at another scale runs at that scale."""
     auth = (("authorization", f"Bearer {DEV_TOKEN}"),)
     try:
         async with grpc.aio.insecure_channel(settings.journeys_address) as channel:
@@ -532,9 +547,10 @@ async def activate_shipped(layout: Layout, settings: Settings) -> None:
                 )
                 state = journey_pb2.JourneyState.Name(journey.state).removeprefix("JOURNEY_STATE_")
                 what = f"already {state.lower()}"
-                if journey.state == journey_pb2.JOURNEY_STATE_DRAFT and not journey.live_version:
+                version = version_to_activate(journey, scaled=scaled)
+                if version:
                     journey = await stub.ActivateJourney(
-                        journeys_service_pb2.ActivateJourneyRequest(name=name),
+                        journeys_service_pb2.ActivateJourneyRequest(name=name, version=version),
                         metadata=auth,
                         timeout=DEMO_TIMEOUT_SECONDS,
                     )

@@ -10,6 +10,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+from memberops.journeys.v1 import journey_pb2
+
+from deploy import devstack as devstack_module
 from tests.conftest import REPO_ROOT
 
 
@@ -83,7 +87,8 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "journey    activated        journeys/new-customer version 1  (tenant dev)" in started
         assert "journey    activated        journeys/win-back version 1  (tenant dev)" in started
         assert "elsewhere shipped journeys are drafts until activated" in started
-        assert "enrolled demo-1 on their first order: journey/dev/new-customer/member/demo-1: active" in started
+        enrolled = "enrolled demo-1 on their first order: journey/dev/new-customer/member/demo-1: active"
+        assert enrolled in started
 
         again = devstack("up", env)
         for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):
@@ -109,3 +114,24 @@ def test_up_status_down(tmp_path: Path) -> None:
     assert "postgres   stopped" in stopped
     assert [pid for pid in pids if alive(pid)] == []
     assert "running" not in devstack("status", env)
+
+
+@pytest.mark.parametrize(
+    ("state", "live", "latest", "scaled", "expected"),
+    [
+        (journey_pb2.JOURNEY_STATE_DRAFT, 0, 1, False, 1),  # never activated: the latest goes live
+        (journey_pb2.JOURNEY_STATE_DRAFT, 0, 3, True, 3),
+        (journey_pb2.JOURNEY_STATE_ACTIVE, 1, 1, False, 0),  # already live
+        (journey_pb2.JOURNEY_STATE_ACTIVE, 1, 2, False, 0),  # an operator's newer draft version waits
+        (journey_pb2.JOURNEY_STATE_ACTIVE, 1, 2, True, 2),  # the worker stored it at the new scale
+        (journey_pb2.JOURNEY_STATE_PAUSED, 1, 2, True, 0),  # the operator's pause holds
+        (journey_pb2.JOURNEY_STATE_ARCHIVED, 1, 2, True, 0),
+    ],
+)
+def test_make_up_activates_only_what_nobody_decided(
+    state: journey_pb2.JourneyState.ValueType, live: int, latest: int, scaled: bool, expected: int
+) -> None:
+    journey = journey_pb2.Journey(
+        name="journeys/new-customer", state=state, live_version=live, latest_version=latest
+    )
+    assert devstack_module.version_to_activate(journey, scaled=scaled) == expected
