@@ -10,7 +10,7 @@ PROTO_FILES := $(shell find protos/memberops -name '*.proto' | sort)
 .PHONY: help venv proto lint typecheck check test bench up down status clean
 
 help:
-	@echo "make up       start PostgreSQL, Temporal, the three services and the worker locally"
+	@echo "make up       start PostgreSQL, Temporal, the four services and the worker locally"
 	@echo "make down     stop what 'make up' started"
 	@echo "make status   show what runs"
 	@echo "make test     lint, type-check and run the test suite against real servers"

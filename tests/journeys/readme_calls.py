@@ -1,69 +1,68 @@
-"""The README's `buf curl` walk through a journey's life, as data: each call's RPC and JSON body,
-exactly as the README shows them (with `welcome-back` as the key). The tests send the same bodies,
-through buf curl when it can run and through protobuf's JSON parser always."""
+"""The README's journey walk-through, read from README.md itself, so the tests send what a reader
+runs: the shell block of the section "A journey: ..." (a definition written to a file, then one
+`buf curl` per call), and each call's RPC and JSON body parsed out of it."""
 
 from __future__ import annotations
 
-import copy
 import json
+import re
 from typing import Any
+
+from tests.conftest import REPO_ROOT
 
 KEY = "welcome-back"
 SERVICE = "memberops.journeys.v1.JourneyService"
-
-DEFINITION: dict[str, Any] = {
-    "key": KEY,
-    "name": "Welcome back",
-    "entry": {"event": {"kind": "first_order"}},
-    "steps": [
-        {"id": "thanks", "send": {"template": "thanks"}},
-        {"id": "wait-2d", "wait": {"duration": "2d"}},
-        {"id": "their-hour", "wait_until_hour": {"hour": 10, "preferred": True}},
-        {"id": "coupon", "send": {"template": "coupon", "channel": "fallback"}},
-    ],
-    "templates": {
-        "thanks": {"subject": "Thank you, {nickname}", "body": "Hi {nickname}, thanks for your first order."},
-        "coupon": {
-            "body": "Hi {nickname}, 20 off your next order of {threshold} or more.",
-            "tag_fields": [
-                {
-                    "name": "threshold",
-                    "dimension": "average_order_amount",
-                    "texts": {"lt_100": "50", "100_200": "100", "200_500": "200", "500_plus": "500"},
-                    "default": "100",
-                }
-            ],
-        },
-    },
-    "goal": {"event": {"kind": "order"}, "attribution": "7d"},
-    "holdout_percent": 10,
-    "quiet_hours": {"start": "21:00", "end": "09:00"},
-}
-
-# (RPC, body) in the README's order.
-CALLS: list[tuple[str, dict[str, Any]]] = [
-    ("ValidateJourney", {"journey": DEFINITION}),
-    ("CreateJourney", {"journey": DEFINITION, "request_id": "create-welcome-back-1"}),
-    ("ActivateJourney", {"name": f"journeys/{KEY}"}),
-    ("PauseJourney", {"name": f"journeys/{KEY}"}),
-    ("GetJourneyReport", {"name": f"journeys/{KEY}"}),
-]
+_FILE = "welcome-back.json"
+_CALL = re.compile(r"""^\$BUF -H "\$AUTH" -d (?P<body>"(?:[^"\\]|\\.)*"|'[^']*') \$J/(?P<rpc>\w+)""")
 
 
-def calls(key: str) -> list[tuple[str, dict[str, Any]]]:
-    """The README's calls for a journey keyed `key` (tests need a key of their own)."""
-    text = json.dumps(CALLS).replace(KEY, key)
-    return [(rpc, body) for rpc, body in json.loads(text)]
+def script() -> str:
+    """The section's first shell block, as written in the README."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("## A journey: ") :]
+    section = section[: section.index("\n## ", 1)]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
 
 
-def readme(address: str, token: str) -> str:
-    """The README snippet: one buf curl command per call."""
-    lines = []
-    for rpc, body in copy.deepcopy(CALLS):
-        lines.append(
-            "npx --yes @bufbuild/buf@1.75.0 curl --protocol grpc --http2-prior-knowledge \\\n"
-            f"  -H 'authorization: Bearer {token}' \\\n"
-            f"  -d '{json.dumps(body)}' \\\n"
-            f"  http://{address}/{SERVICE}/{rpc}"
-        )
-    return "\n\n".join(lines)
+def definition_text(block: str) -> str:
+    """What the block's here-document writes to welcome-back.json."""
+    return block.split(f"cat > {_FILE} <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+
+
+def _body(quoted: str, file_text: str) -> dict[str, Any]:
+    """The JSON the shell passes for a `-d` argument: single quotes literal; double quotes with
+    `\\"` unescaped and `$(cat welcome-back.json)` replaced by the file."""
+    inner = quoted[1:-1]
+    if quoted.startswith('"'):
+        parts = [part.replace('\\"', '"') for part in inner.split(f"$(cat {_FILE})")]
+        inner = file_text.join(parts)
+    body: dict[str, Any] = json.loads(inner)
+    return body
+
+
+def calls(key: str = KEY) -> list[tuple[str, dict[str, Any]]]:
+    """(RPC, body) of each call in the README's order, for a journey keyed `key` (tests need a key
+    of their own)."""
+    block = script()
+    file_text = definition_text(block)
+    found = []
+    for line in block.splitlines():
+        match = _CALL.match(line)
+        if match:
+            found.append((match["rpc"], _body(match["body"], file_text)))
+    return [(rpc, body) for rpc, body in json.loads(_own(json.dumps(found), key))]
+
+
+def _own(text: str, key: str) -> str:
+    """`text` for a journey keyed `key`: its key, resource name and request ids (a request id is
+    the tenant's, so each test's must be its own)."""
+    for name in (f'"{KEY}"', f"journeys/{KEY}"):
+        text = text.replace(name, name.replace(KEY, key))
+    return re.sub(r'(request_id\\?": \\?")([^"\\]+)', rf"\g<1>\g<2>-{key}", text)
+
+
+def runnable(key: str, address: str, token: str) -> str:
+    """The block as a reader runs it, against `address` with `token`, for a journey keyed `key`."""
+    block = _own(script(), key)
+    block = re.sub(r"^AUTH=.*$", f'AUTH="authorization: Bearer {token}"', block, flags=re.M)
+    return re.sub(r"^J=http://[^/]+/", f"J=http://{address}/", block, flags=re.M)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,7 +15,7 @@ from google.protobuf import json_format
 from memberops.journeys.v1 import journeys_service_pb2
 
 from runtime import app
-from tests.conftest import ACME, REPO_ROOT, TOKEN_ACME, unique
+from tests.conftest import ACME, TOKEN_ACME, unique
 from tests.fuzz.bases import message_class
 from tests.journeys import readme_calls
 
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub as Stub
 
 SERVICE = journeys_service_pb2.DESCRIPTOR.services_by_name["JourneyService"]
-BUF = ("npx", "--yes", "@bufbuild/buf@1.75.0")
+
+
+RPCS = ["ValidateJourney", "CreateJourney", "ActivateJourney", "PauseJourney", "GetJourneyReport"]
 
 
 def check(answers: dict[str, dict[str, Any]], key: str) -> None:
@@ -39,7 +42,11 @@ def check(answers: dict[str, dict[str, Any]], key: str) -> None:
     assert answers["PauseJourney"]["state"] == "JOURNEY_STATE_PAUSED"
     report = answers["GetJourneyReport"]
     assert report["journeyKey"] == key
-    assert [step["stepId"] for step in report["steps"]] == ["thanks", "wait-2d", "their-hour", "coupon"]
+    assert [step["stepId"] for step in report["steps"]] == ["thanks", "wait-2d", "their-hour", "nudge"]
+
+
+def test_the_readme_walks_a_journey_through_its_life() -> None:
+    assert [rpc for rpc, _ in readme_calls.calls()] == RPCS
 
 
 async def test_the_readme_bodies_through_protobuf_json(journeys_stub: Stub) -> None:
@@ -54,26 +61,31 @@ async def test_the_readme_bodies_through_protobuf_json(journeys_stub: Stub) -> N
 
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="buf runs through npx, which needs node")
-async def test_the_readme_through_buf_curl(journeys: app.RunningService) -> None:
+async def test_the_readme_block_runs_as_written(journeys: app.RunningService, tmp_path: Path) -> None:
+    """The README's shell block itself, run by bash (the definition file lands in a temporary
+    directory), against the test's service and token: each buf curl prints one JSON answer."""
     key = unique("readme")
-    answers = {}
-    for rpc, body in readme_calls.calls(key):
-        process = await asyncio.create_subprocess_exec(
-            *BUF,
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "-H",
-            f"authorization: Bearer {TOKEN_ACME}",
-            "-d",
-            json.dumps(body),
-            f"http://127.0.0.1:{journeys.port}/{readme_calls.SERVICE}/{rpc}",
-            cwd=REPO_ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await process.communicate()
-        assert process.returncode == 0, f"buf curl {rpc}: {err.decode()}"
-        answers[rpc] = json.loads(out)
-    check(answers, key)
+    block = readme_calls.runnable(key, f"127.0.0.1:{journeys.port}", TOKEN_ACME)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        block,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    check(dict(zip(RPCS, json_documents(out.decode()), strict=True)), key)
+
+
+def json_documents(text: str) -> list[Any]:
+    """The JSON documents printed one after another (buf curl prints each answer indented)."""
+    decoder, found, position = json.JSONDecoder(), [], 0
+    while text[position:].strip():
+        position += len(text[position:]) - len(text[position:].lstrip())
+        document, position = decoder.raw_decode(text, position)
+        found.append(document)
+    return found
