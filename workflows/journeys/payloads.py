@@ -29,6 +29,10 @@ class JourneyInput:
     # The event that enrolled the member (`MemberEvent.event_id`, set by the dispatcher): it
     # enrols the member once, and signalled again it is not an event of this run.
     entry_event_id: str = ""
+    # When the entry fact happened (the entry event's occur_time, set by the dispatcher): the goal
+    # window and enrolments.enter_time start at min(now, entry_time), so an order placed between
+    # the fact and a late enrolment still converts. None: the workflow's start.
+    entry_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
