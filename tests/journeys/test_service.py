@@ -134,7 +134,7 @@ async def test_validate_reports_shape_and_reference_findings_and_renders_templat
                     TagField(name="threshold", dimension="average_order_amount", texts={"huge": "1"}),
                 ),
             ),
-            "bye": Template(body="{nickname:d}"),
+            "bye": Template(body="Bye"),
         },
         exit_on=(EventMatch(kind="tag_removed", dimension="no_such_dimension"),),
     )
@@ -147,7 +147,6 @@ async def test_validate_reports_shape_and_reference_findings_and_renders_templat
         ("journey.steps[7].add_tag.value", Kind.FINDING_KIND_REFERENCE),
         ("journey.templates['hello'].tag_fields[0].texts['huge']", Kind.FINDING_KIND_REFERENCE),
         ("journey.exit_on[0].dimension", Kind.FINDING_KIND_REFERENCE),
-        ("journey.templates['bye']", Kind.FINDING_KIND_REFERENCE),
     }
     # Create refuses what validation found, every field at once.
     error = await failure(create(journeys_stub, broken))
@@ -161,6 +160,22 @@ async def test_validate_reports_shape_and_reference_findings_and_renders_templat
     )
     assert not reply.valid
     assert [(f.field, f.kind) for f in reply.findings] == [("journey.frequency_cap", Kind.FINDING_KIND_SHAPE)]
+
+
+@pytest.mark.parametrize("body", ["{nickname:>100000000}", "{nickname!r}", "{nickname:d}"])
+async def test_a_template_formatting_its_fields_is_a_shape_error(journeys_stub: Stub, body: str) -> None:
+    """A width renders a string of that size at every send (and in this very dry run)."""
+    definition = simple(body=body)
+    reply = await journeys_stub.ValidateJourney(
+        journeys_service_pb2.ValidateJourneyRequest(journey=convert.to_proto(definition)), metadata=ACME
+    )
+    assert not reply.valid and not reply.rendered
+    assert [(f.field, f.kind) for f in reply.findings] == [
+        ("journey.templates['hello'].body", Kind.FINDING_KIND_SHAPE)
+    ]
+    error = await failure(create(journeys_stub, definition))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["journey.templates['hello'].body"]
 
 
 async def test_validate_renders_for_a_named_member(
@@ -218,6 +233,16 @@ async def test_concurrent_duplicates_store_one_version(journeys_stub: Stub) -> N
     )
     assert {u.version for u in updated} == {2}
     assert (await get(journeys_stub, definition.key)).latest_version == 2
+    # Each request id with content of its own (identical content would store one version anyway):
+    # its retries store nothing more, whatever the other ids stored meanwhile.
+    ids = [unique("req") for _ in range(3)]
+    contents = {i: dataclasses.replace(definition, name=f"Name {n}") for n, i in enumerate(ids)}
+    answers = await asyncio.gather(
+        *(update(journeys_stub, contents[i], request_id=i) for i in ids for _ in range(4))
+    )
+    by_id = {i: {a.version for a in answers[n * 4 : n * 4 + 4]} for n, i in enumerate(ids)}
+    assert sorted(v for versions in by_id.values() for v in versions) == [3, 4, 5]
+    assert (await get(journeys_stub, definition.key)).latest_version == 5
 
 
 async def test_another_tenant_cannot_see_a_journey(journeys_stub: Stub) -> None:

@@ -17,6 +17,7 @@ import string
 import pytest
 
 from runtime.errors import InvalidArgument
+from workflows.journeys import templates
 from workflows.journeys.definition import (
     BROADCAST_STEP_KINDS,
     STEP_KINDS,
@@ -266,3 +267,30 @@ def test_holdout_and_frequency_cap_ranges() -> None:
             assert failing(candidate) == expected, (percent, with_goal)
     for cap in range(-1, 23):
         assert failing(definition(frequency_cap=cap)) == ([] if 1 <= cap <= 20 else ["frequency_cap"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{nickname:>100000000}", "{nickname!r}", "{nickname:d}", "{member_id:,}", "Hi {nickname!s:>5}"],
+)
+@pytest.mark.parametrize("part", ["subject", "body"])
+def test_a_template_takes_plain_fields_only(text: str, part: str) -> None:
+    """A format spec would let a definition make every send build a string of its width."""
+
+    def template_with(value: str) -> Template:
+        return Template(body=value) if part == "body" else Template(body="Hi", subject=value)
+
+    template = template_with(text)
+    with pytest.raises(InvalidArgument) as refused:
+        validate(definition(templates={"hello": template}))
+    assert [v.field for v in refused.value.violations] == [f"templates['hello'].{part}"]
+    validate(definition(templates={"hello": template_with("{{x:5}} {nickname}")}))
+
+
+def test_a_stored_template_with_a_format_spec_renders_its_fields_unformatted() -> None:
+    """Versions stored before the rule are loaded, not re-validated: their specs are ignored."""
+    template = Template(subject="{nickname!r}", body="Hi {nickname:>100000000} {{x}} in {city:d}{level}")
+    assert templates.render(template, {"nickname": "Mei", "city": "Hangzhou"}) == (
+        "Mei",
+        "Hi Mei {x} in Hangzhou",
+    )

@@ -483,10 +483,19 @@ def placeholders(text: str) -> Iterable[str]:
 
 
 def _unknown_placeholders(text: str, known: set[str]) -> str | None:
+    """Why the text is not a template of plain `{name}` fields, or None. A format spec or a
+    conversion (`{nickname:>100000000}`, `{nickname!r}`) is refused: a width alone makes every send
+    build a string of that size, and a member's field is text to insert, not to format."""
     try:
-        names = list(placeholders(text))
+        parsed = list(string.Formatter().parse(text))
     except ValueError as error:
         return f"is not a valid template ({error}); write {{{{ and }}}} for braces"
+    formatted = sorted(
+        {name for _, name, spec, conversion in parsed if name is not None and (spec or conversion)}
+    )
+    if formatted:
+        return f"formats fields {', '.join(formatted)}: write each as a plain {{name}}, without : or !"
+    names = [name for _, name, _, _ in parsed if name is not None]
     unknown = sorted({name for name in names if name not in known})
     if unknown:
         return f"uses unknown fields {', '.join(unknown)} (known: {', '.join(sorted(known))})"

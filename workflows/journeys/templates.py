@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import string
 from collections.abc import Mapping, Sequence
 
-from workflows.journeys.definition import Template, placeholders
+from workflows.journeys.definition import Template
 
 
 def tag_field_values(template: Template, tags: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -18,17 +19,21 @@ def tag_field_values(template: Template, tags: Mapping[str, Sequence[str]]) -> d
 
 
 def render(template: Template, fields: Mapping[str, str]) -> tuple[str, str]:
-    """(subject, body). Validation guaranteed every placeholder is a known field; a field the member
-    has no value for renders empty."""
-    complete = {name: "" for name in _names(template)} | dict(fields)
-    return template.subject.format_map(complete), template.body.format_map(complete)
+    """(subject, body). Validation guaranteed every placeholder is a plain known field; a field the
+    member has no value for renders empty."""
+    return _fill(template.subject, fields), _fill(template.body, fields)
 
 
-def _names(template: Template) -> frozenset[str]:
-    return _placeholders_of(template.subject, template.body)
+def _fill(text: str, fields: Mapping[str, str]) -> str:
+    """Each `{name}` replaced by its value. A format spec or conversion is ignored, not applied:
+    validation refuses them now, and a version stored before (`{nickname:>100000000}`) must not
+    build a string of that width for every member."""
+    return "".join(
+        literal if name is None else literal + fields.get(name, "") for literal, name in _parsed(text)
+    )
 
 
-@functools.lru_cache(maxsize=256)
-def _placeholders_of(subject: str, body: str) -> frozenset[str]:
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str) -> tuple[tuple[str, str | None], ...]:
     """Parsed once per text: a broadcast renders the same template for every member."""
-    return frozenset({*placeholders(subject), *placeholders(body)})
+    return tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(text))
