@@ -325,6 +325,8 @@ class CohortActivities(service_calls.ServiceActivities):
         wanted: set[str] = set()
         preferring: set[str] = set()
         for d in due:
+            if d.position >= len(steps):
+                continue  # its trailing wait is over: it only leaves the steps
             step, kind = steps[d.position], kinds[d.position]
             if kind.needs_recipient and not (kind.treats and d.holdout):
                 wanted.add(d.member_id)

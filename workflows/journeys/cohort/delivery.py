@@ -96,7 +96,6 @@ class Plan:
     figures: Counter[str] = field(default_factory=Counter)
     # Members going on (position: the number of steps when past the last).
     moves: list[Move] = field(default_factory=list)
-    exits: list[str] = field(default_factory=list)
     # (member, position, detail, local day): sends skipped for good (a `skipped` row each).
     skips: list[tuple[str, int, str, dt.date]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -109,6 +108,9 @@ class Plan:
         self.kinds = [steps.of(step) for step in self.definition.steps]
 
     def add(self, due: store.Due, recipient: Recipient | None, tz: ZoneInfo) -> None:
+        if due.position >= len(self.definition.steps):
+            self.leave(due.member_id)  # the wait that ended its steps is over
+            return
         step = self.definition.steps[due.position]
         if not due.arrived:  # got here after a wait: it enters the step now
             self.count(step.id, "entered")
@@ -124,9 +126,9 @@ class Plan:
     def count(self, step_id: str, what: str, n: int = 1) -> None:
         self.figures[f"step:{step_id}:{what}"] += n
 
-    def exit(self, member: str) -> None:
-        self.exits.append(member)
-        self.figures["exited"] += 1
+    def leave(self, member: str) -> None:
+        """Past the last step now: the member waits for nothing but the goal's window."""
+        self.moves.append(Move(member, len(self.definition.steps), store.WALKED, True))
 
     def tag(self, position: int, member: str) -> None:
         self.tags[position].append(member)
@@ -166,10 +168,13 @@ class Plan:
 
     def go(self, member: str, position: int, due: dt.datetime, split_arm: str = "") -> None:
         """On to a step, due at `due`: it enters the step now, or when it gets there after a wait.
-        `split_arm` (`{step id}:{arm}`) is recorded on the member by the same write."""
+        `split_arm` (`{step id}:{arm}`) is recorded on the member by the same write. Past the last
+        step a member is done walking at `due` (a trailing wait keeps it walking until then, as a
+        member journey sleeps through it)."""
         steps = self.definition.steps
         if position >= len(steps):
-            self.moves.append(Move(member, len(steps), store.WALKED, True, split_arm))
+            walked = store.WALKED if due <= self.now else due
+            self.moves.append(Move(member, len(steps), walked, True, split_arm))
             return
         arrived = due <= self.now
         if arrived:
@@ -257,8 +262,6 @@ class Delivery:
 
     async def _write_plan(self, conn: Connection, tenant_id: str, cohort: store.Cohort, plan: Plan) -> None:
         steps = plan.definition.steps
-        if plan.exits:
-            await store.end_members(conn, cohort.cohort_id, plan.exits, "exited", plan.now)
         if plan.skips:
             members, positions, details, days = zip(*plan.skips, strict=True)
             await message_log.claim_many(

@@ -425,19 +425,6 @@ async def move(
         )
 
 
-async def end_members(
-    conn: Connection, cohort_id: int, member_ids: Sequence[str], state: str, now: dt.datetime
-) -> None:
-    await conn.execute(
-        """UPDATE journeys.cohort_members SET state = $3, finish_time = $4
-           WHERE cohort_id = $1 AND member_id = ANY($2::text[]) AND state = 'active'""",
-        cohort_id,
-        list(member_ids),
-        state,
-        now,
-    )
-
-
 async def next_due(conn: Connection, cohort_id: int) -> dt.datetime | None:
     """When the earliest active member may take its next step; None when every one has walked."""
     due: dt.datetime | None = await conn.fetchval(

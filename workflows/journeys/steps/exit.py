@@ -1,4 +1,7 @@
-"""`exit`: the member leaves the steps here."""
+"""`exit`: the member leaves the steps here, as if it had walked past the last one. It is not an
+exit criterion: the member stays measured for the goal until its window ends, in both shapes, so
+treated and held-out members who take the same path (the holdout walks exit steps too) are
+measured alike, and a conversion after a path that ends in an exit counts for the treatment."""
 
 from __future__ import annotations
 
@@ -26,4 +29,4 @@ class Exit(StepKind):
         return ""
 
     def plan(self, step: Step, batch: BatchRun, due: Due, recipient: Recipient, tz: ZoneInfo) -> None:
-        batch.exit(due.member_id)
+        batch.leave(due.member_id)
