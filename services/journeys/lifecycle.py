@@ -22,7 +22,7 @@ from runtime import logs
 from runtime.db import Database
 from runtime.errors import FailedPrecondition
 from services.journeys import broadcasts
-from workflows.journeys import states, store
+from workflows.journeys import states
 from workflows.journeys.control.payloads import Action, ControlInput, control_workflow_id
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.states import JourneyState
@@ -76,17 +76,9 @@ class Lifecycle:
             self._db, tenant_id, journey_key, to_state, version, dt.datetime.now(dt.UTC)
         )
         workflow_id = await self._control(tenant_id, state, action_for(state, stop_running))
-        live = await store.get_definition(self._db, tenant_id, journey_key, state.live_version)
-        if live.definition.entry.broadcast is not None:
-            await broadcasts.sync_schedule(
-                self._client,
-                self._task_queue,
-                tenant_id,
-                journey_key,
-                state.live_version,
-                live.definition,
-                state.state,
-            )
+        # Every move, whatever the live version is: a scheduled broadcast replaced by a triggered
+        # version (or archived) loses its schedule.
+        await broadcasts.sync_journey(self._db, self._client, self._task_queue, tenant_id, journey_key)
         log.info(
             "journey state",
             tenant=tenant_id,

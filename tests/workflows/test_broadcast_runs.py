@@ -44,7 +44,7 @@ from workflows.journeys.broadcast_run.payloads import (
     snapshot_request_id,
 )
 from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
-from workflows.journeys.definition import Broadcast, Entry, JourneyDefinition, Send, Step, Wait
+from workflows.journeys.definition import Broadcast, Entry, EventMatch, JourneyDefinition, Send, Step, Wait
 from workflows.worker import Resources
 
 HELLO = Step(id="hello", send=Send(template="hello"))
@@ -193,15 +193,21 @@ async def test_the_schedule_follows_the_journeys_state_and_live_version(
     assert await described(client, key) is None
 
 
+async def stored_scheduled(
+    env: WorkflowEnvironment, settings: Settings, db: Database
+) -> tuple[Client, Lifecycle, JourneyDefinition]:
+    """A stored draft of a weekly scheduled broadcast, and the lifecycle that moves it."""
+    definition = scheduled(unique("aud"), "0 9 * * 1", HELLO)
+    await store.put_definition(db, TENANT_ACME, definition)
+    return env.client, Lifecycle(db, env.client, settings.temporal_task_queue), definition
+
+
 async def test_the_lifecycles_transitions_sync_the_schedule(
     dev_server_env: WorkflowEnvironment, worker_settings: Settings, journeys_db: Database
 ) -> None:
     """What the JourneyService's state changes do to a scheduled broadcast's schedule."""
-    client = dev_server_env.client
-    journeys = Lifecycle(journeys_db, client, worker_settings.temporal_task_queue)
-    definition = scheduled(unique("aud"), "0 9 * * 1", HELLO)
+    client, journeys, definition = await stored_scheduled(dev_server_env, worker_settings, journeys_db)
     key = definition.key
-    await store.put_definition(journeys_db, TENANT_ACME, definition)
     assert await described(client, key) is None  # a draft has none
 
     async def schedule() -> tuple[int, bool, list[tuple[int, int]]]:
@@ -226,6 +232,119 @@ async def test_the_lifecycles_transitions_sync_the_schedule(
     assert (version, paused) == (2, False) and times and set(times) == {(8, 30)}
     await journeys.archive(TENANT_ACME, key)
     assert await described(client, key) is None
+
+
+async def test_a_triggered_live_version_removes_the_schedule(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings, journeys_db: Database
+) -> None:
+    """A scheduled broadcast whose next live version enters members one by one broadcasts no more."""
+    client, journeys, definition = await stored_scheduled(dev_server_env, worker_settings, journeys_db)
+    await journeys.activate(TENANT_ACME, definition.key)
+    assert await described(client, definition.key) is not None
+    triggered = dataclasses.replace(definition, entry=Entry(event=EventMatch(kind="registered")))
+    await store.put_definition(journeys_db, TENANT_ACME, triggered)
+    assert (await journeys.activate(TENANT_ACME, definition.key, 2)).live_version == 2
+    assert await described(client, definition.key) is None
+    await journeys.pause(TENANT_ACME, definition.key)
+    assert await described(client, definition.key) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "then"),
+    [("pause", "resume", "unpaused"), ("activate", "archive", "none")],
+)
+async def test_a_sync_arriving_late_syncs_the_journeys_current_state(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    journeys_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    first: str,
+    second: str,
+    then: str,
+) -> None:
+    """The first change's sync is held (between its commit and its sync) until the second change
+    returned: it must not put back the schedule of the first change's state."""
+    client, journeys, definition = await stored_scheduled(dev_server_env, worker_settings, journeys_db)
+    key = definition.key
+    if first == "pause":
+        await journeys.activate(TENANT_ACME, key)
+    second_done = asyncio.Event()
+    control = Lifecycle._control
+
+    async def held(self: Lifecycle, tenant_id: str, state: states.JourneyState, action: Any) -> str:
+        if state.state == {"pause": "paused", "activate": "active"}[first]:
+            await second_done.wait()
+        return await control(self, tenant_id, state, action)
+
+    monkeypatch.setattr(Lifecycle, "_control", held)
+    moving = asyncio.create_task(getattr(journeys, first)(TENANT_ACME, key))
+    await eventually(
+        lambda: _state_is(journeys_db, key, {"pause": "paused", "activate": "active"}[first]), "first commit"
+    )
+    await getattr(journeys, second)(TENANT_ACME, key)
+    second_done.set()
+    await moving
+    try:
+        description = await described(client, key)
+        if then == "none":
+            assert description is None
+        else:
+            assert description is not None and not description.schedule.state.paused
+    finally:
+        await broadcasts.sync_schedule(
+            client, worker_settings.temporal_task_queue, TENANT_ACME, key, 1, None, "archived"
+        )
+
+
+async def _state_is(db: Database, key: str, state: str) -> bool:
+    return (await states.get_state(db, TENANT_ACME, key)).state == state
+
+
+async def test_syncs_of_one_journey_wait_for_each_other(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    journeys_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pause's sync is held inside its call to Temporal; the resume's sync waits for it (a lock of
+    the tenant's journey), then reads the resumed state: the schedule ends unpaused."""
+    client, journeys, definition = await stored_scheduled(dev_server_env, worker_settings, journeys_db)
+    key = definition.key
+    await journeys.activate(TENANT_ACME, key)
+    gate = asyncio.Event()
+    reached = asyncio.Event()
+    sync = broadcasts.sync_schedule
+
+    async def held(*args: Any) -> None:
+        if args[-1] == "paused":
+            reached.set()
+            await gate.wait()
+        await sync(*args)
+
+    monkeypatch.setattr(broadcasts, "sync_schedule", held)
+    pausing = asyncio.create_task(journeys.pause(TENANT_ACME, key))
+    await asyncio.wait_for(reached.wait(), 30)
+    resuming = asyncio.create_task(journeys.resume(TENANT_ACME, key))
+    await eventually(
+        lambda: _waiting_for_a_lock(journeys_db, "pg_advisory_xact_lock"), "the resume's sync waits"
+    )
+    gate.set()
+    await pausing
+    await resuming
+    try:
+        description = await described(client, key)
+        assert description is not None and not description.schedule.state.paused
+    finally:
+        await sync(client, worker_settings.temporal_task_queue, TENANT_ACME, key, 1, None, "archived")
+
+
+async def _waiting_for_a_lock(db: Database, statement: str) -> bool:
+    async with db.pool.acquire() as conn:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            f"%{statement}%",
+        )
+    return bool(waiting)
 
 
 async def test_a_triggered_schedule_broadcasts_to_a_new_snapshot_and_skips_while_it_runs(
