@@ -410,3 +410,44 @@ async def test_cancelling_during_a_batch_waits_for_it_on_a_real_server(
     assert step(funnel, "hello") == {"entered": 100, **hello}
     states = await members(journeys_db, funnel.cohort_id)
     assert Counter(s["state"] for s in states.values()) == {"stopped": 100}
+
+
+async def test_history_exits_no_cohort_member_and_a_goal_event_outside_the_window_is_an_exit_criterion(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """Exit criteria are judged by when their fact happened, as member journeys judge them: one of
+    the member's history (before it entered) exits nobody. A goal event outside the goal's window
+    converts nobody but is still an exit criterion when it is one (a member journey takes it so)."""
+    ids, audience_id, frozen = await snapshot_population(resources, 4)
+    definition = broadcast(
+        audience_id,
+        Step(id="hi", send=Send(template="hello")),
+        Step(id="wait-3d", wait=Wait(duration="3d")),
+        holdout_percent=0,
+        goal=Goal(event=EventMatch(kind="order", min_amount_minor=10_000), attribution="1d"),
+        exit_on=(EventMatch(kind="order"), EventMatch(kind="tag_added", dimension="unsubscribed")),
+    )
+    old_tag, old_order, small, big = ids
+    async with running(time_skipping_env, worker_settings, resources):
+        handle = await start(time_skipping_env, worker_settings, journeys_db, definition, frozen.name)
+        await until_asleep(handle, "the wait")
+        await time_skipping_env.sleep(dt.timedelta(days=2))
+        now = await time_skipping_env.get_current_time()
+        long_ago = now - dt.timedelta(days=200)
+        events = {
+            old_tag: MemberEvent(kind="tag_added", dimension="unsubscribed", occur_time=long_ago),
+            old_order: MemberEvent(
+                kind="order", subject_id=unique("o"), amount_minor=500, occur_time=long_ago
+            ),
+            small: MemberEvent(kind="order", subject_id=unique("o"), amount_minor=500, occur_time=now),
+            big: MemberEvent(kind="order", subject_id=unique("o"), amount_minor=20_000, occur_time=now),
+        }
+        for member_id, event in events.items():
+            await handle.signal(CohortJourneyWorkflow.event, CohortEvent(member_id, event))
+        funnel = await handle.result()
+    states = {m: row["state"] for m, row in (await members(journeys_db, funnel.cohort_id)).items()}
+    assert states == {old_tag: "completed", old_order: "completed", small: "exited", big: "exited"}
+    assert (funnel.exited, funnel.treated.converted, funnel.events_ignored) == (2, 0, 2)

@@ -23,6 +23,7 @@ from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import (
+    activate,
     figures,
     journey,
     keep_history,
@@ -32,6 +33,10 @@ from tests.workflows.journey_helpers import (
     seed_member,
     start,
 )
+from tests.workflows.test_dispatcher import _state
+from workflows.journeys import client, states, store
+from workflows.journeys.control.payloads import ControlInput, ControlResult, control_workflow_id
+from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.definition import (
     AddTag,
     Award,
@@ -473,3 +478,81 @@ async def test_an_unknown_journey_fails_the_start_without_retrying(
                 id=unique("missing"),
                 task_queue=worker_settings.temporal_task_queue,
             )
+
+
+async def test_the_goal_window_starts_when_the_entry_fact_happened(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """Enrolled late (the dispatcher starts the run up to max_entry_delay after the fact), the
+    member's goal window and enter time start at the entry fact: an order paid between the fact and
+    the run's start converts, and the window ends an attribution after the fact."""
+    definition = journey(
+        Step(id="hello", send=Send(template="hello")),
+        goal=Goal(event=EventMatch(kind="order"), attribution="1d"),
+    )
+    member_id = unique("m")
+    await seed_member(resources.tagging, member_id)
+    stored = await store.put_definition(journeys_db, TENANT_ACME, definition)
+    await activate(journeys_db, TENANT_ACME, definition.key, stored.version)
+    async with running(time_skipping_env, worker_settings, resources):
+        now = await time_skipping_env.get_current_time()
+        entered, paid = now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)
+        handle = await client.start_member_journey(
+            time_skipping_env.client,
+            worker_settings.temporal_task_queue,
+            definition,
+            JourneyInput(TENANT_ACME, definition.key, member_id, entry_time=entered),
+        )
+        await eventually(lambda: _state(handle, "measuring"), "did the member walk its steps")
+        order = MemberEvent(kind="order", subject_id=unique("o"), amount_minor=900, occur_time=paid)
+        await handle.signal(JourneyWorkflow.event, order)
+        funnel = await handle.result()
+        await keep_history(handle, "entered_at_the_fact_and_converted")
+    assert (funnel.state, funnel.enter_time, funnel.convert_time) == ("converted", entered, paid)
+    async with journeys_db.transaction(TENANT_ACME, readonly=True) as conn:
+        enter_time = await conn.fetchval(
+            """SELECT enter_time FROM journeys.enrolments
+               WHERE tenant_id = $1 AND journey_key = $2 AND member_id = $3""",
+            TENANT_ACME,
+            definition.key,
+            member_id,
+        )
+    assert enter_time == entered
+
+
+async def test_a_control_run_pauses_the_running_members_of_its_revision(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """The JourneyControl run of a pause signals the journey's running members (its history is
+    kept for the replay test)."""
+    definition = journey(
+        Step(id="wait-1d", wait=Wait(duration="1d")), Step(id="hello", send=Send(template="hello"))
+    )
+    member_id = unique("m")
+    await seed_member(resources.tagging, member_id)
+    async with running(time_skipping_env, worker_settings, resources):
+        handle = await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        await eventually(lambda: _at(handle, "wait-1d"), "did the member get to its wait")
+        paused = await states.transition(
+            journeys_db, TENANT_ACME, definition.key, "paused", 0, dt.datetime.now(dt.UTC)
+        )
+        control = await time_skipping_env.client.start_workflow(
+            JourneyControlWorkflow.run,
+            ControlInput(TENANT_ACME, definition.key, paused.revision, "pause"),
+            id=control_workflow_id(TENANT_ACME, definition.key, paused.revision, "pause"),
+            task_queue=worker_settings.temporal_task_queue,
+        )
+        assert await control.result() == ControlResult(members=1)
+        await keep_history(control, "journey_control_pause")
+        await eventually(lambda: _state(handle, "paused"), "is the member paused")
+        await handle.cancel()
+
+
+async def _at(handle: WorkflowHandle[JourneyWorkflow, Funnel], step_id: str) -> bool:
+    return (await handle.query(JourneyWorkflow.funnel)).current_step == step_id

@@ -268,3 +268,40 @@ async def test_an_exit_criterion_ends_the_journey_before_its_next_send(
     row = await recorded(journeys_db, definition.key, leaver)
     assert row["state"] == "exited" and row["split_arms"] == []
     assert row["step_figures"] == {"hello": {"entered": 1, "sent": 1}, "wait-3d": {"entered": 1}}
+
+
+async def test_history_ends_no_wait_and_exits_nobody(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """Facts that happened before a wait_for_event step began do not end it, and facts of the
+    member's history (before it entered) are no exit criterion: an order paid 200 days ago and an
+    old unsubscription, loaded now, leave the member waiting until the timeout."""
+    definition = journey(
+        Step(
+            id="wait",
+            wait_for_event=WaitForEvent(
+                event=EventMatch(kind="order"), timeout="2d", on_event="thanks", on_timeout="nudge"
+            ),
+        ),
+        Step(id="thanks", send=Send(template="hello")),
+        Step(id="done", exit=Exit(reason="bought")),
+        Step(id="nudge", send=Send(template="hello")),
+        exit_on=(EventMatch(kind="tag_added", dimension="unsubscribed"),),
+    )
+    member_id = unique("m")
+    await seed_member(resources.tagging, member_id)
+    async with running(time_skipping_env, worker_settings, resources):
+        handle = await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        await at_step(handle, "wait")
+        long_ago = await time_skipping_env.get_current_time() - dt.timedelta(days=200)
+        for event in (
+            MemberEvent(kind="order", subject_id=unique("o"), amount_minor=100, occur_time=long_ago),
+            MemberEvent(kind="tag_added", dimension="unsubscribed", occur_time=long_ago),
+        ):
+            await handle.signal(JourneyWorkflow.event, event)
+        funnel = await handle.result()
+        await keep_history(handle, "history_ends_no_wait")
+    assert (walked(funnel), funnel.state) == (["wait", "nudge"], "completed")

@@ -141,6 +141,7 @@ class JourneyActivities(service_calls.ServiceActivities):
             request.workflow_id,
             request.run_id,
             request.entry_event_id,
+            request.entry_time,
         )
         return Entered(loaded.version, loaded.definition, enrolment)
 
@@ -165,8 +166,12 @@ class JourneyActivities(service_calls.ServiceActivities):
         workflow_id: str,
         run_id: str,
         entry_event_id: str,
+        entry_time: dt.datetime | None = None,
     ) -> Enrolment:
+        """Enrols the member as of when it entered: now, or when the entry fact happened if that
+        was earlier (the dispatcher enrols late), for the enter time and the re-entry cooldown."""
         key = stored.definition.key
+        at = now() if entry_time is None else min(now(), entry_time)
         holdout = bucket(holdout_salt(key), member_id) < stored.definition.holdout_percent * 100
         result = await store.enrol(
             self._db,
@@ -177,7 +182,7 @@ class JourneyActivities(service_calls.ServiceActivities):
             workflow_id,
             run_id,
             "holdout" if holdout else "treated",
-            now(),
+            at,
             entry_event_id,
         )
         if isinstance(result, store.Refusal):

@@ -80,6 +80,9 @@ class EnterRequest:
     workflow_id: str
     run_id: str
     entry_event_id: str = ""
+    # When the entry fact happened (JourneyInput.entry_time): the enrolment's enter_time is
+    # min(now, entry_time), the start of the goal's window the workflow keeps too.
+    entry_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ ENTER_ONCE = "enter-in-one-activity"
 EVENT_IDS = "event-ids"
 # Goals judged by when their fact happened, not when its signal arrived (issue 19).
 EVENT_TIME_GOALS = "event-time-goals"
+# Facts that happened before a wait_for_event step began (or, for exit criteria, before the
+# member entered) are history: they neither end the wait nor exit the member.
+EVENT_TIME_WAITS = "event-time-waits-and-exits"
+# The goal's window starts when the entry fact happened (JourneyInput.entry_time), not later
+# when the dispatcher started the run.
+ENTRY_FACT_TIME = "entry-fact-time"
 
 
 @workflow.defn(name="Journey")
@@ -85,6 +91,8 @@ class JourneyWorkflow:
         self._converted = False
         self._gmv_minor = 0
         self._enter_time: dt.datetime | None = None
+        # When the entry fact happened, if the run takes it (ENTRY_FACT_TIME).
+        self._entry_time: dt.datetime | None = None
         self._convert_time: dt.datetime | None = None
         self._current = ""
         self._figures: dict[str, dict[str, int]] = {}
@@ -110,7 +118,8 @@ class JourneyWorkflow:
             self._state, self._detail = "not_enrolled", self._enrolment.reason
             return self.funnel()
         self._definition = definition
-        self._enter_time = workflow.now()
+        entered = workflow.now()
+        self._enter_time = entered if self._entry_time is None else min(entered, self._entry_time)
         self._state = "active"
         self._absorb()
         try:
@@ -125,6 +134,9 @@ class JourneyWorkflow:
     async def _enter(self, request: JourneyInput) -> JourneyDefinition:
         """Reads the definition version (kept in history for the run) and enrols the member."""
         info = workflow.info()
+        if request.entry_time is not None and workflow.patched(ENTRY_FACT_TIME):
+            time = request.entry_time
+            self._entry_time = time if time.tzinfo is not None else time.replace(tzinfo=dt.UTC)
         if workflow.patched(ENTER_ONCE):
             entered = await self._call(
                 JourneyActivities.enter,
@@ -136,6 +148,7 @@ class JourneyWorkflow:
                     info.workflow_id,
                     info.run_id,
                     request.entry_event_id,
+                    self._entry_time,
                 ),
             )
             self._version, self._enrolment = entered.version, entered.enrolment
@@ -254,7 +267,10 @@ class JourneyWorkflow:
 
     async def event_until(self, match: EventMatch, until: dt.datetime) -> bool:
         seen = len(self._events)
-        return await self._wait_for(lambda: any(matches(match, e) for e in self._events[seen:]), until)
+        since = workflow.now() if workflow.patched(EVENT_TIME_WAITS) else None
+        return await self._wait_for(
+            lambda: any(matches(match, e) and _since(e, since) for e in self._events[seen:]), until
+        )
 
     async def unpaused(self) -> None:
         await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
@@ -305,13 +321,22 @@ class JourneyWorkflow:
                 break
             goal = definition.goal
             window_end = self._enter_time + duration(goal.attribution) if goal else self._enter_time
+            # A goal event outside the window converts nobody; it may still be an exit criterion
+            # (as in a cohort), if it happened since the member entered.
             if goal is not None and matches(goal.event, event) and self._attributed(event, window_end):
                 self._converted, self._ended = True, "converted"
                 self._gmv_minor += event.amount_minor
                 self._convert_time = self._happened(event)
-            elif any(matches(criterion, event) for criterion in definition.exit_on):
+            elif any(matches(criterion, event) for criterion in definition.exit_on) and self._fresh(event):
                 self._ended, self._detail = "exited", f"exit criterion {event.kind}"
         self._absorbed = len(self._events)
+
+    def _fresh(self, event: MemberEvent) -> bool:
+        """Whether an exit criterion's fact happened since the member entered (history exits
+        nobody). Runs recorded before this took every event."""
+        if not workflow.patched(EVENT_TIME_WAITS):
+            return True
+        return _since(event, self._enter_time)
 
     def _attributed(self, event: MemberEvent, window_end: dt.datetime) -> bool:
         """Whether a goal event counts: its fact happened inside [enrolment, enrolment +
@@ -380,3 +405,14 @@ class JourneyWorkflow:
             detail=self._detail,
             deferrals=dict(self._deferrals),
         )
+
+
+def _since(event: MemberEvent, start: dt.datetime | None) -> bool:
+    """Whether the event's fact happened at or after `start` (None: any time); an event without
+    a time is taken as happening when it arrived, which is after any start."""
+    if start is None or event.occur_time is None:
+        return True
+    time = (
+        event.occur_time if event.occur_time.tzinfo is not None else event.occur_time.replace(tzinfo=dt.UTC)
+    )
+    return time >= start

@@ -463,18 +463,21 @@ class CohortActivities(service_calls.ServiceActivities):
     @activity.defn(name="cohorts.apply_events")
     async def apply_events(self, request: BatchRequest) -> BatchOutcome:
         """Goals convert members (with the order's amount as GMV) within their attribution window;
-        exit criteria end them. Events of members not (or no longer) in the cohort change nothing."""
+        exit criteria that happened since the member entered end them (history ends nobody). Events
+        of members not (or no longer) in the cohort change nothing."""
         cohort, definition = await self._cohort(request.tenant_id, request.cohort_id)
         at = now()
         goal = definition.goal
         # (member, amount, when it happened): a goal counts when its fact is inside the window.
         goals: list[tuple[str, int, dt.datetime]] = []
-        exits: list[str] = []
+        exits: list[tuple[str, dt.datetime]] = []
         for item in request.events:
             if goal is not None and matches(goal.event, item.event):
                 goals.append((item.member_id, item.event.amount_minor, item.event.occur_time or at))
-            elif any(matches(criterion, item.event) for criterion in definition.exit_on):
-                exits.append(item.member_id)
+            # A goal event may be an exit criterion too: it exits a member it did not convert
+            # (outside the window), as in a member journey; conversions are applied first.
+            if any(matches(criterion, item.event) for criterion in definition.exit_on):
+                exits.append((item.member_id, item.event.occur_time or at))
         async with store.transaction(self._db, request.tenant_id) as conn:
             await store.lock_batch(conn, cohort.cohort_id, request.seq)
             found = await store.get_batch(conn, cohort.cohort_id, request.seq)

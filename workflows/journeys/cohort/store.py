@@ -470,14 +470,22 @@ async def convert(
     )
 
 
-async def exit_members(conn: Connection, cohort_id: int, member_ids: Sequence[str], now: dt.datetime) -> int:
+async def exit_members(
+    conn: Connection, cohort_id: int, exits: Sequence[tuple[str, dt.datetime]], now: dt.datetime
+) -> int:
+    """Active members with an exit criterion (member, when its fact happened) that happened since
+    they entered leave as exited (history exits nobody); returns how many."""
     result = await conn.fetchval(
         """WITH exited AS (
-               UPDATE journeys.cohort_members SET state = 'exited', finish_time = $3
-               WHERE cohort_id = $1 AND member_id = ANY($2::text[]) AND state = 'active' RETURNING 1)
+               UPDATE journeys.cohort_members AS c SET state = 'exited', finish_time = $4
+               WHERE c.cohort_id = $1 AND c.member_id = ANY($2::text[]) AND c.state = 'active'
+                 AND EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamptz[]) AS u(member_id, occur_time)
+                             WHERE u.member_id = c.member_id AND u.occur_time >= c.enter_time)
+               RETURNING 1)
            SELECT count(*) FROM exited""",
         cohort_id,
-        list(set(member_ids)),
+        [member_id for member_id, _ in exits],
+        [occur_time for _, occur_time in exits],
         now,
     )
     return int(result)
