@@ -8,6 +8,7 @@ refreshes of one member never race, and re-reads the facts committed before it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
@@ -172,8 +173,16 @@ class Tagger:
             async with slots, self._db.transaction(tenant_id, plans="custom") as conn:
                 started = time.monotonic()
                 await member_tag_store.plan_full_recompute(conn)
+                unseen = await self._unseen(conn, tenant_id, item)
                 added, removed = await member_tag_store.apply_dimension(
-                    conn, tenant_id, item.compiled, now, item.spec.dimension, item.version, item.exclusive
+                    conn,
+                    tenant_id,
+                    item.compiled,
+                    now,
+                    item.spec.dimension,
+                    item.version,
+                    item.exclusive,
+                    unseen=unseen,
                 )
             self._took[(tenant_id, item.spec.dimension)] = time.monotonic() - started
             return RecomputeResult(item.spec.dimension, item.version, added, removed)
@@ -183,6 +192,20 @@ class Tagger:
         order = sorted(prepared, key=lambda item: self._expected_seconds(tenant_id, item), reverse=True)
         done = {r.dimension: r for r in await asyncio.gather(*(apply(item) for item in order))}
         return [done[item.spec.dimension] for item in prepared]
+
+    async def _unseen(self, conn: Connection, tenant_id: str, item: _Prepared) -> member_tag_store.Unseen:
+        """What the dimension's previous full recompute did not see, with the values its members
+        had then given every fact known now: what tells a change caused by late facts (history)
+        from one caused by time (see member_tag_store._UNSEEN_TIME)."""
+        unseen = await member_tag_store.unseen_since_mark(conn, item.spec.dimension)
+        if unseen.as_of is None or not unseen.fact_times:
+            return unseen
+        filtered = await self._prepare(conn, tenant_id, item.spec.dimension, item.version, filtered=True)
+        assert filtered is not None
+        then = await member_tag_store.values_at(
+            conn, filtered.compiled, unseen.as_of, sorted(unseen.fact_times)
+        )
+        return dataclasses.replace(unseen, values_then=then)
 
     def _expected_seconds(self, tenant_id: str, item: _Prepared) -> float:
         """How long the last recompute of the dimension took; before one, a guess that ranks models

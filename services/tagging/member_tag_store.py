@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -34,21 +35,84 @@ logged AS (
 )"""
 
 
-# When a change a whole recompute finds happened. Time alone moves members across windows ("no
-# order in 90 days"): such a change happened at the recompute's as_of ($1). But when tagging learned
-# orders of the member since its previous value was set (or the member has no previous value), the
-# change is theirs: it happened when the latest of them was paid (capped at as_of), so a history
-# load's orders stay history when the nightly recompute first segments their members; a member
-# without orders and without a previous value changed at its registration. Only orders are looked
-# at (few per member, by index); multi-valued dimensions see a previous value only when one closes.
-_LEARNED_JOIN = """
+# When a change a whole recompute finds happened. The previous recompute of the dimension left a
+# mark (its as_of and what its snapshot saw); `Unseen` holds the members with facts recorded since,
+# and their values at that as_of given every fact known now. A change of such a member that was
+# already true then was caused by those facts: it happened when the latest of them did (history
+# stays history). Any other change was caused by time alone ("no order in 90 days"), or by facts
+# that happened after the previous as_of: it happened at this recompute's as_of ($1). Before a
+# dimension's first mark, a member's first value (none closed) happened when its latest order was
+# paid, else at its registration: the first segmentation of a loaded history is history too.
+_UNSEEN_JOIN = """
     LEFT JOIN (SELECT member_id, max(valid_from) AS since FROM closed GROUP BY member_id) p USING (member_id)
-    LEFT JOIN tagging.members m USING (member_id)"""
-_LEARNED_TIME = """least($1::timestamptz, coalesce(
-        (SELECT max(o.paid_time) FROM tagging.orders o
-         WHERE o.member_id = c.member_id AND o.record_time > coalesce(p.since, '-infinity'::timestamptz)),
-        CASE WHEN p.since IS NULL THEN coalesce(m.register_time, m.create_time) END,
-        $1::timestamptz))"""
+    LEFT JOIN tagging.members m USING (member_id)
+    LEFT JOIN unnest({members}::text[], {values}::text[]) AS b(member_id, value)
+        ON b.member_id = c.member_id AND b.value = c.value"""
+_UNSEEN_TIME = """CASE
+    WHEN ft.member_id IS NOT NULL THEN
+        CASE WHEN (c.change = 'added') = (b.value IS NOT NULL) THEN least($1::timestamptz, ft.fact_time)
+             ELSE $1::timestamptz END
+    WHEN {marked} OR p.since IS NOT NULL THEN $1::timestamptz
+    ELSE least($1::timestamptz, coalesce(
+        (SELECT max(o.paid_time) FROM tagging.orders o WHERE o.member_id = c.member_id),
+        m.register_time, m.create_time))
+END"""
+_MARK = """marked AS (
+    INSERT INTO tagging.recompute_marks AS r (tenant_id, dimension, as_of, seen)
+    VALUES ({tenant}, {dimension}, $1::timestamptz, pg_current_snapshot())
+    ON CONFLICT (tenant_id, dimension) DO UPDATE SET as_of = excluded.as_of, seen = excluded.seen
+    RETURNING 1
+),"""
+
+
+@dataclass(frozen=True)
+class Unseen:
+    """What a dimension's previous full recompute (at `as_of`; None before the first) did not see:
+    each member with facts recorded since, when the latest of them happened (`fact_times`), and
+    the values those members had at `as_of` given every fact known now (`values_then`)."""
+
+    as_of: dt.datetime | None = None
+    fact_times: Mapping[str, dt.datetime] = field(default_factory=dict)
+    values_then: Sequence[tuple[str, str]] = ()
+
+
+async def unseen_since_mark(conn: Connection, dimension: str) -> Unseen:
+    """The previous full recompute's as_of and the members of the fact entries (orders, refunds,
+    events, member changes) its snapshot did not see, each dated by the latest of them that
+    happened by that as_of, else by the latest of them."""
+    mark = await conn.fetchrow(
+        "SELECT as_of, seen::text AS seen FROM tagging.recompute_marks WHERE dimension = $1", dimension
+    )
+    if mark is None:
+        return Unseen()
+    # Literal kind: the partial index feed_facts is used only when the query implies its predicate.
+    rows = await conn.fetch(
+        f"""SELECT f.member_id,
+                  coalesce(max(f.occur_time) FILTER (WHERE f.occur_time <= $2), max(f.occur_time)) AS t
+           FROM (SELECT member_id,
+                        coalesce((payload->>'occur_time')::timestamptz, (payload->>'paid_time')::timestamptz,
+                                 (payload->>'refund_time')::timestamptz, create_time) AS occur_time
+                 FROM tagging.feed
+                 WHERE kind <> {int(FeedKind.TAG_CHANGED)} AND txid >= pg_snapshot_xmin($1::text::pg_snapshot)
+                   AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)) f
+           GROUP BY f.member_id""",
+        mark["seen"],
+        mark["as_of"],
+    )
+    return Unseen(mark["as_of"], {row["member_id"]: row["t"] for row in rows})
+
+
+async def values_at(
+    conn: Connection, compiled: Any, as_of: dt.datetime, member_ids: list[str]
+) -> list[tuple[str, str]]:
+    """(member, value) of every value the members hold at `as_of` by a filtered dimension's rules."""
+    rows = await conn.fetch(
+        f"""WITH computed AS ({compiled.sql})
+            SELECT c.member_id, v.value FROM computed c, unnest(c.tag_values) AS v(value)""",
+        *compiled.args(as_of, member_ids),
+    )
+    return [(row["member_id"], row["value"]) for row in rows]
+
 
 _RULE_SOURCE = 1
 _OPERATOR_SOURCE = 2
@@ -64,11 +128,13 @@ async def apply_dimension(
     exclusive: bool,
     member_ids: list[str] | None = None,
     fact_times: Mapping[str, dt.datetime] | None = None,
+    unseen: Unseen | None = None,
 ) -> tuple[int, int]:
     """Makes the stored tags of one rule dimension match its compiled rules; returns (added, removed).
 
-    Each change is dated by its member's entry in `fact_times` (when the facts that made the
-    refresh happened), else by `now` (a scheduled recompute's as_of).
+    A refresh (`member_ids`) dates each change by its member's entry in `fact_times` (when the
+    facts that made the refresh happened), else by `now`. A full recompute dates them by what its
+    previous one did not see (`unseen`, see _UNSEEN_TIME) and leaves its own mark.
 
     One statement: the desired member-values are computed, held values no longer desired are
     closed, new ones opened, and each change is written to the feed. Rows another transaction
@@ -81,9 +147,16 @@ async def apply_dimension(
         " USING (member_id)"
     )
     occur = "coalesce(ft.fact_time, $1::timestamptz)"
+    mark = ""
+    times = dict(fact_times or {})
+    extra: list[Any] = []
     if member_ids is None:
-        timed += _LEARNED_JOIN
-        occur = _LEARNED_TIME
+        unseen = unseen or Unseen()
+        times = dict(unseen.fact_times)
+        timed += _UNSEEN_JOIN.format(members=f"${n + 7}", values=f"${n + 8}")
+        occur = _UNSEEN_TIME.format(marked="true" if unseen.as_of is not None else "false")
+        mark = _MARK.format(tenant=t, dimension=d)
+        extra = [[m for m, _ in unseen.values_then], [v for _, v in unseen.values_then]]
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
     # A single-value dimension's array holds at most one value; reading it directly (not through
     # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
@@ -125,11 +198,11 @@ opened AS (
     ON CONFLICT DO NOTHING
     RETURNING member_id, value
 ),
+{mark}
 {_log_tag_changes(t, d, ver, occur, join=timed)}
 SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
        (SELECT count(*) FROM logged) AS logged
 """
-    times = dict(fact_times or {})
     row = await conn.fetchrow(
         sql,
         *compiled.args(now, member_ids),
@@ -139,6 +212,7 @@ SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS 
         exclusive,
         list(times),
         list(times.values()),
+        *extra,
     )
     assert row is not None
     return int(row["added"]), int(row["removed"])

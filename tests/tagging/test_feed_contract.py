@@ -322,15 +322,7 @@ async def test_a_recompute_dates_a_change_by_the_orders_it_learned_else_by_its_a
     members = {history, silent, recent}
 
     async def changes_after(as_of: dt.datetime) -> dict[tuple[str, str, int], dt.datetime]:
-        _, start = await read_all(tagging_stub)
-        await tagger.recompute(TENANT_ACME, [name], as_of)
-        return {
-            (e.member_id, e.tag_changed.value, e.tag_changed.change): e.tag_changed.occur_time.ToDatetime(
-                tzinfo=dt.UTC
-            )
-            for e in (await read_all(tagging_stub, start))[0]
-            if e.member_id in members and e.subject_id == name
-        }
+        return await recompute_changes(tagging_stub, tagger, name, as_of, members)
 
     added, removed = feed_pb2.TAG_CHANGE_ADDED, feed_pb2.TAG_CHANGE_REMOVED
     # As of after the orders were recorded, as a recompute runs after what it reads.
@@ -348,4 +340,100 @@ async def test_a_recompute_dates_a_change_by_the_orders_it_learned_else_by_its_a
         (silent, "buyer", added): now - dt.timedelta(days=300),
         (recent, "recent", removed): later,
         (recent, "buyer", added): later,
+    }
+
+
+async def registered_member(stub: Stub, registered: dt.datetime) -> str:
+    member_id = unique()
+    member = member_pb2.Member(member_id=member_id)
+    member.profile.register_time.FromDatetime(registered)
+    await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
+    return member_id
+
+
+async def recompute_changes(
+    stub: Stub, tagger: Tagger, name: str, as_of: dt.datetime, members: set[str]
+) -> dict[tuple[str, str, int], dt.datetime]:
+    """(member, value, change) -> occur_time of the members' changes a recompute at `as_of` writes."""
+    _, start = await read_all(stub)
+    await tagger.recompute(TENANT_ACME, [name], as_of)
+    return {
+        (e.member_id, e.tag_changed.value, e.tag_changed.change): e.tag_changed.occur_time.ToDatetime(
+            tzinfo=dt.UTC
+        )
+        for e in (await read_all(stub, start))[0]
+        if e.member_id in members and e.subject_id == name
+    }
+
+
+ADDED, REMOVED = feed_pb2.TAG_CHANGE_ADDED, feed_pb2.TAG_CHANGE_REMOVED
+
+
+async def test_time_alone_ages_a_member_whose_late_order_kept_its_value(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """A recompute dates a change by facts it had not seen only when they caused it: a repeat order
+    loaded late that left the member `recent` does not date the aging, weeks later, that time
+    alone caused (it happened at that recompute's as_of); an order placed after the previous
+    recompute, neither."""
+    name = dimension()
+    await create(tagging_stub, recency(name))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    late, fresh = [await registered_member(tagging_stub, now - dt.timedelta(days=730)) for _ in range(2)]
+    for member_id in (late, fresh):
+        await record_order(tagging_stub, an_order(member_id, paid_time=stamp(now - dt.timedelta(days=20))))
+    tagger = Tagger(db)
+    await tagger.recompute(TENANT_ACME, [name], now - dt.timedelta(days=5))
+    # `late`: a repeat order paid before that recompute's as_of, loaded after it; `fresh`: one
+    # paid after it. Both stay `recent`.
+    await record_order(tagging_stub, an_order(late, paid_time=stamp(now - dt.timedelta(days=10))))
+    await record_order(tagging_stub, an_order(fresh, paid_time=stamp(now - dt.timedelta(days=2))))
+    assert await recompute_changes(tagging_stub, tagger, name, now, {late, fresh}) == {}
+    later = now + dt.timedelta(days=40)
+    assert await recompute_changes(tagging_stub, tagger, name, later, {late, fresh}) == {
+        (late, "recent", REMOVED): later,
+        (late, "buyer", ADDED): later,
+        (fresh, "recent", REMOVED): later,
+        (fresh, "buyer", ADDED): later,
+    }
+
+
+async def test_a_late_order_that_changed_the_value_is_history_whatever_came_between(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """Loaded after the last recompute, a year-old order that would have changed the member then
+    dates the change by its paid time, also when the recompute that finds it runs weeks later."""
+    name = dimension()
+    await create(tagging_stub, recency(name))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    member_id = await registered_member(tagging_stub, now - dt.timedelta(days=730))
+    tagger = Tagger(db)
+    await tagger.recompute(TENANT_ACME, [name], now)
+    paid = now - dt.timedelta(days=400)
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(paid)))
+    later = now + dt.timedelta(days=20)
+    assert await recompute_changes(tagging_stub, tagger, name, later, {member_id}) == {
+        (member_id, "none", REMOVED): paid,
+        (member_id, "buyer", ADDED): paid,
+    }
+
+
+async def test_time_alone_ages_a_member_whose_repeat_order_came_late(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """The review's case: a repeat order loaded after the recompute that set `recent` kept it;
+    the aging, 35 days without an order later, is time's: at the recompute's as_of."""
+    name = dimension()
+    await create(tagging_stub, recency(name))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    member_id = await registered_member(tagging_stub, now - dt.timedelta(days=730))
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(now - dt.timedelta(days=20))))
+    tagger = Tagger(db)
+    await tagger.recompute(TENANT_ACME, [name], dt.datetime.now(dt.UTC))
+    # A repeat order, still "recent": the value does not change.
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(now - dt.timedelta(days=10))))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=25)
+    assert await recompute_changes(tagging_stub, tagger, name, later, {member_id}) == {
+        (member_id, "recent", REMOVED): later,
+        (member_id, "buyer", ADDED): later,
     }
