@@ -10,7 +10,7 @@ from memberops.audience.v1 import audience_service_pb2
 from memberops.tagging.v1 import feed_pb2
 
 from workflows.dispatcher import events
-from workflows.journeys.definition import EventMatch, Goal
+from workflows.journeys.definition import Broadcast, Entry, EventMatch, Goal
 from workflows.journeys.payloads import MemberEvent
 from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK, scaled
 
@@ -162,3 +162,25 @@ def test_scaled_journeys_keep_the_max_entry_delay() -> None:
     """How late a fact may arrive is real time, not journey time: scaling leaves it."""
     assert scaled(NEW_CUSTOMER, 1440).max_entry_delay == NEW_CUSTOMER.max_entry_delay == "1d"
     assert scaled(NEW_CUSTOMER, 1440).goal == Goal(event=EventMatch(kind="order"), attribution="840s")
+
+
+def test_a_cohort_takes_its_goal_and_exit_criteria_and_nothing_it_only_waits_for() -> None:
+    """A broadcast's cohort applies goals and exit criteria only: those are what the dispatcher
+    signals to it; its kinds are parsed from the feed like a followed journey's."""
+    definition = dataclasses.replace(
+        NEW_CUSTOMER,
+        entry=Entry(broadcast=Broadcast(audience="vip")),
+        steps=(),
+        goal=Goal(event=EventMatch(kind="order", min_amount_minor=5_000), attribution="3d"),
+        exit_on=(EventMatch(kind="tag_added", dimension="lifecycle", values=("churned",)),),
+    )
+    order = MemberEvent(kind="first_order", amount_minor=9_800, event_id="tagging:1-1")
+    small = dataclasses.replace(order, amount_minor=100)
+    churned = MemberEvent(kind="tag_added", dimension="lifecycle", value="churned", event_id="tagging:1-2")
+    silent = dataclasses.replace(churned, value="silent")
+    registered = MemberEvent(kind="registered", event_id="tagging:1-3")
+    taken = [events.reaches_cohort(definition, e) for e in (order, small, churned, silent, registered)]
+    assert taken == [True, False, True, False, False]
+    assert events.kinds([definition]) == {"order", "first_order", "tag_added"}
+    assert not events.follows(definition)
+    assert not events.reaches_cohort(dataclasses.replace(definition, goal=None, exit_on=()), order)

@@ -1,7 +1,9 @@
 """The dispatcher on the dev server, against the real services and database: an order recorded through
-tagging enrols the member into new-customer and a second order is its goal; entering a dynamic
-audience enrols into win-back; a worker restarted mid-feed, with the round it lost dispatched
-again, enrols nobody twice.
+tagging enrols the member into new-customer (its goal window from the order's paid time) and a
+second order is its goal; entering a dynamic audience enrols into win-back; a worker restarted
+mid-feed, with the round it lost dispatched again, enrols nobody twice; an order of a member of a
+running broadcast converts the member in its cohort, once even when the round is dispatched again,
+and an order of anyone else changes nothing there.
 
 The dispatcher follows the feeds in wall-clock time (tagging's outbox, audience's maintainer), so
 these tests wait for a state with a deadline; none of them compares a duration.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,13 +29,28 @@ from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import stamp
 from tests.waiting import eventually
+from tests.workflows.cohort_helpers import broadcast, snapshot_population, until
+from tests.workflows.cohort_helpers import members as cohort_members
+from tests.workflows.cohort_helpers import start as start_broadcast
 from tests.workflows.journey_helpers import activate, journey, keep_history, running, seed_member
 from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.payloads import DispatcherFunnel, DispatcherInput, DispatcherStatus
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import client, store
-from workflows.journeys.definition import AudienceEntry, Entry, EventMatch, Reentry, Send, Step, Wait
-from workflows.journeys.payloads import Funnel
+from workflows.journeys.cohort.payloads import CohortFunnel
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
+from workflows.journeys.definition import (
+    AudienceEntry,
+    Entry,
+    EventMatch,
+    Goal,
+    JourneyDefinition,
+    Reentry,
+    Send,
+    Step,
+    Wait,
+)
+from workflows.journeys.payloads import Funnel, JourneyInput
 from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources
@@ -99,7 +117,9 @@ def tagging_stub(resources: Resources) -> tagging_service_pb2_grpc.TaggingServic
     return tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging)
 
 
-async def record_order(resources: Resources, member_id: str, amount_minor: int) -> str:
+async def record_order(
+    resources: Resources, member_id: str, amount_minor: int, paid: dt.datetime | None = None
+) -> str:
     order_id = unique("o")
     line = facts_pb2.OrderLine(
         line_id="1", sku="tea-1", category="tea", quantity=1, unit_price_minor=amount_minor
@@ -107,7 +127,7 @@ async def record_order(resources: Resources, member_id: str, amount_minor: int) 
     order = facts_pb2.Order(
         order_id=order_id,
         member_id=member_id,
-        paid_time=stamp(dt.datetime.now(dt.UTC)),
+        paid_time=stamp(paid or dt.datetime.now(dt.UTC)),
         amount_minor=amount_minor,
         lines=[line],
     )
@@ -134,11 +154,14 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
         ) as d,
     ):
         await following(journeys_db, d.id)
-        await record_order(resources, member_id, 9_800)
+        # Paid a minute before it reaches MemberOps: still news, and the goal window starts then.
+        paid = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+        await record_order(resources, member_id, 9_800, paid)
         (entered,) = await enrolled(journeys_db, NEW_CUSTOMER.key, member_id)
         handle = dev_server_env.client.get_workflow_handle_for(
             JourneyWorkflow.run, client.workflow_id(TENANT_ACME, NEW_CUSTOMER.key, member_id)
         )
+        started_with = await _input(dev_server_env, handle)
         # The order it entered on is no goal: the member stays in the journey.
         funnel = await eventually(lambda: _state(handle, "active"), "the member active")
         assert not funnel.converted
@@ -157,6 +180,7 @@ async def test_a_first_order_enrols_into_new_customer_and_a_second_order_is_its_
     await keep_history(d, "dispatcher_enrols_and_signals")
     assert (result.state, result.converted, result.gmv_minor) == ("converted", True, 12_345)
     assert entered["entry_event_id"].startswith("tagging:")
+    assert (started_with.entry_event_id, started_with.entry_time) == (entered["entry_event_id"], paid)
     (row,) = await enrolments(journeys_db, NEW_CUSTOMER.key, member_id)
     assert (row["state"], row["gmv_minor"], row["run_id"]) == ("converted", 12_345, entered["run_id"])
     assert status.totals.started >= 1
@@ -200,6 +224,15 @@ async def test_entering_a_dynamic_audience_enrols_into_win_back(
     assert row["entry_event_id"].startswith("audience:") and row["state"] == "active"
     assert funnel.arm == row["arm"]
     assert await enrolments(journeys_db, win_back.key, outsider) == []
+
+
+async def _input(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> JourneyInput:
+    """What the run was started with, as its history has it."""
+    history = await handle.fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    (request,) = await env.client.data_converter.decode(started.input.payloads, [JourneyInput])
+    assert isinstance(request, JourneyInput)
+    return request
 
 
 async def _step(handle: WorkflowHandle[JourneyWorkflow, Funnel], step_id: str) -> Funnel | None:
@@ -312,3 +345,93 @@ async def test_an_entry_event_enrols_once_even_where_re_entry_is_allowed(journey
     assert await enrol("run-2", "tagging:1-1") == store.Refusal("entered this journey on this event already")
     again = await enrol("run-3", "tagging:1-2")
     assert isinstance(again, store.EnrolmentRow) and again.entry_number == 2
+
+
+@asynccontextmanager
+async def broadcasting(
+    env: WorkflowEnvironment, settings: Settings, db: Database, definition: JourneyDefinition, snapshot: str
+) -> AsyncIterator[WorkflowHandle[CohortJourneyWorkflow, CohortFunnel]]:
+    """The broadcast's cohort (activated and started), terminated afterwards: on the dev server its
+    members would wait in real time."""
+    handle = await start_broadcast(env, settings, db, definition, snapshot)
+    try:
+        yield handle
+    finally:
+        await handle.terminate()
+
+
+async def test_an_order_converts_a_broadcast_member_in_its_cohort_once_and_an_outsiders_changes_nothing(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    ids, audience_id, frozen = await snapshot_population(resources, 4)
+    outsider = unique()
+    await seed_member(resources.tagging, outsider)
+    # Its members wait a day in the cohort; an order within three days of entering is its goal.
+    definition = broadcast(
+        audience_id,
+        Step(id="wait-1d", wait=Wait(duration="1d")),
+        goal=Goal(event=EventMatch(kind="order"), attribution="3d"),
+    )
+    buyer, later = ids[0], ids[1]
+    async with (
+        dispatcher(dev_server_env, worker_settings, journeys_db, definition.key) as d,
+        broadcasting(dev_server_env, worker_settings, journeys_db, definition, frozen.name) as cohort,
+    ):
+        async with running(dev_server_env, worker_settings, resources):
+            before = await following(journeys_db, d.id)
+            await until(cohort, "all four in", lambda f: f.state == "active" and _entered(f) == 4)
+            # The outsider's order is dispatched before (or in the same round as) the buyer's.
+            await record_order(resources, outsider, 5_000)
+            await record_order(resources, buyer, 12_345)
+            converted = await until(cohort, "the buyer converted", lambda f: _converted(f) == 1)
+            first = await eventually(lambda: _totals(d, "cohort_signals", 1), "the cohort's signal")
+        # The worker is gone. A crash before the round's commit: the orders are dispatched again.
+        async with journeys_db.transaction(TENANT_ACME) as conn:
+            await conn.execute(
+                """UPDATE journeys.dispatch_cursors SET cursor = $3
+                   WHERE tenant_id = $1 AND dispatcher = $2 AND feed = 'tagging'""",
+                TENANT_ACME,
+                d.id,
+                before["tagging"],
+            )
+        # Dispatched after the replayed ones: once it is in, so are they.
+        await record_order(resources, later, 2_000)
+        async with running(dev_server_env, worker_settings, resources):
+            again = await until(cohort, "the later buyer converted", lambda f: _converted(f) == 2)
+            status = await eventually(lambda: _totals(d, "cohort_signals", 2), "the later signal")
+        rows = await cohort_members(journeys_db, again.cohort_id)
+    # Only the buyer's order reached the cohort; the outsider is in no cohort of the journey.
+    assert (first.totals.cohort_signals, first.totals.signalled, first.totals.started) == (1, 0, 0)
+    assert (converted.events_ignored, converted.pending_events) == (0, 0)
+    assert outsider not in rows and set(rows) == set(ids)
+    # The replayed order was not signalled again: a converted member is no longer active there.
+    assert (status.totals.cohort_signals, again.events_ignored) == (2, 0)
+    # Each converted once, with the order's amount, in the member's own arm; the others still in.
+    for funnel, bought in ((converted, {buyer: 12_345}), (again, {buyer: 12_345, later: 2_000})):
+        expected: Counter[tuple[str, str]] = Counter()
+        for member_id, amount in bought.items():
+            arm = "holdout" if rows[member_id]["holdout"] else "treated"
+            expected.update({(arm, "converted"): 1, (arm, "gmv"): amount})
+        shown = {
+            (arm, name): getattr(figures, name if name == "converted" else "gmv_minor")
+            for arm, figures in (("treated", funnel.treated), ("holdout", funnel.holdout))
+            for name in ("converted", "gmv")
+        }
+        assert +Counter(shown) == expected
+    states = {m: (row["state"], row["gmv_minor"]) for m, row in rows.items()}
+    assert states == {
+        buyer: ("converted", 12_345),
+        later: ("converted", 2_000),
+        **{m: ("active", 0) for m in ids[2:]},
+    }
+
+
+def _entered(funnel: CohortFunnel) -> int:
+    return funnel.treated.entered + funnel.holdout.entered
+
+
+def _converted(funnel: CohortFunnel) -> int:
+    return funnel.treated.converted + funnel.holdout.converted

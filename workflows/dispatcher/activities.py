@@ -1,11 +1,14 @@
 """The dispatcher's activities: one round reads the next entries of tagging's and audience's feeds,
-enrols members into the journeys their events enter, signals the running journeys the events wake,
-and then moves the dispatcher's cursors (stored in the worker's schema) past them.
+enrols members into the journeys their events enter, signals the running journeys the events wake
+and the open cohorts (broadcasts) whose goal or exit criteria they are, and then moves the
+dispatcher's cursors (stored in the worker's schema) past them.
 
 A round is at least once: a worker that dies mid-round leaves the cursors where they were, and the
 retried round dispatches the same entries again. That changes nothing: an entry event already
 dispatched is skipped (`journeys.dispatches`), a start is refused by the workflow id's reuse policy
-and by the enrolment row (one per journey and entry event), and a run takes an event id once.
+and by the enrolment row (one per journey and entry event), and a run takes an event id once. A
+cohort takes an event again, but only its active members convert or exit, so a member's goal or
+exit counts once (the replayed event is counted as `events_ignored` in the cohort's funnel).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from workflows.dispatcher.payloads import DispatchCounts, DispatchRequest, Dispa
 from workflows.journeys import client as journeys_client
 from workflows.journeys import report, states, store
 from workflows.journeys.activities import now
+from workflows.journeys.cohort.payloads import CohortEvent
+from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.definition import JourneyDefinition
 from workflows.journeys.payloads import JourneyInput, MemberEvent
 from workflows.journeys.report import JourneyReport
@@ -39,8 +44,11 @@ from workflows.journeys.workflow import JourneyWorkflow
 POLL_SECONDS = 0.25
 # Temporal calls (starts, signals) one round has in flight at once.
 IN_FLIGHT = 64
-# Journeys whose running members the dispatcher signals (only active ones enrol).
+# Journeys whose running members (and open cohorts) the dispatcher signals (only active ones enrol).
 FOLLOWED = ("active", "paused", "archived")
+
+# The definition each open cohort runs, by (journey, version).
+CohortDefinitions = dict[tuple[str, int], JourneyDefinition]
 
 
 @dataclass
@@ -51,6 +59,7 @@ class _Round:
     skipped: int = 0
     signalled: int = 0
     too_old: int = 0
+    cohort_signals: int = 0
     dispatches: list[dispatch_store.Dispatch] = field(default_factory=list)
 
 
@@ -70,6 +79,8 @@ class DispatcherActivities:
         self._client = client
         self._token_for_tenant = token_for_tenant
         self._in_flight = asyncio.Semaphore(in_flight)
+        # Versions never change, so a cohort's definition read once serves every later round.
+        self._versions: dict[tuple[str, str, int], JourneyDefinition] = {}
 
     def all(self) -> list[object]:
         return [self.dispatch, self.report]
@@ -106,6 +117,18 @@ class DispatcherActivities:
             if events.follows(s.definition)
         ]
 
+    async def _cohort_definitions(self, tenant_id: str, keys: Sequence[str]) -> CohortDefinitions:
+        """The version each open cohort of a followed journey runs (broadcasts enrol nobody through
+        the dispatcher, but their cohorts take their members' goals and exit criteria)."""
+        found: CohortDefinitions = {}
+        for key, version in await dispatch_store.open_cohort_versions(self._db, tenant_id, keys, FOLLOWED):
+            cached = self._versions.get((tenant_id, key, version))
+            if cached is None:
+                cached = (await store.get_definition(self._db, tenant_id, key, version)).definition
+                self._versions[(tenant_id, key, version)] = cached
+            found[(key, version)] = cached
+        return found
+
     # --- one round ----------------------------------------------------------------------------
 
     async def _round(self, request: DispatchRequest) -> DispatchResult:
@@ -126,7 +149,8 @@ class DispatcherActivities:
             "audience": audience_entries[-1].cursor if audience_entries else before["audience"],
         }
         definitions = await self._definitions(request.tenant_id, request.journey_keys)
-        wanted = events.kinds([d for d, _ in definitions])
+        cohorts = await self._cohort_definitions(request.tenant_id, request.journey_keys)
+        wanted = events.kinds([*(d for d, _ in definitions), *cohorts.values()])
         # The two feeds interleaved by write time, each one's own order kept.
         found = list(
             heapq.merge(
@@ -139,10 +163,11 @@ class DispatcherActivities:
             e
             for e in found
             if any(events.enters(d, e.event) or events.wakes(d, e.event) for d, _ in definitions)
+            or any(events.reaches_cohort(d, e.event) for d in cohorts.values())
         ]
         done = _Round()
         if relevant:
-            await self._dispatch(request.tenant_id, relevant, definitions, done)
+            await self._dispatch(request.tenant_id, relevant, definitions, cohorts, done)
         await dispatch_store.record_round(
             self._db, request.tenant_id, request.dispatcher, before, after, done.dispatches, now()
         )
@@ -153,6 +178,7 @@ class DispatcherActivities:
             skipped=done.skipped,
             signalled=done.signalled,
             too_old=done.too_old,
+            cohort_signals=done.cohort_signals,
         )
         return DispatchResult(after["tagging"], after["audience"], counts)
 
@@ -222,19 +248,25 @@ class DispatcherActivities:
         tenant_id: str,
         found: list[events.FeedEvent],
         definitions: list[tuple[JourneyDefinition, int]],
+        cohorts: CohortDefinitions,
         done: _Round,
     ) -> None:
         """Walks each member's events in order (members concurrently): first the signals to the
-        journeys the member runs, then the starts of the journeys the event enters."""
+        journeys and cohorts the member runs in, then the starts of the journeys the event enters."""
         by_member: dict[str, list[events.FeedEvent]] = {}
         for e in found:
             by_member.setdefault(e.member_id, []).append(e)
         known = await dispatch_store.members(
-            self._db, tenant_id, list(by_member), [e.event.event_id for e in found], now()
+            self._db,
+            tenant_id,
+            list(by_member),
+            [e.event.event_id for e in found],
+            now(),
+            list(cohorts),
         )
         await asyncio.gather(
             *(
-                self._walk(tenant_id, member_id, walk, definitions, known, done)
+                self._walk(tenant_id, member_id, walk, definitions, cohorts, known, done)
                 for member_id, walk in by_member.items()
             )
         )
@@ -245,6 +277,7 @@ class DispatcherActivities:
         member_id: str,
         walk: list[events.FeedEvent],
         definitions: list[tuple[JourneyDefinition, int]],
+        cohorts: CohortDefinitions,
         known: dispatch_store.Members,
         done: _Round,
     ) -> None:
@@ -254,6 +287,10 @@ class DispatcherActivities:
                 running = known.running.get((definition.key, member_id))
                 if running is not None and events.wakes(definition, event):
                     done.signalled += await self._signal(running, event)
+            for cohort in known.cohorts.get(member_id, ()):
+                if events.reaches_cohort(cohorts[(cohort.journey_key, cohort.version)], event):
+                    signal = CohortEvent(member_id, event)
+                    done.cohort_signals += await self._signal(cohort.workflow_id, signal)
             for definition, version in definitions:
                 if not version or not events.enters(definition, event):
                     continue
@@ -291,7 +328,15 @@ class DispatcherActivities:
     ) -> tuple[str, bool]:
         """Starts the member's run of `version`; returns its run id and whether this call started
         it (False: a run of that id was there already)."""
-        request = JourneyInput(tenant_id, definition.key, member_id, version, entry_event_id=event.event_id)
+        # The goal window starts when the entry fact happened, not when the run started.
+        request = JourneyInput(
+            tenant_id,
+            definition.key,
+            member_id,
+            version,
+            entry_event_id=event.event_id,
+            entry_time=event.occur_time,
+        )
         async with self._in_flight:
             try:
                 handle = await journeys_client.start_member_journey(
@@ -301,13 +346,17 @@ class DispatcherActivities:
                 return error.run_id or "", False
         return handle.result_run_id or "", True
 
-    async def _signal(self, workflow_id: str, event: MemberEvent) -> bool:
-        """Signals the member's current run of `workflow_id` (the id its enrolment or dispatch
-        recorded); False when there is none (it ended meanwhile)."""
+    async def _signal(self, workflow_id: str, event: MemberEvent | CohortEvent) -> bool:
+        """Signals `event` to the current run of `workflow_id` (a member's run: the id its
+        enrolment or dispatch recorded; a cohort's: its row's); False when there is none (it ended
+        meanwhile)."""
         handle = self._client.get_workflow_handle(workflow_id)
         async with self._in_flight:
             try:
-                await handle.signal(JourneyWorkflow.event, event)
+                if isinstance(event, CohortEvent):
+                    await handle.signal(CohortJourneyWorkflow.event, event)
+                else:
+                    await handle.signal(JourneyWorkflow.event, event)
             except RPCError as error:
                 if error.status == RPCStatusCode.NOT_FOUND:
                     return False

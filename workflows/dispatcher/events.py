@@ -151,6 +151,13 @@ def wakes(definition: JourneyDefinition, event: MemberEvent) -> bool:
     return any(matches(match, event) for match in wanted)
 
 
+def reaches_cohort(definition: JourneyDefinition, event: MemberEvent) -> bool:
+    """Whether an open cohort of the journey (a broadcast) takes the event of one of its members:
+    its goal or an exit criterion (a cohort waits for no event in its steps)."""
+    wanted = [*((definition.goal.event,) if definition.goal is not None else ()), *definition.exit_on]
+    return any(matches(match, event) for match in wanted)
+
+
 def follows(definition: JourneyDefinition) -> bool:
     """Whether a dispatcher follows the journey: members enter it by an event or an audience."""
     return definition.entry.event is not None or definition.entry.audience is not None

@@ -1,5 +1,6 @@
 """The dispatcher's rows in the worker's schema (journeys migration 0004): its cursors over the two
-feeds and the journey runs it started for entry events; and what it reads of the enrolments (SQL only)."""
+feeds and the journey runs it started for entry events; and what it reads of the enrolments and of
+the open cohorts (SQL only)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,33 @@ async def start_cursors(
     return await cursors(db, tenant_id, dispatcher)
 
 
+@dataclass(frozen=True)
+class CohortRun:
+    """An open cohort (broadcast) a member is active in: its workflow and the version it runs."""
+
+    workflow_id: str
+    journey_key: str
+    version: int
+
+
+async def open_cohort_versions(
+    db: Database, tenant_id: str, keys: Sequence[str], states: Sequence[str]
+) -> list[tuple[str, int]]:
+    """(journey, version) of every open cohort of the journeys (of `keys`, or all) in `states`."""
+    async with db.transaction(tenant_id, readonly=True) as conn:
+        rows = await conn.fetch(
+            """SELECT DISTINCT c.journey_key, c.version FROM journeys.cohorts c
+               JOIN journeys.journey_states s ON s.tenant_id = c.tenant_id AND s.journey_key = c.journey_key
+               WHERE c.tenant_id = $1 AND c.state = 'active' AND s.state = ANY($2::text[])
+                 AND (cardinality($3::text[]) = 0 OR c.journey_key = ANY($3::text[]))
+               ORDER BY c.journey_key, c.version""",
+            tenant_id,
+            list(states),
+            list(keys),
+        )
+    return [(row["journey_key"], row["version"]) for row in rows]
+
+
 @dataclass
 class Members:
     """What the dispatcher knows of some members before it dispatches their events."""
@@ -60,10 +88,17 @@ class Members:
     last: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     # (journey, entry event) pairs that already started a run or enrolled a member.
     entered: set[tuple[str, str]] = field(default_factory=set)
+    # member -> the open cohorts running one of `cohort_versions` the member is active in.
+    cohorts: dict[str, list[CohortRun]] = field(default_factory=dict)
 
 
 async def members(
-    db: Database, tenant_id: str, member_ids: Sequence[str], event_ids: Sequence[str], now: dt.datetime
+    db: Database,
+    tenant_id: str,
+    member_ids: Sequence[str],
+    event_ids: Sequence[str],
+    now: dt.datetime,
+    cohort_versions: Sequence[tuple[str, int]] = (),
 ) -> Members:
     found = Members()
     if not member_ids:
@@ -102,6 +137,26 @@ async def members(
             list(event_ids),
         ):
             found.entered.add((row["journey_key"], row["entry_event_id"]))
+        if cohort_versions:
+            # Few open cohorts, each member found through cohort_members' primary key. Only the
+            # versions given: a cohort opened since they were read takes the next round's events.
+            for row in await conn.fetch(
+                """SELECT m.member_id, c.workflow_id, c.journey_key, c.version
+                   FROM journeys.cohorts c
+                   JOIN journeys.cohort_members m
+                     ON m.tenant_id = c.tenant_id AND m.cohort_id = c.cohort_id
+                   WHERE c.tenant_id = $1 AND c.state = 'active'
+                     AND (c.journey_key, c.version) IN (SELECT * FROM unnest($3::text[], $4::int[]))
+                     AND m.member_id = ANY($2::text[]) AND m.state = 'active'
+                   ORDER BY c.cohort_id""",
+                tenant_id,
+                list(member_ids),
+                [key for key, _ in cohort_versions],
+                [version for _, version in cohort_versions],
+            ):
+                found.cohorts.setdefault(row["member_id"], []).append(
+                    CohortRun(row["workflow_id"], row["journey_key"], row["version"])
+                )
     return found
 
 
