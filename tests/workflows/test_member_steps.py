@@ -305,3 +305,43 @@ async def test_history_ends_no_wait_and_exits_nobody(
         funnel = await handle.result()
         await keep_history(handle, "history_ends_no_wait")
     assert (walked(funnel), funnel.state) == (["wait", "nudge"], "completed")
+
+
+async def test_a_branch_an_own_hour_and_a_wait_that_times_out_in_one_run(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """One run through a branch on a tag (the member holds it), its own send hour (20:00 in
+    Shanghai) and a wait for an event that never comes: its history is kept for the replay test."""
+    dimension = await strategy_dimension(resources)
+    member_id = unique("m")
+    await seed_member(resources.tagging, member_id)
+    await add_tag(resources.tagging, dimension, "nurtured", [member_id])
+    await give_send_hours(resources.tagging, {member_id: 12})
+    definition = journey(
+        Step(
+            id="check",
+            branch=Branch(
+                condition=Condition(tag=TagCondition(dimension=dimension, values=("nurtured",))),
+                if_true="later",
+                if_false="skip",
+            ),
+        ),
+        Step(id="later", wait_until_hour=WaitUntilHour(hour=7, preferred=True)),
+        Step(
+            id="wait",
+            wait_for_event=WaitForEvent(
+                event=EventMatch(kind="order"), timeout="1d", on_event="skip", on_timeout="nudge"
+            ),
+        ),
+        Step(id="nudge", send=Send(template="hello")),
+        Step(id="skip", wait=Wait(duration="1h")),
+    )
+    async with running(time_skipping_env, worker_settings, resources):
+        handle = await start(time_skipping_env, worker_settings, journeys_db, definition, member_id)
+        funnel = await handle.result()
+        await keep_history(handle, "branch_own_hour_and_wait_timeout")
+    assert walked(funnel) == ["check", "later", "wait", "nudge", "skip"]
+    assert _local_send_clock(await messages(journeys_db, member_id)) == "20:00"

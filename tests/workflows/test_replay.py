@@ -4,7 +4,7 @@ journey, broadcast or dispatcher take another path fails here (add `workflow.pat
 The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
 tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py
-tests/workflows/test_broadcast_runs.py`
+tests/workflows/test_broadcast_runs.py` (each `-k` a test that keeps a history)
 (see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
 one run: one that continued as new is replayed up to its continue-as-new, the next run on its own."""
@@ -21,6 +21,7 @@ from temporalio.worker import Replayer
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
+from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.workflow import JourneyWorkflow
 
 HISTORIES = {
@@ -32,6 +33,7 @@ WORKFLOWS: dict[str, type] = {
     "CohortJourney": CohortJourneyWorkflow,
     "Dispatcher": DispatcherWorkflow,
     "BroadcastRun": BroadcastRunWorkflow,
+    "JourneyControl": JourneyControlWorkflow,
 }
 
 
@@ -77,6 +79,14 @@ def test_there_are_recorded_histories() -> None:
         "broadcast_run_scheduled_and_stopped",
         "broadcast_run_to_a_new_snapshot",
         "broadcast_run_snapshot_broadcast_already",
+        # Issue 19: a member entered at its entry fact's time (`entry-fact-time`) and converted by
+        # an order judged by its own time (`event-time-goals`); history ending no wait_for_event
+        # and exiting nobody (`event-time-waits-and-exits`); a branch, the member's own send hour
+        # and a wait_for_event that times out; a JourneyControl pause.
+        "entered_at_the_fact_and_converted",
+        "history_ends_no_wait",
+        "branch_own_hour_and_wait_timeout",
+        "journey_control_pause",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
