@@ -509,3 +509,28 @@ async def test_a_journey_that_is_not_active_takes_no_snapshot(
         f"journey {definition.key!r} is paused, not active",
     )
     assert await snapshots_of(journeys_db, audience_id) == []
+
+
+async def test_a_version_that_is_not_live_takes_no_snapshot(
+    dev_server_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    unlimited: Resources,
+    journeys_db: Database,
+) -> None:
+    """A run of a stored version never made live (a leftover schedule, `temporal workflow start`)
+    broadcasts nothing; its cohort's `open` would refuse it too."""
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    _, audience_id = await audience_of(unlimited, 5)
+    definition = broadcast(audience_id, HELLO)
+    await stored_active(journeys_db, definition)
+    await store.put_definition(journeys_db, TENANT_ACME, dataclasses.replace(definition, name="v2"))
+    async with running(dev_server_env, worker_settings, unlimited):
+        started = await broadcasts.start_broadcast(client, queue, TENANT_ACME, definition.key, 2, unique("r"))
+        outcome = await client.get_workflow_handle_for(BroadcastRunWorkflow.run, started.workflow_id).result()
+    assert (outcome.state, outcome.snapshot, outcome.detail) == (
+        "not_started",
+        "",
+        "version 2 is not live (version 1 is)",
+    )
+    assert await snapshots_of(journeys_db, audience_id) == []
+    assert await cohorts_of(journeys_db, definition.key) == []

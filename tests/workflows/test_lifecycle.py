@@ -27,6 +27,7 @@ from tests.workflows import cohort_helpers
 from tests.workflows.journey_helpers import figures, journey, running, seed_member
 from tests.workflows.test_dispatcher import dispatcher, enrolled, enrolments, following, record_order
 from workflows.journeys import client, states, store
+from workflows.journeys.cohort import store as cohort_store
 from workflows.journeys.control.payloads import ControlResult, control_workflow_id
 from workflows.journeys.definition import Entry, EventMatch, JourneyDefinition, Send, Step, Wait
 from workflows.journeys.payloads import Funnel, JourneyInput
@@ -161,6 +162,42 @@ async def test_live_definitions_are_the_live_versions_of_the_states_asked_for(jo
     # A run without a version takes the live one, not the latest (2).
     assert (await states.live_definition(journeys_db, TENANT_ACME, live.key)).version == 1
     assert (await states.live_definition(journeys_db, TENANT_ACME, drafted.key)).version == 1
+
+
+async def test_only_the_live_version_enrols_members_and_opens_cohorts(journeys_db: Database) -> None:
+    """A stored version never made live (or replaced) takes no one, whoever starts a run of it."""
+    definition = await stored(journeys_db)
+    await store.put_definition(journeys_db, TENANT_ACME, journey(*STEPS[:1], key=definition.key))
+    now = dt.datetime.now(dt.UTC)
+    await states.transition(journeys_db, TENANT_ACME, definition.key, "active", 1, now)
+
+    async def enrol(version: int) -> store.EnrolmentRow | store.Refusal:
+        return await store.enrol(
+            journeys_db,
+            TENANT_ACME,
+            definition,
+            version,
+            unique("m"),
+            unique("wf"),
+            unique("run"),
+            "treated",
+            now,
+        )
+
+    async def open_cohort(version: int) -> tuple[cohort_store.Cohort, bool] | str:
+        workflow_id = unique("wf")
+        return await cohort_store.open_cohort(
+            journeys_db, TENANT_ACME, definition.key, version, unique("snap"), workflow_id, unique("run"), now
+        )
+
+    assert await enrol(2) == store.Refusal("version 2 is not live (version 1 is)")
+    assert await open_cohort(2) == "version 2 is not live (version 1 is)"
+    assert isinstance(await enrol(1), store.EnrolmentRow)
+    opened = await open_cohort(1)
+    assert not isinstance(opened, str) and opened[1]
+    await states.transition(journeys_db, TENANT_ACME, definition.key, "active", 2, now)
+    assert await enrol(1) == store.Refusal("version 1 is not live (version 2 is)")
+    assert await open_cohort(1) == "version 1 is not live (version 2 is)"
 
 
 async def test_seeded_journeys_are_drafts_and_reseeding_keeps_an_operators_state(
@@ -344,15 +381,17 @@ async def test_an_enrolment_holding_the_state_row_is_paused_by_the_pause_that_wa
 ) -> None:
     definition, member_id, journeys = await active(time_skipping_env, worker_settings, resources, journeys_db)
     gate = Gate()
-    active_for_entry: Callable[[Connection, str, str], Awaitable[bool]] = store._active_for_entry
+    entry_refusal: Callable[[Connection, str, str, int], Awaitable[store.Refusal | None]] = (
+        store.entry_refusal
+    )
 
-    async def gated(conn: Connection, tenant_id: str, key: str) -> bool:
-        active = await active_for_entry(conn, tenant_id, key)  # holds the row FOR SHARE from here
+    async def gated(conn: Connection, tenant_id: str, key: str, version: int) -> store.Refusal | None:
+        refused = await entry_refusal(conn, tenant_id, key, version)  # holds the row FOR SHARE from here
         if key == definition.key:
             await gate.hold()
-        return active
+        return refused
 
-    monkeypatch.setattr(store, "_active_for_entry", gated)
+    monkeypatch.setattr(store, "entry_refusal", gated)
     async with running(time_skipping_env, worker_settings, resources):
         handle = await start_member(time_skipping_env, worker_settings, definition, member_id)
         await asyncio.wait_for(gate.reached.wait(), 30)

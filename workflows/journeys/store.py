@@ -197,7 +197,7 @@ async def enrol(
     """Enrols the member for this workflow run, or says why the re-entry policy refuses it.
     Repeating the call for the same run returns the same row; an entry event (a feed entry, see
     the dispatcher) enrols a member into a journey once, even where the journey allows re-entry.
-    Only an active journey enrols (see `workflows/journeys/states.py`)."""
+    Only an active journey enrols, into its live version (`entry_refusal`)."""
     async with db.transaction(tenant_id) as conn:
         await _lock(conn, "journey-enrolment", definition.key, member_id)
         mine = await conn.fetchrow(
@@ -208,8 +208,9 @@ async def enrol(
         )
         if mine is not None:
             return EnrolmentRow(**dict(mine))
-        if not await _active_for_entry(conn, tenant_id, definition.key):
-            return Refusal("journey is not active")
+        refused = await entry_refusal(conn, tenant_id, definition.key, version)
+        if refused is not None:
+            return refused
         last = await conn.fetchrow(
             """SELECT entry_number, state, finish_time FROM journeys.enrolments
                WHERE tenant_id = $1 AND journey_key = $2 AND member_id = $3
@@ -251,16 +252,23 @@ async def enrol(
     return EnrolmentRow(**dict(row))
 
 
-async def _active_for_entry(conn: Connection, tenant_id: str, key: str) -> bool:
-    """Whether the journey is active, holding its state row FOR SHARE until the enrolment commits:
-    a pause (which updates the row) waits for this enrolment, so the pause's signals find it, or
-    this enrolment waits for the pause and sees it. A journey without a row is a draft."""
-    state = await conn.fetchval(
-        "SELECT state FROM journeys.journey_states WHERE tenant_id = $1 AND journey_key = $2 FOR SHARE",
+async def entry_refusal(conn: Connection, tenant_id: str, key: str, version: int) -> Refusal | None:
+    """Why `version` of the journey takes no one now, or None: the journey must be active and the
+    version its live one (a version never made live, or replaced, enrols nobody, whoever starts a
+    run of it). Holds the state row FOR SHARE until the caller's transaction ends: a pause or
+    another activation (which update the row) waits for this entry, so the pause's signals find
+    it, or this entry waits for the change and sees it. A journey without a row is a draft."""
+    row = await conn.fetchrow(
+        """SELECT state, live_version FROM journeys.journey_states
+           WHERE tenant_id = $1 AND journey_key = $2 FOR SHARE""",
         tenant_id,
         key,
     )
-    return bool(state == "active")
+    if row is None or row["state"] != "active":
+        return Refusal("journey is not active")
+    if version != row["live_version"]:
+        return Refusal(f"version {version} is not live (version {row['live_version']} is)")
+    return None
 
 
 def refusal(

@@ -28,14 +28,20 @@ class BroadcastActivities(service_calls.ServiceActivities):
     @activity.defn(name="broadcasts.prepare")
     async def prepare(self, request: PrepareRequest) -> Prepared:
         """The snapshot of this run: the entry's fixed one, or a new snapshot of its audience. A
-        journey that is not active gets none (no snapshot is taken for a broadcast that would not
-        open); version 0 means the live one."""
+        journey that is not active, or a version that is not its live one (0 means the live one),
+        gets none: no snapshot is taken for a broadcast that would not open (the cohort's `open`
+        checks both again, under the state row's lock)."""
         try:
             state = await states.get_state(self._db, request.tenant_id, request.journey_key)
             if state.state != "active":
                 return Prepared(
                     request.version or state.live_version,
                     reason=f"journey {request.journey_key!r} is {state.state}, not active",
+                )
+            if request.version not in (0, state.live_version):
+                return Prepared(
+                    request.version,
+                    reason=f"version {request.version} is not live (version {state.live_version} is)",
                 )
             stored = await journeys_store.get_definition(
                 self._db, request.tenant_id, request.journey_key, request.version or state.live_version

@@ -174,8 +174,8 @@ class CohortActivities(service_calls.ServiceActivities):
             request.first_run_id,
             now(),
         )
-        if opened is None:
-            return Opened(accepted=False, reason="journey is not active")
+        if isinstance(opened, str):
+            return Opened(accepted=False, reason=opened)
         cohort, mine = opened
         if not mine:
             return Opened(

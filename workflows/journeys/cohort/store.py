@@ -65,19 +65,24 @@ async def open_cohort(
     workflow_id: str,
     first_run_id: str,
     now: dt.datetime,
-) -> tuple[Cohort, bool] | None:
+) -> tuple[Cohort, bool] | str:
     """The cohort of (journey, snapshot), created for this workflow if there is none; True when it
-    is this workflow's (created now, or by an earlier attempt of the same workflow run). None when
-    there is none and the journey is not active: only an active journey opens a cohort, and its
-    state row is held FOR SHARE until the cohort's row commits, so a pause finds the cohort."""
+    is this workflow's (created now, or by an earlier attempt of the same workflow run). When there
+    is none, why none opens: only an active journey opens a cohort, and only of its live version;
+    its state row is held FOR SHARE until the cohort's row commits, so a pause finds the cohort."""
     async with transaction(db, tenant_id) as conn:
         state = await states.read_state(conn, tenant_id, journey_key, lock="SHARE")
+        refused = ""
         if state.state != "active":
+            refused = "journey is not active"
+        elif version != state.live_version:
+            refused = f"version {version} is not live (version {state.live_version} is)"
+        if refused:
             row = await conn.fetchrow(
                 f"{_COHORT} WHERE journey_key = $1 AND snapshot_id = $2", journey_key, snapshot_id
             )
             if row is None:
-                return None
+                return refused
             cohort = Cohort(**dict(row))
             return cohort, (cohort.workflow_id, cohort.first_run_id) == (workflow_id, first_run_id)
         await conn.execute(
