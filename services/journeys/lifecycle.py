@@ -20,7 +20,6 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from runtime import logs
 from runtime.db import Database
-from runtime.errors import FailedPrecondition
 from services.journeys import broadcasts
 from workflows.journeys import states
 from workflows.journeys.control.payloads import Action, ControlInput, control_workflow_id
@@ -48,32 +47,46 @@ class Lifecycle:
         self._client = client
         self._task_queue = task_queue
 
-    async def activate(self, tenant_id: str, journey_key: str, version: int = 0) -> JourneyState:
-        """Makes `version` (0: the latest stored one; for a paused journey, its live one) live."""
-        return await self._move(tenant_id, journey_key, "active", version)
+    async def activate(
+        self, tenant_id: str, journey_key: str, version: int = 0, checked: int = 0
+    ) -> JourneyState:
+        """Makes `version` (0: the latest stored one; for a paused journey, its live one) live;
+        `checked`: the version 0 was resolved to and checked (see `states.transition`)."""
+        return await self._move(tenant_id, journey_key, "active", version, checked=checked)
 
     async def pause(self, tenant_id: str, journey_key: str) -> JourneyState:
         """No new entries; running members and cohorts hold before their next step."""
         return await self._move(tenant_id, journey_key, "paused")
 
     async def resume(self, tenant_id: str, journey_key: str) -> JourneyState:
-        """A paused journey goes on with its live version; held members continue."""
-        current = await states.get_state(self._db, tenant_id, journey_key)
-        if current.state not in ("paused", "active"):
-            raise FailedPrecondition(
-                f"journey {journey_key!r} is {current.state}: only a paused journey can be resumed"
-            )
-        return await self._move(tenant_id, journey_key, "active", current.live_version)
+        """A paused journey goes on with its live version; held members continue. Decided under the
+        state row's lock: a resume never puts back a live version replaced since it was called."""
+        return await self._move(tenant_id, journey_key, "active", resume=True)
 
     async def archive(self, tenant_id: str, journey_key: str, stop_running: bool = False) -> JourneyState:
         """No new entries; running members finish, or are stopped (`stopped`) with `stop_running`."""
         return await self._move(tenant_id, journey_key, "archived", stop_running=stop_running)
 
     async def _move(
-        self, tenant_id: str, journey_key: str, to_state: str, version: int = 0, *, stop_running: bool = False
+        self,
+        tenant_id: str,
+        journey_key: str,
+        to_state: str,
+        version: int = 0,
+        *,
+        stop_running: bool = False,
+        resume: bool = False,
+        checked: int = 0,
     ) -> JourneyState:
         state = await states.transition(
-            self._db, tenant_id, journey_key, to_state, version, dt.datetime.now(dt.UTC)
+            self._db,
+            tenant_id,
+            journey_key,
+            to_state,
+            version,
+            dt.datetime.now(dt.UTC),
+            resume=resume,
+            checked=checked,
         )
         workflow_id = await self._control(tenant_id, state, action_for(state, stop_running))
         # Every move, whatever the live version is: a scheduled broadcast replaced by a triggered

@@ -52,7 +52,8 @@ class Operations:
         return await self._journeys.get(tenant_id, key, state.live_version)
 
     async def activate(self, tenant_id: str, key: str, version: int) -> JourneyRow:
-        """Makes `version` live once its references hold."""
+        """Makes `version` live once its references hold: exactly the version checked (version 0
+        resolved here is ABORTED if it means another one by the time the state changes)."""
         if version < 0:
             raise InvalidArgument.field("version", "must be 0 (the latest) or a version number")
         target = version or await self._default_version(tenant_id, key)
@@ -61,7 +62,9 @@ class Operations:
         if broken:
             listed = "; ".join(f"{v.field}: {v.description}" for v in broken)
             raise FailedPrecondition(f"journeys/{key} version {row.version} cannot go live: {listed}")
-        return await self._moved(tenant_id, key, lambda life: life.activate(tenant_id, key, version))
+        return await self._moved(
+            tenant_id, key, lambda life: life.activate(tenant_id, key, version, checked=row.version)
+        )
 
     async def _default_version(self, tenant_id: str, key: str) -> int:
         """What activation without a version makes live: a paused journey's live version, else 0

@@ -8,10 +8,13 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 from memberops.audience.v1 import audience_service_pb2
 from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, report_pb2
 from temporalio.testing import WorkflowEnvironment
 
+from runtime.errors import FieldViolation
+from services.journeys.journeys import Journeys
 from tests.conftest import ACME, GLOBEX, JOURNEYS_TASK_QUEUE, unique
 from tests.grpc_helpers import bad, failure
 from tests.journeys.helpers import create, get, named, simple, update
@@ -130,6 +133,33 @@ async def test_a_version_whose_references_broke_cannot_go_live(
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "journey.entry.audience.audience" in (error.details() or "")
     assert (await get(journeys_stub, definition.key)).state == State.JOURNEY_STATE_DRAFT
+
+
+async def test_activation_makes_live_the_version_whose_references_it_checked(
+    journeys_stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 0 is resolved and checked, then an update stores version 2 before the state
+    changes: version 2 (unchecked) does not go live; the call is ABORTED and its repeat checks 2."""
+    definition = simple()
+    key = definition.key
+    await create(journeys_stub, definition)
+    check = Journeys.broken_references
+    checked: list[str] = []
+
+    async def meanwhile(self: Journeys, tenant_id: str, d: JourneyDefinition) -> list[FieldViolation]:
+        found = await check(self, tenant_id, d)
+        checked.append(d.name)
+        if d.key == key and len(checked) == 1:
+            await update(journeys_stub, dataclasses.replace(definition, name="Second"))
+        return found
+
+    monkeypatch.setattr(Journeys, "broken_references", meanwhile)
+    request = S.ActivateJourneyRequest(name=f"journeys/{key}")
+    aborted = await failure(journeys_stub.ActivateJourney(request, metadata=ACME))
+    assert aborted.code() == grpc.StatusCode.ABORTED
+    assert (await get(journeys_stub, key)).state == State.JOURNEY_STATE_DRAFT
+    live = await journeys_stub.ActivateJourney(request, metadata=ACME)
+    assert (live.live_version, live.definition.name, checked) == (2, "Second", ["Simple", "Second"])
 
 
 def broadcast(audience_id: str) -> JourneyDefinition:

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
 from runtime.db import Connection, Database
-from runtime.errors import FailedPrecondition, NotFound
+from runtime.errors import Aborted, FailedPrecondition, NotFound
 from services.journeys.lifecycle import Lifecycle
 from tests.conftest import TENANT_ACME, unique
 from tests.waiting import eventually
@@ -127,6 +127,44 @@ async def test_moves_follow_draft_active_paused_archived_and_repeats_change_noth
     with pytest.raises(FailedPrecondition):
         await move("draft")
     assert await states.get_state(journeys_db, TENANT_ACME, key) == archived
+
+
+async def test_a_resume_arriving_after_a_newer_activation_keeps_it(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    journeys_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resume called while the journey was paused with version 1, landing after another operator
+    resumed and made version 2 live: any read of the state outside the transition's lock is stale
+    (here every such read answers what the late resume saw)."""
+    definition = await stored(journeys_db)
+    journeys = lifecycle(time_skipping_env, worker_settings, journeys_db)
+    await journeys.activate(TENANT_ACME, definition.key)
+    seen = await journeys.pause(TENANT_ACME, definition.key)
+    await journeys.resume(TENANT_ACME, definition.key)
+    await store.put_definition(journeys_db, TENANT_ACME, journey(*STEPS[:1], key=definition.key))
+    newer = await journeys.activate(TENANT_ACME, definition.key, 2)
+
+    async def stale(db: Database, tenant_id: str, key: str) -> states.JourneyState:
+        return seen
+
+    monkeypatch.setattr(states, "get_state", stale)
+    assert await journeys.resume(TENANT_ACME, definition.key) == newer
+    assert (newer.state, newer.live_version) == ("active", 2)
+
+
+async def test_activation_with_version_0_makes_live_only_the_version_it_checked(
+    journeys_db: Database,
+) -> None:
+    definition = await stored(journeys_db)
+    now = dt.datetime.now(dt.UTC)
+    await store.put_definition(journeys_db, TENANT_ACME, journey(*STEPS[:1], key=definition.key))
+    with pytest.raises(Aborted, match="version 2 live, not the version 1 that was checked"):
+        await states.transition(journeys_db, TENANT_ACME, definition.key, "active", 0, now, checked=1)
+    assert (await states.get_state(journeys_db, TENANT_ACME, definition.key)).state == "draft"
+    live = await states.transition(journeys_db, TENANT_ACME, definition.key, "active", 0, now, checked=2)
+    assert live.live_version == 2
 
 
 async def test_unknown_journeys_and_versions_are_not_found(journeys_db: Database) -> None:

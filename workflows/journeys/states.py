@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.db import Connection, Database
-from runtime.errors import FailedPrecondition, NotFound
+from runtime.errors import Aborted, FailedPrecondition, NotFound
 from workflows.journeys import store
 from workflows.journeys.store import StoredDefinition
 
@@ -90,12 +90,24 @@ async def get_states(db: Database, tenant_id: str, keys: Sequence[str]) -> dict[
 
 
 async def transition(
-    db: Database, tenant_id: str, key: str, to_state: str, version: int, now: dt.datetime
+    db: Database,
+    tenant_id: str,
+    key: str,
+    to_state: str,
+    version: int,
+    now: dt.datetime,
+    *,
+    resume: bool = False,
+    checked: int = 0,
 ) -> JourneyState:
     """Moves the journey to `to_state` under its row lock. `version` matters for activation only: a
     stored version (0: the latest; resuming a paused journey with 0 keeps its live version).
-    Repeating a transition that already holds returns the state unchanged (same revision)."""
-    if to_state not in _FROM:
+    Decided under the lock, from the state as it is then: `resume` moves a paused journey to active
+    with its live version (an active one stays as it is; anything else is FailedPrecondition), and
+    `checked` is the version an activation with version 0 resolved to and checked beforehand
+    (Aborted if 0 now means another one, stored or made live meanwhile). Repeating a transition
+    that already holds returns the state unchanged (same revision)."""
+    if to_state not in _FROM or (resume and to_state != "active"):
         raise FailedPrecondition(f"a journey cannot be moved to {to_state!r}")
     async with db.transaction(tenant_id) as conn:
         # A draft has no row to lock: the advisory lock serialises its first transitions.
@@ -109,7 +121,16 @@ async def transition(
         current = await read_state(conn, tenant_id, key, lock="UPDATE")
         if current.state not in _FROM[to_state] and current.state != to_state:
             raise FailedPrecondition(_why(current, to_state))
-        live = _live_version(current, to_state, version, versions)
+        if resume and current.state not in ("paused", "active"):
+            raise FailedPrecondition(
+                f"journey {key!r} is {current.state}: only a paused journey can be resumed"
+            )
+        live = current.live_version if resume else _live_version(current, to_state, version, versions)
+        if checked and not version and live != checked:
+            raise Aborted(
+                f"journeys/{key} changed meanwhile: version 0 now makes version {live} live, not the "
+                f"version {checked} that was checked; repeat the call"
+            )
         if current.state == to_state and current.live_version == live:
             return current
         row = await conn.fetchrow(
