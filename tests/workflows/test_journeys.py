@@ -523,6 +523,45 @@ async def test_the_goal_window_starts_when_the_entry_fact_happened(
     assert enter_time == entered
 
 
+async def test_a_run_started_late_takes_an_order_paid_since_its_entry_fact_as_the_wait_s_event(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+) -> None:
+    """The member's steps are timed from its entry fact: a wait_for_event that is its first step
+    began at the fact, so an order paid after the fact, before the late run started, ends it."""
+    definition = journey(
+        Step(
+            id="wait",
+            wait_for_event=WaitForEvent(
+                event=EventMatch(kind="order"), timeout="1d", on_event="thanks", on_timeout="nudge"
+            ),
+        ),
+        Step(id="thanks", wait=Wait(duration="1h")),
+        Step(id="nudge", send=Send(template="hello")),
+    )
+    member_id = unique("m")
+    await seed_member(resources.tagging, member_id)
+    stored = await store.put_definition(journeys_db, TENANT_ACME, definition)
+    await activate(journeys_db, TENANT_ACME, definition.key, stored.version)
+    async with running(time_skipping_env, worker_settings, resources):
+        now = await time_skipping_env.get_current_time()
+        handle = await client.start_member_journey(
+            time_skipping_env.client,
+            worker_settings.temporal_task_queue,
+            definition,
+            JourneyInput(TENANT_ACME, definition.key, member_id, entry_time=now - dt.timedelta(hours=2)),
+        )
+        await eventually(lambda: _at(handle, "wait"), "did the member get to its wait")
+        paid = now - dt.timedelta(hours=1)
+        order = MemberEvent(kind="order", subject_id=unique("o"), amount_minor=900, occur_time=paid)
+        await handle.signal(JourneyWorkflow.event, order)
+        funnel = await handle.result()
+    assert [s.step_id for s in funnel.steps] == ["wait", "thanks", "nudge"]
+    assert figures(funnel, "nudge") == {"entered": 1, "sent": 1}
+
+
 async def test_a_control_run_pauses_the_running_members_of_its_revision(
     time_skipping_env: WorkflowEnvironment,
     worker_settings: Settings,

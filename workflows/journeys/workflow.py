@@ -91,8 +91,10 @@ class JourneyWorkflow:
         self._converted = False
         self._gmv_minor = 0
         self._enter_time: dt.datetime | None = None
-        # When the entry fact happened, if the run takes it (ENTRY_FACT_TIME).
+        # When the entry fact happened, if the run takes it (ENTRY_FACT_TIME), and how much later
+        # the run started: the member's steps happen that much earlier in the facts' time.
         self._entry_time: dt.datetime | None = None
+        self._late = timedelta()
         self._convert_time: dt.datetime | None = None
         self._current = ""
         self._figures: dict[str, dict[str, int]] = {}
@@ -120,6 +122,7 @@ class JourneyWorkflow:
         self._definition = definition
         entered = workflow.now()
         self._enter_time = entered if self._entry_time is None else min(entered, self._entry_time)
+        self._late = entered - self._enter_time
         self._state = "active"
         self._absorb()
         try:
@@ -267,7 +270,9 @@ class JourneyWorkflow:
 
     async def event_until(self, match: EventMatch, until: dt.datetime) -> bool:
         seen = len(self._events)
-        since = workflow.now() if workflow.patched(EVENT_TIME_WAITS) else None
+        # The wait began when the member got to the step, in the facts' time (a run started late
+        # takes an order paid between its entry fact and its first wait).
+        since = workflow.now() - self._late if workflow.patched(EVENT_TIME_WAITS) else None
         return await self._wait_for(
             lambda: any(matches(match, e) and _since(e, since) for e in self._events[seen:]), until
         )
