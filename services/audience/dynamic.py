@@ -93,12 +93,12 @@ class Memberships:
                 return None
             audiences = await store.dynamic_audiences(conn)
             cursor = await store.tagging_cursor(conn, tenant_id)
+            position = outbox.parse_cursor(cursor)
             live = any(row["dynamic"] and not row["deleted"] for row in audiences)
-            changes = (
-                await store.changed_members(conn, outbox.parse_cursor(cursor), FEED_BATCH) if live else []
-            )
-            # When each member's facts happened: the entries and exits they cause are dated by it,
-            # here and in a whole evaluation that meets them first. Other moves happen `now`.
+            changes = await store.changed_members(conn, position, FEED_BATCH) if live else []
+            # When each member's facts happened: the entries and exits they cause are dated by it.
+            # A whole evaluation dates its own (see store.apply_membership) by every entry after
+            # the cursor, of which these are the first.
             times = fact_times(changes)
             current: list[str] = []
             for row in audiences:
@@ -107,8 +107,11 @@ class Memberships:
                     exited += await store.clear_membership(conn, tenant_id, audience_id, version, now)
                     continue
                 stale = row["membership_time"] is None or row["membership_time"] < now - FULL_EVERY
-                if row["membership_version"] != version or stale or row["references_changed"]:
-                    e, x, read = await self._apply(conn, tenant_id, audience_id, now, None, times)
+                new = row["membership_version"] != version or row["references_changed"]
+                if new or stale:
+                    e, x, read = await self._apply(
+                        conn, tenant_id, audience_id, now, None, {}, position, new_definition=new
+                    )
                     references = {ref: v for ref, v in read if ref != audience_id}
                     await store.mark_evaluated(conn, audience_id, version, now, references)
                     entered, exited = entered + e, exited + x
@@ -141,6 +144,9 @@ class Memberships:
         now: dt.datetime,
         members: list[str] | None,
         times: Mapping[str, dt.datetime],
+        followed: outbox.Position | None = None,
+        *,
+        new_definition: bool = False,
     ) -> tuple[int, int, tuple[tuple[str, int], ...]]:
         """(entered, exited, the (audience, version) pairs evaluated: it and what it references)."""
         try:
@@ -160,6 +166,8 @@ class Memberships:
             members,
             now,
             times,
+            followed,
+            new_definition,
         )
         return entered, exited, loaded.versions
 

@@ -432,6 +432,23 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
     )
 
 
+# When a whole evaluation's entry or exit happened (issue 19): the facts and tag changes of the member
+# tagging wrote after the maintainer's cursor have not been followed yet and may be what moved it, so
+# it happened when the latest of them did; else, for a new definition (a new audience, version or
+# referenced version), when the member's latest fact happened (an audience defined today finds
+# members who qualified long ago: that is no news); else time alone moved it ("no order in 30
+# days"), at the evaluation's as_of. Never after as_of.
+_UNFOLLOWED = """unfollowed AS (
+                SELECT f.member_id, max(f.occur_time) AS fact_time FROM tagging_read.feed f
+                WHERE {after} AND f.member_id IN (SELECT member_id FROM entered UNION ALL
+                                                  SELECT member_id FROM exited)
+                GROUP BY f.member_id),"""
+_LATEST_FACT = """greatest(
+                    (SELECT max(o.paid_time) FROM tagging_read.orders o WHERE o.member_id = k.member_id),
+                    (SELECT max(e.occur_time) FROM tagging_read.events e WHERE e.member_id = k.member_id),
+                    (SELECT m.register_time FROM tagging_read.members m WHERE m.member_id = k.member_id))"""
+
+
 async def apply_membership(
     conn: Connection,
     members_sql: str,
@@ -442,13 +459,27 @@ async def apply_membership(
     only: Sequence[str] | None,
     as_of: dt.datetime,
     fact_times: Mapping[str, dt.datetime],
+    followed: outbox.Position | None = None,
+    new_definition: bool = False,
 ) -> tuple[int, int]:
     """Makes the stored membership equal `members_sql` (for the members in `only`, or all) and writes
-    each entry and exit to the feed, dated by the member's time in `fact_times` (when the facts
-    that moved it happened) or else `as_of`; returns (entered, exited)."""
+    each entry and exit to the feed; returns (entered, exited). For `only`, dated by the member's
+    time in `fact_times` (when the facts that moved it happened) or else `as_of`; a whole
+    evaluation, by the tagging entries after `followed` (see _UNFOLLOWED)."""
     n = len(args)
     t, a, v, scope = f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::text[]"
     as_of_, ids, times = f"${n + 5}::timestamptz", f"${n + 6}::text[]", f"${n + 7}::timestamptz[]"
+    extra: list[Any] = []
+    unfollowed, occur, join = "", f"coalesce(ft.fact_time, {as_of_})", ""
+    if only is None:
+        after = "true"
+        if followed is not None:
+            after = f"(f.txid, f.seq) > (${n + 8}::text::xid8, ${n + 9}::bigint)"
+            extra = [str(followed[0]), followed[1]]
+        unfollowed = _UNFOLLOWED.format(after=after)
+        latest = _LATEST_FACT if new_definition else "NULL::timestamptz"
+        occur = f"least({as_of_}, coalesce(u.fact_time, {latest}, {as_of_}))"
+        join = "LEFT JOIN unfollowed u ON u.member_id = k.member_id"
     row = await conn.fetchrow(
         f"""WITH now_in AS MATERIALIZED ({members_sql}),
             held AS (SELECT d.member_id FROM audience.dynamic_members d
@@ -465,12 +496,14 @@ async def apply_membership(
                     SELECT h.member_id FROM held h
                     WHERE NOT EXISTS (SELECT 1 FROM now_in n WHERE n.member_id = h.member_id))
                 RETURNING d.member_id),
+            {unfollowed}
             logged AS (
                 INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version, occur_time)
-                SELECT {t}, k.kind, {a}, k.member_id, {v}, coalesce(ft.fact_time, {as_of_}) FROM (
+                SELECT {t}, k.kind, {a}, k.member_id, {v}, {occur} FROM (
                     SELECT {ENTERED} AS kind, member_id FROM entered
                     UNION ALL SELECT {EXITED}, member_id FROM exited) AS k
                 LEFT JOIN unnest({ids}, {times}) AS ft(member_id, fact_time) USING (member_id)
+                {join}
                 ORDER BY k.member_id
                 RETURNING 1)
             SELECT (SELECT count(*) FROM entered) AS entered, (SELECT count(*) FROM exited) AS exited,
@@ -483,6 +516,7 @@ async def apply_membership(
         as_of,
         list(fact_times),
         list(fact_times.values()),
+        *extra,
     )
     assert row is not None
     return int(row["entered"]), int(row["exited"])

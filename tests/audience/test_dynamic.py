@@ -272,3 +272,61 @@ async def test_an_entry_happened_when_the_facts_that_moved_the_member_did(
     assert happened.keys() == {old, fresh}
     assert happened[old] < before - dt.timedelta(days=199)
     assert happened[fresh] >= before
+
+
+async def entry_times(stub: AudienceStub, audience_id: str) -> dict[tuple[str, int], dt.datetime]:
+    page = await stub.ReadAudienceFeed(
+        audience_service_pb2.ReadAudienceFeedRequest(audience=f"audiences/{audience_id}", limit=100),
+        metadata=ACME,
+    )
+    return {(e.member_id, e.change): e.occur_time.ToDatetime(tzinfo=dt.UTC) for e in page.entries}
+
+
+async def test_a_new_definition_enters_members_when_their_latest_fact_happened(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """A new version that widens the rule finds members who qualified long ago: a member whose
+    only order was paid 200 days ago entered then (no news to a journey); one whose order was paid
+    just now entered now (review B item 2)."""
+    batch = unique("batch")
+    joined = stamp(now() - dt.timedelta(days=400))
+    old, fresh = [await member(tagging_stub, batch, register_time=joined) for _ in range(2)]
+    audience_id = await create_dynamic(audience_stub, all_of(in_batch(batch), bought(2)))
+    await order(tagging_stub, old, 200, [("tea", 1_000)])
+    before = now()
+    await order(tagging_stub, fresh, 0, [("tea", 1_000)])
+    assert await settled_feed(audience_stub, db, audience_id, []) == []
+    widened = audience_pb2.Audience(
+        audience_id=audience_id, rule=all_of(in_batch(batch), bought(1)), dynamic=True
+    )
+    await audience_stub.UpdateAudience(
+        audience_service_pb2.UpdateAudienceRequest(audience=widened), metadata=ACME
+    )
+    await settled_feed(audience_stub, db, audience_id, [("", 0)] * 2)
+    happened = await entry_times(audience_stub, audience_id)
+    assert happened.keys() == {(old, ENTERED), (fresh, ENTERED)}
+    assert happened[old, ENTERED] < before - dt.timedelta(days=199)
+    assert before <= happened[fresh, ENTERED] <= now()
+
+
+async def test_time_alone_moves_a_member_at_the_evaluations_as_of(
+    tagging_stub: TaggingStub, audience_stub: AudienceStub, db: Database
+) -> None:
+    """The periodic whole evaluation of an unchanged audience finds moves time alone made ("an order
+    in the last 30 days", 40 days on): they happen at its as_of, news to a journey."""
+    batch = unique("batch")
+    buyer = await member(tagging_stub, batch, register_time=stamp(now() - dt.timedelta(days=400)))
+    audience_id = await create_dynamic(
+        audience_stub, all_of(in_batch(batch), fact(order_count(30), Op.OPERATOR_GE, 1))
+    )
+    await order(tagging_stub, buyer, 20, [("tea", 1_000)])
+    await settled_feed(audience_stub, db, audience_id, [(buyer, ENTERED)])
+    later = now() + dt.timedelta(days=40)
+    aged = dynamic.Memberships(db, Evaluator(db), frozenset({TENANT_ACME}), lambda: later)
+
+    async def exited() -> bool:
+        await aged.maintain(TENANT_ACME)
+        return (buyer, EXITED) in await entry_times(audience_stub, audience_id)
+
+    await eventually(exited, "did the member leave 40 days on")
+    assert (await entry_times(audience_stub, audience_id))[buyer, EXITED] == later
