@@ -294,3 +294,43 @@ def test_a_stored_template_with_a_format_spec_renders_its_fields_unformatted() -
         "Mei",
         "Hi Mei {x} in Hangzhou",
     )
+
+
+# Each accepted here is also made a Temporal schedule (tests/workflows/test_broadcast_runs.py).
+GOOD_CRONS = (
+    "0 9 * * 1",
+    "*/15 * * * *",
+    "0 0 29 2 *",
+    "0 8-18/2 1,15 * 1-5",
+    "59 23 31 12 0,6",
+    "0 0 30 2,4 *",
+)
+BAD_CRONS = {
+    "61 * * * *": "minute '61' must lie in 0-59",
+    "*/0 * * * *": "the step must be 1-60",
+    "5-1 * * * *": "its start not after its end",
+    "0 24 * * *": "hour '24' must lie in 0-23",
+    "0 0 0 * *": "day of month '0' must lie in 1-31",
+    "0 0 32 * *": "day of month '32'",
+    "0 0 1 13 *": "month '13' must lie in 1-12",
+    "0 0 * * 7": "day of week '7' must lie in 0-6",
+    ",,, - - - -": "minute ''",
+    "5/10 * * * *": "a step needs * or a range",
+    "0 0 31 2 *": "never run",
+    "0 0 31 4,6,9,11 *": "never run",
+    "* * * *": "five-field",
+    "0 9 * * MON": "day of week 'MON'",
+}
+
+
+def test_a_broadcast_schedule_is_a_cron_that_temporal_takes_and_that_fires() -> None:
+    def scheduled(cron: str) -> JourneyDefinition:
+        return definition(entry=Entry(broadcast=Broadcast(audience="everyone", schedule=cron)))
+
+    for cron in GOOD_CRONS:
+        validate(scheduled(cron))
+    for cron, why in BAD_CRONS.items():
+        with pytest.raises(InvalidArgument) as refused:
+            validate(scheduled(cron))
+        ((path, description),) = [(v.field, v.description) for v in refused.value.violations]
+        assert path == "entry.broadcast.schedule" and why in description, cron

@@ -27,11 +27,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
 from runtime.db import Database
-from runtime.errors import AlreadyExists, InvalidArgument
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.journeys import broadcasts
 from services.journeys.lifecycle import Lifecycle
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
+from tests.unit.test_journey_definitions import GOOD_CRONS
 from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, population, snapshot_population, until_asleep
@@ -44,7 +45,16 @@ from workflows.journeys.broadcast_run.payloads import (
     snapshot_request_id,
 )
 from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
-from workflows.journeys.definition import Broadcast, Entry, EventMatch, JourneyDefinition, Send, Step, Wait
+from workflows.journeys.definition import (
+    Broadcast,
+    Entry,
+    EventMatch,
+    JourneyDefinition,
+    Send,
+    Step,
+    Wait,
+    validate,
+)
 from workflows.worker import Resources
 
 HELLO = Step(id="hello", send=Send(template="hello"))
@@ -534,3 +544,37 @@ async def test_a_version_that_is_not_live_takes_no_snapshot(
     )
     assert await snapshots_of(journeys_db, audience_id) == []
     assert await cohorts_of(journeys_db, definition.key) == []
+
+
+async def test_every_cron_validation_takes_is_a_schedule_temporal_takes(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings
+) -> None:
+    client, queue = dev_server_env.client, worker_settings.temporal_task_queue
+    for cron in GOOD_CRONS:
+        definition = scheduled(unique("aud"), cron, HELLO)
+        validate(definition)
+        try:
+            await broadcasts.sync_schedule(
+                client, queue, TENANT_ACME, definition.key, 1, definition, "active"
+            )
+            description = await described(client, definition.key)
+            assert description is not None and description.info.next_action_times, cron
+        finally:
+            await broadcasts.sync_schedule(client, queue, TENANT_ACME, definition.key, 1, None, "archived")
+
+
+async def test_a_schedule_temporal_refuses_is_a_failed_precondition_and_the_state_stays(
+    dev_server_env: WorkflowEnvironment, worker_settings: Settings, journeys_db: Database
+) -> None:
+    """A version stored before validation knew better (written here without validation): the
+    activation commits, the sync is refused and the call says so; the journey can still be archived."""
+    client = dev_server_env.client
+    journeys = Lifecycle(journeys_db, client, worker_settings.temporal_task_queue)
+    definition = scheduled(unique("aud"), "61 * * * *", HELLO)
+    async with journeys_db.transaction(TENANT_ACME) as conn:
+        await store.add_version(conn, TENANT_ACME, definition, None)
+    with pytest.raises(FailedPrecondition, match="Temporal refuses its schedule"):
+        await journeys.activate(TENANT_ACME, definition.key)
+    assert (await states.get_state(journeys_db, TENANT_ACME, definition.key)).state == "active"
+    assert await described(client, definition.key) is None
+    assert (await journeys.archive(TENANT_ACME, definition.key)).state == "archived"

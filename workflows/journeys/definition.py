@@ -61,7 +61,6 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
 CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
-CRON_FIELD = re.compile(r"^[0-9*/,\-]+\Z")
 
 MAX_STEPS = 100
 MAX_WAIT = timedelta(days=365)
@@ -394,15 +393,55 @@ def _entry(entry: Entry, v: Violations) -> None:
             v.add("entry.broadcast.snapshot", "must be snapshots/{snapshot_id}")
         if b.audience and not RESOURCE_ID.match(b.audience):
             v.add("entry.broadcast.audience", "must be an audience id")
-        if b.schedule and not _cron(b.schedule):
-            v.add("entry.broadcast.schedule", "must be a five-field cron expression")
+        if b.schedule:
+            why = cron_problem(b.schedule)
+            if why is not None:
+                v.add("entry.broadcast.schedule", why)
         if b.schedule and b.snapshot:
             v.add("entry.broadcast.schedule", "a scheduled broadcast snapshots an audience each time")
 
 
-def _cron(text: str) -> bool:
+# The five cron fields: name and range. Day of week 0-6, 0 is Sunday.
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 6),
+)
+_CRON_ITEM = re.compile(r"^(?:(\*)|(\d{1,2})(?:-(\d{1,2}))?)(?:/(\d{1,2}))?\Z")
+# The longest month of each month number (29 for February: it happens in leap years).
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def cron_problem(text: str) -> str | None:
+    """Why `text` is not a five-field cron expression that Temporal takes and that fires, or None.
+    Each field is a comma-separated list of `*`, `n` or `n-m` (optionally `/step`, step > 0) inside
+    the field's range; `n/step` without a range is refused, and so is a day of month no chosen
+    month has (`0 0 31 2 *`): Temporal would take it and never start a run."""
     parts = text.split()
-    return len(parts) == 5 and all(CRON_FIELD.match(part) for part in parts)
+    if len(parts) != 5:
+        return "must be a five-field cron expression: minute hour day-of-month month day-of-week"
+    chosen: list[set[int]] = []
+    for part, (name, low, high) in zip(parts, CRON_FIELDS, strict=True):
+        values: set[int] = set()
+        for item in part.split(","):
+            found = _CRON_ITEM.match(item)
+            if found is None:
+                return f"{name} {item!r} must be *, n or n-m, optionally with /step"
+            star, first, last, step = found.groups()
+            start, end = (low, high) if star else (int(first), int(last or first))
+            if step is not None and not star and last is None:
+                return f"{name} {item!r}: a step needs * or a range n-m before it"
+            if not low <= start <= end <= high:
+                return f"{name} {item!r} must lie in {low}-{high}, its start not after its end"
+            if step is not None and not 1 <= int(step) <= high - low + 1:
+                return f"{name} {item!r}: the step must be 1-{high - low + 1}"
+            values.update(range(start, end + 1, int(step or 1)))
+        chosen.append(values)
+    if not any(day <= _MONTH_DAYS[month - 1] for month in chosen[3] for day in chosen[2]):
+        return "names no day that any of its months has: it would never run"
+    return None
 
 
 def check_event(match: EventMatch, path: str, v: Violations) -> None:
