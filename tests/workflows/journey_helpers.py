@@ -125,14 +125,19 @@ async def start(
     definition: JourneyDefinition,
     member_id: str,
     tenant_id: str = "acme",
+    entry_time: dt.datetime | None = None,
 ) -> WorkflowHandle[JourneyWorkflow, Funnel]:
+    """The member's run of the journey (stored and activated); `entry_time`: when its entry fact
+    happened, for a run started late as the dispatcher may."""
     stored = await store.put_definition(db, tenant_id, definition)
     await activate(db, tenant_id, definition.key, stored.version)
     return await client.start_member_journey(
         env.client,
         settings.temporal_task_queue,
         definition,
-        JourneyInput(tenant_id=tenant_id, journey_key=definition.key, member_id=member_id),
+        JourneyInput(
+            tenant_id=tenant_id, journey_key=definition.key, member_id=member_id, entry_time=entry_time
+        ),
     )
 
 

@@ -23,7 +23,6 @@ from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.waiting import eventually
 from tests.workflows import fakes
 from tests.workflows.journey_helpers import (
-    activate,
     figures,
     journey,
     keep_history,
@@ -34,7 +33,7 @@ from tests.workflows.journey_helpers import (
     start,
 )
 from tests.workflows.test_dispatcher import _state
-from workflows.journeys import client, states, store
+from workflows.journeys import states
 from workflows.journeys.control.payloads import ControlInput, ControlResult, control_workflow_id
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.definition import (
@@ -480,6 +479,16 @@ async def test_an_unknown_journey_fails_the_start_without_retrying(
             )
 
 
+def order_wait(timeout: str) -> Step:
+    """`wait` for an order: `thanks` when it comes, `nudge` at the timeout."""
+    return Step(
+        id="wait",
+        wait_for_event=WaitForEvent(
+            event=EventMatch(kind="order"), timeout=timeout, on_event="thanks", on_timeout="nudge"
+        ),
+    )
+
+
 async def test_the_goal_window_starts_when_the_entry_fact_happened(
     time_skipping_env: WorkflowEnvironment,
     worker_settings: Settings,
@@ -495,16 +504,11 @@ async def test_the_goal_window_starts_when_the_entry_fact_happened(
     )
     member_id = unique("m")
     await seed_member(resources.tagging, member_id)
-    stored = await store.put_definition(journeys_db, TENANT_ACME, definition)
-    await activate(journeys_db, TENANT_ACME, definition.key, stored.version)
     async with running(time_skipping_env, worker_settings, resources):
         now = await time_skipping_env.get_current_time()
         entered, paid = now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)
-        handle = await client.start_member_journey(
-            time_skipping_env.client,
-            worker_settings.temporal_task_queue,
-            definition,
-            JourneyInput(TENANT_ACME, definition.key, member_id, entry_time=entered),
+        handle = await start(
+            time_skipping_env, worker_settings, journeys_db, definition, member_id, entry_time=entered
         )
         await eventually(lambda: _state(handle, "measuring"), "did the member walk its steps")
         order = MemberEvent(kind="order", subject_id=unique("o"), amount_minor=900, occur_time=paid)
@@ -532,26 +536,17 @@ async def test_a_run_started_late_takes_an_order_paid_since_its_entry_fact_as_th
     """The member's steps are timed from its entry fact: a wait_for_event that is its first step
     began at the fact, so an order paid after the fact, before the late run started, ends it."""
     definition = journey(
-        Step(
-            id="wait",
-            wait_for_event=WaitForEvent(
-                event=EventMatch(kind="order"), timeout="1d", on_event="thanks", on_timeout="nudge"
-            ),
-        ),
+        order_wait("1d"),
         Step(id="thanks", wait=Wait(duration="1h")),
         Step(id="nudge", send=Send(template="hello")),
     )
     member_id = unique("m")
     await seed_member(resources.tagging, member_id)
-    stored = await store.put_definition(journeys_db, TENANT_ACME, definition)
-    await activate(journeys_db, TENANT_ACME, definition.key, stored.version)
     async with running(time_skipping_env, worker_settings, resources):
         now = await time_skipping_env.get_current_time()
-        handle = await client.start_member_journey(
-            time_skipping_env.client,
-            worker_settings.temporal_task_queue,
-            definition,
-            JourneyInput(TENANT_ACME, definition.key, member_id, entry_time=now - dt.timedelta(hours=2)),
+        entered = now - dt.timedelta(hours=2)
+        handle = await start(
+            time_skipping_env, worker_settings, journeys_db, definition, member_id, entry_time=entered
         )
         await eventually(lambda: _at(handle, "wait"), "did the member get to its wait")
         paid = now - dt.timedelta(hours=1)

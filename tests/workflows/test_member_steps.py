@@ -18,7 +18,7 @@ from tests.conftest import unique
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import figures, journey, keep_history, running, seed_member, start
 from tests.workflows.step_helpers import add_tag, audience_of, give_send_hours, recorded, send_hours
-from tests.workflows.test_journeys import messages, strategy_dimension
+from tests.workflows.test_journeys import messages, order_wait, strategy_dimension
 from workflows.journeys.definition import (
     Branch,
     Condition,
@@ -280,12 +280,7 @@ async def test_history_ends_no_wait_and_exits_nobody(
     member's history (before it entered) are no exit criterion: an order paid 200 days ago and an
     old unsubscription, loaded now, leave the member waiting until the timeout."""
     definition = journey(
-        Step(
-            id="wait",
-            wait_for_event=WaitForEvent(
-                event=EventMatch(kind="order"), timeout="2d", on_event="thanks", on_timeout="nudge"
-            ),
-        ),
+        order_wait("2d"),
         Step(id="thanks", send=Send(template="hello")),
         Step(id="done", exit=Exit(reason="bought")),
         Step(id="nudge", send=Send(template="hello")),
