@@ -65,6 +65,28 @@ class StartedBroadcast:
     run_id: str
 
 
+def check_request_id(request_id: str) -> None:
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
+        raise InvalidArgument.field("request_id", f"is required: 1-{MAX_REQUEST_ID} characters")
+
+
+async def find_broadcast(
+    client: Client, tenant_id: str, journey_key: str, request_id: str
+) -> tuple[StartedBroadcast, int] | None:
+    """The BroadcastRun `request_id` started (running or ended) and the version it broadcasts, or
+    None: what a retried StartBroadcast answers, whatever the journey's state is now."""
+    check_request_id(request_id)
+    workflow_id = requested_run_id(tenant_id, journey_key, request_id)
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    version = await description.memo_value(VERSION_MEMO, 0)
+    return StartedBroadcast(workflow_id, description.run_id), int(version)
+
+
 async def start_broadcast(
     client: Client,
     task_queue: str,
@@ -77,8 +99,7 @@ async def start_broadcast(
     (conflict policy USE_EXISTING) or ended (reuse policy REJECT_DUPLICATE). The caller has checked
     that the journey is an active broadcast journey; the run checks again. AlreadyExists when the
     request id started a run of another version."""
-    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
-        raise InvalidArgument.field("request_id", f"is required: 1-{MAX_REQUEST_ID} characters")
+    check_request_id(request_id)
     workflow_id = requested_run_id(tenant_id, journey_key, request_id)
     try:
         handle = await client.start_workflow(

@@ -84,7 +84,15 @@ class Operations:
     async def start_broadcast(
         self, tenant_id: str, key: str, request_id: str
     ) -> tuple[StartedBroadcast, int]:
-        """The BroadcastRun of `request_id` and the live version it broadcasts."""
+        """The BroadcastRun of `request_id` and the live version it broadcasts. A retry gets the
+        first answer whatever the journey's state is now: the request id is checked and its run
+        looked up before the state (UNAVAILABLE while Temporal does not answer, since only Temporal
+        knows whether the id started a run)."""
+        broadcasts.check_request_id(request_id)
+        client = await self._temporal.get()
+        first = await _temporal(broadcasts.find_broadcast(client, tenant_id, key, request_id))
+        if first is not None:
+            return first
         current = await states.get_state(self._db, tenant_id, key)
         if current.state != "active":
             raise FailedPrecondition(f"journeys/{key} is {current.state}: only an active journey broadcasts")
@@ -93,7 +101,6 @@ class Operations:
             raise FailedPrecondition(
                 f"journeys/{key} enters members one by one: its entry is not a broadcast"
             )
-        client = await self._temporal.get()
         started = await _temporal(
             broadcasts.start_broadcast(client, self._task_queue, tenant_id, key, live.version, request_id)
         )

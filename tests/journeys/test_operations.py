@@ -211,6 +211,37 @@ async def test_a_broadcast_starts_once_per_request_id_and_only_while_active(
     assert not_broadcast.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_broadcast_retried_after_the_journey_changed_gets_its_first_answer(
+    journeys_stub: Stub,
+    tagging_stub: TaggingServiceAsyncStub,
+    audience_stub: AudienceServiceAsyncStub,
+) -> None:
+    names = await named(tagging_stub, audience_stub)
+    definition = broadcast(names.static_audience)
+    key = definition.key
+    await create(journeys_stub, definition)
+    await bad(
+        journeys_stub.StartBroadcast(S.StartBroadcastRequest(name=f"journeys/{key}"), metadata=ACME),
+        "request_id",
+    )
+    await journeys_stub.ActivateJourney(S.ActivateJourneyRequest(name=f"journeys/{key}"), metadata=ACME)
+    request = S.StartBroadcastRequest(name=f"journeys/{key}", request_id=unique("req"))
+    first = await journeys_stub.StartBroadcast(request, metadata=ACME)
+    await update(journeys_stub, dataclasses.replace(definition, name="Second"))
+    await journeys_stub.ActivateJourney(S.ActivateJourneyRequest(name=f"journeys/{key}"), metadata=ACME)
+    assert await journeys_stub.StartBroadcast(request, metadata=ACME) == first
+    await journeys_stub.PauseJourney(S.PauseJourneyRequest(name=f"journeys/{key}"), metadata=ACME)
+    assert await journeys_stub.StartBroadcast(request, metadata=ACME) == first
+    await journeys_stub.ArchiveJourney(S.ArchiveJourneyRequest(name=f"journeys/{key}"), metadata=ACME)
+    assert await journeys_stub.StartBroadcast(request, metadata=ACME) == first
+    assert first.version == 1
+    # A new request id on the archived journey starts nothing.
+    other = S.StartBroadcastRequest(name=f"journeys/{key}", request_id=unique("req"))
+    assert (await failure(journeys_stub.StartBroadcast(other, metadata=ACME))).code() == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
 async def test_the_report_of_a_journey_nobody_entered(journeys_stub: Stub) -> None:
     definition = simple()
     await create(journeys_stub, definition)
