@@ -168,16 +168,23 @@ def broadcast(audience_id: str) -> JourneyDefinition:
     )
 
 
+async def created_broadcast(
+    journeys_stub: Stub, tagging_stub: TaggingServiceAsyncStub, audience_stub: AudienceServiceAsyncStub
+) -> JourneyDefinition:
+    """A draft broadcast journey to a new static audience."""
+    definition = broadcast((await named(tagging_stub, audience_stub)).static_audience)
+    await create(journeys_stub, definition)
+    return definition
+
+
 async def test_a_broadcast_starts_once_per_request_id_and_only_while_active(
     journeys_stub: Stub,
     tagging_stub: TaggingServiceAsyncStub,
     audience_stub: AudienceServiceAsyncStub,
     dev_server_env: WorkflowEnvironment,
 ) -> None:
-    names = await named(tagging_stub, audience_stub)
-    definition = broadcast(names.static_audience)
+    definition = await created_broadcast(journeys_stub, tagging_stub, audience_stub)
     key = definition.key
-    await create(journeys_stub, definition)
     request = S.StartBroadcastRequest(name=f"journeys/{key}", request_id=unique("req"))
     draft = await failure(journeys_stub.StartBroadcast(request, metadata=ACME))
     assert draft.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -216,10 +223,8 @@ async def test_a_broadcast_retried_after_the_journey_changed_gets_its_first_answ
     tagging_stub: TaggingServiceAsyncStub,
     audience_stub: AudienceServiceAsyncStub,
 ) -> None:
-    names = await named(tagging_stub, audience_stub)
-    definition = broadcast(names.static_audience)
+    definition = await created_broadcast(journeys_stub, tagging_stub, audience_stub)
     key = definition.key
-    await create(journeys_stub, definition)
     await bad(
         journeys_stub.StartBroadcast(S.StartBroadcastRequest(name=f"journeys/{key}"), metadata=ACME),
         "request_id",
