@@ -257,13 +257,9 @@ class DispatcherActivities:
         for e in found:
             by_member.setdefault(e.member_id, []).append(e)
         known = await dispatch_store.members(
-            self._db,
-            tenant_id,
-            list(by_member),
-            [e.event.event_id for e in found],
-            now(),
-            list(cohorts),
+            self._db, tenant_id, list(by_member), [e.event.event_id for e in found], now()
         )
+        known.cohorts = await dispatch_store.cohort_runs(self._db, tenant_id, list(by_member), list(cohorts))
         await asyncio.gather(
             *(
                 self._walk(tenant_id, member_id, walk, definitions, cohorts, known, done)
