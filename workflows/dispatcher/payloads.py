@@ -39,7 +39,8 @@ class DispatcherInput:
     required."""
 
     tenant_id: str
-    # Only these journeys (empty: every journey of the tenant whose entry is an event or audience).
+    # Only these journeys (empty: every journey of the tenant, active, paused or archived: those
+    # whose entry is an event or audience, and the open cohorts of broadcasts).
     journey_keys: tuple[str, ...] = ()
     # Where a dispatcher without a stored cursor starts: "end" (what happens from now on) or
     # "beginning" (every entry the feeds still hold).

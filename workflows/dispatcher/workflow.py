@@ -1,5 +1,6 @@
 """The dispatcher: one long-running workflow per tenant (id `dispatcher/{tenant}`) that turns
-tagging's and audience's feeds into journey enrolments and `event` signals.
+tagging's and audience's feeds into journey enrolments and `event` signals (to member runs, and to
+the open cohorts of broadcasts whose goal or exit criteria an event is).
 
 It runs rounds, each one activity (`dispatcher.dispatch`, see activities.py) that waits for the next
 entries of both feeds, dispatches them and moves the cursors. The cursors live in the worker's
