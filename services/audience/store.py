@@ -436,8 +436,9 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
 # tagging wrote after the maintainer's cursor have not been followed yet and may be what moved it, so
 # it happened when the latest of them did; else, for a new definition (a new audience, version or
 # referenced version), when the member's latest fact happened (an audience defined today finds
-# members who qualified long ago: that is no news); else time alone moved it ("no order in 30
-# days"), at the evaluation's as_of. Never after as_of.
+# members who qualified long ago: that is no news; a member without facts, when it registered or
+# was stored); else time alone moved it ("no order in 30 days"), at the evaluation's as_of. Never
+# after as_of.
 _UNFOLLOWED = """unfollowed AS (
                 SELECT f.member_id, max(f.occur_time) AS fact_time FROM tagging_read.feed f
                 WHERE {after} AND f.member_id IN (SELECT member_id FROM entered UNION ALL
@@ -446,7 +447,8 @@ _UNFOLLOWED = """unfollowed AS (
 _LATEST_FACT = """greatest(
                     (SELECT max(o.paid_time) FROM tagging_read.orders o WHERE o.member_id = k.member_id),
                     (SELECT max(e.occur_time) FROM tagging_read.events e WHERE e.member_id = k.member_id),
-                    (SELECT m.register_time FROM tagging_read.members m WHERE m.member_id = k.member_id))"""
+                    (SELECT coalesce(m.register_time, m.create_time) FROM tagging_read.members m
+                     WHERE m.member_id = k.member_id))"""
 
 
 async def apply_membership(

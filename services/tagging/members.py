@@ -165,10 +165,17 @@ def merged(current: Member, given: MemberInput, paths: Sequence[str]) -> MemberI
     return MemberInput(current.member_id, profile, attributes, contact)
 
 
-def change_time(revision: int, member: MemberInput, now: dt.datetime) -> dt.datetime:
+def change_time(
+    revision: int, member: MemberInput, now: dt.datetime, *, imported: bool = False
+) -> dt.datetime:
     """When a member change happened: a registration at the member's `register_time` (a member
-    loaded with its history registered then, so it is no news), any other change now."""
+    loaded with its history registered then, so it is no news), any other change now. A member
+    imported (ImportMembers) without a `register_time` is an existing customer of unknown age:
+    registered at `checks.EARLIEST`, the earliest time any fact may carry, so neither its
+    registration nor the first tags computed from it are news to anyone."""
     registered = member.profile.register_time
+    if revision == 1 and registered is None and imported:
+        return checks.EARLIEST
     return registered if revision == 1 and registered is not None and registered <= now else now
 
 
@@ -241,7 +248,7 @@ class Members:
             changed = await member_store.import_members(conn, tenant_id, members)
             if changed:
                 given = {m.member_id: m for m in members}
-                happened = {m: change_time(revision, given[m], now) for m, revision in changed}
+                happened = {m: change_time(revision, given[m], now, imported=True) for m, revision in changed}
                 await feed_store.append_feed_many(
                     conn,
                     tenant_id,

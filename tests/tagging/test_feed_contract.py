@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2, tags_pb2
 
-from runtime import tagging_feed
+from runtime import checks, tagging_feed
 from runtime.db import Database
 from services.tagging import feed_store
 from services.tagging.domain import FeedKind
@@ -29,6 +29,7 @@ from tests.tagging.facts_helpers import (
 from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
 from tests.tagging.test_catalog import create, dimension, frequency
 from tests.tagging.test_feed import read_all
+from tests.tagging.test_import import import_members
 from tests.tagging.test_operator_tags import add, operator_dimension, remove
 
 if TYPE_CHECKING:
@@ -437,3 +438,43 @@ async def test_time_alone_ages_a_member_whose_repeat_order_came_late(
         (member_id, "recent", REMOVED): later,
         (member_id, "buyer", ADDED): later,
     }
+
+
+async def test_an_imported_member_without_register_time_registered_before_any_fact(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """ImportMembers loads existing customers: one without a register_time registered at
+    checks.EARLIEST (the earliest time a fact may carry), and so did the first tags a real-time
+    refresh or the next recompute gives it; a sign-up through UpsertMember without one registered
+    now (review B item 13)."""
+    realtime, scheduled = dimension(), dimension()
+    await create(tagging_stub, frequency(realtime))
+    await create(tagging_stub, recency(scheduled))
+    tagger = Tagger(db)
+    await tagger.recompute(TENANT_ACME, [scheduled], dt.datetime.now(dt.UTC))
+    imported, signed_up = unique(), unique()
+    _, start = await read_all(tagging_stub)
+    before = dt.datetime.now(dt.UTC)
+    await import_members(tagging_stub, [[member_pb2.Member(member_id=imported)]])
+    await tagging_stub.UpsertMember(
+        tagging_service_pb2.UpsertMemberRequest(member=member_pb2.Member(member_id=signed_up)), metadata=ACME
+    )
+    await tagger.recompute(TENANT_ACME, [scheduled], dt.datetime.now(dt.UTC))
+    entries = (await read_all(tagging_stub, start))[0]
+
+    def happened(member_id: str) -> dict[str, dt.datetime]:
+        """subject -> occur_time of the member's registration ("") and tag changes (dimension)."""
+        times: dict[str, dt.datetime] = {}
+        for e in entries:
+            if e.member_id == member_id and e.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED:
+                payload = tagging_feed.read_entry(e).payload
+                assert isinstance(payload, tagging_feed.MemberChanged) and payload.occur_time is not None
+                times[""] = payload.occur_time
+            elif e.member_id == member_id and e.subject_id in (realtime, scheduled):
+                times[e.subject_id] = e.tag_changed.occur_time.ToDatetime(tzinfo=dt.UTC)
+        return times
+
+    assert happened(imported) == dict.fromkeys(("", realtime, scheduled), checks.EARLIEST)
+    signed = happened(signed_up)
+    assert signed.keys() == {"", realtime, scheduled}
+    assert all(time >= before for time in signed.values())
