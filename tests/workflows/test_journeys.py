@@ -33,7 +33,7 @@ from tests.workflows.journey_helpers import (
     start,
 )
 from tests.workflows.test_dispatcher import _state
-from workflows.journeys import states
+from workflows.journeys import client, states
 from workflows.journeys.control.payloads import ControlInput, ControlResult, control_workflow_id
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.definition import (
@@ -534,27 +534,40 @@ async def test_a_run_started_late_takes_an_order_paid_since_its_entry_fact_as_th
     journeys_db: Database,
 ) -> None:
     """The member's steps are timed from its entry fact: a wait_for_event that is its first step
-    began at the fact, so an order paid after the fact, before the late run started, ends it."""
+    began at the fact, so an order paid after the fact, before the late run started, ends it,
+    signalled while the member waits or before its first step (with the run's start)."""
     definition = journey(
         order_wait("1d"),
         Step(id="thanks", wait=Wait(duration="1h")),
         Step(id="nudge", send=Send(template="hello")),
     )
-    member_id = unique("m")
-    await seed_member(resources.tagging, member_id)
+    waiting, early = unique("m"), unique("m")
+    for member_id in (waiting, early):
+        await seed_member(resources.tagging, member_id)
     async with running(time_skipping_env, worker_settings, resources):
         now = await time_skipping_env.get_current_time()
-        entered = now - dt.timedelta(hours=2)
+        entered, paid = now - dt.timedelta(hours=2), now - dt.timedelta(hours=1)
+
+        def order() -> MemberEvent:
+            return MemberEvent(kind="order", subject_id=unique("o"), amount_minor=900, occur_time=paid)
+
         handle = await start(
-            time_skipping_env, worker_settings, journeys_db, definition, member_id, entry_time=entered
+            time_skipping_env, worker_settings, journeys_db, definition, waiting, entry_time=entered
         )
         await eventually(lambda: _at(handle, "wait"), "did the member get to its wait")
-        paid = now - dt.timedelta(hours=1)
-        order = MemberEvent(kind="order", subject_id=unique("o"), amount_minor=900, occur_time=paid)
-        await handle.signal(JourneyWorkflow.event, order)
-        funnel = await handle.result()
-    assert [s.step_id for s in funnel.steps] == ["wait", "thanks", "nudge"]
-    assert figures(funnel, "nudge") == {"entered": 1, "sent": 1}
+        await handle.signal(JourneyWorkflow.event, order())
+        signalled_first = await time_skipping_env.client.start_workflow(
+            JourneyWorkflow.run,
+            JourneyInput(TENANT_ACME, definition.key, early, entry_time=entered),
+            id=client.workflow_id(TENANT_ACME, definition.key, early),
+            task_queue=worker_settings.temporal_task_queue,
+            start_signal="event",
+            start_signal_args=[order()],
+        )
+        funnels = [await handle.result(), await signalled_first.result()]
+    for funnel in funnels:
+        assert [s.step_id for s in funnel.steps] == ["wait", "thanks", "nudge"]
+        assert figures(funnel, "nudge") == {"entered": 1, "sent": 1}
 
 
 async def test_a_control_run_pauses_the_running_members_of_its_revision(

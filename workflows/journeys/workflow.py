@@ -270,12 +270,18 @@ class JourneyWorkflow:
 
     async def event_until(self, match: EventMatch, until: dt.datetime) -> bool:
         seen = len(self._events)
-        # The wait began when the member got to the step, in the facts' time (a run started late
-        # takes an order paid between its entry fact and its first wait).
-        since = workflow.now() - self._late if workflow.patched(EVENT_TIME_WAITS) else None
-        return await self._wait_for(
-            lambda: any(matches(match, e) and _since(e, since) for e in self._events[seen:]), until
-        )
+        if not workflow.patched(EVENT_TIME_WAITS):
+            return await self._wait_for(lambda: any(matches(match, e) for e in self._events[seen:]), until)
+        # The wait began when the member got to the step, in the facts' time: a run started late
+        # takes an order paid between its entry fact and its first wait, even one signalled before
+        # the step began; an event without a time counts when it comes during the wait.
+        since = workflow.now() - self._late
+
+        def came(index: int, event: MemberEvent) -> bool:
+            fresh = index >= seen if event.occur_time is None else _since(event, since)
+            return fresh and matches(match, event)
+
+        return await self._wait_for(lambda: any(came(i, e) for i, e in enumerate(self._events)), until)
 
     async def unpaused(self) -> None:
         await workflow.wait_condition(lambda: not self._paused or bool(self._ended))
