@@ -106,7 +106,7 @@ class Journeys:
         request_hash = _request_hash("create", definition)
 
         async def write(conn: Connection) -> int:
-            await store.lock_journey(conn, definition.key)
+            await store.lock_journey(conn, tenant_id, definition.key)
             if await store.latest_version(conn, tenant_id, definition.key) is not None:
                 raise AlreadyExists(f"journeys/{definition.key} exists: UpdateJourney stores a new version")
             return (await store.add_version(conn, tenant_id, definition, None)).version
@@ -123,7 +123,7 @@ class Journeys:
         request_hash = _request_hash("update", definition, expected_version)
 
         async def write(conn: Connection) -> int:
-            await store.lock_journey(conn, definition.key)
+            await store.lock_journey(conn, tenant_id, definition.key)
             latest = await store.latest_version(conn, tenant_id, definition.key)
             if latest is None:
                 raise NotFound(f"journeys/{definition.key} does not exist: CreateJourney stores it")
@@ -154,7 +154,7 @@ class Journeys:
         await self.check_writable(tenant_id, definition)
         async with self._db.transaction(tenant_id) as conn:
             if request_id:
-                await request_store.lock(conn, request_id)
+                await request_store.lock(conn, tenant_id, request_id)
                 first = await request_store.find(conn, tenant_id, request_id)
                 if first is not None:
                     version = self._same(request_id, first, method, request_hash)

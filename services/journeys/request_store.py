@@ -15,10 +15,12 @@ class RequestRow:
     version: int
 
 
-async def lock(conn: Connection, request_id: str) -> None:
-    """Serialises the requests of one id until the transaction ends (the primary key backs it)."""
+async def lock(conn: Connection, tenant_id: str, request_id: str) -> None:
+    """Serialises the requests of one tenant's id until the transaction ends (the primary key, which
+    starts with the tenant, backs it)."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "\x1f".join(("journey-request", request_id))
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        "\x1f".join(("journey-request", tenant_id, request_id)),
     )
 
 

@@ -20,8 +20,9 @@ from temporalio.testing import WorkflowEnvironment
 from runtime.config import Settings
 from runtime.db import Connection, Database
 from runtime.errors import Aborted, FailedPrecondition, NotFound
+from services.journeys import request_store
 from services.journeys.lifecycle import Lifecycle
-from tests.conftest import TENANT_ACME, unique
+from tests.conftest import TENANT_ACME, TENANT_GLOBEX, unique
 from tests.waiting import eventually
 from tests.workflows import cohort_helpers
 from tests.workflows.journey_helpers import figures, journey, running, seed_member
@@ -473,6 +474,81 @@ async def test_an_enrolment_waiting_for_a_pause_sees_it_and_enrols_nobody(
         funnel = await handle.result()
     assert (funnel.state, funnel.detail) == ("not_enrolled", "journey is not active")
     assert await enrolments(journeys_db, definition.key, member_id) == []
+
+
+# --- locks are per tenant --------------------------------------------------------------------------
+
+
+async def _done_or_blocked(db: Database, work: Awaitable[object]) -> str:
+    """Runs `work` while another tenant holds its lock: "done", or "blocked" once a backend waits
+    for an advisory lock (the other tenant's)."""
+    task = asyncio.ensure_future(work)
+
+    async def seen() -> str | None:
+        if task.done():
+            return "done"
+        async with db.pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"""
+            )
+        return "blocked" if waiting else None
+
+    outcome = await eventually(seen, "the other tenant's write finished or waited")
+    if outcome == "done":
+        task.result()
+    return outcome
+
+
+@pytest.mark.parametrize("lock", ["definition", "enrolment"])
+async def test_a_tenant_never_waits_for_another_tenants_journey_locks(
+    journeys_db: Database, monkeypatch: pytest.MonkeyPatch, lock: str
+) -> None:
+    """Acme holds the lock of its journey `key` (of its member `m`) inside put_definition (enrol);
+    Globex's write of its own journey of the same key (member) goes ahead."""
+    key, member_id, now = unique("j"), unique("m"), dt.datetime.now(dt.UTC)
+    definition = journey(*STEPS, key=key)
+    for tenant_id in (TENANT_ACME, TENANT_GLOBEX):
+        await store.put_definition(journeys_db, tenant_id, definition)
+        await states.transition(journeys_db, tenant_id, key, "active", 0, now)
+    gate = Gate()
+    held = {"definition": "latest_version", "enrolment": "entry_refusal"}[lock]
+    inner = getattr(store, held)
+
+    async def holding(conn: Connection, tenant_id: str, *args: Any) -> Any:
+        if tenant_id == TENANT_ACME:
+            await gate.hold()
+        return await inner(conn, tenant_id, *args)
+
+    monkeypatch.setattr(store, held, holding)
+
+    async def write(tenant_id: str) -> object:
+        if lock == "definition":
+            return await store.put_definition(journeys_db, tenant_id, journey(*STEPS[:1], key=key))
+        return await store.enrol(
+            journeys_db, tenant_id, definition, 1, member_id, unique("wf"), unique("run"), "treated", now
+        )
+
+    acme = asyncio.ensure_future(write(TENANT_ACME))
+    try:
+        await asyncio.wait_for(gate.reached.wait(), 30)
+        outcome = await _done_or_blocked(journeys_db, write(TENANT_GLOBEX))
+    finally:
+        gate.open.set()
+        await acme
+    assert outcome == "done"
+
+
+async def test_a_tenant_never_waits_for_another_tenants_request_id(journeys_db: Database) -> None:
+    request_id = unique("req")
+    async with journeys_db.transaction(TENANT_ACME) as conn:
+        await request_store.lock(conn, TENANT_ACME, request_id)
+
+        async def other() -> None:
+            async with journeys_db.transaction(TENANT_GLOBEX) as theirs:
+                await request_store.lock(theirs, TENANT_GLOBEX, request_id)
+
+        assert await _done_or_blocked(journeys_db, other()) == "done"
 
 
 # --- the dispatcher -----------------------------------------------------------------------------

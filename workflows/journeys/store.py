@@ -55,7 +55,7 @@ async def put_definition(db: Database, tenant_id: str, definition: JourneyDefini
     """Validates and stores `definition`: the latest version when its content is unchanged, else a new one."""
     validate(definition)
     async with db.transaction(tenant_id) as conn:
-        await lock_journey(conn, definition.key)
+        await lock_journey(conn, tenant_id, definition.key)
         return await add_version(
             conn, tenant_id, definition, await latest_version(conn, tenant_id, definition.key)
         )
@@ -73,9 +73,10 @@ def content_of(definition: JourneyDefinition) -> tuple[str, str]:
     return content, hashlib.sha256(content.encode()).hexdigest()
 
 
-async def lock_journey(conn: Connection, key: str) -> None:
-    """Serialises the writes of one journey's versions until the transaction ends."""
-    await _lock(conn, "journey-definition", key)
+async def lock_journey(conn: Connection, tenant_id: str, key: str) -> None:
+    """Serialises the writes of one journey's versions until the transaction ends. The tenant is
+    part of the key: tenants with a journey of the same key never wait for each other."""
+    await _lock(conn, "journey-definition", tenant_id, key)
 
 
 async def latest_version(conn: Connection, tenant_id: str, key: str) -> VersionRow | None:
@@ -199,7 +200,7 @@ async def enrol(
     the dispatcher) enrols a member into a journey once, even where the journey allows re-entry.
     Only an active journey enrols, into its live version (`entry_refusal`)."""
     async with db.transaction(tenant_id) as conn:
-        await _lock(conn, "journey-enrolment", definition.key, member_id)
+        await _lock(conn, "journey-enrolment", tenant_id, definition.key, member_id)
         mine = await conn.fetchrow(
             """SELECT enrolment_id, entry_number, arm, run_id FROM journeys.enrolments
                WHERE tenant_id = $1 AND run_id = $2""",
