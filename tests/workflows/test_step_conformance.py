@@ -1,7 +1,8 @@
 """One step semantics: the same broadcast definition run over the same members as a cohort and as
 member journeys gives the same funnel for every step kind both shapes run (split, send, add_tag,
 exit, wait, wait_until_hour with the members' own send hours), the same arm per member, the same
-member-local send times, and the same split arms recorded for the report."""
+member-local send times, and the same split arms recorded for the report; a path ending in an exit
+step or in a wait gives each member the same walk, state and conversion in both shapes."""
 
 from __future__ import annotations
 

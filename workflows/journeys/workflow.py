@@ -11,8 +11,12 @@ What each kind of step does is defined once, for member journeys and cohorts, in
 Signals: `event` (an event of the member: a goal, an exit criterion, what a wait waits for),
 `pause`/`resume` (a paused member stays before its next step; waits keep their deadlines).
 Cancelling the workflow stops the member: it records `stopped` and returns its funnel. After the
-last step a member with a goal stays until the attribution window ends, so conversions of treated
-and holdout members are counted alike.
+last step (or an exit step, which ends the steps the same way) a member with a goal stays until the
+attribution window ends, so conversions of treated and holdout members are counted alike.
+
+Events are judged by when their fact happened: the goal within [enter time, enter time +
+attribution], an exit criterion only since the member entered, a wait_for_event only since the
+wait began. A run started late (the dispatcher's `entry_time`) counts its time from the entry fact.
 """
 
 from __future__ import annotations

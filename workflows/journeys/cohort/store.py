@@ -31,8 +31,9 @@ def transaction(
     return db.transaction(tenant_id, readonly=readonly, plans="custom")
 
 
-# A member past its last step waits for nothing more (only for the goal's window to end); asyncpg
-# writes it as 'infinity'.
+# The due time of a member past its last step that waits for nothing more (only for the goal's
+# window to end); asyncpg writes it as 'infinity'. One past its last step with another due time is
+# still in the step's wait that ended its steps (a trailing wait), as a member journey sleeps in it.
 WALKED = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
