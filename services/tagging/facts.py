@@ -181,13 +181,14 @@ def refund_payload(refund: Refund, order: OrderState) -> dict[str, Any]:
     }
 
 
-def _latest_times(events: Sequence[BehaviorEvent], now: dt.datetime) -> dict[str, dt.datetime]:
-    """Each member's latest event time: what the tag changes their refresh makes are dated by."""
-    latest: dict[str, dt.datetime] = {}
+def _earliest_times(events: Sequence[BehaviorEvent], now: dt.datetime) -> dict[str, dt.datetime]:
+    """Each member's earliest event time: what the tag changes their refresh makes are dated by
+    (the earliest, as refresh_store.queue_refresh merges them: history never becomes news)."""
+    earliest: dict[str, dt.datetime] = {}
     for event in events:
         time = event.occur_time or now
-        latest[event.member_id] = max(latest.get(event.member_id, time), time)
-    return latest
+        earliest[event.member_id] = min(earliest.get(event.member_id, time), time)
+    return earliest
 
 
 class Facts:
@@ -284,7 +285,7 @@ class Facts:
             members = sorted({e.member_id for e in unique})
             if recorded:
                 await refresh_store.queue_refresh(
-                    conn, tenant_id, members, input_bits(Input.EVENTS), _latest_times(unique, now)
+                    conn, tenant_id, members, input_bits(Input.EVENTS), _earliest_times(unique, now)
                 )
         if recorded:
             await self._realtime.refreshed(tenant_id, members, Input.EVENTS, now)

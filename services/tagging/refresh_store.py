@@ -20,21 +20,26 @@ async def queue_refresh(
 ) -> None:
     """Owes these members a real-time refresh of `inputs` (bits) for facts that happened at
     `fact_time` (one time, or each member's); merged into a row already owed, which keeps the
-    latest time (the changes the refresh makes are dated by it). None: unknown, the refresh's own
-    clock dates them."""
+    earliest time (the changes the refresh makes are dated by it). None: unknown, the refresh's own
+    clock dates them.
+
+    The earliest, because one refresh cannot tell which of its facts made a change: with the
+    latest, a fresh event arriving beside a history load made the history's changes news (and
+    enrolled members); with the earliest, a fresh fact that shares a refresh with a history one
+    (both owed within the same instant) loses its news, never history gains any."""
     if not member_ids:
         return
     times = [fact_time.get(m) if isinstance(fact_time, Mapping) else fact_time for m in member_ids]
     await conn.execute(
         """INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs, fact_time)
            SELECT $1, m.member_id, $3, m.fact_time
-           FROM (SELECT u.member_id, max(u.fact_time) AS fact_time
+           FROM (SELECT u.member_id, min(u.fact_time) AS fact_time
                  FROM unnest($2::text[], $4::timestamptz[]) AS u(member_id, fact_time)
                  GROUP BY u.member_id) m
            ORDER BY m.member_id
            ON CONFLICT (tenant_id, member_id)
            DO UPDATE SET inputs = q.inputs | excluded.inputs, seq = nextval('tagging.refresh_queue_seq'),
-                         fact_time = greatest(q.fact_time, excluded.fact_time)""",
+                         fact_time = least(q.fact_time, excluded.fact_time)""",
         tenant_id,
         list(member_ids),
         inputs,

@@ -8,6 +8,8 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from memberops.tagging.v1 import feed_pb2, tags_pb2
+
 from runtime.db import Database
 from services.tagging import order_store, refresh_store
 from services.tagging.api import order_from_proto
@@ -18,6 +20,8 @@ from services.tagging.rules import Input
 from tests.conftest import TENANT_ACME
 from tests.tagging.facts_helpers import an_order, new_member, stamp
 from tests.tagging.test_catalog import create, dimension, frequency
+from tests.tagging.test_feed import read_all
+from tests.tagging.test_feed_contract import recency, registered_member
 from tests.tagging.test_member_tags import order_now, tags_of
 
 if TYPE_CHECKING:
@@ -96,3 +100,34 @@ async def test_a_fact_queued_during_a_refresh_stays_owed(tagging_stub: Stub, db:
     async with db.transaction(TENANT_ACME) as conn:
         await refresh_store.settle_refreshes(conn, [(member_id, seq)])
     assert await owed(db, member_id) == []
+
+
+async def test_a_refresh_owed_for_history_and_a_fresh_fact_dates_its_changes_by_the_history(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """A year-old order and a fresh event owed to one refresh: it cannot tell which made a change,
+    so it dates its changes by the earlier (history never becomes news; review B item 10)."""
+    name = dimension()
+    definition = recency(name)
+    definition.refresh_policy = tags_pb2.REFRESH_POLICY_REAL_TIME
+    await create(tagging_stub, definition)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    member_id = await registered_member(tagging_stub, now - dt.timedelta(days=730))
+    paid = now - dt.timedelta(days=300)
+    order = order_from_proto(an_order(member_id, paid_time=stamp(paid)))
+    # What a history order and a fresh event leave when their refreshes are still owed.
+    async with db.transaction(TENANT_ACME) as conn:
+        assert await order_store.insert_order(conn, TENANT_ACME, order, content_hash(order))
+        await refresh_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.ORDERS), paid)
+    async with db.transaction(TENANT_ACME) as conn:
+        await refresh_store.queue_refresh(conn, TENANT_ACME, [member_id], input_bits(Input.EVENTS), now)
+    _, start = await read_all(tagging_stub)
+    realtime = RealTimeTags(db, Tagger(db))
+    async with running(realtime):
+        assert await realtime.sweep_once(TENANT_ACME, dt.datetime.now(dt.UTC), older_than=0) >= 1
+    got = {
+        (e.tag_changed.value, e.tag_changed.change): e.tag_changed.occur_time.ToDatetime(tzinfo=dt.UTC)
+        for e in (await read_all(tagging_stub, start))[0]
+        if e.member_id == member_id and e.subject_id == name
+    }
+    assert got == {("none", feed_pb2.TAG_CHANGE_REMOVED): paid, ("buyer", feed_pb2.TAG_CHANGE_ADDED): paid}
