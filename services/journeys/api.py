@@ -140,23 +140,31 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
         self, request: journeys_service_pb2.ActivateJourneyRequest, context: Any
     ) -> journey_pb2.Journey:
         key = key_from_name(request.name)
-        return journey_to_proto(await self._operations.activate(current_tenant(), key, request.version))
+        activated = await self._operations.activate(
+            current_tenant(), key, request.version, request.request_id
+        )
+        return journey_to_proto(activated)
 
     async def PauseJourney(
         self, request: journeys_service_pb2.PauseJourneyRequest, context: Any
     ) -> journey_pb2.Journey:
-        return journey_to_proto(await self._operations.pause(current_tenant(), key_from_name(request.name)))
+        key = key_from_name(request.name)
+        return journey_to_proto(await self._operations.pause(current_tenant(), key, request.request_id))
 
     async def ResumeJourney(
         self, request: journeys_service_pb2.ResumeJourneyRequest, context: Any
     ) -> journey_pb2.Journey:
-        return journey_to_proto(await self._operations.resume(current_tenant(), key_from_name(request.name)))
+        key = key_from_name(request.name)
+        return journey_to_proto(await self._operations.resume(current_tenant(), key, request.request_id))
 
     async def ArchiveJourney(
         self, request: journeys_service_pb2.ArchiveJourneyRequest, context: Any
     ) -> journey_pb2.Journey:
         key = key_from_name(request.name)
-        return journey_to_proto(await self._operations.archive(current_tenant(), key, request.stop_running))
+        archived = await self._operations.archive(
+            current_tenant(), key, request.stop_running, request.request_id
+        )
+        return journey_to_proto(archived)
 
     async def StartBroadcast(
         self, request: journeys_service_pb2.StartBroadcastRequest, context: Any

@@ -48,24 +48,41 @@ class Lifecycle:
         self._task_queue = task_queue
 
     async def activate(
-        self, tenant_id: str, journey_key: str, version: int = 0, checked: int = 0
+        self,
+        tenant_id: str,
+        journey_key: str,
+        version: int = 0,
+        checked: int = 0,
+        request: states.Request | None = None,
     ) -> JourneyState:
         """Makes `version` (0: the latest stored one; for a paused journey, its live one) live;
         `checked`: the version 0 was resolved to and checked (see `states.transition`)."""
-        return await self._move(tenant_id, journey_key, "active", version, checked=checked)
+        return await self._move(tenant_id, journey_key, "active", version, checked=checked, request=request)
 
-    async def pause(self, tenant_id: str, journey_key: str) -> JourneyState:
+    async def pause(
+        self, tenant_id: str, journey_key: str, request: states.Request | None = None
+    ) -> JourneyState:
         """No new entries; running members and cohorts hold before their next step."""
-        return await self._move(tenant_id, journey_key, "paused")
+        return await self._move(tenant_id, journey_key, "paused", request=request)
 
-    async def resume(self, tenant_id: str, journey_key: str) -> JourneyState:
+    async def resume(
+        self, tenant_id: str, journey_key: str, request: states.Request | None = None
+    ) -> JourneyState:
         """A paused journey goes on with its live version; held members continue. Decided under the
         state row's lock: a resume never puts back a live version replaced since it was called."""
-        return await self._move(tenant_id, journey_key, "active", resume=True)
+        return await self._move(tenant_id, journey_key, "active", resume=True, request=request)
 
-    async def archive(self, tenant_id: str, journey_key: str, stop_running: bool = False) -> JourneyState:
+    async def archive(
+        self,
+        tenant_id: str,
+        journey_key: str,
+        stop_running: bool = False,
+        request: states.Request | None = None,
+    ) -> JourneyState:
         """No new entries; running members finish, or are stopped (`stopped`) with `stop_running`."""
-        return await self._move(tenant_id, journey_key, "archived", stop_running=stop_running)
+        return await self._move(
+            tenant_id, journey_key, "archived", stop_running=stop_running, request=request
+        )
 
     async def _move(
         self,
@@ -77,7 +94,12 @@ class Lifecycle:
         stop_running: bool = False,
         resume: bool = False,
         checked: int = 0,
+        request: states.Request | None = None,
     ) -> JourneyState:
+        """The move, then its control run and schedule sync. A repeated request id moves nothing and
+        answers the first call's live version; its control run and sync are those of the state
+        as it is now (each idempotent), so a retry still finishes a first call that died after
+        its commit."""
         state = await states.transition(
             self._db,
             tenant_id,
@@ -87,6 +109,7 @@ class Lifecycle:
             dt.datetime.now(dt.UTC),
             resume=resume,
             checked=checked,
+            request=request,
         )
         workflow_id = await self._control(tenant_id, state, action_for(state, stop_running))
         # Every move, whatever the live version is: a scheduled broadcast replaced by a triggered

@@ -6,6 +6,7 @@ journey or the audience), and a broadcast starts only for an active broadcast jo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -13,10 +14,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from runtime.db import Database
 from runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.journeys import broadcasts
+from services.journeys import broadcasts, request_store
 from services.journeys.broadcasts import StartedBroadcast
 from services.journeys.journey_store import JourneyRow
-from services.journeys.journeys import Journeys
+from services.journeys.journeys import MAX_REQUEST_ID, Journeys
 from services.journeys.lifecycle import Lifecycle
 from services.journeys.temporal import LazyClient
 from workflows.journeys import states
@@ -35,6 +36,18 @@ async def _temporal(call: Awaitable[_T]) -> _T:
         raise
 
 
+def _request(
+    tenant_id: str, key: str, request_id: str, method: str, *content: object
+) -> request_store.Move | None:
+    """The lifecycle call's request id (None without one), hashed with what the call asks."""
+    if not request_id:
+        return None
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+    request_hash = hashlib.sha256("\x1f".join((method, key, *map(str, content))).encode()).hexdigest()
+    return request_store.Move(tenant_id, request_id, method, request_hash, key)
+
+
 class Operations:
     def __init__(self, db: Database, journeys: Journeys, temporal: LazyClient, task_queue: str) -> None:
         self._db = db
@@ -51,11 +64,17 @@ class Operations:
         state = await _temporal(move(await self._lifecycle()))
         return await self._journeys.get(tenant_id, key, state.live_version)
 
-    async def activate(self, tenant_id: str, key: str, version: int) -> JourneyRow:
+    async def activate(self, tenant_id: str, key: str, version: int, request_id: str = "") -> JourneyRow:
         """Makes `version` live once its references hold: exactly the version checked (version 0
-        resolved here is ABORTED if it means another one by the time the state changes)."""
+        resolved here is ABORTED if it means another one by the time the state changes). A retry
+        of `request_id` answers the version the first call made live, unchecked and unmoved."""
         if version < 0:
             raise InvalidArgument.field("version", "must be 0 (the latest) or a version number")
+        request = _request(tenant_id, key, request_id, "activate", version)
+        if request is not None and await self._answered(tenant_id, request):
+            return await self._moved(
+                tenant_id, key, lambda life: life.activate(tenant_id, key, request=request)
+            )
         target = version or await self._default_version(tenant_id, key)
         row = await self._journeys.get(tenant_id, key, target)
         broken = await self._journeys.broken_references(tenant_id, row.definition)
@@ -63,7 +82,9 @@ class Operations:
             listed = "; ".join(f"{v.field}: {v.description}" for v in broken)
             raise FailedPrecondition(f"journeys/{key} version {row.version} cannot go live: {listed}")
         return await self._moved(
-            tenant_id, key, lambda life: life.activate(tenant_id, key, version, checked=row.version)
+            tenant_id,
+            key,
+            lambda life: life.activate(tenant_id, key, version, checked=row.version, request=request),
         )
 
     async def _default_version(self, tenant_id: str, key: str) -> int:
@@ -72,14 +93,24 @@ class Operations:
         current = await states.get_state(self._db, tenant_id, key)
         return current.live_version if current.state == "paused" else 0
 
-    async def pause(self, tenant_id: str, key: str) -> JourneyRow:
-        return await self._moved(tenant_id, key, lambda life: life.pause(tenant_id, key))
+    async def pause(self, tenant_id: str, key: str, request_id: str = "") -> JourneyRow:
+        request = _request(tenant_id, key, request_id, "pause")
+        return await self._moved(tenant_id, key, lambda life: life.pause(tenant_id, key, request))
 
-    async def resume(self, tenant_id: str, key: str) -> JourneyRow:
-        return await self._moved(tenant_id, key, lambda life: life.resume(tenant_id, key))
+    async def resume(self, tenant_id: str, key: str, request_id: str = "") -> JourneyRow:
+        request = _request(tenant_id, key, request_id, "resume")
+        return await self._moved(tenant_id, key, lambda life: life.resume(tenant_id, key, request))
 
-    async def archive(self, tenant_id: str, key: str, stop_running: bool) -> JourneyRow:
-        return await self._moved(tenant_id, key, lambda life: life.archive(tenant_id, key, stop_running))
+    async def archive(self, tenant_id: str, key: str, stop_running: bool, request_id: str = "") -> JourneyRow:
+        request = _request(tenant_id, key, request_id, "archive", stop_running)
+        return await self._moved(
+            tenant_id, key, lambda life: life.archive(tenant_id, key, stop_running, request)
+        )
+
+    async def _answered(self, tenant_id: str, request: request_store.Move) -> bool:
+        """Whether the request id has an answer already (the transition checks it is this call's)."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            return await request_store.find(conn, tenant_id, request.request_id) is not None
 
     async def start_broadcast(
         self, tenant_id: str, key: str, request_id: str

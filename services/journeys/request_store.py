@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.db import Connection
+from runtime.errors import AlreadyExists
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,28 @@ async def record(conn: Connection, tenant_id: str, request_id: str, answer: Requ
         answer.journey_key,
         answer.version,
     )
+
+
+@dataclass(frozen=True)
+class Move:
+    """The request id of a lifecycle call (activate, pause, resume, archive), which
+    `states.transition` looks up and records in the transaction that moves the journey."""
+
+    tenant_id: str
+    request_id: str
+    method: str
+    request_hash: str
+    journey_key: str
+
+    async def first(self, conn: Connection) -> int | None:
+        await lock(conn, self.tenant_id, self.request_id)
+        found = await find(conn, self.tenant_id, self.request_id)
+        if found is None:
+            return None
+        if (found.method, found.request_hash) != (self.method, self.request_hash):
+            raise AlreadyExists(f"request_id {self.request_id!r} was used for a different request")
+        return found.version
+
+    async def record(self, conn: Connection, live_version: int) -> None:
+        answer = RequestRow(self.method, self.request_hash, self.journey_key, live_version)
+        await record(conn, self.tenant_id, self.request_id, answer)

@@ -86,6 +86,49 @@ async def test_a_journey_goes_live_pauses_resumes_and_is_archived(journeys_stub:
     assert (await get(journeys_stub, key)).state == State.JOURNEY_STATE_ARCHIVED
 
 
+async def test_a_state_change_retried_by_its_request_id_answers_the_first_and_moves_nothing(
+    journeys_stub: Stub,
+) -> None:
+    definition = simple()
+    key, name = definition.key, f"journeys/{definition.key}"
+    await create(journeys_stub, definition)
+    activate = S.ActivateJourneyRequest(name=name, request_id=unique("req"))
+    first = await journeys_stub.ActivateJourney(activate, metadata=ACME)
+    assert first.live_version == 1
+    # A retry after an update made version 2 the latest: version 0 meant 1, and still does.
+    await update(journeys_stub, dataclasses.replace(definition, name="Second"))
+    again = await journeys_stub.ActivateJourney(activate, metadata=ACME)
+    assert (again.live_version, again.version, again.definition.name) == (1, 1, "Simple")
+    pause = S.PauseJourneyRequest(name=name, request_id=unique("req"))
+    assert (await journeys_stub.PauseJourney(pause, metadata=ACME)).state == State.JOURNEY_STATE_PAUSED
+    await journeys_stub.ResumeJourney(S.ResumeJourneyRequest(name=name), metadata=ACME)
+    # The pause's retry does not pause the resumed journey again.
+    assert (await journeys_stub.PauseJourney(pause, metadata=ACME)).state == State.JOURNEY_STATE_ACTIVE
+    assert (await get(journeys_stub, key)).live_version == 1
+    reused = await failure(
+        journeys_stub.ResumeJourney(
+            S.ResumeJourneyRequest(name=name, request_id=pause.request_id), metadata=ACME
+        )
+    )
+    assert reused.code() == grpc.StatusCode.ALREADY_EXISTS
+    other_version = S.ActivateJourneyRequest(name=name, version=2, request_id=activate.request_id)
+    assert (await failure(journeys_stub.ActivateJourney(other_version, metadata=ACME))).code() == (
+        grpc.StatusCode.ALREADY_EXISTS
+    )
+    await bad(
+        journeys_stub.ArchiveJourney(S.ArchiveJourneyRequest(name=name, request_id="x" * 129), metadata=ACME),
+        "request_id",
+    )
+    archive = S.ArchiveJourneyRequest(name=name, request_id=unique("req"))
+    archived = await journeys_stub.ArchiveJourney(archive, metadata=ACME)
+    assert await journeys_stub.ArchiveJourney(archive, metadata=ACME) == archived
+    assert archived.state == State.JOURNEY_STATE_ARCHIVED
+    # Another tenant's call with the same id is its own.
+    assert (await failure(journeys_stub.ArchiveJourney(archive, metadata=GLOBEX))).code() == (
+        grpc.StatusCode.NOT_FOUND
+    )
+
+
 async def test_illegal_transitions_unknown_journeys_and_other_tenants(journeys_stub: Stub) -> None:
     definition = simple()
     key = definition.key

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from runtime.db import Connection, Database
 from runtime.errors import Aborted, FailedPrecondition, NotFound
@@ -26,6 +27,17 @@ _FROM = {
     "paused": ("active",),
     "archived": ("draft", "active", "paused"),
 }
+
+
+class Request(Protocol):
+    """A move's request id, recorded in the move's own transaction (the journeys service's
+    `request_store.Move`): a retry finds the first call's answer instead of moving again."""
+
+    async def first(self, conn: Connection) -> int | None:
+        """The live version the first call with this id left, or None (locks the id)."""
+
+    async def record(self, conn: Connection, live_version: int) -> None:
+        """Records this call's answer."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ async def transition(
     *,
     resume: bool = False,
     checked: int = 0,
+    request: Request | None = None,
 ) -> JourneyState:
     """Moves the journey to `to_state` under its row lock. `version` matters for activation only: a
     stored version (0: the latest; resuming a paused journey with 0 keeps its live version).
@@ -106,7 +119,8 @@ async def transition(
     with its live version (an active one stays as it is; anything else is FailedPrecondition), and
     `checked` is the version an activation with version 0 resolved to and checked beforehand
     (Aborted if 0 now means another one, stored or made live meanwhile). Repeating a transition
-    that already holds returns the state unchanged (same revision)."""
+    that already holds returns the state unchanged (same revision); repeating a `request` returns
+    the current state with the live version the first call left, and moves nothing."""
     if to_state not in _FROM or (resume and to_state != "active"):
         raise FailedPrecondition(f"a journey cannot be moved to {to_state!r}")
     async with db.transaction(tenant_id) as conn:
@@ -119,6 +133,9 @@ async def transition(
         if not versions:
             raise NotFound(f"journey {key!r} does not exist")
         current = await read_state(conn, tenant_id, key, lock="UPDATE")
+        first = None if request is None else await request.first(conn)
+        if first is not None:
+            return replace(current, live_version=first)
         if current.state not in _FROM[to_state] and current.state != to_state:
             raise FailedPrecondition(_why(current, to_state))
         if resume and current.state not in ("paused", "active"):
@@ -131,6 +148,8 @@ async def transition(
                 f"journeys/{key} changed meanwhile: version 0 now makes version {live} live, not the "
                 f"version {checked} that was checked; repeat the call"
             )
+        if request is not None:
+            await request.record(conn, live)
         if current.state == to_state and current.live_version == live:
             return current
         row = await conn.fetchrow(
