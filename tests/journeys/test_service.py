@@ -233,15 +233,19 @@ async def test_concurrent_duplicates_store_one_version(journeys_stub: Stub) -> N
     )
     assert {u.version for u in updated} == {2}
     assert (await get(journeys_stub, definition.key)).latest_version == 2
-    # Each request id with content of its own (identical content would store one version anyway):
-    # its retries store nothing more, whatever the other ids stored meanwhile.
+    # Each request id with content of its own (identical content would store one version anyway),
+    # sent interleaved: each id stores one version, and a later retry of each (after the others
+    # stored theirs, so its content is no longer the latest) answers that version again.
     ids = [unique("req") for _ in range(3)]
     contents = {i: dataclasses.replace(definition, name=f"Name {n}") for n, i in enumerate(ids)}
     answers = await asyncio.gather(
-        *(update(journeys_stub, contents[i], request_id=i) for i in ids for _ in range(4))
+        *(update(journeys_stub, contents[i], request_id=i) for _ in range(4) for i in ids)
     )
-    by_id = {i: {a.version for a in answers[n * 4 : n * 4 + 4]} for n, i in enumerate(ids)}
-    assert sorted(v for versions in by_id.values() for v in versions) == [3, 4, 5]
+    first = {i: {a.version for a in answers[n::3]} for n, i in enumerate(ids)}
+    assert all(len(versions) == 1 for versions in first.values())
+    assert sorted(v for versions in first.values() for v in versions) == [3, 4, 5]
+    for i in ids:
+        assert {(await update(journeys_stub, contents[i], request_id=i)).version} == first[i]
     assert (await get(journeys_stub, definition.key)).latest_version == 5
 
 
