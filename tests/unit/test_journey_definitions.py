@@ -20,6 +20,7 @@ from runtime.errors import InvalidArgument
 from workflows.journeys import templates
 from workflows.journeys.definition import (
     BROADCAST_STEP_KINDS,
+    MAX_RENDERED,
     STEP_KINDS,
     AddTag,
     AudienceEntry,
@@ -37,6 +38,7 @@ from workflows.journeys.definition import (
     Split,
     SplitArm,
     Step,
+    TagField,
     Template,
     Wait,
     WaitForEvent,
@@ -334,3 +336,18 @@ def test_a_broadcast_schedule_is_a_cron_that_temporal_takes_and_that_fires() -> 
             validate(scheduled(cron))
         ((path, description),) = [(v.field, v.description) for v in refused.value.violations]
         assert path == "entry.broadcast.schedule" and why in description, cron
+
+
+def test_a_rendered_text_is_cut_at_its_limit_and_tag_field_texts_are_short() -> None:
+    long = TagField(name="offer", dimension="rfm", texts={"high": "x" * 200}, default="y" * 200)
+    body = "{offer}" * 500
+    subject, rendered = templates.render(Template(body=body, tag_fields=(long,)), {"offer": "x" * 200})
+    assert (subject, rendered) == ("", "x" * MAX_RENDERED)
+    validate(definition(templates={"hello": Template(body="{offer}", tag_fields=(long,))}))
+    longer = dataclasses.replace(long, texts={"high": "x" * 201}, default="y" * 201)
+    with pytest.raises(InvalidArgument) as refused:
+        validate(definition(templates={"hello": Template(body="{offer}", tag_fields=(longer,))}))
+    assert {v.field for v in refused.value.violations} == {
+        "templates['hello'].tag_fields[0].texts['high']",
+        "templates['hello'].tag_fields[0].default",
+    }

@@ -69,6 +69,11 @@ MAX_ENTRY_DELAY = timedelta(days=30)
 MAX_HOLDOUT_PERCENT = 50
 MAX_POINTS = 100_000_000
 MAX_TEXT = 4000
+# A tag field's text (inserted for each of its placeholders).
+MAX_FIELD_TEXT = 200
+# A rendered subject or body is cut here (a message never needs more; a stored version may hold
+# fields long enough to make more).
+MAX_RENDERED = 2 * MAX_TEXT
 
 
 @dataclass(frozen=True)
@@ -507,6 +512,15 @@ def _templates(templates: Mapping[str, Template], v: Violations) -> None:
                 v.add(f"{path}.tag_fields[{j}].name", "must be a new field name")
             if not NAME.match(tag_field.dimension):
                 v.add(f"{path}.tag_fields[{j}].dimension", "must be a tag dimension name")
+            # A field's text is inserted wherever the template names it: short, like a profile field.
+            for value, text in tag_field.texts.items():
+                if len(text) > MAX_FIELD_TEXT:
+                    v.add(
+                        f"{path}.tag_fields[{j}].texts[{value!r}]",
+                        f"must be at most {MAX_FIELD_TEXT} characters",
+                    )
+            if len(tag_field.default) > MAX_FIELD_TEXT:
+                v.add(f"{path}.tag_fields[{j}].default", f"must be at most {MAX_FIELD_TEXT} characters")
             known.add(tag_field.name)
         for part in ("subject", "body"):
             bad = _unknown_placeholders(getattr(template, part), known)

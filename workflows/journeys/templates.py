@@ -6,7 +6,7 @@ import functools
 import string
 from collections.abc import Mapping, Sequence
 
-from workflows.journeys.definition import Template
+from workflows.journeys.definition import MAX_RENDERED, Template
 
 
 def tag_field_values(template: Template, tags: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -25,12 +25,18 @@ def render(template: Template, fields: Mapping[str, str]) -> tuple[str, str]:
 
 
 def _fill(text: str, fields: Mapping[str, str]) -> str:
-    """Each `{name}` replaced by its value. A format spec or conversion is ignored, not applied:
-    validation refuses them now, and a version stored before (`{nickname:>100000000}`) must not
-    build a string of that width for every member."""
-    return "".join(
-        literal if name is None else literal + fields.get(name, "") for literal, name in _parsed(text)
-    )
+    """Each `{name}` replaced by its value, cut at MAX_RENDERED characters. A format spec or
+    conversion is ignored, not applied: validation refuses them now, and a version stored before
+    (`{nickname:>100000000}`) must not build a string of that width for every member."""
+    pieces: list[str] = []
+    size = 0
+    for literal, name in _parsed(text):
+        for piece in (literal, "" if name is None else fields.get(name, "")):
+            pieces.append(piece[: MAX_RENDERED - size])
+            size += len(pieces[-1])
+        if size >= MAX_RENDERED:
+            break
+    return "".join(pieces)
 
 
 @functools.lru_cache(maxsize=512)
