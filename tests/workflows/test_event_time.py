@@ -31,7 +31,6 @@ from tests.workflows.cohort_helpers import broadcast, snapshot_population, until
 from tests.workflows.cohort_helpers import start as start_cohort
 from tests.workflows.journey_helpers import activate, journey, member_message, running, seed_member, start
 from tests.workflows.test_dispatcher import _state, dispatcher, enrolled, following
-from workflows.dispatcher import store as dispatch_store
 from workflows.dispatcher.payloads import DispatcherStatus
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import client, store
@@ -105,36 +104,59 @@ async def load_history(tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub
     return ids
 
 
-async def passed_the_ends(db: Database, resources: Resources, dispatcher_id: str) -> None:
-    """Waits until the dispatcher's cursors are at or past both feeds' ends as they are now."""
-    auth = ACME
+async def feed_ends(resources: Resources) -> dict[str, outbox.Position | None]:
+    """Where the tagging and audience feeds end now."""
     tagging_end = (
         await tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging).ReadFeed(
-            tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=auth
+            tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=ACME
         )
     ).next_cursor
     audience_end = (
         await audience_service_pb2_grpc.AudienceServiceStub(resources.audience).ReadAudienceFeed(
-            audience_service_pb2.ReadAudienceFeedRequest(skip_to_end=True), metadata=auth
+            audience_service_pb2.ReadAudienceFeedRequest(skip_to_end=True), metadata=ACME
         )
     ).next_cursor
-    ends = {"tagging": outbox.parse_cursor(tagging_end), "audience": outbox.parse_cursor(audience_end)}
+    return {"tagging": outbox.parse_cursor(tagging_end), "audience": outbox.parse_cursor(audience_end)}
 
-    async def there() -> bool:
-        stored = await dispatch_store.cursors(db, TENANT_ACME, dispatcher_id)
-        return all(
-            end is None or (feed in stored and (outbox.parse_cursor(stored[feed]) or (0, 0)) >= end)
-            for feed, end in ends.items()
+
+async def status_past(
+    handle: WorkflowHandle[DispatcherWorkflow, None], ends: dict[str, outbox.Position | None]
+) -> DispatcherStatus:
+    """The dispatcher's status once the rounds it counts have read both feeds to `ends`: its totals
+    then hold everything those entries did (the cursors the status shows and its totals are
+    updated together, when a round returns; the stored cursors may run ahead of them)."""
+
+    async def there() -> DispatcherStatus | None:
+        status: DispatcherStatus = await handle.query(DispatcherWorkflow.status)
+        read = {"tagging": status.tagging_cursor, "audience": status.audience_cursor}
+        passed = all(
+            end is None or (outbox.parse_cursor(read[feed]) or (0, 0)) >= end for feed, end in ends.items()
         )
+        return status if passed else None
 
-    await eventually(there, "the dispatcher past the feeds' ends")
+    return await eventually(there, "the dispatcher's rounds past the feeds' ends")
 
 
-async def too_old_at_least(
-    handle: WorkflowHandle[DispatcherWorkflow, None], count: int
-) -> DispatcherStatus | None:
-    status: DispatcherStatus = await handle.query(DispatcherWorkflow.status)
-    return status if status.totals.too_old >= count else None
+async def audience_entries(resources: Resources, audience_id: str, count: int) -> None:
+    """Waits until the audience's feed holds `count` entries: the maintainer has written what the
+    load made it write."""
+    stub = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
+
+    async def written() -> bool:
+        seen, cursor = 0, ""
+        while True:
+            page = await stub.ReadAudienceFeed(
+                audience_service_pb2.ReadAudienceFeedRequest(
+                    after_cursor=cursor, limit=1000, audience=f"audiences/{audience_id}"
+                ),
+                metadata=ACME,
+            )
+            seen += len(page.entries)
+            if not page.entries:
+                return seen >= count
+            cursor = page.next_cursor
+
+    await eventually(written, f"{count} entries of audience {audience_id}")
 
 
 async def rows_of(db: Database, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -195,23 +217,27 @@ async def test_loaded_history_enrols_and_converts_nobody_and_a_fresh_first_order
         await eventually(lambda: _state(handle, "active"), "the new customer active")
         # An order of the fresh member's history arrives after it entered: no conversion.
         await pay(tagging, fresh, NOW - dt.timedelta(days=200), 4_400)
-        await passed_the_ends(journeys_db, resources, d.id)
-        # Each loaded member's first order, buyer tag and audience entry, all history.
-        status = await eventually(lambda: too_old_at_least(d, 3 * LOADED), "the history skipped as too old")
+        # Positive conditions first: the audience maintainer wrote every entry the load made (one
+        # per member), and the dispatcher's counted rounds read both feeds to where they end after
+        # that; only then can the negative checks below not run ahead of a wrong enrolment.
+        await audience_entries(resources, created.audience_id, LOADED + 1)
+        status = await status_past(d, await feed_ends(resources))
         funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
     assert (funnel.state, funnel.converted, funnel.gmv_minor) == ("active", False, 0)
-    assert status.totals.started >= 3
-    assert (
-        await rows_of(
-            journeys_db,
-            """SELECT journey_key, member_id FROM journeys.enrolments
-               WHERE tenant_id = $1 AND journey_key = ANY($2::text[]) AND member_id = ANY($3::text[])""",
-            TENANT_ACME,
-            keys,
-            loaded,
-        )
-        == []
-    )
+    # The fresh member entered each journey; each loaded member's first order, buyer tag and
+    # audience entry were history: too old for its journey, one each.
+    assert (status.totals.started, status.totals.too_old) == (len(journeys), 3 * LOADED)
+    assert await rows_of(
+        journeys_db,
+        """SELECT journey_key, member_id FROM journeys.enrolments
+               WHERE tenant_id = $1 AND journey_key = ANY($2::text[])
+                 AND (member_id = ANY($3::text[]) OR member_id = $4)
+               ORDER BY journey_key""",
+        TENANT_ACME,
+        keys,
+        loaded,
+        fresh,
+    ) == sorted(({"journey_key": key, "member_id": fresh} for key in keys), key=lambda r: r["journey_key"])
     assert (
         await rows_of(
             journeys_db,
