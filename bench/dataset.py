@@ -758,12 +758,18 @@ async def cached(members: int, *, log: Callable[[str], None] = print) -> AsyncIt
 
 
 async def reset_tags(dsn: str) -> None:
-    """Puts the tag state back to what generation left: no tags, no feed, no definitions (the
-    tagging service seeds the built-in catalog again when it starts)."""
+    """Puts the tag state back to what generation left: no tags, no feed, no definitions, no
+    recompute marks (the tagging service seeds the built-in catalog again when it starts; a cache
+    made before migration 0014 gets the marks' table only then)."""
     await execute(
         dsn,
         "TRUNCATE tagging.member_tags, tagging.feed, tagging.tag_definition_versions, "
         "tagging.tag_definitions",
+    )
+    await execute(
+        dsn,
+        "DO $$ BEGIN IF to_regclass('tagging.recompute_marks') IS NOT NULL THEN "
+        "TRUNCATE tagging.recompute_marks; END IF; END $$",
     )
 
 

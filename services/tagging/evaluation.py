@@ -197,7 +197,8 @@ class Tagger:
         """What the dimension's previous full recompute did not see, with the values its members
         had then given every fact known now: what tells a change caused by late facts (history)
         from one caused by time (see member_tag_store._UNSEEN_TIME)."""
-        unseen = await member_tag_store.unseen_since_mark(conn, item.spec.dimension)
+        inputs = [i.value for i in item.compiled.inputs]
+        unseen = await member_tag_store.unseen_since_mark(conn, item.spec.dimension, inputs)
         if unseen.as_of is None or not unseen.fact_times:
             return unseen
         filtered = await self._prepare(conn, tenant_id, item.spec.dimension, item.version, filtered=True)

@@ -76,9 +76,18 @@ class Unseen:
     values_then: Sequence[tuple[str, str]] = ()
 
 
-async def unseen_since_mark(conn: Connection, dimension: str) -> Unseen:
-    """The previous full recompute's as_of and the members of the fact entries (orders, refunds,
-    events, member changes) its snapshot did not see, each dated by the latest of them that
+# The feed entries of the facts each input of a dimension is (rules.Input's values). Member changes
+# are always read: a member created since the previous recompute is evaluated then too.
+_INPUT_KINDS = {
+    "profile": (FeedKind.MEMBER_CHANGED,),
+    "orders": (FeedKind.ORDER_RECORDED, FeedKind.REFUND_RECORDED),
+    "events": (FeedKind.EVENT_RECORDED,),
+}
+
+
+async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[str]) -> Unseen:
+    """The previous full recompute's as_of and the members of the fact entries of the dimension's
+    `inputs` (and member changes) its snapshot did not see, each dated by the latest of them that
     happened by that as_of, else by the latest of them."""
     mark = await conn.fetchrow(
         "SELECT as_of, seen::text AS seen FROM tagging.recompute_marks WHERE dimension = $1", dimension
@@ -94,10 +103,12 @@ async def unseen_since_mark(conn: Connection, dimension: str) -> Unseen:
                                  (payload->>'refund_time')::timestamptz, create_time) AS occur_time
                  FROM tagging.feed
                  WHERE kind <> {int(FeedKind.TAG_CHANGED)} AND txid >= pg_snapshot_xmin($1::text::pg_snapshot)
-                   AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)) f
+                   AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)
+                   AND kind = ANY($3::smallint[])) f
            GROUP BY f.member_id""",
         mark["seen"],
         mark["as_of"],
+        sorted({int(FeedKind.MEMBER_CHANGED), *(int(k) for i in inputs for k in _INPUT_KINDS[i])}),
     )
     return Unseen(mark["as_of"], {row["member_id"]: row["t"] for row in rows})
 

@@ -478,3 +478,48 @@ async def test_an_imported_member_without_register_time_registered_before_any_fa
     signed = happened(signed_up)
     assert signed.keys() == {"", realtime, scheduled}
     assert all(time >= before for time in signed.values())
+
+
+def engagement(name: str) -> tags_pb2.TagDefinition:
+    """A scheduled tag over behaviour: `engaged` (an event in 30 days), `seen` (one ever), `none`."""
+    count = Fn.AGGREGATE_FUNCTION_EVENT_COUNT
+    return tags_pb2.TagDefinition(
+        dimension=name,
+        display_name="Engagement",
+        category=tags_pb2.TAG_CATEGORY_BEHAVIOUR,
+        kind=tags_pb2.TAG_KIND_RULE,
+        refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
+        cardinality=tags_pb2.CARDINALITY_SINGLE,
+        values=[
+            tags_pb2.TagValue(value="engaged", rule=cond(agg(count, window_days=30), Op.OPERATOR_GE, 1)),
+            tags_pb2.TagValue(value="seen", rule=cond(agg(count), Op.OPERATOR_GE, 1)),
+            tags_pb2.TagValue(value="none", rule=ALWAYS),
+        ],
+    )
+
+
+async def test_late_behaviour_dates_a_change_only_when_it_caused_it(tagging_stub: Stub, db: Database) -> None:
+    """Behaviour events like orders: a year-old event loaded late dates the change it made by its
+    own time; a late event that left the member `engaged` does not date the aging time made."""
+    name = dimension()
+    await create(tagging_stub, engagement(name))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    history, active = [await registered_member(tagging_stub, now - dt.timedelta(days=730)) for _ in range(2)]
+    await record_events(tagging_stub, [an_event(active, occur_time=stamp(now - dt.timedelta(days=20)))])
+    tagger = Tagger(db)
+    await tagger.recompute(TENANT_ACME, [name], now)
+    seen = now - dt.timedelta(days=365)
+    await record_events(
+        tagging_stub,
+        [
+            an_event(history, occur_time=stamp(seen)),
+            an_event(active, occur_time=stamp(now - dt.timedelta(days=10))),
+        ],
+    )
+    later = now + dt.timedelta(days=40)
+    assert await recompute_changes(tagging_stub, tagger, name, later, {history, active}) == {
+        (history, "none", REMOVED): seen,
+        (history, "seen", ADDED): seen,
+        (active, "engaged", REMOVED): later,
+        (active, "seen", ADDED): later,
+    }
