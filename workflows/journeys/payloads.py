@@ -24,7 +24,8 @@ class JourneyInput:
     tenant_id: str
     journey_key: str
     member_id: str
-    # 0: the latest version when the workflow starts (the version it read is kept for the run).
+    # 0: the live version when the workflow starts (the version it read is kept for the run); another
+    # version is refused unless it is the live one.
     version: int = 0
     # The event that enrolled the member (`MemberEvent.event_id`, set by the dispatcher): it
     # enrols the member once, and signalled again it is not an event of this run.

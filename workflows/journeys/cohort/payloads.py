@@ -65,7 +65,7 @@ class CohortInput:
     journey_key: str
     # `snapshots/{snapshot_id}`; empty: the snapshot the definition's broadcast entry names.
     snapshot: str = ""
-    # 0: the latest version when the broadcast starts.
+    # 0: the live version when the broadcast starts; another version is refused unless it is live.
     version: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
     calls_per_run: int = DEFAULT_CALLS_PER_RUN
