@@ -28,7 +28,7 @@ from tests.tagging.facts_helpers import (
 )
 from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
 from tests.tagging.test_catalog import create, dimension, frequency
-from tests.tagging.test_feed import read_all
+from tests.tagging.test_feed import feed_end, read_all
 from tests.tagging.test_import import import_members
 from tests.tagging.test_operator_tags import add, operator_dimension, remove
 
@@ -45,7 +45,7 @@ def of(entries: list[feed_pb2.FeedEntry], member_id: str, kind: int) -> list[fee
 
 
 async def test_member_changes_carry_the_revision(tagging_stub: Stub) -> None:
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     member_id = await new_member(tagging_stub)
     member = member_pb2.Member(member_id=member_id)
     member.profile.city = "Ningbo"
@@ -65,7 +65,7 @@ async def test_member_changes_carry_the_revision(tagging_stub: Stub) -> None:
 
 async def test_orders_carry_the_order_with_its_lines_and_number(tagging_stub: Stub) -> None:
     member_id = await new_member(tagging_stub)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     sent = an_order(member_id)
     await record_order(tagging_stub, sent)
     (entry,) = of(
@@ -91,7 +91,7 @@ async def test_orders_carry_the_order_with_its_lines_and_number(tagging_stub: St
 async def test_refunds_carry_the_refund_and_where_its_order_stands(tagging_stub: Stub) -> None:
     member_id = await new_member(tagging_stub)
     order = await record_order(tagging_stub, an_order(member_id))
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     sent = a_refund(order.order_id, lines=[facts_pb2.RefundLine(line_id="1", quantity=1)], amount_minor=9_900)
     await record_refund(tagging_stub, sent)
     (entry,) = of(
@@ -122,7 +122,7 @@ async def test_refunds_carry_the_refund_and_where_its_order_stands(tagging_stub:
 
 async def test_events_carry_the_behaviour_event(tagging_stub: Stub) -> None:
     member_id = await new_member(tagging_stub)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     sent = [
         an_event(member_id),
         an_event(member_id, kind=facts_pb2.EVENT_KIND_SEARCH, query="sun cream", brand="acme", sku=""),
@@ -150,7 +150,7 @@ async def test_tag_changes_carry_dimension_value_change_and_who(tagging_stub: St
     name = dimension()
     version = (await create(tagging_stub, operator_dimension(name))).version
     member_id = await new_member(tagging_stub)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     await add(tagging_stub, name, "vip_hotline", [member_id])
     await remove(tagging_stub, name, "vip_hotline", [member_id])
     # Real-time dimensions other tests defined may tag the member too: not this test's subject.
@@ -195,7 +195,7 @@ async def test_tag_changes_carry_dimension_value_change_and_who(tagging_stub: St
 async def test_entries_written_before_a_field_existed_read_as_unset(tagging_stub: Stub, db: Database) -> None:
     """Orders before tagging numbered them and refunds before it reported the order's standing."""
     member_id = await new_member(tagging_stub)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     async with db.transaction(TENANT_ACME) as conn:
         await feed_store.append_feed(
             conn,
@@ -234,7 +234,7 @@ async def test_a_tag_change_is_dated_by_the_fact_that_made_it(tagging_stub: Stub
     name = dimension()
     await create(tagging_stub, frequency(name))  # real-time: heavy / light / none
     member_id = await new_member(tagging_stub)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     paid = (dt.datetime.now(dt.UTC) - dt.timedelta(days=30)).replace(microsecond=0)
     await record_order(tagging_stub, an_order(member_id, paid_time=stamp(paid)))
     entries = tag_changes((await read_all(tagging_stub, start))[0], member_id, name)
@@ -257,7 +257,7 @@ async def test_a_tag_change_is_dated_by_the_fact_that_made_it(tagging_stub: Stub
     operator = dimension()
     await create(tagging_stub, operator_dimension(operator))
     before = dt.datetime.now(dt.UTC)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     await add(tagging_stub, operator, "vip_hotline", [member_id])
     after = dt.datetime.now(dt.UTC)
     (entry,) = tag_changes((await read_all(tagging_stub, start))[0], member_id, operator)
@@ -269,7 +269,7 @@ async def test_a_registration_happened_at_the_members_register_time(tagging_stub
     registered = dt.datetime(2025, 3, 1, 8, 30, tzinfo=dt.UTC)
     member = member_pb2.Member(member_id=unique())
     member.profile.register_time.FromDatetime(registered)
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     await tagging_stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=ACME)
     member.profile.city = "Ningbo"
     before = dt.datetime.now(dt.UTC)
@@ -356,7 +356,7 @@ async def recompute_changes(
     stub: Stub, tagger: Tagger, name: str, as_of: dt.datetime, members: set[str]
 ) -> dict[tuple[str, str, int], dt.datetime]:
     """(member, value, change) -> occur_time of the members' changes a recompute at `as_of` writes."""
-    _, start = await read_all(stub)
+    start = await feed_end(stub)
     await tagger.recompute(TENANT_ACME, [name], as_of)
     return {
         (e.member_id, e.tag_changed.value, e.tag_changed.change): e.tag_changed.occur_time.ToDatetime(
@@ -453,7 +453,7 @@ async def test_an_imported_member_without_register_time_registered_before_any_fa
     tagger = Tagger(db)
     await tagger.recompute(TENANT_ACME, [scheduled], dt.datetime.now(dt.UTC))
     imported, signed_up = unique(), unique()
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     before = dt.datetime.now(dt.UTC)
     await import_members(tagging_stub, [[member_pb2.Member(member_id=imported)]])
     await tagging_stub.UpsertMember(

@@ -20,7 +20,7 @@ from services.tagging.rules import Input
 from tests.conftest import TENANT_ACME
 from tests.tagging.facts_helpers import an_order, new_member, stamp
 from tests.tagging.test_catalog import create, dimension, frequency
-from tests.tagging.test_feed import read_all
+from tests.tagging.test_feed import feed_end, read_all
 from tests.tagging.test_feed_contract import recency, registered_member
 from tests.tagging.test_member_tags import order_now, tags_of
 
@@ -115,7 +115,7 @@ async def test_a_refresh_owed_for_history_and_a_fresh_fact_dates_its_changes_by_
     member_id = await registered_member(tagging_stub, now - dt.timedelta(days=730))
     paid = now - dt.timedelta(days=300)
     order = order_from_proto(an_order(member_id, paid_time=stamp(paid)))
-    _, start = await read_all(tagging_stub)
+    start = await feed_end(tagging_stub)
     # What a history order and a fresh event leave when one refresh owes both: the second merged
     # into the first's queue row (one transaction, so no sweeper refreshes in between).
     async with db.transaction(TENANT_ACME) as conn:

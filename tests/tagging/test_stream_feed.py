@@ -18,7 +18,7 @@ from services.tagging import feed
 from tests.conftest import ACME
 from tests.grpc_helpers import field_violations
 from tests.tagging.facts_helpers import an_event, an_order, new_member, record_events, record_order
-from tests.tagging.test_feed import read_all
+from tests.tagging.test_feed import feed_end, read_all
 from tests.test_logs import captured, lines
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ async def read_until(
 
 
 async def test_existing_then_new_entries_arrive_in_order_once(tagging_stub: Stub) -> None:
-    _, start = await read_all(tagging_stub, limit=1000)
+    start = await feed_end(tagging_stub)
     first = await new_member(tagging_stub)
     order = await record_order(tagging_stub, an_order(first))
     events = [an_event(first), an_event(first)]
@@ -109,7 +109,7 @@ async def test_existing_then_new_entries_arrive_in_order_once(tagging_stub: Stub
 
 async def test_waiting_holds_no_transaction_open(tagging_stub: Stub, db: Database) -> None:
     """A caught-up stream polls with short transactions: none of the service's stays open for long."""
-    _, start = await read_all(tagging_stub, limit=1000)
+    start = await feed_end(tagging_stub)
     member_id = await new_member(tagging_stub)
     call = open_stream(tagging_stub, start, timeout=60)
     await read_until(call, [], lambda got: member_id in {e.member_id for e in got})
@@ -126,7 +126,7 @@ async def test_waiting_holds_no_transaction_open(tagging_stub: Stub, db: Databas
 
 
 async def test_cancel_ends_the_call_on_the_server(tagging_stub: Stub, captured: io.StringIO) -> None:
-    _, start = await read_all(tagging_stub, limit=1000)
+    start = await feed_end(tagging_stub)
     member_id = await new_member(tagging_stub)
     call = open_stream(tagging_stub, start, batch_size=1, metadata=(*ACME, ("x-request-id", "follow-1")))
     await read_until(call, [], lambda got: member_id in {e.member_id for e in got})
@@ -151,7 +151,7 @@ async def test_cancel_ends_the_call_on_the_server(tagging_stub: Stub, captured: 
 
 
 async def test_the_deadline_ends_the_stream(tagging_stub: Stub) -> None:
-    _, start = await read_all(tagging_stub, limit=1000)
+    start = await feed_end(tagging_stub)
     call = open_stream(tagging_stub, start, timeout=0.7)
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
