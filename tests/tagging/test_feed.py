@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,10 +30,21 @@ if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
 
 
+# The member whose changes mark how far the feed has settled (see `read_all`).
+BARRIER = "feed-barrier"
+
+
 async def read_all(
-    stub: Stub, after: str = "", metadata: Any = ACME, limit: int = 7
+    stub: Stub, after: str = "", metadata: Any = ACME, limit: int = 7, *, settled: bool = True
 ) -> tuple[list[Any], str]:
-    """Pages through the feed from `after` to its current end; returns the entries and the end cursor."""
+    """Pages through the feed from `after` to its end; returns the entries and the end cursor.
+
+    An entry is handed out only once every transaction that started before it has ended, and any
+    service of the suite may hold one open for a moment, so an entry committed just before the call
+    may not be readable yet. With `settled` (the default), the call first writes a barrier (a
+    change of member `feed-barrier`) and reads until the barrier's entry is there: every entry
+    committed before the call was then settled too. The barrier's entries are left out."""
+    revision = await _barrier(stub, metadata) if settled else 0
     entries: list[feed_pb2.FeedEntry] = []
     cursor = after
     while True:
@@ -39,9 +52,28 @@ async def read_all(
             tagging_service_pb2.ReadFeedRequest(after_cursor=cursor, limit=limit), metadata=metadata
         )
         entries.extend(page.entries)
-        if not page.entries:
-            return entries, page.next_cursor
         cursor = page.next_cursor
+        if page.entries:
+            continue
+        if not revision or any(_is_barrier(e, revision) for e in entries):
+            return [e for e in entries if e.member_id != BARRIER], cursor
+        await asyncio.sleep(0.02)
+
+
+async def _barrier(stub: Stub, metadata: Any) -> int:
+    """Changes the barrier member; returns its revision after the change."""
+    member = member_pb2.Member(member_id=BARRIER)
+    member.attributes.update({"barrier": uuid.uuid4().hex})
+    reply = await stub.UpsertMember(tagging_service_pb2.UpsertMemberRequest(member=member), metadata=metadata)
+    return int(reply.revision)
+
+
+def _is_barrier(entry: feed_pb2.FeedEntry, revision: int) -> bool:
+    return (
+        entry.member_id == BARRIER
+        and entry.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED
+        and entry.member_changed.revision == revision
+    )
 
 
 async def feed_end(stub: Stub, metadata: Any = ACME) -> str:
@@ -142,7 +174,7 @@ async def test_an_entry_committed_late_is_not_skipped(tagging_stub: Stub, db: Da
     async with db.transaction(TENANT_ACME) as slow:
         await feed_store.append_feed(slow, TENANT_ACME, FeedKind.MEMBER_CHANGED, member_id, "slow", {})
         order = await record_order(tagging_stub, an_order(member_id))  # commits while `slow` is open
-        held_back, cursor = await read_all(tagging_stub, start)
+        held_back, cursor = await read_all(tagging_stub, start, settled=False)
         assert held_back == []
         assert cursor == start
     entries, _ = await read_all(tagging_stub, start)
@@ -172,7 +204,7 @@ async def test_an_order_entry_numbers_the_members_orders(tagging_stub: Stub) -> 
 
 async def test_skip_to_end_gives_the_newest_cursor_and_loses_nothing_after_it(tagging_stub: Stub) -> None:
     member_id = await new_member(tagging_stub)
-    _, end = await read_all(tagging_stub, limit=1000)
+    _, end = await read_all(tagging_stub, limit=1000, settled=False)
     skipped = await tagging_stub.ReadFeed(
         tagging_service_pb2.ReadFeedRequest(after_cursor="", skip_to_end=True), metadata=ACME
     )
