@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from tests.tagging.facts_helpers import (
     record_order,
     record_refund,
 )
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
@@ -44,7 +44,21 @@ async def read_all(
     may not be readable yet. With `settled` (the default), the call first writes a barrier (a
     change of member `feed-barrier`) and reads until the barrier's entry is there: every entry
     committed before the call was then settled too. The barrier's entries are left out."""
-    revision = await _barrier(stub, metadata) if settled else 0
+    if not settled:
+        return await _read_from(stub, after, metadata, limit)
+    revision = await _barrier(stub, metadata)
+
+    async def through_barrier() -> tuple[list[Any], str] | None:
+        entries, cursor = await _read_from(stub, after, metadata, limit)
+        if not any(_is_barrier(e, revision) for e in entries):
+            return None
+        return [e for e in entries if e.member_id != BARRIER], cursor
+
+    return await eventually(through_barrier, f"the feed settled past barrier revision {revision}")
+
+
+async def _read_from(stub: Stub, after: str, metadata: Any, limit: int) -> tuple[list[Any], str]:
+    """Every entry the feed hands out now after `after`, and the cursor after the last."""
     entries: list[feed_pb2.FeedEntry] = []
     cursor = after
     while True:
@@ -53,11 +67,8 @@ async def read_all(
         )
         entries.extend(page.entries)
         cursor = page.next_cursor
-        if page.entries:
-            continue
-        if not revision or any(_is_barrier(e, revision) for e in entries):
-            return [e for e in entries if e.member_id != BARRIER], cursor
-        await asyncio.sleep(0.02)
+        if not page.entries:
+            return entries, cursor
 
 
 async def _barrier(stub: Stub, metadata: Any) -> int:
