@@ -118,6 +118,11 @@ class AudienceServiceStub:
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
                 response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
                 _registered_method=True)
+        self.EraseMemberData = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/EraseMemberData',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataResponse.FromString,
+                _registered_method=True)
 
 
 class AudienceServiceServicer:
@@ -254,6 +259,15 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseMemberData(self, request, context):
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared.
+        Idempotent: a member with nothing left here is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudienceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +350,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListSnapshotMembers,
                     request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.FromString,
                     response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.SerializeToString,
+            ),
+            'EraseMemberData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMemberData,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -773,6 +792,33 @@ class AudienceService:
             '/memberops.audience.v1.AudienceService/ListSnapshotMembers',
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMemberData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/EraseMemberData',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,11 @@ class AudienceServiceStub:
     """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
     reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
     """
+    EraseMemberData: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EraseMemberDataRequest, _audience_service_pb2.EraseMemberDataResponse]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared.
+    Idempotent: a member with nothing left here is a no-op.
+    """
 
 @_typing.type_check_only
 class AudienceServiceAsyncStub(AudienceServiceStub):
@@ -159,6 +164,11 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     ListSnapshotMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotMembersRequest, _audience_service_pb2.ListSnapshotMembersResponse]  # type: ignore[assignment]
     """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
     reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+    """
+    EraseMemberData: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EraseMemberDataRequest, _audience_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared.
+    Idempotent: a member with nothing left here is a no-op.
     """
 
 class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -318,6 +328,17 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audience_service_pb2.ListSnapshotMembersResponse, _abc.Awaitable[_audience_service_pb2.ListSnapshotMembersResponse]]:
         """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
         reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseMemberData(
+        self,
+        request: _audience_service_pb2.EraseMemberDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.EraseMemberDataResponse, _abc.Awaitable[_audience_service_pb2.EraseMemberDataResponse]]:
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared.
+        Idempotent: a member with nothing left here is a no-op.
         """
 
 def add_AudienceServiceServicer_to_server(servicer: AudienceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,6 +94,11 @@ class JourneyServiceStub:
                 request_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
                 response_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
                 _registered_method=True)
+        self.EraseMemberData = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/EraseMemberData',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.FromString,
+                _registered_method=True)
 
 
 class JourneyServiceServicer:
@@ -195,6 +200,16 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseMemberData(self, request, context):
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
+        journey runs are stopped.
+        Idempotent: a member with nothing left here is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +267,11 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.GetJourneyReport,
                     request_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.FromString,
                     response_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.SerializeToString,
+            ),
+            'EraseMemberData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMemberData,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -554,6 +574,33 @@ class JourneyService:
             '/memberops.journeys.v1.JourneyService/GetJourneyReport',
             memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
             memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMemberData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/EraseMemberData',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,12 @@ class JourneyServiceStub:
     """
     GetJourneyReport: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]
     """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+    EraseMemberData: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.EraseMemberDataRequest, _journeys_service_pb2.EraseMemberDataResponse]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
+    journey runs are stopped.
+    Idempotent: a member with nothing left here is a no-op.
+    """
 
 @_typing.type_check_only
 class JourneyServiceAsyncStub(JourneyServiceStub):
@@ -137,6 +143,12 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """
     GetJourneyReport: _aio.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]  # type: ignore[assignment]
     """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+    EraseMemberData: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.EraseMemberDataRequest, _journeys_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
+    journey runs are stopped.
+    Idempotent: a member with nothing left here is a no-op.
+    """
 
 class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Journeys: definitions (validated, versioned), their states (draft -> active -> paused ->
@@ -254,5 +266,17 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_report_pb2.JourneyReport, _abc.Awaitable[_report_pb2.JourneyReport]]:
         """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+
+    @_abc_1.abstractmethod
+    def EraseMemberData(
+        self,
+        request: _journeys_service_pb2.EraseMemberDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_service_pb2.EraseMemberDataResponse, _abc.Awaitable[_journeys_service_pb2.EraseMemberDataResponse]]:
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
+        journey runs are stopped.
+        Idempotent: a member with nothing left here is a no-op.
+        """
 
 def add_JourneyServiceServicer_to_server(servicer: JourneyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

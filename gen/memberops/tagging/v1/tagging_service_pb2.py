@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
@@ -30,85 +31,103 @@ from memberops.tagging.v1 import member_pb2 as memberops_dot_tagging_dot_v1_dot_
 from memberops.tagging.v1 import tags_pb2 as memberops_dot_tagging_dot_v1_dot_tags__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\"t\n\x13UpdateMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"m\n\x16\x42\x61tchGetMembersRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12-\n\tread_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x17\x42\x61tchGetMembersResponse\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"\x7f\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x32\n\x05kinds\x18\x03 \x03(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x13\n\x0bskip_to_end\x18\x04 \x01(\x08\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"Q\n\x14GetMemberTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15GetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"@\n\x19\x42\x61tchGetMemberTagsRequest\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"K\n\x1a\x42\x61tchGetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"a\n\x15ListTagChangesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x16ListTagChangesResponse\x12\x30\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x14\x41\x64\x64MemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"q\n\x17RemoveMemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x18\x43hangeMemberTagsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"*\n\x14RecomputeTagsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"O\n\x15RecomputeTagsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memberops.tagging.v1.RecomputeResult\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation\"=\n\x11StreamFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\"[\n\x12StreamFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x14ImportMembersRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"F\n\x15ImportMembersResponse\x12\x16\n\x0ereceived_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\"(\n\x12GetTagStatsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"e\n\x13GetTagStatsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x38\n\ndimensions\x18\x02 \x03(\x0b\x32$.memberops.tagging.v1.DimensionStats2\xd2\x12\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12W\n\x0cUpdateMember\x12).memberops.tagging.v1.UpdateMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12n\n\x0f\x42\x61tchGetMembers\x12,.memberops.tagging.v1.BatchGetMembersRequest\x1a-.memberops.tagging.v1.BatchGetMembersResponse\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12\x61\n\nStreamFeed\x12\'.memberops.tagging.v1.StreamFeedRequest\x1a(.memberops.tagging.v1.StreamFeedResponse0\x01\x12j\n\rImportMembers\x12*.memberops.tagging.v1.ImportMembersRequest\x1a+.memberops.tagging.v1.ImportMembersResponse(\x01\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponse\x12h\n\rGetMemberTags\x12*.memberops.tagging.v1.GetMemberTagsRequest\x1a+.memberops.tagging.v1.GetMemberTagsResponse\x12w\n\x12\x42\x61tchGetMemberTags\x12/.memberops.tagging.v1.BatchGetMemberTagsRequest\x1a\x30.memberops.tagging.v1.BatchGetMemberTagsResponse\x12k\n\x0eListTagChanges\x12+.memberops.tagging.v1.ListTagChangesRequest\x1a,.memberops.tagging.v1.ListTagChangesResponse\x12h\n\rRecomputeTags\x12*.memberops.tagging.v1.RecomputeTagsRequest\x1a+.memberops.tagging.v1.RecomputeTagsResponse\x12\x62\n\x0bGetTagStats\x12(.memberops.tagging.v1.GetTagStatsRequest\x1a).memberops.tagging.v1.GetTagStatsResponse\x12k\n\rAddMemberTags\x12*.memberops.tagging.v1.AddMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponse\x12q\n\x10RemoveMemberTags\x12-.memberops.tagging.v1.RemoveMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*memberops/tagging/v1/tagging_service.proto\x12\x14memberops.tagging.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\x1a\x1fmemberops/tagging/v1/feed.proto\x1a!memberops/tagging/v1/member.proto\x1a\x1fmemberops/tagging/v1/tags.proto\"C\n\x13UpsertMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\"t\n\x13UpdateMemberRequest\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Member\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\" \n\x10GetMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"m\n\x16\x42\x61tchGetMembersRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12-\n\tread_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x17\x42\x61tchGetMembersResponse\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"@\n\x12RecordOrderRequest\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\"C\n\x13RecordRefundRequest\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13RecordEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"G\n\x14RecordEventsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x05\"\x7f\n\x0fReadFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x32\n\x05kinds\x18\x03 \x03(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x13\n\x0bskip_to_end\x18\x04 \x01(\x08\"Y\n\x10ReadFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"Y\n\x1a\x43reateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\"s\n\x1aUpdateTagDefinitionRequest\x12;\n\x0etag_definition\x18\x01 \x01(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\"8\n\x17GetTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x19ListTagDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_retired\x18\x03 \x01(\x08\"s\n\x1aListTagDefinitionsResponse\x12<\n\x0ftag_definitions\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.TagDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x1aRetireTagDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12\x45xplainTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"\x7f\n\x14GetMemberTagsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08known_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x15GetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"@\n\x19\x42\x61tchGetMemberTagsRequest\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\"K\n\x1a\x42\x61tchGetMemberTagsResponse\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\"}\n\x15ListTagChangesRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x1a\n\x12include_superseded\x18\x05 \x01(\x08\"c\n\x16ListTagChangesResponse\x12\x30\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.MemberTag\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x14\x41\x64\x64MemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"q\n\x17RemoveMemberTagsRequest\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x18\x43hangeMemberTagsResponse\x12\x15\n\rchanged_count\x18\x01 \x01(\x05\"*\n\x14RecomputeTagsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"O\n\x15RecomputeTagsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.memberops.tagging.v1.RecomputeResult\"Q\n\x13\x45xplainTagsResponse\x12:\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32$.memberops.tagging.v1.TagExplanation\"=\n\x11StreamFeedRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\"[\n\x12StreamFeedResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.memberops.tagging.v1.FeedEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x14ImportMembersRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Member\"F\n\x15ImportMembersResponse\x12\x16\n\x0ereceived_count\x18\x01 \x01(\x03\x12\x15\n\rchanged_count\x18\x02 \x01(\x03\"(\n\x12GetTagStatsRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\"e\n\x13GetTagStatsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x38\n\ndimensions\x18\x02 \x03(\x0b\x32$.memberops.tagging.v1.DimensionStats\"B\n\x13ImportOrdersRequest\x12+\n\x06orders\x18\x01 \x03(\x0b\x32\x1b.memberops.tagging.v1.Order\"E\n\x14ImportRefundsRequest\x12-\n\x07refunds\x18\x01 \x03(\x0b\x32\x1c.memberops.tagging.v1.Refund\"J\n\x13ImportEventsRequest\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.memberops.tagging.v1.BehaviorEvent\"\\\n\x13ImportFactsResponse\x12\x16\n\x0ereceived_count\x18\x01 \x01(\x03\x12\x14\n\x0cstored_count\x18\x02 \x01(\x03\x12\x17\n\x0funchanged_count\x18\x03 \x01(\x03\"\xbf\x01\n\x18RebuildTagHistoryRequest\x12\x12\n\ndimensions\x18\x01 \x03(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"+\n\x1bGetTagHistoryRebuildRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8d\x02\n\x11TagHistoryRebuild\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x03(\t\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0btotal_steps\x18\x07 \x01(\x03\x12\x12\n\ndone_steps\x18\x08 \x01(\x03\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\"Z\n\x12\x45raseMemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"t\n\rMemberErasure\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nerase_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xcc\x17\n\x0eTaggingService\x12W\n\x0cUpsertMember\x12).memberops.tagging.v1.UpsertMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12W\n\x0cUpdateMember\x12).memberops.tagging.v1.UpdateMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12Q\n\tGetMember\x12&.memberops.tagging.v1.GetMemberRequest\x1a\x1c.memberops.tagging.v1.Member\x12n\n\x0f\x42\x61tchGetMembers\x12,.memberops.tagging.v1.BatchGetMembersRequest\x1a-.memberops.tagging.v1.BatchGetMembersResponse\x12T\n\x0bRecordOrder\x12(.memberops.tagging.v1.RecordOrderRequest\x1a\x1b.memberops.tagging.v1.Order\x12W\n\x0cRecordRefund\x12).memberops.tagging.v1.RecordRefundRequest\x1a\x1c.memberops.tagging.v1.Refund\x12\x65\n\x0cRecordEvents\x12).memberops.tagging.v1.RecordEventsRequest\x1a*.memberops.tagging.v1.RecordEventsResponse\x12Y\n\x08ReadFeed\x12%.memberops.tagging.v1.ReadFeedRequest\x1a&.memberops.tagging.v1.ReadFeedResponse\x12\x61\n\nStreamFeed\x12\'.memberops.tagging.v1.StreamFeedRequest\x1a(.memberops.tagging.v1.StreamFeedResponse0\x01\x12j\n\rImportMembers\x12*.memberops.tagging.v1.ImportMembersRequest\x1a+.memberops.tagging.v1.ImportMembersResponse(\x01\x12\x66\n\x0cImportOrders\x12).memberops.tagging.v1.ImportOrdersRequest\x1a).memberops.tagging.v1.ImportFactsResponse(\x01\x12h\n\rImportRefunds\x12*.memberops.tagging.v1.ImportRefundsRequest\x1a).memberops.tagging.v1.ImportFactsResponse(\x01\x12\x66\n\x0cImportEvents\x12).memberops.tagging.v1.ImportEventsRequest\x1a).memberops.tagging.v1.ImportFactsResponse(\x01\x12l\n\x13\x43reateTagDefinition\x12\x30.memberops.tagging.v1.CreateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12l\n\x13UpdateTagDefinition\x12\x30.memberops.tagging.v1.UpdateTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x66\n\x10GetTagDefinition\x12-.memberops.tagging.v1.GetTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12w\n\x12ListTagDefinitions\x12/.memberops.tagging.v1.ListTagDefinitionsRequest\x1a\x30.memberops.tagging.v1.ListTagDefinitionsResponse\x12l\n\x13RetireTagDefinition\x12\x30.memberops.tagging.v1.RetireTagDefinitionRequest\x1a#.memberops.tagging.v1.TagDefinition\x12\x62\n\x0b\x45xplainTags\x12(.memberops.tagging.v1.ExplainTagsRequest\x1a).memberops.tagging.v1.ExplainTagsResponse\x12h\n\rGetMemberTags\x12*.memberops.tagging.v1.GetMemberTagsRequest\x1a+.memberops.tagging.v1.GetMemberTagsResponse\x12w\n\x12\x42\x61tchGetMemberTags\x12/.memberops.tagging.v1.BatchGetMemberTagsRequest\x1a\x30.memberops.tagging.v1.BatchGetMemberTagsResponse\x12k\n\x0eListTagChanges\x12+.memberops.tagging.v1.ListTagChangesRequest\x1a,.memberops.tagging.v1.ListTagChangesResponse\x12h\n\rRecomputeTags\x12*.memberops.tagging.v1.RecomputeTagsRequest\x1a+.memberops.tagging.v1.RecomputeTagsResponse\x12l\n\x11RebuildTagHistory\x12..memberops.tagging.v1.RebuildTagHistoryRequest\x1a\'.memberops.tagging.v1.TagHistoryRebuild\x12r\n\x14GetTagHistoryRebuild\x12\x31.memberops.tagging.v1.GetTagHistoryRebuildRequest\x1a\'.memberops.tagging.v1.TagHistoryRebuild\x12\x62\n\x0bGetTagStats\x12(.memberops.tagging.v1.GetTagStatsRequest\x1a).memberops.tagging.v1.GetTagStatsResponse\x12k\n\rAddMemberTags\x12*.memberops.tagging.v1.AddMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponse\x12q\n\x10RemoveMemberTags\x12-.memberops.tagging.v1.RemoveMemberTagsRequest\x1a..memberops.tagging.v1.ChangeMemberTagsResponse\x12\\\n\x0b\x45raseMember\x12(.memberops.tagging.v1.EraseMemberRequest\x1a#.memberops.tagging.v1.MemberErasureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.tagging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSERTMEMBERREQUEST']._serialized_start=270
-  _globals['_UPSERTMEMBERREQUEST']._serialized_end=337
-  _globals['_UPDATEMEMBERREQUEST']._serialized_start=339
-  _globals['_UPDATEMEMBERREQUEST']._serialized_end=455
-  _globals['_GETMEMBERREQUEST']._serialized_start=457
-  _globals['_GETMEMBERREQUEST']._serialized_end=489
-  _globals['_BATCHGETMEMBERSREQUEST']._serialized_start=491
-  _globals['_BATCHGETMEMBERSREQUEST']._serialized_end=600
-  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_start=602
-  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_end=674
-  _globals['_RECORDORDERREQUEST']._serialized_start=676
-  _globals['_RECORDORDERREQUEST']._serialized_end=740
-  _globals['_RECORDREFUNDREQUEST']._serialized_start=742
-  _globals['_RECORDREFUNDREQUEST']._serialized_end=809
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=811
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=885
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=887
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=958
-  _globals['_READFEEDREQUEST']._serialized_start=960
-  _globals['_READFEEDREQUEST']._serialized_end=1087
-  _globals['_READFEEDRESPONSE']._serialized_start=1089
-  _globals['_READFEEDRESPONSE']._serialized_end=1178
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=1180
-  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=1269
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=1271
-  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=1386
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=1388
-  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1444
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1446
-  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1537
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1539
-  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1654
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1656
-  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1698
-  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1700
-  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1756
-  _globals['_GETMEMBERTAGSREQUEST']._serialized_start=1758
-  _globals['_GETMEMBERTAGSREQUEST']._serialized_end=1839
-  _globals['_GETMEMBERTAGSRESPONSE']._serialized_start=1841
-  _globals['_GETMEMBERTAGSRESPONSE']._serialized_end=1911
-  _globals['_BATCHGETMEMBERTAGSREQUEST']._serialized_start=1913
-  _globals['_BATCHGETMEMBERTAGSREQUEST']._serialized_end=1977
-  _globals['_BATCHGETMEMBERTAGSRESPONSE']._serialized_start=1979
-  _globals['_BATCHGETMEMBERTAGSRESPONSE']._serialized_end=2054
-  _globals['_LISTTAGCHANGESREQUEST']._serialized_start=2056
-  _globals['_LISTTAGCHANGESREQUEST']._serialized_end=2153
-  _globals['_LISTTAGCHANGESRESPONSE']._serialized_start=2155
-  _globals['_LISTTAGCHANGESRESPONSE']._serialized_end=2254
-  _globals['_ADDMEMBERTAGSREQUEST']._serialized_start=2256
-  _globals['_ADDMEMBERTAGSREQUEST']._serialized_end=2366
-  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_start=2368
-  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_end=2481
-  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_start=2483
-  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_end=2532
-  _globals['_RECOMPUTETAGSREQUEST']._serialized_start=2534
-  _globals['_RECOMPUTETAGSREQUEST']._serialized_end=2576
-  _globals['_RECOMPUTETAGSRESPONSE']._serialized_start=2578
-  _globals['_RECOMPUTETAGSRESPONSE']._serialized_end=2657
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=2659
-  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=2740
-  _globals['_STREAMFEEDREQUEST']._serialized_start=2742
-  _globals['_STREAMFEEDREQUEST']._serialized_end=2803
-  _globals['_STREAMFEEDRESPONSE']._serialized_start=2805
-  _globals['_STREAMFEEDRESPONSE']._serialized_end=2896
-  _globals['_IMPORTMEMBERSREQUEST']._serialized_start=2898
-  _globals['_IMPORTMEMBERSREQUEST']._serialized_end=2967
-  _globals['_IMPORTMEMBERSRESPONSE']._serialized_start=2969
-  _globals['_IMPORTMEMBERSRESPONSE']._serialized_end=3039
-  _globals['_GETTAGSTATSREQUEST']._serialized_start=3041
-  _globals['_GETTAGSTATSREQUEST']._serialized_end=3081
-  _globals['_GETTAGSTATSRESPONSE']._serialized_start=3083
-  _globals['_GETTAGSTATSRESPONSE']._serialized_end=3184
-  _globals['_TAGGINGSERVICE']._serialized_start=3187
-  _globals['_TAGGINGSERVICE']._serialized_end=5573
+  _globals['_UPSERTMEMBERREQUEST']._serialized_start=302
+  _globals['_UPSERTMEMBERREQUEST']._serialized_end=369
+  _globals['_UPDATEMEMBERREQUEST']._serialized_start=371
+  _globals['_UPDATEMEMBERREQUEST']._serialized_end=487
+  _globals['_GETMEMBERREQUEST']._serialized_start=489
+  _globals['_GETMEMBERREQUEST']._serialized_end=521
+  _globals['_BATCHGETMEMBERSREQUEST']._serialized_start=523
+  _globals['_BATCHGETMEMBERSREQUEST']._serialized_end=632
+  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_start=634
+  _globals['_BATCHGETMEMBERSRESPONSE']._serialized_end=706
+  _globals['_RECORDORDERREQUEST']._serialized_start=708
+  _globals['_RECORDORDERREQUEST']._serialized_end=772
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=774
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=841
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=843
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=917
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=919
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=990
+  _globals['_READFEEDREQUEST']._serialized_start=992
+  _globals['_READFEEDREQUEST']._serialized_end=1119
+  _globals['_READFEEDRESPONSE']._serialized_start=1121
+  _globals['_READFEEDRESPONSE']._serialized_end=1210
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_start=1212
+  _globals['_CREATETAGDEFINITIONREQUEST']._serialized_end=1301
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_start=1303
+  _globals['_UPDATETAGDEFINITIONREQUEST']._serialized_end=1418
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_start=1420
+  _globals['_GETTAGDEFINITIONREQUEST']._serialized_end=1476
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_start=1478
+  _globals['_LISTTAGDEFINITIONSREQUEST']._serialized_end=1569
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_start=1571
+  _globals['_LISTTAGDEFINITIONSRESPONSE']._serialized_end=1686
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_start=1688
+  _globals['_RETIRETAGDEFINITIONREQUEST']._serialized_end=1730
+  _globals['_EXPLAINTAGSREQUEST']._serialized_start=1732
+  _globals['_EXPLAINTAGSREQUEST']._serialized_end=1788
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_start=1790
+  _globals['_GETMEMBERTAGSREQUEST']._serialized_end=1917
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_start=1919
+  _globals['_GETMEMBERTAGSRESPONSE']._serialized_end=1989
+  _globals['_BATCHGETMEMBERTAGSREQUEST']._serialized_start=1991
+  _globals['_BATCHGETMEMBERTAGSREQUEST']._serialized_end=2055
+  _globals['_BATCHGETMEMBERTAGSRESPONSE']._serialized_start=2057
+  _globals['_BATCHGETMEMBERTAGSRESPONSE']._serialized_end=2132
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_start=2134
+  _globals['_LISTTAGCHANGESREQUEST']._serialized_end=2259
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_start=2261
+  _globals['_LISTTAGCHANGESRESPONSE']._serialized_end=2360
+  _globals['_ADDMEMBERTAGSREQUEST']._serialized_start=2362
+  _globals['_ADDMEMBERTAGSREQUEST']._serialized_end=2472
+  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_start=2474
+  _globals['_REMOVEMEMBERTAGSREQUEST']._serialized_end=2587
+  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_start=2589
+  _globals['_CHANGEMEMBERTAGSRESPONSE']._serialized_end=2638
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_start=2640
+  _globals['_RECOMPUTETAGSREQUEST']._serialized_end=2682
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_start=2684
+  _globals['_RECOMPUTETAGSRESPONSE']._serialized_end=2763
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_start=2765
+  _globals['_EXPLAINTAGSRESPONSE']._serialized_end=2846
+  _globals['_STREAMFEEDREQUEST']._serialized_start=2848
+  _globals['_STREAMFEEDREQUEST']._serialized_end=2909
+  _globals['_STREAMFEEDRESPONSE']._serialized_start=2911
+  _globals['_STREAMFEEDRESPONSE']._serialized_end=3002
+  _globals['_IMPORTMEMBERSREQUEST']._serialized_start=3004
+  _globals['_IMPORTMEMBERSREQUEST']._serialized_end=3073
+  _globals['_IMPORTMEMBERSRESPONSE']._serialized_start=3075
+  _globals['_IMPORTMEMBERSRESPONSE']._serialized_end=3145
+  _globals['_GETTAGSTATSREQUEST']._serialized_start=3147
+  _globals['_GETTAGSTATSREQUEST']._serialized_end=3187
+  _globals['_GETTAGSTATSRESPONSE']._serialized_start=3189
+  _globals['_GETTAGSTATSRESPONSE']._serialized_end=3290
+  _globals['_IMPORTORDERSREQUEST']._serialized_start=3292
+  _globals['_IMPORTORDERSREQUEST']._serialized_end=3358
+  _globals['_IMPORTREFUNDSREQUEST']._serialized_start=3360
+  _globals['_IMPORTREFUNDSREQUEST']._serialized_end=3429
+  _globals['_IMPORTEVENTSREQUEST']._serialized_start=3431
+  _globals['_IMPORTEVENTSREQUEST']._serialized_end=3505
+  _globals['_IMPORTFACTSRESPONSE']._serialized_start=3507
+  _globals['_IMPORTFACTSRESPONSE']._serialized_end=3599
+  _globals['_REBUILDTAGHISTORYREQUEST']._serialized_start=3602
+  _globals['_REBUILDTAGHISTORYREQUEST']._serialized_end=3793
+  _globals['_GETTAGHISTORYREBUILDREQUEST']._serialized_start=3795
+  _globals['_GETTAGHISTORYREBUILDREQUEST']._serialized_end=3838
+  _globals['_TAGHISTORYREBUILD']._serialized_start=3841
+  _globals['_TAGHISTORYREBUILD']._serialized_end=4110
+  _globals['_ERASEMEMBERREQUEST']._serialized_start=4112
+  _globals['_ERASEMEMBERREQUEST']._serialized_end=4202
+  _globals['_MEMBERERASURE']._serialized_start=4204
+  _globals['_MEMBERERASURE']._serialized_end=4320
+  _globals['_TAGGINGSERVICE']._serialized_start=4323
+  _globals['_TAGGINGSERVICE']._serialized_end=7343
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -475,21 +476,29 @@ class GetMemberTagsRequest(_message.Message):
 
     MEMBER_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    KNOWN_AT_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     """`members/{member_id}`."""
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Unset for now."""
+        """Valid time: the moment in the shop's world to answer for. Unset for now."""
+
+    @_builtins.property
+    def known_at(self) -> _timestamp_pb2.Timestamp:
+        """Record time: answer with what MemberOps believed at this moment (before later corrections,
+        back-dated facts or history rebuilds changed it). Unset for the current belief.
+        """
 
     def __init__(
         self,
         *,
         member: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        known_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "known_at", b"known_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "member", b"member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "known_at", b"known_at", "member", b"member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,12 +584,15 @@ class ListTagChangesRequest(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_SUPERSEDED_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     """Optional filters: `members/{member_id}` and a dimension."""
     dimension: _builtins.str
     page_size: _builtins.int
     """1-1000; 0 means 100."""
     page_token: _builtins.str
+    include_superseded: _builtins.bool
+    """Also list holdings a correction has replaced (each with its `supersede_time`)."""
     def __init__(
         self,
         *,
@@ -588,10 +600,11 @@ class ListTagChangesRequest(_message.Message):
         dimension: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_superseded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "member", b"member", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "include_superseded", b"include_superseded", "member", b"member", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -916,3 +929,282 @@ class GetTagStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTagStatsResponse: _TypeAlias = GetTagStatsResponse  # noqa: Y015
+
+@_typing.final
+class ImportOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[_facts_pb2.Order]:
+        """1-10000 orders, each as for RecordOrder (`name`, `refunded_amount_minor` and `record_time` are
+        ignored).
+        """
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[_facts_pb2.Order] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportOrdersRequest: _TypeAlias = ImportOrdersRequest  # noqa: Y015
+
+@_typing.final
+class ImportRefundsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[_facts_pb2.Refund]:
+        """1-10000 refunds, each as for RecordRefund."""
+
+    def __init__(
+        self,
+        *,
+        refunds: _abc.Iterable[_facts_pb2.Refund] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refunds", b"refunds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRefundsRequest: _TypeAlias = ImportRefundsRequest  # noqa: Y015
+
+@_typing.final
+class ImportEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_facts_pb2.BehaviorEvent]:
+        """1-10000 events, each as for RecordEvents."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_facts_pb2.BehaviorEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportEventsRequest: _TypeAlias = ImportEventsRequest  # noqa: Y015
+
+@_typing.final
+class ImportFactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_COUNT_FIELD_NUMBER: _builtins.int
+    STORED_COUNT_FIELD_NUMBER: _builtins.int
+    UNCHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    received_count: _builtins.int
+    """Facts received; those stored by this stream; those already stored as sent (unchanged)."""
+    stored_count: _builtins.int
+    unchanged_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        received_count: _builtins.int = ...,
+        stored_count: _builtins.int = ...,
+        unchanged_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received_count", b"received_count", "stored_count", b"stored_count", "unchanged_count", b"unchanged_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportFactsResponse: _TypeAlias = ImportFactsResponse  # noqa: Y015
+
+@_typing.final
+class RebuildTagHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required, at most 128 characters: the same id never starts a second rebuild."""
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions to rebuild (rule and model ones); empty means every active one."""
+
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """The range, `start` < `end` <= now; `end` unset means now."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def step(self) -> _duration_pb2.Duration:
+        """Between evaluations, at least an hour; unset means a day."""
+
+    def __init__(
+        self,
+        *,
+        dimensions: _abc.Iterable[_builtins.str] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        step: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "end", b"end", "request_id", b"request_id", "start", b"start", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebuildTagHistoryRequest: _TypeAlias = RebuildTagHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetTagHistoryRebuildRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tagHistoryRebuilds/{id}` as RebuildTagHistory returned it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTagHistoryRebuildRequest: _TypeAlias = GetTagHistoryRebuildRequest  # noqa: Y015
+
+@_typing.final
+class TagHistoryRebuild(_message.Message):
+    """A long-running rewrite of tag history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    DONE_STEPS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`tagHistoryRebuilds/{id}`."""
+    workflow_id: _builtins.str
+    """The Temporal workflow that runs it (`temporal workflow describe --workflow-id ...`)."""
+    total_steps: _builtins.int
+    """Evaluations to run (instants times dimensions) and done so far."""
+    done_steps: _builtins.int
+    done: _builtins.bool
+    """True once every step is done."""
+    error: _builtins.str
+    """Set when it failed, with why."""
+    @_builtins.property
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def step(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        dimensions: _abc.Iterable[_builtins.str] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        step: _duration_pb2.Duration | None = ...,
+        total_steps: _builtins.int = ...,
+        done_steps: _builtins.int = ...,
+        done: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "done", b"done", "done_steps", b"done_steps", "end", b"end", "error", b"error", "name", b"name", "start", b"start", "step", b"step", "total_steps", b"total_steps", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagHistoryRebuild: _TypeAlias = TagHistoryRebuild  # noqa: Y015
+
+@_typing.final
+class EraseMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """`members/{member_id}` of a stored member (NOT_FOUND otherwise, unless `request_id` was
+    already used for it, which returns that erasure).
+    """
+    request_id: _builtins.str
+    """Required, at most 128 characters."""
+    operator: _builtins.str
+    """Who asks, at most 64 characters; required."""
+    reason: _builtins.str
+    """Why (e.g. the data subject's request reference), at most 256 characters; required."""
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "operator", b"operator", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseMemberRequest: _TypeAlias = EraseMemberRequest  # noqa: Y015
+
+@_typing.final
+class MemberErasure(_message.Message):
+    """An erasure, as audited."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PSEUDONYM_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ERASE_TIME_FIELD_NUMBER: _builtins.int
+    pseudonym: _builtins.str
+    """The pseudonymous id the member's remaining facts are kept under (`erased-...`)."""
+    operator: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def erase_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        pseudonym: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        erase_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase_time", b"erase_time", "operator", b"operator", "pseudonym", b"pseudonym", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberErasure: _TypeAlias = MemberErasure  # noqa: Y015

@@ -89,6 +89,21 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersResponse.FromString,
                 _registered_method=True)
+        self.ImportOrders = channel.stream_unary(
+                '/memberops.tagging.v1.TaggingService/ImportOrders',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportOrdersRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+                _registered_method=True)
+        self.ImportRefunds = channel.stream_unary(
+                '/memberops.tagging.v1.TaggingService/ImportRefunds',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportRefundsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+                _registered_method=True)
+        self.ImportEvents = channel.stream_unary(
+                '/memberops.tagging.v1.TaggingService/ImportEvents',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportEventsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+                _registered_method=True)
         self.CreateTagDefinition = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/CreateTagDefinition',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.SerializeToString,
@@ -139,6 +154,16 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.FromString,
                 _registered_method=True)
+        self.RebuildTagHistory = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/RebuildTagHistory',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RebuildTagHistoryRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.FromString,
+                _registered_method=True)
+        self.GetTagHistoryRebuild = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/GetTagHistoryRebuild',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagHistoryRebuildRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.FromString,
+                _registered_method=True)
         self.GetTagStats = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/GetTagStats',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsRequest.SerializeToString,
@@ -153,6 +178,11 @@ class TaggingServiceStub:
                 '/memberops.tagging.v1.TaggingService/RemoveMemberTags',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
+                _registered_method=True)
+        self.EraseMember = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/EraseMember',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.EraseMemberRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.MemberErasure.FromString,
                 _registered_method=True)
 
 
@@ -245,6 +275,36 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportOrders(self, request_iterator, context):
+        """Bulk-loads history: each request message is one batch of up to 10000 orders (with their
+        lines), stored in one transaction with COPY and set-based statements. The order id is the
+        natural key: an order stored with the same content is unchanged, so re-sending a batch or the
+        whole stream changes nothing; the same id with other content is ALREADY_EXISTS naming it. A bad
+        order or an unknown member rejects its batch (INVALID_ARGUMENT naming
+        `requests[k].orders[i].field`); batches before it stay stored. Imported facts are history:
+        their feed entries are marked `backfilled`, so no journey enrols or converts and no task
+        rewards on them. The reply comes once the touched members' tags are refreshed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportRefunds(self, request_iterator, context):
+        """Bulk-loads refunds as ImportOrders loads orders (natural key `refund_id`); the refunded order
+        must be stored (imported before, or earlier in the stream), else the batch is rejected naming
+        `requests[k].refunds[i].order_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportEvents(self, request_iterator, context):
+        """Bulk-loads behaviour events as ImportOrders loads orders (natural key `event_id`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateTagDefinition(self, request, context):
         """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
         an existing dimension with other content is ALREADY_EXISTS.
@@ -319,6 +379,24 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildTagHistory(self, request, context):
+        """Rewrites the valid-time history of rule and model dimensions over a past range from the
+        facts: the rules are evaluated at `start`, `start + step`, ... before `end`, and what each
+        evaluation finds holds until the next. A long-running operation (a Temporal workflow,
+        resumable, with progress); the same `request_id` returns the same operation. The history it
+        replaces stays readable with `GetMemberTags(known_at)`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTagHistoryRebuild(self, request, context):
+        """Where a history rebuild stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTagStats(self, request, context):
         """Member counts per value of each dimension (coverage and distribution).
         """
@@ -337,6 +415,17 @@ class TaggingServiceServicer:
 
     def RemoveMemberTags(self, request, context):
         """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseMember(self, request, context):
+        """Erases a member's personal data (PIPL / GDPR) across every service: profile, contact,
+        attributes, message recipients and bodies. What the business needs without identity (orders'
+        amounts, the points ledger's balances, tag history) stays under a pseudonymous id; the
+        member's running journeys stop. Audited (who, when, why). Idempotent by `request_id`: a retry
+        returns the same erasure and finishes what a failed attempt left.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -395,6 +484,21 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportMembersResponse.SerializeToString,
             ),
+            'ImportOrders': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportOrders,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportOrdersRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.SerializeToString,
+            ),
+            'ImportRefunds': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportRefunds,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportRefundsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.SerializeToString,
+            ),
+            'ImportEvents': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportEvents,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportEventsRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.SerializeToString,
+            ),
             'CreateTagDefinition': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTagDefinition,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.CreateTagDefinitionRequest.FromString,
@@ -445,6 +549,16 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecomputeTagsResponse.SerializeToString,
             ),
+            'RebuildTagHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildTagHistory,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RebuildTagHistoryRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.SerializeToString,
+            ),
+            'GetTagHistoryRebuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTagHistoryRebuild,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagHistoryRebuildRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.SerializeToString,
+            ),
             'GetTagStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTagStats,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagStatsRequest.FromString,
@@ -459,6 +573,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.RemoveMemberTags,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.SerializeToString,
+            ),
+            'EraseMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMember,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.EraseMemberRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.MemberErasure.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -744,6 +863,87 @@ class TaggingService:
             _registered_method=True)
 
     @staticmethod
+    def ImportOrders(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/memberops.tagging.v1.TaggingService/ImportOrders',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportOrdersRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRefunds(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/memberops.tagging.v1.TaggingService/ImportRefunds',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportRefundsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/memberops.tagging.v1.TaggingService/ImportEvents',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportEventsRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ImportFactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateTagDefinition(request,
             target,
             options=(),
@@ -1014,6 +1214,60 @@ class TaggingService:
             _registered_method=True)
 
     @staticmethod
+    def RebuildTagHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/RebuildTagHistory',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RebuildTagHistoryRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTagHistoryRebuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/GetTagHistoryRebuild',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetTagHistoryRebuildRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.TagHistoryRebuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetTagStats(request,
             target,
             options=(),
@@ -1084,6 +1338,33 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/RemoveMemberTags',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RemoveMemberTagsRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ChangeMemberTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/EraseMember',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.EraseMemberRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.MemberErasure.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,23 @@ class TaggingServiceStub:
     changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
     `requests[k].members[i]...`); batches before it stay stored.
     """
+    ImportOrders: _grpc.StreamUnaryMultiCallable[_tagging_service_pb2.ImportOrdersRequest, _tagging_service_pb2.ImportFactsResponse]
+    """Bulk-loads history: each request message is one batch of up to 10000 orders (with their
+    lines), stored in one transaction with COPY and set-based statements. The order id is the
+    natural key: an order stored with the same content is unchanged, so re-sending a batch or the
+    whole stream changes nothing; the same id with other content is ALREADY_EXISTS naming it. A bad
+    order or an unknown member rejects its batch (INVALID_ARGUMENT naming
+    `requests[k].orders[i].field`); batches before it stay stored. Imported facts are history:
+    their feed entries are marked `backfilled`, so no journey enrols or converts and no task
+    rewards on them. The reply comes once the touched members' tags are refreshed.
+    """
+    ImportRefunds: _grpc.StreamUnaryMultiCallable[_tagging_service_pb2.ImportRefundsRequest, _tagging_service_pb2.ImportFactsResponse]
+    """Bulk-loads refunds as ImportOrders loads orders (natural key `refund_id`); the refunded order
+    must be stored (imported before, or earlier in the stream), else the batch is rejected naming
+    `requests[k].refunds[i].order_id`.
+    """
+    ImportEvents: _grpc.StreamUnaryMultiCallable[_tagging_service_pb2.ImportEventsRequest, _tagging_service_pb2.ImportFactsResponse]
+    """Bulk-loads behaviour events as ImportOrders loads orders (natural key `event_id`)."""
     CreateTagDefinition: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]
     """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
     an existing dimension with other content is ALREADY_EXISTS.
@@ -109,6 +126,15 @@ class TaggingServiceStub:
     """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    RebuildTagHistory: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RebuildTagHistoryRequest, _tagging_service_pb2.TagHistoryRebuild]
+    """Rewrites the valid-time history of rule and model dimensions over a past range from the
+    facts: the rules are evaluated at `start`, `start + step`, ... before `end`, and what each
+    evaluation finds holds until the next. A long-running operation (a Temporal workflow,
+    resumable, with progress); the same `request_id` returns the same operation. The history it
+    replaces stays readable with `GetMemberTags(known_at)`.
+    """
+    GetTagHistoryRebuild: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagHistoryRebuildRequest, _tagging_service_pb2.TagHistoryRebuild]
+    """Where a history rebuild stands."""
     GetTagStats: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]
     """Member counts per value of each dimension (coverage and distribution)."""
     AddMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
@@ -118,6 +144,13 @@ class TaggingServiceStub:
     """
     RemoveMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RemoveMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
     """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
+    EraseMember: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.EraseMemberRequest, _tagging_service_pb2.MemberErasure]
+    """Erases a member's personal data (PIPL / GDPR) across every service: profile, contact,
+    attributes, message recipients and bodies. What the business needs without identity (orders'
+    amounts, the points ledger's balances, tag history) stays under a pseudonymous id; the
+    member's running journeys stop. Audited (who, when, why). Idempotent by `request_id`: a retry
+    returns the same erasure and finishes what a failed attempt left.
+    """
 
 @_typing.type_check_only
 class TaggingServiceAsyncStub(TaggingServiceStub):
@@ -169,6 +202,23 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     changes nothing. A bad member rejects its batch (INVALID_ARGUMENT naming
     `requests[k].members[i]...`); batches before it stay stored.
     """
+    ImportOrders: _aio.StreamUnaryMultiCallable[_tagging_service_pb2.ImportOrdersRequest, _tagging_service_pb2.ImportFactsResponse]  # type: ignore[assignment]
+    """Bulk-loads history: each request message is one batch of up to 10000 orders (with their
+    lines), stored in one transaction with COPY and set-based statements. The order id is the
+    natural key: an order stored with the same content is unchanged, so re-sending a batch or the
+    whole stream changes nothing; the same id with other content is ALREADY_EXISTS naming it. A bad
+    order or an unknown member rejects its batch (INVALID_ARGUMENT naming
+    `requests[k].orders[i].field`); batches before it stay stored. Imported facts are history:
+    their feed entries are marked `backfilled`, so no journey enrols or converts and no task
+    rewards on them. The reply comes once the touched members' tags are refreshed.
+    """
+    ImportRefunds: _aio.StreamUnaryMultiCallable[_tagging_service_pb2.ImportRefundsRequest, _tagging_service_pb2.ImportFactsResponse]  # type: ignore[assignment]
+    """Bulk-loads refunds as ImportOrders loads orders (natural key `refund_id`); the refunded order
+    must be stored (imported before, or earlier in the stream), else the batch is rejected naming
+    `requests[k].refunds[i].order_id`.
+    """
+    ImportEvents: _aio.StreamUnaryMultiCallable[_tagging_service_pb2.ImportEventsRequest, _tagging_service_pb2.ImportFactsResponse]  # type: ignore[assignment]
+    """Bulk-loads behaviour events as ImportOrders loads orders (natural key `event_id`)."""
     CreateTagDefinition: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.CreateTagDefinitionRequest, _tags_pb2.TagDefinition]  # type: ignore[assignment]
     """Adds a dimension to the tag catalog at version 1. A retry with the same content returns it;
     an existing dimension with other content is ALREADY_EXISTS.
@@ -197,6 +247,15 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """Re-evaluates rule and model dimensions for every member, set-based inside PostgreSQL, writing only the
     values that changed (with their feed entries). Safe to repeat: an unchanged fact base changes nothing.
     """
+    RebuildTagHistory: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RebuildTagHistoryRequest, _tagging_service_pb2.TagHistoryRebuild]  # type: ignore[assignment]
+    """Rewrites the valid-time history of rule and model dimensions over a past range from the
+    facts: the rules are evaluated at `start`, `start + step`, ... before `end`, and what each
+    evaluation finds holds until the next. A long-running operation (a Temporal workflow,
+    resumable, with progress); the same `request_id` returns the same operation. The history it
+    replaces stays readable with `GetMemberTags(known_at)`.
+    """
+    GetTagHistoryRebuild: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagHistoryRebuildRequest, _tagging_service_pb2.TagHistoryRebuild]  # type: ignore[assignment]
+    """Where a history rebuild stands."""
     GetTagStats: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]  # type: ignore[assignment]
     """Member counts per value of each dimension (coverage and distribution)."""
     AddMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
@@ -206,6 +265,13 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     """
     RemoveMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RemoveMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
     """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
+    EraseMember: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.EraseMemberRequest, _tagging_service_pb2.MemberErasure]  # type: ignore[assignment]
+    """Erases a member's personal data (PIPL / GDPR) across every service: profile, contact,
+    attributes, message recipients and bodies. What the business needs without identity (orders'
+    amounts, the points ledger's balances, tag history) stays under a pseudonymous id; the
+    member's running journeys stop. Audited (who, when, why). Idempotent by `request_id`: a retry
+    returns the same erasure and finishes what a failed attempt left.
+    """
 
 class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member facts and the tags derived from them. Every call needs `authorization: Bearer <token>`;
@@ -316,6 +382,41 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ImportOrders(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tagging_service_pb2.ImportOrdersRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ImportFactsResponse, _abc.Awaitable[_tagging_service_pb2.ImportFactsResponse]]:
+        """Bulk-loads history: each request message is one batch of up to 10000 orders (with their
+        lines), stored in one transaction with COPY and set-based statements. The order id is the
+        natural key: an order stored with the same content is unchanged, so re-sending a batch or the
+        whole stream changes nothing; the same id with other content is ALREADY_EXISTS naming it. A bad
+        order or an unknown member rejects its batch (INVALID_ARGUMENT naming
+        `requests[k].orders[i].field`); batches before it stay stored. Imported facts are history:
+        their feed entries are marked `backfilled`, so no journey enrols or converts and no task
+        rewards on them. The reply comes once the touched members' tags are refreshed.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportRefunds(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tagging_service_pb2.ImportRefundsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ImportFactsResponse, _abc.Awaitable[_tagging_service_pb2.ImportFactsResponse]]:
+        """Bulk-loads refunds as ImportOrders loads orders (natural key `refund_id`); the refunded order
+        must be stored (imported before, or earlier in the stream), else the batch is rejected naming
+        `requests[k].refunds[i].order_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportEvents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tagging_service_pb2.ImportEventsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ImportFactsResponse, _abc.Awaitable[_tagging_service_pb2.ImportFactsResponse]]:
+        """Bulk-loads behaviour events as ImportOrders loads orders (natural key `event_id`)."""
+
+    @_abc_1.abstractmethod
     def CreateTagDefinition(
         self,
         request: _tagging_service_pb2.CreateTagDefinitionRequest,
@@ -404,6 +505,27 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RebuildTagHistory(
+        self,
+        request: _tagging_service_pb2.RebuildTagHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.TagHistoryRebuild, _abc.Awaitable[_tagging_service_pb2.TagHistoryRebuild]]:
+        """Rewrites the valid-time history of rule and model dimensions over a past range from the
+        facts: the rules are evaluated at `start`, `start + step`, ... before `end`, and what each
+        evaluation finds holds until the next. A long-running operation (a Temporal workflow,
+        resumable, with progress); the same `request_id` returns the same operation. The history it
+        replaces stays readable with `GetMemberTags(known_at)`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTagHistoryRebuild(
+        self,
+        request: _tagging_service_pb2.GetTagHistoryRebuildRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.TagHistoryRebuild, _abc.Awaitable[_tagging_service_pb2.TagHistoryRebuild]]:
+        """Where a history rebuild stands."""
+
+    @_abc_1.abstractmethod
     def GetTagStats(
         self,
         request: _tagging_service_pb2.GetTagStatsRequest,
@@ -429,5 +551,18 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.ChangeMemberTagsResponse, _abc.Awaitable[_tagging_service_pb2.ChangeMemberTagsResponse]]:
         """An operator takes a MANUAL or STRATEGY value away from members; members without it are left alone."""
+
+    @_abc_1.abstractmethod
+    def EraseMember(
+        self,
+        request: _tagging_service_pb2.EraseMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.MemberErasure, _abc.Awaitable[_tagging_service_pb2.MemberErasure]]:
+        """Erases a member's personal data (PIPL / GDPR) across every service: profile, contact,
+        attributes, message recipients and bodies. What the business needs without identity (orders'
+        amounts, the points ledger's balances, tag history) stays under a pseudonymous id; the
+        member's running journeys stop. Audited (who, when, why). Idempotent by `request_id`: a retry
+        returns the same erasure and finishes what a failed attempt left.
+        """
 
 def add_TaggingServiceServicer_to_server(servicer: TaggingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

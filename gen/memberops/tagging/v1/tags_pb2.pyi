@@ -323,6 +323,8 @@ class MemberTag(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REMOVED_BY_FIELD_NUMBER: _builtins.int
     REMOVED_REASON_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    SUPERSEDE_TIME_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     dimension: _builtins.str
     value: _builtins.str
@@ -340,6 +342,14 @@ class MemberTag(_message.Message):
     def valid_to(self) -> _timestamp_pb2.Timestamp:
         """Unset while the member still has the value."""
 
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """Record time: when MemberOps came to believe this holding, and, for one a correction replaced
+        (a back-dated fact, a history rebuild, a recompute `as_of`), when it stopped believing it.
+        """
+
+    @_builtins.property
+    def supersede_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -354,10 +364,12 @@ class MemberTag(_message.Message):
         reason: _builtins.str = ...,
         removed_by: _builtins.str = ...,
         removed_reason: _builtins.str = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+        supersede_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time", "supersede_time", b"supersede_time", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "dimension", b"dimension", "member_id", b"member_id", "reason", b"reason", "removed_by", b"removed_by", "removed_reason", b"removed_reason", "set_by", b"set_by", "source", b"source", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "dimension", b"dimension", "member_id", b"member_id", "reason", b"reason", "record_time", b"record_time", "removed_by", b"removed_by", "removed_reason", b"removed_reason", "set_by", b"set_by", "source", b"source", "supersede_time", b"supersede_time", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -186,6 +186,11 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
                 _registered_method=True)
+        self.EraseMemberData = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/EraseMemberData',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataResponse.FromString,
+                _registered_method=True)
 
 
 class TasksServiceServicer:
@@ -414,6 +419,15 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseMemberData(self, request, context):
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared.
+        Idempotent: a member with nothing left here is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -556,6 +570,11 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.ReadTasksFeed,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.SerializeToString,
+            ),
+            'EraseMemberData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMemberData,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1322,6 +1341,33 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/ReadTasksFeed',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMemberData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/EraseMemberData',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

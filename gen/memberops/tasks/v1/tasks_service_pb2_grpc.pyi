@@ -135,6 +135,11 @@ class TasksServiceStub:
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
     """
+    EraseMemberData: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EraseMemberDataRequest, _tasks_service_pb2.EraseMemberDataResponse]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared.
+    Idempotent: a member with nothing left here is a no-op.
+    """
 
 @_typing.type_check_only
 class TasksServiceAsyncStub(TasksServiceStub):
@@ -238,6 +243,11 @@ class TasksServiceAsyncStub(TasksServiceStub):
     ReadTasksFeed: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]  # type: ignore[assignment]
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
+    """
+    EraseMemberData: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EraseMemberDataRequest, _tasks_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
+    """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+    row of the member in this service is moved to `pseudonym` and its personal data cleared.
+    Idempotent: a member with nothing left here is a no-op.
     """
 
 class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -507,6 +517,17 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_service_pb2.ReadTasksFeedResponse, _abc.Awaitable[_tasks_service_pb2.ReadTasksFeedResponse]]:
         """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
         entry is handed out only when nothing can still commit before it.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseMemberData(
+        self,
+        request: _tasks_service_pb2.EraseMemberDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.EraseMemberDataResponse, _abc.Awaitable[_tasks_service_pb2.EraseMemberDataResponse]]:
+        """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
+        row of the member in this service is moved to `pseudonym` and its personal data cleared.
+        Idempotent: a member with nothing left here is a no-op.
         """
 
 def add_TasksServiceServicer_to_server(servicer: TasksServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
