@@ -147,6 +147,9 @@ class FeedEntry:
     subject_id: str
     payload: Payload | None
     create_time: dt.datetime
+    # History loaded by an import (or a tag change its refresh made): consumers keep their state
+    # from it but reward and enrol nobody on it.
+    backfilled: bool = False
 
 
 def read_entry(message: feed_pb2.FeedEntry) -> FeedEntry:
@@ -157,6 +160,7 @@ def read_entry(message: feed_pb2.FeedEntry) -> FeedEntry:
         subject_id=message.subject_id,
         payload=read_payload(message),
         create_time=message.create_time.ToDatetime(tzinfo=dt.UTC),
+        backfilled=message.backfilled,
     )
 
 
