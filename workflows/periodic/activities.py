@@ -37,7 +37,7 @@ async def _heartbeating(call: Awaitable[_T]) -> _T:
         activity.heartbeat()
 
 
-async def _completed(method: str, call: Awaitable[_T]) -> _T:
+async def completed(method: str, call: Awaitable[_T]) -> _T:
     """The reply of a service call, heartbeating meanwhile; a permanent failure is not retried."""
     try:
         return await _heartbeating(call)
@@ -62,7 +62,7 @@ class PeriodicActivities:
             metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
             timeout=LONG_CALL_SECONDS,
         )
-        reply = await _completed("RecomputeTags", call)
+        reply = await completed("RecomputeTags", call)
         added = sum(r.added_count for r in reply.results)
         removed = sum(r.removed_count for r in reply.results)
         return JobResult(RECOMPUTE_TAGS, f"{len(reply.results)} dimensions, +{added} -{removed} tags")
@@ -75,7 +75,7 @@ class PeriodicActivities:
             metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
             timeout=LONG_CALL_SECONDS,
         )
-        reply = await _completed("ExpirePoints", call)
+        reply = await completed("ExpirePoints", call)
         return JobResult(EXPIRE_POINTS, f"{reply.expired_lots} lots, {reply.expired_points} points expired")
 
     @activity.defn(name=EVALUATE_LEVELS)
@@ -87,7 +87,7 @@ class PeriodicActivities:
             metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
             timeout=LONG_CALL_SECONDS,
         )
-        reply = await _completed("EvaluateLevels", call)
+        reply = await completed("EvaluateLevels", call)
         return JobResult(
             EVALUATE_LEVELS,
             f"{reply.members_evaluated} members, {reply.upgraded} up, {reply.downgraded} down",
