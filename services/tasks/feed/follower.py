@@ -13,6 +13,11 @@ every entry and store the cursor ReadFeed gave to continue from. Effects and cur
 together, so after a crash the batch is read again and applied once; any number of replicas can
 run the loop.
 
+Back-filled entries (history an import loaded, `FeedEntry.backfilled`) reward nothing: they
+neither trigger invites nor count for profile, visit or event tasks, and count for a purchase task
+only when its definition says `reward_backfilled_orders`. Their refunds still take back what the
+order really earned (nothing, unless a task counted it or the backend paid points for it).
+
 Locks are taken in one order for the whole batch before anything is paid: member_facts rows of
 the batch's members, pending invites, then the accounts of every member who may be paid (sorted),
 the ledger's rule, and only then progress, completions and task rows.
@@ -123,6 +128,13 @@ def _refunded(entry: FeedEntry, refund: RefundRecorded) -> ledger.Refunded | Non
     )
 
 
+def _counts(task: Task, entry: FeedEntry) -> bool:
+    """Whether a purchase task counts the order entry: a live one always, history only when the
+    task asks for it (`reward_backfilled_orders`)."""
+    spec = task.definition.spec
+    return not entry.backfilled or (isinstance(spec, PurchaseSpec) and spec.reward_backfilled_orders)
+
+
 def _registered(entry: FeedEntry) -> bool:
     """Whether the entry is a member's first stored revision: its registration."""
     return isinstance(entry.payload, MemberChanged) and entry.payload.registered
@@ -218,6 +230,9 @@ class FeedFollower:
         registered: dict[str, dt.datetime] = {}
         first_orders: dict[str, dt.datetime] = {}
         for e in facts:
+            if e.backfilled:
+                # History is no trigger: an invite waits for what the invitee does from now on.
+                continue
             if e.kind == FeedKind.MEMBER_CHANGED and _registered(e):
                 registered.setdefault(e.member_id, e.create_time)
             elif e.kind == FeedKind.ORDER_RECORDED:
@@ -255,10 +270,12 @@ class FeedFollower:
 
     def _may_pay(self, entry: FeedEntry, batch: _Batch, counted_orders: set[str]) -> bool:
         """Whether the entry can move a counted task (so its member's account is locked first)."""
+        if entry.backfilled and entry.kind in (FeedKind.MEMBER_CHANGED, FeedKind.EVENT_RECORDED):
+            return False
         if entry.kind == FeedKind.MEMBER_CHANGED:
             return entry.member_id in batch.profiles
         if entry.kind == FeedKind.ORDER_RECORDED:
-            return bool(batch.of(Kind.PURCHASE))
+            return any(_counts(t, entry) for t in batch.of(Kind.PURCHASE))
         if entry.kind == FeedKind.REFUND_RECORDED:
             return _refunded_order(entry) in counted_orders
         return bool(batch.of(Kind.VISIT) or batch.of(Kind.EVENT))
@@ -273,6 +290,8 @@ class FeedFollower:
         batch: _Batch,
         waiting: dict[str, invite_store.InviteRow],
     ) -> None:
+        if entry.backfilled:
+            return
         if _registered(entry):
             await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
         filled = batch.profiles.get(entry.member_id)
@@ -294,7 +313,8 @@ class FeedFollower:
         batch: _Batch,
         waiting: dict[str, invite_store.InviteRow],
     ) -> None:
-        await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
+        if not entry.backfilled:
+            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
         order = entry.payload
         if not isinstance(order, OrderRecorded):
             return
@@ -302,7 +322,7 @@ class FeedFollower:
         for task in batch.of(Kind.PURCHASE):
             spec = task.definition.spec
             assert isinstance(spec, PurchaseSpec)
-            if not self._in_window(task, spec, entry.member_id, paid, batch):
+            if not _counts(task, entry) or not self._in_window(task, spec, entry.member_id, paid, batch):
                 continue
             lines = matching_lines(spec, order.lines)
             if not lines:
@@ -370,7 +390,7 @@ class FeedFollower:
 
     async def _event(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
         event = entry.payload
-        if not isinstance(event, EventRecorded):
+        if entry.backfilled or not isinstance(event, EventRecorded):
             return
         occurred = event.occur_time or entry.create_time
         for task in batch.tasks:

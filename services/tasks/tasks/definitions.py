@@ -120,6 +120,8 @@ class PurchaseSpec:
     brands: tuple[str, ...] = ()
     skus: tuple[str, ...] = ()
     window_days: int = 0
+    # Whether orders loaded by an import (backfilled feed entries) count; off, they are history.
+    reward_backfilled_orders: bool = False
 
     @property
     def filtered(self) -> bool:
@@ -397,7 +399,7 @@ def to_body(d: Definition) -> dict[str, Any]:
     assert d.spec is not None and d.start_time is not None and d.end_time is not None
     return {
         "kind": int(d.kind),
-        "spec": dataclasses.asdict(d.spec),
+        "spec": _spec_body(d.spec),
         "display_name": d.display_name,
         "start_time": d.start_time.isoformat(),
         "end_time": d.end_time.isoformat(),
@@ -409,6 +411,15 @@ def to_body(d: Definition) -> dict[str, Any]:
         "budget_points": d.budget_points,
         "claim_required": d.claim_required,
     }
+
+
+def _spec_body(spec: Spec) -> dict[str, Any]:
+    """The spec's fields; a purchase task's `reward_backfilled_orders` only when on, so the bodies
+    (and content hashes) of tasks stored before the option existed stay what they were."""
+    body = dataclasses.asdict(spec)
+    if isinstance(spec, PurchaseSpec) and not spec.reward_backfilled_orders:
+        del body["reward_backfilled_orders"]
+    return body
 
 
 def from_body(task_id: str, body: Mapping[str, Any]) -> Definition:

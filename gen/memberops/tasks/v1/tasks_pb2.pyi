@@ -493,12 +493,18 @@ class PurchaseSpec(_message.Message):
     BRANDS_FIELD_NUMBER: _builtins.int
     SKUS_FIELD_NUMBER: _builtins.int
     WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    REWARD_BACKFILLED_ORDERS_FIELD_NUMBER: _builtins.int
     measure: Global___PurchaseMeasure.ValueType
     target: _builtins.int
     """What completes the task: items, orders or minor currency units; 1 to 10^12."""
     window_days: _builtins.int
     """0: orders paid within the task's validity period count. 1-3650: orders paid within this many
     days of the member's enrolment (EnrolTask) count.
+    """
+    reward_backfilled_orders: _builtins.bool
+    """Off (the default): orders loaded by an import (feed entries marked `backfilled`) are history
+    and count for nothing. On: they count and earn like orders recorded live, within the same
+    period or window (e.g. a "spend 1000 this year" task launched mid-year).
     """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -519,10 +525,11 @@ class PurchaseSpec(_message.Message):
         brands: _abc.Iterable[_builtins.str] | None = ...,
         skus: _abc.Iterable[_builtins.str] | None = ...,
         window_days: _builtins.int = ...,
+        reward_backfilled_orders: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brands", b"brands", "categories", b"categories", "measure", b"measure", "skus", b"skus", "target", b"target", "window_days", b"window_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brands", b"brands", "categories", b"categories", "measure", b"measure", "reward_backfilled_orders", b"reward_backfilled_orders", "skus", b"skus", "target", b"target", "window_days", b"window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
