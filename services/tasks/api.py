@@ -22,6 +22,7 @@ from memberops.tasks.v1 import (
 from runtime.auth import current_tenant
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
+from services.tasks.erasure import Erasures
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
 from services.tasks.points import ledger
@@ -59,7 +60,10 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         leaderboards: Leaderboards,
         tasks: TaskServices,
         clock: Callable[[], dt.datetime] = utc_now,
+        *,
+        erasures: Erasures,
     ) -> None:
+        self._erasures = erasures
         self._leaderboards = leaderboards
         self._tasks = tasks
         self._points = points
@@ -340,3 +344,9 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         return tasks_service_pb2.ReadTasksFeedResponse(
             entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
         )
+
+    async def EraseMemberData(
+        self, request: tasks_service_pb2.EraseMemberDataRequest, context: Any
+    ) -> tasks_service_pb2.EraseMemberDataResponse:
+        changed = await self._erasures.erase(current_tenant(), request.member_id, request.pseudonym)
+        return tasks_service_pb2.EraseMemberDataResponse(changed_rows=changed)

@@ -19,6 +19,7 @@ from runtime.config import Settings
 from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
 from services.tasks.api import TasksApi, TaskServices, utc_now
+from services.tasks.erasure import Erasures
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
 from services.tasks.levels.publisher import LevelPublisher
@@ -57,7 +58,12 @@ def wire(
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)
     servicer = TasksApi(
-        Ledger(db, participation), Rewards(db, participation), Leaderboards(db), tasks, clock=clock
+        Ledger(db, participation),
+        Rewards(db, participation),
+        Leaderboards(db),
+        tasks,
+        clock=clock,
+        erasures=Erasures(db),
     )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])

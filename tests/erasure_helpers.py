@@ -1,0 +1,48 @@
+"""What the erasure tests share: a scan of a whole schema for a text (a member's id) in every
+column of every table, whatever the table, so a table added later is scanned too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.db import Database
+
+# Column types a member id could hide in (arrays and JSON documents as their text).
+_SCANNED = ("text", "character varying", "jsonb", "json", "ARRAY")
+
+
+async def rows_naming(db: Database, schema: str, needle: str) -> dict[str, int]:
+    """`table.column` -> rows whose value contains `needle`, over every tenant (the tests' own pool
+    logs in as the owner, so row-level security does not hide any)."""
+    async with db.pool.acquire() as conn:
+        columns = await conn.fetch(
+            """SELECT c.table_name, c.column_name FROM information_schema.columns c
+               JOIN information_schema.tables t USING (table_schema, table_name)
+               WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE' AND c.data_type = ANY($2::text[])
+               ORDER BY 1, 2""",
+            schema,
+            list(_SCANNED),
+        )
+        found: dict[str, int] = {}
+        for column in columns:
+            table, name = column["table_name"], column["column_name"]
+            count = await conn.fetchval(
+                f'SELECT count(*) FROM {schema}."{table}" WHERE strpos("{name}"::text, $1) > 0', needle
+            )
+            if count:
+                found[f"{table}.{name}"] = count
+        return found
+
+
+async def value(db: Database, sql: str, *args: Any) -> Any:
+    """One value read as the owner (every tenant)."""
+    async with db.pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def row(db: Database, sql: str, *args: Any) -> tuple[Any, ...]:
+    """One row read as the owner (every tenant)."""
+    async with db.pool.acquire() as conn:
+        found = await conn.fetchrow(sql, *args)
+    assert found is not None
+    return tuple(found.values())
