@@ -27,6 +27,8 @@ RECOMPUTE_PARALLELISM = 2
 # member's every real-time value is new, whatever it reads.
 INPUT_BITS = {rules.Input.PROFILE: 1, rules.Input.ORDERS: 2, rules.Input.EVENTS: 4}
 NEW_MEMBER = 8
+# The payload pair marking a tag change an import's refresh made (FeedEntry.backfilled).
+BACKFILLED_PAYLOAD = "'backfilled', true"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_CHANGE_MEMBERS = 10_000
@@ -102,12 +104,19 @@ class Tagger:
         return self._prepared[key]
 
     async def refresh_owed(
-        self, conn: Connection, tenant_id: str, changes: Mapping[str, int], now: dt.datetime
+        self,
+        conn: Connection,
+        tenant_id: str,
+        changes: Mapping[str, int],
+        now: dt.datetime,
+        *,
+        backfilled: bool = False,
     ) -> None:
         """Re-evaluates the active real-time dimensions these members' changed facts feed, then
         settles their queue rows. `changes` maps a member to the input bits its callers changed;
         the bits its queue row still owes (e.g. a crashed request's) are added. `conn` must be in a
-        transaction with custom plans (`Database.transaction(plans="custom")`)."""
+        transaction with custom plans (`Database.transaction(plans="custom")`). `backfilled`: the
+        facts were imported history, so the changes' feed entries say so."""
         ids = sorted(changes)
         await member_tag_store.lock_members(conn, ids)
         owed = await refresh_store.owed_refreshes(conn, ids)
@@ -139,6 +148,7 @@ class Tagger:
                     prepared.exclusive,
                     stale,
                     fact_times,
+                    extra_payload=BACKFILLED_PAYLOAD if backfilled else "",
                 )
         await refresh_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 

@@ -29,6 +29,8 @@ def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
     )
     message.create_time.FromDatetime(entry.create_time)
     payload = entry.payload
+    # Imports (and the tag refreshes they make) write the mark into the stored payload.
+    message.backfilled = bool(payload.get("backfilled"))
     if entry.kind == FeedKind.MEMBER_CHANGED:
         message.member_changed.revision = int(payload.get("revision", 0))
         _time(payload, "occur_time", message.member_changed.occur_time)

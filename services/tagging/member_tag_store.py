@@ -140,12 +140,14 @@ async def apply_dimension(
     member_ids: list[str] | None = None,
     fact_times: Mapping[str, dt.datetime] | None = None,
     unseen: Unseen | None = None,
+    extra_payload: str = "",
 ) -> tuple[int, int]:
     """Makes the stored tags of one rule dimension match its compiled rules; returns (added, removed).
 
     A refresh (`member_ids`) dates each change by its member's entry in `fact_times` (when the
     facts that made the refresh happened), else by `now`. A full recompute dates them by what its
-    previous one did not see (`unseen`, see _UNSEEN_TIME) and leaves its own mark.
+    previous one did not see (`unseen`, see _UNSEEN_TIME) and leaves its own mark. `extra_payload`
+    adds constant `'key', value` pairs (SQL) to every feed entry, e.g. an import's backfilled mark.
 
     One statement: the desired member-values are computed, held values no longer desired are
     closed, new ones opened, and each change is written to the feed. Rows another transaction
@@ -210,7 +212,7 @@ opened AS (
     RETURNING member_id, value
 ),
 {mark}
-{_log_tag_changes(t, d, ver, occur, join=timed)}
+{_log_tag_changes(t, d, ver, occur, extra_payload, join=timed)}
 SELECT (SELECT count(*) FROM opened) AS added, (SELECT count(*) FROM closed) AS removed,
        (SELECT count(*) FROM logged) AS logged
 """

@@ -1,0 +1,397 @@
+"""Fact imports (ImportOrders, ImportRefunds, ImportEvents): history loaded in batches.
+
+Each batch is validated row by row with RecordOrder's, RecordRefund's and RecordEvents' own rules
+(errors name `requests[k].orders[i].field`), stored in one transaction with COPY and set-based
+statements (import_store), and idempotent by natural key: a fact stored before with the same
+content is unchanged, with other content ALREADY_EXISTS. Once a batch commits, the real-time tags
+of the members it touched are refreshed at once (one statement per dimension for them all), dated
+by the facts and marked backfilled, before the next batch is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from runtime.db import Database
+from runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.tagging import import_store
+from services.tagging.domain import BehaviorEvent, OrderInput, OrderState, Refund, RefundInput
+from services.tagging.evaluation import INPUT_BITS, Tagger
+from services.tagging.facts import (
+    content_hash,
+    plan_refund,
+    refund_payload,
+    validate_events,
+    validate_order,
+    validate_refund,
+)
+from services.tagging.members import MAX_IMPORT_BATCH, bounded
+from services.tagging.rules import Input
+
+# Members refreshed in one transaction after a batch: a batch's 10,000 orders touch at most as many.
+REFRESH_CHUNK = 10_000
+# A refresh that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
+REFRESH_ATTEMPTS = 3
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One batch's (or a stream's) facts: received, newly stored, already stored as sent."""
+
+    received: int = 0
+    stored: int = 0
+
+    @property
+    def unchanged(self) -> int:
+        return self.received - self.stored
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.received + other.received, self.stored + other.stored)
+
+
+def relocated(error: InvalidArgument, old: str, new: str) -> list[FieldViolation]:
+    """The error's violations with the field prefix `old` (a single fact's path) renamed `new`."""
+    return [
+        FieldViolation(new + v.field[len(old) :], v.description) if v.field.startswith(old) else v
+        for v in error.violations
+    ]
+
+
+def converted(messages: Sequence[Any], convert: Callable[[Any, int], T], single: str, path: str) -> list[T]:
+    """Each message converted to its domain input; a bad one's violations are renamed from
+    `single` (the path conversion gives it; `{i}` stands for its index) to `path[i]` and the batch
+    rejected with all of them."""
+    items: list[T] = []
+    found: list[FieldViolation] = []
+    for i, message in enumerate(messages):
+        try:
+            items.append(convert(message, i))
+        except InvalidArgument as error:
+            found.extend(relocated(error, single.format(i=i), f"{path}[{i}]"))
+    if found:
+        raise bounded(found, path)
+    return items
+
+
+def order_digest(order: OrderInput) -> str:
+    """`facts.content_hash(order)`, without dataclasses.asdict's deep copy (a third of an import's
+    time): the same canonical JSON, so an order recorded by RecordOrder imports as unchanged."""
+    canonical = {
+        "amount_minor": order.amount_minor,
+        "lines": [
+            {
+                "brand": line.brand,
+                "category": line.category,
+                "line_id": line.line_id,
+                "quantity": line.quantity,
+                "sku": line.sku,
+                "unit_price_minor": line.unit_price_minor,
+            }
+            for line in order.lines
+        ],
+        "member_id": order.member_id,
+        "order_id": order.order_id,
+        "paid_time": None if order.paid_time is None else str(order.paid_time),
+        "payment_method": order.payment_method,
+        "store": order.store,
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_size(items: Sequence[Any], path: str, noun: str) -> None:
+    if not 1 <= len(items) <= MAX_IMPORT_BATCH:
+        raise InvalidArgument.field(path, f"must hold 1-{MAX_IMPORT_BATCH} {noun}")
+
+
+def _unique(
+    items: Sequence[T], key: Callable[[T], str], digest: Callable[[T], str], path: str, field: str
+) -> tuple[list[tuple[int, T, str]], list[FieldViolation]]:
+    """(index, item, digest) of each id's first item; an id repeated with other content is a violation."""
+    first: dict[str, tuple[int, str]] = {}
+    kept: list[tuple[int, T, str]] = []
+    found: list[FieldViolation] = []
+    for i, item in enumerate(items):
+        value = digest(item)
+        seen = first.setdefault(key(item), (i, value))
+        if seen[0] == i:
+            kept.append((i, item, value))
+        elif seen[1] != value:
+            found.append(
+                FieldViolation(
+                    f"{path}[{i}].{field}", f"repeats {path}[{seen[0]}].{field} with other content"
+                )
+            )
+    return kept, found
+
+
+def _validated(
+    items: Sequence[T],
+    validate: Callable[[T, dt.datetime], None],
+    single: str,
+    key: Callable[[T], str],
+    digest: Callable[[T], str],
+    now: dt.datetime,
+    path: str,
+) -> list[tuple[int, T, str]]:
+    """(index, fact, digest) of each distinct fact; raises naming every bad fact's fields, renamed
+    from the single-fact path `single` (RecordOrder's `order`) to `path[i]`."""
+    found: list[FieldViolation] = []
+    for i, item in enumerate(items):
+        try:
+            validate(item, now)
+        except InvalidArgument as error:
+            found.extend(relocated(error, single, f"{path}[{i}]"))
+    kept, repeated = _unique(items, key, digest, path, f"{single}_id")
+    if found or repeated:
+        raise bounded(found + repeated, path)
+    return kept
+
+
+def validate_orders(
+    orders: Sequence[OrderInput], now: dt.datetime, path: str
+) -> list[tuple[int, OrderInput, str]]:
+    _check_size(orders, path, "orders")
+    return _validated(orders, validate_order, "order", lambda o: o.order_id, order_digest, now, path)
+
+
+def validate_refunds(
+    refunds: Sequence[RefundInput], now: dt.datetime, path: str
+) -> list[tuple[int, RefundInput, str]]:
+    _check_size(refunds, path, "refunds")
+    return _validated(refunds, validate_refund, "refund", lambda r: r.refund_id, content_hash, now, path)
+
+
+def validate_event_batch(
+    events: Sequence[BehaviorEvent], now: dt.datetime, path: str
+) -> list[tuple[int, BehaviorEvent]]:
+    """(index, event) of each event id's first event (RecordEvents keeps the first too)."""
+    _check_size(events, path, "events")
+    found: list[FieldViolation] = []
+    for i, event in enumerate(events):
+        try:
+            validate_events([event], now)
+        except InvalidArgument as error:
+            found.extend(relocated(error, "events[0]", f"{path}[{i}]"))
+    if found:
+        raise bounded(found, path)
+    first: dict[str, int] = {}
+    return [(i, e) for i, e in enumerate(events) if first.setdefault(e.event_id, i) == i]
+
+
+def _unknown_members(unknown: tuple[int, list[str]] | None, path: str) -> None:
+    if unknown is not None:
+        index, members = unknown
+        raise InvalidArgument.field(
+            f"{path}[{index}].member_id",
+            f"unknown member(s) {', '.join(members)}: import members before their facts",
+        )
+
+
+def _order_state(row: Any) -> OrderState:
+    return OrderState(
+        order_id=row["order_id"],
+        member_id=row["member_id"],
+        paid_time=row["paid_time"],
+        amount_minor=row["amount_minor"],
+        refunded_amount_minor=row["refunded_amount_minor"],
+        bought=dict(zip(row["line_ids"], row["quantities"], strict=True)),
+        refunded=dict(zip(row["line_ids"], row["refunded_quantities"], strict=True)),
+    )
+
+
+def _after(order: OrderState, refund: Refund) -> OrderState:
+    """`order` once `refund` is taken off it: the next refund of the batch plans against this."""
+    refunded = dict(order.refunded)
+    for line in refund.lines:
+        refunded[line.line_id] = refunded.get(line.line_id, 0) + line.quantity
+    return dataclasses.replace(
+        order, refunded_amount_minor=order.refunded_amount_minor + refund.amount_minor, refunded=refunded
+    )
+
+
+class FactImports:
+    def __init__(self, db: Database, tagger: Tagger) -> None:
+        self._db = db
+        self._tagger = tagger
+
+    async def import_orders(
+        self, tenant_id: str, orders: Sequence[OrderInput], now: dt.datetime, path: str
+    ) -> Counts:
+        kept = validate_orders(orders, now, path)
+        order_rows = []
+        line_rows = []
+        for i, order, digest in kept:
+            order_rows.append(
+                (
+                    i,
+                    order.order_id,
+                    order.member_id,
+                    order.paid_time,
+                    order.amount_minor,
+                    order.store,
+                    order.payment_method,
+                    digest,
+                )
+            )
+            for n, line in enumerate(order.lines):
+                line_rows.append(
+                    (
+                        order.order_id,
+                        n,
+                        line.line_id,
+                        line.sku,
+                        line.category,
+                        line.brand,
+                        line.quantity,
+                        line.unit_price_minor,
+                    )
+                )
+        async with self._db.transaction(tenant_id) as conn:
+            await import_store.stage_orders(conn, order_rows, line_rows)
+            _unknown_members(await import_store.first_unknown_member(conn, "order_import"), path)
+            stored = await import_store.insert_orders(conn, tenant_id, INPUT_BITS[Input.ORDERS])
+            changed = await import_store.first_changed_order(conn)
+            if changed is not None:
+                raise AlreadyExists(
+                    f"{path}[{changed}].order_id: orders/{orders[changed].order_id} was recorded "
+                    "before with different content"
+                )
+        await self._refresh(tenant_id, stored.member_ids, Input.ORDERS, now)
+        return Counts(len(orders), stored.count)
+
+    async def import_refunds(
+        self, tenant_id: str, refunds: Sequence[RefundInput], now: dt.datetime, path: str
+    ) -> Counts:
+        kept = validate_refunds(refunds, now, path)
+        async with self._db.transaction(tenant_id) as conn:
+            # Locking the orders first serialises imports and RecordRefund of the same orders.
+            states = {
+                row["order_id"]: _order_state(row)
+                for row in await import_store.lock_orders(conn, [r.order_id for _, r, _ in kept])
+            }
+            missing = next((i for i, r, _ in kept if r.order_id not in states), None)
+            if missing is not None:
+                raise InvalidArgument.field(
+                    f"{path}[{missing}].order_id",
+                    f"orders/{refunds[missing].order_id} has not been recorded; "
+                    "import orders before their refunds",
+                )
+            stored_hashes = await import_store.refund_hashes(conn, [r.refund_id for _, r, _ in kept])
+            rows, lines, found = self._plan(kept, states, stored_hashes, path)
+            if found:
+                raise bounded(found, path)
+            stored = 0
+            if rows:
+                try:
+                    stored = await import_store.insert_refunds(
+                        conn, tenant_id, rows, lines, INPUT_BITS[Input.ORDERS]
+                    )
+                except asyncpg.UniqueViolationError:
+                    # The same refund id arrived at the same moment for another order.
+                    raise AlreadyExists(
+                        f"{path}: a refund id was recorded meanwhile with other content"
+                    ) from None
+        await self._refresh(tenant_id, sorted({row[2] for row in rows}), Input.ORDERS, now)
+        return Counts(len(refunds), stored)
+
+    @staticmethod
+    def _plan(
+        kept: Sequence[tuple[int, RefundInput, str]],
+        states: dict[str, OrderState],
+        stored_hashes: dict[str, str],
+        path: str,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[FieldViolation]]:
+        """Plans the new refunds in batch order with RecordRefund's rules, each against its order as
+        the refunds before it left it: (refund rows, line rows, violations)."""
+        rows: list[tuple[Any, ...]] = []
+        lines: list[tuple[Any, ...]] = []
+        found: list[FieldViolation] = []
+        for i, refund, digest in kept:
+            previous = stored_hashes.get(refund.refund_id)
+            if previous is not None:
+                if previous != digest:
+                    raise AlreadyExists(
+                        f"{path}[{i}].refund_id: refunds/{refund.refund_id} was recorded before "
+                        "with different content"
+                    )
+                continue
+            assert refund.refund_time is not None
+            order = states[refund.order_id]
+            try:
+                planned_lines, amount = plan_refund(refund, order)
+            except InvalidArgument as error:
+                found.extend(relocated(error, "refund", f"{path}[{i}]"))
+                continue
+            recorded = Refund(
+                refund.refund_id, order.order_id, order.member_id, refund.refund_time, amount, planned_lines
+            )
+            payload = {**refund_payload(recorded, order), "backfilled": True}
+            rows.append(
+                (
+                    recorded.refund_id,
+                    recorded.order_id,
+                    recorded.member_id,
+                    recorded.refund_time,
+                    amount,
+                    digest,
+                    json.dumps(payload, separators=(",", ":")),
+                )
+            )
+            lines.extend((recorded.refund_id, order.order_id, x.line_id, x.quantity) for x in planned_lines)
+            states[refund.order_id] = _after(order, recorded)
+        return rows, lines, found
+
+    async def import_events(
+        self, tenant_id: str, events: Sequence[BehaviorEvent], now: dt.datetime, path: str
+    ) -> Counts:
+        kept = validate_event_batch(events, now, path)
+        rows = [
+            (
+                i,
+                e.event_id,
+                e.member_id,
+                int(e.kind),
+                e.occur_time,
+                e.sku,
+                e.category,
+                e.brand,
+                e.query,
+                e.channel,
+            )
+            for i, e in kept
+        ]
+        async with self._db.transaction(tenant_id) as conn:
+            await import_store.stage_events(conn, rows)
+            _unknown_members(await import_store.first_unknown_member(conn, "event_import"), path)
+            stored = await import_store.insert_events(conn, tenant_id, INPUT_BITS[Input.EVENTS])
+        await self._refresh(tenant_id, stored.member_ids, Input.EVENTS, now)
+        return Counts(len(events), stored.count)
+
+    async def _refresh(
+        self, tenant_id: str, member_ids: Sequence[str], changed: Input, now: dt.datetime
+    ) -> None:
+        """Refreshes the members' real-time tags for the facts just committed, one statement per
+        dimension for up to REFRESH_CHUNK members; the changes are dated by the facts (their queue
+        rows' fact_time) and marked backfilled. Should it fail, the queue rows stay owed and the
+        service's sweeper refreshes them later."""
+        ids = sorted(member_ids)
+        for start in range(0, len(ids), REFRESH_CHUNK):
+            changes = dict.fromkeys(ids[start : start + REFRESH_CHUNK], INPUT_BITS[changed])
+            for attempt in range(1, REFRESH_ATTEMPTS + 1):
+                try:
+                    async with self._db.transaction(tenant_id, plans="custom") as conn:
+                        await self._tagger.refresh_owed(conn, tenant_id, changes, now, backfilled=True)
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == REFRESH_ATTEMPTS:
+                        raise
