@@ -159,12 +159,15 @@ class DispatcherActivities:
                 key=lambda e: e.time,
             )
         )
-        relevant = [
+        taken = [
             e
             for e in found
             if any(events.enters(d, e.event) or events.wakes(d, e.event) for d, _ in definitions)
             or any(events.reaches_cohort(d, e.event) for d in cohorts.values())
         ]
+        # History an import loaded enrols nobody and is no run's or cohort's goal, exit or wait,
+        # however recent its facts' time: only counted, so an operator sees why nothing happened.
+        relevant = [e for e in taken if not e.backfilled]
         done = _Round()
         if relevant:
             await self._dispatch(request.tenant_id, relevant, definitions, cohorts, done)
@@ -179,6 +182,7 @@ class DispatcherActivities:
             signalled=done.signalled,
             too_old=done.too_old,
             cohort_signals=done.cohort_signals,
+            backfilled=len(taken) - len(relevant),
         )
         return DispatchResult(after["tagging"], after["audience"], counts)
 

@@ -5,7 +5,8 @@ each time the entry is read again, so a replayed entry enrols nobody twice and a
 
 An event happened at its fact's own time (`occur_time`: an order's paid time, a tag change's or an
 audience entry's time as its feed dates it), not when its entry was written: an event older than a
-journey's `max_entry_delay` is history and enrols nobody (`too_old`).
+journey's `max_entry_delay` is history and enrols nobody (`too_old`). An entry an import marked
+`backfilled` is history whatever its time: it enrols nobody and reaches no run or cohort.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class FeedEvent:
     event: MemberEvent
     feed: str
     time: dt.datetime
+    # History an import loaded (tagging's `FeedEntry.backfilled`): no journey reacts to it.
+    backfilled: bool = False
 
 
 def _time(stamp: object) -> dt.datetime:
@@ -100,7 +103,7 @@ def tagging_event(entry: feed_pb2.FeedEntry, wanted: frozenset[str] | None = Non
             occur_time=payload.occur_time or time,
             event_id=event_id,
         )
-    return None if event is None else FeedEvent(entry.member_id, event, "tagging", time)
+    return None if event is None else FeedEvent(entry.member_id, event, "tagging", time, entry.backfilled)
 
 
 def audience_event(entry: audience_service_pb2.AudienceFeedEntry) -> FeedEvent | None:

@@ -14,11 +14,12 @@ START_AT = ("end", "beginning")
 @dataclass(frozen=True)
 class DispatchCounts:
     """What rounds did: feed entries read and dispatched (of both feeds); those that are events a
-    followed journey enters on or waits for; journey runs started;
+    followed journey enters on or waits for (back-filled ones aside); journey runs started;
     entries that would have started one but did not (re-entry policy, already running, a replayed
     entry, or too old); `event` signals delivered to running journeys; of the skipped, those whose
     fact happened before the journey's `max_entry_delay` (history: it enrols nobody); `event`
-    signals delivered to the open cohorts (broadcasts) the event's member is active in."""
+    signals delivered to the open cohorts (broadcasts) the event's member is active in; events
+    of back-filled entries (history an import loaded), which neither enrol nor signal anyone."""
 
     entries: int = 0
     events: int = 0
@@ -26,8 +27,9 @@ class DispatchCounts:
     skipped: int = 0
     signalled: int = 0
     too_old: int = 0
-    # Last, with a default: totals carried by runs recorded before it decode as they were.
+    # Last, with defaults: totals carried by runs recorded before them decode as they were.
     cohort_signals: int = 0
+    backfilled: int = 0
 
     def plus(self, other: DispatchCounts) -> DispatchCounts:
         return DispatchCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
