@@ -10,11 +10,11 @@ idempotent because every statement matches only rows still under the member's id
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from runtime import checks
-from runtime.db import Connection
+from runtime.db import Connection, Database
 from runtime.errors import Violations
 
 # A pseudonym says what it is, so a caller cannot merge one real member into another.
@@ -59,6 +59,25 @@ class Statement:
     counted: bool = True
 
 
+def moved(table: str, *, key: Sequence[str] | None = None, also: str = "") -> tuple[Statement, ...]:
+    """The member's rows of `table` (schema-qualified) under the pseudonym, counted under its name.
+    `key`: the columns beside the tenant and the member of a unique key that holds the member; a
+    row the pseudonym already has under that key (a consumer met the pseudonym, which tagging
+    erased first, before this erasure ran) is derived from the same facts and gives way to the
+    member's older one. `also`: more assignments (`, col = ...`)."""
+    name = table.rsplit(".", 1)[-1]
+    update = Statement(name, f"UPDATE {table} SET member_id = $2{also} WHERE member_id = $1")
+    if key is None:
+        return (update,)
+    same = "".join(f" AND o.{column} = p.{column}" for column in key)
+    give_way = Statement(
+        name,
+        f"""DELETE FROM {table} AS p USING {table} AS o
+            WHERE p.member_id = $2 AND o.member_id = $1 AND o.tenant_id = p.tenant_id{same}""",
+    )
+    return (give_way, update)
+
+
 async def run(
     conn: Connection, service: str, erasure: Erasure, statements: Sequence[Statement]
 ) -> dict[str, int]:
@@ -79,3 +98,22 @@ async def run(
         if changed and statement.counted:
             counts[statement.table] = counts.get(statement.table, 0) + changed
     return counts
+
+
+# A service's erasure inside its transaction: the rows changed, by table.
+Store = Callable[[Connection, Erasure], Awaitable[dict[str, int]]]
+
+
+class Erasures:
+    """A service's EraseMemberData: the request checked, then the service's `store` in one
+    transaction under the caller's tenant."""
+
+    def __init__(self, db: Database, store: Store) -> None:
+        self._db = db
+        self._store = store
+
+    async def erase(self, tenant_id: str, member_id: str, pseudonym: str) -> dict[str, int]:
+        """The rows changed, by table; nothing when the member has nothing left here."""
+        erasure = checked(member_id, pseudonym)
+        async with self._db.transaction(tenant_id) as conn:
+            return await self._store(conn, erasure)

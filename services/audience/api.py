@@ -14,6 +14,7 @@ from google.type import date_pb2
 from memberops.audience.v1 import audience_pb2, audience_service_pb2, audience_service_pb2_grpc
 
 from runtime.auth import current_tenant
+from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument
 from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
@@ -38,7 +39,10 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         memberships: Memberships,
         clock: Callable[[], dt.datetime] = utc_now,
         exports: ExportLimits = DEFAULT_EXPORT_LIMITS,
+        *,
+        erasures: Erasures,
     ) -> None:
+        self._erasures = erasures
         self._export_limits = exports
         self._export_slots = ExportSlots(exports.per_tenant)
         self._audiences = audiences
@@ -221,6 +225,12 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
         return audience_service_pb2.ListSnapshotMembersResponse(
             member_ids=page.member_ids, arms=page.arms, next_page_token=page.next_page_token
         )
+
+    async def EraseMemberData(
+        self, request: audience_service_pb2.EraseMemberDataRequest, context: Any
+    ) -> audience_service_pb2.EraseMemberDataResponse:
+        changed = await self._erasures.erase(current_tenant(), request.member_id, request.pseudonym)
+        return audience_service_pb2.EraseMemberDataResponse(changed_rows=changed)
 
 
 def snapshot_to_proto(snapshot: Snapshot) -> audience_pb2.Snapshot:

@@ -15,7 +15,9 @@ from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grp
 from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
+from runtime.erasure import Erasures
 from runtime.grpc_server import ServiceBinding
+from services.audience import erasure_store
 from services.audience.api import AudienceApi, utc_now
 from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
@@ -47,6 +49,7 @@ def wire(
         memberships,
         clock=clock,
         exports=exports,
+        erasures=Erasures(db, erasure_store.erase),
     )
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer

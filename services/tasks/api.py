@@ -20,9 +20,9 @@ from memberops.tasks.v1 import (
 )
 
 from runtime.auth import current_tenant
+from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
-from services.tasks.erasure import Erasures
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
 from services.tasks.points import ledger

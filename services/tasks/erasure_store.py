@@ -12,17 +12,11 @@ removed last.
 from __future__ import annotations
 
 from runtime.db import Connection
-from runtime.erasure import ERASED_TEXT, Erasure, Statement, run
+from runtime.erasure import ERASED_TEXT, Erasure, Statement, moved, run
 
 # memberops.tasks.v1.Reason OPERATOR: an entry whose note an operator wrote.
 _OPERATOR = 3
-
-
-def _moved(table: str, *, request_id: str = "") -> Statement:
-    """The member's rows of `table` under the pseudonym; `request_id`: a column of caller ids."""
-    also = f", {request_id} = replace({request_id}, $1, $2)" if request_id else ""
-    return Statement(table, f"UPDATE tasks.{table} SET member_id = $2{also} WHERE member_id = $1")
-
+_REQUEST_ID = ", request_id = replace(request_id, $1, $2)"
 
 STATEMENTS = (
     Statement(
@@ -32,22 +26,20 @@ STATEMENTS = (
            ON CONFLICT (tenant_id, member_id) DO NOTHING""",
         counted=False,
     ),
-    Statement(
-        "ledger_entries",
-        f"""UPDATE tasks.ledger_entries
-            SET member_id = $2, request_id = replace(request_id, $1, $2),
-                note = CASE WHEN reason = {_OPERATOR} AND note <> '' THEN '{ERASED_TEXT}' ELSE note END
-            WHERE member_id = $1""",
+    *moved(
+        "tasks.ledger_entries",
+        also=f"""{_REQUEST_ID},
+            note = CASE WHEN reason = {_OPERATOR} AND note <> '' THEN '{ERASED_TEXT}' ELSE note END""",
     ),
     Statement("accounts", "DELETE FROM tasks.accounts WHERE member_id = $1"),
-    _moved("lots"),
-    _moved("completions", request_id="claim_request_id"),
-    _moved("enrolments"),
-    _moved("progress"),
-    _moved("purchase_orders"),
-    _moved("redemptions", request_id="request_id"),
-    _moved("shares", request_id="request_id"),
-    _moved("sign_ins", request_id="request_id"),
+    *moved("tasks.lots"),
+    *moved("tasks.completions", also=", claim_request_id = replace(claim_request_id, $1, $2)"),
+    *moved("tasks.enrolments", key=("task_id",)),
+    *moved("tasks.progress", key=("task_id",)),
+    *moved("tasks.purchase_orders"),
+    *moved("tasks.redemptions", also=_REQUEST_ID),
+    *moved("tasks.shares", key=("task_id", "target"), also=_REQUEST_ID),
+    *moved("tasks.sign_ins", key=("task_id", "day"), also=_REQUEST_ID),
     Statement(
         "invites",
         """UPDATE tasks.invites
@@ -56,9 +48,9 @@ STATEMENTS = (
                request_id = replace(request_id, $1, $2)
            WHERE invitee_member_id = $1 OR inviter_member_id = $1""",
     ),
-    _moved("member_facts"),
-    _moved("member_levels"),
-    _moved("feed"),
+    *moved("tasks.member_facts", key=()),
+    *moved("tasks.member_levels", key=()),
+    *moved("tasks.feed"),
 )
 
 

@@ -17,9 +17,10 @@ from memberops.tasks.v1 import tasks_service_pb2, tasks_service_pb2_grpc
 from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
+from runtime.erasure import Erasures
 from runtime.grpc_server import ServiceBinding
+from services.tasks import erasure_store
 from services.tasks.api import TasksApi, TaskServices, utc_now
-from services.tasks.erasure import Erasures
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
 from services.tasks.levels.publisher import LevelPublisher
@@ -63,7 +64,7 @@ def wire(
         Leaderboards(db),
         tasks,
         clock=clock,
-        erasures=Erasures(db),
+        erasures=Erasures(db, erasure_store.erase),
     )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
