@@ -87,9 +87,23 @@ async def _serve(definition: app.ServiceDefinition, settings: Settings) -> Async
     await running.stop()
 
 
+# What the tagging service starts (history rebuilds) goes to a task queue of its own on the dev
+# server: no worker polls it; the rebuild's own tests run their workflows with a tagging server and
+# a task queue of their own (tests/workflows/test_tag_history_rebuild.py).
+TAGGING_TASK_QUEUE = "tagging-service-tests"
+
+
 @pytest.fixture(scope="session")
-async def tagging(settings: Settings) -> AsyncIterator[app.RunningService]:
-    async for running in _serve(tagging_server.DEFINITION, settings):
+async def tagging(
+    settings: Settings, dev_server_env: WorkflowEnvironment
+) -> AsyncIterator[app.RunningService]:
+    """The tagging service, starting its history rebuilds on the Temporal dev server."""
+    served = dataclasses.replace(
+        settings,
+        temporal_address=dev_server_env.client.service_client.config.target_host,
+        temporal_task_queue=TAGGING_TASK_QUEUE,
+    )
+    async for running in _serve(tagging_server.DEFINITION, served):
         yield running
 
 

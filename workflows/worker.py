@@ -40,6 +40,8 @@ from workflows.member_lookup.activities import TaggingActivities
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 from workflows.periodic.activities import PeriodicActivities
 from workflows.periodic.workflow import PeriodicJobWorkflow
+from workflows.tag_history.activities import TagHistoryActivities
+from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
 
 log = logs.get_logger("memberops.worker")
 
@@ -51,6 +53,7 @@ WORKFLOWS: Sequence[type] = (
     BroadcastRunWorkflow,
     DispatcherWorkflow,
     PeriodicJobWorkflow,
+    TagHistoryRebuildWorkflow,
 )
 
 
@@ -89,6 +92,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
     dispatcher = DispatcherActivities(resources.db, tagging, audience, client, settings.token_for_tenant)
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
     control = ControlActivities(resources.db, client)
+    tag_history = TagHistoryActivities(tagging, settings.token_for_tenant)
     return [
         lookup.get_member,
         *journeys.all(),
@@ -97,6 +101,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *dispatcher.all(),
         *periodic.all(),
         *control.all(),
+        *tag_history.all(),
     ]
 
 

@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from temporalio.service import RPCError, RPCStatusCode
 
 from runtime.db import Database
-from runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.temporal_client import LazyClient, answered
 from services.journeys import broadcasts, request_store
 from services.journeys.broadcasts import StartedBroadcast
 from services.journeys.journey_store import JourneyRow
 from services.journeys.journeys import MAX_REQUEST_ID, Journeys
 from services.journeys.lifecycle import Lifecycle
-from services.journeys.temporal import LazyClient
 from workflows.journeys import states
-
-_T = TypeVar("_T")
-# Temporal did not answer: the state may be committed, and repeating the call finishes the job.
-_NO_ANSWER = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
-
-
-async def _temporal(call: Awaitable[_T]) -> _T:
-    try:
-        return await call
-    except RPCError as error:
-        if error.status in _NO_ANSWER:
-            raise Unavailable(f"Temporal did not answer: {error.message}") from error
-        raise
 
 
 def _request(
@@ -61,7 +45,7 @@ class Operations:
     async def _moved(
         self, tenant_id: str, key: str, move: Callable[[Lifecycle], Awaitable[states.JourneyState]]
     ) -> JourneyRow:
-        state = await _temporal(move(await self._lifecycle()))
+        state = await answered(move(await self._lifecycle()))
         return await self._journeys.get(tenant_id, key, state.live_version)
 
     async def activate(self, tenant_id: str, key: str, version: int, request_id: str = "") -> JourneyRow:
@@ -121,7 +105,7 @@ class Operations:
         knows whether the id started a run)."""
         broadcasts.check_request_id(request_id)
         client = await self._temporal.get()
-        first = await _temporal(broadcasts.find_broadcast(client, tenant_id, key, request_id))
+        first = await answered(broadcasts.find_broadcast(client, tenant_id, key, request_id))
         if first is not None:
             return first
         current = await states.get_state(self._db, tenant_id, key)
@@ -132,7 +116,7 @@ class Operations:
             raise FailedPrecondition(
                 f"journeys/{key} enters members one by one: its entry is not a broadcast"
             )
-        started = await _temporal(
+        started = await answered(
             broadcasts.start_broadcast(client, self._task_queue, tenant_id, key, live.version, request_id)
         )
         return started, live.version

@@ -15,11 +15,11 @@ from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
+from runtime.temporal_client import LazyClient
 from services.journeys.api import JourneyApi
 from services.journeys.journeys import Journeys
 from services.journeys.operations import Operations
 from services.journeys.peers import Peers
-from services.journeys.temporal import LazyClient
 from workflows.journeys import store
 
 SERVICE = journeys_service_pb2.DESCRIPTOR.services_by_name["JourneyService"]

@@ -23,7 +23,7 @@ from memberops.tagging.v1 import (
 from runtime import checks
 from runtime.auth import current_tenant
 from runtime.errors import FieldViolation, InvalidArgument, Violations
-from services.tagging import catalog
+from services.tagging import catalog, history_rebuilds
 from services.tagging.catalog import Catalog
 from services.tagging.domain import (
     BehaviorEvent,
@@ -44,6 +44,7 @@ from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.feed_messages import feed_entry_to_proto
+from services.tagging.history_rebuilds import HistoryRebuilds
 from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.stats import Stats, TagStats
 
@@ -67,6 +68,8 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         tagger: Tagger,
         tag_stats: Stats,
         clock: Callable[[], dt.datetime] = utc_now,
+        *,
+        history_rebuilds: HistoryRebuilds,
     ) -> None:
         self._members = members
         self._facts = facts
@@ -75,6 +78,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         self._tagger = tagger
         self._stats = tag_stats
         self._clock = clock
+        self._rebuilds = history_rebuilds
 
     async def UpsertMember(
         self, request: tagging_service_pb2.UpsertMemberRequest, context: Any
@@ -292,6 +296,18 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
                 for r in results
             ]
         )
+
+    async def RebuildTagHistory(
+        self, request: tagging_service_pb2.RebuildTagHistoryRequest, context: Any
+    ) -> tagging_service_pb2.TagHistoryRebuild:
+        arguments = history_rebuilds.checked(request, self._clock())
+        return history_rebuilds.to_proto(await self._rebuilds.start(current_tenant(), arguments))
+
+    async def GetTagHistoryRebuild(
+        self, request: tagging_service_pb2.GetTagHistoryRebuildRequest, context: Any
+    ) -> tagging_service_pb2.TagHistoryRebuild:
+        request_id = history_rebuilds.request_id_from_name(request.name)
+        return history_rebuilds.to_proto(await self._rebuilds.get(current_tenant(), request_id))
 
     async def StreamFeed(
         self, request: tagging_service_pb2.StreamFeedRequest, context: Any

@@ -14,12 +14,14 @@ from runtime import app
 from runtime.config import Settings, env_number
 from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
+from runtime.temporal_client import LazyClient
 from services.tagging import builtins
 from services.tagging.api import TaggingApi, utc_now
 from services.tagging.catalog import Catalog
 from services.tagging.evaluation import Tagger
 from services.tagging.facts import Facts
 from services.tagging.feed import MAX_STREAMS_PER_TENANT, Feed
+from services.tagging.history_rebuilds import HistoryRebuilds
 from services.tagging.members import Members
 from services.tagging.realtime import RealTimeTags
 from services.tagging.stats import Stats
@@ -41,7 +43,14 @@ def wire(
     realtime = RealTimeTags(db, tagger)
     feed = Feed(db, streams)
     servicer = TaggingApi(
-        Members(db, realtime), Facts(db, realtime), feed, Catalog(db), tagger, Stats(db), clock=clock
+        Members(db, realtime),
+        Facts(db, realtime),
+        feed,
+        Catalog(db),
+        tagger,
+        Stats(db),
+        clock=clock,
+        history_rebuilds=HistoryRebuilds(db, LazyClient(settings), settings.temporal_task_queue),
     )
     binding = ServiceBinding.of(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer

@@ -4,7 +4,8 @@ journey, broadcast or dispatcher take another path fails here (add `workflow.pat
 The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
 tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py
-tests/workflows/test_broadcast_runs.py` (each `-k` a test that keeps a history)
+tests/workflows/test_broadcast_runs.py tests/workflows/test_tag_history_rebuild.py` (each `-k` a test
+that keeps a history)
 (see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
 one run: one that continued as new is replayed up to its continue-as-new, the next run on its own."""
@@ -23,6 +24,7 @@ from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.workflow import JourneyWorkflow
+from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
 
 HISTORIES = {
     path.stem: path.read_text() for path in sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -34,6 +36,7 @@ WORKFLOWS: dict[str, type] = {
     "Dispatcher": DispatcherWorkflow,
     "BroadcastRun": BroadcastRunWorkflow,
     "JourneyControl": JourneyControlWorkflow,
+    "TagHistoryRebuild": TagHistoryRebuildWorkflow,
 }
 
 
@@ -87,6 +90,10 @@ def test_there_are_recorded_histories() -> None:
         "history_ends_no_wait",
         "branch_own_hour_and_wait_timeout",
         "journey_control_pause",
+        # Issue 20: a history rebuild stopped midway (its worker restarted), continued as new
+        # every three steps: its first run and its last (tests/workflows/test_tag_history_rebuild.py).
+        "tag_history_continued_as_new",
+        "tag_history_last_run",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
