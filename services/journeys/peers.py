@@ -8,11 +8,11 @@ from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grp
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
 
 from runtime.config import Settings
-from services.journeys.references import AudienceInfo, DimensionInfo, SampleMember
 
-# The tasks service's reading of a peer's answer: NOT_FOUND (or an id that could never name
+# A peer's answer read as every service reads one: NOT_FOUND (or an id that could never name
 # anything) is None, no answer is UNAVAILABLE, anything else our fault (INTERNAL).
-from services.tasks.peers import answer as _answer
+from runtime.peer_calls import answer as _answer
+from services.journeys.references import AudienceInfo, DimensionInfo, SampleMember
 
 CALL_TIMEOUT_SECONDS = 5.0
 

@@ -8,8 +8,7 @@ process): a member call pays for GetMember only the first time this process sees
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -17,45 +16,13 @@ from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grp
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
 from runtime.config import Settings
-from runtime.errors import Unavailable
+from runtime.peer_calls import ABSENT, PeerFailed, answer, failure
 from runtime.tagging_feed import read_entry
 from services.tasks.feed.source import FACT_KINDS, FeedEntry
 from services.tasks.tasks.definitions import ProfileField
 
 CALL_TIMEOUT_SECONDS = 5.0
 KNOWN_MEMBERS = 100_000
-
-_T = TypeVar("_T")
-
-# A peer answered that what was asked names nothing: NOT_FOUND, or INVALID_ARGUMENT for an id by
-# a rule this service checks its callers' ids by too (runtime.checks), so one no caller
-# of ours can send, and one that can never exist.
-ABSENT = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
-# The peer did not answer in time: down, restarting or overloaded. Retrying later may succeed.
-NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-class PeerFailed(Exception):
-    """A peer answered with an error our caller's request cannot explain (INTERNAL, refused our
-    credentials, …): our fault, so INTERNAL, not UNAVAILABLE, which tells callers to retry."""
-
-
-def failure(peer: str, error: grpc.aio.AioRpcError) -> Exception:
-    """What a failed call to a peer is, as the domain sees it."""
-    code = error.code()
-    if code in NO_ANSWER:
-        return Unavailable(f"{peer} did not answer: {code.name}")
-    return PeerFailed(f"{peer} answered {code.name}: {error.details()}")
-
-
-async def answer(peer: str, call: Awaitable[_T]) -> _T | None:
-    """The reply; None when the peer answered that what was asked names nothing (ABSENT)."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as error:
-        if error.code() in ABSENT:
-            return None
-        raise failure(peer, error) from error
 
 
 def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:

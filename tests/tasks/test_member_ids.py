@@ -12,9 +12,10 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from memberops.tasks.v1 import tasks_service_pb2 as pb
 
+from runtime import peer_calls
 from runtime.errors import Unavailable
-from services.tasks import peers
-from services.tasks.peers import PeerFailed, Peers
+from runtime.peer_calls import PeerFailed
+from services.tasks.peers import Peers
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad
 from tests.tasks.points_helpers import TASK
@@ -198,7 +199,7 @@ async def test_what_each_peer_code_means(code: grpc.StatusCode, outcome: type[Ex
     """Only a peer that did not answer in time is UNAVAILABLE (retry later); a peer that answered
     that the thing does not or cannot exist is none; anything else is our fault, not the caller's."""
     if outcome is None:
-        assert await peers.answer("tagging", _failing(code)) is None
+        assert await peer_calls.answer("tagging", _failing(code)) is None
     else:
         with pytest.raises(outcome):
-            await peers.answer("tagging", _failing(code))
+            await peer_calls.answer("tagging", _failing(code))
