@@ -94,8 +94,27 @@ TAGGING_TASK_QUEUE = "tagging-service-tests"
 
 
 @pytest.fixture(scope="session")
+def peer_ports() -> dict[str, int]:
+    """Ports of the in-process services tagging calls (EraseMember: tasks, journeys, audience).
+    They call tagging too, so they start after it and note their ports here as they do."""
+    return {}
+
+
+def tagging_definition(peer_ports: dict[str, int]) -> app.ServiceDefinition:
+    """The tagging service for the suite, finding its peers at the ports they noted."""
+
+    def peer_address(peer: str) -> str:
+        return f"127.0.0.1:{peer_ports[peer]}" if peer in peer_ports else ""
+
+    def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
+        return tagging_server.wire(db, tenants, settings, peer_address=peer_address)
+
+    return dataclasses.replace(tagging_server.DEFINITION, wire=wire)
+
+
+@pytest.fixture(scope="session")
 async def tagging(
-    settings: Settings, dev_server_env: WorkflowEnvironment
+    settings: Settings, dev_server_env: WorkflowEnvironment, peer_ports: dict[str, int]
 ) -> AsyncIterator[app.RunningService]:
     """The tagging service, starting its history rebuilds on the Temporal dev server."""
     served = dataclasses.replace(
@@ -103,13 +122,14 @@ async def tagging(
         temporal_address=dev_server_env.client.service_client.config.target_host,
         temporal_task_queue=TAGGING_TASK_QUEUE,
     )
-    async for running in _serve(tagging_server.DEFINITION, served):
+    async for running in _serve(tagging_definition(peer_ports), served):
         yield running
 
 
 @pytest.fixture(scope="session")
-async def audience(settings: Settings) -> AsyncIterator[app.RunningService]:
+async def audience(settings: Settings, peer_ports: dict[str, int]) -> AsyncIterator[app.RunningService]:
     async for running in _serve(audience_server.DEFINITION, settings):
+        peer_ports["audience"] = running.port
         yield running
 
 
@@ -140,8 +160,9 @@ def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.Serv
 
 
 @pytest.fixture(scope="session")
-async def tasks(tasks_settings: Settings) -> AsyncIterator[app.RunningService]:
+async def tasks(tasks_settings: Settings, peer_ports: dict[str, int]) -> AsyncIterator[app.RunningService]:
     async for running in _serve(tasks_definition(), tasks_settings):
+        peer_ports["tasks"] = running.port
         yield running
 
 
@@ -171,6 +192,7 @@ JOURNEYS_TASK_QUEUE = "journeys-service-tests"
 async def journeys(
     tasks_settings: Settings,
     dev_server_env: WorkflowEnvironment,
+    peer_ports: dict[str, int],
 ) -> AsyncIterator[app.RunningService]:
     """The journeys service over the worker's schema, asking the in-process tagging and audience
     services about what definitions name, and starting workflows on the Temporal dev server."""
@@ -180,6 +202,7 @@ async def journeys(
         temporal_task_queue=JOURNEYS_TASK_QUEUE,
     )
     async for running in _serve(journeys_server.DEFINITION, settings):
+        peer_ports["journeys"] = running.port
         yield running
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import google.type.date_pb2 as date_pb2
@@ -40,7 +40,9 @@ from services.tagging.domain import (
     RefundInput,
     RefundLine,
 )
+from services.tagging.erasure import Erasure, ErasureRequest, Erasures
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
+from services.tagging.fact_imports import Counts, FactImports, converted
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.feed_messages import feed_entry_to_proto
@@ -67,9 +69,11 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         tag_catalog: Catalog,
         tagger: Tagger,
         tag_stats: Stats,
+        fact_imports: FactImports,
         clock: Callable[[], dt.datetime] = utc_now,
         *,
         history_rebuilds: HistoryRebuilds,
+        erasures: Erasures,
     ) -> None:
         self._members = members
         self._facts = facts
@@ -77,8 +81,10 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         self._catalog = tag_catalog
         self._tagger = tagger
         self._stats = tag_stats
+        self._imports = fact_imports
         self._clock = clock
         self._rebuilds = history_rebuilds
+        self._erasures = erasures
 
     async def UpsertMember(
         self, request: tagging_service_pb2.UpsertMemberRequest, context: Any
@@ -337,10 +343,87 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             batch += 1
         return tagging_service_pb2.ImportMembersResponse(received_count=received, changed_count=changed)
 
+    async def ImportOrders(
+        self, request_iterator: AsyncIterator[tagging_service_pb2.ImportOrdersRequest], context: Any
+    ) -> tagging_service_pb2.ImportFactsResponse:
+        """Each batch is stored, and its members' tags refreshed, before the next is read."""
+        return await _imported(
+            request_iterator,
+            "orders",
+            lambda m, i: order_from_proto(m),
+            "order",
+            self._imports.import_orders,
+            self._clock,
+        )
+
+    async def ImportRefunds(
+        self, request_iterator: AsyncIterator[tagging_service_pb2.ImportRefundsRequest], context: Any
+    ) -> tagging_service_pb2.ImportFactsResponse:
+        return await _imported(
+            request_iterator,
+            "refunds",
+            lambda m, i: refund_from_proto(m),
+            "refund",
+            self._imports.import_refunds,
+            self._clock,
+        )
+
+    async def ImportEvents(
+        self, request_iterator: AsyncIterator[tagging_service_pb2.ImportEventsRequest], context: Any
+    ) -> tagging_service_pb2.ImportFactsResponse:
+        return await _imported(
+            request_iterator,
+            "events",
+            event_from_proto,
+            "events[{i}]",
+            self._imports.import_events,
+            self._clock,
+        )
+
     async def GetTagStats(
         self, request: tagging_service_pb2.GetTagStatsRequest, context: Any
     ) -> tagging_service_pb2.GetTagStatsResponse:
         return tag_stats_to_proto(await self._stats.get(current_tenant(), list(request.dimensions)))
+
+    async def EraseMember(
+        self, request: tagging_service_pb2.EraseMemberRequest, context: Any
+    ) -> tagging_service_pb2.MemberErasure:
+        erasure = ErasureRequest(
+            member_id=member_id_from_name(request.member, "member"),
+            request_id=request.request_id,
+            operator=request.operator,
+            reason=request.reason,
+        )
+        return erasure_to_proto(await self._erasures.erase(current_tenant(), erasure, self._clock()))
+
+
+async def _imported(
+    requests: AsyncIterator[Any],
+    field: str,
+    convert: Callable[[Any, int], Any],
+    single: str,
+    store: Callable[[str, Any, dt.datetime, str], Awaitable[Counts]],
+    clock: Callable[[], dt.datetime],
+) -> tagging_service_pb2.ImportFactsResponse:
+    """Stores a fact import's batches one by one (`requests[k].<field>`); a fact's conversion
+    errors are renamed from `single` (RecordOrder's path, `{i}` its index) to the batch's path."""
+    tenant_id, counts, k = current_tenant(), Counts(), 0
+    async for request in requests:
+        path = f"requests[{k}].{field}"
+        facts = converted(getattr(request, field), convert, single, path)
+        counts += await store(tenant_id, facts, clock(), path)
+        k += 1
+    return tagging_service_pb2.ImportFactsResponse(
+        received_count=counts.received, stored_count=counts.stored, unchanged_count=counts.unchanged
+    )
+
+
+def erasure_to_proto(erasure: Erasure) -> tagging_service_pb2.MemberErasure:
+    message = tagging_service_pb2.MemberErasure(
+        pseudonym=erasure.pseudonym, operator=erasure.operator, reason=erasure.reason
+    )
+    message.erase_time.FromDatetime(erasure.erase_time)
+    return message
 
 
 def member_id_from_name(name: str, field: str) -> str:

@@ -18,7 +18,10 @@ from runtime.temporal_client import LazyClient
 from services.tagging import builtins
 from services.tagging.api import TaggingApi, utc_now
 from services.tagging.catalog import Catalog
+from services.tagging.erasure import Erasures
+from services.tagging.erasure_peers import ErasurePeers, addresses
 from services.tagging.evaluation import Tagger
+from services.tagging.fact_imports import FactImports
 from services.tagging.facts import Facts
 from services.tagging.feed import MAX_STREAMS_PER_TENANT, Feed
 from services.tagging.history_rebuilds import HistoryRebuilds
@@ -36,12 +39,15 @@ def wire(
     tenants: frozenset[str],
     settings: Settings,
     clock: Callable[[], dt.datetime] = utc_now,
+    peer_address: Callable[[str], str] | None = None,
 ) -> app.Wiring:
+    """`peer_address`: where EraseMember finds tasks, journeys and audience (default: the settings)."""
     assert db is not None, "tagging owns a schema, so it always has a database"
     tagger = Tagger(db)
     streams = env_number(os.environ, FEED_STREAMS_ENV, MAX_STREAMS_PER_TENANT, int)
     realtime = RealTimeTags(db, tagger)
     feed = Feed(db, streams)
+    peers = ErasurePeers(settings.token_for_tenant, peer_address or addresses(settings))
     servicer = TaggingApi(
         Members(db, realtime),
         Facts(db, realtime),
@@ -49,13 +55,17 @@ def wire(
         Catalog(db),
         tagger,
         Stats(db),
+        FactImports(db, tagger),
         clock=clock,
         history_rebuilds=HistoryRebuilds(db, LazyClient(settings), settings.temporal_task_queue),
+        erasures=Erasures(db, realtime, peers),
     )
     binding = ServiceBinding.of(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding], background=[functools.partial(realtime.run, tenants, clock)])
+    return app.Wiring(
+        [binding], background=[functools.partial(realtime.run, tenants, clock)], closers=[peers.close]
+    )
 
 
 async def seed_builtins(db: Database, tenants: frozenset[str]) -> None:
