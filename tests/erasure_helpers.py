@@ -3,9 +3,16 @@ column of every table, whatever the table, so a table added later is scanned too
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from runtime.db import Database
+
+
+def pseudonym() -> str:
+    """A fresh pseudonym, as tagging's EraseMember makes them."""
+    return f"erased-{uuid.uuid4()}"
+
 
 # Column types a member id could hide in (arrays and JSON documents as their text).
 _SCANNED = ("text", "character varying", "jsonb", "json", "ARRAY")

@@ -16,6 +16,7 @@ from runtime.db import Database
 from runtime.errors import FieldViolation, InvalidArgument
 from services.audience.evaluation import member_id_from_name
 from services.journeys import convert, report_messages
+from services.journeys.erasure import Erasures
 from services.journeys.journey_store import JourneyRow
 from services.journeys.journeys import FIELD, Journeys, key_from_name
 from services.journeys.operations import Operations
@@ -77,7 +78,10 @@ def _findings(
 
 
 class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
-    def __init__(self, db: Database, journeys: Journeys, operations: Operations) -> None:
+    def __init__(
+        self, db: Database, journeys: Journeys, operations: Operations, *, erasures: Erasures
+    ) -> None:
+        self._erasures = erasures
         self._db = db
         self._journeys = journeys
         self._operations = operations
@@ -179,3 +183,9 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
         self, request: report_pb2.GetJourneyReportRequest, context: Any
     ) -> report_pb2.JourneyReport:
         return await report_messages.answer(self._db, current_tenant(), request)
+
+    async def EraseMemberData(
+        self, request: journeys_service_pb2.EraseMemberDataRequest, context: Any
+    ) -> journeys_service_pb2.EraseMemberDataResponse:
+        changed = await self._erasures.erase(current_tenant(), request.member_id, request.pseudonym)
+        return journeys_service_pb2.EraseMemberDataResponse(changed_rows=changed)

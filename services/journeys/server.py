@@ -17,6 +17,7 @@ from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
 from services.journeys.api import JourneyApi
+from services.journeys.erasure import Erasures
 from services.journeys.journeys import Journeys
 from services.journeys.operations import Operations
 from services.journeys.peers import Peers
@@ -29,8 +30,9 @@ def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> ap
     assert db is not None, "journeys owns a schema, so it always has a database"
     peers = Peers(settings)
     journeys = Journeys(db, peers)
-    operations = Operations(db, journeys, LazyClient(settings), settings.temporal_task_queue)
-    servicer = JourneyApi(db, journeys, operations)
+    temporal = LazyClient(settings)
+    operations = Operations(db, journeys, temporal, settings.temporal_task_queue)
+    servicer = JourneyApi(db, journeys, operations, erasures=Erasures(db, temporal.get))
     binding = ServiceBinding.of(
         SERVICE, journeys_service_pb2_grpc.add_JourneyServiceServicer_to_server, servicer
     )

@@ -6,7 +6,6 @@ and bad requests name their field."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING
 
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
@@ -15,16 +14,12 @@ from runtime.db import Database
 from tests.audience.helpers import all_of, create, in_batch, member, order
 from tests.audience.test_dynamic import ENTERED, bought, create_dynamic, settled_feed
 from tests.conftest import ACME, unique
-from tests.erasure_helpers import rows_naming, value
+from tests.erasure_helpers import pseudonym, rows_naming, value
 from tests.grpc_helpers import bad
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
-
-
-def pseudonym() -> str:
-    return f"erased-{uuid.uuid4()}"
 
 
 async def erase(stub: AudienceStub, member_id: str, to: str) -> dict[str, int]:

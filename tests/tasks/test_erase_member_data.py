@@ -5,14 +5,13 @@ repeat changes nothing, duplicates racing have one effect, and bad requests name
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import TYPE_CHECKING
 
 from memberops.tasks.v1 import rewards_pb2, tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
 from tests.conftest import ACME, unique
-from tests.erasure_helpers import row, rows_naming, value
+from tests.erasure_helpers import pseudonym, row, rows_naming, value
 from tests.grpc_helpers import bad
 from tests.tasks.points_helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import create, share, share_task, sign_in, sign_in_task, task
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
     from tests.tasks.conftest import Members
 
 FIRST_ORDER = tasks_pb2.INVITE_TRIGGER_FIRST_ORDER
-
-
-def pseudonym() -> str:
-    return f"erased-{uuid.uuid4()}"
 
 
 async def erase(stub: TasksStub, member_id: str, to: str) -> dict[str, int]:
