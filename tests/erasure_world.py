@@ -36,6 +36,8 @@ class Person:
     email: str = field(default_factory=lambda: f"{unique('zeb')}@example.com")
     nickname: str = field(default_factory=lambda: unique("Zebulon"))
     openid: str = field(default_factory=lambda: unique("wxid"))
+    # An attribute selecting the member alone (audiences of the tests: tests.audience.helpers.in_batch).
+    batch: str = field(default_factory=lambda: unique("batch"))
 
     @property
     def needles(self) -> tuple[str, ...]:
@@ -43,7 +45,7 @@ class Person:
 
     def member(self) -> member_pb2.Member:
         attributes = struct_pb2.Struct()
-        attributes.update({"wechat_openid": self.openid, "shoe_size": 38})
+        attributes.update({"wechat_openid": self.openid, "shoe_size": 38, "batch": self.batch})
         return member_pb2.Member(
             member_id=self.member_id,
             profile=member_pb2.Profile(
