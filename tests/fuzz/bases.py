@@ -411,6 +411,13 @@ def _member_names(request: Any, world: World) -> None:
     request.members[:] = [f"members/{world.member}"]
 
 
+def _member_to_erase(request: Any, world: World) -> None:
+    """A member that does not exist: erasing the world's member would leave the other bases
+    naming nobody, so EraseMember's base and mutations are checked up to NOT_FOUND (its own tests
+    erase members of their own)."""
+    request.member = f"members/{unique('fz-gone')}"
+
+
 def _rebuild(request: Any, world: World) -> None:
     """Two days of a rule dimension's history, daily, to now. It starts a workflow on the suite's
     tagging task queue, which no worker polls (the rebuild's own tests run theirs)."""
@@ -423,6 +430,15 @@ def _rebuild(request: Any, world: World) -> None:
 def _rebuild_name(request: Any, world: World) -> None:
     """A rebuild nobody started: checked up to NOT_FOUND."""
     request.name = f"tagHistoryRebuilds/{unique('fz-rebuild')}"
+
+
+def _data_to_erase(request: Any, world: World) -> None:
+    """A member with no rows anywhere and a fresh pseudonym: erasing the world's member would
+    leave the other bases naming nobody. The peers' EraseMemberData then answers OK with nothing
+    changed, and its mutations are checked to fail whole (its own tests erase members of their
+    own)."""
+    request.member_id = unique("fz-gone")
+    request.pseudonym = f"erased-{unique('fz')}"
 
 
 # RPC -> a patch applied to its generated base, for the bases the generator cannot guess.
@@ -447,8 +463,10 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "ValidateJourney": _journey,
     "StartBroadcast": _journey_name,
     "BatchGetMemberTags": _member_names,
+    "EraseMemberData": _data_to_erase,
     "RebuildTagHistory": _rebuild,
     "GetTagHistoryRebuild": _rebuild_name,
+    "EraseMember": _member_to_erase,
 }
 
 
