@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from memberops.tagging.v1 import feed_pb2, tagging_service_pb2_grpc
+from memberops.tagging.v1 import tagging_service_pb2_grpc
 from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
@@ -43,7 +43,6 @@ def test_a_backfilled_entry_is_an_event_marked_as_history() -> None:
     assert (live.backfilled, history.backfilled) == (False, True)
     # Its kind is what it would be live: only the mark keeps it from enrolling.
     assert events.enters(NEW_CUSTOMER, history.event)
-    assert feed_pb2.FeedEntry(backfilled=True).backfilled
 
 
 async def test_imported_orders_enrol_and_convert_nobody_while_live_orders_do(
