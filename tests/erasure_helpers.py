@@ -30,6 +30,7 @@ async def rows_naming(db: Database, schema: str, needle: str) -> dict[str, int]:
             schema,
             list(_SCANNED),
         )
+        assert columns, f"schema {schema} has no tables yet: its service has not migrated it"
         found: dict[str, int] = {}
         for column in columns:
             table, name = column["table_name"], column["column_name"]
@@ -39,6 +40,20 @@ async def rows_naming(db: Database, schema: str, needle: str) -> dict[str, int]:
             if count:
                 found[f"{table}.{name}"] = count
         return found
+
+
+async def member_tables(db: Database, schema: str) -> set[str]:
+    """The schema's tables with a column of member ids (`member_id`, `inviter_member_id`, ...):
+    each must be one an erasure moves, or a table added later would keep members' ids."""
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT DISTINCT c.table_name FROM information_schema.columns c
+               JOIN information_schema.tables t USING (table_schema, table_name)
+               WHERE c.table_schema = $1 AND t.table_type = 'BASE TABLE'
+                 AND right(c.column_name, 9) = 'member_id'""",
+            schema,
+        )
+    return {row["table_name"] for row in rows}
 
 
 async def value(db: Database, sql: str, *args: Any) -> Any:

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 from memberops.audience.v1 import audience_pb2, audience_service_pb2
 
 from runtime.db import Database
+from services.audience import erasure_store
 from tests.audience.helpers import all_of, create, in_batch, member, order
 from tests.audience.test_dynamic import ENTERED, bought, create_dynamic, settled_feed
 from tests.conftest import ACME, unique
-from tests.erasure_helpers import pseudonym, rows_naming, value
+from tests.erasure_helpers import member_tables, pseudonym, rows_naming, value
 from tests.grpc_helpers import bad
 
 if TYPE_CHECKING:
@@ -116,3 +117,9 @@ async def test_bad_requests_name_their_field(audience_stub: AudienceStub) -> Non
         (erasing(member_id="erased-x", pseudonym="erased-x"), "pseudonym"),
     ):
         await bad(audience_stub.EraseMemberData(request, metadata=ACME), field)
+
+
+async def test_every_table_with_a_member_column_is_erased(audience_stub: AudienceStub, db: Database) -> None:
+    """(The service's fixture: its schema is migrated.)"""
+    tables = await member_tables(db, "audience")
+    assert tables and tables <= {statement.table for statement in erasure_store.STATEMENTS}

@@ -18,8 +18,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
 from runtime.db import Database
+from services.journeys import erasure_store
 from tests.conftest import ACME, TENANT_ACME, unique
-from tests.erasure_helpers import pseudonym, row, rows_naming, value
+from tests.erasure_helpers import member_tables, pseudonym, row, rows_naming, value
 from tests.grpc_helpers import bad
 from tests.waiting import eventually
 from tests.workflows import conftest as workflow_fixtures
@@ -161,3 +162,9 @@ async def test_bad_requests_name_their_field(journeys_stub: Stub) -> None:
         (erasing(member_id=unique(), pseudonym="m-2"), "pseudonym"),
     ):
         await bad(journeys_stub.EraseMemberData(request, metadata=ACME), field)
+
+
+async def test_every_table_with_a_member_column_is_erased(journeys_stub: Stub, db: Database) -> None:
+    """(The service's fixture: its schema is migrated.)"""
+    tables = await member_tables(db, "journeys")
+    assert tables and tables <= {statement.table for statement in erasure_store.STATEMENTS}

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 from memberops.tasks.v1 import rewards_pb2, tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
+from services.tasks import erasure_store
 from tests.conftest import ACME, unique
-from tests.erasure_helpers import pseudonym, row, rows_naming, value
+from tests.erasure_helpers import member_tables, pseudonym, row, rows_naming, value
 from tests.grpc_helpers import bad
 from tests.tasks.points_helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import create, share, share_task, sign_in, sign_in_task, task
@@ -145,3 +146,9 @@ async def test_bad_requests_name_their_field(tasks_stub: TasksStub, members: Mem
     ):
         await bad(tasks_stub.EraseMemberData(request, metadata=ACME), field)
     assert (await sums(db, member))[:2] == (1, 10)
+
+
+async def test_every_table_with_a_member_column_is_erased(tasks_stub: TasksStub, db: Database) -> None:
+    """(The service's fixture: its schema is migrated.)"""
+    tables = await member_tables(db, "tasks")
+    assert tables and tables <= {statement.table for statement in erasure_store.STATEMENTS}
