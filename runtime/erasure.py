@@ -19,7 +19,7 @@ from runtime.errors import Violations
 
 # A pseudonym says what it is, so a caller cannot merge one real member into another.
 PSEUDONYM_PREFIX = "erased-"
-# A pseudonym that keeps a row can be mistaken for nothing else: "[erased]" in text columns.
+# What replaces free text that may name the member (an operator's note, a provider's answer).
 ERASED_TEXT = "[erased]"
 
 

@@ -2,7 +2,7 @@
 
 The member's enrolments, dispatches, cohort places and message log rows move to the pseudonym, so
 funnels, arms, holdouts and conversions add up as before; workflow ids and message-log run ids
-embed the member's id and get the pseudonym instead. What was still going on for the member stops:
+embed the member's id and get the pseudonym there instead. What was still going on for the member stops:
 active enrolments and cohort places end as `stopped`, queued or retried sends as `skipped`. The
 message log keeps no address or body, only the provider's last word (`detail`), which may quote
 the address and is replaced. A cohort batch lists the members it claimed in its JSON `detail`;
@@ -15,7 +15,10 @@ from runtime.db import Connection
 from runtime.erasure import ERASED_TEXT, Erasure, Statement, moved, run
 from workflows.journeys import message_log
 
-_WORKFLOW_ID = ", workflow_id = replace(workflow_id, $1, $2)"
+# Member run ids end `/member/{member id}` (message-log run ids go on `#{entry}`): only that part is
+# replaced, so a member id that is also part of a journey key or a tenant leaves those alone.
+_IN_RUN_ID = "replace({column}, '/member/' || $1, '/member/' || $2)"
+_WORKFLOW_ID = ", workflow_id = " + _IN_RUN_ID.format(column="workflow_id")
 # An active enrolment or cohort place ends now, as stopped; the others keep how they ended.
 _STOPPED = """, state = CASE WHEN state = 'active' THEN 'stopped' ELSE state END,
                finish_time = CASE WHEN state = 'active' THEN now() ELSE finish_time END"""
@@ -26,7 +29,7 @@ STATEMENTS = (
     *moved("journeys.cohort_members", key=("cohort_id",), also=_STOPPED),
     *moved(
         "journeys.messages",
-        also=f""", journey_run = replace(journey_run, $1, $2),
+        also=f""", journey_run = {_IN_RUN_ID.format(column="journey_run")},
             status = CASE WHEN status IN ('queued', 'retry') THEN 'skipped' ELSE status END,
             detail = CASE WHEN detail <> '' THEN '{ERASED_TEXT}' ELSE detail END""",
     ),
