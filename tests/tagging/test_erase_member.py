@@ -242,3 +242,17 @@ async def test_a_retry_finishes_what_a_peer_being_down_left(
     done = await audit_row(db, TENANT_INITECH, request_id)
     assert done["member_id"] is None and done["finish_time"] is not None
     assert await traces(db, person.needles) == {}
+
+
+# Columns of tagging that hold a member's id under another name than `member_id`, which the
+# erasure moves by finding every `member_id` column: none. A table that names a member otherwise
+# (an inviter, a list of members) fails here until the erasure handles it.
+OTHER_MEMBER_COLUMNS: set[str] = set()
+
+
+async def test_every_member_column_of_tagging_is_one_the_erasure_moves(db: Database) -> None:
+    rows = await db.pool.fetch(
+        """SELECT table_name || '.' || column_name AS name FROM information_schema.columns
+           WHERE table_schema = 'tagging' AND column_name LIKE '%member%' AND column_name <> 'member_id'"""
+    )
+    assert {row["name"] for row in rows} == OTHER_MEMBER_COLUMNS
