@@ -209,6 +209,11 @@ async def test_the_same_request_id_is_the_same_rebuild_and_other_arguments_are_r
         assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert request_id in (refused.value.details() or "")
     assert {(await rebuilds.handle(request_id).describe()).run_id} == run_ids
+    # Another tenant's request id of the same name is not this one.
+    with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+        name = tagging_service_pb2.GetTagHistoryRebuildRequest(name=first.name)
+        await rebuilds.stub.GetTagHistoryRebuild(name, metadata=ACME)
+    assert elsewhere.value.code() == grpc.StatusCode.NOT_FOUND
     async with rebuilds.worker():
         finished = await rebuilds.finished(request_id)
     assert finished.done and await rebuilds.rebuild(**arguments) == dataclasses_replace_done(first, finished)
