@@ -18,7 +18,16 @@ from typing import Any
 from runtime import checks, page_tokens
 from runtime.db import Connection, Database
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from services.tagging import catalog, definition_store, member_store, member_tag_store, refresh_store, rules
+from services.tagging import (
+    catalog,
+    correction_store,
+    definition_store,
+    history_store,
+    member_store,
+    member_tag_store,
+    refresh_store,
+    rules,
+)
 
 # Dimensions recomputed at once, each in its own transaction on its own connection: they touch
 # disjoint rows, and two let PostgreSQL use both cores of a small machine.
@@ -27,6 +36,9 @@ RECOMPUTE_PARALLELISM = 2
 # member's every real-time value is new, whatever it reads.
 INPUT_BITS = {rules.Input.PROFILE: 1, rules.Input.ORDERS: 2, rules.Input.EVENTS: 4}
 NEW_MEMBER = 8
+# Inputs whose facts carry their own time (orders, refunds, events): arriving late, they correct
+# the history (correction.py). A member's registration starts its history rather than correcting it.
+FACT_BITS = INPUT_BITS[rules.Input.ORDERS] | INPUT_BITS[rules.Input.EVENTS]
 # The payload pair marking a tag change an import's refresh made (FeedEntry.backfilled).
 BACKFILLED_PAYLOAD = "'backfilled', true"
 DEFAULT_PAGE_SIZE = 100
@@ -50,6 +62,10 @@ class MemberTag:
     reason: str
     removed_by: str = ""
     removed_reason: str = ""
+    # When MemberOps came to believe the holding and, for a version a correction replaced, when
+    # it stopped believing it (migration 0015).
+    record_time: dt.datetime | None = None
+    supersede_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -111,12 +127,16 @@ class Tagger:
         now: dt.datetime,
         *,
         backfilled: bool = False,
+        correct_history: bool = True,
     ) -> None:
         """Re-evaluates the active real-time dimensions these members' changed facts feed, then
         settles their queue rows. `changes` maps a member to the input bits its callers changed;
         the bits its queue row still owes (e.g. a crashed request's) are added. `conn` must be in a
         transaction with custom plans (`Database.transaction(plans="custom")`). `backfilled`: the
-        facts were imported history, so the changes' feed entries say so."""
+        facts were imported history, so the changes' feed entries say so. Facts that happened well
+        before `now` also queue their members' history for correction (correction.py), unless
+        `correct_history` is off or they are `backfilled` (a history load is followed by
+        RebuildTagHistory instead)."""
         ids = sorted(changes)
         await member_tag_store.lock_members(conn, ids)
         owed = await refresh_store.owed_refreshes(conn, ids)
@@ -125,6 +145,10 @@ class Tagger:
         fact_times = {row["member_id"]: row["fact_time"] for row in owed if row["fact_time"] is not None}
         for row in owed:
             bits[row["member_id"]] = bits.get(row["member_id"], 0) | row["inputs"]
+        if correct_history and not backfilled:
+            await correction_store.queue_corrections(
+                conn, tenant_id, correction_store.owed_corrections(fact_times, bits, now, FACT_BITS)
+            )
         for row in await definition_store.active_definition_versions(conn):
             prepared = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
@@ -153,9 +177,11 @@ class Tagger:
         await refresh_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 
     async def recompute(
-        self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime
+        self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime, as_of: dt.datetime | None = None
     ) -> list[RecomputeResult]:
-        """Full recompute of the chosen (or all) rule dimensions, one transaction per dimension."""
+        """Full recompute of the chosen (or all) rule dimensions, one transaction per dimension.
+        With `as_of` (before `now`) the rules are evaluated then and what they find is spliced into
+        the past (history_store.rewrite_at): the present and the feed are left alone."""
         violations = Violations()
         named = catalog.named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
@@ -183,6 +209,18 @@ class Tagger:
             async with slots, self._db.transaction(tenant_id, plans="custom") as conn:
                 started = time.monotonic()
                 await member_tag_store.plan_full_recompute(conn)
+                if as_of is not None:
+                    added, removed = await history_store.rewrite_at(
+                        conn,
+                        tenant_id,
+                        item.compiled,
+                        as_of,
+                        now,
+                        item.spec.dimension,
+                        item.version,
+                        item.exclusive,
+                    )
+                    return RecomputeResult(item.spec.dimension, item.version, added, removed)
                 unseen = await self._unseen(conn, tenant_id, item)
                 added, removed = await member_tag_store.apply_dimension(
                     conn,
@@ -217,6 +255,47 @@ class Tagger:
             conn, filtered.compiled, unseen.as_of, sorted(unseen.fact_times)
         )
         return dataclasses.replace(unseen, values_then=then)
+
+    async def correct_history(
+        self, tenant_id: str, owed: Sequence[correction_store.Owed], now: dt.datetime
+    ) -> None:
+        """Rewrites the owed members' history of each active real-time dimension reading the
+        inputs their late facts changed, from the earliest of those facts on: the rules evaluated
+        then, daily after and at every change recorded since (correction.py). One transaction per
+        dimension, its members locked as a refresh locks them. Scheduled dimensions are left to
+        RebuildTagHistory: a member-by-member evaluation of a population model (RFM) is wrong."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            items = [
+                await self._prepare(conn, tenant_id, row["dimension"], row["current_version"], filtered=True)
+                for row in await definition_store.active_definition_versions(conn)
+            ]
+        for item in items:
+            if (
+                item is None
+                or item.spec.kind not in catalog.EVALUATED_KINDS
+                or item.spec.refresh_policy != catalog.Refresh.REAL_TIME
+            ):
+                continue
+            reads = sum(INPUT_BITS[i] for i in item.compiled.inputs)
+            since = {o.member_id: o.since for o in owed if o.inputs & reads}
+            if not since:
+                continue
+            async with self._db.transaction(tenant_id, plans="custom") as conn:
+                await member_tag_store.lock_members(conn, sorted(since))
+                changed = await history_store.boundaries_since(conn, item.spec.dimension, since)
+                instants = {
+                    m: [*correction_store.grid(t, now), *changed.get(m, [])] for m, t in since.items()
+                }
+                await history_store.rewrite_since(
+                    conn,
+                    tenant_id,
+                    item.compiled,
+                    instants,
+                    now,
+                    item.spec.dimension,
+                    item.version,
+                    item.exclusive,
+                )
 
     def _expected_seconds(self, tenant_id: str, item: _Prepared) -> float:
         """How long the last recompute of the dimension took; before one, a guess that ranks models
@@ -280,11 +359,18 @@ class Tagger:
                 now,
             )
 
-    async def member_tags(self, tenant_id: str, member_id: str, as_of: dt.datetime) -> list[MemberTag]:
+    async def member_tags(
+        self, tenant_id: str, member_id: str, as_of: dt.datetime, known_at: dt.datetime | None = None
+    ) -> list[MemberTag]:
+        """The member's tags at `as_of`, as believed now or, given `known_at`, as believed then."""
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             if await member_store.get_member(conn, member_id) is None:
                 raise NotFound(f"members/{member_id} not found")
-            return [_member_tag(row) for row in await member_tag_store.member_tags_at(conn, member_id, as_of)]
+            if known_at is not None:
+                rows = await history_store.member_tags_believed(conn, member_id, as_of, known_at)
+            else:
+                rows = await member_tag_store.member_tags_at(conn, member_id, as_of)
+            return [_member_tag(row) for row in rows]
 
     async def members_tags(
         self, tenant_id: str, member_ids: Sequence[str], dimensions: Sequence[str]
@@ -295,7 +381,13 @@ class Tagger:
         return [_member_tag(row) for row in rows]
 
     async def changes(
-        self, tenant_id: str, member_id: str, dimension: str, page_size: int, page_token: str
+        self,
+        tenant_id: str,
+        member_id: str,
+        dimension: str,
+        page_size: int,
+        page_token: str,
+        include_superseded: bool = False,
     ) -> tuple[list[MemberTag], str]:
         violations = Violations()
         if member_id:
@@ -306,6 +398,10 @@ class Tagger:
             violations.add(
                 "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
             )
+        if include_superseded:
+            return await self._changes_with_superseded(
+                tenant_id, member_id, dimension, page_size, page_token, violations
+            )
         before = _before_id(page_token, violations)
         violations.raise_if_any()
         size = page_size or DEFAULT_PAGE_SIZE
@@ -313,6 +409,37 @@ class Tagger:
             rows = await member_tag_store.tag_changes(conn, member_id, dimension, before, size + 1)
         page = rows[:size]
         token = page_tokens.encode("tagChanges", page[-1]["id"]) if len(rows) > size else ""
+        return [_member_tag(row) for row in page], token
+
+    async def _changes_with_superseded(
+        self,
+        tenant_id: str,
+        member_id: str,
+        dimension: str,
+        page_size: int,
+        page_token: str,
+        violations: Violations,
+    ) -> tuple[list[MemberTag], str]:
+        """As `changes`, each holding followed by the versions corrections replaced."""
+        before: tuple[int, int] | None = None
+        try:
+            keys = page_tokens.decode(page_token, "tagChangesWithSuperseded", (int, int))
+            if keys is not None:
+                before = (int(keys[0]), int(keys[1]))
+        except InvalidArgument as error:
+            violations.add("page_token", error.violations[0].description)
+        violations.raise_if_any()
+        size = page_size or DEFAULT_PAGE_SIZE
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            rows = await history_store.tag_changes_with_superseded(
+                conn, member_id, dimension, before, size + 1
+            )
+        page = rows[:size]
+        token = (
+            page_tokens.encode("tagChangesWithSuperseded", page[-1]["id"], page[-1]["rank"])
+            if len(rows) > size
+            else ""
+        )
         return [_member_tag(row) for row in page], token
 
 
@@ -356,4 +483,6 @@ def _member_tag(row: Any) -> MemberTag:
         reason=row["reason"],
         removed_by=row["removed_by"],
         removed_reason=row["removed_reason"],
+        record_time=row["record_time"],
+        supersede_time=row["supersede_time"],
     )

@@ -255,8 +255,10 @@ async def lock_members(conn: Connection, member_ids: list[str]) -> None:
     )
 
 
+# Record time too (migration 0015): a row written before it was recorded when it began.
 _MEMBER_TAG_COLUMNS = """id, member_id, dimension, value, definition_version, source, valid_from, valid_to,
-    set_by, reason, removed_by, removed_reason"""
+    set_by, reason, removed_by, removed_reason, coalesce(record_time, valid_from) AS record_time,
+    NULL::timestamptz AS supersede_time"""
 
 
 async def member_tags_at(conn: Connection, member_id: str, as_of: Any) -> list[asyncpg.Record]:

@@ -25,6 +25,7 @@ import asyncpg
 from runtime.db import Database
 from runtime.logs import get_logger
 from services.tagging import refresh_store
+from services.tagging.correction import HistoryCorrector
 from services.tagging.evaluation import INPUT_BITS, NEW_MEMBER, Tagger
 from services.tagging.rules import Input
 
@@ -67,11 +68,14 @@ class RealTimeTags:
         self._wake = asyncio.Event()
 
     async def run(self, tenants: frozenset[str], clock: Callable[[], dt.datetime]) -> None:
-        """The refresh lanes and the sweeper, until cancelled (the service's background loop)."""
+        """The refresh lanes, the sweeper and the history corrector, until cancelled (the service's
+        background loop)."""
         async with asyncio.TaskGroup() as group:
             for _ in range(LANES):
                 group.create_task(self._lane())
             group.create_task(self._sweep(tenants, clock))
+            # Late facts' history corrections, queued by the refreshes (correction.py).
+            group.create_task(HistoryCorrector(self._db, self._tagger).run(tenants, clock))
 
     async def refreshed(
         self, tenant_id: str, member_ids: Sequence[str], changed: Input | None, now: dt.datetime
