@@ -5,7 +5,9 @@ The order, each step idempotent so a retry with the same request id re-runs what
 1. record the request (request id -> a fresh pseudonym) and commit: from then on the erasure is
    owed, whatever fails later;
 2. in one tagging transaction, move every tagging row of the member to the pseudonym, clear its
-   personal data, and note the member's change on the feed under the pseudonym;
+   personal data, end the tags the cleared profile held (gender, age band) and note the change on
+   the feed under the pseudonym, marked backfilled: consumers update their state (an audience
+   over gender drops the pseudonym) but react to nothing (no journey enrols, no task rewards);
 3. ask each peer (tasks, journeys, audience) to do the same with its rows;
 4. mark the request finished, which forgets the member id it held.
 
@@ -27,9 +29,10 @@ import asyncpg
 from runtime import checks
 from runtime.db import Connection, Database
 from runtime.errors import AlreadyExists, NotFound, Violations
-from services.tagging import erasure_store, feed_store, member_store, refresh_store
+from services.tagging import erasure_store, feed_store, member_store
 from services.tagging.domain import Channel, FeedKind
-from services.tagging.realtime import RealTimeTags, input_bits
+from services.tagging.evaluation import Tagger
+from services.tagging.realtime import input_bits
 from services.tagging.rules import Input
 
 MAX_REQUEST_ID = 128
@@ -88,9 +91,9 @@ def new_pseudonym() -> str:
 
 
 class Erasures:
-    def __init__(self, db: Database, realtime: RealTimeTags, peers: PeerEraser) -> None:
+    def __init__(self, db: Database, tagger: Tagger, peers: PeerEraser) -> None:
         self._db = db
-        self._realtime = realtime
+        self._tagger = tagger
         self._peers = peers
 
     async def erase(self, tenant_id: str, request: ErasureRequest, now: dt.datetime) -> Erasure:
@@ -100,9 +103,7 @@ class Erasures:
         if member_id is None:
             return started.erasure
         pseudonym = started.erasure.pseudonym
-        if await self._move(tenant_id, request.request_id, member_id, pseudonym, now):
-            # The pseudonym's profile tags (gender, age band) end with the profile they came from.
-            await self._realtime.refreshed(tenant_id, [pseudonym], Input.PROFILE, now)
+        await self._move(tenant_id, request.request_id, member_id, pseudonym, now)
         changed = await self._peers.erase(tenant_id, member_id, pseudonym)
         async with self._db.transaction(tenant_id) as conn:
             await erasure_store.add_changes(conn, request.request_id, changed)
@@ -136,14 +137,14 @@ class Erasures:
 
     async def _move(
         self, tenant_id: str, request_id: str, member_id: str, pseudonym: str, now: dt.datetime
-    ) -> bool:
-        """Step 2; False when tagging holds nothing of the member any more (an earlier attempt)."""
+    ) -> None:
+        """Step 2; nothing when tagging holds nothing of the member any more (an earlier attempt)."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self._db.transaction(tenant_id) as conn:
+                async with self._db.transaction(tenant_id, plans="custom") as conn:
                     member = await member_store.lock_member(conn, member_id)
                     if member is None:
-                        return False
+                        return
                     changed, revision = await erasure_store.move_member(
                         conn, tenant_id, member_id, pseudonym, ALL_CHANNELS, now
                     )
@@ -153,17 +154,17 @@ class Erasures:
                         FeedKind.MEMBER_CHANGED,
                         pseudonym,
                         "",
-                        {"revision": revision, "occur_time": now.isoformat()},
+                        # Not 1: the pseudonym is no member registering (nothing welcomes it).
+                        {"revision": revision, "occur_time": now.isoformat(), "backfilled": True},
                     )
-                    await refresh_store.queue_refresh(
-                        conn, tenant_id, [pseudonym], input_bits(Input.PROFILE), now
+                    await self._tagger.refresh_owed(
+                        conn, tenant_id, {pseudonym: input_bits(Input.PROFILE)}, now, backfilled=True
                     )
                     await erasure_store.add_changes(conn, request_id, changed)
-                return True
+                return
             except asyncpg.DeadlockDetectedError:
                 if attempt == ATTEMPTS:
                     raise
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def _resumed(conn: Connection, row: asyncpg.Record, request: ErasureRequest) -> _Started:

@@ -58,7 +58,7 @@ def wire(
         FactImports(db, tagger),
         clock=clock,
         history_rebuilds=HistoryRebuilds(db, LazyClient(settings), settings.temporal_task_queue),
-        erasures=Erasures(db, realtime, peers),
+        erasures=Erasures(db, tagger, peers),
     )
     binding = ServiceBinding.of(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer

@@ -23,6 +23,7 @@ from tests.conftest import TENANT_INITECH, unique
 from tests.erasure_world import METADATA, REGISTERED, Person, audit_row, create_person, erase, traces
 from tests.grpc_helpers import failure, field_violations
 from tests.tagging.facts_helpers import stamp
+from tests.tagging.test_feed import feed_end, read_all
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
@@ -31,16 +32,6 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="module")
 def peers(tasks: app.RunningService, journeys: app.RunningService, audience: app.RunningService) -> None:
     """EraseMember calls every peer, so they run."""
-
-
-async def read_feed_from(stub: Stub, cursor: str) -> list[feed_pb2.FeedEntry]:
-    request = tagging_service_pb2.ReadFeedRequest(after_cursor=cursor, limit=1000)
-    return list((await stub.ReadFeed(request, metadata=METADATA)).entries)
-
-
-async def feed_end(stub: Stub) -> str:
-    request = tagging_service_pb2.ReadFeedRequest(skip_to_end=True, limit=1)
-    return (await stub.ReadFeed(request, metadata=METADATA)).next_cursor
 
 
 async def test_bad_requests_name_their_fields(tagging_stub: Stub) -> None:
@@ -80,7 +71,7 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
         TENANT_INITECH,
         person.member_id,
     )
-    start = await feed_end(tagging_stub)
+    start = await feed_end(tagging_stub, METADATA)
 
     request_id = unique("req")
     erased = await erase(tagging_stub, person.member_id, request_id)
@@ -130,11 +121,19 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
     )
     assert len(events) == 2 and {e["query"] for e in events} == {""}
 
-    # Consumers hear of the pseudonym's changed profile, and of nothing under the erased id.
-    entries = await read_feed_from(tagging_stub, start)
-    assert any(
-        e.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED and e.member_id == erased.pseudonym for e in entries
-    )
+    # Consumers hear of the pseudonym's changed profile and the tags it ended, as entries to keep
+    # their state by but react to none (backfilled; no registration), and nothing of the erased id.
+    entries, _ = await read_all(tagging_stub, start, METADATA, limit=1000)
+    changed_member = [e for e in entries if e.kind == feed_pb2.FEED_ENTRY_KIND_MEMBER_CHANGED]
+    assert [e.member_id for e in changed_member] == [erased.pseudonym]
+    assert changed_member[0].member_changed.revision > 1 and changed_member[0].backfilled
+    ended = [
+        e
+        for e in entries
+        if e.member_id == erased.pseudonym and e.kind == feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED
+    ]
+    assert {e.tag_changed.dimension for e in ended} >= {"gender"}
+    assert all(e.backfilled for e in ended)
     assert all(e.member_id != person.member_id for e in entries)
 
     audit = await audit_row(db, TENANT_INITECH, request_id)
