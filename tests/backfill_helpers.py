@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from memberops.tagging.v1 import facts_pb2, tagging_service_pb2
 
-from tests.conftest import unique
+from tests.conftest import ACME, unique
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
@@ -37,6 +37,11 @@ def paid_order(
             )
         ],
     )
+
+
+async def record(tagging: TaggingStub, order: facts_pb2.Order, metadata: Any = ACME) -> None:
+    """Records the order live, through RecordOrder."""
+    await tagging.RecordOrder(tagging_service_pb2.RecordOrderRequest(order=order), metadata=metadata)
 
 
 async def import_orders(tagging: TaggingStub, orders: Sequence[facts_pb2.Order], metadata: Any) -> None:

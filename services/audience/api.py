@@ -185,6 +185,7 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
                     version=e.version,
                     create_time=_stamp(e.create_time),
                     occur_time=_stamp(e.occur_time),
+                    backfilled=e.backfilled,
                 )
                 for e in entries
             ],

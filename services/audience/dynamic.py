@@ -12,7 +12,9 @@ A maintainer loop runs beside the service. Each round, per tenant, in one transa
    neither loses nor repeats an entry, and a per-tenant advisory lock lets any number of replicas
    run the loop. A tenant without dynamic audiences only moves its cursor to the feed's end.
 
-Changes are differences: evaluating again what is already stored writes nothing.
+Changes are differences: evaluating again what is already stored writes nothing. Back-filled
+tagging entries (history an import loaded) move members like any other; an entry or exit only they
+caused is marked `backfilled` on the audience feed, so no journey enrols on it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FeedEntry:
     version: int
     create_time: dt.datetime
     occur_time: dt.datetime
+    backfilled: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ def fact_times(changes: Sequence[asyncpg.Record]) -> dict[str, dt.datetime]:
         member_id, time = row["member_id"], row["occur_time"]
         latest[member_id] = max(latest.get(member_id, time), time)
     return latest
+
+
+def history_only(changes: Sequence[asyncpg.Record]) -> list[str]:
+    """Members all of whose tagging feed entries (`member_id, backfilled`) an import loaded: what
+    moves them is history (one live entry among them makes it news)."""
+    live = {row["member_id"] for row in changes if not row["backfilled"]}
+    return sorted({row["member_id"] for row in changes} - live)
 
 
 class Memberships:
@@ -100,6 +110,7 @@ class Memberships:
             # A whole evaluation dates its own (see store.apply_membership) by every entry after
             # the cursor, of which these are the first.
             times = fact_times(changes)
+            history = history_only(changes)
             current: list[str] = []
             for row in audiences:
                 audience_id, version = row["audience_id"], row["current_version"]
@@ -129,7 +140,9 @@ class Memberships:
                 followed = len(changes)
                 members = sorted(times)
                 for audience_id in current:
-                    e, x, _ = await self._apply(conn, tenant_id, audience_id, now, members, times)
+                    e, x, _ = await self._apply(
+                        conn, tenant_id, audience_id, now, members, times, history=history
+                    )
                     entered, exited = entered + e, exited + x
                 await store.save_tagging_cursor(conn, tenant_id, outbox.cursor_of(changes[-1]))
         if entered or exited:
@@ -147,6 +160,7 @@ class Memberships:
         followed: outbox.Position | None = None,
         *,
         new_definition: bool = False,
+        history: Sequence[str] = (),
     ) -> tuple[int, int, tuple[tuple[str, int], ...]]:
         """(entered, exited, the (audience, version) pairs evaluated: it and what it references)."""
         try:
@@ -168,6 +182,7 @@ class Memberships:
             times,
             followed,
             new_definition,
+            history,
         )
         return entered, exited, loaded.versions
 
@@ -194,6 +209,7 @@ class Memberships:
                 version=row["version"],
                 create_time=row["create_time"],
                 occur_time=row["occur_time"],
+                backfilled=row["backfilled"],
             )
             for row in rows
         ]

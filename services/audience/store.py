@@ -440,7 +440,8 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
 # was stored); else time alone moved it ("no order in 30 days"), at the evaluation's as_of. Never
 # after as_of.
 _UNFOLLOWED = """unfollowed AS (
-                SELECT f.member_id, max(f.occur_time) AS fact_time FROM tagging_read.feed f
+                SELECT f.member_id, max(f.occur_time) AS fact_time, bool_and(f.backfilled) AS backfilled
+                FROM tagging_read.feed f
                 WHERE {after} AND f.member_id IN (SELECT member_id FROM entered UNION ALL
                                                   SELECT member_id FROM exited)
                 GROUP BY f.member_id),"""
@@ -463,16 +464,20 @@ async def apply_membership(
     fact_times: Mapping[str, dt.datetime],
     followed: outbox.Position | None = None,
     new_definition: bool = False,
+    history: Sequence[str] = (),
 ) -> tuple[int, int]:
     """Makes the stored membership equal `members_sql` (for the members in `only`, or all) and writes
     each entry and exit to the feed; returns (entered, exited). For `only`, dated by the member's
     time in `fact_times` (when the facts that moved it happened) or else `as_of`; a whole
-    evaluation, by the tagging entries after `followed` (see _UNFOLLOWED)."""
+    evaluation, by the tagging entries after `followed` (see _UNFOLLOWED). An entry or exit is
+    `backfilled` when only imported history moved the member: for `only`, the members in `history`;
+    for a whole evaluation, members whose unfollowed tagging entries are all back-filled."""
     n = len(args)
     t, a, v, scope = f"${n + 1}::text", f"${n + 2}::text", f"${n + 3}::int", f"${n + 4}::text[]"
     as_of_, ids, times = f"${n + 5}::timestamptz", f"${n + 6}::text[]", f"${n + 7}::timestamptz[]"
     extra: list[Any] = []
     unfollowed, occur, join = "", f"coalesce(ft.fact_time, {as_of_})", ""
+    backfilled = f"k.member_id = ANY(${n + 8}::text[])"  # `history`, passed for `only` alone
     if only is None:
         after = "true"
         if followed is not None:
@@ -482,6 +487,7 @@ async def apply_membership(
         latest = _LATEST_FACT if new_definition else "NULL::timestamptz"
         occur = f"least({as_of_}, coalesce(u.fact_time, {latest}, {as_of_}))"
         join = "LEFT JOIN unfollowed u ON u.member_id = k.member_id"
+        backfilled = "coalesce(u.backfilled, false)"
     row = await conn.fetchrow(
         f"""WITH now_in AS MATERIALIZED ({members_sql}),
             held AS (SELECT d.member_id FROM audience.dynamic_members d
@@ -500,8 +506,9 @@ async def apply_membership(
                 RETURNING d.member_id),
             {unfollowed}
             logged AS (
-                INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version, occur_time)
-                SELECT {t}, k.kind, {a}, k.member_id, {v}, {occur} FROM (
+                INSERT INTO audience.feed (tenant_id, kind, audience_id, member_id, version, occur_time,
+                                           backfilled)
+                SELECT {t}, k.kind, {a}, k.member_id, {v}, {occur}, {backfilled} FROM (
                     SELECT {ENTERED} AS kind, member_id FROM entered
                     UNION ALL SELECT {EXITED}, member_id FROM exited) AS k
                 LEFT JOIN unnest({ids}, {times}) AS ft(member_id, fact_time) USING (member_id)
@@ -519,6 +526,7 @@ async def apply_membership(
         list(fact_times),
         list(fact_times.values()),
         *extra,
+        *([] if only is None else [list(history)]),
     )
     assert row is not None
     return int(row["entered"]), int(row["exited"])
@@ -592,8 +600,10 @@ async def changed_members(
     conn: Connection, after: outbox.Position | None, limit: int
 ) -> list[asyncpg.Record]:
     """Settled entries of tagging's feed (through its published view): whose facts or tags changed,
-    and when that happened (`member_id, occur_time`)."""
-    return await outbox.read_settled(conn, "tagging_read.feed", "member_id, occur_time", after, limit)
+    when that happened, and whether an import loaded it (`member_id, occur_time, backfilled`)."""
+    return await outbox.read_settled(
+        conn, "tagging_read.feed", "member_id, occur_time, backfilled", after, limit
+    )
 
 
 async def indexable_audiences(conn: Connection) -> dict[str, int]:
@@ -624,7 +634,8 @@ async def read_audience_feed(
     return await outbox.read_settled(
         conn,
         "audience.feed",
-        "kind, audience_id, member_id, version, create_time, coalesce(occur_time, create_time) AS occur_time",
+        "kind, audience_id, member_id, version, create_time, coalesce(occur_time, create_time) AS occur_time,"
+        " backfilled",
         after,
         limit,
         "($4::text IS NULL OR audience_id = $4::text)",

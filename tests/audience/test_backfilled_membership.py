@@ -1,7 +1,8 @@
 """Back-filled facts (issue 20) still move dynamic audiences: membership describes the member's
 state, history included. Orders loaded by ImportOrders, and the tag changes the import's refresh
-makes, enter members into the audiences whose rules they make true, and each entry is dated by the
-facts' own time, so a journey entered by the audience takes old history as history (too old).
+makes, enter members into the audiences whose rules they make true; each entry is dated by the
+facts' own time and marked `backfilled`, so no journey entered by the audience enrols on it, while
+an entry a live order causes is news.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from runtime.db import Database
 from tests.audience.helpers import all_of, check, in_batch, member, now, tag
 from tests.audience.test_dynamic import ENTERED, bought, create_dynamic, settled_feed
-from tests.backfill_helpers import import_orders, paid_order
+from tests.backfill_helpers import import_orders, paid_order, record
 from tests.conftest import ACME, unique
 from tests.tagging.test_catalog import create as create_dimension
 from tests.tagging.test_catalog import dimension
@@ -27,12 +28,13 @@ if TYPE_CHECKING:
 DAY = dt.timedelta(days=1)
 
 
-async def _entry_times(stub: AudienceStub, audience_id: str) -> dict[str, dt.datetime]:
-    """Each member's entry into the audience, by when its feed says it happened."""
+async def _entries(stub: AudienceStub, audience_id: str) -> dict[str, tuple[dt.datetime, bool]]:
+    """Each member's entry into the audience: when its feed says it happened, and whether it is
+    history an import loaded."""
     request = audience_service_pb2.ReadAudienceFeedRequest(limit=100, audience=f"audiences/{audience_id}")
     page = await stub.ReadAudienceFeed(request, metadata=ACME)
     return {
-        e.member_id: e.occur_time.ToDatetime(tzinfo=dt.UTC)
+        e.member_id: (e.occur_time.ToDatetime(tzinfo=dt.UTC), e.backfilled)
         for e in page.entries
         if e.change == audience_service_pb2.AUDIENCE_CHANGE_ENTERED
     }
@@ -68,5 +70,12 @@ async def test_imported_orders_and_their_tag_changes_move_dynamic_audiences(
     expected = [(once, ENTERED), (twice, ENTERED)]
     assert sorted(await settled_feed(audience_stub, db, tagged, expected)) == sorted(expected)
     assert await check(audience_stub, repeat, twice) and not await check(audience_stub, repeat, once)
-    # Dated by the facts, not by the import: history to any journey with a max_entry_delay under 30 days.
-    assert await _entry_times(audience_stub, repeat) == {twice: latest}
+    # Dated by the facts, not by the import, and marked as history.
+    assert await _entries(audience_stub, repeat) == {twice: (latest, True)}
+
+    # A live order makes `once` a repeat buyer: news.
+    live = now().replace(microsecond=0)
+    await record(tagging_stub, paid_order(once, 4_000, live))
+    expected = [(twice, ENTERED), (once, ENTERED)]
+    assert await settled_feed(audience_stub, db, repeat, expected) == expected
+    assert await _entries(audience_stub, repeat) == {twice: (latest, True), once: (live, False)}

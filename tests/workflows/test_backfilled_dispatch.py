@@ -1,6 +1,7 @@
 """Back-filled facts (issue 20): history loaded by ImportOrders enrols nobody and converts nobody,
-however recent its facts' time, while the same orders recorded live through RecordOrder do. The
-dispatcher counts what it left alone as `backfilled`.
+however recent its facts' time, by an order, by a tag change the import's refresh made or by the
+dynamic audience it moved the member into, while the same orders recorded live through RecordOrder
+do. The dispatcher counts what it left alone as `backfilled`.
 
 The dispatcher test runs on the dev server against the real services. "Nothing happened" is
 proved with barriers: live orders recorded after the import, whose enrolments and conversion are
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 
+from memberops.audience.v1 import audience_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2_grpc
 from temporalio.testing import WorkflowEnvironment
 
 from runtime.config import Settings
 from runtime.db import Database
+from tests.audience.helpers import all_of, fact, in_batch, order_count
+from tests.audience.test_dynamic import create_dynamic
 from tests.backfill_helpers import import_orders, paid_order
 from tests.conftest import ACME, TENANT_ACME, unique
+from tests.tagging.rule_builders import Op
 from tests.tagging.test_catalog import create, dimension
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import activate, journey, running, seed_member
@@ -26,7 +31,7 @@ from tests.workflows.test_dispatcher import _state, dispatcher, enrolled, enrolm
 from tests.workflows.test_event_time import buyer_dimension, feed_ends, status_past
 from workflows.dispatcher import events
 from workflows.journeys import client, store
-from workflows.journeys.definition import Entry, EventMatch, Goal, Send, Step, Wait
+from workflows.journeys.definition import AudienceEntry, Entry, EventMatch, Goal, Send, Step, Wait
 from workflows.journeys.shipped import NEW_CUSTOMER
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.worker import Resources
@@ -63,19 +68,27 @@ async def test_imported_orders_enrol_and_convert_nobody_while_live_orders_do(
         Step(id="hello", send=Send(template="hello")),
         entry=Entry(event=EventMatch(kind="tag_added", dimension=tag, values=("buyer",))),
     )
-    for definition in (ordered, tagged):
+    batch = unique("batch")
+    audience = audience_service_pb2_grpc.AudienceServiceStub(resources.audience)
+    buyers = await create_dynamic(audience, all_of(in_batch(batch), fact(order_count(), Op.OPERATOR_GE, 1)))
+    audienced = journey(
+        Step(id="hello", send=Send(template="hello")),
+        entry=Entry(audience=AudienceEntry(audience=buyers)),
+    )
+    journeys = (ordered, tagged, audienced)
+    for definition in journeys:
         await store.put_definition(journeys_db, TENANT_ACME, definition)
         await activate(journeys_db, TENANT_ACME, definition.key)
     history, fresh, buyer = unique("history"), unique("fresh"), unique("buyer")
     for member_id in (history, fresh, buyer):
-        await seed_member(resources.tagging, member_id)
+        await seed_member(resources.tagging, member_id, attributes={"batch": batch})
     async with (
         running(dev_server_env, worker_settings, resources),
-        dispatcher(dev_server_env, worker_settings, journeys_db, ordered.key, tagged.key) as d,
+        dispatcher(dev_server_env, worker_settings, journeys_db, *(j.key for j in journeys)) as d,
     ):
         await following(journeys_db, d.id)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        # A live first order: `fresh` enters both journeys.
+        # A live first order: `fresh` enters every journey.
         await record_order(resources, fresh, 1_000, now - 30 * MINUTE)
         await enrolled(journeys_db, ordered.key, fresh)
         handle = dev_server_env.client.get_workflow_handle_for(
@@ -89,17 +102,18 @@ async def test_imported_orders_enrol_and_convert_nobody_while_live_orders_do(
             [paid_order(history, 4_400, now - 10 * MINUTE), paid_order(fresh, 5_500, now - 20 * MINUTE)],
             ACME,
         )
-        # The same kinds of fact recorded live: `buyer` enters both journeys, `fresh` converts.
+        # The same kinds of fact recorded live: `buyer` enters every journey, `fresh` converts.
         await record_order(resources, buyer, 2_000)
         await record_order(resources, fresh, 9_800)
-        await enrolled(journeys_db, ordered.key, buyer)
-        await enrolled(journeys_db, tagged.key, buyer)
+        for definition in journeys:
+            await enrolled(journeys_db, definition.key, buyer)
         funnel = await handle.result()
         status = await status_past(d, await feed_ends(resources))
     # Converted by the live order: the imported one, earlier and inside the window, converted nobody.
     assert (funnel.state, funnel.converted, funnel.gmv_minor) == ("converted", True, 9_800)
-    assert await enrolments(journeys_db, ordered.key, history) == []
-    assert await enrolments(journeys_db, tagged.key, history) == []
-    # Left alone: history's first order and buyer tag (one entry each), and fresh's imported order.
-    assert (status.totals.backfilled, status.totals.too_old) == (3, 0)
-    assert status.totals.started == 4  # fresh and buyer, each into both journeys
+    for definition in journeys:
+        assert await enrolments(journeys_db, definition.key, history) == []
+    # Left alone: history's first order, buyer tag and audience entry (one entry each), and fresh's
+    # imported order.
+    assert (status.totals.backfilled, status.totals.too_old) == (4, 0)
+    assert status.totals.started == 6  # fresh and buyer, each into every journey

@@ -123,7 +123,7 @@ def audience_event(entry: audience_service_pb2.AudienceFeedEntry) -> FeedEvent |
         occur_time=_time(entry.occur_time) if entry.HasField("occur_time") else time,
         event_id=f"audience:{entry.cursor}",
     )
-    return FeedEvent(entry.member_id, event, "audience", time)
+    return FeedEvent(entry.member_id, event, "audience", time, entry.backfilled)
 
 
 def enters(definition: JourneyDefinition, event: MemberEvent) -> bool:

@@ -745,6 +745,7 @@ class AudienceFeedEntry(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    BACKFILLED_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     change: Global___AudienceChange.ValueType
     audience: _builtins.str
@@ -752,6 +753,10 @@ class AudienceFeedEntry(_message.Message):
     member_id: _builtins.str
     version: _builtins.int
     """The audience version under which the member entered or left."""
+    backfilled: _builtins.bool
+    """History, not news: only back-filled tagging entries (facts an import loaded, and the tag
+    changes its refresh made) moved the member. Membership follows it; no journey enrols on it.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was written to the feed."""
@@ -773,10 +778,11 @@ class AudienceFeedEntry(_message.Message):
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
+        backfilled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "change", b"change", "create_time", b"create_time", "cursor", b"cursor", "member_id", b"member_id", "occur_time", b"occur_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "backfilled", b"backfilled", "change", b"change", "create_time", b"create_time", "cursor", b"cursor", "member_id", b"member_id", "occur_time", b"occur_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
