@@ -40,7 +40,8 @@ from services.tagging.domain import (
     RefundInput,
     RefundLine,
 )
-from services.tagging.erasure import Erasure, ErasureRequest, Erasures
+from services.tagging.erasure import Erasures
+from services.tagging.erasure_messages import erasure_request_from_proto, erasure_to_proto
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.fact_imports import Counts, FactImports, converted
 from services.tagging.facts import Facts
@@ -388,12 +389,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def EraseMember(
         self, request: tagging_service_pb2.EraseMemberRequest, context: Any
     ) -> tagging_service_pb2.MemberErasure:
-        erasure = ErasureRequest(
-            member_id=member_id_from_name(request.member, "member"),
-            request_id=request.request_id,
-            operator=request.operator,
-            reason=request.reason,
-        )
+        erasure = erasure_request_from_proto(request)
         return erasure_to_proto(await self._erasures.erase(current_tenant(), erasure, self._clock()))
 
 
@@ -416,14 +412,6 @@ async def _imported(
     return tagging_service_pb2.ImportFactsResponse(
         received_count=counts.received, stored_count=counts.stored, unchanged_count=counts.unchanged
     )
-
-
-def erasure_to_proto(erasure: Erasure) -> tagging_service_pb2.MemberErasure:
-    message = tagging_service_pb2.MemberErasure(
-        pseudonym=erasure.pseudonym, operator=erasure.operator, reason=erasure.reason
-    )
-    message.erase_time.FromDatetime(erasure.erase_time)
-    return message
 
 
 def member_id_from_name(name: str, field: str) -> str:
