@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import google.type.date_pb2 as date_pb2
@@ -43,7 +44,15 @@ from services.tagging.domain import (
 from services.tagging.erasure import Erasures
 from services.tagging.erasure_messages import erasure_request_from_proto, erasure_to_proto
 from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
-from services.tagging.fact_imports import Counts, FactImports, converted
+from services.tagging.fact_imports import (
+    EventBatch,
+    FactImports,
+    OrderBatch,
+    RefundBatch,
+    converted,
+    import_response,
+    pipelined,
+)
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.feed_messages import feed_entry_to_proto
@@ -347,39 +356,39 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def ImportOrders(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportOrdersRequest], context: Any
     ) -> tagging_service_pb2.ImportFactsResponse:
-        """Each batch is stored, and its members' tags refreshed, before the next is read."""
-        return await _imported(
-            request_iterator,
-            "orders",
-            lambda m, i: order_from_proto(m),
-            "order",
-            self._imports.import_orders,
-            self._clock,
-        )
+        """Each batch is stored, and its members' tags refreshed, before the next is stored."""
+
+        def prepare(request: tagging_service_pb2.ImportOrdersRequest, k: int, now: dt.datetime) -> OrderBatch:
+            path = f"requests[{k}].orders"
+            orders = converted(request.orders, lambda m, i: order_from_proto(m), "order", path)
+            return FactImports.prepare_orders(orders, now, path)
+
+        store = partial(self._imports.store_orders, current_tenant())
+        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
 
     async def ImportRefunds(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportRefundsRequest], context: Any
     ) -> tagging_service_pb2.ImportFactsResponse:
-        return await _imported(
-            request_iterator,
-            "refunds",
-            lambda m, i: refund_from_proto(m),
-            "refund",
-            self._imports.import_refunds,
-            self._clock,
-        )
+        def prepare(
+            request: tagging_service_pb2.ImportRefundsRequest, k: int, now: dt.datetime
+        ) -> RefundBatch:
+            path = f"requests[{k}].refunds"
+            refunds = converted(request.refunds, lambda m, i: refund_from_proto(m), "refund", path)
+            return FactImports.prepare_refunds(refunds, now, path)
+
+        store = partial(self._imports.store_refunds, current_tenant())
+        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
 
     async def ImportEvents(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportEventsRequest], context: Any
     ) -> tagging_service_pb2.ImportFactsResponse:
-        return await _imported(
-            request_iterator,
-            "events",
-            event_from_proto,
-            "events[{i}]",
-            self._imports.import_events,
-            self._clock,
-        )
+        def prepare(request: tagging_service_pb2.ImportEventsRequest, k: int, now: dt.datetime) -> EventBatch:
+            path = f"requests[{k}].events"
+            events = converted(request.events, event_from_proto, "events[{i}]", path)
+            return FactImports.prepare_events(events, now, path)
+
+        store = partial(self._imports.store_events, current_tenant())
+        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
 
     async def GetTagStats(
         self, request: tagging_service_pb2.GetTagStatsRequest, context: Any
@@ -391,27 +400,6 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     ) -> tagging_service_pb2.MemberErasure:
         erasure = erasure_request_from_proto(request)
         return erasure_to_proto(await self._erasures.erase(current_tenant(), erasure, self._clock()))
-
-
-async def _imported(
-    requests: AsyncIterator[Any],
-    field: str,
-    convert: Callable[[Any, int], Any],
-    single: str,
-    store: Callable[[str, Any, dt.datetime, str], Awaitable[Counts]],
-    clock: Callable[[], dt.datetime],
-) -> tagging_service_pb2.ImportFactsResponse:
-    """Stores a fact import's batches one by one (`requests[k].<field>`); a fact's conversion
-    errors are renamed from `single` (RecordOrder's path, `{i}` its index) to the batch's path."""
-    tenant_id, counts, k = current_tenant(), Counts(), 0
-    async for request in requests:
-        path = f"requests[{k}].{field}"
-        facts = converted(getattr(request, field), convert, single, path)
-        counts += await store(tenant_id, facts, clock(), path)
-        k += 1
-    return tagging_service_pb2.ImportFactsResponse(
-        received_count=counts.received, stored_count=counts.stored, unchanged_count=counts.unchanged
-    )
 
 
 def member_id_from_name(name: str, field: str) -> str:

@@ -10,15 +10,17 @@ by the facts and marked backfilled, before the next batch is read.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+from memberops.tagging.v1 import tagging_service_pb2
 
 from runtime.db import Database
 from runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
@@ -42,6 +44,7 @@ REFRESH_CHUNK = 10_000
 REFRESH_ATTEMPTS = 3
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,63 @@ class Counts:
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(self.received + other.received, self.stored + other.stored)
+
+
+@dataclass(frozen=True)
+class OrderBatch:
+    """A validated batch of orders as COPY rows (import_store's staging columns)."""
+
+    path: str
+    order_ids: list[str]
+    order_rows: list[tuple[Any, ...]]
+    line_rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class RefundBatch:
+    """A validated batch of refunds: planning them needs their orders, so the rest is done storing."""
+
+    path: str
+    refunds: Sequence[RefundInput]
+    kept: list[tuple[int, RefundInput, str]]
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    path: str
+    received: int
+    rows: list[tuple[Any, ...]]
+
+
+async def pipelined(
+    requests: AsyncIterator[Any],
+    prepare: Callable[[Any, int, dt.datetime], P],
+    store: Callable[[P, dt.datetime], Coroutine[Any, Any, Counts]],
+    clock: Callable[[], dt.datetime],
+) -> Counts:
+    """Stores a stream's batches in order, each committed and its members' tags refreshed before the
+    next is stored. Meanwhile the next batch is prepared (converted, validated, its rows built) in a
+    worker thread, so Python's share of one batch overlaps PostgreSQL's share of the one before.
+    A bad batch raises only once every batch before it is stored; so does a cancelled call."""
+    counts = Counts()
+    pending: asyncio.Task[Counts] | None = None
+    k = 0
+    try:
+        async for request in requests:
+            now = clock()
+            prepared = await asyncio.to_thread(prepare, request, k, now)
+            if pending is not None:
+                task, pending = pending, None
+                counts += await task
+            pending = asyncio.create_task(store(prepared, now))
+            k += 1
+        if pending is not None:
+            task, pending = pending, None
+            counts += await task
+    finally:
+        if pending is not None:
+            await pending
+    return counts
 
 
 def relocated(error: InvalidArgument, old: str, new: str) -> list[FieldViolation]:
@@ -224,12 +284,12 @@ class FactImports:
         self._db = db
         self._tagger = tagger
 
-    async def import_orders(
-        self, tenant_id: str, orders: Sequence[OrderInput], now: dt.datetime, path: str
-    ) -> Counts:
+    @staticmethod
+    def prepare_orders(orders: Sequence[OrderInput], now: dt.datetime, path: str) -> OrderBatch:
+        """Validates a batch and builds its COPY rows: Python's share, no database."""
         kept = validate_orders(orders, now, path)
-        order_rows = []
-        line_rows = []
+        order_rows: list[tuple[Any, ...]] = []
+        line_rows: list[tuple[Any, ...]] = []
         for i, order, digest in kept:
             order_rows.append(
                 (
@@ -243,36 +303,34 @@ class FactImports:
                     digest,
                 )
             )
-            for n, line in enumerate(order.lines):
-                line_rows.append(
-                    (
-                        order.order_id,
-                        n,
-                        line.line_id,
-                        line.sku,
-                        line.category,
-                        line.brand,
-                        line.quantity,
-                        line.unit_price_minor,
-                    )
-                )
+            line_rows.extend(
+                (order.order_id, n, x.line_id, x.sku, x.category, x.brand, x.quantity, x.unit_price_minor)
+                for n, x in enumerate(order.lines)
+            )
+        return OrderBatch(path, [o.order_id for o in orders], order_rows, line_rows)
+
+    async def store_orders(self, tenant_id: str, batch: OrderBatch, now: dt.datetime) -> Counts:
+        path = batch.path
         async with self._db.transaction(tenant_id) as conn:
-            await import_store.stage_orders(conn, order_rows, line_rows)
+            await import_store.stage_orders(conn, batch.order_rows, batch.line_rows)
             _unknown_members(await import_store.first_unknown_member(conn, "order_import"), path)
             stored = await import_store.insert_orders(conn, tenant_id, INPUT_BITS[Input.ORDERS])
             changed = await import_store.first_changed_order(conn)
             if changed is not None:
                 raise AlreadyExists(
-                    f"{path}[{changed}].order_id: orders/{orders[changed].order_id} was recorded "
+                    f"{path}[{changed}].order_id: orders/{batch.order_ids[changed]} was recorded "
                     "before with different content"
                 )
         await self._refresh(tenant_id, stored.member_ids, Input.ORDERS, now)
-        return Counts(len(orders), stored.count)
+        return Counts(len(batch.order_ids), stored.count)
 
-    async def import_refunds(
-        self, tenant_id: str, refunds: Sequence[RefundInput], now: dt.datetime, path: str
-    ) -> Counts:
-        kept = validate_refunds(refunds, now, path)
+    @staticmethod
+    def prepare_refunds(refunds: Sequence[RefundInput], now: dt.datetime, path: str) -> RefundBatch:
+        return RefundBatch(path, refunds, validate_refunds(refunds, now, path))
+
+    async def store_refunds(self, tenant_id: str, batch: RefundBatch, now: dt.datetime) -> Counts:
+        """Plans the batch's new refunds against their locked orders, then stores them."""
+        path, refunds, kept = batch.path, batch.refunds, batch.kept
         async with self._db.transaction(tenant_id) as conn:
             # Locking the orders first serialises imports and RecordRefund of the same orders.
             states = {
@@ -351,9 +409,8 @@ class FactImports:
             states[refund.order_id] = _after(order, recorded)
         return rows, lines, found
 
-    async def import_events(
-        self, tenant_id: str, events: Sequence[BehaviorEvent], now: dt.datetime, path: str
-    ) -> Counts:
+    @staticmethod
+    def prepare_events(events: Sequence[BehaviorEvent], now: dt.datetime, path: str) -> EventBatch:
         kept = validate_event_batch(events, now, path)
         rows = [
             (
@@ -370,12 +427,15 @@ class FactImports:
             )
             for i, e in kept
         ]
+        return EventBatch(path, len(events), rows)
+
+    async def store_events(self, tenant_id: str, batch: EventBatch, now: dt.datetime) -> Counts:
         async with self._db.transaction(tenant_id) as conn:
-            await import_store.stage_events(conn, rows)
-            _unknown_members(await import_store.first_unknown_member(conn, "event_import"), path)
+            await import_store.stage_events(conn, batch.rows)
+            _unknown_members(await import_store.first_unknown_member(conn, "event_import"), batch.path)
             stored = await import_store.insert_events(conn, tenant_id, INPUT_BITS[Input.EVENTS])
         await self._refresh(tenant_id, stored.member_ids, Input.EVENTS, now)
-        return Counts(len(events), stored.count)
+        return Counts(batch.received, stored.count)
 
     async def _refresh(
         self, tenant_id: str, member_ids: Sequence[str], changed: Input, now: dt.datetime
@@ -395,3 +455,9 @@ class FactImports:
                 except asyncpg.DeadlockDetectedError:
                     if attempt == REFRESH_ATTEMPTS:
                         raise
+
+
+def import_response(counts: Counts) -> tagging_service_pb2.ImportFactsResponse:
+    return tagging_service_pb2.ImportFactsResponse(
+        received_count=counts.received, stored_count=counts.stored, unchanged_count=counts.unchanged
+    )
