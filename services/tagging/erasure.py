@@ -106,8 +106,7 @@ class Erasures:
         await self._move(tenant_id, request.request_id, member_id, pseudonym, now)
         changed = await self._peers.erase(tenant_id, member_id, pseudonym)
         async with self._db.transaction(tenant_id) as conn:
-            await erasure_store.add_changes(conn, request.request_id, changed)
-            await erasure_store.finish(conn, member_id, pseudonym, now)
+            await erasure_store.finish(conn, request.request_id, member_id, pseudonym, changed, now)
         return started.erasure
 
     async def _start(self, tenant_id: str, request: ErasureRequest, now: dt.datetime) -> _Started:

@@ -95,9 +95,25 @@ async def add_changes(conn: Connection, request_id: str, changed: Mapping[str, i
     )
 
 
-async def finish(conn: Connection, member_id: str, pseudonym: str, finish_time: dt.datetime) -> None:
-    """Finishes every unfinished erasure of the member under this pseudonym (a request that joined
-    another's finishes with it, so none keeps the member id because its caller never came back)."""
+async def finish(
+    conn: Connection,
+    request_id: str,
+    member_id: str,
+    pseudonym: str,
+    changed: Mapping[str, int],
+    finish_time: dt.datetime,
+) -> None:
+    """Adds the request's last `changed` rows and finishes every unfinished erasure of the member
+    under this pseudonym: a request that joined another's finishes with it, so none keeps the
+    member id because its caller never came back. The rows are locked in request id order first,
+    so two requests of one member finishing at once never wait on each other in a cycle."""
+    await conn.execute(
+        """SELECT 1 FROM tagging.member_erasures WHERE request_id = $1 OR member_id = $2
+           ORDER BY request_id FOR UPDATE""",
+        request_id,
+        member_id,
+    )
+    await add_changes(conn, request_id, changed)
     await conn.execute(
         """UPDATE tagging.member_erasures SET member_id = NULL, finish_time = $3
            WHERE member_id = $1 AND pseudonym = $2""",
