@@ -26,26 +26,26 @@ from tests.erasure_world import METADATA, Person, audit_row, create_person, eras
 from workflows.journeys import message_log
 
 if TYPE_CHECKING:
+    from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
+    from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
 
 
 @pytest.fixture(scope="module")
-async def tasks_stub(
-    tasks: app.RunningService,
-) -> AsyncIterator[tasks_service_pb2_grpc.TasksServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{tasks.port}") as channel:
-        yield tasks_service_pb2_grpc.TasksServiceStub(channel)
+async def stubs(
+    tasks: app.RunningService, audience: app.RunningService
+) -> AsyncIterator[tuple[TasksStub, AudienceStub]]:
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{tasks.port}") as to_tasks,
+        grpc.aio.insecure_channel(f"127.0.0.1:{audience.port}") as to_audience,
+    ):
+        yield (
+            tasks_service_pb2_grpc.TasksServiceStub(to_tasks),
+            audience_service_pb2_grpc.AudienceServiceStub(to_audience),
+        )
 
 
-@pytest.fixture(scope="module")
-async def audience_stub(
-    audience: app.RunningService,
-) -> AsyncIterator[audience_service_pb2_grpc.AudienceServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{audience.port}") as channel:
-        yield audience_service_pb2_grpc.AudienceServiceStub(channel)
-
-
-async def balance(stub: tasks_service_pb2_grpc.TasksServiceAsyncStub, member_id: str) -> tuple[int, int]:
+async def balance(stub: TasksStub, member_id: str) -> tuple[int, int]:
     found = await stub.GetBalance(tasks_service_pb2.GetBalanceRequest(member_id=member_id), metadata=METADATA)
     return found.available, found.pending
 
@@ -61,11 +61,11 @@ async def snapshot_arms(db: Database, snapshot_id: str) -> list[int]:
 
 async def test_nothing_of_the_member_is_left_in_any_table(
     tagging_stub: Stub,
-    tasks_stub: tasks_service_pb2_grpc.TasksServiceAsyncStub,
-    audience_stub: audience_service_pb2_grpc.AudienceServiceAsyncStub,
+    stubs: tuple[TasksStub, AudienceStub],
     journeys: app.RunningService,
     db: Database,
 ) -> None:
+    tasks_stub, audience_stub = stubs
     person = Person()
     facts = await create_person(tagging_stub, person)
     for order_id, amount in zip(facts.order_ids, facts.amounts, strict=True):
