@@ -57,14 +57,15 @@ async def _import_cart(tagging: TaggingStub, member_id: str, category: str) -> N
 
 
 def _purchase(
-    category: str, reward_backfilled: bool = False, start: dt.datetime | None = None
+    category: str, reward_backfilled: bool = False, start: dt.datetime | None = None, per_day: int = 0
 ) -> tasks_pb2.Task:
     """Completed by every order with a line of `category` (unique per test: other tests' orders
     never move it), earning 10 points."""
     spec = tasks_pb2.PurchaseSpec(
         measure=ORDERS, target=1, categories=[category], reward_backfilled_orders=reward_backfilled
     )
-    return task("purchase", spec, start=start, reward_points=10)
+    limits = tasks_pb2.TaskLimits(per_day=per_day)
+    return task("purchase", spec, start=start, reward_points=10, limits=limits)
 
 
 async def _completed(db: Database, task_id: str, member_id: str, expected: list[tuple[int, int]]) -> bool:
@@ -164,21 +165,26 @@ async def test_a_purchase_task_may_reward_imported_orders_of_its_period(
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     category = unique("cat")
-    rewarding = _purchase(category, reward_backfilled=True, start=now - 30 * DAY)
+    # Once a day: imported orders count against the days they were paid, not the import's.
+    rewarding = _purchase(category, reward_backfilled=True, start=now - 30 * DAY, per_day=1)
     await create(tasks_stub, rewarding, metadata=INITECH)
     stored = await get_task(tasks_stub, rewarding.task_id, metadata=INITECH)
     assert stored.purchase.reward_backfilled_orders
     m, earlier = await member(tagging_stub, metadata=INITECH), await member(tagging_stub, metadata=INITECH)
-    # Paid in the task's period (10 days ago) and before it (60 days ago).
+    # Paid in the task's period (10 and 9 days ago) and before it (60 days ago).
     await import_orders(
         tagging_stub,
-        [_order(m, category, now - 10 * DAY), _order(earlier, category, now - 60 * DAY)],
+        [
+            _order(m, category, now - 10 * DAY),
+            _order(m, category, now - 9 * DAY),
+            _order(earlier, category, now - 60 * DAY),
+        ],
         INITECH,
     )
     barrier = await member(tagging_stub, metadata=INITECH)
     await order(tagging_stub, barrier, [("s", category, "b", 1, 100)])
     await followed(follower, lambda: _completed(db, rewarding.task_id, barrier, [(10, PAID)]))
-    assert await completions_of(db, rewarding.task_id, m) == [(10, PAID)]
+    assert await completions_of(db, rewarding.task_id, m) == [(10, PAID), (10, PAID)]
     assert await completions_of(db, rewarding.task_id, earlier) == []
 
 

@@ -135,6 +135,14 @@ def _counts(task: Task, entry: FeedEntry) -> bool:
     return not entry.backfilled or (isinstance(spec, PurchaseSpec) and spec.reward_backfilled_orders)
 
 
+def _counted_at(entry: FeedEntry) -> dt.datetime:
+    """The moment whose calendar day a completion counts against: when the entry reached tagging,
+    but an imported order's own paid time (a year of history is not one day's purchases)."""
+    if entry.backfilled and isinstance(entry.payload, OrderRecorded) and entry.payload.paid_time:
+        return entry.payload.paid_time
+    return entry.create_time
+
+
 def _registered(entry: FeedEntry) -> bool:
     """Whether the entry is a member's first stored revision: its registration."""
     return isinstance(entry.payload, MemberChanged) and entry.payload.registered
@@ -436,7 +444,7 @@ class FeedFollower:
             assert at_least is not None
             measure = await progress_store.raise_measure(conn, tenant_id, task.task_id, member_id, at_least)
         d = task.definition
-        day = d.day(entry.create_time)
+        day = d.day(_counted_at(entry))
         counts = await completion_store.counts(conn, task.task_id, member_id, day)
         change = completions_change(
             measure, d.target(), d.total_limit(), d.limits.per_day, counts.total, counts.today
