@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
-from functools import partial
 from typing import Any
 
 import google.type.date_pb2 as date_pb2
@@ -51,7 +50,6 @@ from services.tagging.fact_imports import (
     RefundBatch,
     converted,
     import_response,
-    pipelined,
 )
 from services.tagging.facts import Facts
 from services.tagging.feed import Feed
@@ -363,8 +361,11 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             orders = converted(request.orders, lambda m, i: order_from_proto(m), "order", path)
             return FactImports.prepare_orders(orders, now, path)
 
-        store = partial(self._imports.store_orders, current_tenant())
-        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
+        imports = self._imports
+        counts = await imports.imported(
+            current_tenant(), request_iterator, prepare, imports.store_orders, self._clock
+        )
+        return import_response(counts)
 
     async def ImportRefunds(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportRefundsRequest], context: Any
@@ -376,8 +377,11 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             refunds = converted(request.refunds, lambda m, i: refund_from_proto(m), "refund", path)
             return FactImports.prepare_refunds(refunds, now, path)
 
-        store = partial(self._imports.store_refunds, current_tenant())
-        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
+        imports = self._imports
+        counts = await imports.imported(
+            current_tenant(), request_iterator, prepare, imports.store_refunds, self._clock
+        )
+        return import_response(counts)
 
     async def ImportEvents(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportEventsRequest], context: Any
@@ -387,8 +391,11 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
             events = converted(request.events, event_from_proto, "events[{i}]", path)
             return FactImports.prepare_events(events, now, path)
 
-        store = partial(self._imports.store_events, current_tenant())
-        return import_response(await pipelined(request_iterator, prepare, store, self._clock))
+        imports = self._imports
+        counts = await imports.imported(
+            current_tenant(), request_iterator, prepare, imports.store_events, self._clock
+        )
+        return import_response(counts)
 
     async def GetTagStats(
         self, request: tagging_service_pb2.GetTagStatsRequest, context: Any

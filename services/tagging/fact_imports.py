@@ -40,8 +40,8 @@ from services.tagging.rules import Input
 
 # Members refreshed in one transaction after a batch: a batch's 10,000 orders touch at most as many.
 REFRESH_CHUNK = 10_000
-# A refresh that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
-REFRESH_ATTEMPTS = 3
+# A batch's store or refresh that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
+ATTEMPTS = 3
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -88,35 +88,13 @@ class EventBatch:
     rows: list[tuple[Any, ...]]
 
 
-async def pipelined(
-    requests: AsyncIterator[Any],
-    prepare: Callable[[Any, int, dt.datetime], P],
-    store: Callable[[P, dt.datetime], Coroutine[Any, Any, Counts]],
-    clock: Callable[[], dt.datetime],
-) -> Counts:
-    """Stores a stream's batches in order, each committed and its members' tags refreshed before the
-    next is stored. Meanwhile the next batch is prepared (converted, validated, its rows built) in a
-    worker thread, so Python's share of one batch overlaps PostgreSQL's share of the one before.
-    A bad batch raises only once every batch before it is stored; so does a cancelled call."""
-    counts = Counts()
-    pending: asyncio.Task[Counts] | None = None
-    k = 0
-    try:
-        async for request in requests:
-            now = clock()
-            prepared = await asyncio.to_thread(prepare, request, k, now)
-            if pending is not None:
-                task, pending = pending, None
-                counts += await task
-            pending = asyncio.create_task(store(prepared, now))
-            k += 1
-        if pending is not None:
-            task, pending = pending, None
-            counts += await task
-    finally:
-        if pending is not None:
-            await pending
-    return counts
+@dataclass(frozen=True)
+class Committed:
+    """A batch stored: its counts, and the members whose tags it owes a refresh of `changed` facts."""
+
+    counts: Counts
+    member_ids: list[str]
+    changed: Input
 
 
 def relocated(error: InvalidArgument, old: str, new: str) -> list[FieldViolation]:
@@ -309,7 +287,7 @@ class FactImports:
             )
         return OrderBatch(path, [o.order_id for o in orders], order_rows, line_rows)
 
-    async def store_orders(self, tenant_id: str, batch: OrderBatch, now: dt.datetime) -> Counts:
+    async def store_orders(self, tenant_id: str, batch: OrderBatch, now: dt.datetime) -> Committed:
         path = batch.path
         async with self._db.transaction(tenant_id) as conn:
             await import_store.stage_orders(conn, batch.order_rows, batch.line_rows)
@@ -321,14 +299,13 @@ class FactImports:
                     f"{path}[{changed}].order_id: orders/{batch.order_ids[changed]} was recorded "
                     "before with different content"
                 )
-        await self._refresh(tenant_id, stored.member_ids, Input.ORDERS, now)
-        return Counts(len(batch.order_ids), stored.count)
+        return Committed(Counts(len(batch.order_ids), stored.count), stored.member_ids, Input.ORDERS)
 
     @staticmethod
     def prepare_refunds(refunds: Sequence[RefundInput], now: dt.datetime, path: str) -> RefundBatch:
         return RefundBatch(path, refunds, validate_refunds(refunds, now, path))
 
-    async def store_refunds(self, tenant_id: str, batch: RefundBatch, now: dt.datetime) -> Counts:
+    async def store_refunds(self, tenant_id: str, batch: RefundBatch, now: dt.datetime) -> Committed:
         """Plans the batch's new refunds against their locked orders, then stores them."""
         path, refunds, kept = batch.path, batch.refunds, batch.kept
         async with self._db.transaction(tenant_id) as conn:
@@ -359,8 +336,7 @@ class FactImports:
                     raise AlreadyExists(
                         f"{path}: a refund id was recorded meanwhile with other content"
                     ) from None
-        await self._refresh(tenant_id, sorted({row[2] for row in rows}), Input.ORDERS, now)
-        return Counts(len(refunds), stored)
+        return Committed(Counts(len(refunds), stored), sorted({row[2] for row in rows}), Input.ORDERS)
 
     @staticmethod
     def _plan(
@@ -429,13 +405,88 @@ class FactImports:
         ]
         return EventBatch(path, len(events), rows)
 
-    async def store_events(self, tenant_id: str, batch: EventBatch, now: dt.datetime) -> Counts:
+    async def store_events(self, tenant_id: str, batch: EventBatch, now: dt.datetime) -> Committed:
         async with self._db.transaction(tenant_id) as conn:
             await import_store.stage_events(conn, batch.rows)
             _unknown_members(await import_store.first_unknown_member(conn, "event_import"), batch.path)
             stored = await import_store.insert_events(conn, tenant_id, INPUT_BITS[Input.EVENTS])
-        await self._refresh(tenant_id, stored.member_ids, Input.EVENTS, now)
-        return Counts(batch.received, stored.count)
+        return Committed(Counts(batch.received, stored.count), stored.member_ids, Input.EVENTS)
+
+    async def imported(
+        self,
+        tenant_id: str,
+        requests: AsyncIterator[Any],
+        prepare: Callable[[Any, int, dt.datetime], P],
+        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        clock: Callable[[], dt.datetime],
+    ) -> Counts:
+        """Stores a stream's batches in order, each committed before the next is stored, and
+        returns once every batch's members' tags are refreshed.
+
+        Three things overlap: the next batch is prepared (converted, validated, its rows built) in
+        a worker thread; the batch before is stored; and the one before that has its tags refreshed.
+        A refresh owes nothing to the next batch's transaction (each settles only the queue rows it
+        saw), and at most one runs beside a store. A bad batch raises only once every batch before
+        it is stored; so does a cancelled call.
+        """
+        counts = Counts()
+        pending: asyncio.Task[tuple[Counts, asyncio.Task[None]]] | None = None
+        refreshes: list[asyncio.Task[None]] = []
+        k = 0
+        try:
+            async for request in requests:
+                now = clock()
+                prepared = await asyncio.to_thread(prepare, request, k, now)
+                if pending is not None:
+                    task, pending = pending, None
+                    counts += await self._collect(task, refreshes)
+                wait_for = refreshes[-2] if len(refreshes) > 1 else None
+                pending = asyncio.create_task(self._store(tenant_id, store, prepared, now, wait_for))
+                k += 1
+            if pending is not None:
+                task, pending = pending, None
+                counts += await self._collect(task, refreshes)
+            await asyncio.gather(*refreshes)
+        except BaseException:
+            # The batch in flight is stored first (its own failure, being earlier, wins), and no
+            # refresh is left running unwatched.
+            try:
+                if pending is not None:
+                    await self._collect(pending, refreshes)
+            finally:
+                await asyncio.gather(*refreshes, return_exceptions=True)
+            raise
+        return counts
+
+    @staticmethod
+    async def _collect(
+        task: asyncio.Task[tuple[Counts, asyncio.Task[None]]], refreshes: list[asyncio.Task[None]]
+    ) -> Counts:
+        counts, refresh = await task
+        refreshes.append(refresh)
+        return counts
+
+    async def _store(
+        self,
+        tenant_id: str,
+        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        prepared: P,
+        now: dt.datetime,
+        wait_for: asyncio.Task[None] | None,
+    ) -> tuple[Counts, asyncio.Task[None]]:
+        """Stores one batch (again, should it deadlock with a concurrent writer: it is idempotent)
+        once the refresh two batches back is done, then starts its refresh."""
+        if wait_for is not None:
+            await asyncio.wait([wait_for])
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                committed = await store(tenant_id, prepared, now)
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == ATTEMPTS:
+                    raise
+        refresh = asyncio.create_task(self._refresh(tenant_id, committed.member_ids, committed.changed, now))
+        return committed.counts, refresh
 
     async def _refresh(
         self, tenant_id: str, member_ids: Sequence[str], changed: Input, now: dt.datetime
@@ -447,13 +498,13 @@ class FactImports:
         ids = sorted(member_ids)
         for start in range(0, len(ids), REFRESH_CHUNK):
             changes = dict.fromkeys(ids[start : start + REFRESH_CHUNK], INPUT_BITS[changed])
-            for attempt in range(1, REFRESH_ATTEMPTS + 1):
+            for attempt in range(1, ATTEMPTS + 1):
                 try:
                     async with self._db.transaction(tenant_id, plans="custom") as conn:
                         await self._tagger.refresh_owed(conn, tenant_id, changes, now, backfilled=True)
                     break
                 except asyncpg.DeadlockDetectedError:
-                    if attempt == REFRESH_ATTEMPTS:
+                    if attempt == ATTEMPTS:
                         raise
 
 
