@@ -48,12 +48,19 @@ async def first_unknown_member(conn: Connection, table: str) -> tuple[int, list[
     return rows[0]["n"], sorted(r["member_id"] for r in rows)
 
 
+# The import refreshes its members itself, marking the changes backfilled; the service's sweeper,
+# which refreshes rows left owed this long (a crashed import), would not mark them, so a new row is
+# left to it only after this grace (a loaded machine's refresh of a batch may take seconds).
+SWEEP_GRACE = "interval '5 minutes'"
+
+
 def _queued(source: str, time: str) -> str:
     """CTE `queued`: the members of `source` owed a refresh of inputs $2, dated by their earliest
     fact (`time`), merged as refresh_store.queue_refresh merges (the earliest time is kept)."""
     return f"""queued AS (
-    INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs, fact_time)
-    SELECT $1, member_id, $2::int, min({time}) FROM {source} GROUP BY member_id ORDER BY member_id
+    INSERT INTO tagging.refresh_queue AS q (tenant_id, member_id, inputs, fact_time, queued_at)
+    SELECT $1, member_id, $2::int, min({time}), now() + {SWEEP_GRACE} FROM {source}
+    GROUP BY member_id ORDER BY member_id
     ON CONFLICT (tenant_id, member_id)
     DO UPDATE SET inputs = q.inputs | excluded.inputs, seq = nextval('tagging.refresh_queue_seq'),
                   fact_time = least(q.fact_time, excluded.fact_time)

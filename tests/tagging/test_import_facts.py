@@ -123,9 +123,14 @@ async def test_imported_orders_are_stored_fed_as_backfilled_and_tagged(
     reply = await import_orders(tagging_stub, [orders[:4], orders[4:]])
     assert counts(reply) == (6, 6, 0)
     assert await stored_orders(db, [o.order_id for o in orders]) == {o.order_id: (2, 0) for o in orders}
-    # Tags are there when the reply is: the orders' categories.
+    # Tags are there when the reply is: the orders' categories; no refresh is left owed.
     for member_id in members:
         assert await tags_of(tagging_stub, member_id, "categories_bought") == ["makeup", "skincare"]
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        owed = await conn.fetchval(
+            "SELECT count(*) FROM tagging.refresh_queue WHERE member_id = ANY($1::text[])", members
+        )
+    assert owed == 0
 
     # A live order beside them is news; the imported ones are history.
     live = await record_order(tagging_stub, an_order(members[0]))
