@@ -1,18 +1,21 @@
 """The history corrector: rewrites the tag history of members whose facts arrived late.
 
 A real-time refresh of facts that happened well before it (a back-dated order: recorded today,
-paid last month) queues their members in its own transaction (correction_store). This loop takes
-them in batches and re-evaluates, from the earliest such fact on, every real-time dimension that
-reads what changed, at that instant, daily after it and at each change recorded since; the history
-from then on is rewritten from those evaluations (history_store.rewrite_since). The belief it
-replaces stays readable with `known_at`. The present is the refresh's: a correction never changes
-what a member holds now. Rows stay queued until handled, so a crash only delays a correction, and
-redoing one changes nothing.
+paid last month) queues their members in its own transaction (correction_store). This loop, woken
+after each refresh (and every few seconds for rows a crash left), takes them in batches and
+re-evaluates, from the earliest such fact on, every real-time dimension that reads what changed:
+at that instant, daily after it and at each change recorded since; the history from then on is
+rewritten from those evaluations (history_store.rewrite_since). The belief it replaces stays
+readable with `known_at`. The present is the refresh's: a correction never changes what a member
+holds now. A batch is one transaction with its members locked as a refresh locks them (so it
+commits at once, and a concurrent refresh or another replica's corrector waits); rows stay
+queued until handled, so a crash only delays a correction, and redoing one changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 
@@ -20,39 +23,58 @@ import asyncpg
 
 from runtime.db import Database
 from runtime.logs import get_logger
-from services.tagging import correction_store
+from services.tagging import correction_store, member_tag_store
 from services.tagging.evaluation import Tagger
 
 log = get_logger("memberops.tagging.correction")
 
-# Members corrected together (one statement per dimension for all of them), and how often the
-# queue is looked at.
-BATCH_MEMBERS = 50
-CORRECT_SECONDS = 1.0
+# Members corrected together (one statement per dimension for all of them).
+BATCH_MEMBERS = 20
+# The queue is looked at after every refresh, and at least this often.
+CORRECT_SECONDS = 5.0
 
 
 class HistoryCorrector:
     def __init__(self, db: Database, tagger: Tagger) -> None:
         self._db = db
         self._tagger = tagger
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A refresh has committed: it may have queued corrections."""
+        self._wake.set()
 
     async def run(self, tenants: frozenset[str], clock: Callable[[], dt.datetime]) -> None:
-        """Forever: corrects what is queued (the service's background loop)."""
+        """Forever: corrects what is queued, a batch per tenant in turn (the service's background
+        loop)."""
         while True:
-            for tenant_id in sorted(tenants):
-                try:
-                    while await self.correct_once(tenant_id, clock()) == BATCH_MEMBERS:
-                        pass
-                except (OSError, asyncpg.PostgresError) as error:  # left queued: the next round retries
-                    log.warning("history correction failed", tenant=tenant_id, error=str(error))
-            await asyncio.sleep(CORRECT_SECONDS)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+            # arrives as the event is set, and the service could then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CORRECT_SECONDS):
+                    await self._wake.wait()
+            self._wake.clear()
+            busy = set(tenants)
+            while busy:
+                for tenant_id in sorted(busy):
+                    try:
+                        if await self.correct_once(tenant_id, clock()) < BATCH_MEMBERS:
+                            busy.discard(tenant_id)
+                    except (OSError, asyncpg.PostgresError) as error:  # left queued: retried later
+                        log.warning("history correction failed", tenant=tenant_id, error=str(error))
+                        busy.discard(tenant_id)
 
     async def correct_once(self, tenant_id: str, now: dt.datetime) -> int:
-        """Corrects up to BATCH_MEMBERS queued members; returns how many."""
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
-            owed = await correction_store.pending_corrections(conn, BATCH_MEMBERS)
-        if owed:
-            await self._tagger.correct_history(tenant_id, owed, now)
-            async with self._db.transaction(tenant_id) as conn:
-                await correction_store.settle_corrections(conn, owed)
-        return len(owed)
+        """Corrects up to BATCH_MEMBERS queued members in one transaction; returns how many."""
+        async with self._db.transaction(tenant_id, plans="custom") as conn:
+            pending = await correction_store.pending_corrections(conn, BATCH_MEMBERS)
+            if not pending:
+                return 0
+            members = sorted({o.member_id for o in pending})
+            await member_tag_store.lock_members(conn, members)
+            # Read again under the locks: a refresh may have moved a row's time meanwhile, or
+            # another corrector handled it.
+            owed = await correction_store.owed_of(conn, members)
+            await self._tagger.correct_history(conn, tenant_id, owed, now)
+            await correction_store.settle_corrections(conn, owed)
+        return len(pending)

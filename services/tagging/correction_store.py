@@ -8,6 +8,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import asyncpg
+
 from runtime.db import Connection
 
 # A fact this much older than the refresh that handles it corrects the history: below it the
@@ -67,7 +69,17 @@ async def pending_corrections(conn: Connection, limit: int) -> list[Owed]:
     rows = await conn.fetch(
         "SELECT member_id, since, inputs, seq FROM tagging.history_corrections ORDER BY seq LIMIT $1", limit
     )
-    return [Owed(row["member_id"], row["since"], row["inputs"], row["seq"]) for row in rows]
+    return _owed(rows)
+
+
+async def owed_of(conn: Connection, member_ids: Sequence[str]) -> list[Owed]:
+    """The queue rows of these members."""
+    rows = await conn.fetch(
+        """SELECT member_id, since, inputs, seq FROM tagging.history_corrections
+           WHERE member_id = ANY($1::text[])""",
+        list(member_ids),
+    )
+    return _owed(rows)
 
 
 async def settle_corrections(conn: Connection, done: Sequence[Owed]) -> None:
@@ -79,6 +91,10 @@ async def settle_corrections(conn: Connection, done: Sequence[Owed]) -> None:
         [o.member_id for o in done],
         [o.seq for o in done],
     )
+
+
+def _owed(rows: Sequence[asyncpg.Record]) -> list[Owed]:
+    return [Owed(row["member_id"], row["since"], row["inputs"], row["seq"]) for row in rows]
 
 
 def grid(since: dt.datetime, now: dt.datetime, step: dt.timedelta = STEP) -> list[dt.datetime]:

@@ -257,19 +257,17 @@ class Tagger:
         return dataclasses.replace(unseen, values_then=then)
 
     async def correct_history(
-        self, tenant_id: str, owed: Sequence[correction_store.Owed], now: dt.datetime
+        self, conn: Connection, tenant_id: str, owed: Sequence[correction_store.Owed], now: dt.datetime
     ) -> None:
         """Rewrites the owed members' history of each active real-time dimension reading the
         inputs their late facts changed, from the earliest of those facts on: the rules evaluated
-        then, daily after and at every change recorded since (correction.py). One transaction per
-        dimension, its members locked as a refresh locks them. Scheduled dimensions are left to
+        then, daily after and at every change recorded since (correction.py). `conn` is in a
+        transaction with custom plans, the members locked. Scheduled dimensions are left to
         RebuildTagHistory: a member-by-member evaluation of a population model (RFM) is wrong."""
-        async with self._db.transaction(tenant_id, readonly=True) as conn:
-            items = [
-                await self._prepare(conn, tenant_id, row["dimension"], row["current_version"], filtered=True)
-                for row in await definition_store.active_definition_versions(conn)
-            ]
-        for item in items:
+        for row in await definition_store.active_definition_versions(conn):
+            item = await self._prepare(
+                conn, tenant_id, row["dimension"], row["current_version"], filtered=True
+            )
             if (
                 item is None
                 or item.spec.kind not in catalog.EVALUATED_KINDS
@@ -280,22 +278,18 @@ class Tagger:
             since = {o.member_id: o.since for o in owed if o.inputs & reads}
             if not since:
                 continue
-            async with self._db.transaction(tenant_id, plans="custom") as conn:
-                await member_tag_store.lock_members(conn, sorted(since))
-                changed = await history_store.boundaries_since(conn, item.spec.dimension, since)
-                instants = {
-                    m: [*correction_store.grid(t, now), *changed.get(m, [])] for m, t in since.items()
-                }
-                await history_store.rewrite_since(
-                    conn,
-                    tenant_id,
-                    item.compiled,
-                    instants,
-                    now,
-                    item.spec.dimension,
-                    item.version,
-                    item.exclusive,
-                )
+            changed = await history_store.boundaries_since(conn, item.spec.dimension, since)
+            instants = {m: [*correction_store.grid(t, now), *changed.get(m, [])] for m, t in since.items()}
+            await history_store.rewrite_since(
+                conn,
+                tenant_id,
+                item.compiled,
+                instants,
+                now,
+                item.spec.dimension,
+                item.version,
+                item.exclusive,
+            )
 
     def _expected_seconds(self, tenant_id: str, item: _Prepared) -> float:
         """How long the last recompute of the dimension took; before one, a guess that ranks models

@@ -66,6 +66,7 @@ class RealTimeTags:
         # Per tenant, the batch still taking requests (it is also in `_ready`).
         self._open: dict[str, _Batch] = {}
         self._wake = asyncio.Event()
+        self._corrector = HistoryCorrector(db, tagger)
 
     async def run(self, tenants: frozenset[str], clock: Callable[[], dt.datetime]) -> None:
         """The refresh lanes, the sweeper and the history corrector, until cancelled (the service's
@@ -75,7 +76,7 @@ class RealTimeTags:
                 group.create_task(self._lane())
             group.create_task(self._sweep(tenants, clock))
             # Late facts' history corrections, queued by the refreshes (correction.py).
-            group.create_task(HistoryCorrector(self._db, self._tagger).run(tenants, clock))
+            group.create_task(self._corrector.run(tenants, clock))
 
     async def refreshed(
         self, tenant_id: str, member_ids: Sequence[str], changed: Input | None, now: dt.datetime
@@ -117,6 +118,7 @@ class RealTimeTags:
                 batch.done.exception()  # retrieved here too, in case every waiter has gone
             else:
                 batch.done.set_result(None)
+                self._corrector.wake()
 
     async def _run(self, batch: _Batch) -> None:
         for attempt in range(1, ATTEMPTS + 1):
