@@ -61,6 +61,8 @@ from services.tagging.stats import Stats, TagStats
 MEMBER_NAME_PREFIX = "members/"
 # Members per BatchGetMemberTags call (as BatchGetMembers).
 MAX_BATCH_MEMBER_TAGS = 10_000
+# RecomputeTags(as_of) evaluates the past from here on: before it no shop kept member data.
+EARLIEST_AS_OF = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 FEED_KINDS = frozenset(k.value for k in FeedKind if k is not FeedKind.UNSPECIFIED)
 
 
@@ -243,9 +245,14 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     ) -> tagging_service_pb2.GetMemberTagsResponse:
         member_id = member_id_from_name(request.member, "member")
         violations = Violations()
-        as_of = _optional_time(request, "as_of", violations, "as_of") or self._clock()
+        now = self._clock()
+        known_at = _optional_time(request, "known_at", violations, "known_at")
+        if known_at is not None and known_at > now:
+            violations.add("known_at", "must not be in the future: what was believed is known up to now")
+        # What was believed at known_at about then, unless a moment is named.
+        as_of = _optional_time(request, "as_of", violations, "as_of") or known_at or now
         violations.raise_if_any()
-        tags = await self._tagger.member_tags(current_tenant(), member_id, as_of)
+        tags = await self._tagger.member_tags(current_tenant(), member_id, as_of, known_at)
         return tagging_service_pb2.GetMemberTagsResponse(tags=[member_tag_to_proto(t) for t in tags])
 
     async def BatchGetMemberTags(
@@ -273,7 +280,12 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     ) -> tagging_service_pb2.ListTagChangesResponse:
         member_id = member_id_from_name(request.member, "member") if request.member else ""
         changes, token = await self._tagger.changes(
-            current_tenant(), member_id, request.dimension, request.page_size, request.page_token
+            current_tenant(),
+            member_id,
+            request.dimension,
+            request.page_size,
+            request.page_token,
+            include_superseded=request.include_superseded,
         )
         return tagging_service_pb2.ListTagChangesResponse(
             changes=[member_tag_to_proto(t) for t in changes], next_page_token=token
@@ -298,7 +310,15 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def RecomputeTags(
         self, request: tagging_service_pb2.RecomputeTagsRequest, context: Any
     ) -> tagging_service_pb2.RecomputeTagsResponse:
-        results = await self._tagger.recompute(current_tenant(), list(request.dimensions), self._clock())
+        now = self._clock()
+        violations = Violations()
+        as_of = _optional_time(request, "as_of", violations, "as_of")
+        if as_of is not None and not EARLIEST_AS_OF <= as_of < now:
+            violations.add(
+                "as_of", f"must be in the past and not before {EARLIEST_AS_OF:%Y-%m-%d} (unset: now)"
+            )
+        violations.raise_if_any()
+        results = await self._tagger.recompute(current_tenant(), list(request.dimensions), now, as_of)
         return tagging_service_pb2.RecomputeTagsResponse(
             results=[
                 tags_pb2.RecomputeResult(
@@ -717,6 +737,10 @@ def member_tag_to_proto(tag: MemberTag) -> tags_pb2.MemberTag:
     message.valid_from.FromDatetime(tag.valid_from)
     if tag.valid_to is not None:
         message.valid_to.FromDatetime(tag.valid_to)
+    # A holding written before record times were kept was recorded when it began.
+    message.record_time.FromDatetime(tag.record_time or tag.valid_from)
+    if tag.supersede_time is not None:
+        message.supersede_time.FromDatetime(tag.supersede_time)
     return message
 
 
