@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 
 from runtime.db import Database
 from tests.conftest import FUZZ, TENANT_FUZZ
+from tests.fuzz import quiet
 from tests.fuzz.discovery import Rpc
 
 # A call still running after this long is a hang: the service should have answered or given up.
@@ -166,16 +167,10 @@ class Fingerprint:
     async def contents(self) -> Picture:
         return await self._picture("coalesce(sum(hashtextextended(r::text, 0)), 0)")
 
-    async def settle(self, rounds: int = 50) -> None:
-        """Waits until no background consumer (tagging's refresh queue, the audience's index) is
-        still writing in the tenant: two pictures 0.1 s apart agree."""
-        previous = await self.take()
-        for _ in range(rounds):
-            await asyncio.sleep(0.1)
-            current = await self.take()
-            if current == previous:
-                return
-            previous = current
+    async def settle(self) -> None:
+        """Waits until no background consumer owes the tenant anything (quiet.py): what changes
+        after that, until a call gives them work, is the call's doing."""
+        await quiet.wait(self._db)
 
 
 def changed(before: Picture, after: Picture) -> list[str]:

@@ -158,9 +158,10 @@ class Fuzzer:
             return error
         if not calls.changed(before, await self.fingerprint.take()):
             return error
-        # Background consumers write in the tenant too (tagging's refresh queue, the audience
-        # index, after the setup's and earlier successful calls): let them finish, and try again,
-        # comparing what the rows hold.
+        # Background consumers write in the tenant too (tagging's refresh lanes and history
+        # corrector, audience's dynamic-audience maintainer), after the setup's and earlier
+        # successful calls: wait until they owe nothing (quiet.py), and try again, comparing what
+        # the rows hold.
         await self.fingerprint.settle()
         before = await self.fingerprint.contents()
         again = await calls.call(self.channel(rpc), rpc, payload)
