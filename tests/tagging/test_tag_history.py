@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from memberops.tagging.v1 import tagging_service_pb2, tags_pb2
+from memberops.tagging.v1 import facts_pb2, tagging_service_pb2, tags_pb2
 
 from runtime.db import Database
 from tests.conftest import ACME, TENANT_ACME
@@ -230,3 +230,44 @@ async def test_as_of_must_be_in_the_past_and_known_at_not_in_the_future(
         error = await failure(tagging_stub.GetMemberTags(request, metadata=ACME))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert list(field_violations(error)) == ["known_at"]
+
+
+async def test_a_multi_valued_dimension_keeps_a_history_per_value(tagging_stub: Stub, db: Database) -> None:
+    name = dimension()
+
+    def bought(category: str) -> tags_pb2.TagValue:
+        count = agg(Fn.AGGREGATE_FUNCTION_ORDER_COUNT, window_days=10, categories=[category])
+        return tags_pb2.TagValue(value=category, rule=cond(count, Op.OPERATOR_GT, 0))
+
+    definition = tags_pb2.TagDefinition(
+        dimension=name,
+        display_name="Bought lately",
+        category=tags_pb2.TAG_CATEGORY_CONSUMPTION,
+        kind=tags_pb2.TAG_KIND_RULE,
+        refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
+        cardinality=tags_pb2.CARDINALITY_MULTI,
+        values=[bought("skincare"), bought("shoes")],
+    )
+    await create(tagging_stub, definition)
+    member_id = await new_member(tagging_stub)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - 30 * DAY
+    hour = dt.timedelta(hours=1)
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(start + 2 * DAY + hour)))
+    shoes = facts_pb2.OrderLine(
+        line_id="1", sku="sku-9", category="shoes", brand="acme", quantity=1, unit_price_minor=5_000
+    )
+    await record_order(
+        tagging_stub,
+        an_order(member_id, paid_time=stamp(start + 5 * DAY + hour), amount_minor=5_000, lines=[shoes]),
+    )
+    for day in range(21):
+        await recompute(tagging_stub, name, as_of=start + day * DAY)
+    # skincare bought on day 2 (with makeup, not a value here), shoes on day 5; each counts 10 days.
+    assert sorted(await history(db, member_id, name)) == [
+        ("shoes", start + 6 * DAY, start + 16 * DAY),
+        ("skincare", start + 3 * DAY, start + 13 * DAY),
+    ]
+    assert sorted(await values_at(tagging_stub, member_id, name, as_of=start + 7 * DAY)) == [
+        "shoes",
+        "skincare",
+    ]
