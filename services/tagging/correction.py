@@ -29,7 +29,7 @@ from services.tagging.evaluation import Tagger
 log = get_logger("memberops.tagging.correction")
 
 # Members corrected together (one statement per dimension for all of them).
-BATCH_MEMBERS = 20
+BATCH_MEMBERS = 10
 # The queue is looked at after every refresh, and at least this often.
 CORRECT_SECONDS = 5.0
 

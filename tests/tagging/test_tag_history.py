@@ -4,14 +4,14 @@ record time read back with known_at, superseded versions listed."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from memberops.tagging.v1 import facts_pb2, tagging_service_pb2, tags_pb2
 
 from runtime.db import Database
-from tests.conftest import ACME, TENANT_ACME
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX
 from tests.grpc_helpers import failure, field_violations
 from tests.tagging.facts_helpers import an_order, new_member, record_order, stamp
 from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
@@ -48,28 +48,31 @@ async def values_at(
     name: str,
     as_of: dt.datetime | None = None,
     known_at: dt.datetime | None = None,
+    metadata: Any = ACME,
 ) -> list[str]:
     request = tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}")
     if as_of is not None:
         request.as_of.CopyFrom(stamp(as_of))
     if known_at is not None:
         request.known_at.CopyFrom(stamp(known_at))
-    reply = await stub.GetMemberTags(request, metadata=ACME)
+    reply = await stub.GetMemberTags(request, metadata=metadata)
     return [t.value for t in reply.tags if t.dimension == name]
 
 
-async def recompute(stub: Stub, name: str, as_of: dt.datetime | None = None) -> tuple[int, int]:
+async def recompute(
+    stub: Stub, name: str, as_of: dt.datetime | None = None, metadata: Any = ACME
+) -> tuple[int, int]:
     request = tagging_service_pb2.RecomputeTagsRequest(dimensions=[name])
     if as_of is not None:
         request.as_of.CopyFrom(stamp(as_of))
-    (result,) = (await stub.RecomputeTags(request, metadata=ACME)).results
+    (result,) = (await stub.RecomputeTags(request, metadata=metadata)).results
     return result.added_count, result.removed_count
 
 
 async def history(
-    db: Database, member_id: str, name: str
+    db: Database, member_id: str, name: str, tenant: str = TENANT_ACME
 ) -> list[tuple[str, dt.datetime, dt.datetime | None]]:
-    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+    async with db.transaction(tenant, readonly=True) as conn:
         rows = await conn.fetch(
             """SELECT value, valid_from, valid_to FROM tagging.member_tags
                WHERE member_id = $1 AND dimension = $2 ORDER BY valid_from""",
@@ -88,7 +91,7 @@ async def superseded(db: Database, name: str) -> int:
 
 
 async def changes(
-    stub: Stub, member_id: str, name: str, include_superseded: bool
+    stub: Stub, member_id: str, name: str, include_superseded: bool, metadata: Any = ACME
 ) -> list[tags_pb2.MemberTag]:
     found: list[tags_pb2.MemberTag] = []
     token = ""
@@ -101,7 +104,7 @@ async def changes(
                 page_token=token,
                 include_superseded=include_superseded,
             ),
-            metadata=ACME,
+            metadata=metadata,
         )
         found.extend(reply.changes)
         token = reply.next_page_token
@@ -113,34 +116,40 @@ async def test_a_back_dated_order_corrects_the_history_and_the_old_belief_stays_
     tagging_stub: Stub, db: Database
 ) -> None:
     name = dimension()
-    await create(tagging_stub, buyer(name, 90, tags_pb2.REFRESH_POLICY_REAL_TIME))
-    member_id = await new_member(tagging_stub)
+    # Globex: the corrector takes a batch of each tenant in turn, and the other tests' back-dated
+    # orders queue theirs in Acme.
+    await create(tagging_stub, buyer(name, 90, tags_pb2.REFRESH_POLICY_REAL_TIME), GLOBEX)
+    member_id = await new_member(tagging_stub, GLOBEX)
     now = dt.datetime.now(dt.UTC)
     # The history says "none" from 50 days ago on (evaluated then: no order).
-    await recompute(tagging_stub, name, as_of=now - 50 * DAY)
-    assert await values_at(tagging_stub, member_id, name, as_of=now - 35 * DAY) == ["none"]
+    await recompute(tagging_stub, name, as_of=now - 50 * DAY, metadata=GLOBEX)
+    assert await values_at(tagging_stub, member_id, name, as_of=now - 35 * DAY, metadata=GLOBEX) == ["none"]
 
     before_order = dt.datetime.now(dt.UTC)
-    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(now - 40 * DAY)))
-    assert await values_at(tagging_stub, member_id, name) == ["buyer"]
+    await record_order(tagging_stub, an_order(member_id, paid_time=stamp(now - 40 * DAY)), GLOBEX)
+    assert await values_at(tagging_stub, member_id, name, metadata=GLOBEX) == ["buyer"]
 
     async def corrected() -> bool:
-        return await values_at(tagging_stub, member_id, name, as_of=now - 35 * DAY) == ["buyer"]
+        return await values_at(tagging_stub, member_id, name, as_of=now - 35 * DAY, metadata=GLOBEX) == [
+            "buyer"
+        ]
 
     await eventually(corrected, "corrected the history from the order's paid time on")
-    assert await history(db, member_id, name) == [
+    assert await history(db, member_id, name, TENANT_GLOBEX) == [
         ("none", now - 50 * DAY, now - 40 * DAY),
         ("buyer", now - 40 * DAY, None),
     ]
-    assert await values_at(tagging_stub, member_id, name, as_of=now - 45 * DAY) == ["none"]
+    assert await values_at(tagging_stub, member_id, name, as_of=now - 45 * DAY, metadata=GLOBEX) == ["none"]
     # What was believed before the order arrived, about 35 days ago and about then.
-    assert await values_at(tagging_stub, member_id, name, now - 35 * DAY, known_at=before_order) == ["none"]
-    assert await values_at(tagging_stub, member_id, name, known_at=before_order) == ["none"]
+    assert await values_at(
+        tagging_stub, member_id, name, now - 35 * DAY, known_at=before_order, metadata=GLOBEX
+    ) == ["none"]
+    assert await values_at(tagging_stub, member_id, name, known_at=before_order, metadata=GLOBEX) == ["none"]
 
-    current = await changes(tagging_stub, member_id, name, include_superseded=False)
+    current = await changes(tagging_stub, member_id, name, include_superseded=False, metadata=GLOBEX)
     assert [(c.value, c.HasField("supersede_time")) for c in current] == [("none", False), ("buyer", False)]
     assert all(c.HasField("record_time") and c.record_time.ToDatetime(dt.UTC) > before_order for c in current)
-    every = await changes(tagging_stub, member_id, name, include_superseded=True)
+    every = await changes(tagging_stub, member_id, name, include_superseded=True, metadata=GLOBEX)
     replaced = [c for c in every if c.HasField("supersede_time")]
     assert len(every) == len(current) + len(replaced) and replaced
     assert all(c.record_time.ToDatetime(dt.UTC) < c.supersede_time.ToDatetime(dt.UTC) for c in replaced)
