@@ -20,18 +20,20 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from runtime import app
 from runtime.config import Settings
+from runtime.db import Database
 from services.tagging import history_rebuilds
 from services.tagging import server as tagging_server
 from tests.conftest import ACME, bearer, unique
 from tests.grpc_helpers import field_violations
-from tests.tagging.rule_builders import ALWAYS
+from tests.tagging.facts_helpers import an_order
+from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
 from tests.waiting import eventually
 from tests.workflows.journey_helpers import HISTORIES
 from workflows.tag_history.payloads import Progress, RebuildInput, RecomputeAt, workflow_id
@@ -333,3 +335,119 @@ async def test_a_bad_request_names_its_field(
         await tagging_stub.RebuildTagHistory(request_, metadata=ACME)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(caught.value)
+
+
+def lifecycle_at(t: dt.datetime, registered: dt.datetime, paid: list[dt.datetime]) -> str:
+    """The built-in lifecycle (new 30 days, active 90, churned from 180) as of `t`."""
+    bought = [p for p in paid if p <= t]
+    if (len(bought) == 1 and t - bought[0] < 30 * DAY) or (not bought and t - registered < 30 * DAY):
+        return "new"
+    if not bought:
+        return ""
+    since = t - max(bought)
+    return "active" if since < 90 * DAY else "silent" if since < 180 * DAY else "churned"
+
+
+def recency_at(t: dt.datetime, registered: dt.datetime, paid: list[dt.datetime]) -> str:
+    """RECENCY as of `t`: an order in the last 30 days, else in the last 365."""
+    ages = [t - p for p in paid if p <= t]
+    return (
+        "recent" if any(a < 30 * DAY for a in ages) else "lapsed" if any(a < 365 * DAY for a in ages) else ""
+    )
+
+
+RECENCY = tags_pb2.TagDefinition(
+    dimension="recency",
+    display_name="Bought lately",
+    category=tags_pb2.TAG_CATEGORY_TRANSACTION,
+    kind=tags_pb2.TAG_KIND_RULE,
+    refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
+    cardinality=tags_pb2.CARDINALITY_SINGLE,
+    values=[
+        tags_pb2.TagValue(
+            value="recent", rule=cond(agg(Fn.AGGREGATE_FUNCTION_ORDER_COUNT, 30), Op.OPERATOR_GE, 1)
+        ),
+        tags_pb2.TagValue(
+            value="lapsed", rule=cond(agg(Fn.AGGREGATE_FUNCTION_ORDER_COUNT, 365), Op.OPERATOR_GE, 1)
+        ),
+    ],
+)
+EXPECTED = {"lifecycle": lifecycle_at, "recency": recency_at}
+
+
+async def held(
+    rebuilds: Rebuilds, member_id: str, as_of: dt.datetime | None, known_at: Any = None
+) -> dict[str, str]:
+    """The member's lifecycle and recency values (as of, as believed at)."""
+    request = tagging_service_pb2.GetMemberTagsRequest(member=f"members/{member_id}")
+    if as_of is not None:
+        request.as_of.CopyFrom(stamp(as_of))
+    if known_at is not None:
+        request.known_at.CopyFrom(stamp(known_at))
+    reply = await rebuilds.stub.GetMemberTags(request, metadata=rebuilds.metadata)
+    values = {t.dimension: t.value for t in reply.tags}
+    return {dimension: values.get(dimension, "") for dimension in EXPECTED}
+
+
+async def test_a_daily_rebuild_writes_the_history_the_rules_give_and_keeps_the_old_belief(
+    rebuilds: Rebuilds, db: Database
+) -> None:
+    """A buys 25 and 10 days ago, B 200 days ago, C 50 days ago; RECENCY is defined after those
+    facts, so its past (C recent until 20 days ago, then lapsed) is history nobody wrote yet.
+    After a daily rebuild of the last 40 days of both dimensions, GetMemberTags(as_of) answers
+    each day's values; known_at before the rebuild answers what was believed then."""
+    hours = dt.timedelta(hours=6)
+    facts = {
+        unique("a"): (midnight(200), [midnight(25) + hours, midnight(10) + hours]),
+        unique("b"): (midnight(300), [midnight(200) + hours]),
+        unique("c"): (midnight(300), [midnight(50) + hours]),
+    }
+    for member_id, (registered, paid) in facts.items():
+        profile = member_pb2.Profile(register_time=stamp(registered))
+        upsert = tagging_service_pb2.UpsertMemberRequest(
+            member=member_pb2.Member(member_id=member_id, profile=profile)
+        )
+        await rebuilds.stub.UpsertMember(upsert, metadata=rebuilds.metadata)
+        for i, when in enumerate(paid):
+            order = an_order(member_id, f"{member_id}-{i}", paid_time=stamp(when))
+            record = tagging_service_pb2.RecordOrderRequest(order=order)
+            await rebuilds.stub.RecordOrder(record, metadata=rebuilds.metadata)
+    create = tagging_service_pb2.CreateTagDefinitionRequest(tag_definition=RECENCY)
+    await rebuilds.stub.CreateTagDefinition(create, metadata=rebuilds.metadata)
+    recompute = tagging_service_pb2.RecomputeTagsRequest(dimensions=["recency"])
+    await rebuilds.stub.RecomputeTags(recompute, metadata=rebuilds.metadata)
+
+    def expected_at(member_id: str, t: dt.datetime) -> dict[str, str]:
+        return {dimension: value_at(t, *facts[member_id]) for dimension, value_at in EXPECTED.items()}
+
+    async def present() -> bool:
+        now = dt.datetime.now(dt.UTC)
+        return all([await held(rebuilds, m, None) == expected_at(m, now) for m in facts])
+
+    async def corrected() -> bool:
+        """The service's own correction of back-dated facts has run (it rewrites their history
+        in the background): what is believed before the rebuild no longer moves."""
+        async with db.transaction(rebuilds.tenant_id, readonly=True) as conn:
+            return not await conn.fetchval("SELECT count(*) FROM tagging.history_corrections")
+
+    await eventually(present, "the present lifecycle refreshed")
+    await eventually(corrected, "the back-dated orders' history corrected")
+    start = midnight(40)
+    probes = [start + i * DAY + dt.timedelta(hours=1) for i in range(41)]
+    probes = [p for p in probes if p < dt.datetime.now(dt.UTC)]
+    believed = {(m, p): await held(rebuilds, m, p) for m in facts for p in probes}
+    known_at = dt.datetime.now(dt.UTC)
+    request_id = unique("rebuild")
+    await rebuilds.rebuild(request_id=request_id, dimensions=list(EXPECTED), start=stamp(start))
+    async with rebuilds.worker():
+        finished = await rebuilds.finished(request_id)
+    assert (finished.done, finished.error, finished.done_steps) == (True, "", finished.total_steps)
+    rebuilt = {(m, p): await held(rebuilds, m, p) for m in facts for p in probes}
+    assert rebuilt == {(m, p): expected_at(m, p) for m in facts for p in probes}
+    old = {(m, p): await held(rebuilds, m, p, known_at) for m in facts for p in probes}
+    assert old == believed
+    # The service corrected lifecycle's past for the back-dated orders itself; RECENCY had no
+    # past until the rebuild wrote it.
+    changed = {d for key in old for d in EXPECTED if old[key][d] != rebuilt[key][d]}
+    assert changed == {"recency"}
+    assert await present()
