@@ -49,7 +49,7 @@ from runtime.errors import (
 )
 from runtime.temporal_client import LazyClient, answered
 from services.tagging import catalog, definition_store
-from workflows.tag_history.payloads import MEMO_KEY, Progress, RebuildInput, workflow_id
+from workflows.tag_history.payloads import ARGUMENTS_KEY, MEMO_KEY, Progress, RebuildInput, workflow_id
 from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
 
 NAME_PREFIX = "tagHistoryRebuilds/"
@@ -58,8 +58,6 @@ MIN_STEP = dt.timedelta(hours=1)
 DEFAULT_STEP = dt.timedelta(days=1)
 # Ten years of days: each instant costs a full recompute of every dimension named.
 MAX_INSTANTS = 3660
-# The memo key of the rebuild's arguments (the progress is under MEMO_KEY).
-ARGUMENTS_KEY = "rebuild"
 TENANT = SearchAttributeKey.for_keyword("MemberOpsTenant")
 
 
@@ -193,19 +191,9 @@ async def start_workflow(client: Client, task_queue: str, rebuild: RebuildInput)
         id=workflow_id(rebuild.tenant_id, rebuild.request_id),
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        memo={MEMO_KEY: rebuild.progress(), ARGUMENTS_KEY: _arguments_memo(rebuild)},
+        memo=rebuild.memo(),
         search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, rebuild.tenant_id)]),
     )
-
-
-def _arguments_memo(rebuild: RebuildInput) -> dict[str, Any]:
-    return {
-        "dimensions": rebuild.dimensions,
-        "start": rebuild.start.isoformat(),
-        "end": rebuild.end.isoformat(),
-        "step_seconds": rebuild.step_seconds,
-        "digest": rebuild.digest,
-    }
 
 
 async def _described(handle: WorkflowHandle[Any, Progress]) -> WorkflowExecutionDescription | None:

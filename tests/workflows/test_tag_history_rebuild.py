@@ -268,6 +268,8 @@ async def test_a_long_range_continues_as_new_and_a_restarted_worker_resumes_in_o
     steps = await steps_run(rebuilds.client, workflow_id(rebuilds.tenant_id, request_id))
     assert midway.done_steps >= 4
     assert (finished.done_steps, finished.done, finished.error) == (12, True, "")
+    # The last run still answers the arguments (each run carries them in its memo).
+    assert list(finished.dimensions) == RULES and finished.start.ToDatetime(dt.UTC) == start
     assert in_order(steps, RULES, [start + i * DAY for i in range(6)])
     assert len(histories) >= 4  # 12 steps, at most 3 a run
 

@@ -11,6 +11,9 @@ RECOMPUTE_AT = "tag_history.recompute_at"
 # it can be read while no worker runs: `temporal workflow describe` shows it).
 PROGRESS_QUERY = "progress"
 MEMO_KEY = "progress"
+# The memo key of the rebuild's arguments (GetTagHistoryRebuild answers them; a retry's digest is
+# compared with theirs).
+ARGUMENTS_KEY = "rebuild"
 # About 8 history events a step: 200 steps keep a run near 1,600 events, far below the limits.
 STEPS_PER_RUN = 200
 
@@ -52,6 +55,17 @@ class RebuildInput:
         return Progress(
             self.instants() * len(self.dimensions), sum(self.done), added=self.added, removed=self.removed
         )
+
+    def memo(self) -> dict[str, object]:
+        """What a run keeps in its memo: the arguments and the progress."""
+        arguments = {
+            "dimensions": self.dimensions,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "step_seconds": self.step_seconds,
+            "digest": self.digest,
+        }
+        return {ARGUMENTS_KEY: arguments, MEMO_KEY: self.progress()}
 
 
 @dataclass(frozen=True)

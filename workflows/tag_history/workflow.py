@@ -84,7 +84,7 @@ class TagHistoryRebuildWorkflow:
         await asyncio.gather(*(lane() for _ in range(LANES)))
         carried = dataclasses.replace(rebuild, done=done, added=counts[0], removed=counts[1])
         if any(position < instants for position in done):
-            workflow.continue_as_new(carried, memo={MEMO_KEY: carried.progress()})
+            workflow.continue_as_new(carried, memo=carried.memo())
         return carried.progress()
 
     def _report(self, rebuild: RebuildInput) -> None:
