@@ -217,12 +217,17 @@ async def test_a_bad_paid_time_and_a_bad_line_are_named(tagging_stub: Stub) -> N
 async def test_an_unknown_member_rejects_its_batch(tagging_stub: Stub, db: Database) -> None:
     member_id = await new_member(tagging_stub)
     stranger = unique("stranger")
+    before, after = [an_order(member_id)], [an_order(member_id)]
     batch = [an_order(member_id), an_order(member_id), an_order(stranger)]
-    error = await failed(import_orders(tagging_stub, [batch]), grpc.StatusCode.INVALID_ARGUMENT)
+    # The batch after the bad one is read (and prepared) while the bad one is stored: never stored.
+    error = await failed(
+        import_orders(tagging_stub, [before, batch, after]), grpc.StatusCode.INVALID_ARGUMENT
+    )
     violations = field_violations(error)
-    assert list(violations) == ["requests[0].orders[2].member_id"]
-    assert stranger in violations["requests[0].orders[2].member_id"]
-    assert await stored_orders(db, [o.order_id for o in batch]) == {}
+    assert list(violations) == ["requests[1].orders[2].member_id"]
+    assert stranger in violations["requests[1].orders[2].member_id"]
+    ids = [o.order_id for o in before + batch + after]
+    assert set(await stored_orders(db, ids)) == {before[0].order_id}
 
 
 async def test_an_order_id_with_other_content_already_exists(tagging_stub: Stub, db: Database) -> None:
