@@ -108,12 +108,18 @@ class Erasures:
     """A service's EraseMemberData: the request checked, then the service's `store` in one
     transaction under the caller's tenant."""
 
-    def __init__(self, db: Database, store: Store) -> None:
+    def __init__(self, db: Database, store: Store, forget: Callable[[str, str], None] | None = None) -> None:
         self._db = db
         self._store = store
+        # Drops (tenant, member) from a process's cache of members known to exist, so a later
+        # write for the erased id asks tagging again (and finds no such member).
+        self._forget = forget
 
     async def erase(self, tenant_id: str, member_id: str, pseudonym: str) -> dict[str, int]:
         """The rows changed, by table; nothing when the member has nothing left here."""
         erasure = checked(member_id, pseudonym)
         async with self._db.transaction(tenant_id) as conn:
-            return await self._store(conn, erasure)
+            changed = await self._store(conn, erasure)
+        if self._forget is not None:
+            self._forget(tenant_id, member_id)
+        return changed

@@ -129,6 +129,22 @@ async def test_nothing_of_the_member_is_left_in_any_table(
         erased.pseudonym,
     )
     assert sent is not None and sent["status"] == "sent"
+    # The tasks process knew the member from the earnings above; it must not take the erased id
+    # for a member still: an earning for it is refused and leaves no trace.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks_stub.EarnPoints(
+            tasks_service_pb2.EarnPointsRequest(
+                member_id=person.member_id,
+                amount=1,
+                reason=points_pb2.REASON_ORDER,
+                reference=unique("order"),
+                expiry_policy=points_pb2.EXPIRY_POLICY_NEVER,
+                request_id=unique("earn"),
+            ),
+            metadata=METADATA,
+        )
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
+    assert await traces(db, person.needles) == {}
     audit = await audit_row(db, TENANT_INITECH, request_id)
     changed = json.loads(audit["changed_rows"])
     assert {"tagging.members", "tasks.accounts", "audience.snapshot_members", "journeys.messages"} <= set(

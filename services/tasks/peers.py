@@ -72,6 +72,10 @@ class Peers:
         if len(self._known) > KNOWN_MEMBERS:
             self._known.popitem(last=False)
 
+    def forget(self, tenant_id: str, member_id: str) -> None:
+        """An erased member is no longer known to exist (`Erasures`' hook)."""
+        self._known.pop((tenant_id, member_id), None)
+
     async def member_exists(self, tenant_id: str, member_id: str) -> bool:
         if (tenant_id, member_id) in self._known:
             return True

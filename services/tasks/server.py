@@ -64,7 +64,7 @@ def wire(
         Leaderboards(db),
         tasks,
         clock=clock,
-        erasures=Erasures(db, erasure_store.erase),
+        erasures=Erasures(db, erasure_store.erase, forget=peers.forget),
     )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
