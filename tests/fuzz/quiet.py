@@ -20,6 +20,10 @@ a call gives it work. The writers in the tenant (tests/conftest.py wires the ser
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
 
 from runtime import outbox
 from runtime.db import Connection, Database
@@ -57,21 +61,22 @@ async def _follower(conn: Connection) -> list[str]:
     return [] if cursor == newest else [f"audience.followers at {cursor}, tagging's feed at {newest}"]
 
 
+def due(audience: asyncpg.Record | Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether the maintainer evaluates or clears this row of `dynamic_audiences` in a round now or
+    within HORIZON (as its `maintain` decides)."""
+    if not audience["dynamic"] or audience["deleted"]:
+        return True  # listed only while it still has a membership to clear
+    return (
+        audience["membership_time"] is None
+        or audience["membership_version"] != audience["current_version"]
+        or bool(audience["references_changed"])
+        or audience["membership_time"] < now - dynamic.FULL_EVERY + HORIZON
+    )
+
+
 async def _audiences(conn: Connection, now: dt.datetime) -> list[str]:
-    """Audiences the maintainer evaluates or clears in a round now or within HORIZON (its `maintain`)."""
-    lagging = []
-    for row in await audience_store.dynamic_audiences(conn):
-        kept = row["dynamic"] and not row["deleted"]
-        due = (
-            not kept
-            or row["membership_time"] is None
-            or row["membership_version"] != row["current_version"]
-            or row["references_changed"]
-            or row["membership_time"] < now - dynamic.FULL_EVERY + HORIZON
-        )
-        if due:
-            lagging.append(f"audience {row['audience_id']} not evaluated")
-    return lagging
+    rows = await audience_store.dynamic_audiences(conn)
+    return [f"audience {row['audience_id']} not evaluated" for row in rows if due(row, now)]
 
 
 async def _strays(conn: Connection) -> None:
