@@ -36,6 +36,7 @@ MAX_DEPTH = 6
 SETUP = (
     ("UpsertMember", ""),
     ("RecordOrder", ""),
+    ("ImportOrders", "refund_order"),
     ("CreateTagDefinition", ""),
     ("CreateAudience", ""),
     ("CreateJourney", ""),
@@ -61,6 +62,8 @@ class World:
 
     member: str = field(default_factory=lambda: unique("fz-m"))
     order: str = field(default_factory=lambda: unique("fz-o"))
+    # An order of its own for ImportRefunds: RecordRefund's base refunds `order` in full first.
+    refund_order: str = field(default_factory=lambda: unique("fz-o"))
     dimension: str = field(default_factory=lambda: unique("fz_dim").replace("-", "_"))
     audience: str = field(default_factory=lambda: unique("fz-a"))
     snapshot: str = field(default_factory=lambda: unique("fz-s"))
@@ -441,6 +444,14 @@ def _data_to_erase(request: Any, world: World) -> None:
     request.pseudonym = f"erased-{unique('fz')}"
 
 
+def _refund_order(request: Any, world: World) -> None:
+    """ImportOrders in the setup stores the world's refund order; ImportRefunds refunds it."""
+    if request.DESCRIPTOR.name == "ImportOrdersRequest":
+        request.orders[0].order_id = world.refund_order
+    else:
+        request.refunds[0].order_id = world.refund_order
+
+
 # RPC -> a patch applied to its generated base, for the bases the generator cannot guess.
 HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "CreateTagDefinition": _tag_definition,
@@ -467,6 +478,7 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "RebuildTagHistory": _rebuild,
     "GetTagHistoryRebuild": _rebuild_name,
     "EraseMember": _member_to_erase,
+    "ImportRefunds": _refund_order,
 }
 
 
@@ -475,6 +487,8 @@ def base(rpc: Rpc, world: World, variant: str = "") -> Base:
     request = generated(rpc, world)
     if rpc.name == "CreateTask" and variant:
         _task(request, world, variant)
+    elif variant == "refund_order":
+        _refund_order(request, world)
     else:
         patch = HAND_WRITTEN.get(rpc.name)
         if patch is not None:
