@@ -7,9 +7,10 @@ re-evaluates, from the earliest such fact on, every real-time dimension that rea
 at that instant, daily after it and at each change recorded since; the history from then on is
 rewritten from those evaluations (history_store.rewrite_since). The belief it replaces stays
 readable with `known_at`. The present is the refresh's: a correction never changes what a member
-holds now. A batch is one transaction with its members locked as a refresh locks them (so it
-commits at once, and a concurrent refresh or another replica's corrector waits); rows stay
-queued until handled, so a crash only delays a correction, and redoing one changes nothing.
+holds now. A batch is evaluated in a read-only transaction, then written in one short transaction
+with its members locked as a refresh locks them (so it commits at once, and a concurrent refresh
+or another replica's corrector waits); rows stay queued until handled, so a crash only delays a
+correction, and redoing one changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncpg
 
 from runtime.db import Database
 from runtime.logs import get_logger
-from services.tagging import correction_store, member_tag_store
+from services.tagging import correction_store, history_store, member_tag_store
 from services.tagging.evaluation import Tagger
 
 log = get_logger("memberops.tagging.correction")
@@ -65,16 +66,24 @@ class HistoryCorrector:
                         busy.discard(tenant_id)
 
     async def correct_once(self, tenant_id: str, now: dt.datetime) -> int:
-        """Corrects up to BATCH_MEMBERS queued members in one transaction; returns how many."""
-        async with self._db.transaction(tenant_id, plans="custom") as conn:
+        """Corrects up to BATCH_MEMBERS queued members; returns how many were taken.
+
+        The rules are evaluated in a read-only transaction (the expensive part; holding no
+        transaction id, it delays no feed reader), then the history is rewritten from those
+        evaluations in one short transaction with the members locked as a refresh locks them.
+        A member whose queue row moved meanwhile (a later late fact, or another replica's
+        corrector) is left for the next round."""
+        async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
             pending = await correction_store.pending_corrections(conn, BATCH_MEMBERS)
             if not pending:
                 return 0
-            members = sorted({o.member_id for o in pending})
-            await member_tag_store.lock_members(conn, members)
-            # Read again under the locks: a refresh may have moved a row's time meanwhile, or
-            # another corrector handled it.
-            owed = await correction_store.owed_of(conn, members)
-            await self._tagger.correct_history(conn, tenant_id, owed, now)
-            await correction_store.settle_corrections(conn, owed)
+            samples = await self._tagger.correction_samples(conn, tenant_id, pending, now)
+        async with self._db.transaction(tenant_id, plans="custom") as conn:
+            await member_tag_store.lock_members(conn, sorted({o.member_id for o in pending}))
+            current = await correction_store.owed_of(conn, [o.member_id for o in pending])
+            unmoved = [o for o in pending if o in current]
+            members = {o.member_id for o in unmoved}
+            for found in samples:
+                await history_store.rewrite_since(conn, tenant_id, found.of(members), now)
+            await correction_store.settle_corrections(conn, unmoved)
         return len(pending)

@@ -256,14 +256,15 @@ class Tagger:
         )
         return dataclasses.replace(unseen, values_then=then)
 
-    async def correct_history(
+    async def correction_samples(
         self, conn: Connection, tenant_id: str, owed: Sequence[correction_store.Owed], now: dt.datetime
-    ) -> None:
-        """Rewrites the owed members' history of each active real-time dimension reading the
-        inputs their late facts changed, from the earliest of those facts on: the rules evaluated
-        then, daily after and at every change recorded since (correction.py). `conn` is in a
-        transaction with custom plans, the members locked. Scheduled dimensions are left to
-        RebuildTagHistory: a member-by-member evaluation of a population model (RFM) is wrong."""
+    ) -> list[history_store.Samples]:
+        """What a correction of the owed members rewrites their history from (correction.py): for
+        each active real-time dimension reading the inputs their late facts changed, the rules
+        evaluated from the earliest of those facts on, then daily and at every change recorded
+        since. Reads only. Scheduled dimensions are left to RebuildTagHistory: a member-by-member
+        evaluation of a population model (RFM) is wrong."""
+        found: list[history_store.Samples] = []
         for row in await definition_store.active_definition_versions(conn):
             item = await self._prepare(
                 conn, tenant_id, row["dimension"], row["current_version"], filtered=True
@@ -280,16 +281,12 @@ class Tagger:
                 continue
             changed = await history_store.boundaries_since(conn, item.spec.dimension, since)
             instants = {m: [*correction_store.grid(t, now), *changed.get(m, [])] for m, t in since.items()}
-            await history_store.rewrite_since(
-                conn,
-                tenant_id,
-                item.compiled,
-                instants,
-                now,
-                item.spec.dimension,
-                item.version,
-                item.exclusive,
+            found.append(
+                await history_store.samples_at(
+                    conn, item.compiled, instants, now, item.spec.dimension, item.version, item.exclusive
+                )
             )
+        return found
 
     def _expected_seconds(self, tenant_id: str, item: _Prepared) -> float:
         """How long the last recompute of the dimension took; before one, a guess that ranks models

@@ -10,8 +10,10 @@ entries: a corrected past is history, not news.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -182,57 +184,89 @@ rows AS (
     return int(row["added"]), int(row["removed"])
 
 
-async def rewrite_since(
+@dataclass(frozen=True)
+class Samples:
+    """What a filtered dimension's rules gave members at instants: (member, instant, values)."""
+
+    dimension: str
+    version: int
+    exclusive: bool
+    found: tuple[tuple[str, dt.datetime, tuple[str, ...]], ...]
+
+    def of(self, member_ids: Collection[str]) -> Samples:
+        return dataclasses.replace(self, found=tuple(f for f in self.found if f[0] in member_ids))
+
+
+async def samples_at(
     conn: Connection,
-    tenant_id: str,
     compiled: Any,
     instants: Mapping[str, Sequence[dt.datetime]],
     now: dt.datetime,
     dimension: str,
     version: int,
     exclusive: bool,
-) -> tuple[int, int]:
-    """Rewrites each member's history of a filtered dimension from its first instant up to the
-    present (the start of its open row, else `now`) from the rules evaluated at each of its
-    `instants`, each value holding until the member's next instant. One statement for every member
-    and instant: the compiled query runs once per (member, instant) beside each other.
-    Returns (rows written, rows removed)."""
+) -> Samples:
+    """Evaluates a filtered dimension for each member at each of its `instants` before `now` (and
+    not before its registration), in one read: the compiled query runs once per (member, instant)
+    beside each other. Reads only, so the expensive part of a correction holds no transaction id
+    (which would hold back every feed reader while it runs)."""
     assert compiled.member_filter == "$2::text[]", "a filtered dimension takes its members as $2"
     pairs = [(member_id, t) for member_id, times in instants.items() for t in sorted(set(times)) if t < now]
     if not pairs:
-        return 0, 0
+        return Samples(dimension, version, exclusive, ())
     # Each (member, instant) evaluates the compiled query with its own time and member.
     lateral = compiled.sql.replace("$1::timestamptz", "i.t").replace("$2::text[]", "ARRAY[i.member_id]")
     n = len(compiled.params)
-    tenant, dim, ver, excl, members, times = (
-        f"${n + i}::{c}"
-        for i, c in enumerate(("text", "text", "int", "boolean", "text[]", "timestamptz[]"), 1)
+    rows = await conn.fetch(
+        f"""SELECT i.member_id, i.t, c.tag_values
+            FROM unnest(${n + 1}::text[], ${n + 2}::timestamptz[]) AS i(member_id, t)
+            CROSS JOIN LATERAL ({lateral}) c
+            JOIN tagging.members mm ON mm.member_id = i.member_id
+            -- $1 and $2 are the lateral's own now; named so the statement still types them.
+            WHERE (mm.register_time IS NULL OR mm.register_time <= i.t)
+              AND $1::timestamptz IS NOT NULL AND $2::text[] IS NOT NULL""",
+        *compiled.args(now, sorted(instants)),
+        [m for m, _ in pairs],
+        [t for _, t in pairs],
     )
+    found = tuple((row["member_id"], row["t"], tuple(row["tag_values"])) for row in rows)
+    return Samples(dimension, version, exclusive, found)
+
+
+async def rewrite_since(
+    conn: Connection, tenant_id: str, samples: Samples, now: dt.datetime
+) -> tuple[int, int]:
+    """Rewrites each sampled member's history of the dimension from its first instant up to the
+    present (the start of its open row, else `now`) from its samples, each value holding until the
+    member's next instant. Returns (rows written, rows removed)."""
+    if not samples.found:
+        return 0, 0
+    flat = [(m, t, v) for m, t, values in samples.found for v in (values or (None,))]
     sql = f"""
 WITH samples AS (
-    SELECT i.member_id, i.t, c.tag_values
-    FROM unnest({members}, {times}) AS i(member_id, t)
-    CROSS JOIN LATERAL ({lateral}) c
-    JOIN tagging.members mm ON mm.member_id = i.member_id
-    WHERE mm.register_time IS NULL OR mm.register_time <= i.t
+    SELECT u.member_id, u.t, array_remove(array_agg(u.value), NULL) AS tag_values
+    FROM unnest($7::text[], $8::timestamptz[], $9::text[]) AS u(member_id, t, value)
+    GROUP BY u.member_id, u.t
 ),
 starts AS (SELECT member_id, min(t) AS s FROM samples GROUP BY member_id),
 rows AS (
     SELECT t.id, t.member_id, t.value, t.valid_from, t.valid_to, t.definition_version, t.exclusive, st.s
     FROM tagging.member_tags t JOIN starts st USING (member_id)
-    WHERE t.member_id = ANY($2::text[]) AND t.dimension = {dim} AND t.source = {_RULE_SOURCE}
+    WHERE t.member_id = ANY($2::text[]) AND t.dimension = $4::text AND t.source = {_RULE_SOURCE}
       AND (t.valid_to IS NULL OR t.valid_to >= st.s)
 ),
-{_rewrite("$1::timestamptz", "$1::timestamptz", tenant, dim, ver, excl)}"""
+{_rewrite("$1::timestamptz", "$1::timestamptz", "$3::text", "$4::text", "$5::int", "$6::boolean")}"""
     row = await conn.fetchrow(
         sql,
-        *compiled.args(now, sorted(instants)),
+        now,
+        sorted({m for m, _, _ in samples.found}),
         tenant_id,
-        dimension,
-        version,
-        exclusive,
-        [m for m, _ in pairs],
-        [t for _, t in pairs],
+        samples.dimension,
+        samples.version,
+        samples.exclusive,
+        [m for m, _, _ in flat],
+        [t for _, t, _ in flat],
+        [v for _, _, v in flat],
     )
     assert row is not None
     return int(row["added"]), int(row["removed"])
