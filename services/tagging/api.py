@@ -46,7 +46,6 @@ from services.tagging.evaluation import MemberTag, OperatorChange, Tagger
 from services.tagging.fact_imports import (
     EventBatch,
     FactImports,
-    OrderBatch,
     RefundBatch,
     converted,
     import_response,
@@ -375,15 +374,8 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportOrdersRequest], context: Any
     ) -> tagging_service_pb2.ImportFactsResponse:
         """Each batch is stored, and its members' tags refreshed, before the next is stored."""
-
-        def prepare(request: tagging_service_pb2.ImportOrdersRequest, k: int, now: dt.datetime) -> OrderBatch:
-            path = f"requests[{k}].orders"
-            orders = converted(request.orders, lambda m, i: order_from_proto(m), "order", path)
-            return FactImports.prepare_orders(orders, now, path)
-
-        imports = self._imports
-        counts = await imports.imported(
-            current_tenant(), request_iterator, prepare, imports.store_orders, self._clock
+        counts = await self._imports.import_orders(
+            current_tenant(), request_iterator, order_from_proto, self._clock
         )
         return import_response(counts)
 

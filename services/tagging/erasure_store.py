@@ -23,6 +23,9 @@ _NOT_MOVED = frozenset({"members", "member_erasures"})
 # `$2` is the pseudonym, `$3` the erased member id.
 SCRUBBED = {
     "events": "query = ''",
+    # An import's digest of the order's wire form, member id included; a re-sent order of the
+    # erased member then goes the full way (its member is unknown).
+    "orders": "import_digest = NULL",
     "feed": """payload = replace(
                    (CASE WHEN payload ? 'query' THEN jsonb_set(payload, '{query}', '""')
                          ELSE payload END)::text,

@@ -3,7 +3,9 @@
 Each batch is validated row by row with RecordOrder's, RecordRefund's and RecordEvents' own rules
 (errors name `requests[k].orders[i].field`), stored in one transaction with COPY and set-based
 statements (import_store), and idempotent by natural key: a fact stored before with the same
-content is unchanged, with other content ALREADY_EXISTS. Once a batch commits, the real-time tags
+content is unchanged, with other content ALREADY_EXISTS. A re-sent order is recognised before
+it is converted, by the digest of its wire form stored when it was imported (`wire_digest`), so a
+re-sent batch costs a lookup. Once a batch commits, the real-time tags
 of the members it touched are refreshed at once (one statement per dimension for them all), dated
 by the facts and marked backfilled, before the next batch is read.
 """
@@ -15,7 +17,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,7 +66,8 @@ class Counts:
 
 @dataclass(frozen=True)
 class OrderBatch:
-    """A validated batch of orders as COPY rows (import_store's staging columns)."""
+    """A validated batch of orders as COPY rows (import_store's staging columns): its orders not
+    already stored as sent, `order_ids` being all of them (errors name a row by its index)."""
 
     path: str
     order_ids: list[str]
@@ -109,11 +112,18 @@ def converted(messages: Sequence[Any], convert: Callable[[Any, int], T], single:
     """Each message converted to its domain input; a bad one's violations are renamed from
     `single` (the path conversion gives it; `{i}` stands for its index) to `path[i]` and the batch
     rejected with all of them."""
-    items: list[T] = []
+    return [item for _, item in converted_at(list(enumerate(messages)), convert, single, path)]
+
+
+def converted_at(
+    messages: Sequence[tuple[int, Any]], convert: Callable[[Any, int], T], single: str, path: str
+) -> list[tuple[int, T]]:
+    """`converted` of (index, message) pairs, some of a batch: (index, domain input) pairs."""
+    items: list[tuple[int, T]] = []
     found: list[FieldViolation] = []
-    for i, message in enumerate(messages):
+    for i, message in messages:
         try:
-            items.append(convert(message, i))
+            items.append((i, convert(message, i)))
         except InvalidArgument as error:
             found.extend(relocated(error, single.format(i=i), f"{path}[{i}]"))
     if found:
@@ -146,19 +156,48 @@ def order_digest(order: OrderInput) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+# The wire digest's format: whatever changes how it is computed changes this, so no digest stored
+# before matches one computed after (such an order is then compared by content_hash, as before).
+WIRE_DIGEST_FORMAT = b"memberops.tagging.v1.Order/1\n"
+
+
+def wire_digest(message: Any) -> str:
+    """sha256 of an order's deterministic wire form: equal bytes are an equal order, so an equal
+    digest stored by an import means the order is stored as sent, and it is 8x cheaper than
+    converting the order and hashing its content. Different bytes for the same content (unknown
+    fields, another protobuf build) only miss the shortcut: content_hash still decides."""
+    return hashlib.sha256(WIRE_DIGEST_FORMAT + message.SerializeToString(deterministic=True)).hexdigest()
+
+
+def stored_as_sent(order_ids: Sequence[str], digests: Sequence[str], stored: dict[str, str]) -> set[int]:
+    """Indexes of the orders whose wire digest is the one stored for their id, unless their id
+    appears in the batch with another digest too (then every copy goes the full way, and a
+    differing repeat is named as such)."""
+    first: dict[str, str] = {}
+    mixed: set[str] = set()
+    for order_id, digest in zip(order_ids, digests, strict=True):
+        if first.setdefault(order_id, digest) != digest:
+            mixed.add(order_id)
+    return {
+        i
+        for i, (order_id, digest) in enumerate(zip(order_ids, digests, strict=True))
+        if stored.get(order_id) == digest and order_id not in mixed
+    }
+
+
 def _check_size(items: Sequence[Any], path: str, noun: str) -> None:
     if not 1 <= len(items) <= MAX_IMPORT_BATCH:
         raise InvalidArgument.field(path, f"must hold 1-{MAX_IMPORT_BATCH} {noun}")
 
 
 def _unique(
-    items: Sequence[T], key: Callable[[T], str], digest: Callable[[T], str], path: str, field: str
+    items: Sequence[tuple[int, T]], key: Callable[[T], str], digest: Callable[[T], str], path: str, field: str
 ) -> tuple[list[tuple[int, T, str]], list[FieldViolation]]:
     """(index, item, digest) of each id's first item; an id repeated with other content is a violation."""
     first: dict[str, tuple[int, str]] = {}
     kept: list[tuple[int, T, str]] = []
     found: list[FieldViolation] = []
-    for i, item in enumerate(items):
+    for i, item in items:
         value = digest(item)
         seen = first.setdefault(key(item), (i, value))
         if seen[0] == i:
@@ -173,7 +212,7 @@ def _unique(
 
 
 def _validated(
-    items: Sequence[T],
+    items: Sequence[tuple[int, T]],
     validate: Callable[[T, dt.datetime], None],
     single: str,
     key: Callable[[T], str],
@@ -181,10 +220,10 @@ def _validated(
     now: dt.datetime,
     path: str,
 ) -> list[tuple[int, T, str]]:
-    """(index, fact, digest) of each distinct fact; raises naming every bad fact's fields, renamed
-    from the single-fact path `single` (RecordOrder's `order`) to `path[i]`."""
+    """(index, fact, digest) of each distinct fact of (index, fact) `items`; raises naming every bad
+    fact's fields, renamed from the single-fact path `single` (RecordOrder's `order`) to `path[i]`."""
     found: list[FieldViolation] = []
-    for i, item in enumerate(items):
+    for i, item in items:
         try:
             validate(item, now)
         except InvalidArgument as error:
@@ -196,9 +235,9 @@ def _validated(
 
 
 def validate_orders(
-    orders: Sequence[OrderInput], now: dt.datetime, path: str
+    orders: Sequence[tuple[int, OrderInput]], now: dt.datetime, path: str
 ) -> list[tuple[int, OrderInput, str]]:
-    _check_size(orders, path, "orders")
+    """(index, order, content digest) of each distinct order of (index, order) `orders`."""
     return _validated(orders, validate_order, "order", lambda o: o.order_id, order_digest, now, path)
 
 
@@ -206,7 +245,9 @@ def validate_refunds(
     refunds: Sequence[RefundInput], now: dt.datetime, path: str
 ) -> list[tuple[int, RefundInput, str]]:
     _check_size(refunds, path, "refunds")
-    return _validated(refunds, validate_refund, "refund", lambda r: r.refund_id, content_hash, now, path)
+    return _validated(
+        list(enumerate(refunds)), validate_refund, "refund", lambda r: r.refund_id, content_hash, now, path
+    )
 
 
 def validate_event_batch(
@@ -263,8 +304,20 @@ class FactImports:
         self._tagger = tagger
 
     @staticmethod
-    def prepare_orders(orders: Sequence[OrderInput], now: dt.datetime, path: str) -> OrderBatch:
-        """Validates a batch and builds its COPY rows: Python's share, no database."""
+    def prepare_orders(
+        messages: Sequence[Any],
+        convert: Callable[[Any], OrderInput],
+        digests: Sequence[str],
+        unchanged: set[int],
+        now: dt.datetime,
+        path: str,
+    ) -> OrderBatch:
+        """Converts and validates a batch's orders but those `unchanged` (stored as sent, so valid
+        when stored: they are neither converted nor validated again), and builds the COPY rows of
+        the rest: Python's share, no database."""
+        _check_size(messages, path, "orders")
+        fresh = [(i, m) for i, m in enumerate(messages) if i not in unchanged]
+        orders = converted_at(fresh, lambda m, i: convert(m), "order", path)
         kept = validate_orders(orders, now, path)
         order_rows: list[tuple[Any, ...]] = []
         line_rows: list[tuple[Any, ...]] = []
@@ -279,16 +332,39 @@ class FactImports:
                     order.store,
                     order.payment_method,
                     digest,
+                    digests[i],
                 )
             )
             line_rows.extend(
                 (order.order_id, n, x.line_id, x.sku, x.category, x.brand, x.quantity, x.unit_price_minor)
                 for n, x in enumerate(order.lines)
             )
-        return OrderBatch(path, [o.order_id for o in orders], order_rows, line_rows)
+        return OrderBatch(path, [m.order_id for m in messages], order_rows, line_rows)
+
+    async def prepare_order_request(
+        self,
+        tenant_id: str,
+        messages: Sequence[Any],
+        convert: Callable[[Any], OrderInput],
+        k: int,
+        now: dt.datetime,
+    ) -> OrderBatch:
+        """A batch's orders' wire digests (worker thread), the digests stored for their ids (one
+        query), then the rest of the preparation (worker thread) for those not stored as sent."""
+        path = f"requests[{k}].orders"
+        order_ids, digests = await asyncio.to_thread(
+            lambda: ([m.order_id for m in messages], [wire_digest(m) for m in messages])
+        )
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            stored = await import_store.import_digests(conn, order_ids)
+        unchanged = stored_as_sent(order_ids, digests, stored)
+        return await asyncio.to_thread(self.prepare_orders, messages, convert, digests, unchanged, now, path)
 
     async def store_orders(self, tenant_id: str, batch: OrderBatch, now: dt.datetime) -> Committed:
         path = batch.path
+        if not batch.order_rows:
+            # Every order stored as sent: nothing to write, and no tag owes a refresh.
+            return Committed(Counts(len(batch.order_ids), 0), [], Input.ORDERS)
         async with self._db.transaction(tenant_id) as conn:
             await import_store.stage_orders(conn, batch.order_rows, batch.line_rows)
             _unknown_members(await import_store.first_unknown_member(conn, "order_import"), path)
@@ -420,11 +496,42 @@ class FactImports:
         store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
         clock: Callable[[], dt.datetime],
     ) -> Counts:
+        """`_imported` with each batch prepared by `prepare` in a worker thread."""
+
+        async def threaded(request: Any, k: int, now: dt.datetime) -> P:
+            return await asyncio.to_thread(prepare, request, k, now)
+
+        return await self._imported(tenant_id, requests, threaded, store, clock)
+
+    async def import_orders(
+        self,
+        tenant_id: str,
+        requests: AsyncIterator[Any],
+        convert: Callable[[Any], OrderInput],
+        clock: Callable[[], dt.datetime],
+    ) -> Counts:
+        """ImportOrders: each request's orders (`convert` makes one an OrderInput, raising
+        InvalidArgument naming `order.<field>`), the re-sent ones recognised first."""
+
+        async def prepare(request: Any, k: int, now: dt.datetime) -> OrderBatch:
+            return await self.prepare_order_request(tenant_id, request.orders, convert, k, now)
+
+        return await self._imported(tenant_id, requests, prepare, self.store_orders, clock)
+
+    async def _imported(
+        self,
+        tenant_id: str,
+        requests: AsyncIterator[Any],
+        prepare: Callable[[Any, int, dt.datetime], Awaitable[P]],
+        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        clock: Callable[[], dt.datetime],
+    ) -> Counts:
         """Stores a stream's batches in order, each committed before the next is stored, and
         returns once every batch's members' tags are refreshed.
 
-        Three things overlap: the next batch is prepared (converted, validated, its rows built) in
-        a worker thread; the batch before is stored; and the one before that has its tags refreshed.
+        Three things overlap: the next batch is prepared (converted, validated, its rows built,
+        mostly in a worker thread); the batch before is stored; and the one before that has its
+        tags refreshed.
         A refresh owes nothing to the next batch's transaction (each settles only the queue rows it
         saw), and at most one runs beside a store. A bad batch raises only once every batch before
         it is stored; so does a cancelled call.
@@ -436,7 +543,7 @@ class FactImports:
         try:
             async for request in requests:
                 now = clock()
-                prepared = await asyncio.to_thread(prepare, request, k, now)
+                prepared = await prepare(request, k, now)
                 if pending is not None:
                     task, pending = pending, None
                     counts += await self._collect(task, refreshes)

@@ -74,8 +74,10 @@ def _queued(source: str, time: str) -> str:
 _INSERT_ORDERS = f"""
 WITH inserted AS (
     INSERT INTO tagging.orders
-        (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash)
-    SELECT $1, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash
+        (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
+         import_digest)
+    SELECT $1, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
+           import_digest
     FROM pg_temp.order_import ORDER BY order_id
     ON CONFLICT (tenant_id, order_id) DO NOTHING
     RETURNING order_id, member_id, paid_time, amount_minor, store, payment_method
@@ -120,7 +122,7 @@ SELECT (SELECT count(*) FROM inserted) AS stored, ARRAY(SELECT member_id FROM qu
 """
 
 _ORDER_STAGING = """n int, order_id text, member_id text, paid_time timestamptz, amount_minor bigint,
-    store text, payment_method text, content_hash text"""
+    store text, payment_method text, content_hash text, import_digest text"""
 _LINE_STAGING = """order_id text, line_n int, line_id text, sku text, category text, brand text,
     quantity int, unit_price_minor bigint"""
 
@@ -135,6 +137,16 @@ async def stage_orders(
     await conn.execute(
         "ANALYZE pg_temp.order_import; ANALYZE pg_temp.line_import; SET LOCAL work_mem = '64MB'"
     )
+
+
+async def import_digests(conn: Connection, order_ids: Sequence[str]) -> dict[str, str]:
+    """order_id -> the wire digest it was imported with, of those stored by an import."""
+    rows = await conn.fetch(
+        """SELECT order_id, import_digest FROM tagging.orders
+           WHERE order_id = ANY($1::text[]) AND import_digest IS NOT NULL""",
+        order_ids,
+    )
+    return {r["order_id"]: r["import_digest"] for r in rows}
 
 
 async def insert_orders(conn: Connection, tenant_id: str, inputs: int) -> Stored:

@@ -14,7 +14,7 @@ from memberops.tagging.v1 import facts_pb2, feed_pb2, tagging_service_pb2
 
 from runtime.db import Database
 from services.tagging.domain import OrderInput, OrderLine
-from services.tagging.fact_imports import order_digest
+from services.tagging.fact_imports import order_digest, stored_as_sent, wire_digest
 from services.tagging.facts import content_hash
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import field_violations
@@ -183,6 +183,42 @@ async def test_a_resent_batch_or_stream_changes_nothing(tagging_stub: Stub, db: 
     after = await feed_entries(db, [*members, *(o.order_id for o in orders)])
     assert after == before
     assert [await tags_of(tagging_stub, m, "categories_bought") for m in members] == tags_before
+
+
+def test_orders_stored_as_sent_are_those_whose_wire_digest_is_stored() -> None:
+    a, b = an_order("m-1", "o-a"), an_order("m-1", "o-b")
+    other_b = an_order("m-1", "o-b", store="jd")
+    ids = ["o-a", "o-b", "o-b", "o-a", "o-c"]
+    digests = [wire_digest(m) for m in (a, b, other_b, a, an_order("m-1", "o-c"))]
+    stored = {"o-a": wire_digest(a), "o-b": wire_digest(b)}
+    # o-a twice alike is stored as sent; o-b beside other content goes the full way, as does o-c.
+    assert stored_as_sent(ids, digests, stored) == {0, 3}
+    assert wire_digest(a) == wire_digest(an_order("m-1", "o-a")) != wire_digest(b)
+
+
+async def test_a_resent_order_is_known_by_its_wire_form(tagging_stub: Stub, db: Database) -> None:
+    """A re-sent order whose wire form an import stored is unchanged without its content being
+    compared again; another wire form of the same content is compared by content."""
+    member_id = await new_member(tagging_stub)
+    order, other = an_order(member_id), an_order(member_id)
+    assert counts(await import_orders(tagging_stub, [[order, other]])) == (2, 2, 0)
+    async with db.transaction(TENANT_ACME) as conn:
+        # Only a comparison by content would notice this.
+        await conn.execute("UPDATE tagging.orders SET content_hash = 'x' WHERE order_id = $1", order.order_id)
+    assert counts(await import_orders(tagging_stub, [[order, other]])) == (2, 0, 2)
+    named = facts_pb2.Order()
+    named.CopyFrom(order)
+    named.name = f"orders/{order.order_id}"  # output only: the same order, other bytes
+    error = await failed(import_orders(tagging_stub, [[named]]), grpc.StatusCode.ALREADY_EXISTS)
+    assert "requests[0].orders[0].order_id" in (error.details() or "")
+    named.CopyFrom(other)
+    named.name = f"orders/{other.order_id}"
+    assert counts(await import_orders(tagging_stub, [[named]])) == (1, 0, 1)
+    # Orders stored as sent are not validated again, but a bad one beside them rejects the batch.
+    bad = an_order(member_id, amount_minor=-1)
+    error = await failed(import_orders(tagging_stub, [[other, bad]]), grpc.StatusCode.INVALID_ARGUMENT)
+    assert list(field_violations(error)) == ["requests[0].orders[1].amount_minor"]
+    assert set(await stored_orders(db, [bad.order_id])) == set()
 
 
 async def test_a_bad_order_rejects_its_batch_only(tagging_stub: Stub, db: Database) -> None:
