@@ -34,6 +34,11 @@ TENANT_INITECH = "initech"
 # failed call can be checked to have written nothing.
 TOKEN_FUZZ = "test-token-fuzz-0123456789"
 TENANT_FUZZ = "fuzz"
+# A tenant for erasure tests: their members and orders would change another tenant's population
+# (Initech's RFM), and no tasks feed follower runs in it (a follower's late write could put an erased
+# id back).
+TOKEN_UMBRELLA = "test-token-umbrella-0123456789"
+TENANT_UMBRELLA = "umbrella"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -44,6 +49,7 @@ ACME = bearer(TOKEN_ACME)
 GLOBEX = bearer(TOKEN_GLOBEX)
 INITECH = bearer(TOKEN_INITECH)
 FUZZ = bearer(TOKEN_FUZZ)
+UMBRELLA = bearer(TOKEN_UMBRELLA)
 
 
 def unique(prefix: str = "m") -> str:
@@ -75,6 +81,7 @@ def settings(pg_dsn: str) -> Settings:
             TOKEN_GLOBEX: TENANT_GLOBEX,
             TOKEN_INITECH: TENANT_INITECH,
             TOKEN_FUZZ: TENANT_FUZZ,
+            TOKEN_UMBRELLA: TENANT_UMBRELLA,
         },
         db_pool_min=1,
         db_pool_max=8,
@@ -153,7 +160,7 @@ def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.Serv
 
     def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
         if clock is None:
-            return tasks_server.wire(db, tenants - {TENANT_INITECH, TENANT_FUZZ}, settings)
+            return tasks_server.wire(db, tenants - {TENANT_INITECH, TENANT_FUZZ, TENANT_UMBRELLA}, settings)
         return tasks_server.wire(db, frozenset(), settings, clock=clock)
 
     return dataclasses.replace(tasks_server.DEFINITION, wire=wire)

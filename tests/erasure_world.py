@@ -14,7 +14,7 @@ from google.type import date_pb2
 from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
 
 from runtime.db import Database
-from tests.conftest import INITECH, unique
+from tests.conftest import UMBRELLA, unique
 from tests.tagging.facts_helpers import PAID, a_refund, an_event, an_order, stamp
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # The erasure tests write in initech, where no feed follower of the suite's tasks service writes
 # on its own: a follower that read an order of the member before the erasure and wrote after it
 # could leave a row under the member id whatever the erasure does (see docs/tagging.md).
-METADATA = INITECH
+METADATA = UMBRELLA
 REGISTERED = dt.datetime(2024, 3, 5, 8, 0, tzinfo=dt.UTC)
 
 

@@ -21,7 +21,7 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2, tasks_service_pb2_
 from runtime import app
 from runtime.db import Database
 from tests.audience.helpers import create, in_batch
-from tests.conftest import TENANT_INITECH, unique
+from tests.conftest import TENANT_UMBRELLA, unique
 from tests.erasure_world import METADATA, Person, audit_row, create_person, erase, traces
 from workflows.journeys import message_log
 
@@ -53,7 +53,7 @@ async def balance(stub: TasksStub, member_id: str) -> tuple[int, int]:
 async def snapshot_arms(db: Database, snapshot_id: str) -> list[int]:
     rows = await db.pool.fetch(
         "SELECT arm FROM audience.snapshot_members WHERE tenant_id = $1 AND snapshot_id = $2 ORDER BY arm",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         snapshot_id,
     )
     return [row["arm"] for row in rows]
@@ -91,10 +91,10 @@ async def test_nothing_of_the_member_is_left_in_any_table(
     snapshot_id = snapshot.name.removeprefix("snapshots/")
     arms = await snapshot_arms(db, snapshot_id)
     assert len(arms) == 1
-    async with db.transaction(TENANT_INITECH) as conn:
+    async with db.transaction(TENANT_UMBRELLA) as conn:
         key = message_log.Key(
-            TENANT_INITECH,
-            f"journey/{TENANT_INITECH}/welcome/member/{person.member_id}#1",
+            TENANT_UMBRELLA,
+            f"journey/{TENANT_UMBRELLA}/welcome/member/{person.member_id}#1",
             person.member_id,
             "hello",
         )
@@ -117,7 +117,7 @@ async def test_nothing_of_the_member_is_left_in_any_table(
     assert await traces(db, person.needles) == {}
     gmv = await db.pool.fetchval(
         "SELECT sum(amount_minor) FROM tagging.orders WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         erased.pseudonym,
     )
     assert gmv == sum(facts.amounts)
@@ -125,7 +125,7 @@ async def test_nothing_of_the_member_is_left_in_any_table(
     assert await snapshot_arms(db, snapshot_id) == arms
     sent = await db.pool.fetchrow(
         "SELECT status, detail FROM journeys.messages WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         erased.pseudonym,
     )
     assert sent is not None and sent["status"] == "sent"
@@ -145,7 +145,7 @@ async def test_nothing_of_the_member_is_left_in_any_table(
         )
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
     assert await traces(db, person.needles) == {}
-    audit = await audit_row(db, TENANT_INITECH, request_id)
+    audit = await audit_row(db, TENANT_UMBRELLA, request_id)
     changed = json.loads(audit["changed_rows"])
     assert {"tagging.members", "tasks.accounts", "audience.snapshot_members", "journeys.messages"} <= set(
         changed

@@ -19,7 +19,7 @@ from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from services.tagging import server as tagging_server
-from tests.conftest import TENANT_INITECH, unique
+from tests.conftest import TENANT_UMBRELLA, unique
 from tests.erasure_world import METADATA, REGISTERED, Person, audit_row, create_person, erase, traces
 from tests.grpc_helpers import failure, field_violations
 from tests.tagging.facts_helpers import stamp
@@ -54,7 +54,7 @@ async def test_an_unknown_member_is_not_found_and_nothing_is_recorded(
     request_id = unique("req")
     error = await failure(erase(tagging_stub, unique("nobody"), request_id))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert await audit_row(db, TENANT_INITECH, request_id) is None
+    assert await audit_row(db, TENANT_UMBRELLA, request_id) is None
 
 
 async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
@@ -68,7 +68,7 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
     assert {"tagging.events", "tagging.feed", "tagging.member_tags", "tagging.event_recency"} <= set(before)
     tags_held = await db.pool.fetchval(
         "SELECT count(*) FROM tagging.member_tags WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         person.member_id,
     )
     start = await feed_end(tagging_stub, METADATA)
@@ -102,7 +102,7 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
     assert not left.attributes.fields
     orders = await db.pool.fetch(
         "SELECT order_id, amount_minor FROM tagging.orders WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         erased.pseudonym,
     )
     assert sorted(o["order_id"] for o in orders) == sorted(facts.order_ids)
@@ -110,13 +110,13 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
     # Tag history stays (the profile's tags end, closed by the pseudonym's refresh, not deleted).
     tags_kept = await db.pool.fetchval(
         "SELECT count(*) FROM tagging.member_tags WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         erased.pseudonym,
     )
     assert tags_kept >= tags_held > 0
     events = await db.pool.fetch(
         "SELECT kind, query FROM tagging.events WHERE tenant_id = $1 AND member_id = $2",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         erased.pseudonym,
     )
     assert len(events) == 2 and {e["query"] for e in events} == {""}
@@ -136,7 +136,7 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
     assert all(e.backfilled for e in ended)
     assert all(e.member_id != person.member_id for e in entries)
 
-    audit = await audit_row(db, TENANT_INITECH, request_id)
+    audit = await audit_row(db, TENANT_UMBRELLA, request_id)
     assert (audit["operator"], audit["reason"], audit["pseudonym"]) == (
         "dpo@acme",
         "DSR-2026-0042",
@@ -190,7 +190,7 @@ async def test_concurrent_requests_make_one_erasure(tagging_stub: Stub, db: Data
     rows = await db.pool.fetch(
         """SELECT member_id, pseudonym FROM tagging.member_erasures
            WHERE tenant_id = $1 AND request_id = ANY($2::text[])""",
-        TENANT_INITECH,
+        TENANT_UMBRELLA,
         [request_id, other_id],
     )
     assert {r["pseudonym"] for r in rows} == {erasures[0].pseudonym}
@@ -232,13 +232,13 @@ async def test_a_retry_finishes_what_a_peer_being_down_left(
 
     down = await failure(erase(stub, person.member_id, request_id))
     assert down.code() == grpc.StatusCode.UNAVAILABLE
-    owed = await audit_row(db, TENANT_INITECH, request_id)
+    owed = await audit_row(db, TENANT_UMBRELLA, request_id)
     assert owed["member_id"] == person.member_id and owed["finish_time"] is None  # needed to resume
 
     known["journeys"] = journeys_port
     finished = await erase(stub, person.member_id, request_id)
     assert finished.pseudonym == owed["pseudonym"]
-    done = await audit_row(db, TENANT_INITECH, request_id)
+    done = await audit_row(db, TENANT_UMBRELLA, request_id)
     assert done["member_id"] is None and done["finish_time"] is not None
     assert await traces(db, person.needles) == {}
 
