@@ -91,8 +91,11 @@ lines AS (
     ORDER BY l.order_id, l.line_id
 ),
 prior AS (
-    SELECT o.member_id, count(*) AS orders FROM tagging.orders o
-    WHERE o.member_id IN (SELECT member_id FROM inserted) GROUP BY o.member_id
+    -- Each member's orders counted from the (member, paid time) index: a join with every order
+    -- of the tenant (the plan PostgreSQL picks for an IN list it guesses small) grows with history.
+    SELECT m.member_id,
+           (SELECT count(*) FROM tagging.orders o WHERE o.member_id = m.member_id) AS orders
+    FROM (SELECT DISTINCT member_id FROM inserted) m
 ),
 numbered AS (
     SELECT i.*, coalesce(p.orders, 0)
