@@ -38,6 +38,9 @@ DAYS_ENV = "BENCH_TAG_HISTORY_DAYS"
 DEADLINE = 3 * 3600
 REBUILT_KINDS = (tags_pb2.TAG_KIND_FACT, tags_pb2.TAG_KIND_RULE, tags_pb2.TAG_KIND_MODEL)
 POLL_SECONDS = 2.0
+# How often the rebuild's progress is printed while it runs (a long one can be stopped with a
+# figure in hand).
+PROGRESS_SECONDS = 60.0
 
 
 async def recompute_now(stub: Any) -> tuple[float, int]:
@@ -59,9 +62,14 @@ async def rebuild(stub: Any, days: int) -> tuple[float, tagging_service_pb2.TagH
     started = time.perf_counter()
     operation = await stub.RebuildTagHistory(request, metadata=servers.AUTH)
     get = tagging_service_pb2.GetTagHistoryRebuildRequest(name=operation.name)
+    reported = started
     while not (operation.done or operation.error):
         await asyncio.sleep(POLL_SECONDS)
         operation = await stub.GetTagHistoryRebuild(get, metadata=servers.AUTH)
+        if time.perf_counter() - reported >= PROGRESS_SECONDS:
+            reported = time.perf_counter()
+            elapsed = reported - started
+            print(f"  {elapsed:7.0f} s  {operation.done_steps}/{operation.total_steps} steps", flush=True)
     return time.perf_counter() - started, operation
 
 
@@ -92,8 +100,10 @@ async def main() -> None:
             ):
                 stub: Any = tagging_service_pb2_grpc.TaggingServiceStub(channel)
                 first_seconds, first_changes = await recompute_now(stub)
+                print(f"present tags (recompute at now, from empty)  {first_seconds:8.1f} s", flush=True)
                 await dataset.execute(dsn, "ANALYZE tagging.member_tags")
                 baseline, unchanged = await recompute_now(stub)
+                print(f"baseline: recompute at now, unchanged         {baseline:8.1f} s", flush=True)
                 activities = TagHistoryActivities(stub, lambda tenant: servers.BENCH_TOKEN)
                 async with Worker(
                     env.client,
@@ -119,8 +129,7 @@ def report(
 ) -> None:
     dimensions = len(operation.dimensions)
     instants = operation.total_steps // max(1, dimensions)
-    print(f"present tags (recompute at now, from empty)  {first_seconds:8.1f} s  {first_changes:,} changes")
-    print(f"baseline: recompute at now, unchanged         {baseline:8.1f} s  {dimensions} dimensions")
+    print(f"present tags: {first_changes:,} changes; baseline and rebuild over {dimensions} dimensions")
     if operation.error:
         raise SystemExit(f"the rebuild failed after {operation.done_steps} steps: {operation.error}")
     per_instant = seconds / instants
