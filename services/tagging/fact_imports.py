@@ -369,7 +369,9 @@ class FactImports:
             await import_store.stage_orders(conn, batch.order_rows, batch.line_rows)
             _unknown_members(await import_store.first_unknown_member(conn, "order_import"), path)
             stored = await import_store.insert_orders(conn, tenant_id, INPUT_BITS[Input.ORDERS])
-            changed = await import_store.first_changed_order(conn)
+            # Staged orders are distinct ids: when all were new, none was stored with other content.
+            all_new = stored.count == len(batch.order_rows)
+            changed = None if all_new else await import_store.first_changed_order(conn)
             if changed is not None:
                 raise AlreadyExists(
                     f"{path}[{changed}].order_id: orders/{batch.order_ids[changed]} was recorded "
