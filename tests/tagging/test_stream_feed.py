@@ -108,7 +108,9 @@ async def test_existing_then_new_entries_arrive_in_order_once(tagging_stub: Stub
 
 
 async def test_waiting_holds_no_transaction_open(tagging_stub: Stub, db: Database) -> None:
-    """A caught-up stream polls with short transactions: none of the service's stays open for long."""
+    """A caught-up stream polls with short transactions: no feed read stays open for long. Only
+    sessions whose last statement read the feed are looked at: the services' other background work
+    (a history correction's read-only evaluation, say) may rightly hold a longer transaction."""
     start = await feed_end(tagging_stub)
     member_id = await new_member(tagging_stub)
     call = open_stream(tagging_stub, start, timeout=60)
@@ -119,6 +121,7 @@ async def test_waiting_holds_no_transaction_open(tagging_stub: Stub, db: Databas
             open_long = await conn.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
                    WHERE application_name = 'memberops' AND pid <> pg_backend_pid()
+                     AND query LIKE '%tagging.feed%'
                      AND xact_start < clock_timestamp() - interval '150 milliseconds'"""
             )
             assert open_long == 0
