@@ -95,6 +95,11 @@ async def test_imported_orders_enrol_and_convert_nobody_while_live_orders_do(
             JourneyWorkflow.run, client.workflow_id(TENANT_ACME, ordered.key, fresh)
         )
         await eventually(lambda: _state(handle, "active"), "the fresh member active")
+        # The audience maintainer has followed the members' live registrations (fresh's order, which
+        # moved it into the audience, comes after them on the feed), so `history`'s imported entries
+        # reach it in a later round of their own. A round that takes a member's live registration and
+        # its imported order together counts the entry as news (decision 106).
+        await enrolled(journeys_db, audienced.key, fresh)
         # History whose time alone would be news: `history`'s first order (which also makes it a
         # buyer), and an order of `fresh` inside its goal window.
         await import_orders(
