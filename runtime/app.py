@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 from grpc_health.v1 import health, health_pb2
 
-from runtime import logs, migrations
+from runtime import logs, migrations, observability
 from runtime.auth import TokenAuthenticator
 from runtime.config import Settings
 from runtime.db import STARVED_AFTER_SECONDS, Database
@@ -149,7 +149,9 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
     if db is not None and definition.prepare is not None:
         await definition.prepare(db, tenants)
     wiring = definition.wire(db, tenants, settings)
-    server = GrpcServer(wiring.bindings, TokenAuthenticator(tokens))
+    server = GrpcServer(
+        wiring.bindings, TokenAuthenticator(tokens), observability.server_interceptors(definition.name)
+    )
     names = ("", *(binding.full_name for binding in wiring.bindings))
     return RunningService(server, db, wiring.background, wiring.closers, health_names=names)
 
@@ -185,4 +187,5 @@ async def _serve(definition: ServiceDefinition, settings: Settings) -> None:
 def main(definition: ServiceDefinition) -> None:
     settings = Settings.from_env()
     logs.configure(settings.log_level, service=definition.name)
+    observability.start(definition.name, settings)
     asyncio.run(_serve(definition, settings))

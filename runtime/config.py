@@ -39,6 +39,13 @@ class Settings:
     shutdown_grace_seconds: float = 5.0
     # Dynamic-audience memberships the audience service holds in memory (~100 bytes each).
     membership_index_limit: int = 5_000_000
+    # Where this process serves Prometheus' /metrics ("host:port"); empty serves none.
+    metrics_address: str = ""
+    # A read replica for reads that may lag a little (audience counts, checks, exports); empty
+    # sends them to DATABASE_URL.
+    database_read_url: str = ""
+    # OpenTelemetry's OTLP/gRPC collector (e.g. http://otel-collector:4317); empty exports no traces.
+    otlp_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +70,9 @@ class Settings:
             membership_index_limit=env_number(
                 env, "MEMBEROPS_MEMBERSHIP_INDEX_LIMIT", defaults.membership_index_limit, int
             ),
+            metrics_address=env.get("MEMBEROPS_METRICS_ADDRESS", defaults.metrics_address),
+            database_read_url=env.get("DATABASE_READ_URL", defaults.database_read_url),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", defaults.otlp_endpoint),
         )
 
     def require_database(self) -> str:

@@ -204,10 +204,17 @@ async def _admitted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class GrpcServer:
     """A started grpc.aio server with health and reflection; `stop` drains it gracefully."""
 
-    def __init__(self, bindings: Sequence[ServiceBinding], authenticator: auth.TokenAuthenticator) -> None:
+    def __init__(
+        self,
+        bindings: Sequence[ServiceBinding],
+        authenticator: auth.TokenAuthenticator,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        """`interceptors` run outside the one that authenticates (metrics, traces: they see every
+        call, refused ones too)."""
         self._bindings = list(bindings)
         self._server = grpc.aio.server(
-            interceptors=[RpcInterceptor(authenticator)],
+            interceptors=[*interceptors, RpcInterceptor(authenticator)],
             options=[
                 # Fail loudly when the port is taken instead of silently sharing it.
                 ("grpc.so_reuseport", 0),

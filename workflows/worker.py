@@ -17,7 +17,7 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from runtime import logs
+from runtime import logs, observability
 from runtime.config import Settings, env_number
 from runtime.db import Database
 from workflows import service_calls
@@ -180,6 +180,7 @@ async def run(settings: Settings, channels: ChannelSettings, time_scale: int = 0
 def main() -> None:
     settings = Settings.from_env()
     logs.configure(settings.log_level, service="worker")
+    observability.start("worker", settings)
     time_scale = env_number(os.environ, "MEMBEROPS_JOURNEY_TIME_SCALE", 0, int)
     asyncio.run(run(settings, ChannelSettings.from_env(), time_scale))
 
