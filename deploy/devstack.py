@@ -37,6 +37,7 @@ from temporalio.service import RPCError
 from deploy import binaries, localpg
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
+from deploy.setup import SEARCH_ATTRIBUTES as SEARCH_ATTRIBUTES  # noqa: PLC0414 (re-export for tests)
 from runtime.config import ConfigError, Settings
 from workflows.dispatcher.__main__ import ensure_all as ensure_dispatchers
 from workflows.journeys.channels.config import ENV_PREFIX, HTTP_CHANNELS
@@ -50,7 +51,6 @@ PROBE_TIMEOUT_SECONDS = 5.0
 DEMO_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_LINES = 30
-SEARCH_ATTRIBUTES = ("MemberOpsTenant=Keyword", "MemberOpsMember=Keyword", "MemberOpsJourney=Keyword")
 # The shipped journeys `make up` makes live for its dev tenant, so the demo runs; everywhere else
 # every journey, the shipped ones too, is a draft until an operator activates it.
 DEV_LIVE_JOURNEYS = ("new-customer", "win-back")
