@@ -1,4 +1,5 @@
-"""structlog set up for JSON lines, with request id, tenant and member bound from contextvars."""
+"""structlog set up for JSON lines, with request id, tenant and member bound from contextvars and the
+current span's trace and span ids."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
+from opentelemetry import trace
 
 # Keys whose values never reach a log line: credentials and personal contact data.
 REDACTED_KEYS = frozenset({"authorization", "token", "password", "secret", "phone", "mobile", "email"})
@@ -16,6 +18,17 @@ REDACTED_KEYS = frozenset({"authorization", "token", "password", "secret", "phon
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in event.keys() & REDACTED_KEYS:
         event[key] = "[redacted]"
+    return event
+
+
+def _trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The ids of the span the line was written in (when it records), so a line leads to its
+    trace in the collector and a trace back to its lines."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        context = span.get_span_context()
+        event["trace_id"] = f"{context.trace_id:032x}"
+        event["span_id"] = f"{context.span_id:016x}"
     return event
 
 
@@ -41,6 +54,7 @@ def configure(level: str = "info", *, service: str, stream: TextIO | None = None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
