@@ -189,3 +189,5 @@ class FeedEntry:
     subject_id: str
     payload: dict[str, Any]
     create_time: dt.datetime
+    # The W3C trace context of the traced call that wrote it (runtime/tracing.py), else "".
+    traceparent: str = ""

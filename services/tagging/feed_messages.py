@@ -28,6 +28,7 @@ def feed_entry_to_proto(entry: FeedEntry) -> feed_pb2.FeedEntry:
         subject_id=entry.subject_id,
     )
     message.create_time.FromDatetime(entry.create_time)
+    message.traceparent = entry.traceparent
     payload = entry.payload
     # Imports (and the tag refreshes they make) write the mark into the stored payload.
     message.backfilled = bool(payload.get("backfilled"))

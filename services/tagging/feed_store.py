@@ -1,5 +1,6 @@
 """SQL of tagging.feed: entries appended in the transaction of the change they record, and read
-back once settled. Every function runs on a connection already inside a tenant transaction."""
+back once settled. Every function runs on a connection already inside a tenant transaction.
+An entry written inside a traced call keeps that call's trace context (`traceparent`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from runtime import outbox
+from runtime import outbox, tracing
 from runtime.db import Connection
 from services.tagging.domain import FeedEntry, FeedKind
 
@@ -16,17 +17,18 @@ async def append_feed(
     conn: Connection, tenant_id: str, kind: FeedKind, member_id: str, subject_id: str, payload: dict[str, Any]
 ) -> None:
     await conn.execute(
-        """INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-           VALUES ($1, $2, $3, $4, $5::jsonb)""",
+        """INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload, traceparent)
+           VALUES ($1, $2, $3, $4, $5::jsonb, $6)""",
         tenant_id,
         int(kind),
         member_id,
         subject_id,
         json.dumps(payload, separators=(",", ":"), default=str),
+        tracing.traceparent(),
     )
 
 
-_FEED_COLUMNS = "kind, member_id, subject_id, payload::text AS payload, create_time"
+_FEED_COLUMNS = "kind, member_id, subject_id, payload::text AS payload, create_time, traceparent"
 
 
 async def read_feed(
@@ -58,6 +60,7 @@ async def read_feed(
             subject_id=row["subject_id"],
             payload=json.loads(row["payload"]),
             create_time=row["create_time"],
+            traceparent=row["traceparent"] or "",
         )
         for row in rows
     ]
@@ -68,8 +71,8 @@ async def append_feed_many(
 ) -> None:
     """Appends (member_id, subject_id, payload) entries in the order given, in one statement."""
     await conn.execute(
-        """INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-           SELECT $1, $2, e.member_id, e.subject_id, e.payload::jsonb
+        """INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload, traceparent)
+           SELECT $1, $2, e.member_id, e.subject_id, e.payload::jsonb, $6::text
            FROM unnest($3::text[], $4::text[], $5::text[])
                 WITH ORDINALITY AS e(member_id, subject_id, payload, n)
            ORDER BY e.n""",
@@ -78,4 +81,5 @@ async def append_feed_many(
         [member_id for member_id, _, _ in entries],
         [subject_id for _, subject_id, _ in entries],
         [json.dumps(payload, separators=(",", ":"), default=str) for _, _, payload in entries],
+        tracing.traceparent(),
     )

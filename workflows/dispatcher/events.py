@@ -41,6 +41,8 @@ class FeedEvent:
     time: dt.datetime
     # History an import loaded (tagging's `FeedEntry.backfilled`): no journey reacts to it.
     backfilled: bool = False
+    # The trace context of the call that wrote the entry (tagging's `FeedEntry.traceparent`).
+    traceparent: str = ""
 
 
 def _time(stamp: object) -> dt.datetime:
@@ -103,7 +105,9 @@ def tagging_event(entry: feed_pb2.FeedEntry, wanted: frozenset[str] | None = Non
             occur_time=payload.occur_time or time,
             event_id=event_id,
         )
-    return None if event is None else FeedEvent(entry.member_id, event, "tagging", time, entry.backfilled)
+    if event is None:
+        return None
+    return FeedEvent(entry.member_id, event, "tagging", time, entry.backfilled, entry.traceparent)
 
 
 def audience_event(entry: audience_service_pb2.AudienceFeedEntry) -> FeedEvent | None:

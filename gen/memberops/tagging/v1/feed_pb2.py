@@ -26,27 +26,27 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memberops.tagging.v1 import facts_pb2 as memberops_dot_tagging_dot_v1_dot_facts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/feed.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\"\x82\x04\n\tFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0emember_changed\x18\x07 \x01(\x0b\x32#.memberops.tagging.v1.MemberChangedH\x00\x12=\n\x0eorder_recorded\x18\x08 \x01(\x0b\x32#.memberops.tagging.v1.OrderRecordedH\x00\x12?\n\x0frefund_recorded\x18\t \x01(\x0b\x32$.memberops.tagging.v1.RefundRecordedH\x00\x12=\n\x0e\x65vent_recorded\x18\n \x01(\x0b\x32#.memberops.tagging.v1.BehaviorEventH\x00\x12\x37\n\x0btag_changed\x18\x0b \x01(\x0b\x32 .memberops.tagging.v1.TagChangedH\x00\x12\x12\n\nbackfilled\x18\x0c \x01(\x08\x42\t\n\x07payloadJ\x04\x08\x05\x10\x06\"Q\n\rMemberChanged\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\noccur_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\rOrderRecorded\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\x12\x1b\n\x13member_order_number\x18\x02 \x01(\x03\"{\n\x0eRefundRecorded\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\x12;\n\x0eorder_standing\x18\x02 \x01(\x0b\x32#.memberops.tagging.v1.OrderStanding\"^\n\rOrderStanding\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x1d\n\x15refunded_amount_minor\x18\x02 \x01(\x03\x12\x18\n\x10refunded_in_full\x18\x03 \x01(\x08\"\xcd\x01\n\nTagChanged\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x1f.memberops.tagging.v1.TagChange\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x04 \x01(\x05\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12.\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\rFeedEntryKind\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_MEMBER_CHANGED\x10\x01\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_ORDER_RECORDED\x10\x02\x12#\n\x1f\x46\x45\x45\x44_ENTRY_KIND_REFUND_RECORDED\x10\x03\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_EVENT_RECORDED\x10\x04\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_TAG_CHANGED\x10\x05*U\n\tTagChange\x12\x1a\n\x16TAG_CHANGE_UNSPECIFIED\x10\x00\x12\x14\n\x10TAG_CHANGE_ADDED\x10\x01\x12\x16\n\x12TAG_CHANGE_REMOVED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/feed.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a memberops/tagging/v1/facts.proto\"\x97\x04\n\tFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.memberops.tagging.v1.FeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x0emember_changed\x18\x07 \x01(\x0b\x32#.memberops.tagging.v1.MemberChangedH\x00\x12=\n\x0eorder_recorded\x18\x08 \x01(\x0b\x32#.memberops.tagging.v1.OrderRecordedH\x00\x12?\n\x0frefund_recorded\x18\t \x01(\x0b\x32$.memberops.tagging.v1.RefundRecordedH\x00\x12=\n\x0e\x65vent_recorded\x18\n \x01(\x0b\x32#.memberops.tagging.v1.BehaviorEventH\x00\x12\x37\n\x0btag_changed\x18\x0b \x01(\x0b\x32 .memberops.tagging.v1.TagChangedH\x00\x12\x12\n\nbackfilled\x18\x0c \x01(\x08\x12\x13\n\x0btraceparent\x18\r \x01(\tB\t\n\x07payloadJ\x04\x08\x05\x10\x06\"Q\n\rMemberChanged\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\noccur_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\rOrderRecorded\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.memberops.tagging.v1.Order\x12\x1b\n\x13member_order_number\x18\x02 \x01(\x03\"{\n\x0eRefundRecorded\x12,\n\x06refund\x18\x01 \x01(\x0b\x32\x1c.memberops.tagging.v1.Refund\x12;\n\x0eorder_standing\x18\x02 \x01(\x0b\x32#.memberops.tagging.v1.OrderStanding\"^\n\rOrderStanding\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x1d\n\x15refunded_amount_minor\x18\x02 \x01(\x03\x12\x18\n\x10refunded_in_full\x18\x03 \x01(\x08\"\xcd\x01\n\nTagChanged\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x1f.memberops.tagging.v1.TagChange\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x04 \x01(\x05\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12.\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\rFeedEntryKind\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_MEMBER_CHANGED\x10\x01\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_ORDER_RECORDED\x10\x02\x12#\n\x1f\x46\x45\x45\x44_ENTRY_KIND_REFUND_RECORDED\x10\x03\x12\"\n\x1e\x46\x45\x45\x44_ENTRY_KIND_EVENT_RECORDED\x10\x04\x12\x1f\n\x1b\x46\x45\x45\x44_ENTRY_KIND_TAG_CHANGED\x10\x05*U\n\tTagChange\x12\x1a\n\x16TAG_CHANGE_UNSPECIFIED\x10\x00\x12\x14\n\x10TAG_CHANGE_ADDED\x10\x01\x12\x16\n\x12TAG_CHANGE_REMOVED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEEDENTRYKIND']._serialized_start=1244
-  _globals['_FEEDENTRYKIND']._serialized_end=1470
-  _globals['_TAGCHANGE']._serialized_start=1472
-  _globals['_TAGCHANGE']._serialized_end=1557
+  _globals['_FEEDENTRYKIND']._serialized_start=1265
+  _globals['_FEEDENTRYKIND']._serialized_end=1491
+  _globals['_TAGCHANGE']._serialized_start=1493
+  _globals['_TAGCHANGE']._serialized_end=1578
   _globals['_FEEDENTRY']._serialized_start=125
-  _globals['_FEEDENTRY']._serialized_end=639
-  _globals['_MEMBERCHANGED']._serialized_start=641
-  _globals['_MEMBERCHANGED']._serialized_end=722
-  _globals['_ORDERRECORDED']._serialized_start=724
-  _globals['_ORDERRECORDED']._serialized_end=812
-  _globals['_REFUNDRECORDED']._serialized_start=814
-  _globals['_REFUNDRECORDED']._serialized_end=937
-  _globals['_ORDERSTANDING']._serialized_start=939
-  _globals['_ORDERSTANDING']._serialized_end=1033
-  _globals['_TAGCHANGED']._serialized_start=1036
-  _globals['_TAGCHANGED']._serialized_end=1241
+  _globals['_FEEDENTRY']._serialized_end=660
+  _globals['_MEMBERCHANGED']._serialized_start=662
+  _globals['_MEMBERCHANGED']._serialized_end=743
+  _globals['_ORDERRECORDED']._serialized_start=745
+  _globals['_ORDERRECORDED']._serialized_end=833
+  _globals['_REFUNDRECORDED']._serialized_start=835
+  _globals['_REFUNDRECORDED']._serialized_end=958
+  _globals['_ORDERSTANDING']._serialized_start=960
+  _globals['_ORDERSTANDING']._serialized_end=1054
+  _globals['_TAGCHANGED']._serialized_start=1057
+  _globals['_TAGCHANGED']._serialized_end=1262
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,7 @@ class FeedEntry(_message.Message):
     EVENT_RECORDED_FIELD_NUMBER: _builtins.int
     TAG_CHANGED_FIELD_NUMBER: _builtins.int
     BACKFILLED_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque position of this entry; pass it as `after_cursor` to read what follows."""
     kind: Global___FeedEntryKind.ValueType
@@ -92,6 +93,11 @@ class FeedEntry(_message.Message):
     """History, not news: a fact loaded by an import (ImportOrders, ImportRefunds, ImportEvents), or
     a tag change an import's refresh made. Consumers keep their state (e.g. audience membership)
     but react to nothing: no journey enrols or converts and no task rewards on it.
+    """
+    traceparent: _builtins.str
+    """The W3C trace context (`traceparent` form) of the traced call that wrote the entry, so a
+    consumer acting on it continues that call's trace (OpenTelemetry); empty when the writer was
+    not traced.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -119,10 +125,11 @@ class FeedEntry(_message.Message):
         event_recorded: _facts_pb2.BehaviorEvent | None = ...,
         tag_changed: Global___TagChanged | None = ...,
         backfilled: _builtins.bool = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_recorded", b"event_recorded", "member_changed", b"member_changed", "order_recorded", b"order_recorded", "payload", b"payload", "refund_recorded", b"refund_recorded", "tag_changed", b"tag_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backfilled", b"backfilled", "create_time", b"create_time", "cursor", b"cursor", "event_recorded", b"event_recorded", "kind", b"kind", "member_changed", b"member_changed", "member_id", b"member_id", "order_recorded", b"order_recorded", "payload", b"payload", "refund_recorded", b"refund_recorded", "subject_id", b"subject_id", "tag_changed", b"tag_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backfilled", b"backfilled", "create_time", b"create_time", "cursor", b"cursor", "event_recorded", b"event_recorded", "kind", b"kind", "member_changed", b"member_changed", "member_id", b"member_id", "order_recorded", b"order_recorded", "payload", b"payload", "refund_recorded", b"refund_recorded", "subject_id", b"subject_id", "tag_changed", b"tag_changed", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["member_changed", "order_recorded", "refund_recorded", "event_recorded", "tag_changed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
