@@ -10,6 +10,7 @@ are a deliverable `make test` checks, and a skip would let a broken one through 
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def kubectl() -> str:
     return found
 
 
+@functools.cache
 def render(overlay: str) -> str:
+    """The overlay as `kubectl apply -k` would send it (rendered once per test run)."""
     done = subprocess.run(
         [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
         capture_output=True,
