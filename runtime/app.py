@@ -144,7 +144,9 @@ async def build(definition: ServiceDefinition, settings: Settings) -> RunningSer
     if definition.schema is not None:
         dsn = settings.require_database()
         await migrate(dsn, definition)
-        db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        db = await Database.connect(
+            dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, name=definition.name
+        )
     tenants = frozenset(tokens.values())
     if db is not None and definition.prepare is not None:
         await definition.prepare(db, tenants)

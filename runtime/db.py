@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -49,6 +50,17 @@ async def _reset_if_left_in_transaction(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
+# Every Database not closed yet, for the pool gauges of /metrics (weak: one dropped unclosed goes).
+OPEN: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _usage(pools: list[asyncpg.Pool]) -> tuple[int, int, int]:
+    """(in use, open, most) over `pools`."""
+    size = sum(pool.get_size() for pool in pools)
+    idle = sum(pool.get_idle_size() for pool in pools)
+    return size - idle, size, sum(pool.get_max_size() for pool in pools)
+
+
 # Connections of each tenant's read-only pool (`Database.reading`), opened on demand.
 READING_POOL_SIZE = 4
 # How long a trivial acquire may wait before the pool counts as starved (`Database.starved`).
@@ -59,14 +71,17 @@ class Database:
     """A pool plus the two ways the services use it: a transaction under one tenant, and one
     read-only statement under one tenant on a connection that stays that tenant's."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None, name: str = "") -> None:
         self.pool = pool
         self._dsn = dsn
         self._reading: dict[str, asyncpg.Pool] = {}
         self._reading_lock = asyncio.Lock()
+        # The process part it serves (a service, "worker"), as Prometheus' pool gauges name it.
+        self.name = name or "memberops"
+        OPEN.add(self)
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10, name: str = "") -> Database:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
@@ -74,7 +89,14 @@ class Database:
             server_settings={"application_name": "memberops"},
             reset=_reset_if_left_in_transaction,
         )
-        return cls(pool, dsn)
+        return cls(pool, dsn, name)
+
+    def usage(self) -> Iterator[tuple[str, int, int, int]]:
+        """(pool, connections in use, open, most) of the request pool ("primary") and of the
+        tenants' reading pools together ("reading"), read by the /metrics scrape
+        (runtime/metrics.py) from its own thread: plain attribute reads, no await."""
+        yield "primary", *_usage([self.pool])
+        yield "reading", *_usage(list(self._reading.values()))
 
     async def starved(self, within: float = STARVED_AFTER_SECONDS) -> bool:
         """Whether the pool could not hand out a connection `within` seconds (or not at all: the
@@ -87,6 +109,7 @@ class Database:
             return True
 
     async def close(self) -> None:
+        OPEN.discard(self)
         pools = [self.pool, *self._reading.values()]
         self._reading.clear()
         await asyncio.gather(*(pool.close() for pool in pools))

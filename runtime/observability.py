@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import grpc
 
-from runtime import tracing
+from runtime import grpc_metrics, metrics, tracing
 from runtime.config import Settings
 
 
 def server_interceptors(service: str) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors every gRPC server of `service` runs outside authentication."""
     # Tracing first (outermost): what the others do and log happens inside the call's span.
-    return [*tracing.server_interceptors()]
+    return [*tracing.server_interceptors(), grpc_metrics.MetricsInterceptor()]
 
 
 def start(process: str, settings: Settings) -> None:
     """Called once per process before its event loop starts (serving /metrics, the tracer)."""
     tracing.start(process, settings)
+    metrics.start(settings)

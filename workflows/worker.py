@@ -135,7 +135,9 @@ async def prepare_database(settings: Settings, time_scale: int = 0) -> Database:
     activates a journey (see `workflows/journeys/states.py`)."""
     dsn = settings.require_database()
     await journeys_store.migrate(dsn)
-    db = await Database.connect(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    db = await Database.connect(
+        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, name="worker"
+    )
     tenants = frozenset(settings.require_tokens().values())
     if time_scale:
         for tenant_id in sorted(tenants):

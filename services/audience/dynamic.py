@@ -20,12 +20,13 @@ caused is marked `backfilled` on the audience feed, so no journey enrols on it.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from runtime import outbox, rounds
+from runtime import metrics, outbox, rounds
 from runtime.db import Connection, Database
 from runtime.errors import NotFound
 from runtime.logs import get_logger
@@ -85,13 +86,19 @@ class Memberships:
 
     async def run(self) -> None:
         """Maintains every tenant's dynamic audiences until cancelled (a failed round is retried)."""
+        metrics.FEED.watch("audience", "tagging", self._tenants)
         await rounds.every_tenant(
             self._tenants, self._more, POLL_SECONDS, log, "dynamic audience round failed"
         )
 
     async def _more(self, tenant_id: str) -> bool:
         """One round; True when it read a whole batch of the feed, so more may be waiting."""
+        started = time.monotonic()
         done = await self.maintain(tenant_id)
+        if done is not None:
+            metrics.FEED.round(
+                "audience", "tagging", tenant_id, started, done.followed, done.followed < FEED_BATCH
+            )
         return done is not None and done.followed == FEED_BATCH
 
     async def maintain(self, tenant_id: str) -> Round | None:

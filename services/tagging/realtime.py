@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from runtime import metrics
 from runtime.db import Database
 from runtime.logs import get_logger
 from services.tagging import refresh_store
@@ -56,6 +58,7 @@ class _Batch:
     now: dt.datetime
     changes: dict[str, int] = field(default_factory=dict)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    opened: float = field(default_factory=time.perf_counter)
 
 
 class RealTimeTags:
@@ -95,8 +98,10 @@ class RealTimeTags:
             batch = _Batch(tenant_id, now)
             self._open[tenant_id] = batch
             self._ready.append(batch)
+        queued = len(batch.changes)
         for member_id, bits in changes.items():
             batch.changes[member_id] = batch.changes.get(member_id, 0) | bits
+        metrics.REFRESH_QUEUED.labels(tenant_id).inc(len(batch.changes) - queued)
         batch.now = max(batch.now, now)
         self._wake.set()
         return batch.done
@@ -110,14 +115,17 @@ class RealTimeTags:
             batch = self._ready.popleft()
             if self._open.get(batch.tenant_id) is batch:
                 del self._open[batch.tenant_id]
+            metrics.REFRESH_QUEUED.labels(batch.tenant_id).dec(len(batch.changes))
             try:
                 await self._run(batch)
             except Exception as error:  # handed to every waiting request; the lane carries on
                 log.warning("real-time refresh failed", tenant=batch.tenant_id, members=len(batch.changes))
                 batch.done.set_exception(error)
                 batch.done.exception()  # retrieved here too, in case every waiter has gone
+                metrics.refresh_done(batch.tenant_id, batch.opened, ok=False)
             else:
                 batch.done.set_result(None)
+                metrics.refresh_done(batch.tenant_id, batch.opened, ok=True)
                 self._corrector.wake()
 
     async def _run(self, batch: _Batch) -> None:
@@ -145,6 +153,7 @@ class RealTimeTags:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             stale = await refresh_store.stale_refreshes(conn, older_than, SWEEP_MEMBERS)
         if stale:
+            metrics.REFRESH_SWEPT.labels(tenant_id).inc(len(stale))
             # No bits of our own: the refresh runs what their queue rows owe.
             await asyncio.shield(self._submit(tenant_id, dict.fromkeys(stale, 0), now))
         return len(stale)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from runtime import metrics
 from runtime.db import Database
 from workflows import service_calls
 from workflows.dispatcher import events
@@ -133,7 +135,7 @@ class DispatcherActivities:
 
     async def _round(self, request: DispatchRequest) -> DispatchResult:
         before = await self._cursors(request)
-        tagging, audience = await self._read(request, before)
+        tagging, audience, asked = await self._read(request, before)
         tagging_times = [events.entry_time(e) for e in tagging.entries]
         audience_times = [events.entry_time(e) for e in audience.entries]
         take_tagging, take_audience = events.merge(
@@ -174,6 +176,9 @@ class DispatcherActivities:
         await dispatch_store.record_round(
             self._db, request.tenant_id, request.dispatcher, before, after, done.dispatches, now()
         )
+        for feed, read, took in (("tagging", tagging, take_tagging), ("audience", audience, take_audience)):
+            at_head = took == len(read.entries) < request.batch_size
+            metrics.FEED.round("dispatcher", feed, request.tenant_id, asked, took, at_head)
         counts = DispatchCounts(
             entries=len(tagging_entries) + len(audience_entries),
             events=len(relevant),
@@ -214,13 +219,15 @@ class DispatcherActivities:
 
     async def _read(
         self, request: DispatchRequest, cursors: dict[str, str]
-    ) -> tuple[tagging_service_pb2.ReadFeedResponse, audience_service_pb2.ReadAudienceFeedResponse]:
-        """The next page of each feed, waiting up to `idle_seconds` for anything to be there."""
+    ) -> tuple[tagging_service_pb2.ReadFeedResponse, audience_service_pb2.ReadAudienceFeedResponse, float]:
+        """The next page of each feed, waiting up to `idle_seconds` for anything to be there, and
+        when (time.monotonic()) the last reads began (see metrics.FeedLag)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.idle_seconds
         auth = self._auth(request.tenant_id)
         timeout = service_calls.CALL_TIMEOUT_SECONDS
         while True:
+            asked = time.monotonic()
             tagging, audience = await asyncio.gather(
                 self._tagging.ReadFeed(
                     tagging_service_pb2.ReadFeedRequest(
@@ -243,7 +250,7 @@ class DispatcherActivities:
                 or loop.time() >= deadline
                 or activity.is_worker_shutdown()
             ):
-                return tagging, audience
+                return tagging, audience, asked
             activity.heartbeat()
             await asyncio.sleep(POLL_SECONDS)
 

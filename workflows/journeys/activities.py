@@ -17,6 +17,7 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from runtime import metrics
 from runtime.buckets import bucket
 from runtime.db import Database
 from runtime.errors import NotFound
@@ -268,10 +269,12 @@ class JourneyActivities(service_calls.ServiceActivities):
     async def send(self, request: SendRequest) -> SendOutcome:
         recipient = await self._recipient(request)
         try:
-            return await self._sender.send(request, recipient, now())
+            outcome = await self._sender.send(request, recipient, now())
         except SendNotTaken as error:
             # Retried by Temporal's policy; the message log row says `retry`, so this is safe.
             raise ApplicationError(str(error), type="SendNotTaken") from error
+        metrics.sent(request.tenant_id, request.journey_key, outcome.channel, outcome.status)
+        return outcome
 
     @activity.defn(name="journeys.award")
     async def award(self, request: AwardRequest) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from runtime import logs
+from runtime import logs, metrics
 from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log, templates
 from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
@@ -187,6 +187,7 @@ class Sender:
             provider_id = await self._channels[channel].deliver(message)
         except NotDelivered as error:
             await self._record(key, "retry", now, str(error))
+            metrics.sent(key.tenant_id, request.journey_key, channel, "retry")
             raise SendNotTaken(f"{channel}: {error}") from error
         except Rejected as error:
             await self._record(key, "failed", now, str(error))

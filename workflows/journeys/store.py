@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from runtime import migrations
+from runtime import metrics, migrations
 from runtime.db import Connection, Database
 from runtime.errors import NotFound
 from workflows.journeys import loading
@@ -250,6 +250,7 @@ async def enrol(
             entry_event_id,
         )
     assert row is not None
+    metrics.enrolled(tenant_id, definition.key, arm)
     return EnrolmentRow(**dict(row))
 
 

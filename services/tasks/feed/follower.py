@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from runtime import metrics
 from runtime.db import Connection, Database, savepoint
 from runtime.errors import ResourceExhausted
 from runtime.logs import get_logger
@@ -171,6 +173,7 @@ class FeedFollower:
     async def run(self) -> None:
         """Follows every tenant's feed until cancelled; a failed round (a peer down, a task changed
         mid-round) is logged and tried again, never the end of the loop."""
+        metrics.FEED.watch("tasks", "tagging", self._tenants)
         while True:
             busy = False
             for tenant_id in sorted(self._tenants):
@@ -188,11 +191,13 @@ class FeedFollower:
     async def follow_once(self, tenant_id: str) -> Round:
         """Reads and applies the next batch of the tenant's feed; an empty Round when there is none
         or another replica applied it first."""
+        started = time.monotonic()
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             cursor = await cursor_store.cursor(conn)
             rows = await definition_store.active_tasks(conn, FED_KINDS)
         entries, next_cursor = await self._feed.read_feed(tenant_id, cursor, BATCH)
         if next_cursor == cursor:
+            metrics.FEED.round("tasks", "tagging", tenant_id, started, 0, at_head=True)
             return Round()
         tasks = [task_from_row(r) for r in rows]
         profiles = await self._profiles(tenant_id, tasks, entries)
@@ -206,6 +211,7 @@ class FeedFollower:
             await self._apply(conn, tenant_id, entries, batch)
             await cursor_store.save_cursor(conn, next_cursor)
         batch.done.entries = len(entries)
+        metrics.FEED.round("tasks", "tagging", tenant_id, started, len(entries), len(entries) < BATCH)
         if batch.done.granted or batch.done.reversed:
             log.info(
                 "tasks feed applied",

@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+from memberops.tasks.v1 import points_pb2
 
+from runtime import metrics
 from runtime.db import Connection
 
 
@@ -64,6 +66,20 @@ class BalanceRow:
     pending: int
     expiring: int
     next_expire_time: dt.datetime | None
+
+
+# The ledger_entries_total{kind} label of each reason number: "task", "order", "order_reversal"...
+KINDS: dict[int, str] = {
+    int(number): name.removeprefix("REASON_").lower() for name, number in points_pb2.Reason.items()
+}
+
+
+def _written(tenant_id: str, entries: Sequence[Entry | None]) -> None:
+    """Counts the entries a statement returned (an earning answered from an earlier one with the
+    same request id among them: `tasks.add_earning` returns both alike)."""
+    for entry in entries:
+        if entry is not None:
+            metrics.ledger_entries(tenant_id, KINDS.get(entry.reason, "other"))
 
 
 _ENTRY_COLUMNS = """entry_id, member_id, delta, reason, reference, operator, note, request_id, content_hash,
@@ -195,7 +211,8 @@ def _entry_args(tenant_id: str, e: NewEntry) -> tuple[object, ...]:
 async def insert_entry(conn: Connection, tenant_id: str, entry: NewEntry) -> Entry:
     row = await conn.fetchrow(_INSERT_ENTRY, *_entry_args(tenant_id, entry))
     assert row is not None
-    return _entry(row)
+    _written(tenant_id, [written := _entry(row)])
+    return written
 
 
 async def add_earning(
@@ -223,7 +240,8 @@ async def add_earning(
         entry.expire_time,
         order_id,
     )
-    return None if row is None else _entry(row)
+    _written(tenant_id, [written := None if row is None else _entry(row)])
+    return written
 
 
 async def add_earnings(
@@ -259,7 +277,9 @@ async def add_earnings(
         [e.expire_time for e, _ in earnings],
         [order_id for _, order_id in earnings],
     )
-    return [None if row["entry_id"] is None else _entry_from(row) for row in rows]
+    written = [None if row["entry_id"] is None else _entry_from(row) for row in rows]
+    _written(tenant_id, written)
+    return written
 
 
 def _entry_from(row: asyncpg.Record) -> Entry:
@@ -297,7 +317,8 @@ async def insert_draw(
         [amount for _, amount in taken],
     )
     assert row is not None
-    return _entry(row)
+    _written(tenant_id, [written := _entry(row)])
+    return written
 
 
 async def _take_lots(conn: Connection, tenant_id: str, which: str, *args: object) -> tuple[int, int]:
@@ -417,6 +438,7 @@ async def expire_lots(
         list(member_ids),
         as_of,
     )
+    metrics.ledger_entries(tenant_id, "expiry", len(rows))
     return [r["points"] for r in rows]
 
 

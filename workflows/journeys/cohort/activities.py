@@ -22,6 +22,7 @@ from memberops.tagging.v1 import tagging_service_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from runtime import metrics
 from runtime.buckets import BUCKETS
 from runtime.db import Database
 from runtime.errors import InvalidArgument, NotFound
@@ -270,6 +271,10 @@ class CohortActivities(service_calls.ServiceActivities):
                 await store.refresh_statistics(conn, "cohort_members")
             await store.save_batch(
                 conn, request.tenant_id, cohort.cohort_id, request.seq, "done", +figures, detail, at
+            )
+        for row in rows:
+            metrics.enrolled(
+                request.tenant_id, cohort.journey_key, "holdout" if row["holdout"] else "treated", row["n"]
             )
         return store.Batch("done", dict(+figures), detail)
 

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from runtime import metrics
 from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log, steps
 from workflows.journeys.channels.base import (
@@ -47,6 +48,8 @@ PART_SIZE = 1000
 # Sends of a message at most before a batch gives up on it (not taken: failed; no answer: unknown).
 MAX_ATTEMPTS = 8
 UNSETTLED = ("queued", "sending", "retry")
+# A delivery outcome as journey_sends_total counts it: a row left `sending` is sent again (retry).
+_SENT = {"sending": "retry"}
 EARLIER_ATTEMPT_DIED = "an earlier attempt ended while the provider had the message; not sent again"
 
 
@@ -519,6 +522,8 @@ class Delivery:
                 conn, context.cohort.cohort_id, context.seq, context.part, settled, context.now, done=done
             )
         context.settled.update(settled)
+        for c, status, *_ in outcomes:
+            metrics.sent(context.tenant_id, context.definition.key, c.channel, _SENT.get(status, status))
 
     async def _close(self, context: _Context, claims: Sequence[Claim]) -> store.Batch:
         cohort_id, seq, part = context.cohort.cohort_id, context.seq, context.part
