@@ -112,5 +112,13 @@ def main() -> int:
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except RPCError as error:
+        # e.g. a namespace that does not exist yet: the Job fails with what Temporal said, and retries.
+        print(
+            f"error: Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace!r}) "
+            f"answered {error.status.name}: {error.message}",
+            file=sys.stderr,
+        )
+        return 1
     print("\n".join(report.lines()))
     return 0

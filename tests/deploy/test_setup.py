@@ -112,3 +112,19 @@ async def test_an_attribute_registered_with_another_type_stops_setup(
     assert set(await custom_attributes(client, CLASHING_NAMESPACE)) & set(setup.wanted_attributes()) == {
         "MemberOpsJourney"
     }
+
+
+async def test_a_namespace_that_does_not_exist_is_named_not_a_traceback(
+    bare_temporal: WorkflowEnvironment,
+) -> None:
+    finished = await commands.run(
+        "setup",
+        {
+            "TEMPORAL_ADDRESS": bare_temporal.client.service_client.config.target_host,
+            "TEMPORAL_NAMESPACE": "no-such-namespace",
+            "MEMBEROPS_AUTH_TOKENS": f"{TOKEN_ACME}=acme",
+        },
+    )
+    assert finished.returncode == 1
+    assert "namespace 'no-such-namespace'" in finished.stderr, finished.stderr
+    assert "Traceback" not in finished.stderr
