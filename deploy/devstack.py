@@ -117,6 +117,20 @@ class Layout:
         return self.logs / f"{name}.log"
 
 
+# The processes that serve /metrics under `make up`, on 127.0.0.1 from this port up (one each).
+METRICS_PROCESSES = ("tagging", "audience", "tasks", "journeys", "worker")
+FIRST_METRICS_PORT = 9101
+
+
+def metrics_addresses(env: Mapping[str, str]) -> dict[str, str]:
+    """Where each process serves Prometheus' /metrics: 127.0.0.1:9101-9105 in METRICS_PROCESSES'
+    order, or the port in MEMBEROPS_<NAME>_METRICS_PORT."""
+    return {
+        name: f"127.0.0.1:{_port(env, f'MEMBEROPS_{name.upper()}_METRICS_PORT', FIRST_METRICS_PORT + i)}"
+        for i, name in enumerate(METRICS_PROCESSES)
+    }
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name) or str(default)
     if not raw.isdigit() or not 0 < int(raw) < 65536:
@@ -389,7 +403,8 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
         binds=(layout.temporal_address, f"127.0.0.1:{layout.temporal_ui_port}"),
         probe=lambda _pid: temporal_health(layout.temporal_address, layout.ui_url),
     )
-    services = [_service(name, address, env) for name, address in service_addresses(settings)]
+    metrics = metrics_addresses(env)
+    services = [_service(name, address, env, metrics[name]) for name, address in service_addresses(settings)]
     outbox = Component(
         name="outbox",
         argv=[python, "-m", "deploy.outbox", str(layout.outbox_port), str(layout.outbox_file)],
@@ -401,9 +416,9 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
     worker = Component(
         name="worker",
         argv=[python, "-m", "workflows.worker"],
-        env={**env, **outbox_channels(layout, env)},
+        env={**env, **outbox_channels(layout, env), "MEMBEROPS_METRICS_ADDRESS": metrics["worker"]},
         address=f"task queue {settings.temporal_task_queue}",
-        binds=(),
+        binds=(metrics["worker"],),
         probe=lambda pid: worker_polling(settings, pid),
     )
     return [temporal, *services, outbox, worker]
@@ -441,13 +456,13 @@ def service_addresses(settings: Settings) -> list[tuple[str, str]]:
     ]
 
 
-def _service(name: str, address: str, env: Mapping[str, str]) -> Component:
+def _service(name: str, address: str, env: Mapping[str, str], metrics: str) -> Component:
     return Component(
         name=name,
         argv=[sys.executable, "-m", f"services.{name}.server"],
-        env=env,
+        env={**env, "MEMBEROPS_METRICS_ADDRESS": metrics},
         address=address,
-        binds=(address,),
+        binds=(address, metrics),
         probe=lambda _pid: grpc_health(address),
     )
 
@@ -488,7 +503,7 @@ async def up(env: Mapping[str, str]) -> None:
         print(
             f"{'journeys':<10} {'drafts':<16} shipped journeys stay drafts until activated (ActivateJourney)"
         )
-    print_summary(layout, settings, dsn, dev_token=uses_dev_token(env))
+    print_summary(layout, settings, dsn, metrics_addresses(service_env), dev_token=uses_dev_token(env))
 
 
 async def ensure_schedules(settings: Settings, env: Mapping[str, str]) -> None:
@@ -578,8 +593,11 @@ async def demo(layout: Layout, settings: Settings) -> None:
     print("\n" + demo_calls.describe(result))
 
 
-def print_summary(layout: Layout, settings: Settings, dsn: str, *, dev_token: bool) -> None:
+def print_summary(
+    layout: Layout, settings: Settings, dsn: str, metrics: Mapping[str, str], *, dev_token: bool
+) -> None:
     token = DEV_TOKEN if dev_token else "<a token from MEMBEROPS_AUTH_TOKENS>"
+    scrapes = f"\n{'':<16}".join(f"{name:<9} http://{address}/metrics" for name, address in metrics.items())
     tenant = f"  (tenant {DEV_TENANT})" if dev_token else ""
     member = DEMO_MEMBER if dev_token else "m-1"
     print(
@@ -596,6 +614,7 @@ task queue {settings.temporal_task_queue})
   DATABASE_URL  {dsn}
   logs          {layout.logs}/
   messages      {layout.outbox_file}  (SMS, app push and WeCom sends, from the local outbox)
+  metrics       {scrapes}
 
 Try:
   .venv/bin/temporal workflow list --address {settings.temporal_address}

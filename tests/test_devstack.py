@@ -45,6 +45,12 @@ def recorded_pids(run_dir: Path) -> list[int]:
     return pids
 
 
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text: str = answer.read().decode()
+        return text
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -67,9 +73,19 @@ def test_up_status_down(tmp_path: Path) -> None:
         MEMBEROPS_JOURNEYS_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_OUTBOX_PORT=str(free_port()),
     )
+    metrics = {name: free_port() for name in devstack_module.METRICS_PROCESSES}
+    env.update({f"MEMBEROPS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics.items()})
     try:
         started = devstack("up", env)
         assert "MemberOps is up." in started
+        for name, port in metrics.items():
+            assert f"{name:<9} http://127.0.0.1:{port}/metrics" in started
+        # Every process serves its metrics; the worker the Temporal SDK's too, and its liveness.
+        scraped = {name: scrape(f"http://127.0.0.1:{port}/metrics") for name, port in metrics.items()}
+        assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="RecordOrder"' in scraped["tagging"]
+        assert "memberops_db_pool_connections_max" in scraped["tasks"]
+        assert "temporal_" in scraped["worker"] and "memberops_db_pool_connections" in scraped["worker"]
+        assert scrape(f"http://127.0.0.1:{metrics['worker']}/healthz") == "ok\n"
         assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
         # The order's real-time tags were visible right after RecordOrder returned.
         assert "categories_bought=tea" in started and "lifecycle=new" in started
