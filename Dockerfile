@@ -14,14 +14,16 @@
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS builder
 
 WORKDIR /build
-COPY pyproject.toml ./
+COPY pyproject.toml deploy/image-constraints.txt ./
 # Only [project].dependencies: not the `local` extra (embedded PostgreSQL, Temporal dev and test servers for
-# `make up` and the tests) nor `dev` (linters, type checkers, pytest). Every dependency has a wheel, so no
-# compiler is installed.
+# `make up` and the tests) nor `dev` (linters, type checkers, pytest). What they require in turn is held to
+# the versions the tests ran against (deploy/image-constraints.txt, from `python -m deploy.image_lock`), so
+# two builds of one commit install the same. Every one has a wheel, so no compiler is installed.
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > requirements.txt \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: -r requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
+        -r requirements.txt -c image-constraints.txt
 
 # --- runtime: the virtual environment and the code that runs, nothing else --------------------------------
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS runtime

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from packaging.requirements import Requirement
 
+from deploy import image_lock
 from tests.conftest import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -132,7 +133,7 @@ def test_the_builder_installs_exactly_the_runtime_dependencies(
     [project] dependencies and nothing of the `local` or `dev` extras."""
     _, builder = stages(parsed)[0]
     copies = [i.arguments.split() for i in builder if i.keyword == "COPY"]
-    assert copies == [["pyproject.toml", "./"]]
+    assert copies == [["pyproject.toml", "deploy/image-constraints.txt", "./"]]
     (install,) = [i.arguments for i in builder if i.keyword == "RUN"]
     program = shlex.split(install)[2]  # python -c '<program>' > requirements.txt && ...
     assert shlex.split(install)[:2] == ["python", "-c"]
@@ -145,6 +146,7 @@ def test_the_builder_installs_exactly_the_runtime_dependencies(
     extras = {Requirement(r).name for extra in project["optional-dependencies"].values() for r in extra}
     assert not extras & {Requirement(r).name for r in listed}
     assert "python -m venv /opt/venv" in install and "--no-cache-dir" in install
+    assert "-r requirements.txt -c image-constraints.txt" in install
 
 
 def test_the_runtime_copies_the_venv_and_only_the_code_that_runs(parsed: list[Instruction]) -> None:
@@ -195,27 +197,15 @@ def test_every_copy_source_exists_and_is_in_the_build_context(parsed: list[Instr
     assert ignored("services/tagging/__pycache__/api.cpython-311.pyc", patterns)
 
 
-def runtime_distributions() -> set[str]:
-    """The distributions [project].dependencies install, with everything they require in turn."""
+def test_the_constraints_hold_every_runtime_distribution_at_its_tested_version() -> None:
+    """deploy/image-constraints.txt is what `python -m deploy.image_lock` writes from this
+    environment: stale after a pin changed in pyproject.toml (run `make venv`, then the module)."""
+    expected = image_lock.render(image_lock.runtime_closure())
+    assert image_lock.CONSTRAINTS.read_text() == expected, "run: .venv/bin/python -m deploy.image_lock"
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    pending = [Requirement(r) for r in project["dependencies"]]
-    found: set[str] = set()
-    while pending:
-        requirement = pending.pop()
-        name = canonical(requirement.name)
-        if name in found:
-            continue
-        found.add(name)
-        for raw in importlib.metadata.requires(requirement.name) or []:
-            nested = Requirement(raw)
-            wanted_extras = requirement.extras or {""}
-            if nested.marker is None or any(nested.marker.evaluate({"extra": e}) for e in wanted_extras):
-                pending.append(nested)
-    return found
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    for raw in project["dependencies"]:
+        pinned = Requirement(raw)
+        assert f"{image_lock.canonical(pinned.name)}=={next(iter(pinned.specifier)).version}\n" in expected
 
 
 def test_every_module_the_commands_import_is_installed_in_the_image() -> None:
@@ -239,7 +229,7 @@ def test_every_module_the_commands_import_is_installed_in_the_image() -> None:
     ).stdout.splitlines()
     stdlib = {Path(sysconfig.get_path("stdlib")), Path(sysconfig.get_path("platstdlib"))}
     providers = importlib.metadata.packages_distributions()
-    allowed = runtime_distributions()
+    allowed = set(image_lock.runtime_closure())
     outside: dict[str, list[str]] = {}
     for line in imported:
         name, _, file = line.partition(" ")
@@ -252,7 +242,7 @@ def test_every_module_the_commands_import_is_installed_in_the_image() -> None:
             continue
         if any(path.is_relative_to(folder) and "site-packages" not in path.parts for folder in stdlib):
             continue
-        distributions = {canonical(d) for d in providers.get(top, [])}
+        distributions = {image_lock.canonical(d) for d in providers.get(top, [])}
         if not distributions & allowed:
             outside[top] = sorted(distributions)
     assert not outside, f"imported by the commands but not installed in the image: {outside}"
