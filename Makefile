@@ -21,11 +21,13 @@ venv: $(STAMP)
 
 # Dependencies come from pyproject.toml (pinned); the repository itself is put on the
 # path with a .pth file, so there is no build step and no package to reinstall on edits.
-$(STAMP): pyproject.toml
+# deploy/image-constraints.txt holds what the runtime dependencies need in turn at fixed versions, so the
+# venv and the image run the same (see deploy/image_lock.py for changing a pin).
+$(STAMP): pyproject.toml deploy/image-constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["local"] + x["dev"]))' > $(VENV)/requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt -c deploy/image-constraints.txt
 	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "memberops-dev.pth").write_text("$(CURDIR)\n$(CURDIR)/gen\n")'
 	@touch $@
 
@@ -47,8 +49,19 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: check
+test: check $(VENV)/bin/promtool
 	$(PY) -m pytest
+
+# promtool checks and unit-tests the alert rules (tests/deploy/test_alerts.py). It comes from
+# Debian's prometheus package, unpacked into the virtual environment rather than installed:
+# installing the package would also install a Prometheus server and, where an init system runs,
+# start it. One on the PATH is used as it is. Without apt this fails loudly, and so would the tests.
+$(VENV)/bin/promtool: | $(STAMP)
+	@set -e; if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; exit 0; fi; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
+	apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; \
+	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x -O ./usr/bin/promtool > $(CURDIR)/$@.part; \
+	chmod +x $(CURDIR)/$@.part; mv $(CURDIR)/$@.part $(CURDIR)/$@; echo "promtool: $$($(CURDIR)/$@ --version | head -1)"
 
 bench: $(STAMP)
 	$(PY) -m bench
