@@ -4,8 +4,10 @@ turn, as installed in this virtual environment (the versions the tests ran again
 
 pyproject.toml pins only the direct dependencies; without this file the image's builder would
 resolve the indirect ones afresh on every build and two builds of one commit could differ. The
-Dockerfile installs the dependencies under these constraints; tests/deploy/test_image.py fails when
-the file no longer matches the environment (after a pin was changed: `make venv`, then run this).
+Dockerfile and the Makefile (`make venv`) install under these constraints, so the image runs what
+the tests ran; tests/deploy/test_image.py fails when the file and the environment disagree.
+
+Changing a pin in pyproject.toml: change (or delete) its line here too, `make venv`, then run this.
 """
 
 from __future__ import annotations
