@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from runtime import logs, observability
+from runtime.channels import peer_channel
 from runtime.config import Settings, env_number
 from runtime.db import Database
 from workflows import service_calls
@@ -35,7 +36,8 @@ from workflows.journeys.control.activities import ControlActivities
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.sending import Sender
 from workflows.journeys.shipped import SHIPPED, scaled
-from workflows.journeys.workflow import JourneyWorkflow
+from workflows.journeys.workflow import JOURNEY_WORKFLOW, JourneyWorkflow
+from workflows.liveness import Liveness
 from workflows.member_lookup.activities import TaggingActivities
 from workflows.member_lookup.workflow import MemberLookupWorkflow
 from workflows.periodic.activities import PeriodicActivities
@@ -111,6 +113,7 @@ def build_worker(client: Client, settings: Settings, resources: Resources) -> Wo
         task_queue=settings.temporal_task_queue,
         workflows=list(WORKFLOWS),
         activities=activities(resources, settings, client),
+        interceptors=[Liveness([JOURNEY_WORKFLOW])],
     )
 
 
@@ -155,9 +158,9 @@ async def open_resources(
     db = await prepare_database(settings, time_scale)
     try:
         async with (
-            grpc.aio.insecure_channel(settings.tagging_address) as tagging,
-            grpc.aio.insecure_channel(settings.audience_address) as audience,
-            grpc.aio.insecure_channel(settings.tasks_address) as tasks,
+            peer_channel(settings.tagging_address) as tagging,
+            peer_channel(settings.audience_address) as audience,
+            peer_channel(settings.tasks_address) as tasks,
         ):
             yield Resources(db, tagging, audience, tasks, channels)
     finally:

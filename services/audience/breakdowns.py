@@ -86,14 +86,16 @@ class Breakdowns:
         if by is None:
             raise InvalidArgument.field("by", "is required: one of tag, order_time, weekly")
         validate(by)
-        async with self._evaluator.transaction(tenant_id) as conn:
+        async with self._evaluator.read_transaction(tenant_id) as conn:
             dimension = by.dimension if isinstance(by, ByTag | Weekly) else ""
             if dimension:
                 known = await store.tag_dimensions(conn, [dimension])
                 if dimension not in known or known[dimension]["state"] != definitions.ACTIVE:
                     path = "tag.dimension" if isinstance(by, ByTag) else "weekly.dimension"
                     raise InvalidArgument.field(path, f"unknown or retired tag dimension {dimension!r}")
-            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+            loaded = await self._evaluator.load(
+                conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
+            )
             members_sql, args = loaded.compiled.members_sql(), loaded.compiled.args(now)
             if isinstance(by, ByTag):
                 rows = await store.tag_breakdown(conn, members_sql, args, by.dimension)

@@ -15,8 +15,8 @@ answered together by the next statement (`runtime.batching`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from services.audience import compiler, definitions, store
 from services.audience.export_reader import ExportReader, ReadSlots
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
+from services.audience.read_pool import ReadPool
 
 if TYPE_CHECKING:
     from asyncpg.cursor import Cursor
@@ -108,8 +109,10 @@ class Evaluator:
         db: Database,
         index: MembershipIndex | None = None,
         exports: ExportLimits = DEFAULT_EXPORT_LIMITS,
+        reads: ReadPool | None = None,
     ) -> None:
         self._db = db
+        self._reads = reads or ReadPool(db)
         self._index = index
         self._export_reads = ReadSlots(exports.reads_in_flight)
         self._compiled: dict[tuple[Any, ...], _Compilations] = {}
@@ -123,8 +126,16 @@ class Evaluator:
         self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
     ) -> AbstractAsyncContextManager[Connection]:
         """A tenant transaction that plans every statement with its actual arguments, as evaluating
-        a compiled audience over many members needs (see `db.Plans`); `load` runs in one."""
+        a compiled audience over many members needs (see `db.Plans`), on the primary (writes,
+        definitions, the maintainer); `load` runs in one."""
         return self._db.transaction(tenant_id, readonly=readonly, plans=plans)
+
+    @asynccontextmanager
+    async def read_transaction(self, tenant_id: str, *, plans: Plans = "custom") -> AsyncIterator[Connection]:
+        """A read-only tenant transaction on the read pool (see read_pool.py), for evaluations."""
+        reads = await self._reads.database()
+        async with reads.transaction(tenant_id, readonly=True, plans=plans) as conn:
+            yield conn
 
     async def load(
         self,
@@ -135,13 +146,21 @@ class Evaluator:
         *,
         filtered: bool,
         now: dt.datetime | None = None,
+        on_replica: bool = False,
     ) -> Loaded:
         """The audience at `version` (None: the current one), compiled. Unfiltered and given the
         evaluation time, the statement starts from the smallest set the planner estimates among
         the audience's summary tests and tag conditions (`compiler.starts`): forced to start from
         a broad behaviour window, "a small tag and viewed anything this year" took 3.8 s instead
         of 56 ms; left to the planner, "carted skincare this fortnight and bought none" hashed all
-        members first (0.55 s instead of 0.15 s)."""
+        members first (0.55 s instead of 0.15 s).
+
+        `on_replica`: `conn` is a `read_transaction`'s, so with a read replica the definitions are
+        loaded in a short transaction on the primary: they are this service's own writes, which a
+        caller reads right after making them and a replica may not have yet."""
+        if on_replica and self._reads.separate:
+            async with self.transaction(tenant_id) as primary:
+                return await self.load(primary, tenant_id, audience_id, version, filtered=filtered, now=now)
         row = await store.get_audience(conn, audience_id, version)
         if row is None:
             raise NotFound(
@@ -181,8 +200,10 @@ class Evaluator:
 
     async def count(self, tenant_id: str, audience_id: str, now: dt.datetime) -> tuple[int, int]:
         """(members, version evaluated)."""
-        async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+        async with self.read_transaction(tenant_id) as conn:
+            loaded = await self.load(
+                conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
+            )
             sql = f"SELECT count(*) FROM ({loaded.compiled.members_sql()}) AS selected"
             count = await conn.fetchval(sql, *loaded.compiled.args(now))
         return int(count), loaded.version
@@ -197,8 +218,10 @@ class Evaluator:
                 "sample_size", f"must be between 1 and {MAX_SAMPLE} (0 means {DEFAULT_SAMPLE})"
             )
         size = sample_size or DEFAULT_SAMPLE
-        async with self.transaction(tenant_id) as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+        async with self.read_transaction(tenant_id) as conn:
+            loaded = await self.load(
+                conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
+            )
             c = loaded.compiled
             sql = (
                 f"SELECT s.member_id FROM ({c.members_sql()}) AS s "
@@ -229,10 +252,10 @@ class Evaluator:
         v.raise_if_any()
         size = page_size or DEFAULT_PAGE_SIZE
         version, after = position if position else (None, "")
-        async with self.transaction(tenant_id) as conn:
+        async with self.read_transaction(tenant_id) as conn:
             # Not driven: a page reads members in id order and stops at its size, where a driven
             # statement would build the whole driver set for every page (334 ms against 0.6 ms).
-            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False)
+            loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False, on_replica=True)
             c = loaded.compiled
             sql = (
                 f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} "
@@ -268,12 +291,16 @@ class Evaluator:
         async def declare(conn: Connection, after: str) -> Cursor[Any]:
             nonlocal loaded
             if loaded is None:
-                loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+                loaded = await self.load(
+                    conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
+                )
             c = loaded.compiled
             sql = f"{c.members_sql(also=f'm.member_id > {c.next_param(1)}::text')} ORDER BY m.member_id"
             return await conn.cursor(sql, *c.args(now), after)
 
-        reader = ExportReader(self._export_reads, lambda: self.transaction(tenant_id), declare, page_size)
+        reader = ExportReader(
+            self._export_reads, lambda: self.read_transaction(tenant_id), declare, page_size
+        )
         ended: BaseException | None = None
         try:
             while page := await reader.page():
@@ -306,9 +333,14 @@ class Evaluator:
             answer = await self._checks.submit(tenant_id, _Check(seen, member_id, now))
             if answer is not None:
                 return answer, seen.version
-        async with self.transaction(tenant_id, plans="generic") as conn:
-            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True)
+        async with self.read_transaction(tenant_id, plans="generic") as conn:
+            loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True, on_replica=True)
             rows = await self._run_check(conn, loaded, [member_id], now)
+        if not rows and self._reads.separate:
+            # The replica may lag behind the definitions just loaded (its guard then answers
+            # nothing) or behind the member's registration: the primary has both.
+            async with self.transaction(tenant_id, plans="generic") as conn:
+                rows = await self._run_check(conn, loaded, [member_id], now)
         if not rows:
             raise NotFound(f"members/{member_id} not found")
         if len(self._checked) >= _CACHE_LIMIT:
@@ -325,7 +357,8 @@ class Evaluator:
         for check in checks:
             groups.setdefault(id(check.loaded), []).append(check)
         answers: dict[tuple[int, str], bool] = {}
-        async with self._db.reading(tenant_id) as conn:
+        reads = await self._reads.database()
+        async with reads.reading(tenant_id) as conn:
             for key, group in groups.items():
                 members = sorted({c.member_id for c in group})
                 rows = await self._run_check(conn, group[0].loaded, members, max(c.now for c in group))

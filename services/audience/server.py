@@ -25,6 +25,7 @@ from services.audience.dynamic import Memberships
 from services.audience.evaluation import Evaluator
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
+from services.audience.read_pool import ReadPool
 from services.audience.snapshots import Snapshots
 
 SERVICE = audience_service_pb2.DESCRIPTOR.services_by_name["AudienceService"]
@@ -39,7 +40,8 @@ def wire(
 ) -> app.Wiring:
     assert db is not None, "audience owns a schema, so it always has a database"
     index = MembershipIndex(db, tenants, limit=settings.membership_index_limit)
-    evaluator = Evaluator(db, index, exports)
+    reads = ReadPool(db, settings.database_read_url, max_size=settings.db_pool_max)
+    evaluator = Evaluator(db, index, exports, reads)
     memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(
         Definitions(db, changed=index.forget),
@@ -54,7 +56,7 @@ def wire(
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding], background=[memberships.run, index.run])
+    return app.Wiring([binding], background=[memberships.run, index.run], closers=[reads.close])
 
 
 DEFINITION = app.ServiceDefinition(

@@ -3,10 +3,10 @@ a tenant with that tenant's token. One channel per peer for the process."""
 
 from __future__ import annotations
 
-import grpc
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
 
+from runtime.channels import peer_channel
 from runtime.config import Settings
 
 # A peer's answer read as every service reads one: NOT_FOUND (or an id that could never name
@@ -20,8 +20,8 @@ CALL_TIMEOUT_SECONDS = 5.0
 class Peers:
     def __init__(self, settings: Settings) -> None:
         self._token_for_tenant = settings.token_for_tenant
-        self._tagging_channel = grpc.aio.insecure_channel(settings.tagging_address)
-        self._audience_channel = grpc.aio.insecure_channel(settings.audience_address)
+        self._tagging_channel = peer_channel(settings.tagging_address)
+        self._audience_channel = peer_channel(settings.audience_address)
         self._tagging = tagging_service_pb2_grpc.TaggingServiceStub(self._tagging_channel)
         self._audience = audience_service_pb2_grpc.AudienceServiceStub(self._audience_channel)
 

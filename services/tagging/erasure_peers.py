@@ -13,6 +13,7 @@ from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grp
 from memberops.journeys.v1 import journeys_service_pb2, journeys_service_pb2_grpc
 from memberops.tasks.v1 import tasks_service_pb2, tasks_service_pb2_grpc
 
+from runtime.channels import peer_channel
 from runtime.config import Settings
 from runtime.errors import Unavailable
 from runtime.peer_calls import bearer, failure
@@ -88,5 +89,5 @@ class ErasurePeers:
             address = self._address_of(peer)
             if not address:
                 raise Unavailable(f"{peer} has no address: it is not running")
-            channel = self._channels[peer] = grpc.aio.insecure_channel(address)
+            channel = self._channels[peer] = peer_channel(address)
         return channel

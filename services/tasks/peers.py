@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc
 
+from runtime.channels import peer_channel
 from runtime.config import Settings
 from runtime.peer_calls import ABSENT, PeerFailed, answer, failure
 from runtime.tagging_feed import read_entry
@@ -45,8 +46,8 @@ class Peers:
 
     def __init__(self, settings: Settings) -> None:
         self._token_for_tenant = settings.token_for_tenant
-        self._tagging_channel = grpc.aio.insecure_channel(settings.tagging_address)
-        self._audience_channel = grpc.aio.insecure_channel(settings.audience_address)
+        self._tagging_channel = peer_channel(settings.tagging_address)
+        self._audience_channel = peer_channel(settings.audience_address)
         self._tagging = tagging_service_pb2_grpc.TaggingServiceStub(self._tagging_channel)
         self._audience = audience_service_pb2_grpc.AudienceServiceStub(self._audience_channel)
         self._known: OrderedDict[tuple[str, str], None] = OrderedDict()

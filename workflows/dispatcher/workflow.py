@@ -42,7 +42,11 @@ TENANT = SearchAttributeKey.for_keyword("MemberOpsTenant")
 ROUNDS_PER_RUN = 1000
 # A round waits up to `idle_seconds` for entries, then dispatches a batch, heartbeating as it goes.
 ROUND_TIMEOUT = timedelta(minutes=10)
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+# What bounds a takeover: a round whose worker died (no heartbeat for this long) is retried on
+# another worker. A live round beats every POLL_SECONDS while idle and after each member's walk,
+# and its longest silent step is one service call (CALL_TIMEOUT_SECONDS, 5 s), so 10 s never cuts
+# a live round short. (Changing an activity's timeouts leaves recorded histories replayable.)
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 # A round that fails (a service or Temporal unreachable) is tried again, without end.
 FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 REPORT_RETRY = RetryPolicy(maximum_attempts=3)

@@ -54,6 +54,11 @@ JOURNEY = SearchAttributeKey.for_keyword("MemberOpsJourney")
 
 # Service calls retry for a day at most; a step whose call still fails is recorded as failed.
 ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# An attempt whose worker died is retried after this (the worker beats for live attempts, see
+# workflows/liveness.py), not after ATTEMPT_TIMEOUT. Timeouts are not part of a replayed history's
+# commands, so runs recorded before keep replaying.
+LIVENESS_TIMEOUT = timedelta(seconds=10)
+JOURNEY_WORKFLOW = "Journey"
 CALL_TIMEOUT = timedelta(days=1)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
 
@@ -76,7 +81,7 @@ EVENT_TIME_WAITS = "event-time-waits-and-exits"
 ENTRY_FACT_TIME = "entry-fact-time"
 
 
-@workflow.defn(name="Journey")
+@workflow.defn(name=JOURNEY_WORKFLOW)
 class JourneyWorkflow:
     @workflow.init
     def __init__(self, request: JourneyInput) -> None:
@@ -304,6 +309,7 @@ class JourneyWorkflow:
             request,
             start_to_close_timeout=ATTEMPT_TIMEOUT,
             schedule_to_close_timeout=CALL_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=RETRY,
         )
 
