@@ -22,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from deploy import binaries, cli
 from tests.conftest import REPO_ROOT, unique
+from tests.deploy.test_alerts import promtool
 
 COMPOSE_DIR = REPO_ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -207,6 +208,31 @@ def test_prometheus_scrapes_every_process_and_loads_the_alert_rules(model: dict[
     }
     assert mounts["/etc/prometheus/prometheus.yml"] == str(PROMETHEUS_DIR / "prometheus.yml")
     assert mounts["/etc/prometheus/alerts.yml"] == str(PROMETHEUS_DIR / "alerts.yml")
+
+
+def test_promtool_accepts_the_scrape_config_with_the_alert_rules_it_loads(tmp_path: Path) -> None:
+    """The config as the container sees it: the rules file beside it at the mounted name."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config["scrape_configs"][0]["scrape_interval"] = "fifteen seconds"
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    rejected = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rejected.returncode != 0
 
 
 def test_the_temporal_scripts_are_valid_shell() -> None:
