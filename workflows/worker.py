@@ -17,7 +17,7 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from runtime import logs, observability
+from runtime import logs, observability, tracing
 from runtime.channels import peer_channel
 from runtime.config import Settings, env_number
 from runtime.db import Database
@@ -121,7 +121,13 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
     """Connects to Temporal, waiting for it while it starts (as under `make up`)."""
     for attempt in range(1, attempts + 1):
         try:
-            return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+            # Traced (when tracing is on): the dispatcher's starts and signals carry the trace of
+            # the feed entry they act on; the worker built on this client continues it.
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                interceptors=tracing.temporal_interceptors(),
+            )
         except RuntimeError as error:
             if attempt == attempts:
                 raise

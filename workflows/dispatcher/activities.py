@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from runtime import metrics
+from runtime import metrics, tracing
 from runtime.db import Database
 from workflows import service_calls
 from workflows.dispatcher import events
@@ -289,41 +289,65 @@ class DispatcherActivities:
         done: _Round,
     ) -> None:
         for found in walk:
-            event = found.event
-            for definition, _ in definitions:
-                running = known.running.get((definition.key, member_id))
-                if running is not None and events.wakes(definition, event):
-                    done.signalled += await self._signal(running, event)
-            for cohort in known.cohorts.get(member_id, ()):
-                if events.reaches_cohort(cohorts[(cohort.journey_key, cohort.version)], event):
-                    signal = CohortEvent(member_id, event)
-                    done.cohort_signals += await self._signal(cohort.workflow_id, signal)
-            for definition, version in definitions:
-                if not version or not events.enters(definition, event):
-                    continue
-                if events.too_old(definition, event, now()):
-                    # History, not news: its fact happened before the journey's max_entry_delay.
-                    done.skipped += 1
-                    done.too_old += 1
-                    continue
-                pair = (definition.key, member_id)
-                if (
-                    pair in known.running
-                    or (definition.key, event.event_id) in known.entered
-                    or store.refusal(definition, known.last.get(pair), now()) is not None
-                ):
-                    done.skipped += 1
-                    continue
-                run_id, started = await self._start(tenant_id, definition, version, member_id, event)
-                done.started += started
-                done.skipped += not started
-                workflow_id = journeys_client.workflow_id(tenant_id, definition.key, member_id)
-                known.running[pair] = workflow_id
-                known.entered.add((definition.key, event.event_id))
-                done.dispatches.append(
-                    dispatch_store.Dispatch(definition.key, event.event_id, member_id, workflow_id, run_id)
-                )
+            # A span in the trace of the call that wrote the entry: the starts and signals below
+            # carry it into the journeys' workflows and activities.
+            with tracing.continued(
+                found.traceparent,
+                f"dispatch {found.event.kind}",
+                {
+                    "memberops.tenant": tenant_id,
+                    "memberops.member_id": member_id,
+                    "memberops.event_id": found.event.event_id,
+                },
+            ):
+                await self._take(tenant_id, member_id, found.event, definitions, cohorts, known, done)
         activity.heartbeat()
+
+    async def _take(
+        self,
+        tenant_id: str,
+        member_id: str,
+        event: MemberEvent,
+        definitions: list[tuple[JourneyDefinition, int]],
+        cohorts: CohortDefinitions,
+        known: dispatch_store.Members,
+        done: _Round,
+    ) -> None:
+        """One event of the member: signals to the runs and cohorts it reaches, then the starts of
+        the journeys it enters."""
+        for definition, _ in definitions:
+            running = known.running.get((definition.key, member_id))
+            if running is not None and events.wakes(definition, event):
+                done.signalled += await self._signal(running, event)
+        for cohort in known.cohorts.get(member_id, ()):
+            if events.reaches_cohort(cohorts[(cohort.journey_key, cohort.version)], event):
+                signal = CohortEvent(member_id, event)
+                done.cohort_signals += await self._signal(cohort.workflow_id, signal)
+        for definition, version in definitions:
+            if not version or not events.enters(definition, event):
+                continue
+            if events.too_old(definition, event, now()):
+                # History, not news: its fact happened before the journey's max_entry_delay.
+                done.skipped += 1
+                done.too_old += 1
+                continue
+            pair = (definition.key, member_id)
+            if (
+                pair in known.running
+                or (definition.key, event.event_id) in known.entered
+                or store.refusal(definition, known.last.get(pair), now()) is not None
+            ):
+                done.skipped += 1
+                continue
+            run_id, started = await self._start(tenant_id, definition, version, member_id, event)
+            done.started += started
+            done.skipped += not started
+            workflow_id = journeys_client.workflow_id(tenant_id, definition.key, member_id)
+            known.running[pair] = workflow_id
+            known.entered.add((definition.key, event.event_id))
+            done.dispatches.append(
+                dispatch_store.Dispatch(definition.key, event.event_id, member_id, workflow_id, run_id)
+            )
 
     async def _start(
         self,
