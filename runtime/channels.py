@@ -6,6 +6,10 @@ default policy (pick_first) sends every call down one connection until it breaks
 a connection to each address and takes them in turn, skipping those that are down, so the work
 spreads over the replicas and a dead one costs only the calls it had in flight. A target with one
 address behaves as before.
+
+An address that refuses connections is tried again with gRPC's growing backoff, capped here at a
+few seconds (gRPC's default cap is two minutes): a peer that restarts on the same address (compose,
+a single replica) is found again within seconds of serving.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import grpc
 
 from runtime import tracing
 
-OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+OPTIONS = (("grpc.lb_policy_name", "round_robin"), ("grpc.max_reconnect_backoff_ms", 5000))
 
 
 def peer_channel(target: str) -> grpc.aio.Channel:

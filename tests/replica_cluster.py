@@ -9,11 +9,13 @@ replica (`ipv4:127.0.0.1:p1,127.0.0.1:p2`), balanced call by call with round_rob
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpc_helpers import health_stub
 from tests.waiting import eventually
@@ -62,7 +65,11 @@ def target(ports: Sequence[int]) -> str:
 def client_channel(ports: Sequence[int]) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target(ports),
-        options=[("grpc.service_config", CLIENT_SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+        options=[
+            ("grpc.service_config", CLIENT_SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ],
     )
 
 
@@ -74,6 +81,8 @@ class Process:
     popen: subprocess.Popen[bytes]
     port: int = 0
     log: Path = field(default_factory=Path)
+    # Where it serves /metrics (services).
+    metrics_port: int = 0
 
     @property
     def pid(self) -> int:
@@ -149,11 +158,33 @@ def _environment(config: ClusterConfig, ports: Mapping[str, Sequence[int]]) -> d
 
 def _spawn(name: str, module: str, env: Mapping[str, str], logs: Path, port: int = 0) -> Process:
     log = logs / f"{name}.log"
+    metrics_port = free_port() if port else 0
+    if metrics_port:
+        env = {**env, "MEMBEROPS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}"}
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [sys.executable, "-m", module], cwd=REPO_ROOT, env=dict(env), stdout=out, stderr=out
         )
-    return Process(name, popen, port, log)
+    return Process(name, popen, port, log, metrics_port)
+
+
+def _handled(metrics_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "grpc_server_handled_total"
+            and sample.labels.get("grpc_service", "").startswith("memberops.")
+        )
+    )
+
+
+async def handled(process: Process) -> int:
+    """The MemberOps calls the replica has answered (its health checks left out), from its /metrics."""
+    return await asyncio.to_thread(_handled, process.metrics_port)
 
 
 async def serving(port: int) -> bool:
