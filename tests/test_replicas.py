@@ -41,8 +41,9 @@ from services.tagging import server as tagging_server
 from tests.audience import helpers as audience_helpers
 from tests.audience.helpers import all_of, fact, in_batch, order_count
 from tests.conftest import ACME, TENANT_ACME, TOKEN_ACME, bearer, unique
+from tests.grpc_helpers import failure
 from tests.replica_cluster import SERVICES, Cluster, ClusterConfig, Process, handled, launched, ready
-from tests.replica_reads import stand_in
+from tests.replica_reads import stand_in, with_database
 from tests.tagging.facts_helpers import stamp
 from tests.tagging.rule_builders import Op
 from tests.waiting import eventually
@@ -321,6 +322,13 @@ async def _run(
     )
     assert {key: on_feed.get(key) for key in [*orders, *events]} == dict.fromkeys([*orders, *events], 1)
 
+    # Every real-time tag refresh owed was run, those the dead replica owed by the survivor's sweeper.
+    async def refreshed() -> bool:
+        async with db.transaction(tenant, readonly=True) as conn:
+            return not await conn.fetchval("SELECT count(*) FROM tagging.refresh_queue")
+
+    await eventually(refreshed, "every owed tag refresh run")
+
     # The tasks feed follower counted every order once, and paid each member's completion once.
     assert await covering(
         db,
@@ -458,6 +466,23 @@ async def test_audience_reads_go_to_database_read_url_and_its_own_writes_to_data
         finally:
             await split.stop()
             await replica_tagging.stop()
+    # A replica that does not answer costs its reads, not the service.
+    down = await app.start(
+        audience_server.DEFINITION,
+        dataclasses.replace(acme_only, database_read_url=with_database(pg_dsn, "memberops_gone")),
+        "127.0.0.1:0",
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{down.port}") as to_down:
+            stub = audience_service_pb2_grpc.AudienceServiceStub(to_down)
+            got = await stub.GetAudience(
+                audience_service_pb2.GetAudienceRequest(name=f"audiences/{audience_id}"), metadata=ACME
+            )
+            assert got.audience_id == audience_id
+            refused = await failure(audience_helpers.count(stub, audience_id))
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await down.stop()
     # The definition is the primary's alone (the stand-in is gone with everything it held).
     async with db.transaction(TENANT_ACME, readonly=True) as conn:
         stored = await conn.fetchval(

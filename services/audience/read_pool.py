@@ -7,15 +7,18 @@ the primary, as a replica is. What never does: audience definitions (the service
 a caller reads right after making them: loaded from the primary, see `Evaluator.load(on_replica=True)`),
 the dynamic-audience maintainer and its membership index, snapshots and anything else that writes.
 
-The pool is opened on first use, so a replica that is down at start does not stop the service:
-the reads fail (UNAVAILABLE) until it answers, the rest serves.
+The pool is opened on first use, so a replica that is down does not stop the service: the reads
+that go there answer UNAVAILABLE until it answers, the rest serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from runtime.db import Database
+from runtime.errors import Unavailable
 
 # Connections of the read pool (the tenants' bound reading pools come on top, as on the primary).
 READ_POOL_MAX = 10
@@ -41,8 +44,14 @@ class ReadPool:
         if self._replica is None:
             async with self._opening:
                 if self._replica is None:
-                    self._replica = await Database.connect(self._url, min_size=1, max_size=self._max_size)
+                    self._replica = await self._connect()
         return self._replica
+
+    async def _connect(self) -> Database:
+        try:
+            return await Database.connect(self._url, min_size=1, max_size=self._max_size)
+        except (OSError, asyncpg.PostgresError) as error:
+            raise Unavailable(f"the read replica (DATABASE_READ_URL) did not answer: {error}") from error
 
     async def close(self) -> None:
         if self._replica is not None:
