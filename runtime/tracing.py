@@ -182,13 +182,15 @@ def traceparent() -> str | None:
 @contextmanager
 def continued(parent: str | None, name: str, attributes: Attributes = None) -> Iterator[None]:
     """A span `name` for work done on behalf of what wrote `parent` (a `traceparent`): its child,
-    in that trace, current inside, so the calls made there carry it on. Without a parent it is a
-    child of the current span; without tracing, nothing."""
+    in that trace, current inside, so the calls made there carry it on. Without a parent (an
+    entry its writer did not trace) it begins a trace of its own, whatever span is current (a
+    poll's, not recorded); without tracing, nothing."""
     provider = _process.provider
     if provider is None:
         yield
         return
-    context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+    # An empty context where there is no parent (or an unreadable one): a root, not a child.
+    context = _PROPAGATOR.extract({"traceparent": parent} if parent else {}, context=Context())
     tracer = provider.get_tracer("memberops")
     with tracer.start_as_current_span(name, context=context, attributes=attributes):
         yield

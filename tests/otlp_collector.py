@@ -42,6 +42,10 @@ class Collected:
     def name(self) -> str:
         return self.span.name
 
+    def attribute(self, key: str) -> str:
+        """A string attribute of the span ("" when it has none of that key)."""
+        return next((a.value.string_value for a in self.span.attributes if a.key == key), "")
+
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:

@@ -1,7 +1,8 @@
 """One OpenTelemetry trace from a member's first order to the new-customer journey's welcome:
 tagging's RecordOrder, the feed entry it writes, the dispatcher's span for that entry, the
 journey's workflow and activities, and the gRPC calls those make, exported over OTLP to a real
-(local) collector.
+(local) collector. A first order recorded through an untraced server (no trace context in its
+entry) begins its trace at the dispatcher's span instead.
 
 The tracer provider is the test's own, installed with `tracing.configured` around what the test
 builds (a tagging server, the worker's channels and Temporal client), never as OpenTelemetry's
@@ -168,14 +169,20 @@ async def test_one_trace_covers_a_first_order_through_to_the_welcome_send(
     journeys_db: Database,
     channel_settings: ChannelSettings,
     provider: fakes.Provider,
+    tagging: app.RunningService,
 ) -> None:
     # The shipped journey under a key of the test's own (tests share the tenant), live.
     definition = dataclasses.replace(NEW_CUSTOMER, key=unique("new-customer"))
     await store.put_definition(journeys_db, TENANT_ACME, definition)
     await activate(journeys_db, TENANT_ACME, definition.key)
     member_id = member_in(definition, holdout=False)
+    # A member whose first order goes through the suite's untraced tagging server.
+    untraced_member = member_in(definition, holdout=False)
     request_id = unique("req")
     workflow_id = client.workflow_id(TENANT_ACME, definition.key, member_id)
+    untraced_run = dev_server_env.client.get_workflow_handle_for(
+        JourneyWorkflow.run, client.workflow_id(TENANT_ACME, definition.key, untraced_member)
+    )
 
     with otlp_collector() as collector, captured_logs() as lines:
         traces = tracing.provider_for("memberops-tests", collector.endpoint)
@@ -185,19 +192,23 @@ async def test_one_trace_covers_a_first_order_through_to_the_welcome_send(
                     dev_server_env, settings, worker_settings, peer_ports, journeys_db, channel_settings
                 ) as traced:
                     await seed_member_at(traced, member_id)
+                    await seed_member_at(traced, untraced_member)
                     async with dispatching(dev_server_env, traced, journeys_db, definition.key):
                         await record_first_order(traced.tagging_address, member_id, request_id)
+                        await record_first_order(f"127.0.0.1:{tagging.port}", untraced_member, unique("req"))
                         handle = dev_server_env.client.get_workflow_handle_for(
                             JourneyWorkflow.run, workflow_id
                         )
-                        await eventually(lambda: welcomed(handle), "the welcome sent")
-                        await handle.terminate()
+                        for run in (handle, untraced_run):
+                            await eventually(lambda run=run: welcomed(run), "the welcome sent")
+                            await run.terminate()
             traces.force_flush()
             spans = check_trace(collector)
+            check_untraced_entry(collector, untraced_member)
         finally:
             traces.shutdown()
 
-    assert len(provider.to(phone_of(member_id))) == 1
+    assert len(provider.to(phone_of(member_id))) == 1 and len(provider.to(phone_of(untraced_member))) == 1
     # The log lines of the order's call and of the welcome's GetMember name the trace.
     record_line = [e for e in log_lines(lines) if e.get("request_id") == request_id]
     member_lines = [e for e in log_lines(lines) if str(e.get("request_id", "")).startswith(f"{workflow_id}/")]
@@ -273,3 +284,21 @@ def check_trace(collector: Collector) -> Checked:
     enter = one(spans, "RunActivity:journeys.enter", SERVER)
     assert one(spans, "StartActivity:journeys.enter", CLIENT).span_id == enter.parent_id
     return Checked(record.trace_id, served.span_id)
+
+
+def check_untraced_entry(collector: Collector, member_id: str) -> None:
+    """An entry its writer did not trace begins a trace at the dispatcher's span, which the
+    member's run continues."""
+    (dispatch,) = [
+        s
+        for s in collector.spans()
+        if s.name == "dispatch first_order"
+        and any(
+            a.key == "memberops.member_id" and a.value.string_value == member_id for a in s.span.attributes
+        )
+    ]
+    assert dispatch.parent_id == ""
+    spans = collector.spans(dispatch.trace_id)
+    start = one(spans, "StartWorkflow:Journey", CLIENT)
+    assert start.parent_id == dispatch.span_id
+    assert one(spans, "RunActivity:journeys.send", SERVER)
