@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -200,7 +201,7 @@ async def test_one_trace_covers_a_first_order_through_to_the_welcome_send(
                             JourneyWorkflow.run, workflow_id
                         )
                         for run in (handle, untraced_run):
-                            await eventually(lambda run=run: welcomed(run), "the welcome sent")
+                            await eventually(functools.partial(welcomed, run), "the welcome sent")
                             await run.terminate()
             traces.force_flush()
             spans = check_trace(collector)
