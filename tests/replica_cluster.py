@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -27,7 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpc_helpers import health_stub
 from tests.waiting import eventually
-from tests.workflows.fakes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("tagging", "audience", "tasks", "journeys")
@@ -55,6 +55,18 @@ CLIENT_SERVICE_CONFIG = json.dumps(
         ],
     }
 )
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all held at once while they are picked."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def target(ports: Sequence[int]) -> str:
@@ -156,9 +168,10 @@ def _environment(config: ClusterConfig, ports: Mapping[str, Sequence[int]]) -> d
     return env
 
 
-def _spawn(name: str, module: str, env: Mapping[str, str], logs: Path, port: int = 0) -> Process:
+def _spawn(
+    name: str, module: str, env: Mapping[str, str], logs: Path, port: int = 0, metrics_port: int = 0
+) -> Process:
     log = logs / f"{name}.log"
-    metrics_port = free_port() if port else 0
     if metrics_port:
         env = {**env, "MEMBEROPS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}"}
     with log.open("wb") as out:
@@ -200,7 +213,8 @@ async def serving(port: int) -> bool:
 @contextmanager
 def launched(config: ClusterConfig) -> Iterator[Cluster]:
     """Starts every replica (not waiting for them: see `ready`) and stops what still runs after."""
-    ports = {service: [free_port() for _ in range(REPLICAS)] for service in SERVICES}
+    picked = iter(free_ports(2 * REPLICAS * len(SERVICES)))
+    ports = {service: [next(picked) for _ in range(REPLICAS)] for service in SERVICES}
     cluster = Cluster(config, ports)
     env = _environment(config, ports)
     try:
@@ -213,6 +227,7 @@ def launched(config: ClusterConfig) -> Iterator[Cluster]:
                     {**env, f"MEMBEROPS_{service.upper()}_ADDRESS": f"127.0.0.1:{port}"},
                     config.logs,
                     port,
+                    next(picked),
                 )
                 for n, port in enumerate(ports[service])
             ]

@@ -137,25 +137,30 @@ async def drive_member(stubs: Stubs, world: World, member_id: str) -> None:
 
 
 async def drive(
-    stubs: Stubs, world: World, members: list[str], at_half: Callable[[], Coroutine[Any, Any, None]]
+    stubs: Stubs, world: World, members: list[str], kill: Callable[[], Coroutine[Any, Any, None]]
 ) -> None:
-    """Every member's calls, CONCURRENCY at a time; `at_half` runs once KILL_AFTER members are done,
-    while the next members' calls are in flight (they wait for nothing it does)."""
+    """Every member's calls, CONCURRENCY at a time. Once KILL_AFTER members are done, `kill` runs
+    while the next members' calls are in flight; the members after those start only once it has
+    run, so part of the load certainly meets the survivors alone."""
     gate = asyncio.Semaphore(CONCURRENCY)
     done = 0
-    half: asyncio.Task[None] | None = None
+    killed = asyncio.Event()
+    killing: asyncio.Task[None] | None = None
 
-    async def one(member_id: str) -> None:
-        nonlocal done, half
+    async def one(n: int, member_id: str) -> None:
+        nonlocal done, killing
+        if n >= KILL_AFTER + CONCURRENCY:
+            await killed.wait()
         async with gate:
             await drive_member(stubs, world, member_id)
         done += 1
         if done == KILL_AFTER:
-            half = asyncio.create_task(at_half())
+            killing = asyncio.create_task(kill())
+            killing.add_done_callback(lambda _: killed.set())
 
-    await asyncio.gather(*(one(m) for m in members))
-    assert half is not None
-    await half
+    await asyncio.gather(*(one(n, m) for n, m in enumerate(members)))
+    assert killing is not None
+    await killing
 
 
 async def setup_world(
