@@ -56,16 +56,6 @@ GET_MEMBER = "/memberops.tagging.v1.TaggingService/GetMember"
 SERVER, CLIENT = trace_pb2.Span.SPAN_KIND_SERVER, trace_pb2.Span.SPAN_KIND_CLIENT
 
 
-def test_a_process_without_a_collector_wraps_nothing() -> None:
-    """No endpoint, no provider: no interceptor anywhere and no trace context for feed entries."""
-    tracing.start("tests", Settings(otlp_endpoint=""))
-    assert tracing.active() is None
-    assert tracing.server_interceptors() == []
-    assert tracing.client_interceptors() == []
-    assert tracing.temporal_interceptors() == []
-    assert tracing.traceparent() is None
-
-
 def daytime_zone() -> str:
     """A fixed-offset zone where it is early afternoon now, so the shipped journey's quiet hours
     (21:00-09:00, member-local) never defer the welcome this test waits for."""
