@@ -37,12 +37,14 @@ PROCESSES = {*SERVICES, "worker"}
 JOBS = {"migrate", "setup", "dispatcher"}
 
 
-def compose(*args: str, cwd: Path = REPO_ROOT, home: Path) -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, cwd: Path = REPO_ROOT, home: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The compose binary with a clean environment: what the shell exports must not decide."""
     return subprocess.run(
         [str(COMPOSE), *args],
         cwd=cwd,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), **(extra or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,12 +99,15 @@ def test_docker_compose_accepts_it_and_rejects_a_broken_copy(tmp_path: Path) -> 
     assert "nosuch" in rejected.stderr
 
 
-def test_no_secret_no_stack(tmp_path: Path) -> None:
-    """Without the .env file's values, interpolation stops with the variable's name."""
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "MEMBEROPS_AUTH_TOKENS"])
+def test_no_secret_no_stack(missing: str, tmp_path: Path) -> None:
+    """Without the .env file, a secret not given stops interpolation with its name (one at a time:
+    Compose reports whichever missing variable it meets first, in no fixed order)."""
     shutil.copy(COMPOSE_FILE, tmp_path / "compose.yaml")
-    refused = compose("-f", str(tmp_path / "compose.yaml"), "config", "-q", home=tmp_path)
+    given = {name: "x" * 20 for name in ("POSTGRES_PASSWORD", "MEMBEROPS_AUTH_TOKENS") if name != missing}
+    refused = compose("-f", str(tmp_path / "compose.yaml"), "config", "-q", home=tmp_path, extra=given)
     assert refused.returncode != 0
-    assert "POSTGRES_PASSWORD" in refused.stderr
+    assert f"required variable {missing} is missing a value" in refused.stderr, refused.stderr
 
 
 def test_the_env_file_says_it_holds_development_defaults() -> None:
