@@ -39,6 +39,10 @@ PUBLIC_SERVICES = frozenset({HEALTH_SERVICE, reflection.SERVICE_NAME, "grpc.refl
 REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# Long enough for a server-streaming export or a feed stream to end on its own most of the time;
+# a longer one is cut and its client resumes from its cursor or page token.
+_MAX_CONNECTION_AGE_GRACE_MS = 10 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,11 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                # Clients reconnect at least every few minutes, and so look the name up again: behind
+                # a headless Service, replicas the autoscaler added get their share of long-lived
+                # channels. Calls in flight get the grace to finish.
+                ("grpc.max_connection_age_ms", _MAX_CONNECTION_AGE_MS),
+                ("grpc.max_connection_age_grace_ms", _MAX_CONNECTION_AGE_GRACE_MS),
             ],
         )
         self.health = health.aio.HealthServicer()

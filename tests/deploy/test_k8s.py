@@ -206,6 +206,8 @@ def test_services_listen_where_their_service_and_probes_point(rendered: Rendered
             assert container[probe]["grpc"] == {"port": port}, f"{name}: {probe} is not a gRPC probe"
         service = rendered.named("Service", name)
         assert service["spec"]["type"] == "ClusterIP"
+        # Headless, so gRPC's round_robin sees every replica (a virtual IP would pin a channel to one).
+        assert service["spec"]["clusterIP"] == "None"
         assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
         assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "grpc")]
         assert config[f"MEMBEROPS_{name.upper()}_ADDRESS"] == f"{name}:{port}"
