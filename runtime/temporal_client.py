@@ -12,6 +12,7 @@ from typing import TypeVar
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from runtime import tracing
 from runtime.config import Settings
 from runtime.errors import Unavailable
 
@@ -31,7 +32,13 @@ class LazyClient:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await Client.connect(self._address, namespace=self._namespace)
+                    # Traced (when tracing is on): an operator's ActivateJourney or StartBroadcast and the
+                    # workflows it starts are one trace (runtime/tracing.py).
+                    self._client = await Client.connect(
+                        self._address,
+                        namespace=self._namespace,
+                        interceptors=tracing.temporal_interceptors(),
+                    )
                 except RuntimeError as error:
                     raise Unavailable(f"Temporal at {self._address} did not answer: {error}") from error
             return self._client

@@ -49,7 +49,9 @@ class ReadPool:
 
     async def _connect(self) -> Database:
         try:
-            return await Database.connect(self._url, min_size=1, max_size=self._max_size)
+            return await Database.connect(
+                self._url, min_size=1, max_size=self._max_size, name="audience-replica"
+            )
         except (OSError, asyncpg.PostgresError) as error:
             raise Unavailable(f"the read replica (DATABASE_READ_URL) did not answer: {error}") from error
 

@@ -3,6 +3,7 @@ Every function runs on a connection already inside a tenant transaction."""
 
 from __future__ import annotations
 
+from runtime import tracing
 from runtime.db import Connection
 from services.tagging.domain import BehaviorEvent, FeedKind
 
@@ -15,11 +16,12 @@ WITH recorded AS (
     ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING *
 )
-INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
+INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload, traceparent)
 SELECT tenant_id, $11, member_id, event_id,
        jsonb_build_object('event_id', event_id, 'member_id', member_id, 'kind', kind,
                           'occur_time', occur_time, 'sku', sku, 'category', category,
-                          'brand', brand, 'query', query, 'channel', channel)
+                          'brand', brand, 'query', query, 'channel', channel),
+       $12
 FROM recorded
 ORDER BY occur_time, event_id
 """
@@ -40,5 +42,7 @@ async def insert_events(conn: Connection, tenant_id: str, events: list[BehaviorE
         [e.query for e in events],
         [e.channel for e in events],
         int(FeedKind.EVENT_RECORDED),
+        # The recording call's trace context: a journey the event starts continues its trace.
+        tracing.traceparent(),
     )
     return int(status.rsplit(" ", 1)[-1])

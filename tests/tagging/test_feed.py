@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from memberops.tagging.v1 import facts_pb2, feed_pb2, member_pb2, tagging_service_pb2
+from opentelemetry.sdk.trace import TracerProvider
 
 from runtime import outbox
 from runtime.db import Database
-from services.tagging import feed_store
-from services.tagging.domain import FeedKind
-from tests.conftest import ACME, GLOBEX, TENANT_ACME
+from services.tagging import event_store, feed_store
+from services.tagging.domain import BehaviorEvent, FeedKind
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, unique
 from tests.grpc_helpers import bad, field_violations
 from tests.tagging.facts_helpers import (
     a_refund,
@@ -269,3 +271,27 @@ async def test_a_kinds_filter_reads_those_kinds_and_moves_past_the_rest(tagging_
     assert outbox.parse_cursor(cursor) >= outbox.parse_cursor(end) > outbox.parse_cursor(filtered[-1].cursor)  # type: ignore[operator]
     unspecified = tagging_service_pb2.ReadFeedRequest(kinds=[feed_pb2.FEED_ENTRY_KIND_UNSPECIFIED])
     await bad(tagging_stub.ReadFeed(unspecified, metadata=ACME), "kinds", "FeedEntryKind")
+
+
+async def test_an_event_entry_keeps_the_trace_of_the_call_that_recorded_it(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """A journey an event starts continues the recording call's trace (docs/operations.md, Traces):
+    the event's feed entry keeps the context current when it was written, and none outside a span."""
+    member_id = await new_member(tagging_stub)
+    tracer = TracerProvider().get_tracer("tests")  # not the global provider: nothing else is traced
+    traced, untraced = unique("e"), unique("e")
+    now = dt.datetime.now(dt.UTC)
+    async with db.transaction(TENANT_ACME) as conn:
+        with tracer.start_as_current_span("RecordEvents") as span:
+            await event_store.insert_events(conn, TENANT_ACME, [BehaviorEvent(traced, member_id, 1, now)])
+        await event_store.insert_events(conn, TENANT_ACME, [BehaviorEvent(untraced, member_id, 1, now)])
+        rows = await conn.fetch(
+            "SELECT subject_id, traceparent FROM tagging.feed WHERE subject_id = ANY($1::text[])",
+            [traced, untraced],
+        )
+    context = span.get_span_context()
+    assert {row["subject_id"]: row["traceparent"] for row in rows} == {
+        traced: f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}",
+        untraced: None,
+    }
