@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from memberops.journeys.v1 import journey_pb2 as memberops_dot_journeys_dot_v1_dot_journey__pb2
 from memberops.journeys.v1 import report_pb2 as memberops_dot_journeys_dot_v1_dot_report__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/journeys/v1/journeys_service.proto\x12\x15memberops.journeys.v1\x1a#memberops/journeys/v1/journey.proto\x1a\"memberops/journeys/v1/report.proto\"j\n\x16ValidateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x15\n\rsample_member\x18\x02 \x01(\t\"\x95\x01\n\x17ValidateJourneyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.memberops.journeys.v1.Finding\x12\x39\n\x08rendered\x18\x03 \x03(\x0b\x32\'.memberops.journeys.v1.RenderedTemplate\"_\n\x07\x46inding\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".memberops.journeys.v1.FindingKind\"C\n\x10RenderedTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"e\n\x14\x43reateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x7f\n\x14UpdateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"p\n\x13ListJourneysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.memberops.journeys.v1.JourneyState\"a\n\x14ListJourneysResponse\x12\x30\n\x08journeys\x18\x01 \x03(\x0b\x32\x1e.memberops.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x16\x41\x63tivateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"7\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"O\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstop_running\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"9\n\x15StartBroadcastRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"N\n\x16StartBroadcastResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\">\n\x16\x45raseMemberDataRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\"\xa4\x01\n\x17\x45raseMemberDataResponse\x12U\n\x0c\x63hanged_rows\x18\x01 \x03(\x0b\x32?.memberops.journeys.v1.EraseMemberDataResponse.ChangedRowsEntry\x1a\x32\n\x10\x43hangedRowsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*_\n\x0b\x46indingKind\x12\x1c\n\x18\x46INDING_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INDING_KIND_SHAPE\x10\x01\x12\x1a\n\x16\x46INDING_KIND_REFERENCE\x10\x02\x32\xc6\t\n\x0eJourneyService\x12p\n\x0fValidateJourney\x12-.memberops.journeys.v1.ValidateJourneyRequest\x1a..memberops.journeys.v1.ValidateJourneyResponse\x12\\\n\rCreateJourney\x12+.memberops.journeys.v1.CreateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rUpdateJourney\x12+.memberops.journeys.v1.UpdateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12V\n\nGetJourney\x12(.memberops.journeys.v1.GetJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12g\n\x0cListJourneys\x12*.memberops.journeys.v1.ListJourneysRequest\x1a+.memberops.journeys.v1.ListJourneysResponse\x12`\n\x0f\x41\x63tivateJourney\x12-.memberops.journeys.v1.ActivateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12Z\n\x0cPauseJourney\x12*.memberops.journeys.v1.PauseJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rResumeJourney\x12+.memberops.journeys.v1.ResumeJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12^\n\x0e\x41rchiveJourney\x12,.memberops.journeys.v1.ArchiveJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12m\n\x0eStartBroadcast\x12,.memberops.journeys.v1.StartBroadcastRequest\x1a-.memberops.journeys.v1.StartBroadcastResponse\x12h\n\x10GetJourneyReport\x12..memberops.journeys.v1.GetJourneyReportRequest\x1a$.memberops.journeys.v1.JourneyReport\x12p\n\x0f\x45raseMemberData\x12-.memberops.journeys.v1.EraseMemberDataRequest\x1a..memberops.journeys.v1.EraseMemberDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,memberops/journeys/v1/journeys_service.proto\x12\x15memberops.journeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a#memberops/journeys/v1/journey.proto\x1a\"memberops/journeys/v1/report.proto\"j\n\x16ValidateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x15\n\rsample_member\x18\x02 \x01(\t\"\x95\x01\n\x17ValidateJourneyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1e.memberops.journeys.v1.Finding\x12\x39\n\x08rendered\x18\x03 \x03(\x0b\x32\'.memberops.journeys.v1.RenderedTemplate\"_\n\x07\x46inding\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".memberops.journeys.v1.FindingKind\"C\n\x10RenderedTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"e\n\x14\x43reateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x7f\n\x14UpdateJourneyRequest\x12\x39\n\x07journey\x18\x01 \x01(\x0b\x32(.memberops.journeys.v1.JourneyDefinition\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11GetJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"p\n\x13ListJourneysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.memberops.journeys.v1.JourneyState\"a\n\x14ListJourneysResponse\x12\x30\n\x08journeys\x18\x01 \x03(\x0b\x32\x1e.memberops.journeys.v1.Journey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x16\x41\x63tivateJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"7\n\x13PauseJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x14ResumeJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"O\n\x15\x41rchiveJourneyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cstop_running\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"9\n\x15StartBroadcastRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"N\n\x16StartBroadcastResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\">\n\x16\x45raseMemberDataRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\"\xa4\x01\n\x17\x45raseMemberDataResponse\x12U\n\x0c\x63hanged_rows\x18\x01 \x03(\x0b\x32?.memberops.journeys.v1.EraseMemberDataResponse.ChangedRowsEntry\x1a\x32\n\x10\x43hangedRowsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"R\n\x19ListMemberJourneysRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xac\x01\n\x10MemberJourneyRun\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x05 \x01(\t\x12.\n\nenrol_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62roadcast_id\x18\x07 \x01(\t\"\xa1\x01\n\rMemberMessage\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\t\x12-\n\tsend_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x1aListMemberJourneysResponse\x12\x35\n\x04runs\x18\x01 \x03(\x0b\x32\'.memberops.journeys.v1.MemberJourneyRun\x12\x36\n\x08messages\x18\x02 \x03(\x0b\x32$.memberops.journeys.v1.MemberMessage\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"u\n\x14GetDailySendsRequest\x12%\n\nstart_date\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"a\n\nDailySends\x12\x1f\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x10\n\x08messages\x18\x04 \x01(\x03\"I\n\x15GetDailySendsResponse\x12\x30\n\x05sends\x18\x01 \x03(\x0b\x32!.memberops.journeys.v1.DailySends\"\x96\x01\n\x14ListAnomaliesRequest\x12%\n\nstart_date\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x0b\n\x03kpi\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xc4\x01\n\x07\x41nomaly\x12\x1f\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x0b\n\x03kpi\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\x01\x12\x10\n\x08robust_z\x18\x05 \x01(\x01\x12\x11\n\tdirection\x18\x06 \x01(\t\x12\x14\n\x0chistory_days\x18\x07 \x01(\x05\x12/\n\x0b\x64\x65tect_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x15ListAnomaliesResponse\x12\x31\n\tanomalies\x18\x01 \x03(\x0b\x32\x1e.memberops.journeys.v1.Anomaly\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*_\n\x0b\x46indingKind\x12\x1c\n\x18\x46INDING_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INDING_KIND_SHAPE\x10\x01\x12\x1a\n\x16\x46INDING_KIND_REFERENCE\x10\x02\x32\x99\x0c\n\x0eJourneyService\x12p\n\x0fValidateJourney\x12-.memberops.journeys.v1.ValidateJourneyRequest\x1a..memberops.journeys.v1.ValidateJourneyResponse\x12\\\n\rCreateJourney\x12+.memberops.journeys.v1.CreateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rUpdateJourney\x12+.memberops.journeys.v1.UpdateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12V\n\nGetJourney\x12(.memberops.journeys.v1.GetJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12g\n\x0cListJourneys\x12*.memberops.journeys.v1.ListJourneysRequest\x1a+.memberops.journeys.v1.ListJourneysResponse\x12`\n\x0f\x41\x63tivateJourney\x12-.memberops.journeys.v1.ActivateJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12Z\n\x0cPauseJourney\x12*.memberops.journeys.v1.PauseJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12\\\n\rResumeJourney\x12+.memberops.journeys.v1.ResumeJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12^\n\x0e\x41rchiveJourney\x12,.memberops.journeys.v1.ArchiveJourneyRequest\x1a\x1e.memberops.journeys.v1.Journey\x12m\n\x0eStartBroadcast\x12,.memberops.journeys.v1.StartBroadcastRequest\x1a-.memberops.journeys.v1.StartBroadcastResponse\x12h\n\x10GetJourneyReport\x12..memberops.journeys.v1.GetJourneyReportRequest\x1a$.memberops.journeys.v1.JourneyReport\x12y\n\x12ListMemberJourneys\x12\x30.memberops.journeys.v1.ListMemberJourneysRequest\x1a\x31.memberops.journeys.v1.ListMemberJourneysResponse\x12j\n\rGetDailySends\x12+.memberops.journeys.v1.GetDailySendsRequest\x1a,.memberops.journeys.v1.GetDailySendsResponse\x12j\n\rListAnomalies\x12+.memberops.journeys.v1.ListAnomaliesRequest\x1a,.memberops.journeys.v1.ListAnomaliesResponse\x12p\n\x0f\x45raseMemberData\x12-.memberops.journeys.v1.EraseMemberDataRequest\x1a..memberops.journeys.v1.EraseMemberDataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +37,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._loaded_options = None
   _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._serialized_options = b'8\001'
-  _globals['_FINDINGKIND']._serialized_start=1710
-  _globals['_FINDINGKIND']._serialized_end=1805
-  _globals['_VALIDATEJOURNEYREQUEST']._serialized_start=144
-  _globals['_VALIDATEJOURNEYREQUEST']._serialized_end=250
-  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_start=253
-  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_end=402
-  _globals['_FINDING']._serialized_start=404
-  _globals['_FINDING']._serialized_end=499
-  _globals['_RENDEREDTEMPLATE']._serialized_start=501
-  _globals['_RENDEREDTEMPLATE']._serialized_end=568
-  _globals['_CREATEJOURNEYREQUEST']._serialized_start=570
-  _globals['_CREATEJOURNEYREQUEST']._serialized_end=671
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=673
-  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=800
-  _globals['_GETJOURNEYREQUEST']._serialized_start=802
-  _globals['_GETJOURNEYREQUEST']._serialized_end=852
-  _globals['_LISTJOURNEYSREQUEST']._serialized_start=854
-  _globals['_LISTJOURNEYSREQUEST']._serialized_end=966
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=968
-  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=1065
-  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_start=1067
-  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_end=1142
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1144
-  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1199
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1201
-  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1257
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1259
-  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1338
-  _globals['_STARTBROADCASTREQUEST']._serialized_start=1340
-  _globals['_STARTBROADCASTREQUEST']._serialized_end=1397
-  _globals['_STARTBROADCASTRESPONSE']._serialized_start=1399
-  _globals['_STARTBROADCASTRESPONSE']._serialized_end=1477
-  _globals['_ERASEMEMBERDATAREQUEST']._serialized_start=1479
-  _globals['_ERASEMEMBERDATAREQUEST']._serialized_end=1541
-  _globals['_ERASEMEMBERDATARESPONSE']._serialized_start=1544
-  _globals['_ERASEMEMBERDATARESPONSE']._serialized_end=1708
-  _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._serialized_start=1658
-  _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._serialized_end=1708
-  _globals['_JOURNEYSERVICE']._serialized_start=1808
-  _globals['_JOURNEYSERVICE']._serialized_end=3030
+  _globals['_FINDINGKIND']._serialized_start=3103
+  _globals['_FINDINGKIND']._serialized_end=3198
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_start=201
+  _globals['_VALIDATEJOURNEYREQUEST']._serialized_end=307
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_start=310
+  _globals['_VALIDATEJOURNEYRESPONSE']._serialized_end=459
+  _globals['_FINDING']._serialized_start=461
+  _globals['_FINDING']._serialized_end=556
+  _globals['_RENDEREDTEMPLATE']._serialized_start=558
+  _globals['_RENDEREDTEMPLATE']._serialized_end=625
+  _globals['_CREATEJOURNEYREQUEST']._serialized_start=627
+  _globals['_CREATEJOURNEYREQUEST']._serialized_end=728
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_start=730
+  _globals['_UPDATEJOURNEYREQUEST']._serialized_end=857
+  _globals['_GETJOURNEYREQUEST']._serialized_start=859
+  _globals['_GETJOURNEYREQUEST']._serialized_end=909
+  _globals['_LISTJOURNEYSREQUEST']._serialized_start=911
+  _globals['_LISTJOURNEYSREQUEST']._serialized_end=1023
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_start=1025
+  _globals['_LISTJOURNEYSRESPONSE']._serialized_end=1122
+  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_start=1124
+  _globals['_ACTIVATEJOURNEYREQUEST']._serialized_end=1199
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_start=1201
+  _globals['_PAUSEJOURNEYREQUEST']._serialized_end=1256
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_start=1258
+  _globals['_RESUMEJOURNEYREQUEST']._serialized_end=1314
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_start=1316
+  _globals['_ARCHIVEJOURNEYREQUEST']._serialized_end=1395
+  _globals['_STARTBROADCASTREQUEST']._serialized_start=1397
+  _globals['_STARTBROADCASTREQUEST']._serialized_end=1454
+  _globals['_STARTBROADCASTRESPONSE']._serialized_start=1456
+  _globals['_STARTBROADCASTRESPONSE']._serialized_end=1534
+  _globals['_ERASEMEMBERDATAREQUEST']._serialized_start=1536
+  _globals['_ERASEMEMBERDATAREQUEST']._serialized_end=1598
+  _globals['_ERASEMEMBERDATARESPONSE']._serialized_start=1601
+  _globals['_ERASEMEMBERDATARESPONSE']._serialized_end=1765
+  _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._serialized_start=1715
+  _globals['_ERASEMEMBERDATARESPONSE_CHANGEDROWSENTRY']._serialized_end=1765
+  _globals['_LISTMEMBERJOURNEYSREQUEST']._serialized_start=1767
+  _globals['_LISTMEMBERJOURNEYSREQUEST']._serialized_end=1849
+  _globals['_MEMBERJOURNEYRUN']._serialized_start=1852
+  _globals['_MEMBERJOURNEYRUN']._serialized_end=2024
+  _globals['_MEMBERMESSAGE']._serialized_start=2027
+  _globals['_MEMBERMESSAGE']._serialized_end=2188
+  _globals['_LISTMEMBERJOURNEYSRESPONSE']._serialized_start=2191
+  _globals['_LISTMEMBERJOURNEYSRESPONSE']._serialized_end=2355
+  _globals['_GETDAILYSENDSREQUEST']._serialized_start=2357
+  _globals['_GETDAILYSENDSREQUEST']._serialized_end=2474
+  _globals['_DAILYSENDS']._serialized_start=2476
+  _globals['_DAILYSENDS']._serialized_end=2573
+  _globals['_GETDAILYSENDSRESPONSE']._serialized_start=2575
+  _globals['_GETDAILYSENDSRESPONSE']._serialized_end=2648
+  _globals['_LISTANOMALIESREQUEST']._serialized_start=2651
+  _globals['_LISTANOMALIESREQUEST']._serialized_end=2801
+  _globals['_ANOMALY']._serialized_start=2804
+  _globals['_ANOMALY']._serialized_end=3000
+  _globals['_LISTANOMALIESRESPONSE']._serialized_start=3002
+  _globals['_LISTANOMALIESRESPONSE']._serialized_end=3101
+  _globals['_JOURNEYSERVICE']._serialized_start=3201
+  _globals['_JOURNEYSERVICE']._serialized_end=4762
 # @@protoc_insertion_point(module_scope)

@@ -6,8 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import date_pb2 as _date_pb2
 from memberops.journeys.v1 import journey_pb2 as _journey_pb2
 import builtins as _builtins
 import sys
@@ -534,3 +536,334 @@ class EraseMemberDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseMemberDataResponse: _TypeAlias = EraseMemberDataResponse  # noqa: Y015
+
+@_typing.final
+class ListMemberJourneysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """`members/{member_id}`."""
+    page_size: _builtins.int
+    """Messages per page, 1-200; 0 means 50 (runs are all returned on the first page)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberJourneysRequest: _TypeAlias = ListMemberJourneysRequest  # noqa: Y015
+
+@_typing.final
+class MemberJourneyRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CURRENT_STEP_FIELD_NUMBER: _builtins.int
+    ENROL_TIME_FIELD_NUMBER: _builtins.int
+    BROADCAST_ID_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    """`journeys/{key}`."""
+    version: _builtins.int
+    arm: _builtins.str
+    """`treated`, `holdout`, or a split arm's name."""
+    state: _builtins.str
+    """`active`, `completed`, `converted`, `exited`, `stopped`: as the run's funnel says."""
+    current_step: _builtins.str
+    broadcast_id: _builtins.str
+    """Empty for a member run; the broadcast's id for a cohort member."""
+    @_builtins.property
+    def enrol_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        version: _builtins.int = ...,
+        arm: _builtins.str = ...,
+        state: _builtins.str = ...,
+        current_step: _builtins.str = ...,
+        enrol_time: _timestamp_pb2.Timestamp | None = ...,
+        broadcast_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrol_time", b"enrol_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "broadcast_id", b"broadcast_id", "current_step", b"current_step", "enrol_time", b"enrol_time", "journey", b"journey", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberJourneyRun: _TypeAlias = MemberJourneyRun  # noqa: Y015
+
+@_typing.final
+class MemberMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    step_id: _builtins.str
+    channel: _builtins.str
+    outcome: _builtins.str
+    """`sent`, `failed`, `unknown`, `skipped`, `deferred`...: the message log's outcome."""
+    subject: _builtins.str
+    """The rendered subject and body as sent (empty when skipped before rendering)."""
+    body: _builtins.str
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        body: _builtins.str = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel", b"channel", "journey", b"journey", "outcome", b"outcome", "send_time", b"send_time", "step_id", b"step_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberMessage: _TypeAlias = MemberMessage  # noqa: Y015
+
+@_typing.final
+class ListMemberJourneysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberJourneyRun]: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberMessage]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___MemberJourneyRun] | None = ...,
+        messages: _abc.Iterable[Global___MemberMessage] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberJourneysResponse: _TypeAlias = ListMemberJourneysResponse  # noqa: Y015
+
+@_typing.final
+class GetDailySendsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone the days are counted in; empty means Asia/Shanghai."""
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """First and last day, inclusive; at most 400 days."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailySendsRequest: _TypeAlias = GetDailySendsRequest  # noqa: Y015
+
+@_typing.final
+class DailySends(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    outcome: _builtins.str
+    messages: _builtins.int
+    @_builtins.property
+    def date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        date: _date_pb2.Date | None = ...,
+        channel: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "date", b"date", "messages", b"messages", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailySends: _TypeAlias = DailySends  # noqa: Y015
+
+@_typing.final
+class GetDailySendsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sends(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailySends]:
+        """Only (day, channel, outcome) with messages, by day, channel, outcome."""
+
+    def __init__(
+        self,
+        *,
+        sends: _abc.Iterable[Global___DailySends] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sends", b"sends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailySendsResponse: _TypeAlias = GetDailySendsResponse  # noqa: Y015
+
+@_typing.final
+class ListAnomaliesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    KPI_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    kpi: _builtins.str
+    """Only this KPI (`orders`, `gmv`, `new_members`, `send_failure_rate`, `sign_ins`); empty means all."""
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """Only anomalies on these days (inclusive); unset means the last 30 days."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        kpi: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "kpi", b"kpi", "page_size", b"page_size", "page_token", b"page_token", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnomaliesRequest: _TypeAlias = ListAnomaliesRequest  # noqa: Y015
+
+@_typing.final
+class Anomaly(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    KPI_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    ROBUST_Z_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    HISTORY_DAYS_FIELD_NUMBER: _builtins.int
+    DETECT_TIME_FIELD_NUMBER: _builtins.int
+    kpi: _builtins.str
+    value: _builtins.float
+    """The day's value, and the median of the same weekday over the weeks before it."""
+    baseline: _builtins.float
+    robust_z: _builtins.float
+    """(value - median) / (1.4826 x median absolute deviation), floored so a flat history does not
+    divide by zero; flagged beyond 3.
+    """
+    direction: _builtins.str
+    """`high` or `low`."""
+    history_days: _builtins.int
+    """How many earlier same-weekday values the baseline used (at most 8; days with fewer than 4 are
+    not checked).
+    """
+    @_builtins.property
+    def date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def detect_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        date: _date_pb2.Date | None = ...,
+        kpi: _builtins.str = ...,
+        value: _builtins.float = ...,
+        baseline: _builtins.float = ...,
+        robust_z: _builtins.float = ...,
+        direction: _builtins.str = ...,
+        history_days: _builtins.int = ...,
+        detect_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "detect_time", b"detect_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "date", b"date", "detect_time", b"detect_time", "direction", b"direction", "history_days", b"history_days", "kpi", b"kpi", "robust_z", b"robust_z", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Anomaly: _TypeAlias = Anomaly  # noqa: Y015
+
+@_typing.final
+class ListAnomaliesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANOMALIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def anomalies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Anomaly]:
+        """Newest day first, then by KPI."""
+
+    def __init__(
+        self,
+        *,
+        anomalies: _abc.Iterable[Global___Anomaly] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnomaliesResponse: _TypeAlias = ListAnomaliesResponse  # noqa: Y015

@@ -94,6 +94,21 @@ class JourneyServiceStub:
                 request_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
                 response_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
                 _registered_method=True)
+        self.ListMemberJourneys = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ListMemberJourneys',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysResponse.FromString,
+                _registered_method=True)
+        self.GetDailySends = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/GetDailySends',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsResponse.FromString,
+                _registered_method=True)
+        self.ListAnomalies = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ListAnomalies',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesResponse.FromString,
+                _registered_method=True)
         self.EraseMemberData = channel.unary_unary(
                 '/memberops.journeys.v1.JourneyService/EraseMemberData',
                 request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.SerializeToString,
@@ -200,6 +215,30 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMemberJourneys(self, request, context):
+        """The journeys a member is or was in (each run: journey, version, arm, state, current step,
+        enrol time) and the messages sent to them, newest first (the console's member page).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDailySends(self, request, context):
+        """Per day in a time zone: sends by channel and outcome (the console's overview and the KPI
+        anomaly check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAnomalies(self, request, context):
+        """Days whose KPI left its own recent history, as the daily anomaly check (a scheduled
+        workflow) found them, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseMemberData(self, request, context):
         """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
         row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
@@ -267,6 +306,21 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.GetJourneyReport,
                     request_deserializer=memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.FromString,
                     response_serializer=memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.SerializeToString,
+            ),
+            'ListMemberJourneys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberJourneys,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysResponse.SerializeToString,
+            ),
+            'GetDailySends': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDailySends,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsResponse.SerializeToString,
+            ),
+            'ListAnomalies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnomalies,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesResponse.SerializeToString,
             ),
             'EraseMemberData': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseMemberData,
@@ -574,6 +628,87 @@ class JourneyService:
             '/memberops.journeys.v1.JourneyService/GetJourneyReport',
             memberops_dot_journeys_dot_v1_dot_report__pb2.GetJourneyReportRequest.SerializeToString,
             memberops_dot_journeys_dot_v1_dot_report__pb2.JourneyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberJourneys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ListMemberJourneys',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListMemberJourneysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDailySends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/GetDailySends',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.GetDailySendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnomalies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ListAnomalies',
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.ListAnomaliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,18 @@ class JourneyServiceStub:
     """
     GetJourneyReport: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]
     """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+    ListMemberJourneys: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ListMemberJourneysRequest, _journeys_service_pb2.ListMemberJourneysResponse]
+    """The journeys a member is or was in (each run: journey, version, arm, state, current step,
+    enrol time) and the messages sent to them, newest first (the console's member page).
+    """
+    GetDailySends: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.GetDailySendsRequest, _journeys_service_pb2.GetDailySendsResponse]
+    """Per day in a time zone: sends by channel and outcome (the console's overview and the KPI
+    anomaly check).
+    """
+    ListAnomalies: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.ListAnomaliesRequest, _journeys_service_pb2.ListAnomaliesResponse]
+    """Days whose KPI left its own recent history, as the daily anomaly check (a scheduled
+    workflow) found them, newest first.
+    """
     EraseMemberData: _grpc.UnaryUnaryMultiCallable[_journeys_service_pb2.EraseMemberDataRequest, _journeys_service_pb2.EraseMemberDataResponse]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
     row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
@@ -143,6 +155,18 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     """
     GetJourneyReport: _aio.UnaryUnaryMultiCallable[_report_pb2.GetJourneyReportRequest, _report_pb2.JourneyReport]  # type: ignore[assignment]
     """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+    ListMemberJourneys: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ListMemberJourneysRequest, _journeys_service_pb2.ListMemberJourneysResponse]  # type: ignore[assignment]
+    """The journeys a member is or was in (each run: journey, version, arm, state, current step,
+    enrol time) and the messages sent to them, newest first (the console's member page).
+    """
+    GetDailySends: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.GetDailySendsRequest, _journeys_service_pb2.GetDailySendsResponse]  # type: ignore[assignment]
+    """Per day in a time zone: sends by channel and outcome (the console's overview and the KPI
+    anomaly check).
+    """
+    ListAnomalies: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.ListAnomaliesRequest, _journeys_service_pb2.ListAnomaliesResponse]  # type: ignore[assignment]
+    """Days whose KPI left its own recent history, as the daily anomaly check (a scheduled
+    workflow) found them, newest first.
+    """
     EraseMemberData: _aio.UnaryUnaryMultiCallable[_journeys_service_pb2.EraseMemberDataRequest, _journeys_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
     row of the member in this service is moved to `pseudonym` and its personal data cleared; the member's running
@@ -266,6 +290,36 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_report_pb2.JourneyReport, _abc.Awaitable[_report_pb2.JourneyReport]]:
         """What a journey did: per step, per arm, conversions with intervals, uplift with p-values."""
+
+    @_abc_1.abstractmethod
+    def ListMemberJourneys(
+        self,
+        request: _journeys_service_pb2.ListMemberJourneysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_service_pb2.ListMemberJourneysResponse, _abc.Awaitable[_journeys_service_pb2.ListMemberJourneysResponse]]:
+        """The journeys a member is or was in (each run: journey, version, arm, state, current step,
+        enrol time) and the messages sent to them, newest first (the console's member page).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDailySends(
+        self,
+        request: _journeys_service_pb2.GetDailySendsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_service_pb2.GetDailySendsResponse, _abc.Awaitable[_journeys_service_pb2.GetDailySendsResponse]]:
+        """Per day in a time zone: sends by channel and outcome (the console's overview and the KPI
+        anomaly check).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAnomalies(
+        self,
+        request: _journeys_service_pb2.ListAnomaliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_service_pb2.ListAnomaliesResponse, _abc.Awaitable[_journeys_service_pb2.ListAnomaliesResponse]]:
+        """Days whose KPI left its own recent history, as the daily anomaly check (a scheduled
+        workflow) found them, newest first.
+        """
 
     @_abc_1.abstractmethod
     def EraseMemberData(

@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 from memberops.tagging.v1 import facts_pb2 as _facts_pb2
 from memberops.tagging.v1 import feed_pb2 as _feed_pb2
 from memberops.tagging.v1 import member_pb2 as _member_pb2
@@ -1217,3 +1218,239 @@ class MemberErasure(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MemberErasure: _TypeAlias = MemberErasure  # noqa: Y015
+
+@_typing.final
+class SearchMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """1-64 characters. Matches a member whose id equals it, whose phone equals it (E.164, or a
+    mainland number's 11 digits, which match `+86` and them), or whose nickname contains it
+    (case-insensitive). Exact id and phone matches come first, then nicknames by length and id.
+    """
+    page_size: _builtins.int
+    """1-100; 0 means 20."""
+    page_token: _builtins.str
+    """From the previous page's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMembersRequest: _TypeAlias = SearchMembersRequest  # noqa: Y015
+
+@_typing.final
+class SearchMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_member_pb2.Member]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_member_pb2.Member] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMembersResponse: _TypeAlias = SearchMembersResponse  # noqa: Y015
+
+@_typing.final
+class ListMemberOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """`members/{member_id}`."""
+    page_size: _builtins.int
+    """1-100; 0 means 20."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberOrdersRequest: _TypeAlias = ListMemberOrdersRequest  # noqa: Y015
+
+@_typing.final
+class MemberOrder(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _facts_pb2.Order: ...
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[_facts_pb2.Refund]:
+        """The order's refunds, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        order: _facts_pb2.Order | None = ...,
+        refunds: _abc.Iterable[_facts_pb2.Refund] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "refunds", b"refunds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberOrder: _TypeAlias = MemberOrder  # noqa: Y015
+
+@_typing.final
+class ListMemberOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberOrder]:
+        """Newest paid first (ties by order id)."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[Global___MemberOrder] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberOrdersResponse: _TypeAlias = ListMemberOrdersResponse  # noqa: Y015
+
+@_typing.final
+class GetDailyKpisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone the days are counted in; empty means Asia/Shanghai."""
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """First and last day, inclusive; at most 400 days."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyKpisRequest: _TypeAlias = GetDailyKpisRequest  # noqa: Y015
+
+@_typing.final
+class DailyKpis(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    GMV_MINOR_FIELD_NUMBER: _builtins.int
+    BUYERS_FIELD_NUMBER: _builtins.int
+    REPEAT_BUYERS_FIELD_NUMBER: _builtins.int
+    NEW_MEMBERS_FIELD_NUMBER: _builtins.int
+    ACTIVE_MEMBERS_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    REFUND_MINOR_FIELD_NUMBER: _builtins.int
+    orders: _builtins.int
+    """Orders paid that day (by paid_time, whenever recorded) and their amount in minor units,
+    refunds not deducted.
+    """
+    gmv_minor: _builtins.int
+    buyers: _builtins.int
+    """Members with an order paid that day, and those of them with an order paid before that day."""
+    repeat_buyers: _builtins.int
+    new_members: _builtins.int
+    """Members registered that day (register_time, else when first recorded)."""
+    active_members: _builtins.int
+    """Members with an order or a behaviour event that day."""
+    refunds: _builtins.int
+    """Refunds that day and their amount in minor units."""
+    refund_minor: _builtins.int
+    @_builtins.property
+    def date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        date: _date_pb2.Date | None = ...,
+        orders: _builtins.int = ...,
+        gmv_minor: _builtins.int = ...,
+        buyers: _builtins.int = ...,
+        repeat_buyers: _builtins.int = ...,
+        new_members: _builtins.int = ...,
+        active_members: _builtins.int = ...,
+        refunds: _builtins.int = ...,
+        refund_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_members", b"active_members", "buyers", b"buyers", "date", b"date", "gmv_minor", b"gmv_minor", "new_members", b"new_members", "orders", b"orders", "refund_minor", b"refund_minor", "refunds", b"refunds", "repeat_buyers", b"repeat_buyers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyKpis: _TypeAlias = DailyKpis  # noqa: Y015
+
+@_typing.final
+class GetDailyKpisResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyKpis]:
+        """One per day from start_date to end_date, days without activity included (zeros)."""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___DailyKpis] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyKpisResponse: _TypeAlias = GetDailyKpisResponse  # noqa: Y015

@@ -59,6 +59,21 @@ class TaggingServiceStub:
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.SerializeToString,
                 response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.FromString,
                 _registered_method=True)
+        self.SearchMembers = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/SearchMembers',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersResponse.FromString,
+                _registered_method=True)
+        self.ListMemberOrders = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/ListMemberOrders',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersResponse.FromString,
+                _registered_method=True)
+        self.GetDailyKpis = channel.unary_unary(
+                '/memberops.tagging.v1.TaggingService/GetDailyKpis',
+                request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisRequest.SerializeToString,
+                response_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisResponse.FromString,
+                _registered_method=True)
         self.RecordOrder = channel.unary_unary(
                 '/memberops.tagging.v1.TaggingService/RecordOrder',
                 request_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.RecordOrderRequest.SerializeToString,
@@ -220,6 +235,29 @@ class TaggingServiceServicer:
     def BatchGetMembers(self, request, context):
         """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
         batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchMembers(self, request, context):
+        """Finds members for an operator's search box: by member id, phone number or nickname (see
+        SearchMembersRequest.query), best matches first, with paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberOrders(self, request, context):
+        """A member's orders and their refunds, newest paid first, with paging (the console's timeline).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDailyKpis(self, request, context):
+        """Per day in a time zone: orders, GMV, buyers, repeat buyers, new and active members (the
+        console's overview and the KPI anomaly check).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +491,21 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.BatchGetMembers,
                     request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.FromString,
                     response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.SerializeToString,
+            ),
+            'SearchMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMembers,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersResponse.SerializeToString,
+            ),
+            'ListMemberOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberOrders,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersResponse.SerializeToString,
+            ),
+            'GetDailyKpis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDailyKpis,
+                    request_deserializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisRequest.FromString,
+                    response_serializer=memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisResponse.SerializeToString,
             ),
             'RecordOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOrder,
@@ -690,6 +743,87 @@ class TaggingService:
             '/memberops.tagging.v1.TaggingService/BatchGetMembers',
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersRequest.SerializeToString,
             memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.BatchGetMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/SearchMembers',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.SearchMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/ListMemberOrders',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.ListMemberOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDailyKpis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tagging.v1.TaggingService/GetDailyKpis',
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisRequest.SerializeToString,
+            memberops_dot_tagging_dot_v1_dot_tagging__service__pb2.GetDailyKpisResponse.FromString,
             options,
             channel_credentials,
             insecure,

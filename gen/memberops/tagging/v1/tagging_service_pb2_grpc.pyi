@@ -55,6 +55,16 @@ class TaggingServiceStub:
     """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
     batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
     """
+    SearchMembers: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.SearchMembersRequest, _tagging_service_pb2.SearchMembersResponse]
+    """Finds members for an operator's search box: by member id, phone number or nickname (see
+    SearchMembersRequest.query), best matches first, with paging.
+    """
+    ListMemberOrders: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ListMemberOrdersRequest, _tagging_service_pb2.ListMemberOrdersResponse]
+    """A member's orders and their refunds, newest paid first, with paging (the console's timeline)."""
+    GetDailyKpis: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetDailyKpisRequest, _tagging_service_pb2.GetDailyKpisResponse]
+    """Per day in a time zone: orders, GMV, buyers, repeat buyers, new and active members (the
+    console's overview and the KPI anomaly check).
+    """
     RecordOrder: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]
     """Records a paid order once. The order id is the natural key: a retry with the same content
     returns the stored order; the same id with different content is ALREADY_EXISTS.
@@ -175,6 +185,16 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     BatchGetMembers: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.BatchGetMembersRequest, _tagging_service_pb2.BatchGetMembersResponse]  # type: ignore[assignment]
     """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
     batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+    """
+    SearchMembers: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.SearchMembersRequest, _tagging_service_pb2.SearchMembersResponse]  # type: ignore[assignment]
+    """Finds members for an operator's search box: by member id, phone number or nickname (see
+    SearchMembersRequest.query), best matches first, with paging.
+    """
+    ListMemberOrders: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ListMemberOrdersRequest, _tagging_service_pb2.ListMemberOrdersResponse]  # type: ignore[assignment]
+    """A member's orders and their refunds, newest paid first, with paging (the console's timeline)."""
+    GetDailyKpis: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetDailyKpisRequest, _tagging_service_pb2.GetDailyKpisResponse]  # type: ignore[assignment]
+    """Per day in a time zone: orders, GMV, buyers, repeat buyers, new and active members (the
+    console's overview and the KPI anomaly check).
     """
     RecordOrder: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.RecordOrderRequest, _facts_pb2.Order]  # type: ignore[assignment]
     """Records a paid order once. The order id is the natural key: a retry with the same content
@@ -317,6 +337,34 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tagging_service_pb2.BatchGetMembersResponse, _abc.Awaitable[_tagging_service_pb2.BatchGetMembersResponse]]:
         """Returns up to 10000 members at once, in the order asked (what a broadcast journey reads for a
         batch of sends). An unknown member is NOT_FOUND for the whole call, unless `allow_missing`.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchMembers(
+        self,
+        request: _tagging_service_pb2.SearchMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.SearchMembersResponse, _abc.Awaitable[_tagging_service_pb2.SearchMembersResponse]]:
+        """Finds members for an operator's search box: by member id, phone number or nickname (see
+        SearchMembersRequest.query), best matches first, with paging.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMemberOrders(
+        self,
+        request: _tagging_service_pb2.ListMemberOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.ListMemberOrdersResponse, _abc.Awaitable[_tagging_service_pb2.ListMemberOrdersResponse]]:
+        """A member's orders and their refunds, newest paid first, with paging (the console's timeline)."""
+
+    @_abc_1.abstractmethod
+    def GetDailyKpis(
+        self,
+        request: _tagging_service_pb2.GetDailyKpisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tagging_service_pb2.GetDailyKpisResponse, _abc.Awaitable[_tagging_service_pb2.GetDailyKpisResponse]]:
+        """Per day in a time zone: orders, GMV, buyers, repeat buyers, new and active members (the
+        console's overview and the KPI anomaly check).
         """
 
     @_abc_1.abstractmethod

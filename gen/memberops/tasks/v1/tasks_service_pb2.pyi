@@ -1048,3 +1048,89 @@ class EraseMemberDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseMemberDataResponse: _TypeAlias = EraseMemberDataResponse  # noqa: Y015
+
+@_typing.final
+class GetDailyKpisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone the days are counted in; empty means Asia/Shanghai."""
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """First and last day, inclusive; at most 400 days."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyKpisRequest: _TypeAlias = GetDailyKpisRequest  # noqa: Y015
+
+@_typing.final
+class DailyKpis(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    SIGN_INS_FIELD_NUMBER: _builtins.int
+    SIGN_IN_MEMBERS_FIELD_NUMBER: _builtins.int
+    POINTS_ISSUED_FIELD_NUMBER: _builtins.int
+    POINTS_REDEEMED_FIELD_NUMBER: _builtins.int
+    sign_ins: _builtins.int
+    """Sign-ins recorded for that day (any daily sign-in task), and the distinct members signing in."""
+    sign_in_members: _builtins.int
+    points_issued: _builtins.int
+    """Points credited (every positive ledger entry) and redeemed (redemptions, net of reversals)."""
+    points_redeemed: _builtins.int
+    @_builtins.property
+    def date(self) -> _date_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        date: _date_pb2.Date | None = ...,
+        sign_ins: _builtins.int = ...,
+        sign_in_members: _builtins.int = ...,
+        points_issued: _builtins.int = ...,
+        points_redeemed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "points_issued", b"points_issued", "points_redeemed", b"points_redeemed", "sign_in_members", b"sign_in_members", "sign_ins", b"sign_ins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyKpis: _TypeAlias = DailyKpis  # noqa: Y015
+
+@_typing.final
+class GetDailyKpisResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyKpis]:
+        """One per day from start_date to end_date, zeros included."""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___DailyKpis] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyKpisResponse: _TypeAlias = GetDailyKpisResponse  # noqa: Y015

@@ -186,6 +186,11 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
                 _registered_method=True)
+        self.GetDailyKpis = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetDailyKpis',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisResponse.FromString,
+                _registered_method=True)
         self.EraseMemberData = channel.unary_unary(
                 '/memberops.tasks.v1.TasksService/EraseMemberData',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.EraseMemberDataRequest.SerializeToString,
@@ -419,6 +424,14 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDailyKpis(self, request, context):
+        """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
+        KPI anomaly check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseMemberData(self, request, context):
         """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
         row of the member in this service is moved to `pseudonym` and its personal data cleared.
@@ -570,6 +583,11 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.ReadTasksFeed,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.SerializeToString,
+            ),
+            'GetDailyKpis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDailyKpis,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisResponse.SerializeToString,
             ),
             'EraseMemberData': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseMemberData,
@@ -1341,6 +1359,33 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/ReadTasksFeed',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDailyKpis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetDailyKpis',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetDailyKpisResponse.FromString,
             options,
             channel_credentials,
             insecure,

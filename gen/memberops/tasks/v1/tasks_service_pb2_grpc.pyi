@@ -135,6 +135,10 @@ class TasksServiceStub:
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
     """
+    GetDailyKpis: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetDailyKpisRequest, _tasks_service_pb2.GetDailyKpisResponse]
+    """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
+    KPI anomaly check).
+    """
     EraseMemberData: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.EraseMemberDataRequest, _tasks_service_pb2.EraseMemberDataResponse]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
     row of the member in this service is moved to `pseudonym` and its personal data cleared.
@@ -243,6 +247,10 @@ class TasksServiceAsyncStub(TasksServiceStub):
     ReadTasksFeed: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ReadTasksFeedRequest, _tasks_service_pb2.ReadTasksFeedResponse]  # type: ignore[assignment]
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
+    """
+    GetDailyKpis: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetDailyKpisRequest, _tasks_service_pb2.GetDailyKpisResponse]  # type: ignore[assignment]
+    """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
+    KPI anomaly check).
     """
     EraseMemberData: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.EraseMemberDataRequest, _tasks_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
@@ -517,6 +525,16 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_service_pb2.ReadTasksFeedResponse, _abc.Awaitable[_tasks_service_pb2.ReadTasksFeedResponse]]:
         """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
         entry is handed out only when nothing can still commit before it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDailyKpis(
+        self,
+        request: _tasks_service_pb2.GetDailyKpisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.GetDailyKpisResponse, _abc.Awaitable[_tasks_service_pb2.GetDailyKpisResponse]]:
+        """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
+        KPI anomaly check).
         """
 
     @_abc_1.abstractmethod
