@@ -27,6 +27,8 @@ class DayRange:
     first: dt.date
     last: dt.date
     zone: dt.tzinfo
+    # The IANA name, for SQL's `AT TIME ZONE`.
+    zone_name: str
 
     @property
     def start(self) -> dt.datetime:
@@ -66,7 +68,8 @@ def checked(request: Any) -> DayRange:
     InvalidArgument naming each bad field."""
     v = Violations()
     first, last = _day(request, "start_date", v), _day(request, "end_date", v)
-    zone = zones.zone(request.time_zone or DEFAULT_ZONE, v, "time_zone")
+    zone_name = request.time_zone or DEFAULT_ZONE
+    zone = zones.zone(zone_name, v, "time_zone")
     if first is not None and last is not None:
         if last < first:
             v.add("end_date", "must not be before start_date")
@@ -74,4 +77,4 @@ def checked(request: Any) -> DayRange:
             v.add("end_date", f"must be at most {MAX_DAYS} days from start_date (both included)")
     v.raise_if_any()
     assert first is not None and last is not None
-    return DayRange(first, last, zone)
+    return DayRange(first, last, zone, zone_name)

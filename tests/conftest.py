@@ -39,6 +39,12 @@ TENANT_FUZZ = "fuzz"
 # id back).
 TOKEN_UMBRELLA = "test-token-umbrella-0123456789"
 TENANT_UMBRELLA = "umbrella"
+# Tenants whose daily figures tests count whole: the console's daily reads (GetDailyKpis,
+# GetDailySends) and the KPI anomaly check (tests/workflows/test_anomalies.py), each alone.
+TOKEN_HOOLI = "test-token-hooli-0123456789"
+TENANT_HOOLI = "hooli"
+TOKEN_WONKA = "test-token-wonka-0123456789"
+TENANT_WONKA = "wonka"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -50,6 +56,8 @@ GLOBEX = bearer(TOKEN_GLOBEX)
 INITECH = bearer(TOKEN_INITECH)
 FUZZ = bearer(TOKEN_FUZZ)
 UMBRELLA = bearer(TOKEN_UMBRELLA)
+HOOLI = bearer(TOKEN_HOOLI)
+WONKA = bearer(TOKEN_WONKA)
 
 
 def unique(prefix: str = "m") -> str:
@@ -82,6 +90,8 @@ def settings(pg_dsn: str) -> Settings:
             TOKEN_INITECH: TENANT_INITECH,
             TOKEN_FUZZ: TENANT_FUZZ,
             TOKEN_UMBRELLA: TENANT_UMBRELLA,
+            TOKEN_HOOLI: TENANT_HOOLI,
+            TOKEN_WONKA: TENANT_WONKA,
         },
         db_pool_min=1,
         db_pool_max=8,

@@ -19,10 +19,12 @@ from memberops.tasks.v1 import (
     tasks_service_pb2_grpc,
 )
 
+from runtime import day_ranges
 from runtime.auth import current_tenant
 from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
+from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
 from services.tasks.points import ledger
@@ -62,8 +64,10 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         clock: Callable[[], dt.datetime] = utc_now,
         *,
         erasures: Erasures,
+        daily_kpis: DailyKpiReader,
     ) -> None:
         self._erasures = erasures
+        self._daily_kpis = daily_kpis
         self._leaderboards = leaderboards
         self._tasks = tasks
         self._points = points
@@ -343,6 +347,23 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         )
         return tasks_service_pb2.ReadTasksFeedResponse(
             entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
+        )
+
+    async def GetDailyKpis(
+        self, request: tasks_service_pb2.GetDailyKpisRequest, context: Any
+    ) -> tasks_service_pb2.GetDailyKpisResponse:
+        days = await self._daily_kpis.days(current_tenant(), day_ranges.checked(request))
+        return tasks_service_pb2.GetDailyKpisResponse(
+            days=[
+                tasks_service_pb2.DailyKpis(
+                    date=messages.date_to_proto(d.day),
+                    sign_ins=d.sign_ins,
+                    sign_in_members=d.sign_in_members,
+                    points_issued=d.points_issued,
+                    points_redeemed=d.points_redeemed,
+                )
+                for d in days
+            ]
         )
 
     async def EraseMemberData(

@@ -21,6 +21,7 @@ from runtime.erasure import Erasures
 from runtime.grpc_server import ServiceBinding
 from services.tasks import erasure_store
 from services.tasks.api import TasksApi, TaskServices, utc_now
+from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
 from services.tasks.levels.publisher import LevelPublisher
@@ -65,6 +66,7 @@ def wire(
         tasks,
         clock=clock,
         erasures=Erasures(db, erasure_store.erase, forget=peers.forget),
+        daily_kpis=DailyKpiReader(db),
     )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
     return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
