@@ -1,0 +1,118 @@
+"""Wires the console: routes of each page module, and the middlewares every request goes through.
+
+In order: timing (server time per page, logged and sent as Server-Timing), errors (a missing page
+or an unexpected failure becomes a page with a message, the traceback goes to the log only),
+sign-in (every page but the sign-in and language ones needs a session; a token the services stop
+accepting signs the operator out) and CSRF (every POST carries the form's token and, when the
+browser says, comes from this console's own origin).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from console import charts, render, session
+from console.clients import CALLER, PEERS, Caller, Peers, SignedOut
+from console.pages import journeys, members, overview, report, signin
+
+log = structlog.get_logger("console")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Paths served without a session.
+PUBLIC = ("/signin", "/lang/", "/healthz")
+
+
+@web.middleware
+async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.1f}"
+    log.info(
+        "console_page",
+        method=request.method,
+        route=request.match_info.route.resource.canonical if request.match_info.route.resource else "",
+        status=response.status,
+        server_ms=round(elapsed_ms, 1),
+    )
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return render.message_page(request, 404, "error.not_found")
+    except web.HTTPMethodNotAllowed:
+        return render.message_page(request, 405, "error.not_found")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("console_failure", path=request.path)
+        return render.message_page(request, 500, "error.title")
+
+
+@web.middleware
+async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(PUBLIC):
+        return await handler(request)
+    token = session.token_of(request)
+    if token is None:
+        raise web.HTTPSeeOther(f"/signin?next={request.path_qs}" if request.method == "GET" else "/signin")
+    request[CALLER] = Caller(request.app[PEERS], token)
+    try:
+        return await handler(request)
+    except SignedOut:
+        response = web.HTTPSeeOther("/signin?expired=1")
+        session.sign_out(response)
+        raise response from None
+
+
+@web.middleware
+async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "POST":
+        form = await request.post()
+        submitted = form.get(session.CSRF_FIELD)
+        if not (
+            isinstance(submitted, str)
+            and session.same_origin(request)
+            and session.form_csrf_ok(request, submitted)
+        ):
+            log.warning("console_csrf_refused", path=request.path)
+            return render.message_page(request, 403, "csrf.refused")
+    return await handler(request)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def home(_request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/overview")
+
+
+def build(peers: Peers, *, secure_cookies: bool = False) -> web.Application:
+    """The console over `peers` (opened on start-up and closed on clean-up by the application)."""
+    app = web.Application(middlewares=[timing, errors, signed_in, csrf])
+    app[PEERS] = peers
+    app[render.ENV_KEY] = render.environment()
+    app[session.SECURE] = secure_cookies
+    app.router.add_get("/", home)
+    app.router.add_get("/healthz", healthz)
+    for module in (signin, overview, members, journeys, report):
+        module.add_routes(app.router)
+
+    async def start(_app: web.Application) -> None:
+        peers.open()
+        await charts.warm_up()
+
+    async def stop(_app: web.Application) -> None:
+        await peers.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

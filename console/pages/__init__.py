@@ -1,0 +1,1 @@
+"""One module per page (or pair of pages): each adds its routes with `add_routes(router)`."""

@@ -1,0 +1,138 @@
+"""The overview: the last weeks' KPIs as charts (orders and GMV, new and active members, the
+repeat-purchase rate, points issued and redeemed, sends by channel and outcome) and the anomalies
+the daily check flagged. Each chart's call may fail on its own; its place then says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from google.type import date_pb2
+from memberops.journeys.v1 import journeys_service_pb2
+from memberops.tagging.v1 import tagging_service_pb2
+from memberops.tasks.v1 import tasks_service_pb2
+
+from console import charts, i18n, render, session
+from console.clients import Outcome, caller
+
+DAYS = 28
+ZONE = "Asia/Shanghai"
+
+
+def _date(day: dt.date) -> date_pb2.Date:
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def _rows(days: Any, series: dict[str, Callable[[Any], float]]) -> list[dict[str, Any]]:
+    return [
+        {"day": render.day(d.date), "series": label, "value": value(d)}
+        for d in days
+        for label, value in series.items()
+    ]
+
+
+async def show(request: web.Request) -> web.Response:
+    t = i18n.translator(session.language_of(request))
+    today = dt.datetime.now(render.TIME_ZONE).date()
+    start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
+    call = caller(request)
+    shop, tasks, sends, anomalies = await asyncio.gather(
+        call.attempt(
+            "tagging",
+            "GetDailyKpis",
+            tagging_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
+        ),
+        call.attempt(
+            "tasks",
+            "GetDailyKpis",
+            tasks_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
+        ),
+        call.attempt(
+            "journeys",
+            "GetDailySends",
+            journeys_service_pb2.GetDailySendsRequest(start_date=start, end_date=end, time_zone=ZONE),
+        ),
+        call.attempt("journeys", "ListAnomalies", journeys_service_pb2.ListAnomaliesRequest(page_size=50)),
+    )
+    panels: list[tuple[str, Outcome[Any], str]] = []
+    if shop.value is not None:
+        days = shop.value.days
+        orders = await charts.render(
+            charts.lines(
+                _rows(
+                    days,
+                    {
+                        t("kpi.orders"): lambda d: d.orders,
+                        t("kpi.gmv") + " ÷100": lambda d: d.gmv_minor / 10_000,
+                    },
+                ),
+                title=t("overview.orders_gmv"),
+            )
+        )
+        members = await charts.render(
+            charts.lines(
+                _rows(
+                    days,
+                    {
+                        t("kpi.new_members"): lambda d: d.new_members,
+                        t("kpi.active_members"): lambda d: d.active_members,
+                    },
+                ),
+                title=t("overview.members"),
+            )
+        )
+        repeat = await charts.render(
+            charts.lines(
+                _rows(
+                    days, {t("kpi.repeat_rate"): lambda d: d.repeat_buyers / d.buyers if d.buyers else 0.0}
+                ),
+                title=t("overview.repeat"),
+                percent=True,
+            )
+        )
+        panels += [
+            ("overview.orders_gmv", shop, orders),
+            ("overview.members", shop, members),
+            ("overview.repeat", shop, repeat),
+        ]
+    else:
+        panels.append(("overview.orders_gmv", shop, ""))
+    points = ""
+    if tasks.value is not None:
+        points = await charts.render(
+            charts.lines(
+                _rows(
+                    tasks.value.days,
+                    {
+                        t("kpi.points_issued"): lambda d: d.points_issued,
+                        t("kpi.points_redeemed"): lambda d: d.points_redeemed,
+                    },
+                ),
+                title=t("overview.points"),
+            )
+        )
+    panels.append(("overview.points", tasks, points))
+    sent = ""
+    if sends.value is not None:
+        rows = [
+            {"day": render.day(s.date), "series": f"{s.channel} · {s.outcome}", "value": s.messages}
+            for s in sends.value.sends
+        ]
+        sent = await charts.render(charts.stacked_bars(rows, title=t("overview.sends"))) if rows else ""
+    panels.append(("overview.sends", sends, sent))
+    return render.page(
+        request,
+        "overview.html",
+        days=DAYS,
+        zone=ZONE,
+        panels=panels,
+        anomalies=anomalies,
+    )
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/overview", show)
