@@ -47,9 +47,10 @@ class DayRange:
             day += dt.timedelta(days=1)
 
 
-def _day(request: Any, name: str, v: Violations) -> dt.date | None:
+def optional_day(request: Any, name: str, v: Violations) -> dt.date | None:
+    """The google.type.Date field `name` of `request` (None when unset, or with a violation of
+    `name` when it is no full date between EARLIEST and LATEST)."""
     if not request.HasField(name):
-        v.add(name, "is required")
         return None
     value = getattr(request, name)
     try:
@@ -61,6 +62,12 @@ def _day(request: Any, name: str, v: Violations) -> dt.date | None:
         v.add(name, f"must be between {EARLIEST} and {LATEST}")
         return None
     return day
+
+
+def _day(request: Any, name: str, v: Violations) -> dt.date | None:
+    if not request.HasField(name):
+        v.add(name, "is required")
+    return optional_day(request, name, v)
 
 
 def checked(request: Any) -> DayRange:

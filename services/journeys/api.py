@@ -15,7 +15,7 @@ from runtime.auth import current_tenant
 from runtime.db import Database
 from runtime.errors import FieldViolation, InvalidArgument
 from services.audience.evaluation import member_id_from_name
-from services.journeys import convert, report_messages
+from services.journeys import anomalies, convert, member_journeys, report_messages, send_days
 from services.journeys.erasure import Erasures
 from services.journeys.journey_store import JourneyRow
 from services.journeys.journeys import FIELD, Journeys, key_from_name
@@ -183,6 +183,21 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
         self, request: report_pb2.GetJourneyReportRequest, context: Any
     ) -> report_pb2.JourneyReport:
         return await report_messages.answer(self._db, current_tenant(), request)
+
+    async def ListMemberJourneys(
+        self, request: journeys_service_pb2.ListMemberJourneysRequest, context: Any
+    ) -> journeys_service_pb2.ListMemberJourneysResponse:
+        return await member_journeys.answer(self._db, current_tenant(), request)
+
+    async def GetDailySends(
+        self, request: journeys_service_pb2.GetDailySendsRequest, context: Any
+    ) -> journeys_service_pb2.GetDailySendsResponse:
+        return await send_days.answer(self._db, current_tenant(), request)
+
+    async def ListAnomalies(
+        self, request: journeys_service_pb2.ListAnomaliesRequest, context: Any
+    ) -> journeys_service_pb2.ListAnomaliesResponse:
+        return await anomalies.answer(self._db, current_tenant(), request, anomalies.utc_now)
 
     async def EraseMemberData(
         self, request: journeys_service_pb2.EraseMemberDataRequest, context: Any

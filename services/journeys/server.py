@@ -16,6 +16,7 @@ from runtime.config import Settings
 from runtime.db import Database
 from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
+from services.journeys.anomaly_metrics import AnomalyCounts
 from services.journeys.api import JourneyApi
 from services.journeys.erasure import Erasures
 from services.journeys.journeys import Journeys
@@ -36,7 +37,8 @@ def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> ap
     binding = ServiceBinding.of(
         SERVICE, journeys_service_pb2_grpc.add_JourneyServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding], closers=[peers.close])
+    counts = AnomalyCounts(db, tenants)
+    return app.Wiring([binding], background=[counts.run], closers=[peers.close])
 
 
 DEFINITION = app.ServiceDefinition(
