@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/memberops -name '*.proto' | sort)
 
-.PHONY: help venv proto lint typecheck check test bench up down status clean
+.PHONY: help venv proto lint typecheck check test chromium bench up down status clean
 
 help:
 	@echo "make up       start PostgreSQL, Temporal, the four services and the worker locally"
@@ -49,7 +49,7 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: check $(VENV)/bin/promtool
+test: check $(VENV)/bin/promtool chromium
 	$(PY) -m pytest
 
 # promtool checks and unit-tests the alert rules (tests/deploy/test_alerts.py). It comes from
@@ -62,6 +62,13 @@ $(VENV)/bin/promtool: | $(STAMP)
 	apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; \
 	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x -O ./usr/bin/promtool > $(CURDIR)/$@.part; \
 	chmod +x $(CURDIR)/$@.part; mv $(CURDIR)/$@.part $(CURDIR)/$@; echo "promtool: $$($(CURDIR)/$@ --version | head -1)"
+
+# The console's browser test (tests/console) drives Debian's chromium through Playwright (never a
+# browser Playwright downloads), with a font for its Chinese labels; installed here when missing.
+chromium:
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || { \
+		apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei; }; }
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -62,16 +62,10 @@ async def show(request: web.Request) -> web.Response:
     if shop.value is not None:
         days = shop.value.days
         orders = await charts.render(
-            charts.lines(
-                _rows(
-                    days,
-                    {
-                        t("kpi.orders"): lambda d: d.orders,
-                        t("kpi.gmv") + " ÷100": lambda d: d.gmv_minor / 10_000,
-                    },
-                ),
-                title=t("overview.orders_gmv"),
-            )
+            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=t("overview.orders"))
+        )
+        gmv = await charts.render(
+            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=t("overview.gmv"))
         )
         members = await charts.render(
             charts.lines(
@@ -95,12 +89,13 @@ async def show(request: web.Request) -> web.Response:
             )
         )
         panels += [
-            ("overview.orders_gmv", shop, orders),
+            ("overview.orders", shop, orders),
+            ("overview.gmv", shop, gmv),
             ("overview.members", shop, members),
             ("overview.repeat", shop, repeat),
         ]
     else:
-        panels.append(("overview.orders_gmv", shop, ""))
+        panels.append(("overview.orders", shop, ""))
     points = ""
     if tasks.value is not None:
         points = await charts.render(
