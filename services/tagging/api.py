@@ -25,6 +25,7 @@ from runtime.auth import current_tenant
 from runtime.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog, history_rebuilds
 from services.tagging.catalog import Catalog
+from services.tagging.daily_kpis import DailyKpis, DayKpis, checked_range
 from services.tagging.domain import (
     BehaviorEvent,
     Contact,
@@ -54,6 +55,8 @@ from services.tagging.facts import Facts
 from services.tagging.feed import Feed
 from services.tagging.feed_messages import feed_entry_to_proto
 from services.tagging.history_rebuilds import HistoryRebuilds
+from services.tagging.member_orders import MemberOrder, MemberOrders
+from services.tagging.member_search import MemberSearch
 from services.tagging.members import Members, bounded, check_update_paths
 from services.tagging.stats import Stats, TagStats
 
@@ -83,6 +86,9 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         *,
         history_rebuilds: HistoryRebuilds,
         erasures: Erasures,
+        member_search: MemberSearch,
+        member_orders: MemberOrders,
+        daily_kpis: DailyKpis,
     ) -> None:
         self._members = members
         self._facts = facts
@@ -94,6 +100,9 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         self._clock = clock
         self._rebuilds = history_rebuilds
         self._erasures = erasures
+        self._search = member_search
+        self._member_orders = member_orders
+        self._kpis = daily_kpis
 
     async def UpsertMember(
         self, request: tagging_service_pb2.UpsertMemberRequest, context: Any
@@ -140,6 +149,37 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
         return tagging_service_pb2.BatchGetMembersResponse(
             members=[masked_member_to_proto(m, mask) for m in found]
         )
+
+    async def SearchMembers(
+        self, request: tagging_service_pb2.SearchMembersRequest, context: Any
+    ) -> tagging_service_pb2.SearchMembersResponse:
+        found, token = await self._search.search(
+            current_tenant(), request.query, request.page_size, request.page_token
+        )
+        return tagging_service_pb2.SearchMembersResponse(
+            members=[member_to_proto(m) for m in found], next_page_token=token
+        )
+
+    async def ListMemberOrders(
+        self, request: tagging_service_pb2.ListMemberOrdersRequest, context: Any
+    ) -> tagging_service_pb2.ListMemberOrdersResponse:
+        member_id = member_id_from_name(request.member, "member")
+        orders, token = await self._member_orders.list(
+            current_tenant(), member_id, request.page_size, request.page_token
+        )
+        return tagging_service_pb2.ListMemberOrdersResponse(
+            orders=[member_order_to_proto(o) for o in orders], next_page_token=token
+        )
+
+    async def GetDailyKpis(
+        self, request: tagging_service_pb2.GetDailyKpisRequest, context: Any
+    ) -> tagging_service_pb2.GetDailyKpisResponse:
+        violations = Violations()
+        start = _required_date(request, "start_date", violations)
+        end = _required_date(request, "end_date", violations)
+        asked = checked_range(start, end, request.time_zone, violations)
+        days = await self._kpis.get(current_tenant(), asked)
+        return tagging_service_pb2.GetDailyKpisResponse(days=[day_kpis_to_proto(d) for d in days])
 
     async def RecordOrder(
         self, request: tagging_service_pb2.RecordOrderRequest, context: Any
@@ -373,7 +413,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def ImportOrders(
         self, request_iterator: AsyncIterator[tagging_service_pb2.ImportOrdersRequest], context: Any
     ) -> tagging_service_pb2.ImportFactsResponse:
-        """Each batch is stored, and its members' tags refreshed, before the next is stored."""
+        """Each batch is committed before the next; the members' tags are refreshed before the reply."""
         counts = await self._imports.import_orders(
             current_tenant(), request_iterator, order_from_proto, self._clock
         )
@@ -563,6 +603,34 @@ def _date(value: date_pb2.Date, violations: Violations, field: str) -> dt.date |
     except ValueError:
         violations.add(field, "must be a full, valid calendar date (year, month and day)")
         return None
+
+
+def _required_date(message: Any, name: str, violations: Violations) -> dt.date | None:
+    if not message.HasField(name):
+        violations.add(name, "is required")
+        return None
+    return _date(getattr(message, name), violations, name)
+
+
+def member_order_to_proto(member_order: MemberOrder) -> tagging_service_pb2.MemberOrder:
+    return tagging_service_pb2.MemberOrder(
+        order=order_to_proto(member_order.order),
+        refunds=[refund_to_proto(r) for r in member_order.refunds],
+    )
+
+
+def day_kpis_to_proto(day: DayKpis) -> tagging_service_pb2.DailyKpis:
+    return tagging_service_pb2.DailyKpis(
+        date=date_pb2.Date(year=day.date.year, month=day.date.month, day=day.date.day),
+        orders=day.orders,
+        gmv_minor=day.gmv_minor,
+        buyers=day.buyers,
+        repeat_buyers=day.repeat_buyers,
+        new_members=day.new_members,
+        active_members=day.active_members,
+        refunds=day.refunds,
+        refund_minor=day.refund_minor,
+    )
 
 
 def _optional_time(message: Any, name: str, violations: Violations, path: str) -> dt.datetime | None:

@@ -18,6 +18,7 @@ from runtime.temporal_client import LazyClient
 from services.tagging import builtins
 from services.tagging.api import TaggingApi, utc_now
 from services.tagging.catalog import Catalog
+from services.tagging.daily_kpis import DailyKpis
 from services.tagging.erasure import Erasures
 from services.tagging.erasure_peers import ErasurePeers, addresses
 from services.tagging.evaluation import Tagger
@@ -25,6 +26,8 @@ from services.tagging.fact_imports import FactImports
 from services.tagging.facts import Facts
 from services.tagging.feed import MAX_STREAMS_PER_TENANT, Feed
 from services.tagging.history_rebuilds import HistoryRebuilds
+from services.tagging.member_orders import MemberOrders
+from services.tagging.member_search import MemberSearch
 from services.tagging.members import Members
 from services.tagging.realtime import RealTimeTags
 from services.tagging.stats import Stats
@@ -59,6 +62,9 @@ def wire(
         clock=clock,
         history_rebuilds=HistoryRebuilds(db, LazyClient(settings), settings.temporal_task_queue),
         erasures=Erasures(db, tagger, peers),
+        member_search=MemberSearch(db),
+        member_orders=MemberOrders(db),
+        daily_kpis=DailyKpis(db),
     )
     binding = ServiceBinding.of(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer
