@@ -22,6 +22,8 @@ from runtime.channels import peer_channel
 from runtime.config import Settings, env_number
 from runtime.db import Database
 from workflows import service_calls
+from workflows.anomalies.activities import AnomalyActivities
+from workflows.anomalies.workflow import KpiAnomalyCheckWorkflow
 from workflows.dispatcher.activities import DispatcherActivities
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store
@@ -56,6 +58,7 @@ WORKFLOWS: Sequence[type] = (
     DispatcherWorkflow,
     PeriodicJobWorkflow,
     TagHistoryRebuildWorkflow,
+    KpiAnomalyCheckWorkflow,
 )
 
 
@@ -95,6 +98,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
     periodic = PeriodicActivities(tagging, tasks, settings.token_for_tenant)
     control = ControlActivities(resources.db, client)
     tag_history = TagHistoryActivities(tagging, settings.token_for_tenant)
+    anomalies = AnomalyActivities(resources.db, tagging, tasks, settings.token_for_tenant)
     return [
         lookup.get_member,
         *journeys.all(),
@@ -104,6 +108,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *periodic.all(),
         *control.all(),
         *tag_history.all(),
+        *anomalies.all(),
     ]
 
 

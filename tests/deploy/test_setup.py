@@ -16,7 +16,6 @@ from runtime.config import Settings
 from tests.conftest import TOKEN_ACME, TOKEN_GLOBEX, unique
 from tests.deploy import commands
 from workflows.periodic import schedules
-from workflows.periodic.payloads import JOBS
 
 # A namespace where an attribute of ours already exists with another type.
 CLASHING_NAMESPACE = "clashing"
@@ -44,7 +43,9 @@ async def custom_attributes(client: Client, namespace: str) -> dict[str, int]:
 async def describe_all(client: Client) -> dict[str, ScheduleDescription]:
     return {
         sid: await client.get_schedule_handle(sid).describe()
-        for sid in (schedules.schedule_id(tenant, job) for tenant in TENANTS.values() for job in JOBS)
+        for sid in (
+            schedules.schedule_id(tenant, job) for tenant in TENANTS.values() for job in schedules.SCHEDULED
+        )
     }
 
 
@@ -72,7 +73,7 @@ async def test_setup_registers_the_attributes_and_schedules_and_a_second_run_cha
         assert registered.get(name) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD, name
         assert f"registered          {name}" in finished.stdout
     created = await describe_all(client)
-    assert len(created) == len(TENANTS) * len(JOBS)
+    assert len(created) == len(TENANTS) * len(schedules.SCHEDULED)
     for description in created.values():
         action = description.schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow)

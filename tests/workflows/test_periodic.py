@@ -15,7 +15,12 @@ import grpc
 import pytest
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from memberops.tasks.v1 import points_pb2, tasks_service_pb2_grpc
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    ScheduleActionStartWorkflow,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -154,20 +159,31 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "created"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "created"),
         (f"periodic/{tenant}/{EVALUATE_LEVELS}", "created"),
+        (f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}", "created"),
     ]
     again = await schedules.ensure(client, [tenant, tenant], plan, queue)
-    assert [what for _, what in again] == ["updated", "updated", "updated"]
+    assert [what for _, what in again] == ["updated"] * 4
+    anomalies = await client.get_schedule_handle(f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}").describe()
+    assert isinstance(anomalies.schedule.action, ScheduleActionStartWorkflow)
+    assert anomalies.schedule.action.workflow == "KpiAnomalyCheck"
+    at = [t.astimezone(ZoneInfo("Europe/Madrid")) for t in anomalies.info.next_action_times]
+    assert at and all((t.hour, t.minute) == (6, 0) for t in at)  # "0 6 * * *" there
     described = await client.get_schedule_handle(f"periodic/{tenant}/{EXPIRE_POINTS}").describe()
     upcoming = [t.astimezone(ZoneInfo("Europe/Madrid")) for t in described.info.next_action_times]
     assert upcoming and all((t.hour, t.minute) == (0, 30) for t in upcoming)  # "30 0 * * *" there
 
     off = schedules.Plan.from_env(
-        {"MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off", "MEMBEROPS_SCHEDULE_EVALUATE_LEVELS": "off"}
+        {
+            "MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off",
+            "MEMBEROPS_SCHEDULE_EVALUATE_LEVELS": "off",
+            "MEMBEROPS_SCHEDULE_DETECT_ANOMALIES": "off",
+        }
     )
     assert await schedules.ensure(client, [tenant], off, queue) == [
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "removed"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "updated"),
         (f"periodic/{tenant}/{EVALUATE_LEVELS}", "removed"),
+        (f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}", "removed"),
     ]
     # Schedule listings come from the visibility store, which catches up with a removal shortly after.
 
