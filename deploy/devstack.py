@@ -69,6 +69,7 @@ class Layout:
     temporal_port: int
     temporal_ui_port: int
     outbox_port: int = 8095
+    console_address: str = "127.0.0.1:8088"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Layout:
@@ -78,7 +79,12 @@ class Layout:
             temporal_port=_port(env, "MEMBEROPS_TEMPORAL_PORT", 7233),
             temporal_ui_port=_port(env, "MEMBEROPS_TEMPORAL_UI_PORT", 8233),
             outbox_port=_port(env, "MEMBEROPS_OUTBOX_PORT", 8095),
+            console_address=env.get("MEMBEROPS_CONSOLE_ADDRESS") or "127.0.0.1:8088",
         )
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.console_address}"
 
     @property
     def outbox_url(self) -> str:
@@ -421,7 +427,22 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
         binds=(metrics["worker"],),
         probe=lambda pid: worker_polling(settings, pid),
     )
-    return [temporal, *services, outbox, worker]
+    console = Component(
+        name="console",
+        argv=[python, "-m", "console"],
+        env={**env, "MEMBEROPS_CONSOLE_ADDRESS": layout.console_address},
+        address=layout.console_url,
+        binds=(layout.console_address,),
+        probe=lambda _pid: console_health(layout.console_url),
+    )
+    return [temporal, *services, outbox, worker, console]
+
+
+async def console_health(url: str) -> Probe:
+    """Ready when the console answers its /healthz (it reaches the services per page, not at start)."""
+    if await asyncio.to_thread(_http_ok, f"{url}/healthz"):
+        return Probe(True, "answers /healthz")
+    return Probe(False, "not answering /healthz")
 
 
 def outbox_channels(layout: Layout, env: Mapping[str, str]) -> dict[str, str]:
@@ -610,6 +631,7 @@ MemberOps is up.
   temporal      {settings.temporal_address}  (namespace {settings.temporal_namespace}, \
 task queue {settings.temporal_task_queue})
   temporal UI   {layout.ui_url}
+  console       {layout.console_url}  (sign in with the token below)
   token         {token}{tenant}
   DATABASE_URL  {dsn}
   logs          {layout.logs}/

@@ -13,8 +13,21 @@ from pathlib import Path
 import pytest
 from memberops.journeys.v1 import journey_pb2
 
+from console import session as console_session
 from deploy import devstack as devstack_module
 from tests.conftest import REPO_ROOT
+
+COMPONENTS = (
+    "postgres",
+    "temporal",
+    "tagging",
+    "audience",
+    "tasks",
+    "journeys",
+    "outbox",
+    "worker",
+    "console",
+)
 
 
 def free_port() -> int:
@@ -51,6 +64,17 @@ def scrape(url: str) -> str:
         return text
 
 
+def check_console(started: str, console: str) -> None:
+    """The console is up at its URL and serves the demo member, read from the services with the
+    dev token (as a signed-in operator's cookie holds it)."""
+    assert f"console       {console}  (sign in with the token below)" in started
+    cookie = f"{console_session.SESSION_COOKIE}={devstack_module.DEV_TOKEN}"
+    request = urllib.request.Request(f"{console}/members/demo-1", headers={"Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        member = answer.read().decode()
+    assert "Xiao Li" in member and "categories_bought=tea" in member
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -72,6 +96,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_JOURNEYS_ADDRESS=f"127.0.0.1:{free_port()}",
         MEMBEROPS_OUTBOX_PORT=str(free_port()),
+        MEMBEROPS_CONSOLE_ADDRESS=f"127.0.0.1:{free_port()}",
     )
     metrics = {name: free_port() for name in devstack_module.METRICS_PROCESSES}
     env.update({f"MEMBEROPS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics.items()})
@@ -89,7 +114,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "MemberSummary(member_id='demo-1', found=True, city='Hangzhou'" in started
         # The order's real-time tags were visible right after RecordOrder returned.
         assert "categories_bought=tea" in started and "lifecycle=new" in started
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):
+        for name in COMPONENTS:
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 4
         for job in ("recompute_tags", "expire_points", "evaluate_levels"):
@@ -106,8 +131,10 @@ def test_up_status_down(tmp_path: Path) -> None:
         enrolled = "enrolled demo-1 on their first order: journey/dev/new-customer/member/demo-1: active"
         assert enrolled in started
 
+        check_console(started, f"http://{env['MEMBEROPS_CONSOLE_ADDRESS']}")
+
         again = devstack("up", env)
-        for name in ("postgres", "temporal", "tagging", "audience", "tasks", "journeys", "outbox", "worker"):
+        for name in COMPONENTS:
             assert f"{name:<10} already running" in again
         assert "journey    already active   journeys/new-customer version 1" in again
         assert again.count("schedule   updated") == 3
@@ -119,12 +146,12 @@ def test_up_status_down(tmp_path: Path) -> None:
 
         status = devstack("status", env)
         assert "stopped" not in status
-        assert status.count("running") == 8
+        assert status.count("running") == 9
         assert status.count("health SERVING") == 4
         assert "polling task queue memberops" in status
         assert 'taken {"requests": ' in status  # the local outbox, the worker's SMS/push/WeCom provider
         pids = recorded_pids(run_dir)
-        assert len(pids) == 8 and all(alive(pid) for pid in pids)
+        assert len(pids) == 9 and all(alive(pid) for pid in pids)
     finally:
         stopped = devstack("down", env)
     assert "postgres   stopped" in stopped

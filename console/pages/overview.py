@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import altair as alt
 from aiohttp import web
 from google.type import date_pb2
 from memberops.journeys.v1 import journeys_service_pb2
@@ -58,16 +59,23 @@ async def show(request: web.Request) -> web.Response:
         ),
         call.attempt("journeys", "ListAnomalies", journeys_service_pb2.ListAnomaliesRequest(page_size=50)),
     )
-    panels: list[tuple[str, Outcome[Any], str]] = []
-    if shop.value is not None:
-        days = shop.value.days
-        orders = await charts.render(
-            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=t("overview.orders"))
-        )
-        gmv = await charts.render(
-            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=t("overview.gmv"))
-        )
-        members = await charts.render(
+    # (label key, the call it comes from, its chart or None when there is nothing to draw)
+    planned: list[tuple[str, Outcome[Any], alt.TopLevelMixin | None]] = []
+    days = shop.value.days if shop.value is not None else []
+    planned += [
+        (
+            "overview.orders",
+            shop,
+            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=t("overview.orders")),
+        ),
+        (
+            "overview.gmv",
+            shop,
+            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=t("overview.gmv")),
+        ),
+        (
+            "overview.members",
+            shop,
             charts.lines(
                 _rows(
                     days,
@@ -77,48 +85,58 @@ async def show(request: web.Request) -> web.Response:
                     },
                 ),
                 title=t("overview.members"),
-            )
-        )
-        repeat = await charts.render(
+            ),
+        ),
+        (
+            "overview.repeat",
+            shop,
             charts.lines(
                 _rows(
                     days, {t("kpi.repeat_rate"): lambda d: d.repeat_buyers / d.buyers if d.buyers else 0.0}
                 ),
                 title=t("overview.repeat"),
                 percent=True,
-            )
-        )
-        panels += [
-            ("overview.orders", shop, orders),
-            ("overview.gmv", shop, gmv),
-            ("overview.members", shop, members),
-            ("overview.repeat", shop, repeat),
-        ]
-    else:
-        panels.append(("overview.orders", shop, ""))
-    points = ""
-    if tasks.value is not None:
-        points = await charts.render(
+            ),
+        ),
+    ]
+    if shop.problem is not None:
+        planned = planned[:1]  # one message for the four charts of the same call
+    points = tasks.value.days if tasks.value is not None else []
+    planned.append(
+        (
+            "overview.points",
+            tasks,
             charts.lines(
                 _rows(
-                    tasks.value.days,
+                    points,
                     {
                         t("kpi.points_issued"): lambda d: d.points_issued,
                         t("kpi.points_redeemed"): lambda d: d.points_redeemed,
                     },
                 ),
                 title=t("overview.points"),
-            )
+            ),
         )
-    panels.append(("overview.points", tasks, points))
-    sent = ""
-    if sends.value is not None:
-        rows = [
-            {"day": render.day(s.date), "series": f"{s.channel} · {s.outcome}", "value": s.messages}
-            for s in sends.value.sends
-        ]
-        sent = await charts.render(charts.stacked_bars(rows, title=t("overview.sends"))) if rows else ""
-    panels.append(("overview.sends", sends, sent))
+    )
+    rows = [
+        {"day": render.day(s.date), "series": f"{s.channel} · {s.outcome}", "value": s.messages}
+        for s in (sends.value.sends if sends.value is not None else [])
+    ]
+    planned.append(
+        ("overview.sends", sends, charts.stacked_bars(rows, title=t("overview.sends")) if rows else None)
+    )
+    drawn = await asyncio.gather(
+        *(
+            charts.render(chart)
+            for _, outcome, chart in planned
+            if chart is not None and outcome.problem is None
+        )
+    )
+    svgs = iter(drawn)
+    panels = [
+        (key, outcome, next(svgs) if chart is not None and outcome.problem is None else "")
+        for key, outcome, chart in planned
+    ]
     return render.page(
         request,
         "overview.html",
