@@ -10,6 +10,7 @@ browser says, comes from this console's own origin).
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -62,7 +63,9 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     token = session.token_of(request)
     if token is None:
-        raise web.HTTPSeeOther(f"/signin?next={request.path_qs}" if request.method == "GET" else "/signin")
+        raise web.HTTPSeeOther(
+            f"/signin?next={urllib.parse.quote(request.path_qs)}" if request.method == "GET" else "/signin"
+        )
     request[CALLER] = Caller(request.app[PEERS], token)
     try:
         return await handler(request)
