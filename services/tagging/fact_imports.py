@@ -5,9 +5,9 @@ Each batch is validated row by row with RecordOrder's, RecordRefund's and Record
 statements (import_store), and idempotent by natural key: a fact stored before with the same
 content is unchanged, with other content ALREADY_EXISTS. A re-sent order is recognised before
 it is converted, by the digest of its wire form stored when it was imported (`wire_digest`), so a
-re-sent batch costs a lookup. Once a batch commits, the real-time tags
-of the members it touched are refreshed at once (one statement per dimension for them all), dated
-by the facts and marked backfilled, before the next batch is read.
+re-sent batch costs a lookup. Once the stream's last batch commits, the real-time tags of every
+member it touched are refreshed (one statement per dimension for up to REFRESH_CHUNK members),
+dated by the facts and marked backfilled, before the reply.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,7 +27,8 @@ from memberops.tagging.v1 import tagging_service_pb2
 
 from runtime.db import Database
 from runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
-from services.tagging import import_store
+from runtime.logs import get_logger
+from services.tagging import import_store, order_rows
 from services.tagging.domain import BehaviorEvent, OrderInput, OrderState, Refund, RefundInput
 from services.tagging.evaluation import INPUT_BITS, Tagger
 from services.tagging.facts import (
@@ -40,13 +42,23 @@ from services.tagging.facts import (
 from services.tagging.members import MAX_IMPORT_BATCH, bounded
 from services.tagging.rules import Input
 
-# Members refreshed in one transaction after a batch: a batch's 10,000 orders touch at most as many.
+# Members refreshed in one transaction: one statement per dimension for them all.
 REFRESH_CHUNK = 10_000
+# Chunks refreshed at once when a stream ends (each a transaction on its own connection, disjoint
+# members): nothing else of the stream runs then, and two keep both cores of a small database busy.
+REFRESH_LANES = 2
+# A stream refreshes the members it touched on the way once the oldest has waited this long:
+# well within the sweeper's grace for import queue rows (import_store.SWEEP_GRACE, 5 minutes).
+REFRESH_AFTER_SECONDS = 60.0
 # A batch's store or refresh that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
 ATTEMPTS = 3
 
+log = get_logger("memberops.tagging.fact_imports")
+
 T = TypeVar("T")
 P = TypeVar("P")
+# What a batch's store awaits before it writes: the batch before it has committed.
+Turn = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -234,11 +246,37 @@ def _validated(
     return kept
 
 
-def validate_orders(
-    orders: Sequence[tuple[int, OrderInput]], now: dt.datetime, path: str
-) -> list[tuple[int, OrderInput, str]]:
-    """(index, order, content digest) of each distinct order of (index, order) `orders`."""
-    return _validated(orders, validate_order, "order", lambda o: o.order_id, order_digest, now, path)
+@dataclass(frozen=True)
+class _Rows:
+    """An order's COPY rows, with its id and content digest (which decide its repeats in a batch)."""
+
+    order_id: str
+    digest: str
+    order: order_rows.OrderRow | None  # None: invalid (the batch is rejected)
+    lines: list[order_rows.LineRow]
+
+
+def rows_of(i: int, order: OrderInput, wire: str) -> _Rows:
+    """The COPY rows of an order converted to an OrderInput (the full way)."""
+    digest = order_digest(order)
+    assert order.paid_time is not None  # validated
+    row = (
+        i,
+        order.order_id,
+        order.member_id,
+        order.paid_time,
+        order.amount_minor,
+        order.store,
+        order.payment_method,
+        digest,
+        wire,
+        order_rows.payload_head(order),
+    )
+    lines = [
+        (order.order_id, n, x.line_id, x.sku, x.category, x.brand, x.quantity, x.unit_price_minor)
+        for n, x in enumerate(order.lines)
+    ]
+    return _Rows(order.order_id, digest, row, lines)
 
 
 def validate_refunds(
@@ -302,6 +340,8 @@ class FactImports:
     def __init__(self, db: Database, tagger: Tagger) -> None:
         self._db = db
         self._tagger = tagger
+        # Refreshes of failed or cancelled streams, left running past their call.
+        self._detached: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def prepare_orders(
@@ -312,34 +352,42 @@ class FactImports:
         now: dt.datetime,
         path: str,
     ) -> OrderBatch:
-        """Converts and validates a batch's orders but those `unchanged` (stored as sent, so valid
-        when stored: they are neither converted nor validated again), and builds the COPY rows of
-        the rest: Python's share, no database."""
+        """Validates a batch's orders but those `unchanged` (stored as sent, so valid when stored:
+        they are neither converted nor validated again), and builds the COPY rows of the rest:
+        Python's share, no database. An order is read straight from its message when
+        order_rows.plain_rows vouches for it, else converted and validated field by field."""
         _check_size(messages, path, "orders")
-        fresh = [(i, m) for i, m in enumerate(messages) if i not in unchanged]
-        orders = converted_at(fresh, lambda m, i: convert(m), "order", path)
-        kept = validate_orders(orders, now, path)
-        order_rows: list[tuple[Any, ...]] = []
-        line_rows: list[tuple[Any, ...]] = []
-        for i, order, digest in kept:
-            order_rows.append(
-                (
-                    i,
-                    order.order_id,
-                    order.member_id,
-                    order.paid_time,
-                    order.amount_minor,
-                    order.store,
-                    order.payment_method,
-                    digest,
-                    digests[i],
-                )
-            )
-            line_rows.extend(
-                (order.order_id, n, x.line_id, x.sku, x.category, x.brand, x.quantity, x.unit_price_minor)
-                for n, x in enumerate(order.lines)
-            )
-        return OrderBatch(path, [m.order_id for m in messages], order_rows, line_rows)
+        latest = order_rows.latest_micros(now)
+        candidates: list[tuple[int, _Rows]] = []
+        full_way: list[tuple[int, Any]] = []
+        for i, message in enumerate(messages):
+            if i in unchanged:
+                continue
+            plain = order_rows.plain_rows(message, i, digests[i], latest)
+            if plain is None:
+                full_way.append((i, message))
+            else:
+                candidates.append((i, _Rows(plain[0][1], plain[0][7], *plain)))
+        found: list[FieldViolation] = []
+        if full_way:
+            for i, order in converted_at(full_way, lambda m, i: convert(m), "order", path):
+                try:
+                    validate_order(order, now)
+                except InvalidArgument as error:
+                    found.extend(relocated(error, "order", f"{path}[{i}]"))
+                    # Only its id and content count: whether it repeats an order of the batch.
+                    candidates.append((i, _Rows(order.order_id, order_digest(order), None, [])))
+                    continue
+                candidates.append((i, rows_of(i, order, digests[i])))
+            candidates.sort(key=lambda c: c[0])
+        kept, repeated = _unique(candidates, lambda c: c.order_id, lambda c: c.digest, path, "order_id")
+        if found or repeated:
+            raise bounded(found + repeated, path)
+        line_rows: list[order_rows.LineRow] = []
+        for _, rows, _ in kept:
+            line_rows.extend(rows.lines)
+        orders = [rows.order for _, rows, _ in kept if rows.order is not None]
+        return OrderBatch(path, [m.order_id for m in messages], orders, line_rows)
 
     async def prepare_order_request(
         self,
@@ -360,14 +408,20 @@ class FactImports:
         unchanged = stored_as_sent(order_ids, digests, stored)
         return await asyncio.to_thread(self.prepare_orders, messages, convert, digests, unchanged, now, path)
 
-    async def store_orders(self, tenant_id: str, batch: OrderBatch, now: dt.datetime) -> Committed:
+    async def store_orders(
+        self, tenant_id: str, batch: OrderBatch, now: dt.datetime, turn: Turn
+    ) -> Committed:
+        """Stages the batch while the one before is still being stored, then, once that one has
+        committed (`turn`), writes it."""
         path = batch.path
         if not batch.order_rows:
             # Every order stored as sent: nothing to write, and no tag owes a refresh.
             return Committed(Counts(len(batch.order_ids), 0), [], Input.ORDERS)
         async with self._db.transaction(tenant_id) as conn:
             await import_store.stage_orders(conn, batch.order_rows, batch.line_rows)
-            _unknown_members(await import_store.first_unknown_member(conn, "order_import"), path)
+            unknown = await import_store.first_unknown_member(conn, "order_import")
+            await turn()
+            _unknown_members(unknown, path)
             stored = await import_store.insert_orders(conn, tenant_id, INPUT_BITS[Input.ORDERS])
             # Staged orders are distinct ids: when all were new, none was stored with other content.
             all_new = stored.count == len(batch.order_rows)
@@ -383,9 +437,13 @@ class FactImports:
     def prepare_refunds(refunds: Sequence[RefundInput], now: dt.datetime, path: str) -> RefundBatch:
         return RefundBatch(path, refunds, validate_refunds(refunds, now, path))
 
-    async def store_refunds(self, tenant_id: str, batch: RefundBatch, now: dt.datetime) -> Committed:
-        """Plans the batch's new refunds against their locked orders, then stores them."""
+    async def store_refunds(
+        self, tenant_id: str, batch: RefundBatch, now: dt.datetime, turn: Turn
+    ) -> Committed:
+        """Plans the batch's new refunds against their locked orders (as the batch before left
+        them: it waits for its `turn`), then stores them."""
         path, refunds, kept = batch.path, batch.refunds, batch.kept
+        await turn()
         async with self._db.transaction(tenant_id) as conn:
             # Locking the orders first serialises imports and RecordRefund of the same orders.
             states = {
@@ -483,10 +541,14 @@ class FactImports:
         ]
         return EventBatch(path, len(events), rows)
 
-    async def store_events(self, tenant_id: str, batch: EventBatch, now: dt.datetime) -> Committed:
+    async def store_events(
+        self, tenant_id: str, batch: EventBatch, now: dt.datetime, turn: Turn
+    ) -> Committed:
         async with self._db.transaction(tenant_id) as conn:
             await import_store.stage_events(conn, batch.rows)
-            _unknown_members(await import_store.first_unknown_member(conn, "event_import"), batch.path)
+            unknown = await import_store.first_unknown_member(conn, "event_import")
+            await turn()
+            _unknown_members(unknown, batch.path)
             stored = await import_store.insert_events(conn, tenant_id, INPUT_BITS[Input.EVENTS])
         return Committed(Counts(batch.received, stored.count), stored.member_ids, Input.EVENTS)
 
@@ -495,7 +557,7 @@ class FactImports:
         tenant_id: str,
         requests: AsyncIterator[Any],
         prepare: Callable[[Any, int, dt.datetime], P],
-        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        store: Callable[[str, P, dt.datetime, Turn], Coroutine[Any, Any, Committed]],
         clock: Callable[[], dt.datetime],
     ) -> Counts:
         """`_imported` with each batch prepared by `prepare` in a worker thread."""
@@ -525,96 +587,183 @@ class FactImports:
         tenant_id: str,
         requests: AsyncIterator[Any],
         prepare: Callable[[Any, int, dt.datetime], Awaitable[P]],
-        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        store: Callable[[str, P, dt.datetime, Turn], Coroutine[Any, Any, Committed]],
         clock: Callable[[], dt.datetime],
     ) -> Counts:
         """Stores a stream's batches in order, each committed before the next is stored, and
-        returns once every batch's members' tags are refreshed.
+        returns once the tags of every member they touched are refreshed.
 
-        Three things overlap: the next batch is prepared (converted, validated, its rows built,
-        mostly in a worker thread); the batch before is stored; and the one before that has its
-        tags refreshed.
-        A refresh owes nothing to the next batch's transaction (each settles only the queue rows it
-        saw), and at most one runs beside a store. A bad batch raises only once every batch before
-        it is stored; so does a cancelled call.
+        The next batch is prepared (converted, validated, its rows built, mostly in a worker
+        thread) while the one before is stored. Tags are refreshed once for the stream, after its
+        last batch, not after each batch: a member with facts in several batches is refreshed once.
+        Only a stream running longer than REFRESH_AFTER_SECONDS refreshes the members touched so
+        far on the way (beside the storing), so that no queue row it owes reaches the sweeper's
+        grace. A bad batch raises only once every batch before it is stored and their members
+        refreshed; so does a cancelled call (its refresh goes on, shielded).
         """
         counts = Counts()
-        pending: asyncio.Task[tuple[Counts, asyncio.Task[None]]] | None = None
-        refreshes: list[asyncio.Task[None]] = []
+        owed = _Owed()
+        # Batches whose store has begun and whose outcome is not collected yet, in stream order:
+        # at most two, the later staging (and waiting) while the earlier writes.
+        in_flight: list[asyncio.Task[Committed]] = []
+        refreshing: asyncio.Task[None] | None = None
         k = 0
         try:
             async for request in requests:
                 now = clock()
                 prepared = await prepare(request, k, now)
-                if pending is not None:
-                    task, pending = pending, None
-                    counts += await self._collect(task, refreshes)
-                wait_for = refreshes[-2] if len(refreshes) > 1 else None
-                pending = asyncio.create_task(self._store(tenant_id, store, prepared, now, wait_for))
+                before = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.create_task(self._store(tenant_id, store, prepared, now, before)))
                 k += 1
-            if pending is not None:
-                task, pending = pending, None
-                counts += await self._collect(task, refreshes)
-            await asyncio.gather(*refreshes)
+                if len(in_flight) > 1:
+                    counts += owed.add(await asyncio.shield(in_flight[0]))
+                    in_flight.pop(0)
+                    if owed.due(REFRESH_AFTER_SECONDS):
+                        if refreshing is not None:
+                            await refreshing
+                        refreshing = asyncio.create_task(self._refresh(tenant_id, owed.take(), now, lanes=1))
+            while in_flight:
+                counts += owed.add(await asyncio.shield(in_flight[0]))
+                in_flight.pop(0)
+            if refreshing is not None:
+                last, refreshing = refreshing, None
+                await last
+            await self._refresh(tenant_id, owed.take(), clock(), lanes=REFRESH_LANES)
         except BaseException:
-            # The batch in flight is stored first (its own failure, being earlier, wins), and no
-            # refresh is left running unwatched.
+            # The batches in flight are stored first, in order (the first failure, being earlier,
+            # wins; a batch after a failed one gives up); then what was committed is refreshed, as
+            # a whole stream's would be.
             try:
-                if pending is not None:
-                    await self._collect(pending, refreshes)
+                for batch in in_flight:
+                    owed.add(await asyncio.shield(batch))
             finally:
-                await asyncio.gather(*refreshes, return_exceptions=True)
+                if in_flight:
+                    await asyncio.wait(in_flight)
+                    for batch in in_flight:  # retrieved: those after a failure gave up
+                        _ = batch.cancelled() or batch.exception()
+                await self._refresh_anyway(tenant_id, owed, refreshing, clock())
             raise
         return counts
 
-    @staticmethod
-    async def _collect(
-        task: asyncio.Task[tuple[Counts, asyncio.Task[None]]], refreshes: list[asyncio.Task[None]]
-    ) -> Counts:
-        counts, refresh = await task
-        refreshes.append(refresh)
-        return counts
+    async def _refresh_anyway(
+        self, tenant_id: str, owed: _Owed, refreshing: asyncio.Task[None] | None, now: dt.datetime
+    ) -> None:
+        """A failed or cancelled stream's refresh of its committed members, shielded from the
+        call's cancellation; its own failure is logged, not raised (the stream's error is the
+        answer, and the queue rows stay owed for the sweeper)."""
+        work = asyncio.create_task(self._refresh_after(tenant_id, owed.take(), refreshing, now))
+        self._detached.add(work)
+        work.add_done_callback(self._detached.discard)
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the stream's own error is what the caller is answered
+            log.warning("import refresh failed", tenant=tenant_id, error=str(error))
+
+    async def _refresh_after(
+        self, tenant_id: str, changes: dict[str, int], refreshing: asyncio.Task[None] | None, now: dt.datetime
+    ) -> None:
+        if refreshing is not None:
+            await asyncio.wait([refreshing])
+            if not refreshing.cancelled() and refreshing.exception() is not None:
+                log.warning("import refresh failed", tenant=tenant_id, error=str(refreshing.exception()))
+        await self._refresh(tenant_id, changes, now, lanes=REFRESH_LANES)
 
     async def _store(
         self,
         tenant_id: str,
-        store: Callable[[str, P, dt.datetime], Coroutine[Any, Any, Committed]],
+        store: Callable[[str, P, dt.datetime, Turn], Coroutine[Any, Any, Committed]],
         prepared: P,
         now: dt.datetime,
-        wait_for: asyncio.Task[None] | None,
-    ) -> tuple[Counts, asyncio.Task[None]]:
-        """Stores one batch (again, should it deadlock with a concurrent writer: it is idempotent)
-        once the refresh two batches back is done, then starts its refresh."""
-        if wait_for is not None:
-            await asyncio.wait([wait_for])
+        before: asyncio.Task[Committed] | None,
+    ) -> Committed:
+        """Stores one batch once the batch `before` it has committed (again, should it deadlock
+        with a concurrent writer: it is idempotent). If that batch failed, this one gives up."""
+
+        async def turn() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+                if before.cancelled() or before.exception() is not None:
+                    raise _GaveUp
+
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                committed = await store(tenant_id, prepared, now)
-                break
+                return await store(tenant_id, prepared, now, turn)
             except asyncpg.DeadlockDetectedError:
                 if attempt == ATTEMPTS:
                     raise
-        refresh = asyncio.create_task(self._refresh(tenant_id, committed.member_ids, committed.changed, now))
-        return committed.counts, refresh
+        raise AssertionError("unreachable")
 
-    async def _refresh(
-        self, tenant_id: str, member_ids: Sequence[str], changed: Input, now: dt.datetime
-    ) -> None:
-        """Refreshes the members' real-time tags for the facts just committed, one statement per
-        dimension for up to REFRESH_CHUNK members; the changes are dated by the facts (their queue
-        rows' fact_time) and marked backfilled. Should it fail, the queue rows stay owed and the
-        service's sweeper refreshes them later."""
-        ids = sorted(member_ids)
-        for start in range(0, len(ids), REFRESH_CHUNK):
-            changes = dict.fromkeys(ids[start : start + REFRESH_CHUNK], INPUT_BITS[changed])
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    async with self._db.transaction(tenant_id, plans="custom") as conn:
-                        await self._tagger.refresh_owed(conn, tenant_id, changes, now, backfilled=True)
-                    break
-                except asyncpg.DeadlockDetectedError:
-                    if attempt == ATTEMPTS:
-                        raise
+    async def _refresh(self, tenant_id: str, changes: dict[str, int], now: dt.datetime, lanes: int) -> None:
+        """Refreshes the members' real-time tags for the facts committed (`changes`: member -> the
+        input bits it owes), one statement per dimension for up to REFRESH_CHUNK members, `lanes`
+        chunks at once (disjoint members, each in its own transaction); the changes are dated by
+        the facts (their queue rows' fact_time) and marked backfilled. Should it fail, the queue
+        rows stay owed and the service's sweeper refreshes them later."""
+        chunks = _chunks(sorted(changes), REFRESH_CHUNK, lanes)
+        slots = asyncio.Semaphore(lanes)
+
+        async def refresh(ids: list[str]) -> None:
+            async with slots:
+                for attempt in range(1, ATTEMPTS + 1):
+                    try:
+                        async with self._db.transaction(tenant_id, plans="custom") as conn:
+                            await self._tagger.refresh_owed(
+                                conn, tenant_id, {m: changes[m] for m in ids}, now, backfilled=True
+                            )
+                        return
+                    except asyncpg.DeadlockDetectedError:
+                        if attempt == ATTEMPTS:
+                            raise
+
+        await _all(refresh(ids) for ids in chunks)
+
+
+class _GaveUp(Exception):
+    """A batch not stored because the one before it failed (whose error is the stream's answer)."""
+
+
+class _Owed:
+    """The members a stream's committed batches owe a refresh (member -> input bits), and since when."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, int] = {}
+        self.since: float | None = None
+
+    def add(self, committed: Committed) -> Counts:
+        bits = INPUT_BITS[committed.changed]
+        if committed.member_ids and self.since is None:
+            self.since = time.monotonic()
+        for member_id in committed.member_ids:
+            self.changes[member_id] = self.changes.get(member_id, 0) | bits
+        return committed.counts
+
+    def due(self, seconds: float) -> bool:
+        return self.since is not None and time.monotonic() - self.since >= seconds
+
+    def take(self) -> dict[str, int]:
+        changes, self.changes, self.since = self.changes, {}, None
+        return changes
+
+
+def _chunks(ids: list[str], most: int, lanes: int) -> list[list[str]]:
+    """`ids` in consecutive chunks of at most `most`, as many as `lanes` divides (so the lanes end
+    together) and as even as can be."""
+    if not ids:
+        return []
+    count = -(-len(ids) // most)
+    count = min(len(ids), -(-count // lanes) * lanes)
+    size = -(-len(ids) // count)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Runs the coroutines together; the first failure is raised once every one has ended."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def import_response(counts: Counts) -> tagging_service_pb2.ImportFactsResponse:

@@ -98,26 +98,19 @@ prior AS (
     FROM (SELECT DISTINCT member_id FROM inserted) m
 ),
 numbered AS (
-    SELECT i.*, coalesce(p.orders, 0)
+    SELECT i.order_id, i.member_id, i.paid_time, s.payload,
+           coalesce(p.orders, 0)
            + row_number() OVER (PARTITION BY i.member_id ORDER BY i.paid_time, i.order_id) AS number
-    FROM inserted i LEFT JOIN prior p USING (member_id)
+    FROM inserted i JOIN pg_temp.order_import s ON s.order_id = i.order_id
+    LEFT JOIN prior p ON p.member_id = i.member_id
 ),
-payload_lines AS (
-    SELECT l.order_id,
-           jsonb_agg(jsonb_build_object('line_id', l.line_id, 'sku', l.sku, 'category', l.category,
-                                        'brand', l.brand, 'quantity', l.quantity,
-                                        'unit_price_minor', l.unit_price_minor) ORDER BY l.line_n) AS lines
-    FROM pg_temp.line_import l WHERE l.order_id IN (SELECT order_id FROM inserted) GROUP BY l.order_id
-),
+-- The payload comes as JSON text up to its member order number (built beside the content hash,
+-- see order_rows.payload_head): one parse, where building it here took a jsonb_build_object per
+-- line, an aggregate per order and a join.
 fed AS (
     INSERT INTO tagging.feed (tenant_id, kind, member_id, subject_id, payload)
-    SELECT $1, {int(FeedKind.ORDER_RECORDED)}, x.member_id, x.order_id,
-           jsonb_build_object('order_id', x.order_id, 'member_order_number', x.number,
-                              'member_id', x.member_id, 'paid_time', x.paid_time,
-                              'amount_minor', x.amount_minor, 'store', x.store,
-                              'payment_method', x.payment_method,
-                              'lines', coalesce(pl.lines, '[]'::jsonb), 'backfilled', true)
-    FROM numbered x LEFT JOIN payload_lines pl USING (order_id)
+    SELECT $1, {int(FeedKind.ORDER_RECORDED)}, x.member_id, x.order_id, (x.payload || x.number || '}}')::jsonb
+    FROM numbered x
     ORDER BY x.paid_time, x.order_id
 ),
 {_queued("inserted", "paid_time")}
@@ -125,7 +118,7 @@ SELECT (SELECT count(*) FROM inserted) AS stored, ARRAY(SELECT member_id FROM qu
 """
 
 _ORDER_STAGING = """n int, order_id text, member_id text, paid_time timestamptz, amount_minor bigint,
-    store text, payment_method text, content_hash text, import_digest text"""
+    store text, payment_method text, content_hash text, import_digest text, payload text"""
 _LINE_STAGING = """order_id text, line_n int, line_id text, sku text, category text, brand text,
     quantity int, unit_price_minor bigint"""
 

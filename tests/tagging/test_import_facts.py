@@ -13,6 +13,7 @@ import pytest
 from memberops.tagging.v1 import facts_pb2, feed_pb2, tagging_service_pb2
 
 from runtime.db import Database
+from services.tagging import fact_imports
 from services.tagging.domain import OrderInput, OrderLine
 from services.tagging.fact_imports import order_digest, stored_as_sent, wire_digest
 from services.tagging.facts import content_hash
@@ -239,14 +240,16 @@ async def test_a_bad_paid_time_and_a_bad_line_are_named(tagging_stub: Stub) -> N
     no_lines = an_order(member_id, lines=[])
     bad_line = an_order(member_id)
     bad_line.lines[1].quantity = 0
+    unpaid = an_order(member_id, paid_time=None)
     error = await failed(
-        import_orders(tagging_stub, [[an_order(member_id), late, no_lines, bad_line]]),
+        import_orders(tagging_stub, [[an_order(member_id), late, no_lines, bad_line, unpaid]]),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert set(field_violations(error)) == {
         "requests[0].orders[1].paid_time",
         "requests[0].orders[2].lines",
         "requests[0].orders[3].lines[1].quantity",
+        "requests[0].orders[4].paid_time",
     }
 
 
@@ -384,3 +387,38 @@ async def test_a_batch_must_hold_one_to_ten_thousand_facts(tagging_stub: Stub) -
     error = await failed(import_orders(tagging_stub, [[]]), grpc.StatusCode.INVALID_ARGUMENT)
     assert list(field_violations(error)) == ["requests[0].orders"]
     assert counts(await import_orders(tagging_stub, [])) == (0, 0, 0)
+
+
+def _bought(member_id: str, category: str, days_ago: int) -> facts_pb2.Order:
+    line = facts_pb2.OrderLine(line_id="1", sku="sku-1", category=category, quantity=1, unit_price_minor=100)
+    return an_order(
+        member_id, paid_time=stamp(PAID - dt.timedelta(days=days_ago)), amount_minor=100, lines=[line]
+    )
+
+
+async def test_a_long_stream_refreshes_its_members_on_the_way(
+    tagging_stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream past REFRESH_AFTER_SECONDS refreshes the members its committed batches touched
+    beside the later batches (before their queue rows reach the sweeper's grace); each refresh
+    dates its changes by the facts it saw. Once the refresh after batch 0 is due, the next one
+    waits for it, so batch 3 is stored only after batch 0's members were refreshed."""
+    monkeypatch.setattr(fact_imports, "REFRESH_AFTER_SECONDS", 0.0)
+    start = await feed_end(tagging_stub)
+    member_id, other = await new_member(tagging_stub), await new_member(tagging_stub)
+    batches = [
+        [_bought(member_id, "skincare", 10)],
+        [_bought(other, "bath", 5)],
+        [_bought(other, "tools", 4)],
+        [_bought(member_id, "makeup", 1)],
+    ]
+    assert counts(await import_orders(tagging_stub, batches)) == (4, 4, 0)
+    assert await tags_of(tagging_stub, member_id, "categories_bought") == ["makeup", "skincare"]
+    entries = mine((await read_all(tagging_stub, start))[0], [member_id])
+    changes = {
+        e.tag_changed.value: e.tag_changed.occur_time.ToDatetime(dt.UTC)
+        for e in entries
+        if e.kind == feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED and e.tag_changed.dimension == "categories_bought"
+    }
+    # Refreshed once at the end, both would be dated by the member's earliest order of the stream.
+    assert changes == {"skincare": PAID - dt.timedelta(days=10), "makeup": PAID - dt.timedelta(days=1)}
