@@ -22,7 +22,7 @@ from typing import Any
 import altair as alt
 import vl_convert as vlc
 
-WIDTH = 520
+WIDTH = 460
 HEIGHT = 160
 Row = Mapping[str, Any]
 

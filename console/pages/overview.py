@@ -66,12 +66,12 @@ async def show(request: web.Request) -> web.Response:
         (
             "overview.orders",
             shop,
-            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=t("overview.orders")),
+            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=""),
         ),
         (
             "overview.gmv",
             shop,
-            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=t("overview.gmv")),
+            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=""),
         ),
         (
             "overview.members",
@@ -84,7 +84,7 @@ async def show(request: web.Request) -> web.Response:
                         t("kpi.active_members"): lambda d: d.active_members,
                     },
                 ),
-                title=t("overview.members"),
+                title="",
             ),
         ),
         (
@@ -94,7 +94,7 @@ async def show(request: web.Request) -> web.Response:
                 _rows(
                     days, {t("kpi.repeat_rate"): lambda d: d.repeat_buyers / d.buyers if d.buyers else 0.0}
                 ),
-                title=t("overview.repeat"),
+                title="",
                 percent=True,
             ),
         ),
@@ -114,7 +114,7 @@ async def show(request: web.Request) -> web.Response:
                         t("kpi.points_redeemed"): lambda d: d.points_redeemed,
                     },
                 ),
-                title=t("overview.points"),
+                title="",
             ),
         )
     )
@@ -122,9 +122,7 @@ async def show(request: web.Request) -> web.Response:
         {"day": render.day(s.date), "series": f"{s.channel} · {s.outcome}", "value": s.messages}
         for s in (sends.value.sends if sends.value is not None else [])
     ]
-    planned.append(
-        ("overview.sends", sends, charts.stacked_bars(rows, title=t("overview.sends")) if rows else None)
-    )
+    planned.append(("overview.sends", sends, charts.stacked_bars(rows, title="") if rows else None))
     drawn = await asyncio.gather(
         *(
             charts.render(chart)
