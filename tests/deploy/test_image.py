@@ -28,8 +28,9 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 # The project's own top-level packages in the image: the code folders and the generated protobuf code.
 OWN_PACKAGES = {"runtime", "services", "workflows", "deploy", "memberops"}
-# Imported when present, skipped when not: grpc looks for grpc_tools to load .proto files at run time.
-OPTIONAL_IMPORTS = {"grpc_tools"}
+# Imported when present, skipped when not: grpc looks for grpc_tools to load .proto files at run time,
+# structlog for greenlet (which the venv has for Playwright, a dev dependency).
+OPTIONAL_IMPORTS = {"grpc_tools", "greenlet"}
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}\Z")
 
 
