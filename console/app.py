@@ -26,20 +26,45 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC = ("/signin", "/lang/", "/healthz")
 
 
+# The console runs no script and loads nothing from elsewhere; no other site may frame it (its
+# confirmation pages) or learn its URLs from a Referer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
 @web.middleware
 async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    response = await handler(request)
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    try:
+        response = await handler(request)
+    except web.HTTPException as redirect:  # redirects and the like
+        _log_page(request, redirect.status, started)
+        redirect.headers.update(SECURITY_HEADERS)
+        raise
+    elapsed_ms = _log_page(request, response.status, started)
     response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.1f}"
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _log_page(request: web.Request, status: int, started: float) -> float:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    resource = request.match_info.route.resource
     log.info(
         "console_page",
         method=request.method,
-        route=request.match_info.route.resource.canonical if request.match_info.route.resource else "",
-        status=response.status,
+        route=resource.canonical if resource else "",
+        status=status,
         server_ms=round(elapsed_ms, 1),
     )
-    return response
+    return elapsed_ms
 
 
 @web.middleware

@@ -61,6 +61,10 @@ async def test_signing_in_keeps_the_token_in_a_protected_cookie(service_peers: P
         assert int(cookie["max-age"]) == session.SESSION_SECONDS
         page = await client.get("/members")
         assert page.status == 200 and "Server-Timing" in page.headers
+        # No script runs and nothing loads from elsewhere; no other site frames the console.
+        policy = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        assert "<script" not in await page.text()
 
 
 async def test_a_bad_token_is_refused_and_kept_nowhere(service_peers: Peers) -> None:
