@@ -20,7 +20,7 @@ from memberops.journeys.v1 import journeys_service_pb2 as pb
 from memberops.journeys.v1 import journeys_service_pb2_grpc
 from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
 from prometheus_client import REGISTRY
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from runtime import app
 from runtime.config import Settings
@@ -29,9 +29,10 @@ from services.journeys.anomaly_metrics import AnomalyCounts
 from tests.conftest import HOOLI, TENANT_HOOLI, TENANT_WONKA, WONKA, unique
 from tests.grpc_helpers import bad
 from workflows.anomalies import store
-from workflows.anomalies.payloads import CheckInput, CheckResult
+from workflows.anomalies.activities import AnomalyActivities
+from workflows.anomalies.payloads import CheckInput, CheckResult, SeriesRequest
 from workflows.anomalies.workflow import KpiAnomalyCheckWorkflow
-from workflows.worker import Resources, build_worker
+from workflows.worker import Resources, build_worker, services_of
 
 if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub as JourneysStub
@@ -177,6 +178,36 @@ async def test_a_tenfold_day_is_flagged_high_and_steady_days_are_not(
         "send_failure_rate": 0,
         "sign_ins": 0,
     }
+
+
+async def test_by_default_the_check_ends_yesterday_in_its_zone(
+    worker_settings: Settings, resources: Resources
+) -> None:
+    services = services_of(resources, worker_settings)
+    # 17:30 UTC on 1 March is 01:30 on 2 March in Shanghai: yesterday there is 1 March.
+    at = dt.datetime(2026, 3, 1, 17, 30, tzinfo=dt.UTC)
+    fetch = AnomalyActivities(
+        resources.db, services.tagging, services.tasks, services.token_for_tenant, lambda: at
+    )
+
+    series = await ActivityEnvironment().run(
+        fetch.fetch_series, SeriesRequest(TENANT_WONKA, "Asia/Shanghai", "", 7)
+    )
+
+    assert (series.first_day, series.first_checked, series.last_day) == (
+        "2025-12-29",
+        "2026-02-23",
+        "2026-03-01",
+    )
+    assert {kpi: len(values) for kpi, values in series.values.items()} == {
+        "orders": 63,
+        "gmv": 63,
+        "new_members": 63,
+        "sign_ins": 63,
+        "send_failure_rate": 63,
+    }
+    utc = await ActivityEnvironment().run(fetch.fetch_series, SeriesRequest(TENANT_WONKA, "UTC", "", 7))
+    assert utc.last_day == "2026-02-28"
 
 
 async def test_anomalies_page_newest_day_first_then_by_kpi(journeys_stub: JourneysStub, db: Database) -> None:
