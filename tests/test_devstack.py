@@ -117,7 +117,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         for name in COMPONENTS:
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 4
-        for job in ("recompute_tags", "expire_points", "evaluate_levels"):
+        for job in ("recompute_tags", "expire_points", "evaluate_levels", "detect_anomalies"):
             assert f"schedule   created          periodic/dev/{job}" in started
         # One journey dispatcher per tenant, and the demo member's first order enrolled them.
         assert (
@@ -137,7 +137,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         for name in COMPONENTS:
             assert f"{name:<10} already running" in again
         assert "journey    already active   journeys/new-customer version 1" in again
-        assert again.count("schedule   updated") == 3
+        assert again.count("schedule   updated") == 4
         assert "dispatcher already running  dispatcher/dev  (following the feeds)" in again
 
         with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:
