@@ -9,6 +9,7 @@ browser says, comes from this console's own origin).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -134,11 +135,17 @@ def build(peers: Peers, *, secure_cookies: bool = False) -> web.Application:
     for module in (signin, overview, members, journeys, report):
         module.add_routes(app.router)
 
+    connecting: list[asyncio.Task[None]] = []
+
     async def start(_app: web.Application) -> None:
         peers.open()
+        connecting.append(asyncio.create_task(peers.connect()))
         await charts.warm_up()
 
     async def stop(_app: web.Application) -> None:
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
         await peers.close()
 
     app.on_startup.append(start)

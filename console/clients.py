@@ -10,6 +10,7 @@ call failed shows its message while the other sections render.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -133,6 +134,16 @@ class Peers:
         self.tagging: TaggingServiceAsyncStub = tagging_service_pb2_grpc.TaggingServiceStub(tagging)
         self.tasks: TasksServiceAsyncStub = tasks_service_pb2_grpc.TasksServiceStub(tasks)
         self.journeys: JourneyServiceAsyncStub = journeys_service_pb2_grpc.JourneyServiceStub(journeys)
+
+    async def connect(self, seconds: float = CALL_TIMEOUT_SECONDS) -> None:
+        """Connects every channel now (if its service answers within `seconds`), so the first page
+        does not pay for the connections; a service that is down is left to the calls to report."""
+
+        async def ready(channel: grpc.aio.Channel) -> None:
+            with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                await asyncio.wait_for(channel.channel_ready(), seconds)
+
+        await asyncio.gather(*(ready(channel) for channel in self._channels))
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))
