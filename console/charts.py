@@ -102,6 +102,17 @@ def stacked_bars(rows: Sequence[Row], *, title: str) -> alt.Chart:
     return chart
 
 
+def bars(rows: Sequence[Row], *, title: str) -> alt.Chart:
+    """Horizontal bars, one per `label` in the order given (rows: label, value)."""
+    chart: alt.Chart = (
+        alt.Chart({"values": list(rows)}, title=title)
+        .mark_bar()
+        .encode(y=alt.Y("label:N", title=None, sort=None), x=alt.X("value:Q", title=None))
+        .properties(width=WIDTH - 80, height=max(40, 22 * len(rows)))
+    )
+    return chart
+
+
 def rates_with_intervals(rows: Sequence[Row], *, title: str) -> alt.LayerChart:
     """Each arm's rate as a point with its 95 % interval (rows: arm, rate, low, high)."""
     base = alt.Chart({"values": list(rows)}, title=title).encode(y=alt.Y("arm:N", title=None, sort=None))

@@ -22,6 +22,8 @@ from console.clients import Outcome, caller
 
 DAYS = 28
 ZONE = "Asia/Shanghai"
+# Current members per value of these dimensions (tagging's built-in lifecycle and RFM tags).
+SEGMENT_DIMENSIONS = {"lifecycle": "overview.lifecycle", "rfm_segment": "overview.rfm"}
 
 
 def _date(day: dt.date) -> date_pb2.Date:
@@ -41,7 +43,7 @@ async def show(request: web.Request) -> web.Response:
     today = dt.datetime.now(render.TIME_ZONE).date()
     start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
     call = caller(request)
-    shop, tasks, sends, anomalies = await asyncio.gather(
+    shop, tasks, sends, anomalies, stats = await asyncio.gather(
         call.attempt(
             "tagging",
             "GetDailyKpis",
@@ -58,6 +60,11 @@ async def show(request: web.Request) -> web.Response:
             journeys_service_pb2.GetDailySendsRequest(start_date=start, end_date=end, time_zone=ZONE),
         ),
         call.attempt("journeys", "ListAnomalies", journeys_service_pb2.ListAnomaliesRequest(page_size=50)),
+        call.attempt(
+            "tagging",
+            "GetTagStats",
+            tagging_service_pb2.GetTagStatsRequest(dimensions=list(SEGMENT_DIMENSIONS)),
+        ),
     )
     # (label key, the call it comes from, its chart or None when there is nothing to draw)
     planned: list[tuple[str, Outcome[Any], alt.TopLevelMixin | None]] = []
@@ -123,6 +130,16 @@ async def show(request: web.Request) -> web.Response:
         for s in (sends.value.sends if sends.value is not None else [])
     ]
     planned.append(("overview.sends", sends, charts.stacked_bars(rows, title="") if rows else None))
+    counted = {d.dimension: d for d in stats.value.dimensions} if stats.value is not None else {}
+    for dimension, key in SEGMENT_DIMENSIONS.items():
+        values = (
+            [{"label": v.value, "value": v.member_count} for v in counted[dimension].values]
+            if dimension in counted
+            else []
+        )
+        planned.append((key, stats, charts.bars(values, title="") if values else None))
+        if stats.problem is not None:
+            break  # one message for both
     drawn = await asyncio.gather(
         *(
             charts.render(chart)
@@ -141,6 +158,7 @@ async def show(request: web.Request) -> web.Response:
         days=DAYS,
         zone=ZONE,
         panels=panels,
+        members_total=stats.value.member_count if stats.value is not None else None,
         anomalies=anomalies,
     )
 

@@ -193,5 +193,8 @@ async def test_an_operator_works_through_the_console(
                 "svg"
             )
         ).to_be_visible()
+        lifecycle = page.locator("section", has=page.get_by_role("heading", name=EN("overview.lifecycle")))
+        await expect(lifecycle.locator("svg")).to_contain_text("new")
+        await expect(page.locator("#members-total")).to_be_visible()
         await expect(page.get_by_role("alert")).to_have_count(0)
         await shot(page, "08-overview-en")
