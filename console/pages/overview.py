@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
 import altair as alt
+import structlog
 from aiohttp import web
 from google.type import date_pb2
 from memberops.journeys.v1 import journeys_service_pb2
@@ -20,6 +22,7 @@ from memberops.tasks.v1 import tasks_service_pb2
 from console import charts, i18n, render, session
 from console.clients import Outcome, caller
 
+log = structlog.get_logger("console")
 DAYS = 28
 ZONE = "Asia/Shanghai"
 # Current members per value of these dimensions (tagging's built-in lifecycle and RFM tags).
@@ -43,6 +46,7 @@ async def show(request: web.Request) -> web.Response:
     today = dt.datetime.now(render.TIME_ZONE).date()
     start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
     call = caller(request)
+    started = time.perf_counter()
     shop, tasks, sends, anomalies, stats = await asyncio.gather(
         call.attempt(
             "tagging",
@@ -140,12 +144,15 @@ async def show(request: web.Request) -> web.Response:
         planned.append((key, stats, charts.bars(values, title="") if values else None))
         if stats.problem is not None:
             break  # one message for both
-    drawn = await asyncio.gather(
-        *(
-            charts.render(chart)
-            for _, outcome, chart in planned
-            if chart is not None and outcome.problem is None
-        )
+    called = time.perf_counter()
+    drawn = await charts.render_all(
+        [chart for _, outcome, chart in planned if chart is not None and outcome.problem is None]
+    )
+    log.info(
+        "console_overview",
+        calls_ms=round((called - started) * 1000, 1),
+        charts=len(drawn),
+        draw_ms=round((time.perf_counter() - called) * 1000, 1),
     )
     svgs = iter(drawn)
     panels = [
