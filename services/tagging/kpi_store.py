@@ -3,7 +3,10 @@ starts and ends (computed in Python from the IANA zone, so PostgreSQL's own zone
 matter). Runs on a connection already inside a tenant transaction.
 
 Each fact is matched to its day by a range join on an index of its time (orders_paid, refunds_time,
-members_joined, events_kind_time with every kind listed), so a day reads only its own facts."""
+members_joined, events_kind_time with every kind listed), so a day reads only its own facts. On the
+1M-member bench tenant (about 20,000 orders and 44,000 events a day) 90 days take 11-16 s, a day
+0.5 s: most of it is finding each buyer's first order and each day's distinct active members. A
+console over such a tenant needs daily figures kept as they happen, not read from the facts."""
 
 from __future__ import annotations
 
@@ -26,12 +29,16 @@ paid AS (
 sales AS (
     SELECT day, count(*) AS orders, sum(amount_minor)::bigint AS gmv_minor FROM paid GROUP BY day
 ),
+-- A buyer of a day bought before it when their first order ever was before it: one probe of a
+-- member's orders per member of the range (materialized, so not one per member and day).
+firsts AS MATERIALIZED (
+    SELECT m.member_id,
+           (SELECT min(p.paid_time) FROM tagging.orders p WHERE p.member_id = m.member_id) AS first_paid
+    FROM (SELECT DISTINCT member_id FROM paid) AS m
+),
 buyers AS (
-    SELECT b.day, count(*) AS buyers,
-           count(*) FILTER (WHERE EXISTS (
-               SELECT 1 FROM tagging.orders p WHERE p.member_id = b.member_id AND p.paid_time < b.since
-           )) AS repeat_buyers
-    FROM (SELECT DISTINCT day, since, member_id FROM paid) AS b
+    SELECT b.day, count(*) AS buyers, count(*) FILTER (WHERE f.first_paid < b.since) AS repeat_buyers
+    FROM (SELECT DISTINCT day, since, member_id FROM paid) AS b JOIN firsts f USING (member_id)
     GROUP BY b.day
 ),
 joined AS (
@@ -39,15 +46,18 @@ joined AS (
     FROM days d JOIN tagging.members m ON m.join_time >= d.since AND m.join_time < d.until
     GROUP BY d.day
 ),
+-- Day by day: each day's members are made distinct in memory, not all days' in one large sort.
 active AS (
-    SELECT a.day, count(DISTINCT a.member_id) AS active_members
-    FROM (SELECT day, member_id FROM paid
-          UNION ALL
-          SELECT d.day, e.member_id
-          FROM days d JOIN tagging.events e
-              ON e.kind = ANY($4::smallint[]) AND e.occur_time >= d.since AND e.occur_time < d.until
-         ) AS a
-    GROUP BY a.day
+    SELECT d.day, x.active_members
+    FROM days d CROSS JOIN LATERAL (
+        SELECT count(*) AS active_members
+        FROM (SELECT o.member_id FROM tagging.orders o
+              WHERE o.paid_time >= d.since AND o.paid_time < d.until
+              UNION
+              SELECT e.member_id FROM tagging.events e
+              WHERE e.kind = ANY($4::smallint[]) AND e.occur_time >= d.since AND e.occur_time < d.until
+             ) AS m
+    ) AS x
 ),
 refunded AS (
     SELECT d.day, count(*) AS refunds, sum(r.amount_minor)::bigint AS refund_minor
