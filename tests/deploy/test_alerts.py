@@ -20,7 +20,11 @@ PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 # Where the metrics are defined (names as the exposition shows them, less _bucket/_count/_sum).
-DEFINITIONS = [REPO_ROOT / "runtime" / "metrics.py", REPO_ROOT / "runtime" / "grpc_metrics.py"]
+DEFINITIONS = [
+    REPO_ROOT / "runtime" / "metrics.py",
+    REPO_ROOT / "runtime" / "grpc_metrics.py",
+    REPO_ROOT / "services" / "journeys" / "anomaly_metrics.py",
+]
 
 
 def promtool() -> str:
