@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The MemberOps image: one image for every process, the command picks which
-# (`docker run ghcr.io/memberops/memberops:0.1.0 tagging|audience|tasks|journeys|worker|dispatcher|migrate|setup`;
+# (`docker run ghcr.io/memberops/memberops:0.1.0 tagging|audience|tasks|journeys|worker|console|dispatcher|migrate|setup`;
 # see deploy/cli.py and docs/deploying.md). Validated offline by tests/deploy/test_image.py (hadolint and
 # structural checks); no Docker engine is needed to keep it honest.
 #
@@ -29,7 +29,7 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS runtime
 
 LABEL org.opencontainers.image.title="memberops" \
-      org.opencontainers.image.description="MemberOps: tagging, audience, tasks and journeys services, the Temporal worker and their one-shot jobs" \
+      org.opencontainers.image.description="MemberOps: tagging, audience, tasks and journeys services, the Temporal worker, the operators' console and their one-shot jobs" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 
@@ -49,12 +49,15 @@ WORKDIR /app
 COPY runtime/ runtime/
 COPY services/ services/
 COPY workflows/ workflows/
+# The console's package holds its page templates (console/templates) beside its code.
+COPY console/ console/
 COPY deploy/ deploy/
 COPY gen/ gen/
 RUN python -m compileall -q /app
 
 USER 10001:10001
-# gRPC: tagging 50051, audience 50052, tasks 50053, journeys 50054; /metrics and /healthz: 9100.
-EXPOSE 50051 50052 50053 50054 9100
+# gRPC: tagging 50051, audience 50052, tasks 50053, journeys 50054; /metrics and /healthz: 9100; the console
+# (HTTP, its own /healthz): 8088.
+EXPOSE 50051 50052 50053 50054 9100 8088
 ENTRYPOINT ["python", "-m", "deploy.cli"]
 CMD ["--help"]

@@ -3,8 +3,9 @@
 One image runs every MemberOps process; the command picks which. The four gRPC services listen on
 MEMBEROPS_LISTEN_ADDRESS when it is set (a container binds `0.0.0.0:50051` while its peers find it
 as `tagging:50051` through MEMBEROPS_TAGGING_ADDRESS), else on their own address as under
-`make up`. Targets are imported only for the command that runs, so `migrate` does not load the
-worker and a service does not load the others.
+`make up`. `console` serves the operators' web console over HTTP on MEMBEROPS_CONSOLE_ADDRESS.
+Targets are imported only for the command that runs, so `migrate` does not load the worker and a
+service does not load the others.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ COMMANDS: Mapping[str, Command] = {
     "tasks": Command("services.tasks.server:DEFINITION", "the tasks gRPC service", service=True),
     "journeys": Command("services.journeys.server:DEFINITION", "the journeys gRPC service", service=True),
     "worker": Command("workflows.worker:main", "the Temporal worker (every workflow and activity)"),
+    "console": Command(
+        "console.__main__:main", "the operators' web console (HTTP on MEMBEROPS_CONSOLE_ADDRESS)"
+    ),
     "dispatcher": Command(
         "workflows.dispatcher.__main__:main",
         "starts each tenant's journey dispatcher and the shipped audiences, then exits",

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from deploy import health
 from tests.conftest import REPO_ROOT
+from tests.waiting import eventually
 
 # Generous: a bound so that a hung command fails the test instead of hanging it.
 COMMAND_TIMEOUT_SECONDS = 90.0
@@ -49,3 +52,20 @@ async def finish(process: asyncio.subprocess.Process) -> Finished:
 
 async def run(command: str, extra: Mapping[str, str]) -> Finished:
     return await finish(await start(command, extra))
+
+
+async def serve_then_stop(process: asyncio.subprocess.Process, target: str, what: str) -> Finished:
+    """Waits until the started `process` answers the image's health probe at `target` (failing if
+    it exits first), then stops it with SIGTERM as an orchestrator would, and returns how it ended."""
+    try:
+
+        async def serving() -> bool:
+            healthy, _ = await asyncio.to_thread(health.check, target)
+            return healthy or process.returncode is not None
+
+        await eventually(serving, f"{what} answered its health check")
+        assert process.returncode is None, f"{what} exited before it answered"
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    return await finish(process)

@@ -1,11 +1,11 @@
 """The image's commands: each name runs something that exists, a bad one says how to call it,
-`migrate` brings a fresh database to every schema's latest version, and a service bound through
-MEMBEROPS_LISTEN_ADDRESS answers the health probe the compose file uses."""
+`migrate` brings a fresh database to every schema's latest version, a service bound through
+MEMBEROPS_LISTEN_ADDRESS answers the health probe the compose file uses, and so does the console
+on MEMBEROPS_CONSOLE_ADDRESS."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,18 +14,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from console import __main__ as console_main
 from deploy import cli, health, migrate
 from runtime import app, migrations
 from runtime.config import ConfigError, Settings
 from tests.conftest import TOKEN_ACME, unique
 from tests.deploy import commands
-from tests.waiting import eventually
 
 SERVICES = ("tagging", "audience", "tasks", "journeys")
 
 
 def test_every_command_names_something_that_exists() -> None:
-    assert set(cli.COMMANDS) == {*SERVICES, "worker", "dispatcher", "migrate", "setup"}
+    assert set(cli.COMMANDS) == {*SERVICES, "worker", "console", "dispatcher", "migrate", "setup"}
     for name, command in cli.COMMANDS.items():
         target = command.load()
         if command.service:
@@ -33,6 +33,9 @@ def test_every_command_names_something_that_exists() -> None:
             assert target.name == name
         else:
             assert callable(target), name
+    # `python -m console`, the same function `make up` runs.
+    assert cli.COMMANDS["console"].load() is console_main.main
+    assert not cli.COMMANDS["console"].service
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["worker", "extra"]])
@@ -138,21 +141,43 @@ async def test_a_service_listens_where_the_listen_address_says_and_answers_the_p
             "MEMBEROPS_AUDIENCE_ADDRESS": "audience.invalid:50052",
         },
     )
-    try:
-
-        async def serving() -> bool:
-            healthy, _ = await asyncio.to_thread(health.check, listen)
-            return healthy or process.returncode is not None
-
-        await eventually(serving, "the audience service answered its health check")
-        assert process.returncode is None
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-    finished = await commands.finish(process)
+    finished = await commands.serve_then_stop(process, listen, "the audience service")
     assert finished.returncode == 0, finished.stderr
 
 
 def test_the_probe_wants_one_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert health.main(["deploy.health"]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+async def test_a_bad_console_address_is_named_not_a_traceback() -> None:
+    finished = await commands.run("console", {console_main.ADDRESS_ENV: "8088"})
+    assert finished.returncode == 1
+    assert finished.stderr.startswith(f"error: {console_main.ADDRESS_ENV} must be host:port"), finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_the_console_serves_its_health_check_where_its_address_says_and_stops_on_sigterm() -> None:
+    """What the compose health check and the Kubernetes probes ask: GET /healthz on the console's
+    address, answered with no database and its services not running (pages report those)."""
+    url = f"http://127.0.0.1:{free_port()}/healthz"
+    nowhere = f"127.0.0.1:{free_port()}"
+    assert health.main(["deploy.health", url]) == 1  # nothing there yet
+    process = await commands.start(
+        "console",
+        {
+            console_main.ADDRESS_ENV: url.removeprefix("http://").removesuffix("/healthz"),
+            "MEMBEROPS_TAGGING_ADDRESS": nowhere,
+            "MEMBEROPS_TASKS_ADDRESS": nowhere,
+            "MEMBEROPS_JOURNEYS_ADDRESS": nowhere,
+        },
+    )
+    finished = await commands.serve_then_stop(process, url, "the console")
+    assert finished.returncode == 0, finished.stderr

