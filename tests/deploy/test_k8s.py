@@ -1,7 +1,8 @@
 """deploy/k8s: both overlays render with kustomize and validate against Kubernetes 1.34's schemas
 (offline, `kubernetes-validate --strict`), and hold what a cluster relies on: probes, resources, a
 disruption budget and an autoscaler for every Deployment, the migrate and setup Jobs, network
-policies, no credential in prod. Temporal's values set only keys its official chart has.
+policies, no credential in prod, and the console: HTTP behind an ingress, no database, no Secret.
+Temporal's values set only keys its official chart has.
 
 kubectl renders the overlays; where it is missing these tests fail (they do not skip): the manifests
 are a deliverable `make test` checks, and a skip would let a broken one through unseen.
@@ -30,6 +31,12 @@ KUBERNETES_VERSION = "1.34.0"
 IMAGE = "ghcr.io/memberops/memberops:0.1.0"
 SERVICE_PORTS = {"tagging": 50051, "audience": 50052, "tasks": 50053, "journeys": 50054}
 METRICS_PORT = 9100
+# The operators' console: HTTP, reached through the cluster's ingress controller, a client of three
+# services; no database, no /metrics.
+CONSOLE_PORT = 8088
+CONSOLE_PEERS = ("tagging", "tasks", "journeys")
+INGRESS_NAMESPACE = "ingress-nginx"
+DEPLOYMENTS = sorted([*SERVICE_PORTS, "worker", "console"])
 
 Manifest = dict[str, Any]
 
@@ -160,7 +167,7 @@ def test_validation_rejects_a_broken_resource(breakage: str, expected: str, tmp_
 
 def test_every_deployment_has_probes_resources_budget_and_autoscaler(rendered: Rendered) -> None:
     deployments = rendered.of_kind("Deployment")
-    assert sorted(doc["metadata"]["name"] for doc in deployments) == sorted([*SERVICE_PORTS, "worker"])
+    assert sorted(doc["metadata"]["name"] for doc in deployments) == DEPLOYMENTS
     for deployment in deployments:
         name = deployment["metadata"]["name"]
         pod = deployment["spec"]["template"]
@@ -216,7 +223,37 @@ def test_services_listen_where_their_service_and_probes_point(rendered: Rendered
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert worker[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in worker["ports"]
-    assert sorted(doc["metadata"]["name"] for doc in rendered.of_kind("Service")) == sorted(SERVICE_PORTS)
+    assert sorted(doc["metadata"]["name"] for doc in rendered.of_kind("Service")) == sorted(
+        [*SERVICE_PORTS, "console"]
+    )
+
+
+def test_the_console_serves_http_behind_a_virtual_ip_with_no_secret(rendered: Rendered) -> None:
+    config = rendered.config()
+    pod = rendered.named("Deployment", "console")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["console"]
+    assert env_value(container, "MEMBEROPS_CONSOLE_ADDRESS") == f"0.0.0.0:{CONSOLE_PORT}"
+    assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_PORT, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # Behind the ingress that terminates TLS in prod, its cookies are Secure; dev is plain HTTP.
+    secure = [item for item in container["env"] if item["name"] == "MEMBEROPS_CONSOLE_SECURE"]
+    if rendered.overlay == "prod":
+        assert secure == [{"name": "MEMBEROPS_CONSOLE_SECURE", "value": "1"}]
+    else:
+        assert secure == []
+    # Operators sign in with their own token: no database URL, no token list, no Secret at all.
+    assert not any("valueFrom" in item for item in container["env"])
+    assert [source for source in container["envFrom"] if "configMapRef" not in source] == []
+    for name in CONSOLE_PEERS:
+        assert config[f"MEMBEROPS_{name.upper()}_ADDRESS"] == f"{name}:{SERVICE_PORTS[name]}"
+    service = rendered.named("Service", "console")
+    # A virtual IP: its client is the ingress controller, which balances requests itself.
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"].get("clusterIP") != "None"
+    assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(CONSOLE_PORT, "http")]
 
 
 def test_every_process_is_scraped_and_outlives_its_shutdown_grace(rendered: Rendered) -> None:
@@ -225,14 +262,19 @@ def test_every_process_is_scraped_and_outlives_its_shutdown_grace(rendered: Rend
     grace = float(config["MEMBEROPS_SHUTDOWN_GRACE_SECONDS"])
     for deployment in rendered.of_kind("Deployment"):
         pod = deployment["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        pause = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        assert pod["spec"]["terminationGracePeriodSeconds"] > grace + pause, deployment["metadata"]["name"]
+        if deployment["metadata"]["name"] == "console":
+            # The one process without /metrics: not annotated, so Prometheus scrapes no empty port.
+            assert "annotations" not in pod["metadata"]
+            assert METRICS_PORT not in {port["containerPort"] for port in container["ports"]}
+            continue
         assert pod["metadata"]["annotations"] == {
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(METRICS_PORT),
             "prometheus.io/path": "/metrics",
         }
-        (container,) = pod["spec"]["containers"]
-        pause = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-        assert pod["spec"]["terminationGracePeriodSeconds"] > grace + pause, deployment["metadata"]["name"]
         assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in container["ports"]
 
 
@@ -281,6 +323,7 @@ def test_network_policies_deny_by_default_and_allow_what_runs(rendered: Rendered
     }
     assert ("monitoring", METRICS_PORT) in ingress_ports
     assert {(None, port) for port in SERVICE_PORTS.values()} <= ingress_ports
+    assert (INGRESS_NAMESPACE, CONSOLE_PORT) in ingress_ports
     egress_ports = {
         port["port"]
         for spec in policies.values()
@@ -288,6 +331,89 @@ def test_network_policies_deny_by_default_and_allow_what_runs(rendered: Rendered
         for port in rule["ports"]
     }
     assert {53, 5432, 7233} <= egress_ports
+
+
+def pod_selected(selector: Manifest, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects a pod with `labels`."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        present, value = expression["key"] in labels, labels.get(expression["key"])
+        held = {
+            "In": present and value in expression.get("values", []),
+            "NotIn": value not in expression.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[expression["operator"]]
+        if not held:
+            return False
+    return True
+
+
+def test_the_selector_check_reads_expressions() -> None:
+    web = {"app.kubernetes.io/component": "web", "app.kubernetes.io/part-of": "memberops"}
+    service = {**web, "app.kubernetes.io/component": "service"}
+    not_web = {
+        "matchLabels": {"app.kubernetes.io/part-of": "memberops"},
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["web"]}],
+    }
+    assert pod_selected(not_web, service) and not pod_selected(not_web, web)
+    assert pod_selected({}, web) and not pod_selected({"matchLabels": {"x": "y"}}, web)
+
+
+def allowed(rendered: Rendered, labels: Mapping[str, str], direction: str) -> set[tuple[str | None, int]]:
+    """(peer namespace, port) of every rule of `direction` ("ingress" or "egress") that a pod with
+    `labels` gets; a rule without peers is any namespace ("*"), one without ports is port 0 (all)."""
+    peers = "from" if direction == "ingress" else "to"
+    return {
+        (peer_namespace(peer) if peer is not None else "*", port["port"] if port is not None else 0)
+        for doc in rendered.of_kind("NetworkPolicy")
+        if pod_selected(doc["spec"]["podSelector"], labels)
+        for rule in doc["spec"].get(direction, [])
+        for peer in rule.get(peers) or [None]
+        for port in rule.get("ports") or [None]
+    }
+
+
+def test_the_console_is_reached_only_from_the_ingress_and_reaches_only_its_services(
+    rendered: Rendered,
+) -> None:
+    labels = rendered.named("Deployment", "console")["spec"]["template"]["metadata"]["labels"]
+    ingress = allowed(rendered, labels, "ingress")
+    assert {peer for peer, port in ingress if port in (CONSOLE_PORT, 0)} == {INGRESS_NAMESPACE}
+    egress = allowed(rendered, labels, "egress")
+    assert {port for _, port in egress} == {53, *(SERVICE_PORTS[name] for name in CONSOLE_PEERS)}
+    # Each service port only towards that service's pods (in the namespace itself).
+    egress_to_services = [
+        (rule["to"], rule["ports"])
+        for doc in rendered.of_kind("NetworkPolicy")
+        if pod_selected(doc["spec"]["podSelector"], labels)
+        for rule in doc["spec"].get("egress", [])
+        if any(port["port"] in SERVICE_PORTS.values() for port in rule["ports"])
+    ]
+    assert sorted(
+        (peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"], port["port"])
+        for peers, ports in egress_to_services
+        for peer in peers
+        for port in ports
+    ) == sorted((name, SERVICE_PORTS[name]) for name in CONSOLE_PEERS)
+    # The services let it in: a rule of theirs names a pod like it in their namespace, on their port.
+    for name in CONSOLE_PEERS:
+        service = rendered.named("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            "namespaceSelector" not in peer
+            and pod_selected(peer["podSelector"], labels)
+            and SERVICE_PORTS[name] in {port["port"] for port in rule["ports"]}
+            for doc in rendered.of_kind("NetworkPolicy")
+            if pod_selected(doc["spec"]["podSelector"], service)
+            for rule in doc["spec"].get("ingress", [])
+            for peer in rule["from"]
+        ), name
+    # Narrowing the console left every other process its database, Temporal and DNS.
+    for deployment in rendered.of_kind("Deployment"):
+        if deployment["metadata"]["name"] != "console":
+            others = allowed(rendered, deployment["spec"]["template"]["metadata"]["labels"], "egress")
+            assert {53, 5432, 7233} <= {port for _, port in others}, deployment["metadata"]["name"]
 
 
 def peer_namespace(peer: Manifest) -> str | None:
