@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from runtime.db import Database
 from runtime.errors import AlreadyExists, FieldViolation, InvalidArgument
 from runtime.logs import get_logger
 from services.tagging import import_store, order_rows
+from services.tagging.backfill_refresh import REFRESH_LANES, BackfillRefresh
 from services.tagging.domain import BehaviorEvent, OrderInput, OrderState, Refund, RefundInput
 from services.tagging.evaluation import INPUT_BITS, Tagger
 from services.tagging.facts import (
@@ -42,15 +43,10 @@ from services.tagging.facts import (
 from services.tagging.members import MAX_IMPORT_BATCH, bounded
 from services.tagging.rules import Input
 
-# Members refreshed in one transaction: one statement per dimension for them all.
-REFRESH_CHUNK = 10_000
-# Chunks refreshed at once when a stream ends (each a transaction on its own connection, disjoint
-# members): nothing else of the stream runs then, and two keep both cores of a small database busy.
-REFRESH_LANES = 2
 # A stream refreshes the members it touched on the way once the oldest has waited this long:
 # well within the sweeper's grace for import queue rows (import_store.SWEEP_GRACE, 5 minutes).
 REFRESH_AFTER_SECONDS = 60.0
-# A batch's store or refresh that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
+# A batch's store that deadlocks with a concurrent writer is run again (as realtime.py's lanes do).
 ATTEMPTS = 3
 
 log = get_logger("memberops.tagging.fact_imports")
@@ -340,6 +336,7 @@ class FactImports:
     def __init__(self, db: Database, tagger: Tagger) -> None:
         self._db = db
         self._tagger = tagger
+        self._backfill = BackfillRefresh(db, tagger)
         # Refreshes of failed or cancelled streams, left running past their call.
         self._detached: set[asyncio.Task[None]] = set()
 
@@ -621,14 +618,16 @@ class FactImports:
                     if owed.due(REFRESH_AFTER_SECONDS):
                         if refreshing is not None:
                             await refreshing
-                        refreshing = asyncio.create_task(self._refresh(tenant_id, owed.take(), now, lanes=1))
+                        refreshing = asyncio.create_task(
+                            self._backfill.refresh(tenant_id, owed.take(), now, lanes=1)
+                        )
             while in_flight:
                 counts += owed.add(await asyncio.shield(in_flight[0]))
                 in_flight.pop(0)
             if refreshing is not None:
                 last, refreshing = refreshing, None
                 await last
-            await self._refresh(tenant_id, owed.take(), clock(), lanes=REFRESH_LANES)
+            await self._backfill.refresh(tenant_id, owed.take(), clock(), lanes=REFRESH_LANES)
         except BaseException:
             # The batches in flight are stored first, in order (the first failure, being earlier,
             # wins; a batch after a failed one gives up); then what was committed is refreshed, as
@@ -668,7 +667,7 @@ class FactImports:
             await asyncio.wait([refreshing])
             if not refreshing.cancelled() and refreshing.exception() is not None:
                 log.warning("import refresh failed", tenant=tenant_id, error=str(refreshing.exception()))
-        await self._refresh(tenant_id, changes, now, lanes=REFRESH_LANES)
+        await self._backfill.refresh(tenant_id, changes, now, lanes=REFRESH_LANES)
 
     async def _store(
         self,
@@ -694,30 +693,6 @@ class FactImports:
                 if attempt == ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
-
-    async def _refresh(self, tenant_id: str, changes: dict[str, int], now: dt.datetime, lanes: int) -> None:
-        """Refreshes the members' real-time tags for the facts committed (`changes`: member -> the
-        input bits it owes), one statement per dimension for up to REFRESH_CHUNK members, `lanes`
-        chunks at once (disjoint members, each in its own transaction); the changes are dated by
-        the facts (their queue rows' fact_time) and marked backfilled. Should it fail, the queue
-        rows stay owed and the service's sweeper refreshes them later."""
-        chunks = _chunks(sorted(changes), REFRESH_CHUNK, lanes)
-        slots = asyncio.Semaphore(lanes)
-
-        async def refresh(ids: list[str]) -> None:
-            async with slots:
-                for attempt in range(1, ATTEMPTS + 1):
-                    try:
-                        async with self._db.transaction(tenant_id, plans="custom") as conn:
-                            await self._tagger.refresh_owed(
-                                conn, tenant_id, {m: changes[m] for m in ids}, now, backfilled=True
-                            )
-                        return
-                    except asyncpg.DeadlockDetectedError:
-                        if attempt == ATTEMPTS:
-                            raise
-
-        await _all(refresh(ids) for ids in chunks)
 
 
 class _GaveUp(Exception):
@@ -745,25 +720,6 @@ class _Owed:
     def take(self) -> dict[str, int]:
         changes, self.changes, self.since = self.changes, {}, None
         return changes
-
-
-def _chunks(ids: list[str], most: int, lanes: int) -> list[list[str]]:
-    """`ids` in consecutive chunks of at most `most`, as many as `lanes` divides (so the lanes end
-    together) and as even as can be."""
-    if not ids:
-        return []
-    count = -(-len(ids) // most)
-    count = min(len(ids), -(-count // lanes) * lanes)
-    size = -(-len(ids) // count)
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
-
-
-async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Runs the coroutines together; the first failure is raised once every one has ended."""
-    results = await asyncio.gather(*coroutines, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 def import_response(counts: Counts) -> tagging_service_pb2.ImportFactsResponse:

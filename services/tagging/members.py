@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -14,6 +13,7 @@ from runtime import checks, zones
 from runtime.db import Connection, Database
 from runtime.errors import FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import feed_store, member_store, refresh_store
+from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.domain import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
 from services.tagging.realtime import RealTimeTags, input_bits
 from services.tagging.rules import Input
@@ -187,9 +187,10 @@ def _changed_inputs(stored: Member) -> Input | None:
 class Members:
     """Stores and reads members for one tenant at a time."""
 
-    def __init__(self, db: Database, realtime: RealTimeTags) -> None:
+    def __init__(self, db: Database, realtime: RealTimeTags, backfill: BackfillRefresh) -> None:
         self._db = db
         self._realtime = realtime
+        self._backfill = backfill
 
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
@@ -240,8 +241,11 @@ class Members:
         """Stores one batch in one transaction with upsert's rules; returns how many members changed.
 
         Set-based (COPY and one statement) so large loads are fast; otherwise the same as upserting
-        each member: unchanged ones are left alone, changed ones get a feed entry and their
-        real-time tags refreshed once it commits. `path` names the batch in errors.
+        each member (unchanged ones are left alone, changed ones get a feed entry and their
+        real-time tags refreshed once it commits), except that an import loads the shop's existing
+        members: their feed entries and the tag changes of their refresh are marked backfilled, so
+        consumers update what they hold (audiences) and nothing treats them as news (no journey
+        enrols, no profile task rewards; decision 122). `path` names the batch in errors.
         """
         validate_batch(members, now, path)
         async with self._db.transaction(tenant_id) as conn:
@@ -254,7 +258,11 @@ class Members:
                     tenant_id,
                     FeedKind.MEMBER_CHANGED,
                     [
-                        (m, "", {"revision": revision, "occur_time": happened[m].isoformat()})
+                        (
+                            m,
+                            "",
+                            {"revision": revision, "occur_time": happened[m].isoformat(), "backfilled": True},
+                        )
                         for m, revision in changed
                     ],
                 )
@@ -267,10 +275,9 @@ class Members:
                 )
         if changed:
             await member_store.analyze_members_if_grown(self._db.pool, len(created))
-            await asyncio.gather(
-                self._realtime.refreshed(tenant_id, created, None, now),
-                self._realtime.refreshed(tenant_id, updated, Input.PROFILE, now),
-            )
+            owed = {member_id: input_bits(None) for member_id in created}
+            owed.update((member_id, input_bits(Input.PROFILE)) for member_id in updated)
+            await self._backfill.refresh(tenant_id, owed, now, lanes=1)
         return len(changed)
 
     async def get_many(self, tenant_id: str, member_ids: Sequence[str], allow_missing: bool) -> list[Member]:

@@ -17,6 +17,7 @@ from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
 from services.tagging import builtins
 from services.tagging.api import TaggingApi, utc_now
+from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.catalog import Catalog
 from services.tagging.daily_kpis import DailyKpis
 from services.tagging.erasure import Erasures
@@ -52,7 +53,7 @@ def wire(
     feed = Feed(db, streams)
     peers = ErasurePeers(settings.token_for_tenant, peer_address or addresses(settings))
     servicer = TaggingApi(
-        Members(db, realtime),
+        Members(db, realtime, BackfillRefresh(db, tagger)),
         Facts(db, realtime),
         feed,
         Catalog(db),

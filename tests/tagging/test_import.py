@@ -13,6 +13,7 @@ from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tags_pb2
 
 from runtime.db import Database
 from services.tagging import member_store
+from services.tagging.domain import FeedKind
 from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
 from tests.grpc_helpers import field_violations
 from tests.tagging.rule_builders import ALWAYS, Field, Op, cond, field
@@ -168,6 +169,35 @@ async def test_changed_members_get_their_real_time_tags_at_once(tagging_stub: St
     batch[1].profile.city = "Hangzhou"
     await import_members(tagging_stub, [batch])
     assert await tags_of(tagging_stub, batch[1].member_id, name) == ["hangzhou"]
+
+
+async def marks(db: Database, tenant_id: str, member_id: str) -> list[tuple[int, bool]]:
+    """(kind, backfilled) of the member's feed entries, in feed order."""
+    async with db.transaction(tenant_id, readonly=True) as conn:
+        rows = await conn.fetch(
+            """SELECT kind, coalesce((payload->>'backfilled')::boolean, false) AS backfilled
+               FROM tagging.feed WHERE member_id = $1 ORDER BY txid, seq""",
+            member_id,
+        )
+    return [(r["kind"], r["backfilled"]) for r in rows]
+
+
+async def test_imported_members_and_their_tag_changes_are_marked_history(
+    tagging_stub: Stub, db: Database
+) -> None:
+    """An import loads the shop's existing members: their entries and the tag changes their refresh
+    makes are backfilled, so nothing greets them as news (decision 122); an upsert's are not."""
+    (imported, upserted) = members(unique("hist"), 2)
+    await import_members(tagging_stub, [[imported]])
+    await upsert(tagging_stub, upserted)
+    changed, tag_changed = int(FeedKind.MEMBER_CHANGED), int(FeedKind.TAG_CHANGED)
+    imported_marks = await marks(db, TENANT_ACME, imported.member_id)
+    upserted_marks = await marks(db, TENANT_ACME, upserted.member_id)
+    # Both get their entry and profile tags (gender, city tier...); only the import's are marked.
+    assert imported_marks[0] == (changed, True) and (tag_changed, True) in imported_marks
+    assert {marked for _, marked in imported_marks} == {True}
+    assert upserted_marks[0] == (changed, False) and (tag_changed, False) in upserted_marks
+    assert {marked for _, marked in upserted_marks} == {False}
 
 
 @pytest.mark.parametrize(
