@@ -452,7 +452,11 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def GetTagStats(
         self, request: tagging_service_pb2.GetTagStatsRequest, context: Any
     ) -> tagging_service_pb2.GetTagStatsResponse:
-        return tag_stats_to_proto(await self._stats.get(current_tenant(), list(request.dimensions)))
+        violations = Violations()
+        as_of = _optional_time(request, "as_of", violations, "as_of")
+        violations.raise_if_any()
+        stats = await self._stats.get(current_tenant(), list(request.dimensions), as_of)
+        return tag_stats_to_proto(stats)
 
     async def EraseMember(
         self, request: tagging_service_pb2.EraseMemberRequest, context: Any

@@ -1,11 +1,14 @@
-"""Tag statistics: how many members hold each value of a dimension now (coverage, distribution).
+"""Tag statistics: how many members hold each value of a dimension (coverage, distribution), now
+or at a past moment of valid time (a dimension's trend).
 
-Counts come from one grouped statement over the current holdings; the catalog says which values a
-dimension has, so values nobody holds still appear (with 0) and in the definition's order.
+Counts come from one grouped statement over the holdings (current, or valid at the moment); the
+catalog says which values a dimension has, so values nobody holds still appear (with 0) and in the
+definition's order.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,8 +80,11 @@ class Stats:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def get(self, tenant_id: str, dimensions: Sequence[str]) -> TagStats:
-        """Counts for the named dimensions in the order named, or for every active one."""
+    async def get(
+        self, tenant_id: str, dimensions: Sequence[str], as_of: dt.datetime | None = None
+    ) -> TagStats:
+        """Counts for the named dimensions in the order named, or for every active one: now, or
+        at `as_of` (valid time, today's belief), by today's definitions."""
         violations = Violations()
         named = catalog.named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
@@ -88,7 +94,7 @@ class Stats:
                 if name not in active:
                     raise NotFound(f"dimensions[{i}]: tagDefinitions/{name} not found or retired")
             chosen = [active[name] for name in named] if named else list(active.values())
-            counts = await stats_store.held_counts(conn, sorted({spec.dimension for spec in chosen}))
+            counts = await stats_store.held_counts(conn, sorted({spec.dimension for spec in chosen}), as_of)
         return TagStats(
             member_count=counts.member_count,
             dimensions=tuple(

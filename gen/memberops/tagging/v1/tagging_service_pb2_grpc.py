@@ -436,7 +436,7 @@ class TaggingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTagStats(self, request, context):
-        """Member counts per value of each dimension (coverage and distribution).
+        """Member counts per value of each dimension (coverage and distribution), now or at a past moment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

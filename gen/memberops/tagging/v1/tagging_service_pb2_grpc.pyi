@@ -146,7 +146,7 @@ class TaggingServiceStub:
     GetTagHistoryRebuild: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagHistoryRebuildRequest, _tagging_service_pb2.TagHistoryRebuild]
     """Where a history rebuild stands."""
     GetTagStats: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]
-    """Member counts per value of each dimension (coverage and distribution)."""
+    """Member counts per value of each dimension (coverage and distribution), now or at a past moment."""
     AddMemberTags: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]
     """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
     hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
@@ -277,7 +277,7 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     GetTagHistoryRebuild: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagHistoryRebuildRequest, _tagging_service_pb2.TagHistoryRebuild]  # type: ignore[assignment]
     """Where a history rebuild stands."""
     GetTagStats: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.GetTagStatsRequest, _tagging_service_pb2.GetTagStatsResponse]  # type: ignore[assignment]
-    """Member counts per value of each dimension (coverage and distribution)."""
+    """Member counts per value of each dimension (coverage and distribution), now or at a past moment."""
     AddMemberTags: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.AddMemberTagsRequest, _tagging_service_pb2.ChangeMemberTagsResponse]  # type: ignore[assignment]
     """An operator gives a MANUAL or STRATEGY value to members (one or a list). Members who already
     hold it are left alone, so a retry changes nothing; in a SINGLE dimension the value replaces
@@ -579,7 +579,7 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tagging_service_pb2.GetTagStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.GetTagStatsResponse, _abc.Awaitable[_tagging_service_pb2.GetTagStatsResponse]]:
-        """Member counts per value of each dimension (coverage and distribution)."""
+        """Member counts per value of each dimension (coverage and distribution), now or at a past moment."""
 
     @_abc_1.abstractmethod
     def AddMemberTags(
