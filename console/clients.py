@@ -18,6 +18,7 @@ import google.rpc.error_details_pb2 as error_details_pb2
 import grpc
 from aiohttp import web
 from grpc_status import rpc_status
+from memberops.audience.v1 import audience_service_pb2_grpc
 from memberops.journeys.v1 import journeys_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2_grpc
 from memberops.tasks.v1 import tasks_service_pb2_grpc
@@ -26,6 +27,7 @@ from runtime.channels import peer_channel
 from runtime.config import Settings
 
 if TYPE_CHECKING:
+    from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub
@@ -120,20 +122,26 @@ class Peers:
     tagging_address: str
     tasks_address: str
     journeys_address: str
+    audience_address: str = Settings.audience_address
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Peers:
-        return cls(settings.tagging_address, settings.tasks_address, settings.journeys_address)
+        return cls(
+            settings.tagging_address,
+            settings.tasks_address,
+            settings.journeys_address,
+            settings.audience_address,
+        )
 
     def open(self) -> None:
-        self._channels = [
-            peer_channel(a) for a in (self.tagging_address, self.tasks_address, self.journeys_address)
-        ]
-        tagging, tasks, journeys = self._channels
+        addresses = (self.tagging_address, self.tasks_address, self.journeys_address, self.audience_address)
+        self._channels = [peer_channel(a) for a in addresses]
+        tagging, tasks, journeys, audience = self._channels
         self.tagging: TaggingServiceAsyncStub = tagging_service_pb2_grpc.TaggingServiceStub(tagging)
         self.tasks: TasksServiceAsyncStub = tasks_service_pb2_grpc.TasksServiceStub(tasks)
         self.journeys: JourneyServiceAsyncStub = journeys_service_pb2_grpc.JourneyServiceStub(journeys)
+        self.audience: AudienceServiceAsyncStub = audience_service_pb2_grpc.AudienceServiceStub(audience)
 
     async def connect(self, seconds: float = CALL_TIMEOUT_SECONDS) -> None:
         """Connects every channel now (if its service answers within `seconds`), so the first page

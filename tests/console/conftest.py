@@ -54,5 +54,11 @@ def service_peers(
     tagging: runtime_app.RunningService,
     tasks: runtime_app.RunningService,
     journeys: runtime_app.RunningService,
+    audience: runtime_app.RunningService,
 ) -> Peers:
-    return Peers(f"127.0.0.1:{tagging.port}", f"127.0.0.1:{tasks.port}", f"127.0.0.1:{journeys.port}")
+    return Peers(
+        f"127.0.0.1:{tagging.port}",
+        f"127.0.0.1:{tasks.port}",
+        f"127.0.0.1:{journeys.port}",
+        f"127.0.0.1:{audience.port}",
+    )

@@ -37,7 +37,7 @@ PROCESSES = {*SERVICES, "worker"}
 JOBS = {"migrate", "setup", "dispatcher"}
 # The operators' console: HTTP, a client of these services, no database and no metrics endpoint.
 CONSOLE_PORT = 8088
-CONSOLE_PEERS = {"tagging", "tasks", "journeys"}
+CONSOLE_PEERS = {"tagging", "audience", "tasks", "journeys"}
 
 
 def compose(

@@ -31,10 +31,10 @@ KUBERNETES_VERSION = "1.34.0"
 IMAGE = "ghcr.io/memberops/memberops:0.1.0"
 SERVICE_PORTS = {"tagging": 50051, "audience": 50052, "tasks": 50053, "journeys": 50054}
 METRICS_PORT = 9100
-# The operators' console: HTTP, reached through the cluster's ingress controller, a client of three
+# The operators' console: HTTP, reached through the cluster's ingress controller, a client of the four
 # services; no database, no /metrics.
 CONSOLE_PORT = 8088
-CONSOLE_PEERS = ("tagging", "tasks", "journeys")
+CONSOLE_PEERS = ("tagging", "audience", "tasks", "journeys")
 INGRESS_NAMESPACE = "ingress-nginx"
 DEPLOYMENTS = sorted([*SERVICE_PORTS, "worker", "console"])
 
