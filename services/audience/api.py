@@ -19,7 +19,7 @@ from runtime.errors import InvalidArgument
 from services.audience import breakdowns, definitions
 from services.audience.definitions import Audience, AudienceInput, Definitions
 from services.audience.dynamic import Memberships
-from services.audience.evaluation import Evaluator, member_id_from_name
+from services.audience.evaluation import Evaluator, Target, member_id_from_name
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits, ExportSlots
 from services.audience.snapshots import Snapshot, Snapshots, snapshot_id_from_name
 from services.audience.stream_budget import within_idle_budget
@@ -98,8 +98,8 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
     async def CountAudience(
         self, request: audience_service_pb2.CountAudienceRequest, context: Any
     ) -> audience_service_pb2.CountAudienceResponse:
-        audience_id = definitions.audience_id_from_name(request.name, "name")
-        count, version = await self._evaluator.count(current_tenant(), audience_id, self._clock())
+        target = evaluated(request.name, request.rule if request.HasField("rule") else None)
+        count, version = await self._evaluator.count(current_tenant(), target, self._clock())
         return audience_service_pb2.CountAudienceResponse(member_count=count, version=version)
 
     async def PreviewAudience(
@@ -159,9 +159,9 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
     async def BreakdownAudience(
         self, request: audience_service_pb2.BreakdownAudienceRequest, context: Any
     ) -> audience_service_pb2.BreakdownAudienceResponse:
-        audience_id = definitions.audience_id_from_name(request.name, "name")
+        target = evaluated(request.name, request.rule if request.HasField("rule") else None)
         result = await self._breakdowns.breakdown(
-            current_tenant(), audience_id, breakdown_from_proto(request), self._clock()
+            current_tenant(), target, breakdown_from_proto(request), self._clock()
         )
         return breakdown_to_proto(result)
 
@@ -284,6 +284,15 @@ def audience_to_proto(audience: Audience) -> audience_pb2.Audience:
     if audience.delete_time is not None:
         message.delete_time.CopyFrom(_stamp(audience.delete_time))
     return message
+
+
+def evaluated(name: str, rule: audience_pb2.AudienceRule | None) -> Target:
+    """A call's saved audience (`name`) or unsaved rule (`rule`): one of the two."""
+    if rule is None:
+        return definitions.audience_id_from_name(name, "name")
+    if name:
+        raise InvalidArgument.field("name", "give either name or rule, not both")
+    return rule
 
 
 def breakdown_from_proto(

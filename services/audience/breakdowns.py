@@ -15,7 +15,7 @@ from runtime import zones
 from runtime.db import Database
 from runtime.errors import InvalidArgument, Violations
 from services.audience import definitions, store
-from services.audience.evaluation import Evaluator
+from services.audience.evaluation import Evaluator, Target
 
 MAX_WEEKS = 520
 MAX_WINDOW_DAYS = 3650
@@ -81,8 +81,9 @@ class Breakdowns:
         self._evaluator = evaluator
 
     async def breakdown(
-        self, tenant_id: str, audience_id: str, by: Breakdown | None, now: dt.datetime
+        self, tenant_id: str, target: Target, by: Breakdown | None, now: dt.datetime
     ) -> Result:
+        """`target`: a saved audience's id, or an unsaved rule (version 0)."""
         if by is None:
             raise InvalidArgument.field("by", "is required: one of tag, order_time, weekly")
         validate(by)
@@ -93,9 +94,7 @@ class Breakdowns:
                 if dimension not in known or known[dimension]["state"] != definitions.ACTIVE:
                     path = "tag.dimension" if isinstance(by, ByTag) else "weekly.dimension"
                     raise InvalidArgument.field(path, f"unknown or retired tag dimension {dimension!r}")
-            loaded = await self._evaluator.load(
-                conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
-            )
+            loaded = await self._evaluator.load_evaluated(conn, tenant_id, target, now)
             members_sql, args = loaded.compiled.members_sql(), loaded.compiled.args(now)
             if isinstance(by, ByTag):
                 rows = await store.tag_breakdown(conn, members_sql, args, by.dimension)

@@ -101,16 +101,33 @@ def validate(spec: AudienceInput, path: str = "audience") -> RuleFacts:
     if spec.rule is None:
         v.add(f"{path}.rule", "is required")
     else:
-        facts.nodes = rules.validate_tree(
-            spec.rule,
-            v,
-            f"{path}.rule",
-            lambda rule, node, v, path: _validate_leaf(rule, node, v, path, facts),
-            MAX_DEPTH,
-            MAX_NODES,
-        )
+        _validate_rule(spec.rule, v, f"{path}.rule", facts)
     v.raise_if_any()
     return facts
+
+
+def _validate_rule(rule: audience_pb2.AudienceRule, v: Violations, path: str, facts: RuleFacts) -> None:
+    facts.nodes = rules.validate_tree(
+        rule,
+        v,
+        path,
+        lambda rule, node, v, path: _validate_leaf(rule, node, v, path, facts),
+        MAX_DEPTH,
+        MAX_NODES,
+    )
+
+
+async def check_draft(conn: Connection, rule: audience_pb2.AudienceRule, path: str) -> None:
+    """An unsaved rule (a draft being edited) checked as a saved one's would be: its shape, the
+    catalog, its references (a draft has no id, so it cannot be part of a cycle) and its size."""
+    v, facts = Violations(), RuleFacts()
+    _validate_rule(rule, v, path, facts)
+    v.raise_if_any()
+    await check_catalog(conn, facts, v)
+    inlined = await check_references(conn, "", facts, v)
+    if not v and inlined > MAX_INLINED_NODES:
+        v.add(path, f"has {inlined} nodes with its audiences inlined; at most {MAX_INLINED_NODES}")
+    v.raise_if_any()
 
 
 def _validate_leaf(

@@ -52,6 +52,10 @@ MAX_CHECK_BATCH = 256
 MAX_VERSION = 2**31 - 1
 
 
+# What an evaluation is of: a saved audience's id, or an unsaved rule.
+Target = str | audience_pb2.AudienceRule
+
+
 @dataclass(frozen=True)
 class Preview:
     member_id: str
@@ -94,6 +98,18 @@ async def _smallest(conn: Connection, starts: Sequence[compiler.Start], now: dt.
     """The `driver` of the start the planner estimates smallest."""
     sizes = [(await store.estimated_rows(conn, start.sql, start.args(now)), start.driver) for start in starts]
     return min(sizes, key=lambda size: size[0])[1]
+
+
+async def _references(conn: Connection, referenced: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The current rules of the referenced audiences and of those they reference, by id."""
+    references: dict[str, dict[str, Any]] = {}
+    frontier = set(referenced)
+    while frontier:
+        found = await store.current_rules(conn, sorted(frontier))
+        references.update(found)
+        seen = references.keys() | frontier
+        frontier = {ref for item in found.values() for ref in item["referenced"]} - seen
+    return references
 
 
 @dataclass(frozen=True)
@@ -166,13 +182,7 @@ class Evaluator:
             raise NotFound(
                 f"audiences/{audience_id}" + (f" version {version}" if version else "") + " not found"
             )
-        references: dict[str, dict[str, Any]] = {}
-        frontier = set(row["referenced"])
-        while frontier:
-            found = await store.current_rules(conn, sorted(frontier))
-            references.update(found)
-            seen = references.keys() | frontier
-            frontier = {ref for item in found.values() for ref in item["referenced"]} - seen
+        references = await _references(conn, row["referenced"])
         key = (
             tenant_id,
             audience_id,
@@ -198,12 +208,42 @@ class Evaluator:
         )
         return Loaded(row["version"], compiled, tuple(sorted(versions)))
 
-    async def count(self, tenant_id: str, audience_id: str, now: dt.datetime) -> tuple[int, int]:
-        """(members, version evaluated)."""
+    async def load_draft(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        rule: audience_pb2.AudienceRule,
+        *,
+        now: dt.datetime,
+        on_replica: bool = False,
+    ) -> Loaded:
+        """An unsaved rule (a draft being edited), checked as CreateAudience checks one and compiled
+        with its references at their current versions, as `load` would (version 0). Not cached: a
+        draft changes with every edit."""
+        if on_replica and self._reads.separate:
+            async with self.transaction(tenant_id) as primary:
+                return await self.load_draft(primary, tenant_id, rule, now=now)
+        await definitions.check_draft(conn, rule, "rule")
+        references = await _references(conn, definitions.referenced_ids(rule))
+        compilations = _Compilations(
+            rule, {ref: definitions.rule_from_json(item["rule"]) for ref, item in references.items()}, False
+        )
+        driver = await _smallest(conn, compilations.starts, now) if compilations.starts else None
+        return Loaded(0, compilations.compiled(driver))
+
+    async def load_evaluated(
+        self, conn: Connection, tenant_id: str, target: Target, now: dt.datetime
+    ) -> Loaded:
+        """The current version of a saved audience (by id), or a draft rule, to evaluate now on `conn`
+        (a `read_transaction`'s)."""
+        if isinstance(target, str):
+            return await self.load(conn, tenant_id, target, None, filtered=False, now=now, on_replica=True)
+        return await self.load_draft(conn, tenant_id, target, now=now, on_replica=True)
+
+    async def count(self, tenant_id: str, target: Target, now: dt.datetime) -> tuple[int, int]:
+        """(members, version evaluated) of an audience (by id) or of a draft rule (version 0)."""
         async with self.read_transaction(tenant_id) as conn:
-            loaded = await self.load(
-                conn, tenant_id, audience_id, None, filtered=False, now=now, on_replica=True
-            )
+            loaded = await self.load_evaluated(conn, tenant_id, target, now)
             sql = f"SELECT count(*) FROM ({loaded.compiled.members_sql()}) AS selected"
             count = await conn.fetchval(sql, *loaded.compiled.args(now))
         return int(count), loaded.version

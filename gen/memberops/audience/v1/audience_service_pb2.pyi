@@ -184,16 +184,25 @@ class CountAudienceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`audiences/{audience_id}`."""
+    @_builtins.property
+    def rule(self) -> _audience_pb2.AudienceRule:
+        """Instead of `name`: a rule that is not saved (a draft an operator is editing), validated as
+        CreateAudience validates `audience.rule` (violations named `rule...`) and evaluated the same
+        way; `version` is then 0.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        rule: _audience_pb2.AudienceRule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,11 +432,16 @@ class BreakdownAudienceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
     ORDER_TIME_FIELD_NUMBER: _builtins.int
     WEEKLY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`audiences/{audience_id}`."""
+    @_builtins.property
+    def rule(self) -> _audience_pb2.AudienceRule:
+        """Instead of `name`: an unsaved rule, as in CountAudienceRequest.rule."""
+
     @_builtins.property
     def tag(self) -> Global___TagBreakdown: ...
     @_builtins.property
@@ -438,13 +452,14 @@ class BreakdownAudienceRequest(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
+        rule: _audience_pb2.AudienceRule | None = ...,
         tag: Global___TagBreakdown | None = ...,
         order_time: Global___OrderTimeBreakdown | None = ...,
         weekly: Global___WeeklyBreakdown | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "order_time", b"order_time", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "order_time", b"order_time", "rule", b"rule", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "name", b"name", "order_time", b"order_time", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "name", b"name", "order_time", b"order_time", "rule", b"rule", "tag", b"tag", "weekly", b"weekly"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["tag", "order_time", "weekly"]  # noqa: Y015
     _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015

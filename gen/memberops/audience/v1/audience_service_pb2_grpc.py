@@ -171,7 +171,7 @@ class AudienceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CountAudience(self, request, context):
-        """The exact number of members in the audience now.
+        """The exact number of members in the audience now (or in an unsaved rule's: a draft's live count).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

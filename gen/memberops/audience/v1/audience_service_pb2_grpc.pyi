@@ -55,7 +55,7 @@ class AudienceServiceStub:
     FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
     """
     CountAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.CountAudienceRequest, _audience_service_pb2.CountAudienceResponse]
-    """The exact number of members in the audience now."""
+    """The exact number of members in the audience now (or in an unsaved rule's: a draft's live count)."""
     PreviewAudience: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.PreviewAudienceRequest, _audience_service_pb2.PreviewAudienceResponse]
     """A repeatable sample of members with the tags that put them in."""
     ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]
@@ -126,7 +126,7 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     FAILED_PRECONDITION while another audience references it. Deleting twice is harmless.
     """
     CountAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.CountAudienceRequest, _audience_service_pb2.CountAudienceResponse]  # type: ignore[assignment]
-    """The exact number of members in the audience now."""
+    """The exact number of members in the audience now (or in an unsaved rule's: a draft's live count)."""
     PreviewAudience: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.PreviewAudienceRequest, _audience_service_pb2.PreviewAudienceResponse]  # type: ignore[assignment]
     """A repeatable sample of members with the tags that put them in."""
     ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListAudienceMembersRequest, _audience_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
@@ -230,7 +230,7 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audience_service_pb2.CountAudienceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audience_service_pb2.CountAudienceResponse, _abc.Awaitable[_audience_service_pb2.CountAudienceResponse]]:
-        """The exact number of members in the audience now."""
+        """The exact number of members in the audience now (or in an unsaved rule's: a draft's live count)."""
 
     @_abc_1.abstractmethod
     def PreviewAudience(
