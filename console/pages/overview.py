@@ -19,7 +19,7 @@ from memberops.journeys.v1 import journeys_service_pb2
 from memberops.tagging.v1 import tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2
 
-from console import charts, i18n, render, session
+from console import charts, i18n, render, session, tag_trends
 from console.clients import Outcome, caller
 
 log = structlog.get_logger("console")
@@ -27,6 +27,9 @@ DAYS = 28
 ZONE = "Asia/Shanghai"
 # Current members per value of these dimensions (tagging's built-in lifecycle and RFM tags).
 SEGMENT_DIMENSIONS = {"lifecycle": "overview.lifecycle", "rfm_segment": "overview.rfm"}
+# Their members per value week by week (GetTagStats as_of, from tag history), drawn under them.
+TREND_WEEKS = 8
+SEGMENT_TRENDS = {"lifecycle": "overview.lifecycle_trend", "rfm_segment": "overview.rfm_trend"}
 
 
 def _date(day: dt.date) -> date_pb2.Date:
@@ -47,7 +50,7 @@ async def show(request: web.Request) -> web.Response:
     start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
     call = caller(request)
     started = time.perf_counter()
-    shop, tasks, sends, anomalies, stats = await asyncio.gather(
+    shop, tasks, sends, anomalies, stats, trend = await asyncio.gather(
         call.attempt(
             "tagging",
             "GetDailyKpis",
@@ -69,6 +72,7 @@ async def show(request: web.Request) -> web.Response:
             "GetTagStats",
             tagging_service_pb2.GetTagStatsRequest(dimensions=list(SEGMENT_DIMENSIONS)),
         ),
+        tag_trends.weekly(call, list(SEGMENT_TRENDS), TREND_WEEKS, today),
     )
     # (label key, the call it comes from, its chart or None when there is nothing to draw)
     planned: list[tuple[str, Outcome[Any], alt.TopLevelMixin | None]] = []
@@ -143,6 +147,11 @@ async def show(request: web.Request) -> web.Response:
         )
         planned.append((key, stats, charts.bars(values, title="") if values else None))
         if stats.problem is not None:
+            break  # one message for both
+    for dimension, key in SEGMENT_TRENDS.items():
+        trend_rows = tag_trends.rows(trend.value, dimension) if trend.value is not None else []
+        planned.append((key, trend, tag_trends.chart(trend_rows) if trend_rows else None))
+        if trend.problem is not None:
             break  # one message for both
     called = time.perf_counter()
     drawn = await charts.render_all(
