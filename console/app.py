@@ -19,7 +19,7 @@ from aiohttp import web
 
 from console import charts, render, session
 from console.clients import CALLER, PEERS, Caller, Peers, SignedOut
-from console.pages import journeys, members, overview, report, signin, tags
+from console.pages import audiences, journeys, members, overview, report, signin, tags
 
 log = structlog.get_logger("console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -132,7 +132,7 @@ def build(peers: Peers, *, secure_cookies: bool = False) -> web.Application:
     app[session.SECURE] = secure_cookies
     app.router.add_get("/", home)
     app.router.add_get("/healthz", healthz)
-    for module in (signin, overview, members, journeys, report, tags):
+    for module in (signin, overview, members, journeys, report, tags, audiences):
         module.add_routes(app.router)
 
     connecting: list[asyncio.Task[None]] = []

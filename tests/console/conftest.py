@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from console import app
 from console.clients import Peers
 from runtime import app as runtime_app
+from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
 from tests.journeys.conftest import journeys_channel, journeys_stub  # noqa: F401
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
