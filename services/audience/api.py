@@ -227,6 +227,17 @@ class AudienceApi(audience_service_pb2_grpc.AudienceServiceServicer):
             member_ids=page.member_ids, arms=page.arms, next_page_token=page.next_page_token
         )
 
+    async def ListSnapshots(
+        self, request: audience_service_pb2.ListSnapshotsRequest, context: Any
+    ) -> audience_service_pb2.ListSnapshotsResponse:
+        audience_id = definitions.audience_id_from_name(request.audience, "audience")
+        page, token = await self._snapshots.list_page(
+            current_tenant(), audience_id, request.page_size, request.page_token
+        )
+        return audience_service_pb2.ListSnapshotsResponse(
+            snapshots=[snapshot_to_proto(s) for s in page], next_page_token=token
+        )
+
     async def EraseMemberData(
         self, request: audience_service_pb2.EraseMemberDataRequest, context: Any
     ) -> audience_service_pb2.EraseMemberDataResponse:

@@ -33,6 +33,9 @@ MAX_REQUEST_ID = 128
 DEFAULT_ARMS = (("all", 100),)
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
+DEFAULT_LIST_SIZE = 100
+MAX_LIST_SIZE = 1000
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,23 @@ class Snapshots:
             return None
         return str(json.loads(row["arms"])[arm]["name"])
 
+    async def list_page(
+        self, tenant_id: str, audience_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Snapshot], str]:
+        """One page of the audience's snapshots, newest first. The token names the audience."""
+        size = page_tokens.page_size(page_size, DEFAULT_LIST_SIZE, MAX_LIST_SIZE)
+        scope = f"audiences/{audience_id}/snapshots"
+        keys = page_tokens.decode(page_token, scope, (int, str))
+        after = (int(keys[0]), str(keys[1])) if keys is not None else None
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            if await store.get_audience(conn, audience_id, 1, include_deleted=True) is None:
+                raise NotFound(f"audiences/{audience_id} not found")
+            rows = await store.list_snapshots(conn, audience_id, after, size + 1)
+        page = [_snapshot(row) for row in rows[:size]]
+        last = page[-1] if len(rows) > size else None
+        token = page_tokens.encode(scope, _microseconds(last.create_time), last.snapshot_id) if last else ""
+        return page, token
+
     async def members_page(
         self, tenant_id: str, snapshot_id: str, page_size: int, page_token: str
     ) -> MembersPage:
@@ -206,6 +226,10 @@ class Snapshots:
         page = rows[:size]
         token = _encode_page_token(snapshot_id, page[-1]["member_id"]) if len(rows) > size else ""
         return MembersPage([r["member_id"] for r in page], [names[r["arm"]] for r in page], token)
+
+
+def _microseconds(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _encode_page_token(snapshot_id: str, after: str) -> str:

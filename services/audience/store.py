@@ -242,6 +242,26 @@ async def insert_snapshot(
     return bool(inserted)
 
 
+async def list_snapshots(
+    conn: Connection, audience_id: str, after: tuple[int, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    """The audience's snapshots newest first, after `after` (creation time in microseconds since
+    the epoch, snapshot id) when given."""
+    order = "ORDER BY create_time DESC, snapshot_id DESC LIMIT $2"
+    if after is None:
+        return await conn.fetch(f"{_SNAPSHOT} WHERE audience_id = $1 {order}", audience_id, limit)
+    return await conn.fetch(
+        f"""{_SNAPSHOT} WHERE audience_id = $1
+              AND (create_time, snapshot_id)
+                  < ('epoch'::timestamptz + $3::bigint * interval '1 microsecond', $4)
+            {order}""",
+        audience_id,
+        limit,
+        after[0],
+        after[1],
+    )
+
+
 async def snapshot_by_request(conn: Connection, request_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"{_SNAPSHOT} WHERE request_id = $1", request_id)
 

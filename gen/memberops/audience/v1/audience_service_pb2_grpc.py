@@ -118,6 +118,11 @@ class AudienceServiceStub:
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
                 response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
                 _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/memberops.audience.v1.AudienceService/ListSnapshots',
+                request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
         self.EraseMemberData = channel.unary_unary(
                 '/memberops.audience.v1.AudienceService/EraseMemberData',
                 request_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.EraseMemberDataRequest.SerializeToString,
@@ -259,6 +264,14 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSnapshots(self, request, context):
+        """An audience's snapshots, newest first, each with its arms and their sizes (those of a deleted
+        audience too); NOT_FOUND for an audience that never existed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseMemberData(self, request, context):
         """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
         row of the member in this service is moved to `pseudonym` and its personal data cleared.
@@ -350,6 +363,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListSnapshotMembers,
                     request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.FromString,
                     response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsResponse.SerializeToString,
             ),
             'EraseMemberData': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseMemberData,
@@ -792,6 +810,33 @@ class AudienceService:
             '/memberops.audience.v1.AudienceService/ListSnapshotMembers',
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersRequest.SerializeToString,
             memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.audience.v1.AudienceService/ListSnapshots',
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsRequest.SerializeToString,
+            memberops_dot_audience_dot_v1_dot_audience__service__pb2.ListSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,10 @@ class AudienceServiceStub:
     """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
     reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
     """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotsRequest, _audience_service_pb2.ListSnapshotsResponse]
+    """An audience's snapshots, newest first, each with its arms and their sizes (those of a deleted
+    audience too); NOT_FOUND for an audience that never existed.
+    """
     EraseMemberData: _grpc.UnaryUnaryMultiCallable[_audience_service_pb2.EraseMemberDataRequest, _audience_service_pb2.EraseMemberDataResponse]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
     row of the member in this service is moved to `pseudonym` and its personal data cleared.
@@ -164,6 +168,10 @@ class AudienceServiceAsyncStub(AudienceServiceStub):
     ListSnapshotMembers: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotMembersRequest, _audience_service_pb2.ListSnapshotMembersResponse]  # type: ignore[assignment]
     """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
     reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.ListSnapshotsRequest, _audience_service_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """An audience's snapshots, newest first, each with its arms and their sizes (those of a deleted
+    audience too); NOT_FOUND for an audience that never existed.
     """
     EraseMemberData: _aio.UnaryUnaryMultiCallable[_audience_service_pb2.EraseMemberDataRequest, _audience_service_pb2.EraseMemberDataResponse]  # type: ignore[assignment]
     """Erasure of a member's personal data (called by tagging's EraseMember, not by shops): every
@@ -328,6 +336,16 @@ class AudienceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audience_service_pb2.ListSnapshotMembersResponse, _abc.Awaitable[_audience_service_pb2.ListSnapshotMembersResponse]]:
         """Pages through a snapshot's members by member id, each with its arm: what a broadcast journey
         reads to enrol the snapshot. A snapshot never changes, so the pages are stable.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _audience_service_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audience_service_pb2.ListSnapshotsResponse, _abc.Awaitable[_audience_service_pb2.ListSnapshotsResponse]]:
+        """An audience's snapshots, newest first, each with its arms and their sizes (those of a deleted
+        audience too); NOT_FOUND for an audience that never existed.
         """
 
     @_abc_1.abstractmethod
