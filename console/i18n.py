@@ -280,12 +280,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "audiences.no_members": ("人群中没有会员。", "The audience has no members."),
     "audiences.show": ("查看", "Show"),
     "audiences.snapshots": ("快照与分组", "Snapshots and arms"),
-    "audiences.snapshot_help": (
-        "快照由活动创建（CreateSnapshot）；输入快照名称查看其分组人数。",
-        "Campaigns make snapshots (CreateSnapshot); enter a snapshot's name to see its arms.",
+    "audiences.no_snapshots": (
+        "还没有快照（活动通过 CreateSnapshot 冻结人群并分组）。",
+        "No snapshots yet (a campaign freezes the audience into arms with CreateSnapshot).",
     ),
-    "audiences.snapshot": ("快照名称", "Snapshot name"),
-    "audiences.snapshot_foreign": ("该快照属于另一个人群。", "That snapshot is of another audience."),
     "audiences.arm": ("分组", "Arm"),
     "audiences.share": ("占比", "Share"),
     "audiences.total": ("合计", "Total"),

@@ -1,7 +1,7 @@
 """Audiences: the list with each one's kind and size, the rule editor (a GET form whose URL is the
 draft: every change is one submit that re-renders with the draft's count and breakdown, counted by
 the audience service as an unsaved rule), saving a draft as an audience, and one audience's page
-(its rule in words, size, breakdown, and a snapshot's arms looked up by name).
+(its rule in words, size, breakdown, and its snapshots with their arms, newest first).
 
 Saving is a POST carrying a request id minted when the editor was drawn: submitting it twice
 creates one audience (the service answers a repeated request id with the audience it created).
@@ -23,6 +23,7 @@ from console import audience_draft, audience_text, charts, i18n, render, session
 from console.clients import Caller, Outcome, Problem, caller
 
 PAGE_SIZE = 50
+SNAPSHOTS_PAGE = 10
 DEFAULT_BREAKDOWN = "lifecycle"
 svc = audience_service_pb2
 
@@ -176,9 +177,8 @@ async def create(request: web.Request) -> web.Response:
 async def audience(request: web.Request) -> web.Response:
     name = f"audiences/{request.match_info['audience_id']}"
     by = request.query.get("by", DEFAULT_BREAKDOWN)
-    wanted = request.query.get("snapshot", "").strip()
     call = caller(request)
-    got, count, breakdown, dimensions, snapshot = await asyncio.gather(
+    got, count, breakdown, dimensions, snapshots = await asyncio.gather(
         call.attempt("audience", "GetAudience", svc.GetAudienceRequest(name=name)),
         call.attempt("audience", "CountAudience", svc.CountAudienceRequest(name=name)),
         call.attempt(
@@ -187,17 +187,17 @@ async def audience(request: web.Request) -> web.Response:
             svc.BreakdownAudienceRequest(name=name, tag=svc.TagBreakdown(dimension=by)),
         ),
         _dimensions(call),
-        _snapshot(call, wanted),
+        call.attempt(
+            "audience",
+            "ListSnapshots",
+            svc.ListSnapshotsRequest(
+                audience=name, page_size=SNAPSHOTS_PAGE, page_token=request.query.get("snapshots_token", "")
+            ),
+        ),
     )
     if got.problem is not None:
         return render.problem_page(request, got.problem)
     found: audience_pb2.Audience = got.reply
-    # A snapshot of another audience is not this page's to show.
-    if snapshot.value is not None and snapshot.value.audience != name:
-        snapshot = Outcome[Any]()
-        foreign = True
-    else:
-        foreign = False
     return render.page(
         request,
         "audience.html",
@@ -208,18 +208,9 @@ async def audience(request: web.Request) -> web.Response:
         chart=await _chart(request, breakdown),
         dimensions=_active(dimensions),
         by=by,
-        wanted=wanted,
-        snapshot=snapshot,
-        foreign=foreign,
+        snapshots=snapshots,
         created=request.query.get("created") == "1",
     )
-
-
-async def _snapshot(call: Caller, wanted: str) -> Outcome[Any]:
-    if not wanted:
-        return Outcome()
-    name = wanted if wanted.startswith("snapshots/") else f"snapshots/{wanted}"
-    return await call.attempt("audience", "GetSnapshot", svc.GetSnapshotRequest(name=name))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

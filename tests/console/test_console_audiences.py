@@ -167,7 +167,7 @@ async def test_saving_twice_makes_one_audience_and_its_page_shows_it(
         assert re.search(r'class="field-error" role="alert">must be', await bad_id.text())
 
 
-async def test_an_audience_page_shows_a_snapshots_arms(
+async def test_an_audience_page_lists_its_snapshots_with_their_arms(
     service_peers: Peers, audience_stub: AudienceServiceAsyncStub
 ) -> None:
     everyone = audience_pb2.AudienceRule(all=audience_pb2.AudienceRuleList())
@@ -179,31 +179,36 @@ async def test_an_audience_page_shows_a_snapshots_arms(
             ),
             metadata=ACME,
         )
-    snapshot = await audience_stub.CreateSnapshot(
-        audience_service_pb2.CreateSnapshotRequest(
-            audience=f"audiences/{ids[0]}",
-            splits=[
-                audience_pb2.SplitArm(name="a", share_percent=90),
-                audience_pb2.SplitArm(name="holdout", share_percent=10),
-            ],
-            request_id=unique("snap"),
-        ),
-        metadata=ACME,
-    )
+    snapshots = [
+        await audience_stub.CreateSnapshot(
+            audience_service_pb2.CreateSnapshotRequest(
+                audience=f"audiences/{ids[0]}",
+                splits=[
+                    audience_pb2.SplitArm(name="a", share_percent=90 - n),
+                    audience_pb2.SplitArm(name="holdout", share_percent=10 + n),
+                ],
+                request_id=unique("snap"),
+            ),
+            metadata=ACME,
+        )
+        for n in range(2)
+    ]
     async with console_client(service_peers) as client:
         await sign_in(client)
-        text = await (await client.get(f"/audiences/{ids[0]}", params={"snapshot": snapshot.name})).text()
-        arms = text.partition('id="snapshot-arms"')[2]
-        for arm in snapshot.arms:
-            assert re.search(rf"<td>{arm.name}</td><td class=\"num\">{arm.share_percent}%</td>", arms)
-            assert f"{arm.member_count:,}" in arms
-        other = await (await client.get(f"/audiences/{ids[1]}", params={"snapshot": snapshot.name})).text()
-        assert ZH("audiences.snapshot_foreign") in other and 'id="snapshot-arms"' not in other
-        page = f"/audiences/{ids[0]}"
-        missing = await (await client.get(page, params={"snapshot": "snapshots/" + "0" * 32})).text()
-        assert ZH("error.not_found") in missing and 'id="audience-count"' in missing
-        malformed = await (await client.get(page, params={"snapshot": "none"})).text()
-        assert re.search(r"<code>name</code>: must be a resource name", malformed)
+        text = await (await client.get(f"/audiences/{ids[0]}")).text()
+        listed = text.partition('id="snapshots"')[2]
+        # Newest first, each with its arms' shares and sizes.
+        assert listed.index(snapshots[1].name) < listed.index(snapshots[0].name)
+        for snapshot in snapshots:
+            tables = listed.partition(snapshot.name)[2].partition("</table>")[0]
+            for arm in snapshot.arms:
+                assert re.search(
+                    rf'<td>{arm.name}</td><td class="num">{arm.share_percent}%</td>'
+                    rf'<td class="num">{arm.member_count:,}</td>',
+                    tables,
+                ), tables
+        other = await (await client.get(f"/audiences/{ids[1]}")).text()
+        assert ZH("audiences.no_snapshots") in other and 'id="snapshots"' not in other
         unknown = await client.get(f"/audiences/{unique('aud')}")
         assert unknown.status == 404
 

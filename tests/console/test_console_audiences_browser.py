@@ -1,6 +1,7 @@
 """The audience builder in a real browser (the launch of test_console_browser.py): sign in, open
 the audiences, build "lifecycle is new" with the keyboard and see its count, add a city condition
-and see the count change, save it and read it on its own page. Saves docs/screenshots/09-… and 10-…."""
+and see the count change, save it and read it on its own page with a campaign's snapshot and its
+arms. Saves docs/screenshots/09-… and 10-…."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from memberops.audience.v1 import audience_pb2, audience_service_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 from playwright.async_api import Browser, expect
 
@@ -19,6 +21,7 @@ from tests.console.test_console_browser import ZH, browser, chromium, shot  # no
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
+    from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub
 
 
@@ -52,6 +55,7 @@ async def test_an_operator_builds_an_audience_and_saves_it(
     browser: Browser,  # noqa: F811
     service_peers: Peers,
     tagging_stub: TaggingServiceAsyncStub,
+    audience_stub: AudienceServiceAsyncStub,
 ) -> None:
     city = unique("Hangzhou")
     await new_members(tagging_stub, city, 3)
@@ -94,4 +98,23 @@ async def test_an_operator_builds_an_audience_and_saves_it(
         await expect(page.locator("#audience-rule")).to_contain_text("lifecycle any of new")
         await expect(page.locator("#audience-rule")).to_contain_text(f'city = "{city}"')
         await expect(page.locator("#breakdown-chart svg")).to_contain_text("new")
+
+        # A campaign freezes it into arms: the page lists the snapshot with each arm's size.
+        frozen = await audience_stub.CreateSnapshot(
+            audience_service_pb2.CreateSnapshotRequest(
+                audience=f"audiences/{audience_id}",
+                splits=[
+                    audience_pb2.SplitArm(name="a", share_percent=45),
+                    audience_pb2.SplitArm(name="b", share_percent=45),
+                    audience_pb2.SplitArm(name="holdout", share_percent=10),
+                ],
+                request_id=unique("campaign"),
+            ),
+            metadata=ACME,
+        )
+        await page.reload()
+        listed = page.locator("#snapshots table", has_text=frozen.name)
+        rows = [rf"^\s*{a.name}\s*{a.share_percent}%\s*{a.member_count}\s*$" for a in frozen.arms]
+        rows.append(rf"^\s*{ZH('audiences.total')}\s*3\s*$")
+        await expect(listed.locator("tbody tr")).to_have_text([re.compile(row) for row in rows])
         await shot(page, "10-audience")
