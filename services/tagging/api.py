@@ -20,12 +20,12 @@ from memberops.tagging.v1 import (
     tags_pb2,
 )
 
-from runtime import checks
+from runtime import checks, day_ranges
 from runtime.auth import current_tenant
 from runtime.errors import FieldViolation, InvalidArgument, Violations
 from services.tagging import catalog, history_rebuilds
 from services.tagging.catalog import Catalog
-from services.tagging.daily_kpis import DailyKpis, DayKpis, checked_range
+from services.tagging.daily_kpis import DailyKpis, DayKpis
 from services.tagging.domain import (
     BehaviorEvent,
     Contact,
@@ -174,11 +174,7 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
     async def GetDailyKpis(
         self, request: tagging_service_pb2.GetDailyKpisRequest, context: Any
     ) -> tagging_service_pb2.GetDailyKpisResponse:
-        violations = Violations()
-        start = _required_date(request, "start_date", violations)
-        end = _required_date(request, "end_date", violations)
-        asked = checked_range(start, end, request.time_zone, violations)
-        days = await self._kpis.get(current_tenant(), asked)
+        days = await self._kpis.get(current_tenant(), day_ranges.checked(request))
         return tagging_service_pb2.GetDailyKpisResponse(days=[day_kpis_to_proto(d) for d in days])
 
     async def RecordOrder(
@@ -607,13 +603,6 @@ def _date(value: date_pb2.Date, violations: Violations, field: str) -> dt.date |
     except ValueError:
         violations.add(field, "must be a full, valid calendar date (year, month and day)")
         return None
-
-
-def _required_date(message: Any, name: str, violations: Violations) -> dt.date | None:
-    if not message.HasField(name):
-        violations.add(name, "is required")
-        return None
-    return _date(getattr(message, name), violations, name)
 
 
 def member_order_to_proto(member_order: MemberOrder) -> tagging_service_pb2.MemberOrder:
