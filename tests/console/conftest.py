@@ -17,6 +17,15 @@ from console.clients import Peers
 from runtime import app as runtime_app
 from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
 from tests.journeys.conftest import journeys_channel, journeys_stub  # noqa: F401
+from tests.workflows.conftest import (  # noqa: F401 (a journey run on a worker, for the member page)
+    channel_settings,
+    journeys_db,
+    mailbox,
+    provider,
+    resources,
+    time_skipping_env,
+    worker_settings,
+)
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -1,7 +1,8 @@
 """The console in a real browser (Debian's chromium driven by Playwright, nothing downloaded): sign
-in, find a member and see their tags and journeys, open the journeys, activate one through its
-confirmation, read its report's uplift, and switch the language. Each page is saved as a
-screenshot under docs/screenshots/ (the README shows two of them)."""
+in, find a member and see their tags and the journey a worker runs them through with its first
+message, open the journeys, activate one through its confirmation, read its report's uplift, and
+switch the language. Each page is saved as a screenshot under docs/screenshots/ (the README shows
+two of them)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,22 @@ from typing import TYPE_CHECKING
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
+from memberops.journeys.v1 import journeys_service_pb2
+from memberops.tagging.v1 import facts_pb2, tagging_service_pb2
 from playwright.async_api import Browser, Page, async_playwright, expect
+from temporalio.testing import WorkflowEnvironment
 
 from console import i18n
 from console.clients import Peers
+from runtime.config import Settings
+from runtime.db import Database
 from tests.conftest import ACME, REPO_ROOT, TOKEN_ACME, unique
 from tests.console.conftest import console_client
 from tests.journeys.helpers import create, simple
 from tests.waiting import eventually
-from workflows.journeys.definition import EventMatch, Goal
+from tests.workflows.journey_helpers import journey, member_message, running, start
+from workflows.journeys.definition import EventMatch, Goal, Send, Step, Wait
+from workflows.worker import Resources
 
 if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub
@@ -68,15 +75,11 @@ async def shot(page: Page, name: str) -> None:
 
 
 async def seed_member(stub: TaggingServiceAsyncStub) -> tuple[str, str, str]:
-    """A member with one paid order; returns (member id, nickname, order id) once the order's
-    tags show."""
+    """A member reachable by SMS with one paid order; returns (member id, nickname, order id) once
+    the order's tags show."""
     member_id, nickname = unique("m"), unique("Lin")
     await stub.UpsertMember(
-        tagging_service_pb2.UpsertMemberRequest(
-            member=member_pb2.Member(
-                member_id=member_id, profile=member_pb2.Profile(nickname=nickname, city="Hangzhou")
-            )
-        ),
+        tagging_service_pb2.UpsertMemberRequest(member=member_message(member_id, nickname=nickname)),
         metadata=ACME,
     )
     paid = Timestamp()
@@ -102,6 +105,34 @@ async def seed_member(stub: TaggingServiceAsyncStub) -> tuple[str, str, str]:
 
     await eventually(tagged, "the order's real-time tags")
     return member_id, nickname, order.order_id
+
+
+async def enrol(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    resources: Resources,
+    db: Database,
+    journeys: JourneyServiceAsyncStub,
+    member_id: str,
+) -> str:
+    """Runs the member through a live journey on a worker (a welcome SMS, then a week's wait) until
+    the journeys service lists the run and its sent welcome; returns the journey's key. The run
+    stays active at its wait: the test server's clock only skips while someone awaits a result."""
+    definition = journey(
+        Step(id="welcome", send=Send(template="hello")),
+        Step(id="wait-7d", wait=Wait(duration="7d")),
+        name="Welcome",
+    )
+    request = journeys_service_pb2.ListMemberJourneysRequest(member=f"members/{member_id}")
+
+    async def welcomed() -> bool:
+        reply = await journeys.ListMemberJourneys(request, metadata=ACME)
+        return any(m.step_id == "welcome" and m.outcome == "sent" for m in reply.messages)
+
+    async with running(env, settings, resources):
+        await start(env, settings, db, definition, member_id)
+        await eventually(welcomed, "the journey's welcome in the member's messages")
+    return definition.key
 
 
 async def sign_in_and_find(page: Page, base: str, member_id: str, nickname: str) -> None:
@@ -150,8 +181,15 @@ async def test_an_operator_works_through_the_console(
     service_peers: Peers,
     tagging_stub: TaggingServiceAsyncStub,
     journeys_stub: JourneyServiceAsyncStub,
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
 ) -> None:
     member_id, nickname, order_id = await seed_member(tagging_stub)
+    welcome = await enrol(
+        time_skipping_env, worker_settings, resources, journeys_db, journeys_stub, member_id
+    )
     definition = dataclasses.replace(
         simple(unique("console")),
         name="Tea lovers",
@@ -165,15 +203,22 @@ async def test_an_operator_works_through_the_console(
         page = await browser.new_page(viewport={"width": 1200, "height": 800}, locale="zh-CN")
         await sign_in_and_find(page, base, member_id, nickname)
 
-        # Their profile, current tags, their order, and the journeys section (nobody enrolled them).
+        # Their profile, current tags, their order, the journey they are in (at the step of its
+        # newest message) and what it sent them.
         await expect(page.get_by_role("heading", name=nickname)).to_be_visible()
         await expect(page.locator("#tag-list")).to_contain_text("categories_bought=tea")
         await expect(page.locator("#order-list")).to_contain_text(order_id)
         await expect(page.locator("#order-list")).to_contain_text("98.00")
+        run = page.locator("#runs tbody tr")
+        await expect(run).to_have_count(1)
+        for cell, text in enumerate((f"{welcome} v1", "active", "treated", "welcome")):
+            await expect(run.locator("td").nth(cell)).to_have_text(text)
         journeys_section = page.locator(
             "section", has=page.get_by_role("heading", name=ZH("member.journeys"))
         )
-        await expect(journeys_section).to_contain_text(ZH("member.no_journeys"))
+        sent = journeys_section.locator("tr", has_text=f"{welcome} · welcome")
+        await expect(sent.locator("td").nth(2)).to_have_text("sms")
+        await expect(sent.locator("td").nth(3)).to_have_text("sent")
         await shot(page, "03-member")
 
         await activate_and_read(page, base, key)
