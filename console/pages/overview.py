@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import altair as alt
@@ -44,53 +44,33 @@ def _rows(days: Any, series: dict[str, Callable[[Any], float]]) -> list[dict[str
     ]
 
 
-async def show(request: web.Request) -> web.Response:
-    t = i18n.translator(session.language_of(request))
-    today = dt.datetime.now(render.TIME_ZONE).date()
-    start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
-    call = caller(request)
-    started = time.perf_counter()
-    shop, tasks, sends, anomalies, stats, trend = await asyncio.gather(
-        call.attempt(
-            "tagging",
-            "GetDailyKpis",
-            tagging_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
-        ),
-        call.attempt(
-            "tasks",
-            "GetDailyKpis",
-            tasks_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
-        ),
-        call.attempt(
-            "journeys",
-            "GetDailySends",
-            journeys_service_pb2.GetDailySendsRequest(start_date=start, end_date=end, time_zone=ZONE),
-        ),
-        call.attempt("journeys", "ListAnomalies", journeys_service_pb2.ListAnomaliesRequest(page_size=50)),
-        call.attempt(
-            "tagging",
-            "GetTagStats",
-            tagging_service_pb2.GetTagStatsRequest(dimensions=list(SEGMENT_DIMENSIONS)),
-        ),
-        tag_trends.weekly(call, list(SEGMENT_TRENDS), TREND_WEEKS, today),
-    )
-    # (label key, the call it comes from, its chart or None when there is nothing to draw)
-    planned: list[tuple[str, Outcome[Any], alt.TopLevelMixin | None]] = []
+# (label key, the call it comes from, its SVG or "" when there is nothing to draw or the call failed)
+Panel = tuple[str, Outcome[Any], str]
+# (label key, its chart or None when there is nothing to draw), planned from one call's answer
+Planned = list[tuple[str, alt.TopLevelMixin | None]]
+
+
+async def _panels(
+    pending: Awaitable[Outcome[Any]], plan: Callable[[Outcome[Any]], Planned], answered: list[float]
+) -> tuple[Outcome[Any], list[Panel]]:
+    """One call's panels, their charts drawn as soon as it answers: drawing (in the drawing
+    processes) overlaps the calls still running instead of waiting for the slowest of them."""
+    outcome = await pending
+    answered.append(time.perf_counter())
+    planned = plan(outcome)
+    if outcome.problem is not None:
+        return outcome, [(key, outcome, "") for key, _ in planned[:1]]  # one message for its charts
+    svgs = iter(await charts.render_all([chart for _, chart in planned if chart is not None]))
+    return outcome, [(key, outcome, next(svgs) if chart is not None else "") for key, chart in planned]
+
+
+def _shop(t: Callable[..., str], shop: Outcome[Any]) -> Planned:
     days = shop.value.days if shop.value is not None else []
-    planned += [
-        (
-            "overview.orders",
-            shop,
-            charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title=""),
-        ),
-        (
-            "overview.gmv",
-            shop,
-            charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title=""),
-        ),
+    return [
+        ("overview.orders", charts.lines(_rows(days, {t("kpi.orders"): lambda d: d.orders}), title="")),
+        ("overview.gmv", charts.lines(_rows(days, {t("kpi.gmv"): lambda d: d.gmv_minor / 100}), title="")),
         (
             "overview.members",
-            shop,
             charts.lines(
                 _rows(
                     days,
@@ -104,7 +84,6 @@ async def show(request: web.Request) -> web.Response:
         ),
         (
             "overview.repeat",
-            shop,
             charts.lines(
                 _rows(
                     days, {t("kpi.repeat_rate"): lambda d: d.repeat_buyers / d.buyers if d.buyers else 0.0}
@@ -114,60 +93,103 @@ async def show(request: web.Request) -> web.Response:
             ),
         ),
     ]
-    if shop.problem is not None:
-        planned = planned[:1]  # one message for the four charts of the same call
+
+
+def _points(t: Callable[..., str], tasks: Outcome[Any]) -> Planned:
     points = tasks.value.days if tasks.value is not None else []
-    planned.append(
-        (
-            "overview.points",
-            tasks,
-            charts.lines(
-                _rows(
-                    points,
-                    {
-                        t("kpi.points_issued"): lambda d: d.points_issued,
-                        t("kpi.points_redeemed"): lambda d: d.points_redeemed,
-                    },
-                ),
-                title="",
-            ),
-        )
-    )
+    series = {
+        t("kpi.points_issued"): lambda d: d.points_issued,
+        t("kpi.points_redeemed"): lambda d: d.points_redeemed,
+    }
+    return [("overview.points", charts.lines(_rows(points, series), title=""))]
+
+
+def _sends(sends: Outcome[Any]) -> Planned:
     rows = [
         {"day": render.day(s.date), "series": f"{s.channel} · {s.outcome}", "value": s.messages}
         for s in (sends.value.sends if sends.value is not None else [])
     ]
-    planned.append(("overview.sends", sends, charts.stacked_bars(rows, title="") if rows else None))
+    return [("overview.sends", charts.stacked_bars(rows, title="") if rows else None)]
+
+
+def _segments(stats: Outcome[Any]) -> Planned:
     counted = {d.dimension: d for d in stats.value.dimensions} if stats.value is not None else {}
+    planned: Planned = []
     for dimension, key in SEGMENT_DIMENSIONS.items():
         values = (
             [{"label": v.value, "value": v.member_count} for v in counted[dimension].values]
             if dimension in counted
             else []
         )
-        planned.append((key, stats, charts.bars(values, title="") if values else None))
-        if stats.problem is not None:
-            break  # one message for both
+        planned.append((key, charts.bars(values, title="") if values else None))
+    return planned
+
+
+def _trends(trend: Outcome[Any]) -> Planned:
+    planned: Planned = []
     for dimension, key in SEGMENT_TRENDS.items():
         trend_rows = tag_trends.rows(trend.value, dimension) if trend.value is not None else []
-        planned.append((key, trend, tag_trends.chart(trend_rows) if trend_rows else None))
-        if trend.problem is not None:
-            break  # one message for both
-    called = time.perf_counter()
-    drawn = await charts.render_all(
-        [chart for _, outcome, chart in planned if chart is not None and outcome.problem is None]
+        planned.append((key, tag_trends.chart(trend_rows) if trend_rows else None))
+    return planned
+
+
+async def show(request: web.Request) -> web.Response:
+    t = i18n.translator(session.language_of(request))
+    today = dt.datetime.now(render.TIME_ZONE).date()
+    start, end = _date(today - dt.timedelta(days=DAYS - 1)), _date(today)
+    call = caller(request)
+    started = time.perf_counter()
+    answered: list[float] = []
+    shop, points, sends, segments, trends, anomalies = await asyncio.gather(
+        _panels(
+            call.attempt(
+                "tagging",
+                "GetDailyKpis",
+                tagging_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
+            ),
+            lambda outcome: _shop(t, outcome),
+            answered,
+        ),
+        _panels(
+            call.attempt(
+                "tasks",
+                "GetDailyKpis",
+                tasks_service_pb2.GetDailyKpisRequest(start_date=start, end_date=end, time_zone=ZONE),
+            ),
+            lambda outcome: _points(t, outcome),
+            answered,
+        ),
+        _panels(
+            call.attempt(
+                "journeys",
+                "GetDailySends",
+                journeys_service_pb2.GetDailySendsRequest(start_date=start, end_date=end, time_zone=ZONE),
+            ),
+            _sends,
+            answered,
+        ),
+        _panels(
+            call.attempt(
+                "tagging",
+                "GetTagStats",
+                tagging_service_pb2.GetTagStatsRequest(dimensions=list(SEGMENT_DIMENSIONS)),
+            ),
+            _segments,
+            answered,
+        ),
+        _panels(tag_trends.weekly(call, list(SEGMENT_TRENDS), TREND_WEEKS, today), _trends, answered),
+        call.attempt("journeys", "ListAnomalies", journeys_service_pb2.ListAnomaliesRequest(page_size=50)),
     )
+    panels = [panel for _, group in (shop, points, sends, segments, trends) for panel in group]
+    finished = time.perf_counter()
     log.info(
         "console_overview",
-        calls_ms=round((called - started) * 1000, 1),
-        charts=len(drawn),
-        draw_ms=round((time.perf_counter() - called) * 1000, 1),
+        calls_ms=round((max(answered) - started) * 1000, 1),
+        charts=sum(1 for _, _, svg in panels if svg),
+        # the drawing left once the last chart's call answered (the rest overlapped the calls)
+        draw_ms=round((finished - max(answered)) * 1000, 1),
     )
-    svgs = iter(drawn)
-    panels = [
-        (key, outcome, next(svgs) if chart is not None and outcome.problem is None else "")
-        for key, outcome, chart in planned
-    ]
+    stats = segments[0]
     return render.page(
         request,
         "overview.html",
