@@ -4,8 +4,9 @@ The member's enrolments, dispatches, cohort places and message log rows move to 
 funnels, arms, holdouts and conversions add up as before; workflow ids and message-log run ids
 embed the member's id and get the pseudonym there instead. What was still going on for the member stops:
 active enrolments and cohort places end as `stopped`, queued or retried sends as `skipped`. The
-message log keeps no address or body, only the provider's last word (`detail`), which may quote
-the address and is replaced. A cohort batch lists the members it claimed in its JSON `detail`;
+message log keeps no address, but the subject and body rendered for the member (which may name
+them) and the provider's last word (`detail`, which may quote the address): all become `[erased]`
+(text never rendered stays NULL). A cohort batch lists the members it claimed in its JSON `detail`;
 member ids are natural ids (no quotes or backslashes), so the quoted id is replaced in its text.
 """
 
@@ -31,7 +32,9 @@ STATEMENTS = (
         "journeys.messages",
         also=f""", journey_run = {_IN_RUN_ID.format(column="journey_run")},
             status = CASE WHEN status IN ('queued', 'retry') THEN 'skipped' ELSE status END,
-            detail = CASE WHEN detail <> '' THEN '{ERASED_TEXT}' ELSE detail END""",
+            detail = CASE WHEN detail <> '' THEN '{ERASED_TEXT}' ELSE detail END,
+            subject = CASE WHEN subject IS NOT NULL THEN '{ERASED_TEXT}' END,
+            body = CASE WHEN body IS NOT NULL THEN '{ERASED_TEXT}' END""",
     ),
     Statement(
         "cohort_batches",

@@ -5,8 +5,8 @@ report counts it (holdout; else the arm of the last split the member took; else 
 state, and the current step: a cohort member's next step (its position in its version's steps,
 '' once it took them all); for a member run, the step of its newest message (the schema keeps no
 position for those, the workflow holds it). Messages are the message log's rows, newest first and
-paged; the log keeps no rendered text (no personal data beyond the id), so subject and body are
-empty.
+paged, with the subject and body the member was sent (empty for a send skipped before it was
+rendered, and for messages logged before the log kept its text).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ async def answer(
                 step_id=r["step_id"],
                 channel=r["channel"],
                 outcome=r["status"],
+                subject=r["subject"] or "",
+                body=r["body"] or "",
                 send_time=_stamp(r["create_time"]),
             )
             for r in rows[:size]

@@ -55,12 +55,13 @@ async def steps(conn: Connection, versions: list[tuple[str, int]]) -> list[async
 async def messages(
     conn: Connection, member_id: str, after: tuple[dt.datetime, str, str] | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Up to `limit` rows `journey_key, step_id, channel, status, create_time, journey_run` of the
-    member's messages, newest first (then by run and step, descending), after `after` (the
-    previous page's last (create_time, journey_run, step_id))."""
+    """Up to `limit` rows `journey_key, step_id, channel, status, subject, body, create_time,
+    journey_run` of the member's messages (subject and body NULL when never rendered), newest
+    first (then by run and step, descending), after `after` (the previous page's last
+    (create_time, journey_run, step_id))."""
     return list(
         await conn.fetch(
-            """SELECT journey_key, step_id, channel, status, create_time, journey_run
+            """SELECT journey_key, step_id, channel, status, subject, body, create_time, journey_run
                FROM journeys.messages
                WHERE member_id = $1
                  AND ($2::timestamptz IS NULL OR (create_time, journey_run, step_id) < ($2, $3, $4))

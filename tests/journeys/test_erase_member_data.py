@@ -1,7 +1,8 @@
 """EraseMemberData in the journeys service: the member's running journey is terminated, and its
 enrolment, dispatch, message log and cohort rows move to the pseudonym with what was personal in
 them gone; nothing in the schema names the member afterwards, a repeat changes nothing, duplicates
-racing have one effect, and bad requests name their field.
+racing have one effect, and bad requests name their field. The text the member was sent (it names
+them) becomes `[erased]`.
 
 The run is a real member run on the Temporal dev server (the one the journeys service talks to),
 on a worker of the test's own task queue, sending a message and then waiting a day."""
@@ -102,10 +103,13 @@ async def test_the_running_journey_stops_and_its_rows_move_to_the_pseudonym(
 ) -> None:
     definition = journey(*STEPS)
     member_id = member_in(definition, holdout=False)
-    await seed_member(resources.tagging, member_id)
+    nickname = unique("nick")
+    await seed_member(resources.tagging, member_id, nickname=nickname)
+    text = "SELECT subject, body FROM journeys.messages WHERE journey_key = $1"
     async with running(dev_server_env, worker_settings, resources):
         handle = await start(dev_server_env, worker_settings, journeys_db, definition, member_id)
         await eventually(lambda: waiting(handle), "did the member get its message and wait")
+        assert await row(db, text, definition.key) == (f"Hello {nickname}", f"Hi {nickname}, welcome.")
         cohort_id = await a_cohort_place(journeys_db, definition.key, member_id)
         to = pseudonym()
 
@@ -122,6 +126,8 @@ async def test_the_running_journey_stops_and_its_rows_move_to_the_pseudonym(
         "SELECT member_id, status, journey_run FROM journeys.messages WHERE journey_key = $1",
         definition.key,
     ) == (to, "sent", f"journey/{TENANT_ACME}/{definition.key}/member/{to}#1")
+    assert await row(db, text, definition.key) == ("[erased]", "[erased]")
+    assert await rows_naming(db, "journeys", nickname) == {}
     assert await row(
         db, "SELECT member_id, state FROM journeys.cohort_members WHERE cohort_id = $1", cohort_id
     ) == (to, "stopped")

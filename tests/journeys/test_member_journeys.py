@@ -1,5 +1,6 @@
 """ListMemberJourneys: a member's runs (member journeys and broadcast cohorts) with arm, state and
-current step as the worker's schema records them, and their messages newest first, paged.
+current step as the worker's schema records them, and their messages newest first, paged, with
+the subject and body rendered for the member (empty for a send skipped before rendering).
 
 The runs and the message log are seeded in the worker's schema as the worker writes them (the
 store's message-log functions; enrolment and cohort rows as its activities insert them).
@@ -17,14 +18,20 @@ from runtime.db import Database
 from tests.conftest import HOOLI, TENANT_HOOLI, unique
 from tests.grpc_helpers import bad
 from tests.journeys.helpers import simple
-from workflows.journeys import message_log, store
-from workflows.journeys.definition import Send, Step
+from workflows.journeys import message_log, store, templates
+from workflows.journeys.definition import Send, Step, Template
 
 if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub as JourneysStub
 
 T0 = dt.datetime(2025, 6, 1, 2, tzinfo=dt.UTC)
 TENANT = TENANT_HOOLI
+HELLO = Template(subject="Hello {nickname}", body="Hi {nickname}, your code is {member_id}.")
+
+
+def rendered(member_id: str) -> tuple[str, str]:
+    """The text a send of HELLO renders for the member, as the sender logs it with its claim."""
+    return templates.render(HELLO, {"nickname": "Mei", "member_id": member_id})
 
 
 async def seed(db: Database, member_id: str, other: str) -> tuple[str, str]:
@@ -33,6 +40,7 @@ async def seed(db: Database, member_id: str, other: str) -> tuple[str, str]:
     three_steps = dataclasses.replace(
         simple(),
         steps=tuple(Step(id=s, send=Send(template="hello")) for s in ("hello", "nudge", "last")),
+        templates={"hello": HELLO},
     )
     member_journey = (await store.put_definition(db, TENANT, three_steps)).definition.key
     broadcast = (
@@ -65,7 +73,7 @@ async def seed(db: Database, member_id: str, other: str) -> tuple[str, str]:
             if status == "skipped":
                 await message_log.record(conn, key, status, at, journey_key=member_journey)
             else:
-                await message_log.claim(conn, key, member_journey, "sms", at.date(), at)
+                await message_log.claim(conn, key, member_journey, "sms", at.date(), at, rendered(who))
                 await message_log.record(conn, key, status, at)
         cohorts = []
         for snapshot in ("s1", "s2"):
@@ -130,9 +138,9 @@ async def test_runs_and_messages_of_the_member_newest_first(
         (f"journeys/{member_journey}", 1, "b", "converted", "last", ""),
     ]
     assert first.runs[2].enrol_time.ToDatetime(tzinfo=dt.UTC) == T0
-    assert [(m.step_id, m.channel, m.outcome) for m in first.messages] == [
-        ("last", "", "skipped"),
-        ("nudge", "sms", "failed"),
+    assert [(m.step_id, m.channel, m.outcome, m.subject, m.body) for m in first.messages] == [
+        ("last", "", "skipped", "", ""),
+        ("nudge", "sms", "failed", "Hello Mei", f"Hi Mei, your code is {member_id}."),
     ]
     assert {m.journey for m in first.messages} == {f"journeys/{member_journey}"}
     assert first.messages[0].send_time.ToDatetime(tzinfo=dt.UTC) == T0 + dt.timedelta(hours=4)
@@ -143,7 +151,9 @@ async def test_runs_and_messages_of_the_member_newest_first(
         metadata=HOOLI,
     )
     assert list(second.runs) == []
-    assert [(m.step_id, m.outcome) for m in second.messages] == [("hello", "sent")]
+    assert [(m.step_id, m.outcome, m.subject, m.body) for m in second.messages] == [
+        ("hello", "sent", *rendered(member_id))
+    ]
     assert second.next_page_token == ""
 
 

@@ -189,7 +189,8 @@ def step(funnel: CohortFunnel, step_id: str) -> dict[str, Any]:
 async def messages(db: Database, cohort_id: int) -> list[dict[str, Any]]:
     async with db.transaction(TENANT_ACME, readonly=True) as conn:
         rows = await conn.fetch(
-            """SELECT member_id, step_id, channel, status, attempts, update_time FROM journeys.messages
+            """SELECT member_id, step_id, channel, status, attempts, update_time, subject, body
+               FROM journeys.messages
                WHERE tenant_id = $1 AND journey_run = $2 ORDER BY member_id, step_id""",
             TENANT_ACME,
             f"cohort/{cohort_id}",

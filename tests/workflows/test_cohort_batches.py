@@ -1,7 +1,8 @@
 """A cohort's batch activity on its own (Temporal's ActivityEnvironment, the real services, database
 and HTTP provider): an attempt that dies while the provider holds the batch is sent again under the
 same keys and delivers each message once; the daily cap and the channel's per-minute window defer
-members of a batch, never drop them."""
+members of a batch, never drop them. The log keeps the text each member was sent, and a delivery
+after a retry sends that text, whatever changed about the member since."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from runtime.db import Database
 from tests.conftest import TENANT_ACME
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, messages, snapshot_population
-from tests.workflows.journey_helpers import activate, phone_of
+from tests.workflows.journey_helpers import activate, phone_of, seed_member
 from workflows.journeys import store
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
@@ -102,10 +103,18 @@ async def test_an_attempt_that_dies_while_the_provider_holds_the_batch_delivers_
     assert retried.figures == {"step:hello:sent": 2500}
     with provider.lock:
         got = Counter(d.body["to"] for d in provider.deliveries if d.body["to"] in {phone_of(m) for m in ids})
+        sent = {d.body["to"]: (d.body["subject"], d.body["body"]) for d in provider.deliveries}
     assert len(got) == 2500 and set(got.values()) == {1}
     assert provider.repeats - repeats == 2500
     rows = await messages(journeys_db, cohort_id)
     assert Counter((row["status"], row["attempts"]) for row in rows) == {("sent", 2): 2500}
+    # What each member was sent, rendered for them, is in the log.
+    assert all(
+        (row["subject"], row["body"])
+        == sent[phone_of(row["member_id"])]
+        == (f"Hello N{row['member_id'][-5:]}", f"Hi N{row['member_id'][-5:]}, our sale starts today.")
+        for row in rows
+    )
     # The call is answered from its batch row from now on, whatever attempt asks.
     again = await attempt(workflow_id, now, 3).run(
         acts.advance, BatchRequest(TENANT_ACME, cohort_id, 1, 2500)
@@ -169,6 +178,8 @@ async def test_e_mails_the_server_did_not_take_are_sent_again_once_per_member(
         await attempt(workflow_id, now, 1).run(acts.advance, BatchRequest(TENANT_ACME, cohort_id, 1, 1000))
     assert Counter(row["status"] for row in await messages(journeys_db, cohort_id)) == {"retry": 40}
     assert all(mailbox.to(f"{m}@mail.test") == [] for m in ids)
+    # Renamed before the retry: the retry sends what the claim logged.
+    await seed_member(resources.tagging, ids[0], preferred="email", nickname="Renamed")
     retried = await attempt(workflow_id, now, 2).run(
         cohort_activities(resources, worker_settings, working).advance,
         BatchRequest(TENANT_ACME, cohort_id, 1, 1000),
@@ -177,3 +188,7 @@ async def test_e_mails_the_server_did_not_take_are_sent_again_once_per_member(
     assert all(len(mailbox.to(f"{m}@mail.test")) == 1 for m in ids)
     rows = await messages(journeys_db, cohort_id)
     assert Counter((row["status"], row["attempts"]) for row in rows) == {("sent", 2): 40}
+    for row in rows:
+        (mail,) = mailbox.to(f"{row['member_id']}@mail.test")
+        assert (row["subject"], row["body"]) == (mail.subject, mail.body)
+        assert row["subject"] == f"Hello N{row['member_id'][-5:]}"

@@ -1,6 +1,7 @@
 """The send activity on its own (Temporal's ActivityEnvironment, the real services, database, SMTP
 server and HTTP provider): an attempt that dies while the provider holds the message is never sent
-again; a repeated send after success is answered from the message log. Member-local time rules."""
+again; a repeated send after success is answered from the message log, which keeps the text sent (a
+send skipped before rendering keeps none). Member-local time rules."""
 
 from __future__ import annotations
 
@@ -74,6 +75,17 @@ async def message_status(db: Database, member_id: str) -> list[str]:
     return [row["status"] for row in rows]
 
 
+async def message_text(db: Database, member_id: str) -> tuple[str | None, str | None]:
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        row = await conn.fetchrow(
+            "SELECT subject, body FROM journeys.messages WHERE tenant_id = $1 AND member_id = $2",
+            TENANT_ACME,
+            member_id,
+        )
+    assert row is not None
+    return (row["subject"], row["body"])
+
+
 async def test_an_attempt_that_dies_mid_send_is_never_sent_again(
     resources: Resources, worker_settings: Settings, journeys_db: Database, provider: fakes.Provider
 ) -> None:
@@ -97,6 +109,7 @@ async def test_an_attempt_that_dies_mid_send_is_never_sent_again(
     assert retried.status == "unknown" and retried.channel == "sms"
     assert len(provider.to(phone)) == 1
     assert await message_status(journeys_db, member_id) == ["unknown"]
+    assert await message_text(journeys_db, member_id) == ("", "Hi Lin")
 
 
 async def test_a_send_repeated_after_success_is_answered_from_the_log(
@@ -107,10 +120,22 @@ async def test_a_send_repeated_after_success_is_answered_from_the_log(
     acts = journey_activities(resources, worker_settings)
     now = dt.datetime.now(dt.UTC).replace(hour=4)
     first = await attempt(now, 1).run(acts.send, request_for(member_id))
+    await seed_member(resources.tagging, member_id, nickname="Bea")  # renamed: the sent text stays
     again = await attempt(now + dt.timedelta(minutes=5), 2).run(acts.send, request_for(member_id))
     assert first == again == SendOutcome("sent", "sms", "")
     (delivery,) = provider.to(phone_of(member_id))
     assert delivery.body["body"] == "Hi Ana"
+    assert await message_text(journeys_db, member_id) == ("", "Hi Ana")
+
+
+async def test_a_send_skipped_before_rendering_keeps_no_text(
+    resources: Resources, worker_settings: Settings, journeys_db: Database
+) -> None:
+    member_id = unique("unknown")  # tagging does not know them
+    acts = journey_activities(resources, worker_settings)
+    outcome = await attempt(dt.datetime.now(dt.UTC).replace(hour=4), 1).run(acts.send, request_for(member_id))
+    assert outcome.status == "skipped"
+    assert await message_text(journeys_db, member_id) == (None, None)
 
 
 async def test_a_channel_left_unconfigured_is_passed_over(

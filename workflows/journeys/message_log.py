@@ -11,6 +11,11 @@ by two journeys sending at once.
 A broadcast claims many rows at once (the `_many` functions, set-based over arrays): `queued` rows
 are claimed for channels sent one message at a time, `sending` rows for batch endpoints (which are
 idempotent per message id, so such a row found by a retry is sent again under the same id).
+
+A claimed row keeps the subject and body rendered for the member (NULL for a send skipped before
+rendering). They are written by the claim's INSERT only (and by a member run's claim taking a
+`retry` row again, which renders again), never by an outcome: a final row's text never changes, and
+the outcome's UPDATE stays a HOT one (migration 0003).
 """
 
 from __future__ import annotations
@@ -135,16 +140,26 @@ async def take_window_slots(
 
 
 async def claim(
-    conn: Connection, key: Key, journey_key: str, channel: str, day: dt.date, now: dt.datetime
+    conn: Connection,
+    key: Key,
+    journey_key: str,
+    channel: str,
+    day: dt.date,
+    now: dt.datetime,
+    text: tuple[str, str] | None = None,
 ) -> None:
-    """Writes (or, after a certain non-delivery, re-takes) the row in status `sending`."""
+    """Writes (or, after a certain non-delivery, re-takes) the row in status `sending`, with the
+    (subject, body) about to be sent."""
+    subject, body = text if text is not None else (None, None)
     await conn.execute(
         """INSERT INTO journeys.messages AS m (tenant_id, journey_run, member_id, step_id, journey_key,
-                                               channel, status, local_day, create_time, update_time)
-           VALUES ($1, $2, $3, $4, $5, $6, 'sending', $7, $8, $8)
+                                               channel, status, local_day, create_time, update_time,
+                                               subject, body)
+           VALUES ($1, $2, $3, $4, $5, $6, 'sending', $7, $8, $8, $9, $10)
            ON CONFLICT (tenant_id, journey_run, member_id, step_id) DO UPDATE
            SET status = 'sending', channel = excluded.channel, local_day = excluded.local_day,
-               attempts = m.attempts + 1, update_time = excluded.update_time
+               attempts = m.attempts + 1, update_time = excluded.update_time,
+               subject = excluded.subject, body = excluded.body
            WHERE m.status = 'retry'""",
         key.tenant_id,
         key.journey_run,
@@ -154,6 +169,8 @@ async def claim(
         channel,
         day,
         now,
+        subject,
+        body,
     )
 
 
@@ -200,6 +217,8 @@ class Claims:
     statuses: list[str]
     days: list[dt.date]
     details: list[str]
+    # The rendered (subject, body) of each row; None: all rows unrendered (skipped), NULL text.
+    texts: list[tuple[str, str]] | None = None
 
 
 async def claim_many(
@@ -208,23 +227,33 @@ async def claim_many(
     """Writes new rows (queued, sending or skipped); a row that exists already is an error, since
     a member meets a step once. Rows alike but for the member go as one array (a batch's rows
     mostly are: one step, a few channels and local days)."""
-    groups: dict[tuple[str, str, str, dt.date, str], list[str]] = {}
-    for member, step, channel, status, day, detail in zip(
+    texts: Sequence[tuple[str, str] | None] = (
+        claims.texts if claims.texts is not None else [None] * len(claims.member_ids)
+    )
+    # (step, channel, status, day, detail) -> the members' ids, subjects and bodies.
+    groups: dict[tuple[str, str, str, dt.date, str], tuple[list[str], list[str | None], list[str | None]]]
+    groups = {}
+    for member, step, channel, status, day, detail, text in zip(
         claims.member_ids,
         claims.step_ids,
         claims.channels,
         claims.statuses,
         claims.days,
         claims.details,
+        texts,
         strict=True,
     ):
-        groups.setdefault((step, channel, status, day, detail), []).append(member)
-    for (step, channel, status, day, detail), members in groups.items():
+        members, subjects, bodies = groups.setdefault((step, channel, status, day, detail), ([], [], []))
+        members.append(member)
+        subjects.append(None if text is None else text[0])
+        bodies.append(None if text is None else text[1])
+    for (step, channel, status, day, detail), (members, subjects, bodies) in groups.items():
         await conn.execute(
             """INSERT INTO journeys.messages (tenant_id, journey_run, member_id, step_id, journey_key,
-                                              channel, status, detail, local_day, create_time, update_time)
-               SELECT $1, $2, c.member_id, $3, $4, $5, $6, $7, $8, $9, $9
-               FROM unnest($10::text[]) AS c(member_id)""",
+                                              channel, status, detail, local_day, create_time, update_time,
+                                              subject, body)
+               SELECT $1, $2, c.member_id, $3, $4, $5, $6, $7, $8, $9, $9, c.subject, c.body
+               FROM unnest($10::text[], $11::text[], $12::text[]) AS c(member_id, subject, body)""",
             tenant_id,
             journey_run,
             step,
@@ -235,6 +264,8 @@ async def claim_many(
             day,
             now,
             members,
+            subjects,
+            bodies,
         )
 
 
@@ -307,6 +338,26 @@ async def rows_of(
         list(step_ids),
     )
     return {(r["member_id"], r["step_id"]): (r["status"], r["channel"], r["attempts"]) for r in rows}
+
+
+async def texts_of(
+    conn: Connection, tenant_id: str, journey_run: str, member_ids: Sequence[str], step_ids: Sequence[str]
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """(member, step) -> (subject, body) logged for the rows named (rows without text left out)."""
+    rows = await conn.fetch(
+        """SELECT m.member_id, m.step_id, m.subject, m.body
+           FROM unnest($3::text[], $4::text[]) AS k(member_id, step_id)
+           JOIN journeys.messages m
+             ON m.tenant_id = $1 AND m.journey_run = $2 AND m.member_id = k.member_id
+            AND m.step_id = k.step_id
+           WHERE m.member_id = ANY($3::text[])  -- see record_many
+             AND m.subject IS NOT NULL""",
+        tenant_id,
+        journey_run,
+        list(member_ids),
+        list(step_ids),
+    )
+    return {(r["member_id"], r["step_id"]): (r["subject"], r["body"]) for r in rows}
 
 
 async def take(conn: Connection, tenant_id: str, journey_run: str, member_id: str, step_id: str) -> bool:

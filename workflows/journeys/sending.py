@@ -7,7 +7,7 @@ step's choice and the journey's fallback order that the member has not opted out
 for and that is configured; the member's daily cap (their local day, across all journeys) defers to
 their next local midnight; the channel's per-minute window defers to the next minute. Deferred
 sends are never dropped: the workflow sleeps until the time given and asks again. Only then is the
-row claimed and committed, and the provider called.
+message rendered, the row claimed and committed with that text, and the provider called with it.
 
 `now` is the Temporal server's start time of the activity attempt, the clock the workflow's timers
 run on (under the time-skipping test server too), not this machine's.
@@ -77,9 +77,16 @@ def channel_order(choice: str, policy: ChannelPolicy, recipient: Recipient) -> l
     return list(dict.fromkeys(c for c in order if c))
 
 
-def outgoing(template: Template, recipient: Recipient, channel: str, message_id: str) -> Outgoing:
-    """The rendered message for the member on the channel."""
-    subject, body = templates.render(template, recipient.fields)
+def outgoing(
+    template: Template,
+    recipient: Recipient,
+    channel: str,
+    message_id: str,
+    text: tuple[str, str] | None = None,
+) -> Outgoing:
+    """The message for the member on the channel: `text`, the (subject, body) already rendered and
+    logged for it, or the template rendered now."""
+    subject, body = text if text is not None else templates.render(template, recipient.fields)
     return Outgoing(
         message_id=message_id, channel=channel, to=recipient.address(channel), subject=subject, body=body
     )
@@ -127,9 +134,10 @@ class Sender:
                         day=day,
                     )
                 return outcome
-            await message_log.claim(conn, key, request.journey_key, channel, day, now)
+            text = templates.render(request.template, recipient.fields)
+            await message_log.claim(conn, key, request.journey_key, channel, day, now, text)
         # Committed: from here on a crash leaves the row in `sending`, never a second delivery.
-        return await self._deliver(request, recipient, key, channel, now)
+        return await self._deliver(request, recipient, key, channel, now, text)
 
     def route(
         self,
@@ -180,9 +188,16 @@ class Sender:
         return None, channel
 
     async def _deliver(
-        self, request: SendRequest, recipient: Recipient, key: Key, channel: str, now: dt.datetime
+        self,
+        request: SendRequest,
+        recipient: Recipient,
+        key: Key,
+        channel: str,
+        now: dt.datetime,
+        text: tuple[str, str],
     ) -> SendOutcome:
-        message = outgoing(request.template, recipient, channel, f"{request.journey_run}/{request.step_id}")
+        message_id = f"{request.journey_run}/{request.step_id}"
+        message = outgoing(request.template, recipient, channel, message_id, text)
         try:
             provider_id = await self._channels[channel].deliver(message)
         except NotDelivered as error:

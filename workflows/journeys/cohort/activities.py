@@ -360,6 +360,7 @@ class CohortActivities(service_calls.ServiceActivities):
                 at,
                 fresh=True,
                 figures=batch.figures,
+                rendered=plan.rendered,
             )
         activity.heartbeat()
         return batch.figures

@@ -9,7 +9,9 @@ are decided per member, the daily cap and the channels' per-minute windows per c
 are `sending` for batch endpoints (idempotent per message id: a row found again by a retry is sent
 again under the same id, and the provider delivers it once) and `queued` for channels taking one
 message at a time (moved to `sending` just before the provider gets it; found again in `sending`,
-the outcome is unknown and it is never sent again). Any set of a batch's parts is a batch, so a
+the outcome is unknown and it is never sent again). A claimed row keeps the subject and body
+rendered for its member, and every delivery of it sends that text (a retry after the member's data
+changed too). Any set of a batch's parts is a batch, so a
 crash between parts loses nothing: the retry delivers what its parts claimed, and the members of
 parts never written are still due for the next batch.
 """
@@ -28,7 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from runtime import metrics
 from runtime.db import Connection, Database
-from workflows.journeys import local_time, message_log, steps
+from workflows.journeys import local_time, message_log, steps, templates
 from workflows.journeys.channels.base import (
     BatchChannel,
     BatchResult,
@@ -81,6 +83,7 @@ class Candidate:
     channel: str
     day: dt.date
     tz: ZoneInfo
+    recipient: Recipient = field(repr=False)
 
 
 @dataclass
@@ -104,6 +107,8 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     # Position of an add_tag step -> its treated members.
     tags: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # (member, step id) -> the (subject, body) claimed for it, which its delivery sends.
+    rendered: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # The kind of each step, by position (asked for once per member of a batch).
     kinds: list[steps.StepKind] = field(init=False)
 
@@ -154,7 +159,7 @@ class Plan:
                 assert routed.until is not None
                 self.defer(due.member_id, due.position, routed.until, routed.detail)
             return
-        self.candidates.append(Candidate(due.member_id, due.position, routed, day, tz))
+        self.candidates.append(Candidate(due.member_id, due.position, routed, day, tz, recipient))
 
     def tagged(self, step: Step, member_ids: Sequence[str], failed: str) -> None:
         p = self.definition.step_index()[step.id]
@@ -314,6 +319,13 @@ class Delivery:
                 )
         if claims:
             steps = definition.steps
+            texts = []
+            for c in claims:
+                send = steps[c.position].send
+                assert send is not None
+                text = templates.render(definition.templates[send.template], c.recipient.fields)
+                plan.rendered[(c.member_id, steps[c.position].id)] = text
+                texts.append(text)
             await message_log.claim_many(
                 conn,
                 tenant_id,
@@ -326,6 +338,7 @@ class Delivery:
                     ["sending" if self._batched(c.channel) else "queued" for c in claims],
                     [c.day for c in claims],
                     [""] * len(claims),
+                    texts,
                 ),
                 now,
             )
@@ -354,11 +367,14 @@ class Delivery:
         *,
         fresh: bool,
         figures: Mapping[str, int] | None = None,
+        rendered: Mapping[tuple[str, str], tuple[str, str]] | None = None,
     ) -> store.Batch:
         """Hands the part's unsettled claims to their channels and records each outcome; raises a
         retryable error while some were not taken (or not answered), so Temporal sends them again.
-        Returns the part with its figures (`figures`: the part's before, when `fresh`)."""
+        Returns the part with its figures (`figures`: the part's before, when `fresh`; `rendered`:
+        the text its claim logged, when `fresh`, else read from the log)."""
         steps = definition.steps
+        texts: Mapping[tuple[str, str], tuple[str, str]] = rendered or {}
         if fresh:  # claimed by this very call: the rows are as the claim wrote them
             rows = {
                 (c.member_id, steps[c.position].id): (
@@ -371,13 +387,20 @@ class Delivery:
         else:
             async with store.transaction(self._db, tenant_id, readonly=True) as conn:
                 rows = await claimed_rows(conn, tenant_id, cohort, definition, claims)
+                texts = await message_log.texts_of(
+                    conn,
+                    tenant_id,
+                    cohort.journey_run,
+                    [c.member_id for c in claims],
+                    [steps[c.position].id for c in claims],
+                )
         batched: dict[str, list[Claim]] = defaultdict(list)
         single: dict[str, list[Claim]] = defaultdict(list)
         for c in claims:
             row = rows.get((c.member_id, steps[c.position].id))
             if row is not None and row[0] in UNSETTLED:
                 (batched if self._batched(c.channel) else single)[c.channel].append(c)
-        context = _Context(tenant_id, cohort, definition, seq, part, now, rows, recipients, fresh)
+        context = _Context(tenant_id, cohort, definition, seq, part, now, rows, texts, recipients, fresh)
         outcomes: list[_Outcome] = []
         try:
             for channel_name, pending in sorted(batched.items()):
@@ -422,7 +445,8 @@ class Delivery:
                 continue
             assert step.send is not None
             template = context.definition.templates[step.send.template]
-            messages.append((c, outgoing(template, recipient, c.channel, context.message_id(c))))
+            text = context.texts.get((c.member_id, step.id))
+            messages.append((c, outgoing(template, recipient, c.channel, context.message_id(c), text)))
         results: list[BatchResult] = []
         if messages:
             try:
@@ -472,6 +496,7 @@ class Delivery:
             recipient,
             claim.channel,
             context.message_id(claim),
+            context.texts.get((claim.member_id, step.id)),
         )
         try:
             provider_id = await session.deliver(message)
@@ -598,6 +623,8 @@ class _Context:
     now: dt.datetime
     # (member, step) -> (status, channel, attempts) when the delivery began.
     rows: Mapping[tuple[str, str], tuple[str, str, int]]
+    # (member, step) -> the (subject, body) logged for it (rows logged without one: rendered now).
+    texts: Mapping[tuple[str, str], tuple[str, str]]
     recipients: Mapping[str, Recipient]
     # Claimed by this very call: nothing of them was handed over before.
     fresh: bool
