@@ -78,9 +78,9 @@ DEFINITION = JourneyDefinition(
 )
 BASELINE = """
 INSERT INTO journeys.baseline_messages (tenant_id, journey_run, member_id, step_id, journey_key, channel,
-                                        status, local_day, create_time, update_time)
+                                        status, local_day, create_time, update_time, subject, body)
 SELECT s.tenant_id, 'cohort/0', s.member_id, 'hello', 'bench-broadcast', 'app_push', 'sent',
-       current_date, now(), now()
+       current_date, now(), now(), 'Our sale', 'Hi ' || s.member_id || ', 20 off everything this weekend.'
 FROM audience.snapshot_members s WHERE s.tenant_id = $1 AND s.snapshot_id = $2
 """
 
