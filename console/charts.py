@@ -57,12 +57,14 @@ def _drawers() -> concurrent.futures.ProcessPoolExecutor:
                 max_workers=DRAWERS, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
             )
         )
+        # Registered after the pool's own exit hook (multiprocessing's, which joins the processes
+        # without telling them to stop), so it runs before it: exit hooks run last first.
+        atexit.register(_close)
     return _pool[0]
 
 
-@atexit.register
 def _close() -> None:
-    """Stops the drawing processes before the interpreter tears its modules down."""
+    """Stops the drawing processes, so the process can exit."""
     for pool in _pool:
         pool.shutdown(wait=True, cancel_futures=True)
     _pool.clear()
