@@ -326,6 +326,7 @@ class Step(_message.Message):
     AWARD_FIELD_NUMBER: _builtins.int
     ADD_TAG_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    ISSUE_COUPON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """1-63 characters: a lower-case letter or digit, then a-z, 0-9, _ or -; unique in the journey."""
     @_builtins.property
@@ -364,6 +365,10 @@ class Step(_message.Message):
     def exit(self) -> Global___Exit:
         """End the member's journey here."""
 
+    @_builtins.property
+    def issue_coupon(self) -> Global___IssueCoupon:
+        """Give the member a coupon through the tasks service."""
+
     def __init__(
         self,
         *,
@@ -377,12 +382,13 @@ class Step(_message.Message):
         award: Global___Award | None = ...,
         add_tag: Global___AddTag | None = ...,
         exit: Global___Exit | None = ...,
+        issue_coupon: Global___IssueCoupon | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add_tag", b"add_tag", "award", b"award", "branch", b"branch", "exit", b"exit", "kind", b"kind", "send", b"send", "split", b"split", "wait", b"wait", "wait_for_event", b"wait_for_event", "wait_until_hour", b"wait_until_hour"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_tag", b"add_tag", "award", b"award", "branch", b"branch", "exit", b"exit", "issue_coupon", b"issue_coupon", "kind", b"kind", "send", b"send", "split", b"split", "wait", b"wait", "wait_for_event", b"wait_for_event", "wait_until_hour", b"wait_until_hour"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tag", b"add_tag", "award", b"award", "branch", b"branch", "exit", b"exit", "id", b"id", "kind", b"kind", "send", b"send", "split", b"split", "wait", b"wait", "wait_for_event", b"wait_for_event", "wait_until_hour", b"wait_until_hour"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tag", b"add_tag", "award", b"award", "branch", b"branch", "exit", b"exit", "id", b"id", "issue_coupon", b"issue_coupon", "kind", b"kind", "send", b"send", "split", b"split", "wait", b"wait", "wait_for_event", b"wait_for_event", "wait_until_hour", b"wait_until_hour"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["wait", "wait_until_hour", "wait_for_event", "branch", "split", "send", "award", "add_tag", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["wait", "wait_until_hour", "wait_for_event", "branch", "split", "send", "award", "add_tag", "exit", "issue_coupon"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -675,6 +681,37 @@ class Award(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Award: _TypeAlias = Award  # noqa: Y015
+
+@_typing.final
+class IssueCoupon(_message.Message):
+    """A coupon from a tasks-service coupon template, issued once per enrolment and step (member
+    journeys only; holdout members get none). Later sends of the enrolment may use its fields:
+    `{coupon_code}`, `{coupon_threshold}` (the member's own threshold, in major units as the
+    message shows it), `{coupon_discount}` (e.g. `20`, `15%`, `free shipping`) and
+    `{coupon_valid_until}` (the member-local date). The coupon's source is the journey
+    (`journeys/{key}`) and the member's report arm, so the report counts coupons issued and used
+    per arm.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """The template id (the tasks service's `couponTemplates/{template_id}`); it must exist when the
+    journey is activated.
+    """
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCoupon: _TypeAlias = IssueCoupon  # noqa: Y015
 
 @_typing.final
 class AddTag(_message.Message):

@@ -180,6 +180,8 @@ class ArmFigures(_message.Message):
     CI_HIGH_FIELD_NUMBER: _builtins.int
     GMV_MINOR_FIELD_NUMBER: _builtins.int
     GMV_PER_MEMBER_MINOR_FIELD_NUMBER: _builtins.int
+    COUPONS_ISSUED_FIELD_NUMBER: _builtins.int
+    COUPONS_USED_FIELD_NUMBER: _builtins.int
     arm: _builtins.str
     """`treated`, `holdout`, or a split arm `{step id}:{arm name}`."""
     members: _builtins.int
@@ -198,6 +200,11 @@ class ArmFigures(_message.Message):
     """The converting orders' amounts, in minor units of the tenant's currency."""
     gmv_per_member_minor: _builtins.int
     """gmv_minor / members, rounded to the nearest minor unit (0 without members)."""
+    coupons_issued: _builtins.int
+    """Coupons the journey's issue_coupon steps gave members of this arm, and of those the ones used
+    on an order (from the tasks service's GetCouponStats).
+    """
+    coupons_used: _builtins.int
     def __init__(
         self,
         *,
@@ -210,10 +217,12 @@ class ArmFigures(_message.Message):
         ci_high: _builtins.float = ...,
         gmv_minor: _builtins.int = ...,
         gmv_per_member_minor: _builtins.int = ...,
+        coupons_issued: _builtins.int = ...,
+        coupons_used: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "arm", b"arm", "ci_high", b"ci_high", "ci_low", b"ci_low", "conversions", b"conversions", "gmv_minor", b"gmv_minor", "gmv_per_member_minor", b"gmv_per_member_minor", "members", b"members", "rate", b"rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "arm", b"arm", "ci_high", b"ci_high", "ci_low", b"ci_low", "conversions", b"conversions", "coupons_issued", b"coupons_issued", "coupons_used", b"coupons_used", "gmv_minor", b"gmv_minor", "gmv_per_member_minor", b"gmv_per_member_minor", "members", b"members", "rate", b"rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n memberops/tagging/v1/facts.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n\x05Order\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12-\n\tpaid_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\r\n\x05store\x18\x06 \x01(\t\x12\x16\n\x0epayment_method\x18\x07 \x01(\t\x12.\n\x05lines\x18\x08 \x03(\x0b\x32\x1f.memberops.tagging.v1.OrderLine\x12\x1d\n\x15refunded_amount_minor\x18\t \x01(\x03\x12/\n\x0brecord_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\tOrderLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05\x62rand\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x06 \x01(\x03\"\xc6\x01\n\x06Refund\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12/\n\x0brefund_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12/\n\x05lines\x18\x06 \x03(\x0b\x32 .memberops.tagging.v1.RefundLine\x12\x11\n\tmember_id\x18\x07 \x01(\t\"/\n\nRefundLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\xe1\x01\n\rBehaviorEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.memberops.tagging.v1.EventKind\x12.\n\noccur_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x0f\n\x07\x63hannel\x18\t \x01(\t*\xc6\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_VIEW\x10\x01\x12\x13\n\x0f\x45VENT_KIND_CART\x10\x02\x12\x18\n\x14\x45VENT_KIND_FAVOURITE\x10\x03\x12\x15\n\x11\x45VENT_KIND_SEARCH\x10\x04\x12\x14\n\x10\x45VENT_KIND_CLICK\x10\x05\x12\x14\n\x10\x45VENT_KIND_SHARE\x10\x06\x12\x16\n\x12\x45VENT_KIND_SIGN_IN\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n memberops/tagging/v1/facts.proto\x12\x14memberops.tagging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x02\n\x05Order\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12-\n\tpaid_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\r\n\x05store\x18\x06 \x01(\t\x12\x16\n\x0epayment_method\x18\x07 \x01(\t\x12.\n\x05lines\x18\x08 \x03(\x0b\x32\x1f.memberops.tagging.v1.OrderLine\x12\x1d\n\x15refunded_amount_minor\x18\t \x01(\x03\x12/\n\x0brecord_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63oupon_codes\x18\x0b \x03(\t\"v\n\tOrderLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05\x62rand\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x06 \x01(\x03\"\xc6\x01\n\x06Refund\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\trefund_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12/\n\x0brefund_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12/\n\x05lines\x18\x06 \x03(\x0b\x32 .memberops.tagging.v1.RefundLine\x12\x11\n\tmember_id\x18\x07 \x01(\t\"/\n\nRefundLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"\xe1\x01\n\rBehaviorEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.memberops.tagging.v1.EventKind\x12.\n\noccur_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x0f\n\x07\x63hannel\x18\t \x01(\t*\xc6\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_VIEW\x10\x01\x12\x13\n\x0f\x45VENT_KIND_CART\x10\x02\x12\x18\n\x14\x45VENT_KIND_FAVOURITE\x10\x03\x12\x15\n\x11\x45VENT_KIND_SEARCH\x10\x04\x12\x14\n\x10\x45VENT_KIND_CLICK\x10\x05\x12\x14\n\x10\x45VENT_KIND_SHARE\x10\x06\x12\x16\n\x12\x45VENT_KIND_SIGN_IN\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.facts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=987
-  _globals['_EVENTKIND']._serialized_end=1185
+  _globals['_EVENTKIND']._serialized_start=1009
+  _globals['_EVENTKIND']._serialized_end=1207
   _globals['_ORDER']._serialized_start=92
-  _globals['_ORDER']._serialized_end=386
-  _globals['_ORDERLINE']._serialized_start=388
-  _globals['_ORDERLINE']._serialized_end=506
-  _globals['_REFUND']._serialized_start=509
-  _globals['_REFUND']._serialized_end=707
-  _globals['_REFUNDLINE']._serialized_start=709
-  _globals['_REFUNDLINE']._serialized_end=756
-  _globals['_BEHAVIOREVENT']._serialized_start=759
-  _globals['_BEHAVIOREVENT']._serialized_end=984
+  _globals['_ORDER']._serialized_end=408
+  _globals['_ORDERLINE']._serialized_start=410
+  _globals['_ORDERLINE']._serialized_end=528
+  _globals['_REFUND']._serialized_start=531
+  _globals['_REFUND']._serialized_end=729
+  _globals['_REFUNDLINE']._serialized_start=731
+  _globals['_REFUNDLINE']._serialized_end=778
+  _globals['_BEHAVIOREVENT']._serialized_start=781
+  _globals['_BEHAVIOREVENT']._serialized_end=1006
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,7 @@ class Order(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     REFUNDED_AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
     RECORD_TIME_FIELD_NUMBER: _builtins.int
+    COUPON_CODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name `orders/{order_id}`. Output only."""
     order_id: _builtins.str
@@ -89,6 +90,13 @@ class Order(_message.Message):
     def record_time(self) -> _timestamp_pb2.Timestamp:
         """When the order was recorded. Output only."""
 
+    @_builtins.property
+    def coupon_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Coupon codes the member used on the order (at most 10, distinct, 1-64 characters each from
+        [A-Za-z0-9_-]). Kept as the shop reported them; the tasks service marks MemberOps' own coupons
+        used and records a violation for a code its rules refuse (the order stands either way).
+        """
+
     def __init__(
         self,
         *,
@@ -102,10 +110,11 @@ class Order(_message.Message):
         lines: _abc.Iterable[Global___OrderLine] | None = ...,
         refunded_amount_minor: _builtins.int = ...,
         record_time: _timestamp_pb2.Timestamp | None = ...,
+        coupon_codes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["paid_time", b"paid_time", "record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "lines", b"lines", "member_id", b"member_id", "name", b"name", "order_id", b"order_id", "paid_time", b"paid_time", "payment_method", b"payment_method", "record_time", b"record_time", "refunded_amount_minor", b"refunded_amount_minor", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "coupon_codes", b"coupon_codes", "lines", b"lines", "member_id", b"member_id", "name", b"name", "order_id", b"order_id", "paid_time", b"paid_time", "payment_method", b"payment_method", "record_time", b"record_time", "refunded_amount_minor", b"refunded_amount_minor", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

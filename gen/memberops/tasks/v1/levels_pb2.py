@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tasks/v1/levels.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x0bLevelPolicy\x12,\n\x05tiers\x18\x01 \x03(\x0b\x32\x1d.memberops.tasks.v1.LevelTier\x12\x13\n\x0bwindow_days\x18\x02 \x01(\x05\x12 \n\x18\x65valuation_period_months\x18\x03 \x01(\x05\x12\x12\n\ngrace_days\x18\x04 \x01(\x05\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\tLevelTier\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nmin_growth\x18\x03 \x01(\x03\"\xe5\x01\n\x0bMemberLevel\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06growth\x18\x03 \x01(\x03\x12.\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnext_level\x18\x05 \x01(\t\x12\x16\n\x0egrowth_to_next\x18\x06 \x01(\x03\x12\x17\n\x0fqualified_level\x18\x07 \x01(\t\x12/\n\x0breview_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x0eTasksFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x02 \x01(\x0e\x32&.memberops.tasks.v1.TasksFeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x37\n\x0clevel_change\x18\x04 \x01(\x0b\x32\x1f.memberops.tasks.v1.LevelChangeH\x00\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06\x63hange\"T\n\x0bLevelChange\x12\x12\n\nfrom_level\x18\x01 \x01(\t\x12\x10\n\x08to_level\x18\x02 \x01(\t\x12\x0f\n\x07upgrade\x18\x03 \x01(\x08\x12\x0e\n\x06growth\x18\x04 \x01(\x03*d\n\x12TasksFeedEntryKind\x12%\n!TASKS_FEED_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\'\n#TASKS_FEED_ENTRY_KIND_LEVEL_CHANGED\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tasks/v1/levels.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x0bLevelPolicy\x12,\n\x05tiers\x18\x01 \x03(\x0b\x32\x1d.memberops.tasks.v1.LevelTier\x12\x13\n\x0bwindow_days\x18\x02 \x01(\x05\x12 \n\x18\x65valuation_period_months\x18\x03 \x01(\x05\x12\x12\n\ngrace_days\x18\x04 \x01(\x05\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\tLevelTier\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nmin_growth\x18\x03 \x01(\x03\x12\x33\n\x08\x62\x65nefits\x18\x04 \x01(\x0b\x32!.memberops.tasks.v1.LevelBenefits\"u\n\rLevelBenefits\x12!\n\x19points_multiplier_percent\x18\x01 \x01(\x05\x12\x1f\n\x17monthly_coupon_template\x18\x02 \x01(\t\x12 \n\x18\x62irthday_coupon_template\x18\x03 \x01(\t\"\xe5\x01\n\x0bMemberLevel\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06growth\x18\x03 \x01(\x03\x12.\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnext_level\x18\x05 \x01(\t\x12\x16\n\x0egrowth_to_next\x18\x06 \x01(\x03\x12\x17\n\x0fqualified_level\x18\x07 \x01(\t\x12/\n\x0breview_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x0eTasksFeedEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x02 \x01(\x0e\x32&.memberops.tasks.v1.TasksFeedEntryKind\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x37\n\x0clevel_change\x18\x04 \x01(\x0b\x32\x1f.memberops.tasks.v1.LevelChangeH\x00\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06\x63hange\"T\n\x0bLevelChange\x12\x12\n\nfrom_level\x18\x01 \x01(\t\x12\x10\n\x08to_level\x18\x02 \x01(\t\x12\x0f\n\x07upgrade\x18\x03 \x01(\x08\x12\x0e\n\x06growth\x18\x04 \x01(\x03*d\n\x12TasksFeedEntryKind\x12%\n!TASKS_FEED_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\'\n#TASKS_FEED_ENTRY_KIND_LEVEL_CHANGED\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.levels_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSFEEDENTRYKIND']._serialized_start=921
-  _globals['_TASKSFEEDENTRYKIND']._serialized_end=1021
+  _globals['_TASKSFEEDENTRYKIND']._serialized_start=1093
+  _globals['_TASKSFEEDENTRYKIND']._serialized_end=1193
   _globals['_LEVELPOLICY']._serialized_start=89
   _globals['_LEVELPOLICY']._serialized_end=308
   _globals['_LEVELTIER']._serialized_start=310
-  _globals['_LEVELTIER']._serialized_end=377
-  _globals['_MEMBERLEVEL']._serialized_start=380
-  _globals['_MEMBERLEVEL']._serialized_end=609
-  _globals['_TASKSFEEDENTRY']._serialized_start=612
-  _globals['_TASKSFEEDENTRY']._serialized_end=833
-  _globals['_LEVELCHANGE']._serialized_start=835
-  _globals['_LEVELCHANGE']._serialized_end=919
+  _globals['_LEVELTIER']._serialized_end=430
+  _globals['_LEVELBENEFITS']._serialized_start=432
+  _globals['_LEVELBENEFITS']._serialized_end=549
+  _globals['_MEMBERLEVEL']._serialized_start=552
+  _globals['_MEMBERLEVEL']._serialized_end=781
+  _globals['_TASKSFEEDENTRY']._serialized_start=784
+  _globals['_TASKSFEEDENTRY']._serialized_end=1005
+  _globals['_LEVELCHANGE']._serialized_start=1007
+  _globals['_LEVELCHANGE']._serialized_end=1091
 # @@protoc_insertion_point(module_scope)

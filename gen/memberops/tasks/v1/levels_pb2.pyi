@@ -99,26 +99,66 @@ class LevelTier(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     MIN_GROWTH_FIELD_NUMBER: _builtins.int
+    BENEFITS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """1-32 characters: a lower-case letter, then a-z, 0-9, _ or -."""
     display_name: _builtins.str
     """At most 64 characters."""
     min_growth: _builtins.int
     """Growth needed, 0 to 10^12."""
+    @_builtins.property
+    def benefits(self) -> Global___LevelBenefits:
+        """What the level gives its members (none by default)."""
+
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         display_name: _builtins.str = ...,
         min_growth: _builtins.int = ...,
+        benefits: Global___LevelBenefits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["benefits", b"benefits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "display_name", b"display_name", "min_growth", b"min_growth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefits", b"benefits", "code", b"code", "display_name", b"display_name", "min_growth", b"min_growth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LevelTier: _TypeAlias = LevelTier  # noqa: Y015
+
+@_typing.final
+class LevelBenefits(_message.Message):
+    """A level's benefits, as data the tasks service applies itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_MULTIPLIER_PERCENT_FIELD_NUMBER: _builtins.int
+    MONTHLY_COUPON_TEMPLATE_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_COUPON_TEMPLATE_FIELD_NUMBER: _builtins.int
+    points_multiplier_percent: _builtins.int
+    """Order points (OrderEarningRule) are multiplied by this percentage: 100-1000; 0 means 100."""
+    monthly_coupon_template: _builtins.str
+    """Optional `couponTemplates/{template_id}`: one coupon each calendar month (the policy's zone)
+    to every member holding the level, e.g. free shipping. Granted by GrantLevelBenefits.
+    """
+    birthday_coupon_template: _builtins.str
+    """Optional `couponTemplates/{template_id}`: one coupon in the member's birthday month (their
+    birthday from tagging), once a year. Granted by GrantLevelBenefits.
+    """
+    def __init__(
+        self,
+        *,
+        points_multiplier_percent: _builtins.int = ...,
+        monthly_coupon_template: _builtins.str = ...,
+        birthday_coupon_template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_coupon_template", b"birthday_coupon_template", "monthly_coupon_template", b"monthly_coupon_template", "points_multiplier_percent", b"points_multiplier_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LevelBenefits: _TypeAlias = LevelBenefits  # noqa: Y015
 
 @_typing.final
 class MemberLevel(_message.Message):

@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tasks/v1/points.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x03\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x03\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\tshortfall\x18\t \x01(\x03\x12\x32\n\x0e\x61vailable_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x07\x42\x61lance\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0f\n\x07pending\x18\x03 \x01(\x03\x12\x10\n\x08\x65xpiring\x18\x04 \x01(\x03\x12\x34\n\x10next_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb7\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bREASON_TASK\x10\x01\x12\x10\n\x0cREASON_ORDER\x10\x02\x12\x13\n\x0fREASON_OPERATOR\x10\x03\x12\x15\n\x11REASON_REDEMPTION\x10\x04\x12\x11\n\rREASON_EXPIRY\x10\x05\x12\x19\n\x15REASON_ORDER_REVERSAL\x10\x06\x12\x18\n\x14REASON_TASK_REVERSAL\x10\x07*\xa5\x01\n\x0c\x45xpiryPolicy\x12\x1d\n\x19\x45XPIRY_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPIRY_POLICY_NEVER\x10\x01\x12\x1e\n\x1a\x45XPIRY_POLICY_ROLLING_DAYS\x10\x02\x12\x1e\n\x1a\x45XPIRY_POLICY_END_OF_MONTH\x10\x03\x12\x1d\n\x19\x45XPIRY_POLICY_END_OF_YEAR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tasks/v1/points.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x03\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x03\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.memberops.tasks.v1.Reason\x12\x11\n\treference\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x11\n\tshortfall\x18\t \x01(\x03\x12\x32\n\x0e\x61vailable_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x07\x42\x61lance\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0f\n\x07pending\x18\x03 \x01(\x03\x12\x10\n\x08\x65xpiring\x18\x04 \x01(\x03\x12\x34\n\x10next_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xee\x01\n\x10OrderEarningRule\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1d\n\x15minor_units_per_point\x18\x02 \x01(\x03\x12\x37\n\rexpiry_policy\x18\x03 \x01(\x0e\x32 .memberops.tasks.v1.ExpiryPolicy\x12\x13\n\x0b\x65xpiry_days\x18\x04 \x01(\x05\x12\x1a\n\x12return_window_days\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb7\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bREASON_TASK\x10\x01\x12\x10\n\x0cREASON_ORDER\x10\x02\x12\x13\n\x0fREASON_OPERATOR\x10\x03\x12\x15\n\x11REASON_REDEMPTION\x10\x04\x12\x11\n\rREASON_EXPIRY\x10\x05\x12\x19\n\x15REASON_ORDER_REVERSAL\x10\x06\x12\x18\n\x14REASON_TASK_REVERSAL\x10\x07*\xa5\x01\n\x0c\x45xpiryPolicy\x12\x1d\n\x19\x45XPIRY_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPIRY_POLICY_NEVER\x10\x01\x12\x1e\n\x1a\x45XPIRY_POLICY_ROLLING_DAYS\x10\x02\x12\x1e\n\x1a\x45XPIRY_POLICY_END_OF_MONTH\x10\x03\x12\x1d\n\x19\x45XPIRY_POLICY_END_OF_YEAR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.points_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASON']._serialized_start=580
-  _globals['_REASON']._serialized_end=763
-  _globals['_EXPIRYPOLICY']._serialized_start=766
-  _globals['_EXPIRYPOLICY']._serialized_end=931
+  _globals['_REASON']._serialized_start=821
+  _globals['_REASON']._serialized_end=1004
+  _globals['_EXPIRYPOLICY']._serialized_start=1007
+  _globals['_EXPIRYPOLICY']._serialized_end=1172
   _globals['_LEDGERENTRY']._serialized_start=89
   _globals['_LEDGERENTRY']._serialized_end=438
   _globals['_BALANCE']._serialized_start=441
   _globals['_BALANCE']._serialized_end=577
+  _globals['_ORDEREARNINGRULE']._serialized_start=580
+  _globals['_ORDEREARNINGRULE']._serialized_end=818
 # @@protoc_insertion_point(module_scope)

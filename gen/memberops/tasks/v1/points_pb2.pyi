@@ -197,3 +197,53 @@ class Balance(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Balance: _TypeAlias = Balance  # noqa: Y015
+
+@_typing.final
+class OrderEarningRule(_message.Message):
+    """Points for orders, applied by the tasks service from tagging's feed, so the backend sends only
+    the order: every live order (not an imported one) of a member earns
+    floor(amount_minor / minor_units_per_point) points times the member's level multiplier
+    (`LevelBenefits.points_multiplier_percent`, rounded down), as a REASON_ORDER earning whose
+    reference is the order id; refunds take their share back as for any order earning. Off until
+    enabled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MINOR_UNITS_PER_POINT_FIELD_NUMBER: _builtins.int
+    EXPIRY_POLICY_FIELD_NUMBER: _builtins.int
+    EXPIRY_DAYS_FIELD_NUMBER: _builtins.int
+    RETURN_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    minor_units_per_point: _builtins.int
+    """Minor units per point, 1 to 1,000,000 (100: one point per yuan)."""
+    expiry_policy: Global___ExpiryPolicy.ValueType
+    expiry_days: _builtins.int
+    """For EXPIRY_POLICY_ROLLING_DAYS: 1-3650."""
+    return_window_days: _builtins.int
+    """Days the points stay pending (0-365)."""
+    version: _builtins.int
+    """Output only."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        minor_units_per_point: _builtins.int = ...,
+        expiry_policy: Global___ExpiryPolicy.ValueType = ...,
+        expiry_days: _builtins.int = ...,
+        return_window_days: _builtins.int = ...,
+        version: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "expiry_days", b"expiry_days", "expiry_policy", b"expiry_policy", "minor_units_per_point", b"minor_units_per_point", "return_window_days", b"return_window_days", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderEarningRule: _TypeAlias = OrderEarningRule  # noqa: Y015

@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n memberops/tasks/v1/rewards.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.memberops.tasks.v1.RewardKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05price\x18\x04 \x01(\x03\x12\x15\n\rinitial_stock\x18\x05 \x01(\x03\x12\r\n\x05stock\x18\x06 \x01(\x03\x12\x11\n\tunlimited\x18\x07 \x01(\x08\x12\x13\n\x0bwin_odds_bp\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x01\n\nRedemption\x12\x15\n\rredemption_id\x18\x01 \x01(\x03\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x11\n\treward_id\x18\x03 \x01(\t\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x36\n\x07outcome\x18\x05 \x01(\x0e\x32%.memberops.tasks.v1.RedemptionOutcome\x12\x10\n\x08\x65ntry_id\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x92\x01\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_KIND_COUPON\x10\x01\x12\x1c\n\x18REWARD_KIND_VIRTUAL_ITEM\x10\x02\x12\x18\n\x14REWARD_KIND_PHYSICAL\x10\x03\x12\x17\n\x13REWARD_KIND_LOTTERY\x10\x04*v\n\x11RedemptionOutcome\x12\"\n\x1eREDEMPTION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREDEMPTION_OUTCOME_FULFILLED\x10\x01\x12\x1b\n\x17REDEMPTION_OUTCOME_LOST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n memberops/tasks/v1/rewards.proto\x12\x12memberops.tasks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x03\n\x06Reward\x12\x11\n\treward_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.memberops.tasks.v1.RewardKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05price\x18\x04 \x01(\x03\x12\x15\n\rinitial_stock\x18\x05 \x01(\x03\x12\r\n\x05stock\x18\x06 \x01(\x03\x12\x11\n\tunlimited\x18\x07 \x01(\x08\x12\x13\n\x0bwin_odds_bp\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x17\n\x0f\x63oupon_template\x18\x0b \x01(\t\x12\x18\n\x10per_member_limit\x18\x0c \x01(\x05\x12.\n\x05state\x18\r \x01(\x0e\x32\x1f.memberops.tasks.v1.RewardState\x12\x0f\n\x07version\x18\x0e \x01(\x05\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x01\n\nRedemption\x12\x15\n\rredemption_id\x18\x01 \x01(\x03\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x11\n\treward_id\x18\x03 \x01(\t\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12\x36\n\x07outcome\x18\x05 \x01(\x0e\x32%.memberops.tasks.v1.RedemptionOutcome\x12\x10\n\x08\x65ntry_id\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63oupon_code\x18\t \x01(\t*\x92\x01\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_KIND_COUPON\x10\x01\x12\x1c\n\x18REWARD_KIND_VIRTUAL_ITEM\x10\x02\x12\x18\n\x14REWARD_KIND_PHYSICAL\x10\x03\x12\x17\n\x13REWARD_KIND_LOTTERY\x10\x04*^\n\x0bRewardState\x12\x1c\n\x18REWARD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13REWARD_STATE_ACTIVE\x10\x01\x12\x18\n\x14REWARD_STATE_RETIRED\x10\x02*v\n\x11RedemptionOutcome\x12\"\n\x1eREDEMPTION_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREDEMPTION_OUTCOME_FULFILLED\x10\x01\x12\x1b\n\x17REDEMPTION_OUTCOME_LOST\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tasks.v1.rewards_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REWARDKIND']._serialized_start=565
-  _globals['_REWARDKIND']._serialized_end=711
-  _globals['_REDEMPTIONOUTCOME']._serialized_start=713
-  _globals['_REDEMPTIONOUTCOME']._serialized_end=831
+  _globals['_REWARDKIND']._serialized_start=772
+  _globals['_REWARDKIND']._serialized_end=918
+  _globals['_REWARDSTATE']._serialized_start=920
+  _globals['_REWARDSTATE']._serialized_end=1014
+  _globals['_REDEMPTIONOUTCOME']._serialized_start=1016
+  _globals['_REDEMPTIONOUTCOME']._serialized_end=1134
   _globals['_REWARD']._serialized_start=90
-  _globals['_REWARD']._serialized_end=327
-  _globals['_REDEMPTION']._serialized_start=330
-  _globals['_REDEMPTION']._serialized_end=562
+  _globals['_REWARD']._serialized_end=513
+  _globals['_REDEMPTION']._serialized_start=516
+  _globals['_REDEMPTION']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

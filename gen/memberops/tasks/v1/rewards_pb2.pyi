@@ -26,7 +26,9 @@ class _RewardKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RewardKind
     DESCRIPTOR: _descriptor.EnumDescriptor
     REWARD_KIND_UNSPECIFIED: _RewardKind.ValueType  # 0
     REWARD_KIND_COUPON: _RewardKind.ValueType  # 1
-    """A coupon code or voucher; unlimited unless a stock is given."""
+    """A coupon: with `coupon_template` set, each redemption issues one of the template's coupons
+    (its code in `Redemption.coupon_code`); unlimited unless a stock is given.
+    """
     REWARD_KIND_VIRTUAL_ITEM: _RewardKind.ValueType  # 2
     """A virtual item (badge, avatar frame); unlimited unless a stock is given."""
     REWARD_KIND_PHYSICAL: _RewardKind.ValueType  # 3
@@ -38,7 +40,9 @@ class RewardKind(_RewardKind, metaclass=_RewardKindEnumTypeWrapper): ...
 
 REWARD_KIND_UNSPECIFIED: RewardKind.ValueType  # 0
 REWARD_KIND_COUPON: RewardKind.ValueType  # 1
-"""A coupon code or voucher; unlimited unless a stock is given."""
+"""A coupon: with `coupon_template` set, each redemption issues one of the template's coupons
+(its code in `Redemption.coupon_code`); unlimited unless a stock is given.
+"""
 REWARD_KIND_VIRTUAL_ITEM: RewardKind.ValueType  # 2
 """A virtual item (badge, avatar frame); unlimited unless a stock is given."""
 REWARD_KIND_PHYSICAL: RewardKind.ValueType  # 3
@@ -46,6 +50,29 @@ REWARD_KIND_PHYSICAL: RewardKind.ValueType  # 3
 REWARD_KIND_LOTTERY: RewardKind.ValueType  # 4
 """A paid draw: the price buys one draw, won with `win_odds_bp` / 10000; needs a stock of prizes."""
 Global___RewardKind: _TypeAlias = RewardKind  # noqa: Y015
+
+class _RewardState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RewardStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RewardState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REWARD_STATE_UNSPECIFIED: _RewardState.ValueType  # 0
+    REWARD_STATE_ACTIVE: _RewardState.ValueType  # 1
+    REWARD_STATE_RETIRED: _RewardState.ValueType  # 2
+    """Retired rewards are not listed unless asked and cannot be redeemed (FAILED_PRECONDITION);
+    their redemptions stay.
+    """
+
+class RewardState(_RewardState, metaclass=_RewardStateEnumTypeWrapper): ...
+
+REWARD_STATE_UNSPECIFIED: RewardState.ValueType  # 0
+REWARD_STATE_ACTIVE: RewardState.ValueType  # 1
+REWARD_STATE_RETIRED: RewardState.ValueType  # 2
+"""Retired rewards are not listed unless asked and cannot be redeemed (FAILED_PRECONDITION);
+their redemptions stay.
+"""
+Global___RewardState: _TypeAlias = RewardState  # noqa: Y015
 
 class _RedemptionOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -83,6 +110,12 @@ class Reward(_message.Message):
     UNLIMITED_FIELD_NUMBER: _builtins.int
     WIN_ODDS_BP_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    COUPON_TEMPLATE_FIELD_NUMBER: _builtins.int
+    PER_MEMBER_LIMIT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     reward_id: _builtins.str
     """The natural key: 1-63 characters, a lower-case letter then lower-case letters, digits, _ or -."""
     kind: Global___RewardKind.ValueType
@@ -100,8 +133,24 @@ class Reward(_message.Message):
     """Output only: true when the reward has no stock limit."""
     win_odds_bp: _builtins.int
     """For REWARD_KIND_LOTTERY: the chance of winning a draw in basis points, 1-10000."""
+    description: _builtins.str
+    """At most 1024 characters."""
+    coupon_template: _builtins.str
+    """For REWARD_KIND_COUPON: optional `couponTemplates/{template_id}` whose coupon a redemption
+    issues to the member (in the same transaction as the spend; the template must exist).
+    """
+    per_member_limit: _builtins.int
+    """Redemptions (draws for a lottery) one member may make in all, 1-1000; 0 means no limit.
+    Beyond it Redeem is RESOURCE_EXHAUSTED.
+    """
+    state: Global___RewardState.ValueType
+    """Output only."""
+    version: _builtins.int
+    """Output only: 1 at creation, one more for each UpdateReward that changes it."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -114,10 +163,16 @@ class Reward(_message.Message):
         unlimited: _builtins.bool = ...,
         win_odds_bp: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        coupon_template: _builtins.str = ...,
+        per_member_limit: _builtins.int = ...,
+        state: Global___RewardState.ValueType = ...,
+        version: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "initial_stock", b"initial_stock", "kind", b"kind", "price", b"price", "reward_id", b"reward_id", "stock", b"stock", "unlimited", b"unlimited", "win_odds_bp", b"win_odds_bp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_template", b"coupon_template", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "initial_stock", b"initial_stock", "kind", b"kind", "per_member_limit", b"per_member_limit", "price", b"price", "reward_id", b"reward_id", "state", b"state", "stock", b"stock", "unlimited", b"unlimited", "update_time", b"update_time", "version", b"version", "win_odds_bp", b"win_odds_bp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -137,6 +192,7 @@ class Redemption(_message.Message):
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    COUPON_CODE_FIELD_NUMBER: _builtins.int
     redemption_id: _builtins.int
     member_id: _builtins.str
     reward_id: _builtins.str
@@ -146,6 +202,8 @@ class Redemption(_message.Message):
     entry_id: _builtins.int
     """The ledger entry of the spend."""
     request_id: _builtins.str
+    coupon_code: _builtins.str
+    """For a coupon reward with a template: the code of the coupon issued."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -159,10 +217,11 @@ class Redemption(_message.Message):
         entry_id: _builtins.int = ...,
         request_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        coupon_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "entry_id", b"entry_id", "member_id", b"member_id", "outcome", b"outcome", "points", b"points", "redemption_id", b"redemption_id", "request_id", b"request_id", "reward_id", b"reward_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_code", b"coupon_code", "create_time", b"create_time", "entry_id", b"entry_id", "member_id", b"member_id", "outcome", b"outcome", "points", b"points", "redemption_id", b"redemption_id", "request_id", b"request_id", "reward_id", b"reward_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,25 @@ TASK_STATE_RETIRED: TaskState.ValueType  # 2
 """Retired tasks accept no progress or completions; their history and unclaimed rewards stay."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
+class _TaskCycle:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskCycleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskCycle.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_CYCLE_UNSPECIFIED: _TaskCycle.ValueType  # 0
+    """The whole validity period is one cycle."""
+    TASK_CYCLE_WEEKLY: _TaskCycle.ValueType  # 1
+    TASK_CYCLE_MONTHLY: _TaskCycle.ValueType  # 2
+
+class TaskCycle(_TaskCycle, metaclass=_TaskCycleEnumTypeWrapper): ...
+
+TASK_CYCLE_UNSPECIFIED: TaskCycle.ValueType  # 0
+"""The whole validity period is one cycle."""
+TASK_CYCLE_WEEKLY: TaskCycle.ValueType  # 1
+TASK_CYCLE_MONTHLY: TaskCycle.ValueType  # 2
+Global___TaskCycle: _TypeAlias = TaskCycle  # noqa: Y015
+
 class _InviteTrigger:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -191,6 +210,8 @@ class _InviteStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InviteSta
     """The trigger happened but the task could no longer pay (budget spent, task ended or retired,
     or the inviter left its audience).
     """
+    INVITE_STATE_REVERSED: _InviteState.ValueType  # 4
+    """Paid, then taken back: the qualifying order was refunded in full within the clawback window."""
 
 class InviteState(_InviteState, metaclass=_InviteStateEnumTypeWrapper): ...
 
@@ -203,6 +224,8 @@ INVITE_STATE_UNPAID: InviteState.ValueType  # 3
 """The trigger happened but the task could no longer pay (budget spent, task ended or retired,
 or the inviter left its audience).
 """
+INVITE_STATE_REVERSED: InviteState.ValueType  # 4
+"""Paid, then taken back: the qualifying order was refunded in full within the clawback window."""
 Global___InviteState: _TypeAlias = InviteState  # noqa: Y015
 
 class _MemberTaskState:
@@ -282,6 +305,8 @@ class Task(_message.Message):
     BUDGET_USED_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    BADGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`tasks/{task_id}`. Output only."""
     task_id: _builtins.str
@@ -316,6 +341,15 @@ class Task(_message.Message):
     version: _builtins.int
     budget_used: _builtins.int
     """Points paid or reserved so far."""
+    cycle: Global___TaskCycle.ValueType
+    """How progress and `limits.total` repeat: over the whole validity period (unspecified), or
+    afresh in each calendar week (from Monday) or month of the task's zone (seed 003's weekly
+    tasks): a new cycle starts progress at zero and allows `limits.total` completions again.
+    """
+    badge: _builtins.str
+    """Optional `badges/{badge_id}`: a member's first completion of the task also awards the badge
+    (held once). The badge must exist when the task is defined.
+    """
     @_builtins.property
     def sign_in(self) -> Global___SignInSpec: ...
     @_builtins.property
@@ -373,10 +407,12 @@ class Task(_message.Message):
         budget_used: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        cycle: Global___TaskCycle.ValueType = ...,
+        badge: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "event", b"event", "invite", b"invite", "limits", b"limits", "profile", b"profile", "purchase", b"purchase", "share", b"share", "sign_in", b"sign_in", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time", "visit", b"visit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_points", b"budget_points", "budget_used", b"budget_used", "claim_required", b"claim_required", "create_time", b"create_time", "display_name", b"display_name", "eligibility_audience", b"eligibility_audience", "end_time", b"end_time", "event", b"event", "expiry_days", b"expiry_days", "expiry_policy", b"expiry_policy", "invite", b"invite", "kind", b"kind", "limits", b"limits", "name", b"name", "profile", b"profile", "purchase", b"purchase", "reward_points", b"reward_points", "share", b"share", "sign_in", b"sign_in", "spec", b"spec", "start_time", b"start_time", "state", b"state", "task_id", b"task_id", "time_zone", b"time_zone", "update_time", b"update_time", "version", b"version", "visit", b"visit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["badge", b"badge", "budget_points", b"budget_points", "budget_used", b"budget_used", "claim_required", b"claim_required", "create_time", b"create_time", "cycle", b"cycle", "display_name", b"display_name", "eligibility_audience", b"eligibility_audience", "end_time", b"end_time", "event", b"event", "expiry_days", b"expiry_days", "expiry_policy", b"expiry_policy", "invite", b"invite", "kind", b"kind", "limits", b"limits", "name", b"name", "profile", b"profile", "purchase", b"purchase", "reward_points", b"reward_points", "share", b"share", "sign_in", b"sign_in", "spec", b"spec", "start_time", b"start_time", "state", b"state", "task_id", b"task_id", "time_zone", b"time_zone", "update_time", b"update_time", "version", b"version", "visit", b"visit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_spec: _TypeAlias = _typing.Literal["sign_in", "invite", "share", "purchase", "profile", "visit", "event"]  # noqa: Y015
     _WhichOneofArgType_spec: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
@@ -418,6 +454,7 @@ class SignInSpec(_message.Message):
 
     STREAK_REWARDS_FIELD_NUMBER: _builtins.int
     MAKEUPS_PER_MONTH_FIELD_NUMBER: _builtins.int
+    MILESTONES_FIELD_NUMBER: _builtins.int
     makeups_per_month: _builtins.int
     """Make-up sign-ins a member may use per calendar month (0-31, 0: none). A make-up fills a missed
     earlier day of the current month, so the streak continues; it earns no points itself.
@@ -428,19 +465,49 @@ class SignInSpec(_message.Message):
         the last entry. A day without a sign-in starts the streak again at day 1.
         """
 
+    @_builtins.property
+    def milestones(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreakMilestone]:
+        """Badges for reaching streak lengths (at most 31, distinct days 2-3650, each badge existing
+        when the task is defined): reaching `streak_days` consecutive days awards `badge`.
+        """
+
     def __init__(
         self,
         *,
         streak_rewards: _abc.Iterable[_builtins.int] | None = ...,
         makeups_per_month: _builtins.int = ...,
+        milestones: _abc.Iterable[Global___StreakMilestone] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["makeups_per_month", b"makeups_per_month", "streak_rewards", b"streak_rewards"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["makeups_per_month", b"makeups_per_month", "milestones", b"milestones", "streak_rewards", b"streak_rewards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignInSpec: _TypeAlias = SignInSpec  # noqa: Y015
+
+@_typing.final
+class StreakMilestone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAK_DAYS_FIELD_NUMBER: _builtins.int
+    BADGE_FIELD_NUMBER: _builtins.int
+    streak_days: _builtins.int
+    badge: _builtins.str
+    """`badges/{badge_id}`."""
+    def __init__(
+        self,
+        *,
+        streak_days: _builtins.int = ...,
+        badge: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["badge", b"badge", "streak_days", b"streak_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreakMilestone: _TypeAlias = StreakMilestone  # noqa: Y015
 
 @_typing.final
 class InviteSpec(_message.Message):
@@ -448,19 +515,27 @@ class InviteSpec(_message.Message):
 
     TRIGGER_FIELD_NUMBER: _builtins.int
     INVITEE_POINTS_FIELD_NUMBER: _builtins.int
+    CLAWBACK_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
     trigger: Global___InviteTrigger.ValueType
     """When the invite pays: when the invitee registers (with tagging) or first buys."""
     invitee_points: _builtins.int
     """Points for the invitee, 0 to 100,000,000 (the inviter earns `Task.reward_points`)."""
+    clawback_window_days: _builtins.int
+    """Anti-farming, for INVITE_TRIGGER_FIRST_ORDER: when the qualifying first order is refunded in
+    full within this many days of being paid (0-365; 0 means 30), both sides' invite points are
+    taken back (what is left of them; the rest is a shortfall, never a debt) and the invite
+    becomes INVITE_STATE_REVERSED.
+    """
     def __init__(
         self,
         *,
         trigger: Global___InviteTrigger.ValueType = ...,
         invitee_points: _builtins.int = ...,
+        clawback_window_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitee_points", b"invitee_points", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawback_window_days", b"clawback_window_days", "invitee_points", b"invitee_points", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,8 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import date_pb2 as _date_pb2
+from memberops.tasks.v1 import badges_pb2 as _badges_pb2
+from memberops.tasks.v1 import coupons_pb2 as _coupons_pb2
 from memberops.tasks.v1 import levels_pb2 as _levels_pb2
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
@@ -322,18 +324,21 @@ class ListRewardsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_RETIRED_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """1-1000; 0 means 100."""
     page_token: _builtins.str
+    show_retired: _builtins.bool
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        show_retired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "show_retired", b"show_retired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +366,57 @@ class ListRewardsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRewardsResponse: _TypeAlias = ListRewardsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRewardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REWARD_FIELD_NUMBER: _builtins.int
+    ADD_STOCK_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    add_stock: _builtins.int
+    """Units to add to the stock (0 to 100,000,000; not for unlimited rewards)."""
+    expected_version: _builtins.int
+    """0: any current version."""
+    @_builtins.property
+    def reward(self) -> _rewards_pb2.Reward:
+        """`reward.reward_id` names the reward; `display_name`, `description`, `price` and
+        `per_member_limit` replace the current ones (the kind, odds and coupon template cannot change).
+        """
+
+    def __init__(
+        self,
+        *,
+        reward: _rewards_pb2.Reward | None = ...,
+        add_stock: _builtins.int = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reward", b"reward"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_stock", b"add_stock", "expected_version", b"expected_version", "reward", b"reward"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRewardRequest: _TypeAlias = UpdateRewardRequest  # noqa: Y015
+
+@_typing.final
+class RetireRewardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REWARD_ID_FIELD_NUMBER: _builtins.int
+    reward_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        reward_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reward_id", b"reward_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireRewardRequest: _TypeAlias = RetireRewardRequest  # noqa: Y015
 
 @_typing.final
 class RedeemRequest(_message.Message):
@@ -1134,3 +1190,610 @@ class GetDailyKpisResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDailyKpisResponse: _TypeAlias = GetDailyKpisResponse  # noqa: Y015
+
+@_typing.final
+class GetOrderEarningRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrderEarningRuleRequest: _TypeAlias = GetOrderEarningRuleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateOrderEarningRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    expected_version: _builtins.int
+    """0: any current version."""
+    @_builtins.property
+    def rule(self) -> _points_pb2.OrderEarningRule: ...
+    def __init__(
+        self,
+        *,
+        rule: _points_pb2.OrderEarningRule | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOrderEarningRuleRequest: _TypeAlias = UpdateOrderEarningRuleRequest  # noqa: Y015
+
+@_typing.final
+class GrantLevelBenefitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment whose month (and birthday month) is granted; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantLevelBenefitsRequest: _TypeAlias = GrantLevelBenefitsRequest  # noqa: Y015
+
+@_typing.final
+class GrantLevelBenefitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTHLY_COUPONS_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_COUPONS_FIELD_NUMBER: _builtins.int
+    OUT_OF_STOCK_FIELD_NUMBER: _builtins.int
+    monthly_coupons: _builtins.int
+    """Coupons issued by this run (0 on a repeat), and grants that found no stock left."""
+    birthday_coupons: _builtins.int
+    out_of_stock: _builtins.int
+    def __init__(
+        self,
+        *,
+        monthly_coupons: _builtins.int = ...,
+        birthday_coupons: _builtins.int = ...,
+        out_of_stock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_coupons", b"birthday_coupons", "monthly_coupons", b"monthly_coupons", "out_of_stock", b"out_of_stock"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantLevelBenefitsResponse: _TypeAlias = GrantLevelBenefitsResponse  # noqa: Y015
+
+@_typing.final
+class CreateBadgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BADGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def badge(self) -> _badges_pb2.Badge: ...
+    def __init__(
+        self,
+        *,
+        badge: _badges_pb2.Badge | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["badge", b"badge"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["badge", b"badge"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBadgeRequest: _TypeAlias = CreateBadgeRequest  # noqa: Y015
+
+@_typing.final
+class ListBadgesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBadgesRequest: _TypeAlias = ListBadgesRequest  # noqa: Y015
+
+@_typing.final
+class ListBadgesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BADGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def badges(self) -> _containers.RepeatedCompositeFieldContainer[_badges_pb2.Badge]: ...
+    def __init__(
+        self,
+        *,
+        badges: _abc.Iterable[_badges_pb2.Badge] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["badges", b"badges", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBadgesResponse: _TypeAlias = ListBadgesResponse  # noqa: Y015
+
+@_typing.final
+class ListMemberBadgesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberBadgesRequest: _TypeAlias = ListMemberBadgesRequest  # noqa: Y015
+
+@_typing.final
+class ListMemberBadgesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BADGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def badges(self) -> _containers.RepeatedCompositeFieldContainer[_badges_pb2.MemberBadge]:
+        """Oldest award first."""
+
+    def __init__(
+        self,
+        *,
+        badges: _abc.Iterable[_badges_pb2.MemberBadge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["badges", b"badges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberBadgesResponse: _TypeAlias = ListMemberBadgesResponse  # noqa: Y015
+
+@_typing.final
+class CreateCouponTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _coupons_pb2.CouponTemplate: ...
+    def __init__(
+        self,
+        *,
+        template: _coupons_pb2.CouponTemplate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCouponTemplateRequest: _TypeAlias = CreateCouponTemplateRequest  # noqa: Y015
+
+@_typing.final
+class UpdateCouponTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    expected_version: _builtins.int
+    """0: any current version."""
+    @_builtins.property
+    def template(self) -> _coupons_pb2.CouponTemplate:
+        """The whole new definition; `template.template_id` names it."""
+
+    def __init__(
+        self,
+        *,
+        template: _coupons_pb2.CouponTemplate | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCouponTemplateRequest: _TypeAlias = UpdateCouponTemplateRequest  # noqa: Y015
+
+@_typing.final
+class GetCouponTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`couponTemplates/{template_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCouponTemplateRequest: _TypeAlias = GetCouponTemplateRequest  # noqa: Y015
+
+@_typing.final
+class ListCouponTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_RETIRED_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    show_retired: _builtins.bool
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        show_retired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "show_retired", b"show_retired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponTemplatesRequest: _TypeAlias = ListCouponTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListCouponTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[_coupons_pb2.CouponTemplate]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[_coupons_pb2.CouponTemplate] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponTemplatesResponse: _TypeAlias = ListCouponTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class RetireCouponTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`couponTemplates/{template_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireCouponTemplateRequest: _TypeAlias = RetireCouponTemplateRequest  # noqa: Y015
+
+@_typing.final
+class IssueCouponRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """`couponTemplates/{template_id}`."""
+    member_id: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def source(self) -> _coupons_pb2.CouponSource: ...
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        source: _coupons_pb2.CouponSource | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "request_id", b"request_id", "source", b"source", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponRequest: _TypeAlias = IssueCouponRequest  # noqa: Y015
+
+@_typing.final
+class IssueCouponToAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """`couponTemplates/{template_id}`."""
+    audience: _builtins.str
+    """`audiences/{audience_id}`."""
+    request_id: _builtins.str
+    """Names the operation: `couponIssuances/{request_id}`; each member's coupon is issued once."""
+    @_builtins.property
+    def source(self) -> _coupons_pb2.CouponSource: ...
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+        audience: _builtins.str = ...,
+        source: _coupons_pb2.CouponSource | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "request_id", b"request_id", "source", b"source", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponToAudienceRequest: _TypeAlias = IssueCouponToAudienceRequest  # noqa: Y015
+
+@_typing.final
+class GetCouponIssuanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`couponIssuances/{request_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCouponIssuanceRequest: _TypeAlias = GetCouponIssuanceRequest  # noqa: Y015
+
+@_typing.final
+class ClaimCouponRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """`couponTemplates/{template_id}`."""
+    member_id: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "request_id", b"request_id", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimCouponRequest: _TypeAlias = ClaimCouponRequest  # noqa: Y015
+
+@_typing.final
+class GetCouponRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`coupons/{code}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCouponRequest: _TypeAlias = GetCouponRequest  # noqa: Y015
+
+@_typing.final
+class ListMemberCouponsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_coupons_pb2.CouponState.ValueType]:
+        """Empty: every state."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        states: _abc.Iterable[_coupons_pb2.CouponState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberCouponsRequest: _TypeAlias = ListMemberCouponsRequest  # noqa: Y015
+
+@_typing.final
+class ListMemberCouponsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[_coupons_pb2.Coupon]: ...
+    def __init__(
+        self,
+        *,
+        coupons: _abc.Iterable[_coupons_pb2.Coupon] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupons", b"coupons", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberCouponsResponse: _TypeAlias = ListMemberCouponsResponse  # noqa: Y015
+
+@_typing.final
+class ListCouponViolationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    """Optional filters."""
+    order_id: _builtins.str
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "order_id", b"order_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponViolationsRequest: _TypeAlias = ListCouponViolationsRequest  # noqa: Y015
+
+@_typing.final
+class ListCouponViolationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[_coupons_pb2.CouponViolation]: ...
+    def __init__(
+        self,
+        *,
+        violations: _abc.Iterable[_coupons_pb2.CouponViolation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponViolationsResponse: _TypeAlias = ListCouponViolationsResponse  # noqa: Y015
+
+@_typing.final
+class GetCouponStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    """1-128 characters, e.g. `journeys/new-customer`."""
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCouponStatsRequest: _TypeAlias = GetCouponStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetCouponStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[_coupons_pb2.CouponArmStats]:
+        """One per arm that has coupons, by arm."""
+
+    def __init__(
+        self,
+        *,
+        arms: _abc.Iterable[_coupons_pb2.CouponArmStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCouponStatsResponse: _TypeAlias = GetCouponStatsResponse  # noqa: Y015

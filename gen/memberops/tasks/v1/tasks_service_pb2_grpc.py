@@ -3,6 +3,8 @@
 import grpc
 import warnings
 
+from memberops.tasks.v1 import badges_pb2 as memberops_dot_tasks_dot_v1_dot_badges__pb2
+from memberops.tasks.v1 import coupons_pb2 as memberops_dot_tasks_dot_v1_dot_coupons__pb2
 from memberops.tasks.v1 import levels_pb2 as memberops_dot_tasks_dot_v1_dot_levels__pb2
 from memberops.tasks.v1 import points_pb2 as memberops_dot_tasks_dot_v1_dot_points__pb2
 from memberops.tasks.v1 import rewards_pb2 as memberops_dot_tasks_dot_v1_dot_rewards__pb2
@@ -96,6 +98,16 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
                 _registered_method=True)
+        self.UpdateReward = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateReward',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateRewardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
+                _registered_method=True)
+        self.RetireReward = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RetireReward',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireRewardRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
+                _registered_method=True)
         self.GetLeaderboard = channel.unary_unary(
                 '/memberops.tasks.v1.TasksService/GetLeaderboard',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetLeaderboardRequest.SerializeToString,
@@ -185,6 +197,101 @@ class TasksServiceStub:
                 '/memberops.tasks.v1.TasksService/ReadTasksFeed',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
+                _registered_method=True)
+        self.GetOrderEarningRule = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetOrderEarningRule',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetOrderEarningRuleRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.FromString,
+                _registered_method=True)
+        self.UpdateOrderEarningRule = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateOrderEarningRule',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateOrderEarningRuleRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.FromString,
+                _registered_method=True)
+        self.GrantLevelBenefits = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GrantLevelBenefits',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsResponse.FromString,
+                _registered_method=True)
+        self.CreateBadge = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/CreateBadge',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateBadgeRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_badges__pb2.Badge.FromString,
+                _registered_method=True)
+        self.ListBadges = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListBadges',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesResponse.FromString,
+                _registered_method=True)
+        self.ListMemberBadges = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListMemberBadges',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesResponse.FromString,
+                _registered_method=True)
+        self.CreateCouponTemplate = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/CreateCouponTemplate',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateCouponTemplateRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+                _registered_method=True)
+        self.UpdateCouponTemplate = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/UpdateCouponTemplate',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateCouponTemplateRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+                _registered_method=True)
+        self.GetCouponTemplate = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetCouponTemplate',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponTemplateRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+                _registered_method=True)
+        self.ListCouponTemplates = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListCouponTemplates',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesResponse.FromString,
+                _registered_method=True)
+        self.RetireCouponTemplate = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/RetireCouponTemplate',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireCouponTemplateRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+                _registered_method=True)
+        self.IssueCoupon = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/IssueCoupon',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+                _registered_method=True)
+        self.IssueCouponToAudience = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/IssueCouponToAudience',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponToAudienceRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
+                _registered_method=True)
+        self.GetCouponIssuance = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetCouponIssuance',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
+                _registered_method=True)
+        self.ClaimCoupon = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ClaimCoupon',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimCouponRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+                _registered_method=True)
+        self.GetCoupon = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetCoupon',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+                _registered_method=True)
+        self.ListMemberCoupons = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListMemberCoupons',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsResponse.FromString,
+                _registered_method=True)
+        self.ListCouponViolations = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/ListCouponViolations',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsResponse.FromString,
+                _registered_method=True)
+        self.GetCouponStats = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/GetCouponStats',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsResponse.FromString,
                 _registered_method=True)
         self.GetDailyKpis = channel.unary_unary(
                 '/memberops.tasks.v1.TasksService/GetDailyKpis',
@@ -281,6 +388,23 @@ class TasksServiceServicer:
         is RESOURCE_EXHAUSTED, too few points FAILED_PRECONDITION; a lottery draws on the server and
         records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
         same outcome); the same id for another member or reward is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateReward(self, request, context):
+        """Changes a reward's name, description, price or per-member limit, and adds stock. With
+        `expected_version` set, a different current version is ABORTED. Content equal to the current
+        one changes nothing, so a retry of a change is harmless (a retried `add_stock` is not: send it
+        with `expected_version`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireReward(self, request, context):
+        """Takes a reward off the catalog for good; retiring twice is harmless.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,6 +548,148 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOrderEarningRule(self, request, context):
+        """The rule for points on orders (off by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOrderEarningRule(self, request, context):
+        """Replaces the rule. With `expected_version` set, a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantLevelBenefits(self, request, context):
+        """Grants the level benefits due at `as_of`: the month's coupon of each member's level and the
+        birthday coupon to members whose birthday month it is. Once per member, benefit and month
+        (birthday: year), so running it twice grants nothing more. Scheduled daily per tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBadge(self, request, context):
+        """Badges: defined by the natural key (the same content again returns the badge, other content is
+        ALREADY_EXISTS), listed, and the ones a member holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBadges(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberBadges(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCouponTemplate(self, request, context):
+        """Coupon templates. The template id is the natural key: creating it again with the same content
+        returns it; other content is ALREADY_EXISTS. A claim audience must exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCouponTemplate(self, request, context):
+        """Stores a new version (the discount kind cannot change; the stock cannot drop below what was
+        issued). Content equal to the current version changes nothing; with `expected_version` set,
+        a different current version is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCouponTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCouponTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireCouponTemplate(self, request, context):
+        """No more issuing or claiming; issued coupons stay usable. Retiring twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueCoupon(self, request, context):
+        """Gives one member a coupon (an operator, a journey, a reward). Idempotent by `request_id`: a
+        retry returns the same coupon, the same id with other content is ALREADY_EXISTS. No stock
+        left is RESOURCE_EXHAUSTED, the member at the per-member limit FAILED_PRECONDITION, a retired
+        template FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueCouponToAudience(self, request, context):
+        """Issues the template's coupon to every member of a snapshot of the audience, as a long-running
+        operation `couponIssuances/{request_id}` (a Temporal workflow, resumable): starting it again
+        with the same request id returns the same operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCouponIssuance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimCoupon(self, request, context):
+        """The member takes a claimable template's coupon: the claim audience is checked, and the stock
+        and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
+        retired FAILED_PRECONDITION; outside the audience FAILED_PRECONDITION; no stock
+        RESOURCE_EXHAUSTED; the per-member limit reached RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCoupon(self, request, context):
+        """One coupon by its code (NOT_FOUND for an unknown code).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberCoupons(self, request, context):
+        """A member's coupons, newest first, optionally only some states.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCouponViolations(self, request, context):
+        """Codes orders used that the coupon rules refuse, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCouponStats(self, request, context):
+        """Coupons of a campaign issued and used, per arm (for journey reports).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDailyKpis(self, request, context):
         """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
         KPI anomaly check).
@@ -493,6 +759,16 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.Redeem,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.SerializeToString,
+            ),
+            'UpdateReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateReward,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateRewardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.SerializeToString,
+            ),
+            'RetireReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireReward,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireRewardRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.SerializeToString,
             ),
             'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLeaderboard,
@@ -583,6 +859,101 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.ReadTasksFeed,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.SerializeToString,
+            ),
+            'GetOrderEarningRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrderEarningRule,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetOrderEarningRuleRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.SerializeToString,
+            ),
+            'UpdateOrderEarningRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOrderEarningRule,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateOrderEarningRuleRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.SerializeToString,
+            ),
+            'GrantLevelBenefits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantLevelBenefits,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsResponse.SerializeToString,
+            ),
+            'CreateBadge': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBadge,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateBadgeRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_badges__pb2.Badge.SerializeToString,
+            ),
+            'ListBadges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBadges,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesResponse.SerializeToString,
+            ),
+            'ListMemberBadges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberBadges,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesResponse.SerializeToString,
+            ),
+            'CreateCouponTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCouponTemplate,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateCouponTemplateRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.SerializeToString,
+            ),
+            'UpdateCouponTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCouponTemplate,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateCouponTemplateRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.SerializeToString,
+            ),
+            'GetCouponTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCouponTemplate,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponTemplateRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.SerializeToString,
+            ),
+            'ListCouponTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCouponTemplates,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesResponse.SerializeToString,
+            ),
+            'RetireCouponTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireCouponTemplate,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireCouponTemplateRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.SerializeToString,
+            ),
+            'IssueCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCoupon,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.SerializeToString,
+            ),
+            'IssueCouponToAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCouponToAudience,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponToAudienceRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.SerializeToString,
+            ),
+            'GetCouponIssuance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCouponIssuance,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.SerializeToString,
+            ),
+            'ClaimCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimCoupon,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimCouponRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.SerializeToString,
+            ),
+            'GetCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCoupon,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.SerializeToString,
+            ),
+            'ListMemberCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberCoupons,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsResponse.SerializeToString,
+            ),
+            'ListCouponViolations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCouponViolations,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsResponse.SerializeToString,
+            ),
+            'GetCouponStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCouponStats,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsResponse.SerializeToString,
             ),
             'GetDailyKpis': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDailyKpis,
@@ -873,6 +1244,60 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/Redeem',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RedeemRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_rewards__pb2.Redemption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateReward',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateRewardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RetireReward',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireRewardRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_rewards__pb2.Reward.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1359,6 +1784,519 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/ReadTasksFeed',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ReadTasksFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrderEarningRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetOrderEarningRule',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetOrderEarningRuleRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOrderEarningRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateOrderEarningRule',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateOrderEarningRuleRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_points__pb2.OrderEarningRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantLevelBenefits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GrantLevelBenefits',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GrantLevelBenefitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBadge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/CreateBadge',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateBadgeRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_badges__pb2.Badge.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBadges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListBadges',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListBadgesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberBadges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListMemberBadges',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberBadgesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCouponTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/CreateCouponTemplate',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.CreateCouponTemplateRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCouponTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/UpdateCouponTemplate',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.UpdateCouponTemplateRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCouponTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetCouponTemplate',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponTemplateRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCouponTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListCouponTemplates',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireCouponTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/RetireCouponTemplate',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.RetireCouponTemplateRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/IssueCoupon',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCouponToAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/IssueCouponToAudience',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponToAudienceRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCouponIssuance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetCouponIssuance',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ClaimCoupon',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimCouponRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetCoupon',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_coupons__pb2.Coupon.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListMemberCoupons',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListMemberCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCouponViolations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/ListCouponViolations',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ListCouponViolationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCouponStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/GetCouponStats',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from memberops.tasks.v1 import badges_pb2 as _badges_pb2
+from memberops.tasks.v1 import coupons_pb2 as _coupons_pb2
 from memberops.tasks.v1 import levels_pb2 as _levels_pb2
 from memberops.tasks.v1 import points_pb2 as _points_pb2
 from memberops.tasks.v1 import rewards_pb2 as _rewards_pb2
@@ -76,6 +78,14 @@ class TasksServiceStub:
     records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
+    UpdateReward: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateRewardRequest, _rewards_pb2.Reward]
+    """Changes a reward's name, description, price or per-member limit, and adds stock. With
+    `expected_version` set, a different current version is ABORTED. Content equal to the current
+    one changes nothing, so a retry of a change is harmless (a retried `add_stock` is not: send it
+    with `expected_version`).
+    """
+    RetireReward: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireRewardRequest, _rewards_pb2.Reward]
+    """Takes a reward off the catalog for good; retiring twice is harmless."""
     GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]
     """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
@@ -135,6 +145,60 @@ class TasksServiceStub:
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
     """
+    GetOrderEarningRule: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetOrderEarningRuleRequest, _points_pb2.OrderEarningRule]
+    """The rule for points on orders (off by default)."""
+    UpdateOrderEarningRule: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateOrderEarningRuleRequest, _points_pb2.OrderEarningRule]
+    """Replaces the rule. With `expected_version` set, a different current version is ABORTED."""
+    GrantLevelBenefits: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GrantLevelBenefitsRequest, _tasks_service_pb2.GrantLevelBenefitsResponse]
+    """Grants the level benefits due at `as_of`: the month's coupon of each member's level and the
+    birthday coupon to members whose birthday month it is. Once per member, benefit and month
+    (birthday: year), so running it twice grants nothing more. Scheduled daily per tenant.
+    """
+    CreateBadge: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateBadgeRequest, _badges_pb2.Badge]
+    """Badges: defined by the natural key (the same content again returns the badge, other content is
+    ALREADY_EXISTS), listed, and the ones a member holds.
+    """
+    ListBadges: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListBadgesRequest, _tasks_service_pb2.ListBadgesResponse]
+    ListMemberBadges: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberBadgesRequest, _tasks_service_pb2.ListMemberBadgesResponse]
+    CreateCouponTemplate: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateCouponTemplateRequest, _coupons_pb2.CouponTemplate]
+    """Coupon templates. The template id is the natural key: creating it again with the same content
+    returns it; other content is ALREADY_EXISTS. A claim audience must exist.
+    """
+    UpdateCouponTemplate: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateCouponTemplateRequest, _coupons_pb2.CouponTemplate]
+    """Stores a new version (the discount kind cannot change; the stock cannot drop below what was
+    issued). Content equal to the current version changes nothing; with `expected_version` set,
+    a different current version is ABORTED.
+    """
+    GetCouponTemplate: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponTemplateRequest, _coupons_pb2.CouponTemplate]
+    ListCouponTemplates: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListCouponTemplatesRequest, _tasks_service_pb2.ListCouponTemplatesResponse]
+    RetireCouponTemplate: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireCouponTemplateRequest, _coupons_pb2.CouponTemplate]
+    """No more issuing or claiming; issued coupons stay usable. Retiring twice is harmless."""
+    IssueCoupon: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponRequest, _coupons_pb2.Coupon]
+    """Gives one member a coupon (an operator, a journey, a reward). Idempotent by `request_id`: a
+    retry returns the same coupon, the same id with other content is ALREADY_EXISTS. No stock
+    left is RESOURCE_EXHAUSTED, the member at the per-member limit FAILED_PRECONDITION, a retired
+    template FAILED_PRECONDITION.
+    """
+    IssueCouponToAudience: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponToAudienceRequest, _coupons_pb2.CouponIssuance]
+    """Issues the template's coupon to every member of a snapshot of the audience, as a long-running
+    operation `couponIssuances/{request_id}` (a Temporal workflow, resumable): starting it again
+    with the same request id returns the same operation.
+    """
+    GetCouponIssuance: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponIssuanceRequest, _coupons_pb2.CouponIssuance]
+    ClaimCoupon: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimCouponRequest, _coupons_pb2.Coupon]
+    """The member takes a claimable template's coupon: the claim audience is checked, and the stock
+    and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
+    retired FAILED_PRECONDITION; outside the audience FAILED_PRECONDITION; no stock
+    RESOURCE_EXHAUSTED; the per-member limit reached RESOURCE_EXHAUSTED.
+    """
+    GetCoupon: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponRequest, _coupons_pb2.Coupon]
+    """One coupon by its code (NOT_FOUND for an unknown code)."""
+    ListMemberCoupons: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberCouponsRequest, _tasks_service_pb2.ListMemberCouponsResponse]
+    """A member's coupons, newest first, optionally only some states."""
+    ListCouponViolations: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ListCouponViolationsRequest, _tasks_service_pb2.ListCouponViolationsResponse]
+    """Codes orders used that the coupon rules refuse, newest first."""
+    GetCouponStats: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponStatsRequest, _tasks_service_pb2.GetCouponStatsResponse]
+    """Coupons of a campaign issued and used, per arm (for journey reports)."""
     GetDailyKpis: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetDailyKpisRequest, _tasks_service_pb2.GetDailyKpisResponse]
     """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
     KPI anomaly check).
@@ -189,6 +253,14 @@ class TasksServiceAsyncStub(TasksServiceStub):
     records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
     same outcome); the same id for another member or reward is ALREADY_EXISTS.
     """
+    UpdateReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateRewardRequest, _rewards_pb2.Reward]  # type: ignore[assignment]
+    """Changes a reward's name, description, price or per-member limit, and adds stock. With
+    `expected_version` set, a different current version is ABORTED. Content equal to the current
+    one changes nothing, so a retry of a change is harmless (a retried `add_stock` is not: send it
+    with `expected_version`).
+    """
+    RetireReward: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireRewardRequest, _rewards_pb2.Reward]  # type: ignore[assignment]
+    """Takes a reward off the catalog for good; retiring twice is harmless."""
     GetLeaderboard: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetLeaderboardRequest, _tasks_service_pb2.Leaderboard]  # type: ignore[assignment]
     """Members ranked by the points they earned (tasks and orders, net of their reversals) in one
     week or month; members with equal points share a rank (1, 1, 3). With `member_id`, that
@@ -248,6 +320,60 @@ class TasksServiceAsyncStub(TasksServiceStub):
     """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
     entry is handed out only when nothing can still commit before it.
     """
+    GetOrderEarningRule: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetOrderEarningRuleRequest, _points_pb2.OrderEarningRule]  # type: ignore[assignment]
+    """The rule for points on orders (off by default)."""
+    UpdateOrderEarningRule: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateOrderEarningRuleRequest, _points_pb2.OrderEarningRule]  # type: ignore[assignment]
+    """Replaces the rule. With `expected_version` set, a different current version is ABORTED."""
+    GrantLevelBenefits: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GrantLevelBenefitsRequest, _tasks_service_pb2.GrantLevelBenefitsResponse]  # type: ignore[assignment]
+    """Grants the level benefits due at `as_of`: the month's coupon of each member's level and the
+    birthday coupon to members whose birthday month it is. Once per member, benefit and month
+    (birthday: year), so running it twice grants nothing more. Scheduled daily per tenant.
+    """
+    CreateBadge: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateBadgeRequest, _badges_pb2.Badge]  # type: ignore[assignment]
+    """Badges: defined by the natural key (the same content again returns the badge, other content is
+    ALREADY_EXISTS), listed, and the ones a member holds.
+    """
+    ListBadges: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListBadgesRequest, _tasks_service_pb2.ListBadgesResponse]  # type: ignore[assignment]
+    ListMemberBadges: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberBadgesRequest, _tasks_service_pb2.ListMemberBadgesResponse]  # type: ignore[assignment]
+    CreateCouponTemplate: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.CreateCouponTemplateRequest, _coupons_pb2.CouponTemplate]  # type: ignore[assignment]
+    """Coupon templates. The template id is the natural key: creating it again with the same content
+    returns it; other content is ALREADY_EXISTS. A claim audience must exist.
+    """
+    UpdateCouponTemplate: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.UpdateCouponTemplateRequest, _coupons_pb2.CouponTemplate]  # type: ignore[assignment]
+    """Stores a new version (the discount kind cannot change; the stock cannot drop below what was
+    issued). Content equal to the current version changes nothing; with `expected_version` set,
+    a different current version is ABORTED.
+    """
+    GetCouponTemplate: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponTemplateRequest, _coupons_pb2.CouponTemplate]  # type: ignore[assignment]
+    ListCouponTemplates: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListCouponTemplatesRequest, _tasks_service_pb2.ListCouponTemplatesResponse]  # type: ignore[assignment]
+    RetireCouponTemplate: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.RetireCouponTemplateRequest, _coupons_pb2.CouponTemplate]  # type: ignore[assignment]
+    """No more issuing or claiming; issued coupons stay usable. Retiring twice is harmless."""
+    IssueCoupon: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponRequest, _coupons_pb2.Coupon]  # type: ignore[assignment]
+    """Gives one member a coupon (an operator, a journey, a reward). Idempotent by `request_id`: a
+    retry returns the same coupon, the same id with other content is ALREADY_EXISTS. No stock
+    left is RESOURCE_EXHAUSTED, the member at the per-member limit FAILED_PRECONDITION, a retired
+    template FAILED_PRECONDITION.
+    """
+    IssueCouponToAudience: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponToAudienceRequest, _coupons_pb2.CouponIssuance]  # type: ignore[assignment]
+    """Issues the template's coupon to every member of a snapshot of the audience, as a long-running
+    operation `couponIssuances/{request_id}` (a Temporal workflow, resumable): starting it again
+    with the same request id returns the same operation.
+    """
+    GetCouponIssuance: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponIssuanceRequest, _coupons_pb2.CouponIssuance]  # type: ignore[assignment]
+    ClaimCoupon: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimCouponRequest, _coupons_pb2.Coupon]  # type: ignore[assignment]
+    """The member takes a claimable template's coupon: the claim audience is checked, and the stock
+    and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
+    retired FAILED_PRECONDITION; outside the audience FAILED_PRECONDITION; no stock
+    RESOURCE_EXHAUSTED; the per-member limit reached RESOURCE_EXHAUSTED.
+    """
+    GetCoupon: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponRequest, _coupons_pb2.Coupon]  # type: ignore[assignment]
+    """One coupon by its code (NOT_FOUND for an unknown code)."""
+    ListMemberCoupons: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListMemberCouponsRequest, _tasks_service_pb2.ListMemberCouponsResponse]  # type: ignore[assignment]
+    """A member's coupons, newest first, optionally only some states."""
+    ListCouponViolations: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ListCouponViolationsRequest, _tasks_service_pb2.ListCouponViolationsResponse]  # type: ignore[assignment]
+    """Codes orders used that the coupon rules refuse, newest first."""
+    GetCouponStats: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponStatsRequest, _tasks_service_pb2.GetCouponStatsResponse]  # type: ignore[assignment]
+    """Coupons of a campaign issued and used, per arm (for journey reports)."""
     GetDailyKpis: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetDailyKpisRequest, _tasks_service_pb2.GetDailyKpisResponse]  # type: ignore[assignment]
     """Per day in a time zone: sign-ins, points issued and redeemed (the console's overview and the
     KPI anomaly check).
@@ -359,6 +485,26 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         records the outcome. Idempotent by `request_id`: a retry returns the first redemption (the
         same outcome); the same id for another member or reward is ALREADY_EXISTS.
         """
+
+    @_abc_1.abstractmethod
+    def UpdateReward(
+        self,
+        request: _tasks_service_pb2.UpdateRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rewards_pb2.Reward, _abc.Awaitable[_rewards_pb2.Reward]]:
+        """Changes a reward's name, description, price or per-member limit, and adds stock. With
+        `expected_version` set, a different current version is ABORTED. Content equal to the current
+        one changes nothing, so a retry of a change is harmless (a retried `add_stock` is not: send it
+        with `expected_version`).
+        """
+
+    @_abc_1.abstractmethod
+    def RetireReward(
+        self,
+        request: _tasks_service_pb2.RetireRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rewards_pb2.Reward, _abc.Awaitable[_rewards_pb2.Reward]]:
+        """Takes a reward off the catalog for good; retiring twice is harmless."""
 
     @_abc_1.abstractmethod
     def GetLeaderboard(
@@ -526,6 +672,174 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         """Level changes after `after_cursor`, in order, with the same contract as tagging's ReadFeed: an
         entry is handed out only when nothing can still commit before it.
         """
+
+    @_abc_1.abstractmethod
+    def GetOrderEarningRule(
+        self,
+        request: _tasks_service_pb2.GetOrderEarningRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.OrderEarningRule, _abc.Awaitable[_points_pb2.OrderEarningRule]]:
+        """The rule for points on orders (off by default)."""
+
+    @_abc_1.abstractmethod
+    def UpdateOrderEarningRule(
+        self,
+        request: _tasks_service_pb2.UpdateOrderEarningRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.OrderEarningRule, _abc.Awaitable[_points_pb2.OrderEarningRule]]:
+        """Replaces the rule. With `expected_version` set, a different current version is ABORTED."""
+
+    @_abc_1.abstractmethod
+    def GrantLevelBenefits(
+        self,
+        request: _tasks_service_pb2.GrantLevelBenefitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.GrantLevelBenefitsResponse, _abc.Awaitable[_tasks_service_pb2.GrantLevelBenefitsResponse]]:
+        """Grants the level benefits due at `as_of`: the month's coupon of each member's level and the
+        birthday coupon to members whose birthday month it is. Once per member, benefit and month
+        (birthday: year), so running it twice grants nothing more. Scheduled daily per tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateBadge(
+        self,
+        request: _tasks_service_pb2.CreateBadgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_badges_pb2.Badge, _abc.Awaitable[_badges_pb2.Badge]]:
+        """Badges: defined by the natural key (the same content again returns the badge, other content is
+        ALREADY_EXISTS), listed, and the ones a member holds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBadges(
+        self,
+        request: _tasks_service_pb2.ListBadgesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListBadgesResponse, _abc.Awaitable[_tasks_service_pb2.ListBadgesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMemberBadges(
+        self,
+        request: _tasks_service_pb2.ListMemberBadgesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListMemberBadgesResponse, _abc.Awaitable[_tasks_service_pb2.ListMemberBadgesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateCouponTemplate(
+        self,
+        request: _tasks_service_pb2.CreateCouponTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponTemplate, _abc.Awaitable[_coupons_pb2.CouponTemplate]]:
+        """Coupon templates. The template id is the natural key: creating it again with the same content
+        returns it; other content is ALREADY_EXISTS. A claim audience must exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateCouponTemplate(
+        self,
+        request: _tasks_service_pb2.UpdateCouponTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponTemplate, _abc.Awaitable[_coupons_pb2.CouponTemplate]]:
+        """Stores a new version (the discount kind cannot change; the stock cannot drop below what was
+        issued). Content equal to the current version changes nothing; with `expected_version` set,
+        a different current version is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCouponTemplate(
+        self,
+        request: _tasks_service_pb2.GetCouponTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponTemplate, _abc.Awaitable[_coupons_pb2.CouponTemplate]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCouponTemplates(
+        self,
+        request: _tasks_service_pb2.ListCouponTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListCouponTemplatesResponse, _abc.Awaitable[_tasks_service_pb2.ListCouponTemplatesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetireCouponTemplate(
+        self,
+        request: _tasks_service_pb2.RetireCouponTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponTemplate, _abc.Awaitable[_coupons_pb2.CouponTemplate]]:
+        """No more issuing or claiming; issued coupons stay usable. Retiring twice is harmless."""
+
+    @_abc_1.abstractmethod
+    def IssueCoupon(
+        self,
+        request: _tasks_service_pb2.IssueCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.Coupon, _abc.Awaitable[_coupons_pb2.Coupon]]:
+        """Gives one member a coupon (an operator, a journey, a reward). Idempotent by `request_id`: a
+        retry returns the same coupon, the same id with other content is ALREADY_EXISTS. No stock
+        left is RESOURCE_EXHAUSTED, the member at the per-member limit FAILED_PRECONDITION, a retired
+        template FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def IssueCouponToAudience(
+        self,
+        request: _tasks_service_pb2.IssueCouponToAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponIssuance, _abc.Awaitable[_coupons_pb2.CouponIssuance]]:
+        """Issues the template's coupon to every member of a snapshot of the audience, as a long-running
+        operation `couponIssuances/{request_id}` (a Temporal workflow, resumable): starting it again
+        with the same request id returns the same operation.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCouponIssuance(
+        self,
+        request: _tasks_service_pb2.GetCouponIssuanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.CouponIssuance, _abc.Awaitable[_coupons_pb2.CouponIssuance]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimCoupon(
+        self,
+        request: _tasks_service_pb2.ClaimCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.Coupon, _abc.Awaitable[_coupons_pb2.Coupon]]:
+        """The member takes a claimable template's coupon: the claim audience is checked, and the stock
+        and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
+        retired FAILED_PRECONDITION; outside the audience FAILED_PRECONDITION; no stock
+        RESOURCE_EXHAUSTED; the per-member limit reached RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCoupon(
+        self,
+        request: _tasks_service_pb2.GetCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_pb2.Coupon, _abc.Awaitable[_coupons_pb2.Coupon]]:
+        """One coupon by its code (NOT_FOUND for an unknown code)."""
+
+    @_abc_1.abstractmethod
+    def ListMemberCoupons(
+        self,
+        request: _tasks_service_pb2.ListMemberCouponsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListMemberCouponsResponse, _abc.Awaitable[_tasks_service_pb2.ListMemberCouponsResponse]]:
+        """A member's coupons, newest first, optionally only some states."""
+
+    @_abc_1.abstractmethod
+    def ListCouponViolations(
+        self,
+        request: _tasks_service_pb2.ListCouponViolationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.ListCouponViolationsResponse, _abc.Awaitable[_tasks_service_pb2.ListCouponViolationsResponse]]:
+        """Codes orders used that the coupon rules refuse, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetCouponStats(
+        self,
+        request: _tasks_service_pb2.GetCouponStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.GetCouponStatsResponse, _abc.Awaitable[_tasks_service_pb2.GetCouponStatsResponse]]:
+        """Coupons of a campaign issued and used, per arm (for journey reports)."""
 
     @_abc_1.abstractmethod
     def GetDailyKpis(
