@@ -14,7 +14,7 @@ from memberops.tasks.v1 import levels_pb2, points_pb2, rewards_pb2, tasks_pb2, t
 from runtime import checks
 from runtime.errors import Violations
 from services.tasks.levels.levels import FeedEntry, MemberLevel, Policy, Tier
-from services.tasks.points import ledger
+from services.tasks.points import ledger, reward_messages
 from services.tasks.points.leaderboards import Place
 from services.tasks.points.ledger_store import Entry
 from services.tasks.points.rewards_store import NewReward, Redemption, Reward
@@ -326,6 +326,9 @@ def reward_from_proto(message: rewards_pb2.Reward) -> NewReward:
         price=message.price,
         initial_stock=message.initial_stock,
         win_odds_bp=message.win_odds_bp,
+        description=message.description,
+        coupon_template=reward_messages.template_id(message.coupon_template),
+        per_member_limit=message.per_member_limit,
     )
 
 
@@ -340,6 +343,7 @@ def reward_to_proto(reward: Reward) -> rewards_pb2.Reward:
         unlimited=reward.stock is None,
         win_odds_bp=reward.win_odds_bp,
         create_time=stamp(reward.create_time),
+        **reward_messages.managed_fields(reward),
     )
 
 
@@ -353,4 +357,5 @@ def redemption_to_proto(redemption: Redemption) -> rewards_pb2.Redemption:
         entry_id=redemption.entry_id,
         request_id=redemption.request_id,
         create_time=stamp(redemption.create_time),
+        coupon_code=redemption.coupon_code or "",
     )
