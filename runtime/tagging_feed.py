@@ -82,6 +82,8 @@ class OrderRecorded:
     store: str
     payment_method: str
     lines: tuple[OrderLine, ...]
+    # Coupon codes the member used on the order (empty in entries written before orders had them).
+    coupon_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ def _order(message: feed_pb2.OrderRecorded) -> OrderRecorded:
             OrderLine(line.line_id, line.sku, line.category, line.brand, line.quantity, line.unit_price_minor)
             for line in order.lines
         ),
+        coupon_codes=tuple(order.coupon_codes),
     )
 
 

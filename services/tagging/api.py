@@ -652,6 +652,7 @@ def order_from_proto(message: facts_pb2.Order) -> OrderInput:
             )
             for line in message.lines
         ),
+        coupon_codes=tuple(message.coupon_codes),
     )
 
 
@@ -675,6 +676,7 @@ def order_to_proto(order: Order) -> facts_pb2.Order:
             )
             for line in order.lines
         ],
+        coupon_codes=order.coupon_codes,
     )
     message.paid_time.FromDatetime(order.paid_time)
     message.record_time.FromDatetime(order.record_time)

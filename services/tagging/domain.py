@@ -114,6 +114,9 @@ class OrderInput:
     lines: tuple[OrderLine, ...]
     store: str = ""
     payment_method: str = ""
+    # Coupon codes used on the order, as the shop reported them (facts.order_digest leaves them
+    # out of the content when empty, so an order recorded before they existed retries as itself).
+    coupon_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Order:
     payment_method: str
     refunded_amount_minor: int
     record_time: dt.datetime
+    coupon_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from services.tagging.domain import BehaviorEvent, OrderInput, OrderState, Refun
 from services.tagging.evaluation import INPUT_BITS, Tagger
 from services.tagging.facts import (
     content_hash,
+    order_digest,
     plan_refund,
     refund_payload,
     validate_events,
@@ -139,31 +140,6 @@ def converted_at(
     return items
 
 
-def order_digest(order: OrderInput) -> str:
-    """`facts.content_hash(order)`, without dataclasses.asdict's deep copy (a third of an import's
-    time): the same canonical JSON, so an order recorded by RecordOrder imports as unchanged."""
-    canonical = {
-        "amount_minor": order.amount_minor,
-        "lines": [
-            {
-                "brand": line.brand,
-                "category": line.category,
-                "line_id": line.line_id,
-                "quantity": line.quantity,
-                "sku": line.sku,
-                "unit_price_minor": line.unit_price_minor,
-            }
-            for line in order.lines
-        ],
-        "member_id": order.member_id,
-        "order_id": order.order_id,
-        "paid_time": None if order.paid_time is None else str(order.paid_time),
-        "payment_method": order.payment_method,
-        "store": order.store,
-    }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 # The wire digest's format: whatever changes how it is computed changes this, so no digest stored
 # before matches one computed after (such an order is then compared by content_hash, as before).
 WIRE_DIGEST_FORMAT = b"memberops.tagging.v1.Order/1\n"
@@ -266,6 +242,7 @@ def rows_of(i: int, order: OrderInput, wire: str) -> _Rows:
         order.payment_method,
         digest,
         wire,
+        list(order.coupon_codes) or None,
         order_rows.payload_head(order),
     )
     lines = [

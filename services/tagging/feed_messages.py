@@ -64,6 +64,7 @@ def _order(payload: Mapping[str, Any], message: feed_pb2.OrderRecorded) -> None:
             quantity=int(line.get("quantity") or 0),
             unit_price_minor=int(line.get("unit_price_minor") or 0),
         )
+    order.coupon_codes.extend(str(code) for code in payload.get("coupon_codes") or ())
 
 
 def _refund(payload: Mapping[str, Any], message: feed_pb2.RefundRecorded) -> None:

@@ -75,9 +75,9 @@ _INSERT_ORDERS = f"""
 WITH inserted AS (
     INSERT INTO tagging.orders
         (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
-         import_digest)
+         import_digest, coupon_codes)
     SELECT $1, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
-           import_digest
+           import_digest, coalesce(coupon_codes, '{{}}')
     FROM pg_temp.order_import ORDER BY order_id
     ON CONFLICT (tenant_id, order_id) DO NOTHING
     RETURNING order_id, member_id, paid_time, amount_minor, store, payment_method
@@ -118,7 +118,8 @@ SELECT (SELECT count(*) FROM inserted) AS stored, ARRAY(SELECT member_id FROM qu
 """
 
 _ORDER_STAGING = """n int, order_id text, member_id text, paid_time timestamptz, amount_minor bigint,
-    store text, payment_method text, content_hash text, import_digest text, payload text"""
+    store text, payment_method text, content_hash text, import_digest text, coupon_codes text[],
+    payload text"""
 _LINE_STAGING = """order_id text, line_n int, line_id text, sku text, category text, brand text,
     quantity int, unit_price_minor bigint"""
 

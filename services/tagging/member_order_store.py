@@ -11,7 +11,7 @@ from runtime.db import Connection
 from services.tagging.domain import Order, OrderLine, Refund, RefundLine
 
 _ORDER_COLUMNS = """order_id, member_id, paid_time, amount_minor, store, payment_method,
-    refunded_amount_minor, record_time"""
+    refunded_amount_minor, record_time, coupon_codes"""
 # Newest paid first, ties by order id; `after` the page's last order: older, or as old with a
 # greater id.
 _FIRST_PAGE = f"""SELECT {_ORDER_COLUMNS} FROM tagging.orders WHERE member_id = $1
@@ -38,7 +38,11 @@ async def orders_page(
     ):
         values = dict(line)
         lines[values.pop("order_id")].append(OrderLine(**values))
-    return [Order(**dict(row), lines=tuple(lines[row["order_id"]])) for row in rows]
+    orders = []
+    for row in rows:
+        values = {**dict(row), "coupon_codes": tuple(row["coupon_codes"])}
+        orders.append(Order(**values, lines=tuple(lines[row["order_id"]])))
+    return orders
 
 
 async def refunds_of(conn: Connection, order_ids: Sequence[str]) -> list[Refund]:

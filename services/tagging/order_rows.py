@@ -21,7 +21,9 @@ from typing import Any
 from runtime.checks import CLOCK_SKEW, EARLIEST, NATURAL_ID
 from services.tagging.domain import OrderInput
 from services.tagging.facts import (
+    COUPON_CODE,
     MAX_AMOUNT,
+    MAX_COUPON_CODES,
     MAX_LINES,
     MAX_PAYMENT_METHOD,
     MAX_QUANTITY,
@@ -38,8 +40,9 @@ _MICROS = 1_000_000
 _EARLIEST_MICROS = int((EARLIEST - _EPOCH).total_seconds()) * _MICROS
 
 # (n, order_id, member_id, paid_time, amount_minor, store, payment_method, content digest, wire digest,
-#  feed payload but its member order number: see payload_head)
-OrderRow = tuple[int, str, str, dt.datetime, int, str, str, str, str, str]
+#  coupon codes (None for none: a NULL costs COPY less than an empty array), feed payload but its
+#  member order number: see payload_head)
+OrderRow = tuple[int, str, str, dt.datetime, int, str, str, str, str, list[str] | None, str]
 # (order_id, line_n, line_id, sku, category, brand, quantity, unit_price_minor)
 LineRow = tuple[str, int, str, str, str, str, int, int]
 
@@ -101,10 +104,20 @@ def plain_rows(message: Any, n: int, wire_digest: str, latest: int) -> tuple[Ord
         )
     if _VERBATIM.search("".join(texts)):
         return None
+    codes: list[str] | None = None
+    codes_json = ""
+    if message.coupon_codes:
+        codes = list(message.coupon_codes)
+        if len(codes) > MAX_COUPON_CODES or len(set(codes)) < len(codes):
+            return None
+        if not all(COUPON_CODE.fullmatch(code) for code in codes):
+            return None
+        # COUPON_CODE holds nothing JSON escapes; the key sorts between amount_minor and lines.
+        codes_json = '"coupon_codes":["' + '","'.join(codes) + '"],'
     paid_time = _EPOCH + dt.timedelta(microseconds=micros)
     lines_json = ",".join(parts)
     canonical = (
-        f'{{"amount_minor":{amount},"lines":[{lines_json}],"member_id":"{member_id}",'
+        f'{{"amount_minor":{amount},{codes_json}"lines":[{lines_json}],"member_id":"{member_id}",'
         f'"order_id":"{order_id}","paid_time":"{paid_time}","payment_method":"{method}",'
         f'"store":"{store}"}}'
     )
@@ -113,9 +126,9 @@ def plain_rows(message: Any, n: int, wire_digest: str, latest: int) -> tuple[Ord
     payload = (
         f'{{"order_id":"{order_id}","member_id":"{member_id}","paid_time":"{paid_time.isoformat()}",'
         f'"amount_minor":{amount},"store":"{store}","payment_method":"{method}","lines":[{lines_json}],'
-        f'"backfilled":true,{NUMBER_KEY}'
+        f'{codes_json}"backfilled":true,{NUMBER_KEY}'
     )
-    row = (n, order_id, member_id, paid_time, amount, store, method, digest, wire_digest, payload)
+    row = (n, order_id, member_id, paid_time, amount, store, method, digest, wire_digest, codes, payload)
     return row, rows
 
 

@@ -20,8 +20,8 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
         number: int | None = await conn.fetchval(
             """INSERT INTO tagging.orders
                    (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method,
-                    content_hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    content_hash, coupon_codes)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (tenant_id, order_id) DO NOTHING
                RETURNING (SELECT count(*) + 1 FROM tagging.orders o
                           WHERE o.tenant_id = $1 AND o.member_id = $3)""",
@@ -33,6 +33,7 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
             order.store,
             order.payment_method,
             digest,
+            list(order.coupon_codes),
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound(
@@ -73,7 +74,7 @@ async def order_hash(conn: Connection, order_id: str) -> str | None:
 async def get_order(conn: Connection, order_id: str) -> Order | None:
     row = await conn.fetchrow(
         """SELECT order_id, member_id, paid_time, amount_minor, store, payment_method,
-                  refunded_amount_minor, record_time
+                  refunded_amount_minor, record_time, coupon_codes
            FROM tagging.orders WHERE order_id = $1""",
         order_id,
     )
@@ -94,6 +95,7 @@ async def get_order(conn: Connection, order_id: str) -> Order | None:
         payment_method=row["payment_method"],
         refunded_amount_minor=row["refunded_amount_minor"],
         record_time=row["record_time"],
+        coupon_codes=tuple(row["coupon_codes"]),
     )
 
 

@@ -55,6 +55,9 @@ PLAIN = {
     "zero price": with_line(unit_price_minor=0),
     "most lines": many_lines(MAX_LINES),
     "printable": with_line(sku="a/b <c> & 'd' ~ {e}"),
+    "coupon codes": an_order("m-1", "o-1", coupon_codes=["SAVE-20", "x_1"]),
+    "most coupon codes": an_order("m-1", "o-1", coupon_codes=[f"C{i}" for i in range(10)]),
+    "longest coupon code": an_order("m-1", "o-1", coupon_codes=["c" * 64]),
 }
 # Orders it leaves to the full way: valid ones whose text JSON escapes, and invalid ones.
 FULL_WAY = {
@@ -81,6 +84,11 @@ FULL_WAY = {
     "no quantity": with_line(quantity=0),
     "too large quantity": with_line(quantity=MAX_QUANTITY + 1),
     "negative price": with_line(unit_price_minor=-1),
+    "empty coupon code": an_order("m-1", "o-1", coupon_codes=[""]),
+    "long coupon code": an_order("m-1", "o-1", coupon_codes=["c" * 65]),
+    "coupon code with a quote": an_order("m-1", "o-1", coupon_codes=['a"b']),
+    "coupon code twice": an_order("m-1", "o-1", coupon_codes=["A", "B", "A"]),
+    "too many coupon codes": an_order("m-1", "o-1", coupon_codes=[f"C{i}" for i in range(11)]),
 }
 
 
