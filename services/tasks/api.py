@@ -24,6 +24,7 @@ from runtime.auth import current_tenant
 from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
+from services.tasks.coupons.api import CouponRpcs, CouponServices
 from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
@@ -48,13 +49,14 @@ class TaskServices:
     shares: Shares
     invites: Invites
     levels: Levels
+    coupons: CouponServices
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
+class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
     def __init__(
         self,
         points: Ledger,
@@ -73,6 +75,9 @@ class TasksApi(tasks_service_pb2_grpc.TasksServiceServicer):
         self._points = points
         self._rewards = rewards
         self._clock = clock
+
+    def _coupons(self) -> CouponServices:
+        return self._tasks.coupons
 
     async def EarnPoints(
         self, request: tasks_service_pb2.EarnPointsRequest, context: Any

@@ -38,6 +38,8 @@ STATEMENTS = (
     *moved("tasks.progress", key=("task_id",)),
     *moved("tasks.purchase_orders"),
     *moved("tasks.redemptions", also=_REQUEST_ID),
+    *moved("tasks.coupon_holdings", key=("template_id",)),
+    *moved("tasks.coupons", also=_REQUEST_ID),
     *moved("tasks.reward_member_redemptions", key=("reward_id",)),
     *moved("tasks.shares", key=("task_id", "target"), also=_REQUEST_ID),
     *moved("tasks.sign_ins", key=("task_id", "day"), also=_REQUEST_ID),

@@ -8,6 +8,7 @@ process): a member call pays for GetMember only the first time this process sees
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -41,8 +42,8 @@ def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
 
 
 class Peers:
-    """Implements `tasks.participation.Directory`, `feed.source.FeedSource` and `levels.publisher.LevelWriter`
-    over the peers' gRPC APIs."""
+    """Implements `tasks.participation.Directory`, `feed.source.FeedSource`, `levels.publisher.LevelWriter`
+    and `coupons.issuing.TagReader` over the peers' gRPC APIs."""
 
     def __init__(self, settings: Settings) -> None:
         self._token_for_tenant = settings.token_for_tenant
@@ -122,6 +123,20 @@ class Peers:
             return False if error.code() == grpc.StatusCode.NOT_FOUND and not named else None
         self._remember(tenant_id, member_id)
         return reply.is_member
+
+    async def member_tags(self, tenant_id: str, dimension: str, member_ids: Sequence[str]) -> dict[str, str]:
+        """Each member's current value of `dimension` (`coupons.issuing.TagReader`: a coupon's
+        threshold by the member's tag); members without one, or unknown, are left out."""
+        request = tagging_service_pb2.BatchGetMemberTagsRequest(
+            members=[f"members/{m}" for m in member_ids], dimensions=[dimension]
+        )
+        call = self._tagging.BatchGetMemberTags(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        reply = await answer("tagging", call)
+        if reply is None:
+            return {}
+        return {t.member_id: t.value for t in reply.tags if t.dimension == dimension}
 
     async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
         kinds: Any = FACT_KINDS

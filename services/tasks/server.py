@@ -21,6 +21,9 @@ from runtime.erasure import Erasures
 from runtime.grpc_server import ServiceBinding
 from services.tasks import erasure_store
 from services.tasks.api import TasksApi, TaskServices, utc_now
+from services.tasks.coupons.api import CouponServices
+from services.tasks.coupons.catalog import CouponTemplates
+from services.tasks.coupons.member_coupons import Coupons
 from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
@@ -49,6 +52,7 @@ def wire(
     peers = Peers(settings)
     participation = Participation(peers)
     definitions = TaskDefinitions(db, peers)
+    coupon_templates = CouponTemplates(db, peers)
     tasks = TaskServices(
         definitions=definitions,
         member_tasks=MemberTasks(db, definitions, participation),
@@ -56,6 +60,7 @@ def wire(
         shares=Shares(db, definitions, participation),
         invites=Invites(db, definitions, participation),
         levels=Levels(db),
+        coupons=CouponServices(coupon_templates, Coupons(db, coupon_templates, peers, peers)),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)

@@ -1,0 +1,1 @@
+"""Coupons: templates, the coupons issued and claimed from them, and their figures."""

@@ -1,0 +1,245 @@
+"""Issuing one coupon to one member, inside a transaction the caller holds (free of gRPC).
+
+This is the one way a coupon comes to exist: IssueCoupon and ClaimCoupon, a reward's redemption,
+a level benefit and a journey step all end here. The per-member limit and the stock are each
+taken by one conditional statement (coupon_store), so they hold under any concurrency; a refusal
+is a domain error and writes nothing. A request id (`key`) issues once: a retry returns the first
+coupon, the same key with other content is ALREADY_EXISTS.
+
+The threshold that follows a member's tag is read from tagging before the transaction opens
+(`MemberTag`, see `Tags`), so no transaction waits on a peer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import asyncpg
+
+from runtime.db import Connection
+from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
+from services.tasks.coupons import codes, coupon_store, template_store
+from services.tasks.coupons.coupon_store import CouponRow, NewCoupon
+from services.tasks.coupons.templates import Definition, State, Template, from_body
+from services.tasks.points import ledger
+
+MAX_SOURCE_TEXT = 128
+# Code draws before giving up: 80-bit codes meet a taken one about never.
+CODE_ATTEMPTS = 5
+# Reads of a template that changed while a coupon was being issued from it.
+STALE_ATTEMPTS = 3
+
+
+class TemplateRetired(FailedPrecondition):
+    """The template is retired: it issues nothing more."""
+
+
+class ValidityEnded(FailedPrecondition):
+    """The template's fixed window has ended: a coupon issued now could never be used."""
+
+
+class MemberLimitReached(FailedPrecondition):
+    """The member already holds the template's per-member limit of coupons (used or not)."""
+
+
+class OutOfStock(ResourceExhausted):
+    """The template's stock is all issued."""
+
+
+class Stale(Exception):
+    """The template changed (or was retired) after it was read; read it again."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Why a coupon was given, for the figures (`CouponSource`)."""
+
+    campaign: str = ""
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class MemberTag:
+    """The member's value of a template's tag dimension when asked (None: no value)."""
+
+    dimension: str
+    value: str | None
+
+
+NO_TAG = MemberTag("", None)
+
+
+class TagReader(Protocol):
+    async def member_tags(
+        self, tenant_id: str, dimension: str, member_ids: Sequence[str]
+    ) -> Mapping[str, str]:
+        """Each member's current value of `dimension` (members without one left out)."""
+        ...
+
+
+def check_source(v: Violations, path: str, source: Source) -> None:
+    for name, value in (("campaign", source.campaign), ("arm", source.arm)):
+        if len(value) > MAX_SOURCE_TEXT:
+            v.add(f"{path}.{name}", f"must be at most {MAX_SOURCE_TEXT} characters")
+        elif not value.isprintable():
+            v.add(f"{path}.{name}", "must be printable text")
+
+
+def content_hash(template_id: str, member_id: str, source: Source) -> str:
+    return ledger.content_hash("issue", template_id, member_id, source.campaign, source.arm)
+
+
+def template_from_row(row: template_store.TemplateRow) -> Template:
+    return Template(
+        definition=from_body(row.template_id, row.body),
+        state=State(row.state),
+        version=row.version,
+        issued=row.issued,
+        used=row.used,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+async def tag_for(tags: TagReader, tenant_id: str, d: Definition, member_id: str) -> MemberTag:
+    """The member's tag that decides their threshold under `d` (NO_TAG when `d` has none)."""
+    if not d.tag_dimension:
+        return NO_TAG
+    values = await tags.member_tags(tenant_id, d.tag_dimension, [member_id])
+    return MemberTag(d.tag_dimension, values.get(member_id))
+
+
+def first_issue(row: CouponRow, template_id: str, member_id: str, source: Source) -> CouponRow:
+    """The coupon a retry returns; ALREADY_EXISTS when the request id asked for something else."""
+    if row.content_hash != content_hash(template_id, member_id, source):
+        raise AlreadyExists(f"request_id {row.request_id!r} was used for a different coupon")
+    return row
+
+
+async def current_template(conn: Connection, template_id: str) -> Template:
+    row = await template_store.template(conn, template_id)
+    if row is None:
+        raise NotFound(f"couponTemplates/{template_id} not found")
+    return template_from_row(row)
+
+
+async def issue(
+    conn: Connection,
+    tenant_id: str,
+    template_id: str,
+    member_id: str,
+    *,
+    source: Source,
+    key: str,
+    tag: MemberTag | None,
+    now: dt.datetime,
+) -> CouponRow:
+    """Issues the template's coupon to the member within the caller's transaction, or returns the
+    coupon `key` issued before. Refusals (each writes nothing; the caller's transaction goes on):
+    NotFound (no such template), TemplateRetired, ValidityEnded, MemberLimitReached, OutOfStock,
+    AlreadyExists (`key` issued another coupon). The member is not checked: the caller knows them.
+    `tag`: the member's tag read before the transaction (`tag_for`); None or another dimension
+    than the template's current one means the template's own threshold."""
+    first = await coupon_store.by_request(conn, key)
+    if first is not None:
+        return first_issue(first, template_id, member_id, source)
+    for _ in range(STALE_ATTEMPTS):
+        template = await current_template(conn, template_id)
+        try:
+            # A savepoint: a refusal or a concurrent first issue of the key leaves the caller's
+            # transaction as it was.
+            async with _savepoint(conn):
+                return await issue_from(conn, tenant_id, template, member_id, source, key, tag, now)
+        except asyncpg.UniqueViolationError:
+            first = await coupon_store.by_request(conn, key)
+            if first is None:
+                raise
+            return first_issue(first, template_id, member_id, source)
+        except Stale:
+            continue
+    raise too_busy(template_id)
+
+
+async def issue_from(
+    conn: Connection,
+    tenant_id: str,
+    template: Template,
+    member_id: str,
+    source: Source,
+    key: str,
+    tag: MemberTag | None,
+    now: dt.datetime,
+) -> CouponRow:
+    """The writes of one issue from `template` as read (maybe a moment ago): the member's holding,
+    the coupon, then the stock, whose update also proves the template still active at that
+    version (`Stale` otherwise). Raises the refusals of `issue`; writes are left for the caller's
+    transaction (or savepoint) to roll back."""
+    d = template.definition
+    if template.state is State.RETIRED:
+        raise TemplateRetired(f"couponTemplates/{d.template_id} is retired")
+    valid_from, valid_until = d.validity(now)
+    if valid_until <= now:
+        raise ValidityEnded(f"couponTemplates/{d.template_id} is valid only until {valid_until.isoformat()}")
+    if not await coupon_store.take_holding(conn, tenant_id, d.template_id, member_id, d.per_member_limit):
+        raise MemberLimitReached(
+            f"members/{member_id} already holds {d.per_member_limit} coupon(s) of "
+            f"couponTemplates/{d.template_id}, the most one member may"
+        )
+    value = tag.value if tag is not None and tag.dimension == d.tag_dimension else None
+    assert d.discount is not None
+    coupon = NewCoupon(
+        code="",
+        template_id=d.template_id,
+        template_version=template.version,
+        member_id=member_id,
+        discount_kind=int(d.discount.kind),
+        amount_minor=d.discount.amount_minor,
+        percent=d.discount.percent,
+        max_discount_minor=d.discount.max_discount_minor,
+        threshold_minor=d.threshold_for(value),
+        categories=d.categories,
+        skus=d.skus,
+        valid_from=valid_from,
+        valid_until=valid_until,
+        source_campaign=source.campaign,
+        source_arm=source.arm,
+        request_id=key,
+        content_hash=content_hash(d.template_id, member_id, source),
+        issue_time=now,
+    )
+    row = await _insert_with_new_code(conn, tenant_id, coupon)
+    taken = await coupon_store.take_stock(conn, d.template_id, template.version)
+    if taken is None:
+        raise Stale()
+    if not taken:
+        raise OutOfStock(f"couponTemplates/{d.template_id} has no coupons left")
+    return row
+
+
+@asynccontextmanager
+async def _savepoint(conn: Connection) -> AsyncIterator[None]:
+    """A savepoint in the caller's transaction (opened by a plain BEGIN, so by hand): an error
+    inside rolls back to it and propagates; the transaction goes on."""
+    await conn.execute("SAVEPOINT coupon_issue")
+    try:
+        yield
+    except Exception:
+        await conn.execute("ROLLBACK TO SAVEPOINT coupon_issue")
+        raise
+    await conn.execute("RELEASE SAVEPOINT coupon_issue")
+
+
+async def _insert_with_new_code(conn: Connection, tenant_id: str, coupon: NewCoupon) -> CouponRow:
+    for _ in range(CODE_ATTEMPTS):
+        row = await coupon_store.insert_coupon(conn, tenant_id, replace(coupon, code=codes.new_code()))
+        if row is not None:
+            return row
+    raise RuntimeError(f"{CODE_ATTEMPTS} random coupon codes in a row were taken")
+
+
+def too_busy(template_id: str) -> Exception:
+    return Aborted(f"couponTemplates/{template_id} kept changing while a coupon was issued; retry")
