@@ -79,9 +79,16 @@ def _findings(
 
 class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
     def __init__(
-        self, db: Database, journeys: Journeys, operations: Operations, *, erasures: Erasures
+        self,
+        db: Database,
+        journeys: Journeys,
+        operations: Operations,
+        *,
+        erasures: Erasures,
+        coupons: report_messages.CouponStats,
     ) -> None:
         self._erasures = erasures
+        self._coupons = coupons
         self._db = db
         self._journeys = journeys
         self._operations = operations
@@ -182,7 +189,7 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
     async def GetJourneyReport(
         self, request: report_pb2.GetJourneyReportRequest, context: Any
     ) -> report_pb2.JourneyReport:
-        return await report_messages.answer(self._db, current_tenant(), request)
+        return await report_messages.answer(self._db, current_tenant(), request, self._coupons)
 
     async def ListMemberJourneys(
         self, request: journeys_service_pb2.ListMemberJourneysRequest, context: Any

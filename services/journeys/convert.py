@@ -123,6 +123,8 @@ def _step(message: pb.Step, path: str, v: Violations) -> d.Step:
         return d.Step(id=message.id, add_tag=d.AddTag(message.add_tag.dimension, message.add_tag.value))
     if kind == "exit":
         return d.Step(id=message.id, exit=d.Exit(reason=message.exit.reason))
+    if kind == "issue_coupon":
+        return d.Step(id=message.id, issue_coupon=d.IssueCoupon(template=message.issue_coupon.template))
     return step
 
 
@@ -248,6 +250,8 @@ def _step_proto(step: d.Step) -> pb.Step:
     elif step.exit is not None:
         message.exit.reason = step.exit.reason
         message.exit.SetInParent()
+    elif step.issue_coupon is not None:
+        message.issue_coupon.CopyFrom(pb.IssueCoupon(template=step.issue_coupon.template))
     return message
 
 

@@ -1,10 +1,12 @@
-"""The journeys service's reads of audience and tagging over gRPC (`references.Catalog`), acting for
-a tenant with that tenant's token. One channel per peer for the process."""
+"""The journeys service's reads of audience, tagging and tasks over gRPC (`references.Catalog`, and
+the report's coupon figures), acting for a tenant with that tenant's token. One channel per peer
+for the process."""
 
 from __future__ import annotations
 
 from memberops.audience.v1 import audience_service_pb2, audience_service_pb2_grpc
 from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
+from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2, tasks_service_pb2_grpc
 
 from runtime.channels import peer_channel
 from runtime.config import Settings
@@ -12,7 +14,9 @@ from runtime.config import Settings
 # A peer's answer read as every service reads one: NOT_FOUND (or an id that could never name
 # anything) is None, no answer is UNAVAILABLE, anything else our fault (INTERNAL).
 from runtime.peer_calls import answer as _answer
-from services.journeys.references import AudienceInfo, DimensionInfo, SampleMember
+from services.journeys.references import AudienceInfo, CouponTemplateInfo, DimensionInfo, SampleMember
+from workflows.journeys import coupons
+from workflows.journeys.report_coupons import CouponCount
 
 CALL_TIMEOUT_SECONDS = 5.0
 
@@ -24,10 +28,13 @@ class Peers:
         self._audience_channel = peer_channel(settings.audience_address)
         self._tagging = tagging_service_pb2_grpc.TaggingServiceStub(self._tagging_channel)
         self._audience = audience_service_pb2_grpc.AudienceServiceStub(self._audience_channel)
+        self._tasks_channel = peer_channel(settings.tasks_address)
+        self._tasks = tasks_service_pb2_grpc.TasksServiceStub(self._tasks_channel)
 
     async def close(self) -> None:
         await self._tagging_channel.close()
         await self._audience_channel.close()
+        await self._tasks_channel.close()
 
     def _auth(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token_for_tenant(tenant_id)}"),)
@@ -46,6 +53,26 @@ class Peers:
             request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
         )
         return await _answer("audience", call) is not None
+
+    async def coupon_template(self, tenant_id: str, template_id: str) -> CouponTemplateInfo | None:
+        request = tasks_service_pb2.GetCouponTemplateRequest(name=f"couponTemplates/{template_id}")
+        call = self._tasks.GetCouponTemplate(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        found = await _answer("tasks", call)
+        if found is None:
+            return None
+        return CouponTemplateInfo(retired=found.state == coupons_pb2.COUPON_TEMPLATE_STATE_RETIRED)
+
+    async def coupon_stats(self, tenant_id: str, journey_key: str) -> dict[str, CouponCount]:
+        """The journey's coupons per source arm (Unavailable or PeerFailed when tasks fails)."""
+        request = tasks_service_pb2.GetCouponStatsRequest(campaign=coupons.campaign(journey_key))
+        call = self._tasks.GetCouponStats(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        found = await _answer("tasks", call)
+        arms = found.arms if found is not None else ()
+        return {arm.arm: CouponCount(issued=arm.issued, used=arm.used) for arm in arms}
 
     async def dimension(self, tenant_id: str, dimension: str) -> DimensionInfo | None:
         request = tagging_service_pb2.GetTagDefinitionRequest(name=f"tagDefinitions/{dimension}")

@@ -1,6 +1,7 @@
 """What a journey names that lives in other services, checked against them: audiences exist (and
 are dynamic where the journey follows their entries and exits), tag dimensions exist, are active
-and have the values named, and `add_tag` writes a dimension an operator may set. Also renders each
+and have the values named, `add_tag` writes a dimension an operator may set, and the coupon
+templates `issue_coupon` issues from exist in the tasks service and are not retired. Also renders each
 template for a sample member, which catches a placeholder that parses but cannot be formatted.
 
 No gRPC here: `Catalog` is what the service's peers (peers.py) answer.
@@ -14,10 +15,12 @@ from typing import Protocol
 
 from runtime.errors import FieldViolation
 from workflows.journeys import templates
-from workflows.journeys.definition import PROFILE_FIELDS, EventMatch, JourneyDefinition, Step
+from workflows.journeys.definition import COUPON_FIELDS, PROFILE_FIELDS, EventMatch, JourneyDefinition, Step
 
 # Fields of the built-in sample profile, used when no sample member is named.
 SAMPLE_PROFILE = {"nickname": "Alex", "city": "Shanghai", "level": "gold", "member_id": "sample-member"}
+# The coupon fields every sample renders with (a sample member holds no coupon of the journey yet).
+SAMPLE_COUPON = dict(zip(COUPON_FIELDS, ("SAMPLE0COUPON000", "100", "20", "2026-12-31"), strict=True))
 # Dimensions `add_tag` may write: values an operator (or a campaign) sets, not computed ones.
 SETTABLE_KINDS = ("manual", "strategy")
 
@@ -37,6 +40,11 @@ class DimensionInfo:
 
 
 @dataclass(frozen=True)
+class CouponTemplateInfo:
+    retired: bool
+
+
+@dataclass(frozen=True)
 class SampleMember:
     fields: Mapping[str, str]
     # dimension -> values the member holds now.
@@ -53,6 +61,8 @@ class Catalog(Protocol):
     async def member(self, tenant_id: str, member_id: str) -> SampleMember | None: ...
 
     async def snapshot_exists(self, tenant_id: str, snapshot_id: str) -> bool: ...
+
+    async def coupon_template(self, tenant_id: str, template_id: str) -> CouponTemplateInfo | None: ...
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,12 @@ class _Snapshot:
 
 
 @dataclass(frozen=True)
+class _CouponTemplate:
+    path: str
+    template_id: str
+
+
+@dataclass(frozen=True)
 class _Tags:
     path: str
     dimension: str
@@ -92,7 +108,7 @@ def _event(match: EventMatch, path: str) -> Iterator[_Audience | _Tags]:
         yield _Audience(f"{path}.audience", match.audience, dynamic=True)
 
 
-def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Snapshot | _Tags]:
+def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Snapshot | _Tags | _CouponTemplate]:
     """Every reference of a (shape-valid) definition with its path in the definition."""
     entry = definition.entry
     if entry.event is not None:
@@ -116,7 +132,7 @@ def _named(definition: JourneyDefinition) -> Iterator[_Audience | _Snapshot | _T
         yield from _event(match, f"exit_on[{i}]")
 
 
-def _step(step: Step, path: str) -> Iterator[_Audience | _Tags]:
+def _step(step: Step, path: str) -> Iterator[_Audience | _Tags | _CouponTemplate]:
     if step.wait_for_event is not None:
         yield from _event(step.wait_for_event.event, f"{path}.wait_for_event.event")
     if step.branch is not None:
@@ -131,6 +147,8 @@ def _step(step: Step, path: str) -> Iterator[_Audience | _Tags]:
         add = step.add_tag
         value = ((f"{path}.add_tag.value", add.value),)
         yield _Tags(f"{path}.add_tag.dimension", add.dimension, value, settable=True)
+    if step.issue_coupon is not None:
+        yield _CouponTemplate(f"{path}.issue_coupon.template", step.issue_coupon.template)
 
 
 async def check(
@@ -148,6 +166,9 @@ async def check(
                     FieldViolation(path, f"names no snapshot: snapshots/{ref.snapshot_id} does not exist")
                 )
             continue
+        if isinstance(ref, _CouponTemplate):
+            v.extend(await _coupon_template(catalog, tenant_id, ref, path))
+            continue
         if isinstance(ref, _Audience):
             if ref.audience_id not in audiences:
                 audiences[ref.audience_id] = await catalog.audience(tenant_id, ref.audience_id)
@@ -164,6 +185,18 @@ async def check(
             dimensions[ref.dimension] = await catalog.dimension(tenant_id, ref.dimension)
         v.extend(_tags(ref, dimensions[ref.dimension], path, prefix))
     return v
+
+
+async def _coupon_template(
+    catalog: Catalog, tenant_id: str, ref: _CouponTemplate, path: str
+) -> list[FieldViolation]:
+    found = await catalog.coupon_template(tenant_id, ref.template_id)
+    name = f"couponTemplates/{ref.template_id}"
+    if found is None:
+        return [FieldViolation(path, f"names no coupon template: {name} does not exist in the tasks service")]
+    if found.retired:
+        return [FieldViolation(path, f"{name} is retired: it issues no more coupons")]
+    return []
 
 
 def _tags(ref: _Tags, found: DimensionInfo | None, path: str, prefix: str) -> Iterator[FieldViolation]:
@@ -188,7 +221,7 @@ def render(
     """Each template as `sample` would receive it, and the templates that cannot be formatted."""
     rendered: list[Rendered] = []
     v: list[FieldViolation] = []
-    fields = {name: sample.fields.get(name, "") for name in PROFILE_FIELDS}
+    fields = {name: sample.fields.get(name, "") for name in PROFILE_FIELDS} | SAMPLE_COUPON
     for name, template in definition.templates.items():
         values = fields | templates.tag_field_values(template, sample.tags)
         try:

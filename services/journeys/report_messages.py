@@ -1,16 +1,33 @@
 """GetJourneyReport: the request's checks, the journey report (workflows/journeys/report.py)
-computed, and the answer as its message. The servicer's method is `answer` for the call's tenant."""
+computed, its coupon figures from the tasks service (workflows/journeys/report_coupons.py), and the
+answer as its message. The servicer's method is `answer` for the call's tenant.
+
+The report answers without the tasks service too: its figures are the journeys' own, and coupons
+are then marked unavailable (`coupons_unavailable`) rather than the call failing."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Protocol
 
 from memberops.journeys.v1 import report_pb2 as pb
 
+from runtime import logs
 from runtime.db import Database
-from runtime.errors import FieldViolation, InvalidArgument
-from workflows.journeys import report
+from runtime.errors import FieldViolation, InvalidArgument, Unavailable
+from runtime.peer_calls import PeerFailed
+from workflows.journeys import report, report_coupons
 from workflows.journeys.definition import KEY
+from workflows.journeys.report_coupons import CouponCount
+
+log = logs.get_logger("memberops.journeys.report")
+
+
+class CouponStats(Protocol):
+    """The tasks service's coupons of a journey per source arm (services/journeys/peers.py)."""
+
+    async def coupon_stats(self, tenant_id: str, journey_key: str) -> Mapping[str, CouponCount]: ...
 
 
 def checked(request: pb.GetJourneyReportRequest) -> tuple[str, int]:
@@ -37,10 +54,19 @@ def to_message(figures: report.JourneyReport) -> pb.JourneyReport:
         comparisons=[pb.Comparison(**dataclasses.asdict(c)) for c in figures.comparisons],
         member_runs=figures.member_runs,
         cohorts=figures.cohorts,
+        coupons_unavailable=figures.coupons_unavailable,
     )
 
 
-async def answer(db: Database, tenant_id: str, request: pb.GetJourneyReportRequest) -> pb.JourneyReport:
+async def answer(
+    db: Database, tenant_id: str, request: pb.GetJourneyReportRequest, coupons: CouponStats
+) -> pb.JourneyReport:
     """The report, or InvalidArgument (a bad field) or NotFound (no such journey or version)."""
     key, version = checked(request)
-    return to_message(await report.journey_report(db, tenant_id, key, version))
+    figures = await report.journey_report(db, tenant_id, key, version)
+    try:
+        stats: Mapping[str, CouponCount] | None = await coupons.coupon_stats(tenant_id, key)
+    except (Unavailable, PeerFailed) as error:
+        log.warning("coupon figures unavailable", journey=key, error=str(error))
+        stats = None
+    return to_message(report_coupons.with_coupons(figures, stats))

@@ -33,7 +33,7 @@ def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> ap
     journeys = Journeys(db, peers)
     temporal = LazyClient(settings)
     operations = Operations(db, journeys, temporal, settings.temporal_task_queue)
-    servicer = JourneyApi(db, journeys, operations, erasures=Erasures(db, temporal.get))
+    servicer = JourneyApi(db, journeys, operations, erasures=Erasures(db, temporal.get), coupons=peers)
     binding = ServiceBinding.of(
         SERVICE, journeys_service_pb2_grpc.add_JourneyServiceServicer_to_server, servicer
     )

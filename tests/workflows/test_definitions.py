@@ -65,10 +65,15 @@ def test_shipped_journeys_are_valid_and_survive_json_and_temporal(definition: Jo
 def test_shipped_journeys_have_the_shape_the_issue_asks_for() -> None:
     assert NEW_CUSTOMER.entry.event == EventMatch(kind="first_order")
     assert [s.kind for s in NEW_CUSTOMER.steps] == [
-        "send", "wait", "send", "wait", "wait_until_hour", "send"
+        "send", "wait", "issue_coupon", "send", "wait", "wait_until_hour", "send"
     ]  # fmt: skip
     assert NEW_CUSTOMER.steps[-1].send == Send(template="reminder", channel="fallback")
-    assert NEW_CUSTOMER.templates["coupon"].tag_fields[0].dimension == "average_order_amount"
+    # The coupon's own threshold (its template's bands on average_order_amount), not a tag field.
+    assert "{coupon_code}" in NEW_CUSTOMER.templates["coupon"].body
+    assert "{coupon_threshold}" in NEW_CUSTOMER.templates["coupon"].body
+    assert not NEW_CUSTOMER.templates["coupon"].tag_fields
+    (offer,) = [i for i, s in enumerate(WIN_BACK.steps) if s.send and s.send.template == "offer"]
+    assert WIN_BACK.steps[offer - 1].kind == "issue_coupon"
     assert WIN_BACK.holdout_percent == 10
     assert WIN_BACK.goal is not None and WIN_BACK.goal.event.kind == "order"
     assert {s.send.channel for s in WIN_BACK.steps if s.send} == {"preferred", "fallback"}

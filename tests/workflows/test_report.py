@@ -123,6 +123,9 @@ async def test_the_report_of_member_journeys_run_by_the_worker(
         "ci_high": figures.treated.ci_high,
         "gmv_minor": "12550",
         "gmv_per_member_minor": "3138",
+        # The journey issues no coupons.
+        "coupons_issued": "0",
+        "coupons_used": "0",
     }
     assert [s["step_id"] for s in shown["steps"]] == ["offer", "wait-1d", "nudge"]
     assert shown["comparisons"][0]["too_small"] is True

@@ -1,5 +1,6 @@
 """`python -m workflows.dispatcher`: starts the dispatcher of every configured tenant (what `make up`
-runs once the worker polls), after creating the audiences the shipped journeys enter from.
+runs once the worker polls), after creating the audiences the shipped journeys enter from and the
+coupon templates they issue from (workflows/journeys/shipped_coupons.py).
 
 Idempotent: a running dispatcher is left alone, an existing audience is not touched (a tenant's own
 `win-back` audience stays as it is). Needs MEMBEROPS_AUTH_TOKENS, DATABASE_URL and Temporal.
@@ -22,6 +23,7 @@ from workflows.dispatcher import store
 from workflows.dispatcher.client import dispatcher_id, ensure_dispatcher
 from workflows.dispatcher.payloads import DispatcherInput
 from workflows.journeys.shipped import WIN_BACK_AUDIENCE
+from workflows.journeys.shipped_coupons import ensure_coupon_templates
 
 SHIPPED_AUDIENCES = (WIN_BACK_AUDIENCE,)
 FOLLOWING_WITHIN_SECONDS = 30.0
@@ -80,9 +82,13 @@ async def ensure_all(settings: Settings) -> list[Started]:
     db = await Database.connect(settings.require_database(), min_size=1, max_size=2)
     done: list[Started] = []
     try:
-        async with grpc.aio.insecure_channel(settings.audience_address) as channel:
+        async with (
+            grpc.aio.insecure_channel(settings.audience_address) as channel,
+            grpc.aio.insecure_channel(settings.tasks_address) as tasks,
+        ):
             for token, tenant_id in sorted(settings.require_tokens().items(), key=lambda item: item[1]):
                 created = await ensure_audiences(channel, token)
+                await ensure_coupon_templates(tasks, token)
                 started = await ensure_dispatcher(
                     client, settings.temporal_task_queue, DispatcherInput(tenant_id=tenant_id)
                 )

@@ -22,7 +22,7 @@ from runtime.buckets import bucket
 from runtime.db import Database
 from runtime.errors import NotFound
 from workflows import service_calls
-from workflows.journeys import local_time, states, store, templates
+from workflows.journeys import coupons, local_time, states, store, templates
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import PROFILE_FIELDS
 from workflows.journeys.payloads import (
@@ -33,6 +33,8 @@ from workflows.journeys.payloads import (
     Entered,
     EnterRequest,
     FinishRequest,
+    IssueCouponRequest,
+    IssuedCoupon,
     LoadedDefinition,
     LoadRequest,
     LocalTimeRequest,
@@ -106,6 +108,7 @@ class JourneyActivities(service_calls.ServiceActivities):
             self.check_condition,
             self.send,
             self.award,
+            self.issue_coupon,
             self.add_tag,
             self.record_split,
             self.finish,
@@ -263,6 +266,9 @@ class JourneyActivities(service_calls.ServiceActivities):
         if request.template.tag_fields:
             tags = await self._tags(request.tenant_id, request.member_id)
             extra = templates.tag_field_values(request.template, tags)
+        if request.coupon is not None:
+            tz = local_time.zone(member.contact.time_zone, self._settings.default_time_zone)
+            extra |= coupons.field_values(request.coupon, tz)
         return recipient_of(member, extra)
 
     @activity.defn(name="journeys.send")
@@ -301,6 +307,24 @@ class JourneyActivities(service_calls.ServiceActivities):
         except grpc.aio.AioRpcError as error:
             raise service_calls.permanent("EarnPoints", error) from error
         return int(entry.entry_id)
+
+    @activity.defn(name="journeys.issue_coupon")
+    async def issue_coupon(self, request: IssueCouponRequest) -> IssuedCoupon:
+        """Issues the coupon once: the request id is the tenant, journey, enrolment and step, so a
+        retried attempt gets the coupon the first one made. A refusal the member's coupon cannot
+        outgrow (no stock, the member's limit, a retired or unknown template) is an answer, not
+        an error: the journey counts it and goes on."""
+        try:
+            coupon = await self._tasks.IssueCoupon(
+                coupons.issue_request(request),
+                metadata=self._auth(request.tenant_id),
+                timeout=service_calls.CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in coupons.REFUSALS:
+                return IssuedCoupon(refused=f"{error.code().name}: {error.details()}"[:500])
+            raise service_calls.permanent("IssueCoupon", error) from error
+        return coupons.issued(coupon)
 
     @activity.defn(name="journeys.add_tag")
     async def add_tag(self, request: TagRequest) -> int:

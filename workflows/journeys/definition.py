@@ -45,8 +45,12 @@ STEP_KINDS = (
     "award",
     "add_tag",
     "exit",
+    "issue_coupon",
 )
 PROFILE_FIELDS = ("nickname", "city", "level", "member_id")
+# Fields of the coupon the enrolment's latest issue_coupon step gave the member (see IssueCoupon):
+# a template may use them only after such a step.
+COUPON_FIELDS = ("coupon_code", "coupon_threshold", "coupon_discount", "coupon_valid_until")
 # What a broadcast (one cohort workflow for a whole snapshot, in batches) can run set-based: waits
 # for the cohort (member-local hours per member), hash-based splits, sends, strategy tags (one
 # tagging call per batch) and exits. Per-member work that has no batch form is left to triggered
@@ -58,6 +62,8 @@ BROADCAST_STEP_KINDS = ("wait", "wait_until_hour", "split", "send", "add_tag", "
 KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 STEP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+# The tasks service's coupon template ids.
+COUPON_TEMPLATE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
 CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
@@ -195,6 +201,14 @@ class Award:
 
 
 @dataclass(frozen=True)
+class IssueCoupon:
+    """A coupon of the tasks service's template `template` (its id), once per enrolment and step;
+    the member's later sends may use its COUPON_FIELDS."""
+
+    template: str
+
+
+@dataclass(frozen=True)
 class AddTag:
     """A strategy (or manual) tag value through tagging; the dimension must exist in the catalog."""
 
@@ -219,6 +233,8 @@ class Step:
     award: Award | None = None
     add_tag: AddTag | None = None
     exit: Exit | None = None
+    # Added after format 2: written only when set (see loading.to_json).
+    issue_coupon: IssueCoupon | None = None
 
     @property
     def kind(self) -> str:
@@ -506,7 +522,7 @@ def _templates(templates: Mapping[str, Template], v: Violations) -> None:
             v.add(f"{path}.body", f"must be 1-{MAX_TEXT} characters")
         if len(template.subject) > 200:
             v.add(f"{path}.subject", "must be at most 200 characters")
-        known = set(PROFILE_FIELDS)
+        known = set(PROFILE_FIELDS) | set(COUPON_FIELDS)
         for j, tag_field in enumerate(template.tag_fields):
             if not NAME.match(tag_field.name) or tag_field.name in known:
                 v.add(f"{path}.tag_fields[{j}].name", "must be a new field name")
@@ -526,6 +542,17 @@ def _templates(templates: Mapping[str, Template], v: Violations) -> None:
             bad = _unknown_placeholders(getattr(template, part), known)
             if bad is not None:
                 v.add(f"{path}.{part}", bad)
+
+
+def coupon_fields_used(template: Template) -> list[str]:
+    """The coupon fields the template shows (those its own tag fields do not define, as versions
+    stored before coupons existed did with `coupon_threshold`), in order of COUPON_FIELDS."""
+    own = {tag_field.name for tag_field in template.tag_fields}
+    try:
+        used = {name for part in (template.subject, template.body) for name in placeholders(part)}
+    except ValueError:
+        return []  # reported by the template's own validation
+    return [name for name in COUPON_FIELDS if name in used and name not in own]
 
 
 def placeholders(text: str) -> Iterable[str]:

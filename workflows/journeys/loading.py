@@ -25,8 +25,12 @@ from workflows.journeys.definition import JourneyDefinition, validate
 _MISSING = object()
 
 # The format `to_json` writes. 1: before formats existed (no `max_entry_delay`, no
-# `wait_until_hour.preferred`); 2: with both.
-FORMAT_VERSION = 2
+# `wait_until_hour.preferred`); 2: with both; 3: steps may be `issue_coupon` (a reader of format 2
+# would not know the key, so it must refuse such a row as a newer format, not as a broken one).
+FORMAT_VERSION = 3
+# Step fields added since format 2, written only when set: a definition that does not use them
+# keeps the content (and content hash) it had, so storing it again is no new version.
+_WRITTEN_WHEN_SET = ("issue_coupon",)
 
 
 class UnreadableDefinition(RuntimeError):
@@ -84,8 +88,13 @@ def _from_format_1(data: Any) -> Any:
     return data
 
 
+def _from_format_2(data: Any) -> Any:
+    """Format 2 -> 3: nothing to add (a step without `issue_coupon` is not one)."""
+    return data
+
+
 # format N -> the upgrade to N + 1.
-_UPGRADES = {1: _from_format_1}
+_UPGRADES = {1: _from_format_1, 2: _from_format_2}
 
 
 def to_data(definition: JourneyDefinition) -> dict[str, Any]:
@@ -95,9 +104,12 @@ def to_data(definition: JourneyDefinition) -> dict[str, Any]:
 
 
 def to_json(definition: JourneyDefinition) -> str:
-    return json.dumps(
-        dataclasses.asdict(definition), ensure_ascii=False, sort_keys=True, separators=(",", ":")
-    )
+    data = dataclasses.asdict(definition)
+    for step in data["steps"]:
+        for name in _WRITTEN_WHEN_SET:
+            if step.get(name) is None:
+                step.pop(name, None)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 @cache

@@ -11,6 +11,7 @@ from workflows.journeys.definition import (
     ChannelPolicy,
     Condition,
     EventMatch,
+    IssueCoupon,
     JourneyDefinition,
     QuietHours,
     Template,
@@ -126,6 +127,33 @@ class ConditionRequest:
 
 
 @dataclass(frozen=True)
+class IssuedCoupon:
+    """What an issue_coupon step got: a coupon (its code and the terms later sends show), or why
+    the tasks service refused one (`refused`: out of stock, the member at the template's limit, a
+    retired template), which the journey counts and goes on from."""
+
+    code: str = ""
+    # The member's own threshold and the discount, in minor units; `discount` as a message shows
+    # it (`20`, `15%`, `free shipping`).
+    threshold_minor: int = 0
+    discount: str = ""
+    valid_until: dt.datetime | None = None
+    refused: str = ""
+
+
+@dataclass(frozen=True)
+class IssueCouponRequest:
+    tenant_id: str
+    journey_key: str
+    enrolment_id: int
+    member_id: str
+    step_id: str
+    issue_coupon: IssueCoupon
+    # The member's report arm (`treated`, or its split arms so far, see steps/issue_coupon.py).
+    arm: str
+
+
+@dataclass(frozen=True)
 class SendRequest:
     tenant_id: str
     journey_key: str
@@ -138,6 +166,8 @@ class SendRequest:
     channels: ChannelPolicy
     frequency_cap: int
     quiet_hours: QuietHours | None = None
+    # The enrolment's latest issued coupon, for the template's coupon fields (None: none issued).
+    coupon: IssuedCoupon | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ and the cohorts of its broadcasts (`cohort_members`, and what each finished batc
   in the journey, conversions (the goal within the attribution window from entry; members still in
   the journey count as not converted yet), GMV of the converting orders. A split arm counts treated
   members only: the holdout walks the same paths but is sent nothing on any of them.
+- Coupons: per arm, issued and used, from the tasks service (report_coupons.py; added by the
+  service's GetJourneyReport, not by this module, which reads the worker's schema only).
 - Comparisons: every arm against the holdout, and each split arm against the arms of its split
   listed before it, with the statistics of `stats`.
 - Steps: a member journey's figures per step are written when the member leaves
@@ -72,6 +74,10 @@ class ArmFigures:
     ci_high: float = 1.0
     gmv_minor: int = 0
     gmv_per_member_minor: int = 0
+    # Coupons of the journey's issue_coupon steps given to the arm's members, and used (from the
+    # tasks service; see report_coupons.py).
+    coupons_issued: int = 0
+    coupons_used: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class JourneyReport:
     # Member journey runs (one per member and entry) and broadcast cohorts counted.
     member_runs: int = 0
     cohorts: int = 0
+    # The tasks service did not answer for the coupon figures (they are 0 for want of an answer).
+    coupons_unavailable: bool = False
 
     def arm(self, name: str) -> ArmFigures:
         """The arm's figures (empty ones for an arm nobody is in)."""

@@ -47,7 +47,18 @@ def render(report: report_pb2.JourneyReport) -> str:
     )
     lines.append("")
     lines += table(
-        ("arm", "members", "active", "converted", "rate", "95% interval", "GMV", "GMV/member"),
+        (
+            "arm",
+            "members",
+            "active",
+            "converted",
+            "rate",
+            "95% interval",
+            "GMV",
+            "GMV/member",
+            "coupons",
+            "used",
+        ),
         [
             (
                 a.arm,
@@ -58,10 +69,14 @@ def render(report: report_pb2.JourneyReport) -> str:
                 f"{_percent(a.ci_low)} - {_percent(a.ci_high)}",
                 _money(a.gmv_minor),
                 _money(a.gmv_per_member_minor),
+                "?" if report.coupons_unavailable else f"{a.coupons_issued:,}",
+                "?" if report.coupons_unavailable else f"{a.coupons_used:,}",
             )
             for a in report.arms
         ],
     )
+    if report.coupons_unavailable:
+        lines.append("coupons: ? the tasks service did not answer")
     lines.append("")
     lines += table(
         ("arm vs baseline", "uplift (points)", "95% interval", "p-value", ""),

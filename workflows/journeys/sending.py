@@ -5,7 +5,9 @@ In order: a final row in the message log answers at once (a retry of a send that
 quiet hours in the member's zone defer the send to their end; the channel is the first of the
 step's choice and the journey's fallback order that the member has not opted out of, has an address
 for and that is configured; the member's daily cap (their local day, across all journeys) defers to
-their next local midnight; the channel's per-minute window defers to the next minute. Deferred
+their next local midnight; the channel's per-minute window defers to the next minute. A template
+showing coupon fields is skipped for a member the journey issued no coupon (refused, or a path
+past the issue_coupon step). Deferred
 sends are never dropped: the workflow sleeps until the time given and asks again. Only then is the
 message rendered, the row claimed and committed with that text, and the provider called with it.
 
@@ -25,7 +27,7 @@ from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log, templates
 from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
 from workflows.journeys.channels.config import ChannelSettings
-from workflows.journeys.definition import CHANNELS, ChannelPolicy, QuietHours, Template
+from workflows.journeys.definition import CHANNELS, ChannelPolicy, QuietHours, Template, coupon_fields_used
 from workflows.journeys.message_log import Key
 from workflows.journeys.payloads import SendOutcome, SendRequest
 
@@ -169,6 +171,9 @@ class Sender:
         day: dt.date,
     ) -> tuple[SendOutcome | None, str]:
         """A deferral or skip decided before any claim, or the channel to send on."""
+        if request.coupon is None and coupon_fields_used(request.template):
+            # The issue_coupon step was refused, or the member's path jumped past it.
+            return SendOutcome("skipped", detail="no coupon: the journey issued the member none"), ""
         routed = self.route(request.channel, request.channels, request.quiet_hours, recipient, now, tz)
         if isinstance(routed, SendOutcome):
             return routed, ""

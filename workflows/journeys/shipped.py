@@ -2,8 +2,12 @@
 for every configured tenant that has no version of them yet, and a tenant changes one by storing a
 new version.
 
-Coupon thresholds follow the seeds' subsidy rule: a member's threshold sits at their own spending
-power (the `average_order_amount` band), so each band is asked for an order it can reach.
+New-customer and win-back give real coupons (an issue_coupon step before the send that shows the
+code). Coupon thresholds follow the seeds' subsidy rule: a member's threshold sits at their own
+spending power (the `average_order_amount` band), so each band is asked for an order it can reach;
+the coupon templates carry those bands (`tag_thresholds`), and each coupon the threshold of its
+member's band when it was issued. The templates (SHIPPED_COUPON_TEMPLATES) are created for every
+tenant by `python -m workflows.dispatcher` (as `make up` runs it), before anything is activated.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from memberops.audience.v1 import audience_pb2
+from memberops.tasks.v1 import coupons_pb2
 
 from workflows.journeys.definition import (
     AudienceEntry,
@@ -19,24 +24,43 @@ from workflows.journeys.definition import (
     Entry,
     EventMatch,
     Goal,
+    IssueCoupon,
     JourneyDefinition,
     QuietHours,
     Send,
     Step,
-    TagField,
     Template,
     Wait,
     WaitUntilHour,
     duration,
 )
 
-# Threshold (in yuan, as the message shows it) per average-order-amount band.
-COUPON_THRESHOLD = TagField(
-    name="coupon_threshold",
+# Threshold (minor units) per average-order-amount band; members with none: 100 (10,000 minor).
+COUPON_THRESHOLDS = coupons_pb2.TagThresholds(
     dimension="average_order_amount",
-    texts={"lt_100": "50", "100_200": "100", "200_500": "200", "500_plus": "500"},
-    default="100",
+    thresholds={"lt_100": 5_000, "100_200": 10_000, "200_500": 20_000, "500_plus": 50_000},
 )
+
+
+def _coupon_template(
+    template_id: str, name: str, off_minor: int, per_member: int
+) -> coupons_pb2.CouponTemplate:
+    return coupons_pb2.CouponTemplate(
+        template_id=template_id,
+        display_name=name,
+        amount_off=coupons_pb2.AmountOff(amount_minor=off_minor),
+        threshold_minor=10_000,
+        tag_thresholds=COUPON_THRESHOLDS,
+        # Long enough for the journey's own reminder, sent 7 days after the coupon.
+        valid_days=14,
+        per_member_limit=per_member,
+    )
+
+
+# New customers once each (the journey enrols a member once); win-back once per return.
+NEW_CUSTOMER_COUPON = _coupon_template("new-customer-20-off", "New customer: 20 off", 2_000, 1)
+WIN_BACK_COUPON = _coupon_template("win-back-30-off", "Win-back: 30 off", 3_000, 12)
+SHIPPED_COUPON_TEMPLATES = (NEW_CUSTOMER_COUPON, WIN_BACK_COUPON)
 
 NEW_CUSTOMER = JourneyDefinition(
     key="new-customer",
@@ -46,6 +70,7 @@ NEW_CUSTOMER = JourneyDefinition(
         Step(id="welcome", send=Send(template="welcome")),
         Step(id="wait-3d", wait=Wait(duration="3d")),
         # A second order before now has already ended the journey (the goal).
+        Step(id="issue-coupon", issue_coupon=IssueCoupon(template=NEW_CUSTOMER_COUPON.template_id)),
         Step(id="coupon", send=Send(template="coupon")),
         Step(id="wait-7d", wait=Wait(duration="7d")),
         Step(id="reminder-hour", wait_until_hour=WaitUntilHour(hour=10)),
@@ -58,13 +83,13 @@ NEW_CUSTOMER = JourneyDefinition(
         ),
         "coupon": Template(
             subject="A coupon for your next order",
-            body="Hi {nickname}, take 20 off your next order of {coupon_threshold} or more, this week only.",
-            tag_fields=(COUPON_THRESHOLD,),
+            body="Hi {nickname}, take {coupon_discount} off your next order of {coupon_threshold} or more "
+            "with code {coupon_code}, valid until {coupon_valid_until}.",
         ),
         "reminder": Template(
             subject="Your coupon is waiting",
-            body="Hi {nickname}, your coupon for orders of {coupon_threshold} or more expires soon.",
-            tag_fields=(COUPON_THRESHOLD,),
+            body="Hi {nickname}, your coupon {coupon_code} for orders of {coupon_threshold} or more "
+            "expires after {coupon_valid_until}.",
         ),
     },
     goal=Goal(event=EventMatch(kind="order"), attribution="14d"),
@@ -81,6 +106,7 @@ WIN_BACK = JourneyDefinition(
     entry=Entry(audience=AudienceEntry(audience="win-back")),
     steps=(
         Step(id="offer-hour", wait_until_hour=WaitUntilHour(hour=10)),
+        Step(id="issue-offer", issue_coupon=IssueCoupon(template=WIN_BACK_COUPON.template_id)),
         Step(id="offer", send=Send(template="offer", channel="preferred")),
         Step(id="wait-5d", wait=Wait(duration="5d")),
         # Escalate: the next channel of the fallback order, SMS before e-mail.
@@ -90,13 +116,13 @@ WIN_BACK = JourneyDefinition(
     templates={
         "offer": Template(
             subject="We miss you, {nickname}",
-            body="Hi {nickname}, come back for 30 off any order of {coupon_threshold} or more.",
-            tag_fields=(COUPON_THRESHOLD,),
+            body="Hi {nickname}, come back for {coupon_discount} off any order of {coupon_threshold} or "
+            "more with code {coupon_code}, valid until {coupon_valid_until}.",
         ),
         "last_call": Template(
-            subject="Last days for your 30 off",
-            body="Hi {nickname}, your 30 off orders of {coupon_threshold} or more ends this week.",
-            tag_fields=(COUPON_THRESHOLD,),
+            subject="Last days for your {coupon_discount} off",
+            body="Hi {nickname}, your code {coupon_code} for {coupon_discount} off orders of "
+            "{coupon_threshold} or more ends after {coupon_valid_until}.",
         ),
     },
     goal=Goal(event=EventMatch(kind="order"), attribution="21d"),

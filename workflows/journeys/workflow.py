@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         EnterRequest,
         FinishRequest,
         Funnel,
+        IssuedCoupon,
         JourneyInput,
         LoadRequest,
         MemberEvent,
@@ -111,6 +112,8 @@ class JourneyWorkflow:
         self._detail = ""
         # An exit step ended the walk.
         self._left = False
+        # The latest coupon an issue_coupon step gave the member (its later sends show it).
+        self._coupon: IssuedCoupon | None = None
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -194,12 +197,7 @@ class JourneyWorkflow:
                 self._state,
                 self._convert_time,
                 self._gmv_minor,
-                split_arms=tuple(
-                    split_recorded(step_id, what.removeprefix("arm:"))
-                    for step_id, figures in self._figures.items()
-                    for what in figures
-                    if what.startswith("arm:")
-                ),
+                split_arms=self.split_arms,
                 step_figures={
                     step_id: {what: n for what, n in figures.items() if n and not what.startswith("arm:")}
                     for step_id, figures in self._figures.items()
@@ -267,6 +265,22 @@ class JourneyWorkflow:
     @property
     def entry_number(self) -> int:
         return self._enrolment.entry_number
+
+    @property
+    def split_arms(self) -> tuple[str, ...]:
+        return tuple(
+            split_recorded(step_id, what.removeprefix("arm:"))
+            for step_id, figures in self._figures.items()
+            for what in figures
+            if what.startswith("arm:")
+        )
+
+    @property
+    def coupon(self) -> IssuedCoupon | None:
+        return self._coupon
+
+    def keep_coupon(self, coupon: IssuedCoupon) -> None:
+        self._coupon = coupon
 
     async def call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O:
         return await self._call(method, request)

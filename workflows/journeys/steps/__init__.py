@@ -11,6 +11,7 @@ from workflows.journeys.steps.award import Award
 from workflows.journeys.steps.base import BatchRun, Checks, MemberRun, StepKind
 from workflows.journeys.steps.branch import Branch
 from workflows.journeys.steps.exit import Exit
+from workflows.journeys.steps.issue_coupon import IssueCoupon
 from workflows.journeys.steps.send import Send
 from workflows.journeys.steps.split import Split
 from workflows.journeys.steps.wait import Wait
@@ -29,6 +30,7 @@ KINDS: dict[str, StepKind] = {
         Award(),
         AddTag(),
         Exit(),
+        IssueCoupon(),
     )
 }
 

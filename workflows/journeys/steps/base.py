@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError
 
 from runtime.errors import Violations
 from workflows.journeys.definition import EventMatch, JourneyDefinition, Step
+from workflows.journeys.payloads import IssuedCoupon
 
 if TYPE_CHECKING:
     from workflows.journeys.cohort.store import Due
@@ -59,6 +60,15 @@ class MemberRun(Protocol):
     def enrolment_id(self) -> int: ...
     @property
     def entry_number(self) -> int: ...
+    @property
+    def split_arms(self) -> tuple[str, ...]:
+        """The split arms the member took so far (`{step id}:{arm}`), in the order taken."""
+
+    @property
+    def coupon(self) -> IssuedCoupon | None:
+        """The latest coupon an issue_coupon step gave the member in this run."""
+
+    def keep_coupon(self, coupon: IssuedCoupon) -> None: ...
 
     async def call(self, method: Callable[[Any, _I], Awaitable[_O]], request: _I) -> _O: ...
     def count(self, step_id: str, what: str) -> None: ...

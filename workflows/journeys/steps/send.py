@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows.journeys.activities import JourneyActivities
-from workflows.journeys.definition import CHANNEL_CHOICES, Step
+from workflows.journeys.definition import CHANNEL_CHOICES, Step, coupon_fields_used
 from workflows.journeys.payloads import SendRequest
 from workflows.journeys.steps.base import BatchRun, Checks, MemberRun, StepKind
 
@@ -28,8 +28,15 @@ class Send(StepKind):
     def validate(self, step: Step, path: str, checks: Checks) -> None:
         send = step.send
         assert send is not None
-        if send.template not in checks.definition.templates:
+        template = checks.definition.templates.get(send.template)
+        if template is None:
             checks.add(f"{path}.send.template", f"names no template of this journey ({send.template!r})")
+        elif coupon_fields_used(template) and not _after_issue(step, checks):
+            checks.add(
+                f"{path}.send.template",
+                f"template {send.template!r} shows {', '.join(coupon_fields_used(template))}: "
+                "an issue_coupon step must come before this send",
+            )
         if send.channel not in CHANNEL_CHOICES:
             checks.add(f"{path}.send.channel", f"must be one of {', '.join(CHANNEL_CHOICES)}")
 
@@ -47,6 +54,7 @@ class Send(StepKind):
             channels=definition.channels,
             frequency_cap=definition.frequency_cap,
             quiet_hours=definition.quiet_hours,
+            coupon=member.coupon,
         )
         while not member.ended:
             try:
@@ -67,3 +75,14 @@ class Send(StepKind):
 
     def plan(self, step: Step, batch: BatchRun, due: Due, recipient: Recipient, tz: ZoneInfo) -> None:
         batch.route(due, step, recipient, tz)
+
+
+def _after_issue(step: Step, checks: Checks) -> bool:
+    """Whether an issue_coupon step comes before `step` in the definition (a member whose path
+    jumped past it has no coupon: its coupon sends are skipped, see sending.py)."""
+    for earlier in checks.definition.steps:
+        if earlier is step:
+            return False
+        if earlier.issue_coupon is not None:
+            return True
+    return False

@@ -58,6 +58,7 @@ class JourneyReport(_message.Message):
     COMPARISONS_FIELD_NUMBER: _builtins.int
     MEMBER_RUNS_FIELD_NUMBER: _builtins.int
     COHORTS_FIELD_NUMBER: _builtins.int
+    COUPONS_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     journey_key: _builtins.str
     """The journey's key."""
     version: _builtins.int
@@ -70,6 +71,11 @@ class JourneyReport(_message.Message):
     """Member journey runs counted (one per member and entry)."""
     cohorts: _builtins.int
     """Broadcast cohorts counted."""
+    coupons_unavailable: _builtins.bool
+    """True when the tasks service did not answer for the coupon figures: every arm's
+    `coupons_issued` and `coupons_used` are then 0 for want of an answer, not counted (the other
+    figures are the journeys' own and complete).
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepFigures]:
         """Every step of the version reported (the latest one for all versions) in definition order, then
@@ -99,10 +105,11 @@ class JourneyReport(_message.Message):
         comparisons: _abc.Iterable[Global___Comparison] | None = ...,
         member_runs: _builtins.int = ...,
         cohorts: _builtins.int = ...,
+        coupons_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "attribution", b"attribution", "cohorts", b"cohorts", "comparisons", b"comparisons", "journey_key", b"journey_key", "member_runs", b"member_runs", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "attribution", b"attribution", "cohorts", b"cohorts", "comparisons", b"comparisons", "coupons_unavailable", b"coupons_unavailable", "journey_key", b"journey_key", "member_runs", b"member_runs", "steps", b"steps", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,7 +209,9 @@ class ArmFigures(_message.Message):
     """gmv_minor / members, rounded to the nearest minor unit (0 without members)."""
     coupons_issued: _builtins.int
     """Coupons the journey's issue_coupon steps gave members of this arm, and of those the ones used
-    on an order (from the tasks service's GetCouponStats).
+    on an order (from the tasks service's GetCouponStats). Every coupon goes to a treated member:
+    it counts under `treated` and under each split arm the member had taken when it was issued
+    (the holdout has none). Counted over every version of the journey, whatever `version` asked.
     """
     coupons_used: _builtins.int
     def __init__(
