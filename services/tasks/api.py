@@ -26,6 +26,8 @@ from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
 from services.tasks.coupons.api import CouponRpcs, CouponServices
 from services.tasks.daily_kpis import DailyKpiReader
+from services.tasks.economy import messages as economy_messages
+from services.tasks.economy.order_earning import OrderEarningRules
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
 from services.tasks.points import ledger
@@ -49,6 +51,7 @@ class TaskServices:
     shares: Shares
     invites: Invites
     levels: Levels
+    order_earning: OrderEarningRules
     coupons: CouponServices
 
 
@@ -353,6 +356,22 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
         return tasks_service_pb2.ReadTasksFeedResponse(
             entries=[messages.tasks_feed_entry_to_proto(e) for e in entries], next_cursor=cursor
         )
+
+    async def GetOrderEarningRule(
+        self, request: tasks_service_pb2.GetOrderEarningRuleRequest, context: Any
+    ) -> points_pb2.OrderEarningRule:
+        return economy_messages.rule_to_proto(await self._tasks.order_earning.rule(current_tenant()))
+
+    async def UpdateOrderEarningRule(
+        self, request: tasks_service_pb2.UpdateOrderEarningRuleRequest, context: Any
+    ) -> points_pb2.OrderEarningRule:
+        v = Violations()
+        rule = economy_messages.rule_from_proto(request.rule, v)
+        v.raise_if_any()
+        updated = await self._tasks.order_earning.update(
+            current_tenant(), rule, request.expected_version, self._clock()
+        )
+        return economy_messages.rule_to_proto(updated)
 
     async def GetDailyKpis(
         self, request: tasks_service_pb2.GetDailyKpisRequest, context: Any

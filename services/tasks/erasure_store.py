@@ -54,6 +54,7 @@ STATEMENTS = (
     *moved("tasks.member_facts", key=()),
     *moved("tasks.member_levels", key=()),
     *moved("tasks.feed"),
+    *moved("tasks.level_benefit_grants", key=("benefit", "period")),
 )
 
 

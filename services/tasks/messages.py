@@ -13,6 +13,7 @@ from memberops.tasks.v1 import levels_pb2, points_pb2, rewards_pb2, tasks_pb2, t
 
 from runtime import checks
 from runtime.errors import Violations
+from services.tasks.economy import messages as economy_messages
 from services.tasks.levels.levels import FeedEntry, MemberLevel, Policy, Tier
 from services.tasks.points import ledger, reward_messages
 from services.tasks.points.leaderboards import Place
@@ -241,7 +242,10 @@ def member_task_to_proto(item: MemberTask) -> tasks_pb2.MemberTask:
 
 def policy_from_proto(message: levels_pb2.LevelPolicy) -> Policy:
     return Policy(
-        tiers=tuple(Tier(t.code, t.display_name, t.min_growth) for t in message.tiers),
+        tiers=tuple(
+            Tier(t.code, t.display_name, t.min_growth, economy_messages.benefits_from_proto(t.benefits))
+            for t in message.tiers
+        ),
         window_days=message.window_days,
         period_months=message.evaluation_period_months,
         grace_days=message.grace_days,
@@ -252,7 +256,12 @@ def policy_from_proto(message: levels_pb2.LevelPolicy) -> Policy:
 def policy_to_proto(policy: Policy) -> levels_pb2.LevelPolicy:
     message = levels_pb2.LevelPolicy(
         tiers=[
-            levels_pb2.LevelTier(code=t.code, display_name=t.display_name, min_growth=t.min_growth)
+            levels_pb2.LevelTier(
+                code=t.code,
+                display_name=t.display_name,
+                min_growth=t.min_growth,
+                benefits=economy_messages.benefits_to_proto(t.benefits),
+            )
             for t in policy.tiers
         ],
         window_days=policy.window_days,

@@ -25,6 +25,7 @@ from services.tasks.coupons.api import CouponServices
 from services.tasks.coupons.catalog import CouponTemplates
 from services.tasks.coupons.member_coupons import Coupons
 from services.tasks.daily_kpis import DailyKpiReader
+from services.tasks.economy.order_earning import OrderEarningRules
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
 from services.tasks.levels.publisher import LevelPublisher
@@ -61,6 +62,7 @@ def wire(
         invites=Invites(db, definitions, participation),
         levels=Levels(db),
         coupons=CouponServices(coupon_templates, Coupons(db, coupon_templates, peers, peers)),
+        order_earning=OrderEarningRules(db),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)

@@ -42,6 +42,7 @@ from runtime.tagging_feed import (
     OrderRecorded,
     RefundRecorded,
 )
+from services.tasks.economy.feed_rules import Economy
 from services.tasks.feed import cursor_store
 from services.tasks.feed.source import FACT_KINDS, FeedEntry, FeedSource
 from services.tasks.points import ledger, ledger_store
@@ -104,6 +105,8 @@ class _Batch:
     # (member, order) of the batch's refunds whose order earned points.
     earned_points: set[tuple[str, str]] = field(default_factory=set)
     done: Round = field(default_factory=Round)
+    # The order earning rule and invite clawbacks (services/tasks/economy).
+    economy: Economy = field(default_factory=Economy)
 
     def of(self, kind: Kind) -> list[Task]:
         return [t for t in self.tasks if t.definition.kind is kind]
@@ -242,26 +245,31 @@ class FeedFollower:
         ]
         await invite_store.lock_member_facts(conn, tenant_id, triggering)
         registered: dict[str, dt.datetime] = {}
-        first_orders: dict[str, dt.datetime] = {}
+        first_orders: dict[str, invite_store.FirstOrder] = {}
         for e in facts:
             if e.backfilled:
                 # History is no trigger: an invite waits for what the invitee does from now on.
                 continue
             if e.kind == FeedKind.MEMBER_CHANGED and _registered(e):
                 registered.setdefault(e.member_id, e.create_time)
-            elif e.kind == FeedKind.ORDER_RECORDED:
-                first_orders.setdefault(e.member_id, e.create_time)
+            elif e.kind == FeedKind.ORDER_RECORDED and isinstance(e.payload, OrderRecorded):
+                paid = e.payload.paid_time or e.create_time
+                first_orders.setdefault(
+                    e.member_id, invite_store.FirstOrder(e.create_time, e.payload.order_id, paid)
+                )
         await invite_store.record_facts(conn, registered, first_orders)
         pending = await invite_store.pending_invites(conn, triggering)
         refunds = [e for e in facts if e.kind == FeedKind.REFUND_RECORDED]
         refunded_orders = [_refunded_order(e) for e in refunds]
         counted = await progress_store.counted_orders(conn, refunded_orders)
+        batch.economy = await Economy.read(conn, facts)
         payable = {
             *(e.member_id for e in facts if self._may_pay(e, batch, counted)),
             *(member for i in pending for member in (i.inviter_member_id, i.invitee_member_id)),
             # A refund may take back order points: whether the order earned any is read once the
             # account is locked, so an earning committing meanwhile is not missed.
             *(e.member_id for e in refunds),
+            *batch.economy.members(facts),
         }
         if payable:
             await ledger_store.lock_accounts_creating(conn, tenant_id, sorted(payable))
@@ -332,6 +340,8 @@ class FeedFollower:
         order = entry.payload
         if not isinstance(order, OrderRecorded):
             return
+        if await batch.economy.order(conn, tenant_id, entry):
+            batch.earned_points.add((entry.member_id, order.order_id))
         paid = order.paid_time or entry.create_time
         for task in batch.of(Kind.PURCHASE):
             spec = task.definition.spec
@@ -377,6 +387,8 @@ class FeedFollower:
         share = _refunded(entry, refund)
         earned = (entry.member_id, order_id) in batch.earned_points
         if earned and share is not None and await ledger.reverse_refund(conn, tenant_id, share):
+            batch.done.reversed += 1
+        if await batch.economy.refund(conn, tenant_id, entry):
             batch.done.reversed += 1
         lines = {line.line_id: line.quantity for line in refund.lines}
         amount = refund.amount_minor

@@ -25,10 +25,14 @@ async def ensure_policy(conn: Connection, tenant_id: str, content: dict[str, Any
         """WITH p AS (INSERT INTO tasks.level_policies (tenant_id, window_days, period_months, grace_days,
                                                         time_zone, content_hash)
                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id) DO NOTHING RETURNING tenant_id)
-           INSERT INTO tasks.level_tiers (tenant_id, rank, code, display_name, min_growth)
-           SELECT p.tenant_id, t.rank - 1, t.code, t.display_name, t.min_growth
-           FROM p, unnest($7::text[], $8::text[], $9::bigint[])
-                   WITH ORDINALITY AS t(code, display_name, min_growth, rank)""",
+           INSERT INTO tasks.level_tiers (tenant_id, rank, code, display_name, min_growth,
+                                          points_multiplier_percent, monthly_coupon_template,
+                                          birthday_coupon_template)
+           SELECT p.tenant_id, t.rank - 1, t.code, t.display_name, t.min_growth, t.multiplier, t.monthly,
+                  t.birthday
+           FROM p, unnest($7::text[], $8::text[], $9::bigint[], $10::integer[], $11::text[], $12::text[])
+                   WITH ORDINALITY
+                   AS t(code, display_name, min_growth, multiplier, monthly, birthday, rank)""",
         tenant_id,
         content["window_days"],
         content["period_months"],
@@ -38,6 +42,17 @@ async def ensure_policy(conn: Connection, tenant_id: str, content: dict[str, Any
         [t["code"] for t in tiers],
         [t["display_name"] for t in tiers],
         [t["min_growth"] for t in tiers],
+        *_benefit_columns(tiers),
+    )
+
+
+def _benefit_columns(tiers: Sequence[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+    """Each tier's benefits as three column arrays (a tier's content omits benefits it lacks)."""
+    benefits = [t.get("benefits", {}) for t in tiers]
+    return (
+        [b.get("points_multiplier_percent", 0) for b in benefits],
+        [b.get("monthly_coupon_template", "") for b in benefits],
+        [b.get("birthday_coupon_template", "") for b in benefits],
     )
 
 
@@ -45,14 +60,18 @@ async def policy(
     conn: Connection, *, lock: bool = False
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
     """The stored policy row (version, window_days, period_months, grace_days, time_zone,
-    update_time) and its tiers by rank (code, display_name, min_growth)."""
+    update_time) and its tiers by rank (code, display_name, min_growth and the benefit columns)."""
     row = await conn.fetchrow(
         "SELECT version, window_days, period_months, grace_days, time_zone, update_time"
         " FROM tasks.level_policies" + (" FOR UPDATE" if lock else "")
     )
     if row is None:
         return None
-    tiers = await conn.fetch("SELECT code, display_name, min_growth FROM tasks.level_tiers ORDER BY rank")
+    tiers = await conn.fetch(
+        """SELECT code, display_name, min_growth, points_multiplier_percent, monthly_coupon_template,
+                  birthday_coupon_template
+           FROM tasks.level_tiers ORDER BY rank"""
+    )
     return row, list(tiers)
 
 
@@ -73,14 +92,17 @@ async def replace_policy(
         digest,
     )
     await conn.execute(
-        """INSERT INTO tasks.level_tiers (tenant_id, rank, code, display_name, min_growth)
-           SELECT $1, t.rank - 1, t.code, t.display_name, t.min_growth
-           FROM unnest($2::text[], $3::text[], $4::bigint[])
-                WITH ORDINALITY AS t(code, display_name, min_growth, rank)""",
+        """INSERT INTO tasks.level_tiers (tenant_id, rank, code, display_name, min_growth,
+                                         points_multiplier_percent, monthly_coupon_template,
+                                         birthday_coupon_template)
+           SELECT $1, t.rank - 1, t.code, t.display_name, t.min_growth, t.multiplier, t.monthly, t.birthday
+           FROM unnest($2::text[], $3::text[], $4::bigint[], $5::integer[], $6::text[], $7::text[])
+                WITH ORDINALITY AS t(code, display_name, min_growth, multiplier, monthly, birthday, rank)""",
         tenant_id,
         [t["code"] for t in tiers],
         [t["display_name"] for t in tiers],
         [t["min_growth"] for t in tiers],
+        *_benefit_columns(tiers),
     )
 
 

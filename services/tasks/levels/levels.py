@@ -26,6 +26,7 @@ from runtime import outbox, zones
 from runtime.db import Connection, Database
 from runtime.errors import Aborted, InvalidArgument, Violations
 from services.tasks import time_span
+from services.tasks.coupons import template_store
 from services.tasks.levels import level_store, tasks_feed_store
 from services.tasks.points import ledger
 
@@ -34,8 +35,24 @@ MIN_TIERS, MAX_TIERS = 2, 10
 MAX_GROWTH = 10**12
 MAX_DISPLAY_NAME = 64
 PERIOD_MONTHS = (1, 2, 3, 4, 6, 12)
+MIN_MULTIPLIER, MAX_MULTIPLIER = 100, 1000
+TEMPLATE_PREFIX = "couponTemplates/"
+TEMPLATE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 BATCH = 500
 LEVEL_CHANGED = 1
+
+
+@dataclass(frozen=True)
+class Benefits:
+    """What a level gives its members: an order points multiplier (0 means 100) and coupons by
+    template resource name (`couponTemplates/{id}`, '' for none)."""
+
+    points_multiplier_percent: int = 0
+    monthly_coupon_template: str = ""
+    birthday_coupon_template: str = ""
+
+
+NO_BENEFITS = Benefits()
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,15 @@ class Tier:
     code: str
     display_name: str
     min_growth: int
+    benefits: Benefits = NO_BENEFITS
+
+    def content(self) -> dict[str, Any]:
+        """The tier as stored; benefits only when it has some, so policies stored before levels
+        had benefits keep their content hash."""
+        body = dataclasses.asdict(self)
+        if self.benefits == NO_BENEFITS:
+            del body["benefits"]
+        return body
 
 
 @dataclass(frozen=True)
@@ -76,7 +102,7 @@ class Policy:
 
     def content(self) -> dict[str, Any]:
         return {
-            "tiers": [dataclasses.asdict(t) for t in self.tiers],
+            "tiers": [t.content() for t in self.tiers],
             "window_days": self.window_days,
             "period_months": self.period_months,
             "grace_days": self.grace_days,
@@ -144,12 +170,31 @@ def _tiers(tiers: Sequence[Tier], current: Policy | None, v: Violations) -> None
             v.add(f"{path}.min_growth", "must be 0: the first tier is the base level everyone holds")
         elif i > 0 and tier.min_growth <= tiers[i - 1].min_growth:
             v.add(f"{path}.min_growth", "must be above the previous tier's")
+        _benefits(tier.benefits, f"{path}.benefits", v)
     if len({t.code for t in tiers}) != len(tiers):
         v.add("policy.tiers", "codes must be distinct")
     elif current is not None:
         kept = [t.code for t in tiers if t.code in {c.code for c in current.tiers}]
         if kept != [t.code for t in current.tiers]:
             v.add("policy.tiers", "must keep every current code, in its order (members may hold them)")
+
+
+def _benefits(benefits: Benefits, path: str, v: Violations) -> None:
+    multiplier = benefits.points_multiplier_percent
+    if multiplier != 0 and not MIN_MULTIPLIER <= multiplier <= MAX_MULTIPLIER:
+        v.add(f"{path}.points_multiplier_percent", f"must be 0 (100) or {MIN_MULTIPLIER}-{MAX_MULTIPLIER}")
+    for name, value in (
+        ("monthly_coupon_template", benefits.monthly_coupon_template),
+        ("birthday_coupon_template", benefits.birthday_coupon_template),
+    ):
+        if value and coupon_template_id(value) is None:
+            v.add(f"{path}.{name}", "must be a resource name of the form couponTemplates/{template_id}")
+
+
+def coupon_template_id(name: str) -> str | None:
+    """The template id of a `couponTemplates/{id}` name; None for anything else."""
+    template_id = name.removeprefix(TEMPLATE_PREFIX)
+    return template_id if name.startswith(TEMPLATE_PREFIX) and TEMPLATE_ID.match(template_id) else None
 
 
 def validate(policy: Policy, current: Policy | None) -> None:
@@ -222,7 +267,19 @@ async def _stored(conn: Connection, *, lock: bool = False) -> Policy | None:
         return None
     row, tiers = found
     return Policy(
-        tiers=tuple(Tier(t["code"], t["display_name"], t["min_growth"]) for t in tiers),
+        tiers=tuple(
+            Tier(
+                t["code"],
+                t["display_name"],
+                t["min_growth"],
+                Benefits(
+                    t["points_multiplier_percent"],
+                    t["monthly_coupon_template"],
+                    t["birthday_coupon_template"],
+                ),
+            )
+            for t in tiers
+        ),
         window_days=row["window_days"],
         period_months=row["period_months"],
         grace_days=row["grace_days"],
@@ -230,6 +287,21 @@ async def _stored(conn: Connection, *, lock: bool = False) -> Policy | None:
         version=row["version"],
         update_time=row["update_time"],
     )
+
+
+async def _templates_exist(conn: Connection, policy: Policy) -> None:
+    """INVALID_ARGUMENT naming each benefit whose coupon template does not exist."""
+    v = Violations()
+    for i, tier in enumerate(policy.tiers):
+        b = tier.benefits
+        for name, value in (
+            ("monthly_coupon_template", b.monthly_coupon_template),
+            ("birthday_coupon_template", b.birthday_coupon_template),
+        ):
+            template_id = coupon_template_id(value)
+            if template_id is not None and await template_store.template(conn, template_id) is None:
+                v.add(f"policy.tiers[{i}].benefits.{name}", f"{value} does not exist")
+    v.raise_if_any()
 
 
 class Levels:
@@ -260,6 +332,7 @@ class Levels:
             if expected_version and expected_version != current.version:
                 raise Aborted(f"the level policy is at version {current.version}, not {expected_version}")
             validate(policy, current)
+            await _templates_exist(conn, policy)
             await level_store.replace_policy(conn, tenant_id, policy.content(), current.version + 1, digest)
             updated = await _stored(conn)
         assert updated is not None

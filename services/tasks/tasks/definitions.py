@@ -48,6 +48,7 @@ MAX_FILTER_VALUES = 100
 MAX_TEXT = 64
 MAX_WINDOW_DAYS = 3650
 MAX_TIMES = 10_000
+MAX_CLAWBACK_DAYS = 365
 MAX_BUDGET = 10**15
 DEFAULT_PAGE_SIZE = 100
 CACHE_SECONDS = 2.0
@@ -105,6 +106,9 @@ class SignInSpec:
 class InviteSpec:
     trigger: int  # InviteTrigger
     invitee_points: int = 0
+    # FIRST_ORDER only: days after the qualifying order's payment in which a full refund takes
+    # the invite back (0: 30).
+    clawback_window_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,10 @@ def _invite(spec: InviteSpec, v: Violations, path: str) -> None:
         v.add(f"{path}.trigger", "must be INVITE_TRIGGER_REGISTER or INVITE_TRIGGER_FIRST_ORDER")
     if not 0 <= spec.invitee_points <= MAX_AMOUNT:
         v.add(f"{path}.invitee_points", f"must be 0-{MAX_AMOUNT:,}")
+    if not 0 <= spec.clawback_window_days <= MAX_CLAWBACK_DAYS:
+        v.add(f"{path}.clawback_window_days", f"must be 0-{MAX_CLAWBACK_DAYS}")
+    elif spec.clawback_window_days and spec.trigger != InviteTrigger.FIRST_ORDER:
+        v.add(f"{path}.clawback_window_days", "is only for INVITE_TRIGGER_FIRST_ORDER")
 
 
 def _purchase(spec: PurchaseSpec, v: Violations, path: str) -> None:
@@ -414,11 +422,14 @@ def to_body(d: Definition) -> dict[str, Any]:
 
 
 def _spec_body(spec: Spec) -> dict[str, Any]:
-    """The spec's fields; a purchase task's `reward_backfilled_orders` only when on, so the bodies
-    (and content hashes) of tasks stored before the option existed stay what they were."""
+    """The spec's fields; a purchase task's `reward_backfilled_orders` and an invite's
+    `clawback_window_days` only when set, so the bodies (and content hashes) of tasks stored
+    before the options existed stay what they were."""
     body = dataclasses.asdict(spec)
     if isinstance(spec, PurchaseSpec) and not spec.reward_backfilled_orders:
         del body["reward_backfilled_orders"]
+    if isinstance(spec, InviteSpec) and not spec.clawback_window_days:
+        del body["clawback_window_days"]
     return body
 
 

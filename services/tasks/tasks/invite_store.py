@@ -47,20 +47,41 @@ async def lock_member_facts(
     return {r["member_id"]: MemberFacts(**dict(r)) for r in rows}
 
 
+@dataclass(frozen=True)
+class FirstOrder:
+    """A member's first live order as the feed told it: when it arrived, its id and paid time
+    (what a FIRST_ORDER invite's clawback checks a refund against)."""
+
+    at: dt.datetime
+    order_id: str
+    paid_time: dt.datetime
+
+
 async def record_facts(
-    conn: Connection, registered: dict[str, dt.datetime], first_orders: dict[str, dt.datetime]
+    conn: Connection, registered: dict[str, dt.datetime], first_orders: dict[str, FirstOrder]
 ) -> None:
     """Notes registrations and first orders (rows locked by lock_member_facts); a time already
     noted stays. One statement each, however many members the batch names."""
-    for column, times in (("register_time", registered), ("first_order_time", first_orders)):
-        if times:
-            await conn.execute(
-                f"""UPDATE tasks.member_facts f SET {column} = t.at
-                    FROM unnest($1::text[], $2::timestamptz[]) AS t(member_id, at)
-                    WHERE f.member_id = t.member_id AND f.{column} IS NULL""",
-                list(times),
-                list(times.values()),
-            )
+    if registered:
+        await conn.execute(
+            """UPDATE tasks.member_facts f SET register_time = t.at
+               FROM unnest($1::text[], $2::timestamptz[]) AS t(member_id, at)
+               WHERE f.member_id = t.member_id AND f.register_time IS NULL""",
+            list(registered),
+            list(registered.values()),
+        )
+    if first_orders:
+        await conn.execute(
+            """UPDATE tasks.member_facts f
+               SET first_order_time = t.at, first_order_id = t.order_id, first_order_paid_time = t.paid
+               FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[])
+                    AS t(member_id, at, order_id, paid)
+               WHERE f.member_id = t.member_id AND f.first_order_time IS NULL""",
+            list(first_orders),
+            [o.at for o in first_orders.values()],
+            [o.order_id for o in first_orders.values()],
+            [o.paid_time for o in first_orders.values()],
+        )
 
 
 # --- invites -------------------------------------------------------------------------------------
@@ -171,3 +192,45 @@ async def finish_invite(
     )
     assert row is not None
     return InviteRow(**dict(row))
+
+
+# --- clawback ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Qualified:
+    """A paid invite whose invitee's first live order is one the batch refunds."""
+
+    invite: InviteRow
+    order_id: str
+    paid_time: dt.datetime
+
+
+async def qualified_by(conn: Connection, orders: Sequence[tuple[str, str]]) -> list[Qualified]:
+    """Completed invites whose invitee's first order is among these (member, order) pairs,
+    locked, by invitee (the lock order: invites before accounts)."""
+    pairs = sorted(set(orders))
+    if not pairs:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT {", ".join("i." + c.strip() for c in _INVITE_COLUMNS.split(","))},
+                   f.first_order_id, f.first_order_paid_time
+            FROM tasks.invites i
+            JOIN tasks.member_facts f ON f.member_id = i.invitee_member_id
+            JOIN unnest($1::text[], $2::text[]) AS o(member_id, order_id)
+              ON o.member_id = f.member_id AND o.order_id = f.first_order_id
+            WHERE i.state = 2
+            ORDER BY i.invitee_member_id FOR UPDATE OF i""",
+        [m for m, _ in pairs],
+        [o for _, o in pairs],
+    )
+    found = []
+    for r in rows:
+        values = dict(r)
+        order_id, paid = values.pop("first_order_id"), values.pop("first_order_paid_time")
+        found.append(Qualified(InviteRow(**values), order_id, paid))
+    return found
+
+
+async def set_state(conn: Connection, invitee: str, state: int) -> None:
+    await conn.execute("UPDATE tasks.invites SET state = $2 WHERE invitee_member_id = $1", invitee, state)

@@ -32,6 +32,7 @@ from services.tasks.tasks.invite_store import InviteRow, MemberFacts
 from services.tasks.tasks.member_calls import MemberCalls
 
 NEW_MEMBER_WINDOW = dt.timedelta(hours=24)
+DEFAULT_CLAWBACK_DAYS = 30
 
 
 class InviteState:
@@ -40,6 +41,7 @@ class InviteState:
     PENDING = 1
     COMPLETED = 2
     UNPAID = 3
+    REVERSED = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,31 @@ async def complete(
         first.completion_id,
         None if second is None else second.completion_id,
     )
+
+
+def clawback_window(spec: InviteSpec) -> dt.timedelta:
+    return dt.timedelta(days=spec.clawback_window_days or DEFAULT_CLAWBACK_DAYS)
+
+
+def clawed_back(spec: InviteSpec, paid: dt.datetime, refunded: dt.datetime, in_full: bool) -> bool:
+    """Whether a refund takes a FIRST_ORDER invite back: its qualifying order refunded in full
+    within the clawback window of the order's paid time."""
+    if spec.trigger != InviteTrigger.FIRST_ORDER or not in_full:
+        return False
+    return refunded - paid <= clawback_window(spec)
+
+
+async def reverse(conn: Connection, tenant_id: str, invite: InviteRow, why: str) -> None:
+    """Takes back both sides' invite points (what is left of them; the rest is the reversals'
+    shortfall, never a debt) and marks the invite REVERSED. The accounts of both are locked by
+    the caller, and so is the invite row (so it happens once)."""
+    for completion_id in (invite.inviter_completion_id, invite.invitee_completion_id):
+        if completion_id is None:
+            continue
+        completion = await completion_store.completion(conn, completion_id)
+        if completion is not None and completion.state != completions.State.REVERSED:
+            await completions.reverse(conn, tenant_id, completion, why)
+    await invite_store.set_state(conn, invite.invitee_member_id, InviteState.REVERSED)
 
 
 async def unpaid(conn: Connection, invite: InviteRow) -> InviteRow:
