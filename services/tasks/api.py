@@ -27,6 +27,7 @@ from services.tasks import messages
 from services.tasks.coupons.api import CouponRpcs, CouponServices
 from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.economy import messages as economy_messages
+from services.tasks.economy.level_benefits import LevelBenefits
 from services.tasks.economy.order_earning import OrderEarningRules
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
@@ -52,6 +53,7 @@ class TaskServices:
     invites: Invites
     levels: Levels
     order_earning: OrderEarningRules
+    level_benefits: LevelBenefits
     coupons: CouponServices
 
 
@@ -372,6 +374,19 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), rule, request.expected_version, self._clock()
         )
         return economy_messages.rule_to_proto(updated)
+
+    async def GrantLevelBenefits(
+        self, request: tasks_service_pb2.GrantLevelBenefitsRequest, context: Any
+    ) -> tasks_service_pb2.GrantLevelBenefitsResponse:
+        v = Violations()
+        as_of = messages.time_field(request, "as_of", v, "as_of")
+        v.raise_if_any()
+        run = await self._tasks.level_benefits.grant(current_tenant(), as_of, self._clock())
+        return tasks_service_pb2.GrantLevelBenefitsResponse(
+            monthly_coupons=run.monthly_coupons,
+            birthday_coupons=run.birthday_coupons,
+            out_of_stock=run.out_of_stock,
+        )
 
     async def GetDailyKpis(
         self, request: tasks_service_pb2.GetDailyKpisRequest, context: Any

@@ -138,6 +138,24 @@ class Peers:
             return {}
         return {t.member_id: t.value for t in reply.tags if t.dimension == dimension}
 
+    async def birthday_months(self, tenant_id: str, member_ids: Sequence[str]) -> dict[str, int]:
+        """Each member's birthday month (`economy.level_benefits.Birthdays`), read from tagging in
+        one call (at most 10,000 members); members without a birthday, or unknown, are left out."""
+        request = tagging_service_pb2.BatchGetMembersRequest(
+            names=[f"members/{m}" for m in member_ids],
+            allow_missing=True,
+            read_mask=field_mask_pb2.FieldMask(paths=["profile.birthday"]),
+        )
+        call = self._tagging.BatchGetMembers(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        reply = await answer("tagging", call)
+        if reply is None:
+            raise PeerFailed("tagging refused to read members' birthdays")
+        return {
+            m.member_id: m.profile.birthday.month for m in reply.members if m.profile.HasField("birthday")
+        }
+
     async def read_feed(self, tenant_id: str, after_cursor: str, limit: int) -> tuple[list[FeedEntry], str]:
         kinds: Any = FACT_KINDS
         request = tagging_service_pb2.ReadFeedRequest(after_cursor=after_cursor, limit=limit, kinds=kinds)

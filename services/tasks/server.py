@@ -25,6 +25,7 @@ from services.tasks.coupons.api import CouponServices
 from services.tasks.coupons.catalog import CouponTemplates
 from services.tasks.coupons.member_coupons import Coupons
 from services.tasks.daily_kpis import DailyKpiReader
+from services.tasks.economy.level_benefits import LevelBenefits
 from services.tasks.economy.order_earning import OrderEarningRules
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.levels.levels import Levels, seed
@@ -63,6 +64,7 @@ def wire(
         levels=Levels(db),
         coupons=CouponServices(coupon_templates, Coupons(db, coupon_templates, peers, peers)),
         order_earning=OrderEarningRules(db),
+        level_benefits=LevelBenefits(db, Levels(db), peers),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)

@@ -27,15 +27,15 @@ ALTER TABLE level_tiers
     ADD COLUMN birthday_coupon_template text NOT NULL DEFAULT '';
 
 -- Level benefits granted: one row per member, benefit and period ('2026-12' for a monthly coupon,
--- '2026' for a birthday coupon), written before the coupon is issued, so a second run (or a
--- concurrent one) grants nothing more. `outcome`: 0 claimed, 1 issued, 2 out of stock.
+-- '2026' for a birthday coupon), written in the transaction that issues the coupon, before it, so
+-- a second run (or a concurrent one) grants nothing more. A refused issue (no stock) leaves no
+-- row: the next run tries again.
 CREATE TABLE level_benefit_grants (
     tenant_id   text        NOT NULL,
     member_id   text        NOT NULL,
     benefit     text        NOT NULL CHECK (benefit IN ('monthly', 'birthday')),
     period      text        NOT NULL,
     template_id text        NOT NULL,
-    outcome     smallint    NOT NULL DEFAULT 0 CHECK (outcome IN (0, 1, 2)),
     coupon_code text        NOT NULL DEFAULT '',
     create_time timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, member_id, benefit, period)
