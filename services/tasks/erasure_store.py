@@ -55,6 +55,7 @@ STATEMENTS = (
     *moved("tasks.member_levels", key=()),
     *moved("tasks.feed"),
     *moved("tasks.level_benefit_grants", key=("benefit", "period")),
+    *moved("tasks.coupon_violations"),
 )
 
 

@@ -42,6 +42,7 @@ from runtime.tagging_feed import (
     OrderRecorded,
     RefundRecorded,
 )
+from services.tasks.coupons import writeoff
 from services.tasks.economy.feed_rules import Economy
 from services.tasks.feed import cursor_store
 from services.tasks.feed.source import FACT_KINDS, FeedEntry, FeedSource
@@ -340,6 +341,8 @@ class FeedFollower:
         order = entry.payload
         if not isinstance(order, OrderRecorded):
             return
+        # Coupon codes are written off for history too: a coupon used then is not usable again.
+        await writeoff.order_entry(conn, tenant_id, entry)
         if await batch.economy.order(conn, tenant_id, entry):
             batch.earned_points.add((entry.member_id, order.order_id))
         paid = order.paid_time or entry.create_time
@@ -383,6 +386,7 @@ class FeedFollower:
         refund = entry.payload
         if not isinstance(refund, RefundRecorded):
             return
+        await writeoff.refund_entry(conn, entry)
         order_id = refund.order_id
         share = _refunded(entry, refund)
         earned = (entry.member_id, order_id) in batch.earned_points
