@@ -150,14 +150,26 @@ async def audience(settings: Settings, peer_ports: dict[str, int]) -> AsyncItera
         yield running
 
 
+# What the suite's tasks service starts (coupon issuances) goes to a task queue no worker polls;
+# the issuances' own tests run a tasks server and a worker of their own.
+TASKS_TASK_QUEUE = "tasks-service-tests"
+
+
 @pytest.fixture(scope="session")
-def tasks_settings(settings: Settings, tagging: app.RunningService, audience: app.RunningService) -> Settings:
+def tasks_settings(
+    settings: Settings,
+    tagging: app.RunningService,
+    audience: app.RunningService,
+    dev_server_env: WorkflowEnvironment,
+) -> Settings:
     """The suite's settings pointed at the in-process tagging and audience services, which the
-    tasks service calls (members, audiences, tagging's feed)."""
+    tasks service calls (members, audiences, tagging's feed), and at the Temporal dev server."""
     return dataclasses.replace(
         settings,
         tagging_address=f"127.0.0.1:{tagging.port}",
         audience_address=f"127.0.0.1:{audience.port}",
+        temporal_address=dev_server_env.client.service_client.config.target_host,
+        temporal_task_queue=TASKS_TASK_QUEUE,
     )
 
 
@@ -208,13 +220,16 @@ JOURNEYS_TASK_QUEUE = "journeys-service-tests"
 @pytest.fixture(scope="session")
 async def journeys(
     tasks_settings: Settings,
+    tasks: app.RunningService,
     dev_server_env: WorkflowEnvironment,
     peer_ports: dict[str, int],
 ) -> AsyncIterator[app.RunningService]:
-    """The journeys service over the worker's schema, asking the in-process tagging and audience
-    services about what definitions name, and starting workflows on the Temporal dev server."""
+    """The journeys service over the worker's schema, asking the in-process tagging, audience and
+    tasks services about what definitions name (tasks: coupon templates, and the report's coupons),
+    and starting workflows on the Temporal dev server."""
     settings = dataclasses.replace(
         tasks_settings,
+        tasks_address=f"127.0.0.1:{tasks.port}",
         temporal_address=dev_server_env.client.service_client.config.target_host,
         temporal_task_queue=JOURNEYS_TASK_QUEUE,
     )

@@ -24,6 +24,8 @@ from runtime.db import Database
 from workflows import service_calls
 from workflows.anomalies.activities import AnomalyActivities
 from workflows.anomalies.workflow import KpiAnomalyCheckWorkflow
+from workflows.coupon_issuance.activities import CouponIssuanceActivities
+from workflows.coupon_issuance.workflow import CouponIssuanceWorkflow
 from workflows.dispatcher.activities import DispatcherActivities
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys import store as journeys_store
@@ -59,6 +61,7 @@ WORKFLOWS: Sequence[type] = (
     PeriodicJobWorkflow,
     TagHistoryRebuildWorkflow,
     KpiAnomalyCheckWorkflow,
+    CouponIssuanceWorkflow,
 )
 
 
@@ -109,6 +112,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *control.all(),
         *tag_history.all(),
         *anomalies.all(),
+        *CouponIssuanceActivities(tasks, settings.token_for_tenant).all(),
     ]
 
 

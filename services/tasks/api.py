@@ -25,13 +25,17 @@ from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
 from services.tasks.coupons.api import CouponRpcs, CouponServices
+from services.tasks.coupons.violation_messages import violations_response
+from services.tasks.coupons.violations import CouponViolations
 from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.economy import messages as economy_messages
 from services.tasks.economy.level_benefits import LevelBenefits
 from services.tasks.economy.order_earning import OrderEarningRules
+from services.tasks.issuances.api import IssuanceRpcs
+from services.tasks.issuances.issuances import Issuances
 from services.tasks.levels.levels import Levels
 from services.tasks.messages import stamp
-from services.tasks.points import ledger
+from services.tasks.points import ledger, reward_messages
 from services.tasks.points.leaderboards import Leaderboards
 from services.tasks.points.ledger import Ledger
 from services.tasks.points.rewards import Rewards
@@ -52,16 +56,18 @@ class TaskServices:
     shares: Shares
     invites: Invites
     levels: Levels
+    coupons: CouponServices
+    coupon_issuances: Issuances
+    coupon_violations: CouponViolations
     order_earning: OrderEarningRules
     level_benefits: LevelBenefits
-    coupons: CouponServices
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
+class TasksApi(CouponRpcs, IssuanceRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
     def __init__(
         self,
         points: Ledger,
@@ -83,6 +89,9 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
 
     def _coupons(self) -> CouponServices:
         return self._tasks.coupons
+
+    def _issuances(self) -> Issuances:
+        return self._tasks.coupon_issuances
 
     async def EarnPoints(
         self, request: tasks_service_pb2.EarnPointsRequest, context: Any
@@ -180,7 +189,9 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
     async def ListRewards(
         self, request: tasks_service_pb2.ListRewardsRequest, context: Any
     ) -> tasks_service_pb2.ListRewardsResponse:
-        page, token = await self._rewards.list_page(current_tenant(), request.page_size, request.page_token)
+        page, token = await self._rewards.list_page(
+            current_tenant(), request.page_size, request.page_token, request.show_retired
+        )
         return tasks_service_pb2.ListRewardsResponse(
             rewards=[messages.reward_to_proto(r) for r in page], next_page_token=token
         )
@@ -190,6 +201,17 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), request.member_id, request.reward_id, request.request_id, self._clock()
         )
         return messages.redemption_to_proto(redemption)
+
+    async def UpdateReward(
+        self, request: tasks_service_pb2.UpdateRewardRequest, context: Any
+    ) -> rewards_pb2.Reward:
+        update = reward_messages.update_from_proto(request)
+        return messages.reward_to_proto(await self._rewards.update(current_tenant(), update))
+
+    async def RetireReward(
+        self, request: tasks_service_pb2.RetireRewardRequest, context: Any
+    ) -> rewards_pb2.Reward:
+        return messages.reward_to_proto(await self._rewards.retire(current_tenant(), request.reward_id))
 
     async def GetLeaderboard(
         self, request: tasks_service_pb2.GetLeaderboardRequest, context: Any
@@ -374,6 +396,14 @@ class TasksApi(CouponRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
             current_tenant(), rule, request.expected_version, self._clock()
         )
         return economy_messages.rule_to_proto(updated)
+
+    async def ListCouponViolations(
+        self, request: tasks_service_pb2.ListCouponViolationsRequest, context: Any
+    ) -> tasks_service_pb2.ListCouponViolationsResponse:
+        rows, token = await self._tasks.coupon_violations.list(
+            current_tenant(), request.member_id, request.order_id, request.page_size, request.page_token
+        )
+        return violations_response(rows, token)
 
     async def GrantLevelBenefits(
         self, request: tasks_service_pb2.GrantLevelBenefitsRequest, context: Any

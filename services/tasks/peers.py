@@ -165,3 +165,35 @@ class Peers:
             raise PeerFailed(f"tagging refused to read its feed after {after_cursor!r}")
         entries = [read_entry(entry) for entry in reply.entries]
         return entries, reply.next_cursor
+
+    async def create_snapshot(
+        self, tenant_id: str, audience_id: str, request_id: str
+    ) -> tuple[str, int] | None:
+        """A snapshot of the audience (`issuances.Snapshots`): its id and size; None when the
+        audience does not exist. Idempotent by `request_id`."""
+        request = audience_service_pb2.CreateSnapshotRequest(
+            audience=f"audiences/{audience_id}", request_id=request_id
+        )
+        call = self._audience.CreateSnapshot(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        snapshot = await answer("audience", call)
+        if snapshot is None:
+            return None
+        return snapshot.name.removeprefix("snapshots/"), snapshot.member_count
+
+    async def snapshot_page(
+        self, tenant_id: str, snapshot_id: str, page_token: str, size: int
+    ) -> tuple[list[str], str] | None:
+        """One page of a snapshot's member ids and the next page's token; None when the token
+        (or the snapshot) names no page."""
+        request = audience_service_pb2.ListSnapshotMembersRequest(
+            parent=f"snapshots/{snapshot_id}", page_size=size, page_token=page_token
+        )
+        call = self._audience.ListSnapshotMembers(
+            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+        reply = await answer("audience", call)
+        if reply is None:
+            return None
+        return list(reply.member_ids), reply.next_page_token

@@ -19,15 +19,19 @@ from runtime.config import Settings
 from runtime.db import Database
 from runtime.erasure import Erasures
 from runtime.grpc_server import ServiceBinding
+from runtime.temporal_client import LazyClient
 from services.tasks import erasure_store
 from services.tasks.api import TasksApi, TaskServices, utc_now
 from services.tasks.coupons.api import CouponServices
 from services.tasks.coupons.catalog import CouponTemplates
 from services.tasks.coupons.member_coupons import Coupons
+from services.tasks.coupons.violations import CouponViolations
 from services.tasks.daily_kpis import DailyKpiReader
 from services.tasks.economy.level_benefits import LevelBenefits
 from services.tasks.economy.order_earning import OrderEarningRules
 from services.tasks.feed.follower import FeedFollower
+from services.tasks.issuances.issuances import Issuances
+from services.tasks.issuances.workflow_starts import WorkflowStarts
 from services.tasks.levels.levels import Levels, seed
 from services.tasks.levels.publisher import LevelPublisher
 from services.tasks.peers import Peers
@@ -63,6 +67,10 @@ def wire(
         invites=Invites(db, definitions, participation),
         levels=Levels(db),
         coupons=CouponServices(coupon_templates, Coupons(db, coupon_templates, peers, peers)),
+        coupon_issuances=Issuances(
+            db, peers, peers, WorkflowStarts(LazyClient(settings), settings.temporal_task_queue)
+        ),
+        coupon_violations=CouponViolations(db),
         order_earning=OrderEarningRules(db),
         level_benefits=LevelBenefits(db, Levels(db), peers),
     )

@@ -45,6 +45,8 @@ SETUP = (
     ("CreateTask", "share"),
     ("CreateTask", "invite"),
     ("CreateTask", "purchase"),
+    ("CreateCouponTemplate", ""),
+    ("IssueCouponToAudience", ""),
     ("CreateReward", ""),
     ("EarnPoints", ""),
 )
@@ -71,6 +73,9 @@ class World:
     reward: str = field(default_factory=lambda: unique("fz-r"))
     line: str = field(default_factory=lambda: unique("fz-l"))
     journey: str = field(default_factory=lambda: unique("fz-j"))
+    coupon_template: str = field(default_factory=lambda: unique("fz-ct"))
+    # The request id of the world's coupon issuance to its audience (its name's id).
+    issuance: str = field(default_factory=lambda: unique("fz-ci"))
     # task kind (the Task.spec oneof field) -> id of a task of that kind; `task` is the sign-in one
     tasks: dict[str, str] = field(default_factory=dict)
 
@@ -103,6 +108,7 @@ class World:
             "Snapshot": f"snapshots/{self.snapshot}",
             "Task": f"tasks/{self.task}",
             "Journey": f"journeys/{self.journey}",
+            "CouponTemplate": f"couponTemplates/{self.coupon_template}",
         }
 
 
@@ -114,9 +120,11 @@ _REFERENCES = {
     "snapshot": "Snapshot",
     "parent": "Snapshot",
     "task": "Task",
+    "template": "CouponTemplate",
+    "claim_audience": "Audience",
 }
 # Resource types in the order an RPC's name is searched for the type its `name` field names.
-_RPC_NOUNS = ("Snapshot", "Audience", "TagDefinition", "Task", "Journey", "Member")
+_RPC_NOUNS = ("Snapshot", "Audience", "TagDefinition", "CouponTemplate", "Task", "Journey", "Member")
 
 _STRINGS = {
     "time_zone": "Asia/Shanghai",
@@ -346,6 +354,47 @@ def _reward(request: Any, world: World) -> None:
     reward.unlimited = True
     reward.ClearField("initial_stock")
     reward.ClearField("stock")
+    reward.ClearField("coupon_template")
+    reward.per_member_limit = 0
+
+
+def _update_reward(request: Any, world: World) -> None:
+    """The world's reward with its content as created: no stock to add (it is unlimited)."""
+    _reward(request, world)
+    request.add_stock = 0
+    request.expected_version = 0
+
+
+def _issuance(request: Any, world: World) -> None:
+    """The world's issuance (the setup starts it; the fuzzed calls get fresh request ids)."""
+    request.request_id = world.issuance
+
+
+def _issuance_name(request: Any, world: World) -> None:
+    request.name = f"couponIssuances/{world.issuance}"
+    if hasattr(request, "page_token"):
+        request.page_token = ""
+
+
+def _coupon_template(request: Any, world: World) -> None:
+    """The world's template: unlimited and claimable by its audience, so the issue and claim bases
+    never run out (valid_days, not a window; no tag thresholds: tagging's catalog decides those)."""
+    template = request.template
+    template.template_id = world.coupon_template
+    template.amount_off.amount_minor = 100
+    template.ClearField("valid_from")
+    template.ClearField("valid_until")
+    template.ClearField("tag_thresholds")
+    template.valid_days = 30
+    template.total_stock = 0
+    template.per_member_limit = 1000
+    template.claimable = True
+    template.claim_audience = ""
+
+
+def _coupon_name(request: Any, world: World) -> None:
+    """A well-formed code nobody holds: GetCoupon is checked up to NOT_FOUND."""
+    request.name = "coupons/0000000000000000"
 
 
 _SPECS: dict[str, Message] = {
@@ -463,6 +512,13 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "AdjustPoints": _adjust,
     "SpendPoints": _spend,
     "CreateReward": _reward,
+    "UpdateReward": _update_reward,
+    "IssueCouponToAudience": _issuance,
+    "GetCouponIssuance": _issuance_name,
+    "IssueCouponIssuancePage": _issuance_name,
+    "CreateCouponTemplate": _coupon_template,
+    "UpdateCouponTemplate": _coupon_template,
+    "GetCoupon": _coupon_name,
     "CreateTask": _task,
     "UpdateTask": _task,
     "UpdateLevelPolicy": _level_policy,

@@ -33,8 +33,11 @@ INSERT INTO reward_member_redemptions (tenant_id, reward_id, member_id, redeemed
 SELECT tenant_id, reward_id, member_id, count(*) FROM redemptions GROUP BY 1, 2, 3;
 
 -- IssueCouponToAudience: one row per request id (the operation's name), with the snapshot taken
--- of the audience; the workflow `coupon-issuance/{tenant}/{request_id}` issues, and its counts
--- are kept here once it finished (running ones are read from the workflow).
+-- of the audience and the counts so far. The workflow `coupon-issuance/{tenant}/{request_id}`
+-- hands the snapshot's pages, one at a time, to IssueCouponIssuancePage; a page's counts are added
+-- once, with the row of the page (the digest of its audience page token, which may hold a member
+-- id, so only the digest is kept), so a retried page adds nothing (and issues nothing twice: each
+-- member's coupon has a request id of its own).
 CREATE TABLE coupon_issuances (
     tenant_id    text        NOT NULL,
     request_id   text        NOT NULL,
@@ -53,10 +56,19 @@ CREATE TABLE coupon_issuances (
     PRIMARY KEY (tenant_id, request_id)
 );
 
+CREATE TABLE coupon_issuance_pages (
+    tenant_id   text        NOT NULL,
+    request_id  text        NOT NULL,
+    page        text        NOT NULL,
+    create_time timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, request_id, page),
+    FOREIGN KEY (tenant_id, request_id) REFERENCES coupon_issuances (tenant_id, request_id)
+);
+
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['reward_member_redemptions', 'coupon_issuances'] LOOP
+    FOREACH t IN ARRAY ARRAY['reward_member_redemptions', 'coupon_issuances', 'coupon_issuance_pages'] LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format(

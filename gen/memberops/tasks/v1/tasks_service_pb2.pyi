@@ -1603,6 +1603,56 @@ class GetCouponIssuanceRequest(_message.Message):
 Global___GetCouponIssuanceRequest: _TypeAlias = GetCouponIssuanceRequest  # noqa: Y015
 
 @_typing.final
+class IssueCouponIssuancePageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`couponIssuances/{request_id}`."""
+    page_token: _builtins.str
+    """The snapshot's page: empty for the first, then the `next_page_token` of the one before."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponIssuancePageRequest: _TypeAlias = IssueCouponIssuancePageRequest  # noqa: Y015
+
+@_typing.final
+class IssueCouponIssuancePageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUANCE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty when this page was the last (the issuance is done)."""
+    @_builtins.property
+    def issuance(self) -> _coupons_pb2.CouponIssuance:
+        """The operation with this page counted."""
+
+    def __init__(
+        self,
+        *,
+        issuance: _coupons_pb2.CouponIssuance | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issuance", b"issuance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuance", b"issuance", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponIssuancePageResponse: _TypeAlias = IssueCouponIssuancePageResponse  # noqa: Y015
+
+@_typing.final
 class ClaimCouponRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -268,6 +268,11 @@ class TasksServiceStub:
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.SerializeToString,
                 response_deserializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
                 _registered_method=True)
+        self.IssueCouponIssuancePage = channel.unary_unary(
+                '/memberops.tasks.v1.TasksService/IssueCouponIssuancePage',
+                request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageRequest.SerializeToString,
+                response_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageResponse.FromString,
+                _registered_method=True)
         self.ClaimCoupon = channel.unary_unary(
                 '/memberops.tasks.v1.TasksService/ClaimCoupon',
                 request_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.ClaimCouponRequest.SerializeToString,
@@ -652,6 +657,17 @@ class TasksServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCouponIssuancePage(self, request, context):
+        """Internal (the issuance workflow's activity calls it): issues the coupon to the members of one
+        page of the issuance's snapshot and adds the page's counts to the operation; the last page
+        marks it done. Idempotent per page: a retried page issues nothing twice (each member's coupon
+        has its own request id) and adds nothing twice. A retired template (or one whose validity
+        ended) ends the issuance: it is done, the members left get nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ClaimCoupon(self, request, context):
         """The member takes a claimable template's coupon: the claim audience is checked, and the stock
         and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
@@ -929,6 +945,11 @@ def add_TasksServiceServicer_to_server(servicer, server):
                     servicer.GetCouponIssuance,
                     request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.FromString,
                     response_serializer=memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.SerializeToString,
+            ),
+            'IssueCouponIssuancePage': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCouponIssuancePage,
+                    request_deserializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageRequest.FromString,
+                    response_serializer=memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageResponse.SerializeToString,
             ),
             'ClaimCoupon': grpc.unary_unary_rpc_method_handler(
                     servicer.ClaimCoupon,
@@ -2162,6 +2183,33 @@ class TasksService:
             '/memberops.tasks.v1.TasksService/GetCouponIssuance',
             memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.GetCouponIssuanceRequest.SerializeToString,
             memberops_dot_tasks_dot_v1_dot_coupons__pb2.CouponIssuance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCouponIssuancePage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.tasks.v1.TasksService/IssueCouponIssuancePage',
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageRequest.SerializeToString,
+            memberops_dot_tasks_dot_v1_dot_tasks__service__pb2.IssueCouponIssuancePageResponse.FromString,
             options,
             channel_credentials,
             insecure,

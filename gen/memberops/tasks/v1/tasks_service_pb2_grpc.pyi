@@ -185,6 +185,13 @@ class TasksServiceStub:
     with the same request id returns the same operation.
     """
     GetCouponIssuance: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponIssuanceRequest, _coupons_pb2.CouponIssuance]
+    IssueCouponIssuancePage: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponIssuancePageRequest, _tasks_service_pb2.IssueCouponIssuancePageResponse]
+    """Internal (the issuance workflow's activity calls it): issues the coupon to the members of one
+    page of the issuance's snapshot and adds the page's counts to the operation; the last page
+    marks it done. Idempotent per page: a retried page issues nothing twice (each member's coupon
+    has its own request id) and adds nothing twice. A retired template (or one whose validity
+    ended) ends the issuance: it is done, the members left get nothing.
+    """
     ClaimCoupon: _grpc.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimCouponRequest, _coupons_pb2.Coupon]
     """The member takes a claimable template's coupon: the claim audience is checked, and the stock
     and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
@@ -360,6 +367,13 @@ class TasksServiceAsyncStub(TasksServiceStub):
     with the same request id returns the same operation.
     """
     GetCouponIssuance: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.GetCouponIssuanceRequest, _coupons_pb2.CouponIssuance]  # type: ignore[assignment]
+    IssueCouponIssuancePage: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.IssueCouponIssuancePageRequest, _tasks_service_pb2.IssueCouponIssuancePageResponse]  # type: ignore[assignment]
+    """Internal (the issuance workflow's activity calls it): issues the coupon to the members of one
+    page of the issuance's snapshot and adds the page's counts to the operation; the last page
+    marks it done. Idempotent per page: a retried page issues nothing twice (each member's coupon
+    has its own request id) and adds nothing twice. A retired template (or one whose validity
+    ended) ends the issuance: it is done, the members left get nothing.
+    """
     ClaimCoupon: _aio.UnaryUnaryMultiCallable[_tasks_service_pb2.ClaimCouponRequest, _coupons_pb2.Coupon]  # type: ignore[assignment]
     """The member takes a claimable template's coupon: the claim audience is checked, and the stock
     and per-member limit hold under any concurrency. Idempotent by `request_id`. Not claimable or
@@ -796,6 +810,19 @@ class TasksServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_service_pb2.GetCouponIssuanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coupons_pb2.CouponIssuance, _abc.Awaitable[_coupons_pb2.CouponIssuance]]: ...
+
+    @_abc_1.abstractmethod
+    def IssueCouponIssuancePage(
+        self,
+        request: _tasks_service_pb2.IssueCouponIssuancePageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_service_pb2.IssueCouponIssuancePageResponse, _abc.Awaitable[_tasks_service_pb2.IssueCouponIssuancePageResponse]]:
+        """Internal (the issuance workflow's activity calls it): issues the coupon to the members of one
+        page of the issuance's snapshot and adds the page's counts to the operation; the last page
+        marks it done. Idempotent per page: a retried page issues nothing twice (each member's coupon
+        has its own request id) and adds nothing twice. A retired template (or one whose validity
+        ended) ends the issuance: it is done, the members left get nothing.
+        """
 
     @_abc_1.abstractmethod
     def ClaimCoupon(
