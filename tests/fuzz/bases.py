@@ -377,8 +377,8 @@ def _issuance_name(request: Any, world: World) -> None:
 
 
 def _coupon_template(request: Any, world: World) -> None:
-    """The world's template: unlimited and claimable by its audience, so the issue and claim bases
-    never run out (valid_days, not a window; no tag thresholds: tagging's catalog decides those)."""
+    """The world's template: unlimited and claimable by anyone, so the issue and claim bases never
+    run out (valid_days, not a window; no tag thresholds: tagging's catalog decides those)."""
     template = request.template
     template.template_id = world.coupon_template
     template.amount_off.amount_minor = 100
