@@ -31,7 +31,14 @@ from tests.conftest import GLOBEX, TENANT_ACME, TENANT_GLOBEX, tasks_definition,
 from tests.tasks.points_helpers import ROLLING, all_entries, earn
 from tests.waiting import eventually
 from workflows.periodic import schedules
-from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobInput, JobResult
+from workflows.periodic.payloads import (
+    EVALUATE_LEVELS,
+    EXPIRE_POINTS,
+    GRANT_LEVEL_BENEFITS,
+    RECOMPUTE_TAGS,
+    JobInput,
+    JobResult,
+)
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.worker import Resources, build_worker
 
@@ -128,6 +135,17 @@ async def test_the_level_job_reports_what_it_evaluated_and_a_rerun_downgrades_no
     assert second.job == EVALUATE_LEVELS and second.summary.endswith(", 0 down")
 
 
+async def test_the_level_benefits_job_reports_what_it_granted_and_a_rerun_grants_nothing(
+    time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
+) -> None:
+    job = JobInput(TENANT_ACME, GRANT_LEVEL_BENEFITS)
+    first = await run_job(time_skipping_env, worker_settings, resources, job)
+    second = await run_job(time_skipping_env, worker_settings, resources, job)
+    assert re.fullmatch(r"\d+ monthly and \d+ birthday coupons, \d+ out of stock", first.summary)
+    assert second.job == GRANT_LEVEL_BENEFITS
+    assert second.summary.startswith("0 monthly and 0 birthday coupons")
+
+
 async def test_an_unknown_job_fails_at_once(
     time_skipping_env: WorkflowEnvironment, worker_settings: Settings, resources: Resources
 ) -> None:
@@ -159,10 +177,11 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "created"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "created"),
         (f"periodic/{tenant}/{EVALUATE_LEVELS}", "created"),
+        (f"periodic/{tenant}/{GRANT_LEVEL_BENEFITS}", "created"),
         (f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}", "created"),
     ]
     again = await schedules.ensure(client, [tenant, tenant], plan, queue)
-    assert [what for _, what in again] == ["updated"] * 4
+    assert [what for _, what in again] == ["updated"] * 5
     anomalies = await client.get_schedule_handle(f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}").describe()
     assert isinstance(anomalies.schedule.action, ScheduleActionStartWorkflow)
     assert anomalies.schedule.action.workflow == "KpiAnomalyCheck"
@@ -176,6 +195,7 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
         {
             "MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS": "off",
             "MEMBEROPS_SCHEDULE_EVALUATE_LEVELS": "off",
+            "MEMBEROPS_SCHEDULE_GRANT_LEVEL_BENEFITS": "off",
             "MEMBEROPS_SCHEDULE_DETECT_ANOMALIES": "off",
         }
     )
@@ -183,6 +203,7 @@ async def test_schedules_are_made_once_follow_the_configuration_and_start_the_jo
         (f"periodic/{tenant}/{RECOMPUTE_TAGS}", "removed"),
         (f"periodic/{tenant}/{EXPIRE_POINTS}", "updated"),
         (f"periodic/{tenant}/{EVALUATE_LEVELS}", "removed"),
+        (f"periodic/{tenant}/{GRANT_LEVEL_BENEFITS}", "removed"),
         (f"periodic/{tenant}/{schedules.DETECT_ANOMALIES}", "removed"),
     ]
     # Schedule listings come from the visibility store, which catches up with a removal shortly after.

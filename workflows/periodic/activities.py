@@ -18,7 +18,14 @@ from memberops.tasks.v1 import tasks_service_pb2
 from temporalio import activity
 
 from workflows import service_calls
-from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, RECOMPUTE_TAGS, JobRequest, JobResult
+from workflows.periodic.payloads import (
+    EVALUATE_LEVELS,
+    EXPIRE_POINTS,
+    GRANT_LEVEL_BENEFITS,
+    RECOMPUTE_TAGS,
+    JobRequest,
+    JobResult,
+)
 
 HEARTBEAT_SECONDS = 10.0
 # A recompute of 1M members takes about a minute; the first one of a tenant about four.
@@ -52,7 +59,7 @@ class PeriodicActivities:
         self._token_for_tenant = token_for_tenant
 
     def all(self) -> list[object]:
-        return [self.recompute_tags, self.expire_points, self.evaluate_levels]
+        return [self.recompute_tags, self.expire_points, self.evaluate_levels, self.grant_level_benefits]
 
     @activity.defn(name=RECOMPUTE_TAGS)
     async def recompute_tags(self, request: JobRequest) -> JobResult:
@@ -91,6 +98,22 @@ class PeriodicActivities:
         return JobResult(
             EVALUATE_LEVELS,
             f"{reply.members_evaluated} members, {reply.upgraded} up, {reply.downgraded} down",
+        )
+
+    @activity.defn(name=GRANT_LEVEL_BENEFITS)
+    async def grant_level_benefits(self, request: JobRequest) -> JobResult:
+        """Grants the coupons of level benefits due in the month of `as_of`; each is granted once
+        per member, benefit and month (birthday: year), so a rerun grants nothing more."""
+        call = self._tasks.GrantLevelBenefits(
+            tasks_service_pb2.GrantLevelBenefitsRequest(as_of=_timestamp(request)),
+            metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
+            timeout=LONG_CALL_SECONDS,
+        )
+        reply = await completed("GrantLevelBenefits", call)
+        return JobResult(
+            GRANT_LEVEL_BENEFITS,
+            f"{reply.monthly_coupons} monthly and {reply.birthday_coupons} birthday coupons, "
+            f"{reply.out_of_stock} out of stock",
         )
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 RECOMPUTE_TAGS = "recompute_tags"
 EXPIRE_POINTS = "expire_points"
 EVALUATE_LEVELS = "evaluate_levels"
-JOBS = (RECOMPUTE_TAGS, EXPIRE_POINTS, EVALUATE_LEVELS)
+GRANT_LEVEL_BENEFITS = "grant_level_benefits"
+JOBS = (RECOMPUTE_TAGS, EXPIRE_POINTS, EVALUATE_LEVELS, GRANT_LEVEL_BENEFITS)
 
 
 @dataclass(frozen=True)

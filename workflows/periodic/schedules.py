@@ -10,6 +10,7 @@ hour, not later.
 Times are cron expressions in MEMBEROPS_SCHEDULE_TIME_ZONE (default Asia/Shanghai), one variable a
 job: MEMBEROPS_SCHEDULE_RECOMPUTE_TAGS (default `0 3 * * *`), MEMBEROPS_SCHEDULE_EXPIRE_POINTS
 (default `30 0 * * *`), MEMBEROPS_SCHEDULE_EVALUATE_LEVELS (default `0 4 * * *`),
+MEMBEROPS_SCHEDULE_GRANT_LEVEL_BENEFITS (default `30 4 * * *`: after the levels are evaluated),
 MEMBEROPS_SCHEDULE_DETECT_ANOMALIES (default `0 6 * * *`); `off` removes the job's schedule.
 """
 
@@ -38,7 +39,14 @@ from runtime import zones
 from runtime.config import ConfigError, Settings
 from workflows.anomalies.payloads import CheckInput
 from workflows.anomalies.workflow import KpiAnomalyCheckWorkflow
-from workflows.periodic.payloads import EVALUATE_LEVELS, EXPIRE_POINTS, JOBS, RECOMPUTE_TAGS, JobInput
+from workflows.periodic.payloads import (
+    EVALUATE_LEVELS,
+    EXPIRE_POINTS,
+    GRANT_LEVEL_BENEFITS,
+    JOBS,
+    RECOMPUTE_TAGS,
+    JobInput,
+)
 from workflows.periodic.workflow import PeriodicJobWorkflow
 
 DEFAULT_TIME_ZONE = "Asia/Shanghai"
@@ -49,6 +57,7 @@ DEFAULT_CRON = {
     RECOMPUTE_TAGS: "0 3 * * *",
     EXPIRE_POINTS: "30 0 * * *",
     EVALUATE_LEVELS: "0 4 * * *",
+    GRANT_LEVEL_BENEFITS: "30 4 * * *",
     DETECT_ANOMALIES: "0 6 * * *",
 }
 OFF = "off"
