@@ -78,7 +78,7 @@ def wire(
     publisher = LevelPublisher(db, peers, tenants)
     servicer = TasksApi(
         Ledger(db, participation),
-        Rewards(db, participation),
+        Rewards(db, participation, peers),
         Leaderboards(db),
         tasks,
         clock=clock,

@@ -2,9 +2,11 @@
 
 A redemption runs in one tenant transaction in the ledger's lock order: the member's account
 first, then the member's count of the reward (the per-member limit, a conditional upsert), then the
-reward's row (taking a unit with a conditional update), then the member's lots. Points spent, the
-unit taken, the count and the redemption row commit together or not at all, so stock never
-oversells, no member passes the limit and a failed redemption leaves the points untouched.
+reward's row (taking a unit with a conditional update), then the member's lots, and last, for a
+coupon reward with a template, the coupon it issues (coupons.issuing: the template's rows come after
+every lock of ours). Points spent, the unit taken, the count, the coupon and the redemption row
+commit together or not at all, so stock never oversells, no member passes the limit, a template
+that cannot issue refuses the whole redemption and a failed redemption leaves the points untouched.
 
 Rewards are managed: UpdateReward replaces the name, description, price and per-member limit and
 adds stock (a new version when anything changes; the kind, odds and coupon template are fixed,
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from runtime import page_tokens
-from runtime.db import Database
+from runtime.db import Connection, Database
 from runtime.errors import (
     Aborted,
     AlreadyExists,
@@ -33,6 +35,9 @@ from runtime.errors import (
     ResourceExhausted,
     Violations,
 )
+from services.tasks.coupons import issuing
+from services.tasks.coupons.issuing import MemberTag, Source, TagReader
+from services.tasks.coupons.templates import State as TemplateState
 from services.tasks.points import ledger, ledger_store, rewards_store
 from services.tasks.points.ledger import MAX_AMOUNT, Reason
 from services.tasks.points.rewards_store import ACTIVE, RETIRED, Change, NewReward, Redemption, Reward
@@ -153,13 +158,16 @@ def wins(odds_bp: int) -> bool:
 
 
 class Rewards:
-    def __init__(self, db: Database, members: ledger.Members) -> None:
+    def __init__(self, db: Database, members: ledger.Members, tags: TagReader) -> None:
         self._db = db
         self._members = members
+        self._tags = tags
 
     async def create(self, tenant_id: str, reward: NewReward) -> Reward:
         validate_reward(reward)
         async with self._db.transaction(tenant_id) as conn:
+            if reward.coupon_template:
+                await _check_template(conn, reward.coupon_template)
             created = await rewards_store.insert_reward(conn, tenant_id, reward)
             if created is not None:
                 return created
@@ -244,14 +252,31 @@ class Rewards:
         ledger.check_id(v, "request_id", request_id)
         v.raise_if_any()
         await self._members.require_member(tenant_id, member_id)
+        tag = await self._coupon_tag(tenant_id, reward_id, member_id)
         try:
-            return await self._redeem(tenant_id, member_id, reward_id, request_id, now)
+            return await self._redeem(tenant_id, member_id, reward_id, request_id, tag, now)
         except asyncpg.UniqueViolationError:
             # Another member's redemption took the request id first: the retry finds it.
-            return await self._redeem(tenant_id, member_id, reward_id, request_id, now)
+            return await self._redeem(tenant_id, member_id, reward_id, request_id, tag, now)
+
+    async def _coupon_tag(self, tenant_id: str, reward_id: str, member_id: str) -> MemberTag | None:
+        """For a reward that issues a coupon whose threshold follows a tag: the member's tag, read
+        before the redemption's transaction opens (no transaction waits on tagging)."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            reward = await rewards_store.reward(conn, tenant_id, reward_id)
+            if reward is None or not reward.coupon_template:
+                return None
+            template = await issuing.current_template(conn, reward.coupon_template)
+        return await issuing.tag_for(self._tags, tenant_id, template.definition, member_id)
 
     async def _redeem(
-        self, tenant_id: str, member_id: str, reward_id: str, request_id: str, now: dt.datetime
+        self,
+        tenant_id: str,
+        member_id: str,
+        reward_id: str,
+        request_id: str,
+        tag: MemberTag | None,
+        now: dt.datetime,
     ) -> Redemption:
         async with self._db.transaction(tenant_id) as conn:
             await ledger_store.lock_account(conn, tenant_id, member_id)
@@ -293,7 +318,34 @@ class Rewards:
                 ),
                 taken,
             )
+            code = None
+            if reward.coupon_template and won:
+                # In the spend's transaction: a template that cannot issue (retired, out of stock,
+                # the member at its limit) refuses the whole redemption, and nothing is spent.
+                coupon = await issuing.issue(
+                    conn,
+                    tenant_id,
+                    reward.coupon_template,
+                    member_id,
+                    source=Source(campaign=f"rewards/{reward_id}"),
+                    key=f"rewards/{request_id}",
+                    tag=tag,
+                    now=now,
+                )
+                code = coupon.code
             outcome = Outcome.FULFILLED if won else Outcome.LOST
             return await rewards_store.insert_redemption(
-                conn, tenant_id, request_id, member_id, reward_id, reward.price, outcome, entry.entry_id
+                conn, tenant_id, request_id, member_id, reward_id, reward.price, outcome, entry.entry_id, code
             )
+
+
+async def _check_template(conn: Connection, template_id: str) -> None:
+    """A coupon reward's template exists and issues (checked when the reward is created)."""
+    try:
+        template = await issuing.current_template(conn, template_id)
+    except NotFound:
+        raise InvalidArgument.field(
+            "reward.coupon_template", f"couponTemplates/{template_id} does not exist"
+        ) from None
+    if template.state is TemplateState.RETIRED:
+        raise FailedPrecondition(f"couponTemplates/{template_id} is retired")
