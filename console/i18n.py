@@ -177,6 +177,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "report.conversions": ("转化", "Conversions"),
     "report.rate": ("转化率（95% 区间）", "Rate (95 % interval)"),
     "report.gmv_per_member": ("人均成交额", "GMV per member"),
+    "report.coupons_issued": ("发券数", "Coupons issued"),
+    "report.coupons_used": ("用券数", "Coupons used"),
     "report.baseline": ("对照", "Baseline"),
     "report.uplift": ("提升（95% 区间）", "Uplift (95 % interval)"),
     "report.p_value": ("p 值", "p-value"),

@@ -62,6 +62,8 @@ def describe(step: journey_pb2.Step | None) -> tuple[str, str]:
         return kind, f"{step.add_tag.dimension}={step.add_tag.value}"
     if kind == "exit":
         return kind, step.exit.reason
+    if kind == "issue_coupon":
+        return kind, step.issue_coupon.template
     return kind, ""
 
 

@@ -4,7 +4,8 @@ journey, broadcast or dispatcher take another path fails here (add `workflow.pat
 The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
 tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py
-tests/workflows/test_broadcast_runs.py tests/workflows/test_tag_history_rebuild.py` (each `-k` a test
+tests/workflows/test_broadcast_runs.py tests/workflows/test_tag_history_rebuild.py
+tests/workflows/test_coupon_journeys.py` (each `-k` a test
 that keeps a history)
 (see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
@@ -94,6 +95,9 @@ def test_there_are_recorded_histories() -> None:
         # every three steps: its first run and its last (tests/workflows/test_tag_history_rebuild.py).
         "tag_history_continued_as_new",
         "tag_history_last_run",
+        # Issue 23: an issue_coupon step whose first attempt's answer was lost (retried, the same
+        # coupon) and a send showing the coupon's code (tests/workflows/test_coupon_journeys.py).
+        "issued_coupon_in_message",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
