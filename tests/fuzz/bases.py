@@ -441,6 +441,11 @@ def _level_policy(request: Any, world: World) -> None:
     policy.grace_days = 7
 
 
+def _order_earning_rule(request: Any, world: World) -> None:
+    """A rule left off (no follower runs in the fuzzer's tenant anyway), one point per 100."""
+    request.rule.CopyFrom(type(request.rule)(enabled=False, minor_units_per_point=100, expiry_policy=1))
+
+
 def _journey(request: Any, world: World) -> None:
     """The world's journey: entered on registration, one message (naming nothing elsewhere)."""
     definition = JourneyDefinition(
@@ -522,6 +527,7 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "CreateTask": _task,
     "UpdateTask": _task,
     "UpdateLevelPolicy": _level_policy,
+    "UpdateOrderEarningRule": _order_earning_rule,
     "RecordShare": _task_of("share"),
     "RecordInvite": _task_of("invite"),
     "EnrolTask": _task_of("purchase"),
