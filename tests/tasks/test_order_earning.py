@@ -190,3 +190,16 @@ async def test_bad_rules_are_refused_and_a_stale_version_aborts(tasks_stub: Task
     assert stale.code() == grpc.StatusCode.ABORTED
     got = await tasks_stub.GetOrderEarningRule(acme_rule, metadata=ACME)
     assert (got.version, got.return_window_days, got.enabled) == (second.version, 7, False)
+
+
+async def test_an_order_refunded_in_the_same_batch_earns_and_gives_back(
+    tasks_stub: TasksStub,
+    tagging_stub: TaggingStub,
+    follower: FeedFollower,
+    rule_on: points_pb2.OrderEarningRule,
+) -> None:
+    m = await member(tagging_stub, metadata=INITECH)
+    o = await order(tagging_stub, m, [("s", "c", "b", 1, 3_000)])
+    await refund(tagging_stub, o, {}, 3_000)
+    await drain(follower)
+    assert await order_entries(tasks_stub, m, o) == [(ORDER, 30), (ORDER_REVERSAL, -30)]
