@@ -25,10 +25,14 @@ from runtime.config import Settings
 from runtime.db import Database
 from services.tasks import server as tasks_server
 from tests.audience.helpers import in_batch
-from tests.conftest import ACME, unique
+from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.waiting import eventually
 from tests.workflows.cohort_helpers import population
+from tests.workflows.journey_helpers import keep_history
+from tests.workflows.test_tag_history_rebuild import runs
+from workflows.coupon_issuance.payloads import IssuanceInput, workflow_id
+from workflows.coupon_issuance.workflow import CouponIssuanceWorkflow
 from workflows.worker import Resources, build_worker
 
 if TYPE_CHECKING:
@@ -74,7 +78,7 @@ class Issuances:
         return f"audiences/{audience_id}", ids
 
     async def start(
-        self, template: str, audience: str, request_id: str, **source: str
+        self, template: str, audience: str, request_id: str, stub: TasksStub | None = None, **source: str
     ) -> coupons_pb2.CouponIssuance:
         request = tasks_service_pb2.IssueCouponToAudienceRequest(
             template=template,
@@ -82,7 +86,7 @@ class Issuances:
             source=coupons_pb2.CouponSource(**source),
             request_id=request_id,
         )
-        return await self.stub.IssueCouponToAudience(request, metadata=ACME)
+        return await (stub or self.stub).IssueCouponToAudience(request, metadata=ACME)
 
     async def get(self, request_id: str) -> coupons_pb2.CouponIssuance:
         request = tasks_service_pb2.GetCouponIssuanceRequest(name=f"couponIssuances/{request_id}")
@@ -253,3 +257,38 @@ async def test_bad_input_and_what_cannot_be_issued(issuances: Issuances) -> None
     await issuances.start(template, audience, request_id)
     await bad(issuances.page(request_id, "not-a-page-token"), "page_token")
     assert (await issuances.get(request_id)).issued == 0
+
+
+async def test_a_run_that_continues_as_new_after_every_page_issues_each_member_once(
+    issuances: Issuances, worker_settings: Settings
+) -> None:
+    template = await issuances.template(total_stock=1000)
+    audience, _ = await issuances.audience(450)
+    request_id, campaign = unique("iss"), unique("campaign")
+    # The suite's tasks server starts the operation's own workflow on a queue no worker polls;
+    # this test runs the operation with a workflow of its own that continues as new every page.
+    async with grpc.aio.insecure_channel(worker_settings.tasks_address) as channel:
+        suite = tasks_service_pb2_grpc.TasksServiceStub(channel)
+        await issuances.start(template, audience, request_id, stub=suite, campaign=campaign)
+    idle = issuances.client.get_workflow_handle(workflow_id(TENANT_ACME, request_id))
+    try:
+        handle = await issuances.client.start_workflow(
+            CouponIssuanceWorkflow.run,
+            IssuanceInput(TENANT_ACME, request_id, pages_per_run=1),
+            id=f"test-{request_id}",
+            task_queue=issuances.settings.temporal_task_queue,
+        )
+        async with issuances.worker():
+            result = await handle.result()
+            histories = await runs(issuances.client, handle.id)
+    finally:
+        await idle.terminate()
+    finished = await issuances.get(request_id)
+    assert (finished.members, finished.issued, finished.skipped, finished.out_of_stock) == (450, 450, 0, 0)
+    assert (result.done, result.issued, result.next_page_token) == (True, 450, "")
+    assert await issuances.issued_to(campaign) == 450
+    # Pages of 200, 200 and 50: three runs of one page each.
+    assert len(histories) == 3
+    for name, history in (("continued_as_new", histories[0]), ("last_run", histories[-1])):
+        run = issuances.client.get_workflow_handle(handle.id, run_id=history.run_id)
+        await keep_history(run, f"coupon_issuance_{name}")

@@ -5,7 +5,7 @@ The histories under `histories/` were recorded from the workflow tests with
 `MEMBEROPS_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/workflows/test_journeys.py
 tests/workflows/test_member_steps.py tests/workflows/test_cohorts.py tests/workflows/test_dispatcher.py
 tests/workflows/test_broadcast_runs.py tests/workflows/test_tag_history_rebuild.py
-tests/workflows/test_coupon_journeys.py` (each `-k` a test
+tests/workflows/test_coupon_journeys.py tests/workflows/test_coupon_issuance.py` (each `-k` a test
 that keeps a history)
 (see `keep_history`); re-record
 only when a change is meant to be incompatible and no run of the old code is left. Each history is
@@ -20,6 +20,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.coupon_issuance.workflow import CouponIssuanceWorkflow
 from workflows.dispatcher.workflow import DispatcherWorkflow
 from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
@@ -38,6 +39,7 @@ WORKFLOWS: dict[str, type] = {
     "BroadcastRun": BroadcastRunWorkflow,
     "JourneyControl": JourneyControlWorkflow,
     "TagHistoryRebuild": TagHistoryRebuildWorkflow,
+    "CouponIssuance": CouponIssuanceWorkflow,
 }
 
 
@@ -98,6 +100,10 @@ def test_there_are_recorded_histories() -> None:
         # Issue 23: an issue_coupon step whose first attempt's answer was lost (retried, the same
         # coupon) and a send showing the coupon's code (tests/workflows/test_coupon_journeys.py).
         "issued_coupon_in_message",
+        # Issue 23: a coupon issuance to an audience continued as new after each page: its first
+        # run and its last (tests/workflows/test_coupon_issuance.py).
+        "coupon_issuance_continued_as_new",
+        "coupon_issuance_last_run",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
