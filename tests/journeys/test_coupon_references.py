@@ -15,16 +15,21 @@ from memberops.journeys.v1 import journey_pb2, journeys_service_pb2
 from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2, tasks_service_pb2_grpc
 
 from runtime import app
+from runtime.peer_calls import bearer
 from services.journeys import convert
-from tests.conftest import ACME, unique
+from tests.conftest import ACME, TOKEN_HOOLI, unique
 from tests.grpc_helpers import bad, failure
 from tests.journeys.helpers import create, get, simple
+from workflows.dispatcher.__main__ import ensure_audiences
 from workflows.journeys.definition import IssueCoupon, JourneyDefinition, Send, Step, Template
+from workflows.journeys.shipped import NEW_CUSTOMER, WIN_BACK
+from workflows.journeys.shipped_coupons import ensure_coupon_templates
 
 if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub as Stub
 
 GIVE = "journey.steps[0].issue_coupon.template"
+HOOLI = bearer(TOKEN_HOOLI)
 
 
 @pytest.fixture
@@ -114,3 +119,35 @@ async def test_a_journey_with_a_live_template_validates_goes_live_and_renders_sa
     )
     assert live.state == journey_pb2.JourneyState.JOURNEY_STATE_ACTIVE
     assert live.definition.steps[0].issue_coupon.template == template_id
+
+
+async def test_the_shipped_templates_are_created_once_and_the_shipped_journeys_can_go_live(
+    journeys_stub: Stub,
+    tasks: app.RunningService,
+    audience: app.RunningService,
+    tasks_stub: tasks_service_pb2_grpc.TasksServiceAsyncStub,
+) -> None:
+    """What `python -m workflows.dispatcher` (and so `make up`) ensures for a tenant."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tasks.port}") as channel:
+        first = await ensure_coupon_templates(channel, TOKEN_HOOLI)
+        again = await ensure_coupon_templates(channel, TOKEN_HOOLI)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{audience.port}") as channel:
+        await ensure_audiences(channel, TOKEN_HOOLI)
+    assert first == again == ("new-customer-20-off", "win-back-30-off")
+    shown = await tasks_stub.GetCouponTemplate(
+        tasks_service_pb2.GetCouponTemplateRequest(name="couponTemplates/new-customer-20-off"), metadata=HOOLI
+    )
+    assert (shown.amount_off.amount_minor, shown.threshold_minor, shown.valid_days) == (2_000, 10_000, 14)
+    assert dict(shown.tag_thresholds.thresholds) == {
+        "lt_100": 5_000,
+        "100_200": 10_000,
+        "200_500": 20_000,
+        "500_plus": 50_000,
+    }
+    for shipped in (NEW_CUSTOMER, WIN_BACK):
+        definition = dataclasses.replace(shipped, key=unique(shipped.key))
+        await create(journeys_stub, definition, metadata=HOOLI)
+        live = await journeys_stub.ActivateJourney(
+            journeys_service_pb2.ActivateJourneyRequest(name=f"journeys/{definition.key}"), metadata=HOOLI
+        )
+        assert live.state == journey_pb2.JourneyState.JOURNEY_STATE_ACTIVE

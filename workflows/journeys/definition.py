@@ -55,8 +55,9 @@ COUPON_FIELDS = ("coupon_code", "coupon_threshold", "coupon_discount", "coupon_v
 # for the cohort (member-local hours per member), hash-based splits, sends, strategy tags (one
 # tagging call per batch) and exits. Per-member work that has no batch form is left to triggered
 # journeys: waiting for a member's own event, branching on a member's audience or tags, awarding
-# points one EarnPoints call at a time (see docs/decisions.md). Each kind (workflows/journeys/steps)
-# is defined there once, with its `broadcast` flag; these names are what a unit test holds it to.
+# points one EarnPoints call at a time, issuing coupons one IssueCoupon call at a time (see
+# docs/decisions.md). Each kind (workflows/journeys/steps) is defined there once, with its
+# `broadcast` flag; these names are what a unit test holds it to.
 BROADCAST_STEP_KINDS = ("wait", "wait_until_hour", "split", "send", "add_tag", "exit")
 
 KEY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")

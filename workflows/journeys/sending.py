@@ -7,9 +7,9 @@ step's choice and the journey's fallback order that the member has not opted out
 for and that is configured; the member's daily cap (their local day, across all journeys) defers to
 their next local midnight; the channel's per-minute window defers to the next minute. A template
 showing coupon fields is skipped for a member the journey issued no coupon (refused, or a path
-past the issue_coupon step). Deferred
-sends are never dropped: the workflow sleeps until the time given and asks again. Only then is the
-message rendered, the row claimed and committed with that text, and the provider called with it.
+past the issue_coupon step). Deferred sends are never dropped: the workflow sleeps until the time
+given and asks again. Only then is the message rendered, the row claimed and committed with that
+text, and the provider called with it.
 
 `now` is the Temporal server's start time of the activity attempt, the clock the workflow's timers
 run on (under the time-skipping test server too), not this machine's.

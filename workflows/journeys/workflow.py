@@ -5,8 +5,9 @@ its definition version (recorded in history, so a newer version never changes a 
 enrols the member through a unique row, then walks the steps. Everything that decides is
 deterministic: time is `workflow.now()`, a split takes the member's bucket of (journey, step) as
 a cohort does (runs recorded before the `split-by-bucket` patch drew `workflow.random()`), and
-everything else (membership, tags, local time, sends) is an activity whose result history records.
-What each kind of step does is defined once, for member journeys and cohorts, in `steps/`.
+everything else (membership, tags, local time, sends, coupons) is an activity whose result history
+records. What each kind of step does is defined once, for member journeys and cohorts, in `steps/`.
+The latest coupon an issue_coupon step got is kept in the run for the member's later sends.
 
 Signals: `event` (an event of the member: a goal, an exit criterion, what a wait waits for),
 `pause`/`resume` (a paused member stays before its next step; waits keep their deadlines).

@@ -119,7 +119,7 @@ async def treat(
 
 class StepKind:
     """One kind of step. `broadcast`: it has a batch form (a broadcast may use it); `treats`: it
-    acts on the member (send, award, tag), so holdout members pass it untreated, counted
+    acts on the member (send, award, tag, coupon), so holdout members pass it untreated, counted
     `held_out`, in both shapes."""
 
     name: ClassVar[str]
