@@ -17,7 +17,7 @@ from memberops.tasks.v1 import points_pb2, tasks_service_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from runtime import metrics
+from runtime import logs, metrics
 from runtime.buckets import bucket
 from runtime.db import Database
 from runtime.errors import NotFound
@@ -44,6 +44,8 @@ from workflows.journeys.payloads import (
     TagRequest,
 )
 from workflows.journeys.sending import Recipient, Sender, SendNotTaken
+
+log = logs.get_logger("memberops.journeys.activities")
 
 CHANNEL_NAMES = {
     member_pb2.CHANNEL_SMS: "sms",
@@ -322,7 +324,9 @@ class JourneyActivities(service_calls.ServiceActivities):
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in coupons.REFUSALS:
-                return IssuedCoupon(refused=f"{error.code().name}: {error.details()}"[:500])
+                refused = f"{error.code().name}: {error.details()}"[:500]
+                log.info("coupon refused", journey=request.journey_key, step=request.step_id, why=refused)
+                return IssuedCoupon(refused=refused)
             raise service_calls.permanent("IssueCoupon", error) from error
         return coupons.issued(coupon)
 
