@@ -205,7 +205,7 @@ class Rewards:
         a retried change is harmless."""
         validate_update(update)
         async with self._db.transaction(tenant_id) as conn:
-            current = await rewards_store.lock_reward(conn, tenant_id, update.reward_id)
+            current = await rewards_store.reward(conn, tenant_id, update.reward_id, lock=True)
             if current is None:
                 raise NotFound(f"reward {update.reward_id!r} does not exist")
             _check_fixed(update, current)

@@ -101,18 +101,11 @@ async def insert_reward(conn: Connection, tenant_id: str, reward: NewReward) -> 
     return None if row is None else Reward(**dict(row))
 
 
-async def reward(conn: Connection, tenant_id: str, reward_id: str) -> Reward | None:
+async def reward(conn: Connection, tenant_id: str, reward_id: str, *, lock: bool = False) -> Reward | None:
+    """The reward; with `lock`, its row locked for an update."""
     row = await conn.fetchrow(
-        f"SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id = $2",
-        tenant_id,
-        reward_id,
-    )
-    return None if row is None else Reward(**dict(row))
-
-
-async def lock_reward(conn: Connection, tenant_id: str, reward_id: str) -> Reward | None:
-    row = await conn.fetchrow(
-        f"SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id = $2 FOR UPDATE",
+        f"""SELECT {_REWARD_COLUMNS} FROM tasks.rewards WHERE tenant_id = $1 AND reward_id = $2
+            {"FOR UPDATE" if lock else ""}""",
         tenant_id,
         reward_id,
     )
