@@ -25,6 +25,8 @@ from services.tasks.tasks.definitions import ProfileField
 
 CALL_TIMEOUT_SECONDS = 5.0
 KNOWN_MEMBERS = 100_000
+# Freezing a large audience takes seconds (a retry finds the snapshot by its request id).
+SNAPSHOT_TIMEOUT_SECONDS = 60.0
 
 
 def fields_of(member: member_pb2.Member) -> frozenset[ProfileField]:
@@ -175,7 +177,7 @@ class Peers:
             audience=f"audiences/{audience_id}", request_id=request_id
         )
         call = self._audience.CreateSnapshot(
-            request, metadata=self._auth(tenant_id), timeout=CALL_TIMEOUT_SECONDS
+            request, metadata=self._auth(tenant_id), timeout=SNAPSHOT_TIMEOUT_SECONDS
         )
         snapshot = await answer("audience", call)
         if snapshot is None:
