@@ -76,18 +76,22 @@ async def invited(
     await drain(follower)
     made = Invited(definition.task_id, inviter, invitee, request_id, order_id)
     assert await made.state(stub) == COMPLETED
-    assert [await available(stub, m) for m in (inviter, invitee)] == [30, 5]
+    assert [await task_points(stub, m, made.task_id) for m in (inviter, invitee)] == [30, 5]
     return made
 
 
-async def available(stub: TasksStub, member_id: str) -> int:
-    return (await balance(stub, member_id, metadata=INITECH)).available
-
-
-async def reversals(stub: TasksStub, member_id: str) -> list[tuple[int, int]]:
-    """(delta, shortfall) of the member's task reversals."""
+async def task_points(stub: TasksStub, member_id: str, task_id: str) -> int:
+    """What the member holds of the task's points (other tasks of initech may pay for orders too)."""
     entries = await all_entries(stub, member_id, metadata=INITECH)
-    return [(e.delta, e.shortfall) for e in entries if e.reason == TASK_REVERSAL]
+    return sum(e.delta for e in entries if e.reference == task_id)
+
+
+async def reversals(stub: TasksStub, made: Invited, member_id: str) -> list[tuple[int, int]]:
+    """(delta, shortfall) of the member's reversals of the invite task."""
+    entries = await all_entries(stub, member_id, metadata=INITECH)
+    return [
+        (e.delta, e.shortfall) for e in entries if e.reason == TASK_REVERSAL and e.reference == made.task_id
+    ]
 
 
 async def test_a_full_refund_within_the_window_takes_the_invite_back_once(
@@ -99,9 +103,10 @@ async def test_a_full_refund_within_the_window_takes_the_invite_back_once(
     refund_id = await refund(tagging_stub, made.order_id, {}, 5_000)
     await drain(follower)
     assert await made.state(tasks_stub) == REVERSED
-    assert await reversals(tasks_stub, made.inviter) == [(-10, 20)]
-    assert await reversals(tasks_stub, made.invitee) == [(-5, 0)]
-    assert [await available(tasks_stub, m) for m in (made.inviter, made.invitee)] == [0, 0]
+    assert await reversals(tasks_stub, made, made.inviter) == [(-10, 20)]
+    assert await reversals(tasks_stub, made, made.invitee) == [(-5, 0)]
+    assert (await balance(tasks_stub, made.inviter, metadata=INITECH)).available == 0  # never below
+    assert await task_points(tasks_stub, made.invitee, made.task_id) == 0
 
     # The refund's entry applied again (a re-read of the feed): nothing more is taken.
     now = dt.datetime.now(dt.UTC)
@@ -111,7 +116,7 @@ async def test_a_full_refund_within_the_window_takes_the_invite_back_once(
         economy = await Economy.read(conn, [entry])
         await ledger_store.lock_accounts_creating(conn, TENANT_INITECH, sorted(economy.members([entry])))
         assert not await economy.refund(conn, TENANT_INITECH, entry)
-    assert len(await reversals(tasks_stub, made.inviter)) == 1
+    assert len(await reversals(tasks_stub, made, made.inviter)) == 1
 
 
 async def test_a_partial_refund_or_one_after_the_window_keeps_the_invite(
@@ -125,8 +130,11 @@ async def test_a_partial_refund_or_one_after_the_window_keeps_the_invite(
     await drain(follower)
     for made in (partly, late):
         assert await made.state(tasks_stub) == COMPLETED
-        assert await reversals(tasks_stub, made.inviter) == []
-        assert [await available(tasks_stub, m) for m in (made.inviter, made.invitee)] == [30, 5]
+        assert await reversals(tasks_stub, made, made.inviter) == []
+        assert [await task_points(tasks_stub, m, made.task_id) for m in (made.inviter, made.invitee)] == [
+            30,
+            5,
+        ]
 
 
 async def test_the_clawback_window_is_checked(tasks_stub: TasksStub) -> None:
@@ -140,3 +148,26 @@ async def test_the_clawback_window_is_checked(tasks_stub: TasksStub) -> None:
     ):
         call = create(tasks_stub, task("invite", spec), metadata=INITECH)
         await bad(call, "task.invite.clawback_window_days", words)
+
+
+async def test_an_invite_completed_and_refunded_in_one_round_is_taken_back(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, follower: FeedFollower
+) -> None:
+    definition = task("invite", tasks_pb2.InviteSpec(trigger=FIRST_ORDER, invitee_points=5), reward_points=30)
+    await create(tasks_stub, definition, metadata=INITECH)
+    inviter, invitee, request_id = await member(tagging_stub, metadata=INITECH), unique(), unique("req")
+    request = tasks_service_pb2.RecordInviteRequest(
+        task=f"tasks/{definition.task_id}",
+        inviter_member_id=inviter,
+        invitee_member_id=invitee,
+        request_id=request_id,
+    )
+    await tasks_stub.RecordInvite(request, metadata=INITECH)
+    upsert = tagging_service_pb2.UpsertMemberRequest(member=member_pb2.Member(member_id=invitee))
+    await tagging_stub.UpsertMember(upsert, metadata=INITECH)
+    order_id = await order(tagging_stub, invitee, LINES)
+    await refund(tagging_stub, order_id, {}, 5_000)
+    await drain(follower)
+    made = Invited(definition.task_id, inviter, invitee, request_id, order_id)
+    assert await made.state(tasks_stub) == REVERSED
+    assert [await task_points(tasks_stub, m, definition.task_id) for m in (inviter, invitee)] == [0, 0]

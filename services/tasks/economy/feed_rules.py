@@ -24,7 +24,7 @@ from services.tasks.tasks.definitions import InviteSpec, task_from_row
 @dataclass
 class Economy:
     rule: Rule | None = None
-    # Paid invites whose qualifying order the batch refunds, by invitee (dropped once reversed).
+    # Invites whose qualifying order the batch refunds, by invitee (dropped once reversed).
     qualified: dict[str, invite_store.Qualified] = field(default_factory=dict)
 
     @classmethod
@@ -63,8 +63,11 @@ class Economy:
             spec, found.paid_time, refunded, standing.refunded_in_full
         ):
             return False
+        # As it stands now: an order earlier in the batch may have completed it.
+        invite = await invite_store.invite_of(conn, entry.member_id)
+        if invite is None or invite.state != invites.InviteState.COMPLETED:
+            return False
         del self.qualified[entry.member_id]
-        await invites.reverse(
-            conn, tenant_id, found.invite, f"refund {entry.subject_id} of order {refund.order_id}"
-        )
+        why = f"refund {entry.subject_id} of order {refund.order_id}"
+        await invites.reverse(conn, tenant_id, invite, why)
         return True

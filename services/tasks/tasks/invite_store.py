@@ -199,7 +199,8 @@ async def finish_invite(
 
 @dataclass(frozen=True)
 class Qualified:
-    """A paid invite whose invitee's first live order is one the batch refunds."""
+    """An invite whose invitee's first live order is one the batch refunds (as read before the
+    batch's entries are applied)."""
 
     invite: InviteRow
     order_id: str
@@ -207,8 +208,9 @@ class Qualified:
 
 
 async def qualified_by(conn: Connection, orders: Sequence[tuple[str, str]]) -> list[Qualified]:
-    """Completed invites whose invitee's first order is among these (member, order) pairs,
-    locked, by invitee (the lock order: invites before accounts)."""
+    """Pending or completed invites whose invitee's first order is among these (member, order)
+    pairs, locked, by invitee (the lock order: invites before accounts). A pending one may be
+    completed by its order in the same batch as the refund."""
     pairs = sorted(set(orders))
     if not pairs:
         return []
@@ -219,7 +221,7 @@ async def qualified_by(conn: Connection, orders: Sequence[tuple[str, str]]) -> l
             JOIN tasks.member_facts f ON f.member_id = i.invitee_member_id
             JOIN unnest($1::text[], $2::text[]) AS o(member_id, order_id)
               ON o.member_id = f.member_id AND o.order_id = f.first_order_id
-            WHERE i.state = 2
+            WHERE i.state IN (1, 2)
             ORDER BY i.invitee_member_id FOR UPDATE OF i""",
         [m for m, _ in pairs],
         [o for _, o in pairs],
