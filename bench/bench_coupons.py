@@ -2,10 +2,10 @@
 
 Members are imported into tagging first and each claims once before the measurement (the tasks
 service asks tagging whether a member exists, once per member and process). Then every call claims
-the one claimable template's coupon for one of many members under a fresh request id: the member's
-holding (a conditional upsert against the per-member limit), the coupon with its random code, and
-the stock's conditional update on the template's row, which every claim queues on, in one
-transaction. The template has stock for the whole run and a per-member limit above what one
+the one claimable template's coupon for one of many members under a fresh request id: a key-share
+lock on the template's row, the member's holding (a conditional upsert against the per-member
+limit) and the coupon with its random code in one statement, then a unit of the stock from its
+sharded allowance (one of 32 shard rows no other claim holds), in one transaction. The template has stock for the whole run and a per-member limit above what one
 member claims in it.
 
 A last run claims a template with less stock than the run takes: the claims after the last coupon

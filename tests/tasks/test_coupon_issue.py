@@ -97,3 +97,25 @@ async def test_issuing_inside_a_transaction_refuses_cleanly_and_keeps_the_transa
             await conn.fetchval("SELECT count(*) FROM tasks.coupons WHERE template_id = $1", made.template_id)
             == 1
         )
+
+
+async def test_a_taken_code_is_drawn_again_and_the_member_counted_once(
+    tasks_stub: TasksStub, members: Members, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await create(tasks_stub, per_member_limit=2)
+    member = await members.new()
+    taken = await issue(tasks_stub, made.template_id, await members.new())
+    real, draws = codes.new_code, iter([taken.code])
+    monkeypatch.setattr(codes, "new_code", lambda: next(draws, None) or real())
+    now = dt.datetime.now(dt.UTC)
+    async with db.transaction(TENANT_ACME) as conn:
+        coupon = await issuing.issue(
+            conn, TENANT_ACME, made.template_id, member, source=Source(), key=unique(), tag=None, now=now
+        )
+        held = await conn.fetchval(
+            "SELECT held FROM tasks.coupon_holdings WHERE template_id = $1 AND member_id = $2",
+            made.template_id,
+            member,
+        )
+    assert coupon.code != taken.code and codes.CODE.match(coupon.code)
+    assert held == 1

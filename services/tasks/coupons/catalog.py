@@ -1,8 +1,11 @@
 """The coupon template catalog: create, update (versions), read, list and retire templates.
 
-A claim audience must exist when a template names one (asked of the audience service). Issuing
-reads templates through `current`, which keeps what it read for a moment: the stock update of an
-issue proves the version and state it used are still current, so a stale read only costs a retry.
+A claim audience must exist when a template names one (asked of the audience service). The stock
+is an allowance of its own (owner `coupon:<template_id>`, services/tasks/allowance): created with
+the template, resized by an update (never below what was issued), read for `issued`. Issuing
+reads templates through `current`, which keeps what it read for a moment: each issue key-share
+locks the template's row at the version and state it used (coupon_store.insert_held), so a stale
+read only costs a retry.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ import time
 from typing import Protocol
 
 from runtime import page_tokens
-from runtime.db import Database
+from runtime.db import Connection, Database
 from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.tasks.allowance import allowance
 from services.tasks.coupons import template_store
-from services.tasks.coupons.issuing import template_from_row
+from services.tasks.coupons.issuing import stock_owner, templates_from_rows
 from services.tasks.coupons.templates import Definition, State, Template, content_hash, to_body, validate
 from services.tasks.points import ledger
 
 CACHE_SECONDS = 2.0
+
+
+def _stock(d: Definition) -> int:
+    """The allowance's total: the stock, or one never used up for an unlimited template."""
+    return d.total_stock or allowance.UNLIMITED
 
 
 class Audiences(Protocol):
@@ -43,14 +52,20 @@ class CouponTemplates:
         body = to_body(d)
         digest = content_hash(body)
         async with self._db.transaction(tenant_id) as conn:
-            if not await template_store.insert_template(conn, tenant_id, d.template_id, body, digest):
+            if await template_store.insert_template(conn, tenant_id, d.template_id, body, digest):
+                await allowance.create(conn, tenant_id, stock_owner(d.template_id), _stock(d))
+            else:
                 row = await template_store.template(conn, d.template_id)
                 assert row is not None
                 if row.version != 1 or row.content_hash != digest:
                     raise AlreadyExists(f"couponTemplates/{d.template_id} exists with other content")
-            row = await template_store.template(conn, d.template_id)
-        assert row is not None
-        return template_from_row(row)
+            return await self._read(conn, d.template_id)
+
+    async def _read(self, conn: Connection, template_id: str) -> Template:
+        row = await template_store.template(conn, template_id)
+        if row is None:
+            raise NotFound(f"couponTemplates/{template_id} not found")
+        return (await templates_from_rows(conn, [row]))[0]
 
     async def update(self, tenant_id: str, d: Definition, expected_version: int) -> Template:
         validate(d)
@@ -74,23 +89,23 @@ class CouponTemplates:
                     )
                 if row.state == State.RETIRED:
                     raise FailedPrecondition(f"{name} is retired")
-                if not await template_store.add_version(
-                    conn, tenant_id, d.template_id, row.version + 1, body, digest
-                ):
+                owner = stock_owner(d.template_id)
+                if await allowance.resize(conn, owner, _stock(d)) is None:
+                    usage = await allowance.usage(conn, owner)
+                    issued = 0 if usage is None else usage.used
                     raise FailedPrecondition(
-                        f"total_stock {d.total_stock} is below the {row.issued} coupons already issued"
+                        f"total_stock {d.total_stock} is below the {issued} coupons already issued"
                     )
-            row = await template_store.template(conn, d.template_id)
+                await template_store.add_version(
+                    conn, tenant_id, d.template_id, row.version + 1, body, digest
+                )
+            template = await self._read(conn, d.template_id)
         self._recent.pop((tenant_id, d.template_id), None)
-        assert row is not None
-        return template_from_row(row)
+        return template
 
     async def get(self, tenant_id: str, template_id: str) -> Template:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
-            row = await template_store.template(conn, template_id)
-        if row is None:
-            raise NotFound(f"couponTemplates/{template_id} not found")
-        return template_from_row(row)
+            return await self._read(conn, template_id)
 
     async def current(self, tenant_id: str, template_id: str, *, fresh: bool = False) -> Template:
         """The template as read at most CACHE_SECONDS ago (now, when `fresh`)."""
@@ -112,14 +127,12 @@ class CouponTemplates:
             rows = await template_store.templates(
                 conn, after, limit + 1, None if show_retired else State.ACTIVE
             )
-        page = [template_from_row(r) for r in rows[:limit]]
+            page = await templates_from_rows(conn, rows[:limit])
         return page, page_tokens.encode(scope, page[-1].template_id) if len(rows) > limit else ""
 
     async def retire(self, tenant_id: str, template_id: str) -> Template:
         async with self._db.transaction(tenant_id) as conn:
             await template_store.retire_template(conn, template_id)
-            row = await template_store.template(conn, template_id)
+            template = await self._read(conn, template_id)
         self._recent.pop((tenant_id, template_id), None)
-        if row is None:
-            raise NotFound(f"couponTemplates/{template_id} not found")
-        return template_from_row(row)
+        return template

@@ -1,9 +1,10 @@
 """SQL of coupons, the per-member holdings and the templates' stock. Every function runs on a
 connection inside a tenant transaction.
 
-An issue takes, in this order: the member's holding (a conditional upsert against the per-member
-limit; one row per member and template, so members do not wait for each other), the coupon's row,
-and last the template's stock (a conditional update of its hot row, held only until the commit).
+An issue takes, in this order: a key-share lock on the template's row with the member's holding
+(a conditional upsert against the per-member limit; one row per member and template, so members
+do not wait for each other), the coupon's row, and last a unit of the template's stock from its
+allowance (issuing.py).
 """
 
 from __future__ import annotations
@@ -80,59 +81,15 @@ _COLUMNS = (
 )
 
 
-async def take_holding(
-    conn: Connection, tenant_id: str, template_id: str, member_id: str, limit: int
-) -> bool:
-    """Counts one more coupon of the template for the member and locks the member's holding;
-    False (nothing written) when the member already holds `limit`."""
-    taken = await conn.fetchval(
-        """INSERT INTO tasks.coupon_holdings AS h (tenant_id, template_id, member_id, held)
-           VALUES ($1, $2, $3, 1)
-           ON CONFLICT (tenant_id, template_id, member_id) DO UPDATE SET held = h.held + 1
-           WHERE h.held < $4
-           RETURNING true""",
-        tenant_id,
-        template_id,
-        member_id,
-        limit,
-    )
-    return bool(taken)
+_INSERT = """INSERT INTO tasks.coupons (tenant_id, code, template_id, template_version, member_id,
+                 discount_kind, amount_minor, percent, max_discount_minor, threshold_minor, categories,
+                 skus, valid_from, valid_until, source_campaign, source_arm, request_id, content_hash,
+                 issue_time)"""
+_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19"
 
 
-async def take_stock(conn: Connection, template_id: str, version: int) -> bool | None:
-    """Takes one coupon of the template's stock if it is active at `version` and has stock left.
-    True: taken. False: no stock left. None: the template is retired, gone or at another version
-    (the caller reads it again). Why nothing was taken is read only then, in a statement of its
-    own, so it sees a concurrent change the update waited for."""
-    if await conn.fetchval(
-        """UPDATE tasks.coupon_templates SET issued = issued + 1
-           WHERE template_id = $1 AND state = 1 AND current_version = $2
-             AND (total_stock = 0 OR issued < total_stock)
-           RETURNING true""",
-        template_id,
-        version,
-    ):
-        return True
-    current = await conn.fetchval(
-        """SELECT true FROM tasks.coupon_templates
-           WHERE template_id = $1 AND state = 1 AND current_version = $2""",
-        template_id,
-        version,
-    )
-    return False if current else None
-
-
-async def insert_coupon(conn: Connection, tenant_id: str, c: NewCoupon) -> CouponRow | None:
-    """The new coupon; None when its code is taken (the caller draws another). A taken request id
-    raises UniqueViolationError."""
-    row = await conn.fetchrow(
-        f"""INSERT INTO tasks.coupons (tenant_id, code, template_id, template_version, member_id,
-                discount_kind, amount_minor, percent, max_discount_minor, threshold_minor, categories,
-                skus, valid_from, valid_until, source_campaign, source_arm, request_id, content_hash,
-                issue_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-            ON CONFLICT (tenant_id, code) DO NOTHING
-            RETURNING {_COLUMNS}""",
+def _arguments(tenant_id: str, c: NewCoupon) -> tuple[object, ...]:
+    return (
         tenant_id,
         c.code,
         c.template_id,
@@ -152,6 +109,66 @@ async def insert_coupon(conn: Connection, tenant_id: str, c: NewCoupon) -> Coupo
         c.request_id,
         c.content_hash,
         c.issue_time,
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """What `insert_held` did: `coupon` written, or (None) why not."""
+
+    coupon: CouponRow | None
+    # The member's holding was counted (False: `limit` reached, or `stale`).
+    counted: bool
+    # The template is retired, gone or at another version than the coupon's (read it again).
+    stale: bool = False
+
+
+async def insert_held(conn: Connection, tenant_id: str, c: NewCoupon, limit: int) -> Held:
+    """In one statement: a key-share lock on the template if it is active at the coupon's version
+    (an update or a retirement waits for this transaction), one more coupon counted in the member's
+    holding if they hold fewer than `limit` (their holding stays locked), and the coupon. When the
+    holding was counted but the code was taken, `coupon` is None and the caller inserts with
+    another code (`insert_coupon`). Why nothing was counted is read only then, in a statement of
+    its own, so it sees a change the first one waited for. A taken request id raises
+    UniqueViolationError (nothing written)."""
+    row = await conn.fetchrow(
+        f"""WITH t AS (SELECT template_id FROM tasks.coupon_templates
+                       WHERE template_id = $3 AND state = 1 AND current_version = $4 FOR KEY SHARE),
+                 h AS (INSERT INTO tasks.coupon_holdings AS h (tenant_id, template_id, member_id, held)
+                       SELECT $1, template_id, $5, 1 FROM t
+                       ON CONFLICT (tenant_id, template_id, member_id) DO UPDATE SET held = h.held + 1
+                       WHERE h.held < $20
+                       RETURNING true),
+                 c AS ({_INSERT} SELECT {_VALUES} FROM h
+                       ON CONFLICT (tenant_id, code) DO NOTHING
+                       RETURNING {_COLUMNS})
+            SELECT EXISTS (SELECT FROM h) AS counted, c.* FROM (VALUES (1)) AS one LEFT JOIN c ON true""",
+        *_arguments(tenant_id, c),
+        limit,
+    )
+    assert row is not None
+    if row["counted"]:
+        coupon = (
+            None
+            if row["code"] is None
+            else CouponRow(**{k: v for k, v in dict(row).items() if k != "counted"})
+        )
+        return Held(coupon, counted=True)
+    current = await conn.fetchval(
+        """SELECT true FROM tasks.coupon_templates
+           WHERE template_id = $1 AND state = 1 AND current_version = $2 FOR KEY SHARE""",
+        c.template_id,
+        c.template_version,
+    )
+    return Held(None, counted=False, stale=not current)
+
+
+async def insert_coupon(conn: Connection, tenant_id: str, c: NewCoupon) -> CouponRow | None:
+    """The new coupon; None when its code is taken (the caller draws another). A taken request id
+    raises UniqueViolationError."""
+    row = await conn.fetchrow(
+        f"{_INSERT} VALUES ({_VALUES}) ON CONFLICT (tenant_id, code) DO NOTHING RETURNING {_COLUMNS}",
+        *_arguments(tenant_id, c),
     )
     return None if row is None else CouponRow(**dict(row))
 

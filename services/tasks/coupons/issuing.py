@@ -22,6 +22,7 @@ import asyncpg
 
 from runtime.db import Connection
 from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
+from services.tasks.allowance import allowance
 from services.tasks.coupons import codes, coupon_store, template_store
 from services.tasks.coupons.coupon_store import CouponRow, NewCoupon
 from services.tasks.coupons.templates import Definition, State, Template, from_body
@@ -93,12 +94,17 @@ def content_hash(template_id: str, member_id: str, source: Source) -> str:
     return ledger.content_hash("issue", template_id, member_id, source.campaign, source.arm)
 
 
-def template_from_row(row: template_store.TemplateRow) -> Template:
+def stock_owner(template_id: str) -> str:
+    """The template's stock: an allowance of this owner (services/tasks/allowance)."""
+    return f"coupon:{template_id}"
+
+
+def template_from_row(row: template_store.TemplateRow, issued: int) -> Template:
     return Template(
         definition=from_body(row.template_id, row.body),
         state=State(row.state),
         version=row.version,
-        issued=row.issued,
+        issued=issued,
         used=row.used,
         create_time=row.create_time,
         update_time=row.update_time,
@@ -124,7 +130,17 @@ async def current_template(conn: Connection, template_id: str) -> Template:
     row = await template_store.template(conn, template_id)
     if row is None:
         raise NotFound(f"couponTemplates/{template_id} not found")
-    return template_from_row(row)
+    return (await templates_from_rows(conn, [row]))[0]
+
+
+async def templates_from_rows(conn: Connection, rows: Sequence[template_store.TemplateRow]) -> list[Template]:
+    """The templates with what each issued (its stock allowance's usage), in one read."""
+    usages = await allowance.usages(conn, [stock_owner(r.template_id) for r in rows])
+    return [template_from_row(r, _issued(usages.get(stock_owner(r.template_id)))) for r in rows]
+
+
+def _issued(usage: allowance.Usage | None) -> int:
+    return 0 if usage is None else usage.used
 
 
 async def issue(
@@ -174,25 +190,20 @@ async def issue_from(
     tag: MemberTag | None,
     now: dt.datetime,
 ) -> CouponRow:
-    """The writes of one issue from `template` as read (maybe a moment ago): the member's holding,
-    the coupon, then the stock, whose update also proves the template still active at that
-    version (`Stale` otherwise). Raises the refusals of `issue`; writes are left for the caller's
-    transaction (or savepoint) to roll back."""
+    """The writes of one issue from `template` as read (maybe a moment ago): the member's holding
+    and the coupon in one statement (which also proves, and key-share locks, the template still
+    active at that version: `Stale` otherwise), then a unit of stock. Raises the refusals of
+    `issue`; writes are left for the caller's transaction (or savepoint) to roll back."""
     d = template.definition
     if template.state is State.RETIRED:
         raise TemplateRetired(f"couponTemplates/{d.template_id} is retired")
     valid_from, valid_until = d.validity(now)
     if valid_until <= now:
         raise ValidityEnded(f"couponTemplates/{d.template_id} is valid only until {valid_until.isoformat()}")
-    if not await coupon_store.take_holding(conn, tenant_id, d.template_id, member_id, d.per_member_limit):
-        raise MemberLimitReached(
-            f"members/{member_id} already holds {d.per_member_limit} coupon(s) of "
-            f"couponTemplates/{d.template_id}, the most one member may"
-        )
     value = tag.value if tag is not None and tag.dimension == d.tag_dimension else None
     assert d.discount is not None
     coupon = NewCoupon(
-        code="",
+        code=codes.new_code(),
         template_id=d.template_id,
         template_version=template.version,
         member_id=member_id,
@@ -211,11 +222,16 @@ async def issue_from(
         content_hash=content_hash(d.template_id, member_id, source),
         issue_time=now,
     )
-    row = await _insert_with_new_code(conn, tenant_id, coupon)
-    taken = await coupon_store.take_stock(conn, d.template_id, template.version)
-    if taken is None:
+    held = await coupon_store.insert_held(conn, tenant_id, coupon, d.per_member_limit)
+    if held.stale:
         raise Stale()
-    if not taken:
+    if not held.counted:
+        raise MemberLimitReached(
+            f"members/{member_id} already holds {d.per_member_limit} coupon(s) of "
+            f"couponTemplates/{d.template_id}, the most one member may"
+        )
+    row = held.coupon or await _insert_with_new_code(conn, tenant_id, coupon)
+    if not await allowance.take(conn, stock_owner(d.template_id), 1):
         raise OutOfStock(f"couponTemplates/{d.template_id} has no coupons left")
     return row
 

@@ -1,8 +1,9 @@
 """SQL of coupon templates and their versions. Every function runs on a connection inside a tenant
 transaction (row-level security scopes it; the tenant is passed only for inserts).
 
-A template's row holds its stock (`total_stock`, `issued`), which issues take with a conditional
-update (coupon_store.take_stock); it is the last lock an issuing transaction takes.
+An issue holds a key-share lock on its template's row (coupon_store.take_holding), so an update
+or a retirement, which lock the row for update, waits for the issues in flight and the issues
+after it see the new version. The stock is an allowance (services/tasks/allowance), not a column.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ class TemplateRow:
     version: int
     body: dict[str, Any]
     content_hash: str
-    issued: int
     used: int
     create_time: dt.datetime
     update_time: dt.datetime
@@ -33,7 +33,7 @@ class TemplateRow:
 
 _TEMPLATE = """
 SELECT t.template_id, t.discount_kind, t.state, t.current_version AS version, v.body::text AS body,
-       v.content_hash, t.issued,
+       v.content_hash,
        (SELECT count(*) FROM tasks.coupons c
         WHERE c.tenant_id = t.tenant_id AND c.template_id = t.template_id AND c.state = 2) AS used,
        t.create_time, t.update_time
@@ -51,15 +51,14 @@ async def insert_template(
 ) -> bool:
     """Creates the template at version 1; False when the id is taken."""
     created = await conn.fetchval(
-        """WITH t AS (INSERT INTO tasks.coupon_templates (tenant_id, template_id, discount_kind, total_stock)
-                      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, template_id) DO NOTHING
+        """WITH t AS (INSERT INTO tasks.coupon_templates (tenant_id, template_id, discount_kind)
+                      VALUES ($1, $2, $3) ON CONFLICT (tenant_id, template_id) DO NOTHING
                       RETURNING template_id)
            INSERT INTO tasks.coupon_template_versions (tenant_id, template_id, version, body, content_hash)
-           SELECT $1, template_id, 1, $5::jsonb, $6 FROM t RETURNING true""",
+           SELECT $1, template_id, 1, $4::jsonb, $5 FROM t RETURNING true""",
         tenant_id,
         template_id,
         body["discount"]["kind"],
-        body["total_stock"],
         json.dumps(body),
         digest,
     )
@@ -72,8 +71,9 @@ async def template(conn: Connection, template_id: str) -> TemplateRow | None:
 
 
 async def lock_template(conn: Connection, template_id: str) -> TemplateRow | None:
-    """Locks the template, then reads it as it stands (one statement would recheck the join
-    against the version row it read before a wait; see definition_store.lock_task)."""
+    """Locks the template for update (waiting for the issues in flight), then reads it as it stands
+    (one statement would recheck the join against the version row it read before a wait; see
+    definition_store.lock_task)."""
     if not await conn.fetchval(
         "SELECT true FROM tasks.coupon_templates WHERE template_id = $1 FOR UPDATE", template_id
     ):
@@ -94,28 +94,28 @@ async def templates(conn: Connection, after: str, limit: int, state: int | None)
 
 async def add_version(
     conn: Connection, tenant_id: str, template_id: str, version: int, body: dict[str, Any], digest: str
-) -> bool:
-    """Stores the version and makes it current; False (nothing written) when the new stock is
-    below what was issued: the update's condition decides, not an earlier read."""
-    stored = await conn.fetchval(
-        """WITH t AS (UPDATE tasks.coupon_templates SET current_version = $3, total_stock = $6,
-                                                       update_time = now()
-                      WHERE template_id = $2 AND ($6 = 0 OR issued <= $6) RETURNING template_id)
-           INSERT INTO tasks.coupon_template_versions (tenant_id, template_id, version, body, content_hash)
-           SELECT $1, template_id, $3, $4::jsonb, $5 FROM t RETURNING true""",
+) -> None:
+    """Stores the version and makes it current (the caller holds the template's lock)."""
+    await conn.execute(
+        """WITH v AS (INSERT INTO tasks.coupon_template_versions (tenant_id, template_id, version, body,
+                                                                 content_hash)
+                      VALUES ($1, $2, $3, $4::jsonb, $5))
+           UPDATE tasks.coupon_templates SET current_version = $3, update_time = now()
+           WHERE template_id = $2""",
         tenant_id,
         template_id,
         version,
         json.dumps(body),
         digest,
-        body["total_stock"],
     )
-    return bool(stored)
 
 
 async def retire_template(conn: Connection, template_id: str) -> None:
+    """Retires the template once the issues in flight are done (the lock for update waits for
+    their key-share locks), so no coupon is issued from it after the retirement commits."""
     await conn.execute(
         """UPDATE tasks.coupon_templates SET state = 2, update_time = now()
-           WHERE template_id = $1 AND state = 1""",
+           WHERE template_id = (SELECT template_id FROM tasks.coupon_templates
+                                WHERE template_id = $1 AND state = 1 FOR UPDATE)""",
         template_id,
     )

@@ -1,9 +1,10 @@
 -- Coupon templates (versioned like task definitions) and the coupons issued from them.
 --
--- The template's row holds what concurrent issues race for: `issued` against `total_stock`, taken
--- by a conditional update (the CHECK is the last line of defence). A member's coupons of one
--- template are counted in `coupon_holdings`, taken by a conditional upsert against the per-member
--- limit, so neither limit is a read-then-write. A coupon carries the terms of the version it was
+-- A template's stock is a sharded allowance (0014's `allowance_shards`, owner 'coupon:<template_id>',
+-- total 10^18 for an unlimited template): concurrent issues take from different shard rows, each
+-- by a conditional update. A member's coupons of one template are counted in `coupon_holdings`,
+-- taken by a conditional upsert against the per-member limit, so neither limit is a
+-- read-then-write. A coupon carries the terms of the version it was
 -- issued under; EXPIRED is never stored (an available coupon past `valid_until` reads EXPIRED).
 
 CREATE TABLE coupon_templates (
@@ -14,14 +15,9 @@ CREATE TABLE coupon_templates (
     -- memberops.tasks.v1.CouponTemplateState: 1 active, 2 retired.
     state            smallint    NOT NULL DEFAULT 1 CHECK (state IN (1, 2)),
     current_version  integer     NOT NULL DEFAULT 1,
-    -- The current version's stock (0: unlimited), kept here so the conditional update enforces it.
-    total_stock      bigint      NOT NULL DEFAULT 0 CHECK (total_stock >= 0),
-    -- Coupons issued so far (claims included).
-    issued           bigint      NOT NULL DEFAULT 0 CHECK (issued >= 0),
     create_time      timestamptz NOT NULL DEFAULT now(),
     update_time      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, template_id),
-    CHECK (total_stock = 0 OR issued <= total_stock)
+    PRIMARY KEY (tenant_id, template_id)
 );
 
 CREATE TABLE coupon_template_versions (
