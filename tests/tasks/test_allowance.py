@@ -104,7 +104,7 @@ async def test_a_take_that_needs_a_held_shard_waits_for_its_holder(
                 return bool(
                     await conn.fetchval(
                         """SELECT count(*) FROM pg_stat_activity
-                           WHERE wait_event_type = 'Lock' AND query LIKE '%allowance_shards%'"""
+                           WHERE wait_event_type = 'Lock' AND query LIKE '%take_allowance%'"""
                     )
                 )
 

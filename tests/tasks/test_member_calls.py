@@ -113,7 +113,8 @@ async def test_concurrent_completions_never_overspend_the_budget(
     assert sum(results) == 9  # 9 times 10 fits in 95; the tenth would overspend
     async with db.transaction(TENANT_ACME) as conn:
         used = await conn.fetchval(
-            "SELECT budget_used FROM tasks.task_definitions WHERE task_id = $1", definition.task_id
+            "SELECT sum(granted - remaining) FROM tasks.allowance_shards WHERE owner = 'task:' || $1",
+            definition.task_id,
         )
         paid = await conn.fetchval(
             "SELECT sum(delta) FROM tasks.ledger_entries WHERE reference = $1 AND reason = 1",

@@ -157,7 +157,8 @@ async def test_concurrent_duplicate_sign_ins_sign_in_once(
             "SELECT count(*) FROM tasks.sign_ins WHERE task_id = $1 AND member_id = $2", definition.task_id, m
         )
         used = await conn.fetchval(
-            "SELECT budget_used FROM tasks.task_definitions WHERE task_id = $1", definition.task_id
+            "SELECT sum(granted - remaining) FROM tasks.allowance_shards WHERE owner = 'task:' || $1",
+            definition.task_id,
         )
     assert (rows, used) == (1, 7)
     # The same request id with other content (another member) is ALREADY_EXISTS.

@@ -9,7 +9,9 @@ A take is exact: it succeeds if and only if the owner's remaining covers it. Fir
 one shard that has enough and that no other transaction holds (SKIP LOCKED, picked at random: no
 wait); when there is none (every such shard held, or the amount larger than any shard holds) it
 locks every shard in shard order, waiting for their holders to finish, and takes from as many as
-it needs, or refuses when their sum is short. A shard taken stays locked until commit, so a
+it needs, or refuses when their sum is short. Both run in one SQL function (`tasks.take_allowance`,
+one round trip), the first in a block rolled back when it takes nothing, so a failed first attempt
+holds no shard while the second waits. A shard taken stays locked until commit, so a
 rolled-back transaction gives back what it took. Changing the total (`resize`, `add`) also locks
 every shard, so it waits for the takes in flight and the takes after it see the new total.
 
@@ -64,16 +66,7 @@ async def take(conn: Connection, owner: str, amount: int) -> bool:
     it took stays locked, and returns if the transaction rolls back. A missing owner has nothing."""
     if amount < 0:
         raise ValueError(f"allowance {owner}: cannot take {amount}")
-    if await allowance_store.take_from_one(conn, owner, amount):
-        return True
-    shards = await allowance_store.lock_all(conn, owner)
-    if sum(s.remaining for s in shards) < amount:
-        return False
-    ids, deltas = _drawn(shards, amount)
-    changed = await allowance_store.change(conn, owner, ids, deltas, [0] * len(ids))
-    # The shards are locked and were read once locked: every change applies.
-    assert changed == len(ids), (owner, changed, ids)
-    return True
+    return await allowance_store.take(conn, owner, amount)
 
 
 async def give_back(conn: Connection, owner: str, amount: int) -> None:
@@ -122,6 +115,13 @@ async def resize(conn: Connection, owner: str, total: int) -> Usage | None:
     changed = await allowance_store.change(conn, owner, ids, deltas, deltas)
     assert changed == len(ids), (owner, changed, ids)
     return Usage(total, usage.remaining + delta)
+
+
+async def hold(conn: Connection, owner: str) -> Usage | None:
+    """Locks every shard until the transaction ends (waiting for the takes in flight), changing
+    nothing: a change the caller commits then comes before every take that follows it."""
+    shards = await allowance_store.lock_all(conn, owner)
+    return _usage(shards) if shards else None
 
 
 async def usage(conn: Connection, owner: str) -> Usage | None:

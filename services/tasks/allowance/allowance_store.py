@@ -36,23 +36,9 @@ async def insert_shards(
     return bool(inserted)
 
 
-async def take_from_one(conn: Connection, owner: str, amount: int) -> bool:
-    """Takes `amount` from one shard that has it and that no other transaction holds, picked at
-    random; False when there is none (without waiting for any, and holding none). The pick is
-    materialised: re-evaluated after a concurrent update, `random()` could pick another shard than
-    the one locked, and the update would leave that one locked and untouched."""
-    taken = await conn.fetchval(
-        """WITH p AS MATERIALIZED (
-               SELECT shard FROM tasks.allowance_shards
-               WHERE owner = $1 AND remaining >= $2
-               ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
-           UPDATE tasks.allowance_shards a SET remaining = a.remaining - $2
-           FROM p WHERE a.owner = $1 AND a.shard = p.shard
-           RETURNING true""",
-        owner,
-        amount,
-    )
-    return bool(taken)
+async def take(conn: Connection, owner: str, amount: int) -> bool:
+    """`tasks.take_allowance` (migration 0014): `amount` taken, or (False) nothing."""
+    return bool(await conn.fetchval("SELECT tasks.take_allowance($1, $2)", owner, amount))
 
 
 async def lock_all(conn: Connection, owner: str) -> list[Shard]:

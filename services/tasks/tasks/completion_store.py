@@ -2,9 +2,9 @@
 tenant transaction (row-level security scopes it; the tenant is passed only for inserts).
 
 Lock order (extending the ledger's; the whole order is in services/tasks/README.md): a member's
-`accounts` row first, then the member's completions and what the ledger writes, then the task's
-`task_definitions` row (the budget, taken last and briefly). Transactions touching several members
-lock their accounts sorted.
+`accounts` row first, then the member's completions and what the ledger writes, then a shard of the
+task's budget allowance (taken last and briefly; services/tasks/allowance/). Transactions touching
+several members lock their accounts sorted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from runtime.db import Connection
+from services.tasks.allowance import allowance
+from services.tasks.tasks import definition_store
 
 
 async def next_completion_id(conn: Connection) -> int:
@@ -35,9 +37,7 @@ async def task_version(conn: Connection, task_id: str) -> tuple[int, int] | None
 
 async def release_budget(conn: Connection, task_id: str, points: int) -> None:
     """Gives back points a reversal took back (or a claimable completion never paid)."""
-    await conn.execute(
-        "UPDATE tasks.task_definitions SET budget_used = budget_used - $2 WHERE task_id = $1", task_id, points
-    )
+    await allowance.give_back(conn, definition_store.budget_owner(task_id), points)
 
 
 @dataclass(frozen=True)
@@ -76,20 +76,22 @@ async def insert_within_budget(
     source: str,
     entry_id: int | None,
 ) -> CompletionRow | None:
-    """Adds `points` to what the task used and writes the completion (under the id
+    """Takes `points` from the task's budget and writes the completion (under the id
     `next_completion_id` drew, with the entry that paid it if any), unless that overspends the
-    budget or the task is no longer active at `version` (None: `task_version` tells which). From
-    here to commit the task's row is locked, so callers do it last."""
+    budget or the task is no longer active at `version` (None: `task_version` tells which; the
+    caller's transaction must then roll back, which gives back a take). From here to commit a
+    shard of the budget is locked, so callers do it last.
+
+    The version is checked after the take, by a statement of its own: an update or retirement holds
+    every shard before it commits, so a take that waited for one sees what it committed."""
+    if not await allowance.take(conn, definition_store.budget_owner(task_id), points):
+        return None
     row = await conn.fetchrow(
-        f"""WITH reserved AS (
-                UPDATE tasks.task_definitions SET budget_used = budget_used + $6
-                WHERE task_id = $3 AND state = 1 AND current_version = $4
-                  AND (budget_points = 0 OR budget_used + $6 <= budget_points)
-                RETURNING task_id)
-            INSERT INTO tasks.completions (tenant_id, completion_id, task_id, member_id, day, points, state,
+        f"""INSERT INTO tasks.completions (tenant_id, completion_id, task_id, member_id, day, points, state,
                                            source, entry_id)
             OVERRIDING SYSTEM VALUE
-            SELECT $1, $2, task_id, $5, $7, $6, $8, $9, $10 FROM reserved
+            SELECT $1, $2, task_id, $5, $7, $6, $8, $9, $10 FROM tasks.task_definitions
+            WHERE task_id = $3 AND state = 1 AND current_version = $4
             RETURNING {_COMPLETION_COLUMNS}""",
         tenant_id,
         completion_id,

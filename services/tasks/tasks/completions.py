@@ -2,9 +2,9 @@
 
 Every function runs inside the caller's tenant transaction, after the member's account is locked
 (the ledger's lock order), so a completion, its budget reservation and its ledger entry commit
-together or not at all. The budget is a conditional update of the task's row
-(`budget_used + points <= budget_points`), held until commit: concurrent completions queue on it
-and can never overspend, and a CHECK constraint backs the rule in the table itself.
+together or not at all. The budget is the task's sharded allowance (services/tasks/allowance/): a
+take from one shard, held until commit, so concurrent completions rarely queue on one row and can
+never overspend (a CHECK on each shard backs the rule in the table itself).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ async def grant(
     entry_id = None
     if state is State.PAID:
         entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
-    # Last: from here to commit the task's row is locked, and every completion of the task queues
-    # on it. Refused, the transaction rolls back what was written above.
+    # Last: from here to commit a shard of the task's budget is locked. Refused, the transaction
+    # rolls back what was written above.
     completion = await completion_store.insert_within_budget(
         conn,
         tenant_id,

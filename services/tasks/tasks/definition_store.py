@@ -1,8 +1,9 @@
 """SQL of task definitions and their versions. Every function runs on a connection inside a tenant
 transaction (row-level security scopes it; the tenant is passed only for inserts).
 
-A definition's row also holds the task's budget, which completions reserve from; it is the last
-lock a transaction takes (see completion_store.py).
+A definition's row holds the task's budget (`budget_points`, 0: no limit); completions take it
+from the task's allowance (`budget_owner`, services/tasks/allowance/), whose shards are the last
+locks a transaction takes (see completion_store.py). What the task used is read from there.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ class TaskRow:
 
 _TASK = """
 SELECT d.task_id, d.kind, d.state, d.current_version AS version, v.body::text AS body, v.content_hash,
-       d.budget_used, d.create_time, d.update_time
+       (SELECT coalesce(sum(a.granted - a.remaining), 0) FROM tasks.allowance_shards a
+        WHERE a.owner = 'task:' || d.task_id)::bigint AS budget_used,
+       d.create_time, d.update_time
 FROM tasks.task_definitions d
 JOIN tasks.task_versions v ON v.tenant_id = d.tenant_id AND v.task_id = d.task_id
                           AND v.version = d.current_version"""
+
+
+def budget_owner(task_id: str) -> str:
+    """The task's allowance (its budget; the total is UNLIMITED when the budget is 0)."""
+    return f"task:{task_id}"
 
 
 def _task(row: asyncpg.Record) -> TaskRow:

@@ -5,6 +5,11 @@ members act against. The task id is the natural key: creating the same content a
 other content is ALREADY_EXISTS. An update stores a new version unless the content is unchanged
 (so a retried update is harmless); `expected_version` guards against lost updates; the kind never
 changes, and the budget never drops below what the task already paid or reserved.
+
+The budget is the task's allowance (services/tasks/allowance/), created with the task: its total is
+`budget_points`, or UNLIMITED without a budget, so what a task used is always counted. An update or
+a retirement holds every shard of it before it commits, so a completion that takes from it after
+sees the new version or state (completion_store.insert_within_budget checks it after its take).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from runtime.errors import (
 )
 from runtime.tagging_feed import EVENT_KINDS
 from services.tasks import time_span
+from services.tasks.allowance import allowance
 from services.tasks.points import ledger
 from services.tasks.points.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
 from services.tasks.tasks import definition_store
@@ -469,6 +475,11 @@ def task_from_row(row: definition_store.TaskRow) -> Task:
     )
 
 
+def _total(d: Definition) -> int:
+    """The allowance of a task's budget."""
+    return d.budget_points or allowance.UNLIMITED
+
+
 def task_id_from_name(name: str, path: str) -> str:
     task_id = name.removeprefix("tasks/")
     if not name.startswith("tasks/") or not TASK_ID.match(task_id):
@@ -504,6 +515,8 @@ class TaskDefinitions:
                 assert row is not None
                 if row.version != 1 or row.content_hash != digest:
                     raise AlreadyExists(f"tasks/{d.task_id} exists with other content")
+            else:
+                await allowance.create(conn, tenant_id, definition_store.budget_owner(d.task_id), _total(d))
             row = await definition_store.task(conn, d.task_id)
         assert row is not None
         return task_from_row(row)
@@ -529,9 +542,11 @@ class TaskDefinitions:
                     )
                 if row.state == State.RETIRED:
                     raise FailedPrecondition(f"tasks/{d.task_id} is retired")
-                if d.budget_points and d.budget_points < row.budget_used:
+                owner = definition_store.budget_owner(d.task_id)
+                if await allowance.resize(conn, owner, _total(d)) is None:
+                    used = await allowance.usage(conn, owner)
                     raise FailedPrecondition(
-                        f"budget_points {d.budget_points} is below the {row.budget_used} points "
+                        f"budget_points {d.budget_points} is below the {used.used if used else 0} points "
                         "already paid or reserved"
                     )
                 await definition_store.add_version(conn, tenant_id, d.task_id, row.version + 1, body, digest)
@@ -593,6 +608,7 @@ class TaskDefinitions:
     async def retire(self, tenant_id: str, task_id: str) -> Task:
         async with self._db.transaction(tenant_id) as conn:
             await definition_store.retire_task(conn, task_id)
+            await allowance.hold(conn, definition_store.budget_owner(task_id))
             row = await definition_store.task(conn, task_id)
         self._recent.pop((tenant_id, task_id), None)
         if row is None:

@@ -170,7 +170,7 @@ class SignIns(MemberCalls):
             assert isinstance(spec, SignInSpec)
             grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
             # The sign-in row first, naming the completion about to be written (the key is checked
-            # at commit): the completion, which takes the task's budget row, is the last write.
+            # at commit): the completion, which takes a shard of the task's budget, is the last write.
             row = await signin_store.insert_sign_in(
                 conn, tenant_id, task.task_id, member_id, today, streak, False, request_id, digest, paid=True
             )
