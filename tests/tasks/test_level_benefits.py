@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from google.type import date_pb2
-from memberops.tasks.v1 import levels_pb2, tasks_service_pb2
+from memberops.tasks.v1 import coupons_pb2, levels_pb2, tasks_service_pb2
 
+from tests.audience import helpers as audience
 from tests.conftest import UMBRELLA
 from tests.grpc_helpers import bad
 from tests.tasks import coupon_helpers
@@ -166,3 +167,24 @@ async def test_as_of_must_not_be_ahead(tasks_stub: TasksStub) -> None:
         as_of=coupon_helpers.stamp(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
     )
     await bad(tasks_stub.GrantLevelBenefits(request, metadata=UMBRELLA), "as_of")
+
+
+async def test_a_granted_coupons_threshold_follows_the_members_tag(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, policy: levels_pb2.LevelPolicy
+) -> None:
+    dimension = await audience.manual_dimension(tagging_stub, ["low", "high"], metadata=UMBRELLA)
+    thresholds = coupons_pb2.TagThresholds(dimension=dimension, thresholds={"high": 20_000, "low": 3_000})
+    banded = await template(tasks_stub, tag_thresholds=thresholds, threshold_minor=5_000)
+    await update_policy(tasks_stub, with_benefits(policy, TOP, monthly_coupon_template=banded))
+    high, none = [await gold_member(tasks_stub, tagging_stub, policy.tiers[TOP]) for _ in range(2)]
+    await audience.give(tagging_stub, dimension, "high", [high], metadata=UMBRELLA)
+    await grant(tasks_stub)
+    request = tasks_service_pb2.ListMemberCouponsRequest
+    got = [
+        [
+            c.threshold_minor
+            for c in (await tasks_stub.ListMemberCoupons(request(member_id=m), metadata=UMBRELLA)).coupons
+        ]
+        for m in (high, none)
+    ]
+    assert got == [[20_000], [5_000]]

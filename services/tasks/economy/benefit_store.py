@@ -3,6 +3,8 @@ period that makes each grant happen once. Runs inside tenant transactions."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from runtime.db import Connection
 from runtime.erasure import PSEUDONYM_PREFIX
 
@@ -51,3 +53,20 @@ async def issued(conn: Connection, member_id: str, benefit: str, period: str, co
         period,
         code,
     )
+
+
+async def granted(
+    conn: Connection, member_ids: Sequence[str], periods: Mapping[str, str]
+) -> set[tuple[str, str]]:
+    """(member, benefit) of these members already granted in `periods` (benefit -> period), so a
+    daily run passes over them without a transaction each."""
+    rows = await conn.fetch(
+        """SELECT g.member_id, g.benefit FROM tasks.level_benefit_grants g
+           JOIN unnest($2::text[], $3::text[]) AS p(benefit, period)
+             ON p.benefit = g.benefit AND p.period = g.period
+           WHERE g.member_id = ANY($1::text[])""",
+        list(member_ids),
+        list(periods),
+        list(periods.values()),
+    )
+    return {(r["member_id"], r["benefit"]) for r in rows}
