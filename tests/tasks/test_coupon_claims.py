@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import grpc
-from memberops.tasks.v1 import tasks_service_pb2
+from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2
 
 from tests.audience import helpers as audience
 from tests.conftest import ACME, unique
@@ -108,3 +108,25 @@ async def test_concurrent_retries_of_one_claim_issue_one_coupon(
         *(claim(tasks_stub, made.template_id, member, request_id) for _ in range(20))
     )
     assert len({c.code for c in coupons}) == 1
+
+
+async def test_claims_racing_an_update_carry_the_terms_of_the_version_they_name(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    made = await create(tasks_stub, claimable=True)
+    crowd = await members.many(60)
+    changed = coupons_pb2.CouponTemplate()
+    changed.CopyFrom(made)
+    changed.amount_off.amount_minor = 2000
+    update = tasks_stub.UpdateCouponTemplate(
+        tasks_service_pb2.UpdateCouponTemplateRequest(template=changed), metadata=ACME
+    )
+    claims = [claim(tasks_stub, made.template_id, m) for m in crowd]
+    results = await asyncio.gather(*claims[:30], update, *claims[30:])
+    updated, coupons = results[30], [*results[:30], *results[31:]]
+    assert isinstance(updated, coupons_pb2.CouponTemplate) and updated.version == 2
+    terms = {
+        (c.template_version, c.amount_off.amount_minor) for c in coupons if isinstance(c, coupons_pb2.Coupon)
+    }
+    assert terms <= {(1, 1000), (2, 2000)}
+    assert len(coupons) == 60
