@@ -77,7 +77,7 @@ WITH inserted AS (
         (tenant_id, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
          import_digest, coupon_codes)
     SELECT $1, order_id, member_id, paid_time, amount_minor, store, payment_method, content_hash,
-           import_digest, coalesce(coupon_codes, '{{}}')
+           import_digest, coupon_codes
     FROM pg_temp.order_import ORDER BY order_id
     ON CONFLICT (tenant_id, order_id) DO NOTHING
     RETURNING order_id, member_id, paid_time, amount_minor, store, payment_method

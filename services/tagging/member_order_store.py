@@ -40,7 +40,7 @@ async def orders_page(
         lines[values.pop("order_id")].append(OrderLine(**values))
     orders = []
     for row in rows:
-        values = {**dict(row), "coupon_codes": tuple(row["coupon_codes"])}
+        values = {**dict(row), "coupon_codes": tuple(row["coupon_codes"] or ())}
         orders.append(Order(**values, lines=tuple(lines[row["order_id"]])))
     return orders
 

@@ -40,8 +40,8 @@ _MICROS = 1_000_000
 _EARLIEST_MICROS = int((EARLIEST - _EPOCH).total_seconds()) * _MICROS
 
 # (n, order_id, member_id, paid_time, amount_minor, store, payment_method, content digest, wire digest,
-#  coupon codes (None for none: a NULL costs COPY less than an empty array), feed payload but its
-#  member order number: see payload_head)
+#  coupon codes (None for none, stored as NULL), feed payload but its member order number: see
+#  payload_head)
 OrderRow = tuple[int, str, str, dt.datetime, int, str, str, str, str, list[str] | None, str]
 # (order_id, line_n, line_id, sku, category, brand, quantity, unit_price_minor)
 LineRow = tuple[str, int, str, str, str, str, int, int]

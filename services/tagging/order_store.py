@@ -33,7 +33,7 @@ async def insert_order(conn: Connection, tenant_id: str, order: OrderInput, dige
             order.store,
             order.payment_method,
             digest,
-            list(order.coupon_codes),
+            list(order.coupon_codes) or None,
         )
     except asyncpg.ForeignKeyViolationError:
         raise NotFound(
@@ -95,7 +95,7 @@ async def get_order(conn: Connection, order_id: str) -> Order | None:
         payment_method=row["payment_method"],
         refunded_amount_minor=row["refunded_amount_minor"],
         record_time=row["record_time"],
-        coupon_codes=tuple(row["coupon_codes"]),
+        coupon_codes=tuple(row["coupon_codes"] or ()),
     )
 
 
