@@ -24,6 +24,8 @@ from runtime.auth import current_tenant
 from runtime.erasure import Erasures
 from runtime.errors import InvalidArgument, Violations
 from services.tasks import messages
+from services.tasks.badges.api import BadgeRpcs
+from services.tasks.badges.badges import Badges
 from services.tasks.coupons.api import CouponRpcs, CouponServices
 from services.tasks.coupons.violation_messages import violations_response
 from services.tasks.coupons.violations import CouponViolations
@@ -61,13 +63,14 @@ class TaskServices:
     coupon_violations: CouponViolations
     order_earning: OrderEarningRules
     level_benefits: LevelBenefits
+    badges: Badges
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class TasksApi(CouponRpcs, IssuanceRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
+class TasksApi(CouponRpcs, IssuanceRpcs, BadgeRpcs, tasks_service_pb2_grpc.TasksServiceServicer):
     def __init__(
         self,
         points: Ledger,
@@ -92,6 +95,9 @@ class TasksApi(CouponRpcs, IssuanceRpcs, tasks_service_pb2_grpc.TasksServiceServ
 
     def _issuances(self) -> Issuances:
         return self._tasks.coupon_issuances
+
+    def _badges(self) -> Badges:
+        return self._tasks.badges
 
     async def EarnPoints(
         self, request: tasks_service_pb2.EarnPointsRequest, context: Any

@@ -56,6 +56,7 @@ STATEMENTS = (
     *moved("tasks.feed"),
     *moved("tasks.level_benefit_grants", key=("benefit", "period")),
     *moved("tasks.coupon_violations"),
+    *moved("tasks.member_badges", key=("badge_id",)),
 )
 
 

@@ -21,7 +21,17 @@ from services.tasks.points.ledger_store import Entry
 from services.tasks.points.rewards_store import NewReward, Redemption, Reward
 from services.tasks.tasks import definitions
 from services.tasks.tasks.completion_store import CompletionRow
-from services.tasks.tasks.definitions import KIND_OF, SPEC_FIELD, SPEC_OF, Definition, Limits, Spec, Task
+from services.tasks.tasks.definitions import (
+    KIND_OF,
+    SPEC_FIELD,
+    SPEC_OF,
+    Definition,
+    Kind,
+    Limits,
+    Spec,
+    StreakMilestone,
+    Task,
+)
 from services.tasks.tasks.enrolment_store import EnrolmentRow
 from services.tasks.tasks.invites import Invite
 from services.tasks.tasks.member_tasks import MemberTask
@@ -65,6 +75,8 @@ def _spec(message: tasks_pb2.Task) -> Spec | None:
     kind = next(k for k, name in SPEC_FIELD.items() if name == which)
     spec_type, sub = SPEC_OF[kind], getattr(message, which)
     values = {f.name: getattr(sub, f.name) for f in dataclasses.fields(spec_type)}
+    if kind is Kind.SIGN_IN:
+        values["milestones"] = [StreakMilestone(m.streak_days, m.badge) for m in sub.milestones]
     return spec_type(**{k: tuple(v) if not isinstance(v, int | str) else v for k, v in values.items()})  # type: ignore[no-any-return]
 
 
@@ -93,8 +105,12 @@ def definition_from_proto(message: tasks_pb2.Task) -> Definition:
         limits=Limits(message.limits.per_day, message.limits.total),
         audience_id=audience.removeprefix("audiences/"),
         budget_points=message.budget_points,
+        badge=message.badge,
         claim_required=message.claim_required,
     )
+    if message.cycle:
+        # Weekly and monthly cycles are not built yet: refused rather than ignored.
+        v.add("task.cycle", "weekly and monthly cycles are not available yet: leave it unspecified")
     definitions.validate(d, v)
     return d
 
@@ -122,6 +138,7 @@ def task_to_proto(task: Task) -> tasks_pb2.Task:
         eligibility_audience=f"audiences/{d.audience_id}" if d.audience_id else "",
         budget_points=d.budget_points,
         claim_required=d.claim_required,
+        badge=d.badge,
         state=task.state,  # type: ignore[arg-type]
         version=task.version,
         budget_used=task.budget_used,

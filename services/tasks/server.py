@@ -22,6 +22,7 @@ from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
 from services.tasks import erasure_store
 from services.tasks.api import TasksApi, TaskServices, utc_now
+from services.tasks.badges.badges import Badges
 from services.tasks.coupons.api import CouponServices
 from services.tasks.coupons.catalog import CouponTemplates
 from services.tasks.coupons.member_coupons import Coupons
@@ -73,6 +74,7 @@ def wire(
         coupon_violations=CouponViolations(db),
         order_earning=OrderEarningRules(db),
         level_benefits=LevelBenefits(db, Levels(db), peers),
+        badges=Badges(db),
     )
     follower = FeedFollower(db, peers, peers, tenants, clock)
     publisher = LevelPublisher(db, peers, tenants)

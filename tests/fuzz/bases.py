@@ -41,6 +41,7 @@ SETUP = (
     ("CreateAudience", ""),
     ("CreateJourney", ""),
     ("CreateSnapshot", ""),
+    ("CreateBadge", ""),
     ("CreateTask", "sign_in"),
     ("CreateTask", "share"),
     ("CreateTask", "invite"),
@@ -76,6 +77,7 @@ class World:
     coupon_template: str = field(default_factory=lambda: unique("fz-ct"))
     # The request id of the world's coupon issuance to its audience (its name's id).
     issuance: str = field(default_factory=lambda: unique("fz-ci"))
+    badge: str = field(default_factory=lambda: unique("fz-b"))
     # task kind (the Task.spec oneof field) -> id of a task of that kind; `task` is the sign-in one
     tasks: dict[str, str] = field(default_factory=dict)
 
@@ -415,10 +417,12 @@ def _task(request: Any, world: World, kind: str = "sign_in") -> None:
     getattr(task, kind).CopyFrom(_SPECS[kind])
     task.start_time.FromDatetime(now - dt.timedelta(days=365))
     task.end_time.FromDatetime(now + dt.timedelta(days=365))
-    for name in ("expiry_days", "limits", "budget_points", "eligibility_audience", "claim_required"):
+    for name in ("expiry_days", "limits", "budget_points", "eligibility_audience", "claim_required", "cycle"):
         task.ClearField(name)
+    task.badge = f"badges/{world.badge}"
     if kind == "sign_in":
         task.ClearField("reward_points")
+        task.sign_in.milestones.add(streak_days=7, badge=task.badge)
     task.expiry_policy = points_pb2.EXPIRY_POLICY_NEVER
 
 
@@ -429,6 +433,12 @@ def _task_of(kind: str) -> Callable[[Any, World], None]:
         request.task = f"tasks/{world.task_of(kind)}"
 
     return patch
+
+
+def _badge(request: Any, world: World) -> None:
+    request.badge.badge_id = world.badge
+    request.badge.display_name = "Fuzz badge"
+    request.badge.description = ""
 
 
 def _level_policy(request: Any, world: World) -> None:
@@ -525,6 +535,7 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "UpdateCouponTemplate": _coupon_template,
     "GetCoupon": _coupon_name,
     "CreateTask": _task,
+    "CreateBadge": _badge,
     "UpdateTask": _task,
     "UpdateLevelPolicy": _level_policy,
     "UpdateOrderEarningRule": _order_earning_rule,

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from runtime.db import Connection
 from runtime.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from services.tasks.badges import badges
 from services.tasks.points import ledger, ledger_store
 from services.tasks.points.ledger import Reason
 from services.tasks.tasks import completion_store
@@ -92,6 +93,8 @@ async def grant(
         raise ResourceExhausted(
             f"tasks/{task.task_id} has no budget left for {g.points} points (about {max(left, 0)} left)"
         )
+    if task.definition.badge:
+        await badges.award(conn, tenant_id, g.member_id, [task.definition.badge], f"task {task.task_id}", now)
     return completion
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime import page_tokens, zones
-from runtime.db import Database
+from runtime.db import Connection, Database
 from runtime.errors import (
     Aborted,
     AlreadyExists,
@@ -38,6 +38,7 @@ from runtime.errors import (
 from runtime.tagging_feed import EVENT_KINDS
 from services.tasks import time_span
 from services.tasks.allowance import allowance
+from services.tasks.badges import badges
 from services.tasks.points import ledger
 from services.tasks.points.ledger import MAX_AMOUNT, Expiry, ExpiryPolicy
 from services.tasks.tasks import definition_store
@@ -56,6 +57,8 @@ MAX_WINDOW_DAYS = 3650
 MAX_TIMES = 10_000
 MAX_CLAWBACK_DAYS = 365
 MAX_BUDGET = 10**15
+MAX_MILESTONES = 31
+MAX_MILESTONE_DAYS = 3650
 DEFAULT_PAGE_SIZE = 100
 CACHE_SECONDS = 2.0
 MAX_PAGE_SIZE = 1000
@@ -99,9 +102,18 @@ class ProfileField(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class StreakMilestone:
+    """Reaching `streak_days` consecutive days awards `badge` (`badges/{badge_id}`)."""
+
+    streak_days: int
+    badge: str
+
+
+@dataclass(frozen=True)
 class SignInSpec:
     streak_rewards: tuple[int, ...]
     makeups_per_month: int = 0
+    milestones: tuple[StreakMilestone, ...] = ()
 
     def points_for(self, streak_day: int) -> int:
         """Points for day `streak_day` (1-based) of a streak: later days earn the table's last entry."""
@@ -216,6 +228,8 @@ class Definition:
     audience_id: str = ""
     budget_points: int = 0
     claim_required: bool = False
+    # `badges/{badge_id}` awarded by the member's first completion, or "".
+    badge: str = ""
 
     @property
     def kind(self) -> Kind:
@@ -298,6 +312,8 @@ def validate(d: Definition, v: Violations | None = None) -> None:
         v.add("task.eligibility_audience", "must be a resource name of the form audiences/{audience_id}")
     if not 0 <= d.budget_points <= MAX_BUDGET:
         v.add("task.budget_points", f"must be 0 (no limit) to {MAX_BUDGET:,}")
+    if d.badge:
+        badges.check_name(v, "task.badge", d.badge)
     v.raise_if_any()
 
 
@@ -324,6 +340,16 @@ def _sign_in(spec: SignInSpec, v: Violations, path: str) -> None:
         ledger.check_amount(v, f"{path}.streak_rewards[{i}]", points)
     if not 0 <= spec.makeups_per_month <= MAX_MAKEUPS:
         v.add(f"{path}.makeups_per_month", f"must be 0-{MAX_MAKEUPS}")
+    if len(spec.milestones) > MAX_MILESTONES:
+        v.add(f"{path}.milestones", f"must hold at most {MAX_MILESTONES} milestones")
+    seen: set[int] = set()
+    for i, m in enumerate(spec.milestones[:MAX_MILESTONES]):
+        if not 2 <= m.streak_days <= MAX_MILESTONE_DAYS:
+            v.add(f"{path}.milestones[{i}].streak_days", f"must be 2-{MAX_MILESTONE_DAYS}")
+        elif m.streak_days in seen:
+            v.add(f"{path}.milestones[{i}].streak_days", "must differ from the other milestones'")
+        seen.add(m.streak_days)
+        badges.check_name(v, f"{path}.milestones[{i}].badge", m.badge)
 
 
 def _invite(spec: InviteSpec, v: Violations, path: str) -> None:
@@ -424,6 +450,8 @@ def to_body(d: Definition) -> dict[str, Any]:
         "audience_id": d.audience_id,
         "budget_points": d.budget_points,
         "claim_required": d.claim_required,
+        # Only when set, so the bodies (and content hashes) of tasks stored before badges stay.
+        **({"badge": d.badge} if d.badge else {}),
     }
 
 
@@ -436,6 +464,8 @@ def _spec_body(spec: Spec) -> dict[str, Any]:
         del body["reward_backfilled_orders"]
     if isinstance(spec, InviteSpec) and not spec.clawback_window_days:
         del body["clawback_window_days"]
+    if isinstance(spec, SignInSpec) and not spec.milestones:
+        del body["milestones"]
     return body
 
 
@@ -444,6 +474,8 @@ def from_body(task_id: str, body: Mapping[str, Any]) -> Definition:
     raw = dict(body["spec"])
     # JSON has lists where the specs keep tuples.
     raw.update({name: tuple(value) for name, value in raw.items() if isinstance(value, list)})
+    if kind is Kind.SIGN_IN:
+        raw["milestones"] = tuple(StreakMilestone(**m) for m in raw.get("milestones", ()))
     return Definition(
         task_id=task_id,
         spec=SPEC_OF[kind](**raw),
@@ -457,6 +489,7 @@ def from_body(task_id: str, body: Mapping[str, Any]) -> Definition:
         audience_id=body["audience_id"],
         budget_points=body["budget_points"],
         claim_required=body["claim_required"],
+        badge=body.get("badge", ""),
     )
 
 
@@ -473,6 +506,18 @@ def task_from_row(row: definition_store.TaskRow) -> Task:
         create_time=row.create_time,
         update_time=row.update_time,
     )
+
+
+async def _check_badges(conn: Connection, d: Definition) -> None:
+    """INVALID_ARGUMENT naming each badge the task names that does not exist (badges are never
+    deleted, so one that exists now still will)."""
+    names = {"task.badge": d.badge} if d.badge else {}
+    if isinstance(d.spec, SignInSpec):
+        names.update(
+            {f"task.sign_in.milestones[{i}].badge": m.badge for i, m in enumerate(d.spec.milestones)}
+        )
+    if names:
+        await badges.check_exist(conn, names)
 
 
 def _total(d: Definition) -> int:
@@ -510,6 +555,7 @@ class TaskDefinitions:
         body = to_body(d)
         digest = content_hash(body)
         async with self._db.transaction(tenant_id) as conn:
+            await _check_badges(conn, d)
             if not await definition_store.insert_task(conn, tenant_id, d.task_id, d.kind, body, digest):
                 row = await definition_store.task(conn, d.task_id)
                 assert row is not None
@@ -529,6 +575,7 @@ class TaskDefinitions:
         body = to_body(d)
         digest = content_hash(body)
         async with self._db.transaction(tenant_id) as conn:
+            await _check_badges(conn, d)
             row = await definition_store.lock_task(conn, d.task_id)
             if row is None:
                 raise NotFound(f"tasks/{d.task_id} not found")

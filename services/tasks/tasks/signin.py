@@ -23,6 +23,7 @@ from runtime.errors import (
     ResourceExhausted,
     Violations,
 )
+from services.tasks.badges import badges
 from services.tasks.points import ledger, ledger_store
 from services.tasks.tasks import completion_store, completions, signin_store
 from services.tasks.tasks.completion_store import CompletionRow
@@ -84,6 +85,18 @@ def rejoined(by_day: Mapping[dt.date, SignInRow], day: dt.date, streak: int) -> 
         later.append((following, length))
         following, length = following + ONE_DAY, length + 1
     return later
+
+
+async def _award_milestones(
+    conn: Connection, tenant_id: str, task: Task, member_id: str, streak: int, now: dt.datetime
+) -> None:
+    """Awards the badges of the milestones a streak of `streak` days reached (held ones stay)."""
+    spec = task.definition.spec
+    assert isinstance(spec, SignInSpec)
+    for m in spec.milestones:
+        if m.streak_days <= streak:
+            source = f"streak {task.task_id} {m.streak_days} days"
+            await badges.award(conn, tenant_id, member_id, [m.badge], source, now)
 
 
 def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
@@ -156,7 +169,7 @@ class SignIns(MemberCalls):
                 return SignInRecord(first, paid)
             if makeup_day is not None:
                 return await self._makeup(
-                    conn, tenant_id, task, member_id, makeup_day, request_id, digest, today
+                    conn, tenant_id, task, member_id, makeup_day, request_id, digest, today, now
                 )
             days = {d.day: d for d in recent}
             if today in days:
@@ -176,6 +189,7 @@ class SignIns(MemberCalls):
             )
             assert row.completion_id is not None
             completion = await completions.grant(conn, tenant_id, task, grant, now, row.completion_id)
+            await _award_milestones(conn, tenant_id, task, member_id, streak, now)
             return SignInRecord(row, completion)
 
     async def _makeup(
@@ -188,6 +202,7 @@ class SignIns(MemberCalls):
         request_id: str,
         digest: str,
         today: dt.date,
+        now: dt.datetime,
     ) -> SignInRecord:
         spec = task.definition.spec
         assert isinstance(spec, SignInSpec)
@@ -209,7 +224,10 @@ class SignIns(MemberCalls):
         row = await signin_store.insert_sign_in(
             conn, tenant_id, task.task_id, member_id, day, streak, True, request_id, digest, paid=False
         )
-        await signin_store.restreak(conn, task.task_id, member_id, rejoined(by_day, day, streak))
+        later = rejoined(by_day, day, streak)
+        await signin_store.restreak(conn, task.task_id, member_id, later)
+        longest = max([streak, *(length for _, length in later)])
+        await _award_milestones(conn, tenant_id, task, member_id, longest, now)
         return SignInRecord(row, None)
 
     async def streak(self, tenant_id: str, task_id: str, member_id: str, now: dt.datetime) -> Streak:
