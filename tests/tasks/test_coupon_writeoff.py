@@ -254,8 +254,9 @@ async def test_imported_orders_use_their_coupons_too(
     member = await members.new(INITECH)
     held = await a_coupon(tasks_stub, member)
     paid = dt.datetime.now(dt.UTC)
-    history = [an_order(member, [held.code], paid=paid), an_order(member, [held.code], paid=paid)]
-    history.sort(key=lambda o: o.order_id)  # the import feeds orders of equal paid time by id
+    # The import feeds a batch's orders by paid time: the first one paid uses the coupon.
+    later = paid + dt.timedelta(milliseconds=1)
+    history = [an_order(member, [held.code], paid=paid), an_order(member, [held.code], paid=later)]
     reply = await tagging_stub.ImportOrders(_stream(history), metadata=INITECH)
     assert reply.stored_count == 2
     used = await follow_until_state(follower, tasks_stub, held.code, USED)
