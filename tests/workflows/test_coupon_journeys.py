@@ -6,7 +6,6 @@ and the report counts coupons issued and used per arm."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -218,7 +217,7 @@ async def test_a_refused_coupon_neither_fails_the_journey_nor_sends_a_coupon_mes
             await start(time_skipping_env, worker_settings, journeys_db, scarce, members[1]),
             await start(time_skipping_env, worker_settings, journeys_db, retired, members[2]),
         ]
-        funnels = await asyncio.gather(*(handle.result() for handle in handles))
+        funnels = [await handle.result() for handle in handles]
     assert [f.state for f in funnels] == ["completed"] * 3
     issued, refused_once = {"entered": 1, "done": 1}, {"entered": 1, "failed": 1}
     gives = [figures(f, "give") for f in funnels]
@@ -291,7 +290,8 @@ async def test_the_report_counts_coupons_issued_and_used_per_arm(
         await seed_member(resources.tagging, member_id)
     async with running(time_skipping_env, worker_settings, resources):
         handles = [await start(time_skipping_env, worker_settings, journeys_db, definition, m) for m in every]
-        await asyncio.gather(*(handle.result() for handle in handles))
+        for handle in handles:
+            await handle.result()
     (used,) = await coupons_of(resources, arms["pick:a"][0])
     assert used.source.arm == "pick:a"
     await pay_with(resources.tagging, arms["pick:a"][0], used.code)
