@@ -35,7 +35,7 @@ STATEMENTS = (
     *moved("tasks.lots"),
     *moved("tasks.completions", also=", claim_request_id = replace(claim_request_id, $1, $2)"),
     *moved("tasks.enrolments", key=("task_id",)),
-    *moved("tasks.progress", key=("task_id",)),
+    *moved("tasks.progress", key=("task_id", "cycle_start")),
     *moved("tasks.purchase_orders"),
     *moved("tasks.redemptions", also=_REQUEST_ID),
     *moved("tasks.coupon_holdings", key=("template_id",)),

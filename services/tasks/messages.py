@@ -106,11 +106,9 @@ def definition_from_proto(message: tasks_pb2.Task) -> Definition:
         audience_id=audience.removeprefix("audiences/"),
         budget_points=message.budget_points,
         badge=message.badge,
+        cycle=message.cycle,
         claim_required=message.claim_required,
     )
-    if message.cycle:
-        # Weekly and monthly cycles are not built yet: refused rather than ignored.
-        v.add("task.cycle", "weekly and monthly cycles are not available yet: leave it unspecified")
     definitions.validate(d, v)
     return d
 
@@ -139,6 +137,7 @@ def task_to_proto(task: Task) -> tasks_pb2.Task:
         budget_points=d.budget_points,
         claim_required=d.claim_required,
         badge=d.badge,
+        cycle=d.cycle,  # type: ignore[arg-type]
         state=task.state,  # type: ignore[arg-type]
         version=task.version,
         budget_used=task.budget_used,

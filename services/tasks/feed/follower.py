@@ -355,8 +355,17 @@ class FeedFollower:
             if not lines:
                 continue
             amount = order.amount_minor
+            cycle_start = task.definition.cycle_of(task.definition.day(_counted_at(entry)))[0]
             if not await progress_store.insert_purchase(
-                conn, tenant_id, task.task_id, entry.member_id, entry.subject_id, paid, amount, lines
+                conn,
+                tenant_id,
+                task.task_id,
+                entry.member_id,
+                entry.subject_id,
+                paid,
+                amount,
+                lines,
+                cycle_start,
             ):
                 continue
             added = order_measure(spec, CountedOrder(amount, 0, lines))
@@ -416,6 +425,7 @@ class FeedFollower:
                     entry,
                     f"refund {entry.subject_id}",
                     batch.done,
+                    cycle_day=purchase.cycle_start,
                 )
 
     async def _event(self, conn: Connection, tenant_id: str, entry: FeedEntry, batch: _Batch) -> None:
@@ -457,17 +467,22 @@ class FeedFollower:
         entry: FeedEntry,
         source: str,
         done: Round,
+        cycle_day: dt.date | None = None,
     ) -> None:
         """Moves the member's measure (by `add`, or up to `at_least`) and grants or takes back the
-        completions the new measure supports. Refunds only take back."""
+        completions the new measure supports, in the task's cycle of the entry's day (of
+        `cycle_day`: a refund's order's). Refunds only take back."""
+        d = task.definition
+        day = d.day(_counted_at(entry))
+        cycle = d.cycle_of(cycle_day or day)
         if add is not None:
-            measure = await progress_store.add_measure(conn, tenant_id, task.task_id, member_id, add)
+            measure = await progress_store.add_measure(
+                conn, tenant_id, task.task_id, member_id, cycle[0], add
+            )
         else:
             assert at_least is not None
             measure = await progress_store.raise_measure(conn, tenant_id, task.task_id, member_id, at_least)
-        d = task.definition
-        day = d.day(_counted_at(entry))
-        counts = await completion_store.counts(conn, task.task_id, member_id, day)
+        counts = await completion_store.counts(conn, task.task_id, member_id, day, cycle)
         change = completions_change(
             measure, d.target(), d.total_limit(), d.limits.per_day, counts.total, counts.today
         )
@@ -475,7 +490,7 @@ class FeedFollower:
             change = min(change, 0)
         if change < 0:
             for completion in await completion_store.latest_live_completions(
-                conn, task.task_id, member_id, -change
+                conn, task.task_id, member_id, -change, cycle
             ):
                 await completions.reverse(conn, tenant_id, completion, source)
                 done.reversed += 1

@@ -1,5 +1,15 @@
--- Badges (issue 23): definitions by their natural key, and the badges members hold, each once,
--- awarded in the transaction of the completion or sign-in that earned it.
+-- Task cycles and badges (issue 23).
+
+-- Cycles: a counted task's progress is kept per cycle, named by the cycle's first day in the
+-- task's zone (a Monday, the 1st of a month; 0001-01-01 for a task whose validity period is one
+-- cycle), and a counted order remembers the cycle it counted in, so its refund takes back there.
+ALTER TABLE progress ADD COLUMN cycle_start date NOT NULL DEFAULT '0001-01-01';
+ALTER TABLE progress DROP CONSTRAINT progress_pkey;
+ALTER TABLE progress ADD PRIMARY KEY (tenant_id, task_id, member_id, cycle_start);
+ALTER TABLE purchase_orders ADD COLUMN cycle_start date NOT NULL DEFAULT '0001-01-01';
+
+-- Badges: definitions by their natural key, and the badges members hold, each once, awarded in
+-- the transaction of the completion or sign-in that earned it.
 
 CREATE TABLE badges (
     tenant_id    text        NOT NULL,

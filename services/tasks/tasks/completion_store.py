@@ -158,53 +158,68 @@ async def oldest_claimable(conn: Connection, task_id: str, member_id: str) -> Co
 
 
 async def latest_live_completions(
-    conn: Connection, task_id: str, member_id: str, n: int
+    conn: Connection, task_id: str, member_id: str, n: int, cycle: tuple[dt.date, dt.date]
 ) -> list[CompletionRow]:
-    """The member's `n` newest completions not reversed, newest first, locked."""
+    """The member's `n` newest completions not reversed of the cycle [start, end) (days), newest
+    first, locked."""
     rows = await conn.fetch(
         f"""SELECT {_COMPLETION_COLUMNS} FROM tasks.completions
-            WHERE task_id = $1 AND member_id = $2 AND state <> 3
+            WHERE task_id = $1 AND member_id = $2 AND state <> 3 AND day >= $4 AND day < $5
             ORDER BY completion_id DESC LIMIT $3 FOR UPDATE""",
         task_id,
         member_id,
         n,
+        *cycle,
     )
     return [_completion(r) for r in rows]
 
 
 @dataclass(frozen=True)
 class Counts:
-    """A member's completions of one task that were not reversed."""
+    """A member's completions of one task that were not reversed: in the cycle, on the day, and
+    waiting to be claimed (any day)."""
 
     total: int
     today: int
     claimable: int
 
 
-async def counts(conn: Connection, task_id: str, member_id: str, day: dt.date) -> Counts:
+async def counts(
+    conn: Connection, task_id: str, member_id: str, day: dt.date, cycle: tuple[dt.date, dt.date]
+) -> Counts:
+    """`total` counts the completions of the cycle [start, end) (days)."""
     row = await conn.fetchrow(
-        """SELECT count(*) AS total, count(*) FILTER (WHERE day = $3) AS today,
+        """SELECT count(*) FILTER (WHERE day >= $4 AND day < $5) AS total,
+                  count(*) FILTER (WHERE day = $3) AS today,
                   count(*) FILTER (WHERE state = 2) AS claimable
            FROM tasks.completions WHERE task_id = $1 AND member_id = $2 AND state <> 3""",
         task_id,
         member_id,
         day,
+        *cycle,
     )
     assert row is not None
     return Counts(row["total"], row["today"], row["claimable"])
 
 
-async def member_counts(conn: Connection, member_id: str, days: dict[str, dt.date]) -> dict[str, Counts]:
-    """`counts` for many tasks at once: `days` maps each task id to its calendar day today."""
+async def member_counts(
+    conn: Connection, member_id: str, days: dict[str, tuple[dt.date, tuple[dt.date, dt.date]]]
+) -> dict[str, Counts]:
+    """`counts` for many tasks at once: `days` maps each task id to its calendar day today and the
+    cycle that day is in."""
     rows = await conn.fetch(
-        """SELECT c.task_id, count(*) AS total, count(*) FILTER (WHERE c.day = d.day) AS today,
+        """SELECT c.task_id, count(*) FILTER (WHERE c.day >= d.start AND c.day < d.until) AS total,
+                  count(*) FILTER (WHERE c.day = d.day) AS today,
                   count(*) FILTER (WHERE c.state = 2) AS claimable
            FROM tasks.completions c
-           JOIN unnest($2::text[], $3::date[]) AS d(task_id, day) ON d.task_id = c.task_id
+           JOIN unnest($2::text[], $3::date[], $4::date[], $5::date[]) AS d(task_id, day, start, until)
+             ON d.task_id = c.task_id
            WHERE c.member_id = $1 AND c.state <> 3
            GROUP BY c.task_id""",
         member_id,
         list(days),
-        list(days.values()),
+        [day for day, _ in days.values()],
+        [cycle[0] for _, cycle in days.values()],
+        [cycle[1] for _, cycle in days.values()],
     )
     return {r["task_id"]: Counts(r["total"], r["today"], r["claimable"]) for r in rows}

@@ -148,17 +148,21 @@ async def claim(
 
 
 async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.date) -> None:
-    """RESOURCE_EXHAUSTED when the member used the task's daily or total completions."""
+    """RESOURCE_EXHAUSTED when the member used the task's daily completions, or its total ones (of
+    the cycle `day` is in)."""
     per_day, total = task.definition.limits.per_day, task.definition.total_limit()
     if not per_day and not total:
         return
-    counts = await completion_store.counts(conn, task.task_id, member_id, day)
+    counts = await completion_store.counts(conn, task.task_id, member_id, day, task.definition.cycle_of(day))
     if per_day and counts.today >= per_day:
         raise ResourceExhausted(
             f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
         )
     if total and counts.total >= total:
-        raise ResourceExhausted(f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}")
+        raise ResourceExhausted(
+            f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}"
+            + (f" in the cycle from {task.definition.cycle_of(day)[0]}" if task.definition.cycle else "")
+        )
 
 
 async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, why: str) -> CompletionRow:

@@ -81,6 +81,24 @@ class State(enum.IntEnum):
     RETIRED = 2
 
 
+class Cycle(enum.IntEnum):
+    """The numbers of memberops.tasks.v1.TaskCycle."""
+
+    NONE = 0
+    WEEKLY = 1
+    MONTHLY = 2
+
+
+# The first day of the one cycle of a task without cycles (its whole validity period).
+NO_CYCLE = dt.date(1, 1, 1)
+_AFTER_ALL = dt.date(9999, 12, 31)
+# Kinds whose progress and total limit may repeat per cycle: purchase and event progress, and
+# completions counted per member (shares). A streak (sign-in) runs across weeks and months and has
+# its own daily rhythm; invites count invitations (not completions); profile and visit tasks
+# complete once per member.
+CYCLED = frozenset({Kind.PURCHASE, Kind.EVENT, Kind.SHARE})
+
+
 class InviteTrigger(enum.IntEnum):
     REGISTER = 1
     FIRST_ORDER = 2
@@ -230,6 +248,7 @@ class Definition:
     claim_required: bool = False
     # `badges/{badge_id}` awarded by the member's first completion, or "".
     badge: str = ""
+    cycle: int = Cycle.NONE
 
     @property
     def kind(self) -> Kind:
@@ -256,6 +275,17 @@ class Definition:
         if isinstance(spec, EventSpec):
             return spec.times
         return 1
+
+    def cycle_of(self, day: dt.date) -> tuple[dt.date, dt.date]:
+        """The first day of the cycle the task's calendar day `day` falls in, and the first day after
+        it: the Monday of its week, the 1st of its month, or (without cycles) all of time."""
+        if self.cycle == Cycle.WEEKLY:
+            start = day - dt.timedelta(days=day.weekday())
+            return start, start + dt.timedelta(days=7)
+        if self.cycle == Cycle.MONTHLY:
+            start = day.replace(day=1)
+            return start, (start + dt.timedelta(days=32)).replace(day=1)
+        return NO_CYCLE, _AFTER_ALL
 
     def total_limit(self) -> int:
         """Completions per member in all (0: no limit)."""
@@ -314,6 +344,13 @@ def validate(d: Definition, v: Violations | None = None) -> None:
         v.add("task.budget_points", f"must be 0 (no limit) to {MAX_BUDGET:,}")
     if d.badge:
         badges.check_name(v, "task.badge", d.badge)
+    if d.cycle not in set(Cycle):
+        v.add("task.cycle", "must be TASK_CYCLE_UNSPECIFIED, TASK_CYCLE_WEEKLY or TASK_CYCLE_MONTHLY")
+    elif d.cycle and d.spec is not None and d.kind not in CYCLED:
+        v.add(
+            "task.cycle",
+            f"a {d.kind.name.lower()} task does not repeat in cycles (only purchase, event and share tasks)",
+        )
     v.raise_if_any()
 
 
@@ -452,6 +489,7 @@ def to_body(d: Definition) -> dict[str, Any]:
         "claim_required": d.claim_required,
         # Only when set, so the bodies (and content hashes) of tasks stored before badges stay.
         **({"badge": d.badge} if d.badge else {}),
+        **({"cycle": d.cycle} if d.cycle else {}),
     }
 
 
@@ -490,6 +528,7 @@ def from_body(task_id: str, body: Mapping[str, Any]) -> Definition:
         budget_points=body["budget_points"],
         claim_required=body["claim_required"],
         badge=body.get("badge", ""),
+        cycle=body.get("cycle", Cycle.NONE),
     )
 
 
@@ -586,6 +625,11 @@ class TaskDefinitions:
                     raise InvalidArgument.field(
                         "task.spec",
                         f"a task's kind cannot change (tasks/{d.task_id} is {Kind(row.kind).name})",
+                    )
+                if row.body.get("cycle", Cycle.NONE) != d.cycle:
+                    raise InvalidArgument.field(
+                        "task.cycle",
+                        f"a task's cycle cannot change (tasks/{d.task_id} keeps its progress by it)",
                     )
                 if row.state == State.RETIRED:
                     raise FailedPrecondition(f"tasks/{d.task_id} is retired")

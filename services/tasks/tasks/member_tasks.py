@@ -108,6 +108,10 @@ def state_of(
     return MemberState.OPEN
 
 
+def _by_id(tasks: list[Task]) -> dict[str, Task]:
+    return {t.task_id: t for t in tasks}
+
+
 def progress_of(task: Task, counts: Counts, streak: Streak | None, measure: int) -> tuple[int, int]:
     """(progress, target): the streak against the reward table, today's completions against the
     daily cap, or the counted measure towards the next completion."""
@@ -137,7 +141,12 @@ class MemberTasks(MemberCalls):
             more = len(rows) > limit
             open_now = [t for t in (task_from_row(r) for r in rows[:limit]) if t.definition.valid_at(now)]
             days = {t.task_id: t.definition.day(now) for t in open_now}
-            counts = await completion_store.member_counts(conn, member_id, days)
+            cycles = {
+                task_id: t.definition.cycle_of(days[task_id]) for task_id, t in _by_id(open_now).items()
+            }
+            counts = await completion_store.member_counts(
+                conn, member_id, {task_id: (day, cycles[task_id]) for task_id, day in days.items()}
+            )
             # An invite task's limits count the invites an inviter records, paid or not yet.
             invited = {t.task_id: days[t.task_id] for t in open_now if t.definition.kind is Kind.INVITE}
             for task_id, (total, today) in (
@@ -153,7 +162,9 @@ class MemberTasks(MemberCalls):
             streak_rows = await signin_store.streaks(conn, member_id, sign_in)
             enrolments = await enrolment_store.enrolments(conn, member_id, [t.task_id for t in open_now])
             measures = await progress_store.measures(
-                conn, member_id, [t.task_id for t in open_now if t.definition.kind in COUNTED]
+                conn,
+                member_id,
+                {t.task_id: cycles[t.task_id][0] for t in open_now if t.definition.kind in COUNTED},
             )
         eligible = await asyncio.gather(
             *(self._participation.eligible(tenant_id, t, member_id) for t in open_now)

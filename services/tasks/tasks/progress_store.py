@@ -6,7 +6,7 @@ tenant transactions, after the members' accounts are locked.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from runtime.db import Connection
@@ -15,37 +15,47 @@ from services.tasks.tasks.progress import CountedLine, CountedOrder
 # --- measures ------------------------------------------------------------------------------------
 
 
-async def measures(conn: Connection, member_id: str, task_ids: Sequence[str]) -> dict[str, int]:
+async def measures(conn: Connection, member_id: str, cycles: Mapping[str, dt.date]) -> dict[str, int]:
+    """The member's measure of each task (id to the first day of the cycle wanted)."""
     rows = await conn.fetch(
-        "SELECT task_id, measure FROM tasks.progress WHERE member_id = $1 AND task_id = ANY($2::text[])",
+        """SELECT p.task_id, p.measure FROM tasks.progress p
+           JOIN unnest($2::text[], $3::date[]) AS c(task_id, cycle_start)
+             ON c.task_id = p.task_id AND c.cycle_start = p.cycle_start
+           WHERE p.member_id = $1""",
         member_id,
-        list(task_ids),
+        list(cycles),
+        list(cycles.values()),
     )
     return {r["task_id"]: r["measure"] for r in rows}
 
 
-async def add_measure(conn: Connection, tenant_id: str, task_id: str, member_id: str, delta: int) -> int:
-    """Adds `delta` to the member's measure (created at 0), locking the row; returns the new value."""
+async def add_measure(
+    conn: Connection, tenant_id: str, task_id: str, member_id: str, cycle_start: dt.date, delta: int
+) -> int:
+    """Adds `delta` to the member's measure of the cycle (created at 0), locking the row; returns
+    the new value."""
     value = await conn.fetchval(
-        """INSERT INTO tasks.progress (tenant_id, task_id, member_id, measure)
-           VALUES ($1, $2, $3, greatest($4, 0))
-           ON CONFLICT (tenant_id, task_id, member_id)
+        """INSERT INTO tasks.progress (tenant_id, task_id, member_id, cycle_start, measure)
+           VALUES ($1, $2, $3, $5, greatest($4, 0))
+           ON CONFLICT (tenant_id, task_id, member_id, cycle_start)
            DO UPDATE SET measure = greatest(tasks.progress.measure + $4, 0), update_time = now()
            RETURNING measure""",
         tenant_id,
         task_id,
         member_id,
         delta,
+        cycle_start,
     )
     assert isinstance(value, int)
     return value
 
 
 async def raise_measure(conn: Connection, tenant_id: str, task_id: str, member_id: str, value: int) -> int:
-    """Raises the measure to at least `value` (visits, profiles: 1), locking the row; returns it."""
+    """Raises the measure to at least `value` (visits, profiles: 1; never cycled), locking the row;
+    returns it."""
     measure = await conn.fetchval(
         """INSERT INTO tasks.progress (tenant_id, task_id, member_id, measure) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (tenant_id, task_id, member_id)
+           ON CONFLICT (tenant_id, task_id, member_id, cycle_start)
            DO UPDATE SET measure = greatest(tasks.progress.measure, $4), update_time = now()
            RETURNING measure""",
         tenant_id,
@@ -69,12 +79,14 @@ async def insert_purchase(
     paid_time: dt.datetime,
     amount_minor: int,
     lines: Sequence[CountedLine],
+    cycle_start: dt.date,
 ) -> bool:
-    """Records the order a purchase task counts, with its matching lines; False if it was already."""
+    """Records the order a purchase task counts in the cycle, with its matching lines; False if it
+    was already."""
     created = await conn.fetchval(
         """WITH o AS (INSERT INTO tasks.purchase_orders (tenant_id, task_id, order_id, member_id, paid_time,
-                                                         amount_minor)
-                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING order_id),
+                                                         amount_minor, cycle_start)
+                      VALUES ($1, $2, $3, $4, $5, $6, $10) ON CONFLICT DO NOTHING RETURNING order_id),
                 l AS (INSERT INTO tasks.purchase_lines (tenant_id, task_id, order_id, line_id, quantity,
                                                         unit_price_minor)
                       SELECT $1, $2, o.order_id, x.line_id, x.quantity, x.price
@@ -89,6 +101,7 @@ async def insert_purchase(
         [line.line_id for line in lines],
         [line.quantity for line in lines],
         [line.unit_price_minor for line in lines],
+        cycle_start,
     )
     return bool(created)
 
@@ -100,6 +113,8 @@ class Purchase:
     order_id: str
     paid_time: dt.datetime
     order: CountedOrder
+    # The first day of the cycle the order counted in.
+    cycle_start: dt.date
 
 
 async def counted_orders(conn: Connection, order_ids: Sequence[str]) -> set[str]:
@@ -115,7 +130,8 @@ async def purchases_of(conn: Connection, order_id: str) -> list[Purchase]:
     """Every task's count of the order, by task id. Only the follower writes these rows, and one
     follower of a tenant runs at a time (it holds the cursor's lock), so they need no lock."""
     orders = await conn.fetch(
-        """SELECT task_id, member_id, paid_time, amount_minor, refunded_minor FROM tasks.purchase_orders
+        """SELECT task_id, member_id, paid_time, amount_minor, refunded_minor, cycle_start
+           FROM tasks.purchase_orders
            WHERE order_id = $1 ORDER BY task_id""",
         order_id,
     )
@@ -136,6 +152,7 @@ async def purchases_of(conn: Connection, order_id: str) -> list[Purchase]:
             order_id,
             o["paid_time"],
             CountedOrder(o["amount_minor"], o["refunded_minor"], tuple(lines.get(o["task_id"], ()))),
+            o["cycle_start"],
         )
         for o in orders
     ]
