@@ -20,6 +20,7 @@ from services.tasks.peers import Peers
 # The audience service's client, for tasks with an eligibility audience.
 from tests.audience.conftest import audience_channel, audience_stub  # noqa: F401
 from tests.conftest import ACME, TENANT_INITECH, tasks_definition, unique
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
@@ -44,6 +45,22 @@ class Members:
             tagging_service_pb2.UpsertMemberRequest(member=message), metadata=metadata
         )
         return member_id
+
+    async def noted(self, db: Database) -> str:
+        """A new member, once the service's feed follower has noted its registration: a test that
+        erases the member in tasks alone (tagging is not erased) must wait for it, or a follower
+        still behind writes the member's facts row after the erasure (in production tagging erases
+        first and its feed names the pseudonym)."""
+        member = await self.new()
+
+        async def noted() -> int:
+            found: int = await db.pool.fetchval(
+                "SELECT count(*) FROM tasks.member_facts WHERE member_id = $1", member
+            )
+            return found
+
+        await eventually(noted, f"did the follower note {member}")
+        return member
 
     async def many(self, count: int, metadata: Any = ACME) -> list[str]:
         """`count` new members, imported in one call."""

@@ -187,7 +187,7 @@ async def test_erasure_moves_coupons_to_the_pseudonym(
     tasks_stub: TasksStub, members: Members, db: Database
 ) -> None:
     made = await create(tasks_stub, per_member_limit=2)
-    member, to = await members.new(), pseudonym()
+    member, to = await members.noted(db), pseudonym()
     coupon = await issue(tasks_stub, made.template_id, member, request_id=f"welcome-{member}")
     erase = tasks_service_pb2.EraseMemberDataRequest(member_id=member, pseudonym=to)
     changed = dict((await tasks_stub.EraseMemberData(erase, metadata=ACME)).changed_rows)

@@ -16,7 +16,6 @@ from tests.erasure_helpers import member_tables, pseudonym, row, rows_naming, va
 from tests.grpc_helpers import bad
 from tests.tasks.points_helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import create, share, share_task, sign_in, sign_in_task, task
-from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
@@ -47,25 +46,11 @@ async def sums(db: Database, member_id: str) -> tuple[int, int, int]:
     return entries, total, left
 
 
-async def a_member(members: Members, db: Database) -> str:
-    """A new member, once the service's feed follower has noted its registration: tagging is not
-    erased here, so a follower still behind would write the member's facts row after the erasure
-    (in production tagging erases first and its feed names the pseudonym)."""
-    member = await members.new()
-
-    async def noted() -> int:
-        found: int = await value(db, "SELECT count(*) FROM tasks.member_facts WHERE member_id = $1", member)
-        return found
-
-    await eventually(noted, f"did the follower note {member}")
-    return member
-
-
 async def a_member_with_everything(stub: TasksStub, members: Members, db: Database) -> tuple[str, str]:
     """A member with points (a task, an order, an operator's correction with a note, a spend and a
     redemption whose request ids embed the member id), a sign-in, a share and an invite; and the
     member they invited."""
-    member, invitee = await a_member(members, db), await members.new()
+    member, invitee = await members.noted(db), await members.new()
     await earn(stub, member, 1000)
     await earn(stub, member, 500, reason=ORDER, reference=unique("order"))
     adjust = tasks_service_pb2.AdjustPointsRequest(
@@ -130,7 +115,7 @@ async def test_every_row_moves_to_the_pseudonym_and_the_ledger_adds_up_as_before
 async def test_duplicate_erasures_racing_have_one_effect(
     tasks_stub: TasksStub, members: Members, db: Database
 ) -> None:
-    member = await a_member(members, db)
+    member = await members.noted(db)
     for amount in (10, 20, 30):
         await earn(tasks_stub, member, amount)
     to = pseudonym()
