@@ -17,6 +17,9 @@ from console import session as console_session
 from deploy import devstack as devstack_module
 from tests.conftest import REPO_ROOT
 
+# The scheduled jobs `make up` creates per tenant.
+JOBS = ("recompute_tags", "expire_points", "evaluate_levels", "grant_level_benefits", "detect_anomalies")
+
 COMPONENTS = (
     "postgres",
     "temporal",
@@ -117,7 +120,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         for name in COMPONENTS:
             assert f"{name:<10} started" in started
         assert started.count("health SERVING") == 4
-        for job in ("recompute_tags", "expire_points", "evaluate_levels", "detect_anomalies"):
+        for job in JOBS:
             assert f"schedule   created          periodic/dev/{job}" in started
         # One journey dispatcher per tenant, and the demo member's first order enrolled them.
         assert (
@@ -137,7 +140,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         for name in COMPONENTS:
             assert f"{name:<10} already running" in again
         assert "journey    already active   journeys/new-customer version 1" in again
-        assert again.count("schedule   updated") == 4
+        assert again.count("schedule   updated") == len(JOBS)
         assert "dispatcher already running  dispatcher/dev  (following the feeds)" in again
 
         with urllib.request.urlopen(f"http://127.0.0.1:{env['MEMBEROPS_TEMPORAL_UI_PORT']}", timeout=5) as ui:

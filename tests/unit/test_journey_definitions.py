@@ -32,6 +32,7 @@ from workflows.journeys.definition import (
     EventMatch,
     Exit,
     Goal,
+    IssueCoupon,
     JourneyDefinition,
     QuietHours,
     Send,
@@ -219,6 +220,8 @@ def example_step(kind: str) -> Step:
             return Step(id="x", award=Award(points=10))
         case "add_tag":
             return Step(id="x", add_tag=AddTag(dimension="campaign", value="spring"))
+        case "issue_coupon":
+            return Step(id="x", issue_coupon=IssueCoupon(template="welcome-coupon"))
         case _:
             return Step(id="x", exit=Exit())
 

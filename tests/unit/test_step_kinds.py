@@ -19,9 +19,10 @@ def test_every_kind_has_one_class_and_the_broadcast_ones_a_batch_form() -> None:
         assert steps.of(Step(id="s", **{name: object()})) is kind  # type: ignore[arg-type]
 
 
-def test_only_sends_awards_and_tags_treat_a_member() -> None:
+def test_only_sends_awards_tags_and_coupons_treat_a_member() -> None:
     """Holdout members pass exactly these untreated, in member journeys and in cohorts."""
-    assert {k for k, kind in steps.KINDS.items() if kind.treats} == {"send", "award", "add_tag"}
+    treating = {k for k, kind in steps.KINDS.items() if kind.treats}
+    assert treating == {"send", "award", "add_tag", "issue_coupon"}
 
 
 def test_a_preferred_send_hour_is_a_two_digit_hour_else_the_fallback() -> None:
