@@ -116,10 +116,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     # GeneratorExit: a stream the client cancelled while the handler waited on it.
                     code = context.code() or grpc.StatusCode.CANCELLED
                     raise
-                except Exception:
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("rpc failed")
-                    await context.abort_with_status(status.internal_status())
+                except Exception as error:
+                    aborted = status.transient(error)
+                    if aborted is not None:
+                        code = grpc.StatusCode.ABORTED
+                        log.warning("rpc rolled back by a conflict", error=str(error))
+                        await context.abort_with_status(status.to_status(aborted))
+                    else:
+                        code = grpc.StatusCode.INTERNAL
+                        log.exception("rpc failed")
+                        await context.abort_with_status(status.internal_status())
                 finally:
                     took = round((time.perf_counter() - started) * 1000, 2)
                     log.info("rpc", code=code.name, duration_ms=took)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import google.rpc.code_pb2 as code_pb2
 import google.rpc.error_details_pb2 as error_details_pb2
 import google.rpc.status_pb2 as status_pb2
@@ -21,6 +22,17 @@ _CODES: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 )
+
+
+def transient(error: Exception) -> errors.Aborted | None:
+    """What a caller is told of a transient conflict the database settled by rolling a transaction
+    back (a deadlock, a serialization failure: SQLSTATE class 40): ABORTED, which says retry,
+    never an internal error. None for any other error."""
+    if isinstance(error, asyncpg.TransactionRollbackError):
+        return errors.Aborted(
+            "a concurrent request conflicted with this one and its transaction was rolled back; retry"
+        )
+    return None
 
 
 def code_for(error: errors.DomainError) -> grpc.StatusCode:

@@ -7,6 +7,7 @@ import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
@@ -25,6 +26,10 @@ async def whoami(request: bytes, context: Any) -> bytes:
 
 async def crash(request: bytes, context: Any) -> bytes:
     raise RuntimeError("secret internal detail")
+
+
+async def deadlock(request: bytes, context: Any) -> bytes:
+    raise asyncpg.DeadlockDetectedError("deadlock detected")
 
 
 async def missing(request: bytes, context: Any) -> bytes:
@@ -83,6 +88,7 @@ def register(server: grpc.aio.Server) -> None:
         "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
         "Crash": grpc.unary_unary_rpc_method_handler(crash),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Deadlock": grpc.unary_unary_rpc_method_handler(deadlock),
         "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Count": grpc.unary_stream_rpc_method_handler(count_to_three),
@@ -122,6 +128,14 @@ async def test_unexpected_errors_are_internal_without_details(channel: grpc.aio.
         await rpc(channel, "unary_unary", "Crash")(b"", metadata=ACME)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (caught.value.details() or "")
+
+
+async def test_a_transaction_the_database_rolled_back_is_aborted(channel: grpc.aio.Channel) -> None:
+    """A deadlock (or a serialization failure) is a conflict the caller may retry, not a crash."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rpc(channel, "unary_unary", "Deadlock")(b"", metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert "retry" in (caught.value.details() or "")
 
 
 async def test_domain_errors_map_to_their_codes(channel: grpc.aio.Channel) -> None:

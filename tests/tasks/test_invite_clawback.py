@@ -12,6 +12,7 @@ from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
 from runtime.tagging_feed import FeedEntry, FeedKind, OrderStanding, RefundRecorded
+from services.tasks.allowance import allowance
 from services.tasks.economy.feed_rules import Economy
 from services.tasks.feed.follower import FeedFollower
 from services.tasks.points import ledger_store
@@ -115,7 +116,7 @@ async def test_a_full_refund_within_the_window_takes_the_invite_back_once(
     async with db.transaction(TENANT_INITECH) as conn:
         economy = await Economy.read(conn, [entry])
         await ledger_store.lock_accounts_creating(conn, TENANT_INITECH, sorted(economy.members([entry])))
-        assert not await economy.refund(conn, TENANT_INITECH, entry)
+        assert not await economy.refund(conn, TENANT_INITECH, entry, allowance.Holding())
     assert len(await reversals(tasks_stub, made, made.inviter)) == 1
 
 

@@ -16,8 +16,11 @@ rolled-back transaction gives back what it took. Changing the total (`resize`, `
 every shard, so it waits for the takes in flight and the takes after it see the new total.
 
 Deadlocks: a transaction that takes only once from an owner holds none of its shards while it
-waits, so it can never close a cycle. Two transactions that each take twice from the same owner,
-both falling to the locking path, can (PostgreSQL then aborts one): take once, for the sum.
+waits, so it can never close a cycle. One that touches an owner twice (a take, or a give-back,
+then a take) may hold a shard while its second touch waits for every shard in order, and close
+a cycle with any other transaction locking them in order (PostgreSQL then aborts one). So: take
+once, for the sum; a transaction that cannot (the feed follower's round) first `Holding.hold`s
+every shard of each owner it touches, in order, and then never waits on that owner again.
 """
 
 from __future__ import annotations
@@ -122,6 +125,22 @@ async def hold(conn: Connection, owner: str) -> Usage | None:
     nothing: a change the caller commits then comes before every take that follows it."""
     shards = await allowance_store.lock_all(conn, owner)
     return _usage(shards) if shards else None
+
+
+class Holding:
+    """The owners one transaction holds whole (`hold`), for a transaction that takes from or gives
+    back to an owner more than once: holding first, in shard order, it never waits while holding
+    part of the owner. Hold outside any savepoint the transaction may roll back: rolling back a
+    savepoint releases the row locks taken in it."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    async def hold(self, conn: Connection, owner: str) -> None:
+        """Locks every shard of `owner` unless this transaction holds them already."""
+        if owner not in self._held:
+            await hold(conn, owner)
+            self._held.add(owner)
 
 
 async def usage(conn: Connection, owner: str) -> Usage | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from runtime.db import Connection
 from runtime.tagging_feed import FeedKind, RefundRecorded
+from services.tasks.allowance import allowance
 from services.tasks.economy import order_earning
 from services.tasks.economy.order_earning import Rule
 from services.tasks.feed.source import FeedEntry
@@ -46,8 +47,12 @@ class Economy:
         """Pays a live order by the rule; whether it holds the rule's points."""
         return await order_earning.earn(conn, tenant_id, self.rule, entry)
 
-    async def refund(self, conn: Connection, tenant_id: str, entry: FeedEntry) -> bool:
-        """Takes back the invite a refund in full of its qualifying order undoes; whether it did."""
+    async def refund(
+        self, conn: Connection, tenant_id: str, entry: FeedEntry, budgets: allowance.Holding
+    ) -> bool:
+        """Takes back the invite a refund in full of its qualifying order undoes; whether it did.
+        Its points go back to the invite task's budget, held whole in `budgets` first (the round
+        may touch it again)."""
         refund = entry.payload
         found = self.qualified.get(entry.member_id)
         if entry.kind != FeedKind.REFUND_RECORDED or not isinstance(refund, RefundRecorded) or found is None:
@@ -69,5 +74,6 @@ class Economy:
             return False
         del self.qualified[entry.member_id]
         why = f"refund {entry.subject_id} of order {refund.order_id}"
+        await budgets.hold(conn, definition_store.budget_owner(invite.task_id))
         await invites.reverse(conn, tenant_id, invite, why)
         return True

@@ -42,6 +42,7 @@ from runtime.tagging_feed import (
     OrderRecorded,
     RefundRecorded,
 )
+from services.tasks.allowance import allowance
 from services.tasks.coupons import writeoff
 from services.tasks.economy.feed_rules import Economy
 from services.tasks.feed import cursor_store
@@ -108,6 +109,9 @@ class _Batch:
     done: Round = field(default_factory=Round)
     # The order earning rule and invite clawbacks (services/tasks/economy).
     economy: Economy = field(default_factory=Economy)
+    # Task budgets the batch touched, each held whole from its first touch: the round may take
+    # from and give back to one budget many times (services/tasks/allowance/).
+    budgets: allowance.Holding = field(default_factory=allowance.Holding)
 
     def of(self, kind: Kind) -> list[Task]:
         return [t for t in self.tasks if t.definition.kind is kind]
@@ -316,7 +320,7 @@ class FeedFollower:
         if entry.backfilled:
             return
         if _registered(entry):
-            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER)
+            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.REGISTER, batch)
         filled = batch.profiles.get(entry.member_id)
         if filled is None:
             return
@@ -325,7 +329,7 @@ class FeedFollower:
             assert isinstance(spec, ProfileSpec)
             if task.definition.valid_at(entry.create_time) and profile_complete(spec, filled):
                 await self._count(
-                    conn, tenant_id, task, entry.member_id, None, 1, entry, "profile complete", batch.done
+                    conn, tenant_id, task, entry.member_id, None, 1, entry, "profile complete", batch
                 )
 
     async def _order(
@@ -337,7 +341,7 @@ class FeedFollower:
         waiting: dict[str, invite_store.InviteRow],
     ) -> None:
         if not entry.backfilled:
-            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER)
+            await self._trigger_invite(conn, tenant_id, entry, waiting, InviteTrigger.FIRST_ORDER, batch)
         order = entry.payload
         if not isinstance(order, OrderRecorded):
             return
@@ -378,7 +382,7 @@ class FeedFollower:
                 None,
                 entry,
                 f"order {entry.subject_id}",
-                batch.done,
+                batch,
             )
 
     def _in_window(
@@ -401,7 +405,7 @@ class FeedFollower:
         earned = (entry.member_id, order_id) in batch.earned_points
         if earned and share is not None and await ledger.reverse_refund(conn, tenant_id, share):
             batch.done.reversed += 1
-        if await batch.economy.refund(conn, tenant_id, entry):
+        if await batch.economy.refund(conn, tenant_id, entry, batch.budgets):
             batch.done.reversed += 1
         lines = {line.line_id: line.quantity for line in refund.lines}
         amount = refund.amount_minor
@@ -424,7 +428,7 @@ class FeedFollower:
                     None,
                     entry,
                     f"refund {entry.subject_id}",
-                    batch.done,
+                    batch,
                     cycle_day=purchase.cycle_start,
                 )
 
@@ -439,7 +443,7 @@ class FeedFollower:
                 continue
             if isinstance(spec, VisitSpec) and visits(spec, event):
                 await self._count(
-                    conn, tenant_id, task, entry.member_id, None, 1, entry, f"visit {spec.page}", batch.done
+                    conn, tenant_id, task, entry.member_id, None, 1, entry, f"visit {spec.page}", batch
                 )
             elif isinstance(spec, EventSpec) and event_counts(spec, event):
                 await self._count(
@@ -451,7 +455,7 @@ class FeedFollower:
                     None,
                     entry,
                     f"event {entry.subject_id}",
-                    batch.done,
+                    batch,
                 )
 
     # --- effects -------------------------------------------------------------------------------
@@ -466,7 +470,7 @@ class FeedFollower:
         at_least: int | None,
         entry: FeedEntry,
         source: str,
-        done: Round,
+        batch: _Batch,
         cycle_day: dt.date | None = None,
     ) -> None:
         """Moves the member's measure (by `add`, or up to `at_least`) and grants or takes back the
@@ -488,17 +492,20 @@ class FeedFollower:
         )
         if add is not None and add < 0:
             change = min(change, 0)
+        budget = definition_store.budget_owner(task.task_id)
         if change < 0:
+            await batch.budgets.hold(conn, budget)
             for completion in await completion_store.latest_live_completions(
                 conn, task.task_id, member_id, -change, cycle
             ):
                 await completions.reverse(conn, tenant_id, completion, source)
-                done.reversed += 1
+                batch.done.reversed += 1
             return
         if change == 0 or task.state is not State.ACTIVE:
             return
         if not await self._participation.in_audience(tenant_id, task, member_id):
             return
+        await batch.budgets.hold(conn, budget)  # outside the savepoint, which may roll back
         for _ in range(change):
             try:
                 async with savepoint(conn):  # a refused grant leaves nothing behind
@@ -507,7 +514,7 @@ class FeedFollower:
                     )
             except ResourceExhausted:
                 return
-            done.granted += 1
+            batch.done.granted += 1
 
     async def _trigger_invite(
         self,
@@ -516,6 +523,7 @@ class FeedFollower:
         entry: FeedEntry,
         waiting: dict[str, invite_store.InviteRow],
         trigger: int,
+        batch: _Batch,
     ) -> None:
         invite = waiting.get(entry.member_id)
         if invite is None:
@@ -534,6 +542,7 @@ class FeedFollower:
         ):
             await invites.unpaid(conn, invite)
             return
+        await batch.budgets.hold(conn, definition_store.budget_owner(task.task_id))
         try:
             await invites.complete(conn, tenant_id, task, invite, entry.create_time, self._clock())
         except ResourceExhausted:

@@ -63,7 +63,14 @@ def _completion(row: asyncpg.Record) -> CompletionRow:
     return CompletionRow(**dict(row))
 
 
-async def insert_within_budget(
+async def take_budget(conn: Connection, task_id: str, points: int) -> bool:
+    """Takes `points` from the task's budget, False (nothing taken) when it cannot cover them. From
+    here to commit a shard of the budget is locked, so callers do it last, and once per
+    transaction (for the sum of what they pay: services/tasks/allowance/)."""
+    return await allowance.take(conn, definition_store.budget_owner(task_id), points)
+
+
+async def insert_at_version(
     conn: Connection,
     tenant_id: str,
     completion_id: int,
@@ -76,16 +83,12 @@ async def insert_within_budget(
     source: str,
     entry_id: int | None,
 ) -> CompletionRow | None:
-    """Takes `points` from the task's budget and writes the completion (under the id
-    `next_completion_id` drew, with the entry that paid it if any), unless that overspends the
-    budget or the task is no longer active at `version` (None: `task_version` tells which; the
-    caller's transaction must then roll back, which gives back a take). From here to commit a
-    shard of the budget is locked, so callers do it last.
+    """Writes the completion (under the id `next_completion_id` drew, with the entry that paid it
+    if any) after its points were taken from the budget, unless the task is no longer active at
+    `version` (None: the caller's transaction must then roll back, which gives back the take).
 
     The version is checked after the take, by a statement of its own: an update or retirement holds
     every shard before it commits, so a take that waited for one sees what it committed."""
-    if not await allowance.take(conn, definition_store.budget_owner(task_id), points):
-        return None
     row = await conn.fetchrow(
         f"""INSERT INTO tasks.completions (tenant_id, completion_id, task_id, member_id, day, points, state,
                                            source, entry_id)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from runtime.db import Connection
 from runtime.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
@@ -65,37 +65,64 @@ async def grant(
     wants it claimed. RESOURCE_EXHAUSTED when the budget cannot cover it, after writing: the
     caller's transaction (or a savepoint around the call) must then roll back, as it does when the
     error ends the request."""
-    if completion_id is None:
-        completion_id = await completion_store.next_completion_id(conn)
+    return (await grant_all(conn, tenant_id, task, [(g, completion_id)], now))[0]
+
+
+async def grant_all(
+    conn: Connection, tenant_id: str, task: Task, grants: Sequence[tuple[Grant, int | None]], now: dt.datetime
+) -> list[CompletionRow]:
+    """`grant` for several completions of one task (an invite pays both sides) that stand or fall
+    together: their points are taken from the budget once, for the sum (two takes from one
+    allowance in a transaction can deadlock: services/tasks/allowance/). Each pair is a grant and
+    the completion id drawn for it, if any."""
     state = State.CLAIMABLE if task.definition.claim_required else State.PAID
-    entry_id = None
-    if state is State.PAID:
-        entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
+    drawn: list[tuple[Grant, int, int | None]] = []
+    for g, drawn_id in grants:
+        completion_id = drawn_id if drawn_id is not None else await completion_store.next_completion_id(conn)
+        entry_id = None
+        if state is State.PAID:
+            entry_id = await _earn(conn, tenant_id, task, g.member_id, g.points, completion_id, g.source, now)
+        drawn.append((g, completion_id, entry_id))
     # Last: from here to commit a shard of the task's budget is locked. Refused, the transaction
     # rolls back what was written above.
-    completion = await completion_store.insert_within_budget(
-        conn,
-        tenant_id,
-        completion_id,
-        task.task_id,
-        task.version,
-        g.member_id,
-        g.day,
-        g.points,
-        state,
-        g.source,
-        entry_id,
-    )
-    if completion is None:
-        if await completion_store.task_version(conn, task.task_id) != (1, task.version):
-            raise StaleTask(task.task_id)
-        left = task.definition.budget_points - task.budget_used
-        raise ResourceExhausted(
-            f"tasks/{task.task_id} has no budget left for {g.points} points (about {max(left, 0)} left)"
+    points = sum(g.points for g, _ in grants)
+    if not await completion_store.take_budget(conn, task.task_id, points):
+        await _refused(conn, task, points)
+    written = []
+    for g, completion_id, entry_id in drawn:
+        completion = await completion_store.insert_at_version(
+            conn,
+            tenant_id,
+            completion_id,
+            task.task_id,
+            task.version,
+            g.member_id,
+            g.day,
+            g.points,
+            state,
+            g.source,
+            entry_id,
         )
+        if completion is None:
+            await _refused(conn, task, points)
+        written.append(completion)
     if task.definition.badge:
-        await badges.award(conn, tenant_id, g.member_id, [task.definition.badge], f"task {task.task_id}", now)
-    return completion
+        for g, _ in grants:
+            await badges.award(
+                conn, tenant_id, g.member_id, [task.definition.badge], f"task {task.task_id}", now
+            )
+    return written
+
+
+async def _refused(conn: Connection, task: Task, points: int) -> NoReturn:
+    """Raises why a completion of `points` was refused: the task changed under it (StaleTask), or
+    its budget cannot cover them (RESOURCE_EXHAUSTED)."""
+    if await completion_store.task_version(conn, task.task_id) != (1, task.version):
+        raise StaleTask(task.task_id)
+    left = task.definition.budget_points - task.budget_used
+    raise ResourceExhausted(
+        f"tasks/{task.task_id} has no budget left for {points} points (about {max(left, 0)} left)"
+    )
 
 
 async def _earn(
@@ -155,14 +182,22 @@ async def check_limits(conn: Connection, task: Task, member_id: str, day: dt.dat
         return
     counts = await completion_store.counts(conn, task.task_id, member_id, day, task.definition.cycle_of(day))
     if per_day and counts.today >= per_day:
-        raise ResourceExhausted(
-            f"members/{member_id} reached today's limit of {per_day} for tasks/{task.task_id} ({day})"
-        )
+        refuse_over_limit(task, member_id, day, daily=True)
     if total and counts.total >= total:
+        refuse_over_limit(task, member_id, day, daily=False)
+
+
+def refuse_over_limit(task: Task, member_id: str, day: dt.date, *, daily: bool) -> NoReturn:
+    """The RESOURCE_EXHAUSTED of a member at the task's daily limit (`daily`) or its total one."""
+    if daily:
         raise ResourceExhausted(
-            f"members/{member_id} reached the limit of {total} for tasks/{task.task_id}"
-            + (f" in the cycle from {task.definition.cycle_of(day)[0]}" if task.definition.cycle else "")
+            f"members/{member_id} reached today's limit of {task.definition.limits.per_day} "
+            f"for tasks/{task.task_id} ({day})"
         )
+    raise ResourceExhausted(
+        f"members/{member_id} reached the limit of {task.definition.total_limit()} for tasks/{task.task_id}"
+        + (f" in the cycle from {task.definition.cycle_of(day)[0]}" if task.definition.cycle else "")
+    )
 
 
 async def reverse(conn: Connection, tenant_id: str, completion: CompletionRow, why: str) -> CompletionRow:

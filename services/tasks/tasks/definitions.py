@@ -9,7 +9,7 @@ changes, and the budget never drops below what the task already paid or reserved
 The budget is the task's allowance (services/tasks/allowance/), created with the task: its total is
 `budget_points`, or UNLIMITED without a budget, so what a task used is always counted. An update or
 a retirement holds every shard of it before it commits, so a completion that takes from it after
-sees the new version or state (completion_store.insert_within_budget checks it after its take).
+sees the new version or state (completions.grant_all checks it after its take).
 """
 
 from __future__ import annotations

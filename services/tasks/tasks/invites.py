@@ -61,30 +61,24 @@ def triggered_at(spec: InviteSpec, facts: MemberFacts | None) -> dt.datetime | N
 async def complete(
     conn: Connection, tenant_id: str, task: Task, invite: InviteRow, at: dt.datetime, now: dt.datetime
 ) -> InviteRow:
-    """Pays both sides in one savepoint (accounts locked by the caller): RESOURCE_EXHAUSTED, and
-    nothing paid, when the budget cannot cover both."""
+    """Pays both sides in one savepoint (accounts locked by the caller), their points taken from
+    the task's budget once, for the sum: RESOURCE_EXHAUSTED, and nothing paid, when the budget
+    cannot cover both."""
     spec = task.definition.spec
     assert isinstance(spec, InviteSpec)
     day = task.definition.day(at)
     inviter, invitee = invite.inviter_member_id, invite.invitee_member_id
+    grants = [(Grant(inviter, task.definition.reward_points, f"invite {invitee}", day), None)]
+    if spec.invitee_points:
+        grants.append((Grant(invitee, spec.invitee_points, f"invited by {inviter}", day), None))
     async with savepoint(conn):
-        first = await completions.grant(
-            conn,
-            tenant_id,
-            task,
-            Grant(inviter, task.definition.reward_points, f"invite {invitee}", day),
-            now,
-        )
-        second = None
-        if spec.invitee_points:
-            grant = Grant(invitee, spec.invitee_points, f"invited by {inviter}", day)
-            second = await completions.grant(conn, tenant_id, task, grant, now)
+        paid = await completions.grant_all(conn, tenant_id, task, grants, now)
     return await invite_store.finish_invite(
         conn,
         invitee,
         InviteState.COMPLETED,
-        first.completion_id,
-        None if second is None else second.completion_id,
+        paid[0].completion_id,
+        paid[1].completion_id if len(paid) > 1 else None,
     )
 
 
