@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
+import pytest
 from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
 from memberops.tasks.v1 import points_pb2, tasks_pb2, tasks_service_pb2
 
@@ -24,10 +26,11 @@ from services.tasks.peers import Peers
 from tests.audience import helpers as audience
 from tests.conftest import ACME, INITECH, TENANT_INITECH, unique
 from tests.grpc_helpers import bad, failure
+from tests.tasks import task_helpers
 from tests.tasks.conftest import Clock
 from tests.tasks.feed_helpers import drain, event, followed, order, refund, registered, until
 from tests.tasks.points_helpers import all_entries, balance, spend
-from tests.tasks.task_helpers import DAY, create, member, member_tasks, task
+from tests.tasks.task_helpers import DAY, member, member_tasks, task
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
@@ -42,6 +45,29 @@ ITEMS, ORDERS, AMOUNT = (
 REGISTER, FIRST_ORDER = tasks_pb2.INVITE_TRIGGER_REGISTER, tasks_pb2.INVITE_TRIGGER_FIRST_ORDER
 CART, VIEW = facts_pb2.EVENT_KIND_CART, facts_pb2.EVENT_KIND_VIEW
 PAID, REVERSED = tasks_pb2.COMPLETION_STATE_PAID, tasks_pb2.COMPLETION_STATE_REVERSED
+
+
+# The tasks the running test created, retired when it ends (`_retire_created`).
+_created: list[tuple[str, Any]] = []
+
+
+async def create(stub: TasksStub, definition: tasks_pb2.Task, metadata: Any = ACME) -> tasks_pb2.Task:
+    """task_helpers.create, remembering the task so it retires with the test."""
+    made = await task_helpers.create(stub, definition, metadata=metadata)
+    _created.append((definition.task_id, metadata))
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def _retire_created(tasks_stub: TasksStub) -> AsyncIterator[None]:
+    """Initech and acme are every test file's tenants, and several tasks here count any order:
+    left active, they would pay for (and on refunds take back from) other files' orders, which
+    then see points no task of theirs gave. So each test's tasks retire when it ends."""
+    yield
+    while _created:
+        task_id, metadata = _created.pop()
+        retire = tasks_service_pb2.RetireTaskRequest(name=f"tasks/{task_id}")
+        await tasks_stub.RetireTask(retire, metadata=metadata)
 
 
 def purchase(measure: int, target: int, **fields: object) -> tasks_pb2.Task:
