@@ -174,3 +174,34 @@ async def test_a_feed_round_completing_two_invites_of_one_task_waits_instead_of_
     invites = [await tasks_stub.RecordInvite(request, metadata=INITECH) for request in requests]
     assert [invite.state for invite in invites] == [COMPLETED, COMPLETED]
     assert await _remaining(db, task_id) == 2
+
+
+async def test_an_update_waiting_for_a_budget_shard_lets_the_holder_write_rows_naming_the_task(
+    tasks_stub: TasksStub, db: Database
+) -> None:
+    """A completion takes from the budget, then inserts its row, whose foreign key share-locks the
+    task. An UpdateTask locking the task and then waiting for that shard must not block the
+    insert: with FOR UPDATE on the task it did, and PostgreSQL aborted one of the two."""
+    definition = task("invite", tasks_pb2.InviteSpec(trigger=REGISTER), reward_points=1, budget_points=100)
+    await create(tasks_stub, definition, metadata=INITECH)
+    owner = budget_owner(definition.task_id)
+    changed = tasks_pb2.Task()
+    changed.CopyFrom(definition)
+    changed.budget_points = 200
+    update = tasks_service_pb2.UpdateTaskRequest(task=changed, expected_version=1)
+
+    async with db.transaction(TENANT_INITECH) as completing:
+        assert await allowance.take(completing, owner, 1)
+        completing_pid = await completing.fetchval("SELECT pg_backend_pid()")
+
+        async def updated() -> tasks_pb2.Task:
+            return await tasks_stub.UpdateTask(update, metadata=INITECH)
+
+        updating = asyncio.create_task(updated())
+        await eventually(lambda: _blocking(db, completing_pid), "did the update wait for the taken shard")
+        # What the completion's insert checks of the task (its foreign key).
+        await completing.execute(
+            "SELECT 1 FROM tasks.task_definitions WHERE task_id = $1 FOR KEY SHARE", definition.task_id
+        )
+    assert (await updating).version == 2
+    assert await _remaining(db, definition.task_id) == 199

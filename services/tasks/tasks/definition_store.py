@@ -78,9 +78,14 @@ async def task(conn: Connection, task_id: str) -> TaskRow | None:
 async def lock_task(conn: Connection, task_id: str) -> TaskRow | None:
     """Locks the task, then reads it as it stands. In one statement a lock that waited for a
     concurrent update would recheck the join against the version row it read before the wait,
-    which is no longer the current one, and find no task at all."""
+    which is no longer the current one, and find no task at all.
+
+    NO KEY UPDATE (updates never change the key): it still queues concurrent updates, but not the
+    foreign-key checks of rows naming the task. A completion inserts its row after it took from
+    the budget, and an update holding FOR UPDATE while it waits for that budget shard deadlocked
+    with it."""
     if not await conn.fetchval(
-        "SELECT true FROM tasks.task_definitions WHERE task_id = $1 FOR UPDATE", task_id
+        "SELECT true FROM tasks.task_definitions WHERE task_id = $1 FOR NO KEY UPDATE", task_id
     ):
         return None
     return await task(conn, task_id)
