@@ -11,10 +11,11 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 import grpc
-from memberops.tasks.v1 import points_pb2, tasks_pb2
+from memberops.tasks.v1 import badges_pb2, points_pb2, tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
-from tests.conftest import TENANT_ACME, unique
+from services.tasks.tasks import signin_store
+from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.conftest import Clock
 from tests.tasks.points_helpers import all_entries, balance
@@ -221,3 +222,114 @@ async def test_a_claimed_sign_in_waits_for_its_claim(
     twice = await failure(claim(tasks_stub, definition.task_id, m))
     assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await balance(tasks_stub, m)).available == 3
+
+
+def terms(task_id: str, version: int, **fields: object) -> signin_store.DayTerms:
+    """What tasks.sign_in is given for a sign-in task paying 4 a day, no limits, no badges."""
+    base: dict[str, object] = {
+        "task_id": task_id,
+        "version": version,
+        "rewards": (4,),
+        "claim": False,
+        "per_day": 0,
+        "total": 0,
+        "cycle": (dt.date.min, dt.date.max),
+        "expire_time": None,
+        "milestones": (),
+        "task_badge": None,
+    }
+    return signin_store.DayTerms(**{**base, **fields})  # type: ignore[arg-type]
+
+
+async def written(db: Database, task_id: str, m: str) -> tuple[int, int, int, int]:
+    """The member's sign-ins, completions and task earnings of the task, and the budget it used."""
+    async with db.transaction(TENANT_ACME, readonly=True) as conn:
+        row = await conn.fetchrow(
+            """SELECT (SELECT count(*) FROM tasks.sign_ins WHERE task_id = $1 AND member_id = $2) AS s,
+                      (SELECT count(*) FROM tasks.completions WHERE task_id = $1 AND member_id = $2) AS c,
+                      (SELECT count(*) FROM tasks.ledger_entries WHERE reference = $1 AND member_id = $2)
+                        AS e,
+                      (SELECT sum(granted - remaining) FROM tasks.allowance_shards
+                       WHERE owner = 'task:' || $1) AS used""",
+            task_id,
+            m,
+        )
+    assert row is not None
+    return row["s"], row["c"], row["e"], row["used"]
+
+
+async def test_a_batch_of_sign_ins_refuses_each_on_its_own_and_writes_nothing_for_it(
+    tasks_stub: TasksStub, db: Database
+) -> None:
+    """tasks.sign_in for several sign-ins in one statement (as concurrent SignIn calls are written):
+    one decided on a task version since changed ('stale'), one past the budget, a day signed twice,
+    a retried request and one past the total limit are refused or answered each on its own, writing
+    nothing, while the others in the batch are written."""
+    changing, budgeted = sign_in_task(rewards=(4,)), sign_in_task(rewards=(4,), budget_points=5)
+    await create(tasks_stub, changing)
+    await create(tasks_stub, budgeted)
+    changed = tasks_pb2.Task()
+    changed.CopyFrom(changing)
+    changed.display_name = "changed"
+    update = tasks_service_pb2.UpdateTaskRequest(task=changed, expected_version=1)
+    await tasks_stub.UpdateTask(update, metadata=ACME)
+    a, b, c, d = (unique() for _ in range(4))
+    day, now = dt.date(2026, 12, 7), dt.datetime.now(UTC)
+
+    def asked(
+        m: str, request_id: str, task_id: str, version: int, on: dt.date = day, **fields: object
+    ) -> signin_store.DayRequest:
+        return signin_store.DayRequest(terms(task_id, version, **fields), m, on, request_id, "h", now)
+
+    batch = [
+        asked(a, unique("r"), changing.task_id, 1),  # decided on version 1, now 2
+        asked(b, "b1", changing.task_id, 2),
+        asked(b, "b1", changing.task_id, 2),  # a retry within the batch
+        asked(b, "b2", changing.task_id, 2),  # the same day again
+        asked(b, "b3", changing.task_id, 2, day + DAY, total=1),
+        asked(c, "c1", budgeted.task_id, 1),
+        asked(d, "d1", budgeted.task_id, 1),  # 4 + 4 > 5
+        asked(b, "b4", changing.task_id, 2, day + DAY, rewards=(4, 6)),  # the streak's second day
+    ]
+    done = await signin_store.sign_in_days(db.pool, TENANT_ACME, batch)
+    assert [(x.outcome, x.points) for x in done] == [
+        ("stale", 4),
+        ("paid", 4),
+        ("asked", None),
+        ("signed", None),
+        ("total_limit", None),
+        ("paid", 4),
+        ("budget", 4),
+        ("paid", 6),
+    ]
+    assert done[2].sign_in == done[1].sign_in and done[2].completion == done[1].completion
+    for refused in (0, 3, 4, 6):
+        assert (done[refused].sign_in, done[refused].completion) == (None, None)
+    paid = [x for x in done if x.outcome == "paid"]
+    assert [(x.sign_in.streak, x.completion.points, x.completion.source) for x in paid] == [  # type: ignore[union-attr]
+        (1, 4, f"sign-in {day} day 1"),
+        (1, 4, f"sign-in {day} day 1"),
+        (2, 6, f"sign-in {day + DAY} day 2"),
+    ]
+    assert await written(db, changing.task_id, a) == (0, 0, 0, 10)
+    assert await written(db, changing.task_id, b) == (2, 2, 2, 10)
+    assert await written(db, budgeted.task_id, c) == (1, 1, 1, 4)
+    assert await written(db, budgeted.task_id, d) == (0, 0, 0, 4)
+
+
+async def test_a_sign_in_task_with_a_badge_awards_it_with_the_first_sign_in(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub
+) -> None:
+    badge_id = unique("badge")
+    request = tasks_service_pb2.CreateBadgeRequest(
+        badge=badges_pb2.Badge(badge_id=badge_id, display_name="早")
+    )
+    badge = (await tasks_stub.CreateBadge(request, metadata=ACME)).name
+    definition = sign_in_task(badge=badge)
+    await create(tasks_stub, definition)
+    m = await member(tagging_stub)
+    await sign_in(tasks_stub, definition.task_id, m)
+    answer = await tasks_stub.ListMemberBadges(
+        tasks_service_pb2.ListMemberBadgesRequest(member_id=m), metadata=ACME
+    )
+    assert [(b.badge_id, b.source) for b in answer.badges] == [(badge_id, f"task {definition.task_id}")]

@@ -7,15 +7,21 @@ the day's points are the reward table's entry for that length (later days earn i
 A make-up fills a missed earlier day of the current month, up to the task's monthly allowance:
 it earns nothing itself but joins the runs around it, whose later days' lengths are rewritten
 (points already paid for them stay as they were).
+
+Today's sign-in is the hot path (every member, every day): it runs as one SQL function
+(`tasks.sign_in`, migration 0019), called for the sign-ins of concurrent calls together in one
+statement, as EarnPoints' earnings are; make-ups, rare, run here in a transaction of their own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from runtime.db import Connection
+from runtime import metrics
+from runtime.batching import KeyedBatcher
+from runtime.db import Connection, Database
 from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -25,14 +31,21 @@ from runtime.errors import (
 )
 from services.tasks.badges import badges
 from services.tasks.points import ledger, ledger_store
+from services.tasks.points.ledger import Reason
 from services.tasks.tasks import completion_store, completions, signin_store
 from services.tasks.tasks.completion_store import CompletionRow
-from services.tasks.tasks.completions import Grant
-from services.tasks.tasks.definitions import Kind, SignInSpec, Task
+from services.tasks.tasks.definitions import Kind, SignInSpec, Task, TaskDefinitions
 from services.tasks.tasks.member_calls import MemberCalls
+from services.tasks.tasks.participation import Participation
 from services.tasks.tasks.signin_store import SignInRow, StreakRow
 
 ONE_DAY = dt.timedelta(days=1)
+# Today's sign-ins of concurrent calls go to the database together (runtime/batching.py): one
+# statement at a time, of at most this many. Each sign-in opens two subtransactions (its writes, and
+# the budget take's first attempt); 16 keeps a batch well below the 64 a backend tracks before its
+# snapshots get expensive for every session.
+DAY_BATCHES_IN_FLIGHT = 1
+MAX_DAY_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,34 @@ async def _award_milestones(
             await badges.award(conn, tenant_id, member_id, [m.badge], source, now)
 
 
+def _terms(task: Task, now: dt.datetime) -> signin_store.DayTerms:
+    """What tasks.sign_in needs of the task for a sign-in at `now`."""
+    d = task.definition
+    spec = d.spec
+    assert isinstance(spec, SignInSpec)
+    today = d.day(now)
+    milestones = [(m.streak_days, badges.badge_id_of(m.badge)) for m in spec.milestones]
+    return signin_store.DayTerms(
+        task_id=task.task_id,
+        version=task.version,
+        rewards=spec.streak_rewards,
+        claim=d.claim_required,
+        per_day=d.limits.per_day,
+        total=d.total_limit(),
+        cycle=d.cycle_of(today),
+        expire_time=d.expiry.expire_time(now),
+        milestones=[(days, badge) for days, badge in milestones if badge is not None],
+        task_badge=badges.badge_id_of(d.badge) if d.badge else None,
+    )
+
+
+def _retried(first: SignInRow, paid: CompletionRow | None, request_id: str, digest: str) -> SignInRecord:
+    """A retried request's first result; ALREADY_EXISTS when its id was used for another request."""
+    if first.content_hash != digest:
+        raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
+    return SignInRecord(first, paid)
+
+
 def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
     """A make-up fills a day before today in the current month, not before the task began."""
     spec = task.definition.spec
@@ -116,6 +157,12 @@ def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
 
 
 class SignIns(MemberCalls):
+    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
+        super().__init__(db, definitions, participation)
+        # Today's sign-ins of concurrent calls are written together, one batch at a time per tenant,
+        # as EarnPoints' earnings are (docs/decisions.md).
+        self._days = KeyedBatcher(self._write_days, in_flight=DAY_BATCHES_IN_FLIGHT, max_size=MAX_DAY_BATCH)
+
     async def sign_in(
         self,
         tenant_id: str,
@@ -151,46 +198,66 @@ class SignIns(MemberCalls):
         now: dt.datetime,
     ) -> SignInRecord:
         today = task.definition.day(now)
-        if makeup_day is not None:
-            check_makeup_day(task, makeup_day, today)
+        if makeup_day is None:
+            return await self._today(tenant_id, task, member_id, today, request_id, digest, now)
+        check_makeup_day(task, makeup_day, today)
         async with self._db.transaction(tenant_id) as conn:
             await ledger_store.lock_account(conn, tenant_id, member_id)
-            first, recent = await signin_store.sign_ins_or_request(
-                conn, request_id, task.task_id, member_id, today - ONE_DAY, today
-            )
+            first = await signin_store.sign_in_by_request(conn, request_id)
             if first is not None:
-                if first.content_hash != digest:
-                    raise AlreadyExists(f"request_id {request_id!r} was used for a different request")
                 paid = (
                     None
                     if first.completion_id is None
                     else await completion_store.completion(conn, first.completion_id)
                 )
-                return SignInRecord(first, paid)
-            if makeup_day is not None:
-                return await self._makeup(
-                    conn, tenant_id, task, member_id, makeup_day, request_id, digest, today, now
-                )
-            days = {d.day: d for d in recent}
-            if today in days:
-                raise AlreadyExists(
-                    f"members/{member_id} already signed in to tasks/{task.task_id} on {today}"
-                )
-            await completions.check_limits(conn, task, member_id, today)
-            previous = days.get(today - ONE_DAY)
-            streak = previous.streak + 1 if previous else 1
-            spec = task.definition.spec
-            assert isinstance(spec, SignInSpec)
-            grant = Grant(member_id, spec.points_for(streak), f"sign-in {today} day {streak}", today)
-            # The sign-in row first, naming the completion about to be written (the key is checked
-            # at commit): the completion, which takes a shard of the task's budget, is the last write.
-            row = await signin_store.insert_sign_in(
-                conn, tenant_id, task.task_id, member_id, today, streak, False, request_id, digest, paid=True
+                return _retried(first, paid, request_id, digest)
+            return await self._makeup(
+                conn, tenant_id, task, member_id, makeup_day, request_id, digest, today, now
             )
-            assert row.completion_id is not None
-            completion = await completions.grant(conn, tenant_id, task, grant, now, row.completion_id)
-            await _award_milestones(conn, tenant_id, task, member_id, streak, now)
-            return SignInRecord(row, completion)
+
+    async def _today(
+        self,
+        tenant_id: str,
+        task: Task,
+        member_id: str,
+        today: dt.date,
+        request_id: str,
+        digest: str,
+        now: dt.datetime,
+    ) -> SignInRecord:
+        """Today's sign-in, written with those of concurrent calls (tasks.sign_in, migration 0019)."""
+        request = signin_store.DayRequest(_terms(task, now), member_id, today, request_id, digest, now)
+        done = await self._days.submit(tenant_id, request)
+        if done.outcome == "asked":
+            assert done.sign_in is not None
+            return _retried(done.sign_in, done.completion, request_id, digest)
+        if done.outcome == "signed":
+            raise AlreadyExists(f"members/{member_id} already signed in to tasks/{task.task_id} on {today}")
+        if done.outcome in ("daily_limit", "total_limit"):
+            completions.refuse_over_limit(task, member_id, today, daily=done.outcome == "daily_limit")
+        if done.outcome == "stale":
+            raise completions.StaleTask(task.task_id)
+        if done.outcome == "budget":
+            left = max(task.definition.budget_points - task.budget_used, 0)
+            raise ResourceExhausted(
+                f"tasks/{task.task_id} has no budget left for {done.points} points (about {left} left)"
+            )
+        assert done.outcome == "paid" and done.sign_in is not None and done.completion is not None
+        if done.completion.state == completions.State.PAID:
+            metrics.ledger_entries(tenant_id, ledger_store.KINDS[Reason.TASK])
+        return SignInRecord(done.sign_in, done.completion)
+
+    async def _write_days(
+        self, tenant_id: str, requests: Sequence[signin_store.DayRequest]
+    ) -> list[signin_store.DaySignIn]:
+        """A batch in member-id order (the lock order); when the statement fails (a request id
+        another process took first), every call in it fails, and `_act` runs each once more."""
+        order = sorted(range(len(requests)), key=lambda i: requests[i].member_id)
+        written = await signin_store.sign_in_days(self._db.pool, tenant_id, [requests[i] for i in order])
+        outcomes: list[signin_store.DaySignIn] = [written[0]] * len(requests)
+        for i, outcome in zip(order, written, strict=True):
+            outcomes[i] = outcome
+        return outcomes
 
     async def _makeup(
         self,
@@ -221,8 +288,8 @@ class SignIns(MemberCalls):
             )
         previous = by_day.get(day - ONE_DAY)
         streak = previous.streak + 1 if previous else 1
-        row = await signin_store.insert_sign_in(
-            conn, tenant_id, task.task_id, member_id, day, streak, True, request_id, digest, paid=False
+        row = await signin_store.insert_makeup(
+            conn, tenant_id, task.task_id, member_id, day, streak, request_id, digest
         )
         later = rejoined(by_day, day, streak)
         await signin_store.restreak(conn, task.task_id, member_id, later)

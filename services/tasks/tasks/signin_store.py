@@ -1,5 +1,5 @@
 """SQL of daily sign-ins and the streaks they make. Runs inside a tenant transaction, after the
-member's account is locked.
+member's account is locked; `sign_in_days` runs whole sign-ins, several at once, in a statement of its own.
 """
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
+
 from runtime.db import Connection
+from services.tasks.tasks.completion_store import CompletionRow
 
 
 @dataclass(frozen=True)
@@ -29,24 +32,117 @@ _SIGN_IN_COLUMNS = (
 )
 
 
-async def sign_ins_or_request(
-    conn: Connection, request_id: str, task_id: str, member_id: str, first: dt.date, last: dt.date
-) -> tuple[SignInRow | None, list[SignInRow]]:
-    """In one read: the sign-in of `request_id` if any, and the member's sign-ins between the days."""
-    rows = await conn.fetch(
-        f"""SELECT {_SIGN_IN_COLUMNS}, true AS asked FROM tasks.sign_ins WHERE request_id = $1
-            UNION ALL
-            SELECT {_SIGN_IN_COLUMNS}, false FROM tasks.sign_ins
-            WHERE task_id = $2 AND member_id = $3 AND day BETWEEN $4 AND $5""",
-        request_id,
-        task_id,
-        member_id,
-        first,
-        last,
+async def sign_in_by_request(conn: Connection, request_id: str) -> SignInRow | None:
+    """The sign-in `request_id` wrote, if any."""
+    row = await conn.fetchrow(
+        f"SELECT {_SIGN_IN_COLUMNS} FROM tasks.sign_ins WHERE request_id = $1", request_id
     )
-    found = [(r["asked"], SignInRow(**{k: v for k, v in dict(r).items() if k != "asked"})) for r in rows]
-    asked = next((row for is_asked, row in found if is_asked), None)
-    return asked, [row for is_asked, row in found if not is_asked]
+    return None if row is None else SignInRow(**dict(row))
+
+
+@dataclass(frozen=True)
+class DayTerms:
+    """What of the task a day's sign-in needs, read from its definition."""
+
+    task_id: str
+    version: int
+    rewards: Sequence[int]
+    claim: bool
+    per_day: int
+    total: int
+    cycle: tuple[dt.date, dt.date]
+    expire_time: dt.datetime | None
+    milestones: Sequence[tuple[int, str]]  # (streak days, badge id)
+    task_badge: str | None
+
+
+@dataclass(frozen=True)
+class DayRequest:
+    """A member's sign-in on the task's `day` under `request_id` (its content hash `digest`)."""
+
+    terms: DayTerms
+    member_id: str
+    day: dt.date
+    request_id: str
+    digest: str
+    now: dt.datetime
+
+
+@dataclass(frozen=True)
+class DaySignIn:
+    """What `tasks.sign_in` did for a day's sign-in (migration 0019). `outcome`: 'asked' (the
+    request id's earlier sign-in and its completion), 'paid' (the new sign-in and its completion),
+    or, with nothing written, 'signed' (another request signed the day), 'daily_limit',
+    'total_limit', 'budget' (the budget cannot pay `points`) or 'stale' (the task changed)."""
+
+    outcome: str
+    points: int | None
+    sign_in: SignInRow | None
+    completion: CompletionRow | None
+
+
+_SIGNED_COLUMNS = ", ".join(
+    [f"(r.s).{name} AS s_{name}" for name in _SIGN_IN_COLUMNS.split(", ")]
+    + [f"(r.c).{name} AS c_{name}" for name in CompletionRow.__dataclass_fields__]
+)
+
+
+def _array(values: Sequence[int | str]) -> str:
+    """A PostgreSQL array literal of ints or of ids (letters, digits, `_`, `-`: badge ids), which a
+    batch passes per sign-in as text (an array of arrays must be rectangular)."""
+    return "{" + ",".join(str(v) if isinstance(v, int) else f'"{v}"' for v in values) + "}"
+
+
+async def sign_in_days(pool: asyncpg.Pool, tenant_id: str, requests: Sequence[DayRequest]) -> list[DaySignIn]:
+    """Days' sign-ins, each in full (the account lock, the request id, the day, the limits, the
+    streak, the sign-in, the earning, the budget take, the completion, the badges), in one
+    autocommitted statement (`tasks.sign_in` enters the tenant itself), in the order given, which
+    must be member-id order (the lock order). One outcome per request. A request id another
+    member's call took at the same moment raises asyncpg.UniqueViolationError for them all (each
+    call again then finds it)."""
+    rows = await pool.fetch(
+        f"""SELECT {_SIGNED_COLUMNS}, r.outcome, r.points
+            FROM unnest($2::text[], $3::integer[], $4::text[], $5::date[], $6::text[], $7::text[], $8::text[],
+                        $9::boolean[], $10::integer[], $11::integer[], $12::date[], $13::date[],
+                        $14::timestamptz[], $15::timestamptz[], $16::text[], $17::text[], $18::text[])
+                 WITH ORDINALITY AS i(task_id, version, member_id, day, request_id, digest, rewards,
+                                      claim, per_day, total, cycle_start, cycle_end, expire_time, now,
+                                      milestone_days, milestone_badges, task_badge, n)
+            CROSS JOIN LATERAL tasks.sign_in(
+                $1, i.task_id, i.version, i.member_id, i.day, i.request_id, i.digest, i.rewards::bigint[],
+                i.claim, i.per_day, i.total, i.cycle_start, i.cycle_end, i.expire_time, i.now,
+                i.milestone_days::integer[], i.milestone_badges::text[], i.task_badge) r
+            ORDER BY i.n""",
+        tenant_id,
+        [r.terms.task_id for r in requests],
+        [r.terms.version for r in requests],
+        [r.member_id for r in requests],
+        [r.day for r in requests],
+        [r.request_id for r in requests],
+        [r.digest for r in requests],
+        [_array(r.terms.rewards) for r in requests],
+        [r.terms.claim for r in requests],
+        [r.terms.per_day for r in requests],
+        [r.terms.total for r in requests],
+        [r.terms.cycle[0] for r in requests],
+        [r.terms.cycle[1] for r in requests],
+        [r.terms.expire_time for r in requests],
+        [r.now for r in requests],
+        [_array([days for days, _ in r.terms.milestones]) for r in requests],
+        [_array([badge for _, badge in r.terms.milestones]) for r in requests],
+        [r.terms.task_badge for r in requests],
+    )
+    return [_day_sign_in(row) for row in rows]
+
+
+def _day_sign_in(row: asyncpg.Record) -> DaySignIn:
+    sign_in = None
+    if row["s_day"] is not None:
+        sign_in = SignInRow(**{name: row[f"s_{name}"] for name in _SIGN_IN_COLUMNS.split(", ")})
+    completion = None
+    if row["c_completion_id"] is not None:
+        completion = CompletionRow(**{name: row[f"c_{name}"] for name in CompletionRow.__dataclass_fields__})
+    return DaySignIn(row["outcome"], row["points"], sign_in, completion)
 
 
 async def sign_ins_between(
@@ -75,36 +171,28 @@ async def sign_ins_from(conn: Connection, task_id: str, member_id: str, first: d
     return [SignInRow(**dict(r)) for r in rows]
 
 
-async def insert_sign_in(
+async def insert_makeup(
     conn: Connection,
     tenant_id: str,
     task_id: str,
     member_id: str,
     day: dt.date,
     streak: int,
-    makeup: bool,
     request_id: str,
     digest: str,
-    *,
-    paid: bool,
 ) -> SignInRow:
-    """The sign-in row; when `paid`, naming a completion id drawn for it here, which the caller
-    then writes (the key is checked at commit, migration 0008)."""
+    """A make-up's sign-in row (it pays nothing, so it names no completion). Today's sign-ins are
+    written by `sign_in_today`."""
     row = await conn.fetchrow(
-        f"""INSERT INTO tasks.sign_ins (tenant_id, task_id, member_id, day, streak, makeup, completion_id,
-                                        request_id, content_hash)
-            VALUES ($1, $2, $3, $4, $5, $6,
-                    CASE WHEN $7 THEN nextval(pg_get_serial_sequence('tasks.completions', 'completion_id'))
-                    END,
-                    $8, $9)
+        f"""INSERT INTO tasks.sign_ins (tenant_id, task_id, member_id, day, streak, makeup, request_id,
+                                        content_hash)
+            VALUES ($1, $2, $3, $4, $5, true, $6, $7)
             RETURNING {_SIGN_IN_COLUMNS}""",
         tenant_id,
         task_id,
         member_id,
         day,
         streak,
-        makeup,
-        paid,
         request_id,
         digest,
     )
