@@ -4,12 +4,13 @@ A claim audience must exist when a template names one (asked of the audience ser
 is an allowance of its own (owner `coupon:<template_id>`, services/tasks/allowance): created with
 the template, resized by an update (never below what was issued), read for `issued`. Issuing
 reads templates through `current`, which keeps what it read for a moment: each issue key-share
-locks the template's row at the version and state it used (coupon_store.insert_held), so a stale
+locks the template's row at the version and state it used (tasks.issue_coupon), so a stale
 read only costs a retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -39,6 +40,7 @@ class CouponTemplates:
         self._db = db
         self._audiences = audiences
         self._recent: dict[tuple[str, str], tuple[float, Template]] = {}
+        self._reading: dict[tuple[str, str], asyncio.Future[Template]] = {}
 
     async def _check_audience(self, tenant_id: str, d: Definition) -> None:
         if d.claim_audience_id and not await self._audiences.audience_exists(tenant_id, d.claim_audience_id):
@@ -108,13 +110,32 @@ class CouponTemplates:
             return await self._read(conn, template_id)
 
     async def current(self, tenant_id: str, template_id: str, *, fresh: bool = False) -> Template:
-        """The template as read at most CACHE_SECONDS ago (now, when `fresh`)."""
+        """The template as read at most CACHE_SECONDS ago (now, when `fresh`). When what was read
+        is too old, the callers meanwhile wait for one read (at concurrency 16 each expiry cost
+        sixteen reads); a `fresh` caller, which met a newer version, reads on its own."""
         key = (tenant_id, template_id)
         hit = self._recent.get(key)
         if hit is not None and not fresh and time.monotonic() - hit[0] < CACHE_SECONDS:
             return hit[1]
+        if fresh:
+            return await self._reread(tenant_id, template_id)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._reread(tenant_id, template_id))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda done: self._read_ended(key, done))
+        return await asyncio.shield(reading)
+
+    def _read_ended(self, key: tuple[str, str], done: asyncio.Future[Template]) -> None:
+        """A shared read ended: the next expiry starts another; its error, if every caller waiting
+        for it was cancelled, is dropped here rather than logged as never retrieved."""
+        self._reading.pop(key, None)
+        if not done.cancelled():
+            done.exception()
+
+    async def _reread(self, tenant_id: str, template_id: str) -> Template:
         template = await self.get(tenant_id, template_id)
-        self._recent[key] = (time.monotonic(), template)
+        self._recent[(tenant_id, template_id)] = (time.monotonic(), template)
         return template
 
     async def list_page(

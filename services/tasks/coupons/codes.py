@@ -2,7 +2,7 @@
 
 16 characters of a 32-letter alphabet (0-9 and A-Z without the look-alikes I, L, O and U) from the
 operating system's random source: 80 random bits. Uniqueness within a tenant is the coupons
-table's key; the insert that meets a taken code draws another (coupon_store.insert_coupon).
+table's key; an issue offers several codes and the first not taken is used (tasks.issue_coupon).
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ CODE = re.compile(f"^[{ALPHABET}]{{{LENGTH}}}\\Z")
 
 
 def new_code() -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
+    """Five bits of one 80-bit draw per character (32 letters: each equally likely). One read of
+    the random source per code: a read per character cost about 0.1 ms a code, most of a claim's
+    time in the tasks service (bench_coupons)."""
+    bits = int.from_bytes(secrets.token_bytes(LENGTH * 5 // 8))
+    return "".join(ALPHABET[(bits >> shift) & 31] for shift in range(0, LENGTH * 5, 5))
 
 
 def code_from_name(name: str) -> str | None:

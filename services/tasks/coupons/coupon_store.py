@@ -1,24 +1,26 @@
 """SQL of coupons, the per-member holdings and the templates' stock. Every function runs on a
-connection inside a tenant transaction.
+connection inside a tenant transaction, except `issue`, which may also run on the pool.
 
-An issue takes, in this order: a key-share lock on the template's row with the member's holding
-(a conditional upsert against the per-member limit; one row per member and template, so members
-do not wait for each other), the coupon's row, and last a unit of the template's stock from its
-allowance (issuing.py).
+An issue takes, in this order and in one round trip (`tasks.issue_coupon`, migration 0020): a
+key-share lock on the template's row at the version it read, the member's holding (a conditional
+upsert against the per-member limit; one row per member and template, so members do not wait for
+each other), the coupon's row, and last a unit of the template's stock from its allowance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import asyncpg
 
 from runtime.db import Connection
 
 
 @dataclass(frozen=True)
 class NewCoupon:
-    code: str
     template_id: str
     template_version: int
     member_id: str
@@ -81,96 +83,63 @@ _COLUMNS = (
 )
 
 
-_INSERT = """INSERT INTO tasks.coupons (tenant_id, code, template_id, template_version, member_id,
-                 discount_kind, amount_minor, percent, max_discount_minor, threshold_minor, categories,
-                 skus, valid_from, valid_until, source_campaign, source_arm, request_id, content_hash,
-                 issue_time)"""
-_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19"
+class Refusal(enum.Enum):
+    """Why `issue` wrote nothing (the SQLSTATEs `tasks.issue_coupon` raises)."""
 
-
-def _arguments(tenant_id: str, c: NewCoupon) -> tuple[object, ...]:
-    return (
-        tenant_id,
-        c.code,
-        c.template_id,
-        c.template_version,
-        c.member_id,
-        c.discount_kind,
-        c.amount_minor,
-        c.percent,
-        c.max_discount_minor,
-        c.threshold_minor,
-        list(c.categories),
-        list(c.skus),
-        c.valid_from,
-        c.valid_until,
-        c.source_campaign,
-        c.source_arm,
-        c.request_id,
-        c.content_hash,
-        c.issue_time,
-    )
-
-
-@dataclass(frozen=True)
-class Held:
-    """What `insert_held` did: `coupon` written, or (None) why not."""
-
-    coupon: CouponRow | None
-    # The member's holding was counted (False: `limit` reached, or `stale`).
-    counted: bool
     # The template is retired, gone or at another version than the coupon's (read it again).
-    stale: bool = False
+    STALE = "MC001"
+    # The member holds the per-member limit already.
+    LIMIT = "MC002"
+    OUT_OF_STOCK = "MC003"
+    # Every code offered was taken.
+    CODES_TAKEN = "MC004"
 
 
-async def insert_held(conn: Connection, tenant_id: str, c: NewCoupon, limit: int) -> Held:
-    """In one statement: a key-share lock on the template if it is active at the coupon's version
-    (an update or a retirement waits for this transaction), one more coupon counted in the member's
-    holding if they hold fewer than `limit` (their holding stays locked), and the coupon. When the
-    holding was counted but the code was taken, `coupon` is None and the caller inserts with
-    another code (`insert_coupon`). Why nothing was counted is read only then, in a statement of
-    its own, so it sees a change the first one waited for. A taken request id raises
+_REFUSALS = {r.value: r for r in Refusal}
+
+
+async def issue(
+    on: asyncpg.Pool | Connection, tenant_id: str, c: NewCoupon, codes: Sequence[str], limit: int, stock: str
+) -> CouponRow | Refusal:
+    """The coupon written under the first of `codes` not taken, with the member's holding counted
+    and a unit of `stock` (an allowance owner) taken, in one round trip (`tasks.issue_coupon`, see
+    services/tasks/migrations/README.md); or why nothing was written. Runs on the pool, as one
+    autocommitted statement (the function enters the tenant itself), or inside a caller's tenant
+    transaction, where a refusal aborts it (the caller holds a savepoint). A taken request id raises
     UniqueViolationError (nothing written)."""
-    row = await conn.fetchrow(
-        f"""WITH t AS (SELECT template_id FROM tasks.coupon_templates
-                       WHERE template_id = $3 AND state = 1 AND current_version = $4 FOR KEY SHARE),
-                 h AS (INSERT INTO tasks.coupon_holdings AS h (tenant_id, template_id, member_id, held)
-                       SELECT $1, template_id, $5, 1 FROM t
-                       ON CONFLICT (tenant_id, template_id, member_id) DO UPDATE SET held = h.held + 1
-                       WHERE h.held < $20
-                       RETURNING true),
-                 c AS ({_INSERT} SELECT {_VALUES} FROM h
-                       ON CONFLICT (tenant_id, code) DO NOTHING
-                       RETURNING {_COLUMNS})
-            SELECT EXISTS (SELECT FROM h) AS counted, c.* FROM (VALUES (1)) AS one LEFT JOIN c ON true""",
-        *_arguments(tenant_id, c),
-        limit,
-    )
-    assert row is not None
-    if row["counted"]:
-        coupon = (
-            None
-            if row["code"] is None
-            else CouponRow(**{k: v for k, v in dict(row).items() if k != "counted"})
+    try:
+        row = await on.fetchrow(
+            f"""SELECT {_COLUMNS} FROM tasks.issue_coupon($1, $2, $3, $4, $5, $6, $7::smallint, $8, $9,
+                   $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)""",
+            tenant_id,
+            c.template_id,
+            c.template_version,
+            c.member_id,
+            limit,
+            list(codes),
+            c.discount_kind,
+            c.amount_minor,
+            c.percent,
+            c.max_discount_minor,
+            c.threshold_minor,
+            list(c.categories),
+            list(c.skus),
+            c.valid_from,
+            c.valid_until,
+            c.source_campaign,
+            c.source_arm,
+            c.request_id,
+            c.content_hash,
+            c.issue_time,
+            stock,
         )
-        return Held(coupon, counted=True)
-    current = await conn.fetchval(
-        """SELECT true FROM tasks.coupon_templates
-           WHERE template_id = $1 AND state = 1 AND current_version = $2 FOR KEY SHARE""",
-        c.template_id,
-        c.template_version,
-    )
-    return Held(None, counted=False, stale=not current)
-
-
-async def insert_coupon(conn: Connection, tenant_id: str, c: NewCoupon) -> CouponRow | None:
-    """The new coupon; None when its code is taken (the caller draws another). A taken request id
-    raises UniqueViolationError."""
-    row = await conn.fetchrow(
-        f"{_INSERT} VALUES ({_VALUES}) ON CONFLICT (tenant_id, code) DO NOTHING RETURNING {_COLUMNS}",
-        *_arguments(tenant_id, c),
-    )
-    return None if row is None else CouponRow(**dict(row))
+    except asyncpg.PostgresError as error:
+        refusal = _REFUSALS.get(getattr(error, "sqlstate", ""))
+        if refusal is None:
+            raise
+        return refusal
+    assert row is not None
+    return CouponRow(**dict(row))
 
 
 async def by_request(conn: Connection, request_id: str) -> CouponRow | None:

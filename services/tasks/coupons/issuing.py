@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
@@ -24,12 +24,12 @@ from runtime.db import Connection
 from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
 from services.tasks.allowance import allowance
 from services.tasks.coupons import codes, coupon_store, template_store
-from services.tasks.coupons.coupon_store import CouponRow, NewCoupon
+from services.tasks.coupons.coupon_store import CouponRow, NewCoupon, Refusal
 from services.tasks.coupons.templates import Definition, State, Template, from_body
 from services.tasks.points import ledger
 
 MAX_SOURCE_TEXT = 128
-# Code draws before giving up: 80-bit codes meet a taken one about never.
+# Codes offered to one issue (the first not taken is used): 80-bit codes meet a taken one about never.
 CODE_ATTEMPTS = 5
 # Reads of a template that changed while a coupon was being issued from it.
 STALE_ATTEMPTS = 3
@@ -181,7 +181,7 @@ async def issue(
 
 
 async def issue_from(
-    conn: Connection,
+    on: asyncpg.Pool | Connection,
     tenant_id: str,
     template: Template,
     member_id: str,
@@ -190,10 +190,11 @@ async def issue_from(
     tag: MemberTag | None,
     now: dt.datetime,
 ) -> CouponRow:
-    """The writes of one issue from `template` as read (maybe a moment ago): the member's holding
-    and the coupon in one statement (which also proves, and key-share locks, the template still
-    active at that version: `Stale` otherwise), then a unit of stock. Raises the refusals of
-    `issue`; writes are left for the caller's transaction (or savepoint) to roll back."""
+    """The writes of one issue from `template` as read (maybe a moment ago), in one statement
+    (coupon_store.issue): a key-share lock proving the template still active at that version
+    (`Stale` otherwise), the member's holding, the coupon and a unit of stock. Raises the refusals
+    of `issue`; a refusal writes nothing. `on`: the pool (the statement commits by itself) or a
+    connection in the caller's transaction (which a refusal aborts: hold a savepoint)."""
     d = template.definition
     if template.state is State.RETIRED:
         raise TemplateRetired(f"couponTemplates/{d.template_id} is retired")
@@ -203,7 +204,6 @@ async def issue_from(
     value = tag.value if tag is not None and tag.dimension == d.tag_dimension else None
     assert d.discount is not None
     coupon = NewCoupon(
-        code=codes.new_code(),
         template_id=d.template_id,
         template_version=template.version,
         member_id=member_id,
@@ -222,18 +222,26 @@ async def issue_from(
         content_hash=content_hash(d.template_id, member_id, source),
         issue_time=now,
     )
-    held = await coupon_store.insert_held(conn, tenant_id, coupon, d.per_member_limit)
-    if held.stale:
+    written = await coupon_store.issue(
+        on,
+        tenant_id,
+        coupon,
+        [codes.new_code() for _ in range(CODE_ATTEMPTS)],
+        d.per_member_limit,
+        stock_owner(d.template_id),
+    )
+    if isinstance(written, CouponRow):
+        return written
+    if written is Refusal.STALE:
         raise Stale()
-    if not held.counted:
+    if written is Refusal.LIMIT:
         raise MemberLimitReached(
             f"members/{member_id} already holds {d.per_member_limit} coupon(s) of "
             f"couponTemplates/{d.template_id}, the most one member may"
         )
-    row = held.coupon or await _insert_with_new_code(conn, tenant_id, coupon)
-    if not await allowance.take(conn, stock_owner(d.template_id), 1):
+    if written is Refusal.OUT_OF_STOCK:
         raise OutOfStock(f"couponTemplates/{d.template_id} has no coupons left")
-    return row
+    raise RuntimeError(f"{CODE_ATTEMPTS} random coupon codes in a row were taken")
 
 
 @asynccontextmanager
@@ -247,14 +255,6 @@ async def _savepoint(conn: Connection) -> AsyncIterator[None]:
         await conn.execute("ROLLBACK TO SAVEPOINT coupon_issue")
         raise
     await conn.execute("RELEASE SAVEPOINT coupon_issue")
-
-
-async def _insert_with_new_code(conn: Connection, tenant_id: str, coupon: NewCoupon) -> CouponRow:
-    for _ in range(CODE_ATTEMPTS):
-        row = await coupon_store.insert_coupon(conn, tenant_id, replace(coupon, code=codes.new_code()))
-        if row is not None:
-            return row
-    raise RuntimeError(f"{CODE_ATTEMPTS} random coupon codes in a row were taken")
 
 
 def too_busy(template_id: str) -> Exception:

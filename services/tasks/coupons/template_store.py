@@ -1,7 +1,7 @@
 """SQL of coupon templates and their versions. Every function runs on a connection inside a tenant
 transaction (row-level security scopes it; the tenant is passed only for inserts).
 
-An issue holds a key-share lock on its template's row (coupon_store.take_holding), so an update
+An issue holds a key-share lock on its template's row (tasks.issue_coupon), so an update
 or a retirement, which lock the row for update, waits for the issues in flight and the issues
 after it see the new version. The stock is an allowance (services/tasks/allowance), not a column.
 """
