@@ -18,6 +18,10 @@ neither trigger invites nor count for profile, visit or event tasks, and count f
 only when its definition says `reward_backfilled_orders`. Their refunds still take back what the
 order really earned (nothing, unless a task counted it or the backend paid points for it).
 
+Orders also earn by the tenant's order earning rule (live orders only) and use the coupons whose
+codes they carry (coupons/writeoff.py, history included: using a coupon is state, not a reaction);
+a full refund restores those coupons and may take back an invite (economy/feed_rules.py).
+
 Locks are taken in one order for the whole batch before anything is paid: member_facts rows of
 the batch's members, pending invites, then the accounts of every member who may be paid (sorted),
 the ledger's rule, and only then progress, completions and task rows.
