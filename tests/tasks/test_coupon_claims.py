@@ -110,6 +110,22 @@ async def test_concurrent_retries_of_one_claim_issue_one_coupon(
     assert len({c.code for c in coupons}) == 1
 
 
+async def test_retries_of_a_claim_answer_its_coupon_once_the_limit_and_the_stock_are_used_up(
+    tasks_stub: TasksStub, members: Members
+) -> None:
+    made = await create(tasks_stub, claimable=True, per_member_limit=1, total_stock=1)
+    member, request_id = await members.new(), unique("clm")
+    coupons = await asyncio.gather(
+        *(claim(tasks_stub, made.template_id, member, request_id) for _ in range(20))
+    )
+    assert len({c.code for c in coupons}) == 1
+    out = await failure(claim(tasks_stub, made.template_id, await members.new()))
+    assert out.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await claim(tasks_stub, made.template_id, member, request_id) == coupons[0]
+    limit = await failure(claim(tasks_stub, made.template_id, member))
+    assert limit.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_claims_racing_an_update_carry_the_terms_of_the_version_they_name(
     tasks_stub: TasksStub, members: Members
 ) -> None:

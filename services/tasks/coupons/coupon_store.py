@@ -101,12 +101,13 @@ _REFUSALS = {r.value: r for r in Refusal}
 async def issue(
     on: asyncpg.Pool | Connection, tenant_id: str, c: NewCoupon, codes: Sequence[str], limit: int, stock: str
 ) -> CouponRow | Refusal:
-    """The coupon written under the first of `codes` not taken, with the member's holding counted
-    and a unit of `stock` (an allowance owner) taken, in one round trip (`tasks.issue_coupon`, see
-    services/tasks/migrations/README.md); or why nothing was written. Runs on the pool, as one
-    autocommitted statement (the function enters the tenant itself), or inside a caller's tenant
-    transaction, where a refusal aborts it (the caller holds a savepoint). A taken request id raises
-    UniqueViolationError (nothing written)."""
+    """The coupon `c.request_id` issued before (its content unchecked: the caller compares), else
+    the coupon written under the first of `codes` not taken, with the member's holding counted and
+    a unit of `stock` (an allowance owner) taken, in one round trip (`tasks.issue_coupon`, see
+    services/tasks/migrations/README.md); or why nothing was written (no coupon of the request id
+    existed then). Runs on the pool, as one autocommitted statement (the function enters the tenant
+    itself), or inside a caller's tenant transaction, where a refusal aborts it (the caller holds a
+    savepoint). A request id another transaction issues meanwhile raises UniqueViolationError."""
     try:
         row = await on.fetchrow(
             f"""SELECT {_COLUMNS} FROM tasks.issue_coupon($1, $2, $3, $4, $5, $6, $7::smallint, $8, $9,

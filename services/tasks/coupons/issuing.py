@@ -192,9 +192,10 @@ async def issue_from(
 ) -> CouponRow:
     """The writes of one issue from `template` as read (maybe a moment ago), in one statement
     (coupon_store.issue): a key-share lock proving the template still active at that version
-    (`Stale` otherwise), the member's holding, the coupon and a unit of stock. Raises the refusals
-    of `issue`; a refusal writes nothing. `on`: the pool (the statement commits by itself) or a
-    connection in the caller's transaction (which a refusal aborts: hold a savepoint)."""
+    (`Stale` otherwise), the member's holding, the coupon and a unit of stock; or the coupon `key`
+    issued before. Raises the refusals of `issue`; a refusal writes nothing, and MemberLimitReached
+    and OutOfStock mean `key` issued nothing before. `on`: the pool (the statement commits by
+    itself) or a connection in the caller's transaction (which a refusal aborts: hold a savepoint)."""
     d = template.definition
     if template.state is State.RETIRED:
         raise TemplateRetired(f"couponTemplates/{d.template_id} is retired")
@@ -231,7 +232,7 @@ async def issue_from(
         stock_owner(d.template_id),
     )
     if isinstance(written, CouponRow):
-        return written
+        return first_issue(written, d.template_id, member_id, source)
     if written is Refusal.STALE:
         raise Stale()
     if written is Refusal.LIMIT:

@@ -34,6 +34,7 @@ from services.tasks.coupons.issuing import (
     STALE_ATTEMPTS,
     MemberLimitReached,
     MemberTag,
+    OutOfStock,
     Source,
     Stale,
     TagReader,
@@ -164,11 +165,11 @@ class Coupons:
                 if claim:
                     await self._check_claim(tenant_id, template, member_id)
             except MemberLimitReached as refusal:
-                first = await self._first(tenant_id, template_id, member_id, source, request_id)
-                if first is not None:
-                    return first
+                # The statement found no coupon of the request id (issue_from), so no read here.
                 if claim:
                     raise ClaimLimitReached(refusal.message) from None
+                raise
+            except OutOfStock:
                 raise
             except (DomainError, asyncpg.UniqueViolationError) as refusal:
                 return await self._first_or_raise(
