@@ -258,13 +258,12 @@ async def written(db: Database, task_id: str, m: str) -> tuple[int, int, int, in
     return row["s"], row["c"], row["e"], row["used"]
 
 
-async def test_a_batch_of_sign_ins_refuses_each_on_its_own_and_writes_nothing_for_it(
+async def test_each_refusal_of_the_sign_in_function_writes_nothing(
     tasks_stub: TasksStub, db: Database
 ) -> None:
-    """tasks.sign_in for several sign-ins in one statement (as concurrent SignIn calls are written):
-    one decided on a task version since changed ('stale'), one past the budget, a day signed twice,
-    a retried request and one past the total limit are refused or answered each on its own, writing
-    nothing, while the others in the batch are written."""
+    """tasks.sign_in, a sign-in in one statement: one decided on a task version since changed
+    ('stale'), one past the budget, a day signed twice and one past the total limit write nothing;
+    a retried request answers its first result; a refused sign-in leaves the member's others be."""
     changing, budgeted = sign_in_task(rewards=(4,)), sign_in_task(rewards=(4,), budget_points=5)
     await create(tasks_stub, changing)
     await create(tasks_stub, budgeted)
@@ -281,17 +280,17 @@ async def test_a_batch_of_sign_ins_refuses_each_on_its_own_and_writes_nothing_fo
     ) -> signin_store.DayRequest:
         return signin_store.DayRequest(terms(task_id, version, **fields), m, on, request_id, "h", now)
 
-    batch = [
+    requests = [
         asked(a, unique("r"), changing.task_id, 1),  # decided on version 1, now 2
         asked(b, "b1", changing.task_id, 2),
-        asked(b, "b1", changing.task_id, 2),  # a retry within the batch
+        asked(b, "b1", changing.task_id, 2),  # a retry
         asked(b, "b2", changing.task_id, 2),  # the same day again
         asked(b, "b3", changing.task_id, 2, day + DAY, total=1),
         asked(c, "c1", budgeted.task_id, 1),
         asked(d, "d1", budgeted.task_id, 1),  # 4 + 4 > 5
         asked(b, "b4", changing.task_id, 2, day + DAY, rewards=(4, 6)),  # the streak's second day
     ]
-    done = await signin_store.sign_in_days(db.pool, TENANT_ACME, batch)
+    done = [await signin_store.sign_in_day(db.pool, TENANT_ACME, r) for r in requests]
     assert [(x.outcome, x.points) for x in done] == [
         ("stale", 4),
         ("paid", 4),
@@ -305,8 +304,8 @@ async def test_a_batch_of_sign_ins_refuses_each_on_its_own_and_writes_nothing_fo
     assert done[2].sign_in == done[1].sign_in and done[2].completion == done[1].completion
     for refused in (0, 3, 4, 6):
         assert (done[refused].sign_in, done[refused].completion) == (None, None)
-    paid = [x for x in done if x.outcome == "paid"]
-    assert [(x.sign_in.streak, x.completion.points, x.completion.source) for x in paid] == [  # type: ignore[union-attr]
+    paid = [(x.sign_in, x.completion) for x in done if x.outcome == "paid"]
+    assert [(s.streak, c.points, c.source) for s, c in paid if s is not None and c is not None] == [
         (1, 4, f"sign-in {day} day 1"),
         (1, 4, f"sign-in {day} day 1"),
         (2, 6, f"sign-in {day + DAY} day 2"),

@@ -1,11 +1,11 @@
--- A day's sign-in in one statement (services/tasks/tasks/signin.py). The same steps ran as eight
+-- A day's sign-in in one round trip (services/tasks/tasks/signin.py). The same steps ran as eight
 -- round trips from Python (BEGIN, the account lock, the request and recent days read, the sign-in
 -- row, the earning, the budget take, the completion, COMMIT), and the tasks service, at 100% of a
--- core, spent most of each SignIn sending and awaiting them. The service calls it for a batch of
--- concurrent sign-ins at once (one autocommitted statement, members in id order, the lock order),
--- as EarnPoints calls add_earning. It enters the tenant exactly as Database.transaction (and
--- add_earning) does, so row-level security applies to all it touches. Each statement takes a fresh
--- snapshot, so after waiting on the account lock the reads see what the previous holder committed.
+-- core, spent most of each SignIn sending and awaiting them. Called as one autocommitted
+-- statement, as EarnPoints calls add_earning, it enters the tenant exactly as
+-- Database.transaction (and add_earning) does, so row-level security applies to all it touches.
+-- Each statement takes a fresh snapshot, so after waiting on the account lock the reads see what
+-- the previous holder committed.
 --
 -- Answers one row: `outcome` 'asked' (the request id was used before: that sign-in and its
 -- completion, if any; the caller compares the content hash), 'signed' (the member signed in on the
@@ -13,9 +13,9 @@
 -- budget cannot pay `points`) or 'stale' (the task is no longer active at p_version), all having
 -- written nothing; or 'paid' (the sign-in, its completion and, unless the task wants it claimed,
 -- its earning). The writes run in a block of their own, rolled back when the budget or the version
--- refuses them (the account lock, taken before it, stays), so a refusal ends only its own sign-in,
--- not the batch it is in. That block and take_allowance's are two subtransactions a sign-in: a
--- batch stays well below the 64 a backend tracks without overflowing.
+-- refuses them, so a refusal is an answer like the others, not an error. It takes from the task's
+-- budget once: a transaction that takes twice from one allowance can deadlock (0014), so several
+-- sign-ins must not share a transaction.
 CREATE FUNCTION sign_in(
     p_tenant text, p_task text, p_version integer, p_member text, p_day date, p_request_id text,
     p_hash text, p_rewards bigint[], p_claim boolean, p_per_day integer, p_total integer,

@@ -8,20 +8,19 @@ A make-up fills a missed earlier day of the current month, up to the task's mont
 it earns nothing itself but joins the runs around it, whose later days' lengths are rewritten
 (points already paid for them stay as they were).
 
-Today's sign-in is the hot path (every member, every day): it runs as one SQL function
-(`tasks.sign_in`, migration 0019), called for the sign-ins of concurrent calls together in one
-statement, as EarnPoints' earnings are; make-ups, rare, run here in a transaction of their own.
+Today's sign-in is the hot path (every member, every day): it runs as one SQL function in one
+round trip (`tasks.sign_in`, migration 0019), as EarnPoints does; make-ups, rare, run here in a
+transaction of their own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runtime import metrics
-from runtime.batching import KeyedBatcher
-from runtime.db import Connection, Database
+from runtime.db import Connection
 from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,18 +33,11 @@ from services.tasks.points import ledger, ledger_store
 from services.tasks.points.ledger import Reason
 from services.tasks.tasks import completion_store, completions, signin_store
 from services.tasks.tasks.completion_store import CompletionRow
-from services.tasks.tasks.definitions import Kind, SignInSpec, Task, TaskDefinitions
+from services.tasks.tasks.definitions import Kind, SignInSpec, Task
 from services.tasks.tasks.member_calls import MemberCalls
-from services.tasks.tasks.participation import Participation
 from services.tasks.tasks.signin_store import SignInRow, StreakRow
 
 ONE_DAY = dt.timedelta(days=1)
-# Today's sign-ins of concurrent calls go to the database together (runtime/batching.py): one
-# statement at a time, of at most this many. Each sign-in opens two subtransactions (its writes, and
-# the budget take's first attempt); 16 keeps a batch well below the 64 a backend tracks before its
-# snapshots get expensive for every session.
-DAY_BATCHES_IN_FLIGHT = 1
-MAX_DAY_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -157,12 +149,6 @@ def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
 
 
 class SignIns(MemberCalls):
-    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
-        super().__init__(db, definitions, participation)
-        # Today's sign-ins of concurrent calls are written together, one batch at a time per tenant,
-        # as EarnPoints' earnings are (docs/decisions.md).
-        self._days = KeyedBatcher(self._write_days, in_flight=DAY_BATCHES_IN_FLIGHT, max_size=MAX_DAY_BATCH)
-
     async def sign_in(
         self,
         tenant_id: str,
@@ -225,9 +211,9 @@ class SignIns(MemberCalls):
         digest: str,
         now: dt.datetime,
     ) -> SignInRecord:
-        """Today's sign-in, written with those of concurrent calls (tasks.sign_in, migration 0019)."""
+        """Today's sign-in, in one round trip (tasks.sign_in, migration 0019)."""
         request = signin_store.DayRequest(_terms(task, now), member_id, today, request_id, digest, now)
-        done = await self._days.submit(tenant_id, request)
+        done = await signin_store.sign_in_day(self._db.pool, tenant_id, request)
         if done.outcome == "asked":
             assert done.sign_in is not None
             return _retried(done.sign_in, done.completion, request_id, digest)
@@ -246,18 +232,6 @@ class SignIns(MemberCalls):
         if done.completion.state == completions.State.PAID:
             metrics.ledger_entries(tenant_id, ledger_store.KINDS[Reason.TASK])
         return SignInRecord(done.sign_in, done.completion)
-
-    async def _write_days(
-        self, tenant_id: str, requests: Sequence[signin_store.DayRequest]
-    ) -> list[signin_store.DaySignIn]:
-        """A batch in member-id order (the lock order); when the statement fails (a request id
-        another process took first), every call in it fails, and `_act` runs each once more."""
-        order = sorted(range(len(requests)), key=lambda i: requests[i].member_id)
-        written = await signin_store.sign_in_days(self._db.pool, tenant_id, [requests[i] for i in order])
-        outcomes: list[signin_store.DaySignIn] = [written[0]] * len(requests)
-        for i, outcome in zip(order, written, strict=True):
-            outcomes[i] = outcome
-        return outcomes
 
     async def _makeup(
         self,

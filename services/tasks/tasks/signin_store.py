@@ -1,5 +1,5 @@
 """SQL of daily sign-ins and the streaks they make. Runs inside a tenant transaction, after the
-member's account is locked; `sign_in_days` runs whole sign-ins, several at once, in a statement of its own.
+member's account is locked; `sign_in_day` runs a whole day's sign-in as one statement of its own.
 """
 
 from __future__ import annotations
@@ -87,52 +87,36 @@ _SIGNED_COLUMNS = ", ".join(
 )
 
 
-def _array(values: Sequence[int | str]) -> str:
-    """A PostgreSQL array literal of ints or of ids (letters, digits, `_`, `-`: badge ids), which a
-    batch passes per sign-in as text (an array of arrays must be rectangular)."""
-    return "{" + ",".join(str(v) if isinstance(v, int) else f'"{v}"' for v in values) + "}"
-
-
-async def sign_in_days(pool: asyncpg.Pool, tenant_id: str, requests: Sequence[DayRequest]) -> list[DaySignIn]:
-    """Days' sign-ins, each in full (the account lock, the request id, the day, the limits, the
-    streak, the sign-in, the earning, the budget take, the completion, the badges), in one
-    autocommitted statement (`tasks.sign_in` enters the tenant itself), in the order given, which
-    must be member-id order (the lock order). One outcome per request. A request id another
-    member's call took at the same moment raises asyncpg.UniqueViolationError for them all (each
-    call again then finds it)."""
-    rows = await pool.fetch(
+async def sign_in_day(pool: asyncpg.Pool, tenant_id: str, r: DayRequest) -> DaySignIn:
+    """A day's sign-in in full (the account lock, the request id, the day, the limits, the streak,
+    the sign-in, the earning, the budget take, the completion, the badges) in one round trip, as
+    one autocommitted statement (`tasks.sign_in` enters the tenant itself). A request id another
+    member's call took at the same moment raises asyncpg.UniqueViolationError (a second call finds
+    it)."""
+    row = await pool.fetchrow(
         f"""SELECT {_SIGNED_COLUMNS}, r.outcome, r.points
-            FROM unnest($2::text[], $3::integer[], $4::text[], $5::date[], $6::text[], $7::text[], $8::text[],
-                        $9::boolean[], $10::integer[], $11::integer[], $12::date[], $13::date[],
-                        $14::timestamptz[], $15::timestamptz[], $16::text[], $17::text[], $18::text[])
-                 WITH ORDINALITY AS i(task_id, version, member_id, day, request_id, digest, rewards,
-                                      claim, per_day, total, cycle_start, cycle_end, expire_time, now,
-                                      milestone_days, milestone_badges, task_badge, n)
-            CROSS JOIN LATERAL tasks.sign_in(
-                $1, i.task_id, i.version, i.member_id, i.day, i.request_id, i.digest, i.rewards::bigint[],
-                i.claim, i.per_day, i.total, i.cycle_start, i.cycle_end, i.expire_time, i.now,
-                i.milestone_days::integer[], i.milestone_badges::text[], i.task_badge) r
-            ORDER BY i.n""",
+            FROM tasks.sign_in($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                               $18) r""",
         tenant_id,
-        [r.terms.task_id for r in requests],
-        [r.terms.version for r in requests],
-        [r.member_id for r in requests],
-        [r.day for r in requests],
-        [r.request_id for r in requests],
-        [r.digest for r in requests],
-        [_array(r.terms.rewards) for r in requests],
-        [r.terms.claim for r in requests],
-        [r.terms.per_day for r in requests],
-        [r.terms.total for r in requests],
-        [r.terms.cycle[0] for r in requests],
-        [r.terms.cycle[1] for r in requests],
-        [r.terms.expire_time for r in requests],
-        [r.now for r in requests],
-        [_array([days for days, _ in r.terms.milestones]) for r in requests],
-        [_array([badge for _, badge in r.terms.milestones]) for r in requests],
-        [r.terms.task_badge for r in requests],
+        r.terms.task_id,
+        r.terms.version,
+        r.member_id,
+        r.day,
+        r.request_id,
+        r.digest,
+        list(r.terms.rewards),
+        r.terms.claim,
+        r.terms.per_day,
+        r.terms.total,
+        *r.terms.cycle,
+        r.terms.expire_time,
+        r.now,
+        [days for days, _ in r.terms.milestones],
+        [badge for _, badge in r.terms.milestones],
+        r.terms.task_badge,
     )
-    return [_day_sign_in(row) for row in rows]
+    assert row is not None
+    return _day_sign_in(row)
 
 
 def _day_sign_in(row: asyncpg.Record) -> DaySignIn:
