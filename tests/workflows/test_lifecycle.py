@@ -54,6 +54,16 @@ async def start_member(
     )
 
 
+async def refused_run(env: WorkflowEnvironment, handle: WorkflowHandle[JourneyWorkflow, Funnel]) -> Funnel:
+    """The funnel of a run that enrols nobody, awaited with time skipping kept locked. Awaiting a
+    time-skipping handle's result unlocks it until the SDK locks it again, one RPC after the run
+    closed; in between nothing holds the lock and the test server skips through every timer of
+    the other runs: a member waiting a day goes on, and a paused member (no timer but its 10-year
+    execution timeout) times out. A refused run needs no time to pass."""
+    with env.auto_time_skipping_disabled():
+        return await handle.result()
+
+
 async def until(handle: WorkflowHandle[Any, Any], what: str, holds: Callable[[Funnel], bool]) -> Funnel:
     async def reached() -> Funnel | None:
         funnel: Funnel = await handle.query(JourneyWorkflow.funnel)
@@ -267,14 +277,14 @@ async def test_a_draft_enrols_nobody_and_activation_enrols(
     await seed_member(resources.tagging, member_id)
     journeys = lifecycle(time_skipping_env, worker_settings, journeys_db)
     async with running(time_skipping_env, worker_settings, resources):
-        refused = await (
-            await start_member(time_skipping_env, worker_settings, definition, member_id)
-        ).result()
+        drafted = await refused_run(
+            time_skipping_env, await start_member(time_skipping_env, worker_settings, definition, member_id)
+        )
         active = await journeys.activate(TENANT_ACME, definition.key)
         assert await journeys.activate(TENANT_ACME, definition.key) == active
         handle = await start_member(time_skipping_env, worker_settings, definition, member_id)
         funnel = await handle.result()
-    assert (refused.state, refused.detail) == ("not_enrolled", "journey is not active")
+    assert (drafted.state, drafted.detail) == ("not_enrolled", "journey is not active")
     assert (funnel.state, funnel.version) == ("completed", 1)
     assert figures(funnel, "hello")["entered"] == 1
 
@@ -297,20 +307,23 @@ async def test_a_pause_holds_running_members_before_their_next_step_and_refuses_
             members=1
         )
         await until(handle, "the member is paused", lambda f: f.state == "paused")
-        refused = await (
-            await start_member(time_skipping_env, worker_settings, definition, newcomer)
-        ).result()
+        newcomers = await refused_run(
+            time_skipping_env, await start_member(time_skipping_env, worker_settings, definition, newcomer)
+        )
         # Two days later the wait is over, and the member still holds before `hello`.
         await time_skipping_env.sleep(dt.timedelta(days=2))
         held = await handle.query(JourneyWorkflow.funnel)
         resumed = await journeys.resume(TENANT_ACME, definition.key)
+        assert await controlled(time_skipping_env, definition.key, resumed, "resume") == ControlResult(
+            members=1
+        )
         funnel = await handle.result()
     assert (held.state, held.current_step, [s.step_id for s in held.steps]) == (
         "paused",
         "wait-1d",
         ["wait-1d"],
     )
-    assert (refused.state, refused.detail) == ("not_enrolled", "journey is not active")
+    assert (newcomers.state, newcomers.detail) == ("not_enrolled", "journey is not active")
     assert (resumed.state, resumed.live_version, resumed.revision) == ("active", 1, paused.revision + 1)
     assert funnel.state == "completed" and figures(funnel, "hello")["entered"] == 1
 
@@ -357,14 +370,14 @@ async def test_archiving_lets_running_members_finish_or_stops_them(
         assert await controlled(time_skipping_env, definition.key, archived, action) == ControlResult(
             members=1
         )
-        refused = await (
-            await start_member(time_skipping_env, worker_settings, definition, unique())
-        ).result()
+        newcomers = await refused_run(
+            time_skipping_env, await start_member(time_skipping_env, worker_settings, definition, unique())
+        )
         funnel = await handle.result()
         with pytest.raises(FailedPrecondition):
             await journeys.resume(TENANT_ACME, definition.key)
     rows = await enrolments(journeys_db, definition.key, member_id)
-    assert refused.detail == "journey is not active"
+    assert newcomers.detail == "journey is not active"
     if stop_running:
         assert funnel.state == "stopped" and [r["state"] for r in rows] == ["stopped"]
     else:
