@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -27,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.grpc_helpers import health_stub
+from tests.ports import free_ports
 from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,18 +55,6 @@ CLIENT_SERVICE_CONFIG = json.dumps(
         ],
     }
 )
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: all held at once while they are picked."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def target(ports: Sequence[int]) -> str:

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
-from tests.test_devstack import free_port
+from tests.ports import free_port
 from tests.waiting import eventually
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,6 +15,7 @@ from memberops.journeys.v1 import journey_pb2
 from console import session as console_session
 from deploy import devstack as devstack_module
 from tests.conftest import REPO_ROOT
+from tests.ports import free_port
 
 # The scheduled jobs `make up` creates per tenant.
 JOBS = ("recompute_tags", "expire_points", "evaluate_levels", "grant_level_benefits", "detect_anomalies")
@@ -31,13 +31,6 @@ COMPONENTS = (
     "worker",
     "console",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def devstack(command: str, env: dict[str, str]) -> str:

@@ -5,7 +5,6 @@ on MEMBEROPS_CONSOLE_ADDRESS."""
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from runtime import app, migrations
 from runtime.config import ConfigError, Settings
 from tests.conftest import TOKEN_ACME, unique
 from tests.deploy import commands
+from tests.ports import free_port
 
 SERVICES = ("tagging", "audience", "tasks", "journeys")
 
@@ -155,13 +155,6 @@ async def test_a_bad_console_address_is_named_not_a_traceback() -> None:
     assert finished.returncode == 1
     assert finished.stderr.startswith(f"error: {console_main.ADDRESS_ENV} must be host:port"), finished.stderr
     assert "Traceback" not in finished.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_the_console_serves_its_health_check_where_its_address_says_and_stops_on_sigterm() -> None:

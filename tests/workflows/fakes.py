@@ -11,7 +11,6 @@ batch request, and can drop the connection after taking part of a batch.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -24,12 +23,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment
 from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import TENANT_ACME
+from tests.ports import free_port
 from tests.workflows import fakes
 from tests.workflows.cohort_helpers import broadcast, messages, snapshot_population
 from tests.workflows.journey_helpers import activate, phone_of, seed_member
@@ -167,7 +168,7 @@ async def test_e_mails_the_server_did_not_take_are_sent_again_once_per_member(
 ) -> None:
     working = dataclasses.replace(resources.channels, per_minute={"email": 10**9})
     # First attempt: nothing listens where the SMTP server should be, so no message is taken.
-    refused = dataclasses.replace(working, smtp=dataclasses.replace(working.smtp, port=fakes.free_port()))
+    refused = dataclasses.replace(working, smtp=dataclasses.replace(working.smtp, port=free_port()))
     ids, audience_id, frozen = await snapshot_population(resources, 40, preferred="email")
     definition = broadcast(audience_id, Step(id="hello", send=Send(template="hello", channel="email")))
     now = noon_in_shanghai() + dt.timedelta(days=3)
