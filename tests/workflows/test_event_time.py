@@ -26,6 +26,7 @@ from tests.conftest import ACME, TENANT_ACME, unique
 from tests.tagging.facts_helpers import stamp
 from tests.tagging.rule_builders import ALWAYS, Fn, Op, agg, cond
 from tests.tagging.test_catalog import create, dimension
+from tests.tagging.test_feed import feed_end
 from tests.waiting import eventually
 from tests.workflows.cohort_helpers import broadcast, snapshot_population, until_asleep
 from tests.workflows.cohort_helpers import start as start_cohort
@@ -105,12 +106,9 @@ async def load_history(tagging: tagging_service_pb2_grpc.TaggingServiceAsyncStub
 
 
 async def feed_ends(resources: Resources) -> dict[str, outbox.Position | None]:
-    """Where the tagging and audience feeds end now."""
-    tagging_end = (
-        await tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging).ReadFeed(
-            tagging_service_pb2.ReadFeedRequest(skip_to_end=True), metadata=ACME
-        )
-    ).next_cursor
+    """Where the tagging and audience feeds end now; the tagging feed's end past every entry
+    committed before the call (its settled end can lie before a tag change committed just now)."""
+    tagging_end = await feed_end(tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging))
     audience_end = (
         await audience_service_pb2_grpc.AudienceServiceStub(resources.audience).ReadAudienceFeed(
             audience_service_pb2.ReadAudienceFeedRequest(skip_to_end=True), metadata=ACME
