@@ -46,6 +46,11 @@ class Settings:
     database_read_url: str = ""
     # OpenTelemetry's OTLP/gRPC collector (e.g. http://otel-collector:4317); empty exports no traces.
     otlp_endpoint: str = ""
+    # WeCom's API (the worker's sync and channel, the journeys service's checks); a local WeCom
+    # server's URL in dev and tests.
+    wecom_api_url: str = "https://qyapi.weixin.qq.com"
+    # Where the journeys service takes WeCom's callbacks over HTTP ("host:port"); empty takes none.
+    wecom_callback_address: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +78,10 @@ class Settings:
             metrics_address=env.get("MEMBEROPS_METRICS_ADDRESS", defaults.metrics_address),
             database_read_url=env.get("DATABASE_READ_URL", defaults.database_read_url),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", defaults.otlp_endpoint),
+            wecom_api_url=env.get("MEMBEROPS_WECOM_API_URL", defaults.wecom_api_url).rstrip("/"),
+            wecom_callback_address=env.get(
+                "MEMBEROPS_WECOM_CALLBACK_ADDRESS", defaults.wecom_callback_address
+            ),
         )
 
     def require_database(self) -> str:

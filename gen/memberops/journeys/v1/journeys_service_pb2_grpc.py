@@ -6,6 +6,7 @@ import warnings
 from memberops.journeys.v1 import journey_pb2 as memberops_dot_journeys_dot_v1_dot_journey__pb2
 from memberops.journeys.v1 import journeys_service_pb2 as memberops_dot_journeys_dot_v1_dot_journeys__service__pb2
 from memberops.journeys.v1 import report_pb2 as memberops_dot_journeys_dot_v1_dot_report__pb2
+from memberops.journeys.v1 import wecom_pb2 as memberops_dot_journeys_dot_v1_dot_wecom__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -113,6 +114,26 @@ class JourneyServiceStub:
                 '/memberops.journeys.v1.JourneyService/EraseMemberData',
                 request_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.SerializeToString,
                 response_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.FromString,
+                _registered_method=True)
+        self.PutWeComConnector = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/PutWeComConnector',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.PutWeComConnectorRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.FromString,
+                _registered_method=True)
+        self.GetWeComConnector = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/GetWeComConnector',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComConnectorRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.FromString,
+                _registered_method=True)
+        self.ResyncWeCom = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/ResyncWeCom',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.ResyncWeComRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.FromString,
+                _registered_method=True)
+        self.GetWeComSync = channel.unary_unary(
+                '/memberops.journeys.v1.JourneyService/GetWeComSync',
+                request_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComSyncRequest.SerializeToString,
+                response_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.FromString,
                 _registered_method=True)
 
 
@@ -249,6 +270,37 @@ class JourneyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutWeComConnector(self, request, context):
+        """Stores the tenant's WeCom connector (see WeComConnector for each field's rule; a bad one is
+        INVALID_ARGUMENT naming `connector.<field>`), and starts or wakes the tenant's sync. Putting
+        the same content again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWeComConnector(self, request, context):
+        """NOT_FOUND when the tenant has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResyncWeCom(self, request, context):
+        """A full reconciliation: every member with a WeCom identity gets, in each pushed group, exactly
+        the tags MemberOps holds (drift repaired). FAILED_PRECONDITION without an enabled connector.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWeComSync(self, request, context):
+        """NOT_FOUND when the tenant has no connector.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +378,26 @@ def add_JourneyServiceServicer_to_server(servicer, server):
                     servicer.EraseMemberData,
                     request_deserializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.FromString,
                     response_serializer=memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.SerializeToString,
+            ),
+            'PutWeComConnector': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutWeComConnector,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.PutWeComConnectorRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.SerializeToString,
+            ),
+            'GetWeComConnector': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWeComConnector,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComConnectorRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.SerializeToString,
+            ),
+            'ResyncWeCom': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResyncWeCom,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.ResyncWeComRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.SerializeToString,
+            ),
+            'GetWeComSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWeComSync,
+                    request_deserializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComSyncRequest.FromString,
+                    response_serializer=memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -736,6 +808,114 @@ class JourneyService:
             '/memberops.journeys.v1.JourneyService/EraseMemberData',
             memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataRequest.SerializeToString,
             memberops_dot_journeys_dot_v1_dot_journeys__service__pb2.EraseMemberDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutWeComConnector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/PutWeComConnector',
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.PutWeComConnectorRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeComConnector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/GetWeComConnector',
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComConnectorRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComConnector.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResyncWeCom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/ResyncWeCom',
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.ResyncWeComRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeComSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memberops.journeys.v1.JourneyService/GetWeComSync',
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.GetWeComSyncRequest.SerializeToString,
+            memberops_dot_journeys_dot_v1_dot_wecom__pb2.WeComSync.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from grpc import aio as _aio
 from memberops.journeys.v1 import journey_pb2 as _journey_pb2
 from memberops.journeys.v1 import journeys_service_pb2 as _journeys_service_pb2
 from memberops.journeys.v1 import report_pb2 as _report_pb2
+from memberops.journeys.v1 import wecom_pb2 as _wecom_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -101,6 +102,19 @@ class JourneyServiceStub:
     journey runs are stopped.
     Idempotent: a member with nothing left here is a no-op.
     """
+    PutWeComConnector: _grpc.UnaryUnaryMultiCallable[_wecom_pb2.PutWeComConnectorRequest, _wecom_pb2.WeComConnector]
+    """Stores the tenant's WeCom connector (see WeComConnector for each field's rule; a bad one is
+    INVALID_ARGUMENT naming `connector.<field>`), and starts or wakes the tenant's sync. Putting
+    the same content again changes nothing.
+    """
+    GetWeComConnector: _grpc.UnaryUnaryMultiCallable[_wecom_pb2.GetWeComConnectorRequest, _wecom_pb2.WeComConnector]
+    """NOT_FOUND when the tenant has none."""
+    ResyncWeCom: _grpc.UnaryUnaryMultiCallable[_wecom_pb2.ResyncWeComRequest, _wecom_pb2.WeComSync]
+    """A full reconciliation: every member with a WeCom identity gets, in each pushed group, exactly
+    the tags MemberOps holds (drift repaired). FAILED_PRECONDITION without an enabled connector.
+    """
+    GetWeComSync: _grpc.UnaryUnaryMultiCallable[_wecom_pb2.GetWeComSyncRequest, _wecom_pb2.WeComSync]
+    """NOT_FOUND when the tenant has no connector."""
 
 @_typing.type_check_only
 class JourneyServiceAsyncStub(JourneyServiceStub):
@@ -173,6 +187,19 @@ class JourneyServiceAsyncStub(JourneyServiceStub):
     journey runs are stopped.
     Idempotent: a member with nothing left here is a no-op.
     """
+    PutWeComConnector: _aio.UnaryUnaryMultiCallable[_wecom_pb2.PutWeComConnectorRequest, _wecom_pb2.WeComConnector]  # type: ignore[assignment]
+    """Stores the tenant's WeCom connector (see WeComConnector for each field's rule; a bad one is
+    INVALID_ARGUMENT naming `connector.<field>`), and starts or wakes the tenant's sync. Putting
+    the same content again changes nothing.
+    """
+    GetWeComConnector: _aio.UnaryUnaryMultiCallable[_wecom_pb2.GetWeComConnectorRequest, _wecom_pb2.WeComConnector]  # type: ignore[assignment]
+    """NOT_FOUND when the tenant has none."""
+    ResyncWeCom: _aio.UnaryUnaryMultiCallable[_wecom_pb2.ResyncWeComRequest, _wecom_pb2.WeComSync]  # type: ignore[assignment]
+    """A full reconciliation: every member with a WeCom identity gets, in each pushed group, exactly
+    the tags MemberOps holds (drift repaired). FAILED_PRECONDITION without an enabled connector.
+    """
+    GetWeComSync: _aio.UnaryUnaryMultiCallable[_wecom_pb2.GetWeComSyncRequest, _wecom_pb2.WeComSync]  # type: ignore[assignment]
+    """NOT_FOUND when the tenant has no connector."""
 
 class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Journeys: definitions (validated, versioned), their states (draft -> active -> paused ->
@@ -332,5 +359,42 @@ class JourneyServiceServicer(metaclass=_abc_1.ABCMeta):
         journey runs are stopped.
         Idempotent: a member with nothing left here is a no-op.
         """
+
+    @_abc_1.abstractmethod
+    def PutWeComConnector(
+        self,
+        request: _wecom_pb2.PutWeComConnectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wecom_pb2.WeComConnector, _abc.Awaitable[_wecom_pb2.WeComConnector]]:
+        """Stores the tenant's WeCom connector (see WeComConnector for each field's rule; a bad one is
+        INVALID_ARGUMENT naming `connector.<field>`), and starts or wakes the tenant's sync. Putting
+        the same content again changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWeComConnector(
+        self,
+        request: _wecom_pb2.GetWeComConnectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wecom_pb2.WeComConnector, _abc.Awaitable[_wecom_pb2.WeComConnector]]:
+        """NOT_FOUND when the tenant has none."""
+
+    @_abc_1.abstractmethod
+    def ResyncWeCom(
+        self,
+        request: _wecom_pb2.ResyncWeComRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wecom_pb2.WeComSync, _abc.Awaitable[_wecom_pb2.WeComSync]]:
+        """A full reconciliation: every member with a WeCom identity gets, in each pushed group, exactly
+        the tags MemberOps holds (drift repaired). FAILED_PRECONDITION without an enabled connector.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWeComSync(
+        self,
+        request: _wecom_pb2.GetWeComSyncRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wecom_pb2.WeComSync, _abc.Awaitable[_wecom_pb2.WeComSync]]:
+        """NOT_FOUND when the tenant has no connector."""
 
 def add_JourneyServiceServicer_to_server(servicer: JourneyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

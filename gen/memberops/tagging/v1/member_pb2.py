@@ -27,23 +27,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memberops/tagging/v1/member.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"\xaa\x02\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12.\n\x07profile\x18\x03 \x01(\x0b\x32\x1d.memberops.tagging.v1.Profile\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12.\n\x07\x63ontact\x18\x08 \x01(\x0b\x32\x1d.memberops.tagging.v1.Contact\"\xaf\x01\n\x07\x43ontact\x12\r\n\x05phone\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x38\n\x11preferred_channel\x18\x03 \x01(\x0e\x32\x1d.memberops.tagging.v1.Channel\x12\x39\n\x12opted_out_channels\x18\x04 \x03(\x0e\x32\x1d.memberops.tagging.v1.Channel\x12\x11\n\ttime_zone\x18\x05 \x01(\t\"\x8b\x02\n\x07Profile\x12,\n\x06gender\x18\x01 \x01(\x0e\x32\x1c.memberops.tagging.v1.Gender\x12#\n\x08\x62irthday\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x31\n\tcity_tier\x18\x04 \x01(\x0e\x32\x1e.memberops.tagging.v1.CityTier\x12\x31\n\rregister_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10register_channel\x18\x06 \x01(\t\x12\x10\n\x08nickname\x18\x07 \x01(\t\x12\r\n\x05level\x18\x08 \x01(\t*o\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x01\x12\x11\n\rCHANNEL_EMAIL\x10\x02\x12\x14\n\x10\x43HANNEL_APP_PUSH\x10\x03\x12\x11\n\rCHANNEL_WECOM\x10\x04*V\n\x06Gender\x12\x16\n\x12GENDER_UNSPECIFIED\x10\x00\x12\x11\n\rGENDER_FEMALE\x10\x01\x12\x0f\n\x0bGENDER_MALE\x10\x02\x12\x10\n\x0cGENDER_OTHER\x10\x03*\x8f\x01\n\x08\x43ityTier\x12\x19\n\x15\x43ITY_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43ITY_TIER_1\x10\x01\x12\x13\n\x0f\x43ITY_TIER_NEW_1\x10\x02\x12\x0f\n\x0b\x43ITY_TIER_2\x10\x03\x12\x0f\n\x0b\x43ITY_TIER_3\x10\x04\x12\x0f\n\x0b\x43ITY_TIER_4\x10\x05\x12\x0f\n\x0b\x43ITY_TIER_5\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memberops/tagging/v1/member.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"\xaa\x02\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12.\n\x07profile\x18\x03 \x01(\x0b\x32\x1d.memberops.tagging.v1.Profile\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12.\n\x07\x63ontact\x18\x08 \x01(\x0b\x32\x1d.memberops.tagging.v1.Contact\"\xea\x01\n\x07\x43ontact\x12\r\n\x05phone\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x38\n\x11preferred_channel\x18\x03 \x01(\x0e\x32\x1d.memberops.tagging.v1.Channel\x12\x39\n\x12opted_out_channels\x18\x04 \x03(\x0e\x32\x1d.memberops.tagging.v1.Channel\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12\x1d\n\x15wecom_external_userid\x18\x06 \x01(\t\x12\x1a\n\x12wecom_staff_userid\x18\x07 \x01(\t\"\x8b\x02\n\x07Profile\x12,\n\x06gender\x18\x01 \x01(\x0e\x32\x1c.memberops.tagging.v1.Gender\x12#\n\x08\x62irthday\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x31\n\tcity_tier\x18\x04 \x01(\x0e\x32\x1e.memberops.tagging.v1.CityTier\x12\x31\n\rregister_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10register_channel\x18\x06 \x01(\t\x12\x10\n\x08nickname\x18\x07 \x01(\t\x12\r\n\x05level\x18\x08 \x01(\t*o\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x01\x12\x11\n\rCHANNEL_EMAIL\x10\x02\x12\x14\n\x10\x43HANNEL_APP_PUSH\x10\x03\x12\x11\n\rCHANNEL_WECOM\x10\x04*V\n\x06Gender\x12\x16\n\x12GENDER_UNSPECIFIED\x10\x00\x12\x11\n\rGENDER_FEMALE\x10\x01\x12\x0f\n\x0bGENDER_MALE\x10\x02\x12\x10\n\x0cGENDER_OTHER\x10\x03*\x8f\x01\n\x08\x43ityTier\x12\x19\n\x15\x43ITY_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43ITY_TIER_1\x10\x01\x12\x13\n\x0f\x43ITY_TIER_NEW_1\x10\x02\x12\x0f\n\x0b\x43ITY_TIER_2\x10\x03\x12\x0f\n\x0b\x43ITY_TIER_3\x10\x04\x12\x0f\n\x0b\x43ITY_TIER_4\x10\x05\x12\x0f\n\x0b\x43ITY_TIER_5\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.member_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=895
-  _globals['_CHANNEL']._serialized_end=1006
-  _globals['_GENDER']._serialized_start=1008
-  _globals['_GENDER']._serialized_end=1094
-  _globals['_CITYTIER']._serialized_start=1097
-  _globals['_CITYTIER']._serialized_end=1240
+  _globals['_CHANNEL']._serialized_start=954
+  _globals['_CHANNEL']._serialized_end=1065
+  _globals['_GENDER']._serialized_start=1067
+  _globals['_GENDER']._serialized_end=1153
+  _globals['_CITYTIER']._serialized_start=1156
+  _globals['_CITYTIER']._serialized_end=1299
   _globals['_MEMBER']._serialized_start=147
   _globals['_MEMBER']._serialized_end=445
   _globals['_CONTACT']._serialized_start=448
-  _globals['_CONTACT']._serialized_end=623
-  _globals['_PROFILE']._serialized_start=626
-  _globals['_PROFILE']._serialized_end=893
+  _globals['_CONTACT']._serialized_end=682
+  _globals['_PROFILE']._serialized_start=685
+  _globals['_PROFILE']._serialized_end=952
 # @@protoc_insertion_point(module_scope)

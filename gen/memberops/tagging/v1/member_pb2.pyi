@@ -161,6 +161,8 @@ class Contact(_message.Message):
     PREFERRED_CHANNEL_FIELD_NUMBER: _builtins.int
     OPTED_OUT_CHANNELS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    WECOM_EXTERNAL_USERID_FIELD_NUMBER: _builtins.int
+    WECOM_STAFF_USERID_FIELD_NUMBER: _builtins.int
     phone: _builtins.str
     """E.164 phone number (`+8613800000000`), or empty."""
     email: _builtins.str
@@ -169,6 +171,15 @@ class Contact(_message.Message):
     """The channel the member prefers; journeys fall back to others when it is unavailable."""
     time_zone: _builtins.str
     """IANA time zone (`Asia/Shanghai`) for quiet hours and member-local send times; empty means the tenant's."""
+    wecom_external_userid: _builtins.str
+    """The member as a WeCom external contact (`external_userid`, 1-64 characters from
+    [A-Za-z0-9_-]), or empty. Unique within a tenant: another member's is ALREADY_EXISTS.
+    """
+    wecom_staff_userid: _builtins.str
+    """The WeCom staff member (`userid`, 1-64 characters from [A-Za-z0-9_.@-]) who owns the
+    relationship: the sender of WeCom messages and the owner of the customer's tags. Set only
+    with `wecom_external_userid`.
+    """
     @_builtins.property
     def opted_out_channels(self) -> _containers.RepeatedScalarFieldContainer[Global___Channel.ValueType]:
         """Channels the member opted out of; nothing is sent on them."""
@@ -181,10 +192,12 @@ class Contact(_message.Message):
         preferred_channel: Global___Channel.ValueType = ...,
         opted_out_channels: _abc.Iterable[Global___Channel.ValueType] | None = ...,
         time_zone: _builtins.str = ...,
+        wecom_external_userid: _builtins.str = ...,
+        wecom_staff_userid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "opted_out_channels", b"opted_out_channels", "phone", b"phone", "preferred_channel", b"preferred_channel", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "opted_out_channels", b"opted_out_channels", "phone", b"phone", "preferred_channel", b"preferred_channel", "time_zone", b"time_zone", "wecom_external_userid", b"wecom_external_userid", "wecom_staff_userid", b"wecom_staff_userid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1238,8 +1238,9 @@ class SearchMembersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """1-64 characters. Matches a member whose id equals it, whose phone equals it (E.164, or a
-    mainland number's 11 digits, which match `+86` and them), or whose nickname contains it
-    (case-insensitive). Exact id and phone matches come first, then nicknames by length and id.
+    mainland number's 11 digits, which match `+86` and them), whose WeCom external_userid equals
+    it, or whose nickname contains it (case-insensitive). Exact id, phone and WeCom matches come
+    first, then nicknames by length and id.
     """
     page_size: _builtins.int
     """1-100; 0 means 20."""
