@@ -36,12 +36,24 @@ class Person:
     email: str = field(default_factory=lambda: f"{unique('zeb')}@example.com")
     nickname: str = field(default_factory=lambda: unique("Zebulon"))
     openid: str = field(default_factory=lambda: unique("wxid"))
+    # The member as a WeCom external contact, and the staff member owning the relationship (the
+    # staff's own id is no datum of the member's, but tied to the member it says who serves them).
+    wecom_external_userid: str = field(default_factory=lambda: unique("wmext"))
+    wecom_staff_userid: str = field(default_factory=lambda: unique("staff"))
     # An attribute selecting the member alone (audiences of the tests: tests.audience.helpers.in_batch).
     batch: str = field(default_factory=lambda: unique("batch"))
 
     @property
     def needles(self) -> tuple[str, ...]:
-        return (self.member_id, self.phone, self.email, self.nickname, self.openid)
+        return (
+            self.member_id,
+            self.phone,
+            self.email,
+            self.nickname,
+            self.openid,
+            self.wecom_external_userid,
+            self.wecom_staff_userid,
+        )
 
     def member(self) -> member_pb2.Member:
         attributes = struct_pb2.Struct()
@@ -64,6 +76,8 @@ class Person:
                 email=self.email,
                 preferred_channel=member_pb2.CHANNEL_SMS,
                 time_zone="Asia/Shanghai",
+                wecom_external_userid=self.wecom_external_userid,
+                wecom_staff_userid=self.wecom_staff_userid,
             ),
         )
 

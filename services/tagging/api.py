@@ -496,6 +496,8 @@ def member_from_proto(message: member_pb2.Member, path: str = "member") -> Membe
             preferred_channel=message.contact.preferred_channel,
             opted_out_channels=tuple(message.contact.opted_out_channels),
             time_zone=message.contact.time_zone,
+            wecom_external_userid=message.contact.wecom_external_userid,
+            wecom_staff_userid=message.contact.wecom_staff_userid,
         ),
     )
 
@@ -553,6 +555,8 @@ def masked_member_to_proto(member: Member, mask: field_mask_pb2.FieldMask) -> me
             preferred_channel=c.preferred_channel,  # type: ignore[arg-type]
             opted_out_channels=c.opted_out_channels,  # type: ignore[arg-type]
             time_zone=c.time_zone,
+            wecom_external_userid=c.wecom_external_userid,
+            wecom_staff_userid=c.wecom_staff_userid,
         )
         if "contact" in paths
         else None,
@@ -590,6 +594,8 @@ def member_to_proto(member: Member) -> member_pb2.Member:
             preferred_channel=member.contact.preferred_channel,  # type: ignore[arg-type]
             opted_out_channels=member.contact.opted_out_channels,  # type: ignore[arg-type]
             time_zone=member.contact.time_zone,
+            wecom_external_userid=member.contact.wecom_external_userid,
+            wecom_staff_userid=member.contact.wecom_staff_userid,
         ),
     )
     result.create_time.FromDatetime(member.create_time)

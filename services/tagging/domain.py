@@ -72,6 +72,9 @@ class Contact:
     preferred_channel: int = Channel.UNSPECIFIED
     opted_out_channels: tuple[int, ...] = ()
     time_zone: str = ""
+    # The member as a WeCom external contact, and the staff userid owning the relationship.
+    wecom_external_userid: str = ""
+    wecom_staff_userid: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""SearchMembers: an operator's search box over members, by id, phone or nickname. No gRPC, no SQL.
+"""SearchMembers: an operator's search box over members, by id, phone, WeCom external_userid or
+nickname. No gRPC, no SQL.
 
-Exact matches (the member of that id, members of that phone) come first in id order, then members
+Exact matches (the member of that id, members of that phone, the member who is that WeCom
+contact) come first in id order, then members
 whose nickname contains the text (case-insensitive), shortest nickname first, then by id. A page
 token holds where the last page ended in that order: (rank, nickname length, member id), bound to
-the query it was issued for. An erased member has no nickname or phone left (decision 110), so
-neither finds it.
+the query it was issued for. An erased member has no nickname, phone or WeCom identity left
+(decision 110), so none of them finds it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from runtime.db import Database
 from runtime.errors import InvalidArgument
 from services.tagging import member_search_store, member_store
 from services.tagging.domain import Member
-from services.tagging.members import MAX_TEXT, PHONE
+from services.tagging.members import MAX_TEXT, PHONE, WECOM_EXTERNAL_USERID
 
 MAX_QUERY = 64
 DEFAULT_PAGE_SIZE = 20
@@ -39,19 +41,23 @@ class SearchTerms:
     text: str
     member_id: str
     phones: tuple[str, ...]
+    # The text when it could be a WeCom external_userid, else ''.
+    wecom_external_userid: str
     # A LIKE pattern of the text, matched against the folded nickname after PostgreSQL folds it.
     pattern: str
 
 
 def search_terms(query: str) -> SearchTerms:
-    """The query without surrounding spaces, as an id (when it could be one), as phone numbers
-    (E.164, or a mainland mobile's 11 digits with +86) and as a nickname pattern."""
+    """The query without surrounding spaces, as an id and a WeCom external_userid (when it could be
+    them), as phone numbers (E.164, or a mainland mobile's 11 digits with +86) and as a nickname
+    pattern."""
     text = query.strip()
     if not 1 <= len(text) <= MAX_QUERY:
         raise InvalidArgument.field("query", f"must be 1-{MAX_QUERY} characters (besides surrounding spaces)")
     member_id = text if checks.NATURAL_ID.match(text) else ""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return SearchTerms(text, member_id, phone_numbers(text), f"%{escaped}%")
+    external = text if WECOM_EXTERNAL_USERID.match(text) else ""
+    return SearchTerms(text, member_id, phone_numbers(text), external, f"%{escaped}%")
 
 
 def phone_numbers(text: str) -> tuple[str, ...]:
@@ -95,7 +101,9 @@ class MemberSearch:
         after = _after(page_token, terms)
         # Planned for each pattern: how far the nickname walk goes depends on the text.
         async with self._db.transaction(tenant_id, readonly=True, plans="custom") as conn:
-            exact = await member_search_store.exact_matches(conn, terms.member_id, terms.phones)
+            exact = await member_search_store.exact_matches(
+                conn, terms.member_id, terms.phones, terms.wecom_external_userid
+            )
             found: list[Position] = []
             if after is None or after[0] == EXACT:
                 since = after[2] if after else ""

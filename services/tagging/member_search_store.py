@@ -1,5 +1,5 @@
-"""SQL of member search: exact matches by id or phone, and nickname matches in (length, id) order.
-Every function runs on a connection already inside a tenant transaction.
+"""SQL of member search: exact matches by id, phone or WeCom external_userid, and nickname matches
+in (length, id) order. Every function runs on a connection already inside a tenant transaction.
 
 Conditions compare the stored columns of migration 0020 (`nickname_folded`, `nickname_length`) and
 plain ones, so that under row-level security they can be index conditions (see there)."""
@@ -11,16 +11,22 @@ from collections.abc import Sequence
 from runtime.db import Connection
 
 
-async def exact_matches(conn: Connection, member_id: str, phones: Sequence[str]) -> list[str]:
-    """Ids of the members whose id is `member_id` ('' for none) or whose phone is one of `phones`,
-    in id order."""
+async def exact_matches(
+    conn: Connection, member_id: str, phones: Sequence[str], wecom_external_userid: str = ""
+) -> list[str]:
+    """Ids of the members whose id is `member_id` ('' for none), whose phone is one of `phones` or
+    whose WeCom external_userid is `wecom_external_userid` ('' for none), in id order."""
     rows = await conn.fetch(
         """SELECT member_id FROM tagging.members WHERE member_id = $1
            UNION
            SELECT member_id FROM tagging.members WHERE phone = ANY($2::text[]) AND phone <> ''
+           UNION
+           SELECT member_id FROM tagging.members
+           WHERE wecom_external_userid = $3 AND wecom_external_userid <> ''
            ORDER BY member_id""",
         member_id,
         list(phones),
+        wecom_external_userid,
     )
     return [row["member_id"] for row in rows]
 

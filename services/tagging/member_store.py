@@ -15,10 +15,20 @@ from services.tagging.domain import Contact, Member, MemberInput, Profile
 
 _MEMBER_COLUMNS = """member_id, gender, birthday, city, city_tier, register_time, register_channel,
     nickname, level, phone, email, preferred_channel, opted_out_channels, time_zone,
+    wecom_external_userid, wecom_staff_userid,
     attributes::text AS attributes, revision, create_time, update_time"""
 
 _MEMBER_FIELDS = """gender, birthday, city, city_tier, register_time, register_channel, nickname, level,
-    phone, email, preferred_channel, opted_out_channels, time_zone, attributes"""
+    phone, email, preferred_channel, opted_out_channels, time_zone, wecom_external_userid,
+    wecom_staff_userid, attributes"""
+
+# The exclusion constraint keeping a WeCom external contact one member's (migration 0022).
+_WECOM_CONSTRAINT = "members_wecom_external_userid"
+
+
+class WeComContactTaken(Exception):
+    """Another member of the tenant is the WeCom external contact given. The statement failed, so
+    the caller's transaction is aborted; `wecom_clash` (in a new one) names the row."""
 
 
 def _incoming(field: str) -> str:
@@ -44,7 +54,7 @@ WHERE ({", ".join(f"m.{f}" for f in _FIELD_NAMES)})
 
 _UPSERT = f"""
 INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18::jsonb)
 {_UPSERT_ON_CONFLICT}
 RETURNING {_MEMBER_COLUMNS}
 """
@@ -70,13 +80,19 @@ def _member_values(member: MemberInput) -> tuple[Any, ...]:
         int(c.preferred_channel),
         [int(ch) for ch in c.opted_out_channels],
         c.time_zone,
+        c.wecom_external_userid,
+        c.wecom_staff_userid,
         json.dumps(member.attributes, separators=(",", ":"), sort_keys=True),
     )
 
 
 async def upsert_member(conn: Connection, tenant_id: str, member: MemberInput) -> tuple[Member, bool]:
-    """Stores the member; returns it and whether anything changed."""
-    row = await conn.fetchrow(_UPSERT, tenant_id, *_member_values(member))
+    """Stores the member; returns it and whether anything changed. Raises WeComContactTaken."""
+    try:
+        row = await conn.fetchrow(_UPSERT, tenant_id, *_member_values(member))
+    except asyncpg.ExclusionViolationError as error:
+        _raise_if_wecom(error)
+        raise
     changed = row is not None
     if row is None:
         row = await conn.fetchrow(_GET_MEMBER, member.member_id)
@@ -129,6 +145,8 @@ def _member(row: asyncpg.Record) -> Member:
             preferred_channel=row["preferred_channel"],
             opted_out_channels=tuple(row["opted_out_channels"]),
             time_zone=row["time_zone"],
+            wecom_external_userid=row["wecom_external_userid"],
+            wecom_staff_userid=row["wecom_staff_userid"],
         ),
         revision=row["revision"],
         create_time=row["create_time"],
@@ -185,5 +203,33 @@ async def import_members(
     await conn.copy_records_to_table(
         _IMPORT_TABLE, records=[_member_values(m) for m in members], columns=_IMPORT_COLUMNS
     )
-    rows = await conn.fetch(_IMPORT_UPSERT, tenant_id)
+    try:
+        rows = await conn.fetch(_IMPORT_UPSERT, tenant_id)
+    except asyncpg.ExclusionViolationError as error:
+        _raise_if_wecom(error)
+        raise
     return sorted((row["member_id"], row["revision"]) for row in rows)
+
+
+def _raise_if_wecom(error: asyncpg.ExclusionViolationError) -> None:
+    # The error's detail names the value; it is not passed on (logs carry no personal identifiers).
+    if error.constraint_name == _WECOM_CONSTRAINT:
+        raise WeComContactTaken() from None
+
+
+async def wecom_clash(conn: Connection, members: Sequence[MemberInput]) -> tuple[int, str] | None:
+    """The index in `members` of the first whose WeCom external_userid a stored member outside
+    `members` holds, and that member's id; None when none does (the holder changed since)."""
+    given = [(i, m) for i, m in enumerate(members) if m.contact.wecom_external_userid]
+    row = await conn.fetchrow(
+        """SELECT b.n, m.member_id
+           FROM unnest($1::int[], $2::text[], $3::text[]) AS b(n, member_id, external)
+           JOIN tagging.members m ON m.wecom_external_userid = b.external AND m.wecom_external_userid <> ''
+           WHERE m.member_id <> b.member_id AND m.member_id <> ALL($4::text[])
+           ORDER BY b.n LIMIT 1""",
+        [i for i, _ in given],
+        [m.member_id for _, m in given],
+        [m.contact.wecom_external_userid for _, m in given],
+        [m.member_id for m in members],
+    )
+    return None if row is None else (row["n"], row["member_id"])

@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime import checks, zones
 from runtime.db import Connection, Database
-from runtime.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from runtime.errors import Aborted, AlreadyExists, FieldViolation, InvalidArgument, NotFound, Violations
 from services.tagging import feed_store, member_store, refresh_store
 from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.domain import Channel, CityTier, Contact, FeedKind, Gender, Member, MemberInput, Profile
@@ -27,6 +27,10 @@ EARLIEST_BIRTHDAY = dt.date(1900, 1, 1)
 PHONE = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+\Z")
 MAX_EMAIL = 254
+# WeCom's identifiers as its external-contact API hands them out: an external_userid ("wmXXXX...",
+# letters, digits, _ and -) and a staff userid (the corp's account names also take . and @).
+WECOM_EXTERNAL_USERID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+WECOM_STAFF_USERID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 MAX_IMPORT_BATCH = 10_000
 MAX_BATCH_GET = 10_000
 # A rejected batch lists violations up to about this many characters: they travel twice (message
@@ -35,8 +39,10 @@ MAX_BATCH_GET = 10_000
 MAX_REPORTED_CHARS = 1_500
 
 
-def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> None:
-    """Raises InvalidArgument naming every bad field of `member`."""
+def validate(member: MemberInput, now: dt.datetime, path: str = "member", *, whole: bool = True) -> None:
+    """Raises InvalidArgument naming every bad field of `member`. `whole=False` (an update, whose
+    other fields are the stored ones) leaves out the rules between fields: `check_pairs` checks
+    them on the merged member."""
     violations = Violations()
     checks.natural_id(member.member_id, violations, f"{path}.member_id")
     profile, p = member.profile, f"{path}.profile"
@@ -55,16 +61,44 @@ def validate(member: MemberInput, now: dt.datetime, path: str = "member") -> Non
     checks.text(profile.level, MAX_LEVEL, violations, f"{p}.level")
     _validate_attributes(member.attributes, violations, f"{path}.attributes")
     _validate_contact(member.contact, violations, f"{path}.contact")
+    if whole:
+        _check_wecom_pair(member.contact, violations, f"{path}.contact")
     violations.raise_if_any()
 
 
+def check_pairs(member: MemberInput, path: str = "member") -> None:
+    """Raises InvalidArgument when fields that go together do not (after an update's merge)."""
+    violations = Violations()
+    _check_wecom_pair(member.contact, violations, f"{path}.contact")
+    violations.raise_if_any()
+
+
+def _check_wecom_pair(contact: Contact, violations: Violations, path: str) -> None:
+    if contact.wecom_staff_userid and not contact.wecom_external_userid:
+        violations.add(
+            f"{path}.wecom_staff_userid",
+            "is set only with wecom_external_userid (the staff member owns a WeCom contact)",
+        )
+
+
 def validate_batch(members: Sequence[MemberInput], now: dt.datetime, path: str) -> None:
-    """Raises InvalidArgument for a batch of the wrong size, bad members or a member id given twice."""
+    """Raises InvalidArgument for a batch of the wrong size, bad members, or a member id or WeCom
+    external_userid given twice."""
     if not 1 <= len(members) <= MAX_IMPORT_BATCH:
         raise InvalidArgument.field(path, f"must hold 1-{MAX_IMPORT_BATCH} members")
     found: list[FieldViolation] = []
     first_index: dict[str, int] = {}
+    first_external: dict[str, int] = {}
     for i, member in enumerate(members):
+        external = member.contact.wecom_external_userid
+        if external and first_external.setdefault(external, i) != i:
+            field = "contact.wecom_external_userid"
+            found.append(
+                FieldViolation(
+                    f"{path}[{i}].{field}",
+                    f"repeats {path}[{first_external[external]}].{field}: a WeCom contact is one member's",
+                )
+            )
         try:
             validate(member, now, f"{path}[{i}]")
         except InvalidArgument as error:
@@ -108,6 +142,10 @@ def _validate_contact(contact: Contact, violations: Violations, path: str) -> No
             violations.add(f"{path}.opted_out_channels[{i}]", f"unknown value {channel}")
     if contact.time_zone and zones.find(contact.time_zone) is None:
         violations.add(f"{path}.time_zone", "must be an IANA time zone such as Asia/Shanghai")
+    if contact.wecom_external_userid and not WECOM_EXTERNAL_USERID.match(contact.wecom_external_userid):
+        violations.add(f"{path}.wecom_external_userid", "must be 1-64 characters from A-Z a-z 0-9 _ -")
+    if contact.wecom_staff_userid and not WECOM_STAFF_USERID.match(contact.wecom_staff_userid):
+        violations.add(f"{path}.wecom_staff_userid", "must be 1-64 characters from A-Z a-z 0-9 _ . @ -")
 
 
 def _validate_attributes(attributes: dict[str, Any], violations: Violations, path: str) -> None:
@@ -194,8 +232,11 @@ class Members:
 
     async def upsert(self, tenant_id: str, member: MemberInput, now: dt.datetime) -> Member:
         validate(member, now)
-        async with self._db.transaction(tenant_id) as conn:
-            stored, changed = await self._store(conn, tenant_id, member, now)
+        try:
+            async with self._db.transaction(tenant_id) as conn:
+                stored, changed = await self._store(conn, tenant_id, member, now)
+        except member_store.WeComContactTaken:
+            raise await self._wecom_taken(tenant_id, [member], "member") from None
         if changed:
             await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
         return stored
@@ -204,12 +245,17 @@ class Members:
         self, tenant_id: str, given: MemberInput, paths: Sequence[str], now: dt.datetime
     ) -> Member:
         """Changes the fields `paths` name (validated by `check_update_paths`) to `given`'s."""
-        validate(given, now)
-        async with self._db.transaction(tenant_id) as conn:
-            current = await member_store.lock_member(conn, given.member_id)
-            if current is None:
-                raise NotFound(f"members/{given.member_id} not found")
-            stored, changed = await self._store(conn, tenant_id, merged(current, given, paths), now)
+        validate(given, now, whole=False)
+        try:
+            async with self._db.transaction(tenant_id) as conn:
+                current = await member_store.lock_member(conn, given.member_id)
+                if current is None:
+                    raise NotFound(f"members/{given.member_id} not found")
+                member = merged(current, given, paths)
+                check_pairs(member)
+                stored, changed = await self._store(conn, tenant_id, member, now)
+        except member_store.WeComContactTaken:
+            raise await self._wecom_taken(tenant_id, [given], "member") from None
         if changed:
             await self._realtime.refreshed(tenant_id, [stored.member_id], _changed_inputs(stored), now)
         return stored
@@ -248,6 +294,23 @@ class Members:
         enrols, no profile task rewards; decision 122). `path` names the batch in errors.
         """
         validate_batch(members, now, path)
+        try:
+            changed = await self._import(tenant_id, members, now)
+        except member_store.WeComContactTaken:
+            raise await self._wecom_taken(tenant_id, members, path) from None
+        if changed:
+            created = [member_id for member_id, revision in changed if revision == 1]
+            updated = [member_id for member_id, revision in changed if revision > 1]
+            await member_store.analyze_members_if_grown(self._db.pool, len(created))
+            owed = {member_id: input_bits(None) for member_id in created}
+            owed.update((member_id, input_bits(Input.PROFILE)) for member_id in updated)
+            await self._backfill.refresh(tenant_id, owed, now, lanes=1)
+        return len(changed)
+
+    async def _import(
+        self, tenant_id: str, members: Sequence[MemberInput], now: dt.datetime
+    ) -> list[tuple[str, int]]:
+        """import_batch's transaction: the members, their feed entries and owed refreshes."""
         async with self._db.transaction(tenant_id) as conn:
             changed = await member_store.import_members(conn, tenant_id, members)
             if changed:
@@ -273,12 +336,20 @@ class Members:
                 await refresh_store.queue_refresh(
                     conn, tenant_id, updated, input_bits(Input.PROFILE), happened
                 )
-        if changed:
-            await member_store.analyze_members_if_grown(self._db.pool, len(created))
-            owed = {member_id: input_bits(None) for member_id in created}
-            owed.update((member_id, input_bits(Input.PROFILE)) for member_id in updated)
-            await self._backfill.refresh(tenant_id, owed, now, lanes=1)
-        return len(changed)
+        return changed
+
+    async def _wecom_taken(
+        self, tenant_id: str, members: Sequence[MemberInput], path: str
+    ) -> AlreadyExists | Aborted:
+        """The answer to a write refused because another member is a WeCom contact it gives: which
+        member of the write (`path` names the write, a batch's `[i]` added) and whose it is."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            clash = await member_store.wecom_clash(conn, members)
+        if clash is None:  # the holder let go of it since: a retry may pass
+            return Aborted("another member held a WeCom external_userid given; retry")
+        index, holder = clash
+        row = f"{path}[{index}]" if path != "member" else path
+        return AlreadyExists(f"{row}.contact.wecom_external_userid: members/{holder} is this WeCom contact")
 
     async def get_many(self, tenant_id: str, member_ids: Sequence[str], allow_missing: bool) -> list[Member]:
         """The members in the order asked; NotFound names the first unknown one unless `allow_missing`

@@ -98,6 +98,7 @@ async def test_personal_data_leaves_every_table_and_the_business_facts_stay(
         level="gold",
     )
     assert left.contact.phone == left.contact.email == left.contact.time_zone == ""
+    assert left.contact.wecom_external_userid == left.contact.wecom_staff_userid == ""
     assert set(left.contact.opted_out_channels) == {1, 2, 3, 4}
     assert not left.attributes.fields
     orders = await db.pool.fetch(

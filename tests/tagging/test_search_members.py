@@ -1,5 +1,6 @@
-"""SearchMembers: by id, phone (E.164 or a mainland mobile's 11 digits) or nickname (contains, any
-case); exact matches first, then nicknames by length and id; pages that lose and repeat nothing."""
+"""SearchMembers: by id, phone (E.164 or a mainland mobile's 11 digits), WeCom external_userid or
+nickname (contains, any case); exact matches first, then nicknames by length and id; pages that
+lose and repeat nothing."""
 
 from __future__ import annotations
 
@@ -131,10 +132,18 @@ async def test_an_erased_member_is_not_found_by_old_phone_or_nickname(
     await create_person(tagging_stub, person)
     assert await found(tagging_stub, person.nickname.upper(), UMBRELLA) == [person.member_id]
     assert await found(tagging_stub, person.phone[3:], UMBRELLA) == [person.member_id]
+    assert await found(tagging_stub, person.wecom_external_userid, UMBRELLA) == [person.member_id]
 
     erased = await erase(tagging_stub, person.member_id, unique("req"))
 
-    for query in (person.member_id, person.phone, person.phone[3:], person.nickname, person.nickname[2:]):
+    for query in (
+        person.member_id,
+        person.phone,
+        person.phone[3:],
+        person.nickname,
+        person.nickname[2:],
+        person.wecom_external_userid,
+    ):
         assert await found(tagging_stub, query, UMBRELLA) == [], query
     # The pseudonym's row holds the member's business facts, and only its own id finds it.
     assert await found(tagging_stub, erased.pseudonym, UMBRELLA) == [erased.pseudonym]
