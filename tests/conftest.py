@@ -45,6 +45,10 @@ TOKEN_HOOLI = "test-token-hooli-0123456789"
 TENANT_HOOLI = "hooli"
 TOKEN_WONKA = "test-token-wonka-0123456789"
 TENANT_WONKA = "wonka"
+# The WeCom callbacks' tests (tests/wecom/test_callbacks.py, test_pull.py): the tenant's connector
+# and its sync's counters are theirs alone.
+TOKEN_WECOM_PULL = "test-token-wecompull-0123456789"
+TENANT_WECOM_PULL = "wecompull"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -58,6 +62,7 @@ FUZZ = bearer(TOKEN_FUZZ)
 UMBRELLA = bearer(TOKEN_UMBRELLA)
 HOOLI = bearer(TOKEN_HOOLI)
 WONKA = bearer(TOKEN_WONKA)
+WECOM_PULL = bearer(TOKEN_WECOM_PULL)
 
 
 def unique(prefix: str = "m") -> str:
@@ -92,6 +97,7 @@ def settings(pg_dsn: str) -> Settings:
             TOKEN_UMBRELLA: TENANT_UMBRELLA,
             TOKEN_HOOLI: TENANT_HOOLI,
             TOKEN_WONKA: TENANT_WONKA,
+            TOKEN_WECOM_PULL: TENANT_WECOM_PULL,
         },
         db_pool_min=1,
         db_pool_max=8,

@@ -1,0 +1,100 @@
+"""What the WeCom callback tests share: the test tenant's connector, callbacks made as WeCom makes
+them (signed and encrypted with workflows/wecom/crypto.py, WeCom's own scheme), and the journeys
+service with its callback endpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+
+from runtime.db import Database
+from tests.conftest import TENANT_WECOM_PULL
+from workflows.wecom import connector_store, crypto, sync_store
+
+CORP_ID = "wwcallbacks0001"
+TOKEN = "CallbackToken01"
+# 43 characters from [A-Za-z0-9], as WeCom's admin console generates them.
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+TENANT = TENANT_WECOM_PULL
+
+
+async def put_connector(
+    db: Database,
+    *,
+    pull_dimensions: tuple[str, ...] = (),
+    enabled: bool = True,
+    corp_id: str = CORP_ID,
+    secret: str = "secret-callbacks",
+) -> None:
+    async with db.transaction(TENANT) as conn:
+        found = await connector_store.get(conn, for_update=True)
+        await connector_store.put(
+            conn,
+            TENANT,
+            corp_id=corp_id,
+            secret=secret,
+            callback_token=TOKEN,
+            encoding_aes_key=AES_KEY,
+            push_dimensions=(),
+            pull_dimensions=pull_dimensions,
+            enabled=enabled,
+            version=1 if found is None else found.version + 1,
+            now=dt.datetime.now(dt.UTC),
+        )
+
+
+async def counters(db: Database) -> tuple[int, int, int]:
+    """(callbacks received, refused, tags pulled) of the test tenant's sync."""
+    async with db.transaction(TENANT, readonly=True) as conn:
+        state = await sync_store.get(conn)
+    if state is None:
+        return 0, 0, 0
+    return state.callbacks_received, state.callbacks_refused, state.tags_pulled
+
+
+def event_xml(
+    *, event: str, change_type: str, userid: str = "", external_userid: str = "", extra: str = ""
+) -> bytes:
+    """An event message as WeCom's "客户联系" callbacks carry it (self-built app layout)."""
+    return (
+        f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName>"
+        "<FromUserName><![CDATA[sys]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+        f"<Event><![CDATA[{event}]]></Event><ChangeType><![CDATA[{change_type}]]></ChangeType>"
+        f"<UserID><![CDATA[{userid}]]></UserID><ExternalUserID><![CDATA[{external_userid}]]></ExternalUserID>"
+        f"{extra}</xml>"
+    ).encode()
+
+
+def staff_edit(external_userid: str, userid: str = "staff-1") -> bytes:
+    """A staff member edited a customer (remark or tags): `edit_external_contact`."""
+    return event_xml(
+        event="change_external_contact",
+        change_type="edit_external_contact",
+        userid=userid,
+        external_userid=external_userid,
+    )
+
+
+@dataclass(frozen=True)
+class Signed:
+    query: dict[str, str]
+    body: bytes
+
+
+def signed(message: bytes, *, receiver: str = CORP_ID, token: str = TOKEN) -> Signed:
+    """A POST's query and envelope for `message`, encrypted for `receiver` and signed with `token`."""
+    encrypted = crypto.encrypt(AES_KEY, receiver, message)
+    timestamp, nonce = str(int(time.time())), uuid.uuid4().hex[:10]
+    query = {
+        "msg_signature": crypto.signature(token, timestamp, nonce, encrypted),
+        "timestamp": timestamp,
+        "nonce": nonce,
+    }
+    body = (
+        f"<xml><ToUserName><![CDATA[{receiver}]]></ToUserName>"
+        f"<Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"
+    )
+    return Signed(query, body.encode())
