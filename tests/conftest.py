@@ -49,6 +49,10 @@ TENANT_WONKA = "wonka"
 # and its sync's counters are theirs alone.
 TOKEN_WECOM_PULL = "test-token-wecompull-0123456789"
 TENANT_WECOM_PULL = "wecompull"
+# The WeCom sync's tests (tests/wecom/test_connector.py, test_push.py): the tenant's connector, its
+# sync workflow and its feed are theirs alone.
+TOKEN_WECOM_PUSH = "test-token-wecompush-0123456789"
+TENANT_WECOM_PUSH = "wecompush"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -63,6 +67,7 @@ UMBRELLA = bearer(TOKEN_UMBRELLA)
 HOOLI = bearer(TOKEN_HOOLI)
 WONKA = bearer(TOKEN_WONKA)
 WECOM_PULL = bearer(TOKEN_WECOM_PULL)
+WECOM_PUSH = bearer(TOKEN_WECOM_PUSH)
 
 
 def unique(prefix: str = "m") -> str:
@@ -98,6 +103,7 @@ def settings(pg_dsn: str) -> Settings:
             TOKEN_HOOLI: TENANT_HOOLI,
             TOKEN_WONKA: TENANT_WONKA,
             TOKEN_WECOM_PULL: TENANT_WECOM_PULL,
+            TOKEN_WECOM_PUSH: TENANT_WECOM_PUSH,
         },
         db_pool_min=1,
         db_pool_max=8,

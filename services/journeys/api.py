@@ -9,7 +9,13 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from memberops.journeys.v1 import journey_pb2, journeys_service_pb2, journeys_service_pb2_grpc, report_pb2
+from memberops.journeys.v1 import (
+    journey_pb2,
+    journeys_service_pb2,
+    journeys_service_pb2_grpc,
+    report_pb2,
+    wecom_pb2,
+)
 
 from runtime.auth import current_tenant
 from runtime.db import Database
@@ -20,6 +26,7 @@ from services.journeys.erasure import Erasures
 from services.journeys.journey_store import JourneyRow
 from services.journeys.journeys import FIELD, Journeys, key_from_name
 from services.journeys.operations import Operations
+from services.journeys.wecom_messages import WeComRpcs
 
 State = journey_pb2.JourneyState
 _STATES = {
@@ -86,7 +93,9 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
         *,
         erasures: Erasures,
         coupons: report_messages.CouponStats,
+        wecom: WeComRpcs,
     ) -> None:
+        self._wecom = wecom
         self._erasures = erasures
         self._coupons = coupons
         self._db = db
@@ -211,3 +220,19 @@ class JourneyApi(journeys_service_pb2_grpc.JourneyServiceServicer):
     ) -> journeys_service_pb2.EraseMemberDataResponse:
         changed = await self._erasures.erase(current_tenant(), request.member_id, request.pseudonym)
         return journeys_service_pb2.EraseMemberDataResponse(changed_rows=changed)
+
+    async def PutWeComConnector(
+        self, request: wecom_pb2.PutWeComConnectorRequest, context: Any
+    ) -> wecom_pb2.WeComConnector:
+        return await self._wecom.put(request, context)
+
+    async def GetWeComConnector(
+        self, request: wecom_pb2.GetWeComConnectorRequest, context: Any
+    ) -> wecom_pb2.WeComConnector:
+        return await self._wecom.get(request, context)
+
+    async def ResyncWeCom(self, request: wecom_pb2.ResyncWeComRequest, context: Any) -> wecom_pb2.WeComSync:
+        return await self._wecom.resync(request, context)
+
+    async def GetWeComSync(self, request: wecom_pb2.GetWeComSyncRequest, context: Any) -> wecom_pb2.WeComSync:
+        return await self._wecom.sync(request, context)

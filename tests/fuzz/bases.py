@@ -50,6 +50,7 @@ SETUP = (
     ("IssueCouponToAudience", ""),
     ("CreateReward", ""),
     ("EarnPoints", ""),
+    ("PutWeComConnector", ""),
 )
 
 # Method prefixes of RPCs that create a resource: their own id is fresh on every fuzzed call, so a
@@ -516,6 +517,21 @@ def _refund_order(request: Any, world: World) -> None:
         request.refunds[0].order_id = world.refund_order
 
 
+def _wecom_connector(request: Any, world: World) -> None:
+    """A connector of the fuzzer's tenant, pushing and pulling the world's MANUAL dimension, on: it
+    starts the tenant's WeCom sync on the suite's journeys task queue, which no worker polls."""
+    connector = request.connector
+    connector.Clear()
+    connector.corp_id = "wwfuzz0123456789"
+    connector.secret = "fuzz-secret"
+    connector.callback_token = "FuzzToken0123"
+    connector.encoding_aes_key = "a" * 43
+    connector.push_dimensions[:] = [world.dimension]
+    connector.pull_dimensions[:] = [world.dimension]
+    connector.enabled = True
+    request.expected_version = 0
+
+
 # RPC -> a patch applied to its generated base, for the bases the generator cannot guess.
 HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "CreateTagDefinition": _tag_definition,
@@ -552,6 +568,7 @@ HAND_WRITTEN: dict[str, Callable[[Any, World], None]] = {
     "GetTagHistoryRebuild": _rebuild_name,
     "EraseMember": _member_to_erase,
     "ImportRefunds": _refund_order,
+    "PutWeComConnector": _wecom_connector,
 }
 
 
