@@ -12,7 +12,9 @@ import aiohttp
 
 from workflows.wecom import crypto
 
-_TIMEOUT = aiohttp.ClientTimeout(total=10)
+# "企业微信服务器在五秒内收不到响应会断掉连接, 并且重新发起请求, 总共重试三次".
+_TIMEOUT = aiohttp.ClientTimeout(total=5)
+_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,15 @@ class Callback:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One callback sent: its event fields and what the receiver answered."""
+    """One callback sent: its event fields and what the receiver answered (status 0: no answer
+    after WeCom's retries), with the request as sent, so a test can send it again as WeCom's retry."""
 
     fields: Mapping[str, str]
     status: int
     answer: str
     query: Mapping[str, str] = field(default_factory=dict)
+    body: str = ""
+    attempts: int = 1
 
 
 def _cdata(value: str) -> str:
@@ -76,10 +81,28 @@ async def deliver(
         f"<xml><ToUserName>{_cdata(callback.corp_id)}</ToUserName><Encrypt>{_cdata(encrypted)}</Encrypt>"
         f"<AgentID>{_cdata(callback.agent_id)}</AgentID></xml>"
     )
-    async with session.post(
-        callback.url, params=query, data=body.encode(), headers={"Content-Type": "text/xml"}, timeout=_TIMEOUT
-    ) as response:
-        return Delivery(dict(fields), response.status, await response.text(), query)
+    return await send(session, callback.url, Delivery(dict(fields), 0, "", query, body, 0))
+
+
+async def send(session: aiohttp.ClientSession, url: str, request: Delivery) -> Delivery:
+    """POSTs a prepared callback (again, for a retry), trying again while no answer comes, three
+    times at most as WeCom does."""
+    attempts, answer = 0, "no answer"
+    while attempts <= _RETRIES:
+        attempts += 1
+        try:
+            async with session.post(
+                url,
+                params=request.query,
+                data=request.body.encode(),
+                headers={"Content-Type": "text/xml"},
+                timeout=_TIMEOUT,
+            ) as response:
+                text = await response.text()
+                return Delivery(request.fields, response.status, text, request.query, request.body, attempts)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            answer = type(error).__name__
+    return Delivery(request.fields, 0, answer, request.query, request.body, attempts)
 
 
 async def verify_url(

@@ -8,6 +8,7 @@ meets, in order: an injected storm (the next N answers are a given errcode), the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -68,8 +69,14 @@ class LocalWeCom:
         agent_id: str = "",
         expires_in: int = 7200,
         clock: Callable[[], float] = time.time,
+        echo_api_tags: bool = False,
     ) -> None:
+        """`echo_api_tags`: a successful mark_tag also calls back `edit_external_contact`, as a staff
+        edit does. WeCom documents the callback for staff's edits and is silent about its own API's;
+        this is the worst case, for testing that a change MemberOps made is not pulled back."""
         self._base_clock = clock
+        self._echo_api_tags = echo_api_tags
+        self._echoes: set[asyncio.Task[Delivery | None]] = set()
         self._offset = 0.0
         self.corp = Corp(corp_id=corp_id, secret=secret, clock=self.now, expires_in=expires_in)
         self.callback = Callback(callback_url, corp_id, token, encoding_aes_key, agent_id)
@@ -98,6 +105,7 @@ class LocalWeCom:
         self._session = aiohttp.ClientSession()
 
     async def stop(self) -> None:
+        await asyncio.gather(*self._echoes, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -137,6 +145,10 @@ class LocalWeCom:
         except Refusal as refusal:
             answer = refusal.answer()
         self._calls.append(Call(api, body, int(answer["errcode"])))
+        if self._echo_api_tags and api == "externalcontact/mark_tag" and answer["errcode"] == 0:
+            echo = asyncio.create_task(self._edited(body["userid"], body["external_userid"]))
+            self._echoes.add(echo)
+            echo.add_done_callback(self._echoes.discard)
         return web.json_response(answer)
 
     def _answer(self, api: str, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +200,9 @@ class LocalWeCom:
         `change_external_contact` / `edit_external_contact` callback is sent (None when no callback
         URL is configured). Raises Refusal as mark_tag would answer."""
         self.corp.staff_edit_tags(userid, external_userid, add=add, remove=remove)
+        return await self._edited(userid, external_userid)
+
+    async def _edited(self, userid: str, external_userid: str) -> Delivery | None:
         return await self.send_event(
             {
                 "Event": "change_external_contact",
@@ -230,6 +245,15 @@ class LocalWeCom:
         delivery = await callbacks.deliver(self._session, self.callback, fields, now=int(self.now()))
         self._deliveries.append(delivery)
         return delivery
+
+    async def redeliver(self, delivery: Delivery) -> Delivery:
+        """Sends a callback again exactly as before: WeCom's retry of a callback it got no answer
+        to within 5 s (the same message, signature and ciphertext)."""
+        if self._session is None:
+            raise RuntimeError("the local WeCom server is not started")
+        again = await callbacks.send(self._session, self.callback.url, delivery)
+        self._deliveries.append(again)
+        return again
 
     async def verify_callback_url(self) -> bool:
         """What WeCom does when the callback URL is saved: the GET with `echostr`."""

@@ -236,3 +236,28 @@ async def test_customer_details_and_messages_with_their_results(
     (message,) = [m for m in local_wecom.messages() if m.msgid == msgid]
     assert (message.sender, message.content) == (staff, "你好")
     assert await api.get_groupmsg_send_result(msgid=msgid, userid=other_staff) == []
+
+
+async def test_the_tag_library_through_the_client(
+    local_wecom: LocalWeCom, http: aiohttp.ClientSession
+) -> None:
+    api = client(local_wecom, http)
+    created = await api.add_corp_tag(group_name=unique("city")[:30], tags=["上海", "北京"])
+    shanghai, beijing = (tag["id"] for tag in created["tag"])
+    more = await api.add_corp_tag(
+        group_name="ignored with a group id", group_id=created["group_id"], tags=["深圳"]
+    )
+    assert more["group_id"] == created["group_id"] and [t["name"] for t in more["tag"]] == ["深圳"]
+    await api.edit_corp_tag(id=shanghai, name="沪")
+    await api.edit_corp_tag(id=created["group_id"], name="城市-" + created["group_id"][-6:])
+    (group,) = await api.get_corp_tag_list(group_ids=[created["group_id"]])
+    assert group["group_name"] == "城市-" + created["group_id"][-6:]
+    assert [t["name"] for t in group["tag"]] == ["沪", "北京", "深圳"]
+    await api.del_corp_tag(tag_ids=[beijing])
+    (group,) = await api.get_corp_tag_list(tag_ids=[shanghai, beijing])
+    assert [t["id"] for t in group["tag"]] == [shanghai]
+    await api.del_corp_tag(group_ids=[created["group_id"]])
+    assert await api.get_corp_tag_list(group_ids=[created["group_id"]]) == []
+    with pytest.raises(WeComError) as raised:
+        await api.edit_corp_tag(id=shanghai, name="gone")
+    assert raised.value.errcode == 40068

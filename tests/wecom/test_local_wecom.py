@@ -20,6 +20,7 @@ from tests.ports import free_port
 from tests.waiting import eventually
 from tests.wecom.conftest import AES_KEY, running_local_wecom
 from workflows.wecom import crypto
+from workflows.wecom.api import Credentials, TokenCache, WeComApi
 
 
 class Receiver:
@@ -224,3 +225,41 @@ async def test_python_dash_m_serves_the_local_wecom(http: aiohttp.ClientSession)
     finally:
         process.terminate()
         assert await process.wait() == 0
+
+
+async def test_a_callback_unanswered_is_retried_three_times_and_can_be_sent_again(
+    local_wecom: LocalWeCom,
+) -> None:
+    staff, customer = unique("staff"), unique("wm")
+    local_wecom.add_customer(customer, follow_users=[staff])
+    tag_id, _ = await local_wecom.staff_add_tag("retry", unique("t")[:30])
+    before = local_wecom.callback.url
+    local_wecom.set_callback_url(f"http://127.0.0.1:{free_port()}/wecom/callback/acme")  # nobody listens
+    try:
+        unanswered = await local_wecom.staff_edit_tags(staff, customer, add=[tag_id])
+    finally:
+        local_wecom.set_callback_url(before)
+    assert unanswered is not None and (unanswered.status, unanswered.attempts) == (0, 4)
+    async with receiving(local_wecom) as receiver:
+        again = await local_wecom.redeliver(unanswered)
+        assert (again.status, again.answer, again.query) == (200, "success", unanswered.query)
+        (event,) = receiver.events
+    assert (event["ChangeType"], event["ExternalUserID"]) == ("edit_external_contact", customer)
+
+
+async def test_mark_tag_calls_back_when_asked_to_echo_api_changes(http: aiohttp.ClientSession) -> None:
+    async with running_local_wecom(echo_api_tags=True) as wecom, receiving(wecom) as receiver:
+        staff, customer = unique("staff"), unique("wm")
+        wecom.add_customer(customer, follow_users=[staff])
+        tag_id, _ = await wecom.staff_add_tag("echo", "t")
+        receiver.events.clear()
+        api = WeComApi(
+            http, Credentials(wecom.url, wecom.corp.corp_id, wecom.corp.secret), tokens=TokenCache()
+        )
+        await api.mark_tag(userid=staff, external_userid=customer, add_tag=[tag_id])
+
+        async def echoed() -> list[dict[str, str]]:
+            return receiver.events
+
+        (event,) = await eventually(echoed, "did mark_tag call back edit_external_contact")
+        assert (event["UserID"], event["ExternalUserID"]) == (staff, customer)
