@@ -103,3 +103,14 @@ async def forget_groups(conn: Connection, group_ids: Sequence[str]) -> int:
         "DELETE FROM journeys.wecom_tags WHERE group_id = ANY($1::text[])", list(group_ids)
     )
     return int(status.split()[-1])
+
+
+async def forget(conn: Connection, ids: Sequence[str]) -> int:
+    """Drops the rows of the WeCom tags and groups among `ids` (a `change_external_tag` delete:
+    either kind of id), so the sync creates them again when a member needs them."""
+    status = await conn.execute(
+        """DELETE FROM journeys.wecom_tags
+           WHERE (tag_id = ANY($1::text[]) AND tag_id <> '') OR group_id = ANY($1::text[])""",
+        list(ids),
+    )
+    return int(status.split()[-1])
