@@ -48,6 +48,7 @@ from workflows.periodic.activities import PeriodicActivities
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.tag_history.activities import TagHistoryActivities
 from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
+from workflows.wecom.pull_activities import WeComPullActivities
 
 log = logs.get_logger("memberops.worker")
 
@@ -113,6 +114,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *tag_history.all(),
         *anomalies.all(),
         *CouponIssuanceActivities(tasks, settings.token_for_tenant).all(),
+        *WeComPullActivities(resources.db, tagging, settings.token_for_tenant, settings.wecom_api_url).all(),
     ]
 
 

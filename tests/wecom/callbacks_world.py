@@ -4,13 +4,24 @@ service with its callback endpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
+from temporalio.testing import WorkflowEnvironment
+
+from runtime import app
+from runtime.config import Settings
 from runtime.db import Database
+from services.journeys import server as journeys_server
 from tests.conftest import TENANT_WECOM_PULL
+from tests.ports import free_port
+from tests.waiting import eventually
 from workflows.wecom import connector_store, crypto, sync_store
 
 CORP_ID = "wwcallbacks0001"
@@ -18,6 +29,10 @@ TOKEN = "CallbackToken01"
 # 43 characters from [A-Za-z0-9], as WeCom's admin console generates them.
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 TENANT = TENANT_WECOM_PULL
+SECRET = "secret-callbacks"
+# The sync the endpoint signals runs on a task queue no worker polls: the tests read the signals
+# its run received from its history, and run the pull themselves.
+TASK_QUEUE = "wecom-callbacks-tests"
 
 
 async def put_connector(
@@ -26,7 +41,7 @@ async def put_connector(
     pull_dimensions: tuple[str, ...] = (),
     enabled: bool = True,
     corp_id: str = CORP_ID,
-    secret: str = "secret-callbacks",
+    secret: str = SECRET,
 ) -> None:
     async with db.transaction(TENANT) as conn:
         found = await connector_store.get(conn, for_update=True)
@@ -98,3 +113,35 @@ def signed(message: bytes, *, receiver: str = CORP_ID, token: str = TOKEN) -> Si
         f"<Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>"
     )
     return Signed(query, body.encode())
+
+
+@contextlib.asynccontextmanager
+async def serving_callbacks(
+    tasks_settings: Settings, dev_server_env: WorkflowEnvironment, db: Database
+) -> AsyncIterator[str]:
+    """A journeys service taking WeCom's callbacks on an HTTP port (the test tenant's connector
+    put); the test tenant's callback URL."""
+    address = f"127.0.0.1:{free_port()}"
+    settings = dataclasses.replace(
+        tasks_settings,
+        wecom_callback_address=address,
+        temporal_address=dev_server_env.client.service_client.config.target_host,
+        temporal_task_queue=TASK_QUEUE,
+    )
+    running = await app.start(journeys_server.DEFINITION, settings, "127.0.0.1:0")
+    try:
+        await put_connector(db)
+        url = f"http://{address}/wecom/callback/{TENANT}"
+        async with aiohttp.ClientSession() as session:
+
+            async def listening() -> bool:
+                try:
+                    async with session.get(url) as response:
+                        return response.status == 403
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(listening, "the callback endpoint listened")
+        yield url
+    finally:
+        await running.stop()

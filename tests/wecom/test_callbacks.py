@@ -4,7 +4,6 @@ sync signalled, malformed and oversized bodies refused while the endpoint keeps 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,12 +12,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
-from services.journeys import server as journeys_server
 from tests.conftest import unique
-from tests.ports import free_port
 from tests.waiting import eventually
 from tests.wecom.callbacks_world import (
     AES_KEY,
@@ -28,51 +24,20 @@ from tests.wecom.callbacks_world import (
     counters,
     event_xml,
     put_connector,
+    serving_callbacks,
     signed,
     staff_edit,
 )
 from workflows.wecom import client as sync_client
 from workflows.wecom import crypto
 
-# No worker polls it: the test reads the signals the sync's run received from its history.
-TASK_QUEUE = "wecom-callbacks-tests"
-
 
 @pytest.fixture(scope="module")
 async def endpoint(
     tasks_settings: Settings, dev_server_env: WorkflowEnvironment, db: Database
 ) -> AsyncIterator[str]:
-    """A journeys service taking WeCom's callbacks on an HTTP port; the URL of the test tenant."""
-    address = f"127.0.0.1:{free_port()}"
-    settings = dataclasses.replace(
-        tasks_settings,
-        wecom_callback_address=address,
-        temporal_address=dev_server_env.client.service_client.config.target_host,
-        temporal_task_queue=TASK_QUEUE,
-    )
-    running = await app.start(journeys_server.DEFINITION, settings, "127.0.0.1:0")
-    try:
-        await put_connector(db)
-        url = f"http://{address}/wecom/callback/{TENANT}"
-        async with aiohttp.ClientSession() as session:
-
-            async def listening() -> bool:
-                try:
-                    async with session.get(url) as response:
-                        return response.status == 403
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await eventually(listening, "the callback endpoint listened")
+    async with serving_callbacks(tasks_settings, dev_server_env, db) as url:
         yield url
-    finally:
-        await running.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def stored(db: Database, external_userid: str) -> list[str]:

@@ -29,18 +29,18 @@ class Callback:
 
 
 def digest(message: bytes) -> str:
-    """What makes a repeat of the same callback the same row: the decrypted message's SHA-256 (it
-    carries WeCom's CreateTime, so two staff edits are two rows, a retry of one is one)."""
+    """What makes a repeat of a waiting callback the same row: the decrypted message's SHA-256 (it
+    carries WeCom's CreateTime, in seconds)."""
     return hashlib.sha256(message).hexdigest()
 
 
 async def insert(conn: Connection, tenant_id: str, message_digest: str, fields: Mapping[str, str]) -> bool:
-    """Stores the callback; False when the digest was stored before (WeCom repeating itself)."""
+    """Stores the callback; False when the same message waits already (WeCom repeating itself)."""
     stored = await conn.fetchval(
         """INSERT INTO journeys.wecom_callbacks
                (tenant_id, digest, event, change_type, external_userid, userid, body)
            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-           ON CONFLICT (tenant_id, digest) DO NOTHING
+           ON CONFLICT (tenant_id, digest) WHERE process_time IS NULL DO NOTHING
            RETURNING id""",
         tenant_id,
         message_digest,

@@ -1,8 +1,11 @@
 -- WeCom's callbacks (issue 24), as the journeys service's HTTP endpoint took them
 -- (services/journeys/wecom_callbacks.py) and before the sync's pull acted on them
 -- (workflows/wecom/pull.py). WeCom repeats a callback it had no answer to within 5 seconds, so a
--- callback is stored once per tenant by the SHA-256 of its decrypted message (`digest`): the unique
--- key, not a read first, makes concurrent repeats one row.
+-- waiting callback is stored once per tenant by the SHA-256 of its decrypted message (`digest`):
+-- the unique index, not a read first, makes concurrent repeats one row. Only while it waits: two
+-- edits of one customer by one staff member within a second are the same message (the event
+-- names no tags), and the second, after the first was pulled, must be pulled again; a repeat
+-- arriving after its pull is pulled again too, which changes nothing (the pull compares states).
 --
 -- `external_userid` names a customer: the pull notes the member it resolved to (`member_id`), which
 -- erasure moves to the pseudonym while clearing the WeCom ids (services/journeys/erasure_store.py);
@@ -26,9 +29,10 @@ CREATE TABLE wecom_callbacks (
     process_time    timestamptz,
     outcome         text        NOT NULL DEFAULT '',
     member_id       text        NOT NULL DEFAULT '',
-    PRIMARY KEY (tenant_id, id),
-    UNIQUE (tenant_id, digest)
+    PRIMARY KEY (tenant_id, id)
 );
+CREATE UNIQUE INDEX wecom_callbacks_waiting_digest ON wecom_callbacks (tenant_id, digest)
+    WHERE process_time IS NULL;
 -- The pull's queue: the unprocessed rows of a tenant, oldest first.
 CREATE INDEX wecom_callbacks_unprocessed ON wecom_callbacks (tenant_id, id) WHERE process_time IS NULL;
 -- Erasure finds the member's rows; retention finds the old processed ones.
