@@ -43,12 +43,15 @@ class DemoResult:
     journey: str = ""
 
 
-async def run(settings: Settings, tenant_id: str, token: str) -> DemoResult:
+async def run(
+    settings: Settings, tenant_id: str, token: str, contact: member_pb2.Contact | None = None
+) -> DemoResult:
+    """`contact`: how the demo member is reached (the local WeCom's customer, when it runs)."""
     auth = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(settings.tagging_address) as channel:
         stub = tagging_service_pb2_grpc.TaggingServiceStub(channel)
         await stub.UpsertMember(
-            tagging_service_pb2.UpsertMemberRequest(member=_member()), metadata=auth, timeout=10
+            tagging_service_pb2.UpsertMemberRequest(member=_member(contact)), metadata=auth, timeout=10
         )
         order = _todays_order(dt.datetime.now(dt.UTC))
         await stub.RecordOrder(tagging_service_pb2.RecordOrderRequest(order=order), metadata=auth, timeout=10)
@@ -87,12 +90,13 @@ async def _journey(client: Client, tenant_id: str) -> str:
         await asyncio.sleep(0.2)
 
 
-def _member() -> member_pb2.Member:
+def _member(contact: member_pb2.Contact | None) -> member_pb2.Member:
     return member_pb2.Member(
         member_id=DEMO_MEMBER,
         profile=member_pb2.Profile(
             city="Hangzhou", city_tier=member_pb2.CITY_TIER_NEW_1, register_channel="app", nickname="Xiao Li"
         ),
+        contact=contact,
     )
 
 

@@ -34,7 +34,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from deploy import binaries, localpg
+from deploy import binaries, localpg, wecom_dev
 from deploy import demo as demo_calls
 from deploy.demo import DEMO_MEMBER
 from deploy.setup import SEARCH_ATTRIBUTES as SEARCH_ATTRIBUTES  # noqa: PLC0414 (re-export for tests)
@@ -70,6 +70,8 @@ class Layout:
     temporal_ui_port: int
     outbox_port: int = 8095
     console_address: str = "127.0.0.1:8088"
+    # The local WeCom server's API (MEMBEROPS_DEV_WECOM=1 runs it).
+    wecom_port: int = 8096
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Layout:
@@ -80,6 +82,7 @@ class Layout:
             temporal_ui_port=_port(env, "MEMBEROPS_TEMPORAL_UI_PORT", 8233),
             outbox_port=_port(env, "MEMBEROPS_OUTBOX_PORT", 8095),
             console_address=env.get("MEMBEROPS_CONSOLE_ADDRESS") or "127.0.0.1:8088",
+            wecom_port=_port(env, "MEMBEROPS_DEV_WECOM_PORT", 8096),
         )
 
     @property
@@ -410,6 +413,20 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
         probe=lambda _pid: temporal_health(layout.temporal_address, layout.ui_url),
     )
     metrics = metrics_addresses(env)
+    wecom = wecom_dev.configured(env, layout.wecom_port)
+    local_wecom: list[Component] = []
+    if wecom is not None:
+        env = {**env, **wecom.service_env()}
+        local_wecom.append(
+            Component(
+                name="wecom",
+                argv=wecom.argv(python, DEV_TENANT),
+                env=env,
+                address=f"{wecom.api_url}, callbacks to {wecom.callback_url(DEV_TENANT)}",
+                binds=(f"127.0.0.1:{wecom.api_port}", wecom.callback_address),
+                probe=lambda _pid: wecom_health(wecom.api_url),
+            )
+        )
     services = [_service(name, address, env, metrics[name]) for name, address in service_addresses(settings)]
     outbox = Component(
         name="outbox",
@@ -435,7 +452,14 @@ def components(layout: Layout, env: Mapping[str, str], settings: Settings) -> li
         binds=(layout.console_address,),
         probe=lambda _pid: console_health(layout.console_url),
     )
-    return [temporal, *services, outbox, worker, console]
+    return [temporal, *local_wecom, *services, outbox, worker, console]
+
+
+async def wecom_health(url: str) -> Probe:
+    """Ready when the local WeCom answers its tag library (it needs no token on `/_local`)."""
+    if await asyncio.to_thread(_http_ok, f"{url}/_local/tags"):
+        return Probe(True, "answers /_local/tags")
+    return Probe(False, "not answering /_local/tags")
 
 
 async def console_health(url: str) -> Probe:
@@ -519,7 +543,7 @@ async def up(env: Mapping[str, str]) -> None:
     await dispatchers(layout, settings)
     if uses_dev_token(env):
         await activate_shipped(layout, settings, scaled="MEMBEROPS_JOURNEY_TIME_SCALE" in env)
-        await demo(layout, settings)
+        await demo(layout, settings, service_env)
     else:
         print(
             f"{'journeys':<10} {'drafts':<16} shipped journeys stay drafts until activated (ActivateJourney)"
@@ -602,16 +626,30 @@ async def activate_shipped(layout: Layout, settings: Settings, *, scaled: bool =
     print(f"{'':<10} {'':<16} only for the dev tenant: elsewhere shipped journeys are drafts until activated")
 
 
-async def demo(layout: Layout, settings: Settings) -> None:
-    """Shows the stack working end to end (see deploy/demo.py)."""
+async def demo(layout: Layout, settings: Settings, env: Mapping[str, str]) -> None:
+    """Shows the stack working end to end (see deploy/demo.py), and WeCom's round trip when the
+    local WeCom runs (deploy/wecom_dev.py)."""
+    wecom = wecom_dev.configured(env, layout.wecom_port)
     try:
-        result = await asyncio.wait_for(demo_calls.run(settings, DEV_TENANT, DEV_TOKEN), DEMO_TIMEOUT_SECONDS)
+        if wecom is not None:
+            await asyncio.wait_for(wecom_dev.connect(settings, wecom, DEV_TOKEN), DEMO_TIMEOUT_SECONDS)
+        contact = None if wecom is None else wecom_dev.contact()
+        result = await asyncio.wait_for(
+            demo_calls.run(settings, DEV_TENANT, DEV_TOKEN, contact), DEMO_TIMEOUT_SECONDS
+        )
+        if wecom is not None:
+            shown = await asyncio.wait_for(
+                wecom_dev.show(settings, wecom, DEV_TOKEN, DEMO_MEMBER, result.journey),
+                wecom_dev.ROUND_TRIP_SECONDS * 4,
+            )
     except (grpc.aio.AioRpcError, RPCError, WorkflowFailureError, RuntimeError, TimeoutError) as error:
         raise StackError(
             f"the stack started but the demo call failed: {error!r}\n"
-            f"Look at the logs under {layout.logs}/ (tagging.log, worker.log)."
+            f"Look at the logs under {layout.logs}/ (tagging.log, journeys.log, worker.log)."
         ) from error
     print("\n" + demo_calls.describe(result))
+    if wecom is not None:
+        print(wecom_dev.describe(shown))
 
 
 def print_summary(
