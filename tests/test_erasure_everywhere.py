@@ -24,6 +24,7 @@ from tests.audience.helpers import create, in_batch
 from tests.conftest import TENANT_UMBRELLA, unique
 from tests.erasure_world import METADATA, Person, audit_row, create_person, erase, traces
 from workflows.journeys import message_log
+from workflows.wecom import callback_store
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
@@ -106,10 +107,20 @@ async def test_nothing_of_the_member_is_left_in_any_table(
             detail=f"accepted for {person.phone}",
             journey_key="welcome",
         )
+        # A WeCom callback about the member, as the pull leaves it (resolved to the member).
+        fields = {"Event": "change_external_contact", "ExternalUserID": person.wecom_external_userid}
+        digest = unique("digest")
+        await callback_store.insert(conn, TENANT_UMBRELLA, digest, fields)
+        stored = await conn.fetchval("SELECT id FROM journeys.wecom_callbacks WHERE digest = $1", digest)
+        await callback_store.mark_processed(conn, stored, "pulled", person.member_id)
     before = await traces(db, person.needles)
-    assert {"tasks.accounts", "audience.snapshot_members", "journeys.messages", "tagging.members"} <= set(
-        before
-    )
+    assert {
+        "tasks.accounts",
+        "audience.snapshot_members",
+        "journeys.messages",
+        "journeys.wecom_callbacks",
+        "tagging.members",
+    } <= set(before)
 
     request_id = unique("req")
     erased = await erase(tagging_stub, person.member_id, request_id)
@@ -147,6 +158,10 @@ async def test_nothing_of_the_member_is_left_in_any_table(
     assert await traces(db, person.needles) == {}
     audit = await audit_row(db, TENANT_UMBRELLA, request_id)
     changed = json.loads(audit["changed_rows"])
-    assert {"tagging.members", "tasks.accounts", "audience.snapshot_members", "journeys.messages"} <= set(
-        changed
-    )
+    assert {
+        "tagging.members",
+        "tasks.accounts",
+        "audience.snapshot_members",
+        "journeys.messages",
+        "journeys.wecom_callbacks",
+    } <= set(changed)

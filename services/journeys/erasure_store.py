@@ -8,6 +8,7 @@ message log keeps no address, but the subject and body rendered for the member (
 them) and the provider's last word (`detail`, which may quote the address): all become `[erased]`
 (text never rendered stays NULL). A cohort batch lists the members it claimed in its JSON `detail`;
 member ids are natural ids (no quotes or backslashes), so the quoted id is replaced in its text.
+WeCom callbacks the pull resolved to the member move too, without the member's WeCom id.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ STATEMENTS = (
             subject = CASE WHEN subject IS NOT NULL THEN '{ERASED_TEXT}' END,
             body = CASE WHEN body IS NOT NULL THEN '{ERASED_TEXT}' END""",
     ),
+    # WeCom callbacks the pull resolved to the member keep the staff member's id, not the member's
+    # WeCom id (workflows/wecom/callback_store.py; unresolved ones go with their retention).
+    *moved("journeys.wecom_callbacks", also=", external_userid = '', body = body - 'ExternalUserID'"),
     Statement(
         "cohort_batches",
         """UPDATE journeys.cohort_batches
