@@ -27,6 +27,9 @@ async def seed_member(channel: grpc.aio.Channel, member_id: str) -> None:
                 profile=member_pb2.Profile(
                     city="Suzhou", city_tier=member_pb2.CITY_TIER_2, register_channel="app"
                 ),
+                contact=member_pb2.Contact(
+                    wecom_external_userid=f"wm{member_id.replace('-', '')}", wecom_staff_userid="li.na"
+                ),
             )
         ),
         metadata=ACME,
@@ -61,6 +64,8 @@ async def test_lookup_reads_the_member_from_tagging(
         city_tier="CITY_TIER_2",
         register_channel="app",
         revision=1,
+        wecom_external_userid=f"wm{member_id.replace('-', '')}",
+        wecom_staff_userid="li.na",
     )
 
 

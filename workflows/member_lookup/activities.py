@@ -38,4 +38,6 @@ class TaggingActivities:
             city_tier=member_pb2.CityTier.Name(member.profile.city_tier),
             register_channel=member.profile.register_channel,
             revision=member.revision,
+            wecom_external_userid=member.contact.wecom_external_userid,
+            wecom_staff_userid=member.contact.wecom_staff_userid,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,3 +19,7 @@ class MemberSummary:
     city_tier: str = ""
     register_channel: str = ""
     revision: int = 0
+    # The member as a WeCom external contact and the staff userid owning the relationship ('' when
+    # none); left out of the repr, which logs and the demo print.
+    wecom_external_userid: str = field(default="", repr=False)
+    wecom_staff_userid: str = field(default="", repr=False)
