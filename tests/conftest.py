@@ -53,6 +53,10 @@ TENANT_WECOM_PULL = "wecompull"
 # sync workflow and its feed are theirs alone.
 TOKEN_WECOM_PUSH = "test-token-wecompush-0123456789"
 TENANT_WECOM_PUSH = "wecompush"
+# The WeCom channel's tests (tests/workflows/test_wecom_channel.py): the tenant's connector is
+# theirs alone (switched on and off by them).
+TOKEN_WECOM_SEND = "test-token-wecomsend-0123456789"
+TENANT_WECOM_SEND = "wecomsend"
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -68,6 +72,7 @@ HOOLI = bearer(TOKEN_HOOLI)
 WONKA = bearer(TOKEN_WONKA)
 WECOM_PULL = bearer(TOKEN_WECOM_PULL)
 WECOM_PUSH = bearer(TOKEN_WECOM_PUSH)
+WECOM_SEND = bearer(TOKEN_WECOM_SEND)
 
 
 def unique(prefix: str = "m") -> str:
@@ -104,6 +109,7 @@ def settings(pg_dsn: str) -> Settings:
             TOKEN_WONKA: TENANT_WONKA,
             TOKEN_WECOM_PULL: TENANT_WECOM_PULL,
             TOKEN_WECOM_PUSH: TENANT_WECOM_PUSH,
+            TOKEN_WECOM_SEND: TENANT_WECOM_SEND,
         },
         db_pool_min=1,
         db_pool_max=8,

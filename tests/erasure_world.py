@@ -36,8 +36,9 @@ class Person:
     email: str = field(default_factory=lambda: f"{unique('zeb')}@example.com")
     nickname: str = field(default_factory=lambda: unique("Zebulon"))
     openid: str = field(default_factory=lambda: unique("wxid"))
-    # The member as a WeCom external contact, and the staff member owning the relationship (the
-    # staff's own id is no datum of the member's, but tied to the member it says who serves them).
+    # The member as a WeCom external contact (a needle), and the staff member owning the
+    # relationship: the employee's own id, no datum of the member's (a WeCom message's log row
+    # keeps its sender), but cleared from the member row with the contact.
     wecom_external_userid: str = field(default_factory=lambda: unique("wmext"))
     wecom_staff_userid: str = field(default_factory=lambda: unique("staff"))
     # An attribute selecting the member alone (audiences of the tests: tests.audience.helpers.in_batch).
@@ -52,7 +53,6 @@ class Person:
             self.nickname,
             self.openid,
             self.wecom_external_userid,
-            self.wecom_staff_userid,
         )
 
     def member(self) -> member_pb2.Member:

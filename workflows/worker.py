@@ -34,6 +34,8 @@ from workflows.journeys.broadcast_run.activities import BroadcastActivities
 from workflows.journeys.broadcast_run.workflow import BroadcastRunWorkflow
 from workflows.journeys.channels import registry
 from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.channels.wecom import WeComChannel
+from workflows.journeys.channels.wecom_results import WeComResultActivities
 from workflows.journeys.cohort.activities import CohortActivities
 from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.control.activities import ControlActivities
@@ -94,7 +96,8 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
     services = services_of(resources, settings)
     tagging, audience, tasks = services.tagging, services.audience, services.tasks
     lookup = TaggingActivities(tagging, settings.token_for_tenant)
-    sender = Sender(resources.db, registry.build(resources.channels), resources.channels)
+    wecom = WeComChannel(resources.db, settings.wecom_api_url)
+    sender = Sender(resources.db, registry.build(resources.channels), resources.channels, {"wecom": wecom})
     journeys = JourneyActivities(resources.db, services, sender, resources.channels)
     cohorts = CohortActivities(resources.db, services, sender, resources.channels)
     broadcasts = BroadcastActivities(resources.db, services)
@@ -114,6 +117,7 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *tag_history.all(),
         *anomalies.all(),
         *CouponIssuanceActivities(tasks, settings.token_for_tenant).all(),
+        WeComResultActivities(resources.db, wecom).read_results,
         *WeComPullActivities(resources.db, tagging, settings.token_for_tenant, settings.wecom_api_url).all(),
     ]
 

@@ -80,6 +80,8 @@ def recipient_of(member: member_pb2.Member, extra_fields: dict[str, str] | None 
         else frozenset(),
         time_zone=contact.time_zone,
         fields=fields,
+        wecom_external_userid=contact.wecom_external_userid,
+        wecom_staff_userid=contact.wecom_staff_userid,
     )
 
 

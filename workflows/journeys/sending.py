@@ -25,7 +25,14 @@ from zoneinfo import ZoneInfo
 from runtime import logs, metrics
 from runtime.db import Connection, Database
 from workflows.journeys import local_time, message_log, templates
-from workflows.journeys.channels.base import Channel, NotDelivered, OutcomeUnknown, Outgoing, Rejected
+from workflows.journeys.channels.base import (
+    Channel,
+    NotDelivered,
+    OutcomeUnknown,
+    Outgoing,
+    Rejected,
+    TenantChannel,
+)
 from workflows.journeys.channels.config import ChannelSettings
 from workflows.journeys.definition import CHANNELS, ChannelPolicy, QuietHours, Template, coupon_fields_used
 from workflows.journeys.message_log import Key
@@ -51,13 +58,24 @@ class Recipient:
     opted_out: frozenset[str] = frozenset()
     time_zone: str = ""
     fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The member as a WeCom external contact, and the staff userid owning the relationship.
+    wecom_external_userid: str = field(default="", repr=False)
+    wecom_staff_userid: str = field(default="", repr=False)
 
     def address(self, channel: str) -> str:
         if channel == "sms":
             return self.phone
         if channel == "email":
             return self.email
-        return self.member_id  # app push and WeCom: the provider maps member ids to devices and users
+        if channel == "wecom":
+            # A WeCom customer message goes from the staff member owning the relationship to the
+            # external contact: without both there is no WeCom address.
+            return self.wecom_external_userid if self.wecom_staff_userid else ""
+        return self.member_id  # app push: the provider maps member ids to devices
+
+    def sender(self, channel: str) -> str:
+        """Who sends to the member on `channel`, where the channel names one per message."""
+        return self.wecom_staff_userid if channel == "wecom" else ""
 
 
 def candidates(request: SendRequest, recipient: Recipient) -> list[str]:
@@ -85,33 +103,59 @@ def outgoing(
     channel: str,
     message_id: str,
     text: tuple[str, str] | None = None,
+    tenant_id: str = "",
 ) -> Outgoing:
     """The message for the member on the channel: `text`, the (subject, body) already rendered and
     logged for it, or the template rendered now."""
     subject, body = text if text is not None else templates.render(template, recipient.fields)
     return Outgoing(
-        message_id=message_id, channel=channel, to=recipient.address(channel), subject=subject, body=body
+        message_id=message_id,
+        channel=channel,
+        to=recipient.address(channel),
+        subject=subject,
+        body=body,
+        tenant_id=tenant_id,
+        sender=recipient.sender(channel),
     )
 
 
 class Sender:
-    def __init__(self, db: Database, channels: Mapping[str, Channel], settings: ChannelSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        channels: Mapping[str, Channel],
+        settings: ChannelSettings,
+        tenant_channels: Mapping[str, TenantChannel] | None = None,
+    ) -> None:
         self._db = db
-        self._channels = channels
+        self._tenant_channels = dict(tenant_channels or {})
+        self._channels: dict[str, Channel] = {**channels, **self._tenant_channels}
         self._settings = settings
-        # Channels with an implementation and their configuration (both fixed for the process).
-        self._ready = frozenset(c for c in channels if settings.configured(c))
+        # Channels with an implementation and their configuration (both fixed for the process); a
+        # tenant's channel replaces the process's of its name.
+        self._ready = frozenset(
+            c for c in channels if settings.configured(c) and c not in self._tenant_channels
+        )
 
     def channel(self, name: str) -> Channel:
         return self._channels[name]
 
-    def usable(self, channel: str, recipient: Recipient) -> bool:
+    async def ready(self, tenant_id: str) -> frozenset[str]:
+        """The channels the tenant's sends may use: the process's, and those the tenant switched on."""
+        on = [name for name, channel in self._tenant_channels.items() if await channel.enabled(tenant_id)]
+        return self._ready.union(on)
+
+    def usable(self, channel: str, recipient: Recipient, ready: frozenset[str] | None = None) -> bool:
+        """`ready`: the tenant's channels (`ready()`); None for the process's alone."""
         return (
-            channel in self._ready and channel not in recipient.opted_out and bool(recipient.address(channel))
+            channel in (self._ready if ready is None else ready)
+            and channel not in recipient.opted_out
+            and bool(recipient.address(channel))
         )
 
     async def send(self, request: SendRequest, recipient: Recipient, now: dt.datetime) -> SendOutcome:
         key = Key(request.tenant_id, request.journey_run, request.member_id, request.step_id)
+        ready = await self.ready(request.tenant_id)
         tz = local_time.zone(recipient.time_zone, self._settings.default_time_zone)
         day = local_time.local_day(now, tz)
         async with self._db.transaction(request.tenant_id) as conn:
@@ -123,7 +167,7 @@ class Sender:
                 detail = "an earlier attempt ended while the provider had the message; not sent again"
                 await message_log.record(conn, key, "unknown", now, detail=detail)
                 return SendOutcome("unknown", existing.channel, detail)
-            outcome, channel = await self._check(conn, request, recipient, now, tz, day)
+            outcome, channel = await self._check(conn, request, recipient, now, tz, day, ready)
             if outcome is not None:
                 if outcome.status == "skipped":
                     await message_log.record(
@@ -149,14 +193,16 @@ class Sender:
         recipient: Recipient,
         now: dt.datetime,
         tz: ZoneInfo,
+        ready: frozenset[str] | None = None,
     ) -> SendOutcome | str:
-        """What the member alone decides: a skip, a deferral for quiet hours, or the channel."""
+        """What the member alone decides: a skip, a deferral for quiet hours, or the channel
+        (`ready`: the tenant's channels, as `usable` takes them)."""
         if not recipient.found:
             return SendOutcome("skipped", detail="member not found in tagging")
         quiet_end = local_time.quiet_until(now, tz, quiet_hours)
         if quiet_end is not None:
             return SendOutcome("deferred", detail="quiet_hours", until=quiet_end)
-        usable = [c for c in channel_order(choice, policy, recipient) if self.usable(c, recipient)]
+        usable = [c for c in channel_order(choice, policy, recipient) if self.usable(c, recipient, ready)]
         if not usable:
             return SendOutcome("skipped", detail="no channel: opted out, no address or not configured")
         return usable[0]
@@ -169,12 +215,13 @@ class Sender:
         now: dt.datetime,
         tz: ZoneInfo,
         day: dt.date,
+        ready: frozenset[str],
     ) -> tuple[SendOutcome | None, str]:
         """A deferral or skip decided before any claim, or the channel to send on."""
         if request.coupon is None and coupon_fields_used(request.template):
             # The issue_coupon step was refused, or the member's path jumped past it.
             return SendOutcome("skipped", detail="no coupon: the journey issued the member none"), ""
-        routed = self.route(request.channel, request.channels, request.quiet_hours, recipient, now, tz)
+        routed = self.route(request.channel, request.channels, request.quiet_hours, recipient, now, tz, ready)
         if isinstance(routed, SendOutcome):
             return routed, ""
         channel = routed
@@ -202,7 +249,7 @@ class Sender:
         text: tuple[str, str],
     ) -> SendOutcome:
         message_id = f"{request.journey_run}/{request.step_id}"
-        message = outgoing(request.template, recipient, channel, message_id, text)
+        message = outgoing(request.template, recipient, channel, message_id, text, request.tenant_id)
         try:
             provider_id = await self._channels[channel].deliver(message)
         except NotDelivered as error:

@@ -15,11 +15,16 @@ class Outgoing:
 
     message_id: str
     channel: str
-    # Phone number (sms), e-mail address (email), or the member id (app push, WeCom: the provider
-    # maps it to a device or a WeCom user).
+    # Phone number (sms), e-mail address (email), the member id (app push: the provider maps it to
+    # a device) or the member's WeCom external_userid (wecom).
     to: str
     subject: str
     body: str
+    # The tenant the message is sent for (a channel whose account is the tenant's: WeCom), and who
+    # sends it where the channel names a sender per message (wecom: the staff userid owning the
+    # relationship); '' for the others.
+    tenant_id: str = ""
+    sender: str = ""
 
 
 class NotDelivered(Exception):
@@ -45,6 +50,15 @@ class Session(Protocol):
 class Channel(Session, Protocol):
     def session(self) -> AbstractAsyncContextManager[Session]:
         """A connection for many messages one after another (one SMTP connection for a batch)."""
+        ...
+
+
+class TenantChannel(Channel, Protocol):
+    """A channel each tenant switches on for itself (WeCom: the tenant's connector), rather than
+    one configured for the whole process."""
+
+    async def enabled(self, tenant_id: str) -> bool:
+        """Whether the tenant's sends may use it now."""
         ...
 
 

@@ -2,6 +2,8 @@
 
 A channel without its address (no SMTP host, no provider URL) is not configured: sends fall back to
 the next channel of the journey's order, and a step with no channel left is recorded as skipped.
+WeCom is no channel of the process: each tenant switches it on with its WeCom connector
+(channels/wecom.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from runtime import zones
 from runtime.config import ConfigError, env_number
 from workflows.journeys.definition import CHANNELS
 
-HTTP_CHANNELS = ("sms", "app_push", "wecom")
+HTTP_CHANNELS = ("sms", "app_push")
 DEFAULT_PER_MINUTE = 600
 ENV_PREFIX = {"sms": "SMS", "app_push": "PUSH", "wecom": "WECOM", "email": "EMAIL"}
 
@@ -51,6 +53,8 @@ class ChannelSettings:
     def configured(self, channel: str) -> bool:
         if channel == "email":
             return bool(self.smtp.host)
+        if channel not in HTTP_CHANNELS:
+            return False
         return bool(self.providers.get(channel, HttpProviderSettings()).url)
 
     def rate(self, channel: str) -> int:

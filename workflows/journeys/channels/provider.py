@@ -1,4 +1,4 @@
-"""SMS, app push and WeCom through one HTTP provider adapter: a JSON POST with a bearer key.
+"""SMS and app push through one HTTP provider adapter: a JSON POST with a bearer key.
 
 One message: the request body is `{"message_id", "channel", "to", "subject", "body"}` and carries
 an `Idempotency-Key` header equal to the message id; a 2xx reply may name the provider's id as `id`.

@@ -1,4 +1,5 @@
-"""The channel implementations for a configuration: SMTP for e-mail, the HTTP adapter for the rest."""
+"""The channel implementations for a configuration: SMTP for e-mail, the HTTP adapter for SMS and
+app push. (WeCom is a tenant's channel: channels/wecom.py, built by the worker.)"""
 
 from __future__ import annotations
 

@@ -341,7 +341,8 @@ class CohortActivities(service_calls.ServiceActivities):
             self._recipients(request.tenant_id, sorted(wanted)),
             self._preferred_hours(request.tenant_id, sorted(preferring)),
         )
-        plan = delivery.Plan(definition, cohort.cohort_id, at, self._sender, hours)
+        ready = await self._sender.ready(request.tenant_id)
+        plan = delivery.Plan(definition, cohort.cohort_id, at, self._sender, hours, ready=ready)
         for d in due:
             plan.add(d, recipients.get(d.member_id), self._zone(recipients.get(d.member_id)))
         for position, members in plan.tags.items():

@@ -99,6 +99,8 @@ class Plan:
     # The batch's members' own send hours (their `preferred_send_hour` tag), for wait_until_hour
     # steps that ask for it; members without one are absent.
     preferred_hours: Mapping[str, int] = field(default_factory=dict)
+    # The channels the tenant's sends may use (Sender.ready); None: the process's alone.
+    ready: frozenset[str] | None = None
     figures: Counter[str] = field(default_factory=Counter)
     # Members going on (position: the number of steps when past the last).
     moves: list[Move] = field(default_factory=list)
@@ -148,7 +150,9 @@ class Plan:
         """A send: skipped for good, deferred, or a candidate for the part's claim."""
         assert step.send is not None
         d = self.definition
-        routed = self.sender.route(step.send.channel, d.channels, d.quiet_hours, recipient, self.now, tz)
+        routed = self.sender.route(
+            step.send.channel, d.channels, d.quiet_hours, recipient, self.now, tz, self.ready
+        )
         day = local_time.local_day(self.now, tz)
         if isinstance(routed, SendOutcome):
             if routed.status == "skipped":
@@ -446,7 +450,8 @@ class Delivery:
             assert step.send is not None
             template = context.definition.templates[step.send.template]
             text = context.texts.get((c.member_id, step.id))
-            messages.append((c, outgoing(template, recipient, c.channel, context.message_id(c), text)))
+            message = outgoing(template, recipient, c.channel, context.message_id(c), text, context.tenant_id)
+            messages.append((c, message))
         results: list[BatchResult] = []
         if messages:
             try:
@@ -497,6 +502,7 @@ class Delivery:
             claim.channel,
             context.message_id(claim),
             context.texts.get((claim.member_id, step.id)),
+            context.tenant_id,
         )
         try:
             provider_id = await session.deliver(message)
