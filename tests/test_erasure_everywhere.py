@@ -113,12 +113,16 @@ async def test_nothing_of_the_member_is_left_in_any_table(
         await callback_store.insert(conn, TENANT_UMBRELLA, digest, fields)
         stored = await conn.fetchval("SELECT id FROM journeys.wecom_callbacks WHERE digest = $1", digest)
         await callback_store.mark_processed(conn, stored, "pulled", person.member_id)
+        await callback_store.save_seen(
+            conn, TENANT_UMBRELLA, person.wecom_external_userid, "staff", person.member_id, {"d": {"v"}}
+        )
     before = await traces(db, person.needles)
     assert {
         "tasks.accounts",
         "audience.snapshot_members",
         "journeys.messages",
         "journeys.wecom_callbacks",
+        "journeys.wecom_seen_tags",
         "tagging.members",
     } <= set(before)
 
@@ -164,4 +168,5 @@ async def test_nothing_of_the_member_is_left_in_any_table(
         "audience.snapshot_members",
         "journeys.messages",
         "journeys.wecom_callbacks",
+        "journeys.wecom_seen_tags",
     } <= set(changed)

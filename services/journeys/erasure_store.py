@@ -40,6 +40,8 @@ STATEMENTS = (
     # WeCom callbacks the pull resolved to the member keep the staff member's id, not the member's
     # WeCom id (workflows/wecom/callback_store.py; unresolved ones go with their retention).
     *moved("journeys.wecom_callbacks", also=", external_userid = '', body = body - 'ExternalUserID'"),
+    # What the pull last saw in WeCom for the member is derived data: it goes.
+    Statement("wecom_seen_tags", "DELETE FROM journeys.wecom_seen_tags WHERE member_id = $1"),
     Statement(
         "cohort_batches",
         """UPDATE journeys.cohort_batches

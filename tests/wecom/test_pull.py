@@ -120,6 +120,18 @@ async def pull(db: Database, tagging_stub: Stub, settings: Settings, wecom: Loca
     return result
 
 
+async def operator_complaint(stub: Stub, world: World, member_id: str) -> None:
+    """An operator tags the member in MemberOps (the push would take it to WeCom later)."""
+    request = tagging_service_pb2.AddMemberTagsRequest(
+        dimension=world.dimension,
+        value="complained",
+        member_ids=[member_id],
+        operator="alice@ops",
+        reason="called the hotline",
+    )
+    await stub.AddMemberTags(request, metadata=WECOM_PULL)
+
+
 async def held(stub: Stub, member_id: str, name: str) -> list[tuple[str, str, str]]:
     """(value, set_by, reason) of the member's current values of `name`."""
     answer = await stub.GetMemberTags(
@@ -177,16 +189,7 @@ async def test_a_change_memberops_made_itself_comes_back_equal_and_writes_nothin
     world: World, db: Database, tagging_stub: Stub, settings: Settings
 ) -> None:
     member_id, external_userid = await customer(tagging_stub, world.wecom)
-    await tagging_stub.AddMemberTags(
-        tagging_service_pb2.AddMemberTagsRequest(
-            dimension=world.dimension,
-            value="complained",
-            member_ids=[member_id],
-            operator="alice@ops",
-            reason="called the hotline",
-        ),
-        metadata=WECOM_PULL,
-    )
+    await operator_complaint(tagging_stub, world, member_id)
     # The push's mark_tag, and the callback WeCom may send for it (the worst case).
     world.wecom.corp.mark_tag(
         {"userid": STAFF, "external_userid": external_userid, "add_tag": [world.tags["complained"]]}
@@ -275,3 +278,33 @@ async def test_the_same_message_again_after_its_pull_is_pulled_again(
     assert (result.processed, result.tags_pulled) == (1, 1)
     assert await held(tagging_stub, member_id, world.dimension) == []
     assert await outcomes(db, external_userid) == ["pulled", "pulled"]
+
+
+async def test_a_staff_edit_never_undoes_a_memberops_change_wecom_was_not_given(
+    world: World, db: Database, tagging_stub: Stub, settings: Settings
+) -> None:
+    """The dimension is pulled only: an operator's change in MemberOps never reaches WeCom, and a
+    later staff edit of the customer (of another tag, or of a remark) must leave it."""
+    member_id, external_userid = await customer(tagging_stub, world.wecom)
+    await world.wecom.staff_edit_tags(STAFF, external_userid, add=[world.tags["vip"]])
+    await pull(db, tagging_stub, settings, world.wecom)
+    await operator_complaint(tagging_stub, world, member_id)
+    await tagging_stub.RemoveMemberTags(
+        tagging_service_pb2.RemoveMemberTagsRequest(
+            dimension=world.dimension,
+            value="vip",
+            member_ids=[member_id],
+            operator="bob@ops",
+            reason="lapsed",
+        ),
+        metadata=WECOM_PULL,
+    )
+
+    await world.wecom.staff_edit_tags(STAFF, external_userid, add=[world.tags["wholesale"]])
+    result = await pull(db, tagging_stub, settings, world.wecom)
+
+    assert result.tags_pulled == 1
+    assert await held(tagging_stub, member_id, world.dimension) == [
+        ("complained", "alice@ops", "called the hotline"),
+        ("wholesale", STAFF, "wecom"),
+    ]

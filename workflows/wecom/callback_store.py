@@ -97,3 +97,47 @@ async def purge(conn: Connection, before: dt.datetime, limit: int = 1000) -> int
         limit,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+# --- what the pull last saw in WeCom (journeys.wecom_seen_tags) --------------------------------
+
+Seen = dict[str, set[str]]
+
+
+async def seen(conn: Connection, external_userid: str, userid: str) -> Seen | None:
+    """{dimension: values} the staff member's relationship held when the pull last looked, or None."""
+    found = await conn.fetchval(
+        "SELECT seen FROM journeys.wecom_seen_tags WHERE external_userid = $1 AND userid = $2",
+        external_userid,
+        userid,
+    )
+    if found is None:
+        return None
+    return {dimension: set(values) for dimension, values in json.loads(found).items()}
+
+
+async def save_seen(
+    conn: Connection,
+    tenant_id: str,
+    external_userid: str,
+    userid: str,
+    member_id: str,
+    held: Seen,
+    *,
+    merge: bool = False,
+) -> None:
+    """Notes what the relationship holds now, the pull's next base: every pulled dimension (the
+    pull, having read it), or with `merge` only those in `held`, keeping what was seen of the others
+    (the push, which made WeCom hold exactly `held` in its dimensions)."""
+    seen_after = "wecom_seen_tags.seen || EXCLUDED.seen" if merge else "EXCLUDED.seen"
+    await conn.execute(
+        f"""INSERT INTO journeys.wecom_seen_tags (tenant_id, external_userid, userid, member_id, seen)
+            VALUES ($1, $2, $3, $4, $5::jsonb)
+            ON CONFLICT (tenant_id, external_userid, userid) DO UPDATE SET
+                member_id = EXCLUDED.member_id, seen = {seen_after}, update_time = now()""",
+        tenant_id,
+        external_userid,
+        userid,
+        member_id,
+        json.dumps({dimension: sorted(values) for dimension, values in sorted(held.items())}),
+    )

@@ -4,11 +4,15 @@ For `change_external_contact` / `edit_external_contact` (and `add_external_conta
 says only who changed which customer, not what ("编辑企业客户事件": remark or corp tags). So the pull
 reads the customer's current tags (`externalcontact/get`), takes the follow_user entry of the staff
 member the event names, and in each PULLED dimension compares the tags there that stand for its
-values (tag_map_store) with the member's current manual values (member found by SearchMembers on
-the external_userid, tags by GetMemberTags); the difference becomes RemoveMemberTags /
-AddMemberTags with operator = the staff userid and reason `wecom`. State, not events: a callback
-handled twice, or late, or out of order sets the same values; and a change MemberOps pushed itself
-comes back equal and writes nothing (no ping-pong).
+values (tag_map_store) with what that relationship held when the pull last looked
+(journeys.wecom_seen_tags): what staff added since is added to the member's manual values, what
+staff removed since is removed (member found by SearchMembers on the external_userid, tags by
+GetMemberTags), with RemoveMemberTags / AddMemberTags, operator = the staff userid, reason `wecom`.
+A three-way comparison, not WeCom's state copied: a staff edit (even of a remark) never undoes a
+MemberOps change WeCom has not been given yet (a pull-only dimension's operator tags, or a pushed
+one's before the push). The first look at a relationship (no base yet) takes WeCom's state. Repeats,
+late and reordered callbacks compare the same states again, and a change MemberOps pushed itself
+comes back as nothing to do (no ping-pong).
 
 Only values with a WeCom tag are compared: a value MemberOps holds that WeCom has no tag for yet
 cannot have been removed by staff. A member whose relationship belongs to another staff member
@@ -25,7 +29,7 @@ reconciliation request, in one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import grpc
@@ -35,7 +39,7 @@ from runtime.db import Database
 from runtime.logs import get_logger
 from workflows.wecom import callback_store, connector_store, sync_store, tag_map_store
 from workflows.wecom.api import WeComApi, WeComError
-from workflows.wecom.callback_store import Callback
+from workflows.wecom.callback_store import Callback, Seen
 from workflows.wecom.connector_store import Connector
 
 log = get_logger("memberops.wecom.pull")
@@ -83,6 +87,8 @@ class Outcome:
     resync: bool = False
     forget_tags: tuple[str, ...] = ()
     forget_groups: tuple[str, ...] = ()
+    # What the staff member's relationship holds in WeCom now, to be the next comparison's base.
+    seen: Seen | None = None
 
 
 @dataclass(frozen=True)
@@ -108,16 +114,25 @@ class _Values:
         return None
 
 
-def changes(wecom: Mapping[str, set[str]], held: Mapping[str, set[str]], mapped: _Values) -> list[Change]:
-    """What makes the member hold in each mapped dimension what WeCom holds: removals first (so a
-    single-valued dimension is never asked to hold two), each sorted."""
+def changes(wecom: Seen, held: Seen, mapped: _Values, base: Seen | None) -> list[Change]:
+    """What makes the member follow what staff changed in WeCom, per mapped dimension: with a
+    `base` (what WeCom held when the pull last looked), only the values staff added or removed
+    since, so a MemberOps change WeCom was not given yet stays; without one (first look, or a
+    dimension newly pulled), whatever WeCom holds. Only values that have a WeCom tag now are
+    removed (a tag deleted in WeCom was not taken off by staff). Removals first (so a single-valued
+    dimension is never asked to hold two), each sorted."""
     removals: list[Change] = []
     additions: list[Change] = []
     for dimension, tags in sorted(mapped.by_dimension.items()):
         there = wecom.get(dimension, set())
         here = held.get(dimension, set())
-        removals += [Change(False, dimension, v) for v in sorted((here & tags.keys()) - there)]
-        additions += [Change(True, dimension, v) for v in sorted(there - here)]
+        before = None if base is None else base.get(dimension)
+        if before is None:
+            added, removed = there - here, (here & tags.keys()) - there
+        else:
+            added, removed = (there - before) - here, (before - there) & here & tags.keys()
+        removals += [Change(False, dimension, v) for v in sorted(removed)]
+        additions += [Change(True, dimension, v) for v in sorted(added)]
     return removals + additions
 
 
@@ -166,6 +181,10 @@ class Pull:
                         await tag_map_store.forget_groups(conn, outcome.forget_groups)
                     if outcome.resync:
                         await sync_store.want_resync(conn)
+                    if outcome.seen is not None:
+                        await callback_store.save_seen(
+                            conn, tenant_id, row.external_userid, row.userid, outcome.member_id, outcome.seen
+                        )
                     processed += 1
                     pulled += outcome.tags_pulled
                     resync = resync or outcome.resync
@@ -229,6 +248,7 @@ class Pull:
                 tags = await tag_map_store.tag_ids(conn, dimension)
                 if tags:
                     mapped.by_dimension[dimension] = tags
+            base = await callback_store.seen(conn, row.external_userid, row.userid)
         if not mapped.by_dimension:
             return Outcome("not_mapped", member.member_id)
         try:
@@ -240,16 +260,16 @@ class Pull:
         follow = [f for f in contact.get("follow_user", []) if f.get("userid") == row.userid]
         if not follow:
             return Outcome("not_followed", member.member_id)
-        wecom: dict[str, set[str]] = {}
+        wecom: Seen = {dimension: set() for dimension in mapped.by_dimension}
         for tag in follow[0].get("tags", []):
             found = mapped.of_tag(str(tag.get("tag_id", "")))
             if found is not None:
-                wecom.setdefault(found[0], set()).add(found[1])
+                wecom[found[0]].add(found[1])
         held = await self._held(tenant_id, member.member_id, mapped.by_dimension.keys())
         made = 0
-        for change in changes(wecom, held, mapped):
+        for change in changes(wecom, held, mapped, base):
             made += await self._write(tenant_id, row, member.member_id, change)
-        return Outcome("pulled" if made else "unchanged", member.member_id, made)
+        return Outcome("pulled" if made else "unchanged", member.member_id, made, seen=wecom)
 
     def _metadata(self, tenant_id: str, request: str = "") -> tuple[tuple[str, str], ...]:
         auth = (("authorization", f"Bearer {self._token_for_tenant(tenant_id)}"),)

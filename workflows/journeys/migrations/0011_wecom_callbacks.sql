@@ -40,6 +40,29 @@ CREATE INDEX wecom_callbacks_member ON wecom_callbacks (tenant_id, member_id) WH
 CREATE INDEX wecom_callbacks_processed ON wecom_callbacks (tenant_id, process_time)
     WHERE process_time IS NOT NULL;
 
+-- What the pull last saw a staff member's relationship with a customer hold in WeCom, per pulled
+-- dimension (value names, not tag ids, so a tag created again keeps its meaning): the base of the
+-- pull's three-way comparison, so only what staff changed since is applied, never a MemberOps
+-- change WeCom has not been given yet. Derived data: erasure deletes the member's rows.
+CREATE TABLE wecom_seen_tags (
+    tenant_id       text        NOT NULL,
+    external_userid text        NOT NULL,
+    userid          text        NOT NULL,
+    -- The member the external_userid resolved to when it was seen.
+    member_id       text        NOT NULL,
+    -- {dimension: [value, ...]} of the pulled dimensions that had WeCom tags then.
+    seen            jsonb       NOT NULL,
+    update_time     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, external_userid, userid)
+);
+CREATE INDEX wecom_seen_tags_member ON wecom_seen_tags (tenant_id, member_id);
+
+ALTER TABLE wecom_seen_tags ENABLE ROW LEVEL SECURITY;
+ALTER TABLE wecom_seen_tags FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON wecom_seen_tags
+    USING (tenant_id = current_setting('memberops.tenant_id'))
+    WITH CHECK (tenant_id = current_setting('memberops.tenant_id'));
+
 ALTER TABLE wecom_callbacks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE wecom_callbacks FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON wecom_callbacks
