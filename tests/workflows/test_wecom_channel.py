@@ -19,9 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 from deploy.wecom_local import LocalWeCom
 from runtime.config import Settings
 from runtime.db import Database
-from tests.conftest import TENANT_WECOM_SEND, WECOM_SEND, unique
+from tests.conftest import ACME, TENANT_ACME, TENANT_WECOM_SEND, WECOM_SEND, unique
 from tests.ports import free_port
 from tests.wecom.conftest import AES_KEY, running_local_wecom
+from tests.workflows import cohort_helpers
 from tests.workflows.journey_helpers import figures, journey, member_message, running, start
 from tests.workflows.test_sending import attempt
 from workflows.journeys.activities import JourneyActivities
@@ -43,12 +44,14 @@ async def wecom() -> AsyncIterator[LocalWeCom]:
         yield local
 
 
-async def put_connector(db: Database, wecom: LocalWeCom, *, enabled: bool = True) -> None:
-    async with db.transaction(TENANT) as conn:
+async def put_connector(
+    db: Database, wecom: LocalWeCom, *, enabled: bool = True, tenant_id: str = TENANT
+) -> None:
+    async with db.transaction(tenant_id) as conn:
         current = await connector_store.get(conn, for_update=True)
         await connector_store.put(
             conn,
-            TENANT,
+            tenant_id,
             corp_id=wecom.corp.corp_id,
             secret=wecom.corp.secret,
             callback_token=unique("token"),
@@ -295,3 +298,48 @@ async def test_the_customers_results_are_read_back(
     asked = len(wecom.calls("externalcontact/get_groupmsg_send_result"))
     assert await wecom_results.read_results(journeys_db, channel, TENANT, now) == 0
     assert len(wecom.calls("externalcontact/get_groupmsg_send_result")) == asked
+
+
+async def test_a_broadcast_sends_each_member_once_from_their_staff_member(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+    wecom: LocalWeCom,
+) -> None:
+    """A cohort's sends go one message at a time (WeCom takes no idempotency key: `queued` rows,
+    each moved to `sending` before its call). The cohort helpers work in acme, whose connector this
+    test puts and removes again (no other test's member there has a WeCom identity)."""
+    batch = unique("batch")
+    people = {f"{batch}-{n:02d}": customer(wecom) for n in range(12)}
+    members = []
+    for member_id, (external, staff) in people.items():
+        member = member_message(member_id, preferred="wecom")
+        member.contact.wecom_external_userid, member.contact.wecom_staff_userid = external, staff
+        member.attributes.update({"batch": batch})
+        members.append(member)
+    await tagging_service_pb2_grpc.TaggingServiceStub(resources.tagging).ImportMembers(
+        iter([tagging_service_pb2.ImportMembersRequest(members=members)]), metadata=ACME
+    )
+    audience_id, frozen = await cohort_helpers.snapshot_of(resources.audience, batch)
+    definition = cohort_helpers.broadcast(
+        audience_id, Step(id="hello", send=Send(template="hello", channel="wecom")), holdout_percent=0
+    )
+    settings = dataclasses.replace(worker_settings, wecom_api_url=wecom.url)
+    await put_connector(journeys_db, wecom, tenant_id=TENANT_ACME)
+    try:
+        async with running(time_skipping_env, settings, resources):
+            handle = await cohort_helpers.start(
+                time_skipping_env, settings, journeys_db, definition, frozen.name
+            )
+            funnel = await handle.result()
+    finally:
+        async with journeys_db.transaction(TENANT_ACME) as conn:
+            await conn.execute("DELETE FROM journeys.wecom_connectors")
+            await conn.execute("DELETE FROM journeys.wecom_sync")
+    assert cohort_helpers.step(funnel, "hello") == {"entered": 12, "sent": 12}
+    for member_id, (external, staff) in people.items():
+        ((_, sender, content),) = sent_to(wecom, external)
+        assert (sender, content) == (staff, "Hi Lin, our sale starts today."), member_id
+    rows = await cohort_helpers.messages(journeys_db, funnel.cohort_id)
+    assert {(r["channel"], r["status"]) for r in rows} == {("wecom", "sent")} and len(rows) == 12
