@@ -38,6 +38,7 @@ TASK_QUEUE = "wecom-callbacks-tests"
 async def put_connector(
     db: Database,
     *,
+    push_dimensions: tuple[str, ...] = (),
     pull_dimensions: tuple[str, ...] = (),
     enabled: bool = True,
     corp_id: str = CORP_ID,
@@ -52,7 +53,7 @@ async def put_connector(
             secret=secret,
             callback_token=TOKEN,
             encoding_aes_key=AES_KEY,
-            push_dimensions=(),
+            push_dimensions=push_dimensions,
             pull_dimensions=pull_dimensions,
             enabled=enabled,
             version=1 if found is None else found.version + 1,

@@ -5,6 +5,8 @@ does the work)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import grpc
@@ -67,5 +69,5 @@ class WeComPullActivities:
             except grpc.aio.AioRpcError as error:
                 raise service_calls.permanent("tagging", error) from error
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.pull]
