@@ -18,6 +18,7 @@ from deploy.devstack import SEARCH_ATTRIBUTES
 from runtime import app, logs
 from runtime.config import Settings
 from runtime.db import Database
+from runtime.feed_sequencer import FeedSequencer
 from services.audience import server as audience_server
 from services.journeys import server as journeys_server
 from services.tagging import server as tagging_server
@@ -200,8 +201,14 @@ def tasks_definition(clock: Callable[[], dt.datetime] | None = None) -> app.Serv
 
     def wire(db: Database | None, tenants: frozenset[str], settings: Settings) -> app.Wiring:
         if clock is None:
-            return tasks_server.wire(db, tenants - {TENANT_INITECH, TENANT_FUZZ, TENANT_UMBRELLA}, settings)
-        return tasks_server.wire(db, frozenset(), settings, clock=clock)
+            left_alone = frozenset({TENANT_INITECH, TENANT_FUZZ, TENANT_UMBRELLA})
+            wiring = tasks_server.wire(db, tenants - left_alone, settings)
+        else:
+            left_alone, wiring = tenants, tasks_server.wire(db, frozenset(), settings, clock=clock)
+        # The tasks feed of the tenants left alone still gets its positions (ReadTasksFeed).
+        assert db is not None
+        sequencer = FeedSequencer(db, "tasks", left_alone & tenants)
+        return dataclasses.replace(wiring, background=[*wiring.background, sequencer.run])
 
     return dataclasses.replace(tasks_server.DEFINITION, wire=wire)
 

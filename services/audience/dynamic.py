@@ -110,7 +110,7 @@ class Memberships:
                 return None
             audiences = await store.dynamic_audiences(conn)
             cursor = await store.tagging_cursor(conn, tenant_id)
-            position = outbox.parse_cursor(cursor)
+            position = await outbox.resolve(conn, "tagging_read.feed", outbox.parse_cursor(cursor))
             live = any(row["dynamic"] and not row["deleted"] for row in audiences)
             changes = await store.changed_members(conn, position, FEED_BATCH) if live else []
             # When each member's facts happened: the entries and exits they cause are dated by it.

@@ -6,10 +6,10 @@ kept current by the maintainer (`dynamic.py`), so a check of one is a set lookup
 membership (it follows facts and tags within a round, and time windows within FULL_EVERY).
 
 Per tenant, the index loads every stored membership once, with the audience feed's position, in one
-snapshot; then, every REFRESH_SECONDS, it applies the feed's settled entries after that position
+snapshot; then, every REFRESH_SECONDS, it applies the feed's entries after that position
 (entries set a member in or out, so one already reflected by the load is harmless to apply again)
 and re-reads which audiences it may answer for: dynamic, not deleted, membership evaluated at the
-current version by a settled transaction, whose entries are then all among those applied. Any other
+current version by a transaction whose entries are all among those applied. Any other
 audience, a tenant not loaded yet, or an index not refreshed for MAX_AGE_SECONDS (the database may
 be unreachable) gives no answer, and the check evaluates instead. An update or delete made through
 this process stops the answers for that audience at once; one made elsewhere, within a refresh.
@@ -145,9 +145,9 @@ class MembershipIndex:
                         break
                 else:
                     caught_up = False
-            answerable = await store.indexable_audiences(conn)
+            answerable = await store.indexable_audiences(conn, held.position)
         if not caught_up:
-            # Entries of an evaluation this snapshot calls settled may be among those not read yet:
+            # Entries of an evaluation this snapshot sees may be among those not read yet:
             # only audiences already answered for, at the same version, go on being answered.
             answerable = {a: v for a, v in answerable.items() if held.answerable.get(a) == v}
         held.members = {a: m for a, m in held.members.items() if m}

@@ -16,6 +16,7 @@ from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from runtime.erasure import Erasures
+from runtime.feed_sequencer import FeedSequencer
 from runtime.grpc_server import ServiceBinding
 from services.audience import erasure_store
 from services.audience.api import AudienceApi, utc_now
@@ -56,7 +57,11 @@ def wire(
     binding = ServiceBinding.of(
         SERVICE, audience_service_pb2_grpc.add_AudienceServiceServicer_to_server, servicer
     )
-    return app.Wiring([binding], background=[memberships.run, index.run], closers=[reads.close])
+    return app.Wiring(
+        [binding],
+        background=[memberships.run, index.run, FeedSequencer(db, "audience", tenants).run],
+        closers=[reads.close],
+    )
 
 
 DEFINITION = app.ServiceDefinition(

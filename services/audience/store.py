@@ -461,7 +461,7 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
 # after as_of.
 _UNFOLLOWED = """unfollowed AS (
                 SELECT f.member_id, max(f.occur_time) AS fact_time, bool_and(f.backfilled) AS backfilled
-                FROM tagging_read.feed f
+                FROM tagging_read.feed f LEFT JOIN tagging_read.feed_positions p ON p.txid = f.txid
                 WHERE {after} AND f.member_id IN (SELECT member_id FROM entered UNION ALL
                                                   SELECT member_id FROM exited)
                 GROUP BY f.member_id),"""
@@ -501,8 +501,9 @@ async def apply_membership(
     if only is None:
         after = "true"
         if followed is not None:
-            after = f"(f.txid, f.seq) > (${n + 8}::text::xid8, ${n + 9}::bigint)"
-            extra = [str(followed[0]), followed[1]]
+            # After the cursor in feed order, or not given a position yet (committed since).
+            after = f"(p.position IS NULL OR (p.position, f.seq) > (${n + 8}::bigint, ${n + 9}::bigint))"
+            extra = [followed[0], followed[1]]
         unfollowed = _UNFOLLOWED.format(after=after)
         latest = _LATEST_FACT if new_definition else "NULL::timestamptz"
         occur = f"least({as_of_}, coalesce(u.fact_time, {latest}, {as_of_}))"
@@ -626,15 +627,20 @@ async def changed_members(
     )
 
 
-async def indexable_audiences(conn: Connection) -> dict[str, int]:
+async def indexable_audiences(conn: Connection, read: outbox.Position | None) -> dict[str, int]:
     """audience id -> version of each dynamic audience whose stored membership is its current
-    definition's, evaluated by a settled transaction (see migration 0004)."""
+    definition's, evaluated by a transaction whose feed entries are all among those read up to
+    `read` (it wrote none, or its position is not after `read`; see migration 0004)."""
     rows = await conn.fetch(
         f"""SELECT a.audience_id, a.current_version FROM audience.audiences a
             JOIN audience.audience_versions v
               ON v.audience_id = a.audience_id AND v.version = a.current_version
             WHERE v.dynamic AND a.delete_time IS NULL AND a.membership_version = a.current_version
-              AND a.membership_txid < pg_snapshot_xmin(pg_current_snapshot()) AND NOT {REFERENCES_CHANGED}"""
+              AND (EXISTS (SELECT 1 FROM audience.feed_positions p
+                           WHERE p.txid = a.membership_txid AND p.position <= $1::bigint)
+                   OR NOT EXISTS (SELECT 1 FROM audience.feed f WHERE f.txid = a.membership_txid))
+              AND NOT {REFERENCES_CHANGED}""",
+        0 if read is None else read[0],
     )
     return {row["audience_id"]: row["current_version"] for row in rows}
 

@@ -1,8 +1,9 @@
 """Reading the tagging feed: cursors, limits, and the rule that makes reading safe.
 
-A cursor is `<txid>-<seq>` of the last entry read. Entries are returned in (txid, seq) order and
-only once their transaction is older than every transaction still running, so an entry can never
-appear behind a cursor a consumer already holds.
+A cursor names the last entry read. Entries are returned in feed order, (position, seq), and only
+once their transaction has its position, which is given after it commits and in increasing order
+(runtime/outbox.py), so an entry can never appear behind a cursor a consumer already holds, and no
+other transaction, however long it runs, holds an entry back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TypeVar
 
 from runtime.db import Database
 from runtime.errors import ResourceExhausted
-from runtime.outbox import last_settled, page_size, parse_cursor
+from runtime.outbox import last_settled, page_size, parse_cursor, resolve
 from services.tagging import feed_store
 from services.tagging.domain import FeedEntry, FeedKind
 from services.tagging.feed_head import FeedHeads
@@ -67,6 +68,7 @@ class Feed:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             if skip_to_end:
                 return [], await last_settled(conn, "tagging.feed") or ""
+            position = await resolve(conn, "tagging.feed", position)
             if not kinds:
                 entries = await feed_store.read_feed(conn, position, limit)
                 return entries, entries[-1].cursor if entries else after_cursor
@@ -104,6 +106,7 @@ class Feed:
         with self._stream_slot(tenant_id):
             while True:
                 async with self._readers, self._db.transaction(tenant_id, readonly=True) as conn:
+                    position = await resolve(conn, "tagging.feed", position)
                     entries = await feed_store.read_feed(conn, position, size)
                 caught_up = len(entries) < size
                 if entries:

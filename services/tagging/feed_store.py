@@ -1,6 +1,7 @@
 """SQL of tagging.feed: entries appended in the transaction of the change they record, and read
-back once settled. Every function runs on a connection already inside a tenant transaction.
-An entry written inside a traced call keeps that call's trace context (`traceparent`)."""
+back once their transaction has its position (runtime/outbox.py). Every function runs on a
+connection already inside a tenant transaction. An entry written inside a traced call keeps that
+call's trace context (`traceparent`)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ async def read_feed(
             _FEED_COLUMNS,
             after,
             limit,
-            "kind = ANY($4::smallint[]) AND (txid, seq) <= ($5::text::xid8, $6::bigint)",
-            [[int(k) for k in kinds], str(upto[0]), upto[1]],
+            "kind = ANY($4::smallint[])",
+            [[int(k) for k in kinds]],
+            upto,
         )
     else:
         rows = await outbox.read_settled(conn, "tagging.feed", _FEED_COLUMNS, after, limit)

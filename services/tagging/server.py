@@ -13,6 +13,7 @@ from memberops.tagging.v1 import tagging_service_pb2, tagging_service_pb2_grpc
 from runtime import app
 from runtime.config import Settings, env_number
 from runtime.db import Database
+from runtime.feed_sequencer import FeedSequencer
 from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
 from services.tagging import builtins
@@ -71,7 +72,12 @@ def wire(
         SERVICE, tagging_service_pb2_grpc.add_TaggingServiceServicer_to_server, servicer
     )
     return app.Wiring(
-        [binding], background=[functools.partial(realtime.run, tenants, clock)], closers=[peers.close]
+        [binding],
+        background=[
+            functools.partial(realtime.run, tenants, clock),
+            FeedSequencer(db, "tagging", tenants).run,
+        ],
+        closers=[peers.close],
     )
 
 

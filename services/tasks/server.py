@@ -18,6 +18,7 @@ from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from runtime.erasure import Erasures
+from runtime.feed_sequencer import FeedSequencer
 from runtime.grpc_server import ServiceBinding
 from runtime.temporal_client import LazyClient
 from services.tasks import erasure_store
@@ -88,7 +89,11 @@ def wire(
         daily_kpis=DailyKpiReader(db),
     )
     binding = ServiceBinding.of(SERVICE, tasks_service_pb2_grpc.add_TasksServiceServicer_to_server, servicer)
-    return app.Wiring([binding], background=[follower.run, publisher.run], closers=[peers.close])
+    return app.Wiring(
+        [binding],
+        background=[follower.run, publisher.run, FeedSequencer(db, "tasks", tenants).run],
+        closers=[peers.close],
+    )
 
 
 DEFINITION = app.ServiceDefinition(

@@ -13,6 +13,8 @@ a call gives it work. The writers in the tenant (tests/conftest.py wires the ser
   the changes those entries caused; it evaluates whole each audience created, changed, deleted or
   referring to a changed one, and each dynamic one every FULL_EVERY: time alone makes that one due,
   so an evaluation falling due within HORIZON is waited for too;
+- each service's feed sequencer moves `feed_pending` rows (committed writers of its feed) to
+  `feed_positions`;
 - tasks' feed follower and level relay and the journeys dispatcher do not run in the tenant:
   their cursors there must not exist (a consumer this module does not know could not be waited for).
 """
@@ -48,12 +50,27 @@ async def _queued(conn: Connection) -> list[str]:
     return lagging
 
 
+async def _unsequenced(conn: Connection) -> list[str]:
+    """Committed transactions of each feed still waiting for their positions (the services'
+    sequencers give them one, runtime/feed_sequencer.py; the maintainer then follows tagging's)."""
+    lagging = []
+    for schema in ("tagging", "audience", "tasks"):
+        count = await conn.fetchval(
+            f"SELECT count(*) FROM {schema}.feed_pending WHERE tenant_id = $1", TENANT_FUZZ
+        )
+        if count:
+            lagging.append(f"{schema}.feed_pending: {count} transactions wait for their positions")
+    return lagging
+
+
 async def _follower(conn: Connection) -> list[str]:
-    """The maintainer's cursor against the newest committed entry of the feed it follows (not only
-    the settled ones it can read yet: a committed entry settles, and is then followed)."""
+    """The maintainer's cursor against the newest entry of the feed it follows."""
     head = await conn.fetchrow(
-        """SELECT f.txid::text AS txid, f.seq FROM tagging_read.feed f WHERE f.tenant_id = $1
-           ORDER BY f.txid DESC, f.seq DESC LIMIT 1""",
+        """SELECT p.position, l.seq FROM tagging_read.feed_positions p
+           CROSS JOIN LATERAL (SELECT f.seq FROM tagging_read.feed f
+                               WHERE f.tenant_id = p.tenant_id AND f.txid = p.txid
+                               ORDER BY f.seq DESC LIMIT 1) l
+           WHERE p.tenant_id = $1 ORDER BY p.position DESC LIMIT 1""",
         TENANT_FUZZ,
     )
     newest = None if head is None else outbox.parse_cursor(outbox.cursor_of(head))
@@ -90,7 +107,12 @@ async def lagging(db: Database) -> list[str]:
     async with db.transaction(TENANT_FUZZ, readonly=True, snapshot=True) as conn:
         await _strays(conn)
         now = dt.datetime.now(dt.UTC)
-        return [*await _queued(conn), *await _follower(conn), *await _audiences(conn, now)]
+        return [
+            *await _queued(conn),
+            *await _unsequenced(conn),
+            *await _follower(conn),
+            *await _audiences(conn, now),
+        ]
 
 
 async def wait(db: Database) -> None:
