@@ -11,15 +11,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from memberops.tagging.v1 import tagging_service_pb2, tags_pb2
 from temporalio.testing import WorkflowEnvironment
 
 from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
 from services.journeys import server as journeys_server
-from tests.conftest import TENANT_WECOM_PULL
+from tests.conftest import TENANT_WECOM_PULL, WECOM_PULL
 from tests.ports import free_port
 from tests.waiting import eventually
 from workflows.wecom import connector_store, crypto, sync_store
@@ -68,6 +70,30 @@ async def counters(db: Database) -> tuple[int, int, int]:
     if state is None:
         return 0, 0, 0
     return state.callbacks_received, state.callbacks_refused, state.tags_pulled
+
+
+async def manual_dimension(
+    stub: Any,
+    name: str,
+    values: dict[str, str],
+    *,
+    display_name: str = "",
+    cardinality: tags_pb2.Cardinality.ValueType = tags_pb2.CARDINALITY_MULTI,
+) -> None:
+    """A MANUAL dimension of the test tenant (staff's WeCom tags become its values):
+    `values` maps each value to its display name ('' for none)."""
+    definition = tags_pb2.TagDefinition(
+        dimension=name,
+        display_name=display_name,
+        category=tags_pb2.TAG_CATEGORY_MARKETING,
+        kind=tags_pb2.TAG_KIND_MANUAL,
+        refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
+        cardinality=cardinality,
+        values=[tags_pb2.TagValue(value=v, display_name=d) for v, d in values.items()],
+    )
+    await stub.CreateTagDefinition(
+        tagging_service_pb2.CreateTagDefinitionRequest(tag_definition=definition), metadata=WECOM_PULL
+    )
 
 
 def event_xml(

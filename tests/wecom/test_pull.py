@@ -17,7 +17,7 @@ from deploy.wecom_local import LocalWeCom
 from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import WECOM_PULL, unique
-from tests.tagging.test_catalog import create, dimension
+from tests.tagging.test_catalog import dimension
 from tests.wecom.callbacks_world import (
     AES_KEY,
     CORP_ID,
@@ -25,6 +25,7 @@ from tests.wecom.callbacks_world import (
     TENANT,
     TOKEN,
     counters,
+    manual_dimension,
     put_connector,
     serving_callbacks,
 )
@@ -64,18 +65,7 @@ async def world(
         wecom.add_staff(STAFF)
         wecom.add_staff("lisi")
         name = dimension()
-        await create(
-            tagging_stub,
-            tags_pb2.TagDefinition(
-                dimension=name,
-                category=tags_pb2.TAG_CATEGORY_MARKETING,
-                kind=tags_pb2.TAG_KIND_MANUAL,
-                refresh_policy=tags_pb2.REFRESH_POLICY_SCHEDULED,
-                cardinality=tags_pb2.CARDINALITY_MULTI,
-                values=[tags_pb2.TagValue(value=v) for v in VALUES],
-            ),
-            metadata=WECOM_PULL,
-        )
+        await manual_dimension(tagging_stub, name, dict.fromkeys(VALUES, ""))
         group = wecom.corp.add_corp_tag({"group_name": name, "tag": [{"name": v} for v in VALUES]})
         group_id = group["tag_group"]["group_id"]
         tags = {tag["name"]: tag["id"] for tag in group["tag_group"]["tag"]}
@@ -308,3 +298,35 @@ async def test_a_staff_edit_never_undoes_a_memberops_change_wecom_was_not_given(
         ("complained", "alice@ops", "called the hotline"),
         ("wholesale", STAFF, "wecom"),
     ]
+
+
+async def test_a_pulled_dimension_is_offered_in_wecom_for_staff_to_choose(
+    world: World, db: Database, tagging_stub: Stub, settings: Settings
+) -> None:
+    name = dimension()
+    display = f"Care {name[-6:]}"
+    await manual_dimension(
+        tagging_stub,
+        name,
+        {"gold": "Gold care", "plain": "Plain care"},
+        display_name=display,
+        cardinality=tags_pb2.CARDINALITY_SINGLE,
+    )
+    await put_connector(db, pull_dimensions=(world.dimension, name))
+    try:
+        # No callback waits: the pull offers the dimension anyway.
+        assert await pull(db, tagging_stub, settings, world.wecom) == PullResult()
+        gold = world.wecom.tag_id(display, "Gold care")
+        assert gold is not None and world.wecom.tag_id(display, "Plain care") is not None
+        member_id, external_userid = await customer(tagging_stub, world.wecom)
+
+        await world.wecom.staff_edit_tags(STAFF, external_userid, add=[gold])
+        assert (await pull(db, tagging_stub, settings, world.wecom)).tags_pulled == 1
+
+        assert await held(tagging_stub, member_id, name) == [("gold", STAFF, "wecom")]
+        # Offered once: a later pull asks WeCom nothing more about the library.
+        created = len(world.wecom.calls("externalcontact/add_corp_tag"))
+        await pull(db, tagging_stub, settings, world.wecom)
+        assert len(world.wecom.calls("externalcontact/add_corp_tag")) == created
+    finally:
+        await put_connector(db, pull_dimensions=(world.dimension,))

@@ -19,6 +19,10 @@ cannot have been removed by staff. A member whose relationship belongs to anothe
 (`wecom_staff_userid`) is left alone: each staff member's relationship carries its own tags, and
 the owner's are the ones the push writes.
 
+Staff can only choose tags that exist: each pull first makes every pulled dimension a corp tag
+group with a tag per defined value (wecom-sync's TagLibrary: adopted by name, created, renamed with
+MemberOps' display names; nothing asked of WeCom once they exist).
+
 `change_external_tag` (the corp tag library): a deleted tag or group that stands for a value or
 dimension is forgotten (the push creates it again) and a full reconciliation asked for; created and
 renamed ones change no mapping (ids stay). `shuffle`, or a change type WeCom added after this was
@@ -41,6 +45,8 @@ from workflows.wecom import callback_store, connector_store, sync_store, tag_map
 from workflows.wecom.api import WeComApi, WeComError
 from workflows.wecom.callback_store import Callback, Seen
 from workflows.wecom.connector_store import Connector
+from workflows.wecom.library import TagLibrary
+from workflows.wecom.tagging_reads import TaggingReads
 
 log = get_logger("memberops.wecom.pull")
 
@@ -167,6 +173,8 @@ class Pull:
             connector = await connector_store.get(conn)
             rows = await callback_store.unprocessed(conn, limit)
         api = self._wecom(connector) if connector is not None and connector.enabled else None
+        if connector is not None and api is not None:
+            await self._offer(tenant_id, connector, api)
         processed = pulled = 0
         resync = False
         for row in rows:
@@ -200,6 +208,19 @@ class Pull:
         async with self._db.transaction(tenant_id) as conn:
             await callback_store.purge(conn, self._clock() - callback_store.RETENTION)
         return PullResult(processed, pulled, resync, more=len(rows) == limit)
+
+    async def _offer(self, tenant_id: str, connector: Connector, api: WeComApi) -> None:
+        """Makes each pulled dimension a group in WeCom with a tag per defined value (adopting
+        what exists by name, renaming what MemberOps renamed), so staff have its tags to choose
+        and their choices map back. Nothing is asked of WeCom once they exist."""
+        if not connector.pull_dimensions:
+            return
+        reads = TaggingReads(self._tagging, self._token_for_tenant)
+        dimensions = await reads.dimensions(tenant_id, sorted(set(connector.pull_dimensions)))
+        library = TagLibrary(self._db, tenant_id, api, dimensions, self._clock)
+        await library.load()
+        await library.ensure({d.name: d.values for d in dimensions})
+        await library.rename()
 
     async def _outcome(
         self, tenant_id: str, connector: Connector | None, api: WeComApi | None, row: Callback
