@@ -186,12 +186,16 @@ async def test_the_index_holds_no_more_than_its_limit_and_lets_the_largest_go(
         await audience_stub.CreateAudience(request, metadata=GLOBEX)
 
     async def evaluated(audience_id: str) -> bool:
+        """Evaluated whole at its version by a transaction whose entries have their positions."""
         async with db.transaction(TENANT_GLOBEX, readonly=True) as conn:
             return bool(
                 await conn.fetchval(
-                    """SELECT membership_version = current_version
-                              AND membership_txid < pg_snapshot_xmin(pg_current_snapshot())
-                       FROM audience.audiences WHERE audience_id = $1""",
+                    """SELECT a.membership_version = a.current_version
+                              AND (EXISTS (SELECT 1 FROM audience.feed_positions p
+                                           WHERE p.txid = a.membership_txid)
+                                   OR NOT EXISTS (SELECT 1 FROM audience.feed f
+                                                  WHERE f.txid = a.membership_txid))
+                       FROM audience.audiences a WHERE a.audience_id = $1""",
                     audience_id,
                 )
             )

@@ -44,6 +44,7 @@ VIEWS = (
     "current_member_tags",
     "tag_dimensions",
     "feed",
+    "feed_positions",
     "event_recency",
     "purchase_recency",
 )
