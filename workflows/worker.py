@@ -50,7 +50,10 @@ from workflows.periodic.activities import PeriodicActivities
 from workflows.periodic.workflow import PeriodicJobWorkflow
 from workflows.tag_history.activities import TagHistoryActivities
 from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
+from workflows.wecom.activities import WeComActivities
 from workflows.wecom.pull_activities import WeComPullActivities
+from workflows.wecom.tagging_reads import TaggingReads
+from workflows.wecom.workflow import WeComSyncWorkflow
 
 log = logs.get_logger("memberops.worker")
 
@@ -65,6 +68,7 @@ WORKFLOWS: Sequence[type] = (
     TagHistoryRebuildWorkflow,
     KpiAnomalyCheckWorkflow,
     CouponIssuanceWorkflow,
+    WeComSyncWorkflow,
 )
 
 
@@ -118,6 +122,9 @@ def activities(resources: Resources, settings: Settings, client: Client) -> list
         *anomalies.all(),
         *CouponIssuanceActivities(tasks, settings.token_for_tenant).all(),
         WeComResultActivities(resources.db, wecom).read_results,
+        *WeComActivities(
+            resources.db, TaggingReads(tagging, settings.token_for_tenant), settings.wecom_api_url
+        ).all(),
         *WeComPullActivities(resources.db, tagging, settings.token_for_tenant, settings.wecom_api_url).all(),
     ]
 

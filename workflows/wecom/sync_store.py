@@ -20,6 +20,7 @@ _ENSURE = """INSERT INTO journeys.wecom_sync (tenant_id)
 @dataclass(frozen=True)
 class SyncState:
     cursor: str = ""
+    started: bool = False
     pending_end: str = ""
     pending_done: int = 0
     members_marked: int = 0
@@ -84,9 +85,9 @@ async def note_error(conn: Connection, error: str) -> None:
 
 
 async def start_cursor(conn: Connection, cursor: str) -> bool:
-    """Sets where the push starts reading when it has no cursor yet (True when this did)."""
+    """Sets where the push starts reading, once (True when this call did)."""
     status = await conn.execute(
-        "UPDATE journeys.wecom_sync SET cursor = $1 WHERE cursor = '' AND pending_end = ''", cursor
+        "UPDATE journeys.wecom_sync SET cursor = $1, started = true WHERE NOT started", cursor
     )
     return bool(status == "UPDATE 1")
 

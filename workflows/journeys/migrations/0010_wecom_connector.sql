@@ -38,8 +38,10 @@ CREATE INDEX wecom_tags_group ON wecom_tags (tenant_id, group_id);
 
 CREATE TABLE wecom_sync (
     tenant_id          text        PRIMARY KEY,
-    -- The tagging feed cursor through which member tag changes are in WeCom.
+    -- The tagging feed cursor through which member tag changes are in WeCom; `started` once the
+    -- push took its first cursor (the feed's end then: what came before is the reconciliation's).
     cursor             text        NOT NULL DEFAULT '',
+    started            boolean     NOT NULL DEFAULT false,
     -- The batch in progress: the feed entry it ends at ('' when none) and how many of its members
     -- (in the order of first appearance) are done; written after each member's mark_tag.
     pending_end        text        NOT NULL DEFAULT '',
