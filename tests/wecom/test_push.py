@@ -32,6 +32,8 @@ from tests.waiting import eventually
 from tests.wecom import push_world as world
 from tests.wecom.conftest import running_local_wecom
 from tests.wecom.push_world import STAFF, Customer
+from tests.workflows.journey_helpers import keep_history
+from workflows.wecom import client as sync_client
 
 if TYPE_CHECKING:
     from memberops.journeys.v1.journeys_service_pb2_grpc import JourneyServiceAsyncStub
@@ -251,3 +253,7 @@ async def test_resync_repairs_a_tag_removed_behind_memberops_back(stack: Stack) 
     assert done.members_repaired >= 1 and done.members_checked >= 2
     again = await stack.journeys.ResyncWeCom(request, metadata=WECOM_PUSH)
     assert again.reconciliation == done
+    # The module's sync: rounds, pulls, reconciliations, rounds lost with their workers and done
+    # again (the replay test's `wecom_sync_rounds_lost_and_redone`).
+    handle = stack.env.client.get_workflow_handle(sync_client.workflow_id(world.TENANT))
+    await keep_history(handle, "wecom_sync_rounds_lost_and_redone")

@@ -27,6 +27,7 @@ from workflows.journeys.cohort.workflow import CohortJourneyWorkflow
 from workflows.journeys.control.workflow import JourneyControlWorkflow
 from workflows.journeys.workflow import JourneyWorkflow
 from workflows.tag_history.workflow import TagHistoryRebuildWorkflow
+from workflows.wecom.workflow import WeComSyncWorkflow
 
 HISTORIES = {
     path.stem: path.read_text() for path in sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -40,6 +41,7 @@ WORKFLOWS: dict[str, type] = {
     "JourneyControl": JourneyControlWorkflow,
     "TagHistoryRebuild": TagHistoryRebuildWorkflow,
     "CouponIssuance": CouponIssuanceWorkflow,
+    "WeComSync": WeComSyncWorkflow,
 }
 
 
@@ -104,6 +106,9 @@ def test_there_are_recorded_histories() -> None:
         # run and its last (tests/workflows/test_coupon_issuance.py).
         "coupon_issuance_continued_as_new",
         "coupon_issuance_last_run",
+        # Issue 24: a tenant's WeCom sync with rounds (pull, push, reconciliation pages), wake and
+        # resync signals, and rounds lost with their worker and done again (tests/wecom/test_push.py).
+        "wecom_sync_rounds_lost_and_redone",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)
