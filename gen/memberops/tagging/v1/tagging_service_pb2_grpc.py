@@ -288,8 +288,10 @@ class TaggingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadFeed(self, request, context):
-        """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
-        could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+        """Reads the feed after a cursor, oldest first. An entry appears (settles) once its transaction
+        has committed and been given its place in the feed, a moment later; nothing can then appear
+        before it, so a consumer that keeps its cursor misses nothing. A transaction still running
+        holds back only its own entries, which come together, in order, once it commits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -78,8 +78,10 @@ class TaggingServiceStub:
     retried batch records nothing twice. A batch with any invalid event is rejected whole.
     """
     ReadFeed: _grpc.UnaryUnaryMultiCallable[_tagging_service_pb2.ReadFeedRequest, _tagging_service_pb2.ReadFeedResponse]
-    """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
-    could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+    """Reads the feed after a cursor, oldest first. An entry appears (settles) once its transaction
+    has committed and been given its place in the feed, a moment later; nothing can then appear
+    before it, so a consumer that keeps its cursor misses nothing. A transaction still running
+    holds back only its own entries, which come together, in order, once it commits.
     """
     StreamFeed: _grpc.UnaryStreamMultiCallable[_tagging_service_pb2.StreamFeedRequest, _tagging_service_pb2.StreamFeedResponse]
     """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
@@ -209,8 +211,10 @@ class TaggingServiceAsyncStub(TaggingServiceStub):
     retried batch records nothing twice. A batch with any invalid event is rejected whole.
     """
     ReadFeed: _aio.UnaryUnaryMultiCallable[_tagging_service_pb2.ReadFeedRequest, _tagging_service_pb2.ReadFeedResponse]  # type: ignore[assignment]
-    """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
-    could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+    """Reads the feed after a cursor, oldest first. An entry appears (settles) once its transaction
+    has committed and been given its place in the feed, a moment later; nothing can then appear
+    before it, so a consumer that keeps its cursor misses nothing. A transaction still running
+    holds back only its own entries, which come together, in order, once it commits.
     """
     StreamFeed: _aio.UnaryStreamMultiCallable[_tagging_service_pb2.StreamFeedRequest, _tagging_service_pb2.StreamFeedResponse]  # type: ignore[assignment]
     """Follows the feed from a cursor: the entries there are now, then new ones as they settle, in
@@ -403,8 +407,10 @@ class TaggingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tagging_service_pb2.ReadFeedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tagging_service_pb2.ReadFeedResponse, _abc.Awaitable[_tagging_service_pb2.ReadFeedResponse]]:
-        """Reads the feed after a cursor, oldest first. Entries appear only once every transaction that
-        could still come before them has finished, so a consumer that keeps its cursor misses nothing.
+        """Reads the feed after a cursor, oldest first. An entry appears (settles) once its transaction
+        has committed and been given its place in the feed, a moment later; nothing can then appear
+        before it, so a consumer that keeps its cursor misses nothing. A transaction still running
+        holds back only its own entries, which come together, in order, once it commits.
         """
 
     @_abc_1.abstractmethod
