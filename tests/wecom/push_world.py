@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,9 @@ async def syncing(
             task_queue=TASK_QUEUE,
             workflows=[WeComSyncWorkflow],
             activities=[*activities.all(), *pull.all()],
+            # No sticky queue: the next test's worker gets the sync's workflow tasks at once, not
+            # after a dead worker's sticky queue timed out (10 s).
+            max_cached_workflows=0,
         ):
             yield
     finally:
@@ -88,12 +92,14 @@ async def syncing(
 
 async def start_sync(client: Client) -> None:
     """Starts the tenant's sync as a connector put would, with rounds idle for a second at most
-    (a rename or a reconciliation waits for the round in progress): the puts then signal it."""
+    (a rename or a reconciliation waits for the round in progress): the puts then signal it. A
+    workflow task a stopped worker held is given to the next worker after 2 s, not the default 10."""
     await client.start_workflow(
         WeComSyncWorkflow.run,
         WeComSyncInput(TENANT, idle_seconds=1.0),
         id=sync_client.workflow_id(TENANT),
         task_queue=TASK_QUEUE,
+        task_timeout=dt.timedelta(seconds=2),
     )
 
 
@@ -140,12 +146,16 @@ async def dimension(
     return name, display
 
 
-async def rename_value(tagging: TaggingServiceAsyncStub, name: str, value: str, display: str) -> None:
+async def rename(
+    tagging: TaggingServiceAsyncStub, name: str, value: str, display: str, dimension_display: str
+) -> None:
+    """Gives the dimension and one of its values new display names."""
     found = await tagging.GetTagDefinition(
         tagging_service_pb2.GetTagDefinitionRequest(name=f"tagDefinitions/{name}"), metadata=WECOM_PUSH
     )
     definition = tags_pb2.TagDefinition()
     definition.CopyFrom(found)
+    definition.display_name = dimension_display
     for item in definition.values:
         if item.value == value:
             item.display_name = display

@@ -140,15 +140,17 @@ async def test_a_dimension_and_its_members_are_pushed_and_kept_in_step(stack: St
         await world.give(tagging, name, "bronze", [third.member_id, nobody])
         want = {first: {"Gold"}, second: {"Silver"}, third: {"Bronze"}}
         await eventually(world.holding(wecom, want, group), "the changes in WeCom")
-        # A value renamed in MemberOps: the same WeCom tag, renamed.
+        # The dimension and a value renamed in MemberOps: the same WeCom group and tag, renamed.
         gold = wecom.tag_id(group, "Gold")
-        await world.rename_value(tagging, name, "gold", "Gold VIP")
+        group, old_group = f"{group} new", group
+        await world.rename(tagging, name, "gold", "Gold VIP", group)
 
         async def renamed() -> bool:
             return wecom.tag_id(group, "Gold VIP") == gold
 
-        await eventually(renamed, "the WeCom tag renamed")
+        await eventually(renamed, "the WeCom group and tag renamed")
         assert world.held(wecom, first, group) == {"Gold VIP"}
+        assert world.held(wecom, first, old_group) == set()
         # A change made from WeCom (a pulled one, reason `wecom`) is not pushed back; the change
         # after it is (so the sync read past it).
         await world.give(tagging, name, "silver", [first.member_id], reason="wecom")

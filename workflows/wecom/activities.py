@@ -39,7 +39,7 @@ from workflows.wecom.library import TagLibrary
 from workflows.wecom.payloads import PushCounts, RoundRequest, RoundResult
 from workflows.wecom.push import Push
 from workflows.wecom.sync_store import SyncState
-from workflows.wecom.tagging_reads import MEMBER_CHANGED, TAG_CHANGED, TaggingReads
+from workflows.wecom.tagging_reads import MEMBER_CHANGED, TAG_CHANGED, TaggingFailed, TaggingReads
 
 # How often an idle round asks the feed again.
 POLL_SECONDS = 0.25
@@ -100,6 +100,9 @@ class WeComActivities:
     async def round(self, request: RoundRequest) -> RoundResult:
         try:
             return await self._round(request)
+        except TaggingFailed as error:
+            await self._note(request.tenant_id, str(error))
+            raise
         except WeComError as error:
             # Noted for GetWeComSync (never the secret or token: WeComError's text has neither),
             # then retried by Temporal with its backoff.
@@ -262,7 +265,15 @@ class WeComActivities:
         reply = await self._tagging.read_feed(tenant_id, cursor, limit, kinds)
         cursors = [e.cursor for e in reply.entries]
         if end not in cursors:
-            raise ApplicationError(f"the feed no longer reaches {end!r} after {cursor!r}", non_retryable=True)
+            # Not what the feed promises; should it happen (cursors rewritten by a migration),
+            # the batch is started again rather than the sync stopped.
+            async with self._db.transaction(tenant_id) as conn:
+                await sync_store.drop_progress(conn)
+            raise ApplicationError(
+                "the batch in progress is no longer in the feed: starting it again",
+                type="BatchGone",
+                next_retry_delay=RESTART,
+            )
         return list(reply.entries[: cursors.index(end) + 1])
 
     # --- the full reconciliation --------------------------------------------------------------

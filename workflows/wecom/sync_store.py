@@ -117,6 +117,15 @@ async def member_done(conn: Connection, end: str, done: int, *, marked: int, ski
     )
 
 
+async def drop_progress(conn: Connection) -> None:
+    """Forgets the batch and reconciliation page in progress (the feed no longer answers them as
+    it did): they start again from their cursors, members done repeated (state-based: harmless)."""
+    await conn.execute(
+        """UPDATE journeys.wecom_sync SET pending_end = '', pending_done = 0, resync_page_end = '',
+               resync_page_done = 0"""
+    )
+
+
 async def finish_batch(conn: Connection, cursor: str, end: str, now: dt.datetime) -> bool:
     """Moves the cursor past the batch (`end`; an empty batch: from `cursor` to `end` directly)."""
     status = await conn.execute(

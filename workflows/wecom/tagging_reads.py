@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 TIMEOUT = service_calls.CALL_TIMEOUT_SECONDS
 
 
+class TaggingFailed(Exception):
+    """Tagging did not answer as asked (the round is retried; the text is noted as its last error)."""
+
+
 @dataclass(frozen=True)
 class Identity:
     """A member as WeCom knows them: the external contact and the staff member who owns them."""
@@ -53,7 +57,7 @@ class TaggingReads:
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     continue
-                raise service_calls.permanent("GetTagDefinition", error) from error
+                raise TaggingFailed(f"tagging GetTagDefinition: {error.code().name}") from error
             values = {v.value: v.display_name for v in definition.values}
             found.append(Dimension(name, definition.display_name, values))
         return found
@@ -110,7 +114,9 @@ class TaggingReads:
         try:
             return await getattr(self._stub, method)(request, metadata=self._auth(tenant_id), timeout=TIMEOUT)
         except grpc.aio.AioRpcError as error:
-            raise service_calls.permanent(method, error) from error
+            # Retried whatever the code: a sync that stopped would need an operator to restart it,
+            # while tagging answering again (or a token configured) lets it go on by itself.
+            raise TaggingFailed(f"tagging {method}: {error.code().name}: {error.details()}") from error
 
 
 TAG_CHANGED = feed_pb2.FEED_ENTRY_KIND_TAG_CHANGED
