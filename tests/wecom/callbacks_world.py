@@ -96,6 +96,16 @@ async def manual_dimension(
     )
 
 
+async def clear_resync(db: Database) -> bool:
+    """Takes back a full reconciliation the pull asked for (so the sync of a later test does not
+    run one); whether one was asked for."""
+    async with db.transaction(TENANT) as conn:
+        status = await conn.execute(
+            "UPDATE journeys.wecom_sync SET resync_wanted = false WHERE resync_wanted"
+        )
+    return status == "UPDATE 1"
+
+
 def event_xml(
     *, event: str, change_type: str, userid: str = "", external_userid: str = "", extra: str = ""
 ) -> bytes:

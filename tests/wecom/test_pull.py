@@ -24,6 +24,7 @@ from tests.wecom.callbacks_world import (
     SECRET,
     TENANT,
     TOKEN,
+    clear_resync,
     counters,
     manual_dimension,
     put_connector,
@@ -33,7 +34,6 @@ from tests.wecom.conftest import running_local_wecom
 from workflows.wecom import tag_map_store
 from workflows.wecom.pull import PullResult
 from workflows.wecom.pull_activities import WeComPullActivities
-from workflows.wecom.sync_store import get as sync_state
 
 if TYPE_CHECKING:
     from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as Stub
@@ -219,15 +219,13 @@ async def test_a_shuffle_or_an_unknown_change_asks_for_a_full_reconciliation(
     await world.wecom.send_event({"Event": "change_external_tag", "Id": "", "ChangeType": "shuffle"})
     result = await pull(db, tagging_stub, settings, world.wecom)
     assert (result.processed, result.resync_wanted) == (1, True)
-    async with db.transaction(TENANT) as conn:
-        state = await sync_state(conn)
-        assert state is not None and state.resync_wanted
-        await conn.execute("UPDATE journeys.wecom_sync SET resync_wanted = false")
+    assert await clear_resync(db)
 
     await world.wecom.send_event(
         {"Event": "change_external_contact", "ChangeType": "a_change_added_later", "UserID": STAFF}
     )
     assert (await pull(db, tagging_stub, settings, world.wecom)).resync_wanted
+    assert await clear_resync(db)
 
 
 async def test_a_mapped_tag_deleted_in_wecom_is_forgotten_and_a_reconciliation_asked_for(
@@ -244,6 +242,7 @@ async def test_a_mapped_tag_deleted_in_wecom_is_forgotten_and_a_reconciliation_a
     result = await pull(db, tagging_stub, settings, world.wecom)
 
     assert (result.processed, result.resync_wanted) == (1, True)
+    assert await clear_resync(db)
     async with db.transaction(TENANT, readonly=True) as conn:
         assert await tag_map_store.value_of(conn, tag_id) is None
         assert await tag_map_store.value_of(conn, world.tags["vip"]) == (world.dimension, "vip")
