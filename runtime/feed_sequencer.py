@@ -1,12 +1,15 @@
 """Gives each committed transaction that wrote a service's feed its position (runtime/outbox.py).
 
-A writing transaction registers itself in `<schema>.feed_pending` (a statement-level trigger); the
-row becomes visible when the transaction commits, and never when it rolls back. Every
-SEQUENCE_SECONDS this loop moves what it finds there to `<schema>.feed_positions`, numbered from the
-schema's sequence, for every configured tenant in one transaction (one round trip) under the
-schema's advisory lock, held to the commit. One sequencer at a time, each committing before the next
-begins, makes positions visible in increasing order; replicas each run the loop and take turns. A
-transaction still running is simply not there yet, so it delays nobody but itself.
+Writers do nothing for it. Every SEQUENCE_SECONDS, for every configured tenant, a round finds the
+transactions that committed since the previous round, through that round's snapshot
+(`<schema>.feed_sequencer.seen`): those that began after it (txid at or past its xmax) and those it
+saw running (its xip) whose status is now committed, among them only those with visible rows in the
+feed (a rolled-back or still-running one has none). It numbers them from the schema's sequence in
+txid order and stores its own snapshot for the next round, all in the statement's one snapshot.
+Every tenant goes in one transaction (one round trip) under the schema's advisory lock, held to the
+commit: one sequencer at a time, each committing before the next begins, makes positions visible in
+increasing order. Replicas each run the loop and take turns. A transaction still running is only
+probed by its txid each round, so it delays nobody but itself.
 """
 
 from __future__ import annotations
@@ -26,9 +29,34 @@ SEQUENCE_SECONDS = 0.05
 RETRY_SECONDS = 1.0
 
 
+def tenant_round(schema: str, tenant: str) -> str:
+    """One tenant's round: one statement, so what it numbers and the snapshot it stores agree."""
+    return f"""WITH last AS (SELECT s.seen FROM {schema}.feed_sequencer s WHERE s.tenant_id = '{tenant}'),
+        committed AS (
+            SELECT DISTINCT f.txid FROM {schema}.feed f
+            WHERE f.tenant_id = '{tenant}'
+              AND f.txid >= coalesce((SELECT pg_snapshot_xmax(last.seen) FROM last), '0'::xid8)
+          UNION
+            SELECT x.txid FROM last, pg_snapshot_xip(last.seen) AS x(txid)
+            WHERE pg_xact_status(x.txid) = 'committed'
+              AND EXISTS (SELECT 1 FROM {schema}.feed f WHERE f.tenant_id = '{tenant}' AND f.txid = x.txid)),
+        numbered AS (
+            INSERT INTO {schema}.feed_positions (tenant_id, position, txid)
+            SELECT '{tenant}', nextval('{schema}.feed_position'), n.txid
+            FROM (SELECT c.txid FROM committed c
+                  WHERE NOT EXISTS (SELECT 1 FROM {schema}.feed_positions p
+                                    WHERE p.tenant_id = '{tenant}' AND p.txid = c.txid)
+                  ORDER BY c.txid OFFSET 0) n
+            RETURNING 1)
+        INSERT INTO {schema}.feed_sequencer (tenant_id, seen) VALUES ('{tenant}', pg_current_snapshot())
+        ON CONFLICT (tenant_id) DO UPDATE SET seen = excluded.seen"""
+
+
 def round_sql(schema: str, tenants: frozenset[str]) -> str:
     """One round: every tenant's committed transactions numbered, in one transaction. Tenants are
-    written into the text (checked against TENANT_ID), so it runs as one simple query."""
+    written into the text (checked against TENANT_ID), so it runs as one simple query. Within a
+    round the sorted subquery (kept whole by OFFSET 0) feeds nextval in txid order, so
+    transactions one after the other keep their order."""
     lock = f"hashtextextended('memberops.feed_sequencer.{schema}', 0)"
     statements = [
         "BEGIN",
@@ -40,16 +68,7 @@ def round_sql(schema: str, tenants: frozenset[str]) -> str:
             raise ValueError(f"bad tenant id {tenant!r}")
         statements += [
             f"SELECT set_config('{TENANT_SETTING}', '{tenant}', true)",
-            # In txid order within a round (the sorted subquery, kept whole by OFFSET 0, feeds
-            # nextval row by row), so transactions one after the other keep their order; one that
-            # wrote no row (an INSERT … SELECT of nothing) gets no position.
-            f"""WITH taken AS (DELETE FROM {schema}.feed_pending RETURNING txid)
-                INSERT INTO {schema}.feed_positions (tenant_id, position, txid)
-                SELECT '{tenant}', nextval('{schema}.feed_position'), t.txid
-                FROM (SELECT w.txid FROM taken w
-                      WHERE EXISTS (SELECT 1 FROM {schema}.feed f
-                                    WHERE f.tenant_id = '{tenant}' AND f.txid = w.txid)
-                      ORDER BY w.txid OFFSET 0) t""",
+            tenant_round(schema, tenant),
         ]
     statements.append("COMMIT")
     return ";\n".join(statements)

@@ -1,12 +1,11 @@
 """The feed contract every service's outbox follows (tagging's, audience's and tasks' feeds).
 
-Entries are rows `(txid, seq)`: the writing transaction's id and a sequence. A statement-level
-trigger registers each writing transaction once (`<feed>_pending`); once it has committed, the
-service's sequencer (`runtime/feed_sequencer.py`) gives it the next position (`<feed>_positions`),
-and readers order entries by (position, seq). A position is assigned only to a committed
-transaction, by one sequencer at a time whose assignment commits before the next one starts, so
-positions become visible in increasing order: nothing can later appear behind a cursor a consumer
-holds, and no transaction still running, however long, holds anything else back.
+Entries are rows `(txid, seq)`: the writing transaction's id and a sequence. Once a transaction
+has committed, the service's sequencer (`runtime/feed_sequencer.py`) gives it the next position
+(`<feed>_positions`), and readers order entries by (position, seq). A position is assigned only to a
+committed transaction, by one sequencer at a time whose assignment commits before the next one
+starts, so positions become visible in increasing order: nothing can later appear behind a cursor a
+consumer holds, and no transaction still running, however long, holds anything else back.
 
 A cursor is `p<position>-<seq>` of the last entry read. Cursors of the first contract,
 `<txid>-<seq>`, are still accepted (`Legacy`): they are resolved to their transaction's position,

@@ -13,8 +13,8 @@ a call gives it work. The writers in the tenant (tests/conftest.py wires the ser
   the changes those entries caused; it evaluates whole each audience created, changed, deleted or
   referring to a changed one, and each dynamic one every FULL_EVERY: time alone makes that one due,
   so an evaluation falling due within HORIZON is waited for too;
-- each service's feed sequencer moves `feed_pending` rows (committed writers of its feed) to
-  `feed_positions`;
+- each service's feed sequencer gives the transactions committed to its feed their positions
+  (`feed_positions`) and notes its round's snapshot (`feed_sequencer`);
 - tasks' feed follower and level relay and the journeys dispatcher do not run in the tenant:
   their cursors there must not exist (a consumer this module does not know could not be waited for).
 """
@@ -56,10 +56,14 @@ async def _unsequenced(conn: Connection) -> list[str]:
     lagging = []
     for schema in ("tagging", "audience", "tasks"):
         count = await conn.fetchval(
-            f"SELECT count(*) FROM {schema}.feed_pending WHERE tenant_id = $1", TENANT_FUZZ
+            f"""SELECT count(DISTINCT f.txid) FROM {schema}.feed f
+                WHERE f.tenant_id = $1 AND NOT EXISTS (
+                    SELECT 1 FROM {schema}.feed_positions p
+                    WHERE p.tenant_id = f.tenant_id AND p.txid = f.txid)""",
+            TENANT_FUZZ,
         )
         if count:
-            lagging.append(f"{schema}.feed_pending: {count} transactions wait for their positions")
+            lagging.append(f"{schema}.feed: {count} committed transactions wait for their positions")
     return lagging
 
 

@@ -1,17 +1,10 @@
 -- Positions in commit order for the tasks feed (tasks.feed) (issue 25): an entry was handed out only
 -- once its transaction was older than every transaction still running, so any long transaction in
--- the database held every feed back. Now each writing transaction registers itself once (a
--- statement-level trigger: one row per transaction, none per entry), and once it has committed the
--- service's sequencer (runtime/feed_sequencer.py) gives it the next position. Readers order entries
--- by (position, seq) and see nothing of a transaction before its position (runtime/outbox.py).
-
--- Transactions that wrote entries and have no position yet: a row is visible only once its
--- transaction committed, and one rolled back leaves none.
-CREATE TABLE feed_pending (
-    tenant_id text NOT NULL,
-    txid      xid8 NOT NULL,
-    PRIMARY KEY (tenant_id, txid)
-);
+-- the database held every feed back. Now the service's sequencer (runtime/feed_sequencer.py) gives
+-- each committed transaction that wrote entries the next position, and readers order entries by
+-- (position, seq), seeing nothing of a transaction before its position (runtime/outbox.py).
+-- Writers do nothing more: the sequencer finds the transactions committed since its last round
+-- through that round's snapshot (`feed_sequencer.seen`).
 
 -- Each committed writing transaction's place in the feed. Positions come from one sequence and are
 -- assigned by one sequencer at a time (an advisory lock held to its commit), so they become
@@ -26,10 +19,17 @@ CREATE TABLE feed_positions (
 
 CREATE SEQUENCE feed_position;
 
+-- The snapshot of the tenant's last sequencing round: every transaction it saw committed has its
+-- position, so the next round looks only at transactions it saw running or that began after it.
+CREATE TABLE feed_sequencer (
+    tenant_id text        NOT NULL PRIMARY KEY,
+    seen      pg_snapshot NOT NULL
+);
+
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['feed_pending', 'feed_positions'] LOOP
+    FOREACH t IN ARRAY ARRAY['feed_positions', 'feed_sequencer'] LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
         EXECUTE format(
@@ -39,26 +39,16 @@ BEGIN
     END LOOP;
 END $$;
 
--- Once per statement that inserts into the feed (a repeat within the transaction conflicts and does
--- nothing). The tenant is the transaction's: the feed's policy admits no other.
-CREATE FUNCTION register_feed_transaction() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    INSERT INTO tasks.feed_pending (tenant_id, txid)
-    VALUES (current_setting('memberops.tenant_id'), pg_current_xact_id())
-    ON CONFLICT DO NOTHING;
-    RETURN NULL;
-END
-$fn$;
-
--- Creating the trigger waits for the transactions writing the feed now and holds new ones until
--- this migration commits, so every entry is either numbered below or registered by the trigger.
-CREATE TRIGGER feed_registers_transaction AFTER INSERT ON feed
-    FOR EACH STATEMENT EXECUTE FUNCTION register_feed_transaction();
-
--- Every transaction written so far, in txid order: the order the first contract read them in, so a
--- stored `<txid>-<seq>` cursor resolves to its transaction's position and loses nothing.
-INSERT INTO feed_positions (tenant_id, position, txid)
-SELECT tenant_id, row_number() OVER (ORDER BY txid, tenant_id), txid
-FROM (SELECT DISTINCT tenant_id, txid FROM feed) AS written;
+-- Every transaction committed so far, in txid order: the order the first contract read them in, so
+-- a stored `<txid>-<seq>` cursor resolves to its transaction's position and loses nothing. The
+-- same statement's snapshot is each tenant's first `seen`: what was still running then is found
+-- by the sequencer's first round.
+WITH numbered AS (
+    INSERT INTO feed_positions (tenant_id, position, txid)
+    SELECT tenant_id, row_number() OVER (ORDER BY txid, tenant_id), txid
+    FROM (SELECT DISTINCT tenant_id, txid FROM feed) AS written
+    RETURNING tenant_id)
+INSERT INTO feed_sequencer (tenant_id, seen)
+SELECT t.tenant_id, pg_current_snapshot() FROM (SELECT DISTINCT tenant_id FROM numbered) AS t;
 
 SELECT setval('feed_position', coalesce((SELECT max(position) FROM feed_positions), 0) + 1, false);
