@@ -548,7 +548,9 @@ async def up(env: Mapping[str, str]) -> None:
         print(
             f"{'journeys':<10} {'drafts':<16} shipped journeys stay drafts until activated (ActivateJourney)"
         )
-    print_summary(layout, settings, dsn, metrics_addresses(service_env), dev_token=uses_dev_token(env))
+    print_summary(
+        layout, settings, dsn, metrics_addresses(service_env), service_env, dev_token=uses_dev_token(env)
+    )
 
 
 async def ensure_schedules(settings: Settings, env: Mapping[str, str]) -> None:
@@ -653,12 +655,24 @@ async def demo(layout: Layout, settings: Settings, env: Mapping[str, str]) -> No
 
 
 def print_summary(
-    layout: Layout, settings: Settings, dsn: str, metrics: Mapping[str, str], *, dev_token: bool
+    layout: Layout,
+    settings: Settings,
+    dsn: str,
+    metrics: Mapping[str, str],
+    env: Mapping[str, str],
+    *,
+    dev_token: bool,
 ) -> None:
     token = DEV_TOKEN if dev_token else "<a token from MEMBEROPS_AUTH_TOKENS>"
     scrapes = f"\n{'':<16}".join(f"{name:<9} http://{address}/metrics" for name, address in metrics.items())
     tenant = f"  (tenant {DEV_TENANT})" if dev_token else ""
     member = DEMO_MEMBER if dev_token else "m-1"
+    local_wecom = wecom_dev.configured(env, layout.wecom_port)
+    wecom = (
+        ""
+        if local_wecom is None
+        else f"\n  WeCom (local) {local_wecom.api_url}  (customers, tags, messages: GET /_local/... )"
+    )
     print(
         f"""
 MemberOps is up.
@@ -673,7 +687,7 @@ task queue {settings.temporal_task_queue})
   token         {token}{tenant}
   DATABASE_URL  {dsn}
   logs          {layout.logs}/
-  messages      {layout.outbox_file}  (SMS, app push and WeCom sends, from the local outbox)
+  messages      {layout.outbox_file}  (SMS and app push sends, from the local outbox){wecom}
   metrics       {scrapes}
 
 Try:

@@ -10,6 +10,7 @@ journey messages go out through WeCom's customer-message API.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import urllib.error
 import urllib.request
@@ -22,6 +23,9 @@ from memberops.journeys.v1 import journeys_service_pb2_grpc, wecom_pb2
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2, tagging_service_pb2_grpc, tags_pb2
 
 from runtime.config import Settings
+from workflows.journeys import local_time
+from workflows.journeys.channels.config import ChannelSettings
+from workflows.journeys.shipped import NEW_CUSTOMER
 
 T = TypeVar("T")
 
@@ -141,11 +145,21 @@ async def show(settings: Settings, wecom: DevWeCom, token: str, member_id: str, 
     return WeComDemo(pushed, pulled, await _message(wecom, journey))
 
 
+def quiet_now(now: dt.datetime) -> dt.datetime | None:
+    """When the new-customer journey's quiet hours end for the demo member (who names no zone, so
+    the default's), or None when they are not in them now."""
+    tz = local_time.zone("", ChannelSettings().default_time_zone)
+    return local_time.quiet_until(now, tz, NEW_CUSTOMER.quiet_hours)
+
+
 async def _message(wecom: DevWeCom, journey: str) -> str:
     """The welcome the member's new-customer run sent through WeCom; a run in its holdout arm, or
     one holding for the journey's quiet hours, sends nothing now, and that is said instead."""
     if "arm treated" not in journey:
         return f"nothing sent now ({journey or 'no journey run'})"
+    quiet_end = quiet_now(dt.datetime.now(dt.UTC))
+    if quiet_end is not None:
+        return f"the welcome waits for the journey's quiet hours to end ({quiet_end:%Y-%m-%d %H:%M %Z})"
 
     async def sent() -> str | None:
         for message in await asyncio.to_thread(_local, wecom, "messages") or ():
@@ -153,10 +167,7 @@ async def _message(wecom: DevWeCom, journey: str) -> str:
                 return f"{message['sender']} -> {CUSTOMER}: {message['content']!r}"
         return None
 
-    try:
-        return await _until(sent, "the journey's WeCom message")
-    except RuntimeError:
-        return "nothing sent yet (quiet hours, or the send is still on its way)"
+    return await _until(sent, "the journey's WeCom message")
 
 
 async def _staff_dimension(tagging: Any, auth: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from memberops.journeys.v1 import journey_pb2
 
 from console import session as console_session
 from deploy import devstack as devstack_module
+from deploy import wecom_dev
 from tests.conftest import REPO_ROOT
 from tests.ports import free_port
 
@@ -78,8 +80,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_up_status_down(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def stack_env(run_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """An environment for a stack of its own: the run folder, and free ports for every part (no
+    MEMBEROPS_, DATABASE_URL or TEMPORAL_ variable of the caller's); and the metrics ports."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MEMBEROPS_", "DATABASE_URL", "TEMPORAL_"))
     }
@@ -96,6 +99,12 @@ def test_up_status_down(tmp_path: Path) -> None:
     )
     metrics = {name: free_port() for name in devstack_module.METRICS_PROCESSES}
     env.update({f"MEMBEROPS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics.items()})
+    return env, metrics
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env, metrics = stack_env(run_dir)
     try:
         started = devstack("up", env)
         assert "MemberOps is up." in started
@@ -174,3 +183,31 @@ def test_make_up_activates_only_what_nobody_decided(
         name="journeys/new-customer", state=state, live_version=live, latest_version=latest
     )
     assert devstack_module.version_to_activate(journey, scaled=scaled) == expected
+
+
+def test_up_with_the_local_wecom(tmp_path: Path) -> None:
+    """MEMBEROPS_DEV_WECOM=1: the local WeCom runs beside the stack, the demo member's tags appear
+    on the customer there, and a tag a staff member sets there comes back as a manual tag."""
+    env, _ = stack_env(tmp_path / "run")
+    env.update(
+        MEMBEROPS_DEV_WECOM="1",
+        MEMBEROPS_DEV_WECOM_PORT=str(free_port()),
+        MEMBEROPS_WECOM_CALLBACK_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+    try:
+        before = dt.datetime.now(dt.UTC)
+        started = devstack("up", env)
+        after = dt.datetime.now(dt.UTC)
+        assert f"{'wecom':<10} started" in started
+        shown = started[started.index("WeCom (local):") :]
+        assert "on the customer in WeCom: Categories bought/tea, Lifecycle stage/new" in shown
+        assert "a staff member's tag came back: staff_label=vip_care (set by zhangsan, reason wecom)" in shown
+        # The demo member's welcome went out through WeCom, from the staff member who owns them,
+        # unless the journey's quiet hours held it (the run is then in the same step, holding).
+        treated = "journey/dev/new-customer/member/demo-1: active, arm treated" in started
+        if treated and not (wecom_dev.quiet_now(before) or wecom_dev.quiet_now(after)):
+            assert "the journey through WeCom: zhangsan -> wmdemo1customer: 'Hi Xiao Li, thank you" in shown
+        else:
+            assert "the journey through WeCom: " in shown
+    finally:
+        devstack("down", env)
