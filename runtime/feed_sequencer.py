@@ -30,12 +30,23 @@ RETRY_SECONDS = 1.0
 
 
 def tenant_round(schema: str, tenant: str) -> str:
-    """One tenant's round: one statement, so what it numbers and the snapshot it stores agree."""
-    return f"""WITH last AS (SELECT s.seen FROM {schema}.feed_sequencer s WHERE s.tenant_id = '{tenant}'),
+    """One tenant's round: one statement, so what it numbers and the snapshot it stores agree. The
+    transactions that began after the last round are found one txid at a time, each the first
+    visible one after the previous, starting below the last round's xmax (an index probe each on a
+    value the planner sees as a column, whatever it thinks of a range of xid8), so a round reads
+    one row per new transaction, not every entry."""
+    return f"""WITH RECURSIVE last AS (
+            SELECT s.seen FROM {schema}.feed_sequencer s WHERE s.tenant_id = '{tenant}'),
+        began(txid, found) AS (
+            SELECT coalesce((SELECT (pg_snapshot_xmax(last.seen)::text::numeric - 1)::text::xid8
+                             FROM last), '0'::xid8), false
+          UNION ALL
+            SELECT (SELECT f.txid FROM {schema}.feed f
+                    WHERE f.tenant_id = '{tenant}' AND f.txid > b.txid
+                    ORDER BY f.txid LIMIT 1), true
+            FROM began b WHERE b.txid IS NOT NULL),
         committed AS (
-            SELECT DISTINCT f.txid FROM {schema}.feed f
-            WHERE f.tenant_id = '{tenant}'
-              AND f.txid >= coalesce((SELECT pg_snapshot_xmax(last.seen) FROM last), '0'::xid8)
+            SELECT b.txid FROM began b WHERE b.found AND b.txid IS NOT NULL
           UNION
             SELECT x.txid FROM last, pg_snapshot_xip(last.seen) AS x(txid)
             WHERE pg_xact_status(x.txid) = 'committed'
@@ -43,10 +54,8 @@ def tenant_round(schema: str, tenant: str) -> str:
         numbered AS (
             INSERT INTO {schema}.feed_positions (tenant_id, position, txid)
             SELECT '{tenant}', nextval('{schema}.feed_position'), n.txid
-            FROM (SELECT c.txid FROM committed c
-                  WHERE NOT EXISTS (SELECT 1 FROM {schema}.feed_positions p
-                                    WHERE p.tenant_id = '{tenant}' AND p.txid = c.txid)
-                  ORDER BY c.txid OFFSET 0) n
+            FROM (SELECT c.txid FROM committed c ORDER BY c.txid OFFSET 0) n
+            ON CONFLICT (tenant_id, txid) DO NOTHING
             RETURNING 1)
         INSERT INTO {schema}.feed_sequencer (tenant_id, seen) VALUES ('{tenant}', pg_current_snapshot())
         ON CONFLICT (tenant_id) DO UPDATE SET seen = excluded.seen"""
