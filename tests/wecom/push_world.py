@@ -24,6 +24,8 @@ from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import TENANT_WECOM_PUSH, WECOM_PUSH, unique
 from tests.wecom.conftest import AES_KEY
+from workflows.journeys.channels.wecom import WeComChannel
+from workflows.journeys.channels.wecom_results import WeComResultActivities
 from workflows.wecom import client as sync_client
 from workflows.wecom import sync_store
 from workflows.wecom.activities import WeComActivities
@@ -75,12 +77,13 @@ async def syncing(
         db, TaggingReads(tagging, settings.token_for_tenant), wecom.url, sleep=sleep or fast_sleep(wecom)
     )
     pull = WeComPullActivities(db, tagging, settings.token_for_tenant, wecom.url)
+    results = WeComResultActivities(db, WeComChannel(db, wecom.url))
     try:
         async with Worker(
             client,
             task_queue=TASK_QUEUE,
             workflows=[WeComSyncWorkflow],
-            activities=[*activities.all(), *pull.all()],
+            activities=[*activities.all(), *pull.all(), results.read_results],
             # No sticky queue: the next test's worker gets the sync's workflow tasks at once, not
             # after a dead worker's sticky queue timed out (10 s).
             max_cached_workflows=0,

@@ -158,10 +158,10 @@ async def test_a_dimension_and_its_members_are_pushed_and_kept_in_step(stack: St
         await eventually(
             world.holding(wecom, {third: {"Bronze", "Gold VIP"}}, group), "the change after the pulled one"
         )
+        await stack.caught_up()
     after = world.marks(wecom) - before
     assert after == {second.external_userid: 1, third.external_userid: 2}
     assert world.held(wecom, first, group) == {"Gold VIP"}
-    await stack.caught_up()
     sync = await sync_of(stack)
     # Every mark_tag WeCom took is counted (the module's local WeCom is this connector's alone).
     assert sync.members_marked == sum(world.marks(wecom).values())
@@ -255,7 +255,8 @@ async def test_resync_repairs_a_tag_removed_behind_memberops_back(stack: Stack) 
     assert done.members_repaired >= 1 and done.members_checked >= 2
     again = await stack.journeys.ResyncWeCom(request, metadata=WECOM_PUSH)
     assert again.reconciliation == done
-    # The module's sync: rounds, pulls, reconciliations, rounds lost with their workers and done
-    # again (the replay test's `wecom_sync_rounds_lost_and_redone`).
+    # The module's sync: rounds, pulls, reads of message results, reconciliations, rounds lost with
+    # their workers and done again (the replay test's `wecom_sync_reading_results`; its
+    # `wecom_sync_rounds_lost_and_redone` was recorded before the `wecom-read-results` patch).
     handle = stack.env.client.get_workflow_handle(sync_client.workflow_id(world.TENANT))
-    await keep_history(handle, "wecom_sync_rounds_lost_and_redone")
+    await keep_history(handle, "wecom_sync_reading_results")

@@ -109,6 +109,9 @@ def test_there_are_recorded_histories() -> None:
         # Issue 24: a tenant's WeCom sync with rounds (pull, push, reconciliation pages), wake and
         # resync signals, and rounds lost with their worker and done again (tests/wecom/test_push.py).
         "wecom_sync_rounds_lost_and_redone",
+        # The same after the `wecom-read-results` patch: each round also reads back the results of
+        # WeCom messages sent.
+        "wecom_sync_reading_results",
     }
     by_type = {name: workflow_type(text) for name, text in HISTORIES.items()}
     assert set(by_type.values()) == set(WORKFLOWS)

@@ -215,7 +215,7 @@ class WeComActivities:
             elif member_id in tagged:
                 outcome = None
             elif member_id in changed and identity is not None and reachable:
-                outcome = await push.repair(identity, held.get(member_id, {}), full=False) or False
+                outcome = await push.repair(identity, held.get(member_id, {})) or False
             else:
                 continue
             # Progress is stored after each member pushed (the others cost nothing to pass again).
@@ -317,7 +317,7 @@ class WeComActivities:
         for done, member_id in enumerate(todo, start=page.done + 1):
             if member_id not in taken:
                 continue
-            outcome = await push.repair(identities[member_id], held.get(member_id, {}), full=True)
+            outcome = await push.repair(identities[member_id], held.get(member_id, {}))
             async with self._db.transaction(tenant_id) as conn:
                 await sync_store.page_member_done(
                     conn,

@@ -53,12 +53,12 @@ class Push:
 
         return await self._attempts(step)
 
-    async def repair(self, member: Identity, held: Held, *, full: bool) -> bool | None:
+    async def repair(self, member: Identity, held: Held) -> bool | None:
         """Reads what WeCom holds and marks only the difference: True when something was repaired,
-        False when WeCom held `held`, None when the member cannot be reached in WeCom. `full` (a
-        reconciliation): every pushed group made exactly `held`. Otherwise (the member changed,
-        maybe their WeCom identity: their tags did not) a group staff also set (a pulled
-        dimension) only gets what it lacks, so a staff change not pulled yet is never undone."""
+        False when WeCom held `held`, None when the member cannot be reached in WeCom. A group of a
+        pushed dimension is made exactly `held`; a group staff also set (a pulled dimension) only
+        gets what it lacks: a tag there MemberOps does not hold may be a staff change the pull has
+        not brought back yet (its callback waits for the next round), and is never undone."""
 
         async def step() -> bool | None:
             wanted, _ = await self._wanted(held, self._library.dimensions)
@@ -68,7 +68,7 @@ class Push:
             if follow is None:
                 return None
             has = {str(t.get("tag_id", "")) for t in follow.get("tags", [])} & self._library.tag_ids()
-            kept = set() if full else self._library.tag_ids(self._pulled)
+            kept = self._library.tag_ids(self._pulled)
             return await self._set(member, wanted - has, has - wanted - kept)
 
         return await self._attempts(step)

@@ -5,7 +5,8 @@ asked for or a callback stored.
 It runs rounds like the dispatcher (workflows/dispatcher/workflow.py, the model): each round first
 pulls the stored callbacks into manual tags (the callbacks' activity `wecom_pull`), then runs one
 activity (`wecom.round`, activities.py) that pushes the next batch of tagging's feed, or a page of a
-running full reconciliation. Where the push and the reconciliation stand lives in the database
+running full reconciliation, then reads back the results of WeCom messages sent
+(`wecom.read_results`, the WeCom channel's). Where the push and the reconciliation stand lives in the database
 (journeys.wecom_sync), written with each member's effect, so the workflow carries no position: a
 round retried after a crash goes on from there. With the connector missing or off, the sync sleeps
 until a signal wakes it (or `off_seconds` pass). After ROUNDS_PER_RUN rounds, or when Temporal
@@ -42,6 +43,10 @@ FOREVER = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=ti
 # the push up: the callbacks stay stored and the next round pulls them.
 PULL_ACTIVITY = "wecom_pull"
 PULL_RETRY = RetryPolicy(maximum_attempts=3)
+# The WeCom channel's read-back of its messages' results (workflows/journeys/channels/
+# wecom_results.py), after each round with the connector on; added after runs were recorded.
+READ_RESULTS_ACTIVITY = "wecom.read_results"
+READ_RESULTS_PATCH = "wecom-read-results"
 
 
 @workflow.defn(name="WeComSync")
@@ -68,6 +73,8 @@ class WeComSyncWorkflow:
                 retry_policy=FOREVER,
             )
             self._record(result)
+            if result.enabled and workflow.patched(READ_RESULTS_PATCH):
+                await self._read_results(request)
             if not result.enabled:
                 await self._sleep(request.off_seconds)
             if workflow.info().is_continue_as_new_suggested():
@@ -86,6 +93,19 @@ class WeComSyncWorkflow:
             )
         except ActivityError:
             workflow.logger.warning("pulling WeCom's callbacks failed; the push goes on")
+
+    async def _read_results(self, request: WeComSyncInput) -> None:
+        """The customer-side results of WeCom messages sent (the WeCom channel's activity); their
+        failure never holds the push up either."""
+        try:
+            await workflow.execute_activity(
+                READ_RESULTS_ACTIVITY,
+                request.tenant_id,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=PULL_RETRY,
+            )
+        except ActivityError:
+            workflow.logger.warning("reading WeCom's message results failed; the push goes on")
 
     async def _sleep(self, seconds: float) -> None:
         """Until a signal wakes the sync, or `seconds` pass."""
