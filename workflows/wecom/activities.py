@@ -244,7 +244,7 @@ class WeComActivities:
             reply = await self._tagging.read_feed(tenant_id, cursor, request.batch_size, kinds)
             if reply.entries:
                 break
-            if loop.time() >= deadline or activity.is_worker_shutdown():
+            if loop.time() >= deadline or activity.is_worker_shutdown() or await self._resync_due(tenant_id):
                 if reply.next_cursor and reply.next_cursor != cursor:
                     # Past entries of other kinds only: the cursor follows, nothing to push.
                     async with self._db.transaction(tenant_id) as conn:
@@ -257,6 +257,13 @@ class WeComActivities:
             if not await sync_store.begin_batch(conn, cursor, end):
                 raise ApplicationError("another round moved the WeCom sync's cursor", type="CursorMoved")
         return _Batch(cursor, end, 0, list(reply.entries))
+
+    async def _resync_due(self, tenant_id: str) -> bool:
+        """Whether a reconciliation was asked for since the round began (ResyncWeCom, a connector
+        put, the pull): the idle round ends so the next one starts it at once."""
+        async with self._db.transaction(tenant_id, readonly=True) as conn:
+            found = await sync_store.get(conn)
+        return found is not None and (found.resync_state == "running" or found.resync_wanted)
 
     async def _until(
         self, tenant_id: str, cursor: str, end: str, limit: int, kinds: Sequence[int]
