@@ -21,6 +21,7 @@ from runtime.config import Settings
 from runtime.db import Database
 from tests.conftest import ACME, TENANT_ACME, TENANT_WECOM_SEND, WECOM_SEND, unique
 from tests.ports import free_port
+from tests.waiting import eventually
 from tests.wecom.conftest import AES_KEY, running_local_wecom
 from tests.workflows import cohort_helpers
 from tests.workflows.journey_helpers import figures, journey, member_message, running, start
@@ -31,7 +32,10 @@ from workflows.journeys.channels.wecom import WeComChannel
 from workflows.journeys.definition import ChannelPolicy, Send, Step, Template
 from workflows.journeys.payloads import SendOutcome, SendRequest
 from workflows.journeys.sending import Sender
+from workflows.wecom import client as sync_client
 from workflows.wecom import connector_store
+from workflows.wecom.payloads import WeComSyncInput
+from workflows.wecom.workflow import WeComSyncWorkflow
 from workflows.worker import Resources, services_of
 
 TENANT = TENANT_WECOM_SEND
@@ -343,3 +347,35 @@ async def test_a_broadcast_sends_each_member_once_from_their_staff_member(
         assert (sender, content) == (staff, "Hi Lin, our sale starts today."), member_id
     rows = await cohort_helpers.messages(journeys_db, funnel.cohort_id)
     assert {(r["channel"], r["status"]) for r in rows} == {("wecom", "sent")} and len(rows) == 12
+
+
+async def test_the_tenants_wecom_sync_reads_the_results_back(
+    time_skipping_env: WorkflowEnvironment,
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+    wecom: LocalWeCom,
+    connector: None,
+) -> None:
+    """The worker's WeComSync rounds call `wecom.read_results` while the connector is on."""
+    acts = activities(resources, worker_settings, WeComChannel(journeys_db, wecom.url))
+    member_id = unique()
+    await seed(resources, member_id, *customer(wecom))
+    assert (await attempt(NOON, 1).run(acts.send, request_for(member_id))).status == "sent"
+    settings = dataclasses.replace(worker_settings, wecom_api_url=wecom.url)
+
+    async def result() -> str:
+        ((row,),) = [await rows(journeys_db, member_id)]
+        return str(row["wecom_result"])
+
+    async with running(time_skipping_env, settings, resources):
+        handle = await time_skipping_env.client.start_workflow(
+            WeComSyncWorkflow.run,
+            WeComSyncInput(TENANT, idle_seconds=1.0),
+            id=sync_client.workflow_id(TENANT),
+            task_queue=settings.temporal_task_queue,
+        )
+        try:
+            assert await eventually(result, "the message's result read back") == "delivered"
+        finally:
+            await handle.terminate()
