@@ -218,6 +218,28 @@ async def test_a_customer_in_fail_list_is_failed_and_quota_is_retried(
     assert len(sent_to(wecom, external)) == 1
 
 
+async def test_a_wecom_not_reached_is_retried_not_unknown(
+    worker_settings: Settings,
+    resources: Resources,
+    journeys_db: Database,
+    wecom: LocalWeCom,
+    connector: None,
+) -> None:
+    """No connection (nothing listens where WeCom should be): the message never left, so the row
+    says retry and a later attempt sends it once."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = activities(resources, worker_settings, WeComChannel(journeys_db, nowhere))
+    external, staff = customer(wecom)
+    member_id = unique()
+    await seed(resources, member_id, external, staff)
+    with pytest.raises(Exception, match="not reached"):
+        await attempt(NOON, 1).run(down.send, request_for(member_id))
+    assert [r["status"] for r in await rows(journeys_db, member_id)] == ["retry"]
+    up = activities(resources, worker_settings, WeComChannel(journeys_db, wecom.url))
+    assert await attempt(NOON, 2).run(up.send, request_for(member_id)) == SendOutcome("sent", "wecom")
+    assert len(sent_to(wecom, external)) == 1
+
+
 @pytest.fixture
 async def dropping_proxy(wecom: LocalWeCom) -> AsyncIterator[str]:
     """A proxy to the local WeCom that hands add_msg_template on and then drops the connection

@@ -57,10 +57,13 @@ class WeComBusy(WeComError):
 
 
 class WeComUnavailable(WeComError):
-    """No answer from WeCom: connection failed or HTTP error (errcode -2)."""
+    """No answer from WeCom: connection failed or HTTP error (errcode -2). `maybe_taken` is False
+    when the call certainly never reached WeCom (no connection, or its token could not be had), so
+    even a write that WeCom cannot deduplicate (add_msg_template) may be sent again."""
 
-    def __init__(self, errmsg: str) -> None:
+    def __init__(self, errmsg: str, *, maybe_taken: bool = True) -> None:
         super().__init__(UNAVAILABLE, errmsg)
+        self.maybe_taken = maybe_taken
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class WeComApi:
                 if response.status != 200:
                     raise WeComUnavailable(f"{api} answered HTTP {response.status}")
                 answer = await response.json(content_type=None)
+        except aiohttp.ClientConnectorError as error:
+            raise WeComUnavailable(f"{api}: {type(error).__name__}", maybe_taken=False) from None
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise WeComUnavailable(f"{api}: {type(error).__name__}") from None
         if not isinstance(answer, dict):
@@ -177,7 +182,10 @@ class WeComApi:
 
     async def _once(self, api: str, query: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
         """One attempt with a token; a token refused is dropped and raises _TokenRefused."""
-        token = await self._token()
+        try:
+            token = await self._token()
+        except WeComUnavailable as error:  # the call itself never went out
+            raise WeComUnavailable(error.errmsg, maybe_taken=False) from None
         answer = await self._fetch(api, {**query, "access_token": token}, body)
         errcode, errmsg = self._errcode(answer)
         if errcode in TOKEN_ERRORS:

@@ -18,7 +18,8 @@ three ways a delivery fails as follows.
 - Quota and busy answers (45009, 45033, -1) still there after a short wait (WeComBusy): NotDelivered,
   a later attempt may send (WeCom did nothing).
 - No answer (connection dropped, timeout, HTTP error: WeComUnavailable): OutcomeUnknown, never sent
-  again; WeCom may hold the message.
+  again; WeCom may hold the message. When the call certainly never reached WeCom (no connection,
+  no token: `maybe_taken` False), NotDelivered.
 - Any other errcode (bad sender, content, credentials): Rejected.
 """
 
@@ -120,6 +121,8 @@ class WeComChannel:
         except WeComBusy as error:
             raise NotDelivered(f"WeCom busy (errcode {error.errcode}); not taken") from None
         except WeComUnavailable as error:
+            if not error.maybe_taken:
+                raise NotDelivered(f"WeCom not reached: {error.errmsg}") from None
             raise OutcomeUnknown(f"no answer from WeCom: {error.errmsg}") from None
         except WeComError as error:
             refused = f"WeCom refused the message: errcode {error.errcode} {error.errmsg}"
