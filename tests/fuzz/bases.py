@@ -56,8 +56,11 @@ SETUP = (
 # Method prefixes of RPCs that create a resource: their own id is fresh on every fuzzed call, so a
 # mutated create is not refused as a duplicate of the setup's.
 _CREATES = ("Create", "Record", "Upsert", "Import")
-# Fields that must be fresh on every call (idempotency keys, ids of the events a call records).
-_ALWAYS_FRESH = frozenset({"request_id", "event_id", "refund_id", "invitee_member_id"})
+# Fields that must be fresh on every call (idempotency keys, ids of the events a call records, and
+# a member's WeCom contact, which is one member's: a fresh member with the setup's is ALREADY_EXISTS).
+_ALWAYS_FRESH = frozenset(
+    {"request_id", "event_id", "refund_id", "invitee_member_id", "wecom_external_userid"}
+)
 
 
 @dataclass
