@@ -461,10 +461,22 @@ async def dynamic_audiences(conn: Connection) -> list[asyncpg.Record]:
 # after as_of.
 _UNFOLLOWED = """unfollowed AS (
                 SELECT f.member_id, max(f.occur_time) AS fact_time, bool_and(f.backfilled) AS backfilled
-                FROM tagging_read.feed f LEFT JOIN tagging_read.feed_positions p ON p.txid = f.txid
+                FROM {entries} f
                 WHERE {after} AND f.member_id IN (SELECT member_id FROM entered UNION ALL
                                                   SELECT member_id FROM exited)
                 GROUP BY f.member_id),"""
+# The entries after a cursor (position $P, seq $S), read by the feed's key: those of the cursor's
+# transaction and every later txid, and those of earlier txids positioned after it (a transaction
+# that ran long); then those at or before the cursor are left out. (An entry of an earlier txid
+# committed but not positioned yet is missed: it only dates an entry or exit.)
+# The cursor's txid is a parameter ({T}), not a subquery, so the planner sees how few entries lie
+# past it and reads them by the key instead of scanning the feed.
+_AFTER_CURSOR = """(SELECT e.*, p.position FROM (
+                    SELECT f.* FROM tagging_read.feed f WHERE f.txid >= {T}
+                    UNION ALL
+                    SELECT f.* FROM tagging_read.feed_positions q JOIN tagging_read.feed f ON f.txid = q.txid
+                    WHERE q.position > {P} AND q.txid < {T}
+                  ) e LEFT JOIN tagging_read.feed_positions p ON p.txid = e.txid)"""
 _LATEST_FACT = """greatest(
                     (SELECT max(o.paid_time) FROM tagging_read.orders o WHERE o.member_id = k.member_id),
                     (SELECT max(e.occur_time) FROM tagging_read.events e WHERE e.member_id = k.member_id),
@@ -499,12 +511,16 @@ async def apply_membership(
     unfollowed, occur, join = "", f"coalesce(ft.fact_time, {as_of_})", ""
     backfilled = f"k.member_id = ANY(${n + 8}::text[])"  # `history`, passed for `only` alone
     if only is None:
-        after = "true"
+        after, entries = "true", "tagging_read.feed"
         if followed is not None:
             # After the cursor in feed order, or not given a position yet (committed since).
-            after = f"(p.position IS NULL OR (p.position, f.seq) > (${n + 8}::bigint, ${n + 9}::bigint))"
-            extra = [followed[0], followed[1]]
-        unfollowed = _UNFOLLOWED.format(after=after)
+            after = f"(f.position IS NULL OR (f.position, f.seq) > (${n + 8}::bigint, ${n + 9}::bigint))"
+            entries = _AFTER_CURSOR.format(P=f"${n + 8}::bigint", T=f"${n + 10}::text::xid8")
+            txid = await conn.fetchval(
+                "SELECT txid::text FROM tagging_read.feed_positions WHERE position = $1", followed[0]
+            )
+            extra = [followed[0], followed[1], txid]
+        unfollowed = _UNFOLLOWED.format(entries=entries, after=after)
         latest = _LATEST_FACT if new_definition else "NULL::timestamptz"
         occur = f"least({as_of_}, coalesce(u.fact_time, {latest}, {as_of_}))"
         join = "LEFT JOIN unfollowed u ON u.member_id = k.member_id"

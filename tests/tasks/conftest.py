@@ -14,7 +14,8 @@ from memberops.tasks.v1 import tasks_service_pb2_grpc
 from runtime import app
 from runtime.config import Settings
 from runtime.db import Database
-from services.tasks.feed.follower import FeedFollower
+from runtime.feed_sequencer import FeedSequencer
+from services.tasks.feed.follower import FeedFollower, Round
 from services.tasks.peers import Peers
 
 # The audience service's client, for tasks with an eligibility audience.
@@ -129,8 +130,23 @@ async def peers(tasks_settings: Settings) -> AsyncIterator[Peers]:
     await made.close()
 
 
+class SequencedFollower(FeedFollower):
+    """A follower whose every round first runs one round of tagging's feed sequencer here
+    (runtime/feed_sequencer.py): an entry committed before the round then has its position and is
+    read by it, as it would be within 50 ms through the tagging service's own sequencer. So a test
+    that writes and then drains (reads until nothing is left) reads what it wrote."""
+
+    def __init__(self, db: Database, peers: Peers) -> None:
+        super().__init__(db, peers, peers, frozenset({TENANT_INITECH}), lambda: dt.datetime.now(dt.UTC))
+        self._sequencer = FeedSequencer(db, "tagging", frozenset({TENANT_INITECH}))
+
+    async def follow_once(self, tenant_id: str) -> Round:
+        await self._sequencer.sequence()
+        return await super().follow_once(tenant_id)
+
+
 @pytest.fixture(scope="session")
 def follower(db: Database, peers: Peers, tasks: app.RunningService) -> FeedFollower:
     """A follower of initech's feed that the tests run round by round (no background loop
     follows initech, see tests.conftest.tasks_definition)."""
-    return FeedFollower(db, peers, peers, frozenset({TENANT_INITECH}), lambda: dt.datetime.now(dt.UTC))
+    return SequencedFollower(db, peers)
