@@ -131,7 +131,15 @@ async def test_a_split_sends_each_member_down_the_arm_of_its_bucket_and_records_
         Step(id="a-done", exit=Exit()),
         Step(id="for-b", wait=Wait(duration="1h")),
     )
-    members = [unique("m") for _ in range(10)]
+    # Five members of each arm, chosen by the split's own bucket: ten drawn ids fell all in one arm
+    # one run in 512 (the ids are new each run).
+    chosen: dict[str, list[str]] = {"a": [], "b": []}
+    while any(len(ids) < 5 for ids in chosen.values()):
+        candidate = unique("m")
+        side = chosen[split_arm(definition.key, definition.steps[0], candidate).name]
+        if len(side) < 5:
+            side.append(candidate)
+    members = chosen["a"] + chosen["b"]
     for member_id in members:
         await seed_member(resources.tagging, member_id)
     async with running(time_skipping_env, worker_settings, resources):
@@ -141,7 +149,7 @@ async def test_a_split_sends_each_member_down_the_arm_of_its_bucket_and_records_
         funnels = [await h.result() for h in handles]
         await keep_history(handles[0], "member_split_by_bucket")
     arms = {m: split_arm(definition.key, definition.steps[0], m).name for m in members}
-    assert set(arms.values()) == {"a", "b"}  # ten members: both arms (a fixed draw: the ids are new each run)
+    assert sorted(arms.values()) == ["a"] * 5 + ["b"] * 5
     for member_id, funnel in zip(members, funnels, strict=True):
         arm = arms[member_id]
         assert figures(funnel, "ab") == {"entered": 1, "arm": arm}
