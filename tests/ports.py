@@ -6,7 +6,8 @@ also takes its local port from. A port chosen that way and bound seconds later b
 starts is up for grabs in between: the stack's own connections (Temporal's dev server opens
 hundreds) took one once, and `make up`'s test found its journeys port in use. Ports below that
 range are never handed out to connections, so they are picked there, at random (tests running at
-once rarely meet), and checked free by binding them.
+once rarely meet), and checked free by binding them. A port is handed out once per process: one
+test's many servers drawn port by port met on one port about once in 150 stack starts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 _RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # Below the ephemeral range, above the ports services conventionally use.
 _LOWEST = 10_000
+# Every port this process has handed out: a server may not have bound it yet.
+_GIVEN: set[int] = set()
 
 
 def _ephemeral_start() -> int:
@@ -35,7 +38,7 @@ def free_ports(count: int) -> list[int]:
     chosen: list[int] = []
     while len(chosen) < count:
         port = random.randrange(_LOWEST, top)
-        if port in chosen:
+        if port in chosen or port in _GIVEN:
             continue
         with socket.socket() as sock:
             try:
@@ -43,6 +46,7 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 continue
         chosen.append(port)
+    _GIVEN.update(chosen)
     return chosen
 
 

@@ -17,7 +17,7 @@ from console import session as console_session
 from deploy import devstack as devstack_module
 from deploy import wecom_dev
 from tests.conftest import REPO_ROOT
-from tests.ports import free_port
+from tests.ports import free_ports
 
 # The scheduled jobs `make up` creates per tenant.
 JOBS = ("recompute_tags", "expire_points", "evaluate_levels", "grant_level_benefits", "detect_anomalies")
@@ -80,25 +80,34 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stack_env(run_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
+def stack_env(run_dir: Path, *, wecom: bool = False) -> tuple[dict[str, str], dict[str, int]]:
     """An environment for a stack of its own: the run folder, and free ports for every part (no
-    MEMBEROPS_, DATABASE_URL or TEMPORAL_ variable of the caller's); and the metrics ports."""
+    MEMBEROPS_, DATABASE_URL or TEMPORAL_ variable of the caller's); and the metrics ports. The
+    ports are drawn together, so they differ (drawn one by one, two parts of one stack got the
+    same port in about one start in 150, and `up` failed on it); `wecom` adds the local WeCom's."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MEMBEROPS_", "DATABASE_URL", "TEMPORAL_"))
     }
+    ports = iter(free_ports(8 + len(devstack_module.METRICS_PROCESSES) + (2 if wecom else 0)))
     env.update(
         MEMBEROPS_RUN_DIR=str(run_dir),
-        MEMBEROPS_TEMPORAL_PORT=str(free_port()),
-        MEMBEROPS_TEMPORAL_UI_PORT=str(free_port()),
-        MEMBEROPS_TAGGING_ADDRESS=f"127.0.0.1:{free_port()}",
-        MEMBEROPS_AUDIENCE_ADDRESS=f"127.0.0.1:{free_port()}",
-        MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{free_port()}",
-        MEMBEROPS_JOURNEYS_ADDRESS=f"127.0.0.1:{free_port()}",
-        MEMBEROPS_OUTBOX_PORT=str(free_port()),
-        MEMBEROPS_CONSOLE_ADDRESS=f"127.0.0.1:{free_port()}",
+        MEMBEROPS_TEMPORAL_PORT=str(next(ports)),
+        MEMBEROPS_TEMPORAL_UI_PORT=str(next(ports)),
+        MEMBEROPS_TAGGING_ADDRESS=f"127.0.0.1:{next(ports)}",
+        MEMBEROPS_AUDIENCE_ADDRESS=f"127.0.0.1:{next(ports)}",
+        MEMBEROPS_TASKS_ADDRESS=f"127.0.0.1:{next(ports)}",
+        MEMBEROPS_JOURNEYS_ADDRESS=f"127.0.0.1:{next(ports)}",
+        MEMBEROPS_OUTBOX_PORT=str(next(ports)),
+        MEMBEROPS_CONSOLE_ADDRESS=f"127.0.0.1:{next(ports)}",
     )
-    metrics = {name: free_port() for name in devstack_module.METRICS_PROCESSES}
+    metrics = {name: next(ports) for name in devstack_module.METRICS_PROCESSES}
     env.update({f"MEMBEROPS_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics.items()})
+    if wecom:
+        env.update(
+            MEMBEROPS_DEV_WECOM="1",
+            MEMBEROPS_DEV_WECOM_PORT=str(next(ports)),
+            MEMBEROPS_WECOM_CALLBACK_ADDRESS=f"127.0.0.1:{next(ports)}",
+        )
     return env, metrics
 
 
@@ -188,12 +197,7 @@ def test_make_up_activates_only_what_nobody_decided(
 def test_up_with_the_local_wecom(tmp_path: Path) -> None:
     """MEMBEROPS_DEV_WECOM=1: the local WeCom runs beside the stack, the demo member's tags appear
     on the customer there, and a tag a staff member sets there comes back as a manual tag."""
-    env, _ = stack_env(tmp_path / "run")
-    env.update(
-        MEMBEROPS_DEV_WECOM="1",
-        MEMBEROPS_DEV_WECOM_PORT=str(free_port()),
-        MEMBEROPS_WECOM_CALLBACK_ADDRESS=f"127.0.0.1:{free_port()}",
-    )
+    env, _ = stack_env(tmp_path / "run", wecom=True)
     try:
         before = dt.datetime.now(dt.UTC)
         started = devstack("up", env)
