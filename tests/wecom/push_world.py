@@ -78,19 +78,16 @@ async def syncing(
     )
     pull = WeComPullActivities(db, tagging, settings.token_for_tenant, wecom.url)
     results = WeComResultActivities(db, WeComChannel(db, wecom.url))
-    try:
-        async with Worker(
-            client,
-            task_queue=TASK_QUEUE,
-            workflows=[WeComSyncWorkflow],
-            activities=[*activities.all(), *pull.all(), results.read_results],
-            # No sticky queue: the next test's worker gets the sync's workflow tasks at once, not
-            # after a dead worker's sticky queue timed out (10 s).
-            max_cached_workflows=0,
-        ):
-            yield
-    finally:
-        await activities.close()
+    async with Worker(
+        client,
+        task_queue=TASK_QUEUE,
+        workflows=[WeComSyncWorkflow],
+        activities=[*activities.all(), *pull.all(), results.read_results],
+        # No sticky queue: the next test's worker gets the sync's workflow tasks at once, not
+        # after a dead worker's sticky queue timed out (10 s).
+        max_cached_workflows=0,
+    ):
+        yield
 
 
 async def start_sync(client: Client) -> None:

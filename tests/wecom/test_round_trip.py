@@ -141,4 +141,3 @@ async def test_a_staff_tag_comes_back_through_the_sync_and_is_not_pushed_back(
             assert marked == []
         finally:
             await end_sync(client)
-            await sync.close()

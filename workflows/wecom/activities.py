@@ -87,14 +87,9 @@ class WeComActivities:
         self._api_url = api_url
         self._sleep = sleep
         self._max_wait = max_wait_seconds
-        self._session: aiohttp.ClientSession | None = None
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.round]
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     @activity.defn(name="wecom.round")
     async def round(self, request: RoundRequest) -> RoundResult:
@@ -123,7 +118,13 @@ class WeComActivities:
             connector = await connector_store.get(conn)
         if connector is None or not connector.enabled:
             return RoundResult(enabled=False)
-        api = self._api(connector)
+        # One HTTP session a round, closed with it (a session kept by the activities' object was
+        # never closed: the worker builds its activities once and has no hook to close them).
+        async with aiohttp.ClientSession() as http:
+            return await self._round_with(request, self._api(http, connector), connector)
+
+    async def _round_with(self, request: RoundRequest, api: WeComApi, connector: Connector) -> RoundResult:
+        tenant_id = request.tenant_id
         dimensions = await self._tagging.dimensions(tenant_id, connector.push_dimensions)
         library = TagLibrary(self._db, tenant_id, api, dimensions, _now)
         await library.load()
@@ -142,11 +143,9 @@ class WeComActivities:
         extra = PushCounts(created=library.created, renamed=library.renamed)
         return dataclasses.replace(result, counts=result.counts.plus(extra))
 
-    def _api(self, connector: Connector) -> WeComApi:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+    def _api(self, http: aiohttp.ClientSession, connector: Connector) -> WeComApi:
         credentials = Credentials(self._api_url, connector.corp_id, connector.secret)
-        return WeComApi(self._session, credentials, sleep=self._waiting, max_wait_seconds=self._max_wait)
+        return WeComApi(http, credentials, sleep=self._waiting, max_wait_seconds=self._max_wait)
 
     async def _waiting(self, seconds: float) -> None:
         """WeCom's backoff, heartbeating meanwhile so the wait never looks like a dead worker."""
