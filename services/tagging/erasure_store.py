@@ -181,7 +181,16 @@ async def move_member(
         count = int(status.rsplit(" ", 1)[1])
         if count:
             changed[f"tagging.{table}"] = count
+    # The pseudonym keeps the member's number (drawn anew by its insert, while both rows existed):
+    # audience's bitmaps then follow the row under its new id, and a count by what was kept
+    # (registration channel, level) still counts it.
     await conn.execute(
-        "DELETE FROM tagging.members WHERE tenant_id = $1 AND member_id = $2", tenant_id, member_id
+        """WITH gone AS (DELETE FROM tagging.members WHERE tenant_id = $1 AND member_id = $2
+                         RETURNING member_no)
+           UPDATE tagging.members SET member_no = (SELECT member_no FROM gone)
+           WHERE tenant_id = $1 AND member_id = $3""",
+        tenant_id,
+        member_id,
+        pseudonym,
     )
     return changed, revision

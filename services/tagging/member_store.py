@@ -52,9 +52,22 @@ ON CONFLICT (tenant_id, member_id) DO UPDATE SET
 WHERE ({", ".join(f"m.{f}" for f in _FIELD_NAMES)})
     IS DISTINCT FROM ({", ".join(_incoming(f) for f in _FIELD_NAMES)})"""
 
+
+def _member_no(member_id: str) -> str:
+    """The number an upsert proposes: the stored member's own (the update keeps it), else the next.
+    A default would draw a number for every row proposed, so re-importing a million existing members
+    would spend a million numbers of the 2^32 the bitmaps hold. The stored row is locked (key share)
+    so an erasure that would move its number to a pseudonym (erasure_store) cannot slip in between:
+    the erasure waits, or finished first and this reads no row."""
+    return f"""coalesce((SELECT e.member_no FROM tagging.members e
+                  WHERE e.tenant_id = $1 AND e.member_id = {member_id} FOR KEY SHARE),
+                 nextval('tagging.member_numbers'))"""
+
+
 _UPSERT = f"""
-INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18::jsonb)
+INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS}, member_no)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18::jsonb,
+        {_member_no("$2")})
 {_UPSERT_ON_CONFLICT}
 RETURNING {_MEMBER_COLUMNS}
 """
@@ -182,10 +195,12 @@ _IMPORT_COLUMNS = ["member_id", *(f.strip() for f in _MEMBER_FIELDS.split(","))]
 _CREATE_IMPORT_TABLE = f"""CREATE TEMP TABLE {_IMPORT_TABLE} ON COMMIT DROP AS
     SELECT {", ".join(_IMPORT_COLUMNS)} FROM tagging.members WITH NO DATA"""
 # Rows go in member id order, so two imports of overlapping batches lock keys in the same order
-# and wait for each other instead of deadlocking.
+# and wait for each other instead of deadlocking (the number is drawn after the sort, so new members
+# of a batch are numbered in id order).
 _IMPORT_UPSERT = f"""
-INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS})
-SELECT $1, {", ".join(_IMPORT_COLUMNS)} FROM pg_temp.{_IMPORT_TABLE} ORDER BY member_id
+INSERT INTO tagging.members AS m (tenant_id, member_id, {_MEMBER_FIELDS}, member_no)
+SELECT $1, {", ".join(f"s.{c}" for c in _IMPORT_COLUMNS)}, {_member_no("s.member_id")}
+FROM pg_temp.{_IMPORT_TABLE} s ORDER BY s.member_id
 {_UPSERT_ON_CONFLICT}
 RETURNING member_id, revision
 """
