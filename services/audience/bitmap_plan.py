@@ -1,0 +1,247 @@
+"""An audience rule split for bitmap evaluation (issue 25): what member bitmaps answer, what a recency
+summary can narrow in SQL, and what only the compiled statement can say.
+
+The rule's top-level conjunction (nested `all`s and referenced audiences opened, as the compiler
+opens them) is split in three:
+
+- *bitmap* conjuncts: tag conditions and equality (or IN) tests of a bucketed profile field, and any
+  `all` / `any` / `not` made only of those, are set algebra over the tenant's bitmaps (AND, OR and,
+  for NOT, the universe minus the operand). Every condition the compiler emits is two-valued (a NULL
+  test is COALESCEd to false before it is combined), so the set algebra is exactly its logic.
+- *driver* conjuncts: "at least one fact in a window" that a recency summary answers
+  (`compiler._summary_test`); SQL reads its members from the summary's index, which is cheap, and
+  their numbers narrow the candidates.
+- the *residual*: everything else, compiled by the unchanged compiler as a member-filtered statement
+  (`compile_audience(..., filtered=True)`), so its semantics are today's, run only over candidates.
+
+Pure: nothing here reads the database; `bitmap_evaluation` runs a plan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from memberops.audience.v1 import audience_pb2
+from memberops.tagging.v1 import member_pb2, rules_pb2
+from pyroaring import BitMap
+
+from services.audience import compiler
+from services.tagging import rules
+
+Rule = audience_pb2.AudienceRule
+Match = audience_pb2.TagMatch
+Op = rules_pb2.Operator
+Field = rules_pb2.ProfileField
+
+# Enum-valued profile fields hold the enum's number; a rule names the value by the enum's name.
+_ENUMS: dict[int, Any] = {
+    Field.PROFILE_FIELD_GENDER: member_pb2.Gender,
+    Field.PROFILE_FIELD_CITY_TIER: member_pb2.CityTier,
+}
+
+
+class Bitmaps(Protocol):
+    """What a plan reads of one tenant's bitmaps (`bitmaps.TenantBitmaps`)."""
+
+    @property
+    def universe(self) -> BitMap: ...
+
+    def tag(self, dimension: str, values: Sequence[str] | None) -> BitMap: ...
+
+    def profile(self, field: str, values: Sequence[str]) -> BitMap | None: ...
+
+
+class Expr(Protocol):
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap: ...
+
+
+@dataclass(frozen=True)
+class TagSet:
+    """Members holding one of `values` of the dimension now (any value when None)."""
+
+    dimension: str
+    values: tuple[str, ...] | None
+
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap:
+        return bitmaps.tag(self.dimension, self.values)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """Members whose bucketed profile field is one of `values` (as the index keys its buckets)."""
+
+    field: str
+    values: tuple[str, ...]
+
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap:
+        found = bitmaps.profile(self.field, self.values)
+        assert found is not None, f"{self.field} was bucketed when the plan was made"
+        return found
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Expr, ...]
+
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap:
+        if not self.parts:
+            return BitMap(bitmaps.universe)
+        # Smallest first: every intersection is then at most that big.
+        sets = sorted((part.evaluate(bitmaps) for part in self.parts), key=len)
+        result = BitMap(sets[0])
+        for other in sets[1:]:
+            if not result:
+                break
+            result &= other
+        return result
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Expr, ...]
+
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap:
+        return BitMap.union(BitMap(), *(part.evaluate(bitmaps) for part in self.parts))
+
+
+@dataclass(frozen=True)
+class NotOf:
+    part: Expr
+
+    def evaluate(self, bitmaps: Bitmaps) -> BitMap:
+        return BitMap(bitmaps.universe) - self.part.evaluate(bitmaps)
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A positive summary test: `sql` (`$1` the evaluation time) gives the member ids it puts in,
+    a member possibly more than once."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+    def args(self, now: dt.datetime) -> list[Any]:
+        return [now, *self.params[1:]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    # The bitmap conjuncts, ANDed; None when there are none (every member is a candidate).
+    bitmap: Expr | None
+    drivers: tuple[Driver, ...]
+    # The residual conjuncts, member-filtered; None when there are none.
+    residual: compiler.Compiled | None
+    # The residual and the drivers' conjuncts together, for candidates too few to be worth
+    # reading a driver for; None when both are empty.
+    checked: compiler.Compiled | None
+
+    def candidates(self, bitmaps: Bitmaps) -> BitMap:
+        """The members the bitmap conjuncts let through (a new bitmap the caller may change)."""
+        if self.bitmap is None:
+            return BitMap(bitmaps.universe)
+        return BitMap(self.bitmap.evaluate(bitmaps))
+
+
+def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -> Plan | None:
+    """The rule split as the module doc says, or None when neither bitmaps nor a driver narrow it
+    (today's statement is then as good). `bucketed`: the profile fields the index holds buckets of.
+    Raises as the compiler does for a reference cycle or a missing referenced audience."""
+    state = compiler._State(references)
+    bitmap: list[Expr] = []
+    drivers: list[Driver] = []
+    driven: list[Rule] = []
+    residual: list[Rule] = []
+    for conjunct, stack in compiler._conjuncts(rule, state, ()):
+        expr = _expr(conjunct, state, stack, bucketed)
+        if expr is not None:
+            bitmap.append(expr)
+            continue
+        driver = _driver(conjunct)
+        if driver is not None:
+            drivers.append(driver)
+            driven.append(conjunct)
+        else:
+            residual.append(conjunct)
+    if not bitmap and not drivers and residual:
+        return None
+    return Plan(
+        # No conjunct at all: every member, which the universe answers.
+        bitmap=bitmap[0] if len(bitmap) == 1 else AllOf(tuple(bitmap)) if bitmap or not drivers else None,
+        drivers=tuple(drivers),
+        residual=_filtered(residual, references),
+        checked=_filtered(driven + residual, references),
+    )
+
+
+def _filtered(conjuncts: list[Rule], references: Mapping[str, Rule]) -> compiler.Compiled | None:
+    if not conjuncts:
+        return None
+    return compiler.compile_audience(
+        Rule(all=audience_pb2.AudienceRuleList(rules=conjuncts)), references, filtered=True
+    )
+
+
+def _expr(
+    rule: Rule, state: compiler._State, stack: tuple[str, ...], bucketed: frozenset[str]
+) -> Expr | None:
+    """The rule as set algebra over bitmaps, or None when some part of it is not a bitmap."""
+    node = rule.WhichOneof("node")
+    if node == "tag":
+        return _tag(rule.tag)
+    if node == "condition":
+        return _profile(rule.condition, bucketed)
+    if node == "not":
+        inner = _expr(getattr(rule, "not"), state, stack, bucketed)
+        return NotOf(inner) if inner is not None else None
+    if node in ("all", "any"):
+        parts = [_expr(child, state, stack, bucketed) for child in getattr(rule, node).rules]
+        if any(part is None for part in parts):
+            return None
+        found = tuple(part for part in parts if part is not None)
+        return AllOf(found) if node == "all" else AnyOf(found)
+    if node == "audience":
+        referenced, found_rule = compiler._referenced(rule.audience, state, stack)
+        return _expr(found_rule, state, (*stack, referenced), bucketed)
+    return None
+
+
+def _tag(tag: audience_pb2.TagCondition) -> Expr:
+    if tag.match == Match.TAG_MATCH_HAS_ANY_VALUE:
+        return TagSet(tag.dimension, None)
+    held = TagSet(tag.dimension, tuple(tag.values))
+    return NotOf(held) if tag.match == Match.TAG_MATCH_NONE_OF else held
+
+
+def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr | None:
+    """An equality or IN test of a bucketed profile field, as the bucket's keys: the text compared,
+    or for an enum field the number of the named value (a name not of the enum: no bucket)."""
+    operand = condition.operand
+    if operand.WhichOneof("source") != "field" or condition.operator not in (Op.OPERATOR_EQ, Op.OPERATOR_IN):
+        return None
+    name = Field.Name(operand.field).removeprefix("PROFILE_FIELD_").lower()
+    if name not in bucketed or not condition.values:
+        return None
+    if any(value.WhichOneof("kind") != "text" for value in condition.values):
+        return None
+    texts = [value.text for value in condition.values]
+    enum = _ENUMS.get(operand.field)
+    if enum is not None:
+        names = set(enum.keys())
+        if any(text not in names for text in texts):
+            return None
+        texts = [str(enum.Value(text)) for text in texts]
+    return ProfileSet(name, tuple(dict.fromkeys(texts)))
+
+
+def _driver(rule: Rule) -> Driver | None:
+    summary = compiler._summary_test(rule)
+    if summary is None or not summary[1]:
+        return None
+    b = rules.Builder(relations=compiler.VIEWS, correlated=True)
+    now = b.param(None, "timestamptz")
+    recency = rules.recency_of(summary[0], b, now)
+    assert recency is not None, "_summary_test admits only summarised keys"
+    return Driver(recency.members(), tuple(b.params))
