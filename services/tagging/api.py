@@ -353,7 +353,9 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
                 "as_of", f"must be in the past and not before {EARLIEST_AS_OF:%Y-%m-%d} (unset: now)"
             )
         violations.raise_if_any()
-        results = await self._tagger.recompute(current_tenant(), list(request.dimensions), now, as_of)
+        results = await self._tagger.recompute(
+            current_tenant(), list(request.dimensions), now, as_of, full=request.full
+        )
         return tagging_service_pb2.RecomputeTagsResponse(
             results=[
                 tags_pb2.RecomputeResult(
@@ -361,6 +363,8 @@ class TaggingApi(tagging_service_pb2_grpc.TaggingServiceServicer):
                     definition_version=r.definition_version,
                     added_count=r.added,
                     removed_count=r.removed,
+                    incremental=r.incremental,
+                    evaluated_count=r.evaluated,
                 )
                 for r in results
             ]

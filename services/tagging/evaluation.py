@@ -22,9 +22,11 @@ from services.tagging import (
     catalog,
     correction_store,
     definition_store,
+    due_store,
     history_store,
     member_store,
     member_tag_store,
+    recompute_timing,
     refresh_store,
     rules,
 )
@@ -47,6 +49,9 @@ MAX_CHANGE_MEMBERS = 10_000
 MAX_OPERATOR = 64
 MAX_REASON = 256
 OPERATOR_KINDS = {catalog.Kind.MANUAL, catalog.Kind.STRATEGY}
+# An incremental recompute evaluating more than this share of the tenant's members runs whole: the
+# statement over every member is then cheaper than the one over a member list.
+INCREMENTAL_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ class RecomputeResult:
     definition_version: int
     added: int
     removed: int
+    # Members evaluated: those due or changed when `incremental`, else every member.
+    evaluated: int = 0
+    incremental: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,9 @@ class _Prepared:
 
 
 class Tagger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, incremental_share: float = INCREMENTAL_SHARE) -> None:
         self._db = db
+        self._incremental_share = incremental_share
         # Compiling is pure, so a (tenant, dimension, version, filtered) compiles once per process.
         self._prepared: dict[tuple[str, str, int, bool], _Prepared] = {}
         # Seconds the last full recompute of each (tenant, dimension) took: the next one's order.
@@ -177,11 +186,20 @@ class Tagger:
         await refresh_store.settle_refreshes(conn, [(row["member_id"], row["seq"]) for row in owed])
 
     async def recompute(
-        self, tenant_id: str, dimensions: Sequence[str], now: dt.datetime, as_of: dt.datetime | None = None
+        self,
+        tenant_id: str,
+        dimensions: Sequence[str],
+        now: dt.datetime,
+        as_of: dt.datetime | None = None,
+        *,
+        full: bool = False,
     ) -> list[RecomputeResult]:
-        """Full recompute of the chosen (or all) rule dimensions, one transaction per dimension.
-        With `as_of` (before `now`) the rules are evaluated then and what they find is spliced into
-        the past (history_store.rewrite_at): the present and the feed are left alone."""
+        """Recompute of the chosen (or all) rule dimensions, one transaction per dimension. Each
+        evaluates only the members whose value time may have moved or whose facts changed since
+        its previous recompute (`_incremental`), unless `full` or that cannot be known; the result
+        is the same either way. With `as_of` (before `now`) the rules are evaluated then for every
+        member and what they find is spliced into the past (history_store.rewrite_at): the present
+        and the feed are left alone."""
         violations = Violations()
         named = catalog.named_dimensions(dimensions, violations, "dimensions")
         violations.raise_if_any()
@@ -190,6 +208,7 @@ class Tagger:
                 row["dimension"]: row["current_version"]
                 for row in await definition_store.active_definition_versions(conn)
             }
+            population = await due_store.member_count(conn)
             chosen = named or {name: i for i, name in enumerate(sorted(current))}
             prepared: list[_Prepared] = []
             for name, i in chosen.items():
@@ -220,26 +239,76 @@ class Tagger:
                         item.version,
                         item.exclusive,
                     )
-                    return RecomputeResult(item.spec.dimension, item.version, added, removed)
-                unseen = await self._unseen(conn, tenant_id, item)
-                added, removed = await member_tag_store.apply_dimension(
-                    conn,
-                    tenant_id,
-                    item.compiled,
-                    now,
-                    item.spec.dimension,
-                    item.version,
-                    item.exclusive,
-                    unseen=unseen,
-                )
+                    return RecomputeResult(item.spec.dimension, item.version, added, removed, population)
+                result = await self._recompute_now(conn, tenant_id, item, now, full, population)
             self._took[(tenant_id, item.spec.dimension)] = time.monotonic() - started
-            return RecomputeResult(item.spec.dimension, item.version, added, removed)
+            return result
 
         # Longest first (the semaphore admits in call order), so the lanes end together rather than
         # one running a long dimension alone at the end.
         order = sorted(prepared, key=lambda item: self._expected_seconds(tenant_id, item), reverse=True)
         done = {r.dimension: r for r in await asyncio.gather(*(apply(item) for item in order))}
         return [done[item.spec.dimension] for item in prepared]
+
+    async def _recompute_now(
+        self, conn: Connection, tenant_id: str, item: _Prepared, now: dt.datetime, full: bool, population: int
+    ) -> RecomputeResult:
+        """One dimension at `now`: its changes, its mark, and its members' next moments. One
+        recompute of a dimension at a time (an advisory lock): two at once would both find the
+        same changed members and write the same moments."""
+        dimension = item.spec.dimension
+        await member_tag_store.lock_dimension(conn, tenant_id, dimension)
+        unseen = await self._unseen(conn, tenant_id, item)
+        timing = recompute_timing.of(item.spec)
+        members = None if full else await self._incremental(conn, item, timing, unseen, now, population)
+        if members is None:
+            added, removed = await member_tag_store.apply_dimension(
+                conn, tenant_id, item.compiled, now, dimension, item.version, item.exclusive, unseen=unseen
+            )
+            if timing.population:
+                await due_store.forget(conn, dimension)
+            else:
+                await due_store.store_due(conn, tenant_id, dimension, timing, now)
+            return RecomputeResult(dimension, item.version, added, removed, population)
+        filtered = await self._prepare(conn, tenant_id, dimension, item.version, filtered=True)
+        assert filtered is not None
+        added, removed = await member_tag_store.apply_dimension(
+            conn,
+            tenant_id,
+            filtered.compiled,
+            now,
+            dimension,
+            item.version,
+            item.exclusive,
+            member_ids=members,
+            unseen=unseen,
+        )
+        if members:
+            await due_store.store_due(conn, tenant_id, dimension, timing, now, members)
+        return RecomputeResult(dimension, item.version, added, removed, len(members), incremental=True)
+
+    async def _incremental(
+        self,
+        conn: Connection,
+        item: _Prepared,
+        timing: recompute_timing.Timing,
+        unseen: member_tag_store.Unseen,
+        now: dt.datetime,
+        population: int,
+    ) -> list[str] | None:
+        """The members whose value may differ from what the dimension's previous recompute stored:
+        those with facts it did not see and those whose moment (recompute_due) has come. None when
+        every member must be evaluated: a population model (RFM), no previous recompute of this
+        definition version (a new or changed definition: no moments stored for it), a clock
+        before the previous recompute's, or too many members to be worth a member list."""
+        if timing.population or unseen.as_of is None or unseen.version != item.version or now < unseen.as_of:
+            return None
+        members = set(unseen.fact_times)
+        if not timing.timeless:
+            members.update(await due_store.due_members(conn, item.spec.dimension, now))
+        if len(members) > self._incremental_share * population:
+            return None
+        return sorted(members)
 
     async def _unseen(self, conn: Connection, tenant_id: str, item: _Prepared) -> member_tag_store.Unseen:
         """What the dimension's previous full recompute did not see, with the values its members

@@ -58,9 +58,11 @@ _UNSEEN_TIME = """CASE
         m.register_time, m.create_time))
 END"""
 _MARK = """marked AS (
-    INSERT INTO tagging.recompute_marks AS r (tenant_id, dimension, as_of, seen)
-    VALUES ({tenant}, {dimension}, $1::timestamptz, pg_current_snapshot())
-    ON CONFLICT (tenant_id, dimension) DO UPDATE SET as_of = excluded.as_of, seen = excluded.seen
+    INSERT INTO tagging.recompute_marks AS r (tenant_id, dimension, as_of, seen, definition_version)
+    VALUES ({tenant}, {dimension}, $1::timestamptz, coalesce({seen}::pg_snapshot, pg_current_snapshot()),
+            {version})
+    ON CONFLICT (tenant_id, dimension) DO UPDATE
+    SET as_of = excluded.as_of, seen = excluded.seen, definition_version = excluded.definition_version
     RETURNING 1
 ),"""
 
@@ -74,6 +76,11 @@ class Unseen:
     as_of: dt.datetime | None = None
     fact_times: Mapping[str, dt.datetime] = field(default_factory=dict)
     values_then: Sequence[tuple[str, str]] = ()
+    # The definition version that recompute evaluated (None: marked before migration 0025).
+    version: int | None = None
+    # The snapshot that found the members above: the next mark, so a fact committed after it is
+    # found by the next recompute, never lost between reading the feed and evaluating.
+    seen: str | None = None
 
 
 # The feed entries of the facts each input of a dimension is (rules.Input's values). Member changes
@@ -90,14 +97,17 @@ async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[s
     `inputs` (and member changes) its snapshot did not see, each dated by the latest of them that
     happened by that as_of, else by the latest of them."""
     mark = await conn.fetchrow(
-        "SELECT as_of, seen::text AS seen FROM tagging.recompute_marks WHERE dimension = $1", dimension
+        """SELECT as_of, seen::text AS seen, definition_version FROM tagging.recompute_marks
+           WHERE dimension = $1""",
+        dimension,
     )
     if mark is None:
-        return Unseen()
+        return Unseen(seen=await conn.fetchval("SELECT pg_current_snapshot()::text"))
     # Literal kind: the partial index feed_facts is used only when the query implies its predicate.
     rows = await conn.fetch(
         f"""SELECT f.member_id,
-                  coalesce(max(f.occur_time) FILTER (WHERE f.occur_time <= $2), max(f.occur_time)) AS t
+                  coalesce(max(f.occur_time) FILTER (WHERE f.occur_time <= $2), max(f.occur_time)) AS t,
+                  NULL::text AS seen
            FROM (SELECT member_id,
                         coalesce((payload->>'occur_time')::timestamptz, (payload->>'paid_time')::timestamptz,
                                  (payload->>'refund_time')::timestamptz, create_time) AS occur_time
@@ -105,12 +115,18 @@ async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[s
                  WHERE kind <> {int(FeedKind.TAG_CHANGED)} AND txid >= pg_snapshot_xmin($1::text::pg_snapshot)
                    AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)
                    AND kind = ANY($3::smallint[])) f
-           GROUP BY f.member_id""",
+           GROUP BY f.member_id
+           UNION ALL SELECT NULL, NULL, pg_current_snapshot()::text""",
         mark["seen"],
         mark["as_of"],
         sorted({int(FeedKind.MEMBER_CHANGED), *(int(k) for i in inputs for k in _INPUT_KINDS[i])}),
     )
-    return Unseen(mark["as_of"], {row["member_id"]: row["t"] for row in rows})
+    return Unseen(
+        mark["as_of"],
+        {row["member_id"]: row["t"] for row in rows if row["member_id"] is not None},
+        version=mark["definition_version"],
+        seen=next(row["seen"] for row in rows if row["seen"] is not None),
+    )
 
 
 async def values_at(
@@ -145,8 +161,9 @@ async def apply_dimension(
     """Makes the stored tags of one rule dimension match its compiled rules; returns (added, removed).
 
     A refresh (`member_ids`) dates each change by its member's entry in `fact_times` (when the
-    facts that made the refresh happened), else by `now`. A full recompute dates them by what its
-    previous one did not see (`unseen`, see _UNSEEN_TIME) and leaves its own mark. `extra_payload`
+    facts that made the refresh happened), else by `now`. A recompute (`unseen` given: of every
+    member, or incrementally of `member_ids`) dates them by what its previous one did not see
+    (`unseen`, see _UNSEEN_TIME) and leaves its own mark. `extra_payload`
     adds constant `'key', value` pairs (SQL) to every feed entry, e.g. an import's backfilled mark.
 
     One statement: the desired member-values are computed, held values no longer desired are
@@ -163,13 +180,13 @@ async def apply_dimension(
     mark = ""
     times = dict(fact_times or {})
     extra: list[Any] = []
-    if member_ids is None:
+    if member_ids is None or unseen is not None:
         unseen = unseen or Unseen()
         times = dict(unseen.fact_times)
         timed += _UNSEEN_JOIN.format(members=f"${n + 7}", values=f"${n + 8}")
         occur = _UNSEEN_TIME.format(marked="true" if unseen.as_of is not None else "false")
-        mark = _MARK.format(tenant=t, dimension=d)
-        extra = [[m for m, _ in unseen.values_then], [v for _, v in unseen.values_then]]
+        mark = _MARK.format(tenant=t, dimension=d, version=ver, seen=f"${n + 9}::text")
+        extra = [[m for m, _ in unseen.values_then], [v for _, v in unseen.values_then], unseen.seen]
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
     # A single-value dimension's array holds at most one value; reading it directly (not through
     # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
@@ -244,6 +261,14 @@ async def plan_full_recompute(conn: Connection) -> None:
     categories_bought on 1M members) triples the work for a shorter wall time only on an idle
     machine."""
     await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
+async def lock_dimension(conn: Connection, tenant_id: str, dimension: str) -> None:
+    """Serialises recomputes of one dimension until the transaction ends (an advisory lock)."""
+    await conn.fetchval(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+        f"tagging.recompute/{tenant_id}/{dimension}",
+    )
 
 
 async def lock_members(conn: Connection, member_ids: list[str]) -> None:

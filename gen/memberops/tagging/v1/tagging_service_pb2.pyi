@@ -734,6 +734,14 @@ class RecomputeTagsRequest(_message.Message):
 
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
+    full: _builtins.bool
+    """Evaluate every member. Unset, a recompute at now evaluates only the members whose facts
+    changed since the dimension's previous recompute or whose value time may have moved (and
+    everyone for population models, a new definition version or a first recompute), with the
+    same result. Use it after loading facts by other means than the API. `as_of` always evaluates
+    every member.
+    """
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Dimensions to recompute; empty means every active FACT, RULE and MODEL dimension."""
@@ -750,10 +758,11 @@ class RecomputeTagsRequest(_message.Message):
         *,
         dimensions: _abc.Iterable[_builtins.str] | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dimensions", b"dimensions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dimensions", b"dimensions", "full", b"full"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,25 +28,25 @@ from memberops.tagging.v1 import models_pb2 as memberops_dot_tagging_dot_v1_dot_
 from memberops.tagging.v1 import rules_pb2 as memberops_dot_tagging_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/tags.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!memberops/tagging/v1/models.proto\x1a memberops/tagging/v1/rules.proto\"\xba\x04\n\rTagDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x33\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32!.memberops.tagging.v1.TagCategory\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.memberops.tagging.v1.TagKind\x12;\n\x0erefresh_policy\x18\x07 \x01(\x0e\x32#.memberops.tagging.v1.RefreshPolicy\x12\x36\n\x0b\x63\x61rdinality\x18\x08 \x01(\x0e\x32!.memberops.tagging.v1.Cardinality\x12.\n\x06values\x18\t \x03(\x0b\x32\x1e.memberops.tagging.v1.TagValue\x12\x0f\n\x07version\x18\n \x01(\x05\x12\x37\n\x05state\x18\x0b \x01(\x0e\x32(.memberops.tagging.v1.TagDefinitionState\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05model\x18\x0e \x01(\x0b\x32\x1b.memberops.tagging.v1.Model\"Y\n\x08TagValue\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12(\n\x04rule\x18\x03 \x01(\x0b\x32\x1a.memberops.tagging.v1.Rule\"n\n\x0eTagExplanation\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\t\x12(\n\x07\x66igures\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9c\x03\n\tMemberTag\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x04 \x01(\x05\x12/\n\x06source\x18\x05 \x01(\x0e\x32\x1f.memberops.tagging.v1.TagSource\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06set_by\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x12\n\nremoved_by\x18\n \x01(\t\x12\x16\n\x0eremoved_reason\x18\x0b \x01(\t\x12/\n\x0brecord_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0esupersede_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x0fRecomputeResult\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x02 \x01(\x05\x12\x13\n\x0b\x61\x64\x64\x65\x64_count\x18\x03 \x01(\x03\x12\x15\n\rremoved_count\x18\x04 \x01(\x03\"~\n\x0e\x44imensionStats\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x15\n\rcovered_count\x18\x02 \x01(\x03\x12\x10\n\x08\x63overage\x18\x03 \x01(\x01\x12\x30\n\x06values\x18\x04 \x03(\x0b\x32 .memberops.tagging.v1.ValueCount\"@\n\nValueCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\x12\r\n\x05share\x18\x03 \x01(\x01*\xd0\x01\n\x0bTagCategory\x12\x1c\n\x18TAG_CATEGORY_UNSPECIFIED\x10\x00\x12\x16\n\x12TAG_CATEGORY_CROWD\x10\x01\x12\x17\n\x13TAG_CATEGORY_MEMBER\x10\x02\x12\x1a\n\x16TAG_CATEGORY_BEHAVIOUR\x10\x03\x12\x1c\n\x18TAG_CATEGORY_TRANSACTION\x10\x04\x12\x1c\n\x18TAG_CATEGORY_CONSUMPTION\x10\x05\x12\x1a\n\x16TAG_CATEGORY_MARKETING\x10\x06*\x89\x01\n\x07TagKind\x12\x18\n\x14TAG_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rTAG_KIND_FACT\x10\x01\x12\x11\n\rTAG_KIND_RULE\x10\x02\x12\x12\n\x0eTAG_KIND_MODEL\x10\x03\x12\x13\n\x0fTAG_KIND_MANUAL\x10\x04\x12\x15\n\x11TAG_KIND_STRATEGY\x10\x05*k\n\rRefreshPolicy\x12\x1e\n\x1aREFRESH_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REFRESH_POLICY_REAL_TIME\x10\x01\x12\x1c\n\x18REFRESH_POLICY_SCHEDULED\x10\x02*Y\n\x0b\x43\x61rdinality\x12\x1b\n\x17\x43\x41RDINALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RDINALITY_SINGLE\x10\x01\x12\x15\n\x11\x43\x41RDINALITY_MULTI\x10\x02*}\n\x12TagDefinitionState\x12$\n TAG_DEFINITION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTAG_DEFINITION_STATE_ACTIVE\x10\x01\x12 \n\x1cTAG_DEFINITION_STATE_RETIRED\x10\x02*U\n\tTagSource\x12\x1a\n\x16TAG_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTAG_SOURCE_RULE\x10\x01\x12\x17\n\x13TAG_SOURCE_OPERATOR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmemberops/tagging/v1/tags.proto\x12\x14memberops.tagging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!memberops/tagging/v1/models.proto\x1a memberops/tagging/v1/rules.proto\"\xba\x04\n\rTagDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x33\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32!.memberops.tagging.v1.TagCategory\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.memberops.tagging.v1.TagKind\x12;\n\x0erefresh_policy\x18\x07 \x01(\x0e\x32#.memberops.tagging.v1.RefreshPolicy\x12\x36\n\x0b\x63\x61rdinality\x18\x08 \x01(\x0e\x32!.memberops.tagging.v1.Cardinality\x12.\n\x06values\x18\t \x03(\x0b\x32\x1e.memberops.tagging.v1.TagValue\x12\x0f\n\x07version\x18\n \x01(\x05\x12\x37\n\x05state\x18\x0b \x01(\x0e\x32(.memberops.tagging.v1.TagDefinitionState\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05model\x18\x0e \x01(\x0b\x32\x1b.memberops.tagging.v1.Model\"Y\n\x08TagValue\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12(\n\x04rule\x18\x03 \x01(\x0b\x32\x1a.memberops.tagging.v1.Rule\"n\n\x0eTagExplanation\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\t\x12(\n\x07\x66igures\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9c\x03\n\tMemberTag\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x04 \x01(\x05\x12/\n\x06source\x18\x05 \x01(\x0e\x32\x1f.memberops.tagging.v1.TagSource\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06set_by\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x12\n\nremoved_by\x18\n \x01(\t\x12\x16\n\x0eremoved_reason\x18\x0b \x01(\t\x12/\n\x0brecord_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0esupersede_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x0fRecomputeResult\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x02 \x01(\x05\x12\x13\n\x0b\x61\x64\x64\x65\x64_count\x18\x03 \x01(\x03\x12\x15\n\rremoved_count\x18\x04 \x01(\x03\x12\x13\n\x0bincremental\x18\x05 \x01(\x08\x12\x17\n\x0f\x65valuated_count\x18\x06 \x01(\x03\"~\n\x0e\x44imensionStats\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x15\n\rcovered_count\x18\x02 \x01(\x03\x12\x10\n\x08\x63overage\x18\x03 \x01(\x01\x12\x30\n\x06values\x18\x04 \x03(\x0b\x32 .memberops.tagging.v1.ValueCount\"@\n\nValueCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\x12\r\n\x05share\x18\x03 \x01(\x01*\xd0\x01\n\x0bTagCategory\x12\x1c\n\x18TAG_CATEGORY_UNSPECIFIED\x10\x00\x12\x16\n\x12TAG_CATEGORY_CROWD\x10\x01\x12\x17\n\x13TAG_CATEGORY_MEMBER\x10\x02\x12\x1a\n\x16TAG_CATEGORY_BEHAVIOUR\x10\x03\x12\x1c\n\x18TAG_CATEGORY_TRANSACTION\x10\x04\x12\x1c\n\x18TAG_CATEGORY_CONSUMPTION\x10\x05\x12\x1a\n\x16TAG_CATEGORY_MARKETING\x10\x06*\x89\x01\n\x07TagKind\x12\x18\n\x14TAG_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rTAG_KIND_FACT\x10\x01\x12\x11\n\rTAG_KIND_RULE\x10\x02\x12\x12\n\x0eTAG_KIND_MODEL\x10\x03\x12\x13\n\x0fTAG_KIND_MANUAL\x10\x04\x12\x15\n\x11TAG_KIND_STRATEGY\x10\x05*k\n\rRefreshPolicy\x12\x1e\n\x1aREFRESH_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REFRESH_POLICY_REAL_TIME\x10\x01\x12\x1c\n\x18REFRESH_POLICY_SCHEDULED\x10\x02*Y\n\x0b\x43\x61rdinality\x12\x1b\n\x17\x43\x41RDINALITY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RDINALITY_SINGLE\x10\x01\x12\x15\n\x11\x43\x41RDINALITY_MULTI\x10\x02*}\n\x12TagDefinitionState\x12$\n TAG_DEFINITION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTAG_DEFINITION_STATE_ACTIVE\x10\x01\x12 \n\x1cTAG_DEFINITION_STATE_RETIRED\x10\x02*U\n\tTagSource\x12\x1a\n\x16TAG_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTAG_SOURCE_RULE\x10\x01\x12\x17\n\x13TAG_SOURCE_OPERATOR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memberops.tagging.v1.tags_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAGCATEGORY']._serialized_start=1685
-  _globals['_TAGCATEGORY']._serialized_end=1893
-  _globals['_TAGKIND']._serialized_start=1896
-  _globals['_TAGKIND']._serialized_end=2033
-  _globals['_REFRESHPOLICY']._serialized_start=2035
-  _globals['_REFRESHPOLICY']._serialized_end=2142
-  _globals['_CARDINALITY']._serialized_start=2144
-  _globals['_CARDINALITY']._serialized_end=2233
-  _globals['_TAGDEFINITIONSTATE']._serialized_start=2235
-  _globals['_TAGDEFINITIONSTATE']._serialized_end=2360
-  _globals['_TAGSOURCE']._serialized_start=2362
-  _globals['_TAGSOURCE']._serialized_end=2447
+  _globals['_TAGCATEGORY']._serialized_start=1732
+  _globals['_TAGCATEGORY']._serialized_end=1940
+  _globals['_TAGKIND']._serialized_start=1943
+  _globals['_TAGKIND']._serialized_end=2080
+  _globals['_REFRESHPOLICY']._serialized_start=2082
+  _globals['_REFRESHPOLICY']._serialized_end=2189
+  _globals['_CARDINALITY']._serialized_start=2191
+  _globals['_CARDINALITY']._serialized_end=2280
+  _globals['_TAGDEFINITIONSTATE']._serialized_start=2282
+  _globals['_TAGDEFINITIONSTATE']._serialized_end=2407
+  _globals['_TAGSOURCE']._serialized_start=2409
+  _globals['_TAGSOURCE']._serialized_end=2494
   _globals['_TAGDEFINITION']._serialized_start=190
   _globals['_TAGDEFINITION']._serialized_end=760
   _globals['_TAGVALUE']._serialized_start=762
@@ -55,10 +55,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAGEXPLANATION']._serialized_end=963
   _globals['_MEMBERTAG']._serialized_start=966
   _globals['_MEMBERTAG']._serialized_end=1378
-  _globals['_RECOMPUTERESULT']._serialized_start=1380
-  _globals['_RECOMPUTERESULT']._serialized_end=1488
-  _globals['_DIMENSIONSTATS']._serialized_start=1490
-  _globals['_DIMENSIONSTATS']._serialized_end=1616
-  _globals['_VALUECOUNT']._serialized_start=1618
-  _globals['_VALUECOUNT']._serialized_end=1682
+  _globals['_RECOMPUTERESULT']._serialized_start=1381
+  _globals['_RECOMPUTERESULT']._serialized_end=1535
+  _globals['_DIMENSIONSTATS']._serialized_start=1537
+  _globals['_DIMENSIONSTATS']._serialized_end=1663
+  _globals['_VALUECOUNT']._serialized_start=1665
+  _globals['_VALUECOUNT']._serialized_end=1729
 # @@protoc_insertion_point(module_scope)

@@ -385,11 +385,16 @@ class RecomputeResult(_message.Message):
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     ADDED_COUNT_FIELD_NUMBER: _builtins.int
     REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_FIELD_NUMBER: _builtins.int
+    EVALUATED_COUNT_FIELD_NUMBER: _builtins.int
     dimension: _builtins.str
     definition_version: _builtins.int
     added_count: _builtins.int
     """Member-values that started and ended holding."""
     removed_count: _builtins.int
+    incremental: _builtins.bool
+    """Whether only some members were evaluated (those due or changed), and how many members were."""
+    evaluated_count: _builtins.int
     def __init__(
         self,
         *,
@@ -397,10 +402,12 @@ class RecomputeResult(_message.Message):
         definition_version: _builtins.int = ...,
         added_count: _builtins.int = ...,
         removed_count: _builtins.int = ...,
+        incremental: _builtins.bool = ...,
+        evaluated_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_count", b"added_count", "definition_version", b"definition_version", "dimension", b"dimension", "removed_count", b"removed_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_count", b"added_count", "definition_version", b"definition_version", "dimension", b"dimension", "evaluated_count", b"evaluated_count", "incremental", b"incremental", "removed_count", b"removed_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,167 @@
+"""SQL of tagging.recompute_due (migration 0025): each member's next moment at which a dimension's
+value may change by time alone, stored by the recompute for the members it evaluated, and the
+members whose moment has come. Every function runs on a connection inside a tenant transaction.
+
+A member's moment is the earliest fact time (or registration) plus one of the dimension's offsets
+(recompute_timing.Timing) that lies ahead of the evaluation, less SLACK: window ends are calendar
+days (`make_interval(days => N)`, which a daylight-saving change moves by an hour) while offsets are
+added as whole days of seconds, so the stored moment is early by SLACK rather than ever late.
+Candidates up to SLACK behind the evaluation still count, so a moment this early is not skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.db import Connection
+from services.tagging.recompute_timing import Repurchase, Timing
+
+SLACK = dt.timedelta(hours=2)
+# The statement's parameters: the evaluation time, SLACK, and (filtered) the members.
+_NOW = "$1::timestamptz"
+_SLACK = "$2::interval"
+_MEMBERS = "$3::text[]"
+
+
+def _plus(column: str, days: int) -> str:
+    return f"{column} + make_interval(secs => {int(days)} * 86400.0)"
+
+
+def _facts_sql(table: str, column: str, offsets: frozenset[int], filtered: bool) -> str:
+    """Per member, the earliest fact time plus offset after now less SLACK."""
+    terms = ", ".join(
+        f"min(x.{column}) FILTER (WHERE {_plus(f'x.{column}', d)} > {_NOW} - {_SLACK})"
+        f" + make_interval(secs => {int(d)} * 86400.0)"
+        for d in sorted(offsets)
+    )
+    only = f" AND x.member_id = ANY({_MEMBERS})" if filtered else ""
+    return f"""SELECT x.member_id, least({terms}) AS due FROM {table} x
+        WHERE {_plus(f"x.{column}", max(offsets))} > {_NOW} - {_SLACK}{only}
+        GROUP BY x.member_id"""
+
+
+def _registration_sql(offsets: frozenset[int], only: str) -> str:
+    terms = ", ".join(
+        f"CASE WHEN {_plus('m.register_time', d)} > {_NOW} - {_SLACK} THEN {_plus('m.register_time', d)} END"
+        for d in sorted(offsets)
+    )
+    return f"SELECT m.member_id, least({terms}) AS due FROM tagging.members m WHERE true{only}"
+
+
+# The day before the next birthday as the session's calendar has it (the age compares
+# `now::date`); a day early covers 29 February. A birthday ahead of now (bad data) is due at once.
+_BIRTHDAY = f"""SELECT m.member_id,
+        CASE WHEN m.birthday > {_NOW}::date THEN {_NOW}
+             ELSE (m.birthday + make_interval(
+                 years => date_part('year', age({_NOW}::date, m.birthday))::int + 1, days => -1))::timestamptz
+        END AS due
+    FROM tagging.members m WHERE m.birthday IS NOT NULL"""
+
+
+def _repurchase_sql(r: Repurchase, filtered: bool) -> str:
+    """The repurchase model's flip: the last counted order plus the mean gap between the counted
+    orders times the tolerance (models._repurchase_due), for members with enough of them."""
+    window = (
+        f" AND o.paid_time > {_NOW} - make_interval(days => {int(r.window_days)})" if r.window_days else ""
+    )
+    only = f" AND o.member_id = ANY({_MEMBERS})" if filtered else ""
+    return f"""SELECT a.member_id,
+            a.last_paid + make_interval(secs => a.gap * {int(r.tolerance_percent)} / 100.0) AS due
+        FROM (SELECT o.member_id, max(o.paid_time) AS last_paid,
+                     extract(epoch FROM max(o.paid_time) - min(o.paid_time)) / (count(*) - 1) AS gap
+              FROM tagging.orders o
+              WHERE o.paid_time <= {_NOW}
+                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor){window}{only}
+              GROUP BY o.member_id HAVING count(*) >= {int(r.min_orders)}) AS a"""
+
+
+def due_sql(timing: Timing, filtered: bool) -> str | None:
+    """`(member_id, due_at)` of every member with a moment ahead ($1 the evaluation time, $2
+    SLACK, $3 the members when `filtered`); None when time alone never changes the dimension."""
+    only = f" AND m.member_id = ANY({_MEMBERS})" if filtered else ""
+    parts: list[str] = []
+    if timing.orders:
+        parts.append(_facts_sql("tagging.orders", "paid_time", timing.orders, filtered))
+    if timing.events:
+        parts.append(_facts_sql("tagging.events", "occur_time", timing.events, filtered))
+    if timing.registration:
+        parts.append(_registration_sql(timing.registration, only))
+    if timing.birthday:
+        parts.append(_BIRTHDAY + only)
+    if timing.repurchase is not None:
+        parts.append(_repurchase_sql(timing.repurchase, filtered))
+    if not parts:
+        return None
+    union = "\n    UNION ALL ".join(f"({part})" for part in parts)
+    return f"""SELECT c.member_id, min(c.due) - {_SLACK} AS due_at FROM ({union}) AS c
+    WHERE c.due > {_NOW} - {_SLACK} GROUP BY c.member_id"""
+
+
+async def store_due(
+    conn: Connection,
+    tenant_id: str,
+    dimension: str,
+    timing: Timing,
+    now: dt.datetime,
+    member_ids: Sequence[str] | None = None,
+) -> int:
+    """Makes the dimension's stored moments of these members (None: every member) those of their
+    facts now; returns how many rows changed. Only differences are written, so a recompute of
+    everyone rewrites only the moments that moved."""
+    filtered = member_ids is not None
+    fresh = due_sql(timing, filtered) or (
+        f"SELECT NULL::text AS member_id, {_NOW} - {_SLACK} AS due_at WHERE false"
+    )
+    only = f" AND r.member_id = ANY({_MEMBERS})" if filtered else ""
+    t, d = ("$4::text", "$5::text") if filtered else ("$3::text", "$4::text")
+    args: list[Any] = [
+        now,
+        SLACK,
+        *([list(member_ids)] if member_ids is not None else []),
+        tenant_id,
+        dimension,
+    ]
+    sql = f"""
+WITH fresh AS ({fresh}),
+stored AS (SELECT r.member_id, r.due_at FROM tagging.recompute_due r WHERE r.dimension = {d}{only}),
+diff AS (
+    SELECT coalesce(f.member_id, s.member_id) AS member_id, f.due_at
+    FROM fresh f FULL JOIN stored s ON s.member_id = f.member_id
+    WHERE f.due_at IS DISTINCT FROM s.due_at
+),
+removed AS (
+    DELETE FROM tagging.recompute_due r
+    WHERE r.dimension = {d}
+      AND r.member_id = ANY(ARRAY(SELECT x.member_id FROM diff x WHERE x.due_at IS NULL))
+    RETURNING 1
+),
+written AS (
+    INSERT INTO tagging.recompute_due AS r (tenant_id, dimension, member_id, due_at)
+    SELECT {t}, {d}, x.member_id, x.due_at FROM diff x WHERE x.due_at IS NOT NULL
+    ON CONFLICT (tenant_id, dimension, member_id) DO UPDATE SET due_at = excluded.due_at
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)"""
+    return int(await conn.fetchval(sql, *args))
+
+
+async def due_members(conn: Connection, dimension: str, now: dt.datetime) -> list[str]:
+    """The members whose moment in the dimension has come by `now`."""
+    rows = await conn.fetch(
+        "SELECT member_id FROM tagging.recompute_due WHERE dimension = $1 AND due_at <= $2",
+        dimension,
+        now,
+    )
+    return [row["member_id"] for row in rows]
+
+
+async def forget(conn: Connection, dimension: str) -> None:
+    """Drops the dimension's moments: a population model's, or a definition's no longer current."""
+    await conn.execute("DELETE FROM tagging.recompute_due WHERE dimension = $1", dimension)
+
+
+async def member_count(conn: Connection) -> int:
+    """The tenant's members: what a share of members evaluated incrementally is measured against."""
+    return int(await conn.fetchval("SELECT count(*) FROM tagging.members"))

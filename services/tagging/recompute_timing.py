@@ -1,0 +1,144 @@
+"""When a dimension's value can change by time alone, read from its rules or model.
+
+The incremental recompute (evaluation.py) evaluates a member again only when their facts changed
+or when time may have moved their value. Time reaches a rule in few ways: a fact enters the
+evaluation when its time comes (facts after `now` are ignored) and leaves a window `N` days later; a
+"days since" figure crosses a compared number `c` at the fact's time plus `c` days; an age changes
+at a birthday. So a dimension's `Timing` lists, per kind of time (orders, events, registration),
+the day offsets after which a member's value may change; each member's next moment is the earliest
+fact time plus offset still ahead (due_store.py computes it in SQL).
+
+The offsets may over-approximate (a filter is ignored, any fact stands for the last one): a member
+evaluated early only costs an evaluation. They must never miss a moment, so a model this module
+does not know is a population model, evaluated for every member every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from memberops.tagging.v1 import models_pb2, rules_pb2
+
+from services.tagging import catalog
+
+Fn = rules_pb2.AggregateFunction
+Field = rules_pb2.ProfileField
+_EVENT_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_EVENT_COUNT, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
+_DAYS_SINCE = {Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
+# Models whose value compares the member with everyone (RFM): any member's facts move all.
+_POPULATION_MODELS = {"rfm_mean_split", "rfm_quintiles"}
+
+
+@dataclass(frozen=True)
+class Repurchase:
+    """The repurchase-due model's own moment: the last order plus the member's mean gap between
+    orders times `tolerance_percent` / 100, for members with `min_orders` counted orders."""
+
+    min_orders: int
+    tolerance_percent: int
+    window_days: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Day offsets after each order's paid time, each event's time and the registration at which
+    a member's value may change; `birthday`: an age is compared. Empty: only facts change it."""
+
+    population: bool = False
+    orders: frozenset[int] = frozenset()
+    events: frozenset[int] = frozenset()
+    registration: frozenset[int] = frozenset()
+    birthday: bool = False
+    repurchase: Repurchase | None = None
+
+    @property
+    def timeless(self) -> bool:
+        return not (self.orders or self.events or self.registration or self.birthday or self.repurchase)
+
+
+def of(spec: catalog.DefinitionInput) -> Timing:
+    """The timing of an evaluated dimension's current definition."""
+    if spec.kind == catalog.Kind.MODEL:
+        return _model(spec.model)
+    t = _Collect()
+    for value in spec.values:
+        if value.rule is not None:
+            t.rule(value.rule)
+    return t.timing()
+
+
+def _facts(window_days: int) -> frozenset[int]:
+    """A fact read over a window: its time (a future fact enters) and when it leaves the window."""
+    return frozenset({0, window_days} if window_days else {0})
+
+
+def _model(model: models_pb2.Model | None) -> Timing:
+    which = model.WhichOneof("model") if model is not None else None
+    if model is None or which is None or which in _POPULATION_MODELS:
+        return Timing(population=True)
+    params = getattr(model, which)
+    if which == "lifecycle":
+        days = {0, params.new_days, params.active_days, params.churn_days}
+        return Timing(orders=frozenset(days), registration=frozenset({0, params.new_days}))
+    if which in ("categories_bought", "category_preference"):
+        return Timing(orders=_facts(params.window_days))
+    if which in ("interest", "preferred_send_hour"):
+        return Timing(orders=_facts(params.window_days), events=_facts(params.window_days))
+    if which == "repurchase_due":
+        return Timing(
+            orders=_facts(params.window_days),
+            repurchase=Repurchase(params.min_orders, params.tolerance_percent, params.window_days),
+        )
+    return Timing(population=True)
+
+
+def _crossings(values: Iterable[rules_pb2.Value]) -> set[int]:
+    """The whole day counts at which a comparison of a day count with these numbers may change."""
+    found: set[int] = set()
+    for value in values:
+        if value.WhichOneof("kind") == "number" and math.isfinite(value.number):
+            found |= {math.floor(value.number), math.floor(value.number) + 1, math.ceil(value.number)}
+    return found
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.orders: set[int] = set()
+        self.events: set[int] = set()
+        self.registration: set[int] = set()
+        self.birthday = False
+
+    def timing(self) -> Timing:
+        return Timing(
+            orders=frozenset(self.orders),
+            events=frozenset(self.events),
+            registration=frozenset(self.registration),
+            birthday=self.birthday,
+        )
+
+    def rule(self, rule: rules_pb2.Rule) -> None:
+        node = rule.WhichOneof("node")
+        if node in ("all", "any"):
+            for child in getattr(rule, node).rules:
+                self.rule(child)
+        elif node == "not":
+            self.rule(getattr(rule, "not"))
+        elif node == "condition":
+            self.condition(rule.condition)
+
+    def condition(self, condition: rules_pb2.Condition) -> None:
+        operand = condition.operand
+        source = operand.WhichOneof("source")
+        if source == "field":
+            if operand.field == Field.PROFILE_FIELD_AGE:
+                self.birthday = True
+            elif operand.field == Field.PROFILE_FIELD_DAYS_SINCE_REGISTRATION:
+                self.registration |= {0, *_crossings(condition.values)}
+        elif source == "aggregate":
+            aggregate = operand.aggregate
+            found = self.events if aggregate.function in _EVENT_FUNCTIONS else self.orders
+            found |= _facts(aggregate.window_days)
+            if aggregate.function in _DAYS_SINCE:
+                found |= _crossings(condition.values)

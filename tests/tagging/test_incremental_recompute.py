@@ -1,0 +1,272 @@
+"""The incremental recompute gives what a full one gives: two tenants receive the same seeded random
+members, facts (late ones among them), definition changes and clock moves; one is recomputed
+incrementally (only members due or changed), the other in full, and after every round their tags,
+tag history and tag-change feed entries are the same."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+from runtime.db import Database
+from services.tagging import builtins, catalog
+from services.tagging.backfill_refresh import BackfillRefresh
+from services.tagging.catalog import Catalog, DefinitionInput, TagValue
+from services.tagging.domain import (
+    BehaviorEvent,
+    MemberInput,
+    OrderInput,
+    OrderLine,
+    Profile,
+    RefundInput,
+)
+from services.tagging.evaluation import RecomputeResult, Tagger
+from services.tagging.facts import Facts
+from services.tagging.members import Members
+from services.tagging.realtime import RealTimeTags
+from tests.conftest import unique
+from tests.tagging.rule_builders import Field, Fn, Op, agg, cond, field, not_
+
+ROUNDS = 8
+MEMBERS = 40
+CATEGORIES = ("a", "b", "c")
+# Clock moves between recomputes: within a day, a day, and across the windows and thresholds.
+STEPS = (dt.timedelta(hours=3), dt.timedelta(days=1), dt.timedelta(days=9), dt.timedelta(days=31),
+         dt.timedelta(days=47), dt.timedelta(days=95))  # fmt: skip
+
+
+class _NoRealTime:
+    """Every dimension here is scheduled: the recompute alone writes their tags."""
+
+    async def refreshed(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _extra_dimensions(threshold: int) -> list[DefinitionInput]:
+    """Rules reaching time every way the language allows: days since an order or event, windows
+    of orders, lines and events, days since registration, age."""
+
+    def rule_dimension(name: str, values: Sequence[tuple[str, Any]], multi: bool = False) -> DefinitionInput:
+        return DefinitionInput(
+            dimension=name,
+            category=catalog.Category.TRANSACTION,
+            kind=catalog.Kind.RULE,
+            refresh_policy=catalog.Refresh.SCHEDULED,
+            cardinality=catalog.Cardinality.MULTI if multi else catalog.Cardinality.SINGLE,
+            values=tuple(TagValue(value=v, rule=r) for v, r in values),
+        )
+
+    since_order = agg(Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER)
+    carts = agg(Fn.AGGREGATE_FUNCTION_EVENT_COUNT, 14, event_kinds=[2])
+    a_items = agg(Fn.AGGREGATE_FUNCTION_ITEM_COUNT, 7, categories=["a"])
+    return [
+        rule_dimension(
+            "rc_order_recency",
+            [
+                ("recent", cond(since_order, Op.OPERATOR_LE, threshold)),
+                ("mid", cond(since_order, Op.OPERATOR_BETWEEN, threshold + 1, 45.5)),
+                ("lapsed", cond(since_order, Op.OPERATOR_IS_SET)),
+            ],
+        ),
+        rule_dimension(
+            "rc_events",
+            [
+                (
+                    "carting",
+                    cond(carts, Op.OPERATOR_GE, 1),
+                ),
+                ("gone", cond(agg(Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT, 60), Op.OPERATOR_GT, 7)),
+                ("busy", cond(agg(Fn.AGGREGATE_FUNCTION_EVENT_COUNT, 30), Op.OPERATOR_GE, 3)),
+            ],
+        ),
+        rule_dimension(
+            "rc_member",
+            [
+                ("fresh", cond(field(Field.PROFILE_FIELD_DAYS_SINCE_REGISTRATION), Op.OPERATOR_LT, 30)),
+                ("thirties", cond(field(Field.PROFILE_FIELD_AGE), Op.OPERATOR_BETWEEN, 30, 39)),
+                ("veteran", cond(field(Field.PROFILE_FIELD_DAYS_SINCE_REGISTRATION), Op.OPERATOR_GE, 365)),
+            ],
+        ),
+        rule_dimension(
+            "rc_spend",
+            [
+                ("spender", cond(agg(Fn.AGGREGATE_FUNCTION_ORDER_AMOUNT_SUM, 30), Op.OPERATOR_GE, 500)),
+                (
+                    "a_week",
+                    cond(a_items, Op.OPERATOR_GE, 1),
+                ),
+                ("never", not_(cond(agg(Fn.AGGREGATE_FUNCTION_ORDER_COUNT), Op.OPERATOR_GE, 1))),
+                ("steady", cond(agg(Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH, 60), Op.OPERATOR_GE, 1)),
+            ],
+            multi=True,
+        ),
+    ]
+
+
+def _definitions() -> list[DefinitionInput]:
+    """The built-ins (scheduled here) and the rules above."""
+    specs = [dataclasses.replace(s, refresh_policy=catalog.Refresh.SCHEDULED) for s in builtins.definitions()]
+    return specs + _extra_dimensions(10)
+
+
+class _World:
+    """Draws the same random changes for both tenants from one seed."""
+
+    def __init__(self, seed: int, start: dt.datetime) -> None:
+        self.rng = random.Random(seed)
+        self.start = start
+        self.members: list[str] = []
+        self.orders: list[tuple[str, str, dt.datetime]] = []  # (order, member, paid)
+        self.refunded: set[str] = set()
+        self.serial = 0
+
+    def next_id(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}-{self.serial}"
+
+    def member(self, now: dt.datetime) -> MemberInput:
+        r = self.rng
+        birthday = r.choice([dt.date(1992, 2, 29), dt.date(1988, 1, 1)]) if r.random() < 0.1 else (
+            dt.date(1970, 1, 1) + dt.timedelta(days=r.randrange(13_000)))  # fmt: skip
+        registered = now - dt.timedelta(days=r.uniform(0, 60) if r.random() < 0.5 else r.uniform(0, 500))
+        member_id = self.next_id("m")
+        self.members.append(member_id)
+        return MemberInput(member_id, Profile(gender=1, birthday=birthday, register_time=registered))
+
+    def changes(self, now: dt.datetime, previous: dt.datetime) -> list[Any]:
+        """Members, orders (some late: paid before the previous recompute), refunds and events."""
+        r = self.rng
+        out: list[Any] = []
+        if r.random() < 0.5:
+            out.append(self.member(now))
+        for member_id in r.sample(self.members, k=len(self.members) // 4):
+            kind = r.random()
+            if kind < 0.45:
+                paid = max(self.start, now - dt.timedelta(days=r.choice([0.1, 1, 5, 40, 100]) * r.random()))
+                lines = tuple(
+                    OrderLine(
+                        str(i),
+                        sku=f"s{i}",
+                        category=r.choice(CATEGORIES),
+                        quantity=r.randint(1, 3),
+                        unit_price_minor=r.choice([50, 120, 400]),
+                    )
+                    for i in range(r.randint(1, 2))
+                )
+                order_id = self.next_id("o")
+                amount = sum(line.quantity * line.unit_price_minor for line in lines)
+                out.append(OrderInput(order_id, member_id, paid, amount, lines))
+                self.orders.append((order_id, member_id, paid))
+            elif kind < 0.55 and self.orders:
+                order_id, _, paid = r.choice(self.orders)
+                if order_id not in self.refunded:
+                    self.refunded.add(order_id)
+                    when = max(paid, now - dt.timedelta(days=r.uniform(0, 2)))
+                    out.append(RefundInput(self.next_id("r"), order_id, when, 0))
+            elif kind < 0.9:
+                # Now and then a minute ahead: it enters the evaluation when its time comes.
+                ahead = r.random() < 0.1
+                out.append(
+                    [
+                        BehaviorEvent(
+                            self.next_id("e"),
+                            member_id,
+                            r.choice([2, 3, 5]),
+                            now + dt.timedelta(minutes=1)
+                            if ahead
+                            else now - dt.timedelta(days=r.uniform(0, 20)),
+                            category=r.choice(CATEGORIES),
+                        )
+                        for _ in range(r.randint(1, 3))
+                    ]
+                )
+            else:
+                born = dt.date(1975, 1, 1) + dt.timedelta(days=r.randrange(9000))
+                out.append(MemberInput(member_id, Profile(gender=2, birthday=born, register_time=self.start)))
+        return out
+
+
+async def _apply(members: Members, facts: Facts, tenant: str, changes: list[Any], now: dt.datetime) -> None:
+    for change in changes:
+        if isinstance(change, MemberInput):
+            await members.upsert(tenant, change, now)
+        elif isinstance(change, OrderInput):
+            await facts.record_order(tenant, change, now)
+        elif isinstance(change, RefundInput):
+            await facts.record_refund(tenant, change, now)
+        else:
+            await facts.record_events(tenant, change, now)
+
+
+async def _state(db: Database, tenant: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every tag row (history included) and every tag-change feed entry, in a stable order."""
+    async with db.transaction(tenant, readonly=True) as conn:
+        tags = await conn.fetch(
+            """SELECT member_id, dimension, value, definition_version, valid_from, valid_to
+               FROM tagging.member_tags ORDER BY 1, 2, 5, 3"""
+        )
+        entries = await conn.fetch(
+            """SELECT member_id, payload->>'dimension' AS dimension, payload->>'value' AS value,
+                      payload->>'change' AS change, payload->>'occur_time' AS occur_time
+               FROM tagging.feed WHERE kind = 5 ORDER BY 1, 2, 5, 3, 4"""
+        )
+    return [tuple(row) for row in tags], [tuple(row) for row in entries]
+
+
+def _summary(results: list[RecomputeResult]) -> dict[str, tuple[int, int, int]]:
+    return {r.dimension: (r.definition_version, r.added, r.removed) for r in results}
+
+
+async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_time(db: Database) -> None:
+    incremental_tenant, full_tenant = unique("rcinc"), unique("rcfull")
+    no_realtime = cast(RealTimeTags, _NoRealTime())
+    # Every share of members may go incrementally here: a few dozen members are all "many".
+    incremental, full = Tagger(db, incremental_share=1.0), Tagger(db)
+    tenants = {incremental_tenant: incremental, full_tenant: full}
+    writers = {t: (Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime))
+               for t, tagger in tenants.items()}  # fmt: skip
+    tag_catalog = Catalog(db)
+    for tenant in tenants:
+        await tag_catalog.seed(tenant, _definitions())
+    # Fixed, so every run draws the same; before the wall clock, as the feed entries of member
+    # changes are dated by their commit.
+    now = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
+    world = _World(seed=25, start=now)
+    initial = [world.member(now) for _ in range(MEMBERS)]
+    # Thirtieth birthdays spread over the first rounds: an age moves them with no fact.
+    for days in (2, 5, 11, 17, 26, 40, 61, 90):
+        born = (now + dt.timedelta(days=days)).date().replace(year=now.year - 30)
+        initial.append(MemberInput(world.next_id("b"), Profile(birthday=born, register_time=now)))
+        world.members.append(initial[-1].member_id)
+    time_only_changes = 0
+    evaluated_fewer = False
+    previous = now
+    for round_number in range(ROUNDS):
+        if round_number == 5:
+            changes: list[Any] = []  # time alone moves values
+        else:
+            changes = initial if round_number == 0 else world.changes(now, previous)
+        if round_number == 3:  # a new version: every member evaluated again
+            for tenant in tenants:
+                current = await tag_catalog.get(tenant, "rc_order_recency", 0)
+                await tag_catalog.update(tenant, _extra_dimensions(20)[0], current.version)
+        for tenant, (members, facts) in writers.items():
+            await _apply(members, facts, tenant, changes, now)
+        results = await incremental.recompute(incremental_tenant, [], now)
+        got = _summary(results)
+        assert got == _summary(await full.recompute(full_tenant, [], now, full=True)), f"round {round_number}"
+        assert await _state(db, incremental_tenant) == await _state(db, full_tenant), f"round {round_number}"
+        evaluated_fewer |= any(r.incremental and 0 < r.evaluated < len(world.members) for r in results)
+        for tenant, tagger in tenants.items():
+            again = await tagger.recompute(tenant, [], now, full=tagger is full)
+            assert all(r.added == r.removed == 0 for r in again), "a second recompute changes nothing"
+        if not changes:
+            time_only_changes = sum(a + r for _, a, r in got.values())
+        previous = now
+        # Into the round without facts: far enough for windows to empty.
+        now += STEPS[-2] if round_number == 4 else world.rng.choice(STEPS)
+    assert evaluated_fewer, "some recompute evaluated only some members"
+    assert time_only_changes > 0, "time alone changed tags, and the incremental recompute found them"
