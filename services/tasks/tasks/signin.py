@@ -9,18 +9,22 @@ it earns nothing itself but joins the runs around it, whose later days' lengths 
 (points already paid for them stay as they were).
 
 Today's sign-in is the hot path (every member, every day): it runs as one SQL function in one
-round trip (`tasks.sign_in`, migration 0019), as EarnPoints does; make-ups, rare, run here in a
-transaction of their own.
+round trip (`tasks.sign_in`, migration 0019), as EarnPoints does, and the sign-ins of one task that
+arrive while earlier ones are at the database go together as one statement (`tasks.sign_in_batch`,
+migration 0023; decision 154); make-ups, rare, run here in a transaction of their own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import asyncpg
+
 from runtime import metrics
-from runtime.db import Connection
+from runtime.batching import KeyedBatcher
+from runtime.db import Connection, Database
 from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -33,11 +37,17 @@ from services.tasks.points import ledger, ledger_store
 from services.tasks.points.ledger import Reason
 from services.tasks.tasks import completion_store, completions, signin_store
 from services.tasks.tasks.completion_store import CompletionRow
-from services.tasks.tasks.definitions import Kind, SignInSpec, Task
+from services.tasks.tasks.definitions import Kind, SignInSpec, Task, TaskDefinitions
 from services.tasks.tasks.member_calls import MemberCalls
+from services.tasks.tasks.participation import Participation
 from services.tasks.tasks.signin_store import SignInRow, StreakRow
 
 ONE_DAY = dt.timedelta(days=1)
+# Groups of one task's sign-ins at the database at once, each of at most MAX_GROUP members. More
+# than one, so a group's round trip overlaps the next group's gathering; each takes the budget
+# once, so groups never deadlock on it (decision 140).
+GROUPS_IN_FLIGHT = 3
+MAX_GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,21 @@ def _terms(task: Task, now: dt.datetime) -> signin_store.DayTerms:
     )
 
 
+def _group_of(r: signin_store.DayRequest) -> tuple[object, ...]:
+    """What sign-ins must share to go as one statement: the task's terms (but for the expiry,
+    which each carries) and the day."""
+    t = r.terms
+    limits = (t.claim, t.per_day, t.total, t.cycle)
+    return (t.version, tuple(t.rewards), limits, tuple(t.milestones), t.task_badge, r.day)
+
+
+def _alone_decides(error: asyncpg.PostgresError) -> bool:
+    """Whether a group's failure is one that signing its members in one by one settles: the group
+    refused as a whole (budget, version), a request id a concurrent call took, a conflict."""
+    state = str(getattr(error, "sqlstate", "") or "")
+    return state in (signin_store.BATCH_REFUSED, "23505") or state.startswith("40")
+
+
 def _retried(first: SignInRow, paid: CompletionRow | None, request_id: str, digest: str) -> SignInRecord:
     """A retried request's first result; ALREADY_EXISTS when its id was used for another request."""
     if first.content_hash != digest:
@@ -149,6 +174,13 @@ def check_makeup_day(task: Task, day: dt.date, today: dt.date) -> None:
 
 
 class SignIns(MemberCalls):
+    def __init__(self, db: Database, definitions: TaskDefinitions, participation: Participation) -> None:
+        super().__init__(db, definitions, participation)
+        # (tenant, task) -> today's sign-ins arriving together.
+        self._days: KeyedBatcher[tuple[str, str], signin_store.DayRequest, signin_store.DaySignIn] = (
+            KeyedBatcher(self._sign_in_days, in_flight=GROUPS_IN_FLIGHT, max_size=MAX_GROUP)
+        )
+
     async def sign_in(
         self,
         tenant_id: str,
@@ -211,9 +243,9 @@ class SignIns(MemberCalls):
         digest: str,
         now: dt.datetime,
     ) -> SignInRecord:
-        """Today's sign-in, in one round trip (tasks.sign_in, migration 0019)."""
+        """Today's sign-in, in one round trip, alone or with others of the task (`_sign_in_days`)."""
         request = signin_store.DayRequest(_terms(task, now), member_id, today, request_id, digest, now)
-        done = await signin_store.sign_in_day(self._db.pool, tenant_id, request)
+        done = await self._days.submit((tenant_id, task.task_id), request)
         if done.outcome == "asked":
             assert done.sign_in is not None
             return _retried(done.sign_in, done.completion, request_id, digest)
@@ -232,6 +264,58 @@ class SignIns(MemberCalls):
         if done.completion.state == completions.State.PAID:
             metrics.ledger_entries(tenant_id, ledger_store.KINDS[Reason.TASK])
         return SignInRecord(done.sign_in, done.completion)
+
+    async def _sign_in_days(
+        self, key: tuple[str, str], requests: Sequence[signin_store.DayRequest]
+    ) -> list[signin_store.DaySignIn | BaseException]:
+        """The outcome of each of a task's sign-ins that arrived together. Those of one version and
+        day go as one statement; a member or request id met again within it (a retry racing its
+        first call) waits for the next one, so it is answered as a retry or a day already signed.
+        A group the budget or a changed task refuses as a whole, or that a concurrent call's
+        request id got in the way of, signs in one by one, as alone each is answered exactly."""
+        tenant_id = key[0]
+        outcomes: dict[int, signin_store.DaySignIn | BaseException] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(_group_of(r), []).append(i)
+        for grouped in groups.values():
+            waiting = grouped
+            while waiting:
+                group: list[int] = []
+                later: list[int] = []
+                members: set[str] = set()
+                ids: set[str] = set()
+                for i in waiting:
+                    r = requests[i]
+                    if r.member_id in members or r.request_id in ids:
+                        later.append(i)
+                    else:
+                        group.append(i)
+                        members.add(r.member_id)
+                        ids.add(r.request_id)
+                outcomes.update(await self._sign_in_group(tenant_id, [requests[i] for i in group], group))
+                waiting = later
+        return [outcomes[i] for i in range(len(requests))]
+
+    async def _sign_in_group(
+        self, tenant_id: str, group: Sequence[signin_store.DayRequest], indexes: Sequence[int]
+    ) -> dict[int, signin_store.DaySignIn | BaseException]:
+        if len(group) > 1:
+            try:
+                done = await signin_store.sign_in_days(
+                    self._db.pool, tenant_id, group[0].terms, group[0].day, group
+                )
+                return dict(zip(indexes, done, strict=True))
+            except asyncpg.PostgresError as error:
+                if not _alone_decides(error):
+                    return dict.fromkeys(indexes, error)
+        outcomes: dict[int, signin_store.DaySignIn | BaseException] = {}
+        for i, request in zip(indexes, group, strict=True):
+            try:
+                outcomes[i] = await signin_store.sign_in_day(self._db.pool, tenant_id, request)
+            except Exception as error:  # the caller's: a taken request id is retried there
+                outcomes[i] = error
+        return outcomes
 
     async def _makeup(
         self,

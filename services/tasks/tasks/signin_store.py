@@ -119,6 +119,43 @@ async def sign_in_day(pool: asyncpg.Pool, tenant_id: str, r: DayRequest) -> DayS
     return _day_sign_in(row)
 
 
+async def sign_in_days(
+    pool: asyncpg.Pool, tenant_id: str, terms: DayTerms, day: dt.date, requests: Sequence[DayRequest]
+) -> list[DaySignIn]:
+    """Several members' sign-ins on one task and `day` (distinct members, distinct request ids,
+    every request of these `terms` but for its own time and expiry) as one statement
+    (`tasks.sign_in_batch`, migration 0023): one DaySignIn per request, in order. Raises
+    asyncpg's error with SQLSTATE `BATCH_REFUSED` when the budget cannot pay them all or the task
+    changed, having written nothing; the caller then signs them in one by one."""
+    rows = await pool.fetch(
+        f"""SELECT {_SIGNED_COLUMNS}, r.outcome, r.points
+            FROM tasks.sign_in_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                                     $17, $18) r""",
+        tenant_id,
+        terms.task_id,
+        terms.version,
+        day,
+        [r.member_id for r in requests],
+        [r.request_id for r in requests],
+        [r.digest for r in requests],
+        [r.now for r in requests],
+        [r.terms.expire_time for r in requests],
+        list(terms.rewards),
+        terms.claim,
+        terms.per_day,
+        terms.total,
+        *terms.cycle,
+        [days for days, _ in terms.milestones],
+        [badge for _, badge in terms.milestones],
+        terms.task_badge,
+    )
+    return [_day_sign_in(row) for row in rows]
+
+
+# What tasks.sign_in_batch raises when the group as a whole is refused (budget or version).
+BATCH_REFUSED = "MS003"
+
+
 def _day_sign_in(row: asyncpg.Record) -> DaySignIn:
     sign_in = None
     if row["s_day"] is not None:
