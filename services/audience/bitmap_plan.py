@@ -4,7 +4,7 @@ summary can narrow in SQL, and what only the compiled statement can say.
 The rule's top-level conjunction (nested `all`s and referenced audiences opened, as the compiler
 opens them) is split in three:
 
-- *bitmap* conjuncts: tag conditions and equality (or IN) tests of a bucketed profile field, and any
+- *bitmap* conjuncts: tag conditions and (in)equality or (NOT) IN tests of a bucketed profile field, and any
   `all` / `any` / `not` made only of those, are set algebra over the tenant's bitmaps (AND, OR and,
   for NOT, the universe minus the operand). Every condition the compiler emits is two-valued (a NULL
   test is COALESCEd to false before it is combined), so the set algebra is exactly its logic.
@@ -36,7 +36,8 @@ Match = audience_pb2.TagMatch
 Op = rules_pb2.Operator
 Field = rules_pb2.ProfileField
 
-# Enum-valued profile fields hold the enum's number; a rule names the value by the enum's name.
+_EQUALITIES = (Op.OPERATOR_EQ, Op.OPERATOR_IN, Op.OPERATOR_NE, Op.OPERATOR_NOT_IN)
+# Enum-valued profile fields: a rule names the value by the enum's name.
 _ENUMS: dict[int, Any] = {
     Field.PROFILE_FIELD_GENDER: member_pb2.Gender,
     Field.PROFILE_FIELD_CITY_TIER: member_pb2.CityTier,
@@ -71,7 +72,7 @@ class TagSet:
 
 @dataclass(frozen=True)
 class ProfileSet:
-    """Members whose bucketed profile field is one of `values` (as the index keys its buckets)."""
+    """Members whose bucketed profile field is one of `values`, as the rule gives them."""
 
     field: str
     values: tuple[str, ...]
@@ -216,10 +217,12 @@ def _tag(tag: audience_pb2.TagCondition) -> Expr:
 
 
 def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr | None:
-    """An equality or IN test of a bucketed profile field, as the bucket's keys: the text compared,
-    or for an enum field the number of the named value (a name not of the enum: no bucket)."""
+    """An (in)equality or (NOT) IN test of a bucketed profile field, given the values as the rule
+    gives them (an enum field's by name: one not of the enum is left to the statement). Bucketed
+    columns are NOT NULL (tagging.members), so "not equal" is exactly everyone else."""
     operand = condition.operand
-    if operand.WhichOneof("source") != "field" or condition.operator not in (Op.OPERATOR_EQ, Op.OPERATOR_IN):
+    op = condition.operator
+    if operand.WhichOneof("source") != "field" or op not in _EQUALITIES:
         return None
     name = Field.Name(operand.field).removeprefix("PROFILE_FIELD_").lower()
     if name not in bucketed or not condition.values:
@@ -232,8 +235,8 @@ def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr |
         names = set(enum.keys())
         if any(text not in names for text in texts):
             return None
-        texts = [str(enum.Value(text)) for text in texts]
-    return ProfileSet(name, tuple(dict.fromkeys(texts)))
+    found = ProfileSet(name, tuple(dict.fromkeys(texts)))
+    return found if op in (Op.OPERATOR_EQ, Op.OPERATOR_IN) else NotOf(found)
 
 
 def _driver(rule: Rule) -> Driver | None:

@@ -6,7 +6,6 @@ import random
 from collections.abc import Sequence
 
 from memberops.audience.v1 import audience_pb2
-from memberops.tagging.v1 import member_pb2
 from pyroaring import BitMap
 
 from services.audience import bitmap_plan
@@ -43,7 +42,7 @@ class FakeBitmaps:
             for value in values
         }
         self.city = {m: rng.choice(CITIES) for m in MEMBERS}
-        self.gender = {m: str(rng.choice((1, 2))) for m in MEMBERS}
+        self.gender = {m: rng.choice(("GENDER_FEMALE", "GENDER_MALE")) for m in MEMBERS}
 
     def tag(self, dimension: str, values: Sequence[str] | None) -> BitMap:
         wanted = DIMENSIONS[dimension] if values is None else values
@@ -71,14 +70,8 @@ class FakeBitmaps:
             return not held if t.match == Match.TAG_MATCH_NONE_OF else held
         c = rule.condition
         column = self.city if c.operand.field == Field.PROFILE_FIELD_CITY else self.gender
-        texts = [v.text for v in c.values]
-        if c.operand.field == Field.PROFILE_FIELD_GENDER:
-            texts = [str(audience_gender(text)) for text in texts]
-        return column[member] in texts
-
-
-def audience_gender(name: str) -> int:
-    return int(member_pb2.Gender.Value(name))
+        found = column[member] in [v.text for v in c.values]
+        return not found if c.operator in (Op.OPERATOR_NE, Op.OPERATOR_NOT_IN) else found
 
 
 def city(op: int, *cities: str) -> Rule:
@@ -95,8 +88,8 @@ def random_rule(rng: random.Random, depth: int = 0) -> Rule:
     if roll < 0.65:
         wanted = rng.sample(CITIES, rng.randint(1, 2))
         if len(wanted) == 1 and rng.random() < 0.5:
-            return city(Op.OPERATOR_EQ, wanted[0])
-        return city(Op.OPERATOR_IN, *wanted)
+            return city(rng.choice((Op.OPERATOR_EQ, Op.OPERATOR_NE)), wanted[0])
+        return city(rng.choice((Op.OPERATOR_IN, Op.OPERATOR_NOT_IN)), *wanted)
     if roll < 0.72:
         return fact(field(Field.PROFILE_FIELD_GENDER), Op.OPERATOR_EQ, "GENDER_MALE")
     dimension = rng.choice(sorted(DIMENSIONS))
@@ -133,9 +126,10 @@ def test_the_bench_rule_splits_into_a_tag_a_driver_and_a_residual() -> None:
 
 def test_what_no_bitmap_holds_stays_in_the_residual() -> None:
     unbucketed = fact(field(Field.PROFILE_FIELD_AGE), Op.OPERATOR_GE, 30)
-    not_equal = city(Op.OPERATOR_NE, "Hangzhou")
+    not_equal = fact(field(Field.PROFILE_FIELD_AGE), Op.OPERATOR_NE, 30)
+    is_set = fact(field(Field.PROFILE_FIELD_CITY), Op.OPERATOR_IS_SET)
     mixed = any_of(tag("color", Match.TAG_MATCH_ANY_OF, "red"), unbucketed)
-    for rule in (unbucketed, not_equal, mixed, all_of(unbucketed, mixed)):
+    for rule in (unbucketed, not_equal, is_set, mixed, all_of(unbucketed, mixed)):
         assert bitmap_plan.plan(rule, {}, BUCKETED) is None, rule
     # Unbucketed by this index: city is then a residual test.
     assert bitmap_plan.plan(city(Op.OPERATOR_EQ, "Hangzhou"), {}, frozenset()) is None
@@ -164,7 +158,8 @@ def test_an_enum_name_outside_the_enum_is_left_to_the_statement() -> None:
     assert bitmap_plan.plan(rule, {}, BUCKETED) is None
     rule = fact(field(Field.PROFILE_FIELD_CITY_TIER), Op.OPERATOR_IN, "CITY_TIER_1", "CITY_TIER_NEW_1")
     plan = bitmap_plan.plan(rule, {}, BUCKETED)
-    assert plan is not None and plan.bitmap == bitmap_plan.ProfileSet("city_tier", ("1", "2"))
+    expected = bitmap_plan.ProfileSet("city_tier", ("CITY_TIER_1", "CITY_TIER_NEW_1"))
+    assert plan is not None and plan.bitmap == expected
 
 
 def test_empty_lists_are_everyone_and_no_one() -> None:
