@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/memberops -name '*.proto' | sort)
 
-.PHONY: help venv proto lint typecheck check test chromium bench up down status clean
+.PHONY: help venv proto lint typecheck check test chromium bench bench-10m up down status clean
 
 help:
 	@echo "make up       start PostgreSQL, Temporal, the four services and the worker locally"
@@ -15,6 +15,7 @@ help:
 	@echo "make status   show what runs"
 	@echo "make test     lint, type-check and run the test suite against real servers"
 	@echo "make bench    run the benchmarks under bench/"
+	@echo "make bench-10m  audience counts over 10M members (generates ~26 GB once, ~30 min)"
 	@echo "make proto    regenerate Python code from protos/"
 
 venv: $(STAMP)
@@ -72,6 +73,9 @@ chromium:
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+bench-10m: $(STAMP)
+	$(PY) -m bench bench_audience_10m
 
 up: $(STAMP)
 	$(PY) -m deploy.devstack up

