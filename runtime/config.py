@@ -39,6 +39,9 @@ class Settings:
     shutdown_grace_seconds: float = 5.0
     # Dynamic-audience memberships the audience service holds in memory (~100 bytes each).
     membership_index_limit: int = 5_000_000
+    # Tag and profile member sets held as bitmaps by the audience service (services/audience/
+    # bitmaps.py): counts, checks and exports combine them; off evaluates everything in SQL.
+    audience_bitmaps: bool = True
     # Where this process serves Prometheus' /metrics ("host:port"); empty serves none.
     metrics_address: str = ""
     # A read replica for reads that may lag a little (audience counts, checks, exports); empty
@@ -75,6 +78,7 @@ class Settings:
             membership_index_limit=env_number(
                 env, "MEMBEROPS_MEMBERSHIP_INDEX_LIMIT", defaults.membership_index_limit, int
             ),
+            audience_bitmaps=env_flag(env, "MEMBEROPS_AUDIENCE_BITMAPS", defaults.audience_bitmaps),
             metrics_address=env.get("MEMBEROPS_METRICS_ADDRESS", defaults.metrics_address),
             database_read_url=env.get("DATABASE_READ_URL", defaults.database_read_url),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", defaults.otlp_endpoint),
@@ -131,4 +135,27 @@ def env_number(env: Mapping[str, str], name: str, default: _N, kind: Callable[[s
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+_FLAGS = {
+    "1": True,
+    "true": True,
+    "on": True,
+    "yes": True,
+    "0": False,
+    "false": False,
+    "off": False,
+    "no": False,
+}
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """The on/off switch in variable `name` (1/0, true/false, on/off, yes/no), or `default` unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = _FLAGS.get(raw.strip().lower())
+    if value is None:
+        raise ConfigError(f"{name} must be on or off (1/0, true/false, yes/no), got {raw!r}")
     return value

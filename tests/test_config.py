@@ -56,3 +56,11 @@ def test_missing_required_settings_name_the_variable() -> None:
         Settings.from_env({"MEMBEROPS_DB_POOL_MAX": "many"})
     with pytest.raises(ConfigError, match="MEMBEROPS_SHUTDOWN_GRACE_SECONDS"):
         Settings.from_env({"MEMBEROPS_SHUTDOWN_GRACE_SECONDS": "-1"})
+
+
+def test_audience_bitmaps_are_on_unless_switched_off() -> None:
+    assert Settings.from_env({}).audience_bitmaps
+    assert not Settings.from_env({"MEMBEROPS_AUDIENCE_BITMAPS": "off"}).audience_bitmaps
+    assert Settings.from_env({"MEMBEROPS_AUDIENCE_BITMAPS": "1"}).audience_bitmaps
+    with pytest.raises(ConfigError, match="MEMBEROPS_AUDIENCE_BITMAPS"):
+        Settings.from_env({"MEMBEROPS_AUDIENCE_BITMAPS": "maybe"})

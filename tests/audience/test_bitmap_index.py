@@ -1,0 +1,256 @@
+"""The bitmap index: a tenant's tag and profile member sets as bitmaps, equal to what the database
+holds after a load and after each kind of change the feed carries.
+
+Each test drives an index of its own over the suite's database (refreshed by hand); tagging's
+sequencer positions the entries in the background, so a test waits (`eventually`) until the index
+caught up with the feed equals the database. Other tests write to the same tenants, so a comparison
+after changes is restricted to the test's own members; a load is compared whole, in one snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from memberops.tagging.v1 import member_pb2, tagging_service_pb2
+from pyroaring import BitMap
+
+from runtime import app
+from runtime.db import Connection, Database
+from services.audience import bitmaps
+from services.audience.bitmaps import BitmapIndex, MemberIds, TenantBitmaps
+from tests.audience.helpers import give, import_batch, manual_dimension, member
+from tests.conftest import ACME, TENANT_ACME, TENANT_GLOBEX, TENANT_UMBRELLA, unique
+from tests.erasure_world import Person, create_person, erase
+from tests.waiting import eventually
+
+if TYPE_CHECKING:
+    from memberops.tagging.v1.tagging_service_pb2_grpc import TaggingServiceAsyncStub as TaggingStub
+
+State = dict[str, Any]
+_ENUM_NAMES = {
+    "gender": {int(n): name for name, n in member_pb2.Gender.items()},
+    "city_tier": {int(n): name for name, n in member_pb2.CityTier.items()},
+}
+
+
+async def database_state(conn: Connection, member_ids: Sequence[str] | None = None) -> State:
+    """The members (all, or those of `member_ids`) as tagging's tables hold them, by number."""
+    rows = await conn.fetch(
+        """SELECT member_no, member_id, gender, city_tier, level, register_channel, city
+           FROM tagging.members WHERE $1::text[] IS NULL OR member_id = ANY($1::text[])""",
+        member_ids,
+    )
+    tags = await conn.fetch(
+        """SELECT t.dimension, t.value, m.member_no FROM tagging.member_tags t
+           JOIN tagging.members m ON m.tenant_id = t.tenant_id AND m.member_id = t.member_id
+           WHERE t.valid_to IS NULL AND ($1::text[] IS NULL OR t.member_id = ANY($1::text[]))""",
+        member_ids,
+    )
+    profile: dict[tuple[str, str], set[int]] = {}
+    for row in rows:
+        for field in bitmaps.BUCKETED_FIELDS:
+            value = row[field]
+            text = _ENUM_NAMES[field][value] if field in _ENUM_NAMES else value
+            profile.setdefault((field, text), set()).add(row["member_no"])
+    held: dict[tuple[str, str], set[int]] = {}
+    for row in tags:
+        held.setdefault((row["dimension"], row["value"]), set()).add(row["member_no"])
+    return {
+        "ids": {row["member_no"]: row["member_id"] for row in rows},
+        "tags": {key: frozenset(numbers) for key, numbers in held.items()},
+        "profile": {key: frozenset(numbers) for key, numbers in profile.items()},
+    }
+
+
+def indexed_state(held: TenantBitmaps, numbers: BitMap | None = None) -> State:
+    """The same from the index (all its members, or those of `numbers`), asked as callers ask it."""
+    within = held.universe if numbers is None else held.universe & numbers
+    tags = {
+        (dimension, value): frozenset(held.tag(dimension, [value]) & within)
+        for dimension, values in held.dimensions().items()
+        for value in values
+    }
+    profile: dict[tuple[str, str], frozenset[int]] = {}
+    for field in held.bucketed_fields:
+        for value in held.profile_values(field):
+            profile[field, value] = frozenset(bucket(held, field, value) & within)
+    return {
+        "ids": dict(zip(within, held.member_ids(within), strict=True)),
+        "tags": {key: numbers for key, numbers in tags.items() if numbers},
+        "profile": {key: numbers for key, numbers in profile.items() if numbers},
+    }
+
+
+def bucket(held: TenantBitmaps, field: str, value: str) -> BitMap:
+    found = held.profile(field, [value])
+    assert found is not None, f"{field} is bucketed"
+    return found
+
+
+async def numbers_of(db: Database, tenant_id: str, member_ids: Sequence[str]) -> BitMap:
+    async with db.transaction(tenant_id, readonly=True) as conn:
+        return BitMap((await BitmapIndex(db, frozenset()).numbers(conn, member_ids)).values())
+
+
+def equal_when_caught_up(
+    index: BitmapIndex,
+    db: Database,
+    tenant_id: str,
+    member_ids: Sequence[str],
+    also: Callable[[TenantBitmaps], bool] = lambda _: True,
+) -> Callable[[], Awaitable[State | None]]:
+    """A probe for `eventually`: the index caught up, restricted to `member_ids`, equals the
+    database, and `also` holds (what tagging's background refresh is still to write, when it has)."""
+
+    async def probe() -> State | None:
+        held = await index.caught_up(tenant_id)
+        async with db.transaction(tenant_id, readonly=True) as conn:
+            expected = await database_state(conn, member_ids)
+        assert held is not None
+        found = indexed_state(held, BitMap(expected["ids"]))
+        done = found == expected and len(found["ids"]) == len(set(member_ids)) and also(held)
+        return found if done else None
+
+    return probe
+
+
+async def test_a_load_equals_the_database_in_its_snapshot(tagging_stub: TaggingStub, db: Database) -> None:
+    batch = unique("bmload")
+    ids = await import_batch(tagging_stub, batch, 50)
+    name = await manual_dimension(tagging_stub, ["red", "blue"])
+    await give(tagging_stub, name, "red", ids[:20])
+    await member(tagging_stub, batch, gender=member_pb2.GENDER_FEMALE, city="Ningbo", level="gold")
+    async with db.transaction(TENANT_ACME, readonly=True, snapshot=True) as conn:
+        held = await bitmaps.load(conn)
+        expected = await database_state(conn)
+    assert indexed_state(held) == expected
+    assert held.tag(name, None) == held.tag(name, ["red"]) == await numbers_of(db, TENANT_ACME, ids[:20])
+    # Memory: at least the ids themselves, and no more than a few hundred bytes a member.
+    members, id_bytes = len(expected["ids"]), sum(len(i) for i in expected["ids"].values())
+    assert id_bytes < held.memory_bytes() < 300 * members + 200 * (len(expected["tags"]) + 100)
+
+
+async def test_the_index_follows_members_profiles_and_tags_and_leaves_other_tenants_alone(
+    tagging_stub: TaggingStub, db: Database
+) -> None:
+    index = BitmapIndex(db, frozenset({TENANT_ACME, TENANT_GLOBEX}))
+    await index.refresh(TENANT_ACME)
+    await index.refresh(TENANT_GLOBEX)
+    loaded = index.current(TENANT_ACME)
+    assert loaded is not None and index.current(TENANT_GLOBEX) is not None
+
+    batch = unique("bmfollow")
+    name = await manual_dimension(tagging_stub, ["red", "blue"])
+    # New members, one by one and imported, and tags added: each change is followed on its own
+    # (the index catches up between them), so moving out of a bucket or a tag is exercised.
+    first = await member(tagging_stub, batch, gender=member_pb2.GENDER_MALE, city="Hangzhou", level="silver")
+    imported = await import_batch(tagging_stub, batch, 30)
+    everyone = [first, *imported]
+    await give(tagging_stub, name, "red", everyone[:20])
+    await give(tagging_stub, name, "blue", everyone[10:25])
+    (n_first,) = await numbers_of(db, TENANT_ACME, [first])
+    await eventually(
+        equal_when_caught_up(
+            index,
+            db,
+            TENANT_ACME,
+            everyone,
+            lambda held: n_first in held.tag(name, ["red"]),
+        ),
+        "the new members and their tags followed",
+    )
+    hangzhou = bucket(loaded, "city", "Hangzhou")
+    assert hangzhou is not None and n_first in hangzhou
+
+    # Tags removed, a profile moved to other buckets.
+    await tagging_stub.RemoveMemberTags(
+        tagging_service_pb2.RemoveMemberTagsRequest(
+            dimension=name, value="red", member_ids=everyone[:5], operator="ops@test", reason="test"
+        ),
+        metadata=ACME,
+    )
+    await member(
+        tagging_stub,
+        batch,
+        member_id=first,
+        gender=member_pb2.GENDER_FEMALE,
+        city="Suzhou",
+        level="gold",
+        city_tier=member_pb2.CITY_TIER_2,
+    )
+    await eventually(
+        equal_when_caught_up(
+            index, db, TENANT_ACME, everyone, lambda held: n_first not in held.tag(name, ["red"])
+        ),
+        "the removals and the profile change followed",
+    )
+
+    held = index.current(TENANT_ACME)
+    assert held is loaded  # followed, not loaded again
+    numbers = await numbers_of(db, TENANT_ACME, everyone)
+    assert held.tag(name, ["red"]) & numbers == await numbers_of(db, TENANT_ACME, everyone[5:20])
+    assert held.tag(name, ["red", "blue"]) & numbers == await numbers_of(db, TENANT_ACME, everyone[5:25])
+    assert n_first in bucket(held, "city", "Suzhou") and n_first not in bucket(held, "city", "Hangzhou")
+    assert n_first in bucket(held, "gender", "GENDER_FEMALE") and held.profile("age", ["30"]) is None
+    assert held.numbers_of([*everyone, "nobody-" + batch]) == numbers
+
+    # Another tenant's bitmaps hold none of these numbers.
+    globex = index.current(TENANT_GLOBEX)
+    assert globex is not None and not globex.universe & numbers
+    assert all(not globex.tag(d, None) & numbers for d in globex.dimensions())
+
+    # A restart (a new index, loaded) holds the same.
+    restarted = BitmapIndex(db, frozenset({TENANT_ACME}))
+    await restarted.refresh(TENANT_ACME)
+    again = await restarted.caught_up(TENANT_ACME)
+    followed = await index.caught_up(TENANT_ACME)
+    assert again is not None and followed is not None
+    assert indexed_state(again, numbers) == indexed_state(followed, numbers)
+    assert restarted.memory_bytes() > 0 and index.memory_bytes() > restarted.memory_bytes() // 2
+
+
+async def test_an_erased_member_is_followed_under_its_pseudonym(
+    tagging_stub: TaggingStub,
+    db: Database,
+    tasks: app.RunningService,
+    journeys: app.RunningService,
+    audience: app.RunningService,
+) -> None:
+    """EraseMember calls every peer, so they run."""
+    index = BitmapIndex(db, frozenset({TENANT_UMBRELLA}))
+    person = Person()
+    await create_person(tagging_stub, person)
+    await index.refresh(TENANT_UMBRELLA)
+    (number,) = await numbers_of(db, TENANT_UMBRELLA, [person.member_id])
+    tagged = equal_when_caught_up(
+        index, db, TENANT_UMBRELLA, [person.member_id], lambda held: number in held.tag("gender", None)
+    )
+    await eventually(tagged, "the member and its gender tag in")
+    held = index.current(TENANT_UMBRELLA)
+    assert held is not None and number in bucket(held, "gender", "GENDER_FEMALE")
+
+    erased = await erase(tagging_stub, person.member_id, unique("req"))
+    untagged = equal_when_caught_up(
+        index, db, TENANT_UMBRELLA, [erased.pseudonym], lambda held: number not in held.tag("gender", None)
+    )
+    await eventually(untagged, "the pseudonym in, its gender tag ended")
+    assert held.member_ids(BitMap([number])) == [erased.pseudonym]
+    assert number not in bucket(held, "gender", "GENDER_FEMALE") and number not in held.tag("gender", None)
+    assert number in bucket(held, "level", "gold")  # kept, as tagging keeps it
+    assert held.numbers_of([person.member_id, erased.pseudonym]) == BitMap([number])
+
+
+def test_the_id_store_keeps_numbers_new_renamed_and_folded() -> None:
+    ids = MemberIds()
+    ids.extend([3, 5, 9], [2, 3, 1], b"m3m55z")
+    ids.extend([12], [3], b"m12")
+    assert ids.ids(BitMap([3, 4, 5, 9, 12])) == ["m3", "m55", "z", "m12"]
+    assert ids.numbers_of(["m55", "z", "nobody"]) == BitMap([5, 9])
+    ids.put(7, "late")  # committed out of number order
+    ids.put(5, "pseudonym")  # renamed
+    for n in range(20, 20 + 70_000):  # past the fold: new numbers move into the arrays
+        ids.put(n, f"n{n}")
+    assert ids.get(7) == "late" and ids.get(5) == "pseudonym" and ids.get(20_000 + 20) == "n20020"
+    assert ids.ids([5, 7, 12, 20, 70_019, 70_020]) == ["pseudonym", "late", "m12", "n20", "n70019"]
+    assert ids.numbers_of(["m55", "pseudonym", "late", "n70019"]) == BitMap([5, 7, 70_019])
