@@ -15,9 +15,10 @@ from memberops.tasks.v1 import tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
 from services.tasks.tasks import signin_store
-from tests.conftest import ACME, TENANT_ACME, unique
-from tests.tasks.points_helpers import all_entries, balance
+from tests.conftest import ACME, GLOBEX, TENANT_ACME, TENANT_GLOBEX, unique
+from tests.tasks.points_helpers import all_entries, balance, earn
 from tests.tasks.task_helpers import DAY, create, member, sign_in, sign_in_task, streak
+from tests.tasks.test_levels import level, policy, set_policy
 from tests.tasks.test_signin import terms, written
 
 if TYPE_CHECKING:
@@ -164,3 +165,20 @@ async def test_concurrent_sign_ins_of_many_members_each_pay_once(
             "SELECT sum(granted - remaining) FROM tasks.allowance_shards WHERE owner = 'task:' || $1", t
         )
     assert (rows, used) == (40, 120)
+
+
+async def test_a_group_raises_the_level_of_only_the_members_whose_growth_reaches_a_tier(
+    tasks_stub: TasksStub, tagging_stub: TaggingStub, db: Database
+) -> None:
+    """The group pays first, then raises levels as add_earning does: a member whose growth now
+    reaches silver is raised (and the change is on the tasks feed), one still below is not."""
+    await set_policy(tasks_stub, policy())
+    definition = sign_in_task(rewards=(600,))
+    await create(tasks_stub, definition, metadata=GLOBEX)
+    near, far = [await member(tagging_stub, metadata=GLOBEX) for _ in range(2)]
+    await earn(tasks_stub, near, 500, metadata=GLOBEX)
+    group = [asked(m, unique("r"), definition.task_id, rewards=(600,)) for m in (near, far)]
+    done = await signin_store.sign_in_days(db.pool, TENANT_GLOBEX, group[0].terms, DAY_ONE, group)
+    assert [x.outcome for x in done] == ["paid", "paid"]
+    assert (await level(tasks_stub, near)).level == "silver"
+    assert (await level(tasks_stub, far)).level == "bronze"

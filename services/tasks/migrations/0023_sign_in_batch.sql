@@ -69,8 +69,13 @@ BEGIN
             WHERE (p_per_day > 0 OR p_total > 0)
               AND k.tenant_id = p_tenant AND k.task_id = p_task AND k.member_id = m.member AND k.state <> 3
         ) lim ON true
-        LEFT JOIN sign_ins y
-               ON y.tenant_id = p_tenant AND y.task_id = p_task AND y.member_id = m.member AND y.day = p_day - 1
+        -- LIMIT 1 keeps each lookup a probe of the member's key: pulled up into a join, a generic
+        -- plan hashed every sign-in of the task (4.6 ms a group at 50,000 rows).
+        LEFT JOIN LATERAL (
+            SELECT y.streak FROM sign_ins y
+            WHERE y.tenant_id = p_tenant AND y.task_id = p_task AND y.member_id = m.member AND y.day = p_day - 1
+            LIMIT 1
+        ) y ON true
     )
     SELECT array_agg(d.outcome ORDER BY d.ord),
            array_agg(CASE WHEN d.outcome = 'paid' THEN p_rewards[least(d.streak, cardinality(p_rewards))] END
@@ -128,10 +133,30 @@ BEGIN
         SELECT p_tenant, pay.completion_id, p_task, pay.member, p_day, pay.points,
                CASE WHEN p_claim THEN 2 ELSE 1 END, pay.source, le.entry_id
         FROM pay LEFT JOIN le ON le.member_id = pay.member;
-        -- As add_earning does after an earning for a task; raise_level returns at once without a
-        -- policy, so the members are not walked then.
-        IF NOT p_claim AND EXISTS (SELECT 1 FROM level_policies WHERE tenant_id = p_tenant) THEN
-            PERFORM raise_level(p_tenant, x) FROM unnest(v_pay_members) AS x ORDER BY x;
+        -- As add_earning does after an earning for a task, but raise_level (which locks the
+        -- member's level and decides) runs only for the members whose growth now reaches a tier
+        -- above the one they hold: one statement finds them for the group, where raise_level's five
+        -- statements per member were a fifth of a sign-in's time. Without a policy, nobody.
+        IF NOT p_claim THEN
+            PERFORM raise_level(p_tenant, u.member)
+            FROM unnest(v_pay_members) AS u(member)
+            JOIN level_policies p ON p.tenant_id = p_tenant
+            CROSS JOIN LATERAL (
+                SELECT coalesce(sum(e.delta - e.shortfall), 0) AS growth FROM ledger_entries e
+                WHERE e.tenant_id = p_tenant AND e.member_id = u.member AND e.reason IN (1, 2, 6, 7)
+                  AND e.create_time > now() - make_interval(days => p.window_days)
+            ) g
+            CROSS JOIN LATERAL (
+                SELECT max(q.rank) AS rank FROM level_tiers q WHERE q.tenant_id = p_tenant AND q.min_growth <= g.growth
+            ) q
+            LEFT JOIN LATERAL (
+                SELECT t.rank FROM member_levels l
+                JOIN level_tiers t ON t.tenant_id = l.tenant_id AND t.code = l.code
+                WHERE l.tenant_id = p_tenant AND l.member_id = u.member
+                LIMIT 1
+            ) h ON true
+            WHERE q.rank > coalesce(h.rank, 0)
+            ORDER BY u.member;
         END IF;
         IF p_task_badge IS NOT NULL THEN
             INSERT INTO member_badges (tenant_id, member_id, badge_id, source, award_time)
@@ -152,12 +177,16 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    SELECT u.member, u.outcome, u.points,
-           CASE WHEN u.outcome IN ('asked', 'paid') THEN x END,
-           CASE WHEN u.outcome IN ('asked', 'paid') THEN k END
+    SELECT u.member, u.outcome, u.points, x.row, k.row
     FROM unnest(p_members, p_request_ids, v_outcomes, v_points) WITH ORDINALITY AS u(member, req, outcome, points, ord)
-    LEFT JOIN sign_ins x ON x.tenant_id = p_tenant AND x.request_id = u.req
-    LEFT JOIN completions k ON k.tenant_id = p_tenant AND k.completion_id = x.completion_id
+    LEFT JOIN LATERAL (
+        SELECT x AS row FROM sign_ins x
+        WHERE u.outcome IN ('asked', 'paid') AND x.tenant_id = p_tenant AND x.request_id = u.req LIMIT 1
+    ) x ON true
+    LEFT JOIN LATERAL (
+        SELECT k AS row FROM completions k
+        WHERE k.tenant_id = p_tenant AND k.completion_id = (x.row).completion_id LIMIT 1
+    ) k ON true
     ORDER BY u.ord;
 END
 $$;
