@@ -20,6 +20,7 @@ from runtime.feed_sequencer import FeedSequencer
 from runtime.grpc_server import ServiceBinding
 from services.audience import erasure_store
 from services.audience.api import AudienceApi, utc_now
+from services.audience.bitmaps import BitmapIndex
 from services.audience.breakdowns import Breakdowns
 from services.audience.definitions import Definitions
 from services.audience.dynamic import Memberships
@@ -42,7 +43,8 @@ def wire(
     assert db is not None, "audience owns a schema, so it always has a database"
     index = MembershipIndex(db, tenants, limit=settings.membership_index_limit)
     reads = ReadPool(db, settings.database_read_url, max_size=settings.db_pool_max)
-    evaluator = Evaluator(db, index, exports, reads)
+    bitmaps = BitmapIndex(db, tenants) if settings.audience_bitmaps else None
+    evaluator = Evaluator(db, index, exports, reads, bitmaps=bitmaps)
     memberships = Memberships(db, evaluator, tenants, clock)
     servicer = AudienceApi(
         Definitions(db, changed=index.forget),
@@ -59,7 +61,12 @@ def wire(
     )
     return app.Wiring(
         [binding],
-        background=[memberships.run, index.run, FeedSequencer(db, "audience", tenants).run],
+        background=[
+            memberships.run,
+            index.run,
+            FeedSequencer(db, "audience", tenants).run,
+            *([bitmaps.run] if bitmaps is not None else []),
+        ],
         closers=[reads.close],
     )
 

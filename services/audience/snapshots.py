@@ -1,9 +1,10 @@
 """Snapshots and splits: an audience's members frozen for a campaign, each in a named arm.
 
-A snapshot is one set-based statement: the compiled audience, evaluated now, inserted with each
-member's arm. The arm comes from md5(salt:member_id) modulo 10000 against the arms' cumulative
-shares, so it is deterministic, reproducible outside the database, and fixed once stored. The
-request id is the idempotency key (a unique constraint): a retry returns the first snapshot.
+A snapshot is one set-based statement: the compiled audience, evaluated now (or the member ids the
+tenant's bitmaps selected), inserted with each member's arm. The arm comes from md5(salt:member_id)
+modulo 10000 against the arms' cumulative shares, so it is deterministic, reproducible outside the
+database, and fixed once stored. The request id is the idempotency key (a unique constraint): a
+retry returns the first snapshot.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,14 @@ MAX_PAGE_SIZE = 10_000
 DEFAULT_LIST_SIZE = 100
 MAX_LIST_SIZE = 1000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _insert_members(param: Callable[[int], str], members: str) -> str:
+    """Inserts the members `s` of `members` with their arms; the tenant, snapshot, salt and arms'
+    lowest buckets are the placeholders `param(1)` to `param(4)`."""
+    arm = f"width_bucket({bucket_sql(f'{param(3)}::text', 's.member_id')}, {param(4)}::bigint[]) - 1"
+    return f"""INSERT INTO audience.snapshot_members (tenant_id, snapshot_id, member_id, arm)
+               SELECT {param(1)}::text, {param(2)}::text, s.member_id, {arm} FROM {members}"""
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,9 @@ class Snapshots:
         digest = _content_hash(audience_id, chosen)
         snapshot_id, salt = uuid.uuid4().hex, secrets.token_hex(8)
         async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
-            loaded = await self._evaluator.load(conn, tenant_id, audience_id, None, filtered=False, now=now)
+            loaded = await self._evaluator.load(
+                conn, tenant_id, audience_id, None, filtered=False, now=now, drive=False
+            )
             body = json.dumps([{"name": name, "share_percent": share} for name, share in chosen])
             inserted = await store.insert_snapshot(
                 conn, tenant_id, snapshot_id, request_id, audience_id, loaded.version, salt, body, digest
@@ -143,24 +154,20 @@ class Snapshots:
                 if first["content_hash"] != digest:
                     raise AlreadyExists(f"request_id {request_id!r} made another snapshot (other content)")
                 return _snapshot(first)
-            c = loaded.compiled
             # Each arm's lowest bucket: width_bucket() numbers the arm a bucket falls in from 1.
             lower, total = [], 0
             for _, share in chosen:
                 lower.append(total)
                 total += share * BUCKETS // 100
-            b = c.next_param
-            arm_sql = f"width_bucket({bucket_sql(f'{b(3)}::text', 's.member_id')}, {b(4)}::bigint[]) - 1"
-            await conn.execute(
-                f"""INSERT INTO audience.snapshot_members (tenant_id, snapshot_id, member_id, arm)
-                    SELECT {b(1)}::text, {b(2)}::text, s.member_id, {arm_sql}
-                    FROM ({c.members_sql()}) AS s""",
-                *c.args(now),
-                tenant_id,
-                snapshot_id,
-                salt,
-                lower,
-            )
+            placed = (tenant_id, snapshot_id, salt, lower)
+            ids = await self._evaluator.selected_ids(conn, tenant_id, loaded, now)
+            if ids is not None:
+                sql = _insert_members(lambda n: f"${n + 1}", "unnest($1::text[]) AS s(member_id)")
+                await conn.execute(sql, ids, *placed)
+            else:
+                c = (await self._evaluator.driven(conn, loaded, now)).compiled
+                sql = _insert_members(c.next_param, f"({c.members_sql()}) AS s")
+                await conn.execute(sql, *c.args(now), *placed)
             counts = await store.arm_counts(conn, snapshot_id)
             sized = [
                 {"name": name, "share_percent": share, "member_count": counts.get(i, 0)}
