@@ -13,41 +13,79 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
 from runtime.db import Connection
 from services.tagging.recompute_timing import Repurchase, Timing
 
 SLACK = dt.timedelta(hours=2)
-# The statement's parameters: the evaluation time, SLACK, and (filtered) the members.
+# The statement's parameters: the evaluation time, it less SLACK (the earliest moment that still
+# counts), the members (NULL: all), the tenant, the dimension, and per offset the earliest fact time
+# it still counts for (constants, so the planner folds them: per row only a comparison remains).
 _NOW = "$1::timestamptz"
-_SLACK = "$2::interval"
+_EARLIEST = "$2::timestamptz"
 _MEMBERS = "$3::text[]"
+_BOUNDS = "$6::timestamptz[]"
 
 
-def _plus(column: str, days: int) -> str:
-    return f"{column} + make_interval(secs => {int(days)} * 86400.0)"
+def _only(column: str) -> str:
+    return f" AND ({_MEMBERS} IS NULL OR {column} = ANY({_MEMBERS}))"
 
 
-def _facts_sql(table: str, column: str, offsets: frozenset[int], filtered: bool) -> str:
-    """Per member, the earliest fact time plus offset after now less SLACK."""
+def _days(days: int) -> str:
+    return f"make_interval(secs => {int(days)} * 86400.0)"
+
+
+class _Bounds:
+    """The offsets a statement compares fact times with, each its own parameter slot."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+
+    def since(self, days: int) -> str:
+        """The earliest fact time whose moment `time + days` still counts."""
+        if days not in self.offsets:
+            self.offsets.append(days)
+        return f"({_BOUNDS})[{self.offsets.index(days) + 1}]"
+
+    def values(self, now: dt.datetime) -> list[dt.datetime]:
+        return [now - SLACK - dt.timedelta(days=d) for d in self.offsets]
+
+
+def _facts_sql(table: str, column: str, offsets: frozenset[int], bounds: _Bounds, only: str = "") -> str:
+    """Per member, the earliest fact time plus offset after now less SLACK (of the rows `only`
+    further restricts)."""
     terms = ", ".join(
-        f"min(x.{column}) FILTER (WHERE {_plus(f'x.{column}', d)} > {_NOW} - {_SLACK})"
-        f" + make_interval(secs => {int(d)} * 86400.0)"
-        for d in sorted(offsets)
+        f"min(x.{column}) FILTER (WHERE x.{column} > {bounds.since(d)}) + {_days(d)}" for d in sorted(offsets)
     )
-    only = f" AND x.member_id = ANY({_MEMBERS})" if filtered else ""
+    # Compared as `column > bound` so an index on the time answers the range (a year, not all).
     return f"""SELECT x.member_id, least({terms}) AS due FROM {table} x
-        WHERE {_plus(f"x.{column}", max(offsets))} > {_NOW} - {_SLACK}{only}
+        WHERE x.{column} > {bounds.since(max(offsets))}{_only("x.member_id")}{only}
         GROUP BY x.member_id"""
 
 
-def _registration_sql(offsets: frozenset[int], only: str) -> str:
+def _latest_order_sql(offsets: frozenset[int], bounds: _Bounds) -> str:
+    """Per member, the latest counted order (models._COUNTED) plus the first offset ahead. Only
+    orders recent enough for some offset to lie ahead are read: an older latest one has none."""
     terms = ", ".join(
-        f"CASE WHEN {_plus('m.register_time', d)} > {_NOW} - {_SLACK} THEN {_plus('m.register_time', d)} END"
+        f"CASE WHEN x.last_paid > {bounds.since(d)} THEN x.last_paid + {_days(d)} END"
         for d in sorted(offsets)
     )
-    return f"SELECT m.member_id, least({terms}) AS due FROM tagging.members m WHERE true{only}"
+    return f"""SELECT x.member_id, least({terms}) AS due
+        FROM (SELECT o.member_id, max(o.paid_time) AS last_paid FROM tagging.orders o
+              WHERE o.paid_time > {bounds.since(max(offsets))} AND o.paid_time <= {_NOW}
+                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)
+                {_only("o.member_id")}
+              GROUP BY o.member_id) AS x"""
+
+
+def _registration_sql(offsets: frozenset[int]) -> str:
+    terms = ", ".join(
+        f"CASE WHEN m.register_time + {_days(d)} > {_EARLIEST} THEN m.register_time + {_days(d)} END"
+        for d in sorted(offsets)
+    )
+    return (
+        f"SELECT m.member_id, least({terms}) AS due FROM tagging.members m WHERE true{_only('m.member_id')}"
+    )
 
 
 # The day before the next birthday as the session's calendar has it (the age compares
@@ -57,46 +95,50 @@ _BIRTHDAY = f"""SELECT m.member_id,
              ELSE (m.birthday + make_interval(
                  years => date_part('year', age({_NOW}::date, m.birthday))::int + 1, days => -1))::timestamptz
         END AS due
-    FROM tagging.members m WHERE m.birthday IS NOT NULL"""
+    FROM tagging.members m WHERE m.birthday IS NOT NULL{_only("m.member_id")}"""
 
 
-def _repurchase_sql(r: Repurchase, filtered: bool) -> str:
+def _repurchase_sql(r: Repurchase) -> str:
     """The repurchase model's flip: the last counted order plus the mean gap between the counted
     orders times the tolerance (models._repurchase_due), for members with enough of them."""
     window = (
         f" AND o.paid_time > {_NOW} - make_interval(days => {int(r.window_days)})" if r.window_days else ""
     )
-    only = f" AND o.member_id = ANY({_MEMBERS})" if filtered else ""
     return f"""SELECT a.member_id,
             a.last_paid + make_interval(secs => a.gap * {int(r.tolerance_percent)} / 100.0) AS due
         FROM (SELECT o.member_id, max(o.paid_time) AS last_paid,
                      extract(epoch FROM max(o.paid_time) - min(o.paid_time)) / (count(*) - 1) AS gap
               FROM tagging.orders o
               WHERE o.paid_time <= {_NOW}
-                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor){window}{only}
+                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor){window}
+                {_only("o.member_id")}
               GROUP BY o.member_id HAVING count(*) >= {int(r.min_orders)}) AS a"""
 
 
-def due_sql(timing: Timing, filtered: bool) -> str | None:
-    """`(member_id, due_at)` of every member with a moment ahead ($1 the evaluation time, $2
-    SLACK, $3 the members when `filtered`); None when time alone never changes the dimension."""
-    only = f" AND m.member_id = ANY({_MEMBERS})" if filtered else ""
+def _due_sql(timing: Timing, bounds: _Bounds) -> str:
+    """`(member_id, due_at)` of every member with a moment ahead (parameters as above); no rows
+    when time alone never changes the dimension."""
     parts: list[str] = []
     if timing.orders:
-        parts.append(_facts_sql("tagging.orders", "paid_time", timing.orders, filtered))
+        parts.append(_facts_sql("tagging.orders", "paid_time", timing.orders, bounds))
     if timing.events:
-        parts.append(_facts_sql("tagging.events", "occur_time", timing.events, filtered))
+        kinds = timing.event_kinds
+        only = f" AND x.kind IN ({', '.join(str(int(k)) for k in sorted(kinds))})" if kinds else ""
+        parts.append(_facts_sql("tagging.events", "occur_time", timing.events, bounds, only))
+    if timing.latest_order:
+        parts.append(_latest_order_sql(timing.latest_order, bounds))
     if timing.registration:
-        parts.append(_registration_sql(timing.registration, only))
+        parts.append(_registration_sql(timing.registration))
     if timing.birthday:
-        parts.append(_BIRTHDAY + only)
+        parts.append(_BIRTHDAY)
     if timing.repurchase is not None:
-        parts.append(_repurchase_sql(timing.repurchase, filtered))
+        parts.append(_repurchase_sql(timing.repurchase))
     if not parts:
-        return None
+        never = f"{_EARLIEST} + ({_NOW} - {_EARLIEST})"
+        return f"SELECT NULL::text AS member_id, {never} AS due_at WHERE {_MEMBERS} IS NULL AND false"
     union = "\n    UNION ALL ".join(f"({part})" for part in parts)
-    return f"""SELECT c.member_id, min(c.due) - {_SLACK} AS due_at FROM ({union}) AS c
-    WHERE c.due > {_NOW} - {_SLACK} GROUP BY c.member_id"""
+    return f"""SELECT c.member_id, min(c.due) - ({_NOW} - {_EARLIEST}) AS due_at FROM ({union}) AS c
+    WHERE c.due > {_EARLIEST} GROUP BY c.member_id"""
 
 
 async def store_due(
@@ -110,22 +152,14 @@ async def store_due(
     """Makes the dimension's stored moments of these members (None: every member) those of their
     facts now; returns how many rows changed. Only differences are written, so a recompute of
     everyone rewrites only the moments that moved."""
-    filtered = member_ids is not None
-    fresh = due_sql(timing, filtered) or (
-        f"SELECT NULL::text AS member_id, {_NOW} - {_SLACK} AS due_at WHERE false"
-    )
-    only = f" AND r.member_id = ANY({_MEMBERS})" if filtered else ""
-    t, d = ("$4::text", "$5::text") if filtered else ("$3::text", "$4::text")
-    args: list[Any] = [
-        now,
-        SLACK,
-        *([list(member_ids)] if member_ids is not None else []),
-        tenant_id,
-        dimension,
-    ]
+    bounds = _Bounds()
+    fresh = _due_sql(timing, bounds)
     sql = f"""
 WITH fresh AS ({fresh}),
-stored AS (SELECT r.member_id, r.due_at FROM tagging.recompute_due r WHERE r.dimension = {d}{only}),
+stored AS (
+    SELECT r.member_id, r.due_at FROM tagging.recompute_due r
+    WHERE r.dimension = $5::text{_only("r.member_id")}
+),
 diff AS (
     SELECT coalesce(f.member_id, s.member_id) AS member_id, f.due_at
     FROM fresh f FULL JOIN stored s ON s.member_id = f.member_id
@@ -133,17 +167,20 @@ diff AS (
 ),
 removed AS (
     DELETE FROM tagging.recompute_due r
-    WHERE r.dimension = {d}
+    WHERE r.dimension = $5::text
       AND r.member_id = ANY(ARRAY(SELECT x.member_id FROM diff x WHERE x.due_at IS NULL))
     RETURNING 1
 ),
 written AS (
     INSERT INTO tagging.recompute_due AS r (tenant_id, dimension, member_id, due_at)
-    SELECT {t}, {d}, x.member_id, x.due_at FROM diff x WHERE x.due_at IS NOT NULL
+    SELECT $4::text, $5::text, x.member_id, x.due_at FROM diff x WHERE x.due_at IS NOT NULL
     ON CONFLICT (tenant_id, dimension, member_id) DO UPDATE SET due_at = excluded.due_at
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)"""
+SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)
+    + 0 * coalesce(cardinality({_BOUNDS}), 0)"""
+    members = list(member_ids) if member_ids is not None else None
+    args = [now, now - SLACK, members, tenant_id, dimension, bounds.values(now)]
     return int(await conn.fetchval(sql, *args))
 
 

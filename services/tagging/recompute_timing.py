@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from memberops.tagging.v1 import models_pb2, rules_pb2
+from memberops.tagging.v1 import facts_pb2, models_pb2, rules_pb2
 
 from services.tagging import catalog
 
@@ -49,13 +49,25 @@ class Timing:
     population: bool = False
     orders: frozenset[int] = frozenset()
     events: frozenset[int] = frozenset()
+    # The only event kinds read (a click-only model is not moved by views); None: every kind.
+    event_kinds: frozenset[int] | None = None
+    # Day offsets after the member's latest counted order (paid by now, not wholly refunded) only:
+    # a threshold on the days since it (lifecycle), which no earlier order can cross.
+    latest_order: frozenset[int] = frozenset()
     registration: frozenset[int] = frozenset()
     birthday: bool = False
     repurchase: Repurchase | None = None
 
     @property
     def timeless(self) -> bool:
-        return not (self.orders or self.events or self.registration or self.birthday or self.repurchase)
+        return not (
+            self.orders
+            or self.events
+            or self.latest_order
+            or self.registration
+            or self.birthday
+            or self.repurchase
+        )
 
 
 def of(spec: catalog.DefinitionInput) -> Timing:
@@ -80,12 +92,22 @@ def _model(model: models_pb2.Model | None) -> Timing:
         return Timing(population=True)
     params = getattr(model, which)
     if which == "lifecycle":
-        days = {0, params.new_days, params.active_days, params.churn_days}
-        return Timing(orders=frozenset(days), registration=frozenset({0, params.new_days}))
+        # Every order enters when paid (0); the thresholds count from the latest counted one.
+        return Timing(
+            orders=frozenset({0}),
+            latest_order=frozenset({params.new_days, params.active_days, params.churn_days}),
+            registration=frozenset({0, params.new_days}),
+        )
     if which in ("categories_bought", "category_preference"):
         return Timing(orders=_facts(params.window_days))
-    if which in ("interest", "preferred_send_hour"):
-        return Timing(orders=_facts(params.window_days), events=_facts(params.window_days))
+    if which == "interest":
+        kinds = frozenset(int(k) for k in params.event_kinds)
+        return Timing(orders=_facts(params.window_days), events=_facts(params.window_days), event_kinds=kinds)
+    if which == "preferred_send_hour":
+        clicks = frozenset({int(facts_pb2.EVENT_KIND_CLICK)})
+        return Timing(
+            orders=_facts(params.window_days), events=_facts(params.window_days), event_kinds=clicks
+        )
     if which == "repurchase_due":
         return Timing(
             orders=_facts(params.window_days),
@@ -109,6 +131,8 @@ class _Collect:
         self.events: set[int] = set()
         self.registration: set[int] = set()
         self.birthday = False
+        # The event kinds the event aggregates filter on; None once one reads every kind.
+        self.event_kinds: set[int] | None = set()
 
     def timing(self) -> Timing:
         return Timing(
@@ -116,6 +140,7 @@ class _Collect:
             events=frozenset(self.events),
             registration=frozenset(self.registration),
             birthday=self.birthday,
+            event_kinds=frozenset(self.event_kinds) if self.event_kinds is not None else None,
         )
 
     def rule(self, rule: rules_pb2.Rule) -> None:
@@ -139,6 +164,9 @@ class _Collect:
         elif source == "aggregate":
             aggregate = operand.aggregate
             found = self.events if aggregate.function in _EVENT_FUNCTIONS else self.orders
+            if aggregate.function in _EVENT_FUNCTIONS and self.event_kinds is not None:
+                kinds = aggregate.filter.event_kinds
+                self.event_kinds = self.event_kinds | {int(k) for k in kinds} if kinds else None
             found |= _facts(aggregate.window_days)
             if aggregate.function in _DAYS_SINCE:
                 found |= _crossings(condition.values)

@@ -63,7 +63,9 @@ class PeriodicActivities:
 
     @activity.defn(name=RECOMPUTE_TAGS)
     async def recompute_tags(self, request: JobRequest) -> JobResult:
-        """Every active fact, rule and model dimension, for every member (only changes are written)."""
+        """Every active fact, rule and model dimension, incrementally: the members whose facts
+        changed or whose value time may have moved since the previous run, everyone for RFM
+        (only changes are written; the result is a full recompute's)."""
         call = self._tagging.RecomputeTags(
             tagging_service_pb2.RecomputeTagsRequest(),
             metadata=service_calls.metadata(self._token_for_tenant, request.tenant_id),
