@@ -6,8 +6,7 @@ inside a tenant transaction."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -28,7 +27,6 @@ BUCKET_COLUMNS: dict[str, str] = {
     "register_channel": "register_channel",
     "city": "city",
 }
-_FIELDS = list(BUCKET_COLUMNS)
 
 
 async def feed_end(conn: Connection) -> outbox.Position | None:
@@ -36,59 +34,65 @@ async def feed_end(conn: Connection) -> outbox.Position | None:
     return outbox.parse_cursor(await outbox.last_settled(conn, FEED) or "")
 
 
-@dataclass(frozen=True)
-class MemberChunk:
-    """Members by number: `numbers` ascending, their ids concatenated in `ids`, `lengths` in bytes."""
+async def number_range(conn: Connection) -> tuple[int, int] | None:
+    """The smallest and largest member number of the tenant, None when it has no members."""
+    row = await conn.fetchrow(
+        "SELECT min(member_no) AS low, max(member_no) AS high FROM tagging_read.members"
+    )
+    return None if row is None or row["low"] is None else (row["low"], row["high"])
 
-    numbers: list[int]
-    lengths: list[int]
-    ids: bytes
 
-
-async def member_chunk(conn: Connection, after: int, limit: int) -> MemberChunk | None:
-    """The next `limit` members with a number above `after`, None when there are none."""
+async def member_chunk(conn: Connection, low: int, high: int) -> tuple[list[int], list[str]]:
+    """The members numbered from `low` to `high`: (numbers ascending, their ids). A range of
+    numbers, not a LIMIT after the last one, so each member row is read once however many chunks."""
     row = await conn.fetchrow(
         """SELECT array_agg(member_no ORDER BY member_no) AS numbers,
-                  array_agg(octet_length(member_id) ORDER BY member_no) AS lengths,
-                  string_agg(member_id, '' ORDER BY member_no) AS ids
-           FROM (SELECT member_no, member_id FROM tagging_read.members
-                 WHERE member_no > $1 ORDER BY member_no LIMIT $2) s""",
-        after,
-        limit,
+                  array_agg(member_id ORDER BY member_no) AS ids
+           FROM tagging_read.members WHERE member_no BETWEEN $1 AND $2""",
+        low,
+        high,
     )
     if row is None or row["numbers"] is None:
-        return None
-    return MemberChunk(row["numbers"], row["lengths"], row["ids"].encode())
+        return [], []
+    return row["numbers"], row["ids"]
 
 
-async def profile_buckets(conn: Connection) -> AsyncIterator[tuple[str, str, list[int]]]:
-    """(field, value as text, member numbers) of every bucketed field, in one scan of the members."""
-    sets = ", ".join(f"({column})" for column in BUCKET_COLUMNS.values())
-    values = ", ".join(f"{column} AS f{i}" for i, column in enumerate(BUCKET_COLUMNS.values()))
-    grouping = ", ".join(BUCKET_COLUMNS.values())
-    cursor = conn.cursor(
-        f"""SELECT {values}, GROUPING({grouping}) AS g, array_agg(member_no) AS numbers
-            FROM tagging_read.members GROUP BY GROUPING SETS ({sets})""",
-        prefetch=16,
+async def profile_buckets(conn: Connection, field: str) -> list[tuple[str, list[int]]]:
+    """(value as text, member numbers) of each value of a bucketed field. One statement per field
+    (fetched whole, so PostgreSQL may scan in parallel, which a cursor forbids): what Python holds
+    at once is one field's numbers."""
+    column = BUCKET_COLUMNS[field]
+    rows = await conn.fetch(
+        f"SELECT {column} AS value, array_agg(member_no) AS numbers FROM tagging_read.members GROUP BY 1"
     )
-    last = len(_FIELDS) - 1
-    async for row in cursor:
-        # GROUPING's bits are set for the columns a row is NOT grouped by, the first one highest.
-        i = next(i for i in range(len(_FIELDS)) if not row["g"] & (1 << (last - i)))
-        yield _FIELDS[i], row[f"f{i}"], row["numbers"]
+    return [(row["value"], row["numbers"]) for row in rows]
 
 
-async def current_tags(conn: Connection) -> AsyncIterator[tuple[str, str, list[int]]]:
-    """(dimension, value, member numbers) of every tag value members hold now."""
-    cursor = conn.cursor(
-        """SELECT t.dimension, t.value, array_agg(m.member_no) AS numbers
+async def tag_dimensions(conn: Connection) -> list[str]:
+    """The dimensions members hold values of now (a skip scan of the current tags' index)."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE d(dimension) AS (
+               SELECT min(dimension) FROM tagging_read.current_member_tags
+               UNION ALL
+               SELECT (SELECT min(t.dimension) FROM tagging_read.current_member_tags t
+                       WHERE t.dimension > d.dimension)
+               FROM d WHERE d.dimension IS NOT NULL)
+           SELECT dimension FROM d WHERE dimension IS NOT NULL"""
+    )
+    return [row["dimension"] for row in rows]
+
+
+async def current_tags(conn: Connection, dimension: str) -> list[tuple[str, list[int]]]:
+    """(value, member numbers) of each value members hold now of one dimension (one statement per
+    dimension, as `profile_buckets`)."""
+    rows = await conn.fetch(
+        """SELECT t.value, array_agg(m.member_no) AS numbers
            FROM tagging_read.current_member_tags t
            JOIN tagging_read.members m ON m.member_id = t.member_id
-           GROUP BY t.dimension, t.value""",
-        prefetch=16,
+           WHERE t.dimension = $1 GROUP BY t.value""",
+        dimension,
     )
-    async for row in cursor:
-        yield row["dimension"], row["value"], row["numbers"]
+    return [(row["value"], row["numbers"]) for row in rows]
 
 
 async def read_changes(

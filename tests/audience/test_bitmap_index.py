@@ -241,16 +241,26 @@ async def test_an_erased_member_is_followed_under_its_pseudonym(
     assert held.numbers_of([person.member_id, erased.pseudonym]) == BitMap([number])
 
 
-def test_the_id_store_keeps_numbers_new_renamed_and_folded() -> None:
+def test_the_id_store_keeps_numbers_new_renamed_late_and_folded() -> None:
     ids = MemberIds()
-    ids.extend([3, 5, 9], [2, 3, 1], b"m3m55z")
-    ids.extend([12], [3], b"m12")
+    ids.extend([3, 5, 9], ["m3", "m55", "z"])
+    ids.extend([12], ["m12"])
     assert ids.ids(BitMap([3, 4, 5, 9, 12])) == ["m3", "m55", "z", "m12"]
     assert ids.numbers_of(["m55", "z", "nobody"]) == BitMap([5, 9])
-    ids.put(7, "late")  # committed out of number order
     ids.put(5, "pseudonym")  # renamed
-    for n in range(20, 20 + 70_000):  # past the fold: new numbers move into the arrays
+    ids.put(7, "late")  # committed out of number order
+    for n in range(14, 200_000, 2):  # new members, appended
         ids.put(n, f"n{n}")
-    assert ids.get(7) == "late" and ids.get(5) == "pseudonym" and ids.get(20_000 + 20) == "n20020"
-    assert ids.ids([5, 7, 12, 20, 70_019, 70_020]) == ["pseudonym", "late", "m12", "n20", "n70019"]
-    assert ids.numbers_of(["m55", "pseudonym", "late", "n70019"]) == BitMap([5, 7, 70_019])
+    assert ids.ids([5, 7, 12, 14, 199_998, 199_999]) == ["pseudonym", "late", "m12", "n14", "n199998"]
+    for n in range(15, 15_000, 2):  # enough late ones to be folded into the arrays
+        ids.put(n, f"late{n}")
+    assert ids.get(7) == "late" and ids.get(5) == "pseudonym" and ids.get(14_999) == "late14999"
+    assert ids.ids(BitMap([5, 7, 12, 14, 15, 199_998])) == [
+        "pseudonym",
+        "late",
+        "m12",
+        "n14",
+        "late15",
+        "n199998",
+    ]
+    assert ids.numbers_of(["m55", "pseudonym", "late", "late15", "n16"]) == BitMap([5, 7, 15, 16])
