@@ -89,6 +89,16 @@ REFRESH_SWEPT = Counter(
 )
 
 
+# --- audience bitmaps -----------------------------------------------------------------------------
+
+AUDIENCE_BITMAP_BYTES = Gauge(
+    "memberops_audience_bitmap_bytes",
+    "Bytes the audience service's bitmap index holds for the tenant (tag and profile bitmaps, member "
+    "ids; services/audience/bitmaps.py), set after each refresh that changed it.",
+    ["tenant"],
+)
+
+
 def refresh_done(tenant_id: str, opened: float, ok: bool) -> None:
     """A refresh batch opened at `opened` (time.perf_counter()) ended."""
     REFRESH_SECONDS.labels(tenant_id, "ok" if ok else "failed").observe(time.perf_counter() - opened)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ import asyncpg
 from memberops.tagging.v1 import member_pb2, rules_pb2
 from pyroaring import BitMap
 
-from runtime import outbox, rounds
+from runtime import metrics, outbox, rounds
 from runtime.db import Connection, Database
 from runtime.logs import get_logger
 from services.audience import bitmap_store
@@ -86,12 +85,15 @@ class MemberIds:
         self._base = BitMap()
         self._late: dict[int, str] = {}
         self._by_id: dict[str, int] | None = None
+        # Characters of the ids held, so memory_bytes need not walk them.
+        self._chars = 0
 
     def extend(self, numbers: Sequence[int], ids: Sequence[str]) -> None:
         """Appends members numbered above every number held (a load's chunks, in number order)."""
         assert not self._numbers or numbers[0] > self._numbers[-1], "chunks come in number order"
         self._numbers.extend(numbers)
         self._ids.extend(ids)
+        self._chars += sum(map(len, ids))
         self._base.update(numbers)
         if self._by_id is not None:
             self._by_id.update(zip(ids, numbers, strict=True))
@@ -112,6 +114,7 @@ class MemberIds:
     def put(self, number: int, member_id: str) -> None:
         """Numbers a new member, or gives a member's number a new id (an erasure's pseudonym)."""
         previous = self.get(number)
+        self._chars += len(member_id) - len(previous or "")
         if self._by_id is not None:
             if previous is not None and previous != member_id:
                 self._by_id.pop(previous, None)
@@ -137,18 +140,20 @@ class MemberIds:
         return BitMap(n for n in map(by_id.get, member_ids) if n is not None)
 
     def memory_bytes(self) -> int:
-        """The arrays, the list and its strings, the dicts (CPython's sizes; ints above 256 are
-        objects of 28 bytes)."""
+        """The arrays, the list and its strings, the dicts, by CPython's sizes (an ASCII str is 49
+        bytes and its characters, a dict ~ 40 bytes an entry, an int above 256 28), without walking
+        them: cheap enough to be read after every refresh."""
+        members = len(self._ids) + len(self._late)
         held = (
             self._numbers.buffer_info()[1] * self._numbers.itemsize
-            + sys.getsizeof(self._ids)
-            + sum(map(sys.getsizeof, self._ids))
+            + 8 * len(self._ids)
+            + 49 * members
+            + self._chars
             + _bitmap_bytes(self._base)
-            + sys.getsizeof(self._late)
-            + sum(sys.getsizeof(member_id) + 28 for member_id in self._late.values())
+            + 68 * len(self._late)
         )
         if self._by_id is not None:
-            held += sys.getsizeof(self._by_id) + 28 * len(self._by_id)
+            held += 68 * len(self._by_id)
         return held
 
     def _fold(self) -> None:
@@ -300,6 +305,8 @@ class BitmapIndex:
         self._loaded: dict[str, TenantBitmaps] = {}
         self._refreshed: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Tenants whose memory the gauge shows (set again after each refresh that applied entries).
+        self._measured: set[str] = set()
 
     def current(self, tenant_id: str) -> TenantBitmaps | None:
         """The tenant's bitmaps as last refreshed; None when not loaded, or not refreshed for
@@ -345,6 +352,7 @@ class BitmapIndex:
         async with self._lock(tenant_id):
             async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
                 held = self._loaded.get(tenant_id)
+                before = None
                 if held is None:
                     started = time.monotonic()
                     held = await load(conn)
@@ -357,9 +365,13 @@ class BitmapIndex:
                         seconds=round(time.monotonic() - started, 3),
                     )
                 else:
+                    before = held.position
                     done = await _follow(conn, held, await bitmap_store.feed_end(conn), PAGES_PER_REFRESH)
             self._loaded[tenant_id] = held
             self._refreshed[tenant_id] = began
+            if tenant_id not in self._measured or held.position != before:
+                metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
+                self._measured.add(tenant_id)
         return not done
 
     def _lock(self, tenant_id: str) -> asyncio.Lock:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
+from prometheus_client import REGISTRY
 from pyroaring import BitMap
 
 from runtime import app
@@ -208,6 +209,7 @@ async def test_the_index_follows_members_profiles_and_tags_and_leaves_other_tena
     assert again is not None and followed is not None
     assert indexed_state(again, numbers) == indexed_state(followed, numbers)
     assert restarted.memory_bytes() > 0 and index.memory_bytes() > restarted.memory_bytes() // 2
+    assert (REGISTRY.get_sample_value("memberops_audience_bitmap_bytes", {"tenant": TENANT_ACME}) or 0) > 0
 
 
 async def test_an_erased_member_is_followed_under_its_pseudonym(
