@@ -305,8 +305,6 @@ class BitmapIndex:
         self._loaded: dict[str, TenantBitmaps] = {}
         self._refreshed: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # Tenants whose memory the gauge shows (set again after each refresh that applied entries).
-        self._measured: set[str] = set()
 
     def current(self, tenant_id: str) -> TenantBitmaps | None:
         """The tenant's bitmaps as last refreshed; None when not loaded, or not refreshed for
@@ -319,16 +317,13 @@ class BitmapIndex:
     async def caught_up(self, tenant_id: str) -> TenantBitmaps | None:
         """The tenant's bitmaps refreshed at least to the feed's end as of this call (a caller's
         own committed writes are reflected once the sequencer has positioned them); None as for
-        `current`, or when more than PAGES_PER_CALL pages are missing (a burst being applied)."""
-        if tenant_id not in self._loaded:
+        `current`, or when more than PAGES_PER_CALL pages are missing (a burst being applied).
+        Usually the background refresh got there first: then it costs one statement of one round
+        trip and never waits for a refresh under way."""
+        held = self._loaded.get(tenant_id)
+        if held is None:
             return None
-        began = self._clock()
-        async with self._lock(tenant_id):
-            held = self._loaded[tenant_id]
-            async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
-                done = await _follow(conn, held, await bitmap_store.feed_end(conn), PAGES_PER_CALL)
-            self._refreshed[tenant_id] = began
-        return held if done else None
+        return held if await self._follow(tenant_id, held, PAGES_PER_CALL) else None
 
     async def numbers(self, conn: Connection, member_ids: Sequence[str]) -> dict[str, int]:
         """member id -> member number, for the members known (one statement on `conn`)."""
@@ -348,31 +343,41 @@ class BitmapIndex:
     async def refresh(self, tenant_id: str) -> bool:
         """Loads the tenant if it is not loaded, else applies up to PAGES_PER_REFRESH feed pages;
         True when more entries wait."""
+        held = self._loaded.get(tenant_id)
+        if held is not None:
+            return not await self._follow(tenant_id, held, PAGES_PER_REFRESH)
         began = self._clock()
         async with self._lock(tenant_id):
+            started = time.monotonic()
             async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
-                held = self._loaded.get(tenant_id)
-                before = None
-                if held is None:
-                    started = time.monotonic()
-                    held = await load(conn)
-                    done = True
-                    log.info(
-                        "bitmap index loaded",
-                        tenant=tenant_id,
-                        members=len(held.universe),
-                        bytes=held.memory_bytes(),
-                        seconds=round(time.monotonic() - started, 3),
-                    )
-                else:
-                    before = held.position
-                    done = await _follow(conn, held, await bitmap_store.feed_end(conn), PAGES_PER_REFRESH)
+                held = await load(conn)
             self._loaded[tenant_id] = held
             self._refreshed[tenant_id] = began
-            if tenant_id not in self._measured or held.position != before:
+            metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
+        log.info(
+            "bitmap index loaded",
+            tenant=tenant_id,
+            members=len(held.universe),
+            bytes=held.memory_bytes(),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return False
+
+    async def _follow(self, tenant_id: str, held: TenantBitmaps, pages: int) -> bool:
+        """Brings `held` to the feed's end as of now, at most `pages` pages; True when it got there.
+        The end is read first in one round trip: when nothing is missing (the usual case) no
+        transaction is opened and no refresh under way is waited for."""
+        began = self._clock()
+        async with self._db.reading(tenant_id) as conn:
+            end = await bitmap_store.feed_end(conn)
+        done = True
+        if end is not None and (held.position is None or end > held.position):
+            async with self._lock(tenant_id):
+                async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
+                    done = await _follow(conn, held, end, pages)
                 metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
-                self._measured.add(tenant_id)
-        return not done
+        self._refreshed[tenant_id] = max(self._refreshed[tenant_id], began)
+        return done
 
     def _lock(self, tenant_id: str) -> asyncio.Lock:
         return self._locks.setdefault(tenant_id, asyncio.Lock())
