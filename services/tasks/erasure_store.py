@@ -61,7 +61,17 @@ STATEMENTS = (
 
 
 async def erase(conn: Connection, erasure: Erasure) -> dict[str, int]:
-    """Locks the member's account as every ledger write does (first, so an earning waiting on it
-    sees the erasure whole), then moves the rows; the rows changed by table."""
-    await conn.execute("SELECT 1 FROM tasks.accounts WHERE member_id = $1 FOR UPDATE", erasure.member_id)
+    """Locks what names the member in the service's lock order (services/tasks/README.md): their
+    facts row, the invites naming them, then their account as every ledger write does (so an
+    earning waiting on it sees the erasure whole); then moves the rows; the rows changed by table.
+    Taking the account first and the facts row last, as it did, closed a cycle with the feed
+    follower, which holds an invitee's facts row while it locks their invites (a deadlock)."""
+    member = erasure.member_id
+    await conn.execute("SELECT 1 FROM tasks.member_facts WHERE member_id = $1 FOR UPDATE", member)
+    await conn.execute(
+        """SELECT 1 FROM tasks.invites WHERE invitee_member_id = $1 OR inviter_member_id = $1
+           ORDER BY invitee_member_id, task_id FOR UPDATE""",
+        member,
+    )
+    await conn.execute("SELECT 1 FROM tasks.accounts WHERE member_id = $1 FOR UPDATE", member)
     return await run(conn, "tasks", erasure, STATEMENTS)

@@ -11,11 +11,13 @@ from memberops.tasks.v1 import rewards_pb2, tasks_pb2, tasks_service_pb2
 
 from runtime.db import Database
 from services.tasks import erasure_store
-from tests.conftest import ACME, unique
+from services.tasks.tasks import invite_store
+from tests.conftest import ACME, TENANT_ACME, unique
 from tests.erasure_helpers import member_tables, pseudonym, row, rows_naming, value
 from tests.grpc_helpers import bad
 from tests.tasks.points_helpers import ORDER, earn, spend
 from tests.tasks.task_helpers import create, share, share_task, sign_in, sign_in_task, task
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
@@ -152,3 +154,43 @@ async def test_every_table_with_a_member_column_is_erased(tasks_stub: TasksStub,
     """(The service's fixture: its schema is migrated.)"""
     tables = await member_tables(db, "tasks")
     assert tables and tables <= {statement.table for statement in erasure_store.STATEMENTS}
+
+
+async def test_an_erasure_takes_its_locks_in_the_followers_order(
+    tasks_stub: TasksStub, members: Members, db: Database
+) -> None:
+    """The feed follower holds an invitee's facts row while it locks their pending invites. An
+    erasure of that invitee waits for the facts row before it touches an invite: the follower's
+    next lock is granted at once (no deadlock, which an erasure that updated the invites first and
+    the facts row last closed), and the erasure completes when the follower commits."""
+    inviter, invitee = await members.new(), await members.noted(db)
+    inviting = await create(
+        tasks_stub, task("invite", tasks_pb2.InviteSpec(trigger=FIRST_ORDER), reward_points=5)
+    )
+    invite = tasks_service_pb2.RecordInviteRequest(
+        task=f"tasks/{inviting.task_id}",
+        inviter_member_id=inviter,
+        invitee_member_id=invitee,
+        request_id=unique("invite"),
+    )
+    await tasks_stub.RecordInvite(invite, metadata=ACME)
+    async with db.transaction(TENANT_ACME) as follower:
+        await invite_store.lock_member_facts(follower, TENANT_ACME, [invitee])
+        erasing = asyncio.create_task(erase(tasks_stub, invitee, pseudonym()))
+
+        async def waiting() -> bool:
+            return bool(
+                await value(
+                    db,
+                    """SELECT count(*)::int FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock' AND query LIKE '%member_facts%'""",
+                )
+            )
+
+        await eventually(waiting, "the erasure waiting for the invitee's facts row")
+        locked = await follower.fetch(
+            "SELECT 1 FROM tasks.invites WHERE invitee_member_id = $1 AND state = 1 FOR UPDATE", invitee
+        )
+        assert len(locked) == 1
+    changed = await erasing
+    assert changed["invites"] == 1
