@@ -112,6 +112,32 @@ async def read_changes(
     )
 
 
+async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
+    """Member and tag changes (as `read_changes`, without position) of the transactions `conn`'s
+    snapshot sees committed that have no position yet, found as the sequencer finds them
+    (runtime/feed_sequencer.py): those that began after its last snapshot, one index probe each,
+    and those that snapshot saw running. Nothing before the tenant's first sequencing round."""
+    return await conn.fetch(
+        """WITH RECURSIVE last AS (SELECT s.seen FROM tagging_read.feed_sequencer s),
+           began(txid) AS (
+               SELECT (pg_snapshot_xmax(last.seen)::text::numeric - 1)::text::xid8 FROM last
+             UNION ALL
+               SELECT (SELECT f.txid FROM tagging_read.feed f WHERE f.txid > b.txid
+                       ORDER BY f.txid LIMIT 1)
+               FROM began b WHERE b.txid IS NOT NULL),
+           waiting AS (
+               SELECT b.txid FROM began b, last WHERE b.txid >= pg_snapshot_xmax(last.seen)
+             UNION
+               SELECT x.txid FROM last, pg_snapshot_xip(last.seen) AS x(txid))
+           SELECT f.kind, f.member_id, f.tag_dimension, f.tag_value
+           FROM waiting w JOIN tagging_read.feed f ON f.txid = w.txid
+           WHERE f.kind = ANY($1::smallint[])
+             AND NOT EXISTS (SELECT 1 FROM tagging_read.feed_positions p WHERE p.txid = w.txid)
+           ORDER BY f.txid, f.seq""",
+        [MEMBER_CHANGED, TAG_CHANGED],
+    )
+
+
 async def member_rows(conn: Connection, member_ids: Sequence[str]) -> list[asyncpg.Record]:
     """`member_id`, `member_no` and each bucketed field (as text) of the members that exist."""
     columns = ", ".join(f"{column} AS {name}" for name, column in BUCKET_COLUMNS.items())

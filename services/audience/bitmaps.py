@@ -315,15 +315,27 @@ class BitmapIndex:
         return held
 
     async def caught_up(self, tenant_id: str) -> TenantBitmaps | None:
-        """The tenant's bitmaps refreshed at least to the feed's end as of this call (a caller's
-        own committed writes are reflected once the sequencer has positioned them); None as for
+        """The tenant's bitmaps reflecting every member and tag change committed before this call,
+        as a statement would see them (a caller's own writes included): the feed's entries up to
+        its end, and those of transactions committed but not given a position yet (the sequencer
+        does that every 50 ms; they are applied again when it has: harmless). None as for
         `current`, or when more than PAGES_PER_CALL pages are missing (a burst being applied).
-        Usually the background refresh got there first: then it costs one statement of one round
-        trip and never waits for a refresh under way."""
+        Costs one read-only transaction of two statements when nothing is missing."""
         held = self._loaded.get(tenant_id)
         if held is None:
             return None
-        return held if await self._follow(tenant_id, held, PAGES_PER_CALL) else None
+        began = self._clock()
+        async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
+            end = await bitmap_store.feed_end(conn)
+            waiting = await bitmap_store.unpositioned_changes(conn)
+            done = True
+            if waiting or _behind(held, end):
+                async with self._lock(tenant_id):
+                    done = await _follow(conn, held, end, PAGES_PER_CALL)
+                    if done and waiting:
+                        await _apply(conn, held, waiting)
+        self._refreshed[tenant_id] = max(self._refreshed[tenant_id], began)
+        return held if done else None
 
     async def numbers(self, conn: Connection, member_ids: Sequence[str]) -> dict[str, int]:
         """member id -> member number, for the members known (one statement on `conn`)."""
@@ -347,10 +359,12 @@ class BitmapIndex:
         if held is not None:
             return not await self._follow(tenant_id, held, PAGES_PER_REFRESH)
         began = self._clock()
-        async with self._lock(tenant_id):
-            started = time.monotonic()
-            async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
-                held = await load(conn)
+        started = time.monotonic()
+        async with (
+            self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn,
+            self._lock(tenant_id),
+        ):
+            held = await load(conn)
             self._loaded[tenant_id] = held
             self._refreshed[tenant_id] = began
             metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
@@ -366,16 +380,19 @@ class BitmapIndex:
     async def _follow(self, tenant_id: str, held: TenantBitmaps, pages: int) -> bool:
         """Brings `held` to the feed's end as of now, at most `pages` pages; True when it got there.
         The end is read first in one round trip: when nothing is missing (the usual case) no
-        transaction is opened and no refresh under way is waited for."""
+        transaction is opened and no refresh under way is waited for. A connection is taken
+        before the lock, as `caught_up` does, so neither holds the lock waiting for the pool."""
         began = self._clock()
         async with self._db.reading(tenant_id) as conn:
             end = await bitmap_store.feed_end(conn)
         done = True
-        if end is not None and (held.position is None or end > held.position):
-            async with self._lock(tenant_id):
-                async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
-                    done = await _follow(conn, held, end, pages)
-                metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
+        if _behind(held, end):
+            async with (
+                self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn,
+                self._lock(tenant_id),
+            ):
+                done = await _follow(conn, held, end, pages)
+            metrics.AUDIENCE_BITMAP_BYTES.labels(tenant_id).set(held.memory_bytes())
         self._refreshed[tenant_id] = max(self._refreshed[tenant_id], began)
         return done
 
@@ -402,10 +419,14 @@ async def load(conn: Connection) -> TenantBitmaps:
     return held
 
 
+def _behind(held: TenantBitmaps, end: outbox.Position | None) -> bool:
+    return end is not None and (held.position is None or end > held.position)
+
+
 async def _follow(conn: Connection, held: TenantBitmaps, end: outbox.Position | None, pages: int) -> bool:
     """Applies the feed's member and tag changes after `held.position` up to `end`, at most `pages`
     pages; True when it reached `end`."""
-    if end is None or (held.position is not None and end <= held.position):
+    if end is None or not _behind(held, end):
         return True
     for _ in range(pages):
         rows = await bitmap_store.read_changes(conn, held.position, FEED_PAGE, end)

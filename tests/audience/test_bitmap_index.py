@@ -9,6 +9,7 @@ after changes is restricted to the test's own members; a load is compared whole,
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,11 @@ from pyroaring import BitMap
 
 from runtime import app
 from runtime.db import Connection, Database
-from services.audience import bitmaps
+from runtime.feed_sequencer import FeedSequencer
+from services.audience import bitmap_store, bitmaps
 from services.audience.bitmaps import BitmapIndex, MemberIds, TenantBitmaps
+from services.tagging import feed_store, member_store
+from services.tagging.domain import FeedKind, MemberInput, Profile
 from tests.audience.helpers import give, import_batch, manual_dimension, member
 from tests.conftest import ACME, TENANT_ACME, TENANT_GLOBEX, TENANT_UMBRELLA, unique
 from tests.erasure_world import Person, create_person, erase
@@ -241,6 +245,62 @@ async def test_an_erased_member_is_followed_under_its_pseudonym(
     assert number not in bucket(held, "gender", "GENDER_FEMALE") and number not in held.tag("gender", None)
     assert number in bucket(held, "level", "gold")  # kept, as tagging keeps it
     assert held.numbers_of([person.member_id, erased.pseudonym]) == BitMap([number])
+
+
+async def write_member(conn: Connection, tenant_id: str, member_id: str, dimension: str, value: str) -> int:
+    """A member holding one tag, written as tagging writes them, with their feed entries."""
+    await member_store.upsert_member(
+        conn, tenant_id, MemberInput(member_id, Profile(city="Ningbo", level="gold"))
+    )
+    await feed_store.append_feed(conn, tenant_id, FeedKind.MEMBER_CHANGED, member_id, "", {"revision": 1})
+    await conn.execute(
+        """INSERT INTO tagging.member_tags (tenant_id, member_id, dimension, value, definition_version,
+                                           source, exclusive, valid_from)
+           VALUES ($1, $2, $3, $4, 1, 1, true, now())""",
+        tenant_id,
+        member_id,
+        dimension,
+        value,
+    )
+    change = {"dimension": dimension, "value": value, "change": "added"}
+    await feed_store.append_feed(conn, tenant_id, FeedKind.TAG_CHANGED, member_id, dimension, change)
+    number: int = await conn.fetchval("SELECT member_no FROM tagging.members WHERE member_id = $1", member_id)
+    return number
+
+
+async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_positions(db: Database) -> None:
+    """Read-your-writes: a tenant no service sequences, rounds run by hand, so the writes below
+    are committed and still without a position when the index is asked."""
+    tenant = f"bm{uuid.uuid4().hex[:12]}"
+    sequencer = FeedSequencer(db, "tagging", frozenset({tenant}))
+    async with db.transaction(tenant) as conn:
+        first = await write_member(conn, tenant, "first", "tier", "a")
+    await sequencer.sequence()
+    index = BitmapIndex(db, frozenset({tenant}))
+    await index.refresh(tenant)
+    loaded = index.current(tenant)
+    assert loaded is not None and loaded.tag("tier", ["a"]) == BitMap([first]) == loaded.universe
+    position = loaded.position
+
+    # Committed after the last round (it began after that round's snapshot).
+    async with db.transaction(tenant) as conn:
+        second = await write_member(conn, tenant, "second", "tier", "b")
+    # Running while a round ran (in that round's snapshot as running), committed after it.
+    async with db.transaction(tenant) as conn:
+        third = await write_member(conn, tenant, "third", "tier", "b")
+        await sequencer.sequence()  # positions `second`, not this one
+        await conn.execute("SELECT 1")
+    held = await index.caught_up(tenant)
+    assert held is loaded and held.position != position
+    assert held.tag("tier", ["b"]) == BitMap([second, third]) and len(held.universe) == 3
+    async with db.transaction(tenant, readonly=True) as conn:
+        waiting = await bitmap_store.unpositioned_changes(conn)
+    assert {row["member_id"] for row in waiting} == {"third"}
+
+    await sequencer.sequence()  # now `third` has its position: applied again, nothing changes
+    again = await index.caught_up(tenant)
+    assert again is not None and indexed_state(again) == indexed_state(held)
+    assert held.member_ids(held.universe) == ["first", "second", "third"]
 
 
 def test_the_id_store_keeps_numbers_new_renamed_late_and_folded() -> None:

@@ -45,6 +45,7 @@ VIEWS = (
     "tag_dimensions",
     "feed",
     "feed_positions",
+    "feed_sequencer",
     "event_recency",
     "purchase_recency",
 )
