@@ -345,3 +345,23 @@ async def test_snapshots_freeze_todays_members(world: World) -> None:
             frozen.append(page.member_ids)
             assert snapshot.member_count == len(page.member_ids)
         assert frozen[0] == frozen[1], audience_id
+
+
+async def test_a_callers_own_tag_is_in_the_next_count(world: World) -> None:
+    """A tag given and counted at once: the bitmaps are brought up to what committed before the
+    count, as a statement sees it, for five members who did not hold it."""
+    w = world
+    dimension = sorted(w.dimensions)[0]
+    value = w.dimensions[dimension][0]
+    rule = tag(dimension, Match.TAG_MATCH_ANY_OF, value)
+    changed = 0
+    for member_id in w.member_ids:
+        before, _ = await w.sql.count(w.tenant, rule, w.now)
+        await give(w.stub, dimension, value, [member_id], AUTH)
+        counted, _ = await w.bitmaps.count(w.tenant, rule, w.now)
+        after, _ = await w.sql.count(w.tenant, rule, w.now)
+        assert counted == after, member_id
+        changed += after > before
+        if changed == 5:
+            return
+    raise AssertionError(f"only {changed} members lacked the tag")
