@@ -116,7 +116,9 @@ async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
     """Member and tag changes (as `read_changes`, without position) of the transactions `conn`'s
     snapshot sees committed that have no position yet, found as the sequencer finds them
     (runtime/feed_sequencer.py): those that began after its last snapshot, one index probe each,
-    and those that snapshot saw running. Nothing before the tenant's first sequencing round."""
+    and those that snapshot saw running. Nothing before the tenant's first sequencing round. Each
+    waiting transaction's entries are read by their key (the sorted LATERAL is never flattened into
+    a merge join, which would walk the tenant's whole feed and positions up to them)."""
     return await conn.fetch(
         """WITH RECURSIVE last AS (SELECT s.seen FROM tagging_read.feed_sequencer s),
            began(txid) AS (
@@ -129,11 +131,13 @@ async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
                SELECT b.txid FROM began b, last WHERE b.txid >= pg_snapshot_xmax(last.seen)
              UNION
                SELECT x.txid FROM last, pg_snapshot_xip(last.seen) AS x(txid))
-           SELECT f.kind, f.member_id, f.tag_dimension, f.tag_value
-           FROM waiting w JOIN tagging_read.feed f ON f.txid = w.txid
-           WHERE f.kind = ANY($1::smallint[])
-             AND NOT EXISTS (SELECT 1 FROM tagging_read.feed_positions p WHERE p.txid = w.txid)
-           ORDER BY f.txid, f.seq""",
+           SELECT e.kind, e.member_id, e.tag_dimension, e.tag_value
+           FROM waiting w CROSS JOIN LATERAL (
+               SELECT f.kind, f.member_id, f.tag_dimension, f.tag_value, f.seq FROM tagging_read.feed f
+               WHERE f.txid = w.txid AND f.kind = ANY($1::smallint[])
+                 AND NOT EXISTS (SELECT 1 FROM tagging_read.feed_positions p WHERE p.txid = w.txid)
+               ORDER BY f.seq) e
+           ORDER BY w.txid, e.seq""",
         [MEMBER_CHANGED, TAG_CHANGED],
     )
 
