@@ -93,15 +93,6 @@ BEGIN
     FROM d;
 
     IF v_pay_members IS NOT NULL THEN
-        SELECT sum(x) INTO v_sum FROM unnest(v_pay_points) AS x;
-        IF NOT take_allowance('task:' || p_task, v_sum) THEN
-            RAISE SQLSTATE 'MS003' USING MESSAGE = 'budget';
-        END IF;
-        PERFORM 1 FROM task_definitions
-        WHERE tenant_id = p_tenant AND task_id = p_task AND state = 1 AND current_version = p_version;
-        IF NOT FOUND THEN
-            RAISE SQLSTATE 'MS003' USING MESSAGE = 'stale';
-        END IF;
         WITH pay AS (
             SELECT u.member, u.req, u.hash, u.streak, u.points, u.now, u.expire,
                    nextval(pg_get_serial_sequence('tasks.completions', 'completion_id')) AS completion_id,
@@ -173,6 +164,17 @@ BEGIN
               ON ms.days <= u.streak
             ORDER BY u.member, ms.n
             ON CONFLICT (tenant_id, member_id, badge_id) DO NOTHING;
+        END IF;
+        -- The budget last (the service's lock order, services/tasks/README.md), then the task's
+        -- state and version in a statement of their own, as tasks.sign_in does.
+        SELECT sum(x) INTO v_sum FROM unnest(v_pay_points) AS x;
+        IF NOT take_allowance('task:' || p_task, v_sum) THEN
+            RAISE SQLSTATE 'MS003' USING MESSAGE = 'budget';
+        END IF;
+        PERFORM 1 FROM task_definitions
+        WHERE tenant_id = p_tenant AND task_id = p_task AND state = 1 AND current_version = p_version;
+        IF NOT FOUND THEN
+            RAISE SQLSTATE 'MS003' USING MESSAGE = 'stale';
         END IF;
     END IF;
 
