@@ -4,7 +4,7 @@ fields is AND/OR/ANDNOT over a few bitmaps instead of a statement over every mem
 Tagging numbers its members densely (`member_no`, tagging migration 0024); per tenant the index holds
 one pyroaring `BitMap` of numbers per current tag value (dimension, value), one per value of each
 bucketed profile field (`BUCKETED_FIELDS`, compared by equality in rules), the universe of every
-member, and a compact number -> member id store to turn a result back into ids.
+member, and a number -> member id store to turn a result back into ids.
 
 A tenant is loaded in one REPEATABLE READ snapshot together with the position of tagging's feed in
 that snapshot (the same position the load's data reflects), then kept in step with the feed
@@ -18,8 +18,9 @@ MEMBER_CHANGED entry renames the number and moves its buckets, and the tags it e
 changes.
 
 Answers come from `current` (None while a tenant is not loaded, or when it was not refreshed for
-MAX_AGE_SECONDS: the caller then evaluates in SQL as before) or `caught_up` (refreshed to the feed's
-end as of the call first, so a caller's own writes are reflected, as a statement would see them).
+MAX_AGE_SECONDS: the caller then evaluates in SQL as before) or `caught_up` (first brought to the
+feed's end as of the call, and given the changes of transactions committed but not positioned yet,
+so a caller's own writes are reflected, as a statement would see them).
 """
 
 from __future__ import annotations
@@ -443,7 +444,7 @@ async def _apply(conn: Connection, held: TenantBitmaps, rows: Sequence[asyncpg.R
     changed = {row["member_id"] for row in rows if row["kind"] == bitmap_store.MEMBER_CHANGED}
     named: dict[tuple[str, str], set[str]] = {}
     for row in rows:
-        if row["kind"] == bitmap_store.TAG_CHANGED and row["tag_dimension"] is not None:
+        if row["kind"] == bitmap_store.TAG_CHANGED and None not in (row["tag_dimension"], row["tag_value"]):
             named.setdefault((row["member_id"], row["tag_dimension"]), set()).add(row["tag_value"])
     if named:
         pairs = sorted(named)
