@@ -82,8 +82,6 @@ async def residual(
     """The candidates the member-filtered statement `compiled` puts in."""
     if not candidates:
         return candidates
-    ids = bitmaps.member_ids(candidates)
-    number_of = dict(zip(ids, candidates.to_array(), strict=True))
     sql = f"SELECT s.member_id FROM ({compiled.check_sql()}) AS s WHERE s.is_member"
-    rows = await conn.fetch(sql, *compiled.args(now, ids))
-    return BitMap(number_of[row["member_id"]] for row in rows)
+    rows = await conn.fetch(sql, *compiled.args(now, bitmaps.member_ids(candidates)))
+    return bitmaps.numbers_of(row["member_id"] for row in rows)
