@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 from prometheus_client import REGISTRY
 from pyroaring import BitMap
@@ -268,7 +269,9 @@ async def write_member(conn: Connection, tenant_id: str, member_id: str, dimensi
     return number
 
 
-async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_positions(db: Database) -> None:
+async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_positions(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Read-your-writes: a tenant no service sequences, rounds run by hand, so the writes below
     are committed and still without a position when the index is asked."""
     tenant = f"bm{uuid.uuid4().hex[:12]}"
@@ -301,6 +304,26 @@ async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_posi
     again = await index.caught_up(tenant)
     assert again is not None and indexed_state(again) == indexed_state(held)
     assert held.member_ids(held.universe) == ["first", "second", "third"]
+
+    # Too much missing for a caller to wait for: it is told to evaluate in SQL, the background
+    # refresh catches up.
+    monkeypatch.setattr(bitmaps, "CALL_ENTRIES", 3)
+    async with db.transaction(tenant) as conn:
+        await write_member(conn, tenant, "fourth", "tier", "c")
+        await write_member(conn, tenant, "fifth", "tier", "c")
+    assert await index.caught_up(tenant) is None  # four entries waiting for a position
+    await sequencer.sequence()
+    assert await index.caught_up(tenant) is None  # four entries after the position
+    await index.refresh(tenant)
+    done = await index.caught_up(tenant)
+    assert done is not None and len(done.tag("tier", ["c"])) == 2 and len(done.universe) == 5
+
+
+def test_the_id_store_answers_small_and_large_selections_alike() -> None:
+    ids = MemberIds()
+    ids.extend(list(range(10, 330, 2)), [f"m{n}" for n in range(10, 330, 2)])
+    for chosen in (BitMap([12, 14, 99, 328, 400]), BitMap(range(0, 400, 3))):
+        assert ids.ids(chosen) == [f"m{n}" for n in chosen if n % 2 == 0 and 10 <= n < 330]
 
 
 def test_the_id_store_keeps_numbers_new_renamed_late_and_folded() -> None:
