@@ -3,16 +3,17 @@ audience as a bitmap of member numbers, or None when the plan is not worth it fo
 (the caller then runs today's statement, which gives the same members).
 
 Bitmaps first. Then, while the candidates are more than the residual should test one by one, each
-driver's members, read from its summary's index and turned into numbers in memory, narrow
-them. Then the residual statement (member-filtered: every subquery probes one member's rows) runs
-over what is left, all in one statement: a statement hashes what it cannot probe per member (a tag
-inside an `any`, say) once, and in chunks would hash it again for each.
+driver's members (those the rule wants, then those it does not), read from its summary's index and
+turned into numbers in memory, narrow them. Then the residual statement (member-filtered: every
+subquery probes one member's rows) runs over what is left, in one statement per group of candidates
+(those in an `any`'s bitmap branches skip that `any`): a statement hashes what it cannot probe per
+member (a tag inside an `any`, say) once, and in chunks would hash it again for each.
 
 The bounds, measured on the 1M-member bench: a member-filtered residual costs 20-50 us a candidate
 (probes of recency summaries, tags and orders), so beyond `RESIDUAL_LIMIT` candidates it would cost
 more than today's planner-chosen statement (about 150 ms for the bench's five conditions, which
-hashes and anti-joins instead of probing); and a driver is read only when the planner expects its
-members, thinned by the bitmap conjuncts, to come within that bound.
+hashes and anti-joins instead of probing); a driver is read only when the planner expects it to be
+at most `DRIVER_LIMIT` rows and the drivers can leave few enough candidates for that bound.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Protocol
 from pyroaring import BitMap
 
 from runtime.db import Connection
-from services.audience import bitmap_plan, compiler, store
+from services.audience import bitmap_plan, store
 
 # Candidates the residual statement evaluates at most; more, and today's statement runs instead.
 RESIDUAL_LIMIT = 5_000
-# Rows a driver may be expected to read: each is a member id sent over and turned into a number.
-DRIVER_LIMIT = 20_000
+# Rows a driver may be expected to read (about 1 us each, sent over as one text and looked up in
+# memory); a bigger one is left to the residual statement.
+DRIVER_LIMIT = 300_000
 
 
 class Bitmaps(bitmap_plan.Bitmaps, Protocol):
@@ -52,36 +54,78 @@ async def select(
 ) -> BitMap | None:
     """The audience's members as numbers, or None when today's statement should answer."""
     candidates = plan.candidates(bitmaps)
-    if plan.checked is None:
-        return candidates
-    for driver in plan.drivers:
-        if len(candidates) <= RESIDUAL_LIMIT:
-            # Few enough to test the drivers member by member with the rest.
-            return await residual(conn, plan.checked, bitmaps, candidates, now)
-        estimated = await store.estimated_rows(conn, driver.sql, driver.args(now))
-        # What the driver would leave, were its members spread like everyone's.
-        left = estimated * len(candidates) / max(len(bitmaps.universe), 1)
-        if estimated > DRIVER_LIMIT or (plan.residual is not None and left > RESIDUAL_LIMIT):
+    pending = set(range(len(plan.parts)))
+    if len(candidates) > RESIDUAL_LIMIT and pending:
+        drivers = [i for i in pending if plan.parts[i].driver is not None]
+        sizes = {i: await _estimated(conn, plan.parts[i], now) for i in drivers}
+        readable = [i for i in drivers if sizes[i] <= DRIVER_LIMIT]
+        # The fewest candidates the drivers could leave: if even that is too many for the statement
+        # the rest needs, reading them would be wasted.
+        wanted = [sizes[i] for i in readable if _positive(plan, i)]
+        unwanted = sum(sizes[i] for i in readable if not _positive(plan, i))
+        if pending - set(readable) and min([len(candidates), *wanted]) - unwanted > RESIDUAL_LIMIT:
             return None
-        rows = await conn.fetch(driver.sql, *driver.args(now))
-        candidates &= bitmaps.numbers_of(row["member_id"] for row in rows)
-    if plan.residual is None:
+        # The members a rule wants first (the fewest first), then those it does not.
+        for i in sorted(readable, key=lambda i: (not _positive(plan, i), sizes[i])):
+            if pending - set(readable) and len(candidates) <= RESIDUAL_LIMIT:
+                break  # few enough: the statement tests the remaining drivers with the rest
+            members = await _members(conn, plan.parts[i], bitmaps, now)
+            candidates = candidates & members if _positive(plan, i) else candidates - members
+            pending.discard(i)
+    if not pending:
         return candidates
     if len(candidates) > RESIDUAL_LIMIT:
         return None
-    return await residual(conn, plan.residual, bitmaps, candidates, now)
+    return await residual(conn, plan, pending, bitmaps, candidates, now)
 
 
 async def residual(
     conn: Connection,
-    compiled: compiler.Compiled,
+    plan: bitmap_plan.Plan,
+    pending: set[int],
     bitmaps: Bitmaps,
     candidates: BitMap,
     now: dt.datetime,
 ) -> BitMap:
-    """The candidates the member-filtered statement `compiled` puts in."""
-    if not candidates:
-        return candidates
-    sql = f"SELECT s.member_id FROM ({compiled.check_sql()}) AS s WHERE s.is_member"
-    rows = await conn.fetch(sql, *compiled.args(now, bitmaps.member_ids(candidates)))
-    return bitmaps.numbers_of(row["member_id"] for row in rows)
+    """The candidates the pending parts put in: a candidate in a part's free bitmap passes that part
+    without SQL, so candidates are grouped by the parts they need the statement for, one statement
+    (of just those parts) a group."""
+    groups: dict[frozenset[int], BitMap] = {frozenset(): candidates}
+    for i in sorted(pending):
+        free = plan.parts[i].free
+        regrouped: dict[frozenset[int], BitMap] = {}
+        held = free.evaluate(bitmaps) if free is not None else BitMap()
+        for needed, members in groups.items():
+            for key, share in ((needed, members & held), (needed | {i}, members - held)):
+                if share:
+                    regrouped[key] = regrouped.get(key, BitMap()) | share
+        groups = regrouped
+    kept = BitMap()
+    for needed, members in groups.items():
+        if not needed:
+            kept |= members
+            continue
+        compiled = plan.statement(needed)
+        sql = f"SELECT s.member_id FROM ({compiled.check_sql()}) AS s WHERE s.is_member"
+        rows = await conn.fetch(sql, *compiled.args(now, bitmaps.member_ids(members)))
+        kept |= bitmaps.numbers_of(row["member_id"] for row in rows)
+    return kept
+
+
+def _positive(plan: bitmap_plan.Plan, i: int) -> bool:
+    driver = plan.parts[i].driver
+    return driver is not None and driver.positive
+
+
+async def _estimated(conn: Connection, part: bitmap_plan.Part, now: dt.datetime) -> float:
+    assert part.driver is not None
+    return await store.estimated_rows(conn, part.driver.sql, part.driver.args(now))
+
+
+async def _members(conn: Connection, part: bitmap_plan.Part, bitmaps: Bitmaps, now: dt.datetime) -> BitMap:
+    """A driver's members as numbers. Their ids come as one text (member ids hold no line breaks):
+    a row per member would cost asyncpg about four times as long."""
+    assert part.driver is not None
+    sql = f"SELECT string_agg(d.member_id, E'\\n') FROM ({part.driver.sql}) AS d"
+    ids = await conn.fetchval(sql, *part.driver.args(now))
+    return bitmaps.numbers_of(ids.split("\n")) if ids else BitMap()

@@ -4,15 +4,18 @@ summary can narrow in SQL, and what only the compiled statement can say.
 The rule's top-level conjunction (nested `all`s and referenced audiences opened, as the compiler
 opens them) is split in three:
 
-- *bitmap* conjuncts: tag conditions and (in)equality or (NOT) IN tests of a bucketed profile field, and any
-  `all` / `any` / `not` made only of those, are set algebra over the tenant's bitmaps (AND, OR and,
-  for NOT, the universe minus the operand). Every condition the compiler emits is two-valued (a NULL
-  test is COALESCEd to false before it is combined), so the set algebra is exactly its logic.
-- *driver* conjuncts: "at least one fact in a window" that a recency summary answers
+- *bitmap* conjuncts: tag conditions and (in)equality or (NOT) IN tests of a bucketed profile
+  field, and any `all` / `any` / `not` made only of those, are set algebra over the tenant's bitmaps
+  (AND, OR and, for NOT, the universe minus the operand). Every condition the compiler emits is
+  two-valued (a NULL test is COALESCEd to false before it is combined), so the set algebra is
+  exactly its logic.
+- *driver* conjuncts: "at least one fact in a window" or "none" that a recency summary answers
   (`compiler._summary_test`); SQL reads its members from the summary's index, which is cheap, and
-  their numbers narrow the candidates.
+  their numbers narrow the candidates (AND, or for "none" ANDNOT).
 - the *residual*: everything else, compiled by the unchanged compiler as a member-filtered statement
   (`compile_audience(..., filtered=True)`), so its semantics are today's, run only over candidates.
+  An `any` conjunct with bitmap branches among others keeps them (`Part.free`): a candidate in
+  them passes it without the statement.
 
 Pure: nothing here reads the database; `bitmap_evaluation` runs a plan.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from memberops.audience.v1 import audience_pb2
@@ -118,32 +121,60 @@ class NotOf:
 
 @dataclass(frozen=True)
 class Driver:
-    """A positive summary test: `sql` (`$1` the evaluation time) gives the member ids it puts in,
-    a member possibly more than once."""
+    """A summary test: `sql` (`$1` the evaluation time) gives the member ids it puts in, a member
+    possibly more than once; `positive`: the rule wants them ("carted this fortnight"), else it
+    wants everyone else ("bought none in 90 days")."""
 
     sql: str
     params: tuple[Any, ...]
+    positive: bool
 
     def args(self, now: dt.datetime) -> list[Any]:
         return [now, *self.params[1:]]
 
 
 @dataclass(frozen=True)
+class Part:
+    """A conjunct no bitmap answers whole: `rule` decides it in SQL, unless its members are read
+    whole (`driver`), or a member is in `free` (the bitmap branches of an `any`; `rule` is then the
+    `any` of its other branches)."""
+
+    rule: Rule
+    driver: Driver | None = None
+    free: Expr | None = None
+
+
+# `any` conjuncts whose bitmap branches are used at most: the residual's candidates are grouped by
+# the branches they are not in, up to 2^this groups, a statement each.
+MAX_FREE = 2
+
+
+@dataclass(frozen=True)
 class Plan:
     # The bitmap conjuncts, ANDed; None when there are none (every member is a candidate).
     bitmap: Expr | None
-    drivers: tuple[Driver, ...]
-    # The residual conjuncts, member-filtered; None when there are none.
-    residual: compiler.Compiled | None
-    # The residual and the drivers' conjuncts together, for candidates too few to be worth
-    # reading a driver for; None when both are empty.
-    checked: compiler.Compiled | None
+    parts: tuple[Part, ...]
+    references: Mapping[str, Rule]
+    _statements: dict[frozenset[int], compiler.Compiled] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def candidates(self, bitmaps: Bitmaps) -> BitMap:
         """The members the bitmap conjuncts let through (a new bitmap the caller may change)."""
         if self.bitmap is None:
             return BitMap(bitmaps.universe)
         return BitMap(self.bitmap.evaluate(bitmaps))
+
+    def statement(self, parts: frozenset[int]) -> compiler.Compiled:
+        """The rules of those parts, ANDed, compiled member-filtered (once per set of parts)."""
+        found = self._statements.get(parts)
+        if found is None:
+            rules = [self.parts[i].rule for i in sorted(parts)]
+            found = compiler.compile_audience(
+                Rule(all=audience_pb2.AudienceRuleList(rules=rules)), self.references, filtered=True
+            )
+            self._statements[parts] = found
+        return found
 
 
 def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -> Plan | None:
@@ -152,37 +183,38 @@ def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -
     Raises as the compiler does for a reference cycle or a missing referenced audience."""
     state = compiler._State(references)
     bitmap: list[Expr] = []
-    drivers: list[Driver] = []
-    driven: list[Rule] = []
-    residual: list[Rule] = []
+    parts: list[Part] = []
     for conjunct, stack in compiler._conjuncts(rule, state, ()):
         expr = _expr(conjunct, state, stack, bucketed)
         if expr is not None:
             bitmap.append(expr)
             continue
         driver = _driver(conjunct)
-        if driver is not None:
-            drivers.append(driver)
-            driven.append(conjunct)
-        else:
-            residual.append(conjunct)
-    if not bitmap and not drivers and residual:
+        free = None
+        if driver is None and sum(p.free is not None for p in parts) < MAX_FREE:
+            free = _free(conjunct, state, stack, bucketed)
+        parts.append(free or Part(conjunct, driver))
+    if not bitmap and not any(p.driver for p in parts) and parts:
         return None
-    return Plan(
-        # No conjunct at all: every member, which the universe answers.
-        bitmap=bitmap[0] if len(bitmap) == 1 else AllOf(tuple(bitmap)) if bitmap or not drivers else None,
-        drivers=tuple(drivers),
-        residual=_filtered(residual, references),
-        checked=_filtered(driven + residual, references),
-    )
+    # No conjunct at all: every member, which the universe answers.
+    whole = bitmap[0] if len(bitmap) == 1 else AllOf(tuple(bitmap)) if bitmap or not parts else None
+    return Plan(whole, tuple(parts), references)
 
 
-def _filtered(conjuncts: list[Rule], references: Mapping[str, Rule]) -> compiler.Compiled | None:
-    if not conjuncts:
+def _free(
+    rule: Rule, state: compiler._State, stack: tuple[str, ...], bucketed: frozenset[str]
+) -> Part | None:
+    """An `any` conjunct with bitmap branches and others, as a part whose members in the bitmap
+    branches pass without SQL."""
+    if rule.WhichOneof("node") != "any":
         return None
-    return compiler.compile_audience(
-        Rule(all=audience_pb2.AudienceRuleList(rules=conjuncts)), references, filtered=True
-    )
+    branches = [(child, _expr(child, state, stack, bucketed)) for child in rule.any.rules]
+    free = tuple(expr for _, expr in branches if expr is not None)
+    others = [child for child, expr in branches if expr is None]
+    if not free or not others:
+        return None
+    rest = Rule(any=audience_pb2.AudienceRuleList(rules=others))
+    return Part(rest, free=free[0] if len(free) == 1 else AnyOf(free))
 
 
 def _expr(
@@ -241,10 +273,10 @@ def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr |
 
 def _driver(rule: Rule) -> Driver | None:
     summary = compiler._summary_test(rule)
-    if summary is None or not summary[1]:
+    if summary is None:
         return None
     b = rules.Builder(relations=compiler.VIEWS, correlated=True)
     now = b.param(None, "timestamptz")
     recency = rules.recency_of(summary[0], b, now)
     assert recency is not None, "_summary_test admits only summarised keys"
-    return Driver(recency.members(), tuple(b.params))
+    return Driver(recency.members(), tuple(b.params), summary[1])

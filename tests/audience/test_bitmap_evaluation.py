@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -21,9 +21,9 @@ from pyroaring import BitMap
 
 from runtime import app
 from runtime.config import Settings
-from runtime.db import Database
-from services.audience import bitmap_evaluation, store
-from services.audience.bitmaps import BitmapIndex, TenantBitmaps
+from runtime.db import Connection, Database
+from services.audience import bitmap_evaluation, bitmap_plan, store
+from services.audience.bitmaps import BitmapIndex
 from services.audience.definitions import AudienceInput, Definitions
 from services.audience.evaluation import Evaluator
 from services.audience.snapshots import Snapshots
@@ -248,7 +248,14 @@ def _node(rng: random.Random, w: World, bases: Sequence[str], depth: int) -> Rul
 
 
 def random_rule(rng: random.Random, w: World, bases: Sequence[str] = ()) -> Rule:
-    return all_of(*(_node(rng, w, bases, 0) for _ in range(rng.randint(1, 4))))
+    conjuncts = [_node(rng, w, bases, 0) for _ in range(rng.randint(1, 4))]
+    if rng.random() < 0.3:  # "did none of it": a summary test of the members a rule does not want
+        bought = fact(order_count(60, categories=[rng.choice(CATEGORIES)]), Op.OPERATOR_GE, 1)
+        carted = fact(
+            event_count(14, event_kinds=[CART, FAVOURITE], categories=["skincare"]), Op.OPERATOR_GE, 1
+        )
+        conjuncts.append(not_(rng.choice([bought, carted])))
+    return all_of(*conjuncts)
 
 
 async def _saved(w: World, rule: Rule) -> str:
@@ -310,18 +317,24 @@ async def test_random_rules_give_todays_members(world: World, monkeypatch: pytes
     # whenever the bitmaps leave more candidates than that (or the statement answers instead).
     monkeypatch.setattr(bitmap_evaluation, "RESIDUAL_LIMIT", 25)
     monkeypatch.setattr(store, "estimated_rows", _no_rows)
-    drivers_read: list[int] = []
-    numbers_of = TenantBitmaps.numbers_of
+    drivers_read: list[bool] = []
+    members = bitmap_evaluation._members
 
-    def counted(self: TenantBitmaps, member_ids: Iterable[str]) -> BitMap:
-        drivers_read.append(1)
-        return numbers_of(self, member_ids)
+    async def counted(
+        conn: Connection, part: bitmap_plan.Part, bitmaps: bitmap_evaluation.Bitmaps, now: dt.datetime
+    ) -> BitMap:
+        assert part.driver is not None
+        drivers_read.append(part.driver.positive)
+        return await members(conn, part, bitmaps, now)
 
-    monkeypatch.setattr(TenantBitmaps, "numbers_of", counted)
+    monkeypatch.setattr(bitmap_evaluation, "_members", counted)
     for audience_id in audiences[:20]:
         await _compare(w, rng, audience_id)
     assert answered >= 25, f"only {answered} of 40 rules were answered by the bitmaps"
-    assert len(drivers_read) >= 5, f"drivers were read only {len(drivers_read)} times"
+    assert drivers_read.count(True) >= 5, f"drivers of wanted members read {drivers_read.count(True)} times"
+    assert drivers_read.count(False) >= 5, (
+        f"drivers of unwanted members read {drivers_read.count(False)} times"
+    )
 
 
 async def test_unsaved_rules_count_as_today(world: World) -> None:

@@ -104,7 +104,7 @@ def test_random_bitmap_rules_select_exactly_the_members_they_describe() -> None:
         bitmaps = FakeBitmaps(seed)
         rule = random_rule(rng)
         plan = bitmap_plan.plan(rule, {}, BUCKETED)
-        assert plan is not None and plan.checked is None and not plan.drivers, rule
+        assert plan is not None and not plan.parts, rule
         expected = BitMap(m for m in MEMBERS if bitmaps.holds(m, rule))
         assert plan.candidates(bitmaps) == expected, rule
 
@@ -117,11 +117,16 @@ def test_the_bench_rule_splits_into_a_tag_a_driver_and_a_residual() -> None:
     plan = bitmap_plan.plan(rule, {}, BUCKETED)
     assert plan is not None
     assert plan.bitmap == bitmap_plan.TagSet("lifecycle", ("active",))
-    assert len(plan.drivers) == 1 and "event_recency" in plan.drivers[0].sql
-    assert plan.residual is not None and plan.checked is not None
-    assert "event_recency" not in plan.residual.predicate
-    assert "event_recency" in plan.checked.predicate
-    assert plan.residual.member_filter
+    either, cart, purchase = plan.parts
+    # The any's tag branch passes a member without SQL; the statement is its other branch alone.
+    assert either.free == bitmap_plan.TagSet("rfm", ("a",)) and either.driver is None
+    assert either.rule == any_of(fact(order_count(90), Op.OPERATOR_GE, 3))
+    assert cart.driver is not None and cart.driver.positive and "event_recency" in cart.driver.sql
+    assert purchase.driver is not None and not purchase.driver.positive
+    assert "purchase_recency" in purchase.driver.sql
+    everything = plan.statement(frozenset({0, 1, 2}))
+    assert everything.member_filter and "event_recency" in everything.predicate
+    assert "event_recency" not in plan.statement(frozenset({0})).predicate
 
 
 def test_what_no_bitmap_holds_stays_in_the_residual() -> None:
@@ -133,11 +138,13 @@ def test_what_no_bitmap_holds_stays_in_the_residual() -> None:
         assert bitmap_plan.plan(rule, {}, BUCKETED) is None, rule
     # Unbucketed by this index: city is then a residual test.
     assert bitmap_plan.plan(city(Op.OPERATOR_EQ, "Hangzhou"), {}, frozenset()) is None
-    # A driver alone is worth a plan; a negated summary test is residual.
+    # A driver alone is worth a plan, one of members a rule wants or of those it does not.
     carted = fact(event_count(14, event_kinds=[CART]), Op.OPERATOR_GE, 1)
     plan = bitmap_plan.plan(all_of(carted, not_equal), {}, BUCKETED)
-    assert plan is not None and plan.bitmap is None and len(plan.drivers) == 1
-    assert bitmap_plan.plan(not_(carted), {}, BUCKETED) is None
+    assert plan is not None and plan.bitmap is None
+    assert [p.driver is not None and p.driver.positive for p in plan.parts] == [True, False]
+    plan = bitmap_plan.plan(not_(carted), {}, BUCKETED)
+    assert plan is not None and plan.parts[0].driver is not None and not plan.parts[0].driver.positive
 
 
 def test_references_are_opened_into_the_conjunction() -> None:
@@ -145,12 +152,12 @@ def test_references_are_opened_into_the_conjunction() -> None:
     references = {"inner": inner}
     rule = all_of(member_of("inner"), not_(member_of("inner")))
     plan = bitmap_plan.plan(rule, references, BUCKETED)
-    assert plan is not None and plan.checked is None
+    assert plan is not None and not plan.parts
     assert not plan.candidates(FakeBitmaps(1))
     plan = bitmap_plan.plan(
         any_of(member_of("inner"), tag("size", Match.TAG_MATCH_HAS_ANY_VALUE)), references, BUCKETED
     )
-    assert plan is not None and plan.checked is None
+    assert plan is not None and not plan.parts
 
 
 def test_an_enum_name_outside_the_enum_is_left_to_the_statement() -> None:
