@@ -251,7 +251,7 @@ def _tag(tag: audience_pb2.TagCondition) -> Expr:
 def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr | None:
     """An (in)equality or (NOT) IN test of a bucketed profile field, given the values as the rule
     gives them (an enum field's by name: one not of the enum is left to the statement). Bucketed
-    columns are NOT NULL (tagging.members), so "not equal" is exactly everyone else."""
+    columns are NOT NULL (tagging keeps them so), so "not equal" is exactly everyone else."""
     operand = condition.operand
     op = condition.operator
     if operand.WhichOneof("source") != "field" or op not in _EQUALITIES:
