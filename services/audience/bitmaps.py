@@ -325,12 +325,15 @@ class BitmapIndex:
         as a statement would see them (a caller's own writes included): the feed's entries up to
         its end, and those of transactions committed but not given a position yet (the sequencer
         does that every 50 ms; they are applied again when it has: harmless). None as for
-        `current`, or when more than CALL_ENTRIES entries are missing (a burst, a recompute):
-        the caller's statement answers at once and the background refresh catches up, instead of
-        the caller paying for both. Costs one read-only transaction of two statements when nothing
-        is missing."""
+        `current`, or when more than CALL_ENTRIES entries are missing (a burst, a recompute) or a
+        refresh is applying entries: the caller's statement answers at once and the background
+        refresh catches up, instead of the caller paying for both or waiting. Costs one read-only
+        transaction of two statements when nothing is missing."""
         held = self._loaded.get(tenant_id)
-        if held is None:
+        lock = self._lock(tenant_id)
+        if held is None or lock.locked():
+            # A refresh applying entries holds the lock for up to PAGES_PER_REFRESH pages (seconds
+            # after a recompute): waiting for it cost counts their deadline in a full test run.
             return None
         began = self._clock()
         async with self._db.transaction(tenant_id, readonly=True, snapshot=True) as conn:
@@ -339,7 +342,9 @@ class BitmapIndex:
             if len(waiting) >= CALL_ENTRIES:
                 return None
             if waiting or _behind(held, end):
-                async with self._lock(tenant_id):
+                if lock.locked():  # taken meanwhile: acquired below without waiting otherwise
+                    return None
+                async with lock:
                     if _behind(held, end):
                         assert end is not None
                         missing = await bitmap_store.read_changes(conn, held.position, CALL_ENTRIES, end)

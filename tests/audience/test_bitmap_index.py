@@ -9,6 +9,7 @@ after changes is restricted to the test's own members; a load is compared whole,
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -317,6 +318,15 @@ async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_posi
     await index.refresh(tenant)
     done = await index.caught_up(tenant)
     assert done is not None and len(done.tag("tier", ["c"])) == 2 and len(done.universe) == 5
+
+    # While a refresh applies entries (it holds the tenant's lock for up to PAGES_PER_REFRESH
+    # pages), a caller is told to evaluate in SQL at once instead of waiting behind it.
+    async with db.transaction(tenant) as conn:
+        await write_member(conn, tenant, "sixth", "tier", "d")
+    async with asyncio.timeout(60), index._lock(tenant):
+        assert await index.caught_up(tenant) is None
+    caught = await index.caught_up(tenant)
+    assert caught is not None and len(caught.universe) == 6
 
 
 def test_the_id_store_answers_small_and_large_selections_alike() -> None:
