@@ -37,6 +37,7 @@ from memberops.tagging.v1 import member_pb2, rules_pb2
 from pyroaring import BitMap
 
 from runtime import metrics, outbox, rounds
+from runtime.batching import KeyedBatcher
 from runtime.db import Connection, Database
 from runtime.logs import get_logger
 from services.audience import bitmap_store
@@ -312,6 +313,12 @@ class BitmapIndex:
         self._loaded: dict[str, TenantBitmaps] = {}
         self._refreshed: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # One catching up per tenant at a time; callers arriving meanwhile share the next one, which
+        # begins after they asked (so their own writes are in it): a page of the console counting a
+        # hundred audiences at once took a hundred transactions of the pool, which starved.
+        self._catching_up: KeyedBatcher[str, None, TenantBitmaps | None] = KeyedBatcher(
+            self._catch_up, in_flight=1, max_size=100_000
+        )
 
     def current(self, tenant_id: str) -> TenantBitmaps | None:
         """The tenant's bitmaps as last refreshed; None when not loaded, or not refreshed for
@@ -329,7 +336,15 @@ class BitmapIndex:
         `current`, or when more than CALL_ENTRIES entries are missing (a burst, a recompute) or a
         refresh is applying entries: the caller's statement answers at once and the background
         refresh catches up, instead of the caller paying for both or waiting. Costs one read-only
-        transaction of two statements when nothing is missing."""
+        transaction of two statements when nothing is missing, shared by the callers that arrive
+        while one runs."""
+        return await self._catching_up.submit(tenant_id, None)
+
+    async def _catch_up(self, tenant_id: str, callers: Sequence[None]) -> list[TenantBitmaps | None]:
+        held = await self._caught_up_now(tenant_id)
+        return [held] * len(callers)
+
+    async def _caught_up_now(self, tenant_id: str) -> TenantBitmaps | None:
         held = self._loaded.get(tenant_id)
         lock = self._lock(tenant_id)
         if held is None or lock.locked():

@@ -319,14 +319,38 @@ async def test_a_count_sees_writes_committed_before_the_sequencer_gave_them_posi
     done = await index.caught_up(tenant)
     assert done is not None and len(done.tag("tier", ["c"])) == 2 and len(done.universe) == 5
 
+
+async def test_callers_never_wait_behind_a_refresh_and_share_one_catching_up(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = f"bm{uuid.uuid4().hex[:12]}"
+    sequencer = FeedSequencer(db, "tagging", frozenset({tenant}))
+    async with db.transaction(tenant) as conn:
+        await write_member(conn, tenant, "first", "tier", "a")
+    await sequencer.sequence()
+    index = BitmapIndex(db, frozenset({tenant}))
+    await index.refresh(tenant)
     # While a refresh applies entries (it holds the tenant's lock for up to PAGES_PER_REFRESH
     # pages), a caller is told to evaluate in SQL at once instead of waiting behind it.
     async with db.transaction(tenant) as conn:
-        await write_member(conn, tenant, "sixth", "tier", "d")
+        await write_member(conn, tenant, "second", "tier", "d")
     async with asyncio.timeout(60), index._lock(tenant):
         assert await index.caught_up(tenant) is None
     caught = await index.caught_up(tenant)
-    assert caught is not None and len(caught.universe) == 6
+    assert caught is not None and len(caught.universe) == 2
+
+    # Callers arriving together share one catching up (the first alone, the rest the next one).
+    calls = 0
+    alone = index._caught_up_now
+
+    async def counted(tenant_id: str) -> bitmaps.TenantBitmaps | None:
+        nonlocal calls
+        calls += 1
+        return await alone(tenant_id)
+
+    monkeypatch.setattr(index, "_caught_up_now", counted)
+    answers = await asyncio.gather(*(index.caught_up(tenant) for _ in range(50)))
+    assert calls == 2 and all(answer is caught for answer in answers)
 
 
 def test_the_id_store_answers_small_and_large_selections_alike() -> None:
