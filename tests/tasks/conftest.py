@@ -11,7 +11,7 @@ import pytest
 from memberops.tagging.v1 import member_pb2, tagging_service_pb2
 from memberops.tasks.v1 import tasks_service_pb2_grpc
 
-from runtime import app
+from runtime import app, outbox
 from runtime.config import Settings
 from runtime.db import Database
 from runtime.feed_sequencer import FeedSequencer
@@ -62,6 +62,33 @@ class Members:
 
         await eventually(noted, f"did the follower note {member}")
         return member
+
+    async def followed(self, db: Database) -> None:
+        """Waits until the service's feed follower has applied every entry of acme's tagging feed
+        committed before the call (once the sequencer has positioned them): a test that erases a
+        member in tasks alone must, or an entry still ahead (the level a sign-in raised, published
+        to tagging and back) writes the member's rows again after the erasure."""
+
+        async def positioned() -> int | None:
+            waiting, end = await db.pool.fetchrow(
+                """SELECT (SELECT count(*) FROM tagging.feed f
+                           WHERE f.tenant_id = 'acme' AND NOT EXISTS (
+                               SELECT 1 FROM tagging.feed_positions p
+                               WHERE p.tenant_id = 'acme' AND p.txid = f.txid)),
+                          (SELECT max(position) FROM tagging.feed_positions WHERE tenant_id = 'acme')"""
+            )
+            return None if waiting or end is None else int(end)
+
+        end = await eventually(positioned, "the sequencer positioned acme's committed feed entries")
+
+        async def applied() -> bool:
+            cursor = await db.pool.fetchval(
+                "SELECT cursor FROM tasks.feed_cursors WHERE tenant_id = 'acme' AND source = 'tagging'"
+            )
+            position = outbox.parse_cursor(cursor or "")
+            return position is not None and not isinstance(position, outbox.Legacy) and position[0] >= end
+
+        await eventually(applied, "the follower applied acme's feed")
 
     async def many(self, count: int, metadata: Any = ACME) -> list[str]:
         """`count` new members, imported in one call."""

@@ -87,6 +87,7 @@ async def test_every_row_moves_to_the_pseudonym_and_the_ledger_adds_up_as_before
     tasks_stub: TasksStub, members: Members, db: Database
 ) -> None:
     member, invitee = await a_member_with_everything(tasks_stub, members, db)
+    await members.followed(db)
     before = await sums(db, member)
     # earned, the correction, spent, redeemed, the first sign-in's 1 and the share's 10
     assert before[1] == 1000 + 500 + 50 - 100 - 30 + 1 + 10
