@@ -70,13 +70,15 @@ class Members:
         to tagging and back) writes the member's rows again after the erasure."""
 
         async def positioned() -> int | None:
-            waiting, end = await db.pool.fetchrow(
+            row = await db.pool.fetchrow(
                 """SELECT (SELECT count(*) FROM tagging.feed f
                            WHERE f.tenant_id = 'acme' AND NOT EXISTS (
                                SELECT 1 FROM tagging.feed_positions p
                                WHERE p.tenant_id = 'acme' AND p.txid = f.txid)),
                           (SELECT max(position) FROM tagging.feed_positions WHERE tenant_id = 'acme')"""
             )
+            assert row is not None
+            waiting, end = row
             return None if waiting or end is None else int(end)
 
         end = await eventually(positioned, "the sequencer positioned acme's committed feed entries")
