@@ -286,16 +286,22 @@ class Evaluator:
             )
         return await self.load_draft(conn, tenant_id, target, now=now, on_replica=True, drive=drive)
 
-    async def selected(
-        self, conn: Connection, tenant_id: str, loaded: Loaded, now: dt.datetime
-    ) -> tuple[BitMap, bitmap_evaluation.Bitmaps] | None:
-        """The audience's members as member numbers, with the bitmaps they index, from the tenant's
-        bitmaps brought up to tagging's feed as of this call (so a caller's own writes are in), or
-        None when there are none or the plan is not worth it: today's statement then answers."""
-        if self._bitmaps is None or loaded.source is None:
+    async def bitmaps_now(self, tenant_id: str) -> bitmap_evaluation.Bitmaps | None:
+        """The tenant's bitmaps brought up to tagging's feed as of this call (so a caller's own
+        writes are in), or None. Called BEFORE the caller opens its transaction: catching up takes
+        a connection of its own, and callers holding theirs while they waited for it exhausted the
+        pool in a full test run (every count of a console page stuck until its deadline)."""
+        if self._bitmaps is None:
             return None
-        bitmaps = await self._bitmaps.caught_up(tenant_id)
-        if bitmaps is None:
+        return await self._bitmaps.caught_up(tenant_id)
+
+    async def selected(
+        self, conn: Connection, bitmaps: bitmap_evaluation.Bitmaps | None, loaded: Loaded, now: dt.datetime
+    ) -> tuple[BitMap, bitmap_evaluation.Bitmaps] | None:
+        """The audience's members as member numbers, with the bitmaps they index, from `bitmaps`
+        (`bitmaps_now`), or None when there are none or the plan is not worth it: today's statement
+        then answers."""
+        if bitmaps is None or loaded.source is None:
             return None
         plan = loaded.source.plan(bitmaps.bucketed_fields)
         if plan is None:
@@ -304,11 +310,16 @@ class Evaluator:
         return None if members is None else (members, bitmaps)
 
     async def selected_ids(
-        self, conn: Connection, tenant_id: str, loaded: Loaded, now: dt.datetime, limit: int = MAX_BITMAP_IDS
+        self,
+        conn: Connection,
+        bitmaps: bitmap_evaluation.Bitmaps | None,
+        loaded: Loaded,
+        now: dt.datetime,
+        limit: int = MAX_BITMAP_IDS,
     ) -> list[str] | None:
         """The audience's member ids in id order, from the bitmaps (see `selected`), or None (also
         when there are more than `limit`)."""
-        found = await self.selected(conn, tenant_id, loaded, now)
+        found = await self.selected(conn, bitmaps, loaded, now)
         if found is None or len(found[0]) > limit:
             return None
         members, bitmaps = found
@@ -318,9 +329,10 @@ class Evaluator:
 
     async def count(self, tenant_id: str, target: Target, now: dt.datetime) -> tuple[int, int]:
         """(members, version evaluated) of an audience (by id) or of a draft rule (version 0)."""
+        bitmaps = await self.bitmaps_now(tenant_id)
         async with self.read_transaction(tenant_id) as conn:
             loaded = await self.load_evaluated(conn, tenant_id, target, now, drive=False)
-            found = await self.selected(conn, tenant_id, loaded, now)
+            found = await self.selected(conn, bitmaps, loaded, now)
             if found is not None:
                 return len(found[0]), loaded.version
             loaded = await self.driven(conn, loaded, now)
@@ -372,11 +384,12 @@ class Evaluator:
         v.raise_if_any()
         size = page_size or DEFAULT_PAGE_SIZE
         version, after = position if position else (None, "")
+        bitmaps = await self.bitmaps_now(tenant_id)
         async with self.read_transaction(tenant_id) as conn:
             # Not driven: a page reads members in id order and stops at its size, where a driven
             # statement would build the whole driver set for every page (334 ms against 0.6 ms).
             loaded = await self.load(conn, tenant_id, audience_id, version, filtered=False, on_replica=True)
-            ids = await self.selected_ids(conn, tenant_id, loaded, now, limit=MAX_LISTED)
+            ids = await self.selected_ids(conn, bitmaps, loaded, now, limit=MAX_LISTED)
             if ids is not None:
                 start = bisect.bisect_right(ids, after)
                 found = ids[start : start + size + 1]
@@ -453,11 +466,12 @@ class Evaluator:
     ) -> tuple[list[str], int] | None:
         """(every member id in id order, version) from the bitmaps, read under one of the exports'
         slots, or None (see `selected`). The whole export is then one evaluation, held in memory."""
-        if self._bitmaps is None:
+        bitmaps = await self.bitmaps_now(tenant_id)
+        if bitmaps is None:
             return None
         async with self._export_reads, self.read_transaction(tenant_id) as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=False, on_replica=True)
-            ids = await self.selected_ids(conn, tenant_id, loaded, now)
+            ids = await self.selected_ids(conn, bitmaps, loaded, now)
         return None if ids is None else (ids, loaded.version)
 
     async def check(

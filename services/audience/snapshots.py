@@ -140,6 +140,7 @@ class Snapshots:
         chosen = validate_arms(arms, request_id)
         digest = _content_hash(audience_id, chosen)
         snapshot_id, salt = uuid.uuid4().hex, secrets.token_hex(8)
+        bitmaps = await self._evaluator.bitmaps_now(tenant_id)
         async with self._evaluator.transaction(tenant_id, readonly=False) as conn:
             loaded = await self._evaluator.load(
                 conn, tenant_id, audience_id, None, filtered=False, now=now, drive=False
@@ -160,7 +161,7 @@ class Snapshots:
                 lower.append(total)
                 total += share * BUCKETS // 100
             placed = (tenant_id, snapshot_id, salt, lower)
-            ids = await self._evaluator.selected_ids(conn, tenant_id, loaded, now)
+            ids = await self._evaluator.selected_ids(conn, bitmaps, loaded, now)
             if ids is not None:
                 sql = _insert_members(lambda n: f"${n + 1}", "unnest($1::text[]) AS s(member_id)")
                 await conn.execute(sql, ids, *placed)
