@@ -108,7 +108,7 @@ async def _populate(
             members.append(message)
         batches.append(tagging_service_pb2.ImportMembersRequest(members=members))
     for batch in batches:  # one stream per batch: each batch numbers its new members afresh
-        await stub.ImportMembers(_stream([batch]), metadata=AUTH, timeout=60)
+        await stub.ImportMembers(_stream([batch]), metadata=AUTH)
     dimensions: dict[str, tuple[str, ...]] = {}
     for values in VALUES:
         dimension = await manual_dimension(stub, values, AUTH)
@@ -136,9 +136,7 @@ async def _populate(
                 lines=lines,
             )
         )
-    await stub.ImportOrders(
-        _stream([tagging_service_pb2.ImportOrdersRequest(orders=orders)]), metadata=AUTH, timeout=60
-    )
+    await stub.ImportOrders(_stream([tagging_service_pb2.ImportOrdersRequest(orders=orders)]), metadata=AUTH)
     kinds = (facts_pb2.EVENT_KIND_VIEW, CART, FAVOURITE)
     events = [
         facts_pb2.BehaviorEvent(
@@ -151,9 +149,7 @@ async def _populate(
         )
         for n in range(500)
     ]
-    await stub.ImportEvents(
-        _stream([tagging_service_pb2.ImportEventsRequest(events=events)]), metadata=AUTH, timeout=60
-    )
+    await stub.ImportEvents(_stream([tagging_service_pb2.ImportEventsRequest(events=events)]), metadata=AUTH)
     return ids, dimensions
 
 

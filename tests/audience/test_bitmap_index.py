@@ -334,7 +334,7 @@ async def test_callers_never_wait_behind_a_refresh_and_share_one_catching_up(
     # pages), a caller is told to evaluate in SQL at once instead of waiting behind it.
     async with db.transaction(tenant) as conn:
         await write_member(conn, tenant, "second", "tier", "d")
-    async with asyncio.timeout(60), index._lock(tenant):
+    async with index._lock(tenant):
         assert await index.caught_up(tenant) is None
     caught = await index.caught_up(tenant)
     assert caught is not None and len(caught.universe) == 2
