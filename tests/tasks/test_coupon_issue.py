@@ -105,8 +105,8 @@ async def test_a_taken_code_is_drawn_again_and_the_member_counted_once(
     made = await create(tasks_stub, per_member_limit=2)
     member = await members.new()
     taken = await issue(tasks_stub, made.template_id, await members.new())
-    real, draws = codes.new_code, iter([taken.code])
-    monkeypatch.setattr(codes, "new_code", lambda: next(draws, None) or real())
+    real = codes.new_codes
+    monkeypatch.setattr(codes, "new_codes", lambda count: [taken.code, *real(count - 1)])
     now = dt.datetime.now(dt.UTC)
     async with db.transaction(TENANT_ACME) as conn:
         coupon = await issuing.issue(

@@ -119,9 +119,12 @@ async def tag_for(tags: TagReader, tenant_id: str, d: Definition, member_id: str
     return MemberTag(d.tag_dimension, values.get(member_id))
 
 
-def first_issue(row: CouponRow, template_id: str, member_id: str, source: Source) -> CouponRow:
-    """The coupon a retry returns; ALREADY_EXISTS when the request id asked for something else."""
-    if row.content_hash != content_hash(template_id, member_id, source):
+def first_issue(
+    row: CouponRow, template_id: str, member_id: str, source: Source, asked: str | None = None
+) -> CouponRow:
+    """The coupon a retry returns; ALREADY_EXISTS when the request id asked for something else.
+    `asked`: the request's content hash when the caller has it already."""
+    if row.content_hash != (asked or content_hash(template_id, member_id, source)):
         raise AlreadyExists(f"request_id {row.request_id!r} was used for a different coupon")
     return row
 
@@ -227,12 +230,12 @@ async def issue_from(
         on,
         tenant_id,
         coupon,
-        [codes.new_code() for _ in range(CODE_ATTEMPTS)],
+        codes.new_codes(CODE_ATTEMPTS),
         d.per_member_limit,
         stock_owner(d.template_id),
     )
     if isinstance(written, CouponRow):
-        return first_issue(written, d.template_id, member_id, source)
+        return first_issue(written, d.template_id, member_id, source, coupon.content_hash)
     if written is Refusal.STALE:
         raise Stale()
     if written is Refusal.LIMIT:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -27,6 +28,7 @@ from runtime.errors import (
     ResourceExhausted,
     Violations,
 )
+from runtime.in_flight import KeyedLimit
 from services.tasks.coupons import codes, coupon_store
 from services.tasks.coupons.catalog import CouponTemplates
 from services.tasks.coupons.coupon_store import ArmRow, CouponRow
@@ -48,6 +50,9 @@ from services.tasks.coupons.templates import Template
 from services.tasks.points import ledger
 
 CLAIMS_CAMPAIGN = "claims"
+# Issue statements of one template at the database at once (runtime/in_flight.py): they all take
+# the template's row and its stock's shards, so more only queue on locks inside PostgreSQL.
+ISSUES_IN_FLIGHT = 2
 # What an order may name as a code (tagging's rule for Order.coupon_codes).
 ANY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_CAMPAIGN = 128
@@ -86,6 +91,7 @@ class Coupons:
         self._templates = templates
         self._directory = directory
         self._tags = tags
+        self._in_flight: KeyedLimit[tuple[str, str]] = KeyedLimit(ISSUES_IN_FLIGHT)
 
     async def issue(
         self,
@@ -156,10 +162,11 @@ class Coupons:
         for _ in range(STALE_ATTEMPTS):
             if tag is None or tag.dimension != template.definition.tag_dimension:
                 tag = await tag_for(self._tags, tenant_id, template.definition, member_id)
+            issuing_now = functools.partial(
+                issue_from, self._db.pool, tenant_id, template, member_id, source, request_id, tag, now
+            )
             try:
-                return await issue_from(
-                    self._db.pool, tenant_id, template, member_id, source, request_id, tag, now
-                )
+                return await self._in_flight.run((tenant_id, template_id), issuing_now)
             except Stale:
                 template = await self._templates.current(tenant_id, template_id, fresh=True)
                 if claim:
