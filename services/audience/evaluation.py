@@ -26,7 +26,7 @@ import asyncio
 import bisect
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,7 +174,7 @@ class Evaluator:
         )
         self._bitmap_checks = BitmapChecks(bitmaps) if bitmaps is not None else None
         # Batches a bitmap check's guard went with, still running after it was given (see `check`).
-        self._batches: set[asyncio.Task[bool | None]] = set()
+        self._batches: set[asyncio.Future[bool | None]] = set()
 
     def transaction(
         self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
@@ -527,16 +527,15 @@ class Evaluator:
         """`loaded`'s Guard, read with the tenant's next batch of checks and given as soon as it is
         read (the batch's check statements run after it)."""
         said: asyncio.Future[Guard] = asyncio.get_running_loop().create_future()
-        batch = asyncio.create_task(self._checks.submit(tenant_id, _Check(loaded, None, now, said)))
+        batch = asyncio.ensure_future(self._checks.submit(tenant_id, _Check(loaded, None, now, said)))
         self._batches.add(batch)
-        batch.add_done_callback(self._settled)
-        return await said  # `_run_checks` gives it its error if the batch fails first
-
-    def _settled(self, batch: asyncio.Task[bool | None]) -> None:
-        """Forgets a guard's batch, reading its error (the guard's caller has what it needed)."""
-        self._batches.discard(batch)
-        if not batch.cancelled():
-            batch.exception()
+        batch.add_done_callback(_settled)
+        batch.add_done_callback(self._batches.discard)
+        await asyncio.wait((said, batch), return_when=asyncio.FIRST_COMPLETED)
+        if not said.done():
+            batch.result()  # the batch's error
+            raise RuntimeError("a batch of checks ended without its guard")
+        return said.result()
 
     async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | None]:
         """Answers a batch of checks on one of the tenant's bound connections: one statement per
@@ -549,22 +548,20 @@ class Evaluator:
         for check in checks:
             groups.setdefault(id(check.loaded), []).append(check)
         answers: dict[tuple[int, str], bool] = {}
-        try:
-            reads = await self._reads.database()
-            async with reads.reading(tenant_id) as conn:
-                for group in groups.values():
-                    if any(c.said is not None and not c.said.done() for c in group):
-                        said = await self._guard(conn, group[0].loaded)
-                        _give(group, said)
-                for key, group in groups.items():
-                    members = sorted({c.member_id for c in group if c.member_id is not None})
-                    if members:
-                        now = max(c.now for c in group)
-                        rows = await self._run_check(conn, group[0].loaded, members, now)
-                        answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
-        except BaseException as error:
-            _give(checks, error)
-            raise
+        reads = await self._reads.database()
+        async with reads.reading(tenant_id) as conn:
+            for group in groups.values():
+                waiting = [c.said for c in group if c.said is not None and not c.said.done()]
+                if waiting:
+                    said = await self._guard(conn, group[0].loaded)
+                    for future in waiting:
+                        if not future.done():
+                            future.set_result(said)
+            for key, group in groups.items():
+                members = sorted({c.member_id for c in group if c.member_id is not None})
+                if members:
+                    rows = await self._run_check(conn, group[0].loaded, members, max(c.now for c in group))
+                    answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
         return [None if c.member_id is None else answers.get((id(c.loaded), c.member_id)) for c in checks]
 
     async def _guard(self, conn: Connection, loaded: Loaded) -> Guard:
@@ -593,19 +590,10 @@ class Evaluator:
         return list(await conn.fetch(c.check_sql(also=current), *c.args(now, member_ids), ids, versions))
 
 
-def _give(checks: Iterable[_Check], outcome: Guard | BaseException) -> None:
-    """Gives the guards these checks wait for, those not given yet, `outcome` (an error: the one
-    their batch failed with)."""
-    for check in checks:
-        said = check.said
-        if said is None or said.done():
-            continue
-        if isinstance(outcome, asyncio.CancelledError):
-            said.cancel()
-        elif isinstance(outcome, BaseException):
-            said.set_exception(outcome)
-        else:
-            said.set_result(outcome)
+def _settled(batch: asyncio.Future[Any]) -> None:
+    """Reads a finished batch's error (its guard's caller may have gone), so none goes unretrieved."""
+    if not batch.cancelled():
+        batch.exception()
 
 
 def member_id_from_name(name: str, path: str) -> str:
