@@ -30,7 +30,6 @@ from services.audience.bitmap_checks import BitmapChecks
 from services.audience.bitmaps import BitmapIndex
 from services.audience.definitions import AudienceInput, Definitions
 from services.audience.evaluation import Evaluator
-from services.audience.read_pool import ReadPool
 from services.audience.snapshots import Snapshots
 from services.tagging import server as tagging_server
 from tests.audience.helpers import (
@@ -500,26 +499,3 @@ async def test_a_check_sees_the_callers_own_writes(world: World, monkeypatch: py
     assert await w.bitmaps.check(w.tenant, held, outside, w.now) == (True, 2)
     # Given, taken, given, taken...: the bitmaps answered for the whole-set audiences each time.
     assert decided.answers.count(True) >= 10 and decided.answers.count(False) >= 10, decided.answers
-
-
-async def test_checks_with_a_read_replica_catch_the_bitmaps_up(
-    world: World, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With DATABASE_READ_URL set (here naming the primary itself) the guard's statement cannot tell
-    where the primary's feed is: the bitmaps catch up before every answer, so a tag given just
-    before a check is in it."""
-    decided = _recording(monkeypatch)
-    w = world
-    reads = ReadPool(w.db, settings.database_url)
-    evaluator = Evaluator(w.db, reads=reads, bitmaps=w.index)
-    try:
-        dimension = await manual_dimension(w.stub, ("on",), AUTH)
-        audience_id = await _saved(w, tag(dimension, Match.TAG_MATCH_HAS_VALUE, "on"))
-        assert await _checked(evaluator, w, audience_id, w.member_ids[0]) is False
-        for member_id in w.member_ids[1:4]:
-            assert await _checked(evaluator, w, audience_id, member_id) is False
-            await give(w.stub, dimension, "on", [member_id], AUTH)
-            assert await _checked(evaluator, w, audience_id, member_id) is True
-        assert decided.answers == [False, True] * 3
-    finally:
-        await reads.close()
