@@ -22,13 +22,12 @@ set part excludes (or admits whole) is answered from the bitmaps, without its st
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memberops.audience.v1 import audience_pb2
@@ -144,11 +143,9 @@ async def _references(conn: Connection, referenced: Sequence[str]) -> dict[str, 
 @dataclass(frozen=True)
 class _Check:
     loaded: Loaded
-    # None: only the guard of `loaded` (a check the bitmaps answer: `bitmap_checks.Guard`), given
-    # to `said` as soon as it is read, before the batch's check statements run.
+    # None: only the guard of `loaded` (a check the bitmaps answer: `bitmap_checks.Guard`).
     member_id: str | None
     now: dt.datetime
-    said: asyncio.Future[Guard] | None = field(default=None, compare=False)
 
 
 class Evaluator:
@@ -173,8 +170,6 @@ class Evaluator:
             self._run_checks, in_flight=CHECK_BATCHES_IN_FLIGHT, max_size=MAX_CHECK_BATCH
         )
         self._bitmap_checks = BitmapChecks(bitmaps) if bitmaps is not None else None
-        # Batches a bitmap check's guard went with, still running after it was given (see `check`).
-        self._batches: set[asyncio.Future[bool | None]] = set()
 
     def transaction(
         self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
@@ -499,14 +494,17 @@ class Evaluator:
             if self._bitmap_checks is not None and seen.source is not None:
                 plan, loaded = seen.source.plan(BUCKETED_FIELDS), seen
 
-                def guard() -> Coroutine[Any, Any, Guard]:
-                    return self._guarded(tenant_id, loaded, now)
+                async def guard() -> Guard:
+                    said = await self._checks.submit(tenant_id, _Check(loaded, None, now))
+                    assert isinstance(said, Guard)
+                    return said
 
                 decided = await self._bitmap_checks.answer(tenant_id, plan, member_id, guard)
                 if decided is not None:
                     return decided, seen.version
             answer = await self._checks.submit(tenant_id, _Check(seen, member_id, now))
             if answer is not None:
+                assert isinstance(answer, bool)
                 return answer, seen.version
         async with self.read_transaction(tenant_id, plans="generic") as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True, on_replica=True)
@@ -523,46 +521,28 @@ class Evaluator:
         self._checked[(tenant_id, audience_id)] = loaded
         return bool(rows[0]["is_member"]), loaded.version
 
-    async def _guarded(self, tenant_id: str, loaded: Loaded, now: dt.datetime) -> Guard:
-        """`loaded`'s Guard, read with the tenant's next batch of checks and given as soon as it is
-        read (the batch's check statements run after it)."""
-        said: asyncio.Future[Guard] = asyncio.get_running_loop().create_future()
-        batch = asyncio.ensure_future(self._checks.submit(tenant_id, _Check(loaded, None, now, said)))
-        self._batches.add(batch)
-        batch.add_done_callback(_settled)
-        batch.add_done_callback(self._batches.discard)
-        await asyncio.wait((said, batch), return_when=asyncio.FIRST_COMPLETED)
-        if not said.done():
-            batch.result()  # the batch's error
-            raise RuntimeError("a batch of checks ended without its guard")
-        return said.result()
-
-    async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | None]:
+    async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | Guard | None]:
         """Answers a batch of checks on one of the tenant's bound connections: one statement per
         compiled definition among them (almost always one), evaluated at the latest time any of its
         calls asked for, since they arrived within one statement's time of each other. None for a
         member the statement did not answer: unknown, or the definition is no longer current. A
-        check of no member asks for its definition's `Guard`: one statement for all of them, run
-        first and given at once (those checks need nothing else)."""
+        check of no member asks for its definition's `Guard` (one statement for all of them)."""
         groups: dict[int, list[_Check]] = {}
         for check in checks:
             groups.setdefault(id(check.loaded), []).append(check)
-        answers: dict[tuple[int, str], bool] = {}
+        answers: dict[tuple[int, str | None], bool | Guard] = {}
         reads = await self._reads.database()
         async with reads.reading(tenant_id) as conn:
-            for group in groups.values():
-                waiting = [c.said for c in group if c.said is not None and not c.said.done()]
-                if waiting:
-                    said = await self._guard(conn, group[0].loaded)
-                    for future in waiting:
-                        if not future.done():
-                            future.set_result(said)
             for key, group in groups.items():
+                loaded = group[0].loaded
                 members = sorted({c.member_id for c in group if c.member_id is not None})
-                if members:
-                    rows = await self._run_check(conn, group[0].loaded, members, max(c.now for c in group))
-                    answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
-        return [None if c.member_id is None else answers.get((id(c.loaded), c.member_id)) for c in checks]
+                rows = (
+                    await self._run_check(conn, loaded, members, max(c.now for c in group)) if members else []
+                )
+                answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
+                if any(c.member_id is None for c in group):
+                    answers[key, None] = await self._guard(conn, loaded)
+        return [answers.get((id(c.loaded), c.member_id)) for c in checks]
 
     async def _guard(self, conn: Connection, loaded: Loaded) -> Guard:
         """Whether `loaded` is still the current definition of every audience involved (the check
@@ -588,12 +568,6 @@ class Evaluator:
         ids, versions = zip(*loaded.versions, strict=True)
         current = store.versions_current(c.next_param(1), c.next_param(2))
         return list(await conn.fetch(c.check_sql(also=current), *c.args(now, member_ids), ids, versions))
-
-
-def _settled(batch: asyncio.Future[Any]) -> None:
-    """Reads a finished batch's error (its guard's caller may have gone), so none goes unretrieved."""
-    if not batch.cancelled():
-        batch.exception()
 
 
 def member_id_from_name(name: str, path: str) -> str:
