@@ -89,17 +89,14 @@ async def resolve(conn: Connection, relation: str, after: Position | None) -> Po
     return int(position), after[1]
 
 
-def last_settled_sql(relation: str) -> str:
-    """A query of the newest readable entry of `relation` (`position`, `seq`; no row when none)."""
-    return f"""SELECT p.position, l.seq FROM {positions_of(relation)} p
-               CROSS JOIN LATERAL (SELECT f.seq FROM {relation} f WHERE f.txid = p.txid
-                                   ORDER BY f.seq DESC LIMIT 1) l
-               ORDER BY p.position DESC LIMIT 1"""
-
-
 async def last_settled(conn: Connection, relation: str) -> str | None:
     """The cursor of the newest readable entry of `relation`, None when it has none."""
-    row = await conn.fetchrow(last_settled_sql(relation))
+    row = await conn.fetchrow(
+        f"""SELECT p.position, l.seq FROM {positions_of(relation)} p
+            CROSS JOIN LATERAL (SELECT f.seq FROM {relation} f WHERE f.txid = p.txid
+                                ORDER BY f.seq DESC LIMIT 1) l
+            ORDER BY p.position DESC LIMIT 1"""
+    )
     return None if row is None else cursor_of(row)
 
 

@@ -14,25 +14,20 @@ The first test reads the bitmaps as last refreshed (`BitmapIndex.current`), whic
 a member who passes the set part there needs the statement anyway, and the statement is right
 whatever the bitmaps hold. Only an answer without a statement must see what committed before the
 call (the caller's own writes) and be of the current definition, as the statement's guard makes
-it. So instead of the member's statement, one statement (`Guard`, `bitmap_store.freshness`; it
-goes with the tenant's batched checks, within their bound of statements in flight) tests that the
-audiences are still at the versions the plan was compiled from, and reads the feed's end and
-whether committed changes wait for a position, as the index's `caught_up` does. Bitmaps at that
-end with nothing waiting are answered from at once (the usual case: the background refresh follows
-the feed every 0.1 s); otherwise the index catches up first. The member is tested again on those
-bitmaps; an unknown id, a failed guard or bitmaps that could not catch up leave the answer to the
-statement, so an unknown member is NOT_FOUND exactly as today and one registered a moment ago is
-found by it. With a read replica the guard's statement runs there and cannot speak for the
-primary's feed: the index then always catches up.
+it: the index is then caught up (`caught_up`, shared by the tenant's concurrent callers) while, at
+the same time, the statement's guard alone tests that the audiences are still at the versions the
+plan was compiled from (`Evaluator.check`: it goes with the tenant's batched checks, within their
+bound of statements in flight). The member is tested again on the caught-up bitmaps; an unknown
+id, a failed guard or bitmaps that could not catch up leave the answer to the statement, so an
+unknown member is NOT_FOUND exactly as today and one registered a moment ago is found by it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
-from runtime import outbox
 from services.audience import bitmap_plan
 from services.audience.bitmaps import BitmapIndex, TenantBitmaps
 
@@ -69,17 +64,6 @@ def holds(expr: bitmap_plan.Expr, held: TenantBitmaps, number: int) -> bool:
     raise TypeError(f"no membership test for {type(expr).__name__}")
 
 
-@dataclass(frozen=True)
-class Guard:
-    """What one statement said, after the call began: whether the definitions the plan was made
-    from are current, and the feed's end and whether changes wait unpositioned (`waiting` True
-    also when it could not tell: then the index catches up)."""
-
-    current: bool
-    end: outbox.Position | None = None
-    waiting: bool = True
-
-
 class BitmapChecks:
     def __init__(self, index: BitmapIndex) -> None:
         self._index = index
@@ -89,19 +73,18 @@ class BitmapChecks:
         tenant_id: str,
         plan: bitmap_plan.Plan | None,
         member_id: str,
-        guard: Callable[[], Coroutine[Any, Any, Guard]],
+        current: Callable[[], Coroutine[Any, Any, bool]],
     ) -> bool | None:
         """Whether the member is in the audience `plan` was made for, or None: today's statement
-        answers (see the module docstring). `guard` runs the statement that says whether the
-        definitions are current and the bitmaps reflect what committed before it."""
+        answers (see the module docstring). `current` tells whether the definitions the plan was
+        made from are still the current ones."""
         held = self._index.current(tenant_id)
         if plan is None or held is None or verdict(plan, held, member_id) is None:
             return None
-        said = await guard()
-        if not said.current:
+        async with asyncio.TaskGroup() as group:
+            caught_up = group.create_task(self._index.caught_up(tenant_id))
+            guarded = group.create_task(current())
+        held = caught_up.result()
+        if held is None or not guarded.result():
             return None
-        if said.waiting or not held.reflects(said.end):
-            held = await self._index.caught_up(tenant_id)
-            if held is None:
-                return None
         return verdict(plan, held, member_id)

@@ -17,7 +17,6 @@ FEED = "tagging_read.feed"
 # tagging's FeedKind values the index follows (services/tagging/domain.py).
 MEMBER_CHANGED = 1
 TAG_CHANGED = 5
-FEED_KINDS = (MEMBER_CHANGED, TAG_CHANGED)
 
 # Profile fields kept as buckets -> their column of tagging_read.members, as text (enum-valued
 # columns hold the enum's number).
@@ -113,9 +112,15 @@ async def read_changes(
     )
 
 
-def _unpositioned(kinds: str) -> str:
-    """The query of `unpositioned_changes`, `kinds` the placeholder of the feed kinds read."""
-    return f"""WITH RECURSIVE last AS (SELECT s.seen FROM tagging_read.feed_sequencer s),
+async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
+    """Member and tag changes (as `read_changes`, without position) of the transactions `conn`'s
+    snapshot sees committed that have no position yet, found as the sequencer finds them
+    (runtime/feed_sequencer.py): those that began after its last snapshot, one index probe each,
+    and those that snapshot saw running. Nothing before the tenant's first sequencing round. Each
+    waiting transaction's entries are read by their key (the sorted LATERAL is never flattened into
+    a merge join, which would walk the tenant's whole feed and positions up to them)."""
+    return await conn.fetch(
+        """WITH RECURSIVE last AS (SELECT s.seen FROM tagging_read.feed_sequencer s),
            began(txid) AS (
                SELECT (pg_snapshot_xmax(last.seen)::text::numeric - 1)::text::xid8 FROM last
              UNION ALL
@@ -129,30 +134,12 @@ def _unpositioned(kinds: str) -> str:
            SELECT e.kind, e.member_id, e.tag_dimension, e.tag_value
            FROM waiting w CROSS JOIN LATERAL (
                SELECT f.kind, f.member_id, f.tag_dimension, f.tag_value, f.seq FROM tagging_read.feed f
-               WHERE f.txid = w.txid AND f.kind = ANY({kinds}::smallint[])
+               WHERE f.txid = w.txid AND f.kind = ANY($1::smallint[])
                  AND NOT EXISTS (SELECT 1 FROM tagging_read.feed_positions p WHERE p.txid = w.txid)
                ORDER BY f.seq) e
-           ORDER BY w.txid, e.seq"""
-
-
-async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
-    """Member and tag changes (as `read_changes`, without position) of the transactions `conn`'s
-    snapshot sees committed that have no position yet, found as the sequencer finds them
-    (runtime/feed_sequencer.py): those that began after its last snapshot, one index probe each,
-    and those that snapshot saw running. Nothing before the tenant's first sequencing round. Each
-    waiting transaction's entries are read by their key (the sorted LATERAL is never flattened into
-    a merge join, which would walk the tenant's whole feed and positions up to them)."""
-    return await conn.fetch(_unpositioned("$1"), list(FEED_KINDS))
-
-
-def freshness(guard: str, kinds: str) -> str:
-    """A statement of one row: `guard` (a condition) as `current`, the feed's end as `position` and
-    `seq` (NULL when it has none, as `feed_end`), and `waiting`: whether `unpositioned_changes`
-    would find any (`kinds`: the placeholder of FEED_KINDS). In one statement, so one snapshot:
-    bitmaps at that end with nothing waiting reflect every change it sees committed."""
-    return f"""SELECT {guard} AS current, e.position, e.seq,
-                      EXISTS ({_unpositioned(kinds)}) AS waiting
-               FROM (SELECT 1) AS one LEFT JOIN LATERAL ({outbox.last_settled_sql(FEED)}) AS e ON true"""
+           ORDER BY w.txid, e.seq""",
+        [MEMBER_CHANGED, TAG_CHANGED],
+    )
 
 
 async def member_rows(conn: Connection, member_ids: Sequence[str]) -> list[asyncpg.Record]:

@@ -223,10 +223,6 @@ class TenantBitmaps:
         keys = [str(enum[v]) for v in values if v in enum] if enum is not None else values
         return any(number in buckets[k] for k in keys if k in buckets)
 
-    def reflects(self, end: outbox.Position | None) -> bool:
-        """Whether every feed entry up to `end` (the feed's end as some statement saw it) is in."""
-        return not _behind(self, end)
-
     def number_of(self, member_id: str) -> int | None:
         """The member's number, None when the index does not know the id (see `numbers_of`)."""
         found = self._ids.numbers_of([member_id])

@@ -37,8 +37,8 @@ from runtime import checks, page_tokens
 from runtime.batching import KeyedBatcher
 from runtime.db import Connection, Database, Plans
 from runtime.errors import InvalidArgument, NotFound, Violations
-from services.audience import bitmap_evaluation, bitmap_plan, bitmap_store, compiler, definitions, store
-from services.audience.bitmap_checks import BitmapChecks, Guard
+from services.audience import bitmap_evaluation, bitmap_plan, compiler, definitions, store
+from services.audience.bitmap_checks import BitmapChecks
 from services.audience.bitmaps import BUCKETED_FIELDS, BitmapIndex
 from services.audience.export_reader import ExportReader, ReadSlots
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
@@ -143,7 +143,7 @@ async def _references(conn: Connection, referenced: Sequence[str]) -> dict[str, 
 @dataclass(frozen=True)
 class _Check:
     loaded: Loaded
-    # None: only the guard of `loaded` (a check the bitmaps answer: `bitmap_checks.Guard`).
+    # None: only whether `loaded` is still current (a check the bitmaps answer, `bitmap_checks`).
     member_id: str | None
     now: dt.datetime
 
@@ -494,17 +494,14 @@ class Evaluator:
             if self._bitmap_checks is not None and seen.source is not None:
                 plan, loaded = seen.source.plan(BUCKETED_FIELDS), seen
 
-                async def guard() -> Guard:
-                    said = await self._checks.submit(tenant_id, _Check(loaded, None, now))
-                    assert isinstance(said, Guard)
-                    return said
+                async def current() -> bool:
+                    return bool(await self._checks.submit(tenant_id, _Check(loaded, None, now)))
 
-                decided = await self._bitmap_checks.answer(tenant_id, plan, member_id, guard)
+                decided = await self._bitmap_checks.answer(tenant_id, plan, member_id, current)
                 if decided is not None:
                     return decided, seen.version
             answer = await self._checks.submit(tenant_id, _Check(seen, member_id, now))
             if answer is not None:
-                assert isinstance(answer, bool)
                 return answer, seen.version
         async with self.read_transaction(tenant_id, plans="generic") as conn:
             loaded = await self.load(conn, tenant_id, audience_id, None, filtered=True, on_replica=True)
@@ -521,16 +518,17 @@ class Evaluator:
         self._checked[(tenant_id, audience_id)] = loaded
         return bool(rows[0]["is_member"]), loaded.version
 
-    async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | Guard | None]:
+    async def _run_checks(self, tenant_id: str, checks: Sequence[_Check]) -> list[bool | None]:
         """Answers a batch of checks on one of the tenant's bound connections: one statement per
         compiled definition among them (almost always one), evaluated at the latest time any of its
         calls asked for, since they arrived within one statement's time of each other. None for a
         member the statement did not answer: unknown, or the definition is no longer current. A
-        check of no member asks for its definition's `Guard` (one statement for all of them)."""
+        check of no member asks only whether its definition is current: the statement's rows say
+        so when it has some, else its guard alone runs."""
         groups: dict[int, list[_Check]] = {}
         for check in checks:
             groups.setdefault(id(check.loaded), []).append(check)
-        answers: dict[tuple[int, str | None], bool | Guard] = {}
+        answers: dict[tuple[int, str | None], bool] = {}
         reads = await self._reads.database()
         async with reads.reading(tenant_id) as conn:
             for key, group in groups.items():
@@ -541,22 +539,16 @@ class Evaluator:
                 )
                 answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
                 if any(c.member_id is None for c in group):
-                    answers[key, None] = await self._guard(conn, loaded)
+                    answers[key, None] = bool(rows) or await self._current(conn, loaded)
         return [answers.get((id(c.loaded), c.member_id)) for c in checks]
 
-    async def _guard(self, conn: Connection, loaded: Loaded) -> Guard:
-        """Whether `loaded` is still the current definition of every audience involved (the check
-        statement's guard alone) and, reading the primary, where tagging's feed is (see Guard)."""
+    @staticmethod
+    async def _current(conn: Connection, loaded: Loaded) -> bool:
+        """Whether `loaded` is still the current definition of every audience involved (the
+        check statement's guard alone)."""
         ids, versions = zip(*loaded.versions, strict=True)
-        current = store.versions_current("$1", "$2")
-        if self._reads.separate:
-            return Guard(bool(await conn.fetchval(f"SELECT {current}", list(ids), list(versions))))
-        row = await conn.fetchrow(
-            bitmap_store.freshness(current, "$3"), list(ids), list(versions), list(bitmap_store.FEED_KINDS)
-        )
-        assert row is not None
-        end = None if row["position"] is None else (int(row["position"]), int(row["seq"]))
-        return Guard(bool(row["current"]), end, bool(row["waiting"]))
+        sql = f"SELECT {store.versions_current('$1', '$2')}"
+        return bool(await conn.fetchval(sql, list(ids), list(versions)))
 
     @staticmethod
     async def _run_check(
