@@ -206,28 +206,6 @@ class TenantBitmaps:
         chosen = [buckets[k] for k in keys if k in buckets]
         return BitMap.union(*chosen) if chosen else BitMap()
 
-    def holds_tag(self, number: int, dimension: str, values: Sequence[str] | None) -> bool:
-        """Whether member `number` holds one of `values` of the dimension now (any when None): a
-        check's test, without building the union `tag` returns."""
-        held = self._tags.get(dimension, {})
-        chosen = held.values() if values is None else (held[v] for v in values if v in held)
-        return any(number in bitmap for bitmap in chosen)
-
-    def holds_profile(self, number: int, field: str, values: Sequence[str]) -> bool | None:
-        """Whether member `number`'s profile `field` equals one of `values` (as `profile`); None when
-        `field` is not bucketed."""
-        buckets = self._buckets.get(field)
-        if buckets is None:
-            return None
-        enum = _ENUMS.get(field)
-        keys = [str(enum[v]) for v in values if v in enum] if enum is not None else values
-        return any(number in buckets[k] for k in keys if k in buckets)
-
-    def number_of(self, member_id: str) -> int | None:
-        """The member's number, None when the index does not know the id (see `numbers_of`)."""
-        found = self._ids.numbers_of([member_id])
-        return found.min() if found else None
-
     def profile_values(self, field: str) -> frozenset[str]:
         """The values of a bucketed field members have now, as rules give them."""
         names = {str(n): name for name, n in _ENUMS.get(field, {}).items()}

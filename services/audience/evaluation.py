@@ -15,9 +15,9 @@ With the tenant's bitmaps (`bitmaps.py`, issue 25), a count, a list, an export a
 first tried as a bitmap plan (`bitmap_plan`, run by `bitmap_evaluation`): tag and profile-bucket
 conditions as set algebra over member numbers, recency windows read from their summaries, and the
 rest by the same compiled conditions over the few candidates left; where that is not worth it (or
-the index has not loaded the tenant), the statement runs as before. A check of a member the plan's
-set part excludes (or admits whole) is answered from the bitmaps, without its statement
-(`bitmap_checks`); any other check keeps its one batched statement.
+the index has not loaded the tenant), the statement runs as before. A check keeps its one batched
+statement: bitmaps would save the statement's 0.2-0.3 ms, not the round trip the index's catching
+up costs itself.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from runtime.batching import KeyedBatcher
 from runtime.db import Connection, Database, Plans
 from runtime.errors import InvalidArgument, NotFound, Violations
 from services.audience import bitmap_evaluation, bitmap_plan, compiler, definitions, store
-from services.audience.bitmap_checks import BitmapChecks
-from services.audience.bitmaps import BUCKETED_FIELDS, BitmapIndex
+from services.audience.bitmaps import BitmapIndex
 from services.audience.export_reader import ExportReader, ReadSlots
 from services.audience.exports import DEFAULT_EXPORT_LIMITS, ExportLimits
 from services.audience.membership_index import MembershipIndex
@@ -143,8 +142,7 @@ async def _references(conn: Connection, referenced: Sequence[str]) -> dict[str, 
 @dataclass(frozen=True)
 class _Check:
     loaded: Loaded
-    # None: only whether `loaded` is still current (a check the bitmaps answer, `bitmap_checks`).
-    member_id: str | None
+    member_id: str
     now: dt.datetime
 
 
@@ -169,7 +167,6 @@ class Evaluator:
         self._checks = KeyedBatcher(
             self._run_checks, in_flight=CHECK_BATCHES_IN_FLIGHT, max_size=MAX_CHECK_BATCH
         )
-        self._bitmap_checks = BitmapChecks(bitmaps) if bitmaps is not None else None
 
     def transaction(
         self, tenant_id: str, *, readonly: bool = True, plans: Plans = "custom"
@@ -485,21 +482,11 @@ class Evaluator:
         it each time would cost four times what running it does (0.4 ms against 0.1 ms). While the
         definitions it was compiled from are current, a check is that one statement on one of the
         tenant's bound connections: one round trip. A dynamic audience the index holds is answered
-        from its stored membership, without a statement (see `membership_index`); a member the
-        bitmaps decide, from them (see `bitmap_checks`)."""
+        from its stored membership, without a statement (see `membership_index`)."""
         if self._index is not None and (held := self._index.answer(tenant_id, audience_id, member_id)):
             return held
         seen = self._checked.get((tenant_id, audience_id))
         if seen is not None:
-            if self._bitmap_checks is not None and seen.source is not None:
-                plan, loaded = seen.source.plan(BUCKETED_FIELDS), seen
-
-                async def current() -> bool:
-                    return bool(await self._checks.submit(tenant_id, _Check(loaded, None, now)))
-
-                decided = await self._bitmap_checks.answer(tenant_id, plan, member_id, current)
-                if decided is not None:
-                    return decided, seen.version
             answer = await self._checks.submit(tenant_id, _Check(seen, member_id, now))
             if answer is not None:
                 return answer, seen.version
@@ -522,33 +509,18 @@ class Evaluator:
         """Answers a batch of checks on one of the tenant's bound connections: one statement per
         compiled definition among them (almost always one), evaluated at the latest time any of its
         calls asked for, since they arrived within one statement's time of each other. None for a
-        member the statement did not answer: unknown, or the definition is no longer current. A
-        check of no member asks only whether its definition is current: the statement's rows say
-        so when it has some, else its guard alone runs."""
+        member the statement did not answer: unknown, or the definition is no longer current."""
         groups: dict[int, list[_Check]] = {}
         for check in checks:
             groups.setdefault(id(check.loaded), []).append(check)
-        answers: dict[tuple[int, str | None], bool] = {}
+        answers: dict[tuple[int, str], bool] = {}
         reads = await self._reads.database()
         async with reads.reading(tenant_id) as conn:
             for key, group in groups.items():
-                loaded = group[0].loaded
-                members = sorted({c.member_id for c in group if c.member_id is not None})
-                rows = (
-                    await self._run_check(conn, loaded, members, max(c.now for c in group)) if members else []
-                )
+                members = sorted({c.member_id for c in group})
+                rows = await self._run_check(conn, group[0].loaded, members, max(c.now for c in group))
                 answers.update(((key, row["member_id"]), bool(row["is_member"])) for row in rows)
-                if any(c.member_id is None for c in group):
-                    answers[key, None] = bool(rows) or await self._current(conn, loaded)
         return [answers.get((id(c.loaded), c.member_id)) for c in checks]
-
-    @staticmethod
-    async def _current(conn: Connection, loaded: Loaded) -> bool:
-        """Whether `loaded` is still the current definition of every audience involved (the
-        check statement's guard alone)."""
-        ids, versions = zip(*loaded.versions, strict=True)
-        sql = f"SELECT {store.versions_current('$1', '$2')}"
-        return bool(await conn.fetchval(sql, list(ids), list(versions)))
 
     @staticmethod
     async def _run_check(

@@ -1,8 +1,7 @@
 """Bitmap evaluation gives exactly today's members: seeded random rules (tags, bucketed and other
 profile fields, attributes, aggregates and summary tests, all/any/not, references) over a tenant of
 a few hundred generated members with tags, orders and events, evaluated by one Evaluator with the
-tenant's bitmaps and one without, compared on counts, listed pages, exports, snapshots and checks
-(those the bitmaps answer without a statement too, right after the caller's own writes).
+tenant's bitmaps and one without, compared on counts, listed pages, exports, snapshots and checks.
 """
 
 from __future__ import annotations
@@ -23,10 +22,7 @@ from pyroaring import BitMap
 from runtime import app
 from runtime.config import Settings
 from runtime.db import Connection, Database
-from runtime.errors import NotFound
 from services.audience import bitmap_evaluation, bitmap_plan, store
-from services.audience import bitmaps as bitmaps_module
-from services.audience.bitmap_checks import BitmapChecks
 from services.audience.bitmaps import BitmapIndex
 from services.audience.definitions import AudienceInput, Definitions
 from services.audience.evaluation import Evaluator
@@ -382,120 +378,3 @@ async def test_a_callers_own_tag_is_in_the_next_count(world: World) -> None:
         if changed == 5:
             return
     raise AssertionError(f"only {changed} members lacked the tag")
-
-
-@dataclasses.dataclass
-class _Decided:
-    """What the bitmap check path answered without its statement (True / False counts)."""
-
-    answers: list[bool] = dataclasses.field(default_factory=list)
-
-
-def _recording(monkeypatch: pytest.MonkeyPatch) -> _Decided:
-    """Records every answer `BitmapChecks.answer` gives (None, left to the statement, is not one);
-    the bitmaps are kept current however long the test runs (nothing refreshes them in the
-    background here: only a caught-up call does)."""
-    monkeypatch.setattr(bitmaps_module, "MAX_AGE_SECONDS", 10**9)
-    decided = _Decided()
-    answer = BitmapChecks.answer
-
-    async def recorded(self: BitmapChecks, *args: Any) -> bool | None:
-        found = await answer(self, *args)
-        if found is not None:
-            decided.answers.append(found)
-        return found
-
-    monkeypatch.setattr(BitmapChecks, "answer", recorded)
-    return decided
-
-
-async def _checked(evaluator: Evaluator, w: World, audience_id: str, member_id: str) -> bool | None:
-    """The check's answer, None for NOT_FOUND."""
-    try:
-        return (await evaluator.check(w.tenant, audience_id, member_id, w.now))[0]
-    except NotFound:
-        return None
-
-
-async def test_checks_through_bitmaps_give_todays_answers(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Random rules checked for members outside and inside them and unknown ids: the bitmap check
-    path (bitmap_checks.py) answers as today's statement, with and without a statement of its own."""
-    decided = _recording(monkeypatch)
-    w, rng = world, random.Random(158)
-    bases = [await _saved(w, random_rule(rng, w)) for _ in range(BASES)]
-    dimension = sorted(w.dimensions)[1]
-    audiences = [await _saved(w, random_rule(rng, w, bases)) for _ in range(30)]
-    # Set algebra whole, and a set part beside summary tests: both kinds of answer without SQL.
-    audiences.append(await _saved(w, tag(dimension, Match.TAG_MATCH_ANY_OF, w.dimensions[dimension][0])))
-    carted = fact(event_count(14, event_kinds=[CART, FAVOURITE], categories=["skincare"]), Op.OPERATOR_GE, 1)
-    audiences.append(await _saved(w, all_of(tag(dimension, Match.TAG_MATCH_NONE_OF, "s"), not_(carted))))
-    first = sorted(w.dimensions)[0]
-    either = any_of(
-        tag(first, Match.TAG_MATCH_HAS_VALUE, w.dimensions[first][0]),
-        fact(field(Field.PROFILE_FIELD_CITY), Op.OPERATOR_EQ, "Hangzhou"),
-    )
-    audiences.append(await _saved(w, all_of(either, not_(tag(dimension, Match.TAG_MATCH_HAS_VALUE, "m")))))
-    audiences.append(await _saved(w, all_of(either, fact(order_count(60), Op.OPERATOR_GE, 1))))
-    for audience_id in audiences:
-        inside = await _listed(w.sql, w, audience_id, 1000)
-        members = rng.sample(w.member_ids, 10) + rng.sample(inside, min(4, len(inside)))
-        for member_id in [*members, "m9999", "nobody-here"]:
-            expected = await _checked(w.sql, w, audience_id, member_id)
-            assert expected == (None if member_id not in w.member_ids else member_id in inside)
-            assert await _checked(w.bitmaps, w, audience_id, member_id) == expected, (audience_id, member_id)
-    assert decided.answers.count(False) >= 50, f"{decided.answers.count(False)} non-members from bitmaps"
-    assert decided.answers.count(True) >= 5, f"{decided.answers.count(True)} members from bitmaps"
-
-
-async def test_a_check_sees_the_callers_own_writes(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tag given or taken, or a member registered, just before a check: the bitmaps the check
-    answers from are caught up first, as a statement would see them."""
-    decided = _recording(monkeypatch)
-    w = world
-    dimension = await manual_dimension(w.stub, ("on",), AUTH)
-    held = await _saved(w, tag(dimension, Match.TAG_MATCH_HAS_VALUE, "on"))
-    lacking = await _saved(w, not_(tag(dimension, Match.TAG_MATCH_HAS_VALUE, "on")))
-    carted = fact(event_count(14, event_kinds=[CART, FAVOURITE], categories=["skincare"]), Op.OPERATOR_GE, 1)
-    residual = await _saved(w, all_of(tag(dimension, Match.TAG_MATCH_HAS_VALUE, "on"), not_(carted)))
-    audiences = (held, lacking, residual)
-    for audience_id in audiences:  # the first check of each loads it; the next go through the bitmaps
-        await _checked(w.bitmaps, w, audience_id, w.member_ids[0])
-    for member_id in w.member_ids[1:6]:
-        for step in ("given", "taken"):
-            if step == "given":
-                await give(w.stub, dimension, "on", [member_id], AUTH)
-            else:
-                request = tagging_service_pb2.RemoveMemberTagsRequest(
-                    dimension=dimension,
-                    value="on",
-                    member_ids=[member_id],
-                    operator="ops@test",
-                    reason="test",
-                )
-                await w.stub.RemoveMemberTags(request, metadata=AUTH)
-            for audience_id in audiences:
-                found = await _checked(w.bitmaps, w, audience_id, member_id)
-                assert found == await _checked(w.sql, w, audience_id, member_id), (
-                    step,
-                    audience_id,
-                    member_id,
-                )
-            assert await _checked(w.bitmaps, w, held, member_id) == (step == "given")
-    newcomer = f"new-{uuid.uuid4().hex[:8]}"
-    assert await _checked(w.bitmaps, w, lacking, newcomer) is None
-    await w.stub.UpsertMember(
-        tagging_service_pb2.UpsertMemberRequest(member=member_pb2.Member(member_id=newcomer)), metadata=AUTH
-    )
-    assert await _checked(w.bitmaps, w, lacking, newcomer) is True
-    assert await _checked(w.bitmaps, w, held, newcomer) is False
-    # An audience updated just before a check: the bitmaps answer by the new definition.
-    outside = w.member_ids[7]
-    assert await _checked(w.bitmaps, w, held, outside) is False
-    await w.definitions.update(
-        w.tenant, AudienceInput(held, not_(tag(dimension, Match.TAG_MATCH_HAS_VALUE, "on"))), 0
-    )
-    assert await w.bitmaps.check(w.tenant, held, outside, w.now) == (True, 2)
-    # Given, taken, given, taken...: the bitmaps answered for the whole-set audiences each time.
-    assert decided.answers.count(True) >= 10 and decided.answers.count(False) >= 10, decided.answers
