@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
+import pytest
 from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2
 
+from runtime.in_flight import KeyedLimit
+from services.tasks.coupons import member_coupons
 from tests.audience import helpers as audience
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.coupon_helpers import claim, create
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
@@ -146,3 +150,41 @@ async def test_claims_racing_an_update_carry_the_terms_of_the_version_they_name(
     }
     assert terms <= {(1, 1000), (2, 2000)}
     assert len(coupons) == 60
+
+
+async def test_at_most_two_claims_of_a_template_are_at_the_database_at_once(
+    tasks_stub: TasksStub, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 158: six concurrent claims of one template, the statements held at the database
+    door: two go in, the other four wait in the service, and all six are issued once let through."""
+    made = await create(tasks_stub, claimable=True, total_stock=10)
+    arrived: list[object] = []
+    entered: list[object] = []
+    door = asyncio.Event()
+    real_run, real_issue = KeyedLimit.run, member_coupons.issue_from
+
+    async def counted_run(self: KeyedLimit[Any], key: Any, call: Any) -> Any:
+        if key[1] == made.template_id:
+            arrived.append(key)
+        return await real_run(self, key, call)
+
+    async def held_issue(*args: Any) -> Any:
+        if args[2].template_id == made.template_id:
+            entered.append(args)
+            await door.wait()
+        return await real_issue(*args)
+
+    monkeypatch.setattr(KeyedLimit, "run", counted_run)
+    monkeypatch.setattr(member_coupons, "issue_from", held_issue)
+    claimers = [await members.new() for _ in range(6)]
+    calls = [asyncio.create_task(claim(tasks_stub, made.template_id, m)) for m in claimers]
+    await eventually(lambda: _true(len(arrived) == 6 and len(entered) >= 2), "six claims at the limit")
+    assert len(entered) == 2
+    door.set()
+    coupons = await asyncio.gather(*calls)
+    assert sorted(c.member_id for c in coupons) == sorted(claimers)
+    assert len({c.code for c in coupons}) == 6
+
+
+async def _true(value: bool) -> bool:
+    return value
