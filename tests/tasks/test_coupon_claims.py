@@ -10,7 +10,7 @@ import pytest
 from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2
 
 from runtime.in_flight import KeyedLimit
-from services.tasks.coupons import member_coupons
+from services.tasks.coupons import issuing, member_coupons
 from tests.audience import helpers as audience
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import bad, failure
@@ -161,7 +161,7 @@ async def test_at_most_two_claims_of_a_template_are_at_the_database_at_once(
     arrived: list[object] = []
     entered: list[object] = []
     door = asyncio.Event()
-    real_run, real_issue = KeyedLimit.run, member_coupons.issue_from
+    real_run, real_issue = KeyedLimit.run, issuing.issue_from
 
     async def counted_run(self: KeyedLimit[Any], key: Any, call: Any) -> Any:
         if key[1] == made.template_id:
