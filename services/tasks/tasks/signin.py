@@ -147,8 +147,9 @@ def _group_of(r: signin_store.DayRequest) -> tuple[object, ...]:
 def _alone_decides(error: asyncpg.PostgresError) -> bool:
     """Whether a group's failure is one that signing its members in one by one settles: the group
     refused as a whole (budget, version), a request id a concurrent call took, a conflict."""
-    state = str(getattr(error, "sqlstate", "") or "")
-    return state in (signin_store.BATCH_REFUSED, "23505") or state.startswith("40")
+    if isinstance(error, asyncpg.UniqueViolationError | asyncpg.TransactionRollbackError):
+        return True
+    return getattr(error, "sqlstate", None) == signin_store.BATCH_REFUSED
 
 
 def _retried(first: SignInRow, paid: CompletionRow | None, request_id: str, digest: str) -> SignInRecord:
