@@ -10,7 +10,7 @@ opens them) is split in three:
   two-valued (a NULL test is COALESCEd to false before it is combined), so the set algebra is
   exactly its logic.
 - *driver* conjuncts: "at least one fact in a window" or "none" that a recency summary answers
-  (`compiler._summary_test`); SQL reads its members from the summary's index, which is cheap, and
+  (`compiler.summary_test`); SQL reads its members from the summary's index, which is cheap, and
   their numbers narrow the candidates (AND, or for "none" ANDNOT).
 - the *residual*: everything else, compiled by the unchanged compiler as a member-filtered statement
   (`compile_audience(..., filtered=True)`), so its semantics are today's, run only over candidates.
@@ -181,10 +181,10 @@ def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -
     """The rule split as the module doc says, or None when neither bitmaps nor a driver narrow it
     (today's statement is then as good). `bucketed`: the profile fields the index holds buckets of.
     Raises as the compiler does for a reference cycle or a missing referenced audience."""
-    state = compiler._State(references)
+    state = compiler.CompileState(references)
     bitmap: list[Expr] = []
     parts: list[Part] = []
-    for conjunct, stack in compiler._conjuncts(rule, state, ()):
+    for conjunct, stack in compiler.flat_conjuncts(rule, state, ()):
         expr = _expr(conjunct, state, stack, bucketed)
         if expr is not None:
             bitmap.append(expr)
@@ -202,7 +202,7 @@ def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -
 
 
 def _free(
-    rule: Rule, state: compiler._State, stack: tuple[str, ...], bucketed: frozenset[str]
+    rule: Rule, state: compiler.CompileState, stack: tuple[str, ...], bucketed: frozenset[str]
 ) -> Part | None:
     """An `any` conjunct with bitmap branches and others, as a part whose members in the bitmap
     branches pass without SQL."""
@@ -218,7 +218,7 @@ def _free(
 
 
 def _expr(
-    rule: Rule, state: compiler._State, stack: tuple[str, ...], bucketed: frozenset[str]
+    rule: Rule, state: compiler.CompileState, stack: tuple[str, ...], bucketed: frozenset[str]
 ) -> Expr | None:
     """The rule as set algebra over bitmaps, or None when some part of it is not a bitmap."""
     node = rule.WhichOneof("node")
@@ -236,7 +236,7 @@ def _expr(
         found = tuple(part for part in parts if part is not None)
         return AllOf(found) if node == "all" else AnyOf(found)
     if node == "audience":
-        referenced, found_rule = compiler._referenced(rule.audience, state, stack)
+        referenced, found_rule = compiler.referenced_rule(rule.audience, state, stack)
         return _expr(found_rule, state, (*stack, referenced), bucketed)
     return None
 
@@ -272,11 +272,11 @@ def _profile(condition: rules_pb2.Condition, bucketed: frozenset[str]) -> Expr |
 
 
 def _driver(rule: Rule) -> Driver | None:
-    summary = compiler._summary_test(rule)
+    summary = compiler.summary_test(rule)
     if summary is None:
         return None
     b = rules.Builder(relations=compiler.VIEWS, correlated=True)
     now = b.param(None, "timestamptz")
     recency = rules.recency_of(summary[0], b, now)
-    assert recency is not None, "_summary_test admits only summarised keys"
+    assert recency is not None, "summary_test admits only summarised keys"
     return Driver(recency.members(), tuple(b.params), summary[1])

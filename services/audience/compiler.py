@@ -101,7 +101,10 @@ class Compiled:
 
 
 @dataclass
-class _State:
+class CompileState:
+    """What compiling one rule carries along: the referenced audiences' current rules, and the tag
+    conditions met so far (the bitmap planner walks rules with it too)."""
+
     references: Mapping[str, audience_pb2.AudienceRule]
     tag_matches: list[tuple[str, tuple[str, ...] | None]] = field(default_factory=list)
 
@@ -121,7 +124,7 @@ def compile_audience(
     now = b.param(None, "timestamptz")
     if filtered:
         b.member_filter = b.param([], "text[]")
-    state = _State(references)
+    state = CompileState(references)
     conjuncts = _sorted_conjuncts(rule, state)
     assert driver is None or not filtered, "a filtered statement probes its members: nothing drives it"
     selected: list[str] = []
@@ -129,12 +132,12 @@ def compile_audience(
     # Summary tests of the driver's members, applied to them before anything else.
     on_driver: list[str] = []
     for index, (conjunct, stack) in enumerate(conjuncts):
-        summary = _summary_test(conjunct)
+        summary = summary_test(conjunct)
         if driver is not None and summary is not None:
             key, positive = summary
             if index != driver:
                 recency = rules.recency_of(key, b, now)
-                assert recency is not None, "_summary_test admits only summarised keys"
+                assert recency is not None, "summary_test admits only summarised keys"
                 on_driver.append(
                     f"EXISTS ({recency.exists('m.member_id')})" if positive else recency.none("m.member_id")
                 )
@@ -154,7 +157,7 @@ def compile_audience(
     )
 
 
-def _summary_test(rule: audience_pb2.AudienceRule) -> tuple[rules.AggregateKey, bool] | None:
+def summary_test(rule: audience_pb2.AudienceRule) -> tuple[rules.AggregateKey, bool] | None:
     """(the aggregate, whether it must exist) of a conjunct that a recency summary answers: a
     count compared with "at least one" or "none", under any number of NOTs."""
     positive = True
@@ -192,12 +195,12 @@ def starts(
     (all members when there are none): a broad summary test must not drive a selection that a
     profile field narrows to a few members (0.8 s instead of 30 ms)."""
     found: list[Start] = []
-    state = _State(references)
+    state = CompileState(references)
     member_tests: list[audience_pb2.AudienceRule] = []
     for index, (conjunct, _) in enumerate(_sorted_conjuncts(rule, state)):
         b = rules.Builder(relations=VIEWS, correlated=True)
         now = b.param(None, "timestamptz")
-        summary = _summary_test(conjunct)
+        summary = summary_test(conjunct)
         if summary is not None and summary[1]:
             recency = rules.recency_of(summary[0], b, now)
             assert recency is not None
@@ -230,16 +233,16 @@ def starts(
 
 
 def _sorted_conjuncts(
-    rule: audience_pb2.AudienceRule, state: _State
+    rule: audience_pb2.AudienceRule, state: CompileState
 ) -> list[tuple[audience_pb2.AudienceRule, tuple[str, ...]]]:
-    return sorted(_conjuncts(rule, state, ()), key=lambda item: _cost(item[0]))
+    return sorted(flat_conjuncts(rule, state, ()), key=lambda item: _cost(item[0]))
 
 
 def _driven(driver: audience_pb2.AudienceRule, tests: list[str], b: rules.Builder, now: str) -> str:
     """`m.member_id IN (...)`: the driver's members, filtered by the other summary tests behind an
     optimisation fence, so the planner joins tags and the member row to a few thousand members
     instead of hashing all members first (0.55 s against 0.15 s on the 1M-member bench)."""
-    summary = _summary_test(driver)
+    summary = summary_test(driver)
     assert summary is not None
     recency = rules.recency_of(summary[0], b, now)
     assert recency is not None
@@ -247,17 +250,17 @@ def _driven(driver: audience_pb2.AudienceRule, tests: list[str], b: rules.Builde
     return f"m.member_id IN (SELECT m.member_id FROM ({recency.members()}) AS m WHERE {where} OFFSET 0)"
 
 
-def _conjuncts(
-    rule: audience_pb2.AudienceRule, state: _State, stack: tuple[str, ...]
+def flat_conjuncts(
+    rule: audience_pb2.AudienceRule, state: CompileState, stack: tuple[str, ...]
 ) -> list[tuple[audience_pb2.AudienceRule, tuple[str, ...]]]:
     """The rule as a flat AND: nested `all`s and referenced audiences opened up, each conjunct with
     the references it was reached through (for the cycle check)."""
     node = rule.WhichOneof("node")
     if node == "all":
-        return [item for child in rule.all.rules for item in _conjuncts(child, state, stack)]
+        return [item for child in rule.all.rules for item in flat_conjuncts(child, state, stack)]
     if node == "audience":
-        referenced, found = _referenced(rule.audience, state, stack)
-        return _conjuncts(found, state, (*stack, referenced))
+        referenced, found = referenced_rule(rule.audience, state, stack)
+        return flat_conjuncts(found, state, (*stack, referenced))
     return [(rule, stack)]
 
 
@@ -321,7 +324,7 @@ def _cost(rule: audience_pb2.AudienceRule) -> int:
 
 
 def _predicate(
-    rule: audience_pb2.AudienceRule, b: rules.Builder, now: str, state: _State, stack: tuple[str, ...]
+    rule: audience_pb2.AudienceRule, b: rules.Builder, now: str, state: CompileState, stack: tuple[str, ...]
 ) -> _Sql:
     node = rule.WhichOneof("node")
     if node in ("all", "any"):
@@ -341,11 +344,13 @@ def _predicate(
     if node == "tag":
         return _Sql(_tag(rule.tag, b, state), nullable=False)
     assert node == "audience", "validate() runs before compile"
-    referenced, found = _referenced(rule.audience, state, stack)
+    referenced, found = referenced_rule(rule.audience, state, stack)
     return _predicate(found, b, now, state, (*stack, referenced))
 
 
-def _referenced(name: str, state: _State, stack: tuple[str, ...]) -> tuple[str, audience_pb2.AudienceRule]:
+def referenced_rule(
+    name: str, state: CompileState, stack: tuple[str, ...]
+) -> tuple[str, audience_pb2.AudienceRule]:
     """The id and current rule of a referenced audience, refusing a cycle or a missing one."""
     referenced = name.removeprefix(NAME_PREFIX)
     if referenced in stack:
@@ -364,7 +369,7 @@ def _held(tag: audience_pb2.TagCondition, b: rules.Builder) -> str:
     return held
 
 
-def _tag(tag: audience_pb2.TagCondition, b: rules.Builder, state: _State) -> str:
+def _tag(tag: audience_pb2.TagCondition, b: rules.Builder, state: CompileState) -> str:
     test = f"EXISTS (SELECT 1 FROM {CURRENT_TAGS} t WHERE t.member_id = m.member_id AND {_held(tag, b)})"
     if tag.match == Match.TAG_MATCH_NONE_OF:
         return f"(NOT {test})"
