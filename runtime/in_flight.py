@@ -50,5 +50,10 @@ class KeyedLimit(Generic[Key]):
             if not slots.users:
                 del self._keys[key]
 
+    def callers(self, key: Key) -> int:
+        """Calls of `key` running or waiting to."""
+        slots = self._keys.get(key)
+        return 0 if slots is None else slots.users
+
     def keys_in_use(self) -> int:
         return len(self._keys)

@@ -36,3 +36,12 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"never {what} (waited {within:.0f} s; last saw {found!r})")
         await asyncio.sleep(interval)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """`eventually` for a condition read from memory (another task's progress), not a query."""
+
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, what)

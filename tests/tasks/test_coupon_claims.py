@@ -15,7 +15,7 @@ from tests.audience import helpers as audience
 from tests.conftest import ACME, unique
 from tests.grpc_helpers import bad, failure
 from tests.tasks.coupon_helpers import claim, create
-from tests.waiting import eventually
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from memberops.audience.v1.audience_service_pb2_grpc import AudienceServiceAsyncStub as AudienceStub
@@ -178,13 +178,9 @@ async def test_at_most_two_claims_of_a_template_are_at_the_database_at_once(
     monkeypatch.setattr(member_coupons, "issue_from", held_issue)
     claimers = [await members.new() for _ in range(6)]
     calls = [asyncio.create_task(claim(tasks_stub, made.template_id, m)) for m in claimers]
-    await eventually(lambda: _true(len(arrived) == 6 and len(entered) >= 2), "six claims at the limit")
+    await until(lambda: len(arrived) == 6 and len(entered) >= 2, "six claims at the limit")
     assert len(entered) == 2
     door.set()
     coupons = await asyncio.gather(*calls)
     assert sorted(c.member_id for c in coupons) == sorted(claimers)
     assert len({c.code for c in coupons}) == 6
-
-
-async def _true(value: bool) -> bool:
-    return value
