@@ -9,7 +9,6 @@ import grpc
 import pytest
 from memberops.tasks.v1 import coupons_pb2, tasks_service_pb2
 
-from runtime.in_flight import KeyedLimit
 from services.tasks.coupons import issuing, member_coupons
 from tests.audience import helpers as audience
 from tests.conftest import ACME, unique
@@ -152,35 +151,38 @@ async def test_claims_racing_an_update_carry_the_terms_of_the_version_they_name(
     assert len(coupons) == 60
 
 
-async def test_at_most_two_claims_of_a_template_are_at_the_database_at_once(
+async def test_claims_arriving_while_two_are_at_the_database_go_as_one_group(
     tasks_stub: TasksStub, members: Members, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Decision 158: six concurrent claims of one template, the statements held at the database
-    door: two go in, the other four wait in the service, and all six are issued once let through."""
+    """Decisions 158 and 160: six concurrent claims of one template, the statements held at the
+    database door. The first two go alone; the other four wait in the service, and go together as
+    one statement once a place frees. All six are issued."""
     made = await create(tasks_stub, claimable=True, total_stock=10)
     arrived: list[object] = []
-    entered: list[object] = []
+    entered: list[int] = []
     door = asyncio.Event()
-    real_run, real_issue = KeyedLimit.run, issuing.issue_from
+    real_new, real_write = issuing.new_coupon, issuing.write_group
 
-    async def counted_run(self: KeyedLimit[Any], key: Any, call: Any) -> Any:
-        if key[1] == made.template_id:
-            arrived.append(key)
-        return await real_run(self, key, call)
+    def counted_new(template: Any, *args: Any) -> Any:
+        if template.template_id == made.template_id:
+            arrived.append(args)
+        return real_new(template, *args)
 
-    async def held_issue(*args: Any) -> Any:
-        if args[2].template_id == made.template_id:
-            entered.append(args)
+    async def held_write(pool: Any, tenant_id: str, template: Any, coupons: Any) -> Any:
+        if template.template_id == made.template_id:
+            entered.append(len(coupons))
             await door.wait()
-        return await real_issue(*args)
+        return await real_write(pool, tenant_id, template, coupons)
 
-    monkeypatch.setattr(KeyedLimit, "run", counted_run)
-    monkeypatch.setattr(member_coupons, "issue_from", held_issue)
+    # The claim hands its coupon to the group right after making it, without waiting in between.
+    monkeypatch.setattr(member_coupons, "new_coupon", counted_new)
+    monkeypatch.setattr(member_coupons, "write_group", held_write)
     claimers = [await members.new() for _ in range(6)]
     calls = [asyncio.create_task(claim(tasks_stub, made.template_id, m)) for m in claimers]
-    await until(lambda: len(arrived) == 6 and len(entered) >= 2, "six claims at the limit")
-    assert len(entered) == 2
+    await until(lambda: len(arrived) == 6 and len(entered) >= 2, "six claims at the door")
+    assert entered == [1, 1]
     door.set()
     coupons = await asyncio.gather(*calls)
+    assert entered == [1, 1, 4]
     assert sorted(c.member_id for c in coupons) == sorted(claimers)
     assert len({c.code for c in coupons}) == 6

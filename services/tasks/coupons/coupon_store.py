@@ -96,6 +96,8 @@ class Refusal(enum.Enum):
 
 
 _REFUSALS = {r.value: r for r in Refusal}
+# tasks.issue_coupons wrote nothing: the group must be issued one by one.
+GROUP_REFUSED = "MC005"
 
 
 async def issue(
@@ -141,6 +143,53 @@ async def issue(
         return refusal
     assert row is not None
     return CouponRow(**dict(row))
+
+
+async def issue_group(
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    coupons: Sequence[NewCoupon],
+    codes: Sequence[str],
+    limit: int,
+    stock: str,
+) -> list[CouponRow] | None:
+    """`coupons` (of one template and version, the i-th under `codes[i]`) written in one statement
+    (`tasks.issue_coupons`, migration 0024), in their order; None when they cannot all be, having
+    written nothing (a retry among them, the template changed, a member's limit, a code taken, the
+    stock short). A request id met twice, or issued meanwhile, raises UniqueViolationError."""
+    first = coupons[0]
+    try:
+        rows = await pool.fetch(
+            f"""SELECT {_COLUMNS} FROM tasks.issue_coupons($1, $2, $3, $4, $5, $6::smallint, $7, $8, $9, $10,
+                   $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)""",
+            tenant_id,
+            first.template_id,
+            first.template_version,
+            limit,
+            stock,
+            first.discount_kind,
+            first.amount_minor,
+            first.percent,
+            first.max_discount_minor,
+            list(first.categories),
+            list(first.skus),
+            [c.member_id for c in coupons],
+            [c.request_id for c in coupons],
+            [c.content_hash for c in coupons],
+            list(codes),
+            [c.threshold_minor for c in coupons],
+            [c.valid_from for c in coupons],
+            [c.valid_until for c in coupons],
+            [c.source_campaign for c in coupons],
+            [c.source_arm for c in coupons],
+            [c.issue_time for c in coupons],
+        )
+    except asyncpg.PostgresError as error:
+        if getattr(error, "sqlstate", "") == GROUP_REFUSED:
+            return None
+        raise
+    by_request_id = {row["request_id"]: CouponRow(**dict(row)) for row in rows}
+    return [by_request_id[c.request_id] for c in coupons]
 
 
 async def by_request(conn: Connection, request_id: str) -> CouponRow | None:

@@ -21,7 +21,15 @@ from typing import Protocol
 import asyncpg
 
 from runtime.db import Connection
-from runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Violations
+from runtime.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Violations,
+)
 from services.tasks.allowance import allowance
 from services.tasks.coupons import codes, coupon_store, template_store
 from services.tasks.coupons.coupon_store import CouponRow, NewCoupon, Refusal
@@ -199,6 +207,15 @@ async def issue_from(
     issued before. Raises the refusals of `issue`; a refusal writes nothing, and MemberLimitReached
     and OutOfStock mean `key` issued nothing before. `on`: the pool (the statement commits by
     itself) or a connection in the caller's transaction (which a refusal aborts: hold a savepoint)."""
+    coupon = new_coupon(template, member_id, source, key, tag, now)
+    return await write_one(on, tenant_id, template, coupon)
+
+
+def new_coupon(
+    template: Template, member_id: str, source: Source, key: str, tag: MemberTag | None, now: dt.datetime
+) -> NewCoupon:
+    """The coupon an issue from `template` now would write, its threshold `tag`'s (see `issue`);
+    TemplateRetired or ValidityEnded when the template can issue none."""
     d = template.definition
     if template.state is State.RETIRED:
         raise TemplateRetired(f"couponTemplates/{d.template_id} is retired")
@@ -207,7 +224,7 @@ async def issue_from(
         raise ValidityEnded(f"couponTemplates/{d.template_id} is valid only until {valid_until.isoformat()}")
     value = tag.value if tag is not None and tag.dimension == d.tag_dimension else None
     assert d.discount is not None
-    coupon = NewCoupon(
+    return NewCoupon(
         template_id=d.template_id,
         template_version=template.version,
         member_id=member_id,
@@ -226,26 +243,57 @@ async def issue_from(
         content_hash=content_hash(d.template_id, member_id, source),
         issue_time=now,
     )
+
+
+async def write_one(
+    on: asyncpg.Pool | Connection, tenant_id: str, template: Template, coupon: NewCoupon
+) -> CouponRow:
+    """`coupon` written as `issue_from` writes it (its refusals raised)."""
+    d = template.definition
     written = await coupon_store.issue(
-        on,
-        tenant_id,
-        coupon,
-        codes.new_codes(CODE_ATTEMPTS),
-        d.per_member_limit,
-        stock_owner(d.template_id),
+        on, tenant_id, coupon, codes.new_codes(CODE_ATTEMPTS), d.per_member_limit, stock_owner(d.template_id)
     )
     if isinstance(written, CouponRow):
-        return first_issue(written, d.template_id, member_id, source, coupon.content_hash)
+        if written.content_hash != coupon.content_hash:
+            raise AlreadyExists(f"request_id {written.request_id!r} was used for a different coupon")
+        return written
     if written is Refusal.STALE:
         raise Stale()
     if written is Refusal.LIMIT:
         raise MemberLimitReached(
-            f"members/{member_id} already holds {d.per_member_limit} coupon(s) of "
+            f"members/{coupon.member_id} already holds {d.per_member_limit} coupon(s) of "
             f"couponTemplates/{d.template_id}, the most one member may"
         )
     if written is Refusal.OUT_OF_STOCK:
         raise OutOfStock(f"couponTemplates/{d.template_id} has no coupons left")
     raise RuntimeError(f"{CODE_ATTEMPTS} random coupon codes in a row were taken")
+
+
+async def write_group(
+    pool: asyncpg.Pool, tenant_id: str, template: Template, coupons: Sequence[NewCoupon]
+) -> list[CouponRow | BaseException]:
+    """`coupons` (of `template` at its version) written as one statement when all of them can be
+    (coupon_store.issue_group), else each as `write_one` writes it: one outcome per coupon, in
+    order, a refusal as the exception `write_one` raises."""
+    d = template.definition
+    if len(coupons) > 1:
+        try:
+            offered = codes.new_codes(len(coupons))
+            stock = stock_owner(d.template_id)
+            written = await coupon_store.issue_group(
+                pool, tenant_id, coupons, offered, d.per_member_limit, stock
+            )
+        except asyncpg.UniqueViolationError:
+            written = None
+        if written is not None:
+            return list(written)
+    outcomes: list[CouponRow | BaseException] = []
+    for coupon in coupons:
+        try:
+            outcomes.append(await write_one(pool, tenant_id, template, coupon))
+        except (DomainError, Stale, asyncpg.UniqueViolationError) as refusal:
+            outcomes.append(refusal)
+    return outcomes
 
 
 @asynccontextmanager

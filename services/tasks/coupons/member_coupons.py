@@ -1,9 +1,10 @@
 """Coupons members hold: issued by an operator (IssueCoupon), taken by the member (ClaimCoupon),
 read by code and by member, and counted per campaign arm (free of SQL and gRPC).
 
-Each issue is one autocommitted statement (`issuing.issue_from` on the pool: one round trip,
-where BEGIN, two statements and COMMIT were four). A refusal, or a request
-id another call took first, is answered by the coupon that request id already issued when there is
+Each issue is one autocommitted statement on the pool (one round trip, where BEGIN, two statements
+and COMMIT were four), and issues of one template that arrive while two are at the database go as
+one statement for the group (`issuing.write_group`, decision 160). A refusal, or a request id
+another call took first, is answered by the coupon that request id already issued when there is
 one (a retry after a success is a success); otherwise the refusal stands.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import functools
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -19,6 +19,7 @@ from typing import Protocol
 import asyncpg
 
 from runtime import page_tokens
+from runtime.batching import KeyedBatcher
 from runtime.db import Database
 from runtime.errors import (
     DomainError,
@@ -28,10 +29,9 @@ from runtime.errors import (
     ResourceExhausted,
     Violations,
 )
-from runtime.in_flight import KeyedLimit
 from services.tasks.coupons import codes, coupon_store
 from services.tasks.coupons.catalog import CouponTemplates
-from services.tasks.coupons.coupon_store import ArmRow, CouponRow
+from services.tasks.coupons.coupon_store import ArmRow, CouponRow, NewCoupon
 from services.tasks.coupons.issuing import (
     STALE_ATTEMPTS,
     MemberLimitReached,
@@ -42,17 +42,20 @@ from services.tasks.coupons.issuing import (
     TagReader,
     check_source,
     first_issue,
-    issue_from,
+    new_coupon,
     tag_for,
     too_busy,
+    write_group,
 )
 from services.tasks.coupons.templates import Template
 from services.tasks.points import ledger
 
 CLAIMS_CAMPAIGN = "claims"
-# Issue statements of one template at the database at once (runtime/in_flight.py): they all take
-# the template's row and its stock's shards, so more only queue on locks inside PostgreSQL.
-ISSUES_IN_FLIGHT = 2
+# Issue statements of one template at the database at once: they all take the template's row and
+# its stock's shards, so more only queue on locks inside PostgreSQL (decision 158). Issues arriving
+# meanwhile wait and go as one group (runtime/batching.py, decision 160).
+GROUPS_IN_FLIGHT = 2
+MAX_GROUP = 32
 # What an order may name as a code (tagging's rule for Order.coupon_codes).
 ANY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_CAMPAIGN = 128
@@ -91,7 +94,9 @@ class Coupons:
         self._templates = templates
         self._directory = directory
         self._tags = tags
-        self._in_flight: KeyedLimit[tuple[str, str]] = KeyedLimit(ISSUES_IN_FLIGHT)
+        self._groups: KeyedBatcher[tuple[str, str], tuple[Template, NewCoupon], CouponRow] = KeyedBatcher(
+            self._write, in_flight=GROUPS_IN_FLIGHT, max_size=MAX_GROUP
+        )
 
     async def issue(
         self,
@@ -162,17 +167,15 @@ class Coupons:
         for _ in range(STALE_ATTEMPTS):
             if tag is None or tag.dimension != template.definition.tag_dimension:
                 tag = await tag_for(self._tags, tenant_id, template.definition, member_id)
-            issuing_now = functools.partial(
-                issue_from, self._db.pool, tenant_id, template, member_id, source, request_id, tag, now
-            )
             try:
-                return await self._in_flight.run((tenant_id, template_id), issuing_now)
+                coupon = new_coupon(template, member_id, source, request_id, tag, now)
+                return await self._groups.submit((tenant_id, template_id), (template, coupon))
             except Stale:
                 template = await self._templates.current(tenant_id, template_id, fresh=True)
                 if claim:
                     await self._check_claim(tenant_id, template, member_id)
             except MemberLimitReached as refusal:
-                # The statement found no coupon of the request id (issue_from), so no read here.
+                # The statement found no coupon of the request id (write_one), so no read here.
                 if claim:
                     raise ClaimLimitReached(refusal.message) from None
                 raise
@@ -183,6 +186,23 @@ class Coupons:
                     tenant_id, template_id, member_id, source, request_id, refusal
                 )
         raise too_busy(template_id)
+
+    async def _write(
+        self, key: tuple[str, str], issues: Sequence[tuple[Template, NewCoupon]]
+    ) -> list[CouponRow | BaseException]:
+        """A group of one template's issues (`write_group`); a template read again while the group
+        formed leaves its issues of each version to their own statements."""
+        tenant_id = key[0]
+        versions: dict[int, list[int]] = {}
+        for i, (template, _) in enumerate(issues):
+            versions.setdefault(template.version, []).append(i)
+        outcomes: list[CouponRow | BaseException] = [RuntimeError()] * len(issues)
+        for places in versions.values():
+            template = issues[places[0]][0]
+            written = await write_group(self._db.pool, tenant_id, template, [issues[i][1] for i in places])
+            for i, outcome in zip(places, written, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
     async def _first(
         self, tenant_id: str, template_id: str, member_id: str, source: Source, request_id: str
