@@ -2,19 +2,21 @@
 
 Members are imported into tagging first and each claims once before the measurement (the tasks
 service asks tagging whether a member exists, once per member and process). Then every call claims
-the one claimable template's coupon for one of many members under a fresh request id, in one
-autocommitted statement (`tasks.issue_coupon`, migration 0020): the request id looked up, a
-key-share lock on the template's row at the version the service read (cached for 2 s), the member's
-holding (a conditional upsert against the per-member limit), the coupon with its random code, and
-a unit of the stock from its sharded allowance (one of 32 shard rows no other claim holds). The
-template has stock for the whole run and a per-member limit above what one member claims in it.
+the one claimable template's coupon for one of many members under a fresh request id. Claims that
+arrive while two are at the database go together (decision 160) as one autocommitted statement,
+`tasks.issue_coupons` (migration 0024; a claim alone is `tasks.issue_coupon`, 0020): the request
+ids looked up, a key-share lock on the template's row at the version the service read (cached for
+2 s), the members' holdings (a conditional upsert against the per-member limit), the coupons with
+their random codes, and the group's units of stock from its sharded allowance. The template has
+stock for the whole run and a per-member limit above what one member claims in it.
 
 The client shares the machine with the service and PostgreSQL: each claim also costs the client
 about 0.3 ms of CPU (a health check 0.2 ms), so under other load both lines' tails include the
 client's and the database's scheduling, not only the service's.
 
 A last run claims a template with less stock than the run takes: the claims after the last coupon
-answer RESOURCE_EXHAUSTED (counted as errors in its line, not a failure of the bench).
+answer RESOURCE_EXHAUSTED (counted as errors in its line, not a failure of the bench), and exactly
+the stock is issued (a group the stock cannot cover is issued one by one).
 """
 
 from __future__ import annotations
