@@ -53,8 +53,8 @@ from services.tasks.points import ledger
 CLAIMS_CAMPAIGN = "claims"
 # Issue statements of one template at the database at once: they all take the template's row and
 # its stock's shards, so more only queue on locks inside PostgreSQL (decision 158). Issues arriving
-# meanwhile wait and go as one group (runtime/batching.py, decision 160).
-GROUPS_IN_FLIGHT = 2
+# meanwhile wait and go as the next group (runtime/batching.py, decisions 160 and 161).
+GROUPS_IN_FLIGHT = 1
 MAX_GROUP = 32
 # What an order may name as a code (tagging's rule for Order.coupon_codes).
 ANY_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
