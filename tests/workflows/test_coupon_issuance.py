@@ -10,6 +10,7 @@ task queue, and a worker whose activities call that server.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from services.tasks import server as tasks_server
 from tests.audience.helpers import in_batch
 from tests.conftest import ACME, TENANT_ACME, unique
 from tests.grpc_helpers import bad, failure
+from tests.tasks.coupon_helpers import stamp
 from tests.waiting import eventually
 from tests.workflows.cohort_helpers import population
 from tests.workflows.journey_helpers import keep_history
@@ -37,6 +39,8 @@ from workflows.worker import Resources, build_worker
 
 if TYPE_CHECKING:
     from memberops.tasks.v1.tasks_service_pb2_grpc import TasksServiceAsyncStub as TasksStub
+
+End = coupons_pb2.CouponIssuanceEnd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +61,7 @@ class Issuances:
             display_name="Ten off",
             amount_off=coupons_pb2.AmountOff(amount_minor=1000),
             threshold_minor=5000,
-            valid_days=30,
-            **fields,
+            **{"valid_days": 30, **fields},
         )
         created = await self.stub.CreateCouponTemplate(
             tasks_service_pb2.CreateCouponTemplateRequest(template=template), metadata=ACME
@@ -153,6 +156,7 @@ async def test_every_member_gets_one_coupon_and_the_same_request_is_the_same_ope
         450,
     )
     assert (started.done, started.issued, started.skipped, started.out_of_stock) == (False, 0, 0, 0)
+    assert (started.end, started.not_reached) == (End.COUPON_ISSUANCE_END_UNSPECIFIED, 0)
     assert started.snapshot.startswith("snapshots/") and started.template_id == template.split("/")[1]
 
     async with issuances.worker():
@@ -188,7 +192,59 @@ async def test_members_left_when_the_stock_runs_out_are_counted(issuances: Issua
     async with issuances.worker():
         finished = await issuances.finished(request_id)
     assert (finished.members, finished.issued, finished.skipped, finished.out_of_stock) == (50, 30, 0, 20)
+    assert (finished.end, finished.not_reached) == (End.COUPON_ISSUANCE_END_COMPLETED, 0)
     assert await issuances.issued_to(campaign) == 30
+
+
+async def test_a_template_retired_while_it_runs_ends_the_operation_and_says_so(issuances: Issuances) -> None:
+    template = await issuances.template(total_stock=1000)
+    audience, _ = await issuances.audience(450)
+    request_id, campaign = unique("iss"), unique("campaign")
+    await issuances.start(template, audience, request_id, campaign=campaign)
+    # The pages handed over as the workflow hands them, the template retired after the first.
+    first = await issuances.page(request_id)
+    assert (first.issuance.issued, first.issuance.done, first.issuance.end) == (200, False, 0)
+    await issuances.stub.RetireCouponTemplate(
+        tasks_service_pb2.RetireCouponTemplateRequest(name=template), metadata=ACME
+    )
+    ended = await issuances.page(request_id, first.next_page_token)
+    assert (ended.issuance.done, ended.next_page_token) == (True, "")
+    assert (ended.issuance.end, ended.issuance.issued, ended.issuance.not_reached) == (
+        End.COUPON_ISSUANCE_END_TEMPLATE_RETIRED,
+        200,
+        250,
+    )
+    assert await issuances.get(request_id) == ended.issuance
+    assert await issuances.issued_to(campaign) == 200
+
+
+async def test_a_validity_that_ends_while_it_runs_ends_the_operation_and_says_so(
+    issuances: Issuances,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    template = await issuances.template(
+        total_stock=1000,
+        valid_days=0,
+        valid_from=stamp(now - dt.timedelta(days=1)),
+        valid_until=stamp(now + dt.timedelta(days=1)),
+    )
+    audience, _ = await issuances.audience(250)
+    request_id = unique("iss")
+    await issuances.start(template, audience, request_id)
+    first = await issuances.page(request_id)
+    changed = await issuances.stub.GetCouponTemplate(
+        tasks_service_pb2.GetCouponTemplateRequest(name=template), metadata=ACME
+    )
+    changed.valid_until.CopyFrom(stamp(now - dt.timedelta(hours=1)))
+    await issuances.stub.UpdateCouponTemplate(
+        tasks_service_pb2.UpdateCouponTemplateRequest(template=changed), metadata=ACME
+    )
+    ended = await issuances.page(request_id, first.next_page_token)
+    assert (ended.issuance.end, ended.issuance.issued, ended.issuance.not_reached) == (
+        End.COUPON_ISSUANCE_END_VALIDITY_ENDED,
+        200,
+        50,
+    )
 
 
 async def test_a_page_issued_again_issues_and_counts_nothing_twice(issuances: Issuances) -> None:

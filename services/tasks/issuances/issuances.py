@@ -27,7 +27,7 @@ from services.tasks.coupons import issuing
 from services.tasks.coupons.issuing import MemberTag, Source, TagReader
 from services.tasks.coupons.templates import State, Template
 from services.tasks.issuances import issuance_store
-from services.tasks.issuances.issuance_store import Counts, IssuanceRow
+from services.tasks.issuances.issuance_store import Counts, Ended, IssuanceRow
 
 # Members a page holds: each is one short transaction, so a page takes well under a second.
 PAGE_SIZE = 200
@@ -168,10 +168,11 @@ class Issuances:
         async with self._db.transaction(tenant_id, readonly=True) as conn:
             template = await issuing.current_template(conn, row.template_id)
         counts, ended = await self._issue(tenant_id, row, template, members, now)
-        last = ended or not next_token
+        if ended is Ended.RUNNING and not next_token:
+            ended = Ended.COMPLETED
         async with self._db.transaction(tenant_id) as conn:
             counted = await issuance_store.count_page(
-                conn, tenant_id, request_id, _page_digest(page_token), counts, last=last
+                conn, tenant_id, request_id, _page_digest(page_token), counts, ended
             )
             if counted is None:
                 # Counted before (a retried page): what it did then stands.
@@ -186,20 +187,26 @@ class Issuances:
         template: Template,
         members: Sequence[str],
         now: dt.datetime,
-    ) -> tuple[Counts, bool]:
-        """Each member's coupon; the counts, and whether the template stopped issuing (retired, or
-        its validity ended)."""
+    ) -> tuple[Counts, Ended]:
+        """Each member's coupon; the counts, and how the operation ended if the template stopped
+        issuing (retired, or its validity ended; RUNNING otherwise). Members after that are not
+        reached, so not counted."""
         dimension = template.definition.tag_dimension
         values = await self._tags.member_tags(tenant_id, dimension, members) if dimension else {}
         source = Source(row.campaign, row.arm)
         outcomes: list[str] = []
+        ends: list[Ended] = []
         queue = list(reversed(members))
 
         async def lane() -> None:
-            while queue and "ended" not in outcomes:
+            while queue and not ends:
                 member_id = queue.pop()
                 tag = MemberTag(dimension, values.get(member_id)) if dimension else None
-                outcomes.append(await self._issue_one(tenant_id, row, member_id, source, tag, now))
+                outcome = await self._issue_one(tenant_id, row, member_id, source, tag, now)
+                if isinstance(outcome, Ended):
+                    ends.append(outcome)
+                else:
+                    outcomes.append(outcome)
 
         await asyncio.gather(*(lane() for _ in range(LANES)))
         counts = Counts(
@@ -207,7 +214,7 @@ class Issuances:
             skipped=outcomes.count("skipped"),
             out_of_stock=outcomes.count("out_of_stock"),
         )
-        return counts, "ended" in outcomes
+        return counts, ends[0] if ends else Ended.RUNNING
 
     async def _issue_one(
         self,
@@ -217,7 +224,7 @@ class Issuances:
         source: Source,
         tag: MemberTag | None,
         now: dt.datetime,
-    ) -> str:
+    ) -> str | Ended:
         try:
             async with self._db.transaction(tenant_id) as conn:
                 await issuing.issue(
@@ -234,8 +241,10 @@ class Issuances:
             return "skipped"
         except issuing.OutOfStock:
             return "out_of_stock"
-        except (issuing.TemplateRetired, issuing.ValidityEnded):
-            return "ended"
+        except issuing.TemplateRetired:
+            return Ended.TEMPLATE_RETIRED
+        except issuing.ValidityEnded:
+            return Ended.VALIDITY_ENDED
         except AlreadyExists:
             # The member's key was taken by another coupon (an IssueCoupon that chose it).
             return "skipped"

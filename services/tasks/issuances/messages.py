@@ -75,4 +75,13 @@ def issuance_to_proto(row: IssuanceRow) -> coupons_pb2.CouponIssuance:
         out_of_stock=row.out_of_stock,
         create_time=_stamp(row.create_time),
         update_time=_stamp(row.update_time),
+        end=row.ended,  # type: ignore[arg-type]
+        not_reached=not_reached(row),
     )
+
+
+def not_reached(row: IssuanceRow) -> int:
+    """Members of the snapshot a done operation never reached (it ended early); 0 while it runs."""
+    if not row.done:
+        return 0
+    return max(row.members - row.issued - row.skipped - row.out_of_stock, 0)

@@ -101,6 +101,34 @@ COUPON_VIOLATION_REASON_BELOW_THRESHOLD: CouponViolationReason.ValueType  # 5
 """The order's eligible amount is below the coupon's threshold."""
 Global___CouponViolationReason: _TypeAlias = CouponViolationReason  # noqa: Y015
 
+class _CouponIssuanceEnd:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CouponIssuanceEndEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CouponIssuanceEnd.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COUPON_ISSUANCE_END_UNSPECIFIED: _CouponIssuanceEnd.ValueType  # 0
+    """Not done yet (or done before the end was recorded, with counts that fall short of `members`)."""
+    COUPON_ISSUANCE_END_COMPLETED: _CouponIssuanceEnd.ValueType  # 1
+    """Every member of the snapshot was reached: issued, skipped or out of stock."""
+    COUPON_ISSUANCE_END_TEMPLATE_RETIRED: _CouponIssuanceEnd.ValueType  # 2
+    """The template was retired while it ran; the members after that were not reached."""
+    COUPON_ISSUANCE_END_VALIDITY_ENDED: _CouponIssuanceEnd.ValueType  # 3
+    """The template's fixed validity ended while it ran; the members after that were not reached."""
+
+class CouponIssuanceEnd(_CouponIssuanceEnd, metaclass=_CouponIssuanceEndEnumTypeWrapper):
+    """How a coupon issuance ended."""
+
+COUPON_ISSUANCE_END_UNSPECIFIED: CouponIssuanceEnd.ValueType  # 0
+"""Not done yet (or done before the end was recorded, with counts that fall short of `members`)."""
+COUPON_ISSUANCE_END_COMPLETED: CouponIssuanceEnd.ValueType  # 1
+"""Every member of the snapshot was reached: issued, skipped or out of stock."""
+COUPON_ISSUANCE_END_TEMPLATE_RETIRED: CouponIssuanceEnd.ValueType  # 2
+"""The template was retired while it ran; the members after that were not reached."""
+COUPON_ISSUANCE_END_VALIDITY_ENDED: CouponIssuanceEnd.ValueType  # 3
+"""The template's fixed validity ended while it ran; the members after that were not reached."""
+Global___CouponIssuanceEnd: _TypeAlias = CouponIssuanceEnd  # noqa: Y015
+
 @_typing.final
 class AmountOff(_message.Message):
     """A fixed amount off an order whose eligible amount reaches the threshold (满减)."""
@@ -533,6 +561,8 @@ class CouponIssuance(_message.Message):
     OUT_OF_STOCK_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    NOT_REACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`couponIssuances/{request_id}`."""
     template_id: _builtins.str
@@ -547,6 +577,11 @@ class CouponIssuance(_message.Message):
     issued: _builtins.int
     skipped: _builtins.int
     out_of_stock: _builtins.int
+    end: Global___CouponIssuanceEnd.ValueType
+    """Once done: how it ended, and the members of the snapshot it never reached (0 unless it ended
+    early: `members` = issued + skipped + out_of_stock + not_reached).
+    """
+    not_reached: _builtins.int
     @_builtins.property
     def source(self) -> Global___CouponSource: ...
     @_builtins.property
@@ -568,10 +603,12 @@ class CouponIssuance(_message.Message):
         out_of_stock: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        end: Global___CouponIssuanceEnd.ValueType = ...,
+        not_reached: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "create_time", b"create_time", "done", b"done", "issued", b"issued", "members", b"members", "name", b"name", "out_of_stock", b"out_of_stock", "skipped", b"skipped", "snapshot", b"snapshot", "source", b"source", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "create_time", b"create_time", "done", b"done", "end", b"end", "issued", b"issued", "members", b"members", "name", b"name", "not_reached", b"not_reached", "out_of_stock", b"out_of_stock", "skipped", b"skipped", "snapshot", b"snapshot", "source", b"source", "template_id", b"template_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
