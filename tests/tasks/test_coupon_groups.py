@@ -181,3 +181,24 @@ async def test_a_request_id_issued_meanwhile_is_a_unique_violation_of_the_group(
             issuing.stock_owner(template_id),
         )
     assert await written(db, template_id) == (0, 0)
+
+
+async def test_a_group_that_meets_a_conflict_is_issued_one_by_one(
+    tasks_stub: TasksStub, members: Members, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock with a caller's transaction aborts the group's statement, which wrote nothing:
+    its issues go alone, each answered as it would be."""
+    template_id, template = await made(tasks_stub, db, total_stock=10)
+    counted = Singles(monkeypatch)
+    aborted: list[int] = []
+
+    async def deadlocked(pool: Any, tenant_id: str, coupons: Sequence[NewCoupon], *rest: Any) -> Any:
+        aborted.append(len(coupons))
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    monkeypatch.setattr(coupon_store, "issue_group", deadlocked)
+    group = coupons_for(template, [await members.new() for _ in range(3)])
+    outcomes = await issuing.write_group(db.pool, TENANT_ACME, template, group)
+    assert (aborted, counted.alone) == ([3], 3)
+    assert [o.member_id for o in outcomes if isinstance(o, CouponRow)] == [c.member_id for c in group]
+    assert await written(db, template_id) == (3, 3)

@@ -274,7 +274,8 @@ async def write_group(
 ) -> list[CouponRow | BaseException]:
     """`coupons` (of `template` at its version) written as one statement when all of them can be
     (coupon_store.issue_group), else each as `write_one` writes it: one outcome per coupon, in
-    order, a refusal as the exception `write_one` raises."""
+    order, a refusal as the exception `write_one` raises. Any other error of a statement (the
+    database gone) is every caller's: those issued before it find their coupon on a retry."""
     d = template.definition
     if len(coupons) > 1:
         try:
@@ -283,7 +284,9 @@ async def write_group(
             written = await coupon_store.issue_group(
                 pool, tenant_id, coupons, offered, d.per_member_limit, stock
             )
-        except asyncpg.UniqueViolationError:
+        except (asyncpg.UniqueViolationError, asyncpg.TransactionRollbackError):
+            # A request id met twice or issued meanwhile, or a conflict (a deadlock with a caller's
+            # transaction): one by one, each gets the answer it gets alone.
             written = None
         if written is not None:
             return list(written)
