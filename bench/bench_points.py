@@ -9,8 +9,10 @@ request-id lookup, the entry with its lot and the level check — on top of bare
 SignIn: members imported into tagging first (the tasks service asks tagging whether a member
 exists, once per member and process), then every call signs a different member in to one of a few
 daily sign-in tasks with a budget: the member's account lock, the day's and yesterday's sign-ins,
-the completion, a take from the budget's shards, the ledger earning and the sign-in row, in one
-statement (tasks.sign_in). Each member signs in once per task (a second time the same day is
+the completion, a take from the budget's shards, the ledger earning and the sign-in row. Sign-ins of
+one task that arrive while one group of them is at the database go together as the next group, one
+statement for the group (tasks.sign_in_batch, decisions 154 and 161; one alone is tasks.sign_in).
+Each member signs in once per task (a second time the same day is
 refused), so members times tasks bounds the calls; one GetStreak per member first fills the member
 cache, and 2,000 sign-ins to another task then ANALYZE give the tables a day's statistics, as a
 service that has run for a while has.
