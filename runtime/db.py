@@ -21,6 +21,10 @@ from runtime.config import TENANT_ID
 
 APP_ROLE = "memberops_app"
 TENANT_SETTING = "memberops.tenant_id"
+# Errors of a statement written for a group of calls (sign-ins, coupon issues) that the calls settle
+# by going one by one: a request id met twice or taken meanwhile, and a conflict the database rolled
+# back (a deadlock with another transaction); alone, each call gets its own answer.
+GROUP_SETTLED_ALONE = (asyncpg.UniqueViolationError, asyncpg.TransactionRollbackError)
 
 # How the statements of a transaction are planned (PostgreSQL's plan_cache_mode). "custom": with
 # their actual arguments, every time, as compiled statements over a member filter or a window of

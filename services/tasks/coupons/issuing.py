@@ -20,7 +20,7 @@ from typing import Protocol
 
 import asyncpg
 
-from runtime.db import Connection
+from runtime.db import GROUP_SETTLED_ALONE, Connection
 from runtime.errors import (
     Aborted,
     AlreadyExists,
@@ -254,9 +254,8 @@ async def write_one(
         on, tenant_id, coupon, codes.new_codes(CODE_ATTEMPTS), d.per_member_limit, stock_owner(d.template_id)
     )
     if isinstance(written, CouponRow):
-        if written.content_hash != coupon.content_hash:
-            raise AlreadyExists(f"request_id {written.request_id!r} was used for a different coupon")
-        return written
+        source = Source(coupon.source_campaign, coupon.source_arm)
+        return first_issue(written, d.template_id, coupon.member_id, source, coupon.content_hash)
     if written is Refusal.STALE:
         raise Stale()
     if written is Refusal.LIMIT:
@@ -284,7 +283,7 @@ async def write_group(
             written = await coupon_store.issue_group(
                 pool, tenant_id, coupons, offered, d.per_member_limit, stock
             )
-        except (asyncpg.UniqueViolationError, asyncpg.TransactionRollbackError):
+        except GROUP_SETTLED_ALONE:
             # A request id met twice or issued meanwhile, or a conflict (a deadlock with a caller's
             # transaction): one by one, each gets the answer it gets alone.
             written = None

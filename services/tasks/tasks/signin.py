@@ -24,7 +24,7 @@ import asyncpg
 
 from runtime import metrics
 from runtime.batching import KeyedBatcher
-from runtime.db import Connection, Database
+from runtime.db import GROUP_SETTLED_ALONE, Connection, Database
 from runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -148,7 +148,7 @@ def _group_of(r: signin_store.DayRequest) -> tuple[object, ...]:
 def _alone_decides(error: asyncpg.PostgresError) -> bool:
     """Whether a group's failure is one that signing its members in one by one settles: the group
     refused as a whole (budget, version), a request id a concurrent call took, a conflict."""
-    if isinstance(error, asyncpg.UniqueViolationError | asyncpg.TransactionRollbackError):
+    if isinstance(error, GROUP_SETTLED_ALONE):
         return True
     return getattr(error, "sqlstate", None) == signin_store.BATCH_REFUSED
 
