@@ -10,10 +10,11 @@ opens them) is split in three:
   two-valued (a NULL test is COALESCEd to false before it is combined), so the set algebra is
   exactly its logic.
 - *driver* conjuncts: "at least one fact in a window" or "none" that a recency summary answers
-  (`compiler.summary_test`); SQL reads its members from the summary's index, which is cheap, and
-  their numbers narrow the candidates (AND, or for "none" ANDNOT).
-- the *residual*: everything else, compiled by the unchanged compiler as a member-filtered statement
-  (`compile_audience(..., filtered=True)`), so its semantics are today's, run only over candidates.
+  (`compiler.summary_test`); the summary's day bitmaps (`fact_windows`) decide it for every member
+  but those whose row lies on a day at the window's edges, and narrow the candidates (AND, or for
+  "none" ANDNOT); the statement tests the undecided alone.
+- the *residual*: everything else, compiled by the unchanged compiler's predicates into one statement
+  over chosen members (`compile_gated`), so its semantics are today's, run only over candidates.
   An `any` conjunct with bitmap branches among others keeps them (`Part.free`): a candidate in
   them passes it without the statement.
 
@@ -22,7 +23,6 @@ Pure: nothing here reads the database; `bitmap_evaluation` runs a plan.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ from memberops.audience.v1 import audience_pb2
 from memberops.tagging.v1 import member_pb2, rules_pb2
 from pyroaring import BitMap
 
-from services.audience import compiler
+from services.audience import compiler, fact_windows
 from services.tagging import rules
 
 Rule = audience_pb2.AudienceRule
@@ -121,16 +121,12 @@ class NotOf:
 
 @dataclass(frozen=True)
 class Driver:
-    """A summary test: `sql` (`$1` the evaluation time) gives the member ids it puts in, a member
-    possibly more than once; `positive`: the rule wants them ("carted this fortnight"), else it
-    wants everyone else ("bought none in 90 days")."""
+    """A summary test, answered from the recency summaries' day bitmaps (`fact_windows`):
+    `positive`, the rule wants the members with a fact in the window ("carted this fortnight"),
+    else it wants everyone else ("bought none in 90 days")."""
 
-    sql: str
-    params: tuple[Any, ...]
+    window: fact_windows.Window
     positive: bool
-
-    def args(self, now: dt.datetime) -> list[Any]:
-        return [now, *self.params[1:]]
 
 
 @dataclass(frozen=True)
@@ -144,20 +140,13 @@ class Part:
     free: Expr | None = None
 
 
-# `any` conjuncts whose bitmap branches are used at most: the residual's candidates are grouped by
-# the branches they are not in, up to 2^this groups, a statement each.
-MAX_FREE = 2
-
-
 @dataclass(frozen=True)
 class Plan:
     # The bitmap conjuncts, ANDed; None when there are none (every member is a candidate).
     bitmap: Expr | None
     parts: tuple[Part, ...]
     references: Mapping[str, Rule]
-    _statements: dict[frozenset[int], compiler.Compiled] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _gated: list[compiler.Gated] = field(default_factory=list, compare=False, repr=False)
 
     def candidates(self, bitmaps: Bitmaps) -> BitMap:
         """The members the bitmap conjuncts let through (a new bitmap the caller may change)."""
@@ -165,16 +154,12 @@ class Plan:
             return BitMap(bitmaps.universe)
         return BitMap(self.bitmap.evaluate(bitmaps))
 
-    def statement(self, parts: frozenset[int]) -> compiler.Compiled:
-        """The rules of those parts, ANDed, compiled member-filtered (once per set of parts)."""
-        found = self._statements.get(parts)
-        if found is None:
-            rules = [self.parts[i].rule for i in sorted(parts)]
-            found = compiler.compile_audience(
-                Rule(all=audience_pb2.AudienceRuleList(rules=rules)), self.references, filtered=True
-            )
-            self._statements[parts] = found
-        return found
+    def statement(self) -> compiler.Gated:
+        """Every part's rule in one statement, each member tested on the parts it needs (compiled
+        once)."""
+        if not self._gated:
+            self._gated.append(compiler.compile_gated([part.rule for part in self.parts], self.references))
+        return self._gated[0]
 
 
 def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -> Plan | None:
@@ -190,9 +175,7 @@ def plan(rule: Rule, references: Mapping[str, Rule], bucketed: frozenset[str]) -
             bitmap.append(expr)
             continue
         driver = _driver(conjunct)
-        free = None
-        if driver is None and sum(p.free is not None for p in parts) < MAX_FREE:
-            free = _free(conjunct, state, stack, bucketed)
+        free = _free(conjunct, state, stack, bucketed) if driver is None else None
         parts.append(free or Part(conjunct, driver))
     if not bitmap and not any(p.driver for p in parts) and parts:
         return None
@@ -275,8 +258,13 @@ def _driver(rule: Rule) -> Driver | None:
     summary = compiler.summary_test(rule)
     if summary is None:
         return None
-    b = rules.Builder(relations=compiler.VIEWS, correlated=True)
-    now = b.param(None, "timestamptz")
-    recency = rules.recency_of(summary[0], b, now)
-    assert recency is not None, "summary_test admits only summarised keys"
-    return Driver(recency.members(), tuple(b.params), summary[1])
+    key, positive = summary
+    # The same rows and window as the summary's statement (`rules.recency_of`).
+    events = rules.of_events(key)
+    window = fact_windows.Window(
+        source=fact_windows.EVENTS if events else fact_windows.PURCHASES,
+        kinds=frozenset(key.event_kinds) if events else frozenset(),
+        categories=frozenset(key.categories),
+        days=key.window_days or None,
+    )
+    return Driver(window, positive)

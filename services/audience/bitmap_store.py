@@ -1,6 +1,7 @@
-"""SQL of the bitmap index (bitmaps.py): a tenant's members, profile buckets and current tags read
-grouped by value (PostgreSQL aggregates the member numbers, so Python handles one array per value,
-not one row per member), tagging's feed of member and tag changes, and the rows those changes name.
+"""SQL of the bitmap index (bitmaps.py): a tenant's members, profile buckets, current tags and
+recency summaries read grouped by value (PostgreSQL aggregates the member numbers, so Python handles
+one array per value, not one row per member), tagging's feed of member, fact and tag changes, and
+the rows those changes name.
 Everything is read through tagging's published views; every function runs on a connection already
 inside a tenant transaction."""
 
@@ -16,7 +17,13 @@ from runtime.db import Connection
 FEED = "tagging_read.feed"
 # tagging's FeedKind values the index follows (services/tagging/domain.py).
 MEMBER_CHANGED = 1
+ORDER_RECORDED = 2
+REFUND_RECORDED = 3
+EVENT_RECORDED = 4
 TAG_CHANGED = 5
+# Entries after which a member's recency summaries are read again (fact_windows.py).
+FACT_CHANGED = frozenset({ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED})
+FOLLOWED = [MEMBER_CHANGED, ORDER_RECORDED, REFUND_RECORDED, EVENT_RECORDED, TAG_CHANGED]
 
 # Profile fields kept as buckets -> their column of tagging_read.members, as text (enum-valued
 # columns hold the enum's number).
@@ -32,6 +39,11 @@ BUCKET_COLUMNS: dict[str, str] = {
 async def feed_end(conn: Connection) -> outbox.Position | None:
     """The position of the newest readable entry of tagging's feed (None: it has none)."""
     return outbox.parse_cursor(await outbox.last_settled(conn, FEED) or "")
+
+
+async def session_zone(conn: Connection) -> str:
+    """The session's TimeZone: statements subtract calendar days in it."""
+    return str(await conn.fetchval("SELECT current_setting('TimeZone')"))
 
 
 async def number_range(conn: Connection) -> tuple[int, int] | None:
@@ -95,10 +107,47 @@ async def current_tags(conn: Connection, dimension: str) -> list[tuple[str, list
     return [(row["value"], row["numbers"]) for row in rows]
 
 
+# The recency summaries by UTC day of their time (fact_windows.py): (source, kind, category, day,
+# member numbers), one row per day of a summary. Purchases have no kind (0).
+_DAY = "floor(extract(epoch FROM {column}) / 86400)::int"
+_SUMMARIES = {
+    "event": ("tagging_read.event_recency", "r.kind", "r.last_time"),
+    "purchase": ("tagging_read.purchase_recency", "0::smallint", "r.last_paid_time"),
+}
+
+
+async def fact_days(conn: Connection, source: str) -> list[asyncpg.Record]:
+    """`kind`, `category`, `day` and `numbers` (member numbers) of one summary (`event` or
+    `purchase`), grouped in PostgreSQL as `current_tags` is."""
+    table, kind, column = _SUMMARIES[source]
+    return await conn.fetch(
+        f"""SELECT {kind} AS kind, r.category, {_DAY.format(column=column)} AS day,
+                   array_agg(m.member_no) AS numbers
+            FROM {table} r JOIN tagging_read.members m ON m.member_id = r.member_id
+            GROUP BY 1, 2, 3"""
+    )
+
+
+async def facts_of(conn: Connection, member_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """`member_no` of each member that exists, with `source`, `kind`, `category` and `at` of each of
+    its recency rows (those four NULL for a member with none)."""
+    parts = " UNION ALL ".join(
+        f"""SELECT '{source}' AS source, {kind} AS kind, r.category, {column} AS at
+            FROM {table} r WHERE r.member_id = m.member_id"""
+        for source, (table, kind, column) in _SUMMARIES.items()
+    )
+    return await conn.fetch(
+        f"""SELECT m.member_no, f.source, f.kind, f.category, f.at
+            FROM tagging_read.members m LEFT JOIN LATERAL ({parts}) f ON true
+            WHERE m.member_id = ANY($1::text[])""",
+        list(member_ids),
+    )
+
+
 async def read_changes(
     conn: Connection, after: outbox.Position | None, limit: int, upto: outbox.Position
 ) -> list[asyncpg.Record]:
-    """Member and tag changes after `after` up to `upto`, in feed order: `kind`, `member_id`,
+    """Member, fact and tag changes after `after` up to `upto`, in feed order: `kind`, `member_id`,
     `tag_dimension` and `tag_value` (the value added or removed), `position`, `seq`."""
     return await outbox.read_settled(
         conn,
@@ -107,13 +156,13 @@ async def read_changes(
         after,
         limit,
         "f.kind = ANY($4::smallint[])",
-        [[MEMBER_CHANGED, TAG_CHANGED]],
+        [FOLLOWED],
         upto,
     )
 
 
 async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
-    """Member and tag changes (as `read_changes`, without position) of the transactions `conn`'s
+    """Member, fact and tag changes (as `read_changes`, without position) of the transactions `conn`'s
     snapshot sees committed that have no position yet, found as the sequencer finds them
     (runtime/feed_sequencer.py): those that began after its last snapshot, one index probe each,
     and those that snapshot saw running. Nothing before the tenant's first sequencing round. Each
@@ -138,7 +187,7 @@ async def unpositioned_changes(conn: Connection) -> list[asyncpg.Record]:
                  AND NOT EXISTS (SELECT 1 FROM tagging_read.feed_positions p WHERE p.txid = w.txid)
                ORDER BY f.seq) e
            ORDER BY w.txid, e.seq""",
-        [MEMBER_CHANGED, TAG_CHANGED],
+        FOLLOWED,
     )
 
 

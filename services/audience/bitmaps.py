@@ -3,19 +3,21 @@ fields is AND/OR/ANDNOT over a few bitmaps instead of a statement over every mem
 
 Tagging numbers its members densely (`member_no`, tagging migration 0024); per tenant the index holds
 one pyroaring `BitMap` of numbers per current tag value (dimension, value), one per value of each
-bucketed profile field (`BUCKETED_FIELDS`, compared by equality in rules), the universe of every
-member, and a number -> member id store to turn a result back into ids.
+bucketed profile field (`BUCKETED_FIELDS`, compared by equality in rules), tagging's recency
+summaries by day (`fact_windows.py`), the universe of every member, and a number -> member id store
+to turn a result back into ids.
 
 A tenant is loaded in one REPEATABLE READ snapshot together with the position of tagging's feed in
 that snapshot (the same position the load's data reflects), then kept in step with the feed
 (`tagging_read.feed`): every REFRESH_SECONDS the entries after the position are read in pages
 (bounded work per refresh, as membership_index.py). An entry is not applied blindly: a page's
-MEMBER_CHANGED entries re-read those members' rows and its TAG_CHANGED entries re-read those
-(member, dimension) pairs' current values, so applying an entry twice, or entries of transactions
+MEMBER_CHANGED entries re-read those members' rows, its TAG_CHANGED entries those (member,
+dimension) pairs' current values, and its order, refund and event entries those members' recency
+rows, so applying an entry twice, or entries of transactions
 positioned out of their commit order, still leaves what the database holds. An erasure needs no
 case of its own: the pseudonym's row keeps the member's number (tagging's erasure_store), so its
-MEMBER_CHANGED entry renames the number and moves its buckets, and the tags it ended arrive as tag
-changes.
+MEMBER_CHANGED entry renames the number and moves its buckets, the tags it ended arrive as tag
+changes, and its facts (moved to the pseudonym unchanged) keep their days.
 
 Answers come from `current` (None while a tenant is not loaded, or when it was not refreshed for
 MAX_AGE_SECONDS: the caller then evaluates in SQL as before) or `caught_up` (first brought to the
@@ -26,6 +28,7 @@ so a caller's own writes are reflected, as a statement would see them).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
 from array import array
@@ -40,7 +43,7 @@ from runtime import metrics, outbox, rounds
 from runtime.batching import KeyedBatcher
 from runtime.db import Connection, Database
 from runtime.logs import get_logger
-from services.audience import bitmap_store
+from services.audience import bitmap_store, fact_windows
 
 log = get_logger("memberops.audience.bitmaps")
 
@@ -77,17 +80,13 @@ class MemberIds:
     is above every other in the usual case and is appended; one committed out of number order waits
     in a small dict until the next fold. About 75 bytes a member with a 10-character id (a dict
     would take twice as much); ids need no decoding per call (ids decoded from one compact buffer
-    ran at ~1.2M a second).
-
-    The reverse (id -> number, `numbers_of`) is a dict sharing the id strings, built on first use
-    and kept from then on: only a tenant whose evaluations need it pays its ~60 bytes a member."""
+    ran at ~1.2M a second). There is no reverse map: what SQL decides comes back as numbers."""
 
     def __init__(self) -> None:
         self._numbers = array("I")
         self._ids: list[str] = []
         self._base = BitMap()
         self._late: dict[int, str] = {}
-        self._by_id: dict[str, int] | None = None
         # Characters of the ids held, so memory_bytes need not walk them.
         self._chars = 0
 
@@ -98,8 +97,6 @@ class MemberIds:
         self._ids.extend(ids)
         self._chars += sum(map(len, ids))
         self._base.update(numbers)
-        if self._by_id is not None:
-            self._by_id.update(zip(ids, numbers, strict=True))
 
     def get(self, number: int) -> str | None:
         found = self._ids[self._base.rank(number) - 1] if number in self._base else None
@@ -122,10 +119,6 @@ class MemberIds:
         """Numbers a new member, or gives a member's number a new id (an erasure's pseudonym)."""
         previous = self.get(number)
         self._chars += len(member_id) - len(previous or "")
-        if self._by_id is not None:
-            if previous is not None and previous != member_id:
-                self._by_id.pop(previous, None)
-            self._by_id[member_id] = number
         if number in self._base:
             self._ids[self._base.rank(number) - 1] = member_id
         elif not self._numbers or number > self._numbers[-1]:
@@ -136,16 +129,6 @@ class MemberIds:
             self._late[number] = member_id
             if len(self._late) > 4096 + len(self._numbers) // 64:
                 self._fold()
-
-    def numbers_of(self, member_ids: Iterable[str]) -> BitMap:
-        """The numbers of these ids; ids of no member are left out."""
-        if self._by_id is None:
-            by_id = dict(zip(self._ids, self._numbers, strict=True))
-            by_id.update((member_id, n) for n, member_id in self._late.items())
-            self._by_id = by_id
-        by_id = self._by_id
-        # filter(None) drops the unknown (numbers start at 1); a list, not a generator: 2x faster.
-        return BitMap(list(filter(None, map(by_id.get, member_ids))))
 
     def memory_bytes(self) -> int:
         """The arrays, the list and its strings, the dicts, by CPython's sizes (an ASCII str is 49
@@ -160,8 +143,6 @@ class MemberIds:
             + _bitmap_bytes(self._base)
             + 68 * len(self._late)
         )
-        if self._by_id is not None:
-            held += 68 * len(self._by_id)
         return held
 
     def _fold(self) -> None:
@@ -187,6 +168,13 @@ class TenantBitmaps:
         self._tags: dict[str, dict[str, BitMap]] = {}
         self._buckets: dict[str, dict[str, BitMap]] = {field: {} for field in BUCKETED_FIELDS}
         self._ids = MemberIds()
+        self.facts = fact_windows.FactWindows()
+        # The database sessions' TimeZone, in which statements draw windows of days.
+        self.zone = ""
+
+    def windows(self, window: fact_windows.Window, now: dt.datetime) -> tuple[BitMap, BitMap]:
+        """(inside, undecided) of a summary test (`fact_windows.FactWindows.split`)."""
+        return self.facts.split(window, now, self.zone)
 
     def tag(self, dimension: str, values: Sequence[str] | None) -> BitMap:
         """Members holding any of `values` of the dimension now; None: any value of it."""
@@ -215,17 +203,12 @@ class TenantBitmaps:
         """The member ids of these numbers, in number order."""
         return self._ids.ids(numbers)
 
-    def numbers_of(self, member_ids: Iterable[str]) -> BitMap:
-        """The numbers of these member ids (ids of no member left out), from memory: the first call
-        for a tenant builds the reverse map (about 0.1 KB a member)."""
-        return self._ids.numbers_of(member_ids)
-
     def dimensions(self) -> dict[str, frozenset[str]]:
         """Each dimension held -> the values members hold now."""
         return {d: frozenset(values) for d, values in self._tags.items()}
 
     def memory_bytes(self) -> int:
-        bitmaps = [self.universe]
+        bitmaps = [self.universe, *self.facts.bitmaps()]
         for held in itertools.chain(self._tags.values(), self._buckets.values()):
             bitmaps.extend(held.values())
         return sum(_bitmap_bytes(b) for b in bitmaps) + self._ids.memory_bytes()
@@ -248,6 +231,7 @@ class TenantBitmaps:
         for held in itertools.chain(self._tags.values(), self._buckets.values()):
             for bitmap in held.values():
                 bitmap.run_optimize()
+        self.facts.optimize()
 
     def set_member(self, row: Mapping[str, Any] | asyncpg.Record) -> None:
         """A member's row as it is now (`member_no`, `member_id`, each bucketed field as text)."""
@@ -438,6 +422,7 @@ class BitmapIndex:
 async def load(conn: Connection) -> TenantBitmaps:
     """The tenant's bitmaps as `conn`'s snapshot (REPEATABLE READ) sees them, at its feed's end."""
     held = TenantBitmaps(await bitmap_store.feed_end(conn))
+    held.zone = await bitmap_store.session_zone(conn)
     numbered = await bitmap_store.number_range(conn)
     if numbered is not None:
         for low in range(numbered[0], numbered[1] + 1, LOAD_CHUNK):
@@ -450,8 +435,20 @@ async def load(conn: Connection) -> TenantBitmaps:
     for dimension in await bitmap_store.tag_dimensions(conn):
         for value, numbers in await bitmap_store.current_tags(conn, dimension):
             held.load_tag(dimension, value, numbers)
+    for source in (fact_windows.EVENTS, fact_windows.PURCHASES):
+        for row in await bitmap_store.fact_days(conn, source):
+            held.facts.load(source, row["kind"], row["category"], row["day"], row["numbers"])
     held.optimize()
     return held
+
+
+async def _refresh_facts(conn: Connection, held: TenantBitmaps, member_ids: Sequence[str]) -> None:
+    """Puts the members' recency rows as they are now, in place of what was held of them."""
+    rows = await bitmap_store.facts_of(conn, member_ids)
+    held.facts.forget(BitMap(row["member_no"] for row in rows))
+    for row in rows:
+        if row["source"] is not None:
+            held.facts.put(row["source"], row["kind"], row["category"], row["member_no"], row["at"])
 
 
 def _behind(held: TenantBitmaps, end: outbox.Position | None) -> bool:
@@ -476,6 +473,9 @@ async def _follow(conn: Connection, held: TenantBitmaps, end: outbox.Position | 
 async def _apply(conn: Connection, held: TenantBitmaps, rows: Sequence[asyncpg.Record]) -> None:
     """One page of feed entries, by re-reading what they name (see the module docstring)."""
     changed = {row["member_id"] for row in rows if row["kind"] == bitmap_store.MEMBER_CHANGED}
+    acted = {row["member_id"] for row in rows if row["kind"] in bitmap_store.FACT_CHANGED}
+    if acted:
+        await _refresh_facts(conn, held, sorted(acted))
     named: dict[tuple[str, str], set[str]] = {}
     for row in rows:
         if row["kind"] == bitmap_store.TAG_CHANGED and None not in (row["tag_dimension"], row["tag_value"]):

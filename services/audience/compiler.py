@@ -100,6 +100,48 @@ class Compiled:
         return f"SELECT m.member_id, {self.predicate} AS is_member {self._from(also)}"
 
 
+@dataclass(frozen=True)
+class Gated:
+    """Conjuncts of a rule compiled into one statement over chosen members, each member tested only
+    on the conjuncts its mask names: `$1` the evaluation time, `$2` the members' numbers
+    (`member_no`), `$3` their masks (text, character i '1' when conjunct i is to be tested). It gives
+    the numbers of those passing every conjunct they were tested on, as one array.
+
+    One statement whatever mix of conjuncts the members need: prepared and planned once per
+    connection, one round trip (a statement per mix cost about 0.7 ms each before any member)."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+    def args(self, now: dt.datetime, numbers: Sequence[int], masks: Sequence[str]) -> list[Any]:
+        return [now, list(numbers), list(masks), *self.params[3:]]
+
+
+def compile_gated(
+    conjuncts: Sequence[audience_pb2.AudienceRule], references: Mapping[str, audience_pb2.AudienceRule]
+) -> Gated:
+    """`Gated` of validated conjuncts (`flat_conjuncts`' items; `references` as for
+    `compile_audience`). CASE, unlike OR, fixes the order: an untested conjunct is never run."""
+    b = rules.Builder(relations=VIEWS, correlated=True)
+    now = b.param(None, "timestamptz")
+    numbers = b.param([], "bigint[]")
+    masks = b.param([], "text[]")
+    state = CompileState(references)
+    tests = [
+        f"CASE WHEN substr(g.needs, {i + 1}, 1) = '1' THEN {_predicate(c, b, now, state, ()).boolean()} "
+        "ELSE true END"
+        for i, c in enumerate(conjuncts)
+    ]
+    sql = (
+        f"SELECT array_agg(m.member_no) FROM unnest({numbers}, {masks}) AS g(member_no, needs)\n"
+        # A probe of the member's row per number: joined plainly, the planner hashed every member.
+        f"CROSS JOIN LATERAL (SELECT * FROM {VIEWS.members} m WHERE m.member_no = g.member_no OFFSET 0) m\n"
+        f"WHERE {now} IS NOT NULL AND {' AND '.join(tests) or 'true'}"
+    )
+    assert not b.aggregates, "correlated aggregates are subqueries, never joins"
+    return Gated(sql, tuple(b.params))
+
+
 @dataclass
 class CompileState:
     """What compiling one rule carries along: the referenced audiences' current rules, and the tag

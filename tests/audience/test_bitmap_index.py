@@ -200,7 +200,7 @@ async def test_the_index_follows_members_profiles_and_tags_and_leaves_other_tena
     assert held.tag(name, ["red", "blue"]) & numbers == await numbers_of(db, TENANT_ACME, everyone[5:25])
     assert n_first in bucket(held, "city", "Suzhou") and n_first not in bucket(held, "city", "Hangzhou")
     assert n_first in bucket(held, "gender", "GENDER_FEMALE") and held.profile("age", ["30"]) is None
-    assert held.numbers_of([*everyone, "nobody-" + batch]) == numbers
+    assert sorted(held.member_ids(numbers)) == sorted(everyone)
 
     # Another tenant's bitmaps hold none of these numbers.
     globex = index.current(TENANT_GLOBEX)
@@ -246,7 +246,6 @@ async def test_an_erased_member_is_followed_under_its_pseudonym(
     assert held.member_ids(BitMap([number])) == [erased.pseudonym]
     assert number not in bucket(held, "gender", "GENDER_FEMALE") and number not in held.tag("gender", None)
     assert number in bucket(held, "level", "gold")  # kept, as tagging keeps it
-    assert held.numbers_of([person.member_id, erased.pseudonym]) == BitMap([number])
 
 
 async def write_member(conn: Connection, tenant_id: str, member_id: str, dimension: str, value: str) -> int:
@@ -365,7 +364,6 @@ def test_the_id_store_keeps_numbers_new_renamed_late_and_folded() -> None:
     ids.extend([3, 5, 9], ["m3", "m55", "z"])
     ids.extend([12], ["m12"])
     assert ids.ids(BitMap([3, 4, 5, 9, 12])) == ["m3", "m55", "z", "m12"]
-    assert ids.numbers_of(["m55", "z", "nobody"]) == BitMap([5, 9])
     ids.put(5, "pseudonym")  # renamed
     ids.put(7, "late")  # committed out of number order
     for n in range(14, 200_000, 2):  # new members, appended
@@ -382,4 +380,3 @@ def test_the_id_store_keeps_numbers_new_renamed_late_and_folded() -> None:
         "late15",
         "n199998",
     ]
-    assert ids.numbers_of(["m55", "pseudonym", "late", "late15", "n16"]) == BitMap([5, 7, 15, 16])

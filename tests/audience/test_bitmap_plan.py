@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from memberops.audience.v1 import audience_pb2
 from pyroaring import BitMap
 
-from services.audience import bitmap_plan
+from services.audience import bitmap_plan, fact_windows
 from tests.audience.helpers import (
     CART,
     Match,
@@ -121,12 +121,17 @@ def test_the_bench_rule_splits_into_a_tag_a_driver_and_a_residual() -> None:
     # The any's tag branch passes a member without SQL; the statement is its other branch alone.
     assert either.free == bitmap_plan.TagSet("rfm", ("a",)) and either.driver is None
     assert either.rule == any_of(fact(order_count(90), Op.OPERATOR_GE, 3))
-    assert cart.driver is not None and cart.driver.positive and "event_recency" in cart.driver.sql
-    assert purchase.driver is not None and not purchase.driver.positive
-    assert "purchase_recency" in purchase.driver.sql
-    everything = plan.statement(frozenset({0, 1, 2}))
-    assert everything.member_filter and "event_recency" in everything.predicate
-    assert "event_recency" not in plan.statement(frozenset({0})).predicate
+    assert cart.driver == bitmap_plan.Driver(
+        fact_windows.Window(fact_windows.EVENTS, frozenset({CART}), frozenset({"skincare"}), 14), True
+    )
+    assert purchase.driver == bitmap_plan.Driver(
+        fact_windows.Window(fact_windows.PURCHASES, frozenset(), frozenset({"skincare"}), 90), False
+    )
+    # One statement for the three parts, each behind its member's mask.
+    statement = plan.statement()
+    assert statement is plan.statement()
+    assert "event_recency" in statement.sql and "purchase_recency" in statement.sql
+    assert statement.sql.count("substr(g.needs") == 3
 
 
 def test_what_no_bitmap_holds_stays_in_the_residual() -> None:

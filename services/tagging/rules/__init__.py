@@ -12,8 +12,8 @@ A library with two users, and `__all__` is all either may import (the `_` module
 that may change with no caller noticing): tagging compiles whole dimensions; the audience service
 checks its own rules' all/any/not nesting with the same walk (`validate_tree`), compiles single
 conditions over its read-only views (a `Builder` over its `Relations`, `condition_predicate`) and
-answers existence tests from the recency summaries (`existence`, `summarised`, `recency_of`), so
-each operand has one implementation whichever side reads it.
+answers existence tests from the recency summaries (`existence`, `summarised`, `of_events`,
+`recency_of`), so each operand has one implementation whichever side reads it.
 """
 
 from services.tagging.rules._compiler import (
@@ -27,7 +27,7 @@ from services.tagging.rules._compiler import (
     existence,
 )
 from services.tagging.rules._language import MAX_WINDOW_DAYS
-from services.tagging.rules._recency import Recency, recency_of, summarised
+from services.tagging.rules._recency import Recency, of_events, recency_of, summarised
 from services.tagging.rules._validation import validate, validate_condition, validate_tree
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "compile_dimension",
     "condition_predicate",
     "existence",
+    "of_events",
     "recency_of",
     "summarised",
     "validate",

@@ -59,11 +59,17 @@ def summarised(key: AggregateKey) -> bool:
     return key.function in EVENT_FUNCTIONS | LINE_FUNCTIONS or key.has_line_filter
 
 
+def of_events(key: AggregateKey) -> bool:
+    """Whether the events' summary (by kind and category) answers a summarised `key`, rather than
+    the purchases' (by category)."""
+    return key.function in EVENT_FUNCTIONS
+
+
 def recency_of(key: AggregateKey, b: Builder, now: str) -> Recency | None:
     """The summary form of an existence test of `key`, or None when no summary holds it."""
     if not summarised(key):
         return None
-    if key.function in EVENT_FUNCTIONS:
+    if of_events(key):
         table, last = b.relations.event_recency, "r.last_time"
         raw_from, raw_time = f"{b.relations.events} e", "e.occur_time"
         raw_match = ["e.member_id = r.member_id", "e.kind = r.kind", "e.category = r.category"]
