@@ -138,6 +138,12 @@ class FactWindows:
         for series in self._series.values():
             yield from itertools.chain((series.held,), series.days.values())
 
+    def days(self) -> Iterator[tuple[Key, int, BitMap]]:
+        """(series, day, members) of every day held."""
+        for key, series in self._series.items():
+            for day, held in series.days.items():
+                yield key, day, held
+
     def _matching(self, window: Window) -> Iterator[Series]:
         for (source, kind, category), series in self._series.items():
             if source != window.source:

@@ -10,25 +10,27 @@ after changes is restricted to the test's own members; a load is compared whole,
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from memberops.tagging.v1 import member_pb2, tagging_service_pb2
+from memberops.tagging.v1 import facts_pb2, member_pb2, tagging_service_pb2
 from prometheus_client import REGISTRY
 from pyroaring import BitMap
 
 from runtime import app
 from runtime.db import Connection, Database
 from runtime.feed_sequencer import FeedSequencer
-from services.audience import bitmap_store, bitmaps
+from services.audience import bitmap_store, bitmaps, fact_windows
 from services.audience.bitmaps import BitmapIndex, MemberIds, TenantBitmaps
 from services.tagging import feed_store, member_store
 from services.tagging.domain import FeedKind, MemberInput, Profile
 from tests.audience.helpers import give, import_batch, manual_dimension, member
 from tests.conftest import ACME, TENANT_ACME, TENANT_GLOBEX, TENANT_UMBRELLA, unique
 from tests.erasure_world import Person, create_person, erase
+from tests.tagging.facts_helpers import stamp
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -63,10 +65,25 @@ async def database_state(conn: Connection, member_ids: Sequence[str] | None = No
     held: dict[tuple[str, str], set[int]] = {}
     for row in tags:
         held.setdefault((row["dimension"], row["value"]), set()).add(row["member_no"])
+    facts = await conn.fetch(
+        """SELECT 'event' AS source, r.kind, r.category, r.last_time AS at, m.member_no
+           FROM tagging.event_recency r JOIN tagging.members m USING (tenant_id, member_id)
+           WHERE $1::text[] IS NULL OR r.member_id = ANY($1::text[])
+           UNION ALL
+           SELECT 'purchase', 0, r.category, r.last_paid_time, m.member_no
+           FROM tagging.purchase_recency r JOIN tagging.members m USING (tenant_id, member_id)
+           WHERE $1::text[] IS NULL OR r.member_id = ANY($1::text[])""",
+        member_ids,
+    )
+    days: dict[tuple[str, int, str, int], set[int]] = {}
+    for row in facts:
+        key = (row["source"], row["kind"], row["category"], fact_windows.day_of(row["at"]))
+        days.setdefault(key, set()).add(row["member_no"])
     return {
         "ids": {row["member_no"]: row["member_id"] for row in rows},
         "tags": {key: frozenset(numbers) for key, numbers in held.items()},
         "profile": {key: frozenset(numbers) for key, numbers in profile.items()},
+        "facts": {key: frozenset(numbers) for key, numbers in days.items()},
     }
 
 
@@ -82,11 +99,16 @@ def indexed_state(held: TenantBitmaps, numbers: BitMap | None = None) -> State:
     for field in held.bucketed_fields:
         for value in held.profile_values(field):
             profile[field, value] = frozenset(bucket(held, field, value) & within)
+    days = {(*key, day): frozenset(numbers & within) for key, day, numbers in held.facts.days()}
     return {
         "ids": dict(zip(within, held.member_ids(within), strict=True)),
         "tags": {key: numbers for key, numbers in tags.items() if numbers},
         "profile": {key: numbers for key, numbers in profile.items() if numbers},
+        "facts": {key: numbers for key, numbers in days.items() if numbers},
     }
+
+
+BOOKS = fact_windows.Window(fact_windows.EVENTS, frozenset(), frozenset({"books"}), 30)
 
 
 def bucket(held: TenantBitmaps, field: str, value: str) -> BitMap:
@@ -169,6 +191,67 @@ async def test_the_index_follows_members_profiles_and_tags_and_leaves_other_tena
     )
     hangzhou = bucket(loaded, "city", "Hangzhou")
     assert hangzhou is not None and n_first in hangzhou
+
+    # Facts: events, an order and its refund move members between the recency summaries' days.
+    now = dt.datetime.now(dt.UTC)
+    await tagging_stub.RecordEvents(
+        tagging_service_pb2.RecordEventsRequest(
+            events=[
+                facts_pb2.BehaviorEvent(
+                    event_id=unique("ev"),
+                    member_id=member_id,
+                    kind=facts_pb2.EVENT_KIND_CART,
+                    occur_time=stamp(now - dt.timedelta(days=days)),
+                    sku="sku-1",
+                    category="books",
+                )
+                for member_id, days in ((first, 3), (imported[0], 40), (imported[0], 2), (imported[1], 9))
+            ]
+        ),
+        metadata=ACME,
+    )
+    order_id = unique("order")
+    lines = [
+        facts_pb2.OrderLine(line_id=str(i), sku=f"sku-{i}", category=c, quantity=1, unit_price_minor=500)
+        for i, c in enumerate(["books", "shoes"])
+    ]
+    await tagging_stub.RecordOrder(
+        tagging_service_pb2.RecordOrderRequest(
+            order=facts_pb2.Order(
+                order_id=order_id,
+                member_id=first,
+                paid_time=stamp(now - dt.timedelta(days=5)),
+                amount_minor=1000,
+                lines=lines,
+            )
+        ),
+        metadata=ACME,
+    )
+    await eventually(
+        equal_when_caught_up(
+            index, db, TENANT_ACME, everyone, lambda held: bool(held.facts.split(BOOKS, now)[0])
+        ),
+        "the events and the order followed",
+    )
+    await tagging_stub.RecordRefund(
+        tagging_service_pb2.RecordRefundRequest(
+            refund=facts_pb2.Refund(
+                refund_id=unique("refund"),
+                order_id=order_id,
+                refund_time=stamp(now - dt.timedelta(days=1)),
+                amount_minor=500,
+                lines=[facts_pb2.RefundLine(line_id="1", quantity=1)],
+            )
+        ),
+        metadata=ACME,
+    )
+    shoes = fact_windows.Window(fact_windows.PURCHASES, frozenset(), frozenset({"shoes"}), 30)
+    await eventually(
+        equal_when_caught_up(
+            index, db, TENANT_ACME, everyone, lambda held: n_first not in held.facts.split(shoes, now)[0]
+        ),
+        "the refund followed: the shoes returned, the books kept",
+    )
 
     # Tags removed, a profile moved to other buckets.
     await tagging_stub.RemoveMemberTags(
