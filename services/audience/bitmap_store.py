@@ -13,6 +13,7 @@ import asyncpg
 
 from runtime import outbox
 from runtime.db import Connection
+from services.audience import fact_windows
 
 FEED = "tagging_read.feed"
 # tagging's FeedKind values the index follows (services/tagging/domain.py).
@@ -111,14 +112,14 @@ async def current_tags(conn: Connection, dimension: str) -> list[tuple[str, list
 # member numbers), one row per day of a summary. Purchases have no kind (0).
 _DAY = "floor(extract(epoch FROM {column}) / 86400)::int"
 _SUMMARIES = {
-    "event": ("tagging_read.event_recency", "r.kind", "r.last_time"),
-    "purchase": ("tagging_read.purchase_recency", "0::smallint", "r.last_paid_time"),
+    fact_windows.EVENTS: ("tagging_read.event_recency", "r.kind", "r.last_time"),
+    fact_windows.PURCHASES: ("tagging_read.purchase_recency", "0::smallint", "r.last_paid_time"),
 }
 
 
 async def fact_days(conn: Connection, source: str) -> list[asyncpg.Record]:
-    """`kind`, `category`, `day` and `numbers` (member numbers) of one summary (`event` or
-    `purchase`), grouped in PostgreSQL as `current_tags` is."""
+    """`kind`, `category`, `day` and `numbers` (member numbers) of one summary
+    (`fact_windows.EVENTS` or `PURCHASES`), grouped in PostgreSQL as `current_tags` is."""
     table, kind, column = _SUMMARIES[source]
     return await conn.fetch(
         f"""SELECT {kind} AS kind, r.category, {_DAY.format(column=column)} AS day,

@@ -13,8 +13,8 @@ that snapshot (the same position the load's data reflects), then kept in step wi
 (bounded work per refresh, as membership_index.py). An entry is not applied blindly: a page's
 MEMBER_CHANGED entries re-read those members' rows, its TAG_CHANGED entries those (member,
 dimension) pairs' current values, and its order, refund and event entries those members' recency
-rows, so applying an entry twice, or entries of transactions
-positioned out of their commit order, still leaves what the database holds. An erasure needs no
+rows, so applying an entry twice, or entries of transactions positioned out of their commit order,
+still leaves what the database holds. An erasure needs no
 case of its own: the pseudonym's row keeps the member's number (tagging's erasure_store), so its
 MEMBER_CHANGED entry renames the number and moves its buckets, the tags it ended arrive as tag
 changes, and its facts (moved to the pseudonym unchanged) keep their days.
