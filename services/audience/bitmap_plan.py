@@ -1,5 +1,6 @@
-"""An audience rule split for bitmap evaluation (issue 25): what member bitmaps answer, what a recency
-summary can narrow in SQL, and what only the compiled statement can say.
+"""An audience rule split for bitmap evaluation (issue 25): what member bitmaps answer, what the
+recency summaries' day bitmaps decide for all but a few members, and what only the compiled
+statement can say.
 
 The rule's top-level conjunction (nested `all`s and referenced audiences opened, as the compiler
 opens them) is split in three:
