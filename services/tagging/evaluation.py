@@ -318,6 +318,9 @@ class Tagger:
         unseen = await member_tag_store.unseen_since_mark(conn, item.spec.dimension, inputs)
         if unseen.as_of is None or not unseen.fact_times:
             return unseen
+        if held_is_then(unseen, item.spec, item.version):
+            held = await member_tag_store.held_values(conn, item.spec.dimension, sorted(unseen.fact_times))
+            return dataclasses.replace(unseen, values_then=held)
         filtered = await self._prepare(conn, tenant_id, item.spec.dimension, item.version, filtered=True)
         assert filtered is not None
         then = await member_tag_store.values_at(
@@ -501,6 +504,16 @@ class Tagger:
             else ""
         )
         return [_member_tag(row) for row in page], token
+
+
+def held_is_then(unseen: member_tag_store.Unseen, spec: catalog.DefinitionInput, version: int) -> bool:
+    """Whether the values a dimension's members hold now are those its rules give at the previous
+    recompute's as_of with every fact known now, so that no evaluation (for a population model, a
+    whole one) is needed to know them: only recomputes write a scheduled dimension, that recompute
+    evaluated this version, and every fact since is an order or event that happened later."""
+    return (
+        unseen.only_later and unseen.version == version and spec.refresh_policy == catalog.Refresh.SCHEDULED
+    )
 
 
 def _validate_change(change: OperatorChange) -> None:

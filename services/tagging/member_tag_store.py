@@ -81,6 +81,10 @@ class Unseen:
     # The snapshot that found the members above: the next mark, so a fact committed after it is
     # found by the next recompute, never lost between reading the feed and evaluating.
     seen: str | None = None
+    # Every fact found is an order or event that happened after `as_of`. Orders and events are
+    # never changed once recorded and an evaluation ignores facts after its time, so the rules at
+    # `as_of` find what that recompute found: the values it stored (see `held_values`).
+    only_later: bool = False
 
 
 # The feed entries of the facts each input of a dimension is (rules.Input's values). Member changes
@@ -104,11 +108,14 @@ async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[s
     if mark is None:
         return Unseen(seen=await conn.fetchval("SELECT pg_current_snapshot()::text"))
     # Literal kind: the partial index feed_facts is used only when the query implies its predicate.
+    later = (
+        f"f.kind IN ({int(FeedKind.ORDER_RECORDED)}, {int(FeedKind.EVENT_RECORDED)}) AND f.occur_time > $2"
+    )
     rows = await conn.fetch(
         f"""SELECT f.member_id,
                   coalesce(max(f.occur_time) FILTER (WHERE f.occur_time <= $2), max(f.occur_time)) AS t,
-                  NULL::text AS seen
-           FROM (SELECT member_id,
+                  bool_and({later}) AS later, NULL::text AS seen
+           FROM (SELECT member_id, kind,
                         coalesce((payload->>'occur_time')::timestamptz, (payload->>'paid_time')::timestamptz,
                                  (payload->>'refund_time')::timestamptz, create_time) AS occur_time
                  FROM tagging.feed
@@ -116,7 +123,7 @@ async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[s
                    AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)
                    AND kind = ANY($3::smallint[])) f
            GROUP BY f.member_id
-           UNION ALL SELECT NULL, NULL, pg_current_snapshot()::text""",
+           UNION ALL SELECT NULL, NULL, NULL, pg_current_snapshot()::text""",
         mark["seen"],
         mark["as_of"],
         sorted({int(FeedKind.MEMBER_CHANGED), *(int(k) for i in inputs for k in _INPUT_KINDS[i])}),
@@ -126,7 +133,20 @@ async def unseen_since_mark(conn: Connection, dimension: str, inputs: Sequence[s
         {row["member_id"]: row["t"] for row in rows if row["member_id"] is not None},
         version=mark["definition_version"],
         seen=next(row["seen"] for row in rows if row["seen"] is not None),
+        only_later=all(row["later"] for row in rows if row["member_id"] is not None),
     )
+
+
+async def held_values(conn: Connection, dimension: str, member_ids: list[str]) -> list[tuple[str, str]]:
+    """(member, value) of the rule values the members hold now."""
+    rows = await conn.fetch(
+        f"""SELECT member_id, value FROM tagging.member_tags
+            WHERE dimension = $1 AND valid_to IS NULL AND source = {_RULE_SOURCE}
+              AND member_id = ANY($2::text[])""",
+        dimension,
+        member_ids,
+    )
+    return [(row["member_id"], row["value"]) for row in rows]
 
 
 async def values_at(
