@@ -416,6 +416,13 @@ def compile_definition(spec: DefinitionInput, *, filtered: bool) -> rules.Compil
     )
 
 
+def kept_figures(spec: DefinitionInput) -> models.KeptFigures | None:
+    """The per-member figures a population model keeps between recomputes; None for the rest."""
+    if spec.kind != Kind.MODEL or spec.model is None:
+        return None
+    return models.kept_figures(spec.model, spec.dimension)
+
+
 def _check_unchanged_shape(stored: DefinitionInput, spec: DefinitionInput) -> None:
     """What an update may not change: kind, cardinality and the model (its parameters it may)."""
     if (stored.kind, stored.cardinality) != (spec.kind, spec.cardinality):

@@ -26,8 +26,10 @@ from services.tagging import (
     history_store,
     member_store,
     member_tag_store,
+    models,
     recompute_timing,
     refresh_store,
+    rfm_figure_store,
     rules,
 )
 
@@ -260,7 +262,13 @@ class Tagger:
         await member_tag_store.lock_dimension(conn, tenant_id, dimension)
         unseen = await self._unseen(conn, tenant_id, item)
         timing = recompute_timing.of(item.spec)
-        members = None if full else await self._incremental(conn, item, timing, unseen, now, population)
+        kept = catalog.kept_figures(item.spec)
+        incremental = not full and (kept is not None or not timing.population)
+        members = (
+            await self._incremental(conn, item, timing, unseen, now, population) if incremental else None
+        )
+        if kept is not None:
+            return await self._rank(conn, tenant_id, item, kept, timing, unseen, now, members, population)
         if members is None:
             added, removed = await member_tag_store.apply_dimension(
                 conn, tenant_id, item.compiled, now, dimension, item.version, item.exclusive, unseen=unseen
@@ -287,6 +295,33 @@ class Tagger:
             await due_store.store_due(conn, tenant_id, dimension, timing, now, members)
         return RecomputeResult(dimension, item.version, added, removed, len(members), incremental=True)
 
+    async def _rank(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        item: _Prepared,
+        kept: models.KeptFigures,
+        timing: recompute_timing.Timing,
+        unseen: member_tag_store.Unseen,
+        now: dt.datetime,
+        members: list[str] | None,
+        population: int,
+    ) -> RecomputeResult:
+        """A population model that keeps its members' figures (RFM): the figures of `members` (None:
+        everyone's) are evaluated from their facts, then every member is ranked from the kept
+        figures, and only the tags that changed are written."""
+        dimension = item.spec.dimension
+        await rfm_figure_store.store(conn, tenant_id, dimension, kept, now, members)
+        added, removed = await member_tag_store.apply_dimension(
+            conn, tenant_id, kept.ranking, now, dimension, item.version, item.exclusive, unseen=unseen
+        )
+        if members is None:
+            await due_store.store_due(conn, tenant_id, dimension, timing, now)
+            return RecomputeResult(dimension, item.version, added, removed, population)
+        if members:
+            await due_store.store_due(conn, tenant_id, dimension, timing, now, members)
+        return RecomputeResult(dimension, item.version, added, removed, len(members), incremental=True)
+
     async def _incremental(
         self,
         conn: Connection,
@@ -296,12 +331,13 @@ class Tagger:
         now: dt.datetime,
         population: int,
     ) -> list[str] | None:
-        """The members whose value may differ from what the dimension's previous recompute stored:
-        those with facts it did not see and those whose moment (recompute_due) has come. None when
-        every member must be evaluated: a population model (RFM), no previous recompute of this
-        definition version (a new or changed definition: no moments stored for it), a clock
-        before the previous recompute's, or too many members to be worth a member list."""
-        if timing.population or unseen.as_of is None or unseen.version != item.version or now < unseen.as_of:
+        """The members whose value (for a population model, whose own figures) may differ from
+        what the dimension's previous recompute stored: those with facts it did not see and those
+        whose moment (recompute_due) has come. None when every member must be evaluated: no
+        previous recompute of this definition version (a new or changed definition: no moments
+        stored for it), a clock before the previous recompute's, or too many members to be worth a
+        member list."""
+        if unseen.as_of is None or unseen.version != item.version or now < unseen.as_of:
             return None
         members = set(unseen.fact_times)
         if not timing.timeless:

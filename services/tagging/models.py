@@ -154,6 +154,9 @@ _CHECKS: dict[str, Callable[[Any, Violations, str], None]] = {
 class _Query:
     params: list[Any] = field(default_factory=list)
     member_filter: str = ""
+    # The placeholder of the dimension whose kept figures (tagging.rfm_figures) an RFM model ranks
+    # instead of computing them from the orders; "" computes them.
+    kept: str = ""
 
     def param(self, value: Any, cast: str) -> str:
         self.params.append(value)
@@ -185,16 +188,26 @@ class _Body:
     inputs: frozenset[Input]
 
 
-def compile_model(model: models_pb2.Model, *, filtered: bool) -> CompiledDimension:
-    """Compiles a model into one query; `$1` is the evaluation time, `$2` the members when `filtered`."""
+def compile_model(model: models_pb2.Model, *, filtered: bool, kept: str = "") -> CompiledDimension:
+    """Compiles a model into one query; `$1` is the evaluation time, `$2` the members when `filtered`.
+    `kept`: an RFM model ranks the figures kept for that dimension (see `kept_figures`), a row for
+    each member that has them."""
     q = _Query()
     now = q.param(None, "timestamptz")
     if filtered:
         q.member_filter = q.param([], "text[]")
+    if kept:
+        assert not filtered and model.WhichOneof("model") in _FIGURES, "kept figures rank everyone"
+        q.kept = q.param(kept, "text")
     which = model.WhichOneof("model")
     assert which is not None, "validate() runs before compile"
     body = _COMPILERS[which](getattr(model, which), q, now)
     figures = "".join(f", x.{column}" for column in body.figures)
+    if kept:
+        # A row per member with figures only: one without holds no value, and the recompute closes
+        # what it held all the same. Joining every member cost 0.8 s of 3.5 on 1M.
+        sql = f"SELECT x.member_id, x.tag_values, {now} AS evaluated_at{figures}\nFROM ({body.sql}) AS x"
+        return CompiledDimension(sql, tuple(q.params), body.figures, "", body.inputs)
     where = f"WHERE m.member_id = ANY({q.member_filter})" if q.member_filter else ""
     sql = (
         f"SELECT m.member_id, COALESCE(x.tag_values, ARRAY[]::text[]) AS tag_values, "
@@ -204,13 +217,59 @@ def compile_model(model: models_pb2.Model, *, filtered: bool) -> CompiledDimensi
     return CompiledDimension(sql, tuple(q.params), body.figures, q.member_filter, body.inputs)
 
 
+@dataclass(frozen=True)
+class KeptFigures:
+    """How a population model (RFM) keeps each member's own figures between recomputes
+    (tagging.rfm_figures). A member's figures move only with their facts and their orders' window,
+    so a recompute evaluates the orders of the members whose figures may have moved and ranks
+    everyone from what is kept, instead of aggregating every order of the population.
+
+    `sql` gives `member_id, last_paid, frequency, monetary` from the facts, `$1` the evaluation
+    time, `$2` the members (NULL: all); `ranking` is the model's query over the kept figures."""
+
+    sql: str
+    params: tuple[Any, ...]
+    ranking: CompiledDimension
+
+    def args(self, now: Any, member_ids: list[str] | None) -> list[Any]:
+        return [now, member_ids, *self.params[2:]]
+
+
+def kept_figures(model: models_pb2.Model, dimension: str) -> KeptFigures | None:
+    """The kept figures of a model of `dimension`; None for a model that keeps none."""
+    which = model.WhichOneof("model")
+    if which not in _FIGURES:
+        return None
+    q = _Query()
+    now = q.param(None, "timestamptz")
+    members = q.param(None, "text[]")
+    sql = _FIGURES[which](
+        getattr(model, which), q, now, f" AND ({members} IS NULL OR c.member_id = ANY({members}))"
+    )
+    return KeptFigures(sql, tuple(q.params), compile_model(model, filtered=False, kept=dimension))
+
+
+def _rfm_figures(params: Any, q: _Query, now: str, only: str = "") -> str:
+    """Each member's own figures: the latest counted order, and the counted orders within the
+    window and their net; a member with no counted order has no row."""
+    window = q.since("c.paid_time", params.window_days, now).removeprefix(" AND ") or "true"
+    return f"""SELECT c.member_id, max(c.paid_time) AS last_paid,
+            count(*) FILTER (WHERE {window}) AS frequency,
+            COALESCE(sum(c.net) FILTER (WHERE {window}), 0) AS monetary
+        FROM ({_COUNTED.format(now=now)}) AS c WHERE true{only} GROUP BY c.member_id"""
+
+
 def _rfm_base(params: Any, q: _Query, now: str) -> str:
     """R, F and M of every member with a counted order; the whole population, never filtered."""
-    window = q.since("c.paid_time", params.window_days, now).removeprefix(" AND ") or "true"
-    return f"""SELECT c.member_id, {_DAYS.format(now=now, t="max(c.paid_time)")} AS r,
-            count(*) FILTER (WHERE {window}) AS f,
-            COALESCE(sum(c.net) FILTER (WHERE {window}), 0) AS m
-        FROM ({_COUNTED.format(now=now)}) AS c GROUP BY c.member_id"""
+    source = (
+        f"SELECT k.member_id, k.last_paid, k.frequency, k.monetary FROM tagging.rfm_figures k "
+        f"WHERE k.dimension = {q.kept}"
+        if q.kept
+        else _rfm_figures(params, q, now)
+    )
+    return f"""SELECT b.member_id, {_DAYS.format(now=now, t="b.last_paid")} AS r, b.frequency AS f,
+            b.monetary AS m
+        FROM ({source}) AS b"""
 
 
 def _rfm_mean_split(params: models_pb2.RfmMeanSplit, q: _Query, now: str) -> _Body:
@@ -383,4 +442,9 @@ _COMPILERS: dict[str, Callable[[Any, _Query, str], _Body]] = {
     "interest": _interest,
     "repurchase_due": _repurchase_due,
     "preferred_send_hour": _preferred_send_hour,
+}
+# The models whose per-member figures are kept between recomputes (KeptFigures).
+_FIGURES: dict[str, Callable[[Any, _Query, str, str], str]] = {
+    "rfm_mean_split": _rfm_figures,
+    "rfm_quintiles": _rfm_figures,
 }

@@ -88,9 +88,13 @@ def _facts(window_days: int) -> frozenset[int]:
 
 def _model(model: models_pb2.Model | None) -> Timing:
     which = model.WhichOneof("model") if model is not None else None
-    if model is None or which is None or which in _POPULATION_MODELS:
+    if model is None or which is None:
         return Timing(population=True)
     params = getattr(model, which)
+    if which in _POPULATION_MODELS:
+        # Everyone is ranked every time; a member's own figures (models.KeptFigures) move when an
+        # order enters or leaves the window.
+        return Timing(population=True, orders=_facts(params.window_days))
     if which == "lifecycle":
         # Every order enters when paid (0); the thresholds count from the latest counted one.
         return Timing(

@@ -9,10 +9,14 @@ import dataclasses
 import datetime as dt
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
+
+from memberops.tagging.v1 import models_pb2
 
 from runtime.db import Database
 from services.tagging import builtins, catalog, definition_store, member_tag_store
+from services.tagging import server as tagging_server
 from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.catalog import Catalog, DefinitionInput, TagValue
 from services.tagging.domain import (
@@ -107,9 +111,21 @@ def _extra_dimensions(threshold: int, suffix: str = "") -> list[DefinitionInput]
     ]
 
 
+# RFM windows short enough for orders to leave them within the rounds.
+_RFM_WINDOWS = {
+    "rfm_segment": models_pb2.Model(rfm_mean_split=models_pb2.RfmMeanSplit(window_days=30)),
+    "rfm_quintile_segment": models_pb2.Model(rfm_quintiles=models_pb2.RfmQuintiles(window_days=45)),
+}
+
+
 def _definitions() -> list[DefinitionInput]:
-    """The built-ins (scheduled here) and the rules above."""
-    specs = [dataclasses.replace(s, refresh_policy=catalog.Refresh.SCHEDULED) for s in builtins.definitions()]
+    """The built-ins (scheduled here, the RFM windows shortened) and the rules above."""
+    specs = [
+        dataclasses.replace(
+            s, refresh_policy=catalog.Refresh.SCHEDULED, model=_RFM_WINDOWS.get(s.dimension, s.model)
+        )
+        for s in builtins.definitions()
+    ]
     return specs + _extra_dimensions(10)
 
 
@@ -136,6 +152,17 @@ class _World:
         member_id = self.next_id("m")
         self.members.append(member_id)
         return MemberInput(member_id, Profile(gender=1, birthday=birthday, register_time=registered))
+
+    def round_changes(
+        self, round_number: int, initial: list[Any], now: dt.datetime, previous: dt.datetime
+    ) -> list[Any]:
+        """What a round brings: the initial members first, once nothing (time alone moves values),
+        once only a day's trade, once facts with history among them, else anything."""
+        if round_number == 0:
+            return initial
+        if round_number == 5:
+            return []
+        return self.changes(now, previous, later_only=round_number == 6, facts_only=round_number == 7)
 
     def changes(
         self, now: dt.datetime, previous: dt.datetime, *, facts_only: bool = False, later_only: bool = False
@@ -203,6 +230,21 @@ class _World:
         return out
 
 
+async def _new_versions(tag_catalog: Catalog, tenants: list[str], round_number: int) -> None:
+    """New definition versions in some rounds: every member is evaluated again."""
+    if round_number in (3, 6):
+        for tenant in tenants:
+            current = await tag_catalog.get(tenant, "rc_order_recency", 0)
+            version = _extra_dimensions(20) if round_number == 3 else _extra_dimensions(20, "_v3")
+            await tag_catalog.update(tenant, version[0], current.version)
+    if round_number == 3:  # an RFM window changed: its figures evaluated again for everyone
+        longer = models_pb2.Model(rfm_mean_split=models_pb2.RfmMeanSplit(window_days=40))
+        spec = next(s for s in _definitions() if s.dimension == "rfm_segment")
+        for tenant in tenants:
+            current = await tag_catalog.get(tenant, "rfm_segment", 0)
+            await tag_catalog.update(tenant, dataclasses.replace(spec, model=longer), current.version)
+
+
 async def _apply(members: Members, facts: Facts, tenant: str, changes: list[Any], now: dt.datetime) -> None:
     for change in changes:
         if isinstance(change, MemberInput):
@@ -230,6 +272,16 @@ async def _state(db: Database, tenant: str) -> tuple[list[tuple[Any, ...]], list
     return [tuple(row) for row in tags], [tuple(row) for row in entries]
 
 
+async def _current(conn: Any) -> list[tuple[DefinitionInput, int]]:
+    """Every active definition at its current version."""
+    found = []
+    for row in await definition_store.active_definition_versions(conn):
+        definition = await definition_store.get_definition(conn, row["dimension"], row["current_version"])
+        assert definition is not None
+        found.append((catalog.from_body(definition[0]["body"]), row["current_version"]))
+    return found
+
+
 async def _held_is_then(db: Database, tenant: str) -> int:
     """Where the recompute takes what a scheduled dimension's members held at its previous as_of
     from the tags they hold (every fact since is an order or event that happened later), that is
@@ -237,23 +289,38 @@ async def _held_is_then(db: Database, tenant: str) -> int:
     dimensions were compared."""
     compared = 0
     async with db.transaction(tenant, readonly=True) as conn:
-        for row in await definition_store.active_definition_versions(conn):
-            found = await definition_store.get_definition(conn, row["dimension"], row["current_version"])
-            assert found is not None
-            spec = catalog.from_body(found[0]["body"])
+        for spec, version in await _current(conn):
             if spec.kind not in catalog.EVALUATED_KINDS:
                 continue
             compiled = catalog.compile_definition(spec, filtered=True)
             inputs = [i.value for i in compiled.inputs]
             unseen = await member_tag_store.unseen_since_mark(conn, spec.dimension, inputs)
-            if not (
-                unseen.as_of and unseen.fact_times and held_is_then(unseen, spec, row["current_version"])
-            ):
+            if not (unseen.as_of and unseen.fact_times and held_is_then(unseen, spec, version)):
                 continue
             members = sorted(unseen.fact_times)
             held = await member_tag_store.held_values(conn, spec.dimension, members)
             then = await member_tag_store.values_at(conn, compiled, unseen.as_of, members)
             assert sorted(held) == sorted(then), spec.dimension
+            compared += 1
+    return compared
+
+
+async def _rank_as_the_facts_do(db: Database, tenant: str, now: dt.datetime) -> int:
+    """The RFM models' tags, ranked from the figures the recompute keeps, are those the models give
+    from every order at `now` (the statement ExplainTags runs). Returns how many were compared."""
+    compared = 0
+    async with db.transaction(tenant, readonly=True) as conn:
+        for spec, _ in await _current(conn):
+            if catalog.kept_figures(spec) is None:
+                continue
+            compiled = catalog.compile_definition(spec, filtered=False)
+            computed = await conn.fetch(compiled.sql, *compiled.args(now))
+            from_facts = sorted((r["member_id"], v) for r in computed for v in r["tag_values"])
+            held = await conn.fetch(
+                "SELECT member_id, value FROM tagging.member_tags WHERE dimension = $1 AND valid_to IS NULL",
+                spec.dimension,
+            )
+            assert sorted((r["member_id"], r["value"]) for r in held) == from_facts, spec.dimension
             compared += 1
     return compared
 
@@ -285,22 +352,11 @@ async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_tim
         world.members.append(initial[-1].member_id)
     time_only_changes = 0
     held_compared = 0
-    evaluated_fewer = False
+    evaluated_fewer = ranked_fewer = False
     previous = now
     for round_number in range(ROUNDS):
-        if round_number == 5:
-            changes: list[Any] = []  # time alone moves values
-        elif round_number == 6:
-            changes = world.changes(now, previous, later_only=True)
-        elif round_number == 7:  # late facts among them: the values at as_of are evaluated
-            changes = world.changes(now, previous, facts_only=True)
-        else:
-            changes = initial if round_number == 0 else world.changes(now, previous)
-        if round_number in (3, 6):  # a new version: every member evaluated again
-            for tenant in tenants:
-                current = await tag_catalog.get(tenant, "rc_order_recency", 0)
-                version = _extra_dimensions(20) if round_number == 3 else _extra_dimensions(20, "_v3")
-                await tag_catalog.update(tenant, version[0], current.version)
+        changes = world.round_changes(round_number, initial, now, previous)
+        await _new_versions(tag_catalog, list(tenants), round_number)
         for tenant, (members, facts) in writers.items():
             await _apply(members, facts, tenant, changes, now)
         held_compared += await _held_is_then(db, incremental_tenant)
@@ -309,6 +365,11 @@ async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_tim
         assert got == _summary(await full.recompute(full_tenant, [], now, full=True)), f"round {round_number}"
         assert await _state(db, incremental_tenant) == await _state(db, full_tenant), f"round {round_number}"
         evaluated_fewer |= any(r.incremental and 0 < r.evaluated < len(world.members) for r in results)
+        ranked_fewer |= any(
+            r.incremental and 0 < r.evaluated < len(world.members) and r.dimension.startswith("rfm_")
+            for r in results
+        )
+        assert await _rank_as_the_facts_do(db, incremental_tenant, now) == 2
         for tenant, tagger in tenants.items():
             again = await tagger.recompute(tenant, [], now, full=tagger is full)
             assert all(r.added == r.removed == 0 for r in again), "a second recompute changes nothing"
@@ -318,6 +379,7 @@ async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_tim
         # Into the round without facts: far enough for windows to empty.
         now += STEPS[-2] if round_number == 4 else world.rng.choice(STEPS)
     assert evaluated_fewer, "some recompute evaluated only some members"
+    assert ranked_fewer, "an RFM model evaluated the figures of only some members"
     assert held_compared >= 5, "the values held stood for those at the previous as_of"
     assert time_only_changes > 0, "time alone changed tags, and the incremental recompute found them"
 
@@ -351,3 +413,46 @@ async def test_real_time_dimensions_evaluate_the_previous_as_of(db: Database) ->
     # The scheduled built-ins (RFM, preferences, ...) compared; lifecycle and the other real-time
     # ones would differ: the assertion inside names the dimension.
     assert await _held_is_then(db, tenant) >= 3
+
+
+async def _marks(conn: Any) -> dict[str, int | None]:
+    rows = await conn.fetch("SELECT dimension, definition_version FROM tagging.recompute_marks")
+    return {row["dimension"]: row["definition_version"] for row in rows}
+
+
+def _migration_block(name: str, containing: str) -> str:
+    """The paragraph of a tagging migration that contains `containing`."""
+    text = Path(str(tagging_server.DEFINITION.migrations_dir), name).read_text()
+    return next(block for block in text.split("\n\n") if containing in block)
+
+
+async def test_rfm_marks_left_before_figures_were_kept_rank_everyone_again(db: Database) -> None:
+    """Migration 0029 finds RFM dimensions recomputed when no figures were kept: their next
+    recompute evaluates everyone's figures rather than ranking an empty table."""
+    tenant = unique("rcmig")
+    tagger = Tagger(db)
+    no_realtime = cast(RealTimeTags, _NoRealTime())
+    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    await Catalog(db).seed(tenant, _definitions())
+    now = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
+    for i in range(4):
+        member_id = f"m-{i}"
+        await members.upsert(tenant, MemberInput(member_id, Profile(gender=1, register_time=now)), now)
+        line = OrderLine("1", sku="s", category="a", quantity=1 + i, unit_price_minor=500)
+        paid = now - dt.timedelta(days=3 * i)
+        order = OrderInput(f"o-{member_id}", member_id, paid, 500 * (1 + i), (line,))
+        await facts.record_order(tenant, order, now)
+    await tagger.recompute(tenant, [], now)
+    # What a recompute before the migration left: marks, no figures.
+    update = _migration_block("0029_rfm_figures.sql", "UPDATE recompute_marks")
+    async with db.transaction(tenant) as conn:
+        await conn.execute("DELETE FROM tagging.rfm_figures")
+        marks = await _marks(conn)
+        await conn.execute("SET LOCAL search_path = tagging")
+        await conn.execute(update)
+        after = await _marks(conn)
+    assert after == {d: None if d in _RFM_WINDOWS else v for d, v in marks.items()}
+    later = now + dt.timedelta(days=1)
+    results = await tagger.recompute(tenant, [], later)
+    assert {r.dimension for r in results if not r.incremental} >= set(_RFM_WINDOWS)
+    assert await _rank_as_the_facts_do(db, tenant, later) == 2
