@@ -325,7 +325,7 @@ async def main() -> None:
     print(
         f"daily recompute with 1 % changed: incremental {incremental_seconds:.1f} s against full "
         f"{full_seconds:.1f} s in the same run ({full_seconds / incremental_seconds:.1f}x); "
-        f"dimensions evaluated whole (population models): "
+        f"dimensions evaluated whole: "
         f"{', '.join(r.dimension for r in incremental if not r.incremental) or 'none'} ({population:,} "
         f"member evaluations); target (issue 25) <= 10 s on 1M members ({members:,} here)"
     )

@@ -737,10 +737,10 @@ class RecomputeTagsRequest(_message.Message):
     FULL_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     """Evaluate every member. Unset, a recompute at now evaluates only the members whose facts
-    changed since the dimension's previous recompute or whose value time may have moved (and
-    everyone for population models, a new definition version or a first recompute), with the
-    same result. Use it after loading facts by other means than the API. `as_of` always evaluates
-    every member.
+    changed since the dimension's previous recompute or whose value time may have moved (RFM
+    evaluates their figures and ranks everyone from the figures it keeps; everyone for a new
+    definition version or a first recompute), with the same result. Use it after loading facts by
+    other means than the API. `as_of` always evaluates every member.
     """
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
