@@ -277,11 +277,6 @@ async def main() -> None:
         print(f"data: {generated.line()} (cached in {dataset.cache_dir(members)})")
         await dataset.execute(dsn, _RESTORE)  # an earlier run that died midway
         await dataset.reset_tags(dsn)
-        await dataset.execute(
-            dsn,
-            "DO $$ BEGIN IF to_regclass('tagging.recompute_due') IS NOT NULL THEN "
-            "TRUNCATE tagging.recompute_due; END IF; END $$",
-        )
         settings = await dataset.pg_settings(dsn)
         print("postgres: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
         changed = await changed_members(dsn, members)

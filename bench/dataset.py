@@ -781,18 +781,19 @@ async def started(module: str, members: int, folder: Path) -> AsyncIterator[tupl
 
 async def reset_tags(dsn: str) -> None:
     """Puts the tag state back to what generation left: no tags, no feed, no definitions, no
-    recompute marks (the tagging service seeds the built-in catalog again when it starts; a cache
-    made before migration 0014 gets the marks' table only then)."""
+    recompute marks, moments or RFM figures (the tagging service seeds the built-in catalog again
+    when it starts; a cache made before their migrations gets their tables only then)."""
     await execute(
         dsn,
         "TRUNCATE tagging.member_tags, tagging.feed, tagging.tag_definition_versions, "
         "tagging.tag_definitions",
     )
-    await execute(
-        dsn,
-        "DO $$ BEGIN IF to_regclass('tagging.recompute_marks') IS NOT NULL THEN "
-        "TRUNCATE tagging.recompute_marks; END IF; END $$",
-    )
+    for table in ("recompute_marks", "recompute_due", "rfm_figures"):
+        await execute(
+            dsn,
+            f"DO $$ BEGIN IF to_regclass('tagging.{table}') IS NOT NULL THEN "
+            f"TRUNCATE tagging.{table}; END IF; END $$",
+        )
 
 
 def main() -> None:
