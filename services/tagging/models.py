@@ -4,8 +4,9 @@ A model compiles to the same shape as a rule dimension (`rules.CompiledDimension
 member with its `tag_values` and figures), so the full recompute, the real-time refresh and
 `ExplainTags` need nothing model-specific. Models that compare a member with the population
 (RFM) compute the population's statistics in the same statement, before any member filter, so
-explaining one member sees the same means and quintiles as the full recompute. Parameters reach
-PostgreSQL only as bound parameters.
+explaining one member sees the same means and quintiles as the recompute, which ranks each
+member's figures as it keeps them (`KeptFigures`) rather than aggregating every order again.
+Parameters reach PostgreSQL only as bound parameters.
 """
 
 from __future__ import annotations
