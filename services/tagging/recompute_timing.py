@@ -21,14 +21,12 @@ from dataclasses import dataclass
 
 from memberops.tagging.v1 import facts_pb2, models_pb2, rules_pb2
 
-from services.tagging import catalog
+from services.tagging import catalog, models
 
 Fn = rules_pb2.AggregateFunction
 Field = rules_pb2.ProfileField
 _EVENT_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_EVENT_COUNT, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
 _DAYS_SINCE = {Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
-# Models whose value compares the member with everyone (RFM): any member's facts move all.
-_POPULATION_MODELS = {"rfm_mean_split", "rfm_quintiles"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,8 @@ def _model(model: models_pb2.Model | None) -> Timing:
     if model is None or which is None:
         return Timing(population=True)
     params = getattr(model, which)
-    if which in _POPULATION_MODELS:
+    known = models.INFO.get(which)
+    if known is not None and known.population:
         # Everyone is ranked every time; a member's own figures (models.KeptFigures) move when an
         # order enters or leaves the window.
         return Timing(population=True, orders=_facts(params.window_days))
