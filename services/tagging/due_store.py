@@ -1,12 +1,16 @@
-"""SQL of tagging.recompute_due (migration 0025): each member's next moment at which a dimension's
-value may change by time alone, stored by the recompute for the members it evaluated, and the
-members whose moment has come. Every function runs on a connection inside a tenant transaction.
+"""SQL of the members due in a recompute: those for whom time alone may have changed a dimension's
+value since its previous recompute. Every function runs on a connection inside a tenant transaction.
 
-A member's moment is the earliest fact time (or registration) plus one of the dimension's offsets
-(recompute_timing.Timing) that lies ahead of the evaluation, less SLACK: window ends are calendar
-days (`make_interval(days => N)`, which a daylight-saving change moves by an hour) while offsets are
-added as whole days of seconds, so the stored moment is early by SLACK rather than ever late.
-Candidates up to SLACK behind the evaluation still count, so a moment this early is not skipped.
+A fact's own moments (its time plus one of the dimension's offsets, recompute_timing.Timing) need
+no state: the members due are those with a fact whose moment passed between the previous recompute
+and this one, a range of the facts' time index (`_passed_sql`). Moments that depend on all of a
+member's facts or on their profile (the latest order, the mean gap, registration, birthday) are
+stored per member in tagging.recompute_due (migration 0025) by the recompute that evaluated them.
+
+Both are early by SLACK rather than ever late: window ends are calendar days (`make_interval(days =>
+N)`, which a daylight-saving change moves by an hour) while offsets are added as whole days of
+seconds. A stored moment is SLACK early; a passed range reaches SLACK before the previous recompute
+and SLACK after this one.
 """
 
 from __future__ import annotations
@@ -49,18 +53,6 @@ class _Bounds:
 
     def values(self, now: dt.datetime) -> list[dt.datetime]:
         return [now - SLACK - dt.timedelta(days=d) for d in self.offsets]
-
-
-def _facts_sql(table: str, column: str, offsets: frozenset[int], bounds: _Bounds, only: str = "") -> str:
-    """Per member, the earliest fact time plus offset after now less SLACK (of the rows `only`
-    further restricts)."""
-    terms = ", ".join(
-        f"min(x.{column}) FILTER (WHERE x.{column} > {bounds.since(d)}) + {_days(d)}" for d in sorted(offsets)
-    )
-    # Compared as `column > bound` so an index on the time answers the range (a year, not all).
-    return f"""SELECT x.member_id, least({terms}) AS due FROM {table} x
-        WHERE x.{column} > {bounds.since(max(offsets))}{_only("x.member_id")}{only}
-        GROUP BY x.member_id"""
 
 
 def _latest_order_sql(offsets: frozenset[int], bounds: _Bounds) -> str:
@@ -116,15 +108,9 @@ def _repurchase_sql(r: Repurchase) -> str:
 
 
 def _due_sql(timing: Timing, bounds: _Bounds) -> str:
-    """`(member_id, due_at)` of every member with a moment ahead (parameters as above); no rows
-    when time alone never changes the dimension."""
+    """`(member_id, due_at)` of every member with a kept moment ahead (parameters as above); no
+    rows when the dimension keeps none (Timing.kept)."""
     parts: list[str] = []
-    if timing.orders:
-        parts.append(_facts_sql("tagging.orders", "paid_time", timing.orders, bounds))
-    if timing.events:
-        kinds = timing.event_kinds
-        only = f" AND x.kind IN ({', '.join(str(int(k)) for k in sorted(kinds))})" if kinds else ""
-        parts.append(_facts_sql("tagging.events", "occur_time", timing.events, bounds, only))
     if timing.latest_order:
         parts.append(_latest_order_sql(timing.latest_order, bounds))
     if timing.registration:
@@ -151,7 +137,10 @@ async def store_due(
 ) -> int:
     """Makes the dimension's stored moments of these members (None: every member) those of their
     facts now; returns how many rows changed. Only differences are written, so a recompute of
-    everyone rewrites only the moments that moved."""
+    everyone rewrites only the moments that moved. A dimension that keeps no moments holds none
+    (rows an earlier release stored for fact offsets are dropped)."""
+    if not timing.kept:
+        return await forget(conn, dimension)
     bounds = _Bounds()
     fresh = _due_sql(timing, bounds)
     sql = f"""
@@ -184,19 +173,45 @@ SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)
     return int(await conn.fetchval(sql, *args))
 
 
-async def due_members(conn: Connection, dimension: str, now: dt.datetime) -> list[str]:
-    """The members whose moment in the dimension has come by `now`."""
-    rows = await conn.fetch(
-        "SELECT member_id FROM tagging.recompute_due WHERE dimension = $1 AND due_at <= $2",
-        dimension,
-        now,
-    )
+async def due_members(
+    conn: Connection, dimension: str, timing: Timing, since: dt.datetime, now: dt.datetime
+) -> list[str]:
+    """The members whose moment in the dimension came after its recompute at `since`, by `now`."""
+    sql: list[str] = []
+    args: list[object] = []
+
+    def passed(table: str, column: str, offsets: frozenset[int], only: str = "") -> None:
+        for days in sorted(offsets):
+            at = dt.timedelta(days=days)
+            args.extend([since - SLACK - at, now + SLACK - at])
+            low, high = len(args) - 1, len(args)
+            sql.append(
+                f"SELECT x.member_id FROM {table} x WHERE x.{column} > ${low}::timestamptz"
+                f" AND x.{column} <= ${high}::timestamptz{only}"
+            )
+
+    passed("tagging.orders", "paid_time", timing.orders)
+    if timing.events:
+        kinds = timing.event_kinds
+        only = f" AND x.kind IN ({', '.join(str(int(k)) for k in sorted(kinds))})" if kinds else ""
+        passed("tagging.events", "occur_time", timing.events, only)
+    if timing.kept:
+        args.extend([dimension, now])
+        sql.append(
+            f"SELECT r.member_id FROM tagging.recompute_due r"
+            f" WHERE r.dimension = ${len(args) - 1}::text AND r.due_at <= ${len(args)}::timestamptz"
+        )
+    if not sql:
+        return []
+    rows = await conn.fetch("\nUNION ".join(sql), *args)
     return [row["member_id"] for row in rows]
 
 
-async def forget(conn: Connection, dimension: str) -> None:
-    """Drops the dimension's moments: a population model's, or a definition's no longer current."""
-    await conn.execute("DELETE FROM tagging.recompute_due WHERE dimension = $1", dimension)
+async def forget(conn: Connection, dimension: str) -> int:
+    """Drops the dimension's stored moments (a population model's, or one that keeps none);
+    returns how many there were."""
+    status = await conn.execute("DELETE FROM tagging.recompute_due WHERE dimension = $1", dimension)
+    return int(status.split()[-1])
 
 
 async def member_count(conn: Connection) -> int:

@@ -341,7 +341,7 @@ class Tagger:
             return None
         members = set(unseen.fact_times)
         if not timing.timeless:
-            members.update(await due_store.due_members(conn, item.spec.dimension, now))
+            members.update(await due_store.due_members(conn, item.spec.dimension, timing, unseen.as_of, now))
         if len(members) > self._incremental_share * population:
             return None
         return sorted(members)

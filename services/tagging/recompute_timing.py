@@ -6,7 +6,8 @@ evaluation when its time comes (facts after `now` are ignored) and leaves a wind
 "days since" figure crosses a compared number `c` at the fact's time plus `c` days; an age changes
 at a birthday. So a dimension's `Timing` lists, per kind of time (orders, events, registration),
 the day offsets after which a member's value may change; each member's next moment is the earliest
-fact time plus offset still ahead (due_store.py computes it in SQL).
+fact time plus offset still ahead. due_store.py finds the members whose moment came since the
+previous recompute: by the facts' own times for fact offsets, from stored moments for the rest.
 
 The offsets may over-approximate (a filter is ignored, any fact stands for the last one): a member
 evaluated early only costs an evaluation. They must never miss a moment, so a model this module
@@ -55,6 +56,14 @@ class Timing:
     registration: frozenset[int] = frozenset()
     birthday: bool = False
     repurchase: Repurchase | None = None
+
+    @property
+    def kept(self) -> bool:
+        """Whether a member's next moment must be kept (due_store.store_due): one that depends on
+        all of their facts (the latest order, the mean gap) or on their profile. A fact's own time
+        plus an offset needs none: the next recompute finds the facts whose moment passed since the
+        previous one by their time alone (due_store.due_members)."""
+        return bool(self.latest_order or self.registration or self.birthday or self.repurchase)
 
     @property
     def timeless(self) -> bool:

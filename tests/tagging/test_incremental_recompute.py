@@ -185,6 +185,8 @@ class _World:
                     paid = previous + (now - previous) * (0.01 + 0.98 * r.random())
                 elif facts_only and r.random() < 0.5:  # history arriving: paid before the mark
                     paid = max(self.start, previous - dt.timedelta(days=r.uniform(0.1, 30)))
+                elif r.random() < 0.1:  # a minute ahead: it enters the evaluation when paid
+                    paid = now + dt.timedelta(minutes=1)
                 lines = tuple(
                     OrderLine(
                         str(i),
