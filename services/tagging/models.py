@@ -295,21 +295,27 @@ def _rfm_mean_split(params: models_pb2.RfmMeanSplit, q: _Query, now: str) -> _Bo
     return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
 
 
+def _scores(figure: str, order: str) -> str:
+    """Each distinct value of a figure of `base` with its score, ceil(5 * cume_dist) in exact
+    integer arithmetic: with c members at or below it (peers included) of n, (5c + n - 1) / n. Ties
+    share a score. Counted per distinct value, not per member: a year holds a few hundred recency
+    days and order counts, so two of the three figures sort a few hundred rows instead of every
+    member (a window over 744k members sorted them three times: 2.0 s against 1.0 s)."""
+    return f"""(SELECT v.{figure},
+            ((5 * (sum(v.c) OVER (ORDER BY v.{figure} {order}))::bigint + t.n - 1) / t.n)::int AS score
+        FROM (SELECT b.{figure}, count(*) AS c FROM base b GROUP BY b.{figure}) AS v CROSS JOIN total t)"""
+
+
 def _rfm_quintiles(params: models_pb2.RfmQuintiles, q: _Query, now: str) -> _Body:
     cells = q.param([quintile_segment(r, f) for r in range(1, 6) for f in range(1, 6)], "text[]")
     sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
-        -- score = ceil(5 * cume_dist) in exact integer arithmetic: with c members at or below this
-        -- one (peers included) of n, (5c + n - 1) / n. Ties share a score.
-        scored AS (
-            SELECT b.*, ((5 * count(*) OVER (ORDER BY b.r DESC) + t.n - 1) / t.n)::int AS r_score,
-                   ((5 * count(*) OVER (ORDER BY b.f) + t.n - 1) / t.n)::int AS f_score,
-                   ((5 * count(*) OVER (ORDER BY b.m) + t.n - 1) / t.n)::int AS m_score
-            FROM base b CROSS JOIN (SELECT count(*) AS n FROM base) AS t)
-        SELECT s.member_id, ARRAY[({cells})[(s.r_score - 1) * 5 + s.f_score]] AS tag_values,
-            s.r AS recency_days, s.f AS frequency, s.m AS monetary_minor,
-            s.r_score, s.f_score, s.m_score
-        FROM scored s
-        WHERE true{q.only_members("s.member_id")}"""
+        total AS (SELECT count(*) AS n FROM base)
+        SELECT b.member_id, ARRAY[({cells})[(rs.score - 1) * 5 + fs.score]] AS tag_values,
+            b.r AS recency_days, b.f AS frequency, b.m AS monetary_minor,
+            rs.score AS r_score, fs.score AS f_score, ms.score AS m_score
+        FROM base b JOIN {_scores("r", "DESC")} rs ON rs.r = b.r
+            JOIN {_scores("f", "ASC")} fs ON fs.f = b.f JOIN {_scores("m", "ASC")} ms ON ms.m = b.m
+        WHERE true{q.only_members("b.member_id")}"""
     figures = ["recency_days", "frequency", "monetary_minor", "r_score", "f_score", "m_score"]
     return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
 
