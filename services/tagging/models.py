@@ -388,7 +388,7 @@ def _interest(params: models_pb2.Interest, q: _Query, now: str) -> _Body:
           AND NOT EXISTS (
               SELECT 1 FROM tagging.order_lines l
               WHERE l.member_id = e.member_id AND l.category = e.category AND l.paid_time <= {now}
-                {line_window} AND l.quantity > l.refunded_quantity)
+                {line_window} AND l.quantity > l.refunded_quantity{q.only_members("l.member_id")})
         GROUP BY e.member_id"""
     return _Body(sql, {"interest_events": "interest_events"}, frozenset({Input.EVENTS, Input.ORDERS}))
 
@@ -431,7 +431,7 @@ def _preferred_send_hour(params: models_pb2.PreferredSendHour, q: _Query, now: s
                    extract(hour FROM t.t AT TIME ZONE COALESCE(z.name, {fallback}))::int AS hour,
                    count(*) AS n
             FROM moments t
-            JOIN tagging.members mm ON mm.member_id = t.member_id
+            JOIN tagging.members mm ON mm.member_id = t.member_id{q.only_members("mm.member_id")}
             LEFT JOIN zones z ON z.name = mm.time_zone
             GROUP BY 1, 2)
         SELECT DISTINCT ON (h.member_id) h.member_id, ARRAY[lpad(h.hour::text, 2, '0')] AS tag_values,
