@@ -19,6 +19,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from runtime.db import Connection
+from services.tagging.models import MAX_VALUE
 from services.tagging.recompute_timing import Repurchase, Timing
 
 SLACK = dt.timedelta(hours=2)
@@ -107,6 +108,34 @@ def _repurchase_sql(r: Repurchase) -> str:
               GROUP BY o.member_id HAVING count(*) >= {int(r.min_orders)}) AS a"""
 
 
+def _order_counts_sql(days: int, counts: frozenset[int]) -> str:
+    """Per member, when the window's count of counted orders (as rules/_compiler.py counts them)
+    first falls from one of `counts`: the i-th oldest of n leaves with the count falling from
+    n - i + 1. Orders sharing a time leave together, at that time."""
+    listed = ", ".join(str(int(m)) for m in sorted(counts))
+    return f"""SELECT x.member_id, min(x.paid_time) FILTER (WHERE x.n - x.i + 1 IN ({listed})) + {_days(days)}
+            AS due
+        FROM (SELECT o.member_id, o.paid_time,
+                     row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_time) AS i,
+                     count(*) OVER (PARTITION BY o.member_id) AS n
+              FROM tagging.orders o
+              WHERE o.paid_time <= {_NOW} AND o.paid_time > {_NOW} - make_interval(days => {int(days)})
+                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)
+                {_only("o.member_id")}) AS x
+        GROUP BY x.member_id"""
+
+
+def _category_exits_sql(days: int) -> str:
+    """Per member, when the first category bought leaves the window: its latest kept line's time
+    plus the window (models._kept_lines reads the same lines)."""
+    return f"""SELECT x.member_id, min(x.latest) + {_days(days)} AS due
+        FROM (SELECT l.member_id, max(l.paid_time) AS latest FROM tagging.order_lines l
+              WHERE l.paid_time <= {_NOW} AND l.paid_time > {_NOW} - make_interval(days => {int(days)})
+                AND l.quantity > l.refunded_quantity AND l.category <> ''{_only("l.member_id")}
+              GROUP BY l.member_id, left(l.category, {MAX_VALUE})) AS x
+        GROUP BY x.member_id"""
+
+
 def _due_sql(timing: Timing, bounds: _Bounds) -> str:
     """`(member_id, due_at)` of every member with a kept moment ahead (parameters as above); no
     rows when the dimension keeps none (Timing.kept)."""
@@ -119,6 +148,8 @@ def _due_sql(timing: Timing, bounds: _Bounds) -> str:
         parts.append(_BIRTHDAY)
     if timing.repurchase is not None:
         parts.append(_repurchase_sql(timing.repurchase))
+    parts.extend(_order_counts_sql(days, counts) for days, counts in sorted(timing.order_counts))
+    parts.extend(_category_exits_sql(days) for days in sorted(timing.category_exits))
     if not parts:
         never = f"{_EARLIEST} + ({_NOW} - {_EARLIEST})"
         return f"SELECT NULL::text AS member_id, {never} AS due_at WHERE {_MEMBERS} IS NULL AND false"

@@ -17,7 +17,7 @@ does not know is a population model, evaluated for every member every time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from memberops.tagging.v1 import facts_pb2, models_pb2, rules_pb2
@@ -27,6 +27,12 @@ from services.tagging import catalog, models
 Fn = rules_pb2.AggregateFunction
 Field = rules_pb2.ProfileField
 _EVENT_FUNCTIONS = {Fn.AGGREGATE_FUNCTION_EVENT_COUNT, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
+# Functions of the count of counted orders in the window (no line filter), as the factor from the
+# compared number to a count (rules/_compiler.py: ORDERS_PER_MONTH is count * 30 / window).
+_ORDER_COUNTS: dict[int, Callable[[int], float]] = {
+    Fn.AGGREGATE_FUNCTION_ORDER_COUNT: lambda window: 1.0,
+    Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH: lambda window: max(window, 1) / 30.0,
+}
 _DAYS_SINCE = {Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER, Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_EVENT}
 
 
@@ -56,6 +62,13 @@ class Timing:
     registration: frozenset[int] = frozenset()
     birthday: bool = False
     repurchase: Repurchase | None = None
+    # Counts of counted orders in an N-day window, read only through comparisons with numbers:
+    # (N, counts m such that the window's count falling from m to m - 1 may change the value). An
+    # order leaving the window changes nothing unless it makes the count fall through one of them.
+    order_counts: frozenset[tuple[int, frozenset[int]]] = frozenset()
+    # Windows of days over which the categories bought are read (categories_bought): a category
+    # leaves only with its latest kept line.
+    category_exits: frozenset[int] = frozenset()
 
     @property
     def kept(self) -> bool:
@@ -63,7 +76,14 @@ class Timing:
         all of their facts (the latest order, the mean gap) or on their profile. A fact's own time
         plus an offset needs none: the next recompute finds the facts whose moment passed since the
         previous one by their time alone (due_store.due_members)."""
-        return bool(self.latest_order or self.registration or self.birthday or self.repurchase)
+        return bool(
+            self.latest_order
+            or self.registration
+            or self.birthday
+            or self.repurchase
+            or self.order_counts
+            or self.category_exits
+        )
 
     @property
     def timeless(self) -> bool:
@@ -74,6 +94,8 @@ class Timing:
             or self.registration
             or self.birthday
             or self.repurchase
+            or self.order_counts
+            or self.category_exits
         )
 
 
@@ -110,6 +132,10 @@ def _model(model: models_pb2.Model | None) -> Timing:
             latest_order=frozenset({params.new_days, params.active_days, params.churn_days}),
             registration=frozenset({0, params.new_days}),
         )
+    if which == "categories_bought" and params.window_days:
+        # A category is bought while any kept line of it is in the window: it leaves with the
+        # latest one, whatever leaves before.
+        return Timing(orders=frozenset({0}), category_exits=frozenset({params.window_days}))
     if which in ("categories_bought", "category_preference"):
         return Timing(orders=_facts(params.window_days))
     if which == "interest":
@@ -128,6 +154,19 @@ def _model(model: models_pb2.Model | None) -> Timing:
     return Timing(population=True)
 
 
+def _counts(values: Iterable[rules_pb2.Value], per: float) -> set[int]:
+    """The counts m from which a fall to m - 1 may change a comparison of `count / per` with these
+    numbers: those with v in [m - 1, m], v = number * per, so m in [v, v + 1]; from floor(v) to
+    ceil(v) + 1 against the rounding of a scaled number. Always 1: the last order leaving takes the
+    aggregate's row away."""
+    found = {1}
+    for value in values:
+        if value.WhichOneof("kind") == "number" and math.isfinite(value.number):
+            v = value.number * per
+            found |= {m for m in range(math.floor(v), math.ceil(v) + 2) if m >= 1}
+    return found
+
+
 def _crossings(values: Iterable[rules_pb2.Value]) -> set[int]:
     """The whole day counts at which a comparison of a day count with these numbers may change."""
     found: set[int] = set()
@@ -143,11 +182,18 @@ class _Collect:
         self.events: set[int] = set()
         self.registration: set[int] = set()
         self.birthday = False
+        # Per window, the counts through which an order count read only by comparison may fall.
+        self.order_counts: dict[int, set[int]] = {}
         # The event kinds the event aggregates filter on; None once one reads every kind.
         self.event_kinds: set[int] | None = set()
 
     def timing(self) -> Timing:
+        # A window whose every exit is a moment already (another aggregate reads it) needs no count.
+        counts = frozenset(
+            (days, frozenset(found)) for days, found in self.order_counts.items() if days not in self.orders
+        )
         return Timing(
+            order_counts=counts,
             orders=frozenset(self.orders),
             events=frozenset(self.events),
             registration=frozenset(self.registration),
@@ -175,6 +221,15 @@ class _Collect:
                 self.registration |= {0, *_crossings(condition.values)}
         elif source == "aggregate":
             aggregate = operand.aggregate
+            per = _ORDER_COUNTS.get(aggregate.function)
+            f = aggregate.filter
+            if per is not None and aggregate.window_days and not (f.categories or f.brands or f.skus):
+                # Orders enter when paid; leaving, they move the value only through a count.
+                self.orders.add(0)
+                window = aggregate.window_days
+                found_counts = self.order_counts.setdefault(window, set())
+                found_counts |= _counts(condition.values, per(window))
+                return
             found = self.events if aggregate.function in _EVENT_FUNCTIONS else self.orders
             if aggregate.function in _EVENT_FUNCTIONS and self.event_kinds is not None:
                 kinds = aggregate.filter.event_kinds

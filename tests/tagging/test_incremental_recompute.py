@@ -67,7 +67,17 @@ def _extra_dimensions(threshold: int, suffix: str = "") -> list[DefinitionInput]
     since_order = agg(Fn.AGGREGATE_FUNCTION_DAYS_SINCE_LAST_ORDER)
     carts = agg(Fn.AGGREGATE_FUNCTION_EVENT_COUNT, 14, event_kinds=[2])
     a_items = agg(Fn.AGGREGATE_FUNCTION_ITEM_COUNT, 7, categories=["a"])
+    orders_25 = agg(Fn.AGGREGATE_FUNCTION_ORDER_COUNT, 25)
     return [
+        rule_dimension(
+            "rc_counts",
+            [
+                ("many", cond(orders_25, Op.OPERATOR_GE, 3)),
+                ("two", cond(orders_25, Op.OPERATOR_EQ, 2)),
+                ("monthly", cond(agg(Fn.AGGREGATE_FUNCTION_ORDERS_PER_MONTH, 40), Op.OPERATOR_GT, 0.75)),
+                ("one", cond(orders_25, Op.OPERATOR_IS_SET)),
+            ],
+        ),
         rule_dimension(
             "rc_order_recency",
             [
@@ -111,18 +121,22 @@ def _extra_dimensions(threshold: int, suffix: str = "") -> list[DefinitionInput]
     ]
 
 
-# RFM windows short enough for orders to leave them within the rounds.
+# Windows short enough for orders to leave them within the rounds.
 _RFM_WINDOWS = {
     "rfm_segment": models_pb2.Model(rfm_mean_split=models_pb2.RfmMeanSplit(window_days=30)),
     "rfm_quintile_segment": models_pb2.Model(rfm_quintiles=models_pb2.RfmQuintiles(window_days=45)),
 }
+_SHORT_WINDOWS = {
+    **_RFM_WINDOWS,
+    "categories_bought": models_pb2.Model(categories_bought=models_pb2.CategoriesBought(window_days=20)),
+}
 
 
 def _definitions() -> list[DefinitionInput]:
-    """The built-ins (scheduled here, the RFM windows shortened) and the rules above."""
+    """The built-ins (scheduled here, some windows shortened) and the rules above."""
     specs = [
         dataclasses.replace(
-            s, refresh_policy=catalog.Refresh.SCHEDULED, model=_RFM_WINDOWS.get(s.dimension, s.model)
+            s, refresh_policy=catalog.Refresh.SCHEDULED, model=_SHORT_WINDOWS.get(s.dimension, s.model)
         )
         for s in builtins.definitions()
     ]
