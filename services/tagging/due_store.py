@@ -136,24 +136,6 @@ def _category_exits_sql(days: int) -> str:
         GROUP BY x.member_id"""
 
 
-def _top_categories_sql(days: int, top_n: int) -> str:
-    """Per member, when the first line of a category in their top `top_n` by spend leaves the
-    window (ranked as models._category_preference ranks them)."""
-    return f"""SELECT r.member_id, min(r.earliest) + {_days(days)} AS due
-        FROM (SELECT s.member_id, s.earliest,
-                     row_number() OVER (PARTITION BY s.member_id ORDER BY s.spend DESC, s.category) AS rank
-              FROM (SELECT l.member_id, left(l.category, {MAX_VALUE}) AS category,
-                           sum((l.quantity - l.refunded_quantity) * l.unit_price_minor) AS spend,
-                           min(l.paid_time) AS earliest
-                    FROM tagging.order_lines l
-                    WHERE l.paid_time <= {_NOW} AND l.paid_time > {_NOW} - make_interval(days => {int(days)})
-                      AND l.quantity > l.refunded_quantity AND l.category <> ''{_only("l.member_id")}
-                    GROUP BY l.member_id, left(l.category, {MAX_VALUE})) AS s
-              WHERE s.spend > 0) AS r
-        WHERE r.rank <= {int(top_n)}
-        GROUP BY r.member_id"""
-
-
 def _due_sql(timing: Timing, bounds: _Bounds) -> str:
     """`(member_id, due_at)` of every member with a kept moment ahead (parameters as above); no
     rows when the dimension keeps none (Timing.kept)."""
@@ -168,7 +150,6 @@ def _due_sql(timing: Timing, bounds: _Bounds) -> str:
         parts.append(_repurchase_sql(timing.repurchase))
     parts.extend(_order_counts_sql(days, counts) for days, counts in sorted(timing.order_counts))
     parts.extend(_category_exits_sql(days) for days in sorted(timing.category_exits))
-    parts.extend(_top_categories_sql(days, top_n) for days, top_n in sorted(timing.top_categories))
     if not parts:
         never = f"{_EARLIEST} + ({_NOW} - {_EARLIEST})"
         return f"SELECT NULL::text AS member_id, {never} AS due_at WHERE {_MEMBERS} IS NULL AND false"

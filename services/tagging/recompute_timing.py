@@ -69,10 +69,6 @@ class Timing:
     # Windows of days over which the categories bought are read (categories_bought): a category
     # leaves only with its latest kept line.
     category_exits: frozenset[int] = frozenset()
-    # (window, n) of a top-n of categories by spend (category_preference): a line leaving lowers
-    # only its category's spend, which moves no category into the top n; so only the lines of the
-    # categories in it can change the value.
-    top_categories: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def kept(self) -> bool:
@@ -87,7 +83,6 @@ class Timing:
             or self.repurchase
             or self.order_counts
             or self.category_exits
-            or self.top_categories
         )
 
     @property
@@ -101,7 +96,6 @@ class Timing:
             or self.repurchase
             or self.order_counts
             or self.category_exits
-            or self.top_categories
         )
 
 
@@ -142,8 +136,6 @@ def _model(model: models_pb2.Model | None) -> Timing:
         # A category is bought while any kept line of it is in the window: it leaves with the
         # latest one, whatever leaves before.
         return Timing(orders=frozenset({0}), category_exits=frozenset({params.window_days}))
-    if which == "category_preference" and params.window_days:
-        return Timing(orders=frozenset({0}), top_categories=frozenset({(params.window_days, params.top_n)}))
     if which in ("categories_bought", "category_preference"):
         return Timing(orders=_facts(params.window_days))
     if which == "interest":

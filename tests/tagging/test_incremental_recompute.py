@@ -129,9 +129,6 @@ _RFM_WINDOWS = {
 _SHORT_WINDOWS = {
     **_RFM_WINDOWS,
     "categories_bought": models_pb2.Model(categories_bought=models_pb2.CategoriesBought(window_days=20)),
-    "category_preference": models_pb2.Model(
-        category_preference=models_pb2.CategoryPreference(window_days=25, top_n=2)
-    ),
 }
 
 

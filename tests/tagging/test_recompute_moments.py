@@ -1,8 +1,7 @@
 """The moments a recompute keeps for a member (services/tagging/due_store.py) are when time alone
 can first change their value: for a count read through thresholds, the order whose leaving makes
 the count fall through one; for the categories bought, the latest line of the first category to
-leave; for the preferred categories, the oldest line of those in the top. Early costs an
-evaluation; late would leave a stale tag, so each is checked to the second."""
+leave. Early costs an evaluation; late would leave a stale tag, so each is checked to the second."""
 
 from __future__ import annotations
 
@@ -74,21 +73,18 @@ async def test_kept_moments_are_the_first_that_can_change_the_value(db: Database
     paid: dict[str, list[dt.datetime]] = {}
     recorded = 0
 
-    async def order(
-        member_id: str, when: dt.datetime, category: str = "a", refunded: bool = False, quantity: int = 1
-    ) -> None:
+    async def order(member_id: str, when: dt.datetime, category: str = "a", refunded: bool = False) -> None:
         nonlocal recorded
         recorded += 1
         order_id = f"o-{recorded}"
-        line = OrderLine("1", sku="s", category=category, quantity=quantity, unit_price_minor=700)
-        amount = 700 * quantity
-        await facts.record_order(tenant, OrderInput(order_id, member_id, when, amount, (line,)), NOW)
+        line = OrderLine("1", sku="s", category=category, quantity=1, unit_price_minor=700)
+        await facts.record_order(tenant, OrderInput(order_id, member_id, when, 700, (line,)), NOW)
         if refunded:
-            await facts.record_refund(tenant, RefundInput(f"r-{order_id}", order_id, when, amount), NOW)
+            await facts.record_refund(tenant, RefundInput(f"r-{order_id}", order_id, when, 700), NOW)
         else:
             paid.setdefault(member_id, []).append(when)
 
-    for member_id in ("heavy", "regular", "light", "categories", "preferring"):
+    for member_id in ("heavy", "regular", "light", "categories"):
         await members.upsert(tenant, MemberInput(member_id, Profile(register_time=NOW - 2 * YEAR)), NOW)
     start = NOW - dt.timedelta(days=300)
     for k in range(14):  # 14 counted: the count falls from 13 to 11 ("loyal" to "regular")
@@ -105,14 +101,7 @@ async def test_kept_moments_are_the_first_that_can_change_the_value(db: Database
     await order("categories", NOW - dt.timedelta(days=20), "b")
     await order("categories", NOW - dt.timedelta(days=100), "b")
 
-    # The top 3 by spend are c, a and b (b before d, which spent as much, by name); d's line, the
-    # oldest, leaves without changing them.
-    await order("preferring", NOW - dt.timedelta(days=340), "d", quantity=2)
-    await order("preferring", NOW - dt.timedelta(days=290), "a", quantity=3)
-    await order("preferring", NOW - dt.timedelta(days=300), "b", quantity=2)
-    await order("preferring", NOW - dt.timedelta(days=120), "c", quantity=5)
-
-    await tagger.recompute(tenant, ["loyalty", "categories_bought", "category_preference"], NOW)
+    await tagger.recompute(tenant, ["loyalty", "categories_bought"], NOW)
 
     loyalty = await _stored(db, tenant, "loyalty")
     assert loyalty["heavy"] == paid["heavy"][1] + YEAR - SLACK  # the 2nd oldest: 13 -> 12 ... 11
@@ -120,5 +109,3 @@ async def test_kept_moments_are_the_first_that_can_change_the_value(db: Database
     assert loyalty["light"] == paid["light"][0] + YEAR - SLACK
     bought = await _stored(db, tenant, "categories_bought")
     assert bought["categories"] == NOW - dt.timedelta(days=150) + YEAR - SLACK
-    preferred = await _stored(db, tenant, "category_preference")
-    assert preferred["preferring"] == NOW - dt.timedelta(days=300) + YEAR - SLACK
