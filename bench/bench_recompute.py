@@ -7,9 +7,9 @@ recompute starts from no tags.
 
 A day of the shop: the first recompute (every tag written, the next moments that must be kept
 stored) runs with the service's clock at dataset.NOW; the tables it wrote are then vacuumed, as
-autovacuum would have done in the day before the next one. A day later 1 % of the members have an order paid that
-day (ImportOrders, ids `bench-recompute-*`), and the scheduled recompute runs as the periodic job
-calls it (incremental: the members due or changed, everyone for RFM), then a full one (`full:
+autovacuum would have done in the day before the next one. A day later 1 % of the members have an
+order paid that day (ImportOrders, ids `bench-recompute-*`), and the scheduled recompute runs as
+the periodic job calls it (incremental: the members due or changed), then a full one (`full:
 true`) at the same moment, which must change nothing: the incremental one left exactly what a full
 one does. Afterwards the bench's orders are deleted again (with their feed entries and purchase
 summaries) and a full recompute at NOW puts the tags held back to those of the generated data at
