@@ -208,6 +208,12 @@ async def apply_dimension(
         mark = _MARK.format(tenant=t, dimension=d, version=ver, seen=f"${n + 9}::text")
         extra = [[m for m, _ in unseen.values_then], [v for _, v in unseen.values_then], unseen.seen]
     members = f"AND t.member_id = ANY({compiled.member_filter})" if compiled.member_filter else ""
+    if exclusive and compiled.member_filter:
+        # Every value of a single-value dimension is written exclusive (its cardinality never
+        # changes); saying so lets a member list's held tags come from the index of current
+        # exclusive values, one entry a member, instead of the member-history index and each
+        # member's past rows (about half the time on the 1M bench).
+        members += " AND t.exclusive"
     # A single-value dimension's array holds at most one value; reading it directly (not through
     # unnest, which the planner guesses at ten rows a member) keeps the row estimates true.
     desired = (
