@@ -276,7 +276,8 @@ def _rfm_base(params: Any, q: _Query, now: str) -> str:
 def _rfm_mean_split(params: models_pb2.RfmMeanSplit, q: _Query, now: str) -> _Body:
     segments = q.param([_MEAN_SPLIT[bits] for bits in range(8)], "text[]")
     sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
-        means AS (SELECT avg(r) AS r_mean, avg(f) AS f_mean, avg(m) AS m_mean FROM base)
+        -- Computed once whichever side of the join a plan puts it on (see total in _rfm_quintiles).
+        means AS MATERIALIZED (SELECT avg(r) AS r_mean, avg(f) AS f_mean, avg(m) AS m_mean FROM base)
         SELECT b.member_id,
             ARRAY[({segments})[1 + 4 * (b.r < s.r_mean)::int + 2 * (b.f > s.f_mean)::int
                                   + (b.m > s.m_mean)::int]] AS tag_values,
@@ -308,12 +309,15 @@ def _bounds(figure: str) -> str:
     return f"""(SELECT ARRAY[{bound}]
         FROM (SELECT g.x, ((5 * (sum(g.c) OVER (ORDER BY g.x))::bigint + t.n - 1) / t.n)::int AS score
               FROM (SELECT {figure} AS x, count(*) AS c FROM base b GROUP BY 1) AS g
-              CROSS JOIN (SELECT count(*) AS n FROM base) AS t) AS v)"""
+              CROSS JOIN total t) AS v)"""
 
 
 def _rfm_quintiles(params: models_pb2.RfmQuintiles, q: _Query, now: str) -> _Body:
     cells = q.param([quintile_segment(r, f) for r in range(1, 6) for f in range(1, 6)], "text[]")
     sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
+        -- Counted once: inside each bound's subquery, a plan guessing one row of figures re-counted
+        -- all 744k for every distinct value (60 s a figure).
+        total AS MATERIALIZED (SELECT count(*) AS n FROM base),
         -- Recency ranks the most recent highest: its scores count the members at or above a value.
         bounds AS (SELECT {_bounds("-b.r")} AS r, {_bounds("b.f")} AS f, {_bounds("b.m")} AS m)
         SELECT s.member_id, ARRAY[({cells})[(s.r_score - 1) * 5 + s.f_score]] AS tag_values,
