@@ -3,9 +3,10 @@ value since its previous recompute. Every function runs on a connection inside a
 
 A fact's own moments (its time plus one of the dimension's offsets, recompute_timing.Timing) need
 no state: the members due are those with a fact whose moment passed between the previous recompute
-and this one, a range of the facts' time index (`_passed_sql`). Moments that depend on all of a
-member's facts or on their profile (the latest order, the mean gap, registration, birthday) are
-stored per member in tagging.recompute_due (migration 0025) by the recompute that evaluated them.
+and this one, a range of the facts' time index (`due_members`). Moments that depend on all of a
+member's facts or on their profile (the latest order, the mean gap, registration, birthday, a count
+falling through a threshold, a category's latest line) are stored per member in
+tagging.recompute_due (migration 0025) by the recompute that evaluated them (`store_due`).
 
 Both are early by SLACK rather than ever late: window ends are calendar days (`make_interval(days =>
 N)`, which a daylight-saving change moves by an hour) while offsets are added as whole days of

@@ -319,7 +319,7 @@ def _rfm_quintiles(params: models_pb2.RfmQuintiles, q: _Query, now: str) -> _Bod
         -- all 744k for every distinct value (60 s a figure).
         total AS MATERIALIZED (SELECT count(*) AS n FROM base),
         -- Recency ranks the most recent highest: its scores count the members at or above a value.
-        bounds AS (SELECT {_bounds("-b.r")} AS r, {_bounds("b.f")} AS f, {_bounds("b.m")} AS m)
+        bounds AS MATERIALIZED (SELECT {_bounds("-b.r")} AS r, {_bounds("b.f")} AS f, {_bounds("b.m")} AS m)
         SELECT s.member_id, ARRAY[({cells})[(s.r_score - 1) * 5 + s.f_score]] AS tag_values,
             s.r AS recency_days, s.f AS frequency, s.m AS monetary_minor,
             s.r_score, s.f_score, s.m_score

@@ -73,7 +73,8 @@ class Timing:
     @property
     def kept(self) -> bool:
         """Whether a member's next moment must be kept (due_store.store_due): one that depends on
-        all of their facts (the latest order, the mean gap) or on their profile. A fact's own time
+        all of their facts (the latest order, the mean gap, a count, a category's latest line) or on
+        their profile. A fact's own time
         plus an offset needs none: the next recompute finds the facts whose moment passed since the
         previous one by their time alone (due_store.due_members)."""
         return bool(
