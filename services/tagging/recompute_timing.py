@@ -74,9 +74,8 @@ class Timing:
     def kept(self) -> bool:
         """Whether a member's next moment must be kept (due_store.store_due): one that depends on
         all of their facts (the latest order, the mean gap, a count, a category's latest line) or on
-        their profile. A fact's own time
-        plus an offset needs none: the next recompute finds the facts whose moment passed since the
-        previous one by their time alone (due_store.due_members)."""
+        their profile. A fact's own time plus an offset needs none: the next recompute finds the
+        facts whose moment passed since the previous one by their time alone (due_store.due_members)."""
         return bool(
             self.latest_order
             or self.registration
@@ -88,16 +87,7 @@ class Timing:
 
     @property
     def timeless(self) -> bool:
-        return not (
-            self.orders
-            or self.events
-            or self.latest_order
-            or self.registration
-            or self.birthday
-            or self.repurchase
-            or self.order_counts
-            or self.category_exits
-        )
+        return not (self.orders or self.events or self.kept)
 
 
 def of(spec: catalog.DefinitionInput) -> Timing:
