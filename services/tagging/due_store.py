@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from runtime.db import Connection
-from services.tagging.models import MAX_VALUE
+from services.tagging.models import COUNTED_ORDERS, KEPT_LINE, MAX_VALUE
 from services.tagging.recompute_timing import Repurchase, Timing
 
 SLACK = dt.timedelta(hours=2)
@@ -57,19 +57,23 @@ class _Bounds:
         return [now - SLACK - dt.timedelta(days=d) for d in self.offsets]
 
 
+def _counted(where: str) -> str:
+    """The counted orders (models.COUNTED_ORDERS) at the evaluation time, `where` further
+    restricting them (SQL starting with AND), of the members chosen."""
+    return f"({COUNTED_ORDERS.format(now=_NOW)}{where}{_only('o.member_id')}) AS c"
+
+
 def _latest_order_sql(offsets: frozenset[int], bounds: _Bounds) -> str:
-    """Per member, the latest counted order (models._COUNTED) plus the first offset ahead. Only
+    """Per member, the latest counted order (models.COUNTED_ORDERS) plus the first offset ahead. Only
     orders recent enough for some offset to lie ahead are read: an older latest one has none."""
     terms = ", ".join(
         f"CASE WHEN x.last_paid > {bounds.since(d)} THEN x.last_paid + {_days(d)} END"
         for d in sorted(offsets)
     )
     return f"""SELECT x.member_id, least({terms}) AS due
-        FROM (SELECT o.member_id, max(o.paid_time) AS last_paid FROM tagging.orders o
-              WHERE o.paid_time > {bounds.since(max(offsets))} AND o.paid_time <= {_NOW}
-                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)
-                {_only("o.member_id")}
-              GROUP BY o.member_id) AS x"""
+        FROM (SELECT c.member_id, max(c.paid_time) AS last_paid
+              FROM {_counted(f" AND o.paid_time > {bounds.since(max(offsets))}")}
+              GROUP BY c.member_id) AS x"""
 
 
 def _registration_sql(offsets: frozenset[int]) -> str:
@@ -100,13 +104,10 @@ def _repurchase_sql(r: Repurchase) -> str:
     )
     return f"""SELECT a.member_id,
             a.last_paid + make_interval(secs => a.gap * {int(r.tolerance_percent)} / 100.0) AS due
-        FROM (SELECT o.member_id, max(o.paid_time) AS last_paid,
-                     extract(epoch FROM max(o.paid_time) - min(o.paid_time)) / (count(*) - 1) AS gap
-              FROM tagging.orders o
-              WHERE o.paid_time <= {_NOW}
-                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor){window}
-                {_only("o.member_id")}
-              GROUP BY o.member_id HAVING count(*) >= {int(r.min_orders)}) AS a"""
+        FROM (SELECT c.member_id, max(c.paid_time) AS last_paid,
+                     extract(epoch FROM max(c.paid_time) - min(c.paid_time)) / (count(*) - 1) AS gap
+              FROM {_counted(window)}
+              GROUP BY c.member_id HAVING count(*) >= {int(r.min_orders)}) AS a"""
 
 
 def _order_counts_sql(days: int, counts: frozenset[int]) -> str:
@@ -116,13 +117,10 @@ def _order_counts_sql(days: int, counts: frozenset[int]) -> str:
     listed = ", ".join(str(int(m)) for m in sorted(counts))
     return f"""SELECT x.member_id, min(x.paid_time) FILTER (WHERE x.n - x.i + 1 IN ({listed})) + {_days(days)}
             AS due
-        FROM (SELECT o.member_id, o.paid_time,
-                     row_number() OVER (PARTITION BY o.member_id ORDER BY o.paid_time) AS i,
-                     count(*) OVER (PARTITION BY o.member_id) AS n
-              FROM tagging.orders o
-              WHERE o.paid_time <= {_NOW} AND o.paid_time > {_NOW} - make_interval(days => {int(days)})
-                AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)
-                {_only("o.member_id")}) AS x
+        FROM (SELECT c.member_id, c.paid_time,
+                     row_number() OVER (PARTITION BY c.member_id ORDER BY c.paid_time) AS i,
+                     count(*) OVER (PARTITION BY c.member_id) AS n
+              FROM {_counted(f" AND o.paid_time > {_NOW} - make_interval(days => {int(days)})")}) AS x
         GROUP BY x.member_id"""
 
 
@@ -132,7 +130,7 @@ def _category_exits_sql(days: int) -> str:
     return f"""SELECT x.member_id, min(x.latest) + {_days(days)} AS due
         FROM (SELECT l.member_id, max(l.paid_time) AS latest FROM tagging.order_lines l
               WHERE l.paid_time <= {_NOW} AND l.paid_time > {_NOW} - make_interval(days => {int(days)})
-                AND l.quantity > l.refunded_quantity AND l.category <> ''{_only("l.member_id")}
+                AND {KEPT_LINE}{_only("l.member_id")}
               GROUP BY l.member_id, left(l.category, {MAX_VALUE})) AS x
         GROUP BY x.member_id"""
 

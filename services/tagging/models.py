@@ -174,8 +174,9 @@ class _Query:
         return f" AND {column} > {now} - make_interval(days => {self.param(window_days, 'int')})"
 
 
-# Orders that count: paid by `now` and not fully refunded; `net` is what was kept.
-_COUNTED = """SELECT o.member_id, o.paid_time, o.amount_minor - o.refunded_amount_minor AS net
+# Orders that count: paid by `now` and not fully refunded; `net` is what was kept. Shared with the
+# recompute's moments (due_store.py), which must count exactly these.
+COUNTED_ORDERS = """SELECT o.member_id, o.paid_time, o.amount_minor - o.refunded_amount_minor AS net
     FROM tagging.orders o
     WHERE o.paid_time <= {now} AND NOT (o.amount_minor > 0 AND o.refunded_amount_minor >= o.amount_minor)"""
 _DAYS = "floor(extract(epoch FROM {now} - {t}) / 86400)"
@@ -257,7 +258,7 @@ def _rfm_figures(params: Any, q: _Query, now: str, only: str = "") -> str:
     return f"""SELECT c.member_id, max(c.paid_time) AS last_paid,
             count(*) FILTER (WHERE {window}) AS frequency,
             COALESCE(sum(c.net) FILTER (WHERE {window}), 0) AS monetary
-        FROM ({_COUNTED.format(now=now)}) AS c WHERE true{only} GROUP BY c.member_id"""
+        FROM ({COUNTED_ORDERS.format(now=now)}) AS c WHERE true{only} GROUP BY c.member_id"""
 
 
 def _rfm_base(params: Any, q: _Query, now: str) -> str:
@@ -350,11 +351,15 @@ def _lifecycle(params: models_pb2.Lifecycle, q: _Query, now: str) -> _Body:
             {_DAYS.format(now=now, t="m.register_time")} AS days_since_registration
         FROM tagging.members m
         LEFT JOIN (SELECT c.member_id, count(*) AS n, max(c.paid_time) AS last_paid
-                   FROM ({_COUNTED.format(now=now)}{q.only_members("o.member_id")}) AS c
+                   FROM ({COUNTED_ORDERS.format(now=now)}{q.only_members("o.member_id")}) AS c
                    GROUP BY c.member_id) AS a ON a.member_id = m.member_id
         WHERE true{q.only_members("m.member_id")}"""
     figures = ["order_count", "days_since_last_order", "days_since_registration"]
     return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS, Input.PROFILE}))
+
+
+# A line bought and not (wholly) returned, with a category; shared with due_store.py.
+KEPT_LINE = "l.quantity > l.refunded_quantity AND l.category <> ''"
 
 
 def _kept_lines(params: Any, q: _Query, now: str) -> str:
@@ -363,7 +368,7 @@ def _kept_lines(params: Any, q: _Query, now: str) -> str:
             (l.quantity - l.refunded_quantity) * l.unit_price_minor AS spend
         FROM tagging.order_lines l
         WHERE l.paid_time <= {now}{q.since("l.paid_time", params.window_days, now)}
-          AND l.quantity > l.refunded_quantity AND l.category <> ''{q.only_members("l.member_id")}"""
+          AND {KEPT_LINE}{q.only_members("l.member_id")}"""
 
 
 def _categories_bought(params: models_pb2.CategoriesBought, q: _Query, now: str) -> _Body:
@@ -416,7 +421,7 @@ def _repurchase_due(params: models_pb2.RepurchaseDue, q: _Query, now: str) -> _B
                      extract(epoch FROM max(c.paid_time) - min(c.paid_time)) / 86400 / (count(*) - 1)
                          AS cycle_days,
                      extract(epoch FROM {now} - max(c.paid_time)) / 86400 AS since_days
-              FROM ({_COUNTED.format(now=now)}{window}{q.only_members("o.member_id")}) AS c
+              FROM ({COUNTED_ORDERS.format(now=now)}{window}{q.only_members("o.member_id")}) AS c
               GROUP BY c.member_id
               HAVING count(*) >= {minimum}) AS a"""
     figures = ["order_count", "cycle_days", "days_since_last_order"]
@@ -432,7 +437,7 @@ def _preferred_send_hour(params: models_pb2.PreferredSendHour, q: _Query, now: s
     # not falls back instead of failing the statement.
     sql = f"""WITH zones AS MATERIALIZED (SELECT name FROM pg_timezone_names),
         moments AS (
-            SELECT o.member_id, o.paid_time AS t FROM ({_COUNTED.format(now=now)}{order_window}
+            SELECT o.member_id, o.paid_time AS t FROM ({COUNTED_ORDERS.format(now=now)}{order_window}
                 {q.only_members("o.member_id")}) AS o
             UNION ALL
             SELECT e.member_id, e.occur_time FROM tagging.events e
