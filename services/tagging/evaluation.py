@@ -355,7 +355,9 @@ class Tagger:
         if unseen.as_of is None or not unseen.fact_times:
             return unseen
         if held_is_then(unseen, item.spec, item.version):
-            held = await member_tag_store.held_values(conn, item.spec.dimension, sorted(unseen.fact_times))
+            held = await member_tag_store.held_values(
+                conn, item.spec.dimension, sorted(unseen.fact_times), exclusive=item.exclusive
+            )
             return dataclasses.replace(unseen, values_then=held)
         filtered = await self._prepare(conn, tenant_id, item.spec.dimension, item.version, filtered=True)
         assert filtered is not None

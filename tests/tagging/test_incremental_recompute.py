@@ -314,7 +314,9 @@ async def _held_is_then(db: Database, tenant: str) -> int:
             if not (unseen.as_of and unseen.fact_times and held_is_then(unseen, spec, version)):
                 continue
             members = sorted(unseen.fact_times)
-            held = await member_tag_store.held_values(conn, spec.dimension, members)
+            held = await member_tag_store.held_values(
+                conn, spec.dimension, members, exclusive=spec.cardinality == catalog.Cardinality.SINGLE
+            )
             then = await member_tag_store.values_at(conn, compiled, unseen.as_of, members)
             assert sorted(held) == sorted(then), spec.dimension
             compared += 1
