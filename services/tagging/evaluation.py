@@ -308,19 +308,44 @@ class Tagger:
         population: int,
     ) -> RecomputeResult:
         """A population model that keeps its members' figures (RFM): the figures of `members` (None:
-        everyone's) are evaluated from their facts, then every member is ranked from the kept
-        figures, and only the tags that changed are written."""
+        everyone's) are evaluated from their facts, the population's thresholds from everyone's kept
+        figures, and then those members and the ones whose segment the thresholds moved are ranked
+        (everyone, without a previous ranking to compare with); only the tags that changed are
+        written."""
         dimension = item.spec.dimension
         await rfm_figure_store.store(conn, tenant_id, dimension, kept, now, members)
-        added, removed = await member_tag_store.apply_dimension(
-            conn, tenant_id, kept.ranking, now, dimension, item.version, item.exclusive, unseen=unseen
+        ranking = await rfm_figure_store.rank(
+            conn, tenant_id, dimension, item.version, kept, now, since_previous=members is not None
         )
-        if members is None:
-            await due_store.store_due(conn, tenant_id, dimension, timing, now)
+        if members is None or ranking.moved is None:
+            added, removed = await member_tag_store.apply_dimension(
+                conn,
+                tenant_id,
+                kept.ranked(ranking.thresholds),
+                now,
+                dimension,
+                item.version,
+                item.exclusive,
+                unseen=unseen,
+            )
+            if members is None or members:
+                await due_store.store_due(conn, tenant_id, dimension, timing, now, members)
             return RecomputeResult(dimension, item.version, added, removed, population)
+        ranked = sorted({*members, *ranking.moved})
+        added, removed = await member_tag_store.apply_dimension(
+            conn,
+            tenant_id,
+            kept.ranked(ranking.thresholds, ranked),
+            now,
+            dimension,
+            item.version,
+            item.exclusive,
+            member_ids=ranked,
+            unseen=unseen,
+        )
         if members:
             await due_store.store_due(conn, tenant_id, dimension, timing, now, members)
-        return RecomputeResult(dimension, item.version, added, removed, len(members), incremental=True)
+        return RecomputeResult(dimension, item.version, added, removed, len(ranked), incremental=True)
 
     async def _incremental(
         self,

@@ -11,8 +11,8 @@ Parameters reach PostgreSQL only as bound parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memberops.tagging.v1 import facts_pb2, models_pb2
@@ -192,24 +192,27 @@ class _Body:
 
 def compile_model(model: models_pb2.Model, *, filtered: bool, kept: str = "") -> CompiledDimension:
     """Compiles a model into one query; `$1` is the evaluation time, `$2` the members when `filtered`.
-    `kept`: an RFM model ranks the figures kept for that dimension (see `kept_figures`), a row for
-    each member that has them."""
+    `kept`: an RFM model ranks the figures kept for that dimension against thresholds given later
+    (see `KeptFigures`), a row for each member that has them."""
     q = _Query()
     now = q.param(None, "timestamptz")
     if filtered:
         q.member_filter = q.param([], "text[]")
     if kept:
-        assert not filtered and model.WhichOneof("model") in _FIGURES, "kept figures rank everyone"
+        assert model.WhichOneof("model") in _RFM, "only RFM models keep figures"
         q.kept = q.param(kept, "text")
     which = model.WhichOneof("model")
     assert which is not None, "validate() runs before compile"
-    body = _COMPILERS[which](getattr(model, which), q, now)
+    if which in _RFM:
+        body = _rfm(which, getattr(model, which), q, now)
+    else:
+        body = _COMPILERS[which](getattr(model, which), q, now)
     figures = "".join(f", x.{column}" for column in body.figures)
     if kept:
         # A row per member with figures only: one without holds no value, and the recompute closes
         # what it held all the same. Joining every member cost 0.8 s of 3.5 on 1M.
         sql = f"SELECT x.member_id, x.tag_values, {now} AS evaluated_at{figures}\nFROM ({body.sql}) AS x"
-        return CompiledDimension(sql, tuple(q.params), body.figures, "", body.inputs)
+        return CompiledDimension(sql, tuple(q.params), body.figures, q.member_filter, body.inputs)
     where = f"WHERE m.member_id = ANY({q.member_filter})" if q.member_filter else ""
     sql = (
         f"SELECT m.member_id, COALESCE(x.tag_values, ARRAY[]::text[]) AS tag_values, "
@@ -224,31 +227,60 @@ class KeptFigures:
     """How a population model (RFM) keeps each member's own figures between recomputes
     (tagging.rfm_figures). A member's figures move only with their facts and their orders' window,
     so a recompute evaluates the orders of the members whose figures may have moved and ranks
-    everyone from what is kept, instead of aggregating every order of the population.
+    from what is kept, instead of aggregating every order of the population.
+
+    A member's segment is a function of its own figures, the evaluation time and the population's
+    thresholds (means or quintile bounds) alone. So the recompute first computes the thresholds over
+    everyone's kept figures (`thresholds_sql`), then ranks members against them (`ranking`, or
+    `ranking_of` for chosen members); a member whose figures did not move holds another segment
+    only if the thresholds or its recency crossed it (`thresholds_sql`'s `moved`).
 
     `sql` gives `member_id, last_paid, frequency, monetary` from the facts, `$1` the evaluation
-    time, `$2` the members (NULL: all); `ranking` is the model's query over the kept figures."""
+    time, `$2` the members (NULL: all)."""
 
     sql: str
     params: tuple[Any, ...]
+    # `$1` the evaluation time, `$2` the dimension, `$3` and `$4` the time and thresholds of the
+    # previous ranking (NULL: none): one row of the thresholds now (`t`, numeric[]) and the members
+    # whose segment differs between the two rankings of their kept figures (`moved`, NULL without a
+    # previous ranking).
+    thresholds_sql: str
     ranking: CompiledDimension
+    ranking_of: CompiledDimension
 
     def args(self, now: Any, member_ids: list[str] | None) -> list[Any]:
         return [now, member_ids, *self.params[2:]]
+
+    def ranked(self, thresholds: Sequence[Any], member_ids: list[str] | None = None) -> CompiledDimension:
+        """The ranking against `thresholds`, of the members chosen (None: everyone's kept figures)."""
+        compiled = self.ranking if member_ids is None else self.ranking_of
+        at = compiled.params.index(_THRESHOLDS)
+        params = (*compiled.params[:at], list(thresholds), *compiled.params[at + 1 :])
+        return replace(compiled, params=params)
+
+
+# The value of a kept ranking's thresholds parameter until `KeptFigures.ranked` gives it: asyncpg
+# refuses it, so a ranking run without thresholds fails rather than ranking against none.
+_THRESHOLDS = object()
 
 
 def kept_figures(model: models_pb2.Model, dimension: str) -> KeptFigures | None:
     """The kept figures of a model of `dimension`; None for a model that keeps none."""
     which = model.WhichOneof("model")
-    if which not in _FIGURES:
+    if which not in _RFM:
         return None
+    params = getattr(model, which)
     q = _Query()
     now = q.param(None, "timestamptz")
     members = q.param(None, "text[]")
-    sql = _FIGURES[which](
-        getattr(model, which), q, now, f" AND ({members} IS NULL OR c.member_id = ANY({members}))"
+    sql = _rfm_figures(params, q, now, f" AND ({members} IS NULL OR c.member_id = ANY({members}))")
+    return KeptFigures(
+        sql,
+        tuple(q.params),
+        _moved_sql(_RFM[which]),
+        compile_model(model, filtered=False, kept=dimension),
+        compile_model(model, filtered=True, kept=dimension),
     )
-    return KeptFigures(sql, tuple(q.params), compile_model(model, filtered=False, kept=dimension))
 
 
 def _rfm_figures(params: Any, q: _Query, now: str, only: str = "") -> str:
@@ -261,40 +293,43 @@ def _rfm_figures(params: Any, q: _Query, now: str, only: str = "") -> str:
         FROM ({COUNTED_ORDERS.format(now=now)}) AS c WHERE true{only} GROUP BY c.member_id"""
 
 
-def _rfm_base(params: Any, q: _Query, now: str) -> str:
-    """R, F and M of every member with a counted order; the whole population, never filtered."""
-    source = (
-        f"SELECT k.member_id, k.last_paid, k.frequency, k.monetary FROM tagging.rfm_figures k "
-        f"WHERE k.dimension = {q.kept}"
-        if q.kept
-        else _rfm_figures(params, q, now)
-    )
-    return f"""SELECT b.member_id, {_DAYS.format(now=now, t="b.last_paid")} AS r, b.frequency AS f,
-            b.monetary AS m
-        FROM ({source}) AS b"""
+def _base(figures: str, now: str) -> str:
+    """R (days since the latest counted order), F and M of each row of `figures`."""
+    return f"""SELECT b.member_id, b.last_paid, {_DAYS.format(now=now, t="b.last_paid")} AS r,
+            b.frequency AS f, b.monetary AS m
+        FROM ({figures}) AS b"""
 
 
-def _rfm_mean_split(params: models_pb2.RfmMeanSplit, q: _Query, now: str) -> _Body:
-    segments = q.param([_MEAN_SPLIT[bits] for bits in range(8)], "text[]")
-    sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
-        -- Computed once whichever side of the join a plan puts it on (see total in _rfm_quintiles).
-        means AS MATERIALIZED (SELECT avg(r) AS r_mean, avg(f) AS f_mean, avg(m) AS m_mean FROM base)
-        SELECT b.member_id,
-            ARRAY[({segments})[1 + 4 * (b.r < s.r_mean)::int + 2 * (b.f > s.f_mean)::int
-                                  + (b.m > s.m_mean)::int]] AS tag_values,
-            b.r AS recency_days, b.f AS frequency, b.m AS monetary_minor,
-            s.r_mean AS recency_mean, s.f_mean AS frequency_mean, s.m_mean AS monetary_mean
-        FROM base b CROSS JOIN means s
-        WHERE true{q.only_members("b.member_id")}"""
-    figures = [
-        "recency_days",
-        "frequency",
-        "monetary_minor",
-        "recency_mean",
-        "frequency_mean",
-        "monetary_mean",
-    ]
-    return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
+def _kept(dimension: str, only: str = "") -> str:
+    return f"""SELECT k.member_id, k.last_paid, k.frequency, k.monetary FROM tagging.rfm_figures k
+        WHERE k.dimension = {dimension}{only}"""
+
+
+@dataclass(frozen=True)
+class _Rfm:
+    """How an RFM model ranks `base` (member_id, last_paid, r, f, m): the population's thresholds
+    (`thresholds`, a numeric[] over `base` and the CTEs `ctes` define), and a member's cell of
+    `cells` and figures given them."""
+
+    cells: tuple[str, ...]
+    ctes: str
+    thresholds: str
+    # (R, the row of base, thresholds) -> the member's 1-based cell.
+    cell: Callable[[str, str, str], str]
+    # (the row of base, thresholds) -> the figures shown after the member's R, F and M, by column.
+    figures: Callable[[str, str], dict[str, str]]
+
+
+def _mean_split_cell(r: str, b: str, t: str) -> str:
+    return f"1 + 4 * ({r} < {t}[1])::int + 2 * ({b}.f > {t}[2])::int + ({b}.m > {t}[3])::int"
+
+
+def _mean_split_figures(b: str, t: str) -> dict[str, str]:
+    return {
+        "recency_mean": f"{t}[1]",
+        "frequency_mean": f"{t}[2]",
+        "monetary_mean": f"{t}[3]",
+    }
 
 
 def _bounds(figure: str) -> str:
@@ -307,29 +342,93 @@ def _bounds(figure: str) -> str:
     times: 2.0 s against 1.0 s). No join of members to values: planned on the statistics of figures
     just written (none, on a first recompute), one ran as a nested loop of 742k by 90k."""
     bound = ", ".join(f"min(v.x) FILTER (WHERE v.score >= {k})" for k in range(2, 6))
-    return f"""(SELECT ARRAY[{bound}]
+    return f"""(SELECT ARRAY[{bound}]::numeric[]
         FROM (SELECT g.x, ((5 * (sum(g.c) OVER (ORDER BY g.x))::bigint + t.n - 1) / t.n)::int AS score
               FROM (SELECT {figure} AS x, count(*) AS c FROM base b GROUP BY 1) AS g
               CROSS JOIN total t) AS v)"""
 
 
-def _rfm_quintiles(params: models_pb2.RfmQuintiles, q: _Query, now: str) -> _Body:
-    cells = q.param([quintile_segment(r, f) for r in range(1, 6) for f in range(1, 6)], "text[]")
-    sql = f"""WITH base AS ({_rfm_base(params, q, now)}),
-        -- Counted once: inside each bound's subquery, a plan guessing one row of figures re-counted
-        -- all 744k for every distinct value (60 s a figure).
-        total AS MATERIALIZED (SELECT count(*) AS n FROM base),
-        -- Recency ranks the most recent highest: its scores count the members at or above a value.
-        bounds AS MATERIALIZED (SELECT {_bounds("-b.r")} AS r, {_bounds("b.f")} AS f, {_bounds("b.m")} AS m)
-        SELECT s.member_id, ARRAY[({cells})[(s.r_score - 1) * 5 + s.f_score]] AS tag_values,
-            s.r AS recency_days, s.f AS frequency, s.m AS monetary_minor,
-            s.r_score, s.f_score, s.m_score
-        FROM (SELECT b.*, 1 + width_bucket(-b.r, k.r) AS r_score, 1 + width_bucket(b.f, k.f) AS f_score,
-                     1 + width_bucket(b.m, k.m) AS m_score
-              FROM base b CROSS JOIN bounds k) AS s
-        WHERE true{q.only_members("s.member_id")}"""
-    figures = ["recency_days", "frequency", "monetary_minor", "r_score", "f_score", "m_score"]
+def _score(x: str, t: str, figure: int) -> str:
+    """The quintile score of `x` against the bounds of the `figure`-th figure (0: R, 1: F, 2: M)."""
+    return f"1 + width_bucket({x}, {t}[{4 * figure + 1}:{4 * figure + 4}])"
+
+
+def _quintile_cell(r: str, b: str, t: str) -> str:
+    # Recency ranks the most recent highest: its bounds are of -R.
+    return f"({_score(f'-{r}', t, 0)} - 1) * 5 + {_score(f'{b}.f', t, 1)}"
+
+
+def _quintile_figures(b: str, t: str) -> dict[str, str]:
+    return {
+        "r_score": _score(f"-{b}.r", t, 0),
+        "f_score": _score(f"{b}.f", t, 1),
+        "m_score": _score(f"{b}.m", t, 2),
+    }
+
+
+_RFM: dict[str, _Rfm] = {
+    "rfm_mean_split": _Rfm(
+        tuple(_MEAN_SPLIT[bits] for bits in range(8)),
+        "",
+        "(SELECT ARRAY[avg(b.r), avg(b.f), avg(b.m)] FROM base b)",
+        _mean_split_cell,
+        _mean_split_figures,
+    ),
+    "rfm_quintiles": _Rfm(
+        tuple(quintile_segment(r, f) for r in range(1, 6) for f in range(1, 6)),
+        # Counted once: inside each bound's subquery, a plan guessing one row of figures re-counted
+        # all 744k for every distinct value (60 s a figure).
+        "total AS MATERIALIZED (SELECT count(*) AS n FROM base),",
+        f"{_bounds('-b.r')} || {_bounds('b.f')} || {_bounds('b.m')}",
+        _quintile_cell,
+        _quintile_figures,
+    ),
+}
+
+
+def _stats(rfm: _Rfm) -> str:
+    """The CTE `stats`: the thresholds `t` of the population in `base`, computed once whichever side
+    of the join a plan puts them on."""
+    return f"{rfm.ctes}\n        stats AS MATERIALIZED (SELECT {rfm.thresholds} AS t)"
+
+
+def _rfm(which: str, params: Any, q: _Query, now: str) -> _Body:
+    """An RFM model over every member's figures from the facts, or over the kept figures (`q.kept`)
+    against thresholds given as a parameter."""
+    rfm = _RFM[which]
+    cells = q.param(list(rfm.cells), "text[]")
+    if q.kept:
+        # Chosen members are looked up by key (their filter is in `base`): the thresholds are given.
+        base = _base(_kept(q.kept, q.only_members("k.member_id")), now)
+        stats = f"stats AS (SELECT {q.param(_THRESHOLDS, 'numeric[]')} AS t)"
+        only = ""
+    else:
+        base = _base(_rfm_figures(params, q, now), now)
+        stats = _stats(rfm)
+        only = q.only_members("b.member_id")
+    own = {"recency_days": "b.r", "frequency": "b.f", "monetary_minor": "b.m"}
+    figures = {**own, **rfm.figures("b", "s.t")}
+    sql = f"""WITH base AS ({base}),
+        {stats}
+        SELECT b.member_id, ARRAY[({cells})[{rfm.cell("b.r", "b", "s.t")}]] AS tag_values,
+            {", ".join(f"{expr} AS {name}" for name, expr in figures.items())}
+        FROM base b CROSS JOIN stats s
+        WHERE true{only}"""
     return _Body(sql, {name: name for name in figures}, frozenset({Input.ORDERS}))
+
+
+def _moved_sql(rfm: _Rfm) -> str:
+    """KeptFigures.thresholds_sql: the thresholds over everyone's kept figures now, and the members
+    whose segment moved since the previous ranking though their figures did not: their R read at
+    both times against the thresholds of each (the cell index stands for the segment)."""
+    then = _DAYS.format(now="$3::timestamptz", t="b.last_paid")
+    moved = f"{rfm.cell('b.r', 'b', 's.t')} <> {rfm.cell(f'({then})', 'b', '($4::numeric[])')}"
+    return f"""WITH base AS ({_base(_kept("$2::text"), "$1::timestamptz")}),
+        {_stats(rfm)}
+        SELECT s.t,
+            CASE WHEN $3::timestamptz IS NOT NULL THEN ARRAY(
+                SELECT b.member_id FROM base b WHERE {moved}) END AS moved
+        FROM stats s"""
 
 
 def _lifecycle(params: models_pb2.Lifecycle, q: _Query, now: str) -> _Body:
@@ -457,17 +556,10 @@ def _preferred_send_hour(params: models_pb2.PreferredSendHour, q: _Query, now: s
 
 
 _COMPILERS: dict[str, Callable[[Any, _Query, str], _Body]] = {
-    "rfm_mean_split": _rfm_mean_split,
-    "rfm_quintiles": _rfm_quintiles,
     "lifecycle": _lifecycle,
     "categories_bought": _categories_bought,
     "category_preference": _category_preference,
     "interest": _interest,
     "repurchase_due": _repurchase_due,
     "preferred_send_hour": _preferred_send_hour,
-}
-# The models whose per-member figures are kept between recomputes (KeptFigures).
-_FIGURES: dict[str, Callable[[Any, _Query, str, str], str]] = {
-    "rfm_mean_split": _rfm_figures,
-    "rfm_quintiles": _rfm_figures,
 }

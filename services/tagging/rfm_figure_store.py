@@ -1,9 +1,12 @@
-"""SQL of tagging.rfm_figures (migration 0029): each member's own RFM figures as the model's
-previous recompute found them. Runs on a connection inside a tenant transaction."""
+"""SQL of tagging.rfm_figures (migration 0029), each member's own RFM figures as the model's
+previous recompute found them, and of tagging.rfm_rankings (migration 0031), the thresholds it
+ranked them against. Runs on a connection inside a tenant transaction."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
 
 from runtime.db import Connection
 from services.tagging.models import KeptFigures
@@ -45,3 +48,62 @@ written AS (
 )
 SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)"""
     await conn.fetchval(sql, *kept.args(now, member_ids), tenant_id, dimension)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The population's thresholds now, and the members whose segment they (or the days passed)
+    moved since the previous ranking though their figures stayed; None when there is no previous
+    ranking of this definition version to compare with."""
+
+    thresholds: list[Decimal]
+    moved: list[str] | None
+
+
+async def rank(
+    conn: Connection,
+    tenant_id: str,
+    dimension: str,
+    version: int,
+    kept: KeptFigures,
+    now: dt.datetime,
+    *,
+    since_previous: bool,
+) -> Ranking:
+    """Computes the thresholds over every member's kept figures at `now` and records them as the
+    dimension's ranking; with `since_previous`, also finds the members they move (see Ranking).
+    The caller ranks those (and the members whose figures it stored) in the same transaction."""
+    previous = await conn.fetchrow(
+        "SELECT definition_version, ranked_at, thresholds FROM tagging.rfm_rankings WHERE dimension = $1",
+        dimension,
+    )
+    # Thresholds of an empty population are NULLs: nothing was ranked against them.
+    if not (
+        since_previous
+        and previous is not None
+        and previous["definition_version"] == version
+        and None not in previous["thresholds"]
+    ):
+        previous = None
+    row = await conn.fetchrow(
+        kept.thresholds_sql,
+        now,
+        dimension,
+        previous["ranked_at"] if previous is not None else None,
+        previous["thresholds"] if previous is not None else None,
+    )
+    assert row is not None
+    await conn.execute(
+        """INSERT INTO tagging.rfm_rankings AS r (tenant_id, dimension, definition_version, ranked_at,
+                                                  thresholds)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (tenant_id, dimension) DO UPDATE
+           SET definition_version = excluded.definition_version, ranked_at = excluded.ranked_at,
+               thresholds = excluded.thresholds""",
+        tenant_id,
+        dimension,
+        version,
+        now,
+        row["t"],
+    )
+    return Ranking(list(row["t"]), list(row["moved"]) if row["moved"] is not None else None)

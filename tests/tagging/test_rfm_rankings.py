@@ -1,0 +1,88 @@
+"""An RFM recompute ranks again only the members whose own figures moved and those whose segment
+the population's new thresholds (or the days passed) moved (models.KeptFigures, rfm_rankings):
+everyone else holds what they held. The count of members ranked proves the rest were left alone;
+the tags, compared with the models evaluated from every order, prove none was missed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, cast
+
+from runtime.db import Database
+from services.tagging import builtins, catalog
+from services.tagging.backfill_refresh import BackfillRefresh
+from services.tagging.catalog import Catalog
+from services.tagging.domain import MemberInput, OrderInput, OrderLine, Profile
+from services.tagging.evaluation import Tagger
+from services.tagging.facts import Facts
+from services.tagging.members import Members
+from services.tagging.realtime import RealTimeTags
+from tests.conftest import unique
+
+NOW = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+RFM = ["rfm_segment", "rfm_quintile_segment"]
+
+
+class _NoRealTime:
+    async def refreshed(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def _from_facts(db: Database, tenant: str, dimension: str, at: dt.datetime) -> dict[str, list[str]]:
+    """The model's segments at `at` evaluated from every order (the statement ExplainTags runs)."""
+    spec = next(spec for spec in builtins.definitions() if spec.dimension == dimension)
+    compiled = catalog.compile_definition(spec, filtered=False)
+    async with db.transaction(tenant, readonly=True) as conn:
+        rows = await conn.fetch(compiled.sql, *compiled.args(at))
+    return {row["member_id"]: list(row["tag_values"]) for row in rows if row["tag_values"]}
+
+
+async def _held(db: Database, tenant: str, dimension: str) -> dict[str, list[str]]:
+    async with db.transaction(tenant, readonly=True) as conn:
+        rows = await conn.fetch(
+            "SELECT member_id, value FROM tagging.member_tags WHERE dimension = $1 AND valid_to IS NULL",
+            dimension,
+        )
+    return {row["member_id"]: [row["value"]] for row in rows}
+
+
+async def test_a_day_later_only_moved_members_are_ranked_again(db: Database) -> None:
+    tenant = unique("rfmrank")
+    tagger = Tagger(db)
+    no_realtime = cast(RealTimeTags, _NoRealTime())
+    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    await Catalog(db).seed(tenant, builtins.definitions())
+
+    async def order(order_id: str, member_id: str, days_ago: float, amount: int) -> None:
+        line = OrderLine("1", sku="s", category="a", quantity=1, unit_price_minor=amount)
+        await facts.record_order(
+            tenant, OrderInput(order_id, member_id, NOW - days_ago * DAY, amount, (line,)), NOW
+        )
+
+    # Eight members of one order each, 1,000-8,000 spent; "big" spent 10,000 twice, the first of
+    # which leaves the year's window half a day from now. Then the mean spend falls from 6,222 to
+    # 5,111: the member of 6,000 rises above it, though nothing of theirs changed.
+    for i in range(1, 9):
+        member_id = f"m{i}"
+        await members.upsert(tenant, MemberInput(member_id, Profile(register_time=NOW - 800 * DAY)), NOW)
+        await order(f"o{i}", member_id, 10 * i, 1_000 * i)
+    await members.upsert(tenant, MemberInput("big", Profile(register_time=NOW - 800 * DAY)), NOW)
+    await order("b1", "big", 364.5, 10_000)
+    await order("b2", "big", 5, 10_000)
+
+    first = {r.dimension: r for r in await tagger.recompute(tenant, RFM, NOW)}
+    assert all(not r.incremental and r.evaluated == 9 for r in first.values())
+
+    later = NOW + DAY
+    results = {r.dimension: r for r in await tagger.recompute(tenant, RFM, later)}
+    moved: dict[str, set[str]] = {}
+    for dimension in RFM:
+        before = await _from_facts(db, tenant, dimension, NOW)
+        after = await _from_facts(db, tenant, dimension, later)
+        assert await _held(db, tenant, dimension) == after, dimension
+        moved[dimension] = {m for m in after if before.get(m) != after[m]} - {"big"}
+        # "big" by its own figures, the others by the thresholds alone.
+        assert results[dimension].incremental, dimension
+        assert results[dimension].evaluated == len(moved[dimension]) + 1 < 9, (dimension, moved)
+    assert "m6" in moved["rfm_segment"]
