@@ -313,7 +313,14 @@ class Tagger:
         (everyone, without a previous ranking to compare with); only the tags that changed are
         written."""
         dimension = item.spec.dimension
-        await rfm_figure_store.store(conn, tenant_id, dimension, kept, now, members)
+        if members is None or unseen.as_of is None:
+            await rfm_figure_store.store(conn, tenant_id, dimension, kept, now, members)
+        else:
+            # Members with facts since the mark from all their orders; the rest only by the orders
+            # that entered or left the window since (those due by time alone).
+            facts = sorted(unseen.fact_times)
+            await rfm_figure_store.store(conn, tenant_id, dimension, kept, now, facts)
+            await rfm_figure_store.move(conn, tenant_id, dimension, kept, now, unseen.as_of, facts)
         ranking = await rfm_figure_store.rank(
             conn, tenant_id, dimension, item.version, kept, now, since_previous=members is not None
         )

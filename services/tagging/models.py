@@ -240,6 +240,9 @@ class KeptFigures:
 
     sql: str
     params: tuple[Any, ...]
+    # How the figures of members with no new facts moved between two evaluations: see `_moves`.
+    moves_sql: str
+    moves_params: tuple[Any, ...]
     # `$1` the evaluation time, `$2` the dimension, `$3` and `$4` the time and thresholds of the
     # previous ranking (NULL: none): one row of the thresholds now (`t`, numeric[]) and the members
     # whose segment differs between the two rankings of their kept figures (`moved`, NULL without a
@@ -250,6 +253,9 @@ class KeptFigures:
 
     def args(self, now: Any, member_ids: list[str] | None) -> list[Any]:
         return [now, member_ids, *self.params[2:]]
+
+    def moves_args(self, now: Any, then: Any, excluded: list[str]) -> list[Any]:
+        return [now, then, excluded, *self.moves_params[3:]]
 
     def ranked(self, thresholds: Sequence[Any], member_ids: list[str] | None = None) -> CompiledDimension:
         """The ranking against `thresholds`, of the members chosen (None: everyone's kept figures)."""
@@ -274,9 +280,13 @@ def kept_figures(model: models_pb2.Model, dimension: str) -> KeptFigures | None:
     now = q.param(None, "timestamptz")
     members = q.param(None, "text[]")
     sql = _rfm_figures(params, q, now, f" AND ({members} IS NULL OR c.member_id = ANY({members}))")
+    moves = _Query()
+    moves_sql = _moves(params, moves, moves.param(None, "timestamptz"), moves.param(None, "timestamptz"))
     return KeptFigures(
         sql,
         tuple(q.params),
+        moves_sql,
+        tuple(moves.params),
         _moved_sql(_RFM[which]),
         compile_model(model, filtered=False, kept=dimension),
         compile_model(model, filtered=True, kept=dimension),
@@ -291,6 +301,39 @@ def _rfm_figures(params: Any, q: _Query, now: str, only: str = "") -> str:
             count(*) FILTER (WHERE {window}) AS frequency,
             COALESCE(sum(c.net) FILTER (WHERE {window}), 0) AS monetary
         FROM ({COUNTED_ORDERS.format(now=now)}) AS c WHERE true{only} GROUP BY c.member_id"""
+
+
+def _moves(params: Any, q: _Query, now: str, then: str) -> str:
+    """Per member with a counted order whose place in the window differs at `now` and at `then`
+    (earlier), except the members given next (text[]): the latest such order paid after `then`
+    (`entered`, NULL for none) and what the orders add to the frequency and monetary figures. With
+    no new facts, a member's orders and their refunds are those of `then`, so the figures at `now`
+    are those of `then` moved by these. Only orders paid between the two times or between the two
+    windows' starts can move, two ranges of the orders' paid-time index (a day each, 54k orders on
+    the 1M bench, where evaluating the due members from all their orders read 1.3M)."""
+    excluded = q.param([], "text[]")
+    days = q.param(params.window_days, "int") if params.window_days else ""
+
+    def start(t: str) -> str:
+        return f"{t} - make_interval(days => {days})"
+
+    def inside(t: str) -> str:
+        within = f" AND c.paid_time > {start(t)}" if days else ""
+        return f"(c.paid_time <= {t}{within})::int"
+
+    counted = COUNTED_ORDERS.format(now=now)
+    ranges = [f"{counted} AND o.paid_time > {then}"]
+    if days:
+        # Orders past `then` are the first range's already.
+        left = f"o.paid_time > {start(then)} AND o.paid_time <= least({start(now)}, {then})"
+        ranges.append(f"{counted} AND {left}")
+    union = "\n            UNION ALL ".join(ranges)
+    return f"""SELECT c.member_id, max(c.paid_time) FILTER (WHERE c.paid_time > {then}) AS entered,
+            sum({inside(now)} - {inside(then)}) AS frequency,
+            sum(c.net * ({inside(now)} - {inside(then)})) AS monetary
+        FROM ({union}) AS c
+        WHERE NOT EXISTS (SELECT 1 FROM unnest({excluded}) AS x(member_id) WHERE x.member_id = c.member_id)
+        GROUP BY c.member_id"""
 
 
 def _base(figures: str, now: str) -> str:

@@ -50,6 +50,48 @@ SELECT (SELECT count(*) FROM removed) + (SELECT count(*) FROM written)"""
     await conn.fetchval(sql, *kept.args(now, member_ids), tenant_id, dimension)
 
 
+async def move(
+    conn: Connection,
+    tenant_id: str,
+    dimension: str,
+    kept: KeptFigures,
+    now: dt.datetime,
+    then: dt.datetime,
+    excluded: list[str],
+) -> None:
+    """Moves the kept figures of `then` to `now` for every member but `excluded` by the orders that
+    entered or left the window in between (models._moves). Only right for members with no fact
+    recorded since `then` (the caller excludes the rest and evaluates them with `store`); a member
+    with no figures gains them when an order enters. Every member moved is among those due then
+    (due_store.due_members finds the same orders' times, SLACK wider)."""
+    n = len(kept.moves_params)
+    tenant, dim = f"${n + 1}::text", f"${n + 2}::text"
+    await conn.execute(
+        f"""
+WITH moves AS ({kept.moves_sql}),
+updated AS (
+    UPDATE tagging.rfm_figures k
+    SET last_paid = greatest(k.last_paid, v.entered), frequency = k.frequency + v.frequency,
+        monetary = k.monetary + v.monetary
+    FROM moves v
+    WHERE k.dimension = {dim} AND k.member_id = v.member_id
+      AND (v.entered > k.last_paid OR v.frequency <> 0 OR v.monetary <> 0)
+    RETURNING 1
+),
+inserted AS (
+    INSERT INTO tagging.rfm_figures (tenant_id, dimension, member_id, last_paid, frequency, monetary)
+    SELECT {tenant}, {dim}, v.member_id, v.entered, v.frequency, v.monetary FROM moves v
+    WHERE v.entered IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM tagging.rfm_figures k WHERE k.dimension = {dim} AND k.member_id = v.member_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)""",
+        *kept.moves_args(now, then, excluded),
+        tenant_id,
+        dimension,
+    )
+
+
 @dataclass(frozen=True)
 class Ranking:
     """The population's thresholds now, and the members whose segment they (or the days passed)

@@ -324,13 +324,23 @@ async def _held_is_then(db: Database, tenant: str) -> int:
 
 
 async def _rank_as_the_facts_do(db: Database, tenant: str, now: dt.datetime) -> int:
-    """The RFM models' tags, ranked from the figures the recompute keeps, are those the models give
-    from every order at `now` (the statement ExplainTags runs). Returns how many were compared."""
+    """The RFM models' kept figures, and the tags ranked from them, are those the models give from
+    every order at `now` (the statement ExplainTags runs). Returns how many were compared."""
     compared = 0
     async with db.transaction(tenant, readonly=True) as conn:
         for spec, _ in await _current(conn):
-            if catalog.kept_figures(spec) is None:
+            kept = catalog.kept_figures(spec)
+            if kept is None:
                 continue
+            # The figures kept (some moved by the orders that entered or left the window since the
+            # previous recompute, not evaluated) are those of every order now.
+            fresh = await conn.fetch(kept.sql, *kept.args(now, None))
+            stored = await conn.fetch(
+                """SELECT member_id, last_paid, frequency, monetary FROM tagging.rfm_figures
+                   WHERE dimension = $1""",
+                spec.dimension,
+            )
+            assert sorted(map(tuple, stored)) == sorted(map(tuple, fresh)), spec.dimension
             compiled = catalog.compile_definition(spec, filtered=False)
             computed = await conn.fetch(compiled.sql, *compiled.args(now))
             from_facts = sorted((r["member_id"], v) for r in computed for v in r["tag_values"])
