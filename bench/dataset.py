@@ -104,11 +104,9 @@ ELSEWHERE_ZONES = (
     "Australia/Sydney",
 )  # fmt: skip
 # Settings of the cached cluster's PostgreSQL (a modest tuning for a 2-core, 23 GB machine); the
-# benches print them. Applied by ALTER SYSTEM, effective from the next start. shared_buffers is a
-# quarter of the memory, PostgreSQL's own starting advice: at 2 GB the daily recompute re-read from
-# the OS cache what its previous dimension had just read (15.7-21.3 s against 14.2-15.7 s).
+# benches print them. Applied by ALTER SYSTEM, effective from the next start.
 BENCH_PG_SETTINGS = {
-    "shared_buffers": "6GB",
+    "shared_buffers": "2GB",
     "work_mem": "64MB",
     "maintenance_work_mem": "1GB",
     "effective_cache_size": "16GB",
