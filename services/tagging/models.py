@@ -3,9 +3,10 @@
 A model compiles to the same shape as a rule dimension (`rules.CompiledDimension`: a row per
 member with its `tag_values` and figures), so the full recompute, the real-time refresh and
 `ExplainTags` need nothing model-specific. Models that compare a member with the population
-(RFM) compute the population's statistics in the same statement, before any member filter, so
-explaining one member sees the same means and quintiles as the recompute, which ranks each
-member's figures as it keeps them (`KeptFigures`) rather than aggregating every order again.
+(RFM) compute the population's thresholds in the same statement, before any member filter, so
+explaining one member sees the same means and quintiles as the recompute, which computes them from
+each member's figures as it keeps them (`KeptFigures`) rather than aggregating every order again,
+and ranks against them through the same cell expression.
 Parameters reach PostgreSQL only as bound parameters.
 """
 

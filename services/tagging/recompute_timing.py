@@ -113,8 +113,8 @@ def _model(model: models_pb2.Model | None) -> Timing:
     params = getattr(model, which)
     known = models.INFO.get(which)
     if known is not None and known.population:
-        # Everyone is ranked every time; a member's own figures (models.KeptFigures) move when an
-        # order enters or leaves the window.
+        # The population's thresholds are recomputed every time (models.KeptFigures); a member's
+        # own figures move when an order enters or leaves the window.
         return Timing(population=True, orders=_facts(params.window_days))
     if which == "lifecycle":
         # Every order enters when paid (0); the thresholds count from the latest counted one.
