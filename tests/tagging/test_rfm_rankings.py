@@ -115,3 +115,26 @@ async def test_a_day_later_only_moved_members_are_ranked_again(db: Database) -> 
         assert results[dimension].incremental, dimension
         assert results[dimension].evaluated == len(moved[dimension]) + 2 < 9, (dimension, moved)
     assert "m6" in moved["rfm_segment"]
+
+
+async def test_a_member_at_the_mean_is_not_above_it(db: Database) -> None:
+    """The mean split marks an axis high only strictly beyond the mean (R below it, F and M above):
+    "mid" sits exactly at all three means and is low on every axis."""
+    tenant = unique("rfmtie")
+    tagger = Tagger(db)
+    no_realtime = cast(RealTimeTags, _NoRealTime())
+    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    await Catalog(db).seed(tenant, builtins.definitions())
+    # (days since each order) at 1,000 each: R 10 / 20 / 30, F 1 / 2 / 3, M 1,000 / 2,000 / 3,000.
+    for member_id, days in (("recent", [10]), ("mid", [20, 25]), ("often", [30, 35, 40])):
+        await members.upsert(tenant, MemberInput(member_id, Profile(register_time=NOW - 800 * DAY)), NOW)
+        for i, day in enumerate(days):
+            line = OrderLine("1", sku="s", category="a", quantity=1, unit_price_minor=1_000)
+            order = OrderInput(f"{member_id}-{i}", member_id, NOW - day * DAY, 1_000, (line,))
+            await facts.record_order(tenant, order, NOW)
+    await tagger.recompute(tenant, ["rfm_segment"], NOW)
+    assert await _held(db, tenant, "rfm_segment") == {
+        "recent": ["general_development"],
+        "mid": ["general_win_back"],
+        "often": ["important_retention"],
+    }
