@@ -781,14 +781,15 @@ async def started(module: str, members: int, folder: Path) -> AsyncIterator[tupl
 
 async def reset_tags(dsn: str) -> None:
     """Puts the tag state back to what generation left: no tags, no feed, no definitions, no
-    recompute marks, moments or RFM figures (the tagging service seeds the built-in catalog again
-    when it starts; a cache made before their migrations gets their tables only then)."""
+    recompute marks, moments, RFM figures or rankings (the tagging service seeds the built-in
+    catalog again when it starts; a cache made before their migrations gets their tables only
+    then)."""
     await execute(
         dsn,
         "TRUNCATE tagging.member_tags, tagging.feed, tagging.tag_definition_versions, "
         "tagging.tag_definitions",
     )
-    for table in ("recompute_marks", "recompute_due", "rfm_figures"):
+    for table in ("recompute_marks", "recompute_due", "rfm_figures", "rfm_rankings"):
         await execute(
             dsn,
             f"DO $$ BEGIN IF to_regclass('tagging.{table}') IS NOT NULL THEN "

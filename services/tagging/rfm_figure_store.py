@@ -96,9 +96,10 @@ SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)""",
 class Ranking:
     """The population's thresholds now, and the members whose segment they (or the days passed)
     moved since the previous ranking though their figures stayed; None when there is no previous
-    ranking of this definition version to compare with."""
+    ranking of this definition version to compare with. An empty population's thresholds are
+    NULLs (nothing is ranked against them)."""
 
-    thresholds: list[Decimal]
+    thresholds: list[Decimal | None]
     moved: list[str] | None
 
 
