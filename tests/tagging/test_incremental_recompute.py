@@ -10,14 +10,13 @@ import datetime as dt
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from memberops.tagging.v1 import models_pb2
 
 from runtime.db import Database
 from services.tagging import builtins, catalog, definition_store, member_tag_store
 from services.tagging import server as tagging_server
-from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.catalog import Catalog, DefinitionInput, TagValue
 from services.tagging.domain import (
     BehaviorEvent,
@@ -30,10 +29,10 @@ from services.tagging.domain import (
 from services.tagging.evaluation import INPUT_BITS, RecomputeResult, Tagger, held_is_then
 from services.tagging.facts import Facts
 from services.tagging.members import Members
-from services.tagging.realtime import RealTimeTags
 from services.tagging.rules import Input
 from tests.conftest import unique
 from tests.tagging.rule_builders import Field, Fn, Op, agg, cond, field, not_
+from tests.tagging.scheduled_writers import writers
 
 ROUNDS = 8
 MEMBERS = 40
@@ -41,13 +40,6 @@ CATEGORIES = ("a", "b", "c")
 # Clock moves between recomputes: within a day, a day, and across the windows and thresholds.
 STEPS = (dt.timedelta(hours=3), dt.timedelta(days=1), dt.timedelta(days=9), dt.timedelta(days=31),
          dt.timedelta(days=47), dt.timedelta(days=95))  # fmt: skip
-
-
-class _NoRealTime:
-    """Every dimension here is scheduled: the recompute alone writes their tags."""
-
-    async def refreshed(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def _extra_dimensions(threshold: int, suffix: str = "") -> list[DefinitionInput]:
@@ -359,12 +351,10 @@ def _summary(results: list[RecomputeResult]) -> dict[str, tuple[int, int, int]]:
 
 async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_time(db: Database) -> None:
     incremental_tenant, full_tenant = unique("rcinc"), unique("rcfull")
-    no_realtime = cast(RealTimeTags, _NoRealTime())
     # Every share of members may go incrementally here: a few dozen members are all "many".
     incremental, full = Tagger(db, incremental_share=1.0), Tagger(db)
     tenants = {incremental_tenant: incremental, full_tenant: full}
-    writers = {t: (Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime))
-               for t, tagger in tenants.items()}  # fmt: skip
+    tenant_writers = {t: writers(db, tagger) for t, tagger in tenants.items()}
     tag_catalog = Catalog(db)
     for tenant in tenants:
         await tag_catalog.seed(tenant, _definitions())
@@ -385,7 +375,7 @@ async def test_incremental_recompute_equals_a_full_one_over_random_facts_and_tim
     for round_number in range(ROUNDS):
         changes = world.round_changes(round_number, initial, now, previous)
         await _new_versions(tag_catalog, list(tenants), round_number)
-        for tenant, (members, facts) in writers.items():
+        for tenant, (members, facts) in tenant_writers.items():
             await _apply(members, facts, tenant, changes, now)
         held_compared += await _held_is_then(db, incremental_tenant)
         results = await incremental.recompute(incremental_tenant, [], now)
@@ -417,8 +407,7 @@ async def test_real_time_dimensions_evaluate_the_previous_as_of(db: Database) ->
     members hold is not what they held at the previous recompute: only scheduled dimensions take it."""
     tenant = unique("rcheld")
     tagger = Tagger(db)
-    no_realtime = cast(RealTimeTags, _NoRealTime())
-    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    members, facts = writers(db, tagger)
     await Catalog(db).seed(tenant, builtins.definitions())
     now = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
     ids = [f"m-{i}" for i in range(6)]
@@ -459,8 +448,7 @@ async def test_rfm_marks_left_before_figures_were_kept_rank_everyone_again(db: D
     recompute evaluates everyone's figures rather than ranking an empty table."""
     tenant = unique("rcmig")
     tagger = Tagger(db)
-    no_realtime = cast(RealTimeTags, _NoRealTime())
-    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    members, facts = writers(db, tagger)
     await Catalog(db).seed(tenant, _definitions())
     now = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
     for i in range(4):

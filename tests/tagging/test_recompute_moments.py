@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, cast
+from typing import Any
 
 from runtime.db import Database
 from services.tagging import builtins, recompute_timing
-from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.catalog import Catalog, TagValue
 from services.tagging.domain import MemberInput, OrderInput, OrderLine, Profile, RefundInput
 from services.tagging.due_store import SLACK
 from services.tagging.evaluation import Tagger
-from services.tagging.facts import Facts
-from services.tagging.members import Members
-from services.tagging.realtime import RealTimeTags
 from tests.conftest import unique
 from tests.tagging.rule_builders import Fn, Op, agg, cond
+from tests.tagging.scheduled_writers import writers
 
 NOW = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
 YEAR = dt.timedelta(days=365)
-
-
-class _NoRealTime:
-    async def refreshed(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def _builtin(dimension: str) -> Any:
@@ -67,8 +59,7 @@ async def _stored(db: Database, tenant: str, dimension: str) -> dict[str, dt.dat
 async def test_kept_moments_are_the_first_that_can_change_the_value(db: Database) -> None:
     tenant = unique("rcmoment")
     tagger = Tagger(db)
-    no_realtime = cast(RealTimeTags, _NoRealTime())
-    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    members, facts = writers(db, tagger)
     await Catalog(db).seed(tenant, builtins.definitions())
     paid: dict[str, list[dt.datetime]] = {}
     recorded = 0

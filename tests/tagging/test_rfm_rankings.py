@@ -8,27 +8,19 @@ every order, prove none was missed."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import Any
 
 from runtime.db import Database
 from services.tagging import builtins, catalog
-from services.tagging.backfill_refresh import BackfillRefresh
 from services.tagging.catalog import Catalog
 from services.tagging.domain import MemberInput, OrderInput, OrderLine, Profile
 from services.tagging.evaluation import Tagger
-from services.tagging.facts import Facts
-from services.tagging.members import Members
-from services.tagging.realtime import RealTimeTags
 from tests.conftest import unique
+from tests.tagging.scheduled_writers import writers
 
 NOW = dt.datetime(2021, 3, 1, 9, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 RFM = ["rfm_segment", "rfm_quintile_segment"]
-
-
-class _NoRealTime:
-    async def refreshed(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 async def _from_facts(db: Database, tenant: str, dimension: str, at: dt.datetime) -> dict[str, list[str]]:
@@ -73,8 +65,7 @@ async def _held(db: Database, tenant: str, dimension: str) -> dict[str, list[str
 async def test_a_day_later_only_moved_members_are_ranked_again(db: Database) -> None:
     tenant = unique("rfmrank")
     tagger = Tagger(db)
-    no_realtime = cast(RealTimeTags, _NoRealTime())
-    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    members, facts = writers(db, tagger)
     await Catalog(db).seed(tenant, builtins.definitions())
 
     async def order(order_id: str, member_id: str, days_ago: float, amount: int) -> None:
@@ -122,8 +113,7 @@ async def test_a_member_at_the_mean_is_not_above_it(db: Database) -> None:
     "mid" sits exactly at all three means and is low on every axis."""
     tenant = unique("rfmtie")
     tagger = Tagger(db)
-    no_realtime = cast(RealTimeTags, _NoRealTime())
-    members, facts = Members(db, no_realtime, BackfillRefresh(db, tagger)), Facts(db, no_realtime)
+    members, facts = writers(db, tagger)
     await Catalog(db).seed(tenant, builtins.definitions())
     # (days since each order) at 1,000 each: R 10 / 20 / 30, F 1 / 2 / 3, M 1,000 / 2,000 / 3,000.
     for member_id, days in (("recent", [10]), ("mid", [20, 25]), ("often", [30, 35, 40])):
