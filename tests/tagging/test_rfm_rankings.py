@@ -7,8 +7,11 @@ every order, prove none was missed."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
+
+from memberops.tagging.v1 import models_pb2
 
 from runtime.db import Database
 from services.tagging import builtins, catalog
@@ -128,3 +131,36 @@ async def test_a_member_at_the_mean_is_not_above_it(db: Database) -> None:
         "mid": ["general_win_back"],
         "often": ["important_retention"],
     }
+
+
+async def test_all_history_figures_move_only_by_orders_entering(db: Database) -> None:
+    """A model over all history (window 0) has no leaving orders: a member with no new fact gains
+    only the orders that became paid since, and its old orders keep counting."""
+    tenant = unique("rfmall")
+    # Every share of members may go incrementally: one of three is due.
+    tagger = Tagger(db, incremental_share=1.0)
+    members, facts = writers(db, tagger)
+    segment = next(spec for spec in builtins.definitions() if spec.dimension == "rfm_segment")
+    spec = dataclasses.replace(
+        segment,
+        dimension="rfm_all_history",
+        model=models_pb2.Model(rfm_mean_split=models_pb2.RfmMeanSplit(window_days=0)),
+    )
+    await Catalog(db).seed(tenant, [spec])
+    for member_id, days in (("old", [900, 800]), ("ahead", [400, -3 / 1440]), ("plain", [30])):
+        await members.upsert(tenant, MemberInput(member_id, Profile(register_time=NOW - 1000 * DAY)), NOW)
+        for i, day in enumerate(days):
+            line = OrderLine("1", sku="s", category="a", quantity=1, unit_price_minor=1_000)
+            order = OrderInput(f"{member_id}-{i}", member_id, NOW - day * DAY, 1_000, (line,))
+            await facts.record_order(tenant, order, NOW)
+    await tagger.recompute(tenant, [spec.dimension], NOW)
+    kept = catalog.kept_figures(spec)
+    assert kept is not None
+    later = NOW + 400 * DAY
+    (result,) = await tagger.recompute(tenant, [spec.dimension], later)
+    assert result.incremental
+    async with db.transaction(tenant, readonly=True) as conn:
+        fresh = sorted(tuple(row) for row in await conn.fetch(kept.sql, *kept.args(later, None)))
+    assert await _figures(db, tenant, spec.dimension) == fresh
+    # Two orders each for "old" and "ahead" (the second paid after the first recompute).
+    assert [(row[0], row[2]) for row in fresh] == [("ahead", 2), ("old", 2), ("plain", 1)]
